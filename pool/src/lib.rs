@@ -1,0 +1,1 @@
+//! Sandboxes, instances and (later) the restorer and the userfaultfd page server.

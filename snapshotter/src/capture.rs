@@ -1,0 +1,1 @@
+//! Capture of a live process (see the crate docs).

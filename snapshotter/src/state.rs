@@ -1,0 +1,1 @@
+//! The serialisable state of a captured process.

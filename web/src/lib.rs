@@ -1,0 +1,2 @@
+//! The dashboard's static assets, embedded in the binary.
+#![forbid(unsafe_code)]
