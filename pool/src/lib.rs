@@ -1,1 +1,2 @@
 //! Sandboxes, instances and (later) the restorer and the userfaultfd page server.
+pub mod protocol;
