@@ -1,0 +1,378 @@
+//! Control groups for sandboxes, on cgroup v2 or v1.
+//!
+//! thaw keeps every sandbox in its own cgroup below a parent that belongs to
+//! this installation:
+//!
+//! * **v2** (a unified hierarchy whose root offers the `memory` and `pids`
+//!   controllers): `<server's cgroup>/thaw-<tag>/<sandbox>`. The server moves
+//!   itself into a `server` leaf first so that its own cgroup may enable
+//!   controllers for children (the "no internal processes" rule).
+//! * **v1** (separate `memory`, `pids` and `cpu` hierarchies, as on the
+//!   machines thaw is developed on): `<mount>/<server's cgroup>/thaw-<tag>/<sandbox>`
+//!   in each of the three hierarchies.
+//!
+//! `<tag>` is derived from the data directory, so two servers with two data
+//! directories never clean up each other's sandboxes, while a restarted server
+//! finds what its crashed predecessor left behind.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Errors of creating, filling or removing cgroups.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// Neither a usable v2 hierarchy nor the v1 controllers were found.
+    #[error("no usable cgroup hierarchy: need cgroup v2 with the memory and pids controllers, or cgroup v1 memory, pids and cpu hierarchies")]
+    NotAvailable,
+    /// A file in the cgroup filesystem could not be read or written.
+    #[error("cgroup file {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Processes stayed in a cgroup that was being removed.
+    #[error("cgroup {0} still has processes after they were killed")]
+    Busy(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(io_err(path))
+}
+
+fn read_file(path: &Path) -> Result<String, CgroupError> {
+    fs::read_to_string(path).map_err(io_err(path))
+}
+
+/// Which cgroup version thaw drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// The unified hierarchy.
+    V2,
+    /// Separate controller hierarchies.
+    V1,
+}
+
+/// The limits applied to one sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct CgroupLimits {
+    /// Hard memory limit in bytes (memory and swap together).
+    pub memory_bytes: u64,
+    /// Most processes and threads at once.
+    pub pids: u64,
+    /// CPU weight, 1..=10000, 100 being the default share.
+    pub cpu_weight: u64,
+}
+
+/// The parent cgroup(s) of this installation's sandboxes.
+#[derive(Debug, Clone)]
+pub struct CgroupRoot {
+    version: CgroupVersion,
+    /// v2: one directory. v1: the memory, pids and cpu directories.
+    parents: Vec<PathBuf>,
+}
+
+/// Reads `/proc/self/cgroup` and returns the path of this process in the
+/// hierarchy that has `controller` (v1) or in the unified one (`""`).
+fn own_cgroup(controller: &str) -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controller.is_empty() {
+            if ctrls.is_empty() {
+                return Some(path.to_string());
+            }
+        } else if ctrls.split(',').any(|c| c == controller) {
+            return Some(path.to_string());
+        }
+    }
+    None
+}
+
+/// Finds the mount point of a v1 controller hierarchy, or of the v2 one
+/// (`controller` = `None`).
+fn mount_point(controller: Option<&str>) -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    for line in text.lines() {
+        // mountinfo: id parent major:minor root mountpoint options ... - fstype source superopts
+        let (left, right) = line.split_once(" - ")?;
+        let mut right = right.split(' ');
+        let fstype = right.next()?;
+        let superopts = right.nth(1).unwrap_or("");
+        let mountpoint = left.split(' ').nth(4)?;
+        match controller {
+            None if fstype == "cgroup2" => return Some(PathBuf::from(mountpoint)),
+            Some(c) if fstype == "cgroup" && superopts.split(',').any(|o| o == c) => {
+                return Some(PathBuf::from(mountpoint))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn join_rel(base: &Path, rel: &str) -> PathBuf {
+    base.join(rel.trim_start_matches('/'))
+}
+
+impl CgroupRoot {
+    /// Finds the hierarchy to use and creates the installation's parent
+    /// cgroup(s), named `thaw-<tag>`.
+    pub fn detect(tag: &str) -> Result<CgroupRoot, CgroupError> {
+        let name = format!("thaw-{tag}");
+        if let Some(root) = Self::detect_v2(&name)? {
+            return Ok(root);
+        }
+        let mut parents = Vec::new();
+        for controller in ["memory", "pids", "cpu"] {
+            let mount = mount_point(Some(controller)).ok_or(CgroupError::NotAvailable)?;
+            let own = own_cgroup(controller).unwrap_or_else(|| "/".into());
+            let parent = join_rel(&mount, &own).join(&name);
+            fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+            parents.push(parent);
+        }
+        Ok(CgroupRoot {
+            version: CgroupVersion::V1,
+            parents,
+        })
+    }
+
+    fn detect_v2(name: &str) -> Result<Option<CgroupRoot>, CgroupError> {
+        let Some(mount) = mount_point(None) else {
+            return Ok(None);
+        };
+        let controllers = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+        if !(has("memory") && has("pids")) {
+            return Ok(None);
+        }
+        let own = join_rel(&mount, &own_cgroup("").unwrap_or_else(|| "/".into()));
+        // Move ourselves into a leaf so `own` may delegate controllers.
+        let procs = read_file(&own.join("cgroup.procs"))?;
+        if !procs.trim().is_empty() && own != mount {
+            let leaf = own.join("server");
+            fs::create_dir_all(&leaf).map_err(io_err(&leaf))?;
+            for pid in procs.split_whitespace() {
+                // Processes may have gone away meanwhile; ignore those.
+                let _ = fs::write(leaf.join("cgroup.procs"), pid);
+            }
+        }
+        let enable = |dir: &Path| -> Result<(), CgroupError> {
+            let mut wanted = String::from("+memory +pids");
+            if has("cpu") {
+                wanted.push_str(" +cpu");
+            }
+            write_file(&dir.join("cgroup.subtree_control"), &wanted)
+        };
+        enable(&own)?;
+        let parent = own.join(name);
+        fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        enable(&parent)?;
+        Ok(Some(CgroupRoot {
+            version: CgroupVersion::V2,
+            parents: vec![parent],
+        }))
+    }
+
+    /// The cgroup version in use.
+    pub fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    /// Creates the cgroup of one sandbox with its limits.
+    pub fn create(&self, id: &str, limits: &CgroupLimits) -> Result<Cgroup, CgroupError> {
+        let dirs: Vec<PathBuf> = self.parents.iter().map(|p| p.join(id)).collect();
+        for dir in &dirs {
+            match fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(dir)(e)),
+            }
+        }
+        let cgroup = Cgroup {
+            version: self.version,
+            dirs,
+        };
+        cgroup.apply(limits)?;
+        Ok(cgroup)
+    }
+
+    /// Kills and removes every sandbox cgroup below this installation's
+    /// parent: what a crashed earlier run left behind. Returns how many were
+    /// removed.
+    pub fn remove_stale(&self) -> Result<usize, CgroupError> {
+        let mut names = std::collections::BTreeSet::new();
+        for parent in &self.parents {
+            let entries = fs::read_dir(parent).map_err(io_err(parent))?;
+            for entry in entries.flatten() {
+                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    names.insert(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        for name in &names {
+            let cgroup = Cgroup {
+                version: self.version,
+                dirs: self.parents.iter().map(|p| p.join(name)).collect(),
+            };
+            cgroup.destroy()?;
+        }
+        Ok(names.len())
+    }
+
+    /// Names of the sandbox cgroups that exist now (for tests and metrics).
+    pub fn children(&self) -> Vec<String> {
+        let Some(parent) = self.parents.first() else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = fs::read_dir(parent)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+}
+
+/// The cgroup of one sandbox. Removing it is explicit ([`Cgroup::destroy`]),
+/// because it must wait for its processes to die.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    version: CgroupVersion,
+    dirs: Vec<PathBuf>,
+}
+
+impl Cgroup {
+    fn apply(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        let weight = limits.cpu_weight.clamp(1, 10_000);
+        match self.version {
+            CgroupVersion::V2 => {
+                let dir = &self.dirs[0];
+                write_file(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+                // No swap: a function over its limit is OOM-killed, not slowed.
+                let swap = dir.join("memory.swap.max");
+                if swap.exists() {
+                    write_file(&swap, "0")?;
+                }
+                write_file(&dir.join("pids.max"), &limits.pids.to_string())?;
+                let cpu = dir.join("cpu.weight");
+                if cpu.exists() {
+                    write_file(&cpu, &weight.to_string())?;
+                }
+            }
+            CgroupVersion::V1 => {
+                let (mem, pids, cpu) = (&self.dirs[0], &self.dirs[1], &self.dirs[2]);
+                write_file(
+                    &mem.join("memory.limit_in_bytes"),
+                    &limits.memory_bytes.to_string(),
+                )?;
+                let memsw = mem.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    write_file(&memsw, &limits.memory_bytes.to_string())?;
+                }
+                write_file(&pids.join("pids.max"), &limits.pids.to_string())?;
+                // v1 shares: 1024 is the default, as weight 100 is in v2.
+                let shares = (weight * 1024 / 100).max(2);
+                write_file(&cpu.join("cpu.shares"), &shares.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `cgroup.procs` files a process writes its pid into to join.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Memory charged to the cgroup now, in bytes.
+    pub fn memory_current(&self) -> Option<u64> {
+        let file = match self.version {
+            CgroupVersion::V2 => self.dirs[0].join("memory.current"),
+            CgroupVersion::V1 => self.dirs[0].join("memory.usage_in_bytes"),
+        };
+        fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
+    /// How many times the kernel's OOM killer killed a process of this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let (file, key) = match self.version {
+            CgroupVersion::V2 => (self.dirs[0].join("memory.events"), "oom_kill"),
+            CgroupVersion::V1 => (self.dirs[0].join("memory.oom_control"), "oom_kill"),
+        };
+        let text = fs::read_to_string(file).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_once(' '))
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Pids of the processes in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        for file in self.procs_files() {
+            if let Ok(text) = fs::read_to_string(file) {
+                out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Sends SIGKILL to every process of the cgroup.
+    pub fn kill_all(&self) {
+        if self.version == CgroupVersion::V2 {
+            let kill_file = self.dirs[0].join("cgroup.kill");
+            if kill_file.exists() && fs::write(&kill_file, "1").is_ok() {
+                return;
+            }
+        }
+        for pid in self.pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
+    /// Kills every process, waits (briefly, blocking) until the cgroup is
+    /// empty, then removes its directories. Blocking: call from a blocking
+    /// context in async code.
+    pub fn destroy(&self) -> Result<(), CgroupError> {
+        for attempt in 0..200 {
+            self.kill_all();
+            let mut busy = None;
+            for dir in &self.dirs {
+                match fs::remove_dir(dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => busy = Some(dir.clone()),
+                    Err(e) => return Err(io_err(dir)(e)),
+                }
+            }
+            match busy {
+                None => return Ok(()),
+                Some(dir) if attempt == 199 => return Err(CgroupError::Busy(dir)),
+                Some(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,200 @@
+//! The sandbox init: the code that runs inside a new sandbox before the
+//! function. It runs in a freshly executed, single-threaded process, so it may
+//! fork freely.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::process;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::prctl;
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{
+    chdir, close, execve, fork, getpid, getppid, sethostname, setresgid, setresuid, setsid,
+    ForkResult, Gid, Pid, Uid,
+};
+
+use super::{mounts, Network, SandboxSpec, SPEC_ENV, STATUS_FD};
+
+/// Exit status of the outer process when the sandbox could not be set up.
+pub const SETUP_FAILED: i32 = 125;
+
+/// Entry point of the hidden `sandbox-init` subcommand. Never returns.
+pub fn init_main() -> ! {
+    let code = match run_outer() {
+        Ok(code) => code,
+        Err(message) => {
+            report(&message);
+            SETUP_FAILED
+        }
+    };
+    process::exit(code)
+}
+
+/// Writes a setup failure to the status fd (best effort).
+fn report(message: &str) {
+    // SAFETY: STATUS_FD was placed by the launcher; if it is not open the
+    // write fails with EBADF, which we ignore.
+    let fd = unsafe { BorrowedFd::borrow_raw(STATUS_FD) };
+    let _ = nix::unistd::write(fd, message.as_bytes());
+}
+
+fn ctx<T, E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+fn run_outer() -> Result<i32, String> {
+    let parent = getppid();
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(ctx::<(), _>("set parent-death signal"))?;
+    if getppid() != parent {
+        return Err("the server went away during start".into());
+    }
+    set_cloexec(STATUS_FD);
+    let spec_json = std::env::var(SPEC_ENV).map_err(ctx::<(), _>("read sandbox spec"))?;
+    let spec: SandboxSpec =
+        serde_json::from_str(&spec_json).map_err(ctx::<(), _>("parse sandbox spec"))?;
+    let me = getpid().to_string();
+    for procs in &spec.cgroup_procs {
+        fs::write(procs, &me).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+    }
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    if spec.network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).map_err(ctx::<(), _>("unshare namespaces"))?;
+    // SAFETY: this process is single-threaded (freshly executed init).
+    match unsafe { fork() }.map_err(ctx::<(), _>("fork pid 1"))? {
+        ForkResult::Child => {
+            let code = match run_pid1(&spec) {
+                Ok(code) => code,
+                Err(message) => {
+                    report(&message);
+                    SETUP_FAILED
+                }
+            };
+            process::exit(code)
+        }
+        ForkResult::Parent { child } => {
+            close_quietly(STATUS_FD);
+            close_quietly(3);
+            close_quietly(4);
+            Ok(wait_for(child))
+        }
+    }
+}
+
+/// pid 1 of the sandbox: builds the filesystem, starts the function, reaps.
+fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(ctx::<(), _>("set parent-death signal"))?;
+    mounts::build_root(spec)?;
+    sethostname(&spec.hostname).map_err(ctx::<(), _>("set host name"))?;
+    if spec.network == Network::None {
+        mounts::loopback_up().map_err(ctx::<(), _>("bring up loopback"))?;
+    }
+    // The OOM killer should pick the function, never its init.
+    let _ = fs::write("/proc/self/oom_score_adj", "-1000");
+    // SAFETY: pid 1 is single-threaded.
+    match unsafe { fork() }.map_err(ctx::<(), _>("fork function"))? {
+        ForkResult::Child => {
+            let err = exec_function(spec);
+            report(&err);
+            process::exit(127)
+        }
+        ForkResult::Parent { child } => {
+            close_quietly(STATUS_FD);
+            close_quietly(3);
+            close_quietly(4);
+            Ok(wait_for(child))
+        }
+    }
+}
+
+/// Drops privileges and executes the function. Returns only on failure.
+fn exec_function(spec: &SandboxSpec) -> String {
+    match try_exec(spec) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn try_exec(spec: &SandboxSpec) -> Result<std::convert::Infallible, String> {
+    setsid().map_err(ctx::<(), _>("setsid"))?;
+    let _ = fs::write("/proc/self/oom_score_adj", "0");
+    setrlimit(Resource::RLIMIT_NOFILE, spec.nofile, spec.nofile)
+        .map_err(ctx::<(), _>("set RLIMIT_NOFILE"))?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(ctx::<(), _>("set RLIMIT_CORE"))?;
+    chdir(&spec.cwd).map_err(|e| format!("chdir {}: {e}", spec.cwd.display()))?;
+    drop_capability_bounding_set();
+    nix::unistd::setgroups(&[]).map_err(ctx::<(), _>("setgroups"))?;
+    let gid = Gid::from_raw(spec.gid);
+    setresgid(gid, gid, gid).map_err(ctx::<(), _>("setresgid"))?;
+    let uid = Uid::from_raw(spec.uid);
+    // Changing every uid away from 0 clears the permitted, effective and
+    // ambient capability sets.
+    setresuid(uid, uid, uid).map_err(ctx::<(), _>("setresuid"))?;
+    prctl::set_no_new_privs().map_err(ctx::<(), _>("set no_new_privs"))?;
+    // SAFETY: close_range only closes descriptors; fds 0-4 stay, the status
+    // fd 5 is close-on-exec.
+    unsafe { libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32) };
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(ctx::<(), _>("argv"))?;
+    let env: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| CString::new(format!("{k}={v}")))
+        .collect::<Result<_, _>>()
+        .map_err(ctx::<(), _>("environment"))?;
+    let Some(path) = argv.first() else {
+        return Err("empty argv".into());
+    };
+    let err = execve(path, &argv, &env).unwrap_err();
+    Err(format!("execute {}: {err}", spec.argv[0]))
+}
+
+/// Drops every capability from the bounding set, so nothing executed later
+/// can regain one.
+fn drop_capability_bounding_set() {
+    let last: i32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    for cap in 0..=last {
+        // SAFETY: PR_CAPBSET_DROP takes a capability number and no pointers.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    }
+}
+
+/// Reaps children until `child` exits; returns its exit code, or 128 + the
+/// signal that killed it.
+fn wait_for(child: Pid) -> i32 {
+    loop {
+        match waitpid(None::<Pid>, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => return code,
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => return 128 + sig as i32,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(_) => return 255,
+        }
+    }
+}
+
+fn set_cloexec(fd: RawFd) {
+    // SAFETY: fd is only used for this fcntl; failure (not open) is ignored.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+}
+
+fn close_quietly(fd: RawFd) {
+    let _ = close(fd);
+}

@@ -1,0 +1,323 @@
+//! Starting and stopping sandboxes, from the server's side.
+
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+
+use nix::fcntl::OFlag;
+use nix::unistd::pipe2;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::process::{Child, Command};
+
+use super::{Network, SandboxSpec, SPEC_ENV, STATUS_FD};
+use crate::cgroup::{Cgroup, CgroupError, CgroupLimits, CgroupRoot};
+
+/// How sandboxes are made on this host. Shared by all launches.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The executable that runs the sandbox init (the thaw binary).
+    pub init_exe: PathBuf,
+    /// Arguments that select the init in that executable.
+    pub init_args: Vec<String>,
+    /// Directory under which each sandbox gets an empty root mount point.
+    pub run_dir: PathBuf,
+    /// Host paths masked in every sandbox (the data directory).
+    pub mask: Vec<PathBuf>,
+    /// uid and gid functions run as.
+    pub uid: u32,
+    /// gid functions run as.
+    pub gid: u32,
+    /// Where sandbox cgroups are made.
+    pub cgroups: CgroupRoot,
+}
+
+/// What to run in one sandbox, and with which limits.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// Host directory bound read-only at `/var/task`.
+    pub code_dir: PathBuf,
+    /// Host directory bound read-only at `/var/runtime`.
+    pub runtime_dir: Option<PathBuf>,
+    /// Command line, `argv[0]` absolute.
+    pub argv: Vec<String>,
+    /// Whole environment of the function.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    pub cwd: PathBuf,
+    /// cgroup limits.
+    pub limits: CgroupLimits,
+    /// Size of `/tmp`, MiB.
+    pub tmp_mb: u64,
+    /// Network mode.
+    pub network: Network,
+}
+
+/// Errors of starting a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The cgroup could not be made.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// A host-side resource (pipe, directory, process) could not be made.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The init reported that setting the sandbox up failed.
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> LaunchError {
+    move |source| LaunchError::Io { what, source }
+}
+
+fn nix_io(what: &'static str) -> impl FnOnce(nix::Error) -> LaunchError {
+    move |e| LaunchError::Io {
+        what,
+        source: std::io::Error::from(e),
+    }
+}
+
+/// How a sandbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxExit {
+    /// The function exited with this code.
+    Exited(i32),
+    /// The function was killed by this signal.
+    Signaled(i32),
+}
+
+impl SandboxExit {
+    fn from_status(status: ExitStatus) -> SandboxExit {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            // The init mirrors a signal death of the function as 128 + signal.
+            (Some(code), _) if code > 128 && code < 160 => SandboxExit::Signaled(code - 128),
+            (Some(code), _) => SandboxExit::Exited(code),
+            (None, Some(sig)) => SandboxExit::Signaled(sig),
+            (None, None) => SandboxExit::Exited(255),
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SandboxExit::Exited(code) => write!(f, "exited with status {code}"),
+            SandboxExit::Signaled(sig) => {
+                let name = nix::sys::signal::Signal::try_from(*sig)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| format!("signal {sig}"));
+                write!(f, "killed by {name}")
+            }
+        }
+    }
+}
+
+/// A running sandbox. Call [`Sandbox::destroy`] to stop it and free its
+/// cgroup; dropping it only kills its processes.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// Sandbox id (also the cgroup's name).
+    pub id: String,
+    child: Child,
+    cgroup: Cgroup,
+    root_dir: PathBuf,
+    /// Requests to the runtime (its fd 3).
+    pub requests: Option<pipe::Sender>,
+    /// Responses from the runtime (its fd 4).
+    pub responses: Option<pipe::Receiver>,
+    /// The function's stdout.
+    pub stdout: Option<pipe::Receiver>,
+    /// The function's stderr.
+    pub stderr: Option<pipe::Receiver>,
+}
+
+fn pipe_pair() -> Result<(OwnedFd, OwnedFd), LaunchError> {
+    pipe2(OFlag::O_CLOEXEC).map_err(nix_io("create pipe"))
+}
+
+fn new_id() -> String {
+    format!("sb-{:016x}", rand::random::<u64>())
+}
+
+impl Sandbox {
+    /// Starts `spec` in a new sandbox. Returns once the function's executable
+    /// is running (or the setup failed).
+    pub async fn launch(config: &SandboxConfig, spec: &LaunchSpec) -> Result<Sandbox, LaunchError> {
+        let id = new_id();
+        let root_dir = config.run_dir.join(&id);
+        fs::create_dir_all(&root_dir).map_err(io("create sandbox directory"))?;
+        let cgroup = match config.cgroups.create(&id, &spec.limits) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = fs::remove_dir(&root_dir);
+                return Err(e.into());
+            }
+        };
+        match Self::spawn(config, spec, &id, &root_dir, &cgroup).await {
+            Ok(sandbox) => Ok(sandbox),
+            Err(e) => {
+                let cg = cgroup.clone();
+                let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
+                let _ = fs::remove_dir(&root_dir);
+                Err(e)
+            }
+        }
+    }
+
+    async fn spawn(
+        config: &SandboxConfig,
+        spec: &LaunchSpec,
+        id: &str,
+        root_dir: &Path,
+        cgroup: &Cgroup,
+    ) -> Result<Sandbox, LaunchError> {
+        let sandbox_spec = SandboxSpec {
+            id: id.to_string(),
+            root_dir: root_dir.to_path_buf(),
+            code_dir: spec.code_dir.clone(),
+            runtime_dir: spec.runtime_dir.clone(),
+            mask: config.mask.clone(),
+            tmp_mb: spec.tmp_mb,
+            network: spec.network,
+            uid: config.uid,
+            gid: config.gid,
+            cgroup_procs: cgroup.procs_files(),
+            argv: spec.argv.clone(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            hostname: "thaw".into(),
+            nofile: 1024,
+        };
+        let json = serde_json::to_string(&sandbox_spec).expect("spec serialises");
+
+        let (req_r, req_w) = pipe_pair()?;
+        let (resp_r, resp_w) = pipe_pair()?;
+        let (out_r, out_w) = pipe_pair()?;
+        let (err_r, err_w) = pipe_pair()?;
+        let (status_r, status_w) = pipe_pair()?;
+
+        let targets: [(RawFd, RawFd); 3] = [
+            (req_r.as_raw_fd(), 3),
+            (resp_w.as_raw_fd(), 4),
+            (status_w.as_raw_fd(), STATUS_FD),
+        ];
+        let mut cmd = Command::new(&config.init_exe);
+        cmd.args(&config.init_args)
+            .env_clear()
+            .env(SPEC_ENV, json)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w))
+            .kill_on_drop(true);
+        // SAFETY: the closure runs between fork and exec and only calls
+        // async-signal-safe functions (fcntl, dup2, prctl) on fds that are
+        // open in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                // First move every source out of the way of the targets.
+                let mut moved = [0; 3];
+                for (i, (src, _)) in targets.iter().enumerate() {
+                    let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 10);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    moved[i] = fd;
+                }
+                for (i, (_, dst)) in targets.iter().enumerate() {
+                    // dup2 leaves the new fd without close-on-exec.
+                    if libc::dup2(moved[i], *dst) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(io("start sandbox init"))?;
+        drop(cmd);
+        drop((req_r, resp_w, status_w));
+
+        // The status pipe closes when the function's exec succeeded; any
+        // bytes on it are a setup error.
+        let mut status = pipe::Receiver::from_owned_fd(status_r).map_err(io("status pipe"))?;
+        let mut message = String::new();
+        let _ = status.read_to_string(&mut message).await;
+        let mut sandbox = Sandbox {
+            id: id.to_string(),
+            child,
+            cgroup: cgroup.clone(),
+            root_dir: root_dir.to_path_buf(),
+            requests: Some(pipe::Sender::from_owned_fd(req_w).map_err(io("request pipe"))?),
+            responses: Some(pipe::Receiver::from_owned_fd(resp_r).map_err(io("response pipe"))?),
+            stdout: Some(pipe::Receiver::from_owned_fd(out_r).map_err(io("stdout pipe"))?),
+            stderr: Some(pipe::Receiver::from_owned_fd(err_r).map_err(io("stderr pipe"))?),
+        };
+        if !message.is_empty() {
+            sandbox.kill();
+            let _ = sandbox.child.wait().await;
+            return Err(LaunchError::Setup(message));
+        }
+        Ok(sandbox)
+    }
+
+    /// The host pid of the outer init process.
+    pub fn init_pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The sandbox's cgroup.
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
+    /// Host pids of the sandbox's processes.
+    pub fn pids(&self) -> Vec<i32> {
+        self.cgroup.pids()
+    }
+
+    /// Kills every process of the sandbox now (does not wait).
+    pub fn kill(&mut self) {
+        self.cgroup.kill_all();
+        let _ = self.child.start_kill();
+    }
+
+    /// Waits for the sandbox to end and says how the function ended.
+    pub async fn wait(&mut self) -> SandboxExit {
+        match self.child.wait().await {
+            Ok(status) => SandboxExit::from_status(status),
+            Err(_) => SandboxExit::Exited(255),
+        }
+    }
+
+    /// Returns how the sandbox ended, if it has.
+    pub fn try_wait(&mut self) -> Option<SandboxExit> {
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(SandboxExit::from_status)
+    }
+
+    /// Stops the sandbox and frees everything it held: processes, cgroup,
+    /// mount point.
+    pub async fn destroy(mut self) -> Result<(), LaunchError> {
+        self.kill();
+        let _ = self.child.wait().await;
+        let cgroup = self.cgroup.clone();
+        tokio::task::spawn_blocking(move || cgroup.destroy())
+            .await
+            .map_err(|e| LaunchError::Setup(format!("cgroup clean-up task: {e}")))??;
+        let _ = fs::remove_dir(&self.root_dir);
+        Ok(())
+    }
+}

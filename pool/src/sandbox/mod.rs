@@ -1,0 +1,94 @@
+//! Sandboxes: a function process in its own namespaces and cgroup.
+//!
+//! A sandbox is made of Linux primitives only, no container runtime:
+//!
+//! ```text
+//!  thaw server
+//!    └─ sandbox-init (outer)       joins the cgroup, unshares mnt/pid/ipc/uts[/net]
+//!         └─ init, pid 1           builds the root filesystem, pivots into it, reaps
+//!              └─ function, pid 2  unprivileged uid, no capabilities, no_new_privs
+//! ```
+//!
+//! * The outer process is the thaw binary run with a hidden subcommand (see
+//!   [`init::init_main`]); it receives its [`SandboxSpec`] in the environment.
+//! * pid 1 keeps ordinary signal semantics for the function: a pid 1 ignores
+//!   signals it has no handler for, even SIGKILL sent from inside, so the
+//!   function is never pid 1. When the function exits, pid 1 exits with the
+//!   same status, and the kernel kills whatever else was left in the
+//!   namespace (a fork bomb dies with it).
+//! * Every process of the sandbox dies with the server: the outer process and
+//!   pid 1 both have `PR_SET_PDEATHSIG(SIGKILL)`, and pid 1's death kills the
+//!   whole pid namespace.
+//!
+//! The root filesystem ([`mounts`]) is a small read-only tmpfs holding
+//! read-only binds of the host's top-level directories (not `/proc`, `/sys`,
+//! `/dev`, `/tmp`, `/run`, `/var`, `/root`, `/home`, ...), the function's code
+//! at `/var/task`, the runtime at `/var/runtime`, a size-limited tmpfs `/tmp`,
+//! a fresh `/proc`, and a `/dev` with only `null`, `zero`, `full`, `random`
+//! and `urandom`. thaw's data directory is masked with an empty read-only
+//! tmpfs.
+
+pub mod init;
+mod launch;
+mod mounts;
+
+pub use launch::{LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExit};
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that carries the JSON [`SandboxSpec`] to the init.
+pub const SPEC_ENV: &str = "THAW_SANDBOX_SPEC";
+
+/// The fd on which the init reports a setup failure (closed on success).
+pub const STATUS_FD: i32 = 5;
+
+/// The uid and gid functions run as by default (`nobody`).
+pub const DEFAULT_UID: u32 = 65534;
+
+/// What network a sandbox gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// A network namespace of its own with only the loopback interface.
+    #[default]
+    None,
+    /// The host's network (no network namespace).
+    Outbound,
+}
+
+/// Everything the sandbox init needs, serialised into [`SPEC_ENV`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Sandbox id, for messages.
+    pub id: String,
+    /// An empty host directory used as the mount point of the new root.
+    pub root_dir: PathBuf,
+    /// Host directory bound read-only at `/var/task`.
+    pub code_dir: PathBuf,
+    /// Host directory bound read-only at `/var/runtime`, if any.
+    pub runtime_dir: Option<PathBuf>,
+    /// Host paths hidden inside the sandbox.
+    pub mask: Vec<PathBuf>,
+    /// Size of the private `/tmp`, MiB.
+    pub tmp_mb: u64,
+    /// Network mode.
+    pub network: Network,
+    /// uid the function runs as.
+    pub uid: u32,
+    /// gid the function runs as.
+    pub gid: u32,
+    /// `cgroup.procs` files the init writes its pid into.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The function's command line; `argv[0]` is an absolute path.
+    pub argv: Vec<String>,
+    /// The function's whole environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    pub cwd: PathBuf,
+    /// Host name inside the sandbox.
+    pub hostname: String,
+    /// `RLIMIT_NOFILE` of the function.
+    pub nofile: u64,
+}

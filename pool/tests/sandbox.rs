@@ -1,0 +1,131 @@
+//! Sandboxes with real namespaces, mounts and cgroups. Needs root.
+
+use std::path::PathBuf;
+
+use pool::cgroup::{CgroupLimits, CgroupRoot};
+use pool::sandbox::{LaunchSpec, Network, Sandbox, SandboxConfig, SandboxExit};
+use tokio::io::AsyncReadExt;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: sandboxes need root (namespaces, mounts, cgroups)");
+            return;
+        }
+    };
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    config: SandboxConfig,
+    code: PathBuf,
+}
+
+fn env(tag: &str) -> Env {
+    let dir = tempfile::Builder::new().prefix("thaw-sbx").tempdir_in("/var/tmp").unwrap();
+    let code = dir.path().join("code");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("hello.txt"), "hi\n").unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("secret")).unwrap();
+    std::fs::write(data.join("secret/token"), "s3cret").unwrap();
+    let cgroups = CgroupRoot::detect(&format!("test-{tag}")).unwrap();
+    let config = SandboxConfig {
+        init_exe: PathBuf::from(env!("CARGO_BIN_EXE_thaw-sandbox-init")),
+        init_args: vec![],
+        run_dir: data.join("run"),
+        mask: vec![data.clone()],
+        uid: 65534,
+        gid: 65534,
+        cgroups,
+    };
+    Env { _dir: dir, config, code }
+}
+
+fn spec(env: &Env, script: &str) -> LaunchSpec {
+    LaunchSpec {
+        code_dir: env.code.clone(),
+        runtime_dir: None,
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: "/var/task".into(),
+        limits: CgroupLimits {
+            memory_bytes: 64 << 20,
+            pids: 32,
+            cpu_weight: 100,
+        },
+        tmp_mb: 8,
+        network: Network::None,
+    }
+}
+
+async fn run(env: &Env, script: &str) -> (SandboxExit, String, String) {
+    let mut sb = Sandbox::launch(&env.config, &spec(env, script)).await.unwrap();
+    let mut out = sb.stdout.take().unwrap();
+    let mut err = sb.stderr.take().unwrap();
+    let (mut o, mut e) = (String::new(), String::new());
+    let (r1, r2) = tokio::join!(out.read_to_string(&mut o), err.read_to_string(&mut e));
+    r1.unwrap();
+    r2.unwrap();
+    let exit = sb.wait().await;
+    sb.destroy().await.unwrap();
+    (exit, o, e)
+}
+
+#[tokio::test]
+async fn function_runs_unprivileged_as_pid_2_with_its_code() {
+    require_root!();
+    let env = env("basic");
+    let (exit, out, err) = run(
+        &env,
+        "id -u; echo $$; cat /var/task/hello.txt; hostname; ls /proc | grep -E '^[0-9]+$' | wc -l",
+    )
+    .await;
+    assert_eq!(exit, SandboxExit::Exited(0), "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "65534");
+    assert_eq!(lines[1], "2", "the function is pid 2 under a tiny init");
+    assert_eq!(lines[2], "hi");
+    assert_eq!(lines[3], "thaw");
+}
+
+#[tokio::test]
+async fn filesystem_is_read_only_except_tmp_and_data_dir_is_masked() {
+    require_root!();
+    let env = env("fs");
+    let data = env.config.mask[0].display().to_string();
+    let script = format!(
+        "touch /usr/x 2>/dev/null && echo usr-writable; touch /var/task/x 2>/dev/null && echo task-writable; \
+         echo ok > /tmp/x && cat /tmp/x; ls -A {data} 2>&1 | wc -l; cat {data}/secret/token 2>/dev/null || echo masked"
+    );
+    let (exit, out, err) = run(&env, &script).await;
+    assert_eq!(exit, SandboxExit::Exited(0), "stderr: {err}");
+    assert!(!out.contains("writable"), "{out}");
+    assert!(out.contains("ok"), "{out}");
+    assert!(out.contains("masked"), "{out}");
+}
+
+#[tokio::test]
+async fn exit_status_and_signals_are_reported() {
+    require_root!();
+    let env = env("exit");
+    let (exit, _, _) = run(&env, "exit 7").await;
+    assert_eq!(exit, SandboxExit::Exited(7));
+    let (exit, _, _) = run(&env, "kill -9 $$").await;
+    assert_eq!(exit, SandboxExit::Signaled(9));
+}
+
+#[tokio::test]
+async fn setup_failure_is_reported() {
+    require_root!();
+    let env = env("fail");
+    let mut s = spec(&env, "true");
+    s.argv[0] = "/nonexistent/binary".into();
+    let err = Sandbox::launch(&env.config, &s).await.unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/binary"), "{err}");
+    assert!(env.config.cgroups.children().is_empty());
+}
