@@ -29,11 +29,12 @@ pub mod open;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod scenario;
 pub mod stats;
 pub mod suite;
 pub mod target;
 
 pub use client::{Client, Outcome};
-pub use run::{run, Mode, RunConfig, RunError, Stop};
+pub use run::{parse_duration, run, Mode, RunConfig, RunError, Stop};
 pub use stats::{Stats, Summary};
 pub use target::{ColdStart, Target};

@@ -92,6 +92,30 @@ impl RunConfig {
     }
 }
 
+/// Why a duration could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("bad duration {0:?}: expected a number with a unit, like 500ms, 10s, 2m or 1.5s")]
+pub struct DurationError(pub String);
+
+/// Reads a duration written as a number and a unit: `us`, `ms`, `s`, `m`
+/// (for example `250us`, `500ms`, `1.5s`, `2m`).
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| DurationError(text.to_owned()))?;
+    let (number, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        _ => return Err(DurationError(text.to_owned())),
+    };
+    let value: f64 = number.parse().map_err(|_| DurationError(text.to_owned()))?;
+    Duration::try_from_secs_f64(value * scale).map_err(|_| DurationError(text.to_owned()))
+}
+
 /// Runs `cfg` against `target` and returns what was measured.
 pub async fn run(
     client: &Client,
@@ -121,6 +145,22 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration(" 1.5s "), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "10", "s", "1.2.3s", "5h", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_duration("10").unwrap_err().to_string(),
+            "bad duration \"10\": expected a number with a unit, like 500ms, 10s, 2m or 1.5s"
+        );
+    }
 
     #[test]
     fn validation_messages() {
