@@ -386,7 +386,7 @@ mod tests {
 
     #[tokio::test]
     async fn from_runtime_round_trip_every_variant() {
-        let msgs = vec![
+        let msgs = [
             FromRuntime::Ready {
                 pid: 42,
                 runtime: "python3".into(),
