@@ -1,1 +1,0 @@
-//! The content-addressed page store.

@@ -1,0 +1,69 @@
+//! Durable, all-or-nothing file replacement: write a temporary file beside the
+//! target, fsync it, rename it over the target, fsync the directory.
+//!
+//! A crash at any point leaves either the old file or the new one at the
+//! target path, never a mix; at worst a stale `.<name>.tmp` file remains, which
+//! later writes overwrite and gc removes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::failpoint;
+
+/// Path of the temporary file used to replace `target`.
+pub(crate) fn tmp_path(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.tmp"))
+}
+
+/// Failure points of roots and manifests written with [`write_atomic`].
+pub(crate) const ATOMIC_POINTS: [&str; 3] =
+    ["atomic-tmp-written", "atomic-tmp-synced", "atomic-renamed"];
+
+/// Replaces `target` with `parts` (concatenated) atomically and durably.
+pub(crate) fn write_atomic(target: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    write_atomic_with(target, parts, ATOMIC_POINTS)
+}
+
+/// [`write_atomic`] with its own failure points: after the write, after the
+/// fsync, after the rename.
+pub(crate) fn write_atomic_with(
+    target: &Path,
+    parts: &[&[u8]],
+    points: [&'static str; 3],
+) -> io::Result<()> {
+    let tmp = tmp_path(target);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
+    failpoint::hit(points[0]);
+    file.sync_all()?;
+    drop(file);
+    failpoint::hit(points[1]);
+    std::fs::rename(&tmp, target)?;
+    failpoint::hit(points[2]);
+    sync_parent(target)
+}
+
+/// Fsyncs the directory holding `path`, making a rename or unlink durable.
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    sync_dir(dir)
+}
+
+/// Fsyncs a directory.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,289 @@
+//! Per-snapshot memory images: one file laid out for `mmap`, built from the
+//! store, cached, never changed once published.
+//!
+//! ```text
+//! images/<snapshot-id>.<content-key>.img
+//! offset                      contents
+//! 0                           area 0, page by page (area 0 has n0 pages)
+//! 4096 * n0                   area 1
+//! 4096 * (n0 + n1)            area 2 ...
+//! ```
+//!
+//! Each area starts at a page-aligned offset ([`ImageLayout`]); page `i` of
+//! an area is at `offset + 4096 * i`. Zero pages and file-backed pages are
+//! holes (the file is sparse and they read as zeros): file-backed pages are
+//! mapped from their own file at restore. Stored pages are read from the
+//! mapped packs, verified against their hash on all cores, and written with
+//! `pwritev`, several threads at once.
+//!
+//! The image is built under a temporary name (`.<name>.<pid>.tmp`), fsynced
+//! and renamed, so a mapped image never changes: a new version of the
+//! snapshot has another content key, hence another file. Images are derived
+//! data; gc deletes those no root needs (unlinking a mapped file is safe),
+//! and any can be rebuilt from the store.
+//!
+//! I/O choice: `io_uring` writes and reads were measured against `pwritev`
+//! and memory-mapped reads by `cargo bench -p snapshotter --bench store_io`;
+//! see docs/store.md for the figures. Plain `pwritev` from several threads
+//! was as fast or faster, so it is what this module uses.
+
+use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::atomic::sync_parent;
+use super::failpoint;
+use super::hash::{PageHash, PAGE_SIZE};
+use super::pagelist::{AreaPages, PageSlot};
+use super::roots::RootError;
+use super::{PageStore, ReadError};
+
+/// Where one area lies in an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageArea {
+    /// Byte offset in the image (page-aligned).
+    pub offset: u64,
+    /// Pages in the area.
+    pub pages: u64,
+}
+
+/// Where every area lies in an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageLayout {
+    /// One entry per area, in order.
+    pub areas: Vec<ImageArea>,
+    /// Total size of the image file.
+    pub size: u64,
+}
+
+impl ImageLayout {
+    /// The layout of an image of `areas`.
+    pub fn of(areas: &[AreaPages]) -> ImageLayout {
+        let mut offset = 0;
+        let areas = areas
+            .iter()
+            .map(|a| {
+                let area = ImageArea {
+                    offset,
+                    pages: a.page_count(),
+                };
+                offset += area.pages * PAGE_SIZE as u64;
+                area
+            })
+            .collect();
+        ImageLayout {
+            areas,
+            size: offset,
+        }
+    }
+}
+
+/// Error building or finding an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A page could not be read or failed verification.
+    #[error("cannot build image {}: {source}", path.display())]
+    Read {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        source: ReadError,
+    },
+    /// Writing the image failed.
+    #[error("cannot write image {}: {source}", path.display())]
+    Io {
+        /// The image.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The snapshot's root is unusable.
+    #[error(transparent)]
+    Root(#[from] RootError),
+}
+
+/// Most iovecs per `pwritev`.
+const IOV_MAX: usize = 1024;
+/// Pages per parallel task.
+const TASK_PAGES: usize = 512;
+
+/// Builds the image of `areas` at `out` (atomically) from `store`, verifying
+/// every page. Returns the layout.
+pub fn build_image(
+    store: &PageStore,
+    areas: &[AreaPages],
+    out: &Path,
+) -> Result<ImageLayout, ImageError> {
+    let layout = ImageLayout::of(areas);
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = out.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io { path, source }
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    let result = write_pages(store, areas, &layout, &file, &tmp).and_then(|()| {
+        file.sync_all().map_err(io(&tmp))?;
+        failpoint::hit("image-synced");
+        std::fs::rename(&tmp, out).map_err(io(out))?;
+        sync_parent(out).map_err(io(out))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| layout)
+}
+
+fn write_pages(
+    store: &PageStore,
+    areas: &[AreaPages],
+    layout: &ImageLayout,
+    file: &File,
+    tmp: &Path,
+) -> Result<(), ImageError> {
+    file.set_len(layout.size).map_err(|source| ImageError::Io {
+        path: tmp.to_path_buf(),
+        source,
+    })?;
+    let mut items: Vec<(u64, PageHash)> = Vec::new();
+    for (area, place) in areas.iter().zip(&layout.areas) {
+        for (i, slot) in area.iter().enumerate() {
+            if let PageSlot::Hash(h) = slot {
+                items.push((place.offset + (i * PAGE_SIZE) as u64, h));
+            }
+        }
+    }
+    let first = TASK_PAGES.min(items.len());
+    write_task(store, &items[..first], file, tmp)?;
+    failpoint::hit("image-partial");
+    items[first..]
+        .par_chunks(TASK_PAGES)
+        .try_for_each(|task| write_task(store, task, file, tmp))
+}
+
+/// Verifies and writes one run of pages.
+fn write_task(
+    store: &PageStore,
+    task: &[(u64, PageHash)],
+    file: &File,
+    tmp: &Path,
+) -> Result<(), ImageError> {
+    let read_err = |source| ImageError::Read {
+        path: tmp.to_path_buf(),
+        source,
+    };
+    let hashes: Vec<PageHash> = task.iter().map(|(_, h)| *h).collect();
+    let mut pages = Vec::with_capacity(task.len());
+    for (view, hash) in store.views(&hashes).into_iter().zip(&hashes) {
+        let page = match view {
+            Ok(p) => p,
+            // Committed after we loaded the index? `get` refreshes.
+            Err(ReadError::NotFound { .. }) => store.get_unverified(hash).map_err(read_err)?,
+            Err(e) => return Err(read_err(e)),
+        };
+        page.verify(hash).map_err(read_err)?;
+        pages.push(page);
+    }
+    // Group pages that are contiguous in the image into one pwritev.
+    let mut i = 0;
+    while i < task.len() {
+        let start = task[i].0;
+        let mut j = i + 1;
+        while j < task.len() && j - i < IOV_MAX && task[j].0 == start + ((j - i) * PAGE_SIZE) as u64
+        {
+            j += 1;
+        }
+        let mut iov: Vec<IoSlice<'_>> = pages[i..j].iter().map(|p| IoSlice::new(p)).collect();
+        write_vectored_at(file, &mut iov, start).map_err(|source| ImageError::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// `pwritev` until everything is written.
+pub(crate) fn write_vectored_at(
+    file: &File,
+    mut iov: &mut [IoSlice<'_>],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    while !iov.is_empty() {
+        let n = nix::sys::uio::pwritev(file, iov, offset as i64)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        offset += n as u64;
+        IoSlice::advance_slices(&mut iov, n);
+    }
+    Ok(())
+}
+
+/// A published image of a snapshot, opened.
+#[derive(Debug)]
+pub struct CachedImage {
+    /// The image file (may be unlinked by gc later; `file` stays valid).
+    pub path: PathBuf,
+    /// The open image, read-only: map it `MAP_PRIVATE`.
+    pub file: File,
+    /// Where each area lies.
+    pub layout: ImageLayout,
+    /// True if this call built it, false if it was cached.
+    pub built: bool,
+}
+
+impl PageStore {
+    /// Path of the cached image of a snapshot version.
+    pub(crate) fn image_path(&self, id: &str, key: &str) -> PathBuf {
+        self.dir().join("images").join(format!("{id}.{key}.img"))
+    }
+
+    /// The image of snapshot `id` as its root stands now: opened from the
+    /// cache, or built, published and opened. Safe to call from several
+    /// processes at once (each builds under its own temporary name; the
+    /// results are identical).
+    pub fn image(&self, id: &str) -> Result<CachedImage, ImageError> {
+        let root = self.load_root(id)?;
+        let path = self.image_path(id, &root.content_key());
+        let layout = ImageLayout::of(&root.areas);
+        let io = |source| ImageError::Io {
+            path: path.clone(),
+            source,
+        };
+        match File::open(&path) {
+            Ok(file) => {
+                let len = file.metadata().map_err(io)?.len();
+                if len == layout.size {
+                    return Ok(CachedImage {
+                        path,
+                        file,
+                        layout,
+                        built: false,
+                    });
+                }
+                tracing::warn!(path = %path.display(), len, "cached image has the wrong size, rebuilding");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        build_image(self, &root.areas, &path)?;
+        let file = File::open(&path).map_err(io)?;
+        Ok(CachedImage {
+            path,
+            file,
+            layout,
+            built: true,
+        })
+    }
+}

@@ -1,0 +1,298 @@
+//! Pack files: immutable files of raw 4 KiB page objects.
+//!
+//! ```text
+//! packs/pack-<id>.pack          (id: decimal u32)
+//! offset          size   field
+//! 0               8      magic "THAWPACK"
+//! 8               4      format version, u32 LE (PACK_VERSION)
+//! 12              4      pack id, u32 LE (same as in the file name)
+//! 16              8      object count, u64 LE
+//! 24              4072   zeros: the header fills one page
+//! 4096 * (1 + i)  4096   object i (slot i): the raw page, key = blake3(page)
+//! ```
+//!
+//! Objects are page-aligned so a page server can hand a slice of the mapped
+//! pack straight to `UFFDIO_COPY`. A pack carries no hashes: the index says
+//! which hash lives in which slot, and every read rehashes the page.
+//!
+//! A pack is written once, by one writer, under the name
+//! `packs/.pack-<id>.pack.tmp`; it is fsynced, renamed to its final name and
+//! only then listed in the index. It is never modified afterwards (gc writes
+//! new packs and deletes old ones), which is what makes it safe to `mmap`
+//! them for reading while writers and gc run: an unlinked pack stays readable
+//! through existing mappings.
+
+use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use super::atomic::sync_dir;
+use super::failpoint;
+use super::hash::PAGE_SIZE;
+
+/// Magic bytes at the start of a pack.
+pub const PACK_MAGIC: [u8; 8] = *b"THAWPACK";
+/// Pack format version.
+pub const PACK_VERSION: u32 = 1;
+/// Length of the pack header (one page).
+pub const PACK_HEADER_LEN: u64 = PAGE_SIZE as u64;
+/// Most iovecs passed to one `pwritev` (the kernel's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// File name of pack `id`.
+pub fn pack_file_name(id: u32) -> String {
+    format!("pack-{id}.pack")
+}
+
+/// Parses a pack file name back into its id.
+pub fn parse_pack_file_name(name: &str) -> Option<u32> {
+    name.strip_prefix("pack-")?
+        .strip_suffix(".pack")?
+        .parse()
+        .ok()
+}
+
+/// Byte offset of object `slot` in a pack.
+pub fn slot_offset(slot: u32) -> u64 {
+    PACK_HEADER_LEN + slot as u64 * PAGE_SIZE as u64
+}
+
+/// Error opening a pack for reading.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenPackError {
+    /// The file could not be opened or mapped.
+    #[error("cannot open pack {path}: {source}")]
+    Io {
+        /// The pack.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The header is wrong.
+    #[error("pack {path} is corrupt: {what}")]
+    BadHeader {
+        /// The pack.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// A pack mapped read-only.
+#[derive(Debug)]
+pub struct Pack {
+    id: u32,
+    path: PathBuf,
+    map: Mmap,
+    count: u64,
+}
+
+impl Pack {
+    /// Opens and maps pack `id` in `dir` and checks its header.
+    pub fn open(dir: &Path, id: u32) -> Result<Pack, OpenPackError> {
+        let path = dir.join(pack_file_name(id));
+        let file = File::open(&path).map_err(|source| OpenPackError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|source| OpenPackError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let bad = |what: String| OpenPackError::BadHeader {
+            path: path.clone(),
+            what,
+        };
+        if len < PACK_HEADER_LEN {
+            return Err(bad(format!("{len} bytes, shorter than its header")));
+        }
+        // SAFETY: packs are immutable once renamed to their final name (see the
+        // module doc); nothing in thaw writes to a mapped pack, and the mapping
+        // is read-only, so the slice we hand out cannot change under us except
+        // by outside tampering, which every read detects by rehashing.
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| OpenPackError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if map[..8] != PACK_MAGIC {
+            return Err(bad("bad magic".into()));
+        }
+        let version = u32::from_le_bytes(map[8..12].try_into().expect("4 bytes"));
+        if version != PACK_VERSION {
+            return Err(bad(format!("unsupported version {version}")));
+        }
+        let found_id = u32::from_le_bytes(map[12..16].try_into().expect("4 bytes"));
+        if found_id != id {
+            return Err(bad(format!("header says pack {found_id}")));
+        }
+        let count = u64::from_le_bytes(map[16..24].try_into().expect("8 bytes"));
+        let expected = PACK_HEADER_LEN + count * PAGE_SIZE as u64;
+        if len != expected {
+            return Err(bad(format!(
+                "{len} bytes, but {count} objects need {expected}"
+            )));
+        }
+        Ok(Pack {
+            id,
+            path,
+            map,
+            count,
+        })
+    }
+
+    /// The pack id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The pack file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of objects.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The raw, unverified bytes of object `slot`, if the pack has it.
+    pub fn object(&self, slot: u32) -> Option<&[u8]> {
+        if slot as u64 >= self.count {
+            return None;
+        }
+        let off = slot_offset(slot) as usize;
+        Some(&self.map[off..off + PAGE_SIZE])
+    }
+}
+
+/// Error writing a pack.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write pack {path}: {source}")]
+pub struct WritePackError {
+    /// The pack being written.
+    pub path: PathBuf,
+    /// Underlying error.
+    pub source: std::io::Error,
+}
+
+/// A pack being written under its temporary name.
+///
+/// Dropping it without [`PackWriter::finish`] removes the temporary file.
+#[derive(Debug)]
+pub struct PackWriter {
+    id: u32,
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: File,
+    count: u32,
+    finished: bool,
+}
+
+impl PackWriter {
+    /// Starts pack `id` in `dir`.
+    pub fn create(dir: &Path, id: u32) -> Result<PackWriter, WritePackError> {
+        let tmp = dir.join(format!(".{}.tmp", pack_file_name(id)));
+        let err = |source| WritePackError {
+            path: tmp.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(err)?;
+        Ok(PackWriter {
+            id,
+            dir: dir.to_path_buf(),
+            tmp,
+            file,
+            count: 0,
+            finished: false,
+        })
+    }
+
+    /// The pack id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Appends pages (each exactly [`PAGE_SIZE`] bytes); returns the slot of
+    /// the first one. Uses `pwritev` with up to `IOV_MAX` pages per call: the
+    /// `io_uring` alternative measured no faster (see docs/store.md).
+    pub fn append(&mut self, pages: &[&[u8]]) -> Result<u32, WritePackError> {
+        let first = self.count;
+        let mut offset = slot_offset(self.count);
+        for batch in pages.chunks(IOV_MAX) {
+            let mut iov: Vec<IoSlice<'_>> = batch
+                .iter()
+                .map(|p| {
+                    debug_assert_eq!(p.len(), PAGE_SIZE);
+                    IoSlice::new(p)
+                })
+                .collect();
+            let mut left: &mut [IoSlice<'_>] = &mut iov;
+            while !left.is_empty() {
+                let n = nix::sys::uio::pwritev(&self.file, left, offset as i64).map_err(|e| {
+                    WritePackError {
+                        path: self.tmp.clone(),
+                        source: e.into(),
+                    }
+                })?;
+                if n == 0 {
+                    return Err(WritePackError {
+                        path: self.tmp.clone(),
+                        source: std::io::ErrorKind::WriteZero.into(),
+                    });
+                }
+                offset += n as u64;
+                IoSlice::advance_slices(&mut left, n);
+            }
+            self.count += batch.len() as u32;
+        }
+        failpoint::hit("pack-partial");
+        Ok(first)
+    }
+
+    /// Writes the header, fsyncs, and renames the pack to its final name
+    /// (fsyncing the directory). Returns the final path.
+    pub fn finish(mut self) -> Result<PathBuf, WritePackError> {
+        let err = |path: &Path, source| WritePackError {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut header = vec![0u8; PACK_HEADER_LEN as usize];
+        header[..8].copy_from_slice(&PACK_MAGIC);
+        header[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
+        header[12..16].copy_from_slice(&self.id.to_le_bytes());
+        header[16..24].copy_from_slice(&(self.count as u64).to_le_bytes());
+        self.file
+            .write_all_at(&header, 0)
+            .map_err(|e| err(&self.tmp, e))?;
+        self.file.sync_all().map_err(|e| err(&self.tmp, e))?;
+        failpoint::hit("pack-synced");
+        let dest = self.dir.join(pack_file_name(self.id));
+        std::fs::rename(&self.tmp, &dest).map_err(|e| err(&dest, e))?;
+        self.finished = true;
+        failpoint::hit("pack-renamed");
+        sync_dir(&self.dir).map_err(|e| err(&self.dir, e))?;
+        Ok(dest)
+    }
+}
+
+impl Drop for PackWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Err(err) = std::fs::remove_file(&self.tmp) {
+                tracing::warn!(?err, path = %self.tmp.display(), "cannot remove abandoned pack");
+            }
+        }
+    }
+}
