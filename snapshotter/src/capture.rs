@@ -1,1 +1,0 @@
-//! Capture of a live process (see the crate docs).

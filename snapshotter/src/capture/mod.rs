@@ -1,0 +1,404 @@
+//! Capture of a live process.
+//!
+//! [`capture`] stops a single-threaded process without disturbing it
+//! (`PTRACE_SEIZE` + `PTRACE_INTERRUPT`), refuses it if a copy could not be
+//! faithful ([`Refusal`]), reads its thread and process state into a
+//! [`ProcessState`], hands every page of private content that is not zero to
+//! a [`PageSink`], and detaches: the original keeps running.
+//!
+//! ```text
+//!   seize + interrupt ─ refuse? ─ fds, maps ─ regs, xsave, rseq ─ inject:
+//!   rt_sigaction ×n, brk(0) ─ pagemap scan ─ process_vm_readv batches ─
+//!   zero check ─ sink ─ detach
+//! ```
+//!
+//! Modules: [`ptrace`] (holding the process), [`inject`] (running syscalls
+//! in it, reusable by the restorer), [`maps`], [`areas`], [`pagemap`],
+//! [`memory`], [`signals`], [`mm`], [`fds`], [`refuse`].
+
+pub mod areas;
+pub mod fds;
+pub mod inject;
+pub mod maps;
+pub mod memory;
+pub mod mm;
+pub mod pagemap;
+pub mod procfs;
+pub mod ptrace;
+pub mod refuse;
+pub mod signals;
+
+use std::time::{Duration, Instant};
+
+pub use inject::{InjectError, Injector};
+pub use memory::MemoryError;
+pub use pagemap::PagemapError;
+pub use ptrace::{PtraceError, Seized};
+pub use refuse::Refusal;
+
+use crate::state::{AreaKind, ProcessAttributes, ProcessState, Rlimit, PAGE_SIZE, STATE_VERSION};
+use memory::AreaPlan;
+use pagemap::{Pagemap, Range};
+use procfs::Status;
+
+/// A sink could not take pages.
+#[derive(Debug, thiserror::Error)]
+#[error("page sink failed: {0}")]
+pub struct SinkError(pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Where captured page contents go.
+pub trait PageSink {
+    /// Receives `data.len() / 4096` consecutive non-zero pages of area
+    /// number `area` (index into [`ProcessState::areas`]), the first of which
+    /// is page `first_page` of that area (counted from the area's start).
+    /// Calls come in address order; `data` is only valid during the call.
+    fn pages(&mut self, area: usize, first_page: u64, data: &[u8]) -> Result<(), SinkError>;
+}
+
+/// A [`PageSink`] that keeps everything in memory (for tests and tools).
+#[derive(Debug, Default)]
+pub struct VecSink {
+    /// `(area, first_page, data)` per call, in call order.
+    pub batches: Vec<(usize, u64, Vec<u8>)>,
+}
+
+impl VecSink {
+    /// Every stored page as `(area, page index, content)`.
+    pub fn pages(&self) -> impl Iterator<Item = (usize, u64, &[u8])> + '_ {
+        self.batches.iter().flat_map(|(area, first, data)| {
+            data.chunks_exact(PAGE_SIZE as usize)
+                .enumerate()
+                .map(move |(i, page)| (*area, first + i as u64, page))
+        })
+    }
+
+    /// Total bytes received.
+    pub fn bytes(&self) -> u64 {
+        self.batches.iter().map(|(_, _, d)| d.len() as u64).sum()
+    }
+}
+
+impl PageSink for VecSink {
+    fn pages(&mut self, area: usize, first_page: u64, data: &[u8]) -> Result<(), SinkError> {
+        self.batches.push((area, first_page, data.to_vec()));
+        Ok(())
+    }
+}
+
+/// How to capture.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Descriptors that belong to the runtime protocol and the function's
+    /// logs: pipes and Unix sockets there are recorded as ends the restorer
+    /// reconnects; anywhere else they are refused. Default 0..=4.
+    pub protocol_fds: Vec<i32>,
+    /// Bytes read per `process_vm_readv` batch. Default 8 MiB.
+    pub batch_bytes: usize,
+    /// Use the `PAGEMAP_SCAN` ioctl when the kernel has it (else pagemap
+    /// entries are read). Default true.
+    pub pagemap_scan: bool,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            protocol_fds: vec![0, 1, 2, 3, 4],
+            batch_bytes: 8 << 20,
+            pagemap_scan: true,
+        }
+    }
+}
+
+/// Where the time of a capture went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CaptureTimings {
+    /// Seize, interrupt, wait for the stop.
+    pub stop: Duration,
+    /// Refusal checks, fds, maps, registers, injected syscalls, attributes.
+    pub state: Duration,
+    /// Finding private pages (pagemap).
+    pub scan: Duration,
+    /// Reading pages and checking them for zero.
+    pub read: Duration,
+    /// Inside the page sink.
+    pub sink: Duration,
+    /// Detaching.
+    pub detach: Duration,
+    /// Bytes read from the process.
+    pub bytes_read: u64,
+    /// Bytes handed to the sink.
+    pub bytes_stored: u64,
+    /// Whether `PAGEMAP_SCAN` was used.
+    pub used_pagemap_scan: bool,
+}
+
+impl CaptureTimings {
+    /// Total time from seize to detach.
+    pub fn total(&self) -> Duration {
+        self.stop + self.state + self.scan + self.read + self.sink + self.detach
+    }
+}
+
+/// Why a capture failed. A refused capture names what could not be copied.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The process cannot be restored faithfully.
+    #[error("capture of pid {pid} refused: {reason}")]
+    Refused {
+        /// The process.
+        pid: i32,
+        /// What and why.
+        reason: Refusal,
+    },
+    /// Holding the process failed.
+    #[error(transparent)]
+    Ptrace(#[from] PtraceError),
+    /// Running a syscall in the process failed.
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+    /// A syscall run in the process returned an error.
+    #[error("{call} inside pid {pid} failed with errno {errno}")]
+    Injected {
+        /// The process.
+        pid: i32,
+        /// The call.
+        call: String,
+        /// The errno it returned.
+        errno: i32,
+    },
+    /// Reading memory or storing pages failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Reading pagemap failed.
+    #[error(transparent)]
+    Pagemap(#[from] PagemapError),
+    /// The memory map could not be parsed.
+    #[error(transparent)]
+    Maps(#[from] maps::MapsError),
+    /// A `/proc` file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Proc {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A `/proc` file had unexpected content.
+    #[error("unexpected content in {path}: {what}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        what: String,
+    },
+    /// A system call of the capturing process failed.
+    #[error("{call} for pid {pid} failed: {errno}")]
+    Sys {
+        /// The process.
+        pid: i32,
+        /// The call.
+        call: &'static str,
+        /// Why.
+        errno: nix::errno::Errno,
+    },
+}
+
+impl CaptureError {
+    /// A refusal of `pid` for `reason`.
+    pub fn refused(pid: i32, reason: Refusal) -> CaptureError {
+        CaptureError::Refused { pid, reason }
+    }
+}
+
+/// Captures `pid`: see the module docs. Non-zero private pages go to `sink`.
+pub fn capture(
+    pid: i32,
+    options: &CaptureOptions,
+    sink: &mut dyn PageSink,
+) -> Result<ProcessState, CaptureError> {
+    capture_timed(pid, options, sink).map(|(state, _)| state)
+}
+
+/// [`capture`], also reporting where the time went.
+pub fn capture_timed(
+    pid: i32,
+    options: &CaptureOptions,
+    sink: &mut dyn PageSink,
+) -> Result<(ProcessState, CaptureTimings), CaptureError> {
+    let mut timings = CaptureTimings::default();
+    let started = Instant::now();
+    let mut seized = Seized::stop(pid)?;
+    timings.stop = started.elapsed();
+
+    let started = Instant::now();
+    refuse::check_threads(pid)?;
+    refuse::check_children(pid)?;
+    let status = Status::read(pid)?;
+    refuse::check_pending_signals(pid, &status)?;
+    let fds = fds::capture(pid, &options.protocol_fds)?;
+    let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
+    let mut areas = areas::classify(pid, &entries)?;
+    let registers = seized.registers()?;
+    let xsave = seized.xsave()?;
+    let rseq = seized.rseq()?;
+    let injector = Injector::find(&seized)?;
+    let signals = signals::capture(&mut seized, &injector, &status)?;
+    let mm = mm::capture(&mut seized, &injector)?;
+    let process = attributes(pid, &status)?;
+    let comm = procfs::read_text(pid, "comm")?
+        .trim_end_matches('\n')
+        .to_string();
+    let personality_text = procfs::read_text(pid, "personality")?;
+    let personality =
+        u32::from_str_radix(personality_text.trim(), 16).map_err(|_| CaptureError::Parse {
+            path: format!("/proc/{pid}/personality"),
+            what: format!("{personality_text:?} is not hexadecimal"),
+        })?;
+    timings.state = started.elapsed();
+
+    let started = Instant::now();
+    let plans = plan_pages(pid, &mut areas, options)?;
+    timings.scan = started.elapsed();
+
+    let stats = memory::read_pages(pid, &plans.plans, &mut areas, options.batch_bytes, sink)?;
+    timings.read = stats.read;
+    timings.sink = stats.sink;
+    timings.bytes_read = stats.bytes_read;
+    timings.bytes_stored = stats.bytes_stored;
+    timings.used_pagemap_scan = plans.used_scan;
+
+    let started = Instant::now();
+    seized.detach()?;
+    timings.detach = started.elapsed();
+
+    let state = ProcessState {
+        version: STATE_VERSION,
+        pid,
+        comm,
+        personality,
+        registers,
+        xsave,
+        signals,
+        rseq,
+        mm,
+        process,
+        areas,
+        fds,
+    };
+    Ok((state, timings))
+}
+
+struct Plans {
+    plans: Vec<AreaPlan>,
+    used_scan: bool,
+}
+
+/// Finds the pages to read in every area that can hold private content,
+/// and settles `FileUnchanged` versus `FilePrivate`.
+fn plan_pages(
+    pid: i32,
+    areas: &mut [crate::state::MemoryArea],
+    options: &CaptureOptions,
+) -> Result<Plans, CaptureError> {
+    let mut pagemap = Pagemap::open(pid, options.pagemap_scan)?;
+    let mut plans = Vec::new();
+    for (index, area) in areas.iter_mut().enumerate() {
+        let scan = match area.kind {
+            AreaKind::FileUnchanged => !area.shared,
+            kind => kind.has_private_pages(),
+        };
+        if !scan {
+            continue;
+        }
+        let mut ranges = Vec::new();
+        pagemap.private_ranges(area.start, area.end, &mut ranges)?;
+        if area.kind == AreaKind::FileCopied {
+            ranges = copied_file_ranges(area, ranges);
+        }
+        if area.kind == AreaKind::FileUnchanged && !ranges.is_empty() {
+            area.kind = AreaKind::FilePrivate;
+        }
+        if !ranges.is_empty() {
+            plans.push(AreaPlan {
+                area: index,
+                readable: area.prot.read,
+                ranges,
+            });
+        }
+    }
+    Ok(Plans {
+        plans,
+        used_scan: pagemap.uses_scan(),
+    })
+}
+
+/// For a mapping of a deleted file, every page that lies inside the file,
+/// plus private pages beyond its end.
+fn copied_file_ranges(area: &crate::state::MemoryArea, private: Vec<Range>) -> Vec<Range> {
+    let size = area.file.map(|f| f.size).unwrap_or(0);
+    let in_file = size.saturating_sub(area.offset).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let file_end = (area.start + in_file).min(area.end);
+    let mut ranges = Vec::new();
+    if file_end > area.start {
+        ranges.push(Range {
+            start: area.start,
+            end: file_end,
+        });
+    }
+    for range in private {
+        let start = range.start.max(file_end);
+        if start < range.end {
+            ranges.push(Range {
+                start,
+                end: range.end,
+            });
+        }
+    }
+    ranges
+}
+
+/// Number of `RLIMIT_*` resources Linux has (`RLIM_NLIMITS`).
+const RLIMITS: u32 = 16;
+
+/// cwd, umask, limits and credentials.
+fn attributes(pid: i32, status: &Status) -> Result<ProcessAttributes, CaptureError> {
+    let mut rlimits = Vec::new();
+    for resource in 0..RLIMITS {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a null new-limit pointer only reads; `limit` is a valid
+        // out-parameter for the old limit.
+        let rc = unsafe { libc::prlimit(pid, resource as _, std::ptr::null(), &mut limit) };
+        if rc != 0 {
+            return Err(CaptureError::Sys {
+                pid,
+                call: "prlimit",
+                errno: nix::errno::Errno::last(),
+            });
+        }
+        rlimits.push(Rlimit {
+            resource,
+            soft: limit.rlim_cur,
+            hard: limit.rlim_max,
+        });
+    }
+    Ok(ProcessAttributes {
+        cwd: procfs::read_link(pid, "cwd")?,
+        umask: status.octal("Umask")?,
+        rlimits,
+        uids: status.ids("Uid")?,
+        gids: status.ids("Gid")?,
+        groups: status.numbers("Groups")?,
+        capabilities: [
+            status.hex("CapInh")?,
+            status.hex("CapPrm")?,
+            status.hex("CapEff")?,
+            status.hex("CapBnd")?,
+            status.hex("CapAmb")?,
+        ],
+        no_new_privs: status.number("NoNewPrivs")? != 0,
+        seccomp: status.number("Seccomp")? as u32,
+    })
+}

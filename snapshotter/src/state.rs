@@ -1,1 +1,0 @@
-//! The serialisable state of a captured process.
