@@ -1,0 +1,152 @@
+//! Turning `/proc/pid/maps` entries into [`MemoryArea`]s, refusing the ones
+//! a copy cannot have.
+//!
+//! | maps entry                                   | kind                      |
+//! |----------------------------------------------|---------------------------|
+//! | private file mapping                         | `FileUnchanged` (or `FilePrivate` once the page scan finds written pages) |
+//! | private mapping of a deleted file or memfd   | `FileCopied`              |
+//! | private `/dev/zero`, unnamed, `[anon:…]`     | `Anonymous`               |
+//! | `[heap]`, `[stack]`                          | `Heap`, `Stack`           |
+//! | `[vdso]`, `[vvar]`, `[vvar_vclock]`, `[vsyscall]` | same name            |
+//! | read-only shared mapping of a regular file   | `FileUnchanged`           |
+//! | writable shared file mapping                 | refused                   |
+//! | shared anonymous, shmem, memfd, SysV, `/dev/shm` | refused               |
+//! | other devices, unknown pseudo-names          | refused                   |
+
+use std::collections::HashMap;
+
+use super::maps::{MapsEntry, Pseudo};
+use super::mm::identity;
+use super::refuse::Refusal;
+use super::CaptureError;
+use crate::state::{AreaKind, FileIdentity, MemoryArea, Protection};
+
+/// What `stat` of `/proc/pid/map_files/<range>` says about a mapped file.
+#[derive(Debug, Clone, Copy)]
+struct MappedFile {
+    identity: FileIdentity,
+    mode: u32,
+    links: u64,
+}
+
+fn mapped_file(pid: i32, entry: &MapsEntry) -> Result<MappedFile, CaptureError> {
+    let link = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
+    let st = nix::sys::stat::stat(link.as_str()).map_err(|errno| CaptureError::Proc {
+        path: link.clone(),
+        source: errno.into(),
+    })?;
+    Ok(MappedFile {
+        identity: identity(&link)?,
+        mode: st.st_mode & libc::S_IFMT,
+        links: st.st_nlink,
+    })
+}
+
+fn display_name(entry: &MapsEntry) -> String {
+    match (entry.path.is_empty(), entry.deleted) {
+        (true, _) => "anonymous".to_string(),
+        (false, true) => format!("{} (deleted)", entry.path),
+        (false, false) => entry.path.clone(),
+    }
+}
+
+/// Classifies every entry; the first one that cannot be restored refuses
+/// the capture.
+pub fn classify(pid: i32, entries: &[MapsEntry]) -> Result<Vec<MemoryArea>, CaptureError> {
+    let mut files: HashMap<(u64, u64), MappedFile> = HashMap::new();
+    let mut areas = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let refuse = |reason| Err(CaptureError::refused(pid, reason));
+        let shared_memory = || {
+            refuse(Refusal::SharedMemory {
+                start: entry.start,
+                end: entry.end,
+                name: display_name(entry),
+            })
+        };
+        let pseudo = entry.pseudo();
+        let mut file = None;
+        let kind = match pseudo {
+            Pseudo::Vdso => AreaKind::Vdso,
+            Pseudo::Vvar => AreaKind::Vvar,
+            Pseudo::VvarVclock => AreaKind::VvarVclock,
+            Pseudo::Vsyscall => AreaKind::Vsyscall,
+            _ if entry.shared && pseudo != Pseudo::File => return shared_memory(),
+            Pseudo::Heap => AreaKind::Heap,
+            Pseudo::Stack => AreaKind::Stack,
+            Pseudo::Anonymous => AreaKind::Anonymous,
+            Pseudo::Other => {
+                return refuse(Refusal::UnknownMapping {
+                    start: entry.start,
+                    end: entry.end,
+                    name: display_name(entry),
+                })
+            }
+            Pseudo::File => {
+                let mapped = match files.get(&(entry.dev(), entry.inode)) {
+                    Some(mapped) => *mapped,
+                    None => {
+                        let mapped = mapped_file(pid, entry)?;
+                        files.insert((entry.dev(), entry.inode), mapped);
+                        mapped
+                    }
+                };
+                let gone = entry.deleted || mapped.links == 0;
+                let is_zero_device = mapped.mode == libc::S_IFCHR && entry.path == "/dev/zero";
+                if entry.shared {
+                    if gone
+                        || mapped.mode != libc::S_IFREG
+                        || entry.path.starts_with("/dev/shm/")
+                        || entry.path.starts_with("/SYSV")
+                    {
+                        return shared_memory();
+                    }
+                    if entry.write {
+                        return refuse(Refusal::SharedWritableFile {
+                            start: entry.start,
+                            end: entry.end,
+                            path: entry.path.clone(),
+                        });
+                    }
+                    file = Some(mapped.identity);
+                    AreaKind::FileUnchanged
+                } else if is_zero_device {
+                    AreaKind::Anonymous
+                } else if mapped.mode != libc::S_IFREG {
+                    return refuse(Refusal::UnknownMapping {
+                        start: entry.start,
+                        end: entry.end,
+                        name: display_name(entry),
+                    });
+                } else {
+                    file = Some(mapped.identity);
+                    if gone {
+                        AreaKind::FileCopied
+                    } else {
+                        // Becomes FilePrivate if the page scan finds written pages.
+                        AreaKind::FileUnchanged
+                    }
+                }
+            }
+        };
+        areas.push(MemoryArea {
+            start: entry.start,
+            end: entry.end,
+            prot: Protection {
+                read: entry.read,
+                write: entry.write,
+                exec: entry.exec,
+            },
+            shared: entry.shared,
+            offset: entry.offset,
+            path: (!entry.path.is_empty()).then(|| entry.path.clone()),
+            deleted: entry.deleted,
+            maps_dev: entry.dev(),
+            inode: entry.inode,
+            file,
+            kind,
+            pages: Vec::new(),
+        });
+    }
+    Ok(areas)
+}

@@ -1,0 +1,277 @@
+//! What makes a process impossible to restore faithfully, and the checks
+//! that find it.
+//!
+//! Every refusal names the offending thing and why thaw cannot copy it; a
+//! capture that meets one stops and detaches instead of writing a snapshot
+//! that would restore wrong.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use super::procfs::{self, Status};
+use super::CaptureError;
+
+/// Why a process cannot be captured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// More than one thread.
+    #[error("it has {count} threads; only single-threaded processes can be restored")]
+    Threads {
+        /// Number of threads.
+        count: usize,
+    },
+    /// Child processes (running or not yet reaped).
+    #[error("it has child processes {pids:?}; a copy would not have them")]
+    Children {
+        /// Their pids.
+        pids: Vec<i32>,
+    },
+    /// A TCP socket, connected or listening.
+    #[error("fd {fd} is a TCP socket {local} -> {remote} ({state}); a copy can neither share nor recreate the connection")]
+    TcpSocket {
+        /// The descriptor.
+        fd: i32,
+        /// Local address.
+        local: SocketAddr,
+        /// Remote address.
+        remote: SocketAddr,
+        /// Connection state name.
+        state: &'static str,
+    },
+    /// A descriptor whose object cannot be recreated in a copy.
+    #[error("fd {fd} is {what}; {why}")]
+    Descriptor {
+        /// The descriptor.
+        fd: i32,
+        /// What it refers to.
+        what: String,
+        /// Why that cannot be restored.
+        why: &'static str,
+    },
+    /// Memory shared with other processes (or able to be).
+    #[error("memory {start:#x}-{end:#x} ({name}) is shared memory; other processes would see the copies' writes")]
+    SharedMemory {
+        /// First address.
+        start: u64,
+        /// End address.
+        end: u64,
+        /// Path or pseudo-name.
+        name: String,
+    },
+    /// A writable shared mapping of a file.
+    #[error("memory {start:#x}-{end:#x} is a writable shared mapping of {path}; every copy would write the same file")]
+    SharedWritableFile {
+        /// First address.
+        start: u64,
+        /// End address.
+        end: u64,
+        /// The file.
+        path: String,
+    },
+    /// A kind of mapping thaw does not know how to recreate.
+    #[error("memory {start:#x}-{end:#x} ({name}) is a mapping thaw cannot recreate")]
+    UnknownMapping {
+        /// First address.
+        start: u64,
+        /// End address.
+        end: u64,
+        /// Path or pseudo-name.
+        name: String,
+    },
+    /// Signals waiting for delivery (they would be lost).
+    #[error("signals {mask:#x} are pending; they would be lost")]
+    PendingSignals {
+        /// Pending signal mask (thread and process).
+        mask: u64,
+    },
+}
+
+/// Refuses processes with more than one thread.
+pub fn check_threads(pid: i32) -> Result<(), CaptureError> {
+    let tasks = task_ids(pid)?;
+    if tasks.len() > 1 {
+        return Err(CaptureError::refused(
+            pid,
+            Refusal::Threads { count: tasks.len() },
+        ));
+    }
+    Ok(())
+}
+
+fn task_ids(pid: i32) -> Result<Vec<i32>, CaptureError> {
+    let path = format!("/proc/{pid}/task");
+    let dir = std::fs::read_dir(&path).map_err(|source| CaptureError::Proc {
+        path: path.clone(),
+        source,
+    })?;
+    let mut ids = Vec::new();
+    for entry in dir {
+        let entry = entry.map_err(|source| CaptureError::Proc {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Refuses processes with children (`/proc/pid/task/*/children`).
+pub fn check_children(pid: i32) -> Result<(), CaptureError> {
+    let mut pids = Vec::new();
+    for task in task_ids(pid)? {
+        let text = procfs::read_text(pid, &format!("task/{task}/children"))?;
+        pids.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    if !pids.is_empty() {
+        return Err(CaptureError::refused(pid, Refusal::Children { pids }));
+    }
+    Ok(())
+}
+
+/// Refuses processes with pending signals.
+pub fn check_pending_signals(pid: i32, status: &Status) -> Result<(), CaptureError> {
+    let mask = status.hex("SigPnd")? | status.hex("ShdPnd")?;
+    if mask != 0 {
+        return Err(CaptureError::refused(pid, Refusal::PendingSignals { mask }));
+    }
+    Ok(())
+}
+
+/// One row of `/proc/pid/net/tcp{,6}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpEntry {
+    /// Local address.
+    pub local: SocketAddr,
+    /// Remote address.
+    pub remote: SocketAddr,
+    /// State name.
+    pub state: &'static str,
+}
+
+/// TCP sockets of the process's network namespace by socket inode.
+pub fn tcp_sockets(pid: i32) -> Result<HashMap<u64, TcpEntry>, CaptureError> {
+    let mut sockets = HashMap::new();
+    for table in ["net/tcp", "net/tcp6"] {
+        let text = match procfs::read_text(pid, table) {
+            Ok(text) => text,
+            // No IPv6 in this kernel or namespace.
+            Err(CaptureError::Proc { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue
+            }
+            Err(err) => return Err(err),
+        };
+        for line in text.lines().skip(1) {
+            if let Some((inode, entry)) = parse_tcp_line(line) {
+                sockets.insert(inode, entry);
+            }
+        }
+    }
+    Ok(sockets)
+}
+
+/// Parses `sl local remote st tx:rx tr:when retrnsmt uid timeout inode ...`.
+fn parse_tcp_line(line: &str) -> Option<(u64, TcpEntry)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.len() < 10 {
+        return None;
+    }
+    let local = parse_tcp_address(fields[1])?;
+    let remote = parse_tcp_address(fields[2])?;
+    let state = tcp_state(u8::from_str_radix(fields[3], 16).ok()?);
+    let inode = fields[9].parse().ok()?;
+    Some((
+        inode,
+        TcpEntry {
+            local,
+            remote,
+            state,
+        },
+    ))
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits `:port` (IPv6); the address is
+/// printed as native-endian 32-bit words.
+fn parse_tcp_address(text: &str) -> Option<SocketAddr> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok();
+    match addr.len() {
+        8 => Some(SocketAddr::new(
+            Ipv4Addr::from(word(0)?.to_ne_bytes()).into(),
+            port,
+        )),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?.to_ne_bytes());
+            }
+            Some(SocketAddr::new(Ipv6Addr::from(bytes).into(), port))
+        }
+        _ => None,
+    }
+}
+
+fn tcp_state(code: u8) -> &'static str {
+    match code {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Inodes of the Unix sockets of the process's network namespace.
+pub fn unix_sockets(pid: i32) -> Result<std::collections::HashSet<u64>, CaptureError> {
+    let text = procfs::read_text(pid, "net/unix")?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(6)?.parse().ok())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tcp_rows() {
+        let v4 = "   0: 0100007F:1F90 0100007F:A2C4 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 30 10 -1";
+        let (inode, entry) = parse_tcp_line(v4).unwrap();
+        assert_eq!(inode, 4242);
+        assert_eq!(entry.local, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(entry.remote, "127.0.0.1:41668".parse().unwrap());
+        assert_eq!(entry.state, "ESTABLISHED");
+        let v6 = "   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0000000000000000 100 0 0 10 0";
+        let (inode, entry) = parse_tcp_line(v6).unwrap();
+        assert_eq!(inode, 77);
+        assert_eq!(entry.local, "[::1]:80".parse().unwrap());
+        assert_eq!(entry.state, "LISTEN");
+    }
+
+    #[test]
+    fn refusal_messages_name_the_reason() {
+        let threads = Refusal::Threads { count: 3 }.to_string();
+        assert_eq!(
+            threads,
+            "it has 3 threads; only single-threaded processes can be restored"
+        );
+        let children = Refusal::Children { pids: vec![12] }.to_string();
+        assert!(children.contains("child processes [12]"));
+    }
+}

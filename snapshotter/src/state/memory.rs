@@ -1,0 +1,233 @@
+//! Memory areas of a captured process and which of their pages were stored.
+//!
+//! Every area of `/proc/pid/maps` becomes one [`MemoryArea`]. Its pages fall
+//! into three groups, recorded as sorted, non-overlapping [`PageRun`]s
+//! (page indices relative to the area's start):
+//!
+//! ```text
+//! area:   |  file / untouched  | Stored ... | Zero | untouched | Stored |
+//!         ^start                                                    end^
+//! ```
+//!
+//! * `Stored`: private content that went to the page sink;
+//! * `Zero`: private pages that exist but hold only zero bytes (not stored);
+//! * pages in no run: for a file-backed area the file's page at
+//!   `offset + index * PAGE_SIZE`, for anonymous memory never touched (zero).
+
+use serde::{Deserialize, Serialize};
+
+use super::PAGE_SIZE;
+
+/// Access rights of an area.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Protection {
+    /// `PROT_READ`.
+    pub read: bool,
+    /// `PROT_WRITE`.
+    pub write: bool,
+    /// `PROT_EXEC`.
+    pub exec: bool,
+}
+
+impl Protection {
+    /// The `PROT_*` bits for `mmap`/`mprotect`.
+    pub fn to_prot(self) -> i32 {
+        let mut prot = libc::PROT_NONE;
+        if self.read {
+            prot |= libc::PROT_READ;
+        }
+        if self.write {
+            prot |= libc::PROT_WRITE;
+        }
+        if self.exec {
+            prot |= libc::PROT_EXEC;
+        }
+        prot
+    }
+}
+
+/// Which file a mapping or descriptor refers to, precisely enough to notice
+/// that it changed since the capture.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub inode: u64,
+    /// `st_size`.
+    pub size: u64,
+    /// `st_mtime` seconds.
+    pub mtime_sec: i64,
+    /// `st_mtime` nanoseconds.
+    pub mtime_nsec: i64,
+}
+
+/// What an area is and how the restorer recreates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AreaKind {
+    /// A file mapping whose every present page is still the file's: map the
+    /// file again (same path, identity and offset); nothing was stored.
+    FileUnchanged,
+    /// A private file mapping some of whose pages were written (copy on
+    /// write): map the file, then put the stored pages over it.
+    FilePrivate,
+    /// A private mapping of a file that no longer exists under its path
+    /// (`(deleted)`, memfd): every page was read and is in the runs.
+    FileCopied,
+    /// Private anonymous memory (including `[anon:name]` areas and private
+    /// mappings of `/dev/zero`).
+    Anonymous,
+    /// The `brk` heap, `[heap]`.
+    Heap,
+    /// The main thread's stack, `[stack]` (grows down).
+    Stack,
+    /// `[vdso]`: not stored, the restorer moves its own there.
+    Vdso,
+    /// `[vvar]`: not stored, moves with the vdso.
+    Vvar,
+    /// `[vvar_vclock]`: not stored, moves with the vdso.
+    VvarVclock,
+    /// `[vsyscall]`: fixed by the kernel, nothing to do.
+    Vsyscall,
+}
+
+impl AreaKind {
+    /// Whether the area's private pages are scanned and stored.
+    pub fn has_private_pages(&self) -> bool {
+        matches!(
+            self,
+            AreaKind::FilePrivate
+                | AreaKind::FileCopied
+                | AreaKind::Anonymous
+                | AreaKind::Heap
+                | AreaKind::Stack
+        )
+    }
+}
+
+/// One area of the memory map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryArea {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Access rights.
+    pub prot: Protection,
+    /// `MAP_SHARED` (true) or `MAP_PRIVATE` (false).
+    pub shared: bool,
+    /// Offset into the file in bytes (0 for anonymous memory).
+    pub offset: u64,
+    /// The path column of `/proc/pid/maps` without a ` (deleted)` suffix;
+    /// `None` for unnamed anonymous memory.
+    pub path: Option<String>,
+    /// Whether the file was deleted (or is a memfd).
+    pub deleted: bool,
+    /// Device of the mapped file as `/proc/pid/maps` prints it (`major:minor`
+    /// folded into `major << 32 | minor`).
+    pub maps_dev: u64,
+    /// Inode of the mapped file (0 for anonymous memory).
+    pub inode: u64,
+    /// Identity of the mapped file, when there is one.
+    pub file: Option<FileIdentity>,
+    /// What the area is.
+    pub kind: AreaKind,
+    /// Stored and zero page runs, sorted by `first`.
+    pub pages: Vec<PageRun>,
+}
+
+impl MemoryArea {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether the area is empty (never for a real mapping).
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// Number of pages.
+    pub fn page_count(&self) -> u64 {
+        self.len() / PAGE_SIZE
+    }
+
+    /// Number of pages in runs of `kind`.
+    pub fn count_pages(&self, kind: PageRunKind) -> u64 {
+        self.pages
+            .iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.count)
+            .sum()
+    }
+}
+
+/// What a run of pages holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PageRunKind {
+    /// Content handed to the page sink.
+    Stored,
+    /// Entirely zero; not stored.
+    Zero,
+}
+
+/// A run of consecutive pages of one kind inside an area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    /// Index of the first page, relative to the area's start.
+    pub first: u64,
+    /// Number of pages.
+    pub count: u64,
+    /// What they hold.
+    pub kind: PageRunKind,
+}
+
+/// Appends `count` pages of `kind` starting at `first` to `runs`, merging
+/// with the last run when it continues it.
+pub(crate) fn push_run(runs: &mut Vec<PageRun>, first: u64, count: u64, kind: PageRunKind) {
+    if count == 0 {
+        return;
+    }
+    if let Some(last) = runs.last_mut() {
+        if last.kind == kind && last.first + last.count == first {
+            last.count += count;
+            return;
+        }
+    }
+    runs.push(PageRun { first, count, kind });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_merge_when_contiguous_and_same_kind() {
+        let mut runs = Vec::new();
+        push_run(&mut runs, 0, 2, PageRunKind::Stored);
+        push_run(&mut runs, 2, 3, PageRunKind::Stored);
+        push_run(&mut runs, 5, 1, PageRunKind::Zero);
+        push_run(&mut runs, 7, 1, PageRunKind::Zero);
+        push_run(&mut runs, 8, 0, PageRunKind::Stored);
+        assert_eq!(
+            runs,
+            vec![
+                PageRun {
+                    first: 0,
+                    count: 5,
+                    kind: PageRunKind::Stored
+                },
+                PageRun {
+                    first: 5,
+                    count: 1,
+                    kind: PageRunKind::Zero
+                },
+                PageRun {
+                    first: 7,
+                    count: 1,
+                    kind: PageRunKind::Zero
+                },
+            ]
+        );
+    }
+}
