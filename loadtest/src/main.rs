@@ -1,1 +1,238 @@
-fn main() {}
+//! `thaw-loadtest`: the command line over the `loadtest` library.
+//!
+//! ```text
+//! thaw-loadtest run --function hello --rate 200 --duration 10s --warmup 2s
+//! thaw-loadtest compare --function hello --rounds 5 \
+//!     --scenario warm= --scenario boot=cold=boot --scenario restore=cold=restore
+//! ```
+//!
+//! See `docs/loadtest.md` for everything.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use loadtest::compare::{compare, CompareConfig, DEFAULT_RESAMPLES, DEFAULT_SEED};
+use loadtest::progress::Progress;
+use loadtest::report::{compare_text, describe, RunReport};
+use loadtest::scenario::{build_all, CompareFile, ScenarioKind, ScenarioSpec};
+use loadtest::target::ColdStart;
+use loadtest::{parse_duration, run, Client};
+
+/// Load generator and benchmark runner for thaw.
+#[derive(Debug, Parser)]
+#[command(name = "thaw-loadtest", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load one function, closed loop (--concurrency) or open loop (--rate).
+    Run(RunArgs),
+    /// Run several scenarios interleaved and compare their medians.
+    Compare(CompareArgs),
+}
+
+/// Options shared by both commands (for `compare`, defaults of every
+/// scenario).
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// thaw's address [default: http://127.0.0.1:7070].
+    #[arg(long)]
+    server: Option<String>,
+    /// The function to invoke.
+    #[arg(long)]
+    function: Option<String>,
+    /// The request body [default: {}].
+    #[arg(long, conflicts_with = "body_file")]
+    body: Option<String>,
+    /// A file of bodies: a JSON array, or one body per line; cycled in order.
+    #[arg(long)]
+    body_file: Option<PathBuf>,
+    /// Closed loop with this many clients [default: 1].
+    #[arg(long, conflicts_with = "rate")]
+    concurrency: Option<usize>,
+    /// Open loop at this many requests per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open loop: cap on requests in flight [default: 1024].
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Measured time, like 10s or 500ms [run's default: 10s].
+    #[arg(long, conflicts_with = "requests")]
+    duration: Option<String>,
+    /// Measured requests [compare's default: 20 per round].
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Time at the start whose requests are not measured, like 2s.
+    #[arg(long)]
+    warmup: Option<String>,
+    /// Force a cold start on every request: boot or restore (sends x-thaw-cold).
+    #[arg(long)]
+    cold: Option<ColdStart>,
+}
+
+/// Options of the client.
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// Bearer token, sent as `authorization: Bearer ...`.
+    #[arg(long, env = "THAW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Give up on a request after this long (counted as client_timeout).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print JSON on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// No progress output on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// A scenario: NAME=KEY=VALUE,... (repeatable; see docs/loadtest.md).
+    #[arg(long = "scenario", value_name = "SPEC")]
+    scenarios: Vec<String>,
+    /// A TOML file of scenarios; --scenario ones run after its own.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Rounds [default: 5].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// The scenario the others are divided by [default: the first].
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Seed of the bootstrap [default: 1].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Bootstrap resamples [default: 10000].
+    #[arg(long)]
+    resamples: Option<usize>,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+impl LoadArgs {
+    fn spec(&self) -> ScenarioSpec {
+        ScenarioSpec {
+            name: None,
+            server: self.server.clone(),
+            function: self.function.clone(),
+            body: self.body.clone(),
+            body_file: self.body_file.clone(),
+            cold: self.cold,
+            concurrency: self.concurrency,
+            rate: self.rate,
+            max_in_flight: self.max_in_flight,
+            requests: self.requests,
+            duration: self.duration.clone(),
+            warmup: self.warmup.clone(),
+            exec: None,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run_command(args).await,
+        Command::Compare(args) => compare_command(args).await,
+    };
+    if let Err(err) = result {
+        eprintln!("thaw-loadtest: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run_command(args: RunArgs) -> Result<()> {
+    let mut spec = args.load.spec();
+    if spec.duration.is_none() && spec.requests.is_none() {
+        spec.duration = Some("10s".to_owned());
+    }
+    let scenario = spec.build("run", args.client.token.as_deref())?;
+    let ScenarioKind::Http { target, config } = scenario.kind else {
+        bail!("run needs an HTTP target");
+    };
+    let client = Client::new(args.client.timeout);
+    let progress = Progress::new();
+    if !args.client.quiet {
+        eprintln!(
+            "POST {}: {}",
+            target.uri(),
+            describe(&config, config_cold(&target))
+        );
+    }
+    let printer = (!args.client.quiet).then(|| progress.print_every_second());
+    let stats = run(&client, &target, &config, &progress).await?;
+    drop(printer);
+    let report = RunReport::new(&target, config, stats.summary());
+    if args.client.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
+}
+
+fn config_cold(target: &loadtest::Target) -> Option<&'static str> {
+    target.cold().map(ColdStart::as_str)
+}
+
+async fn compare_command(args: CompareArgs) -> Result<()> {
+    let file = match &args.file {
+        Some(path) => CompareFile::read(path)?,
+        None => CompareFile::default(),
+    };
+    let defaults = args.load.spec().or(&file.defaults);
+    let mut specs = file.scenario.clone();
+    for arg in &args.scenarios {
+        specs.push(ScenarioSpec::parse_arg(arg)?);
+    }
+    let scenarios = build_all(&specs, &defaults, args.client.token.as_deref())
+        .context("cannot build the scenarios")?;
+    let cfg = CompareConfig {
+        rounds: args.rounds.or(file.rounds).unwrap_or(5),
+        baseline: args.baseline.clone().or(file.baseline.clone()),
+        resamples: args
+            .resamples
+            .or(file.resamples)
+            .unwrap_or(DEFAULT_RESAMPLES),
+        seed: args.seed.or(file.seed).unwrap_or(DEFAULT_SEED),
+        confidence: 0.95,
+    };
+    let client = Client::new(args.client.timeout);
+    let quiet = args.client.quiet;
+    let report = compare(&client, &scenarios, &cfg, |done| {
+        if !quiet {
+            eprintln!(
+                "round {}/{}: {:<20} median {:.1} µs",
+                done.round, done.rounds, done.scenario, done.median_us
+            );
+        }
+    })
+    .await?;
+    if args.client.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", compare_text(&report));
+    }
+    Ok(())
+}

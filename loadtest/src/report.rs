@@ -74,12 +74,14 @@ impl RunReport {
         if open {
             let _ = write!(out, ", sent at {:.1} req/s", s.send_rate_rps);
         }
-        let _ = writeln!(out, "\n");
-        let _ = writeln!(
-            out,
-            "{:<18}{:>8}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}{:>10}",
-            "(µs)", "count", "min", "p50", "p90", "p99", "p99.9", "max", "mean"
-        );
+        let _ = writeln!(out);
+        if s.latency_us.is_some() {
+            let _ = writeln!(
+                out,
+                "\n{:<18}{:>8}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}{:>10}",
+                "(µs)", "count", "min", "p50", "p90", "p99", "p99.9", "max", "mean"
+            );
+        }
         let mut row = |label: &str, p: &Option<Percentiles>| {
             if let Some(p) = p {
                 let _ = writeln!(out, "{}", percentile_row(label, p));
