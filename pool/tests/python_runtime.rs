@@ -865,23 +865,34 @@ async fn unknown_frames_and_corrupt_streams() {
 async fn torn_request_frame_exits_nonzero() {
     require_python!();
     let task = task_dir(TEST_HANDLER);
-    let mut rt = Runtime::spawn(task.path(), &[]);
-    rt.expect_ready().await;
-    let mut frame = Vec::new();
-    write_frame(
-        &mut frame,
-        &ToRuntime::Restored {
-            seed: "00".repeat(32),
-        },
-        b"",
-    )
-    .await
-    .unwrap();
-    rt.sender()
-        .write_all(&frame[..frame.len() - 3])
-        .await
-        .unwrap();
-    assert_eq!(rt.close_and_wait().code(), Some(2));
+    let seed = ToRuntime::Restored {
+        seed: "00".repeat(32),
+    };
+    let invoke = ToRuntime::Invoke {
+        id: "torn".into(),
+        deadline_ms: 0,
+        function: String::new(),
+        version: String::new(),
+        headers: BTreeMap::new(),
+    };
+    // A small frame cut in its header, and a 1 MiB one cut in its body (the
+    // runtime reads large bodies another way).
+    for (msg, body, keep) in [(&seed, 0usize, 20usize), (&invoke, 1 << 20, 300_000)] {
+        let mut rt = Runtime::spawn(task.path(), &[]);
+        rt.expect_ready().await;
+        let mut frame = Vec::new();
+        write_frame(&mut frame, msg, &vec![0xffu8; body])
+            .await
+            .unwrap();
+        rt.sender().write_all(&frame[..keep]).await.unwrap();
+        assert_eq!(rt.close_and_wait().code(), Some(2), "cut at {keep}");
+        assert!(
+            rt.stderr()
+                .contains("stream ended in the middle of a frame"),
+            "{}",
+            rt.stderr()
+        );
+    }
 }
 
 #[tokio::test]
@@ -968,4 +979,110 @@ for path in sys.argv[1:]:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn median_ms(samples: &mut [Duration]) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1e3
+}
+
+/// Figures, not assertions: `cargo test -p pool --test python_runtime --
+/// --ignored --nocapture runtime_figures`. Prints medians and ratios of a
+/// cold boot to `ready`, warm invokes, a 5 MiB echo and a `restored`.
+#[tokio::test]
+#[ignore = "benchmark: prints figures"]
+async fn runtime_figures() {
+    require_python!();
+    use std::time::Instant;
+
+    let hello_dir = repo_root().join("examples/hello");
+    let np_dir = repo_root().join("examples/numpy-pandas");
+    let have_np = python_has("numpy, pandas");
+
+    let boot = |dir: PathBuf, runs: usize| async move {
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            let mut rt = Runtime::spawn(&dir, &[]);
+            rt.expect_ready().await;
+            samples.push(start.elapsed());
+        }
+        median_ms(&mut samples)
+    };
+    let hello_boot = boot(hello_dir.clone(), 9).await;
+    println!("boot to ready, hello:        median {hello_boot:8.2} ms (9 runs)");
+    let np_boot = if have_np {
+        let ms = boot(np_dir.clone(), 5).await;
+        println!(
+            "boot to ready, numpy-pandas: median {ms:8.2} ms (5 runs), {:.1}x hello",
+            ms / hello_boot
+        );
+        Some(ms)
+    } else {
+        println!("numpy-pandas: skipped (numpy/pandas missing)");
+        None
+    };
+
+    let mut rt = Runtime::spawn(&hello_dir, &[]);
+    rt.expect_ready().await;
+    let event = br#"{"name": "bench"}"#;
+    let mut samples = Vec::new();
+    for i in 0..1000 {
+        let start = Instant::now();
+        let (msg, _) = rt.invoke("w", event).await;
+        samples.push(start.elapsed());
+        assert!(matches!(msg, FromRuntime::Result { .. }), "{i}: {msg:?}");
+    }
+    let warm = median_ms(&mut samples);
+    println!(
+        "warm invoke, hello:          median {warm:8.3} ms (1000 runs); boot/warm {:.0}x",
+        hello_boot / warm
+    );
+
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        rt.restored(&"ab".repeat(32)).await;
+        samples.push(start.elapsed());
+    }
+    println!(
+        "restored round trip, hello:  median {:8.3} ms (20 runs)",
+        median_ms(&mut samples)
+    );
+
+    let task = task_dir(TEST_HANDLER);
+    let mut echo = Runtime::spawn(task.path(), &[]);
+    echo.expect_ready().await;
+    let big: Vec<u8> = std::iter::once(0xffu8)
+        .chain((0..(5 << 20) - 1).map(|i| i as u8))
+        .collect();
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        let (_, body) = echo.invoke("big", &big).await;
+        samples.push(start.elapsed());
+        assert_eq!(body.len(), big.len());
+    }
+    let big_ms = median_ms(&mut samples);
+    println!(
+        "5 MiB echo (in and out):     median {big_ms:8.2} ms (20 runs), {:.0} MiB/s each way",
+        5.0 * 2.0 / (big_ms / 1e3)
+    );
+
+    if let Some(np_boot) = np_boot {
+        let mut np = Runtime::spawn(&np_dir, &[]);
+        np.expect_ready().await;
+        let query = br#"{"store": 42, "column": "discount", "min": 0.1}"#;
+        let mut samples = Vec::new();
+        for _ in 0..200 {
+            let start = Instant::now();
+            np.invoke("q", query).await;
+            samples.push(start.elapsed());
+        }
+        let q = median_ms(&mut samples);
+        println!(
+            "warm invoke, numpy-pandas:   median {q:8.3} ms (200 runs); boot/warm {:.0}x",
+            np_boot / q
+        );
+    }
 }
