@@ -1,2 +1,18 @@
 //! Sandboxes, instances and (later) the restorer and the userfaultfd page server.
+//!
+//! * [`cgroup`]: cgroup v1/v2 limits and accounting for sandboxes.
+//! * [`sandbox`]: namespaces, root filesystem, init and privileges.
+//! * [`protocol`]: the runtime protocol's frames (docs/protocol.md).
+//! * [`instance`]: one runtime in one sandbox, serving invocations.
+//! * [`logs`]: the function output tap.
+//! * [`manager`]: the pool of instances: warm reuse, boots, keep-alive,
+//!   concurrency, memory budget.
+
+pub mod cgroup;
+pub mod instance;
+pub mod logs;
+pub mod manager;
 pub mod protocol;
+pub mod sandbox;
+
+pub use manager::{FunctionKey, Pool, PoolConfig, PoolError, StartKind, StartSpec};

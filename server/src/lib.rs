@@ -1,1 +1,21 @@
-//! thaw control plane.
+//! thaw's control plane: the HTTP API, function records, logs, metrics and
+//! the `thaw` command line.
+//!
+//! * [`spec`]: the deploy request and its validation.
+//! * [`registry`]: function records and code in the data directory.
+//! * [`service`]: deploy, version routing, invoke, delete.
+//! * [`api`]: the axum router over the service.
+//! * [`serve`]: `thaw serve`.
+//! * [`client`]: the commands that talk to a server.
+//! * [`bundle`]: function folders (`thaw.toml` + code).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod bundle;
+pub mod client;
+pub mod logstore;
+pub mod metrics;
+pub mod registry;
+pub mod serve;
+pub mod service;
+pub mod spec;

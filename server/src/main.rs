@@ -1,1 +1,233 @@
-fn main() {}
+//! The `thaw` command: the server and the commands that talk to it.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+/// thaw: functions whose cold starts restore snapshots instead of booting.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// URL of the thaw server.
+    #[arg(
+        long,
+        env = "THAW_SERVER",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    server: String,
+    /// API token (bearer), when the server requires one.
+    #[arg(long, env = "THAW_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (control plane and dashboard).
+    Serve {
+        /// Address to listen on. Anything but loopback needs a token.
+        #[arg(long, env = "THAW_LISTEN", default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// Data directory (functions, code, store).
+        #[arg(long, env = "THAW_DATA_DIR", default_value = ".thaw")]
+        data_dir: PathBuf,
+        /// Python interpreter for the python3 runtime.
+        #[arg(long, env = "THAW_PYTHON", default_value = "/usr/bin/python3")]
+        python: PathBuf,
+        /// Largest invocation body, MiB.
+        #[arg(long, env = "THAW_MAX_BODY_MB", default_value_t = 6)]
+        max_body_mb: usize,
+        /// Memory budget of all instances, MiB (default: 75% of the machine).
+        #[arg(long, env = "THAW_MEMORY_BUDGET_MB")]
+        memory_budget_mb: Option<u64>,
+        /// File holding the API token (or set THAW_TOKEN).
+        #[arg(long, env = "THAW_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Honour the x-thaw-cold request header (for benchmarks).
+        #[arg(long)]
+        allow_forced_cold: bool,
+        /// Deploy the function in this folder at start (repeatable).
+        #[arg(long = "deploy")]
+        deploy: Vec<PathBuf>,
+    },
+    /// Deploy a function folder (a thaw.toml and the code).
+    Deploy {
+        /// The folder, or its thaw.toml.
+        path: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Invoke a function and print its answer.
+    Invoke {
+        /// Function name.
+        name: String,
+        /// The event: JSON text, or @FILE.
+        #[arg(long, short)]
+        data: Option<String>,
+        /// Print the status and x-thaw headers on stderr.
+        #[arg(long, short)]
+        verbose: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List functions.
+    Ls {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print a function's logs.
+    Logs {
+        /// Function name.
+        name: String,
+        /// Keep printing new lines.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many recent lines.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a function and its instances.
+    Rm {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Internal: the init of a sandbox (started by the server).
+    #[command(hide = true)]
+    SandboxInit,
+}
+
+fn main() {
+    // The sandbox init must run before any thread exists.
+    if std::env::args().nth(1).as_deref() == Some("sandbox-init") {
+        pool::sandbox::init::init_main();
+    }
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("thaw: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    use server::client::Client;
+    let client = |s: &ServerArgs| Client::new(&s.server, s.token.clone());
+    match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            python,
+            max_body_mb,
+            memory_budget_mb,
+            token_file,
+            allow_forced_cold,
+            deploy,
+        } => {
+            let token = match token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("reading token file {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => std::env::var("THAW_TOKEN").ok().filter(|t| !t.is_empty()),
+            };
+            server::serve::serve(server::serve::ServeOptions {
+                listen,
+                data_dir,
+                python,
+                max_body: max_body_mb << 20,
+                memory_budget: memory_budget_mb.map(|m| m << 20),
+                token,
+                allow_forced_cold,
+                deploy,
+            })
+            .await?;
+            Ok(0)
+        }
+        Command::Deploy { path, server } => {
+            let v = client(&server).deploy(&path).await?;
+            println!(
+                "deployed {} version {} ({})",
+                v["name"].as_str().unwrap_or("?"),
+                v["version"],
+                v["state"].as_str().unwrap_or("?")
+            );
+            Ok(0)
+        }
+        Command::Invoke {
+            name,
+            data,
+            verbose,
+            server,
+        } => {
+            let body = match data.as_deref() {
+                Some(d) if d.starts_with('@') => {
+                    std::fs::read(&d[1..]).with_context(|| format!("reading {}", &d[1..]))?
+                }
+                Some(d) => d.as_bytes().to_vec(),
+                None => b"{}".to_vec(),
+            };
+            let status = client(&server).invoke(&name, body, verbose).await?;
+            Ok(if (200..300).contains(&status) { 0 } else { 1 })
+        }
+        Command::Ls { server } => {
+            let v = client(&server).list().await?;
+            println!(
+                "{:<24} {:>7} {:<10} {:>5} {:>5}  ERROR",
+                "NAME", "VERSION", "STATE", "IDLE", "BUSY"
+            );
+            for f in v["functions"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:>7} {:<10} {:>5} {:>5}  {}",
+                    f["name"].as_str().unwrap_or("?"),
+                    f["version"],
+                    f["state"].as_str().unwrap_or("?"),
+                    f["instances"]["idle"],
+                    f["instances"]["busy"],
+                    f["error"].as_str().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
+        Command::Logs {
+            name,
+            follow,
+            tail,
+            server,
+        } => {
+            client(&server).logs(&name, tail, follow).await?;
+            Ok(0)
+        }
+        Command::Rm { name, server } => {
+            client(&server).remove(&name).await?;
+            println!("deleted {name}");
+            Ok(0)
+        }
+        Command::SandboxInit => unreachable!("handled before parsing"),
+    }
+}

@@ -1,0 +1,318 @@
+//! An instance: one runtime process in one sandbox, serving one invocation
+//! at a time over the runtime protocol (docs/protocol.md).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::net::unix::pipe;
+use tokio::time::{timeout, Instant};
+
+use crate::logs::{LogSink, LogTap};
+use crate::protocol::{read_frame_limited, write_frame, FromRuntime, ProtocolError, ToRuntime};
+use crate::sandbox::{LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExit};
+
+/// Largest answer body accepted from a runtime.
+pub const MAX_ANSWER: usize = 64 << 20;
+
+/// How a start or an invocation ended the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashReport {
+    /// How the function process ended, if known.
+    pub exit: Option<SandboxExit>,
+    /// Whether the kernel's OOM killer killed it.
+    pub oom: bool,
+    /// A sentence for the user.
+    pub reason: String,
+}
+
+/// Errors of booting an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The sandbox could not be made.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// Loading the handler failed.
+    #[error("{error_type}: {message}")]
+    Init {
+        /// Exception type.
+        error_type: String,
+        /// Exception message.
+        message: String,
+        /// Traceback.
+        traceback: String,
+    },
+    /// The runtime died before it was ready.
+    #[error("the runtime died during start: {}", .0.reason)]
+    Crashed(CrashReport),
+    /// The runtime was not ready in time.
+    #[error("the runtime was not ready within {0:?}")]
+    Timeout(Duration),
+    /// The runtime broke the protocol.
+    #[error("runtime protocol: {0}")]
+    Protocol(ProtocolError),
+}
+
+/// One request to run the handler.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// Invocation id.
+    pub id: String,
+    /// Function name.
+    pub function: String,
+    /// Version.
+    pub version: u64,
+    /// Time allowed for the handler.
+    pub timeout: Duration,
+    /// Request headers passed on.
+    pub headers: BTreeMap<String, String>,
+    /// The event.
+    pub body: Bytes,
+}
+
+/// What a finished invocation produced (the instance stays usable).
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The handler returned.
+    Answer {
+        /// HTTP status.
+        status: u16,
+        /// Answer headers.
+        headers: BTreeMap<String, String>,
+        /// Answer body.
+        body: Bytes,
+        /// Time the handler took, as thaw saw it.
+        duration: Duration,
+    },
+    /// The handler raised.
+    HandlerError {
+        /// Exception type.
+        error_type: String,
+        /// Exception message.
+        message: String,
+        /// Traceback.
+        traceback: String,
+        /// Time the handler took.
+        duration: Duration,
+    },
+}
+
+/// Invocations that ended the instance.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The process crashed or was killed.
+    #[error("{}", .0.reason)]
+    Crashed(CrashReport),
+    /// The handler ran past its time and the instance was killed.
+    #[error("the handler did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A running runtime in its sandbox.
+#[derive(Debug)]
+pub struct Instance {
+    sandbox: Sandbox,
+    requests: pipe::Sender,
+    responses: pipe::Receiver,
+    logs: LogTap,
+    memory_limit: u64,
+    /// pid the runtime reported (inside its namespace).
+    pub runtime_pid: u32,
+    /// When the instance became ready.
+    pub ready_at: Instant,
+    /// Invocations served.
+    pub served: u64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Instance {
+    /// Boots a runtime: starts the sandbox and waits for `ready`.
+    pub async fn boot(
+        config: &SandboxConfig,
+        spec: &LaunchSpec,
+        init_timeout: Duration,
+        sink: LogSink,
+    ) -> Result<Instance, BootError> {
+        let mut sandbox = Sandbox::launch(config, spec).await?;
+        let logs = LogTap::start(
+            sandbox.stdout.take().expect("fresh sandbox has stdout"),
+            sandbox.stderr.take().expect("fresh sandbox has stderr"),
+            sink,
+        );
+        let requests = sandbox.requests.take().expect("fresh sandbox has fd 3");
+        let mut responses = sandbox.responses.take().expect("fresh sandbox has fd 4");
+        let first = timeout(init_timeout, read_frame_limited(&mut responses, 1 << 20)).await;
+        let mut instance = Instance {
+            sandbox,
+            requests,
+            responses,
+            logs,
+            memory_limit: spec.limits.memory_bytes,
+            runtime_pid: 0,
+            ready_at: Instant::now(),
+            served: 0,
+        };
+        let failure = match first {
+            Ok(Ok((FromRuntime::Ready { pid, .. }, _))) => {
+                instance.runtime_pid = pid;
+                instance.ready_at = Instant::now();
+                return Ok(instance);
+            }
+            Ok(Ok((
+                FromRuntime::InitError {
+                    error_type,
+                    message,
+                    traceback,
+                },
+                _,
+            ))) => BootError::Init {
+                error_type,
+                message,
+                traceback,
+            },
+            Ok(Ok((other, _))) => BootError::Protocol(ProtocolError::Io(std::io::Error::other(
+                format!("expected ready, got {other:?}"),
+            ))),
+            Ok(Err(ProtocolError::Closed | ProtocolError::Truncated)) => {
+                BootError::Crashed(instance.crash_report().await)
+            }
+            Ok(Err(e)) => BootError::Protocol(e),
+            Err(_) => BootError::Timeout(init_timeout),
+        };
+        instance.logs.barrier().await;
+        let _ = instance.destroy().await;
+        Err(failure)
+    }
+
+    /// The sandbox's id.
+    pub fn id(&self) -> &str {
+        &self.sandbox.id
+    }
+
+    /// Memory charged to the instance's cgroup, bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.sandbox.cgroup().memory_current().unwrap_or(0)
+    }
+
+    /// The sandbox's cgroup.
+    pub fn cgroup(&self) -> &crate::cgroup::Cgroup {
+        self.sandbox.cgroup()
+    }
+
+    /// Host pids of the sandbox's processes.
+    pub fn pids(&self) -> Vec<i32> {
+        self.sandbox.pids()
+    }
+
+    /// Runs one invocation. `Ok` leaves the instance usable; `Err` means it is
+    /// dead (it has been killed; call [`Instance::destroy`]).
+    pub async fn invoke(&mut self, inv: &Invocation) -> Result<Outcome, InvokeError> {
+        let started = Instant::now();
+        let deadline_ms = unix_ms() + inv.timeout.as_millis() as u64;
+        let msg = ToRuntime::Invoke {
+            id: inv.id.clone(),
+            deadline_ms,
+            function: inv.function.clone(),
+            version: inv.version.to_string(),
+            headers: inv.headers.clone(),
+        };
+        self.logs.set_invocation(Some(inv.id.clone()));
+        let exchange = async {
+            write_frame(&mut self.requests, &msg, &inv.body).await?;
+            read_frame_limited(&mut self.responses, MAX_ANSWER).await
+        };
+        let result = timeout(inv.timeout, exchange).await;
+        let duration = started.elapsed();
+        let outcome = match result {
+            Err(_) => {
+                self.sandbox.kill();
+                Err(InvokeError::Timeout(inv.timeout))
+            }
+            Ok(Ok((
+                FromRuntime::Result {
+                    id,
+                    status,
+                    headers,
+                },
+                body,
+            ))) if id == inv.id => Ok(Outcome::Answer {
+                status,
+                headers,
+                body,
+                duration,
+            }),
+            Ok(Ok((
+                FromRuntime::Error {
+                    id,
+                    error_type,
+                    message,
+                    traceback,
+                },
+                _,
+            ))) if id == inv.id => Ok(Outcome::HandlerError {
+                error_type,
+                message,
+                traceback,
+                duration,
+            }),
+            Ok(Ok((other, _))) => {
+                self.sandbox.kill();
+                Err(InvokeError::Crashed(CrashReport {
+                    exit: None,
+                    oom: false,
+                    reason: format!("the runtime broke the protocol: unexpected {other:?}"),
+                }))
+            }
+            Ok(Err(ProtocolError::TooLarge { len, limit, .. })) => {
+                self.sandbox.kill();
+                Err(InvokeError::Crashed(CrashReport {
+                    exit: None,
+                    oom: false,
+                    reason: format!("the answer of {len} bytes exceeds the limit of {limit}"),
+                }))
+            }
+            Ok(Err(_)) => Err(InvokeError::Crashed(self.crash_report().await)),
+        };
+        self.logs.barrier().await;
+        self.logs.set_invocation(None);
+        if outcome.is_ok() {
+            self.served += 1;
+        }
+        outcome
+    }
+
+    /// Waits (briefly) for the sandbox to end and describes how it ended.
+    async fn crash_report(&mut self) -> CrashReport {
+        let exit = match timeout(Duration::from_secs(2), self.sandbox.wait()).await {
+            Ok(exit) => Some(exit),
+            Err(_) => {
+                self.sandbox.kill();
+                None
+            }
+        };
+        let oom = self.sandbox.cgroup().oom_kills() > 0;
+        let reason = if oom {
+            format!(
+                "the function ran out of memory (limit {} MiB) and was killed",
+                self.memory_limit >> 20
+            )
+        } else {
+            match exit {
+                Some(exit) => format!("the function process {exit}"),
+                None => "the function closed its protocol channel".to_string(),
+            }
+        };
+        CrashReport { exit, oom, reason }
+    }
+
+    /// Stops the instance and frees its sandbox.
+    pub async fn destroy(self) -> Result<(), LaunchError> {
+        self.sandbox.destroy().await
+    }
+}

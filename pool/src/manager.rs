@@ -1,0 +1,604 @@
+//! The pool: idle instances per function version, booting on demand,
+//! keep-alive, `min_instances`, per-function concurrency with a bounded
+//! queue, and the global memory budget.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::cgroup::Cgroup;
+use crate::instance::{BootError, Instance, Invocation, InvokeError, Outcome};
+use crate::logs::LogSink;
+use crate::sandbox::{LaunchSpec, SandboxConfig};
+
+/// Keep-alive of versions that were never registered.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(600);
+
+/// Identifies one deployed version. `uid` is unique per deployment, so a
+/// function deleted and deployed again never meets the old instances.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FunctionKey {
+    /// Function name.
+    pub name: String,
+    /// Version number.
+    pub version: u64,
+    /// Unique id of this deployment of the version.
+    pub uid: u64,
+}
+
+/// How to start and keep instances of one version.
+#[derive(Clone)]
+pub struct StartSpec {
+    /// The sandbox and command.
+    pub launch: LaunchSpec,
+    /// Idle time after which an instance is stopped.
+    pub keep_alive: Duration,
+    /// Most invocations of the function in flight at once.
+    pub concurrency: usize,
+    /// Most invocations waiting for a slot.
+    pub queue: usize,
+    /// Instances kept ready even when idle.
+    pub min_instances: usize,
+    /// Where the instances' output goes.
+    pub logs: LogSink,
+}
+
+impl std::fmt::Debug for StartSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartSpec")
+            .field("launch", &self.launch)
+            .field("keep_alive", &self.keep_alive)
+            .field("concurrency", &self.concurrency)
+            .field("queue", &self.queue)
+            .field("min_instances", &self.min_instances)
+            .finish()
+    }
+}
+
+/// How the instance that served an invocation was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    /// An idle instance was reused.
+    Warm,
+    /// A copy was restored from a snapshot.
+    Restore,
+    /// A new instance was booted.
+    Boot,
+}
+
+impl StartKind {
+    /// The value of the `x-thaw-start` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartKind::Warm => "warm",
+            StartKind::Restore => "restore",
+            StartKind::Boot => "boot",
+        }
+    }
+}
+
+/// Why the pool could not serve an invocation.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Concurrency limit reached and the queue is full.
+    #[error("the function has {concurrency} invocations in flight and {queue} waiting")]
+    ConcurrencyLimit {
+        /// The limit.
+        concurrency: usize,
+        /// The queue length.
+        queue: usize,
+    },
+    /// Starting an instance would exceed the memory budget.
+    #[error("starting an instance needs {needed} MiB but only {free} MiB of the {budget} MiB budget are free")]
+    MemoryBudget {
+        /// MiB the start needs.
+        needed: u64,
+        /// MiB free.
+        free: u64,
+        /// The budget, MiB.
+        budget: u64,
+    },
+    /// Booting failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The invocation killed the instance.
+    #[error(transparent)]
+    Invoke(#[from] InvokeError),
+    /// The pool is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// Pool-wide settings.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// How sandboxes are made.
+    pub sandbox: SandboxConfig,
+    /// Memory all instances may use together, bytes.
+    pub memory_budget: u64,
+    /// Time allowed for a runtime to load its handler.
+    pub init_timeout: Duration,
+}
+
+struct Idle {
+    instance: Instance,
+    since: Instant,
+}
+
+struct Gate {
+    sem: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    concurrency: usize,
+    queue: usize,
+}
+
+#[derive(Default)]
+struct State {
+    idle: HashMap<FunctionKey, Vec<Idle>>,
+    busy: HashMap<FunctionKey, usize>,
+    booting: HashMap<FunctionKey, usize>,
+    /// Memory reserved by instances that are booting, bytes.
+    reserved: u64,
+    /// cgroups of every live instance, by sandbox id.
+    live: HashMap<String, (FunctionKey, Cgroup)>,
+    gates: HashMap<String, Arc<Gate>>,
+    /// Versions whose instances must not be kept.
+    retired: std::collections::HashSet<FunctionKey>,
+    /// How each registered version is kept.
+    specs: HashMap<FunctionKey, StartSpec>,
+    closed: bool,
+}
+
+/// Instance counts of one version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Waiting for work.
+    pub idle: usize,
+    /// Serving an invocation.
+    pub busy: usize,
+    /// Starting.
+    pub booting: usize,
+}
+
+/// The pool of instances. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    config: Arc<PoolConfig>,
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// A served invocation.
+#[derive(Debug)]
+pub struct Served {
+    /// What the handler produced.
+    pub outcome: Outcome,
+    /// How the instance was obtained.
+    pub start: StartKind,
+    /// Time spent obtaining the instance.
+    pub start_time: Duration,
+}
+
+/// A failed invocation, with how far it got.
+#[derive(Debug)]
+pub struct Failed {
+    /// Why.
+    pub error: PoolError,
+    /// How the instance was obtained, if one was.
+    pub start: Option<StartKind>,
+    /// Time spent obtaining the instance.
+    pub start_time: Duration,
+}
+
+impl Pool {
+    /// A pool with no instances. Starts the keep-alive task.
+    pub fn new(config: PoolConfig) -> Pool {
+        let pool = Pool {
+            config: Arc::new(config),
+            state: Arc::new(Mutex::new(State::default())),
+        };
+        let weak = Arc::downgrade(&pool.state);
+        let config = pool.config.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let Some(state) = weak.upgrade() else { break };
+                let pool = Pool {
+                    config: config.clone(),
+                    state,
+                };
+                if pool.state.lock().unwrap().closed {
+                    break;
+                }
+                pool.maintain().await;
+            }
+        });
+        pool
+    }
+
+    /// The pool's settings.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// Memory used by all live instances plus reservations, bytes.
+    pub fn memory_used(&self) -> u64 {
+        let st = self.state.lock().unwrap();
+        let used: u64 = st
+            .live
+            .values()
+            .map(|(_, cg)| cg.memory_current().unwrap_or(0))
+            .sum();
+        used + st.reserved
+    }
+
+    /// Memory used by the live instances of one version, bytes.
+    pub fn memory_of(&self, key: &FunctionKey) -> u64 {
+        let st = self.state.lock().unwrap();
+        st.live
+            .values()
+            .filter(|(k, _)| k == key)
+            .map(|(_, cg)| cg.memory_current().unwrap_or(0))
+            .sum()
+    }
+
+    /// Instance counts of one version.
+    pub fn counts(&self, key: &FunctionKey) -> Counts {
+        let st = self.state.lock().unwrap();
+        Counts {
+            idle: st.idle.get(key).map_or(0, Vec::len),
+            busy: st.busy.get(key).copied().unwrap_or(0),
+            booting: st.booting.get(key).copied().unwrap_or(0),
+        }
+    }
+
+    /// Instance counts over all versions.
+    pub fn total_counts(&self) -> Counts {
+        let st = self.state.lock().unwrap();
+        Counts {
+            idle: st.idle.values().map(Vec::len).sum(),
+            busy: st.busy.values().sum(),
+            booting: st.booting.values().sum(),
+        }
+    }
+
+    /// Host pids of every live sandbox (for tests and clean-up checks).
+    pub fn pids(&self) -> Vec<i32> {
+        let st = self.state.lock().unwrap();
+        st.live.values().flat_map(|(_, cg)| cg.pids()).collect()
+    }
+
+    fn gate(&self, name: &str, spec: &StartSpec) -> Arc<Gate> {
+        let mut st = self.state.lock().unwrap();
+        let gate = st.gates.get(name);
+        match gate {
+            Some(g) if g.concurrency == spec.concurrency && g.queue == spec.queue => g.clone(),
+            _ => {
+                let g = Arc::new(Gate {
+                    sem: Arc::new(Semaphore::new(spec.concurrency.max(1))),
+                    waiting: AtomicUsize::new(0),
+                    concurrency: spec.concurrency.max(1),
+                    queue: spec.queue,
+                });
+                st.gates.insert(name.to_string(), g.clone());
+                g
+            }
+        }
+    }
+
+    async fn admit(&self, name: &str, spec: &StartSpec) -> Result<OwnedSemaphorePermit, PoolError> {
+        let gate = self.gate(name, spec);
+        if let Ok(permit) = gate.sem.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if gate.waiting.fetch_add(1, Ordering::SeqCst) >= gate.queue {
+            gate.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(PoolError::ConcurrencyLimit {
+                concurrency: gate.concurrency,
+                queue: gate.queue,
+            });
+        }
+        let permit = gate.sem.clone().acquire_owned().await;
+        gate.waiting.fetch_sub(1, Ordering::SeqCst);
+        permit.map_err(|_| PoolError::ShuttingDown)
+    }
+
+    /// Serves one invocation of `key`: a warm instance when one is idle
+    /// (unless `cold` forces a fresh one, discarded afterwards), else a boot.
+    pub async fn invoke(
+        &self,
+        key: &FunctionKey,
+        spec: &StartSpec,
+        inv: &Invocation,
+        cold: bool,
+    ) -> Result<Served, Failed> {
+        let fail = |error: PoolError, start: Option<StartKind>, start_time: Duration| Failed {
+            error,
+            start,
+            start_time,
+        };
+        let _permit = self
+            .admit(&key.name, spec)
+            .await
+            .map_err(|e| fail(e, None, Duration::ZERO))?;
+        let t0 = Instant::now();
+        let warm = if cold { None } else { self.take_idle(key) };
+        let (mut instance, start) = match warm {
+            Some(instance) => (instance, StartKind::Warm),
+            None => match self.boot(key, spec).await {
+                Ok(instance) => (instance, StartKind::Boot),
+                Err(e) => return Err(fail(e, Some(StartKind::Boot), t0.elapsed())),
+            },
+        };
+        self.mark_busy(key, 1);
+        let start_time = t0.elapsed();
+        let result = instance.invoke(inv).await;
+        self.mark_busy(key, -1);
+        match result {
+            Ok(outcome) => {
+                if cold {
+                    self.discard(instance).await;
+                } else {
+                    self.release(key, instance).await;
+                }
+                Ok(Served {
+                    outcome,
+                    start,
+                    start_time,
+                })
+            }
+            Err(e) => {
+                self.discard(instance).await;
+                Err(fail(e.into(), Some(start), start_time))
+            }
+        }
+    }
+
+    fn take_idle(&self, key: &FunctionKey) -> Option<Instance> {
+        let mut st = self.state.lock().unwrap();
+        // Most recently used first: it is the most likely to be hot in cache.
+        st.idle.get_mut(key)?.pop().map(|idle| idle.instance)
+    }
+
+    fn mark_busy(&self, key: &FunctionKey, delta: isize) {
+        let mut st = self.state.lock().unwrap();
+        let n = st.busy.entry(key.clone()).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            st.busy.remove(key);
+        }
+    }
+
+    /// Boots a new instance of `key`, within the memory budget (evicting
+    /// idle instances of any function first when needed).
+    pub async fn boot(&self, key: &FunctionKey, spec: &StartSpec) -> Result<Instance, PoolError> {
+        let needed = spec.launch.limits.memory_bytes;
+        self.reserve(needed).await?;
+        *self
+            .state
+            .lock()
+            .unwrap()
+            .booting
+            .entry(key.clone())
+            .or_default() += 1;
+        let result = Instance::boot(
+            &self.config.sandbox,
+            &spec.launch,
+            self.config.init_timeout,
+            spec.logs.clone(),
+        )
+        .await;
+        let mut st = self.state.lock().unwrap();
+        st.reserved -= needed;
+        if let Some(n) = st.booting.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                st.booting.remove(key);
+            }
+        }
+        let instance = result?;
+        st.live.insert(
+            instance.id().to_string(),
+            (key.clone(), instance.cgroup().clone()),
+        );
+        Ok(instance)
+    }
+
+    async fn reserve(&self, needed: u64) -> Result<(), PoolError> {
+        loop {
+            let used = self.memory_used();
+            let budget = self.config.memory_budget;
+            if used + needed <= budget {
+                self.state.lock().unwrap().reserved += needed;
+                return Ok(());
+            }
+            // Evict the idle instance that has waited longest, of any function.
+            let victim = {
+                let mut st = self.state.lock().unwrap();
+                let oldest = st
+                    .idle
+                    .iter()
+                    .filter_map(|(k, v)| v.first().map(|i| (k.clone(), i.since)))
+                    .min_by_key(|(_, since)| *since)
+                    .map(|(k, _)| k);
+                oldest.and_then(|k| {
+                    let list = st.idle.get_mut(&k)?;
+                    Some(list.remove(0).instance)
+                })
+            };
+            match victim {
+                Some(instance) => self.discard(instance).await,
+                None => {
+                    return Err(PoolError::MemoryBudget {
+                        needed: needed >> 20,
+                        free: budget.saturating_sub(used) >> 20,
+                        budget: budget >> 20,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Puts a healthy instance back to wait for work.
+    pub async fn release(&self, key: &FunctionKey, instance: Instance) {
+        let keep = {
+            let st = self.state.lock().unwrap();
+            !st.closed && !st.retired.contains(key)
+        };
+        if keep {
+            let mut st = self.state.lock().unwrap();
+            st.idle.entry(key.clone()).or_default().push(Idle {
+                instance,
+                since: Instant::now(),
+            });
+        } else {
+            self.discard(instance).await;
+        }
+    }
+
+    /// Stops an instance and forgets it.
+    pub async fn discard(&self, instance: Instance) {
+        self.state.lock().unwrap().live.remove(instance.id());
+        let id = instance.id().to_string();
+        if let Err(e) = instance.destroy().await {
+            tracing::warn!(sandbox = %id, error = %e, "sandbox clean-up failed");
+        }
+    }
+
+    /// Registers how `key` is kept: its keep-alive and `min_instances`
+    /// (booted in the background from now on).
+    pub fn register(&self, key: &FunctionKey, spec: &StartSpec) {
+        self.state
+            .lock()
+            .unwrap()
+            .specs
+            .insert(key.clone(), spec.clone());
+    }
+
+    /// Stops every instance of the versions of `name` and keeps none from now on.
+    pub async fn retire_function(&self, name: &str) {
+        let victims: Vec<Instance> = {
+            let mut st = self.state.lock().unwrap();
+            let keys: Vec<FunctionKey> = st
+                .live
+                .values()
+                .map(|(k, _)| k.clone())
+                .chain(st.idle.keys().cloned())
+                .chain(st.specs.keys().cloned())
+                .filter(|k| k.name == name)
+                .collect();
+            let mut out = Vec::new();
+            for k in keys {
+                st.specs.remove(&k);
+                if let Some(list) = st.idle.remove(&k) {
+                    out.extend(list.into_iter().map(|i| i.instance));
+                }
+                st.retired.insert(k);
+            }
+            st.gates.remove(name);
+            out
+        };
+        for instance in victims {
+            self.discard(instance).await;
+        }
+    }
+
+    /// Stops the idle instances of one version (e.g. an older version).
+    pub async fn retire(&self, key: &FunctionKey) {
+        let victims: Vec<Instance> = {
+            let mut st = self.state.lock().unwrap();
+            st.specs.remove(key);
+            st.retired.insert(key.clone());
+            st.idle
+                .remove(key)
+                .map(|l| l.into_iter().map(|i| i.instance).collect())
+                .unwrap_or_default()
+        };
+        for instance in victims {
+            self.discard(instance).await;
+        }
+    }
+
+    /// Keep-alive and `min_instances`: run periodically.
+    async fn maintain(&self) {
+        let now = Instant::now();
+        let (expired, missing) = {
+            let mut st = self.state.lock().unwrap();
+            let st = &mut *st;
+            let mut expired = Vec::new();
+            for (key, list) in st.idle.iter_mut() {
+                let (ttl, min) = st
+                    .specs
+                    .get(key)
+                    .map_or((DEFAULT_KEEP_ALIVE, 0), |s| (s.keep_alive, s.min_instances));
+                let busy = st.busy.get(key).copied().unwrap_or(0);
+                // Oldest first; keep at least `min` instances in all.
+                while let Some(first) = list.first() {
+                    if list.len() + busy > min && now.duration_since(first.since) >= ttl {
+                        expired.push(list.remove(0).instance);
+                    } else {
+                        break;
+                    }
+                }
+            }
+            st.idle.retain(|_, list| !list.is_empty());
+            let mut missing = Vec::new();
+            for (key, spec) in &st.specs {
+                if st.retired.contains(key) {
+                    continue;
+                }
+                let have = st.idle.get(key).map_or(0, Vec::len)
+                    + st.busy.get(key).copied().unwrap_or(0)
+                    + st.booting.get(key).copied().unwrap_or(0);
+                for _ in have..spec.min_instances {
+                    missing.push((key.clone(), spec.clone()));
+                }
+            }
+            (expired, missing)
+        };
+        for instance in expired {
+            self.discard(instance).await;
+        }
+        for (key, spec) in missing {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                match pool.boot(&key, &spec).await {
+                    Ok(instance) => pool.release(&key, instance).await,
+                    Err(e) => tracing::warn!(
+                        function = %key.name,
+                        version = key.version,
+                        error = %e,
+                        "min_instances boot failed"
+                    ),
+                }
+            });
+        }
+    }
+
+    /// Stops every instance; the pool keeps none from now on.
+    pub async fn shutdown(&self) {
+        let victims: Vec<Instance> = {
+            let mut st = self.state.lock().unwrap();
+            st.closed = true;
+            st.idle
+                .drain()
+                .flat_map(|(_, l)| l.into_iter().map(|i| i.instance))
+                .collect()
+        };
+        for instance in victims {
+            self.discard(instance).await;
+        }
+    }
+}

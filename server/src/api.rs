@@ -1,0 +1,309 @@
+//! The HTTP API (axum). Build it with [`app`].
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::service::{ApiError, ErrorKind, InvokeRequest, Service};
+use crate::spec::{DeployRequest, FunctionSpec};
+
+/// Shared state of the router.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The control plane.
+    pub service: Service,
+    /// Bearer token required on every route but `/healthz`, if set.
+    pub token: Option<Arc<String>>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut body = serde_json::json!({
+            "error": self.kind.as_str(),
+            "message": self.message,
+        });
+        if let Some(id) = &self.invocation_id {
+            body["invocation_id"] = id.clone().into();
+        }
+        if let Some(tb) = &self.traceback {
+            body["traceback"] = tb.clone().into();
+        }
+        let mut resp = (status, Json(body)).into_response();
+        let h = resp.headers_mut();
+        if let Some(id) = &self.invocation_id {
+            if let Ok(v) = HeaderValue::from_str(id) {
+                h.insert("x-thaw-invocation-id", v);
+            }
+        }
+        if let Some(start) = self.start {
+            h.insert("x-thaw-start", HeaderValue::from_static(start.as_str()));
+        }
+        if let Some(t) = self.start_time {
+            h.insert("x-thaw-start-us", HeaderValue::from(t.as_micros() as u64));
+        }
+        if matches!(
+            self.kind,
+            ErrorKind::ConcurrencyLimit | ErrorKind::MemoryBudget
+        ) {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.kind == ErrorKind::Unauthorized {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// The router with every route.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/functions", post(deploy).get(list))
+        .route("/functions/{id}", get(show).delete(remove))
+        .route("/functions/{id}/invoke", post(invoke))
+        .route("/functions/{id}/logs", get(logs))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorKind::NotFound, "no such route")
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Compares in time independent of where the strings differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return ApiError::new(ErrorKind::Unauthorized, "a valid bearer token is required")
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("the request body is larger than the limit of {limit} bytes"),
+            )
+        } else {
+            ApiError::new(
+                ErrorKind::BadRequest,
+                format!("reading the request body failed: {inner}"),
+            )
+        }
+    })
+}
+
+async fn deploy(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    // Code archives are larger than events: allow 16x the event limit.
+    let limit = state.service.config.max_body.saturating_mul(16);
+    let bytes = read_body(body, limit).await?;
+    let req: DeployRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(ErrorKind::InvalidSpec, format!("invalid JSON: {e}")))?;
+    let spec = FunctionSpec::from_fields(req.spec)
+        .map_err(|e| ApiError::new(ErrorKind::InvalidSpec, e.to_string()))?;
+    let archive = match &req.archive {
+        Some(b64) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorKind::InvalidSpec,
+                        format!("field `archive` is not base64: {e}"),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    if req.files.is_empty() && archive.is_none() {
+        return Err(ApiError::new(
+            ErrorKind::InvalidSpec,
+            "field `files` or `archive` must hold the function's code",
+        ));
+    }
+    let service = state.service.clone();
+    let view =
+        tokio::task::spawn_blocking(move || service.deploy(spec, &req.files, archive.as_deref()))
+            .await
+            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))??;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn list(State(state): State<AppState>) -> Response {
+    Json(serde_json::json!({ "functions": state.service.list() })).into_response()
+}
+
+async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    state
+        .service
+        .view(&id)
+        .map(|v| Json(v).into_response())
+        .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no function named {id:?}")))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.service.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct InvokeQuery {
+    version: Option<u64>,
+}
+
+async fn invoke(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<InvokeQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(body, state.service.config.max_body).await?;
+    let cold = headers
+        .get("x-thaw-cold")
+        .map(|v| v.to_str().unwrap_or("?").to_string());
+    let passed: BTreeMap<String, String> = headers
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "authorization" | "cookie" | "x-thaw-cold" | "connection" | "content-length"
+            )
+        })
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let answer = state
+        .service
+        .invoke(InvokeRequest {
+            name: id,
+            version: q.version,
+            cold,
+            headers: passed,
+            body,
+        })
+        .await?;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let mut resp = Response::new(Body::from(answer.body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    for (k, v) in &answer.headers {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            h.insert(k, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&answer.id) {
+        h.insert("x-thaw-invocation-id", v);
+    }
+    h.insert(
+        "x-thaw-start",
+        HeaderValue::from_static(answer.start.as_str()),
+    );
+    h.insert(
+        "x-thaw-start-us",
+        HeaderValue::from(answer.start_time.as_micros() as u64),
+    );
+    h.insert(
+        "x-thaw-duration-us",
+        HeaderValue::from(answer.duration.as_micros() as u64),
+    );
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    tail: Option<usize>,
+    follow: Option<String>,
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    if state.service.view(&id).is_none() {
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("no function named {id:?}"),
+        ));
+    }
+    let n = q.tail.unwrap_or(100).min(100_000);
+    let follow = matches!(q.follow.as_deref(), Some("1" | "true" | "yes"));
+    if !follow {
+        let lines = state.service.logs.tail(&id, n);
+        return Ok(Json(serde_json::json!({ "lines": lines })).into_response());
+    }
+    let (tail, rx) = state.service.logs.follow(&id, n);
+    let first = stream::iter(tail.into_iter().map(|l| Ok::<_, Infallible>(to_event(&l))));
+    let live = BroadcastStream::new(rx)
+        .filter_map(|item| async move { item.ok().map(|l| Ok::<_, Infallible>(to_event(&l))) });
+    let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> =
+        Box::pin(first.chain(live));
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn to_event(line: &pool::logs::LogLine) -> Event {
+    Event::default()
+        .event("log")
+        .data(serde_json::to_string(line).unwrap_or_default())
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.service.refresh_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.service.metrics.encode(),
+    )
+        .into_response()
+}

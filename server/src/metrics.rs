@@ -1,0 +1,125 @@
+//! Prometheus metrics (`GET /metrics`), all prefixed `thaw_`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of an invocation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InvocationLabels {
+    /// Function name.
+    pub function: String,
+    /// `warm`, `restore`, `boot` or `none` (never got an instance).
+    pub start: String,
+    /// `ok`, or the error kind.
+    pub outcome: String,
+}
+
+/// Labels by start kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StartLabels {
+    /// `warm`, `restore` or `boot`.
+    pub start: String,
+}
+
+/// Labels by instance state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `idle`, `busy` or `booting`.
+    pub state: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~ 400 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 23))
+}
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Invocations by function, start kind and outcome.
+    pub invocations: Family<InvocationLabels, Counter>,
+    /// Time to obtain an instance, seconds.
+    pub start_latency: Family<StartLabels, Histogram, fn() -> Histogram>,
+    /// Handler time, seconds.
+    pub duration: Family<StartLabels, Histogram, fn() -> Histogram>,
+    /// Instances by state.
+    pub instances: Family<StateLabels, Gauge>,
+    /// Memory used by all instances, bytes.
+    pub memory_bytes: Gauge,
+    /// Memory budget, bytes.
+    pub memory_budget_bytes: Gauge,
+    /// Deployed functions.
+    pub functions: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("thaw");
+        let invocations = Family::<InvocationLabels, Counter>::default();
+        registry.register(
+            "invocations",
+            "Invocations by function, start kind and outcome",
+            invocations.clone(),
+        );
+        let start_latency: Family<StartLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "start_latency_seconds",
+            "Time spent obtaining an instance, by start kind",
+            start_latency.clone(),
+        );
+        let duration: Family<StartLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "invocation_duration_seconds",
+            "Handler time, by start kind",
+            duration.clone(),
+        );
+        let instances = Family::<StateLabels, Gauge>::default();
+        registry.register("instances", "Instances by state", instances.clone());
+        let memory_bytes = Gauge::default();
+        registry.register(
+            "memory_used_bytes",
+            "Memory charged to all instances",
+            memory_bytes.clone(),
+        );
+        let memory_budget_bytes = Gauge::default();
+        registry.register(
+            "memory_budget_bytes",
+            "Memory budget of all instances",
+            memory_budget_bytes.clone(),
+        );
+        let functions = Gauge::default();
+        registry.register("functions", "Deployed functions", functions.clone());
+        Metrics {
+            registry,
+            invocations,
+            start_latency,
+            duration,
+            instances,
+            memory_bytes,
+            memory_budget_bytes,
+            functions,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,211 @@
+//! `thaw serve`: prepares the data directory, cleans up after a crashed
+//! earlier run, and runs the HTTP server until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use pool::cgroup::CgroupRoot;
+use pool::sandbox::{SandboxConfig, DEFAULT_UID};
+use pool::{Pool, PoolConfig};
+use tokio::net::TcpListener;
+
+use crate::api::{app, AppState};
+use crate::logstore::{LogLimits, LogStore};
+use crate::registry::{write_atomic, Registry};
+use crate::service::{Service, ServiceConfig};
+
+/// The Python runtime, embedded so the binary is all a host needs.
+const BOOTSTRAP_PY: &str = include_str!("../../runtimes/python/bootstrap.py");
+const THAW_PY: &str = include_str!("../../runtimes/python/thaw.py");
+
+/// Settings of `thaw serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Python interpreter.
+    pub python: PathBuf,
+    /// Request body limit, bytes.
+    pub max_body: usize,
+    /// Memory budget, bytes (None: 75% of the machine).
+    pub memory_budget: Option<u64>,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Honour `x-thaw-cold`.
+    pub allow_forced_cold: bool,
+    /// Folders with a `thaw.toml` to deploy at start.
+    pub deploy: Vec<PathBuf>,
+}
+
+fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(8 << 30, |kb| kb * 1024)
+}
+
+/// A short tag that names this data directory's cgroups.
+fn install_tag(data_dir: &Path) -> String {
+    let hash = fnv_hex(data_dir.as_os_str().as_encoded_bytes());
+    hash[..8].to_string()
+}
+
+fn fnv_hex(bytes: &[u8]) -> String {
+    // FNV-1a is plenty to tell data directories apart in a cgroup name.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Reads the installation's hash seed, creating it once.
+fn hash_seed(data_dir: &Path) -> Result<u32> {
+    let path = data_dir.join("hashseed");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(seed) = text.trim().parse() {
+            return Ok(seed);
+        }
+    }
+    // PYTHONHASHSEED accepts 0..=4294967295; 0 disables randomisation.
+    let seed = rand::random::<u32>().max(1);
+    write_atomic(&path, seed.to_string().as_bytes())?;
+    Ok(seed)
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// Runs the server until a stop signal.
+pub async fn serve(opts: ServeOptions) -> Result<()> {
+    if !is_loopback(&opts.listen) && opts.token.is_none() {
+        bail!(
+            "refusing to listen on {} without an API token: set --token-file or THAW_TOKEN \
+             (only loopback addresses may run without one)",
+            opts.listen
+        );
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("thaw serve must run as root: sandboxes need namespaces, mounts and cgroups");
+    }
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating data directory {}", opts.data_dir.display()))?;
+    let data_dir = opts
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", opts.data_dir.display()))?;
+
+    let runtime_dir = data_dir.join("runtime/python");
+    std::fs::create_dir_all(&runtime_dir)?;
+    write_atomic(&runtime_dir.join("bootstrap.py"), BOOTSTRAP_PY.as_bytes())?;
+    write_atomic(&runtime_dir.join("thaw.py"), THAW_PY.as_bytes())?;
+    for dir in [&data_dir.join("runtime"), &runtime_dir] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    for f in ["bootstrap.py", "thaw.py"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(runtime_dir.join(f), std::fs::Permissions::from_mode(0o644))?;
+    }
+    let hash_seed = hash_seed(&data_dir)?;
+
+    let cgroups = CgroupRoot::detect(&install_tag(&data_dir)).context("setting up cgroups")?;
+    let stale = cgroups.remove_stale().context("removing stale sandboxes")?;
+    let run_dir = data_dir.join("run");
+    if run_dir.exists() {
+        // Mount points of sandboxes of an earlier run (their mounts lived in
+        // namespaces that died with them).
+        for entry in std::fs::read_dir(&run_dir)?.flatten() {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+    std::fs::create_dir_all(&run_dir)?;
+    if stale > 0 {
+        tracing::warn!(
+            sandboxes = stale,
+            "removed sandboxes left by an earlier run"
+        );
+    }
+
+    let init_exe = std::env::current_exe().context("finding the thaw binary")?;
+    let budget = opts.memory_budget.unwrap_or(total_memory() / 4 * 3);
+    let pool = Pool::new(PoolConfig {
+        sandbox: SandboxConfig {
+            init_exe,
+            init_args: vec!["sandbox-init".into()],
+            run_dir,
+            mask: vec![data_dir.clone()],
+            uid: DEFAULT_UID,
+            gid: DEFAULT_UID,
+            cgroups,
+        },
+        memory_budget: budget,
+        init_timeout: Duration::from_secs(120),
+    });
+    let registry = Registry::open(&data_dir)?;
+    let service = Service::new(
+        ServiceConfig {
+            data_dir: data_dir.clone(),
+            python: opts.python.clone(),
+            runtime_dir,
+            hash_seed,
+            max_body: opts.max_body,
+            allow_forced_cold: opts.allow_forced_cold,
+        },
+        pool.clone(),
+        registry,
+        LogStore::new(LogLimits::default()),
+    );
+    let n = service.recover().context("loading functions")?;
+    tracing::info!(functions = n, data_dir = %data_dir.display(), "loaded");
+
+    for dir in &opts.deploy {
+        let (spec, files, archive) = crate::bundle::read_bundle(dir)?;
+        let name = spec.name.clone();
+        service
+            .deploy(spec, &files, archive.as_deref())
+            .map_err(|e| anyhow::anyhow!("deploying {}: {}", dir.display(), e.message))?;
+        tracing::info!(function = %name, "example deployed");
+    }
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    // Tools (and tests) read this line to find the port.
+    println!("thaw listening on http://{addr}");
+    let state = AppState {
+        service: service.clone(),
+        token: opts.token.map(Arc::new),
+    };
+    let router = app(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop_signal())
+        .await?;
+    tracing::info!("stopping instances");
+    pool.shutdown().await;
+    Ok(())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stop signal received");
+}

@@ -1,0 +1,866 @@
+//! The control plane's state and operations, independent of HTTP: deploy,
+//! version routing, invoke, delete.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pool::cgroup::CgroupLimits;
+use pool::instance::{BootError, Invocation, Outcome};
+use pool::logs::LogSink;
+use pool::manager::{Counts, Failed, Served};
+use pool::sandbox::LaunchSpec;
+use pool::{FunctionKey, Pool, PoolError, StartKind, StartSpec};
+
+use crate::logstore::LogStore;
+use crate::metrics::{InvocationLabels, Metrics, StartLabels};
+use crate::registry::{FunctionRecord, Registry, RegistryError, VersionRecord, VersionState};
+use crate::spec::FunctionSpec;
+
+/// Server settings the service needs.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// The Python interpreter functions run on.
+    pub python: PathBuf,
+    /// Host directory with the Python runtime files.
+    pub runtime_dir: PathBuf,
+    /// `PYTHONHASHSEED` of this installation.
+    pub hash_seed: u32,
+    /// Largest request body, bytes.
+    pub max_body: usize,
+    /// Whether `x-thaw-cold` is honoured.
+    pub allow_forced_cold: bool,
+}
+
+/// The error kinds of the API, with their HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 400
+    InvalidSpec,
+    /// 400
+    BadRequest,
+    /// 401
+    Unauthorized,
+    /// 403
+    Forbidden,
+    /// 404
+    NotFound,
+    /// 409
+    NoSnapshot,
+    /// 413
+    PayloadTooLarge,
+    /// 429
+    ConcurrencyLimit,
+    /// 429
+    MemoryBudget,
+    /// 500
+    HandlerError,
+    /// 500
+    Internal,
+    /// 502
+    InitError,
+    /// 502
+    FunctionCrashed,
+    /// 503
+    ShuttingDown,
+    /// 504
+    Timeout,
+}
+
+impl ErrorKind {
+    /// The `error` field of the JSON body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidSpec => "invalid_spec",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::NoSnapshot => "no_snapshot",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::ConcurrencyLimit => "concurrency_limit",
+            ErrorKind::MemoryBudget => "memory_budget",
+            ErrorKind::HandlerError => "handler_error",
+            ErrorKind::Internal => "internal_error",
+            ErrorKind::InitError => "init_error",
+            ErrorKind::FunctionCrashed => "function_crashed",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Timeout => "timeout",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidSpec | ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::NoSnapshot => 409,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::ConcurrencyLimit | ErrorKind::MemoryBudget => 429,
+            ErrorKind::HandlerError | ErrorKind::Internal => 500,
+            ErrorKind::InitError | ErrorKind::FunctionCrashed => 502,
+            ErrorKind::ShuttingDown => 503,
+            ErrorKind::Timeout => 504,
+        }
+    }
+}
+
+/// An error answered to a client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// Kind (and status).
+    pub kind: ErrorKind,
+    /// A sentence for the user.
+    pub message: String,
+    /// The invocation it concerns.
+    pub invocation_id: Option<String>,
+    /// Python traceback of a handler error.
+    pub traceback: Option<String>,
+    /// How the instance was obtained, when one was.
+    pub start: Option<StartKind>,
+    /// Time spent obtaining the instance.
+    pub start_time: Option<Duration>,
+}
+
+impl ApiError {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            message: message.into(),
+            invocation_id: None,
+            traceback: None,
+            start: None,
+            start_time: None,
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::BadCode(m) => ApiError::new(ErrorKind::InvalidSpec, m),
+            other => {
+                tracing::error!(error = %other, "registry error");
+                ApiError::new(
+                    ErrorKind::Internal,
+                    "storing the function failed; see the server log",
+                )
+            }
+        }
+    }
+}
+
+/// A version in memory: its record and how to start it.
+#[derive(Debug, Clone)]
+struct Version {
+    record: VersionRecord,
+    key: FunctionKey,
+    start: StartSpec,
+}
+
+/// What `GET /functions/:id` answers.
+#[derive(Debug, serde::Serialize)]
+pub struct FunctionView {
+    /// Name.
+    pub name: String,
+    /// Newest version.
+    pub version: u64,
+    /// State of the newest version.
+    pub state: &'static str,
+    /// Error of the newest version.
+    pub error: Option<String>,
+    /// Instance counts (all versions).
+    pub instances: Counts,
+    /// The snapshot (none until snapshots exist).
+    pub snapshot: Option<serde_json::Value>,
+    /// Memory charged to its instances, bytes.
+    pub memory_bytes: u64,
+    /// The newest version's settings.
+    pub spec: FunctionSpec,
+    /// Every version, oldest first.
+    pub versions: Vec<VersionView>,
+}
+
+/// One version in [`FunctionView`].
+#[derive(Debug, serde::Serialize)]
+pub struct VersionView {
+    /// Number.
+    pub version: u64,
+    /// State.
+    pub state: &'static str,
+    /// Error.
+    pub error: Option<String>,
+    /// Deploy time, Unix ms.
+    pub created_ms: u64,
+    /// Instance counts.
+    pub instances: Counts,
+}
+
+/// The control plane.
+#[derive(Clone)]
+pub struct Service {
+    /// Settings.
+    pub config: Arc<ServiceConfig>,
+    /// Instances.
+    pub pool: Pool,
+    /// Durable records.
+    pub registry: Registry,
+    /// Function output.
+    pub logs: LogStore,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    functions: Arc<RwLock<BTreeMap<String, Vec<Version>>>>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A request to invoke.
+#[derive(Debug)]
+pub struct InvokeRequest {
+    /// Function name.
+    pub name: String,
+    /// `?version=N`.
+    pub version: Option<u64>,
+    /// `x-thaw-cold`.
+    pub cold: Option<String>,
+    /// Headers passed to the handler.
+    pub headers: BTreeMap<String, String>,
+    /// The event.
+    pub body: Bytes,
+}
+
+/// A served invocation, for the HTTP layer.
+#[derive(Debug)]
+pub struct InvokeAnswer {
+    /// Invocation id.
+    pub id: String,
+    /// Status.
+    pub status: u16,
+    /// Headers from the handler.
+    pub headers: BTreeMap<String, String>,
+    /// Body.
+    pub body: Bytes,
+    /// Start kind.
+    pub start: StartKind,
+    /// Time to obtain the instance.
+    pub start_time: Duration,
+    /// Handler time.
+    pub duration: Duration,
+}
+
+impl Service {
+    /// A service over an opened registry and pool; call [`Service::recover`]
+    /// next.
+    pub fn new(config: ServiceConfig, pool: Pool, registry: Registry, logs: LogStore) -> Service {
+        let metrics = Arc::new(Metrics::new());
+        metrics
+            .memory_budget_bytes
+            .set(pool.config().memory_budget as i64);
+        Service {
+            config: Arc::new(config),
+            pool,
+            registry,
+            logs,
+            metrics,
+            functions: Arc::new(RwLock::new(BTreeMap::new())),
+        }
+    }
+
+    /// Loads every stored function; versions that were deploying when the
+    /// server stopped deploy again.
+    pub fn recover(&self) -> Result<usize, RegistryError> {
+        self.registry.sweep_root();
+        let records = self.registry.load_all()?;
+        let n = records.len();
+        for record in records {
+            let versions: Vec<Version> = record
+                .versions
+                .iter()
+                .map(|v| self.version_of(&record.name, v.clone()))
+                .collect();
+            for v in &versions {
+                self.pool.register(&v.key, &v.start);
+            }
+            let redo: Vec<Version> = versions
+                .iter()
+                .filter(|v| v.record.state == VersionState::Deploying)
+                .cloned()
+                .collect();
+            self.functions
+                .write()
+                .unwrap()
+                .insert(record.name.clone(), versions);
+            for v in redo {
+                self.spawn_warmup(v);
+            }
+        }
+        Ok(n)
+    }
+
+    fn log_sink(&self, name: &str) -> LogSink {
+        let logs = self.logs.clone();
+        let name = name.to_string();
+        Arc::new(move |line| logs.push(&name, line))
+    }
+
+    fn version_of(&self, name: &str, record: VersionRecord) -> Version {
+        let spec = &record.spec;
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("HOME".into(), "/tmp".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+        ];
+        for (k, v) in &spec.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env.extend(
+            [
+                ("PYTHONPATH", "/var/runtime".to_string()),
+                ("PYTHONDONTWRITEBYTECODE", "1".into()),
+                ("PYTHONHASHSEED", self.config.hash_seed.to_string()),
+                ("OPENBLAS_NUM_THREADS", "1".into()),
+                ("OMP_NUM_THREADS", "1".into()),
+                ("MKL_NUM_THREADS", "1".into()),
+                ("NUMEXPR_NUM_THREADS", "1".into()),
+                ("THAW_HANDLER", spec.handler.clone()),
+                ("THAW_FUNCTION", name.to_string()),
+                ("THAW_VERSION", record.version.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        let launch = LaunchSpec {
+            code_dir: self.registry.code_dir(name, record.version),
+            runtime_dir: Some(self.config.runtime_dir.clone()),
+            argv: vec![
+                self.config.python.display().to_string(),
+                "-s".into(),
+                "/var/runtime/bootstrap.py".into(),
+            ],
+            env,
+            cwd: "/var/task".into(),
+            limits: CgroupLimits {
+                memory_bytes: spec.memory_mb << 20,
+                pids: spec.pids,
+                cpu_weight: spec.cpu_weight,
+            },
+            tmp_mb: spec.tmp_mb,
+            network: spec.network,
+        };
+        let start = StartSpec {
+            launch,
+            keep_alive: Duration::from_secs(spec.keep_alive_s),
+            concurrency: spec.concurrency,
+            queue: spec.queue,
+            min_instances: spec.min_instances,
+            logs: self.log_sink(name),
+        };
+        Version {
+            key: FunctionKey {
+                name: name.to_string(),
+                version: record.version,
+                uid: record.uid,
+            },
+            record,
+            start,
+        }
+    }
+
+    /// Deploys a new version; returns at once (the version boots in the
+    /// background).
+    pub fn deploy(
+        &self,
+        spec: FunctionSpec,
+        files: &BTreeMap<String, String>,
+        archive: Option<&[u8]>,
+    ) -> Result<FunctionView, ApiError> {
+        let name = spec.name.clone();
+        let number = {
+            let map = self.functions.read().unwrap();
+            map.get(&name)
+                .and_then(|v| v.last())
+                .map_or(1, |v| v.record.version + 1)
+        };
+        self.registry.write_code(&name, number, files, archive)?;
+        let record = VersionRecord {
+            version: number,
+            uid: rand::random(),
+            spec,
+            state: VersionState::Deploying,
+            error: None,
+            created_ms: now_ms(),
+        };
+        let version = self.version_of(&name, record);
+        {
+            let mut map = self.functions.write().unwrap();
+            let list = map.entry(name.clone()).or_default();
+            list.push(version.clone());
+            let stored = FunctionRecord {
+                name: name.clone(),
+                versions: list.iter().map(|v| v.record.clone()).collect(),
+            };
+            if let Err(e) = self.registry.save(&stored) {
+                list.pop();
+                if list.is_empty() {
+                    map.remove(&name);
+                }
+                return Err(e.into());
+            }
+        }
+        self.pool.register(&version.key, &version.start);
+        tracing::info!(function = %name, version = number, "deployed");
+        self.spawn_warmup(version);
+        self.view(&name)
+            .ok_or_else(|| ApiError::new(ErrorKind::NotFound, "function vanished"))
+    }
+
+    /// Boots the version's first instance, runs its warm-up events and marks
+    /// it ready (or failed).
+    fn spawn_warmup(&self, version: Version) {
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let (state, error) = svc.warm_up(&version).await;
+            svc.set_state(&version.key, state, error);
+        });
+    }
+
+    async fn warm_up(&self, v: &Version) -> (VersionState, Option<String>) {
+        let mut instance = match self.pool.boot(&v.key, &v.start).await {
+            Ok(i) => i,
+            Err(PoolError::Boot(BootError::Init {
+                error_type,
+                message,
+                ..
+            })) => {
+                return (
+                    VersionState::Failed,
+                    Some(format!("{error_type}: {message}")),
+                )
+            }
+            Err(e) => {
+                // Not the handler's fault (budget, sandbox): still servable later.
+                tracing::warn!(function = %v.key.name, version = v.key.version, error = %e, "first boot failed");
+                return (VersionState::Failed, Some(e.to_string()));
+            }
+        };
+        let timeout = Duration::from_millis(v.record.spec.timeout_ms);
+        for (i, event) in v.record.spec.warmup.iter().enumerate() {
+            let inv = Invocation {
+                id: format!("warmup-{}", i + 1),
+                function: v.key.name.clone(),
+                version: v.key.version,
+                timeout,
+                headers: BTreeMap::from([("content-type".into(), "application/json".into())]),
+                body: Bytes::from(serde_json::to_vec(event).expect("json value serialises")),
+            };
+            match instance.invoke(&inv).await {
+                Ok(Outcome::Answer { .. }) => {}
+                Ok(Outcome::HandlerError {
+                    error_type,
+                    message,
+                    ..
+                }) => {
+                    self.pool.release(&v.key, instance).await;
+                    return (
+                        VersionState::Failed,
+                        Some(format!(
+                            "warm-up event {} raised {error_type}: {message}",
+                            i + 1
+                        )),
+                    );
+                }
+                Err(e) => {
+                    self.pool.discard(instance).await;
+                    return (
+                        VersionState::Failed,
+                        Some(format!("warm-up event {} failed: {e}", i + 1)),
+                    );
+                }
+            }
+        }
+        self.pool.release(&v.key, instance).await;
+        (VersionState::Ready, None)
+    }
+
+    fn set_state(&self, key: &FunctionKey, state: VersionState, error: Option<String>) {
+        let older: Vec<FunctionKey>;
+        {
+            let mut map = self.functions.write().unwrap();
+            let Some(list) = map.get_mut(&key.name) else {
+                return;
+            };
+            let Some(v) = list.iter_mut().find(|v| v.key == *key) else {
+                return;
+            };
+            v.record.state = state;
+            v.record.error = error.clone();
+            let stored = FunctionRecord {
+                name: key.name.clone(),
+                versions: list.iter().map(|v| v.record.clone()).collect(),
+            };
+            if let Err(e) = self.registry.save(&stored) {
+                tracing::error!(function = %key.name, error = %e, "saving the record failed");
+            }
+            older = if state == VersionState::Ready {
+                list.iter()
+                    .filter(|o| o.key.version < key.version)
+                    .map(|o| o.key.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        }
+        match &error {
+            Some(e) => {
+                tracing::warn!(function = %key.name, version = key.version, error = %e, "version failed")
+            }
+            None => {
+                tracing::info!(function = %key.name, version = key.version, state = state.as_str(), "version state")
+            }
+        }
+        // Idle instances of older versions are no longer needed.
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            for k in older {
+                pool.retire(&k).await;
+            }
+        });
+    }
+
+    /// Every function, by name.
+    pub fn list(&self) -> Vec<FunctionView> {
+        let names: Vec<String> = self.functions.read().unwrap().keys().cloned().collect();
+        names.iter().filter_map(|n| self.view(n)).collect()
+    }
+
+    /// One function.
+    pub fn view(&self, name: &str) -> Option<FunctionView> {
+        let map = self.functions.read().unwrap();
+        let versions = map.get(name)?;
+        let latest = versions.last()?;
+        let mut total = Counts::default();
+        let mut memory = 0;
+        let views = versions
+            .iter()
+            .map(|v| {
+                let c = self.pool.counts(&v.key);
+                total.idle += c.idle;
+                total.busy += c.busy;
+                total.booting += c.booting;
+                memory += self.pool.memory_of(&v.key);
+                VersionView {
+                    version: v.record.version,
+                    state: v.record.state.as_str(),
+                    error: v.record.error.clone(),
+                    created_ms: v.record.created_ms,
+                    instances: c,
+                }
+            })
+            .collect();
+        Some(FunctionView {
+            name: name.to_string(),
+            version: latest.record.version,
+            state: latest.record.state.as_str(),
+            error: latest.record.error.clone(),
+            instances: total,
+            snapshot: None,
+            memory_bytes: memory,
+            spec: latest.record.spec.clone(),
+            versions: views,
+        })
+    }
+
+    /// Deletes a function: stops its instances, frees its files and logs.
+    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let existed = self.functions.write().unwrap().remove(name).is_some();
+        if !existed {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!("no function named {name:?}"),
+            ));
+        }
+        self.pool.retire_function(name).await;
+        self.registry.remove(name)?;
+        self.logs.remove(name);
+        tracing::info!(function = %name, "deleted");
+        Ok(())
+    }
+
+    /// Picks the version an invocation goes to.
+    fn route(&self, name: &str, version: Option<u64>) -> Result<Version, ApiError> {
+        let map = self.functions.read().unwrap();
+        let versions = map.get(name).ok_or_else(|| {
+            ApiError::new(ErrorKind::NotFound, format!("no function named {name:?}"))
+        })?;
+        let failed = |v: &Version| {
+            ApiError::new(
+                ErrorKind::InitError,
+                format!(
+                    "version {} of {name:?} failed to start: {}",
+                    v.record.version,
+                    v.record.error.as_deref().unwrap_or("unknown error")
+                ),
+            )
+        };
+        if let Some(n) = version {
+            let v = versions
+                .iter()
+                .find(|v| v.record.version == n)
+                .ok_or_else(|| {
+                    ApiError::new(ErrorKind::NotFound, format!("{name:?} has no version {n}"))
+                })?;
+            if v.record.state == VersionState::Failed {
+                return Err(failed(v));
+            }
+            return Ok(v.clone());
+        }
+        let latest = versions.last().expect("a function has a version");
+        match latest.record.state {
+            VersionState::Ready => Ok(latest.clone()),
+            // A new version still deploying, or one that failed: the newest
+            // ready version keeps serving.
+            VersionState::Deploying | VersionState::Failed => {
+                if let Some(ready) = versions
+                    .iter()
+                    .rev()
+                    .find(|v| v.record.state == VersionState::Ready)
+                {
+                    Ok(ready.clone())
+                } else if latest.record.state == VersionState::Deploying {
+                    Ok(latest.clone())
+                } else {
+                    Err(failed(latest))
+                }
+            }
+        }
+    }
+
+    /// Serves one invocation.
+    pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeAnswer, ApiError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let result = self.invoke_inner(&id, req).await;
+        result.map_err(|mut e| {
+            e.invocation_id = Some(id.clone());
+            e
+        })
+    }
+
+    async fn invoke_inner(&self, id: &str, req: InvokeRequest) -> Result<InvokeAnswer, ApiError> {
+        let cold = match req.cold.as_deref() {
+            None => false,
+            Some(kind) if !self.config.allow_forced_cold => {
+                return Err(ApiError::new(
+                    ErrorKind::Forbidden,
+                    format!("x-thaw-cold: {kind} needs a server started with --allow-forced-cold"),
+                ))
+            }
+            Some("boot") => true,
+            Some("restore") => {
+                return Err(ApiError::new(
+                    ErrorKind::NoSnapshot,
+                    "this version has no ready snapshot to restore",
+                ))
+            }
+            Some(other) => {
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    format!("x-thaw-cold must be \"boot\" or \"restore\", got {other:?}"),
+                ))
+            }
+        };
+        let version = self.route(&req.name, req.version)?;
+        let inv = Invocation {
+            id: id.to_string(),
+            function: req.name.clone(),
+            version: version.key.version,
+            timeout: Duration::from_millis(version.record.spec.timeout_ms),
+            headers: req.headers,
+            body: req.body,
+        };
+        let result = self
+            .pool
+            .invoke(&version.key, &version.start, &inv, cold)
+            .await;
+        self.account(&req.name, &result);
+        match result {
+            Ok(Served {
+                outcome,
+                start,
+                start_time,
+            }) => match outcome {
+                Outcome::Answer {
+                    status,
+                    headers,
+                    body,
+                    duration,
+                } => Ok(InvokeAnswer {
+                    id: id.to_string(),
+                    status,
+                    headers,
+                    body,
+                    start,
+                    start_time,
+                    duration,
+                }),
+                Outcome::HandlerError {
+                    error_type,
+                    message,
+                    traceback,
+                    ..
+                } => {
+                    let mut e =
+                        ApiError::new(ErrorKind::HandlerError, format!("{error_type}: {message}"));
+                    e.traceback = Some(traceback);
+                    e.start = Some(start);
+                    e.start_time = Some(start_time);
+                    Err(e)
+                }
+            },
+            Err(Failed {
+                error,
+                start,
+                start_time,
+            }) => {
+                let (kind, message) = match &error {
+                    PoolError::ConcurrencyLimit { .. } => {
+                        (ErrorKind::ConcurrencyLimit, error.to_string())
+                    }
+                    PoolError::MemoryBudget { .. } => (ErrorKind::MemoryBudget, error.to_string()),
+                    PoolError::Boot(BootError::Init {
+                        error_type,
+                        message,
+                        ..
+                    }) => (
+                        ErrorKind::InitError,
+                        format!("the handler could not be loaded: {error_type}: {message}"),
+                    ),
+                    PoolError::Boot(BootError::Launch(e)) => {
+                        tracing::error!(function = %req.name, error = %e, "sandbox launch failed");
+                        (
+                            ErrorKind::Internal,
+                            format!("starting a sandbox failed: {e}"),
+                        )
+                    }
+                    PoolError::Boot(e) => (ErrorKind::FunctionCrashed, e.to_string()),
+                    PoolError::Invoke(pool::instance::InvokeError::Timeout(d)) => (
+                        ErrorKind::Timeout,
+                        format!(
+                            "the function did not answer within {} ms and was stopped",
+                            d.as_millis()
+                        ),
+                    ),
+                    PoolError::Invoke(e) => (ErrorKind::FunctionCrashed, e.to_string()),
+                    PoolError::ShuttingDown => (ErrorKind::ShuttingDown, error.to_string()),
+                };
+                let mut e = ApiError::new(kind, message);
+                e.start = start;
+                e.start_time = Some(start_time);
+                Err(e)
+            }
+        }
+    }
+
+    fn account(&self, name: &str, result: &Result<Served, Failed>) {
+        let (start, outcome) = match result {
+            Ok(s) => (
+                Some(s.start),
+                match s.outcome {
+                    Outcome::Answer { .. } => "ok",
+                    Outcome::HandlerError { .. } => "handler_error",
+                },
+            ),
+            Err(f) => (
+                f.start,
+                match &f.error {
+                    PoolError::ConcurrencyLimit { .. } => "concurrency_limit",
+                    PoolError::MemoryBudget { .. } => "memory_budget",
+                    PoolError::Boot(BootError::Init { .. }) => "init_error",
+                    PoolError::Invoke(pool::instance::InvokeError::Timeout(_)) => "timeout",
+                    PoolError::ShuttingDown => "shutting_down",
+                    _ => "function_crashed",
+                },
+            ),
+        };
+        let start_str = start.map_or("none", StartKind::as_str).to_string();
+        self.metrics
+            .invocations
+            .get_or_create(&InvocationLabels {
+                function: name.to_string(),
+                start: start_str.clone(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        if let Ok(s) = result {
+            let labels = StartLabels { start: start_str };
+            self.metrics
+                .start_latency
+                .get_or_create(&labels)
+                .observe(s.start_time.as_secs_f64());
+            let d = match &s.outcome {
+                Outcome::Answer { duration, .. } | Outcome::HandlerError { duration, .. } => {
+                    *duration
+                }
+            };
+            self.metrics
+                .duration
+                .get_or_create(&labels)
+                .observe(d.as_secs_f64());
+        }
+    }
+
+    /// Refreshes gauges before a scrape.
+    pub fn refresh_gauges(&self) {
+        let c = self.pool.total_counts();
+        for (state, n) in [("idle", c.idle), ("busy", c.busy), ("booting", c.booting)] {
+            self.metrics
+                .instances
+                .get_or_create(&crate::metrics::StateLabels {
+                    state: state.into(),
+                })
+                .set(n as i64);
+        }
+        self.metrics
+            .memory_bytes
+            .set(self.pool.memory_used() as i64);
+        self.metrics
+            .functions
+            .set(self.functions.read().unwrap().len() as i64);
+    }
+
+    /// Names of functions, for tests.
+    pub fn names(&self) -> Vec<String> {
+        self.functions.read().unwrap().keys().cloned().collect()
+    }
+
+    /// Unused helper kept for symmetry with future snapshot state.
+    #[doc(hidden)]
+    pub fn _versions(&self) -> HashMap<String, usize> {
+        self.functions
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
+    }
+}

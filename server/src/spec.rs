@@ -1,0 +1,292 @@
+//! The deploy request (`POST /functions`) and its validation.
+
+use std::collections::BTreeMap;
+
+use pool::sandbox::Network;
+use serde::{Deserialize, Serialize};
+
+/// Most files in one deployment.
+pub const MAX_FILES: usize = 10_000;
+/// Most warm-up events.
+pub const MAX_WARMUP: usize = 100;
+
+/// A function as deployed: everything but its code.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    /// URL-safe name, the `:id` in every route.
+    pub name: String,
+    /// Runtime; only `python3` today.
+    #[serde(default = "default_runtime")]
+    pub runtime: String,
+    /// `module.function` of the handler.
+    #[serde(default = "default_handler")]
+    pub handler: String,
+    /// Memory limit, MiB (default 256).
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// Time allowed per invocation, ms (default 10000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Environment of the function.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Most invocations in flight at once (default 8).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// CPU weight 1..=10000 (default 100).
+    #[serde(default = "default_cpu_weight")]
+    pub cpu_weight: u64,
+    /// Most processes and threads (default 64).
+    #[serde(default = "default_pids")]
+    pub pids: u64,
+    /// Seconds an idle instance is kept (default 600).
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// Instances kept ready (default 0).
+    #[serde(default)]
+    pub min_instances: usize,
+    /// Most invocations waiting for a slot (default 64).
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// `none` (loopback only, default) or `outbound`.
+    #[serde(default)]
+    pub network: Network,
+    /// Events invoked before the version is marked ready.
+    #[serde(default)]
+    pub warmup: Vec<serde_json::Value>,
+    /// Size of the private `/tmp`, MiB (default 64).
+    #[serde(default = "default_tmp_mb")]
+    pub tmp_mb: u64,
+}
+
+/// The body of `POST /functions`: the spec plus the code.
+#[derive(Debug, Deserialize)]
+pub struct DeployRequest {
+    /// The function's settings.
+    #[serde(flatten)]
+    pub spec: FunctionSpecFields,
+    /// Relative path → UTF-8 text.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// Base64 of a tar.gz with code and dependencies.
+    #[serde(default)]
+    pub archive: Option<String>,
+}
+
+/// Same fields as [`FunctionSpec`]; flattening cannot be combined with
+/// `deny_unknown_fields`, so unknown fields are checked by hand.
+pub type FunctionSpecFields = serde_json::Map<String, serde_json::Value>;
+
+fn default_runtime() -> String {
+    "python3".into()
+}
+fn default_handler() -> String {
+    "main.handler".into()
+}
+fn default_memory_mb() -> u64 {
+    256
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_cpu_weight() -> u64 {
+    100
+}
+fn default_pids() -> u64 {
+    64
+}
+fn default_keep_alive_s() -> u64 {
+    600
+}
+fn default_queue() -> usize {
+    64
+}
+fn default_tmp_mb() -> u64 {
+    64
+}
+
+/// A spec that cannot be deployed; the message names the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSpec(pub String);
+
+fn invalid(msg: impl Into<String>) -> InvalidSpec {
+    InvalidSpec(msg.into())
+}
+
+/// Whether `name` is a valid function name.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+fn range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), InvalidSpec> {
+    if v < lo || v > hi {
+        return Err(invalid(format!(
+            "field `{field}` must be between {lo} and {hi}, got {v}"
+        )));
+    }
+    Ok(())
+}
+
+impl FunctionSpec {
+    /// Parses the settings part of a deploy request.
+    pub fn from_fields(fields: FunctionSpecFields) -> Result<FunctionSpec, InvalidSpec> {
+        let value = serde_json::Value::Object(fields);
+        let spec: FunctionSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                invalid(format!("invalid spec: {}", e.inner()))
+            } else {
+                invalid(format!("field `{path}`: {}", e.inner()))
+            }
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
+        if !valid_name(&self.name) {
+            return Err(invalid(format!(
+                "field `name` must be 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit, got {:?}",
+                self.name
+            )));
+        }
+        if self.runtime != "python3" {
+            return Err(invalid(format!(
+                "field `runtime` must be \"python3\", got {:?}",
+                self.runtime
+            )));
+        }
+        let handler_ok = self.handler.rsplit_once('.').is_some_and(|(m, f)| {
+            let ident = |s: &str| {
+                !s.is_empty()
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !s.starts_with(|c: char| c.is_ascii_digit())
+            };
+            m.split('.').all(ident) && ident(f)
+        });
+        if !handler_ok {
+            return Err(invalid(format!(
+                "field `handler` must look like \"module.function\", got {:?}",
+                self.handler
+            )));
+        }
+        range("memory_mb", self.memory_mb, 32, 65_536)?;
+        range("timeout_ms", self.timeout_ms, 1, 900_000)?;
+        range("concurrency", self.concurrency, 1, 1_000)?;
+        range("cpu_weight", self.cpu_weight, 1, 10_000)?;
+        range("pids", self.pids, 4, 32_768)?;
+        range("keep_alive_s", self.keep_alive_s, 0, 7 * 86_400)?;
+        range("min_instances", self.min_instances, 0, 100)?;
+        range("queue", self.queue, 0, 100_000)?;
+        range("tmp_mb", self.tmp_mb, 1, 16_384)?;
+        if self.warmup.len() > MAX_WARMUP {
+            return Err(invalid(format!(
+                "field `warmup` has more than {MAX_WARMUP} events"
+            )));
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(invalid(format!("field `env` has an invalid name {key:?}")));
+            }
+            if key.starts_with("THAW_") {
+                return Err(invalid(format!(
+                    "field `env`: names starting with THAW_ are reserved ({key})"
+                )));
+            }
+        }
+        if self.env.values().any(|v| v.contains('\0')) {
+            return Err(invalid("field `env` has a value with a NUL byte"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a relative path from `files` or an archive.
+pub fn valid_code_path(path: &str) -> bool {
+    let p = std::path::Path::new(path);
+    !path.is_empty()
+        && !path.contains('\0')
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(json: serde_json::Value) -> FunctionSpecFields {
+        json.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let s = FunctionSpec::from_fields(fields(serde_json::json!({"name": "hello"}))).unwrap();
+        assert_eq!(s.memory_mb, 256);
+        assert_eq!(s.timeout_ms, 10_000);
+        assert_eq!(s.concurrency, 8);
+        assert_eq!(s.pids, 64);
+        assert_eq!(s.keep_alive_s, 600);
+        assert_eq!(s.queue, 64);
+        assert_eq!(s.min_instances, 0);
+        assert_eq!(s.network, Network::None);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (json, field) in [
+            (serde_json::json!({"name": "Bad Name"}), "name"),
+            (
+                serde_json::json!({"name": "a", "memory_mb": 1}),
+                "memory_mb",
+            ),
+            (
+                serde_json::json!({"name": "a", "runtime": "ruby"}),
+                "runtime",
+            ),
+            (
+                serde_json::json!({"name": "a", "handler": "nodot"}),
+                "handler",
+            ),
+            (serde_json::json!({"name": "a", "bogus": 1}), "bogus"),
+            (
+                serde_json::json!({"name": "a", "timeout_ms": "x"}),
+                "timeout_ms",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "everywhere"}),
+                "everywhere",
+            ),
+        ] {
+            let err = FunctionSpec::from_fields(fields(json))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{err} should name {field}");
+        }
+    }
+
+    #[test]
+    fn code_paths_stay_inside() {
+        assert!(valid_code_path("main.py"));
+        assert!(valid_code_path("pkg/mod.py"));
+        assert!(!valid_code_path("../x"));
+        assert!(!valid_code_path("/etc/passwd"));
+        assert!(!valid_code_path("a/../../b"));
+        assert!(!valid_code_path(""));
+    }
+}
