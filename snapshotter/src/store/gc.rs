@@ -19,7 +19,7 @@
 //! have open or mapped, and an unlinked file stays readable through those.
 //! Other readers reload when they see the index's new inode.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use rayon::prelude::*;
@@ -79,6 +79,17 @@ pub enum GcError {
     },
 }
 
+/// What gc will do with the packs.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Packs without garbage, with their objects by slot (kept as they are).
+    keep: Vec<(u32, Vec<PageHash>)>,
+    /// Packs holding garbage (rewritten).
+    rewrite: Vec<u32>,
+    /// Live objects of the rewritten packs (copied into a new pack).
+    moved: Vec<PageHash>,
+}
+
 impl PageStore {
     /// Frees every object no snapshot root references (see the module doc).
     pub fn gc(&self) -> Result<GcReport, GcError> {
@@ -98,34 +109,11 @@ impl PageStore {
         report.roots = ids.len();
 
         // Which packs hold garbage.
-        let (keep, rewrite, moved): (Vec<(u32, Vec<PageHash>)>, Vec<u32>, Vec<PageHash>) = {
-            let state = self.read_state();
-            let mut by_pack: std::collections::BTreeMap<u32, Vec<(u32, PageHash)>> =
-                state.packs.keys().map(|&id| (id, Vec::new())).collect();
-            for (hash, loc) in &state.objects {
-                by_pack.entry(loc.pack).or_default().push((loc.slot, *hash));
-            }
-            let mut keep = Vec::new();
-            let mut rewrite = Vec::new();
-            let mut moved = Vec::new();
-            for (id, mut objects) in by_pack {
-                objects.sort_unstable_by_key(|(slot, _)| *slot);
-                let live_here: Vec<PageHash> = objects
-                    .iter()
-                    .map(|(_, h)| *h)
-                    .filter(|h| live.contains(h))
-                    .collect();
-                report.live_objects += live_here.len() as u64;
-                if live_here.len() == objects.len() {
-                    keep.push((id, objects.into_iter().map(|(_, h)| h).collect()));
-                } else {
-                    report.objects_freed += (objects.len() - live_here.len()) as u64;
-                    rewrite.push(id);
-                    moved.extend(live_here);
-                }
-            }
-            (keep, rewrite, moved)
-        };
+        let Plan {
+            keep,
+            rewrite,
+            moved,
+        } = self.plan(&live, &mut report);
 
         if !rewrite.is_empty() {
             // Copy the live objects of rewritten packs, verified.
@@ -198,6 +186,36 @@ impl PageStore {
         drop(writer);
         tracing::info!(?report, "gc done");
         Ok(report)
+    }
+
+    /// Sorts packs into those kept as they are and those to rewrite, with
+    /// the live objects of the latter.
+    fn plan(&self, live: &HashSetOfPages, report: &mut GcReport) -> Plan {
+        let state = self.read_state();
+        let mut by_pack: BTreeMap<u32, Vec<(u32, PageHash)>> =
+            state.packs.keys().map(|&id| (id, Vec::new())).collect();
+        for (hash, loc) in &state.objects {
+            by_pack.entry(loc.pack).or_default().push((loc.slot, *hash));
+        }
+        let mut plan = Plan::default();
+        for (id, mut objects) in by_pack {
+            objects.sort_unstable_by_key(|(slot, _)| *slot);
+            let live_here: Vec<PageHash> = objects
+                .iter()
+                .map(|(_, h)| *h)
+                .filter(|h| live.contains(h))
+                .collect();
+            report.live_objects += live_here.len() as u64;
+            if live_here.len() == objects.len() {
+                plan.keep
+                    .push((id, objects.into_iter().map(|(_, h)| h).collect()));
+            } else {
+                report.objects_freed += (objects.len() - live_here.len()) as u64;
+                plan.rewrite.push(id);
+                plan.moved.extend(live_here);
+            }
+        }
+        plan
     }
 
     /// Removes images no root needs and temporary files of dead processes.
