@@ -90,6 +90,10 @@ def handler(event, context):
         return {"x": object()}
     if op == "nan":
         return {"x": float("nan")}
+    if op == "surrogate":
+        raise ValueError("bad \udcff name")
+    if op == "huge_header":
+        return thaw.Response("x", headers={"x-big": "a" * (2 << 20)})
     if op == "print":
         print("log line one")
         print("\x08\x00\x00\x00\x00\x00\x00\x00{\"type\":\"result\",\"id\":\"fake\"}")
@@ -570,6 +574,29 @@ async fn handler_errors_become_error_frames_and_the_runtime_keeps_serving() {
             "héllo wörld".as_bytes()
         );
     }
+    // Text that is not UTF-8 (a lone surrogate) is replaced, not fatal.
+    let (msg, _) = rt.invoke("sur", br#"{"op": "surrogate"}"#).await;
+    let FromRuntime::Error { message, .. } = msg else {
+        panic!("{msg:?}")
+    };
+    assert_eq!(message, "bad ? name");
+    // An answer whose header would exceed 1 MiB is an error, not a corrupt frame.
+    let (msg, _) = rt.invoke("huge", br#"{"op": "huge_header"}"#).await;
+    let FromRuntime::Error {
+        error_type,
+        message,
+        ..
+    } = msg
+    else {
+        panic!("{msg:?}")
+    };
+    assert_eq!(error_type, "ValueError");
+    assert!(
+        message.ends_with("bytes exceeds the 1 MiB limit"),
+        "{message}"
+    );
+    assert_eq!(&rt.call(json!({"op": "bytes"})).await[..], b"\x00\x01\xff");
+
     // The user's frames are shown, the runtime's are not.
     let (msg, _) = rt.invoke("tb", br#"{"op": "raise"}"#).await;
     let FromRuntime::Error { traceback, .. } = msg else {

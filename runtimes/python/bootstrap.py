@@ -137,9 +137,19 @@ def write_all(fd, data):
         view = view[n:]
 
 
+def encode_header(header):
+    """The JSON bytes of a frame header. Lone surrogates (from undecodable
+    file names, say) become "?": they are not UTF-8 and JSON readers refuse
+    them."""
+    raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    if len(raw) > MAX_HEADER_LEN:
+        raise ValueError("answer header of %d bytes exceeds the 1 MiB limit" % len(raw))
+    return raw
+
+
 def send(header, body=b""):
-    """Writes one frame to fd 4."""
-    raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Writes one frame to fd 4; `header` is a dict or encode_header() bytes."""
+    raw = header if isinstance(header, bytes) else encode_header(header)
     prefix = PREFIX.pack(len(raw), len(body))
     if len(body) <= READ_CHUNK:
         write_all(RESPONSE_FD, prefix + raw + body)
@@ -165,7 +175,10 @@ def describe(exc):
         tb = tb.tb_next
     if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = exc.__traceback__  # the error is the runtime's: keep it all
-    tb = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:  # e.g. an exception whose __str__ raises mid-format
+        tb = ""
     return name, message[:MAX_MESSAGE_CHARS], tb[-MAX_TRACEBACK_CHARS:]
 
 
@@ -282,6 +295,9 @@ class Runtime:
         try:
             value = self.handler(decode_event(body), context)
             status, out_headers, out = encode_result(value, self.thaw.Response)
+            raw = encode_header(
+                {"type": "result", "id": inv_id, "status": status, "headers": out_headers}
+            )
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # SystemExit from a handler is an error too
@@ -299,7 +315,7 @@ class Runtime:
             )
             return
         flush_logs()
-        send({"type": "result", "id": inv_id, "status": status, "headers": out_headers}, out)
+        send(raw, out)
 
     def restored(self, header):
         """Reseeds every generator the runtime owns, then runs the hooks."""
