@@ -73,12 +73,12 @@ pub enum CompareError {
     #[error("resamples must be at least 1 and confidence strictly between 0 and 1")]
     Bootstrap,
     /// An HTTP scenario could not run.
-    #[error("scenario {scenario:?}: {source}")]
+    #[error("scenario {scenario:?}: {cause}")]
     Run {
         /// The scenario.
         scenario: String,
         /// Why.
-        source: RunError,
+        cause: RunError,
     },
     /// A round of an HTTP scenario got no answer at all.
     #[error("scenario {scenario:?}, round {round}: no request was answered ({detail})")]
@@ -265,9 +265,9 @@ async fn run_round(
         ScenarioKind::Http { target, config } => {
             let stats = run(client, target, config, &Progress::new())
                 .await
-                .map_err(|source| CompareError::Run {
+                .map_err(|cause| CompareError::Run {
                     scenario: scenario.name.clone(),
-                    source,
+                    cause,
                 })?;
             tally.stats.merge(&stats);
             let Some(p) = Percentiles::of(stats.latency()) else {

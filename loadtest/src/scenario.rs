@@ -149,28 +149,28 @@ pub enum SpecError {
         why: String,
     },
     /// The target could not be built.
-    #[error("scenario {name:?}: {source}")]
+    #[error("scenario {name:?}: {cause}")]
     Target {
         /// The scenario.
         name: String,
         /// Why.
-        source: TargetError,
+        cause: TargetError,
     },
     /// The comparison file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// The file.
         path: String,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The comparison file is not valid TOML of the expected shape.
-    #[error("bad comparison file {path}: {source}")]
+    #[error("bad comparison file {path}: {cause}")]
     Toml {
         /// The file.
         path: String,
         /// What the parser said.
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
 }
 
@@ -307,9 +307,9 @@ impl ScenarioSpec {
             .function
             .as_deref()
             .ok_or_else(|| invalid("no function (set function=NAME or a default)"))?;
-        let with_name = |source| SpecError::Target {
+        let with_name = |cause| SpecError::Target {
             name: name.to_owned(),
-            source,
+            cause,
         };
         let server = self.server.as_deref().unwrap_or(DEFAULT_SERVER);
         let bodies: Option<Vec<Bytes>> = match (&self.body, &self.body_file) {
@@ -359,13 +359,13 @@ impl ScenarioSpec {
 impl CompareFile {
     /// Reads and parses a comparison file.
     pub fn read(path: &Path) -> Result<CompareFile, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| SpecError::Read {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
-        toml::from_str(&text).map_err(|source| SpecError::Toml {
+        toml::from_str(&text).map_err(|cause| SpecError::Toml {
             path: path.display().to_string(),
-            source,
+            cause,
         })
     }
 }

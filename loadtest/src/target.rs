@@ -87,12 +87,12 @@ pub enum TargetError {
     #[error("no bodies to send")]
     NoBodies,
     /// The body file could not be read.
-    #[error("cannot read body file {path}: {source}")]
+    #[error("cannot read body file {path}: {cause}")]
     BodyFile {
         /// The file named on the command line.
         path: String,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -206,9 +206,9 @@ impl Target {
 
 /// Reads a body file (see the module docs for its two layouts).
 pub fn bodies_from_file(path: &Path) -> Result<Vec<Bytes>, TargetError> {
-    let text = std::fs::read(path).map_err(|source| TargetError::BodyFile {
+    let text = std::fs::read(path).map_err(|cause| TargetError::BodyFile {
         path: path.display().to_string(),
-        source,
+        cause,
     })?;
     let bodies = parse_bodies(&text);
     if bodies.is_empty() {
