@@ -24,6 +24,10 @@
 //! [`FromRuntime`] frames with [`read_frame`] (or [`read_frame_limited`]).
 //! The generic [`write_message`] / [`read_message`] speak the same framing for
 //! any serde type; tests use them to play the runtime's side.
+//!
+//! None of the functions is cancel-safe: a read or write dropped half-way (by
+//! a timeout, say) leaves the stream in the middle of a frame, and the stream
+//! (with its runtime) must then be discarded.
 
 use std::collections::BTreeMap;
 
@@ -132,6 +136,18 @@ pub enum FromRuntime {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
+}
+
+impl ToRuntime {
+    /// A `restored` message carrying `seed` as 64 hex characters.
+    pub fn restored_with_seed(seed: &[u8; 32]) -> ToRuntime {
+        let mut hex = String::with_capacity(64);
+        for b in seed {
+            hex.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+            hex.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+        }
+        ToRuntime::Restored { seed: hex }
+    }
 }
 
 fn default_status() -> u16 {
@@ -431,6 +447,19 @@ mod tests {
             read_frame(&mut r).await,
             Err(ProtocolError::Closed)
         ));
+    }
+
+    #[test]
+    fn restored_seed_is_hex() {
+        let mut seed = [0u8; 32];
+        seed[0] = 0xab;
+        seed[31] = 0x01;
+        let ToRuntime::Restored { seed: hex } = ToRuntime::restored_with_seed(&seed) else {
+            panic!("not a restored message");
+        };
+        assert_eq!(hex.len(), 64);
+        assert!(hex.starts_with("ab00"));
+        assert!(hex.ends_with("0001"));
     }
 
     #[tokio::test]
