@@ -75,13 +75,13 @@ impl RunConfig {
     /// Checks the numbers before anything is sent.
     pub fn validate(&self) -> Result<(), RunError> {
         match self.mode {
-            Mode::Closed { concurrency } if concurrency == 0 => return Err(RunError::Concurrency),
+            Mode::Closed { concurrency: 0 } => return Err(RunError::Concurrency),
             Mode::Open { rate, .. } if !(rate.is_finite() && rate > 0.0) => {
                 return Err(RunError::Rate(rate))
             }
-            Mode::Open { max_in_flight, .. } if max_in_flight == 0 => {
-                return Err(RunError::MaxInFlight)
-            }
+            Mode::Open {
+                max_in_flight: 0, ..
+            } => return Err(RunError::MaxInFlight),
             _ => {}
         }
         match self.stop {

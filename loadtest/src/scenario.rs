@@ -184,6 +184,8 @@ pub struct Scenario {
 }
 
 /// What a scenario runs.
+// A comparison holds a handful of these: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ScenarioKind {
     /// A run against thaw.

@@ -294,12 +294,12 @@ mod tests {
             .unwrap();
         let seen: Vec<Bytes> = (0..3)
             .map(|i| t.request(i).into_body())
-            .map(|b| futures_body(b))
+            .map(body_bytes)
             .collect();
         assert_eq!(seen, vec!["a", "b", "a"]);
     }
 
-    fn futures_body(b: Full<Bytes>) -> Bytes {
+    fn body_bytes(b: Full<Bytes>) -> Bytes {
         use http_body_util::BodyExt;
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

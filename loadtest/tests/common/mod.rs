@@ -31,12 +31,15 @@ pub const STALL_AT: u64 = 100;
 /// How long `stall` stalls.
 pub const STALL: Duration = Duration::from_millis(500);
 
+/// `(x-thaw-cold, authorization, body)` of one request.
+pub type SeenRequest = (Option<String>, Option<String>, Vec<u8>);
+
 /// What the server saw.
 #[derive(Default)]
 pub struct Seen {
     counts: Mutex<HashMap<String, Arc<AtomicU64>>>,
     /// `(x-thaw-cold, authorization, body)` of every request, in arrival order.
-    pub requests: Mutex<Vec<(Option<String>, Option<String>, Vec<u8>)>>,
+    pub requests: Mutex<Vec<SeenRequest>>,
     gate: tokio::sync::Mutex<()>,
 }
 
