@@ -329,6 +329,23 @@ fn images_are_sparse_mmap_layouts_and_cached() {
     assert_ne!(v2.path, img.path);
     assert_eq!(std::fs::read(&img.path).unwrap(), bytes);
     assert_eq!(std::fs::read(&v2.path).unwrap(), page(4));
+
+    // gc keeps only the current version's image of this boot.
+    let other_boot = v2
+        .path
+        .to_string_lossy()
+        .replace(".img", "")
+        .rsplit_once('.')
+        .unwrap()
+        .0
+        .to_string()
+        + ".0123456789abcdef.img";
+    std::fs::copy(&v2.path, &other_boot).unwrap();
+    let report = store.gc().unwrap();
+    assert_eq!(report.images_removed, 2);
+    assert!(!img.path.exists());
+    assert!(!Path::new(&other_boot).exists());
+    assert!(v2.path.exists());
 }
 
 #[test]

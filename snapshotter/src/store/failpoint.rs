@@ -28,7 +28,7 @@ pub const NAMES: &[&str] = &[
     "atomic-renamed",     // renamed, directory not yet synced
     // Image build.
     "image-partial", // part of the image written
-    "image-synced",  // image complete under its tmp name
+    "image-written", // image complete under its tmp name, not renamed
     // Garbage collection.
     "gc-pack-written",   // new compacted pack written
     "gc-index-written",  // new index written under its tmp name, not synced

@@ -104,7 +104,7 @@ impl PageStore {
         for id in &ids {
             let root = self.load_root(id)?;
             live.extend(root.areas.iter().flat_map(|a| a.hashes().copied()));
-            keep_images.insert(format!("{id}.{}.img", root.content_key()));
+            keep_images.insert(PageStore::image_name(id, &root.content_key()));
         }
         report.roots = ids.len();
 
