@@ -1,19 +1,28 @@
 //! Sending one request and reading what thaw said about it.
 //!
-//! One [`Client`] (an HTTP/1 keep-alive connection pool over TCP with
-//! `TCP_NODELAY`) is shared by all the tasks of a run. [`Client::send`]
-//! always reads the whole answer, so the connection goes back to the pool,
-//! and turns it into an [`Outcome`]: the status, thaw's `x-thaw-start`,
-//! `x-thaw-start-us` and `x-thaw-duration-us` headers, and for a failed
-//! request the error kind (the `error` field of thaw's JSON error answer).
+//! One [`Client`] is shared by all the tasks of a run: a pool of HTTP/1
+//! keep-alive connections (TCP with `TCP_NODELAY`) per server address. A
+//! request takes an idle connection or opens a new one, so there are as many
+//! connections as requests ever were in flight at once; after a complete
+//! answer the connection goes back to the pool. (hyper's own pooled client
+//! costs about as much again per request as the whole loopback exchange,
+//! which would show up as latency.)
+//!
+//! [`Client::send`] always reads the whole answer and turns it into an
+//! [`Outcome`]: the status, thaw's `x-thaw-start`, `x-thaw-start-us` and
+//! `x-thaw-duration-us` headers, and for a failed request the error kind (the
+//! `error` field of thaw's JSON error answer).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use crate::target::Target;
 
 /// Response header: how the instance that served the request was obtained.
 pub const START_HEADER: &str = "x-thaw-start";
@@ -29,10 +38,12 @@ pub const KIND_TRANSPORT: &str = "transport";
 /// Error kind of a request that got no answer within the client's timeout.
 pub const KIND_CLIENT_TIMEOUT: &str = "client_timeout";
 
+type Sender = SendRequest<Full<Bytes>>;
+
 /// A keep-alive HTTP/1 client shared by every task of a run.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    idle: Arc<Mutex<HashMap<String, Vec<Sender>>>>,
     timeout: Duration,
 }
 
@@ -59,37 +70,109 @@ impl Outcome {
     pub fn is_ok(&self) -> bool {
         matches!(self.status, Some(200..=299))
     }
+
+    fn failed(kind: &str, detail: String) -> Self {
+        Outcome {
+            error: Some(kind.to_owned()),
+            detail: Some(detail),
+            ..Outcome::default()
+        }
+    }
 }
 
 impl Client {
     /// A client that gives up on a request (and counts it as
     /// [`KIND_CLIENT_TIMEOUT`]) after `timeout`.
     pub fn new(timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(usize::MAX)
-            .build(connector);
-        Client { inner, timeout }
-    }
-
-    /// Sends `req`, reads the whole answer and describes it.
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> Outcome {
-        match tokio::time::timeout(self.timeout, self.exchange(req)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome {
-                error: Some(KIND_CLIENT_TIMEOUT.to_owned()),
-                detail: Some(format!("no answer within {:?}", self.timeout)),
-                ..Outcome::default()
-            },
+        Client {
+            idle: Arc::default(),
+            timeout,
         }
     }
 
-    async fn exchange(&self, req: Request<Full<Bytes>>) -> Outcome {
-        let resp = match self.inner.request(req).await {
-            Ok(resp) => resp,
-            Err(err) => return transport_failure(&err),
+    /// Sends request number `seq` of `target`, reads the whole answer and
+    /// describes it.
+    pub async fn send(&self, target: &Target, seq: u64) -> Outcome {
+        match tokio::time::timeout(self.timeout, self.exchange(target, seq)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::failed(
+                KIND_CLIENT_TIMEOUT,
+                format!("no answer within {:?}", self.timeout),
+            ),
+        }
+    }
+
+    /// Connections open and idle for `addr` (for tests and diagnostics).
+    pub fn idle_connections(&self, addr: &str) -> usize {
+        self.idle
+            .lock()
+            .expect("pool lock")
+            .get(addr)
+            .map_or(0, Vec::len)
+    }
+
+    /// An idle connection to `addr` that is still open, if any.
+    fn checkout(&self, addr: &str) -> Option<Sender> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let list = idle.get_mut(addr)?;
+        while let Some(sender) = list.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, addr: &str, sender: Sender) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        idle.entry(addr.to_owned()).or_default().push(sender);
+    }
+
+    async fn connect(addr: &str) -> Result<Sender, String> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| chain(&e))?;
+        // The connection task ends when the sender is dropped or the peer
+        // closes; its error, if any, shows on the request it failed.
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// A connection ready to send on: an idle one, or a new one. The flag
+    /// tells whether it came from the pool.
+    async fn ready_sender(&self, addr: &str) -> Result<(Sender, bool), String> {
+        if let Some(mut sender) = self.checkout(addr) {
+            if sender.ready().await.is_ok() {
+                return Ok((sender, true));
+            }
+        }
+        let mut sender = Self::connect(addr).await?;
+        sender.ready().await.map_err(|e| chain(&e))?;
+        Ok((sender, false))
+    }
+
+    async fn exchange(&self, target: &Target, seq: u64) -> Outcome {
+        let addr = target.addr();
+        let mut attempt = 0;
+        let (resp, sender) = loop {
+            attempt += 1;
+            let (mut sender, pooled) = match self.ready_sender(addr).await {
+                Ok(s) => s,
+                Err(detail) => return Outcome::failed(KIND_TRANSPORT, detail),
+            };
+            match sender.send_request(target.request(seq)).await {
+                Ok(resp) => break (resp, sender),
+                // A pooled connection the server closed while it sat idle:
+                // the request never left, so it is sent again on a new one.
+                Err(err) if pooled && err.is_canceled() && attempt == 1 => continue,
+                Err(err) => return Outcome::failed(KIND_TRANSPORT, chain(&err)),
+            }
         };
         let (parts, body) = resp.into_parts();
         let header_str = |name: &str| {
@@ -111,12 +194,12 @@ impl Client {
         let body = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(err) => {
-                let failed = transport_failure(&err);
-                outcome.error = failed.error;
-                outcome.detail = failed.detail;
+                outcome.error = Some(KIND_TRANSPORT.to_owned());
+                outcome.detail = Some(chain(&err));
                 return outcome;
             }
         };
+        self.checkin(addr, sender);
         if !outcome.is_ok() {
             outcome.error = Some(error_kind(&body));
         }
@@ -133,7 +216,8 @@ pub fn error_kind(body: &[u8]) -> String {
         .unwrap_or_else(|| KIND_UNKNOWN.to_owned())
 }
 
-fn transport_failure(err: &(dyn std::error::Error + 'static)) -> Outcome {
+/// An error and its causes, joined with ": ".
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut detail = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -141,11 +225,7 @@ fn transport_failure(err: &(dyn std::error::Error + 'static)) -> Outcome {
         detail.push_str(&cause.to_string());
         source = cause.source();
     }
-    Outcome {
-        error: Some(KIND_TRANSPORT.to_owned()),
-        detail: Some(detail),
-        ..Outcome::default()
-    }
+    detail
 }
 
 #[cfg(test)]
@@ -172,9 +252,7 @@ mod tests {
             .unwrap()
             .port();
         let target = crate::Target::new(&format!("http://127.0.0.1:{port}"), "f").unwrap();
-        let outcome = Client::new(Duration::from_secs(5))
-            .send(target.request(0))
-            .await;
+        let outcome = Client::new(Duration::from_secs(5)).send(&target, 0).await;
         assert_eq!(outcome.status, None);
         assert_eq!(outcome.error.as_deref(), Some(KIND_TRANSPORT));
         assert!(outcome.detail.is_some());

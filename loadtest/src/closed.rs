@@ -60,10 +60,9 @@ pub async fn run(
                     break;
                 }
                 let i = seq.fetch_add(1, Ordering::Relaxed);
-                let req = target.request(i);
                 progress.sent();
                 let sent = Instant::now();
-                let outcome = client.send(req).await;
+                let outcome = client.send(&target, i).await;
                 let done = Instant::now();
                 progress.finished(outcome.is_ok());
                 if measured {

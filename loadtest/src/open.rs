@@ -132,10 +132,9 @@ pub async fn run(
             );
             let measured = schedule.is_measured(i);
             runtime.spawn(async move {
-                let req = target.request(i);
                 progress.sent();
                 let sent = Instant::now();
-                let outcome = client.send(req).await;
+                let outcome = client.send(&target, i).await;
                 let done = Instant::now();
                 drop(permit);
                 progress.finished(outcome.is_ok());

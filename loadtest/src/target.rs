@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Uri};
 
 /// Request header that forces a cold start on a server started with
@@ -102,6 +102,9 @@ pub enum TargetError {
 #[derive(Debug, Clone)]
 pub struct Target {
     uri: Uri,
+    path: Uri,
+    host: HeaderValue,
+    addr: String,
     function: String,
     bodies: Arc<[Bytes]>,
     cold: Option<ColdStart>,
@@ -131,8 +134,24 @@ impl Target {
         let uri: Uri = format!("{base}/functions/{function}/invoke")
             .parse()
             .map_err(|_| bad())?;
+        let path: Uri = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .parse()
+            .map_err(|_| bad())?;
+        let authority = parsed.authority().ok_or_else(bad)?;
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
+        let addr = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
         Ok(Target {
             uri,
+            path,
+            host,
+            addr,
             function: function.to_owned(),
             bodies: Arc::from(vec![Bytes::from_static(b"{}")]),
             cold: None,
@@ -171,6 +190,11 @@ impl Target {
         &self.uri
     }
 
+    /// The `host:port` to connect to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// The function's name.
     pub fn function(&self) -> &str {
         &self.function
@@ -186,13 +210,15 @@ impl Target {
         self.bodies.len()
     }
 
-    /// Builds request number `seq`.
+    /// Builds request number `seq`, in origin form (path only, with a `host`
+    /// header), as sent on a connection to [`Target::addr`].
     pub fn request(&self, seq: u64) -> Request<Full<Bytes>> {
         let body = self.bodies[(seq % self.bodies.len() as u64) as usize].clone();
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.uri.clone();
+        *req.uri_mut() = self.path.clone();
         let headers = req.headers_mut();
+        headers.insert(HOST, self.host.clone());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(token) = &self.token {
             headers.insert(AUTHORIZATION, token.clone());
@@ -247,11 +273,22 @@ mod tests {
             t.uri().to_string(),
             "http://127.0.0.1:7070/functions/hello/invoke"
         );
+        assert_eq!(t.addr(), "127.0.0.1:7070");
         let req = t.request(0);
         assert_eq!(req.method(), Method::POST);
+        assert_eq!(req.uri(), "/functions/hello/invoke");
+        assert_eq!(req.headers()[HOST], "127.0.0.1:7070");
         assert_eq!(req.headers()[COLD_HEADER], "restore");
         assert_eq!(req.headers()[AUTHORIZATION], "Bearer s3cret");
         assert_eq!(req.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn default_port_and_path_prefix() {
+        let t = Target::new("http://thaw.local/api", "f").unwrap();
+        assert_eq!(t.addr(), "thaw.local:80");
+        assert_eq!(t.request(0).uri(), "/api/functions/f/invoke");
+        assert_eq!(t.request(0).headers()[HOST], "thaw.local");
     }
 
     #[test]

@@ -215,3 +215,30 @@ async fn unknown_function_is_a_not_found_kind() {
     assert_eq!(stats.errors().get("not_found"), Some(&8));
     assert_eq!(stats.statuses().get(&404), Some(&8));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_kept_alive_and_reused() {
+    let srv = common::start().await;
+    let target = Target::new(&srv.url, "ok").unwrap();
+    let client = Client::new(Duration::from_secs(30));
+    let cfg = RunConfig {
+        mode: CLOSED4,
+        stop: Stop::Requests(100),
+        warmup: Duration::ZERO,
+    };
+    let stats = run(&client, &target, &cfg, &Progress::new()).await.unwrap();
+    assert_eq!(stats.ok(), 100);
+    // Four clients never need more than four connections.
+    let idle = client.idle_connections(target.addr());
+    assert!((1..=4).contains(&idle), "{idle}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_closing_every_connection_costs_no_errors() {
+    let srv = common::start().await;
+    let target = Target::new(&srv.url, "close").unwrap();
+    let stats = go(&target, CLOSED4, Stop::Requests(100), Duration::ZERO).await;
+    assert_eq!(stats.errors(), &BTreeMap::new());
+    assert_eq!(stats.ok(), 100);
+    assert_eq!(srv.seen.count("close"), 100);
+}

@@ -5,6 +5,7 @@
 //! | name | answer |
 //! |------|--------|
 //! | `ok` | 200, `x-thaw-start: warm`, start 5 µs, handler 100 µs |
+//! | `close` | like `ok`, with `connection: close` |
 //! | `mixed` | by arrival `n % 4`: 500 `handler_error`, 429 `concurrency_limit`, 502 non-JSON, 200 `restore` |
 //! | `split` | by arrival `n % 3`: `boot` (start 40000 µs) or `warm` (start 3 µs) |
 //! | `stall` | every request passes one lock; the request that arrives `STALL_AT`-th holds it `STALL` long |
@@ -116,6 +117,12 @@ async fn invoke(
     ));
     match name.as_str() {
         "ok" => thaw_ok("warm", 5, 100, body),
+        "close" => {
+            let mut resp = thaw_ok("warm", 5, 100, body);
+            resp.headers_mut()
+                .insert("connection", "close".parse().unwrap());
+            resp
+        }
         "mixed" => match n % 4 {
             0 => thaw_error(StatusCode::INTERNAL_SERVER_ERROR, "handler_error"),
             1 => thaw_error(StatusCode::TOO_MANY_REQUESTS, "concurrency_limit"),
