@@ -49,6 +49,7 @@ mod manifest;
 mod pack;
 mod pagelist;
 mod roots;
+mod sink;
 mod stats;
 mod verify;
 mod writer;
@@ -78,6 +79,7 @@ pub use manifest::{
 pub use pack::{OpenPackError, WritePackError, PACK_HEADER_LEN};
 pub use pagelist::{AreaPages, PageCounts, PageRef, PageRun, PageSlot};
 pub use roots::{validate_snapshot_id, InvalidSnapshotId, RootError, SnapshotRoot};
+pub use sink::{area_pages, AreaPagesError, OutOfOrder, StoreSink};
 pub use stats::{StatsError, StoreStats};
 pub use verify::{BadObject, BadObjectKind, VerifyError, VerifyReport};
 pub use writer::{CommitError, CommitSummary, PutError, StoreWriter, WriterError};
