@@ -1,0 +1,89 @@
+//! The captured process resumes its blocked `read` transparently: no
+//! `EINTR` reaches it, with or without injected syscalls.
+
+mod capture_support;
+
+use capture_support::{can_capture, compile_c, wait_blocked_in_read, Worker};
+use snapshotter::capture::{capture, CaptureOptions, Injector, Seized, VecSink};
+
+const READER: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    char buf[64];
+    write(4, "ready\n", 6);
+    for (;;) {
+        ssize_t n = read(3, buf, sizeof buf);
+        if (n < 0) {
+            char msg[64];
+            int len = snprintf(msg, sizeof msg, "error %d\n", errno);
+            write(4, msg, len);
+            continue;
+        }
+        if (n == 0)
+            return 0;
+        write(4, "ok\n", 3);
+    }
+}
+"#;
+
+#[test]
+fn seize_and_detach_leave_read_blocked() {
+    if !can_capture("seize_and_detach_leave_read_blocked") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = compile_c(dir.path(), "reader", READER) else {
+        return;
+    };
+    let (mut worker, ready) = Worker::spawn(&bin, &[]);
+    assert_eq!(ready, "ready");
+    wait_blocked_in_read(worker.pid());
+    let seized = Seized::stop(worker.pid()).unwrap();
+    seized.detach().unwrap();
+    assert_eq!(worker.ask("a"), "ok");
+}
+
+#[test]
+fn injected_syscalls_leave_read_blocked() {
+    if !can_capture("injected_syscalls_leave_read_blocked") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = compile_c(dir.path(), "reader", READER) else {
+        return;
+    };
+    let (mut worker, _) = Worker::spawn(&bin, &[]);
+    wait_blocked_in_read(worker.pid());
+    let mut seized = Seized::stop(worker.pid()).unwrap();
+    let injector = Injector::find(&seized).unwrap();
+    let pid = injector
+        .syscall(&mut seized, libc::SYS_getpid, [0; 6])
+        .unwrap();
+    assert_eq!(pid, worker.pid() as i64);
+    let pid = injector
+        .syscall(&mut seized, libc::SYS_getpid, [0; 6])
+        .unwrap();
+    assert_eq!(pid, worker.pid() as i64);
+    seized.detach().unwrap();
+    assert_eq!(worker.ask("b"), "ok");
+}
+
+#[test]
+fn capture_leaves_read_blocked() {
+    if !can_capture("capture_leaves_read_blocked") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = compile_c(dir.path(), "reader", READER) else {
+        return;
+    };
+    let (mut worker, _) = Worker::spawn(&bin, &[]);
+    wait_blocked_in_read(worker.pid());
+    for round in 0..3 {
+        let mut sink = VecSink::default();
+        capture(worker.pid(), &CaptureOptions::default(), &mut sink).unwrap();
+        assert_eq!(worker.ask("c"), "ok", "round {round}");
+    }
+}
