@@ -1,0 +1,76 @@
+//! Processes a copy cannot reproduce are refused with a message that names
+//! the reason, and keep running.
+
+mod capture_support;
+
+use capture_support::{can_capture, have_python, python};
+use snapshotter::capture::{capture, CaptureError, CaptureOptions, Refusal, VecSink};
+
+fn refused(pid: i32) -> (Refusal, String) {
+    let mut sink = VecSink::default();
+    match capture(pid, &CaptureOptions::default(), &mut sink) {
+        Err(err @ CaptureError::Refused { .. }) => {
+            let message = err.to_string();
+            let CaptureError::Refused { reason, .. } = err else {
+                unreachable!()
+            };
+            assert_eq!(sink.bytes(), 0, "no page stored for a refused capture");
+            (reason, message)
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("expected a refusal, got a snapshot"),
+    }
+}
+
+#[test]
+fn multi_threaded_process_is_refused() {
+    if !can_capture("multi_threaded_process_is_refused") || !have_python("threads") {
+        return;
+    }
+    let (mut worker, digest) = python("thread", &[]);
+    let (reason, message) = refused(worker.pid());
+    assert_eq!(reason, Refusal::Threads { count: 2 });
+    assert_eq!(
+        message,
+        format!(
+            "capture of pid {} refused: it has 2 threads; only single-threaded processes can be restored",
+            worker.pid()
+        )
+    );
+    assert_eq!(worker.ask("t"), format!("echo:t {digest}"));
+}
+
+#[test]
+fn process_with_a_child_is_refused() {
+    if !can_capture("process_with_a_child_is_refused") || !have_python("children") {
+        return;
+    }
+    let (mut worker, digest) = python("child", &[]);
+    let (reason, message) = refused(worker.pid());
+    let Refusal::Children { pids } = reason else {
+        panic!("wrong reason: {message}")
+    };
+    assert_eq!(pids.len(), 1);
+    assert!(message.contains("child processes"), "{message}");
+    assert_eq!(worker.ask("c"), format!("echo:c {digest}"));
+}
+
+#[test]
+fn process_with_a_tcp_connection_is_refused() {
+    if !can_capture("process_with_a_tcp_connection_is_refused") || !have_python("tcp") {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let (mut worker, digest) = python("tcp", &[&port]);
+    let (_peer, _) = listener.accept().unwrap();
+    let (reason, message) = refused(worker.pid());
+    let Refusal::TcpSocket { remote, state, .. } = reason else {
+        panic!("wrong reason: {message}")
+    };
+    assert_eq!(remote, listener.local_addr().unwrap());
+    assert_eq!(state, "ESTABLISHED");
+    assert!(message.contains("is a TCP socket"), "{message}");
+    assert!(message.contains("(ESTABLISHED)"), "{message}");
+    assert_eq!(worker.ask("n"), format!("echo:n {digest}"));
+}
