@@ -1,0 +1,256 @@
+//! Which pages a capture stores, on a C program with known memory:
+//! copy-on-write pages of a private file mapping, anonymous pages with and
+//! without content, present pages behind `PROT_NONE`, a deleted file.
+
+mod capture_support;
+
+use capture_support::{can_capture, compile_c, wait_blocked_in_read, Worker};
+use snapshotter::capture::{capture, memory, CaptureError, CaptureOptions, Refusal, VecSink};
+use snapshotter::state::{AreaKind, MemoryArea, PageRun, PageRunKind, ProcessState, PAGE_SIZE};
+
+const PROGRAM: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#define PAGE 4096
+int main(int argc, char **argv) {
+    int fd = open(argv[1], O_RDONLY);
+    char *file = mmap(NULL, 16 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    volatile char touch = 0;
+    for (int i = 0; i < 16; i++) touch += file[i * PAGE];
+    memset(file + 3 * PAGE, 'C', PAGE);
+    char *anon = mmap(NULL, 64 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    for (int i = 0; i < 32; i++) {
+        if (i % 2 == 0) memset(anon + i * PAGE, i + 1, PAGE);
+        else anon[i * PAGE] = 0;
+    }
+    for (int i = 32; i < 40; i++) memset(anon + i * PAGE, 0, PAGE);
+    char *hidden = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(hidden, 'H', 2 * PAGE);
+    mprotect(hidden, 2 * PAGE, PROT_NONE);
+    int dfd = open(argv[2], O_RDONLY);
+    char *deleted = mmap(NULL, 4 * PAGE, PROT_READ, MAP_PRIVATE, dfd, 0);
+    close(dfd);
+    unlink(argv[2]);
+    if (argv[3][0] == 's') {
+        char *shared = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        shared[0] = 1;
+    }
+    char line[256];
+    int len = snprintf(line, sizeof line, "%lx %lx %lx %lx\n", (unsigned long)file,
+                       (unsigned long)anon, (unsigned long)hidden, (unsigned long)deleted);
+    write(4, line, len);
+    char buf[64];
+    for (;;) {
+        ssize_t n = read(3, buf, sizeof buf);
+        if (n <= 0) return 0;
+        unsigned long sum = 0;
+        for (int i = 0; i < 64 * PAGE; i++) sum += (unsigned char)anon[i];
+        for (int i = 0; i < 16 * PAGE; i++) sum += (unsigned char)file[i];
+        len = snprintf(line, sizeof line, "%lu %c\n", sum, deleted[0]);
+        write(4, line, len);
+    }
+}
+"#;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    worker: Worker,
+    addrs: Vec<u64>,
+}
+
+fn start(test: &str, mode: &str) -> Option<Setup> {
+    if !can_capture(test) {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = compile_c(dir.path(), "memory", PROGRAM)?;
+    let data = dir.path().join("data");
+    std::fs::write(&data, vec![b'F'; 16 * PAGE_SIZE as usize]).unwrap();
+    let gone = dir.path().join("gone");
+    std::fs::write(&gone, vec![b'D'; 3 * PAGE_SIZE as usize + 100]).unwrap();
+    let (worker, line) = Worker::spawn(
+        &bin,
+        &[data.to_str().unwrap(), gone.to_str().unwrap(), mode],
+    );
+    wait_blocked_in_read(worker.pid());
+    let addrs = line
+        .split(' ')
+        .map(|a| u64::from_str_radix(a, 16).unwrap())
+        .collect();
+    Some(Setup {
+        _dir: dir,
+        worker,
+        addrs,
+    })
+}
+
+/// The area containing `addr` and the page index of `addr` in it.
+fn area_at(state: &ProcessState, addr: u64) -> (usize, &MemoryArea, u64) {
+    let (i, area) = state
+        .areas
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a.start <= addr && addr < a.end)
+        .unwrap();
+    (i, area, (addr - area.start) / PAGE_SIZE)
+}
+
+fn runs_within(area: &MemoryArea, first: u64, count: u64) -> Vec<PageRun> {
+    area.pages
+        .iter()
+        .filter(|r| r.first < first + count && r.first + r.count > first)
+        .map(|r| {
+            let start = r.first.max(first);
+            let end = (r.first + r.count).min(first + count);
+            PageRun {
+                first: start - first,
+                count: end - start,
+                kind: r.kind,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn stores_exactly_the_private_non_zero_pages() {
+    let Some(mut setup) = start("stores_exactly_the_private_non_zero_pages", "plain") else {
+        return;
+    };
+    let pid = setup.worker.pid();
+    let mut sink = VecSink::default();
+    let state = capture(pid, &CaptureOptions::default(), &mut sink).unwrap();
+    let [file, anon, hidden, deleted] = setup.addrs[..] else {
+        panic!()
+    };
+    let stored_page = |area: usize, index: u64| {
+        sink.pages()
+            .find(|&(a, i, _)| a == area && i == index)
+            .map(|(_, _, d)| d.to_vec())
+    };
+
+    // Private file mapping: only the copy-on-write page 3 is stored.
+    let (fi, farea, fpage) = area_at(&state, file);
+    assert_eq!(farea.kind, AreaKind::FilePrivate);
+    assert!(farea.file.is_some());
+    assert_eq!(
+        runs_within(farea, fpage, 16),
+        vec![PageRun {
+            first: 3,
+            count: 1,
+            kind: PageRunKind::Stored
+        }]
+    );
+    assert_eq!(
+        stored_page(fi, fpage + 3),
+        Some(vec![b'C'; PAGE_SIZE as usize])
+    );
+
+    // Anonymous: even pages stored, odd pages and 32..40 zero, 40..64 untouched.
+    let (ai, aarea, apage) = area_at(&state, anon);
+    assert_eq!(aarea.kind, AreaKind::Anonymous);
+    let mut expected = Vec::new();
+    for i in 0..32 {
+        let kind = if i % 2 == 0 {
+            PageRunKind::Stored
+        } else {
+            PageRunKind::Zero
+        };
+        expected.push(PageRun {
+            first: i,
+            count: 1,
+            kind,
+        });
+    }
+    expected.pop();
+    expected.push(PageRun {
+        first: 31,
+        count: 9,
+        kind: PageRunKind::Zero,
+    });
+    assert_eq!(runs_within(aarea, apage, 64), expected);
+    for i in (0..32).step_by(2) {
+        assert_eq!(
+            stored_page(ai, apage + i),
+            Some(vec![i as u8 + 1; PAGE_SIZE as usize])
+        );
+    }
+
+    // PROT_NONE with present pages: read through /proc/pid/mem.
+    let (hi, harea, hpage) = area_at(&state, hidden);
+    assert!(!harea.prot.read);
+    assert_eq!(stored_page(hi, hpage), Some(vec![b'H'; PAGE_SIZE as usize]));
+    assert_eq!(
+        stored_page(hi, hpage + 1),
+        Some(vec![b'H'; PAGE_SIZE as usize])
+    );
+
+    // Deleted file: every page inside the file is copied (the last partly).
+    let (di, darea, dpage) = area_at(&state, deleted);
+    assert_eq!(darea.kind, AreaKind::FileCopied);
+    assert!(darea.deleted);
+    assert_eq!(
+        runs_within(darea, dpage, 4),
+        vec![PageRun {
+            first: 0,
+            count: 4,
+            kind: PageRunKind::Stored
+        }]
+    );
+    let mut last = vec![b'D'; 100];
+    last.resize(PAGE_SIZE as usize, 0);
+    assert_eq!(stored_page(di, dpage + 3), Some(last));
+
+    // Unchanged file areas (the program and libc) are not copied.
+    for (index, area) in state.areas.iter().enumerate() {
+        if area.kind == AreaKind::FileUnchanged {
+            assert!(area.pages.is_empty());
+            assert!(sink.pages().all(|(a, _, _)| a != index));
+        }
+    }
+
+    // Every stored page equals the process's page.
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    for (area, index, data) in sink.pages() {
+        let area = &state.areas[area];
+        let addr = area.start + index * PAGE_SIZE;
+        if area.prot.read {
+            memory::read_remote(pid, addr, &mut page).unwrap();
+        } else {
+            memory::read_mem_file(pid, addr, &mut page).unwrap();
+        }
+        assert!(page == data, "page at {addr:#x} differs");
+    }
+
+    let sum: u64 = (0..32u64)
+        .step_by(2)
+        .map(|i| (i + 1) * PAGE_SIZE)
+        .sum::<u64>()
+        + 15 * PAGE_SIZE * u64::from(b'F')
+        + PAGE_SIZE * u64::from(b'C');
+    assert_eq!(setup.worker.ask("x"), format!("{sum} D"));
+}
+
+#[test]
+fn shared_anonymous_memory_is_refused() {
+    let Some(mut setup) = start("shared_anonymous_memory_is_refused", "shared") else {
+        return;
+    };
+    let mut sink = VecSink::default();
+    let err = capture(setup.worker.pid(), &CaptureOptions::default(), &mut sink).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(
+            err,
+            CaptureError::Refused {
+                reason: Refusal::SharedMemory { .. },
+                ..
+            }
+        ),
+        "{message}"
+    );
+    assert!(message.contains("is shared memory"), "{message}");
+    assert!(setup.worker.ask("x").ends_with(" D"));
+}
