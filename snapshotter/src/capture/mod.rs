@@ -92,7 +92,8 @@ pub struct CaptureOptions {
     /// logs: pipes and Unix sockets there are recorded as ends the restorer
     /// reconnects; anywhere else they are refused. Default 0..=4.
     pub protocol_fds: Vec<i32>,
-    /// Bytes read per `process_vm_readv` batch. Default 8 MiB.
+    /// Bytes read per `process_vm_readv` batch. Default 2 MiB (small enough that
+    /// the batch is still in cache when the sink hashes it).
     pub batch_bytes: usize,
     /// Use the `PAGEMAP_SCAN` ioctl when the kernel has it (else pagemap
     /// entries are read). Default true.
@@ -103,7 +104,7 @@ impl Default for CaptureOptions {
     fn default() -> Self {
         CaptureOptions {
             protocol_fds: vec![0, 1, 2, 3, 4],
-            batch_bytes: 8 << 20,
+            batch_bytes: 2 << 20,
             pagemap_scan: true,
         }
     }
