@@ -264,7 +264,36 @@ impl PageStore {
     /// cache, or built, published and opened. Safe to call from several
     /// processes at once (each builds under its own temporary name; the
     /// results are identical).
+    ///
+    /// A handle remembers the images it opened: while the root file is the
+    /// same (same inode, size and times), a call costs a `stat` and an
+    /// `open` instead of decoding the root.
     pub fn image(&self, id: &str) -> Result<CachedImage, ImageError> {
+        super::roots::validate_snapshot_id(id).map_err(RootError::from)?;
+        let root_path = self.root_path(id);
+        let root_meta = std::fs::metadata(&root_path).ok();
+        if let Some(meta) = &root_meta {
+            let known = self.remembered_images().get(id).cloned();
+            if let Some(r) = known.filter(|r| r.root == RootStamp::of(meta)) {
+                match File::open(&r.path) {
+                    Ok(file) => {
+                        return Ok(CachedImage {
+                            path: r.path,
+                            file,
+                            layout: r.layout,
+                            built: false,
+                        })
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(ImageError::Io {
+                            path: r.path,
+                            source,
+                        })
+                    }
+                }
+            }
+        }
         let root = self.load_root(id)?;
         let path = self
             .dir()
@@ -275,31 +304,81 @@ impl PageStore {
             path: path.clone(),
             source,
         };
-        match File::open(&path) {
-            Ok(file) => {
-                let len = file.metadata().map_err(io)?.len();
-                if len == layout.size {
-                    return Ok(CachedImage {
-                        path,
-                        file,
-                        layout,
-                        built: false,
-                    });
-                }
-                tracing::warn!(path = %path.display(), len, "cached image has the wrong size, rebuilding");
+        let mut built = false;
+        let file = match File::open(&path) {
+            Ok(file) if file.metadata().map_err(io)?.len() == layout.size => file,
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "cached image has the wrong size, rebuilding");
+                built = true;
+                self.build_and_open(&root.areas, &path)?
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                built = true;
+                self.build_and_open(&root.areas, &path)?
+            }
             Err(e) => return Err(io(e)),
+        };
+        if let Some(meta) = root_meta {
+            self.remembered_images().insert(
+                id.to_string(),
+                Remembered {
+                    root: RootStamp::of(&meta),
+                    path: path.clone(),
+                    layout: layout.clone(),
+                },
+            );
         }
-        build_image(self, &root.areas, &path)?;
-        let file = File::open(&path).map_err(io)?;
         Ok(CachedImage {
             path,
             file,
             layout,
-            built: true,
+            built,
         })
     }
+
+    fn build_and_open(&self, areas: &[AreaPages], path: &Path) -> Result<File, ImageError> {
+        build_image(self, areas, path)?;
+        File::open(path).map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    fn remembered_images(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Remembered>> {
+        self.images.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Identifies one version of a root file: roots are replaced by rename, so a
+/// new version is a new inode with new times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RootStamp {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl RootStamp {
+    fn of(meta: &std::fs::Metadata) -> RootStamp {
+        use std::os::unix::fs::MetadataExt;
+        RootStamp {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+        }
+    }
+}
+
+/// An image a handle opened before.
+#[derive(Clone, Debug)]
+pub(crate) struct Remembered {
+    root: RootStamp,
+    path: PathBuf,
+    layout: ImageLayout,
 }
 
 /// A short form of this boot's id (changes at every boot).

@@ -206,6 +206,8 @@ impl State {
 pub struct PageStore {
     dir: PathBuf,
     state: RwLock<State>,
+    /// Images opened before, by snapshot id (see `image.rs`).
+    images: std::sync::Mutex<std::collections::HashMap<String, image::Remembered>>,
 }
 
 /// A verified (or, from [`PageStore::get_unverified`], unverified) read-only
@@ -297,6 +299,7 @@ impl PageStore {
         Ok(PageStore {
             dir,
             state: RwLock::new(state),
+            images: Default::default(),
         })
     }
 
