@@ -14,6 +14,8 @@
 //! many measured requests are sent. Latency is measured from the send: a
 //! closed loop by design sends nothing while the server stalls, which is why
 //! rates and tails under load come from [`crate::open`].
+//!
+//! [`Progress::interrupt`] stops the clients before their next request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,7 +54,7 @@ pub async fn run(
         clients.push(tokio::spawn(async move {
             loop {
                 let now = Instant::now();
-                if end.is_some_and(|end| now >= end) {
+                if end.is_some_and(|end| now >= end) || progress.is_interrupted() {
                     break;
                 }
                 let measured = now >= warm_end;

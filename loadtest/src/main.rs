@@ -181,9 +181,20 @@ async fn run_command(args: RunArgs) -> Result<()> {
         );
     }
     let printer = (!args.client.quiet).then(|| progress.print_every_second());
+    let on_ctrl_c = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ninterrupted: waiting for the requests in flight");
+                progress.interrupt();
+            }
+        })
+    };
     let stats = run(&client, &target, &config, &progress).await?;
+    on_ctrl_c.abort();
     drop(printer);
-    let report = RunReport::new(&target, config, stats.summary());
+    let mut report = RunReport::new(&target, config, stats.summary());
+    report.interrupted = progress.is_interrupted();
     if args.client.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -220,15 +231,18 @@ async fn compare_command(args: CompareArgs) -> Result<()> {
     };
     let client = Client::new(args.client.timeout);
     let quiet = args.client.quiet;
-    let report = compare(&client, &scenarios, &cfg, |done| {
+    let comparison = compare(&client, &scenarios, &cfg, |done| {
         if !quiet {
             eprintln!(
                 "round {}/{}: {:<20} median {:.1} µs",
                 done.round, done.rounds, done.scenario, done.median_us
             );
         }
-    })
-    .await?;
+    });
+    let report = tokio::select! {
+        report = comparison => report?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted: a comparison needs all its rounds"),
+    };
     if args.client.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

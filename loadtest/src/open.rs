@@ -25,7 +25,8 @@
 //! until shortly before the intended time, then yields until it is reached,
 //! takes one of the `max_in_flight` permits (waiting for one if needed) and
 //! spawns the request on the runtime. How late sends leave is recorded as
-//! the send lag.
+//! the send lag. [`Progress::interrupt`] stops the pacing before the next
+//! send.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,16 +88,24 @@ impl Schedule {
     }
 }
 
-/// Sleeps (then yields) until `t`.
-fn wait_until(t: Instant) {
+/// The pacing thread sleeps at most this long at a time, to notice an
+/// interruption.
+const MAX_NAP: Duration = Duration::from_millis(50);
+
+/// Sleeps (then yields) until `t`, or until `stop()` says so. Returns false
+/// if it stopped early.
+fn wait_until(t: Instant, stop: impl Fn() -> bool) -> bool {
     loop {
         let now = Instant::now();
         if now >= t {
-            return;
+            return true;
+        }
+        if stop() {
+            return false;
         }
         let left = t - now;
         if left > SPIN_WINDOW {
-            std::thread::sleep(left - SPIN_WINDOW);
+            std::thread::sleep((left - SPIN_WINDOW).min(MAX_NAP));
         } else {
             std::thread::yield_now();
         }
@@ -119,7 +128,9 @@ pub async fn run(
         let start = Instant::now();
         for i in 0..schedule.total() {
             let intended = start + schedule.offset(i);
-            wait_until(intended);
+            if !wait_until(intended, || progress.is_interrupted()) || progress.is_interrupted() {
+                break;
+            }
             // The semaphore is never closed.
             let permit = runtime
                 .block_on(Arc::clone(&permits).acquire_owned())
@@ -192,10 +203,16 @@ mod tests {
     }
 
     #[test]
+    fn wait_until_stops_when_asked() {
+        let far = Instant::now() + Duration::from_secs(3600);
+        assert!(!wait_until(far, || true));
+    }
+
+    #[test]
     fn wait_until_is_never_early() {
         for us in [0u64, 50, 300, 2_000] {
             let t = Instant::now() + Duration::from_micros(us);
-            wait_until(t);
+            assert!(wait_until(t, || false));
             assert!(Instant::now() >= t);
         }
     }

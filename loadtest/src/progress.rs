@@ -8,7 +8,7 @@
 //! one line is printed per second. Counts include the warm-up.
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ pub struct Progress {
     done: AtomicU64,
     failed: AtomicU64,
     in_flight: AtomicI64,
+    interrupted: AtomicBool,
 }
 
 impl Default for Progress {
@@ -28,6 +29,7 @@ impl Default for Progress {
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
+            interrupted: AtomicBool::new(false),
         }
     }
 }
@@ -55,6 +57,17 @@ impl Progress {
     /// Requests finished so far.
     pub fn done(&self) -> u64 {
         self.done.load(Ordering::Relaxed)
+    }
+
+    /// Asks the run to stop early: no new request is sent, those in flight
+    /// finish and are accounted (used on Ctrl-C).
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Progress::interrupt`] was called.
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
     }
 
     /// Requests in flight now.
@@ -143,5 +156,8 @@ mod tests {
             line.ends_with("2 done (2/s), 1 failed, 1 in flight"),
             "{line}"
         );
+        assert!(!p.is_interrupted());
+        p.interrupt();
+        assert!(p.is_interrupted());
     }
 }

@@ -45,6 +45,9 @@ pub struct RunReport {
     pub config: RunConfig,
     /// What was measured.
     pub summary: Summary,
+    /// Whether the run was stopped early (Ctrl-C).
+    #[serde(default)]
+    pub interrupted: bool,
 }
 
 impl RunReport {
@@ -56,6 +59,7 @@ impl RunReport {
             cold: target.cold().map(|c| c.as_str().to_owned()),
             config,
             summary,
+            interrupted: false,
         }
     }
 
@@ -65,6 +69,12 @@ impl RunReport {
         let mut out = String::new();
         let _ = writeln!(out, "POST {}", self.url);
         let _ = writeln!(out, "{}", describe(&self.config, self.cold.as_deref()));
+        if self.interrupted {
+            let _ = writeln!(
+                out,
+                "interrupted: the figures cover the requests sent until then"
+            );
+        }
         let _ = write!(
             out,
             "{} requests ({} ok, {} failed) in {:.2} s: {:.1} req/s",

@@ -94,11 +94,11 @@ impl RunConfig {
 
 /// Why a duration could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("bad duration {0:?}: expected a number with a unit, like 500ms, 10s, 2m or 1.5s")]
+#[error("bad duration {0:?}: expected a number with a unit (us, ms, s, m, h), like 500ms or 1.5s")]
 pub struct DurationError(pub String);
 
 /// Reads a duration written as a number and a unit: `us`, `ms`, `s`, `m`
-/// (for example `250us`, `500ms`, `1.5s`, `2m`).
+/// `h` (for example `250us`, `500ms`, `1.5s`, `2m`, `1h`).
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
     let split = t
@@ -110,6 +110,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         "ms" => 1e-3,
         "s" => 1.0,
         "m" | "min" => 60.0,
+        "h" => 3600.0,
         _ => return Err(DurationError(text.to_owned())),
     };
     let value: f64 = number.parse().map_err(|_| DurationError(text.to_owned()))?;
@@ -152,13 +153,14 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration(" 1.5s "), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        for bad in ["", "10", "s", "1.2.3s", "5h", "-1s"] {
+        for bad in ["", "10", "s", "1.2.3s", "5d", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(
             parse_duration("10").unwrap_err().to_string(),
-            "bad duration \"10\": expected a number with a unit, like 500ms, 10s, 2m or 1.5s"
+            "bad duration \"10\": expected a number with a unit (us, ms, s, m, h), like 500ms or 1.5s"
         );
     }
 

@@ -513,7 +513,7 @@ mod tests {
         );
         assert_eq!(
             err(&["a=function=f,duration=soon"]),
-            "scenario \"a\": bad duration \"soon\": expected a number with a unit, like 500ms, 10s, 2m or 1.5s"
+            "scenario \"a\": bad duration \"soon\": expected a number with a unit (us, ms, s, m, h), like 500ms or 1.5s"
         );
         assert_eq!(
             err(&["a=function=f,requests=0"]),

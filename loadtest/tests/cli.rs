@@ -184,3 +184,54 @@ async fn bad_arguments_fail_with_a_message() {
         "thaw-loadtest: bad scenario \"x\": expected NAME=KEY=VALUE,..."
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_ends_a_run_with_its_report() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let srv = common::start().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_thaw-loadtest"))
+        .args(args(&[
+            "run",
+            "--server",
+            &srv.url,
+            "--function",
+            "ok",
+            "--rate",
+            "100",
+            "--duration",
+            "1h",
+            "--json",
+        ]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first progress line: the run is under way.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let Some(line) = stderr.next_line().await.unwrap() else {
+            break;
+        };
+        seen.push(line);
+        if seen.last().unwrap().contains(" done (") {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.contains(" done (")),
+        "no progress line in {seen:?}"
+    );
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let report: RunReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report.interrupted);
+    assert!(report.summary.requests > 0);
+    assert_eq!(report.summary.requests, srv.seen.count("ok"));
+}

@@ -242,3 +242,41 @@ async fn a_server_closing_every_connection_costs_no_errors() {
     assert_eq!(stats.ok(), 100);
     assert_eq!(srv.seen.count("close"), 100);
 }
+
+/// Interrupts `progress` once `n` requests are done (polling, bounded).
+async fn interrupt_after(progress: std::sync::Arc<Progress>, n: u64) {
+    for _ in 0..3000 {
+        if progress.done() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    progress.interrupt();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_returns_what_it_measured() {
+    let srv = common::start().await;
+    let target = Target::new(&srv.url, "ok").unwrap();
+    let client = Client::new(Duration::from_secs(30));
+    for mode in [
+        CLOSED4,
+        Mode::Open {
+            rate: 200.0,
+            max_in_flight: 8,
+        },
+    ] {
+        let cfg = RunConfig {
+            mode,
+            stop: Stop::Duration(Duration::from_secs(3600)),
+            warmup: Duration::ZERO,
+        };
+        let progress = Progress::new();
+        let stopper = tokio::spawn(interrupt_after(progress.clone(), 20));
+        let stats = run(&client, &target, &cfg, &progress).await.unwrap();
+        stopper.await.unwrap();
+        assert!(stats.requests() >= 20, "{mode:?}: {}", stats.requests());
+        assert_eq!(stats.requests(), progress.done(), "{mode:?}");
+        assert_eq!(progress.in_flight(), 0);
+    }
+}
