@@ -331,7 +331,10 @@ impl Cgroup {
         let mut out = Vec::new();
         for file in self.procs_files() {
             if let Ok(text) = fs::read_to_string(file) {
-                out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
             }
         }
         out.sort_unstable();

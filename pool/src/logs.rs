@@ -65,11 +65,16 @@ struct Reader {
 }
 
 impl Reader {
-    /// Reads what is available without waiting; emits complete lines.
+    /// Reads what is in the pipe now without waiting; emits complete lines.
+    ///
+    /// This reads the (non-blocking) fd directly instead of through tokio's
+    /// `try_read`, which answers `WouldBlock` without asking the kernel
+    /// while the reactor has not yet seen the pipe become readable: a
+    /// barrier must see every byte already written.
     fn drain(&mut self, current: &Mutex<Option<String>>, sink: &LogSink) {
         let mut buf = [0u8; 64 * 1024];
         while self.open {
-            match self.pipe.try_read(&mut buf) {
+            match nix::unistd::read(&self.pipe, &mut buf) {
                 Ok(0) => {
                     self.open = false;
                     self.flush(current, sink);
@@ -78,8 +83,15 @@ impl Reader {
                     self.partial.extend_from_slice(&buf[..n]);
                     self.emit_lines(current, sink);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    // Clear the reactor's readiness, so `readable()` waits
+                    // for new data instead of firing again at once.
+                    let _ = self
+                        .pipe
+                        .try_io(|| Err::<(), _>(std::io::ErrorKind::WouldBlock.into()));
+                    break;
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => {
                     self.open = false;
                     self.flush(current, sink);

@@ -62,6 +62,10 @@ impl IntoResponse for ApiError {
         ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if self.kind == ErrorKind::PayloadTooLarge {
+            // The rest of the body stays unread: this connection cannot be reused.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if self.kind == ErrorKind::Unauthorized {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

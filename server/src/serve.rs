@@ -55,7 +55,7 @@ fn total_memory() -> u64 {
 }
 
 /// A short tag that names this data directory's cgroups.
-fn install_tag(data_dir: &Path) -> String {
+pub fn install_tag(data_dir: &Path) -> String {
     let hash = fnv_hex(data_dir.as_os_str().as_encoded_bytes());
     hash[..8].to_string()
 }

@@ -1,7 +1,7 @@
 //! The control plane's state and operations, independent of HTTP: deploy,
 //! version routing, invoke, delete.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -459,9 +459,10 @@ impl Service {
                 )
             }
             Err(e) => {
-                // Not the handler's fault (budget, sandbox): still servable later.
+                // Not the handler's fault (memory budget, sandbox): the version
+                // stays servable and later invocations boot it again.
                 tracing::warn!(function = %v.key.name, version = v.key.version, error = %e, "first boot failed");
-                return (VersionState::Failed, Some(e.to_string()));
+                return (VersionState::Ready, Some(format!("first boot failed: {e}")));
             }
         };
         let timeout = Duration::from_millis(v.record.spec.timeout_ms);
@@ -533,10 +534,10 @@ impl Service {
         }
         match &error {
             Some(e) => {
-                tracing::warn!(function = %key.name, version = key.version, error = %e, "version failed")
+                tracing::warn!(function = %key.name, version = key.version, state = state.as_str(), error = %e, "version deployed with an error")
             }
             None => {
-                tracing::info!(function = %key.name, version = key.version, state = state.as_str(), "version state")
+                tracing::info!(function = %key.name, version = key.version, state = state.as_str(), "version deployed")
             }
         }
         // Idle instances of older versions are no longer needed.
@@ -851,16 +852,5 @@ impl Service {
     /// Names of functions, for tests.
     pub fn names(&self) -> Vec<String> {
         self.functions.read().unwrap().keys().cloned().collect()
-    }
-
-    /// Unused helper kept for symmetry with future snapshot state.
-    #[doc(hidden)]
-    pub fn _versions(&self) -> HashMap<String, usize> {
-        self.functions
-            .read()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.len()))
-            .collect()
     }
 }

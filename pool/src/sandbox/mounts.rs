@@ -40,8 +40,7 @@ fn none() -> Option<&'static str> {
 }
 
 fn bind_ro(src: &Path, dst: &Path) -> Result<(), String> {
-    mount(Some(src), dst, none(), MsFlags::MS_BIND, none())
-        .map_err(|e| err("bind", src, e))?;
+    mount(Some(src), dst, none(), MsFlags::MS_BIND, none()).map_err(|e| err("bind", src, e))?;
     mount(
         none(),
         dst,
@@ -74,10 +73,20 @@ fn inside(root: &Path, host_path: &Path) -> PathBuf {
 pub(super) fn build_root(spec: &SandboxSpec) -> Result<(), String> {
     let slash = Path::new("/");
     // Nothing we mount may propagate back to the host.
-    mount(none(), slash, none(), MsFlags::MS_REC | MsFlags::MS_PRIVATE, none())
-        .map_err(|e| err("make private", slash, e))?;
+    mount(
+        none(),
+        slash,
+        none(),
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        none(),
+    )
+    .map_err(|e| err("make private", slash, e))?;
     let root = spec.root_dir.as_path();
-    tmpfs(root, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "size=1m,mode=0755")?;
+    tmpfs(
+        root,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "size=1m,mode=0755",
+    )?;
 
     for entry in fs::read_dir(slash).map_err(|e| err("list", slash, e))? {
         let entry = entry.map_err(|e| err("list", slash, e))?;
@@ -163,7 +172,11 @@ pub(super) fn build_root(spec: &SandboxSpec) -> Result<(), String> {
 
 fn build_dev(dev: &Path) -> Result<(), String> {
     mkdir(dev, 0o755)?;
-    tmpfs(dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "size=64k,mode=0755")?;
+    tmpfs(
+        dev,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        "size=64k,mode=0755",
+    )?;
     for name in DEVICES {
         let dst = dev.join(name);
         fs::write(&dst, b"").map_err(|e| err("create", &dst, e))?;

@@ -1,0 +1,301 @@
+//! A real `thaw serve` process on a temporary data directory, and a real
+//! HTTP client. Needs root (sandboxes).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Skips the test (with a reason) when not root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: thaw serve needs root (namespaces, mounts, cgroups)");
+            return;
+        }
+        if !std::path::Path::new("/usr/bin/python3").exists() {
+            eprintln!("skipped: /usr/bin/python3 is missing");
+            return;
+        }
+    };
+}
+
+pub struct Server {
+    pub child: Option<Child>,
+    pub url: String,
+    pub data: PathBuf,
+    pub args: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+    pub http: reqwest::Client,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("thaw-test")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let data = dir.path().join("data");
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            data,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            _dir: Some(dir),
+            http: reqwest::Client::new(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// Starts the server process (again) on the same data directory.
+    pub fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_thaw"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(&self.args)
+            .env("THAW_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start thaw serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("thaw serve exited before listening")
+                .unwrap();
+            if let Some(url) = line.strip_prefix("thaw listening on ") {
+                break url.trim().to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait().unwrap()
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut r = self.http.request(method, format!("{}{}", self.url, path));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        if let Some(b) = body {
+            r = r.body(b);
+        }
+        let resp = r.send().await.expect("request");
+        Answer {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body: resp.bytes().await.unwrap().to_vec(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.request(reqwest::Method::GET, path, None, &[]).await
+    }
+
+    pub async fn deploy(&self, spec: Value) -> Answer {
+        self.request(
+            reqwest::Method::POST,
+            "/functions",
+            Some(serde_json::to_vec(&spec).unwrap()),
+            &[("content-type", "application/json")],
+        )
+        .await
+    }
+
+    pub async fn invoke(&self, name: &str, event: Value) -> Answer {
+        self.invoke_raw(name, serde_json::to_vec(&event).unwrap(), &[])
+            .await
+    }
+
+    pub async fn invoke_raw(&self, name: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Answer {
+        self.request(
+            reqwest::Method::POST,
+            &format!("/functions/{name}/invoke"),
+            Some(body),
+            headers,
+        )
+        .await
+    }
+
+    /// Deploys and waits until the version leaves `deploying`.
+    pub async fn deploy_ready(&self, spec: Value) -> Value {
+        let a = self.deploy(spec.clone()).await;
+        assert_eq!(a.status, 201, "deploy: {}", a.text());
+        self.wait_state(spec["name"].as_str().unwrap()).await
+    }
+
+    pub async fn wait_state(&self, name: &str) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let v = self.get(&format!("/functions/{name}")).await.json();
+            if v["state"] != "deploying" {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "{name} never left deploying"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// pids in this server's sandbox cgroups.
+    pub fn sandbox_pids(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        for dir in self.sandbox_cgroups() {
+            if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+        }
+        out
+    }
+
+    /// This server's sandbox cgroup directories (memory hierarchy, or v2).
+    pub fn sandbox_cgroups(&self) -> Vec<PathBuf> {
+        let data = self.data.canonicalize().unwrap_or(self.data.clone());
+        let tag = format!("thaw-{}", server::serve::install_tag(&data));
+        let mut out = Vec::new();
+        for root in cgroup_roots() {
+            let parent = root.join(&tag);
+            if let Ok(rd) = std::fs::read_dir(&parent) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        out.push(e.path());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Parents under which the server (our child, in our cgroup) makes its
+/// sandbox cgroups.
+fn cgroup_roots() -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (
+            parts.next().unwrap(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or("/"),
+        );
+        let base = if ctrls.split(',').any(|c| c == "memory") {
+            Path::new("/sys/fs/cgroup/memory").to_path_buf()
+        } else if ctrls.is_empty() {
+            if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+                Path::new("/sys/fs/cgroup").to_path_buf()
+            } else {
+                Path::new("/sys/fs/cgroup/unified").to_path_buf()
+            }
+        } else {
+            continue;
+        };
+        out.push(base.join(path.trim_start_matches('/')));
+        // v2 servers move themselves into a `server` leaf.
+        out.push(
+            base.join(path.trim_start_matches('/'))
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .to_path_buf(),
+        );
+    }
+    out
+}
+
+/// A spec with one `main.py`.
+pub fn function(name: &str, code: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "name": name,
+        "runtime": "python3",
+        "handler": "main.handler",
+        "files": { "main.py": code },
+        "memory_mb": 128,
+        "timeout_ms": 10000,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    spec
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}

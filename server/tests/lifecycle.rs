@@ -1,0 +1,124 @@
+//! Restarts: clean stop, kill -9, and what is left behind.
+
+mod common;
+
+use common::{function, pid_alive, Server};
+use serde_json::json;
+
+const HELLO: &str = "def handler(e, c):\n    return {'hi': e.get('name')}\n";
+
+#[tokio::test]
+async fn functions_survive_a_restart() {
+    require_root!();
+    let mut server = Server::start(&[]);
+    server
+        .deploy_ready(function("hello", HELLO, json!({})))
+        .await;
+    assert_eq!(
+        server.invoke("hello", json!({"name": "a"})).await.status,
+        200
+    );
+    let status = server.stop();
+    assert!(status.success(), "clean stop exits 0: {status:?}");
+    assert!(
+        server.sandbox_pids().is_empty(),
+        "instances stopped with the server"
+    );
+
+    server.spawn();
+    let list = server.get("/functions").await.json();
+    assert_eq!(list["functions"][0]["name"], "hello");
+    assert_eq!(list["functions"][0]["state"], "ready");
+    // No instance exists after a restart: the first call boots, the next is warm.
+    let a = server.invoke("hello", json!({"name": "b"})).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json(), json!({"hi": "b"}));
+    assert_eq!(a.header("x-thaw-start"), "boot");
+    let a = server.invoke("hello", json!({"name": "c"})).await;
+    assert_eq!(a.header("x-thaw-start"), "warm");
+}
+
+fn mounts_under(path: &std::path::Path) -> usize {
+    let p = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&p)))
+        .count()
+}
+
+#[tokio::test]
+async fn kill_9_leaves_nothing_behind_after_restart() {
+    require_root!();
+    let mut server = Server::start(&[]);
+    let slow = "import time\ndef handler(e, c):\n    time.sleep(e.get('s', 0))\n    return 1\n";
+    server
+        .deploy_ready(function("slow", slow, json!({"concurrency": 4})))
+        .await;
+    let server_arc = std::sync::Arc::new(std::sync::Mutex::new(()));
+    let _ = server_arc;
+    // Instances busy in invocations when the server dies.
+    let url = server.url.clone();
+    let mut inflight = Vec::new();
+    for _ in 0..3 {
+        let url = url.clone();
+        inflight.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{url}/functions/slow/invoke"))
+                .body(r#"{"s": 30}"#)
+                .send()
+                .await
+        }));
+    }
+    loop {
+        let v = server.get("/functions/slow").await.json();
+        if v["instances"]["busy"].as_u64().unwrap() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let before_pids = server.sandbox_pids();
+    let before_cgroups = server.sandbox_cgroups();
+    assert!(
+        before_pids.len() >= 9,
+        "three sandboxes of three processes: {before_pids:?}"
+    );
+    server.kill9();
+    for t in inflight {
+        assert!(
+            t.await.unwrap().is_err(),
+            "the connection died with the server"
+        );
+    }
+    // Every sandbox process dies with the server (parent-death signal).
+    for _ in 0..200 {
+        if before_pids.iter().all(|p| !pid_alive(*p)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let alive: Vec<_> = before_pids.iter().filter(|p| pid_alive(**p)).collect();
+    assert!(
+        alive.is_empty(),
+        "sandbox processes outlived the server: {alive:?}"
+    );
+
+    server.spawn();
+    for cg in &before_cgroups {
+        assert!(
+            !cg.exists(),
+            "stale cgroup {} left after restart",
+            cg.display()
+        );
+    }
+    assert_eq!(
+        mounts_under(&server.data),
+        0,
+        "no mounts under the data directory"
+    );
+    let run = server.data.join("run");
+    let leftovers: Vec<_> = std::fs::read_dir(&run).unwrap().flatten().collect();
+    assert!(leftovers.is_empty(), "stale sandbox dirs: {leftovers:?}");
+    let a = server.invoke("slow", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+}
