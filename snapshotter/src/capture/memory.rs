@@ -2,9 +2,15 @@
 //!
 //! The ranges found by [`super::pagemap`] are gathered into batches of up to
 //! `batch_bytes` (and at most `IOV_MAX` remote pieces), each read with one
-//! `process_vm_readv` into one buffer. Every page of the batch is then
-//! checked for zero: zero pages are only recorded, runs of non-zero pages go
-//! to the [`PageSink`] as one contiguous slice each. Areas the process
+//! `process_vm_readv` into one buffer by a reader thread, which also checks
+//! every page for zero. The calling thread records zero pages and hands runs
+//! of non-zero pages to the [`PageSink`] as one contiguous slice each, while
+//! the reader fills the next buffer:
+//!
+//! ```text
+//! reader:  | read+zero 0 | read+zero 1 | read+zero 2 |
+//! caller:                | sink 0      | sink 1      | sink 2 |
+//! ``` Areas the process
 //! cannot read itself (`PROT_NONE` with present pages) are read through
 //! `/proc/pid/mem`, which may read them.
 
@@ -158,17 +164,22 @@ pub struct AreaPlan {
 /// Time and volume of a page read.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReadStats {
-    /// In `process_vm_readv` / `pread` and zero checks.
+    /// In `process_vm_readv` / `pread` and zero checks (reader thread).
     pub read: Duration,
-    /// In the sink.
+    /// In the sink (calling thread).
     pub sink: Duration,
+    /// Wall time of the whole read; less than `read + sink` because the
+    /// two overlap.
+    pub wall: Duration,
     /// Bytes read from the process.
     pub bytes_read: u64,
     /// Bytes handed to the sink.
     pub bytes_stored: u64,
 }
 
-/// One piece of a batch: a remote range and where it landed in the buffer.
+/// One piece of a batch: a remote range, read to the next free place of the
+/// batch buffer.
+#[derive(Debug, Clone, Copy)]
 struct Piece {
     area: usize,
     area_start: u64,
@@ -177,8 +188,58 @@ struct Piece {
     readable: bool,
 }
 
+/// A batch read by the reader thread: its buffer and, per page, whether it
+/// is zero.
+struct Filled {
+    pieces: Vec<Piece>,
+    buffer: Vec<u8>,
+    zero: Vec<bool>,
+}
+
+/// Batches in flight between the reader thread and the sink: one being
+/// read while the previous one is stored.
+const IN_FLIGHT: usize = 2;
+
+/// Splits the plans into batches of at most `batch_bytes` and `IOV_MAX`
+/// pieces.
+fn batches(plans: &[AreaPlan], areas: &[MemoryArea], batch_bytes: usize) -> Vec<Vec<Piece>> {
+    let mut batches = Vec::new();
+    let mut current: Vec<Piece> = Vec::new();
+    let mut used = 0;
+    for plan in plans {
+        let area_start = areas[plan.area].start;
+        for range in &plan.ranges {
+            let mut addr = range.start;
+            while addr < range.end {
+                if used == batch_bytes || current.len() == IOV_MAX {
+                    batches.push(std::mem::take(&mut current));
+                    used = 0;
+                }
+                let len = (range.end - addr).min((batch_bytes - used) as u64) as usize;
+                current.push(Piece {
+                    area: plan.area,
+                    area_start,
+                    addr,
+                    len,
+                    readable: plan.readable,
+                });
+                used += len;
+                addr += len as u64;
+            }
+        }
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
 /// Reads every planned range of `pid`, sends non-zero pages to `sink` and
 /// records stored and zero runs in `areas`.
+///
+/// A reader thread reads batch `n + 1` (and checks its pages for zero)
+/// while this thread hands batch `n` to the sink; [`IN_FLIGHT`] buffers
+/// circulate between them.
 pub fn read_pages(
     pid: i32,
     plans: &[AreaPlan],
@@ -186,89 +247,87 @@ pub fn read_pages(
     batch_bytes: usize,
     sink: &mut dyn PageSink,
 ) -> Result<ReadStats, MemoryError> {
-    let batch_bytes =
-        (batch_bytes.max(PAGE_SIZE as usize) / PAGE_SIZE as usize) * PAGE_SIZE as usize;
-    let mut reader = BatchReader {
-        pid,
-        mem: None,
-        buffer: vec![0u8; batch_bytes],
-        pieces: Vec::new(),
-        used: 0,
-        stats: ReadStats::default(),
-    };
-    for plan in plans {
-        let area_start = areas[plan.area].start;
-        for range in &plan.ranges {
-            let mut addr = range.start;
-            while addr < range.end {
-                if reader.used == reader.buffer.len() || reader.pieces.len() == IOV_MAX {
-                    reader.flush(areas, sink)?;
-                }
-                let room = (reader.buffer.len() - reader.used) as u64;
-                let len = (range.end - addr).min(room) as usize;
-                reader.pieces.push(Piece {
-                    area: plan.area,
-                    area_start,
-                    addr,
-                    len,
-                    readable: plan.readable,
-                });
-                reader.used += len;
-                addr += len as u64;
-            }
-        }
+    let started = Instant::now();
+    let page = PAGE_SIZE as usize;
+    let batch_bytes = (batch_bytes.max(page) / page) * page;
+    let batches = batches(plans, areas, batch_bytes);
+    let mut stats = ReadStats::default();
+    if batches.is_empty() {
+        return Ok(stats);
     }
-    reader.flush(areas, sink)?;
-    Ok(reader.stats)
+    let (filled_tx, filled_rx) = std::sync::mpsc::sync_channel::<Result<Filled, MemoryError>>(1);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..IN_FLIGHT.min(batches.len()) {
+        free_tx
+            .send(vec![0u8; batch_bytes])
+            .expect("receiver alive");
+    }
+    let outcome = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let mut reader = Reader {
+                pid,
+                mem: None,
+                read: Duration::ZERO,
+            };
+            for pieces in batches {
+                // The sink side hung up (it failed): stop reading.
+                let Ok(buffer) = free_rx.recv() else { break };
+                let filled = reader.fill(pieces, buffer);
+                let failed = filled.is_err();
+                if filled_tx.send(filled).is_err() || failed {
+                    break;
+                }
+            }
+            reader.read
+        });
+        let result = store_batches(&filled_rx, &free_tx, areas, sink, &mut stats);
+        // Unblock the reader if we stopped early.
+        drop(filled_rx);
+        drop(free_tx);
+        let read = reader.join().expect("page reader thread panicked");
+        stats.read = read;
+        result
+    });
+    outcome?;
+    stats.wall = started.elapsed();
+    Ok(stats)
 }
 
-struct BatchReader {
-    pid: i32,
-    mem: Option<File>,
-    buffer: Vec<u8>,
-    pieces: Vec<Piece>,
-    used: usize,
-    stats: ReadStats,
-}
-
-impl BatchReader {
-    fn flush(
-        &mut self,
-        areas: &mut [MemoryArea],
-        sink: &mut dyn PageSink,
-    ) -> Result<(), MemoryError> {
-        if self.pieces.is_empty() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        self.read_batch()?;
-        let mut sink_time = Duration::ZERO;
-        let page = PAGE_SIZE as usize;
+/// The sink side: records runs and hands non-zero runs to the sink.
+fn store_batches(
+    filled_rx: &std::sync::mpsc::Receiver<Result<Filled, MemoryError>>,
+    free_tx: &std::sync::mpsc::Sender<Vec<u8>>,
+    areas: &mut [MemoryArea],
+    sink: &mut dyn PageSink,
+    stats: &mut ReadStats,
+) -> Result<(), MemoryError> {
+    let page = PAGE_SIZE as usize;
+    for filled in filled_rx.iter() {
+        let filled = filled?;
         let mut offset = 0;
-        for piece in &self.pieces {
-            let data = &self.buffer[offset..offset + piece.len];
+        for piece in &filled.pieces {
+            let data = &filled.buffer[offset..offset + piece.len];
+            let zero = &filled.zero[offset / page..(offset + piece.len) / page];
             let first_page = (piece.addr - piece.area_start) / PAGE_SIZE;
             let runs = &mut areas[piece.area].pages;
-            // Walk the piece: runs of non-zero pages go to the sink whole.
+            // Runs of non-zero pages go to the sink whole.
             let mut run_start: Option<usize> = None;
-            let pages = piece.len / page;
-            for i in 0..=pages {
-                let zero = i < pages && is_zero(&data[i * page..(i + 1) * page]);
-                let end_of_run = i == pages || zero;
-                if end_of_run {
+            for i in 0..=zero.len() {
+                let is_zero = i < zero.len() && zero[i];
+                if i == zero.len() || is_zero {
                     if let Some(s) = run_start.take() {
                         let sink_started = Instant::now();
                         sink.pages(piece.area, first_page + s as u64, &data[s * page..i * page])?;
-                        sink_time += sink_started.elapsed();
+                        stats.sink += sink_started.elapsed();
                         push_run(
                             runs,
                             first_page + s as u64,
                             (i - s) as u64,
                             PageRunKind::Stored,
                         );
-                        self.stats.bytes_stored += ((i - s) * page) as u64;
+                        stats.bytes_stored += ((i - s) * page) as u64;
                     }
-                    if zero {
+                    if is_zero {
                         push_run(runs, first_page + i as u64, 1, PageRunKind::Zero);
                     }
                 } else if run_start.is_none() {
@@ -277,24 +336,45 @@ impl BatchReader {
             }
             offset += piece.len;
         }
-        self.stats.bytes_read += self.used as u64;
-        self.stats.sink += sink_time;
-        self.stats.read += started.elapsed() - sink_time;
-        self.pieces.clear();
-        self.used = 0;
-        Ok(())
+        stats.bytes_read += offset as u64;
+        // The reader may already be done; a lost buffer is then harmless.
+        let _ = free_tx.send(filled.buffer);
+    }
+    Ok(())
+}
+
+/// The reader thread's state.
+struct Reader {
+    pid: i32,
+    mem: Option<File>,
+    read: Duration,
+}
+
+impl Reader {
+    /// Reads all pieces into `buffer` and checks every page for zero.
+    fn fill(&mut self, pieces: Vec<Piece>, mut buffer: Vec<u8>) -> Result<Filled, MemoryError> {
+        let started = Instant::now();
+        let used: usize = pieces.iter().map(|p| p.len).sum();
+        self.read_pieces(&pieces, &mut buffer[..used])?;
+        let zero = buffer[..used]
+            .chunks_exact(PAGE_SIZE as usize)
+            .map(is_zero)
+            .collect();
+        self.read += started.elapsed();
+        Ok(Filled {
+            pieces,
+            buffer,
+            zero,
+        })
     }
 
-    /// Reads all pieces into the buffer: readable ones with one
-    /// `process_vm_readv`, the others through `/proc/pid/mem`.
-    fn read_batch(&mut self) -> Result<(), MemoryError> {
-        let mut iovecs = Vec::with_capacity(self.pieces.len());
+    /// Readable pieces are read with one `process_vm_readv` per stretch of
+    /// consecutive readable pieces, the others through `/proc/pid/mem`.
+    fn read_pieces(&mut self, pieces: &[Piece], buffer: &mut [u8]) -> Result<(), MemoryError> {
+        let mut iovecs = Vec::with_capacity(pieces.len());
         let mut offset = 0;
-        // Readable pieces are read together, but they are not contiguous in
-        // the buffer when unreadable pieces sit between them: read each
-        // maximal stretch of readable pieces in one call.
         let mut stretch_start = 0;
-        for piece in &self.pieces {
+        for piece in pieces {
             if piece.readable {
                 iovecs.push(libc::iovec {
                     iov_base: piece.addr as *mut libc::c_void,
@@ -302,37 +382,30 @@ impl BatchReader {
                 });
             } else {
                 if !iovecs.is_empty() {
-                    read_scattered(self.pid, &iovecs, &mut self.buffer[stretch_start..offset])?;
+                    read_scattered(self.pid, &iovecs, &mut buffer[stretch_start..offset])?;
                     iovecs.clear();
                 }
+                let pid = self.pid;
+                let err = |source| MemoryError::Read {
+                    pid,
+                    addr: piece.addr,
+                    len: piece.len,
+                    source,
+                };
                 let mem = match &self.mem {
                     Some(mem) => mem,
-                    None => {
-                        let file =
-                            File::open(format!("/proc/{}/mem", self.pid)).map_err(|source| {
-                                MemoryError::Read {
-                                    pid: self.pid,
-                                    addr: piece.addr,
-                                    len: piece.len,
-                                    source,
-                                }
-                            })?;
-                        self.mem.insert(file)
-                    }
+                    None => self
+                        .mem
+                        .insert(File::open(format!("/proc/{pid}/mem")).map_err(err)?),
                 };
-                mem.read_exact_at(&mut self.buffer[offset..offset + piece.len], piece.addr)
-                    .map_err(|source| MemoryError::Read {
-                        pid: self.pid,
-                        addr: piece.addr,
-                        len: piece.len,
-                        source,
-                    })?;
+                mem.read_exact_at(&mut buffer[offset..offset + piece.len], piece.addr)
+                    .map_err(err)?;
                 stretch_start = offset + piece.len;
             }
             offset += piece.len;
         }
         if !iovecs.is_empty() {
-            read_scattered(self.pid, &iovecs, &mut self.buffer[stretch_start..offset])?;
+            read_scattered(self.pid, &iovecs, &mut buffer[stretch_start..offset])?;
         }
         Ok(())
     }

@@ -119,10 +119,12 @@ pub struct CaptureTimings {
     pub state: Duration,
     /// Finding private pages (pagemap).
     pub scan: Duration,
-    /// Reading pages and checking them for zero.
+    /// Reading pages and checking them for zero (reader thread).
     pub read: Duration,
-    /// Inside the page sink.
+    /// Inside the page sink (calling thread, overlapping `read`).
     pub sink: Duration,
+    /// Wall time of reading and storing pages together.
+    pub pages: Duration,
     /// Detaching.
     pub detach: Duration,
     /// Bytes read from the process.
@@ -136,7 +138,7 @@ pub struct CaptureTimings {
 impl CaptureTimings {
     /// Total time from seize to detach.
     pub fn total(&self) -> Duration {
-        self.stop + self.state + self.scan + self.read + self.sink + self.detach
+        self.stop + self.state + self.scan + self.pages + self.detach
     }
 }
 
@@ -264,6 +266,7 @@ pub fn capture_timed(
     let stats = memory::read_pages(pid, &plans.plans, &mut areas, options.batch_bytes, sink)?;
     timings.read = stats.read;
     timings.sink = stats.sink;
+    timings.pages = stats.wall;
     timings.bytes_read = stats.bytes_read;
     timings.bytes_stored = stats.bytes_stored;
     timings.used_pagemap_scan = plans.used_scan;
