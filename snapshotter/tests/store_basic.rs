@@ -106,6 +106,7 @@ fn reads_return_the_stored_bytes() {
     let area = snapshot(&store, "s", &[5, 0, 6, 7]);
     let hashes: Vec<PageHash> = area.hashes().copied().collect();
     assert_eq!(hashes.len(), 3);
+    assert_eq!(store.verify_snapshot("s").unwrap(), 3);
     for (h, seed) in hashes.iter().zip([5, 6, 7]) {
         assert_eq!(&store.get(h).unwrap()[..], &page(seed)[..]);
         assert_eq!(*h, PageHash::of(&page(seed)));
@@ -185,6 +186,9 @@ fn a_flipped_byte_fails_verify_and_reads_naming_the_object() {
             BadObjectKind::Mismatch { .. }
         ));
         assert!(err.to_string().contains(&victim.to_string()), "{err}");
+        // So does checking the snapshot that uses it.
+        let err = s.verify_snapshot("s").unwrap_err().to_string();
+        assert!(err.contains(&victim.to_string()), "{err}");
         // An image needing it cannot be built, and says why.
         let err = s.image("s").unwrap_err().to_string();
         assert!(err.contains(&victim.to_string()), "{err}");
@@ -392,4 +396,45 @@ fn concurrent_writers_serialise_on_the_lock() {
     assert_eq!(report.objects_freed, 4 * 4 * 20);
     assert_eq!(store.object_count(), 20 + 4 * 20);
     store.verify().unwrap();
+}
+
+#[test]
+fn a_lost_index_is_not_replaced_by_an_empty_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PageStore::open(dir.path()).unwrap();
+    snapshot(&store, "s", &[41, 42]);
+    drop(store);
+    std::fs::remove_file(dir.path().join("index")).unwrap();
+    let err = PageStore::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("is missing but the store has packs"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("packs")).unwrap().count(),
+        1
+    );
+}
+
+#[test]
+fn a_corrupt_index_record_is_reported_and_never_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PageStore::open(dir.path()).unwrap();
+    snapshot(&store, "a", &[51]);
+    snapshot(&store, "b", &[52]);
+    drop(store);
+    // Flip a byte inside the first record: the second one is hidden behind it.
+    let index = dir.path().join("index");
+    flip_byte(&index, 16 + 20);
+    let len = std::fs::metadata(&index).unwrap().len();
+    let store = PageStore::open(dir.path()).unwrap();
+    let err = store.verify().unwrap_err().to_string();
+    assert!(err.contains("index corrupt at offset 16"), "{err}");
+    assert!(err.contains("referenced object(s) missing"), "{err}");
+    let err = store.writer().unwrap_err().to_string();
+    assert!(err.contains("is corrupt at offset 16"), "{err}");
+    assert!(store.gc().is_err());
+    assert_eq!(std::fs::metadata(&index).unwrap().len(), len);
+    // Both packs are still there for whoever repairs the index.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("packs")).unwrap().count(),
+        2
+    );
 }

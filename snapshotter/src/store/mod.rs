@@ -101,6 +101,9 @@ pub enum OpenError {
     /// The index header is wrong.
     #[error(transparent)]
     Header(#[from] IndexHeaderError),
+    /// Packs exist but the index does not: refusing to start an empty one.
+    #[error("{0} is missing but the store has packs; refusing to open (restore the index)")]
+    IndexMissing(PathBuf),
     /// The index kept changing under us (gc running in a loop?).
     #[error("index of store {0} kept changing while loading it")]
     Unstable(PathBuf),
@@ -145,6 +148,17 @@ pub enum ReadError {
         /// Why.
         source: Box<OpenError>,
     },
+}
+
+/// Error verifying one snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifySnapshotError {
+    /// The root is unusable.
+    #[error(transparent)]
+    Root(#[from] RootError),
+    /// A page is missing or corrupt.
+    #[error(transparent)]
+    Read(#[from] ReadError),
 }
 
 /// Where an object lives.
@@ -291,6 +305,19 @@ impl PageStore {
         if !index_path.exists() {
             let _lock = lock_exclusive(&dir).map_err(io_err(&dir.join("LOCK")))?;
             if !index_path.exists() {
+                // A new store has no packs. Packs without an index mean the
+                // index was lost: creating an empty one would let the next
+                // writer delete every pack as an orphan.
+                let packs_dir = dir.join("packs");
+                let has_packs = std::fs::read_dir(&packs_dir)
+                    .map_err(io_err(&packs_dir))?
+                    .flatten()
+                    .any(|e| {
+                        pack::parse_pack_file_name(&e.file_name().to_string_lossy()).is_some()
+                    });
+                if has_packs {
+                    return Err(OpenError::IndexMissing(index_path));
+                }
                 atomic::write_atomic(&index_path, &[&index::encode_header()])
                     .map_err(io_err(&index_path))?;
             }
@@ -439,6 +466,32 @@ impl PageStore {
                     .unwrap_or(Err(ReadError::NotFound { hash: *h }))
             })
             .collect()
+    }
+
+    /// Reads and verifies every stored page of snapshot `id` on all cores
+    /// (the check a page server makes once before serving with
+    /// [`PageStore::get_unverified`]). Returns the number of pages checked.
+    pub fn verify_snapshot(&self, id: &str) -> Result<u64, VerifySnapshotError> {
+        use rayon::prelude::*;
+        let root = self.load_root(id)?;
+        let mut hashes: Vec<PageHash> = root
+            .areas
+            .iter()
+            .flat_map(|a| a.hashes().copied())
+            .collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        hashes.par_chunks(256).try_for_each(|chunk| {
+            for (view, hash) in self.views(chunk).into_iter().zip(chunk) {
+                let page = match view {
+                    Err(ReadError::NotFound { .. }) => self.get_unverified(hash)?,
+                    other => other?,
+                };
+                page.verify(hash)?;
+            }
+            Ok::<(), ReadError>(())
+        })?;
+        Ok(hashes.len() as u64)
     }
 
     /// Starts a write transaction, waiting for the store lock.
