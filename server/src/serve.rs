@@ -171,6 +171,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     let n = service.recover().context("loading functions")?;
     tracing::info!(functions = n, data_dir = %data_dir.display(), "loaded");
 
+    let mut deployed = Vec::new();
     for dir in &opts.deploy {
         let (spec, files, archive) = crate::bundle::read_bundle(dir)?;
         let name = spec.name.clone();
@@ -178,6 +179,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             .deploy(spec, &files, archive.as_deref())
             .map_err(|e| anyhow::anyhow!("deploying {}: {}", dir.display(), e.message))?;
         tracing::info!(function = %name, "example deployed");
+        deployed.push(name);
     }
 
     let listener = TcpListener::bind(opts.listen)
@@ -186,6 +188,9 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     let addr = listener.local_addr()?;
     // Tools (and tests) read this line to find the port.
     println!("thaw listening on http://{addr}");
+    for name in &deployed {
+        println!("  try: curl -X POST http://{addr}/functions/{name}/invoke -d '{{}}'");
+    }
     let state = AppState {
         service: service.clone(),
         token: opts.token.map(Arc::new),

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# thaw's two commands, on a fresh Debian machine with Rust:
+#   ./dev.sh run    build thaw and start it with the example functions deployed
+#   ./dev.sh test   run the whole test suite
+# Both install what is missing first (Debian packages, via apt-get; they say
+# what they install). thaw needs root: sandboxes use namespaces, mounts and
+# cgroups.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Debian packages thaw needs: libclang for the userfaultfd bindings, the
+# system Python with numpy and pandas for the python3 runtime and the
+# numpy-pandas example.
+PACKAGES=(libclang-dev clang python3 python3-numpy python3-pandas)
+
+stage_start=$(date +%s)
+stage() {
+    local now
+    now=$(date +%s)
+    printf '\n== %s (previous stage took %ss)\n' "$1" "$((now - stage_start))"
+    stage_start=$now
+}
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "thaw needs root (namespaces, mounts, cgroups, ptrace): run this as root" >&2
+        exit 1
+    fi
+}
+
+setup() {
+    stage "setup: checking Debian packages"
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+            missing+=("$p")
+        fi
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    else
+        echo "all present: ${PACKAGES[*]}"
+    fi
+}
+
+case "${1:-}" in
+run)
+    need_root
+    setup
+    stage "build (release)"
+    cargo build --release -p server
+    stage "start"
+    exec ./target/release/thaw serve --data-dir "${THAW_DATA_DIR:-.thaw}" \
+        --deploy examples/hello --deploy examples/numpy-pandas "${@:2}"
+    ;;
+test)
+    need_root
+    setup
+    stage "build"
+    cargo build --workspace --all-targets
+    stage "test"
+    cargo test --workspace --all-targets
+    stage "done"
+    ;;
+*)
+    echo "usage: ./dev.sh run | ./dev.sh test" >&2
+    exit 2
+    ;;
+esac
