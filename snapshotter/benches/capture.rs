@@ -93,7 +93,7 @@ fn run(
         let (_state, t) = capture_timed(pid, options, &mut sink).unwrap();
         let total = t.total();
         for (i, d) in [
-            t.stop, t.state, t.scan, t.read, sink.hash, sink.write, t.detach, total,
+            t.stop, t.state, t.scan, t.read, sink.hash, sink.write, t.pages, t.detach, total,
         ]
         .into_iter()
         .enumerate()

@@ -65,6 +65,7 @@ fn python_keeps_running_and_answers_after_capture() {
     assert_eq!(state.mm.auxv.last(), Some(&(libc::AT_NULL, 0)));
     let rseq = state.rseq.expect("glibc registers rseq");
     assert_ne!(rseq.address, 0);
+    assert_eq!(rseq.signature, 0x5305_3053, "glibc x86_64 RSEQ_SIG");
     let sigint = state
         .signals
         .handlers
