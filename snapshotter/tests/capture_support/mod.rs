@@ -197,3 +197,26 @@ pub fn compile_c(dir: &Path, name: &str, source: &str) -> Option<String> {
         }
     }
 }
+
+/// Whether the page at `addr` as read `now` equals the `captured` one,
+/// ignoring the rseq area: the kernel rewrites its cpu and node fields
+/// whenever the thread migrates to another CPU, even while it sleeps in
+/// `read`.
+pub fn same_page(
+    state: &snapshotter::state::ProcessState,
+    addr: u64,
+    now: &[u8],
+    captured: &[u8],
+) -> bool {
+    let mut now = now.to_vec();
+    if let Some(rseq) = state.rseq {
+        let (start, end) = (rseq.address, rseq.address + u64::from(rseq.length));
+        let page_end = addr + now.len() as u64;
+        if start < page_end && end > addr {
+            let from = start.max(addr) - addr;
+            let to = end.min(page_end) - addr;
+            now[from as usize..to as usize].copy_from_slice(&captured[from as usize..to as usize]);
+        }
+    }
+    now == captured
+}
