@@ -4,9 +4,11 @@
 //! keep-alive connections (TCP with `TCP_NODELAY`) per server address. A
 //! request takes an idle connection or opens a new one, so there are as many
 //! connections as requests ever were in flight at once; after a complete
-//! answer the connection goes back to the pool. (hyper's own pooled client
-//! costs about as much again per request as the whole loopback exchange,
-//! which would show up as latency.)
+//! answer the connection goes back to the pool. The task that sends on a
+//! connection also drives it (no connection task), and a pooled connection
+//! found closed by the server is replaced before the request leaves. On
+//! loopback this halves the per-request cost of hyper-util's pooled client
+//! (see docs/loadtest.md, Calibration).
 //!
 //! [`Client::send`] always reads the whole answer and turns it into an
 //! [`Outcome`]: the status, thaw's `x-thaw-start`, `x-thaw-start-us` and
@@ -19,8 +21,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
+use std::future::Future;
+use std::pin::Pin;
+
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::http::response::Parts;
+use hyper::Request;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::target::Target;
 
@@ -43,7 +51,7 @@ type Sender = SendRequest<Full<Bytes>>;
 /// A keep-alive HTTP/1 client shared by every task of a run.
 #[derive(Debug, Clone)]
 pub struct Client {
-    idle: Arc<Mutex<HashMap<String, Vec<Sender>>>>,
+    idle: Arc<Mutex<HashMap<String, Vec<Conn>>>>,
     timeout: Duration,
 }
 
@@ -112,99 +120,160 @@ impl Client {
     }
 
     /// An idle connection to `addr` that is still open, if any.
-    fn checkout(&self, addr: &str) -> Option<Sender> {
+    fn checkout(&self, addr: &str) -> Option<Conn> {
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.get_mut(addr)?;
-        while let Some(sender) = list.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(conn) = list.pop() {
+            if !conn.sender.is_closed() {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn checkin(&self, addr: &str, sender: Sender) {
+    fn checkin(&self, addr: &str, conn: Conn) {
         let mut idle = self.idle.lock().expect("pool lock");
-        idle.entry(addr.to_owned()).or_default().push(sender);
+        idle.entry(addr.to_owned()).or_default().push(conn);
     }
 
-    async fn connect(addr: &str) -> Result<Sender, String> {
+    async fn connect(addr: &str) -> Result<Conn, String> {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         stream
             .set_nodelay(true)
             .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| chain(&e))?;
-        // The connection task ends when the sender is dropped or the peer
-        // closes; its error, if any, shows on the request it failed.
-        tokio::spawn(connection);
-        Ok(sender)
-    }
-
-    /// A connection ready to send on: an idle one, or a new one. The flag
-    /// tells whether it came from the pool.
-    async fn ready_sender(&self, addr: &str) -> Result<(Sender, bool), String> {
-        if let Some(mut sender) = self.checkout(addr) {
-            if sender.ready().await.is_ok() {
-                return Ok((sender, true));
-            }
-        }
-        let mut sender = Self::connect(addr).await?;
-        sender.ready().await.map_err(|e| chain(&e))?;
-        Ok((sender, false))
+        Ok(Conn {
+            sender,
+            driver: Some(Box::pin(driver)),
+        })
     }
 
     async fn exchange(&self, target: &Target, seq: u64) -> Outcome {
         let addr = target.addr();
-        let mut attempt = 0;
-        let (resp, sender) = loop {
-            attempt += 1;
-            let (mut sender, pooled) = match self.ready_sender(addr).await {
-                Ok(s) => s,
-                Err(detail) => return Outcome::failed(KIND_TRANSPORT, detail),
+        for attempt in 1..=2 {
+            let (mut conn, pooled) = match self.checkout(addr) {
+                Some(conn) => (conn, true),
+                None => match Self::connect(addr).await {
+                    Ok(conn) => (conn, false),
+                    Err(detail) => return Outcome::failed(KIND_TRANSPORT, detail),
+                },
             };
-            match sender.send_request(target.request(seq)).await {
-                Ok(resp) => break (resp, sender),
+            let result = conn.exchange(target.request(seq)).await;
+            match result {
+                Ok((parts, Ok(body))) => {
+                    let outcome = describe(&parts, &body);
+                    if conn.driver.is_some() {
+                        self.checkin(addr, conn);
+                    }
+                    return outcome;
+                }
+                Ok((parts, Err(err))) => {
+                    let mut outcome = describe(&parts, b"");
+                    outcome.error = Some(KIND_TRANSPORT.to_owned());
+                    outcome.detail = Some(chain(&err));
+                    return outcome;
+                }
                 // A pooled connection the server closed while it sat idle:
                 // the request never left, so it is sent again on a new one.
-                Err(err) if pooled && err.is_canceled() && attempt == 1 => continue,
-                Err(err) => return Outcome::failed(KIND_TRANSPORT, chain(&err)),
+                Err(Failure::NotSent(_)) if pooled && attempt == 1 => continue,
+                Err(Failure::NotSent(err) | Failure::Failed(err)) => {
+                    return Outcome::failed(KIND_TRANSPORT, chain(&err))
+                }
             }
-        };
-        let (parts, body) = resp.into_parts();
-        let header_str = |name: &str| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let header_u64 = |name: &str| header_str(name).and_then(|v| v.trim().parse().ok());
-        let mut outcome = Outcome {
-            status: Some(parts.status.as_u16()),
-            start: header_str(START_HEADER),
-            start_us: header_u64(START_US_HEADER),
-            duration_us: header_u64(DURATION_US_HEADER),
-            error: None,
-            detail: None,
-        };
-        let body = match body.collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) => {
-                outcome.error = Some(KIND_TRANSPORT.to_owned());
-                outcome.detail = Some(chain(&err));
-                return outcome;
-            }
-        };
-        self.checkin(addr, sender);
-        if !outcome.is_ok() {
-            outcome.error = Some(error_kind(&body));
         }
-        outcome
+        unreachable!("the second attempt always returns")
     }
+}
+
+type Driver = Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
+
+/// One HTTP/1 connection. Its driver (hyper's connection state machine) is
+/// polled by the task that sends on it, not by a task of its own: that saves
+/// two task wake-ups per request.
+struct Conn {
+    sender: Sender,
+    /// `None` once the connection has ended.
+    driver: Option<Driver>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("closed", &self.sender.is_closed())
+            .finish()
+    }
+}
+
+/// Why an exchange got no answer.
+enum Failure {
+    /// The request was not sent (the connection had ended).
+    NotSent(hyper::Error),
+    /// It was sent, or may have been.
+    Failed(hyper::Error),
+}
+
+impl Conn {
+    /// Sends `req` and reads the answer, driving the connection meanwhile.
+    async fn exchange(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(Parts, Result<Bytes, hyper::Error>), Failure> {
+        let Conn { sender, driver } = self;
+        let work = async {
+            sender.ready().await.map_err(Failure::NotSent)?;
+            let resp = sender.send_request(req).await.map_err(|e| {
+                if e.is_canceled() {
+                    Failure::NotSent(e)
+                } else {
+                    Failure::Failed(e)
+                }
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map(|c| c.to_bytes());
+            Ok((parts, body))
+        };
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            if let Some(d) = driver.as_mut() {
+                // The connection ended (closed by the peer, or failed): drop
+                // it, so a request still queued on it fails as not sent.
+                if d.as_mut().poll(cx).is_ready() {
+                    *driver = None;
+                }
+            }
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+/// An answer as an [`Outcome`].
+fn describe(parts: &Parts, body: &[u8]) -> Outcome {
+    let header_str = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let header_u64 = |name: &str| header_str(name).and_then(|v| v.trim().parse().ok());
+    let status = parts.status.as_u16();
+    let mut outcome = Outcome {
+        status: Some(status),
+        start: header_str(START_HEADER),
+        start_us: header_u64(START_US_HEADER),
+        duration_us: header_u64(DURATION_US_HEADER),
+        error: None,
+        detail: None,
+    };
+    if !outcome.is_ok() {
+        outcome.error = Some(error_kind(body));
+    }
+    outcome
 }
 
 /// The `error` field of a JSON error answer, or [`KIND_UNKNOWN`].
