@@ -10,7 +10,10 @@ use snapshotter::state::{AreaKind, MemoryArea, PageRun, PageRunKind, ProcessStat
 
 const PROGRAM: &str = r#"
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/file.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -38,9 +41,14 @@ int main(int argc, char **argv) {
         char *shared = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         shared[0] = 1;
     }
+    if (argv[3][0] == 't') alarm(1000);
+    if (argv[3][0] == 'l') flock(fd, LOCK_SH);
+    stack_t alt = { .ss_sp = malloc(65536), .ss_flags = 0, .ss_size = 65536 };
+    sigaltstack(&alt, NULL);
     char line[256];
-    int len = snprintf(line, sizeof line, "%lx %lx %lx %lx\n", (unsigned long)file,
-                       (unsigned long)anon, (unsigned long)hidden, (unsigned long)deleted);
+    int len = snprintf(line, sizeof line, "%lx %lx %lx %lx %lx\n", (unsigned long)file,
+                       (unsigned long)anon, (unsigned long)hidden, (unsigned long)deleted,
+                       (unsigned long)alt.ss_sp);
     write(4, line, len);
     char buf[64];
     for (;;) {
@@ -122,9 +130,15 @@ fn stores_exactly_the_private_non_zero_pages() {
     let pid = setup.worker.pid();
     let mut sink = VecSink::default();
     let state = capture(pid, &CaptureOptions::default(), &mut sink).unwrap();
-    let [file, anon, hidden, deleted] = setup.addrs[..] else {
+    let [file, anon, hidden, deleted, alt_stack] = setup.addrs[..] else {
         panic!()
     };
+
+    // Thread registrations.
+    let alt = state.thread.alt_stack.expect("sigaltstack was set");
+    assert_eq!((alt.sp, alt.size, alt.flags), (alt_stack, 65536, 0));
+    assert_ne!(state.thread.tid_address, 0, "glibc sets clear_child_tid");
+    assert_ne!(state.thread.robust_list, 0, "glibc registers a robust list");
     let stored_page = |area: usize, index: u64| {
         sink.pages()
             .find(|&(a, i, _)| a == area && i == index)
@@ -256,4 +270,43 @@ fn shared_anonymous_memory_is_refused() {
     );
     assert!(message.contains("is shared memory"), "{message}");
     assert!(setup.worker.ask("x").ends_with(" D"));
+}
+
+fn refusal(mode: &str, test: &str) -> Option<(Refusal, String)> {
+    let mut setup = start(test, mode)?;
+    let mut sink = VecSink::default();
+    let err = capture(setup.worker.pid(), &CaptureOptions::default(), &mut sink).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        setup.worker.ask("x").ends_with(" D"),
+        "still answers after refusal"
+    );
+    match err {
+        CaptureError::Refused { reason, .. } => Some((reason, message)),
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[test]
+fn armed_alarm_is_refused() {
+    let Some((reason, message)) = refusal("t", "armed_alarm_is_refused") else {
+        return;
+    };
+    assert!(matches!(reason, Refusal::Timers { .. }), "{message}");
+    assert!(
+        message.ends_with("ITIMER_REAL is armed; a copy would never receive its signal"),
+        "{message}"
+    );
+}
+
+#[test]
+fn held_file_lock_is_refused() {
+    let Some((reason, message)) = refusal("l", "held_file_lock_is_refused") else {
+        return;
+    };
+    assert!(matches!(reason, Refusal::FileLock { .. }), "{message}");
+    assert!(
+        message.contains("holds a file lock (1: FLOCK ADVISORY READ"),
+        "{message}"
+    );
 }

@@ -80,6 +80,8 @@ fn python_keeps_running_and_answers_after_capture() {
         .find(|h| h.signal == libc::SIGPIPE as u32);
     assert_eq!(sigpipe.map(|h| h.handler), Some(libc::SIG_IGN as u64));
     assert_eq!(state.process.rlimits.len(), 16);
+    assert_ne!(state.thread.tid_address, 0, "glibc sets clear_child_tid");
+    assert_ne!(state.thread.robust_list, 0, "glibc registers a robust list");
     assert!(!state.process.cwd.is_empty());
 
     // The protocol fds.

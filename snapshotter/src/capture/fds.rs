@@ -52,7 +52,8 @@ fn open_fds(pid: i32) -> Result<Vec<i32>, CaptureError> {
     Ok(fds)
 }
 
-/// `pos` and `flags` of fdinfo.
+/// `pos` and `flags` of fdinfo; a `lock:` line (a lock this descriptor
+/// holds) refuses the capture.
 fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32), CaptureError> {
     let text = procfs::read_text(pid, &format!("fdinfo/{fd}"))?;
     let bad = |what: &str| CaptureError::Parse {
@@ -66,6 +67,9 @@ fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32), CaptureError> {
             pos = v.trim().parse().ok();
         } else if let Some(v) = line.strip_prefix("flags:") {
             flags = u32::from_str_radix(v.trim(), 8).ok();
+        } else if let Some(v) = line.strip_prefix("lock:") {
+            let lock = v.split_whitespace().collect::<Vec<_>>().join(" ");
+            return Err(CaptureError::refused(pid, Refusal::FileLock { fd, lock }));
         }
     }
     Ok((

@@ -8,13 +8,13 @@
 //!
 //! ```text
 //!   seize + interrupt ─ refuse? ─ fds, maps ─ regs, xsave, rseq ─ inject:
-//!   rt_sigaction ×n, brk(0) ─ pagemap scan ─ process_vm_readv batches ─
+//!   rt_sigaction ×n, brk(0), getitimer ×3, PR_GET_TID_ADDRESS, sigaltstack ─ pagemap scan ─ process_vm_readv batches ─
 //!   zero check ─ sink ─ detach
 //! ```
 //!
 //! Modules: [`ptrace`] (holding the process), [`inject`] (running syscalls
 //! in it, reusable by the restorer), [`maps`], [`areas`], [`pagemap`],
-//! [`memory`], [`signals`], [`mm`], [`fds`], [`refuse`].
+//! [`memory`], [`signals`], [`thread`], [`mm`], [`fds`], [`refuse`].
 
 pub mod areas;
 pub mod fds;
@@ -27,6 +27,7 @@ pub mod procfs;
 pub mod ptrace;
 pub mod refuse;
 pub mod signals;
+pub mod thread;
 
 use std::time::{Duration, Instant};
 
@@ -247,6 +248,7 @@ pub fn capture_timed(
     let injector = Injector::find(&seized)?;
     let signals = signals::capture(&mut seized, &injector, &status)?;
     let mm = mm::capture(&mut seized, &injector)?;
+    let thread = thread::capture(&mut seized, &injector)?;
     let process = attributes(pid, &status)?;
     let comm = procfs::read_text(pid, "comm")?
         .trim_end_matches('\n')
@@ -284,6 +286,7 @@ pub fn capture_timed(
         xsave,
         signals,
         rseq,
+        thread,
         mm,
         process,
         areas,

@@ -78,6 +78,20 @@ pub enum Refusal {
         /// Path or pseudo-name.
         name: String,
     },
+    /// Timers whose signals a copy would never get.
+    #[error("{what}; a copy would never receive its signal")]
+    Timers {
+        /// Which timers.
+        what: String,
+    },
+    /// A lock held on a file (the copy would not hold it).
+    #[error("fd {fd} holds a file lock ({lock}); a copy would not hold it")]
+    FileLock {
+        /// The descriptor.
+        fd: i32,
+        /// The fdinfo `lock:` line.
+        lock: String,
+    },
     /// Signals waiting for delivery (they would be lost).
     #[error("signals {mask:#x} are pending; they would be lost")]
     PendingSignals {

@@ -15,6 +15,7 @@
 //! ├── xsave            NT_X86_XSTATE bytes (legacy FPU + SSE + AVX ...)
 //! ├── signals          blocked mask, handlers of signals 1..=64
 //! ├── rseq             address, length, signature, flags (or none)
+//! ├── thread           clear_child_tid address, robust list, sigaltstack
 //! ├── mm               PR_SET_MM fields, auxv, exe path + identity
 //! ├── process          cwd, umask, rlimits, credentials
 //! ├── areas[]          memory map; per area the stored / zero page runs
@@ -57,6 +58,9 @@ pub struct ProcessState {
     pub signals: SignalState,
     /// The thread's rseq registration, if any.
     pub rseq: Option<Rseq>,
+    /// Other per-thread kernel registrations (tid address, robust futex
+    /// list, alternate signal stack).
+    pub thread: ThreadState,
     /// `PR_SET_MM` fields, auxv and executable.
     pub mm: MmState,
     /// Working directory, umask, limits, credentials.
@@ -258,6 +262,32 @@ pub struct SigAction {
     pub restorer: u64,
     /// Signals blocked while the handler runs.
     pub mask: u64,
+}
+
+/// Per-thread registrations with the kernel that live outside memory and
+/// registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ThreadState {
+    /// `set_tid_address` pointer (`clear_child_tid`), from
+    /// `prctl(PR_GET_TID_ADDRESS)` run in the process; 0 when unset.
+    pub tid_address: u64,
+    /// `set_robust_list` head, from `get_robust_list`; 0 when unset.
+    pub robust_list: u64,
+    /// Length argument of the robust list registration.
+    pub robust_list_len: u64,
+    /// The alternate signal stack, `None` when disabled.
+    pub alt_stack: Option<AltStack>,
+}
+
+/// A `sigaltstack` registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AltStack {
+    /// `ss_sp`.
+    pub sp: u64,
+    /// `ss_flags` (without `SS_ONSTACK`, which is not settable).
+    pub flags: i32,
+    /// `ss_size`.
+    pub size: u64,
 }
 
 /// An rseq registration as `PTRACE_GET_RSEQ_CONFIGURATION` reports it.
