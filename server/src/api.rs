@@ -80,6 +80,7 @@ pub fn app(state: AppState) -> Router {
         .route("/functions/{id}", get(show).delete(remove))
         .route("/functions/{id}/invoke", post(invoke))
         .route("/functions/{id}/logs", get(logs))
+        .route("/store", get(store_stats))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/healthz", get(healthz))
@@ -310,4 +311,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.service.metrics.encode(),
     )
         .into_response()
+}
+
+async fn store_stats(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let store = state.service.store.clone();
+    let stats = tokio::task::spawn_blocking(move || crate::store_view::stats(&store))
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{e:#}")))?;
+    Ok(Json(stats).into_response())
 }

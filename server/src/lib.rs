@@ -8,6 +8,7 @@
 //! * [`serve`]: `thaw serve`.
 //! * [`client`]: the commands that talk to a server.
 //! * [`bundle`]: function folders (`thaw.toml` + code).
+//! * [`store_view`]: the page store as the API and CLI show it.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -19,3 +20,4 @@ pub mod registry;
 pub mod serve;
 pub mod service;
 pub mod spec;
+pub mod store_view;

@@ -104,9 +104,27 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Inspect or maintain the page store of a data directory (no server needed).
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+        /// Data directory.
+        #[arg(long, env = "THAW_DATA_DIR", default_value = ".thaw", global = true)]
+        data_dir: PathBuf,
+    },
     /// Internal: the init of a sandbox (started by the server).
     #[command(hide = true)]
     SandboxInit,
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreAction {
+    /// Objects, stored and logical bytes, dedup ratio.
+    Stats,
+    /// Rehash every object; exits 1 if any is bad.
+    Verify,
+    /// Free the pages no snapshot references.
+    Gc,
 }
 
 fn main() {
@@ -227,6 +245,16 @@ async fn run(cli: Cli) -> Result<i32> {
             client(&server).remove(&name).await?;
             println!("deleted {name}");
             Ok(0)
+        }
+        Command::Store { action, data_dir } => {
+            let store = server::store_view::open(&data_dir)?;
+            let (value, ok) = match action {
+                StoreAction::Stats => (server::store_view::stats(&store)?, true),
+                StoreAction::Verify => server::store_view::verify(&store)?,
+                StoreAction::Gc => (server::store_view::gc(&store)?, true),
+            };
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(if ok { 0 } else { 1 })
         }
         Command::SandboxInit => unreachable!("handled before parsing"),
     }

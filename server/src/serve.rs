@@ -167,6 +167,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         pool.clone(),
         registry,
         LogStore::new(LogLimits::default()),
+        crate::store_view::open(&data_dir)?,
     );
     let n = service.recover().context("loading functions")?;
     tracing::info!(functions = n, data_dir = %data_dir.display(), "loaded");

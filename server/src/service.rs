@@ -216,6 +216,8 @@ pub struct Service {
     pub logs: LogStore,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The content-addressed page store.
+    pub store: Arc<snapshotter::store::PageStore>,
     functions: Arc<RwLock<BTreeMap<String, Vec<Version>>>>,
 }
 
@@ -271,7 +273,13 @@ pub struct InvokeAnswer {
 impl Service {
     /// A service over an opened registry and pool; call [`Service::recover`]
     /// next.
-    pub fn new(config: ServiceConfig, pool: Pool, registry: Registry, logs: LogStore) -> Service {
+    pub fn new(
+        config: ServiceConfig,
+        pool: Pool,
+        registry: Registry,
+        logs: LogStore,
+        store: snapshotter::store::PageStore,
+    ) -> Service {
         let metrics = Arc::new(Metrics::new());
         metrics
             .memory_budget_bytes
@@ -282,6 +290,7 @@ impl Service {
             registry,
             logs,
             metrics,
+            store: Arc::new(store),
             functions: Arc::new(RwLock::new(BTreeMap::new())),
         }
     }

@@ -239,3 +239,21 @@ def handler(event, context):
     assert_eq!(found, Some(3.0), "{text}");
     assert_eq!(server.get("/healthz").await.status, 200);
 }
+
+#[tokio::test]
+async fn store_stats_are_served() {
+    require_root!();
+    let server = Server::start(&[]);
+    let a = server.get("/store").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let v = a.json();
+    for field in [
+        "objects",
+        "stored_bytes",
+        "logical_bytes",
+        "dedup_ratio",
+        "zero_pages",
+    ] {
+        assert!(v.get(field).is_some(), "GET /store lacks {field}: {v}");
+    }
+}

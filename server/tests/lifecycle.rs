@@ -122,3 +122,62 @@ async fn kill_9_leaves_nothing_behind_after_restart() {
     let a = server.invoke("slow", json!({})).await;
     assert_eq!(a.status, 200, "{}", a.text());
 }
+
+async fn wait_for(
+    server: &Server,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        let v = server.get(&format!("/functions/{name}")).await.json();
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "never saw {what}: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_stops_idle_instances_and_min_instances_keeps_some() {
+    require_root!();
+    let server = Server::start(&[]);
+    server
+        .deploy_ready(function("brief", HELLO, json!({"keep_alive_s": 1})))
+        .await;
+    // The warm-up instance goes away once idle for keep_alive_s...
+    wait_for(&server, "brief", "no idle instance", |v| {
+        v["instances"]["idle"] == 0
+    })
+    .await;
+    // ...so the next call boots.
+    let a = server.invoke("brief", json!({})).await;
+    assert_eq!(a.header("x-thaw-start"), "boot");
+
+    server
+        .deploy_ready(function(
+            "kept",
+            HELLO,
+            json!({"keep_alive_s": 1, "min_instances": 2}),
+        ))
+        .await;
+    wait_for(&server, "kept", "two idle instances", |v| {
+        v["instances"]["idle"] == 2
+    })
+    .await;
+    // Well past keep_alive_s, min_instances are still there (the pool
+    // replaced nothing: invocations are warm).
+    wait_for(&server, "brief", "brief's instance expired again", |v| {
+        v["instances"]["idle"] == 0
+    })
+    .await;
+    let v = server.get("/functions/kept").await.json();
+    assert_eq!(v["instances"]["idle"], 2, "{v}");
+    let a = server.invoke("kept", json!({})).await;
+    assert_eq!(a.header("x-thaw-start"), "warm");
+}
