@@ -3,7 +3,10 @@
 //! frequency changes, the page cache) hits all of them alike.
 //!
 //! Each round of a scenario gives one sample: the median latency of that
-//! round (for an `exec` helper, the median of the values it printed). A
+//! round's successful (2xx) requests (for an `exec` helper, the median of the
+//! values it printed). Failed requests are counted, never timed, so a fast
+//! error never passes for a fast start; a round without a success stops the
+//! comparison. A
 //! scenario's figure is the median of its per-round samples, and each
 //! scenario is compared with the baseline by the ratio of those medians.
 //!
@@ -80,14 +83,15 @@ pub enum CompareError {
         /// Why.
         cause: RunError,
     },
-    /// A round of an HTTP scenario got no answer at all.
-    #[error("scenario {scenario:?}, round {round}: no request was answered ({detail})")]
-    NoAnswers {
+    /// No request of a round of an HTTP scenario succeeded.
+    #[error("scenario {scenario:?}, round {round}: no request succeeded ({detail})")]
+    NoSuccess {
         /// The scenario.
         scenario: String,
         /// The round, from 1.
         round: usize,
-        /// What went wrong with the first request.
+        /// The failures by kind, and what went wrong with the first
+        /// unanswered request.
         detail: String,
     },
     /// An `exec` helper failed or printed nothing usable.
@@ -115,7 +119,7 @@ pub struct ScenarioResult {
     pub ratio: f64,
     /// Bootstrap interval of `ratio` (`None` for the baseline itself).
     pub ratio_ci: Option<[f64; 2]>,
-    /// Percentiles of every value of every round together.
+    /// Percentiles of every value of every round together (2xx only).
     pub pooled_us: Option<Percentiles>,
     /// HTTP requests measured over all rounds (0 for `exec`).
     pub requests: u64,
@@ -218,7 +222,7 @@ pub async fn compare(
                 )
             });
             let pooled_us = match scenario.kind {
-                ScenarioKind::Http { .. } => Percentiles::of(tally.stats.latency()),
+                ScenarioKind::Http { .. } => Percentiles::of(tally.stats.ok_latency()),
                 ScenarioKind::Exec { .. } => Percentiles::of(&tally.exec_values),
             };
             ScenarioResult {
@@ -270,14 +274,18 @@ async fn run_round(
                     cause,
                 })?;
             tally.stats.merge(&stats);
-            let Some(p) = Percentiles::of(stats.latency()) else {
-                return Err(CompareError::NoAnswers {
+            let Some(p) = Percentiles::of(stats.ok_latency()) else {
+                let summary = stats.summary();
+                let mut detail: Vec<String> = summary
+                    .errors
+                    .iter()
+                    .map(|(kind, n)| format!("{kind} ×{n}"))
+                    .collect();
+                detail.extend(summary.first_error_detail);
+                return Err(CompareError::NoSuccess {
                     scenario: scenario.name.clone(),
                     round,
-                    detail: stats
-                        .summary()
-                        .first_error_detail
-                        .unwrap_or_else(|| "no detail".to_owned()),
+                    detail: detail.join("; "),
                 });
             };
             Ok(p.p50 as f64)

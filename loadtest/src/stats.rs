@@ -66,6 +66,7 @@ fn micros(d: Duration) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Stats {
     latency: Histogram<u64>,
+    ok_latency: Histogram<u64>,
     service: Histogram<u64>,
     send_lag: Histogram<u64>,
     server_start: Histogram<u64>,
@@ -93,6 +94,7 @@ impl Stats {
     pub fn new() -> Self {
         Stats {
             latency: histogram(),
+            ok_latency: histogram(),
             service: histogram(),
             send_lag: histogram(),
             server_start: histogram(),
@@ -137,6 +139,9 @@ impl Stats {
         }
         let latency = micros(s.done.saturating_duration_since(s.intended));
         self.latency.saturating_record(latency);
+        if o.is_ok() {
+            self.ok_latency.saturating_record(latency);
+        }
         self.service
             .saturating_record(micros(s.done.saturating_duration_since(s.sent)));
         self.send_lag
@@ -161,6 +166,7 @@ impl Stats {
             into.add(from).expect("histograms share bounds");
         }
         add(&mut self.latency, &other.latency);
+        add(&mut self.ok_latency, &other.ok_latency);
         add(&mut self.service, &other.service);
         add(&mut self.send_lag, &other.send_lag);
         add(&mut self.server_start, &other.server_start);
@@ -205,6 +211,12 @@ impl Stats {
     /// Latency from intended send to answer, µs, of every answered request.
     pub fn latency(&self) -> &Histogram<u64> {
         &self.latency
+    }
+
+    /// Latency of the 2xx answers only, µs (what comparisons use, so that a
+    /// fast error answer never passes for a fast start).
+    pub fn ok_latency(&self) -> &Histogram<u64> {
+        &self.ok_latency
     }
 
     /// Latency from actual send to answer, µs (what a naive generator sees).
@@ -475,6 +487,7 @@ mod tests {
         assert_eq!(sum.by_start[NO_START].count, 1);
         // The unanswered request is in no latency histogram.
         assert_eq!(sum.latency_us.unwrap().count, 4);
+        assert_eq!(s.ok_latency().len(), 3);
         assert_eq!(sum.server_start_us.unwrap().count, 3);
         assert_eq!(
             sum.first_error_detail.as_deref(),

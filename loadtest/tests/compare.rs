@@ -196,9 +196,21 @@ async fn failures_name_the_scenario_and_round() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string()
-            .starts_with("scenario \"a\", round 1: no request was answered ("),
+        err.to_string().starts_with(
+            "scenario \"a\", round 1: no request succeeded (transport ×2; cannot connect to 127.0.0.1:1: "
+        ),
         "{err}"
+    );
+    let failing = build_all(
+        &specs(&["a=function=ok", "b=function=nope"]),
+        &defaults,
+        None,
+    )
+    .unwrap();
+    let err = compare(&client, &failing, &cfg, |_| {}).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "scenario \"b\", round 1: no request succeeded (not_found ×2)"
     );
     let bad_base = CompareConfig {
         baseline: Some("zzz".into()),
