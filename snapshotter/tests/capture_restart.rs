@@ -87,3 +87,45 @@ fn capture_leaves_read_blocked() {
         assert_eq!(worker.ask("c"), "ok", "round {round}");
     }
 }
+
+#[test]
+fn a_stopped_process_can_be_captured_and_stays_stopped() {
+    if !can_capture("a_stopped_process_can_be_captured_and_stays_stopped") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = compile_c(dir.path(), "reader", READER) else {
+        return;
+    };
+    let (mut worker, _) = Worker::spawn(&bin, &[]);
+    wait_blocked_in_read(worker.pid());
+    let pid = nix::unistd::Pid::from_raw(worker.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    assert_eq!(settled_state(worker.pid()), "T");
+    let mut sink = VecSink::default();
+    let state = capture(worker.pid(), &CaptureOptions::default(), &mut sink).unwrap();
+    assert_eq!(state.registers.orig_rax, libc::SYS_read as u64);
+    // Detached, it is back in its group stop, not in its read.
+    assert_eq!(settled_state(worker.pid()), "T");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(worker.ask("d"), "ok");
+}
+
+/// The process state letter once it is either stopped (`T`) or sleeping
+/// (`S`), skipping transient states.
+fn settled_state(pid: i32) -> String {
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        if state == "T" || state == "S" {
+            return state.to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

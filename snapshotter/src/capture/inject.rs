@@ -29,6 +29,8 @@ use crate::state::Registers;
 
 /// The x86_64 `syscall` instruction.
 const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+/// Event stops (group-stop reports) tolerated during one injected syscall.
+const MAX_EVENT_STOPS: usize = 4;
 /// Bytes below `rsp` the ABI reserves (red zone); scratch goes below.
 const RED_ZONE: u64 = 128;
 
@@ -152,11 +154,15 @@ impl Injector {
         // by `Seized` for the detach and not delivered now.
         let pid = seized.pid();
         let mut syscall_stops = 0;
+        let mut event_stops = 0;
         while syscall_stops < 2 {
             seized.resume_syscall(false)?;
             match seized.wait()? {
                 Stop::Syscall => syscall_stops += 1,
                 Stop::Signal(_) => {}
+                // A process in group-stop (SIGSTOP) reports it once more when
+                // resumed; resuming again runs it.
+                Stop::Event if event_stops < MAX_EVENT_STOPS => event_stops += 1,
                 stop => return Err(InjectError::UnexpectedStop { pid, nr, stop }),
             }
         }
