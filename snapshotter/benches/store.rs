@@ -143,6 +143,23 @@ fn main() {
     );
     line("put_batch + commit (fsync pack, index, root)", bytes, total);
 
+    // Capture hands over runs of non-zero pages, often short ones.
+    let small = median(
+        (0..RUNS)
+            .map(|_| {
+                let (_d, store) = fresh_store(&base);
+                let t = Instant::now();
+                let mut w = store.writer().unwrap();
+                for run in data.chunks(4 * PAGE_SIZE) {
+                    w.put_batch(run).unwrap();
+                }
+                w.commit().unwrap();
+                t.elapsed()
+            })
+            .collect(),
+    );
+    line("put_batch in runs of 4 pages + commit", bytes, small);
+
     let (_d, store) = fresh_store(&base);
     let (area, _, _) = put_snapshot(&store, "first", &data);
     let stats = store.stats().unwrap();

@@ -85,6 +85,10 @@ pub fn is_zero_page(page: &[u8]) -> bool {
 /// all cores: `None` for a zero page, `Some(hash)` otherwise.
 pub fn hash_pages_parallel(data: &[u8]) -> Vec<Option<PageHash>> {
     debug_assert_eq!(data.len() % PAGE_SIZE, 0);
+    if data.len() < 16 * PAGE_SIZE {
+        // Not worth waking other threads for.
+        return hash_pages_serial(data);
+    }
     data.par_chunks_exact(PAGE_SIZE)
         .with_min_len(16)
         .map(hash_or_zero)

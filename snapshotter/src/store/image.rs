@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Each area starts at a page-aligned offset ([`ImageLayout`]); page `i` of
-//! an area is at `offset + 4096 * i`. Zero pages and file-backed pages are
-//! holes (the file is sparse and they read as zeros): file-backed pages are
+//! an area is at `offset + 4096 * i`. Zero pages and file-backed pages read
+//! as zeros: runs of 16 pages or more are holes (the file is sparse), shorter
+//! ones are written as zeros, which keeps writes long. File-backed pages are
 //! mapped from their own file at restore. Stored pages are read from the
 //! mapped packs, verified against their hash on all cores, and written with
 //! `pwritev`, several threads at once.
@@ -45,6 +46,7 @@ use rayon::prelude::*;
 
 use super::failpoint;
 use super::hash::{PageHash, PAGE_SIZE};
+use super::pack::write_vectored_at;
 use super::pagelist::{AreaPages, PageSlot};
 use super::roots::RootError;
 use super::{PageStore, ReadError};
@@ -113,6 +115,12 @@ pub enum ImageError {
     Root(#[from] RootError),
 }
 
+/// Runs of zero (or file-backed) pages at least this long stay holes;
+/// shorter ones are written as zeros. A hole saves disk space only: reading
+/// one through a private mapping still puts a zeroed page in the page cache.
+/// Writing short gaps turns the scattered pages of a heap into long writes
+/// (fewer syscalls and extents).
+const HOLE_MIN_PAGES: usize = 16;
 /// Most iovecs per `pwritev`.
 const IOV_MAX: usize = 1024;
 /// Pages per parallel task.
@@ -205,38 +213,36 @@ fn write_task(
         page.verify(hash).map_err(read_err)?;
         pages.push(page);
     }
-    // Group pages that are contiguous in the image into one pwritev.
-    let mut i = 0;
-    while i < task.len() {
-        let start = task[i].0;
-        let mut j = i + 1;
-        while j < task.len() && j - i < IOV_MAX && task[j].0 == start + ((j - i) * PAGE_SIZE) as u64
-        {
-            j += 1;
+    // One pwritev per stretch of pages; gaps shorter than `HOLE_MIN_PAGES`
+    // are written as zeros so that the stretch goes on.
+    static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(IOV_MAX);
+    let mut start = 0u64;
+    let mut end = 0u64;
+    for ((offset, _), page) in task.iter().zip(&pages) {
+        let gap = (offset.saturating_sub(end) / PAGE_SIZE as u64) as usize;
+        let joins =
+            !iov.is_empty() && *offset >= end && gap < HOLE_MIN_PAGES && iov.len() + gap < IOV_MAX;
+        if !joins && !iov.is_empty() {
+            write_vectored_at(file, &mut iov, start).map_err(|source| ImageError::Io {
+                path: tmp.to_path_buf(),
+                source,
+            })?;
+            iov.clear();
         }
-        let mut iov: Vec<IoSlice<'_>> = pages[i..j].iter().map(|p| IoSlice::new(p)).collect();
+        if iov.is_empty() {
+            start = *offset;
+        } else {
+            iov.extend(std::iter::repeat_n(IoSlice::new(&ZERO_PAGE), gap));
+        }
+        iov.push(IoSlice::new(page));
+        end = offset + PAGE_SIZE as u64;
+    }
+    if !iov.is_empty() {
         write_vectored_at(file, &mut iov, start).map_err(|source| ImageError::Io {
             path: tmp.to_path_buf(),
             source,
         })?;
-        i = j;
-    }
-    Ok(())
-}
-
-/// `pwritev` until everything is written.
-pub(crate) fn write_vectored_at(
-    file: &File,
-    mut iov: &mut [IoSlice<'_>],
-    mut offset: u64,
-) -> std::io::Result<()> {
-    while !iov.is_empty() {
-        let n = nix::sys::uio::pwritev(file, iov, offset as i64)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        offset += n as u64;
-        IoSlice::advance_slices(&mut iov, n);
     }
     Ok(())
 }

@@ -184,6 +184,13 @@ pub struct WritePackError {
 
 /// A pack being written under its temporary name.
 ///
+/// Small appends are gathered in a buffer and written in pieces of
+/// [`WRITE_BUFFER`] bytes (capture hands over many short runs of pages; one
+/// syscall per run cost more than hashing); large appends go straight from
+/// the caller's memory with `pwritev`. After each write, writeback of the
+/// range is started (`sync_file_range`), so that the fsync at commit finds
+/// most of the pack already on its way to the disk.
+///
 /// Dropping it without [`PackWriter::finish`] removes the temporary file.
 #[derive(Debug)]
 pub struct PackWriter {
@@ -191,9 +198,18 @@ pub struct PackWriter {
     dir: PathBuf,
     tmp: PathBuf,
     file: File,
+    /// Objects appended, buffered ones included.
     count: u32,
+    /// Buffered pages, the first of which is slot `buffered_from`.
+    buf: Vec<u8>,
+    buffered_from: u32,
     finished: bool,
 }
+
+/// Bytes gathered before a write.
+pub const WRITE_BUFFER: usize = 4 << 20;
+/// Appends of at least this many pages skip the buffer.
+const DIRECT_PAGES: usize = 256;
 
 impl PackWriter {
     /// Starts pack `id` in `dir`.
@@ -216,6 +232,8 @@ impl PackWriter {
             tmp,
             file,
             count: 0,
+            buf: Vec::new(),
+            buffered_from: 0,
             finished: false,
         })
     }
@@ -225,50 +243,75 @@ impl PackWriter {
         self.id
     }
 
+    fn err(&self, source: std::io::Error) -> WritePackError {
+        WritePackError {
+            path: self.tmp.clone(),
+            source,
+        }
+    }
+
     /// Appends pages (each exactly [`PAGE_SIZE`] bytes); returns the slot of
-    /// the first one. Uses `pwritev` with up to `IOV_MAX` pages per call: the
-    /// `io_uring` alternative measured no faster (see docs/store.md).
+    /// the first one. The `io_uring` alternative to these writes measured no
+    /// faster (see docs/store.md).
     pub fn append(&mut self, pages: &[&[u8]]) -> Result<u32, WritePackError> {
         let first = self.count;
-        let mut offset = slot_offset(self.count);
-        for batch in pages.chunks(IOV_MAX) {
-            let mut iov: Vec<IoSlice<'_>> = batch
-                .iter()
-                .map(|p| {
-                    debug_assert_eq!(p.len(), PAGE_SIZE);
-                    IoSlice::new(p)
-                })
-                .collect();
-            let mut left: &mut [IoSlice<'_>] = &mut iov;
-            while !left.is_empty() {
-                let n = nix::sys::uio::pwritev(&self.file, left, offset as i64).map_err(|e| {
-                    WritePackError {
-                        path: self.tmp.clone(),
-                        source: e.into(),
-                    }
-                })?;
-                if n == 0 {
-                    return Err(WritePackError {
-                        path: self.tmp.clone(),
-                        source: std::io::ErrorKind::WriteZero.into(),
-                    });
-                }
-                offset += n as u64;
-                IoSlice::advance_slices(&mut left, n);
+        if pages.len() >= DIRECT_PAGES {
+            self.flush()?;
+            let start = slot_offset(first);
+            for (i, batch) in pages.chunks(IOV_MAX).enumerate() {
+                let mut iov: Vec<IoSlice<'_>> = batch
+                    .iter()
+                    .map(|p| {
+                        debug_assert_eq!(p.len(), PAGE_SIZE);
+                        IoSlice::new(p)
+                    })
+                    .collect();
+                let at = start + (i * IOV_MAX * PAGE_SIZE) as u64;
+                write_vectored_at(&self.file, &mut iov, at).map_err(|e| self.err(e))?;
             }
-            self.count += batch.len() as u32;
+            self.count += pages.len() as u32;
+            self.buffered_from = self.count;
+            self.start_writeback(start, slot_offset(self.count));
+        } else {
+            if self.buf.capacity() == 0 {
+                self.buf.reserve_exact(WRITE_BUFFER);
+            }
+            for page in pages {
+                debug_assert_eq!(page.len(), PAGE_SIZE);
+                self.buf.extend_from_slice(page);
+                self.count += 1;
+                if self.buf.len() >= WRITE_BUFFER {
+                    self.flush()?;
+                }
+            }
         }
-        // Start writeback of what was just written, so that the fsync at
-        // commit finds most of the pack already on its way to the disk while
-        // the caller hashes the next batch.
-        let start = slot_offset(first);
-        let len = offset - start;
+        failpoint::hit("pack-partial");
+        Ok(first)
+    }
+
+    /// Writes the buffered pages.
+    fn flush(&mut self) -> Result<(), WritePackError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let start = slot_offset(self.buffered_from);
+        self.file
+            .write_all_at(&self.buf, start)
+            .map_err(|e| self.err(e))?;
+        self.buf.clear();
+        self.buffered_from = self.count;
+        self.start_writeback(start, slot_offset(self.count));
+        Ok(())
+    }
+
+    /// Starts writeback of `[start, end)` without waiting for it.
+    fn start_writeback(&self, start: u64, end: u64) {
         // SAFETY: plain syscall on our open descriptor; no memory is passed.
         let rc = unsafe {
             libc::sync_file_range(
                 self.file.as_raw_fd(),
                 start as i64,
-                len as i64,
+                (end - start) as i64,
                 libc::SYNC_FILE_RANGE_WRITE,
             )
         };
@@ -276,13 +319,12 @@ impl PackWriter {
             // Only a hint: the fsync at commit is what makes the pack durable.
             tracing::debug!(err = %std::io::Error::last_os_error(), "sync_file_range failed");
         }
-        failpoint::hit("pack-partial");
-        Ok(first)
     }
 
-    /// Writes the header, fsyncs, and renames the pack to its final name
-    /// (fsyncing the directory). Returns the final path.
+    /// Writes what is buffered and the header, fsyncs, and renames the pack
+    /// to its final name (fsyncing the directory). Returns the final path.
     pub fn finish(mut self) -> Result<PathBuf, WritePackError> {
+        self.flush()?;
         let err = |path: &Path, source| WritePackError {
             path: path.to_path_buf(),
             source,
@@ -304,6 +346,23 @@ impl PackWriter {
         sync_dir(&self.dir).map_err(|e| err(&self.dir, e))?;
         Ok(dest)
     }
+}
+
+/// `pwritev` until everything is written.
+pub(crate) fn write_vectored_at(
+    file: &File,
+    mut iov: &mut [IoSlice<'_>],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    while !iov.is_empty() {
+        let n = nix::sys::uio::pwritev(file, iov, offset as i64)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        offset += n as u64;
+        IoSlice::advance_slices(&mut iov, n);
+    }
+    Ok(())
 }
 
 impl Drop for PackWriter {
