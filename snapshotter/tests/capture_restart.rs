@@ -129,3 +129,33 @@ fn settled_state(pid: i32) -> String {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+/// A sink that refuses everything.
+struct FailingSink;
+
+impl snapshotter::capture::PageSink for FailingSink {
+    fn pages(
+        &mut self,
+        _area: usize,
+        _first_page: u64,
+        _data: &[u8],
+    ) -> Result<(), snapshotter::capture::SinkError> {
+        Err(snapshotter::capture::SinkError("disk full".into()))
+    }
+}
+
+#[test]
+fn a_failing_sink_fails_the_capture_and_the_process_continues() {
+    if !can_capture("a_failing_sink_fails_the_capture_and_the_process_continues") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = compile_c(dir.path(), "reader", READER) else {
+        return;
+    };
+    let (mut worker, _) = Worker::spawn(&bin, &[]);
+    wait_blocked_in_read(worker.pid());
+    let err = capture(worker.pid(), &CaptureOptions::default(), &mut FailingSink).unwrap_err();
+    assert_eq!(err.to_string(), "page sink failed: disk full");
+    assert_eq!(worker.ask("e"), "ok");
+}

@@ -5,6 +5,13 @@
 //! traced process keeps running whatever happens to the capture. Signals
 //! that arrive while the process is held (signal-delivery stops) are kept
 //! and handed back to it when it is detached, so none is lost.
+//!
+//! Caveat for callers: ptrace stops are reported through `waitpid`. If the
+//! capturing process is also the target's parent, nothing else in it may
+//! wait for the target during a capture (for example a runtime's child
+//! reaper calling `waitpid(pid, WNOHANG)`): it would consume the stop
+//! notifications (and an exit status) meant for [`Seized`]. Capture from a
+//! process that is not the target's parent, or pause such reaping.
 
 use nix::errno::Errno;
 use nix::sys::ptrace;
