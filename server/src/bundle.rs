@@ -37,7 +37,11 @@ pub fn read_bundle(
     let spec = FunctionSpec::from_fields(fields)
         .map_err(|e| anyhow::anyhow!("{}: {e}", toml_path.display()))?;
     let archive = pack(&dir)?;
-    Ok((spec, BTreeMap::new(), Some(archive)))
+    Ok(Bundle {
+        spec,
+        files: BTreeMap::new(),
+        archive: Some(archive),
+    })
 }
 
 fn pack(dir: &Path) -> Result<Vec<u8>> {

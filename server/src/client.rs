@@ -59,10 +59,10 @@ impl Client {
 
     /// `thaw deploy DIR`.
     pub async fn deploy(&self, path: &Path) -> Result<serde_json::Value> {
-        let (spec, files, archive) = crate::bundle::read_bundle(path)?;
-        let mut body = serde_json::to_value(&spec)?;
-        body["files"] = serde_json::to_value(files)?;
-        if let Some(a) = archive {
+        let bundle = crate::bundle::read_bundle(path)?;
+        let mut body = serde_json::to_value(&bundle.spec)?;
+        body["files"] = serde_json::to_value(bundle.files)?;
+        if let Some(a) = bundle.archive {
             body["archive"] = base64::engine::general_purpose::STANDARD.encode(a).into();
         }
         let resp = self

@@ -58,6 +58,9 @@ enum Command {
         /// Deploy the function in this folder at start (repeatable).
         #[arg(long = "deploy")]
         deploy: Vec<PathBuf>,
+        /// On SIGTERM, seconds in-flight invocations may take to finish.
+        #[arg(long, env = "THAW_STOP_TIMEOUT_S", default_value_t = 30)]
+        stop_timeout_s: u64,
     },
     /// Deploy a function folder (a thaw.toml and the code).
     Deploy {
@@ -164,6 +167,7 @@ async fn run(cli: Cli) -> Result<i32> {
             token_file,
             allow_forced_cold,
             deploy,
+            stop_timeout_s,
         } => {
             let token = match token_file {
                 Some(f) => Some(
@@ -183,6 +187,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 token,
                 allow_forced_cold,
                 deploy,
+                stop_timeout: std::time::Duration::from_secs(stop_timeout_s),
             })
             .await?;
             Ok(0)

@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use pool::cgroup::CgroupRoot;
 use pool::sandbox::{SandboxConfig, DEFAULT_UID};
 use pool::{Pool, PoolConfig};
+use std::future::IntoFuture;
+
 use tokio::net::TcpListener;
 
 use crate::api::{app, AppState};
@@ -40,6 +42,8 @@ pub struct ServeOptions {
     pub allow_forced_cold: bool,
     /// Folders with a `thaw.toml` to deploy at start.
     pub deploy: Vec<PathBuf>,
+    /// On SIGTERM, how long in-flight invocations may take to finish.
+    pub stop_timeout: Duration,
 }
 
 fn total_memory() -> u64 {
@@ -174,10 +178,10 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
 
     let mut deployed = Vec::new();
     for dir in &opts.deploy {
-        let (spec, files, archive) = crate::bundle::read_bundle(dir)?;
-        let name = spec.name.clone();
+        let bundle = crate::bundle::read_bundle(dir)?;
+        let name = bundle.spec.name.clone();
         service
-            .deploy(spec, &files, archive.as_deref())
+            .deploy(bundle.spec, &bundle.files, bundle.archive.as_deref())
             .map_err(|e| anyhow::anyhow!("deploying {}: {}", dir.display(), e.message))?;
         tracing::info!(function = %name, "example deployed");
         deployed.push(name);
@@ -197,9 +201,25 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         token: opts.token.map(Arc::new),
     };
     let router = app(state).layer(tower_http::trace::TraceLayer::new_for_http());
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop_signal())
-        .await?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = stop_rx.changed().await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => result?,
+        () = stop_signal() => {
+            // Stop accepting; let in-flight invocations finish, up to a deadline.
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(opts.stop_timeout, &mut server).await {
+                Ok(result) => result?,
+                Err(_) => tracing::warn!(
+                    timeout_s = opts.stop_timeout.as_secs(),
+                    "in-flight requests did not finish before the stop deadline"
+                ),
+            }
+        }
+    }
     tracing::info!("stopping instances");
     pool.shutdown().await;
     Ok(())

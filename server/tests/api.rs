@@ -257,3 +257,32 @@ async fn store_stats_are_served() {
         assert!(v.get(field).is_some(), "GET /store lacks {field}: {v}");
     }
 }
+
+#[tokio::test]
+async fn forced_cold_boot_serves_from_a_fresh_instance_and_discards_it() {
+    require_root!();
+    let server = Server::start(&["--allow-forced-cold"]);
+    let code = "import os\ndef handler(e, c):\n    return {'boot': os.environ.get('X', '') + str(id(object()))}\n";
+    server.deploy_ready(function("cold", code, json!({}))).await;
+    let before = server.get("/functions/cold").await.json()["instances"].clone();
+    let a = server
+        .invoke_raw("cold", b"{}".to_vec(), &[("x-thaw-cold", "boot")])
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("x-thaw-start"), "boot");
+    // The fresh instance was discarded: the idle count is what it was.
+    let after = server.get("/functions/cold").await.json()["instances"].clone();
+    assert_eq!(before, after);
+    let a = server.invoke("cold", json!({})).await;
+    assert_eq!(a.header("x-thaw-start"), "warm");
+    // No snapshot yet: a forced restore is refused.
+    let a = server
+        .invoke_raw("cold", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+        .await;
+    assert_eq!(a.status, 409, "{}", a.text());
+    assert_eq!(a.json()["error"], "no_snapshot");
+    let a = server
+        .invoke_raw("cold", b"{}".to_vec(), &[("x-thaw-cold", "lukewarm")])
+        .await;
+    assert_eq!(a.status, 400);
+}

@@ -181,3 +181,48 @@ async fn keep_alive_stops_idle_instances_and_min_instances_keeps_some() {
     let a = server.invoke("kept", json!({})).await;
     assert_eq!(a.header("x-thaw-start"), "warm");
 }
+
+#[tokio::test]
+async fn sigterm_finishes_accepted_invocations_then_exits_0() {
+    require_root!();
+    let mut server = Server::start(&[]);
+    let slow = "import time\ndef handler(e, c):\n    time.sleep(e.get('s', 0))\n    return {'slept': e.get('s', 0)}\n";
+    server
+        .deploy_ready(function("slow", slow, json!({"concurrency": 4})))
+        .await;
+    let url = server.url.clone();
+    let mut inflight = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        inflight.push(tokio::spawn(async move {
+            let resp = reqwest::Client::new()
+                .post(format!("{url}/functions/slow/invoke"))
+                .body(r#"{"s": 1}"#)
+                .send()
+                .await
+                .expect("accepted invocations are answered");
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }));
+    }
+    loop {
+        let v = server.get("/functions/slow").await.json();
+        if v["instances"]["busy"].as_u64().unwrap() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let st = server.stop();
+        (st, server)
+    });
+    for t in inflight {
+        let (code, body) = t.await.unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("slept"), "{body}");
+    }
+    let (st, mut server) = status.await.unwrap();
+    assert!(st.success(), "exit status {st:?}");
+    assert!(server.sandbox_pids().is_empty());
+    server.spawn();
+    assert_eq!(server.invoke("slow", json!({})).await.status, 200);
+}

@@ -44,20 +44,19 @@ fn report(message: &str) {
     let _ = nix::unistd::write(fd, message.as_bytes());
 }
 
-fn ctx<T, E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+fn ctx<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
 fn run_outer() -> Result<i32, String> {
     let parent = getppid();
-    prctl::set_pdeathsig(Signal::SIGKILL).map_err(ctx::<(), _>("set parent-death signal"))?;
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(ctx("set parent-death signal"))?;
     if getppid() != parent {
         return Err("the server went away during start".into());
     }
     set_cloexec(STATUS_FD);
-    let spec_json = std::env::var(SPEC_ENV).map_err(ctx::<(), _>("read sandbox spec"))?;
-    let spec: SandboxSpec =
-        serde_json::from_str(&spec_json).map_err(ctx::<(), _>("parse sandbox spec"))?;
+    let spec_json = std::env::var(SPEC_ENV).map_err(ctx("read sandbox spec"))?;
+    let spec: SandboxSpec = serde_json::from_str(&spec_json).map_err(ctx("parse sandbox spec"))?;
     let me = getpid().to_string();
     for procs in &spec.cgroup_procs {
         fs::write(procs, &me).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
@@ -69,9 +68,9 @@ fn run_outer() -> Result<i32, String> {
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    unshare(flags).map_err(ctx::<(), _>("unshare namespaces"))?;
+    unshare(flags).map_err(ctx("unshare namespaces"))?;
     // SAFETY: this process is single-threaded (freshly executed init).
-    match unsafe { fork() }.map_err(ctx::<(), _>("fork pid 1"))? {
+    match unsafe { fork() }.map_err(ctx("fork pid 1"))? {
         ForkResult::Child => {
             let code = match run_pid1(&spec) {
                 Ok(code) => code,
@@ -93,16 +92,16 @@ fn run_outer() -> Result<i32, String> {
 
 /// pid 1 of the sandbox: builds the filesystem, starts the function, reaps.
 fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
-    prctl::set_pdeathsig(Signal::SIGKILL).map_err(ctx::<(), _>("set parent-death signal"))?;
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(ctx("set parent-death signal"))?;
     mounts::build_root(spec)?;
-    sethostname(&spec.hostname).map_err(ctx::<(), _>("set host name"))?;
+    sethostname(&spec.hostname).map_err(ctx("set host name"))?;
     if spec.network == Network::None {
-        mounts::loopback_up().map_err(ctx::<(), _>("bring up loopback"))?;
+        mounts::loopback_up().map_err(ctx("bring up loopback"))?;
     }
     // The OOM killer should pick the function, never its init.
     let _ = fs::write("/proc/self/oom_score_adj", "-1000");
     // SAFETY: pid 1 is single-threaded.
-    match unsafe { fork() }.map_err(ctx::<(), _>("fork function"))? {
+    match unsafe { fork() }.map_err(ctx("fork function"))? {
         ForkResult::Child => {
             let err = exec_function(spec);
             report(&err);
@@ -126,21 +125,21 @@ fn exec_function(spec: &SandboxSpec) -> String {
 }
 
 fn try_exec(spec: &SandboxSpec) -> Result<std::convert::Infallible, String> {
-    setsid().map_err(ctx::<(), _>("setsid"))?;
+    setsid().map_err(ctx("setsid"))?;
     let _ = fs::write("/proc/self/oom_score_adj", "0");
     setrlimit(Resource::RLIMIT_NOFILE, spec.nofile, spec.nofile)
-        .map_err(ctx::<(), _>("set RLIMIT_NOFILE"))?;
-    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(ctx::<(), _>("set RLIMIT_CORE"))?;
+        .map_err(ctx("set RLIMIT_NOFILE"))?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(ctx("set RLIMIT_CORE"))?;
     chdir(&spec.cwd).map_err(|e| format!("chdir {}: {e}", spec.cwd.display()))?;
     drop_capability_bounding_set();
-    nix::unistd::setgroups(&[]).map_err(ctx::<(), _>("setgroups"))?;
+    nix::unistd::setgroups(&[]).map_err(ctx("setgroups"))?;
     let gid = Gid::from_raw(spec.gid);
-    setresgid(gid, gid, gid).map_err(ctx::<(), _>("setresgid"))?;
+    setresgid(gid, gid, gid).map_err(ctx("setresgid"))?;
     let uid = Uid::from_raw(spec.uid);
     // Changing every uid away from 0 clears the permitted, effective and
     // ambient capability sets.
-    setresuid(uid, uid, uid).map_err(ctx::<(), _>("setresuid"))?;
-    prctl::set_no_new_privs().map_err(ctx::<(), _>("set no_new_privs"))?;
+    setresuid(uid, uid, uid).map_err(ctx("setresuid"))?;
+    prctl::set_no_new_privs().map_err(ctx("set no_new_privs"))?;
     // SAFETY: close_range only closes descriptors; fds 0-4 stay, the status
     // fd 5 is close-on-exec.
     unsafe { libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32) };
@@ -149,13 +148,13 @@ fn try_exec(spec: &SandboxSpec) -> Result<std::convert::Infallible, String> {
         .iter()
         .map(|a| CString::new(a.as_str()))
         .collect::<Result<_, _>>()
-        .map_err(ctx::<(), _>("argv"))?;
+        .map_err(ctx("argv"))?;
     let env: Vec<CString> = spec
         .env
         .iter()
         .map(|(k, v)| CString::new(format!("{k}={v}")))
         .collect::<Result<_, _>>()
-        .map_err(ctx::<(), _>("environment"))?;
+        .map_err(ctx("environment"))?;
     let Some(path) = argv.first() else {
         return Err("empty argv".into());
     };
