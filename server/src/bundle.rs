@@ -12,11 +12,19 @@ use crate::spec::FunctionSpec;
 /// Most bytes of code a folder may hold.
 pub const MAX_BUNDLE: u64 = 256 << 20;
 
-/// Reads a folder (or a `thaw.toml` path): the spec, no text files, and the
-/// gzipped tar of every other file.
-pub fn read_bundle(
-    path: &Path,
-) -> Result<(FunctionSpec, BTreeMap<String, String>, Option<Vec<u8>>)> {
+/// A function folder, ready to deploy.
+#[derive(Debug)]
+pub struct Bundle {
+    /// Settings from `thaw.toml`.
+    pub spec: FunctionSpec,
+    /// Text files sent as `files` (none: everything goes in the archive).
+    pub files: BTreeMap<String, String>,
+    /// Gzipped tar of every other file of the folder.
+    pub archive: Option<Vec<u8>>,
+}
+
+/// Reads a folder (or a `thaw.toml` path).
+pub fn read_bundle(path: &Path) -> Result<Bundle> {
     let dir = if path.is_dir() {
         path.to_path_buf()
     } else {
