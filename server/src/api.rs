@@ -17,6 +17,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 
+use crate::auth::{Role, Tokens};
 use crate::service::{ApiError, ErrorKind, InvokeRequest, Service};
 use crate::spec::{DeployRequest, FunctionSpec};
 
@@ -25,8 +26,9 @@ use crate::spec::{DeployRequest, FunctionSpec};
 pub struct AppState {
     /// The control plane.
     pub service: Service,
-    /// Bearer token required on every route but `/healthz`, if set.
-    pub token: Option<Arc<String>>,
+    /// Tokens accepted on every route but `/healthz` (none: open, which the
+    /// server allows on loopback only).
+    pub tokens: Arc<Tokens>,
 }
 
 impl IntoResponse for ApiError {
@@ -96,26 +98,45 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Compares in time independent of where the strings differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// What a request needs: admin for changes and forced cold starts, invoke
+/// for the rest.
+fn required_role(req: &Request) -> Role {
+    let method = req.method();
+    let path = req.uri().path();
+    let invoke = path.ends_with("/invoke");
+    if invoke {
+        if req.headers().contains_key("x-thaw-cold") {
+            Role::Admin
+        } else {
+            Role::Invoke
+        }
+    } else if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        Role::Invoke
+    } else {
+        Role::Admin
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
+async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if !state.tokens.is_empty() {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        let Some(role) = state.tokens.role_of(given.as_bytes()) else {
             return ApiError::new(ErrorKind::Unauthorized, "a valid bearer token is required")
                 .into_response();
+        };
+        if role < required_role(&req) {
+            return ApiError::new(
+                ErrorKind::Forbidden,
+                "this token may only invoke functions and read state",
+            )
+            .into_response();
         }
+        req.extensions_mut().insert(role);
     }
     next.run(req).await
 }

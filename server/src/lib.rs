@@ -5,15 +5,19 @@
 //! * [`registry`]: function records and code in the data directory.
 //! * [`service`]: deploy, version routing, invoke, delete.
 //! * [`api`]: the axum router over the service.
+//! * [`auth`]: API tokens and roles.
 //! * [`serve`]: `thaw serve`.
+//! * [`config`]: its settings (file, environment, flags).
 //! * [`client`]: the commands that talk to a server.
 //! * [`bundle`]: function folders (`thaw.toml` + code).
 //! * [`store_view`]: the page store as the API and CLI show it.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod bundle;
 pub mod client;
+pub mod config;
 pub mod logstore;
 pub mod metrics;
 pub mod registry;

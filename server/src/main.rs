@@ -1,11 +1,11 @@
 //! The `thaw` command: the server and the commands that talk to it.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use server::config::LogFormat;
 
 /// thaw: functions whose cold starts restore snapshots instead of booting.
 #[derive(Debug, Parser)]
@@ -34,33 +34,12 @@ struct ServerArgs {
 enum Command {
     /// Run the server (control plane and dashboard).
     Serve {
-        /// Address to listen on. Anything but loopback needs a token.
-        #[arg(long, env = "THAW_LISTEN", default_value = "127.0.0.1:7070")]
-        listen: SocketAddr,
-        /// Data directory (functions, code, store).
-        #[arg(long, env = "THAW_DATA_DIR", default_value = ".thaw")]
-        data_dir: PathBuf,
-        /// Python interpreter for the python3 runtime.
-        #[arg(long, env = "THAW_PYTHON", default_value = "/usr/bin/python3")]
-        python: PathBuf,
-        /// Largest invocation body, MiB.
-        #[arg(long, env = "THAW_MAX_BODY_MB", default_value_t = 6)]
-        max_body_mb: usize,
-        /// Memory budget of all instances, MiB (default: 75% of the machine).
-        #[arg(long, env = "THAW_MEMORY_BUDGET_MB")]
-        memory_budget_mb: Option<u64>,
-        /// File holding the API token (or set THAW_TOKEN).
-        #[arg(long, env = "THAW_TOKEN_FILE")]
-        token_file: Option<PathBuf>,
-        /// Honour the x-thaw-cold request header (for benchmarks).
-        #[arg(long)]
-        allow_forced_cold: bool,
-        /// Deploy the function in this folder at start (repeatable).
-        #[arg(long = "deploy")]
-        deploy: Vec<PathBuf>,
-        /// On SIGTERM, seconds in-flight invocations may take to finish.
-        #[arg(long, env = "THAW_STOP_TIMEOUT_S", default_value_t = 30)]
-        stop_timeout_s: u64,
+        /// TOML file with the settings below (overridden by THAW_* variables
+        /// and flags).
+        #[arg(long, env = "THAW_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: server::config::Settings,
     },
     /// Deploy a function folder (a thaw.toml and the code).
     Deploy {
@@ -135,14 +114,30 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("sandbox-init") {
         pool::sandbox::init::init_main();
     }
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let mut cli = Cli::parse();
+    // `thaw serve` settings are resolved first: they choose the log format.
+    let mut format = LogFormat::Text;
+    if let Command::Serve { config, settings } = &mut cli.command {
+        if let Some(path) = config {
+            match server::config::Settings::from_file(path) {
+                Ok(file) => *settings = std::mem::take(settings).over(file),
+                Err(e) => {
+                    eprintln!("thaw: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        format = settings.log_format.unwrap_or_default();
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
@@ -158,38 +153,8 @@ async fn run(cli: Cli) -> Result<i32> {
     use server::client::Client;
     let client = |s: &ServerArgs| Client::new(&s.server, s.token.clone());
     match cli.command {
-        Command::Serve {
-            listen,
-            data_dir,
-            python,
-            max_body_mb,
-            memory_budget_mb,
-            token_file,
-            allow_forced_cold,
-            deploy,
-            stop_timeout_s,
-        } => {
-            let token = match token_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(&f)
-                        .with_context(|| format!("reading token file {}", f.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => std::env::var("THAW_TOKEN").ok().filter(|t| !t.is_empty()),
-            };
-            server::serve::serve(server::serve::ServeOptions {
-                listen,
-                data_dir,
-                python,
-                max_body: max_body_mb << 20,
-                memory_budget: memory_budget_mb.map(|m| m << 20),
-                token,
-                allow_forced_cold,
-                deploy,
-                stop_timeout: std::time::Duration::from_secs(stop_timeout_s),
-            })
-            .await?;
+        Command::Serve { settings, .. } => {
+            server::serve::serve(settings.resolve()?).await?;
             Ok(0)
         }
         Command::Deploy { path, server } => {

@@ -36,8 +36,8 @@ pub struct ServeOptions {
     pub max_body: usize,
     /// Memory budget, bytes (None: 75% of the machine).
     pub memory_budget: Option<u64>,
-    /// Bearer token.
-    pub token: Option<String>,
+    /// Accepted API tokens.
+    pub tokens: crate::auth::Tokens,
     /// Honour `x-thaw-cold`.
     pub allow_forced_cold: bool,
     /// Folders with a `thaw.toml` to deploy at start.
@@ -94,7 +94,7 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 
 /// Runs the server until a stop signal.
 pub async fn serve(opts: ServeOptions) -> Result<()> {
-    if !is_loopback(&opts.listen) && opts.token.is_none() {
+    if !is_loopback(&opts.listen) && opts.tokens.is_empty() {
         bail!(
             "refusing to listen on {} without an API token: set --token-file or THAW_TOKEN \
              (only loopback addresses may run without one)",
@@ -198,7 +198,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     }
     let state = AppState {
         service: service.clone(),
-        token: opts.token.map(Arc::new),
+        tokens: Arc::new(opts.tokens.clone()),
     };
     let router = app(state).layer(tower_http::trace::TraceLayer::new_for_http());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -76,10 +76,12 @@ impl Server {
 
     /// Starts the server process (again) on the same data directory.
     pub fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_thaw"))
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_thaw"));
+        cmd.arg("serve");
+        if !self.args.iter().any(|a| a == "--listen") {
+            cmd.arg("--listen").arg("127.0.0.1:0");
+        }
+        let mut child = cmd
             .arg("--data-dir")
             .arg(&self.data)
             .args(&self.args)
@@ -101,7 +103,8 @@ impl Server {
         };
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || for _ in lines {});
-        self.url = url;
+        // A server on every address is reached over loopback.
+        self.url = url.replace("0.0.0.0", "127.0.0.1");
         self.child = Some(child);
     }
 

@@ -1,0 +1,150 @@
+//! `thaw serve` settings: a TOML file (`--config`), overridden by `THAW_*`
+//! environment variables, overridden by flags. Every key, its variable and
+//! its default are in the README's configuration table.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::auth::{Role, Tokens};
+use crate::serve::ServeOptions;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings as they may appear in the file, the environment or flags; unset
+/// ones fall through to the next source.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on (default 127.0.0.1:7070). Anything but loopback
+    /// needs a token.
+    #[arg(long, env = "THAW_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory: functions, code, store (default .thaw).
+    #[arg(long, env = "THAW_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Python interpreter of the python3 runtime (default /usr/bin/python3).
+    #[arg(long, env = "THAW_PYTHON")]
+    pub python: Option<PathBuf>,
+    /// Largest invocation body, MiB (default 6).
+    #[arg(long, env = "THAW_MAX_BODY_MB")]
+    pub max_body_mb: Option<usize>,
+    /// Memory budget of all instances, MiB (default 75% of the machine).
+    #[arg(long, env = "THAW_MEMORY_BUDGET_MB")]
+    pub memory_budget_mb: Option<u64>,
+    /// File of API tokens, one per line, `admin:` or `invoke:` prefixed.
+    #[arg(long, env = "THAW_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Honour the x-thaw-cold request header (benchmarks; default off).
+    #[arg(long, env = "THAW_ALLOW_FORCED_COLD", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_forced_cold: Option<bool>,
+    /// On SIGTERM, seconds in-flight invocations may take (default 30).
+    #[arg(long, env = "THAW_STOP_TIMEOUT_S")]
+    pub stop_timeout_s: Option<u64>,
+    /// Log format: text or json (default text).
+    #[arg(long, env = "THAW_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Deploy the function in this folder at start (repeatable).
+    #[arg(long = "deploy")]
+    #[serde(default)]
+    pub deploy: Vec<PathBuf>,
+}
+
+impl Settings {
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &Path) -> Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// `self` where set, else `below`.
+    pub fn over(self, below: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(below.listen),
+            data_dir: self.data_dir.or(below.data_dir),
+            python: self.python.or(below.python),
+            max_body_mb: self.max_body_mb.or(below.max_body_mb),
+            memory_budget_mb: self.memory_budget_mb.or(below.memory_budget_mb),
+            token_file: self.token_file.or(below.token_file),
+            allow_forced_cold: self.allow_forced_cold.or(below.allow_forced_cold),
+            stop_timeout_s: self.stop_timeout_s.or(below.stop_timeout_s),
+            log_format: self.log_format.or(below.log_format),
+            deploy: if self.deploy.is_empty() {
+                below.deploy
+            } else {
+                self.deploy
+            },
+        }
+    }
+
+    /// The options `thaw serve` runs with, defaults filled in. `THAW_TOKEN`
+    /// (an admin token) adds to the token file.
+    pub fn resolve(self) -> Result<ServeOptions> {
+        let mut tokens = match &self.token_file {
+            Some(path) => Tokens::load(path)?,
+            None => Tokens::none(),
+        };
+        if let Ok(t) = std::env::var("THAW_TOKEN") {
+            if !t.trim().is_empty() {
+                tokens.add(Role::Admin, &t).context("THAW_TOKEN")?;
+            }
+        }
+        Ok(ServeOptions {
+            listen: self
+                .listen
+                .unwrap_or_else(|| "127.0.0.1:7070".parse().unwrap()),
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(".thaw")),
+            python: self
+                .python
+                .unwrap_or_else(|| PathBuf::from("/usr/bin/python3")),
+            max_body: self.max_body_mb.unwrap_or(6) << 20,
+            memory_budget: self.memory_budget_mb.map(|m| m << 20),
+            tokens,
+            allow_forced_cold: self.allow_forced_cold.unwrap_or(false),
+            deploy: self.deploy,
+            stop_timeout: Duration::from_secs(self.stop_timeout_s.unwrap_or(30)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file: Settings = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\nmax_body_mb = 2\nallow_forced_cold = true\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            max_body_mb: Some(3),
+            ..Settings::default()
+        };
+        let opts = flags.over(file).resolve().unwrap();
+        assert_eq!(opts.listen.port(), 9000);
+        assert_eq!(opts.max_body, 3 << 20);
+        assert!(opts.allow_forced_cold);
+        assert_eq!(opts.stop_timeout, Duration::from_secs(30));
+        assert_eq!(opts.data_dir, PathBuf::from(".thaw"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<Settings>("lissen = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("lissen"), "{err}");
+    }
+}
