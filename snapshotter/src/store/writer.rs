@@ -16,6 +16,10 @@ use super::pagelist::{AreaPages, PageRef};
 use super::roots::{write_root, InvalidSnapshotId, RootError, SnapshotRoot};
 use super::PageStore;
 
+/// Large puts are hashed and written in pieces of this size, the write of
+/// one piece overlapping the hashing of the next.
+const PIPELINE_BYTES: usize = 2 << 20;
+
 /// Error starting a write transaction.
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
@@ -194,42 +198,85 @@ impl<'s> StoreWriter<'s> {
         if data.len() % PAGE_SIZE != 0 {
             return Err(PutError::NotPageMultiple(data.len()));
         }
-        let hashes = hash_pages_parallel(data);
-        let mut refs = Vec::with_capacity(hashes.len());
-        let mut fresh: Vec<&[u8]> = Vec::new();
-        {
-            let state = self.store.read_state();
-            for (page, hash) in data.chunks_exact(PAGE_SIZE).zip(hashes) {
-                self.summary.pages += 1;
-                let Some(hash) = hash else {
-                    self.summary.zero_pages += 1;
-                    refs.push(PageRef::Zero);
-                    continue;
-                };
-                refs.push(PageRef::Hash(hash));
-                if state.objects.contains_key(&hash) || self.pending.contains_key(&hash) {
-                    self.summary.duplicate_pages += 1;
-                    continue;
-                }
-                let slot =
-                    u32::try_from(self.new_hashes.len()).map_err(|_| PutError::TooManyObjects)?;
-                self.pending.insert(hash, slot);
-                self.new_hashes.push(hash);
-                fresh.push(page);
-            }
+        let mut refs = Vec::with_capacity(data.len() / PAGE_SIZE);
+        if data.len() < 2 * PIPELINE_BYTES {
+            let hashes = hash_pages_parallel(data);
+            let fresh = self.classify(data, hashes, &mut refs)?;
+            self.write(&fresh)?;
+            return Ok(refs);
         }
-        if !fresh.is_empty() {
-            let pack = match &mut self.pack {
-                Some(p) => p,
-                None => self.pack.insert(PackWriter::create(
-                    &self.store.dir().join("packs"),
-                    self.next_pack,
-                )?),
-            };
-            pack.append(&fresh)?;
+        // Pipeline: write the new pages of one piece while hashing the next.
+        let mut pieces = data.chunks(PIPELINE_BYTES);
+        let first = pieces.next().expect("at least two pieces");
+        let hashes = hash_pages_parallel(first);
+        let mut fresh = self.classify(first, hashes, &mut refs)?;
+        for piece in pieces {
+            let pack = self.pack_for(&fresh)?;
+            let (written, hashes) = rayon::join(
+                || match pack {
+                    Some(p) => p.append(&fresh).map(|_| ()),
+                    None => Ok(()),
+                },
+                || hash_pages_parallel(piece),
+            );
+            written?;
             self.summary.new_objects += fresh.len() as u64;
+            fresh = self.classify(piece, hashes, &mut refs)?;
         }
+        self.write(&fresh)?;
         Ok(refs)
+    }
+
+    /// Sorts hashed pages into zero, known and new; records the new ones as
+    /// pending and returns them.
+    fn classify<'d>(
+        &mut self,
+        data: &'d [u8],
+        hashes: Vec<Option<PageHash>>,
+        refs: &mut Vec<PageRef>,
+    ) -> Result<Vec<&'d [u8]>, PutError> {
+        let mut fresh = Vec::new();
+        let state = self.store.read_state();
+        for (page, hash) in data.chunks_exact(PAGE_SIZE).zip(hashes) {
+            self.summary.pages += 1;
+            let Some(hash) = hash else {
+                self.summary.zero_pages += 1;
+                refs.push(PageRef::Zero);
+                continue;
+            };
+            refs.push(PageRef::Hash(hash));
+            if state.objects.contains_key(&hash) || self.pending.contains_key(&hash) {
+                self.summary.duplicate_pages += 1;
+                continue;
+            }
+            let slot =
+                u32::try_from(self.new_hashes.len()).map_err(|_| PutError::TooManyObjects)?;
+            self.pending.insert(hash, slot);
+            self.new_hashes.push(hash);
+            fresh.push(page);
+        }
+        Ok(fresh)
+    }
+
+    /// The transaction's pack, created on first need (`None` if `fresh` is
+    /// empty and there is none yet).
+    fn pack_for(&mut self, fresh: &[&[u8]]) -> Result<Option<&mut PackWriter>, PutError> {
+        if fresh.is_empty() {
+            return Ok(None);
+        }
+        if self.pack.is_none() {
+            let pack = PackWriter::create(&self.store.dir().join("packs"), self.next_pack)?;
+            self.pack = Some(pack);
+        }
+        Ok(self.pack.as_mut())
+    }
+
+    fn write(&mut self, fresh: &[&[u8]]) -> Result<(), PutError> {
+        if let Some(pack) = self.pack_for(fresh)? {
+            pack.append(fresh)?;
+        }
+        self.summary.new_objects += fresh.len() as u64;
+        Ok(())
     }
 
     /// True if the object is stored or written by this transaction.
