@@ -204,3 +204,55 @@ fn pagemap_entry_reads_give_the_same_capture() {
     }
     assert_eq!(worker.ask("y"), format!("echo:y {digest}"));
 }
+
+#[test]
+fn python_with_numpy_and_pandas() {
+    if !can_capture("python_with_numpy_and_pandas") || !have_python("numpy capture") {
+        return;
+    }
+    let probe = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import numpy, pandas"])
+        .status()
+        .unwrap();
+    if !probe.success() {
+        println!("skipping python_with_numpy_and_pandas: numpy or pandas is not installed");
+        return;
+    }
+    let (mut worker, digest) = python("numpy", &[]);
+    let mut sink = VecSink::default();
+    let (state, timings) =
+        capture_timed(worker.pid(), &CaptureOptions::default(), &mut sink).unwrap();
+    let unchanged = state
+        .areas
+        .iter()
+        .filter(|a| a.kind == AreaKind::FileUnchanged)
+        .count();
+    let private = state
+        .areas
+        .iter()
+        .filter(|a| a.kind == AreaKind::FilePrivate)
+        .count();
+    println!(
+        "numpy+pandas: {} areas ({unchanged} file unchanged, {private} file with written pages), \
+         {} pages stored, {} zero, {:?} total",
+        state.areas.len(),
+        state.stored_pages(),
+        state.zero_pages(),
+        timings.total()
+    );
+    assert!(state
+        .areas
+        .iter()
+        .any(|a| a.path.as_deref().is_some_and(|p| p.contains("numpy"))));
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    for (area, index, data) in sink.pages() {
+        let area = &state.areas[area];
+        let addr = area.start + index * PAGE_SIZE;
+        memory::read_mem_file(worker.pid(), addr, &mut page).unwrap();
+        assert!(
+            capture_support::same_page(&state, addr, &page, data),
+            "page at {addr:#x} differs"
+        );
+    }
+    assert_eq!(worker.ask("np"), format!("echo:np {digest}"));
+}

@@ -137,6 +137,13 @@ if mode == "thread":
 elif mode == "child":
     import subprocess
     keep.append(subprocess.Popen(["/bin/sh", "-c", "read x"], stdin=subprocess.PIPE))
+elif mode == "numpy":
+    # OpenBLAS would start worker threads, which a capture refuses.
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import numpy, pandas
+    keep.append(pandas.DataFrame(numpy.arange(100000).reshape(-1, 10)))
+    blob += keep[0].to_csv().encode()
 elif mode == "tcp":
     import socket
     keep.append(socket.create_connection(("127.0.0.1", int(sys.argv[2]))))
