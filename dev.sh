@@ -10,8 +10,9 @@ cd "$(dirname "$0")"
 
 # Debian packages thaw needs: libclang for the userfaultfd bindings, the
 # system Python with numpy and pandas for the python3 runtime and the
-# numpy-pandas example.
-PACKAGES=(libclang-dev clang python3 python3-numpy python3-pandas)
+# numpy-pandas example; for the tests also python3-venv (kubernetes-validate
+# from PyPI) and systemd (systemd-analyze) to check deploy/.
+PACKAGES=(libclang-dev clang python3 python3-numpy python3-pandas python3-venv systemd)
 
 stage_start=$(date +%s)
 stage() {
@@ -62,6 +63,8 @@ test)
     cargo build --workspace --all-targets
     stage "test"
     cargo test --workspace --all-targets
+    stage "deploy files (systemd-analyze, kubernetes-validate)"
+    deploy/check.sh target/debug/thaw
     stage "done"
     ;;
 *)
