@@ -7,9 +7,11 @@
 //! a [`PageSink`], and detaches: the original keeps running.
 //!
 //! ```text
-//!   seize + interrupt ─ refuse? ─ fds, maps ─ regs, xsave, rseq ─ inject:
-//!   rt_sigaction ×n, brk(0), getitimer ×3, PR_GET_TID_ADDRESS, sigaltstack ─ pagemap scan ─ process_vm_readv batches ─
-//!   zero check ─ sink ─ detach
+//!   seize + interrupt ─ refuse? (threads, children, pending signals)
+//!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory)
+//!   ─ regs, xsave, sigmask, rseq ─ injected: rt_sigaction ×n, brk(0),
+//!     getitimer ×3, PR_GET_TID_ADDRESS, sigaltstack ─ pagemap scan
+//!   ─ process_vm_readv batches + zero check (reader thread) ─ sink ─ detach
 //! ```
 //!
 //! Modules: [`ptrace`] (holding the process), [`inject`] (running syscalls
