@@ -15,7 +15,7 @@
 //!   packs/.pack-<n>.pack.tmp  a pack being written (or left by a crash)
 //!   roots/<snapshot-id>       gc root: the snapshot's page lists, in the
 //!                             THAWSNAP container                          (see manifest.rs)
-//!   images/<id>.<key>.img     cached mmap images, derived data            (see image.rs)
+//!   images/<id>.<key>.<boot>.img  cached mmap images, derived data        (see image.rs)
 //! ```
 //!
 //! # Writing and crash safety
