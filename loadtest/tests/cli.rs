@@ -222,12 +222,8 @@ async fn ctrl_c_ends_a_run_with_its_report() {
         seen.last().is_some_and(|l| l.contains(" done (")),
         "no progress line in {seen:?}"
     );
-    let pid = child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let out = child.wait_with_output().await.unwrap();
     assert!(out.status.success(), "{:?}", out.status);
     let report: RunReport = serde_json::from_slice(&out.stdout).unwrap();
