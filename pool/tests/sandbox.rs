@@ -26,7 +26,10 @@ struct Env {
 }
 
 fn env(tag: &str) -> Env {
-    let dir = tempfile::Builder::new().prefix("thaw-sbx").tempdir_in("/var/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("thaw-sbx")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let code = dir.path().join("code");
     std::fs::create_dir_all(&code).unwrap();
     std::fs::write(code.join("hello.txt"), "hi\n").unwrap();
@@ -43,7 +46,11 @@ fn env(tag: &str) -> Env {
         gid: 65534,
         cgroups,
     };
-    Env { _dir: dir, config, code }
+    Env {
+        _dir: dir,
+        config,
+        code,
+    }
 }
 
 fn spec(env: &Env, script: &str) -> LaunchSpec {
@@ -60,11 +67,14 @@ fn spec(env: &Env, script: &str) -> LaunchSpec {
         },
         tmp_mb: 8,
         network: Network::None,
+        no_aslr: false,
     }
 }
 
 async fn run(env: &Env, script: &str) -> (SandboxExit, String, String) {
-    let mut sb = Sandbox::launch(&env.config, &spec(env, script)).await.unwrap();
+    let mut sb = Sandbox::launch(&env.config, &spec(env, script))
+        .await
+        .unwrap();
     let mut out = sb.stdout.take().unwrap();
     let mut err = sb.stderr.take().unwrap();
     let (mut o, mut e) = (String::new(), String::new());

@@ -3,6 +3,7 @@
 //!
 //! * [`spec`]: the deploy request and its validation.
 //! * [`registry`]: function records and code in the data directory.
+//! * [`snapshots`]: capturing a warmed version into the page store.
 //! * [`service`]: deploy, version routing, invoke, delete.
 //! * [`api`]: the axum router over the service.
 //! * [`auth`]: API tokens and roles.
@@ -23,5 +24,6 @@ pub mod metrics;
 pub mod registry;
 pub mod serve;
 pub mod service;
+pub mod snapshots;
 pub mod spec;
 pub mod store_view;

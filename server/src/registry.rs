@@ -27,8 +27,12 @@ pub const MAX_UNPACKED: u64 = 1 << 30;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VersionState {
-    /// Its first instance boots and runs the warm-up events.
+    /// Its first instance boots.
     Deploying,
+    /// Its first instance runs the warm-up events.
+    Warming,
+    /// Its warmed instance is being captured.
+    Snapshotting,
     /// Ready to serve.
     Ready,
     /// Its handler could not be loaded.
@@ -36,10 +40,20 @@ pub enum VersionState {
 }
 
 impl VersionState {
+    /// Whether the version is still on its way to `ready`.
+    pub fn in_progress(self) -> bool {
+        matches!(
+            self,
+            VersionState::Deploying | VersionState::Warming | VersionState::Snapshotting
+        )
+    }
+
     /// The name used in the API.
     pub fn as_str(self) -> &'static str {
         match self {
             VersionState::Deploying => "deploying",
+            VersionState::Warming => "warming",
+            VersionState::Snapshotting => "snapshotting",
             VersionState::Ready => "ready",
             VersionState::Failed => "failed",
         }
@@ -59,6 +73,9 @@ pub struct VersionRecord {
     pub state: VersionState,
     /// Why it failed, or the last problem seen.
     pub error: Option<String>,
+    /// Its snapshot, once taken.
+    #[serde(default)]
+    pub snapshot: Option<crate::snapshots::SnapshotInfo>,
     /// Unix time of the deploy, ms.
     pub created_ms: u64,
 }

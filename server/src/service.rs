@@ -17,6 +17,7 @@ use pool::{FunctionKey, Pool, PoolError, StartKind, StartSpec};
 use crate::logstore::LogStore;
 use crate::metrics::{InvocationLabels, Metrics, StartLabels};
 use crate::registry::{FunctionRecord, Registry, RegistryError, VersionRecord, VersionState};
+use crate::snapshots::{self, SnapshotError, SnapshotInfo};
 use crate::spec::FunctionSpec;
 
 /// Server settings the service needs.
@@ -312,7 +313,7 @@ impl Service {
             }
             let redo: Vec<Version> = versions
                 .iter()
-                .filter(|v| v.record.state == VersionState::Deploying)
+                .filter(|v| v.record.state.in_progress())
                 .cloned()
                 .collect();
             self.functions
@@ -376,6 +377,9 @@ impl Service {
             },
             tmp_mb: spec.tmp_mb,
             network: spec.network,
+            // Warm-ups are captured: a fixed layout lets snapshots of every
+            // boot and function share pages (see README, "Snapshots").
+            no_aslr: true,
         };
         let start = StartSpec {
             launch,
@@ -418,6 +422,7 @@ impl Service {
             spec,
             state: VersionState::Deploying,
             error: None,
+            snapshot: None,
             created_ms: now_ms(),
         };
         let version = self.version_of(&name, record);
@@ -444,17 +449,17 @@ impl Service {
             .ok_or_else(|| ApiError::new(ErrorKind::NotFound, "function vanished"))
     }
 
-    /// Boots the version's first instance, runs its warm-up events and marks
-    /// it ready (or failed).
+    /// Boots the version's first instance, runs its warm-up events, captures
+    /// it and marks the version ready (or failed).
     fn spawn_warmup(&self, version: Version) {
         let svc = self.clone();
         tokio::spawn(async move {
-            let (state, error) = svc.warm_up(&version).await;
-            svc.set_state(&version.key, state, error);
+            let (state, error, snapshot) = svc.warm_up(&version).await;
+            svc.set_state(&version.key, state, error, snapshot);
         });
     }
 
-    async fn warm_up(&self, v: &Version) -> (VersionState, Option<String>) {
+    async fn warm_up(&self, v: &Version) -> (VersionState, Option<String>, Option<SnapshotInfo>) {
         let mut instance = match self.pool.boot(&v.key, &v.start).await {
             Ok(i) => i,
             Err(PoolError::Boot(BootError::Init {
@@ -465,15 +470,21 @@ impl Service {
                 return (
                     VersionState::Failed,
                     Some(format!("{error_type}: {message}")),
+                    None,
                 )
             }
             Err(e) => {
                 // Not the handler's fault (memory budget, sandbox): the version
                 // stays servable and later invocations boot it again.
                 tracing::warn!(function = %v.key.name, version = v.key.version, error = %e, "first boot failed");
-                return (VersionState::Ready, Some(format!("first boot failed: {e}")));
+                return (
+                    VersionState::Ready,
+                    Some(format!("first boot failed: {e}")),
+                    None,
+                );
             }
         };
+        self.set_progress(&v.key, VersionState::Warming);
         let timeout = Duration::from_millis(v.record.spec.timeout_ms);
         for (i, event) in v.record.spec.warmup.iter().enumerate() {
             let inv = Invocation {
@@ -498,6 +509,7 @@ impl Service {
                             "warm-up event {} raised {error_type}: {message}",
                             i + 1
                         )),
+                        None,
                     );
                 }
                 Err(e) => {
@@ -505,15 +517,73 @@ impl Service {
                     return (
                         VersionState::Failed,
                         Some(format!("warm-up event {} failed: {e}", i + 1)),
+                        None,
                     );
                 }
             }
         }
+        self.set_progress(&v.key, VersionState::Snapshotting);
+        let result = self.snapshot(v, &instance).await;
+        // The captured original stays on as a warm instance.
         self.pool.release(&v.key, instance).await;
-        (VersionState::Ready, None)
+        match result {
+            Ok(info) => (VersionState::Ready, None, Some(info)),
+            Err(e) => {
+                tracing::warn!(function = %v.key.name, version = v.key.version, error = %e, "snapshot failed; the version boots instead");
+                (
+                    VersionState::Ready,
+                    Some(format!("snapshot failed: {e}")),
+                    None,
+                )
+            }
+        }
     }
 
-    fn set_state(&self, key: &FunctionKey, state: VersionState, error: Option<String>) {
+    /// Captures an idle instance of `v`.
+    async fn snapshot(
+        &self,
+        v: &Version,
+        instance: &pool::instance::Instance,
+    ) -> Result<SnapshotInfo, SnapshotError> {
+        let pid = snapshots::host_pid_of(&instance.pids(), instance.runtime_pid)
+            .ok_or(SnapshotError::NoProcess)?;
+        let store = self.store.clone();
+        let dir = snapshots::snapshots_dir(&self.config.data_dir);
+        let id = snapshots::snapshot_id(&v.key.name, v.key.version, v.key.uid);
+        let info = tokio::task::spawn_blocking(move || snapshots::take(&store, &dir, &id, pid))
+            .await
+            .map_err(|e| SnapshotError::Store(format!("capture task: {e}")))??;
+        tracing::info!(
+            function = %v.key.name,
+            version = v.key.version,
+            snapshot = %info.id,
+            stored_pages = info.stored_pages,
+            new_pages = info.new_pages,
+            capture_ms = info.capture_us / 1000,
+            "snapshot taken"
+        );
+        Ok(info)
+    }
+
+    /// Records a step on the way to ready (in memory; a restart redoes the
+    /// whole warm-up anyway).
+    fn set_progress(&self, key: &FunctionKey, state: VersionState) {
+        let mut map = self.functions.write().unwrap();
+        if let Some(v) = map
+            .get_mut(&key.name)
+            .and_then(|list| list.iter_mut().find(|v| v.key == *key))
+        {
+            v.record.state = state;
+        }
+    }
+
+    fn set_state(
+        &self,
+        key: &FunctionKey,
+        state: VersionState,
+        error: Option<String>,
+        snapshot: Option<SnapshotInfo>,
+    ) {
         let older: Vec<FunctionKey>;
         {
             let mut map = self.functions.write().unwrap();
@@ -525,6 +595,7 @@ impl Service {
             };
             v.record.state = state;
             v.record.error = error.clone();
+            v.record.snapshot = snapshot;
             let stored = FunctionRecord {
                 name: key.name.clone(),
                 versions: list.iter().map(|v| v.record.clone()).collect(),
@@ -594,7 +665,11 @@ impl Service {
             state: latest.record.state.as_str(),
             error: latest.record.error.clone(),
             instances: total,
-            snapshot: None,
+            snapshot: latest
+                .record
+                .snapshot
+                .as_ref()
+                .map(|s| serde_json::to_value(s).expect("snapshot info serialises")),
             memory_bytes: memory,
             spec: latest.record.spec.clone(),
             versions: views,
@@ -603,14 +678,20 @@ impl Service {
 
     /// Deletes a function: stops its instances, frees its files and logs.
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
-        let existed = self.functions.write().unwrap().remove(name).is_some();
-        if !existed {
+        let removed = self.functions.write().unwrap().remove(name);
+        let Some(versions) = removed else {
             return Err(ApiError::new(
                 ErrorKind::NotFound,
                 format!("no function named {name:?}"),
             ));
-        }
+        };
         self.pool.retire_function(name).await;
+        let dir = snapshots::snapshots_dir(&self.config.data_dir);
+        for v in &versions {
+            if let Some(s) = &v.record.snapshot {
+                snapshots::remove(&self.store, &dir, &s.id);
+            }
+        }
         self.registry.remove(name)?;
         self.logs.remove(name);
         tracing::info!(function = %name, "deleted");
@@ -650,14 +731,17 @@ impl Service {
             VersionState::Ready => Ok(latest.clone()),
             // A new version still deploying, or one that failed: the newest
             // ready version keeps serving.
-            VersionState::Deploying | VersionState::Failed => {
+            VersionState::Deploying
+            | VersionState::Warming
+            | VersionState::Snapshotting
+            | VersionState::Failed => {
                 if let Some(ready) = versions
                     .iter()
                     .rev()
                     .find(|v| v.record.state == VersionState::Ready)
                 {
                     Ok(ready.clone())
-                } else if latest.record.state == VersionState::Deploying {
+                } else if latest.record.state.in_progress() {
                     Ok(latest.clone())
                 } else {
                     Err(failed(latest))

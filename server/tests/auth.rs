@@ -87,7 +87,7 @@ async fn tokens_and_roles_are_enforced() {
             )
             .await;
         assert_eq!(a.status, 200);
-        if a.json()["state"] != "deploying" {
+        if a.json()["state"] == "ready" {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -130,6 +130,11 @@ fn try_exec(spec: &SandboxSpec) -> Result<std::convert::Infallible, String> {
     setrlimit(Resource::RLIMIT_NOFILE, spec.nofile, spec.nofile)
         .map_err(ctx("set RLIMIT_NOFILE"))?;
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(ctx("set RLIMIT_CORE"))?;
+    if spec.no_aslr {
+        let current = nix::sys::personality::get().map_err(ctx("read personality"))?;
+        nix::sys::personality::set(current | nix::sys::personality::Persona::ADDR_NO_RANDOMIZE)
+            .map_err(ctx("disable address randomisation"))?;
+    }
     chdir(&spec.cwd).map_err(|e| format!("chdir {}: {e}", spec.cwd.display()))?;
     drop_capability_bounding_set();
     nix::unistd::setgroups(&[]).map_err(ctx("setgroups"))?;

@@ -52,6 +52,8 @@ pub struct LaunchSpec {
     pub tmp_mb: u64,
     /// Network mode.
     pub network: Network,
+    /// Start without address-space randomisation (see [`SandboxSpec::no_aslr`]).
+    pub no_aslr: bool,
 }
 
 /// Errors of starting a sandbox.
@@ -195,6 +197,7 @@ impl Sandbox {
             cwd: spec.cwd.clone(),
             hostname: "thaw".into(),
             nofile: 1024,
+            no_aslr: spec.no_aslr,
         };
         let json = serde_json::to_string(&sandbox_spec).expect("spec serialises");
 

@@ -91,4 +91,8 @@ pub struct SandboxSpec {
     pub hostname: String,
     /// `RLIMIT_NOFILE` of the function.
     pub nofile: u64,
+    /// Run the function without address-space randomisation, so that every
+    /// boot of a runtime lays out memory alike (snapshots of different boots
+    /// and functions then share more pages).
+    pub no_aslr: bool,
 }

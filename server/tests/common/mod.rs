@@ -192,7 +192,10 @@ impl Server {
         let t0 = Instant::now();
         loop {
             let v = self.get(&format!("/functions/{name}")).await.json();
-            if v["state"] != "deploying" {
+            if !matches!(
+                v["state"].as_str(),
+                Some("deploying" | "warming" | "snapshotting")
+            ) {
                 return v;
             }
             assert!(
