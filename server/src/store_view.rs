@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use snapshotter::store::BadObjectKind;
 use snapshotter::store::PageStore;
+use snapshotter::store::{BadObjectKind, VerifyError};
 
 /// Where the store lives in a data directory.
 pub fn store_dir(data_dir: &Path) -> std::path::PathBuf {
@@ -37,7 +37,11 @@ pub fn stats(store: &PageStore) -> Result<Value> {
 /// `thaw store verify`: rehashes every object. The second value is whether
 /// the store is sound.
 pub fn verify(store: &PageStore) -> Result<(Value, bool)> {
-    let r = store.verify().context("verifying the store")?;
+    let r = match store.verify() {
+        Ok(r) => r,
+        Err(VerifyError::Corrupt(report)) => *report,
+        Err(e) => return Err(anyhow::Error::new(e).context("verifying the store")),
+    };
     let bad: Vec<Value> = r
         .bad_objects
         .iter()
