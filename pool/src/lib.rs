@@ -5,6 +5,7 @@
 //! * [`protocol`]: the runtime protocol's frames (docs/protocol.md).
 //! * [`instance`]: one runtime in one sandbox, serving invocations.
 //! * [`logs`]: the function output tap.
+//! * [`memory`]: RSS, PSS and USS from `smaps_rollup`.
 //! * [`manager`]: the pool of instances: warm reuse, boots, keep-alive,
 //!   concurrency, memory budget.
 
@@ -12,6 +13,7 @@ pub mod cgroup;
 pub mod instance;
 pub mod logs;
 pub mod manager;
+pub mod memory;
 pub mod protocol;
 pub mod sandbox;
 

@@ -153,6 +153,17 @@ struct State {
     closed: bool,
 }
 
+/// One live instance, for reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceInfo {
+    /// Sandbox id.
+    pub id: String,
+    /// `idle` or `busy`.
+    pub state: &'static str,
+    /// Memory of its processes.
+    pub memory: crate::memory::MemoryUse,
+}
+
 /// Instance counts of one version.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
@@ -272,6 +283,34 @@ impl Pool {
             busy: st.busy.values().sum(),
             booting: st.booting.values().sum(),
         }
+    }
+
+    /// Every live instance of `key` with its state and memory (RSS, PSS,
+    /// USS of all its sandbox's processes).
+    pub fn instances(&self, key: &FunctionKey) -> Vec<InstanceInfo> {
+        let list: Vec<(String, Cgroup, bool)> = {
+            let st = self.state.lock().unwrap();
+            let idle: std::collections::HashSet<&str> = st
+                .idle
+                .get(key)
+                .map(|l| l.iter().map(|i| i.instance.id()).collect())
+                .unwrap_or_default();
+            st.live
+                .iter()
+                .filter(|(_, (k, _))| k == key)
+                .map(|(id, (_, cg))| (id.clone(), cg.clone(), idle.contains(id.as_str())))
+                .collect()
+        };
+        let mut out: Vec<InstanceInfo> = list
+            .into_iter()
+            .map(|(id, cg, idle)| InstanceInfo {
+                id,
+                state: if idle { "idle" } else { "busy" },
+                memory: crate::memory::of_pids(&cg.pids()),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 
     /// Host pids of every live sandbox (for tests and clean-up checks).

@@ -25,6 +25,15 @@ pub struct StartLabels {
     pub start: String,
 }
 
+/// Labels of a function's memory.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemoryLabels {
+    /// Function name.
+    pub function: String,
+    /// `rss`, `pss` or `uss`.
+    pub kind: String,
+}
+
 /// Labels by instance state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -55,6 +64,8 @@ pub struct Metrics {
     pub memory_budget_bytes: Gauge,
     /// Deployed functions.
     pub functions: Gauge,
+    /// Memory of each function's instances by kind (rss, pss, uss), bytes.
+    pub function_memory: Family<MemoryLabels, Gauge>,
 }
 
 impl Metrics {
@@ -97,6 +108,12 @@ impl Metrics {
         );
         let functions = Gauge::default();
         registry.register("functions", "Deployed functions", functions.clone());
+        let function_memory = Family::<MemoryLabels, Gauge>::default();
+        registry.register(
+            "function_memory_bytes",
+            "Memory of a function's instances: rss, pss (shared pages divided among sharers), uss (private)",
+            function_memory.clone(),
+        );
         Metrics {
             registry,
             invocations,
@@ -106,6 +123,7 @@ impl Metrics {
             memory_bytes,
             memory_budget_bytes,
             functions,
+            function_memory,
         }
     }
 

@@ -181,8 +181,12 @@ pub struct FunctionView {
     pub instances: Counts,
     /// The snapshot (none until snapshots exist).
     pub snapshot: Option<serde_json::Value>,
-    /// Memory charged to its instances, bytes.
+    /// Memory charged to its instances' cgroups, bytes.
     pub memory_bytes: u64,
+    /// RSS, PSS and USS summed over its instances.
+    pub memory: pool::memory::MemoryUse,
+    /// Every live instance with its state and memory.
+    pub instance_list: Vec<pool::manager::InstanceInfo>,
     /// The newest version's settings.
     pub spec: FunctionSpec,
     /// Every version, oldest first.
@@ -642,6 +646,7 @@ impl Service {
         let latest = versions.last()?;
         let mut total = Counts::default();
         let mut memory = 0;
+        let mut instance_list = Vec::new();
         let views = versions
             .iter()
             .map(|v| {
@@ -650,6 +655,7 @@ impl Service {
                 total.busy += c.busy;
                 total.booting += c.booting;
                 memory += self.pool.memory_of(&v.key);
+                instance_list.extend(self.pool.instances(&v.key));
                 VersionView {
                     version: v.record.version,
                     state: v.record.state.as_str(),
@@ -671,6 +677,13 @@ impl Service {
                 .as_ref()
                 .map(|s| serde_json::to_value(s).expect("snapshot info serialises")),
             memory_bytes: memory,
+            memory: instance_list
+                .iter()
+                .fold(pool::memory::MemoryUse::default(), |mut acc, i| {
+                    acc += i.memory;
+                    acc
+                }),
+            instance_list,
             spec: latest.record.spec.clone(),
             versions: views,
         })
@@ -940,6 +953,22 @@ impl Service {
         self.metrics
             .functions
             .set(self.functions.read().unwrap().len() as i64);
+        self.metrics.function_memory.clear();
+        for view in self.list() {
+            for (kind, value) in [
+                ("rss", view.memory.rss),
+                ("pss", view.memory.pss),
+                ("uss", view.memory.uss),
+            ] {
+                self.metrics
+                    .function_memory
+                    .get_or_create(&crate::metrics::MemoryLabels {
+                        function: view.name.clone(),
+                        kind: kind.into(),
+                    })
+                    .set(value as i64);
+            }
+        }
     }
 
     /// Names of functions, for tests.

@@ -237,6 +237,23 @@ def handler(event, context):
         }
     }
     assert_eq!(found, Some(3.0), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("thaw_function_memory_bytes{")
+                && l.contains("function=\"talker\"")
+                && l.contains("kind=\"pss\"")
+                && !l.ends_with(" 0")),
+        "PSS of the function is exported: {text}"
+    );
+    let v = server.get("/functions/talker").await.json();
+    let inst = &v["instance_list"][0];
+    assert_eq!(inst["state"], "idle", "{v}");
+    let (rss, pss, uss) = (
+        inst["memory"]["rss"].as_u64().unwrap(),
+        inst["memory"]["pss"].as_u64().unwrap(),
+        inst["memory"]["uss"].as_u64().unwrap(),
+    );
+    assert!(uss <= pss && pss <= rss && uss > 0, "{v}");
     assert_eq!(server.get("/healthz").await.status, 200);
 }
 
