@@ -200,6 +200,11 @@ impl Instance {
         self.sandbox.cgroup().memory_current().unwrap_or(0)
     }
 
+    /// Host pid of the runtime process.
+    pub fn runtime_host_pid(&self) -> Option<i32> {
+        self.sandbox.function_pid()
+    }
+
     /// The sandbox's cgroup.
     pub fn cgroup(&self) -> &crate::cgroup::Cgroup {
         self.sandbox.cgroup()

@@ -68,6 +68,7 @@ fn spec(env: &Env, script: &str) -> LaunchSpec {
         tmp_mb: 8,
         network: Network::None,
         no_aslr: false,
+        stub: false,
     }
 }
 
@@ -137,5 +138,52 @@ async fn setup_failure_is_reported() {
     s.argv[0] = "/nonexistent/binary".into();
     let err = Sandbox::launch(&env.config, &s).await.unwrap_err();
     assert!(err.to_string().contains("/nonexistent/binary"), "{err}");
+    assert!(env.config.cgroups.children().is_empty());
+}
+
+#[tokio::test]
+async fn a_stub_sandbox_holds_a_stopped_privileged_pid_2() {
+    require_root!();
+    let env = env("stub");
+    let mut s = spec(&env, "unused");
+    s.stub = true;
+    let sb = Sandbox::launch(&env.config, &s).await.unwrap();
+    let pid = sb.function_pid().expect("the stub is pid 2 of the sandbox");
+    // It stops itself; wait for that (bounded).
+    let mut state = String::new();
+    for _ in 0..500 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        state = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        if state == "T" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(state, "T", "the stub waits stopped");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == "0"),
+        "still privileged: {uid_line}"
+    );
+    // fds 0-4 are there for the copy; nothing else leaked in.
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, vec![0, 1, 2, 3, 4]);
+    // Same namespaces as the rest of the sandbox, not the host's.
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
+    assert_ne!(ns(pid), ns(std::process::id() as i32));
+    sb.destroy().await.unwrap();
     assert!(env.config.cgroups.children().is_empty());
 }

@@ -384,6 +384,7 @@ impl Service {
             // Warm-ups are captured: a fixed layout lets snapshots of every
             // boot and function share pages (see README, "Snapshots").
             no_aslr: true,
+            stub: false,
         };
         let start = StartSpec {
             launch,
@@ -549,7 +550,8 @@ impl Service {
         v: &Version,
         instance: &pool::instance::Instance,
     ) -> Result<SnapshotInfo, SnapshotError> {
-        let pid = snapshots::host_pid_of(&instance.pids(), instance.runtime_pid)
+        let pid = instance
+            .runtime_host_pid()
             .ok_or(SnapshotError::NoProcess)?;
         let store = self.store.clone();
         let dir = snapshots::snapshots_dir(&self.config.data_dir);

@@ -77,23 +77,6 @@ pub fn snapshots_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("snapshots")
 }
 
-/// Finds the host pid of the process that is `ns_pid` in its own pid
-/// namespace, among `pids`.
-pub fn host_pid_of(pids: &[i32], ns_pid: u32) -> Option<i32> {
-    pids.iter().copied().find(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("NSpid:"))
-                    .and_then(|l| l.split_whitespace().last())
-                    .and_then(|p| p.parse::<u32>().ok())
-            })
-            == Some(ns_pid)
-            && ns_pid != 1
-    })
-}
-
 /// Captures `pid` into the store as snapshot `id` and writes its state file.
 /// Blocking: run it on a blocking thread. The process keeps running.
 pub fn take(

@@ -102,6 +102,7 @@ fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
     let _ = fs::write("/proc/self/oom_score_adj", "-1000");
     // SAFETY: pid 1 is single-threaded.
     match unsafe { fork() }.map_err(ctx("fork function"))? {
+        ForkResult::Child if spec.stub => run_stub(spec),
         ForkResult::Child => {
             let err = exec_function(spec);
             report(&err);
@@ -114,6 +115,30 @@ fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
             Ok(wait_for(child))
         }
     }
+}
+
+/// The restore stub: pid 2 of a sandbox, still privileged, with the protocol
+/// fds 3 and 4 in place, stopped until a restorer takes it over (ptrace) and
+/// turns it into a copy of a snapshot. The restorer drops its privileges.
+fn run_stub(spec: &SandboxSpec) -> ! {
+    let result = (|| -> Result<(), String> {
+        setsid().map_err(ctx("setsid"))?;
+        let _ = fs::write("/proc/self/oom_score_adj", "0");
+        setrlimit(Resource::RLIMIT_NOFILE, spec.nofile, spec.nofile)
+            .map_err(ctx("set RLIMIT_NOFILE"))?;
+        chdir(&spec.cwd).map_err(|e| format!("chdir {}: {e}", spec.cwd.display()))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        report(&e);
+        process::exit(127);
+    }
+    // SAFETY: close_range only closes descriptors; 0-4 stay for the copy.
+    unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) };
+    // Stop until the restorer attaches. Resumed without a restore, there is
+    // nothing to run.
+    let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+    process::exit(126)
 }
 
 /// Drops privileges and executes the function. Returns only on failure.

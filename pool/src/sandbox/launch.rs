@@ -54,6 +54,9 @@ pub struct LaunchSpec {
     pub network: Network,
     /// Start without address-space randomisation (see [`SandboxSpec::no_aslr`]).
     pub no_aslr: bool,
+    /// Start a stopped restore stub instead of `argv` (see
+    /// [`SandboxSpec::stub`]).
+    pub stub: bool,
 }
 
 /// Errors of starting a sandbox.
@@ -198,6 +201,7 @@ impl Sandbox {
             hostname: "thaw".into(),
             nofile: 1024,
             no_aslr: spec.no_aslr,
+            stub: spec.stub,
         };
         let json = serde_json::to_string(&sandbox_spec).expect("spec serialises");
 
@@ -288,6 +292,12 @@ impl Sandbox {
         self.cgroup.pids()
     }
 
+    /// Host pid of the function process (pid 2 inside the sandbox), or of
+    /// the restore stub.
+    pub fn function_pid(&self) -> Option<i32> {
+        host_pid_of(&self.pids(), 2)
+    }
+
     /// Kills every process of the sandbox now (does not wait).
     pub fn kill(&mut self) {
         self.cgroup.kill_all();
@@ -323,4 +333,21 @@ impl Sandbox {
         let _ = fs::remove_dir(&self.root_dir);
         Ok(())
     }
+}
+
+/// Finds, among `pids`, the host pid of the process that is `ns_pid` in its
+/// own (innermost) pid namespace.
+pub fn host_pid_of(pids: &[i32], ns_pid: u32) -> Option<i32> {
+    pids.iter().copied().find(|pid| {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("NSpid:"))?.to_string();
+                let mut fields = line.split_whitespace().skip(1);
+                // Only processes in a nested namespace (two or more fields).
+                let _host = fields.next()?;
+                fields.last()?.parse::<u32>().ok()
+            })
+            == Some(ns_pid)
+    })
 }

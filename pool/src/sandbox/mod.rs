@@ -32,7 +32,7 @@ pub mod init;
 mod launch;
 mod mounts;
 
-pub use launch::{LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExit};
+pub use launch::{host_pid_of, LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExit};
 
 use std::path::PathBuf;
 
@@ -95,4 +95,7 @@ pub struct SandboxSpec {
     /// boot of a runtime lays out memory alike (snapshots of different boots
     /// and functions then share more pages).
     pub no_aslr: bool,
+    /// Instead of executing `argv`, start a stopped restore stub as pid 2
+    /// (privileged, fds 0-4 in place) for a restorer to turn into a copy.
+    pub stub: bool,
 }
