@@ -5,7 +5,9 @@
 //! * [`capture`]: stopping a live process with ptrace and reading everything a
 //!   faithful restore needs.
 //! * [`state`]: the serialisable description of a captured process.
+//! * [`snapshot`]: snapshots (state + page lists in a manifest, store root).
 
 pub mod capture;
+pub mod snapshot;
 pub mod state;
 pub mod store;

@@ -1,0 +1,297 @@
+//! Snapshots: a captured process's state plus its pages in the store.
+//!
+//! A snapshot is a manifest in the store's `THAWSNAP` container (see
+//! [`crate::store::write_manifest`]) whose payload is a [`Snapshot`], and a
+//! root in the page store (same id) that keeps its pages alive through gc.
+//!
+//! ```text
+//! <snapshots_dir>/<id>.snapshot     THAWSNAP container, payload = Snapshot:
+//!   format                          SNAPSHOT_FORMAT
+//!   id, created_ms                  name and Unix time of the capture (ms)
+//!   timings                         where the capture's time went (µs)
+//!   state                           ProcessState (registers, signals, areas, fds ...)
+//!   areas[]                         per memory area its AreaPages (zero / file / hashes)
+//! <store>/roots/<id>                the store root (written first)
+//! ```
+//!
+//! The root is committed before the manifest is written (atomically): a
+//! crash in between leaves a root without a manifest (gc keeps its pages
+//! until the root is removed) and never a manifest whose pages may be gone.
+//!
+//! The self-contained directory form ([`snapshot_to_dir`], what
+//! `thaw snapshot --pid PID --out DIR` writes) carries its own store:
+//!
+//! ```text
+//! DIR/store/                        a page store holding just this snapshot's pages
+//! DIR/snapshot.snapshot             the manifest, id "snapshot"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::capture::{capture_timed, CaptureError, CaptureOptions};
+use crate::state::ProcessState;
+use crate::store::{
+    area_pages, read_manifest, write_manifest, AreaPages, AreaPagesError, CommitError,
+    InvalidSnapshotId, OpenError, PageStore, ReadManifestError, StoreSink, WriteManifestError,
+    WriterError,
+};
+
+/// Version of the [`Snapshot`] payload; bump on any incompatible change.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+/// Id of the snapshot in a self-contained snapshot directory.
+pub const DIR_SNAPSHOT_ID: &str = "snapshot";
+/// Extension of manifest files.
+const EXTENSION: &str = "snapshot";
+
+/// Where the time of taking a snapshot went, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotTimings {
+    /// Seize, interrupt, wait for the stop.
+    pub stop_us: u64,
+    /// Reading thread and process state.
+    pub state_us: u64,
+    /// Finding the private pages.
+    pub scan_us: u64,
+    /// Reading and storing the pages.
+    pub pages_us: u64,
+    /// Detaching.
+    pub detach_us: u64,
+    /// Committing the store and writing the manifest.
+    pub commit_us: u64,
+    /// Everything.
+    pub total_us: u64,
+}
+
+/// The payload of a snapshot manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`SNAPSHOT_FORMAT`] at creation.
+    pub format: u32,
+    /// The snapshot id (also the store root's name).
+    pub id: String,
+    /// Unix time of the capture in milliseconds.
+    pub created_ms: u64,
+    /// Where the capture's time went.
+    pub timings: SnapshotTimings,
+    /// Everything about the process except page contents.
+    pub state: ProcessState,
+    /// For each of `state.areas`, where each page comes from.
+    pub areas: Vec<AreaPages>,
+}
+
+/// A summary of a snapshot just taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The id.
+    pub id: String,
+    /// Where the manifest was written.
+    pub manifest: PathBuf,
+    /// Memory areas.
+    pub areas: usize,
+    /// Non-zero private pages captured.
+    pub stored_pages: u64,
+    /// Of which new to the store.
+    pub new_pages: u64,
+    /// Zero pages (not stored).
+    pub zero_pages: u64,
+    /// Where the time went.
+    pub timings: SnapshotTimings,
+}
+
+/// Why a snapshot could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The id cannot name a file.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidSnapshotId),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The store's writer could not be had.
+    #[error(transparent)]
+    Writer(#[from] WriterError),
+    /// The capture failed or was refused.
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    /// A captured area's page runs and stored pages disagree.
+    #[error(transparent)]
+    AreaPages(#[from] AreaPagesError),
+    /// Committing the pages and the root failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    /// Writing the manifest failed.
+    #[error(transparent)]
+    Manifest(#[from] WriteManifestError),
+    /// A directory could not be created.
+    #[error("cannot create {}: {source}", path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why a snapshot could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadSnapshotError {
+    /// The id cannot name a file.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidSnapshotId),
+    /// The manifest is missing, corrupt or from another version.
+    #[error(transparent)]
+    Manifest(#[from] ReadManifestError),
+    /// The manifest decodes but is not a usable snapshot.
+    #[error("snapshot {}: {what}", path.display())]
+    Invalid {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The snapshot directory's store could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+}
+
+/// Path of the manifest of snapshot `id` in `snapshots_dir`.
+pub fn manifest_path(snapshots_dir: &Path, id: &str) -> PathBuf {
+    snapshots_dir.join(format!("{id}.{EXTENSION}"))
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+/// Captures `pid` into `store` as snapshot `id` and writes its manifest to
+/// `snapshots_dir`. The process keeps running.
+pub fn take_snapshot(
+    pid: i32,
+    store: &PageStore,
+    snapshots_dir: &Path,
+    id: &str,
+    options: &CaptureOptions,
+) -> Result<SnapshotInfo, SnapshotError> {
+    crate::store::validate_snapshot_id(id)?;
+    let started = Instant::now();
+    std::fs::create_dir_all(snapshots_dir).map_err(|source| SnapshotError::Dir {
+        path: snapshots_dir.to_path_buf(),
+        source,
+    })?;
+    let mut writer = store.writer()?;
+    let mut sink = StoreSink::new(&mut writer);
+    let (state, capture) = capture_timed(pid, options, &mut sink)?;
+    let stored = sink.into_stored();
+    let areas = state
+        .areas
+        .iter()
+        .enumerate()
+        .map(|(i, area)| area_pages(area, stored.get(i).map_or(&[], |v| v.as_slice())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let committing = Instant::now();
+    let summary = writer.commit_snapshot(id, &areas)?;
+    let mut snapshot = Snapshot {
+        format: SNAPSHOT_FORMAT,
+        id: id.to_string(),
+        created_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        timings: SnapshotTimings {
+            stop_us: micros(capture.stop),
+            state_us: micros(capture.state),
+            scan_us: micros(capture.scan),
+            pages_us: micros(capture.pages),
+            detach_us: micros(capture.detach),
+            commit_us: 0,
+            total_us: 0,
+        },
+        state,
+        areas,
+    };
+    snapshot.timings.commit_us = micros(committing.elapsed());
+    snapshot.timings.total_us = micros(started.elapsed());
+    let manifest = manifest_path(snapshots_dir, id);
+    write_manifest(&manifest, &snapshot)?;
+    Ok(SnapshotInfo {
+        id: id.to_string(),
+        manifest,
+        areas: snapshot.areas.len(),
+        stored_pages: snapshot.state.stored_pages(),
+        new_pages: summary.new_objects,
+        zero_pages: snapshot.state.zero_pages(),
+        timings: snapshot.timings,
+    })
+}
+
+/// Loads the manifest of snapshot `id` from `snapshots_dir` and checks that
+/// its parts agree.
+pub fn load_snapshot(snapshots_dir: &Path, id: &str) -> Result<Snapshot, LoadSnapshotError> {
+    crate::store::validate_snapshot_id(id)?;
+    let path = manifest_path(snapshots_dir, id);
+    let snapshot: Snapshot = read_manifest(&path)?;
+    let invalid = |what: String| LoadSnapshotError::Invalid {
+        path: path.clone(),
+        what,
+    };
+    if snapshot.format != SNAPSHOT_FORMAT {
+        return Err(invalid(format!(
+            "format {} (this build reads {SNAPSHOT_FORMAT})",
+            snapshot.format
+        )));
+    }
+    if snapshot.id != id {
+        return Err(invalid(format!("names snapshot {:?}", snapshot.id)));
+    }
+    if snapshot.areas.len() != snapshot.state.areas.len() {
+        return Err(invalid(format!(
+            "{} page lists for {} areas",
+            snapshot.areas.len(),
+            snapshot.state.areas.len()
+        )));
+    }
+    for (area, pages) in snapshot.state.areas.iter().zip(&snapshot.areas) {
+        if pages.page_count() != area.page_count() {
+            return Err(invalid(format!(
+                "area {:#x}-{:#x} has {} pages but its list {}",
+                area.start,
+                area.end,
+                area.page_count(),
+                pages.page_count()
+            )));
+        }
+    }
+    Ok(snapshot)
+}
+
+/// Captures `pid` into a new self-contained snapshot directory `out_dir`
+/// (its own store in `out_dir/store`, manifest id [`DIR_SNAPSHOT_ID`]).
+pub fn snapshot_to_dir(pid: i32, out_dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
+    snapshot_to_dir_with(pid, out_dir, &CaptureOptions::default())
+}
+
+/// [`snapshot_to_dir`] with capture options.
+pub fn snapshot_to_dir_with(
+    pid: i32,
+    out_dir: &Path,
+    options: &CaptureOptions,
+) -> Result<SnapshotInfo, SnapshotError> {
+    let store_dir = out_dir.join("store");
+    std::fs::create_dir_all(&store_dir).map_err(|source| SnapshotError::Dir {
+        path: store_dir.clone(),
+        source,
+    })?;
+    let store = PageStore::open(&store_dir)?;
+    take_snapshot(pid, &store, out_dir, DIR_SNAPSHOT_ID, options)
+}
+
+/// Opens a snapshot directory written by [`snapshot_to_dir`]: its manifest
+/// and its store.
+pub fn open_snapshot_dir(dir: &Path) -> Result<(Snapshot, PageStore), LoadSnapshotError> {
+    let snapshot = load_snapshot(dir, DIR_SNAPSHOT_ID)?;
+    let store = PageStore::open(dir.join("store"))?;
+    Ok((snapshot, store))
+}
