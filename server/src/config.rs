@@ -56,6 +56,12 @@ pub struct Settings {
     /// Log format: text or json (default text).
     #[arg(long, env = "THAW_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Log lines kept per function, KiB of text (default 1024).
+    #[arg(long, env = "THAW_LOG_KB_PER_FUNCTION")]
+    pub log_kb_per_function: Option<usize>,
+    /// Oldest log line kept, seconds (default 86400).
+    #[arg(long, env = "THAW_LOG_MAX_AGE_S")]
+    pub log_max_age_s: Option<u64>,
     /// Deploy the function in this folder at start (repeatable).
     #[arg(long = "deploy")]
     #[serde(default)]
@@ -82,6 +88,8 @@ impl Settings {
             allow_forced_cold: self.allow_forced_cold.or(below.allow_forced_cold),
             stop_timeout_s: self.stop_timeout_s.or(below.stop_timeout_s),
             log_format: self.log_format.or(below.log_format),
+            log_kb_per_function: self.log_kb_per_function.or(below.log_kb_per_function),
+            log_max_age_s: self.log_max_age_s.or(below.log_max_age_s),
             deploy: if self.deploy.is_empty() {
                 below.deploy
             } else {
@@ -116,6 +124,10 @@ impl Settings {
             allow_forced_cold: self.allow_forced_cold.unwrap_or(false),
             deploy: self.deploy,
             stop_timeout: Duration::from_secs(self.stop_timeout_s.unwrap_or(30)),
+            logs: crate::logstore::LogLimits {
+                bytes_per_function: self.log_kb_per_function.unwrap_or(1024) << 10,
+                max_age: Duration::from_secs(self.log_max_age_s.unwrap_or(86_400)),
+            },
         })
     }
 }

@@ -44,6 +44,8 @@ pub struct ServeOptions {
     pub deploy: Vec<PathBuf>,
     /// On SIGTERM, how long in-flight invocations may take to finish.
     pub stop_timeout: Duration,
+    /// How much function output is kept.
+    pub logs: LogLimits,
 }
 
 fn total_memory() -> u64 {
@@ -170,7 +172,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         },
         pool.clone(),
         registry,
-        LogStore::new(LogLimits::default()),
+        LogStore::new(opts.logs),
         crate::store_view::open(&data_dir)?,
     );
     let n = service.recover().context("loading functions")?;
