@@ -78,6 +78,7 @@ impl IntoResponse for ApiError {
 /// The router with every route.
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .merge(crate::ui::protected())
         .route("/functions", post(deploy).get(list))
         .route("/functions/{id}", get(show).delete(remove))
         .route("/functions/{id}/invoke", post(invoke))
@@ -85,6 +86,7 @@ pub fn app(state: AppState) -> Router {
         .route("/store", get(store_stats))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .merge(crate::ui::public())
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .with_state(state)
@@ -125,7 +127,10 @@ async fn require_token(State(state): State<AppState>, mut req: Request, next: Ne
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let Some(role) = state.tokens.role_of(given.as_bytes()) else {
+        let role = state.tokens.role_of(given.as_bytes());
+        // Browsers (the dashboard) present a session cookie instead.
+        let role = role.or_else(|| crate::ui::session_role(&state, req.headers()));
+        let Some(role) = role else {
             return ApiError::new(ErrorKind::Unauthorized, "a valid bearer token is required")
                 .into_response();
         };

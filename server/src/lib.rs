@@ -12,6 +12,7 @@
 //! * [`client`]: the commands that talk to a server.
 //! * [`bundle`]: function folders (`thaw.toml` + code).
 //! * [`store_view`]: the page store as the API and CLI show it.
+//! * [`ui`]: the dashboard's routes, sessions and live stream.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -27,3 +28,4 @@ pub mod service;
 pub mod snapshots;
 pub mod spec;
 pub mod store_view;
+pub mod ui;
