@@ -558,7 +558,7 @@ impl Service {
         let id = snapshots::snapshot_id(&v.key.name, v.key.version, v.key.uid);
         let info = tokio::task::spawn_blocking(move || snapshots::take(&store, &dir, &id, pid))
             .await
-            .map_err(|e| SnapshotError::Store(format!("capture task: {e}")))??;
+            .map_err(|e| SnapshotError::Task(e.to_string()))??;
         tracing::info!(
             function = %v.key.name,
             version = v.key.version,
