@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 # system Python with numpy and pandas for the python3 runtime and the
 # numpy-pandas example; for the tests also python3-venv (kubernetes-validate
 # from PyPI) and systemd (systemd-analyze) to check deploy/.
-PACKAGES=(libclang-dev clang python3 python3-numpy python3-pandas python3-venv systemd)
+PACKAGES=(libclang-dev clang python3 python3-numpy python3-pandas python3-venv systemd chromium chromium-driver)
 
 stage_start=$(date +%s)
 stage() {
