@@ -1,0 +1,362 @@
+//! Restore: turning a snapshot back into a running process, without CRIU.
+//!
+//! ```text
+//! plan      open every mapped file, the executable, the image, and the
+//!           files behind saved fds (identities checked against the snapshot)
+//! stub      spawn: init (pid 1 of a new pid namespace) → stub with the saved
+//!           pid (clone3 set_tid), fds already at their numbers; PTRACE_SEIZE
+//! mappings  unregister the stub's rseq; scratch; unmap the stub; move
+//!           [vvar] [vvar_vclock] [vdso] to the saved addresses; map every
+//!           saved area (see `memory`)
+//! state     PR_SET_MM_MAP; close the mapping fds; signals and mask; rseq;
+//!           tid address, robust list, sigaltstack; cwd, umask, personality,
+//!           comm, rlimits; unmap the scratch
+//! resume    xsave, registers (syscall-restart rule applied), detach
+//! ```
+//!
+//! Every step in the stub is a system call injected with ptrace (the
+//! capture's injector, borrowing the `syscall` instruction of the vDSO).
+//! The copy's exit status is init's: its exit code, or 128 + the signal
+//! that killed it ([`RestoredChild::wait`]).
+//!
+//! Modules: [`spawn`] (init and stub), [`remote`] (driving the stub),
+//! [`memory`] (the address space), [`thread`] (kernel state and registers),
+//! [`fds`] (descriptors and mapped files).
+
+pub mod fds;
+pub mod memory;
+pub mod remote;
+pub mod spawn;
+pub mod thread;
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use snapshotter::snapshot::{open_snapshot_dir, LoadSnapshotError, Snapshot};
+use snapshotter::store::{ImageError, PageStore};
+
+use memory::MapSources;
+use remote::Remote;
+
+/// How the copy's private memory is provided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `MAP_PRIVATE` of the snapshot's image file (page cache shared by all
+    /// copies, copy on write).
+    Mmap,
+    /// Anonymous memory filled on demand by a userfaultfd page server (not
+    /// implemented yet).
+    Uffd,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "mmap" => Ok(Mode::Mmap),
+            "uffd" => Ok(Mode::Uffd),
+            other => Err(format!("unknown restore mode {other:?} (mmap or uffd)")),
+        }
+    }
+}
+
+/// How to restore.
+#[derive(Debug)]
+pub struct RestoreOptions<'a> {
+    /// Memory mode.
+    pub mode: Mode,
+    /// Descriptors the caller provides for given fd numbers of the copy
+    /// (for example fresh protocol pipes, or its own stdio). Saved fds not
+    /// listed are reopened (files, directories, devices) or refused (pipes
+    /// and sockets).
+    pub fds: Vec<(i32, BorrowedFd<'a>)>,
+}
+
+/// Where the time of a restore went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreTimings {
+    /// Opening and checking files, the image.
+    pub plan: Duration,
+    /// Starting init and stub, seizing the stub.
+    pub stub: Duration,
+    /// Rebuilding the address space.
+    pub mappings: Duration,
+    /// mm fields, signals, rseq, thread, attributes.
+    pub state: Duration,
+    /// Registers and detach.
+    pub resume: Duration,
+    /// System calls injected.
+    pub injected: u32,
+}
+
+impl RestoreTimings {
+    /// Total.
+    pub fn total(&self) -> Duration {
+        self.plan + self.stub + self.mappings + self.state + self.resume
+    }
+}
+
+/// Why a restore failed. The stub and its init are gone when this is
+/// returned.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The snapshot could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadSnapshotError),
+    /// The snapshot's image could not be built or opened.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Starting init or stub failed.
+    #[error(transparent)]
+    Spawn(#[from] spawn::SpawnError),
+    /// Holding the stub failed.
+    #[error("stub: {0}")]
+    Stub(String),
+    /// Injecting a system call failed.
+    #[error("{what}: injection failed: {reason}")]
+    Inject {
+        /// The call.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// A system call in the stub returned an error.
+    #[error("{what} in the stub failed: {source}")]
+    Remote {
+        /// The call.
+        what: String,
+        /// The errno.
+        source: std::io::Error,
+    },
+    /// A call of the restorer failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file changed since the capture.
+    #[error("{path} changed since the snapshot ({what})")]
+    FileChanged {
+        /// The file.
+        path: String,
+        /// What differs.
+        what: String,
+    },
+    /// A saved descriptor needs one from the caller.
+    #[error("fd {fd} of the snapshot is a {what}: the caller must supply it")]
+    FdNotSupplied {
+        /// The descriptor number.
+        fd: i32,
+        /// What it was.
+        what: &'static str,
+    },
+    /// No free address range for the restorer's own areas.
+    #[error("no free address range for the {0}")]
+    NoRoom(&'static str),
+    /// This kernel's special areas differ from the snapshot's.
+    #[error("snapshot incompatible with this kernel: {0}")]
+    Incompatible(String),
+    /// Something the restorer cannot do yet.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+/// A running copy. Dropping it kills the copy (if still running) and reaps
+/// its init.
+#[derive(Debug)]
+pub struct RestoredChild {
+    init_pid: i32,
+    pid: i32,
+    ns_pid: i32,
+    pidfd: OwnedFd,
+    status: Option<i32>,
+    /// Where the restore's time went.
+    pub timings: RestoreTimings,
+}
+
+impl RestoredChild {
+    /// The copy's pid in the restorer's pid namespace.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The copy's pid in its own namespace (the saved pid).
+    pub fn ns_pid(&self) -> i32 {
+        self.ns_pid
+    }
+
+    /// The init of the copy's namespace (a child of the restorer).
+    pub fn init_pid(&self) -> i32 {
+        self.init_pid
+    }
+
+    /// Sends `signal` to the copy.
+    pub fn signal(&self, signal: i32) -> Result<(), RestoreError> {
+        // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(RestoreError::Io {
+                what: format!("pidfd_send_signal({signal})"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for the copy to end: its exit code, or 128 + signal.
+    pub fn wait(&mut self) -> Result<i32, RestoreError> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid of our own child with a valid status pointer.
+            let r = unsafe { libc::waitpid(self.init_pid, &mut status, 0) };
+            if r >= 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(RestoreError::Io {
+                    what: "waitpid (restore init)".into(),
+                    source: e,
+                });
+            }
+        }
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        };
+        self.status = Some(code);
+        Ok(code)
+    }
+}
+
+impl Drop for RestoredChild {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            spawn::reap(self.init_pid);
+        }
+    }
+}
+
+/// Kills and reaps init unless disarmed.
+struct InitGuard(Option<i32>);
+
+impl Drop for InitGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            spawn::reap(pid);
+        }
+    }
+}
+
+/// Restores the self-contained snapshot directory `dir` (written by
+/// `snapshot_to_dir`), the copy's stdin, stdout and stderr being the
+/// caller's. This is `thaw restore DIR`.
+pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreError> {
+    let (snapshot, store) = open_snapshot_dir(dir)?;
+    // SAFETY: fds 0, 1 and 2 of this process stay open for the call.
+    let stdio = unsafe {
+        [
+            BorrowedFd::borrow_raw(0),
+            BorrowedFd::borrow_raw(1),
+            BorrowedFd::borrow_raw(2),
+        ]
+    };
+    let fds = (0..3)
+        .filter(|fd| snapshot.state.fds.iter().any(|f| f.fd == *fd))
+        .map(|fd| (fd, stdio[fd as usize]))
+        .collect();
+    restore(&snapshot, &store, &RestoreOptions { mode, fds })
+}
+
+/// Restores `snapshot`, whose pages are in `store`.
+pub fn restore(
+    snapshot: &Snapshot,
+    store: &PageStore,
+    options: &RestoreOptions<'_>,
+) -> Result<RestoredChild, RestoreError> {
+    if options.mode == Mode::Uffd {
+        return Err(RestoreError::Unsupported(
+            "uffd mode is not implemented yet; use mmap".into(),
+        ));
+    }
+    let state = &snapshot.state;
+    let mut timings = RestoreTimings::default();
+    let started = Instant::now();
+    let image = store.image(&snapshot.id)?;
+    let plan = fds::plan(state, &options.fds, image.file.as_raw_fd())?;
+    timings.plan = started.elapsed();
+
+    let started = Instant::now();
+    let spawned = spawn::spawn(state.pid, &plan.moves)?;
+    let mut guard = InitGuard(Some(spawned.init_pid));
+    drop(plan.held);
+    let mut remote = Remote::seize(spawned.stub_pid)?;
+    timings.stub = started.elapsed();
+
+    let started = Instant::now();
+    thread::unregister_rseq(&mut remote)?;
+    let stub_map = memory::stub_map(remote.pid())?;
+    memory::clear_and_move_specials(&mut remote, &stub_map, &state.areas)?;
+    let sources = MapSources {
+        area_fds: &plan.area_fds,
+        image_fd: plan.image_fd,
+        image: &image.file,
+        layout: &image.layout,
+    };
+    memory::map_areas(&mut remote, &state.areas, &snapshot.areas, &sources)?;
+    timings.mappings = started.elapsed();
+
+    let started = Instant::now();
+    thread::set_mm(&mut remote, state, plan.exe_fd)?;
+    remote.sys(
+        "close_range (mapping fds)",
+        libc::SYS_close_range,
+        [plan.first_private_fd as u64, u32::MAX as u64, 0, 0, 0, 0],
+    )?;
+    for fd in &plan.cloexec {
+        remote.sys(
+            "fcntl(F_SETFD)",
+            libc::SYS_fcntl,
+            [*fd as u64, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
+        )?;
+    }
+    thread::set_signals(&mut remote, state)?;
+    thread::register_rseq(&mut remote, &state.rseq)?;
+    thread::set_thread(&mut remote, state)?;
+    thread::set_attributes(&mut remote, state)?;
+    if let Some((addr, len)) = remote.scratch.take() {
+        remote.sys("munmap (scratch)", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])?;
+    }
+    timings.state = started.elapsed();
+
+    let started = Instant::now();
+    thread::set_registers(&mut remote, state)?;
+    timings.injected = remote.calls;
+    remote.detach()?;
+    timings.resume = started.elapsed();
+    guard.0 = None;
+    Ok(RestoredChild {
+        init_pid: spawned.init_pid,
+        pid: spawned.stub_pid,
+        ns_pid: state.pid,
+        pidfd: spawned.stub_pidfd,
+        status: None,
+        timings,
+    })
+}
+

@@ -1,0 +1,116 @@
+//! Driving the stub: system calls run inside it (through the capture's
+//! injector), its memory written through `/proc/PID/mem`, and a scratch
+//! page for the arguments of those calls.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use snapshotter::capture::{Injector, Seized};
+
+use super::RestoreError;
+
+/// The stub held by the restorer.
+#[derive(Debug)]
+pub struct Remote {
+    /// The ptrace hold (detaches on drop).
+    pub seized: Seized,
+    injector: Injector,
+    mem: File,
+    /// The scratch area (address, length), once mapped.
+    pub scratch: Option<(u64, u64)>,
+    /// System calls run so far.
+    pub calls: u32,
+}
+
+impl Remote {
+    /// Seizes `pid` and finds a `syscall` instruction in its vDSO.
+    pub fn seize(pid: i32) -> Result<Remote, RestoreError> {
+        let seized = Seized::stop(pid).map_err(|e| RestoreError::Stub(e.to_string()))?;
+        let injector = Injector::find(&seized).map_err(|e| RestoreError::Stub(e.to_string()))?;
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(|source| RestoreError::Io {
+                what: format!("open /proc/{pid}/mem"),
+                source,
+            })?;
+        Ok(Remote {
+            seized,
+            injector,
+            mem,
+            scratch: None,
+            calls: 0,
+        })
+    }
+
+    /// The stub's pid (in the restorer's namespace).
+    pub fn pid(&self) -> i32 {
+        self.seized.pid()
+    }
+
+    /// Address of the `syscall` instruction in use.
+    pub fn syscall_address(&self) -> u64 {
+        self.injector.syscall_address()
+    }
+
+    /// Uses the `syscall` instruction at `addr` from now on (after the vDSO
+    /// moved).
+    pub fn set_syscall_address(&mut self, addr: u64) {
+        self.injector = Injector::with_syscall_at(addr);
+    }
+
+    /// Runs system call `nr` in the stub; a negative result is an error
+    /// naming `what`.
+    pub fn sys(&mut self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64, RestoreError> {
+        self.calls += 1;
+        let r = self
+            .injector
+            .syscall(&mut self.seized, nr, args)
+            .map_err(|e| RestoreError::Inject {
+                what: what.to_string(),
+                reason: e.to_string(),
+            })?;
+        if (-4095..0).contains(&r) {
+            return Err(RestoreError::Remote {
+                what: what.to_string(),
+                source: std::io::Error::from_raw_os_error(-r as i32),
+            });
+        }
+        Ok(r as u64)
+    }
+
+    /// Lets the stub run.
+    pub fn detach(self) -> Result<(), RestoreError> {
+        self.seized
+            .detach()
+            .map_err(|e| RestoreError::Stub(e.to_string()))
+    }
+
+    /// Writes `data` at `addr` in the stub (ignores page protections, like
+    /// a debugger: private pages are copied on write).
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), RestoreError> {
+        self.mem
+            .write_all_at(data, addr)
+            .map_err(|source| RestoreError::Io {
+                what: format!("write {} bytes at {addr:#x} of the stub", data.len()),
+                source,
+            })
+    }
+
+    /// Writes `data` to the scratch area at `offset` and returns its address
+    /// in the stub.
+    pub fn put(&self, offset: u64, data: &[u8]) -> Result<u64, RestoreError> {
+        let (addr, len) = self.scratch.expect("scratch mapped before use");
+        assert!(offset + data.len() as u64 <= len, "scratch overflow");
+        self.write(addr + offset, data)?;
+        Ok(addr + offset)
+    }
+}
+
+/// The bytes of a plain-data value.
+pub fn bytes_of<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: `T: Copy` plain data with no padding is read as bytes for the
+    // lifetime of the borrow; callers use `repr(C)` structs of u64/u32.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast(), std::mem::size_of::<T>()) }
+}

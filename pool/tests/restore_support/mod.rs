@@ -1,0 +1,147 @@
+//! Shared helpers of the restore tests: skipping without root or a C
+//! compiler, building the probe program, starting it with pipes on its
+//! stdio, and restoring with fresh pipes.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use pool::restore::{restore, Mode, RestoreOptions, RestoredChild};
+use snapshotter::snapshot::open_snapshot_dir;
+
+/// Whether the test can run: root, and `cc` if `needs_cc`; prints why not.
+pub fn can_restore(test: &str, needs_cc: bool) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipping {test}: needs root (ptrace, pid namespaces, clone3 set_tid)");
+        return false;
+    }
+    if needs_cc && Command::new("cc").arg("--version").output().is_err() {
+        println!("skipping {test}: no C compiler (cc)");
+        return false;
+    }
+    true
+}
+
+/// Compiles `source` (C) into `dir` and returns the binary.
+pub fn compile(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, source).unwrap();
+    let out = dir.join(name);
+    let status = Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(&out)
+        .arg(&c)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cc failed for {name}");
+    out
+}
+
+/// A started program with pipes on stdin and stdout.
+pub struct Started {
+    /// The process.
+    pub child: Child,
+    /// Its stdin.
+    pub stdin: File,
+    /// Its stdout.
+    pub stdout: BufReader<File>,
+}
+
+impl Started {
+    /// Reads one line (without the newline).
+    pub fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.stdout.read_line(&mut s).unwrap();
+        s.trim_end_matches('\n').to_string()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `program args` with piped stdin/stdout and no other fds but 2.
+pub fn start(program: &Path, args: &[&str]) -> Started {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    // SAFETY: only close_range runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let stdin = File::from(OwnedFd::from(child.stdin.take().unwrap()));
+    let stdout = BufReader::new(File::from(OwnedFd::from(child.stdout.take().unwrap())));
+    Started {
+        child,
+        stdin,
+        stdout,
+    }
+}
+
+/// A restored copy with pipes on its stdin and stdout.
+pub struct Copy {
+    /// The copy.
+    pub child: RestoredChild,
+    /// Its stdin.
+    pub stdin: File,
+    /// Its stdout.
+    pub stdout: BufReader<File>,
+}
+
+impl Copy {
+    /// Reads one line (without the newline).
+    pub fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.stdout.read_line(&mut s).unwrap();
+        s.trim_end_matches('\n').to_string()
+    }
+
+    /// Everything until EOF.
+    pub fn rest(&mut self) -> String {
+        let mut s = String::new();
+        self.stdout.read_to_string(&mut s).unwrap();
+        s
+    }
+
+    /// Writes `data` to its stdin.
+    pub fn send(&mut self, data: &[u8]) {
+        self.stdin.write_all(data).unwrap();
+    }
+}
+
+/// Restores the snapshot directory `dir` with fresh pipes on fds 0 and 1
+/// and this process's stderr on fd 2.
+pub fn restore_with_pipes(dir: &Path, mode: Mode) -> Copy {
+    let (snapshot, store) = open_snapshot_dir(dir).unwrap();
+    let (in_read, in_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let (out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let stderr = std::io::stderr();
+    let mut fds = vec![(0, in_read.as_fd()), (1, out_write.as_fd())];
+    if snapshot.state.fds.iter().any(|f| f.fd == 2) {
+        fds.push((2, stderr.as_fd()));
+    }
+    let child = restore(&snapshot, &store, &RestoreOptions { mode, fds }).unwrap();
+    drop(in_read);
+    drop(out_write);
+    Copy {
+        child,
+        stdin: File::from(in_write),
+        stdout: BufReader::new(File::from(out_read)),
+    }
+}
