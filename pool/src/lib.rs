@@ -6,6 +6,7 @@
 //! * [`instance`]: one runtime in one sandbox, serving invocations.
 //! * [`logs`]: the function output tap.
 //! * [`memory`]: RSS, PSS and USS from `smaps_rollup`.
+//! * [`restore`]: turning a snapshot back into a running process.
 //! * [`manager`]: the pool of instances: warm reuse, boots, keep-alive,
 //!   concurrency, memory budget.
 
@@ -15,6 +16,7 @@ pub mod logs;
 pub mod manager;
 pub mod memory;
 pub mod protocol;
+pub mod restore;
 pub mod sandbox;
 
 pub use manager::{FunctionKey, Pool, PoolConfig, PoolError, StartKind, StartSpec};
