@@ -1,0 +1,72 @@
+//! Restore of a real python3 process blocked reading a pipe: the copy
+//! answers with the state the original built before the snapshot.
+
+mod restore_support;
+
+use std::path::Path;
+
+use pool::restore::Mode;
+use restore_support::{can_restore, restore_with_pipes, start};
+use snapshotter::snapshot::snapshot_to_dir;
+
+const SCRIPT: &str = r#"
+import sys, os, time, json, hashlib, random
+table = {i: hashlib.sha256(str(i).encode()).hexdigest() for i in range(20000)}
+blob = bytes(range(256)) * 4096
+pid = os.getpid()
+t0 = time.monotonic()
+sys.stdout.write("ready %d\n" % pid)
+sys.stdout.flush()
+for line in sys.stdin:
+    n = int(line)
+    answer = {
+        "n": n,
+        "hash": table[n],
+        "blob": hashlib.sha256(blob).hexdigest()[:16],
+        "same_pid": os.getpid() == pid,
+        "clock_ok": time.monotonic() >= t0,
+        "cwd": os.getcwd(),
+        "big": len(bytearray(50 * 1024 * 1024)),
+    }
+    sys.stdout.write(json.dumps(answer, sort_keys=True) + "\n")
+    sys.stdout.flush()
+"#;
+
+#[test]
+fn python_copy_answers_from_its_warm_state() {
+    if !can_restore("python_copy_answers_from_its_warm_state", false) {
+        return;
+    }
+    if !Path::new("/usr/bin/python3").exists() {
+        println!("skipping python_copy_answers_from_its_warm_state: no /usr/bin/python3");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut original = start(Path::new("/usr/bin/python3"), &["-c", SCRIPT]);
+    let ready = original.line();
+    assert!(ready.starts_with("ready "), "{ready:?}");
+    let expected = {
+        use std::io::Write;
+        original.stdin.write_all(b"42\n").unwrap();
+        original.line()
+    };
+    let snap = tmp.path().join("snap");
+    let info = snapshot_to_dir(original.child.id() as i32, &snap).unwrap();
+    println!(
+        "python snapshot: {} areas, {} stored pages, {} zero pages",
+        info.areas, info.stored_pages, info.zero_pages
+    );
+    drop(original);
+
+    for round in 0..3 {
+        let mut copy = restore_with_pipes(&snap, Mode::Mmap);
+        println!("restore {round}: {:?}", copy.child.timings);
+        copy.send(b"42\n");
+        assert_eq!(copy.line(), expected);
+        copy.send(b"7\n");
+        let seven = copy.line();
+        assert!(seven.contains("\"n\": 7"), "{seven}");
+        drop(copy.stdin);
+        assert_eq!(copy.child.wait().unwrap(), 0);
+    }
+}
