@@ -97,6 +97,41 @@ pub enum Outcome {
     },
 }
 
+/// Turns the stopped restore stub with the given host pid into a copy of
+/// `snapshot` (blocking; ptrace from the calling thread). Supplied by the
+/// server, which knows the snapshot store; see [`Instance::restore`].
+pub type Restorer =
+    std::sync::Arc<dyn Fn(i32, &SnapshotSource) -> Result<(), String> + Send + Sync>;
+
+/// Which snapshot a copy is restored from, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotSource {
+    /// Snapshot id.
+    pub id: String,
+    /// Memory mode: `mmap` or `uffd`.
+    pub mode: String,
+}
+
+/// Errors of restoring a copy (the caller falls back to booting).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreFailure {
+    /// The stub sandbox could not be made.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// The restorer failed.
+    #[error("restore of snapshot {id} failed: {reason}")]
+    Restorer {
+        /// Snapshot id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The copy did not confirm it was ready (reseeding or a restore hook
+    /// failed, or it died).
+    #[error("the restored copy did not come up: {0}")]
+    Copy(String),
+}
+
 /// Invocations that ended the instance.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
@@ -188,6 +223,96 @@ impl Instance {
         instance.logs.barrier().await;
         let _ = instance.destroy().await;
         Err(failure)
+    }
+
+    /// Restores a copy of `snapshot` in a fresh stub sandbox: the restorer
+    /// rebuilds the process, then the runtime is told it is a copy (it
+    /// reseeds its random generators and runs the function's restore hooks)
+    /// before it serves.
+    pub async fn restore(
+        config: &SandboxConfig,
+        spec: &LaunchSpec,
+        snapshot: &SnapshotSource,
+        restorer: &Restorer,
+        ready_timeout: Duration,
+        sink: LogSink,
+    ) -> Result<Instance, RestoreFailure> {
+        let mut launch = spec.clone();
+        launch.stub = true;
+        let mut sandbox = Sandbox::launch(config, &launch).await?;
+        let logs = LogTap::start(
+            sandbox.stdout.take().expect("fresh sandbox has stdout"),
+            sandbox.stderr.take().expect("fresh sandbox has stderr"),
+            sink,
+        );
+        let requests = sandbox.requests.take().expect("fresh sandbox has fd 3");
+        let responses = sandbox.responses.take().expect("fresh sandbox has fd 4");
+        let mut instance = Instance {
+            sandbox,
+            requests,
+            responses,
+            logs,
+            memory_limit: spec.limits.memory_bytes,
+            runtime_pid: 2,
+            ready_at: Instant::now(),
+            served: 0,
+        };
+        match instance
+            .become_copy(snapshot, restorer, ready_timeout)
+            .await
+        {
+            Ok(()) => {
+                instance.ready_at = Instant::now();
+                Ok(instance)
+            }
+            Err(e) => {
+                instance.logs.barrier().await;
+                let _ = instance.destroy().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn become_copy(
+        &mut self,
+        snapshot: &SnapshotSource,
+        restorer: &Restorer,
+        ready_timeout: Duration,
+    ) -> Result<(), RestoreFailure> {
+        let pid = self
+            .sandbox
+            .function_pid()
+            .ok_or_else(|| RestoreFailure::Copy("the stub is missing".into()))?;
+        let (r, snap) = (restorer.clone(), snapshot.clone());
+        tokio::task::spawn_blocking(move || r(pid, &snap))
+            .await
+            .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
+            .map_err(|reason| RestoreFailure::Restorer {
+                id: snapshot.id.clone(),
+                reason,
+            })?;
+        let seed: [u8; 32] = rand::random();
+        let msg = ToRuntime::restored_with_seed(&seed);
+        let exchange = async {
+            write_frame(&mut self.requests, &msg, &[]).await?;
+            read_frame_limited(&mut self.responses, 1 << 20).await
+        };
+        match timeout(ready_timeout, exchange).await {
+            Ok(Ok((FromRuntime::Restored { ok: true, .. }, _))) => Ok(()),
+            Ok(Ok((FromRuntime::Restored { ok: false, message }, _))) => Err(RestoreFailure::Copy(
+                message.unwrap_or_else(|| "a restore hook failed".into()),
+            )),
+            Ok(Ok((other, _))) => Err(RestoreFailure::Copy(format!(
+                "expected restored, got {other:?}"
+            ))),
+            Ok(Err(e)) => Err(RestoreFailure::Copy(format!(
+                "{e}; {}",
+                self.crash_report().await.reason
+            ))),
+            Err(_) => Err(RestoreFailure::Copy(format!(
+                "no answer to restored within {ready_timeout:?}"
+            ))),
+        }
     }
 
     /// The sandbox's id.

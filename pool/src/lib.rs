@@ -19,4 +19,4 @@ pub mod protocol;
 pub mod restore;
 pub mod sandbox;
 
-pub use manager::{FunctionKey, Pool, PoolConfig, PoolError, StartKind, StartSpec};
+pub use manager::{Cold, FunctionKey, Pool, PoolConfig, PoolError, StartKind, StartSpec};

@@ -45,6 +45,8 @@ pub struct StartSpec {
     pub min_instances: usize,
     /// Where the instances' output goes.
     pub logs: LogSink,
+    /// The snapshot cold starts restore, when the version has one.
+    pub snapshot: Option<crate::instance::SnapshotSource>,
 }
 
 impl std::fmt::Debug for StartSpec {
@@ -55,6 +57,7 @@ impl std::fmt::Debug for StartSpec {
             .field("concurrency", &self.concurrency)
             .field("queue", &self.queue)
             .field("min_instances", &self.min_instances)
+            .field("snapshot", &self.snapshot)
             .finish()
     }
 }
@@ -111,10 +114,16 @@ pub enum PoolError {
     /// The pool is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A forced restore of a version without a ready snapshot.
+    #[error("this version has no ready snapshot to restore")]
+    NoSnapshot,
+    /// A forced restore failed (unforced ones fall back to booting).
+    #[error(transparent)]
+    Restore(#[from] crate::instance::RestoreFailure),
 }
 
 /// Pool-wide settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolConfig {
     /// How sandboxes are made.
     pub sandbox: SandboxConfig,
@@ -122,6 +131,23 @@ pub struct PoolConfig {
     pub memory_budget: u64,
     /// Time allowed for a runtime to load its handler.
     pub init_timeout: Duration,
+    /// Restores copies from snapshots; `None`: every cold start boots.
+    pub restorer: Option<crate::instance::Restorer>,
+    /// Told when a restore failed (and the start fell back to booting), so
+    /// the snapshot can be rebuilt.
+    pub on_restore_failure: Option<RestoreFailureHook>,
+}
+
+/// Called with the version and the reason when a restore failed.
+pub type RestoreFailureHook = Arc<dyn Fn(&FunctionKey, &str) + Send + Sync>;
+
+/// How a forced cold start must start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cold {
+    /// A fresh booted instance.
+    Boot,
+    /// A fresh copy restored from the version's snapshot.
+    Restore,
 }
 
 struct Idle {
@@ -180,6 +206,18 @@ pub struct Counts {
 pub struct Pool {
     config: Arc<PoolConfig>,
     state: Arc<Mutex<State>>,
+    restore_failures: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolConfig")
+            .field("sandbox", &self.sandbox)
+            .field("memory_budget", &self.memory_budget)
+            .field("init_timeout", &self.init_timeout)
+            .field("restorer", &self.restorer.is_some())
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -218,9 +256,11 @@ impl Pool {
         let pool = Pool {
             config: Arc::new(config),
             state: Arc::new(Mutex::new(State::default())),
+            restore_failures: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         let weak = Arc::downgrade(&pool.state);
         let config = pool.config.clone();
+        let failures = pool.restore_failures.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
@@ -229,6 +269,7 @@ impl Pool {
                 let pool = Pool {
                     config: config.clone(),
                     state,
+                    restore_failures: failures.clone(),
                 };
                 if pool.state.lock().unwrap().closed {
                     break;
@@ -354,31 +395,41 @@ impl Pool {
         permit.map_err(|_| PoolError::ShuttingDown)
     }
 
-    /// Serves one invocation of `key`: a warm instance when one is idle
-    /// (unless `cold` forces a fresh one, discarded afterwards), else a boot.
+    /// Serves one invocation of `key`: a warm instance when one is idle,
+    /// else a copy restored from the version's snapshot, else a boot. `cold`
+    /// forces a fresh instance of that kind, discarded afterwards.
     pub async fn invoke(
         &self,
         key: &FunctionKey,
         spec: &StartSpec,
         inv: &Invocation,
-        cold: bool,
+        cold: Option<Cold>,
     ) -> Result<Served, Failed> {
         let fail = |error: PoolError, start: Option<StartKind>, start_time: Duration| Failed {
             error,
             start,
             start_time,
         };
+        if cold == Some(Cold::Restore)
+            && (spec.snapshot.is_none() || self.config.restorer.is_none())
+        {
+            return Err(fail(PoolError::NoSnapshot, None, Duration::ZERO));
+        }
         let _permit = self
             .admit(&key.name, spec)
             .await
             .map_err(|e| fail(e, None, Duration::ZERO))?;
         let t0 = Instant::now();
-        let warm = if cold { None } else { self.take_idle(key) };
+        let warm = if cold.is_some() {
+            None
+        } else {
+            self.take_idle(key)
+        };
         let (mut instance, start) = match warm {
             Some(instance) => (instance, StartKind::Warm),
-            None => match self.boot(key, spec).await {
-                Ok(instance) => (instance, StartKind::Boot),
-                Err(e) => return Err(fail(e, Some(StartKind::Boot), t0.elapsed())),
+            None => match self.cold_start(key, spec, cold).await {
+                Ok(started) => started,
+                Err((e, kind)) => return Err(fail(e, Some(kind), t0.elapsed())),
             },
         };
         self.mark_busy(key, 1);
@@ -387,7 +438,7 @@ impl Pool {
         self.mark_busy(key, -1);
         match result {
             Ok(outcome) => {
-                if cold {
+                if cold.is_some() {
                     self.discard(instance).await;
                 } else {
                     self.release(key, instance).await;
@@ -403,6 +454,93 @@ impl Pool {
                 Err(fail(e.into(), Some(start), start_time))
             }
         }
+    }
+
+    /// A new instance: restored when the version has a snapshot (falling
+    /// back to a boot if the restore fails, unless a restore was forced),
+    /// else booted.
+    async fn cold_start(
+        &self,
+        key: &FunctionKey,
+        spec: &StartSpec,
+        cold: Option<Cold>,
+    ) -> Result<(Instance, StartKind), (PoolError, StartKind)> {
+        let restorer = self.config.restorer.as_ref();
+        if let (Some(snapshot), Some(restorer), false) =
+            (&spec.snapshot, restorer, cold == Some(Cold::Boot))
+        {
+            match self.restore(key, spec, snapshot, restorer).await {
+                Ok(instance) => return Ok((instance, StartKind::Restore)),
+                Err(PoolError::Restore(e)) => {
+                    self.restore_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        function = %key.name,
+                        version = key.version,
+                        snapshot = %snapshot.id,
+                        error = %e,
+                        "restore failed; booting instead"
+                    );
+                    if let Some(hook) = &self.config.on_restore_failure {
+                        hook(key, &e.to_string());
+                    }
+                    if cold == Some(Cold::Restore) {
+                        return Err((PoolError::Restore(e), StartKind::Restore));
+                    }
+                }
+                Err(e) => return Err((e, StartKind::Restore)),
+            }
+        }
+        self.boot(key, spec)
+            .await
+            .map(|i| (i, StartKind::Boot))
+            .map_err(|e| (e, StartKind::Boot))
+    }
+
+    /// Restores a copy of `key` from its snapshot, within the memory budget.
+    async fn restore(
+        &self,
+        key: &FunctionKey,
+        spec: &StartSpec,
+        snapshot: &crate::instance::SnapshotSource,
+        restorer: &crate::instance::Restorer,
+    ) -> Result<Instance, PoolError> {
+        let needed = spec.launch.limits.memory_bytes;
+        self.reserve(needed).await?;
+        *self
+            .state
+            .lock()
+            .unwrap()
+            .booting
+            .entry(key.clone())
+            .or_default() += 1;
+        let result = Instance::restore(
+            &self.config.sandbox,
+            &spec.launch,
+            snapshot,
+            restorer,
+            self.config.init_timeout,
+            spec.logs.clone(),
+        )
+        .await;
+        let mut st = self.state.lock().unwrap();
+        st.reserved -= needed;
+        if let Some(n) = st.booting.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                st.booting.remove(key);
+            }
+        }
+        let instance = result?;
+        st.live.insert(
+            instance.id().to_string(),
+            (key.clone(), instance.cgroup().clone()),
+        );
+        Ok(instance)
+    }
+
+    /// Restores that failed and fell back to booting, since the start.
+    pub fn restore_failures(&self) -> u64 {
+        self.restore_failures.load(Ordering::Relaxed)
     }
 
     fn take_idle(&self, key: &FunctionKey) -> Option<Instance> {

@@ -159,6 +159,10 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         },
         memory_budget: budget,
         init_timeout: Duration::from_secs(120),
+        // Restores land with the restorer (pool::restore); until then every
+        // cold start boots.
+        restorer: None,
+        on_restore_failure: None,
     });
     let registry = Registry::open(&data_dir)?;
     let service = Service::new(
@@ -169,6 +173,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             hash_seed,
             max_body: opts.max_body,
             allow_forced_cold: opts.allow_forced_cold,
+            memory_mode: "mmap".into(),
         },
         pool.clone(),
         registry,

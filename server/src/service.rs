@@ -12,7 +12,7 @@ use pool::instance::{BootError, Invocation, Outcome};
 use pool::logs::LogSink;
 use pool::manager::{Counts, Failed, Served};
 use pool::sandbox::LaunchSpec;
-use pool::{FunctionKey, Pool, PoolError, StartKind, StartSpec};
+use pool::{Cold, FunctionKey, Pool, PoolError, StartKind, StartSpec};
 
 use crate::logstore::LogStore;
 use crate::metrics::{InvocationLabels, Metrics, StartLabels};
@@ -35,6 +35,8 @@ pub struct ServiceConfig {
     pub max_body: usize,
     /// Whether `x-thaw-cold` is honoured.
     pub allow_forced_cold: bool,
+    /// How restored copies get their memory: `mmap` or `uffd`.
+    pub memory_mode: String,
 }
 
 /// The error kinds of the API, with their HTTP status.
@@ -393,6 +395,13 @@ impl Service {
             queue: spec.queue,
             min_instances: spec.min_instances,
             logs: self.log_sink(name),
+            snapshot: record
+                .snapshot
+                .as_ref()
+                .map(|s| pool::instance::SnapshotSource {
+                    id: s.id.clone(),
+                    mode: self.config.memory_mode.clone(),
+                }),
         };
         Version {
             key: FunctionKey {
@@ -601,7 +610,12 @@ impl Service {
             };
             v.record.state = state;
             v.record.error = error.clone();
+            v.start.snapshot = snapshot.as_ref().map(|s| pool::instance::SnapshotSource {
+                id: s.id.clone(),
+                mode: self.config.memory_mode.clone(),
+            });
             v.record.snapshot = snapshot;
+            self.pool.register(&v.key, &v.start);
             let stored = FunctionRecord {
                 name: key.name.clone(),
                 versions: list.iter().map(|v| v.record.clone()).collect(),
@@ -777,20 +791,15 @@ impl Service {
 
     async fn invoke_inner(&self, id: &str, req: InvokeRequest) -> Result<InvokeAnswer, ApiError> {
         let cold = match req.cold.as_deref() {
-            None => false,
+            None => None,
             Some(kind) if !self.config.allow_forced_cold => {
                 return Err(ApiError::new(
                     ErrorKind::Forbidden,
                     format!("x-thaw-cold: {kind} needs a server started with --allow-forced-cold"),
                 ))
             }
-            Some("boot") => true,
-            Some("restore") => {
-                return Err(ApiError::new(
-                    ErrorKind::NoSnapshot,
-                    "this version has no ready snapshot to restore",
-                ))
-            }
+            Some("boot") => Some(Cold::Boot),
+            Some("restore") => Some(Cold::Restore),
             Some(other) => {
                 return Err(ApiError::new(
                     ErrorKind::BadRequest,
@@ -881,6 +890,8 @@ impl Service {
                     ),
                     PoolError::Invoke(e) => (ErrorKind::FunctionCrashed, e.to_string()),
                     PoolError::ShuttingDown => (ErrorKind::ShuttingDown, error.to_string()),
+                    PoolError::NoSnapshot => (ErrorKind::NoSnapshot, error.to_string()),
+                    PoolError::Restore(e) => (ErrorKind::FunctionCrashed, e.to_string()),
                 };
                 let mut e = ApiError::new(kind, message);
                 e.start = start;
@@ -907,6 +918,7 @@ impl Service {
                     PoolError::Boot(BootError::Init { .. }) => "init_error",
                     PoolError::Invoke(pool::instance::InvokeError::Timeout(_)) => "timeout",
                     PoolError::ShuttingDown => "shutting_down",
+                    PoolError::NoSnapshot => "no_snapshot",
                     _ => "function_crashed",
                 },
             ),
