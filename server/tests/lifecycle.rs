@@ -223,6 +223,116 @@ async fn sigterm_finishes_accepted_invocations_then_exits_0() {
     let (st, mut server) = status.await.unwrap();
     assert!(st.success(), "exit status {st:?}");
     assert!(server.sandbox_pids().is_empty());
+    assert_store_sound(&server);
     server.spawn();
+    let v = server.get("/functions/slow").await.json();
+    assert!(!v["snapshot"].is_null(), "the snapshot survived: {v}");
     assert_eq!(server.invoke("slow", json!({})).await.status, 200);
+}
+
+fn assert_store_sound(server: &Server) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args(["store", "verify", "--data-dir"])
+        .arg(&server.data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "thaw store verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn kill_9_during_a_capture_leaves_a_sound_store() {
+    require_root!();
+    let numpy = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import numpy, pandas"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !numpy {
+        eprintln!("skipped: /usr/bin/python3 lacks numpy or pandas");
+        return;
+    }
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/numpy-pandas");
+    let mut server = Server::start(&[]);
+    server
+        .deploy_ready(function("hello", HELLO, json!({})))
+        .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args(["deploy"])
+        .arg(&example)
+        .env("THAW_SERVER", &server.url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Kill the server while it captures (numpy-pandas takes the longest),
+    // with invocations of another function in flight.
+    let url = server.url.clone();
+    let burst: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let _ = reqwest::Client::new()
+                    .post(format!("{url}/functions/hello/invoke"))
+                    .body("{}")
+                    .send()
+                    .await;
+            })
+        })
+        .collect();
+    let mut caught = false;
+    for _ in 0..2000 {
+        let v = server.get("/functions/numpy-pandas").await.json();
+        if v["state"] == "snapshotting" {
+            caught = true;
+            break;
+        }
+        if v["state"] == "ready" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let before = server.sandbox_pids();
+    server.kill9();
+    for t in burst {
+        let _ = t.await;
+    }
+    println!("killed during the capture: {caught}");
+    for _ in 0..200 {
+        if before.iter().all(|p| !pid_alive(*p)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        before.iter().all(|p| !pid_alive(*p)),
+        "sandboxes outlived the server"
+    );
+    assert_store_sound(&server);
+    server.spawn();
+    assert_eq!(
+        server
+            .invoke("hello", json!({"name": "again"}))
+            .await
+            .status,
+        200
+    );
+    // The interrupted deploy runs again and ends ready with a snapshot.
+    let v = server.wait_state("numpy-pandas").await;
+    assert_eq!(v["state"], "ready", "{v}");
+    assert!(!v["snapshot"].is_null(), "{v}");
+    assert_store_sound(&server);
+    assert_eq!(
+        server
+            .invoke("numpy-pandas", json!({"store": 1}))
+            .await
+            .status,
+        200
+    );
 }
