@@ -6,6 +6,7 @@
 //! * [`instance`]: one runtime in one sandbox, serving invocations.
 //! * [`logs`]: the function output tap.
 //! * [`memory`]: RSS, PSS and USS from `smaps_rollup`.
+//! * [`ratelimit`]: log lines a function can trigger, rate-limited.
 //! * [`restore`]: turning a snapshot back into a running process.
 //! * [`manager`]: the pool of instances: warm reuse, boots, keep-alive,
 //!   concurrency, memory budget.
@@ -16,6 +17,7 @@ pub mod logs;
 pub mod manager;
 pub mod memory;
 pub mod protocol;
+pub mod ratelimit;
 pub mod restore;
 pub mod sandbox;
 

@@ -473,13 +473,17 @@ impl Pool {
                 Ok(instance) => return Ok((instance, StartKind::Restore)),
                 Err(PoolError::Restore(e)) => {
                     self.restore_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        function = %key.name,
-                        version = key.version,
-                        snapshot = %snapshot.id,
-                        error = %e,
-                        "restore failed; booting instead"
-                    );
+                    let limit_key = format!("restore:{}", key.name);
+                    if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow(&limit_key) {
+                        tracing::warn!(
+                            function = %key.name,
+                            version = key.version,
+                            snapshot = %snapshot.id,
+                            error = %e,
+                            suppressed,
+                            "restore failed; booting instead"
+                        );
+                    }
                     if let Some(hook) = &self.config.on_restore_failure {
                         hook(key, &e.to_string());
                     }
@@ -650,7 +654,9 @@ impl Pool {
         self.state.lock().unwrap().live.remove(instance.id());
         let id = instance.id().to_string();
         if let Err(e) = instance.destroy().await {
-            tracing::warn!(sandbox = %id, error = %e, "sandbox clean-up failed");
+            if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow("cleanup") {
+                tracing::warn!(sandbox = %id, error = %e, suppressed, "sandbox clean-up failed");
+            }
         }
     }
 
@@ -753,12 +759,18 @@ impl Pool {
             tokio::spawn(async move {
                 match pool.boot(&key, &spec).await {
                     Ok(instance) => pool.release(&key, instance).await,
-                    Err(e) => tracing::warn!(
-                        function = %key.name,
-                        version = key.version,
-                        error = %e,
-                        "min_instances boot failed"
-                    ),
+                    Err(e) => {
+                        let limit_key = format!("min_instances:{}", key.name);
+                        if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow(&limit_key) {
+                            tracing::warn!(
+                                function = %key.name,
+                                version = key.version,
+                                error = %e,
+                                suppressed,
+                                "min_instances boot failed"
+                            );
+                        }
+                    }
                 }
             });
         }

@@ -207,7 +207,27 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         service: service.clone(),
         tokens: Arc::new(opts.tokens.clone()),
     };
-    let router = app(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    // Every request gets an `x-request-id` (a client's own is kept), echoed
+    // in the answer and recorded in the request's log span. The layer added
+    // last runs first.
+    use tower_http::request_id::{
+        MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+    };
+    let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(
+        |req: &axum::http::Request<axum::body::Body>| {
+            let id = req
+                .extensions()
+                .get::<RequestId>()
+                .and_then(|id| id.header_value().to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+        },
+    );
+    let router = app(state)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         let _ = stop_rx.changed().await;
