@@ -303,3 +303,20 @@ async fn forced_cold_boot_serves_from_a_fresh_instance_and_discards_it() {
         .await;
     assert_eq!(a.status, 400);
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    require_root!();
+    let server = Server::start(&[]);
+    let a = server.get("/functions").await;
+    assert_eq!(a.header("x-request-id").len(), 36, "a fresh uuid");
+    let a = server
+        .request(
+            reqwest::Method::GET,
+            "/functions",
+            None,
+            &[("x-request-id", "client-chosen-1")],
+        )
+        .await;
+    assert_eq!(a.header("x-request-id"), "client-chosen-1");
+}
