@@ -66,6 +66,9 @@ pub struct Metrics {
     pub functions: Gauge,
     /// Memory of each function's instances by kind (rss, pss, uss), bytes.
     pub function_memory: Family<MemoryLabels, Gauge>,
+    /// Restores that failed and fell back to booting.
+    pub restore_failures: Counter,
+    restore_failures_seen: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
@@ -114,8 +117,16 @@ impl Metrics {
             "Memory of a function's instances: rss, pss (shared pages divided among sharers), uss (private)",
             function_memory.clone(),
         );
+        let restore_failures = Counter::default();
+        registry.register(
+            "restore_failures",
+            "Restores that failed and fell back to booting",
+            restore_failures.clone(),
+        );
         Metrics {
             registry,
+            restore_failures,
+            restore_failures_seen: std::sync::atomic::AtomicU64::new(0),
             invocations,
             start_latency,
             duration,
@@ -124,6 +135,16 @@ impl Metrics {
             memory_budget_bytes,
             functions,
             function_memory,
+        }
+    }
+
+    /// Brings [`Metrics::restore_failures`] up to `total`.
+    pub fn set_restore_failures(&self, total: u64) {
+        let seen = self
+            .restore_failures_seen
+            .swap(total, std::sync::atomic::Ordering::Relaxed);
+        if total > seen {
+            self.restore_failures.inc_by(total - seen);
         }
     }
 

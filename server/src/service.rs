@@ -967,6 +967,8 @@ impl Service {
         self.metrics
             .functions
             .set(self.functions.read().unwrap().len() as i64);
+        self.metrics
+            .set_restore_failures(self.pool.restore_failures());
         self.metrics.function_memory.clear();
         for view in self.list() {
             for (kind, value) in [
