@@ -14,13 +14,15 @@ function width(el) {
 export class TimeChart {
   constructor(el, title, series, opts = {}) {
     this.keep = opts.keep || 180;
+    // Seconds shown: the newest `keep` one-second points.
+    this.window = opts.window || this.keep;
     this.data = [[], ...series.map(() => [])];
     const fmt = opts.fmt || ((v) => (v === null || v === undefined ? "–" : String(Math.round(v * 100) / 100)));
     this.plot = new uPlot({
       title,
       width: width(el),
       height: opts.height || 200,
-      scales: { x: { time: true }, y: { range: (u, lo, hi) => [Math.min(0, lo), Math.max(hi, opts.minMax || 1)] } },
+      scales: { x: { time: true, range: (u, min, max) => this.xRange(min, max) }, y: { range: (u, lo, hi) => [Math.min(0, lo), Math.max(hi, opts.minMax || 1)] } },
       axes: [{}, { values: (u, vals) => vals.map(fmt), size: 70 }],
       series: [{}, ...series.map((s, i) => ({
         label: s.label,
@@ -35,6 +37,17 @@ export class TimeChart {
     this.el = el;
     this.onResize = () => this.plot.setSize({ width: width(el), height: opts.height || 200 });
     window.addEventListener("resize", this.onResize);
+  }
+
+  /**
+   * The visible time span: the newest `window` seconds, filled from the
+   * left, at least one minute wide.
+   */
+  xRange(min, max) {
+    const now = Date.now() / 1000;
+    const hi = max ?? now;
+    const lo = Math.max(min ?? hi, hi - this.window);
+    return [lo, Math.max(hi, lo + 60)];
   }
 
   /** Adds one point per series at time `t` (Unix ms). */
@@ -61,9 +74,9 @@ export class BarChart {
       title,
       width: width(el),
       height: opts.height || 200,
-      scales: { x: { time: false } },
+      scales: { x: { time: false, range: (u, min, max) => [(min ?? 0) - 0.5, (max ?? 0) + 0.5] } },
       axes: [
-        { values: (u, vals) => vals.map((v) => this.labels[v] ?? "") , rotate: 0, space: 60 },
+        { values: (u, vals) => vals.map((v) => this.labels[v] ?? ""), space: 60, incrs: [1, 2, 5, 10, 20] },
         { size: 50 },
       ],
       series: [{ label: "bucket", value: (u, v) => this.labels[v] ?? "" }, ...seriesLabels.map((label, i) => ({

@@ -118,7 +118,8 @@ mod tests {
             }
             let text = std::str::from_utf8(a.bytes).unwrap();
             assert!(
-                !text.contains("http://") && !text.contains("https://") || a.path.contains("vendor"),
+                !text.contains("http://") && !text.contains("https://")
+                    || a.path.contains("vendor"),
                 "{} names an outside address",
                 a.path
             );

@@ -3,10 +3,10 @@
 import { api, badge, esc } from "../api.js";
 
 const STEPS = ["deploying", "warming", "snapshotting", "ready"];
-const EXAMPLE = `import json
-
-def handler(event, context):
-    return {"hello": event.get("name", "world")}
+const EXAMPLE = `def handler(event, context):
+    name = event.get("name", "world")
+    print("greeting", name)
+    return {"hello": name}
 `;
 
 export function mount(main, ctx) {

@@ -14,7 +14,7 @@ export function mount(main, ctx) {
       ${STATES.map((s) => `<div class="card"><div class="label">${s}</div><div class="value" id="count-${s}">–</div></div>`).join("")}
       <div class="card"><div class="label">Instances idle / busy / booting</div><div class="value" id="count-instances">–</div></div>
       <div class="card"><div class="label">Invocations</div><div class="value" id="count-invocations">–</div></div>
-      <div class="card"><div class="label">Memory used / budget</div><div class="value" id="memory-used">–</div></div>
+      <div class="card"><div class="label">Memory used / budget</div><div class="value" id="memory-used">–</div><progress id="memory-bar" max="1" value="0"></progress></div>
       <div class="card"><div class="label">Σ RSS / Σ PSS</div><div class="value" id="memory-share">–</div></div>
       <div class="card"><div class="label">Sharing saves</div><div class="value" id="memory-saved">–</div></div>
     </div>
@@ -40,8 +40,8 @@ export function mount(main, ctx) {
     new TimeChart(main.querySelector("#chart-latency"), "Start latency (p50 solid, p99 dashed)",
       [...KINDS.map((k) => ({ label: `${k} p50` })), ...KINDS.map((k, i) => ({ label: `${k} p99`, color: ["#2f6fde", "#1f9d55", "#d2383b"][i], dash: [6, 4] }))],
       { fmt: seconds, minMax: 0.001 }),
-    new TimeChart(main.querySelector("#chart-memory"), "Memory",
-      [{ label: "charged" }, { label: "budget", dash: [6, 4], color: "#6b7385" }, { label: "Σ RSS" }, { label: "Σ PSS" }],
+    new TimeChart(main.querySelector("#chart-memory"), "Memory of instances",
+      [{ label: "charged to cgroups" }, { label: "Σ RSS" }, { label: "Σ PSS" }],
       { fmt: bytes, minMax: 1024 * 1024 }),
   ];
   let prev = null;
@@ -55,6 +55,7 @@ export function mount(main, ctx) {
       $("count-instances").textContent = `${o.instances.idle} / ${o.instances.busy} / ${o.instances.booting}`;
       $("count-invocations").textContent = o.invocations.total;
       $("memory-used").textContent = `${bytes(o.memory.used)} / ${bytes(o.memory.budget)}`;
+      $("memory-bar").value = o.memory.budget ? o.memory.used / o.memory.budget : 0;
       $("memory-share").textContent = `${bytes(o.memory.rss)} / ${bytes(o.memory.pss)}`;
       $("memory-saved").textContent = bytes(Math.max(0, o.memory.rss - o.memory.pss));
 
@@ -67,7 +68,7 @@ export function mount(main, ctx) {
       }
       const lat = (k, q) => (o.latency[k] ? o.latency[k][q] : null);
       charts[2].push(o.t, [...KINDS.map((k) => lat(k, "p50")), ...KINDS.map((k) => lat(k, "p99"))]);
-      charts[3].push(o.t, [o.memory.used, o.memory.budget, o.memory.rss, o.memory.pss]);
+      charts[3].push(o.t, [o.memory.used, o.memory.rss, o.memory.pss]);
       prev = o;
 
       $("functions-note").textContent = `(${o.functions.length})`;

@@ -15,8 +15,8 @@ export function mount(main, ctx) {
       <div class="card"><div class="label">Snapshots</div><div class="value" id="store-snapshots">–</div></div>
       <div class="card"><div class="label">Zero / file pages</div><div class="value" id="store-zero">–</div></div>
     </div>
-    <div class="grid">
-      <div class="panel">
+    <div>
+      <div class="panel" style="margin-bottom:16px">
         <h2>Maintenance</h2>
         <p class="muted">Verify rehashes every object; gc frees objects no snapshot uses. Both need an admin token.</p>
         <div class="actions"><button id="store-verify">Verify</button><button id="store-gc" class="secondary">Collect garbage</button></div>
@@ -38,7 +38,7 @@ export function mount(main, ctx) {
       const r = await api("GET", "/store/snapshots");
       $("store-table").querySelector("tbody").innerHTML = r.snapshots.length
         ? r.snapshots.map((s) => `<tr>
-          <td title="${esc(s.id)}">${esc(s.id.slice(0, 16))}</td>
+          <td>${esc(s.id)}</td>
           <td>${s.function ? `<a href="#/functions/${encodeURIComponent(s.function)}">${esc(s.function)}</a> v${s.version}` : `<span class="muted">not in use</span>`}</td>
           <td class="num">${s.pages}</td><td class="num">${s.stored_pages}</td>
           <td class="num" title="${bytes(s.unique_pages * PAGE)}">${s.unique_pages}</td>

@@ -1,0 +1,641 @@
+//! The dashboard end to end: a real headless Chromium, driven through
+//! chromedriver (WebDriver) by fantoccini, against a real `thaw serve` that
+//! requires a token.
+//!
+//! It signs in, deploys a function through the Deploy page and waits for
+//! `ready`, invokes it from the Function page and reads the answer, sees the
+//! invocation counted on the Overview, verifies the store from the Store
+//! page, then deploys 200 more functions through the API and checks that the
+//! Overview lists every one with the API's state and counts. Every page's
+//! resources must come from the server itself. Screenshots of the four pages
+//! go to `docs/screenshots/`.
+//!
+//! Needs root (sandboxes), `/usr/bin/chromium` and `/usr/bin/chromedriver`
+//! (Debian: `apt-get install chromium chromium-driver`); skips otherwise.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{function, Server};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "dashboard-admin-token-0123456789";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// How many functions the Overview must list.
+const MANY: usize = 200;
+/// Longest wait for anything the page should show; a guard against hangs,
+/// not a measurement.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A chromedriver process on a free loopback port; killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_browser() -> (Driver, Client) {
+    let port = free_port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let profile = tempfile::Builder::new()
+        .prefix("thaw-chromium")
+        .tempdir()
+        .unwrap();
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _profile: profile,
+    };
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < PATIENCE, "chromedriver never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1440,1400",
+        &format!("--user-data-dir={}", driver._profile.path().display()),
+    ];
+    let caps = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+    });
+    let caps = match caps {
+        Value::Object(m) => m,
+        _ => unreachable!(),
+    };
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("WebDriver session with chromium");
+    (driver, client)
+}
+
+/// Polls `script` (returning a value) until `done` accepts it.
+async fn wait_for(c: &Client, what: &str, script: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let v = c.execute(script, vec![]).await.unwrap_or(Value::Null);
+        if done(&v) {
+            return v;
+        }
+        if t0.elapsed() > PATIENCE {
+            let shown = c
+                .execute(
+                    "return document.getElementById('error').textContent + ' | ' + document.getElementById('main').innerText.slice(0, 2000)",
+                    vec![],
+                )
+                .await
+                .unwrap_or(Value::Null);
+            panic!("waited in vain for {what}; last value {v}; page shows: {shown}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn text_of(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Acceptance 4: every resource the page loaded came from the server.
+async fn assert_only_local(c: &Client, page: &str) {
+    let urls = c
+        .execute(
+            "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let urls = urls.as_array().unwrap();
+    assert!(urls.len() > 1, "{page}: no resources recorded");
+    for u in urls {
+        let u = u.as_str().unwrap();
+        let host = u
+            .split_once("://")
+            .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+            .unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        assert!(
+            matches!(host, "127.0.0.1" | "localhost" | "[::1]"),
+            "{page}: the page fetched {u} from outside the server"
+        );
+    }
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Let the charts draw the last event.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let png = c.screenshot().await.expect("screenshot");
+    let path = dir.join(format!("{name}.png"));
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+}
+
+async fn goto(c: &Client, server: &Server, hash: &str) {
+    c.goto(&format!("{}/{hash}", server.url)).await.unwrap();
+}
+
+async fn set_value(c: &Client, css: &str, value: &str) {
+    let e = c.find(Locator::Css(css)).await.unwrap();
+    e.clear().await.unwrap();
+    e.send_keys(value).await.unwrap();
+}
+
+async fn api_get(server: &Server, path: &str) -> Value {
+    let bearer = format!("Bearer {ADMIN}");
+    let a = server
+        .request(
+            reqwest::Method::GET,
+            path,
+            None,
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(a.status, 200, "GET {path}: {}", a.text());
+    a.json()
+}
+
+/// What the Overview table shows, by function name.
+const TABLE_SCRIPT: &str =
+    "return [...document.querySelectorAll('#functions tbody tr[data-name]')].map(r => [
+    r.dataset.name,
+    r.querySelector('.state-cell').dataset.state,
+    r.children[2].textContent.trim(),
+    r.querySelector('.idle').textContent.trim(),
+    r.querySelector('.busy').textContent.trim(),
+    r.querySelector('.booting').textContent.trim(),
+    r.querySelector('.invocations').textContent.trim()])";
+
+fn table_of(v: &Value) -> BTreeMap<String, Vec<String>> {
+    v.as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    let cells: Vec<String> = r
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c.as_str().unwrap_or("").to_string())
+                        .collect();
+                    (cells[0].clone(), cells[1..].to_vec())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_end_to_end() {
+    require_root!();
+    for tool in [CHROMIUM, CHROMEDRIVER] {
+        if !Path::new(tool).exists() {
+            eprintln!("skipped: {tool} is missing (apt-get install chromium chromium-driver)");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("admin:{ADMIN}\n")).unwrap();
+    let server = Server::start(&["--token-file", tokens.to_str().unwrap()]);
+    let (_driver, c) = start_browser().await;
+    let started = Instant::now();
+
+    // Without the token the page shows nothing but the prompt, and the API
+    // refuses the browser's requests.
+    goto(&c, &server, "#/overview").await;
+    c.wait()
+        .for_element(Locator::Css("#login[open]"))
+        .await
+        .unwrap();
+    let shown = text_of(&c, "#main").await;
+    assert!(shown.contains("Sign in"), "{shown}");
+    let refused = c
+        .execute_async(
+            "const done = arguments[0]; fetch('/functions').then(r => done(r.status))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, json!(401));
+    // A wrong token is refused with a message.
+    set_value(&c, "#login-token", "not-the-token-0123456789").await;
+    c.find(Locator::Css("#login-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        &c,
+        "the refusal",
+        "return document.getElementById('login-error').textContent",
+        |v| v.as_str().is_some_and(|s| s.contains("401")),
+    )
+    .await;
+    set_value(&c, "#login-token", ADMIN).await;
+    c.find(Locator::Css("#login-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        &c,
+        "the overview after signing in",
+        "return document.getElementById('count-functions') && document.getElementById('count-functions').textContent",
+        |v| v == "0",
+    )
+    .await;
+    // The session cookie is HttpOnly: the page's script cannot read it.
+    let cookies = c.execute("return document.cookie", vec![]).await.unwrap();
+    assert_eq!(cookies, json!(""));
+    assert_only_local(&c, "overview").await;
+
+    // Deploy through the Deploy page and watch the states.
+    goto(&c, &server, "#/deploy").await;
+    c.wait()
+        .for_element(Locator::Css("#deploy-form"))
+        .await
+        .unwrap();
+    set_value(&c, "#deploy-name", "hello-web").await;
+    c.find(Locator::Css("#deploy-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    let t0 = Instant::now();
+    loop {
+        let s = c
+            .execute(
+                "return document.getElementById('deploy-status').dataset.state || ''",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let s = s.as_str().unwrap_or("").to_string();
+        if !s.is_empty() && seen.last() != Some(&s) {
+            seen.push(s.clone());
+        }
+        if s == "ready" || s == "failed" {
+            break;
+        }
+        assert!(t0.elapsed() < PATIENCE, "deploy never finished: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("deploy page showed: {}", seen.join(" → "));
+    assert_eq!(seen.last().map(String::as_str), Some("ready"), "{seen:?}");
+    let order = ["deploying", "warming", "snapshotting", "ready"];
+    let ranks: Vec<usize> = seen
+        .iter()
+        .map(|s| order.iter().position(|o| o == s).unwrap())
+        .collect();
+    assert!(
+        ranks.windows(2).all(|w| w[0] < w[1]),
+        "states out of order: {seen:?}"
+    );
+    let steps = c
+        .execute(
+            "return [...document.querySelectorAll('#deploy-steps li')].map(l => l.className)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(steps, json!(["done", "done", "done", "done"]));
+    screenshot(&c, "deploy").await;
+    assert_only_local(&c, "deploy").await;
+
+    // Invoke it from its Function page.
+    c.find(Locator::Css("#deploy-open"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        &c,
+        "the function page",
+        "const e = document.getElementById('fn-state'); return e && e.dataset.state",
+        |v| v == "ready",
+    )
+    .await;
+    set_value(&c, "#invoke-body", r#"{"name": "chromium"}"#).await;
+    c.find(Locator::Css("#invoke-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let answer = wait_for(
+        &c,
+        "the answer",
+        "const r = document.getElementById('invoke-result'); return r.hidden ? '' : document.getElementById('invoke-answer').textContent",
+        |v| v.as_str().is_some_and(|s| !s.is_empty()),
+    )
+    .await;
+    let answer: Value = serde_json::from_str(answer.as_str().unwrap()).unwrap();
+    assert_eq!(answer, json!({"hello": "chromium"}));
+    assert!(text_of(&c, "#invoke-status").await.starts_with("200"));
+    let start = text_of(&c, "#invoke-start").await;
+    assert!(
+        matches!(start.as_str(), "warm" | "restore" | "boot"),
+        "{start}"
+    );
+    let headers = text_of(&c, "#invoke-headers").await;
+    assert!(headers.contains("x-thaw-invocation-id"), "{headers}");
+    // The invocation reaches the function's own counts on the live stream.
+    wait_for(
+        &c,
+        "the invocation in the function's counts",
+        "return document.querySelector('#invocations tbody').textContent",
+        |v| v.as_str().is_some_and(|s| s.contains("ok")),
+    )
+    .await;
+    // The handler's print arrives in the live log.
+    wait_for(
+        &c,
+        "the handler's output in the live log",
+        "return document.getElementById('logs').textContent",
+        |v| v.as_str().is_some_and(|s| s.contains("greeting chromium")),
+    )
+    .await;
+    screenshot(&c, "function").await;
+    assert_only_local(&c, "function").await;
+
+    // The Overview counts it.
+    goto(&c, &server, "#/overview").await;
+    wait_for(
+        &c,
+        "hello-web's invocation on the overview",
+        "const r = document.querySelector('#functions tr[data-name=\"hello-web\"] .invocations'); return r && r.textContent",
+        |v| v == "1",
+    )
+    .await;
+    wait_for(
+        &c,
+        "the invocation total",
+        "return document.getElementById('count-invocations').textContent",
+        |v| v == "1",
+    )
+    .await;
+    assert_only_local(&c, "overview").await;
+
+    // The Store page: snapshots with their sharing, verify.
+    goto(&c, &server, "#/store").await;
+    wait_for(
+        &c,
+        "the snapshot table",
+        "return document.querySelectorAll('#store-table tbody tr td a').length",
+        |v| v.as_u64() == Some(1),
+    )
+    .await;
+    c.find(Locator::Css("#store-verify"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let report = wait_for(
+        &c,
+        "the verify report",
+        "const r = document.getElementById('store-result'); return r.dataset.done === 'verify' ? r.textContent : ''",
+        |v| v.as_str().is_some_and(|s| !s.is_empty()),
+    )
+    .await;
+    let report: Value = serde_json::from_str(report.as_str().unwrap()).unwrap();
+    assert_eq!(report["ok"], json!(true), "{report}");
+    wait_for(
+        &c,
+        "store statistics",
+        "return document.getElementById('store-objects').textContent",
+        |v| v.as_str().is_some_and(|s| s.parse::<u64>().is_ok()),
+    )
+    .await;
+    screenshot(&c, "store").await;
+    assert_only_local(&c, "store").await;
+
+    // 200 more functions through the API, a few at a time.
+    let t_many = Instant::now();
+    let bearer = format!("Bearer {ADMIN}");
+    let names: Vec<String> = (0..MANY).map(|i| format!("fn-{i:03}")).collect();
+    for chunk in names.chunks(8) {
+        let deploys = chunk.iter().map(|name| {
+            let spec = function(
+                name,
+                "def handler(event, context):\n    return {'ok': True}\n",
+                json!({"memory_mb": 32, "keep_alive_s": 0, "min_instances": 0}),
+            );
+            let bearer = bearer.clone();
+            let server = &server;
+            async move {
+                let a = server
+                    .request(
+                        reqwest::Method::POST,
+                        "/functions",
+                        Some(serde_json::to_vec(&spec).unwrap()),
+                        &[
+                            ("content-type", "application/json"),
+                            ("authorization", &bearer),
+                        ],
+                    )
+                    .await;
+                assert_eq!(a.status, 201, "deploy {}: {}", spec["name"], a.text());
+            }
+        });
+        futures_util::future::join_all(deploys).await;
+    }
+    // Wait until the API says none is still deploying.
+    let t0 = Instant::now();
+    let api = loop {
+        let list = api_get(&server, "/functions").await;
+        let busy = list["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| {
+                matches!(
+                    f["state"].as_str(),
+                    Some("deploying" | "warming" | "snapshotting")
+                )
+            })
+            .count();
+        if busy == 0 {
+            break list;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "{busy} functions never left deploying"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "{MANY} functions deployed and settled in {:.1} s",
+        t_many.elapsed().as_secs_f64()
+    );
+    let states: Vec<&str> = api["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), MANY + 1);
+    assert!(
+        states.iter().all(|s| *s == "ready"),
+        "not all ready: {:?}",
+        api["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["state"] != "ready")
+            .map(|f| (&f["name"], &f["error"]))
+            .collect::<Vec<_>>()
+    );
+
+    // Some traffic for the Overview's charts while it is open: warm starts
+    // of hello-web, restores of functions whose instances are gone.
+    goto(&c, &server, "#/overview").await;
+    for round in 0..4 {
+        for i in 0..5 {
+            let a = server
+                .invoke_raw("hello-web", b"{}".to_vec(), &[("authorization", &bearer)])
+                .await;
+            assert_eq!(a.status, 200, "{}", a.text());
+            let a = server
+                .invoke_raw(
+                    &names[round * 5 + i],
+                    b"{}".to_vec(),
+                    &[("authorization", &bearer)],
+                )
+                .await;
+            assert_eq!(a.status, 200, "{}", a.text());
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+
+    // The Overview lists all of them, with the API's state and counts.
+    let mut rounds = 0;
+    let t0 = Instant::now();
+    loop {
+        rounds += 1;
+        let shown = table_of(&c.execute(TABLE_SCRIPT, vec![]).await.unwrap());
+        let list = api_get(&server, "/functions").await;
+        let metrics = server
+            .request(
+                reqwest::Method::GET,
+                "/metrics",
+                None,
+                &[("authorization", &bearer)],
+            )
+            .await
+            .text();
+        let mut invocations: BTreeMap<String, u64> = BTreeMap::new();
+        for line in metrics
+            .lines()
+            .filter(|l| l.starts_with("thaw_invocations_total{"))
+        {
+            let f = line.split("function=\"").nth(1).unwrap().split('"').next();
+            let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            *invocations.entry(f.unwrap().to_string()).or_default() += n as u64;
+        }
+        let expected: BTreeMap<String, Vec<String>> = list["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let name = f["name"].as_str().unwrap().to_string();
+                let i = &f["instances"];
+                let cells = vec![
+                    f["state"].as_str().unwrap().to_string(),
+                    f["version"].to_string(),
+                    i["idle"].to_string(),
+                    i["busy"].to_string(),
+                    i["booting"].to_string(),
+                    invocations.get(&name).copied().unwrap_or(0).to_string(),
+                ];
+                (name, cells)
+            })
+            .collect();
+        let cards = c
+            .execute(
+                "return ['functions','ready','failed','deploying'].map(k => document.getElementById('count-' + k).textContent)",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if shown == expected
+            && cards == json!([(MANY + 1).to_string(), (MANY + 1).to_string(), "0", "0"])
+        {
+            eprintln!(
+                "overview matched the API on {} functions after {rounds} comparisons",
+                shown.len()
+            );
+            break;
+        }
+        if t0.elapsed() > PATIENCE {
+            let differ: Vec<_> = expected
+                .iter()
+                .filter(|(k, v)| shown.get(*k) != Some(v))
+                .take(5)
+                .map(|(k, v)| (k, v, shown.get(k)))
+                .collect();
+            panic!(
+                "the overview shows {} rows, the API {}; cards {cards}; first differences (api, page): {differ:?}",
+                shown.len(),
+                expected.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    screenshot(&c, "overview").await;
+    assert_only_local(&c, "overview with many functions").await;
+    eprintln!(
+        "dashboard test took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    c.close().await.unwrap();
+}
