@@ -780,9 +780,22 @@ impl Service {
     }
 
     /// Serves one invocation.
+    ///
+    /// The invocation runs in a task of its own: a client that goes away
+    /// does not cut it short, so the instance finishes its work and returns
+    /// to the pool (or is cleaned up) as usual.
     pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeAnswer, ApiError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let result = self.invoke_inner(&id, req).await;
+        let svc = self.clone();
+        let task_id = id.clone();
+        let result = tokio::spawn(async move { svc.invoke_inner(&task_id, req).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ApiError::new(
+                    ErrorKind::Internal,
+                    format!("the invocation task failed: {e}"),
+                ))
+            });
         result.map_err(|mut e| {
             e.invocation_id = Some(id.clone());
             e

@@ -336,3 +336,27 @@ async fn kill_9_during_a_capture_leaves_a_sound_store() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_does_not_strand_the_instance() {
+    require_root!();
+    let server = Server::start(&[]);
+    let slow = "import time\ndef handler(e, c):\n    time.sleep(e.get('s', 0))\n    return 1\n";
+    server.deploy_ready(function("slow", slow, json!({}))).await;
+    // A client that gives up after 200 ms of a 1 s invocation.
+    let r = reqwest::Client::new()
+        .post(format!("{}/functions/slow/invoke", server.url))
+        .body(r#"{"s": 1}"#)
+        .timeout(std::time::Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client timed out");
+    let v = wait_for(&server, "slow", "the instance back to idle", |v| {
+        v["instances"]["idle"] == 1 && v["instances"]["busy"] == 0
+    })
+    .await;
+    assert_eq!(v["instance_list"].as_array().unwrap().len(), 1, "{v}");
+    let a = server.invoke("slow", json!({})).await;
+    assert_eq!(a.header("x-thaw-start"), "warm");
+    assert_eq!(server.sandbox_cgroups().len(), 1, "no stranded sandbox");
+}
