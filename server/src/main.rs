@@ -94,6 +94,24 @@ enum Command {
         #[arg(long, env = "THAW_DATA_DIR", default_value = ".thaw", global = true)]
         data_dir: PathBuf,
     },
+    /// Capture a running process into a self-contained snapshot directory.
+    Snapshot {
+        /// The process (single-threaded; it keeps running).
+        #[arg(long)]
+        pid: i32,
+        /// The directory to create (its own page store and manifest).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a snapshot directory as a running copy (stdio are this
+    /// command's); exits with the copy's status (128 + signal if killed).
+    Restore {
+        /// A directory written by `thaw snapshot`.
+        dir: PathBuf,
+        /// How private memory is provided: mmap (image file) or uffd.
+        #[arg(long, default_value = "mmap")]
+        mode: pool::restore::Mode,
+    },
     /// Internal: the init of a sandbox (started by the server).
     #[command(hide = true)]
     SandboxInit,
@@ -225,6 +243,25 @@ async fn run(cli: Cli) -> Result<i32> {
             };
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(if ok { 0 } else { 1 })
+        }
+        Command::Snapshot { pid, out } => {
+            let info = snapshotter::snapshot::snapshot_to_dir(pid, &out)
+                .with_context(|| format!("snapshot of pid {pid}"))?;
+            eprintln!(
+                "snapshot of pid {pid} in {}: {} areas, {} stored pages ({} new), {} zero pages, {} µs",
+                out.display(),
+                info.areas,
+                info.stored_pages,
+                info.new_pages,
+                info.zero_pages,
+                info.timings.total_us
+            );
+            Ok(0)
+        }
+        Command::Restore { dir, mode } => {
+            let mut child = pool::restore::restore_process(&dir, mode)
+                .with_context(|| format!("restore of {}", dir.display()))?;
+            Ok(child.wait()?)
         }
         Command::SandboxInit => unreachable!("handled before parsing"),
     }
