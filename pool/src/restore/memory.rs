@@ -82,7 +82,12 @@ pub fn stub_map(pid: i32) -> Result<StubMap, RestoreError> {
 pub fn saved_specials(areas: &[MemoryArea]) -> Vec<Special> {
     areas
         .iter()
-        .filter(|a| matches!(a.kind, AreaKind::Vdso | AreaKind::Vvar | AreaKind::VvarVclock))
+        .filter(|a| {
+            matches!(
+                a.kind,
+                AreaKind::Vdso | AreaKind::Vvar | AreaKind::VvarVclock
+            )
+        })
         .map(|a| Special {
             kind: a.kind,
             start: a.start,
@@ -155,7 +160,11 @@ pub fn clear_and_move_specials(
     let mut at = 0u64;
     for &(start, end) in keep.iter().chain(std::iter::once(&(TASK_END, TASK_END))) {
         if start > at {
-            remote.sys("munmap (stub)", libc::SYS_munmap, [at, start - at, 0, 0, 0, 0])?;
+            remote.sys(
+                "munmap (stub)",
+                libc::SYS_munmap,
+                [at, start - at, 0, 0, 0, 0],
+            )?;
         }
         at = at.max(end);
     }

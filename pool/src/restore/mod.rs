@@ -332,7 +332,14 @@ pub fn restore(
         remote.sys(
             "fcntl(F_SETFD)",
             libc::SYS_fcntl,
-            [*fd as u64, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
+            [
+                *fd as u64,
+                libc::F_SETFD as u64,
+                libc::FD_CLOEXEC as u64,
+                0,
+                0,
+                0,
+            ],
         )?;
     }
     thread::set_signals(&mut remote, state)?;
@@ -340,7 +347,11 @@ pub fn restore(
     thread::set_thread(&mut remote, state)?;
     thread::set_attributes(&mut remote, state)?;
     if let Some((addr, len)) = remote.scratch.take() {
-        remote.sys("munmap (scratch)", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])?;
+        remote.sys(
+            "munmap (scratch)",
+            libc::SYS_munmap,
+            [addr, len, 0, 0, 0, 0],
+        )?;
     }
     timings.state = started.elapsed();
 
@@ -359,4 +370,3 @@ pub fn restore(
         timings,
     })
 }
-

@@ -58,7 +58,13 @@ pub struct Spawned {
 }
 
 /// Init's failure steps, reported as a negative code `-(step << 16 | errno)`.
-const STEPS: [&str; 5] = ["dup (temporary)", "dup3 (target)", "close_range", "clone3", "?"];
+const STEPS: [&str; 5] = [
+    "dup (temporary)",
+    "dup3 (target)",
+    "close_range",
+    "clone3",
+    "?",
+];
 
 /// Raw `syscall`, returning the kernel's value or `-errno`.
 ///
@@ -380,7 +386,12 @@ unsafe fn init_main(
             result = if pid < 0 { fail(3, pid) } else { pid };
         }
         let stub = result;
-        send(report, result, if stub > 0 { *stub_pidfd } else { -1 }, cmsg_buf);
+        send(
+            report,
+            result,
+            if stub > 0 { *stub_pidfd } else { -1 },
+            cmsg_buf,
+        );
         raw(libc::SYS_close_range, 0, u32::MAX as u64, 0, 0);
         if stub <= 0 {
             raw(libc::SYS_exit_group, 127, 0, 0, 0);
