@@ -639,3 +639,208 @@ async fn dashboard_end_to_end() {
     );
     c.close().await.unwrap();
 }
+
+/// The dashboard's routes without a browser: public assets, the session
+/// exchange and its cookie, roles, the live stream, sign-out.
+#[tokio::test]
+async fn sessions_assets_and_live_stream() {
+    require_root!();
+    const INVOKER: &str = "dashboard-invoke-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("admin:{ADMIN}\ninvoke:{INVOKER}\n")).unwrap();
+    let server = Server::start(&["--token-file", tokens.to_str().unwrap()]);
+    let get = |path: &str, cookie: Option<String>| {
+        let path = path.to_string();
+        let server = &server;
+        async move {
+            let cookie = cookie.map(|c| format!("thaw_session={c}"));
+            let headers: Vec<(&str, &str)> =
+                cookie.iter().map(|c| ("cookie", c.as_str())).collect();
+            server
+                .request(reqwest::Method::GET, &path, None, &headers)
+                .await
+        }
+    };
+
+    // The page and its assets are public; data is not.
+    let page = get("/", None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").starts_with("text/html"));
+    assert!(page
+        .header("content-security-policy")
+        .contains("default-src 'self'"));
+    assert!(page.text().contains("/ui/app.js"));
+    assert_eq!(get("/ui/", None).await.status, 200);
+    let js = get("/ui/pages/overview.js", None).await;
+    assert_eq!(js.status, 200);
+    assert!(js.header("content-type").starts_with("text/javascript"));
+    assert_eq!(get("/ui/vendor/uplot/uPlot.esm.js", None).await.status, 200);
+    assert_eq!(get("/ui/nope.js", None).await.status, 404);
+    assert_eq!(get("/ui/../Cargo.toml", None).await.status, 404);
+    assert_eq!(get("/functions", None).await.status, 401);
+    assert_eq!(get("/events", None).await.status, 401);
+    let status = get("/session", None).await.json();
+    assert_eq!(
+        status,
+        json!({"auth_required": true, "signed_in": false, "role": null})
+    );
+
+    // Exchanging tokens.
+    let post_session = |token: &str| {
+        let body = serde_json::to_vec(&json!({ "token": token })).unwrap();
+        let server = &server;
+        async move {
+            server
+                .request(reqwest::Method::POST, "/session", Some(body), &[])
+                .await
+        }
+    };
+    let wrong = post_session("not-a-token-0123456789").await;
+    assert_eq!(wrong.status, 401, "{}", wrong.text());
+    assert!(wrong.header("set-cookie").is_empty());
+    let cookie_of = |a: &common::Answer| {
+        let c = a.header("set-cookie");
+        assert!(c.contains("HttpOnly"), "{c}");
+        assert!(c.contains("SameSite=Strict"), "{c}");
+        assert!(c.contains("Path=/"), "{c}");
+        c.strip_prefix("thaw_session=")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let admin = post_session(ADMIN).await;
+    assert_eq!(admin.status, 200);
+    assert_eq!(admin.json()["role"], "admin");
+    let admin = cookie_of(&admin);
+    assert_eq!(admin.len(), 64);
+    let invoker = post_session(INVOKER).await;
+    assert_eq!(invoker.json()["role"], "invoke");
+    let invoker = cookie_of(&invoker);
+    assert_ne!(admin, invoker);
+    let status = get("/session", Some(admin.clone())).await.json();
+    assert_eq!(status["signed_in"], true);
+    assert_eq!(get("/functions", Some(admin.clone())).await.status, 200);
+    assert_eq!(get("/functions", Some("0".repeat(64))).await.status, 401);
+
+    // The cookie carries the role: an invoke session cannot deploy or gc.
+    let spec = serde_json::to_vec(&function(
+        "live",
+        "def handler(event, context):\n    return 1\n",
+        json!({}),
+    ))
+    .unwrap();
+    let with = |c: &str| format!("thaw_session={c}");
+    let a = server
+        .request(
+            reqwest::Method::POST,
+            "/functions",
+            Some(spec.clone()),
+            &[
+                ("cookie", &with(&invoker)),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 403, "{}", a.text());
+    let a = server
+        .request(
+            reqwest::Method::POST,
+            "/store/gc",
+            None,
+            &[("cookie", &with(&invoker))],
+        )
+        .await;
+    assert_eq!(a.status, 403, "{}", a.text());
+    let a = server
+        .request(
+            reqwest::Method::POST,
+            "/functions",
+            Some(spec),
+            &[
+                ("cookie", &with(&admin)),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+
+    // The live stream: an overview naming the function, and the function's
+    // own record until it is ready.
+    let resp = server
+        .http
+        .get(format!("{}/events?function=live", server.url))
+        .header("cookie", with(&invoker))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut resp = resp;
+    let mut buf = String::new();
+    let (mut overview, mut ready) = (None::<Value>, false);
+    let t0 = Instant::now();
+    while overview.is_none() || !ready {
+        assert!(t0.elapsed() < PATIENCE, "stream so far: {buf}");
+        let chunk = resp.chunk().await.unwrap().expect("stream ended");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let kind = event.lines().find_map(|l| l.strip_prefix("event: "));
+            let data: String = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            match kind {
+                Some("overview") => overview = Some(serde_json::from_str(&data).unwrap()),
+                Some("function") => {
+                    let f: Value = serde_json::from_str(&data).unwrap();
+                    assert_eq!(f["name"], "live");
+                    ready |= f["view"]["state"] == "ready";
+                }
+                _ => {}
+            }
+        }
+    }
+    let o = overview.unwrap();
+    assert_eq!(o["functions"][0]["name"], "live");
+    assert!(o["memory"]["budget"].as_u64().unwrap() > 0);
+    assert!(o["states"].get("ready").is_some());
+
+    // Invoke through the cookie; the next overviews count it.
+    let a = server
+        .request(
+            reqwest::Method::POST,
+            "/functions/live/invoke",
+            Some(b"{}".to_vec()),
+            &[("cookie", &with(&invoker))],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let snapshots = get("/store/snapshots", Some(invoker.clone())).await.json();
+    let s = &snapshots["snapshots"][0];
+    assert_eq!(s["function"], "live");
+    assert_eq!(
+        s["unique_pages"].as_u64().unwrap() + s["shared_pages"].as_u64().unwrap(),
+        s["distinct_pages"].as_u64().unwrap()
+    );
+
+    // Signing out ends the session.
+    let out = server
+        .request(
+            reqwest::Method::DELETE,
+            "/session",
+            None,
+            &[("cookie", &with(&admin))],
+        )
+        .await;
+    assert_eq!(out.status, 204);
+    assert!(out.header("set-cookie").contains("Max-Age=0"));
+    assert_eq!(get("/functions", Some(admin)).await.status, 401);
+    assert_eq!(get("/functions", Some(invoker)).await.status, 200);
+}

@@ -107,7 +107,7 @@ export function mount(main, ctx) {
           if (seen[seen.length - 1] !== v.state) seen.push(v.state);
           show(v.state, v.error);
           $("deploy-status").title = `seen: ${seen.join(" → ")}`;
-          if (v.state === "ready" || v.state === "failed") {
+          if ((v.state === "ready" || v.state === "failed") && !$("deploy-open")) {
             $("deploy-link").innerHTML = `<a id="deploy-open" href="#/functions/${encodeURIComponent(v.name)}">Open ${esc(v.name)} version ${v.version} →</a>`;
             $("deploy-submit").disabled = false;
           }

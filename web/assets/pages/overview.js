@@ -18,7 +18,7 @@ export function mount(main, ctx) {
       <div class="card"><div class="label">Σ RSS / Σ PSS</div><div class="value" id="memory-share">–</div></div>
       <div class="card"><div class="label">Sharing saves</div><div class="value" id="memory-saved">–</div></div>
     </div>
-    <div class="grid">
+    <div class="grid charts">
       <div class="panel chart" id="chart-rate"></div>
       <div class="panel chart" id="chart-starts"></div>
       <div class="panel chart" id="chart-latency"></div>
