@@ -82,6 +82,8 @@ pub struct RestoreTimings {
     pub stub: Duration,
     /// Rebuilding the address space.
     pub mappings: Duration,
+    /// Of which unmapping the stub and moving the special areas.
+    pub unmap: Duration,
     /// mm fields, signals, rseq, thread, attributes.
     pub state: Duration,
     /// Registers and detach.
@@ -312,6 +314,7 @@ pub fn restore(
     thread::unregister_rseq(&mut remote)?;
     let stub_map = memory::stub_map(remote.pid())?;
     memory::clear_and_move_specials(&mut remote, &stub_map, &state.areas)?;
+    timings.unmap = started.elapsed();
     let sources = MapSources {
         area_fds: &plan.area_fds,
         image_fd: plan.image_fd,

@@ -150,10 +150,14 @@ pub fn spawn(ns_pid: i32, moves: &[(RawFd, RawFd)]) -> Result<Spawned, SpawnErro
     let layout = Layout::new(moves, child_sock.as_raw_fd());
     let set_tid: [libc::pid_t; 1] = [ns_pid];
     let mut stub_pidfd: libc::c_int = -1;
+    // The kernel writes the pidfd through this pointer inside init; init
+    // reads it back through the same pointer (volatile), never through a
+    // reference the compiler could assume unchanged.
+    let pidfd_ptr: *mut libc::c_int = &mut stub_pidfd;
     // Everything the children use is prepared here, before the clone.
     let mut stub_args: libc::clone_args = zeroed_args();
     stub_args.flags = libc::CLONE_PIDFD as u64;
-    stub_args.pidfd = &mut stub_pidfd as *mut libc::c_int as u64;
+    stub_args.pidfd = pidfd_ptr as u64;
     stub_args.exit_signal = libc::SIGCHLD as u64;
     stub_args.set_tid = set_tid.as_ptr() as u64;
     stub_args.set_tid_size = 1;
@@ -182,7 +186,7 @@ pub fn spawn(ns_pid: i32, moves: &[(RawFd, RawFd)]) -> Result<Spawned, SpawnErro
                 &layout,
                 child_sock.as_raw_fd(),
                 &mut stub_args,
-                &stub_pidfd,
+                pidfd_ptr,
                 &mut cmsg_buf,
             )
         }
@@ -318,12 +322,12 @@ fn pid_of(pidfd: &OwnedFd) -> Result<i32, SpawnError> {
 ///
 /// # Safety
 /// Only in the child of the first `clone3`; every pointer refers to memory
-/// prepared before it.
+/// prepared before it (`stub_pidfd` is written by the kernel's clone3).
 unsafe fn init_main(
     layout: &Layout,
     sock: RawFd,
     stub_args: &mut libc::clone_args,
-    stub_pidfd: &libc::c_int,
+    stub_pidfd: *const libc::c_int,
     cmsg_buf: &mut [u64; 8],
 ) -> ! {
     // SAFETY: raw system calls on the prepared memory (see the caller).

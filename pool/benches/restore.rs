@@ -1,0 +1,104 @@
+//! Restore benchmark: a warmed python3 process (json, hashlib, a dict of
+//! 20,000 entries) restored again and again in mmap mode, against starting
+//! the same program cold. Prints the median of every restore phase, the
+//! time to the first answer, and the ratio.
+//!
+//! `cargo bench -p pool --bench restore` (needs root and /usr/bin/python3).
+
+#[path = "../tests/restore_support/mod.rs"]
+mod restore_support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pool::restore::{Mode, RestoreTimings};
+use restore_support::{restore_with_pipes, start};
+use snapshotter::snapshot::snapshot_to_dir;
+
+const SCRIPT: &str = r#"
+import sys, os, json, hashlib
+table = {i: hashlib.sha256(str(i).encode()).hexdigest() for i in range(20000)}
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+for line in sys.stdin:
+    sys.stdout.write(json.dumps({"n": int(line), "h": table[int(line)]}) + "\n")
+    sys.stdout.flush()
+"#;
+
+const ROUNDS: usize = 40;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/usr/bin/python3").exists() {
+        println!("restore bench skipped: needs root and /usr/bin/python3");
+        return;
+    }
+    let python = Path::new("/usr/bin/python3");
+
+    // Cold start: spawn to first answer.
+    let mut cold = Vec::new();
+    let mut expected = String::new();
+    for _ in 0..ROUNDS / 2 {
+        let started = Instant::now();
+        let mut p = start(python, &["-c", SCRIPT]);
+        assert_eq!(p.line(), "ready");
+        std::io::Write::write_all(&mut p.stdin, b"7\n").unwrap();
+        expected = p.line();
+        cold.push(started.elapsed());
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = tmp.path().join("snap");
+    let mut original = start(python, &["-c", SCRIPT]);
+    assert_eq!(original.line(), "ready");
+    let info = snapshot_to_dir(original.child.id() as i32, &snap).unwrap();
+    drop(original);
+    println!(
+        "python snapshot: {} areas, {} stored pages, capture {:.2} ms",
+        info.areas,
+        info.stored_pages,
+        info.timings.total_us as f64 / 1000.0
+    );
+
+    // First restore builds the image; not counted.
+    drop(restore_with_pipes(&snap, Mode::Mmap));
+    let mut phases: Vec<RestoreTimings> = Vec::new();
+    let mut first_answer = Vec::new();
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let mut copy = restore_with_pipes(&snap, Mode::Mmap);
+        copy.send(b"7\n");
+        let answer = copy.line();
+        first_answer.push(started.elapsed());
+        assert_eq!(answer, expected);
+        phases.push(copy.child.timings);
+        drop(copy.stdin);
+        assert_eq!(copy.child.wait().unwrap(), 0);
+    }
+    let pick = |f: fn(&RestoreTimings) -> Duration| median(phases.iter().map(f).collect());
+    println!("restore phases (median of {ROUNDS}, ms):");
+    println!("  plan      {:8.3}", ms(pick(|t| t.plan)));
+    println!("  stub      {:8.3}", ms(pick(|t| t.stub)));
+    println!("  mappings  {:8.3}", ms(pick(|t| t.mappings)));
+    println!("    unmap   {:8.3}", ms(pick(|t| t.unmap)));
+    println!("  state     {:8.3}", ms(pick(|t| t.state)));
+    println!("  resume    {:8.3}", ms(pick(|t| t.resume)));
+    println!("  total     {:8.3}", ms(pick(|t| t.total())));
+    println!("  injected syscalls: {}", phases[0].injected);
+    let restored = median(first_answer);
+    let cold = median(cold);
+    println!(
+        "first answer: restored {:.3} ms, cold start {:.3} ms, cold/restored x{:.1}",
+        ms(restored),
+        ms(cold),
+        cold.as_secs_f64() / restored.as_secs_f64()
+    );
+}
