@@ -11,12 +11,17 @@
 //!        "memory": {used, budget, rss, pss, uss},
 //!        "store": {objects, stored_bytes, logical_bytes, dedup_ratio, ..} | null}
 //!
-//! event: function            with ?function=NAME, every 250 ms when it
-//! data: {"view": <GET /functions/NAME> | null,   changed (and every second)
+//! event: function            with ?function=NAME
+//! data: {"name": NAME, "view": <GET /functions/NAME> | null,
 //!        "invocations": {"warm": {"ok": n, ..}, ..},
 //!        "start_latency": {"warm": <histogram>, ..},
 //!        "duration": {"warm": <histogram>, ..}}
 //! ```
+//!
+//! The function event is sent every second, and sooner when the record
+//! changed: it is looked at every 50 ms while the function deploys (so the
+//! page sees `warming` and `snapshotting` as they happen), else every
+//! 250 ms.
 //!
 //! Counters are totals since the server started; the page turns them into
 //! rates. Latency histograms come from the server-wide metrics (by start
@@ -37,10 +42,14 @@ use super::prom::{self, Sample};
 use crate::api::AppState;
 use crate::service::Service;
 
-/// How often the function event is checked for changes.
-const FAST: Duration = Duration::from_millis(250);
+/// The stream's clock: how often a function that is deploying is looked at,
+/// so the page sees `warming` and `snapshotting` even when they last a
+/// fraction of a second.
+const FAST: Duration = Duration::from_millis(50);
+/// Ticks of [`FAST`] between looks at a function that is not deploying.
+const SETTLED_EVERY: u32 = 5;
 /// Ticks of [`FAST`] between overview events.
-const OVERVIEW_EVERY: u32 = 4;
+const OVERVIEW_EVERY: u32 = 20;
 /// How often store statistics are read again.
 const STORE_EVERY: Duration = Duration::from_secs(5);
 
@@ -57,6 +66,8 @@ struct Stream {
     tick: u32,
     interval: tokio::time::Interval,
     last_function: String,
+    /// Whether the watched function was deploying when last seen.
+    in_progress: bool,
     store: Value,
     store_read: Option<Instant>,
     queue: Vec<Event>,
@@ -72,6 +83,7 @@ pub async fn events(State(state): State<AppState>, Query(q): Query<EventsQuery>)
         tick: 0,
         interval,
         last_function: String::new(),
+        in_progress: true,
         store: Value::Null,
         store_read: None,
         queue: Vec::new(),
@@ -92,7 +104,12 @@ pub async fn events(State(state): State<AppState>, Query(q): Query<EventsQuery>)
 impl Stream {
     async fn fill(&mut self) {
         let overview_due = self.tick % OVERVIEW_EVERY == 0;
+        let function_due =
+            self.function.is_some() && (self.in_progress || self.tick % SETTLED_EVERY == 0);
         self.tick = self.tick.wrapping_add(1);
+        if !overview_due && !function_due {
+            return;
+        }
         if overview_due && self.store_read.is_none_or(|t| t.elapsed() >= STORE_EVERY) {
             let store = self.service.store.clone();
             if let Ok(Ok(v)) =
@@ -103,7 +120,7 @@ impl Stream {
             self.store_read = Some(Instant::now());
         }
         let service = self.service.clone();
-        let function = self.function.clone();
+        let function = self.function.clone().filter(|_| function_due);
         let store = self.store.clone();
         let Ok((overview, func)) = tokio::task::spawn_blocking(move || {
             let samples = prom::parse(&service.metrics.encode());
@@ -116,6 +133,10 @@ impl Stream {
             return;
         };
         if let Some(f) = func {
+            self.in_progress = matches!(
+                f["view"]["state"].as_str(),
+                Some("deploying" | "warming" | "snapshotting")
+            );
             let text = f.to_string();
             if overview_due || text != self.last_function {
                 self.queue
