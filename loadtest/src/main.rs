@@ -20,6 +20,7 @@ use loadtest::compare::{compare, CompareConfig, DEFAULT_RESAMPLES, DEFAULT_SEED}
 use loadtest::progress::Progress;
 use loadtest::report::{compare_text, describe, RunReport};
 use loadtest::scenario::{build_all, CompareFile, ScenarioKind, ScenarioSpec};
+use loadtest::suite::{self, SuiteConfig};
 use loadtest::target::ColdStart;
 use loadtest::{parse_duration, run, Client};
 
@@ -37,6 +38,33 @@ enum Command {
     Run(RunArgs),
     /// Run several scenarios interleaved and compare their medians.
     Compare(CompareArgs),
+    /// Run the benchmark suite against a server it starts, and write
+    /// benchmarks.md with its plots.
+    Suite(SuiteArgs),
+}
+
+/// Options of the benchmark suite.
+#[derive(Debug, Args)]
+struct SuiteArgs {
+    /// A few requests per scenario (CI); fails on any scenario error.
+    #[arg(long)]
+    short: bool,
+    /// Folder receiving benchmarks.md and benchmarks/*.svg [default: docs;
+    /// required with --short].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The thaw binary [default: `thaw` next to this program].
+    #[arg(long)]
+    thaw: Option<PathBuf>,
+    /// The fork-floor helper [default: `thaw-fork-floor` next to this program].
+    #[arg(long)]
+    fork_floor: Option<PathBuf>,
+    /// The workspace, with examples/ and runtimes/ [default: the current folder].
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// The interpreter the fork floor runs.
+    #[arg(long, default_value = "/usr/bin/python3")]
+    python: PathBuf,
 }
 
 /// Options shared by both commands (for `compare`, defaults of every
@@ -155,6 +183,7 @@ async fn main() {
     let result = match cli.command {
         Command::Run(args) => run_command(args).await,
         Command::Compare(args) => compare_command(args).await,
+        Command::Suite(args) => suite_command(args).await,
     };
     if let Err(err) = result {
         eprintln!("thaw-loadtest: {err:#}");
@@ -199,6 +228,45 @@ async fn run_command(args: RunArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.text());
+    }
+    Ok(())
+}
+
+async fn suite_command(args: SuiteArgs) -> Result<()> {
+    let repo = std::path::absolute(&args.repo).context("bad --repo")?;
+    if !suite::is_repo(&repo) {
+        bail!(
+            "{} is not thaw's workspace (no examples/ or runtimes/python); run from it or pass --repo",
+            repo.display()
+        );
+    }
+    let out = match (args.out, args.short) {
+        (Some(out), _) => out,
+        (None, false) => repo.join("docs"),
+        (None, true) => {
+            bail!("--short needs --out DIR (the short run must not replace docs/benchmarks.md)")
+        }
+    };
+    let find = |given: Option<PathBuf>, name: &str| -> Result<PathBuf> {
+        given
+            .or_else(|| suite::sibling_binary(name))
+            .with_context(|| format!("no {name} next to this program; build it or pass its path"))
+    };
+    let cfg = SuiteConfig {
+        short: args.short,
+        out,
+        thaw: find(args.thaw, "thaw")?,
+        fork_floor: find(args.fork_floor, "thaw-fork-floor")?,
+        repo,
+        python: args.python,
+    };
+    let report = suite::run_suite(cfg).await?;
+    eprintln!("suite: wrote {}", report.doc.display());
+    if !report.errors.is_empty() {
+        for e in &report.errors {
+            eprintln!("suite: error: {e}");
+        }
+        bail!("{} scenario(s) failed", report.errors.len());
     }
     Ok(())
 }

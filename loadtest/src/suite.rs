@@ -1,20 +1,537 @@
-//! The benchmark suite (not written yet).
+//! The benchmark suite: one command that measures thaw end to end and
+//! writes `docs/benchmarks.md` (and its plots under `docs/benchmarks/`).
 //!
-//! TODO(benchmark suite): once the thaw server exists, this module will:
-//! 1. start a `thaw` server on an ephemeral loopback port with
-//!    `--allow-forced-cold` and a temporary data directory, pinned to one core
-//!    (`taskset`), with the generator pinned to another;
-//! 2. deploy the benchmark functions (a trivial Python handler, and one that
-//!    imports numpy and pandas) and wait for their snapshots;
-//! 3. run the cold-start comparison with [`crate::compare`]: `boot`,
-//!    `restore` in mmap mode, `restore` in uffd + prefetch mode, `warm`, and
-//!    the fork floor (an `exec` scenario running the snapshotter's fork
-//!    helper), interleaved over several rounds;
-//! 4. run the warm throughput check (a fixed open-loop rate, five rounds
-//!    interleaved with `oha` or `wrk` when installed) and the memory figures;
-//! 5. write the results, the machine description and the exact commands to
-//!    `docs/benchmarks.md`;
-//! 6. offer a short mode (few rounds, few requests) for CI.
+//! [`run_suite`] starts its own `thaw serve` on a loopback ephemeral port
+//! with a temporary data directory and `--allow-forced-cold`, deploys every
+//! folder of `examples/`, waits for their snapshots, and measures:
 //!
-//! Until then the suite is run by hand with `thaw-loadtest compare` (see
-//! `docs/loadtest.md`).
+//! 1. **store**: each example's snapshot and the page store's dedup across
+//!    them ([`memory::store_section`]);
+//! 2. **capture**: time and MB/s of capturing copies of the benchmark
+//!    functions ([`memory::capture_section`]);
+//! 3. **cold starts** of `hello` and `numpy-pandas` by every start kind,
+//!    interleaved: warm, boot, restore (mmap), restore (uffd + prefetch), and
+//!    the fork floor (`thaw-fork-floor`, outside HTTP); a plot of each
+//!    distribution ([`coldstart`]);
+//! 4. **first invocation** after each kind of start (the server's handler
+//!    time of the answers of step 3);
+//! 5. **warm throughput** and **cold-start throughput**
+//!    ([`throughput`]);
+//! 6. **density**: idle copies and their PSS ([`memory::density_section`]).
+//!
+//! A start kind the server cannot do yet (a forced restore answered `409`,
+//! a restore mode it does not know) is reported as "not available: reason"
+//! and is not an error, so those rows fill in by themselves once the server
+//! can. Any other failure is an error: the document is still written (with
+//! the error in it) and [`SuiteReport::errors`] lists it; the command then
+//! exits 1.
+//!
+//! The short mode ([`Plan::short`]) runs every step with a few requests
+//! each, for CI; the full mode ([`Plan::full`]) is what produced
+//! `docs/benchmarks.md`.
+//!
+//! Output layout:
+//!
+//! ```text
+//! OUT/benchmarks.md          the document
+//! OUT/benchmarks/cold-*.svg  one latency plot per function (CDF, log time)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::client::Client;
+
+pub mod api;
+pub mod cold;
+pub mod coldstart;
+pub mod deploy;
+pub mod machine;
+pub mod markdown;
+pub mod memory;
+pub mod plot;
+pub mod procfs;
+pub mod server;
+pub mod throughput;
+
+use coldstart::{ColdResult, BOOT, FORK, RESTORE_MMAP, RESTORE_UFFD, WARM};
+use machine::Machine;
+use markdown::Table;
+use server::{Server, ServerError};
+
+/// A function the suite measures, and the request body it sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Bench {
+    /// The example's folder name under `examples/` (and its function name).
+    pub name: &'static str,
+    /// The request body, JSON.
+    pub body: &'static str,
+}
+
+/// The functions whose starts are measured.
+pub const BENCHES: [Bench; 2] = [
+    Bench {
+        name: "hello",
+        body: r#"{"name": "bench"}"#,
+    },
+    Bench {
+        name: "numpy-pandas",
+        body: r#"{"store": 7, "column": "price", "min": 100.0}"#,
+    },
+];
+
+/// Where things are and where the results go.
+#[derive(Debug, Clone)]
+pub struct SuiteConfig {
+    /// Few requests per scenario (CI) instead of the full run.
+    pub short: bool,
+    /// The folder receiving `benchmarks.md` and `benchmarks/`.
+    pub out: PathBuf,
+    /// The `thaw` binary.
+    pub thaw: PathBuf,
+    /// The `thaw-fork-floor` binary.
+    pub fork_floor: PathBuf,
+    /// The workspace (with `examples/` and `runtimes/python`).
+    pub repo: PathBuf,
+    /// The interpreter of the fork floor.
+    pub python: PathBuf,
+}
+
+impl SuiteConfig {
+    /// Where the plots go.
+    pub fn plot_dir(&self) -> PathBuf {
+        self.out.join("benchmarks")
+    }
+
+    /// The document's path.
+    pub fn doc_path(&self) -> PathBuf {
+        self.out.join("benchmarks.md")
+    }
+}
+
+/// How much of everything.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Interleaved rounds of the cold-start comparison.
+    pub rounds: usize,
+    /// Warm requests per round.
+    pub warm_requests: u64,
+    /// Booted starts per round.
+    pub boot_requests: u64,
+    /// Restored starts per round (each restore kind).
+    pub restore_requests: u64,
+    /// Forks per round of the fork floor.
+    pub fork_iterations: u32,
+    /// Extra deploys of each function for the capture figures.
+    pub capture_copies: usize,
+    /// Idle instances held for density, per bench function.
+    pub density: Vec<usize>,
+    /// Measured time of each throughput round.
+    pub throughput: Duration,
+    /// Warm-up before each throughput round.
+    pub throughput_warmup: Duration,
+    /// Throughput rounds.
+    pub throughput_rounds: usize,
+    /// Clients of the throughput runs.
+    pub clients: usize,
+}
+
+impl Plan {
+    /// The full run (a few minutes on two cores).
+    pub fn full(cores: usize) -> Plan {
+        Plan {
+            rounds: 7,
+            warm_requests: 40,
+            boot_requests: 4,
+            restore_requests: 10,
+            fork_iterations: 20,
+            capture_copies: 4,
+            density: vec![20, 8],
+            throughput: Duration::from_secs(5),
+            throughput_warmup: Duration::from_secs(1),
+            throughput_rounds: 3,
+            clients: 2 * cores,
+        }
+    }
+
+    /// The CI run: every step, a few requests each.
+    pub fn short(cores: usize) -> Plan {
+        Plan {
+            rounds: 2,
+            warm_requests: 5,
+            boot_requests: 1,
+            restore_requests: 2,
+            fork_iterations: 3,
+            capture_copies: 1,
+            density: vec![2, 2],
+            throughput: Duration::from_secs(1),
+            throughput_warmup: Duration::from_millis(200),
+            throughput_rounds: 1,
+            clients: 2 * cores,
+        }
+    }
+}
+
+/// Why the suite could not run at all (a scenario's failure is not one of
+/// these: it is written into the document and listed in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    /// A needed file is missing.
+    #[error("{what} not found at {path}")]
+    Missing {
+        /// What.
+        what: &'static str,
+        /// Where it was looked for.
+        path: String,
+    },
+    /// The server did not start.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The examples did not become ready.
+    #[error("the examples did not become ready: {0}")]
+    Examples(String),
+    /// The document or plots could not be written.
+    #[error("cannot write {path}: {cause}")]
+    Write {
+        /// The file or folder.
+        path: String,
+        /// What the OS said.
+        cause: std::io::Error,
+    },
+}
+
+/// What a finished suite left.
+#[derive(Debug, Clone)]
+pub struct SuiteReport {
+    /// The document written.
+    pub doc: PathBuf,
+    /// Every scenario error (empty on success).
+    pub errors: Vec<String>,
+    /// Every start kind reported as not available, with its reason.
+    pub not_available: Vec<String>,
+}
+
+/// Shared state of the sections.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The server's API.
+    pub api: api::Api,
+    /// The load generator's client.
+    pub client: Client,
+    /// The server's pid.
+    pub server_pid: u32,
+    /// How much.
+    pub plan: Plan,
+    /// Where.
+    pub cfg: SuiteConfig,
+    /// CPUs of the machine.
+    pub machine_cores: usize,
+    /// Scenario errors so far.
+    pub errors: Vec<String>,
+    /// Start kinds not available, with the server's full reason.
+    pub not_available: Vec<String>,
+}
+
+impl Ctx {
+    /// Records a scenario error (and prints it at once).
+    pub fn error(&mut self, e: String) {
+        eprintln!("suite: ERROR: {e}");
+        self.errors.push(e);
+    }
+
+    /// Records a start kind the server cannot do yet.
+    pub fn unavailable(&mut self, why: String) {
+        eprintln!("suite: not available: {why}");
+        self.not_available.push(why);
+    }
+}
+
+/// Runs the whole suite and writes the document (see the module docs).
+pub async fn run_suite(cfg: SuiteConfig) -> Result<SuiteReport, SuiteError> {
+    for (what, path) in [
+        ("the thaw binary", &cfg.thaw),
+        ("the fork-floor helper", &cfg.fork_floor),
+        ("the interpreter", &cfg.python),
+    ] {
+        if !path.is_file() {
+            return Err(SuiteError::Missing {
+                what,
+                path: path.display().to_string(),
+            });
+        }
+    }
+    let examples_dir = cfg.repo.join("examples");
+    let mut examples: Vec<String> = std::fs::read_dir(&examples_dir)
+        .map_err(|_| SuiteError::Missing {
+            what: "the examples folder",
+            path: examples_dir.display().to_string(),
+        })?
+        .flatten()
+        .filter(|e| e.path().join("thaw.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    examples.sort();
+    // The bench functions first, so the store's "new pages" column shows what
+    // the others add on top of them.
+    examples.sort_by_key(|n| {
+        BENCHES
+            .iter()
+            .position(|b| b.name == n)
+            .unwrap_or(BENCHES.len())
+    });
+    for b in BENCHES {
+        if !examples.iter().any(|e| e == b.name) {
+            return Err(SuiteError::Missing {
+                what: "a benchmark example",
+                path: examples_dir.join(b.name).display().to_string(),
+            });
+        }
+    }
+    let plot_dir = cfg.plot_dir();
+    std::fs::create_dir_all(&plot_dir).map_err(|cause| SuiteError::Write {
+        path: plot_dir.display().to_string(),
+        cause,
+    })?;
+
+    let machine = Machine::read(&cfg.repo);
+    let plan = if cfg.short {
+        Plan::short(machine.cores)
+    } else {
+        Plan::full(machine.cores)
+    };
+    let began = Instant::now();
+    eprintln!("suite: starting {}", cfg.thaw.display());
+    // Deploy the examples one by one (not with --deploy) so the store's
+    // "new pages" follow a known order.
+    let server = Server::start(&cfg.thaw, &cfg.repo, &[]).await?;
+    let mut ctx = Ctx {
+        api: server.api(),
+        client: Client::new(Duration::from_secs(120)),
+        server_pid: server.pid(),
+        plan,
+        cfg: cfg.clone(),
+        machine_cores: machine.cores,
+        errors: Vec::new(),
+        not_available: Vec::new(),
+    };
+    let body = measure_all(&mut ctx, &examples, &server).await;
+    let log_tail = server.log_tail(15);
+    server.stop().await;
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("suite: server log:\n{log_tail}");
+            return Err(e);
+        }
+    };
+
+    let load_end = Machine::read(&cfg.repo).load;
+    let doc = render_doc(&cfg, &machine, &load_end, &ctx, &body, began.elapsed());
+    let path = cfg.doc_path();
+    std::fs::write(&path, doc).map_err(|cause| SuiteError::Write {
+        path: path.display().to_string(),
+        cause,
+    })?;
+    Ok(SuiteReport {
+        doc: path,
+        errors: ctx.errors,
+        not_available: ctx.not_available,
+    })
+}
+
+/// The measured sections, as Markdown (and the cold-start results).
+struct Body {
+    store: String,
+    capture: String,
+    cold: Vec<ColdResult>,
+    warm_throughput: String,
+    cold_throughput: String,
+    density: String,
+}
+
+async fn measure_all(
+    ctx: &mut Ctx,
+    examples: &[String],
+    server: &Server,
+) -> Result<Body, SuiteError> {
+    let empty = serde_json::Map::new();
+    for name in examples {
+        eprintln!("suite: deploying {name}");
+        let folder = ctx.cfg.repo.join("examples").join(name);
+        deploy::deploy(&ctx.api, &folder, name, &empty)
+            .await
+            .map_err(|e| SuiteError::Examples(e.to_string()))?;
+        deploy::wait_ready(&ctx.api, name).await.map_err(|e| {
+            SuiteError::Examples(format!("{e}\nserver log:\n{}", server.log_tail(15)))
+        })?;
+    }
+    let store = memory::store_section(ctx, examples).await;
+    let capture = memory::capture_section(ctx, &BENCHES).await;
+    let mut cold = Vec::new();
+    for bench in &BENCHES {
+        cold.push(coldstart::measure(ctx, bench).await);
+    }
+    let restore_unavailable: Vec<Option<String>> = cold
+        .iter()
+        .map(|r| {
+            r.arm(RESTORE_MMAP)
+                .and_then(|a| a.unavailable.clone().or_else(|| a.error.clone()))
+        })
+        .collect();
+    let warm_throughput = throughput::warm_section(ctx, &BENCHES).await;
+    let cold_throughput = throughput::cold_section(ctx, &BENCHES, &restore_unavailable).await;
+    let density = memory::density_section(ctx, &BENCHES, &restore_unavailable).await;
+    Ok(Body {
+        store,
+        capture,
+        cold,
+        warm_throughput,
+        cold_throughput,
+        density,
+    })
+}
+
+fn render_doc(
+    cfg: &SuiteConfig,
+    m: &Machine,
+    load_end: &str,
+    ctx: &Ctx,
+    body: &Body,
+    took: Duration,
+) -> String {
+    let mode = if cfg.short { "short" } else { "full" };
+    let mut d = String::new();
+    d.push_str("# thaw benchmarks\n\n");
+    d.push_str(
+        "Written by the benchmark suite (`thaw-loadtest suite`, `loadtest/src/suite.rs`); do not edit by hand, \
+         run it again. Every figure below comes from the same run.\n\n",
+    );
+    let mut t = Table::new(&["", ""]);
+    t.row(vec!["date".into(), m.date.clone()]);
+    t.row(vec!["commit".into(), m.commit.clone()]);
+    t.row(vec![
+        "machine".into(),
+        format!(
+            "{}, {} CPUs, {:.1} GiB",
+            m.cpu,
+            m.cores,
+            m.memory as f64 / (1u64 << 30) as f64
+        ),
+    ]);
+    t.row(vec!["kernel".into(), format!("Linux {}", m.kernel)]);
+    t.row(vec![
+        "load average (1 min) at start, at end".into(),
+        format!("{}, {load_end}", m.load),
+    ]);
+    t.row(vec![
+        "mode".into(),
+        format!("{mode} ({} s in all)", took.as_secs()),
+    ]);
+    t.row(vec![
+        "server".into(),
+        format!("`thaw serve --allow-forced-cold` on loopback, temporary data directory; generator and server share the {} cores", m.cores),
+    ]);
+    d.push_str(&t.render());
+
+    d.push_str("\n## Summary\n\nRatios of medians (median of per-round medians, interleaved rounds) with their 95% paired-bootstrap interval.\n\n");
+    let mut s = Table::new(&[
+        "function",
+        "restore (mmap) ÷ boot",
+        "restore (mmap) ÷ fork floor",
+        "restore (uffd) ÷ boot",
+        "restore (uffd) ÷ fork floor",
+        "boot ÷ warm",
+        "fork floor ÷ warm",
+    ]);
+    for r in &body.cold {
+        s.row(vec![
+            r.function.clone(),
+            coldstart::ratio_cell(r, RESTORE_MMAP, BOOT),
+            coldstart::ratio_cell(r, RESTORE_MMAP, FORK),
+            coldstart::ratio_cell(r, RESTORE_UFFD, BOOT),
+            coldstart::ratio_cell(r, RESTORE_UFFD, FORK),
+            coldstart::ratio_cell(r, BOOT, WARM),
+            coldstart::ratio_cell(r, FORK, WARM),
+        ]);
+    }
+    d.push_str(&s.render());
+
+    d.push_str("\n## Cold starts\n\n");
+    d.push_str(&format!(
+        "Each start kind of a function, one request at a time: **{WARM}** (an idle instance), **{BOOT}** (`x-thaw-cold: boot`: a fresh \
+         sandbox, interpreter start, imports, warm-up), **{RESTORE_MMAP}** (`x-thaw-cold: restore`: a copy of the snapshot with its \
+         private memory mapped from the image), **{RESTORE_UFFD}** (the same on a copy of the function deployed with \
+         `{} = \"{}\"`), and the **{FORK}**: `thaw-fork-floor`, which forks a warm `python3` running the same handler outside \
+         thaw and HTTP and times fork → answer; no restore can be much faster.\n\n",
+        coldstart::UFFD_FIELD.0,
+        coldstart::UFFD_FIELD.1
+    ));
+    for r in &body.cold {
+        d.push_str(&coldstart::render(r, ctx.plan.rounds));
+        d.push('\n');
+    }
+
+    d.push_str("## First invocation after a start\n\nThe server's handler time (`x-thaw-duration-us`) of the answers above: for boot and restore every answer is the first invocation of a fresh instance (after a restore: pages faulted in, runtime told it is a copy); for warm, a steady state.\n\n");
+    d.push_str(&coldstart::render_first_invocation(&body.cold));
+
+    d.push_str("\n## Capture\n\n");
+    d.push_str(&body.capture);
+    d.push_str("\n## Store: dedup across the examples\n\n");
+    d.push_str(&body.store);
+    d.push_str("\n## Density\n\n");
+    d.push_str(&body.density);
+    d.push_str("\n## Warm throughput\n\n");
+    d.push_str(&body.warm_throughput);
+    d.push_str("\n## Cold-start throughput\n\n");
+    d.push_str(&body.cold_throughput);
+
+    d.push_str("\n## Not available yet\n\n");
+    if ctx.not_available.is_empty() {
+        d.push_str("Every start kind ran.\n");
+    } else {
+        d.push_str("Start kinds the server cannot do yet, with what it answered; these rows fill in by themselves on the next run once it can.\n\n");
+        for n in &ctx.not_available {
+            d.push_str(&format!("* {}\n", n.replace('\n', " ")));
+        }
+    }
+    d.push_str("\n## Errors\n\n");
+    if ctx.errors.is_empty() {
+        d.push_str("None: every scenario ran (start kinds the server cannot do yet are marked \"not available\" above).\n");
+    } else {
+        for e in &ctx.errors {
+            d.push_str(&format!("* {}\n", e.replace('\n', " ")));
+        }
+    }
+    d.push_str(&format!(
+        "\n## How to reproduce\n\n```\ncargo build --release -p server -p loadtest\ntarget/release/thaw-loadtest suite{}\n```\n\n\
+         Needs root (sandboxes) and `{}` with numpy and pandas. Plan of this run: {} rounds; per round {} warm, {} boot, {} restore \
+         requests and {} forks; {} extra captures per function; {:?} idle copies for density; throughput {} rounds of {:?} with {} clients.\n",
+        if cfg.short { " --short --out DIR" } else { "" },
+        cfg.python.display(),
+        ctx.plan.rounds,
+        ctx.plan.warm_requests,
+        ctx.plan.boot_requests,
+        ctx.plan.restore_requests,
+        ctx.plan.fork_iterations,
+        ctx.plan.capture_copies,
+        ctx.plan.density,
+        ctx.plan.throughput_rounds,
+        ctx.plan.throughput,
+        ctx.plan.clients,
+    ));
+    d
+}
+
+/// The sibling of the running executable named `name` (where cargo puts
+/// the binaries of one profile), if it exists.
+pub fn sibling_binary(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join(name);
+    p.is_file().then_some(p)
+}
+
+/// True if `path` looks like the workspace root (has `examples/` and
+/// `runtimes/python`).
+pub fn is_repo(path: &Path) -> bool {
+    path.join("examples").is_dir() && path.join("runtimes/python").is_dir()
+}

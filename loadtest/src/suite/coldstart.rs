@@ -1,0 +1,346 @@
+//! The cold-start section: every start kind of one function (boot, restore
+//! from the mapped image, restore with userfaultfd and prefetch, warm, and
+//! the fork floor), interleaved; its table, its plot, and the first
+//! invocation's handler time after each kind of start.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Map};
+
+use crate::run::{Mode, RunConfig, Stop};
+use crate::target::{ColdStart, Target};
+
+use super::cold::{probe, run_rounds, Arm, ArmKind};
+use super::deploy::{deploy, remove, wait_ready};
+use super::markdown::{ratio, us, Table};
+use super::plot::{cdf_svg, Series};
+use super::{Bench, Ctx};
+
+/// The spec field and value the suite deploys a copy with to ask for the
+/// userfaultfd + prefetch restore mode.
+pub const UFFD_FIELD: (&str, &str) = ("restore_mode", "uffd");
+
+/// Arm names, in the order they run within a round.
+pub const WARM: &str = "warm";
+/// A fresh booted instance per request.
+pub const BOOT: &str = "boot";
+/// A restored copy, private memory mapped from the snapshot's image.
+pub const RESTORE_MMAP: &str = "restore (mmap)";
+/// A restored copy, memory served by userfaultfd with prefetch.
+pub const RESTORE_UFFD: &str = "restore (uffd + prefetch)";
+/// fork() of a warm process outside thaw.
+pub const FORK: &str = "fork floor";
+
+/// What one function's cold-start measurements left.
+#[derive(Debug)]
+pub struct ColdResult {
+    /// The function.
+    pub function: String,
+    /// The arms, measured or not.
+    pub arms: Vec<Arm>,
+    /// The plot's file name (next to the doc, under `benchmarks/`).
+    pub plot: Option<String>,
+}
+
+impl ColdResult {
+    /// The arm named `name`.
+    pub fn arm(&self, name: &str) -> Option<&Arm> {
+        self.arms.iter().find(|a| a.name == name)
+    }
+}
+
+fn http(
+    ctx: &Ctx,
+    function: &str,
+    body: &str,
+    cold: Option<ColdStart>,
+    requests: u64,
+) -> Result<ArmKind, String> {
+    let target = Target::new(&ctx.api.base_url(), function)
+        .and_then(|t| t.with_bodies(vec![bytes::Bytes::from(body.to_owned())]))
+        .map_err(|e| e.to_string())?
+        .with_cold(cold);
+    Ok(ArmKind::Http {
+        target,
+        config: RunConfig {
+            mode: Mode::Closed { concurrency: 1 },
+            stop: Stop::Requests(requests),
+            warmup: Duration::ZERO,
+        },
+    })
+}
+
+/// Measures `bench`'s start kinds; problems go to `ctx.errors`.
+pub async fn measure(ctx: &mut Ctx, bench: &Bench) -> ColdResult {
+    let plan = ctx.plan.clone();
+    let f = bench.name;
+    let mut arms = Vec::new();
+    let mut push = |ctx: &mut Ctx, name: &str, kind: Result<ArmKind, String>| match kind {
+        Ok(kind) => arms.push(Arm::new(name, kind)),
+        Err(why) => ctx.error(format!("{f}: {name}: {why}")),
+    };
+    push(
+        ctx,
+        WARM,
+        http(ctx, f, bench.body, None, plan.warm_requests),
+    );
+    push(
+        ctx,
+        BOOT,
+        http(
+            ctx,
+            f,
+            bench.body,
+            Some(ColdStart::Boot),
+            plan.boot_requests,
+        ),
+    );
+    let mmap = http(
+        ctx,
+        f,
+        bench.body,
+        Some(ColdStart::Restore),
+        plan.restore_requests,
+    );
+    push(ctx, RESTORE_MMAP, mmap);
+    let uffd_name = format!("{f}-uffd");
+    let uffd = http(
+        ctx,
+        &uffd_name,
+        bench.body,
+        Some(ColdStart::Restore),
+        plan.restore_requests,
+    );
+    push(ctx, RESTORE_UFFD, uffd);
+    let folder = ctx.cfg.repo.join("examples").join(f);
+    let fork_argv = fork_argv(ctx, &folder, bench.body, plan.fork_iterations);
+    push(ctx, FORK, Ok(ArmKind::Exec { argv: fork_argv }));
+
+    // Probe the restores: a 409 means "not yet", not an error.
+    for arm in arms.iter_mut().filter(|a| a.name == RESTORE_MMAP) {
+        match probe(&ctx.api, f, ColdStart::Restore, bench.body).await {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                arm.unavailable = Some(short_409(&why));
+                ctx.unavailable(format!(
+                    "{f} {RESTORE_MMAP}: the server answered 409: {why}"
+                ));
+            }
+            Err(why) => arm.error = Some(why),
+        }
+    }
+    if let Some(arm) = arms.iter_mut().find(|a| a.name == RESTORE_UFFD) {
+        let mut extra = Map::new();
+        extra.insert(UFFD_FIELD.0.into(), json!(UFFD_FIELD.1));
+        match deploy(&ctx.api, &folder, &uffd_name, &extra).await {
+            Err(e) => {
+                let e = e.to_string();
+                arm.unavailable = Some(if e.contains("unknown field") {
+                    format!("no uffd mode yet (`{}` is not a spec field)", UFFD_FIELD.0)
+                } else {
+                    format!(
+                        "deploying with `{} = \"{}\"` failed",
+                        UFFD_FIELD.0, UFFD_FIELD.1
+                    )
+                });
+                ctx.unavailable(format!(
+                    "{f} {RESTORE_UFFD}: deploying a copy with `{} = \"{}\"` gave: {e}",
+                    UFFD_FIELD.0, UFFD_FIELD.1
+                ));
+            }
+            Ok(()) => match wait_ready(&ctx.api, &uffd_name).await {
+                Err(e) => arm.error = Some(e.to_string()),
+                Ok(_) => match probe(&ctx.api, &uffd_name, ColdStart::Restore, bench.body).await {
+                    Ok(None) => {}
+                    Ok(Some(why)) => {
+                        arm.unavailable = Some(short_409(&why));
+                        ctx.unavailable(format!(
+                            "{f} {RESTORE_UFFD}: the server answered 409: {why}"
+                        ));
+                    }
+                    Err(why) => arm.error = Some(why),
+                },
+            },
+        }
+    }
+
+    eprintln!("suite: cold starts of {f}: {} rounds", plan.rounds);
+    run_rounds(&ctx.client, &mut arms, plan.rounds, |round, arm| {
+        let m = arm.samples.last().copied();
+        eprintln!("  round {round}: {:<26} median {}", arm.name, us(m));
+    })
+    .await;
+    remove(&ctx.api, &uffd_name).await;
+    for arm in &arms {
+        if let Some(e) = &arm.error {
+            ctx.error(format!("{f}: {}: {e}", arm.name));
+        }
+    }
+
+    let series: Vec<Series<'_>> = arms
+        .iter()
+        .filter(|a| a.measured())
+        .map(|a| Series {
+            name: &a.name,
+            values: &a.latency,
+        })
+        .collect();
+    let plot = if series.is_empty() {
+        None
+    } else {
+        let file = format!("cold-{f}.svg");
+        let svg = cdf_svg(
+            &format!("{f}: latency to the answer by start kind"),
+            &series,
+        );
+        match std::fs::write(ctx.cfg.plot_dir().join(&file), svg) {
+            Ok(()) => Some(file),
+            Err(e) => {
+                ctx.error(format!("cannot write the plot {file}: {e}"));
+                None
+            }
+        }
+    };
+    ColdResult {
+        function: f.to_owned(),
+        arms,
+        plot,
+    }
+}
+
+/// A short reason for a 409 answer: its error kind.
+fn short_409(why: &str) -> String {
+    let kind = why.split(':').next().unwrap_or(why).trim();
+    format!("409 {kind}")
+}
+
+fn fork_argv(ctx: &Ctx, folder: &Path, body: &str, iterations: u32) -> Vec<String> {
+    vec![
+        ctx.cfg.fork_floor.display().to_string(),
+        "--dir".into(),
+        folder.display().to_string(),
+        "--iterations".into(),
+        iterations.to_string(),
+        "--event".into(),
+        body.to_owned(),
+        "--runtime-dir".into(),
+        ctx.cfg.repo.join("runtimes/python").display().to_string(),
+        "--python".into(),
+        ctx.cfg.python.display().to_string(),
+    ]
+}
+
+/// A cell saying why an arm has no figures.
+pub fn absent(arm: &Arm) -> String {
+    match (&arm.unavailable, &arm.error) {
+        (Some(why), _) => format!("not available: {why}"),
+        (_, Some(e)) => format!("error: {e}"),
+        _ => "no data".into(),
+    }
+}
+
+/// The section's Markdown for one function.
+pub fn render(result: &ColdResult, rounds: usize) -> String {
+    let mut out = format!("### {}\n\n", result.function);
+    let warm = result.arm(WARM);
+    let mut t = Table::new(&[
+        "start kind",
+        ">median of rounds",
+        ">p50",
+        ">p90",
+        ">p99",
+        ">n",
+        ">÷ warm [95% CI]",
+        "server start p50",
+    ]);
+    for arm in &result.arms {
+        let Some(p) = arm.pooled().filter(|_| arm.measured()) else {
+            t.row(vec![arm.name.clone(), absent(arm)]);
+            continue;
+        };
+        let vs_warm = match warm.and_then(|w| arm.ratio_to(w)) {
+            Some((_, _)) if arm.name == WARM => "×1".into(),
+            Some((r, [lo, hi])) => format!("{} [{:.2}, {:.2}]", ratio(Some(r)), lo, hi),
+            None => "–".into(),
+        };
+        let start = if arm.start.is_empty() {
+            "–".into()
+        } else {
+            us(Some(arm.start.value_at_quantile(0.5) as f64))
+        };
+        t.row(vec![
+            arm.name.clone(),
+            us(arm.median()),
+            us(Some(p.p50 as f64)),
+            us(Some(p.p90 as f64)),
+            us(Some(p.p99 as f64)),
+            p.count.to_string(),
+            vs_warm,
+            start,
+        ]);
+    }
+    out.push_str(&t.render());
+    out.push_str(&format!(
+        "\n{rounds} interleaved rounds; latency from the request's send to the whole answer (client side, HTTP \
+         on loopback); the fork floor is timed inside its helper (fork → answer read from a pipe). \
+         \"median of rounds\" is the median of the per-round medians, the figure the ratios divide.\n"
+    ));
+    if let Some(plot) = &result.plot {
+        out.push_str(&format!(
+            "\n![{} cold-start latency distributions](benchmarks/{plot})\n",
+            result.function
+        ));
+    }
+    out
+}
+
+/// `a ÷ b` with its interval, or why not.
+pub fn ratio_cell(result: &ColdResult, num: &str, den: &str) -> String {
+    let (Some(a), Some(b)) = (result.arm(num), result.arm(den)) else {
+        return "–".into();
+    };
+    if !a.measured() {
+        return absent(a);
+    }
+    if !b.measured() {
+        return absent(b);
+    }
+    match a.ratio_to(b) {
+        Some((r, [lo, hi])) => format!("{} [{lo:.3}, {hi:.3}]", ratio(Some(r))),
+        None => "–".into(),
+    }
+}
+
+/// The handler time of the first invocation after each start kind.
+pub fn render_first_invocation(results: &[ColdResult]) -> String {
+    let mut t = Table::new(&[
+        "function",
+        "start kind",
+        ">handler p50",
+        ">handler p90",
+        ">÷ warm handler p50",
+    ]);
+    for r in results {
+        let warm_p50 = r
+            .arm(WARM)
+            .filter(|w| !w.handler.is_empty())
+            .map(|w| w.handler.value_at_quantile(0.5) as f64);
+        for name in [WARM, BOOT, RESTORE_MMAP, RESTORE_UFFD] {
+            let Some(arm) = r.arm(name) else { continue };
+            if !arm.measured() || arm.handler.is_empty() {
+                t.row(vec![r.function.clone(), name.into(), absent(arm)]);
+                continue;
+            }
+            let p50 = arm.handler.value_at_quantile(0.5) as f64;
+            t.row(vec![
+                r.function.clone(),
+                name.into(),
+                us(Some(p50)),
+                us(Some(arm.handler.value_at_quantile(0.9) as f64)),
+                ratio(warm_p50.map(|w| p50 / w.max(1.0))),
+            ]);
+        }
+    }
+    t.render()
+}
