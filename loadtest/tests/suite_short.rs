@@ -1,0 +1,169 @@
+//! The benchmark suite end to end in its short mode, against a real `thaw
+//! serve` it starts itself, and the fork-floor helper against real Python.
+//!
+//! Needs root (thaw's sandboxes), the `thaw` binary of the same profile
+//! (built by `cargo build`/`cargo test --workspace`; `cargo test -p loadtest`
+//! alone does not build it) and `/usr/bin/python3` with numpy and pandas;
+//! without them the tests say why and pass.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PYTHON: &str = "/usr/bin/python3";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_path_buf()
+}
+
+/// `thaw` next to this package's binaries, or in the workspace's target.
+fn thaw_binary() -> Option<PathBuf> {
+    let beside = Path::new(env!("CARGO_BIN_EXE_thaw-loadtest")).with_file_name("thaw");
+    if beside.is_file() {
+        return Some(beside);
+    }
+    let fallback = repo().join("target/debug/thaw");
+    fallback.is_file().then_some(fallback)
+}
+
+fn python_with_numpy() -> bool {
+    Command::new(PYTHON)
+        .args(["-c", "import numpy, pandas"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn fork_floor_prints_one_latency_per_fork() {
+    if !Path::new(PYTHON).is_file() {
+        eprintln!("skipped: no {PYTHON}");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_thaw-fork-floor"))
+        .current_dir(repo())
+        .args([
+            "--dir",
+            "examples/hello",
+            "--iterations",
+            "4",
+            "--event",
+            r#"{"name": "floor"}"#,
+        ])
+        .output()
+        .expect("run thaw-fork-floor");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let values: Vec<f64> = text.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(values.len(), 4, "{text}");
+    assert!(values.iter().all(|v| *v > 0.0), "{text}");
+}
+
+#[test]
+fn fork_floor_reports_a_broken_function() {
+    if !Path::new(PYTHON).is_file() {
+        eprintln!("skipped: no {PYTHON}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("main.py"),
+        "def handler(event, context):\n    raise ValueError('boom')\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_thaw-fork-floor"))
+        .current_dir(repo())
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run thaw-fork-floor");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("boom"), "{err}");
+    assert!(err.contains("thaw-fork-floor: the driver failed"), "{err}");
+}
+
+#[test]
+fn short_suite_runs_end_to_end() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: thaw's sandboxes need root");
+        return;
+    }
+    let Some(thaw) = thaw_binary() else {
+        eprintln!("skipped: no thaw binary (build the workspace first: cargo build)");
+        return;
+    };
+    if !python_with_numpy() {
+        eprintln!("skipped: {PYTHON} cannot import numpy and pandas");
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_thaw-loadtest"))
+        .arg("suite")
+        .arg("--short")
+        .arg("--out")
+        .arg(out_dir.path())
+        .arg("--thaw")
+        .arg(&thaw)
+        .arg("--fork-floor")
+        .arg(env!("CARGO_BIN_EXE_thaw-fork-floor"))
+        .arg("--repo")
+        .arg(repo())
+        .output()
+        .expect("run the suite");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the short suite failed:\n{stderr}");
+    let doc = std::fs::read_to_string(out_dir.path().join("benchmarks.md")).unwrap();
+    for heading in [
+        "# thaw benchmarks",
+        "## Summary",
+        "### hello",
+        "### numpy-pandas",
+        "## First invocation after a start",
+        "## Capture",
+        "## Store: dedup across the examples",
+        "## Density",
+        "## Warm throughput",
+        "## Cold-start throughput",
+        "## Errors\n\nNone",
+    ] {
+        assert!(doc.contains(heading), "no {heading:?} in:\n{doc}");
+    }
+    for kind in [
+        "| warm |",
+        "| boot |",
+        "| restore (mmap) |",
+        "| restore (uffd + prefetch) |",
+        "| fork floor |",
+    ] {
+        assert!(doc.contains(kind), "no row {kind:?} in:\n{doc}");
+    }
+    for f in ["hello", "numpy-pandas"] {
+        let svg = std::fs::read_to_string(out_dir.path().join(format!("benchmarks/cold-{f}.svg")))
+            .expect("a plot per function");
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{svg}"
+        );
+        assert!(doc.contains(&format!("](benchmarks/cold-{f}.svg)")));
+    }
+}
+
+#[test]
+fn short_mode_needs_an_out_folder() {
+    let out = Command::new(env!("CARGO_BIN_EXE_thaw-loadtest"))
+        .current_dir(repo())
+        .args(["suite", "--short"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "thaw-loadtest: --short needs --out DIR (the short run must not replace docs/benchmarks.md)"
+    );
+}
