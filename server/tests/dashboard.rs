@@ -456,7 +456,6 @@ async fn dashboard_end_to_end() {
         |v| v.as_str().is_some_and(|s| s.parse::<u64>().is_ok()),
     )
     .await;
-    screenshot(&c, "store").await;
     assert_only_local(&c, "store").await;
 
     // 200 more functions through the API, a few at a time.
@@ -633,6 +632,33 @@ async fn dashboard_end_to_end() {
     }
     screenshot(&c, "overview").await;
     assert_only_local(&c, "overview with many functions").await;
+
+    // The Store page again, with every snapshot and the pages they share.
+    goto(&c, &server, "#/store").await;
+    wait_for(
+        &c,
+        "every snapshot in the store table",
+        "return document.querySelectorAll('#store-table tbody tr td a').length",
+        |v| v.as_u64() == Some(MANY as u64 + 1),
+    )
+    .await;
+    c.find(Locator::Css("#store-verify"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let report = wait_for(
+        &c,
+        "the verify report",
+        "const r = document.getElementById('store-result'); return r.dataset.done === 'verify' ? r.textContent : ''",
+        |v| v.as_str().is_some_and(|s| !s.is_empty()),
+    )
+    .await;
+    let report: Value = serde_json::from_str(report.as_str().unwrap()).unwrap();
+    assert_eq!(report["ok"], json!(true), "{report}");
+    assert_eq!(report["snapshots_checked"], json!(MANY + 1), "{report}");
+    screenshot(&c, "store").await;
     eprintln!(
         "dashboard test took {:.1} s",
         started.elapsed().as_secs_f64()

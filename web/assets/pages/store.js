@@ -21,6 +21,7 @@ export function mount(main, ctx) {
         <p class="muted">Verify rehashes every object; gc frees objects no snapshot uses. Both need an admin token.</p>
         <div class="actions"><button id="store-verify">Verify</button><button id="store-gc" class="secondary">Collect garbage</button></div>
         <div id="store-progress" hidden><progress></progress><span class="muted" id="store-elapsed"></span></div>
+        <p id="store-summary"></p>
         <pre id="store-result" hidden></pre>
       </div>
       <div class="panel">
@@ -53,10 +54,15 @@ export function mount(main, ctx) {
     buttons.forEach((b) => { b.disabled = true; });
     $("store-progress").hidden = false;
     $("store-result").hidden = true;
+    $("store-summary").textContent = "";
     const t0 = performance.now();
     const tick = setInterval(() => { $("store-elapsed").textContent = ` ${what} running, ${((performance.now() - t0) / 1000).toFixed(1)} s`; }, 100);
     try {
       const r = await api("POST", `/store/${what}`);
+      $("store-summary").textContent = what === "verify"
+        ? `${r.ok ? "Sound" : "DAMAGED"}: ${r.objects_checked} objects in ${r.packs} pack(s) and ${r.snapshots_checked} snapshots checked in ${r.elapsed_ms} ms; ${r.bad_objects.length} bad objects, ${r.missing_objects.length} missing.`
+        : `Freed ${r.objects_freed} objects (${bytes(r.bytes_freed)}) in ${r.elapsed_ms} ms; ${r.live_objects} objects live in ${r.snapshots} snapshots.`;
+      $("store-summary").className = what === "verify" && !r.ok ? "error-text" : "";
       $("store-result").textContent = JSON.stringify(r, null, 2);
       $("store-result").classList.toggle("error-text", what === "verify" && !r.ok);
       $("store-result").dataset.done = what;
