@@ -659,6 +659,26 @@ async fn dashboard_end_to_end() {
     assert_eq!(report["ok"], json!(true), "{report}");
     assert_eq!(report["snapshots_checked"], json!(MANY + 1), "{report}");
     screenshot(&c, "store").await;
+
+    // Signing out: the prompt returns and the API refuses the browser.
+    c.find(Locator::Css("#signout"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_element(Locator::Css("#login[open]"))
+        .await
+        .unwrap();
+    let refused = c
+        .execute_async(
+            "const done = arguments[0]; fetch('/functions').then(r => done(r.status))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, json!(401));
     eprintln!(
         "dashboard test took {:.1} s",
         started.elapsed().as_secs_f64()

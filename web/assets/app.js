@@ -118,9 +118,20 @@ function signIn() {
   });
 }
 
+async function signOut() {
+  try { await api("DELETE", "/session"); } catch (e) { showError(e.message); }
+  closeStream();
+  if (cleanup) { cleanup(); cleanup = null; }
+  await signIn();
+  route();
+}
+
 async function start() {
+  const out = document.getElementById("signout");
+  out.addEventListener("click", signOut);
   try {
     const s = await api("GET", "/session");
+    out.hidden = !s.auth_required;
     if (s.auth_required && !s.signed_in) await signIn();
   } catch (e) {
     showError(`cannot reach the server: ${e.message}`);
