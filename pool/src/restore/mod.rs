@@ -14,15 +14,20 @@
 //! resume    xsave, registers (syscall-restart rule applied), detach
 //! ```
 //!
-//! Every step in the stub is a system call injected with ptrace (the
-//! capture's injector, borrowing the `syscall` instruction of the vDSO).
+//! Every step in the stub is a system call run with ptrace: the first
+//! (mapping the scratch area) and the last (unmapping it) injected one by
+//! one with the capture's injector (borrowing the vDSO's `syscall`
+//! instruction), everything between as two tables run by a small loop in
+//! the scratch area, one ptrace round trip each (see [`batch`]).
 //! The copy's exit status is init's: its exit code, or 128 + the signal
 //! that killed it ([`RestoredChild::wait`]).
 //!
 //! Modules: [`spawn`] (init and stub), [`remote`] (driving the stub),
+//! [`batch`] (tables of system calls),
 //! [`memory`] (the address space), [`thread`] (kernel state and registers),
 //! [`fds`] (descriptors and mapped files).
 
+pub mod batch;
 pub mod fds;
 pub mod memory;
 pub mod remote;
@@ -36,6 +41,7 @@ use std::time::{Duration, Instant};
 use snapshotter::snapshot::{open_snapshot_dir, LoadSnapshotError, Snapshot};
 use snapshotter::store::{ImageError, PageStore};
 
+use batch::Batch;
 use memory::MapSources;
 use remote::Remote;
 
@@ -88,8 +94,10 @@ pub struct RestoreTimings {
     pub state: Duration,
     /// Registers and detach.
     pub resume: Duration,
-    /// System calls injected.
+    /// ptrace round trips that ran system calls (single calls and batches).
     pub injected: u32,
+    /// System calls run by the batch loop.
+    pub batched: u32,
 }
 
 impl RestoreTimings {
@@ -311,28 +319,41 @@ pub fn restore(
     timings.stub = started.elapsed();
 
     let started = Instant::now();
-    thread::unregister_rseq(&mut remote)?;
     let stub_map = memory::stub_map(remote.pid())?;
-    memory::clear_and_move_specials(&mut remote, &stub_map, &state.areas)?;
-    timings.unmap = started.elapsed();
+    let places = memory::prepare_scratch(&mut remote, &stub_map, &state.areas)?;
+    let mut batch = Batch::new(places.scratch);
+    thread::unregister_rseq(&remote, &mut batch)?;
+    let syscall_at = memory::clear_and_move_specials(
+        &mut batch,
+        &stub_map,
+        &state.areas,
+        places,
+        remote.syscall_address(),
+    )?;
     let sources = MapSources {
         area_fds: &plan.area_fds,
         image_fd: plan.image_fd,
         image: &image.file,
         layout: &image.layout,
     };
-    memory::map_areas(&mut remote, &state.areas, &snapshot.areas, &sources)?;
+    memory::map_areas(&mut batch, &state.areas, &snapshot.areas, &sources)?;
+    timings.batched += batch.len() as u32;
+    remote.run(batch)?;
+    remote.set_syscall_address(syscall_at);
+    timings.unmap = started.elapsed();
+    memory::write_private_pages(&remote, &state.areas, &snapshot.areas, &sources)?;
     timings.mappings = started.elapsed();
 
     let started = Instant::now();
-    thread::set_mm(&mut remote, state, plan.exe_fd)?;
-    remote.sys(
+    let mut batch = Batch::new(places.scratch);
+    thread::set_mm(&mut batch, state, plan.exe_fd)?;
+    batch.call(
         "close_range (mapping fds)",
         libc::SYS_close_range,
         [plan.first_private_fd as u64, u32::MAX as u64, 0, 0, 0, 0],
-    )?;
+    );
     for fd in &plan.cloexec {
-        remote.sys(
+        batch.call(
             "fcntl(F_SETFD)",
             libc::SYS_fcntl,
             [
@@ -343,12 +364,15 @@ pub fn restore(
                 0,
                 0,
             ],
-        )?;
+        );
     }
-    thread::set_signals(&mut remote, state)?;
-    thread::register_rseq(&mut remote, &state.rseq)?;
-    thread::set_thread(&mut remote, state)?;
-    thread::set_attributes(&mut remote, state)?;
+    thread::set_signals(&remote, &mut batch, state)?;
+    thread::register_rseq(&mut batch, &state.rseq);
+    thread::set_thread(&mut batch, state)?;
+    thread::set_attributes(&remote, &mut batch, state)?;
+    timings.batched += batch.len() as u32;
+    remote.run(batch)?;
+    thread::set_mask(&remote, state)?;
     if let Some((addr, len)) = remote.scratch.take() {
         remote.sys(
             "munmap (scratch)",

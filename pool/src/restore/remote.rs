@@ -97,15 +97,6 @@ impl Remote {
                 source,
             })
     }
-
-    /// Writes `data` to the scratch area at `offset` and returns its address
-    /// in the stub.
-    pub fn put(&self, offset: u64, data: &[u8]) -> Result<u64, RestoreError> {
-        let (addr, len) = self.scratch.expect("scratch mapped before use");
-        assert!(offset + data.len() as u64 <= len, "scratch overflow");
-        self.write(addr + offset, data)?;
-        Ok(addr + offset)
-    }
 }
 
 /// The bytes of a plain-data value.

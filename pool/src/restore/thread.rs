@@ -13,6 +13,7 @@
 
 use snapshotter::state::{ProcessState, Rseq};
 
+use super::batch::Batch;
 use super::remote::{bytes_of, Remote};
 use super::RestoreError;
 
@@ -64,13 +65,13 @@ const RSEQ_FLAG_UNREGISTER: u64 = 1;
 
 /// Drops the stub's inherited rseq registration (its area is about to be
 /// unmapped; the kernel would write there on every return to user space).
-pub fn unregister_rseq(remote: &mut Remote) -> Result<(), RestoreError> {
+pub fn unregister_rseq(remote: &Remote, batch: &mut Batch) -> Result<(), RestoreError> {
     let current = remote
         .seized
         .rseq()
         .map_err(|e| RestoreError::Stub(e.to_string()))?;
     if let Some(r) = current {
-        remote.sys(
+        batch.call(
             "rseq (unregister the stub's)",
             libc::SYS_rseq,
             [
@@ -81,33 +82,32 @@ pub fn unregister_rseq(remote: &mut Remote) -> Result<(), RestoreError> {
                 0,
                 0,
             ],
-        )?;
+        );
     }
     Ok(())
 }
 
 /// Registers the saved rseq area (its memory must be in place).
-pub fn register_rseq(remote: &mut Remote, rseq: &Option<Rseq>) -> Result<(), RestoreError> {
+pub fn register_rseq(batch: &mut Batch, rseq: &Option<Rseq>) {
     if let Some(r) = rseq {
-        remote.sys(
+        batch.call(
             "rseq (register)",
             libc::SYS_rseq,
             [r.address, r.length as u64, 0, r.signature as u64, 0, 0],
-        )?;
+        );
     }
-    Ok(())
 }
 
 /// `PR_SET_MM_MAP` with the saved fields, auxv and the executable (held by
 /// the stub as `exe_fd`). The stub's own binary must be unmapped already.
-pub fn set_mm(remote: &mut Remote, state: &ProcessState, exe_fd: i32) -> Result<(), RestoreError> {
+pub fn set_mm(batch: &mut Batch, state: &ProcessState, exe_fd: i32) -> Result<(), RestoreError> {
     let mm = &state.mm;
     let auxv: Vec<u8> = mm
         .auxv
         .iter()
         .flat_map(|&(k, v)| k.to_ne_bytes().into_iter().chain(v.to_ne_bytes()))
         .collect();
-    let auxv_addr = remote.put(256, &auxv)?;
+    let auxv_addr = batch.data(&auxv)?;
     let map = PrctlMmMap {
         start_code: mm.start_code,
         end_code: mm.end_code,
@@ -124,8 +124,8 @@ pub fn set_mm(remote: &mut Remote, state: &ProcessState, exe_fd: i32) -> Result<
         auxv_size: auxv.len() as u32,
         exe_fd: exe_fd as u32,
     };
-    let addr = remote.put(0, bytes_of(&map))?;
-    remote.sys(
+    let addr = batch.data(bytes_of(&map))?;
+    batch.call(
         "prctl(PR_SET_MM_MAP)",
         libc::SYS_prctl,
         [
@@ -136,7 +136,7 @@ pub fn set_mm(remote: &mut Remote, state: &ProcessState, exe_fd: i32) -> Result<
             0,
             0,
         ],
-    )?;
+    );
     Ok(())
 }
 
@@ -159,9 +159,12 @@ fn stub_dispositions(pid: i32) -> Result<u64, RestoreError> {
     Ok(set)
 }
 
-/// Sets the saved dispositions, resets the stub's other ones, and sets the
-/// blocked mask.
-pub fn set_signals(remote: &mut Remote, state: &ProcessState) -> Result<(), RestoreError> {
+/// Sets the saved dispositions and resets the stub's other ones.
+pub fn set_signals(
+    remote: &Remote,
+    batch: &mut Batch,
+    state: &ProcessState,
+) -> Result<(), RestoreError> {
     let stub_set = stub_dispositions(remote.pid())?;
     let saved = &state.signals;
     for signal in 1..=64u32 {
@@ -185,14 +188,19 @@ pub fn set_signals(remote: &mut Remote, state: &ProcessState) -> Result<(), Rest
             },
             None => continue,
         };
-        let addr = remote.put(0, bytes_of(&act))?;
-        remote.sys(
-            &format!("rt_sigaction({signal})"),
+        let addr = batch.data(bytes_of(&act))?;
+        batch.call(
+            format!("rt_sigaction({signal})"),
             libc::SYS_rt_sigaction,
             [signal as u64, addr, 0, 8, 0, 0],
-        )?;
+        );
     }
-    let mut mask = saved.blocked;
+    Ok(())
+}
+
+/// Sets the blocked signal mask.
+pub fn set_mask(remote: &Remote, state: &ProcessState) -> Result<(), RestoreError> {
+    let mut mask = state.signals.blocked;
     // SAFETY: PTRACE_SETSIGMASK reads 8 bytes (`addr` is the size) from
     // `mask`, which lives across the call.
     let rc = unsafe {
@@ -213,19 +221,19 @@ pub fn set_signals(remote: &mut Remote, state: &ProcessState) -> Result<(), Rest
 }
 
 /// `set_tid_address`, `set_robust_list`, `sigaltstack`.
-pub fn set_thread(remote: &mut Remote, state: &ProcessState) -> Result<(), RestoreError> {
+pub fn set_thread(batch: &mut Batch, state: &ProcessState) -> Result<(), RestoreError> {
     let t = &state.thread;
-    remote.sys(
+    batch.call(
         "set_tid_address",
         libc::SYS_set_tid_address,
         [t.tid_address, 0, 0, 0, 0, 0],
-    )?;
+    );
     if t.robust_list != 0 {
-        remote.sys(
+        batch.call(
             "set_robust_list",
             libc::SYS_set_robust_list,
             [t.robust_list, t.robust_list_len, 0, 0, 0, 0],
-        )?;
+        );
     }
     let stack = match t.alt_stack {
         Some(s) => StackT {
@@ -241,44 +249,42 @@ pub fn set_thread(remote: &mut Remote, state: &ProcessState) -> Result<(), Resto
             size: 0,
         },
     };
-    let addr = remote.put(0, bytes_of(&stack))?;
-    remote.sys("sigaltstack", libc::SYS_sigaltstack, [addr, 0, 0, 0, 0, 0])?;
+    let addr = batch.data(bytes_of(&stack))?;
+    batch.call("sigaltstack", libc::SYS_sigaltstack, [addr, 0, 0, 0, 0, 0]);
     Ok(())
 }
 
-/// cwd, umask, personality, name and resource limits.
-pub fn set_attributes(remote: &mut Remote, state: &ProcessState) -> Result<(), RestoreError> {
+/// cwd, umask, personality and name (in `batch`), and resource limits
+/// (set directly).
+pub fn set_attributes(
+    remote: &Remote,
+    batch: &mut Batch,
+    state: &ProcessState,
+) -> Result<(), RestoreError> {
     let p = &state.process;
     let mut cwd = p.cwd.clone().into_bytes();
     cwd.push(0);
-    let addr = remote.put(0, &cwd)?;
-    remote.sys(
-        &format!("chdir({})", p.cwd),
+    let addr = batch.data(&cwd)?;
+    batch.call(
+        format!("chdir({})", p.cwd),
         libc::SYS_chdir,
         [addr, 0, 0, 0, 0, 0],
-    )?;
-    remote.sys("umask", libc::SYS_umask, [p.umask as u64, 0, 0, 0, 0, 0])?;
-    let current = remote.sys(
-        "personality (read)",
+    );
+    batch.call("umask", libc::SYS_umask, [p.umask as u64, 0, 0, 0, 0, 0]);
+    batch.call(
+        "personality",
         libc::SYS_personality,
-        [0xffff_ffff, 0, 0, 0, 0, 0],
-    )?;
-    if current as u32 != state.personality {
-        remote.sys(
-            "personality",
-            libc::SYS_personality,
-            [state.personality as u64, 0, 0, 0, 0, 0],
-        )?;
-    }
+        [state.personality as u64, 0, 0, 0, 0, 0],
+    );
     let mut comm = state.comm.clone().into_bytes();
     comm.truncate(15);
     comm.push(0);
-    let addr = remote.put(0, &comm)?;
-    remote.sys(
+    let addr = batch.data(&comm)?;
+    batch.call(
         "prctl(PR_SET_NAME)",
         libc::SYS_prctl,
         [libc::PR_SET_NAME as u64, addr, 0, 0, 0, 0],
-    )?;
+    );
     let pid = remote.pid();
     for limit in &p.rlimits {
         let new = libc::rlimit {
