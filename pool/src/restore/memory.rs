@@ -392,23 +392,21 @@ pub fn write_private_pages(
     sources: &MapSources<'_>,
 ) -> Result<(), RestoreError> {
     for (index, area) in areas.iter().enumerate() {
-        match area.kind {
-            AreaKind::Stack => write_pages(remote, index, area, &pages[index], sources, false)?,
-            _ => {}
+        if area.kind == AreaKind::Stack {
+            write_pages(remote, index, area, &pages[index], sources)?;
         }
     }
     Ok(())
 }
 
-/// Writes the stored pages of area `index` (and, over a file, its zero
-/// pages) from the image into the stub, in runs of consecutive pages.
+/// Writes the stored pages of area `index` from the image into the stub, in
+/// runs of consecutive pages.
 fn write_pages(
     remote: &Remote,
     index: usize,
     area: &MemoryArea,
     pages: &AreaPages,
     sources: &MapSources<'_>,
-    zeros_too: bool,
 ) -> Result<(), RestoreError> {
     let area_offset = sources.layout.areas[index].offset;
     let mut buf = Vec::new();
@@ -430,12 +428,7 @@ fn write_pages(
     let mut run: Option<(u64, u64)> = None;
     for (i, slot) in pages.iter().enumerate() {
         let i = i as u64;
-        let wanted = match slot {
-            PageSlot::Hash(_) => true,
-            PageSlot::Zero => zeros_too,
-            PageSlot::File => false,
-        };
-        if wanted {
+        if matches!(slot, PageSlot::Hash(_)) {
             match &mut run {
                 Some((first, count)) if *first + *count == i => *count += 1,
                 _ => {
