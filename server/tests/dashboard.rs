@@ -3,10 +3,12 @@
 //! requires a token.
 //!
 //! It signs in, deploys a function through the Deploy page and waits for
-//! `ready`, invokes it from the Function page and reads the answer, sees the
-//! invocation counted on the Overview, verifies the store from the Store
-//! page, then deploys 200 more functions through the API and checks that the
-//! Overview lists every one with the API's state and counts. Every page's
+//! `ready`, invokes it from the Function page and reads the answer and the
+//! handler's log line, sees the invocation counted on the Overview, verifies
+//! the store from the Store page, watches a broken deploy fail with its
+//! reason, then deploys 200 more functions through the API and checks that
+//! the Overview lists every one with the API's state and counts. It ends by
+//! signing out. Every page's
 //! resources must come from the server itself. Screenshots of the four pages
 //! go to `docs/screenshots/`.
 //!
@@ -158,8 +160,17 @@ async fn text_of(c: &Client, css: &str) -> String {
         .unwrap()
 }
 
-/// Acceptance 4: every resource the page loaded came from the server.
+/// Acceptance 4: every resource the page loaded came from the server. Also:
+/// the page shows no error.
 async fn assert_only_local(c: &Client, page: &str) {
+    let error = c
+        .execute(
+            "const e = document.getElementById('error'); return e.hidden ? null : e.textContent",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(error, Value::Null, "{page} shows an error");
     let urls = c
         .execute(
             "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)]",
@@ -477,6 +488,39 @@ async fn dashboard_end_to_end() {
     .await;
     assert_only_local(&c, "store").await;
 
+    // A deploy that fails shows the failure and its reason.
+    goto(&c, &server, "#/deploy").await;
+    c.wait()
+        .for_element(Locator::Css("#deploy-form"))
+        .await
+        .unwrap();
+    set_value(&c, "#deploy-name", "broken-web").await;
+    set_value(&c, "#deploy-code", "import no_such_module\n").await;
+    c.find(Locator::Css("#deploy-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        &c,
+        "the failed deploy",
+        "return document.getElementById('deploy-status').dataset.state || ''",
+        |v| v == "failed",
+    )
+    .await;
+    let reason = text_of(&c, "#deploy-failure").await;
+    assert!(reason.contains("no_such_module"), "{reason}");
+    let failed = c
+        .execute(
+            "return document.querySelectorAll('#deploy-steps li.failed').length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed, json!(1));
+    assert_only_local(&c, "deploy (failed)").await;
+
     // 200 more functions through the API, a few at a time.
     let t_many = Instant::now();
     let bearer = format!("Bearer {ADMIN}");
@@ -541,15 +585,16 @@ async fn dashboard_end_to_end() {
         .iter()
         .map(|f| f["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states.len(), MANY + 1);
+    assert_eq!(states.len(), MANY + 2);
+    assert_eq!(states.iter().filter(|s| **s == "failed").count(), 1);
     assert!(
-        states.iter().all(|s| *s == "ready"),
+        states.iter().filter(|s| **s == "ready").count() == MANY + 1,
         "not all ready: {:?}",
         api["functions"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|f| f["state"] != "ready")
+            .filter(|f| f["state"] != "ready" && f["name"] != "broken-web")
             .map(|f| (&f["name"], &f["error"]))
             .collect::<Vec<_>>()
     );
@@ -626,7 +671,7 @@ async fn dashboard_end_to_end() {
             .await
             .unwrap();
         if shown == expected
-            && cards == json!([(MANY + 1).to_string(), (MANY + 1).to_string(), "0", "0"])
+            && cards == json!([(MANY + 2).to_string(), (MANY + 1).to_string(), "1", "0"])
         {
             eprintln!(
                 "overview matched the API on {} functions after {rounds} comparisons",

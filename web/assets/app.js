@@ -126,6 +126,10 @@ async function signOut() {
   route();
 }
 
+// Whatever goes wrong in the page is shown, not buried in the console.
+window.addEventListener("error", (e) => showError(`page error: ${e.message}`));
+window.addEventListener("unhandledrejection", (e) => showError(`page error: ${e.reason && e.reason.message ? e.reason.message : e.reason}`));
+
 async function start() {
   const out = document.getElementById("signout");
   out.addEventListener("click", signOut);
