@@ -26,6 +26,7 @@ const LEFT: f64 = 60.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
+const LEGEND_W: f64 = 300.0;
 const COLOURS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
 ];
@@ -117,7 +118,8 @@ pub fn cdf_svg(title: &str, series: &[Series<'_>]) -> String {
         TOP + plot_h / 2.0,
         TOP + plot_h / 2.0
     );
-    // Curves: a step up at every recorded value.
+    // Curves: a step up at every recorded value; the legend goes on top.
+    let mut legend = String::new();
     for (i, s) in drawn.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let total = s.values.len() as f64;
@@ -136,19 +138,31 @@ pub fn cdf_svg(title: &str, series: &[Series<'_>]) -> String {
             r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
             points.trim_end()
         );
-        let ly = TOP + 16.0 + 18.0 * i as f64;
+        // The legend sits bottom right, where CDF curves rarely are.
+        let lx = LEFT + plot_w - LEGEND_W;
+        let ly = TOP + plot_h - 14.0 - 18.0 * (drawn.len() - 1 - i) as f64;
+        if i == 0 {
+            let _ = writeln!(
+                legend,
+                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="white" fill-opacity="0.85" stroke="#999"/>"##,
+                lx - 6.0,
+                ly - 14.0,
+                LEGEND_W,
+                18.0 * drawn.len() as f64 + 6.0
+            );
+        }
         let _ = writeln!(
-            svg,
-            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{} (n={}, p50 {})</text>"#,
-            LEFT + 10.0,
-            LEFT + 34.0,
-            LEFT + 40.0,
+            legend,
+            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{} (n={}, p50 {})</text>"#,
+            lx + 24.0,
+            lx + 30.0,
             ly + 4.0,
             escape(s.name),
             s.values.len(),
             time_label(s.values.value_at_quantile(0.5) as f64)
         );
     }
+    svg.push_str(&legend);
     svg.push_str("</svg>\n");
     svg
 }
