@@ -41,15 +41,19 @@ fn probe_copy_checks_itself_and_exits_zero() {
     );
     drop(original);
 
-    let mut copy = restore_with_pipes(&snap, Mode::Mmap);
-    println!("restore: {:?}", copy.child.timings);
-    // A shared mapping shows the file as it is now.
-    let mut shared = std::fs::read(&files[0]).unwrap();
-    shared[..6].copy_from_slice(b"after!");
-    std::fs::write(&files[0], &shared).unwrap();
-    copy.send(b"g");
-    let out = copy.rest();
-    let status = copy.child.wait().unwrap();
-    assert_eq!(out, "ok\n");
-    assert_eq!(status, 0);
+    for mode in [Mode::Mmap, Mode::Uffd] {
+        let mut copy = restore_with_pipes(&snap, mode);
+        println!("restore ({mode:?}): {:?}", copy.child.timings);
+        // A shared mapping shows the file as it is now.
+        let mut shared = std::fs::read(&files[0]).unwrap();
+        shared[..6].copy_from_slice(b"after!");
+        std::fs::write(&files[0], &shared).unwrap();
+        copy.send(b"g");
+        let out = copy.rest();
+        let status = copy.child.wait().unwrap();
+        println!("page server: {:?}", copy.child.server_stats);
+        assert_eq!(out, "ok\n", "{mode:?}");
+        assert_eq!(status, 0, "{mode:?}");
+        std::fs::write(&files[0], vec![b'S'; 4096]).unwrap();
+    }
 }

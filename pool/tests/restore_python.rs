@@ -58,9 +58,12 @@ fn python_copy_answers_from_its_warm_state() {
     );
     drop(original);
 
-    for round in 0..3 {
-        let mut copy = restore_with_pipes(&snap, Mode::Mmap);
-        println!("restore {round}: {:?}", copy.child.timings);
+    for (round, mode) in [Mode::Mmap, Mode::Mmap, Mode::Uffd, Mode::Uffd]
+        .into_iter()
+        .enumerate()
+    {
+        let mut copy = restore_with_pipes(&snap, mode);
+        println!("restore {round} ({mode:?}): {:?}", copy.child.timings);
         copy.send(b"42\n");
         assert_eq!(copy.line(), expected);
         copy.send(b"7\n");
@@ -68,5 +71,6 @@ fn python_copy_answers_from_its_warm_state() {
         assert!(seven.contains("\"n\": 7"), "{seven}");
         drop(copy.stdin);
         assert_eq!(copy.child.wait().unwrap(), 0);
+        println!("page server: {:?}", copy.child.server_stats);
     }
 }

@@ -249,6 +249,8 @@ pub struct MapSources<'a> {
     pub image: &'a File,
     /// Where each area lies in the image.
     pub layout: &'a ImageLayout,
+    /// `uffd` mode: private memory is mapped anonymous, filled on demand.
+    pub lazy: bool,
 }
 
 /// Adds to `batch` the mapping of every saved area (see the module doc).
@@ -293,6 +295,21 @@ pub fn map_areas(
                         "shared memory at {:#x}-{:#x}",
                         area.start, area.end
                     )));
+                }
+                if sources.lazy {
+                    batch.call(
+                        what("(anonymous, lazy)"),
+                        libc::SYS_mmap,
+                        [
+                            area.start,
+                            len,
+                            prot,
+                            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64 | MAP_FIXED,
+                            u64::MAX,
+                            0,
+                        ],
+                    );
+                    continue;
                 }
                 let offset = sources.layout.areas[index].offset;
                 batch.call(

@@ -33,6 +33,7 @@ pub mod memory;
 pub mod remote;
 pub mod spawn;
 pub mod thread;
+pub mod uffd;
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -51,8 +52,8 @@ pub enum Mode {
     /// `MAP_PRIVATE` of the snapshot's image file (page cache shared by all
     /// copies, copy on write).
     Mmap,
-    /// Anonymous memory filled on demand by a userfaultfd page server (not
-    /// implemented yet).
+    /// Anonymous memory filled on demand by a userfaultfd page server
+    /// thread of the restorer (see [`uffd`]).
     Uffd,
 }
 
@@ -183,6 +184,10 @@ pub struct RestoredChild {
     ns_pid: i32,
     pidfd: OwnedFd,
     status: Option<i32>,
+    server: Option<PageServerThread>,
+    /// `uffd` mode, once the copy ended: faults served, pages copied, zero
+    /// pages placed.
+    pub server_stats: Option<(u64, u64, u64)>,
     /// Where the restore's time went.
     pub timings: RestoreTimings,
 }
@@ -250,6 +255,13 @@ impl RestoredChild {
             128 + libc::WTERMSIG(status)
         };
         self.status = Some(code);
+        if let Some(server) = self.server.take() {
+            match server.join() {
+                Ok(Ok(stats)) => self.server_stats = Some(stats),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(RestoreError::Unsupported("the page server panicked".into())),
+            }
+        }
         Ok(code)
     }
 }
@@ -259,7 +271,27 @@ impl Drop for RestoredChild {
         if self.status.is_none() {
             spawn::reap(self.init_pid);
         }
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
     }
+}
+
+/// The page server thread of a `uffd` copy.
+type PageServerThread = std::thread::JoinHandle<Result<(u64, u64, u64), RestoreError>>;
+
+/// Pulls descriptor `fd` out of the process `pidfd` refers to.
+fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> Result<OwnedFd, RestoreError> {
+    // SAFETY: pidfd_getfd with a pidfd we own; it returns a new descriptor.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if r < 0 {
+        return Err(RestoreError::Io {
+            what: "pidfd_getfd (userfaultfd)".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
 }
 
 /// Kills and reaps init unless disarmed.
@@ -299,11 +331,6 @@ pub fn restore(
     store: &PageStore,
     options: &RestoreOptions<'_>,
 ) -> Result<RestoredChild, RestoreError> {
-    if options.mode == Mode::Uffd {
-        return Err(RestoreError::Unsupported(
-            "uffd mode is not implemented yet; use mmap".into(),
-        ));
-    }
     let state = &snapshot.state;
     let mut timings = RestoreTimings::default();
     let started = Instant::now();
@@ -335,18 +362,48 @@ pub fn restore(
         image_fd: plan.image_fd,
         image: &image.file,
         layout: &image.layout,
+        lazy: options.mode == Mode::Uffd,
     };
     memory::map_areas(&mut batch, &state.areas, &snapshot.areas, &sources)?;
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
     remote.set_syscall_address(syscall_at);
     timings.unmap = started.elapsed();
+    let mut server = None;
+    let mut uffd_in_stub = None;
+    if options.mode == Mode::Uffd {
+        let fd = remote.sys(
+            "userfaultfd",
+            libc::SYS_userfaultfd,
+            [(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0],
+        )?;
+        uffd_in_stub = Some(fd);
+        let uffd = pidfd_getfd(&spawned.stub_pidfd, fd as i32)?;
+        let mut s = uffd::PageServer::new(
+            uffd,
+            &image.file,
+            &image.layout,
+            &state.areas,
+            &snapshot.areas,
+        )?;
+        // rseq: the kernel writes the area on every return to user space;
+        // its page must hold the saved content before it is registered.
+        if let Some(r) = &state.rseq {
+            if s.covers(r.address) {
+                s.fill(r.address)?;
+            }
+        }
+        server = Some(s);
+    }
     memory::write_private_pages(&remote, &state.areas, &snapshot.areas, &sources)?;
     timings.mappings = started.elapsed();
 
     let started = Instant::now();
     let mut batch = Batch::new(places.scratch);
     thread::set_mm(&mut batch, state, plan.exe_fd)?;
+    if let Some(fd) = uffd_in_stub {
+        batch.call("close (userfaultfd)", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+    }
     batch.call(
         "close_range (mapping fds)",
         libc::SYS_close_range,
@@ -385,6 +442,19 @@ pub fn restore(
     let started = Instant::now();
     thread::set_registers(&mut remote, state)?;
     timings.injected = remote.calls;
+    let server = match server {
+        Some(s) => {
+            let pidfd = spawned
+                .stub_pidfd
+                .try_clone()
+                .map_err(|source| RestoreError::Io {
+                    what: "dup pidfd".into(),
+                    source,
+                })?;
+            Some(s.spawn(pidfd))
+        }
+        None => None,
+    };
     remote.detach()?;
     timings.resume = started.elapsed();
     guard.0 = None;
@@ -394,6 +464,8 @@ pub fn restore(
         ns_pid: state.pid,
         pidfd: spawned.stub_pidfd,
         status: None,
+        server,
+        server_stats: None,
         timings,
     })
 }

@@ -1,0 +1,425 @@
+//! The page server of `uffd` mode: the copy's private memory is anonymous
+//! and registered with a userfaultfd; a thread of the restorer fills every
+//! first touch from the snapshot's image (mapped read-only here).
+//!
+//! ```text
+//! copy touches a missing page ─> kernel queues UFFD_EVENT_PAGEFAULT
+//! server: address ─(undo mremaps)─> saved address ─> area, page index
+//!   removed/unmapped range      UFFDIO_ZEROPAGE (the program expects zeros)
+//!   zero page of the snapshot   UFFDIO_ZEROPAGE
+//!   stored page                 UFFDIO_COPY from the image, with the next
+//!                               stored pages of the area not yet served
+//!                               (fault-around, up to FAULT_AROUND pages)
+//! events: REMOVE (madvise) and UNMAP mark ranges as zero from now on,
+//!         REMAP (mremap) records where pages moved
+//! ```
+//!
+//! The userfaultfd is created inside the copy (an injected `userfaultfd`
+//! call) and pulled out with `pidfd_getfd`. If the server fails, it kills
+//! the copy: a copy never reads zeros where it had data. Kernel ABI structs
+//! are declared here and checked for size at compile time.
+//!
+//! Not handled yet: `fork` in the copy (the child would see zeros where its
+//! parent had not faulted yet; UFFD_EVENT_FORK is not requested), and
+//! threads (the copy is single-threaded when restored).
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::thread::JoinHandle;
+
+use snapshotter::state::{AreaKind, MemoryArea, PAGE_SIZE};
+use snapshotter::store::{AreaPages, ImageLayout, PageSlot};
+
+use super::RestoreError;
+
+/// Pages copied at most per fault.
+const FAULT_AROUND: u64 = 16;
+
+const UFFD_API: u64 = 0xaa;
+const FEATURE_EVENT_REMAP: u64 = 1 << 2;
+const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+const REGISTER_MODE_MISSING: u64 = 1;
+const EVENT_PAGEFAULT: u8 = 0x12;
+const EVENT_REMAP: u8 = 0x14;
+const EVENT_REMOVE: u8 = 0x15;
+const EVENT_UNMAP: u8 = 0x16;
+
+/// `_IOWR(0xAA, nr, size)`.
+const fn iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (0xaa << 8) | nr
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+const _: () = assert!(std::mem::size_of::<UffdioApi>() == 24);
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+const _: () = assert!(std::mem::size_of::<UffdioRegister>() == 32);
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+const _: () = assert!(std::mem::size_of::<UffdioCopy>() == 40);
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioZeropage {
+    start: u64,
+    len: u64,
+    mode: u64,
+    zeropage: i64,
+}
+const _: () = assert!(std::mem::size_of::<UffdioZeropage>() == 32);
+
+/// `struct uffd_msg`: event, padding, then 24 bytes of arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct UffdMsg {
+    event: u8,
+    reserved1: u8,
+    reserved2: u16,
+    reserved3: u32,
+    arg: [u64; 3],
+}
+const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
+
+const UFFDIO_API: u64 = iowr(0x3f, std::mem::size_of::<UffdioApi>());
+const UFFDIO_REGISTER: u64 = iowr(0x00, std::mem::size_of::<UffdioRegister>());
+const UFFDIO_COPY: u64 = iowr(0x03, std::mem::size_of::<UffdioCopy>());
+const UFFDIO_ZEROPAGE: u64 = iowr(0x04, std::mem::size_of::<UffdioZeropage>());
+
+fn ioctl<T>(fd: RawFd, request: u64, arg: &mut T) -> std::io::Result<()> {
+    // SAFETY: `arg` is the kernel struct `request` expects, alive and
+    // exclusively borrowed for the call.
+    let rc = unsafe { libc::ioctl(fd, request as _, arg as *mut T) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn uffd_err(what: &str, source: std::io::Error) -> RestoreError {
+    RestoreError::Io {
+        what: format!("userfaultfd: {what}"),
+        source,
+    }
+}
+
+/// One area served lazily.
+#[derive(Debug)]
+struct Served {
+    start: u64,
+    end: u64,
+    /// Offset of the area in the image.
+    image_offset: u64,
+    /// Per page: stored in the snapshot (true) or zero (false).
+    stored: Vec<bool>,
+    /// Per page: already filled by the server.
+    done: Vec<bool>,
+}
+
+/// The areas of `areas` that uffd mode maps anonymous and serves.
+pub fn is_lazy(area: &MemoryArea) -> bool {
+    matches!(
+        area.kind,
+        AreaKind::Anonymous | AreaKind::Heap | AreaKind::FileCopied
+    ) && !area.shared
+}
+
+/// The page server of one copy.
+#[derive(Debug)]
+pub struct PageServer {
+    uffd: OwnedFd,
+    image: memmap2::Mmap,
+    areas: Vec<Served>,
+    /// `(new start, length, old start)` of every mremap, newest last.
+    remaps: Vec<(u64, u64, u64)>,
+    /// Ranges (current addresses) whose content is zero from now on.
+    zeroed: Vec<(u64, u64)>,
+    /// Faults served, pages copied, zero pages.
+    pub stats: (u64, u64, u64),
+}
+
+impl PageServer {
+    /// Sets up `uffd` (pulled from the copy) for the copy's lazy areas.
+    pub fn new(
+        uffd: OwnedFd,
+        image: &std::fs::File,
+        layout: &ImageLayout,
+        areas: &[MemoryArea],
+        pages: &[AreaPages],
+    ) -> Result<PageServer, RestoreError> {
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features: FEATURE_EVENT_REMAP | FEATURE_EVENT_REMOVE | FEATURE_EVENT_UNMAP,
+            ioctls: 0,
+        };
+        ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api).map_err(|e| uffd_err("UFFDIO_API", e))?;
+        // SAFETY: the image is never changed once published (see the store's
+        // image module); the mapping is read-only.
+        let image = unsafe { memmap2::Mmap::map(image) }.map_err(|e| uffd_err("map image", e))?;
+        let mut served = Vec::new();
+        for (index, area) in areas.iter().enumerate() {
+            if !is_lazy(area) {
+                continue;
+            }
+            let mut reg = UffdioRegister {
+                start: area.start,
+                len: area.len(),
+                mode: REGISTER_MODE_MISSING,
+                ioctls: 0,
+            };
+            ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &mut reg)
+                .map_err(|e| uffd_err(&format!("UFFDIO_REGISTER {:#x}", area.start), e))?;
+            let stored: Vec<bool> = pages[index]
+                .iter()
+                .map(|s| matches!(s, PageSlot::Hash(_)))
+                .collect();
+            served.push(Served {
+                start: area.start,
+                end: area.end,
+                image_offset: layout.areas[index].offset,
+                done: vec![false; stored.len()],
+                stored,
+            });
+        }
+        Ok(PageServer {
+            uffd,
+            image,
+            areas: served,
+            remaps: Vec::new(),
+            zeroed: Vec::new(),
+            stats: (0, 0, 0),
+        })
+    }
+
+    /// Whether `addr` is in an area this server fills.
+    pub fn covers(&self, addr: u64) -> bool {
+        self.areas.iter().any(|a| (a.start..a.end).contains(&addr))
+    }
+
+    /// Fills the page at `addr` (and its fault-around) now.
+    pub fn fill(&mut self, addr: u64) -> Result<(), RestoreError> {
+        let page = addr & !(PAGE_SIZE - 1);
+        if self.zeroed.iter().any(|&(s, e)| (s..e).contains(&page)) {
+            return self.zero(page);
+        }
+        let mut saved = page;
+        for &(to, len, from) in self.remaps.iter().rev() {
+            if (to..to + len).contains(&saved) {
+                saved = from + (saved - to);
+            }
+        }
+        let moved = saved != page;
+        let Some(a) = self
+            .areas
+            .iter()
+            .position(|a| (a.start..a.end).contains(&saved))
+        else {
+            // Not a page of the snapshot (can only be new memory): zeros.
+            return self.zero(page);
+        };
+        let area = &self.areas[a];
+        let index = ((saved - area.start) / PAGE_SIZE) as usize;
+        if !area.stored[index] {
+            self.areas[a].done[index] = true;
+            return self.zero(page);
+        }
+        // Fault-around only where addresses are still the saved ones.
+        let mut count = 1;
+        if !moved {
+            while count < FAULT_AROUND as usize
+                && index + count < area.stored.len()
+                && area.stored[index + count]
+                && !area.done[index + count]
+                && !self
+                    .zeroed
+                    .iter()
+                    .any(|&(s, e)| (s..e).contains(&(page + count as u64 * PAGE_SIZE)))
+            {
+                count += 1;
+            }
+        }
+        let src_off = (area.image_offset + index as u64 * PAGE_SIZE) as usize;
+        let len = count as u64 * PAGE_SIZE;
+        let src = &self.image[src_off..src_off + len as usize];
+        let result = self.copy(page, src);
+        let result = match result {
+            Err(e) if count > 1 && e.raw_os_error() == Some(libc::EEXIST) => {
+                count = 1;
+                self.copy(page, &src[..PAGE_SIZE as usize])
+            }
+            r => r,
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(uffd_err(&format!("UFFDIO_COPY at {page:#x}"), e)),
+        }
+        let area = &mut self.areas[a];
+        for d in &mut area.done[index..index + count] {
+            *d = true;
+        }
+        self.stats.1 += count as u64;
+        Ok(())
+    }
+
+    fn copy(&self, dst: u64, src: &[u8]) -> std::io::Result<()> {
+        let mut c = UffdioCopy {
+            dst,
+            src: src.as_ptr() as u64,
+            len: src.len() as u64,
+            mode: 0,
+            copy: 0,
+        };
+        loop {
+            match ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY, &mut c) {
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn zero(&mut self, page: u64) -> Result<(), RestoreError> {
+        let mut z = UffdioZeropage {
+            start: page,
+            len: PAGE_SIZE,
+            mode: 0,
+            zeropage: 0,
+        };
+        loop {
+            match ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z) {
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => break,
+                Err(e) => return Err(uffd_err(&format!("UFFDIO_ZEROPAGE at {page:#x}"), e)),
+                Ok(()) => break,
+            }
+        }
+        self.stats.2 += 1;
+        Ok(())
+    }
+
+    fn event(&mut self, msg: &UffdMsg) -> Result<(), RestoreError> {
+        match msg.event {
+            EVENT_PAGEFAULT => {
+                self.stats.0 += 1;
+                self.fill(msg.arg[1])
+            }
+            EVENT_REMAP => {
+                let (from, to, len) = (msg.arg[0], msg.arg[1], msg.arg[2]);
+                self.remaps.push((to, len, from));
+                Ok(())
+            }
+            EVENT_REMOVE | EVENT_UNMAP => {
+                let (start, end) = (msg.arg[0], msg.arg[1]);
+                self.zeroed.push((start, end));
+                Ok(())
+            }
+            other => Err(RestoreError::Unsupported(format!(
+                "userfaultfd event {other:#x}"
+            ))),
+        }
+    }
+
+    /// Serves until the copy (`pidfd`) ends. Returns the stats.
+    fn serve(mut self, pidfd: OwnedFd) -> Result<(u64, u64, u64), RestoreError> {
+        let mut msgs = [UffdMsg::default(); 16];
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.uffd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(uffd_err("poll", e));
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                // SAFETY: reading whole uffd_msg records into `msgs`.
+                let r = unsafe {
+                    libc::read(
+                        self.uffd.as_raw_fd(),
+                        msgs.as_mut_ptr().cast(),
+                        std::mem::size_of_val(&msgs),
+                    )
+                };
+                if r < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() == Some(libc::EAGAIN) {
+                        continue;
+                    }
+                    return Err(uffd_err("read", e));
+                }
+                let count = r as usize / std::mem::size_of::<UffdMsg>();
+                for msg in &msgs[..count] {
+                    self.event(msg)?;
+                }
+                continue;
+            }
+            if fds[1].revents != 0 || fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                return Ok(self.stats);
+            }
+        }
+    }
+
+    /// Runs the server on its own thread until the copy (`pidfd`) ends;
+    /// kills the copy if serving fails.
+    pub fn spawn(self, pidfd: OwnedFd) -> JoinHandle<Result<(u64, u64, u64), RestoreError>> {
+        std::thread::Builder::new()
+            .name("thaw-uffd".into())
+            .spawn(move || {
+                let raw = pidfd.as_raw_fd();
+                let kill = pidfd.try_clone();
+                let result = self.serve(pidfd);
+                if let Err(err) = &result {
+                    tracing::error!(%err, "page server failed; killing the copy");
+                    if let Ok(fd) = kill {
+                        // SAFETY: pidfd_send_signal on a pidfd we own.
+                        unsafe {
+                            libc::syscall(
+                                libc::SYS_pidfd_send_signal,
+                                fd.as_raw_fd(),
+                                libc::SIGKILL,
+                                std::ptr::null::<libc::siginfo_t>(),
+                                0,
+                            );
+                        }
+                    }
+                }
+                let _ = raw;
+                result
+            })
+            .expect("spawning the page server thread")
+    }
+}
