@@ -18,9 +18,11 @@ pub struct InvocationLabels {
     pub outcome: String,
 }
 
-/// Labels by start kind.
+/// Labels by function and start kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StartLabels {
+    /// Function name.
+    pub function: String,
     /// `warm`, `restore` or `boot`.
     pub start: String,
 }

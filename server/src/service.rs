@@ -946,7 +946,10 @@ impl Service {
             })
             .inc();
         if let Ok(s) = result {
-            let labels = StartLabels { start: start_str };
+            let labels = StartLabels {
+                function: name.to_string(),
+                start: start_str,
+            };
             self.metrics
                 .start_latency
                 .get_or_create(&labels)

@@ -253,7 +253,7 @@ pub fn function_event(service: &Service, samples: &[Sample], name: &str) -> Valu
         "name": name,
         "view": service.view(name),
         "invocations": invocations,
-        "start_latency": prom::histograms(samples, "thaw_start_latency_seconds", "start"),
-        "duration": prom::histograms(samples, "thaw_invocation_duration_seconds", "start"),
+        "start_latency": prom::histograms_where(samples, "thaw_start_latency_seconds", "start", Some(("function", name))),
+        "duration": prom::histograms_where(samples, "thaw_invocation_duration_seconds", "start", Some(("function", name))),
     })
 }

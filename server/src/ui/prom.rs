@@ -133,8 +133,19 @@ impl Histogram {
 }
 
 /// The histograms named `name` (without `_bucket`), one per value of
-/// `label`.
+/// `label`, summed over every other label (e.g. over functions).
 pub fn histograms(samples: &[Sample], name: &str, label: &str) -> BTreeMap<String, Histogram> {
+    histograms_where(samples, name, label, None)
+}
+
+/// Like [`histograms`], counting only samples whose label `filter.0` is
+/// `filter.1`.
+pub fn histograms_where(
+    samples: &[Sample],
+    name: &str,
+    label: &str,
+    filter: Option<(&str, &str)>,
+) -> BTreeMap<String, Histogram> {
     let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut sums: BTreeMap<String, f64> = BTreeMap::new();
     let bucket = format!("{name}_bucket");
@@ -143,6 +154,11 @@ pub fn histograms(samples: &[Sample], name: &str, label: &str) -> BTreeMap<Strin
         let Some(key) = s.labels.get(label) else {
             continue;
         };
+        if let Some((k, v)) = filter {
+            if s.labels.get(k).map(String::as_str) != Some(v) {
+                continue;
+            }
+        }
         if s.name == bucket {
             let le = match s.labels.get("le").map(String::as_str) {
                 Some("+Inf") => f64::INFINITY,
@@ -151,8 +167,20 @@ pub fn histograms(samples: &[Sample], name: &str, label: &str) -> BTreeMap<Strin
             };
             out.entry(key.clone()).or_default().push((le, s.value));
         } else if s.name == sum {
-            sums.insert(key.clone(), s.value);
+            *sums.entry(key.clone()).or_default() += s.value;
         }
+    }
+    // Series of the same bucket bound (other labels differing) add up.
+    for buckets in out.values_mut() {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        buckets.dedup_by(|later, first| {
+            if later.0 == first.0 {
+                first.1 += later.1;
+                true
+            } else {
+                false
+            }
+        });
     }
     out.into_iter()
         .map(|(key, mut buckets)| {
@@ -203,6 +231,22 @@ thaw_functions 7\n# EOF\n";
         let s = parse("m{a=\"x\\\"y\",b=\"z\"} 1\n");
         assert_eq!(s[0].labels["a"], "x\"y");
         assert_eq!(s[0].labels["b"], "z");
+    }
+
+    #[test]
+    fn histograms_add_up_across_functions_or_filter_one() {
+        let text = "h_bucket{function=\"a\",start=\"warm\",le=\"0.1\"} 1\n\
+h_bucket{function=\"a\",start=\"warm\",le=\"+Inf\"} 2\n\
+h_sum{function=\"a\",start=\"warm\"} 0.5\n\
+h_bucket{function=\"b\",start=\"warm\",le=\"0.1\"} 3\n\
+h_bucket{function=\"b\",start=\"warm\",le=\"+Inf\"} 3\n\
+h_sum{function=\"b\",start=\"warm\"} 0.2\n";
+        let samples = parse(text);
+        let all = &histograms(&samples, "h", "start")["warm"];
+        assert_eq!((all.count, all.counts.clone()), (5, vec![4, 1]));
+        assert!((all.sum - 0.7).abs() < 1e-9);
+        let a = &histograms_where(&samples, "h", "start", Some(("function", "a")))["warm"];
+        assert_eq!((a.count, a.counts.clone()), (2, vec![1, 1]));
     }
 
     #[test]
