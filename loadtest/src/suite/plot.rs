@@ -21,12 +21,12 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 
 const WIDTH: f64 = 760.0;
-const HEIGHT: f64 = 430.0;
+const PLOT_H: f64 = 340.0;
 const LEFT: f64 = 60.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
-const LEGEND_W: f64 = 300.0;
+const LEGEND_ROW: f64 = 18.0;
 const COLOURS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
 ];
@@ -60,7 +60,9 @@ pub fn cdf_svg(title: &str, series: &[Series<'_>]) -> String {
         last = first + 1;
     }
     let plot_w = WIDTH - LEFT - RIGHT;
-    let plot_h = HEIGHT - TOP - BOTTOM;
+    let plot_h = PLOT_H;
+    // The legend goes under the axis, one row per curve.
+    let height = TOP + plot_h + BOTTOM + LEGEND_ROW * drawn.len() as f64 + 8.0;
     let x_of = |us: f64| {
         LEFT + ((us.max(1.0).log10() - f64::from(first)) / f64::from(last - first)) * plot_w
     };
@@ -69,7 +71,7 @@ pub fn cdf_svg(title: &str, series: &[Series<'_>]) -> String {
     let mut svg = String::new();
     let _ = writeln!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(
         svg,
@@ -114,11 +116,11 @@ pub fn cdf_svg(title: &str, series: &[Series<'_>]) -> String {
         svg,
         r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/><text x="{:.1}" y="{:.1}" text-anchor="middle">latency (log scale)</text><text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">share of requests at or below</text>"##,
         LEFT + plot_w / 2.0,
-        HEIGHT - 10.0,
+        TOP + plot_h + 40.0,
         TOP + plot_h / 2.0,
         TOP + plot_h / 2.0
     );
-    // Curves: a step up at every recorded value; the legend goes on top.
+    // Curves: a step up at every recorded value.
     let mut legend = String::new();
     for (i, s) in drawn.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
@@ -138,28 +140,18 @@ pub fn cdf_svg(title: &str, series: &[Series<'_>]) -> String {
             r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
             points.trim_end()
         );
-        // The legend sits bottom right, where CDF curves rarely are.
-        let lx = LEFT + plot_w - LEGEND_W;
-        let ly = TOP + plot_h - 14.0 - 18.0 * (drawn.len() - 1 - i) as f64;
-        if i == 0 {
-            let _ = writeln!(
-                legend,
-                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="white" fill-opacity="0.85" stroke="#999"/>"##,
-                lx - 6.0,
-                ly - 14.0,
-                LEGEND_W,
-                18.0 * drawn.len() as f64 + 6.0
-            );
-        }
+        let lx = LEFT;
+        let ly = TOP + plot_h + BOTTOM + 6.0 + LEGEND_ROW * i as f64;
         let _ = writeln!(
             legend,
-            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{} (n={}, p50 {})</text>"#,
+            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{} (n={}, p50 {}, p90 {})</text>"#,
             lx + 24.0,
             lx + 30.0,
             ly + 4.0,
             escape(s.name),
             s.values.len(),
-            time_label(s.values.value_at_quantile(0.5) as f64)
+            time_label(s.values.value_at_quantile(0.5) as f64),
+            time_label(s.values.value_at_quantile(0.9) as f64)
         );
     }
     svg.push_str(&legend);
