@@ -1,7 +1,7 @@
 //! Restore benchmark: a warmed python3 process (json, hashlib, a dict of
-//! 20,000 entries) restored again and again in mmap mode, against starting
-//! the same program cold. Prints the median of every restore phase, the
-//! time to the first answer, and the ratio.
+//! 20,000 entries) restored again and again, in mmap and in uffd mode,
+//! against starting the same program cold. Prints the median of every
+//! restore phase, the time to the first answer, and the ratios.
 //!
 //! `cargo bench -p pool --bench restore` (needs root and /usr/bin/python3).
 
@@ -70,35 +70,53 @@ fn main() {
 
     // First restore builds the image; not counted.
     drop(restore_with_pipes(&snap, Mode::Mmap));
-    let mut phases: Vec<RestoreTimings> = Vec::new();
-    let mut first_answer = Vec::new();
-    for _ in 0..ROUNDS {
-        let started = Instant::now();
-        let mut copy = restore_with_pipes(&snap, Mode::Mmap);
-        copy.send(b"7\n");
-        let answer = copy.line();
-        first_answer.push(started.elapsed());
-        assert_eq!(answer, expected);
-        phases.push(copy.child.timings);
-        drop(copy.stdin);
-        assert_eq!(copy.child.wait().unwrap(), 0);
+    let mut answers = Vec::new();
+    for mode in [Mode::Mmap, Mode::Uffd] {
+        let mut phases: Vec<RestoreTimings> = Vec::new();
+        let mut first_answer = Vec::new();
+        let mut served = (0, 0, 0);
+        for _ in 0..ROUNDS {
+            let started = Instant::now();
+            let mut copy = restore_with_pipes(&snap, mode);
+            copy.send(b"7\n");
+            let answer = copy.line();
+            first_answer.push(started.elapsed());
+            assert_eq!(answer, expected);
+            phases.push(copy.child.timings);
+            drop(copy.stdin);
+            assert_eq!(copy.child.wait().unwrap(), 0);
+            if let Some(s) = copy.child.server_stats {
+                served = s;
+            }
+        }
+        let pick = |f: fn(&RestoreTimings) -> Duration| median(phases.iter().map(f).collect());
+        println!("{mode:?} restore phases (median of {ROUNDS}, ms):");
+        println!("  plan      {:8.3}", ms(pick(|t| t.plan)));
+        println!("  stub      {:8.3}", ms(pick(|t| t.stub)));
+        println!("  mappings  {:8.3}", ms(pick(|t| t.mappings)));
+        println!("    batch   {:8.3}", ms(pick(|t| t.unmap)));
+        println!("  state     {:8.3}", ms(pick(|t| t.state)));
+        println!("  resume    {:8.3}", ms(pick(|t| t.resume)));
+        println!("  total     {:8.3}", ms(pick(|t| t.total())));
+        println!(
+            "  ptrace round trips {}, batched syscalls {}",
+            phases[0].injected, phases[0].batched
+        );
+        if mode == Mode::Uffd {
+            println!(
+                "  page server (one copy): {} faults, {} pages copied, {} zero pages",
+                served.0, served.1, served.2
+            );
+        }
+        answers.push((mode, median(first_answer)));
     }
-    let pick = |f: fn(&RestoreTimings) -> Duration| median(phases.iter().map(f).collect());
-    println!("restore phases (median of {ROUNDS}, ms):");
-    println!("  plan      {:8.3}", ms(pick(|t| t.plan)));
-    println!("  stub      {:8.3}", ms(pick(|t| t.stub)));
-    println!("  mappings  {:8.3}", ms(pick(|t| t.mappings)));
-    println!("    unmap   {:8.3}", ms(pick(|t| t.unmap)));
-    println!("  state     {:8.3}", ms(pick(|t| t.state)));
-    println!("  resume    {:8.3}", ms(pick(|t| t.resume)));
-    println!("  total     {:8.3}", ms(pick(|t| t.total())));
-    println!("  injected syscalls: {}", phases[0].injected);
-    let restored = median(first_answer);
     let cold = median(cold);
-    println!(
-        "first answer: restored {:.3} ms, cold start {:.3} ms, cold/restored x{:.1}",
-        ms(restored),
-        ms(cold),
-        cold.as_secs_f64() / restored.as_secs_f64()
-    );
+    for (mode, restored) in answers {
+        println!(
+            "first answer {mode:?}: restored {:.3} ms, cold start {:.3} ms, cold/restored x{:.1}",
+            ms(restored),
+            ms(cold),
+            cold.as_secs_f64() / restored.as_secs_f64()
+        );
+    }
 }
