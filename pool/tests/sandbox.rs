@@ -37,6 +37,8 @@ fn env(tag: &str) -> Env {
     std::fs::create_dir_all(data.join("secret")).unwrap();
     std::fs::write(data.join("secret/token"), "s3cret").unwrap();
     let cgroups = CgroupRoot::detect(&format!("test-{tag}")).unwrap();
+    // Whatever an earlier, failed run of this test left behind.
+    cgroups.remove_stale().unwrap();
     let config = SandboxConfig {
         init_exe: PathBuf::from(env!("CARGO_BIN_EXE_thaw-sandbox-init")),
         init_args: vec![],
@@ -147,7 +149,13 @@ async fn a_stub_sandbox_holds_a_stopped_privileged_pid_2() {
     let env = env("stub");
     let mut s = spec(&env, "unused");
     s.stub = true;
-    let sb = Sandbox::launch(&env.config, &s).await.unwrap();
+    // Files the restorer will need inside, placed at chosen numbers.
+    let a = std::fs::File::open(env.code.join("hello.txt")).unwrap();
+    let b = std::fs::File::open("/usr/bin/env").unwrap();
+    use std::os::fd::AsFd;
+    let sb = Sandbox::launch_with_fds(&env.config, &s, &[(a.as_fd(), 7), (b.as_fd(), 12)])
+        .await
+        .unwrap();
     let pid = sb.function_pid().expect("the stub is pid 2 of the sandbox");
     // It stops itself; wait for that (bounded).
     let mut state = String::new();
@@ -180,10 +188,25 @@ async fn a_stub_sandbox_holds_a_stopped_privileged_pid_2() {
         .map(|e| e.file_name().to_string_lossy().parse().unwrap())
         .collect();
     fds.sort();
-    assert_eq!(fds, vec![0, 1, 2, 3, 4]);
+    assert_eq!(fds, vec![0, 1, 2, 3, 4, 7, 12]);
+    let link = |fd: i32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+    assert!(link(7).ends_with("hello.txt"), "{:?}", link(7));
+    assert_eq!(link(12), std::path::PathBuf::from("/usr/bin/env"));
     // Same namespaces as the rest of the sandbox, not the host's.
     let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
     assert_ne!(ns(pid), ns(std::process::id() as i32));
     sb.destroy().await.unwrap();
     assert!(env.config.cgroups.children().is_empty());
+}
+
+#[tokio::test]
+async fn reserved_descriptor_numbers_are_refused() {
+    require_root!();
+    let env = env("reserved");
+    let f = std::fs::File::open("/dev/null").unwrap();
+    use std::os::fd::AsFd;
+    let err = Sandbox::launch_with_fds(&env.config, &spec(&env, "true"), &[(f.as_fd(), 3)])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
 }

@@ -133,8 +133,19 @@ fn run_stub(spec: &SandboxSpec) -> ! {
         report(&e);
         process::exit(127);
     }
-    // SAFETY: close_range only closes descriptors; 0-4 stay for the copy.
-    unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) };
+    // Close everything but 0-4 and the descriptors placed for the restorer.
+    let mut keep: Vec<u32> = spec.keep_fds.iter().map(|&fd| fd as u32).collect();
+    keep.sort_unstable();
+    let mut from = 5u32;
+    for fd in keep.into_iter().filter(|&fd| fd >= 5) {
+        if fd > from {
+            // SAFETY: close_range only closes descriptors.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
+        }
+        from = from.max(fd + 1);
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
     // Stop until the restorer attaches. Resumed without a restore, there is
     // nothing to run.
     let _ = nix::sys::signal::raise(Signal::SIGSTOP);
@@ -170,9 +181,14 @@ fn try_exec(spec: &SandboxSpec) -> Result<std::convert::Infallible, String> {
     // ambient capability sets.
     setresuid(uid, uid, uid).map_err(ctx("setresuid"))?;
     prctl::set_no_new_privs().map_err(ctx("set no_new_privs"))?;
-    // SAFETY: close_range only closes descriptors; fds 0-4 stay, the status
-    // fd 5 is close-on-exec.
-    unsafe { libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32) };
+    // Only fds 0-4 and the status fd stay; the status fd is close-on-exec,
+    // so it closes when execve succeeds and reports when it fails.
+    let status = STATUS_FD as u32;
+    // SAFETY: close_range only closes descriptors.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 5u32, status - 1, 0u32);
+        libc::syscall(libc::SYS_close_range, status + 1, u32::MAX, 0u32);
+    }
     let argv: Vec<CString> = spec
         .argv
         .iter()

@@ -156,6 +156,22 @@ impl Sandbox {
     /// Starts `spec` in a new sandbox. Returns once the function's executable
     /// is running (or the setup failed).
     pub async fn launch(config: &SandboxConfig, spec: &LaunchSpec) -> Result<Sandbox, LaunchError> {
+        Self::launch_with_fds(config, spec, &[]).await
+    }
+
+    /// Like [`Sandbox::launch`], and places `extra` descriptors (`(source,
+    /// number)`) in the sandbox's processes at the given numbers (5 up to
+    /// the status fd); a restore stub keeps them.
+    pub async fn launch_with_fds(
+        config: &SandboxConfig,
+        spec: &LaunchSpec,
+        extra: &[(std::os::fd::BorrowedFd<'_>, i32)],
+    ) -> Result<Sandbox, LaunchError> {
+        if let Some((_, n)) = extra.iter().find(|(_, n)| *n < 5 || *n >= STATUS_FD) {
+            return Err(LaunchError::Setup(format!(
+                "descriptor number {n} is reserved (extra fds must be 5..{STATUS_FD})"
+            )));
+        }
         let id = new_id();
         let root_dir = config.run_dir.join(&id);
         fs::create_dir_all(&root_dir).map_err(io("create sandbox directory"))?;
@@ -166,7 +182,7 @@ impl Sandbox {
                 return Err(e.into());
             }
         };
-        match Self::spawn(config, spec, &id, &root_dir, &cgroup).await {
+        match Self::spawn(config, spec, &id, &root_dir, &cgroup, extra).await {
             Ok(sandbox) => Ok(sandbox),
             Err(e) => {
                 let cg = cgroup.clone();
@@ -183,6 +199,7 @@ impl Sandbox {
         id: &str,
         root_dir: &Path,
         cgroup: &Cgroup,
+        extra: &[(std::os::fd::BorrowedFd<'_>, i32)],
     ) -> Result<Sandbox, LaunchError> {
         let sandbox_spec = SandboxSpec {
             id: id.to_string(),
@@ -202,6 +219,7 @@ impl Sandbox {
             nofile: 1024,
             no_aslr: spec.no_aslr,
             stub: spec.stub,
+            keep_fds: extra.iter().map(|(_, n)| *n).collect(),
         };
         let json = serde_json::to_string(&sandbox_spec).expect("spec serialises");
 
@@ -211,11 +229,15 @@ impl Sandbox {
         let (err_r, err_w) = pipe_pair()?;
         let (status_r, status_w) = pipe_pair()?;
 
-        let targets: [(RawFd, RawFd); 3] = [
+        let mut targets: Vec<(RawFd, RawFd)> = vec![
             (req_r.as_raw_fd(), 3),
             (resp_w.as_raw_fd(), 4),
             (status_w.as_raw_fd(), STATUS_FD),
         ];
+        targets.extend(extra.iter().map(|(fd, n)| (fd.as_raw_fd(), *n)));
+        // Sources are first moved above every target, so no dup2 can clobber
+        // a source that is still to be placed.
+        let above = targets.iter().map(|(_, n)| *n).max().unwrap_or(0) + 1;
         let mut cmd = Command::new(&config.init_exe);
         cmd.args(&config.init_args)
             .env_clear()
@@ -224,15 +246,15 @@ impl Sandbox {
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(err_w))
             .kill_on_drop(true);
+        let mut moved = vec![0; targets.len()];
         // SAFETY: the closure runs between fork and exec and only calls
         // async-signal-safe functions (fcntl, dup2, prctl) on fds that are
-        // open in the child.
+        // open in the child; `moved` was allocated before the fork and is
+        // only written in place.
         unsafe {
             cmd.pre_exec(move || {
-                // First move every source out of the way of the targets.
-                let mut moved = [0; 3];
                 for (i, (src, _)) in targets.iter().enumerate() {
-                    let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 10);
+                    let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, above);
                     if fd < 0 {
                         return Err(std::io::Error::last_os_error());
                     }

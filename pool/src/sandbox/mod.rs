@@ -42,7 +42,9 @@ use serde::{Deserialize, Serialize};
 pub const SPEC_ENV: &str = "THAW_SANDBOX_SPEC";
 
 /// The fd on which the init reports a setup failure (closed on success).
-pub const STATUS_FD: i32 = 5;
+/// High, so that descriptors handed to a restore stub can take the low
+/// numbers; below the sandbox's `RLIMIT_NOFILE`.
+pub const STATUS_FD: i32 = 1000;
 
 /// The uid and gid functions run as by default (`nobody`).
 pub const DEFAULT_UID: u32 = 65534;
@@ -98,4 +100,8 @@ pub struct SandboxSpec {
     /// Instead of executing `argv`, start a stopped restore stub as pid 2
     /// (privileged, fds 0-4 in place) for a restorer to turn into a copy.
     pub stub: bool,
+    /// Descriptors the launcher placed for the stub besides 0-4 (files the
+    /// restorer maps, the image, the executable): the stub keeps them.
+    #[serde(default)]
+    pub keep_fds: Vec<i32>,
 }
