@@ -10,7 +10,7 @@
 //!           saved area (see `memory`)
 //! state     PR_SET_MM_MAP; close the mapping fds; signals and mask; rseq;
 //!           tid address, robust list, sigaltstack; cwd, umask, personality,
-//!           comm, rlimits; unmap the scratch
+//!           comm, rlimits; credentials (last); unmap the scratch
 //! resume    xsave, registers (syscall-restart rule applied), detach
 //! ```
 //!
@@ -427,6 +427,7 @@ pub fn restore(
     thread::register_rseq(&mut batch, &state.rseq);
     thread::set_thread(&mut batch, state)?;
     thread::set_attributes(&remote, &mut batch, state)?;
+    thread::set_credentials(&mut batch, state)?;
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
     thread::set_mask(&remote, state)?;

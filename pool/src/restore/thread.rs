@@ -304,6 +304,71 @@ pub fn set_attributes(
     Ok(())
 }
 
+/// Highest capability number this code knows (`CAP_LAST_CAP` of Linux 6.x).
+const CAP_LAST: u32 = 40;
+
+/// Credentials, last in the batch (they may drop the privileges the calls
+/// before needed): bounding set, groups, gids, uids, `NoNewPrivs`, and
+/// `PR_SET_DUMPABLE` (changing ids clears it; the original was dumpable or
+/// it could not have been captured). Capabilities follow the usual rules of
+/// a uid change; a seccomp filter cannot be restored (its program is not
+/// captured), so such a snapshot is refused.
+pub fn set_credentials(batch: &mut Batch, state: &ProcessState) -> Result<(), RestoreError> {
+    let p = &state.process;
+    if p.seccomp != 0 {
+        return Err(RestoreError::Unsupported(format!(
+            "the process ran under seccomp (mode {}); its filter is not captured",
+            p.seccomp
+        )));
+    }
+    let bounding = p.capabilities[3];
+    for cap in 0..=CAP_LAST {
+        if bounding & (1 << cap) == 0 {
+            batch.call(
+                format!("prctl(PR_CAPBSET_DROP, {cap})"),
+                libc::SYS_prctl,
+                [libc::PR_CAPBSET_DROP as u64, cap as u64, 0, 0, 0, 0],
+            );
+        }
+    }
+    let groups: Vec<u8> = p.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+    let addr = if groups.is_empty() {
+        0
+    } else {
+        batch.data(&groups)?
+    };
+    batch.call(
+        "setgroups",
+        libc::SYS_setgroups,
+        [p.groups.len() as u64, addr, 0, 0, 0, 0],
+    );
+    let [rg, eg, sg, _] = p.gids;
+    batch.call(
+        "setresgid",
+        libc::SYS_setresgid,
+        [rg as u64, eg as u64, sg as u64, 0, 0, 0],
+    );
+    let [ru, eu, su, _] = p.uids;
+    batch.call(
+        "setresuid",
+        libc::SYS_setresuid,
+        [ru as u64, eu as u64, su as u64, 0, 0, 0],
+    );
+    batch.call(
+        "prctl(PR_SET_DUMPABLE)",
+        libc::SYS_prctl,
+        [libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0, 0],
+    );
+    if p.no_new_privs {
+        batch.call(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
+        );
+    }
+    Ok(())
+}
+
 /// Extended state and registers, with the syscall-restart rule applied.
 pub fn set_registers(remote: &mut Remote, state: &ProcessState) -> Result<(), RestoreError> {
     remote
