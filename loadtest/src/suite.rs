@@ -140,16 +140,16 @@ impl Plan {
     /// The full run (a few minutes on two cores).
     pub fn full(cores: usize) -> Plan {
         Plan {
-            rounds: 7,
-            warm_requests: 40,
-            boot_requests: 4,
+            rounds: 9,
+            warm_requests: 50,
+            boot_requests: 5,
             restore_requests: 10,
-            fork_iterations: 20,
+            fork_iterations: 30,
             capture_copies: 4,
-            density: vec![20, 8],
+            density: vec![40, 12],
             throughput: Duration::from_secs(5),
             throughput_warmup: Duration::from_secs(1),
-            throughput_rounds: 3,
+            throughput_rounds: 5,
             clients: 2 * cores,
         }
     }
@@ -303,7 +303,7 @@ pub async fn run_suite(cfg: SuiteConfig) -> Result<SuiteReport, SuiteError> {
     eprintln!("suite: starting {}", cfg.thaw.display());
     // Deploy the examples one by one (not with --deploy) so the store's
     // "new pages" follow a known order.
-    let server = Server::start(&cfg.thaw, &cfg.repo, &[]).await?;
+    let server = Server::start(&cfg.thaw, &cfg.repo, &[], &[]).await?;
     let mut ctx = Ctx {
         api: server.api(),
         client: Client::new(Duration::from_secs(120)),
@@ -367,9 +367,14 @@ async fn measure_all(
     }
     let store = memory::store_section(ctx, examples).await;
     let capture = memory::capture_section(ctx, &BENCHES).await;
+    let uffd_server = start_uffd_server(ctx).await;
+    let uffd_api = uffd_server.as_ref().map(Server::api).map_err(Clone::clone);
     let mut cold = Vec::new();
     for bench in &BENCHES {
-        cold.push(coldstart::measure(ctx, bench).await);
+        cold.push(coldstart::measure(ctx, bench, &uffd_api).await);
+    }
+    if let Ok(s) = uffd_server {
+        s.stop().await;
     }
     let restore_unavailable: Vec<Option<String>> = cold
         .iter()
@@ -389,6 +394,52 @@ async fn measure_all(
         cold_throughput,
         density,
     })
+}
+
+/// Starts the second server, whose restores use userfaultfd + prefetch,
+/// with the bench functions ready; or says why there is none (a `thaw
+/// serve` without the flag is "not available", anything else an error).
+async fn start_uffd_server(ctx: &mut Ctx) -> Result<Server, String> {
+    let flags = coldstart::UFFD_ARGS.join(" ");
+    eprintln!("suite: starting a second server with {flags}");
+    let server = match Server::start(&ctx.cfg.thaw, &ctx.cfg.repo, &coldstart::UFFD_ARGS, &[]).await
+    {
+        Ok(s) => s,
+        Err(ServerError::NotReady { log, .. }) if log.contains("unexpected argument") => {
+            let first = log
+                .lines()
+                .find(|l| l.contains("error"))
+                .unwrap_or(&log)
+                .trim()
+                .to_owned();
+            ctx.unavailable(format!(
+                "restore (uffd + prefetch): `thaw serve {flags}` refused to start: {first}"
+            ));
+            return Err(format!(
+                "thaw serve has no `{}` flag yet",
+                coldstart::UFFD_ARGS[0]
+            ));
+        }
+        Err(e) => {
+            ctx.error(format!("the uffd server: {e}"));
+            return Err(format!("error: {e}"));
+        }
+    };
+    let api = server.api();
+    let empty = serde_json::Map::new();
+    for b in &BENCHES {
+        let folder = ctx.cfg.repo.join("examples").join(b.name);
+        let ready = match deploy::deploy(&api, &folder, b.name, &empty).await {
+            Ok(()) => deploy::wait_ready(&api, b.name).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
+            ctx.error(format!("the uffd server: {e}"));
+            server.stop().await;
+            return Err(format!("error: {e}"));
+        }
+    }
+    Ok(server)
 }
 
 fn render_doc(
@@ -460,11 +511,10 @@ fn render_doc(
     d.push_str(&format!(
         "Each start kind of a function, one request at a time: **{WARM}** (an idle instance), **{BOOT}** (`x-thaw-cold: boot`: a fresh \
          sandbox, interpreter start, imports, warm-up), **{RESTORE_MMAP}** (`x-thaw-cold: restore`: a copy of the snapshot with its \
-         private memory mapped from the image), **{RESTORE_UFFD}** (the same on a copy of the function deployed with \
-         `{} = \"{}\"`), and the **{FORK}**: `thaw-fork-floor`, which forks a warm `python3` running the same handler outside \
+         private memory mapped from the image), **{RESTORE_UFFD}** (the same on a second server started with \
+         `thaw serve {}`, whose copies get their memory through userfaultfd), and the **{FORK}**: `thaw-fork-floor`, which forks a warm `python3` running the same handler outside \
          thaw and HTTP and times fork → answer; no restore can be much faster.\n\n",
-        coldstart::UFFD_FIELD.0,
-        coldstart::UFFD_FIELD.1
+        coldstart::UFFD_ARGS.join(" ")
     ));
     for r in &body.cold {
         d.push_str(&coldstart::render(r, ctx.plan.rounds));

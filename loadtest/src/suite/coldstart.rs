@@ -6,20 +6,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{json, Map};
-
 use crate::run::{Mode, RunConfig, Stop};
 use crate::target::{ColdStart, Target};
 
+use super::api::Api;
 use super::cold::{probe, run_rounds, Arm, ArmKind};
-use super::deploy::{deploy, remove, wait_ready};
 use super::markdown::{ratio, us, Table};
 use super::plot::{cdf_svg, Series};
 use super::{Bench, Ctx};
 
-/// The spec field and value the suite deploys a copy with to ask for the
-/// userfaultfd + prefetch restore mode.
-pub const UFFD_FIELD: (&str, &str) = ("restore_mode", "uffd");
+/// The `thaw serve` arguments of the second server, whose restores use
+/// userfaultfd + prefetch.
+pub const UFFD_ARGS: [&str; 2] = ["--memory-mode", "uffd"];
 
 /// Arm names, in the order they run within a round.
 pub const WARM: &str = "warm";
@@ -57,7 +55,17 @@ fn http(
     cold: Option<ColdStart>,
     requests: u64,
 ) -> Result<ArmKind, String> {
-    let target = Target::new(&ctx.api.base_url(), function)
+    http_at(&ctx.api.base_url(), function, body, cold, requests)
+}
+
+fn http_at(
+    server: &str,
+    function: &str,
+    body: &str,
+    cold: Option<ColdStart>,
+    requests: u64,
+) -> Result<ArmKind, String> {
+    let target = Target::new(server, function)
         .and_then(|t| t.with_bodies(vec![bytes::Bytes::from(body.to_owned())]))
         .map_err(|e| e.to_string())?
         .with_cold(cold);
@@ -71,8 +79,9 @@ fn http(
     })
 }
 
-/// Measures `bench`'s start kinds; problems go to `ctx.errors`.
-pub async fn measure(ctx: &mut Ctx, bench: &Bench) -> ColdResult {
+/// Measures `bench`'s start kinds; problems go to `ctx.errors`. `uffd` is
+/// the server started with [`UFFD_ARGS`], or why there is none.
+pub async fn measure(ctx: &mut Ctx, bench: &Bench, uffd: &Result<Api, String>) -> ColdResult {
     let plan = ctx.plan.clone();
     let f = bench.name;
     let mut arms = Vec::new();
@@ -104,15 +113,23 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench) -> ColdResult {
         plan.restore_requests,
     );
     push(ctx, RESTORE_MMAP, mmap);
-    let uffd_name = format!("{f}-uffd");
-    let uffd = http(
-        ctx,
-        &uffd_name,
-        bench.body,
-        Some(ColdStart::Restore),
-        plan.restore_requests,
-    );
-    push(ctx, RESTORE_UFFD, uffd);
+    let uffd_kind = match uffd {
+        Ok(api) => http_at(
+            &api.base_url(),
+            f,
+            bench.body,
+            Some(ColdStart::Restore),
+            plan.restore_requests,
+        ),
+        Err(_) => http(
+            ctx,
+            f,
+            bench.body,
+            Some(ColdStart::Restore),
+            plan.restore_requests,
+        ),
+    };
+    push(ctx, RESTORE_UFFD, uffd_kind);
     let folder = ctx.cfg.repo.join("examples").join(f);
     let fork_argv = fork_argv(ctx, &folder, bench.body, plan.fork_iterations);
     push(ctx, FORK, Ok(ArmKind::Exec { argv: fork_argv }));
@@ -131,36 +148,17 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench) -> ColdResult {
         }
     }
     if let Some(arm) = arms.iter_mut().find(|a| a.name == RESTORE_UFFD) {
-        let mut extra = Map::new();
-        extra.insert(UFFD_FIELD.0.into(), json!(UFFD_FIELD.1));
-        match deploy(&ctx.api, &folder, &uffd_name, &extra).await {
-            Err(e) => {
-                let e = e.to_string();
-                arm.unavailable = Some(if e.contains("unknown field") {
-                    format!("no uffd mode yet (`{}` is not a spec field)", UFFD_FIELD.0)
-                } else {
-                    format!(
-                        "deploying with `{} = \"{}\"` failed",
-                        UFFD_FIELD.0, UFFD_FIELD.1
-                    )
-                });
-                ctx.unavailable(format!(
-                    "{f} {RESTORE_UFFD}: deploying a copy with `{} = \"{}\"` gave: {e}",
-                    UFFD_FIELD.0, UFFD_FIELD.1
-                ));
-            }
-            Ok(()) => match wait_ready(&ctx.api, &uffd_name).await {
-                Err(e) => arm.error = Some(e.to_string()),
-                Ok(_) => match probe(&ctx.api, &uffd_name, ColdStart::Restore, bench.body).await {
-                    Ok(None) => {}
-                    Ok(Some(why)) => {
-                        arm.unavailable = Some(short_409(&why));
-                        ctx.unavailable(format!(
-                            "{f} {RESTORE_UFFD}: the server answered 409: {why}"
-                        ));
-                    }
-                    Err(why) => arm.error = Some(why),
-                },
+        match uffd {
+            Err(why) => arm.unavailable = Some(why.clone()),
+            Ok(api) => match probe(api, f, ColdStart::Restore, bench.body).await {
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    arm.unavailable = Some(short_409(&why));
+                    ctx.unavailable(format!(
+                        "{f} {RESTORE_UFFD}: the server answered 409: {why}"
+                    ));
+                }
+                Err(why) => arm.error = Some(why),
             },
         }
     }
@@ -171,7 +169,6 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench) -> ColdResult {
         eprintln!("  round {round}: {:<26} median {}", arm.name, us(m));
     })
     .await;
-    remove(&ctx.api, &uffd_name).await;
     for arm in &arms {
         if let Some(e) = &arm.error {
             ctx.error(format!("{f}: {}: {e}", arm.name));

@@ -57,11 +57,12 @@ pub struct Server {
 
 impl Server {
     /// Starts `thaw serve` from `repo` (the workspace, for its `examples/`
-    /// and `runtimes/`), deploying each folder of `deploy`, and waits until
-    /// it listens.
+    /// and `runtimes/`) with `extra` arguments, deploying each folder of
+    /// `deploy`, and waits until it listens.
     pub async fn start(
         thaw: &Path,
         repo: &Path,
+        extra: &[&str],
         deploy: &[PathBuf],
     ) -> Result<Server, ServerError> {
         let data = tempfile::Builder::new()
@@ -75,7 +76,8 @@ impl Server {
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--allow-forced-cold"])
             .arg("--data-dir")
-            .arg(data.path().join("data"));
+            .arg(data.path().join("data"))
+            .args(extra);
         for dir in deploy {
             cmd.arg("--deploy").arg(dir);
         }
