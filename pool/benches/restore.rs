@@ -94,7 +94,7 @@ fn main() {
         println!("  plan      {:8.3}", ms(pick(|t| t.plan)));
         println!("  stub      {:8.3}", ms(pick(|t| t.stub)));
         println!("  mappings  {:8.3}", ms(pick(|t| t.mappings)));
-        println!("    batch   {:8.3}", ms(pick(|t| t.unmap)));
+        println!("    batch   {:8.3}", ms(pick(|t| t.batch)));
         println!("  state     {:8.3}", ms(pick(|t| t.state)));
         println!("  resume    {:8.3}", ms(pick(|t| t.resume)));
         println!("  total     {:8.3}", ms(pick(|t| t.total())));

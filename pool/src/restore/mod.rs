@@ -89,9 +89,11 @@ pub struct RestoreTimings {
     pub stub: Duration,
     /// Rebuilding the address space.
     pub mappings: Duration,
-    /// Of which unmapping the stub and moving the special areas.
-    pub unmap: Duration,
-    /// mm fields, signals, rseq, thread, attributes.
+    /// Of which the batch that unmaps the stub, moves the special areas and
+    /// maps every area (the rest is writing the stack, and in uffd mode
+    /// setting up the page server).
+    pub batch: Duration,
+    /// mm fields, signals, rseq, thread, attributes, credentials.
     pub state: Duration,
     /// Registers and detach.
     pub resume: Duration,
@@ -368,7 +370,7 @@ pub fn restore(
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
     remote.set_syscall_address(syscall_at);
-    timings.unmap = started.elapsed();
+    timings.batch = started.elapsed();
     let mut server = None;
     let mut uffd_in_stub = None;
     if options.mode == Mode::Uffd {
