@@ -336,7 +336,14 @@ pub fn restore(
     let state = &snapshot.state;
     let mut timings = RestoreTimings::default();
     let started = Instant::now();
-    let image = store.image(&snapshot.id)?;
+    let image = {
+        // The store builds a missing image under a temporary name made of
+        // the process id: two threads of one process building it at once
+        // would collide. One build at a time per process.
+        static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+        store.image(&snapshot.id)?
+    };
     let plan = fds::plan(state, &options.fds, image.file.as_raw_fd())?;
     timings.plan = started.elapsed();
 
