@@ -74,3 +74,60 @@ fn python_copy_answers_from_its_warm_state() {
         println!("page server: {:?}", copy.child.server_stats);
     }
 }
+
+const NUMPY: &str = r#"
+import os
+for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[v] = "1"
+import sys, json
+import numpy as np, pandas as pd
+rng = np.random.default_rng(7)
+df = pd.DataFrame({"k": rng.integers(0, 50, 100000), "v": rng.random(100000)})
+m = rng.random((200, 200))
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+for line in sys.stdin:
+    n = int(line)
+    g = df[df.k == n].v.sum()
+    inv = np.linalg.inv(m + np.eye(200) * n)
+    sys.stdout.write(json.dumps({"n": n, "g": round(float(g), 6), "tr": round(float(np.trace(inv)), 6)}) + "\n")
+    sys.stdout.flush()
+"#;
+
+#[test]
+fn numpy_pandas_copy_computes_like_the_original() {
+    if !can_restore("numpy_pandas_copy_computes_like_the_original", false) {
+        return;
+    }
+    let probe = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import numpy, pandas"])
+        .output();
+    if !probe.map(|o| o.status.success()).unwrap_or(false) {
+        println!("skipping numpy_pandas_copy_computes_like_the_original: no numpy/pandas");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut original = start(Path::new("/usr/bin/python3"), &["-c", NUMPY]);
+    assert_eq!(original.line(), "ready");
+    let expected = {
+        use std::io::Write;
+        original.stdin.write_all(b"3\n").unwrap();
+        original.line()
+    };
+    let snap = tmp.path().join("snap");
+    let info = snapshot_to_dir(original.child.id() as i32, &snap).unwrap();
+    println!(
+        "numpy+pandas snapshot: {} areas, {} stored pages",
+        info.areas, info.stored_pages
+    );
+    drop(original);
+    for mode in [Mode::Mmap, Mode::Uffd] {
+        let mut copy = restore_with_pipes(&snap, mode);
+        println!("restore ({mode:?}): {:?}", copy.child.timings);
+        copy.send(b"3\n");
+        assert_eq!(copy.line(), expected, "{mode:?}");
+        drop(copy.stdin);
+        assert_eq!(copy.child.wait().unwrap(), 0);
+        println!("page server: {:?}", copy.child.server_stats);
+    }
+}
