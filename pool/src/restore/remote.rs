@@ -23,9 +23,17 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// Seizes `pid` and finds a `syscall` instruction in its vDSO.
+    /// Seizes `pid` (killed if the restorer dies while holding it) and finds
+    /// a `syscall` instruction in its vDSO.
     pub fn seize(pid: i32) -> Result<Remote, RestoreError> {
         let seized = Seized::stop(pid).map_err(|e| RestoreError::Stub(e.to_string()))?;
+        // A half-made copy must not run if the restorer dies.
+        nix::sys::ptrace::setoptions(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::ptrace::Options::PTRACE_O_TRACESYSGOOD
+                | nix::sys::ptrace::Options::PTRACE_O_EXITKILL,
+        )
+        .map_err(|e| RestoreError::Stub(format!("PTRACE_SETOPTIONS: {e}")))?;
         let injector = Injector::find(&seized).map_err(|e| RestoreError::Stub(e.to_string()))?;
         let mem = std::fs::OpenOptions::new()
             .read(true)

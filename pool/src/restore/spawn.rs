@@ -16,6 +16,11 @@
 //! `clone3` in the children is raw system calls on memory prepared before
 //! it: no allocation, no locks, no Rust runtime.
 //!
+//! No parent-death signal: Linux sends it when the *thread* that made the
+//! child exits, and a restorer's thread (a blocking pool's) may exit while
+//! its copies should live on. A copy outlives a restorer that dies; the
+//! owner of [`super::RestoredChild`] kills it on drop.
+//!
 //! The restorer learns the stub's pid in its own namespace from the pidfd's
 //! `/proc/self/fdinfo` (`Pid:`): the pid namespace of the copy is not the
 //! restorer's.
