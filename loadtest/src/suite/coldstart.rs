@@ -341,3 +341,63 @@ pub fn render_first_invocation(results: &[ColdResult]) -> String {
     }
     t.render()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arm(name: &str, samples: &[f64]) -> Arm {
+        let mut a = Arm::new(
+            name,
+            ArmKind::Exec {
+                argv: vec!["true".into()],
+            },
+        );
+        for &s in samples {
+            a.samples.push(s);
+            a.latency.record(s as u64).unwrap();
+        }
+        a
+    }
+
+    #[test]
+    fn ratios_and_absent_arms_in_the_tables() {
+        let mut restore = arm(RESTORE_MMAP, &[]);
+        restore.unavailable = Some("409 no_snapshot".into());
+        let mut uffd = arm(RESTORE_UFFD, &[1.0]);
+        uffd.error = Some("round 1: boom".into());
+        let result = ColdResult {
+            function: "f".into(),
+            arms: vec![
+                arm(WARM, &[100.0, 110.0, 90.0]),
+                arm(BOOT, &[10_000.0, 11_000.0, 9_000.0]),
+                restore,
+                uffd,
+                arm(FORK, &[200.0, 220.0, 180.0]),
+            ],
+            plot: Some("cold-f.svg".into()),
+        };
+        assert_eq!(
+            ratio_cell(&result, RESTORE_MMAP, BOOT),
+            "not available: 409 no_snapshot"
+        );
+        assert_eq!(
+            ratio_cell(&result, RESTORE_UFFD, FORK),
+            "error: round 1: boom"
+        );
+        assert!(
+            ratio_cell(&result, BOOT, WARM).starts_with("×100 ["),
+            "{}",
+            ratio_cell(&result, BOOT, WARM)
+        );
+        let md = render(&result, 3);
+        assert!(md.starts_with("### f\n"));
+        assert!(
+            md.contains("| restore (mmap) | not available: 409 no_snapshot |"),
+            "{md}"
+        );
+        assert!(md.contains("| boot | 10 ms |"), "{md}");
+        assert!(md.contains("| fork floor | 200 µs |"), "{md}");
+        assert!(md.contains("](benchmarks/cold-f.svg)"));
+    }
+}
