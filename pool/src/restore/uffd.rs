@@ -19,11 +19,13 @@
 //! the copy: a copy never reads zeros where it had data. Kernel ABI structs
 //! are declared here and checked for size at compile time.
 //!
-//! Not handled yet: `fork` in the copy (the child would see zeros where its
-//! parent had not faulted yet; UFFD_EVENT_FORK is not requested), and
-//! threads (the copy is single-threaded when restored).
+//! A `fork` in the copy (UFFD_EVENT_FORK) hands us the child's userfaultfd:
+//! a server of its own (same state as the parent's at the fork) serves it
+//! on another thread until the copy ends (its children die with its pid
+//! namespace then).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use snapshotter::state::{AreaKind, MemoryArea, PAGE_SIZE};
@@ -35,11 +37,13 @@ use super::RestoreError;
 const FAULT_AROUND: u64 = 16;
 
 const UFFD_API: u64 = 0xaa;
+const FEATURE_EVENT_FORK: u64 = 1 << 1;
 const FEATURE_EVENT_REMAP: u64 = 1 << 2;
 const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 const REGISTER_MODE_MISSING: u64 = 1;
 const EVENT_PAGEFAULT: u8 = 0x12;
+const EVENT_FORK: u8 = 0x13;
 const EVENT_REMAP: u8 = 0x14;
 const EVENT_REMOVE: u8 = 0x15;
 const EVENT_UNMAP: u8 = 0x16;
@@ -125,7 +129,7 @@ fn uffd_err(what: &str, source: std::io::Error) -> RestoreError {
 }
 
 /// One area served lazily.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Served {
     start: u64,
     end: u64,
@@ -149,7 +153,10 @@ pub fn is_lazy(area: &MemoryArea) -> bool {
 #[derive(Debug)]
 pub struct PageServer {
     uffd: OwnedFd,
-    image: memmap2::Mmap,
+    image: Arc<memmap2::Mmap>,
+    /// An eventfd made readable when the copy ended: servers of its forked
+    /// children stop then (the children die with the copy's namespace).
+    stop: Arc<OwnedFd>,
     areas: Vec<Served>,
     /// `(new start, length, old start)` of every mremap, newest last.
     remaps: Vec<(u64, u64, u64)>,
@@ -170,13 +177,23 @@ impl PageServer {
     ) -> Result<PageServer, RestoreError> {
         let mut api = UffdioApi {
             api: UFFD_API,
-            features: FEATURE_EVENT_REMAP | FEATURE_EVENT_REMOVE | FEATURE_EVENT_UNMAP,
+            features: FEATURE_EVENT_FORK
+                | FEATURE_EVENT_REMAP
+                | FEATURE_EVENT_REMOVE
+                | FEATURE_EVENT_UNMAP,
             ioctls: 0,
         };
         ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api).map_err(|e| uffd_err("UFFDIO_API", e))?;
         // SAFETY: the image is never changed once published (see the store's
         // image module); the mapping is read-only.
         let image = unsafe { memmap2::Mmap::map(image) }.map_err(|e| uffd_err("map image", e))?;
+        // SAFETY: eventfd with valid flags returns a new descriptor or -1.
+        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if stop < 0 {
+            return Err(uffd_err("eventfd", std::io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let stop = Arc::new(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(stop) });
         let mut served = Vec::new();
         for (index, area) in areas.iter().enumerate() {
             if !is_lazy(area) {
@@ -204,7 +221,8 @@ impl PageServer {
         }
         Ok(PageServer {
             uffd,
-            image,
+            image: Arc::new(image),
+            stop,
             areas: served,
             remaps: Vec::new(),
             zeroed: Vec::new(),
@@ -318,8 +336,28 @@ impl PageServer {
         Ok(())
     }
 
-    fn event(&mut self, msg: &UffdMsg) -> Result<(), RestoreError> {
+    fn event(&mut self, msg: &UffdMsg, copy: &Arc<OwnedFd>) -> Result<(), RestoreError> {
         match msg.event {
+            EVENT_FORK => {
+                // The kernel put the child's userfaultfd in our fd table. Its
+                // missing pages are what ours are now (the fork waits for
+                // this event to be read).
+                let fd = msg.arg[0] as u32 as RawFd;
+                // SAFETY: the kernel just installed `fd` for us.
+                let uffd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                let child = PageServer {
+                    uffd,
+                    image: self.image.clone(),
+                    stop: self.stop.clone(),
+                    areas: self.areas.clone(),
+                    remaps: self.remaps.clone(),
+                    zeroed: self.zeroed.clone(),
+                    stats: (0, 0, 0),
+                };
+                let end = self.stop.clone();
+                child.spawn_with(end, copy.clone());
+                Ok(())
+            }
             EVENT_PAGEFAULT => {
                 self.stats.0 += 1;
                 self.fill(msg.arg[1])
@@ -340,8 +378,13 @@ impl PageServer {
         }
     }
 
-    /// Serves until the copy (`pidfd`) ends. Returns the stats.
-    fn serve(mut self, pidfd: OwnedFd) -> Result<(u64, u64, u64), RestoreError> {
+    /// Serves until `end` is readable (the copy's pidfd, or the stop
+    /// eventfd for a forked child's server). Returns the stats.
+    fn serve(
+        mut self,
+        end: &OwnedFd,
+        copy: &Arc<OwnedFd>,
+    ) -> Result<(u64, u64, u64), RestoreError> {
         let mut msgs = [UffdMsg::default(); 16];
         loop {
             let mut fds = [
@@ -351,7 +394,7 @@ impl PageServer {
                     revents: 0,
                 },
                 libc::pollfd {
-                    fd: pidfd.as_raw_fd(),
+                    fd: end.as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -383,7 +426,7 @@ impl PageServer {
                 }
                 let count = r as usize / std::mem::size_of::<UffdMsg>();
                 for msg in &msgs[..count] {
-                    self.event(msg)?;
+                    self.event(msg, copy)?;
                 }
                 continue;
             }
@@ -396,28 +439,42 @@ impl PageServer {
     /// Runs the server on its own thread until the copy (`pidfd`) ends;
     /// kills the copy if serving fails.
     pub fn spawn(self, pidfd: OwnedFd) -> JoinHandle<Result<(u64, u64, u64), RestoreError>> {
+        let copy = Arc::new(pidfd);
+        self.spawn_with(copy.clone(), copy)
+    }
+
+    /// Runs the server until `end` is readable; on failure kills `copy`
+    /// (its namespace, forked children included, dies with it). The copy's
+    /// own server signals the stop eventfd when it returns.
+    fn spawn_with(
+        self,
+        end: Arc<OwnedFd>,
+        copy: Arc<OwnedFd>,
+    ) -> JoinHandle<Result<(u64, u64, u64), RestoreError>> {
         std::thread::Builder::new()
             .name("thaw-uffd".into())
             .spawn(move || {
-                let raw = pidfd.as_raw_fd();
-                let kill = pidfd.try_clone();
-                let result = self.serve(pidfd);
+                let stop = self.stop.clone();
+                let main = Arc::ptr_eq(&end, &copy);
+                let result = self.serve(&end, &copy);
                 if let Err(err) = &result {
                     tracing::error!(%err, "page server failed; killing the copy");
-                    if let Ok(fd) = kill {
-                        // SAFETY: pidfd_send_signal on a pidfd we own.
-                        unsafe {
-                            libc::syscall(
-                                libc::SYS_pidfd_send_signal,
-                                fd.as_raw_fd(),
-                                libc::SIGKILL,
-                                std::ptr::null::<libc::siginfo_t>(),
-                                0,
-                            );
-                        }
+                    // SAFETY: pidfd_send_signal on a pidfd we own.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            copy.as_raw_fd(),
+                            libc::SIGKILL,
+                            std::ptr::null::<libc::siginfo_t>(),
+                            0,
+                        );
                     }
                 }
-                let _ = raw;
+                if main {
+                    let one = 1u64;
+                    // SAFETY: an 8-byte write to an eventfd we own.
+                    unsafe { libc::write(stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+                }
                 result
             })
             .expect("spawning the page server thread")

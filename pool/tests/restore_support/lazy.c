@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MIB (1024 * 1024)
@@ -23,6 +24,8 @@ int main(void) {
     if (a == MAP_FAILED || b == MAP_FAILED || c == MAP_FAILED) return 2;
     for (size_t i = 0; i < 4 * MIB; i++) { a[i] = pattern(i); b[i] = pattern(i + 1); }
     memset(c, 0x5a, MIB);
+    unsigned char *d = mmap(NULL, 2 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    for (size_t i = 0; i < 2 * MIB; i++) d[i] = pattern(i + 5);
     if (write(1, "ready\n", 6) != 6) return 3;
     char mode[8] = {0};
     if (read(0, mode, 4) != 4) return 4;
@@ -57,6 +60,18 @@ int main(void) {
     a[3 * MIB] = 1;
     madvise(a + 3 * MIB, 4096, MADV_DONTNEED);
     if (lazy && a[3 * MIB] != 0) fail(40, "DONTNEED after a write must read zero");
+    /* 5. a forked child reads memory its parent never touched since the
+     * restore: the snapshot's content, not zeros */
+    d[0] = pattern(5); /* one page present in the parent */
+    pid_t child = fork();
+    if (child == 0) {
+        for (size_t i = 0; i < 2 * MIB; i++) if (d[i] != pattern(i + 5)) _exit(50);
+        _exit(0);
+    }
+    int status;
+    if (waitpid(child, &status, 0) != child) fail(51, "waitpid");
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail(52, "forked child saw other memory");
+    for (size_t i = 0; i < 2 * MIB; i++) if (d[i] != pattern(i + 5)) fail(53, "parent after fork");
     if (write(1, "ok\n", 3) != 3) return 5;
     return 0;
 }
