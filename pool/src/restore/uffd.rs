@@ -141,6 +141,31 @@ struct Served {
     done: Vec<bool>,
 }
 
+/// The zeroed ranges after `len` bytes moved from `from` to `to`: what was
+/// at the destination is gone (whatever was zero there no longer is: the
+/// moved pages are), and zeroed parts of the source move with it.
+fn remap_zeroed(zeroed: &[(u64, u64)], from: u64, to: u64, len: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(s, e) in zeroed {
+        // Parts outside the destination stay.
+        if s < to {
+            out.push((s, e.min(to)));
+        }
+        if e > to + len {
+            out.push((s.max(to + len), e));
+        }
+    }
+    for &(s, e) in zeroed {
+        // Parts of the source move.
+        let (s2, e2) = (s.max(from), e.min(from + len));
+        if s2 < e2 {
+            out.push((to + (s2 - from), to + (e2 - from)));
+        }
+    }
+    out.retain(|&(s, e)| s < e);
+    out
+}
+
 /// The areas of `areas` that uffd mode maps anonymous and serves.
 pub fn is_lazy(area: &MemoryArea) -> bool {
     matches!(
@@ -364,6 +389,7 @@ impl PageServer {
             }
             EVENT_REMAP => {
                 let (from, to, len) = (msg.arg[0], msg.arg[1], msg.arg[2]);
+                self.zeroed = remap_zeroed(&self.zeroed, from, to, len);
                 self.remaps.push((to, len, from));
                 Ok(())
             }
@@ -478,5 +504,20 @@ impl PageServer {
                 result
             })
             .expect("spawning the page server thread")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remap_clears_the_destination_and_moves_the_source() {
+        // [0x1000, 0x5000) zeroed; move 0x2000 bytes from 0x8000 to 0x2000.
+        let z = remap_zeroed(&[(0x1000, 0x5000)], 0x8000, 0x2000, 0x2000);
+        assert_eq!(z, vec![(0x1000, 0x2000), (0x4000, 0x5000)]);
+        // Zeroed source part moves along.
+        let z = remap_zeroed(&[(0x9000, 0xa000)], 0x8000, 0x20000, 0x4000);
+        assert_eq!(z, vec![(0x9000, 0xa000), (0x21000, 0x22000)]);
     }
 }

@@ -26,6 +26,9 @@ int main(void) {
     memset(c, 0x5a, MIB);
     unsigned char *d = mmap(NULL, 2 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     for (size_t i = 0; i < 2 * MIB; i++) d[i] = pattern(i + 5);
+    unsigned char *e = mmap(NULL, MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    unsigned char *f = mmap(NULL, MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    for (size_t i = 0; i < MIB; i++) { e[i] = pattern(i + 9); f[i] = 0x77; }
     if (write(1, "ready\n", 6) != 6) return 3;
     char mode[8] = {0};
     if (read(0, mode, 4) != 4) return 4;
@@ -60,6 +63,12 @@ int main(void) {
     a[3 * MIB] = 1;
     madvise(a + 3 * MIB, 4096, MADV_DONTNEED);
     if (lazy && a[3 * MIB] != 0) fail(40, "DONTNEED after a write must read zero");
+    /* 6. unmap f, then move e (untouched) exactly where f was: e's content */
+    munmap(f, MIB);
+    unsigned char *g = mremap(e, MIB, MIB, MREMAP_MAYMOVE | MREMAP_FIXED, f);
+    if (g != f) fail(60, "mremap fixed");
+    for (size_t i = 0; i < MIB; i++) if (g[i] != pattern(i + 9)) fail(61, "moved over an unmapped range");
+
     /* 5. a forked child reads memory its parent never touched since the
      * restore: the snapshot's content, not zeros */
     d[0] = pattern(5); /* one page present in the parent */
