@@ -307,7 +307,9 @@ impl PageServer {
         let src = &self.image[src_off..src_off + len as usize];
         let result = self.copy(page, src);
         let result = match result {
-            Err(e) if count > 1 && e.raw_os_error() == Some(libc::EEXIST) => {
+            // Some page of the run was there already (or is gone): just the
+            // faulting one.
+            Err(_) if count > 1 => {
                 count = 1;
                 self.copy(page, &src[..PAGE_SIZE as usize])
             }
@@ -390,6 +392,10 @@ impl PageServer {
             EVENT_REMAP => {
                 let (from, to, len) = (msg.arg[0], msg.arg[1], msg.arg[2]);
                 self.zeroed = remap_zeroed(&self.zeroed, from, to, len);
+                // The source is vacated: fault-around must not reach into it.
+                if from + len <= to || to + len <= from {
+                    self.zeroed.push((from, from + len));
+                }
                 self.remaps.push((to, len, from));
                 Ok(())
             }
