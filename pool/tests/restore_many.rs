@@ -114,6 +114,7 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
         &RestoreOptions {
             mode: Mode::Mmap,
             fds: vec![],
+            cgroups: vec![],
         },
     )
     .unwrap_err();
@@ -147,6 +148,7 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
         &RestoreOptions {
             mode: Mode::Mmap,
             fds,
+            cgroups: vec![],
         },
     )
     .unwrap_err();

@@ -78,6 +78,10 @@ pub struct RestoreOptions<'a> {
     /// listed are reopened (files, directories, devices) or refused (pipes
     /// and sockets).
     pub fds: Vec<(i32, BorrowedFd<'a>)>,
+    /// Cgroup directories (one per v1 hierarchy, or the v2 one) the copy
+    /// and its init join before any of the copy's memory is mapped, so its
+    /// pages are charged there.
+    pub cgroups: Vec<std::path::PathBuf>,
 }
 
 /// Where the time of a restore went.
@@ -324,7 +328,15 @@ pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreE
         .filter(|fd| snapshot.state.fds.iter().any(|f| f.fd == *fd))
         .map(|fd| (fd, stdio[fd as usize]))
         .collect();
-    restore(&snapshot, &store, &RestoreOptions { mode, fds })
+    restore(
+        &snapshot,
+        &store,
+        &RestoreOptions {
+            mode,
+            fds,
+            cgroups: Vec::new(),
+        },
+    )
 }
 
 /// Restores `snapshot`, whose pages are in `store`.
@@ -351,6 +363,15 @@ pub fn restore(
     let spawned = spawn::spawn(state.pid, &plan.moves)?;
     let mut guard = InitGuard(Some(spawned.init_pid));
     drop(plan.held);
+    for dir in &options.cgroups {
+        let procs = dir.join("cgroup.procs");
+        for pid in [spawned.init_pid, spawned.stub_pid] {
+            std::fs::write(&procs, pid.to_string()).map_err(|source| RestoreError::Io {
+                what: format!("join {}", procs.display()),
+                source,
+            })?;
+        }
+    }
     let mut remote = Remote::seize(spawned.stub_pid)?;
     timings.stub = started.elapsed();
 

@@ -128,6 +128,11 @@ impl Copy {
 /// Restores the snapshot directory `dir` with fresh pipes on fds 0 and 1
 /// and this process's stderr on fd 2.
 pub fn restore_with_pipes(dir: &Path, mode: Mode) -> Copy {
+    restore_into(dir, mode, Vec::new())
+}
+
+/// [`restore_with_pipes`], the copy joining `cgroups`.
+pub fn restore_into(dir: &Path, mode: Mode, cgroups: Vec<PathBuf>) -> Copy {
     let (snapshot, store) = open_snapshot_dir(dir).unwrap();
     let (in_read, in_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let (out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
@@ -136,7 +141,7 @@ pub fn restore_with_pipes(dir: &Path, mode: Mode) -> Copy {
     if snapshot.state.fds.iter().any(|f| f.fd == 2) {
         fds.push((2, stderr.as_fd()));
     }
-    let child = restore(&snapshot, &store, &RestoreOptions { mode, fds }).unwrap();
+    let child = restore(&snapshot, &store, &RestoreOptions { mode, fds, cgroups }).unwrap();
     drop(in_read);
     drop(out_write);
     Copy {
