@@ -1,6 +1,7 @@
 //! Restore benchmark. Two warmed python3 processes (json + hashlib with a
 //! dict of 20,000 entries; numpy + pandas with a 100,000-row frame) are
-//! restored again and again, in mmap and in uffd mode, against starting
+//! restored again and again, in mmap mode, in uffd mode, and in uffd mode
+//! prefetching the working set one request touched, against starting
 //! the same program cold and against asking the warm original. Prints the
 //! median of every restore phase, the time to the first answer, and the
 //! ratios.
@@ -16,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pool::restore::{Mode, RestoreTimings};
-use restore_support::{restore_with_pipes, start};
+use restore_support::{restore_full, restore_with_pipes, start};
 use snapshotter::snapshot::snapshot_to_dir;
 
 const PLAIN: &str = r#"
@@ -94,14 +95,27 @@ fn workload(name: &str, script: &str, cold_rounds: usize) {
 
     // The first restore builds the image; not counted.
     drop(restore_with_pipes(&snap, Mode::Mmap));
+    // The working set of one request, recorded by a uffd copy.
+    let working_set = {
+        let mut copy = restore_with_pipes(&snap, Mode::Uffd);
+        copy.send(b"7\n");
+        assert_eq!(copy.line(), expected);
+        drop(copy.stdin);
+        assert_eq!(copy.child.wait().unwrap(), 0);
+        copy.child.server_stats.clone().unwrap().touched
+    };
     let mut answers = Vec::new();
-    for mode in [Mode::Mmap, Mode::Uffd] {
+    for (name, mode, prefetch) in [
+        ("mmap", Mode::Mmap, Vec::new()),
+        ("uffd", Mode::Uffd, Vec::new()),
+        ("uffd+prefetch", Mode::Uffd, working_set.clone()),
+    ] {
         let mut phases: Vec<RestoreTimings> = Vec::new();
         let mut first_answer = Vec::new();
-        let mut served = (0, 0, 0);
+        let mut served = None;
         for _ in 0..ROUNDS {
             let started = Instant::now();
-            let mut copy = restore_with_pipes(&snap, mode);
+            let mut copy = restore_full(&snap, mode, Vec::new(), prefetch.clone());
             copy.send(b"7\n");
             let answer = copy.line();
             first_answer.push(started.elapsed());
@@ -109,12 +123,12 @@ fn workload(name: &str, script: &str, cold_rounds: usize) {
             phases.push(copy.child.timings);
             drop(copy.stdin);
             assert_eq!(copy.child.wait().unwrap(), 0);
-            if let Some(s) = copy.child.server_stats {
-                served = s;
+            if let Some(s) = copy.child.server_stats.take() {
+                served = Some(s);
             }
         }
         let pick = |f: fn(&RestoreTimings) -> Duration| median(phases.iter().map(f).collect());
-        println!("{mode:?} restore phases (median of {ROUNDS}, ms):");
+        println!("{name} restore phases (median of {ROUNDS}, ms):");
         println!("  plan      {:8.3}", ms(pick(|t| t.plan)));
         println!("  stub      {:8.3}", ms(pick(|t| t.stub)));
         println!("  mappings  {:8.3}", ms(pick(|t| t.mappings)));
@@ -126,13 +140,13 @@ fn workload(name: &str, script: &str, cold_rounds: usize) {
             "  ptrace round trips {}, batched syscalls {}",
             phases[0].injected, phases[0].batched
         );
-        if mode == Mode::Uffd {
+        if let Some(s) = served {
             println!(
-                "  page server (one copy): {} faults, {} pages copied, {} zero pages",
-                served.0, served.1, served.2
+                "  page server (one copy): {} faults, {} pages copied ({} prefetched), {} zero pages",
+                s.faults, s.copied, s.prefetched, s.zero
             );
         }
-        answers.push((mode, median(first_answer)));
+        answers.push((name, median(first_answer)));
     }
     let cold = median(cold);
     let warm = median(warm);
@@ -141,9 +155,9 @@ fn workload(name: &str, script: &str, cold_rounds: usize) {
         ms(warm),
         ms(cold)
     );
-    for (mode, restored) in answers {
+    for (name, restored) in answers {
         println!(
-            "restore to first answer ({mode:?}): {:.3} ms = cold / {:.1} = warm x {:.1}",
+            "restore to first answer ({name}): {:.3} ms = cold / {:.1} = warm x {:.1}",
             ms(restored),
             cold.as_secs_f64() / restored.as_secs_f64(),
             restored.as_secs_f64() / warm.as_secs_f64()

@@ -115,6 +115,7 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
             mode: Mode::Mmap,
             fds: vec![],
             cgroups: vec![],
+            prefetch: vec![],
         },
     )
     .unwrap_err();
@@ -137,9 +138,12 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
     lazy.send(b"u");
     assert_eq!(lazy.line(), format!("{pid} {} uM", 5 << 20));
     assert_eq!(lazy.child.wait().unwrap(), 0);
-    let (faults, copied, zeros) = lazy.child.server_stats.unwrap();
-    println!("uffd: {faults} faults, {copied} pages copied, {zeros} zero pages");
-    assert!(copied >= 256, "the 1 MiB area was read: {copied}");
+    let report = lazy.child.server_stats.clone().unwrap();
+    println!(
+        "uffd: {} faults, {} pages copied, {} zero pages",
+        report.faults, report.copied, report.zero
+    );
+    assert!(report.copied >= 256, "the 1 MiB area was read: {report:?}");
     // The mapped file changes: its pages would not be the captured ones.
     std::fs::write(&mapped, vec![b'N'; 8192]).unwrap();
     let err = restore(
@@ -149,6 +153,7 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
             mode: Mode::Mmap,
             fds,
             cgroups: vec![],
+            prefetch: vec![],
         },
     )
     .unwrap_err();

@@ -6,7 +6,7 @@ mod restore_support;
 use std::path::Path;
 
 use pool::restore::Mode;
-use restore_support::{can_restore, restore_with_pipes, start};
+use restore_support::{can_restore, restore_full, restore_with_pipes, start};
 use snapshotter::snapshot::snapshot_to_dir;
 
 const SCRIPT: &str = r#"
@@ -58,11 +58,13 @@ fn python_copy_answers_from_its_warm_state() {
     );
     drop(original);
 
+    // The last uffd copy prefetches the working set the one before touched.
+    let mut touched = Vec::new();
     for (round, mode) in [Mode::Mmap, Mode::Mmap, Mode::Uffd, Mode::Uffd]
         .into_iter()
         .enumerate()
     {
-        let mut copy = restore_with_pipes(&snap, mode);
+        let mut copy = restore_full(&snap, mode, Vec::new(), touched.clone());
         println!("restore {round} ({mode:?}): {:?}", copy.child.timings);
         copy.send(b"42\n");
         assert_eq!(copy.line(), expected);
@@ -71,7 +73,24 @@ fn python_copy_answers_from_its_warm_state() {
         assert!(seven.contains("\"n\": 7"), "{seven}");
         drop(copy.stdin);
         assert_eq!(copy.child.wait().unwrap(), 0);
-        println!("page server: {:?}", copy.child.server_stats);
+        if let Some(report) = &copy.child.server_stats {
+            println!(
+                "page server: {} faults, {} copied ({} prefetched), {} zero, {} touched",
+                report.faults,
+                report.copied,
+                report.prefetched,
+                report.zero,
+                report.touched.len()
+            );
+            if round == 3 {
+                assert!(report.prefetched > 0, "{report:?}");
+                assert!(
+                    report.faults < touched.len() as u64,
+                    "prefetch saved no fault"
+                );
+            }
+            touched = report.touched.clone();
+        }
     }
 }
 
@@ -128,6 +147,11 @@ fn numpy_pandas_copy_computes_like_the_original() {
         assert_eq!(copy.line(), expected, "{mode:?}");
         drop(copy.stdin);
         assert_eq!(copy.child.wait().unwrap(), 0);
-        println!("page server: {:?}", copy.child.server_stats);
+        if let Some(r) = &copy.child.server_stats {
+            println!(
+                "page server: {} faults, {} copied, {} zero",
+                r.faults, r.copied, r.zero
+            );
+        }
     }
 }

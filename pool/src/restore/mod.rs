@@ -82,6 +82,9 @@ pub struct RestoreOptions<'a> {
     /// and its init join before any of the copy's memory is mapped, so its
     /// pages are charged there.
     pub cgroups: Vec<std::path::PathBuf>,
+    /// `uffd` mode: saved page addresses to fill while the copy runs, before
+    /// it faults on them (a previous copy's [`uffd::ServerReport::touched`]).
+    pub prefetch: Vec<u64>,
 }
 
 /// Where the time of a restore went.
@@ -191,9 +194,9 @@ pub struct RestoredChild {
     pidfd: OwnedFd,
     status: Option<i32>,
     server: Option<PageServerThread>,
-    /// `uffd` mode, once the copy ended: faults served, pages copied, zero
-    /// pages placed.
-    pub server_stats: Option<(u64, u64, u64)>,
+    /// `uffd` mode, once the copy ended: what its page server did
+    /// (including the working set it touched, to prefetch next time).
+    pub server_stats: Option<uffd::ServerReport>,
     /// Where the restore's time went.
     pub timings: RestoreTimings,
 }
@@ -284,7 +287,7 @@ impl Drop for RestoredChild {
 }
 
 /// The page server thread of a `uffd` copy.
-type PageServerThread = std::thread::JoinHandle<Result<(u64, u64, u64), RestoreError>>;
+type PageServerThread = std::thread::JoinHandle<Result<uffd::ServerReport, RestoreError>>;
 
 /// Pulls descriptor `fd` out of the process `pidfd` refers to.
 fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> Result<OwnedFd, RestoreError> {
@@ -335,6 +338,7 @@ pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreE
             mode,
             fds,
             cgroups: Vec::new(),
+            prefetch: Vec::new(),
         },
     )
 }
@@ -423,6 +427,7 @@ pub fn restore(
                 s.fill(r.address)?;
             }
         }
+        s.prefetch(&options.prefetch);
         server = Some(s);
     }
     memory::write_private_pages(&remote, &state.areas, &snapshot.areas, &sources)?;

@@ -35,6 +35,8 @@ use super::RestoreError;
 
 /// Pages copied at most per fault.
 const FAULT_AROUND: u64 = 16;
+/// Pages copied at most per prefetch step.
+const PREFETCH_RUN: usize = 64;
 
 const UFFD_API: u64 = 0xaa;
 const FEATURE_EVENT_FORK: u64 = 1 << 1;
@@ -187,8 +189,26 @@ pub struct PageServer {
     remaps: Vec<(u64, u64, u64)>,
     /// Ranges (current addresses) whose content is zero from now on.
     zeroed: Vec<(u64, u64)>,
-    /// Faults served, pages copied, zero pages.
-    pub stats: (u64, u64, u64),
+    /// What was served.
+    pub report: ServerReport,
+    /// Saved page addresses to fill ahead of faults, popped from the end.
+    prefetch: Vec<u64>,
+}
+
+/// What a page server did for its copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerReport {
+    /// Page faults served.
+    pub faults: u64,
+    /// Pages copied from the image (faults, fault-around and prefetch).
+    pub copied: u64,
+    /// Zero pages placed.
+    pub zero: u64,
+    /// Of `copied`, pages copied ahead of any fault.
+    pub prefetched: u64,
+    /// Saved addresses of the pages that faulted, in first-touch order: the
+    /// copy's working set, to prefetch next time ([`PageServer::prefetch`]).
+    pub touched: Vec<u64>,
 }
 
 impl PageServer {
@@ -251,8 +271,73 @@ impl PageServer {
             areas: served,
             remaps: Vec::new(),
             zeroed: Vec::new(),
-            stats: (0, 0, 0),
+            report: ServerReport::default(),
+            prefetch: Vec::new(),
         })
+    }
+
+    /// Pages (saved addresses, as [`ServerReport::touched`] lists them) to
+    /// fill while the copy runs, in large sorted runs, whenever no fault is
+    /// waiting.
+    pub fn prefetch(&mut self, pages: &[u64]) {
+        let mut list: Vec<u64> = pages.iter().map(|p| p & !(PAGE_SIZE - 1)).collect();
+        list.sort_unstable();
+        list.dedup();
+        list.reverse();
+        self.prefetch = list;
+    }
+
+    /// Fills up to [`PREFETCH_RUN`] pages from the prefetch list. Best
+    /// effort: the copy runs meanwhile, so a page may be there already or
+    /// its range gone; such pages are skipped, never an error.
+    fn prefetch_step(&mut self) {
+        let Some(page) = self.prefetch.pop() else {
+            return;
+        };
+        let busy = |s: &PageServer, p: u64| {
+            s.zeroed.iter().any(|&(a, b)| (a..b).contains(&p))
+                || s.remaps
+                    .iter()
+                    .any(|&(to, len, _)| (to..to + len).contains(&p))
+        };
+        if busy(self, page) {
+            return;
+        }
+        let Some(a) = self
+            .areas
+            .iter()
+            .position(|a| (a.start..a.end).contains(&page))
+        else {
+            return;
+        };
+        let area = &self.areas[a];
+        let index = ((page - area.start) / PAGE_SIZE) as usize;
+        let mut count = 0;
+        while count < PREFETCH_RUN
+            && index + count < area.stored.len()
+            && area.stored[index + count]
+            && !area.done[index + count]
+            && !busy(self, page + (count as u64) * PAGE_SIZE)
+        {
+            count += 1;
+        }
+        if count == 0 {
+            return;
+        }
+        let src_off = (area.image_offset + index as u64 * PAGE_SIZE) as usize;
+        let src = &self.image[src_off..src_off + count * PAGE_SIZE as usize];
+        if self.copy(page, src).is_ok() {
+            for d in &mut self.areas[a].done[index..index + count] {
+                *d = true;
+            }
+            self.report.copied += count as u64;
+            self.report.prefetched += count as u64;
+        }
+        // Pages the run covered leave the list.
+        let end = page + count as u64 * PAGE_SIZE;
+        while self.prefetch.last().is_some_and(|&p| p < end) {
+            self.prefetch.pop();
+        }
     }
 
     /// Whether `addr` is in an area this server fills.
@@ -324,7 +409,7 @@ impl PageServer {
         for d in &mut area.done[index..index + count] {
             *d = true;
         }
-        self.stats.1 += count as u64;
+        self.report.copied += count as u64;
         Ok(())
     }
 
@@ -359,7 +444,7 @@ impl PageServer {
                 Ok(()) => break,
             }
         }
-        self.stats.2 += 1;
+        self.report.zero += 1;
         Ok(())
     }
 
@@ -379,15 +464,24 @@ impl PageServer {
                     areas: self.areas.clone(),
                     remaps: self.remaps.clone(),
                     zeroed: self.zeroed.clone(),
-                    stats: (0, 0, 0),
+                    report: ServerReport::default(),
+                    prefetch: Vec::new(),
                 };
                 let end = self.stop.clone();
                 child.spawn_with(end, copy.clone());
                 Ok(())
             }
             EVENT_PAGEFAULT => {
-                self.stats.0 += 1;
-                self.fill(msg.arg[1])
+                self.report.faults += 1;
+                let page = msg.arg[1] & !(PAGE_SIZE - 1);
+                if !self
+                    .remaps
+                    .iter()
+                    .any(|&(to, len, _)| (to..to + len).contains(&page))
+                {
+                    self.report.touched.push(page);
+                }
+                self.fill(page)
             }
             EVENT_REMAP => {
                 let (from, to, len) = (msg.arg[0], msg.arg[1], msg.arg[2]);
@@ -412,11 +506,7 @@ impl PageServer {
 
     /// Serves until `end` is readable (the copy's pidfd, or the stop
     /// eventfd for a forked child's server). Returns the stats.
-    fn serve(
-        mut self,
-        end: &OwnedFd,
-        copy: &Arc<OwnedFd>,
-    ) -> Result<(u64, u64, u64), RestoreError> {
+    fn serve(mut self, end: &OwnedFd, copy: &Arc<OwnedFd>) -> Result<ServerReport, RestoreError> {
         let mut msgs = [UffdMsg::default(); 16];
         loop {
             let mut fds = [
@@ -431,8 +521,13 @@ impl PageServer {
                     revents: 0,
                 },
             ];
+            let timeout = if self.prefetch.is_empty() { -1 } else { 0 };
             // SAFETY: `fds` is a valid array of two pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+            if n == 0 {
+                self.prefetch_step();
+                continue;
+            }
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.raw_os_error() == Some(libc::EINTR) {
@@ -463,14 +558,14 @@ impl PageServer {
                 continue;
             }
             if fds[1].revents != 0 || fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
-                return Ok(self.stats);
+                return Ok(self.report);
             }
         }
     }
 
     /// Runs the server on its own thread until the copy (`pidfd`) ends;
     /// kills the copy if serving fails.
-    pub fn spawn(self, pidfd: OwnedFd) -> JoinHandle<Result<(u64, u64, u64), RestoreError>> {
+    pub fn spawn(self, pidfd: OwnedFd) -> JoinHandle<Result<ServerReport, RestoreError>> {
         let copy = Arc::new(pidfd);
         self.spawn_with(copy.clone(), copy)
     }
@@ -482,7 +577,7 @@ impl PageServer {
         self,
         end: Arc<OwnedFd>,
         copy: Arc<OwnedFd>,
-    ) -> JoinHandle<Result<(u64, u64, u64), RestoreError>> {
+    ) -> JoinHandle<Result<ServerReport, RestoreError>> {
         std::thread::Builder::new()
             .name("thaw-uffd".into())
             .spawn(move || {

@@ -133,6 +133,11 @@ pub fn restore_with_pipes(dir: &Path, mode: Mode) -> Copy {
 
 /// [`restore_with_pipes`], the copy joining `cgroups`.
 pub fn restore_into(dir: &Path, mode: Mode, cgroups: Vec<PathBuf>) -> Copy {
+    restore_full(dir, mode, cgroups, Vec::new())
+}
+
+/// [`restore_into`], prefetching `prefetch` in uffd mode.
+pub fn restore_full(dir: &Path, mode: Mode, cgroups: Vec<PathBuf>, prefetch: Vec<u64>) -> Copy {
     let (snapshot, store) = open_snapshot_dir(dir).unwrap();
     let (in_read, in_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let (out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
@@ -141,7 +146,17 @@ pub fn restore_into(dir: &Path, mode: Mode, cgroups: Vec<PathBuf>) -> Copy {
     if snapshot.state.fds.iter().any(|f| f.fd == 2) {
         fds.push((2, stderr.as_fd()));
     }
-    let child = restore(&snapshot, &store, &RestoreOptions { mode, fds, cgroups }).unwrap();
+    let child = restore(
+        &snapshot,
+        &store,
+        &RestoreOptions {
+            mode,
+            fds,
+            cgroups,
+            prefetch,
+        },
+    )
+    .unwrap();
     drop(in_read);
     drop(out_write);
     Copy {
