@@ -105,17 +105,23 @@ fn workload(name: &str, script: &str, cold_rounds: usize) {
         copy.child.server_stats.clone().unwrap().touched
     };
     let mut answers = Vec::new();
-    for (name, mode, prefetch) in [
-        ("mmap", Mode::Mmap, Vec::new()),
-        ("uffd", Mode::Uffd, Vec::new()),
-        ("uffd+prefetch", Mode::Uffd, working_set.clone()),
+    for (name, mode, prefetch, background) in [
+        ("mmap", Mode::Mmap, Vec::new(), false),
+        ("uffd", Mode::Uffd, Vec::new(), false),
+        ("uffd+prefetch", Mode::Uffd, working_set.clone(), false),
+        (
+            "uffd+background prefetch",
+            Mode::Uffd,
+            working_set.clone(),
+            true,
+        ),
     ] {
         let mut phases: Vec<RestoreTimings> = Vec::new();
         let mut first_answer = Vec::new();
         let mut served = None;
         for _ in 0..ROUNDS {
             let started = Instant::now();
-            let mut copy = restore_full(&snap, mode, Vec::new(), prefetch.clone());
+            let mut copy = restore_full(&snap, mode, Vec::new(), prefetch.clone(), background);
             copy.send(b"7\n");
             let answer = copy.line();
             first_answer.push(started.elapsed());

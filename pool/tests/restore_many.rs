@@ -116,6 +116,7 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
             fds: vec![],
             cgroups: vec![],
             prefetch: vec![],
+            prefetch_in_background: false,
         },
     )
     .unwrap_err();
@@ -154,6 +155,7 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
             fds,
             cgroups: vec![],
             prefetch: vec![],
+            prefetch_in_background: false,
         },
     )
     .unwrap_err();

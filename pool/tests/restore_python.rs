@@ -58,13 +58,19 @@ fn python_copy_answers_from_its_warm_state() {
     );
     drop(original);
 
-    // The last uffd copy prefetches the working set the one before touched.
+    // Round 2 (uffd) records the working set;
     let mut touched = Vec::new();
-    for (round, mode) in [Mode::Mmap, Mode::Mmap, Mode::Uffd, Mode::Uffd]
+    // The last two prefetch it, before the resume and in the background.
+    for (round, mode) in [Mode::Mmap, Mode::Mmap, Mode::Uffd, Mode::Uffd, Mode::Uffd]
         .into_iter()
         .enumerate()
     {
-        let mut copy = restore_full(&snap, mode, Vec::new(), touched.clone());
+        let prefetch = if round >= 3 {
+            touched.clone()
+        } else {
+            Vec::new()
+        };
+        let mut copy = restore_full(&snap, mode, Vec::new(), prefetch, round == 4);
         println!("restore {round} ({mode:?}): {:?}", copy.child.timings);
         copy.send(b"42\n");
         assert_eq!(copy.line(), expected);

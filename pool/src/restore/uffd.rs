@@ -287,6 +287,13 @@ impl PageServer {
         self.prefetch = list;
     }
 
+    /// Fills every page of the prefetch list now (before the copy runs).
+    pub fn prefetch_all(&mut self) {
+        while !self.prefetch.is_empty() {
+            self.prefetch_step();
+        }
+    }
+
     /// Fills up to [`PREFETCH_RUN`] pages from the prefetch list. Best
     /// effort: the copy runs meanwhile, so a page may be there already or
     /// its range gone; such pages are skipped, never an error.

@@ -133,11 +133,18 @@ pub fn restore_with_pipes(dir: &Path, mode: Mode) -> Copy {
 
 /// [`restore_with_pipes`], the copy joining `cgroups`.
 pub fn restore_into(dir: &Path, mode: Mode, cgroups: Vec<PathBuf>) -> Copy {
-    restore_full(dir, mode, cgroups, Vec::new())
+    restore_full(dir, mode, cgroups, Vec::new(), false)
 }
 
-/// [`restore_into`], prefetching `prefetch` in uffd mode.
-pub fn restore_full(dir: &Path, mode: Mode, cgroups: Vec<PathBuf>, prefetch: Vec<u64>) -> Copy {
+/// [`restore_into`], prefetching `prefetch` in uffd mode (in the
+/// background if `background`).
+pub fn restore_full(
+    dir: &Path,
+    mode: Mode,
+    cgroups: Vec<PathBuf>,
+    prefetch: Vec<u64>,
+    background: bool,
+) -> Copy {
     let (snapshot, store) = open_snapshot_dir(dir).unwrap();
     let (in_read, in_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let (out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
@@ -154,6 +161,7 @@ pub fn restore_full(dir: &Path, mode: Mode, cgroups: Vec<PathBuf>, prefetch: Vec
             fds,
             cgroups,
             prefetch,
+            prefetch_in_background: background,
         },
     )
     .unwrap();
