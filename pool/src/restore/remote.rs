@@ -88,6 +88,42 @@ impl Remote {
         Ok(r as u64)
     }
 
+    /// Brings the stub from wherever it stopped into a `PTRACE_INTERRUPT`
+    /// stop, which the kernel takes inside its signal handling on the way
+    /// back to user space. Registers set there are treated like those of a
+    /// thread interrupted in a system call: when it resumes, the kernel
+    /// itself applies the restart rule, or returns `EINTR` and runs a
+    /// handler if a signal has come meanwhile (exactly as for the original).
+    pub fn park(&mut self) -> Result<(), RestoreError> {
+        use nix::sys::ptrace;
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        let pid = nix::unistd::Pid::from_raw(self.pid());
+        let err = |what: &str, e: nix::errno::Errno| RestoreError::Stub(format!("{what}: {e}"));
+        ptrace::interrupt(pid).map_err(|e| err("PTRACE_INTERRUPT", e))?;
+        ptrace::cont(pid, None).map_err(|e| err("PTRACE_CONT", e))?;
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(err("waitpid", e)),
+                Ok(WaitStatus::PtraceEvent(_, _, event)) if event == libc::PTRACE_EVENT_STOP => {
+                    return Ok(())
+                }
+                // A signal or another stop first: suppress it, go on.
+                Ok(WaitStatus::Stopped(..))
+                | Ok(WaitStatus::PtraceEvent(..))
+                | Ok(WaitStatus::PtraceSyscall(..)) => {
+                    ptrace::cont(pid, None).map_err(|e| err("PTRACE_CONT", e))?;
+                }
+                Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                    return Err(RestoreError::Stub(format!(
+                        "the stub ended before its registers were set: {status:?}"
+                    )));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Lets the stub run.
     pub fn detach(self) -> Result<(), RestoreError> {
         self.seized

@@ -11,7 +11,7 @@
 //! u64 auxv (pointer)   u32 auxv_size (bytes)   u32 exe_fd
 //! ```
 
-use snapshotter::state::{ProcessState, Rseq};
+use snapshotter::state::{ProcessState, Restart, Rseq};
 
 use super::batch::Batch;
 use super::remote::{bytes_of, Remote};
@@ -370,14 +370,28 @@ pub fn set_credentials(batch: &mut Batch, state: &ProcessState) -> Result<(), Re
 }
 
 /// Extended state and registers, with the syscall-restart rule applied.
+///
+/// The stub is parked in an interrupt stop first ([`Remote::park`]): a copy
+/// captured in a restartable system call (`-ERESTARTSYS`, `-ERESTARTNOHAND`,
+/// `-ERESTARTNOINTR`) gets its registers exactly as captured, and the kernel
+/// decides on resume, as it would have for the original: restart, or
+/// `EINTR` and the handler of a signal sent meanwhile. Pre-applying the
+/// restart instead lost that `EINTR` (a `pause` woken by a signal sent right
+/// after the restore slept on). `-ERESTART_RESTARTBLOCK` is turned into
+/// `EINTR` here: the copy has no restart block of its own.
 pub fn set_registers(remote: &mut Remote, state: &ProcessState) -> Result<(), RestoreError> {
+    remote.park()?;
     remote
         .seized
         .set_xsave(&state.xsave)
         .map_err(|e| RestoreError::Stub(e.to_string()))?;
+    let regs = match state.registers.restart_pending() {
+        Restart::RestartBlock => state.registers.with_restart_applied(),
+        Restart::None | Restart::Same => state.registers,
+    };
     remote
         .seized
-        .set_registers(&state.registers.with_restart_applied())
+        .set_registers(&regs)
         .map_err(|e| RestoreError::Stub(e.to_string()))?;
     Ok(())
 }
