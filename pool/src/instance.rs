@@ -97,11 +97,9 @@ pub enum Outcome {
     },
 }
 
-/// Turns the stopped restore stub with the given host pid into a copy of
-/// `snapshot` (blocking; ptrace from the calling thread). Supplied by the
-/// server, which knows the snapshot store; see [`Instance::restore`].
-pub type Restorer =
-    std::sync::Arc<dyn Fn(i32, &SnapshotSource) -> Result<(), String> + Send + Sync>;
+/// Restores copies from snapshots into stub sandboxes (see
+/// [`crate::restore::sandboxed`]).
+pub type Restorer = std::sync::Arc<crate::restore::sandboxed::SnapshotRestorer>;
 
 /// Which snapshot a copy is restored from, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,7 +237,16 @@ impl Instance {
     ) -> Result<Instance, RestoreFailure> {
         let mut launch = spec.clone();
         launch.stub = true;
-        let mut sandbox = Sandbox::launch(config, &launch).await?;
+        let failed = |reason: String| RestoreFailure::Restorer {
+            id: snapshot.id.clone(),
+            reason,
+        };
+        let (r, id) = (restorer.clone(), snapshot.id.clone());
+        let copy = tokio::task::spawn_blocking(move || r.prepare(&id))
+            .await
+            .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
+            .map_err(|e| failed(e.to_string()))?;
+        let mut sandbox = Sandbox::launch_with_fds(config, &launch, &copy.fds()).await?;
         let logs = LogTap::start(
             sandbox.stdout.take().expect("fresh sandbox has stdout"),
             sandbox.stderr.take().expect("fresh sandbox has stderr"),
@@ -258,7 +265,7 @@ impl Instance {
             served: 0,
         };
         match instance
-            .become_copy(snapshot, restorer, ready_timeout)
+            .become_copy(snapshot, restorer, copy, ready_timeout)
             .await
         {
             Ok(()) => {
@@ -277,19 +284,20 @@ impl Instance {
         &mut self,
         snapshot: &SnapshotSource,
         restorer: &Restorer,
+        copy: crate::restore::sandboxed::PreparedCopy,
         ready_timeout: Duration,
     ) -> Result<(), RestoreFailure> {
         let pid = self
             .sandbox
             .function_pid()
             .ok_or_else(|| RestoreFailure::Copy("the stub is missing".into()))?;
-        let (r, snap) = (restorer.clone(), snapshot.clone());
-        tokio::task::spawn_blocking(move || r(pid, &snap))
+        let r = restorer.clone();
+        tokio::task::spawn_blocking(move || r.finish(&copy, pid).map(|_| ()))
             .await
             .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
-            .map_err(|reason| RestoreFailure::Restorer {
+            .map_err(|e| RestoreFailure::Restorer {
                 id: snapshot.id.clone(),
-                reason,
+                reason: e.to_string(),
             })?;
         let seed: [u8; 32] = rand::random();
         let msg = ToRuntime::restored_with_seed(&seed);

@@ -144,7 +144,7 @@ async fn setup_failure_is_reported() {
 }
 
 #[tokio::test]
-async fn a_stub_sandbox_holds_a_stopped_privileged_pid_2() {
+async fn a_stub_sandbox_holds_a_waiting_privileged_pid_2() {
     require_root!();
     let env = env("stub");
     let mut s = spec(&env, "unused");
@@ -157,24 +157,16 @@ async fn a_stub_sandbox_holds_a_stopped_privileged_pid_2() {
         .await
         .unwrap();
     let pid = sb.function_pid().expect("the stub is pid 2 of the sandbox");
-    // It stops itself; wait for that (bounded).
-    let mut state = String::new();
+    // It waits in pause() (syscall 34); wait for that (bounded).
+    let mut syscall = String::new();
     for _ in 0..500 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        state = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        if state == "T" {
+        syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap();
+        if syscall.starts_with("34 ") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    assert_eq!(state, "T", "the stub waits stopped");
+    assert!(syscall.starts_with("34 "), "the stub waits in pause: {syscall}");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(

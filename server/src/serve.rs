@@ -146,6 +146,12 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     }
 
     let init_exe = std::env::current_exe().context("finding the thaw binary")?;
+    let store = Arc::new(crate::store_view::open(&data_dir)?);
+    let restorer = pool::restore::sandboxed::SnapshotRestorer::new(
+        crate::snapshots::snapshots_dir(&data_dir),
+        store.clone(),
+    )
+    .context("setting up the restorer")?;
     let budget = opts.memory_budget.unwrap_or(total_memory() / 4 * 3);
     let pool = Pool::new(PoolConfig {
         sandbox: SandboxConfig {
@@ -159,9 +165,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         },
         memory_budget: budget,
         init_timeout: Duration::from_secs(120),
-        // Restores land with the restorer (pool::restore); until then every
-        // cold start boots.
-        restorer: None,
+        restorer: Some(Arc::new(restorer)),
         on_restore_failure: None,
     });
     let registry = Registry::open(&data_dir)?;
@@ -178,7 +182,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         pool.clone(),
         registry,
         LogStore::new(opts.logs),
-        crate::store_view::open(&data_dir)?,
+        store.clone(),
     );
     let n = service.recover().context("loading functions")?;
     tracing::info!(functions = n, data_dir = %data_dir.display(), "loaded");

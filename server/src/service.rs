@@ -285,7 +285,7 @@ impl Service {
         pool: Pool,
         registry: Registry,
         logs: LogStore,
-        store: snapshotter::store::PageStore,
+        store: Arc<snapshotter::store::PageStore>,
     ) -> Service {
         let metrics = Arc::new(Metrics::new());
         metrics
@@ -297,7 +297,7 @@ impl Service {
             registry,
             logs,
             metrics,
-            store: Arc::new(store),
+            store,
             functions: Arc::new(RwLock::new(BTreeMap::new())),
         }
     }

@@ -31,6 +31,7 @@ pub mod batch;
 pub mod fds;
 pub mod memory;
 pub mod remote;
+pub mod sandboxed;
 pub mod spawn;
 pub mod thread;
 pub mod uffd;
@@ -350,14 +351,31 @@ pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreE
     )
 }
 
-/// Restores `snapshot`, whose pages are in `store`.
-pub fn restore(
+/// Files and descriptors a restore needs, opened and checked in the
+/// restorer before the stub exists (see [`prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    image: snapshotter::store::CachedImage,
+    plan: fds::FdPlan,
+    took: Duration,
+}
+
+impl Prepared {
+    /// `(restorer fd, stub fd)`: the descriptors the stub must hold at these
+    /// numbers before the restore drives it.
+    pub fn moves(&self) -> &[(std::os::fd::RawFd, std::os::fd::RawFd)] {
+        &self.plan.moves
+    }
+}
+
+/// Opens and checks everything `snapshot` needs: its image (built from the
+/// store when missing), the files its areas map, its executable, and the
+/// files behind its fds (`options.fds` are supplied by the caller).
+pub fn prepare(
     snapshot: &Snapshot,
     store: &PageStore,
     options: &RestoreOptions<'_>,
-) -> Result<RestoredChild, RestoreError> {
-    let state = &snapshot.state;
-    let mut timings = RestoreTimings::default();
+) -> Result<Prepared, RestoreError> {
     let started = Instant::now();
     let image = {
         // The store builds a missing image under a temporary name made of
@@ -367,13 +385,28 @@ pub fn restore(
         let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
         store.image(&snapshot.id)?
     };
-    let plan = fds::plan(state, &options.fds, image.file.as_raw_fd())?;
-    timings.plan = started.elapsed();
+    let plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
+    Ok(Prepared {
+        image,
+        plan,
+        took: started.elapsed(),
+    })
+}
+
+/// Restores `snapshot`, whose pages are in `store`.
+pub fn restore(
+    snapshot: &Snapshot,
+    store: &PageStore,
+    options: &RestoreOptions<'_>,
+) -> Result<RestoredChild, RestoreError> {
+    let state = &snapshot.state;
+    let mut timings = RestoreTimings::default();
+    let Prepared { image, plan, took } = prepare(snapshot, store, options)?;
+    timings.plan = took;
 
     let started = Instant::now();
     let spawned = spawn::spawn(state.pid, &plan.moves)?;
     let mut guard = InitGuard(Some(spawned.init_pid));
-    drop(plan.held);
     for dir in &options.cgroups {
         let procs = dir.join("cgroup.procs");
         for pid in [spawned.init_pid, spawned.stub_pid] {
@@ -383,9 +416,76 @@ pub fn restore(
             })?;
         }
     }
-    let mut remote = Remote::seize(spawned.stub_pid)?;
+    let remote = Remote::seize(spawned.stub_pid)?;
     timings.stub = started.elapsed();
+    let server = drive(
+        remote,
+        Some(&spawned.stub_pidfd),
+        snapshot,
+        &image,
+        &plan,
+        options,
+        &mut timings,
+    )?;
+    drop(plan);
+    guard.0 = None;
+    Ok(RestoredChild {
+        init_pid: spawned.init_pid,
+        pid: spawned.stub_pid,
+        ns_pid: state.pid,
+        pidfd: spawned.stub_pidfd,
+        status: None,
+        server,
+        server_stats: None,
+        timings,
+    })
+}
 
+/// Turns a stub that already exists, holds [`Prepared::moves`] at their
+/// numbers and waits in `pause()` (a sandbox's restore stub) into a copy of
+/// `snapshot`. `mmap` mode only for now.
+pub fn restore_into(
+    stub_pid: i32,
+    snapshot: &Snapshot,
+    prepared: &Prepared,
+    options: &RestoreOptions<'_>,
+) -> Result<RestoreTimings, RestoreError> {
+    if options.mode == Mode::Uffd {
+        return Err(RestoreError::Unsupported(
+            "uffd restores into an existing stub are not implemented yet; use mmap".into(),
+        ));
+    }
+    let mut timings = RestoreTimings {
+        plan: prepared.took,
+        ..RestoreTimings::default()
+    };
+    let started = Instant::now();
+    let remote = Remote::seize(stub_pid)?;
+    timings.stub = started.elapsed();
+    drive(
+        remote,
+        None,
+        snapshot,
+        &prepared.image,
+        &prepared.plan,
+        options,
+        &mut timings,
+    )?;
+    Ok(timings)
+}
+
+/// Everything after the stub is seized: address space, kernel state,
+/// registers, detach. Returns the uffd page server, if any.
+fn drive(
+    mut remote: Remote,
+    stub_pidfd: Option<&OwnedFd>,
+    snapshot: &Snapshot,
+    image: &snapshotter::store::CachedImage,
+    plan: &fds::FdPlan,
+    options: &RestoreOptions<'_>,
+    timings: &mut RestoreTimings,
+) -> Result<Option<std::thread::JoinHandle<Result<uffd::ServerReport, RestoreError>>>, RestoreError> {
+    let state = &snapshot.state;
     let started = Instant::now();
     let stub_map = memory::stub_map(remote.pid())?;
     let places = memory::prepare_scratch(&mut remote, &stub_map, &state.areas)?;
@@ -419,7 +519,10 @@ pub fn restore(
             [(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0],
         )?;
         uffd_in_stub = Some(fd);
-        let uffd = pidfd_getfd(&spawned.stub_pidfd, fd as i32)?;
+        let pidfd = stub_pidfd.ok_or_else(|| {
+            RestoreError::Unsupported("uffd mode needs the stub's pidfd".into())
+        })?;
+        let uffd = pidfd_getfd(pidfd, fd as i32)?;
         let mut s = uffd::PageServer::new(
             uffd,
             &image.file,
@@ -490,8 +593,8 @@ pub fn restore(
     timings.injected = remote.calls;
     let server = match server {
         Some(s) => {
-            let pidfd = spawned
-                .stub_pidfd
+            let pidfd = stub_pidfd
+                .expect("uffd mode has the stub's pidfd")
                 .try_clone()
                 .map_err(|source| RestoreError::Io {
                     what: "dup pidfd".into(),
@@ -503,15 +606,5 @@ pub fn restore(
     };
     remote.detach()?;
     timings.resume = started.elapsed();
-    guard.0 = None;
-    Ok(RestoredChild {
-        init_pid: spawned.init_pid,
-        pid: spawned.stub_pid,
-        ns_pid: state.pid,
-        pidfd: spawned.stub_pidfd,
-        status: None,
-        server,
-        server_stats: None,
-        timings,
-    })
+    Ok(server)
 }

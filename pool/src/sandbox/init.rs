@@ -118,8 +118,9 @@ fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
 }
 
 /// The restore stub: pid 2 of a sandbox, still privileged, with the protocol
-/// fds 3 and 4 in place, stopped until a restorer takes it over (ptrace) and
-/// turns it into a copy of a snapshot. The restorer drops its privileges.
+/// fds 3 and 4 in place, waiting in `pause()` until a restorer takes it over
+/// (ptrace) and turns it into a copy of a snapshot. The restorer drops its
+/// privileges.
 fn run_stub(spec: &SandboxSpec) -> ! {
     let result = (|| -> Result<(), String> {
         setsid().map_err(ctx("setsid"))?;
@@ -146,10 +147,12 @@ fn run_stub(spec: &SandboxSpec) -> ! {
     }
     // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
-    // Stop until the restorer attaches. Resumed without a restore, there is
-    // nothing to run.
-    let _ = nix::sys::signal::raise(Signal::SIGSTOP);
-    process::exit(126)
+    // Wait in pause() until the restorer seizes the stub and replaces
+    // everything it is; a stub nobody restores just waits to be killed.
+    loop {
+        // SAFETY: pause takes no arguments and only waits for a signal.
+        unsafe { libc::pause() };
+    }
 }
 
 /// Drops privileges and executes the function. Returns only on failure.

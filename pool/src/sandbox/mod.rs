@@ -97,8 +97,9 @@ pub struct SandboxSpec {
     /// boot of a runtime lays out memory alike (snapshots of different boots
     /// and functions then share more pages).
     pub no_aslr: bool,
-    /// Instead of executing `argv`, start a stopped restore stub as pid 2
-    /// (privileged, fds 0-4 in place) for a restorer to turn into a copy.
+    /// Instead of executing `argv`, start a restore stub as pid 2 that waits
+    /// in `pause()` (privileged, fds 0-4 in place) for a restorer to turn
+    /// into a copy.
     pub stub: bool,
     /// Descriptors the launcher placed for the stub besides 0-4 (files the
     /// restorer maps, the image, the executable): the stub keeps them.
