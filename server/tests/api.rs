@@ -292,9 +292,19 @@ async fn forced_cold_boot_serves_from_a_fresh_instance_and_discards_it() {
     assert_eq!(before, after);
     let a = server.invoke("cold", json!({})).await;
     assert_eq!(a.header("x-thaw-start"), "warm");
-    // No snapshot yet: a forced restore is refused.
+    // A forced restore is a fresh copy of the snapshot, discarded after.
     let a = server
         .invoke_raw("cold", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("x-thaw-start"), "restore");
+    let after = server.get("/functions/cold").await.json()["instances"].clone();
+    assert_eq!(before, after);
+    // A version without a snapshot cannot be restored.
+    let threaded = "import threading, time\nthreading.Thread(target=lambda: time.sleep(3600), daemon=True).start()\ndef handler(e, c):\n    return 1\n";
+    server.deploy_ready(function("nosnap", threaded, json!({}))).await;
+    let a = server
+        .invoke_raw("nosnap", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
         .await;
     assert_eq!(a.status, 409, "{}", a.text());
     assert_eq!(a.json()["error"], "no_snapshot");

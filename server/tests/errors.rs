@@ -73,10 +73,10 @@ async fn each_error_kind_is_answered_and_the_server_keeps_serving() {
     let a = server.invoke("bad", json!({"do": "kill"})).await;
     let v = assert_error(&a, 502, "function_crashed");
     assert!(v["message"].as_str().unwrap().contains("SIGKILL"), "{v}");
-    // The crashed instance is replaced.
+    // The crashed instance is replaced (by a copy of the snapshot).
     let a = server.invoke("bad", json!({})).await;
     assert_eq!(a.status, 200);
-    assert_eq!(a.header("x-thaw-start"), "boot");
+    assert_eq!(a.header("x-thaw-start"), "restore");
     good_still_works(&server).await;
 
     let a = server.invoke("bad", json!({"do": "exit"})).await;

@@ -29,11 +29,12 @@ async fn functions_survive_a_restart() {
     let list = server.get("/functions").await.json();
     assert_eq!(list["functions"][0]["name"], "hello");
     assert_eq!(list["functions"][0]["state"], "ready");
-    // No instance exists after a restart: the first call boots, the next is warm.
+    // No instance exists after a restart: the first call is a cold start
+    // (restored from the snapshot), the next is warm.
     let a = server.invoke("hello", json!({"name": "b"})).await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json(), json!({"hi": "b"}));
-    assert_eq!(a.header("x-thaw-start"), "boot");
+    assert_eq!(a.header("x-thaw-start"), "restore");
     let a = server.invoke("hello", json!({"name": "c"})).await;
     assert_eq!(a.header("x-thaw-start"), "warm");
 }
@@ -155,9 +156,9 @@ async fn keep_alive_stops_idle_instances_and_min_instances_keeps_some() {
         v["instances"]["idle"] == 0
     })
     .await;
-    // ...so the next call boots.
+    // ...so the next call is a cold start.
     let a = server.invoke("brief", json!({})).await;
-    assert_eq!(a.header("x-thaw-start"), "boot");
+    assert_eq!(a.header("x-thaw-start"), "restore");
 
     server
         .deploy_ready(function(
