@@ -484,7 +484,8 @@ fn drive(
     plan: &fds::FdPlan,
     options: &RestoreOptions<'_>,
     timings: &mut RestoreTimings,
-) -> Result<Option<std::thread::JoinHandle<Result<uffd::ServerReport, RestoreError>>>, RestoreError> {
+) -> Result<Option<std::thread::JoinHandle<Result<uffd::ServerReport, RestoreError>>>, RestoreError>
+{
     let state = &snapshot.state;
     let started = Instant::now();
     let stub_map = memory::stub_map(remote.pid())?;
@@ -519,9 +520,8 @@ fn drive(
             [(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0],
         )?;
         uffd_in_stub = Some(fd);
-        let pidfd = stub_pidfd.ok_or_else(|| {
-            RestoreError::Unsupported("uffd mode needs the stub's pidfd".into())
-        })?;
+        let pidfd = stub_pidfd
+            .ok_or_else(|| RestoreError::Unsupported("uffd mode needs the stub's pidfd".into()))?;
         let uffd = pidfd_getfd(pidfd, fd as i32)?;
         let mut s = uffd::PageServer::new(
             uffd,
