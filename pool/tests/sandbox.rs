@@ -166,7 +166,10 @@ async fn a_stub_sandbox_holds_a_waiting_privileged_pid_2() {
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    assert!(syscall.starts_with("34 "), "the stub waits in pause: {syscall}");
+    assert!(
+        syscall.starts_with("34 "),
+        "the stub waits in pause: {syscall}"
+    );
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(

@@ -302,7 +302,9 @@ async fn forced_cold_boot_serves_from_a_fresh_instance_and_discards_it() {
     assert_eq!(before, after);
     // A version without a snapshot cannot be restored.
     let threaded = "import threading, time\nthreading.Thread(target=lambda: time.sleep(3600), daemon=True).start()\ndef handler(e, c):\n    return 1\n";
-    server.deploy_ready(function("nosnap", threaded, json!({}))).await;
+    server
+        .deploy_ready(function("nosnap", threaded, json!({})))
+        .await;
     let a = server
         .invoke_raw("nosnap", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
         .await;

@@ -98,8 +98,17 @@ impl SnapshotRestorer {
 
     /// Turns the stub (host pid `stub_pid`, holding [`PreparedCopy::fds`])
     /// into the copy. Blocking; ptrace from the calling thread.
-    pub fn finish(&self, copy: &PreparedCopy, stub_pid: i32) -> Result<RestoreTimings, RestoreError> {
-        restore_into(stub_pid, &copy.snapshot, &copy.prepared, &options(Vec::new()))
+    pub fn finish(
+        &self,
+        copy: &PreparedCopy,
+        stub_pid: i32,
+    ) -> Result<RestoreTimings, RestoreError> {
+        restore_into(
+            stub_pid,
+            &copy.snapshot,
+            &copy.prepared,
+            &options(Vec::new()),
+        )
     }
 }
 
