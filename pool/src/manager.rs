@@ -508,38 +508,16 @@ impl Pool {
         snapshot: &crate::instance::SnapshotSource,
         restorer: &crate::instance::Restorer,
     ) -> Result<Instance, PoolError> {
-        let needed = spec.launch.limits.memory_bytes;
-        self.reserve(needed).await?;
-        *self
-            .state
-            .lock()
-            .unwrap()
-            .booting
-            .entry(key.clone())
-            .or_default() += 1;
-        let result = Instance::restore(
+        let start = Instance::restore(
             &self.config.sandbox,
             &spec.launch,
             snapshot,
             restorer,
             self.config.init_timeout,
             spec.logs.clone(),
-        )
-        .await;
-        let mut st = self.state.lock().unwrap();
-        st.reserved -= needed;
-        if let Some(n) = st.booting.get_mut(key) {
-            *n -= 1;
-            if *n == 0 {
-                st.booting.remove(key);
-            }
-        }
-        let instance = result?;
-        st.live.insert(
-            instance.id().to_string(),
-            (key.clone(), instance.cgroup().clone()),
         );
-        Ok(instance)
+        self.start_within_budget(key, spec, async { start.await.map_err(PoolError::from) })
+            .await
     }
 
     /// Restores that failed and fell back to booting, since the start.
@@ -565,6 +543,25 @@ impl Pool {
     /// Boots a new instance of `key`, within the memory budget (evicting
     /// idle instances of any function first when needed).
     pub async fn boot(&self, key: &FunctionKey, spec: &StartSpec) -> Result<Instance, PoolError> {
+        let start = Instance::boot(
+            &self.config.sandbox,
+            &spec.launch,
+            self.config.init_timeout,
+            spec.logs.clone(),
+        );
+        self.start_within_budget(key, spec, async { start.await.map_err(PoolError::from) })
+            .await
+    }
+
+    /// Runs `start` (a boot or a restore of `key`) with the version's memory
+    /// limit reserved from the budget and the start counted as booting;
+    /// records the new instance as live.
+    async fn start_within_budget(
+        &self,
+        key: &FunctionKey,
+        spec: &StartSpec,
+        start: impl std::future::Future<Output = Result<Instance, PoolError>>,
+    ) -> Result<Instance, PoolError> {
         let needed = spec.launch.limits.memory_bytes;
         self.reserve(needed).await?;
         *self
@@ -574,13 +571,7 @@ impl Pool {
             .booting
             .entry(key.clone())
             .or_default() += 1;
-        let result = Instance::boot(
-            &self.config.sandbox,
-            &spec.launch,
-            self.config.init_timeout,
-            spec.logs.clone(),
-        )
-        .await;
+        let result = start.await;
         let mut st = self.state.lock().unwrap();
         st.reserved -= needed;
         if let Some(n) = st.booting.get_mut(key) {
