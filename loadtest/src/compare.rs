@@ -320,18 +320,24 @@ async fn run_exec(argv: &[String], round: usize) -> Result<Vec<f64>, String> {
     if !output.status.success() {
         return Err(format!("{program:?} failed: {}", output.status));
     }
-    let text = String::from_utf8_lossy(&output.stdout);
+    parse_latencies(&format!("{program:?}"), &output.stdout)
+}
+
+/// Parses a helper's output: one latency in µs per line (blank lines
+/// ignored). `program` names the helper in errors.
+pub fn parse_latencies(program: &str, stdout: &[u8]) -> Result<Vec<f64>, String> {
+    let text = String::from_utf8_lossy(stdout);
     let mut values = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let v: f64 = line
             .parse()
             .ok()
             .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| format!("{program:?} printed {line:?}, not a latency in µs"))?;
+            .ok_or_else(|| format!("{program} printed {line:?}, not a latency in µs"))?;
         values.push(v);
     }
     if values.is_empty() {
-        return Err(format!("{program:?} printed no latencies"));
+        return Err(format!("{program} printed no latencies"));
     }
     Ok(values)
 }

@@ -239,18 +239,5 @@ pub async fn run_exec(argv: &[String], round: usize) -> Result<Vec<f64>, String>
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         ));
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut values = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let v: f64 = line
-            .parse()
-            .ok()
-            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| format!("{program} printed {line:?}, not a latency in µs"))?;
-        values.push(v);
-    }
-    if values.is_empty() {
-        return Err(format!("{program} printed no latencies"));
-    }
-    Ok(values)
+    crate::compare::parse_latencies(&program.to_string(), &output.stdout)
 }
