@@ -130,6 +130,15 @@ pub enum RestoreFailure {
     Copy(String),
 }
 
+impl RestoreFailure {
+    /// Whether the snapshot (or what it depends on: its pages, image, the
+    /// files it maps) is the likely cause, so that it should be rebuilt; a
+    /// sandbox that could not be made says nothing about the snapshot.
+    pub fn blames_snapshot(&self) -> bool {
+        !matches!(self, RestoreFailure::Launch(_))
+    }
+}
+
 /// Invocations that ended the instance.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
@@ -242,7 +251,8 @@ impl Instance {
             reason,
         };
         let (r, id) = (restorer.clone(), snapshot.id.clone());
-        let copy = tokio::task::spawn_blocking(move || r.prepare(&id))
+        let paths = crate::restore::fds::PathMap(spec.host_paths());
+        let copy = tokio::task::spawn_blocking(move || r.prepare_mapped(&id, &paths))
             .await
             .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
             .map_err(|e| failed(e.to_string()))?;

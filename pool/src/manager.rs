@@ -138,8 +138,10 @@ pub struct PoolConfig {
     pub on_restore_failure: Option<RestoreFailureHook>,
 }
 
-/// Called with the version and the reason when a restore failed.
-pub type RestoreFailureHook = Arc<dyn Fn(&FunctionKey, &str) + Send + Sync>;
+/// Called with the version, the snapshot id and the reason when a restore
+/// failed in a way that blames the snapshot (not when the sandbox could not
+/// be made, see [`crate::instance::RestoreFailure::blames_snapshot`]).
+pub type RestoreFailureHook = Arc<dyn Fn(&FunctionKey, &str, &str) + Send + Sync>;
 
 /// How a forced cold start must start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -484,8 +486,10 @@ impl Pool {
                             "restore failed; booting instead"
                         );
                     }
-                    if let Some(hook) = &self.config.on_restore_failure {
-                        hook(key, &e.to_string());
+                    if let (Some(hook), true) =
+                        (&self.config.on_restore_failure, e.blames_snapshot())
+                    {
+                        hook(key, &snapshot.id, &e.to_string());
                     }
                     if cold == Some(Cold::Restore) {
                         return Err((PoolError::Restore(e), StartKind::Restore));

@@ -4,6 +4,7 @@
 //! * [`spec`]: the deploy request and its validation.
 //! * [`registry`]: function records and code in the data directory.
 //! * [`snapshots`]: capturing a warmed version into the page store.
+//! * [`rebuild`]: rebuilding a snapshot after a restore of it failed.
 //! * [`service`]: deploy, version routing, invoke, delete.
 //! * [`api`]: the axum router over the service.
 //! * [`auth`]: API tokens and roles.
@@ -22,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod logstore;
 pub mod metrics;
+pub mod rebuild;
 pub mod registry;
 pub mod serve;
 pub mod service;

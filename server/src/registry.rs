@@ -78,6 +78,13 @@ pub struct VersionRecord {
     pub snapshot: Option<crate::snapshots::SnapshotInfo>,
     /// Unix time of the deploy, ms.
     pub created_ms: u64,
+    /// The last restore of its snapshot that failed, and the rebuild it
+    /// started (see [`crate::rebuild`]).
+    #[serde(default)]
+    pub restore_failure: Option<crate::rebuild::RestoreFailureNote>,
+    /// Snapshots rebuilt after failed restores.
+    #[serde(default)]
+    pub rebuilds: u32,
 }
 
 /// A function with all its versions, as stored in `function.json`.

@@ -152,6 +152,8 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         store.clone(),
     )
     .context("setting up the restorer")?;
+    // Failed restores reach the service, which rebuilds the snapshot.
+    let (failures, failures_rx) = tokio::sync::mpsc::unbounded_channel();
     let budget = opts.memory_budget.unwrap_or(total_memory() / 4 * 3);
     let pool = Pool::new(PoolConfig {
         sandbox: SandboxConfig {
@@ -166,7 +168,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         memory_budget: budget,
         init_timeout: Duration::from_secs(120),
         restorer: Some(Arc::new(restorer)),
-        on_restore_failure: None,
+        on_restore_failure: Some(crate::rebuild::hook(failures)),
     });
     let registry = Registry::open(&data_dir)?;
     let service = Service::new(
@@ -184,6 +186,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         LogStore::new(opts.logs),
         store.clone(),
     );
+    service.run_rebuilds(failures_rx);
     let n = service.recover().context("loading functions")?;
     tracing::info!(functions = n, data_dir = %data_dir.display(), "loaded");
 

@@ -162,10 +162,10 @@ impl From<RegistryError> for ApiError {
 
 /// A version in memory: its record and how to start it.
 #[derive(Debug, Clone)]
-struct Version {
-    record: VersionRecord,
-    key: FunctionKey,
-    start: StartSpec,
+pub(crate) struct Version {
+    pub(crate) record: VersionRecord,
+    pub(crate) key: FunctionKey,
+    pub(crate) start: StartSpec,
 }
 
 /// What `GET /functions/:id` answers.
@@ -183,6 +183,9 @@ pub struct FunctionView {
     pub instances: Counts,
     /// The snapshot (none until snapshots exist).
     pub snapshot: Option<serde_json::Value>,
+    /// The newest version's last failed restore and its rebuild (why cold
+    /// starts boot instead of restoring), if any.
+    pub restore_failure: Option<crate::rebuild::RestoreFailureNote>,
     /// Memory charged to its instances' cgroups, bytes.
     pub memory_bytes: u64,
     /// RSS, PSS and USS summed over its instances.
@@ -208,6 +211,8 @@ pub struct VersionView {
     pub created_ms: u64,
     /// Instance counts.
     pub instances: Counts,
+    /// Its last failed restore, if any.
+    pub restore_failure: Option<crate::rebuild::RestoreFailureNote>,
 }
 
 /// The control plane.
@@ -225,7 +230,7 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     /// The content-addressed page store.
     pub store: Arc<snapshotter::store::PageStore>,
-    functions: Arc<RwLock<BTreeMap<String, Vec<Version>>>>,
+    pub(crate) functions: Arc<RwLock<BTreeMap<String, Vec<Version>>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -236,7 +241,7 @@ impl std::fmt::Debug for Service {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -438,6 +443,8 @@ impl Service {
             error: None,
             snapshot: None,
             created_ms: now_ms(),
+            restore_failure: None,
+            rebuilds: 0,
         };
         let version = self.version_of(&name, record);
         {
@@ -474,7 +481,7 @@ impl Service {
     }
 
     async fn warm_up(&self, v: &Version) -> (VersionState, Option<String>, Option<SnapshotInfo>) {
-        let mut instance = match self.pool.boot(&v.key, &v.start).await {
+        let instance = match self.pool.boot(&v.key, &v.start).await {
             Ok(i) => i,
             Err(PoolError::Boot(BootError::Init {
                 error_type,
@@ -499,6 +506,36 @@ impl Service {
             }
         };
         self.set_progress(&v.key, VersionState::Warming);
+        let instance = match self.run_warmup(v, instance).await {
+            Ok(i) => i,
+            Err(message) => return (VersionState::Failed, Some(message), None),
+        };
+        self.set_progress(&v.key, VersionState::Snapshotting);
+        let id = snapshots::snapshot_id(&v.key.name, v.key.version, v.key.uid);
+        let result = self.snapshot(v, &instance, id).await;
+        // The captured original stays on as a warm instance.
+        self.pool.release(&v.key, instance).await;
+        match result {
+            Ok(info) => (VersionState::Ready, None, Some(info)),
+            Err(e) => {
+                tracing::warn!(function = %v.key.name, version = v.key.version, error = %e, "snapshot failed; the version boots instead");
+                (
+                    VersionState::Ready,
+                    Some(format!("snapshot failed: {e}")),
+                    None,
+                )
+            }
+        }
+    }
+
+    /// Runs the version's warm-up events on a fresh instance. On error the
+    /// instance is released or discarded and the message says which event
+    /// failed and how.
+    pub(crate) async fn run_warmup(
+        &self,
+        v: &Version,
+        mut instance: pool::instance::Instance,
+    ) -> Result<pool::instance::Instance, String> {
         let timeout = Duration::from_millis(v.record.spec.timeout_ms);
         for (i, event) in v.record.spec.warmup.iter().enumerate() {
             let inv = Invocation {
@@ -517,54 +554,32 @@ impl Service {
                     ..
                 }) => {
                     self.pool.release(&v.key, instance).await;
-                    return (
-                        VersionState::Failed,
-                        Some(format!(
-                            "warm-up event {} raised {error_type}: {message}",
-                            i + 1
-                        )),
-                        None,
-                    );
+                    return Err(format!(
+                        "warm-up event {} raised {error_type}: {message}",
+                        i + 1
+                    ));
                 }
                 Err(e) => {
                     self.pool.discard(instance).await;
-                    return (
-                        VersionState::Failed,
-                        Some(format!("warm-up event {} failed: {e}", i + 1)),
-                        None,
-                    );
+                    return Err(format!("warm-up event {} failed: {e}", i + 1));
                 }
             }
         }
-        self.set_progress(&v.key, VersionState::Snapshotting);
-        let result = self.snapshot(v, &instance).await;
-        // The captured original stays on as a warm instance.
-        self.pool.release(&v.key, instance).await;
-        match result {
-            Ok(info) => (VersionState::Ready, None, Some(info)),
-            Err(e) => {
-                tracing::warn!(function = %v.key.name, version = v.key.version, error = %e, "snapshot failed; the version boots instead");
-                (
-                    VersionState::Ready,
-                    Some(format!("snapshot failed: {e}")),
-                    None,
-                )
-            }
-        }
+        Ok(instance)
     }
 
     /// Captures an idle instance of `v`.
-    async fn snapshot(
+    pub(crate) async fn snapshot(
         &self,
         v: &Version,
         instance: &pool::instance::Instance,
+        id: String,
     ) -> Result<SnapshotInfo, SnapshotError> {
         let pid = instance
             .runtime_host_pid()
             .ok_or(SnapshotError::NoProcess)?;
         let store = self.store.clone();
         let dir = snapshots::snapshots_dir(&self.config.data_dir);
-        let id = snapshots::snapshot_id(&v.key.name, v.key.version, v.key.uid);
         let info = tokio::task::spawn_blocking(move || snapshots::take(&store, &dir, &id, pid))
             .await
             .map_err(|e| SnapshotError::Task(e.to_string()))??;
@@ -678,6 +693,7 @@ impl Service {
                     error: v.record.error.clone(),
                     created_ms: v.record.created_ms,
                     instances: c,
+                    restore_failure: v.record.restore_failure.clone(),
                 }
             })
             .collect();
@@ -692,6 +708,7 @@ impl Service {
                 .snapshot
                 .as_ref()
                 .map(|s| serde_json::to_value(s).expect("snapshot info serialises")),
+            restore_failure: latest.record.restore_failure.clone(),
             memory_bytes: memory,
             memory: instance_list
                 .iter()

@@ -199,6 +199,14 @@ async fn a_corrupt_store_object_falls_back_to_boot_and_says_why() {
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.header("x-thaw-start"), "boot", "fell back to booting");
     assert_eq!(a.json()["calls"], 1, "a fresh boot");
+    // The version says why, and the snapshot is marked for rebuild.
+    let v = server.get("/functions/counter").await.json();
+    let note = &v["restore_failure"];
+    assert!(
+        note["reason"].as_str().unwrap_or("").contains("corrupt"),
+        "{v}"
+    );
+    assert!(note["rebuild"].is_string(), "{note}");
     let metrics = server.get("/metrics").await.text();
     assert!(
         metrics

@@ -50,6 +50,7 @@ enum Check {
 
 fn open_checked(
     path: &str,
+    host: &str,
     write: bool,
     extra_flags: i32,
     identity: Option<&FileIdentity>,
@@ -59,9 +60,13 @@ fn open_checked(
         .read(true)
         .write(write)
         .custom_flags(extra_flags | libc::O_CLOEXEC)
-        .open(path)
+        .open(host)
         .map_err(|source| RestoreError::Io {
-            what: format!("open {path}"),
+            what: if host == path {
+                format!("open {path}")
+            } else {
+                format!("open {path} (here {host})")
+            },
             source,
         })?;
     if let Some(id) = identity {
@@ -101,12 +106,35 @@ fn open_checked(
     Ok(file)
 }
 
+/// Where the copy's paths are on the restorer's side: `(prefix, host
+/// directory)` pairs, the copy's `prefix/x` being the host's `dir/x` (a
+/// sandbox's `/var/task` is its function's code folder). Paths under no
+/// prefix are the same on both sides.
+#[derive(Debug, Clone, Default)]
+pub struct PathMap(pub Vec<(String, std::path::PathBuf)>);
+
+impl PathMap {
+    /// The restorer's path for the copy's `path`.
+    pub fn host(&self, path: &str) -> std::borrow::Cow<'_, str> {
+        for (prefix, dir) in &self.0 {
+            if let Some(rest) = path.strip_prefix(prefix.as_str()) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return format!("{}{rest}", dir.display()).into();
+                }
+            }
+        }
+        path.to_string().into()
+    }
+}
+
 /// Opens what the copy needs; `supplied` are the caller's descriptors by
-/// copy fd number, `image` the snapshot's image.
+/// copy fd number, `image` the snapshot's image, `paths` where the copy's
+/// paths are here.
 pub fn plan(
     state: &ProcessState,
     supplied: &[(i32, BorrowedFd<'_>)],
     image: RawFd,
+    paths: &PathMap,
 ) -> Result<FdPlan, RestoreError> {
     let mut held: Vec<OwnedFd> = Vec::new();
     let mut moves = Vec::new();
@@ -129,14 +157,28 @@ pub fn plan(
                 position,
                 identity,
             } => {
-                let file = open_checked(path, write, status, Some(identity), Check::Same)?;
+                let file = open_checked(
+                    path,
+                    &paths.host(path),
+                    write,
+                    status,
+                    Some(identity),
+                    Check::Same,
+                )?;
                 seek(&file, path, *position)?;
                 file
             }
-            FdKind::Directory { path, .. } => {
-                open_checked(path, false, libc::O_DIRECTORY, None, Check::Same)?
+            FdKind::Directory { path, .. } => open_checked(
+                path,
+                &paths.host(path),
+                false,
+                libc::O_DIRECTORY,
+                None,
+                Check::Same,
+            )?,
+            FdKind::Device { path, .. } => {
+                open_checked(path, &paths.host(path), write, status, None, Check::Same)?
             }
-            FdKind::Device { path, .. } => open_checked(path, write, status, None, Check::Same)?,
             FdKind::ProtocolPipe { .. } => {
                 return Err(RestoreError::FdNotSupplied {
                     fd: saved.fd,
@@ -182,7 +224,8 @@ pub fn plan(
                 } else {
                     Check::Unchanged
                 };
-                let file = open_checked(path, write, 0, area.file.as_ref(), check)?;
+                let file =
+                    open_checked(path, &paths.host(path), write, 0, area.file.as_ref(), check)?;
                 let fd = OwnedFd::from(file);
                 moves.push((fd.as_raw_fd(), next));
                 held.push(fd);
@@ -197,6 +240,7 @@ pub fn plan(
     moves.push((image, image_fd));
     let exe = open_checked(
         &state.mm.exe_path,
+        &paths.host(&state.mm.exe_path),
         false,
         0,
         Some(&state.mm.exe),

@@ -376,6 +376,17 @@ pub fn prepare(
     store: &PageStore,
     options: &RestoreOptions<'_>,
 ) -> Result<Prepared, RestoreError> {
+    prepare_mapped(snapshot, store, options, &fds::PathMap::default())
+}
+
+/// [`prepare`] for a copy whose paths are elsewhere here (`paths`): a
+/// snapshot taken in a sandbox names its code as `/var/task/...`.
+pub fn prepare_mapped(
+    snapshot: &Snapshot,
+    store: &PageStore,
+    options: &RestoreOptions<'_>,
+    paths: &fds::PathMap,
+) -> Result<Prepared, RestoreError> {
     let started = Instant::now();
     let image = {
         // The store builds a missing image under a temporary name made of
@@ -385,7 +396,7 @@ pub fn prepare(
         let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
         store.image(&snapshot.id)?
     };
-    let plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
+    let plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd(), paths)?;
     Ok(Prepared {
         image,
         plan,

@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex};
 use snapshotter::snapshot::{load_snapshot, Snapshot};
 use snapshotter::store::PageStore;
 
-use super::{prepare, restore_into, Mode, Prepared, RestoreError, RestoreOptions, RestoreTimings};
+use super::fds::PathMap;
+use super::{
+    prepare_mapped, restore_into, Mode, Prepared, RestoreError, RestoreOptions, RestoreTimings,
+};
 
 /// Restores snapshots of one installation into sandbox stubs.
 #[derive(Debug)]
@@ -81,6 +84,12 @@ impl SnapshotRestorer {
 
     /// Loads the snapshot and opens everything its copy needs. Blocking.
     pub fn prepare(&self, id: &str) -> Result<PreparedCopy, RestoreError> {
+        self.prepare_mapped(id, &PathMap::default())
+    }
+
+    /// [`SnapshotRestorer::prepare`] for a copy whose sandbox mounts some
+    /// host directories elsewhere (see `LaunchSpec::host_paths`).
+    pub fn prepare_mapped(&self, id: &str, paths: &PathMap) -> Result<PreparedCopy, RestoreError> {
         let snapshot = self.snapshot(id)?;
         // fds 0-4 of the copy are the sandbox's (stdin, log pipes, protocol
         // pipes): stand-ins here, never moved.
@@ -92,7 +101,7 @@ impl SnapshotRestorer {
             .map(|f| (f.fd, self.devnull.as_fd()))
             .collect();
         let options = options(fds);
-        let prepared = prepare(&snapshot, &self.store, &options)?;
+        let prepared = prepare_mapped(&snapshot, &self.store, &options, paths)?;
         Ok(PreparedCopy { snapshot, prepared })
     }
 

@@ -98,6 +98,20 @@ pub enum SandboxExit {
     Signaled(i32),
 }
 
+impl LaunchSpec {
+    /// Where paths the function sees under its own mounts are on the host
+    /// (`/var/task` and `/var/runtime`), for a restorer that opens, on the
+    /// host, the files a snapshot taken in such a sandbox maps. Every other
+    /// path of the read-only root is the host's own.
+    pub fn host_paths(&self) -> Vec<(String, PathBuf)> {
+        let mut out = vec![("/var/task".to_string(), self.code_dir.clone())];
+        if let Some(dir) = &self.runtime_dir {
+            out.push(("/var/runtime".to_string(), dir.clone()));
+        }
+        out
+    }
+}
+
 impl SandboxExit {
     fn from_status(status: ExitStatus) -> SandboxExit {
         use std::os::unix::process::ExitStatusExt;
