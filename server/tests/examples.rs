@@ -31,7 +31,7 @@ async fn five_examples_snapshot_share_pages_and_answer() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut args = Vec::new();
+    let mut args = vec!["--allow-forced-cold".to_string()];
     for name in EXAMPLES {
         args.push("--deploy".to_string());
         args.push(root.join(name).display().to_string());
@@ -80,9 +80,24 @@ async fn five_examples_snapshot_share_pages_and_answer() {
         ("numpy-pandas", json!({"store": 3}), "store_rows"),
     ];
     for (name, event, field) in checks {
-        let a = server.invoke(name, event).await;
+        let a = server.invoke(name, event.clone()).await;
         assert_eq!(a.status, 200, "{name}: {}", a.text());
         assert!(a.json().get(field).is_some(), "{name}: {}", a.text());
+        // A restored copy gives the same answer as the warm original.
+        let r = server
+            .invoke_raw(
+                name,
+                serde_json::to_vec(&event).unwrap(),
+                &[("x-thaw-cold", "restore")],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{name} restored: {}", r.text());
+        assert_eq!(r.header("x-thaw-start"), "restore", "{name}");
+        assert_eq!(
+            r.json()[field],
+            a.json()[field],
+            "{name}: the copy answers as the original"
+        );
     }
     assert_eq!(
         server
