@@ -29,6 +29,8 @@ def cpus():
 def handler(event, context):
     global CALLS
     CALLS += 1
+    if event.get("die"):
+        os.kill(os.getpid(), 9)
     if event.get("sleep"):
         time.sleep(event["sleep"])
     out = {"calls": CALLS}
@@ -320,5 +322,27 @@ async fn clocks_cpus_pids_and_exe_are_right_in_a_copy() {
         );
         assert!(copy["exe"].as_str().unwrap().contains("python3"), "{copy}");
         assert_ne!(copy["uid"], 0, "{mode}: the copy runs unprivileged");
+    }
+}
+
+#[tokio::test]
+async fn a_copy_that_kills_itself_crashes_for_real() {
+    require_root!();
+    // The copy is pid 2 under a tiny init: SIGKILL sent from inside kills
+    // it (a pid 1 would ignore it).
+    for mode in modes() {
+        let server = server_for(mode);
+        deploy(&server, json!({})).await;
+        let a = restore(&server, json!({"die": true})).await;
+        assert_eq!(a.status, 502, "{mode}: {}", a.text());
+        assert_eq!(
+            a.json()["error"],
+            "function_crashed",
+            "{mode}: {}",
+            a.text()
+        );
+        let a = restore(&server, json!({})).await;
+        assert_eq!(a.status, 200, "{mode}: the next copy is fine: {}", a.text());
+        assert_eq!(a.json()["calls"], 4);
     }
 }
