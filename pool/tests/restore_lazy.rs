@@ -1,7 +1,8 @@
 //! What a copy does with its memory after the restore: madvise, mremap,
-//! munmap (restore_support/lazy.c), in both modes. In uffd mode a range
-//! freed with MADV_DONTNEED reads zeros; in mmap mode it refills from the
-//! image (the known limitation of MAP_PRIVATE image memory, see DESIGN.md).
+//! munmap (restore_support/lazy.c), in both modes. A range freed with
+//! MADV_DONTNEED reads zeros and a grown area has zeros in its new part
+//! (uffd: the page server; mmap: the anonymous-memory guard, see
+//! pool::restore::anon).
 
 mod restore_support;
 

@@ -24,9 +24,11 @@
 //!
 //! Modules: [`spawn`] (init and stub), [`remote`] (driving the stub),
 //! [`batch`] (tables of system calls),
-//! [`memory`] (the address space), [`thread`] (kernel state and registers),
+//! [`memory`] (the address space), [`anon`] (anonymous-memory semantics
+//! in mmap mode), [`thread`] (kernel state and registers),
 //! [`fds`] (descriptors and mapped files).
 
+pub mod anon;
 pub mod batch;
 pub mod fds;
 pub mod memory;
@@ -501,6 +503,16 @@ fn drive(
     let started = Instant::now();
     let stub_map = memory::stub_map(remote.pid())?;
     let places = memory::prepare_scratch(&mut remote, &stub_map, &state.areas)?;
+    // mmap mode: the guard that keeps anonymous-memory semantics (refuses
+    // the restore when it cannot).
+    let guard = match options.mode {
+        Mode::Mmap => Some(anon::Guard::plan(
+            state,
+            &image.file,
+            &[(places.scratch, places.scratch + batch::SCRATCH_LEN)],
+        )?),
+        Mode::Uffd => None,
+    };
     let mut batch = Batch::new(places.scratch);
     thread::unregister_rseq(&remote, &mut batch)?;
     let syscall_at = memory::clear_and_move_specials(
@@ -518,8 +530,14 @@ fn drive(
         lazy: options.mode == Mode::Uffd,
     };
     memory::map_areas(&mut batch, &state.areas, &snapshot.areas, &sources)?;
+    if let Some(g) = &guard {
+        g.map(&mut batch);
+    }
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
+    if let Some(g) = &guard {
+        g.write(&remote)?;
+    }
     remote.set_syscall_address(syscall_at);
     timings.batch = started.elapsed();
     let mut server = None;
@@ -586,6 +604,9 @@ fn drive(
     thread::register_rseq(&mut batch, &state.rseq);
     thread::set_thread(&mut batch, state)?;
     thread::set_attributes(&remote, &mut batch, state)?;
+    if let Some(g) = &guard {
+        g.install(&mut batch)?;
+    }
     thread::set_credentials(&mut batch, state)?;
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
