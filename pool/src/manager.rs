@@ -1,6 +1,12 @@
 //! The pool: idle instances per function version, booting on demand,
 //! keep-alive, `min_instances`, per-function concurrency with a bounded
 //! queue, and the global memory budget.
+//!
+//! Memory accounting and the budget's rule live in [`accounting`]; keeping
+//! `min_instances` copies in [`fill`].
+
+mod accounting;
+mod fill;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +16,6 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::cgroup::Cgroup;
 use crate::instance::{BootError, Instance, Invocation, InvokeError, Outcome};
 use crate::logs::LogSink;
 use crate::sandbox::{LaunchSpec, SandboxConfig};
@@ -143,6 +148,16 @@ pub struct PoolConfig {
 /// be made, see [`crate::instance::RestoreFailure::blames_snapshot`]).
 pub type RestoreFailureHook = Arc<dyn Fn(&FunctionKey, &str, &str) + Send + Sync>;
 
+/// Which idle instances a start may evict to fit the memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// Any idle instance (an invocation waits for this start).
+    AnyIdle,
+    /// Only idle instances beyond their version's `min_instances` (a
+    /// `min_instances` copy never displaces another).
+    Spare,
+}
+
 /// How a forced cold start must start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cold {
@@ -171,13 +186,17 @@ struct State {
     booting: HashMap<FunctionKey, usize>,
     /// Memory reserved by instances that are booting, bytes.
     reserved: u64,
-    /// cgroups of every live instance, by sandbox id.
-    live: HashMap<String, (FunctionKey, Cgroup)>,
+    /// Every live instance, by sandbox id.
+    live: HashMap<String, accounting::Live>,
     gates: HashMap<String, Arc<Gate>>,
     /// Versions whose instances must not be kept.
     retired: std::collections::HashSet<FunctionKey>,
     /// How each registered version is kept.
     specs: HashMap<FunctionKey, StartSpec>,
+    /// Versions a `min_instances` filler is working on.
+    filling: std::collections::HashSet<FunctionKey>,
+    /// When every live instance's memory was last measured.
+    sampled_at: Option<Instant>,
     closed: bool,
 }
 
@@ -186,9 +205,15 @@ struct State {
 pub struct InstanceInfo {
     /// Sandbox id.
     pub id: String,
+    /// Its version.
+    pub version: u64,
     /// `idle` or `busy`.
     pub state: &'static str,
-    /// Memory of its processes.
+    /// How it started: `restore` or `boot`.
+    pub start: &'static str,
+    /// Memory of all its sandbox's processes (init, the function and its
+    /// children) when last measured (zero until the first measurement,
+    /// right after it started).
     pub memory: crate::memory::MemoryUse,
 }
 
@@ -287,27 +312,6 @@ impl Pool {
         &self.config
     }
 
-    /// Memory used by all live instances plus reservations, bytes.
-    pub fn memory_used(&self) -> u64 {
-        let st = self.state.lock().unwrap();
-        let used: u64 = st
-            .live
-            .values()
-            .map(|(_, cg)| cg.memory_current().unwrap_or(0))
-            .sum();
-        used + st.reserved
-    }
-
-    /// Memory used by the live instances of one version, bytes.
-    pub fn memory_of(&self, key: &FunctionKey) -> u64 {
-        let st = self.state.lock().unwrap();
-        st.live
-            .values()
-            .filter(|(k, _)| k == key)
-            .map(|(_, cg)| cg.memory_current().unwrap_or(0))
-            .sum()
-    }
-
     /// Instance counts of one version.
     pub fn counts(&self, key: &FunctionKey) -> Counts {
         let st = self.state.lock().unwrap();
@@ -326,40 +330,6 @@ impl Pool {
             busy: st.busy.values().sum(),
             booting: st.booting.values().sum(),
         }
-    }
-
-    /// Every live instance of `key` with its state and memory (RSS, PSS,
-    /// USS of all its sandbox's processes).
-    pub fn instances(&self, key: &FunctionKey) -> Vec<InstanceInfo> {
-        let list: Vec<(String, Cgroup, bool)> = {
-            let st = self.state.lock().unwrap();
-            let idle: std::collections::HashSet<&str> = st
-                .idle
-                .get(key)
-                .map(|l| l.iter().map(|i| i.instance.id()).collect())
-                .unwrap_or_default();
-            st.live
-                .iter()
-                .filter(|(_, (k, _))| k == key)
-                .map(|(id, (_, cg))| (id.clone(), cg.clone(), idle.contains(id.as_str())))
-                .collect()
-        };
-        let mut out: Vec<InstanceInfo> = list
-            .into_iter()
-            .map(|(id, cg, idle)| InstanceInfo {
-                id,
-                state: if idle { "idle" } else { "busy" },
-                memory: crate::memory::of_pids(&cg.pids()),
-            })
-            .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
-    }
-
-    /// Host pids of every live sandbox (for tests and clean-up checks).
-    pub fn pids(&self) -> Vec<i32> {
-        let st = self.state.lock().unwrap();
-        st.live.values().flat_map(|(_, cg)| cg.pids()).collect()
     }
 
     fn gate(&self, name: &str, spec: &StartSpec) -> Arc<Gate> {
@@ -429,7 +399,7 @@ impl Pool {
         };
         let (mut instance, start) = match warm {
             Some(instance) => (instance, StartKind::Warm),
-            None => match self.cold_start(key, spec, cold).await {
+            None => match self.cold_start(key, spec, cold, Room::AnyIdle).await {
                 Ok(started) => started,
                 Err((e, kind)) => return Err(fail(e, Some(kind), t0.elapsed())),
             },
@@ -466,12 +436,13 @@ impl Pool {
         key: &FunctionKey,
         spec: &StartSpec,
         cold: Option<Cold>,
+        room: Room,
     ) -> Result<(Instance, StartKind), (PoolError, StartKind)> {
         let restorer = self.config.restorer.as_ref();
         if let (Some(snapshot), Some(restorer), false) =
             (&spec.snapshot, restorer, cold == Some(Cold::Boot))
         {
-            match self.restore(key, spec, snapshot, restorer).await {
+            match self.restore(key, spec, snapshot, restorer, room).await {
                 Ok(instance) => return Ok((instance, StartKind::Restore)),
                 Err(PoolError::Restore(e)) => {
                     self.restore_failures.fetch_add(1, Ordering::Relaxed);
@@ -498,7 +469,7 @@ impl Pool {
                 Err(e) => return Err((e, StartKind::Restore)),
             }
         }
-        self.boot(key, spec)
+        self.boot_in(key, spec, room)
             .await
             .map(|i| (i, StartKind::Boot))
             .map_err(|e| (e, StartKind::Boot))
@@ -511,6 +482,7 @@ impl Pool {
         spec: &StartSpec,
         snapshot: &crate::instance::SnapshotSource,
         restorer: &crate::instance::Restorer,
+        room: Room,
     ) -> Result<Instance, PoolError> {
         let start = Instance::restore(
             &self.config.sandbox,
@@ -520,8 +492,10 @@ impl Pool {
             self.config.init_timeout,
             spec.logs.clone(),
         );
-        self.start_within_budget(key, spec, async { start.await.map_err(PoolError::from) })
-            .await
+        self.start_within_budget(key, spec, StartKind::Restore, room, async {
+            start.await.map_err(PoolError::from)
+        })
+        .await
     }
 
     /// Restores that failed and fell back to booting, since the start.
@@ -547,27 +521,42 @@ impl Pool {
     /// Boots a new instance of `key`, within the memory budget (evicting
     /// idle instances of any function first when needed).
     pub async fn boot(&self, key: &FunctionKey, spec: &StartSpec) -> Result<Instance, PoolError> {
+        self.boot_in(key, spec, Room::AnyIdle).await
+    }
+
+    /// [`Pool::boot`], making room as `room` allows.
+    async fn boot_in(
+        &self,
+        key: &FunctionKey,
+        spec: &StartSpec,
+        room: Room,
+    ) -> Result<Instance, PoolError> {
         let start = Instance::boot(
             &self.config.sandbox,
             &spec.launch,
             self.config.init_timeout,
             spec.logs.clone(),
         );
-        self.start_within_budget(key, spec, async { start.await.map_err(PoolError::from) })
-            .await
+        self.start_within_budget(key, spec, StartKind::Boot, room, async {
+            start.await.map_err(PoolError::from)
+        })
+        .await
     }
 
     /// Runs `start` (a boot or a restore of `key`) with the version's memory
-    /// limit reserved from the budget and the start counted as booting;
-    /// records the new instance as live.
+    /// limit reserved from the budget (making room as `room` allows) and the
+    /// start counted as booting; records the new instance as live and has
+    /// its memory measured in the background.
     async fn start_within_budget(
         &self,
         key: &FunctionKey,
         spec: &StartSpec,
+        kind: StartKind,
+        room: Room,
         start: impl std::future::Future<Output = Result<Instance, PoolError>>,
     ) -> Result<Instance, PoolError> {
         let needed = spec.launch.limits.memory_bytes;
-        self.reserve(needed).await?;
+        self.reserve(needed, room).await?;
         *self
             .state
             .lock()
@@ -587,44 +576,11 @@ impl Pool {
         let instance = result?;
         st.live.insert(
             instance.id().to_string(),
-            (key.clone(), instance.cgroup().clone()),
+            accounting::Live::new(key.clone(), instance.cgroup().clone(), kind, needed),
         );
+        drop(st);
+        self.spawn_sample(instance.id());
         Ok(instance)
-    }
-
-    async fn reserve(&self, needed: u64) -> Result<(), PoolError> {
-        loop {
-            let used = self.memory_used();
-            let budget = self.config.memory_budget;
-            if used + needed <= budget {
-                self.state.lock().unwrap().reserved += needed;
-                return Ok(());
-            }
-            // Evict the idle instance that has waited longest, of any function.
-            let victim = {
-                let mut st = self.state.lock().unwrap();
-                let oldest = st
-                    .idle
-                    .iter()
-                    .filter_map(|(k, v)| v.first().map(|i| (k.clone(), i.since)))
-                    .min_by_key(|(_, since)| *since)
-                    .map(|(k, _)| k);
-                oldest.and_then(|k| {
-                    let list = st.idle.get_mut(&k)?;
-                    Some(list.remove(0).instance)
-                })
-            };
-            match victim {
-                Some(instance) => self.discard(instance).await,
-                None => {
-                    return Err(PoolError::MemoryBudget {
-                        needed: needed >> 20,
-                        free: budget.saturating_sub(used) >> 20,
-                        budget: budget >> 20,
-                    })
-                }
-            }
-        }
     }
 
     /// Puts a healthy instance back to wait for work.
@@ -672,7 +628,7 @@ impl Pool {
             let keys: Vec<FunctionKey> = st
                 .live
                 .values()
-                .map(|(k, _)| k.clone())
+                .map(|l| l.key.clone())
                 .chain(st.idle.keys().cloned())
                 .chain(st.specs.keys().cloned())
                 .filter(|k| k.name == name)
@@ -709,7 +665,8 @@ impl Pool {
         }
     }
 
-    /// Keep-alive and `min_instances`: run periodically.
+    /// Keep-alive, `min_instances` and memory measurements: run
+    /// periodically.
     async fn maintain(&self) {
         let now = Instant::now();
         let (expired, missing) = {
@@ -732,43 +689,16 @@ impl Pool {
                 }
             }
             st.idle.retain(|_, list| !list.is_empty());
-            let mut missing = Vec::new();
-            for (key, spec) in &st.specs {
-                if st.retired.contains(key) {
-                    continue;
-                }
-                let have = st.idle.get(key).map_or(0, Vec::len)
-                    + st.busy.get(key).copied().unwrap_or(0)
-                    + st.booting.get(key).copied().unwrap_or(0);
-                for _ in have..spec.min_instances {
-                    missing.push((key.clone(), spec.clone()));
-                }
-            }
+            let missing = fill::claim_missing(st);
             (expired, missing)
         };
         for instance in expired {
             self.discard(instance).await;
         }
-        for (key, spec) in missing {
-            let pool = self.clone();
-            tokio::spawn(async move {
-                match pool.boot(&key, &spec).await {
-                    Ok(instance) => pool.release(&key, instance).await,
-                    Err(e) => {
-                        let limit_key = format!("min_instances:{}", key.name);
-                        if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow(&limit_key) {
-                            tracing::warn!(
-                                function = %key.name,
-                                version = key.version,
-                                error = %e,
-                                suppressed,
-                                "min_instances boot failed"
-                            );
-                        }
-                    }
-                }
-            });
+        for key in missing {
+            tokio::spawn(self.clone().fill(key));
         }
+        self.sample_if_due(now).await;
     }
 
     /// Stops every instance; the pool keeps none from now on.

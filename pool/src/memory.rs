@@ -16,6 +16,13 @@ pub struct MemoryUse {
     pub uss: u64,
 }
 
+impl MemoryUse {
+    /// The three figures with their names: `rss`, `pss`, `uss`.
+    pub fn kinds(&self) -> [(&'static str, u64); 3] {
+        [("rss", self.rss), ("pss", self.pss), ("uss", self.uss)]
+    }
+}
+
 impl std::ops::AddAssign for MemoryUse {
     fn add_assign(&mut self, o: MemoryUse) {
         self.rss += o.rss;

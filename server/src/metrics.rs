@@ -36,6 +36,32 @@ pub struct MemoryLabels {
     pub kind: String,
 }
 
+/// Labels of a version's memory.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionMemoryLabels {
+    /// Function name.
+    pub function: String,
+    /// Version number.
+    pub version: String,
+    /// `rss`, `pss` or `uss`.
+    pub kind: String,
+}
+
+/// Labels of one instance's memory.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceMemoryLabels {
+    /// Function name.
+    pub function: String,
+    /// Version number.
+    pub version: String,
+    /// Sandbox id.
+    pub instance: String,
+    /// How it started: `restore` or `boot`.
+    pub start: String,
+    /// `rss`, `pss` or `uss`.
+    pub kind: String,
+}
+
 /// Labels by instance state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -60,7 +86,7 @@ pub struct Metrics {
     pub duration: Family<StartLabels, Histogram, fn() -> Histogram>,
     /// Instances by state.
     pub instances: Family<StateLabels, Gauge>,
-    /// Memory used by all instances, bytes.
+    /// Memory counted against the budget, bytes.
     pub memory_bytes: Gauge,
     /// Memory budget, bytes.
     pub memory_budget_bytes: Gauge,
@@ -68,6 +94,10 @@ pub struct Metrics {
     pub functions: Gauge,
     /// Memory of each function's instances by kind (rss, pss, uss), bytes.
     pub function_memory: Family<MemoryLabels, Gauge>,
+    /// The same per version.
+    pub version_memory: Family<VersionMemoryLabels, Gauge>,
+    /// The same per instance.
+    pub instance_memory: Family<InstanceMemoryLabels, Gauge>,
     /// Restores that failed and fell back to booting.
     pub restore_failures: Counter,
     restore_failures_seen: std::sync::atomic::AtomicU64,
@@ -102,7 +132,7 @@ impl Metrics {
         let memory_bytes = Gauge::default();
         registry.register(
             "memory_used_bytes",
-            "Memory charged to all instances",
+            "Memory counted against the budget: last measured PSS of every live instance plus the limits reserved by starting ones",
             memory_bytes.clone(),
         );
         let memory_budget_bytes = Gauge::default();
@@ -118,6 +148,18 @@ impl Metrics {
             "function_memory_bytes",
             "Memory of a function's instances: rss, pss (shared pages divided among sharers), uss (private)",
             function_memory.clone(),
+        );
+        let version_memory = Family::<VersionMemoryLabels, Gauge>::default();
+        registry.register(
+            "version_memory_bytes",
+            "Memory of a version's instances: rss, pss, uss",
+            version_memory.clone(),
+        );
+        let instance_memory = Family::<InstanceMemoryLabels, Gauge>::default();
+        registry.register(
+            "instance_memory_bytes",
+            "Memory of one instance (all its sandbox's processes): rss, pss, uss",
+            instance_memory.clone(),
         );
         let restore_failures = Counter::default();
         registry.register(
@@ -137,6 +179,8 @@ impl Metrics {
             memory_budget_bytes,
             functions,
             function_memory,
+            version_memory,
+            instance_memory,
         }
     }
 

@@ -235,7 +235,7 @@ impl Service {
         let list = map.get_mut(&key.name)?;
         let v = list.iter_mut().find(|v| v.key == *key)?;
         let out = f(v)?;
-        self.pool.register(&v.key, &v.start);
+        self.keep(v);
         let stored = FunctionRecord {
             name: key.name.clone(),
             versions: list.iter().map(|v| v.record.clone()).collect(),

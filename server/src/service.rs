@@ -211,6 +211,8 @@ pub struct VersionView {
     pub created_ms: u64,
     /// Instance counts.
     pub instances: Counts,
+    /// RSS, PSS and USS summed over its instances (last measured).
+    pub memory: pool::memory::MemoryUse,
     /// Its last failed restore, if any.
     pub restore_failure: Option<crate::rebuild::RestoreFailureNote>,
 }
@@ -239,6 +241,15 @@ impl std::fmt::Debug for Service {
             .field("config", &self.config)
             .finish()
     }
+}
+
+/// RSS, PSS and USS summed over `list`.
+fn sum_memory(list: &[pool::manager::InstanceInfo]) -> pool::memory::MemoryUse {
+    list.iter()
+        .fold(pool::memory::MemoryUse::default(), |mut acc, i| {
+            acc += i.memory;
+            acc
+        })
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -320,7 +331,7 @@ impl Service {
                 .map(|v| self.version_of(&record.name, v.clone()))
                 .collect();
             for v in &versions {
-                self.pool.register(&v.key, &v.start);
+                self.keep(v);
             }
             let redo: Vec<Version> = versions
                 .iter()
@@ -336,6 +347,19 @@ impl Service {
             }
         }
         Ok(n)
+    }
+
+    /// Registers how the pool keeps `v`. Its `min_instances` copies wait
+    /// until the version is ready, so that they restore its snapshot instead
+    /// of booting during the warm-up.
+    pub(crate) fn keep(&self, v: &Version) {
+        if v.record.state.in_progress() {
+            let mut start = v.start.clone();
+            start.min_instances = 0;
+            self.pool.register(&v.key, &start);
+        } else {
+            self.pool.register(&v.key, &v.start);
+        }
     }
 
     fn log_sink(&self, name: &str) -> LogSink {
@@ -463,7 +487,7 @@ impl Service {
                 return Err(e.into());
             }
         }
-        self.pool.register(&version.key, &version.start);
+        self.keep(&version);
         tracing::info!(function = %name, version = number, "deployed");
         self.spawn_warmup(version);
         self.view(&name)
@@ -510,6 +534,12 @@ impl Service {
             Ok(i) => i,
             Err(message) => return (VersionState::Failed, Some(message), None),
         };
+        if !v.record.spec.snapshot {
+            // Asked for no snapshot: the warmed instance stays on as a warm
+            // one and cold starts boot.
+            self.pool.release(&v.key, instance).await;
+            return (VersionState::Ready, None, None);
+        }
         self.set_progress(&v.key, VersionState::Snapshotting);
         let id = snapshots::snapshot_id(&v.key.name, v.key.version, v.key.uid);
         let result = self.snapshot(v, &instance, id).await;
@@ -630,7 +660,7 @@ impl Service {
                 mode: self.config.memory_mode.clone(),
             });
             v.record.snapshot = snapshot;
-            self.pool.register(&v.key, &v.start);
+            self.keep(v);
             let stored = FunctionRecord {
                 name: key.name.clone(),
                 versions: list.iter().map(|v| v.record.clone()).collect(),
@@ -686,13 +716,16 @@ impl Service {
                 total.busy += c.busy;
                 total.booting += c.booting;
                 memory += self.pool.memory_of(&v.key);
-                instance_list.extend(self.pool.instances(&v.key));
+                let list = self.pool.instances(&v.key);
+                let used = sum_memory(&list);
+                instance_list.extend(list);
                 VersionView {
                     version: v.record.version,
                     state: v.record.state.as_str(),
                     error: v.record.error.clone(),
                     created_ms: v.record.created_ms,
                     instances: c,
+                    memory: used,
                     restore_failure: v.record.restore_failure.clone(),
                 }
             })
@@ -710,12 +743,7 @@ impl Service {
                 .map(|s| serde_json::to_value(s).expect("snapshot info serialises")),
             restore_failure: latest.record.restore_failure.clone(),
             memory_bytes: memory,
-            memory: instance_list
-                .iter()
-                .fold(pool::memory::MemoryUse::default(), |mut acc, i| {
-                    acc += i.memory;
-                    acc
-                }),
+            memory: sum_memory(&instance_list),
             instance_list,
             spec: latest.record.spec.clone(),
             versions: views,
@@ -1003,12 +1031,10 @@ impl Service {
         self.metrics
             .set_restore_failures(self.pool.restore_failures());
         self.metrics.function_memory.clear();
+        self.metrics.version_memory.clear();
+        self.metrics.instance_memory.clear();
         for view in self.list() {
-            for (kind, value) in [
-                ("rss", view.memory.rss),
-                ("pss", view.memory.pss),
-                ("uss", view.memory.uss),
-            ] {
+            for (kind, value) in view.memory.kinds() {
                 self.metrics
                     .function_memory
                     .get_or_create(&crate::metrics::MemoryLabels {
@@ -1016,6 +1042,32 @@ impl Service {
                         kind: kind.into(),
                     })
                     .set(value as i64);
+            }
+            for v in &view.versions {
+                for (kind, value) in v.memory.kinds() {
+                    self.metrics
+                        .version_memory
+                        .get_or_create(&crate::metrics::VersionMemoryLabels {
+                            function: view.name.clone(),
+                            version: v.version.to_string(),
+                            kind: kind.into(),
+                        })
+                        .set(value as i64);
+                }
+            }
+            for i in &view.instance_list {
+                for (kind, value) in i.memory.kinds() {
+                    self.metrics
+                        .instance_memory
+                        .get_or_create(&crate::metrics::InstanceMemoryLabels {
+                            function: view.name.clone(),
+                            version: i.version.to_string(),
+                            instance: i.id.clone(),
+                            start: i.start.into(),
+                            kind: kind.into(),
+                        })
+                        .set(value as i64);
+                }
             }
         }
     }

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_FILES: usize = 10_000;
 /// Most warm-up events.
 pub const MAX_WARMUP: usize = 100;
+/// Largest `min_instances` (idle copies restored from a snapshot cost a few
+/// MiB each, see README "Memory").
+pub const MAX_MIN_INSTANCES: usize = 1_000;
 
 /// A function as deployed: everything but its code.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -58,6 +61,10 @@ pub struct FunctionSpec {
     /// Size of the private `/tmp`, MiB (default 64).
     #[serde(default = "default_tmp_mb")]
     pub tmp_mb: u64,
+    /// Capture the warmed instance so cold starts and `min_instances`
+    /// copies restore it (default true); `false`: they all boot.
+    #[serde(default = "default_snapshot")]
+    pub snapshot: bool,
 }
 
 /// The body of `POST /functions`: the spec plus the code.
@@ -107,6 +114,9 @@ fn default_queue() -> usize {
 }
 fn default_tmp_mb() -> u64 {
     64
+}
+fn default_snapshot() -> bool {
+    true
 }
 
 /// A spec that cannot be deployed; the message names the field.
@@ -192,7 +202,7 @@ impl FunctionSpec {
         range("cpu_weight", self.cpu_weight, 1, 10_000)?;
         range("pids", self.pids, 4, 32_768)?;
         range("keep_alive_s", self.keep_alive_s, 0, 7 * 86_400)?;
-        range("min_instances", self.min_instances, 0, 100)?;
+        range("min_instances", self.min_instances, 0, MAX_MIN_INSTANCES)?;
         range("queue", self.queue, 0, 100_000)?;
         range("tmp_mb", self.tmp_mb, 1, 16_384)?;
         if self.warmup.len() > MAX_WARMUP {
@@ -244,6 +254,7 @@ mod tests {
         assert_eq!(s.keep_alive_s, 600);
         assert_eq!(s.queue, 64);
         assert_eq!(s.min_instances, 0);
+        assert!(s.snapshot);
         assert_eq!(s.network, Network::None);
     }
 

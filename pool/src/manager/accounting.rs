@@ -1,0 +1,256 @@
+//! What the pool counts against its memory budget, and how it makes room.
+//!
+//! The rule: a starting instance reserves its memory limit until it is up;
+//! from then on it counts its last measured PSS (its processes' `Pss` from
+//! `/proc/PID/smaps_rollup`, summed over the sandbox: init, the function and
+//! its children), or its limit until the first measurement lands. PSS
+//! divides every shared page among the processes mapping it, so copies
+//! restored from one image count its page cache once in all, not once each.
+//! Measurements are taken off the request path: right after each start (in
+//! the background) and for every live instance every [`SAMPLE_EVERY`] from
+//! the maintenance tick; they are cached, so reports and the budget check
+//! read no `/proc` files.
+//!
+//! A start that does not fit evicts idle instances, oldest first, those
+//! beyond their version's `min_instances` before the others (and a
+//! `min_instances` copy evicts only those beyond).
+//!
+//! Caveat: PSS moves as sharers come and go. When copies of an image are
+//! evicted, the share of the image each remaining copy carries grows, so the
+//! sum can rise without anything starting (it is corrected at the next
+//! measurement, and the next start makes room again); page cache of the
+//! image that no copy maps is not counted at all.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{FunctionKey, InstanceInfo, Pool, PoolError, Room, StartKind, State};
+use crate::cgroup::Cgroup;
+use crate::instance::Instance;
+use crate::memory::MemoryUse;
+
+/// How often every live instance's memory is measured.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// One live instance as the pool accounts it.
+pub(super) struct Live {
+    /// Its version.
+    pub key: FunctionKey,
+    /// Its sandbox's cgroup (whose processes are the instance).
+    pub cgroup: Cgroup,
+    /// How it started.
+    pub start: StartKind,
+    /// Its memory limit: what it counts until first measured.
+    pub limit: u64,
+    /// Its last measurement.
+    pub memory: Option<MemoryUse>,
+}
+
+impl Live {
+    pub fn new(key: FunctionKey, cgroup: Cgroup, start: StartKind, limit: u64) -> Live {
+        Live {
+            key,
+            cgroup,
+            start,
+            limit,
+            memory: None,
+        }
+    }
+
+    /// What it counts against the budget, bytes.
+    fn counted(&self) -> u64 {
+        self.memory.map_or(self.limit, |m| m.pss)
+    }
+}
+
+/// Bytes counted against the budget: live instances plus reservations.
+fn counted(st: &State) -> u64 {
+    st.live.values().map(Live::counted).sum::<u64>() + st.reserved
+}
+
+/// Takes the idle instance to evict, if `room` allows one.
+fn take_victim(st: &mut State, room: Room) -> Option<Instance> {
+    // (key, oldest idle's age, beyond min_instances)
+    let mut best: Option<(FunctionKey, Instant, bool)> = None;
+    for (key, list) in &st.idle {
+        let Some(first) = list.first() else { continue };
+        let min = st.specs.get(key).map_or(0, |s| s.min_instances);
+        let kept = list.len() + st.busy.get(key).copied().unwrap_or(0);
+        let spare = kept > min;
+        if !spare && room == Room::Spare {
+            continue;
+        }
+        let better = match &best {
+            None => true,
+            Some((_, since, best_spare)) => {
+                (spare && !best_spare) || (spare == *best_spare && first.since < *since)
+            }
+        };
+        if better {
+            best = Some((key.clone(), first.since, spare));
+        }
+    }
+    let (key, _, _) = best?;
+    let list = st.idle.get_mut(&key)?;
+    let victim = list.remove(0).instance;
+    if list.is_empty() {
+        st.idle.remove(&key);
+    }
+    Some(victim)
+}
+
+impl Pool {
+    /// Bytes counted against the memory budget: the last measured PSS of
+    /// every live instance (its limit until first measured) plus the limits
+    /// reserved by starting ones. Reads no files.
+    pub fn memory_used(&self) -> u64 {
+        counted(&self.state.lock().unwrap())
+    }
+
+    /// Memory charged to the cgroups of the live instances of one version,
+    /// bytes.
+    pub fn memory_of(&self, key: &FunctionKey) -> u64 {
+        let cgroups: Vec<Cgroup> = {
+            let st = self.state.lock().unwrap();
+            st.live
+                .values()
+                .filter(|l| l.key == *key)
+                .map(|l| l.cgroup.clone())
+                .collect()
+        };
+        cgroups
+            .iter()
+            .map(|cg| cg.memory_current().unwrap_or(0))
+            .sum()
+    }
+
+    /// Every live instance of `key` with its state, how it started and its
+    /// last measured memory (RSS, PSS, USS of all its sandbox's processes).
+    pub fn instances(&self, key: &FunctionKey) -> Vec<InstanceInfo> {
+        let st = self.state.lock().unwrap();
+        let idle: std::collections::HashSet<&str> = st
+            .idle
+            .get(key)
+            .map(|l| l.iter().map(|i| i.instance.id()).collect())
+            .unwrap_or_default();
+        let mut out: Vec<InstanceInfo> = st
+            .live
+            .iter()
+            .filter(|(_, l)| l.key == *key)
+            .map(|(id, l)| InstanceInfo {
+                id: id.clone(),
+                version: l.key.version,
+                state: if idle.contains(id.as_str()) {
+                    "idle"
+                } else {
+                    "busy"
+                },
+                start: l.start.as_str(),
+                memory: l.memory.unwrap_or_default(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Host pids of every live sandbox (for tests and clean-up checks).
+    pub fn pids(&self) -> Vec<i32> {
+        let st = self.state.lock().unwrap();
+        st.live.values().flat_map(|l| l.cgroup.pids()).collect()
+    }
+
+    /// Reserves `needed` bytes of the budget, evicting idle instances as
+    /// `room` allows when they do not fit.
+    pub(super) async fn reserve(&self, needed: u64, room: Room) -> Result<(), PoolError> {
+        loop {
+            let budget = self.config.memory_budget;
+            let victim = {
+                let mut st = self.state.lock().unwrap();
+                let used = counted(&st);
+                if used + needed <= budget {
+                    st.reserved += needed;
+                    return Ok(());
+                }
+                match take_victim(&mut st, room) {
+                    Some(v) => v,
+                    None => {
+                        return Err(PoolError::MemoryBudget {
+                            needed: needed >> 20,
+                            free: budget.saturating_sub(used) >> 20,
+                            budget: budget >> 20,
+                        })
+                    }
+                }
+            };
+            self.discard(victim).await;
+        }
+    }
+
+    /// Measures the instances `ids` (every live one if `None`) now, off the
+    /// async threads, and caches the figures.
+    pub(super) async fn sample(&self, ids: Option<Vec<String>>) {
+        let targets: Vec<(String, Cgroup)> = {
+            let st = self.state.lock().unwrap();
+            match ids {
+                None => st
+                    .live
+                    .iter()
+                    .map(|(id, l)| (id.clone(), l.cgroup.clone()))
+                    .collect(),
+                Some(ids) => ids
+                    .into_iter()
+                    .filter_map(|id| {
+                        let cg = st.live.get(&id)?.cgroup.clone();
+                        Some((id, cg))
+                    })
+                    .collect(),
+            }
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let measured = tokio::task::spawn_blocking(move || {
+            targets
+                .into_iter()
+                .map(|(id, cg)| (id, crate::memory::of_pids(&cg.pids())))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut st = self.state.lock().unwrap();
+        for (id, m) in measured {
+            // A sandbox whose processes are already gone reads as nothing:
+            // keep what was known.
+            if m.rss == 0 {
+                continue;
+            }
+            if let Some(l) = st.live.get_mut(&id) {
+                l.memory = Some(m);
+            }
+        }
+    }
+
+    /// Measures one new instance in the background.
+    pub(super) fn spawn_sample(&self, id: &str) {
+        let pool = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move { pool.sample(Some(vec![id])).await });
+    }
+
+    /// Measures every live instance if the last round is [`SAMPLE_EVERY`]
+    /// old.
+    pub(super) async fn sample_if_due(&self, now: Instant) {
+        {
+            let mut st = self.state.lock().unwrap();
+            if st
+                .sampled_at
+                .is_some_and(|t| now.duration_since(t) < SAMPLE_EVERY)
+            {
+                return;
+            }
+            st.sampled_at = Some(now);
+        }
+        self.sample(None).await;
+    }
+}
