@@ -235,7 +235,7 @@ impl Instance {
     /// Restores a copy of `snapshot` in a fresh stub sandbox: the restorer
     /// rebuilds the process, then the runtime is told it is a copy (it
     /// reseeds its random generators and runs the function's restore hooks)
-    /// before it serves.
+    /// before it serves. [`Stub::launch`] then [`Stub::restore`].
     pub async fn restore(
         config: &SandboxConfig,
         spec: &LaunchSpec,
@@ -243,51 +243,13 @@ impl Instance {
         restorer: &Restorer,
         ready_timeout: Duration,
         sink: LogSink,
-    ) -> Result<Instance, RestoreFailure> {
-        let mut launch = spec.clone();
-        launch.stub = true;
-        let failed = |reason: String| RestoreFailure::Restorer {
-            id: snapshot.id.clone(),
-            reason,
-        };
-        let (r, id) = (restorer.clone(), snapshot.id.clone());
-        let paths = crate::restore::fds::PathMap(spec.host_paths());
-        let copy = tokio::task::spawn_blocking(move || r.prepare_mapped(&id, &paths))
-            .await
-            .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
-            .map_err(|e| failed(e.to_string()))?;
-        let mut sandbox = Sandbox::launch_with_fds(config, &launch, &copy.fds()).await?;
-        let logs = LogTap::start(
-            sandbox.stdout.take().expect("fresh sandbox has stdout"),
-            sandbox.stderr.take().expect("fresh sandbox has stderr"),
-            sink,
-        );
-        let requests = sandbox.requests.take().expect("fresh sandbox has fd 3");
-        let responses = sandbox.responses.take().expect("fresh sandbox has fd 4");
-        let mut instance = Instance {
-            sandbox,
-            requests,
-            responses,
-            logs,
-            memory_limit: spec.limits.memory_bytes,
-            runtime_pid: 2,
-            ready_at: Instant::now(),
-            served: 0,
-        };
-        match instance
-            .become_copy(snapshot, restorer, copy, ready_timeout)
-            .await
-        {
-            Ok(()) => {
-                instance.ready_at = Instant::now();
-                Ok(instance)
-            }
-            Err(e) => {
-                instance.logs.barrier().await;
-                let _ = instance.destroy().await;
-                Err(e)
-            }
-        }
+    ) -> Result<(Instance, RestorePhases), RestoreFailure> {
+        let started = Instant::now();
+        let stub = Stub::launch(config, spec, snapshot, restorer, sink).await?;
+        let claim = started.elapsed();
+        let (instance, mut phases) = stub.restore(restorer, ready_timeout).await?;
+        phases.claim = claim;
+        Ok((instance, phases))
     }
 
     async fn become_copy(
@@ -296,27 +258,37 @@ impl Instance {
         restorer: &Restorer,
         copy: crate::restore::sandboxed::PreparedCopy,
         ready_timeout: Duration,
-    ) -> Result<(), RestoreFailure> {
+    ) -> Result<RestorePhases, RestoreFailure> {
         let pid = self
             .sandbox
             .function_pid()
             .ok_or_else(|| RestoreFailure::Copy("the stub is missing".into()))?;
         let r = restorer.clone();
-        tokio::task::spawn_blocking(move || r.finish(&copy, pid).map(|_| ()))
+        let timings = tokio::task::spawn_blocking(move || r.finish(&copy, pid))
             .await
             .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
             .map_err(|e| RestoreFailure::Restorer {
                 id: snapshot.id.clone(),
                 reason: e.to_string(),
             })?;
+        let mut phases = RestorePhases {
+            seize: timings.stub,
+            mappings: timings.mappings,
+            state: timings.state,
+            resume: timings.resume,
+            ..RestorePhases::default()
+        };
+        let exchanged = Instant::now();
         let seed: [u8; 32] = rand::random();
         let msg = ToRuntime::restored_with_seed(&seed);
         let exchange = async {
             write_frame(&mut self.requests, &msg, &[]).await?;
             read_frame_limited(&mut self.responses, 1 << 20).await
         };
-        match timeout(ready_timeout, exchange).await {
-            Ok(Ok((FromRuntime::Restored { ok: true, .. }, _))) => Ok(()),
+        let answer = timeout(ready_timeout, exchange).await;
+        phases.restored = exchanged.elapsed();
+        match answer {
+            Ok(Ok((FromRuntime::Restored { ok: true, .. }, _))) => Ok(phases),
             Ok(Ok((FromRuntime::Restored { ok: false, message }, _))) => Err(RestoreFailure::Copy(
                 message.unwrap_or_else(|| "a restore hook failed".into()),
             )),
@@ -462,5 +434,151 @@ impl Instance {
     /// Stops the instance and frees its sandbox.
     pub async fn destroy(self) -> Result<(), LaunchError> {
         self.sandbox.destroy().await
+    }
+}
+
+/// How long each phase of a restore took, as the pool saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestorePhases {
+    /// Whether a pre-made stub sandbox (a spare) was used.
+    pub spare: bool,
+    /// Obtaining the stub sandbox: taking a spare, or (without one) loading
+    /// the snapshot, opening its files and launching a stub sandbox.
+    pub claim: Duration,
+    /// Seizing the stub with ptrace.
+    pub seize: Duration,
+    /// Rebuilding the address space.
+    pub mappings: Duration,
+    /// mm fields, signals, rseq, thread attributes, credentials.
+    pub state: Duration,
+    /// Registers and detach.
+    pub resume: Duration,
+    /// The `restored` exchange with the runtime (reseeding, restore hooks).
+    pub restored: Duration,
+}
+
+impl RestorePhases {
+    /// Every phase with its name, in order.
+    pub fn named(&self) -> [(&'static str, Duration); 6] {
+        [
+            ("claim", self.claim),
+            ("seize", self.seize),
+            ("mappings", self.mappings),
+            ("state", self.state),
+            ("resume", self.resume),
+            ("restored", self.restored),
+        ]
+    }
+}
+
+/// A stub sandbox made for one snapshot, its files opened and held at
+/// their planned numbers, the stub waiting to become the copy. A spare is
+/// one made ahead of time; see `docs/restore.md`.
+#[derive(Debug)]
+pub struct Stub {
+    instance: Instance,
+    copy: crate::restore::sandboxed::PreparedCopy,
+    snapshot: SnapshotSource,
+}
+
+impl Stub {
+    /// Loads the snapshot, opens everything its copy maps, and starts a stub
+    /// sandbox holding those descriptors (limits, mounts, environment of
+    /// `spec`).
+    pub async fn launch(
+        config: &SandboxConfig,
+        spec: &LaunchSpec,
+        snapshot: &SnapshotSource,
+        restorer: &Restorer,
+        sink: LogSink,
+    ) -> Result<Stub, RestoreFailure> {
+        let mut launch = spec.clone();
+        launch.stub = true;
+        let (r, id) = (restorer.clone(), snapshot.id.clone());
+        let paths = crate::restore::fds::PathMap(spec.host_paths());
+        let copy = tokio::task::spawn_blocking(move || r.prepare_mapped(&id, &paths))
+            .await
+            .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
+            .map_err(|e| RestoreFailure::Restorer {
+                id: snapshot.id.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut sandbox = Sandbox::launch_with_fds(config, &launch, &copy.fds()).await?;
+        let logs = LogTap::start(
+            sandbox.stdout.take().expect("fresh sandbox has stdout"),
+            sandbox.stderr.take().expect("fresh sandbox has stderr"),
+            sink,
+        );
+        let requests = sandbox.requests.take().expect("fresh sandbox has fd 3");
+        let responses = sandbox.responses.take().expect("fresh sandbox has fd 4");
+        let instance = Instance {
+            sandbox,
+            requests,
+            responses,
+            logs,
+            memory_limit: spec.limits.memory_bytes,
+            runtime_pid: 2,
+            ready_at: Instant::now(),
+            served: 0,
+        };
+        Ok(Stub {
+            instance,
+            copy,
+            snapshot: snapshot.clone(),
+        })
+    }
+
+    /// The sandbox's id.
+    pub fn id(&self) -> &str {
+        self.instance.id()
+    }
+
+    /// The sandbox's cgroup.
+    pub fn cgroup(&self) -> &crate::cgroup::Cgroup {
+        self.instance.cgroup()
+    }
+
+    /// The snapshot this stub was made for.
+    pub fn snapshot_id(&self) -> &str {
+        &self.snapshot.id
+    }
+
+    /// Whether the sandbox is still running (its init has not exited).
+    pub fn is_alive(&mut self) -> bool {
+        self.instance.sandbox.try_wait().is_none()
+    }
+
+    /// Turns the stub into the copy and tells the runtime it is one. On
+    /// failure the sandbox is destroyed. `claim` of the phases is left for
+    /// the caller.
+    pub async fn restore(
+        self,
+        restorer: &Restorer,
+        ready_timeout: Duration,
+    ) -> Result<(Instance, RestorePhases), RestoreFailure> {
+        let Stub {
+            mut instance,
+            copy,
+            snapshot,
+        } = self;
+        match instance
+            .become_copy(&snapshot, restorer, copy, ready_timeout)
+            .await
+        {
+            Ok(phases) => {
+                instance.ready_at = Instant::now();
+                Ok((instance, phases))
+            }
+            Err(e) => {
+                instance.logs.barrier().await;
+                let _ = instance.destroy().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the stub and frees its sandbox.
+    pub async fn destroy(self) -> Result<(), LaunchError> {
+        self.instance.destroy().await
     }
 }

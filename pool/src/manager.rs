@@ -16,9 +16,13 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::instance::{BootError, Instance, Invocation, InvokeError, Outcome};
+use crate::instance::{BootError, Instance, Invocation, InvokeError, Outcome, RestorePhases, Stub};
 use crate::logs::LogSink;
 use crate::sandbox::{LaunchSpec, SandboxConfig};
+
+mod spares;
+
+pub use spares::SpareConfig;
 
 /// Keep-alive of versions that were never registered.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(600);
@@ -141,6 +145,8 @@ pub struct PoolConfig {
     /// Told when a restore failed (and the start fell back to booting), so
     /// the snapshot can be rebuilt.
     pub on_restore_failure: Option<RestoreFailureHook>,
+    /// Pre-made stub sandboxes kept for cold starts.
+    pub spares: SpareConfig,
 }
 
 /// Called with the version, the snapshot id and the reason when a restore
@@ -197,6 +203,16 @@ struct State {
     filling: std::collections::HashSet<FunctionKey>,
     /// When every live instance's memory was last measured.
     sampled_at: Option<Instant>,
+    /// Pre-made stub sandboxes (spares), by version.
+    spares: HashMap<FunctionKey, Vec<Stub>>,
+    /// Spares being launched, by version.
+    spares_launching: HashMap<FunctionKey, usize>,
+    /// Versions whose last spare launch failed: failures in a row, and when
+    /// to try again.
+    spare_backoff: HashMap<FunctionKey, (u32, Instant)>,
+    /// When each version was last invoked (or registered): spares go to the
+    /// most recently used versions first.
+    last_used: HashMap<FunctionKey, Instant>,
     closed: bool,
 }
 
@@ -226,6 +242,18 @@ pub struct Counts {
     pub busy: usize,
     /// Starting.
     pub booting: usize,
+    /// Pre-made stub sandboxes ready for a cold start (restore).
+    pub spare: usize,
+}
+
+/// Counters and signals shared by the pool's handles and tasks.
+#[derive(Debug, Default)]
+struct Shared {
+    restore_failures: std::sync::atomic::AtomicU64,
+    spare_hits: std::sync::atomic::AtomicU64,
+    spare_misses: std::sync::atomic::AtomicU64,
+    /// Wakes the task that launches spares.
+    refill: tokio::sync::Notify,
 }
 
 /// The pool of instances. Cheap to clone.
@@ -233,7 +261,7 @@ pub struct Counts {
 pub struct Pool {
     config: Arc<PoolConfig>,
     state: Arc<Mutex<State>>,
-    restore_failures: Arc<std::sync::atomic::AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -243,6 +271,7 @@ impl std::fmt::Debug for PoolConfig {
             .field("memory_budget", &self.memory_budget)
             .field("init_timeout", &self.init_timeout)
             .field("restorer", &self.restorer.is_some())
+            .field("spares", &self.spares)
             .finish()
     }
 }
@@ -264,6 +293,9 @@ pub struct Served {
     pub start: StartKind,
     /// Time spent obtaining the instance.
     pub start_time: Duration,
+    /// Phases of the restore, when the instance was restored for this
+    /// invocation.
+    pub restore: Option<RestorePhases>,
 }
 
 /// A failed invocation, with how far it got.
@@ -283,11 +315,11 @@ impl Pool {
         let pool = Pool {
             config: Arc::new(config),
             state: Arc::new(Mutex::new(State::default())),
-            restore_failures: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            shared: Arc::new(Shared::default()),
         };
         let weak = Arc::downgrade(&pool.state);
         let config = pool.config.clone();
-        let failures = pool.restore_failures.clone();
+        let shared = pool.shared.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
@@ -296,7 +328,7 @@ impl Pool {
                 let pool = Pool {
                     config: config.clone(),
                     state,
-                    restore_failures: failures.clone(),
+                    shared: shared.clone(),
                 };
                 if pool.state.lock().unwrap().closed {
                     break;
@@ -304,6 +336,7 @@ impl Pool {
                 pool.maintain().await;
             }
         });
+        pool.start_refiller();
         pool
     }
 
@@ -319,6 +352,7 @@ impl Pool {
             idle: st.idle.get(key).map_or(0, Vec::len),
             busy: st.busy.get(key).copied().unwrap_or(0),
             booting: st.booting.get(key).copied().unwrap_or(0),
+            spare: st.spares.get(key).map_or(0, Vec::len),
         }
     }
 
@@ -329,6 +363,7 @@ impl Pool {
             idle: st.idle.values().map(Vec::len).sum(),
             busy: st.busy.values().sum(),
             booting: st.booting.values().sum(),
+            spare: st.spares.values().map(Vec::len).sum(),
         }
     }
 
@@ -397,8 +432,8 @@ impl Pool {
         } else {
             self.take_idle(key)
         };
-        let (mut instance, start) = match warm {
-            Some(instance) => (instance, StartKind::Warm),
+        let (mut instance, start, restore) = match warm {
+            Some(instance) => (instance, StartKind::Warm, None),
             None => match self.cold_start(key, spec, cold, Room::AnyIdle).await {
                 Ok(started) => started,
                 Err((e, kind)) => return Err(fail(e, Some(kind), t0.elapsed())),
@@ -419,6 +454,7 @@ impl Pool {
                     outcome,
                     start,
                     start_time,
+                    restore,
                 })
             }
             Err(e) => {
@@ -437,15 +473,17 @@ impl Pool {
         spec: &StartSpec,
         cold: Option<Cold>,
         room: Room,
-    ) -> Result<(Instance, StartKind), (PoolError, StartKind)> {
+    ) -> Result<(Instance, StartKind, Option<RestorePhases>), (PoolError, StartKind)> {
         let restorer = self.config.restorer.as_ref();
         if let (Some(snapshot), Some(restorer), false) =
             (&spec.snapshot, restorer, cold == Some(Cold::Boot))
         {
             match self.restore(key, spec, snapshot, restorer, room).await {
-                Ok(instance) => return Ok((instance, StartKind::Restore)),
+                Ok((instance, phases)) => {
+                    return Ok((instance, StartKind::Restore, Some(phases)))
+                }
                 Err(PoolError::Restore(e)) => {
-                    self.restore_failures.fetch_add(1, Ordering::Relaxed);
+                    self.shared.restore_failures.fetch_add(1, Ordering::Relaxed);
                     let limit_key = format!("restore:{}", key.name);
                     if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow(&limit_key) {
                         tracing::warn!(
@@ -471,11 +509,12 @@ impl Pool {
         }
         self.boot_in(key, spec, room)
             .await
-            .map(|i| (i, StartKind::Boot))
+            .map(|i| (i, StartKind::Boot, None))
             .map_err(|e| (e, StartKind::Boot))
     }
 
-    /// Restores a copy of `key` from its snapshot, within the memory budget.
+    /// Restores a copy of `key` from its snapshot, within the memory budget:
+    /// into a spare when one is ready, else into a stub sandbox launched now.
     async fn restore(
         &self,
         key: &FunctionKey,
@@ -483,28 +522,67 @@ impl Pool {
         snapshot: &crate::instance::SnapshotSource,
         restorer: &crate::instance::Restorer,
         room: Room,
-    ) -> Result<Instance, PoolError> {
-        let start = Instance::restore(
-            &self.config.sandbox,
-            &spec.launch,
-            snapshot,
-            restorer,
-            self.config.init_timeout,
-            spec.logs.clone(),
-        );
-        self.start_within_budget(key, spec, StartKind::Restore, room, async {
-            start.await.map_err(PoolError::from)
-        })
-        .await
+    ) -> Result<(Instance, RestorePhases), PoolError> {
+        let started = Instant::now();
+        let spare = self.take_spare(key, &snapshot.id).await;
+        let start = async {
+            let hit = spare.is_some();
+            let stub = match spare {
+                Some(stub) => stub,
+                None => {
+                    Stub::launch(
+                        &self.config.sandbox,
+                        &spec.launch,
+                        snapshot,
+                        restorer,
+                        spec.logs.clone(),
+                    )
+                    .await?
+                }
+            };
+            let claim = started.elapsed();
+            let id = stub.id().to_string();
+            match stub.restore(restorer, self.config.init_timeout).await {
+                Ok((instance, mut phases)) => {
+                    phases.claim = claim;
+                    phases.spare = hit;
+                    Ok((instance, phases))
+                }
+                Err(e) => {
+                    // A spare is live until its restore fails (it is gone now).
+                    self.state.lock().unwrap().live.remove(&id);
+                    Err(PoolError::from(e))
+                }
+            }
+        };
+        let result = self
+            .start_within_budget(key, spec, StartKind::Restore, room, start)
+            .await;
+        if let Ok((_, phases)) = &result {
+            tracing::debug!(
+                function = %key.name,
+                version = key.version,
+                spare = phases.spare,
+                claim_us = phases.claim.as_micros() as u64,
+                seize_us = phases.seize.as_micros() as u64,
+                mappings_us = phases.mappings.as_micros() as u64,
+                state_us = phases.state.as_micros() as u64,
+                resume_us = phases.resume.as_micros() as u64,
+                restored_us = phases.restored.as_micros() as u64,
+                "restored"
+            );
+        }
+        result
     }
 
     /// Restores that failed and fell back to booting, since the start.
     pub fn restore_failures(&self) -> u64 {
-        self.restore_failures.load(Ordering::Relaxed)
+        self.shared.restore_failures.load(Ordering::Relaxed)
     }
 
     fn take_idle(&self, key: &FunctionKey) -> Option<Instance> {
         let mut st = self.state.lock().unwrap();
+        st.last_used.insert(key.clone(), Instant::now());
         // Most recently used first: it is the most likely to be hot in cache.
         st.idle.get_mut(key)?.pop().map(|idle| idle.instance)
     }
@@ -538,23 +616,24 @@ impl Pool {
             spec.logs.clone(),
         );
         self.start_within_budget(key, spec, StartKind::Boot, room, async {
-            start.await.map_err(PoolError::from)
+            start.await.map(|i| (i, ())).map_err(PoolError::from)
         })
         .await
+        .map(|(i, ())| i)
     }
 
     /// Runs `start` (a boot or a restore of `key`) with the version's memory
     /// limit reserved from the budget (making room as `room` allows) and the
     /// start counted as booting; records the new instance as live and has
     /// its memory measured in the background.
-    async fn start_within_budget(
+    async fn start_within_budget<T>(
         &self,
         key: &FunctionKey,
         spec: &StartSpec,
         kind: StartKind,
         room: Room,
-        start: impl std::future::Future<Output = Result<Instance, PoolError>>,
-    ) -> Result<Instance, PoolError> {
+        start: impl std::future::Future<Output = Result<(Instance, T), PoolError>>,
+    ) -> Result<(Instance, T), PoolError> {
         let needed = spec.launch.limits.memory_bytes;
         self.reserve(needed, room).await?;
         *self
@@ -573,14 +652,14 @@ impl Pool {
                 st.booting.remove(key);
             }
         }
-        let instance = result?;
+        let (instance, extra) = result?;
         st.live.insert(
             instance.id().to_string(),
             accounting::Live::new(key.clone(), instance.cgroup().clone(), kind, needed),
         );
         drop(st);
         self.spawn_sample(instance.id());
-        Ok(instance)
+        Ok((instance, extra))
     }
 
     /// Puts a healthy instance back to wait for work.
@@ -611,19 +690,40 @@ impl Pool {
         }
     }
 
-    /// Registers how `key` is kept: its keep-alive and `min_instances`
-    /// (booted in the background from now on).
+    /// Registers how `key` is kept: its keep-alive, `min_instances` (booted
+    /// in the background from now on) and, when it has a snapshot, its
+    /// spares (spares of a replaced snapshot are dropped).
     pub fn register(&self, key: &FunctionKey, spec: &StartSpec) {
-        self.state
-            .lock()
-            .unwrap()
-            .specs
-            .insert(key.clone(), spec.clone());
+        let stale = {
+            let mut st = self.state.lock().unwrap();
+            st.specs.insert(key.clone(), spec.clone());
+            st.last_used.insert(key.clone(), Instant::now());
+            st.spare_backoff.remove(key);
+            let current = spec.snapshot.as_ref().map(|s| s.id.as_str());
+            let stale = match st.spares.get_mut(key) {
+                Some(list) => {
+                    let (keep, stale): (Vec<Stub>, Vec<Stub>) = std::mem::take(list)
+                        .into_iter()
+                        .partition(|s| Some(s.snapshot_id()) == current);
+                    *list = keep;
+                    stale
+                }
+                None => Vec::new(),
+            };
+            for s in &stale {
+                st.live.remove(s.id());
+            }
+            stale
+        };
+        if !stale.is_empty() {
+            tokio::spawn(spares::destroy_all(stale));
+        }
+        self.shared.refill.notify_one();
     }
 
     /// Stops every instance of the versions of `name` and keeps none from now on.
     pub async fn retire_function(&self, name: &str) {
-        let victims: Vec<Instance> = {
+        let victims: (Vec<Instance>, Vec<Stub>) = {
             let mut st = self.state.lock().unwrap();
             let keys: Vec<FunctionKey> = st
                 .live
@@ -631,38 +731,59 @@ impl Pool {
                 .map(|l| l.key.clone())
                 .chain(st.idle.keys().cloned())
                 .chain(st.specs.keys().cloned())
+                .chain(st.spares.keys().cloned())
                 .filter(|k| k.name == name)
                 .collect();
             let mut out = Vec::new();
+            let mut stubs = Vec::new();
             for k in keys {
                 st.specs.remove(&k);
+                st.last_used.remove(&k);
+                st.spare_backoff.remove(&k);
                 if let Some(list) = st.idle.remove(&k) {
                     out.extend(list.into_iter().map(|i| i.instance));
                 }
+                stubs.extend(st.spares.remove(&k).unwrap_or_default());
                 st.retired.insert(k);
             }
+            for s in &stubs {
+                st.live.remove(s.id());
+            }
             st.gates.remove(name);
-            out
+            (out, stubs)
         };
+        let (victims, stubs) = victims;
         for instance in victims {
             self.discard(instance).await;
         }
+        spares::destroy_all(stubs).await;
+        self.wait_spare_launches(|k| k.name == name).await;
     }
 
     /// Stops the idle instances of one version (e.g. an older version).
     pub async fn retire(&self, key: &FunctionKey) {
-        let victims: Vec<Instance> = {
+        let (victims, stubs): (Vec<Instance>, Vec<Stub>) = {
             let mut st = self.state.lock().unwrap();
             st.specs.remove(key);
+            st.last_used.remove(key);
+            st.spare_backoff.remove(key);
             st.retired.insert(key.clone());
-            st.idle
+            let stubs = st.spares.remove(key).unwrap_or_default();
+            for s in &stubs {
+                st.live.remove(s.id());
+            }
+            let idle = st
+                .idle
                 .remove(key)
                 .map(|l| l.into_iter().map(|i| i.instance).collect())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            (idle, stubs)
         };
         for instance in victims {
             self.discard(instance).await;
         }
+        spares::destroy_all(stubs).await;
+        self.wait_spare_launches(|k| k == key).await;
     }
 
     /// Keep-alive, `min_instances` and memory measurements: run
@@ -695,13 +816,15 @@ impl Pool {
         for instance in expired {
             self.discard(instance).await;
         }
+        // Spares whose launch failed are tried again once their back-off ends.
+        self.shared.refill.notify_one();
         for key in missing {
             tokio::spawn(self.clone().fill(key));
         }
         self.sample_if_due(now).await;
     }
 
-    /// Stops every instance; the pool keeps none from now on.
+    /// Stops every instance and spare; the pool keeps none from now on.
     pub async fn shutdown(&self) {
         let victims: Vec<Instance> = {
             let mut st = self.state.lock().unwrap();
@@ -714,5 +837,8 @@ impl Pool {
         for instance in victims {
             self.discard(instance).await;
         }
+        self.drop_all_spares().await;
+        // A spare launched meanwhile sees the pool closed and destroys itself.
+        self.wait_spare_launches(|_| true).await;
     }
 }

@@ -284,6 +284,15 @@ async fn invoke(
         "x-thaw-duration-us",
         HeaderValue::from(answer.duration.as_micros() as u64),
     );
+    if let Some(phases) = &answer.restore {
+        h.insert(
+            "x-thaw-spare",
+            HeaderValue::from_static(if phases.spare { "hit" } else { "miss" }),
+        );
+        if let Ok(v) = HeaderValue::from_str(&restore_phases_header(phases)) {
+            h.insert("x-thaw-restore-us", v);
+        }
+    }
     Ok(resp)
 }
 
@@ -346,4 +355,15 @@ async fn store_stats(State(state): State<AppState>) -> Result<Response, ApiError
         .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?
         .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{e:#}")))?;
     Ok(Json(stats).into_response())
+}
+
+/// `x-thaw-restore-us`: each phase of the restore in microseconds,
+/// `claim=..,seize=..,mappings=..,state=..,resume=..,restored=..`.
+fn restore_phases_header(phases: &pool::instance::RestorePhases) -> String {
+    phases
+        .named()
+        .iter()
+        .map(|(name, d)| format!("{name}={}", d.as_micros()))
+        .collect::<Vec<_>>()
+        .join(",")
 }

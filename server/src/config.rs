@@ -62,6 +62,13 @@ pub struct Settings {
     /// Oldest log line kept, seconds (default 86400).
     #[arg(long, env = "THAW_LOG_MAX_AGE_S")]
     pub log_max_age_s: Option<u64>,
+    /// Pre-made stub sandboxes kept per function version with a snapshot,
+    /// so a cold start pays only for the restore (default 2; 0 disables).
+    #[arg(long, env = "THAW_SPARE_SANDBOXES")]
+    pub spare_sandboxes: Option<usize>,
+    /// Most pre-made stub sandboxes in all, over every version (default 16).
+    #[arg(long, env = "THAW_SPARE_SANDBOXES_MAX")]
+    pub spare_sandboxes_max: Option<usize>,
     /// Deploy the function in this folder at start (repeatable).
     #[arg(long = "deploy")]
     #[serde(default)]
@@ -90,6 +97,8 @@ impl Settings {
             log_format: self.log_format.or(below.log_format),
             log_kb_per_function: self.log_kb_per_function.or(below.log_kb_per_function),
             log_max_age_s: self.log_max_age_s.or(below.log_max_age_s),
+            spare_sandboxes: self.spare_sandboxes.or(below.spare_sandboxes),
+            spare_sandboxes_max: self.spare_sandboxes_max.or(below.spare_sandboxes_max),
             deploy: if self.deploy.is_empty() {
                 below.deploy
             } else {
@@ -128,6 +137,13 @@ impl Settings {
                 bytes_per_function: self.log_kb_per_function.unwrap_or(1024) << 10,
                 max_age: Duration::from_secs(self.log_max_age_s.unwrap_or(86_400)),
             },
+            spares: {
+                let d = pool::manager::SpareConfig::default();
+                pool::manager::SpareConfig {
+                    per_version: self.spare_sandboxes.unwrap_or(d.per_version),
+                    max_total: self.spare_sandboxes_max.unwrap_or(d.max_total),
+                }
+            },
         })
     }
 }
@@ -152,6 +168,24 @@ mod tests {
         assert!(opts.allow_forced_cold);
         assert_eq!(opts.stop_timeout, Duration::from_secs(30));
         assert_eq!(opts.data_dir, PathBuf::from(".thaw"));
+        assert_eq!(opts.spares.per_version, 2);
+        assert_eq!(opts.spares.max_total, 16);
+    }
+
+    #[test]
+    fn spare_sandboxes_come_from_the_file_unless_a_flag_says_otherwise() {
+        let file: Settings =
+            toml::from_str("spare_sandboxes = 0\nspare_sandboxes_max = 4\n").unwrap();
+        let opts = Settings::default().over(file.clone()).resolve().unwrap();
+        assert_eq!(opts.spares.per_version, 0);
+        assert_eq!(opts.spares.max_total, 4);
+        let flags = Settings {
+            spare_sandboxes: Some(3),
+            ..Settings::default()
+        };
+        let opts = flags.over(file).resolve().unwrap();
+        assert_eq!(opts.spares.per_version, 3);
+        assert_eq!(opts.spares.max_total, 4);
     }
 
     #[test]

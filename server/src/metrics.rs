@@ -65,8 +65,35 @@ pub struct InstanceMemoryLabels {
 /// Labels by instance state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    /// `idle`, `busy` or `booting`.
+    /// `idle`, `busy`, `booting` or `spare`.
     pub state: String,
+}
+
+/// Labels of a restore's claim of a stub sandbox.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabels {
+    /// `hit` (a spare was ready) or `miss` (one was launched on the spot).
+    pub result: String,
+}
+
+/// Labels of a restore phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// `claim`, `seize`, `mappings`, `state`, `resume` or `restored`.
+    pub phase: String,
+}
+
+/// A counter that follows a running total kept elsewhere.
+#[derive(Debug, Default)]
+struct Follow(std::sync::atomic::AtomicU64);
+
+impl Follow {
+    fn to(&self, counter: &Counter, total: u64) {
+        let seen = self.0.swap(total, std::sync::atomic::Ordering::Relaxed);
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -101,6 +128,18 @@ pub struct Metrics {
     /// Restores that failed and fell back to booting.
     pub restore_failures: Counter,
     restore_failures_seen: std::sync::atomic::AtomicU64,
+    /// Spares ready now.
+    pub spares: Gauge,
+    /// Spares kept per version (the setting).
+    pub spares_per_version: Gauge,
+    /// Most spares in all (the setting).
+    pub spares_max: Gauge,
+    /// Restores by whether a spare was ready.
+    pub spare_claims: Family<ClaimLabels, Counter>,
+    spare_hits_seen: Follow,
+    spare_misses_seen: Follow,
+    /// Restore phases, seconds.
+    pub restore_phases: Family<PhaseLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Metrics {
@@ -167,8 +206,46 @@ impl Metrics {
             "Restores that failed and fell back to booting",
             restore_failures.clone(),
         );
+        let spares = Gauge::default();
+        registry.register(
+            "spare_sandboxes",
+            "Pre-made stub sandboxes ready for a cold start",
+            spares.clone(),
+        );
+        let spares_per_version = Gauge::default();
+        registry.register(
+            "spare_sandboxes_per_version",
+            "Pre-made stub sandboxes kept per version with a snapshot (setting)",
+            spares_per_version.clone(),
+        );
+        let spares_max = Gauge::default();
+        registry.register(
+            "spare_sandboxes_max",
+            "Most pre-made stub sandboxes in all (setting)",
+            spares_max.clone(),
+        );
+        let spare_claims = Family::<ClaimLabels, Counter>::default();
+        registry.register(
+            "spare_claims",
+            "Restores by whether a pre-made stub sandbox was ready (hit) or not (miss)",
+            spare_claims.clone(),
+        );
+        let restore_phases: Family<PhaseLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "restore_phase_seconds",
+            "Phases of restores through the pool: claim of the stub sandbox, seize, mappings, state, resume, restored exchange",
+            restore_phases.clone(),
+        );
         Metrics {
             registry,
+            spares,
+            spares_per_version,
+            spares_max,
+            spare_claims,
+            spare_hits_seen: Follow::default(),
+            spare_misses_seen: Follow::default(),
+            restore_phases,
             restore_failures,
             restore_failures_seen: std::sync::atomic::AtomicU64::new(0),
             invocations,
@@ -191,6 +268,19 @@ impl Metrics {
             .swap(total, std::sync::atomic::Ordering::Relaxed);
         if total > seen {
             self.restore_failures.inc_by(total - seen);
+        }
+    }
+
+    /// Brings the spare claim counters up to the pool's totals.
+    pub fn set_spare_claims(&self, hits: u64, misses: u64) {
+        for (result, total, seen) in [
+            ("hit", hits, &self.spare_hits_seen),
+            ("miss", misses, &self.spare_misses_seen),
+        ] {
+            let counter = self.spare_claims.get_or_create(&ClaimLabels {
+                result: result.into(),
+            });
+            seen.to(&counter, total);
         }
     }
 

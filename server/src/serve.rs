@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub stop_timeout: Duration,
     /// How much function output is kept.
     pub logs: LogLimits,
+    /// Pre-made stub sandboxes kept for cold starts.
+    pub spares: pool::manager::SpareConfig,
 }
 
 fn total_memory() -> u64 {
@@ -169,6 +171,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         init_timeout: Duration::from_secs(120),
         restorer: Some(Arc::new(restorer)),
         on_restore_failure: Some(crate::rebuild::hook(failures)),
+        spares: opts.spares,
     });
     let registry = Registry::open(&data_dir)?;
     let service = Service::new(

@@ -291,6 +291,8 @@ pub struct InvokeAnswer {
     pub start_time: Duration,
     /// Handler time.
     pub duration: Duration,
+    /// Phases of the restore, when this invocation restored its instance.
+    pub restore: Option<pool::instance::RestorePhases>,
 }
 
 impl Service {
@@ -307,6 +309,9 @@ impl Service {
         metrics
             .memory_budget_bytes
             .set(pool.config().memory_budget as i64);
+        let spares = pool.spare_config();
+        metrics.spares_per_version.set(spares.per_version as i64);
+        metrics.spares_max.set(spares.max_total as i64);
         Service {
             config: Arc::new(config),
             pool,
@@ -715,6 +720,7 @@ impl Service {
                 total.idle += c.idle;
                 total.busy += c.busy;
                 total.booting += c.booting;
+                total.spare += c.spare;
                 memory += self.pool.memory_of(&v.key);
                 let list = self.pool.instances(&v.key);
                 let used = sum_memory(&list);
@@ -884,6 +890,7 @@ impl Service {
                 outcome,
                 start,
                 start_time,
+                restore,
             }) => match outcome {
                 Outcome::Answer {
                     status,
@@ -898,6 +905,7 @@ impl Service {
                     start,
                     start_time,
                     duration,
+                    restore,
                 }),
                 Outcome::HandlerError {
                     error_type,
@@ -990,6 +998,16 @@ impl Service {
                 outcome: outcome.to_string(),
             })
             .inc();
+        if let Some(phases) = result.as_ref().ok().and_then(|s| s.restore) {
+            for (phase, d) in phases.named() {
+                self.metrics
+                    .restore_phases
+                    .get_or_create(&crate::metrics::PhaseLabels {
+                        phase: phase.into(),
+                    })
+                    .observe(d.as_secs_f64());
+            }
+        }
         if let Ok(s) = result {
             let labels = StartLabels {
                 function: name.to_string(),
@@ -1014,7 +1032,15 @@ impl Service {
     /// Refreshes gauges before a scrape.
     pub fn refresh_gauges(&self) {
         let c = self.pool.total_counts();
-        for (state, n) in [("idle", c.idle), ("busy", c.busy), ("booting", c.booting)] {
+        self.metrics.spares.set(c.spare as i64);
+        self.metrics
+            .set_spare_claims(self.pool.spare_hits(), self.pool.spare_misses());
+        for (state, n) in [
+            ("idle", c.idle),
+            ("busy", c.busy),
+            ("booting", c.booting),
+            ("spare", c.spare),
+        ] {
             self.metrics
                 .instances
                 .get_or_create(&crate::metrics::StateLabels {

@@ -46,8 +46,15 @@ async fn wait_for(server: &Server, name: &str, what: &str, done: impl Fn(&Value)
     }
 }
 
+/// The instances, without the spares (pre-made stub sandboxes).
 fn instances(v: &Value) -> Vec<Value> {
-    v["instance_list"].as_array().cloned().unwrap_or_default()
+    v["instance_list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i["state"] != "spare")
+        .collect()
 }
 
 /// Instances started by `kind`, idle and measured.
@@ -139,7 +146,8 @@ async fn min_instances_of_a_version_with_a_snapshot_are_restored_idle_copies() {
 #[tokio::test]
 async fn rss_pss_uss_per_instance_and_function_agree_between_the_api_and_metrics() {
     require_root!();
-    let server = Server::start(&[]);
+    // No spares: the sums below are of exactly these instances.
+    let server = Server::start(&["--spare-sandboxes", "0"]);
     server
         .deploy_ready(spec("measured", json!({"min_instances": 3})))
         .await;
@@ -266,7 +274,13 @@ async fn the_budget_counts_pss_so_restored_copies_fit_where_their_limits_would_n
     // Five instances with a 512 MiB limit each: 2,560 MiB by limits, three
     // times the budget. A start still reserves its limit while it runs.
     let budget = 900u64;
-    let server = Server::start(&["--memory-budget-mb", &budget.to_string()]);
+    // No spares: the budget figures below are of the instances alone.
+    let server = Server::start(&[
+        "--memory-budget-mb",
+        &budget.to_string(),
+        "--spare-sandboxes",
+        "0",
+    ]);
     let rec = server
         .deploy_ready(spec("dense", json!({"min_instances": 5, "memory_mb": 512})))
         .await;
@@ -294,7 +308,13 @@ async fn the_budget_counts_pss_so_restored_copies_fit_where_their_limits_would_n
 async fn over_the_budget_idle_instances_are_evicted_and_busy_ones_kept() {
     require_root!();
     let budget = 900u64;
-    let server = std::sync::Arc::new(Server::start(&["--memory-budget-mb", &budget.to_string()]));
+    // No spares: the budget figures below are of the instances alone.
+    let server = std::sync::Arc::new(Server::start(&[
+        "--memory-budget-mb",
+        &budget.to_string(),
+        "--spare-sandboxes",
+        "0",
+    ]));
     server
         .deploy_ready(spec("filler", json!({"memory_mb": 200, "concurrency": 8})))
         .await;

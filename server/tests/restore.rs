@@ -168,8 +168,17 @@ async fn twenty_copies_at_once_are_independent() {
         uuids.insert(v["uuid"].as_str().unwrap().to_string());
     }
     assert_eq!(uuids.len(), 20);
+    // Only the warm original and the spares (refilled) are left.
+    let v = server.wait_spares("counter", 2).await;
+    let kept: Vec<_> = v["instance_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["state"] != "spare")
+        .collect();
+    assert!(kept.len() <= 1, "forced copies are discarded: {v}");
     assert!(
-        server.sandbox_pids().len() <= 3,
+        server.sandbox_pids().len() <= 3 * (1 + 2),
         "forced copies are discarded"
     );
 }

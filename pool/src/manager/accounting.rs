@@ -45,7 +45,13 @@ pub(super) struct Live {
     pub limit: u64,
     /// Its last measurement.
     pub memory: Option<MemoryUse>,
+    /// A spare: a stub sandbox waiting for a restore, not an instance yet.
+    pub spare: bool,
 }
+
+/// What a spare counts until first measured: a stub sandbox's init and
+/// stub share the thaw binary's pages (a few MiB of PSS between them).
+const SPARE_ESTIMATE: u64 = 4 << 20;
 
 impl Live {
     pub fn new(key: FunctionKey, cgroup: Cgroup, start: StartKind, limit: u64) -> Live {
@@ -55,6 +61,19 @@ impl Live {
             start,
             limit,
             memory: None,
+            spare: false,
+        }
+    }
+
+    /// A spare of `key` (see `spares.rs`).
+    pub fn spare(key: FunctionKey, cgroup: Cgroup) -> Live {
+        Live {
+            key,
+            cgroup,
+            start: StartKind::Restore,
+            limit: SPARE_ESTIMATE,
+            memory: None,
+            spare: true,
         }
     }
 
@@ -64,8 +83,9 @@ impl Live {
     }
 }
 
-/// Bytes counted against the budget: live instances plus reservations.
-fn counted(st: &State) -> u64 {
+/// Bytes counted against the budget: live instances (and spares) plus
+/// reservations.
+pub(super) fn counted(st: &State) -> u64 {
     st.live.values().map(Live::counted).sum::<u64>() + st.reserved
 }
 
@@ -127,6 +147,7 @@ impl Pool {
 
     /// Every live instance of `key` with its state, how it started and its
     /// last measured memory (RSS, PSS, USS of all its sandbox's processes).
+    /// Spares are listed with state and start `spare`.
     pub fn instances(&self, key: &FunctionKey) -> Vec<InstanceInfo> {
         let st = self.state.lock().unwrap();
         let idle: std::collections::HashSet<&str> = st
@@ -141,12 +162,14 @@ impl Pool {
             .map(|(id, l)| InstanceInfo {
                 id: id.clone(),
                 version: l.key.version,
-                state: if idle.contains(id.as_str()) {
+                state: if l.spare {
+                    "spare"
+                } else if idle.contains(id.as_str()) {
                     "idle"
                 } else {
                     "busy"
                 },
-                start: l.start.as_str(),
+                start: if l.spare { "spare" } else { l.start.as_str() },
                 memory: l.memory.unwrap_or_default(),
             })
             .collect();

@@ -52,7 +52,7 @@ impl Pool {
             };
             let Some(spec) = spec else { break };
             match self.cold_start(&key, &spec, None, Room::Spare).await {
-                Ok((instance, _)) => {
+                Ok((instance, _, _)) => {
                     self.sample(Some(vec![instance.id().to_string()])).await;
                     self.release(&key, instance).await;
                 }

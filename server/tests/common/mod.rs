@@ -206,6 +206,23 @@ impl Server {
         }
     }
 
+    /// Waits until `name` has exactly `n` spares ready and none of its
+    /// sandboxes is starting; returns the function's record.
+    pub async fn wait_spares(&self, name: &str, n: u64) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let v = self.get(&format!("/functions/{name}")).await.json();
+            if v["instances"]["spare"] == n && v["instances"]["booting"] == 0 {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{name} never had {n} spares: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// pids in this server's sandbox cgroups.
     pub fn sandbox_pids(&self) -> Vec<i32> {
         let mut out = Vec::new();

@@ -1,0 +1,381 @@
+//! Spares: stub sandboxes made ahead of time for versions with a ready
+//! snapshot, so that a cold start pays only for the restore.
+//!
+//! A spare is a [`Stub`]: the snapshot loaded and every file its copy maps
+//! opened, and a stub sandbox (namespaces, cgroup with the version's limits,
+//! mounts, init, stub waiting in `pause()`) holding those descriptors. A
+//! restore takes one (a hit) or, when none is ready, makes one on the spot
+//! (a miss). One task launches spares, one at a time, never on a request's
+//! path: after each claim, when a version is registered, and on the pool's
+//! tick (which retries failed launches after their back-off).
+//!
+//! Which versions get spares: every registered version with a snapshot,
+//! most recently used first, `per_version` each until `max_total` spares in
+//! all; spares beyond that are destroyed. A version's spares go when it is
+//! retired or deleted, when its snapshot is replaced, and at shutdown.
+//! Spares are live sandboxes: their memory and processes count in the
+//! pool's reports, and they die with the server like every sandbox.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{FunctionKey, Pool, StartSpec};
+use crate::instance::Stub;
+
+/// How many spares the pool keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpareConfig {
+    /// Spares per version with a ready snapshot; 0 disables spares.
+    pub per_version: usize,
+    /// Most spares in all, over every version.
+    pub max_total: usize,
+}
+
+impl Default for SpareConfig {
+    fn default() -> Self {
+        SpareConfig {
+            per_version: 2,
+            max_total: 16,
+        }
+    }
+}
+
+/// First wait after a failed spare launch; doubles per failure in a row.
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+/// Longest wait between launch attempts of one version.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+fn backoff(failures: u32) -> Duration {
+    BACKOFF_FIRST
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX)
+}
+
+/// What the refiller should do next.
+struct Plan {
+    /// A version that lacks a spare (counted as launching already).
+    launch: Option<(FunctionKey, StartSpec)>,
+    /// Spares beyond what their version is allotted (already forgotten).
+    excess: Vec<Stub>,
+}
+
+/// Destroys stubs, logging (rate-limited) what could not be cleaned up.
+pub(super) async fn destroy_all(stubs: Vec<Stub>) {
+    for stub in stubs {
+        let id = stub.id().to_string();
+        if let Err(e) = stub.destroy().await {
+            if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow("cleanup") {
+                tracing::warn!(sandbox = %id, error = %e, suppressed, "spare clean-up failed");
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// The spare settings.
+    pub fn spare_config(&self) -> SpareConfig {
+        self.config.spares
+    }
+
+    /// Restores that found a spare ready, since the start.
+    pub fn spare_hits(&self) -> u64 {
+        self.shared.spare_hits.load(Ordering::Relaxed)
+    }
+
+    /// Restores that found no spare ready (with spares enabled), since the
+    /// start.
+    pub fn spare_misses(&self) -> u64 {
+        self.shared.spare_misses.load(Ordering::Relaxed)
+    }
+
+    fn spares_enabled(&self) -> bool {
+        self.config.spares.per_version > 0
+            && self.config.spares.max_total > 0
+            && self.config.restorer.is_some()
+    }
+
+    /// Starts the task that launches spares whenever it is woken.
+    pub(super) fn start_refiller(&self) {
+        if !self.spares_enabled() {
+            return;
+        }
+        let weak = std::sync::Arc::downgrade(&self.state);
+        let config = self.config.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            loop {
+                shared.refill.notified().await;
+                loop {
+                    let Some(state) = weak.upgrade() else { return };
+                    let pool = Pool {
+                        config: config.clone(),
+                        state,
+                        shared: shared.clone(),
+                    };
+                    let plan = pool.plan_spares();
+                    destroy_all(plan.excess).await;
+                    match plan.launch {
+                        Some((key, spec)) => pool.launch_spare(key, spec).await,
+                        None => break,
+                    }
+                }
+            }
+        });
+    }
+
+    /// Takes a ready spare of `key` made for `snapshot_id`, and wakes the
+    /// refiller. Counts the hit or miss.
+    pub(super) async fn take_spare(&self, key: &FunctionKey, snapshot_id: &str) -> Option<Stub> {
+        if !self.spares_enabled() {
+            return None;
+        }
+        let mut dead = Vec::new();
+        let found = {
+            let mut st = self.state.lock().unwrap();
+            let st = &mut *st;
+            st.last_used.insert(key.clone(), Instant::now());
+            let mut found = None;
+            if let Some(list) = st.spares.get_mut(key) {
+                while let Some(mut stub) = list.pop() {
+                    if stub.snapshot_id() == snapshot_id && stub.is_alive() {
+                        found = Some(stub);
+                        break;
+                    }
+                    st.live.remove(stub.id());
+                    dead.push(stub);
+                }
+                if list.is_empty() {
+                    st.spares.remove(key);
+                }
+            }
+            found
+        };
+        let counter = if found.is_some() {
+            &self.shared.spare_hits
+        } else {
+            &self.shared.spare_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.shared.refill.notify_one();
+        if !dead.is_empty() {
+            tokio::spawn(destroy_all(dead));
+        }
+        found
+    }
+
+    /// Decides the next spare to launch and which spares are in excess.
+    fn plan_spares(&self) -> Plan {
+        let mut st = self.state.lock().unwrap();
+        let st = &mut *st;
+        let mut plan = Plan {
+            launch: None,
+            excess: Vec::new(),
+        };
+        if st.closed {
+            return plan;
+        }
+        let cfg = self.config.spares;
+        let mut keys: Vec<&FunctionKey> = st
+            .specs
+            .iter()
+            .filter(|(k, s)| s.snapshot.is_some() && !st.retired.contains(*k))
+            .map(|(k, _)| k)
+            .collect();
+        // Most recently used first; then newest versions, for a stable order.
+        keys.sort_by(|a, b| {
+            st.last_used
+                .get(*b)
+                .cmp(&st.last_used.get(*a))
+                .then_with(|| (&b.name, b.version).cmp(&(&a.name, a.version)))
+        });
+        // Spares never make room: none is launched while the budget is full.
+        let full = super::accounting::counted(st) + (4 << 20) > self.config.memory_budget;
+        let now = Instant::now();
+        let mut allotted = 0;
+        let mut launch = None;
+        let mut trim: Vec<(FunctionKey, usize)> = Vec::new();
+        for key in keys {
+            let allot = cfg.per_version.min(cfg.max_total.saturating_sub(allotted));
+            allotted += allot;
+            let ready = st.spares.get(key).map_or(0, Vec::len);
+            let launching = st.spares_launching.get(key).copied().unwrap_or(0);
+            if ready > allot {
+                trim.push((key.clone(), ready - allot));
+            }
+            let waiting = st
+                .spare_backoff
+                .get(key)
+                .is_some_and(|(_, until)| *until > now);
+            if launch.is_none() && ready + launching < allot && !waiting && !full {
+                launch = Some((key.clone(), st.specs[key].clone()));
+            }
+        }
+        // Spares of versions no longer registered (or without a snapshot).
+        for (key, list) in &st.spares {
+            let eligible = st
+                .specs
+                .get(key)
+                .is_some_and(|s| s.snapshot.is_some() && !st.retired.contains(key));
+            if !eligible {
+                trim.push((key.clone(), list.len()));
+            }
+        }
+        for (key, n) in trim {
+            if let Some(list) = st.spares.get_mut(&key) {
+                for _ in 0..n.min(list.len()) {
+                    // Oldest first.
+                    plan.excess.push(list.remove(0));
+                }
+                if list.is_empty() {
+                    st.spares.remove(&key);
+                }
+            }
+        }
+        for stub in &plan.excess {
+            st.live.remove(stub.id());
+        }
+        if let Some((key, _)) = &launch {
+            *st.spares_launching.entry(key.clone()).or_default() += 1;
+        }
+        plan.launch = launch;
+        plan
+    }
+
+    /// Launches one spare of `key` and keeps it if it is still wanted.
+    async fn launch_spare(&self, key: FunctionKey, spec: StartSpec) {
+        let (Some(snapshot), Some(restorer)) = (&spec.snapshot, &self.config.restorer) else {
+            self.launch_done(&key);
+            return;
+        };
+        let started = Instant::now();
+        let mut sample = None;
+        let result = Stub::launch(
+            &self.config.sandbox,
+            &spec.launch,
+            snapshot,
+            restorer,
+            spec.logs.clone(),
+        )
+        .await;
+        let unwanted = {
+            let mut st = self.state.lock().unwrap();
+            let st = &mut *st;
+            match result {
+                Ok(stub) => {
+                    st.spare_backoff.remove(&key);
+                    let wanted = !st.closed
+                        && !st.retired.contains(&key)
+                        && st
+                            .specs
+                            .get(&key)
+                            .and_then(|s| s.snapshot.as_ref())
+                            .is_some_and(|s| s.id == stub.snapshot_id());
+                    if wanted {
+                        tracing::debug!(
+                            function = %key.name,
+                            version = key.version,
+                            sandbox = %stub.id(),
+                            launch_us = started.elapsed().as_micros() as u64,
+                            "spare ready"
+                        );
+                        st.live.insert(
+                            stub.id().to_string(),
+                            super::accounting::Live::spare(key.clone(), stub.cgroup().clone()),
+                        );
+                        sample = Some(stub.id().to_string());
+                        st.spares.entry(key.clone()).or_default().push(stub);
+                        None
+                    } else {
+                        Some(stub)
+                    }
+                }
+                Err(e) => {
+                    let failures = st.spare_backoff.get(&key).map_or(0, |(n, _)| *n) + 1;
+                    let wait = backoff(failures);
+                    st.spare_backoff
+                        .insert(key.clone(), (failures, Instant::now() + wait));
+                    let limit_key = format!("spare:{}", key.name);
+                    if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow(&limit_key) {
+                        tracing::warn!(
+                            function = %key.name,
+                            version = key.version,
+                            error = %e,
+                            failures,
+                            retry_in_ms = wait.as_millis() as u64,
+                            suppressed,
+                            "spare sandbox launch failed"
+                        );
+                    }
+                    None
+                }
+            }
+        };
+        // Destroyed before the launch counts as done, so that waiting for
+        // launches (retire, shutdown) also waits for this clean-up.
+        if let Some(stub) = unwanted {
+            destroy_all(vec![stub]).await;
+        }
+        self.launch_done(&key);
+        if let Some(id) = sample {
+            self.spawn_sample(&id);
+        }
+    }
+
+    fn launch_done(&self, key: &FunctionKey) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(n) = st.spares_launching.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                st.spares_launching.remove(key);
+            }
+        }
+    }
+
+    /// Destroys every ready spare.
+    pub(super) async fn drop_all_spares(&self) {
+        let stubs: Vec<Stub> = {
+            let mut st = self.state.lock().unwrap();
+            let stubs: Vec<Stub> = st.spares.drain().flat_map(|(_, l)| l).collect();
+            for s in &stubs {
+                st.live.remove(s.id());
+            }
+            stubs
+        };
+        destroy_all(stubs).await;
+    }
+
+    /// Waits (at most 10 s) until no spare of the versions `which` selects
+    /// is being launched; such launches see their version retired (or the
+    /// pool closed) and destroy what they made.
+    pub(super) async fn wait_spare_launches(&self, which: impl Fn(&FunctionKey) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let busy = self
+                .state
+                .lock()
+                .unwrap()
+                .spares_launching
+                .keys()
+                .any(&which);
+            if !busy || Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(2), Duration::from_millis(400));
+        assert_eq!(backoff(4), Duration::from_millis(1600));
+        assert_eq!(backoff(30), BACKOFF_MAX);
+    }
+}
