@@ -137,6 +137,9 @@ async fn a_thousand_restores_in_a_row_leak_nothing() {
         for _ in 0..20 {
             assert_eq!(restore(&server, json!({})).await.status, 200);
         }
+        // Spares (pre-made stub sandboxes) refill in the background: compare
+        // footprints with the spares complete.
+        server.wait_spares("probe", 2).await;
         let before = footprint(&server);
         for i in 0..1000 {
             let a = restore(&server, json!({})).await;
@@ -150,6 +153,7 @@ async fn a_thousand_restores_in_a_row_leak_nothing() {
         }
         // Discarded copies are torn down in the background: wait for the
         // sandboxes to go, then compare.
+        server.wait_spares("probe", 2).await;
         let t0 = Instant::now();
         let after = loop {
             let now = footprint(&server);
