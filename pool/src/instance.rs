@@ -15,6 +15,12 @@ use crate::sandbox::{LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExi
 /// Largest answer body accepted from a runtime.
 pub const MAX_ANSWER: usize = 64 << 20;
 
+/// Test only: an invocation carrying this header makes the page server of
+/// a `uffd` copy fail at its next fault (the copy is killed, the invocation
+/// crashes). The server passes it on only when started with
+/// `--allow-forced-cold`.
+pub const FAIL_PAGE_SERVER_HEADER: &str = "x-thaw-test-fail-page-server";
+
 /// How a start or an invocation ended the process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrashReport {
@@ -158,6 +164,11 @@ pub struct Instance {
     responses: pipe::Receiver,
     logs: LogTap,
     memory_limit: u64,
+    /// `uffd` copies: the page server (joined on destroy).
+    page_server: Option<crate::restore::CopyServer>,
+    /// `uffd` copies of a snapshot without a working set: where to record
+    /// the pages the first invocation touched.
+    record_to: Option<(Restorer, String)>,
     /// pid the runtime reported (inside its namespace).
     pub runtime_pid: u32,
     /// When the instance became ready.
@@ -196,6 +207,8 @@ impl Instance {
             responses,
             logs,
             memory_limit: spec.limits.memory_bytes,
+            page_server: None,
+            record_to: None,
             runtime_pid: 0,
             ready_at: Instant::now(),
             served: 0,
@@ -259,18 +272,36 @@ impl Instance {
         copy: crate::restore::sandboxed::PreparedCopy,
         ready_timeout: Duration,
     ) -> Result<RestorePhases, RestoreFailure> {
+        let mode: crate::restore::Mode =
+            snapshot
+                .mode
+                .parse()
+                .map_err(|reason| RestoreFailure::Restorer {
+                    id: snapshot.id.clone(),
+                    reason,
+                })?;
         let pid = self
             .sandbox
             .function_pid()
             .ok_or_else(|| RestoreFailure::Copy("the stub is missing".into()))?;
         let r = restorer.clone();
-        let timings = tokio::task::spawn_blocking(move || r.finish(&copy, pid))
+        let (timings, server) = tokio::task::spawn_blocking(move || r.finish(&copy, pid, mode))
             .await
             .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
             .map_err(|e| RestoreFailure::Restorer {
                 id: snapshot.id.clone(),
                 reason: e.to_string(),
             })?;
+        if server.is_some() {
+            let (r, id) = (restorer.clone(), snapshot.id.clone());
+            let recorded = tokio::task::spawn_blocking(move || r.working_set(&id).is_some())
+                .await
+                .unwrap_or(true);
+            if !recorded {
+                self.record_to = Some((restorer.clone(), snapshot.id.clone()));
+            }
+        }
+        self.page_server = server;
         let mut phases = RestorePhases {
             seize: timings.stub,
             mappings: timings.mappings,
@@ -315,6 +346,11 @@ impl Instance {
         self.sandbox.cgroup().memory_current().unwrap_or(0)
     }
 
+    /// `uffd` copies: what the page server has done so far.
+    pub fn page_server(&self) -> Option<&std::sync::Arc<crate::restore::uffd::LiveReport>> {
+        self.page_server.as_ref().map(|s| s.live())
+    }
+
     /// Host pid of the runtime process.
     pub fn runtime_host_pid(&self) -> Option<i32> {
         self.sandbox.function_pid()
@@ -343,6 +379,12 @@ impl Instance {
             headers: inv.headers.clone(),
         };
         self.logs.set_invocation(Some(inv.id.clone()));
+        if inv.headers.contains_key(FAIL_PAGE_SERVER_HEADER) {
+            if let Some(server) = &self.page_server {
+                tracing::warn!(invocation = %inv.id, "test switch: failing the page server");
+                server.live().fail_next_fault();
+            }
+        }
         let exchange = async {
             write_frame(&mut self.requests, &msg, &inv.body).await?;
             read_frame_limited(&mut self.responses, MAX_ANSWER).await
@@ -403,8 +445,30 @@ impl Instance {
         self.logs.set_invocation(None);
         if outcome.is_ok() {
             self.served += 1;
+            self.record_working_set();
         }
         outcome
+    }
+
+    /// After the first invocation of a `uffd` copy whose snapshot has no
+    /// working set: records the pages touched so far (restore-ready
+    /// exchange and the invocation), in the background.
+    fn record_working_set(&mut self) {
+        let (Some((restorer, id)), Some(server)) = (self.record_to.take(), &self.page_server)
+        else {
+            return;
+        };
+        let pages = server.live().touched();
+        tokio::task::spawn_blocking(move || {
+            let count = pages.len();
+            match restorer.record_working_set(&id, pages) {
+                Ok(true) => tracing::info!(snapshot = %id, pages = count, "working set recorded"),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(snapshot = %id, %err, "recording the working set failed")
+                }
+            }
+        });
     }
 
     /// Waits (briefly) for the sandbox to end and describes how it ended.
@@ -431,9 +495,24 @@ impl Instance {
         CrashReport { exit, oom, reason }
     }
 
-    /// Stops the instance and frees its sandbox.
+    /// Stops the instance and frees its sandbox; a `uffd` copy's page
+    /// server is joined (it ends with the copy) and its report logged.
     pub async fn destroy(self) -> Result<(), LaunchError> {
-        self.sandbox.destroy().await
+        let result = self.sandbox.destroy().await;
+        if let Some(server) = self.page_server {
+            match tokio::task::spawn_blocking(move || server.join()).await {
+                Ok(Ok(report)) => tracing::debug!(
+                    faults = report.faults,
+                    copied = report.copied,
+                    zero = report.zero,
+                    prefetched = report.prefetched,
+                    "page server ended"
+                ),
+                Ok(Err(err)) => tracing::warn!(%err, "the page server had failed"),
+                Err(err) => tracing::warn!(%err, "joining the page server failed"),
+            }
+        }
+        result
     }
 }
 
@@ -517,6 +596,8 @@ impl Stub {
             responses,
             logs,
             memory_limit: spec.limits.memory_bytes,
+            page_server: None,
+            record_to: None,
             runtime_pid: 2,
             ready_at: Instant::now(),
             served: 0,

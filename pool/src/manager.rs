@@ -575,6 +575,11 @@ impl Pool {
         result
     }
 
+    /// The restorer, if cold starts may restore.
+    pub fn restorer(&self) -> Option<&crate::instance::Restorer> {
+        self.config.restorer.as_ref()
+    }
+
     /// Restores that failed and fell back to booting, since the start.
     pub fn restore_failures(&self) -> u64 {
         self.shared.restore_failures.load(Ordering::Relaxed)

@@ -23,6 +23,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// How restored copies get their private memory (docs/restore.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryMode {
+    /// `MAP_PRIVATE` of the snapshot's image (shared page cache).
+    #[default]
+    Mmap,
+    /// Anonymous memory filled by a userfaultfd page server, with the
+    /// recorded working set prefetched.
+    Uffd,
+}
+
+impl MemoryMode {
+    /// The name used in specs, flags and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryMode::Mmap => "mmap",
+            MemoryMode::Uffd => "uffd",
+        }
+    }
+}
+
 /// Settings as they may appear in the file, the environment or flags; unset
 /// ones fall through to the next source.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -53,6 +75,10 @@ pub struct Settings {
     /// On SIGTERM, seconds in-flight invocations may take (default 30).
     #[arg(long, env = "THAW_STOP_TIMEOUT_S")]
     pub stop_timeout_s: Option<u64>,
+    /// How restored copies get their memory: mmap or uffd (default mmap);
+    /// a function's `memory_mode` overrides it.
+    #[arg(long, env = "THAW_MEMORY_MODE", value_enum)]
+    pub memory_mode: Option<MemoryMode>,
     /// Log format: text or json (default text).
     #[arg(long, env = "THAW_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -94,6 +120,7 @@ impl Settings {
             token_file: self.token_file.or(below.token_file),
             allow_forced_cold: self.allow_forced_cold.or(below.allow_forced_cold),
             stop_timeout_s: self.stop_timeout_s.or(below.stop_timeout_s),
+            memory_mode: self.memory_mode.or(below.memory_mode),
             log_format: self.log_format.or(below.log_format),
             log_kb_per_function: self.log_kb_per_function.or(below.log_kb_per_function),
             log_max_age_s: self.log_max_age_s.or(below.log_max_age_s),
@@ -131,6 +158,7 @@ impl Settings {
             memory_budget: self.memory_budget_mb.map(|m| m << 20),
             tokens,
             allow_forced_cold: self.allow_forced_cold.unwrap_or(false),
+            memory_mode: self.memory_mode.unwrap_or_default(),
             deploy: self.deploy,
             stop_timeout: Duration::from_secs(self.stop_timeout_s.unwrap_or(30)),
             logs: crate::logstore::LogLimits {
@@ -155,7 +183,7 @@ mod tests {
     #[test]
     fn flags_override_the_file_and_defaults_fill_the_rest() {
         let file: Settings = toml::from_str(
-            "listen = \"127.0.0.1:9000\"\nmax_body_mb = 2\nallow_forced_cold = true\n",
+            "listen = \"127.0.0.1:9000\"\nmax_body_mb = 2\nallow_forced_cold = true\nmemory_mode = \"uffd\"\n",
         )
         .unwrap();
         let flags = Settings {
@@ -186,6 +214,28 @@ mod tests {
         let opts = flags.over(file).resolve().unwrap();
         assert_eq!(opts.spares.per_version, 3);
         assert_eq!(opts.spares.max_total, 4);
+    }
+
+    #[test]
+    fn memory_mode_layers_like_every_setting() {
+        let file: Settings = toml::from_str("memory_mode = \"uffd\"\n").unwrap();
+        let opts = Settings::default().over(file).resolve().unwrap();
+        assert_eq!(opts.memory_mode, MemoryMode::Uffd);
+        let flags = Settings {
+            memory_mode: Some(MemoryMode::Mmap),
+            ..Settings::default()
+        };
+        let file: Settings = toml::from_str("memory_mode = \"uffd\"\n").unwrap();
+        assert_eq!(
+            flags.over(file).resolve().unwrap().memory_mode,
+            MemoryMode::Mmap
+        );
+        assert_eq!(
+            Settings::default().resolve().unwrap().memory_mode,
+            MemoryMode::Mmap
+        );
+        let err = toml::from_str::<Settings>("memory_mode = \"lazy\"\n").unwrap_err();
+        assert!(err.to_string().contains("mmap"), "{err}");
     }
 
     #[test]

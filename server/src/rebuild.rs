@@ -177,7 +177,12 @@ impl Service {
                         v.record.rebuilds += 1;
                         v.start.snapshot = Some(pool::instance::SnapshotSource {
                             id: info.id.clone(),
-                            mode: self.config.memory_mode.clone(),
+                            mode: v
+                                .record
+                                .spec
+                                .memory_mode
+                                .clone()
+                                .unwrap_or_else(|| self.config.memory_mode.clone()),
                         });
                         v.record.snapshot = Some(info.clone());
                         if let Some(n) = &mut v.record.restore_failure {

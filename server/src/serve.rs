@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub tokens: crate::auth::Tokens,
     /// Honour `x-thaw-cold`.
     pub allow_forced_cold: bool,
+    /// Default memory mode of restored copies.
+    pub memory_mode: crate::config::MemoryMode,
     /// Folders with a `thaw.toml` to deploy at start.
     pub deploy: Vec<PathBuf>,
     /// On SIGTERM, how long in-flight invocations may take to finish.
@@ -182,7 +184,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             hash_seed,
             max_body: opts.max_body,
             allow_forced_cold: opts.allow_forced_cold,
-            memory_mode: "mmap".into(),
+            memory_mode: opts.memory_mode.as_str().into(),
         },
         pool.clone(),
         registry,

@@ -183,6 +183,12 @@ pub struct FunctionView {
     pub instances: Counts,
     /// The snapshot (none until snapshots exist).
     pub snapshot: Option<serde_json::Value>,
+    /// How the newest version's restored copies get their memory (`mmap`
+    /// or `uffd`: its spec's `memory_mode`, else the server's).
+    pub memory_mode: String,
+    /// The working set recorded for the newest version's snapshot (`uffd`
+    /// copies prefetch it), if any.
+    pub working_set: Option<WorkingSetView>,
     /// The newest version's last failed restore and its rebuild (why cold
     /// starts boot instead of restoring), if any.
     pub restore_failure: Option<crate::rebuild::RestoreFailureNote>,
@@ -196,6 +202,19 @@ pub struct FunctionView {
     pub spec: FunctionSpec,
     /// Every version, oldest first.
     pub versions: Vec<VersionView>,
+}
+
+/// A recorded working set in [`FunctionView`].
+#[derive(Debug, serde::Serialize)]
+pub struct WorkingSetView {
+    /// Pages listed.
+    pub pages: usize,
+    /// The same in bytes.
+    pub bytes: u64,
+    /// Copies restored with it prefetched since the server started.
+    pub copies_prefetched: u64,
+    /// Pages their page servers filled before the copies resumed.
+    pub pages_prefetched: u64,
 }
 
 /// One version in [`FunctionView`].
@@ -434,7 +453,7 @@ impl Service {
                 .as_ref()
                 .map(|s| pool::instance::SnapshotSource {
                     id: s.id.clone(),
-                    mode: self.config.memory_mode.clone(),
+                    mode: self.memory_mode(&record.spec),
                 }),
         };
         Version {
@@ -662,7 +681,7 @@ impl Service {
             v.record.error = error.clone();
             v.start.snapshot = snapshot.as_ref().map(|s| pool::instance::SnapshotSource {
                 id: s.id.clone(),
-                mode: self.config.memory_mode.clone(),
+                mode: self.memory_mode(&v.record.spec),
             });
             v.record.snapshot = snapshot;
             self.keep(v);
@@ -747,6 +766,18 @@ impl Service {
                 .snapshot
                 .as_ref()
                 .map(|s| serde_json::to_value(s).expect("snapshot info serialises")),
+            memory_mode: self.memory_mode(&latest.record.spec),
+            working_set: latest.record.snapshot.as_ref().and_then(|s| {
+                let r = self.pool.restorer()?;
+                let w = r.working_set(&s.id)?;
+                let used = r.prefetch_stats(&s.id);
+                Some(WorkingSetView {
+                    pages: w.len(),
+                    bytes: w.len() as u64 * 4096,
+                    copies_prefetched: used.copies,
+                    pages_prefetched: used.pages,
+                })
+            }),
             restore_failure: latest.record.restore_failure.clone(),
             memory_bytes: memory,
             memory: sum_memory(&instance_list),
@@ -853,7 +884,27 @@ impl Service {
         })
     }
 
+    /// The memory mode of copies of a version with this spec.
+    fn memory_mode(&self, spec: &FunctionSpec) -> String {
+        spec.memory_mode
+            .clone()
+            .unwrap_or_else(|| self.config.memory_mode.clone())
+    }
+
     async fn invoke_inner(&self, id: &str, req: InvokeRequest) -> Result<InvokeAnswer, ApiError> {
+        if req
+            .headers
+            .contains_key(pool::instance::FAIL_PAGE_SERVER_HEADER)
+            && !self.config.allow_forced_cold
+        {
+            return Err(ApiError::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "{} (a test switch) needs a server started with --allow-forced-cold",
+                    pool::instance::FAIL_PAGE_SERVER_HEADER
+                ),
+            ));
+        }
         let cold = match req.cold.as_deref() {
             None => None,
             Some(kind) if !self.config.allow_forced_cold => {

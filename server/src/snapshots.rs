@@ -88,6 +88,7 @@ pub fn take(
 /// next gc).
 pub fn remove(store: &PageStore, dir: &Path, id: &str) {
     let _ = std::fs::remove_file(manifest_path(dir, id));
+    let _ = std::fs::remove_file(pool::restore::working_set::path(dir, id));
     if let Err(e) = store.remove_snapshot(id) {
         tracing::warn!(snapshot = %id, error = %e, "removing the snapshot root failed");
     }

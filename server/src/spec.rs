@@ -65,6 +65,10 @@ pub struct FunctionSpec {
     /// copies restore it (default true); `false`: they all boot.
     #[serde(default = "default_snapshot")]
     pub snapshot: bool,
+    /// How restored copies get their memory: `mmap` or `uffd` (default:
+    /// the server's `--memory-mode`).
+    #[serde(default)]
+    pub memory_mode: Option<String>,
 }
 
 /// The body of `POST /functions`: the spec plus the code.
@@ -205,6 +209,13 @@ impl FunctionSpec {
         range("min_instances", self.min_instances, 0, MAX_MIN_INSTANCES)?;
         range("queue", self.queue, 0, 100_000)?;
         range("tmp_mb", self.tmp_mb, 1, 16_384)?;
+        if let Some(mode) = &self.memory_mode {
+            if mode != "mmap" && mode != "uffd" {
+                return Err(invalid(format!(
+                    "field `memory_mode` must be \"mmap\" or \"uffd\", got {mode:?}"
+                )));
+            }
+        }
         if self.warmup.len() > MAX_WARMUP {
             return Err(invalid(format!(
                 "field `warmup` has more than {MAX_WARMUP} events"
@@ -256,6 +267,12 @@ mod tests {
         assert_eq!(s.min_instances, 0);
         assert!(s.snapshot);
         assert_eq!(s.network, Network::None);
+        assert_eq!(s.memory_mode, None);
+        let s = FunctionSpec::from_fields(fields(
+            serde_json::json!({"name": "a", "memory_mode": "uffd"}),
+        ))
+        .unwrap();
+        assert_eq!(s.memory_mode.as_deref(), Some("uffd"));
     }
 
     #[test]
@@ -282,6 +299,10 @@ mod tests {
             (
                 serde_json::json!({"name": "a", "network": "everywhere"}),
                 "everywhere",
+            ),
+            (
+                serde_json::json!({"name": "a", "memory_mode": "lazy"}),
+                "memory_mode",
             ),
         ] {
             let err = FunctionSpec::from_fields(fields(json))

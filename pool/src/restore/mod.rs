@@ -37,6 +37,7 @@ pub mod sandboxed;
 pub mod spawn;
 pub mod thread;
 pub mod uffd;
+pub mod working_set;
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -312,6 +313,24 @@ fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> Result<OwnedFd, RestoreError> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
 }
 
+/// The highest descriptor number `pid` may hold (its `RLIMIT_NOFILE` soft
+/// limit minus one, at most 1,048,575).
+fn highest_fd(pid: i32) -> Result<u64, RestoreError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reading (new limit null) into a valid rlimit.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
+    if r < 0 {
+        return Err(RestoreError::Io {
+            what: "prlimit (stub's RLIMIT_NOFILE)".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(limit.rlim_cur.clamp(64, 1 << 20) - 1)
+}
+
 /// Kills and reaps init unless disarmed.
 struct InitGuard(Option<i32>);
 
@@ -434,12 +453,14 @@ pub fn restore(
     let server = drive(
         remote,
         Some(&spawned.stub_pidfd),
+        false,
         snapshot,
         &image,
         &plan,
         options,
         &mut timings,
     )?;
+    let server = server.map(|(thread, _)| thread);
     drop(plan);
     guard.0 = None;
     Ok(RestoredChild {
@@ -454,51 +475,101 @@ pub fn restore(
     })
 }
 
+/// The page server of a copy made by [`restore_into`] in `uffd` mode: a
+/// thread of the restorer serving the copy's faults until the copy ends.
+/// Whoever owns the copy owns this: [`CopyServer::join`] it once the copy
+/// is dead. If serving fails, the server kills the copy itself.
+#[derive(Debug)]
+pub struct CopyServer {
+    thread: PageServerThread,
+    live: std::sync::Arc<uffd::LiveReport>,
+}
+
+impl CopyServer {
+    /// What the server has done so far (working set, faults, prefetch).
+    pub fn live(&self) -> &std::sync::Arc<uffd::LiveReport> {
+        &self.live
+    }
+
+    /// Waits for the server to end (it ends when the copy has exited) and
+    /// returns its report, or why it failed. Blocking.
+    pub fn join(self) -> Result<uffd::ServerReport, RestoreError> {
+        match self.thread.join() {
+            Ok(r) => r,
+            Err(_) => Err(RestoreError::Unsupported("the page server panicked".into())),
+        }
+    }
+}
+
+/// Opens a pidfd of `pid` (any process; not necessarily our child).
+fn pidfd_open(pid: i32) -> Result<OwnedFd, RestoreError> {
+    // SAFETY: pidfd_open with no flags returns a new descriptor or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(RestoreError::Io {
+            what: format!("pidfd_open({pid})"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
+}
+
 /// Turns a stub that already exists, holds [`Prepared::moves`] at their
 /// numbers and waits in `pause()` (a sandbox's restore stub) into a copy of
-/// `snapshot`. `mmap` mode only for now.
+/// `snapshot`. In `uffd` mode the userfaultfd is made in the stub while it
+/// is still privileged and the copy keeps it open at its highest allowed
+/// descriptor (see docs/restore.md, "uffd copies and the server's death");
+/// the returned [`CopyServer`] serves it.
 pub fn restore_into(
     stub_pid: i32,
     snapshot: &Snapshot,
     prepared: &Prepared,
     options: &RestoreOptions<'_>,
-) -> Result<RestoreTimings, RestoreError> {
-    if options.mode == Mode::Uffd {
-        return Err(RestoreError::Unsupported(
-            "uffd restores into an existing stub are not implemented yet; use mmap".into(),
-        ));
-    }
+) -> Result<(RestoreTimings, Option<CopyServer>), RestoreError> {
     let mut timings = RestoreTimings {
         plan: prepared.took,
         ..RestoreTimings::default()
     };
     let started = Instant::now();
+    let pidfd = match options.mode {
+        Mode::Uffd => Some(pidfd_open(stub_pid)?),
+        Mode::Mmap => None,
+    };
     let remote = Remote::seize(stub_pid)?;
     timings.stub = started.elapsed();
-    drive(
+    let server = drive(
         remote,
-        None,
+        pidfd.as_ref(),
+        true,
         snapshot,
         &prepared.image,
         &prepared.plan,
         options,
         &mut timings,
     )?;
-    Ok(timings)
+    Ok((
+        timings,
+        server.map(|(thread, live)| CopyServer { thread, live }),
+    ))
 }
 
 /// Everything after the stub is seized: address space, kernel state,
-/// registers, detach. Returns the uffd page server, if any.
+/// registers, detach. Returns the uffd page server, if any. `keep_uffd`:
+/// the copy keeps its userfaultfd open (at its highest allowed fd), so the
+/// kernel never releases it, and never turns missing pages into zeros,
+/// while the copy lives.
+#[allow(clippy::too_many_arguments)]
 fn drive(
     mut remote: Remote,
     stub_pidfd: Option<&OwnedFd>,
+    keep_uffd: bool,
     snapshot: &Snapshot,
     image: &snapshotter::store::CachedImage,
     plan: &fds::FdPlan,
     options: &RestoreOptions<'_>,
     timings: &mut RestoreTimings,
-) -> Result<Option<std::thread::JoinHandle<Result<uffd::ServerReport, RestoreError>>>, RestoreError>
-{
+) -> Result<Option<(PageServerThread, std::sync::Arc<uffd::LiveReport>)>, RestoreError> {
     let state = &snapshot.state;
     let started = Instant::now();
     let stub_map = memory::stub_map(remote.pid())?;
@@ -578,14 +649,32 @@ fn drive(
     let started = Instant::now();
     let mut batch = Batch::new(places.scratch);
     thread::set_mm(&mut batch, state, plan.exe_fd)?;
+    let mut close_to = u32::MAX as u64;
     if let Some(fd) = uffd_in_stub {
+        let keep_at = if keep_uffd {
+            Some(highest_fd(remote.pid())?)
+        } else {
+            None
+        };
+        // A saved descriptor at that number wins (the copy is then
+        // protected by the page server's kill alone).
+        if let Some(keep_at) = keep_at.filter(|&n| !state.fds.iter().any(|f| f.fd as u64 == n)) {
+            batch.call(
+                "dup3 (userfaultfd kept by the copy)",
+                libc::SYS_dup3,
+                [fd, keep_at, libc::O_CLOEXEC as u64, 0, 0, 0],
+            );
+            close_to = keep_at - 1;
+        }
         batch.call("close (userfaultfd)", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
     }
-    batch.call(
-        "close_range (mapping fds)",
-        libc::SYS_close_range,
-        [plan.first_private_fd as u64, u32::MAX as u64, 0, 0, 0, 0],
-    );
+    if (plan.first_private_fd as u64) <= close_to {
+        batch.call(
+            "close_range (mapping fds)",
+            libc::SYS_close_range,
+            [plan.first_private_fd as u64, close_to, 0, 0, 0, 0],
+        );
+    }
     for fd in &plan.cloexec {
         batch.call(
             "fcntl(F_SETFD)",
@@ -625,6 +714,7 @@ fn drive(
     timings.injected = remote.calls;
     let server = match server {
         Some(s) => {
+            let live = s.live();
             let pidfd = stub_pidfd
                 .expect("uffd mode has the stub's pidfd")
                 .try_clone()
@@ -632,7 +722,7 @@ fn drive(
                     what: "dup pidfd".into(),
                     source,
                 })?;
-            Some(s.spawn(pidfd))
+            Some((s.spawn(pidfd), live))
         }
         None => None,
     };

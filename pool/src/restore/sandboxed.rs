@@ -6,8 +6,13 @@
 //! prepare   load the snapshot (cached), open its image and every file it maps
 //! launch    the pool starts a stub sandbox holding those descriptors at the
 //!           plan's numbers (fds 0-4 are the sandbox's own: logs, protocol)
-//! finish    restore_into(stub): the stub becomes the copy, pid 2 as captured
+//! finish    restore_into(stub): the stub becomes the copy, pid 2 as captured;
+//!           in uffd mode with the snapshot's recorded working set prefetched
 //! ```
+//!
+//! The restorer also keeps each snapshot's working set (see
+//! [`super::working_set`]): recorded once, from the first invocation of a
+//! `uffd` copy, then prefetched by every later `uffd` copy.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -18,8 +23,10 @@ use snapshotter::snapshot::{load_snapshot, Snapshot};
 use snapshotter::store::PageStore;
 
 use super::fds::PathMap;
+use super::working_set;
 use super::{
-    prepare_mapped, restore_into, Mode, Prepared, RestoreError, RestoreOptions, RestoreTimings,
+    prepare_mapped, restore_into, CopyServer, Mode, Prepared, RestoreError, RestoreOptions,
+    RestoreTimings,
 };
 
 /// Restores snapshots of one installation into sandbox stubs.
@@ -28,7 +35,21 @@ pub struct SnapshotRestorer {
     snapshots_dir: PathBuf,
     store: Arc<PageStore>,
     cache: Mutex<HashMap<String, Arc<Snapshot>>>,
+    /// Working sets read or recorded (`None`: none, or a corrupt file).
+    working_sets: Mutex<HashMap<String, Option<Arc<Vec<u64>>>>>,
+    /// Per snapshot: copies that prefetched its working set, and the pages
+    /// their page servers filled ahead of faults.
+    prefetches: Mutex<HashMap<String, PrefetchStats>>,
     devnull: OwnedFd,
+}
+
+/// How a snapshot's working set was used since the restorer started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefetchStats {
+    /// `uffd` copies restored with the working set prefetched.
+    pub copies: u64,
+    /// Pages their page servers filled before the copies resumed.
+    pub pages: u64,
 }
 
 /// A restore made ready before its stub exists.
@@ -64,6 +85,8 @@ impl SnapshotRestorer {
             snapshots_dir,
             store,
             cache: Mutex::new(HashMap::new()),
+            working_sets: Mutex::new(HashMap::new()),
+            prefetches: Mutex::new(HashMap::new()),
             devnull,
         })
     }
@@ -80,6 +103,46 @@ impl SnapshotRestorer {
     /// Forgets a snapshot (it was deleted or is being rebuilt).
     pub fn forget(&self, id: &str) {
         self.cache.lock().unwrap().remove(id);
+        self.working_sets.lock().unwrap().remove(id);
+    }
+
+    /// The recorded working set of snapshot `id`, if any. A file that fails
+    /// its checks is logged and ignored (the next recording replaces it).
+    pub fn working_set(&self, id: &str) -> Option<Arc<Vec<u64>>> {
+        if let Some(w) = self.working_sets.lock().unwrap().get(id) {
+            return w.clone();
+        }
+        let loaded = match working_set::load(&working_set::path(&self.snapshots_dir, id)) {
+            Ok(w) => w.map(Arc::new),
+            Err(err) => {
+                tracing::warn!(snapshot = %id, %err, "ignoring the working set");
+                None
+            }
+        };
+        self.working_sets
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), loaded.clone());
+        loaded
+    }
+
+    /// Records `pages` (first-touch order) as the working set of snapshot
+    /// `id`, unless one is recorded already. Blocking (writes and fsyncs).
+    /// Returns whether it was written.
+    pub fn record_working_set(
+        &self,
+        id: &str,
+        pages: Vec<u64>,
+    ) -> Result<bool, working_set::WorkingSetError> {
+        if pages.is_empty() || self.working_set(id).is_some() {
+            return Ok(false);
+        }
+        working_set::save(&working_set::path(&self.snapshots_dir, id), &pages)?;
+        self.working_sets
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), Some(Arc::new(pages)));
+        Ok(true)
     }
 
     /// Loads the snapshot and opens everything its copy needs. Blocking.
@@ -106,18 +169,42 @@ impl SnapshotRestorer {
     }
 
     /// Turns the stub (host pid `stub_pid`, holding [`PreparedCopy::fds`])
-    /// into the copy. Blocking; ptrace from the calling thread.
+    /// into the copy. Blocking; ptrace from the calling thread. In `uffd`
+    /// mode the snapshot's working set, if recorded, is prefetched before
+    /// the copy resumes, and the copy's page server is returned: its owner
+    /// keeps it until the copy is gone.
     pub fn finish(
         &self,
         copy: &PreparedCopy,
         stub_pid: i32,
-    ) -> Result<RestoreTimings, RestoreError> {
-        restore_into(
-            stub_pid,
-            &copy.snapshot,
-            &copy.prepared,
-            &options(Vec::new()),
-        )
+        mode: Mode,
+    ) -> Result<(RestoreTimings, Option<CopyServer>), RestoreError> {
+        let mut options = options(Vec::new());
+        options.mode = mode;
+        if mode == Mode::Uffd {
+            if let Some(pages) = self.working_set(&copy.snapshot.id) {
+                options.prefetch = pages.to_vec();
+            }
+        }
+        let prefetching = !options.prefetch.is_empty();
+        let (timings, server) = restore_into(stub_pid, &copy.snapshot, &copy.prepared, &options)?;
+        if let (true, Some(server)) = (prefetching, &server) {
+            let mut map = self.prefetches.lock().unwrap();
+            let stats = map.entry(copy.snapshot.id.clone()).or_default();
+            stats.copies += 1;
+            stats.pages += server.live().prefetched();
+        }
+        Ok((timings, server))
+    }
+
+    /// How snapshot `id`'s working set was prefetched since the start.
+    pub fn prefetch_stats(&self, id: &str) -> PrefetchStats {
+        self.prefetches
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .unwrap_or_default()
     }
 }
 

@@ -25,7 +25,8 @@
 //! namespace then).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use snapshotter::state::{AreaKind, MemoryArea, PAGE_SIZE};
@@ -193,6 +194,46 @@ pub struct PageServer {
     pub report: ServerReport,
     /// Saved page addresses to fill ahead of faults, popped from the end.
     prefetch: Vec<u64>,
+    /// What the server did so far, readable while it runs.
+    live: Arc<LiveReport>,
+}
+
+/// What a running page server has done so far, shared with its owner: the
+/// working set can be taken at the end of an invocation, long before the
+/// copy exits. Also carries the test-only failure switch.
+#[derive(Debug, Default)]
+pub struct LiveReport {
+    touched: Mutex<Vec<u64>>,
+    faults: AtomicU64,
+    prefetched: AtomicU64,
+    fail: AtomicBool,
+}
+
+impl LiveReport {
+    /// Saved addresses of the pages that faulted so far, in first-touch
+    /// order (see [`ServerReport::touched`]).
+    pub fn touched(&self) -> Vec<u64> {
+        self.touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Faults served so far.
+    pub fn faults(&self) -> u64 {
+        self.faults.load(Ordering::Relaxed)
+    }
+
+    /// Pages copied ahead of any fault so far.
+    pub fn prefetched(&self) -> u64 {
+        self.prefetched.load(Ordering::Relaxed)
+    }
+
+    /// Test only: makes the server fail at its next page fault (it then
+    /// kills the copy, as on any real failure).
+    pub fn fail_next_fault(&self) {
+        self.fail.store(true, Ordering::Relaxed);
+    }
 }
 
 /// What a page server did for its copy.
@@ -273,7 +314,13 @@ impl PageServer {
             zeroed: Vec::new(),
             report: ServerReport::default(),
             prefetch: Vec::new(),
+            live: Arc::new(LiveReport::default()),
         })
+    }
+
+    /// The server's live report (shared; see [`LiveReport`]).
+    pub fn live(&self) -> Arc<LiveReport> {
+        self.live.clone()
     }
 
     /// Pages (saved addresses, as [`ServerReport::touched`] lists them) to
@@ -339,6 +386,9 @@ impl PageServer {
             }
             self.report.copied += count as u64;
             self.report.prefetched += count as u64;
+            self.live
+                .prefetched
+                .fetch_add(count as u64, Ordering::Relaxed);
         }
         // Pages the run covered leave the list.
         let end = page + count as u64 * PAGE_SIZE;
@@ -473,13 +523,20 @@ impl PageServer {
                     zeroed: self.zeroed.clone(),
                     report: ServerReport::default(),
                     prefetch: Vec::new(),
+                    live: Arc::new(LiveReport::default()),
                 };
                 let end = self.stop.clone();
                 child.spawn_with(end, copy.clone());
                 Ok(())
             }
             EVENT_PAGEFAULT => {
+                if self.live.fail.load(Ordering::Relaxed) {
+                    return Err(RestoreError::Unsupported(
+                        "page server failure forced by the test switch".into(),
+                    ));
+                }
                 self.report.faults += 1;
+                self.live.faults.fetch_add(1, Ordering::Relaxed);
                 let page = msg.arg[1] & !(PAGE_SIZE - 1);
                 if !self
                     .remaps
@@ -487,6 +544,11 @@ impl PageServer {
                     .any(|&(to, len, _)| (to..to + len).contains(&page))
                 {
                     self.report.touched.push(page);
+                    self.live
+                        .touched
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(page);
                 }
                 self.fill(page)
             }
