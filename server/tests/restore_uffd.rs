@@ -450,11 +450,9 @@ async fn acceptance_5_memory_semantics_in_uffd_mode() {
     acceptance_5("uffd").await;
 }
 
-/// The mmap arm belongs to the anonymous-semantics task (another engineer):
-/// `MADV_DONTNEED` and `mremap` growth over the image are known to differ
-/// there (docs/restore.md, "Known limits"). Run it with `--ignored`.
+/// The mmap arm: anonymous semantics over the image come from the
+/// anonymous-semantics work (seccomp-trapped madvise and mremap).
 #[tokio::test]
-#[ignore = "mmap arm: the anonymous-semantics task's; known to fail until it lands"]
 async fn acceptance_5_memory_semantics_in_mmap_mode() {
     require_root!();
     acceptance_5("mmap").await;
