@@ -7,7 +7,8 @@
 //! ratios.
 //!
 //! `cargo bench -p pool --bench restore` (needs root and /usr/bin/python3;
-//! the numpy workload is skipped without numpy and pandas).
+//! the numpy workload is skipped without numpy and pandas);
+//! `THAW_BENCH_VARIANTS=mmap` runs only the named variants.
 
 #[path = "../tests/restore_support/mod.rs"]
 mod restore_support;
@@ -95,8 +96,11 @@ fn workload(name: &str, script: &str, cold_rounds: usize) {
 
     // The first restore builds the image; not counted.
     drop(restore_with_pipes(&snap, Mode::Mmap));
+    let wanted = variants();
     // The working set of one request, recorded by a uffd copy.
-    let working_set = {
+    let working_set = if !wanted.iter().any(|v| v.starts_with("uffd")) {
+        Vec::new()
+    } else {
         let mut copy = restore_with_pipes(&snap, Mode::Uffd);
         copy.send(b"7\n");
         assert_eq!(copy.line(), expected);
@@ -116,6 +120,9 @@ fn workload(name: &str, script: &str, cold_rounds: usize) {
             true,
         ),
     ] {
+        if !wanted.iter().any(|v| v == name) {
+            continue;
+        }
         let mut phases: Vec<RestoreTimings> = Vec::new();
         let mut first_answer = Vec::new();
         let mut served = None;
@@ -154,6 +161,9 @@ fn workload(name: &str, script: &str, cold_rounds: usize) {
         }
         answers.push((name, median(first_answer)));
     }
+    if wanted.iter().any(|v| v == "mmap") {
+        guard_ab(&snap, &expected);
+    }
     let cold = median(cold);
     let warm = median(warm);
     println!(
@@ -168,6 +178,77 @@ fn workload(name: &str, script: &str, cold_rounds: usize) {
             cold.as_secs_f64() / restored.as_secs_f64(),
             restored.as_secs_f64() / warm.as_secs_f64()
         );
+    }
+}
+
+/// mmap mode with and without the anonymous-memory guard
+/// (`pool::restore::anon`), rounds interleaved: restore and first-answer
+/// medians, and their ratios.
+fn guard_ab(snap: &Path, expected: &str) {
+    let mut with = (Vec::new(), Vec::new(), Vec::new());
+    let mut without = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..2 * ROUNDS {
+        let on = round % 2 == 0;
+        pool::restore::anon::set_enabled(on);
+        let started = Instant::now();
+        let mut copy = restore_with_pipes(snap, Mode::Mmap);
+        copy.send(b"7\n");
+        assert_eq!(copy.line(), expected);
+        let answered = started.elapsed();
+        let side = if on { &mut with } else { &mut without };
+        side.0.push(copy.child.timings.total());
+        side.1.push(answered);
+        // The phases the guard adds to: mapping batch and state.
+        side.2
+            .push(copy.child.timings.batch + copy.child.timings.state);
+        drop(copy.stdin);
+        assert_eq!(copy.child.wait().unwrap(), 0);
+    }
+    pool::restore::anon::set_enabled(true);
+    // The restorer's share: planning the guard (filter, handler copy).
+    let (snapshot, store) = snapshotter::snapshot::open_snapshot_dir(snap).unwrap();
+    let image = store.image(&snapshot.id).unwrap();
+    let mut plans = Vec::new();
+    let mut filter_len = 0;
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let g = pool::restore::anon::Guard::plan(&snapshot.state, &image.file, &[]).unwrap();
+        plans.push(started.elapsed());
+        filter_len = g.filter_len();
+    }
+    println!(
+        "  guard plan (restorer side) {:.3} ms; filter {filter_len} instructions",
+        ms(median(plans))
+    );
+    let (r_on, a_on, p_on) = (median(with.0), median(with.1), median(with.2));
+    let (r_off, a_off, p_off) = (median(without.0), median(without.1), median(without.2));
+    println!(
+        "  guard A/B: mapping batch + state {:.3} ms with / {:.3} ms without (+{:.3} ms)",
+        ms(p_on),
+        ms(p_off),
+        ms(p_on) - ms(p_off)
+    );
+    println!(
+        "mmap anonymous-memory guard A/B (interleaved, median of {ROUNDS} each): \
+         restore {:.3} ms with / {:.3} ms without = x{:.2}; \
+         first answer {:.3} / {:.3} ms = x{:.2}",
+        ms(r_on),
+        ms(r_off),
+        r_on.as_secs_f64() / r_off.as_secs_f64(),
+        ms(a_on),
+        ms(a_off),
+        a_on.as_secs_f64() / a_off.as_secs_f64()
+    );
+}
+
+/// The variants to run: `THAW_BENCH_VARIANTS` (comma-separated names:
+/// mmap, uffd, uffd+prefetch, uffd+background prefetch), all by default.
+fn variants() -> Vec<String> {
+    match std::env::var("THAW_BENCH_VARIANTS") {
+        Ok(list) => list.split(',').map(|v| v.trim().to_string()).collect(),
+        Err(_) => ["mmap", "uffd", "uffd+prefetch", "uffd+background prefetch"]
+            .map(String::from)
+            .to_vec(),
     }
 }
 

@@ -291,8 +291,23 @@ fn handler_code() -> (&'static [u8], usize, usize) {
     )
 }
 
+/// Whether mmap-mode restores of this process set up the guard.
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the guard on or off for the mmap-mode restores this process makes
+/// from now on (on by default). Off is for A/B measurements only: a copy
+/// restored without it reads the image where its program expects zeros.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the guard is on (see [`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Most address ranges the filter compares the instruction pointer with.
-pub const MAX_RANGES: usize = 16;
+pub const MAX_RANGES: usize = 8;
 
 /// Why the guard cannot be set up: the semantics cannot be guaranteed in
 /// mmap mode for this snapshot on this machine.
@@ -370,6 +385,11 @@ impl Guard {
             restorer_offset: restorer_offset as u64,
             filter: filter(&image_ranges, &code_ranges),
         })
+    }
+
+    /// Instructions in the filter.
+    pub fn filter_len(&self) -> usize {
+        self.filter.len()
     }
 
     /// Adds to `batch` (the mapping batch): the handler area, `r-x`.
@@ -491,6 +511,8 @@ const JEQ_X: u16 = 0x1d;
 const JGE_X: u16 = 0x3d;
 const JA: u16 = 0x05;
 const LD_MEM: u16 = 0x60;
+const LD_IMM: u16 = 0x00;
+const RET_A: u16 = 0x16;
 const ST: u16 = 0x02;
 const ADD_K: u16 = 0x04;
 const ADD_X: u16 = 0x0c;
@@ -776,18 +798,20 @@ fn filter(image: &[(u64, u64)], code: &[(u64, u64)]) -> Vec<SockFilter> {
     p.label("allow2");
     p.stmt(RET_K, SECCOMP_RET_ALLOW);
     p.label("set");
-    p.goto("refuse");
+    p.stmt(LD_IMM, SECCOMP_RET_ERRNO | libc::EPERM as u32);
+    p.goto("from_code");
 
     p.label("trap");
-    from_code(&mut p, code, SECCOMP_RET_TRAP);
-    p.label("refuse");
-    from_code(&mut p, code, SECCOMP_RET_ERRNO | libc::EPERM as u32);
+    p.stmt(LD_IMM, SECCOMP_RET_TRAP);
+    p.label("from_code");
+    from_code(&mut p, code);
     p.finish()
 }
 
-/// Returns `action` if the instruction pointer is in one of `ranges`,
-/// `SECCOMP_RET_ALLOW` otherwise.
-fn from_code(p: &mut Program, ranges: &[(u64, u64)], action: u32) {
+/// Returns the action in `A` if the instruction pointer is in one of
+/// `ranges`, `SECCOMP_RET_ALLOW` otherwise (the action waits in M2).
+fn from_code(p: &mut Program, ranges: &[(u64, u64)]) {
+    p.stmt(ST, 2);
     let ip = Value::Data(IP_HI, IP_LO);
     for &(s, e) in ranges {
         let (upper, skip, hit) = (p.fresh(), p.fresh(), p.fresh());
@@ -795,7 +819,8 @@ fn from_code(p: &mut Program, ranges: &[(u64, u64)], action: u32) {
         p.label(&upper);
         p.ge64(ip, e, &Label(skip.clone()), &Label(hit.clone()));
         p.label(&hit);
-        p.stmt(RET_K, action);
+        p.stmt(LD_MEM, 2);
+        p.stmt(RET_A, 0);
         p.label(&skip);
     }
     p.stmt(RET_K, SECCOMP_RET_ALLOW);
@@ -868,7 +893,10 @@ mod tests {
             .collect();
         let f = filter(&ranges, &ranges);
         assert!(f.len() < 4096);
-        assert!(f.iter().any(|i| i.code == RET_K && i.k == SECCOMP_RET_TRAP));
+        assert!(f
+            .iter()
+            .any(|i| i.code == LD_IMM && i.k == SECCOMP_RET_TRAP));
+        assert!(f.iter().any(|i| i.code == RET_A));
     }
 
     #[test]

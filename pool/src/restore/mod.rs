@@ -577,12 +577,12 @@ fn drive(
     // mmap mode: the guard that keeps anonymous-memory semantics (refuses
     // the restore when it cannot).
     let guard = match options.mode {
-        Mode::Mmap => Some(anon::Guard::plan(
+        Mode::Mmap if anon::enabled() => Some(anon::Guard::plan(
             state,
             &image.file,
             &[(places.scratch, places.scratch + batch::SCRATCH_LEN)],
         )?),
-        Mode::Uffd => None,
+        _ => None,
     };
     let mut batch = Batch::new(places.scratch);
     thread::unregister_rseq(&remote, &mut batch)?;
