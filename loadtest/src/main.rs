@@ -49,6 +49,10 @@ struct SuiteArgs {
     /// A few requests per scenario (CI); fails on any scenario error.
     #[arg(long)]
     short: bool,
+    /// Run only the density section (needs --out: the document has only
+    /// that section).
+    #[arg(long)]
+    only_density: bool,
     /// Folder receiving benchmarks.md and benchmarks/*.svg [default: docs;
     /// required with --short].
     #[arg(long)]
@@ -240,11 +244,11 @@ async fn suite_command(args: SuiteArgs) -> Result<()> {
             repo.display()
         );
     }
-    let out = match (args.out, args.short) {
+    let out = match (args.out, args.short || args.only_density) {
         (Some(out), _) => out,
         (None, false) => repo.join("docs"),
         (None, true) => {
-            bail!("--short needs --out DIR (the short run must not replace docs/benchmarks.md)")
+            bail!("--short and --only-density need --out DIR (they must not replace docs/benchmarks.md)")
         }
     };
     let find = |given: Option<PathBuf>, name: &str| -> Result<PathBuf> {
@@ -254,6 +258,7 @@ async fn suite_command(args: SuiteArgs) -> Result<()> {
     };
     let cfg = SuiteConfig {
         short: args.short,
+        only_density: args.only_density,
         out,
         thaw: find(args.thaw, "thaw")?,
         fork_floor: find(args.fork_floor, "thaw-fork-floor")?,

@@ -17,7 +17,8 @@
 //!    time of the answers of step 3);
 //! 5. **warm throughput** and **cold-start throughput**
 //!    ([`throughput`]);
-//! 6. **density**: idle copies and their PSS ([`memory::density_section`]).
+//! 6. **density**: idle copies, booted and restored, and their PSS
+//!    ([`density::section`]).
 //!
 //! A start kind the server cannot do yet (a forced restore answered `409`,
 //! a restore mode it does not know) is reported as "not available: reason"
@@ -45,6 +46,7 @@ use crate::client::Client;
 pub mod api;
 pub mod cold;
 pub mod coldstart;
+pub mod density;
 pub mod deploy;
 pub mod machine;
 pub mod markdown;
@@ -85,6 +87,8 @@ pub const BENCHES: [Bench; 2] = [
 pub struct SuiteConfig {
     /// Few requests per scenario (CI) instead of the full run.
     pub short: bool,
+    /// Only the density section (the others are left empty).
+    pub only_density: bool,
     /// The folder receiving `benchmarks.md` and `benchmarks/`.
     pub out: PathBuf,
     /// The `thaw` binary.
@@ -124,8 +128,10 @@ pub struct Plan {
     pub fork_iterations: u32,
     /// Extra deploys of each function for the capture figures.
     pub capture_copies: usize,
-    /// Idle instances held for density, per bench function.
+    /// Idle booted instances held for density, per bench function.
     pub density: Vec<usize>,
+    /// Idle restored copies held for density, per bench function.
+    pub density_restored: Vec<usize>,
     /// Measured time of each throughput round.
     pub throughput: Duration,
     /// Warm-up before each throughput round.
@@ -147,6 +153,7 @@ impl Plan {
             fork_iterations: 30,
             capture_copies: 4,
             density: vec![40, 12],
+            density_restored: vec![100, 100],
             throughput: Duration::from_secs(5),
             throughput_warmup: Duration::from_secs(1),
             throughput_rounds: 5,
@@ -164,6 +171,7 @@ impl Plan {
             fork_iterations: 3,
             capture_copies: 1,
             density: vec![2, 2],
+            density_restored: vec![2, 2],
             throughput: Duration::from_secs(1),
             throughput_warmup: Duration::from_millis(200),
             throughput_rounds: 1,
@@ -354,6 +362,17 @@ async fn measure_all(
     examples: &[String],
     server: &Server,
 ) -> Result<Body, SuiteError> {
+    if ctx.cfg.only_density {
+        let density = density::section(ctx, &BENCHES, &[]).await;
+        return Ok(Body {
+            store: String::new(),
+            capture: String::new(),
+            cold: Vec::new(),
+            warm_throughput: String::new(),
+            cold_throughput: String::new(),
+            density,
+        });
+    }
     let empty = serde_json::Map::new();
     for name in examples {
         eprintln!("suite: deploying {name}");
@@ -385,7 +404,7 @@ async fn measure_all(
         .collect();
     let warm_throughput = throughput::warm_section(ctx, &BENCHES).await;
     let cold_throughput = throughput::cold_section(ctx, &BENCHES, &restore_unavailable).await;
-    let density = memory::density_section(ctx, &BENCHES, &restore_unavailable).await;
+    let density = density::section(ctx, &BENCHES, &restore_unavailable).await;
     Ok(Body {
         store,
         capture,
@@ -450,7 +469,12 @@ fn render_doc(
     body: &Body,
     took: Duration,
 ) -> String {
-    let mode = if cfg.short { "short" } else { "full" };
+    let mode = match (cfg.short, cfg.only_density) {
+        (true, true) => "short, density only",
+        (true, false) => "short",
+        (false, true) => "full, density only",
+        (false, false) => "full",
+    };
     let mut d = String::new();
     d.push_str("# thaw benchmarks\n\n");
     d.push_str(
@@ -555,8 +579,13 @@ fn render_doc(
     d.push_str(&format!(
         "\n## How to reproduce\n\n```\ncargo build --release -p server -p loadtest\ntarget/release/thaw-loadtest suite{}\n```\n\n\
          Needs root (sandboxes) and `{}` with numpy and pandas. Plan of this run: {} rounds; per round {} warm, {} boot, {} restore \
-         requests and {} forks; {} extra captures per function; {:?} idle copies for density; throughput {} rounds of {:?} with {} clients.\n",
-        if cfg.short { " --short --out DIR" } else { "" },
+         requests and {} forks; {} extra captures per function; {:?} idle booted and {:?} restored copies for density; throughput {} rounds of {:?} with {} clients.\n",
+        match (cfg.short, cfg.only_density) {
+            (true, true) => " --short --only-density --out DIR",
+            (true, false) => " --short --out DIR",
+            (false, true) => " --only-density --out DIR",
+            (false, false) => "",
+        },
         cfg.python.display(),
         ctx.plan.rounds,
         ctx.plan.warm_requests,
@@ -565,6 +594,7 @@ fn render_doc(
         ctx.plan.fork_iterations,
         ctx.plan.capture_copies,
         ctx.plan.density,
+        ctx.plan.density_restored,
         ctx.plan.throughput_rounds,
         ctx.plan.throughput,
         ctx.plan.clients,

@@ -166,6 +166,42 @@ pub async fn wait_idle(api: &Api, name: &str, n: u64) -> Result<Value, DeployErr
     .await
 }
 
+/// Waits until `name` has at least `n` idle instances started by `kind`
+/// (`restore` or `boot`) whose memory the server has measured, and none
+/// starting; returns its record.
+pub async fn wait_started(api: &Api, name: &str, kind: &str, n: u64) -> Result<Value, DeployError> {
+    wait_for(
+        api,
+        name,
+        &format!("{n} idle instances started by {kind}"),
+        |record| {
+            if record.get("state").and_then(Value::as_str) == Some("failed") {
+                return Err(record
+                    .get("error")
+                    .map_or_else(String::new, Value::to_string));
+            }
+            let have = record
+                .get("instance_list")
+                .and_then(Value::as_array)
+                .map_or(0, |list| {
+                    list.iter()
+                        .filter(|i| {
+                            i["start"] == kind
+                                && i["state"] == "idle"
+                                && i.pointer("/memory/pss").and_then(Value::as_u64) > Some(0)
+                        })
+                        .count() as u64
+                });
+            let booting = record
+                .pointer("/instances/booting")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            Ok(have >= n && booting == 0)
+        },
+    )
+    .await
+}
+
 async fn wait_for(
     api: &Api,
     name: &str,

@@ -1,20 +1,18 @@
-//! Snapshots and memory: capture time and throughput, the page store's
-//! dedup across the example functions, and density (idle copies and what
-//! they cost in PSS).
+//! Snapshots: capture time and throughput, and the page store's dedup
+//! across the example functions (density is in [`super::density`]).
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::compare::median;
 
-use super::deploy::{deploy, remove, wait_idle, wait_ready};
+use super::deploy::{deploy, remove, wait_ready};
 use super::markdown::{mib, us, Table};
-use super::procfs::tree_memory;
 use super::{Bench, Ctx};
 
 const PAGE: f64 = 4096.0;
 
 /// The p-quantile (nearest rank) of `v`.
-fn quantile(v: &[f64], q: f64) -> Option<f64> {
+pub(super) fn quantile(v: &[f64], q: f64) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -169,107 +167,6 @@ pub async fn capture_section(ctx: &mut Ctx, benches: &[Bench]) -> String {
          stop the warmed process, read its state and hash and store its pages. MB/s = pages stored × 4 KiB ÷ capture time \
          (10⁶ bytes per second). A copy of a function finds almost all its pages already in the store: its *new pages* are the \
          ones it added.\n",
-    );
-    out
-}
-
-/// Holds `n` idle booted instances of each bench function and measures them.
-pub async fn density_section(
-    ctx: &mut Ctx,
-    benches: &[Bench],
-    restore_unavailable: &[Option<String>],
-) -> String {
-    let mut t = Table::new(&[
-        "function",
-        "instances",
-        ">idle copies",
-        ">Δ Σ PSS (from /proc)",
-        ">PSS per copy (/proc)",
-        ">PSS per copy (server, p50)",
-        ">RSS per copy (server, p50)",
-        ">USS per copy (server, p50)",
-        ">copies in 24 GiB at this PSS",
-    ]);
-    for (i, bench) in benches.iter().enumerate() {
-        let n = ctx.plan.density[i.min(ctx.plan.density.len() - 1)];
-        let name = format!("{}-density", bench.name);
-        let folder = ctx.cfg.repo.join("examples").join(bench.name);
-        let before = tree_memory(ctx.server_pid);
-        eprintln!("suite: density: {n} idle instances of {name}");
-        let mut extra = Map::new();
-        extra.insert("min_instances".into(), json!(n));
-        let rec = match deploy(&ctx.api, &folder, &name, &extra).await {
-            Ok(()) => match wait_ready(&ctx.api, &name).await {
-                Ok(_) => wait_idle(&ctx.api, &name, n as u64).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        let rec = match rec {
-            Ok(r) => r,
-            Err(e) => {
-                ctx.error(format!("density of {name}: {e}"));
-                remove(&ctx.api, &name).await;
-                continue;
-            }
-        };
-        // Let page-cache sharing and lazy frees settle before reading.
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let after = tree_memory(ctx.server_pid);
-        let rec = match ctx.api.get(&format!("/functions/{name}")).await {
-            Ok(a) if a.is_ok() => a.body,
-            _ => rec,
-        };
-        let per = |k: &str| -> Option<f64> {
-            let v: Vec<f64> = rec
-                .get("instance_list")?
-                .as_array()?
-                .iter()
-                .filter_map(|i| i.pointer(&format!("/memory/{k}"))?.as_f64())
-                .collect();
-            quantile(&v, 0.5)
-        };
-        // The warmed instance that was snapshotted may stay as one more.
-        let idle = rec
-            .pointer("/instances/idle")
-            .and_then(Value::as_u64)
-            .unwrap_or(n as u64);
-        let delta = after.pss as f64 - before.pss as f64;
-        let per_copy = delta / idle.max(1) as f64;
-        let fit = if per_copy > 0.0 {
-            format!("{:.0}", 24.0 * 1024.0 * 1024.0 * 1024.0 / per_copy)
-        } else {
-            "–".into()
-        };
-        t.row(vec![
-            bench.name.into(),
-            "booted (min_instances)".into(),
-            idle.to_string(),
-            mib(delta),
-            mib(per_copy),
-            per("pss").map_or("–".into(), mib),
-            per("rss").map_or("–".into(), mib),
-            per("uss").map_or("–".into(), mib),
-            fit,
-        ]);
-        let why = restore_unavailable
-            .get(i)
-            .cloned()
-            .flatten()
-            .unwrap_or_else(|| "the server has no way yet to hold restored copies idle".into());
-        t.row(vec![
-            bench.name.into(),
-            "restored".into(),
-            format!("not available: {why}"),
-        ]);
-        remove(&ctx.api, &name).await;
-    }
-    let mut out = t.render();
-    out.push_str(
-        "\nΔ Σ PSS: the sum of `Pss` in `/proc/PID/smaps_rollup` over every process under the server (found by walking \
-         parent pids), after the copies are idle minus before they were deployed, i.e. the physical memory the copies \
-         added, shared pages divided among their sharers. The server's per-instance figures (`GET /functions/NAME`) are \
-         shown beside it. The last column divides 24 GiB by the marginal PSS per copy.\n",
     );
     out
 }
