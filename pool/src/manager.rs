@@ -254,6 +254,8 @@ struct Shared {
     spare_misses: std::sync::atomic::AtomicU64,
     /// Wakes the task that launches spares.
     refill: tokio::sync::Notify,
+    /// Sandboxes being torn down in the background.
+    discarding: AtomicUsize,
 }
 
 /// The pool of instances. Cheap to clone.
@@ -443,10 +445,17 @@ impl Pool {
         let start_time = t0.elapsed();
         let result = instance.invoke(inv).await;
         self.mark_busy(key, -1);
+        if start == StartKind::Restore {
+            // Replace the spare this restore used (or lacked) now that its
+            // first answer is in: launching one meanwhile would compete with
+            // the restore and the first answer for the CPUs.
+            self.shared.refill.notify_one();
+        }
         match result {
             Ok(outcome) => {
                 if cold.is_some() {
-                    self.discard(instance).await;
+                    // Torn down after the answer is sent, not before.
+                    self.discard_later(instance);
                 } else {
                     self.release(key, instance).await;
                 }
@@ -695,6 +704,18 @@ impl Pool {
         }
     }
 
+    /// Forgets an instance now and stops it in the background ([`Pool::shutdown`]
+    /// waits for such teardowns).
+    fn discard_later(&self, instance: Instance) {
+        self.state.lock().unwrap().live.remove(instance.id());
+        self.shared.discarding.fetch_add(1, Ordering::SeqCst);
+        let pool = self.clone();
+        tokio::spawn(async move {
+            pool.discard(instance).await;
+            pool.shared.discarding.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
     /// Registers how `key` is kept: its keep-alive, `min_instances` (booted
     /// in the background from now on) and, when it has a snapshot, its
     /// spares (spares of a replaced snapshot are dropped).
@@ -845,5 +866,9 @@ impl Pool {
         self.drop_all_spares().await;
         // A spare launched meanwhile sees the pool closed and destroys itself.
         self.wait_spare_launches(|_| true).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.shared.discarding.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }

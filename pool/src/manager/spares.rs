@@ -6,8 +6,9 @@
 //! mounts, init, stub waiting in `pause()`) holding those descriptors. A
 //! restore takes one (a hit) or, when none is ready, makes one on the spot
 //! (a miss). One task launches spares, one at a time, never on a request's
-//! path: after each claim, when a version is registered, and on the pool's
-//! tick (which retries failed launches after their back-off).
+//! path: after the first answer of each restore, when a version is
+//! registered, and on the pool's tick (which also retries failed launches
+//! after their back-off).
 //!
 //! Which versions get spares: every registered version with a snapshot,
 //! most recently used first, `per_version` each until `max_total` spares in
@@ -158,7 +159,8 @@ impl Pool {
             &self.shared.spare_misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.shared.refill.notify_one();
+        // The refill is woken once the restore's first answer is in (see
+        // `Pool::invoke`), or by the next tick.
         if !dead.is_empty() {
             tokio::spawn(destroy_all(dead));
         }
