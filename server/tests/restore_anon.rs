@@ -2,7 +2,8 @@
 //! mode, issue 5, acceptance 5): a Python handler releases memory that
 //! existed before the snapshot with `madvise(MADV_DONTNEED)` (zeros), grows
 //! a mapping with `mremap` (zeros in the new part), and allocates and frees
-//! a few hundred MB, answering correctly after a forced restore.
+//! a few hundred MB, and runs a program (python3 with threads), answering
+//! correctly after a forced restore.
 
 mod common;
 
@@ -10,7 +11,7 @@ use common::{function, Server};
 use serde_json::json;
 
 const ANON: &str = r#"
-import ctypes, mmap
+import ctypes, mmap, subprocess, sys
 import thaw
 
 MIB = 1 << 20
@@ -61,6 +62,12 @@ def handler(event, context):
         total += sum(block[::4096])
         del block
     out["allocated"] = total
+    # 4. A program the copy runs (the same runtime, whose threads release
+    # their stacks with madvise) works and exits 0.
+    child = subprocess.run(
+        [sys.executable, "-c", "import threading\nts = [threading.Thread(target=sum, args=([1],)) for _ in range(8)]\n[t.start() for t in ts]\n[t.join() for t in ts]\nprint('child ok')"],
+        capture_output=True, text=True, timeout=30)
+    out["child"] = [child.returncode, child.stdout.strip()]
     return out
 
 "#;
@@ -76,6 +83,11 @@ fn check_answer(v: &serde_json::Value, copy: bool) {
     assert_eq!(v["grown_kept"], true, "mremap keeps the content: {v}");
     assert_eq!(v["grown_zero"], true, "the grown part reads zeros: {v}");
     assert_eq!(v["allocated"], ALLOCATED, "{v}");
+    assert_eq!(
+        v["child"],
+        json!([0, "child ok"]),
+        "a program the copy runs: {v}"
+    );
 }
 
 #[tokio::test]

@@ -18,7 +18,8 @@
 //!   madvise(_, _, DONTNEED | FREE | DONTNEED_LOCKED)     ┐ only if the
 //!   mremap growing (new_len > old_len) or DONTUNMAP       │ syscall came from
 //!        → SECCOMP_RET_TRAP                               │ code the copy had
-//!   rt_sigaction(SIGSYS, act != NULL) → EPERM             ┘ mapped when saved
+//!   execve, execveat → SECCOMP_RET_TRAP                   │ mapped when saved
+//!   rt_sigaction(SIGSYS, act != NULL) → EPERM             ┘
 //!   anything else → allow
 //!
 //! handler (SA_SIGINFO, all signals blocked, returns through rt_sigreturn
@@ -31,6 +32,11 @@
 //!            madvise on the whole range (its result is the result)
 //!   mremap:  the real mremap; then the same over the grown part (and over
 //!            the old range with DONTUNMAP)
+//!   exec:    clears ADDR_NO_RANDOMIZE (restored on failure), sets the
+//!            caller's signal mask, runs the real call: the new program,
+//!            which keeps the filter but not the handler, gets a random
+//!            layout, unlike the copy's (the server starts functions
+//!            without randomisation)
 //!   if /proc/self/maps cannot be opened or queried: SIGKILL (a copy must
 //!   never read the image where the program expects zeros)
 //! ```
@@ -82,7 +88,49 @@ std::arch::global_asm!(
     "je .Lthaw_madvise",
     "cmp eax, 25",
     "je .Lthaw_mremap",
+    "cmp eax, 59",
+    "je .Lthaw_exec",
+    "cmp eax, 322",
+    "je .Lthaw_exec",
     "jmp .Lthaw_out",
+    // execve/execveat: the new program runs with address randomisation
+    // (its layout then cannot repeat the copy's, whose filter it keeps
+    // without the handler) and the mask the caller had.
+    ".Lthaw_exec:",
+    "mov r13d, eax",
+    "mov edi, -1",
+    "mov eax, 135",
+    "syscall",
+    "mov r12, rax",
+    "test eax, 0x40000",
+    "jz .Lthaw_mask",
+    "mov edi, r12d",
+    "and edi, -262145",
+    "mov eax, 135",
+    "syscall",
+    ".Lthaw_mask:",
+    // rt_sigprocmask(SIG_SETMASK, &uc->uc_sigmask, NULL, 8)
+    "mov edi, 2",
+    "lea rsi, [r15 + 296]",
+    "xor edx, edx",
+    "mov r10d, 8",
+    "mov eax, 14",
+    "syscall",
+    "mov rdi, qword ptr [r15 + 104]",
+    "mov rsi, qword ptr [r15 + 112]",
+    "mov rdx, qword ptr [r15 + 136]",
+    "mov r10, qword ptr [r15 + 56]",
+    "mov r8, qword ptr [r15 + 40]",
+    "mov eax, r13d",
+    "syscall",
+    // Only a failed exec returns: personality back, its result (the mask
+    // comes back with rt_sigreturn).
+    "mov r13, rax",
+    "mov edi, r12d",
+    "mov eax, 135",
+    "syscall",
+    "mov rax, r13",
+    "jmp .Lthaw_result",
     // madvise(addr = gregs[RDI], len = gregs[RSI], advice = gregs[RDX])
     ".Lthaw_madvise:",
     "mov r12, qword ptr [r15 + 104]",
@@ -698,6 +746,8 @@ fn filter(image: &[(u64, u64)], code: &[(u64, u64)]) -> Vec<SockFilter> {
     p.jump_far(JEQ_K, libc::SYS_madvise as u32, "madvise");
     p.jump_far(JEQ_K, libc::SYS_mremap as u32, "mremap");
     p.jump_far(JEQ_K, libc::SYS_rt_sigaction as u32, "sigaction");
+    p.jump_far(JEQ_K, libc::SYS_execve as u32, "trap");
+    p.jump_far(JEQ_K, libc::SYS_execveat as u32, "trap");
     p.label("allow");
     p.stmt(RET_K, SECCOMP_RET_ALLOW);
 

@@ -6,8 +6,12 @@
  * word ("mmap" or "uffd"), checks, and prints "ok" or exits with the
  * failed check's number. No stdio or malloc before the checks: the heap
  * end is this program's to move.
- * Run with the argument "exec" it is the program a copy execs: it checks
- * that MADV_DONTNEED works for it and exits 0. */
+ * It runs without address randomisation (it re-execs itself so), like the
+ * server's functions.
+ * Run with the arguments "exec MODE" it is the program a copy execs: it
+ * checks that MADV_DONTNEED works for it, that its signal mask is empty,
+ * and that in mmap mode it runs with address randomisation again (the
+ * guard's exec), and exits 0. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -15,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/personality.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -68,7 +73,11 @@ static unsigned long deep(int depth) {
 
 static void on_sys(int sig) { (void)sig; }
 
-static int exec_child(void) {
+static int exec_child(const char *mode) {
+    sigset_t blocked;
+    if (sigprocmask(SIG_BLOCK, NULL, &blocked) != 0 || sigismember(&blocked, SIGINT) || sigismember(&blocked, SIGTERM)) return 5;
+    int randomised = !(personality(0xffffffff) & ADDR_NO_RANDOMIZE);
+    if (randomised != (strcmp(mode, "mmap") == 0)) return 6;
     unsigned char *p = mmap(NULL, 2 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return 2;
     memset(p, 0x33, 2 * MIB);
@@ -78,7 +87,13 @@ static int exec_child(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1 && strcmp(argv[1], "exec") == 0) return exec_child();
+    if (argc > 2 && strcmp(argv[1], "exec") == 0) return exec_child(argv[2]);
+    int persona = personality(0xffffffff);
+    if (!(persona & ADDR_NO_RANDOMIZE)) {
+        personality(persona | ADDR_NO_RANDOMIZE);
+        execv("/proc/self/exe", argv);
+        return 2;
+    }
     int flags = MAP_PRIVATE | MAP_ANONYMOUS;
     unsigned char *a = mmap(NULL, 8 * MIB, PROT_READ | PROT_WRITE, flags, -1, 0);
     /* g: grows in place later (the 60 MiB after it are left free) */
@@ -178,11 +193,14 @@ int main(int argc, char **argv) {
     /* 11. a program the copy execs releases its own memory normally */
     child = fork();
     if (child == 0) {
-        execl("/proc/self/exe", "anon", "exec", (char *)NULL);
+        execl("/proc/self/exe", "anon", "exec", mmap_mode ? "mmap" : "uffd", (char *)NULL);
         _exit(127);
     }
     if (waitpid(child, &status, 0) != child) fail(110, "waitpid exec");
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail(111, "exec'd program");
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        errno = WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
+        fail(111, "exec'd program (errno: its exit code, or 1000 + signal)");
+    }
 
     /* 12. the allocator takes and returns a few hundred MB */
     for (int round = 0; round < 4; round++) {
