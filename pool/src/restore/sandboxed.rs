@@ -40,6 +40,9 @@ pub struct SnapshotRestorer {
     /// Per snapshot: copies that prefetched its working set, and the pages
     /// their page servers filled ahead of faults.
     prefetches: Mutex<HashMap<String, PrefetchStats>>,
+    /// Snapshots whose working set could not be written: not retried (one
+    /// log line, not one per copy).
+    unrecordable: Mutex<std::collections::HashSet<String>>,
     devnull: OwnedFd,
 }
 
@@ -87,6 +90,7 @@ impl SnapshotRestorer {
             cache: Mutex::new(HashMap::new()),
             working_sets: Mutex::new(HashMap::new()),
             prefetches: Mutex::new(HashMap::new()),
+            unrecordable: Mutex::new(std::collections::HashSet::new()),
             devnull,
         })
     }
@@ -104,6 +108,7 @@ impl SnapshotRestorer {
     pub fn forget(&self, id: &str) {
         self.cache.lock().unwrap().remove(id);
         self.working_sets.lock().unwrap().remove(id);
+        self.unrecordable.lock().unwrap().remove(id);
     }
 
     /// The recorded working set of snapshot `id`, if any. A file that fails
@@ -127,17 +132,23 @@ impl SnapshotRestorer {
     }
 
     /// Records `pages` (first-touch order) as the working set of snapshot
-    /// `id`, unless one is recorded already. Blocking (writes and fsyncs).
-    /// Returns whether it was written.
+    /// `id`, unless one is recorded already (or writing it failed before).
+    /// Blocking (writes and fsyncs). Returns whether it was written.
     pub fn record_working_set(
         &self,
         id: &str,
         pages: Vec<u64>,
     ) -> Result<bool, working_set::WorkingSetError> {
-        if pages.is_empty() || self.working_set(id).is_some() {
+        if pages.is_empty()
+            || self.working_set(id).is_some()
+            || self.unrecordable.lock().unwrap().contains(id)
+        {
             return Ok(false);
         }
-        working_set::save(&working_set::path(&self.snapshots_dir, id), &pages)?;
+        if let Err(e) = working_set::save(&working_set::path(&self.snapshots_dir, id), &pages) {
+            self.unrecordable.lock().unwrap().insert(id.to_string());
+            return Err(e);
+        }
         self.working_sets
             .lock()
             .unwrap()
