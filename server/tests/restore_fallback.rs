@@ -215,3 +215,33 @@ async fn a_missing_image_is_rebuilt_and_a_missing_manifest_falls_back() {
     server.spawn();
     check_fallback_and_rebuild(&server, "counter", &old, &old, json!({}), 3).await;
 }
+
+#[tokio::test]
+async fn a_file_changed_in_place_after_a_spare_was_made_is_refused_at_claim() {
+    require_root!();
+    let Some(lib) = zlib() else {
+        eprintln!("skipped: no libz.so.1 to copy");
+        return;
+    };
+    let server = Server::start(&["--allow-forced-cold"]);
+    server.deploy_ready(library_spec(&lib)).await;
+    // The spares opened and checked the library when they were made.
+    server.wait_spares("lib", 2).await;
+    // Now it changes in place (same file, a new modification time).
+    let path = server.data.join("functions/lib/v1/code/libzcopy.so");
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+        .unwrap();
+    drop(f);
+    // A forced restore claims a spare and refuses (it never falls back).
+    let a = server
+        .invoke_raw("lib", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+        .await;
+    assert_eq!(a.header("x-thaw-spare"), "", "no copy was made: {}", a.text());
+    assert_ne!(a.status, 200, "{}", a.text());
+    assert!(
+        a.text().contains("changed in place"),
+        "the claim checked the file again: {}",
+        a.text()
+    );
+}

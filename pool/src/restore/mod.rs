@@ -387,6 +387,53 @@ impl Prepared {
     pub fn moves(&self) -> &[(std::os::fd::RawFd, std::os::fd::RawFd)] {
         &self.plan.moves
     }
+
+    /// Checks again that every file a private area reads its pages from is
+    /// unchanged (size, modification time) since it was opened: a prepared
+    /// restore may wait a long time (a spare sandbox) before it runs.
+    pub fn recheck(&self, snapshot: &Snapshot) -> Result<(), RestoreError> {
+        use std::os::fd::AsRawFd;
+        let mut seen = std::collections::HashSet::new();
+        for (index, number) in &self.plan.area_fds {
+            let Some(area) = snapshot.state.areas.get(*index) else {
+                continue;
+            };
+            if area.shared || !seen.insert(*number) {
+                continue;
+            }
+            let (Some(id), Some(raw)) = (
+                area.file.as_ref(),
+                self.plan
+                    .moves
+                    .iter()
+                    .find(|(_, n)| n == number)
+                    .map(|(raw, _)| *raw),
+            ) else {
+                continue;
+            };
+            let Some(fd) = self.plan.held.iter().find(|fd| fd.as_raw_fd() == raw) else {
+                continue;
+            };
+            let path = area.path.clone().unwrap_or_default();
+            let st = nix::sys::stat::fstat(fd).map_err(|e| RestoreError::Io {
+                what: format!("stat {path}"),
+                source: e.into(),
+            })?;
+            if st.st_size as u64 != id.size
+                || st.st_mtime != id.mtime_sec
+                || st.st_mtime_nsec != id.mtime_nsec
+            {
+                return Err(RestoreError::FileChanged {
+                    path,
+                    what: format!(
+                        "changed in place since the restore was prepared: size {} mtime {}.{:09}, was size {} mtime {}.{:09}",
+                        st.st_size, st.st_mtime, st.st_mtime_nsec, id.size, id.mtime_sec, id.mtime_nsec
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Opens and checks everything `snapshot` needs: its image (built from the

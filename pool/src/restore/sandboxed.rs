@@ -190,6 +190,9 @@ impl SnapshotRestorer {
         stub_pid: i32,
         mode: Mode,
     ) -> Result<(RestoreTimings, Option<CopyServer>), RestoreError> {
+        // The copy may have waited (a spare): its files must still be as
+        // the snapshot saw them.
+        copy.prepared.recheck(&copy.snapshot)?;
         let mut options = options(Vec::new());
         options.mode = mode;
         if mode == Mode::Uffd {
