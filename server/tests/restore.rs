@@ -177,10 +177,16 @@ async fn twenty_copies_at_once_are_independent() {
         .filter(|i| i["state"] != "spare")
         .collect();
     assert!(kept.len() <= 1, "forced copies are discarded: {v}");
-    assert!(
-        server.sandbox_pids().len() <= 3 * (1 + 2),
-        "forced copies are discarded"
-    );
+    // Their sandboxes are torn down after the answers, in the background.
+    let t0 = std::time::Instant::now();
+    while server.sandbox_pids().len() > 3 * (1 + 2) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "forced copies are discarded: {:?}",
+            server.sandbox_pids()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -127,6 +127,21 @@ fn footprint(server: &Server) -> Footprint {
     }
 }
 
+/// Waits until the spares are complete and every sandbox cgroup is one the
+/// pool lists (none is being torn down).
+async fn settle(server: &Server) {
+    let t0 = Instant::now();
+    loop {
+        let v = server.wait_spares("probe", 2).await;
+        let listed = v["instance_list"].as_array().map_or(0, Vec::len);
+        if server.sandbox_cgroups().len() == listed {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "never settled: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_thousand_restores_in_a_row_leak_nothing() {
     require_root!();
@@ -137,9 +152,9 @@ async fn a_thousand_restores_in_a_row_leak_nothing() {
         for _ in 0..20 {
             assert_eq!(restore(&server, json!({})).await.status, 200);
         }
-        // Spares (pre-made stub sandboxes) refill in the background: compare
-        // footprints with the spares complete.
-        server.wait_spares("probe", 2).await;
+        // Spares (pre-made stub sandboxes) refill and discarded copies are
+        // torn down in the background: compare footprints once both are done.
+        settle(&server).await;
         let before = footprint(&server);
         for i in 0..1000 {
             let a = restore(&server, json!({})).await;
@@ -153,7 +168,7 @@ async fn a_thousand_restores_in_a_row_leak_nothing() {
         }
         // Discarded copies are torn down in the background: wait for the
         // sandboxes to go, then compare.
-        server.wait_spares("probe", 2).await;
+        settle(&server).await;
         let t0 = Instant::now();
         let after = loop {
             let now = footprint(&server);
