@@ -488,9 +488,7 @@ impl Pool {
             (&spec.snapshot, restorer, cold == Some(Cold::Boot))
         {
             match self.restore(key, spec, snapshot, restorer, room).await {
-                Ok((instance, phases)) => {
-                    return Ok((instance, StartKind::Restore, Some(phases)))
-                }
+                Ok((instance, phases)) => return Ok((instance, StartKind::Restore, Some(phases))),
                 Err(PoolError::Restore(e)) => {
                     self.shared.restore_failures.fetch_add(1, Ordering::Relaxed);
                     let limit_key = format!("restore:{}", key.name);

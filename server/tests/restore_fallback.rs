@@ -237,7 +237,12 @@ async fn a_file_changed_in_place_after_a_spare_was_made_is_refused_at_claim() {
     let a = server
         .invoke_raw("lib", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
         .await;
-    assert_eq!(a.header("x-thaw-spare"), "", "no copy was made: {}", a.text());
+    assert_eq!(
+        a.header("x-thaw-spare"),
+        "",
+        "no copy was made: {}",
+        a.text()
+    );
     assert_ne!(a.status, 200, "{}", a.text());
     assert!(
         a.text().contains("changed in place"),

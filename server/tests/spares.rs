@@ -104,7 +104,9 @@ async fn a_cold_start_restores_into_a_spare_and_the_pool_refills() {
     let phases = a.header("x-thaw-restore-us");
     for phase in ["claim", "seize", "mappings", "state", "resume", "restored"] {
         assert!(
-            phases.split(',').any(|p| p.starts_with(&format!("{phase}="))),
+            phases
+                .split(',')
+                .any(|p| p.starts_with(&format!("{phase}="))),
             "{phase} missing from x-thaw-restore-us: {phases}"
         );
     }
@@ -184,8 +186,16 @@ async fn a_new_version_or_a_delete_removes_the_old_spares() {
         .request(reqwest::Method::DELETE, "/functions/counter", None, &[])
         .await;
     assert_eq!(del.status, 204);
-    assert!(server.sandbox_pids().is_empty(), "{:?}", server.sandbox_pids());
-    assert!(server.sandbox_cgroups().is_empty(), "{:?}", server.sandbox_cgroups());
+    assert!(
+        server.sandbox_pids().is_empty(),
+        "{:?}",
+        server.sandbox_pids()
+    );
+    assert!(
+        server.sandbox_cgroups().is_empty(),
+        "{:?}",
+        server.sandbox_cgroups()
+    );
     let alive = wait_dead(&old_pids, Duration::from_secs(5));
     assert!(alive.is_empty(), "processes of version 1 left: {alive:?}");
     assert_eq!(mounts_under(&server.data), 0);
@@ -210,7 +220,10 @@ async fn kill_9_with_spares_ready_leaves_nothing_and_restarts_clean() {
     server.kill9();
     // Spares die with the server like every sandbox (parent-death signal).
     let alive = wait_dead(&pids, Duration::from_secs(2));
-    assert!(alive.is_empty(), "spare processes outlived the server: {alive:?}");
+    assert!(
+        alive.is_empty(),
+        "spare processes outlived the server: {alive:?}"
+    );
 
     server.spawn();
     for cg in &cgroups {
@@ -226,7 +239,11 @@ async fn kill_9_with_spares_ready_leaves_nothing_and_restarts_clean() {
     let pids = server.sandbox_pids();
     assert!(server.stop().success());
     assert!(server.sandbox_pids().is_empty());
-    assert!(server.sandbox_cgroups().is_empty(), "{:?}", server.sandbox_cgroups());
+    assert!(
+        server.sandbox_cgroups().is_empty(),
+        "{:?}",
+        server.sandbox_cgroups()
+    );
     let alive = wait_dead(&pids, Duration::from_secs(2));
     assert!(alive.is_empty(), "{alive:?}");
 }

@@ -11,6 +11,10 @@
 //! the maintenance tick; they are cached, so reports and the budget check
 //! read no `/proc` files.
 //!
+//! A busy instance may grow between measurements: when a start asks for
+//! room, each busy instance's cgroup charge is read (one small file) and
+//! what it gained since its last measurement is counted on top of its PSS.
+//!
 //! A start that does not fit evicts idle instances, oldest first, those
 //! beyond their version's `min_instances` before the others (and a
 //! `min_instances` copy evicts only those beyond).
@@ -45,6 +49,11 @@ pub(super) struct Live {
     pub limit: u64,
     /// Its last measurement.
     pub memory: Option<MemoryUse>,
+    /// Its cgroup's memory charge when last measured.
+    pub charge_at_sample: Option<u64>,
+    /// How much its cgroup's charge grew since it was last measured, as
+    /// read when a start asked for room (a busy instance allocating).
+    pub grown: u64,
     /// A spare: a stub sandbox waiting for a restore, not an instance yet.
     pub spare: bool,
 }
@@ -61,6 +70,8 @@ impl Live {
             start,
             limit,
             memory: None,
+            charge_at_sample: None,
+            grown: 0,
             spare: false,
         }
     }
@@ -73,13 +84,16 @@ impl Live {
             start: StartKind::Restore,
             limit: SPARE_ESTIMATE,
             memory: None,
+            charge_at_sample: None,
+            grown: 0,
             spare: true,
         }
     }
 
-    /// What it counts against the budget, bytes.
+    /// What it counts against the budget, bytes: its last PSS plus what
+    /// its cgroup gained since.
     fn counted(&self) -> u64 {
-        self.memory.map_or(self.limit, |m| m.pss)
+        self.memory.map_or(self.limit, |m| m.pss + self.grown)
     }
 }
 
@@ -186,6 +200,7 @@ impl Pool {
     /// Reserves `needed` bytes of the budget, evicting idle instances as
     /// `room` allows when they do not fit.
     pub(super) async fn reserve(&self, needed: u64, room: Room) -> Result<(), PoolError> {
+        self.note_growth();
         loop {
             let budget = self.config.memory_budget;
             let victim = {
@@ -207,6 +222,40 @@ impl Pool {
                 }
             };
             self.discard(victim).await;
+        }
+    }
+
+    /// Busy instances may have allocated since they were last measured:
+    /// read each one's cgroup charge (one small file) and count what it
+    /// gained on top of its last PSS, so a start cannot slip under the
+    /// budget on a stale figure.
+    fn note_growth(&self) {
+        let busy: Vec<(String, Cgroup, u64)> = {
+            let st = self.state.lock().unwrap();
+            let idle: std::collections::HashSet<&str> = st
+                .idle
+                .values()
+                .flatten()
+                .map(|i| i.instance.id())
+                .collect();
+            st.live
+                .iter()
+                .filter(|(id, l)| !l.spare && !idle.contains(id.as_str()))
+                .filter_map(|(id, l)| Some((id.clone(), l.cgroup.clone(), l.charge_at_sample?)))
+                .collect()
+        };
+        let grown: Vec<(String, u64)> = busy
+            .into_iter()
+            .map(|(id, cg, then)| {
+                let now = cg.memory_current().unwrap_or(then);
+                (id, now.saturating_sub(then))
+            })
+            .collect();
+        let mut st = self.state.lock().unwrap();
+        for (id, g) in grown {
+            if let Some(l) = st.live.get_mut(&id) {
+                l.grown = g;
+            }
         }
     }
 
@@ -236,13 +285,16 @@ impl Pool {
         let measured = tokio::task::spawn_blocking(move || {
             targets
                 .into_iter()
-                .map(|(id, cg)| (id, crate::memory::of_pids(&cg.pids())))
+                .map(|(id, cg)| {
+                    let charge = cg.memory_current();
+                    (id, crate::memory::of_pids(&cg.pids()), charge)
+                })
                 .collect::<Vec<_>>()
         })
         .await
         .unwrap_or_default();
         let mut st = self.state.lock().unwrap();
-        for (id, m) in measured {
+        for (id, m, charge) in measured {
             // A sandbox whose processes are already gone reads as nothing:
             // keep what was known.
             if m.rss == 0 {
@@ -250,6 +302,8 @@ impl Pool {
             }
             if let Some(l) = st.live.get_mut(&id) {
                 l.memory = Some(m);
+                l.charge_at_sample = charge;
+                l.grown = 0;
             }
         }
     }

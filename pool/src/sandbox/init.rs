@@ -69,10 +69,15 @@ fn run_outer() -> Result<i32, String> {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     unshare(flags).map_err(ctx("unshare namespaces"))?;
+    // pid 1's parent-death signal only covers deaths after it is set: this
+    // pipe, whose write end only this process keeps, tells pid 1 whether we
+    // died before (then every writer is gone and the read end hangs up).
+    let (alive_r, alive_w) = nix::unistd::pipe().map_err(ctx("pipe"))?;
     // SAFETY: this process is single-threaded (freshly executed init).
     match unsafe { fork() }.map_err(ctx("fork pid 1"))? {
         ForkResult::Child => {
-            let code = match run_pid1(&spec) {
+            drop(alive_w);
+            let code = match set_pdeathsig_checked(alive_r).and_then(|()| run_pid1(&spec)) {
                 Ok(code) => code,
                 Err(message) => {
                     report(&message);
@@ -82,6 +87,9 @@ fn run_outer() -> Result<i32, String> {
             process::exit(code)
         }
         ForkResult::Parent { child } => {
+            drop(alive_r);
+            // Kept open (never written) until this process ends.
+            std::mem::forget(alive_w);
             close_quietly(STATUS_FD);
             close_quietly(3);
             close_quietly(4);
@@ -90,9 +98,28 @@ fn run_outer() -> Result<i32, String> {
     }
 }
 
+/// Sets pid 1's parent-death signal, then makes sure the parent did not die
+/// before it was set (`alive` hangs up once the parent is gone).
+fn set_pdeathsig_checked(alive: std::os::fd::OwnedFd) -> Result<(), String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(ctx("set parent-death signal"))?;
+    let mut fds = [PollFd::new(
+        std::os::fd::AsFd::as_fd(&alive),
+        PollFlags::POLLIN,
+    )];
+    let ready = poll(&mut fds, PollTimeout::ZERO).map_err(ctx("poll the parent pipe"))?;
+    let gone = ready > 0
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLIN));
+    if gone {
+        return Err("the sandbox's outer process went away during start".into());
+    }
+    Ok(())
+}
+
 /// pid 1 of the sandbox: builds the filesystem, starts the function, reaps.
 fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
-    prctl::set_pdeathsig(Signal::SIGKILL).map_err(ctx("set parent-death signal"))?;
     mounts::build_root(spec)?;
     sethostname(&spec.hostname).map_err(ctx("set host name"))?;
     if spec.network == Network::None {
