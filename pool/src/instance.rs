@@ -185,6 +185,35 @@ fn unix_ms() -> u64 {
 }
 
 impl Instance {
+    /// An instance over a freshly launched sandbox: its output tapped into
+    /// `sink`, its protocol pipes (fds 3 and 4) taken.
+    fn from_sandbox(
+        mut sandbox: Sandbox,
+        sink: LogSink,
+        memory_limit: u64,
+        runtime_pid: u32,
+    ) -> Instance {
+        let logs = LogTap::start(
+            sandbox.stdout.take().expect("fresh sandbox has stdout"),
+            sandbox.stderr.take().expect("fresh sandbox has stderr"),
+            sink,
+        );
+        let requests = sandbox.requests.take().expect("fresh sandbox has fd 3");
+        let responses = sandbox.responses.take().expect("fresh sandbox has fd 4");
+        Instance {
+            sandbox,
+            requests,
+            responses,
+            logs,
+            memory_limit,
+            page_server: None,
+            record_to: None,
+            runtime_pid,
+            ready_at: Instant::now(),
+            served: 0,
+        }
+    }
+
     /// Boots a runtime: starts the sandbox and waits for `ready`.
     pub async fn boot(
         config: &SandboxConfig,
@@ -192,27 +221,13 @@ impl Instance {
         init_timeout: Duration,
         sink: LogSink,
     ) -> Result<Instance, BootError> {
-        let mut sandbox = Sandbox::launch(config, spec).await?;
-        let logs = LogTap::start(
-            sandbox.stdout.take().expect("fresh sandbox has stdout"),
-            sandbox.stderr.take().expect("fresh sandbox has stderr"),
-            sink,
-        );
-        let requests = sandbox.requests.take().expect("fresh sandbox has fd 3");
-        let mut responses = sandbox.responses.take().expect("fresh sandbox has fd 4");
-        let first = timeout(init_timeout, read_frame_limited(&mut responses, 1 << 20)).await;
-        let mut instance = Instance {
-            sandbox,
-            requests,
-            responses,
-            logs,
-            memory_limit: spec.limits.memory_bytes,
-            page_server: None,
-            record_to: None,
-            runtime_pid: 0,
-            ready_at: Instant::now(),
-            served: 0,
-        };
+        let sandbox = Sandbox::launch(config, spec).await?;
+        let mut instance = Instance::from_sandbox(sandbox, sink, spec.limits.memory_bytes, 0);
+        let first = timeout(
+            init_timeout,
+            read_frame_limited(&mut instance.responses, 1 << 20),
+        )
+        .await;
         let failure = match first {
             Ok(Ok((FromRuntime::Ready { pid, .. }, _))) => {
                 instance.runtime_pid = pid;
@@ -582,26 +597,8 @@ impl Stub {
                 id: snapshot.id.clone(),
                 reason: e.to_string(),
             })?;
-        let mut sandbox = Sandbox::launch_with_fds(config, &launch, &copy.fds()).await?;
-        let logs = LogTap::start(
-            sandbox.stdout.take().expect("fresh sandbox has stdout"),
-            sandbox.stderr.take().expect("fresh sandbox has stderr"),
-            sink,
-        );
-        let requests = sandbox.requests.take().expect("fresh sandbox has fd 3");
-        let responses = sandbox.responses.take().expect("fresh sandbox has fd 4");
-        let instance = Instance {
-            sandbox,
-            requests,
-            responses,
-            logs,
-            memory_limit: spec.limits.memory_bytes,
-            page_server: None,
-            record_to: None,
-            runtime_pid: 2,
-            ready_at: Instant::now(),
-            served: 0,
-        };
+        let sandbox = Sandbox::launch_with_fds(config, &launch, &copy.fds()).await?;
+        let instance = Instance::from_sandbox(sandbox, sink, spec.limits.memory_bytes, 2);
         Ok(Stub {
             instance,
             copy,

@@ -64,6 +64,7 @@ use snapshotter::state::{AreaKind, MemoryArea, ProcessState, PAGE_SIZE};
 
 use super::batch::Batch;
 use super::remote::{bytes_of, Remote};
+use super::thread::KernelSigaction;
 use super::RestoreError;
 
 std::arch::global_asm!(
@@ -502,17 +503,6 @@ impl Guard {
         Ok(())
     }
 }
-
-/// `struct kernel_sigaction` of x86_64.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct KernelSigaction {
-    handler: u64,
-    flags: u64,
-    restorer: u64,
-    mask: u64,
-}
-const _: () = assert!(std::mem::size_of::<KernelSigaction>() == 32);
 
 /// `struct sock_filter`.
 #[repr(C)]

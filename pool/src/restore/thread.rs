@@ -38,14 +38,14 @@ struct PrctlMmMap {
 }
 const _: () = assert!(std::mem::size_of::<PrctlMmMap>() == 104);
 
-/// `struct kernel_sigaction` of x86_64.
+/// `struct kernel_sigaction` of x86_64 (also used by [`super::anon`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct KernelSigaction {
-    handler: u64,
-    flags: u64,
-    restorer: u64,
-    mask: u64,
+pub(super) struct KernelSigaction {
+    pub(super) handler: u64,
+    pub(super) flags: u64,
+    pub(super) restorer: u64,
+    pub(super) mask: u64,
 }
 const _: () = assert!(std::mem::size_of::<KernelSigaction>() == 32);
 
