@@ -27,7 +27,6 @@ use serde::{Deserialize, Serialize};
 
 use pool::FunctionKey;
 
-use crate::registry::FunctionRecord;
 use crate::service::{now_ms, Service, Version};
 use crate::snapshots;
 
@@ -241,13 +240,7 @@ impl Service {
         let v = list.iter_mut().find(|v| v.key == *key)?;
         let out = f(v)?;
         self.keep(v);
-        let stored = FunctionRecord {
-            name: key.name.clone(),
-            versions: list.iter().map(|v| v.record.clone()).collect(),
-        };
-        if let Err(e) = self.registry.save(&stored) {
-            tracing::error!(function = %key.name, error = %e, "saving the record failed");
-        }
+        self.save_or_log(&key.name, list);
         Some(out)
     }
 }

@@ -499,11 +499,7 @@ impl Service {
             let mut map = self.functions.write().unwrap();
             let list = map.entry(name.clone()).or_default();
             list.push(version.clone());
-            let stored = FunctionRecord {
-                name: name.clone(),
-                versions: list.iter().map(|v| v.record.clone()).collect(),
-            };
-            if let Err(e) = self.registry.save(&stored) {
+            if let Err(e) = self.save_versions(&name, list) {
                 list.pop();
                 if list.is_empty() {
                     map.remove(&name);
@@ -685,13 +681,7 @@ impl Service {
             });
             v.record.snapshot = snapshot;
             self.keep(v);
-            let stored = FunctionRecord {
-                name: key.name.clone(),
-                versions: list.iter().map(|v| v.record.clone()).collect(),
-            };
-            if let Err(e) = self.registry.save(&stored) {
-                tracing::error!(function = %key.name, error = %e, "saving the record failed");
-            }
+            self.save_or_log(&key.name, list);
             older = if state == VersionState::Ready {
                 list.iter()
                     .filter(|o| o.key.version < key.version)
@@ -716,6 +706,22 @@ impl Service {
                 pool.retire(&k).await;
             }
         });
+    }
+
+    /// Writes the record of function `name` with these versions.
+    pub(crate) fn save_versions(&self, name: &str, list: &[Version]) -> Result<(), RegistryError> {
+        self.registry.save(&FunctionRecord {
+            name: name.to_string(),
+            versions: list.iter().map(|v| v.record.clone()).collect(),
+        })
+    }
+
+    /// [`Service::save_versions`], logging a failure (the change stays in
+    /// memory; the next save writes it).
+    pub(crate) fn save_or_log(&self, name: &str, list: &[Version]) {
+        if let Err(e) = self.save_versions(name, list) {
+            tracing::error!(function = %name, error = %e, "saving the record failed");
+        }
     }
 
     /// Every function, by name.
