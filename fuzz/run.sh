@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Builds every fuzz target and runs each for a bounded time; exits non-zero
+# if any target crashes, hangs, allocates without bound or fails to build.
+#
+#   fuzz/run.sh [SECONDS_PER_TARGET]     (default 60)
+#
+# Environment:
+#   THAW_FUZZ_TARGETS    space-separated subset of targets (default: all of
+#                        fuzz/fuzz_targets/*.rs)
+#   THAW_FUZZ_SANITIZER  cargo-fuzz sanitizer (default none; "address" works
+#                        too, at about twice the build and run time)
+#
+# cargo-fuzz passes nightly-only flags to rustc (`-Cpasses=sancov-module`,
+# `-Zsanitizer`); this machine has only the stable toolchain, so the build
+# runs with RUSTC_BOOTSTRAP=1 (docs/fuzzing.md says why that is acceptable
+# here). Inputs found during a run go to fuzz/target/corpus-new/<target>, not
+# into the committed corpus; crashes go to fuzz/artifacts/<target>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO_FUZZ_VERSION=0.13.1
+SECONDS_PER_TARGET=${1:-60}
+SANITIZER=${THAW_FUZZ_SANITIZER:-none}
+# Per input: a hang is an input that takes longer than this (seconds).
+TIMEOUT_S=10
+# Whole process: more resident memory than this is a failure (MiB). Single
+# allocations are capped lower, in fuzz/src/lib.rs (MAX_ALLOCATION).
+RSS_LIMIT_MB=1024
+
+case "$SECONDS_PER_TARGET" in
+'' | *[!0-9]*)
+    echo "usage: fuzz/run.sh [SECONDS_PER_TARGET]" >&2
+    exit 2
+    ;;
+esac
+
+if ! cargo fuzz --version 2>/dev/null | grep -q "^cargo-fuzz $CARGO_FUZZ_VERSION\b"; then
+    echo "installing cargo-fuzz $CARGO_FUZZ_VERSION into ~/.cargo/bin"
+    cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
+fi
+
+export RUSTC_BOOTSTRAP=1
+
+if [ -n "${THAW_FUZZ_TARGETS:-}" ]; then
+    read -r -a targets <<<"$THAW_FUZZ_TARGETS"
+else
+    targets=()
+    for f in fuzz/fuzz_targets/*.rs; do
+        targets+=("$(basename "$f" .rs)")
+    done
+fi
+
+echo "building ${#targets[@]} fuzz targets (sanitizer: $SANITIZER)"
+build_start=$(date +%s)
+cargo fuzz build --fuzz-dir fuzz -s "$SANITIZER"
+echo "built in $(($(date +%s) - build_start))s"
+
+failed=()
+for t in "${targets[@]}"; do
+    seeds=fuzz/corpus/$t
+    fresh=fuzz/target/corpus-new/$t
+    mkdir -p "$seeds" "$fresh" "fuzz/artifacts/$t"
+    echo
+    echo "== $t: ${SECONDS_PER_TARGET}s from $(find "$seeds" -type f | wc -l) seeds"
+    # New inputs go to the first directory (scratch); the committed seeds,
+    # and every crash-* input kept there, are replayed first.
+    if cargo fuzz run --fuzz-dir fuzz -s "$SANITIZER" "$t" "$fresh" "$seeds" -- \
+        -max_total_time="$SECONDS_PER_TARGET" \
+        -timeout="$TIMEOUT_S" \
+        -rss_limit_mb="$RSS_LIMIT_MB" \
+        -malloc_limit_mb="$RSS_LIMIT_MB" \
+        -artifact_prefix="fuzz/artifacts/$t/" \
+        -print_final_stats=1; then
+        echo "== $t: ok"
+    else
+        echo "== $t: FAILED (input saved in fuzz/artifacts/$t/)"
+        failed+=("$t")
+    fi
+done
+
+echo
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "fuzzing failed: ${failed[*]}"
+    exit 1
+fi
+echo "fuzzing: ${#targets[@]} targets ran ${SECONDS_PER_TARGET}s each, no failure"
