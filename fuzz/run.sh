@@ -10,10 +10,10 @@
 #   THAW_FUZZ_SANITIZER  cargo-fuzz sanitizer (default none; "address" works
 #                        too, at about twice the build and run time)
 #
-# cargo-fuzz passes nightly-only flags to rustc (`-Cpasses=sancov-module`,
-# `-Zsanitizer`); this machine has only the stable toolchain, so the build
-# runs with RUSTC_BOOTSTRAP=1 (docs/fuzzing.md says why that is acceptable
-# here). Inputs found during a run go to fuzz/target/corpus-new/<target>, not
+# cargo-fuzz is written for nightly: with a sanitizer it passes
+# `-Zsanitizer=...`, which the stable compiler (the only one here) accepts
+# only with RUSTC_BOOTSTRAP=1; the build runs with it set (docs/fuzzing.md
+# says why that is acceptable here). Inputs found during a run go to fuzz/target/corpus-new/<target>, not
 # into the committed corpus; crashes go to fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,13 +55,23 @@ build_start=$(date +%s)
 cargo fuzz build --fuzz-dir fuzz -s "$SANITIZER"
 echo "built in $(($(date +%s) - build_start))s"
 
+# Targets that write files (deploy_archive unpacks, store_pack opens a real
+# store) do it under TMPDIR: on tmpfs, fsync costs nothing and the disk is
+# spared.
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    scratch=$(mktemp -d /dev/shm/thaw-fuzz.XXXXXX)
+    trap 'rm -rf "$scratch"' EXIT
+    export TMPDIR=$scratch
+fi
+
 failed=()
+mkdir -p fuzz/target/logs
 for t in "${targets[@]}"; do
     seeds=fuzz/corpus/$t
     fresh=fuzz/target/corpus-new/$t
+    log=fuzz/target/logs/$t.log
     mkdir -p "$seeds" "$fresh" "fuzz/artifacts/$t"
-    echo
-    echo "== $t: ${SECONDS_PER_TARGET}s from $(find "$seeds" -type f | wc -l) seeds"
+    echo "== $t: ${SECONDS_PER_TARGET}s from $(find "$seeds" -type f | wc -l) committed inputs (log: $log)"
     # New inputs go to the first directory (scratch); the committed seeds,
     # and every crash-* input kept there, are replayed first.
     if cargo fuzz run --fuzz-dir fuzz -s "$SANITIZER" "$t" "$fresh" "$seeds" -- \
@@ -70,9 +80,11 @@ for t in "${targets[@]}"; do
         -rss_limit_mb="$RSS_LIMIT_MB" \
         -malloc_limit_mb="$RSS_LIMIT_MB" \
         -artifact_prefix="fuzz/artifacts/$t/" \
-        -print_final_stats=1; then
+        -print_final_stats=1 >"$log" 2>&1; then
+        grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" | sed 's/^/   /'
         echo "== $t: ok"
     else
+        tail -n 40 "$log" | sed 's/^/   /'
         echo "== $t: FAILED (input saved in fuzz/artifacts/$t/)"
         failed+=("$t")
     fi
