@@ -114,7 +114,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("thaw serve must run as root: sandboxes need namespaces, mounts and cgroups");
     }
-    std::fs::create_dir_all(&opts.data_dir)
+    crate::registry::create_private_dir(&opts.data_dir)
         .with_context(|| format!("creating data directory {}", opts.data_dir.display()))?;
     let data_dir = opts
         .data_dir
