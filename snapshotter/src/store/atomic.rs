@@ -88,3 +88,33 @@ pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn what_the_store_writes_is_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        create_private_dir(&dir).unwrap();
+        assert_eq!(mode(&tmp.path().join("a")), PRIVATE_DIR);
+        assert_eq!(mode(&dir), PRIVATE_DIR);
+        let f = dir.join("root");
+        write_atomic(&f, &[b"x"]).unwrap();
+        assert_eq!(mode(&f), PRIVATE_FILE);
+        // A whole store: its directories and files.
+        let store = crate::store::PageStore::open(tmp.path().join("store")).unwrap();
+        for sub in ["packs", "roots", "images"] {
+            assert_eq!(mode(&store.dir().join(sub)), PRIVATE_DIR, "{sub}");
+        }
+        for file in ["index", "LOCK"] {
+            assert_eq!(mode(&store.dir().join(file)), PRIVATE_FILE, "{file}");
+        }
+    }
+}
