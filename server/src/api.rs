@@ -165,7 +165,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     ) -> Result<Self, Self::Rejection> {
         // Routes outside the token check see the least role.
         Ok(Caller(
-            parts.extensions.get::<Role>().copied().unwrap_or(Role::Invoke),
+            parts
+                .extensions
+                .get::<Role>()
+                .copied()
+                .unwrap_or(Role::Invoke),
         ))
     }
 }

@@ -58,9 +58,9 @@ impl Refusal {
                 "cross-site request refused (Sec-Fetch-Site: {site}): only pages of this \
                  server may change it"
             ),
-            Refusal::Origin(origin) => format!(
-                "cross-site request refused: Origin {origin:?} is not this server's origin"
-            ),
+            Refusal::Origin(origin) => {
+                format!("cross-site request refused: Origin {origin:?} is not this server's origin")
+            }
         }
     }
 }

@@ -156,7 +156,14 @@ mod tests {
             fs::write(data.join(p), b"x").unwrap();
             fs::set_permissions(data.join(p), fs::Permissions::from_mode(m)).unwrap();
         }
-        for d in ["", "functions", "functions/f", "functions/f/v1", "store", "store/packs"] {
+        for d in [
+            "",
+            "functions",
+            "functions/f",
+            "functions/f/v1",
+            "store",
+            "store/packs",
+        ] {
             fs::set_permissions(data.join(d), fs::Permissions::from_mode(0o755)).unwrap();
         }
         // A link to a file outside is not followed.
@@ -171,10 +178,20 @@ mod tests {
 
         let fixed = secure_data_dir(&data).unwrap();
         assert_eq!(fixed, Fixed { dirs: 6, files: 3 });
-        for d in ["", "functions", "functions/f", "functions/f/v1", "store/packs"] {
+        for d in [
+            "",
+            "functions",
+            "functions/f",
+            "functions/f/v1",
+            "store/packs",
+        ] {
             assert_eq!(mode(&data.join(d)), 0o700, "{d}");
         }
-        for f in ["functions/f/function.json", "store/packs/pack-1.pack", "hashseed"] {
+        for f in [
+            "functions/f/function.json",
+            "store/packs/pack-1.pack",
+            "hashseed",
+        ] {
             assert_eq!(mode(&data.join(f)), 0o600, "{f}");
         }
         assert_eq!(mode(&data.join("functions/f/v1/code/main.py")), 0o644);

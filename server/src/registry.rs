@@ -177,7 +177,10 @@ fn fsync_dir(dir: &Path) -> Result<(), RegistryError> {
 
 /// Creates `dir` and its missing parents as 0700 directories.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// One lock per function name; see [`Registry::name_lock`].

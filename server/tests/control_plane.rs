@@ -33,7 +33,9 @@ fn assert_forbidden(a: &Answer, says: &str) {
 }
 
 async fn post(server: &Server, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Answer {
-    server.request(Method::POST, path, Some(body), headers).await
+    server
+        .request(Method::POST, path, Some(body), headers)
+        .await
 }
 
 fn spec_bytes(name: &str) -> Vec<u8> {
@@ -58,10 +60,17 @@ async fn cross_site_requests_and_rebound_hosts_are_refused() {
 
     // Deploy. Control: a text/plain POST (what a cross-site form or no-cors
     // fetch sends) is a deploy when it comes from no other site.
-    let a = post(&server, "/functions", spec_bytes("first"), &[("content-type", "text/plain")]).await;
+    let a = post(
+        &server,
+        "/functions",
+        spec_bytes("first"),
+        &[("content-type", "text/plain")],
+    )
+    .await;
     assert_eq!(a.status, 201, "{}", a.text());
     // ...and from the server's own pages (the dashboard).
-    let a = post(&server, 
+    let a = post(
+        &server,
         "/functions",
         spec_bytes("own"),
         &[
@@ -72,13 +81,22 @@ async fn cross_site_requests_and_rebound_hosts_are_refused() {
     .await;
     assert_eq!(a.status, 201, "{}", a.text());
     // Attack: the same request from another site.
-    assert_forbidden(&post(&server, "/functions", spec_bytes("evil1"), &evil).await, "Origin");
+    assert_forbidden(
+        &post(&server, "/functions", spec_bytes("evil1"), &evil).await,
+        "Origin",
+    );
     assert_forbidden(
         &post(&server, "/functions", spec_bytes("evil2"), &cross).await,
         "Sec-Fetch-Site",
     );
     assert_forbidden(
-        &post(&server, "/functions", spec_bytes("evil3"), &[("origin", "null")]).await,
+        &post(
+            &server,
+            "/functions",
+            spec_bytes("evil3"),
+            &[("origin", "null")],
+        )
+        .await,
         "Origin",
     );
     let names: Vec<String> = server.get("/functions").await.json()["functions"]
@@ -108,15 +126,29 @@ async fn cross_site_requests_and_rebound_hosts_are_refused() {
     // /session and /store/*: control, then from another site.
     let a = post(&server, "/session", b"{}".to_vec(), &[]).await;
     assert_eq!(a.status, 200, "{}", a.text());
-    assert_forbidden(&post(&server, "/session", b"{}".to_vec(), &evil).await, "Origin");
+    assert_forbidden(
+        &post(&server, "/session", b"{}".to_vec(), &evil).await,
+        "Origin",
+    );
     let a = server
-        .request(Method::DELETE, "/session", None, &[("origin", "https://evil.example")])
+        .request(
+            Method::DELETE,
+            "/session",
+            None,
+            &[("origin", "https://evil.example")],
+        )
         .await;
     assert_forbidden(&a, "Origin");
     let a = post(&server, "/store/gc", Vec::new(), &[]).await;
     assert_eq!(a.status, 200, "{}", a.text());
-    assert_forbidden(&post(&server, "/store/gc", Vec::new(), &cross).await, "Sec-Fetch-Site");
-    assert_forbidden(&post(&server, "/store/verify", Vec::new(), &evil).await, "Origin");
+    assert_forbidden(
+        &post(&server, "/store/gc", Vec::new(), &cross).await,
+        "Sec-Fetch-Site",
+    );
+    assert_forbidden(
+        &post(&server, "/store/verify", Vec::new(), &evil).await,
+        "Origin",
+    );
 
     // Delete: from another site refused, the function stays; control.
     let a = server
@@ -124,7 +156,9 @@ async fn cross_site_requests_and_rebound_hosts_are_refused() {
         .await;
     assert_forbidden(&a, "Origin");
     assert_eq!(server.get("/functions/own").await.status, 200);
-    let a = server.request(Method::DELETE, "/functions/own", None, &[]).await;
+    let a = server
+        .request(Method::DELETE, "/functions/own", None, &[])
+        .await;
     assert_eq!(a.status, 204, "{}", a.text());
 
     // DNS rebinding: a page of rebound.example reaches 127.0.0.1 with its
@@ -138,7 +172,12 @@ async fn cross_site_requests_and_rebound_hosts_are_refused() {
     }
     let rebound = format!("rebound.example:{port}");
     let a = server
-        .request(Method::GET, "/functions", None, &[("host", rebound.as_str())])
+        .request(
+            Method::GET,
+            "/functions",
+            None,
+            &[("host", rebound.as_str())],
+        )
         .await;
     assert_forbidden(&a, "DNS rebinding");
     let a = server
@@ -198,10 +237,17 @@ def handler(event, context):
     }
     let starts: Vec<_> = a.headers.get_all("x-thaw-start").iter().collect();
     assert_eq!(starts, ["warm"], "thaw's own start kind, once");
-    assert!(a.headers.get("x-thaw-spare").is_none(), "a warm start has no spare");
+    assert!(
+        a.headers.get("x-thaw-spare").is_none(),
+        "a warm start has no spare"
+    );
     assert_ne!(a.header("x-thaw-start-us"), "1");
     // Every answer is sandboxed and typed.
-    let csp: Vec<_> = a.headers.get_all("content-security-policy").iter().collect();
+    let csp: Vec<_> = a
+        .headers
+        .get_all("content-security-policy")
+        .iter()
+        .collect();
     assert_eq!(csp, ["sandbox"]);
     assert_eq!(a.header("x-content-type-options"), "nosniff");
     // Errors too (they quote what the function raised).
@@ -281,7 +327,9 @@ async fn invoke_tokens_get_no_secrets_and_no_admin_routes() {
         .await;
     assert_eq!(a.status, 201, "{}", a.text());
     loop {
-        let v = req(Method::GET, "/functions/invoke", ADMIN, &[]).await.json();
+        let v = req(Method::GET, "/functions/invoke", ADMIN, &[])
+            .await
+            .json();
         if v["state"] == "ready" {
             break;
         }
@@ -289,7 +337,9 @@ async fn invoke_tokens_get_no_secrets_and_no_admin_routes() {
     }
 
     // Control: an admin reads the values.
-    let v = req(Method::GET, "/functions/invoke", ADMIN, &[]).await.json();
+    let v = req(Method::GET, "/functions/invoke", ADMIN, &[])
+        .await
+        .json();
     assert_eq!(v["spec"]["env"]["DB_PASSWORD"], "hunter2");
     let e = first_function_event(&server, "invoke", ADMIN).await;
     assert_eq!(e["view"]["spec"]["env"]["DB_PASSWORD"], "hunter2", "{e}");
@@ -316,7 +366,12 @@ async fn invoke_tokens_get_no_secrets_and_no_admin_routes() {
     // Attack: the path ends in /invoke, but the route is a delete.
     let a = req(Method::DELETE, "/functions/invoke", INVOKER, &[]).await;
     assert_forbidden(&a, "only invoke");
-    assert_eq!(req(Method::GET, "/functions/invoke", ADMIN, &[]).await.status, 200);
+    assert_eq!(
+        req(Method::GET, "/functions/invoke", ADMIN, &[])
+            .await
+            .status,
+        200
+    );
     // Attack: the test switch that breaks page servers.
     let switch = [(pool::instance::FAIL_PAGE_SERVER_HEADER, "1")];
     let a = req(Method::POST, "/functions/invoke/invoke", INVOKER, &switch).await;
@@ -478,7 +533,10 @@ async fn data_at_rest_is_private_and_code_still_imports() {
     ] {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
     }
-    assert!(nobody_reads(&record), "control: the loosened record is readable");
+    assert!(
+        nobody_reads(&record),
+        "control: the loosened record is readable"
+    );
     server.spawn();
     let (loose, _) = loose_entries(&data);
     assert!(loose.is_empty(), "not fixed at start: {loose:#?}");
@@ -539,7 +597,11 @@ async fn concurrent_deploys_of_one_name_are_serialised() {
     }
     let mut numbers: Vec<u64> = versions.iter().map(|(_, v)| *v).collect();
     numbers.sort();
-    assert_eq!(numbers, (2..=N as u64 + 1).collect::<Vec<_>>(), "{versions:?}");
+    assert_eq!(
+        numbers,
+        (2..=N as u64 + 1).collect::<Vec<_>>(),
+        "{versions:?}"
+    );
     // Every version settles and answers with the code its deploy sent.
     let t0 = Instant::now();
     loop {
@@ -594,13 +656,22 @@ async fn sessions_are_capped_per_role_and_sign_ins_limited() {
     let sign_in = |token: &str| {
         let body = serde_json::to_vec(&json!({ "token": token })).unwrap();
         let server = &server;
-        async move { server.request(Method::POST, "/session", Some(body), &[]).await }
+        async move {
+            server
+                .request(Method::POST, "/session", Some(body), &[])
+                .await
+        }
     };
     let signed_in = |cookie: String| {
         let server = &server;
         async move {
             server
-                .request(Method::GET, "/session", None, &[("cookie", cookie.as_str())])
+                .request(
+                    Method::GET,
+                    "/session",
+                    None,
+                    &[("cookie", cookie.as_str())],
+                )
                 .await
                 .json()["signed_in"]
                 == true
@@ -622,7 +693,12 @@ async fn sessions_are_capped_per_role_and_sign_ins_limited() {
     // Attack: the admin's session is untouched.
     assert!(signed_in(admin.clone()).await);
     let a = server
-        .request(Method::GET, "/functions", None, &[("cookie", admin.as_str())])
+        .request(
+            Method::GET,
+            "/functions",
+            None,
+            &[("cookie", admin.as_str())],
+        )
         .await;
     assert_eq!(a.status, 200);
 

@@ -147,9 +147,7 @@ pub fn build_image(
         let path = path.to_path_buf();
         move |source| ImageError::Io { path, source }
     };
-    let file = super::atomic::private_file()
-        .open(&tmp)
-        .map_err(io(&tmp))?;
+    let file = super::atomic::private_file().open(&tmp).map_err(io(&tmp))?;
     let result = write_pages(store, areas, &layout, &file, &tmp).and_then(|()| {
         failpoint::hit("image-written");
         std::fs::rename(&tmp, out).map_err(io(out))
