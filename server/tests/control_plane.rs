@@ -718,3 +718,55 @@ async fn sessions_are_capped_per_role_and_sign_ins_limited() {
     // The admin's session still works meanwhile.
     assert!(signed_in(admin).await);
 }
+
+/// Runs by hand only: a test whose prerequisite is always missing, for
+/// [`a_missing_prerequisite_fails_under_strict`].
+#[test]
+#[ignore = "run by a_missing_prerequisite_fails_under_strict"]
+fn always_missing_a_prerequisite() {
+    skip!("the probe's prerequisite is missing on purpose");
+}
+
+/// "No test passes quietly": the same skipping test passes with a printed
+/// reason by hand (control) and fails with the reason when
+/// `THAW_TEST_STRICT` is set, as in CI.
+#[test]
+fn a_missing_prerequisite_fails_under_strict() {
+    let run = |strict: bool| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "always_missing_a_prerequisite",
+            "--include-ignored",
+            "--nocapture",
+        ]);
+        if strict {
+            cmd.env("THAW_TEST_STRICT", "1");
+        } else {
+            cmd.env_remove("THAW_TEST_STRICT");
+        }
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(false);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("skipped: the probe's prerequisite is missing on purpose"),
+        "{text}"
+    );
+    assert!(text.contains("1 passed"), "{text}");
+    let (ok, text) = run(true);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "THAW_TEST_STRICT is set and a prerequisite is missing: \
+             the probe's prerequisite is missing on purpose"
+        ),
+        "{text}"
+    );
+}
