@@ -92,7 +92,7 @@ pub struct Description {
     pub build: Vec<Step>,
 }
 
-/// One step of `prepare` or `build`: a command, or a symbolic link.
+/// One step of `prepare` or `build`: a command, or a small file to write.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -110,13 +110,13 @@ pub struct Step {
     /// output.
     #[serde(default)]
     pub output: Option<String>,
-    /// Relative path of a symbolic link to make (skipped when the path
-    /// exists: the function's own file wins).
+    /// Relative path of a file to write (skipped when its folder exists:
+    /// the function's own files win).
     #[serde(default)]
-    pub link: Option<String>,
-    /// Target of `link`, as seen inside the sandbox.
+    pub file: Option<String>,
+    /// Contents of `file`.
     #[serde(default)]
-    pub to: Option<String>,
+    pub text: Option<String>,
 }
 
 /// A registered runtime: its description and files.
@@ -274,18 +274,18 @@ impl Runtime {
             }
         }
         for s in desc.prepare.iter().chain(&desc.build) {
-            let ok = match (&s.run, &s.link, &s.to) {
+            let ok = match (&s.run, &s.file, &s.text) {
                 (Some(run), None, None) => !run.is_empty(),
                 (None, Some(_), Some(_)) => s.inputs.is_none() && s.output.is_none(),
                 _ => false,
             };
             if !ok {
                 return Err(invalid(format!(
-                    "step {:?} must have either `run`, or `link` and `to`",
+                    "step {:?} must have either `run`, or `file` and `text`",
                     s.what
                 )));
             }
-            for rel in s.link.iter().chain(&s.output) {
+            for rel in s.file.iter().chain(&s.output) {
                 if !crate::spec::valid_code_path(rel) {
                     return Err(invalid(format!("step {:?}: {rel:?} is not relative", s.what)));
                 }
@@ -693,16 +693,22 @@ impl Runtimes {
 /// Runs one step in `dir`.
 async fn run_step(step: &Step, dir: &Path, vars: &Vars) -> Result<(), BuildError> {
     use std::os::unix::fs::PermissionsExt;
-    if let (Some(link), Some(to)) = (&step.link, &step.to) {
-        let path = dir.join(link);
-        if path.symlink_metadata().is_ok() {
+    if let (Some(file), Some(text)) = (&step.file, &step.text) {
+        let path = dir.join(file);
+        let parent = path.parent().expect("a file has a folder");
+        if parent.symlink_metadata().is_ok() {
             return Ok(());
         }
-        let parent = path.parent().expect("a link has a folder");
         std::fs::create_dir_all(parent).map_err(build_io("create", parent))?;
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
-            .map_err(build_io("chmod", parent))?;
-        return std::os::unix::fs::symlink(to, &path).map_err(build_io("link", &path));
+        let mut d = parent;
+        while d.starts_with(dir) && d != dir {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+                .map_err(build_io("chmod", d))?;
+            d = d.parent().expect("inside dir");
+        }
+        std::fs::write(&path, text).map_err(build_io("write", &path))?;
+        return std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .map_err(build_io("chmod", &path));
     }
     let Some(run) = &step.run else {
         return Ok(());
