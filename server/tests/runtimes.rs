@@ -322,3 +322,258 @@ async fn node_catalog_example_builds_at_init_and_answers() {
     assert_eq!(s, 404);
     println!("node-catalog init: {} ms", v["init_ms"]);
 }
+
+// ---- Java --------------------------------------------------------------------
+
+const JAVA_OPS: &str = r#"
+package example;
+
+import thaw.Context;
+
+public class Ops {
+    static int count;
+
+    public static String handle(String event, Context context) {
+        count++;
+        if (event.contains("\"count\"")) return "{\"count\": " + count + "}";
+        if (event.contains("\"json\"")) return "{\"a\": [1, 2.5, true, null], \"s\": \"h\u00e9\"}";
+        if (event.contains("\"text\"")) return "not json {";
+        if (event.contains("\"null\"")) return null;
+        if (event.contains("\"throw\"")) throw new IllegalStateException("bad state: " + event.length());
+        if (event.contains("\"exit\"")) { System.exit(3); }
+        if (event.contains("\"log\"")) {
+            System.out.println("log line from " + context.invocationId());
+            System.err.println("an error line");
+            return "logged";
+        }
+        if (event.contains("\"context\"")) {
+            return "{\"fn\": \"" + context.function() + "\", \"version\": \"" + context.version()
+                + "\", \"remaining\": " + context.remainingMs() + ", \"copy\": " + thaw.Runtime.isCopy() + "}";
+        }
+        return event;
+    }
+
+    public static String plain(String event) {
+        return "plain " + event;
+    }
+}
+"#;
+
+#[tokio::test]
+async fn java_compiles_at_deploy_and_maps_answers_and_errors() {
+    require!("/usr/bin/java", "/usr/bin/javac");
+    let server = Server::start(&[]);
+    let rec = deploy_files(
+        &server,
+        json!({"name": "java-ops", "runtime": "java17", "handler": "example.Ops::handle",
+               "warmup": [{"op": "count"}], "warmup_repeat": 5}),
+        &[("example/Ops.java", JAVA_OPS)],
+    )
+    .await;
+    assert_ready(&rec);
+    // Five warm-up rounds on the instance that stayed warm, then this one.
+    let (_, v) = invoke_json(&server, "java-ops", json!({"op": "count"})).await;
+    assert_eq!(v["count"], 6, "{v}");
+
+    let a = server.invoke("java-ops", json!({"op": "json"})).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("content-type"), "application/json");
+    assert_eq!(a.json(), json!({"a": [1, 2.5, true, null], "s": "h\u{e9}"}));
+    let a = server.invoke("java-ops", json!({"op": "text"})).await;
+    assert_eq!((a.status, a.text().as_str()), (200, "not json {"));
+    assert_eq!(a.header("content-type"), "text/plain; charset=utf-8");
+    let a = server.invoke("java-ops", json!({"op": "null"})).await;
+    assert_eq!(a.json(), Value::Null);
+    let a = server.invoke_raw("java-ops", b"raw text event".to_vec(), &[]).await;
+    assert_eq!(a.text(), "raw text event", "the event is the body as text");
+    let (_, v) = invoke_json(&server, "java-ops", json!({"op": "context"})).await;
+    assert_eq!(v["fn"], "java-ops");
+    assert_eq!(v["version"], "1");
+    assert_eq!(v["copy"], false);
+    assert!(v["remaining"].as_i64().unwrap() > 0, "{v}");
+
+    let (s, v) = invoke_json(&server, "java-ops", json!({"op": "throw"})).await;
+    assert_eq!((s, v["error"].as_str()), (500, Some("handler_error")), "{v}");
+    assert_eq!(v["message"], "java.lang.IllegalStateException: bad state: 14");
+    let tb = v["traceback"].as_str().unwrap();
+    assert!(tb.contains("at example.Ops.handle(Ops.java:"), "{tb}");
+    assert!(!tb.contains("thaw.Bootstrap"), "runtime frames are cut: {tb}");
+
+    let a = server.invoke("java-ops", json!({"op": "log"})).await;
+    assert_eq!(a.text(), "logged");
+    let id = a.header("x-thaw-invocation-id");
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = logs_of(&server, "java-ops", &id).await;
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        lines.contains(&format!("log line from {id}")) && lines.contains(&"an error line".to_string()),
+        "lines of {id}: {lines:?}"
+    );
+
+    let (s, v) = invoke_json(&server, "java-ops", json!({"op": "exit"})).await;
+    assert_eq!((s, v["error"].as_str()), (502, Some("function_crashed")), "{v}");
+    let (s, _) = invoke_json(&server, "java-ops", json!({"op": "json"})).await;
+    assert_eq!(s, 200, "a fresh instance after the crash");
+
+    // The one-argument form.
+    let rec = deploy_files(
+        &server,
+        json!({"name": "java-plain", "runtime": "java17", "handler": "example.Ops::plain"}),
+        &[("example/Ops.java", JAVA_OPS)],
+    )
+    .await;
+    assert_eq!(rec["state"], "ready", "{rec}");
+    assert_eq!(server.invoke("java-plain", json!(1)).await.text(), "plain 1");
+}
+
+#[tokio::test]
+async fn java_compile_errors_init_errors_and_handler_syntax() {
+    require!("/usr/bin/java", "/usr/bin/javac");
+    let server = Server::start(&[]);
+    // javac's message fails the version.
+    let rec = deploy_files(
+        &server,
+        json!({"name": "java-typo", "runtime": "java17", "handler": "Typo::handle"}),
+        &[("Typo.java", "public class Typo {\n  public static String handle(String e) { return e }\n}\n")],
+    )
+    .await;
+    assert_eq!(rec["state"], "failed", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(err.contains("javac failed") && err.contains("Typo.java:2: error: ';' expected"), "{err}");
+
+    // An exception in static init is an init error, at deploy and invoke.
+    let rec = deploy_files(
+        &server,
+        json!({"name": "java-static", "runtime": "java17", "handler": "Boom::handle"}),
+        &[(
+            "Boom.java",
+            "public class Boom {\n  static final int X = Integer.parseInt(\"not a number\");\n  \
+             public static String handle(String e) { return e; }\n}\n",
+        )],
+    )
+    .await;
+    assert_eq!(rec["state"], "failed", "{rec}");
+    assert!(rec["error"].as_str().unwrap().contains("java.lang.NumberFormatException"), "{rec}");
+    let (s, v) = invoke_json(&server, "java-static", json!({})).await;
+    assert_eq!((s, v["error"].as_str()), (502, Some("init_error")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("not a number"), "{v}");
+
+    // A method of the wrong shape, a class that is not there.
+    for (name, handler, says) in [
+        ("java-shape", "Shape::handle", "has no public static String handle(String)"),
+        ("java-noclass", "Missing::handle", "no class Missing"),
+    ] {
+        let rec = deploy_files(
+            &server,
+            json!({"name": name, "runtime": "java17", "handler": handler}),
+            &[("Shape.java", "public class Shape {\n  public static int handle(String e) { return 1; }\n}\n")],
+        )
+        .await;
+        assert_eq!(rec["state"], "failed", "{rec}");
+        assert!(rec["error"].as_str().unwrap().contains(says), "{name}: {rec}");
+    }
+
+    // Handler syntax is checked per runtime; java17 has no default handler.
+    for spec in [
+        json!({"name": "java-bad", "runtime": "java17", "handler": "example.Ops.handle"}),
+        json!({"name": "java-bad", "runtime": "java17"}),
+    ] {
+        let mut spec = spec;
+        spec["files"] = json!({"A.java": "class A {}"});
+        let a = server.deploy(spec).await;
+        assert_eq!(a.status, 400, "{}", a.text());
+        assert_eq!(a.json()["error"], "invalid_spec");
+        assert!(a.json()["message"].as_str().unwrap().contains("handler"), "{}", a.text());
+    }
+}
+
+#[tokio::test]
+async fn java_folders_with_jars_deploy_through_the_cli() {
+    require!("/usr/bin/java", "/usr/bin/javac", "/usr/bin/jar");
+    let server = Server::start(&[]);
+    // A folder with a library jar (built here) and a source using it.
+    let dir = tempfile::tempdir().unwrap();
+    let lib_src = dir.path().join("libsrc/util");
+    std::fs::create_dir_all(&lib_src).unwrap();
+    std::fs::write(
+        lib_src.join("Shout.java"),
+        "package util;\npublic class Shout { public static String loud(String s) { return s.toUpperCase() + \"!\"; } }\n",
+    )
+    .unwrap();
+    let classes = dir.path().join("libclasses");
+    let ok = Command::new("/usr/bin/javac")
+        .arg("-d")
+        .arg(&classes)
+        .arg(lib_src.join("Shout.java"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let func = dir.path().join("func");
+    std::fs::create_dir_all(func.join("lib")).unwrap();
+    let ok = Command::new("/usr/bin/jar")
+        .arg("cf")
+        .arg(func.join("lib/shout.jar"))
+        .arg("-C")
+        .arg(&classes)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::write(
+        func.join("thaw.toml"),
+        "name = \"java-jar\"\nruntime = \"java17\"\nhandler = \"app.Main::handle\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(func.join("app")).unwrap();
+    std::fs::write(
+        func.join("app/Main.java"),
+        "package app;\npublic class Main { public static String handle(String e) { return util.Shout.loud(e); } }\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&server, &["deploy", &func.display().to_string()]);
+    assert!(ok, "{out}{err}");
+    let rec = server.wait_state("java-jar").await;
+    assert_ready(&rec);
+    let (ok, out, err) = cli(&server, &["invoke", "java-jar", "--data", "hey"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "HEY!");
+
+    // The example, from its folder.
+    let folder = examples().join("java-hello").display().to_string();
+    let (ok, out, err) = cli(&server, &["deploy", &folder]);
+    assert!(ok, "{out}{err}");
+    let rec = server.wait_state("java-hello").await;
+    assert_ready(&rec);
+    let (ok, out, err) = cli(&server, &["invoke", "java-hello", "--data", r#"{"name": "cli"}"#]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["hello"], "cli");
+    assert_eq!(v["invocations"], 21, "twenty warm-up rounds, then this: {v}");
+    let (ok, out, _) = cli(&server, &["ls"]);
+    assert!(ok);
+    let line = out.lines().find(|l| l.starts_with("java-hello")).unwrap_or_default();
+    assert!(line.contains("java17"), "{out}");
+}
+
+#[tokio::test]
+async fn java_inventory_example_builds_at_init_and_answers() {
+    require!("/usr/bin/java", "/usr/bin/javac");
+    let folder = examples().join("java-inventory").display().to_string();
+    let server = Server::start(&["--deploy", &folder]);
+    let rec = server.wait_state("java-inventory").await;
+    assert_ready(&rec);
+    let (s, v) = invoke_json(&server, "java-inventory", json!({"sku": "SKU-0000042"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["sku"], "SKU-0000042");
+    let (_, v) = invoke_json(&server, "java-inventory", json!({"warehouse": 3})).await;
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    let (_, v) = invoke_json(&server, "java-inventory", json!({"day": "2026-03-01"})).await;
+    assert!(v["restocked"].as_u64().unwrap() > 0, "{v}");
+    let (_, v) = invoke_json(&server, "java-inventory", json!({})).await;
+    println!("java-inventory init: {} ms", v["init_ms"]);
+}
