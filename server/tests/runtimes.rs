@@ -577,3 +577,38 @@ async fn java_inventory_example_builds_at_init_and_answers() {
     let (_, v) = invoke_json(&server, "java-inventory", json!({})).await;
     println!("java-inventory init: {} ms", v["init_ms"]);
 }
+
+// ---- Python ------------------------------------------------------------------
+
+#[tokio::test]
+async fn python_ssl_rand_bytes_differ_across_restored_copies() {
+    require_root!();
+    let server = Server::start(&["--allow-forced-cold"]);
+    let main = "import random, ssl\n\
+                ssl.RAND_bytes(16)  # OpenSSL's generator is set up before the snapshot\n\
+                def handler(event, context):\n    \
+                return {'ssl': ssl.RAND_bytes(16).hex(), 'random': random.random()}\n";
+    let rec = deploy_files(
+        &server,
+        json!({"name": "py-ssl", "warmup": [{}]}),
+        &[("main.py", main)],
+    )
+    .await;
+    assert_eq!(rec["state"], "ready", "{rec}");
+    assert!(!rec["snapshot"].is_null(), "a Python function is snapshotted: {rec}");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let a = server
+            .invoke_raw("py-ssl", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.header("x-thaw-start"), "restore");
+        seen.push(a.json());
+    }
+    for (i, a) in seen.iter().enumerate() {
+        for b in &seen[i + 1..] {
+            assert_ne!(a["ssl"], b["ssl"], "ssl.RAND_bytes repeats across copies: {seen:?}");
+            assert_ne!(a["random"], b["random"], "{seen:?}");
+        }
+    }
+}
