@@ -654,6 +654,50 @@ impl Runtimes {
         }
     }
 
+    /// Runs the runtime's `prepare` steps unless they ran on these files.
+    async fn prepare(&self, rt: &Runtime, vars: &Vars) -> Result<(), BuildError> {
+        if rt.desc.prepare.is_empty() {
+            return Ok(());
+        }
+        let rt_dir = self.dir(rt);
+        let _guard = self.prepare_lock.lock().await;
+        let stamp = rt_dir.join(PREPARED_STAMP);
+        let want = files_hash(rt.files);
+        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+            return Ok(());
+        }
+        for step in &rt.desc.prepare {
+            run_step(step, &rt_dir, vars).await?;
+        }
+        crate::registry::write_atomic(&stamp, want.as_bytes()).map_err(|e| BuildError::Io {
+            what: "write",
+            path: stamp.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+
+    fn step_vars(&self, rt: &Runtime, code_dir: &Path) -> Vars {
+        let mut vars = self.base_vars();
+        vars.set("runtime_dir", self.dir(rt).display().to_string())
+            .set("code_dir", code_dir.display().to_string());
+        vars
+    }
+
+    /// At start: prepares again every runtime prepared here before whose
+    /// files changed (a new thaw binary), so that versions already deployed
+    /// boot on the new shim. Runtimes never prepared here wait for their
+    /// first deploy.
+    pub async fn refresh_stale(&self) -> Result<(), BuildError> {
+        for rt in self.catalog.iter() {
+            let stamp = self.dir(rt).join(PREPARED_STAMP);
+            if stamp.exists() {
+                let vars = self.step_vars(rt, &self.dir(rt));
+                self.prepare(rt, &vars).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs the runtime's `prepare` steps if they have not run on these
     /// files, then its `build` steps on `code_dir`. Blocks the task, not the
     /// thread.
@@ -662,27 +706,8 @@ impl Runtimes {
             .catalog
             .get(runtime)
             .ok_or_else(|| BuildError::Unknown(runtime.into()))?;
-        let rt_dir = self.dir(rt);
-        let mut vars = self.base_vars();
-        vars.set("runtime_dir", rt_dir.display().to_string())
-            .set("code_dir", code_dir.display().to_string());
-        if !rt.desc.prepare.is_empty() {
-            let _guard = self.prepare_lock.lock().await;
-            let stamp = rt_dir.join(PREPARED_STAMP);
-            let want = files_hash(rt.files);
-            if std::fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
-                for step in &rt.desc.prepare {
-                    run_step(step, &rt_dir, &vars).await?;
-                }
-                crate::registry::write_atomic(&stamp, want.as_bytes()).map_err(|e| {
-                    BuildError::Io {
-                        what: "write",
-                        path: stamp.clone(),
-                        source: std::io::Error::other(e.to_string()),
-                    }
-                })?;
-            }
-        }
+        let vars = self.step_vars(rt, code_dir);
+        self.prepare(rt, &vars).await?;
         for step in &rt.desc.build {
             run_step(step, code_dir, &vars).await?;
         }

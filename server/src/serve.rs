@@ -118,6 +118,10 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     // sandboxes bind them.
     let runtimes = crate::runtime::Runtimes::install(&data_dir, opts.python.clone(), hash_seed)
         .context("installing the runtimes")?;
+    if let Err(e) = runtimes.refresh_stale().await {
+        // Versions of that runtime fail to boot until a deploy prepares it.
+        tracing::error!(error = %e, "preparing a runtime again for this thaw failed");
+    }
 
     let cgroups = CgroupRoot::detect(&install_tag(&data_dir)).context("setting up cgroups")?;
     let stale = cgroups.remove_stale().context("removing stale sandboxes")?;
