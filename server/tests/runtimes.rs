@@ -612,3 +612,40 @@ async fn python_ssl_rand_bytes_differ_across_restored_copies() {
         }
     }
 }
+
+// ---- restarts ------------------------------------------------------------------
+
+#[tokio::test]
+async fn node_and_java_versions_boot_after_a_restart_and_a_changed_runtime() {
+    require!("/usr/bin/node", "/usr/bin/cc", "/usr/bin/java", "/usr/bin/javac");
+    let mut server = Server::start(&[]);
+    let rec = deploy_files(
+        &server,
+        json!({"name": "java-ops", "runtime": "java17", "handler": "example.Ops::handle"}),
+        &[("example/Ops.java", JAVA_OPS)],
+    )
+    .await;
+    assert_ready(&rec);
+    let rec = deploy_files(&server, json!({"name": "node-ops", "runtime": "node20"}), &[("index.js", NODE_OPS)]).await;
+    assert_ready(&rec);
+    server.stop();
+    // As after an upgrade of thaw: the prepared runtimes' files changed, and
+    // their built parts are gone.
+    let runtime = server.data.join("runtime");
+    for folder in ["java", "node"] {
+        std::fs::write(runtime.join(folder).join(".prepared"), "an older thaw").unwrap();
+    }
+    std::fs::remove_dir_all(runtime.join("java/classes")).unwrap();
+    std::fs::remove_file(runtime.join("node/reseed.node")).unwrap();
+    server.spawn();
+    assert!(runtime.join("java/classes/thaw/Bootstrap.class").is_file(), "the Java shim was compiled again at start");
+    assert!(runtime.join("node/reseed.node").is_file(), "the addon was built again at start");
+    let (s, v) = invoke_json(&server, "java-ops", json!({"op": "json"})).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = invoke_json(&server, "node-ops", json!({"op": "object"})).await;
+    assert_eq!(s, 200, "{v}");
+    // A runtime never used here is not prepared at start.
+    let fresh = Server::start(&[]);
+    assert!(!fresh.data.join("runtime/java/classes").exists());
+    assert!(!fresh.data.join("runtime/node/reseed.node").exists());
+}

@@ -15,12 +15,12 @@ import java.util.stream.Collectors;
 
 /**
  * An inventory service whose static init builds everything it answers from:
- * 300,000 items, an index by SKU, per-warehouse lists sorted by value and
+ * 200,000 items, an index by SKU, per-warehouse lists sorted by value and
  * per-day movement totals. Events: {"sku": ...}, {"warehouse": n} or
  * {"day": "YYYY-MM-DD"}.
  */
 public final class Inventory {
-    static final int ITEMS = 300_000;
+    static final int ITEMS = 200_000;
     static final int WAREHOUSES = 16;
 
     static final class Item {
