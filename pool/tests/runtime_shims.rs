@@ -438,3 +438,65 @@ async fn java_failing_restore_hook_answers_not_ok() {
     let after = p.call(json!({})).await;
     assert_eq!(after["hooks"], "first,second,");
 }
+
+const JIT_CHECK: &str = r#"
+package thaw;
+
+import java.lang.management.ManagementFactory;
+import javax.management.ObjectName;
+
+public class JitCheck {
+    static long hot(int n) {
+        long s = 0;
+        for (int i = 0; i < n; i++) s += Integer.toString(i).hashCode() ^ (s >>> 3);
+        return s;
+    }
+
+    public static void main(String[] args) throws Exception {
+        String idle = "Current compiles: \nC1 CompilerThread0  \n\nC1 compile queue:\nEmpty\n\nC2 compile queue:\nEmpty\n";
+        String compiling = "Current compiles: \nC2 CompilerThread0   504  %  4  java.lang.String::hashCode (49 bytes)\n\nC1 compile queue:\nEmpty\n\nC2 compile queue:\nEmpty\n";
+        String queued = "Current compiles: \n\nC1 compile queue:\n  612  3  java.util.HashMap::get (19 bytes)\n\nC2 compile queue:\nEmpty\n";
+        if (!Jit.idle(idle) || Jit.idle(compiling) || Jit.idle(queued)) throw new AssertionError("Jit.idle misreads a report");
+        long s = hot(3_000_000);
+        Jit.settle();
+        Object report = ManagementFactory.getPlatformMBeanServer().invoke(
+            new ObjectName("com.sun.management:type=DiagnosticCommand"), "compilerQueue",
+            new Object[] {null}, new String[] {String[].class.getName()});
+        System.out.println("after settle (" + s + "):\n" + report);
+        System.out.println(Jit.idle(String.valueOf(report)) ? "IDLE" : "BUSY");
+    }
+}
+"#;
+
+#[test]
+fn java_jit_settle_waits_for_an_empty_compile_queue() {
+    if !have(&["/usr/bin/java", "/usr/bin/javac"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shim = repo_root().join("runtimes/java/thaw");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&shim)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "java"))
+        .collect();
+    let check = dir.path().join("JitCheck.java");
+    std::fs::write(&check, JIT_CHECK).unwrap();
+    sources.push(check);
+    run(Command::new("/usr/bin/javac")
+        .args(["-encoding", "UTF-8", "-proc:none", "-d"])
+        .arg(dir.path().join("classes"))
+        .args(&sources));
+    let out = Command::new("/usr/bin/java")
+        .args(["-XX:-UsePerfData", "-XX:+UseSerialGC", "-cp"])
+        .arg(dir.path().join("classes"))
+        .arg("thaw.JitCheck")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    // Settle returned with nothing compiling or queued (the query itself
+    // runs no new hot code, so nothing is queued between the two).
+    assert!(text.trim_end().ends_with("IDLE"), "{text}");
+}
