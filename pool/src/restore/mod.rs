@@ -34,6 +34,7 @@ pub mod fds;
 pub mod memory;
 pub mod remote;
 pub mod sandboxed;
+pub mod seccomp;
 pub mod spawn;
 pub mod thread;
 pub mod uffd;
@@ -744,6 +745,8 @@ fn drive(
         g.install(&mut batch)?;
     }
     thread::set_credentials(&mut batch, state)?;
+    // Sandboxed copies (`restore_into`) always get the policy.
+    seccomp::install(&mut batch, state, keep_uffd)?;
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
     thread::set_mask(&remote, state)?;

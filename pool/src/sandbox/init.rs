@@ -211,6 +211,7 @@ fn try_exec(spec: &SandboxSpec) -> Result<std::convert::Infallible, String> {
     // ambient capability sets.
     setresuid(uid, uid, uid).map_err(ctx("setresuid"))?;
     prctl::set_no_new_privs().map_err(ctx("set no_new_privs"))?;
+    install_syscall_policy()?;
     // Only fds 0-4 and the status fd stay; the status fd is close-on-exec,
     // so it closes when execve succeeds and reports when it fails.
     let status = STATUS_FD as u32;
@@ -236,6 +237,13 @@ fn try_exec(spec: &SandboxSpec) -> Result<std::convert::Infallible, String> {
     };
     let err = execve(path, &argv, &env).unwrap_err();
     Err(format!("execute {}: {err}", spec.argv[0]))
+}
+
+/// Installs the function's system-call policy ([`super::seccomp`]): after
+/// `no_new_privs` (an unprivileged process may install a filter only then)
+/// and before `execve`, which keeps it.
+fn install_syscall_policy() -> Result<(), String> {
+    super::seccomp::install().map_err(ctx("install the seccomp policy"))
 }
 
 /// Drops every capability from the bounding set, so nothing executed later

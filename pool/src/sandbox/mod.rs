@@ -31,6 +31,7 @@
 pub mod init;
 mod launch;
 mod mounts;
+pub mod seccomp;
 
 pub use launch::{host_pid_of, LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExit};
 
