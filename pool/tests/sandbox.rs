@@ -59,6 +59,7 @@ fn spec(env: &Env, script: &str) -> LaunchSpec {
     LaunchSpec {
         code_dir: env.code.clone(),
         runtime_dir: None,
+        binds: pool::sandbox::binds::PYTHON3.paths(),
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         cwd: "/var/task".into(),

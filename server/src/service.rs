@@ -422,6 +422,12 @@ impl Service {
         let launch = LaunchSpec {
             code_dir: self.registry.code_dir(name, record.version),
             runtime_dir: Some(self.config.runtime_dir.clone()),
+            binds: {
+                // The configured interpreter too, wherever it is.
+                let mut binds = pool::sandbox::binds::PYTHON3.paths();
+                binds.push(self.config.python.clone());
+                binds
+            },
             argv: vec![
                 self.config.python.display().to_string(),
                 "-s".into(),

@@ -40,6 +40,9 @@ pub struct LaunchSpec {
     pub code_dir: PathBuf,
     /// Host directory bound read-only at `/var/runtime`.
     pub runtime_dir: Option<PathBuf>,
+    /// Host paths the runtime needs, bound read-only at the same place
+    /// (an allow-list: [`super::binds::RuntimeBinds::paths`]).
+    pub binds: Vec<PathBuf>,
     /// Command line, `argv[0]` absolute.
     pub argv: Vec<String>,
     /// Whole environment of the function.
@@ -220,6 +223,7 @@ impl Sandbox {
             root_dir: root_dir.to_path_buf(),
             code_dir: spec.code_dir.clone(),
             runtime_dir: spec.runtime_dir.clone(),
+            binds: spec.binds.clone(),
             mask: config.mask.clone(),
             tmp_mb: spec.tmp_mb,
             network: spec.network,

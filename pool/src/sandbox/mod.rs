@@ -21,13 +21,16 @@
 //!   whole pid namespace.
 //!
 //! The root filesystem ([`mounts`]) is a small read-only tmpfs holding
-//! read-only binds of the host's top-level directories (not `/proc`, `/sys`,
-//! `/dev`, `/tmp`, `/run`, `/var`, `/root`, `/home`, ...), the function's code
+//! read-only binds of what the function's runtime needs of the host, an
+//! allow-list declared per runtime in [`binds`] (`/usr`, a few files of
+//! `/etc`; never `/home`, `/root`, `/opt`, `/srv`, `/var`, ...), its own
+//! `/etc/passwd` and `/etc/group`, the function's code
 //! at `/var/task`, the runtime at `/var/runtime`, a size-limited tmpfs `/tmp`,
 //! a fresh `/proc`, and a `/dev` with only `null`, `zero`, `full`, `random`
 //! and `urandom`. thaw's data directory is masked with an empty read-only
 //! tmpfs.
 
+pub mod binds;
 pub mod init;
 mod launch;
 mod mounts;
@@ -72,6 +75,9 @@ pub struct SandboxSpec {
     pub code_dir: PathBuf,
     /// Host directory bound read-only at `/var/runtime`, if any.
     pub runtime_dir: Option<PathBuf>,
+    /// Host paths bound read-only at the same place: the runtime's
+    /// allow-list ([`binds`]).
+    pub binds: Vec<PathBuf>,
     /// Host paths hidden inside the sandbox.
     pub mask: Vec<PathBuf>,
     /// Size of the private `/tmp`, MiB.
