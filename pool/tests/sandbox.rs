@@ -67,6 +67,7 @@ fn spec(env: &Env, script: &str) -> LaunchSpec {
             memory_bytes: 64 << 20,
             pids: 32,
             cpu_weight: 100,
+            cpu_millicores: None,
         },
         tmp_mb: 8,
         network: Network::None,

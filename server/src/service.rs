@@ -439,6 +439,7 @@ impl Service {
                 memory_bytes: spec.memory_mb << 20,
                 pids: spec.pids,
                 cpu_weight: spec.cpu_weight,
+                cpu_millicores: spec.cpu.map(|cores| (cores * 1000.0).round() as u64),
             },
             tmp_mb: spec.tmp_mb,
             network: spec.network,
