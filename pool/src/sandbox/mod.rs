@@ -50,6 +50,12 @@ pub const SPEC_ENV: &str = "THAW_SANDBOX_SPEC";
 /// numbers; below the sandbox's `RLIMIT_NOFILE`.
 pub const STATUS_FD: i32 = 1000;
 
+/// In a stub sandbox: pid 1's end of a socket on which the restorer hands
+/// it a `uffd` copy's userfaultfd to hold (see [`init`],
+/// `Sandbox::uffd_keeper`). Above [`STATUS_FD`], so never a number the
+/// restorer places descriptors at; the stub closes it.
+pub const KEEPER_FD: i32 = STATUS_FD + 1;
+
 /// The uid and gid functions run as by default (`nobody`).
 pub const DEFAULT_UID: u32 = 65534;
 
