@@ -473,8 +473,20 @@ mod tests {
     #[test]
     fn cpu_stat_is_read_from_either_version() {
         let v1 = "nr_periods 12\nnr_throttled 7\nthrottled_time 123\n";
-        assert_eq!(parse_cpu_stat(v1), CpuStat { nr_periods: 12, nr_throttled: 7 });
+        assert_eq!(
+            parse_cpu_stat(v1),
+            CpuStat {
+                nr_periods: 12,
+                nr_throttled: 7
+            }
+        );
         let v2 = "usage_usec 5\nuser_usec 3\nsystem_usec 2\nnr_periods 4\nnr_throttled 1\nthrottled_usec 9\n";
-        assert_eq!(parse_cpu_stat(v2), CpuStat { nr_periods: 4, nr_throttled: 1 });
+        assert_eq!(
+            parse_cpu_stat(v2),
+            CpuStat {
+                nr_periods: 4,
+                nr_throttled: 1
+            }
+        );
     }
 }

@@ -310,12 +310,12 @@ impl Instance {
             use std::os::fd::AsFd;
             r.finish(&copy, pid, mode, keeper.as_ref().map(|k| k.as_fd()))
         })
-            .await
-            .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
-            .map_err(|e| RestoreFailure::Restorer {
-                id: snapshot.id.clone(),
-                reason: e.to_string(),
-            })?;
+        .await
+        .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
+        .map_err(|e| RestoreFailure::Restorer {
+            id: snapshot.id.clone(),
+            reason: e.to_string(),
+        })?;
         if server.is_some() {
             let (r, id) = (restorer.clone(), snapshot.id.clone());
             let recorded = tokio::task::spawn_blocking(move || r.working_set(&id).is_some())

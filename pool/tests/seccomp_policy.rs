@@ -36,8 +36,8 @@ fn root_and(tool: &str) -> bool {
 /// (the order of the sandbox's init).
 fn under_policy(cmd: &mut Command) -> &mut Command {
     let _ = seccomp::program(); // built before the fork
-    // SAFETY: the closure runs between fork and exec and only makes the
-    // prctl and seccomp system calls (the program is already built).
+                                // SAFETY: the closure runs between fork and exec and only makes the
+                                // prctl and seccomp system calls (the program is already built).
     unsafe {
         cmd.pre_exec(|| {
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
@@ -136,7 +136,10 @@ fn the_kernel_reports_thaws_program_back_byte_for_byte() {
 
 fn runs_as_nobody_under_policy(argv: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(argv[0]);
-    cmd.args(&argv[1..]).uid(65534).gid(65534).env("HOME", "/tmp");
+    cmd.args(&argv[1..])
+        .uid(65534)
+        .gid(65534)
+        .env("HOME", "/tmp");
     under_policy(&mut cmd).output().expect("start")
 }
 

@@ -132,7 +132,9 @@ pub const MIN_CPU: f64 = 0.01;
 
 /// Cores of this host (what a `cpu` cap may be at most).
 fn host_cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// A spec that cannot be deployed; the message names the field.
@@ -348,9 +350,10 @@ mod tests {
             serde_json::json!(100_000),
             serde_json::json!("half"),
         ] {
-            let err = FunctionSpec::from_fields(fields(serde_json::json!({"name": "a", "cpu": bad})))
-                .unwrap_err()
-                .to_string();
+            let err =
+                FunctionSpec::from_fields(fields(serde_json::json!({"name": "a", "cpu": bad})))
+                    .unwrap_err()
+                    .to_string();
             assert!(err.contains("cpu"), "{err} should name cpu");
         }
     }

@@ -58,7 +58,11 @@ pub const PYTHON3: RuntimeBinds = RuntimeBinds {
 /// `node20`: the binary, its global modules, Debian's shared modules.
 pub const NODE20: RuntimeBinds = RuntimeBinds {
     name: "node20",
-    paths: &["/usr/bin/node", "/usr/lib/node_modules", "/usr/share/nodejs"],
+    paths: &[
+        "/usr/bin/node",
+        "/usr/lib/node_modules",
+        "/usr/share/nodejs",
+    ],
 };
 
 /// `java17`: the JDK and its configuration (the JDK's `conf` links into
@@ -79,10 +83,7 @@ pub fn for_runtime(name: &str) -> Option<&'static RuntimeBinds> {
 impl RuntimeBinds {
     /// [`BASE`] and this runtime's own paths, in binding order.
     pub fn paths(&self) -> Vec<PathBuf> {
-        BASE.iter()
-            .chain(self.paths)
-            .map(PathBuf::from)
-            .collect()
+        BASE.iter().chain(self.paths).map(PathBuf::from).collect()
     }
 }
 
@@ -97,7 +98,9 @@ mod tests {
             for p in r.paths() {
                 let s = p.to_str().unwrap();
                 assert!(p.is_absolute(), "{s}");
-                for private in ["/work", "/home", "/opt", "/root", "/srv", "/var", "/run", "/tmp"] {
+                for private in [
+                    "/work", "/home", "/opt", "/root", "/srv", "/var", "/run", "/tmp",
+                ] {
                     assert!(
                         !(s == private || s.starts_with(&format!("{private}/"))),
                         "{} binds {s}",

@@ -202,7 +202,8 @@ fn hold_sent_descriptor(child: Pid) {
         return;
     }
     // SAFETY: a fresh descriptor nobody else owns.
-    let pidfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) };
+    let pidfd =
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) };
     // SAFETY: KEEPER_FD was placed by the launcher for stub sandboxes and
     // stays open for this borrow (closed by the caller afterwards).
     let keeper = unsafe { BorrowedFd::borrow_raw(KEEPER_FD) };
@@ -221,7 +222,8 @@ fn hold_sent_descriptor(child: Pid) {
             let mut byte = [0u8; 1];
             let mut iov = [std::io::IoSliceMut::new(&mut byte)];
             let mut space = nix::cmsg_space!([RawFd; 4]);
-            if let Ok(msg) = recvmsg::<()>(KEEPER_FD, &mut iov, Some(&mut space), MsgFlags::empty()) {
+            if let Ok(msg) = recvmsg::<()>(KEEPER_FD, &mut iov, Some(&mut space), MsgFlags::empty())
+            {
                 if let Ok(cmsgs) = msg.cmsgs() {
                     for cmsg in cmsgs {
                         if let ControlMessageOwned::ScmRights(received) = cmsg {

@@ -263,19 +263,33 @@ fn build() -> Vec<libc::sock_filter> {
         labels[label as usize] = ops.len();
         ops.push(op);
     };
-    at(To::Allow, &mut ops, (RET_K, To::Next, To::Next, SECCOMP_RET_ALLOW));
+    at(
+        To::Allow,
+        &mut ops,
+        (RET_K, To::Next, To::Next, SECCOMP_RET_ALLOW),
+    );
     at(To::Clone, &mut ops, (LD_W_ABS, To::Next, To::Next, ARG0_LO));
     ops.push((JSET_K, To::Eperm, To::Next, CLONE_NEW_MASK));
     ops.push((RET_K, To::Next, To::Next, SECCOMP_RET_ALLOW));
     at(
         To::Eperm,
         &mut ops,
-        (RET_K, To::Next, To::Next, SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        (
+            RET_K,
+            To::Next,
+            To::Next,
+            SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
     );
     at(
         To::Enosys,
         &mut ops,
-        (RET_K, To::Next, To::Next, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        (
+            RET_K,
+            To::Next,
+            To::Next,
+            SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        ),
     );
     at(
         To::Kill,
