@@ -618,16 +618,24 @@ fn drive(
     timings: &mut RestoreTimings,
 ) -> Result<Option<(PageServerThread, std::sync::Arc<uffd::LiveReport>)>, RestoreError> {
     let state = &snapshot.state;
+    state
+        .validate()
+        .map_err(|e| RestoreError::Unsupported(format!("snapshot state: {e}")))?;
     let started = Instant::now();
     let stub_map = memory::stub_map(remote.pid())?;
     let places = memory::prepare_scratch(&mut remote, &stub_map, &state.areas)?;
     // mmap mode: the guard that keeps anonymous-memory semantics (refuses
     // the restore when it cannot).
+    let eager = match options.mode {
+        Mode::Mmap if anon::enabled() => thread::thread_stack_areas(state),
+        _ => Default::default(),
+    };
     let guard = match options.mode {
         Mode::Mmap if anon::enabled() => Some(anon::Guard::plan(
             state,
             &image.file,
             &[(places.scratch, places.scratch + batch::SCRATCH_LEN)],
+            &eager,
         )?),
         _ => None,
     };
@@ -646,6 +654,7 @@ fn drive(
         image: &image.file,
         layout: &image.layout,
         lazy: options.mode == Mode::Uffd,
+        eager: &eager,
     };
     memory::map_areas(&mut batch, &state.areas, &snapshot.areas, &sources)?;
     if let Some(g) = &guard {
@@ -678,8 +687,9 @@ fn drive(
             &snapshot.areas,
         )?;
         // rseq: the kernel writes the area on every return to user space;
-        // its page must hold the saved content before it is registered.
-        if let Some(r) = &state.rseq {
+        // each thread's page must hold the saved content before it is
+        // registered.
+        for r in state.threads.iter().filter_map(|t| t.rseq.as_ref()) {
             if s.covers(r.address) {
                 s.fill(r.address)?;
             }
@@ -737,16 +747,36 @@ fn drive(
         );
     }
     thread::set_signals(&remote, &mut batch, state)?;
-    thread::register_rseq(&mut batch, &state.rseq);
-    thread::set_thread(&mut batch, state)?;
     thread::set_attributes(&remote, &mut batch, state)?;
+    thread::set_thread(&mut batch, state.main_thread())?;
+    timings.batched += batch.len() as u32;
+    remote.run(batch)?;
+
+    // The other threads, each with its saved tid, its registrations and
+    // the credentials (per thread), while the main thread is still
+    // privileged.
+    let mut others = thread::create_threads(&mut remote, state)?;
+    for (t, saved) in others.iter_mut().zip(&state.threads[1..]) {
+        thread::set_sched(t.pid(), saved.tid, &saved.sched)?;
+        let mut batch = Batch::new(places.scratch);
+        thread::set_thread(&mut batch, saved)?;
+        thread::set_credentials(&mut batch, state)?;
+        timings.batched += batch.len() as u32;
+        t.run(batch)?;
+    }
+    thread::set_sched(remote.pid(), state.pid, &state.main_thread().sched)?;
+
+    let mut batch = Batch::new(places.scratch);
     if let Some(g) = &guard {
         g.install(&mut batch)?;
     }
     thread::set_credentials(&mut batch, state)?;
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
-    thread::set_mask(&remote, state)?;
+    if let Some(g) = &guard {
+        g.check_installed(&remote, &others)?;
+    }
+    thread::set_mask(&remote, state.main_thread())?;
     if let Some((addr, len)) = remote.scratch.take() {
         remote.sys(
             "munmap (scratch)",
@@ -757,8 +787,13 @@ fn drive(
     timings.state = started.elapsed();
 
     let started = Instant::now();
-    thread::set_registers(&mut remote, state)?;
-    timings.injected = remote.calls;
+    for (t, saved) in others.iter_mut().zip(&state.threads[1..]) {
+        thread::set_registers(t, saved)?;
+        thread::set_mask(t, saved)?;
+        timings.injected += t.calls;
+    }
+    thread::set_registers(&mut remote, state.main_thread())?;
+    timings.injected += remote.calls;
     let server = match server {
         Some(s) => {
             let live = s.live();
@@ -773,6 +808,10 @@ fn drive(
         }
         None => None,
     };
+    // All resume together: every thread is set before any runs.
+    for t in others {
+        t.detach()?;
+    }
     remote.detach()?;
     timings.resume = started.elapsed();
     Ok(server)

@@ -216,7 +216,7 @@ pub fn same_page(
     captured: &[u8],
 ) -> bool {
     let mut now = now.to_vec();
-    if let Some(rseq) = state.rseq {
+    if let Some(rseq) = state.main_thread().rseq {
         let (start, end) = (rseq.address, rseq.address + u64::from(rseq.length));
         let page_end = addr + now.len() as u64;
         if start < page_end && end > addr {
