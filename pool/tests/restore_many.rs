@@ -117,6 +117,7 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
             cgroups: vec![],
             prefetch: vec![],
             prefetch_in_background: false,
+            credentials: pool::restore::Credentials::Snapshot,
         },
     )
     .unwrap_err();
@@ -156,6 +157,7 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
             cgroups: vec![],
             prefetch: vec![],
             prefetch_in_background: false,
+            credentials: pool::restore::Credentials::Snapshot,
         },
     )
     .unwrap_err();

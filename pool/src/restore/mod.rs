@@ -72,6 +72,25 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// Whose credentials a copy gets (issue 12, finding 4: a snapshot file is
+/// not trusted to say who its copy runs as).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// The sandbox's policy, whatever the snapshot says: this uid and gid
+    /// (real, effective, saved), no supplementary groups, no capabilities
+    /// (bounding, permitted, effective, inheritable, ambient),
+    /// `no_new_privs`. Every sandboxed copy gets this.
+    Function {
+        /// The function's uid.
+        uid: u32,
+        /// The function's gid.
+        gid: u32,
+    },
+    /// The snapshot's own ids and capability bounding set (`thaw restore`
+    /// of a snapshot the operator made, trusted like the operator).
+    Snapshot,
+}
+
 /// How to restore.
 #[derive(Debug)]
 pub struct RestoreOptions<'a> {
@@ -90,6 +109,8 @@ pub struct RestoreOptions<'a> {
     /// them (a previous copy's [`uffd::ServerReport::touched`]), in sorted
     /// runs of up to 64 pages.
     pub prefetch: Vec<u64>,
+    /// Whose credentials the copy (each of its threads) gets.
+    pub credentials: Credentials,
     /// Fill `prefetch` while the copy runs (between faults) instead of
     /// before it resumes. Measured (docs/restore.md): before the resume was
     /// faster to the first answer on 2 vCPUs, the background costs nothing
@@ -368,6 +389,7 @@ pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreE
             cgroups: Vec::new(),
             prefetch: Vec::new(),
             prefetch_in_background: false,
+            credentials: Credentials::Snapshot,
         },
     )
 }
@@ -760,7 +782,7 @@ fn drive(
         thread::set_sched(t.pid(), saved.tid, &saved.sched)?;
         let mut batch = Batch::new(places.scratch);
         thread::set_thread(&mut batch, saved)?;
-        thread::set_credentials(&mut batch, state)?;
+        thread::set_credentials(&mut batch, state, &options.credentials)?;
         timings.batched += batch.len() as u32;
         t.run(batch)?;
     }
@@ -770,7 +792,7 @@ fn drive(
     if let Some(g) = &guard {
         g.install(&mut batch)?;
     }
-    thread::set_credentials(&mut batch, state)?;
+    thread::set_credentials(&mut batch, state, &options.credentials)?;
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
     if let Some(g) = &guard {
