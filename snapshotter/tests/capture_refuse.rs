@@ -58,6 +58,27 @@ fn multi_threaded_process_is_captured_whole() {
     assert_eq!(worker.ask("t"), format!("echo:t {digest}"));
 }
 
+/// A signal pending for one thread only (blocked there, sent with
+/// `pthread_kill`) would be lost: refused, naming the thread.
+#[test]
+fn signal_pending_for_one_thread_is_refused() {
+    if !can_capture("signal_pending_for_one_thread_is_refused") || !have_python("threads") {
+        return;
+    }
+    let (mut worker, digest) = python("thread_signal", &[]);
+    let (reason, message) = refused(worker.pid());
+    let Refusal::ThreadSignals { tid, mask } = reason else {
+        panic!("wrong reason: {message}")
+    };
+    assert_ne!(tid, worker.pid());
+    assert_eq!(mask, 1 << (libc::SIGUSR1 - 1));
+    assert!(
+        message.contains(&format!("pending for thread {tid}")),
+        "{message}"
+    );
+    assert_eq!(worker.ask("s"), format!("echo:s {digest}"));
+}
+
 #[test]
 fn process_with_a_child_is_refused() {
     if !can_capture("process_with_a_child_is_refused") || !have_python("children") {

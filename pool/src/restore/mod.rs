@@ -352,6 +352,19 @@ fn highest_fd(pid: i32) -> Result<u64, RestoreError> {
     Ok(limit.rlim_cur.clamp(64, 1 << 20) - 1)
 }
 
+/// Kills the copy being made (`SIGKILL` to its thread group) unless
+/// disarmed: a restore that fails half-way never lets it run.
+struct KillOnError(Option<i32>);
+
+impl Drop for KillOnError {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill takes numbers only.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Kills and reaps init unless disarmed.
 struct InitGuard(Option<i32>);
 
@@ -643,6 +656,11 @@ fn drive(
     state
         .validate()
         .map_err(|e| RestoreError::Unsupported(format!("snapshot state: {e}")))?;
+    // Declared before the kill guard, so that on an error the copy is killed
+    // before any of its threads is detached (a half-made thread would run
+    // the batch loop's code it was cloned in).
+    let mut others: Vec<Remote> = Vec::new();
+    let mut kill_on_error = KillOnError(Some(remote.pid()));
     let started = Instant::now();
     let stub_map = memory::stub_map(remote.pid())?;
     let places = memory::prepare_scratch(&mut remote, &stub_map, &state.areas)?;
@@ -777,7 +795,7 @@ fn drive(
     // The other threads, each with its saved tid, its registrations and
     // the credentials (per thread), while the main thread is still
     // privileged.
-    let mut others = thread::create_threads(&mut remote, state)?;
+    thread::create_threads(&mut remote, state, &mut others)?;
     for (t, saved) in others.iter_mut().zip(&state.threads[1..]) {
         thread::set_sched(t.pid(), saved.tid, &saved.sched)?;
         let mut batch = Batch::new(places.scratch);
@@ -831,10 +849,11 @@ fn drive(
         None => None,
     };
     // All resume together: every thread is set before any runs.
-    for t in others {
+    for t in others.drain(..) {
         t.detach()?;
     }
     remote.detach()?;
+    kill_on_error.0 = None;
     timings.resume = started.elapsed();
     Ok(server)
 }

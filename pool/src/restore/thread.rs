@@ -525,15 +525,18 @@ pub const THREAD_FLAGS: u64 = (libc::CLONE_VM
 const CLONES_PER_BATCH: usize = 512;
 
 /// Makes every thread of `state` but the main one in the stub (whose
-/// scratch area is mapped), each with its saved tid, and returns them held,
-/// in `state.threads[1..]` order, stopped before their first instruction.
+/// scratch area is mapped), each with its saved tid, and adds them, held,
+/// to `threads` in `state.threads[1..]` order, stopped before their first
+/// instruction. On failure the threads made so far are in `threads` too
+/// (the caller kills the copy before it lets them go).
 pub fn create_threads(
     remote: &mut Remote,
     state: &ProcessState,
-) -> Result<Vec<Remote>, RestoreError> {
+    threads: &mut Vec<Remote>,
+) -> Result<(), RestoreError> {
     let others = &state.threads[1..];
     if others.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     nix::sys::ptrace::setoptions(
         nix::unistd::Pid::from_raw(remote.pid()),
@@ -546,7 +549,6 @@ pub fn create_threads(
         .scratch
         .ok_or(RestoreError::NoRoom("scratch area for the thread clones"))?;
     remote.cloned.clear();
-    let mut threads = Vec::with_capacity(others.len());
     for chunk in others.chunks(CLONES_PER_BATCH) {
         let mut batch = Batch::new(scratch);
         for t in chunk {
@@ -585,7 +587,7 @@ pub fn create_threads(
             others.len()
         )));
     }
-    Ok(threads)
+    Ok(())
 }
 
 /// Scheduling of the thread `tid` (restorer's namespace): policy, nice
