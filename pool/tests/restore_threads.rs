@@ -66,6 +66,19 @@ fn thirty_two_threads_keep_their_ids_tls_and_masks() {
     // blocked, where the guard's trap would kill it).
     let stacks = pool::restore::thread::thread_stack_areas(&snapshot.state);
     assert!(stacks.len() >= 32, "{} thread stack areas", stacks.len());
+    // The area thread 9 frees after the restore is plain anonymous memory,
+    // mapped from the image in mmap mode (not taken for a thread stack):
+    // its zeros come from the guard's handler running in thread 9.
+    let freed = u64::from_str_radix(ready.split_whitespace().nth(2).unwrap(), 16).unwrap();
+    let (index, area) = snapshot
+        .state
+        .areas
+        .iter()
+        .enumerate()
+        .find(|(_, a)| (a.start..a.end).contains(&freed))
+        .unwrap();
+    assert_eq!(area.kind, snapshotter::state::AreaKind::Anonymous);
+    assert!(!stacks.contains(&index), "the freed area is not a stack");
     for mode in [Mode::Mmap, Mode::Uffd] {
         let mut copy = restore_with_pipes(&snap, mode);
         let host = copy.child.pid();

@@ -5,11 +5,16 @@
  * 2 pthread_cond_wait, 3 pthread_cond_timedwait, 4 nanosleep,
  * 5 spinning in user code, 6 poll with a timeout, 7 read on stdin (only
  * thread 7; threads 15, 23, 31 wait on the futex like role 0).
+ * Thread 9 also frees, after the restore, 1 MiB of anonymous memory the
+ * main thread filled before the capture (madvise MADV_DONTNEED) and checks
+ * it reads zeros: in mmap mode that memory is the image, and only the
+ * anonymous-memory guard's SIGSYS handler, run in the thread that trapped,
+ * makes it zeros.
  * The main thread waits in pthread_join (an untimed futex wait on thread
  * 0's clear_child_tid word, which only works if the kernel clears and wakes
  * it: set_tid_address restored).
  *
- * Prints "ready <pid>" once every thread is about to block; after one byte
+ * Prints "ready <pid> <address of the 1 MiB area>" once every thread is about to block; after one byte
  * on stdin, prints one line per failed check, then "ok <n>" and exits 0,
  * or "fail <n>" and exits 1. Threads in timed waits see EINTR in a copy
  * (no restart block): they loop, as glibc's waits do. */
@@ -23,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -40,6 +46,8 @@ static void *tls_addr[N];
 static __thread long tls_value;
 static __thread char tls_buf[64];
 static atomic_long spins;
+#define FREED (1 << 20)
+static unsigned char *freed;
 
 static long futex(atomic_int *word, int op, int val, const struct timespec *ts) {
     return syscall(SYS_futex, word, op, val, ts, NULL, 0);
@@ -143,6 +151,14 @@ static void *worker(void *arg) {
     char now[16] = {0};
     prctl(PR_GET_NAME, now);
     if (strcmp(now, name) != 0) fail(i, "name", 0, 1);
+    if (i == 9) {
+        if (madvise(freed, FREED, MADV_DONTNEED) != 0) fail(i, "madvise", errno, 0);
+        for (long k = 0; k < FREED; k += 4096)
+            if (freed[k] != 0 || freed[k + 4095] != 0) {
+                fail(i, "byte after MADV_DONTNEED at offset", k, 0);
+                break;
+            }
+    }
     sigset_t cur;
     pthread_sigmask(SIG_SETMASK, NULL, &cur);
     for (int s = 1; s < 65; s++) {
@@ -154,13 +170,16 @@ static void *worker(void *arg) {
 
 int main(void) {
     pthread_t threads[N];
+    freed = mmap(NULL, FREED, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (freed == MAP_FAILED) return 2;
+    memset(freed, 0x5a, FREED);
     for (long i = 0; i < N; i++) {
         if (pthread_create(&threads[i], NULL, worker, (void *)i) != 0) return 2;
     }
     while (atomic_load(&started) < N) usleep(1000);
     /* Let every thread reach its blocking call. */
     usleep(100 * 1000);
-    printf("ready %d\n", getpid());
+    printf("ready %d %lx\n", getpid(), (unsigned long)freed);
     fflush(stdout);
     for (int i = 0; i < N; i++) pthread_join(threads[i], NULL);
     int f = atomic_load(&failures);
