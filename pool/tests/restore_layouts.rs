@@ -50,7 +50,11 @@ fn lines_until_any(
             let mut poll = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
             let timeout = nix::poll::PollTimeout::try_from(SILENCE).unwrap();
             match nix::poll::poll(&mut poll, timeout) {
-                Ok(0) => return Err(format!("no output for {SILENCE:?} before {last:?}; got {lines:?}")),
+                Ok(0) => {
+                    return Err(format!(
+                        "no output for {SILENCE:?} before {last:?}; got {lines:?}"
+                    ))
+                }
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(format!("poll: {e}")),
             }
@@ -144,7 +148,9 @@ fn check_layout(program: &Path, dir: &Path, args: &[String]) -> Result<usize, St
         return Err(format!("the layout program failed: {bad}"));
     }
     if expected.last().map(|s| s.as_str()) != Some("maps agree") {
-        return Err(format!("the original's maps disagree with its own record: {expected:?}"));
+        return Err(format!(
+            "the original's maps disagree with its own record: {expected:?}"
+        ));
     }
     let snap = dir.join("snap");
     let _ = std::fs::remove_dir_all(&snap);

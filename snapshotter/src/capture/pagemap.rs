@@ -332,7 +332,12 @@ mod tests {
     #[test]
     fn sparse_areas_scan_like_entry_reads() {
         let pid = std::process::id() as i32;
-        for runs in [SCAN_REGIONS - 1, SCAN_REGIONS, SCAN_REGIONS + 1, 3 * SCAN_REGIONS] {
+        for runs in [
+            SCAN_REGIONS - 1,
+            SCAN_REGIONS,
+            SCAN_REGIONS + 1,
+            3 * SCAN_REGIONS,
+        ] {
             // Every fourth page untouched: runs of three written pages.
             let pages = runs * 4;
             let len = pages * PAGE_SIZE as usize;

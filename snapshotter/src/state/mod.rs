@@ -25,7 +25,7 @@
 mod fds;
 pub(crate) mod memory;
 
-pub use fds::{FdKind, FdState, PipeEnd};
+pub use fds::{EpollRegistration, FdKind, FdState, PipeEnd, TimerState};
 pub use memory::{AreaKind, FileIdentity, MemoryArea, PageRun, PageRunKind, Protection};
 
 use serde::{Deserialize, Serialize};
