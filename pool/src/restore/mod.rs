@@ -31,6 +31,7 @@
 pub mod anon;
 pub mod batch;
 pub mod fds;
+pub mod kobj;
 pub mod memory;
 pub mod remote;
 pub mod sandboxed;
@@ -791,6 +792,7 @@ fn drive(
             ],
         );
     }
+    kobj::arm_and_register(&mut batch, state)?;
     thread::set_signals(&remote, &mut batch, state)?;
     thread::set_attributes(&remote, &mut batch, state)?;
     thread::set_thread(&mut batch, state.main_thread())?;

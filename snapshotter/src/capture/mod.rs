@@ -32,6 +32,7 @@
 pub mod areas;
 pub mod fds;
 pub mod inject;
+pub mod kobj;
 pub mod maps;
 pub mod memory;
 pub mod mm;
