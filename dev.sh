@@ -11,8 +11,10 @@ cd "$(dirname "$0")"
 # Debian packages thaw needs: libclang for the userfaultfd bindings, the
 # system Python with numpy and pandas for the python3 runtime and the
 # numpy-pandas example; for the tests also python3-venv (kubernetes-validate
-# from PyPI) and systemd (systemd-analyze) to check deploy/.
-PACKAGES=(libclang-dev clang python3 python3-numpy python3-pandas python3-venv systemd chromium chromium-driver)
+# from PyPI) and systemd (systemd-analyze) to check deploy/; iproute2 and
+# nftables for the veth pairs, NAT and filter of `network = "outbound"`
+# sandboxes (docs/network.md).
+PACKAGES=(libclang-dev clang python3 python3-numpy python3-pandas python3-venv systemd chromium chromium-driver iproute2 nftables)
 
 stage_start=$(date +%s)
 stage() {

@@ -14,6 +14,7 @@
 //! * [`bundle`]: function folders (`thaw.toml` + code).
 //! * [`store_view`]: the page store as the API and CLI show it.
 //! * [`ui`]: the dashboard's routes, sessions and live stream.
+//! * [`dns`]: the DNS forwarder of outbound sandboxes.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod bundle;
 pub mod client;
 pub mod config;
+pub mod dns;
 pub mod logstore;
 pub mod metrics;
 pub mod rebuild;
