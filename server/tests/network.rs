@@ -684,3 +684,80 @@ async fn copies_restored_without_a_spare_get_the_same_network() {
         check(name, &a.json(), &probes, true, *private_open);
     }
 }
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// The cost of the network: forced restores of the same function with
+/// `network = "none"` and `"outbound"`, interleaved, with pre-made spares
+/// and without (then the sandbox, its namespace and veth pair are made on
+/// the request path). Prints medians; asserts nothing about time. Run by
+/// hand: `cargo test -p server --test network -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn network_cost() {
+    require_network!();
+    let _topology = Topology::build();
+    const ROUNDS: usize = 25;
+    for spares in ["0", "2"] {
+        let server = Server::start(&[
+            "--network-range",
+            RANGE,
+            "--dns-upstream",
+            PUBLIC,
+            "--allow-forced-cold",
+            "--spare-sandboxes",
+            spares,
+        ]);
+        let code = "def handler(event, context):\n    return {'ok': True}\n";
+        for network in ["none", "outbound"] {
+            let name = format!("cost-{network}");
+            server
+                .deploy_ready(function(&name, code, json!({"network": network})))
+                .await;
+        }
+        let mut start_us: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        let mut claim_us: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        let mut wall_us: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for _ in 0..ROUNDS {
+            for network in ["none", "outbound"] {
+                if spares != "0" {
+                    server.wait_spares(&format!("cost-{network}"), 2).await;
+                }
+                let t0 = Instant::now();
+                let a = server
+                    .invoke_raw(
+                        &format!("cost-{network}"),
+                        b"{}".to_vec(),
+                        &[("x-thaw-cold", "restore")],
+                    )
+                    .await;
+                wall_us
+                    .entry(network)
+                    .or_default()
+                    .push(t0.elapsed().as_micros() as u64);
+                assert_eq!(a.status, 200, "{}", a.text());
+                start_us
+                    .entry(network)
+                    .or_default()
+                    .push(a.header("x-thaw-start-us").parse().unwrap());
+                let claim = a
+                    .header("x-thaw-restore-us")
+                    .split(',')
+                    .find_map(|p| p.strip_prefix("claim=").map(|v| v.parse::<u64>().unwrap()))
+                    .unwrap();
+                claim_us.entry(network).or_default().push(claim);
+            }
+        }
+        for network in ["none", "outbound"] {
+            eprintln!(
+                "spares={spares} network={network:8}: restore p50 {} us (start), claim p50 {} us, invoke wall p50 {} us ({ROUNDS} rounds)",
+                median(start_us[network].clone()),
+                median(claim_us[network].clone()),
+                median(wall_us[network].clone()),
+            );
+        }
+    }
+}
