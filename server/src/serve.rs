@@ -289,6 +289,7 @@ fn start_network(
         owner_tag: install_tag(data_dir),
     })
     .context("setting up sandbox networking")?;
+    network.check_range()?;
     match network.remove_stale() {
         Ok(0) => {}
         Ok(n) => tracing::warn!(

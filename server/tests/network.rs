@@ -487,6 +487,32 @@ async fn outbound_functions_reach_the_public_host_and_nothing_private() {
         "thaw deadbeef 4294967",
     ]);
 
+    // A range that holds one of the host's addresses is refused at start.
+    let data = tempfile::Builder::new()
+        .prefix("thaw-test")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--network-range",
+            "203.0.113.0/24",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a range in use must be refused");
+    assert!(
+        stderr.contains(
+            "network_range 203.0.113.0/24 holds the host's address 203.0.113.1 (on tt-pub)"
+        ),
+        "{stderr}"
+    );
+
     let mut server = Server::start(&[
         "--network-range",
         RANGE,

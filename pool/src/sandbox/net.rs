@@ -115,6 +115,16 @@ pub enum NetError {
     /// Every address of the range is taken.
     #[error("no free address in the sandbox range {0} (network_range)")]
     Exhausted(Ipv4Range),
+    /// The host already uses an address of the range.
+    #[error("network_range {range} holds the host's address {address} (on {interface}): choose a range the host does not use")]
+    RangeInUse {
+        /// The configured range.
+        range: Ipv4Range,
+        /// The host's address inside it.
+        address: Ipv4Addr,
+        /// Its interface.
+        interface: String,
+    },
     /// The range cannot hold a gateway and a sandbox.
     #[error("network range {0} is too small (a /30 or larger is needed)")]
     RangeTooSmall(Ipv4Range),
@@ -186,6 +196,33 @@ impl HostNetwork {
     /// The `resolv.conf` bound in outbound sandboxes.
     pub fn resolv_conf(&self) -> &std::path::Path {
         &self.settings.resolv_conf
+    }
+
+    /// Refuses a range that holds one of the host's own addresses (other
+    /// than gateways and sandbox links of thaw): routing into it would
+    /// shadow the host's network.
+    pub fn check_range(&self) -> Result<(), NetError> {
+        let addrs = nix::ifaddrs::getifaddrs().map_err(|e| NetError::Io {
+            what: "list the host's addresses".into(),
+            source: e.into(),
+        })?;
+        for a in addrs {
+            if a.interface_name.starts_with(LINK_PREFIX) {
+                continue;
+            }
+            let Some(v4) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) else {
+                continue;
+            };
+            let ip = v4.ip();
+            if self.settings.range.contains(ip) {
+                return Err(NetError::RangeInUse {
+                    range: self.settings.range,
+                    address: ip,
+                    interface: a.interface_name.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Removes sandbox links a dead server left behind (ours from an earlier
