@@ -116,6 +116,11 @@ def handler(event, context):
     out = {k: probe(*v) for k, v in event["probes"].items()}
     with open("/etc/resolv.conf") as f:
         out["_resolv"] = f.read()
+    try:
+        with open("/proc/net/if_inet6") as f:
+            out["_ipv6_interfaces"] = sorted({line.split()[-1] for line in f})
+    except OSError:
+        out["_ipv6_interfaces"] = []
     return out
 "#;
 
@@ -433,6 +438,12 @@ fn check(label: &str, answer: &Value, probes: &Probes, outbound: bool, private_o
             );
         }
     }
+    // Loopback's ::1 shows the list was read; eth0 has no IPv6 at all.
+    assert_eq!(
+        answer["_ipv6_interfaces"],
+        json!(["lo"]),
+        "{label}: no IPv6 address but loopback's"
+    );
     if outbound {
         assert_eq!(
             answer["public_name"]["ip"], PUBLIC,

@@ -32,9 +32,11 @@
 //!   kernel refuses the second link of a name. Its alias records the owning
 //!   server (tag and pid), so a server that starts removes what a dead one
 //!   left ([`HostNetwork::remove_stale`]).
-//! * The sandbox's end is made in the new namespace directly; the namespace
-//!   reaches the sandbox init as a descriptor ([`super::NETNS_FD`]) that it
-//!   joins with `setns` before making its other namespaces.
+//! * The sandbox's end is made in the new namespace directly (one `ip`
+//!   batch on the host side) and configured from a thread inside it with
+//!   ioctls (`ifconfig.rs`); the namespace reaches the sandbox init as a
+//!   descriptor ([`super::NETNS_FD`]) that it joins with `setns` before
+//!   making its other namespaces.
 //! * Per-sandbox firewall state is only set elements keyed by interface
 //!   index (`network_allow` entries); the rules are the same for every
 //!   sandbox and every server, installed idempotently at the first outbound
@@ -46,6 +48,7 @@
 
 mod allow;
 mod host;
+mod ifconfig;
 pub(super) mod inside;
 mod range;
 

@@ -182,22 +182,8 @@ pub(super) fn make_pair(
             if !go_rx.recv().unwrap_or(false) {
                 return Ok(None);
             }
-            // Children of this thread run in its namespace.
-            let script = format!(
-                "link set lo up
-link set eth0 addrgenmode none
-addr add {addr}/32 dev eth0
-link set eth0 up
-route add {gateway}/32 dev eth0 scope link
-route add default via {gateway} dev eth0 src {addr}
-"
-            );
-            run(
-                "configure the sandbox's interfaces",
-                "ip",
-                &["-batch", "-"],
-                Some(&script),
-            )?;
+            super::ifconfig::configure_inside(addr, gateway)
+                .map_err(io_err("configure the sandbox's interfaces"))?;
             let fd = std::fs::File::open("/proc/thread-self/ns/net")
                 .map_err(io_err("open the network namespace"))?;
             Ok(Some(OwnedFd::from(fd)))
