@@ -1,5 +1,7 @@
 //! Sandboxes with real namespaces, mounts and cgroups. Needs root.
 
+mod restore_support;
+
 use std::path::PathBuf;
 
 use pool::cgroup::{CgroupLimits, CgroupRoot};
@@ -13,8 +15,7 @@ fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: sandboxes need root (namespaces, mounts, cgroups)");
-            return;
+            skip!("sandboxes need root (namespaces, mounts, cgroups)");
         }
     };
 }
