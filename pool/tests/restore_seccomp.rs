@@ -140,3 +140,104 @@ fn only_thaws_policy_is_captured_and_every_copy_gets_it_back() {
     plain.kill().unwrap();
     plain.wait().unwrap();
 }
+
+/// Cost of the policy, measured (not asserted): installing it, a system
+/// call under it, and restore to the first answer of a Python process with
+/// and without it, interleaved in one run. `cargo test -p pool --test
+/// restore_seccomp -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_policy_cost() {
+    if !can_restore("measure_policy_cost", false) {
+        return;
+    }
+    use std::time::{Duration, Instant};
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    // Attach: fork, install, exit; against fork, exit.
+    let _ = seccomp::program();
+    let mut attach = Vec::new();
+    for _ in 0..200 {
+        // SAFETY: the child only calls prctl, seccomp, clock_gettime
+        // (vDSO) and _exit.
+        let mut pipe = [0i32; 2];
+        unsafe { libc::pipe(pipe.as_mut_ptr()) };
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                let t0 = Instant::now();
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                let ok = seccomp::install().is_ok();
+                let ns = t0.elapsed().as_nanos() as u64 * ok as u64;
+                libc::write(pipe[1], (&ns as *const u64).cast(), 8);
+                libc::_exit(0);
+            },
+            pid => unsafe {
+                let mut ns = 0u64;
+                libc::read(pipe[0], (&mut ns as *mut u64).cast(), 8);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+                libc::close(pipe[0]);
+                libc::close(pipe[1]);
+                attach.push(Duration::from_nanos(ns));
+            },
+        }
+    }
+    println!(
+        "policy: attach (no_new_privs + seccomp) p50 {:?}",
+        median(attach)
+    );
+
+    let script = "import sys\nfor l in sys.stdin:\n    sys.stdout.write(l); sys.stdout.flush()\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dirs = Vec::new();
+    for (label, filter) in [("without", None), ("with", Some(seccomp::program()))] {
+        let _ = seccomp::program();
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        // SAFETY: as in `cat_under`.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                if filter.is_some() {
+                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                    seccomp::install()?;
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        use std::io::{BufRead, Write};
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        child.stdin.as_mut().unwrap().write_all(b"warm\n").unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let dir = tmp.path().join(label);
+        snapshot_to_dir_with(child.id() as i32, &dir, &accepting_policy()).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        dirs.push((label, dir));
+    }
+    for mode in [Mode::Mmap, Mode::Uffd] {
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(), Vec::new()];
+        for _ in 0..40 {
+            for (i, (_, dir)) in dirs.iter().enumerate() {
+                let t0 = Instant::now();
+                let mut copy = restore_with_pipes(dir, mode);
+                copy.send(b"x\n");
+                assert_eq!(copy.line(), "x");
+                times[i].push(t0.elapsed());
+                drop(copy.stdin);
+                copy.child.wait().unwrap();
+            }
+        }
+        let without = median(times[0].clone());
+        let with = median(times[1].clone());
+        println!(
+            "policy: restore to first answer, {mode:?}: p50 without {without:?}, with {with:?} (x{:.3})",
+            with.as_secs_f64() / without.as_secs_f64()
+        );
+    }
+}
