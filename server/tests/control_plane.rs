@@ -485,17 +485,33 @@ async fn data_at_rest_is_private_and_code_still_imports() {
         "memory_mb": 128,
         "timeout_ms": 10000,
     });
-    let rec = server.deploy_ready(spec).await;
-    assert_eq!(rec["state"], "ready", "{rec}");
-    assert!(!rec["snapshot"].is_null(), "a snapshot was taken: {rec}");
-    // The function imports its code: warm, booted afresh (imports as uid
-    // 65534 through /var/task) and restored.
-    for cold in [None, Some("boot"), Some("restore")] {
-        let headers: Vec<(&str, &str)> = cold.iter().map(|c| ("x-thaw-cold", *c)).collect();
-        let a = server.invoke_raw("private", b"{}".to_vec(), &headers).await;
-        assert_eq!(a.status, 200, "{cold:?}: {}", a.text());
-        assert_eq!(a.json(), json!({"from": "helper"}), "{cold:?}");
+    // The same in uffd mode, whose copies record a working set.
+    let mut uffd = spec.clone();
+    uffd["name"] = json!("private-uffd");
+    uffd["memory_mode"] = json!("uffd");
+    for spec in [spec, uffd] {
+        let name = spec["name"].as_str().unwrap().to_string();
+        let rec = server.deploy_ready(spec).await;
+        assert_eq!(rec["state"], "ready", "{rec}");
+        assert!(!rec["snapshot"].is_null(), "a snapshot was taken: {rec}");
+        // The function imports its code: warm, booted afresh (imports as
+        // uid 65534 through /var/task) and restored.
+        for cold in [None, Some("boot"), Some("restore"), Some("restore")] {
+            let headers: Vec<(&str, &str)> = cold.iter().map(|c| ("x-thaw-cold", *c)).collect();
+            let a = server.invoke_raw(&name, b"{}".to_vec(), &headers).await;
+            assert_eq!(a.status, 200, "{name} {cold:?}: {}", a.text());
+            assert_eq!(a.json(), json!({"from": "helper"}), "{name} {cold:?}");
+        }
     }
+    let uffd_files = files_named(&server.data.join("snapshots"), &|p| {
+        p.to_string_lossy().contains("private-uffd")
+    });
+    assert!(
+        uffd_files
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "workingset")),
+        "a uffd copy recorded its working set: {uffd_files:?}"
+    );
 
     let data = server.data.clone();
     let record = data.join("functions/private/function.json");
