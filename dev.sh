@@ -11,8 +11,13 @@ cd "$(dirname "$0")"
 # Debian packages thaw needs: libclang for the userfaultfd bindings, the
 # system Python with numpy and pandas for the python3 runtime and the
 # numpy-pandas example; for the tests also python3-venv (kubernetes-validate
-# from PyPI) and systemd (systemd-analyze) to check deploy/.
-PACKAGES=(libclang-dev clang python3 python3-numpy python3-pandas python3-venv systemd chromium chromium-driver)
+# from PyPI) and systemd (systemd-analyze) to check deploy/; OpenJDK 17 (JDK:
+# javac compiles Java functions at deploy) for the java17 runtime, gcc for the
+# node20 runtime's OpenSSL reseeding addon.
+PACKAGES=(libclang-dev clang python3 python3-numpy python3-pandas python3-venv systemd chromium chromium-driver openjdk-17-jdk-headless gcc)
+# The node20 runtime runs the machine's /usr/bin/node, which must be Node.js 20
+# or later (Debian 12's nodejs package is 18: it is not installed from here).
+NODE_MAJOR_MIN=20
 
 stage_start=$(date +%s)
 stage() {
@@ -43,6 +48,24 @@ setup() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     else
         echo "all present: ${PACKAGES[*]}"
+    fi
+    check_node
+}
+
+# Says whether the node20 runtime can run here; it is optional (Python and
+# Java work without it), so a missing or old node only warns.
+check_node() {
+    local v major
+    if ! v=$(/usr/bin/node --version 2>/dev/null); then
+        echo "note: /usr/bin/node is missing: the node20 runtime and its tests need Node.js >= $NODE_MAJOR_MIN (install it from nodejs.org or NodeSource)"
+        return 0
+    fi
+    major=${v#v}
+    major=${major%%.*}
+    if [ "$major" -ge "$NODE_MAJOR_MIN" ] 2>/dev/null; then
+        echo "node $v: ok for the node20 runtime"
+    else
+        echo "note: /usr/bin/node is $v: the node20 runtime needs >= $NODE_MAJOR_MIN (Debian's nodejs package is too old)"
     fi
 }
 

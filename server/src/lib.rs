@@ -2,6 +2,7 @@
 //! the `thaw` command line.
 //!
 //! * [`spec`]: the deploy request and its validation.
+//! * [`runtime`]: the runtimes (runtimes/*): handler syntax, launch, build.
 //! * [`registry`]: function records and code in the data directory.
 //! * [`snapshots`]: capturing a warmed version into the page store.
 //! * [`rebuild`]: rebuilding a snapshot after a restore of it failed.
@@ -33,6 +34,7 @@ pub mod private;
 pub mod rebuild;
 pub mod redact;
 pub mod registry;
+pub mod runtime;
 pub mod serve;
 pub mod service;
 pub mod snapshots;

@@ -19,10 +19,6 @@ use crate::logstore::{LogLimits, LogStore};
 use crate::registry::{write_atomic, Registry};
 use crate::service::{Service, ServiceConfig};
 
-/// The Python runtime, embedded so the binary is all a host needs.
-const BOOTSTRAP_PY: &str = include_str!("../../runtimes/python/bootstrap.py");
-const THAW_PY: &str = include_str!("../../runtimes/python/thaw.py");
-
 /// Settings of `thaw serve`.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -150,19 +146,15 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             .with_context(|| format!("creating {}", dir.display()))?;
     }
 
-    let runtime_dir = data_dir.join("runtime/python");
-    std::fs::create_dir_all(&runtime_dir)?;
-    write_atomic(&runtime_dir.join("bootstrap.py"), BOOTSTRAP_PY.as_bytes())?;
-    write_atomic(&runtime_dir.join("thaw.py"), THAW_PY.as_bytes())?;
-    for dir in [&data_dir.join("runtime"), &runtime_dir] {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    }
-    for f in ["bootstrap.py", "thaw.py"] {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(runtime_dir.join(f), std::fs::Permissions::from_mode(0o644))?;
-    }
     let hash_seed = hash_seed(&data_dir)?;
+    // The runtimes embedded in the binary (runtimes/*), written where
+    // sandboxes bind them.
+    let runtimes = crate::runtime::Runtimes::install(&data_dir, opts.python.clone(), hash_seed)
+        .context("installing the runtimes")?;
+    if let Err(e) = runtimes.refresh_stale().await {
+        // Versions of that runtime fail to boot until a deploy prepares it.
+        tracing::error!(error = %e, "preparing a runtime again for this thaw failed");
+    }
 
     let cgroups = CgroupRoot::detect(&install_tag(&data_dir)).context("setting up cgroups")?;
     let stale = cgroups.remove_stale().context("removing stale sandboxes")?;
@@ -212,9 +204,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     let service = Service::new(
         ServiceConfig {
             data_dir: data_dir.clone(),
-            python: opts.python.clone(),
-            runtime_dir,
-            hash_seed,
+            runtimes: Arc::new(runtimes),
             max_body: opts.max_body,
             allow_forced_cold: opts.allow_forced_cold,
             memory_mode: opts.memory_mode.as_str().into(),

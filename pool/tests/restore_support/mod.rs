@@ -190,6 +190,7 @@ pub fn restore_full(
             cgroups,
             prefetch,
             prefetch_in_background: background,
+            uffd_keeper: None,
         },
     )
     .unwrap();

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! event: overview            every second
-//! data: {"t": ms, "functions": [{name, version, state, error, instances,
+//! data: {"t": ms, "functions": [{name, version, runtime, state, error, instances,
 //!        memory: {rss, pss, uss}, memory_bytes, invocations}],
 //!        "states": {"ready": n, ..}, "instances": {idle, busy, booting},
 //!        "invocations": {"total", "errors", "by_start": {"warm": n, ..}},
@@ -198,6 +198,7 @@ pub fn overview(service: &Service, samples: &[Sample], store: Value) -> Value {
             json!({
                 "name": v.name,
                 "version": v.version,
+                "runtime": v.spec.runtime,
                 "state": v.state,
                 "error": v.error,
                 "instances": v.instances,
