@@ -16,8 +16,9 @@ cd "$(dirname "$0")"
 # from PyPI) and systemd (systemd-analyze) to check deploy/; OpenJDK 17 (JDK:
 # javac compiles Java functions at deploy) for the java17 runtime, gcc for the
 # node20 runtime's OpenSSL reseeding addon; g++ builds libFuzzer for the fuzz
-# stage.
-PACKAGES=(libclang-dev clang g++ python3 python3-numpy python3-pandas python3-venv systemd chromium chromium-driver openjdk-17-jdk-headless gcc)
+# stage; iproute2 and nftables for the veth pairs, NAT and filter of
+# `network = "outbound"` sandboxes (docs/network.md).
+PACKAGES=(libclang-dev clang g++ python3 python3-numpy python3-pandas python3-venv systemd chromium chromium-driver openjdk-17-jdk-headless gcc iproute2 nftables)
 # The node20 runtime runs the machine's /usr/bin/node, which must be Node.js 20
 # or later (Debian 12's nodejs package is 18: it is not installed from here).
 NODE_MAJOR_MIN=20

@@ -99,6 +99,14 @@ pub struct Settings {
     /// of that role is signed out (default 10000).
     #[arg(long, env = "THAW_SESSIONS_PER_ROLE")]
     pub sessions_per_role: Option<usize>,
+    /// Addresses of outbound sandboxes, a CIDR (default 100.96.0.0/12): the
+    /// first host address is their gateway, each sandbox takes one more.
+    #[arg(long, env = "THAW_NETWORK_RANGE")]
+    pub network_range: Option<String>,
+    /// Resolvers the sandboxes' DNS forwarder relays to, `ip` or
+    /// `ip:port`, comma-separated (default: the host's /etc/resolv.conf).
+    #[arg(long, env = "THAW_DNS_UPSTREAM", value_delimiter = ',')]
+    pub dns_upstream: Option<Vec<String>>,
     /// Deploy the function in this folder at start (repeatable).
     #[arg(long = "deploy")]
     #[serde(default)]
@@ -131,6 +139,8 @@ impl Settings {
             spare_sandboxes: self.spare_sandboxes.or(below.spare_sandboxes),
             spare_sandboxes_max: self.spare_sandboxes_max.or(below.spare_sandboxes_max),
             sessions_per_role: self.sessions_per_role.or(below.sessions_per_role),
+            network_range: self.network_range.or(below.network_range),
+            dns_upstream: self.dns_upstream.or(below.dns_upstream),
             deploy: if self.deploy.is_empty() {
                 below.deploy
             } else {
@@ -151,7 +161,28 @@ impl Settings {
                 tokens.add(Role::Admin, &t).context("THAW_TOKEN")?;
             }
         }
+        let network_range: pool::sandbox::net::Ipv4Range = self
+            .network_range
+            .as_deref()
+            .unwrap_or(pool::sandbox::net::DEFAULT_RANGE)
+            .parse()
+            .map_err(|e| anyhow::anyhow!("network_range: {e}"))?;
+        anyhow::ensure!(
+            network_range.prefix() <= 30,
+            "network_range: {network_range} is too small (a /30 or larger is needed)"
+        );
+        let dns_upstream = match &self.dns_upstream {
+            Some(list) => Some(
+                list.iter()
+                    .map(|s| crate::dns::parse_upstream(s))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("dns_upstream: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(ServeOptions {
+            network_range,
+            dns_upstream,
             listen: self
                 .listen
                 .unwrap_or_else(|| "127.0.0.1:7070".parse().unwrap()),
@@ -296,6 +327,40 @@ mod tests {
         let file: Settings = toml::from_str("max_body_mb = 4096\n").unwrap();
         let opts = Settings::default().over(file).resolve().unwrap();
         assert_eq!(opts.max_body, 4096 << 20);
+    }
+
+    #[test]
+    fn network_settings_parse_and_refuse_nonsense() {
+        let opts = Settings::default().resolve().unwrap();
+        assert_eq!(opts.network_range.to_string(), "100.96.0.0/12");
+        assert_eq!(opts.dns_upstream, None);
+        let file: Settings = toml::from_str(
+            "network_range = \"100.127.200.0/24\"\ndns_upstream = [\"203.0.113.10\", \"127.0.0.1:5353\"]\n",
+        )
+        .unwrap();
+        let opts = Settings::default().over(file).resolve().unwrap();
+        assert_eq!(opts.network_range.to_string(), "100.127.200.0/24");
+        assert_eq!(
+            opts.dns_upstream.unwrap(),
+            vec![
+                "203.0.113.10:53".parse().unwrap(),
+                "127.0.0.1:5353".parse().unwrap()
+            ]
+        );
+        for (toml, needle) in [
+            ("network_range = \"100.96.0.1/12\"", "host bits"),
+            ("network_range = \"100.96.0.0/31\"", "too small"),
+            ("network_range = \"nope\"", "network_range"),
+            ("dns_upstream = [\"resolver.lan\"]", "dns_upstream"),
+        ] {
+            let file: Settings = toml::from_str(toml).unwrap();
+            let err = Settings::default()
+                .over(file)
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
     }
 
     #[test]
