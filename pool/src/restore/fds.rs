@@ -225,6 +225,7 @@ pub fn plan(
             | FdKind::Timerfd(_)
             | FdKind::Epoll { .. }
             | FdKind::Pipe { .. }
+            | FdKind::SocketPair { .. }
             | FdKind::Memfd { .. }
             | FdKind::Dup { .. } => unreachable!("kernel objects and dups are made above"),
         };

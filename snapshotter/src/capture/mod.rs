@@ -31,6 +31,7 @@ pub mod ptrace;
 pub mod refuse;
 pub mod signals;
 pub mod thread;
+pub mod unixpair;
 
 use std::time::{Duration, Instant};
 

@@ -25,7 +25,7 @@
 mod fds;
 pub(crate) mod memory;
 
-pub use fds::{EpollRegistration, FdKind, FdState, PipeEnd, TimerState};
+pub use fds::{EpollRegistration, FdKind, FdState, PairType, PipeEnd, TimerState};
 pub use memory::{AreaKind, FileIdentity, MemoryArea, PageRun, PageRunKind, Protection};
 
 use serde::{Deserialize, Serialize};
