@@ -62,7 +62,8 @@ fn kernel_objects_work_with_their_state_after_restore() {
 
 /// What thaw cannot recreate is refused, naming the descriptor and why: an
 /// inotify descriptor, a Unix socket connected to another process, a pipe
-/// whose other end is elsewhere (each away from the protocol fds 0-4).
+/// whose other end is elsewhere (each away from the protocol fds 0-4), a
+/// shared mapping of a memfd whose descriptor was closed.
 #[test]
 fn other_kernel_objects_are_refused_by_name() {
     if !prerequisites("other_kernel_objects_are_refused_by_name") {
@@ -73,9 +74,11 @@ fn other_kernel_objects_are_refused_by_name() {
         tmp.path(),
         "refused",
         r#"
+#define _GNU_SOURCE
 #include <stdio.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -91,6 +94,12 @@ int main(int argc, char **argv) {
         if (connect(fd, (struct sockaddr *)&a, sizeof a)) return 2;
         fd = dup2(fd, 9);
         close(3);
+    } else if (strcmp(argv[1], "memfd") == 0) {
+        int m = memfd_create("gone", 0);
+        ftruncate(m, 4096);
+        char *map = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, m, 0);
+        map[0] = 1;
+        close(m);
     } else {
         int p[2];
         pipe(p);
@@ -109,12 +118,16 @@ int main(int argc, char **argv) {
     let socket_path = tmp.path().join("listener");
     let _listener = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
     let cases = [
-        (vec!["inotify"], "is anon_inode:inotify; a kernel object thaw cannot recreate"),
+        (
+            vec!["inotify"],
+            "is anon_inode:inotify; a kernel object thaw cannot recreate",
+        ),
         (
             vec!["unix", socket_path.to_str().unwrap()],
             "not one end of a socket pair",
         ),
         (vec!["pipe"], "whose other end is not in the process"),
+        (vec!["memfd"], "a memfd the process no longer holds open"),
     ];
     for (args, expected) in cases {
         let mut original = start(&program, &args);
@@ -125,7 +138,12 @@ int main(int argc, char **argv) {
         let err = snapshot_to_dir(original.child.id() as i32, &tmp.path().join("snap"))
             .expect_err(&format!("{args:?}: a refusal"));
         let message = format!("{err:#}");
-        assert!(message.contains(&format!("fd {fd} is ")), "{args:?}: {message}");
+        if fd != "-1" {
+            assert!(
+                message.contains(&format!("fd {fd} is ")),
+                "{args:?}: {message}"
+            );
+        }
         assert!(message.contains(expected), "{args:?}: {message}");
     }
 }

@@ -248,6 +248,21 @@ pub fn plan(
                 area.start
             )));
         };
+        if area.shared && area.deleted && path.starts_with("/memfd:") {
+            // The copy's new memfd, already at its saved number.
+            let Some(memfd) = state
+                .fds
+                .iter()
+                .find(|f| matches!(f.kind, FdKind::Memfd { inode, .. } if inode == area.inode))
+            else {
+                return Err(RestoreError::Unsupported(format!(
+                    "shared mapping of {path} at {:#x} without its memfd",
+                    area.start
+                )));
+            };
+            area_fds.insert(index, memfd.fd);
+            continue;
+        }
         let write = area.shared && area.prot.write;
         let key = (path.clone(), write);
         let fd = match by_file.get(&key) {

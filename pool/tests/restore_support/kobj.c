@@ -17,6 +17,8 @@
  *   fd 23/24 stream socket pair, "to 23" queued at 23 (partly read
  *          already), "to 24!" at 24; fd 24 non-blocking
  *   fd 25/26 datagram socket pair, nothing queued
+ *   fd 27  memfd "thaw-shared", 8192 bytes, mapped shared read-write with
+ *          "hello" written through the mapping
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -48,6 +50,7 @@ static void at(int fd, int want) {
 static int64_t ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec; }
 
 static int64_t deadline;
+static char *shared_map;
 
 static void setup(void) {
     at(eventfd(7, 0), 10);
@@ -111,6 +114,12 @@ static void setup(void) {
     if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv)) { perror("socketpair"); exit(2); }
     at(sv[0], 25);
     at(sv[1], 26);
+
+    at(memfd_create("thaw-shared", 0), 27);
+    if (ftruncate(27, 8192)) exit(2);
+    shared_map = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, 27, 0);
+    if (shared_map == MAP_FAILED) { perror("mmap memfd"); exit(2); }
+    memcpy(shared_map + 4096, "hello", 5);
 
     /* Let the periodic timer and the one shot expire unread. */
     usleep(200000);
@@ -206,6 +215,14 @@ static void check(void) {
     char link[128] = {0};
     readlink("/proc/self/fd/21", link, sizeof link - 1);
     CHECK(strncmp(link, "/memfd:thaw-test", 16) == 0, "memfd name %s", link);
+
+    /* memfd mapped shared: the mapping and the descriptor are one file. */
+    CHECK(memcmp(shared_map + 4096, "hello", 5) == 0, "shared memfd mapping holds %.5s", shared_map + 4096);
+    memcpy(shared_map, "world", 5);
+    memset(buf, 0, sizeof buf);
+    CHECK(pread(27, buf, 5, 0) == 5 && memcmp(buf, "world", 5) == 0, "write through the mapping reaches the memfd");
+    CHECK(pwrite(27, "fd!", 3, 100) == 3 && memcmp(shared_map + 100, "fd!", 3) == 0,
+          "write to the memfd shows in the mapping");
 
     printf(failed ? "failed\n" : "ok\n");
 }

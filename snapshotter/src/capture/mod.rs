@@ -246,6 +246,7 @@ pub fn capture_timed(
     let fds = fds::capture(pid, &options.protocol_fds)?;
     let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
     let mut areas = areas::classify(pid, &entries)?;
+    areas::link_memfd_areas(pid, &fds, &areas)?;
     let registers = seized.registers()?;
     let xsave = seized.xsave()?;
     let rseq = seized.rseq()?;
