@@ -92,6 +92,8 @@ fn check_copy(snap: &Path, mode: Mode, expected: &[String]) -> Result<(), String
             cgroups: Vec::new(),
             prefetch: Vec::new(),
             prefetch_in_background: false,
+            uffd_keeper: None,
+            credentials: pool::restore::Credentials::Snapshot,
         },
     )
     .map_err(|e| format!("{mode:?} restore: {e}"))?;
