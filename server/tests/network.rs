@@ -42,13 +42,19 @@ import socket, sys, threading
 name, dns_addr = sys.argv[1], sys.argv[2]
 NAMES = {"public.thaw.test": "203.0.113.10", "private.thaw.test": "10.213.7.10"}
 
+# Bound before "ready" is printed.
+tcp_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+tcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp_sock.bind(("0.0.0.0", 80))
+tcp_sock.listen(64)
+dns_sock = None
+if dns_addr != "-":
+    dns_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns_sock.bind((dns_addr, 53))
+
 def tcp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", 80))
-    s.listen(64)
     while True:
-        c, _ = s.accept()
+        c, _ = tcp_sock.accept()
         try:
             c.sendall(("hello from %s\n" % name).encode())
         finally:
@@ -72,17 +78,15 @@ def answer(q):
     return header + body
 
 def dns():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((dns_addr, 53))
     while True:
-        q, peer = s.recvfrom(512)
+        q, peer = dns_sock.recvfrom(512)
         try:
-            s.sendto(answer(q), peer)
+            dns_sock.sendto(answer(q), peer)
         except Exception:
             pass
 
 threading.Thread(target=tcp, daemon=True).start()
-if dns_addr != "-":
+if dns_sock is not None:
     threading.Thread(target=dns, daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()
