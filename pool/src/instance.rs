@@ -285,6 +285,7 @@ impl Instance {
         snapshot: &SnapshotSource,
         restorer: &Restorer,
         copy: crate::restore::sandboxed::PreparedCopy,
+        credentials: crate::restore::Credentials,
         ready_timeout: Duration,
     ) -> Result<RestorePhases, RestoreFailure> {
         let mode: crate::restore::Mode =
@@ -300,13 +301,22 @@ impl Instance {
             .function_pid()
             .ok_or_else(|| RestoreFailure::Copy("the stub is missing".into()))?;
         let r = restorer.clone();
-        let (timings, server) = tokio::task::spawn_blocking(move || r.finish(&copy, pid, mode))
-            .await
-            .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
-            .map_err(|e| RestoreFailure::Restorer {
-                id: snapshot.id.clone(),
-                reason: e.to_string(),
-            })?;
+        // pid 1 of the sandbox holds a uffd copy's userfaultfd.
+        let keeper = match self.sandbox.uffd_keeper().map(|k| k.try_clone_to_owned()) {
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => return Err(RestoreFailure::Copy(format!("keeper socket: {e}"))),
+            None => None,
+        };
+        let (timings, server) = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsFd;
+            r.finish(&copy, pid, mode, keeper.as_ref().map(|k| k.as_fd()), credentials)
+        })
+        .await
+        .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
+        .map_err(|e| RestoreFailure::Restorer {
+            id: snapshot.id.clone(),
+            reason: e.to_string(),
+        })?;
         if server.is_some() {
             let (r, id) = (restorer.clone(), snapshot.id.clone());
             let recorded = tokio::task::spawn_blocking(move || r.working_set(&id).is_some())
@@ -573,6 +583,9 @@ pub struct Stub {
     instance: Instance,
     copy: crate::restore::sandboxed::PreparedCopy,
     snapshot: SnapshotSource,
+    /// What the copy runs as: the sandbox's uid and gid, never the
+    /// snapshot's.
+    credentials: crate::restore::Credentials,
 }
 
 impl Stub {
@@ -603,6 +616,10 @@ impl Stub {
             instance,
             copy,
             snapshot: snapshot.clone(),
+            credentials: crate::restore::Credentials::Function {
+                uid: config.uid,
+                gid: config.gid,
+            },
         })
     }
 
@@ -638,9 +655,10 @@ impl Stub {
             mut instance,
             copy,
             snapshot,
+            credentials,
         } = self;
         match instance
-            .become_copy(&snapshot, restorer, copy, ready_timeout)
+            .become_copy(&snapshot, restorer, copy, credentials, ready_timeout)
             .await
         {
             Ok(phases) => {

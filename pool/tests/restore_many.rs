@@ -117,6 +117,8 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
             cgroups: vec![],
             prefetch: vec![],
             prefetch_in_background: false,
+            uffd_keeper: None,
+            credentials: pool::restore::Credentials::Snapshot,
         },
     )
     .unwrap_err();
@@ -156,6 +158,8 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
             cgroups: vec![],
             prefetch: vec![],
             prefetch_in_background: false,
+            uffd_keeper: None,
+            credentials: pool::restore::Credentials::Snapshot,
         },
     )
     .unwrap_err();

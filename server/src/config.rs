@@ -95,6 +95,10 @@ pub struct Settings {
     /// Most pre-made stub sandboxes in all, over every version (default 16).
     #[arg(long, env = "THAW_SPARE_SANDBOXES_MAX")]
     pub spare_sandboxes_max: Option<usize>,
+    /// Most dashboard sessions kept at once per role; beyond it the oldest
+    /// of that role is signed out (default 10000).
+    #[arg(long, env = "THAW_SESSIONS_PER_ROLE")]
+    pub sessions_per_role: Option<usize>,
     /// Addresses of outbound sandboxes, a CIDR (default 100.96.0.0/12): the
     /// first host address is their gateway, each sandbox takes one more.
     #[arg(long, env = "THAW_NETWORK_RANGE")]
@@ -134,6 +138,7 @@ impl Settings {
             log_max_age_s: self.log_max_age_s.or(below.log_max_age_s),
             spare_sandboxes: self.spare_sandboxes.or(below.spare_sandboxes),
             spare_sandboxes_max: self.spare_sandboxes_max.or(below.spare_sandboxes_max),
+            sessions_per_role: self.sessions_per_role.or(below.sessions_per_role),
             network_range: self.network_range.or(below.network_range),
             dns_upstream: self.dns_upstream.or(below.dns_upstream),
             deploy: if self.deploy.is_empty() {
@@ -185,15 +190,23 @@ impl Settings {
             python: self
                 .python
                 .unwrap_or_else(|| PathBuf::from("/usr/bin/python3")),
-            max_body: self.max_body_mb.unwrap_or(6) << 20,
-            memory_budget: self.memory_budget_mb.map(|m| m << 20),
+            max_body: scaled(self.max_body_mb.unwrap_or(6), 20, "max_body_mb")?,
+            memory_budget: self
+                .memory_budget_mb
+                .map(|m| scaled(m, 20, "memory_budget_mb"))
+                .transpose()?,
             tokens,
+            token_file: self.token_file.clone(),
             allow_forced_cold: self.allow_forced_cold.unwrap_or(false),
             memory_mode: self.memory_mode.unwrap_or_default(),
             deploy: self.deploy,
             stop_timeout: Duration::from_secs(self.stop_timeout_s.unwrap_or(30)),
             logs: crate::logstore::LogLimits {
-                bytes_per_function: self.log_kb_per_function.unwrap_or(1024) << 10,
+                bytes_per_function: scaled(
+                    self.log_kb_per_function.unwrap_or(1024),
+                    10,
+                    "log_kb_per_function",
+                )?,
                 max_age: Duration::from_secs(self.log_max_age_s.unwrap_or(86_400)),
             },
             spares: {
@@ -203,8 +216,29 @@ impl Settings {
                     max_total: self.spare_sandboxes_max.unwrap_or(d.max_total),
                 }
             },
+            sessions_per_role: self
+                .sessions_per_role
+                .unwrap_or(crate::ui::session::DEFAULT_PER_ROLE),
         })
     }
+}
+
+/// `value << shift` (MiB or KiB to bytes), or an error naming the setting
+/// when the bytes do not fit (a plain shift would silently drop the high
+/// bits: `max_body_mb = 17592186044416` became a limit of 0 bytes).
+fn scaled<T>(value: T, shift: u32, key: &str) -> Result<T>
+where
+    T: Copy
+        + std::fmt::Display
+        + std::ops::Shl<u32, Output = T>
+        + std::ops::Shr<u32, Output = T>
+        + PartialEq,
+{
+    let bytes = value << shift;
+    if bytes >> shift != value {
+        anyhow::bail!("{key} = {value} is too large");
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -267,6 +301,32 @@ mod tests {
         );
         let err = toml::from_str::<Settings>("memory_mode = \"lazy\"\n").unwrap_err();
         assert!(err.to_string().contains("mmap"), "{err}");
+    }
+
+    /// Seen while writing the config_file fuzz target (its input is
+    /// fuzz/corpus/config_file/regress-max-body-wraps): sizes that do not
+    /// fit in bytes wrapped instead of failing.
+    #[test]
+    fn sizes_too_large_for_bytes_are_errors() {
+        for (text, key) in [
+            ("max_body_mb = 17592186044416\n", "max_body_mb"),
+            (
+                "memory_budget_mb = 9223372036854775807\n",
+                "memory_budget_mb",
+            ),
+            (
+                "log_kb_per_function = 18014398509481984\n",
+                "log_kb_per_function",
+            ),
+        ] {
+            let file: Settings = toml::from_str(text).unwrap();
+            let err = Settings::default().over(file).resolve().unwrap_err();
+            assert!(err.to_string().contains(&format!("{key} = ")), "{err}");
+            assert!(err.to_string().ends_with("is too large"), "{err}");
+        }
+        let file: Settings = toml::from_str("max_body_mb = 4096\n").unwrap();
+        let opts = Settings::default().over(file).resolve().unwrap();
+        assert_eq!(opts.max_body, 4096 << 20);
     }
 
     #[test]

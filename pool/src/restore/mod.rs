@@ -31,9 +31,11 @@
 pub mod anon;
 pub mod batch;
 pub mod fds;
+pub mod kobj;
 pub mod memory;
 pub mod remote;
 pub mod sandboxed;
+pub mod seccomp;
 pub mod spawn;
 pub mod thread;
 pub mod uffd;
@@ -72,6 +74,25 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// Whose credentials a copy gets (issue 12, finding 4: a snapshot file is
+/// not trusted to say who its copy runs as).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// The sandbox's policy, whatever the snapshot says: this uid and gid
+    /// (real, effective, saved), no supplementary groups, no capabilities
+    /// (bounding, permitted, effective, inheritable, ambient),
+    /// `no_new_privs`. Every sandboxed copy gets this.
+    Function {
+        /// The function's uid.
+        uid: u32,
+        /// The function's gid.
+        gid: u32,
+    },
+    /// The snapshot's own ids and capability bounding set (`thaw restore`
+    /// of a snapshot the operator made, trusted like the operator).
+    Snapshot,
+}
+
 /// How to restore.
 #[derive(Debug)]
 pub struct RestoreOptions<'a> {
@@ -90,11 +111,17 @@ pub struct RestoreOptions<'a> {
     /// them (a previous copy's [`uffd::ServerReport::touched`]), in sorted
     /// runs of up to 64 pages.
     pub prefetch: Vec<u64>,
+    /// Whose credentials the copy (each of its threads) gets.
+    pub credentials: Credentials,
     /// Fill `prefetch` while the copy runs (between faults) instead of
     /// before it resumes. Measured (docs/restore.md): before the resume was
     /// faster to the first answer on 2 vCPUs, the background costs nothing
     /// up front.
     pub prefetch_in_background: bool,
+    /// `uffd` copies restored into a sandbox: the sandbox's keeper socket
+    /// (`Sandbox::uffd_keeper`); the copy's userfaultfd is sent there, to
+    /// be held by the sandbox's pid 1 rather than by the copy.
+    pub uffd_keeper: Option<BorrowedFd<'a>>,
 }
 
 /// Where the time of a restore went.
@@ -313,22 +340,38 @@ fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> Result<OwnedFd, RestoreError> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
 }
 
-/// The highest descriptor number `pid` may hold (its `RLIMIT_NOFILE` soft
-/// limit minus one, at most 1,048,575).
-fn highest_fd(pid: i32) -> Result<u64, RestoreError> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit reading (new limit null) into a valid rlimit.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
-    if r < 0 {
-        return Err(RestoreError::Io {
-            what: "prlimit (stub's RLIMIT_NOFILE)".into(),
-            source: std::io::Error::last_os_error(),
-        });
+/// Sends `fd` to the sandbox's pid 1, which holds it while the sandbox
+/// lives (see `Sandbox::uffd_keeper`).
+fn send_to_keeper(keeper: BorrowedFd<'_>, fd: &OwnedFd) -> Result<(), RestoreError> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let byte = [0u8; 1];
+    let iov = [std::io::IoSlice::new(&byte)];
+    sendmsg::<()>(
+        keeper.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|e| RestoreError::Io {
+        what: "hand the userfaultfd to the sandbox's pid 1".into(),
+        source: e.into(),
+    })?;
+    Ok(())
+}
+
+/// Kills the copy being made (`SIGKILL` to its thread group) unless
+/// disarmed: a restore that fails half-way never lets it run.
+struct KillOnError(Option<i32>);
+
+impl Drop for KillOnError {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill takes numbers only.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
-    Ok(limit.rlim_cur.clamp(64, 1 << 20) - 1)
 }
 
 /// Kills and reaps init unless disarmed.
@@ -368,6 +411,8 @@ pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreE
             cgroups: Vec::new(),
             prefetch: Vec::new(),
             prefetch_in_background: false,
+            uffd_keeper: None,
+            credentials: Credentials::Snapshot,
         },
     )
 }
@@ -565,9 +610,10 @@ fn pidfd_open(pid: i32) -> Result<OwnedFd, RestoreError> {
 /// Turns a stub that already exists, holds [`Prepared::moves`] at their
 /// numbers and waits in `pause()` (a sandbox's restore stub) into a copy of
 /// `snapshot`. In `uffd` mode the userfaultfd is made in the stub while it
-/// is still privileged and the copy keeps it open at its highest allowed
-/// descriptor (see docs/restore.md, "uffd copies and the server's death");
-/// the returned [`CopyServer`] serves it.
+/// is still privileged and handed to the sandbox's pid 1
+/// (`options.uffd_keeper`, required), which holds it (see docs/restore.md,
+/// "uffd copies and the server's death"); the returned [`CopyServer`]
+/// serves it.
 pub fn restore_into(
     stub_pid: i32,
     snapshot: &Snapshot,
@@ -602,10 +648,12 @@ pub fn restore_into(
 }
 
 /// Everything after the stub is seized: address space, kernel state,
-/// registers, detach. Returns the uffd page server, if any. `keep_uffd`:
-/// the copy keeps its userfaultfd open (at its highest allowed fd), so the
-/// kernel never releases it, and never turns missing pages into zeros,
-/// while the copy lives.
+/// registers, detach. Returns the uffd page server, if any. `keep_uffd`
+/// (a copy restored into a sandbox): the copy's userfaultfd goes to the
+/// sandbox's pid 1 (`options.uffd_keeper`), which holds it, so the kernel
+/// never releases it, and never turns missing pages into zeros, while the
+/// copy lives; no process of the function holds it. Such copies also
+/// always get the seccomp policy.
 #[allow(clippy::too_many_arguments)]
 fn drive(
     mut remote: Remote,
@@ -618,16 +666,29 @@ fn drive(
     timings: &mut RestoreTimings,
 ) -> Result<Option<(PageServerThread, std::sync::Arc<uffd::LiveReport>)>, RestoreError> {
     let state = &snapshot.state;
+    state
+        .validate()
+        .map_err(|e| RestoreError::Unsupported(format!("snapshot state: {e}")))?;
+    // Declared before the kill guard, so that on an error the copy is killed
+    // before any of its threads is detached (a half-made thread would run
+    // the batch loop's code it was cloned in).
+    let mut others: Vec<Remote> = Vec::new();
+    let mut kill_on_error = KillOnError(Some(remote.pid()));
     let started = Instant::now();
     let stub_map = memory::stub_map(remote.pid())?;
     let places = memory::prepare_scratch(&mut remote, &stub_map, &state.areas)?;
     // mmap mode: the guard that keeps anonymous-memory semantics (refuses
     // the restore when it cannot).
+    let eager = match options.mode {
+        Mode::Mmap if anon::enabled() => thread::thread_stack_areas(state),
+        _ => Default::default(),
+    };
     let guard = match options.mode {
         Mode::Mmap if anon::enabled() => Some(anon::Guard::plan(
             state,
             &image.file,
             &[(places.scratch, places.scratch + batch::SCRATCH_LEN)],
+            &eager,
         )?),
         _ => None,
     };
@@ -646,6 +707,7 @@ fn drive(
         image: &image.file,
         layout: &image.layout,
         lazy: options.mode == Mode::Uffd,
+        eager: &eager,
     };
     memory::map_areas(&mut batch, &state.areas, &snapshot.areas, &sources)?;
     if let Some(g) = &guard {
@@ -670,6 +732,14 @@ fn drive(
         let pidfd = stub_pidfd
             .ok_or_else(|| RestoreError::Unsupported("uffd mode needs the stub's pidfd".into()))?;
         let uffd = pidfd_getfd(pidfd, fd as i32)?;
+        if keep_uffd {
+            let keeper = options.uffd_keeper.ok_or_else(|| {
+                RestoreError::Unsupported(
+                    "a uffd copy in a sandbox needs the sandbox's keeper socket".into(),
+                )
+            })?;
+            send_to_keeper(keeper, &uffd)?;
+        }
         let mut s = uffd::PageServer::new(
             uffd,
             &image.file,
@@ -678,8 +748,9 @@ fn drive(
             &snapshot.areas,
         )?;
         // rseq: the kernel writes the area on every return to user space;
-        // its page must hold the saved content before it is registered.
-        if let Some(r) = &state.rseq {
+        // each thread's page must hold the saved content before it is
+        // registered.
+        for r in state.threads.iter().filter_map(|t| t.rseq.as_ref()) {
             if s.covers(r.address) {
                 s.fill(r.address)?;
             }
@@ -696,23 +767,8 @@ fn drive(
     let started = Instant::now();
     let mut batch = Batch::new(places.scratch);
     thread::set_mm(&mut batch, state, plan.exe_fd)?;
-    let mut close_to = u32::MAX as u64;
+    let close_to = u32::MAX as u64;
     if let Some(fd) = uffd_in_stub {
-        let keep_at = if keep_uffd {
-            Some(highest_fd(remote.pid())?)
-        } else {
-            None
-        };
-        // A saved descriptor at that number wins (the copy is then
-        // protected by the page server's kill alone).
-        if let Some(keep_at) = keep_at.filter(|&n| !state.fds.iter().any(|f| f.fd as u64 == n)) {
-            batch.call(
-                "dup3 (userfaultfd kept by the copy)",
-                libc::SYS_dup3,
-                [fd, keep_at, libc::O_CLOEXEC as u64, 0, 0, 0],
-            );
-            close_to = keep_at - 1;
-        }
         batch.call("close (userfaultfd)", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
     }
     if (plan.first_private_fd as u64) <= close_to {
@@ -736,17 +792,40 @@ fn drive(
             ],
         );
     }
+    kobj::arm_and_register(&mut batch, state)?;
     thread::set_signals(&remote, &mut batch, state)?;
-    thread::register_rseq(&mut batch, &state.rseq);
-    thread::set_thread(&mut batch, state)?;
     thread::set_attributes(&remote, &mut batch, state)?;
+    thread::set_thread(&mut batch, state.main_thread())?;
+    timings.batched += batch.len() as u32;
+    remote.run(batch)?;
+
+    // The other threads, each with its saved tid, its registrations and
+    // the credentials (per thread), while the main thread is still
+    // privileged.
+    thread::create_threads(&mut remote, state, &mut others)?;
+    for (t, saved) in others.iter_mut().zip(&state.threads[1..]) {
+        thread::set_sched(t.pid(), saved.tid, &saved.sched)?;
+        let mut batch = Batch::new(places.scratch);
+        thread::set_thread(&mut batch, saved)?;
+        thread::set_credentials(&mut batch, state, &options.credentials)?;
+        timings.batched += batch.len() as u32;
+        t.run(batch)?;
+    }
+    thread::set_sched(remote.pid(), state.pid, &state.main_thread().sched)?;
+
+    let mut batch = Batch::new(places.scratch);
     if let Some(g) = &guard {
         g.install(&mut batch)?;
     }
-    thread::set_credentials(&mut batch, state)?;
+    thread::set_credentials(&mut batch, state, &options.credentials)?;
+    // Sandboxed copies (`restore_into`) always get the policy.
+    seccomp::install(&mut batch, state, keep_uffd)?;
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
-    thread::set_mask(&remote, state)?;
+    if let Some(g) = &guard {
+        g.check_installed(&remote, &others)?;
+    }
+    thread::set_mask(&remote, state.main_thread())?;
     if let Some((addr, len)) = remote.scratch.take() {
         remote.sys(
             "munmap (scratch)",
@@ -757,8 +836,13 @@ fn drive(
     timings.state = started.elapsed();
 
     let started = Instant::now();
-    thread::set_registers(&mut remote, state)?;
-    timings.injected = remote.calls;
+    for (t, saved) in others.iter_mut().zip(&state.threads[1..]) {
+        thread::set_registers(t, saved)?;
+        thread::set_mask(t, saved)?;
+        timings.injected += t.calls;
+    }
+    thread::set_registers(&mut remote, state.main_thread())?;
+    timings.injected += remote.calls;
     let server = match server {
         Some(s) => {
             let live = s.live();
@@ -773,7 +857,12 @@ fn drive(
         }
         None => None,
     };
+    // All resume together: every thread is set before any runs.
+    for t in others.drain(..) {
+        t.detach()?;
+    }
     remote.detach()?;
+    kill_on_error.0 = None;
     timings.resume = started.elapsed();
     Ok(server)
 }
