@@ -128,11 +128,7 @@ def handler(event, context):
     return out
 "#;
 
-fn strict() -> bool {
-    std::env::var_os("THAW_TEST_STRICT").is_some()
-}
-
-/// Skips (or, under THAW_TEST_STRICT, fails) when a prerequisite is missing.
+/// What is missing to run these tests, if anything.
 fn prerequisites() -> Result<(), String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("needs root (network namespaces, veth pairs, nftables)".into());
@@ -158,14 +154,12 @@ fn prerequisites() -> Result<(), String> {
     Ok(())
 }
 
+/// Skips the test when a prerequisite is missing (fails it under
+/// `THAW_TEST_STRICT`, see `common::missing`).
 macro_rules! require_network {
     () => {
         if let Err(why) = prerequisites() {
-            if strict() {
-                panic!("THAW_TEST_STRICT: {why}");
-            }
-            eprintln!("skipped: {why}");
-            return;
+            skip!("{why}");
         }
     };
 }
