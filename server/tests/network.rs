@@ -492,7 +492,10 @@ fn check(label: &str, answer: &Value, probes: &Probes, outbound: bool, private_o
             "{label}: DNS over TCP through the gateway"
         );
     } else {
-        assert_ne!(answer["_dns_tcp"], PUBLIC, "{label}: no DNS without network");
+        assert_ne!(
+            answer["_dns_tcp"], PUBLIC,
+            "{label}: no DNS without network"
+        );
     }
     if outbound {
         assert_eq!(
