@@ -141,7 +141,9 @@ impl Proc {
 
     async fn ready(&mut self, runtime: &str) {
         match self.frame().await.0 {
-            FromRuntime::Ready { runtime: r, pid, .. } => {
+            FromRuntime::Ready {
+                runtime: r, pid, ..
+            } => {
                 assert_eq!(r, runtime);
                 assert_eq!(pid, self.child.id());
             }
@@ -164,14 +166,21 @@ impl Proc {
             (FromRuntime::Result { status: 200, .. }, body) => {
                 serde_json::from_slice(&body).expect("JSON answer")
             }
-            other => panic!("expected a result, got {other:?}; stderr:\n{}", self.stderr()),
+            other => panic!(
+                "expected a result, got {other:?}; stderr:\n{}",
+                self.stderr()
+            ),
         }
     }
 
     async fn restored(&mut self, seed: &str) -> FromRuntime {
-        write_frame(&mut self.requests, &ToRuntime::Restored { seed: seed.into() }, b"")
-            .await
-            .expect("write frame");
+        write_frame(
+            &mut self.requests,
+            &ToRuntime::Restored { seed: seed.into() },
+            b"",
+        )
+        .await
+        .expect("write frame");
         self.frame().await.0
     }
 }
@@ -413,7 +422,10 @@ async fn java_restored_reseeds_the_jdk_generators_and_runs_hooks() {
     let a2 = a.call(json!({})).await;
     let b2 = b.call(json!({})).await;
     assert_ne!(a2["r"], b2["r"], "Math.random repeats across copies");
-    assert_ne!(a2["tlr"], b2["tlr"], "ThreadLocalRandom repeats across copies");
+    assert_ne!(
+        a2["tlr"], b2["tlr"],
+        "ThreadLocalRandom repeats across copies"
+    );
     assert_ne!(a2["random"], b2["random"]);
     assert_ne!(a2["uuid"], b2["uuid"]);
     assert_eq!(a2["hooks"], "first,second,");
@@ -431,7 +443,10 @@ async fn java_failing_restore_hook_answers_not_ok() {
     match p.restored(&"00".repeat(32)).await {
         FromRuntime::Restored { ok: false, message } => {
             let m = message.unwrap_or_default();
-            assert!(m.contains("raised java.lang.IllegalStateException: cannot reconnect"), "{m}");
+            assert!(
+                m.contains("raised java.lang.IllegalStateException: cannot reconnect"),
+                "{m}"
+            );
         }
         other => panic!("expected ok: false, got {other:?}"),
     }
@@ -495,7 +510,11 @@ fn java_jit_settle_waits_for_an_empty_compile_queue() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Settle returned with nothing compiling or queued (the query itself
     // runs no new hot code, so nothing is queued between the two).
     assert!(text.trim_end().ends_with("IDLE"), "{text}");

@@ -127,7 +127,7 @@ pub struct Runtime {
     /// Its `runtime.toml`.
     pub desc: Description,
     pattern: regex::Regex,
-    files: &'static [(&'static str, &'static [u8])],
+    files: embedded::Files,
 }
 
 /// Every registered runtime, parsed once.
@@ -227,10 +227,7 @@ fn every_var() -> Vars {
 }
 
 impl Runtime {
-    fn parse(
-        folder: &'static str,
-        files: &'static [(&'static str, &'static [u8])],
-    ) -> Result<Runtime, CatalogError> {
+    fn parse(folder: &'static str, files: embedded::Files) -> Result<Runtime, CatalogError> {
         let invalid = |message: String| CatalogError::Invalid { folder, message };
         let text = files
             .iter()
@@ -254,9 +251,12 @@ impl Runtime {
             .iter()
             .chain(desc.env.values())
             .chain(&desc.requires)
-            .chain(desc.prepare.iter().chain(&desc.build).flat_map(|s| {
-                s.run.iter().flatten().filter(|a| a.as_str() != "{inputs}")
-            }));
+            .chain(
+                desc.prepare
+                    .iter()
+                    .chain(&desc.build)
+                    .flat_map(|s| s.run.iter().flatten().filter(|a| a.as_str() != "{inputs}")),
+            );
         for t in templates {
             expand(t, &all).map_err(invalid)?;
         }
@@ -287,7 +287,10 @@ impl Runtime {
             }
             for rel in s.file.iter().chain(&s.output) {
                 if !crate::spec::valid_code_path(rel) {
-                    return Err(invalid(format!("step {:?}: {rel:?} is not relative", s.what)));
+                    return Err(invalid(format!(
+                        "step {:?}: {rel:?} is not relative",
+                        s.what
+                    )));
                 }
             }
         }
@@ -448,7 +451,10 @@ pub struct Runtimes {
     prepare_lock: tokio::sync::Mutex<()>,
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
     move |source| InstallError {
         what,
         path: path.to_path_buf(),
@@ -456,7 +462,10 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     }
 }
 
-fn build_io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
+fn build_io<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
     move |source| BuildError::Io {
         what,
         path: path.to_path_buf(),
@@ -592,7 +601,13 @@ impl Runtimes {
     /// environment, the spec's limits. A runtime unknown to this build (a
     /// record written by another) gets a command that fails to start, so its
     /// boots fail with a clear error.
-    pub fn launch(&self, spec: &FunctionSpec, function: &str, version: u64, code_dir: PathBuf) -> LaunchSpec {
+    pub fn launch(
+        &self,
+        spec: &FunctionSpec,
+        function: &str,
+        version: u64,
+        code_dir: PathBuf,
+    ) -> LaunchSpec {
         let mut vars = self.base_vars();
         vars.set("handler", spec.handler.clone())
             .set("function", function)
@@ -853,7 +868,9 @@ mod tests {
         v.set("heap_mb", "160");
         assert_eq!(expand("-Xmx{heap_mb}m", &v).unwrap(), "-Xmx160m");
         assert_eq!(expand("{{x}}", &v).unwrap(), "{x}");
-        assert!(expand("{nope}", &v).unwrap_err().contains("unknown variable {nope}"));
+        assert!(expand("{nope}", &v)
+            .unwrap_err()
+            .contains("unknown variable {nope}"));
         assert!(expand("{heap_mb", &v).unwrap_err().contains("unclosed"));
     }
 
@@ -875,7 +892,11 @@ mod tests {
         assert!(ok("java17", "Hello::handle"));
         assert!(!ok("java17", "example.Hello.handle"));
         assert!(!ok("java17", "example.Hello::"));
-        let err = c.get("java17").unwrap().validate_handler("x.y").unwrap_err();
+        let err = c
+            .get("java17")
+            .unwrap()
+            .validate_handler("x.y")
+            .unwrap_err();
         assert!(err.contains("pkg.Class::method"), "{err}");
     }
 
