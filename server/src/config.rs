@@ -95,6 +95,10 @@ pub struct Settings {
     /// Most pre-made stub sandboxes in all, over every version (default 16).
     #[arg(long, env = "THAW_SPARE_SANDBOXES_MAX")]
     pub spare_sandboxes_max: Option<usize>,
+    /// Most dashboard sessions kept at once per role; beyond it the oldest
+    /// of that role is signed out (default 10000).
+    #[arg(long, env = "THAW_SESSIONS_PER_ROLE")]
+    pub sessions_per_role: Option<usize>,
     /// Deploy the function in this folder at start (repeatable).
     #[arg(long = "deploy")]
     #[serde(default)]
@@ -126,6 +130,7 @@ impl Settings {
             log_max_age_s: self.log_max_age_s.or(below.log_max_age_s),
             spare_sandboxes: self.spare_sandboxes.or(below.spare_sandboxes),
             spare_sandboxes_max: self.spare_sandboxes_max.or(below.spare_sandboxes_max),
+            sessions_per_role: self.sessions_per_role.or(below.sessions_per_role),
             deploy: if self.deploy.is_empty() {
                 below.deploy
             } else {
@@ -157,6 +162,7 @@ impl Settings {
             max_body: self.max_body_mb.unwrap_or(6) << 20,
             memory_budget: self.memory_budget_mb.map(|m| m << 20),
             tokens,
+            token_file: self.token_file.clone(),
             allow_forced_cold: self.allow_forced_cold.unwrap_or(false),
             memory_mode: self.memory_mode.unwrap_or_default(),
             deploy: self.deploy,
@@ -172,6 +178,9 @@ impl Settings {
                     max_total: self.spare_sandboxes_max.unwrap_or(d.max_total),
                 }
             },
+            sessions_per_role: self
+                .sessions_per_role
+                .unwrap_or(crate::ui::session::DEFAULT_PER_ROLE),
         })
     }
 }

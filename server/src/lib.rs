@@ -9,6 +9,10 @@
 //! * [`service`]: deploy, version routing, invoke, delete.
 //! * [`api`]: the axum router over the service.
 //! * [`auth`]: API tokens and roles.
+//! * [`guard`]: cross-site requests and DNS rebinding.
+//! * [`answer`]: the headers of a function's answer.
+//! * [`redact`]: what non-admin callers may not read.
+//! * [`private`]: permissions of the data directory.
 //! * [`serve`]: `thaw serve`.
 //! * [`config`]: its settings (file, environment, flags).
 //! * [`client`]: the commands that talk to a server.
@@ -17,14 +21,18 @@
 //! * [`ui`]: the dashboard's routes, sessions and live stream.
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod api;
 pub mod auth;
 pub mod bundle;
 pub mod client;
 pub mod config;
+pub mod guard;
 pub mod logstore;
 pub mod metrics;
+pub mod private;
 pub mod rebuild;
+pub mod redact;
 pub mod registry;
 pub mod runtime;
 pub mod serve;

@@ -649,9 +649,18 @@ impl Runtimes {
         put(&mut env, "THAW_HANDLER", spec.handler.clone());
         put(&mut env, "THAW_FUNCTION", function.to_string());
         put(&mut env, "THAW_VERSION", version.to_string());
+        // What of the host the sandbox sees: the allow-list of this runtime
+        // (pool::sandbox::binds), and the interpreter wherever it is.
+        let mut binds = pool::sandbox::binds::for_runtime(&spec.runtime)
+            .map(|r| r.paths())
+            .unwrap_or_else(|| pool::sandbox::binds::BASE.iter().map(PathBuf::from).collect());
+        if let Some(exe) = argv.first() {
+            binds.push(PathBuf::from(exe));
+        }
         LaunchSpec {
             code_dir,
             runtime_dir,
+            binds,
             argv,
             env,
             cwd: TASK_DIR.into(),
@@ -659,6 +668,7 @@ impl Runtimes {
                 memory_bytes: spec.memory_mb << 20,
                 pids: spec.pids,
                 cpu_weight: spec.cpu_weight,
+                cpu_millicores: spec.cpu.map(|cores| (cores * 1000.0).round() as u64),
             },
             tmp_mb: spec.tmp_mb,
             network: spec.network,

@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub memory_budget: Option<u64>,
     /// Accepted API tokens.
     pub tokens: crate::auth::Tokens,
+    /// The file they came from, if any (narrowed to 0600 at start).
+    pub token_file: Option<PathBuf>,
     /// Honour `x-thaw-cold`.
     pub allow_forced_cold: bool,
     /// Default memory mode of restored copies.
@@ -46,6 +48,8 @@ pub struct ServeOptions {
     pub logs: LogLimits,
     /// Pre-made stub sandboxes kept for cold starts.
     pub spares: pool::manager::SpareConfig,
+    /// Most browser sessions kept at once per role.
+    pub sessions_per_role: usize,
 }
 
 fn total_memory() -> u64 {
@@ -106,12 +110,41 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("thaw serve must run as root: sandboxes need namespaces, mounts and cgroups");
     }
-    std::fs::create_dir_all(&opts.data_dir)
+    crate::registry::create_private_dir(&opts.data_dir)
         .with_context(|| format!("creating data directory {}", opts.data_dir.display()))?;
     let data_dir = opts
         .data_dir
         .canonicalize()
         .with_context(|| format!("resolving {}", opts.data_dir.display()))?;
+    // Snapshots hold function memory and records hold secrets: the data
+    // directory is the server's alone (see `private`).
+    let fixed = crate::private::secure_data_dir(&data_dir)
+        .with_context(|| format!("making {} private", data_dir.display()))?;
+    if fixed != crate::private::Fixed::default() {
+        tracing::warn!(
+            dirs = fixed.dirs,
+            files = fixed.files,
+            data_dir = %data_dir.display(),
+            "narrowed permissions in the data directory (0700 directories, 0600 files)"
+        );
+    }
+    if let Some(path) = &opts.token_file {
+        match crate::private::narrow_token_file(path) {
+            Ok(true) => tracing::warn!(
+                path = %path.display(),
+                "the token file was readable by others; narrowed to 0600"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "checking the token file"),
+        }
+    }
+    for dir in [
+        crate::snapshots::snapshots_dir(&data_dir),
+        crate::store_view::store_dir(&data_dir),
+    ] {
+        crate::registry::create_private_dir(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
 
     let hash_seed = hash_seed(&data_dir)?;
     // The runtimes embedded in the binary (runtimes/*), written where
@@ -189,9 +222,12 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     for dir in &opts.deploy {
         let bundle = crate::bundle::read_bundle(dir)?;
         let name = bundle.spec.name.clone();
-        service
-            .deploy(bundle.spec, &bundle.files, bundle.archive.as_deref())
-            .map_err(|e| anyhow::anyhow!("deploying {}: {}", dir.display(), e.message))?;
+        let svc = service.clone();
+        tokio::task::spawn_blocking(move || {
+            svc.deploy(bundle.spec, &bundle.files, bundle.archive.as_deref())
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("deploying {}: {}", dir.display(), e.message))?;
         tracing::info!(function = %name, "example deployed");
         deployed.push(name);
     }
@@ -208,6 +244,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     let state = AppState {
         service: service.clone(),
         tokens: Arc::new(opts.tokens.clone()),
+        sessions: Arc::new(crate::ui::session::Sessions::new(opts.sessions_per_role)),
     };
     // Every request gets an `x-request-id` (a client's own is kept), echoed
     // in the answer and recorded in the request's log span. The layer added
@@ -231,7 +268,12 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         .layer(trace)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    // The client's address keys the sign-in rate limit.
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
         let _ = stop_rx.changed().await;
     });
     let mut server = std::pin::pin!(server.into_future());

@@ -54,6 +54,8 @@ pub enum ErrorKind {
     ConcurrencyLimit,
     /// 429
     MemoryBudget,
+    /// 429
+    RateLimited,
     /// 500
     HandlerError,
     /// 500
@@ -81,6 +83,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::ConcurrencyLimit => "concurrency_limit",
             ErrorKind::MemoryBudget => "memory_budget",
+            ErrorKind::RateLimited => "rate_limited",
             ErrorKind::HandlerError => "handler_error",
             ErrorKind::Internal => "internal_error",
             ErrorKind::InitError => "init_error",
@@ -99,7 +102,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::NoSnapshot => 409,
             ErrorKind::PayloadTooLarge => 413,
-            ErrorKind::ConcurrencyLimit | ErrorKind::MemoryBudget => 429,
+            ErrorKind::ConcurrencyLimit | ErrorKind::MemoryBudget | ErrorKind::RateLimited => 429,
             ErrorKind::HandlerError | ErrorKind::Internal => 500,
             ErrorKind::InitError | ErrorKind::FunctionCrashed => 502,
             ErrorKind::ShuttingDown => 503,
@@ -433,6 +436,10 @@ impl Service {
             .runtimes
             .check_available(&spec.runtime)
             .map_err(|e| ApiError::new(ErrorKind::InvalidSpec, e.to_string()))?;
+        // One deploy or delete of a name at a time: the number chosen here
+        // is in the record before the next deploy chooses one. (Blocking:
+        // callers run this on a blocking thread.)
+        let _serial = self.registry.name_lock(&name).blocking_lock_owned();
         let number = {
             let map = self.functions.read().unwrap();
             map.get(&name)
@@ -775,6 +782,7 @@ impl Service {
 
     /// Deletes a function: stops its instances, frees its files and logs.
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let _serial = self.registry.name_lock(name).lock_owned().await;
         let removed = self.functions.write().unwrap().remove(name);
         let Some(versions) = removed else {
             return Err(ApiError::new(

@@ -44,6 +44,10 @@ pub struct FunctionSpec {
     /// CPU weight 1..=10000 (default 100).
     #[serde(default = "default_cpu_weight")]
     pub cpu_weight: u64,
+    /// CPU cap in cores (`0.5`: half of one core), enforced as a CFS
+    /// quota; default none: uncapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
     /// Most processes and threads (default 64).
     #[serde(default = "default_pids")]
     pub pids: u64,
@@ -131,6 +135,16 @@ fn default_snapshot() -> bool {
     true
 }
 
+/// Smallest `cpu` cap, cores (1 ms of CPU per 100 ms period).
+pub const MIN_CPU: f64 = 0.01;
+
+/// Cores of this host (what a `cpu` cap may be at most).
+fn host_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// A spec that cannot be deployed; the message names the field.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -213,6 +227,14 @@ impl FunctionSpec {
         range("timeout_ms", self.timeout_ms, 1, 900_000)?;
         range("concurrency", self.concurrency, 1, 1_000)?;
         range("cpu_weight", self.cpu_weight, 1, 10_000)?;
+        if let Some(cpu) = self.cpu {
+            let cores = host_cores();
+            if !cpu.is_finite() || cpu < MIN_CPU || cpu > cores as f64 {
+                return Err(invalid(format!(
+                    "field `cpu` must be between {MIN_CPU} and {cores} (this host's cores), got {cpu}"
+                )));
+            }
+        }
         range("pids", self.pids, 4, 32_768)?;
         range("keep_alive_s", self.keep_alive_s, 0, 7 * 86_400)?;
         range("min_instances", self.min_instances, 0, MAX_MIN_INSTANCES)?;
@@ -354,6 +376,30 @@ mod tests {
         .unwrap();
         assert_eq!(s.handler, "example.Hello::handle");
         assert_eq!(s.warmup_repeat, 50);
+    }
+
+    #[test]
+    fn cpu_is_cores_validated_against_the_host() {
+        let s = FunctionSpec::from_fields(fields(serde_json::json!({"name": "a"}))).unwrap();
+        assert_eq!(s.cpu, None, "uncapped by default");
+        assert!(!serde_json::to_string(&s).unwrap().contains("\"cpu\""));
+        let s = FunctionSpec::from_fields(fields(serde_json::json!({"name": "a", "cpu": 0.5})))
+            .unwrap();
+        assert_eq!(s.cpu, Some(0.5));
+        assert!(serde_json::to_string(&s).unwrap().contains("\"cpu\":0.5"));
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(-1),
+            serde_json::json!(0.001),
+            serde_json::json!(100_000),
+            serde_json::json!("half"),
+        ] {
+            let err =
+                FunctionSpec::from_fields(fields(serde_json::json!({"name": "a", "cpu": bad})))
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains("cpu"), "{err} should name cpu");
+        }
     }
 
     #[test]

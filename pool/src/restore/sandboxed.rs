@@ -183,18 +183,21 @@ impl SnapshotRestorer {
     /// into the copy. Blocking; ptrace from the calling thread. In `uffd`
     /// mode the snapshot's working set, if recorded, is prefetched before
     /// the copy resumes, and the copy's page server is returned: its owner
-    /// keeps it until the copy is gone.
+    /// keeps it until the copy is gone. `keeper`: the sandbox's
+    /// `uffd_keeper` (required in `uffd` mode).
     pub fn finish(
         &self,
         copy: &PreparedCopy,
         stub_pid: i32,
         mode: Mode,
+        keeper: Option<BorrowedFd<'_>>,
     ) -> Result<(RestoreTimings, Option<CopyServer>), RestoreError> {
         // The copy may have waited (a spare): its files must still be as
         // the snapshot saw them.
         copy.prepared.recheck(&copy.snapshot)?;
         let mut options = options(Vec::new());
         options.mode = mode;
+        options.uffd_keeper = keeper;
         if mode == Mode::Uffd {
             if let Some(pages) = self.working_set(&copy.snapshot.id) {
                 options.prefetch = pages.to_vec();
@@ -229,5 +232,6 @@ fn options(fds: Vec<(i32, BorrowedFd<'_>)>) -> RestoreOptions<'_> {
         cgroups: Vec::new(),
         prefetch: Vec::new(),
         prefetch_in_background: false,
+        uffd_keeper: None,
     }
 }

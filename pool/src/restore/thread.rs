@@ -311,16 +311,12 @@ const CAP_LAST: u32 = 40;
 /// before needed): bounding set, groups, gids, uids, `NoNewPrivs`, and
 /// `PR_SET_DUMPABLE` (changing ids clears it; the original was dumpable or
 /// it could not have been captured). Capabilities follow the usual rules of
-/// a uid change; a seccomp filter cannot be restored (its program is not
-/// captured), so such a snapshot is refused.
+/// a uid change. The seccomp policy comes after (`super::seccomp`).
 pub fn set_credentials(batch: &mut Batch, state: &ProcessState) -> Result<(), RestoreError> {
     let p = &state.process;
-    if p.seccomp != 0 {
-        return Err(RestoreError::Unsupported(format!(
-            "the process ran under seccomp (mode {}); its filter is not captured",
-            p.seccomp
-        )));
-    }
+    // Mode 2 (thaw's policy, the only filter capture accepts) is
+    // reinstalled after this (`super::seccomp`); strict mode is refused.
+    super::seccomp::wanted(state, false)?;
     let bounding = p.capabilities[3];
     for cap in 0..=CAP_LAST {
         if bounding & (1 << cap) == 0 {

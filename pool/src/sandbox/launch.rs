@@ -11,7 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 
-use super::{Network, SandboxSpec, SPEC_ENV, STATUS_FD};
+use super::{Network, SandboxSpec, KEEPER_FD, SPEC_ENV, STATUS_FD};
 use crate::cgroup::{Cgroup, CgroupError, CgroupLimits, CgroupRoot};
 
 /// How sandboxes are made on this host. Shared by all launches.
@@ -40,6 +40,9 @@ pub struct LaunchSpec {
     pub code_dir: PathBuf,
     /// Host directory bound read-only at `/var/runtime`.
     pub runtime_dir: Option<PathBuf>,
+    /// Host paths the runtime needs, bound read-only at the same place
+    /// (an allow-list: [`super::binds::RuntimeBinds::paths`]).
+    pub binds: Vec<PathBuf>,
     /// Command line, `argv[0]` absolute.
     pub argv: Vec<String>,
     /// Whole environment of the function.
@@ -156,10 +159,25 @@ pub struct Sandbox {
     pub stdout: Option<pipe::Receiver>,
     /// The function's stderr.
     pub stderr: Option<pipe::Receiver>,
+    /// Stub sandboxes: the server's end of the socket to pid 1 (see
+    /// [`Sandbox::uffd_keeper`]).
+    keeper: Option<OwnedFd>,
 }
 
 fn pipe_pair() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     pipe2(OFlag::O_CLOEXEC).map_err(nix_io("create pipe"))
+}
+
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets (close-on-exec).
+fn keeper_pair() -> Result<(OwnedFd, OwnedFd), LaunchError> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(nix_io("create keeper socket"))
 }
 
 fn new_id() -> String {
@@ -220,6 +238,7 @@ impl Sandbox {
             root_dir: root_dir.to_path_buf(),
             code_dir: spec.code_dir.clone(),
             runtime_dir: spec.runtime_dir.clone(),
+            binds: spec.binds.clone(),
             mask: config.mask.clone(),
             tmp_mb: spec.tmp_mb,
             network: spec.network,
@@ -242,12 +261,20 @@ impl Sandbox {
         let (out_r, out_w) = pipe_pair()?;
         let (err_r, err_w) = pipe_pair()?;
         let (status_r, status_w) = pipe_pair()?;
+        let keeper = if spec.stub {
+            Some(keeper_pair()?)
+        } else {
+            None
+        };
 
         let mut targets: Vec<(RawFd, RawFd)> = vec![
             (req_r.as_raw_fd(), 3),
             (resp_w.as_raw_fd(), 4),
             (status_w.as_raw_fd(), STATUS_FD),
         ];
+        if let Some((_, init_end)) = &keeper {
+            targets.push((init_end.as_raw_fd(), KEEPER_FD));
+        }
         targets.extend(extra.iter().map(|(fd, n)| (fd.as_raw_fd(), *n)));
         // Sources are first moved above every target, so no dup2 can clobber
         // a source that is still to be placed.
@@ -289,6 +316,7 @@ impl Sandbox {
         let child = cmd.spawn().map_err(io("start sandbox init"))?;
         drop(cmd);
         drop((req_r, resp_w, status_w));
+        let keeper = keeper.map(|(server_end, _init_end)| server_end);
 
         // The status pipe closes when the function's exec succeeded; any
         // bytes on it are a setup error.
@@ -304,6 +332,7 @@ impl Sandbox {
             responses: Some(pipe::Receiver::from_owned_fd(resp_r).map_err(io("response pipe"))?),
             stdout: Some(pipe::Receiver::from_owned_fd(out_r).map_err(io("stdout pipe"))?),
             stderr: Some(pipe::Receiver::from_owned_fd(err_r).map_err(io("stderr pipe"))?),
+            keeper,
         };
         if !message.is_empty() {
             sandbox.kill();
@@ -316,6 +345,18 @@ impl Sandbox {
     /// The host pid of the outer init process.
     pub fn init_pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Stub sandboxes: a socket to pid 1, which holds whatever descriptor
+    /// is sent on it (`SCM_RIGHTS`) for as long as the sandbox lives. A
+    /// `uffd` copy's userfaultfd goes there, so that no process of the
+    /// function holds one while the kernel still never releases it (a
+    /// released userfaultfd would turn the copy's missing pages into zeros
+    /// if the server died). pid 1 takes one message; closing this end
+    /// without sending releases it to its usual wait.
+    pub fn uffd_keeper(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.keeper.as_ref().map(|k| k.as_fd())
     }
 
     /// The sandbox's cgroup.

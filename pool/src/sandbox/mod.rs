@@ -21,16 +21,20 @@
 //!   whole pid namespace.
 //!
 //! The root filesystem ([`mounts`]) is a small read-only tmpfs holding
-//! read-only binds of the host's top-level directories (not `/proc`, `/sys`,
-//! `/dev`, `/tmp`, `/run`, `/var`, `/root`, `/home`, ...), the function's code
+//! read-only binds of what the function's runtime needs of the host, an
+//! allow-list declared per runtime in [`binds`] (`/usr`, a few files of
+//! `/etc`; never `/home`, `/root`, `/opt`, `/srv`, `/var`, ...), its own
+//! `/etc/passwd` and `/etc/group`, the function's code
 //! at `/var/task`, the runtime at `/var/runtime`, a size-limited tmpfs `/tmp`,
 //! a fresh `/proc`, and a `/dev` with only `null`, `zero`, `full`, `random`
 //! and `urandom`. thaw's data directory is masked with an empty read-only
 //! tmpfs.
 
+pub mod binds;
 pub mod init;
 mod launch;
 mod mounts;
+pub mod seccomp;
 
 pub use launch::{host_pid_of, LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExit};
 
@@ -45,6 +49,12 @@ pub const SPEC_ENV: &str = "THAW_SANDBOX_SPEC";
 /// High, so that descriptors handed to a restore stub can take the low
 /// numbers; below the sandbox's `RLIMIT_NOFILE`.
 pub const STATUS_FD: i32 = 1000;
+
+/// In a stub sandbox: pid 1's end of a socket on which the restorer hands
+/// it a `uffd` copy's userfaultfd to hold (see [`init`],
+/// `Sandbox::uffd_keeper`). Above [`STATUS_FD`], so never a number the
+/// restorer places descriptors at; the stub closes it.
+pub const KEEPER_FD: i32 = STATUS_FD + 1;
 
 /// The uid and gid functions run as by default (`nobody`).
 pub const DEFAULT_UID: u32 = 65534;
@@ -71,6 +81,9 @@ pub struct SandboxSpec {
     pub code_dir: PathBuf,
     /// Host directory bound read-only at `/var/runtime`, if any.
     pub runtime_dir: Option<PathBuf>,
+    /// Host paths bound read-only at the same place: the runtime's
+    /// allow-list ([`binds`]).
+    pub binds: Vec<PathBuf>,
     /// Host paths hidden inside the sandbox.
     pub mask: Vec<PathBuf>,
     /// Size of the private `/tmp`, MiB.

@@ -7,7 +7,8 @@
 //! a [`PageSink`], and detaches: the original keeps running.
 //!
 //! ```text
-//!   seize + interrupt ─ refuse? (threads, children, pending signals)
+//!   seize + interrupt ─ refuse? (threads, children, pending signals,
+//!     seccomp filters other than the accepted ones)
 //!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory)
 //!   ─ regs, xsave, sigmask, rseq ─ injected: rt_sigaction ×n, brk(0),
 //!     getitimer ×3, PR_GET_TID_ADDRESS, sigaltstack ─ pagemap scan
@@ -16,7 +17,7 @@
 //!
 //! Modules: [`ptrace`] (holding the process), [`inject`] (running syscalls
 //! in it, reusable by the restorer), [`maps`], [`areas`], [`pagemap`],
-//! [`memory`], [`signals`], [`thread`], [`mm`], [`fds`], [`refuse`].
+//! [`memory`], [`signals`], [`thread`], [`mm`], [`fds`], [`refuse`], [`seccomp`].
 
 pub mod areas;
 pub mod fds;
@@ -28,6 +29,7 @@ pub mod pagemap;
 pub mod procfs;
 pub mod ptrace;
 pub mod refuse;
+pub mod seccomp;
 pub mod signals;
 pub mod thread;
 
@@ -101,6 +103,11 @@ pub struct CaptureOptions {
     /// Use the `PAGEMAP_SCAN` ioctl when the kernel has it (else pagemap
     /// entries are read). Default true.
     pub pagemap_scan: bool,
+    /// Seccomp programs (8 bytes per instruction, as the kernel returns
+    /// them) a captured process may run under: each of its filters must be
+    /// one of these, or the capture is refused ([`seccomp::check`]). Default
+    /// none: a process under any filter is refused.
+    pub seccomp_filters: Vec<Vec<u8>>,
 }
 
 impl Default for CaptureOptions {
@@ -109,6 +116,7 @@ impl Default for CaptureOptions {
             protocol_fds: vec![0, 1, 2, 3, 4],
             batch_bytes: 2 << 20,
             pagemap_scan: true,
+            seccomp_filters: Vec::new(),
         }
     }
 }
@@ -241,6 +249,11 @@ pub fn capture_timed(
     refuse::check_children(pid)?;
     let status = Status::read(pid)?;
     refuse::check_pending_signals(pid, &status)?;
+    seccomp::check(
+        pid,
+        status.number("Seccomp")? as u32,
+        &options.seccomp_filters,
+    )?;
     let fds = fds::capture(pid, &options.protocol_fds)?;
     let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
     let mut areas = areas::classify(pid, &entries)?;

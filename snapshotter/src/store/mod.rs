@@ -58,7 +58,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Deref;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -299,7 +299,7 @@ impl PageStore {
         };
         for sub in ["packs", "roots", "images"] {
             let p = dir.join(sub);
-            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+            atomic::create_private_dir(&p).map_err(io_err(&p))?;
         }
         let index_path = dir.join("index");
         if !index_path.exists() {
@@ -510,6 +510,7 @@ fn lock_exclusive(dir: &Path) -> io::Result<Flock<File>> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(atomic::PRIVATE_FILE)
         .open(dir.join("LOCK"))?;
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| errno.into())
 }

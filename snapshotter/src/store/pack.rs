@@ -22,7 +22,7 @@
 //! them for reading while writers and gc run: an unlinked pack stays readable
 //! through existing mappings.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::IoSlice;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -219,11 +219,8 @@ impl PackWriter {
             path: tmp.clone(),
             source,
         };
-        let file = OpenOptions::new()
+        let file = super::atomic::private_file()
             .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
             .open(&tmp)
             .map_err(err)?;
         Ok(PackWriter {
