@@ -805,3 +805,30 @@ async fn node_and_java_versions_boot_after_a_restart_and_a_changed_runtime() {
     assert!(!fresh.data.join("runtime/java/classes").exists());
     assert!(!fresh.data.join("runtime/node/reseed.node").exists());
 }
+
+#[tokio::test]
+async fn a_runtime_the_host_lacks_is_refused_at_deploy() {
+    require_root!();
+    let server = Server::start(&["--python", "/nonexistent/python3"]);
+    let a = server
+        .deploy(json!({"name": "no-python", "files": {"main.py": "def handler(e, c): return 1\n"}}))
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(a.json()["error"], "invalid_spec");
+    assert_eq!(
+        a.json()["message"],
+        "runtime python3 needs /nonexistent/python3, which this server does not have"
+    );
+    let a = server
+        .deploy(json!({"name": "ruby", "runtime": "ruby3", "files": {"main.rb": ""}}))
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(
+        a.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"must be one of "python3", "node20", "java17""#),
+        "{}",
+        a.text()
+    );
+}
