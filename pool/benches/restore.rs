@@ -212,7 +212,13 @@ fn guard_ab(snap: &Path, expected: &str) {
     let mut filter_len = 0;
     for _ in 0..ROUNDS {
         let started = Instant::now();
-        let g = pool::restore::anon::Guard::plan(&snapshot.state, &image.file, &[]).unwrap();
+        let g = pool::restore::anon::Guard::plan(
+            &snapshot.state,
+            &image.file,
+            &[],
+            &Default::default(),
+        )
+        .unwrap();
         plans.push(started.elapsed());
         filter_len = g.filter_len();
     }

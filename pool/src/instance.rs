@@ -285,6 +285,7 @@ impl Instance {
         snapshot: &SnapshotSource,
         restorer: &Restorer,
         copy: crate::restore::sandboxed::PreparedCopy,
+        credentials: crate::restore::Credentials,
         ready_timeout: Duration,
     ) -> Result<RestorePhases, RestoreFailure> {
         let mode: crate::restore::Mode =
@@ -308,7 +309,7 @@ impl Instance {
         };
         let (timings, server) = tokio::task::spawn_blocking(move || {
             use std::os::fd::AsFd;
-            r.finish(&copy, pid, mode, keeper.as_ref().map(|k| k.as_fd()))
+            r.finish(&copy, pid, mode, keeper.as_ref().map(|k| k.as_fd()), credentials)
         })
         .await
         .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
@@ -582,6 +583,9 @@ pub struct Stub {
     instance: Instance,
     copy: crate::restore::sandboxed::PreparedCopy,
     snapshot: SnapshotSource,
+    /// What the copy runs as: the sandbox's uid and gid, never the
+    /// snapshot's.
+    credentials: crate::restore::Credentials,
 }
 
 impl Stub {
@@ -612,6 +616,10 @@ impl Stub {
             instance,
             copy,
             snapshot: snapshot.clone(),
+            credentials: crate::restore::Credentials::Function {
+                uid: config.uid,
+                gid: config.gid,
+            },
         })
     }
 
@@ -647,9 +655,10 @@ impl Stub {
             mut instance,
             copy,
             snapshot,
+            credentials,
         } = self;
         match instance
-            .become_copy(&snapshot, restorer, copy, ready_timeout)
+            .become_copy(&snapshot, restorer, copy, credentials, ready_timeout)
             .await
         {
             Ok(phases) => {

@@ -118,6 +118,7 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
             prefetch: vec![],
             prefetch_in_background: false,
             uffd_keeper: None,
+            credentials: pool::restore::Credentials::Snapshot,
         },
     )
     .unwrap_err();
@@ -158,6 +159,7 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
             prefetch: vec![],
             prefetch_in_background: false,
             uffd_keeper: None,
+            credentials: pool::restore::Credentials::Snapshot,
         },
     )
     .unwrap_err();

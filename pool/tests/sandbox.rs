@@ -48,6 +48,7 @@ fn env(tag: &str) -> Env {
         uid: 65534,
         gid: 65534,
         cgroups,
+        network: None,
     };
     Env {
         _dir: dir,
@@ -72,6 +73,7 @@ fn spec(env: &Env, script: &str) -> LaunchSpec {
         },
         tmp_mb: 8,
         network: Network::None,
+        network_allow: Vec::new(),
         no_aslr: false,
         stub: false,
     }

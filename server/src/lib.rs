@@ -19,6 +19,7 @@
 //! * [`bundle`]: function folders (`thaw.toml` + code).
 //! * [`store_view`]: the page store as the API and CLI show it.
 //! * [`ui`]: the dashboard's routes, sessions and live stream.
+//! * [`dns`]: the DNS forwarder of outbound sandboxes.
 #![forbid(unsafe_code)]
 
 pub mod answer;
@@ -28,6 +29,7 @@ pub mod bundle;
 pub mod client;
 pub mod config;
 pub mod guard;
+pub mod dns;
 pub mod logstore;
 pub mod metrics;
 pub mod private;

@@ -30,6 +30,8 @@ struct ServerArgs {
     token: Option<String>,
 }
 
+// Parsed once per run: the size of the settings variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (control plane and dashboard).

@@ -381,8 +381,9 @@ fn make_readable(dir: &Path) -> Result<(), RegistryError> {
 }
 
 /// Unpacks a tar.gz into `dst`, refusing paths that leave it, links, devices
-/// and archives that unpack to more than [`MAX_UNPACKED`] bytes.
-fn unpack(archive: &[u8], dst: &Path) -> Result<(), RegistryError> {
+/// and archives that unpack to more than [`MAX_UNPACKED`] bytes. Public so
+/// that the fuzz targets drive the real unpacker.
+pub fn unpack(archive: &[u8], dst: &Path) -> Result<(), RegistryError> {
     let bad = |m: String| RegistryError::BadCode(format!("field `archive`: {m}"));
     let gz = flate2::read::GzDecoder::new(archive);
     let mut tar = tar::Archive::new(gz.take(MAX_UNPACKED + 1));

@@ -681,6 +681,9 @@ impl Runtimes {
             },
             tmp_mb: spec.tmp_mb,
             network: spec.network,
+            // Validated at deploy; a record that no longer parses opens
+            // nothing.
+            network_allow: spec.network_allow_rules().unwrap_or_default(),
             // Warm-ups are captured: a fixed layout lets snapshots of every
             // boot and function share pages (see README, "Snapshots").
             no_aslr: true,

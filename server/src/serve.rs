@@ -50,6 +50,11 @@ pub struct ServeOptions {
     pub spares: pool::manager::SpareConfig,
     /// Most browser sessions kept at once per role.
     pub sessions_per_role: usize,
+    /// Addresses of outbound sandboxes (gateway first).
+    pub network_range: pool::sandbox::net::Ipv4Range,
+    /// Resolvers the DNS forwarder relays to (None: the host's
+    /// /etc/resolv.conf).
+    pub dns_upstream: Option<Vec<SocketAddr>>,
 }
 
 fn total_memory() -> u64 {
@@ -174,6 +179,8 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         );
     }
 
+    let (network, _dns) = start_network(&opts, &data_dir)?;
+
     let init_exe = std::env::current_exe().context("finding the thaw binary")?;
     let store = Arc::new(crate::store_view::open(&data_dir)?);
     let restorer = pool::restore::sandboxed::SnapshotRestorer::new(
@@ -193,6 +200,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             uid: DEFAULT_UID,
             gid: DEFAULT_UID,
             cgroups,
+            network: Some(network),
         },
         memory_budget: budget,
         init_timeout: Duration::from_secs(120),
@@ -294,6 +302,49 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     tracing::info!("stopping instances");
     pool.shutdown().await;
     Ok(())
+}
+
+/// Outbound sandboxes' networking: removes links a dead server left, and
+/// starts the DNS forwarder on the gateway (without it outbound sandboxes
+/// still work, by address only: the failure is logged).
+fn start_network(
+    opts: &ServeOptions,
+    data_dir: &Path,
+) -> Result<(
+    Arc<pool::sandbox::net::HostNetwork>,
+    Option<crate::dns::Forwarder>,
+)> {
+    use pool::sandbox::net::{HostNetwork, NetSettings};
+    let network = HostNetwork::new(NetSettings {
+        range: opts.network_range,
+        resolv_conf: data_dir.join("net/resolv.conf"),
+        owner_tag: install_tag(data_dir),
+    })
+    .context("setting up sandbox networking")?;
+    network.check_range()?;
+    match network.remove_stale() {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            links = n,
+            "removed sandbox network links left by an earlier run"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not look for stale sandbox network links"),
+    }
+    let upstreams = match &opts.dns_upstream {
+        Some(list) => list.clone(),
+        None => crate::dns::resolvers_from(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
+    };
+    let addr = SocketAddr::new(network.gateway().into(), 53);
+    let dns = match crate::dns::start(addr, upstreams) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), %addr, "outbound sandboxes get no DNS forwarder");
+            None
+        }
+    };
+    Ok((network, dns))
 }
 
 async fn stop_signal() {

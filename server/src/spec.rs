@@ -63,6 +63,10 @@ pub struct FunctionSpec {
     /// `none` (loopback only, default) or `outbound`.
     #[serde(default)]
     pub network: Network,
+    /// Private destinations an `outbound` function may reach,
+    /// `CIDR[:port]` (docs/network.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_allow: Vec<String>,
     /// Events invoked before the version is marked ready.
     #[serde(default)]
     pub warmup: Vec<serde_json::Value>,
@@ -248,6 +252,7 @@ impl FunctionSpec {
             }
         }
         range("warmup_repeat", self.warmup_repeat, 1, MAX_WARMUP_REPEAT)?;
+        self.network_allow_rules()?;
         if self.warmup.len() > MAX_WARMUP {
             return Err(invalid(format!(
                 "field `warmup` has more than {MAX_WARMUP} events"
@@ -267,6 +272,33 @@ impl FunctionSpec {
             return Err(invalid("field `env` has a value with a NUL byte"));
         }
         Ok(())
+    }
+}
+
+/// Most `network_allow` entries.
+pub const MAX_NETWORK_ALLOW: usize = 64;
+
+impl FunctionSpec {
+    /// The parsed `network_allow` entries; only `outbound` functions may
+    /// have any.
+    pub fn network_allow_rules(&self) -> Result<Vec<pool::sandbox::net::AllowRule>, InvalidSpec> {
+        if !self.network_allow.is_empty() && self.network != Network::Outbound {
+            return Err(invalid(
+                "field `network_allow` needs `network = \"outbound\"` (a function without network reaches nothing)",
+            ));
+        }
+        if self.network_allow.len() > MAX_NETWORK_ALLOW {
+            return Err(invalid(format!(
+                "field `network_allow` has more than {MAX_NETWORK_ALLOW} entries"
+            )));
+        }
+        self.network_allow
+            .iter()
+            .map(|e| {
+                e.parse()
+                    .map_err(|err| invalid(format!("field `network_allow`: {err}")))
+            })
+            .collect()
     }
 }
 
@@ -399,6 +431,55 @@ mod tests {
                     .unwrap_err()
                     .to_string();
             assert!(err.contains("cpu"), "{err} should name cpu");
+        }
+    }
+
+    #[test]
+    fn network_allow_is_validated() {
+        let s = FunctionSpec::from_fields(fields(serde_json::json!({
+            "name": "a", "network": "outbound", "network_allow": ["10.1.2.0/24:5432", "192.168.7.7"]
+        })))
+        .unwrap();
+        let rules = s.network_allow_rules().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].port, Some(5432));
+        for (json, needle) in [
+            (
+                serde_json::json!({"name": "a", "network_allow": ["10.0.0.0/8"]}),
+                "outbound",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "outbound", "network_allow": ["10.0.0.1/8"]}),
+                "host bits",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "outbound", "network_allow": ["db:5432"]}),
+                "CIDR[:port]",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "outbound", "network_allow": ["10.0.0.0/8:0"]}),
+                "port",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "outbound", "network_allow": ["fd00::/8"]}),
+                "IPv6",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "outbound", "network_allow": ["127.0.0.1"]}),
+                "loopback",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "outbound", "network_allow": "10.0.0.0/8"}),
+                "network_allow",
+            ),
+        ] {
+            let err = FunctionSpec::from_fields(fields(json))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("network_allow") && err.contains(needle),
+                "{err} should name network_allow and {needle}"
+            );
         }
     }
 

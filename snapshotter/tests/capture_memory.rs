@@ -135,10 +135,18 @@ fn stores_exactly_the_private_non_zero_pages() {
     };
 
     // Thread registrations.
-    let alt = state.thread.alt_stack.expect("sigaltstack was set");
+    let alt = state.main_thread().alt_stack.expect("sigaltstack was set");
     assert_eq!((alt.sp, alt.size, alt.flags), (alt_stack, 65536, 0));
-    assert_ne!(state.thread.tid_address, 0, "glibc sets clear_child_tid");
-    assert_ne!(state.thread.robust_list, 0, "glibc registers a robust list");
+    assert_ne!(
+        state.main_thread().tid_address,
+        0,
+        "glibc sets clear_child_tid"
+    );
+    assert_ne!(
+        state.main_thread().robust_list,
+        0,
+        "glibc registers a robust list"
+    );
     let stored_page = |area: usize, index: u64| {
         sink.pages()
             .find(|&(a, i, _)| a == area && i == index)

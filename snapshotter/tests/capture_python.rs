@@ -48,10 +48,19 @@ fn python_keeps_running_and_answers_after_capture() {
     assert_eq!(state.areas.len(), state2.areas.len());
 
     // Blocked in read(3, …): the kernel's restart rule is pending.
-    assert_eq!(state.registers.orig_rax, libc::SYS_read as u64);
-    assert_eq!(state.registers.rdi, 3);
-    assert_eq!(state.registers.restart_pending(), Restart::Same);
-    assert!(state.xsave.len() >= 576, "xsave has legacy area and header");
+    assert_eq!(
+        state.main_thread().registers.orig_rax,
+        libc::SYS_read as u64
+    );
+    assert_eq!(state.main_thread().registers.rdi, 3);
+    assert_eq!(
+        state.main_thread().registers.restart_pending(),
+        Restart::Same
+    );
+    assert!(
+        state.main_thread().xsave.len() >= 576,
+        "xsave has legacy area and header"
+    );
 
     // Thread and process state.
     assert_eq!(state.pid, worker.pid());
@@ -63,7 +72,7 @@ fn python_keeps_running_and_answers_after_capture() {
     assert!(state.mm.start_brk <= state.mm.brk);
     assert!(state.mm.arg_start < state.mm.arg_end);
     assert_eq!(state.mm.auxv.last(), Some(&(libc::AT_NULL, 0)));
-    let rseq = state.rseq.expect("glibc registers rseq");
+    let rseq = state.main_thread().rseq.expect("glibc registers rseq");
     assert_ne!(rseq.address, 0);
     assert_eq!(rseq.signature, 0x5305_3053, "glibc x86_64 RSEQ_SIG");
     let sigint = state
@@ -80,8 +89,16 @@ fn python_keeps_running_and_answers_after_capture() {
         .find(|h| h.signal == libc::SIGPIPE as u32);
     assert_eq!(sigpipe.map(|h| h.handler), Some(libc::SIG_IGN as u64));
     assert_eq!(state.process.rlimits.len(), 16);
-    assert_ne!(state.thread.tid_address, 0, "glibc sets clear_child_tid");
-    assert_ne!(state.thread.robust_list, 0, "glibc registers a robust list");
+    assert_ne!(
+        state.main_thread().tid_address,
+        0,
+        "glibc sets clear_child_tid"
+    );
+    assert_ne!(
+        state.main_thread().robust_list,
+        0,
+        "glibc registers a robust list"
+    );
     assert!(!state.process.cwd.is_empty());
 
     // The protocol fds.

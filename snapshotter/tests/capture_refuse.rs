@@ -22,22 +22,61 @@ fn refused(pid: i32) -> (Refusal, String) {
     }
 }
 
+/// Threads are no longer a refusal: every thread is captured (main first,
+/// each with its own tid and registers) and the original keeps running.
 #[test]
-fn multi_threaded_process_is_refused() {
-    if !can_capture("multi_threaded_process_is_refused") || !have_python("threads") {
+fn multi_threaded_process_is_captured_whole() {
+    if !can_capture("multi_threaded_process_is_captured_whole") || !have_python("threads") {
         return;
     }
     let (mut worker, digest) = python("thread", &[]);
-    let (reason, message) = refused(worker.pid());
-    assert_eq!(reason, Refusal::Threads { count: 2 });
+    let pid = worker.pid();
+    let mut tasks: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    tasks.sort();
+    let mut sink = VecSink::default();
+    let state = capture(pid, &CaptureOptions::default(), &mut sink).unwrap();
+    state.validate().unwrap();
+    let tids: Vec<i32> = state.threads.iter().map(|t| t.tid).collect();
     assert_eq!(
-        message,
-        format!(
-            "capture of pid {} refused: it has 2 threads; only single-threaded processes can be restored",
-            worker.pid()
-        )
+        tids, tasks,
+        "main thread first, then the other in tid order"
     );
+    assert_eq!(state.threads[0].tid, pid);
+    let other = &state.threads[1];
+    assert_ne!(
+        other.registers.fs_base, state.threads[0].registers.fs_base,
+        "own TLS"
+    );
+    assert_ne!(
+        other.tid_address, 0,
+        "glibc sets clear_child_tid per thread"
+    );
+    assert_ne!(other.robust_list, state.threads[0].robust_list);
     assert_eq!(worker.ask("t"), format!("echo:t {digest}"));
+}
+
+/// A signal pending for one thread only (blocked there, sent with
+/// `pthread_kill`) would be lost: refused, naming the thread.
+#[test]
+fn signal_pending_for_one_thread_is_refused() {
+    if !can_capture("signal_pending_for_one_thread_is_refused") || !have_python("threads") {
+        return;
+    }
+    let (mut worker, digest) = python("thread_signal", &[]);
+    let (reason, message) = refused(worker.pid());
+    let Refusal::ThreadSignals { tid, mask } = reason else {
+        panic!("wrong reason: {message}")
+    };
+    assert_ne!(tid, worker.pid());
+    assert_eq!(mask, 1 << (libc::SIGUSR1 - 1));
+    assert!(
+        message.contains(&format!("pending for thread {tid}")),
+        "{message}"
+    );
+    assert_eq!(worker.ask("s"), format!("echo:s {digest}"));
 }
 
 #[test]

@@ -104,7 +104,10 @@ fn a_stopped_process_can_be_captured_and_stays_stopped() {
     assert_eq!(settled_state(worker.pid()), "T");
     let mut sink = VecSink::default();
     let state = capture(worker.pid(), &CaptureOptions::default(), &mut sink).unwrap();
-    assert_eq!(state.registers.orig_rax, libc::SYS_read as u64);
+    assert_eq!(
+        state.main_thread().registers.orig_rax,
+        libc::SYS_read as u64
+    );
     // Detached, it is back in its group stop, not in its read.
     assert_eq!(settled_state(worker.pid()), "T");
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();

@@ -387,6 +387,7 @@ impl Guard {
         state: &ProcessState,
         image: &std::fs::File,
         busy: &[(u64, u64)],
+        eager: &std::collections::HashSet<usize>,
     ) -> Result<Guard, RestoreError> {
         if let Some(h) = state
             .signals
@@ -415,7 +416,14 @@ impl Guard {
         if code_ranges.is_empty() {
             return Err(refuse("the snapshot has no executable area"));
         }
-        let image_ranges = coalesce(anonymous_ranges(&state.areas), MAX_RANGES);
+        let exempt = exempt_ranges(&state.areas, eager);
+        if exempt.len() > MAX_EXEMPT {
+            return Err(refuse(format!(
+                "{} separate thread stacks (the filter checks at most {MAX_EXEMPT})",
+                exempt.len()
+            )));
+        }
+        let image_ranges = coalesce(anonymous_ranges(&state.areas, eager), MAX_RANGES);
         let len = (code.len() as u64).next_multiple_of(PAGE_SIZE);
         let mut taken: Vec<(u64, u64)> = state
             .areas
@@ -432,7 +440,7 @@ impl Guard {
             len,
             code,
             restorer_offset: restorer_offset as u64,
-            filter: filter(&image_ranges, &code_ranges),
+            filter: filter(&image_ranges, &code_ranges, &exempt),
         })
     }
 
@@ -493,13 +501,38 @@ impl Guard {
             libc::SYS_seccomp,
             [
                 SECCOMP_SET_MODE_FILTER,
-                SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+                SECCOMP_FILTER_FLAG_SPEC_ALLOW | SECCOMP_FILTER_FLAG_TSYNC,
                 fprog_addr,
                 0,
                 0,
                 0,
             ],
         );
+        Ok(())
+    }
+}
+
+impl Guard {
+    /// Checks that the filter reached every thread (`Seccomp: 2` in each
+    /// thread's status): `SECCOMP_FILTER_FLAG_TSYNC` reports a thread it
+    /// could not reach with a positive return the batch lets through.
+    pub fn check_installed(&self, main: &Remote, others: &[Remote]) -> Result<(), RestoreError> {
+        for tid in std::iter::once(main.pid()).chain(others.iter().map(Remote::pid)) {
+            let path = format!("/proc/{tid}/status");
+            let text = std::fs::read_to_string(&path).map_err(|source| RestoreError::Io {
+                what: format!("read {path}"),
+                source,
+            })?;
+            let mode = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .map(str::trim);
+            if mode != Some("2") {
+                return Err(refuse(format!(
+                    "the anonymous-memory filter did not reach thread {tid} (Seccomp: {mode:?})"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -531,6 +564,11 @@ const SECCOMP_SET_MODE_FILTER: u64 = 1;
 /// Do not force speculative-store-bypass mitigation on the copy (the
 /// original ran without it).
 const SECCOMP_FILTER_FLAG_SPEC_ALLOW: u64 = 4;
+/// Installs the filter in every thread of the process at once (the copy's
+/// threads exist already when the guard is installed). On failure the
+/// call returns the id of a thread that could not take it, a positive
+/// value the batch does not see as an error: [`Guard::check_installed`].
+const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const SECCOMP_RET_TRAP: u32 = 0x0003_0000;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
@@ -591,13 +629,46 @@ fn executable_ranges(areas: &[MemoryArea]) -> Vec<(u64, u64)> {
 /// mmap mode). Private file pages laid over a file (`FilePrivate`) and
 /// copies of deleted files (`FileCopied`) are the image too, but there
 /// `MADV_DONTNEED` gave the file's content, not zeros: left alone.
-fn anonymous_ranges(areas: &[MemoryArea]) -> Vec<(u64, u64)> {
+/// Areas in `eager` (thread stacks, mapped anonymous) are left out.
+fn anonymous_ranges(
+    areas: &[MemoryArea],
+    eager: &std::collections::HashSet<usize>,
+) -> Vec<(u64, u64)> {
     let mut v: Vec<(u64, u64)> = areas
         .iter()
-        .filter(|a| matches!(a.kind, AreaKind::Anonymous | AreaKind::Heap) && !a.shared)
+        .enumerate()
+        .filter(|(i, a)| {
+            matches!(a.kind, AreaKind::Anonymous | AreaKind::Heap)
+                && !a.shared
+                && !eager.contains(i)
+        })
+        .map(|(_, a)| a)
         .map(|a| (a.start, a.end))
         .collect();
     v.sort_unstable();
+    v
+}
+
+/// Most ranges `madvise` may free without a trap (see [`exempt_ranges`]).
+pub const MAX_EXEMPT: usize = 256;
+
+/// The areas mapped anonymous in mmap mode (`eager`: thread stacks), merged
+/// where adjacent: a `madvise` wholly inside one is never trapped (coalesced
+/// image ranges may span them).
+fn exempt_ranges(
+    areas: &[MemoryArea],
+    eager: &std::collections::HashSet<usize>,
+) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = Vec::new();
+    let mut indices: Vec<usize> = eager.iter().copied().collect();
+    indices.sort_unstable();
+    for i in indices {
+        let a = &areas[i];
+        match v.last_mut() {
+            Some(last) if last.1 == a.start => last.1 = a.end,
+            _ => v.push((a.start, a.end)),
+        }
+    }
     v
 }
 
@@ -726,8 +797,9 @@ impl Program {
 
 /// The filter (see the module doc). `image`: where the image is mapped;
 /// `code`: where trapped calls may come from; at most [`MAX_RANGES`] each.
-fn filter(image: &[(u64, u64)], code: &[(u64, u64)]) -> Vec<SockFilter> {
+fn filter(image: &[(u64, u64)], code: &[(u64, u64)], exempt: &[(u64, u64)]) -> Vec<SockFilter> {
     assert!(image.len() <= MAX_RANGES && code.len() <= MAX_RANGES);
+    assert!(exempt.len() <= MAX_EXEMPT);
     let label = |s: &str| Label(s.to_string());
     let mut p = Program::default();
     p.stmt(LD_W_ABS, ARCH);
@@ -769,6 +841,26 @@ fn filter(image: &[(u64, u64)], code: &[(u64, u64)]) -> Vec<SockFilter> {
     p.stmt(ADD_K, 1);
     p.stmt(ST, 0);
     p.label("no_carry");
+    for &(s, e) in exempt {
+        // s <= addr && end <= e: inside memory that is anonymous already.
+        let (upper, skip, inside) = (p.fresh(), p.fresh(), p.fresh());
+        p.ge64(
+            Value::Data(arg_hi(0), arg_lo(0)),
+            s,
+            &Label(upper.clone()),
+            &Label(skip.clone()),
+        );
+        p.label(&upper);
+        p.ge64(
+            Value::Mem(0, 1),
+            e + 1,
+            &Label(skip.clone()),
+            &Label(inside.clone()),
+        );
+        p.label(&inside);
+        p.goto("allow_exempt");
+        p.label(&skip);
+    }
     for &(s, e) in image {
         // addr < e && end > s
         let (check_end, skip) = (p.fresh(), p.fresh());
@@ -790,6 +882,7 @@ fn filter(image: &[(u64, u64)], code: &[(u64, u64)]) -> Vec<SockFilter> {
         p.goto("trap");
         p.label(&skip);
     }
+    p.label("allow_exempt");
     p.stmt(RET_K, SECCOMP_RET_ALLOW);
 
     // mremap(old, old_len, new_len, flags, new) of the image: growing, or
@@ -931,8 +1024,16 @@ mod tests {
                 )
             })
             .collect();
-        let f = filter(&ranges, &ranges);
-        assert!(f.len() < 4096);
+        let exempt: Vec<(u64, u64)> = (0..MAX_EXEMPT as u64)
+            .map(|i| {
+                (
+                    0x7e00_0000_0000 + i * 0x10_0000,
+                    0x7e00_0000_8000 + i * 0x10_0000,
+                )
+            })
+            .collect();
+        let f = filter(&ranges, &ranges, &exempt);
+        assert!(f.len() < 4096, "{} instructions", f.len());
         assert!(f
             .iter()
             .any(|i| i.code == LD_IMM && i.k == SECCOMP_RET_TRAP));

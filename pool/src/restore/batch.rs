@@ -178,6 +178,14 @@ impl Remote {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(err("waitpid", e)),
                 Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => break,
+                // A thread made by a clone3 of the batch (the stub is
+                // traced with PTRACE_O_TRACECLONE): note its tid; it waits
+                // in its first stop for the restorer.
+                Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_CLONE)) => {
+                    let tid = ptrace::getevent(pid).map_err(|e| err("PTRACE_GETEVENTMSG", e))?;
+                    self.cloned.push(tid as i32);
+                    ptrace::cont(pid, None).map_err(|e| err("PTRACE_CONT", e))?;
+                }
                 // Any other signal or event stop: suppress it and go on.
                 Ok(WaitStatus::Stopped(..)) | Ok(WaitStatus::PtraceEvent(..)) => {
                     ptrace::cont(pid, None).map_err(|e| err("PTRACE_CONT", e))?;

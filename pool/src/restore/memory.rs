@@ -14,6 +14,11 @@
 //!        anonymous, heap,  MAP_PRIVATE of the snapshot's image file at the
 //!        copied files      area's offset in the image (copy on write)
 //!        stack             anonymous MAP_GROWSDOWN, stored pages written in
+//!        thread stacks     (mmap mode, see `thread::thread_stack_areas`)
+//!                          anonymous, stored pages written in: a thread
+//!                          frees its stack with MADV_DONTNEED as it exits,
+//!                          all signals blocked, where the anonymous-memory
+//!                          guard could not trap it
 //! ```
 
 use std::collections::HashMap;
@@ -251,6 +256,9 @@ pub struct MapSources<'a> {
     pub layout: &'a ImageLayout,
     /// `uffd` mode: private memory is mapped anonymous, filled on demand.
     pub lazy: bool,
+    /// mmap mode: indices of anonymous areas mapped anonymous and written
+    /// (thread stacks) instead of mapped from the image.
+    pub eager: &'a std::collections::HashSet<usize>,
 }
 
 /// Adds to `batch` the mapping of every saved area (see the module doc).
@@ -296,9 +304,9 @@ pub fn map_areas(
                         area.start, area.end
                     )));
                 }
-                if sources.lazy {
+                if sources.lazy || sources.eager.contains(&index) {
                     batch.call(
-                        what("(anonymous, lazy)"),
+                        what("(anonymous)"),
                         libc::SYS_mmap,
                         [
                             area.start,
@@ -400,8 +408,8 @@ fn overlay_private_pages(
     }
 }
 
-/// Writes the saved content the mappings do not provide: the stack's
-/// stored pages.
+/// Writes the saved content the mappings do not provide: the stored pages
+/// of the stack and (mmap mode) of the areas mapped eagerly.
 pub fn write_private_pages(
     remote: &Remote,
     areas: &[MemoryArea],
@@ -409,7 +417,7 @@ pub fn write_private_pages(
     sources: &MapSources<'_>,
 ) -> Result<(), RestoreError> {
     for (index, area) in areas.iter().enumerate() {
-        if area.kind == AreaKind::Stack {
+        if area.kind == AreaKind::Stack || (!sources.lazy && sources.eager.contains(&index)) {
             write_pages(remote, index, area, &pages[index], sources)?;
         }
     }

@@ -31,6 +31,7 @@
 pub mod anon;
 pub mod batch;
 pub mod fds;
+pub mod kobj;
 pub mod memory;
 pub mod remote;
 pub mod sandboxed;
@@ -73,6 +74,25 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// Whose credentials a copy gets (issue 12, finding 4: a snapshot file is
+/// not trusted to say who its copy runs as).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// The sandbox's policy, whatever the snapshot says: this uid and gid
+    /// (real, effective, saved), no supplementary groups, no capabilities
+    /// (bounding, permitted, effective, inheritable, ambient),
+    /// `no_new_privs`. Every sandboxed copy gets this.
+    Function {
+        /// The function's uid.
+        uid: u32,
+        /// The function's gid.
+        gid: u32,
+    },
+    /// The snapshot's own ids and capability bounding set (`thaw restore`
+    /// of a snapshot the operator made, trusted like the operator).
+    Snapshot,
+}
+
 /// How to restore.
 #[derive(Debug)]
 pub struct RestoreOptions<'a> {
@@ -91,6 +111,8 @@ pub struct RestoreOptions<'a> {
     /// them (a previous copy's [`uffd::ServerReport::touched`]), in sorted
     /// runs of up to 64 pages.
     pub prefetch: Vec<u64>,
+    /// Whose credentials the copy (each of its threads) gets.
+    pub credentials: Credentials,
     /// Fill `prefetch` while the copy runs (between faults) instead of
     /// before it resumes. Measured (docs/restore.md): before the resume was
     /// faster to the first answer on 2 vCPUs, the background costs nothing
@@ -339,6 +361,19 @@ fn send_to_keeper(keeper: BorrowedFd<'_>, fd: &OwnedFd) -> Result<(), RestoreErr
     Ok(())
 }
 
+/// Kills the copy being made (`SIGKILL` to its thread group) unless
+/// disarmed: a restore that fails half-way never lets it run.
+struct KillOnError(Option<i32>);
+
+impl Drop for KillOnError {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill takes numbers only.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Kills and reaps init unless disarmed.
 struct InitGuard(Option<i32>);
 
@@ -377,6 +412,7 @@ pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreE
             prefetch: Vec::new(),
             prefetch_in_background: false,
             uffd_keeper: None,
+            credentials: Credentials::Snapshot,
         },
     )
 }
@@ -630,16 +666,29 @@ fn drive(
     timings: &mut RestoreTimings,
 ) -> Result<Option<(PageServerThread, std::sync::Arc<uffd::LiveReport>)>, RestoreError> {
     let state = &snapshot.state;
+    state
+        .validate()
+        .map_err(|e| RestoreError::Unsupported(format!("snapshot state: {e}")))?;
+    // Declared before the kill guard, so that on an error the copy is killed
+    // before any of its threads is detached (a half-made thread would run
+    // the batch loop's code it was cloned in).
+    let mut others: Vec<Remote> = Vec::new();
+    let mut kill_on_error = KillOnError(Some(remote.pid()));
     let started = Instant::now();
     let stub_map = memory::stub_map(remote.pid())?;
     let places = memory::prepare_scratch(&mut remote, &stub_map, &state.areas)?;
     // mmap mode: the guard that keeps anonymous-memory semantics (refuses
     // the restore when it cannot).
+    let eager = match options.mode {
+        Mode::Mmap if anon::enabled() => thread::thread_stack_areas(state),
+        _ => Default::default(),
+    };
     let guard = match options.mode {
         Mode::Mmap if anon::enabled() => Some(anon::Guard::plan(
             state,
             &image.file,
             &[(places.scratch, places.scratch + batch::SCRATCH_LEN)],
+            &eager,
         )?),
         _ => None,
     };
@@ -658,6 +707,7 @@ fn drive(
         image: &image.file,
         layout: &image.layout,
         lazy: options.mode == Mode::Uffd,
+        eager: &eager,
     };
     memory::map_areas(&mut batch, &state.areas, &snapshot.areas, &sources)?;
     if let Some(g) = &guard {
@@ -698,8 +748,9 @@ fn drive(
             &snapshot.areas,
         )?;
         // rseq: the kernel writes the area on every return to user space;
-        // its page must hold the saved content before it is registered.
-        if let Some(r) = &state.rseq {
+        // each thread's page must hold the saved content before it is
+        // registered.
+        for r in state.threads.iter().filter_map(|t| t.rseq.as_ref()) {
             if s.covers(r.address) {
                 s.fill(r.address)?;
             }
@@ -741,19 +792,40 @@ fn drive(
             ],
         );
     }
+    kobj::arm_and_register(&mut batch, state)?;
     thread::set_signals(&remote, &mut batch, state)?;
-    thread::register_rseq(&mut batch, &state.rseq);
-    thread::set_thread(&mut batch, state)?;
     thread::set_attributes(&remote, &mut batch, state)?;
+    thread::set_thread(&mut batch, state.main_thread())?;
+    timings.batched += batch.len() as u32;
+    remote.run(batch)?;
+
+    // The other threads, each with its saved tid, its registrations and
+    // the credentials (per thread), while the main thread is still
+    // privileged.
+    thread::create_threads(&mut remote, state, &mut others)?;
+    for (t, saved) in others.iter_mut().zip(&state.threads[1..]) {
+        thread::set_sched(t.pid(), saved.tid, &saved.sched)?;
+        let mut batch = Batch::new(places.scratch);
+        thread::set_thread(&mut batch, saved)?;
+        thread::set_credentials(&mut batch, state, &options.credentials)?;
+        timings.batched += batch.len() as u32;
+        t.run(batch)?;
+    }
+    thread::set_sched(remote.pid(), state.pid, &state.main_thread().sched)?;
+
+    let mut batch = Batch::new(places.scratch);
     if let Some(g) = &guard {
         g.install(&mut batch)?;
     }
-    thread::set_credentials(&mut batch, state)?;
+    thread::set_credentials(&mut batch, state, &options.credentials)?;
     // Sandboxed copies (`restore_into`) always get the policy.
     seccomp::install(&mut batch, state, keep_uffd)?;
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
-    thread::set_mask(&remote, state)?;
+    if let Some(g) = &guard {
+        g.check_installed(&remote, &others)?;
+    }
+    thread::set_mask(&remote, state.main_thread())?;
     if let Some((addr, len)) = remote.scratch.take() {
         remote.sys(
             "munmap (scratch)",
@@ -764,8 +836,13 @@ fn drive(
     timings.state = started.elapsed();
 
     let started = Instant::now();
-    thread::set_registers(&mut remote, state)?;
-    timings.injected = remote.calls;
+    for (t, saved) in others.iter_mut().zip(&state.threads[1..]) {
+        thread::set_registers(t, saved)?;
+        thread::set_mask(t, saved)?;
+        timings.injected += t.calls;
+    }
+    thread::set_registers(&mut remote, state.main_thread())?;
+    timings.injected += remote.calls;
     let server = match server {
         Some(s) => {
             let live = s.live();
@@ -780,7 +857,12 @@ fn drive(
         }
         None => None,
     };
+    // All resume together: every thread is set before any runs.
+    for t in others.drain(..) {
+        t.detach()?;
+    }
     remote.detach()?;
+    kill_on_error.0 = None;
     timings.resume = started.elapsed();
     Ok(server)
 }

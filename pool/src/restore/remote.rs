@@ -20,6 +20,9 @@ pub struct Remote {
     pub scratch: Option<(u64, u64)>,
     /// System calls run so far.
     pub calls: u32,
+    /// Thread ids (in the restorer's namespace) of the threads cloned by
+    /// batches, in the order they were made.
+    pub cloned: Vec<i32>,
 }
 
 impl Remote {
@@ -49,6 +52,27 @@ impl Remote {
             mem,
             scratch: None,
             calls: 0,
+            cloned: Vec::new(),
+        })
+    }
+
+    /// Takes over thread `tid`, which a batch of this stub cloned (it is
+    /// traced already, with this stub's options, and waits in its first
+    /// stop): the returned `Remote` runs batches and sets registers in that
+    /// thread, sharing the stub's scratch area.
+    pub fn adopt_thread(&self, tid: i32) -> Result<Remote, RestoreError> {
+        let seized = Seized::adopt(tid).map_err(|e| RestoreError::Stub(e.to_string()))?;
+        let mem = self.mem.try_clone().map_err(|source| RestoreError::Io {
+            what: "dup the stub's /proc/PID/mem".into(),
+            source,
+        })?;
+        Ok(Remote {
+            seized,
+            injector: self.injector,
+            mem,
+            scratch: self.scratch,
+            calls: 0,
+            cloned: Vec::new(),
         })
     }
 

@@ -25,8 +25,8 @@ use snapshotter::store::PageStore;
 use super::fds::PathMap;
 use super::working_set;
 use super::{
-    prepare_mapped, restore_into, CopyServer, Mode, Prepared, RestoreError, RestoreOptions,
-    RestoreTimings,
+    prepare_mapped, restore_into, CopyServer, Credentials, Mode, Prepared, RestoreError,
+    RestoreOptions, RestoreTimings,
 };
 
 /// Restores snapshots of one installation into sandbox stubs.
@@ -185,12 +185,15 @@ impl SnapshotRestorer {
     /// the copy resumes, and the copy's page server is returned: its owner
     /// keeps it until the copy is gone. `keeper`: the sandbox's
     /// `uffd_keeper` (required in `uffd` mode).
+    /// Every thread of the copy runs as `credentials` (the sandbox's uid and
+    /// gid, no capabilities, `no_new_privs`), whatever the snapshot says.
     pub fn finish(
         &self,
         copy: &PreparedCopy,
         stub_pid: i32,
         mode: Mode,
         keeper: Option<BorrowedFd<'_>>,
+        credentials: Credentials,
     ) -> Result<(RestoreTimings, Option<CopyServer>), RestoreError> {
         // The copy may have waited (a spare): its files must still be as
         // the snapshot saw them.
@@ -198,6 +201,7 @@ impl SnapshotRestorer {
         let mut options = options(Vec::new());
         options.mode = mode;
         options.uffd_keeper = keeper;
+        options.credentials = credentials;
         if mode == Mode::Uffd {
             if let Some(pages) = self.working_set(&copy.snapshot.id) {
                 options.prefetch = pages.to_vec();
@@ -233,5 +237,10 @@ fn options(fds: Vec<(i32, BorrowedFd<'_>)>) -> RestoreOptions<'_> {
         prefetch: Vec::new(),
         prefetch_in_background: false,
         uffd_keeper: None,
+        // Replaced by the sandbox's in `finish`; never the snapshot's.
+        credentials: Credentials::Function {
+            uid: crate::sandbox::DEFAULT_UID,
+            gid: crate::sandbox::DEFAULT_UID,
+        },
     }
 }

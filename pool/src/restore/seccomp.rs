@@ -49,8 +49,13 @@ pub fn wanted(state: &ProcessState, sandboxed: bool) -> Result<bool, RestoreErro
     }
 }
 
+/// `SECCOMP_FILTER_FLAG_TSYNC`.
+const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
+
 /// Adds `no_new_privs` and the policy's installation to `batch` when
-/// [`wanted`]. Call after the credentials.
+/// [`wanted`]. Call after the credentials, once every thread exists: the
+/// filter reaches all of them (`SECCOMP_FILTER_FLAG_TSYNC`).
+
 pub fn install(
     batch: &mut Batch,
     state: &ProcessState,
@@ -79,10 +84,12 @@ pub fn install(
         libc::SYS_prctl,
         [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
     );
+    // TSYNC: every thread of the copy gets it (they all run the same
+    // filters so far: none, or the anonymous-memory guard, also TSYNC).
     batch.call(
-        "seccomp (function policy)",
+        "seccomp (function policy, all threads)",
         libc::SYS_seccomp,
-        [SECCOMP_SET_MODE_FILTER, 0, fprog_addr, 0, 0, 0],
+        [SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, fprog_addr, 0, 0, 0],
     );
     Ok(())
 }

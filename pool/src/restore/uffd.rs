@@ -209,6 +209,10 @@ pub struct PageServer {
     live: Arc<LiveReport>,
     /// Serves a child the copy forked (ends when the child is gone).
     forked: bool,
+    /// Faulted pages whose fill met `EAGAIN`: another thread of the copy is
+    /// changing its map (`madvise`, `mremap`, `munmap`) and waits for the
+    /// server to read that event; filled again after the next read.
+    deferred: Vec<u64>,
 }
 
 /// What a running page server has done so far, shared with its owner: the
@@ -329,6 +333,7 @@ impl PageServer {
             prefetch: Vec::new(),
             live: Arc::new(LiveReport::default()),
             forked: false,
+            deferred: Vec::new(),
         })
     }
 
@@ -411,6 +416,15 @@ impl PageServer {
         }
     }
 
+    /// Fills again the faults that met `EAGAIN` (those that meet it again
+    /// stay deferred).
+    fn retry_deferred(&mut self) -> Result<(), RestoreError> {
+        for page in std::mem::take(&mut self.deferred) {
+            self.fill(page)?;
+        }
+        Ok(())
+    }
+
     /// Whether `addr` is in an area this server fills.
     pub fn covers(&self, addr: u64) -> bool {
         self.areas.iter().any(|a| (a.start..a.end).contains(&addr))
@@ -474,6 +488,10 @@ impl PageServer {
         match result {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                self.deferred.push(page);
+                return Ok(());
+            }
             Err(e) => return Err(uffd_err(&format!("UFFDIO_COPY at {page:#x}"), e)),
         }
         let area = &mut self.areas[a];
@@ -492,12 +510,10 @@ impl PageServer {
             mode: 0,
             copy: 0,
         };
-        loop {
-            match ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY, &mut c) {
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-                r => return r,
-            }
-        }
+        // EAGAIN (the map is changing: an event waits to be read) goes back
+        // to the caller; retrying here would spin while the thread that
+        // changes the map waits for this server.
+        ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY, &mut c)
     }
 
     fn zero(&mut self, page: u64) -> Result<(), RestoreError> {
@@ -507,13 +523,14 @@ impl PageServer {
             mode: 0,
             zeropage: 0,
         };
-        loop {
-            match ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z) {
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => break,
-                Err(e) => return Err(uffd_err(&format!("UFFDIO_ZEROPAGE at {page:#x}"), e)),
-                Ok(()) => break,
+        match ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                self.deferred.push(page);
+                return Ok(());
             }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(uffd_err(&format!("UFFDIO_ZEROPAGE at {page:#x}"), e)),
+            Ok(()) => {}
         }
         self.report.zero += 1;
         Ok(())
@@ -539,6 +556,7 @@ impl PageServer {
                     prefetch: Vec::new(),
                     live: Arc::new(LiveReport::default()),
                     forked: true,
+                    deferred: Vec::new(),
                 };
                 let end = self.stop.clone();
                 child.spawn_with(end, copy.clone());
@@ -637,17 +655,26 @@ impl PageServer {
                     revents: 0,
                 },
             ];
-            let timeout = match (self.prefetch.is_empty(), self.forked) {
-                (false, _) => 0,
-                (true, true) => CHILD_PROBE_MS,
-                (true, false) => -1,
+            // Deferred faults: the event they wait for may be read only
+            // just before the kernel lets the map change finish; look again
+            // shortly. A child's server probes now and then whether the
+            // child is gone.
+            let timeout = if !self.deferred.is_empty() {
+                1
+            } else if !self.prefetch.is_empty() {
+                0
+            } else if self.forked {
+                CHILD_PROBE_MS
+            } else {
+                -1
             };
             // SAFETY: `fds` is a valid array of two pollfds.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
             if n == 0 {
+                self.retry_deferred()?;
                 if !self.prefetch.is_empty() {
                     self.prefetch_step();
-                } else if self.forked && !self.process_alive()? {
+                } else if self.forked && self.deferred.is_empty() && !self.process_alive()? {
                     return Ok(self.report);
                 }
                 continue;
@@ -679,6 +706,7 @@ impl PageServer {
                 for msg in &msgs[..count] {
                     self.event(msg, copy)?;
                 }
+                self.retry_deferred()?;
                 continue;
             }
             if fds[1].revents != 0 || fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {

@@ -19,7 +19,7 @@ use nix::unistd::{
     ForkResult, Gid, Pid, Uid,
 };
 
-use super::{mounts, Network, SandboxSpec, KEEPER_FD, SPEC_ENV, STATUS_FD};
+use super::{mounts, net, SandboxSpec, KEEPER_FD, SPEC_ENV, STATUS_FD};
 
 /// Exit status of the outer process when the sandbox could not be set up.
 pub const SETUP_FAILED: i32 = 125;
@@ -61,13 +61,11 @@ fn run_outer() -> Result<i32, String> {
     for procs in &spec.cgroup_procs {
         fs::write(procs, &me).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
-    let mut flags = CloneFlags::CLONE_NEWNS
+    let flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
-    if spec.network == Network::None {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
+        | CloneFlags::CLONE_NEWUTS
+        | net::inside::namespace_flags(&spec)?;
     unshare(flags).map_err(ctx("unshare namespaces"))?;
     // pid 1's parent-death signal only covers deaths after it is set: this
     // pipe, whose write end only this process keeps, tells pid 1 whether we
@@ -123,7 +121,8 @@ fn set_pdeathsig_checked(alive: std::os::fd::OwnedFd) -> Result<(), String> {
 fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
     mounts::build_root(spec)?;
     sethostname(&spec.hostname).map_err(ctx("set host name"))?;
-    if spec.network == Network::None {
+    if spec.netns_fd.is_none() {
+        // A namespace of our own (the server configured an outbound one).
         mounts::loopback_up().map_err(ctx("bring up loopback"))?;
     }
     // The OOM killer should pick the function, never its init.

@@ -4,7 +4,9 @@
 //!
 //! ```text
 //!  thaw server
-//!    └─ sandbox-init (outer)       joins the cgroup, unshares mnt/pid/ipc/uts[/net]
+//!    └─ sandbox-init (outer)       joins the cgroup (and the network namespace
+//!         │                        made for an outbound sandbox), unshares
+//!         │                        mnt/pid/ipc/uts (and net for the others)
 //!         └─ init, pid 1           builds the root filesystem, pivots into it, reaps
 //!              └─ function, pid 2  unprivileged uid, no capabilities, no_new_privs
 //! ```
@@ -35,6 +37,7 @@ pub mod init;
 mod launch;
 mod mounts;
 pub mod seccomp;
+pub mod net;
 
 pub use launch::{host_pid_of, LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExit};
 
@@ -55,6 +58,9 @@ pub const STATUS_FD: i32 = 1000;
 /// `Sandbox::uffd_keeper`). Above [`STATUS_FD`], so never a number the
 /// restorer places descriptors at; the stub closes it.
 pub const KEEPER_FD: i32 = STATUS_FD + 1;
+/// The fd at which an outbound sandbox's init finds the network namespace
+/// the server made for it ([`net`]); the init joins it and closes it.
+pub const NETNS_FD: i32 = STATUS_FD - 1;
 
 /// The uid and gid functions run as by default (`nobody`).
 pub const DEFAULT_UID: u32 = 65534;
@@ -66,7 +72,9 @@ pub enum Network {
     /// A network namespace of its own with only the loopback interface.
     #[default]
     None,
-    /// The host's network (no network namespace).
+    /// A network namespace of its own joined to the host by a veth pair,
+    /// NAT to the outside, private and host addresses refused unless
+    /// `network_allow` opens them ([`net`]).
     Outbound,
 }
 
@@ -90,6 +98,13 @@ pub struct SandboxSpec {
     pub tmp_mb: u64,
     /// Network mode.
     pub network: Network,
+    /// Outbound: the fd ([`NETNS_FD`]) of the network namespace to join
+    /// instead of making one.
+    #[serde(default)]
+    pub netns_fd: Option<i32>,
+    /// Outbound: host file bound over the sandbox's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
     /// uid the function runs as.
     pub uid: u32,
     /// gid the function runs as.

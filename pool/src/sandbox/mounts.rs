@@ -88,6 +88,7 @@ pub(super) fn build_root(spec: &SandboxSpec) -> Result<(), String> {
         &format!("size={}m,mode=1777", spec.tmp_mb.max(1)),
     )?;
     build_dev(&root.join("dev"))?;
+    super::net::inside::bind_resolv_conf(root, spec)?;
     let proc_dir = root.join("proc");
     mkdir(&proc_dir, 0o555)?;
     mount(

@@ -173,6 +173,25 @@ pub fn restore_full(
     prefetch: Vec<u64>,
     background: bool,
 ) -> Copy {
+    restore_as(
+        dir,
+        mode,
+        cgroups,
+        prefetch,
+        background,
+        pool::restore::Credentials::Snapshot,
+    )
+}
+
+/// [`restore_full`], the copy's threads getting `credentials`.
+pub fn restore_as(
+    dir: &Path,
+    mode: Mode,
+    cgroups: Vec<PathBuf>,
+    prefetch: Vec<u64>,
+    background: bool,
+    credentials: pool::restore::Credentials,
+) -> Copy {
     let (snapshot, store) = open_snapshot_dir(dir).unwrap();
     let (in_read, in_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let (out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
@@ -191,6 +210,7 @@ pub fn restore_full(
             prefetch,
             prefetch_in_background: background,
             uffd_keeper: None,
+            credentials,
         },
     )
     .unwrap();

@@ -16,8 +16,10 @@
 //! while blocked in a syscall carries a pending restart (`rax = -512`,
 //! `orig_rax = nr`) that the kernel applies only when it leaves the
 //! *original* stop. The injector therefore writes back the registers with
-//! that rule already applied ([`Registers::with_restart_applied`]): the
-//! process re-enters its syscall exactly as it would have.
+//! that rule already applied ([`Registers::resumed_in_place`]): the
+//! process re-enters its syscall exactly as it would have (a timed wait or
+//! sleep, `-ERESTART_RESTARTBLOCK`, through `restart_syscall`, its restart
+//! block untouched by the injected calls).
 //!
 //! Memory the syscall needs (for out-parameters) comes from a scratch area
 //! below the stack's red zone, saved before and written back after
@@ -126,7 +128,7 @@ impl Injector {
         let saved = seized.registers()?;
         let result = self.run(seized, &saved, nr, args);
         // Put the registers back even when the syscall failed half-way.
-        let restored = seized.set_registers(&saved.with_restart_applied());
+        let restored = seized.set_registers(&saved.resumed_in_place());
         let value = result?;
         restored?;
         Ok(value)

@@ -1,27 +1,38 @@
-//! Capture of a live process.
+//! Capture of a live process and all its threads.
 //!
-//! [`capture`] stops a single-threaded process without disturbing it
-//! (`PTRACE_SEIZE` + `PTRACE_INTERRUPT`), refuses it if a copy could not be
-//! faithful ([`Refusal`]), reads its thread and process state into a
-//! [`ProcessState`], hands every page of private content that is not zero to
-//! a [`PageSink`], and detaches: the original keeps running.
+//! [`capture`] stops every thread of a process without disturbing it
+//! (`PTRACE_SEIZE` + `PTRACE_INTERRUPT` each, `/proc/PID/task` listed again
+//! until stable: [`ptrace::stop_all`]), refuses it if a copy could not be
+//! faithful ([`Refusal`]), reads its process-wide state through the main
+//! thread and each thread's own state ([`thread`]) into a [`ProcessState`],
+//! hands every page of private content that is not zero to a [`PageSink`],
+//! and detaches every thread: the original keeps running.
 //!
 //! ```text
-//!   seize + interrupt ─ refuse? (threads, children, pending signals,
-//!     seccomp filters other than the accepted ones)
+//!   seize + interrupt every thread ─ refuse? (children, pending signals
+//!   of the process or of any thread, seccomp filters other than the
+//!   accepted ones)
 //!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory)
-//!   ─ regs, xsave, sigmask, rseq ─ injected: rt_sigaction ×n, brk(0),
-//!     getitimer ×3, PR_GET_TID_ADDRESS, sigaltstack ─ pagemap scan
-//!   ─ process_vm_readv batches + zero check (reader thread) ─ sink ─ detach
+//!   ─ main thread, injected: rt_sigaction ×n, brk(0), getitimer ×3
+//!   ─ per thread: regs, xsave, sigmask, rseq, robust list, name, sched;
+//!     injected in that thread: PR_GET_TID_ADDRESS, sigaltstack
+//!   ─ pagemap scan
+//!   ─ process_vm_readv batches + zero check (reader thread) ─ sink
+//!   ─ detach every thread
 //! ```
 //!
-//! Modules: [`ptrace`] (holding the process), [`inject`] (running syscalls
-//! in it, reusable by the restorer), [`maps`], [`areas`], [`pagemap`],
+//! Injected calls run in one thread at a time while all others stay
+//! stopped: what is process-wide goes through the main thread, what is
+//! per thread through that thread.
+//!
+//! Modules: [`ptrace`] (holding the threads), [`inject`] (running syscalls
+//! in one, reusable by the restorer), [`maps`], [`areas`], [`pagemap`],
 //! [`memory`], [`signals`], [`thread`], [`mm`], [`fds`], [`refuse`], [`seccomp`].
 
 pub mod areas;
 pub mod fds;
 pub mod inject;
+pub mod kobj;
 pub mod maps;
 pub mod memory;
 pub mod mm;
@@ -38,7 +49,7 @@ use std::time::{Duration, Instant};
 pub use inject::{InjectError, Injector};
 pub use memory::MemoryError;
 pub use pagemap::PagemapError;
-pub use ptrace::{PtraceError, Seized};
+pub use ptrace::{stop_all, PtraceError, Seized};
 pub use refuse::Refusal;
 
 use crate::state::{AreaKind, ProcessAttributes, ProcessState, Rlimit, PAGE_SIZE, STATE_VERSION};
@@ -241,11 +252,11 @@ pub fn capture_timed(
 ) -> Result<(ProcessState, CaptureTimings), CaptureError> {
     let mut timings = CaptureTimings::default();
     let started = Instant::now();
-    let mut seized = Seized::stop(pid)?;
+    refuse::check_main_thread(pid)?;
+    let mut held = ptrace::stop_all(pid)?;
     timings.stop = started.elapsed();
 
     let started = Instant::now();
-    refuse::check_threads(pid)?;
     refuse::check_children(pid)?;
     let status = Status::read(pid)?;
     refuse::check_pending_signals(pid, &status)?;
@@ -254,20 +265,27 @@ pub fn capture_timed(
         status.number("Seccomp")? as u32,
         &options.seccomp_filters,
     )?;
+    for seized in &held {
+        refuse::check_thread_signals(pid, seized.pid())?;
+    }
     let fds = fds::capture(pid, &options.protocol_fds)?;
     let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
     let mut areas = areas::classify(pid, &entries)?;
-    let registers = seized.registers()?;
-    let xsave = seized.xsave()?;
-    let rseq = seized.rseq()?;
-    let injector = Injector::find(&seized)?;
-    let signals = signals::capture(&mut seized, &injector, &status)?;
-    let mm = mm::capture(&mut seized, &injector)?;
-    let thread = thread::capture(&mut seized, &injector)?;
+    let (main, _) = held
+        .split_first_mut()
+        .expect("stop_all holds the main thread");
+    let injector = Injector::find(main)?;
+    // Per thread first: the registers are read before anything is injected
+    // into that thread.
+    let mut threads = Vec::with_capacity(held.len());
+    for seized in held.iter_mut() {
+        threads.push(thread::capture(pid, seized, &injector)?);
+    }
+    let main = &mut held[0];
+    let signals = signals::capture(main, &injector, &status)?;
+    let mm = mm::capture(main, &injector)?;
+    thread::check_timers(main, &injector)?;
     let process = attributes(pid, &status)?;
-    let comm = procfs::read_text(pid, "comm")?
-        .trim_end_matches('\n')
-        .to_string();
     let personality_text = procfs::read_text(pid, "personality")?;
     let personality =
         u32::from_str_radix(personality_text.trim(), 16).map_err(|_| CaptureError::Parse {
@@ -289,23 +307,23 @@ pub fn capture_timed(
     timings.used_pagemap_scan = plans.used_scan;
 
     let started = Instant::now();
-    seized.detach()?;
+    // Every thread but the main one first, so the main thread (which
+    // programs wait on the least) is the last to run again.
+    while let Some(seized) = held.pop() {
+        seized.detach()?;
+    }
     timings.detach = started.elapsed();
 
     let state = ProcessState {
         version: STATE_VERSION,
-        pid,
-        comm,
+        pid: threads[0].tid,
         personality,
-        registers,
-        xsave,
         signals,
-        rseq,
-        thread,
         mm,
         process,
         areas,
         fds,
+        threads,
     };
     Ok((state, timings))
 }

@@ -6,6 +6,11 @@
 //! that arrive while the process is held (signal-delivery stops) are kept
 //! and handed back to it when it is detached, so none is lost.
 //!
+//! A process with several threads is held with [`stop_all`]: every thread
+//! seized and interrupted, `/proc/PID/task` listed again until no new
+//! thread appears (a thread that runs can create more until it is
+//! stopped), so no thread runs while another is read.
+//!
 //! Caveat for callers: ptrace stops are reported through `waitpid`. If the
 //! capturing process is also the target's parent, nothing else in it may
 //! wait for the target during a capture (for example a runtime's child
@@ -51,6 +56,22 @@ pub enum PtraceError {
         pid: i32,
         /// The kernel's answer.
         errno: Errno,
+    },
+    /// `/proc/PID/task` could not be listed.
+    #[error("cannot list the threads of pid {pid}: {source}")]
+    Tasks {
+        /// The process.
+        pid: i32,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Threads kept appearing while the others were being stopped.
+    #[error("pid {pid} kept creating threads while they were being stopped ({rounds} rounds)")]
+    Unstable {
+        /// The process.
+        pid: i32,
+        /// Listings made.
+        rounds: usize,
     },
     /// The process exited or was killed while held.
     #[error("pid {pid} ended while stopped for capture: {status}")]
@@ -108,6 +129,27 @@ impl Seized {
                 // A signal arrived first: keep it for the detach, resume, and
                 // the interrupt (still pending) stops the process next.
                 Stop::Signal(_) | Stop::Syscall | Stop::Other(_) => seized.resume_syscall(false)?,
+            }
+        }
+    }
+
+    /// Takes over thread `tid`, which is traced already (auto-attached by
+    /// `PTRACE_O_TRACECLONE` when a seized thread cloned it) and waits for
+    /// its first stop.
+    pub fn adopt(tid: i32) -> Result<Seized, PtraceError> {
+        let mut seized = Seized {
+            pid: Pid::from_raw(tid),
+            attached: true,
+            pending_signal: None,
+        };
+        loop {
+            match seized.wait()? {
+                Stop::Event => return Ok(seized),
+                Stop::Signal(_) | Stop::Syscall | Stop::Other(_) => {
+                    ptrace::interrupt(seized.pid)
+                        .map_err(|errno| seized.err("PTRACE_INTERRUPT", errno))?;
+                    seized.resume_syscall(false)?
+                }
             }
         }
     }
@@ -299,6 +341,68 @@ impl Seized {
             Err(errno) => Err(self.err("PTRACE_DETACH", errno)),
         }
     }
+}
+
+/// Listings of `/proc/PID/task` before [`stop_all`] gives up.
+const MAX_ROUNDS: usize = 64;
+
+/// Thread ids of `pid` (from `/proc/PID/task`), sorted.
+pub fn task_ids(pid: i32) -> Result<Vec<i32>, PtraceError> {
+    let path = format!("/proc/{pid}/task");
+    let dir = std::fs::read_dir(&path).map_err(|source| PtraceError::Tasks { pid, source })?;
+    let mut ids = Vec::new();
+    for entry in dir {
+        let entry = entry.map_err(|source| PtraceError::Tasks { pid, source })?;
+        if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Stops every thread of `pid` ([`Seized::stop`] each), listing
+/// `/proc/PID/task` again until a listing shows no thread that is not held.
+/// Threads that end meanwhile are dropped. Returns the main thread first
+/// (its tid is `pid`), then the others in tid order.
+pub fn stop_all(pid: i32) -> Result<Vec<Seized>, PtraceError> {
+    let mut held: Vec<Seized> = Vec::new();
+    for _ in 0..MAX_ROUNDS {
+        let tids = task_ids(pid)?;
+        let mut new = false;
+        for &tid in &tids {
+            if held.iter().any(|s| s.pid() == tid) {
+                continue;
+            }
+            new = true;
+            match Seized::stop(tid) {
+                Ok(s) => held.push(s),
+                // A thread (not the main one) that ended before it stopped.
+                Err(PtraceError::Call {
+                    errno: Errno::ESRCH,
+                    ..
+                })
+                | Err(PtraceError::Ended { .. })
+                    if tid != pid => {}
+                Err(e) => return Err(e),
+            }
+        }
+        held.retain(|s| tids.contains(&s.pid()));
+        if !new {
+            held.sort_by_key(|s| (s.pid() != pid, s.pid()));
+            if held.first().map(Seized::pid) != Some(pid) {
+                return Err(PtraceError::Ended {
+                    pid,
+                    status: "its main thread is gone".into(),
+                });
+            }
+            return Ok(held);
+        }
+    }
+    Err(PtraceError::Unstable {
+        pid,
+        rounds: MAX_ROUNDS,
+    })
 }
 
 impl Drop for Seized {

@@ -14,11 +14,16 @@ use super::CaptureError;
 /// Why a process cannot be captured.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    /// More than one thread.
-    #[error("it has {count} threads; only single-threaded processes can be restored")]
-    Threads {
-        /// Number of threads.
-        count: usize,
+    /// The main thread has exited, other threads still run.
+    #[error("its main thread has exited while other threads run; a copy cannot be made of a zombie leader")]
+    MainThreadExited,
+    /// Signals pending for one thread.
+    #[error("signals {mask:#x} are pending for thread {tid}; they would be lost")]
+    ThreadSignals {
+        /// The thread (host tid).
+        tid: i32,
+        /// Its pending mask.
+        mask: u64,
     },
     /// Child processes (running or not yet reaped).
     #[error("it has child processes {pids:?}; a copy would not have them")]
@@ -106,35 +111,42 @@ pub enum Refusal {
     },
 }
 
-/// Refuses processes with more than one thread.
-pub fn check_threads(pid: i32) -> Result<(), CaptureError> {
-    let tasks = task_ids(pid)?;
-    if tasks.len() > 1 {
-        return Err(CaptureError::refused(
-            pid,
-            Refusal::Threads { count: tasks.len() },
-        ));
+/// Refuses a process whose main thread has exited while others run (a
+/// zombie leader cannot be stopped or restored).
+pub fn check_main_thread(pid: i32) -> Result<(), CaptureError> {
+    let stat = procfs::read_text(pid, &format!("task/{pid}/stat"))?;
+    let state = stat
+        .rfind(')')
+        .and_then(|close| stat[close + 1..].split_whitespace().next())
+        .unwrap_or("?");
+    if state == "Z" || state == "X" {
+        return Err(CaptureError::refused(pid, Refusal::MainThreadExited));
     }
     Ok(())
 }
 
 fn task_ids(pid: i32) -> Result<Vec<i32>, CaptureError> {
-    let path = format!("/proc/{pid}/task");
-    let dir = std::fs::read_dir(&path).map_err(|source| CaptureError::Proc {
-        path: path.clone(),
-        source,
-    })?;
-    let mut ids = Vec::new();
-    for entry in dir {
-        let entry = entry.map_err(|source| CaptureError::Proc {
-            path: path.clone(),
+    super::ptrace::task_ids(pid).map_err(|e| match e {
+        super::PtraceError::Tasks { source, .. } => CaptureError::Proc {
+            path: format!("/proc/{pid}/task"),
             source,
-        })?;
-        if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-            ids.push(id);
-        }
+        },
+        other => CaptureError::Ptrace(other),
+    })
+}
+
+/// Refuses a thread with signals pending for it alone (thread-directed,
+/// `SigPnd` of `/proc/PID/task/TID/status`): they would be lost.
+pub fn check_thread_signals(pid: i32, tid: i32) -> Result<(), CaptureError> {
+    let status = Status::parse(tid, &procfs::read_text(pid, &format!("task/{tid}/status"))?);
+    let mask = status.hex("SigPnd")?;
+    if mask != 0 {
+        return Err(CaptureError::refused(
+            pid,
+            Refusal::ThreadSignals { tid, mask },
+        ));
     }
-    Ok(ids)
+    Ok(())
 }
 
 /// Refuses processes with children (`/proc/pid/task/*/children`).
@@ -153,7 +165,8 @@ pub fn check_children(pid: i32) -> Result<(), CaptureError> {
     Ok(())
 }
 
-/// Refuses processes with pending signals.
+/// Refuses processes with pending process-directed signals (and the main
+/// thread's own, which `/proc/PID/status` shows as `SigPnd`).
 pub fn check_pending_signals(pid: i32, status: &Status) -> Result<(), CaptureError> {
     let mask = status.hex("SigPnd")? | status.hex("ShdPnd")?;
     if mask != 0 {
@@ -286,10 +299,10 @@ mod tests {
 
     #[test]
     fn refusal_messages_name_the_reason() {
-        let threads = Refusal::Threads { count: 3 }.to_string();
+        let signals = Refusal::ThreadSignals { tid: 7, mask: 0x4 }.to_string();
         assert_eq!(
-            threads,
-            "it has 3 threads; only single-threaded processes can be restored"
+            signals,
+            "signals 0x4 are pending for thread 7; they would be lost"
         );
         let children = Refusal::Children { pids: vec![12] }.to_string();
         assert!(children.contains("child processes [12]"));

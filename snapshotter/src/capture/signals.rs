@@ -1,6 +1,7 @@
 //! Signal mask and dispositions.
 //!
-//! The mask comes from `PTRACE_GETSIGMASK`, the ignored and caught sets from
+//! Dispositions are process-wide (the masks are per thread, see
+//! [`super::thread`]); the ignored and caught sets come from
 //! `/proc/pid/status`. Handler addresses, flags, restorer and handler masks
 //! exist only inside the process: they are read by running
 //! `rt_sigaction(sig, NULL, &old, 8)` in it ([`super::inject`]), into
@@ -25,13 +26,12 @@ const KERNEL_SIGACTION: usize = 32;
 /// Number of signals (1..=64).
 const SIGNALS: u32 = 64;
 
-/// Reads the signal state of the held process.
+/// Reads the signal dispositions through the held main thread.
 pub fn capture(
     seized: &mut Seized,
     injector: &Injector,
     status: &Status,
 ) -> Result<SignalState, CaptureError> {
-    let blocked = seized.signal_mask()?;
     let ignored = status.hex("SigIgn")?;
     let caught = status.hex("SigCgt")?;
     let wanted: Vec<u32> = (1..=SIGNALS)
@@ -72,7 +72,6 @@ pub fn capture(
             Ok(Ok(handlers))
         })??;
     Ok(SignalState {
-        blocked,
         ignored,
         caught,
         handlers,

@@ -70,21 +70,26 @@ pub use hash::{
     HashMapByPage, HashSetOfPages, PageHash, ParseHashError, PAGE_SIZE,
 };
 pub use image::{build_image, CachedImage, ImageArea, ImageError, ImageLayout};
-pub use index::{IndexHeaderError, Tail};
-pub use manifest::{
-    encode_manifest, read_manifest, read_manifest_with_limit, write_manifest, ReadManifestError,
-    WriteManifestError, DEFAULT_MANIFEST_LIMIT, MANIFEST_HEADER_LEN, MANIFEST_MAGIC,
-    MANIFEST_VERSION,
+pub use index::{
+    check_header as check_index_header, encode_header as encode_index_header, encode_record,
+    parse_records, IndexHeaderError, IndexRecord, ParsedLog, Tail, INDEX_HEADER_LEN,
 };
-pub use pack::{OpenPackError, WritePackError, PACK_HEADER_LEN};
+pub use manifest::{
+    decode_manifest, encode_manifest, read_manifest, read_manifest_with_limit, write_manifest,
+    ReadManifestError, WriteManifestError, DEFAULT_MANIFEST_LIMIT, MANIFEST_HEADER_LEN,
+    MANIFEST_MAGIC, MANIFEST_VERSION,
+};
+pub use pack::{check_pack_header, OpenPackError, WritePackError, PACK_HEADER_LEN};
 pub use pagelist::{AreaPages, PageCounts, PageRef, PageRun, PageSlot};
-pub use roots::{validate_snapshot_id, InvalidSnapshotId, RootError, SnapshotRoot};
+pub use roots::{
+    parse_root, validate_snapshot_id, InvalidSnapshotId, RootError, SnapshotRoot, MAX_ROOT_PAGES,
+};
 pub use sink::{area_pages, AreaPagesError, OutOfOrder, StoreSink};
 pub use stats::{StatsError, StoreStats};
 pub use verify::{BadObject, BadObjectKind, VerifyError, VerifyReport};
 pub use writer::{CommitError, CommitSummary, PutError, StoreWriter, WriterError};
 
-use index::{check_header, parse_records, IndexRecord};
+use index::check_header;
 use pack::Pack;
 
 /// Error opening a store (or reloading its index).

@@ -162,6 +162,18 @@ if mode == "thread":
     t = threading.Thread(target=ev.wait, daemon=True)
     t.start()
     keep.append((ev, t))
+elif mode == "thread_signal":
+    import signal, threading
+    ev = threading.Event()
+    def blocked():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        ev.wait()
+    t = threading.Thread(target=blocked, daemon=True)
+    t.start()
+    import time
+    time.sleep(0.05)
+    signal.pthread_kill(t.ident, signal.SIGUSR1)
+    keep.append((ev, t))
 elif mode == "child":
     import subprocess
     keep.append(subprocess.Popen(["/bin/sh", "-c", "read x"], stdin=subprocess.PIPE))
@@ -244,7 +256,7 @@ pub fn same_page(
     captured: &[u8],
 ) -> bool {
     let mut now = now.to_vec();
-    if let Some(rseq) = state.rseq {
+    if let Some(rseq) = state.main_thread().rseq {
         let (start, end) = (rseq.address, rseq.address + u64::from(rseq.length));
         let page_end = addr + now.len() as u64;
         if start < page_end && end > addr {

@@ -1,0 +1,161 @@
+//! Threads benchmark (issue 14): capture and restore of a 16-thread
+//! program against a single-threaded one with the same memory (32 MiB
+//! touched by the main thread; the 15 other threads wait on a condition
+//! variable). Rounds of the two programs are interleaved; prints the
+//! medians and the ratio 16 threads / 1 thread (goal: within 1.5x each),
+//! for capture (`snapshot_to_dir`), and for restore to the first answer in
+//! mmap and uffd mode.
+//!
+//! `cargo bench -p pool --bench threads` (needs root and a C compiler).
+
+#[path = "../tests/restore_support/mod.rs"]
+mod restore_support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use pool::restore::Mode;
+use restore_support::{compile, restore_with_pipes, start, Started};
+use snapshotter::snapshot::snapshot_to_dir;
+
+const PROGRAM: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int go;
+static void *idle(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&lock);
+    while (!go) pthread_cond_wait(&cond, &lock);
+    pthread_mutex_unlock(&lock);
+    return NULL;
+}
+int main(int argc, char **argv) {
+    int threads = atoi(argv[1]);
+    size_t bytes = (size_t)atoi(argv[2]) << 20;
+    unsigned char *mem = malloc(bytes);
+    for (size_t i = 0; i < bytes; i++) mem[i] = (unsigned char)(i * 31 + 7);
+    pthread_t t;
+    for (int i = 1; i < threads; i++) pthread_create(&t, NULL, idle, NULL);
+    printf("ready\n");
+    fflush(stdout);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        unsigned long sum = 0;
+        for (size_t i = 0; i < bytes; i += 4096) sum += mem[i];
+        printf("%lu\n", sum);
+        fflush(stdout);
+    }
+    return 0;
+}
+"#;
+
+const ROUNDS: usize = 15;
+const MIB: &str = "32";
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn ask(p: &mut Started) -> String {
+    p.stdin.write_all(b"x\n").unwrap();
+    p.line()
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root()
+        || std::process::Command::new("cc")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        println!("threads bench skipped: needs root and a C compiler");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let program = compile(tmp.path(), "threads", PROGRAM);
+    let kinds = [("1 thread", "1"), ("16 threads", "16")];
+    let mut originals: Vec<Started> = kinds
+        .iter()
+        .map(|(_, n)| {
+            let mut p = start(&program, &[n, MIB]);
+            assert_eq!(p.line(), "ready");
+            p
+        })
+        .collect();
+    let expected: Vec<String> = originals.iter_mut().map(ask).collect();
+    assert_eq!(expected[0], expected[1], "same memory, same answer");
+
+    // Capture, interleaved.
+    let mut capture = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        for (k, p) in originals.iter().enumerate() {
+            let dir = tmp.path().join(format!("cap-{k}-{round}"));
+            let started = Instant::now();
+            snapshot_to_dir(p.child.id() as i32, &dir).unwrap();
+            capture[k].push(started.elapsed());
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+    let snaps: Vec<_> = originals
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let dir = tmp.path().join(format!("snap-{k}"));
+            snapshot_to_dir(p.child.id() as i32, &dir).unwrap();
+            dir
+        })
+        .collect();
+    drop(originals);
+    println!("== capture of {MIB} MiB (median of {ROUNDS}, ms)");
+    let c: Vec<Duration> = capture.into_iter().map(median).collect();
+    for (k, (name, _)) in kinds.iter().enumerate() {
+        println!("  {name:10} {:8.3}", ms(c[k]));
+    }
+    println!(
+        "  ratio 16/1 {:.2} (goal <= 1.5)",
+        c[1].as_secs_f64() / c[0].as_secs_f64()
+    );
+
+    for mode in [Mode::Mmap, Mode::Uffd] {
+        // The first restore of each builds its image; not counted.
+        for snap in &snaps {
+            drop(restore_with_pipes(snap, mode));
+        }
+        let mut restore = [Vec::new(), Vec::new()];
+        let mut answer = [Vec::new(), Vec::new()];
+        for _ in 0..ROUNDS {
+            for (k, snap) in snaps.iter().enumerate() {
+                let started = Instant::now();
+                let mut copy = restore_with_pipes(snap, mode);
+                let restored = started.elapsed();
+                copy.send(b"x\n");
+                assert_eq!(copy.line(), expected[k]);
+                answer[k].push(started.elapsed());
+                restore[k].push(restored);
+                drop(copy.stdin);
+                assert_eq!(copy.child.wait().unwrap(), 0);
+            }
+        }
+        let r: Vec<Duration> = restore.into_iter().map(median).collect();
+        let a: Vec<Duration> = answer.into_iter().map(median).collect();
+        println!("== {mode:?} restore (median of {ROUNDS}, ms): restore, first answer");
+        for (k, (name, _)) in kinds.iter().enumerate() {
+            println!("  {name:10} {:8.3} {:8.3}", ms(r[k]), ms(a[k]));
+        }
+        println!(
+            "  ratio 16/1 restore {:.2}, first answer {:.2} (goal <= 1.5)",
+            r[1].as_secs_f64() / r[0].as_secs_f64(),
+            a[1].as_secs_f64() / a[0].as_secs_f64()
+        );
+    }
+}
