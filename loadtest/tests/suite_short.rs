@@ -4,7 +4,10 @@
 //! Needs root (thaw's sandboxes), the `thaw` binary of the same profile
 //! (built by `cargo build`/`cargo test --workspace`; `cargo test -p loadtest`
 //! alone does not build it) and `/usr/bin/python3` with numpy and pandas;
-//! without them the tests say why and pass.
+//! without them the tests say why and pass, or fail when `THAW_TEST_STRICT`
+//! is set (see `common::missing`).
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,8 +41,7 @@ fn python_with_numpy() -> bool {
 #[test]
 fn fork_floor_prints_one_latency_per_fork() {
     if !Path::new(PYTHON).is_file() {
-        eprintln!("skipped: no {PYTHON}");
-        return;
+        skip!("no {PYTHON}");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_thaw-fork-floor"))
         .current_dir(repo())
@@ -67,8 +69,7 @@ fn fork_floor_prints_one_latency_per_fork() {
 #[test]
 fn fork_floor_reports_a_broken_function() {
     if !Path::new(PYTHON).is_file() {
-        eprintln!("skipped: no {PYTHON}");
-        return;
+        skip!("no {PYTHON}");
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -91,16 +92,13 @@ fn fork_floor_reports_a_broken_function() {
 #[test]
 fn short_suite_runs_end_to_end() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: thaw's sandboxes need root");
-        return;
+        skip!("thaw's sandboxes need root");
     }
     let Some(thaw) = thaw_binary() else {
-        eprintln!("skipped: no thaw binary (build the workspace first: cargo build)");
-        return;
+        skip!("no thaw binary (build the workspace first: cargo build)");
     };
     if !python_with_numpy() {
-        eprintln!("skipped: {PYTHON} cannot import numpy and pandas");
-        return;
+        skip!("{PYTHON} cannot import numpy and pandas");
     }
     let out_dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_thaw-loadtest"))

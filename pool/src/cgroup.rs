@@ -76,6 +76,28 @@ pub struct CgroupLimits {
     pub pids: u64,
     /// CPU weight, 1..=10000, 100 being the default share.
     pub cpu_weight: u64,
+    /// CPU cap in thousandths of a core (`500`: half a core), or `None`:
+    /// uncapped. Sets the CFS bandwidth quota: `cpu.cfs_quota_us` over
+    /// `cpu.cfs_period_us` on v1, `cpu.max` on v2.
+    pub cpu_millicores: Option<u64>,
+}
+
+/// The CFS period thaw uses, µs (the kernel's default).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The CFS quota per [`CPU_PERIOD_US`] of a cap of `millicores` (at least
+/// 1 ms, the kernel's minimum).
+pub fn cpu_quota_us(millicores: u64) -> u64 {
+    (millicores * CPU_PERIOD_US / 1000).max(1000)
+}
+
+/// CFS bandwidth counters of a cgroup (`cpu.stat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStat {
+    /// Periods in which the cgroup had runnable tasks.
+    pub nr_periods: u64,
+    /// Periods in which it used its whole quota and was throttled.
+    pub nr_throttled: u64,
 }
 
 /// The parent cgroup(s) of this installation's sandboxes.
@@ -253,6 +275,23 @@ impl CgroupRoot {
     }
 }
 
+/// Reads `nr_periods` and `nr_throttled` from the text of `cpu.stat`.
+pub fn parse_cpu_stat(text: &str) -> CpuStat {
+    let mut stat = CpuStat::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(' ') else {
+            continue;
+        };
+        let value = value.trim().parse().unwrap_or(0);
+        match key {
+            "nr_periods" => stat.nr_periods = value,
+            "nr_throttled" => stat.nr_throttled = value,
+            _ => {}
+        }
+    }
+    stat
+}
+
 /// The cgroup of one sandbox. Removing it is explicit ([`Cgroup::destroy`]),
 /// because it must wait for its processes to die.
 #[derive(Debug, Clone)]
@@ -278,6 +317,14 @@ impl Cgroup {
                 if cpu.exists() {
                     write_file(&cpu, &weight.to_string())?;
                 }
+                if let Some(m) = limits.cpu_millicores {
+                    // Without the cpu controller there is nothing to cap
+                    // with: refuse rather than run uncapped.
+                    write_file(
+                        &dir.join("cpu.max"),
+                        &format!("{} {CPU_PERIOD_US}", cpu_quota_us(m)),
+                    )?;
+                }
             }
             CgroupVersion::V1 => {
                 let (mem, pids, cpu) = (&self.dirs[0], &self.dirs[1], &self.dirs[2]);
@@ -293,6 +340,10 @@ impl Cgroup {
                 // v1 shares: 1024 is the default, as weight 100 is in v2.
                 let shares = (weight * 1024 / 100).max(2);
                 write_file(&cpu.join("cpu.shares"), &shares.to_string())?;
+                if let Some(m) = limits.cpu_millicores {
+                    write_file(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                    write_file(&cpu.join("cpu.cfs_quota_us"), &cpu_quota_us(m).to_string())?;
+                }
             }
         }
         Ok(())
@@ -324,6 +375,34 @@ impl Cgroup {
             .find(|(k, _)| *k == key)
             .and_then(|(_, v)| v.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// The CPU cap in force: `(quota µs, period µs)`, or `None` when
+    /// uncapped (or the cpu controller is absent).
+    pub fn cpu_quota(&self) -> Option<(u64, u64)> {
+        match self.version {
+            CgroupVersion::V2 => {
+                let text = fs::read_to_string(self.dirs[0].join("cpu.max")).ok()?;
+                let (quota, period) = text.trim().split_once(' ')?;
+                Some((quota.parse().ok()?, period.parse().ok()?))
+            }
+            CgroupVersion::V1 => {
+                let dir = &self.dirs[2];
+                let read = |f: &str| fs::read_to_string(dir.join(f)).ok();
+                let quota: i64 = read("cpu.cfs_quota_us")?.trim().parse().ok()?;
+                let period: u64 = read("cpu.cfs_period_us")?.trim().parse().ok()?;
+                (quota > 0).then_some((quota as u64, period))
+            }
+        }
+    }
+
+    /// The CFS bandwidth counters (`cpu.stat`), zero where absent.
+    pub fn cpu_stat(&self) -> CpuStat {
+        let dir = match self.version {
+            CgroupVersion::V2 => &self.dirs[0],
+            CgroupVersion::V1 => &self.dirs[2],
+        };
+        parse_cpu_stat(&fs::read_to_string(dir.join("cpu.stat")).unwrap_or_default())
     }
 
     /// Pids of the processes in the cgroup.
@@ -377,5 +456,37 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_follows_the_cap() {
+        assert_eq!(cpu_quota_us(500), 50_000);
+        assert_eq!(cpu_quota_us(2000), 200_000);
+        assert_eq!(cpu_quota_us(1), 1000, "the kernel's minimum");
+    }
+
+    #[test]
+    fn cpu_stat_is_read_from_either_version() {
+        let v1 = "nr_periods 12\nnr_throttled 7\nthrottled_time 123\n";
+        assert_eq!(
+            parse_cpu_stat(v1),
+            CpuStat {
+                nr_periods: 12,
+                nr_throttled: 7
+            }
+        );
+        let v2 = "usage_usec 5\nuser_usec 3\nsystem_usec 2\nnr_periods 4\nnr_throttled 1\nthrottled_usec 9\n";
+        assert_eq!(
+            parse_cpu_stat(v2),
+            CpuStat {
+                nr_periods: 4,
+                nr_throttled: 1
+            }
+        );
     }
 }

@@ -301,14 +301,22 @@ impl Instance {
             .function_pid()
             .ok_or_else(|| RestoreFailure::Copy("the stub is missing".into()))?;
         let r = restorer.clone();
-        let (timings, server) =
-            tokio::task::spawn_blocking(move || r.finish(&copy, pid, mode, credentials))
-                .await
-                .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
-                .map_err(|e| RestoreFailure::Restorer {
-                    id: snapshot.id.clone(),
-                    reason: e.to_string(),
-                })?;
+        // pid 1 of the sandbox holds a uffd copy's userfaultfd.
+        let keeper = match self.sandbox.uffd_keeper().map(|k| k.try_clone_to_owned()) {
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => return Err(RestoreFailure::Copy(format!("keeper socket: {e}"))),
+            None => None,
+        };
+        let (timings, server) = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsFd;
+            r.finish(&copy, pid, mode, keeper.as_ref().map(|k| k.as_fd()), credentials)
+        })
+        .await
+        .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
+        .map_err(|e| RestoreFailure::Restorer {
+            id: snapshot.id.clone(),
+            reason: e.to_string(),
+        })?;
         if server.is_some() {
             let (r, id) = (restorer.clone(), snapshot.id.clone());
             let recorded = tokio::task::spawn_blocking(move || r.working_set(&id).is_some())

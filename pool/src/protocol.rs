@@ -274,10 +274,7 @@ where
     if got < PREFIX_LEN {
         return Err(ProtocolError::Truncated);
     }
-    let header_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-    let body_len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]) as usize;
-    check_len(FramePart::Header, header_len, MAX_HEADER_LEN)?;
-    check_len(FramePart::Body, body_len, max_body.min(MAX_BODY_LEN))?;
+    let (header_len, body_len) = frame_lengths(&prefix, max_body)?;
 
     let mut header = vec![0u8; header_len];
     if read_full(r, &mut header).await? < header_len {
@@ -297,6 +294,47 @@ where
     // header leaves the stream at a frame boundary.
     let msg = serde_json::from_slice(&header).map_err(ProtocolError::BadHeader)?;
     Ok((msg, Bytes::from(body)))
+}
+
+/// Decodes one frame from the start of `bytes` (a whole buffer, not a
+/// stream): the same checks in the same order as [`read_message`] with
+/// `max_body`, and the same errors (an empty buffer is
+/// [`ProtocolError::Closed`], a short one [`ProtocolError::Truncated`]).
+/// Returns the message, its body and how many bytes the frame took. The pure
+/// entry point the fuzz targets drive.
+pub fn parse_frame<M: DeserializeOwned>(
+    bytes: &[u8],
+    max_body: usize,
+) -> Result<(M, Bytes, usize), ProtocolError> {
+    if bytes.is_empty() {
+        return Err(ProtocolError::Closed);
+    }
+    let prefix: &[u8; PREFIX_LEN] = bytes
+        .get(..PREFIX_LEN)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(ProtocolError::Truncated)?;
+    let (header_len, body_len) = frame_lengths(prefix, max_body)?;
+    let header_end = PREFIX_LEN + header_len;
+    let end = header_end + body_len;
+    if bytes.len() < end {
+        return Err(ProtocolError::Truncated);
+    }
+    let msg =
+        serde_json::from_slice(&bytes[PREFIX_LEN..header_end]).map_err(ProtocolError::BadHeader)?;
+    Ok((msg, Bytes::copy_from_slice(&bytes[header_end..end]), end))
+}
+
+/// The header and body lengths of a frame's prefix, each checked against its
+/// limit (`max_body` capped at [`MAX_BODY_LEN`]).
+fn frame_lengths(
+    prefix: &[u8; PREFIX_LEN],
+    max_body: usize,
+) -> Result<(usize, usize), ProtocolError> {
+    let header_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    let body_len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]) as usize;
+    check_len(FramePart::Header, header_len, MAX_HEADER_LEN)?;
+    check_len(FramePart::Body, body_len, max_body.min(MAX_BODY_LEN))?;
+    Ok((header_len, body_len))
 }
 
 fn check_len(part: FramePart, len: usize, limit: usize) -> Result<(), ProtocolError> {
@@ -647,6 +685,44 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[tokio::test]
+    async fn parse_frame_agrees_with_read_frame() {
+        let mut buf = Vec::new();
+        write_message(
+            &mut buf,
+            &FromRuntime::Result {
+                id: "a".into(),
+                status: 201,
+                headers: BTreeMap::new(),
+            },
+            b"body",
+        )
+        .await
+        .unwrap();
+        let (m, body, used) = parse_frame::<FromRuntime>(&buf, MAX_BODY_LEN).unwrap();
+        assert_eq!(used, buf.len());
+        let (m2, body2) = read_frame(&mut &buf[..]).await.unwrap();
+        assert_eq!((m, body), (m2, body2));
+        for cut in 1..buf.len() {
+            assert!(matches!(
+                parse_frame::<FromRuntime>(&buf[..cut], MAX_BODY_LEN),
+                Err(ProtocolError::Truncated)
+            ));
+        }
+        assert!(matches!(
+            parse_frame::<FromRuntime>(&[], MAX_BODY_LEN),
+            Err(ProtocolError::Closed)
+        ));
+        assert!(matches!(
+            parse_frame::<FromRuntime>(&buf, 3),
+            Err(ProtocolError::TooLarge {
+                part: FramePart::Body,
+                len: 4,
+                limit: 3
+            })
+        ));
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@
 //! Skips (with a message) when `/usr/bin/python3` is missing; the numpy test
 //! and the numpy-pandas example skip when numpy/pandas are not installed.
 
+mod restore_support;
+
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -111,12 +113,11 @@ def handler(event, context):
     return {"unknown_op": op}
 "#;
 
-/// Skips the test (returning early) when `/usr/bin/python3` is missing.
+/// Skips the test (see `skip!`) when `/usr/bin/python3` is missing.
 macro_rules! require_python {
     () => {
         if !Path::new(PYTHON).exists() {
-            eprintln!("skipping: {PYTHON} is not installed");
-            return;
+            skip!("{PYTHON} is not installed");
         }
     };
 }
@@ -799,8 +800,7 @@ async fn a_failing_restore_hook_answers_not_ok() {
 async fn restored_reseeds_numpy() {
     require_python!();
     if !python_has("numpy") {
-        eprintln!("skipping: numpy is not installed for {PYTHON}");
-        return;
+        skip!("numpy is not installed for {PYTHON}");
     }
     let source = r#"
 import numpy as np
@@ -941,8 +941,7 @@ async fn hello_example_answers() {
 async fn numpy_pandas_example_answers_single_threaded() {
     require_python!();
     if !python_has("numpy, pandas") {
-        eprintln!("skipping: numpy and pandas are not installed for {PYTHON}");
-        return;
+        skip!("numpy and pandas are not installed for {PYTHON}");
     }
     let dir = repo_root().join("examples/numpy-pandas");
     let mut rt = Runtime::spawn(&dir, &[]);
@@ -1046,7 +1045,7 @@ async fn runtime_figures() {
         );
         Some(ms)
     } else {
-        println!("numpy-pandas: skipped (numpy/pandas missing)");
+        restore_support::missing("numpy-pandas boot figures: numpy/pandas missing");
         None
     };
 

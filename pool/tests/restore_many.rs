@@ -117,6 +117,7 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
             cgroups: vec![],
             prefetch: vec![],
             prefetch_in_background: false,
+            uffd_keeper: None,
             credentials: pool::restore::Credentials::Snapshot,
         },
     )
@@ -157,6 +158,7 @@ fn hundred_restores_of_one_snapshot_leak_nothing() {
             cgroups: vec![],
             prefetch: vec![],
             prefetch_in_background: false,
+            uffd_keeper: None,
             credentials: pool::restore::Credentials::Snapshot,
         },
     )

@@ -38,8 +38,7 @@ fn python_copy_answers_from_its_warm_state() {
         return;
     }
     if !Path::new("/usr/bin/python3").exists() {
-        println!("skipping python_copy_answers_from_its_warm_state: no /usr/bin/python3");
-        return;
+        skip!("python_copy_answers_from_its_warm_state: no /usr/bin/python3");
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut original = start(Path::new("/usr/bin/python3"), &["-c", SCRIPT]);
@@ -128,8 +127,7 @@ fn numpy_pandas_copy_computes_like_the_original() {
         .args(["-c", "import numpy, pandas"])
         .output();
     if !probe.map(|o| o.status.success()).unwrap_or(false) {
-        println!("skipping numpy_pandas_copy_computes_like_the_original: no numpy/pandas");
-        return;
+        skip!("numpy_pandas_copy_computes_like_the_original: no numpy/pandas");
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut original = start(Path::new("/usr/bin/python3"), &["-c", NUMPY]);

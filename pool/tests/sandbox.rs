@@ -1,5 +1,7 @@
 //! Sandboxes with real namespaces, mounts and cgroups. Needs root.
 
+mod restore_support;
+
 use std::path::PathBuf;
 
 use pool::cgroup::{CgroupLimits, CgroupRoot};
@@ -13,8 +15,7 @@ fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: sandboxes need root (namespaces, mounts, cgroups)");
-            return;
+            skip!("sandboxes need root (namespaces, mounts, cgroups)");
         }
     };
 }
@@ -47,6 +48,7 @@ fn env(tag: &str) -> Env {
         uid: 65534,
         gid: 65534,
         cgroups,
+        network: None,
     };
     Env {
         _dir: dir,
@@ -59,6 +61,7 @@ fn spec(env: &Env, script: &str) -> LaunchSpec {
     LaunchSpec {
         code_dir: env.code.clone(),
         runtime_dir: None,
+        binds: pool::sandbox::binds::PYTHON3.paths(),
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         cwd: "/var/task".into(),
@@ -66,9 +69,11 @@ fn spec(env: &Env, script: &str) -> LaunchSpec {
             memory_bytes: 64 << 20,
             pids: 32,
             cpu_weight: 100,
+            cpu_millicores: None,
         },
         tmp_mb: 8,
         network: Network::None,
+        network_allow: Vec::new(),
         no_aslr: false,
         stub: false,
     }

@@ -399,6 +399,14 @@ def reseed(entropy):
     tempfile = sys.modules.get("tempfile")
     if tempfile is not None and hasattr(tempfile, "_name_sequence"):
         tempfile._name_sequence = None
+    # OpenSSL keys its generators on the pid, which a copy keeps: without
+    # this, ssl.RAND_bytes (and TLS keys) would repeat across copies. Mix
+    # fresh OS randomness into its primary generator (only when the process
+    # loaded OpenSSL's ssl module; nothing else here reaches its generator).
+    _ssl = sys.modules.get("_ssl")
+    if _ssl is not None and hasattr(_ssl, "RAND_add"):
+        fresh = os.urandom(32)
+        _ssl.RAND_add(entropy + fresh, float(len(fresh)))
     numpy = sys.modules.get("numpy")
     np_random = getattr(numpy, "random", None) if numpy is not None else None
     if np_random is not None and hasattr(np_random, "seed"):

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -29,6 +29,8 @@ pub struct AppState {
     /// Tokens accepted on every route but `/healthz` (none: open, which the
     /// server allows on loopback only).
     pub tokens: Arc<Tokens>,
+    /// Browser sessions made from those tokens.
+    pub sessions: Arc<crate::ui::session::Sessions>,
 }
 
 impl IntoResponse for ApiError {
@@ -89,6 +91,10 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::ui::public())
         .route("/healthz", get(healthz))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::guard::guard,
+        ))
         .with_state(state)
 }
 
@@ -100,50 +106,72 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// What a request needs: admin for changes and forced cold starts, invoke
-/// for the rest.
-fn required_role(req: &Request) -> Role {
-    let method = req.method();
-    let path = req.uri().path();
-    let invoke = path.ends_with("/invoke");
-    if invoke {
-        if req.headers().contains_key("x-thaw-cold") {
-            Role::Admin
-        } else {
-            Role::Invoke
-        }
-    } else if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
-        Role::Invoke
-    } else {
-        Role::Admin
+/// Checks the caller's token (or session) against what the matched route
+/// needs ([`crate::auth::required_role`]) and records the caller's role in
+/// the request. Without tokens (loopback only) every caller is an admin.
+async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if state.tokens.is_empty() {
+        req.extensions_mut().insert(Role::Admin);
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let role = state.tokens.role_of(given.as_bytes());
+    // Browsers (the dashboard) present a session cookie instead.
+    let role = role.or_else(|| crate::ui::session_role(&state, req.headers()));
+    let Some(role) = role else {
+        return ApiError::new(ErrorKind::Unauthorized, "a valid bearer token is required")
+            .into_response();
+    };
+    // Every route behind this layer is matched (the fallback is outside it);
+    // an unmatched one would need an admin.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", |m| m.as_str());
+    let needed = crate::auth::required_role(req.method(), route, req.headers());
+    if role < needed {
+        return ApiError::new(
+            ErrorKind::Forbidden,
+            "this token may only invoke functions and read state",
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(role);
+    next.run(req).await
+}
+
+/// The caller's role, as [`require_token`] recorded it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub Role);
+
+impl Caller {
+    /// Whether the caller may see secrets (`env` values).
+    pub fn is_admin(self) -> bool {
+        self.0 == Role::Admin
     }
 }
 
-async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    if !state.tokens.is_empty() {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let role = state.tokens.role_of(given.as_bytes());
-        // Browsers (the dashboard) present a session cookie instead.
-        let role = role.or_else(|| crate::ui::session_role(&state, req.headers()));
-        let Some(role) = role else {
-            return ApiError::new(ErrorKind::Unauthorized, "a valid bearer token is required")
-                .into_response();
-        };
-        if role < required_role(&req) {
-            return ApiError::new(
-                ErrorKind::Forbidden,
-                "this token may only invoke functions and read state",
-            )
-            .into_response();
-        }
-        req.extensions_mut().insert(role);
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        // Routes outside the token check see the least role.
+        Ok(Caller(
+            parts
+                .extensions
+                .get::<Role>()
+                .copied()
+                .unwrap_or(Role::Invoke),
+        ))
     }
-    next.run(req).await
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -201,15 +229,25 @@ async fn deploy(State(state): State<AppState>, body: Body) -> Result<Response, A
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-async fn list(State(state): State<AppState>) -> Response {
-    Json(serde_json::json!({ "functions": state.service.list() })).into_response()
+async fn list(State(state): State<AppState>, caller: Caller) -> Response {
+    let views: Vec<_> = state
+        .service
+        .list()
+        .into_iter()
+        .map(|v| crate::redact::view_for(v, caller))
+        .collect();
+    Json(serde_json::json!({ "functions": views })).into_response()
 }
 
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     state
         .service
         .view(&id)
-        .map(|v| Json(v).into_response())
+        .map(|v| Json(crate::redact::view_for(v, caller)).into_response())
         .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no function named {id:?}")))
 }
 
@@ -226,10 +264,26 @@ struct InvokeQuery {
     version: Option<u64>,
 }
 
+/// `POST /functions/{id}/invoke`: every answer, the function's or an
+/// error, is confined ([`crate::answer`]).
 async fn invoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<InvokeQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut resp = invoke_unconfined(state, id, q, headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    crate::answer::confine(resp.headers_mut());
+    resp
+}
+
+async fn invoke_unconfined(
+    state: AppState,
+    id: String,
+    q: InvokeQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -260,15 +314,8 @@ async fn invoke(
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
     let mut resp = Response::new(Body::from(answer.body));
     *resp.status_mut() = status;
+    *resp.headers_mut() = crate::answer::from_function(&answer.headers);
     let h = resp.headers_mut();
-    for (k, v) in &answer.headers {
-        if let (Ok(k), Ok(v)) = (
-            header::HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            h.insert(k, v);
-        }
-    }
     if let Ok(v) = HeaderValue::from_str(&answer.id) {
         h.insert("x-thaw-invocation-id", v);
     }

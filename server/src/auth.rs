@@ -10,11 +10,18 @@
 //! 77be...            (no prefix: admin)
 //! ```
 //!
-//! Tokens are compared in constant time and never logged.
+//! Tokens are kept only as blake3 hashes, compared in constant time
+//! (`blake3::Hash` equality), and never logged: neither the time a check
+//! takes nor what is kept in memory tells a token's length or content.
+//!
+//! What a request needs is decided by its route (the template axum matched,
+//! such as `/functions/{id}`) and method, never by the shape of the path:
+//! see [`required_role`].
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use axum::http::{HeaderMap, Method};
 
 /// What a token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,7 +36,7 @@ pub enum Role {
 /// The tokens a server accepts. Empty: no authentication (loopback only).
 #[derive(Clone, Default)]
 pub struct Tokens {
-    entries: Vec<(Role, Vec<u8>)>,
+    entries: Vec<(Role, blake3::Hash)>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -39,14 +46,6 @@ impl std::fmt::Debug for Tokens {
             .field("count", &self.entries.len())
             .finish()
     }
-}
-
-/// Compares in time independent of where the strings differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Tokens {
@@ -66,7 +65,7 @@ impl Tokens {
         if token.len() < 16 {
             bail!("API tokens must be at least 16 characters long");
         }
-        self.entries.push((role, token.as_bytes().to_vec()));
+        self.entries.push((role, blake3::hash(token.as_bytes())));
         Ok(())
     }
 
@@ -97,16 +96,55 @@ impl Tokens {
         Tokens::parse(&text).with_context(|| format!("in token file {}", path.display()))
     }
 
-    /// The role of a presented token, if it is one of ours. Every token is
-    /// compared, so the time taken does not tell which one matched.
+    /// The role of a presented token, if it is one of ours. The presented
+    /// token is hashed and its hash compared in constant time with every
+    /// kept hash, so the time taken tells neither which one matched nor
+    /// how long any of them is.
     pub fn role_of(&self, presented: &[u8]) -> Option<Role> {
+        let presented = blake3::hash(presented);
         let mut found = None;
         for (role, token) in &self.entries {
-            if constant_time_eq(presented, token) {
+            // `blake3::Hash`'s `==` is constant time.
+            if presented == *token {
                 found = found.max(Some(*role));
             }
         }
         found
+    }
+}
+
+/// The header that forces a cold start (admin only).
+pub const COLD_HEADER: &str = "x-thaw-cold";
+
+/// What a request to `route` (the matched route template, such as
+/// `/functions/{id}/invoke`) with `method` and `headers` needs.
+///
+/// Invoking and reading are an invoke token's; everything else, and any
+/// route not listed here, needs an admin. Test switches and forced cold
+/// starts on an invocation need an admin too.
+pub fn required_role(method: &Method, route: &str, headers: &HeaderMap) -> Role {
+    let read = *method == Method::GET || *method == Method::HEAD;
+    match route {
+        "/functions/{id}/invoke" if *method == Method::POST => {
+            let switches = [COLD_HEADER, pool::instance::FAIL_PAGE_SERVER_HEADER];
+            if switches.iter().any(|h| headers.contains_key(*h)) {
+                Role::Admin
+            } else {
+                Role::Invoke
+            }
+        }
+        "/functions"
+        | "/functions/{id}"
+        | "/functions/{id}/logs"
+        | "/store"
+        | "/store/snapshots"
+        | "/metrics"
+        | "/events"
+            if read =>
+        {
+            Role::Invoke
+        }
+        _ => Role::Admin,
     }
 }
 
@@ -127,6 +165,40 @@ mod tests {
         assert_eq!(t.role_of(b""), None);
         assert!(format!("{t:?}").contains("count: 3"));
         assert!(!format!("{t:?}").contains("aaaa"));
+    }
+
+    #[test]
+    fn only_hashes_are_kept() {
+        let t = Tokens::parse("admin:aaaaaaaaaaaaaaaaaaaa\n").unwrap();
+        assert_eq!(t.entries[0].1, blake3::hash(b"aaaaaaaaaaaaaaaaaaaa"));
+        // Presented tokens of any length are hashed, not length-checked.
+        assert_eq!(t.role_of(&[b'a'; 4096]), None);
+        assert_eq!(t.role_of(b"a"), None);
+    }
+
+    #[test]
+    fn roles_follow_the_route_not_the_path() {
+        let none = HeaderMap::new();
+        let r = |m: Method, route: &str| required_role(&m, route, &none);
+        assert_eq!(r(Method::POST, "/functions/{id}/invoke"), Role::Invoke);
+        // A function named `invoke` is deleted through `/functions/{id}`.
+        assert_eq!(r(Method::DELETE, "/functions/{id}"), Role::Admin);
+        assert_eq!(r(Method::GET, "/functions/{id}"), Role::Invoke);
+        assert_eq!(r(Method::POST, "/functions"), Role::Admin);
+        assert_eq!(r(Method::GET, "/functions"), Role::Invoke);
+        assert_eq!(r(Method::GET, "/events"), Role::Invoke);
+        assert_eq!(r(Method::POST, "/store/gc"), Role::Admin);
+        assert_eq!(r(Method::POST, "/store/verify"), Role::Admin);
+        assert_eq!(r(Method::GET, "/somewhere/new"), Role::Admin);
+        for switch in [COLD_HEADER, pool::instance::FAIL_PAGE_SERVER_HEADER] {
+            let mut h = HeaderMap::new();
+            h.insert(switch, "1".parse().unwrap());
+            assert_eq!(
+                required_role(&Method::POST, "/functions/{id}/invoke", &h),
+                Role::Admin,
+                "{switch}"
+            );
+        }
     }
 
     #[test]

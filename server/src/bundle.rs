@@ -35,21 +35,26 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
     let toml_path = dir.join("thaw.toml");
     let text = std::fs::read_to_string(&toml_path)
         .with_context(|| format!("reading {}", toml_path.display()))?;
-    let value: toml::Value =
-        toml::from_str(&text).with_context(|| format!("parsing {}", toml_path.display()))?;
-    let json = serde_json::to_value(&value)?;
-    let fields = json
-        .as_object()
-        .cloned()
-        .context("thaw.toml must be a table")?;
-    let spec = FunctionSpec::from_fields(fields)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", toml_path.display()))?;
+    let spec = parse_spec(&text, &toml_path)?;
     let archive = pack(&dir)?;
     Ok(Bundle {
         spec,
         files: BTreeMap::new(),
         archive: Some(archive),
     })
+}
+
+/// Parses the text of a `thaw.toml` (`path` only names it in errors) into a
+/// validated spec. The pure entry point the fuzz targets drive.
+pub fn parse_spec(text: &str, path: &Path) -> Result<FunctionSpec> {
+    let value: toml::Value =
+        toml::from_str(text).with_context(|| format!("parsing {}", path.display()))?;
+    let json = serde_json::to_value(&value)?;
+    let fields = json
+        .as_object()
+        .cloned()
+        .context("thaw.toml must be a table")?;
+    FunctionSpec::from_fields(fields).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 fn pack(dir: &Path) -> Result<Vec<u8>> {

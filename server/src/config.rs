@@ -95,6 +95,18 @@ pub struct Settings {
     /// Most pre-made stub sandboxes in all, over every version (default 16).
     #[arg(long, env = "THAW_SPARE_SANDBOXES_MAX")]
     pub spare_sandboxes_max: Option<usize>,
+    /// Most dashboard sessions kept at once per role; beyond it the oldest
+    /// of that role is signed out (default 10000).
+    #[arg(long, env = "THAW_SESSIONS_PER_ROLE")]
+    pub sessions_per_role: Option<usize>,
+    /// Addresses of outbound sandboxes, a CIDR (default 100.96.0.0/12): the
+    /// first host address is their gateway, each sandbox takes one more.
+    #[arg(long, env = "THAW_NETWORK_RANGE")]
+    pub network_range: Option<String>,
+    /// Resolvers the sandboxes' DNS forwarder relays to, `ip` or
+    /// `ip:port`, comma-separated (default: the host's /etc/resolv.conf).
+    #[arg(long, env = "THAW_DNS_UPSTREAM", value_delimiter = ',')]
+    pub dns_upstream: Option<Vec<String>>,
     /// Deploy the function in this folder at start (repeatable).
     #[arg(long = "deploy")]
     #[serde(default)]
@@ -126,6 +138,9 @@ impl Settings {
             log_max_age_s: self.log_max_age_s.or(below.log_max_age_s),
             spare_sandboxes: self.spare_sandboxes.or(below.spare_sandboxes),
             spare_sandboxes_max: self.spare_sandboxes_max.or(below.spare_sandboxes_max),
+            sessions_per_role: self.sessions_per_role.or(below.sessions_per_role),
+            network_range: self.network_range.or(below.network_range),
+            dns_upstream: self.dns_upstream.or(below.dns_upstream),
             deploy: if self.deploy.is_empty() {
                 below.deploy
             } else {
@@ -146,7 +161,28 @@ impl Settings {
                 tokens.add(Role::Admin, &t).context("THAW_TOKEN")?;
             }
         }
+        let network_range: pool::sandbox::net::Ipv4Range = self
+            .network_range
+            .as_deref()
+            .unwrap_or(pool::sandbox::net::DEFAULT_RANGE)
+            .parse()
+            .map_err(|e| anyhow::anyhow!("network_range: {e}"))?;
+        anyhow::ensure!(
+            network_range.prefix() <= 30,
+            "network_range: {network_range} is too small (a /30 or larger is needed)"
+        );
+        let dns_upstream = match &self.dns_upstream {
+            Some(list) => Some(
+                list.iter()
+                    .map(|s| crate::dns::parse_upstream(s))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("dns_upstream: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(ServeOptions {
+            network_range,
+            dns_upstream,
             listen: self
                 .listen
                 .unwrap_or_else(|| "127.0.0.1:7070".parse().unwrap()),
@@ -154,15 +190,23 @@ impl Settings {
             python: self
                 .python
                 .unwrap_or_else(|| PathBuf::from("/usr/bin/python3")),
-            max_body: self.max_body_mb.unwrap_or(6) << 20,
-            memory_budget: self.memory_budget_mb.map(|m| m << 20),
+            max_body: scaled(self.max_body_mb.unwrap_or(6), 20, "max_body_mb")?,
+            memory_budget: self
+                .memory_budget_mb
+                .map(|m| scaled(m, 20, "memory_budget_mb"))
+                .transpose()?,
             tokens,
+            token_file: self.token_file.clone(),
             allow_forced_cold: self.allow_forced_cold.unwrap_or(false),
             memory_mode: self.memory_mode.unwrap_or_default(),
             deploy: self.deploy,
             stop_timeout: Duration::from_secs(self.stop_timeout_s.unwrap_or(30)),
             logs: crate::logstore::LogLimits {
-                bytes_per_function: self.log_kb_per_function.unwrap_or(1024) << 10,
+                bytes_per_function: scaled(
+                    self.log_kb_per_function.unwrap_or(1024),
+                    10,
+                    "log_kb_per_function",
+                )?,
                 max_age: Duration::from_secs(self.log_max_age_s.unwrap_or(86_400)),
             },
             spares: {
@@ -172,8 +216,29 @@ impl Settings {
                     max_total: self.spare_sandboxes_max.unwrap_or(d.max_total),
                 }
             },
+            sessions_per_role: self
+                .sessions_per_role
+                .unwrap_or(crate::ui::session::DEFAULT_PER_ROLE),
         })
     }
+}
+
+/// `value << shift` (MiB or KiB to bytes), or an error naming the setting
+/// when the bytes do not fit (a plain shift would silently drop the high
+/// bits: `max_body_mb = 17592186044416` became a limit of 0 bytes).
+fn scaled<T>(value: T, shift: u32, key: &str) -> Result<T>
+where
+    T: Copy
+        + std::fmt::Display
+        + std::ops::Shl<u32, Output = T>
+        + std::ops::Shr<u32, Output = T>
+        + PartialEq,
+{
+    let bytes = value << shift;
+    if bytes >> shift != value {
+        anyhow::bail!("{key} = {value} is too large");
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -236,6 +301,66 @@ mod tests {
         );
         let err = toml::from_str::<Settings>("memory_mode = \"lazy\"\n").unwrap_err();
         assert!(err.to_string().contains("mmap"), "{err}");
+    }
+
+    /// Seen while writing the config_file fuzz target (its input is
+    /// fuzz/corpus/config_file/regress-max-body-wraps): sizes that do not
+    /// fit in bytes wrapped instead of failing.
+    #[test]
+    fn sizes_too_large_for_bytes_are_errors() {
+        for (text, key) in [
+            ("max_body_mb = 17592186044416\n", "max_body_mb"),
+            (
+                "memory_budget_mb = 9223372036854775807\n",
+                "memory_budget_mb",
+            ),
+            (
+                "log_kb_per_function = 18014398509481984\n",
+                "log_kb_per_function",
+            ),
+        ] {
+            let file: Settings = toml::from_str(text).unwrap();
+            let err = Settings::default().over(file).resolve().unwrap_err();
+            assert!(err.to_string().contains(&format!("{key} = ")), "{err}");
+            assert!(err.to_string().ends_with("is too large"), "{err}");
+        }
+        let file: Settings = toml::from_str("max_body_mb = 4096\n").unwrap();
+        let opts = Settings::default().over(file).resolve().unwrap();
+        assert_eq!(opts.max_body, 4096 << 20);
+    }
+
+    #[test]
+    fn network_settings_parse_and_refuse_nonsense() {
+        let opts = Settings::default().resolve().unwrap();
+        assert_eq!(opts.network_range.to_string(), "100.96.0.0/12");
+        assert_eq!(opts.dns_upstream, None);
+        let file: Settings = toml::from_str(
+            "network_range = \"100.127.200.0/24\"\ndns_upstream = [\"203.0.113.10\", \"127.0.0.1:5353\"]\n",
+        )
+        .unwrap();
+        let opts = Settings::default().over(file).resolve().unwrap();
+        assert_eq!(opts.network_range.to_string(), "100.127.200.0/24");
+        assert_eq!(
+            opts.dns_upstream.unwrap(),
+            vec![
+                "203.0.113.10:53".parse().unwrap(),
+                "127.0.0.1:5353".parse().unwrap()
+            ]
+        );
+        for (toml, needle) in [
+            ("network_range = \"100.96.0.1/12\"", "host bits"),
+            ("network_range = \"100.96.0.0/31\"", "too small"),
+            ("network_range = \"nope\"", "network_range"),
+            ("dns_upstream = [\"resolver.lan\"]", "dns_upstream"),
+        ] {
+            let file: Settings = toml::from_str(toml).unwrap();
+            let err = Settings::default()
+                .over(file)
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -2,29 +2,41 @@
 //! the `thaw` command line.
 //!
 //! * [`spec`]: the deploy request and its validation.
+//! * [`runtime`]: the runtimes (runtimes/*): handler syntax, launch, build.
 //! * [`registry`]: function records and code in the data directory.
 //! * [`snapshots`]: capturing a warmed version into the page store.
 //! * [`rebuild`]: rebuilding a snapshot after a restore of it failed.
 //! * [`service`]: deploy, version routing, invoke, delete.
 //! * [`api`]: the axum router over the service.
 //! * [`auth`]: API tokens and roles.
+//! * [`guard`]: cross-site requests and DNS rebinding.
+//! * [`answer`]: the headers of a function's answer.
+//! * [`redact`]: what non-admin callers may not read.
+//! * [`private`]: permissions of the data directory.
 //! * [`serve`]: `thaw serve`.
 //! * [`config`]: its settings (file, environment, flags).
 //! * [`client`]: the commands that talk to a server.
 //! * [`bundle`]: function folders (`thaw.toml` + code).
 //! * [`store_view`]: the page store as the API and CLI show it.
 //! * [`ui`]: the dashboard's routes, sessions and live stream.
+//! * [`dns`]: the DNS forwarder of outbound sandboxes.
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod api;
 pub mod auth;
 pub mod bundle;
 pub mod client;
 pub mod config;
+pub mod guard;
+pub mod dns;
 pub mod logstore;
 pub mod metrics;
+pub mod private;
 pub mod rebuild;
+pub mod redact;
 pub mod registry;
+pub mod runtime;
 pub mod serve;
 pub mod service;
 pub mod snapshots;

@@ -30,6 +30,8 @@ struct ServerArgs {
     token: Option<String>,
 }
 
+// Parsed once per run: the size of the settings variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (control plane and dashboard).
@@ -204,13 +206,14 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Ls { server } => {
             let v = client(&server).list().await?;
             println!(
-                "{:<24} {:>7} {:<10} {:>5} {:>5}  ERROR",
-                "NAME", "VERSION", "STATE", "IDLE", "BUSY"
+                "{:<24} {:<8} {:>7} {:<10} {:>5} {:>5}  ERROR",
+                "NAME", "RUNTIME", "VERSION", "STATE", "IDLE", "BUSY"
             );
             for f in v["functions"].as_array().into_iter().flatten() {
                 println!(
-                    "{:<24} {:>7} {:<10} {:>5} {:>5}  {}",
+                    "{:<24} {:<8} {:>7} {:<10} {:>5} {:>5}  {}",
                     f["name"].as_str().unwrap_or("?"),
+                    f["spec"]["runtime"].as_str().unwrap_or("?"),
                     f["version"],
                     f["state"].as_str().unwrap_or("?"),
                     f["instances"]["idle"],

@@ -5,16 +5,25 @@
 //! <data>/functions/<name>/v<N>/code/...     the code of version N (read-only to functions)
 //! ```
 //!
+//! Everything here but the code trees is private to the server: records are
+//! 0600 files in 0700 directories (see [`crate::private`]); a version's code
+//! is 0755/0644 inside its 0700 version directory, so the function's user
+//! reads it only through the sandbox's bind of it at `/var/task`.
+//!
+//! Deploys and deletes of one name are serialised by [`Registry::name_lock`]:
+//! two deploys at once get distinct version numbers, each with its own code.
+//!
 //! `function.json` is replaced atomically (write to a temporary file, fsync,
 //! rename, fsync the directory). A version's code is written to a temporary
 //! directory that is renamed into place before the record names it, so a
 //! crash never leaves a record pointing at half-written code.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -139,7 +148,7 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Registr
     move |source| RegistryError::Io { what, path, source }
 }
 
-/// Writes `bytes` to `path` atomically and durably.
+/// Writes `bytes` to `path` atomically and durably, as a 0600 file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
     let dir = path.parent().expect("path has a parent");
     let tmp = dir.join(format!(
@@ -147,7 +156,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
         path.file_name().unwrap().to_string_lossy(),
         rand::random::<u32>()
     ));
-    let mut f = fs::File::create(&tmp).map_err(io("create", &tmp))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
     f.write_all(bytes).map_err(io("write", &tmp))?;
     f.sync_all().map_err(io("fsync", &tmp))?;
     drop(f);
@@ -161,18 +175,42 @@ fn fsync_dir(dir: &Path) -> Result<(), RegistryError> {
         .map_err(io("fsync", dir))
 }
 
+/// Creates `dir` and its missing parents as 0700 directories.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// One lock per function name; see [`Registry::name_lock`].
+type NameLocks = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
+
 /// The function records of one data directory.
 #[derive(Debug, Clone)]
 pub struct Registry {
     root: PathBuf,
+    names: NameLocks,
 }
 
 impl Registry {
     /// Opens (creating) `<data>/functions`.
     pub fn open(data_dir: &Path) -> Result<Registry, RegistryError> {
         let root = data_dir.join("functions");
-        fs::create_dir_all(&root).map_err(io("create", &root))?;
-        Ok(Registry { root })
+        create_private_dir(&root).map_err(io("create", &root))?;
+        Ok(Registry {
+            root,
+            names: NameLocks::default(),
+        })
+    }
+
+    /// The lock that serialises changes of function `name` (deploy,
+    /// delete): hold it from choosing a version number until the record
+    /// names the version. Locks of names nobody holds are forgotten.
+    pub fn name_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut names = self.names.lock().unwrap();
+        names.retain(|_, lock| Arc::strong_count(lock) > 1);
+        names.entry(name.to_string()).or_default().clone()
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -236,7 +274,7 @@ impl Registry {
     /// Stores a record.
     pub fn save(&self, record: &FunctionRecord) -> Result<(), RegistryError> {
         let dir = self.dir(&record.name);
-        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        create_private_dir(&dir).map_err(io("create", &dir))?;
         let json = serde_json::to_vec_pretty(record).expect("record serialises");
         write_atomic(&dir.join("function.json"), &json)
     }
@@ -255,10 +293,11 @@ impl Registry {
             )));
         }
         let fdir = self.dir(name);
-        fs::create_dir_all(&fdir).map_err(io("create", &fdir))?;
+        create_private_dir(&fdir).map_err(io("create", &fdir))?;
         let staging = fdir.join(format!(".staging-v{version}-{:x}", rand::random::<u32>()));
         let code = staging.join("code");
-        fs::create_dir_all(&code).map_err(io("create", &code))?;
+        // v<N> stays 0700: only the sandbox's bind reaches the code in it.
+        create_private_dir(&code).map_err(io("create", &code))?;
         let result = (|| {
             if let Some(archive) = archive {
                 unpack(archive, &code)?;
@@ -342,8 +381,9 @@ fn make_readable(dir: &Path) -> Result<(), RegistryError> {
 }
 
 /// Unpacks a tar.gz into `dst`, refusing paths that leave it, links, devices
-/// and archives that unpack to more than [`MAX_UNPACKED`] bytes.
-fn unpack(archive: &[u8], dst: &Path) -> Result<(), RegistryError> {
+/// and archives that unpack to more than [`MAX_UNPACKED`] bytes. Public so
+/// that the fuzz targets drive the real unpacker.
+pub fn unpack(archive: &[u8], dst: &Path) -> Result<(), RegistryError> {
     let bad = |m: String| RegistryError::BadCode(format!("field `archive`: {m}"));
     let gz = flate2::read::GzDecoder::new(archive);
     let mut tar = tar::Archive::new(gz.take(MAX_UNPACKED + 1));

@@ -19,10 +19,6 @@ use crate::logstore::{LogLimits, LogStore};
 use crate::registry::{write_atomic, Registry};
 use crate::service::{Service, ServiceConfig};
 
-/// The Python runtime, embedded so the binary is all a host needs.
-const BOOTSTRAP_PY: &str = include_str!("../../runtimes/python/bootstrap.py");
-const THAW_PY: &str = include_str!("../../runtimes/python/thaw.py");
-
 /// Settings of `thaw serve`.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -38,6 +34,8 @@ pub struct ServeOptions {
     pub memory_budget: Option<u64>,
     /// Accepted API tokens.
     pub tokens: crate::auth::Tokens,
+    /// The file they came from, if any (narrowed to 0600 at start).
+    pub token_file: Option<PathBuf>,
     /// Honour `x-thaw-cold`.
     pub allow_forced_cold: bool,
     /// Default memory mode of restored copies.
@@ -50,6 +48,13 @@ pub struct ServeOptions {
     pub logs: LogLimits,
     /// Pre-made stub sandboxes kept for cold starts.
     pub spares: pool::manager::SpareConfig,
+    /// Most browser sessions kept at once per role.
+    pub sessions_per_role: usize,
+    /// Addresses of outbound sandboxes (gateway first).
+    pub network_range: pool::sandbox::net::Ipv4Range,
+    /// Resolvers the DNS forwarder relays to (None: the host's
+    /// /etc/resolv.conf).
+    pub dns_upstream: Option<Vec<SocketAddr>>,
 }
 
 fn total_memory() -> u64 {
@@ -110,26 +115,51 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("thaw serve must run as root: sandboxes need namespaces, mounts and cgroups");
     }
-    std::fs::create_dir_all(&opts.data_dir)
+    crate::registry::create_private_dir(&opts.data_dir)
         .with_context(|| format!("creating data directory {}", opts.data_dir.display()))?;
     let data_dir = opts
         .data_dir
         .canonicalize()
         .with_context(|| format!("resolving {}", opts.data_dir.display()))?;
+    // Snapshots hold function memory and records hold secrets: the data
+    // directory is the server's alone (see `private`).
+    let fixed = crate::private::secure_data_dir(&data_dir)
+        .with_context(|| format!("making {} private", data_dir.display()))?;
+    if fixed != crate::private::Fixed::default() {
+        tracing::warn!(
+            dirs = fixed.dirs,
+            files = fixed.files,
+            data_dir = %data_dir.display(),
+            "narrowed permissions in the data directory (0700 directories, 0600 files)"
+        );
+    }
+    if let Some(path) = &opts.token_file {
+        match crate::private::narrow_token_file(path) {
+            Ok(true) => tracing::warn!(
+                path = %path.display(),
+                "the token file was readable by others; narrowed to 0600"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "checking the token file"),
+        }
+    }
+    for dir in [
+        crate::snapshots::snapshots_dir(&data_dir),
+        crate::store_view::store_dir(&data_dir),
+    ] {
+        crate::registry::create_private_dir(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
 
-    let runtime_dir = data_dir.join("runtime/python");
-    std::fs::create_dir_all(&runtime_dir)?;
-    write_atomic(&runtime_dir.join("bootstrap.py"), BOOTSTRAP_PY.as_bytes())?;
-    write_atomic(&runtime_dir.join("thaw.py"), THAW_PY.as_bytes())?;
-    for dir in [&data_dir.join("runtime"), &runtime_dir] {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    }
-    for f in ["bootstrap.py", "thaw.py"] {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(runtime_dir.join(f), std::fs::Permissions::from_mode(0o644))?;
-    }
     let hash_seed = hash_seed(&data_dir)?;
+    // The runtimes embedded in the binary (runtimes/*), written where
+    // sandboxes bind them.
+    let runtimes = crate::runtime::Runtimes::install(&data_dir, opts.python.clone(), hash_seed)
+        .context("installing the runtimes")?;
+    if let Err(e) = runtimes.refresh_stale().await {
+        // Versions of that runtime fail to boot until a deploy prepares it.
+        tracing::error!(error = %e, "preparing a runtime again for this thaw failed");
+    }
 
     let cgroups = CgroupRoot::detect(&install_tag(&data_dir)).context("setting up cgroups")?;
     let stale = cgroups.remove_stale().context("removing stale sandboxes")?;
@@ -148,6 +178,8 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             "removed sandboxes left by an earlier run"
         );
     }
+
+    let (network, _dns) = start_network(&opts, &data_dir)?;
 
     let init_exe = std::env::current_exe().context("finding the thaw binary")?;
     let store = Arc::new(crate::store_view::open(&data_dir)?);
@@ -168,6 +200,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             uid: DEFAULT_UID,
             gid: DEFAULT_UID,
             cgroups,
+            network: Some(network),
         },
         memory_budget: budget,
         init_timeout: Duration::from_secs(120),
@@ -179,9 +212,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     let service = Service::new(
         ServiceConfig {
             data_dir: data_dir.clone(),
-            python: opts.python.clone(),
-            runtime_dir,
-            hash_seed,
+            runtimes: Arc::new(runtimes),
             max_body: opts.max_body,
             allow_forced_cold: opts.allow_forced_cold,
             memory_mode: opts.memory_mode.as_str().into(),
@@ -199,9 +230,12 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     for dir in &opts.deploy {
         let bundle = crate::bundle::read_bundle(dir)?;
         let name = bundle.spec.name.clone();
-        service
-            .deploy(bundle.spec, &bundle.files, bundle.archive.as_deref())
-            .map_err(|e| anyhow::anyhow!("deploying {}: {}", dir.display(), e.message))?;
+        let svc = service.clone();
+        tokio::task::spawn_blocking(move || {
+            svc.deploy(bundle.spec, &bundle.files, bundle.archive.as_deref())
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("deploying {}: {}", dir.display(), e.message))?;
         tracing::info!(function = %name, "example deployed");
         deployed.push(name);
     }
@@ -218,6 +252,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     let state = AppState {
         service: service.clone(),
         tokens: Arc::new(opts.tokens.clone()),
+        sessions: Arc::new(crate::ui::session::Sessions::new(opts.sessions_per_role)),
     };
     // Every request gets an `x-request-id` (a client's own is kept), echoed
     // in the answer and recorded in the request's log span. The layer added
@@ -241,7 +276,12 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         .layer(trace)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    // The client's address keys the sign-in rate limit.
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
         let _ = stop_rx.changed().await;
     });
     let mut server = std::pin::pin!(server.into_future());
@@ -262,6 +302,49 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     tracing::info!("stopping instances");
     pool.shutdown().await;
     Ok(())
+}
+
+/// Outbound sandboxes' networking: removes links a dead server left, and
+/// starts the DNS forwarder on the gateway (without it outbound sandboxes
+/// still work, by address only: the failure is logged).
+fn start_network(
+    opts: &ServeOptions,
+    data_dir: &Path,
+) -> Result<(
+    Arc<pool::sandbox::net::HostNetwork>,
+    Option<crate::dns::Forwarder>,
+)> {
+    use pool::sandbox::net::{HostNetwork, NetSettings};
+    let network = HostNetwork::new(NetSettings {
+        range: opts.network_range,
+        resolv_conf: data_dir.join("net/resolv.conf"),
+        owner_tag: install_tag(data_dir),
+    })
+    .context("setting up sandbox networking")?;
+    network.check_range()?;
+    match network.remove_stale() {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            links = n,
+            "removed sandbox network links left by an earlier run"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not look for stale sandbox network links"),
+    }
+    let upstreams = match &opts.dns_upstream {
+        Some(list) => list.clone(),
+        None => crate::dns::resolvers_from(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
+    };
+    let addr = SocketAddr::new(network.gateway().into(), 53);
+    let dns = match crate::dns::start(addr, upstreams) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), %addr, "outbound sandboxes get no DNS forwarder");
+            None
+        }
+    };
+    Ok((network, dns))
 }
 
 async fn stop_signal() {

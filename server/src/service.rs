@@ -7,11 +7,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pool::cgroup::CgroupLimits;
 use pool::instance::{BootError, Invocation, Outcome};
 use pool::logs::LogSink;
 use pool::manager::{Counts, Failed, Served};
-use pool::sandbox::LaunchSpec;
 use pool::{Cold, FunctionKey, Pool, PoolError, StartKind, StartSpec};
 
 use crate::logstore::LogStore;
@@ -25,12 +23,8 @@ use crate::spec::FunctionSpec;
 pub struct ServiceConfig {
     /// Data directory.
     pub data_dir: PathBuf,
-    /// The Python interpreter functions run on.
-    pub python: PathBuf,
-    /// Host directory with the Python runtime files.
-    pub runtime_dir: PathBuf,
-    /// `PYTHONHASHSEED` of this installation.
-    pub hash_seed: u32,
+    /// The runtimes, installed in the data directory.
+    pub runtimes: Arc<crate::runtime::Runtimes>,
     /// Largest request body, bytes.
     pub max_body: usize,
     /// Whether `x-thaw-cold` is honoured.
@@ -60,6 +54,8 @@ pub enum ErrorKind {
     ConcurrencyLimit,
     /// 429
     MemoryBudget,
+    /// 429
+    RateLimited,
     /// 500
     HandlerError,
     /// 500
@@ -87,6 +83,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::ConcurrencyLimit => "concurrency_limit",
             ErrorKind::MemoryBudget => "memory_budget",
+            ErrorKind::RateLimited => "rate_limited",
             ErrorKind::HandlerError => "handler_error",
             ErrorKind::Internal => "internal_error",
             ErrorKind::InitError => "init_error",
@@ -105,7 +102,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::NoSnapshot => 409,
             ErrorKind::PayloadTooLarge => 413,
-            ErrorKind::ConcurrencyLimit | ErrorKind::MemoryBudget => 429,
+            ErrorKind::ConcurrencyLimit | ErrorKind::MemoryBudget | ErrorKind::RateLimited => 429,
             ErrorKind::HandlerError | ErrorKind::Internal => 500,
             ErrorKind::InitError | ErrorKind::FunctionCrashed => 502,
             ErrorKind::ShuttingDown => 503,
@@ -394,53 +391,12 @@ impl Service {
 
     fn version_of(&self, name: &str, record: VersionRecord) -> Version {
         let spec = &record.spec;
-        let mut env: Vec<(String, String)> = vec![
-            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-            ("HOME".into(), "/tmp".into()),
-            ("LANG".into(), "C.UTF-8".into()),
-        ];
-        for (k, v) in &spec.env {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.clone(), v.clone()));
-        }
-        env.extend(
-            [
-                ("PYTHONPATH", "/var/runtime".to_string()),
-                ("PYTHONDONTWRITEBYTECODE", "1".into()),
-                ("PYTHONHASHSEED", self.config.hash_seed.to_string()),
-                ("OPENBLAS_NUM_THREADS", "1".into()),
-                ("OMP_NUM_THREADS", "1".into()),
-                ("MKL_NUM_THREADS", "1".into()),
-                ("NUMEXPR_NUM_THREADS", "1".into()),
-                ("THAW_HANDLER", spec.handler.clone()),
-                ("THAW_FUNCTION", name.to_string()),
-                ("THAW_VERSION", record.version.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v)),
+        let launch = self.config.runtimes.launch(
+            spec,
+            name,
+            record.version,
+            self.registry.code_dir(name, record.version),
         );
-        let launch = LaunchSpec {
-            code_dir: self.registry.code_dir(name, record.version),
-            runtime_dir: Some(self.config.runtime_dir.clone()),
-            argv: vec![
-                self.config.python.display().to_string(),
-                "-s".into(),
-                "/var/runtime/bootstrap.py".into(),
-            ],
-            env,
-            cwd: "/var/task".into(),
-            limits: CgroupLimits {
-                memory_bytes: spec.memory_mb << 20,
-                pids: spec.pids,
-                cpu_weight: spec.cpu_weight,
-            },
-            tmp_mb: spec.tmp_mb,
-            network: spec.network,
-            // Warm-ups are captured: a fixed layout lets snapshots of every
-            // boot and function share pages (see README, "Snapshots").
-            no_aslr: true,
-            stub: false,
-        };
         let start = StartSpec {
             launch,
             keep_alive: Duration::from_secs(spec.keep_alive_s),
@@ -476,6 +432,14 @@ impl Service {
         archive: Option<&[u8]>,
     ) -> Result<FunctionView, ApiError> {
         let name = spec.name.clone();
+        self.config
+            .runtimes
+            .check_available(&spec.runtime)
+            .map_err(|e| ApiError::new(ErrorKind::InvalidSpec, e.to_string()))?;
+        // One deploy or delete of a name at a time: the number chosen here
+        // is in the record before the next deploy chooses one. (Blocking:
+        // callers run this on a blocking thread.)
+        let _serial = self.registry.name_lock(&name).blocking_lock_owned();
         let number = {
             let map = self.functions.read().unwrap();
             map.get(&name)
@@ -525,6 +489,17 @@ impl Service {
     }
 
     async fn warm_up(&self, v: &Version) -> (VersionState, Option<String>, Option<SnapshotInfo>) {
+        // Compile what the runtime compiles (Java sources) before the first
+        // boot; its tool's message fails the version.
+        if let Err(e) = self
+            .config
+            .runtimes
+            .build(&v.record.spec.runtime, &v.start.launch.code_dir)
+            .await
+        {
+            tracing::warn!(function = %v.key.name, version = v.key.version, error = %e, "build failed");
+            return (VersionState::Failed, Some(e.to_string()), None);
+        }
         let instance = match self.pool.boot(&v.key, &v.start).await {
             Ok(i) => i,
             Err(PoolError::Boot(BootError::Init {
@@ -587,9 +562,17 @@ impl Service {
         mut instance: pool::instance::Instance,
     ) -> Result<pool::instance::Instance, String> {
         let timeout = Duration::from_millis(v.record.spec.timeout_ms);
-        for (i, event) in v.record.spec.warmup.iter().enumerate() {
+        let events = &v.record.spec.warmup;
+        let rounds = v.record.spec.warmup_repeat.max(1) as usize;
+        let all = events.iter().enumerate().cycle().take(events.len() * rounds);
+        for (n, (i, event)) in all.enumerate() {
+            let round = n / events.len().max(1) + 1;
             let inv = Invocation {
-                id: format!("warmup-{}", i + 1),
+                id: if rounds == 1 {
+                    format!("warmup-{}", i + 1)
+                } else {
+                    format!("warmup-{}-{round}", i + 1)
+                },
                 function: v.key.name.clone(),
                 version: v.key.version,
                 timeout,
@@ -795,6 +778,7 @@ impl Service {
 
     /// Deletes a function: stops its instances, frees its files and logs.
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let _serial = self.registry.name_lock(name).lock_owned().await;
         let removed = self.functions.write().unwrap().remove(name);
         let Some(versions) = removed else {
             return Err(ApiError::new(

@@ -69,7 +69,12 @@ pub fn take(
     id: &str,
     pid: i32,
 ) -> Result<SnapshotInfo, SnapshotError> {
-    let info = take_snapshot(pid, store, dir, id, &CaptureOptions::default())?;
+    // Functions run under thaw's seccomp policy: the one filter accepted.
+    let options = CaptureOptions {
+        seccomp_filters: vec![pool::sandbox::seccomp::program_bytes()],
+        ..CaptureOptions::default()
+    };
+    let info = take_snapshot(pid, store, dir, id, &options)?;
     Ok(SnapshotInfo {
         id: info.id,
         created_ms: std::time::SystemTime::now()

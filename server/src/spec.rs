@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_FILES: usize = 10_000;
 /// Most warm-up events.
 pub const MAX_WARMUP: usize = 100;
+/// Most rounds of the warm-up events (`warmup_repeat`).
+pub const MAX_WARMUP_REPEAT: u32 = 10_000;
 /// Largest `min_instances` (idle copies restored from a snapshot cost a few
 /// MiB each, see README "Memory").
 pub const MAX_MIN_INSTANCES: usize = 1_000;
@@ -19,11 +21,13 @@ pub const MAX_MIN_INSTANCES: usize = 1_000;
 pub struct FunctionSpec {
     /// URL-safe name, the `:id` in every route.
     pub name: String,
-    /// Runtime; only `python3` today.
+    /// Runtime: `python3` (default), `node20` or `java17` (see
+    /// docs/runtimes.md).
     #[serde(default = "default_runtime")]
     pub runtime: String,
-    /// `module.function` of the handler.
-    #[serde(default = "default_handler")]
+    /// The handler, in the runtime's syntax (`module.function`,
+    /// `file.export`, `pkg.Class::method`); default: the runtime's.
+    #[serde(default)]
     pub handler: String,
     /// Memory limit, MiB (default 256).
     #[serde(default = "default_memory_mb")]
@@ -40,6 +44,10 @@ pub struct FunctionSpec {
     /// CPU weight 1..=10000 (default 100).
     #[serde(default = "default_cpu_weight")]
     pub cpu_weight: u64,
+    /// CPU cap in cores (`0.5`: half of one core), enforced as a CFS
+    /// quota; default none: uncapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
     /// Most processes and threads (default 64).
     #[serde(default = "default_pids")]
     pub pids: u64,
@@ -55,9 +63,17 @@ pub struct FunctionSpec {
     /// `none` (loopback only, default) or `outbound`.
     #[serde(default)]
     pub network: Network,
+    /// Private destinations an `outbound` function may reach,
+    /// `CIDR[:port]` (docs/network.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_allow: Vec<String>,
     /// Events invoked before the version is marked ready.
     #[serde(default)]
     pub warmup: Vec<serde_json::Value>,
+    /// How many times the `warmup` events run (default 1): enough rounds
+    /// let a JIT compile the hot paths before the snapshot.
+    #[serde(default = "default_warmup_repeat")]
+    pub warmup_repeat: u32,
     /// Size of the private `/tmp`, MiB (default 64).
     #[serde(default = "default_tmp_mb")]
     pub tmp_mb: u64,
@@ -92,8 +108,8 @@ pub type FunctionSpecFields = serde_json::Map<String, serde_json::Value>;
 fn default_runtime() -> String {
     "python3".into()
 }
-fn default_handler() -> String {
-    "main.handler".into()
+fn default_warmup_repeat() -> u32 {
+    1
 }
 fn default_memory_mb() -> u64 {
     256
@@ -121,6 +137,16 @@ fn default_tmp_mb() -> u64 {
 }
 fn default_snapshot() -> bool {
     true
+}
+
+/// Smallest `cpu` cap, cores (1 ms of CPU per 100 ms period).
+pub const MIN_CPU: f64 = 0.01;
+
+/// Cores of this host (what a `cpu` cap may be at most).
+fn host_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// A spec that cannot be deployed; the message names the field.
@@ -160,7 +186,7 @@ impl FunctionSpec {
     /// Parses the settings part of a deploy request.
     pub fn from_fields(fields: FunctionSpecFields) -> Result<FunctionSpec, InvalidSpec> {
         let value = serde_json::Value::Object(fields);
-        let spec: FunctionSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut spec: FunctionSpec = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             if path == "." {
                 invalid(format!("invalid spec: {}", e.inner()))
@@ -168,6 +194,17 @@ impl FunctionSpec {
                 invalid(format!("field `{path}`: {}", e.inner()))
             }
         })?;
+        if spec.handler.is_empty() {
+            let rt = crate::runtime::catalog().get(&spec.runtime);
+            if let Some(default) = rt.and_then(|rt| rt.desc.default_handler.as_ref()) {
+                spec.handler = default.clone();
+            } else if rt.is_some() {
+                return Err(invalid(format!(
+                    "field `handler` is required for runtime {}",
+                    spec.runtime
+                )));
+            }
+        }
         spec.validate()?;
         Ok(spec)
     }
@@ -180,30 +217,28 @@ impl FunctionSpec {
                 self.name
             )));
         }
-        if self.runtime != "python3" {
+        let catalog = crate::runtime::catalog();
+        let Some(runtime) = catalog.get(&self.runtime) else {
+            let names: Vec<String> = catalog.names().iter().map(|n| format!("{n:?}")).collect();
             return Err(invalid(format!(
-                "field `runtime` must be \"python3\", got {:?}",
+                "field `runtime` must be one of {}, got {:?}",
+                names.join(", "),
                 self.runtime
             )));
-        }
-        let handler_ok = self.handler.rsplit_once('.').is_some_and(|(m, f)| {
-            let ident = |s: &str| {
-                !s.is_empty()
-                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    && !s.starts_with(|c: char| c.is_ascii_digit())
-            };
-            m.split('.').all(ident) && ident(f)
-        });
-        if !handler_ok {
-            return Err(invalid(format!(
-                "field `handler` must look like \"module.function\", got {:?}",
-                self.handler
-            )));
-        }
+        };
+        runtime.validate_handler(&self.handler).map_err(invalid)?;
         range("memory_mb", self.memory_mb, 32, 65_536)?;
         range("timeout_ms", self.timeout_ms, 1, 900_000)?;
         range("concurrency", self.concurrency, 1, 1_000)?;
         range("cpu_weight", self.cpu_weight, 1, 10_000)?;
+        if let Some(cpu) = self.cpu {
+            let cores = host_cores();
+            if !cpu.is_finite() || cpu < MIN_CPU || cpu > cores as f64 {
+                return Err(invalid(format!(
+                    "field `cpu` must be between {MIN_CPU} and {cores} (this host's cores), got {cpu}"
+                )));
+            }
+        }
         range("pids", self.pids, 4, 32_768)?;
         range("keep_alive_s", self.keep_alive_s, 0, 7 * 86_400)?;
         range("min_instances", self.min_instances, 0, MAX_MIN_INSTANCES)?;
@@ -216,6 +251,8 @@ impl FunctionSpec {
                 )));
             }
         }
+        range("warmup_repeat", self.warmup_repeat, 1, MAX_WARMUP_REPEAT)?;
+        self.network_allow_rules()?;
         if self.warmup.len() > MAX_WARMUP {
             return Err(invalid(format!(
                 "field `warmup` has more than {MAX_WARMUP} events"
@@ -235,6 +272,33 @@ impl FunctionSpec {
             return Err(invalid("field `env` has a value with a NUL byte"));
         }
         Ok(())
+    }
+}
+
+/// Most `network_allow` entries.
+pub const MAX_NETWORK_ALLOW: usize = 64;
+
+impl FunctionSpec {
+    /// The parsed `network_allow` entries; only `outbound` functions may
+    /// have any.
+    pub fn network_allow_rules(&self) -> Result<Vec<pool::sandbox::net::AllowRule>, InvalidSpec> {
+        if !self.network_allow.is_empty() && self.network != Network::Outbound {
+            return Err(invalid(
+                "field `network_allow` needs `network = \"outbound\"` (a function without network reaches nothing)",
+            ));
+        }
+        if self.network_allow.len() > MAX_NETWORK_ALLOW {
+            return Err(invalid(format!(
+                "field `network_allow` has more than {MAX_NETWORK_ALLOW} entries"
+            )));
+        }
+        self.network_allow
+            .iter()
+            .map(|e| {
+                e.parse()
+                    .map_err(|err| invalid(format!("field `network_allow`: {err}")))
+            })
+            .collect()
     }
 }
 
@@ -268,6 +332,9 @@ mod tests {
         assert!(s.snapshot);
         assert_eq!(s.network, Network::None);
         assert_eq!(s.memory_mode, None);
+        assert_eq!(s.runtime, "python3");
+        assert_eq!(s.handler, "main.handler");
+        assert_eq!(s.warmup_repeat, 1);
         let s = FunctionSpec::from_fields(fields(
             serde_json::json!({"name": "a", "memory_mode": "uffd"}),
         ))
@@ -304,11 +371,115 @@ mod tests {
                 serde_json::json!({"name": "a", "memory_mode": "lazy"}),
                 "memory_mode",
             ),
+            (
+                serde_json::json!({"name": "a", "runtime": "java17"}),
+                "handler",
+            ),
+            (
+                serde_json::json!({"name": "a", "runtime": "java17", "handler": "a.b"}),
+                "handler",
+            ),
+            (
+                serde_json::json!({"name": "a", "runtime": "node20", "handler": "index"}),
+                "handler",
+            ),
+            (
+                serde_json::json!({"name": "a", "warmup_repeat": 0}),
+                "warmup_repeat",
+            ),
         ] {
             let err = FunctionSpec::from_fields(fields(json))
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(field), "{err} should name {field}");
+        }
+    }
+
+    #[test]
+    fn handler_defaults_per_runtime() {
+        let s = FunctionSpec::from_fields(fields(
+            serde_json::json!({"name": "a", "runtime": "node20"}),
+        ))
+        .unwrap();
+        assert_eq!(s.handler, "index.handler");
+        let s = FunctionSpec::from_fields(fields(serde_json::json!({
+            "name": "a", "runtime": "java17", "handler": "example.Hello::handle", "warmup_repeat": 50
+        })))
+        .unwrap();
+        assert_eq!(s.handler, "example.Hello::handle");
+        assert_eq!(s.warmup_repeat, 50);
+    }
+
+    #[test]
+    fn cpu_is_cores_validated_against_the_host() {
+        let s = FunctionSpec::from_fields(fields(serde_json::json!({"name": "a"}))).unwrap();
+        assert_eq!(s.cpu, None, "uncapped by default");
+        assert!(!serde_json::to_string(&s).unwrap().contains("\"cpu\""));
+        let s = FunctionSpec::from_fields(fields(serde_json::json!({"name": "a", "cpu": 0.5})))
+            .unwrap();
+        assert_eq!(s.cpu, Some(0.5));
+        assert!(serde_json::to_string(&s).unwrap().contains("\"cpu\":0.5"));
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(-1),
+            serde_json::json!(0.001),
+            serde_json::json!(100_000),
+            serde_json::json!("half"),
+        ] {
+            let err =
+                FunctionSpec::from_fields(fields(serde_json::json!({"name": "a", "cpu": bad})))
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains("cpu"), "{err} should name cpu");
+        }
+    }
+
+    #[test]
+    fn network_allow_is_validated() {
+        let s = FunctionSpec::from_fields(fields(serde_json::json!({
+            "name": "a", "network": "outbound", "network_allow": ["10.1.2.0/24:5432", "192.168.7.7"]
+        })))
+        .unwrap();
+        let rules = s.network_allow_rules().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].port, Some(5432));
+        for (json, needle) in [
+            (
+                serde_json::json!({"name": "a", "network_allow": ["10.0.0.0/8"]}),
+                "outbound",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "outbound", "network_allow": ["10.0.0.1/8"]}),
+                "host bits",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "outbound", "network_allow": ["db:5432"]}),
+                "CIDR[:port]",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "outbound", "network_allow": ["10.0.0.0/8:0"]}),
+                "port",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "outbound", "network_allow": ["fd00::/8"]}),
+                "IPv6",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "outbound", "network_allow": ["127.0.0.1"]}),
+                "loopback",
+            ),
+            (
+                serde_json::json!({"name": "a", "network": "outbound", "network_allow": "10.0.0.0/8"}),
+                "network_allow",
+            ),
+        ] {
+            let err = FunctionSpec::from_fields(fields(json))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("network_allow") && err.contains(needle),
+                "{err} should name network_allow and {needle}"
+            );
         }
     }
 

@@ -4,6 +4,8 @@
 //! cwd, umask, rlimits, file offsets, vDSO clocks, `sched_getcpu`, identity.
 //! Needs root (ptrace, pid namespaces) and a C compiler.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -111,12 +113,10 @@ fn write_in_place(path: &Path, bytes: &[u8]) {
 #[test]
 fn ten_c_programs_survive_thaw_snapshot_and_thaw_restore_in_both_modes() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: thaw snapshot and thaw restore need root (ptrace, pid namespaces)");
-        return;
+        skip!("thaw snapshot and thaw restore need root (ptrace, pid namespaces)");
     }
     if Command::new("cc").arg("--version").output().is_err() {
-        eprintln!("skipped: no C compiler (cc)");
-        return;
+        skip!("no C compiler (cc)");
     }
     let tmp = tempfile::tempdir().unwrap();
     let files = Files::new(tmp.path());

@@ -263,8 +263,7 @@ async fn dashboard_end_to_end() {
     require_root!();
     for tool in [CHROMIUM, CHROMEDRIVER] {
         if !Path::new(tool).exists() {
-            eprintln!("skipped: {tool} is missing (apt-get install chromium chromium-driver)");
-            return;
+            skip!("{tool} is missing (apt-get install chromium chromium-driver)");
         }
     }
     let dir = tempfile::tempdir().unwrap();

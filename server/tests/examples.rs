@@ -27,8 +27,9 @@ fn have_numpy() -> bool {
 async fn five_examples_snapshot_share_pages_and_answer() {
     require_root!();
     if !have_numpy() {
-        eprintln!("skipped: /usr/bin/python3 lacks numpy or pandas (apt-get install python3-numpy python3-pandas)");
-        return;
+        skip!(
+            "/usr/bin/python3 lacks numpy or pandas (apt-get install python3-numpy python3-pandas)"
+        );
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut args = vec!["--allow-forced-cold".to_string()];

@@ -34,9 +34,9 @@ use serde::{Deserialize, Serialize};
 use crate::capture::{capture_timed, CaptureError, CaptureOptions};
 use crate::state::ProcessState;
 use crate::store::{
-    area_pages, read_manifest, write_manifest, AreaPages, AreaPagesError, CommitError,
-    InvalidSnapshotId, OpenError, PageStore, ReadManifestError, StoreSink, WriteManifestError,
-    WriterError,
+    area_pages, decode_manifest, read_manifest, write_manifest, AreaPages, AreaPagesError,
+    CommitError, InvalidSnapshotId, OpenError, PageStore, ReadManifestError, StoreSink,
+    WriteManifestError, WriterError, DEFAULT_MANIFEST_LIMIT,
 };
 
 /// Version of the [`Snapshot`] payload; bump on any incompatible change.
@@ -233,8 +233,28 @@ pub fn load_snapshot(snapshots_dir: &Path, id: &str) -> Result<Snapshot, LoadSna
     crate::store::validate_snapshot_id(id)?;
     let path = manifest_path(snapshots_dir, id);
     let snapshot: Snapshot = read_manifest(&path)?;
+    check_snapshot(snapshot, id, &path)
+}
+
+/// Decodes the manifest bytes of snapshot `id` held in memory (`path` only
+/// names it in errors) and checks them as [`load_snapshot`] does. The pure
+/// entry point the fuzz targets drive.
+pub fn parse_snapshot(bytes: &[u8], id: &str, path: &Path) -> Result<Snapshot, LoadSnapshotError> {
+    let snapshot: Snapshot = decode_manifest(bytes, path, DEFAULT_MANIFEST_LIMIT)?;
+    check_snapshot(snapshot, id, path)
+}
+
+/// Checks that a decoded snapshot is snapshot `id` of this build's format
+/// and that its parts agree: areas page-aligned, in address order and not
+/// overlapping, their page runs inside them, and one page list per area of
+/// as many pages.
+pub fn check_snapshot(
+    snapshot: Snapshot,
+    id: &str,
+    path: &Path,
+) -> Result<Snapshot, LoadSnapshotError> {
     let invalid = |what: String| LoadSnapshotError::Invalid {
-        path: path.clone(),
+        path: path.to_path_buf(),
         what,
     };
     if snapshot.format != SNAPSHOT_FORMAT {
@@ -253,14 +273,38 @@ pub fn load_snapshot(snapshots_dir: &Path, id: &str) -> Result<Snapshot, LoadSna
             snapshot.state.areas.len()
         )));
     }
+    let page = crate::store::PAGE_SIZE as u64;
+    let mut previous_end = 0;
     for (area, pages) in snapshot.state.areas.iter().zip(&snapshot.areas) {
-        if pages.page_count() != area.page_count() {
+        let range = format!("area {:#x}-{:#x}", area.start, area.end);
+        if area.end < area.start {
+            return Err(invalid(format!("{range} ends before it starts")));
+        }
+        if area.start % page != 0 || area.end % page != 0 {
+            return Err(invalid(format!("{range} is not page-aligned")));
+        }
+        // As /proc/PID/maps lists them: in address order, never overlapping
+        // (which also bounds every sum of pages below by 2^52).
+        if area.start < previous_end {
             return Err(invalid(format!(
-                "area {:#x}-{:#x} has {} pages but its list {}",
-                area.start,
-                area.end,
+                "{range} overlaps or precedes the area before it"
+            )));
+        }
+        previous_end = area.end;
+        let runs_inside = area.pages.iter().all(|run| {
+            run.first
+                .checked_add(run.count)
+                .is_some_and(|end| end <= area.page_count())
+        });
+        if !runs_inside {
+            return Err(invalid(format!("{range} has a page run outside it")));
+        }
+        let listed = pages.checked_page_count();
+        if listed != Some(area.page_count()) {
+            return Err(invalid(format!(
+                "{range} has {} pages but its list {}",
                 area.page_count(),
-                pages.page_count()
+                listed.map_or("more than 2^64".to_string(), |n| n.to_string())
             )));
         }
     }
@@ -294,4 +338,74 @@ pub fn open_snapshot_dir(dir: &Path) -> Result<(Snapshot, PageStore), LoadSnapsh
     let snapshot = load_snapshot(dir, DIR_SNAPSHOT_ID)?;
     let store = PageStore::open(dir.join("store"))?;
     Ok((snapshot, store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{encode_manifest, PageRun};
+
+    /// A real manifest: the fuzz corpus's seed, a captured `sleep` (its
+    /// first byte is the fuzz target's mode byte).
+    fn seed() -> Snapshot {
+        let bytes = include_bytes!("../../fuzz/corpus/snapshot_manifest/seed-sleep");
+        parse_snapshot(&bytes[1..], DIR_SNAPSHOT_ID, Path::new("seed")).unwrap()
+    }
+
+    fn reload(snapshot: &Snapshot) -> Result<Snapshot, LoadSnapshotError> {
+        let bytes = encode_manifest(snapshot).unwrap();
+        parse_snapshot(&bytes, DIR_SNAPSHOT_ID, Path::new("forged"))
+    }
+
+    #[test]
+    fn the_seed_loads_and_reencodes() {
+        let s = seed();
+        assert!(!s.state.areas.is_empty());
+        assert_eq!(reload(&s).unwrap(), s);
+    }
+
+    /// An area that ends before it starts made `page_count` underflow (a
+    /// panic in debug builds, a huge count in release).
+    #[test]
+    fn an_area_ending_before_its_start_is_refused() {
+        let mut s = seed();
+        s.state.areas[0].end = s.state.areas[0].start - 4096;
+        let err = reload(&s).unwrap_err().to_string();
+        assert!(err.contains("ends before it starts"), "{err}");
+    }
+
+    #[test]
+    fn overlapping_or_unaligned_areas_are_refused() {
+        let mut s = seed();
+        s.state.areas[1].start = s.state.areas[0].start;
+        let err = reload(&s).unwrap_err().to_string();
+        assert!(err.contains("overlaps"), "{err}");
+        let mut s = seed();
+        s.state.areas[0].end += 1;
+        let err = reload(&s).unwrap_err().to_string();
+        assert!(err.contains("not page-aligned"), "{err}");
+        let mut s = seed();
+        let area = &mut s.state.areas[0];
+        area.pages.push(snapshotter_run(u64::MAX, 2));
+        let err = reload(&s).unwrap_err().to_string();
+        assert!(err.contains("page run outside it"), "{err}");
+    }
+
+    fn snapshotter_run(first: u64, count: u64) -> crate::state::PageRun {
+        crate::state::PageRun {
+            first,
+            count,
+            kind: crate::state::PageRunKind::Zero,
+        }
+    }
+
+    /// Page runs whose lengths add up past u64::MAX overflowed the sum.
+    #[test]
+    fn page_runs_that_overflow_are_refused() {
+        let mut s = seed();
+        let runs = vec![PageRun::Zero(u64::MAX), PageRun::File(2)];
+        s.areas[0] = bincode::deserialize(&bincode::serialize(&runs).unwrap()).unwrap();
+        let err = reload(&s).unwrap_err().to_string();
+        assert!(err.contains("more than 2^64"), "{err}");
+    }
 }

@@ -232,8 +232,7 @@ fn python_with_numpy_and_pandas() {
         .status()
         .unwrap();
     if !probe.success() {
-        println!("skipping python_with_numpy_and_pandas: numpy or pandas is not installed");
-        return;
+        skip!("python_with_numpy_and_pandas: numpy or pandas is not installed");
     }
     let (mut worker, digest) = python("numpy", &[]);
     let mut sink = VecSink::default();

@@ -1,6 +1,8 @@
 //! Snapshots of a real process: the self-contained directory form, a
 //! second snapshot into the same store, and what loading refuses.
 
+mod capture_support;
+
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
@@ -20,14 +22,12 @@ impl Drop for Killed {
     }
 }
 
-/// A python3 process holding a few MiB of data, blocked reading stdin.
+/// A python3 process holding a few MiB of data, blocked reading stdin;
+/// `None` (reported as a missing prerequisite) without root or python3.
 fn python() -> Option<Killed> {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipping: needs root (ptrace, /proc/pid/map_files, pagemap)");
-        return None;
-    }
-    if !std::path::Path::new("/usr/bin/python3").exists() {
-        println!("skipping: /usr/bin/python3 is missing");
+    if !capture_support::can_capture("snapshot_dir")
+        || !capture_support::have_python("snapshot_dir")
+    {
         return None;
     }
     let mut command = Command::new("/usr/bin/python3");

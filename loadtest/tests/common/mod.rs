@@ -15,6 +15,31 @@
 
 #![allow(dead_code)]
 
+/// Whether `THAW_TEST_STRICT` is set (CI sets it): a missing prerequisite
+/// then fails the test instead of skipping it.
+pub fn strict() -> bool {
+    std::env::var_os("THAW_TEST_STRICT").is_some()
+}
+
+/// Reports a missing prerequisite: with `THAW_TEST_STRICT` set the test
+/// fails with `reason`; otherwise the skip is printed. Use [`skip!`].
+pub fn missing(reason: &str) {
+    if strict() {
+        panic!("THAW_TEST_STRICT is set and a prerequisite is missing: {reason}");
+    }
+    eprintln!("skipped: {reason}");
+}
+
+/// Ends the test because a prerequisite is missing (`format!` arguments give
+/// the reason); fails it instead when `THAW_TEST_STRICT` is set.
+#[macro_export]
+macro_rules! skip {
+    ($($reason:tt)*) => {{
+        $crate::common::missing(&format!($($reason)*));
+        return;
+    }};
+}
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -139,12 +139,41 @@ pub fn plan(
     let mut held: Vec<OwnedFd> = Vec::new();
     let mut moves = Vec::new();
     let mut cloexec = Vec::new();
+    let mut pipes = super::kobj::Pipes::default();
     for saved in &state.fds {
         if saved.flags & libc::O_CLOEXEC as u32 != 0 {
             cloexec.push(saved.fd);
         }
         if let Some((_, fd)) = supplied.iter().find(|(n, _)| *n == saved.fd) {
             moves.push((fd.as_raw_fd(), saved.fd));
+            continue;
+        }
+        if super::kobj::is_object(&saved.kind) {
+            let fd = super::kobj::create(saved, &mut pipes)?;
+            moves.push((fd.as_raw_fd(), saved.fd));
+            held.push(fd);
+            continue;
+        }
+        if let FdKind::Dup { of } = saved.kind {
+            let Some(&(raw, _)) = moves.iter().find(|(_, n)| *n == of) else {
+                return Err(RestoreError::Unsupported(format!(
+                    "fd {} duplicates fd {of}, which the snapshot does not have before it",
+                    saved.fd
+                )));
+            };
+            // SAFETY: F_DUPFD_CLOEXEC of a descriptor held above (or the
+            // caller's, borrowed for the call); the result is ours.
+            let fd = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(RestoreError::Io {
+                    what: format!("dup (fd {} as fd {of})", saved.fd),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            // SAFETY: a fresh descriptor nobody else owns.
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            moves.push((fd.as_raw_fd(), saved.fd));
+            held.push(fd);
             continue;
         }
         let flags = saved.flags as i32;
@@ -191,6 +220,13 @@ pub fn plan(
                     what: "socket",
                 })
             }
+            FdKind::Eventfd { .. }
+            | FdKind::Signalfd { .. }
+            | FdKind::Timerfd(_)
+            | FdKind::Epoll { .. }
+            | FdKind::Pipe { .. }
+            | FdKind::Memfd { .. }
+            | FdKind::Dup { .. } => unreachable!("kernel objects and dups are made above"),
         };
         let fd = OwnedFd::from(file);
         moves.push((fd.as_raw_fd(), saved.fd));

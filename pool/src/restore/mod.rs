@@ -31,9 +31,11 @@
 pub mod anon;
 pub mod batch;
 pub mod fds;
+pub mod kobj;
 pub mod memory;
 pub mod remote;
 pub mod sandboxed;
+pub mod seccomp;
 pub mod spawn;
 pub mod thread;
 pub mod uffd;
@@ -116,6 +118,10 @@ pub struct RestoreOptions<'a> {
     /// faster to the first answer on 2 vCPUs, the background costs nothing
     /// up front.
     pub prefetch_in_background: bool,
+    /// `uffd` copies restored into a sandbox: the sandbox's keeper socket
+    /// (`Sandbox::uffd_keeper`); the copy's userfaultfd is sent there, to
+    /// be held by the sandbox's pid 1 rather than by the copy.
+    pub uffd_keeper: Option<BorrowedFd<'a>>,
 }
 
 /// Where the time of a restore went.
@@ -334,22 +340,25 @@ fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> Result<OwnedFd, RestoreError> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
 }
 
-/// The highest descriptor number `pid` may hold (its `RLIMIT_NOFILE` soft
-/// limit minus one, at most 1,048,575).
-fn highest_fd(pid: i32) -> Result<u64, RestoreError> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit reading (new limit null) into a valid rlimit.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
-    if r < 0 {
-        return Err(RestoreError::Io {
-            what: "prlimit (stub's RLIMIT_NOFILE)".into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(limit.rlim_cur.clamp(64, 1 << 20) - 1)
+/// Sends `fd` to the sandbox's pid 1, which holds it while the sandbox
+/// lives (see `Sandbox::uffd_keeper`).
+fn send_to_keeper(keeper: BorrowedFd<'_>, fd: &OwnedFd) -> Result<(), RestoreError> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let byte = [0u8; 1];
+    let iov = [std::io::IoSlice::new(&byte)];
+    sendmsg::<()>(
+        keeper.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|e| RestoreError::Io {
+        what: "hand the userfaultfd to the sandbox's pid 1".into(),
+        source: e.into(),
+    })?;
+    Ok(())
 }
 
 /// Kills the copy being made (`SIGKILL` to its thread group) unless
@@ -402,6 +411,7 @@ pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreE
             cgroups: Vec::new(),
             prefetch: Vec::new(),
             prefetch_in_background: false,
+            uffd_keeper: None,
             credentials: Credentials::Snapshot,
         },
     )
@@ -600,9 +610,10 @@ fn pidfd_open(pid: i32) -> Result<OwnedFd, RestoreError> {
 /// Turns a stub that already exists, holds [`Prepared::moves`] at their
 /// numbers and waits in `pause()` (a sandbox's restore stub) into a copy of
 /// `snapshot`. In `uffd` mode the userfaultfd is made in the stub while it
-/// is still privileged and the copy keeps it open at its highest allowed
-/// descriptor (see docs/restore.md, "uffd copies and the server's death");
-/// the returned [`CopyServer`] serves it.
+/// is still privileged and handed to the sandbox's pid 1
+/// (`options.uffd_keeper`, required), which holds it (see docs/restore.md,
+/// "uffd copies and the server's death"); the returned [`CopyServer`]
+/// serves it.
 pub fn restore_into(
     stub_pid: i32,
     snapshot: &Snapshot,
@@ -637,10 +648,12 @@ pub fn restore_into(
 }
 
 /// Everything after the stub is seized: address space, kernel state,
-/// registers, detach. Returns the uffd page server, if any. `keep_uffd`:
-/// the copy keeps its userfaultfd open (at its highest allowed fd), so the
-/// kernel never releases it, and never turns missing pages into zeros,
-/// while the copy lives.
+/// registers, detach. Returns the uffd page server, if any. `keep_uffd`
+/// (a copy restored into a sandbox): the copy's userfaultfd goes to the
+/// sandbox's pid 1 (`options.uffd_keeper`), which holds it, so the kernel
+/// never releases it, and never turns missing pages into zeros, while the
+/// copy lives; no process of the function holds it. Such copies also
+/// always get the seccomp policy.
 #[allow(clippy::too_many_arguments)]
 fn drive(
     mut remote: Remote,
@@ -719,6 +732,14 @@ fn drive(
         let pidfd = stub_pidfd
             .ok_or_else(|| RestoreError::Unsupported("uffd mode needs the stub's pidfd".into()))?;
         let uffd = pidfd_getfd(pidfd, fd as i32)?;
+        if keep_uffd {
+            let keeper = options.uffd_keeper.ok_or_else(|| {
+                RestoreError::Unsupported(
+                    "a uffd copy in a sandbox needs the sandbox's keeper socket".into(),
+                )
+            })?;
+            send_to_keeper(keeper, &uffd)?;
+        }
         let mut s = uffd::PageServer::new(
             uffd,
             &image.file,
@@ -746,23 +767,8 @@ fn drive(
     let started = Instant::now();
     let mut batch = Batch::new(places.scratch);
     thread::set_mm(&mut batch, state, plan.exe_fd)?;
-    let mut close_to = u32::MAX as u64;
+    let close_to = u32::MAX as u64;
     if let Some(fd) = uffd_in_stub {
-        let keep_at = if keep_uffd {
-            Some(highest_fd(remote.pid())?)
-        } else {
-            None
-        };
-        // A saved descriptor at that number wins (the copy is then
-        // protected by the page server's kill alone).
-        if let Some(keep_at) = keep_at.filter(|&n| !state.fds.iter().any(|f| f.fd as u64 == n)) {
-            batch.call(
-                "dup3 (userfaultfd kept by the copy)",
-                libc::SYS_dup3,
-                [fd, keep_at, libc::O_CLOEXEC as u64, 0, 0, 0],
-            );
-            close_to = keep_at - 1;
-        }
         batch.call("close (userfaultfd)", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
     }
     if (plan.first_private_fd as u64) <= close_to {
@@ -786,6 +792,7 @@ fn drive(
             ],
         );
     }
+    kobj::arm_and_register(&mut batch, state)?;
     thread::set_signals(&remote, &mut batch, state)?;
     thread::set_attributes(&remote, &mut batch, state)?;
     thread::set_thread(&mut batch, state.main_thread())?;
@@ -819,6 +826,8 @@ fn drive(
         g.install(&mut batch)?;
     }
     thread::set_credentials(&mut batch, state, &options.credentials)?;
+    // Sandboxed copies (`restore_into`) always get the policy.
+    seccomp::install(&mut batch, state, keep_uffd)?;
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
     if let Some(g) = &guard {

@@ -183,7 +183,8 @@ impl SnapshotRestorer {
     /// into the copy. Blocking; ptrace from the calling thread. In `uffd`
     /// mode the snapshot's working set, if recorded, is prefetched before
     /// the copy resumes, and the copy's page server is returned: its owner
-    /// keeps it until the copy is gone.
+    /// keeps it until the copy is gone. `keeper`: the sandbox's
+    /// `uffd_keeper` (required in `uffd` mode).
     /// Every thread of the copy runs as `credentials` (the sandbox's uid and
     /// gid, no capabilities, `no_new_privs`), whatever the snapshot says.
     pub fn finish(
@@ -191,6 +192,7 @@ impl SnapshotRestorer {
         copy: &PreparedCopy,
         stub_pid: i32,
         mode: Mode,
+        keeper: Option<BorrowedFd<'_>>,
         credentials: Credentials,
     ) -> Result<(RestoreTimings, Option<CopyServer>), RestoreError> {
         // The copy may have waited (a spare): its files must still be as
@@ -198,6 +200,7 @@ impl SnapshotRestorer {
         copy.prepared.recheck(&copy.snapshot)?;
         let mut options = options(Vec::new());
         options.mode = mode;
+        options.uffd_keeper = keeper;
         options.credentials = credentials;
         if mode == Mode::Uffd {
             if let Some(pages) = self.working_set(&copy.snapshot.id) {
@@ -233,6 +236,7 @@ fn options(fds: Vec<(i32, BorrowedFd<'_>)>) -> RestoreOptions<'_> {
         cgroups: Vec::new(),
         prefetch: Vec::new(),
         prefetch_in_background: false,
+        uffd_keeper: None,
         // Replaced by the sandbox's in `finish`; never the snapshot's.
         credentials: Credentials::Function {
             uid: crate::sandbox::DEFAULT_UID,

@@ -354,8 +354,7 @@ const _: () = assert!(std::mem::size_of::<CapSet>() == 32);
 /// The credentials of the thread running `batch`, last in its batch (they
 /// drop the privileges the calls before needed); every thread runs this in
 /// its own batch, since a raw `setresuid` changes only the calling thread.
-/// A seccomp filter the snapshot ran under cannot be restored (its program
-/// is not captured): such a snapshot is refused.
+/// The seccomp policy comes after (`super::seccomp`).
 ///
 /// [`Credentials::Function`] (every sandboxed copy): the sandbox's policy
 /// whatever the snapshot says: no ambient capabilities, an empty bounding
@@ -372,12 +371,9 @@ pub fn set_credentials(
     credentials: &Credentials,
 ) -> Result<(), RestoreError> {
     let p = &state.process;
-    if p.seccomp != 0 {
-        return Err(RestoreError::Unsupported(format!(
-            "the process ran under seccomp (mode {}); its filter is not captured",
-            p.seccomp
-        )));
-    }
+    // Mode 2 (thaw's policy, the only filter capture accepts) is
+    // reinstalled after this (`super::seccomp`); strict mode is refused.
+    super::seccomp::wanted(state, false)?;
     match credentials {
         Credentials::Function { uid, gid } => {
             batch.call(

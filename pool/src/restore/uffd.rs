@@ -21,8 +21,14 @@
 //!
 //! A `fork` in the copy (UFFD_EVENT_FORK) hands us the child's userfaultfd:
 //! a server of its own (same state as the parent's at the fork) serves it
-//! on another thread until the copy ends (its children die with its pid
-//! namespace then).
+//! on another thread until the child ends or the copy does (its children
+//! die with its pid namespace then). The kernel says nothing when a forked
+//! child exits, so an idle child server probes every
+//! [`CHILD_PROBE_MS`] whether its process still has its memory (a
+//! `UFFDIO_ZEROPAGE` outside every served range answers `ESRCH` once the
+//! memory is gone, `ENOENT` before) and ends then, releasing its thread,
+//! descriptor and page state: a fork-and-exit loop does not grow the
+//! server (live children are bounded by the sandbox's `pids` limit).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +42,11 @@ use super::RestoreError;
 
 /// Pages copied at most per fault.
 const FAULT_AROUND: u64 = 16;
+/// How often an idle server of a forked child checks that the child is
+/// still there, ms.
+pub const CHILD_PROBE_MS: i32 = 100;
+/// `UFFDIO_ZEROPAGE_MODE_DONTWAKE`.
+const ZEROPAGE_MODE_DONTWAKE: u64 = 1;
 /// Pages copied at most per prefetch step.
 const PREFETCH_RUN: usize = 64;
 
@@ -196,6 +207,8 @@ pub struct PageServer {
     prefetch: Vec<u64>,
     /// What the server did so far, readable while it runs.
     live: Arc<LiveReport>,
+    /// Serves a child the copy forked (ends when the child is gone).
+    forked: bool,
     /// Faulted pages whose fill met `EAGAIN`: another thread of the copy is
     /// changing its map (`madvise`, `mremap`, `munmap`) and waits for the
     /// server to read that event; filled again after the next read.
@@ -319,6 +332,7 @@ impl PageServer {
             report: ServerReport::default(),
             prefetch: Vec::new(),
             live: Arc::new(LiveReport::default()),
+            forked: false,
             deferred: Vec::new(),
         })
     }
@@ -541,6 +555,7 @@ impl PageServer {
                     report: ServerReport::default(),
                     prefetch: Vec::new(),
                     live: Arc::new(LiveReport::default()),
+                    forked: true,
                     deferred: Vec::new(),
                 };
                 let end = self.stop.clone();
@@ -591,6 +606,38 @@ impl PageServer {
         }
     }
 
+    /// Whether the process this server's userfaultfd belongs to still has
+    /// its memory: `UFFDIO_ZEROPAGE` of a page outside every range the
+    /// server handles (so it can never place anything) fails with `ESRCH`
+    /// once the memory is gone, and otherwise with `ENOENT`/`EINVAL`/
+    /// `EEXIST` (no registered area there).
+    fn process_alive(&self) -> Result<bool, RestoreError> {
+        let handled = |page: u64| {
+            self.areas.iter().any(|a| (a.start..a.end).contains(&page))
+                || self
+                    .remaps
+                    .iter()
+                    .any(|&(to, len, _)| (to..to + len).contains(&page))
+        };
+        let mut page = 0x10_0000u64;
+        while handled(page) {
+            page += PAGE_SIZE;
+        }
+        let mut zero = UffdioZeropage {
+            start: page,
+            len: PAGE_SIZE,
+            mode: ZEROPAGE_MODE_DONTWAKE,
+            zeropage: 0,
+        };
+        match ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut zero) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+            Ok(()) => Err(RestoreError::Unsupported(format!(
+                "userfaultfd liveness probe placed a page at {page:#x}"
+            ))),
+            Err(_) => Ok(true),
+        }
+    }
+
     /// Serves until `end` is readable (the copy's pidfd, or the stop
     /// eventfd for a forked child's server). Returns the stats.
     fn serve(mut self, end: &OwnedFd, copy: &Arc<OwnedFd>) -> Result<ServerReport, RestoreError> {
@@ -610,19 +657,26 @@ impl PageServer {
             ];
             // Deferred faults: the event they wait for may be read only
             // just before the kernel lets the map change finish; look again
-            // shortly.
+            // shortly. A child's server probes now and then whether the
+            // child is gone.
             let timeout = if !self.deferred.is_empty() {
                 1
-            } else if self.prefetch.is_empty() {
-                -1
-            } else {
+            } else if !self.prefetch.is_empty() {
                 0
+            } else if self.forked {
+                CHILD_PROBE_MS
+            } else {
+                -1
             };
             // SAFETY: `fds` is a valid array of two pollfds.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
             if n == 0 {
                 self.retry_deferred()?;
-                self.prefetch_step();
+                if !self.prefetch.is_empty() {
+                    self.prefetch_step();
+                } else if self.forked && self.deferred.is_empty() && !self.process_alive()? {
+                    return Ok(self.report);
+                }
                 continue;
             }
             if n < 0 {

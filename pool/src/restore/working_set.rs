@@ -125,7 +125,16 @@ pub fn save(path: &Path, pages: &[u64]) -> Result<(), WorkingSetError> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    // Private to the server, like everything in the data directory.
+    let mut file = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true),
+        0o600,
+    )
+    .open(&tmp)
+    .map_err(io)?;
     file.write_all(&encode(pages)).map_err(io)?;
     file.sync_all().map_err(io)?;
     drop(file);

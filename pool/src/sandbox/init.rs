@@ -19,7 +19,7 @@ use nix::unistd::{
     ForkResult, Gid, Pid, Uid,
 };
 
-use super::{mounts, Network, SandboxSpec, SPEC_ENV, STATUS_FD};
+use super::{mounts, net, SandboxSpec, KEEPER_FD, SPEC_ENV, STATUS_FD};
 
 /// Exit status of the outer process when the sandbox could not be set up.
 pub const SETUP_FAILED: i32 = 125;
@@ -61,13 +61,11 @@ fn run_outer() -> Result<i32, String> {
     for procs in &spec.cgroup_procs {
         fs::write(procs, &me).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
-    let mut flags = CloneFlags::CLONE_NEWNS
+    let flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
-    if spec.network == Network::None {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
+        | CloneFlags::CLONE_NEWUTS
+        | net::inside::namespace_flags(&spec)?;
     unshare(flags).map_err(ctx("unshare namespaces"))?;
     // pid 1's parent-death signal only covers deaths after it is set: this
     // pipe, whose write end only this process keeps, tells pid 1 whether we
@@ -91,6 +89,7 @@ fn run_outer() -> Result<i32, String> {
             // Kept open (never written) until this process ends.
             std::mem::forget(alive_w);
             close_quietly(STATUS_FD);
+            close_quietly(KEEPER_FD);
             close_quietly(3);
             close_quietly(4);
             Ok(wait_for(child))
@@ -122,7 +121,8 @@ fn set_pdeathsig_checked(alive: std::os::fd::OwnedFd) -> Result<(), String> {
 fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
     mounts::build_root(spec)?;
     sethostname(&spec.hostname).map_err(ctx("set host name"))?;
-    if spec.network == Network::None {
+    if spec.netns_fd.is_none() {
+        // A namespace of our own (the server configured an outbound one).
         mounts::loopback_up().map_err(ctx("bring up loopback"))?;
     }
     // The OOM killer should pick the function, never its init.
@@ -139,7 +139,103 @@ fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
             close_quietly(STATUS_FD);
             close_quietly(3);
             close_quietly(4);
+            if spec.stub {
+                kill_copy_before_exit_on_parent_death();
+                hold_sent_descriptor(child);
+            }
+            close_quietly(KEEPER_FD);
             Ok(wait_for(child))
+        }
+    }
+}
+
+/// Stub sandboxes: when the outer process dies (the server died), pid 1
+/// kills every other process of the namespace and reaps them before it
+/// exits itself. A plain `SIGKILL` of pid 1 would close its descriptors
+/// (among them a `uffd` copy's userfaultfd, see [`hold_sent_descriptor`])
+/// before the kernel kills the namespace, leaving a moment in which the
+/// released userfaultfd turns the copy's missing pages into zeros. With
+/// the copy dead first, its memory is gone before the userfaultfd is.
+fn kill_copy_before_exit_on_parent_death() {
+    extern "C" fn on_parent_death(_: libc::c_int) {
+        // SAFETY: kill, waitpid and _exit are async-signal-safe; pid 1 may
+        // signal every process of its namespace (-1: all but itself).
+        unsafe {
+            libc::kill(-1, libc::SIGKILL);
+            loop {
+                let r = libc::waitpid(-1, std::ptr::null_mut(), 0);
+                if r < 0 && *libc::__errno_location() != libc::EINTR {
+                    break;
+                }
+            }
+            libc::_exit(128 + libc::SIGKILL);
+        }
+    }
+    // SAFETY: a sigaction with a valid handler and a full mask; then the
+    // parent-death signal (replacing SIGKILL atomically: never unset).
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_parent_death as extern "C" fn(libc::c_int) as *const () as usize;
+        libc::sigfillset(&mut act.sa_mask);
+        act.sa_flags = libc::SA_RESTART;
+        if libc::sigaction(libc::SIGUSR1, &act, std::ptr::null_mut()) == 0 {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1 as libc::c_ulong);
+        }
+    }
+}
+
+/// Stub sandboxes: pid 1 waits until the restorer sends it a descriptor
+/// on [`KEEPER_FD`] (a `uffd` copy's userfaultfd), closes its end, or the
+/// stub ends, whichever comes first, and holds a received descriptor until
+/// the sandbox ends (pid 1 never closes it). So no process of the function
+/// holds a userfaultfd, yet the kernel cannot release it, and turn the
+/// copy's missing pages into zeros, while the copy lives, even if the
+/// server dies (the copy then waits on its fault until it is killed with
+/// its sandbox).
+fn hold_sent_descriptor(child: Pid) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    // SAFETY: pidfd_open of our own child, no flags; checked below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
+    if pidfd < 0 {
+        return;
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let pidfd =
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) };
+    // SAFETY: KEEPER_FD was placed by the launcher for stub sandboxes and
+    // stays open for this borrow (closed by the caller afterwards).
+    let keeper = unsafe { BorrowedFd::borrow_raw(KEEPER_FD) };
+    loop {
+        let mut fds = [
+            PollFd::new(keeper, PollFlags::POLLIN),
+            PollFd::new(std::os::fd::AsFd::as_fd(&pidfd), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(Errno::EINTR) => continue,
+            Err(_) => return,
+            Ok(_) => {}
+        }
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[0]) {
+            let mut byte = [0u8; 1];
+            let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+            let mut space = nix::cmsg_space!([RawFd; 4]);
+            if let Ok(msg) = recvmsg::<()>(KEEPER_FD, &mut iov, Some(&mut space), MsgFlags::empty())
+            {
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for cmsg in cmsgs {
+                        if let ControlMessageOwned::ScmRights(received) = cmsg {
+                            // Held, never closed: see above.
+                            let _kept = received;
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        if ready(&fds[1]) {
+            return;
         }
     }
 }
@@ -211,6 +307,7 @@ fn try_exec(spec: &SandboxSpec) -> Result<std::convert::Infallible, String> {
     // ambient capability sets.
     setresuid(uid, uid, uid).map_err(ctx("setresuid"))?;
     prctl::set_no_new_privs().map_err(ctx("set no_new_privs"))?;
+    install_syscall_policy()?;
     // Only fds 0-4 and the status fd stay; the status fd is close-on-exec,
     // so it closes when execve succeeds and reports when it fails.
     let status = STATUS_FD as u32;
@@ -236,6 +333,13 @@ fn try_exec(spec: &SandboxSpec) -> Result<std::convert::Infallible, String> {
     };
     let err = execve(path, &argv, &env).unwrap_err();
     Err(format!("execute {}: {err}", spec.argv[0]))
+}
+
+/// Installs the function's system-call policy ([`super::seccomp`]): after
+/// `no_new_privs` (an unprivileged process may install a filter only then)
+/// and before `execve`, which keeps it.
+fn install_syscall_policy() -> Result<(), String> {
+    super::seccomp::install().map_err(ctx("install the seccomp policy"))
 }
 
 /// Drops every capability from the bounding set, so nothing executed later

@@ -11,7 +11,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 
-use super::{Network, SandboxSpec, SPEC_ENV, STATUS_FD};
+use super::net::{AllowRule, HostNetwork, NetError, NetLease};
+use super::{Network, SandboxSpec, KEEPER_FD, NETNS_FD, SPEC_ENV, STATUS_FD};
 use crate::cgroup::{Cgroup, CgroupError, CgroupLimits, CgroupRoot};
 
 /// How sandboxes are made on this host. Shared by all launches.
@@ -31,6 +32,8 @@ pub struct SandboxConfig {
     pub gid: u32,
     /// Where sandbox cgroups are made.
     pub cgroups: CgroupRoot,
+    /// Networking of outbound sandboxes; `None`: they cannot be made.
+    pub network: Option<std::sync::Arc<HostNetwork>>,
 }
 
 /// What to run in one sandbox, and with which limits.
@@ -40,6 +43,9 @@ pub struct LaunchSpec {
     pub code_dir: PathBuf,
     /// Host directory bound read-only at `/var/runtime`.
     pub runtime_dir: Option<PathBuf>,
+    /// Host paths the runtime needs, bound read-only at the same place
+    /// (an allow-list: [`super::binds::RuntimeBinds::paths`]).
+    pub binds: Vec<PathBuf>,
     /// Command line, `argv[0]` absolute.
     pub argv: Vec<String>,
     /// Whole environment of the function.
@@ -52,6 +58,8 @@ pub struct LaunchSpec {
     pub tmp_mb: u64,
     /// Network mode.
     pub network: Network,
+    /// Private destinations opened to an outbound sandbox.
+    pub network_allow: Vec<AllowRule>,
     /// Start without address-space randomisation (see [`SandboxSpec::no_aslr`]).
     pub no_aslr: bool,
     /// Start a stopped restore stub instead of `argv` (see
@@ -76,6 +84,9 @@ pub enum LaunchError {
     /// The init reported that setting the sandbox up failed.
     #[error("sandbox setup failed: {0}")]
     Setup(String),
+    /// The network of an outbound sandbox could not be made.
+    #[error("sandbox network: {0}")]
+    Network(#[from] NetError),
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> LaunchError {
@@ -148,6 +159,9 @@ pub struct Sandbox {
     child: Child,
     cgroup: Cgroup,
     root_dir: PathBuf,
+    /// The veth pair and firewall entries of an outbound sandbox, torn down
+    /// when the sandbox is dropped or destroyed.
+    net: Option<NetLease>,
     /// Requests to the runtime (its fd 3).
     pub requests: Option<pipe::Sender>,
     /// Responses from the runtime (its fd 4).
@@ -156,10 +170,25 @@ pub struct Sandbox {
     pub stdout: Option<pipe::Receiver>,
     /// The function's stderr.
     pub stderr: Option<pipe::Receiver>,
+    /// Stub sandboxes: the server's end of the socket to pid 1 (see
+    /// [`Sandbox::uffd_keeper`]).
+    keeper: Option<OwnedFd>,
 }
 
 fn pipe_pair() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     pipe2(OFlag::O_CLOEXEC).map_err(nix_io("create pipe"))
+}
+
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets (close-on-exec).
+fn keeper_pair() -> Result<(OwnedFd, OwnedFd), LaunchError> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(nix_io("create keeper socket"))
 }
 
 fn new_id() -> String {
@@ -181,11 +210,12 @@ impl Sandbox {
         spec: &LaunchSpec,
         extra: &[(std::os::fd::BorrowedFd<'_>, i32)],
     ) -> Result<Sandbox, LaunchError> {
-        if let Some((_, n)) = extra.iter().find(|(_, n)| *n < 5 || *n >= STATUS_FD) {
+        if let Some((_, n)) = extra.iter().find(|(_, n)| *n < 5 || *n >= NETNS_FD) {
             return Err(LaunchError::Setup(format!(
-                "descriptor number {n} is reserved (extra fds must be 5..{STATUS_FD})"
+                "descriptor number {n} is reserved (extra fds must be 5..{NETNS_FD})"
             )));
         }
+        let net = Self::make_network(config, spec).await?;
         let id = new_id();
         let root_dir = config.run_dir.join(&id);
         fs::create_dir_all(&root_dir).map_err(io("create sandbox directory"))?;
@@ -196,7 +226,7 @@ impl Sandbox {
                 return Err(e.into());
             }
         };
-        match Self::spawn(config, spec, &id, &root_dir, &cgroup, extra).await {
+        match Self::spawn(config, spec, &id, &root_dir, &cgroup, extra, net).await {
             Ok(sandbox) => Ok(sandbox),
             Err(e) => {
                 let cg = cgroup.clone();
@@ -207,6 +237,28 @@ impl Sandbox {
         }
     }
 
+    /// The network namespace and veth pair of an outbound sandbox (made on
+    /// a blocking thread: it runs `ip`).
+    async fn make_network(
+        config: &SandboxConfig,
+        spec: &LaunchSpec,
+    ) -> Result<Option<NetLease>, LaunchError> {
+        if spec.network != Network::Outbound {
+            return Ok(None);
+        }
+        let Some(net) = config.network.clone() else {
+            return Err(LaunchError::Setup(
+                "outbound network is not configured on this server".into(),
+            ));
+        };
+        let allow = spec.network_allow.clone();
+        let lease = tokio::task::spawn_blocking(move || net.lease(&allow))
+            .await
+            .map_err(|e| LaunchError::Setup(format!("network task: {e}")))??;
+        Ok(Some(lease))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn spawn(
         config: &SandboxConfig,
         spec: &LaunchSpec,
@@ -214,15 +266,19 @@ impl Sandbox {
         root_dir: &Path,
         cgroup: &Cgroup,
         extra: &[(std::os::fd::BorrowedFd<'_>, i32)],
+        mut net: Option<NetLease>,
     ) -> Result<Sandbox, LaunchError> {
         let sandbox_spec = SandboxSpec {
             id: id.to_string(),
             root_dir: root_dir.to_path_buf(),
             code_dir: spec.code_dir.clone(),
             runtime_dir: spec.runtime_dir.clone(),
+            binds: spec.binds.clone(),
             mask: config.mask.clone(),
             tmp_mb: spec.tmp_mb,
             network: spec.network,
+            netns_fd: net.as_ref().map(|_| NETNS_FD),
+            resolv_conf: net.as_ref().map(|n| n.resolv_conf()),
             uid: config.uid,
             gid: config.gid,
             cgroup_procs: cgroup.procs_files(),
@@ -242,13 +298,24 @@ impl Sandbox {
         let (out_r, out_w) = pipe_pair()?;
         let (err_r, err_w) = pipe_pair()?;
         let (status_r, status_w) = pipe_pair()?;
+        let keeper = if spec.stub {
+            Some(keeper_pair()?)
+        } else {
+            None
+        };
 
         let mut targets: Vec<(RawFd, RawFd)> = vec![
             (req_r.as_raw_fd(), 3),
             (resp_w.as_raw_fd(), 4),
             (status_w.as_raw_fd(), STATUS_FD),
         ];
+        if let Some((_, init_end)) = &keeper {
+            targets.push((init_end.as_raw_fd(), KEEPER_FD));
+        }
         targets.extend(extra.iter().map(|(fd, n)| (fd.as_raw_fd(), *n)));
+        if let Some(ns) = net.as_ref().and_then(|n| n.netns()) {
+            targets.push((ns.as_raw_fd(), NETNS_FD));
+        }
         // Sources are first moved above every target, so no dup2 can clobber
         // a source that is still to be placed.
         let above = targets.iter().map(|(_, n)| *n).max().unwrap_or(0) + 1;
@@ -289,6 +356,11 @@ impl Sandbox {
         let child = cmd.spawn().map_err(io("start sandbox init"))?;
         drop(cmd);
         drop((req_r, resp_w, status_w));
+        let keeper = keeper.map(|(server_end, _init_end)| server_end);
+        // The init holds the namespace now.
+        if let Some(n) = net.as_mut() {
+            n.forget_netns();
+        }
 
         // The status pipe closes when the function's exec succeeded; any
         // bytes on it are a setup error.
@@ -300,10 +372,12 @@ impl Sandbox {
             child,
             cgroup: cgroup.clone(),
             root_dir: root_dir.to_path_buf(),
+            net,
             requests: Some(pipe::Sender::from_owned_fd(req_w).map_err(io("request pipe"))?),
             responses: Some(pipe::Receiver::from_owned_fd(resp_r).map_err(io("response pipe"))?),
             stdout: Some(pipe::Receiver::from_owned_fd(out_r).map_err(io("stdout pipe"))?),
             stderr: Some(pipe::Receiver::from_owned_fd(err_r).map_err(io("stderr pipe"))?),
+            keeper,
         };
         if !message.is_empty() {
             sandbox.kill();
@@ -316,6 +390,18 @@ impl Sandbox {
     /// The host pid of the outer init process.
     pub fn init_pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Stub sandboxes: a socket to pid 1, which holds whatever descriptor
+    /// is sent on it (`SCM_RIGHTS`) for as long as the sandbox lives. A
+    /// `uffd` copy's userfaultfd goes there, so that no process of the
+    /// function holds one while the kernel still never releases it (a
+    /// released userfaultfd would turn the copy's missing pages into zeros
+    /// if the server died). pid 1 takes one message; closing this end
+    /// without sending releases it to its usual wait.
+    pub fn uffd_keeper(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.keeper.as_ref().map(|k| k.as_fd())
     }
 
     /// The sandbox's cgroup.
@@ -367,7 +453,22 @@ impl Sandbox {
             .await
             .map_err(|e| LaunchError::Setup(format!("cgroup clean-up task: {e}")))??;
         let _ = fs::remove_dir(&self.root_dir);
+        if let Some(net) = self.net.take() {
+            // Deleting a link takes tens of milliseconds (RCU grace
+            // periods): nothing waits for it.
+            tokio::task::spawn_blocking(move || {
+                let link = net.link().to_string();
+                if let Err(e) = net.close() {
+                    tracing::warn!(%link, error = %e, "sandbox network teardown failed");
+                }
+            });
+        }
         Ok(())
+    }
+
+    /// The sandbox's address, if it is outbound.
+    pub fn address(&self) -> Option<std::net::Ipv4Addr> {
+        self.net.as_ref().map(|n| n.address())
     }
 }
 

@@ -4,7 +4,9 @@
 //!
 //! ```text
 //!  thaw server
-//!    └─ sandbox-init (outer)       joins the cgroup, unshares mnt/pid/ipc/uts[/net]
+//!    └─ sandbox-init (outer)       joins the cgroup (and the network namespace
+//!         │                        made for an outbound sandbox), unshares
+//!         │                        mnt/pid/ipc/uts (and net for the others)
 //!         └─ init, pid 1           builds the root filesystem, pivots into it, reaps
 //!              └─ function, pid 2  unprivileged uid, no capabilities, no_new_privs
 //! ```
@@ -21,16 +23,21 @@
 //!   whole pid namespace.
 //!
 //! The root filesystem ([`mounts`]) is a small read-only tmpfs holding
-//! read-only binds of the host's top-level directories (not `/proc`, `/sys`,
-//! `/dev`, `/tmp`, `/run`, `/var`, `/root`, `/home`, ...), the function's code
+//! read-only binds of what the function's runtime needs of the host, an
+//! allow-list declared per runtime in [`binds`] (`/usr`, a few files of
+//! `/etc`; never `/home`, `/root`, `/opt`, `/srv`, `/var`, ...), its own
+//! `/etc/passwd` and `/etc/group`, the function's code
 //! at `/var/task`, the runtime at `/var/runtime`, a size-limited tmpfs `/tmp`,
 //! a fresh `/proc`, and a `/dev` with only `null`, `zero`, `full`, `random`
 //! and `urandom`. thaw's data directory is masked with an empty read-only
 //! tmpfs.
 
+pub mod binds;
 pub mod init;
 mod launch;
 mod mounts;
+pub mod seccomp;
+pub mod net;
 
 pub use launch::{host_pid_of, LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExit};
 
@@ -46,6 +53,15 @@ pub const SPEC_ENV: &str = "THAW_SANDBOX_SPEC";
 /// numbers; below the sandbox's `RLIMIT_NOFILE`.
 pub const STATUS_FD: i32 = 1000;
 
+/// In a stub sandbox: pid 1's end of a socket on which the restorer hands
+/// it a `uffd` copy's userfaultfd to hold (see [`init`],
+/// `Sandbox::uffd_keeper`). Above [`STATUS_FD`], so never a number the
+/// restorer places descriptors at; the stub closes it.
+pub const KEEPER_FD: i32 = STATUS_FD + 1;
+/// The fd at which an outbound sandbox's init finds the network namespace
+/// the server made for it ([`net`]); the init joins it and closes it.
+pub const NETNS_FD: i32 = STATUS_FD - 1;
+
 /// The uid and gid functions run as by default (`nobody`).
 pub const DEFAULT_UID: u32 = 65534;
 
@@ -56,7 +72,9 @@ pub enum Network {
     /// A network namespace of its own with only the loopback interface.
     #[default]
     None,
-    /// The host's network (no network namespace).
+    /// A network namespace of its own joined to the host by a veth pair,
+    /// NAT to the outside, private and host addresses refused unless
+    /// `network_allow` opens them ([`net`]).
     Outbound,
 }
 
@@ -71,12 +89,22 @@ pub struct SandboxSpec {
     pub code_dir: PathBuf,
     /// Host directory bound read-only at `/var/runtime`, if any.
     pub runtime_dir: Option<PathBuf>,
+    /// Host paths bound read-only at the same place: the runtime's
+    /// allow-list ([`binds`]).
+    pub binds: Vec<PathBuf>,
     /// Host paths hidden inside the sandbox.
     pub mask: Vec<PathBuf>,
     /// Size of the private `/tmp`, MiB.
     pub tmp_mb: u64,
     /// Network mode.
     pub network: Network,
+    /// Outbound: the fd ([`NETNS_FD`]) of the network namespace to join
+    /// instead of making one.
+    #[serde(default)]
+    pub netns_fd: Option<i32>,
+    /// Outbound: host file bound over the sandbox's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
     /// uid the function runs as.
     pub uid: u32,
     /// gid the function runs as.

@@ -9,25 +9,6 @@ use nix::unistd::{chdir, pivot_root};
 
 use super::SandboxSpec;
 
-/// Top-level host directories that are not bound into a sandbox: kernel
-/// interfaces that get fresh instances, private or per-host state.
-const NOT_BOUND: &[&str] = &[
-    "proc",
-    "sys",
-    "dev",
-    "tmp",
-    "run",
-    "var",
-    "root",
-    "home",
-    "mnt",
-    "media",
-    "boot",
-    "srv",
-    "lost+found",
-    "old_root",
-];
-
 /// Device nodes a sandbox gets (bound from the host's).
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
@@ -88,26 +69,8 @@ pub(super) fn build_root(spec: &SandboxSpec) -> Result<(), String> {
         "size=1m,mode=0755",
     )?;
 
-    for entry in fs::read_dir(slash).map_err(|e| err("list", slash, e))? {
-        let entry = entry.map_err(|e| err("list", slash, e))?;
-        let name = entry.file_name();
-        let Some(name_str) = name.to_str() else {
-            continue;
-        };
-        if NOT_BOUND.contains(&name_str) {
-            continue;
-        }
-        let src = slash.join(&name);
-        let dst = root.join(&name);
-        let ty = entry.file_type().map_err(|e| err("stat", &src, e))?;
-        if ty.is_symlink() {
-            let target = fs::read_link(&src).map_err(|e| err("readlink", &src, e))?;
-            symlink(&target, &dst).map_err(|e| err("symlink", &dst, e))?;
-        } else if ty.is_dir() {
-            mkdir(&dst, 0o755)?;
-            bind_ro(&src, &dst)?;
-        }
-    }
+    bind_host_paths(root, &spec.binds)?;
+    write_users(root, spec.uid, spec.gid)?;
 
     let task = root.join("var/task");
     mkdir(&task, 0o755)?;
@@ -125,6 +88,7 @@ pub(super) fn build_root(spec: &SandboxSpec) -> Result<(), String> {
         &format!("size={}m,mode=1777", spec.tmp_mb.max(1)),
     )?;
     build_dev(&root.join("dev"))?;
+    super::net::inside::bind_resolv_conf(root, spec)?;
     let proc_dir = root.join("proc");
     mkdir(&proc_dir, 0o555)?;
     mount(
@@ -167,6 +131,74 @@ pub(super) fn build_root(spec: &SandboxSpec) -> Result<(), String> {
     pivot_root(".", ".").map_err(|e| err("pivot_root into", root, e))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| err("detach old root", root, e))?;
     chdir("/").map_err(|e| err("chdir", slash, e))?;
+    Ok(())
+}
+
+/// Binds the allow-list `paths` (see [`super::binds`]) read-only at the
+/// same places under `root`.
+fn bind_host_paths(root: &Path, paths: &[PathBuf]) -> Result<(), String> {
+    let mut bound: Vec<&Path> = Vec::new();
+    for path in paths {
+        if bound.iter().any(|b| path.starts_with(b)) {
+            continue;
+        }
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err("stat", path, e)),
+        };
+        let dst = inside(root, path);
+        if let Some(parent) = dst.parent() {
+            mkdir(parent, 0o755)?;
+        }
+        if meta.file_type().is_symlink() {
+            let Ok(resolved) = fs::canonicalize(path) else {
+                continue; // dangling on the host: nothing to see
+            };
+            if paths.iter().any(|p| p != path && resolved.starts_with(p)) {
+                let target = fs::read_link(path).map_err(|e| err("readlink", path, e))?;
+                symlink(&target, &dst).map_err(|e| err("symlink", &dst, e))?;
+            } else {
+                bind_one(&resolved, &dst)?;
+            }
+        } else {
+            bind_one(path, &dst)?;
+        }
+        bound.push(path);
+    }
+    Ok(())
+}
+
+/// Binds the file or directory `src` read-only at `dst` (made here).
+fn bind_one(src: &Path, dst: &Path) -> Result<(), String> {
+    if src.is_dir() {
+        mkdir(dst, 0o755)?;
+    } else {
+        fs::write(dst, b"").map_err(|e| err("create", dst, e))?;
+    }
+    bind_ro(src, dst)
+}
+
+/// The sandbox's own `/etc/passwd` and `/etc/group`: `root` and the
+/// function's user only (the host's list of accounts stays out).
+fn write_users(root: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    let etc = root.join("etc");
+    mkdir(&etc, 0o755)?;
+    let (user, group) = if uid == super::DEFAULT_UID {
+        ("nobody", "nogroup")
+    } else {
+        ("function", "function")
+    };
+    let passwd = format!(
+        "root:x:0:0:root:/root:/usr/sbin/nologin\n{user}:x:{uid}:{gid}:{user}:/tmp:/usr/sbin/nologin\n"
+    );
+    let groups = format!("root:x:0:\n{group}:x:{gid}:\n");
+    for (name, text) in [("passwd", passwd), ("group", groups)] {
+        let file = etc.join(name);
+        fs::write(&file, text).map_err(|e| err("write", &file, e))?;
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644))
+            .map_err(|e| err("chmod", &file, e))?;
+    }
     Ok(())
 }
 

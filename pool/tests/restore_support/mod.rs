@@ -14,15 +14,43 @@ use std::process::{Child, Command, Stdio};
 use pool::restore::{restore, Mode, RestoreOptions, RestoredChild};
 use snapshotter::snapshot::open_snapshot_dir;
 
-/// Whether the test can run: root, and `cc` if `needs_cc`; prints why not.
+/// Whether `THAW_TEST_STRICT` is set (CI sets it): a missing prerequisite
+/// then fails the test instead of skipping it.
+pub fn strict() -> bool {
+    std::env::var_os("THAW_TEST_STRICT").is_some()
+}
+
+/// Reports a missing prerequisite: with `THAW_TEST_STRICT` set the test
+/// fails with `reason`; otherwise the skip is printed. Returns `false`, for
+/// helpers that answer whether a test can run.
+pub fn missing(reason: &str) -> bool {
+    if strict() {
+        panic!("THAW_TEST_STRICT is set and a prerequisite is missing: {reason}");
+    }
+    eprintln!("skipped: {reason}");
+    false
+}
+
+/// Ends the test because a prerequisite is missing (`format!` arguments give
+/// the reason); fails it instead when `THAW_TEST_STRICT` is set.
+#[macro_export]
+macro_rules! skip {
+    ($($reason:tt)*) => {{
+        $crate::restore_support::missing(&format!($($reason)*));
+        return;
+    }};
+}
+
+/// Whether the test can run: root, and `cc` if `needs_cc`; says why not
+/// (see [`missing`]).
 pub fn can_restore(test: &str, needs_cc: bool) -> bool {
     if !nix::unistd::geteuid().is_root() {
-        println!("skipping {test}: needs root (ptrace, pid namespaces, clone3 set_tid)");
-        return false;
+        return missing(&format!(
+            "{test} needs root (ptrace, pid namespaces, clone3 set_tid)"
+        ));
     }
     if needs_cc && Command::new("cc").arg("--version").output().is_err() {
-        println!("skipping {test}: no C compiler (cc)");
-        return false;
+        return missing(&format!("{test} needs a C compiler (cc)"));
     }
     true
 }
@@ -181,6 +209,7 @@ pub fn restore_as(
             cgroups,
             prefetch,
             prefetch_in_background: background,
+            uffd_keeper: None,
             credentials,
         },
     )

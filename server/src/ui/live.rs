@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! event: overview            every second
-//! data: {"t": ms, "functions": [{name, version, state, error, instances,
+//! data: {"t": ms, "functions": [{name, version, runtime, state, error, instances,
 //!        memory: {rss, pss, uss}, memory_bytes, invocations}],
 //!        "states": {"ready": n, ..}, "instances": {idle, busy, booting},
 //!        "invocations": {"total", "errors", "by_start": {"warm": n, ..}},
@@ -39,7 +39,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::prom::{self, Sample};
-use crate::api::AppState;
+use crate::api::{AppState, Caller};
 use crate::service::Service;
 
 /// The stream's clock: how often a function that is deploying is looked at,
@@ -62,6 +62,8 @@ pub struct EventsQuery {
 
 struct Stream {
     service: Service,
+    /// Who watches: `env` values are redacted for non-admins.
+    caller: Caller,
     function: Option<String>,
     tick: u32,
     interval: tokio::time::Interval,
@@ -74,11 +76,16 @@ struct Stream {
 }
 
 /// `GET /events`.
-pub async fn events(State(state): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<EventsQuery>,
+) -> Response {
     let mut interval = tokio::time::interval(FAST);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let start = Stream {
         service: state.service.clone(),
+        caller,
         function: q.function.filter(|f| !f.is_empty()),
         tick: 0,
         interval,
@@ -122,10 +129,11 @@ impl Stream {
         let service = self.service.clone();
         let function = self.function.clone().filter(|_| function_due);
         let store = self.store.clone();
+        let caller = self.caller;
         let Ok((overview, func)) = tokio::task::spawn_blocking(move || {
             let samples = prom::parse(&service.metrics.encode());
             let o = overview_due.then(|| overview(&service, &samples, store));
-            let f = function.map(|name| function_event(&service, &samples, &name));
+            let f = function.map(|name| function_event(&service, &samples, &name, caller));
             (o, f)
         })
         .await
@@ -190,6 +198,7 @@ pub fn overview(service: &Service, samples: &[Sample], store: Value) -> Value {
             json!({
                 "name": v.name,
                 "version": v.version,
+                "runtime": v.spec.runtime,
                 "state": v.state,
                 "error": v.error,
                 "instances": v.instances,
@@ -234,8 +243,8 @@ pub fn overview(service: &Service, samples: &[Sample], store: Value) -> Value {
     })
 }
 
-/// The function event of `name`.
-pub fn function_event(service: &Service, samples: &[Sample], name: &str) -> Value {
+/// The function event of `name`, as `caller` may see it.
+pub fn function_event(service: &Service, samples: &[Sample], name: &str, caller: Caller) -> Value {
     let mut invocations: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for s in samples.iter().filter(|s| {
         s.name == "thaw_invocations_total"
@@ -251,7 +260,7 @@ pub fn function_event(service: &Service, samples: &[Sample], name: &str) -> Valu
     }
     json!({
         "name": name,
-        "view": service.view(name),
+        "view": service.view(name).map(|v| crate::redact::view_for(v, caller)),
         "invocations": invocations,
         "start_latency": prom::histograms_where(samples, "thaw_start_latency_seconds", "start", Some(("function", name))),
         "duration": prom::histograms_where(samples, "thaw_invocation_duration_seconds", "start", Some(("function", name))),

@@ -8,19 +8,28 @@
 //! set-cookie: thaw_session=<64 hex digits>; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200
 //! ```
 //!
-//! Sessions live in memory (a restart signs everyone out). Each remembers
-//! the role of the token it was made from and the token set it was checked
-//! against, so a session of one router is never accepted by another router
-//! of the same process with other tokens.
+//! Sessions live in memory (a restart signs everyone out), in the router's
+//! [`Sessions`], each with the role of the token it was made from.
+//!
+//! Limits: at most [`Sessions::per_role`] sessions per role (beyond it the
+//! oldest session *of the same role* goes, so holders of invoke tokens can
+//! never push out an admin's session), and `POST /session` is rate-limited
+//! per client address ([`ATTEMPTS_PER_MINUTE`], then `429` with
+//! `retry-after`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 
 use crate::api::AppState;
@@ -33,22 +42,108 @@ pub const COOKIE: &str = "thaw_session";
 /// How long a session lasts.
 pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
-/// Most sessions kept at once; the oldest go first beyond it.
-const MAX_SESSIONS: usize = 10_000;
+/// Default of [`Sessions::per_role`].
+pub const DEFAULT_PER_ROLE: usize = 10_000;
+
+/// `POST /session` attempts allowed per client address and minute (all at
+/// once, then one every `60 / N` seconds).
+pub const ATTEMPTS_PER_MINUTE: u32 = 10;
 
 #[derive(Debug, Clone)]
 struct Session {
     role: Role,
-    /// Identity of the token set that accepted the token.
-    tokens: usize,
     expires: Instant,
 }
 
-static SESSIONS: LazyLock<Mutex<HashMap<String, Session>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+/// The sessions of one router.
+pub struct Sessions {
+    live: Mutex<HashMap<String, Session>>,
+    per_role: usize,
+    attempts: DefaultKeyedRateLimiter<IpAddr>,
+}
 
-fn tokens_id(state: &AppState) -> usize {
-    Arc::as_ptr(&state.tokens) as usize
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the session ids.
+        f.debug_struct("Sessions")
+            .field("live", &self.live.lock().map(|m| m.len()).unwrap_or(0))
+            .field("per_role", &self.per_role)
+            .finish()
+    }
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions::new(DEFAULT_PER_ROLE)
+    }
+}
+
+impl Sessions {
+    /// No sessions; at most `per_role` at once per role (at least 1).
+    pub fn new(per_role: usize) -> Sessions {
+        let quota = Quota::per_minute(NonZeroU32::new(ATTEMPTS_PER_MINUTE).expect("not zero"));
+        Sessions {
+            live: Mutex::new(HashMap::new()),
+            per_role: per_role.max(1),
+            attempts: RateLimiter::keyed(quota),
+        }
+    }
+
+    /// Most sessions kept at once per role.
+    pub fn per_role(&self) -> usize {
+        self.per_role
+    }
+
+    /// Counts an attempt from `client`: `Err(wait)` when it is over the rate.
+    fn attempt(&self, client: IpAddr) -> Result<(), Duration> {
+        self.attempts.retain_recent();
+        self.attempts
+            .check_key(&client)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Starts a session of `role`, evicting the oldest of the same role when
+    /// the role is at its cap. Returns its id.
+    fn start(&self, role: Role) -> String {
+        let id = new_id();
+        let mut live = self.live.lock().unwrap();
+        let now = Instant::now();
+        live.retain(|_, s| s.expires > now);
+        let same_role = live.values().filter(|s| s.role == role).count();
+        if same_role >= self.per_role {
+            if let Some(oldest) = live
+                .iter()
+                .filter(|(_, s)| s.role == role)
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+            {
+                live.remove(&oldest);
+            }
+        }
+        live.insert(
+            id.clone(),
+            Session {
+                role,
+                expires: now + LIFETIME,
+            },
+        );
+        id
+    }
+
+    /// The role of a live session.
+    fn role(&self, id: &str) -> Option<Role> {
+        let mut live = self.live.lock().unwrap();
+        let s = live.get(id)?;
+        if s.expires <= Instant::now() {
+            live.remove(id);
+            return None;
+        }
+        Some(s.role)
+    }
+
+    fn end(&self, id: &str) {
+        self.live.lock().unwrap().remove(id);
+    }
 }
 
 fn new_id() -> String {
@@ -69,17 +164,9 @@ fn cookie_value(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, v)| v)
 }
 
-/// The role of the session named by the request's cookie, if it is live and
-/// was made against this router's tokens.
+/// The role of the session named by the request's cookie, if it is live.
 pub fn session_role(state: &AppState, headers: &HeaderMap) -> Option<Role> {
-    let id = cookie_value(headers)?;
-    let mut sessions = SESSIONS.lock().unwrap();
-    let s = sessions.get(id)?;
-    if s.expires <= Instant::now() {
-        sessions.remove(id);
-        return None;
-    }
-    (s.tokens == tokens_id(state)).then_some(s.role)
+    state.sessions.role(cookie_value(headers)?)
 }
 
 /// Body of `POST /session`.
@@ -90,7 +177,26 @@ pub struct SessionRequest {
 }
 
 /// `POST /session`: checks the token and sets the cookie.
-pub async fn create(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+pub async fn create(
+    State(state): State<AppState>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let client = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0 .0.ip());
+    if let Err(wait) = state.sessions.attempt(client) {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut resp = ApiError::new(
+            ErrorKind::RateLimited,
+            format!(
+                "too many sign-in attempts from {client}: at most {ATTEMPTS_PER_MINUTE} a \
+                 minute; retry in {secs} s"
+            ),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        return resp;
+    }
     if state.tokens.is_empty() {
         return Json(serde_json::json!({ "auth_required": false, "role": "admin" }))
             .into_response();
@@ -108,29 +214,7 @@ pub async fn create(State(state): State<AppState>, body: axum::body::Bytes) -> R
     let Some(role) = state.tokens.role_of(req.token.trim().as_bytes()) else {
         return ApiError::new(ErrorKind::Unauthorized, "that token is not valid").into_response();
     };
-    let id = new_id();
-    {
-        let mut sessions = SESSIONS.lock().unwrap();
-        let now = Instant::now();
-        sessions.retain(|_, s| s.expires > now);
-        if sessions.len() >= MAX_SESSIONS {
-            if let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone())
-            {
-                sessions.remove(&oldest);
-            }
-        }
-        sessions.insert(
-            id.clone(),
-            Session {
-                role,
-                tokens: tokens_id(&state),
-                expires: now + LIFETIME,
-            },
-        );
-    }
+    let id = state.sessions.start(role);
     let cookie = format!(
         "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         LIFETIME.as_secs()
@@ -165,9 +249,9 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
 }
 
 /// `DELETE /session`: forgets the session and clears the cookie.
-pub async fn remove(headers: HeaderMap) -> Response {
+pub async fn remove(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(id) = cookie_value(&headers) {
-        SESSIONS.lock().unwrap().remove(id);
+        state.sessions.end(id);
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(
@@ -198,6 +282,36 @@ mod tests {
         assert_eq!(cookie_value(&h), Some("abc"));
         h.insert(header::COOKIE, HeaderValue::from_static("thaw_sessionx=1"));
         assert_eq!(cookie_value(&h), None);
+    }
+
+    #[test]
+    fn a_role_at_its_cap_evicts_only_its_own_sessions() {
+        let s = Sessions::new(2);
+        let admin = s.start(Role::Admin);
+        let first = s.start(Role::Invoke);
+        for _ in 0..10 {
+            s.start(Role::Invoke);
+        }
+        assert_eq!(s.role(&admin), Some(Role::Admin));
+        assert_eq!(s.role(&first), None);
+        let live = s.live.lock().unwrap();
+        assert_eq!(live.values().filter(|x| x.role == Role::Invoke).count(), 2);
+    }
+
+    #[test]
+    fn attempts_are_limited_per_client() {
+        let s = Sessions::new(2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..ATTEMPTS_PER_MINUTE {
+            assert!(s.attempt(a).is_ok());
+        }
+        let wait = s.attempt(a).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        assert!(s.attempt(b).is_ok());
     }
 
     #[test]

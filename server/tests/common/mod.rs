@@ -9,17 +9,40 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// Skips the test (with a reason) when not root.
+/// Whether `THAW_TEST_STRICT` is set (CI sets it): a missing prerequisite
+/// then fails the test instead of skipping it.
+pub fn strict() -> bool {
+    std::env::var_os("THAW_TEST_STRICT").is_some()
+}
+
+/// Reports a missing prerequisite: with `THAW_TEST_STRICT` set the test
+/// fails with `reason`; otherwise the skip is printed. Use [`skip!`].
+pub fn missing(reason: &str) {
+    if strict() {
+        panic!("THAW_TEST_STRICT is set and a prerequisite is missing: {reason}");
+    }
+    eprintln!("skipped: {reason}");
+}
+
+/// Ends the test because a prerequisite is missing (`format!` arguments give
+/// the reason); fails it instead when `THAW_TEST_STRICT` is set.
+#[macro_export]
+macro_rules! skip {
+    ($($reason:tt)*) => {{
+        $crate::common::missing(&format!($($reason)*));
+        return;
+    }};
+}
+
+/// Skips the test (see [`skip!`]) when not root or without python3.
 #[macro_export]
 macro_rules! require_root {
     () => {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: thaw serve needs root (namespaces, mounts, cgroups)");
-            return;
+            $crate::skip!("thaw serve needs root (namespaces, mounts, cgroups)");
         }
         if !std::path::Path::new("/usr/bin/python3").exists() {
-            eprintln!("skipped: /usr/bin/python3 is missing");
-            return;
+            $crate::skip!("/usr/bin/python3 is missing");
         }
     };
 }

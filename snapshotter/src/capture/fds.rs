@@ -8,12 +8,17 @@
 //! ```
 //!
 //! Regular files, directories and device nodes are recorded for reopening.
-//! Pipes and Unix sockets are accepted only on the descriptors the runtime
-//! protocol uses ([`super::CaptureOptions::protocol_fds`]): the restorer
-//! connects fresh ones there. Everything else is refused.
+//! Pipes and Unix sockets on the descriptors the runtime protocol uses
+//! ([`super::CaptureOptions::protocol_fds`]) are connected afresh by the
+//! restorer. Kernel objects inside the process (see [`super::kobj`]) are
+//! recorded with their state: eventfd, signalfd, timerfd, epoll, memfd, and
+//! pipes whose both ends the process holds (a descriptor on the same open
+//! file as an earlier one is a [`FdKind::Dup`]). Everything else is
+//! refused, naming it.
 
 use std::collections::HashSet;
 
+use super::kobj;
 use super::mm::identity;
 use super::procfs;
 use super::refuse::{self, Refusal};
@@ -52,9 +57,9 @@ fn open_fds(pid: i32) -> Result<Vec<i32>, CaptureError> {
     Ok(fds)
 }
 
-/// `pos` and `flags` of fdinfo; a `lock:` line (a lock this descriptor
-/// holds) refuses the capture.
-fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32), CaptureError> {
+/// `pos` and `flags` of fdinfo, and its whole text; a `lock:` line (a lock
+/// this descriptor holds) refuses the capture.
+fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32, String), CaptureError> {
     let text = procfs::read_text(pid, &format!("fdinfo/{fd}"))?;
     let bad = |what: &str| CaptureError::Parse {
         path: format!("/proc/{pid}/fdinfo/{fd}"),
@@ -75,6 +80,7 @@ fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32), CaptureError> {
     Ok((
         pos.ok_or_else(|| bad("no pos"))?,
         flags.ok_or_else(|| bad("no flags"))?,
+        text,
     ))
 }
 
@@ -89,19 +95,50 @@ pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureEr
     let mut tcp = None;
     let mut unix = None;
     let mut out = Vec::new();
+    let mut grabber = kobj::Grabber::new(pid);
+    // Kernel objects and inner pipe ends seen so far (for dups).
+    let mut objects: Vec<i32> = Vec::new();
     for fd in open_fds(pid)? {
         let target = procfs::read_link(pid, &format!("fd/{fd}"))?;
-        let (position, flags) = fdinfo(pid, fd)?;
-        let kind = if let Some(inode) = bracket_inode(&target, "pipe:[") {
-            if !protocol.contains(&fd) {
-                return Err(refuse(pid, fd, target, "a pipe outside the runtime protocol descriptors; its other end is not in the copy"));
+        let (position, flags, info) = fdinfo(pid, fd)?;
+        let object = target.starts_with("anon_inode:")
+            || target.starts_with("/memfd:")
+            || (target.starts_with("pipe:[") && !protocol.contains(&fd));
+        if object {
+            let mut dup_of = None;
+            for &earlier in &objects {
+                if kobj::same_file(pid, earlier, fd)? {
+                    dup_of = Some(earlier);
+                    break;
+                }
             }
+            if let Some(of) = dup_of {
+                out.push(FdState {
+                    fd,
+                    flags,
+                    kind: FdKind::Dup { of },
+                });
+                continue;
+            }
+            objects.push(fd);
+        }
+        let kind = if let Some(inode) = bracket_inode(&target, "pipe:[") {
             let end = if flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 {
                 PipeEnd::Read
             } else {
                 PipeEnd::Write
             };
-            FdKind::ProtocolPipe { end, inode }
+            if protocol.contains(&fd) {
+                FdKind::ProtocolPipe { end, inode }
+            } else {
+                // Data and capacity are filled in once both ends are known.
+                FdKind::Pipe {
+                    end,
+                    inode,
+                    data: Vec::new(),
+                    capacity: 0,
+                }
+            }
         } else if let Some(inode) = bracket_inode(&target, "socket:[") {
             let tcp = match &tcp {
                 Some(tcp) => tcp,
@@ -134,13 +171,39 @@ pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureEr
                 return Err(refuse(pid, fd, target, "a Unix socket outside the runtime protocol descriptors; its peer is not in the copy"));
             }
             FdKind::ProtocolSocket { inode }
+        } else if target == "anon_inode:[eventfd]" {
+            kobj::eventfd(pid, fd, &info)?
+        } else if target == "anon_inode:[signalfd]" {
+            kobj::signalfd(pid, fd, &info)?
+        } else if target == "anon_inode:[timerfd]" {
+            kobj::timerfd(pid, fd, &mut grabber)?
+        } else if target == "anon_inode:[eventpoll]" {
+            FdKind::Epoll {
+                registrations: kobj::epoll(pid, fd, &info)?,
+            }
         } else if target.starts_with("anon_inode:") {
             return Err(refuse(
                 pid,
                 fd,
                 target,
-                "a kernel object (anon inode) thaw cannot recreate",
+                "a kernel object thaw cannot recreate (eventfd, signalfd, timerfd and epoll can be)",
             ));
+        } else if let Some(name) = target
+            .strip_prefix("/memfd:")
+            .and_then(|n| n.strip_suffix(" (deleted)"))
+        {
+            let file = grabber.grab(fd)?;
+            let (content, seals) = kobj::memfd(pid, fd, &file)?;
+            let inode = nix::sys::stat::fstat(&file)
+                .map(|st| st.st_ino)
+                .unwrap_or(0);
+            FdKind::Memfd {
+                name: name.to_string(),
+                inode,
+                content,
+                seals,
+                position,
+            }
         } else if target.ends_with(" (deleted)") {
             return Err(refuse(
                 pid,
@@ -181,5 +244,60 @@ pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureEr
         };
         out.push(FdState { fd, flags, kind });
     }
+    fill_pipes(pid, &mut out, &mut grabber)?;
     Ok(out)
+}
+
+/// Every inner pipe needs both ends in the process; records the data
+/// queued in it (read through a duplicate of its read end) and its
+/// capacity on each of its ends.
+fn fill_pipes(
+    pid: i32,
+    fds: &mut [FdState],
+    grabber: &mut kobj::Grabber,
+) -> Result<(), CaptureError> {
+    let mut pipes: Vec<(u64, Option<i32>, Option<i32>)> = Vec::new();
+    for f in fds.iter() {
+        if let FdKind::Pipe { end, inode, .. } = f.kind {
+            let entry = match pipes.iter_mut().find(|p| p.0 == inode) {
+                Some(e) => e,
+                None => {
+                    pipes.push((inode, None, None));
+                    pipes.last_mut().expect("pushed")
+                }
+            };
+            match end {
+                PipeEnd::Read => entry.1 = entry.1.or(Some(f.fd)),
+                PipeEnd::Write => entry.2 = entry.2.or(Some(f.fd)),
+            }
+        }
+    }
+    for (inode, read, write) in pipes {
+        let (Some(read), Some(_)) = (read, write) else {
+            let fd = read.or(write).expect("one end seen");
+            return Err(refuse(
+                pid,
+                fd,
+                format!("pipe:[{inode}]"),
+                "a pipe outside the runtime protocol descriptors whose other end is not in the process; the copy would not have it",
+            ));
+        };
+        let dup = grabber.grab(read)?;
+        let (queued, size) = kobj::pipe_data(pid, &dup)?;
+        for f in fds.iter_mut() {
+            if let FdKind::Pipe {
+                inode: i,
+                data,
+                capacity,
+                ..
+            } = &mut f.kind
+            {
+                if *i == inode {
+                    data.clone_from(&queued);
+                    *capacity = size;
+                }
+            }
+        }
+    }
+    Ok(())
 }

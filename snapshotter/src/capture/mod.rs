@@ -10,7 +10,8 @@
 //!
 //! ```text
 //!   seize + interrupt every thread ─ refuse? (children, pending signals
-//!   of the process or of any thread)
+//!   of the process or of any thread, seccomp filters other than the
+//!   accepted ones)
 //!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory)
 //!   ─ main thread, injected: rt_sigaction ×n, brk(0), getitimer ×3
 //!   ─ per thread: regs, xsave, sigmask, rseq, robust list, name, sched;
@@ -26,11 +27,12 @@
 //!
 //! Modules: [`ptrace`] (holding the threads), [`inject`] (running syscalls
 //! in one, reusable by the restorer), [`maps`], [`areas`], [`pagemap`],
-//! [`memory`], [`signals`], [`thread`], [`mm`], [`fds`], [`refuse`].
+//! [`memory`], [`signals`], [`thread`], [`mm`], [`fds`], [`refuse`], [`seccomp`].
 
 pub mod areas;
 pub mod fds;
 pub mod inject;
+pub mod kobj;
 pub mod maps;
 pub mod memory;
 pub mod mm;
@@ -38,6 +40,7 @@ pub mod pagemap;
 pub mod procfs;
 pub mod ptrace;
 pub mod refuse;
+pub mod seccomp;
 pub mod signals;
 pub mod thread;
 
@@ -111,6 +114,11 @@ pub struct CaptureOptions {
     /// Use the `PAGEMAP_SCAN` ioctl when the kernel has it (else pagemap
     /// entries are read). Default true.
     pub pagemap_scan: bool,
+    /// Seccomp programs (8 bytes per instruction, as the kernel returns
+    /// them) a captured process may run under: each of its filters must be
+    /// one of these, or the capture is refused ([`seccomp::check`]). Default
+    /// none: a process under any filter is refused.
+    pub seccomp_filters: Vec<Vec<u8>>,
 }
 
 impl Default for CaptureOptions {
@@ -119,6 +127,7 @@ impl Default for CaptureOptions {
             protocol_fds: vec![0, 1, 2, 3, 4],
             batch_bytes: 2 << 20,
             pagemap_scan: true,
+            seccomp_filters: Vec::new(),
         }
     }
 }
@@ -251,6 +260,11 @@ pub fn capture_timed(
     refuse::check_children(pid)?;
     let status = Status::read(pid)?;
     refuse::check_pending_signals(pid, &status)?;
+    seccomp::check(
+        pid,
+        status.number("Seccomp")? as u32,
+        &options.seccomp_filters,
+    )?;
     for seized in &held {
         refuse::check_thread_signals(pid, seized.pid())?;
     }

@@ -97,6 +97,12 @@ pub enum Refusal {
         /// The fdinfo `lock:` line.
         lock: String,
     },
+    /// A seccomp filter (or mode) the restorer cannot give back.
+    #[error("it runs under {what}; a copy could only get back a filter thaw knows")]
+    Seccomp {
+        /// Which filter or mode.
+        what: String,
+    },
     /// Signals waiting for delivery (they would be lost).
     #[error("signals {mask:#x} are pending; they would be lost")]
     PendingSignals {

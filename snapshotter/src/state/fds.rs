@@ -1,4 +1,24 @@
 //! File descriptors of a captured process.
+//!
+//! Files, directories and devices are reopened by path; protocol pipes and
+//! sockets are supplied by the restorer's caller. Kernel objects inside the
+//! process are recreated with their state:
+//!
+//! ```text
+//! kind        state (from /proc/PID/fdinfo/N unless said)    restored by
+//! eventfd     eventfd-count, eventfd-semaphore               eventfd2(count, flags)
+//! signalfd    sigmask                                        signalfd4(-1, mask, flags)
+//! timerfd     clockid, settime flags, it_value, it_interval, timerfd_create; in the
+//!             ticks (unread expirations)                      last batch: settime,
+//!                                                             TFD_IOC_SET_TICKS
+//! epoll       tfd, events, data per registration (each       epoll_create1; in the
+//!             checked with kcmp KCMP_EPOLL_TFD)               last batch: epoll_ctl ADD
+//! pipe        both ends in the process: data queued (tee     pipe2, F_SETPIPE_SZ, data
+//!             into a scratch pipe), F_GETPIPE_SZ              written, dup per fd
+//! memfd       name, content, size, seals (F_GET_SEALS)       memfd_create, write,
+//!                                                             F_ADD_SEALS
+//! dup         kcmp KCMP_FILE: same description as an earlier  dup of that one
+//! ```
 
 use serde::{Deserialize, Serialize};
 
@@ -67,4 +87,85 @@ pub enum FdKind {
         /// Inode of the original socket (for information only).
         inode: u64,
     },
+    /// An eventfd.
+    Eventfd {
+        /// The counter.
+        count: u64,
+        /// `EFD_SEMAPHORE`.
+        semaphore: bool,
+    },
+    /// A signalfd.
+    Signalfd {
+        /// The signals it reads (bit `n - 1` for signal `n`).
+        mask: u64,
+    },
+    /// A timerfd.
+    Timerfd(TimerState),
+    /// An epoll instance and its registrations.
+    Epoll {
+        /// Every registration, in fdinfo order.
+        registrations: Vec<EpollRegistration>,
+    },
+    /// One end of a pipe whose both ends are in the process.
+    Pipe {
+        /// Which end.
+        end: PipeEnd,
+        /// Inode of the pipe: the descriptors with the same one are its
+        /// ends.
+        inode: u64,
+        /// Bytes queued in the pipe (recorded on every end; the same).
+        data: Vec<u8>,
+        /// Its capacity (`F_GETPIPE_SZ`).
+        capacity: u32,
+    },
+    /// The same open file description as the earlier descriptor `of` (a
+    /// `dup` of a kernel object or pipe end, found with `kcmp KCMP_FILE`).
+    Dup {
+        /// The earlier descriptor.
+        of: i32,
+    },
+    /// A memfd (`memfd_create`): its content and seals.
+    Memfd {
+        /// The name given to `memfd_create` (without `/memfd:`).
+        name: String,
+        /// Inode (descriptors and shared areas with the same one share it).
+        inode: u64,
+        /// Its content (its size is the length).
+        content: Vec<u8>,
+        /// `F_GET_SEALS`.
+        seals: u32,
+        /// File position.
+        position: u64,
+    },
+}
+
+/// One registration of an epoll instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollRegistration {
+    /// The registered descriptor number (checked at capture to still name
+    /// the file it was registered for).
+    pub fd: i32,
+    /// `epoll_event.events` (including `EPOLLET`, `EPOLLONESHOT`, ...).
+    pub events: u32,
+    /// `epoll_event.data`.
+    pub data: u64,
+}
+
+/// A timerfd's setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerState {
+    /// `clockid`.
+    pub clock: i32,
+    /// `settime flags` (`TFD_TIMER_ABSTIME`, `TFD_TIMER_CANCEL_ON_SET`).
+    pub settime_flags: i32,
+    /// Time to the next expiration at capture, in nanoseconds; 0 when
+    /// disarmed.
+    pub remaining_ns: u64,
+    /// Period in nanoseconds; 0 for a one-shot timer.
+    pub interval_ns: u64,
+    /// For an absolute timer: the deadline on its clock (capture-time
+    /// reading of the clock plus `remaining_ns`), kept as it is.
+    pub deadline_ns: Option<u64>,
+    /// Expirations not read yet.
+    pub ticks: u64,
 }

@@ -4,12 +4,37 @@
 //! A crash at any point leaves either the old file or the new one at the
 //! target path, never a mix; at worst a stale `.<name>.tmp` file remains, which
 //! later writes overwrite and gc removes.
+//!
+//! The store holds function memory: everything it writes is a [`PRIVATE_FILE`]
+//! in a [`PRIVATE_DIR`] (see [`create_private_dir`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::failpoint;
+
+/// Mode of every file the store creates: the server's alone.
+pub(crate) const PRIVATE_FILE: u32 = 0o600;
+
+/// Mode of every directory the store creates.
+pub(crate) const PRIVATE_DIR: u32 = 0o700;
+
+/// Creates `dir` and its missing parents with [`PRIVATE_DIR`].
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
+}
+
+/// Options that create (or truncate) a [`PRIVATE_FILE`] for writing.
+pub(crate) fn private_file() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.write(true).create(true).truncate(true).mode(PRIVATE_FILE);
+    o
+}
 
 /// Path of the temporary file used to replace `target`.
 pub(crate) fn tmp_path(target: &Path) -> PathBuf {
@@ -37,11 +62,7 @@ pub(crate) fn write_atomic_with(
     points: [&'static str; 3],
 ) -> io::Result<()> {
     let tmp = tmp_path(target);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
+    let mut file = private_file().open(&tmp)?;
     for part in parts {
         file.write_all(part)?;
     }
@@ -66,4 +87,34 @@ pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
 /// Fsyncs a directory.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn what_the_store_writes_is_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        create_private_dir(&dir).unwrap();
+        assert_eq!(mode(&tmp.path().join("a")), PRIVATE_DIR);
+        assert_eq!(mode(&dir), PRIVATE_DIR);
+        let f = dir.join("root");
+        write_atomic(&f, &[b"x"]).unwrap();
+        assert_eq!(mode(&f), PRIVATE_FILE);
+        // A whole store: its directories and files.
+        let store = crate::store::PageStore::open(tmp.path().join("store")).unwrap();
+        for sub in ["packs", "roots", "images"] {
+            assert_eq!(mode(&store.dir().join(sub)), PRIVATE_DIR, "{sub}");
+        }
+        for file in ["index", "LOCK"] {
+            assert_eq!(mode(&store.dir().join(file)), PRIVATE_FILE, "{file}");
+        }
+    }
 }

@@ -38,7 +38,7 @@
 //! see docs/store.md for the figures. Plain `pwritev` from several threads
 //! was as fast or faster, so it is what this module uses.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 
@@ -147,12 +147,7 @@ pub fn build_image(
         let path = path.to_path_buf();
         move |source| ImageError::Io { path, source }
     };
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
+    let file = super::atomic::private_file().open(&tmp).map_err(io(&tmp))?;
     let result = write_pages(store, areas, &layout, &file, &tmp).and_then(|()| {
         failpoint::hit("image-written");
         std::fs::rename(&tmp, out).map_err(io(out))

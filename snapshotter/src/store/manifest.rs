@@ -172,16 +172,52 @@ pub fn read_manifest_with_limit<T: DeserializeOwned>(
     let file_len = file.metadata().map_err(io)?.len();
     let mut header = [0u8; MANIFEST_HEADER_LEN];
     let got = read_up_to(&mut file, &mut header).map_err(io)?;
-    if got >= 8 && header[..8] != MANIFEST_MAGIC {
+    let len = check_header(&header[..got], file_len, path, limit)?;
+    let mut payload = vec![0u8; len as usize];
+    let got = read_up_to(&mut file, &mut payload).map_err(io)?;
+    if got < payload.len() {
+        return Err(ReadManifestError::Truncated {
+            path: p(),
+            expected: MANIFEST_HEADER_LEN as u64 + len,
+            found: MANIFEST_HEADER_LEN as u64 + got as u64,
+        });
+    }
+    decode_payload(&header, &payload, path)
+}
+
+/// Decodes a whole manifest held in memory (`path` only names it in
+/// errors), with the same checks in the same order as [`read_manifest_with_limit`].
+/// The pure entry point the fuzz targets drive.
+pub fn decode_manifest<T: DeserializeOwned>(
+    bytes: &[u8],
+    path: &Path,
+    limit: u64,
+) -> Result<T, ReadManifestError> {
+    let head = &bytes[..bytes.len().min(MANIFEST_HEADER_LEN)];
+    check_header(head, bytes.len() as u64, path, limit)?;
+    decode_payload(head, &bytes[MANIFEST_HEADER_LEN..], path)
+}
+
+/// Checks the first (up to [`MANIFEST_HEADER_LEN`]) bytes of a manifest of
+/// `file_len` bytes: magic, version, payload length against `limit` and
+/// against the file's length. Returns the payload length.
+fn check_header(
+    header: &[u8],
+    file_len: u64,
+    path: &Path,
+    limit: u64,
+) -> Result<u64, ReadManifestError> {
+    let p = || path.to_path_buf();
+    if header.len() >= 8 && header[..8] != MANIFEST_MAGIC {
         let mut found = [0u8; 8];
         found.copy_from_slice(&header[..8]);
         return Err(ReadManifestError::BadMagic { path: p(), found });
     }
-    if got < MANIFEST_HEADER_LEN {
+    if header.len() < MANIFEST_HEADER_LEN {
         return Err(ReadManifestError::Truncated {
             path: p(),
             expected: MANIFEST_HEADER_LEN as u64,
-            found: got as u64,
+            found: header.len() as u64,
         });
     }
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
@@ -199,7 +235,9 @@ pub fn read_manifest_with_limit<T: DeserializeOwned>(
             limit,
         });
     }
-    let expected = MANIFEST_HEADER_LEN as u64 + len;
+    // `len` is at most `limit`, which no caller sets near u64::MAX; saturate
+    // anyway so that a huge limit cannot wrap the sum.
+    let expected = (MANIFEST_HEADER_LEN as u64).saturating_add(len);
     if file_len < expected {
         return Err(ReadManifestError::Truncated {
             path: p(),
@@ -213,19 +251,38 @@ pub fn read_manifest_with_limit<T: DeserializeOwned>(
             extra: file_len - expected,
         });
     }
-    let mut payload = vec![0u8; len as usize];
-    let got = read_up_to(&mut file, &mut payload).map_err(io)?;
-    if got < payload.len() {
-        return Err(ReadManifestError::Truncated {
-            path: p(),
-            expected,
-            found: MANIFEST_HEADER_LEN as u64 + got as u64,
+    Ok(len)
+}
+
+/// Checks the payload against the header's checksum, then decodes it with
+/// bincode limited to the payload's own length (a length prefix inside it
+/// can never make the decoder reserve more than the file holds).
+fn decode_payload<T: DeserializeOwned>(
+    header: &[u8],
+    payload: &[u8],
+    path: &Path,
+) -> Result<T, ReadManifestError> {
+    if blake3::hash(payload).as_bytes() != &header[24..56] {
+        return Err(ReadManifestError::ChecksumMismatch {
+            path: path.to_path_buf(),
         });
     }
-    if blake3::hash(&payload).as_bytes() != &header[24..56] {
-        return Err(ReadManifestError::ChecksumMismatch { path: p() });
-    }
-    bincode::deserialize(&payload).map_err(|source| ReadManifestError::Decode { path: p(), source })
+    decode_bincode(payload).map_err(|source| ReadManifestError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// bincode with the options `bincode::serialize` wrote with (fixed-size
+/// little-endian integers, trailing bytes allowed as `bincode::deserialize`
+/// allowed them), plus a limit of the payload's length.
+fn decode_bincode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, bincode::Error> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(payload.len() as u64)
+        .deserialize(payload)
 }
 
 fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {

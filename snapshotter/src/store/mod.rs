@@ -58,7 +58,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Deref;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -70,21 +70,26 @@ pub use hash::{
     HashMapByPage, HashSetOfPages, PageHash, ParseHashError, PAGE_SIZE,
 };
 pub use image::{build_image, CachedImage, ImageArea, ImageError, ImageLayout};
-pub use index::{IndexHeaderError, Tail};
-pub use manifest::{
-    encode_manifest, read_manifest, read_manifest_with_limit, write_manifest, ReadManifestError,
-    WriteManifestError, DEFAULT_MANIFEST_LIMIT, MANIFEST_HEADER_LEN, MANIFEST_MAGIC,
-    MANIFEST_VERSION,
+pub use index::{
+    check_header as check_index_header, encode_header as encode_index_header, encode_record,
+    parse_records, IndexHeaderError, IndexRecord, ParsedLog, Tail, INDEX_HEADER_LEN,
 };
-pub use pack::{OpenPackError, WritePackError, PACK_HEADER_LEN};
+pub use manifest::{
+    decode_manifest, encode_manifest, read_manifest, read_manifest_with_limit, write_manifest,
+    ReadManifestError, WriteManifestError, DEFAULT_MANIFEST_LIMIT, MANIFEST_HEADER_LEN,
+    MANIFEST_MAGIC, MANIFEST_VERSION,
+};
+pub use pack::{check_pack_header, OpenPackError, WritePackError, PACK_HEADER_LEN};
 pub use pagelist::{AreaPages, PageCounts, PageRef, PageRun, PageSlot};
-pub use roots::{validate_snapshot_id, InvalidSnapshotId, RootError, SnapshotRoot};
+pub use roots::{
+    parse_root, validate_snapshot_id, InvalidSnapshotId, RootError, SnapshotRoot, MAX_ROOT_PAGES,
+};
 pub use sink::{area_pages, AreaPagesError, OutOfOrder, StoreSink};
 pub use stats::{StatsError, StoreStats};
 pub use verify::{BadObject, BadObjectKind, VerifyError, VerifyReport};
 pub use writer::{CommitError, CommitSummary, PutError, StoreWriter, WriterError};
 
-use index::{check_header, parse_records, IndexRecord};
+use index::check_header;
 use pack::Pack;
 
 /// Error opening a store (or reloading its index).
@@ -299,7 +304,7 @@ impl PageStore {
         };
         for sub in ["packs", "roots", "images"] {
             let p = dir.join(sub);
-            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+            atomic::create_private_dir(&p).map_err(io_err(&p))?;
         }
         let index_path = dir.join("index");
         if !index_path.exists() {
@@ -510,6 +515,7 @@ fn lock_exclusive(dir: &Path) -> io::Result<Flock<File>> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(atomic::PRIVATE_FILE)
         .open(dir.join("LOCK"))?;
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| errno.into())
 }

@@ -22,7 +22,7 @@
 //! them for reading while writers and gc run: an unlinked pack stays readable
 //! through existing mappings.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::IoSlice;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -59,6 +59,40 @@ pub fn parse_pack_file_name(name: &str) -> Option<u32> {
 /// Byte offset of object `slot` in a pack.
 pub fn slot_offset(slot: u32) -> u64 {
     PACK_HEADER_LEN + slot as u64 * PAGE_SIZE as u64
+}
+
+/// Checks the header at the start of `bytes`, a pack that should be pack
+/// `id` and is `len` bytes long: magic, version, id, and that `len` is exactly
+/// what the object count needs. Returns the object count; `Err(what)` names
+/// the first check that failed. The pure entry point the fuzz targets drive.
+pub fn check_pack_header(bytes: &[u8], id: u32, len: u64) -> Result<u64, String> {
+    if bytes.len() < 24 || len < PACK_HEADER_LEN {
+        return Err(format!("{len} bytes, shorter than its header"));
+    }
+    if bytes[..8] != PACK_MAGIC {
+        return Err("bad magic".into());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != PACK_VERSION {
+        return Err(format!("unsupported version {version}"));
+    }
+    let found_id = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+    if found_id != id {
+        return Err(format!("header says pack {found_id}"));
+    }
+    let count = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    // A corrupt count must not wrap the product into a length that matches
+    // (a pack of 2^52 + 1 objects "needs" 8 KiB in wrapping arithmetic).
+    let expected = count
+        .checked_mul(PAGE_SIZE as u64)
+        .and_then(|b| b.checked_add(PACK_HEADER_LEN));
+    match expected {
+        Some(expected) if expected == len => Ok(count),
+        Some(expected) => Err(format!("{len} bytes, but {count} objects need {expected}")),
+        None => Err(format!(
+            "{len} bytes, but {count} objects need more than 2^64"
+        )),
+    }
 }
 
 /// Error opening a pack for reading.
@@ -121,24 +155,7 @@ impl Pack {
             path: path.clone(),
             source,
         })?;
-        if map[..8] != PACK_MAGIC {
-            return Err(bad("bad magic".into()));
-        }
-        let version = u32::from_le_bytes(map[8..12].try_into().expect("4 bytes"));
-        if version != PACK_VERSION {
-            return Err(bad(format!("unsupported version {version}")));
-        }
-        let found_id = u32::from_le_bytes(map[12..16].try_into().expect("4 bytes"));
-        if found_id != id {
-            return Err(bad(format!("header says pack {found_id}")));
-        }
-        let count = u64::from_le_bytes(map[16..24].try_into().expect("8 bytes"));
-        let expected = PACK_HEADER_LEN + count * PAGE_SIZE as u64;
-        if len != expected {
-            return Err(bad(format!(
-                "{len} bytes, but {count} objects need {expected}"
-            )));
-        }
+        let count = check_pack_header(&map, id, len).map_err(bad)?;
         Ok(Pack {
             id,
             path,
@@ -219,11 +236,8 @@ impl PackWriter {
             path: tmp.clone(),
             source,
         };
-        let file = OpenOptions::new()
+        let file = super::atomic::private_file()
             .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
             .open(&tmp)
             .map_err(err)?;
         Ok(PackWriter {
@@ -372,5 +386,44 @@ impl Drop for PackWriter {
                 tracing::warn!(?err, path = %self.tmp.display(), "cannot remove abandoned pack");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(id: u32, count: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 24];
+        h[..8].copy_from_slice(&PACK_MAGIC);
+        h[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&id.to_le_bytes());
+        h[16..24].copy_from_slice(&count.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn header_checks() {
+        assert_eq!(check_pack_header(&header(3, 2), 3, 3 * 4096), Ok(2));
+        assert_eq!(
+            check_pack_header(&header(3, 2), 4, 3 * 4096).unwrap_err(),
+            "header says pack 3"
+        );
+        assert!(check_pack_header(&header(3, 2), 3, 4096)
+            .unwrap_err()
+            .contains("2 objects need 12288"));
+        assert!(check_pack_header(&header(3, 2)[..23], 3, 3 * 4096).is_err());
+    }
+
+    /// Seen while writing the store_pack fuzz target: a count whose byte
+    /// size wraps around 2^64 matched a small file in release builds (and
+    /// overflowed, a panic, in debug builds).
+    #[test]
+    fn a_count_that_wraps_is_refused() {
+        let count = (1u64 << 52) + 1;
+        let err = check_pack_header(&header(0, count), 0, 2 * 4096).unwrap_err();
+        assert!(err.contains("more than 2^64"), "{err}");
+        let err = check_pack_header(&header(0, u64::MAX), 0, 4096).unwrap_err();
+        assert!(err.contains("more than 2^64"), "{err}");
     }
 }

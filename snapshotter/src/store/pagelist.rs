@@ -214,6 +214,14 @@ impl AreaPages {
         self.runs.iter().map(PageRun::len).sum()
     }
 
+    /// Number of pages in the area, or `None` if the runs of a corrupt list
+    /// add up to more than `u64::MAX`.
+    pub fn checked_page_count(&self) -> Option<u64> {
+        self.runs
+            .iter()
+            .try_fold(0u64, |sum, run| sum.checked_add(run.len()))
+    }
+
     /// Counts by kind.
     pub fn counts(&self) -> PageCounts {
         let mut c = PageCounts::default();

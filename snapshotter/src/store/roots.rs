@@ -7,12 +7,15 @@
 //! its snapshot removes or replaces the root; the next gc frees what no root
 //! references.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::atomic::sync_dir;
-use super::manifest::{read_manifest, write_manifest, ReadManifestError, WriteManifestError};
+use super::manifest::{
+    decode_manifest, read_manifest, write_manifest, ReadManifestError, WriteManifestError,
+    DEFAULT_MANIFEST_LIMIT,
+};
 use super::pagelist::AreaPages;
 use super::PageStore;
 
@@ -69,6 +72,14 @@ pub enum RootError {
     /// Writing failed.
     #[error(transparent)]
     Write(#[from] WriteManifestError),
+    /// The page lists cannot be a process's memory.
+    #[error("root {path}: {what}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// The root names another snapshot than its file.
     #[error("root {path} names snapshot {found}")]
     Mismatch {
@@ -85,6 +96,41 @@ pub enum RootError {
         /// Underlying error.
         source: std::io::Error,
     },
+}
+
+/// Most pages a root may list in all: a 57-bit (5-level paging) x86-64
+/// user address space. Keeps every page count and image size computed from a
+/// root far from overflowing.
+pub const MAX_ROOT_PAGES: u64 = 1 << 44;
+
+/// Decodes the bytes of root `id` held in memory (`path` only names it in
+/// errors) and checks them as [`PageStore::load_root`] does. The pure entry
+/// point the fuzz targets drive.
+pub fn parse_root(bytes: &[u8], id: &str, path: &Path) -> Result<SnapshotRoot, RootError> {
+    let root: SnapshotRoot = decode_manifest(bytes, path, DEFAULT_MANIFEST_LIMIT)?;
+    check_root(root, id, path)
+}
+
+/// Checks that a decoded root is root `id` and that its page lists could
+/// describe one process (at most [`MAX_ROOT_PAGES`] pages in all).
+fn check_root(root: SnapshotRoot, id: &str, path: &Path) -> Result<SnapshotRoot, RootError> {
+    if root.id != id {
+        return Err(RootError::Mismatch {
+            path: path.to_path_buf(),
+            found: root.id,
+        });
+    }
+    let total = root
+        .areas
+        .iter()
+        .try_fold(0u64, |sum, a| sum.checked_add(a.checked_page_count()?));
+    if total.is_none_or(|n| n > MAX_ROOT_PAGES) {
+        return Err(RootError::Invalid {
+            path: path.to_path_buf(),
+            what: format!("page lists of more than {MAX_ROOT_PAGES} pages"),
+        });
+    }
+    Ok(root)
 }
 
 pub(crate) fn write_root(store: &PageStore, root: &SnapshotRoot) -> Result<(), RootError> {
@@ -125,13 +171,7 @@ impl PageStore {
             return Err(RootError::NotFound(id.to_string()));
         }
         let root: SnapshotRoot = read_manifest(&path)?;
-        if root.id != id {
-            return Err(RootError::Mismatch {
-                path,
-                found: root.id,
-            });
-        }
-        Ok(root)
+        check_root(root, id, &path)
     }
 
     /// Removes snapshot `id`'s root (its pages become garbage for the next
@@ -150,5 +190,45 @@ impl PageStore {
         let dir = self.dir().join("roots");
         sync_dir(&dir).map_err(|source| RootError::Io { path: dir, source })?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{encode_manifest, PageRun};
+
+    fn root(runs: Vec<PageRun>) -> Vec<u8> {
+        let areas = vec![bincode::deserialize(&bincode::serialize(&runs).unwrap()).unwrap()];
+        encode_manifest(&SnapshotRoot {
+            id: "s".into(),
+            areas,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_root_parses_and_names_its_snapshot() {
+        let bytes = root(vec![PageRun::Zero(3), PageRun::File(2)]);
+        let r = parse_root(&bytes, "s", Path::new("roots/s")).unwrap();
+        assert_eq!(r.areas[0].page_count(), 5);
+        let err = parse_root(&bytes, "t", Path::new("roots/t")).unwrap_err();
+        assert_eq!(err.to_string(), "root roots/t names snapshot s");
+    }
+
+    /// Found by the store_root fuzz target: runs adding up past u64::MAX
+    /// overflowed `AreaPages::counts` (a panic in debug builds); a huge but
+    /// finite list made image building size and walk an absurd image.
+    #[test]
+    fn page_lists_beyond_an_address_space_are_refused() {
+        for runs in [
+            vec![PageRun::Zero(u64::MAX), PageRun::File(2)],
+            vec![PageRun::Zero(MAX_ROOT_PAGES + 1)],
+        ] {
+            let err = parse_root(&root(runs), "s", Path::new("roots/s")).unwrap_err();
+            assert!(err.to_string().contains("page lists of more than"), "{err}");
+        }
+        let ok = root(vec![PageRun::Zero(MAX_ROOT_PAGES)]);
+        assert!(parse_root(&ok, "s", Path::new("roots/s")).is_ok());
     }
 }

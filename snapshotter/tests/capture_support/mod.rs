@@ -11,20 +11,48 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-/// Whether the tests can ptrace arbitrary children; prints why not.
+/// Whether `THAW_TEST_STRICT` is set (CI sets it): a missing prerequisite
+/// then fails the test instead of skipping it.
+pub fn strict() -> bool {
+    std::env::var_os("THAW_TEST_STRICT").is_some()
+}
+
+/// Reports a missing prerequisite: with `THAW_TEST_STRICT` set the test
+/// fails with `reason`; otherwise the skip is printed. Returns `false`, for
+/// helpers that answer whether a test can run.
+pub fn missing(reason: &str) -> bool {
+    if strict() {
+        panic!("THAW_TEST_STRICT is set and a prerequisite is missing: {reason}");
+    }
+    eprintln!("skipped: {reason}");
+    false
+}
+
+/// Ends the test because a prerequisite is missing (`format!` arguments give
+/// the reason); fails it instead when `THAW_TEST_STRICT` is set.
+#[macro_export]
+macro_rules! skip {
+    ($($reason:tt)*) => {{
+        $crate::capture_support::missing(&format!($($reason)*));
+        return;
+    }};
+}
+
+/// Whether the tests can ptrace arbitrary children; says why not (see
+/// [`missing`]).
 pub fn can_capture(test: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
-        println!("skipping {test}: needs root (ptrace, /proc/pid/map_files, pagemap)");
-        return false;
+        return missing(&format!(
+            "{test} needs root (ptrace, /proc/pid/map_files, pagemap)"
+        ));
     }
     true
 }
 
-/// Whether `/usr/bin/python3` exists; prints why not.
+/// Whether `/usr/bin/python3` exists; says why not (see [`missing`]).
 pub fn have_python(test: &str) -> bool {
     if !Path::new("/usr/bin/python3").exists() {
-        println!("skipping {test}: /usr/bin/python3 is missing");
-        return false;
+        return missing(&format!("{test}: /usr/bin/python3 is missing"));
     }
     true
 }
@@ -196,8 +224,8 @@ pub fn wait_blocked_in_read(pid: i32) {
     panic!("pid {pid} never blocked in read(3, …)");
 }
 
-/// Compiles C `source` with `cc -O1` into `dir`; `None` (with the reason
-/// printed) when there is no working compiler.
+/// Compiles C `source` with `cc -O1` into `dir`; `None` (reported as a
+/// missing prerequisite) when there is no working compiler.
 pub fn compile_c(dir: &Path, name: &str, source: &str) -> Option<String> {
     let src = dir.join(format!("{name}.c"));
     let bin = dir.join(name);
@@ -211,7 +239,7 @@ pub fn compile_c(dir: &Path, name: &str, source: &str) -> Option<String> {
     {
         Ok(status) if status.success() => Some(bin.to_string_lossy().into_owned()),
         other => {
-            println!("skipping: cannot compile a C helper with cc: {other:?}");
+            missing(&format!("cannot compile a C helper with cc: {other:?}"));
             None
         }
     }

@@ -8,6 +8,31 @@ const EXAMPLE = `def handler(event, context):
     print("greeting", name)
     return {"hello": name}
 `;
+// What the form starts from for each runtime (docs/runtimes.md).
+const RUNTIMES = {
+  python3: { handler: "main.handler", file: "main.py", code: EXAMPLE },
+  node20: {
+    handler: "index.handler",
+    file: "index.js",
+    code: `exports.handler = async (event, context) => {
+  const name = (event && event.name) || "world";
+  console.log("greeting", name);
+  return { hello: name };
+};
+`,
+  },
+  java17: {
+    handler: "Hello::handle",
+    file: "Hello.java",
+    code: `public class Hello {
+    public static String handle(String event, thaw.Context context) {
+        System.out.println("greeting " + event);
+        return "{\\"hello\\": \\"world\\"}";
+    }
+}
+`,
+  },
+};
 
 export function mount(main, ctx) {
   main.innerHTML = `
@@ -16,7 +41,7 @@ export function mount(main, ctx) {
       <form id="deploy-form" class="panel stack">
         <div class="row">
           <label>Name <input id="deploy-name" required pattern="[a-z0-9][a-z0-9-]*" placeholder="my-function"></label>
-          <label>Runtime <select id="deploy-runtime"><option>python3</option></select></label>
+          <label>Runtime <select id="deploy-runtime">${Object.keys(RUNTIMES).map((r) => `<option>${r}</option>`).join("")}</select></label>
           <label>Handler <input id="deploy-handler" value="main.handler" required></label>
         </div>
         <div class="row">
@@ -44,6 +69,17 @@ export function mount(main, ctx) {
     </div>`;
   const $ = (id) => main.querySelector(`#${id}`);
   let uploaded = {};
+
+  // Switching runtime swaps the starting handler, file and code, unless
+  // they were edited.
+  let shown = RUNTIMES.python3;
+  $("deploy-runtime").addEventListener("change", (e) => {
+    const next = RUNTIMES[e.target.value];
+    for (const [id, key] of [["deploy-handler", "handler"], ["deploy-filename", "file"], ["deploy-code", "code"]]) {
+      if ($(id).value === shown[key]) $(id).value = next[key];
+    }
+    shown = next;
+  });
 
   $("deploy-files").addEventListener("change", async (e) => {
     uploaded = {};

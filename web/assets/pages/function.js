@@ -77,7 +77,7 @@ export function mount(main, ctx) {
       if (!v) { $("fn-error").textContent = `No function named ${name}.`; return; }
       $("fn-state").innerHTML = badge(v.state);
       $("fn-state").dataset.state = v.state;
-      $("fn-version").textContent = `version ${v.version}`;
+      $("fn-version").textContent = `version ${v.version} · ${v.spec.runtime}`;
       $("fn-error").textContent = v.error || "";
       const s = v.snapshot;
       $("snapshot").innerHTML = s ? `
