@@ -30,7 +30,10 @@ fn files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let runtimes = manifest.join("../runtimes").canonicalize().expect("runtimes/ exists");
+    let runtimes = manifest
+        .join("../runtimes")
+        .canonicalize()
+        .expect("runtimes/ exists");
     println!("cargo:rerun-if-changed={}", runtimes.display());
     let mut folders: Vec<_> = std::fs::read_dir(&runtimes)
         .expect("list runtimes/")

@@ -254,9 +254,12 @@ impl Runtime {
             .iter()
             .chain(desc.env.values())
             .chain(&desc.requires)
-            .chain(desc.prepare.iter().chain(&desc.build).flat_map(|s| {
-                s.run.iter().flatten().filter(|a| a.as_str() != "{inputs}")
-            }));
+            .chain(
+                desc.prepare
+                    .iter()
+                    .chain(&desc.build)
+                    .flat_map(|s| s.run.iter().flatten().filter(|a| a.as_str() != "{inputs}")),
+            );
         for t in templates {
             expand(t, &all).map_err(invalid)?;
         }
@@ -287,7 +290,10 @@ impl Runtime {
             }
             for rel in s.file.iter().chain(&s.output) {
                 if !crate::spec::valid_code_path(rel) {
-                    return Err(invalid(format!("step {:?}: {rel:?} is not relative", s.what)));
+                    return Err(invalid(format!(
+                        "step {:?}: {rel:?} is not relative",
+                        s.what
+                    )));
                 }
             }
         }
@@ -448,7 +454,10 @@ pub struct Runtimes {
     prepare_lock: tokio::sync::Mutex<()>,
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
     move |source| InstallError {
         what,
         path: path.to_path_buf(),
@@ -456,7 +465,10 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     }
 }
 
-fn build_io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
+fn build_io<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
     move |source| BuildError::Io {
         what,
         path: path.to_path_buf(),
@@ -592,7 +604,13 @@ impl Runtimes {
     /// environment, the spec's limits. A runtime unknown to this build (a
     /// record written by another) gets a command that fails to start, so its
     /// boots fail with a clear error.
-    pub fn launch(&self, spec: &FunctionSpec, function: &str, version: u64, code_dir: PathBuf) -> LaunchSpec {
+    pub fn launch(
+        &self,
+        spec: &FunctionSpec,
+        function: &str,
+        version: u64,
+        code_dir: PathBuf,
+    ) -> LaunchSpec {
         let mut vars = self.base_vars();
         vars.set("handler", spec.handler.clone())
             .set("function", function)
@@ -638,7 +656,12 @@ impl Runtimes {
         // (pool::sandbox::binds), and the interpreter wherever it is.
         let mut binds = pool::sandbox::binds::for_runtime(&spec.runtime)
             .map(|r| r.paths())
-            .unwrap_or_else(|| pool::sandbox::binds::BASE.iter().map(PathBuf::from).collect());
+            .unwrap_or_else(|| {
+                pool::sandbox::binds::BASE
+                    .iter()
+                    .map(PathBuf::from)
+                    .collect()
+            });
         if let Some(exe) = argv.first() {
             binds.push(PathBuf::from(exe));
         }
@@ -866,7 +889,9 @@ mod tests {
         v.set("heap_mb", "160");
         assert_eq!(expand("-Xmx{heap_mb}m", &v).unwrap(), "-Xmx160m");
         assert_eq!(expand("{{x}}", &v).unwrap(), "{x}");
-        assert!(expand("{nope}", &v).unwrap_err().contains("unknown variable {nope}"));
+        assert!(expand("{nope}", &v)
+            .unwrap_err()
+            .contains("unknown variable {nope}"));
         assert!(expand("{heap_mb", &v).unwrap_err().contains("unclosed"));
     }
 
@@ -888,7 +913,11 @@ mod tests {
         assert!(ok("java17", "Hello::handle"));
         assert!(!ok("java17", "example.Hello.handle"));
         assert!(!ok("java17", "example.Hello::"));
-        let err = c.get("java17").unwrap().validate_handler("x.y").unwrap_err();
+        let err = c
+            .get("java17")
+            .unwrap()
+            .validate_handler("x.y")
+            .unwrap_err();
         assert!(err.contains("pkg.Class::method"), "{err}");
     }
 
