@@ -42,7 +42,12 @@ fn main() {
         .map(|e| e.file_name().into_string().expect("UTF-8 folder name"))
         .collect();
     folders.sort();
-    let mut code = String::from("/// Every folder of runtimes/ and its files.\npub const EMBEDDED: &[(&str, &[(&str, &[u8])])] = &[\n");
+    let mut code = String::from(
+        "/// A runtime folder's files: (path relative to the folder, contents).\n\
+         pub type Files = &'static [(&'static str, &'static [u8])];\n\
+         /// Every folder of runtimes/ and its files.\n\
+         pub const EMBEDDED: &[(&str, Files)] = &[\n",
+    );
     for folder in folders {
         let root = runtimes.join(&folder);
         let mut list = Vec::new();

@@ -78,8 +78,7 @@ fn main() {
             .output()
             .is_err()
     {
-        println!("threads bench skipped: needs root and a C compiler");
-        return;
+        skip!("threads bench: needs root and a C compiler");
     }
     let tmp = tempfile::tempdir().unwrap();
     let program = compile(tmp.path(), "threads", PROGRAM);

@@ -3,7 +3,8 @@
 //! registrations, eventfds (one with a dup, one in semaphore mode), a
 //! signalfd, timerfds (periodic with unread expirations, an expired one
 //! shot, a relative one shot, an absolute realtime deadline), a pipe with
-//! queued data and a dup of its write end, and a sealed memfd. It is
+//! queued data and a dup of its write end, a stream socket pair with data
+//! queued at both ends, an empty datagram pair, and a sealed memfd. It is
 //! captured with `snapshot_to_dir` (`thaw snapshot --pid`) and restored in
 //! both memory modes; the copy checks every object and prints "ok". The
 //! same program checked without a snapshot (the control) prints "ok" too.
@@ -59,8 +60,10 @@ fn kernel_objects_work_with_their_state_after_restore() {
     }
 }
 
-/// An inotify descriptor is a kernel object thaw does not recreate yet: the
-/// capture is refused and names it.
+/// What thaw cannot recreate is refused, naming the descriptor and why: an
+/// inotify descriptor, a Unix socket connected to another process, a pipe
+/// whose other end is elsewhere (each away from the protocol fds 0-4), a
+/// shared mapping of a memfd whose descriptor was closed.
 #[test]
 fn other_kernel_objects_are_refused_by_name() {
     if !prerequisites("other_kernel_objects_are_refused_by_name") {
@@ -69,14 +72,41 @@ fn other_kernel_objects_are_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let program = compile(
         tmp.path(),
-        "inotify",
+        "refused",
         r#"
+#define _GNU_SOURCE
 #include <stdio.h>
+#include <string.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
-int main(void) {
-    int fd = inotify_init1(0);
-    inotify_add_watch(fd, "/tmp", IN_CREATE);
+int main(int argc, char **argv) {
+    int fd = -1;
+    if (strcmp(argv[1], "inotify") == 0) {
+        fd = inotify_init1(0);
+        inotify_add_watch(fd, "/tmp", IN_CREATE);
+    } else if (strcmp(argv[1], "unix") == 0) {
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        strncpy(a.sun_path, argv[2], sizeof a.sun_path - 1);
+        fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a)) return 2;
+        fd = dup2(fd, 9);
+        close(3);
+    } else if (strcmp(argv[1], "memfd") == 0) {
+        int m = memfd_create("gone", 0);
+        ftruncate(m, 4096);
+        char *map = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, m, 0);
+        map[0] = 1;
+        close(m);
+    } else {
+        int p[2];
+        pipe(p);
+        close(p[1]);
+        fd = dup2(p[0], 9);
+        close(p[0]);
+    }
     printf("ready %d\n", fd);
     fflush(stdout);
     char c;
@@ -85,14 +115,35 @@ int main(void) {
 }
 "#,
     );
-    let mut original = start(&program, &[]);
-    let ready = original.line();
-    let fd = ready.strip_prefix("ready ").unwrap();
-    let err = snapshot_to_dir(original.child.id() as i32, &tmp.path().join("snap")).unwrap_err();
-    let message = format!("{err:#}");
-    assert!(
-        message.contains(&format!("fd {fd} is anon_inode:inotify")),
-        "{message}"
-    );
-    assert!(message.contains("cannot recreate"), "{message}");
+    let socket_path = tmp.path().join("listener");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
+    let cases = [
+        (
+            vec!["inotify"],
+            "is anon_inode:inotify; a kernel object thaw cannot recreate",
+        ),
+        (
+            vec!["unix", socket_path.to_str().unwrap()],
+            "not one end of a socket pair",
+        ),
+        (vec!["pipe"], "whose other end is not in the process"),
+        (vec!["memfd"], "a memfd the process no longer holds open"),
+    ];
+    for (args, expected) in cases {
+        let mut original = start(&program, &args);
+        let ready = original.line();
+        let fd = ready
+            .strip_prefix("ready ")
+            .unwrap_or_else(|| panic!("{args:?}: {ready:?}"));
+        let err = snapshot_to_dir(original.child.id() as i32, &tmp.path().join("snap"))
+            .expect_err(&format!("{args:?}: a refusal"));
+        let message = format!("{err:#}");
+        if fd != "-1" {
+            assert!(
+                message.contains(&format!("fd {fd} is ")),
+                "{args:?}: {message}"
+            );
+        }
+        assert!(message.contains(expected), "{args:?}: {message}");
+    }
 }

@@ -127,7 +127,7 @@ pub struct Runtime {
     /// Its `runtime.toml`.
     pub desc: Description,
     pattern: regex::Regex,
-    files: &'static [(&'static str, &'static [u8])],
+    files: embedded::Files,
 }
 
 /// Every registered runtime, parsed once.
@@ -227,10 +227,7 @@ fn every_var() -> Vars {
 }
 
 impl Runtime {
-    fn parse(
-        folder: &'static str,
-        files: &'static [(&'static str, &'static [u8])],
-    ) -> Result<Runtime, CatalogError> {
+    fn parse(folder: &'static str, files: embedded::Files) -> Result<Runtime, CatalogError> {
         let invalid = |message: String| CatalogError::Invalid { folder, message };
         let text = files
             .iter()
@@ -617,6 +614,10 @@ impl Runtimes {
             .set("version", version.to_string())
             .set("memory_mb", spec.memory_mb.to_string())
             .set("heap_mb", heap_mb(spec.memory_mb).to_string());
+        if let Some(cores) = spec.cpu {
+            // A cap of 0.5 cores still runs on one CPU at a time.
+            vars.set("cpus", (cores.ceil() as u64).max(1).to_string());
+        }
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
             ("HOME".into(), "/tmp".into()),
@@ -652,16 +653,16 @@ impl Runtimes {
         put(&mut env, "THAW_HANDLER", spec.handler.clone());
         put(&mut env, "THAW_FUNCTION", function.to_string());
         put(&mut env, "THAW_VERSION", version.to_string());
-        // What of the host the sandbox sees: the allow-list of this runtime
-        // (pool::sandbox::binds), and the interpreter wherever it is.
-        let mut binds = pool::sandbox::binds::for_runtime(&spec.runtime)
-            .map(|r| r.paths())
-            .unwrap_or_else(|| {
-                pool::sandbox::binds::BASE
-                    .iter()
-                    .map(PathBuf::from)
-                    .collect()
-            });
+        // What of the host the sandbox sees: the common base
+        // (pool::sandbox::binds::BASE), the runtime's own `binds`, and the
+        // interpreter wherever it is.
+        let mut binds: Vec<PathBuf> = pool::sandbox::binds::BASE
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        if let Some(rt) = rt {
+            binds.extend(rt.desc.binds.iter().map(PathBuf::from));
+        }
         if let Some(exe) = argv.first() {
             binds.push(PathBuf::from(exe));
         }
@@ -881,6 +882,17 @@ mod tests {
     fn catalog_loads() {
         let c = Catalog::load().expect("every registered description is valid");
         assert_eq!(c.names(), ["python3", "node20", "java17"]);
+    }
+
+    #[test]
+    fn binds_match_the_sandbox_allow_list() {
+        // pool::sandbox::binds keeps a per-runtime list too (its tests use
+        // it); until it is dropped the two must say the same.
+        for rt in catalog().iter() {
+            let pool_list = pool::sandbox::binds::for_runtime(rt.name())
+                .unwrap_or_else(|| panic!("{} has no pool bind list", rt.name()));
+            assert_eq!(rt.desc.binds, pool_list.paths, "{}", rt.name());
+        }
     }
 
     #[test]

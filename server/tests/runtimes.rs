@@ -805,3 +805,111 @@ async fn node_and_java_versions_boot_after_a_restart_and_a_changed_runtime() {
     assert!(!fresh.data.join("runtime/java/classes").exists());
     assert!(!fresh.data.join("runtime/node/reseed.node").exists());
 }
+
+#[tokio::test]
+async fn a_runtime_the_host_lacks_is_refused_at_deploy() {
+    require_root!();
+    let server = Server::start(&["--python", "/nonexistent/python3"]);
+    let a = server
+        .deploy(json!({"name": "no-python", "files": {"main.py": "def handler(e, c): return 1\n"}}))
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(a.json()["error"], "invalid_spec");
+    assert_eq!(
+        a.json()["message"],
+        "runtime python3 needs /nonexistent/python3, which this server does not have"
+    );
+    let a = server
+        .deploy(json!({"name": "ruby", "runtime": "ruby3", "files": {"main.rb": ""}}))
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(
+        a.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"must be one of "python3", "node20", "java17""#),
+        "{}",
+        a.text()
+    );
+}
+
+// ---- restored copies -------------------------------------------------------------
+
+/// Acceptance 2 of issue 15: after a restart, with no process of the function
+/// alive, forced restores answer from the snapshot's state (the warm-up's
+/// counter), with a timer or thread still running, and their random values
+/// differ across copies.
+async fn restored_copies_answer_from_the_snapshot(example: &str, random_keys: &[&str]) {
+    let folder = examples().join(example).display().to_string();
+    let mut server = Server::start(&["--allow-forced-cold", "--deploy", &folder]);
+    let rec = server.wait_state(example).await;
+    assert_eq!(rec["state"], "ready", "{rec}");
+    assert!(
+        !rec["snapshot"].is_null(),
+        "{example} was snapshotted: {rec}"
+    );
+    let warmups = rec["spec"]["warmup"].as_array().unwrap().len() as u64
+        * rec["spec"]["warmup_repeat"].as_u64().unwrap();
+    server.stop();
+    server.spawn();
+    let mut copies = Vec::new();
+    for _ in 0..3 {
+        let a = server
+            .invoke_raw(
+                example,
+                br#"{"name": "copy"}"#.to_vec(),
+                &[("x-thaw-cold", "restore")],
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.header("x-thaw-start"), "restore", "{}", a.text());
+        let v = a.json();
+        assert_eq!(
+            v["invocations"],
+            warmups + 1,
+            "the warm-up's count, then this: {v}"
+        );
+        assert_eq!(v["restored_copy"], true, "{v}");
+        assert_eq!(v["restores"], 1, "the onRestore hook ran once: {v}");
+        copies.push(v);
+    }
+    // The timer (Node) or thread (Java) keeps ticking in a copy.
+    let first = copies[0]["ticks"].as_u64().unwrap();
+    let mut later = first;
+    for _ in 0..100 {
+        let a = server.invoke(example, json!({"name": "again"})).await;
+        later = a.json()["ticks"].as_u64().unwrap();
+        if later > first + 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        later > first + 1,
+        "ticks stayed at {first}: the timer stopped"
+    );
+    for (i, a) in copies.iter().enumerate() {
+        for b in &copies[i + 1..] {
+            for k in random_keys {
+                assert_ne!(a[k], b[k], "{k} repeats across copies: {copies:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn node_restored_copies_answer_from_the_snapshot_and_differ() {
+    require!("/usr/bin/node", "/usr/bin/cc");
+    restored_copies_answer_from_the_snapshot("node-hello", &["random", "random_bytes", "uuid"])
+        .await;
+}
+
+#[tokio::test]
+async fn java_restored_copies_answer_from_the_snapshot_and_differ() {
+    require!("/usr/bin/java", "/usr/bin/javac");
+    restored_copies_answer_from_the_snapshot(
+        "java-hello",
+        &["random", "thread_local_random", "uuid"],
+    )
+    .await;
+}

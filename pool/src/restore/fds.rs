@@ -48,18 +48,22 @@ enum Check {
     Unchanged,
 }
 
+/// Opens `host` (the copy's `path`) with exactly the access mode of
+/// `flags` (`O_RDONLY`, `O_WRONLY`, `O_RDWR`; `O_PATH` kept, so such a
+/// descriptor never comes back readable) and its other flags, close-on-exec
+/// here, and checks it is the file the snapshot saw.
 fn open_checked(
     path: &str,
     host: &str,
-    write: bool,
-    extra_flags: i32,
+    flags: i32,
     identity: Option<&FileIdentity>,
     check: Check,
 ) -> Result<File, RestoreError> {
+    let access = flags & libc::O_ACCMODE;
     let file = OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(extra_flags | libc::O_CLOEXEC)
+        .read(access != libc::O_WRONLY)
+        .write(access != libc::O_RDONLY)
+        .custom_flags((flags & !libc::O_ACCMODE) | libc::O_CLOEXEC)
         .open(host)
         .map_err(|source| RestoreError::Io {
             what: if host == path {
@@ -178,8 +182,14 @@ pub fn plan(
         }
         let flags = saved.flags as i32;
         let access = flags & libc::O_ACCMODE;
-        let status = flags & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC);
-        let write = access != libc::O_RDONLY;
+        let o_path = flags & libc::O_PATH;
+        // An O_PATH descriptor keeps O_PATH (never readable); others their
+        // access mode and status flags.
+        let open_flags = if o_path != 0 {
+            libc::O_PATH | (flags & libc::O_NOFOLLOW)
+        } else {
+            access | (flags & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC))
+        };
         let file = match &saved.kind {
             FdKind::File {
                 path,
@@ -189,24 +199,24 @@ pub fn plan(
                 let file = open_checked(
                     path,
                     &paths.host(path),
-                    write,
-                    status,
+                    open_flags,
                     Some(identity),
                     Check::Same,
                 )?;
-                seek(&file, path, *position)?;
+                if o_path == 0 {
+                    seek(&file, path, *position)?;
+                }
                 file
             }
             FdKind::Directory { path, .. } => open_checked(
                 path,
                 &paths.host(path),
-                false,
-                libc::O_DIRECTORY,
+                open_flags | libc::O_DIRECTORY,
                 None,
                 Check::Same,
             )?,
             FdKind::Device { path, .. } => {
-                open_checked(path, &paths.host(path), write, status, None, Check::Same)?
+                open_checked(path, &paths.host(path), open_flags, None, Check::Same)?
             }
             FdKind::ProtocolPipe { .. } => {
                 return Err(RestoreError::FdNotSupplied {
@@ -225,6 +235,7 @@ pub fn plan(
             | FdKind::Timerfd(_)
             | FdKind::Epoll { .. }
             | FdKind::Pipe { .. }
+            | FdKind::SocketPair { .. }
             | FdKind::Memfd { .. }
             | FdKind::Dup { .. } => unreachable!("kernel objects and dups are made above"),
         };
@@ -247,6 +258,21 @@ pub fn plan(
                 area.start
             )));
         };
+        if area.shared && area.deleted && path.starts_with("/memfd:") {
+            // The copy's new memfd, already at its saved number.
+            let Some(memfd) = state
+                .fds
+                .iter()
+                .find(|f| matches!(f.kind, FdKind::Memfd { inode, .. } if inode == area.inode))
+            else {
+                return Err(RestoreError::Unsupported(format!(
+                    "shared mapping of {path} at {:#x} without its memfd",
+                    area.start
+                )));
+            };
+            area_fds.insert(index, memfd.fd);
+            continue;
+        }
         let write = area.shared && area.prot.write;
         let key = (path.clone(), write);
         let fd = match by_file.get(&key) {
@@ -260,8 +286,9 @@ pub fn plan(
                 } else {
                     Check::Unchanged
                 };
+                let access = if write { libc::O_RDWR } else { libc::O_RDONLY };
                 let file =
-                    open_checked(path, &paths.host(path), write, 0, area.file.as_ref(), check)?;
+                    open_checked(path, &paths.host(path), access, area.file.as_ref(), check)?;
                 let fd = OwnedFd::from(file);
                 moves.push((fd.as_raw_fd(), next));
                 held.push(fd);
@@ -277,8 +304,7 @@ pub fn plan(
     let exe = open_checked(
         &state.mm.exe_path,
         &paths.host(&state.mm.exe_path),
-        false,
-        0,
+        libc::O_RDONLY,
         Some(&state.mm.exe),
         Check::Unchanged,
     )?;

@@ -7,7 +7,8 @@
 //!                   stub like a reopened file: eventfd2 + write(count),
 //!                   signalfd4(mask), timerfd_create (disarmed),
 //!                   epoll_create1 (empty), pipe2 + F_SETPIPE_SZ + the
-//!                   queued data, memfd_create + content + F_ADD_SEALS;
+//!                   queued data, socketpair + each end's queued data sent
+//!                   from the other, memfd_create + content + F_ADD_SEALS;
 //!                   a dup shares the earlier descriptor's object
 //! state batch       with every descriptor at its number: epoll_ctl ADD of
 //! (in the stub,     every registration (so each names the copy's fd
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use snapshotter::state::{FdKind, FdState, PipeEnd, ProcessState, TimerState};
+use snapshotter::state::{FdKind, FdState, PairType, PipeEnd, ProcessState, TimerState};
 
 use super::batch::Batch;
 use super::RestoreError;
@@ -64,9 +65,14 @@ fn owned(raw: i32, what: &str) -> Result<OwnedFd, RestoreError> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// Pipes made so far, by the saved pipe's inode: (read end, write end).
+/// Pipes and socket pairs made so far: pipes by the saved pipe's inode
+/// (read end, write end), pair ends by the saved end's inode (this end,
+/// the other end).
 #[derive(Debug, Default)]
-pub struct Pipes(HashMap<u64, (OwnedFd, OwnedFd)>);
+pub struct Pipes(
+    HashMap<u64, (OwnedFd, OwnedFd)>,
+    HashMap<u64, (OwnedFd, OwnedFd)>,
+);
 
 /// Whether [`create`] makes this kind.
 pub fn is_object(kind: &FdKind) -> bool {
@@ -77,6 +83,7 @@ pub fn is_object(kind: &FdKind) -> bool {
             | FdKind::Timerfd(_)
             | FdKind::Epoll { .. }
             | FdKind::Pipe { .. }
+            | FdKind::SocketPair { .. }
             | FdKind::Memfd { .. }
     )
 }
@@ -166,6 +173,51 @@ pub fn create(saved: &FdState, pipes: &mut Pipes) -> Result<OwnedFd, RestoreErro
             set_nonblock(this, nonblock)?;
             this.try_clone().map_err(|source| RestoreError::Io {
                 what: "dup (pipe end)".into(),
+                source,
+            })
+        }
+        FdKind::SocketPair {
+            inode,
+            peer,
+            kind,
+            data,
+        } => {
+            if !pipes.1.contains_key(inode) {
+                let ty = match kind {
+                    PairType::Stream => libc::SOCK_STREAM,
+                    PairType::Datagram => libc::SOCK_DGRAM,
+                    PairType::SeqPacket => libc::SOCK_SEQPACKET,
+                };
+                let mut ends = [0i32; 2];
+                // SAFETY: socketpair writes two descriptors into `ends`.
+                if unsafe {
+                    libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, ends.as_mut_ptr())
+                } != 0
+                {
+                    return Err(io("socketpair"));
+                }
+                let (a, b) = (owned(ends[0], "socketpair")?, owned(ends[1], "socketpair")?);
+                let dup = |fd: &OwnedFd| {
+                    fd.try_clone().map_err(|source| RestoreError::Io {
+                        what: "dup (socket pair end)".into(),
+                        source,
+                    })
+                };
+                pipes.1.insert(*peer, (dup(&b)?, dup(&a)?));
+                pipes.1.insert(*inode, (a, b));
+            }
+            let (this, other) = &pipes.1[inode];
+            // What was queued to this end is sent from the other one.
+            let mut at = 0;
+            while at < data.len() {
+                at += nix::unistd::write(other, &data[at..]).map_err(|e| RestoreError::Io {
+                    what: "send (socket pair data)".into(),
+                    source: e.into(),
+                })?;
+            }
+            set_nonblock(this, nonblock)?;
+            this.try_clone().map_err(|source| RestoreError::Io {
+                what: "dup (socket pair end)".into(),
                 source,
             })
         }

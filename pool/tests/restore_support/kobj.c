@@ -14,6 +14,11 @@
  *   fd 21  memfd "thaw-test" with 5000 bytes, position 100, F_SEAL_WRITE
  *   fd 22  epoll: 10 (IN, data 0x1111), 18 (IN|ET, data 0x2222),
  *          16 (IN, data 0x3333), 13 (IN, data 0x4444)
+ *   fd 23/24 stream socket pair, "to 23" queued at 23 (partly read
+ *          already), "to 24!" at 24; fd 24 non-blocking
+ *   fd 25/26 datagram socket pair, nothing queued
+ *   fd 27  memfd "thaw-shared", 8192 bytes, mapped shared read-write with
+ *          "hello" written through the mapping
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,6 +32,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,6 +50,7 @@ static void at(int fd, int want) {
 static int64_t ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec; }
 
 static int64_t deadline;
+static char *shared_map;
 
 static void setup(void) {
     at(eventfd(7, 0), 10);
@@ -95,6 +102,24 @@ static void setup(void) {
     e.events = EPOLLIN | EPOLLET; e.data.u64 = 0x2222; epoll_ctl(22, EPOLL_CTL_ADD, 18, &e);
     e.events = EPOLLIN; e.data.u64 = 0x3333; epoll_ctl(22, EPOLL_CTL_ADD, 16, &e);
     e.events = EPOLLIN; e.data.u64 = 0x4444; epoll_ctl(22, EPOLL_CTL_ADD, 13, &e);
+
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) { perror("socketpair"); exit(2); }
+    at(sv[0], 23);
+    at(sv[1], 24);
+    fcntl(24, F_SETFL, O_NONBLOCK);
+    if (write(24, "xxto 23", 7) != 7 || write(23, "to 24!", 6) != 6) exit(2);
+    char two[2];
+    if (read(23, two, 2) != 2) exit(2);
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv)) { perror("socketpair"); exit(2); }
+    at(sv[0], 25);
+    at(sv[1], 26);
+
+    at(memfd_create("thaw-shared", 0), 27);
+    if (ftruncate(27, 8192)) exit(2);
+    shared_map = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, 27, 0);
+    if (shared_map == MAP_FAILED) { perror("mmap memfd"); exit(2); }
+    memcpy(shared_map + 4096, "hello", 5);
 
     /* Let the periodic timer and the one shot expire unread. */
     usleep(200000);
@@ -168,6 +193,20 @@ static void check(void) {
     CHECK((fcntl(18, F_GETFL) & O_ACCMODE) == O_RDONLY && (fcntl(19, F_GETFL) & O_ACCMODE) == O_WRONLY,
           "pipe ends keep their access modes");
 
+    /* socket pairs: what each end had queued, then both ways. */
+    memset(buf, 0, sizeof buf);
+    CHECK(read(23, buf, sizeof buf) == 5 && memcmp(buf, "to 23", 5) == 0, "pair end 23 queued %s", buf);
+    memset(buf, 0, sizeof buf);
+    CHECK(read(24, buf, sizeof buf) == 6 && memcmp(buf, "to 24!", 6) == 0, "pair end 24 queued %s", buf);
+    CHECK(read(24, buf, sizeof buf) == -1 && errno == EAGAIN, "pair end 24 non-blocking and empty");
+    CHECK(write(23, "ping", 4) == 4 && read(24, buf, sizeof buf) == 4 && memcmp(buf, "ping", 4) == 0, "pair works");
+    int type = 0;
+    socklen_t tlen = sizeof type;
+    getsockopt(25, SOL_SOCKET, SO_TYPE, &type, &tlen);
+    CHECK(type == SOCK_DGRAM, "datagram pair type %d", type);
+    CHECK(send(25, "d1", 2, 0) == 2 && send(25, "d22", 3, 0) == 3 && recv(26, buf, sizeof buf, 0) == 2 &&
+          recv(26, buf, sizeof buf, 0) == 3, "datagram pair keeps message boundaries");
+
     /* memfd: content from the position, seals. */
     CHECK(read(21, buf, 4) == 4 && memcmp(buf, "wxyz", 4) == 0, "memfd at 100: %.4s", buf);
     CHECK(lseek(21, 0, SEEK_END) == 5000, "memfd size");
@@ -176,6 +215,14 @@ static void check(void) {
     char link[128] = {0};
     readlink("/proc/self/fd/21", link, sizeof link - 1);
     CHECK(strncmp(link, "/memfd:thaw-test", 16) == 0, "memfd name %s", link);
+
+    /* memfd mapped shared: the mapping and the descriptor are one file. */
+    CHECK(memcmp(shared_map + 4096, "hello", 5) == 0, "shared memfd mapping holds %.5s", shared_map + 4096);
+    memcpy(shared_map, "world", 5);
+    memset(buf, 0, sizeof buf);
+    CHECK(pread(27, buf, 5, 0) == 5 && memcmp(buf, "world", 5) == 0, "write through the mapping reaches the memfd");
+    CHECK(pwrite(27, "fd!", 3, 100) == 3 && memcmp(shared_map + 100, "fd!", 3) == 0,
+          "write to the memfd shows in the mapping");
 
     printf(failed ? "failed\n" : "ok\n");
 }

@@ -10,7 +10,8 @@
 //! | `[vdso]`, `[vvar]`, `[vvar_vclock]`, `[vsyscall]` | same name            |
 //! | read-only shared mapping of a regular file   | `FileUnchanged`           |
 //! | writable shared file mapping                 | refused                   |
-//! | shared anonymous, shmem, memfd, SysV, `/dev/shm` | refused               |
+//! | shared mapping of a memfd the process holds open | `FileUnchanged` (the copy maps its new memfd) |
+//! | shared anonymous, shmem, other memfd, SysV, `/dev/shm` | refused         |
 //! | other devices, unknown pseudo-names          | refused                   |
 
 use std::collections::HashMap;
@@ -93,7 +94,12 @@ pub fn classify(pid: i32, entries: &[MapsEntry]) -> Result<Vec<MemoryArea>, Capt
                 };
                 let gone = entry.deleted || mapped.links == 0;
                 let is_zero_device = mapped.mode == libc::S_IFCHR && entry.path == "/dev/zero";
-                if entry.shared {
+                if entry.shared && entry.path.starts_with("/memfd:") && entry.deleted {
+                    // Kept only if the process holds the memfd open
+                    // (`link_memfd_areas`): the copy maps its new memfd.
+                    file = Some(mapped.identity);
+                    AreaKind::FileUnchanged
+                } else if entry.shared {
                     if gone
                         || mapped.mode != libc::S_IFREG
                         || entry.path.starts_with("/dev/shm/")
@@ -149,4 +155,42 @@ pub fn classify(pid: i32, entries: &[MapsEntry]) -> Result<Vec<MemoryArea>, Capt
         });
     }
     Ok(areas)
+}
+
+/// A shared mapping of a memfd is kept only when one of the process's
+/// descriptors is that memfd (its content is captured there, and the copy
+/// maps the new one); otherwise the capture is refused as shared memory.
+pub fn link_memfd_areas(
+    pid: i32,
+    fds: &[crate::state::FdState],
+    areas: &[MemoryArea],
+) -> Result<(), CaptureError> {
+    for area in areas {
+        let is_memfd = area.shared
+            && area.deleted
+            && area
+                .path
+                .as_deref()
+                .is_some_and(|p| p.starts_with("/memfd:"));
+        if !is_memfd {
+            continue;
+        }
+        let held = fds.iter().any(
+            |f| matches!(f.kind, crate::state::FdKind::Memfd { inode, .. } if inode == area.inode),
+        );
+        if !held {
+            return Err(CaptureError::refused(
+                pid,
+                Refusal::SharedMemory {
+                    start: area.start,
+                    end: area.end,
+                    name: format!(
+                        "{} (deleted), a memfd the process no longer holds open",
+                        area.path.as_deref().unwrap_or_default()
+                    ),
+                },
+            ));
+        }
+    }
+    Ok(())
 }

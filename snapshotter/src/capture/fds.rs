@@ -22,6 +22,7 @@ use super::kobj;
 use super::mm::identity;
 use super::procfs;
 use super::refuse::{self, Refusal};
+use super::unixpair;
 use super::CaptureError;
 use crate::state::{FdKind, FdState, PipeEnd};
 
@@ -96,6 +97,7 @@ pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureEr
     let mut unix = None;
     let mut out = Vec::new();
     let mut grabber = kobj::Grabber::new(pid);
+    let mut peers = None;
     // Kernel objects and inner pipe ends seen so far (for dups).
     let mut objects: Vec<i32> = Vec::new();
     for fd in open_fds(pid)? {
@@ -103,7 +105,8 @@ pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureEr
         let (position, flags, info) = fdinfo(pid, fd)?;
         let object = target.starts_with("anon_inode:")
             || target.starts_with("/memfd:")
-            || (target.starts_with("pipe:[") && !protocol.contains(&fd));
+            || ((target.starts_with("pipe:[") || target.starts_with("socket:["))
+                && !protocol.contains(&fd));
         if object {
             let mut dup_of = None;
             for &earlier in &objects {
@@ -167,10 +170,37 @@ pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureEr
                     "a socket that is neither TCP nor Unix; thaw cannot recreate it",
                 ));
             }
-            if !protocol.contains(&fd) {
-                return Err(refuse(pid, fd, target, "a Unix socket outside the runtime protocol descriptors; its peer is not in the copy"));
+            if protocol.contains(&fd) {
+                FdKind::ProtocolSocket { inode }
+            } else {
+                let peers = match &peers {
+                    Some(p) => p,
+                    None => peers.insert(unixpair::peers(pid)?),
+                };
+                let (kind, peer) = peers.get(&inode).copied().unwrap_or((0, 0));
+                let Some(kind) = unixpair::pair_type(kind) else {
+                    return Err(refuse(
+                        pid,
+                        fd,
+                        target,
+                        "a Unix socket of a type thaw cannot recreate",
+                    ));
+                };
+                if peer == 0 {
+                    return Err(refuse(pid, fd, target, "a Unix socket outside the runtime protocol descriptors that is not one end of a socket pair; a copy could not recreate it"));
+                }
+                let sock = grabber.grab(fd)?;
+                let data = match unixpair::queued(pid, &sock, kind)? {
+                    Ok(data) => data,
+                    Err(why) => return Err(refuse(pid, fd, target, why)),
+                };
+                FdKind::SocketPair {
+                    inode,
+                    peer,
+                    kind,
+                    data,
+                }
             }
-            FdKind::ProtocolSocket { inode }
         } else if target == "anon_inode:[eventfd]" {
             kobj::eventfd(pid, fd, &info)?
         } else if target == "anon_inode:[signalfd]" {
@@ -245,7 +275,32 @@ pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureEr
         out.push(FdState { fd, flags, kind });
     }
     fill_pipes(pid, &mut out, &mut grabber)?;
+    check_pairs(pid, &out)?;
     Ok(out)
+}
+
+/// Every socket pair needs both ends in the process.
+fn check_pairs(pid: i32, fds: &[FdState]) -> Result<(), CaptureError> {
+    let ends: HashSet<u64> = fds
+        .iter()
+        .filter_map(|f| match f.kind {
+            FdKind::SocketPair { inode, .. } => Some(inode),
+            _ => None,
+        })
+        .collect();
+    for f in fds {
+        if let FdKind::SocketPair { inode, peer, .. } = f.kind {
+            if !ends.contains(&peer) {
+                return Err(refuse(
+                    pid,
+                    f.fd,
+                    format!("socket:[{inode}]"),
+                    "a Unix socket whose peer is not in the process (outside the runtime protocol descriptors); the copy would not have it",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every inner pipe needs both ends in the process; records the data

@@ -43,6 +43,7 @@ pub mod refuse;
 pub mod seccomp;
 pub mod signals;
 pub mod thread;
+pub mod unixpair;
 
 use std::time::{Duration, Instant};
 
@@ -271,6 +272,7 @@ pub fn capture_timed(
     let fds = fds::capture(pid, &options.protocol_fds)?;
     let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
     let mut areas = areas::classify(pid, &entries)?;
+    areas::link_memfd_areas(pid, &fds, &areas)?;
     let (main, _) = held
         .split_first_mut()
         .expect("stop_all holds the main thread");

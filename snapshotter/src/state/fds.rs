@@ -15,6 +15,9 @@
 //!             checked with kcmp KCMP_EPOLL_TFD)               last batch: epoll_ctl ADD
 //! pipe        both ends in the process: data queued (tee     pipe2, F_SETPIPE_SZ, data
 //!             into a scratch pipe), F_GETPIPE_SZ              written, dup per fd
+//! socketpair  Unix pair, both ends in the process (peer from  socketpair, each end's
+//!             sock_diag): stream data queued per end          data sent from the
+//!             (MSG_PEEK from SO_PEEK_OFF 0)                   other end
 //! memfd       name, content, size, seals (F_GET_SEALS)       memfd_create, write,
 //!                                                             F_ADD_SEALS
 //! dup         kcmp KCMP_FILE: same description as an earlier  dup of that one
@@ -118,6 +121,17 @@ pub enum FdKind {
         /// Its capacity (`F_GETPIPE_SZ`).
         capacity: u32,
     },
+    /// One end of a Unix socket pair whose both ends are in the process.
+    SocketPair {
+        /// Inode of this end.
+        inode: u64,
+        /// Inode of the other end.
+        peer: u64,
+        /// Socket type.
+        kind: PairType,
+        /// Bytes queued to be read from this end (stream pairs).
+        data: Vec<u8>,
+    },
     /// The same open file description as the earlier descriptor `of` (a
     /// `dup` of a kernel object or pipe end, found with `kcmp KCMP_FILE`).
     Dup {
@@ -168,4 +182,15 @@ pub struct TimerState {
     pub deadline_ns: Option<u64>,
     /// Expirations not read yet.
     pub ticks: u64,
+}
+
+/// The socket type of a Unix socket pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PairType {
+    /// `SOCK_STREAM`.
+    Stream,
+    /// `SOCK_DGRAM`.
+    Datagram,
+    /// `SOCK_SEQPACKET`.
+    SeqPacket,
 }

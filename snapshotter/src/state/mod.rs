@@ -28,7 +28,7 @@ mod fds;
 pub(crate) mod memory;
 pub mod thread;
 
-pub use fds::{EpollRegistration, FdKind, FdState, PipeEnd, TimerState};
+pub use fds::{EpollRegistration, FdKind, FdState, PairType, PipeEnd, TimerState};
 pub use memory::{AreaKind, FileIdentity, MemoryArea, PageRun, PageRunKind, Protection};
 pub use thread::{restart, AltStack, Registers, Restart, Rseq, Sched, ThreadState};
 
