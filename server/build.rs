@@ -30,7 +30,10 @@ fn files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let runtimes = manifest.join("../runtimes").canonicalize().expect("runtimes/ exists");
+    let runtimes = manifest
+        .join("../runtimes")
+        .canonicalize()
+        .expect("runtimes/ exists");
     println!("cargo:rerun-if-changed={}", runtimes.display());
     let mut folders: Vec<_> = std::fs::read_dir(&runtimes)
         .expect("list runtimes/")
@@ -39,7 +42,12 @@ fn main() {
         .map(|e| e.file_name().into_string().expect("UTF-8 folder name"))
         .collect();
     folders.sort();
-    let mut code = String::from("/// Every folder of runtimes/ and its files.\npub const EMBEDDED: &[(&str, &[(&str, &[u8])])] = &[\n");
+    let mut code = String::from(
+        "/// A runtime folder's files: (path relative to the folder, contents).\n\
+         pub type Files = &'static [(&'static str, &'static [u8])];\n\
+         /// Every folder of runtimes/ and its files.\n\
+         pub const EMBEDDED: &[(&str, Files)] = &[\n",
+    );
     for folder in folders {
         let root = runtimes.join(&folder);
         let mut list = Vec::new();

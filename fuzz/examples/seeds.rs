@@ -192,6 +192,9 @@ log_kb_per_function = 1024
 log_max_age_s = 86400
 spare_sandboxes = 2
 spare_sandboxes_max = 16
+sessions_per_role = 10000
+network_range = \"100.96.0.0/12\"
+dns_upstream = [\"192.0.2.53\", \"192.0.2.54:5353\"]
 deploy = [\"examples/hello\"]
 ";
     write(corpus, "config_file", "full", full.as_bytes())?;

@@ -260,8 +260,7 @@ fn variants() -> Vec<String> {
 
 fn main() {
     if !nix::unistd::geteuid().is_root() || !Path::new("/usr/bin/python3").exists() {
-        println!("restore bench skipped: needs root and /usr/bin/python3");
-        return;
+        skip!("restore bench: needs root and /usr/bin/python3");
     }
     workload("python3 json + hashlib", PLAIN, 20);
     let numpy = std::process::Command::new("/usr/bin/python3")
@@ -272,6 +271,6 @@ fn main() {
     if numpy {
         workload("python3 numpy + pandas", NUMPY, 8);
     } else {
-        println!("numpy workload skipped: numpy or pandas missing");
+        restore_support::missing("restore bench's numpy workload: numpy or pandas missing");
     }
 }

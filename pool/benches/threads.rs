@@ -78,8 +78,7 @@ fn main() {
             .output()
             .is_err()
     {
-        println!("threads bench skipped: needs root and a C compiler");
-        return;
+        skip!("threads bench: needs root and a C compiler");
     }
     let tmp = tempfile::tempdir().unwrap();
     let program = compile(tmp.path(), "threads", PROGRAM);
@@ -133,6 +132,7 @@ fn main() {
         }
         let mut restore = [Vec::new(), Vec::new()];
         let mut answer = [Vec::new(), Vec::new()];
+        let mut phases: [Vec<pool::restore::RestoreTimings>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..ROUNDS {
             for (k, snap) in snaps.iter().enumerate() {
                 let started = Instant::now();
@@ -142,6 +142,7 @@ fn main() {
                 assert_eq!(copy.line(), expected[k]);
                 answer[k].push(started.elapsed());
                 restore[k].push(restored);
+                phases[k].push(copy.child.timings);
                 drop(copy.stdin);
                 assert_eq!(copy.child.wait().unwrap(), 0);
             }
@@ -151,6 +152,22 @@ fn main() {
         println!("== {mode:?} restore (median of {ROUNDS}, ms): restore, first answer");
         for (k, (name, _)) in kinds.iter().enumerate() {
             println!("  {name:10} {:8.3} {:8.3}", ms(r[k]), ms(a[k]));
+        }
+        for (k, (name, _)) in kinds.iter().enumerate() {
+            let pick = |f: fn(&pool::restore::RestoreTimings) -> Duration| {
+                median(phases[k].iter().map(f).collect())
+            };
+            println!(
+                "  {name:10} phases: plan {:.3} stub {:.3} mappings {:.3} (batch {:.3}) state {:.3} resume {:.3}; {} round trips, {} batched",
+                ms(pick(|t| t.plan)),
+                ms(pick(|t| t.stub)),
+                ms(pick(|t| t.mappings)),
+                ms(pick(|t| t.batch)),
+                ms(pick(|t| t.state)),
+                ms(pick(|t| t.resume)),
+                phases[k][0].injected,
+                phases[k][0].batched,
+            );
         }
         println!(
             "  ratio 16/1 restore {:.2}, first answer {:.2} (goal <= 1.5)",

@@ -18,6 +18,7 @@
 //! te, trailer, transfer-encoding, upgrade,    framing is the server's
 //! proxy-authenticate, proxy-authorization,
 //! content-length
+//! alt-svc                                     where browsers reconnect
 //! x-thaw-*                                    thaw's own (x-thaw-start,
 //!                                             x-thaw-spare, ...) are facts
 //!                                             a function must not forge

@@ -127,7 +127,7 @@ pub struct Runtime {
     /// Its `runtime.toml`.
     pub desc: Description,
     pattern: regex::Regex,
-    files: &'static [(&'static str, &'static [u8])],
+    files: embedded::Files,
 }
 
 /// Every registered runtime, parsed once.
@@ -227,10 +227,7 @@ fn every_var() -> Vars {
 }
 
 impl Runtime {
-    fn parse(
-        folder: &'static str,
-        files: &'static [(&'static str, &'static [u8])],
-    ) -> Result<Runtime, CatalogError> {
+    fn parse(folder: &'static str, files: embedded::Files) -> Result<Runtime, CatalogError> {
         let invalid = |message: String| CatalogError::Invalid { folder, message };
         let text = files
             .iter()
@@ -254,9 +251,12 @@ impl Runtime {
             .iter()
             .chain(desc.env.values())
             .chain(&desc.requires)
-            .chain(desc.prepare.iter().chain(&desc.build).flat_map(|s| {
-                s.run.iter().flatten().filter(|a| a.as_str() != "{inputs}")
-            }));
+            .chain(
+                desc.prepare
+                    .iter()
+                    .chain(&desc.build)
+                    .flat_map(|s| s.run.iter().flatten().filter(|a| a.as_str() != "{inputs}")),
+            );
         for t in templates {
             expand(t, &all).map_err(invalid)?;
         }
@@ -287,7 +287,10 @@ impl Runtime {
             }
             for rel in s.file.iter().chain(&s.output) {
                 if !crate::spec::valid_code_path(rel) {
-                    return Err(invalid(format!("step {:?}: {rel:?} is not relative", s.what)));
+                    return Err(invalid(format!(
+                        "step {:?}: {rel:?} is not relative",
+                        s.what
+                    )));
                 }
             }
         }
@@ -448,7 +451,10 @@ pub struct Runtimes {
     prepare_lock: tokio::sync::Mutex<()>,
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
     move |source| InstallError {
         what,
         path: path.to_path_buf(),
@@ -456,7 +462,10 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     }
 }
 
-fn build_io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
+fn build_io<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
     move |source| BuildError::Io {
         what,
         path: path.to_path_buf(),
@@ -592,13 +601,23 @@ impl Runtimes {
     /// environment, the spec's limits. A runtime unknown to this build (a
     /// record written by another) gets a command that fails to start, so its
     /// boots fail with a clear error.
-    pub fn launch(&self, spec: &FunctionSpec, function: &str, version: u64, code_dir: PathBuf) -> LaunchSpec {
+    pub fn launch(
+        &self,
+        spec: &FunctionSpec,
+        function: &str,
+        version: u64,
+        code_dir: PathBuf,
+    ) -> LaunchSpec {
         let mut vars = self.base_vars();
         vars.set("handler", spec.handler.clone())
             .set("function", function)
             .set("version", version.to_string())
             .set("memory_mb", spec.memory_mb.to_string())
             .set("heap_mb", heap_mb(spec.memory_mb).to_string());
+        if let Some(cores) = spec.cpu {
+            // A cap of 0.5 cores still runs on one CPU at a time.
+            vars.set("cpus", (cores.ceil() as u64).max(1).to_string());
+        }
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
             ("HOME".into(), "/tmp".into()),
@@ -634,11 +653,16 @@ impl Runtimes {
         put(&mut env, "THAW_HANDLER", spec.handler.clone());
         put(&mut env, "THAW_FUNCTION", function.to_string());
         put(&mut env, "THAW_VERSION", version.to_string());
-        // What of the host the sandbox sees: the allow-list of this runtime
-        // (pool::sandbox::binds), and the interpreter wherever it is.
-        let mut binds = pool::sandbox::binds::for_runtime(&spec.runtime)
-            .map(|r| r.paths())
-            .unwrap_or_else(|| pool::sandbox::binds::BASE.iter().map(PathBuf::from).collect());
+        // What of the host the sandbox sees: the common base
+        // (pool::sandbox::binds::BASE), the runtime's own `binds`, and the
+        // interpreter wherever it is.
+        let mut binds: Vec<PathBuf> = pool::sandbox::binds::BASE
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        if let Some(rt) = rt {
+            binds.extend(rt.desc.binds.iter().map(PathBuf::from));
+        }
         if let Some(exe) = argv.first() {
             binds.push(PathBuf::from(exe));
         }
@@ -861,12 +885,25 @@ mod tests {
     }
 
     #[test]
+    fn binds_match_the_sandbox_allow_list() {
+        // pool::sandbox::binds keeps a per-runtime list too (its tests use
+        // it); until it is dropped the two must say the same.
+        for rt in catalog().iter() {
+            let pool_list = pool::sandbox::binds::for_runtime(rt.name())
+                .unwrap_or_else(|| panic!("{} has no pool bind list", rt.name()));
+            assert_eq!(rt.desc.binds, pool_list.paths, "{}", rt.name());
+        }
+    }
+
+    #[test]
     fn templates_expand() {
         let mut v = Vars::default();
         v.set("heap_mb", "160");
         assert_eq!(expand("-Xmx{heap_mb}m", &v).unwrap(), "-Xmx160m");
         assert_eq!(expand("{{x}}", &v).unwrap(), "{x}");
-        assert!(expand("{nope}", &v).unwrap_err().contains("unknown variable {nope}"));
+        assert!(expand("{nope}", &v)
+            .unwrap_err()
+            .contains("unknown variable {nope}"));
         assert!(expand("{heap_mb", &v).unwrap_err().contains("unclosed"));
     }
 
@@ -888,7 +925,11 @@ mod tests {
         assert!(ok("java17", "Hello::handle"));
         assert!(!ok("java17", "example.Hello.handle"));
         assert!(!ok("java17", "example.Hello::"));
-        let err = c.get("java17").unwrap().validate_handler("x.y").unwrap_err();
+        let err = c
+            .get("java17")
+            .unwrap()
+            .validate_handler("x.y")
+            .unwrap_err();
         assert!(err.contains("pkg.Class::method"), "{err}");
     }
 

@@ -564,7 +564,11 @@ impl Service {
         let timeout = Duration::from_millis(v.record.spec.timeout_ms);
         let events = &v.record.spec.warmup;
         let rounds = v.record.spec.warmup_repeat.max(1) as usize;
-        let all = events.iter().enumerate().cycle().take(events.len() * rounds);
+        let all = events
+            .iter()
+            .enumerate()
+            .cycle()
+            .take(events.len() * rounds);
         for (n, (i, event)) in all.enumerate() {
             let round = n / events.len().max(1) + 1;
             let inv = Invocation {

@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{function, Server};
 use serde_json::{json, Value};
@@ -100,7 +100,7 @@ fn prerequisites(tools: &[&str]) -> bool {
     }
     for t in tools {
         if !Path::new(t).exists() {
-            missing.push(format!("{t}"));
+            missing.push(t.to_string());
         }
     }
     if missing.is_empty() {

@@ -136,7 +136,10 @@ async fn node_answers_every_return_kind_and_error_kind() {
     .await;
     assert_ready(&rec);
     assert_eq!(rec["spec"]["runtime"], "node20");
-    assert_eq!(rec["spec"]["handler"], "index.handler", "the runtime's default");
+    assert_eq!(
+        rec["spec"]["handler"], "index.handler",
+        "the runtime's default"
+    );
 
     // Return values, as in Python.
     let (s, v) = invoke_json(&server, "node-ops", json!({"op": "object"})).await;
@@ -151,11 +154,13 @@ async fn node_answers_every_return_kind_and_error_kind() {
     let a = server.invoke("node-ops", json!({"op": "response"})).await;
     assert_eq!((a.status, a.text()), (201, "made".to_string()));
     assert_eq!(a.header("x-made"), "yes");
-    let a = server
-        .invoke_raw("node-ops", vec![0xff, 0x00], &[])
-        .await;
+    let a = server.invoke_raw("node-ops", vec![0xff, 0x00], &[]).await;
     assert_eq!(a.status, 200, "{}", a.text());
-    assert_eq!(a.json()["event"]["type"], "Buffer", "a non-JSON body is a Buffer");
+    assert_eq!(
+        a.json()["event"]["type"],
+        "Buffer",
+        "a non-JSON body is a Buffer"
+    );
     let (_, v) = invoke_json(&server, "node-ops", json!({"op": "context"})).await;
     assert_eq!(v["fn"], "node-ops");
     assert_eq!(v["version"], "1");
@@ -168,7 +173,11 @@ async fn node_answers_every_return_kind_and_error_kind() {
     assert_eq!(v["message"], "RangeError: out of range: x");
     assert!(v["traceback"].as_str().unwrap().contains("index.js"), "{v}");
     let (s, v) = invoke_json(&server, "node-ops", json!({"op": "reject"})).await;
-    assert_eq!((s, v["error"].as_str()), (500, Some("handler_error")), "{v}");
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (500, Some("handler_error")),
+        "{v}"
+    );
     assert_eq!(v["message"], "Error: rejected");
     // The runtime kept serving; the warm-up's invocation counted.
     let (_, v) = invoke_json(&server, "node-ops", json!({"op": "count"})).await;
@@ -187,13 +196,18 @@ async fn node_answers_every_return_kind_and_error_kind() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(
-        lines.iter().any(|l| l.starts_with("log line from ")) && lines.contains(&"an error line".to_string()),
+        lines.iter().any(|l| l.starts_with("log line from "))
+            && lines.contains(&"an error line".to_string()),
         "lines of {id}: {lines:?}"
     );
 
     // process.exit is a crash; the next invocation boots a fresh instance.
     let (s, v) = invoke_json(&server, "node-ops", json!({"op": "exit"})).await;
-    assert_eq!((s, v["error"].as_str()), (502, Some("function_crashed")), "{v}");
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (502, Some("function_crashed")),
+        "{v}"
+    );
     let (s, _) = invoke_json(&server, "node-ops", json!({"op": "object"})).await;
     assert_eq!(s, 200);
 
@@ -234,20 +248,50 @@ async fn node_es_modules_imports_and_init_errors() {
     let rec = deploy_files(
         &server,
         json!({"name": "node-broken", "runtime": "node20"}),
-        &[("index.js", "require('no-such-package');\nexports.handler = () => 1;\n")],
+        &[(
+            "index.js",
+            "require('no-such-package');\nexports.handler = () => 1;\n",
+        )],
     )
     .await;
     assert_eq!(rec["state"], "failed", "{rec}");
-    assert!(rec["error"].as_str().unwrap().contains("Cannot find module 'no-such-package'"), "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("Cannot find module 'no-such-package'"),
+        "{rec}"
+    );
     let (s, v) = invoke_json(&server, "node-broken", json!({})).await;
     assert_eq!((s, v["error"].as_str()), (502, Some("init_error")), "{v}");
-    assert!(v["message"].as_str().unwrap().contains("no-such-package"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("no-such-package"),
+        "{v}"
+    );
 
     // A missing export, a missing file, a syntax error.
     for (name, handler, file, code, says) in [
-        ("node-noexport", "index.handler", "index.js", "exports.other = () => 1;\n", "exports no function \"handler\""),
-        ("node-nofile", "main.handler", "index.js", "exports.handler = () => 1;\n", "no main.js, main.mjs or main.cjs"),
-        ("node-syntax", "index.handler", "index.mjs", "export const handler = (=> 1;\n", "SyntaxError"),
+        (
+            "node-noexport",
+            "index.handler",
+            "index.js",
+            "exports.other = () => 1;\n",
+            "exports no function \"handler\"",
+        ),
+        (
+            "node-nofile",
+            "main.handler",
+            "index.js",
+            "exports.handler = () => 1;\n",
+            "no main.js, main.mjs or main.cjs",
+        ),
+        (
+            "node-syntax",
+            "index.handler",
+            "index.mjs",
+            "export const handler = (=> 1;\n",
+            "SyntaxError",
+        ),
     ] {
         let rec = deploy_files(
             &server,
@@ -256,7 +300,10 @@ async fn node_es_modules_imports_and_init_errors() {
         )
         .await;
         assert_eq!(rec["state"], "failed", "{rec}");
-        assert!(rec["error"].as_str().unwrap().contains(says), "{name}: {rec}");
+        assert!(
+            rec["error"].as_str().unwrap().contains(says),
+            "{name}: {rec}"
+        );
     }
 
     // Handler syntax is checked per runtime at deploy.
@@ -265,7 +312,14 @@ async fn node_es_modules_imports_and_init_errors() {
         .await;
     assert_eq!(a.status, 400);
     assert_eq!(a.json()["error"], "invalid_spec");
-    assert!(a.json()["message"].as_str().unwrap().contains("file.export"), "{}", a.text());
+    assert!(
+        a.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("file.export"),
+        "{}",
+        a.text()
+    );
 }
 
 #[tokio::test]
@@ -290,15 +344,24 @@ async fn node_warmup_repeats_and_the_cli_shows_the_runtime() {
     assert!(ok, "{out}{err}");
     let rec = server.wait_state("node-hello").await;
     assert_ready(&rec);
-    let (ok, out, err) = cli(&server, &["invoke", "node-hello", "--data", r#"{"name": "cli"}"#]);
+    let (ok, out, err) = cli(
+        &server,
+        &["invoke", "node-hello", "--data", r#"{"name": "cli"}"#],
+    );
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["hello"], "cli");
-    assert!(v["invocations"].as_u64().unwrap() >= 2, "the warm-up counted: {v}");
+    assert!(
+        v["invocations"].as_u64().unwrap() >= 2,
+        "the warm-up counted: {v}"
+    );
     assert_eq!(v["restored_copy"], false);
     let (ok, out, _) = cli(&server, &["ls"]);
     assert!(ok);
-    let line = out.lines().find(|l| l.starts_with("node-hello")).unwrap_or_default();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("node-hello"))
+        .unwrap_or_default();
     assert!(line.contains("node20"), "{out}");
     assert!(out.lines().next().unwrap().contains("RUNTIME"), "{out}");
 }
@@ -310,14 +373,27 @@ async fn node_catalog_example_builds_at_init_and_answers() {
     let server = Server::start(&["--deploy", &folder]);
     let rec = server.wait_state("node-catalog").await;
     assert_ready(&rec);
-    let (s, v) = invoke_json(&server, "node-catalog", json!({"path": "/products/sku-000042"})).await;
+    let (s, v) = invoke_json(
+        &server,
+        "node-catalog",
+        json!({"path": "/products/sku-000042"}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["sku"], "sku-000042");
-    let (s, v) = invoke_json(&server, "node-catalog", json!({"path": "/categories/7/top", "limit": 3})).await;
+    let (s, v) = invoke_json(
+        &server,
+        "node-catalog",
+        json!({"path": "/categories/7/top", "limit": 3}),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(v.as_array().unwrap().len(), 3);
     let (s, v) = invoke_json(&server, "node-catalog", json!({"path": "/v42/orders/9"})).await;
-    assert_eq!((s, v), (200, json!({"resource": "orders", "version": 42, "id": "9"})));
+    assert_eq!(
+        (s, v),
+        (200, json!({"resource": "orders", "version": 42, "id": "9"}))
+    );
     let (s, v) = invoke_json(&server, "node-catalog", json!({"path": "/nowhere"})).await;
     assert_eq!(s, 404);
     println!("node-catalog init: {} ms", v["init_ms"]);
@@ -384,7 +460,9 @@ async fn java_compiles_at_deploy_and_maps_answers_and_errors() {
     assert_eq!(a.header("content-type"), "text/plain; charset=utf-8");
     let a = server.invoke("java-ops", json!({"op": "null"})).await;
     assert_eq!(a.json(), Value::Null);
-    let a = server.invoke_raw("java-ops", b"raw text event".to_vec(), &[]).await;
+    let a = server
+        .invoke_raw("java-ops", b"raw text event".to_vec(), &[])
+        .await;
     assert_eq!(a.text(), "raw text event", "the event is the body as text");
     let (_, v) = invoke_json(&server, "java-ops", json!({"op": "context"})).await;
     assert_eq!(v["fn"], "java-ops");
@@ -393,11 +471,21 @@ async fn java_compiles_at_deploy_and_maps_answers_and_errors() {
     assert!(v["remaining"].as_i64().unwrap() > 0, "{v}");
 
     let (s, v) = invoke_json(&server, "java-ops", json!({"op": "throw"})).await;
-    assert_eq!((s, v["error"].as_str()), (500, Some("handler_error")), "{v}");
-    assert_eq!(v["message"], "java.lang.IllegalStateException: bad state: 14");
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (500, Some("handler_error")),
+        "{v}"
+    );
+    assert_eq!(
+        v["message"],
+        "java.lang.IllegalStateException: bad state: 14"
+    );
     let tb = v["traceback"].as_str().unwrap();
     assert!(tb.contains("at example.Ops.handle(Ops.java:"), "{tb}");
-    assert!(!tb.contains("thaw.Bootstrap"), "runtime frames are cut: {tb}");
+    assert!(
+        !tb.contains("thaw.Bootstrap"),
+        "runtime frames are cut: {tb}"
+    );
 
     let a = server.invoke("java-ops", json!({"op": "log"})).await;
     assert_eq!(a.text(), "logged");
@@ -411,12 +499,17 @@ async fn java_compiles_at_deploy_and_maps_answers_and_errors() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(
-        lines.contains(&format!("log line from {id}")) && lines.contains(&"an error line".to_string()),
+        lines.contains(&format!("log line from {id}"))
+            && lines.contains(&"an error line".to_string()),
         "lines of {id}: {lines:?}"
     );
 
     let (s, v) = invoke_json(&server, "java-ops", json!({"op": "exit"})).await;
-    assert_eq!((s, v["error"].as_str()), (502, Some("function_crashed")), "{v}");
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (502, Some("function_crashed")),
+        "{v}"
+    );
     let (s, _) = invoke_json(&server, "java-ops", json!({"op": "json"})).await;
     assert_eq!(s, 200, "a fresh instance after the crash");
 
@@ -428,7 +521,10 @@ async fn java_compiles_at_deploy_and_maps_answers_and_errors() {
     )
     .await;
     assert_eq!(rec["state"], "ready", "{rec}");
-    assert_eq!(server.invoke("java-plain", json!(1)).await.text(), "plain 1");
+    assert_eq!(
+        server.invoke("java-plain", json!(1)).await.text(),
+        "plain 1"
+    );
 }
 
 #[tokio::test]
@@ -439,12 +535,18 @@ async fn java_compile_errors_init_errors_and_handler_syntax() {
     let rec = deploy_files(
         &server,
         json!({"name": "java-typo", "runtime": "java17", "handler": "Typo::handle"}),
-        &[("Typo.java", "public class Typo {\n  public static String handle(String e) { return e }\n}\n")],
+        &[(
+            "Typo.java",
+            "public class Typo {\n  public static String handle(String e) { return e }\n}\n",
+        )],
     )
     .await;
     assert_eq!(rec["state"], "failed", "{rec}");
     let err = rec["error"].as_str().unwrap();
-    assert!(err.contains("javac failed") && err.contains("Typo.java:2: error: ';' expected"), "{err}");
+    assert!(
+        err.contains("javac failed") && err.contains("Typo.java:2: error: ';' expected"),
+        "{err}"
+    );
 
     // An exception in static init is an init error, at deploy and invoke.
     let rec = deploy_files(
@@ -458,24 +560,43 @@ async fn java_compile_errors_init_errors_and_handler_syntax() {
     )
     .await;
     assert_eq!(rec["state"], "failed", "{rec}");
-    assert!(rec["error"].as_str().unwrap().contains("java.lang.NumberFormatException"), "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("java.lang.NumberFormatException"),
+        "{rec}"
+    );
     let (s, v) = invoke_json(&server, "java-static", json!({})).await;
     assert_eq!((s, v["error"].as_str()), (502, Some("init_error")), "{v}");
-    assert!(v["message"].as_str().unwrap().contains("not a number"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("not a number"),
+        "{v}"
+    );
 
     // A method of the wrong shape, a class that is not there.
     for (name, handler, says) in [
-        ("java-shape", "Shape::handle", "has no public static String handle(String)"),
+        (
+            "java-shape",
+            "Shape::handle",
+            "has no public static String handle(String)",
+        ),
         ("java-noclass", "Missing::handle", "no class Missing"),
     ] {
         let rec = deploy_files(
             &server,
             json!({"name": name, "runtime": "java17", "handler": handler}),
-            &[("Shape.java", "public class Shape {\n  public static int handle(String e) { return 1; }\n}\n")],
+            &[(
+                "Shape.java",
+                "public class Shape {\n  public static int handle(String e) { return 1; }\n}\n",
+            )],
         )
         .await;
         assert_eq!(rec["state"], "failed", "{rec}");
-        assert!(rec["error"].as_str().unwrap().contains(says), "{name}: {rec}");
+        assert!(
+            rec["error"].as_str().unwrap().contains(says),
+            "{name}: {rec}"
+        );
     }
 
     // Handler syntax is checked per runtime; java17 has no default handler.
@@ -488,7 +609,11 @@ async fn java_compile_errors_init_errors_and_handler_syntax() {
         let a = server.deploy(spec).await;
         assert_eq!(a.status, 400, "{}", a.text());
         assert_eq!(a.json()["error"], "invalid_spec");
-        assert!(a.json()["message"].as_str().unwrap().contains("handler"), "{}", a.text());
+        assert!(
+            a.json()["message"].as_str().unwrap().contains("handler"),
+            "{}",
+            a.text()
+        );
     }
 }
 
@@ -549,14 +674,23 @@ async fn java_folders_with_jars_deploy_through_the_cli() {
     assert!(ok, "{out}{err}");
     let rec = server.wait_state("java-hello").await;
     assert_ready(&rec);
-    let (ok, out, err) = cli(&server, &["invoke", "java-hello", "--data", r#"{"name": "cli"}"#]);
+    let (ok, out, err) = cli(
+        &server,
+        &["invoke", "java-hello", "--data", r#"{"name": "cli"}"#],
+    );
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["hello"], "cli");
-    assert_eq!(v["invocations"], 21, "twenty warm-up rounds, then this: {v}");
+    assert_eq!(
+        v["invocations"], 21,
+        "twenty warm-up rounds, then this: {v}"
+    );
     let (ok, out, _) = cli(&server, &["ls"]);
     assert!(ok);
-    let line = out.lines().find(|l| l.starts_with("java-hello")).unwrap_or_default();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("java-hello"))
+        .unwrap_or_default();
     assert!(line.contains("java17"), "{out}");
 }
 
@@ -595,7 +729,10 @@ async fn python_ssl_rand_bytes_differ_across_restored_copies() {
     )
     .await;
     assert_eq!(rec["state"], "ready", "{rec}");
-    assert!(!rec["snapshot"].is_null(), "a Python function is snapshotted: {rec}");
+    assert!(
+        !rec["snapshot"].is_null(),
+        "a Python function is snapshotted: {rec}"
+    );
     let mut seen = Vec::new();
     for _ in 0..3 {
         let a = server
@@ -607,7 +744,10 @@ async fn python_ssl_rand_bytes_differ_across_restored_copies() {
     }
     for (i, a) in seen.iter().enumerate() {
         for b in &seen[i + 1..] {
-            assert_ne!(a["ssl"], b["ssl"], "ssl.RAND_bytes repeats across copies: {seen:?}");
+            assert_ne!(
+                a["ssl"], b["ssl"],
+                "ssl.RAND_bytes repeats across copies: {seen:?}"
+            );
             assert_ne!(a["random"], b["random"], "{seen:?}");
         }
     }
@@ -617,7 +757,12 @@ async fn python_ssl_rand_bytes_differ_across_restored_copies() {
 
 #[tokio::test]
 async fn node_and_java_versions_boot_after_a_restart_and_a_changed_runtime() {
-    require!("/usr/bin/node", "/usr/bin/cc", "/usr/bin/java", "/usr/bin/javac");
+    require!(
+        "/usr/bin/node",
+        "/usr/bin/cc",
+        "/usr/bin/java",
+        "/usr/bin/javac"
+    );
     let mut server = Server::start(&[]);
     let rec = deploy_files(
         &server,
@@ -626,7 +771,12 @@ async fn node_and_java_versions_boot_after_a_restart_and_a_changed_runtime() {
     )
     .await;
     assert_ready(&rec);
-    let rec = deploy_files(&server, json!({"name": "node-ops", "runtime": "node20"}), &[("index.js", NODE_OPS)]).await;
+    let rec = deploy_files(
+        &server,
+        json!({"name": "node-ops", "runtime": "node20"}),
+        &[("index.js", NODE_OPS)],
+    )
+    .await;
     assert_ready(&rec);
     server.stop();
     // As after an upgrade of thaw: the prepared runtimes' files changed, and
@@ -638,8 +788,14 @@ async fn node_and_java_versions_boot_after_a_restart_and_a_changed_runtime() {
     std::fs::remove_dir_all(runtime.join("java/classes")).unwrap();
     std::fs::remove_file(runtime.join("node/reseed.node")).unwrap();
     server.spawn();
-    assert!(runtime.join("java/classes/thaw/Bootstrap.class").is_file(), "the Java shim was compiled again at start");
-    assert!(runtime.join("node/reseed.node").is_file(), "the addon was built again at start");
+    assert!(
+        runtime.join("java/classes/thaw/Bootstrap.class").is_file(),
+        "the Java shim was compiled again at start"
+    );
+    assert!(
+        runtime.join("node/reseed.node").is_file(),
+        "the addon was built again at start"
+    );
     let (s, v) = invoke_json(&server, "java-ops", json!({"op": "json"})).await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = invoke_json(&server, "node-ops", json!({"op": "object"})).await;
@@ -648,4 +804,112 @@ async fn node_and_java_versions_boot_after_a_restart_and_a_changed_runtime() {
     let fresh = Server::start(&[]);
     assert!(!fresh.data.join("runtime/java/classes").exists());
     assert!(!fresh.data.join("runtime/node/reseed.node").exists());
+}
+
+#[tokio::test]
+async fn a_runtime_the_host_lacks_is_refused_at_deploy() {
+    require_root!();
+    let server = Server::start(&["--python", "/nonexistent/python3"]);
+    let a = server
+        .deploy(json!({"name": "no-python", "files": {"main.py": "def handler(e, c): return 1\n"}}))
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(a.json()["error"], "invalid_spec");
+    assert_eq!(
+        a.json()["message"],
+        "runtime python3 needs /nonexistent/python3, which this server does not have"
+    );
+    let a = server
+        .deploy(json!({"name": "ruby", "runtime": "ruby3", "files": {"main.rb": ""}}))
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(
+        a.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"must be one of "python3", "node20", "java17""#),
+        "{}",
+        a.text()
+    );
+}
+
+// ---- restored copies -------------------------------------------------------------
+
+/// Acceptance 2 of issue 15: after a restart, with no process of the function
+/// alive, forced restores answer from the snapshot's state (the warm-up's
+/// counter), with a timer or thread still running, and their random values
+/// differ across copies.
+async fn restored_copies_answer_from_the_snapshot(example: &str, random_keys: &[&str]) {
+    let folder = examples().join(example).display().to_string();
+    let mut server = Server::start(&["--allow-forced-cold", "--deploy", &folder]);
+    let rec = server.wait_state(example).await;
+    assert_eq!(rec["state"], "ready", "{rec}");
+    assert!(
+        !rec["snapshot"].is_null(),
+        "{example} was snapshotted: {rec}"
+    );
+    let warmups = rec["spec"]["warmup"].as_array().unwrap().len() as u64
+        * rec["spec"]["warmup_repeat"].as_u64().unwrap();
+    server.stop();
+    server.spawn();
+    let mut copies = Vec::new();
+    for _ in 0..3 {
+        let a = server
+            .invoke_raw(
+                example,
+                br#"{"name": "copy"}"#.to_vec(),
+                &[("x-thaw-cold", "restore")],
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.header("x-thaw-start"), "restore", "{}", a.text());
+        let v = a.json();
+        assert_eq!(
+            v["invocations"],
+            warmups + 1,
+            "the warm-up's count, then this: {v}"
+        );
+        assert_eq!(v["restored_copy"], true, "{v}");
+        assert_eq!(v["restores"], 1, "the onRestore hook ran once: {v}");
+        copies.push(v);
+    }
+    // The timer (Node) or thread (Java) keeps ticking in a copy.
+    let first = copies[0]["ticks"].as_u64().unwrap();
+    let mut later = first;
+    for _ in 0..100 {
+        let a = server.invoke(example, json!({"name": "again"})).await;
+        later = a.json()["ticks"].as_u64().unwrap();
+        if later > first + 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        later > first + 1,
+        "ticks stayed at {first}: the timer stopped"
+    );
+    for (i, a) in copies.iter().enumerate() {
+        for b in &copies[i + 1..] {
+            for k in random_keys {
+                assert_ne!(a[k], b[k], "{k} repeats across copies: {copies:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn node_restored_copies_answer_from_the_snapshot_and_differ() {
+    require!("/usr/bin/node", "/usr/bin/cc");
+    restored_copies_answer_from_the_snapshot("node-hello", &["random", "random_bytes", "uuid"])
+        .await;
+}
+
+#[tokio::test]
+async fn java_restored_copies_answer_from_the_snapshot_and_differ() {
+    require!("/usr/bin/java", "/usr/bin/javac");
+    restored_copies_answer_from_the_snapshot(
+        "java-hello",
+        &["random", "thread_local_random", "uuid"],
+    )
+    .await;
 }

@@ -201,8 +201,7 @@ fn main() {
         .args(["-c", "import numpy, pandas"])
         .status();
     if !probe.is_ok_and(|s| s.success()) {
-        println!("numpy/pandas not installed: skipping that run");
-        return;
+        skip!("capture bench's numpy run: numpy/pandas not installed");
     }
     let (mut worker, _digest) = capture_support::python("numpy", &[]);
     let pid = worker.pid();

@@ -67,6 +67,15 @@ pub const CODE: [u8; 54] = [
 /// Offset of the `syscall` instruction in [`CODE`].
 pub const SYSCALL_OFFSET: u64 = 0x21;
 
+/// Threads whose batches run at once ([`Remote::run_in_threads`]): each
+/// gets a slot of the data region ([`SLOT_DATA`] bytes) and of the table
+/// region ([`SLOT_ENTRIES`] entries).
+pub const SLOTS: usize = 31;
+/// Argument data of one slot.
+const SLOT_DATA: u64 = (TABLE_OFF - DATA_OFF) / SLOTS as u64 / 16 * 16;
+/// Entries of one slot (one is the terminator).
+const SLOT_ENTRIES: usize = ((SCRATCH_LEN - TABLE_OFF) / ENTRY) as usize / SLOTS - 1;
+
 /// A table of system calls being built.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -74,6 +83,8 @@ pub struct Batch {
     names: Vec<String>,
     data: Vec<u8>,
     scratch: u64,
+    /// `None`: the whole scratch area; `Some(n)`: slot `n` of [`SLOTS`].
+    slot: Option<usize>,
 }
 
 impl Batch {
@@ -85,16 +96,47 @@ impl Batch {
         }
     }
 
+    /// An empty batch in slot `slot` (< [`SLOTS`]) of the scratch area, to
+    /// run beside batches of other slots in other threads.
+    pub fn in_slot(scratch: u64, slot: usize) -> Batch {
+        assert!(slot < SLOTS);
+        Batch {
+            scratch,
+            slot: Some(slot),
+            ..Batch::default()
+        }
+    }
+
+    /// Offset and size of this batch's argument data in the scratch area.
+    fn data_region(&self) -> (u64, u64) {
+        match self.slot {
+            None => (DATA_OFF, TABLE_OFF - DATA_OFF),
+            Some(n) => (DATA_OFF + n as u64 * SLOT_DATA, SLOT_DATA),
+        }
+    }
+
+    /// Offset of this batch's table and the entries it may hold at once.
+    fn table_region(&self) -> (u64, usize) {
+        match self.slot {
+            None => (TABLE_OFF, MAX_ENTRIES),
+            Some(n) => (
+                TABLE_OFF + (n * (SLOT_ENTRIES + 1)) as u64 * ENTRY,
+                SLOT_ENTRIES,
+            ),
+        }
+    }
+
     /// Copies `bytes` into the batch's argument data; returns their address
     /// in the stub (16-byte aligned).
     pub fn data(&mut self, bytes: &[u8]) -> Result<u64, RestoreError> {
+        let (offset, size) = self.data_region();
         let at = self.data.len().next_multiple_of(16);
-        if (at + bytes.len()) as u64 > TABLE_OFF - DATA_OFF {
+        if (at + bytes.len()) as u64 > size {
             return Err(RestoreError::NoRoom("argument data of a batch"));
         }
         self.data.resize(at, 0);
         self.data.extend_from_slice(bytes);
-        Ok(self.scratch + DATA_OFF + at as u64)
+        Ok(self.scratch + offset + at as u64)
     }
 
     /// Adds system call `nr`; `what` names it in errors.
@@ -130,35 +172,64 @@ impl Remote {
         }
         let (scratch, _) = self.scratch.expect("scratch mapped before a batch");
         assert_eq!(scratch, batch.scratch);
-        let mut chunks = batch
-            .entries
-            .chunks(MAX_ENTRIES)
-            .zip(batch.names.chunks(MAX_ENTRIES));
-        self.write(scratch + DATA_OFF, &batch.data)?;
-        for (entries, names) in &mut chunks {
-            let mut table = Vec::with_capacity((entries.len() + 1) * ENTRY as usize);
-            for e in entries.iter().chain(std::iter::once(&[u64::MAX; 8])) {
-                for v in e {
-                    table.extend_from_slice(&v.to_ne_bytes());
-                }
-            }
-            let table_addr = scratch + TABLE_OFF;
-            self.write(table_addr, &table)?;
+        let (data_off, _) = batch.data_region();
+        let (table_off, max) = batch.table_region();
+        self.write(scratch + data_off, &batch.data)?;
+        for (entries, names) in batch.entries.chunks(max).zip(batch.names.chunks(max)) {
+            let table_addr = scratch + table_off;
+            self.write(table_addr, &table(entries))?;
             let stopped_at = self.run_loop(scratch, table_addr)?;
             self.calls += 1;
-            let index = ((stopped_at.0 - table_addr) / ENTRY) as usize;
-            if index < entries.len() {
-                return Err(RestoreError::Remote {
-                    what: names[index].clone(),
-                    source: std::io::Error::from_raw_os_error(-(stopped_at.1 as i64) as i32),
-                });
-            }
+            check(stopped_at, table_addr, entries.len(), names)?;
         }
         Ok(())
     }
 
+    /// Runs `batches[i]` in `threads[i]`, all at once: each batch must be in
+    /// its own slot ([`Batch::in_slot`]) and fit it (at most one chunk).
+    /// Every thread is let go before the first is waited for, so their
+    /// round trips overlap.
+    pub fn run_in_threads(threads: &mut [Remote], batches: Vec<Batch>) -> Result<(), RestoreError> {
+        assert_eq!(threads.len(), batches.len());
+        let mut started = Vec::with_capacity(batches.len());
+        for (t, batch) in threads.iter_mut().zip(&batches) {
+            let (scratch, _) = t.scratch.expect("scratch mapped before a batch");
+            assert!(
+                batch.slot.is_some(),
+                "a batch run beside others needs a slot"
+            );
+            let (data_off, _) = batch.data_region();
+            let (table_off, max) = batch.table_region();
+            if batch.entries.len() > max {
+                return Err(RestoreError::NoRoom("table of a thread's batch"));
+            }
+            t.write(scratch + data_off, &batch.data)?;
+            let table_addr = scratch + table_off;
+            t.write(table_addr, &table(&batch.entries))?;
+            t.start_loop(scratch, table_addr)?;
+            started.push(table_addr);
+        }
+        let mut first_error = None;
+        for ((t, batch), table_addr) in threads.iter_mut().zip(&batches).zip(started) {
+            let result = t
+                .wait_loop()
+                .and_then(|at| check(at, table_addr, batch.entries.len(), &batch.names));
+            t.calls += 1;
+            if let (Err(e), None) = (result, &first_error) {
+                first_error = Some(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Runs the loop until its `int3`; returns `(rbx, rax)` there.
     fn run_loop(&mut self, scratch: u64, table: u64) -> Result<(u64, u64), RestoreError> {
+        self.start_loop(scratch, table)?;
+        self.wait_loop()
+    }
+
+    /// Points the stub at the loop with `rbx = table` and lets it run.
+    fn start_loop(&mut self, scratch: u64, table: u64) -> Result<(), RestoreError> {
         let saved = self
             .seized
             .registers()
@@ -171,8 +242,13 @@ impl Remote {
             .set_registers(&regs)
             .map_err(|e| RestoreError::Stub(e.to_string()))?;
         let pid = Pid::from_raw(self.pid());
+        ptrace::cont(pid, None).map_err(|e| RestoreError::Stub(format!("PTRACE_CONT: {e}")))
+    }
+
+    /// Waits until the loop reaches its `int3`; returns `(rbx, rax)` there.
+    fn wait_loop(&mut self) -> Result<(u64, u64), RestoreError> {
+        let pid = Pid::from_raw(self.pid());
         let err = |what: &str, errno: Errno| RestoreError::Stub(format!("{what}: {errno}"));
-        ptrace::cont(pid, None).map_err(|e| err("PTRACE_CONT", e))?;
         loop {
             match waitpid(pid, Some(WaitPidFlag::__WALL)) {
                 Err(Errno::EINTR) => continue,
@@ -206,9 +282,53 @@ impl Remote {
     }
 }
 
+/// The bytes of a table: `entries` and the terminator.
+fn table(entries: &[[u64; 8]]) -> Vec<u8> {
+    let mut table = Vec::with_capacity((entries.len() + 1) * ENTRY as usize);
+    for e in entries.iter().chain(std::iter::once(&[u64::MAX; 8])) {
+        for v in e {
+            table.extend_from_slice(&v.to_ne_bytes());
+        }
+    }
+    table
+}
+
+/// The error of the entry the loop stopped at, if it stopped before the
+/// terminator.
+fn check(
+    (rbx, rax): (u64, u64),
+    table_addr: u64,
+    count: usize,
+    names: &[String],
+) -> Result<(), RestoreError> {
+    let index = ((rbx - table_addr) / ENTRY) as usize;
+    if index < count {
+        return Err(RestoreError::Remote {
+            what: names[index].clone(),
+            source: std::io::Error::from_raw_os_error(-(rax as i64) as i32),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_do_not_overlap_and_fit() {
+        for slot in 0..SLOTS {
+            let b = Batch::in_slot(0, slot);
+            let (d, n) = b.data_region();
+            assert!(d >= DATA_OFF && d + n <= TABLE_OFF);
+            assert_eq!(d, DATA_OFF + slot as u64 * n);
+            let (t, m) = b.table_region();
+            assert!(t >= TABLE_OFF && t + (m as u64 + 1) * ENTRY <= SCRATCH_LEN);
+            // A thread's registrations and the sandbox credentials (every
+            // bounding capability dropped) fit one slot.
+            assert!(m >= 60, "{m} entries");
+        }
+    }
 
     #[test]
     fn loop_layout() {

@@ -803,13 +803,21 @@ fn drive(
     // the credentials (per thread), while the main thread is still
     // privileged.
     thread::create_threads(&mut remote, state, &mut others)?;
-    for (t, saved) in others.iter_mut().zip(&state.threads[1..]) {
-        thread::set_sched(t.pid(), saved.tid, &saved.sched)?;
-        let mut batch = Batch::new(places.scratch);
-        thread::set_thread(&mut batch, saved)?;
-        thread::set_credentials(&mut batch, state, &options.credentials)?;
-        timings.batched += batch.len() as u32;
-        t.run(batch)?;
+    // Their batches run side by side, up to batch::SLOTS threads at once.
+    for (group, saved) in others
+        .chunks_mut(batch::SLOTS)
+        .zip(state.threads[1..].chunks(batch::SLOTS))
+    {
+        let mut batches = Vec::with_capacity(group.len());
+        for (slot, (t, saved)) in group.iter().zip(saved).enumerate() {
+            thread::set_sched(t.pid(), saved.tid, &saved.sched)?;
+            let mut batch = Batch::in_slot(places.scratch, slot);
+            thread::set_thread(&mut batch, saved)?;
+            thread::set_credentials(&mut batch, state, &options.credentials)?;
+            timings.batched += batch.len() as u32;
+            batches.push(batch);
+        }
+        Remote::run_in_threads(group, batches)?;
     }
     thread::set_sched(remote.pid(), state.pid, &state.main_thread().sched)?;
 
@@ -837,7 +845,7 @@ fn drive(
 
     let started = Instant::now();
     for (t, saved) in others.iter_mut().zip(&state.threads[1..]) {
-        thread::set_registers(t, saved)?;
+        thread::set_registers_after_batch(t, saved)?;
         thread::set_mask(t, saved)?;
         timings.injected += t.calls;
     }

@@ -491,6 +491,23 @@ fn dumpable(batch: &mut Batch) {
 /// `nanosleep` and `poll` (`-ERESTART_RESTARTBLOCK`) return `EINTR`.
 pub fn set_registers(remote: &mut Remote, thread: &ThreadState) -> Result<(), RestoreError> {
     remote.park()?;
+    set_registers_here(remote, thread)
+}
+
+/// [`set_registers`] for a thread already in a stop inside the kernel's
+/// signal handling: a thread whose last batch ended at the loop's `int3`
+/// is in the `SIGTRAP` signal-delivery stop, which the kernel leaves
+/// through the same restart rule as an interrupt stop (the trap is
+/// discarded: the thread is resumed with no signal). Saves the park's
+/// round trip per thread.
+pub fn set_registers_after_batch(
+    remote: &mut Remote,
+    thread: &ThreadState,
+) -> Result<(), RestoreError> {
+    set_registers_here(remote, thread)
+}
+
+fn set_registers_here(remote: &mut Remote, thread: &ThreadState) -> Result<(), RestoreError> {
     remote
         .seized
         .set_xsave(&thread.xsave)

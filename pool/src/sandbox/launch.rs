@@ -175,6 +175,9 @@ pub struct Sandbox {
     keeper: Option<OwnedFd>,
 }
 
+/// The blocking task making an outbound sandbox's network.
+type NetTask = tokio::task::JoinHandle<Result<NetLease, NetError>>;
+
 fn pipe_pair() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     pipe2(OFlag::O_CLOEXEC).map_err(nix_io("create pipe"))
 }
@@ -215,7 +218,10 @@ impl Sandbox {
                 "descriptor number {n} is reserved (extra fds must be 5..{NETNS_FD})"
             )));
         }
-        let net = Self::make_network(config, spec).await?;
+        // The network is made on a blocking thread while the cgroup is made
+        // here. A task whose result nobody awaits (an error below) still
+        // finishes, and dropping its lease tears the network down.
+        let net_task = Self::start_network(config, spec)?;
         let id = new_id();
         let root_dir = config.run_dir.join(&id);
         fs::create_dir_all(&root_dir).map_err(io("create sandbox directory"))?;
@@ -224,6 +230,15 @@ impl Sandbox {
             Err(e) => {
                 let _ = fs::remove_dir(&root_dir);
                 return Err(e.into());
+            }
+        };
+        let net = match Self::finish_network(net_task).await {
+            Ok(net) => net,
+            Err(e) => {
+                let cg = cgroup.clone();
+                let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
+                let _ = fs::remove_dir(&root_dir);
+                return Err(e);
             }
         };
         match Self::spawn(config, spec, &id, &root_dir, &cgroup, extra, net).await {
@@ -237,12 +252,12 @@ impl Sandbox {
         }
     }
 
-    /// The network namespace and veth pair of an outbound sandbox (made on
-    /// a blocking thread: it runs `ip`).
-    async fn make_network(
+    /// Starts making the network namespace and veth pair of an outbound
+    /// sandbox, on a blocking thread (it runs `ip`).
+    fn start_network(
         config: &SandboxConfig,
         spec: &LaunchSpec,
-    ) -> Result<Option<NetLease>, LaunchError> {
+    ) -> Result<Option<NetTask>, LaunchError> {
         if spec.network != Network::Outbound {
             return Ok(None);
         }
@@ -252,7 +267,15 @@ impl Sandbox {
             ));
         };
         let allow = spec.network_allow.clone();
-        let lease = tokio::task::spawn_blocking(move || net.lease(&allow))
+        Ok(Some(tokio::task::spawn_blocking(move || net.lease(&allow))))
+    }
+
+    /// Waits for what [`Sandbox::start_network`] started.
+    async fn finish_network(task: Option<NetTask>) -> Result<Option<NetLease>, LaunchError> {
+        let Some(task) = task else {
+            return Ok(None);
+        };
+        let lease = task
             .await
             .map_err(|e| LaunchError::Setup(format!("network task: {e}")))??;
         Ok(Some(lease))

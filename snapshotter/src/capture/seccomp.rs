@@ -16,8 +16,10 @@ const MAX_INSNS: usize = 4096;
 /// instructions; this bounds the loop).
 const MAX_FILTERS: u64 = 64;
 
-/// The programs of `pid`'s filters, newest first (8 bytes per instruction,
-/// as `struct sock_filter`). `pid` must be stopped under our ptrace.
+/// The programs of `pid`'s filters, oldest first (index 0 of
+/// `PTRACE_SECCOMP_GET_FILTER` is the first installed; 8 bytes per
+/// instruction, as `struct sock_filter`). `pid` must be stopped under our
+/// ptrace.
 pub fn filters(pid: i32) -> Result<Vec<Vec<u8>>, CaptureError> {
     let mut out = Vec::new();
     for index in 0..MAX_FILTERS {

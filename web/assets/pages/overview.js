@@ -28,7 +28,7 @@ export function mount(main, ctx) {
       <h2>Functions <span class="muted" id="functions-note"></span></h2>
       <div class="table-wrap">
       <table id="functions">
-        <thead><tr><th>Name</th><th>Runtime</th><th>State</th><th class="num">Version</th><th class="num">Idle</th><th class="num">Busy</th><th class="num">Booting</th><th class="num">Invocations</th><th class="num">RSS</th><th class="num">PSS</th><th>Error</th></tr></thead>
+        <thead><tr><th>Name</th><th>State</th><th class="num">Version</th><th>Runtime</th><th class="num">Idle</th><th class="num">Busy</th><th class="num">Booting</th><th class="num">Invocations</th><th class="num">RSS</th><th class="num">PSS</th><th>Error</th></tr></thead>
         <tbody><tr><td colspan="11" class="muted">Waiting for the live stream…</td></tr></tbody>
       </table>
       </div>
@@ -77,9 +77,9 @@ export function mount(main, ctx) {
         : o.functions.map((f) => `
         <tr data-name="${esc(f.name)}">
           <td><a href="#/functions/${encodeURIComponent(f.name)}">${esc(f.name)}</a></td>
-          <td class="runtime">${esc(f.runtime || "")}</td>
           <td class="state-cell" data-state="${esc(f.state)}">${badge(f.state)}</td>
           <td class="num">${f.version}</td>
+          <td class="runtime">${esc(f.runtime || "")}</td>
           <td class="num idle">${f.instances.idle}</td>
           <td class="num busy">${f.instances.busy}</td>
           <td class="num booting">${f.instances.booting}</td>

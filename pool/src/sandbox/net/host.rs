@@ -112,6 +112,7 @@ add rule inet {t} from_sandbox meta l4proto {{ tcp, udp }} meta iif . ip daddr .
 add rule inet {t} from_sandbox ip daddr {{ {refused} }} reject with icmpx admin-prohibited
 add rule inet {t} from_sandbox accept
 add rule inet {t} input iifname \"{p}*\" jump to_host
+add rule inet {t} input ip daddr @dns meta l4proto {{ tcp, udp }} th dport 53 drop
 add rule inet {t} to_host ip daddr @dns meta l4proto {{ tcp, udp }} th dport 53 accept
 add rule inet {t} to_host meta l4proto tcp reject with tcp reset
 add rule inet {t} to_host reject with icmpx admin-prohibited
@@ -509,6 +510,12 @@ mod tests {
             assert!(rules.contains(net), "{net}");
         }
         assert!(rules.contains("meta nfproto ipv6 reject"));
+        // The forwarder answers sandboxes only, never the network.
+        let to_host = rules.find("jump to_host").unwrap();
+        let dns_drop = rules
+            .find("input ip daddr @dns meta l4proto { tcp, udp } th dport 53 drop")
+            .unwrap();
+        assert!(to_host < dns_drop);
         assert!(rules.contains("add element inet thaw dns { 100.96.0.1 }"));
     }
 }
