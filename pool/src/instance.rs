@@ -309,7 +309,13 @@ impl Instance {
         };
         let (timings, server) = tokio::task::spawn_blocking(move || {
             use std::os::fd::AsFd;
-            r.finish(&copy, pid, mode, keeper.as_ref().map(|k| k.as_fd()), credentials)
+            r.finish(
+                &copy,
+                pid,
+                mode,
+                keeper.as_ref().map(|k| k.as_fd()),
+                credentials,
+            )
         })
         .await
         .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?

@@ -89,7 +89,14 @@ pub fn install(
     batch.call(
         "seccomp (function policy, all threads)",
         libc::SYS_seccomp,
-        [SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, fprog_addr, 0, 0, 0],
+        [
+            SECCOMP_SET_MODE_FILTER,
+            SECCOMP_FILTER_FLAG_TSYNC,
+            fprog_addr,
+            0,
+            0,
+            0,
+        ],
     );
     Ok(())
 }

@@ -36,8 +36,8 @@ pub mod binds;
 pub mod init;
 mod launch;
 mod mounts;
-pub mod seccomp;
 pub mod net;
+pub mod seccomp;
 
 pub use launch::{host_pid_of, LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExit};
 
