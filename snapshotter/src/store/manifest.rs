@@ -302,6 +302,23 @@ fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize
 mod tests {
     use super::*;
 
+    /// A length prefix inside the payload larger than the payload is a
+    /// decode error, never an allocation of that size.
+    #[test]
+    fn lengths_inside_the_payload_are_bounded_by_it() {
+        let mut payload = (1u64 << 40).to_le_bytes().to_vec();
+        payload.extend_from_slice(b"short");
+        let mut bytes = encode_manifest(&()).unwrap();
+        bytes.truncate(MANIFEST_HEADER_LEN);
+        bytes[16..24].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes[24..56].copy_from_slice(blake3::hash(&payload).as_bytes());
+        bytes.extend_from_slice(&payload);
+        let err = decode_manifest::<String>(&bytes, Path::new("m"), 1 << 20).unwrap_err();
+        assert!(matches!(err, ReadManifestError::Decode { .. }), "{err}");
+        let err = decode_manifest::<Vec<u64>>(&bytes, Path::new("m"), 1 << 20).unwrap_err();
+        assert!(matches!(err, ReadManifestError::Decode { .. }), "{err}");
+    }
+
     #[test]
     fn round_trip_and_errors() {
         let dir = tempfile::tempdir().unwrap();
