@@ -63,7 +63,9 @@ fn kernel_objects_work_with_their_state_after_restore() {
 /// What thaw cannot recreate is refused, naming the descriptor and why: an
 /// inotify descriptor, a Unix socket connected to another process, a pipe
 /// whose other end is elsewhere (each away from the protocol fds 0-4), a
-/// shared mapping of a memfd whose descriptor was closed.
+/// shared mapping of a memfd whose descriptor was closed, an epoll
+/// registration whose descriptor was closed (its file still open
+/// elsewhere, so the registration lives on; kcmp `KCMP_EPOLL_TFD`).
 #[test]
 fn other_kernel_objects_are_refused_by_name() {
     if !prerequisites("other_kernel_objects_are_refused_by_name") {
@@ -77,6 +79,8 @@ fn other_kernel_objects_are_refused_by_name() {
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -94,6 +98,15 @@ int main(int argc, char **argv) {
         if (connect(fd, (struct sockaddr *)&a, sizeof a)) return 2;
         fd = dup2(fd, 9);
         close(3);
+    } else if (strcmp(argv[1], "epoll") == 0) {
+        int e = eventfd(0, 0), keep = dup2(e, 11);
+        int ep = epoll_create1(0);
+        fd = dup2(ep, 9);
+        close(ep);
+        struct epoll_event ev = {EPOLLIN, {.u64 = 1}};
+        epoll_ctl(fd, EPOLL_CTL_ADD, e, &ev);
+        close(e);
+        (void)keep;
     } else if (strcmp(argv[1], "memfd") == 0) {
         int m = memfd_create("gone", 0);
         ftruncate(m, 4096);
@@ -128,6 +141,10 @@ int main(int argc, char **argv) {
         ),
         (vec!["pipe"], "whose other end is not in the process"),
         (vec!["memfd"], "a memfd the process no longer holds open"),
+        (
+            vec!["epoll"],
+            "no longer names the file it was registered for",
+        ),
     ];
     for (args, expected) in cases {
         let mut original = start(&program, &args);

@@ -311,9 +311,12 @@ async fn forced_cold_boot_serves_from_a_fresh_instance_and_discards_it() {
     let after = server.wait_spares("cold", 2).await["instances"].clone();
     assert_eq!(before, after);
     // A version without a snapshot cannot be restored.
-    let threaded = "import threading, time\nthreading.Thread(target=lambda: time.sleep(3600), daemon=True).start()\ndef handler(e, c):\n    return 1\n";
     server
-        .deploy_ready(function("nosnap", threaded, json!({})))
+        .deploy_ready(function(
+            "nosnap",
+            "def handler(e, c):\n    return 1\n",
+            json!({"snapshot": false}),
+        ))
         .await;
     let a = server
         .invoke_raw("nosnap", b"{}".to_vec(), &[("x-thaw-cold", "restore")])

@@ -232,3 +232,77 @@ async fn a_thousand_restores_of_a_sixteen_thread_function_leak_nothing() {
         );
     }
 }
+
+/// numpy with its default BLAS thread pool (thaw no longer forces
+/// `OPENBLAS_NUM_THREADS=1` and its relatives).
+const NUMPY: &str = r#"
+import os
+import numpy as np
+A = np.random.default_rng(3).random((300, 300))
+B = A @ A
+
+def handler(event, context):
+    C = A @ A
+    return {
+        "same": bool(np.allclose(B, C)),
+        "tasks": sorted(int(t) for t in os.listdir("/proc/self/task")),
+        "forced": [v for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                   "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS") if v in os.environ],
+        "copy": __import__("thaw").is_copy(),
+    }
+"#;
+
+fn have_numpy() -> bool {
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import numpy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var_os("THAW_TEST_STRICT").is_none(),
+            "THAW_TEST_STRICT: /usr/bin/python3 lacks numpy"
+        );
+        eprintln!("skipped: /usr/bin/python3 lacks numpy (apt-get install python3-numpy)");
+    }
+    ok
+}
+
+/// Issue 14, acceptance 5 (end): numpy with its default thread pool is
+/// snapshotted and restores, in both modes.
+#[tokio::test]
+async fn numpy_with_its_thread_pool_restores() {
+    require_root!();
+    if !have_numpy() {
+        return;
+    }
+    for mode in ["mmap", "uffd"] {
+        let mut server = Server::start(&["--allow-forced-cold", "--memory-mode", mode]);
+        let rec = server
+            .deploy_ready(function(
+                "blas",
+                NUMPY,
+                json!({"warmup": [{}], "keep_alive_s": 600}),
+            ))
+            .await;
+        assert!(!rec["snapshot"].is_null(), "{mode}: no snapshot: {rec}");
+        let original = server.invoke("blas", json!({})).await.json();
+        assert_eq!(original["same"], true);
+        assert_eq!(original["forced"], json!([]), "{mode}: {original}");
+        assert!(
+            original["tasks"].as_array().unwrap().len() > 1,
+            "{mode}: BLAS started its threads: {original}"
+        );
+        assert!(server.stop().success());
+        server.spawn();
+        let a = server
+            .invoke_raw("blas", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+            .await;
+        assert_eq!(a.status, 200, "{mode}: {}", a.text());
+        assert_eq!(a.header("x-thaw-start"), "restore", "{mode}");
+        let copy = a.json();
+        assert_eq!(copy["copy"], true, "{mode}");
+        assert_eq!(copy["same"], true, "{mode}: the copy computes");
+        assert_eq!(copy["tasks"], original["tasks"], "{mode}: same threads");
+    }
+}

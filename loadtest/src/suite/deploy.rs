@@ -85,24 +85,42 @@ pub fn deploy_request(
         spec.insert(k.clone(), v.clone());
     }
     let mut files = Map::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(folder)
-        .map_err(|e| bad(folder, e.to_string()))?
+    collect_files(folder, folder, &mut files).map_err(|(path, why)| bad(&path, why))?;
+    spec.insert("files".into(), Value::Object(files));
+    Ok(Value::Object(spec))
+}
+
+/// Adds the UTF-8 files under `dir` (subfolders too, such as a Java
+/// package's) to `files`, keyed by their path relative to `root`; the
+/// top-level `thaw.toml` is left out.
+fn collect_files(
+    root: &Path,
+    dir: &Path,
+    files: &mut Map<String, Value>,
+) -> Result<(), (PathBuf, String)> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| (dir.to_path_buf(), e.to_string()))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n != "thaw.toml"))
         .collect();
     entries.sort();
     for path in entries {
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(&path, e.to_string()))?;
+        if path.is_dir() {
+            collect_files(root, &path, files)?;
+            continue;
+        }
+        if !path.is_file() || (dir == root && path.file_name().is_some_and(|n| n == "thaw.toml")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| (path.clone(), e.to_string()))?;
         let rel = path
-            .file_name()
-            .expect("a file")
+            .strip_prefix(root)
+            .expect("under the root")
             .to_string_lossy()
             .into_owned();
         files.insert(rel, json!(text));
     }
-    spec.insert("files".into(), Value::Object(files));
-    Ok(Value::Object(spec))
+    Ok(())
 }
 
 /// Deploys the function in `folder` as `name` (plus `extra` spec fields).

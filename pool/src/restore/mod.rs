@@ -833,6 +833,8 @@ fn drive(
     if let Some(g) = &guard {
         g.check_installed(&remote, &others)?;
     }
+    // The function policy (and the guard) reached every thread.
+    thread::check_filters_everywhere(&remote, &others)?;
     thread::set_mask(&remote, state.main_thread())?;
     if let Some((addr, len)) = remote.scratch.take() {
         remote.sys(
