@@ -33,7 +33,7 @@ def handler(event, context):
 "#;
 
 const SPIN: &str = r#"
-import os, time
+import json, os, time
 
 def handler(event, context):
     end = time.monotonic() + event.get("seconds", 0.5)
@@ -45,6 +45,11 @@ def handler(event, context):
         _, ctrls, path = line.strip().split(":", 2)
         for c in ctrls.split(","):
             cgroups[c] = path
+    if "mark" in event:
+        # Tell the test where this instance's cgroup is while it still
+        # exists (a forced cold start is torn down right after its answer).
+        print(json.dumps({"mark": event["mark"], "cgroups": cgroups}), flush=True)
+        time.sleep(event.get("linger", 3))
     return {"cgroups": cgroups, "spins": n}
 "#;
 
@@ -367,8 +372,36 @@ async fn a_cpu_cap_throttles_every_function_and_its_absence_does_not() {
         "the record shows the cap: {record}"
     );
     for start in &starts {
-        let v = start.invoke(&server, json!({"seconds": 0.5})).await;
-        let (quota, periods, throttled) = cpu_cgroup(&v);
+        // The instance prints its cgroups and lingers: they are read while
+        // it lives (a forced cold start's sandbox goes right after the answer).
+        let mark = format!("cap-{}-{}", start.name, start.cold);
+        let event = json!({"seconds": 0.5, "mark": mark, "linger": 3});
+        let (answer, seen) = tokio::join!(start.invoke(&server, event), async {
+            let t0 = std::time::Instant::now();
+            loop {
+                let logs = server
+                    .get(&format!("/functions/{}/logs?tail=200", start.name))
+                    .await
+                    .json();
+                let found = logs["lines"].as_array().and_then(|lines| {
+                    lines.iter().find_map(|l| {
+                        let v: Value = serde_json::from_str(l["line"].as_str()?).ok()?;
+                        (v["mark"] == mark.as_str()).then_some(v)
+                    })
+                });
+                if let Some(v) = found {
+                    return cpu_cgroup(&v);
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "{}: the instance never printed its cgroups",
+                    start.label
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        assert!(answer["spins"].as_u64().is_some(), "{}: {answer}", start.label);
+        let (quota, periods, throttled) = seen;
         assert_eq!(
             quota,
             Some(20_000),

@@ -127,24 +127,28 @@ async fn deploy_snapshots_into_the_deduplicated_store() {
 async fn a_function_that_cannot_be_captured_still_serves_by_booting() {
     require_root!();
     let server = Server::start(&[]);
-    // A thread makes the process impossible to capture faithfully.
-    let threaded = r#"
-import threading, time
-threading.Thread(target=lambda: time.sleep(3600), daemon=True).start()
+    // An inotify descriptor is a kernel object thaw cannot recreate: the
+    // process cannot be captured faithfully.
+    let watcher = r#"
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+WATCH = libc.inotify_init1(0)
+assert WATCH >= 0, ctypes.get_errno()
+libc.inotify_add_watch(WATCH, b"/tmp", 0x100)
 def handler(event, context):
     return "still here"
 "#;
     let rec = server
-        .deploy_ready(function("threaded", threaded, json!({})))
+        .deploy_ready(function("watcher", watcher, json!({})))
         .await;
     assert_eq!(rec["state"], "ready", "{rec}");
-    assert!(rec["snapshot"].is_null());
+    assert!(rec["snapshot"].is_null(), "{rec}");
     let err = rec["error"].as_str().unwrap();
     assert!(
-        err.contains("snapshot failed") && err.contains("thread"),
+        err.contains("snapshot failed") && err.contains("inotify"),
         "{err}"
     );
-    let a = server.invoke("threaded", json!({})).await;
+    let a = server.invoke("watcher", json!({})).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.text(), "still here");
 }

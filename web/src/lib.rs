@@ -129,7 +129,12 @@ mod tests {
             let dir = a.path.rsplit_once('/').map_or("", |(d, _)| d);
             for quote in ['"', '\''] {
                 for piece in text.split(quote) {
-                    let is_ref = piece.ends_with(".js") || piece.ends_with(".css");
+                    // References start with "./", "../" or "/": a bare name
+                    // is data (the Deploy form's starting file names), as a
+                    // browser takes no bare module specifier without an
+                    // import map.
+                    let is_ref = (piece.ends_with(".js") || piece.ends_with(".css"))
+                        && (piece.starts_with('.') || piece.starts_with('/'));
                     if !is_ref || piece.contains(' ') || piece.contains('\n') {
                         continue;
                     }
