@@ -4,7 +4,9 @@
  * Roles (thread i, i % 8): 0 untimed futex wait, 1 timed futex wait,
  * 2 pthread_cond_wait, 3 pthread_cond_timedwait, 4 nanosleep,
  * 5 spinning in user code, 6 poll with a timeout, 7 read on stdin (only
- * thread 7; threads 15, 23, 31 wait on the futex like role 0).
+ * thread 7; thread 15 waits in an untimed epoll_wait and thread 23 in a
+ * timed one, on an epoll instance watching an eventfd that thread 7 writes
+ * to on "go"; thread 31 waits on the futex like role 0).
  * Thread 9 also frees, after the restore, 1 MiB of anonymous memory the
  * main thread filled before the capture (madvise MADV_DONTNEED) and checks
  * it reads zeros: in mmap mode that memory is the image, and only the
@@ -28,6 +30,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -48,6 +52,7 @@ static __thread char tls_buf[64];
 static atomic_long spins;
 #define FREED (1 << 20)
 static unsigned char *freed;
+static int ep, efd;
 
 static long futex(atomic_int *word, int op, int val, const struct timespec *ts) {
     return syscall(SYS_futex, word, op, val, ts, NULL, 0);
@@ -71,7 +76,7 @@ static sigset_t mask_of(int i) {
 
 static void wait_for_go(int i) {
     int role = i % 8;
-    if (role == 7 && i != 7) role = 0;
+    if (role == 7 && i != 7) role = (i == 15 || i == 23) ? 8 : 0;
     switch (role) {
     case 0:
         while (!atomic_load(&go)) futex(&go, FUTEX_WAIT_PRIVATE, 0, NULL);
@@ -120,8 +125,16 @@ static void wait_for_go(int i) {
         pthread_cond_broadcast(&cond);
         pthread_mutex_unlock(&lock);
         futex(&go, FUTEX_WAKE_PRIVATE, N, NULL);
+        uint64_t one = 1;
+        if (write(efd, &one, sizeof one) != sizeof one) exit(3);
         break;
     }
+    case 8:
+        while (!atomic_load(&go)) {
+            struct epoll_event ev;
+            epoll_wait(ep, &ev, 1, i == 23 ? 5000 : -1);
+        }
+        break;
     }
 }
 
@@ -173,6 +186,10 @@ int main(void) {
     freed = mmap(NULL, FREED, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (freed == MAP_FAILED) return 2;
     memset(freed, 0x5a, FREED);
+    ep = epoll_create1(0);
+    efd = eventfd(0, 0);
+    struct epoll_event watch = {.events = EPOLLIN, .data.u64 = 7};
+    if (ep < 0 || efd < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, efd, &watch) != 0) return 2;
     for (long i = 0; i < N; i++) {
         if (pthread_create(&threads[i], NULL, worker, (void *)i) != 0) return 2;
     }
