@@ -146,7 +146,7 @@ fn only_thaws_policy_is_captured_and_every_copy_gets_it_back() {
 /// and without it, interleaved in one run. `cargo test -p pool --test
 /// restore_seccomp -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a measurement, run by hand"]
 fn measure_policy_cost() {
     if !can_restore("measure_policy_cost", false) {
         return;
