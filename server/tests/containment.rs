@@ -400,7 +400,11 @@ async fn a_cpu_cap_throttles_every_function_and_its_absence_does_not() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        assert!(answer["spins"].as_u64().is_some(), "{}: {answer}", start.label);
+        assert!(
+            answer["spins"].as_u64().is_some(),
+            "{}: {answer}",
+            start.label
+        );
         let (quota, periods, throttled) = seen;
         assert_eq!(
             quota,
