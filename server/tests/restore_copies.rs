@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{function, Server};
+use common::{footprint, function, Server};
 use serde_json::{json, Value};
 
 /// Counts the calls (the warm-up advances the counter into the snapshot)
@@ -91,40 +91,6 @@ async fn restore(server: &Server, event: Value) -> common::Answer {
             &[("x-thaw-cold", "restore")],
         )
         .await
-}
-
-/// What a leak would grow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Footprint {
-    fds: usize,
-    maps: usize,
-    cgroups: usize,
-    sandbox_pids: usize,
-    mounts: usize,
-    run_entries: usize,
-}
-
-fn count_lines(path: &str) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
-
-fn footprint(server: &Server) -> Footprint {
-    let pid = server.pid();
-    let run_entries = std::fs::read_dir(server.data.join("run"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    Footprint {
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-        maps: count_lines(&format!("/proc/{pid}/maps")),
-        cgroups: server.sandbox_cgroups().len(),
-        sandbox_pids: server.sandbox_pids().len(),
-        mounts: count_lines(&format!("/proc/{pid}/mountinfo")),
-        run_entries,
-    }
 }
 
 /// Waits until the spares are complete and every sandbox cgroup is one the

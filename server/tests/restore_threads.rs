@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{function, Server};
+use common::{footprint, function, Server};
 use serde_json::json;
 
 const THREADED: &str = r#"
@@ -121,39 +121,6 @@ threading.Thread(target=_tick, daemon=True).start()
 def handler(event, context):
     return {"threads": len(threading.enumerate()), "sum": sum(POOL.map(abs, range(-20, 0)))}
 "#;
-
-/// What a leak would grow (as in restore_copies.rs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Footprint {
-    fds: usize,
-    maps: usize,
-    cgroups: usize,
-    sandbox_pids: usize,
-    mounts: usize,
-    run_entries: usize,
-}
-
-fn count_lines(path: &str) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
-
-fn footprint(server: &Server) -> Footprint {
-    let pid = server.pid();
-    Footprint {
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-        maps: count_lines(&format!("/proc/{pid}/maps")),
-        cgroups: server.sandbox_cgroups().len(),
-        sandbox_pids: server.sandbox_pids().len(),
-        mounts: count_lines(&format!("/proc/{pid}/mountinfo")),
-        run_entries: std::fs::read_dir(server.data.join("run"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-    }
-}
 
 /// Waits until the spares are complete and every sandbox cgroup is one the
 /// pool lists (none is being torn down).

@@ -345,3 +345,39 @@ pub fn pid_alive(pid: i32) -> bool {
             .unwrap_or_default()
             .contains(") Z ")
 }
+
+/// What a leak of restored copies would grow on the server's side: its
+/// descriptors, mappings and mounts, the sandboxes' cgroups and processes,
+/// and the run directory's entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footprint {
+    pub fds: usize,
+    pub maps: usize,
+    pub cgroups: usize,
+    pub sandbox_pids: usize,
+    pub mounts: usize,
+    pub run_entries: usize,
+}
+
+fn count_lines(path: &str) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// The server's [`Footprint`] now.
+pub fn footprint(server: &Server) -> Footprint {
+    let pid = server.pid();
+    Footprint {
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        maps: count_lines(&format!("/proc/{pid}/maps")),
+        cgroups: server.sandbox_cgroups().len(),
+        sandbox_pids: server.sandbox_pids().len(),
+        mounts: count_lines(&format!("/proc/{pid}/mountinfo")),
+        run_entries: std::fs::read_dir(server.data.join("run"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+    }
+}
