@@ -257,7 +257,13 @@ impl Remote {
                 // A thread made by a clone3 of the batch (the stub is
                 // traced with PTRACE_O_TRACECLONE): note its tid; it waits
                 // in its first stop for the restorer.
-                Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_CLONE)) => {
+                // A process forked the same way (PTRACE_O_TRACEFORK): a
+                // child of a process tree (see `tree`).
+                Ok(WaitStatus::PtraceEvent(
+                    _,
+                    _,
+                    libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK,
+                )) => {
                     let tid = ptrace::getevent(pid).map_err(|e| err("PTRACE_GETEVENTMSG", e))?;
                     self.cloned.push(tid as i32);
                     ptrace::cont(pid, None).map_err(|e| err("PTRACE_CONT", e))?;

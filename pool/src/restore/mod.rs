@@ -38,6 +38,7 @@ pub mod sandboxed;
 pub mod seccomp;
 pub mod spawn;
 pub mod thread;
+pub mod tree;
 pub mod uffd;
 pub mod working_set;
 
@@ -231,6 +232,8 @@ pub struct RestoredChild {
     pidfd: OwnedFd,
     status: Option<i32>,
     server: Option<PageServerThread>,
+    /// `uffd` mode: the page servers of the other processes of a tree.
+    child_servers: Vec<PageServerThread>,
     /// `uffd` mode, once the copy ended: what its page server did
     /// (including the working set it touched, to prefetch next time).
     pub server_stats: Option<uffd::ServerReport>,
@@ -301,6 +304,13 @@ impl RestoredChild {
             128 + libc::WTERMSIG(status)
         };
         self.status = Some(code);
+        for server in self.child_servers.drain(..) {
+            match server.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(RestoreError::Unsupported("a page server panicked".into())),
+            }
+        }
         if let Some(server) = self.server.take() {
             match server.join() {
                 Ok(Ok(stats)) => self.server_stats = Some(stats),
@@ -320,11 +330,15 @@ impl Drop for RestoredChild {
         if let Some(server) = self.server.take() {
             let _ = server.join();
         }
+        for server in self.child_servers.drain(..) {
+            let _ = server.join();
+        }
     }
 }
 
 /// The page server thread of a `uffd` copy.
-type PageServerThread = std::thread::JoinHandle<Result<uffd::ServerReport, RestoreError>>;
+pub(crate) type PageServerThread =
+    std::thread::JoinHandle<Result<uffd::ServerReport, RestoreError>>;
 
 /// Pulls descriptor `fd` out of the process `pidfd` refers to.
 fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> Result<OwnedFd, RestoreError> {
@@ -363,7 +377,7 @@ fn send_to_keeper(keeper: BorrowedFd<'_>, fd: &OwnedFd) -> Result<(), RestoreErr
 
 /// Kills the copy being made (`SIGKILL` to its thread group) unless
 /// disarmed: a restore that fails half-way never lets it run.
-struct KillOnError(Option<i32>);
+pub(crate) struct KillOnError(pub(crate) Option<i32>);
 
 impl Drop for KillOnError {
     fn drop(&mut self) {
@@ -375,7 +389,7 @@ impl Drop for KillOnError {
 }
 
 /// Kills and reaps init unless disarmed.
-struct InitGuard(Option<i32>);
+pub(crate) struct InitGuard(pub(crate) Option<i32>);
 
 impl Drop for InitGuard {
     fn drop(&mut self) {
@@ -399,7 +413,11 @@ pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreE
         ]
     };
     let fds = (0..3)
-        .filter(|fd| snapshot.state.fds.iter().any(|f| f.fd == *fd))
+        .filter(|fd| {
+            snapshot
+                .processes()
+                .any(|(state, _)| state.fds.iter().any(|f| f.fd == *fd))
+        })
         .map(|fd| (fd, stdio[fd as usize]))
         .collect();
     restore(
@@ -523,6 +541,9 @@ pub fn restore(
     store: &PageStore,
     options: &RestoreOptions<'_>,
 ) -> Result<RestoredChild, RestoreError> {
+    if !snapshot.children.is_empty() {
+        return tree::restore_tree(snapshot, store, options);
+    }
     let state = &snapshot.state;
     let mut timings = RestoreTimings::default();
     let Prepared { image, plan, took } = prepare(snapshot, store, options)?;
@@ -562,6 +583,7 @@ pub fn restore(
         pidfd: spawned.stub_pidfd,
         status: None,
         server,
+        child_servers: Vec::new(),
         server_stats: None,
         timings,
     })
@@ -594,7 +616,7 @@ impl CopyServer {
 }
 
 /// Opens a pidfd of `pid` (any process; not necessarily our child).
-fn pidfd_open(pid: i32) -> Result<OwnedFd, RestoreError> {
+pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, RestoreError> {
     // SAFETY: pidfd_open with no flags returns a new descriptor or -1.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if r < 0 {
@@ -665,7 +687,114 @@ fn drive(
     options: &RestoreOptions<'_>,
     timings: &mut RestoreTimings,
 ) -> Result<Option<(PageServerThread, std::sync::Arc<uffd::LiveReport>)>, RestoreError> {
-    let state = &snapshot.state;
+    if !snapshot.children.is_empty() {
+        return Err(RestoreError::Unsupported(format!(
+            "snapshot {} is a tree of {} processes; only `thaw restore` (restore) restores trees so far",
+            snapshot.id,
+            snapshot.children.len() + 1
+        )));
+    }
+    let kill_on_error = KillOnError(Some(remote.pid()));
+    let started = Instant::now();
+    let stub_map = memory::stub_map(remote.pid())?;
+    let places = memory::prepare_scratch(&mut remote, &stub_map, &snapshot.state.areas)?;
+    let view = ProcessView {
+        state: &snapshot.state,
+        areas: &snapshot.areas,
+        layout: &image.layout,
+    };
+    let ready = prepare_process(
+        remote,
+        kill_on_error,
+        stub_pidfd,
+        keep_uffd,
+        &view,
+        &image.file,
+        plan,
+        places,
+        options,
+        timings,
+        started,
+    )?;
+    ready.resume(timings)
+}
+
+/// One process of a snapshot as the driver restores it: its state, its
+/// areas' page lists and where those lie in the image.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProcessView<'a> {
+    /// The process.
+    pub state: &'a snapshotter::state::ProcessState,
+    /// Its areas' page lists.
+    pub areas: &'a [snapshotter::store::AreaPages],
+    /// Its areas in the image (entry `i` for area `i`).
+    pub layout: &'a snapshotter::store::ImageLayout,
+}
+
+/// A process of the copy with everything set but not yet running (every
+/// thread held; see [`prepare_process`]). Dropping it kills the process.
+pub(crate) struct Ready {
+    // Fields drop in order: the process is killed before any of its
+    // threads is detached (a half-made thread would run the batch loop's
+    // code it was cloned in).
+    kill_on_error: KillOnError,
+    others: Vec<Remote>,
+    remote: Remote,
+    server: Option<uffd::PageServer>,
+    server_pidfd: Option<OwnedFd>,
+}
+
+impl Ready {
+    /// Starts the page server, if any, and lets every thread run, the main
+    /// thread last.
+    pub(crate) fn resume(
+        mut self,
+        timings: &mut RestoreTimings,
+    ) -> Result<Option<(PageServerThread, std::sync::Arc<uffd::LiveReport>)>, RestoreError> {
+        let started = Instant::now();
+        let server = match (self.server.take(), self.server_pidfd.take()) {
+            (Some(s), Some(pidfd)) => {
+                let live = s.live();
+                Some((s.spawn(pidfd), live))
+            }
+            _ => None,
+        };
+        // All resume together: every thread is set before any runs.
+        for t in self.others.drain(..) {
+            t.detach()?;
+        }
+        let pid = self.remote.pid();
+        let Ready {
+            mut kill_on_error,
+            remote,
+            ..
+        } = self;
+        remote.detach()?;
+        debug_assert_eq!(kill_on_error.0, Some(pid));
+        kill_on_error.0 = None;
+        timings.resume += started.elapsed();
+        Ok(server)
+    }
+}
+
+/// Turns the stub `remote` (seized, its scratch area at `places`) into
+/// process `view` of the snapshot, up to the resume: address space, kernel
+/// state, threads, registers. `kill_on_error` kills it if this fails.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prepare_process(
+    mut remote: Remote,
+    kill_on_error: KillOnError,
+    stub_pidfd: Option<&OwnedFd>,
+    keep_uffd: bool,
+    view: &ProcessView<'_>,
+    image_file: &std::fs::File,
+    plan: &fds::FdPlan,
+    places: memory::Places,
+    options: &RestoreOptions<'_>,
+    timings: &mut RestoreTimings,
+    started: Instant,
+) -> Result<Ready, RestoreError> {
+    let state = view.state;
     state
         .validate()
         .map_err(|e| RestoreError::Unsupported(format!("snapshot state: {e}")))?;
@@ -673,10 +802,8 @@ fn drive(
     // before any of its threads is detached (a half-made thread would run
     // the batch loop's code it was cloned in).
     let mut others: Vec<Remote> = Vec::new();
-    let mut kill_on_error = KillOnError(Some(remote.pid()));
-    let started = Instant::now();
+    let kill_on_error = kill_on_error;
     let stub_map = memory::stub_map(remote.pid())?;
-    let places = memory::prepare_scratch(&mut remote, &stub_map, &state.areas)?;
     // mmap mode: the guard that keeps anonymous-memory semantics (refuses
     // the restore when it cannot).
     let eager = match options.mode {
@@ -686,7 +813,7 @@ fn drive(
     let guard = match options.mode {
         Mode::Mmap if anon::enabled() => Some(anon::Guard::plan(
             state,
-            &image.file,
+            image_file,
             &[(places.scratch, places.scratch + batch::SCRATCH_LEN)],
             &eager,
         )?),
@@ -704,12 +831,12 @@ fn drive(
     let sources = MapSources {
         area_fds: &plan.area_fds,
         image_fd: plan.image_fd,
-        image: &image.file,
-        layout: &image.layout,
+        image: image_file,
+        layout: view.layout,
         lazy: options.mode == Mode::Uffd,
         eager: &eager,
     };
-    memory::map_areas(&mut batch, &state.areas, &snapshot.areas, &sources)?;
+    memory::map_areas(&mut batch, &state.areas, view.areas, &sources)?;
     if let Some(g) = &guard {
         g.map(&mut batch);
     }
@@ -719,7 +846,7 @@ fn drive(
         g.write(&remote)?;
     }
     remote.set_syscall_address(syscall_at);
-    timings.batch = started.elapsed();
+    timings.batch += started.elapsed();
     let mut server = None;
     let mut uffd_in_stub = None;
     if options.mode == Mode::Uffd {
@@ -740,13 +867,7 @@ fn drive(
             })?;
             send_to_keeper(keeper, &uffd)?;
         }
-        let mut s = uffd::PageServer::new(
-            uffd,
-            &image.file,
-            &image.layout,
-            &state.areas,
-            &snapshot.areas,
-        )?;
+        let mut s = uffd::PageServer::new(uffd, image_file, view.layout, &state.areas, view.areas)?;
         // rseq: the kernel writes the area on every return to user space;
         // each thread's page must hold the saved content before it is
         // registered.
@@ -761,8 +882,8 @@ fn drive(
         }
         server = Some(s);
     }
-    memory::write_private_pages(&remote, &state.areas, &snapshot.areas, &sources)?;
-    timings.mappings = started.elapsed();
+    memory::write_private_pages(&remote, &state.areas, view.areas, &sources)?;
+    timings.mappings += started.elapsed();
 
     let started = Instant::now();
     let mut batch = Batch::new(places.scratch);
@@ -843,7 +964,7 @@ fn drive(
             [addr, len, 0, 0, 0, 0],
         )?;
     }
-    timings.state = started.elapsed();
+    timings.state += started.elapsed();
 
     let started = Instant::now();
     for (t, saved) in others.iter_mut().zip(&state.threads[1..]) {
@@ -853,26 +974,24 @@ fn drive(
     }
     thread::set_registers(&mut remote, state.main_thread())?;
     timings.injected += remote.calls;
-    let server = match server {
-        Some(s) => {
-            let live = s.live();
-            let pidfd = stub_pidfd
+    let server_pidfd = match &server {
+        Some(_) => Some(
+            stub_pidfd
                 .expect("uffd mode has the stub's pidfd")
                 .try_clone()
                 .map_err(|source| RestoreError::Io {
                     what: "dup pidfd".into(),
                     source,
-                })?;
-            Some((s.spawn(pidfd), live))
-        }
+                })?,
+        ),
         None => None,
     };
-    // All resume together: every thread is set before any runs.
-    for t in others.drain(..) {
-        t.detach()?;
-    }
-    remote.detach()?;
-    kill_on_error.0 = None;
-    timings.resume = started.elapsed();
-    Ok(server)
+    timings.resume += started.elapsed();
+    Ok(Ready {
+        kill_on_error,
+        others,
+        remote,
+        server,
+        server_pidfd,
+    })
 }

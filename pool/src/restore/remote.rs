@@ -76,6 +76,30 @@ impl Remote {
         })
     }
 
+    /// Takes over process `pid`, which a batch of this stub forked (traced
+    /// already, with this stub's options, waiting in its first stop): a copy
+    /// of this stub (the same scratch area with its loop, the same vDSO)
+    /// with its own memory.
+    pub fn adopt_process(&self, pid: i32) -> Result<Remote, RestoreError> {
+        let seized = Seized::adopt(pid).map_err(|e| RestoreError::Stub(e.to_string()))?;
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(|source| RestoreError::Io {
+                what: format!("open /proc/{pid}/mem"),
+                source,
+            })?;
+        Ok(Remote {
+            seized,
+            injector: self.injector,
+            mem,
+            scratch: self.scratch,
+            calls: 0,
+            cloned: Vec::new(),
+        })
+    }
+
     /// The stub's pid (in the restorer's namespace).
     pub fn pid(&self) -> i32 {
         self.seized.pid()

@@ -31,6 +31,14 @@ pub enum Refusal {
         /// Their pids.
         pids: Vec<i32>,
     },
+    /// Something of a process tree a copy could not recreate (a zombie
+    /// child, a child sharing its parent's memory, other credentials, a
+    /// session or group outside the tree, a pipe end outside it).
+    #[error("in its process tree: {why}")]
+    Tree {
+        /// What and why.
+        why: String,
+    },
     /// A TCP socket, connected or listening.
     #[error("fd {fd} is a TCP socket {local} -> {remote} ({state}); a copy can neither share nor recreate the connection")]
     TcpSocket {
