@@ -488,6 +488,10 @@ impl PageServer {
         match result {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            // The process's memory is gone (it is exiting, a fault of its
+            // exit path): nobody can read the page any more; the server
+            // ends when the process's pidfd says it ended.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 self.deferred.push(page);
                 return Ok(());
@@ -529,6 +533,8 @@ impl PageServer {
                 return Ok(());
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            // As for UFFDIO_COPY: the memory is gone with the process.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
             Err(e) => return Err(uffd_err(&format!("UFFDIO_ZEROPAGE at {page:#x}"), e)),
             Ok(()) => {}
         }
