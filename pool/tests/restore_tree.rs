@@ -4,7 +4,9 @@
 //! captured with `snapshot_to_dir` (what `thaw snapshot --pid` runs) and
 //! restored in both memory modes (what `thaw restore` runs): both answer
 //! through the pipes, and every process's pid, parent, process group and
-//! session are the snapshot's (server/tests/c/tree.c). Also: 50 tree
+//! session are the snapshot's (server/tests/c/tree.c). The helper has the
+//! parent's pipes as its stdin and stdout, as a `subprocess` child has: on
+//! the runtime protocol's descriptor numbers, yet pipes of the tree. Also: 50 tree
 //! restores in a row leave nothing behind, and what a copy could not
 //! recreate (a zombie child, a child sharing its parent's memory) is
 //! refused, naming the process.
@@ -14,6 +16,7 @@ mod restore_support;
 use pool::restore::Mode;
 use restore_support::{can_restore, compile, restore_with_pipes, start, Copy};
 use snapshotter::snapshot::{open_snapshot_dir, snapshot_to_dir};
+use snapshotter::state::FdKind;
 
 const TREE: &str = include_str!("../../server/tests/c/tree.c");
 
@@ -89,6 +92,30 @@ fn capture_tree() -> Captured {
             (pids[2], pids[1], pids[2], pids[2])
         ]
     );
+    // The helper's stdin and stdout are the parent's pipes: descriptors of
+    // the protocol's range, recorded as pipes of the tree (both ends are in
+    // it), sharing their inodes with the parent's fds 10 and 11.
+    let inode = |state: &snapshotter::state::ProcessState, fd: i32| match state
+        .fds
+        .iter()
+        .find(|f| f.fd == fd)
+        .map(|f| &f.kind)
+    {
+        Some(FdKind::Pipe { inode, .. }) => *inode,
+        other => panic!("fd {fd} of {}: {other:?}", state.pid),
+    };
+    let helper = &snapshot.children[0].state;
+    assert_eq!(inode(helper, 0), inode(&snapshot.state, 10));
+    assert_eq!(inode(helper, 1), inode(&snapshot.state, 11));
+    assert!(matches!(
+        snapshot.children[1]
+            .state
+            .fds
+            .iter()
+            .find(|f| f.fd == 10)
+            .map(|f| &f.kind),
+        Some(FdKind::SocketPair { .. })
+    ));
     assert_eq!(saved[0].2, pids[0], "the parent leads its group");
     assert_eq!(saved[0].3, pids[0], "and its session");
     // The original was not disturbed.

@@ -2,8 +2,11 @@
  * own process group, and a grandchild in its own session.
  *
  *   parent P   setsid() first (leads its session); fds 10/11 the pipes to H
- *     helper H   setpgid(0, 0) (leads a group in P's session); fds 10/11
- *                the pipes from/to P, fd 12 a socket pair end to G
+ *     helper H   setpgid(0, 0) (leads a group in P's session); its stdin
+ *                and stdout the pipes from/to P (as a subprocess's are:
+ *                descriptors of the runtime protocol's range, recorded as
+ *                pipes of the tree because both ends are in it), fd 12 a
+ *                socket pair end to G
  *       grandchild G   setsid() (leads its own session); fd 10 the other
  *                      end of the socket pair
  *
@@ -93,6 +96,7 @@ static void keep_only(int keep_from, int keep_to) {
 }
 
 static void grandchild(void) {
+    null_stdio();
     setsid();
     recorded = now();
     char line[256], out[256];
@@ -124,9 +128,9 @@ static void helper(void) {
     recorded = now();
     char started[64];
     snprintf(started, sizeof started, "%d\n", (int)g);
-    write_all(11, started);
+    write_all(1, started);
     char line[256], out[512], reply[256];
-    while (read_line(10, line, sizeof line)) {
+    while (read_line(0, line, sizeof line)) {
         if (line[0] == 'n') {
             snprintf(out, sizeof out, "%s\n", line);
             write_all(12, out);
@@ -141,7 +145,7 @@ static void helper(void) {
             strncat(out, reply, sizeof out - strlen(out) - 2);
             strcat(out, "\n");
         }
-        write_all(11, out);
+        write_all(1, out);
     }
     exit(0);
 }
@@ -156,10 +160,9 @@ int main(void) {
         return 2;
     pid_t h = fork();
     if (h == 0) {
-        null_stdio();
-        dup2(to_helper[0], 10);
-        dup2(from_helper[1], 11);
-        keep_only(10, 11);
+        dup2(to_helper[0], 0);
+        dup2(from_helper[1], 1);
+        syscall(SYS_close_range, 3, ~0U, 0);
         helper();
     }
     dup2(to_helper[1], 10);

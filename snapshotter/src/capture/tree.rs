@@ -222,11 +222,112 @@ pub fn capture_tree_timed(
     }
     if in_tree {
         let started = Instant::now();
+        let pids: Vec<i32> = held.0.iter().map(|(pid, _)| *pid).collect();
+        for (pid, state) in pids.iter().zip(&states) {
+            if state.pid != *pid {
+                return Err(refused(
+                    *pid,
+                    format!("it is pid {} in its own pid namespace; a tree is captured from the namespace its processes live in", state.pid),
+                ));
+            }
+        }
+        promote_protocol_ends(&pids, &mut states)?;
         link_fds(&mut states)?;
         timings.state += started.elapsed();
     }
     held.detach(&mut timings)?;
     Ok((states, timings))
+}
+
+/// Pipes and Unix sockets on the runtime protocol's descriptors whose both
+/// ends are in the tree (a parent's `subprocess` pipes, which the child has
+/// as its stdin and stdout) are inner objects of the tree, not ends the
+/// restorer's caller supplies: recorded as [`FdKind::Pipe`] (the data
+/// queued read through a read end) or [`FdKind::SocketPair`].
+fn promote_protocol_ends(pids: &[i32], states: &mut [ProcessState]) -> Result<(), CaptureError> {
+    // Pipe inode -> whether the tree has a read end, a write end, and where
+    // one read end is (process index, fd).
+    let mut pipes: HashMap<u64, (bool, bool, Option<(usize, i32)>)> = HashMap::new();
+    let mut sockets = HashSet::new();
+    for (index, state) in states.iter().enumerate() {
+        for f in &state.fds {
+            match f.kind {
+                FdKind::Pipe { end, inode, .. } | FdKind::ProtocolPipe { end, inode } => {
+                    let entry = pipes.entry(inode).or_default();
+                    match end {
+                        PipeEnd::Read => {
+                            entry.0 = true;
+                            entry.2.get_or_insert((index, f.fd));
+                        }
+                        PipeEnd::Write => entry.1 = true,
+                    }
+                }
+                FdKind::ProtocolSocket { inode } | FdKind::SocketPair { inode, .. } => {
+                    sockets.insert(inode);
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut data: HashMap<u64, (Vec<u8>, u32)> = HashMap::new();
+    for (index, state) in states.iter_mut().enumerate() {
+        let pid = pids[index];
+        let mut peers = None;
+        let mut grabber = super::kobj::Grabber::new(pid);
+        for f in state.fds.iter_mut() {
+            match f.kind {
+                FdKind::ProtocolPipe { end, inode } => {
+                    let Some(&(true, true, Some((reader, read_fd)))) = pipes.get(&inode) else {
+                        continue;
+                    };
+                    if !data.contains_key(&inode) {
+                        let read_end = super::kobj::Grabber::new(pids[reader]).grab(read_fd)?;
+                        data.insert(inode, super::kobj::pipe_data(pids[reader], &read_end)?);
+                    }
+                    let (queued, capacity) = data[&inode].clone();
+                    f.kind = FdKind::Pipe {
+                        end,
+                        inode,
+                        data: queued,
+                        capacity,
+                    };
+                }
+                FdKind::ProtocolSocket { inode } => {
+                    let peers = match &peers {
+                        Some(p) => p,
+                        None => peers.insert(super::unixpair::peers(pid)?),
+                    };
+                    let Some(&(kind, peer)) = peers.get(&inode) else {
+                        continue;
+                    };
+                    let Some(kind) = super::unixpair::pair_type(kind) else {
+                        continue;
+                    };
+                    if peer == 0 || !sockets.contains(&peer) {
+                        continue;
+                    }
+                    let sock = grabber.grab(f.fd)?;
+                    let queued = match super::unixpair::queued(pid, &sock, kind)? {
+                        Ok(queued) => queued,
+                        Err(why) => {
+                            return Err(refused(
+                                pid,
+                                format!("fd {} is socket:[{inode}], one end of a socket pair in the tree: {why}", f.fd),
+                            ))
+                        }
+                    };
+                    f.kind = FdKind::SocketPair {
+                        inode,
+                        peer,
+                        kind,
+                        data: queued,
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks that every pipe and socket pair end of the tree has its other end
