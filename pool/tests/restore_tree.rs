@@ -77,6 +77,11 @@ fn capture_tree() -> Captured {
     // What the program says agrees with /proc.
     assert_eq!(stat_ids(pids[1]), (pids[0], pids[1], pids[0]));
     assert_eq!(stat_ids(pids[2]), (pids[1], pids[2], pids[2]));
+    // An answer left unread: queued in the pipe from the helper when
+    // captured (or still on its way; the copy must deliver it either way).
+    original.stdin.write_all(b"w 7\n").unwrap();
+    assert_eq!(original.line(), "sent");
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let snap = tmp.path().join("snap");
     let info = snapshot_to_dir(pids[0], &snap).unwrap();
     assert_eq!(info.processes, 3);
@@ -104,6 +109,15 @@ fn capture_tree() -> Captured {
         Some(FdKind::Pipe { inode, .. }) => *inode,
         other => panic!("fd {fd} of {}: {other:?}", state.pid),
     };
+    if let Some(FdKind::Pipe { data, .. }) = snapshot
+        .state
+        .fds
+        .iter()
+        .find(|f| f.fd == 11)
+        .map(|f| &f.kind)
+    {
+        println!("queued from the helper at capture: {data:?}");
+    }
     let helper = &snapshot.children[0].state;
     assert_eq!(inode(helper, 0), inode(&snapshot.state, 10));
     assert_eq!(inode(helper, 1), inode(&snapshot.state, 11));
@@ -119,6 +133,8 @@ fn capture_tree() -> Captured {
     assert_eq!(saved[0].2, pids[0], "the parent leads its group");
     assert_eq!(saved[0].3, pids[0], "and its session");
     // The original was not disturbed.
+    original.stdin.write_all(b"r\n").unwrap();
+    assert_eq!(original.line(), "answer 16");
     original.stdin.write_all(b"n 1\n").unwrap();
     assert_eq!(original.line(), "answer 4");
     drop(original);
@@ -140,6 +156,7 @@ fn ask(copy: &mut Copy, line: &str, n: usize) -> Vec<String> {
 /// pipes and the socket pair, the same ids inside, the same tree outside.
 fn check_copy(captured: &Captured, mode: Mode) -> Copy {
     let mut copy = restore_with_pipes(&captured.snap, mode);
+    assert_eq!(ask(&mut copy, "r", 1), ["answer 16"], "the queued answer");
     assert_eq!(ask(&mut copy, "n 5", 1), ["answer 12"]);
     assert_eq!(ask(&mut copy, "n 20", 1), ["answer 42"]);
     assert_eq!(ask(&mut copy, "ids", 3), captured.ids, "{mode:?}");
@@ -237,6 +254,7 @@ fn fifty_tree_restores_leak_nothing() {
     for i in 0..50 {
         let mode = if i % 2 == 0 { Mode::Mmap } else { Mode::Uffd };
         let mut copy = restore_with_pipes(&captured.snap, mode);
+        assert_eq!(ask(&mut copy, "r", 1), ["answer 16"], "restore {i}");
         assert_eq!(ask(&mut copy, "n 1", 1), ["answer 4"], "restore {i}");
         finish(copy);
     }

@@ -103,6 +103,10 @@ fn a_process_tree_survives_thaw_snapshot_and_thaw_restore() {
         )
     );
 
+    // An answer left unread, queued in the pipe from the helper (or on its
+    // way) when captured.
+    assert_eq!(ask(&mut stdin, &mut out, "w 7", 1), ["sent"]);
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let snap = tmp.path().join("tree.snap");
     let snapshot = thaw()
         .args(["snapshot", "--pid", &pids[0].to_string(), "--out"])
@@ -115,6 +119,7 @@ fn a_process_tree_survives_thaw_snapshot_and_thaw_restore() {
         String::from_utf8_lossy(&snapshot.stderr)
     );
     // The original goes on, then ends with its input.
+    assert_eq!(ask(&mut stdin, &mut out, "r", 1), ["answer 16"]);
     assert_eq!(ask(&mut stdin, &mut out, "n 2", 1), ["answer 6"]);
     drop(stdin);
     assert!(original.wait().unwrap().success());
@@ -129,6 +134,7 @@ fn a_process_tree_survives_thaw_snapshot_and_thaw_restore() {
             .unwrap();
         let mut stdin = copy.stdin.take().unwrap();
         let mut out = BufReader::new(copy.stdout.take().unwrap());
+        assert_eq!(ask(&mut stdin, &mut out, "r", 1), ["answer 16"], "{mode}");
         assert_eq!(ask(&mut stdin, &mut out, "n 5", 1), ["answer 12"], "{mode}");
         assert_eq!(ask(&mut stdin, &mut out, "ids", 3), ids, "{mode}");
         drop(stdin);

@@ -14,6 +14,10 @@
  *   n X    P sends X to H over the pipe, H sends it to G over the socket
  *          pair, G answers X + 1, H answers 2 * (X + 1); P prints
  *          "answer V"
+ *   w X    P sends X to H like "n X" but does not read the answer: it
+ *          waits, queued in the pipe from H (or wherever the tree is with
+ *          it when captured); P prints "sent"
+ *   r      P reads that answer: "answer V"
  *   ids    P prints its ids, then H's and G's (asked through the pipe and
  *          the socket pair): "ids ROLE pid=.. ppid=.. pgid=.. sid=.. same"
  *          ("changed" when they differ from those the process recorded
@@ -178,6 +182,14 @@ int main(void) {
         if (line[0] == 'n') {
             snprintf(out, sizeof out, "%s\n", line);
             write_all(10, out);
+            if (!read_line(11, line, sizeof line))
+                return 5;
+            printf("answer %s\n", line);
+        } else if (line[0] == 'w') {
+            snprintf(out, sizeof out, "n %s\n", line + 2);
+            write_all(10, out);
+            printf("sent\n");
+        } else if (strcmp(line, "r") == 0) {
             if (!read_line(11, line, sizeof line))
                 return 5;
             printf("answer %s\n", line);
