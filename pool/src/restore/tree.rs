@@ -34,7 +34,7 @@
 //! The copy's exit status stays the root's (through init): its children
 //! are reparented to init when it ends and die with the namespace.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Instant;
 
 use snapshotter::snapshot::Snapshot;
@@ -45,7 +45,7 @@ use snapshotter::store::{ImageLayout, PageStore};
 use super::batch::Batch;
 use super::remote::{bytes_of, Remote};
 use super::{
-    fds, memory, pidfd_open, prepare_process, spawn, InitGuard, KillOnError, PageServerThread,
+    fds, memory, pidfd_open, prepare_process, spawn, Driving, InitGuard, PageServerThread,
     ProcessView, RestoreError, RestoreOptions, RestoreTimings, RestoredChild,
 };
 
@@ -312,7 +312,6 @@ pub(crate) fn restore_tree(
         }
     }
     let mut root = Remote::seize(spawned.stub_pid)?;
-    let root_kill = KillOnError(Some(root.pid()));
     timings.stub = started.elapsed();
 
     let started = Instant::now();
@@ -345,52 +344,39 @@ pub(crate) fn restore_tree(
         })
         .collect();
     let mut readies = Vec::with_capacity(children.len() + 1);
-    let mut pidfds: Vec<Option<OwnedFd>> = Vec::new();
     for (index, remote) in children.into_iter().enumerate() {
         let child = &snapshot.children[index];
         let pidfd = match options.mode {
             super::Mode::Uffd => Some(pidfd_open(remote.pid())?),
             super::Mode::Mmap => None,
         };
-        let view = ProcessView {
-            state: &child.state,
-            areas: &child.areas,
-            layout: &layouts[index],
-        };
-        let kill = KillOnError(Some(remote.pid()));
-        readies.push(prepare_process(
-            remote,
-            kill,
-            pidfd.as_ref(),
-            false,
-            &view,
-            &image.file,
-            &tree.plans[index + 1],
-            places,
+        let ctx = Driving {
+            snapshot,
+            view: ProcessView {
+                state: &child.state,
+                areas: &child.areas,
+                layout: &layouts[index],
+            },
+            places: Some(places),
+            image: &image,
+            plan: &tree.plans[index + 1],
             options,
-            &mut timings,
-            Instant::now(),
-        )?);
-        pidfds.push(pidfd);
+            stub_pidfd: pidfd.as_ref(),
+            keep_uffd: false,
+        };
+        readies.push(prepare_process(remote, &ctx, &mut timings)?);
     }
-    let view = ProcessView {
-        state: root_state,
-        areas: &snapshot.areas,
-        layout: &image.layout,
-    };
-    let root_ready = prepare_process(
-        root,
-        root_kill,
-        Some(&spawned.stub_pidfd),
-        false,
-        &view,
-        &image.file,
-        &tree.plans[0],
-        places,
+    let ctx = Driving {
+        snapshot,
+        view: ProcessView::root(snapshot, &image),
+        places: Some(places),
+        image: &image,
+        plan: &tree.plans[0],
         options,
-        &mut timings,
-        started,
-    )?;
+        stub_pidfd: Some(&spawned.stub_pidfd),
+        keep_uffd: false,
+    };
+    let root_ready = prepare_process(root, &ctx, &mut timings)?;
     let mut child_servers: Vec<PageServerThread> = Vec::new();
     for ready in readies {
         if let Some((thread, _)) = ready.resume(&mut timings)? {
