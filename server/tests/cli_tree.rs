@@ -143,6 +143,104 @@ fn a_process_tree_survives_thaw_snapshot_and_thaw_restore() {
     }
 }
 
+/// A Python parent whose helper is a `subprocess.Popen` of another Python
+/// (its own executable and memory layout, in its own process group), the
+/// pipes between them on the helper's stdin and stdout and on the parent's
+/// protocol-range descriptors. The parent leads its session (a session
+/// outside the tree could not be named in the copy's pid namespace).
+const PYTHON_TREE: &str = r#"
+import os, subprocess, sys
+os.setsid()
+helper = subprocess.Popen([sys.executable, "-c", """
+import os, sys
+os.setpgid(0, 0)
+for line in sys.stdin:
+    print(2 * int(line), os.getpid(), os.getppid(), os.getpgrp(), os.getsid(0), flush=True)
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+def ask(n):
+    helper.stdin.write(f"{n}\n")
+    helper.stdin.flush()
+    return helper.stdout.readline().strip()
+print("ready", os.getpid(), helper.pid, ask(1), flush=True)
+for line in sys.stdin:
+    print("answer", ask(int(line)), flush=True)
+"#;
+
+#[test]
+fn a_python_parent_with_a_subprocess_helper_survives_as_a_tree() {
+    if !prerequisites() {
+        return;
+    }
+    if Command::new("python3").arg("--version").output().is_err() {
+        if std::env::var_os("THAW_TEST_STRICT").is_some() {
+            panic!("THAW_TEST_STRICT: no python3");
+        }
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("tree.py");
+    std::fs::write(&script, PYTHON_TREE).unwrap();
+    let mut command = Command::new("python3");
+    command
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    // SAFETY: only close_range runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let mut original = command.spawn().unwrap();
+    let stdin = original.stdin.take().unwrap();
+    let mut out = BufReader::new(original.stdout.take().unwrap());
+    let mut ready = String::new();
+    out.read_line(&mut ready).unwrap();
+    // "ready PARENT HELPER 2 HELPER PARENT HELPER SID"
+    let fields: Vec<String> = ready.split_whitespace().map(str::to_string).collect();
+    assert_eq!(fields[0], "ready", "{ready:?}");
+    let (parent, helper) = (&fields[1], &fields[2]);
+    assert_eq!(
+        fields[4..7],
+        [helper.clone(), parent.clone(), helper.clone()]
+    );
+    let helper_ids = fields[4..].join(" ");
+    let snap = tmp.path().join("py.snap");
+    let snapshot = thaw()
+        .args(["snapshot", "--pid", parent, "--out"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(
+        snapshot.status.success(),
+        "thaw snapshot: {}",
+        String::from_utf8_lossy(&snapshot.stderr)
+    );
+    drop(stdin);
+    assert!(original.wait().unwrap().success());
+    for mode in ["mmap", "uffd"] {
+        let mut copy = thaw()
+            .args(["restore", "--mode", mode])
+            .arg(&snap)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = copy.stdin.take().unwrap();
+        let mut out = BufReader::new(copy.stdout.take().unwrap());
+        // The helper answers with the pid, parent, group and session it had.
+        assert_eq!(
+            ask(&mut stdin, &mut out, "21", 1),
+            [format!("answer 42 {helper_ids}")],
+            "{mode}"
+        );
+        drop(stdin);
+        assert_eq!(copy.wait().unwrap().code(), Some(0), "{mode}");
+    }
+}
+
 fn thaw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_thaw"))
 }
