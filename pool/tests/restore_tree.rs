@@ -251,12 +251,21 @@ fn fifty_tree_restores_leak_nothing() {
     finish(check_copy(&captured, Mode::Mmap));
     finish(check_copy(&captured, Mode::Uffd));
     let before = footprint();
+    let mut totals: [Vec<std::time::Duration>; 2] = [Vec::new(), Vec::new()];
     for i in 0..50 {
         let mode = if i % 2 == 0 { Mode::Mmap } else { Mode::Uffd };
         let mut copy = restore_with_pipes(&captured.snap, mode);
+        totals[i % 2].push(copy.child.timings.total());
         assert_eq!(ask(&mut copy, "r", 1), ["answer 16"], "restore {i}");
         assert_eq!(ask(&mut copy, "n 1", 1), ["answer 4"], "restore {i}");
         finish(copy);
+    }
+    for (mode, mut t) in ["mmap", "uffd"].into_iter().zip(totals) {
+        t.sort();
+        println!(
+            "tree of 3 processes, {mode}: median restore {:?}",
+            t[t.len() / 2]
+        );
     }
     let after = footprint();
     // The test harness may run other tests' threads meanwhile: threads and
