@@ -761,6 +761,9 @@ pub(crate) struct Ready {
     remote: Remote,
     server: Option<uffd::PageServer>,
     server_pidfd: Option<OwnedFd>,
+    /// A process of a tree other than the root: the root's pidfd, which
+    /// its page server kills if serving fails (the whole copy dies).
+    pub(crate) kill_with: Option<std::sync::Arc<OwnedFd>>,
 }
 
 impl Ready {
@@ -774,7 +777,11 @@ impl Ready {
         let server = match (self.server.take(), self.server_pidfd.take()) {
             (Some(s), Some(pidfd)) => {
                 let live = s.live();
-                Some((s.spawn(pidfd), live))
+                let thread = match self.kill_with.take() {
+                    Some(root) => s.spawn_in_tree(pidfd, root),
+                    None => s.spawn(pidfd),
+                };
+                Some((thread, live))
             }
             _ => None,
         };
@@ -921,6 +928,7 @@ pub(crate) fn prepare_process(
         remote,
         server: memory.server,
         server_pidfd,
+        kill_with: None,
     })
 }
 

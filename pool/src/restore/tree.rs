@@ -28,7 +28,9 @@
 //!           or its own userfaultfd and page server), kernel objects,
 //!           threads, credentials, seccomp policy, anonymous-memory guard,
 //!           registers; the root's close_range drops the staging blocks
-//! resume    every process's threads let go, children first, the root last
+//! resume    every process's threads let go, children first, the root last;
+//!           a child's page server that fails kills the root (init then
+//!           ends and the namespace with every process dies)
 //! ```
 //!
 //! The copy's exit status stays the root's (through init): its children
@@ -378,7 +380,21 @@ pub(crate) fn restore_tree(
     };
     let root_ready = prepare_process(root, &ctx, &mut timings)?;
     let mut child_servers: Vec<PageServerThread> = Vec::new();
-    for ready in readies {
+    let root_pidfd = match options.mode {
+        super::Mode::Uffd => Some(std::sync::Arc::new(
+            spawned
+                .stub_pidfd
+                .try_clone()
+                .map_err(|source| RestoreError::Io {
+                    what: "dup pidfd".into(),
+                    source,
+                })?,
+        )),
+        super::Mode::Mmap => None,
+    };
+    for mut ready in readies {
+        // A child's page server that fails kills the root: the whole copy.
+        ready.kill_with = root_pidfd.clone();
         if let Some((thread, _)) = ready.resume(&mut timings)? {
             child_servers.push(thread);
         }

@@ -728,6 +728,18 @@ impl PageServer {
         self.spawn_with(copy.clone(), copy)
     }
 
+    /// Runs the server on its own thread until the process `pidfd` ends; if
+    /// serving fails, kills `copy` (the root of the process tree `pidfd`
+    /// belongs to: the whole copy dies with its namespace, never reading
+    /// zeros).
+    pub fn spawn_in_tree(
+        self,
+        pidfd: OwnedFd,
+        copy: Arc<OwnedFd>,
+    ) -> JoinHandle<Result<ServerReport, RestoreError>> {
+        self.spawn_with(Arc::new(pidfd), copy)
+    }
+
     /// Runs the server until `end` is readable; on failure kills `copy`
     /// (its namespace, forked children included, dies with it). The copy's
     /// own server signals the stop eventfd when it returns.
