@@ -357,3 +357,52 @@ fn what_a_copy_could_not_recreate_is_refused_naming_the_process() {
         assert!(original.child.wait().unwrap().success());
     }
 }
+
+/// A tree inside a pid namespace of its own (as in a container): captured
+/// from outside with the ids its namespace gives it, restored with them.
+#[test]
+fn a_tree_in_its_own_pid_namespace_keeps_the_ids_it_had_there() {
+    if !can_restore(
+        "a_tree_in_its_own_pid_namespace_keeps_the_ids_it_had_there",
+        true,
+    ) {
+        return;
+    }
+    if std::process::Command::new("unshare")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        restore_support::missing("no unshare (util-linux)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let program = compile(tmp.path(), "tree", TREE);
+    // sh is pid 1 of the namespace; the tree's root is its child, pid 2.
+    let script = format!("{}; true", program.display());
+    let mut original = start(
+        std::path::Path::new("unshare"),
+        &["--pid", "--fork", "sh", "-c", &script],
+    );
+    let ready = original.line();
+    assert_eq!(ready.split(' ').nth(1), Some("2"), "{ready:?}");
+    use std::io::Write;
+    original.stdin.write_all(b"ids\n").unwrap();
+    let ids: Vec<String> = (0..3).map(|_| original.line()).collect();
+    let sh = children(original.child.id() as i32);
+    let root = children(sh[0]);
+    assert_eq!(ns_pid(root[0]), 2);
+    let snap = tmp.path().join("snap");
+    snapshot_to_dir(root[0], &snap).unwrap();
+    let (snapshot, _) = open_snapshot_dir(&snap).unwrap();
+    let pids: Vec<i32> = snapshot.processes().map(|(s, _)| s.pid).collect();
+    assert_eq!(pids[0], 2, "saved as its namespace names it");
+    assert_eq!(snapshot.children[0].state.ids.ppid, 2);
+    drop(original);
+    for mode in [Mode::Mmap, Mode::Uffd] {
+        let mut copy = restore_with_pipes(&snap, mode);
+        assert_eq!(ask(&mut copy, "n 5", 1), ["answer 12"], "{mode:?}");
+        assert_eq!(ask(&mut copy, "ids", 3), ids, "{mode:?}");
+        finish(copy);
+    }
+}

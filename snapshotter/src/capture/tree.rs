@@ -63,14 +63,35 @@ fn stat_number(pid: i32, fields: &[String], field: usize) -> Result<i64, Capture
         })
 }
 
-/// Parent, process group and session of `pid` (stat fields 4, 5, 6).
+/// Parent, process group and session of `pid`, as its own pid namespace
+/// names them (the last of `NSpid`, `NSpgid`, `NSsid` in
+/// `/proc/PID/status`; the parent's `NSpid` when the parent is in the same
+/// namespace, else 0, as `getppid()` answers there). The same as stat
+/// fields 4, 5 and 6 when the capturer shares the namespace.
 pub fn read_ids(pid: i32) -> Result<ProcessIds, CaptureError> {
-    let fields = stat_fields(pid)?;
-    Ok(ProcessIds {
-        ppid: stat_number(pid, &fields, 4)? as i32,
-        pgid: stat_number(pid, &fields, 5)? as i32,
-        sid: stat_number(pid, &fields, 6)? as i32,
-    })
+    let status = Status::read(pid)?;
+    let innermost = |status: &Status, key: &str| -> Result<(usize, i32), CaptureError> {
+        let ids = status.numbers(key)?;
+        Ok((ids.len(), ids.last().copied().unwrap_or(0) as i32))
+    };
+    let (depth, _) = innermost(&status, "NSpid")?;
+    let (_, pgid) = innermost(&status, "NSpgid")?;
+    let (_, sid) = innermost(&status, "NSsid")?;
+    let host_ppid = status.number("PPid")? as i32;
+    let ppid = match Status::read(host_ppid) {
+        Ok(parent) if host_ppid > 0 => match innermost(&parent, "NSpid")? {
+            (d, ppid) if d == depth => ppid,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    Ok(ProcessIds { ppid, pgid, sid })
+}
+
+/// How many pid namespaces deep `pid` is, as this process sees it (the
+/// length of `NSpid`).
+fn ns_depth(pid: i32) -> Result<usize, CaptureError> {
+    Ok(Status::read(pid)?.numbers("NSpid")?.len())
 }
 
 /// Children of `pid` (of every thread), in pid order.
@@ -97,6 +118,12 @@ fn check_child(pid: i32, parent: i32, root: &Status) -> Result<(), CaptureError>
         return Err(refused(
             pid,
             format!("child of {parent} has exited and is not reaped (a zombie); a copy cannot recreate it"),
+        ));
+    }
+    if ns_depth(pid)? != ns_depth(parent)? {
+        return Err(refused(
+            pid,
+            format!("child of {parent} is in a pid namespace of its own; thaw restores a tree in one namespace"),
         ));
     }
     let exit_signal = stat_number(pid, &fields, 38)?;
@@ -197,16 +224,27 @@ pub fn capture_tree_timed(
     timings.stop = started.elapsed();
 
     let started = Instant::now();
+    // Sessions and groups as the tree's own pid namespace names them.
     let mut ids = Vec::with_capacity(held.0.len());
     for (pid, _) in &held.0 {
-        ids.push((*pid, read_ids(*pid)?));
+        let ns_pid = Status::read(*pid)?
+            .numbers("NSpid")?
+            .last()
+            .copied()
+            .unwrap_or(0) as i32;
+        ids.push((ns_pid, read_ids(*pid)?));
     }
     plan_ids(&ids).map_err(|e| {
-        let pid = match e {
+        let ns_pid = match e {
             crate::state::tree::TreeIdsError::Outside { pid, .. }
             | crate::state::tree::TreeIdsError::Session { pid, .. }
             | crate::state::tree::TreeIdsError::Group { pid, .. } => pid,
         };
+        let pid = ids
+            .iter()
+            .zip(&held.0)
+            .find(|((n, _), _)| *n == ns_pid)
+            .map_or(ns_pid, |(_, (host, _))| *host);
         refused(pid, format!("{e}; a copy could not recreate it"))
     })?;
     timings.state += started.elapsed();
@@ -223,14 +261,6 @@ pub fn capture_tree_timed(
     if in_tree {
         let started = Instant::now();
         let pids: Vec<i32> = held.0.iter().map(|(pid, _)| *pid).collect();
-        for (pid, state) in pids.iter().zip(&states) {
-            if state.pid != *pid {
-                return Err(refused(
-                    *pid,
-                    format!("it is pid {} in its own pid namespace; a tree is captured from the namespace its processes live in", state.pid),
-                ));
-            }
-        }
         promote_protocol_ends(&pids, &mut states)?;
         link_fds(&mut states)?;
         timings.state += started.elapsed();
