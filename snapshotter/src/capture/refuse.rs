@@ -26,7 +26,7 @@ pub enum Refusal {
         mask: u64,
     },
     /// Child processes (running or not yet reaped).
-    #[error("it has child processes {pids:?}; a copy would not have them")]
+    #[error("it has child processes {pids:?}; a copy would not have them (this capture takes one process; `thaw snapshot` captures a process tree)")]
     Children {
         /// Their pids.
         pids: Vec<i32>,
