@@ -90,6 +90,34 @@ pub struct Description {
     /// Steps run on each version's code before its first boot.
     #[serde(default)]
     pub build: Vec<Step>,
+    /// How a dependency file in the code folder becomes a layer
+    /// (docs/dependencies.md).
+    #[serde(default)]
+    pub dependencies: Option<Dependencies>,
+}
+
+/// The `[dependencies]` table of a `runtime.toml`: the installer that turns
+/// a dependency file into a layer, run in a build sandbox
+/// ([`crate::build`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dependencies {
+    /// The dependency file in the code folder, e.g. `requirements.txt`.
+    pub file: String,
+    /// Its lockfile, if the installer has one (e.g. `package-lock.json`).
+    #[serde(default)]
+    pub lockfile: Option<String>,
+    /// The installer's command line (templates), run in a folder holding
+    /// copies of the dependency file and its lockfile.
+    pub install: Vec<String>,
+    /// The command line when there is no lockfile (default: `install`).
+    #[serde(default)]
+    pub install_unlocked: Option<Vec<String>>,
+    /// The folder, relative to where the installer runs, that it fills:
+    /// the layer.
+    pub output: String,
+    /// Where the layer appears in the version's code folder (relative).
+    pub into: String,
 }
 
 /// One step of `prepare` or `build`: a command, or a small file to write.
@@ -185,6 +213,9 @@ const VARS: &[&str] = &[
     "cpus",
     "code_dir",
     "runtime_dir",
+    "package_index",
+    "npm_registry",
+    "proxy",
 ];
 
 /// Expands `{name}` in `template`; `{{` and `}}` are literal braces.
@@ -262,6 +293,22 @@ impl Runtime {
         }
         if desc.argv.is_empty() {
             return Err(invalid("argv is empty".into()));
+        }
+        if let Some(d) = &desc.dependencies {
+            let commands = std::iter::once(&d.install).chain(&d.install_unlocked);
+            for cmd in commands {
+                if cmd.is_empty() {
+                    return Err(invalid("dependencies: an empty install command".into()));
+                }
+                for t in cmd {
+                    expand(t, &all).map_err(invalid)?;
+                }
+            }
+            for rel in [&d.file, &d.output, &d.into].into_iter().chain(&d.lockfile) {
+                if !crate::spec::valid_code_path(rel) {
+                    return Err(invalid(format!("dependencies: {rel:?} is not relative")));
+                }
+            }
         }
         for b in &desc.binds {
             if !b.starts_with('/') {
@@ -689,6 +736,47 @@ impl Runtimes {
             no_aslr: true,
             stub: false,
         }
+    }
+
+    /// The runtime `name` and its `[dependencies]` table, if it has one.
+    pub fn dependencies(&self, name: &str) -> Option<(&'static Runtime, &'static Dependencies)> {
+        let rt = self.catalog.get(name)?;
+        rt.desc.dependencies.as_ref().map(|d| (rt, d))
+    }
+
+    /// The installer command line of `deps` (`locked`: a lockfile is there)
+    /// with the build's settings (`package_index`, `npm_registry`, `proxy`).
+    pub fn install_command(
+        &self,
+        deps: &Dependencies,
+        locked: bool,
+        settings: &[(&'static str, String)],
+    ) -> Result<Vec<String>, String> {
+        let mut vars = self.base_vars();
+        for (k, v) in settings {
+            vars.set(k, v.clone());
+        }
+        let cmd = match (&deps.install_unlocked, locked) {
+            (Some(unlocked), false) => unlocked,
+            _ => &deps.install,
+        };
+        cmd.iter().map(|t| expand(t, &vars)).collect()
+    }
+
+    /// Host paths a sandbox of runtime `rt` sees (the common base, the
+    /// runtime's binds, and the interpreter wherever it is).
+    pub fn binds(&self, rt: &Runtime) -> Vec<PathBuf> {
+        let mut binds: Vec<PathBuf> = pool::sandbox::binds::BASE
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        binds.extend(rt.desc.binds.iter().map(PathBuf::from));
+        if let Some(exe) = rt.desc.argv.first() {
+            if let Ok(exe) = expand(exe, &self.base_vars()) {
+                binds.push(PathBuf::from(exe));
+            }
+        }
+        binds
     }
 
     /// Runs the runtime's `prepare` steps unless they ran on these files.

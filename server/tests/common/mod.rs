@@ -217,7 +217,7 @@ impl Server {
             let v = self.get(&format!("/functions/{name}")).await.json();
             if !matches!(
                 v["state"].as_str(),
-                Some("deploying" | "warming" | "snapshotting")
+                Some("deploying" | "building" | "warming" | "snapshotting")
             ) {
                 return v;
             }
