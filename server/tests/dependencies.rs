@@ -112,9 +112,18 @@ impl Drop for Index {
     }
 }
 
-fn server_for(index: &Index, extra: &[&str]) -> Server {
+/// A server installing from `index`, with a layer cache of its own (kept
+/// in the returned folder).
+fn server_for(index: &Index, extra: &[&str]) -> (Server, tempfile::TempDir) {
+    let cache = tempfile::Builder::new()
+        .prefix("thaw-layers")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let (simple, npm) = (index.simple(), index.npm());
+    let cache_arg = cache.path().display().to_string();
     let mut args = vec![
+        "--layer-cache",
+        &cache_arg,
         "--allow-forced-cold",
         "--package-index",
         &simple,
@@ -122,7 +131,7 @@ fn server_for(index: &Index, extra: &[&str]) -> Server {
         &npm,
     ];
     args.extend_from_slice(extra);
-    Server::start(&args)
+    (Server::start(&args), cache)
 }
 
 const PY_HANDLER: &str = r#"
@@ -229,7 +238,7 @@ fn inode(p: &Path) -> (u64, u64) {
 async fn python_requirements_install_once_and_restore_in_both_modes() {
     require_tools!();
     let index = Index::start();
-    let server = server_for(&index, &[]);
+    let (server, _cache) = server_for(&index, &[]);
 
     index.hold();
     let a = server.deploy(py_spec("py-mmap", "mmap")).await;
@@ -330,7 +339,7 @@ async fn python_requirements_install_once_and_restore_in_both_modes() {
 async fn node_package_json_installs_with_its_lockfile_and_restores() {
     require_tools!();
     let index = Index::start();
-    let server = server_for(&index, &[]);
+    let (server, _cache) = server_for(&index, &[]);
     let package =
         json!({"name": "nodedeps", "version": "1.0.0", "dependencies": {"thaw-left-pad": "1.0.0"}})
             .to_string();
@@ -399,7 +408,7 @@ async fn missing_packages_fail_with_the_installers_message_and_other_hosts_are_r
     require_tools!();
     let index = Index::start();
     let other = Index::start();
-    let server = server_for(&index, &[]);
+    let (server, cache) = server_for(&index, &[]);
 
     let rec = server
         .deploy_ready(json!({
@@ -449,7 +458,7 @@ async fn missing_packages_fail_with_the_installers_message_and_other_hosts_are_r
     assert!(err.contains("404"), "npm's message: {err}");
     assert!(err.contains("thaw-no-such-package"), "npm's message: {err}");
     // A failed build leaves no layer behind.
-    let layers: Vec<_> = std::fs::read_dir(server.data.join("layers"))
+    let layers: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())

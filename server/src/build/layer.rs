@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <layer_cache>/<key>/            a finished layer (never changed again)
-//! <layer_cache>/.tmp-<key>-<rand>/ a layer being unpacked (removed at start)
+//! <layer_cache>/.tmp-<key>-<rand>/ a layer being unpacked (swept when stale)
+//! <layer_cache>/.tmp-<key>-<rand>.in/ the files its installer reads
 //! ```
 //!
 //! The key is the blake3 of the runtime, the installer's full command line
@@ -83,13 +84,24 @@ pub fn path(cache: &Path, key: &str) -> PathBuf {
     cache.join(key)
 }
 
-/// Removes temporary folders left by an interrupted unpack.
-pub fn sweep(cache: &Path) {
+/// Removes temporary folders left by an interrupted build: those not
+/// touched for `older_than` (the cache may be shared with servers that are
+/// building right now).
+pub fn sweep(cache: &Path, older_than: std::time::Duration) {
     let Ok(entries) = fs::read_dir(cache) else {
         return;
     };
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+        if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+            continue;
+        }
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > older_than);
+        if stale {
             let _ = fs::remove_dir_all(e.path());
         }
     }

@@ -157,7 +157,7 @@ impl Builder {
     /// A builder launching its sandboxes with `sandbox`; removes what an
     /// interrupted build left in the cache.
     pub fn new(settings: BuildSettings, sandbox: SandboxConfig) -> Builder {
-        layer::sweep(&settings.layer_cache);
+        layer::sweep(&settings.layer_cache, 2 * BUILD_TIMEOUT);
         Builder {
             settings,
             sandbox,
