@@ -405,6 +405,38 @@ mod tests {
     }
 
     #[test]
+    fn dependency_settings_layer_and_refuse_what_is_not_a_url() {
+        let file: Settings = toml::from_str(
+            "layer_cache = \"/var/cache/thaw-layers\"\npackage_index = \"http://127.0.0.1:3141/simple\"\nindex_hosts = [\"cdn.example:443\"]\n",
+        )
+        .unwrap();
+        let opts = Settings::default().over(file).resolve().unwrap();
+        assert_eq!(
+            opts.layer_cache,
+            Some(PathBuf::from("/var/cache/thaw-layers"))
+        );
+        assert_eq!(
+            opts.package_index.as_deref(),
+            Some("http://127.0.0.1:3141/simple")
+        );
+        assert_eq!(opts.npm_registry, None, "the host's npm configuration");
+        assert_eq!(opts.index_hosts, vec!["cdn.example:443".to_string()]);
+        for (toml, needle) in [
+            ("package_index = \"pypi.org/simple\"", "package_index"),
+            ("npm_registry = \"ftp://r/\"", "npm_registry"),
+            ("index_hosts = [\"a b\"]", "index_hosts"),
+        ] {
+            let file: Settings = toml::from_str(toml).unwrap();
+            let err = Settings::default()
+                .over(file)
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err = toml::from_str::<Settings>("lissen = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("lissen"), "{err}");
