@@ -118,6 +118,29 @@ pub struct Dependencies {
     pub output: String,
     /// Where the layer appears in the version's code folder (relative).
     pub into: String,
+    /// When set, the dependency file is JSON and names something to
+    /// install only when this key is a non-empty object (a `package.json`
+    /// that only says `"type": "module"` installs nothing).
+    #[serde(default)]
+    pub json_key: Option<String>,
+}
+
+impl Dependencies {
+    /// Whether `content` (the dependency file) asks for anything. A file
+    /// that does not parse is left to the installer, whose message says
+    /// why.
+    pub fn wants_install(&self, content: &[u8]) -> bool {
+        let Some(key) = &self.json_key else {
+            return true;
+        };
+        match serde_json::from_slice::<serde_json::Value>(content) {
+            Ok(v) => v
+                .get(key)
+                .and_then(|d| d.as_object())
+                .is_some_and(|d| !d.is_empty()),
+            Err(_) => true,
+        }
+    }
 }
 
 /// One step of `prepare` or `build`: a command, or a small file to write.
@@ -1019,6 +1042,21 @@ mod tests {
             .validate_handler("x.y")
             .unwrap_err();
         assert!(err.contains("pkg.Class::method"), "{err}");
+    }
+
+    #[test]
+    fn a_package_json_without_dependencies_installs_nothing() {
+        let (_, node) = catalog()
+            .get("node20")
+            .and_then(|r| r.desc.dependencies.as_ref().map(|d| (r, d)))
+            .expect("node20 has a [dependencies] table");
+        assert!(!node.wants_install(br#"{"type": "module"}"#));
+        assert!(!node.wants_install(br#"{"dependencies": {}}"#));
+        assert!(node.wants_install(br#"{"dependencies": {"a": "1"}}"#));
+        assert!(node.wants_install(b"{not json"), "npm says what is wrong");
+        let py = catalog().get("python3").unwrap();
+        let py = py.desc.dependencies.as_ref().unwrap();
+        assert!(py.wants_install(b""));
     }
 
     #[test]

@@ -398,6 +398,26 @@ async fn node_package_json_installs_with_its_lockfile_and_restores() {
     }
     // The runtime's own `thaw` module still resolves beside the layer.
     assert!(code_file(&server, "node-uffd", 1, "node_modules/thaw/index.js").is_file());
+
+    // A package.json without dependencies (an ES module's `"type"`) is no
+    // dependency file: no build, no request, no thaw lines in the logs.
+    let rec = server
+        .deploy_ready(json!({
+            "name": "node-esm",
+            "runtime": "node20",
+            "files": {
+                "index.js": "export const handler = async () => ({ esm: true });\n",
+                "package.json": "{\"type\": \"module\"}",
+            },
+        }))
+        .await;
+    assert_eq!(rec["state"], "ready", "{rec}");
+    assert_eq!(index.requests(), served);
+    let logs = log_lines(&server, "node-esm").await;
+    assert!(!logs.iter().any(|l| l.starts_with("thaw: ")), "{logs:?}");
+    let a = server.invoke("node-esm", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["esm"], true);
 }
 
 /// Acceptance 2, failures: a requirement no index has fails the version

@@ -172,11 +172,12 @@ impl Builder {
         self.installs.load(Ordering::Relaxed)
     }
 
-    /// Whether the code of a version of `runtime` has a dependency file.
+    /// Whether the code of a version of `runtime` has a dependency file
+    /// that asks for something to install.
     pub fn has_dependencies(runtimes: &Runtimes, runtime: &str, code_dir: &Path) -> bool {
-        runtimes
-            .dependencies(runtime)
-            .is_some_and(|(_, d)| code_dir.join(&d.file).is_file())
+        runtimes.dependencies(runtime).is_some_and(|(_, d)| {
+            std::fs::read(code_dir.join(&d.file)).is_ok_and(|c| d.wants_install(&c))
+        })
     }
 
     /// The settings, the host's pip and npm configuration, or the
@@ -249,6 +250,9 @@ impl Builder {
             })
         };
         let content = read(&file)?;
+        if !deps.wants_install(&content) {
+            return Ok(Installed::Nothing);
+        }
         let lock = match &deps.lockfile {
             Some(l) if code_dir.join(l).is_file() => Some((l.clone(), read(&code_dir.join(l))?)),
             _ => None,
