@@ -251,3 +251,24 @@ async fn drive(r: &Run<'_>, sandbox: &mut Sandbox, dst: &Path) -> Result<(), Dep
     unpacked?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_keeps_the_end_of_the_installers_output() {
+        let mut t = Tail::default();
+        for i in 0..10_000 {
+            t.add(&format!("line {i} é"));
+        }
+        t.add("ERROR: No matching distribution found for x");
+        let text = t.text();
+        assert!(text.len() <= MAX_OUTPUT + 8, "{}", text.len());
+        assert!(text.starts_with('…'));
+        assert!(text.ends_with("No matching distribution found for x"));
+        let mut short = Tail::default();
+        short.add("only line");
+        assert_eq!(short.text(), "only line");
+    }
+}
