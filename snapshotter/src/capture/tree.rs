@@ -432,3 +432,59 @@ pub fn link_fds(states: &mut [ProcessState]) -> Result<(), CaptureError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{FdState, PipeEnd};
+
+    /// Two processes from the fuzz seed's state, pids 10 and 11.
+    fn two() -> Vec<ProcessState> {
+        let bytes = include_bytes!("../../../fuzz/corpus/snapshot_manifest/seed-sleep");
+        let seed = crate::snapshot::parse_snapshot(
+            &bytes[1..],
+            crate::snapshot::DIR_SNAPSHOT_ID,
+            std::path::Path::new("seed"),
+        )
+        .unwrap();
+        let mut a = seed.state.clone();
+        a.pid = 10;
+        a.fds.clear();
+        let mut b = a.clone();
+        b.pid = 11;
+        vec![a, b]
+    }
+
+    fn pipe(fd: i32, end: PipeEnd, data: &[u8], capacity: u32) -> FdState {
+        FdState {
+            fd,
+            flags: 0,
+            kind: FdKind::Pipe {
+                end,
+                inode: 77,
+                data: data.to_vec(),
+                capacity,
+            },
+        }
+    }
+
+    #[test]
+    fn a_pipe_between_two_processes_gets_its_data_on_both_ends() {
+        let mut states = two();
+        states[0].fds.push(pipe(10, PipeEnd::Write, b"", 0));
+        states[1].fds.push(pipe(0, PipeEnd::Read, b"queued", 65536));
+        link_fds(&mut states).unwrap();
+        assert_eq!(states[0].fds[0], pipe(10, PipeEnd::Write, b"queued", 65536));
+    }
+
+    #[test]
+    fn a_pipe_end_whose_other_end_is_outside_the_tree_is_refused() {
+        let mut states = two();
+        states[1].fds.push(pipe(12, PipeEnd::Write, b"", 0));
+        let err = link_fds(&mut states).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "capture of pid 11 refused: in its process tree: fd 12 is pipe:[77], whose other end is in no process of the tree; the copy would not have it"
+        );
+    }
+}
