@@ -185,3 +185,119 @@ async fn a_stub_opens_its_copys_files_inside_the_sandbox_as_the_function() {
     }
     assert!(env.config.cgroups.children().is_empty());
 }
+
+/// Paths of the files a warm python3 maps (its interpreter and libraries):
+/// what a python copy's stub opens.
+fn python_mapped_files() -> Vec<String> {
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import json, hashlib, ssl, sys; print('ready', flush=True); sys.stdin.read()",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut paths: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with("/usr/") && !p.ends_with("(deleted)"))
+        .map(str::to_string)
+        .collect();
+    paths.dedup();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// What a stub sandbox costs to make ready with a python copy's files:
+/// opened by the restorer on the host and handed over (before this change)
+/// against opened by the stub inside the sandbox as the function and taken
+/// back with `pidfd_getfd` and checked (now). Same run, interleaved.
+#[tokio::test]
+#[ignore = "a measurement: cargo test -p pool --test stub_open_files -- --ignored --nocapture"]
+async fn measure_stub_open_cost() {
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+    use std::time::{Duration, Instant};
+    if !nix::unistd::geteuid().is_root() {
+        skip!("stub sandboxes need root");
+    }
+    let env = env("open-cost");
+    let paths = python_mapped_files();
+    let files: Vec<OpenFile> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| open(5 + i as i32, p, libc::O_RDONLY))
+        .collect();
+    let rounds = 21;
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    let (mut host_opens, mut adopts) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let held: Vec<std::fs::File> = paths
+            .iter()
+            .map(|p| {
+                let f = std::fs::File::open(p).unwrap();
+                f.metadata().unwrap();
+                f
+            })
+            .collect();
+        host_opens.push(t.elapsed());
+        let extra: Vec<_> = held
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.as_fd(), 5 + i as i32))
+            .collect();
+        let sb = Sandbox::launch_with_fds(&env.config, &stub_spec(&env), &extra)
+            .await
+            .unwrap();
+        before.push(t.elapsed());
+        sb.destroy().await.unwrap();
+
+        let t = Instant::now();
+        let sb = Sandbox::launch_stub(&env.config, &stub_spec(&env), &[], &files)
+            .await
+            .unwrap();
+        let a = Instant::now();
+        let pid = sb.function_pid().unwrap();
+        // SAFETY: pidfd_open of the stub; checked.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(pidfd >= 0);
+        // SAFETY: a fresh descriptor we own.
+        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
+        for f in &files {
+            // SAFETY: pidfd_getfd with a live pidfd; checked.
+            let raw = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), f.fd, 0) };
+            assert!(raw >= 0);
+            // SAFETY: a fresh descriptor we own.
+            let file = unsafe { std::fs::File::from_raw_fd(raw as i32) };
+            file.metadata().unwrap();
+            // SAFETY: F_GETFL on a descriptor we hold.
+            assert!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) } >= 0);
+        }
+        adopts.push(a.elapsed());
+        after.push(t.elapsed());
+        sb.destroy().await.unwrap();
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1000.0
+    };
+    let (b, a) = (median(before), median(after));
+    println!(
+        "{} files, {rounds} rounds: stub ready {b:.2} ms before (opened on the host) vs {a:.2} ms now (opened in the sandbox, taken back) = x{:.2}; open step on the host {:.3} ms; taking back and checking {:.3} ms",
+        files.len(),
+        a / b,
+        median(host_opens),
+        median(adopts)
+    );
+}

@@ -117,17 +117,9 @@ impl Wanted {
 
     /// Checks that `file` (opened from [`Wanted::path`]) is what the
     /// capture saw, with the flags asked for; then sets its position.
-    fn check(&self, file: BorrowedFd<'_>) -> Result<(), RestoreError> {
+    fn check(&self, file: &File) -> Result<(), RestoreError> {
         let path = &self.path;
-        let meta = File::from(
-            file.try_clone_to_owned()
-                .map_err(|source| RestoreError::Io {
-                    what: format!("dup {path}"),
-                    source,
-                })?,
-        )
-        .metadata()
-        .map_err(|source| RestoreError::Io {
+        let meta = file.metadata().map_err(|source| RestoreError::Io {
             what: format!("stat {path}"),
             source,
         })?;
@@ -285,7 +277,7 @@ impl FdPlan {
                     what: format!("open {} (fd {})", wanted.path, wanted.fd),
                     source,
                 })?;
-            wanted.check(file.as_fd())?;
+            wanted.check(&file)?;
             let fd = OwnedFd::from(file);
             self.moves.push((fd.as_raw_fd(), wanted.fd));
             self.opened.insert(wanted.fd, self.held.len());
@@ -313,8 +305,9 @@ impl FdPlan {
                 });
             }
             // SAFETY: a fresh descriptor nobody else owns.
-            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) };
-            wanted.check(fd.as_fd())?;
+            let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) };
+            wanted.check(&file)?;
+            let fd = OwnedFd::from(file);
             self.opened.insert(wanted.fd, self.held.len());
             self.held.push(fd);
         }
