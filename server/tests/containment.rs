@@ -594,6 +594,24 @@ def handler(event, context):
     return {"root": sorted(os.listdir(ROOT))}
 "#;
 
+/// A function mapping a file of its sandbox's `/tmp` (the descriptor
+/// closed, so only the mapping names it).
+const TMP_MAP: &str = r#"
+import ctypes, os
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+with open("/tmp/data", "wb") as f:
+    f.write(b"x" * 4096)
+fd = os.open("/tmp/data", os.O_RDONLY)
+ADDR = libc.mmap(None, 4096, 1, 2, fd, 0)
+os.close(fd)
+
+def handler(event, context):
+    return {"byte": ctypes.string_at(ADDR, 1).decode()}
+"#;
+
 fn held_spec(name: &str, extra: Value) -> Value {
     let mut spec = function(name, HELD, extra);
     spec["files"]["data.txt"] = json!("data");
@@ -662,6 +680,19 @@ async fn a_root_directory_descriptor_never_lists_the_host_in_any_function() {
         assert_ne!(a.status, 200, "{name}: restored: {}", a.text());
         assert!(!a.text().contains("\"work\""), "{}", a.text());
     }
+    // The same holds for a file mapped from the sandbox's /tmp.
+    let v = server
+        .deploy_ready(function("tmpmap", TMP_MAP, json!({})))
+        .await;
+    assert!(v["snapshot"].is_null(), "captured anyway: {v}");
+    let err = v["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("maps /tmp/data") && err.contains("only inside"),
+        "the refusal names the mapping: {err}"
+    );
+    let a = server.invoke("tmpmap", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["byte"], "x");
 }
 
 /// Finding 1 (b): an `O_PATH` descriptor of a root-only (0600) file bound

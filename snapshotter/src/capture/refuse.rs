@@ -73,6 +73,17 @@ pub enum Refusal {
         /// The file.
         path: String,
     },
+    /// A mapping of a file on a filesystem that exists only inside the
+    /// process's sandbox ([`PrivateFilesystems`]).
+    #[error("memory {start:#x}-{end:#x} maps {path}, on a filesystem that exists only inside the process's sandbox (its root, /tmp); a copy gets its own sandbox, so thaw could not map it this file")]
+    SandboxOnlyFile {
+        /// First address.
+        start: u64,
+        /// End address.
+        end: u64,
+        /// The file.
+        path: String,
+    },
     /// A kind of mapping thaw does not know how to recreate.
     #[error("memory {start:#x}-{end:#x} ({name}) is a mapping thaw cannot recreate")]
     UnknownMapping {
