@@ -188,12 +188,10 @@ async fn a_stub_opens_its_copys_files_inside_the_sandbox_as_the_function() {
 
 /// Paths of the files a warm python3 maps (its interpreter and libraries):
 /// what a python copy's stub opens.
-fn python_mapped_files() -> Vec<String> {
+fn python_mapped_files(imports: &str) -> Vec<String> {
+    let script = format!("import {imports}, sys; print('ready', flush=True); sys.stdin.read()");
     let mut child = std::process::Command::new("/usr/bin/python3")
-        .args([
-            "-c",
-            "import json, hashlib, ssl, sys; print('ready', flush=True); sys.stdin.read()",
-        ])
+        .args(["-c", &script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -226,13 +224,26 @@ fn python_mapped_files() -> Vec<String> {
 #[tokio::test]
 #[ignore = "a measurement: cargo test -p pool --test stub_open_files -- --ignored --nocapture"]
 async fn measure_stub_open_cost() {
-    use std::os::fd::{AsFd, AsRawFd, FromRawFd};
-    use std::time::{Duration, Instant};
     if !nix::unistd::geteuid().is_root() {
         skip!("stub sandboxes need root");
     }
     let env = env("open-cost");
-    let paths = python_mapped_files();
+    let numpy = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import numpy, pandas"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut workloads = vec![("python3 json+hashlib+ssl", "json, hashlib, ssl")];
+    if numpy {
+        workloads.push(("python3 numpy+pandas", "numpy, pandas"));
+    }
+    for (label, imports) in workloads {
+        measure_files(&env, label, &python_mapped_files(imports)).await;
+    }
+}
+
+async fn measure_files(env: &Env, label: &str, paths: &[String]) {
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+    use std::time::{Duration, Instant};
     let files: Vec<OpenFile> = paths
         .iter()
         .enumerate()
@@ -257,14 +268,14 @@ async fn measure_stub_open_cost() {
             .enumerate()
             .map(|(i, f)| (f.as_fd(), 5 + i as i32))
             .collect();
-        let sb = Sandbox::launch_with_fds(&env.config, &stub_spec(&env), &extra)
+        let sb = Sandbox::launch_with_fds(&env.config, &stub_spec(env), &extra)
             .await
             .unwrap();
         before.push(t.elapsed());
         sb.destroy().await.unwrap();
 
         let t = Instant::now();
-        let sb = Sandbox::launch_stub(&env.config, &stub_spec(&env), &[], &files)
+        let sb = Sandbox::launch_stub(&env.config, &stub_spec(env), &[], &files)
             .await
             .unwrap();
         let a = Instant::now();
@@ -294,7 +305,7 @@ async fn measure_stub_open_cost() {
     };
     let (b, a) = (median(before), median(after));
     println!(
-        "{} files, {rounds} rounds: stub ready {b:.2} ms before (opened on the host) vs {a:.2} ms now (opened in the sandbox, taken back) = x{:.2}; open step on the host {:.3} ms; taking back and checking {:.3} ms",
+        "{label}: {} files, {rounds} rounds: stub ready {b:.2} ms before (opened on the host) vs {a:.2} ms now (opened in the sandbox, taken back) = x{:.2}; open step on the host {:.3} ms; taking back and checking {:.3} ms",
         files.len(),
         a / b,
         median(host_opens),
