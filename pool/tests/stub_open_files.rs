@@ -249,55 +249,61 @@ async fn measure_files(env: &Env, label: &str, paths: &[String]) {
         .enumerate()
         .map(|(i, p)| open(5 + i as i32, p, libc::O_RDONLY))
         .collect();
-    let rounds = 21;
+    let rounds = 41;
     let (mut before, mut after) = (Vec::new(), Vec::new());
     let (mut host_opens, mut adopts) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let held: Vec<std::fs::File> = paths
-            .iter()
-            .map(|p| {
-                let f = std::fs::File::open(p).unwrap();
-                f.metadata().unwrap();
-                f
-            })
-            .collect();
-        host_opens.push(t.elapsed());
-        let extra: Vec<_> = held
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.as_fd(), 5 + i as i32))
-            .collect();
-        let sb = Sandbox::launch_with_fds(&env.config, &stub_spec(env), &extra)
-            .await
-            .unwrap();
-        before.push(t.elapsed());
-        sb.destroy().await.unwrap();
-
-        let t = Instant::now();
-        let sb = Sandbox::launch_stub(&env.config, &stub_spec(env), &[], &files)
-            .await
-            .unwrap();
-        let a = Instant::now();
-        let pid = sb.function_pid().unwrap();
-        // SAFETY: pidfd_open of the stub; checked.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        assert!(pidfd >= 0);
-        // SAFETY: a fresh descriptor we own.
-        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
-        for f in &files {
-            // SAFETY: pidfd_getfd with a live pidfd; checked.
-            let raw = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), f.fd, 0) };
-            assert!(raw >= 0);
-            // SAFETY: a fresh descriptor we own.
-            let file = unsafe { std::fs::File::from_raw_fd(raw as i32) };
-            file.metadata().unwrap();
-            // SAFETY: F_GETFL on a descriptor we hold.
-            assert!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) } >= 0);
+    for round in 0..rounds {
+        // Alternate which goes first, so neither always follows a teardown.
+        for arm in [round % 2, 1 - round % 2] {
+            if arm == 0 {
+                let t = Instant::now();
+                let held: Vec<std::fs::File> = paths
+                    .iter()
+                    .map(|p| {
+                        let f = std::fs::File::open(p).unwrap();
+                        f.metadata().unwrap();
+                        f
+                    })
+                    .collect();
+                host_opens.push(t.elapsed());
+                let extra: Vec<_> = held
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (f.as_fd(), 5 + i as i32))
+                    .collect();
+                let sb = Sandbox::launch_with_fds(&env.config, &stub_spec(env), &extra)
+                    .await
+                    .unwrap();
+                before.push(t.elapsed());
+                sb.destroy().await.unwrap();
+            } else {
+                let t = Instant::now();
+                let sb = Sandbox::launch_stub(&env.config, &stub_spec(env), &[], &files)
+                    .await
+                    .unwrap();
+                let a = Instant::now();
+                let pid = sb.function_pid().unwrap();
+                // SAFETY: pidfd_open of the stub; checked.
+                let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+                assert!(pidfd >= 0);
+                // SAFETY: a fresh descriptor we own.
+                let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
+                for f in &files {
+                    // SAFETY: pidfd_getfd with a live pidfd; checked.
+                    let raw =
+                        unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), f.fd, 0) };
+                    assert!(raw >= 0);
+                    // SAFETY: a fresh descriptor we own.
+                    let file = unsafe { std::fs::File::from_raw_fd(raw as i32) };
+                    file.metadata().unwrap();
+                    // SAFETY: F_GETFL on a descriptor we hold.
+                    assert!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) } >= 0);
+                }
+                adopts.push(a.elapsed());
+                after.push(t.elapsed());
+                sb.destroy().await.unwrap();
+            }
         }
-        adopts.push(a.elapsed());
-        after.push(t.elapsed());
-        sb.destroy().await.unwrap();
     }
     let median = |mut v: Vec<Duration>| {
         v.sort();
