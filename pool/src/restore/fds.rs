@@ -384,7 +384,7 @@ pub fn plan(
                 path,
                 open_flags,
                 Expect::File {
-                    identity: Some(identity.clone()),
+                    identity: Some(*identity),
                     unchanged: false,
                 },
                 (o_path == 0).then_some(*position),
@@ -392,7 +392,7 @@ pub fn plan(
             FdKind::Directory { path, identity, .. } => (
                 path,
                 open_flags | libc::O_DIRECTORY,
-                Expect::Directory(identity.clone()),
+                Expect::Directory(*identity),
                 None,
             ),
             FdKind::Device {
@@ -404,7 +404,7 @@ pub fn plan(
                 path,
                 open_flags,
                 Expect::Device {
-                    identity: identity.clone(),
+                    identity: *identity,
                     rdev: *rdev,
                     block: *block,
                 },
@@ -482,7 +482,7 @@ pub fn plan(
                     path: path.clone(),
                     flags: if write { libc::O_RDWR } else { libc::O_RDONLY },
                     expect: Expect::File {
-                        identity: area.file.clone(),
+                        identity: area.file,
                         unchanged: !area.shared,
                     },
                     position: None,
@@ -502,7 +502,7 @@ pub fn plan(
         path: state.mm.exe_path.clone(),
         flags: libc::O_RDONLY,
         expect: Expect::File {
-            identity: Some(state.mm.exe.clone()),
+            identity: Some(state.mm.exe),
             unchanged: true,
         },
         position: None,
