@@ -21,7 +21,7 @@
 //! ```
 //!
 //! A manifest of another [`SNAPSHOT_FORMAT`] is refused by its number
-//! before the rest is decoded (format 1 had no `children`).
+//! before the rest is decoded (format 2 had no `children`).
 //!
 //! The root is committed before the manifest is written (atomically): a
 //! crash in between leaves a root without a manifest (gc keeps its pages
@@ -50,8 +50,9 @@ use crate::store::{
 };
 
 /// Version of the [`Snapshot`] payload; bump on any incompatible change.
-/// Format 2: process trees (`children`, and `ProcessState::ids`).
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// Format 2: directory and device descriptors carry an identity.
+/// Format 3: process trees (`children`, and `ProcessState::ids`).
+pub const SNAPSHOT_FORMAT: u32 = 3;
 /// Id of the snapshot in a self-contained snapshot directory.
 pub const DIR_SNAPSHOT_ID: &str = "snapshot";
 /// Extension of manifest files.
@@ -520,19 +521,19 @@ mod tests {
         }
     }
 
-    /// A manifest of format 1 (before trees) ends where format 2 goes on:
-    /// it is refused by its number, before the rest is decoded.
+    /// A manifest of an earlier format (before trees) ends where format 3
+    /// goes on: it is refused by its number, before the rest is decoded.
     #[test]
     fn another_format_is_refused_by_its_number() {
-        let old = encode_manifest(&(1u32, "snapshot".to_string())).unwrap();
+        let old = encode_manifest(&(2u32, "snapshot".to_string())).unwrap();
         let err = parse_snapshot(&old, DIR_SNAPSHOT_ID, Path::new("old"))
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "snapshot old: format 1 (this build reads 2)");
+        assert_eq!(err, "snapshot old: format 2 (this build reads 3)");
         let mut s = seed();
-        s.format = 3;
+        s.format = 4;
         let err = reload(&s).unwrap_err().to_string();
-        assert!(err.contains("format 3 (this build reads 2)"), "{err}");
+        assert!(err.contains("format 4 (this build reads 3)"), "{err}");
     }
 
     /// A child must come after its parent, and no pid twice.

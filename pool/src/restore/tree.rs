@@ -91,12 +91,14 @@ fn plan(
     options: &RestoreOptions<'_>,
     image: RawFd,
 ) -> Result<TreePlan, RestoreError> {
-    let paths = fds::PathMap::default();
     let mut pipes = super::kobj::Pipes::default();
     let mut plans = Vec::new();
     for (index, (state, _)) in snapshot.processes().enumerate() {
         let supplied = supplied_for(state, index == 0, &options.fds);
-        plans.push(fds::plan_with(state, &supplied, image, &paths, &mut pipes)?);
+        let mut plan = fds::plan_with(state, &supplied, image, &mut pipes)?;
+        // No sandbox: the files are opened here (`thaw restore`).
+        plan.open_here()?;
+        plans.push(plan);
     }
     let top = plans
         .iter()
