@@ -146,8 +146,12 @@ pub struct RestoreTimings {
     /// maps every area (the rest is writing the stack, and in uffd mode
     /// setting up the page server).
     pub batch: Duration,
-    /// mm fields, signals, rseq, thread, attributes, credentials.
+    /// mm fields, fds, signals, attributes, every thread, credentials,
+    /// seccomp.
     pub state: Duration,
+    /// Of which making the threads other than the main one, each with its
+    /// registrations and credentials, and seizing them (step 7).
+    pub threads: Duration,
     /// Registers and detach.
     pub resume: Duration,
     /// ptrace round trips that ran system calls (single calls and batches).
@@ -705,7 +709,7 @@ fn drive(
     let (main, saved_others) = threads.split_first().expect("validated: a main thread");
     // Declared before the kill guard, so that on an error the copy is killed
     // before any of its threads is detached (a half-made thread would run
-    // the batch loop's code it was cloned in).
+    // the scratch area's code it is parked in).
     let mut others: Vec<Remote> = Vec::new();
     let mut kill_on_error = KillOnError(Some(remote.pid()));
 
@@ -735,6 +739,7 @@ fn drive(
 
     // 7. the other threads, each with its saved tid (while the stub is
     //    still privileged), its registrations, scheduling and credentials.
+    let threads_started = Instant::now();
     thread::restore_others(
         &mut remote,
         &mut others,
@@ -745,6 +750,7 @@ fn drive(
         timings,
     )?;
     thread::set_sched(remote.pid(), *pid, &main.sched)?;
+    timings.threads = threads_started.elapsed();
 
     // 8. the main thread's credentials, then the seccomp policy (and the
     //    mmap-mode guard) with TSYNC: they reach every thread, last of the
