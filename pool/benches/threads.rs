@@ -3,8 +3,9 @@
 //! touched by the main thread; the 15 other threads wait on a condition
 //! variable). Rounds of the two programs are interleaved; prints the
 //! medians and the ratio 16 threads / 1 thread (goal: within 1.5x each),
-//! for capture (`snapshot_to_dir`), and for restore to the first answer in
-//! mmap and uffd mode.
+//! for capture (`snapshot_to_dir`), and for restore and restore to the
+//! first answer in mmap and uffd mode, with the median of every restore
+//! phase for 1 and 16 threads (issue 16: the restore phases with threads).
 //!
 //! `cargo bench -p pool --bench threads` (needs root and a C compiler).
 
@@ -158,12 +159,13 @@ fn main() {
                 median(phases[k].iter().map(f).collect())
             };
             println!(
-                "  {name:10} phases: plan {:.3} stub {:.3} mappings {:.3} (batch {:.3}) state {:.3} resume {:.3}; {} round trips, {} batched",
+                "  {name:10} phases: plan {:.3} stub {:.3} mappings {:.3} (batch {:.3}) state {:.3} (threads {:.3}) resume {:.3}; {} round trips, {} batched",
                 ms(pick(|t| t.plan)),
                 ms(pick(|t| t.stub)),
                 ms(pick(|t| t.mappings)),
                 ms(pick(|t| t.batch)),
                 ms(pick(|t| t.state)),
+                ms(pick(|t| t.threads)),
                 ms(pick(|t| t.resume)),
                 phases[k][0].injected,
                 phases[k][0].batched,
