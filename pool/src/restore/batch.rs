@@ -27,6 +27,12 @@
 //! done: int3                             (rbx names the entry it stopped at)
 //! ```
 //!
+//! A `seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, ..)`
+//! entry must return exactly 0: when the filter cannot reach every thread
+//! the kernel installs it nowhere and returns the id of a thread it could
+//! not reach, a positive value the loop lets through. [`Remote::run`]
+//! reads those results back and fails the batch on anything but 0.
+//!
 //! ## Threads
 //!
 //! [`Remote::run_clones`] makes up to [`SLOTS`] threads in one round trip
@@ -100,6 +106,10 @@ pub const RECORD: u64 = 128;
 const _: () = assert!((SLOTS as u64 + 1) * RECORD <= RECORDS_LEN);
 /// Bytes per table entry.
 const ENTRY: u64 = 64;
+/// `SECCOMP_SET_MODE_FILTER`.
+const SECCOMP_SET_MODE_FILTER: u64 = 1;
+/// `SECCOMP_FILTER_FLAG_TSYNC`.
+const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
 /// Most entries in one batch (one is the terminator).
 const MAX_ENTRIES: usize = ((TABLE_END - TABLE_OFF) / ENTRY) as usize - 1;
 
@@ -314,6 +324,9 @@ impl Remote {
         let (scratch, _) = self.scratch.expect("scratch mapped before a batch");
         let records = scratch + RECORDS_OFF;
         let mut bytes = vec![0u8; (threads.len() + 1) * RECORD as usize];
+        // The slots' data and tables are each one range: two writes.
+        let mut data = Vec::with_capacity(threads.len() * SLOT_DATA as usize);
+        let mut tables = Vec::with_capacity(threads.len() * (SLOT_ENTRIES + 1) * ENTRY as usize);
         for (n, t) in threads.iter().enumerate() {
             let batch = &t.batch;
             assert_eq!(batch.slot, Some(n), "thread {n}'s batch in slot {n}");
@@ -322,8 +335,10 @@ impl Remote {
             if batch.entries.len() > max {
                 return Err(RestoreError::NoRoom("table of a thread's batch"));
             }
-            self.write(scratch + data_off, &batch.data)?;
-            self.write(scratch + table_off, &table(&batch.entries))?;
+            data.resize((data_off - DATA_OFF) as usize, 0);
+            data.extend_from_slice(&batch.data);
+            tables.resize((table_off - TABLE_OFF) as usize, 0);
+            tables.extend_from_slice(&table(&batch.entries));
             let record = records + n as u64 * RECORD;
             // SAFETY: clone_args is plain integers; all-zero is valid.
             let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
@@ -337,6 +352,8 @@ impl Remote {
         }
         let end = threads.len() * RECORD as usize;
         bytes[end..end + 8].copy_from_slice(&u64::MAX.to_ne_bytes());
+        self.write(scratch + DATA_OFF, &data)?;
+        self.write(scratch + TABLE_OFF, &tables)?;
         self.write(records, &bytes)?;
         let saved = self
             .seized
@@ -412,6 +429,36 @@ impl Remote {
             let stopped_at = self.run_loop(scratch, table_addr)?;
             self.calls += 1;
             check(stopped_at, table_addr, entries.len(), names)?;
+            self.check_tsync(table_addr, entries, names)?;
+        }
+        Ok(())
+    }
+
+    /// Fails unless every `seccomp` entry with `SECCOMP_FILTER_FLAG_TSYNC`
+    /// of the table at `table_addr` (run to its end) returned 0 (see the
+    /// module doc).
+    fn check_tsync(
+        &self,
+        table_addr: u64,
+        entries: &[[u64; 8]],
+        names: &[String],
+    ) -> Result<(), RestoreError> {
+        for (i, e) in entries.iter().enumerate() {
+            let tsync = e[0] == libc::SYS_seccomp as u64
+                && e[1] == SECCOMP_SET_MODE_FILTER
+                && e[2] & SECCOMP_FILTER_FLAG_TSYNC != 0;
+            if !tsync {
+                continue;
+            }
+            let mut result = [0u8; 8];
+            self.read(table_addr + i as u64 * ENTRY + 56, &mut result)?;
+            let tid = u64::from_ne_bytes(result);
+            if tid != 0 {
+                return Err(RestoreError::Unsupported(format!(
+                    "{}: the filter could not reach thread {tid} and was installed nowhere",
+                    names[i]
+                )));
+            }
         }
         Ok(())
     }

@@ -753,8 +753,8 @@ fn drive(
     timings.threads = threads_started.elapsed();
 
     // 8. the main thread's credentials, then the seccomp policy (and the
-    //    mmap-mode guard) with TSYNC: they reach every thread, last of the
-    //    steps that need privileges.
+    //    mmap-mode guard) with TSYNC: they reach every thread (or the call
+    //    fails), last of the steps that need privileges.
     let mut batch = Batch::new(memory.scratch);
     if let Some(g) = &memory.guard {
         g.install(&mut batch)?;
@@ -763,11 +763,9 @@ fn drive(
     // Sandboxed copies (`restore_into`) always get the policy.
     seccomp::install(&mut batch, state, ctx.keep_uffd)?;
     timings.batched += batch.len() as u32;
+    // The filters reached every thread: the batch fails when a TSYNC
+    // install returns anything but 0 (see `batch`).
     remote.run(batch)?;
-    if let Some(g) = &memory.guard {
-        g.check_installed(&remote, &others)?;
-    }
-    thread::check_filters_everywhere(&remote, &others)?;
     thread::set_mask(&remote, main)?;
     if let Some((addr, len)) = remote.scratch.take() {
         remote.sys(

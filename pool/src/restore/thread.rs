@@ -527,32 +527,3 @@ pub fn thread_stack_areas(state: &ProcessState) -> std::collections::HashSet<usi
     }
     out
 }
-
-/// Checks that every thread runs under as many seccomp filters as the main
-/// thread (`Seccomp_filters` of each thread's status): a filter installed
-/// with `SECCOMP_FILTER_FLAG_TSYNC` that could not reach a thread reports it
-/// with a positive return, which a batch does not see as an error.
-pub fn check_filters_everywhere(main: &Remote, others: &[Remote]) -> Result<(), RestoreError> {
-    let filters = |tid: i32| -> Result<Option<String>, RestoreError> {
-        let path = format!("/proc/{tid}/status");
-        let text = std::fs::read_to_string(&path).map_err(|source| RestoreError::Io {
-            what: format!("read {path}"),
-            source,
-        })?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix("Seccomp_filters:"))
-            .map(|v| v.trim().to_string()))
-    };
-    let want = filters(main.pid())?;
-    for t in others {
-        let got = filters(t.pid())?;
-        if got != want {
-            return Err(RestoreError::Unsupported(format!(
-                "thread {} runs under {got:?} seccomp filters, the main thread under {want:?}",
-                t.pid()
-            )));
-        }
-    }
-    Ok(())
-}
