@@ -376,13 +376,42 @@ fn send_to_keeper(keeper: BorrowedFd<'_>, fd: &OwnedFd) -> Result<(), RestoreErr
 
 /// Kills the copy being made (`SIGKILL` to its thread group) unless
 /// disarmed: a restore that fails half-way never lets it run.
+///
+/// The restorer traces the copy's threads, so their deaths are reported to
+/// it: until it has waited for them they stay zombies, the main thread
+/// with them, and the copy's init, which waits for its child, would never
+/// end (nor would the restorer reaping init). So after the kill every
+/// traced thread is waited for, the main thread last (its death is
+/// reported once the others are gone); threads this restorer does not
+/// trace answer `ECHILD` and are reaped by the kernel.
 struct KillOnError(Option<i32>);
 
 impl Drop for KillOnError {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            // SAFETY: kill takes numbers only.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        let Some(pid) = self.0 else {
+            return;
+        };
+        // SAFETY: kill takes numbers only.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let tids = snapshotter::capture::ptrace::task_ids(pid).unwrap_or_default();
+        for tid in tids.into_iter().filter(|&t| t != pid).chain([pid]) {
+            reap_traced(tid);
+        }
+    }
+}
+
+/// Waits until the traced thread `tid`, killed, has ended (or is not ours
+/// to wait for).
+fn reap_traced(tid: i32) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let pid = nix::unistd::Pid::from_raw(tid);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => return,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+            // A stop reported before the kill took effect: the kill ends it.
+            Ok(_) => continue,
         }
     }
 }
