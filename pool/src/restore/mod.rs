@@ -1,8 +1,14 @@
 //! Restore: turning a snapshot back into a running process, without CRIU.
 //!
 //! ```text
-//! plan      open every mapped file, the executable, the image, and the
-//!           files behind saved fds (identities checked against the snapshot)
+//! plan      open the image, make the kernel objects; every file the copy
+//!           names by path (saved fds, mapped files, the executable) is
+//!           opened as its sandbox would open it: by a stub sandbox inside
+//!           the sandbox with the function's credentials, then taken back
+//!           and checked (`fds::FdPlan::adopt`); without a sandbox (`thaw
+//!           restore`) here (`fds::FdPlan::open_here`). Identities (device,
+//!           inode, kind, rdev, size and mtime where content is used)
+//!           checked against the snapshot
 //! stub      spawn: init (pid 1 of a new pid namespace) → stub with the saved
 //!           pid (clone3 set_tid), fds already at their numbers; PTRACE_SEIZE
 //! mappings  unregister the stub's rseq; scratch; unmap the stub; move
@@ -475,11 +481,23 @@ impl Prepared {
         &self.plan.moves
     }
 
+    /// What a stub sandbox must open for this copy, inside the sandbox as
+    /// the function ([`crate::sandbox::open_files`]), before [`Prepared::adopt`].
+    pub fn open_files(&self) -> Vec<crate::sandbox::open_files::OpenFile> {
+        self.plan.open_files()
+    }
+
+    /// Takes back and checks the files a stub sandbox opened (host pid
+    /// `stub_pid`, not running yet): see [`fds::FdPlan::adopt`].
+    pub fn adopt(&mut self, stub_pid: i32) -> Result<(), RestoreError> {
+        let pidfd = pidfd_open(stub_pid)?;
+        self.plan.adopt(std::os::fd::AsFd::as_fd(&pidfd))
+    }
+
     /// Checks again that every file a private area reads its pages from is
     /// unchanged (size, modification time) since it was opened: a prepared
     /// restore may wait a long time (a spare sandbox) before it runs.
     pub fn recheck(&self, snapshot: &Snapshot) -> Result<(), RestoreError> {
-        use std::os::fd::AsRawFd;
         let mut seen = std::collections::HashSet::new();
         for (index, number) in &self.plan.area_fds {
             let Some(area) = snapshot.state.areas.get(*index) else {
@@ -488,17 +506,7 @@ impl Prepared {
             if area.shared || !seen.insert(*number) {
                 continue;
             }
-            let (Some(id), Some(raw)) = (
-                area.file.as_ref(),
-                self.plan
-                    .moves
-                    .iter()
-                    .find(|(_, n)| n == number)
-                    .map(|(raw, _)| *raw),
-            ) else {
-                continue;
-            };
-            let Some(fd) = self.plan.held.iter().find(|fd| fd.as_raw_fd() == raw) else {
+            let (Some(id), Some(fd)) = (area.file.as_ref(), self.plan.opened(*number)) else {
                 continue;
             };
             let path = area.path.clone().unwrap_or_default();
@@ -523,24 +531,32 @@ impl Prepared {
     }
 }
 
-/// Opens and checks everything `snapshot` needs: its image (built from the
-/// store when missing), the files its areas map, its executable, and the
-/// files behind its fds (`options.fds` are supplied by the caller).
+/// Opens and checks everything `snapshot` needs, here: its image (built
+/// from the store when missing), the files its areas map, its executable,
+/// and the files behind its fds (`options.fds` are supplied by the
+/// caller), all by path in the restorer's mount namespace. For restores
+/// without a sandbox (`thaw restore`); a sandboxed copy uses
+/// [`prepare_for_sandbox`].
 pub fn prepare(
     snapshot: &Snapshot,
     store: &PageStore,
     options: &RestoreOptions<'_>,
 ) -> Result<Prepared, RestoreError> {
-    prepare_mapped(snapshot, store, options, &fds::PathMap::default())
+    let mut prepared = prepare_for_sandbox(snapshot, store, options)?;
+    let started = Instant::now();
+    prepared.plan.open_here()?;
+    prepared.took += started.elapsed();
+    Ok(prepared)
 }
 
-/// [`prepare`] for a copy whose paths are elsewhere here (`paths`): a
-/// snapshot taken in a sandbox names its code as `/var/task/...`.
-pub fn prepare_mapped(
+/// [`prepare`] for a copy restored into a stub sandbox: opens only thaw's
+/// own files (the image) and makes the copy's kernel objects; the files the
+/// copy names by path are opened by the stub inside its sandbox
+/// ([`Prepared::open_files`]) and checked by [`Prepared::adopt`].
+pub fn prepare_for_sandbox(
     snapshot: &Snapshot,
     store: &PageStore,
     options: &RestoreOptions<'_>,
-    paths: &fds::PathMap,
 ) -> Result<Prepared, RestoreError> {
     let started = Instant::now();
     let image = {
@@ -551,7 +567,7 @@ pub fn prepare_mapped(
         let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
         store.image(&snapshot.id)?
     };
-    let plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd(), paths)?;
+    let plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
     Ok(Prepared {
         image,
         plan,
@@ -661,6 +677,11 @@ pub fn restore_into(
     prepared: &Prepared,
     options: &RestoreOptions<'_>,
 ) -> Result<(RestoreTimings, Option<CopyServer>), RestoreError> {
+    if !prepared.plan.ready() {
+        return Err(RestoreError::Unsupported(
+            "the stub's files were not taken back and checked (Prepared::adopt)".into(),
+        ));
+    }
     let mut timings = RestoreTimings {
         plan: prepared.took,
         ..RestoreTimings::default()
