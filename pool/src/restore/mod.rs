@@ -153,8 +153,12 @@ pub struct RestoreTimings {
     /// maps every area (the rest is writing the stack, and in uffd mode
     /// setting up the page server).
     pub batch: Duration,
-    /// mm fields, signals, rseq, thread, attributes, credentials.
+    /// mm fields, fds, signals, attributes, every thread, credentials,
+    /// seccomp.
     pub state: Duration,
+    /// Of which making the threads other than the main one, each with its
+    /// registrations and credentials, and seizing them (step 7).
+    pub threads: Duration,
     /// Registers and detach.
     pub resume: Duration,
     /// ptrace round trips that ran system calls (single calls and batches).
@@ -392,13 +396,42 @@ fn send_to_keeper(keeper: BorrowedFd<'_>, fd: &OwnedFd) -> Result<(), RestoreErr
 
 /// Kills the copy being made (`SIGKILL` to its thread group) unless
 /// disarmed: a restore that fails half-way never lets it run.
+///
+/// The restorer traces the copy's threads, so their deaths are reported to
+/// it: until it has waited for them they stay zombies, the main thread
+/// with them, and the copy's init, which waits for its child, would never
+/// end (nor would the restorer reaping init). So after the kill every
+/// traced thread is waited for, the main thread last (its death is
+/// reported once the others are gone); threads this restorer does not
+/// trace answer `ECHILD` and are reaped by the kernel.
 pub(crate) struct KillOnError(pub(crate) Option<i32>);
 
 impl Drop for KillOnError {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            // SAFETY: kill takes numbers only.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        let Some(pid) = self.0 else {
+            return;
+        };
+        // SAFETY: kill takes numbers only.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let tids = snapshotter::capture::ptrace::task_ids(pid).unwrap_or_default();
+        for tid in tids.into_iter().filter(|&t| t != pid).chain([pid]) {
+            reap_traced(tid);
+        }
+    }
+}
+
+/// Waits until the traced thread `tid`, killed, has ended (or is not ours
+/// to wait for).
+fn reap_traced(tid: i32) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let pid = nix::unistd::Pid::from_raw(tid);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => return,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+            // A stop reported before the kill took effect: the kill ends it.
+            Ok(_) => continue,
         }
     }
 }
@@ -854,7 +887,7 @@ pub(crate) fn prepare_process(
     let (main, saved_others) = threads.split_first().expect("validated: a main thread");
     // Declared before the kill guard, so that on an error the copy is killed
     // before any of its threads is detached (a half-made thread would run
-    // the batch loop's code it was cloned in).
+    // the scratch area's code it is parked in).
     let mut others: Vec<Remote> = Vec::new();
     let kill_on_error = KillOnError(Some(remote.pid()));
 
@@ -884,6 +917,7 @@ pub(crate) fn prepare_process(
 
     // 7. the other threads, each with its saved tid (while the stub is
     //    still privileged), its registrations, scheduling and credentials.
+    let threads_started = Instant::now();
     thread::restore_others(
         &mut remote,
         &mut others,
@@ -894,10 +928,11 @@ pub(crate) fn prepare_process(
         timings,
     )?;
     thread::set_sched(remote.pid(), *pid, &main.sched)?;
+    timings.threads = threads_started.elapsed();
 
     // 8. the main thread's credentials, then the seccomp policy (and the
-    //    mmap-mode guard) with TSYNC: they reach every thread, last of the
-    //    steps that need privileges.
+    //    mmap-mode guard) with TSYNC: they reach every thread (or the call
+    //    fails), last of the steps that need privileges.
     let mut batch = Batch::new(memory.scratch);
     if let Some(g) = &memory.guard {
         g.install(&mut batch)?;
@@ -906,11 +941,9 @@ pub(crate) fn prepare_process(
     // Sandboxed copies (`restore_into`) always get the policy.
     seccomp::install(&mut batch, state, ctx.keep_uffd)?;
     timings.batched += batch.len() as u32;
+    // The filters reached every thread: the batch fails when a TSYNC
+    // install returns anything but 0 (see `batch`).
     remote.run(batch)?;
-    if let Some(g) = &memory.guard {
-        g.check_installed(&remote, &others)?;
-    }
-    thread::check_filters_everywhere(&remote, &others)?;
     thread::set_mask(&remote, main)?;
     if let Some((addr, len)) = remote.scratch.take() {
         remote.sys(

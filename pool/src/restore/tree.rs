@@ -189,6 +189,13 @@ fn create(
         let mut batch = Batch::new(scratch);
         fork_call(&mut batch, state.pid)?;
         let ran = parent.run(batch);
+        // Forks are traced only here (the threads are made otherwise).
+        nix::sys::ptrace::setoptions(
+            nix::unistd::Pid::from_raw(parent.pid()),
+            nix::sys::ptrace::Options::PTRACE_O_TRACESYSGOOD
+                | nix::sys::ptrace::Options::PTRACE_O_EXITKILL,
+        )
+        .map_err(|e| RestoreError::Stub(format!("PTRACE_SETOPTIONS: {e}")))?;
         let made = std::mem::take(&mut parent.cloned);
         // A process made before a failure is adopted (it dies with the
         // namespace) so none is left unwaited.
