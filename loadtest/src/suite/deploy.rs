@@ -36,6 +36,9 @@ pub enum DeployError {
         /// thaw's error.
         why: String,
     },
+    /// The server's memory could not be measured.
+    #[error("measuring the server's memory: {0}")]
+    Measure(String),
     /// The function's version failed.
     #[error("{name} failed: {why}")]
     Failed {
@@ -285,4 +288,48 @@ mod tests {
             .contains("handler"));
         assert!(req["files"].get("thaw.toml").is_none());
     }
+}
+
+/// Waits until `name` is at rest after forced cold starts: nothing busy or
+/// starting, no forced copy left (each is torn down after its answer), and
+/// at least `spares` pre-made sandboxes ready again. What the sandboxes
+/// used meanwhile (teardown, new spares) then belongs to the run before.
+pub async fn wait_settled(api: &Api, name: &str, spares: u64) -> Result<Value, DeployError> {
+    wait_for(
+        api,
+        name,
+        &format!("no forced copy left and {spares} spares ready"),
+        |record| {
+            let count = |k: &str| {
+                record
+                    .pointer(&format!("/instances/{k}"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            };
+            let copies = record
+                .get("instance_list")
+                .and_then(Value::as_array)
+                .map_or(0, |list| {
+                    list.iter()
+                        .filter(|i| {
+                            i["start"] == "restore" || i["start"] == "boot" && i["state"] != "idle"
+                        })
+                        .count()
+                });
+            Ok(count("busy") == 0
+                && count("booting") == 0
+                && copies == 0
+                && count("spare") >= spares)
+        },
+    )
+    .await
+}
+
+/// Pre-made sandboxes ready for `name` now.
+pub async fn spares_ready(api: &Api, name: &str) -> Result<u64, DeployError> {
+    let record = api.get(&format!("/functions/{name}")).await?.body;
+    Ok(record
+        .pointer("/instances/spare")
+        .and_then(Value::as_u64)
+        .unwrap_or(0))
 }

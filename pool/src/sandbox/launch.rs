@@ -304,7 +304,7 @@ impl Sandbox {
             resolv_conf: net.as_ref().map(|n| n.resolv_conf()),
             uid: config.uid,
             gid: config.gid,
-            cgroup_procs: cgroup.procs_files(),
+            cgroup_procs: cgroup.join_files(),
             argv: spec.argv.clone(),
             env: spec.env.clone(),
             cwd: spec.cwd.clone(),
