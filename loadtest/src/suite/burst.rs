@@ -12,8 +12,9 @@ use crate::compare::median;
 use crate::target::{ColdStart, Target};
 
 use super::coldstart::hit_rate;
-use super::deploy::{spares_ready, wait_settled};
+use super::deploy::spares_ready;
 use super::markdown::{ratio, us, Table};
+use super::throughput::settle;
 use super::{Bench, Ctx};
 
 /// Cold starts sent at once.
@@ -48,26 +49,18 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench, bursts: usize) -> Result<Burs
         .and_then(|t| t.with_bodies(vec![Bytes::from(bench.body.to_owned())]))
         .map_err(|e| e.to_string())?
         .with_cold(Some(ColdStart::Restore));
-    let settle = |spares: u64| {
-        let api = ctx.api.clone();
-        let name = bench.name;
-        async move {
-            wait_settled(&api, name, spares)
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("waiting for the server to settle: {e}"))
-        }
-    };
-    settle(0).await?;
+    settle(ctx, bench.name, 0, None).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let spares = spares_ready(&ctx.api, bench.name)
         .await
         .map_err(|e| e.to_string())?;
+    let at_rest = settle(ctx, bench.name, spares, None).await?;
     let mut result = BurstResult {
         function: bench.name.to_owned(),
         ..BurstResult::default()
     };
     for burst in 1..=bursts {
-        settle(spares).await?;
+        settle(ctx, bench.name, spares, Some(at_rest)).await?;
         let mut set = JoinSet::new();
         let t0 = Instant::now();
         for seq in 0..BURST as u64 {

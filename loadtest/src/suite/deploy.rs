@@ -291,14 +291,13 @@ mod tests {
 }
 
 /// Waits until `name` is at rest after forced cold starts: nothing busy or
-/// starting, no forced copy left (each is torn down after its answer), and
-/// at least `spares` pre-made sandboxes ready again. What the sandboxes
-/// used meanwhile (teardown, new spares) then belongs to the run before.
+/// starting, every instance idle or a spare, and at least `spares`
+/// pre-made sandboxes ready again.
 pub async fn wait_settled(api: &Api, name: &str, spares: u64) -> Result<Value, DeployError> {
     wait_for(
         api,
         name,
-        &format!("no forced copy left and {spares} spares ready"),
+        &format!("nothing busy and {spares} spares ready"),
         |record| {
             let count = |k: &str| {
                 record
@@ -306,19 +305,17 @@ pub async fn wait_settled(api: &Api, name: &str, spares: u64) -> Result<Value, D
                     .and_then(Value::as_u64)
                     .unwrap_or(0)
             };
-            let copies = record
+            let working = record
                 .get("instance_list")
                 .and_then(Value::as_array)
                 .map_or(0, |list| {
                     list.iter()
-                        .filter(|i| {
-                            i["start"] == "restore" || i["start"] == "boot" && i["state"] != "idle"
-                        })
+                        .filter(|i| i["state"] != "idle" && i["state"] != "spare")
                         .count()
                 });
             Ok(count("busy") == 0
                 && count("booting") == 0
-                && copies == 0
+                && working == 0
                 && count("spare") >= spares)
         },
     )

@@ -61,12 +61,33 @@ pub struct ColdRow {
     pub row: Result<Row, String>,
 }
 
-/// Waits until the function is at rest with at least `spares` ready.
-async fn settle(ctx: &Ctx, name: &str, spares: u64) -> Result<(), String> {
+/// Waits until the function is at rest with at least `spares` ready, and
+/// then until the server has `processes` processes under it again (a forced
+/// copy leaves the server's lists before its sandbox is gone; its teardown
+/// belongs to the round). `None`: returns the count at rest.
+pub async fn settle(
+    ctx: &Ctx,
+    name: &str,
+    spares: u64,
+    processes: Option<usize>,
+) -> Result<usize, String> {
     wait_settled(&ctx.api, name, spares)
         .await
-        .map(|_| ())
-        .map_err(|e| format!("waiting for the server to settle: {e}"))
+        .map_err(|e| format!("waiting for the server to settle: {e}"))?;
+    let t0 = std::time::Instant::now();
+    loop {
+        let now = super::procfs::descendants(ctx.server_pid).len();
+        match processes {
+            None => return Ok(now),
+            Some(n) if now <= n => return Ok(now),
+            Some(n) if t0.elapsed() > std::time::Duration::from_secs(30) => {
+                return Err(format!(
+                    "waiting for the server to settle: {now} processes under it after 30 s, {n} at rest"
+                ))
+            }
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
 }
 
 async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<Row, String> {
@@ -103,19 +124,22 @@ async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<R
     // The spares a resting server keeps for this function: each round
     // starts and ends with them, so the CPU of the spares made during a
     // round is the CPU of the cold starts that used them.
-    let spares = if cold.is_some() {
-        settle(ctx, bench.name, 0).await?;
-        spares_ready(&ctx.api, bench.name)
+    let (spares, at_rest) = if cold.is_some() {
+        settle(ctx, bench.name, 0, None).await?;
+        // Give the pool time to make its spares before counting them.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let spares = spares_ready(&ctx.api, bench.name)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        (spares, Some(settle(ctx, bench.name, spares, None).await?))
     } else {
-        0
+        (0, None)
     };
     let mut failures = Vec::new();
     for round in 1..=ctx.plan.throughput_rounds {
         let before = match cold {
             Some(_) => {
-                settle(ctx, bench.name, spares).await?;
+                settle(ctx, bench.name, spares, at_rest).await?;
                 Some(CpuReading::take(&ctx.api, ctx.server_pid).await?)
             }
             None => None,
@@ -136,7 +160,7 @@ async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<R
             0.0
         };
         if let Some(before) = before {
-            settle(ctx, bench.name, spares).await?;
+            settle(ctx, bench.name, spares, at_rest).await?;
             let after = CpuReading::take(&ctx.api, ctx.server_pid).await?;
             let used = before.until(&after);
             if starts > 0 {
