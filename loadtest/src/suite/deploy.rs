@@ -257,39 +257,6 @@ async fn wait_for(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_from_a_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("thaw.toml"),
-            "name = \"x\"\nmemory_mb = 64\nwarmup = [ { a = 1 } ]\n[env]\nK = \"v\"\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("main.py"),
-            "def handler(e, c):\n    return 1\n",
-        )
-        .unwrap();
-        let mut extra = Map::new();
-        extra.insert("min_instances".into(), json!(3));
-        let req = deploy_request(dir.path(), "x-copy", &extra).unwrap();
-        assert_eq!(req["name"], "x-copy");
-        assert_eq!(req["memory_mb"], 64);
-        assert_eq!(req["min_instances"], 3);
-        assert_eq!(req["warmup"][0]["a"], 1);
-        assert_eq!(req["env"]["K"], "v");
-        assert!(req["files"]["main.py"]
-            .as_str()
-            .unwrap()
-            .contains("handler"));
-        assert!(req["files"].get("thaw.toml").is_none());
-    }
-}
-
 /// Waits until `name` is at rest after forced cold starts: nothing busy or
 /// starting, every instance idle or a spare, and at least `spares`
 /// pre-made sandboxes ready again.
@@ -329,4 +296,37 @@ pub async fn spares_ready(api: &Api, name: &str) -> Result<u64, DeployError> {
         .pointer("/instances/spare")
         .and_then(Value::as_u64)
         .unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_from_a_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("thaw.toml"),
+            "name = \"x\"\nmemory_mb = 64\nwarmup = [ { a = 1 } ]\n[env]\nK = \"v\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("main.py"),
+            "def handler(e, c):\n    return 1\n",
+        )
+        .unwrap();
+        let mut extra = Map::new();
+        extra.insert("min_instances".into(), json!(3));
+        let req = deploy_request(dir.path(), "x-copy", &extra).unwrap();
+        assert_eq!(req["name"], "x-copy");
+        assert_eq!(req["memory_mb"], 64);
+        assert_eq!(req["min_instances"], 3);
+        assert_eq!(req["warmup"][0]["a"], 1);
+        assert_eq!(req["env"]["K"], "v");
+        assert!(req["files"]["main.py"]
+            .as_str()
+            .unwrap()
+            .contains("handler"));
+        assert!(req["files"].get("thaw.toml").is_none());
+    }
 }

@@ -260,7 +260,7 @@ Pss:                   4 kB
         assert_eq!(found, vec![images.join("a.img")]);
         // Just written, so in the page cache (a tmpfs or disk alike).
         let cached = page_cache(&found).expect("fincore");
-        assert!(cached >= 1 << 19 && cached <= 1 << 20, "{cached}");
+        assert!((1 << 19..=1 << 20).contains(&cached), "{cached}");
         assert!(mem_available().is_some_and(|m| m > 0));
     }
 
