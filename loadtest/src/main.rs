@@ -275,20 +275,10 @@ async fn suite_command(args: SuiteArgs) -> Result<()> {
             eprintln!("suite: not available: {n}");
         }
     }
-    if !report.errors.is_empty() {
-        for e in &report.errors {
-            eprintln!("suite: error: {e}");
-        }
-        bail!("{} scenario(s) failed", report.errors.len());
+    for e in &report.errors {
+        eprintln!("suite: error: {e}");
     }
-    if short && !report.not_available.is_empty() {
-        bail!(
-            "{} start kind(s) not available (the short suite needs every one): {}",
-            report.not_available.len(),
-            report.not_available.join("; ")
-        );
-    }
-    Ok(())
+    report.check(short).map_err(anyhow::Error::msg)
 }
 
 fn config_cold(target: &loadtest::Target) -> Option<&'static str> {

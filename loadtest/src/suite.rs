@@ -232,6 +232,24 @@ pub struct SuiteReport {
     pub not_available: Vec<String>,
 }
 
+impl SuiteReport {
+    /// Whether the run passes: no scenario error, and in the short mode
+    /// (CI) no start kind that was not available either.
+    pub fn check(&self, short: bool) -> Result<(), String> {
+        if !self.errors.is_empty() {
+            return Err(format!("{} scenario(s) failed", self.errors.len()));
+        }
+        if short && !self.not_available.is_empty() {
+            return Err(format!(
+                "{} start kind(s) not available (the short suite needs every one): {}",
+                self.not_available.len(),
+                self.not_available.join("; ")
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Shared state of the sections.
 #[derive(Debug)]
 pub struct Ctx {
@@ -796,4 +814,36 @@ pub fn sibling_binary(name: &str) -> Option<PathBuf> {
 /// `runtimes/python`).
 pub fn is_repo(path: &Path) -> bool {
     path.join("examples").is_dir() && path.join("runtimes/python").is_dir()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_runs_fail_on_a_start_kind_not_available() {
+        let mut report = SuiteReport {
+            doc: PathBuf::from("x.md"),
+            errors: Vec::new(),
+            not_available: vec![
+                "restore (uffd + prefetch): `thaw serve --memory-mode uffd` refused to start"
+                    .into(),
+            ],
+        };
+        assert_eq!(
+            report.check(false),
+            Ok(()),
+            "the full run writes it down and passes"
+        );
+        let err = report.check(true).unwrap_err();
+        assert!(
+            err.starts_with("1 start kind(s) not available (the short suite needs every one): restore (uffd + prefetch)"),
+            "{err}"
+        );
+        report.errors.push("boom".into());
+        assert_eq!(report.check(false), Err("1 scenario(s) failed".into()));
+        report.not_available.clear();
+        report.errors.clear();
+        assert_eq!(report.check(true), Ok(()));
+    }
 }
