@@ -37,6 +37,7 @@ pub mod init;
 mod launch;
 mod mounts;
 pub mod net;
+pub mod open_files;
 pub mod seccomp;
 
 pub use launch::{
@@ -52,7 +53,9 @@ use serde::{Deserialize, Serialize};
 /// points to `<folder>/<sandbox id>`: `init` (its spec read), `joined` (its
 /// cgroups joined), `unshared` (its namespaces made), `pid1` (pid 1 running),
 /// `root` (the root's mounts built), `ready` (host name and loopback set, the
-/// function about to be started), each with `CLOCK_MONOTONIC` in ns.
+/// function about to be started), each with `CLOCK_MONOTONIC` in ns. For
+/// benchmarks only: the init keeps that file open, so a restore stub's copy
+/// would inherit it.
 pub const PHASES_DIR_ENV: &str = "THAW_SANDBOX_PHASES_DIR";
 
 /// Environment variable that carries the JSON [`SandboxSpec`] to the init.
@@ -143,6 +146,10 @@ pub struct SandboxSpec {
     /// restorer maps, the image, the executable): the stub keeps them.
     #[serde(default)]
     pub keep_fds: Vec<i32>,
+    /// Files the stub opens at these numbers inside the sandbox, as the
+    /// function ([`open_files`]); the restorer checks them afterwards.
+    #[serde(default)]
+    pub open_files: Vec<open_files::OpenFile>,
     /// Where the init appends its timing points (`label monotonic-ns`
     /// lines), when the launcher was asked to ([`PHASES_DIR_ENV`]).
     #[serde(default)]
