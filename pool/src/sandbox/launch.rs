@@ -412,19 +412,6 @@ impl Sandbox {
         // in place.
         unsafe {
             cmd.pre_exec(move || {
-                for path in &join {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // "0": the writing process itself.
-                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let err = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    if written != 1 {
-                        return Err(err);
-                    }
-                }
                 for (i, (src, _)) in targets.iter().enumerate() {
                     let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, above);
                     if fd < 0 {
@@ -440,6 +427,19 @@ impl Sandbox {
                 }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                for path in &join {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // "0": the writing process itself.
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(err);
+                    }
                 }
                 Ok(())
             });
