@@ -11,8 +11,8 @@
 //! (see docs/loadtest.md, Calibration).
 //!
 //! [`Client::send`] always reads the whole answer and turns it into an
-//! [`Outcome`]: the status, thaw's `x-thaw-start`, `x-thaw-start-us` and
-//! `x-thaw-duration-us` headers, and for a failed request the error kind (the
+//! [`Outcome`]: the status, thaw's `x-thaw-start`, `x-thaw-start-us`,
+//! `x-thaw-duration-us` and (after a restore) `x-thaw-spare` headers, and for a failed request the error kind (the
 //! `error` field of thaw's JSON error answer).
 
 use std::collections::HashMap;
@@ -38,6 +38,9 @@ pub const START_HEADER: &str = "x-thaw-start";
 pub const START_US_HEADER: &str = "x-thaw-start-us";
 /// Response header: µs the handler ran.
 pub const DURATION_US_HEADER: &str = "x-thaw-duration-us";
+/// Response header of a restore: `hit` (a pre-made sandbox was ready) or
+/// `miss` (one was made for it).
+pub const SPARE_HEADER: &str = "x-thaw-spare";
 
 /// Error kind of a failed answer whose body has no JSON `error` field.
 pub const KIND_UNKNOWN: &str = "unknown";
@@ -66,6 +69,8 @@ pub struct Outcome {
     pub start_us: Option<u64>,
     /// The `x-thaw-duration-us` header, if sent and a number.
     pub duration_us: Option<u64>,
+    /// The `x-thaw-spare` header (`hit`, `miss`), if sent.
+    pub spare: Option<String>,
     /// For a failed request, its kind: thaw's JSON `error` field,
     /// [`KIND_UNKNOWN`], [`KIND_TRANSPORT`] or [`KIND_CLIENT_TIMEOUT`].
     pub error: Option<String>,
@@ -267,6 +272,7 @@ fn describe(parts: &Parts, body: &[u8]) -> Outcome {
         start: header_str(START_HEADER),
         start_us: header_u64(START_US_HEADER),
         duration_us: header_u64(DURATION_US_HEADER),
+        spare: header_str(SPARE_HEADER),
         error: None,
         detail: None,
     };

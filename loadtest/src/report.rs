@@ -107,6 +107,9 @@ impl RunReport {
         for (start, p) in &s.by_start {
             row(&format!("start={start}"), &Some(*p));
         }
+        for (spare, p) in &s.by_spare {
+            row(&format!("spare={spare}"), &Some(*p));
+        }
         if !s.statuses.is_empty() {
             let list: Vec<String> = s
                 .statuses
@@ -230,6 +233,7 @@ mod tests {
             server_start_us: Some(p(10)),
             server_duration_us: Some(p(100)),
             by_start: BTreeMap::from([("warm".into(), p(250))]),
+            by_spare: BTreeMap::from([("hit".into(), p(4000))]),
             statuses: BTreeMap::from([(500, 1)]),
             errors: BTreeMap::from([("handler_error".into(), 1)]),
             first_error_detail: None,
@@ -252,6 +256,7 @@ mod tests {
             "send lag",
             "server handler",
             "start=warm",
+            "spare=hit",
             "failed by status: 500 ×1",
             "failed by kind: handler_error ×1",
         ] {

@@ -18,9 +18,10 @@
 //! its status; requests that got none (refused, reset, client timeout) are
 //! only counted under their error kind. Failed requests are also counted by
 //! status and by the `error` field of thaw's JSON error answer. Answers are
-//! split by their `x-thaw-start` header (`none` when missing), and the
-//! server's own `x-thaw-start-us` / `x-thaw-duration-us` go into histograms
-//! of their own.
+//! split by their `x-thaw-start` header (`none` when missing), successful
+//! restores also by their `x-thaw-spare` header (`hit`: a pre-made sandbox
+//! was ready, `miss`: one was made on demand), and the server's own
+//! `x-thaw-start-us` / `x-thaw-duration-us` go into histograms of their own.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -72,6 +73,7 @@ pub struct Stats {
     server_start: Histogram<u64>,
     server_duration: Histogram<u64>,
     by_start: BTreeMap<String, Histogram<u64>>,
+    by_spare: BTreeMap<String, Histogram<u64>>,
     statuses: BTreeMap<u16, u64>,
     errors: BTreeMap<String, u64>,
     requests: u64,
@@ -100,6 +102,7 @@ impl Stats {
             server_start: histogram(),
             server_duration: histogram(),
             by_start: BTreeMap::new(),
+            by_spare: BTreeMap::new(),
             statuses: BTreeMap::new(),
             errors: BTreeMap::new(),
             requests: 0,
@@ -151,6 +154,12 @@ impl Stats {
             .entry(start.to_owned())
             .or_insert_with(histogram)
             .saturating_record(latency);
+        if let (true, Some(spare)) = (o.is_ok(), o.spare.as_deref()) {
+            self.by_spare
+                .entry(spare.to_owned())
+                .or_insert_with(histogram)
+                .saturating_record(latency);
+        }
         if let Some(us) = o.start_us {
             self.server_start.saturating_record(us);
         }
@@ -173,6 +182,9 @@ impl Stats {
         add(&mut self.server_duration, &other.server_duration);
         for (k, h) in &other.by_start {
             add(self.by_start.entry(k.clone()).or_insert_with(histogram), h);
+        }
+        for (k, h) in &other.by_spare {
+            add(self.by_spare.entry(k.clone()).or_insert_with(histogram), h);
         }
         for (k, n) in &other.statuses {
             *self.statuses.entry(*k).or_default() += n;
@@ -244,6 +256,12 @@ impl Stats {
         &self.by_start
     }
 
+    /// Latency of successful answers split by `x-thaw-spare` (`hit`,
+    /// `miss`); answers without the header (not restores) are left out.
+    pub fn by_spare(&self) -> &BTreeMap<String, Histogram<u64>> {
+        &self.by_spare
+    }
+
     /// Failed answers by HTTP status.
     pub fn statuses(&self) -> &BTreeMap<u16, u64> {
         &self.statuses
@@ -292,6 +310,11 @@ impl Stats {
             server_duration_us: Percentiles::of(&self.server_duration),
             by_start: self
                 .by_start
+                .iter()
+                .filter_map(|(k, h)| Some((k.clone(), Percentiles::of(h)?)))
+                .collect(),
+            by_spare: self
+                .by_spare
                 .iter()
                 .filter_map(|(k, h)| Some((k.clone(), Percentiles::of(h)?)))
                 .collect(),
@@ -369,6 +392,9 @@ pub struct Summary {
     pub server_duration_us: Option<Percentiles>,
     /// Latency by `x-thaw-start`.
     pub by_start: BTreeMap<String, Percentiles>,
+    /// Latency of successful restores by `x-thaw-spare` (`hit`, `miss`).
+    #[serde(default)]
+    pub by_spare: BTreeMap<String, Percentiles>,
     /// Failed answers by status.
     pub statuses: BTreeMap<u16, u64>,
     /// Failed requests by error kind.
@@ -453,6 +479,15 @@ mod tests {
         s.record(&sample(base, 0, 0, 1, ok("warm", 10, 100)));
         s.record(&sample(base, 0, 0, 2, ok("warm", 10, 100)));
         s.record(&sample(base, 0, 0, 50, ok("restore", 4_000, 100)));
+        let mut miss = ok("restore", 9_000, 100);
+        miss.spare = Some("miss".into());
+        s.record(&sample(base, 0, 0, 60, miss));
+        let mut hit = ok("restore", 3_000, 100);
+        hit.spare = Some("hit".into());
+        s.record(&sample(base, 0, 0, 30, hit.clone()));
+        // A failed answer never counts as a hit or a miss.
+        hit.status = Some(500);
+        s.record(&sample(base, 0, 0, 30, hit));
         s.record(&sample(
             base,
             0,
@@ -476,19 +511,23 @@ mod tests {
             },
         ));
         let sum = s.summary();
-        assert_eq!((sum.requests, sum.ok, sum.failed), (5, 3, 2));
-        assert_eq!(sum.statuses, BTreeMap::from([(429, 1)]));
+        assert_eq!((sum.requests, sum.ok, sum.failed), (8, 5, 3));
+        assert_eq!(sum.statuses, BTreeMap::from([(429, 1), (500, 1)]));
         assert_eq!(
             sum.errors,
             BTreeMap::from([("concurrency_limit".into(), 1), ("transport".into(), 1)])
         );
         assert_eq!(sum.by_start["warm"].count, 2);
-        assert_eq!(sum.by_start["restore"].count, 1);
+        assert_eq!(sum.by_start["restore"].count, 4);
         assert_eq!(sum.by_start[NO_START].count, 1);
+        assert_eq!(sum.by_spare.len(), 2, "{:?}", sum.by_spare);
+        assert_eq!(sum.by_spare["hit"].count, 1);
+        assert_eq!(sum.by_spare["miss"].count, 1);
+        assert!(sum.by_spare["miss"].p50 > sum.by_spare["hit"].p50);
         // The unanswered request is in no latency histogram.
-        assert_eq!(sum.latency_us.unwrap().count, 4);
-        assert_eq!(s.ok_latency().len(), 3);
-        assert_eq!(sum.server_start_us.unwrap().count, 3);
+        assert_eq!(sum.latency_us.unwrap().count, 7);
+        assert_eq!(s.ok_latency().len(), 5);
+        assert_eq!(sum.server_start_us.unwrap().count, 6);
         assert_eq!(
             sum.first_error_detail.as_deref(),
             Some("connection refused")
@@ -506,6 +545,10 @@ mod tests {
                         error: Some("handler_error".into()),
                         ..Outcome::default()
                     }
+                } else if i % 4 == 0 {
+                    let mut o = ok("restore", i, i * 2);
+                    o.spare = Some(if i % 8 == 0 { "hit" } else { "miss" }.into());
+                    o
                 } else {
                     ok(if i % 3 == 0 { "boot" } else { "warm" }, i, i * 2)
                 };

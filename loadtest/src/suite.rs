@@ -9,23 +9,29 @@
 //!    them ([`memory::store_section`]);
 //! 2. **capture**: time and MB/s of capturing copies of the benchmark
 //!    functions ([`memory::capture_section`]);
-//! 3. **cold starts** of `hello` and `numpy-pandas` by every start kind,
-//!    interleaved: warm, boot, restore (mmap), restore (uffd + prefetch), and
-//!    the fork floor (`thaw-fork-floor`, outside HTTP); a plot of each
-//!    distribution ([`coldstart`]);
+//! 3. **cold starts** of every bench function by every start kind,
+//!    interleaved: warm, boot, restore (mmap), restore (uffd + prefetch) on a
+//!    second server, restore (mmap, no spares) on a third one started with
+//!    `--spare-sandboxes 0`, and the fork floor (`thaw-fork-floor`, outside
+//!    HTTP); a plot of each distribution, and the spare hit rate with the
+//!    latency split by hit and miss (`x-thaw-spare`) ([`coldstart`]);
 //! 4. **first invocation** after each kind of start (the server's handler
 //!    time of the answers of step 3);
-//! 5. **warm throughput** and **cold-start throughput**
-//!    ([`throughput`]);
-//! 6. **density**: idle copies, booted and restored, and their PSS
-//!    ([`density::section`]).
+//! 5. **warm throughput** and **sustained cold starts** (8 clients forcing
+//!    restores or boots, with the CPU per cold start) ([`throughput`]);
+//! 6. **bursts** of 16 concurrent restores ([`burst`]);
+//! 7. **density**: idle copies, booted and restored, and what they add
+//!    ([`density::section`]);
+//! 8. the **goals** of issue 16, each with its figure and verdict
+//!    ([`goals`]), written first.
 //!
 //! A start kind the server cannot do yet (a forced restore answered `409`,
-//! a restore mode it does not know) is reported as "not available: reason"
-//! and is not an error, so those rows fill in by themselves once the server
-//! can. Any other failure is an error: the document is still written (with
-//! the error in it) and [`SuiteReport::errors`] lists it; the command then
-//! exits 1.
+//! a restore mode it does not know) is reported as "not available: reason";
+//! in the full mode that is not an error, so those rows fill in by
+//! themselves once the server can, but the short mode (CI) fails on it
+//! ([`SuiteReport::not_available`]). Any other failure is an error: the
+//! document is still written (with the error in it) and
+//! [`SuiteReport::errors`] lists it; the command then exits 1.
 //!
 //! The short mode ([`Plan::short`]) runs every step with a few requests
 //! each, for CI; the full mode ([`Plan::full`]) is what produced
@@ -44,10 +50,13 @@ use std::time::{Duration, Instant};
 use crate::client::Client;
 
 pub mod api;
+pub mod burst;
 pub mod cold;
 pub mod coldstart;
+pub mod cpu;
 pub mod density;
 pub mod deploy;
+pub mod goals;
 pub mod machine;
 pub mod markdown;
 pub mod memory;
@@ -56,7 +65,7 @@ pub mod procfs;
 pub mod server;
 pub mod throughput;
 
-use coldstart::{ColdResult, BOOT, FORK, RESTORE_MMAP, RESTORE_UFFD, WARM};
+use coldstart::{ColdResult, BOOT, FORK, RESTORE_MMAP, RESTORE_NO_SPARES, RESTORE_UFFD, WARM};
 use machine::Machine;
 use markdown::Table;
 use server::{Server, ServerError};
@@ -138,8 +147,10 @@ pub struct Plan {
     pub throughput_warmup: Duration,
     /// Throughput rounds.
     pub throughput_rounds: usize,
-    /// Clients of the throughput runs.
+    /// Clients of the warm throughput runs.
     pub clients: usize,
+    /// Bursts of [`burst::BURST`] cold starts.
+    pub bursts: usize,
 }
 
 impl Plan {
@@ -158,6 +169,7 @@ impl Plan {
             throughput_warmup: Duration::from_secs(1),
             throughput_rounds: 5,
             clients: 2 * cores,
+            bursts: 7,
         }
     }
 
@@ -176,6 +188,7 @@ impl Plan {
             throughput_warmup: Duration::from_millis(200),
             throughput_rounds: 1,
             clients: 2 * cores,
+            bursts: 1,
         }
     }
 }
@@ -219,6 +232,24 @@ pub struct SuiteReport {
     pub not_available: Vec<String>,
 }
 
+impl SuiteReport {
+    /// Whether the run passes: no scenario error, and in the short mode
+    /// (CI) no start kind that was not available either.
+    pub fn check(&self, short: bool) -> Result<(), String> {
+        if !self.errors.is_empty() {
+            return Err(format!("{} scenario(s) failed", self.errors.len()));
+        }
+        if short && !self.not_available.is_empty() {
+            return Err(format!(
+                "{} start kind(s) not available (the short suite needs every one): {}",
+                self.not_available.len(),
+                self.not_available.join("; ")
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Shared state of the sections.
 #[derive(Debug)]
 pub struct Ctx {
@@ -228,6 +259,8 @@ pub struct Ctx {
     pub client: Client,
     /// The server's pid.
     pub server_pid: u32,
+    /// The server's data directory.
+    pub server_data: PathBuf,
     /// How much.
     pub plan: Plan,
     /// Where.
@@ -316,6 +349,7 @@ pub async fn run_suite(cfg: SuiteConfig) -> Result<SuiteReport, SuiteError> {
         api: server.api(),
         client: Client::new(Duration::from_secs(120)),
         server_pid: server.pid(),
+        server_data: server.data_dir(),
         plan,
         cfg: cfg.clone(),
         machine_cores: machine.cores,
@@ -354,7 +388,9 @@ struct Body {
     cold: Vec<ColdResult>,
     warm_throughput: String,
     cold_throughput: String,
+    bursts: String,
     density: String,
+    goals: Option<goals::Figures>,
 }
 
 async fn measure_all(
@@ -363,14 +399,16 @@ async fn measure_all(
     server: &Server,
 ) -> Result<Body, SuiteError> {
     if ctx.cfg.only_density {
-        let density = density::section(ctx, &BENCHES, &[]).await;
+        let (density, _) = density::section(ctx, &BENCHES, &[]).await;
         return Ok(Body {
             store: String::new(),
             capture: String::new(),
             cold: Vec::new(),
             warm_throughput: String::new(),
             cold_throughput: String::new(),
+            bursts: String::new(),
             density,
+            goals: None,
         });
     }
     let empty = serde_json::Map::new();
@@ -385,14 +423,20 @@ async fn measure_all(
         })?;
     }
     let store = memory::store_section(ctx, examples).await;
-    let capture = memory::capture_section(ctx, &BENCHES).await;
-    let uffd_server = start_uffd_server(ctx).await;
+    let (capture, capture_p50) = memory::capture_section(ctx, &BENCHES).await;
+    let uffd_server = start_other_server(ctx, &coldstart::UFFD_ARGS, RESTORE_UFFD).await;
     let uffd_api = uffd_server.as_ref().map(Server::api).map_err(Clone::clone);
+    let no_spares_server =
+        start_other_server(ctx, &coldstart::NO_SPARES_ARGS, RESTORE_NO_SPARES).await;
+    let no_spares_api = no_spares_server
+        .as_ref()
+        .map(Server::api)
+        .map_err(Clone::clone);
     let mut cold = Vec::new();
     for bench in &BENCHES {
-        cold.push(coldstart::measure(ctx, bench, &uffd_api).await);
+        cold.push(coldstart::measure(ctx, bench, &uffd_api, &no_spares_api).await);
     }
-    if let Ok(s) = uffd_server {
+    for s in [uffd_server, no_spares_server].into_iter().flatten() {
         s.stop().await;
     }
     let restore_unavailable: Vec<Option<String>> = cold
@@ -403,26 +447,156 @@ async fn measure_all(
         })
         .collect();
     let warm_throughput = throughput::warm_section(ctx, &BENCHES).await;
-    let cold_throughput = throughput::cold_section(ctx, &BENCHES, &restore_unavailable).await;
-    let density = density::section(ctx, &BENCHES, &restore_unavailable).await;
+    let (cold_throughput, sustained) =
+        throughput::cold_section(ctx, &BENCHES, &restore_unavailable).await;
+    let burst_results = measure_bursts(ctx, &cold, &restore_unavailable).await;
+    let bursts = burst::render(&burst_results, ctx.plan.bursts);
+    let (density, density_figures) = density::section(ctx, &BENCHES, &restore_unavailable).await;
+    let figures = collect_figures(
+        &cold,
+        &sustained,
+        &burst_results,
+        &capture_p50,
+        &density_figures,
+    );
     Ok(Body {
         store,
         capture,
         cold,
         warm_throughput,
         cold_throughput,
+        bursts,
         density,
+        goals: Some(figures),
     })
 }
 
-/// Starts the second server, whose restores use userfaultfd + prefetch,
-/// with the bench functions ready; or says why there is none (a `thaw
-/// serve` without the flag is "not available", anything else an error).
-async fn start_uffd_server(ctx: &mut Ctx) -> Result<Server, String> {
-    let flags = coldstart::UFFD_ARGS.join(" ");
-    eprintln!("suite: starting a second server with {flags}");
-    let server = match Server::start(&ctx.cfg.thaw, &ctx.cfg.repo, &coldstart::UFFD_ARGS, &[]).await
-    {
+/// The function the issue's goals are about.
+const GOAL_FUNCTION: &str = "numpy-pandas";
+
+/// Bursts of cold starts of the goal's function, with its single-restore
+/// median beside them.
+async fn measure_bursts(
+    ctx: &mut Ctx,
+    cold: &[ColdResult],
+    restore_unavailable: &[Option<String>],
+) -> Vec<(burst::BurstResult, Option<f64>)> {
+    let mut out = Vec::new();
+    for (i, bench) in BENCHES.iter().enumerate() {
+        if bench.name != GOAL_FUNCTION {
+            continue;
+        }
+        if let Some(Some(why)) = restore_unavailable.get(i) {
+            ctx.error(format!(
+                "bursts of {}: restores not available: {why}",
+                bench.name
+            ));
+            continue;
+        }
+        eprintln!(
+            "suite: {} bursts of {} cold starts of {}",
+            ctx.plan.bursts,
+            burst::BURST,
+            bench.name
+        );
+        let single = cold
+            .iter()
+            .find(|r| r.function == bench.name)
+            .and_then(|r| r.arm(RESTORE_MMAP))
+            .and_then(|a| a.median());
+        match burst::measure(ctx, bench, ctx.plan.bursts).await {
+            Ok(r) => out.push((r, single)),
+            Err(e) => ctx.error(format!("bursts of {}: {e}", bench.name)),
+        }
+    }
+    out
+}
+
+/// The goals' figures, from the sections' results.
+fn collect_figures(
+    cold: &[ColdResult],
+    sustained: &[throughput::ColdRow],
+    bursts: &[(burst::BurstResult, Option<f64>)],
+    capture_p50: &[(String, Option<f64>)],
+    density: &[density::RestoredFigure],
+) -> goals::Figures {
+    let sustained_of = |f: &str| -> Result<goals::Sustained, String> {
+        let row = sustained
+            .iter()
+            .find(|r| r.function == f && r.kind == "restore")
+            .ok_or_else(|| format!("no sustained restores of {f}"))?;
+        let r = row.row.as_ref().map_err(Clone::clone)?;
+        Ok(goals::Sustained {
+            rate: r.rate(),
+            failed: r.failed,
+            cpu: r.cpu(),
+        })
+    };
+    let numpy_cold = cold.iter().find(|r| r.function == GOAL_FUNCTION);
+    let arm_median = |name: &str| -> Result<f64, String> {
+        let arm = numpy_cold
+            .and_then(|r| r.arm(name))
+            .ok_or_else(|| format!("no {name} arm"))?;
+        arm.median()
+            .ok_or_else(|| format!("{name}: {}", coldstart::absent(arm)))
+    };
+    let burst = match bursts.iter().find(|(r, _)| r.function == GOAL_FUNCTION) {
+        Some((r, Some(single))) => r
+            .last_median()
+            .map(|l| (l, *single))
+            .ok_or_else(|| "no burst answered".to_string()),
+        Some((_, None)) => Err("no single-restore median".into()),
+        None => Err("the bursts did not run".into()),
+    };
+    let on_demand = arm_median(RESTORE_NO_SPARES).and_then(|none| {
+        let arm = numpy_cold
+            .and_then(|r| r.arm(RESTORE_MMAP))
+            .ok_or("no restore (mmap) arm")?;
+        if arm.spare_hit.is_empty() {
+            return Err("no restore of the default server found a spare ready".into());
+        }
+        Ok((none, arm.spare_hit.value_at_quantile(0.5) as f64))
+    });
+    let floor = arm_median(RESTORE_MMAP).and_then(|r| Ok((r, arm_median(FORK)?)));
+    let first = |name: &str| -> Result<f64, String> {
+        let r = numpy_cold.ok_or("no cold starts")?;
+        let (Some(warm), Some(arm)) = (r.arm(WARM), r.arm(name)) else {
+            return Err(format!("no {name} arm"));
+        };
+        if !arm.measured() || arm.handler.is_empty() || warm.handler.is_empty() {
+            return Err(format!("{name}: {}", coldstart::absent(arm)));
+        }
+        Ok(arm.handler.value_at_quantile(0.5) as f64
+            / (warm.handler.value_at_quantile(0.5) as f64).max(1.0))
+    };
+    goals::Figures {
+        hello: sustained_of("hello"),
+        numpy: sustained_of(GOAL_FUNCTION),
+        burst,
+        on_demand,
+        floor,
+        first: (first(RESTORE_MMAP), first(RESTORE_UFFD)),
+        capture: capture_p50
+            .iter()
+            .find(|(f, _)| f == GOAL_FUNCTION)
+            .and_then(|(_, p)| *p)
+            .ok_or_else(|| "no capture figures".to_string()),
+        density: density
+            .iter()
+            .find(|(f, _, _)| f == GOAL_FUNCTION)
+            .map(|(_, n, b)| (*n, *b))
+            .ok_or_else(|| "no restored density row".to_string()),
+    }
+}
+
+/// Starts another server with `args` (the uffd one, the one without
+/// spares) with the bench functions ready, for the arm `arm`; or says why
+/// there is none (a `thaw serve` without the flag is "not available",
+/// anything else an error).
+async fn start_other_server(ctx: &mut Ctx, args: &[&str], arm: &str) -> Result<Server, String> {
+    let flags = args.join(" ");
+    eprintln!("suite: starting another server with {flags}");
+    let server = match Server::start(&ctx.cfg.thaw, &ctx.cfg.repo, args, &[]).await {
         Ok(s) => s,
         Err(ServerError::NotReady { log, .. }) if log.contains("unexpected argument") => {
             let first = log
@@ -432,15 +606,12 @@ async fn start_uffd_server(ctx: &mut Ctx) -> Result<Server, String> {
                 .trim()
                 .to_owned();
             ctx.unavailable(format!(
-                "restore (uffd + prefetch): `thaw serve {flags}` refused to start: {first}"
+                "{arm}: `thaw serve {flags}` refused to start: {first}"
             ));
-            return Err(format!(
-                "thaw serve has no `{}` flag yet",
-                coldstart::UFFD_ARGS[0]
-            ));
+            return Err(format!("thaw serve has no `{}` flag yet", args[0]));
         }
         Err(e) => {
-            ctx.error(format!("the uffd server: {e}"));
+            ctx.error(format!("the server for {arm}: {e}"));
             return Err(format!("error: {e}"));
         }
     };
@@ -453,7 +624,7 @@ async fn start_uffd_server(ctx: &mut Ctx) -> Result<Server, String> {
             Err(e) => Err(e),
         };
         if let Err(e) = ready {
-            ctx.error(format!("the uffd server: {e}"));
+            ctx.error(format!("the server for {arm}: {e}"));
             server.stop().await;
             return Err(format!("error: {e}"));
         }
@@ -504,9 +675,22 @@ fn render_doc(
     ]);
     t.row(vec![
         "server".into(),
-        format!("`thaw serve --allow-forced-cold` on loopback, temporary data directory; generator and server share the {} cores", m.cores),
+        format!(
+            "`thaw serve --allow-forced-cold` on loopback, temporary data directory (defaults: 2 spare sandboxes per version, \
+             memory mode mmap); for two arms a second server with `{}` and a third with `{}`, each with the bench functions \
+             deployed; generator and servers share the {} cores",
+            coldstart::UFFD_ARGS.join(" "),
+            coldstart::NO_SPARES_ARGS.join(" "),
+            m.cores
+        ),
     ]);
     d.push_str(&t.render());
+
+    d.push_str("\n## Goals\n\n");
+    match &body.goals {
+        Some(f) => d.push_str(&goals::render(f)),
+        None => d.push_str("Not judged: this run measured only one section.\n"),
+    }
 
     d.push_str("\n## Summary\n\nRatios of medians (median of per-round medians, interleaved rounds) with their 95% paired-bootstrap interval.\n\n");
     let mut s = Table::new(&[
@@ -534,18 +718,29 @@ fn render_doc(
     d.push_str("\n## Cold starts\n\n");
     d.push_str(&format!(
         "Each start kind of a function, one request at a time: **{WARM}** (an idle instance), **{BOOT}** (`x-thaw-cold: boot`: a fresh \
-         sandbox, interpreter start, imports, warm-up), **{RESTORE_MMAP}** (`x-thaw-cold: restore`: a copy of the snapshot with its \
-         private memory mapped from the image), **{RESTORE_UFFD}** (the same on a second server started with \
-         `thaw serve {}`, whose copies get their memory through userfaultfd), and the **{FORK}**: `thaw-fork-floor`, which forks a warm `python3` running the same handler outside \
-         thaw and HTTP and times fork → answer; no restore can be much faster.\n\n",
-        coldstart::UFFD_ARGS.join(" ")
+         sandbox, the runtime started and the handler's module imported, then the request; a forced boot runs none of the \
+         function's `warmup` events, so the measured request is the handler's first call in that process), **{RESTORE_MMAP}** \
+         (`x-thaw-cold: restore`: a copy of the snapshot with its private memory mapped from the image, into a pre-made \
+         sandbox when one is ready), **{RESTORE_UFFD}** (the same on a second server started with `thaw serve {}`, whose \
+         copies get their memory through userfaultfd), **{RESTORE_NO_SPARES}** (the same as {RESTORE_MMAP} on a third server \
+         started with `thaw serve {}`: every restore makes its sandbox on demand), and the **{FORK}**: `thaw-fork-floor`, which \
+         forks a warm `python3` running the same handler outside thaw and HTTP and times fork → answer; no restore can be \
+         much faster.\n\n",
+        coldstart::UFFD_ARGS.join(" "),
+        coldstart::NO_SPARES_ARGS.join(" ")
     ));
     for r in &body.cold {
         d.push_str(&coldstart::render(r, ctx.plan.rounds));
         d.push('\n');
     }
 
-    d.push_str("## First invocation after a start\n\nThe server's handler time (`x-thaw-duration-us`) of the answers above: for boot and restore every answer is the first invocation of a fresh instance (after a restore: pages faulted in, runtime told it is a copy); for warm, a steady state.\n\n");
+    d.push_str(
+        "### Spare sandboxes\n\nEvery restore answer says whether a pre-made sandbox was ready (`x-thaw-spare: hit`) or one was \
+         made for it (`miss`): the hit rate of each restore arm above and its latency split by hit and miss.\n\n",
+    );
+    d.push_str(&coldstart::render_spares(&body.cold));
+
+    d.push_str("\n## First invocation after a start\n\nThe server's handler time (`x-thaw-duration-us`) of the answers above: for boot and restore every answer is the first invocation of a fresh instance (after a restore: pages faulted in, runtime told it is a copy); for warm, a steady state.\n\n");
     d.push_str(&coldstart::render_first_invocation(&body.cold));
 
     d.push_str("\n## Capture\n\n");
@@ -556,14 +751,16 @@ fn render_doc(
     d.push_str(&body.density);
     d.push_str("\n## Warm throughput\n\n");
     d.push_str(&body.warm_throughput);
-    d.push_str("\n## Cold-start throughput\n\n");
+    d.push_str("\n## Sustained cold starts\n\n");
     d.push_str(&body.cold_throughput);
+    d.push_str("\n## Bursts\n\n");
+    d.push_str(&body.bursts);
 
     d.push_str("\n## Not available yet\n\n");
     if ctx.not_available.is_empty() {
         d.push_str("Every start kind ran.\n");
     } else {
-        d.push_str("Start kinds the server cannot do yet, with what it answered; these rows fill in by themselves on the next run once it can.\n\n");
+        d.push_str("Start kinds the server cannot do yet, with what it answered; these rows fill in by themselves on the next run once it can (the short mode fails on them).\n\n");
         for n in &ctx.not_available {
             d.push_str(&format!("* {}\n", n.replace('\n', " ")));
         }
@@ -579,7 +776,7 @@ fn render_doc(
     d.push_str(&format!(
         "\n## How to reproduce\n\n```\ncargo build --release -p server -p loadtest\ntarget/release/thaw-loadtest suite{}\n```\n\n\
          Needs root (sandboxes) and `{}` with numpy and pandas. Plan of this run: {} rounds; per round {} warm, {} boot, {} restore \
-         requests and {} forks; {} extra captures per function; {:?} idle booted and {:?} restored copies for density; throughput {} rounds of {:?} with {} clients.\n",
+         requests and {} forks; {} extra captures per function; {:?} idle booted and {:?} restored copies for density; throughput {} rounds of {:?} with {} clients (warm) and {} clients (cold starts); {} bursts of {}.\n",
         match (cfg.short, cfg.only_density) {
             (true, true) => " --short --only-density --out DIR",
             (true, false) => " --short --out DIR",
@@ -598,6 +795,9 @@ fn render_doc(
         ctx.plan.throughput_rounds,
         ctx.plan.throughput,
         ctx.plan.clients,
+        throughput::COLD_CLIENTS,
+        ctx.plan.bursts,
+        burst::BURST,
     ));
     d
 }
@@ -614,4 +814,36 @@ pub fn sibling_binary(name: &str) -> Option<PathBuf> {
 /// `runtimes/python`).
 pub fn is_repo(path: &Path) -> bool {
     path.join("examples").is_dir() && path.join("runtimes/python").is_dir()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_runs_fail_on_a_start_kind_not_available() {
+        let mut report = SuiteReport {
+            doc: PathBuf::from("x.md"),
+            errors: Vec::new(),
+            not_available: vec![
+                "restore (uffd + prefetch): `thaw serve --memory-mode uffd` refused to start"
+                    .into(),
+            ],
+        };
+        assert_eq!(
+            report.check(false),
+            Ok(()),
+            "the full run writes it down and passes"
+        );
+        let err = report.check(true).unwrap_err();
+        assert!(
+            err.starts_with("1 start kind(s) not available (the short suite needs every one): restore (uffd + prefetch)"),
+            "{err}"
+        );
+        report.errors.push("boom".into());
+        assert_eq!(report.check(false), Err("1 scenario(s) failed".into()));
+        report.not_available.clear();
+        report.errors.clear();
+        assert_eq!(report.check(true), Ok(()));
+    }
 }

@@ -119,15 +119,27 @@ fn short_suite_runs_end_to_end() {
     let doc = std::fs::read_to_string(out_dir.path().join("benchmarks.md")).unwrap();
     for heading in [
         "# thaw benchmarks",
+        "## Goals",
+        "### 1. CPU per cold start",
+        "### 2. Sustained cold starts",
+        "### 3. Bursts",
+        "### 4. At the floor",
+        "### 5. First invocation",
+        "### 6. Capture",
+        "### 7. Density",
+        "### 8. A cold host",
         "## Summary",
         "### hello",
         "### numpy-pandas",
+        "### Spare sandboxes",
         "## First invocation after a start",
         "## Capture",
         "## Store: dedup across the examples",
         "## Density",
         "## Warm throughput",
-        "## Cold-start throughput",
+        "## Sustained cold starts",
+        "## Bursts",
+        "## Not available yet\n\nEvery start kind ran.",
         "## Errors\n\nNone",
     ] {
         assert!(doc.contains(heading), "no {heading:?} in:\n{doc}");
@@ -137,10 +149,41 @@ fn short_suite_runs_end_to_end() {
         "| boot |",
         "| restore (mmap) |",
         "| restore (uffd + prefetch) |",
+        "| restore (mmap, no spares) |",
         "| fork floor |",
     ] {
         assert!(doc.contains(kind), "no row {kind:?} in:\n{doc}");
     }
+    // Every goal has a verdict, and each one measured has its figure: the
+    // short run measures all but the density of 1,000 copies and the cold
+    // host.
+    let goals = &doc[doc.find("## Goals").unwrap()..doc.find("## Summary").unwrap()];
+    assert_eq!(goals.matches("* Verdict: ").count(), 8, "{goals}");
+    assert_eq!(
+        goals.matches("**not measured yet**").count(),
+        2 * 2,
+        "{goals}"
+    );
+    assert!(
+        goals.contains("numpy-pandas") && goals.contains(" ms"),
+        "{goals}"
+    );
+    // The spares: the no-spares server never hits one.
+    assert!(
+        doc.lines()
+            .any(|l| l.starts_with("| numpy-pandas | restore (mmap, no spares) | 0/")),
+        "{doc}"
+    );
+    // The CPU per cold start of every sustained restore row.
+    let sustained = &doc[doc.find("## Sustained cold starts").unwrap()..];
+    assert!(
+        sustained
+            .lines()
+            .filter(|l| l.starts_with("| hello | restore |")
+                || l.starts_with("| numpy-pandas | restore |"))
+            .all(|l| l.trim_end_matches(" |").ends_with(')')),
+        "{sustained}"
+    );
     for f in ["hello", "numpy-pandas"] {
         let svg = std::fs::read_to_string(out_dir.path().join(format!("benchmarks/cold-{f}.svg")))
             .expect("a plot per function");

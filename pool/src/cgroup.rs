@@ -14,6 +14,19 @@
 //! `<tag>` is derived from the data directory, so two servers with two data
 //! directories never clean up each other's sandboxes, while a restarted server
 //! finds what its crashed predecessor left behind.
+//!
+//! **CPU of every sandbox together** ([`CgroupRoot::sandbox_cpu_time`]): a
+//! sandbox's cgroup is removed when it ends, so its own counter goes with
+//! it; the counter of a cgroup above all of them keeps what they used:
+//!
+//! * v2: `cpu.stat` `usage_usec` of `thaw-<tag>` (it includes children that
+//!   are gone);
+//! * v1 with `cpuacct` mounted with `cpu`: `cpuacct.usage` of `thaw-<tag>` in
+//!   that hierarchy (charged to every ancestor as the CPU is used);
+//! * v1 with a `cpuacct` hierarchy of its own (as on the machines thaw is
+//!   developed on): one cgroup `<mount>/<server's cgroup>/thaw-<tag>` that
+//!   every sandbox's init joins as well ([`Cgroup::join_files`]); its
+//!   `cpuacct.usage` is the sum of every sandbox, living or ended.
 
 use std::fs;
 use std::io;
@@ -106,6 +119,19 @@ pub struct CgroupRoot {
     version: CgroupVersion,
     /// v2: one directory. v1: the memory, pids and cpu directories.
     parents: Vec<PathBuf>,
+    /// Where the CPU time of every sandbox adds up, if anywhere.
+    cpu_account: Option<CpuAccount>,
+}
+
+/// A cgroup whose CPU counter includes every sandbox's (see the module
+/// docs).
+#[derive(Debug, Clone)]
+enum CpuAccount {
+    /// v2: `cpu.stat` (`usage_usec`) of this directory.
+    Stat(PathBuf),
+    /// v1: `cpuacct.usage` (ns) of this directory; `join`: sandboxes are
+    /// not below it, their init joins it explicitly.
+    Usage { dir: PathBuf, join: bool },
 }
 
 /// Reads `/proc/self/cgroup` and returns the path of this process in the
@@ -168,10 +194,31 @@ impl CgroupRoot {
             fs::create_dir_all(&parent).map_err(io_err(&parent))?;
             parents.push(parent);
         }
+        let cpu_account = Self::v1_cpu_account(&name, &parents[2])?;
         Ok(CgroupRoot {
             version: CgroupVersion::V1,
             parents,
+            cpu_account,
         })
+    }
+
+    /// Where v1 sandboxes' CPU adds up: the cpu parent when `cpuacct` is
+    /// mounted with `cpu`, else a `thaw-<tag>` group of its own hierarchy;
+    /// none without `cpuacct`.
+    fn v1_cpu_account(name: &str, cpu_parent: &Path) -> Result<Option<CpuAccount>, CgroupError> {
+        if cpu_parent.join("cpuacct.usage").exists() {
+            return Ok(Some(CpuAccount::Usage {
+                dir: cpu_parent.to_path_buf(),
+                join: false,
+            }));
+        }
+        let Some(mount) = mount_point(Some("cpuacct")) else {
+            return Ok(None);
+        };
+        let own = own_cgroup("cpuacct").unwrap_or_else(|| "/".into());
+        let dir = join_rel(&mount, &own).join(name);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(Some(CpuAccount::Usage { dir, join: true }))
     }
 
     fn detect_v2(name: &str) -> Result<Option<CgroupRoot>, CgroupError> {
@@ -207,6 +254,7 @@ impl CgroupRoot {
         enable(&parent)?;
         Ok(Some(CgroupRoot {
             version: CgroupVersion::V2,
+            cpu_account: Some(CpuAccount::Stat(parent.clone())),
             parents: vec![parent],
         }))
     }
@@ -229,9 +277,34 @@ impl CgroupRoot {
         let cgroup = Cgroup {
             version: self.version,
             dirs,
+            also_join: self.also_join(),
         };
         cgroup.apply(limits)?;
         Ok(cgroup)
+    }
+
+    /// `cgroup.procs` files a sandbox joins beside its own cgroups.
+    fn also_join(&self) -> Vec<PathBuf> {
+        match &self.cpu_account {
+            Some(CpuAccount::Usage { dir, join: true }) => vec![dir.join("cgroup.procs")],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The CPU time every sandbox of this installation has used, those that
+    /// ended included (see the module docs), or `None` where the hierarchy
+    /// keeps no such counter.
+    pub fn sandbox_cpu_time(&self) -> Option<Duration> {
+        match self.cpu_account.as_ref()? {
+            CpuAccount::Stat(dir) => {
+                let text = fs::read_to_string(dir.join("cpu.stat")).ok()?;
+                parse_usage_usec(&text).map(Duration::from_micros)
+            }
+            CpuAccount::Usage { dir, .. } => {
+                let text = fs::read_to_string(dir.join("cpuacct.usage")).ok()?;
+                text.trim().parse().ok().map(Duration::from_nanos)
+            }
+        }
     }
 
     /// Kills and removes every sandbox cgroup below this installation's
@@ -251,6 +324,7 @@ impl CgroupRoot {
             let cgroup = Cgroup {
                 version: self.version,
                 dirs: self.parents.iter().map(|p| p.join(name)).collect(),
+                also_join: Vec::new(),
             };
             cgroup.destroy()?;
         }
@@ -292,12 +366,23 @@ pub fn parse_cpu_stat(text: &str) -> CpuStat {
     stat
 }
 
+/// `usage_usec` from the text of a v2 `cpu.stat`.
+pub fn parse_usage_usec(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == "usage_usec")
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
 /// The cgroup of one sandbox. Removing it is explicit ([`Cgroup::destroy`]),
 /// because it must wait for its processes to die.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
     version: CgroupVersion,
     dirs: Vec<PathBuf>,
+    /// Shared cgroups the sandbox joins too (CPU accounting on v1), never
+    /// read for its processes nor removed with it.
+    also_join: Vec<PathBuf>,
 }
 
 impl Cgroup {
@@ -349,9 +434,19 @@ impl Cgroup {
         Ok(())
     }
 
-    /// The `cgroup.procs` files a process writes its pid into to join.
+    /// The `cgroup.procs` files of the sandbox's own cgroups (one per
+    /// hierarchy).
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// The `cgroup.procs` files a sandbox's init writes its pid into: its
+    /// own cgroups and the shared one that counts every sandbox's CPU where
+    /// that is a cgroup of its own (see the module docs).
+    pub fn join_files(&self) -> Vec<PathBuf> {
+        let mut files = self.procs_files();
+        files.extend(self.also_join.iter().cloned());
+        files
     }
 
     /// Memory charged to the cgroup now, in bytes.
@@ -462,6 +557,13 @@ impl Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_read_from_a_v2_cpu_stat() {
+        let text = "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\n";
+        assert_eq!(parse_usage_usec(text), Some(1_234_567));
+        assert_eq!(parse_usage_usec("nr_periods 3\n"), None);
+    }
 
     #[test]
     fn quota_follows_the_cap() {

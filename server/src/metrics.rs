@@ -140,6 +140,10 @@ pub struct Metrics {
     spare_misses_seen: Follow,
     /// Restore phases, seconds.
     pub restore_phases: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    /// CPU time of every sandbox, ended ones included, seconds
+    /// (`thaw_sandbox_cpu_seconds_total`).
+    pub sandbox_cpu: Counter<f64, std::sync::atomic::AtomicU64>,
+    sandbox_cpu_seen_ns: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
@@ -237,8 +241,16 @@ impl Metrics {
             "Phases of restores through the pool: claim of the stub sandbox, seize, mappings, state, resume, restored exchange",
             restore_phases.clone(),
         );
+        let sandbox_cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "sandbox_cpu_seconds",
+            "CPU time used by every sandbox (functions, restored copies, spares, their inits), those that ended included",
+            sandbox_cpu.clone(),
+        );
         Metrics {
             registry,
+            sandbox_cpu,
+            sandbox_cpu_seen_ns: std::sync::atomic::AtomicU64::new(0),
             spares,
             spares_per_version,
             spares_max,
@@ -268,6 +280,20 @@ impl Metrics {
             .swap(total, std::sync::atomic::Ordering::Relaxed);
         if total > seen {
             self.restore_failures.inc_by(total - seen);
+        }
+    }
+
+    /// Brings [`Metrics::sandbox_cpu`] up to `total` (the cgroup counter of
+    /// every sandbox, [`pool::cgroup::CgroupRoot::sandbox_cpu_time`]). The
+    /// first call counts what sandboxes of this data directory used before
+    /// this server started too (the counter lives as long as the cgroup).
+    pub fn set_sandbox_cpu(&self, total: std::time::Duration) {
+        let total_ns = u64::try_from(total.as_nanos()).unwrap_or(u64::MAX);
+        let seen = self
+            .sandbox_cpu_seen_ns
+            .swap(total_ns, std::sync::atomic::Ordering::Relaxed);
+        if total_ns > seen {
+            self.sandbox_cpu.inc_by((total_ns - seen) as f64 / 1e9);
         }
     }
 

@@ -1127,6 +1127,9 @@ impl Service {
             .set(self.functions.read().unwrap().len() as i64);
         self.metrics
             .set_restore_failures(self.pool.restore_failures());
+        if let Some(cpu) = self.pool.config().sandbox.cgroups.sandbox_cpu_time() {
+            self.metrics.set_sandbox_cpu(cpu);
+        }
         self.metrics.function_memory.clear();
         self.metrics.version_memory.clear();
         self.metrics.instance_memory.clear();

@@ -96,6 +96,33 @@ impl Api {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Result<Answer, ApiError> {
+        let (status, raw) = self.send_raw(method.clone(), path, body, headers).await?;
+        let body = if raw.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&raw).map_err(|_| ApiError::NotJson {
+                method: method.to_string(),
+                path: path.to_owned(),
+                status,
+                body: String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned(),
+            })?
+        };
+        Ok(Answer { status, body })
+    }
+
+    /// `GET path` of a text answer (`/metrics`): status and body.
+    pub async fn get_text(&self, path: &str) -> Result<(u16, String), ApiError> {
+        let (status, raw) = self.send_raw(Method::GET, path, None, &[]).await?;
+        Ok((status, String::from_utf8_lossy(&raw).into_owned()))
+    }
+
+    async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Bytes), ApiError> {
         let transport = |why: String| ApiError::Transport {
             method: method.to_string(),
             path: path.to_owned(),
@@ -128,20 +155,9 @@ impl Api {
                 .to_bytes();
             Ok::<_, ApiError>((status, body))
         };
-        let (status, raw) = tokio::time::timeout(TIMEOUT, exchange)
+        tokio::time::timeout(TIMEOUT, exchange)
             .await
-            .map_err(|_| transport(format!("no answer within {TIMEOUT:?}")))??;
-        let body = if raw.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&raw).map_err(|_| ApiError::NotJson {
-                method: method.to_string(),
-                path: path.to_owned(),
-                status,
-                body: String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned(),
-            })?
-        };
-        Ok(Answer { status, body })
+            .map_err(|_| transport(format!("no answer within {TIMEOUT:?}")))?
     }
 
     /// `GET path`.

@@ -62,6 +62,11 @@ pub struct Arm {
     pub handler: Histogram<u64>,
     /// The server's start time (`x-thaw-start-us`) of the answers.
     pub start: Histogram<u64>,
+    /// Latency of the restores that found a pre-made sandbox ready
+    /// (`x-thaw-spare: hit`).
+    pub spare_hit: Histogram<u64>,
+    /// Latency of the restores that had to make one (`x-thaw-spare: miss`).
+    pub spare_miss: Histogram<u64>,
     /// Requests sent and failed (HTTP only).
     pub requests: u64,
     /// Requests that failed.
@@ -80,6 +85,8 @@ impl Arm {
             latency: histogram(),
             handler: histogram(),
             start: histogram(),
+            spare_hit: histogram(),
+            spare_miss: histogram(),
             requests: 0,
             failed: 0,
         }
@@ -198,6 +205,12 @@ fn absorb(arm: &mut Arm, stats: &Stats) -> Result<f64, String> {
     let _ = arm.latency.add(stats.ok_latency());
     let _ = arm.handler.add(stats.server_duration());
     let _ = arm.start.add(stats.server_start());
+    if let Some(h) = stats.by_spare().get("hit") {
+        let _ = arm.spare_hit.add(h);
+    }
+    if let Some(h) = stats.by_spare().get("miss") {
+        let _ = arm.spare_miss.add(h);
+    }
     let Some(p) = Percentiles::of(stats.ok_latency()) else {
         let summary = stats.summary();
         let mut detail: Vec<String> = summary

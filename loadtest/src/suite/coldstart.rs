@@ -18,6 +18,9 @@ use super::{Bench, Ctx};
 /// The `thaw serve` arguments of the second server, whose restores use
 /// userfaultfd + prefetch.
 pub const UFFD_ARGS: [&str; 2] = ["--memory-mode", "uffd"];
+/// The `thaw serve` arguments of the third server, which keeps no
+/// pre-made sandboxes: every restore makes its sandbox on demand.
+pub const NO_SPARES_ARGS: [&str; 2] = ["--spare-sandboxes", "0"];
 
 /// Arm names, in the order they run within a round.
 pub const WARM: &str = "warm";
@@ -27,6 +30,8 @@ pub const BOOT: &str = "boot";
 pub const RESTORE_MMAP: &str = "restore (mmap)";
 /// A restored copy, memory served by userfaultfd with prefetch.
 pub const RESTORE_UFFD: &str = "restore (uffd + prefetch)";
+/// A restored copy (mmap) on a server that keeps no spare sandboxes.
+pub const RESTORE_NO_SPARES: &str = "restore (mmap, no spares)";
 /// fork() of a warm process outside thaw.
 pub const FORK: &str = "fork floor";
 
@@ -80,8 +85,14 @@ fn http_at(
 }
 
 /// Measures `bench`'s start kinds; problems go to `ctx.errors`. `uffd` is
-/// the server started with [`UFFD_ARGS`], or why there is none.
-pub async fn measure(ctx: &mut Ctx, bench: &Bench, uffd: &Result<Api, String>) -> ColdResult {
+/// the server started with [`UFFD_ARGS`], `no_spares` the one started with
+/// [`NO_SPARES_ARGS`], or why there is none.
+pub async fn measure(
+    ctx: &mut Ctx,
+    bench: &Bench,
+    uffd: &Result<Api, String>,
+    no_spares: &Result<Api, String>,
+) -> ColdResult {
     let plan = ctx.plan.clone();
     let f = bench.name;
     let mut arms = Vec::new();
@@ -113,23 +124,20 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench, uffd: &Result<Api, String>) -
         plan.restore_requests,
     );
     push(ctx, RESTORE_MMAP, mmap);
-    let uffd_kind = match uffd {
-        Ok(api) => http_at(
-            &api.base_url(),
+    for (name, other) in [(RESTORE_UFFD, uffd), (RESTORE_NO_SPARES, no_spares)] {
+        let base = match other {
+            Ok(api) => api.base_url(),
+            Err(_) => ctx.api.base_url(),
+        };
+        let kind = http_at(
+            &base,
             f,
             bench.body,
             Some(ColdStart::Restore),
             plan.restore_requests,
-        ),
-        Err(_) => http(
-            ctx,
-            f,
-            bench.body,
-            Some(ColdStart::Restore),
-            plan.restore_requests,
-        ),
-    };
-    push(ctx, RESTORE_UFFD, uffd_kind);
+        );
+        push(ctx, name, kind);
+    }
     let folder = ctx.cfg.repo.join("examples").join(f);
     let fork_argv = fork_argv(ctx, &folder, bench.body, plan.fork_iterations);
     push(ctx, FORK, Ok(ArmKind::Exec { argv: fork_argv }));
@@ -147,16 +155,17 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench, uffd: &Result<Api, String>) -
             Err(why) => arm.error = Some(why),
         }
     }
-    if let Some(arm) = arms.iter_mut().find(|a| a.name == RESTORE_UFFD) {
-        match uffd {
+    for (name, other) in [(RESTORE_UFFD, uffd), (RESTORE_NO_SPARES, no_spares)] {
+        let Some(arm) = arms.iter_mut().find(|a| a.name == name) else {
+            continue;
+        };
+        match other {
             Err(why) => arm.unavailable = Some(why.clone()),
             Ok(api) => match probe(api, f, ColdStart::Restore, bench.body).await {
                 Ok(None) => {}
                 Ok(Some(why)) => {
                     arm.unavailable = Some(short_409(&why));
-                    ctx.unavailable(format!(
-                        "{f} {RESTORE_UFFD}: the server answered 409: {why}"
-                    ));
+                    ctx.unavailable(format!("{f} {name}: the server answered 409: {why}"));
                 }
                 Err(why) => arm.error = Some(why),
             },
@@ -292,6 +301,74 @@ pub fn render(result: &ColdResult, rounds: usize) -> String {
     out
 }
 
+/// The restore arms, whose answers say whether a spare was ready.
+pub const RESTORE_ARMS: [&str; 3] = [RESTORE_MMAP, RESTORE_UFFD, RESTORE_NO_SPARES];
+
+/// Hits and misses of an arm's restores.
+pub fn spare_counts(arm: &Arm) -> (u64, u64) {
+    (arm.spare_hit.len(), arm.spare_miss.len())
+}
+
+/// `hits/all (rate%)`, or `–` when no answer said.
+pub fn hit_rate(hits: u64, misses: u64) -> String {
+    let all = hits + misses;
+    if all == 0 {
+        return "–".into();
+    }
+    format!("{hits}/{all} ({:.0}%)", hits as f64 * 100.0 / all as f64)
+}
+
+fn p50_of(h: &hdrhistogram::Histogram<u64>) -> String {
+    if h.is_empty() {
+        "–".into()
+    } else {
+        us(Some(h.value_at_quantile(0.5) as f64))
+    }
+}
+
+/// Every restore arm's spare hit rate and its latency split by hit and
+/// miss (`x-thaw-spare` of each answer).
+pub fn render_spares(results: &[ColdResult]) -> String {
+    let mut t = Table::new(&[
+        "function",
+        "start kind",
+        ">spare hits",
+        ">p50 hit",
+        ">p90 hit",
+        ">p50 miss",
+        ">p90 miss",
+        ">miss ÷ hit (p50)",
+    ]);
+    for r in results {
+        for name in RESTORE_ARMS {
+            let Some(arm) = r.arm(name) else { continue };
+            if !arm.measured() {
+                t.row(vec![r.function.clone(), name.into(), absent(arm)]);
+                continue;
+            }
+            let (hits, misses) = spare_counts(arm);
+            let q = |h: &hdrhistogram::Histogram<u64>, q: f64| {
+                (!h.is_empty()).then(|| h.value_at_quantile(q) as f64)
+            };
+            let ratio_p50 = match (q(&arm.spare_miss, 0.5), q(&arm.spare_hit, 0.5)) {
+                (Some(m), Some(h)) => ratio(Some(m / h.max(1.0))),
+                _ => "–".into(),
+            };
+            t.row(vec![
+                r.function.clone(),
+                name.into(),
+                hit_rate(hits, misses),
+                p50_of(&arm.spare_hit),
+                us(q(&arm.spare_hit, 0.9)),
+                p50_of(&arm.spare_miss),
+                us(q(&arm.spare_miss, 0.9)),
+                ratio_p50,
+            ]);
+        }
+    }
+    t.render()
+}
+
 /// `a ÷ b` with its interval, or why not.
 pub fn ratio_cell(result: &ColdResult, num: &str, den: &str) -> String {
     let (Some(a), Some(b)) = (result.arm(num), result.arm(den)) else {
@@ -323,7 +400,7 @@ pub fn render_first_invocation(results: &[ColdResult]) -> String {
             .arm(WARM)
             .filter(|w| !w.handler.is_empty())
             .map(|w| w.handler.value_at_quantile(0.5) as f64);
-        for name in [WARM, BOOT, RESTORE_MMAP, RESTORE_UFFD] {
+        for name in [WARM, BOOT, RESTORE_MMAP, RESTORE_UFFD, RESTORE_NO_SPARES] {
             let Some(arm) = r.arm(name) else { continue };
             if !arm.measured() || arm.handler.is_empty() {
                 t.row(vec![r.function.clone(), name.into(), absent(arm)]);

@@ -9,18 +9,23 @@
 //!   and M copies restored from its snapshot.
 //!
 //! Each time the suite waits until the instances are idle and measured, then
-//! reads Σ PSS of every process under the server from `/proc` (before the
-//! deploy and after). For the restored row the original's PSS (as the server
-//! measured it) is taken out of the difference, so the row is the M copies
-//! alone. The issue's comparison (100 restored against 100 booted) uses
-//! the booted per-copy figure times 100 when fewer were booted.
+//! reads the server's footprint ([`super::procfs::footprint`]: Σ PSS of the
+//! server process and of every process under it, the spares included, with
+//! the snapshot images' page cache counted whole instead of by mapping),
+//! before the deploy and after. For the restored row the original's PSS
+//! (as the server measured it) is taken out of the difference, so the row
+//! is the M copies with everything they brought (their image's page cache,
+//! the server's own growth, the spares of their version). The issue's
+//! comparison (100 restored against 100 booted) uses the booted per-copy
+//! figure times 100 when fewer were booted. The drop of `MemAvailable` is
+//! shown beside it.
 
 use serde_json::{json, Map, Value};
 
 use super::deploy::{deploy, remove, wait_idle, wait_ready, wait_started, DeployError};
 use super::markdown::{mib, Table};
 use super::memory::quantile;
-use super::procfs::tree_memory;
+use super::procfs::{footprint, mem_available};
 use super::{Bench, Ctx};
 
 /// The memory the issue's "copies that fit" are counted in.
@@ -32,8 +37,12 @@ const COMPARE_COPIES: f64 = 100.0;
 struct Row {
     /// Copies measured.
     copies: u64,
-    /// Δ Σ PSS of the copies, bytes.
+    /// Δ footprint of the copies, bytes.
     delta: f64,
+    /// Of which the images' page cache, bytes.
+    image_cache: f64,
+    /// Drop of `MemAvailable`, bytes (machine-wide).
+    available_drop: f64,
     /// The server's per-instance figures of the copies.
     record: Value,
     /// Their start kind.
@@ -91,7 +100,9 @@ async fn hold(
     copies: u64,
 ) -> Result<Row, DeployError> {
     let folder = ctx.cfg.repo.join("examples").join(bench.name);
-    let before = tree_memory(ctx.server_pid);
+    let measure = || footprint(ctx.server_pid, &ctx.server_data).map_err(DeployError::Measure);
+    let before = measure()?;
+    let available_before = mem_available().unwrap_or(0);
     deploy(&ctx.api, &folder, name, &extra).await?;
     wait_ready(&ctx.api, name).await?;
     match kind {
@@ -103,14 +114,16 @@ async fn hold(
     // record first, then /proc, then the record again until both records
     // agree (the server re-measures every 2 s).
     let mut record = ctx.api.get(&format!("/functions/{name}")).await?.body;
-    let mut after = tree_memory(ctx.server_pid);
+    let mut after = measure()?;
+    let mut available_after = mem_available().unwrap_or(0);
     for _ in 0..5 {
         let again = ctx.api.get(&format!("/functions/{name}")).await?.body;
         if again["instance_list"] == record["instance_list"] {
             break;
         }
         record = again;
-        after = tree_memory(ctx.server_pid);
+        after = measure()?;
+        available_after = mem_available().unwrap_or(0);
     }
     let list = instance_list(&record);
     let counted = list.iter().filter(|i| i["start"] == kind).count() as u64;
@@ -123,25 +136,34 @@ async fn hold(
         .sum();
     Ok(Row {
         copies: counted,
-        delta: after.pss as f64 - before.pss as f64 - others,
+        delta: after.total() as f64 - before.total() as f64 - others,
+        image_cache: after.image_cache as f64 - before.image_cache as f64,
+        available_drop: available_before as f64 - available_after as f64,
         record,
         kind,
     })
 }
 
+/// What the restored rows measured: function, copies, Δ memory (bytes).
+pub type RestoredFigure = (String, u64, f64);
+
 /// Holds idle booted instances and idle restored copies of each bench
-/// function and measures them.
+/// function and measures them; returns the section and the restored rows'
+/// figures.
 pub async fn section(
     ctx: &mut Ctx,
     benches: &[Bench],
     restore_unavailable: &[Option<String>],
-) -> String {
+) -> (String, Vec<RestoredFigure>) {
+    let mut figures = Vec::new();
     let mut t = Table::new(&[
         "function",
         "instances",
         ">idle copies",
-        ">Δ Σ PSS (from /proc)",
-        ">PSS per copy (/proc)",
+        ">Δ memory (server, sandboxes, image cache)",
+        ">of which image page cache",
+        ">per copy",
+        ">Δ MemAvailable (machine)",
         ">PSS per copy (server, p50)",
         ">RSS per copy (server, p50)",
         ">USS per copy (server, p50)",
@@ -203,19 +225,24 @@ pub async fn section(
                 label.into(),
                 r.copies.to_string(),
                 mib(r.delta),
+                mib(r.image_cache),
                 mib(r.per_copy()),
+                mib(r.available_drop),
                 r.server("pss").map_or("–".into(), mib),
                 r.server("rss").map_or("–".into(), mib),
                 r.server("uss").map_or("–".into(), mib),
                 fit(r.per_copy()),
             ]);
         }
+        if let Some(Some(r)) = rows.get(1) {
+            figures.push((bench.name.to_owned(), r.copies, r.delta));
+        }
         if let [Some(b), Some(r)] = &rows[..] {
             let booted_100 = b.per_copy() * COMPARE_COPIES;
             let restored_100 = r.per_copy() * COMPARE_COPIES;
             let ratio = r.per_copy() / b.per_copy();
             notes.push_str(&format!(
-                "* **{}**: {} restored copies add {} of PSS ({} each); {} booted instances would add {} \
+                "* **{}**: {} restored copies add {} ({} each); {} booted instances would add {} \
                  ({}, {} each{}). Restored ÷ booted per copy: **{:.1}%** (goal: under 10%). \
                  Idle copies that fit in 20 GiB: {} restored, {} booted.\n",
                 bench.name,
@@ -247,14 +274,18 @@ pub async fn section(
         out.push_str(&notes);
     }
     out.push_str(
-        "\nΔ Σ PSS: the sum of `Pss` in `/proc/PID/smaps_rollup` over every process under the server (found by walking \
-         parent pids), after the copies are idle minus before they were deployed, i.e. the physical memory the copies \
-         added, shared pages divided among their sharers. Booted: `min_instances` with `snapshot: false`, so every \
+        "\nΔ memory counts the server process, every process under it (instances, copies, **spares**, their inits; found by \
+         walking parent pids) and the **snapshot images' page cache**: the sum of `Pss` in `/proc/PID/smaps_rollup` over \
+         those processes, less the `Pss` of their mappings of snapshot images (`/proc/PID/smaps`), plus the resident page \
+         cache of every image file under the server's data directory counted whole, once, mapped or not (`fincore`); after \
+         the copies are idle minus before they were deployed, i.e. the physical memory the copies added, shared pages \
+         divided among their sharers. Δ MemAvailable is `/proc/meminfo`'s drop over the same span, machine-wide: anything \
+         else running moves it, and the kernel counts page cache as available. Booted: `min_instances` with `snapshot: false`, so every \
          instance boots. Restored: `min_instances` = copies + 1 on a version with a snapshot: the captured original \
          (booted) stays and its PSS, as the server measured it, is taken out of the difference. The server's \
          per-instance figures (`GET /functions/NAME`, instances of the row's start kind) are shown beside it. The last \
          column divides 20 GiB by the PSS per copy, which carries its share of the one-time cost (the image's and \
          libraries' pages), so it is a lower bound when more copies share them.\n",
     );
-    out
+    (out, figures)
 }

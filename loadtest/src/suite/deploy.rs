@@ -36,6 +36,9 @@ pub enum DeployError {
         /// thaw's error.
         why: String,
     },
+    /// The server's memory could not be measured.
+    #[error("measuring the server's memory: {0}")]
+    Measure(String),
     /// The function's version failed.
     #[error("{name} failed: {why}")]
     Failed {
@@ -252,6 +255,47 @@ async fn wait_for(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Waits until `name` is at rest after forced cold starts: nothing busy or
+/// starting, every instance idle or a spare, and at least `spares`
+/// pre-made sandboxes ready again.
+pub async fn wait_settled(api: &Api, name: &str, spares: u64) -> Result<Value, DeployError> {
+    wait_for(
+        api,
+        name,
+        &format!("nothing busy and {spares} spares ready"),
+        |record| {
+            let count = |k: &str| {
+                record
+                    .pointer(&format!("/instances/{k}"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            };
+            let working = record
+                .get("instance_list")
+                .and_then(Value::as_array)
+                .map_or(0, |list| {
+                    list.iter()
+                        .filter(|i| i["state"] != "idle" && i["state"] != "spare")
+                        .count()
+                });
+            Ok(count("busy") == 0
+                && count("booting") == 0
+                && working == 0
+                && count("spare") >= spares)
+        },
+    )
+    .await
+}
+
+/// Pre-made sandboxes ready for `name` now.
+pub async fn spares_ready(api: &Api, name: &str) -> Result<u64, DeployError> {
+    let record = api.get(&format!("/functions/{name}")).await?.body;
+    Ok(record
+        .pointer("/instances/spare")
+        .and_then(Value::as_u64)
+        .unwrap_or(0))
 }
 
 #[cfg(test)]

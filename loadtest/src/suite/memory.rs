@@ -86,8 +86,13 @@ pub async fn store_section(ctx: &mut Ctx, examples: &[String]) -> String {
     out
 }
 
-/// Deploys copies of each bench function and reports capture time and MB/s.
-pub async fn capture_section(ctx: &mut Ctx, benches: &[Bench]) -> String {
+/// Deploys copies of each bench function and reports capture time and MB/s;
+/// also returns each function's capture p50 (µs).
+pub async fn capture_section(
+    ctx: &mut Ctx,
+    benches: &[Bench],
+) -> (String, Vec<(String, Option<f64>)>) {
+    let mut p50s = Vec::new();
     let copies = ctx.plan.capture_copies;
     let mut t = Table::new(&[
         "function",
@@ -147,6 +152,7 @@ pub async fn capture_section(ctx: &mut Ctx, benches: &[Bench]) -> String {
                 bench.name
             ));
         }
+        p50s.push((bench.name.to_owned(), quantile(&caps, 0.5)));
         t.row(vec![
             bench.name.into(),
             caps.len().to_string(),
@@ -168,5 +174,5 @@ pub async fn capture_section(ctx: &mut Ctx, benches: &[Bench]) -> String {
          (10⁶ bytes per second). A copy of a function finds almost all its pages already in the store: its *new pages* are the \
          ones it added.\n",
     );
-    out
+    (out, p50s)
 }

@@ -1,5 +1,8 @@
-//! Throughput: sustained warm invocations, and cold starts per second with
-//! every core busy, closed loop with twice as many clients as cores.
+//! Throughput: sustained warm invocations (closed loop, twice as many
+//! clients as cores), and sustained cold starts: [`COLD_CLIENTS`] clients
+//! each forcing a fresh instance per request (issue 16, goals 1 and 2),
+//! with the CPU each cold start cost ([`super::cpu`]) and the spare hit
+//! rate.
 
 use crate::compare::median;
 use crate::progress::Progress;
@@ -7,15 +10,84 @@ use crate::run::{run, Mode, RunConfig, Stop};
 use crate::stats::{histogram, Percentiles};
 use crate::target::{ColdStart, Target};
 
+use super::coldstart::hit_rate;
+use super::cpu::CpuReading;
+use super::deploy::{spares_ready, wait_settled};
 use super::markdown::{us, Table};
 use super::{Bench, Ctx};
 
+/// Clients of the sustained cold-start runs (the issue's definition).
+pub const COLD_CLIENTS: usize = 8;
+
 /// One row: a function under one kind of load, over several rounds.
-struct Row {
-    rates: Vec<f64>,
-    latency: hdrhistogram::Histogram<u64>,
-    requests: u64,
-    failed: u64,
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Starts (or requests) answered per second, per round.
+    pub rates: Vec<f64>,
+    /// Latency of the successful answers, µs.
+    pub latency: hdrhistogram::Histogram<u64>,
+    /// Requests sent.
+    pub requests: u64,
+    /// Requests that failed.
+    pub failed: u64,
+    /// Restores that found a spare ready, and that did not.
+    pub spares: (u64, u64),
+    /// CPU per cold start (server + sandboxes), seconds, per round.
+    pub cpu_per_start: Vec<f64>,
+    /// Of which the server's, seconds, per round.
+    pub server_cpu_per_start: Vec<f64>,
+}
+
+impl Row {
+    /// Median of the rounds' rates.
+    pub fn rate(&self) -> f64 {
+        median(&self.rates)
+    }
+
+    /// Median of the rounds' CPU per cold start, seconds.
+    pub fn cpu(&self) -> Option<f64> {
+        (!self.cpu_per_start.is_empty()).then(|| median(&self.cpu_per_start))
+    }
+}
+
+/// A sustained cold-start row of one function: restores and boots.
+#[derive(Debug, Clone)]
+pub struct ColdRow {
+    /// The function.
+    pub function: String,
+    /// `restore` or `boot`.
+    pub kind: &'static str,
+    /// What was measured, or why not.
+    pub row: Result<Row, String>,
+}
+
+/// Waits until the function is at rest with at least `spares` ready, and
+/// then until the server has `processes` processes under it again (a forced
+/// copy leaves the server's lists before its sandbox is gone; its teardown
+/// belongs to the round). `None`: returns the count at rest.
+pub async fn settle(
+    ctx: &Ctx,
+    name: &str,
+    spares: u64,
+    processes: Option<usize>,
+) -> Result<usize, String> {
+    wait_settled(&ctx.api, name, spares)
+        .await
+        .map_err(|e| format!("waiting for the server to settle: {e}"))?;
+    let t0 = std::time::Instant::now();
+    loop {
+        let now = super::procfs::descendants(ctx.server_pid).len();
+        match processes {
+            None => return Ok(now),
+            Some(n) if now <= n => return Ok(now),
+            Some(n) if t0.elapsed() > std::time::Duration::from_secs(30) => {
+                return Err(format!(
+                    "waiting for the server to settle: {now} processes under it after 30 s, {n} at rest"
+                ))
+            }
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
 }
 
 async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<Row, String> {
@@ -25,7 +97,11 @@ async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<R
         .with_cold(cold);
     let config = RunConfig {
         mode: Mode::Closed {
-            concurrency: ctx.plan.clients,
+            concurrency: if cold.is_some() {
+                COLD_CLIENTS
+            } else {
+                ctx.plan.clients
+            },
         },
         stop: Stop::Duration(ctx.plan.throughput),
         // A cold start may outlast a short warm-up, and then no request
@@ -41,18 +117,75 @@ async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<R
         latency: histogram(),
         requests: 0,
         failed: 0,
+        spares: (0, 0),
+        cpu_per_start: Vec::new(),
+        server_cpu_per_start: Vec::new(),
     };
+    // The spares a resting server keeps for this function: each round
+    // starts and ends with them, so the CPU of the spares made during a
+    // round is the CPU of the cold starts that used them.
+    let (spares, at_rest) = if cold.is_some() {
+        settle(ctx, bench.name, 0, None).await?;
+        // Give the pool time to make its spares before counting them.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let spares = spares_ready(&ctx.api, bench.name)
+            .await
+            .map_err(|e| e.to_string())?;
+        (spares, Some(settle(ctx, bench.name, spares, None).await?))
+    } else {
+        (0, None)
+    };
+    let mut failures = Vec::new();
     for round in 1..=ctx.plan.throughput_rounds {
+        let before = match cold {
+            Some(_) => {
+                settle(ctx, bench.name, spares, at_rest).await?;
+                Some(CpuReading::take(&ctx.api, ctx.server_pid).await?)
+            }
+            None => None,
+        };
         let stats = run(&ctx.client, &target, &config, &Progress::new())
             .await
             .map_err(|e| e.to_string())?;
         let s = stats.summary();
+        // Starts of the asked kind that were answered.
+        let starts = match cold {
+            Some(kind) => s.by_start.get(kind.as_str()).map_or(0, |p| p.count),
+            None => s.ok,
+        };
+        let elapsed = stats.elapsed().as_secs_f64();
+        let rate = if elapsed > 0.0 {
+            starts as f64 / elapsed
+        } else {
+            0.0
+        };
+        if let Some(before) = before {
+            settle(ctx, bench.name, spares, at_rest).await?;
+            let after = CpuReading::take(&ctx.api, ctx.server_pid).await?;
+            let used = before.until(&after);
+            if starts > 0 {
+                row.cpu_per_start
+                    .push(used.total().as_secs_f64() / starts as f64);
+                row.server_cpu_per_start
+                    .push(used.server.as_secs_f64() / starts as f64);
+            }
+        }
+        let hits = stats.by_spare().get("hit").map_or(0, |h| h.len());
+        let misses = stats.by_spare().get("miss").map_or(0, |h| h.len());
+        row.spares.0 += hits;
+        row.spares.1 += misses;
         eprintln!(
-            "  round {round}: {} {}: {:.1} req/s, {} failed",
+            "  round {round}: {} {}: {rate:.1} starts/s, {} failed{}",
             bench.name,
             cold.map_or("warm", ColdStart::as_str),
-            s.throughput_rps,
-            s.failed
+            s.failed,
+            row.cpu_per_start
+                .last()
+                .filter(|_| cold.is_some())
+                .map_or(String::new(), |c| format!(
+                    ", {:.2} ms CPU per start",
+                    c * 1e3
+                )),
         );
         row.requests += s.requests;
         row.failed += s.failed;
@@ -64,12 +197,22 @@ async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<R
             ));
         }
         if s.failed > 0 {
-            return Err(format!(
+            failures.push(format!(
                 "round {round}: {} of {} requests failed: {:?}",
                 s.failed, s.requests, s.errors
             ));
         }
-        row.rates.push(s.throughput_rps);
+        row.rates.push(rate);
+    }
+    if !failures.is_empty() {
+        // The figures stay (the document shows the failures beside them);
+        // the run is still an error of the suite.
+        ctx.error(format!(
+            "{} throughput of {}: {}",
+            cold.map_or("warm", ColdStart::as_str),
+            bench.name,
+            failures.join("; ")
+        ));
     }
     Ok(row)
 }
@@ -80,13 +223,29 @@ fn cells(name: &str, kind: &str, row: &Row) -> Vec<String> {
     vec![
         name.into(),
         kind.into(),
-        format!("{:.1}", median(&row.rates)),
+        format!("{:.1}", row.rate()),
         q(|p| p.p50),
         q(|p| p.p90),
         q(|p| p.p99),
         row.requests.to_string(),
         row.failed.to_string(),
     ]
+}
+
+/// CPU per start as `total ms (server ms + sandboxes ms)`.
+pub fn cpu_cell(row: &Row) -> String {
+    match row.cpu() {
+        Some(total) => {
+            let server = median(&row.server_cpu_per_start);
+            format!(
+                "{:.2} ms ({:.2} + {:.2})",
+                total * 1e3,
+                server * 1e3,
+                (total - server) * 1e3
+            )
+        }
+        None => "–".into(),
+    }
 }
 
 const HEADER: [&str; 8] = [
@@ -128,13 +287,26 @@ pub async fn warm_section(ctx: &mut Ctx, benches: &[Bench]) -> String {
     out
 }
 
-/// Forced cold starts, as many at once as there are clients.
+/// Forced cold starts, [`COLD_CLIENTS`] at once: restores (on the default
+/// server, with its spares) and boots. Returns the section and its rows.
 pub async fn cold_section(
     ctx: &mut Ctx,
     benches: &[Bench],
     restore_unavailable: &[Option<String>],
-) -> String {
-    let mut t = Table::new(&HEADER);
+) -> (String, Vec<ColdRow>) {
+    let mut t = Table::new(&[
+        "function",
+        "start",
+        ">cold starts/s (median of rounds)",
+        ">p50",
+        ">p90",
+        ">p99",
+        ">requests",
+        ">failed",
+        ">spare hits",
+        ">CPU per cold start (server + sandboxes)",
+    ]);
+    let mut rows = Vec::new();
     for (i, bench) in benches.iter().enumerate() {
         for cold in [ColdStart::Restore, ColdStart::Boot] {
             if cold == ColdStart::Restore {
@@ -144,17 +316,30 @@ pub async fn cold_section(
                         "restore".into(),
                         format!("not available: {why}"),
                     ]);
+                    rows.push(ColdRow {
+                        function: bench.name.into(),
+                        kind: cold.as_str(),
+                        row: Err(format!("not available: {why}")),
+                    });
                     continue;
                 }
             }
             eprintln!(
-                "suite: cold-start throughput of {} ({})",
+                "suite: sustained cold starts of {} ({}, {COLD_CLIENTS} clients)",
                 bench.name,
                 cold.as_str()
             );
-            match load(ctx, bench, Some(cold)).await {
+            let result = load(ctx, bench, Some(cold)).await;
+            match &result {
                 Ok(row) => {
-                    t.row(cells(bench.name, cold.as_str(), &row));
+                    let mut c = cells(bench.name, cold.as_str(), row);
+                    c.push(if cold == ColdStart::Restore {
+                        hit_rate(row.spares.0, row.spares.1)
+                    } else {
+                        "–".into()
+                    });
+                    c.push(cpu_cell(row));
+                    t.row(c);
                 }
                 Err(e) => {
                     ctx.error(format!(
@@ -169,13 +354,24 @@ pub async fn cold_section(
                     ]);
                 }
             }
+            rows.push(ColdRow {
+                function: bench.name.into(),
+                kind: cold.as_str(),
+                row: result,
+            });
         }
     }
     let mut out = t.render();
     out.push_str(&format!(
-        "\nEvery request forces a fresh instance (`x-thaw-cold`), {} at once on {} cores, {} rounds of {:?}; req/s is \
-         starts completed per second.\n",
-        ctx.plan.clients, ctx.machine_cores, ctx.plan.throughput_rounds, ctx.plan.throughput
+        "\nEvery request forces a fresh instance (`x-thaw-cold: restore` or `boot`), {COLD_CLIENTS} clients at once on {} cores, \
+         closed loop, {} rounds of {:?}; cold starts/s = answers of that start kind ÷ the round's time. Restores run on the \
+         default server (its spares: `x-thaw-spare` of each answer gives the hit rate); each copy is torn down after its \
+         answer. **CPU per cold start** = (Δ CPU time of the server process, `utime + stime` of `/proc/PID/stat`, + Δ \
+         `thaw_sandbox_cpu_seconds_total`, the CPU of every sandbox's cgroup, those torn down included) ÷ cold starts \
+         answered, over each round from a server at rest (nothing busy, no copy left, its spares made again) to a server \
+         at rest again, so the teardown of the round's copies and the spares made for them are in it; median of the \
+         rounds. The load generator's own CPU is not in it.\n",
+        ctx.machine_cores, ctx.plan.throughput_rounds, ctx.plan.throughput
     ));
-    out
+    (out, rows)
 }

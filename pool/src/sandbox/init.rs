@@ -44,6 +44,30 @@ fn report(message: &str) {
     let _ = nix::unistd::write(fd, message.as_bytes());
 }
 
+/// Appends a timing point to the spec's phases file, if it has one (see
+/// [`super::PHASES_DIR_ENV`]); best effort. The file is opened at the first
+/// point, on the host, and stays open (close-on-exec) for pid 1, whose root
+/// is the sandbox's once it is built.
+fn mark(spec: &SandboxSpec, label: &str) {
+    static FILE: std::sync::OnceLock<Option<fs::File>> = std::sync::OnceLock::new();
+    let file = FILE.get_or_init(|| {
+        let path = spec.phases_file.as_ref()?;
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    });
+    let Some(mut file) = file.as_ref() else {
+        return;
+    };
+    let Ok(now) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
+        return;
+    };
+    let ns = now.tv_sec() as i128 * 1_000_000_000 + now.tv_nsec() as i128;
+    let _ = std::io::Write::write_all(&mut file, format!("{label} {ns}\n").as_bytes());
+}
+
 fn ctx<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
@@ -57,16 +81,19 @@ fn run_outer() -> Result<i32, String> {
     set_cloexec(STATUS_FD);
     let spec_json = std::env::var(SPEC_ENV).map_err(ctx("read sandbox spec"))?;
     let spec: SandboxSpec = serde_json::from_str(&spec_json).map_err(ctx("parse sandbox spec"))?;
+    mark(&spec, "init");
     let me = getpid().to_string();
     for procs in &spec.cgroup_procs {
         fs::write(procs, &me).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
+    mark(&spec, "joined");
     let flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS
         | net::inside::namespace_flags(&spec)?;
     unshare(flags).map_err(ctx("unshare namespaces"))?;
+    mark(&spec, "unshared");
     // pid 1's parent-death signal only covers deaths after it is set: this
     // pipe, whose write end only this process keeps, tells pid 1 whether we
     // died before (then every writer is gone and the read end hangs up).
@@ -119,7 +146,9 @@ fn set_pdeathsig_checked(alive: std::os::fd::OwnedFd) -> Result<(), String> {
 
 /// pid 1 of the sandbox: builds the filesystem, starts the function, reaps.
 fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
+    mark(spec, "pid1");
     mounts::build_root(spec)?;
+    mark(spec, "root");
     sethostname(&spec.hostname).map_err(ctx("set host name"))?;
     if spec.netns_fd.is_none() {
         // A namespace of our own (the server configured an outbound one).
@@ -127,6 +156,7 @@ fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
     }
     // The OOM killer should pick the function, never its init.
     let _ = fs::write("/proc/self/oom_score_adj", "-1000");
+    mark(spec, "ready");
     // SAFETY: pid 1 is single-threaded.
     match unsafe { fork() }.map_err(ctx("fork function"))? {
         ForkResult::Child if spec.stub => run_stub(spec),

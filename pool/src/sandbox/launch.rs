@@ -4,6 +4,7 @@ use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
@@ -141,6 +142,22 @@ impl std::fmt::Display for SandboxExit {
     }
 }
 
+/// Where the time of one [`Sandbox::launch`] went, measured on the
+/// server's side (for `cargo bench -p pool --bench sandbox` and logs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaunchPhases {
+    /// The sandbox's cgroups made and their limits written.
+    pub cgroup: Duration,
+    /// Waiting for an outbound sandbox's network (made on a blocking thread
+    /// meanwhile; zero for loopback-only sandboxes, whose network namespace
+    /// the init makes).
+    pub network: Duration,
+    /// From spawning the init until the function's executable runs: fork
+    /// and exec of the init, joining the cgroups, the namespaces
+    /// (`unshare`), pid 1's fork, the root's mounts, the function's exec.
+    pub init: Duration,
+}
+
 /// A running sandbox. Call [`Sandbox::destroy`] to stop it and free its
 /// cgroup; dropping it only kills its processes.
 #[derive(Debug)]
@@ -164,6 +181,8 @@ pub struct Sandbox {
     /// Stub sandboxes: the server's end of the socket to pid 1 (see
     /// [`Sandbox::uffd_keeper`]).
     keeper: Option<OwnedFd>,
+    /// Where the launch's time went.
+    phases: LaunchPhases,
 }
 
 /// The blocking task making an outbound sandbox's network.
@@ -230,6 +249,7 @@ impl Sandbox {
         let id = new_id();
         let root_dir = config.run_dir.join(&id);
         fs::create_dir_all(&root_dir).map_err(io("create sandbox directory"))?;
+        let t0 = Instant::now();
         let cgroup = match config.cgroups.create(&id, &spec.limits) {
             Ok(c) => c,
             Err(e) => {
@@ -237,6 +257,11 @@ impl Sandbox {
                 return Err(e.into());
             }
         };
+        let mut phases = LaunchPhases {
+            cgroup: t0.elapsed(),
+            ..LaunchPhases::default()
+        };
+        let t1 = Instant::now();
         let net = match Self::finish_network(net_task).await {
             Ok(net) => net,
             Err(e) => {
@@ -246,12 +271,18 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        phases.network = t1.elapsed();
+        let t2 = Instant::now();
         match Self::spawn(
             config, spec, &id, &root_dir, &cgroup, extra, open_files, net,
         )
         .await
         {
-            Ok(sandbox) => Ok(sandbox),
+            Ok(mut sandbox) => {
+                phases.init = t2.elapsed();
+                sandbox.phases = phases;
+                Ok(sandbox)
+            }
             Err(e) => {
                 let cg = cgroup.clone();
                 let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
@@ -314,7 +345,7 @@ impl Sandbox {
             resolv_conf: net.as_ref().map(|n| n.resolv_conf()),
             uid: config.uid,
             gid: config.gid,
-            cgroup_procs: cgroup.procs_files(),
+            cgroup_procs: cgroup.join_files(),
             argv: spec.argv.clone(),
             env: spec.env.clone(),
             cwd: spec.cwd.clone(),
@@ -324,6 +355,8 @@ impl Sandbox {
             stub: spec.stub,
             keep_fds: extra.iter().map(|(_, n)| *n).collect(),
             open_files: open_files.to_vec(),
+            phases_file: std::env::var_os(super::PHASES_DIR_ENV)
+                .map(|dir| PathBuf::from(dir).join(id)),
         };
         let json = serde_json::to_string(&sandbox_spec).expect("spec serialises");
 
@@ -362,10 +395,21 @@ impl Sandbox {
             .stderr(Stdio::from(err_w))
             .kill_on_drop(true);
         let mut moved = vec![0; targets.len()];
+        // The init joins its cgroups before its exec, not after: what the
+        // exec and its start cost is then charged to the sandbox (its memory,
+        // and its CPU in the counter of every sandbox's CPU); the init joins
+        // again after (a no-op). Paths made C strings before the fork.
+        let join: Vec<std::ffi::CString> = cgroup
+            .join_files()
+            .iter()
+            .map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| LaunchError::Setup(format!("cgroup path: {e}")))?;
         // SAFETY: the closure runs between fork and exec and only calls
-        // async-signal-safe functions (fcntl, dup2, prctl) on fds that are
-        // open in the child; `moved` was allocated before the fork and is
-        // only written in place.
+        // async-signal-safe functions (open, write, close, fcntl, dup2,
+        // prctl) on fds that are open in the child or it opened; `moved` and
+        // `join` were allocated before the fork and are only read or written
+        // in place.
         unsafe {
             cmd.pre_exec(move || {
                 for (i, (src, _)) in targets.iter().enumerate() {
@@ -383,6 +427,19 @@ impl Sandbox {
                 }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                for path in &join {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // "0": the writing process itself.
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(err);
+                    }
                 }
                 Ok(())
             });
@@ -412,6 +469,7 @@ impl Sandbox {
             stdout: Some(pipe::Receiver::from_owned_fd(out_r).map_err(io("stdout pipe"))?),
             stderr: Some(pipe::Receiver::from_owned_fd(err_r).map_err(io("stderr pipe"))?),
             keeper,
+            phases: LaunchPhases::default(),
         };
         if !message.is_empty() {
             sandbox.kill();
@@ -439,6 +497,11 @@ impl Sandbox {
     pub fn uffd_keeper(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
         self.keeper.as_ref().map(|k| k.as_fd())
+    }
+
+    /// Where the time of its launch went.
+    pub fn launch_phases(&self) -> LaunchPhases {
+        self.phases
     }
 
     /// The sandbox's cgroup.

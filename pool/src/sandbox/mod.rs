@@ -40,11 +40,23 @@ pub mod net;
 pub mod open_files;
 pub mod seccomp;
 
-pub use launch::{host_pid_of, LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExit};
+pub use launch::{
+    host_pid_of, LaunchError, LaunchPhases, LaunchSpec, Sandbox, SandboxConfig, SandboxExit,
+};
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+/// Environment variable of the launching process (a benchmark's, not the
+/// server's): when set to a folder, every sandbox's init appends its timing
+/// points to `<folder>/<sandbox id>`: `init` (its spec read), `joined` (its
+/// cgroups joined), `unshared` (its namespaces made), `pid1` (pid 1 running),
+/// `root` (the root's mounts built), `ready` (host name and loopback set, the
+/// function about to be started), each with `CLOCK_MONOTONIC` in ns. For
+/// benchmarks only: the init keeps that file open, so a restore stub's copy
+/// would inherit it.
+pub const PHASES_DIR_ENV: &str = "THAW_SANDBOX_PHASES_DIR";
 
 /// Environment variable that carries the JSON [`SandboxSpec`] to the init.
 pub const SPEC_ENV: &str = "THAW_SANDBOX_SPEC";
@@ -138,4 +150,8 @@ pub struct SandboxSpec {
     /// function ([`open_files`]); the restorer checks them afterwards.
     #[serde(default)]
     pub open_files: Vec<open_files::OpenFile>,
+    /// Where the init appends its timing points (`label monotonic-ns`
+    /// lines), when the launcher was asked to ([`PHASES_DIR_ENV`]).
+    #[serde(default)]
+    pub phases_file: Option<PathBuf>,
 }

@@ -1,0 +1,142 @@
+//! Bursts of cold starts (issue 16, goal 3): [`BURST`] forced restores of
+//! one function sent at the same instant to a server at rest (its spares
+//! ready), and how long the last of them takes to answer, against the
+//! single-restore median of the cold-start section.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use crate::compare::median;
+use crate::target::{ColdStart, Target};
+
+use super::coldstart::hit_rate;
+use super::deploy::spares_ready;
+use super::markdown::{ratio, us, Table};
+use super::throughput::settle;
+use super::{Bench, Ctx};
+
+/// Cold starts sent at once.
+pub const BURST: usize = 16;
+
+/// What the bursts of one function left.
+#[derive(Debug, Clone, Default)]
+pub struct BurstResult {
+    /// The function.
+    pub function: String,
+    /// Latency of the last answer of each burst, µs.
+    pub last: Vec<f64>,
+    /// Median latency within each burst, µs.
+    pub median: Vec<f64>,
+    /// Restores that found a spare, and that did not, over every burst.
+    pub spares: (u64, u64),
+    /// Failed requests over every burst.
+    pub failed: u64,
+}
+
+impl BurstResult {
+    /// Median over the bursts of the last answer's latency, µs.
+    pub fn last_median(&self) -> Option<f64> {
+        (!self.last.is_empty()).then(|| median(&self.last))
+    }
+}
+
+/// Sends `bursts` bursts of [`BURST`] forced restores of `bench`, each from
+/// a settled server.
+pub async fn measure(ctx: &mut Ctx, bench: &Bench, bursts: usize) -> Result<BurstResult, String> {
+    let target = Target::new(&ctx.api.base_url(), bench.name)
+        .and_then(|t| t.with_bodies(vec![Bytes::from(bench.body.to_owned())]))
+        .map_err(|e| e.to_string())?
+        .with_cold(Some(ColdStart::Restore));
+    settle(ctx, bench.name, 0, None).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let spares = spares_ready(&ctx.api, bench.name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let at_rest = settle(ctx, bench.name, spares, None).await?;
+    let mut result = BurstResult {
+        function: bench.name.to_owned(),
+        ..BurstResult::default()
+    };
+    for burst in 1..=bursts {
+        settle(ctx, bench.name, spares, Some(at_rest)).await?;
+        let mut set = JoinSet::new();
+        let t0 = Instant::now();
+        for seq in 0..BURST as u64 {
+            let client = ctx.client.clone();
+            let target = target.clone();
+            set.spawn(async move {
+                let outcome = client.send(&target, seq).await;
+                (outcome, t0.elapsed())
+            });
+        }
+        let mut latencies = Vec::with_capacity(BURST);
+        while let Some(joined) = set.join_next().await {
+            let (outcome, took) = joined.map_err(|e| format!("burst task: {e}"))?;
+            if !outcome.is_ok() {
+                result.failed += 1;
+                continue;
+            }
+            match outcome.spare.as_deref() {
+                Some("hit") => result.spares.0 += 1,
+                Some("miss") => result.spares.1 += 1,
+                _ => {}
+            }
+            latencies.push(took.as_secs_f64() * 1e6);
+        }
+        if latencies.len() < BURST {
+            return Err(format!(
+                "burst {burst}: {} of {BURST} cold starts failed",
+                BURST - latencies.len()
+            ));
+        }
+        let last = latencies.iter().copied().fold(0.0, f64::max);
+        eprintln!(
+            "  burst {burst}: {} of {BURST} answered, last after {}",
+            latencies.len(),
+            us(Some(last))
+        );
+        result.last.push(last);
+        result.median.push(median(&latencies));
+    }
+    Ok(result)
+}
+
+/// The section: each burst's figures and the ratio to the single restore.
+/// `single` is the single-restore median (µs) of the same function.
+pub fn render(results: &[(BurstResult, Option<f64>)], bursts: usize) -> String {
+    let mut t = Table::new(&[
+        "function",
+        ">bursts",
+        ">last answer (median of bursts)",
+        ">median answer in a burst",
+        ">single restore (median of rounds)",
+        ">last ÷ single",
+        ">spare hits",
+        ">failed",
+    ]);
+    for (r, single) in results {
+        let last = r.last_median();
+        t.row(vec![
+            r.function.clone(),
+            r.last.len().to_string(),
+            us(last),
+            us((!r.median.is_empty()).then(|| median(&r.median))),
+            us(*single),
+            match (last, single) {
+                (Some(l), Some(s)) => ratio(Some(l / s.max(1.0))),
+                _ => "–".into(),
+            },
+            hit_rate(r.spares.0, r.spares.1),
+            r.failed.to_string(),
+        ]);
+    }
+    let mut out = t.render();
+    out.push_str(&format!(
+        "\n{bursts} bursts of {BURST} requests with `x-thaw-cold: restore` sent at the same instant (one connection each) \
+         to the default server at rest (nothing busy, its spares ready); latency from the burst's start to each whole \
+         answer. \"single restore\" is the restore (mmap) row of the cold-start section (one request at a time).\n"
+    ));
+    out
+}

@@ -1,0 +1,440 @@
+//! The goals of issue 16, each with the figure this run measured beside it
+//! and a plain verdict: **met**, **not met**, or **not measured yet**.
+//!
+//! Every figure comes from a section of the same document; [`Figures`]
+//! collects them and [`render`] writes one subsection per goal.
+
+use super::markdown::{ratio, us};
+
+/// A goal's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The figure meets the goal.
+    Met,
+    /// It does not.
+    NotMet,
+    /// No figure: why.
+    NotMeasured(String),
+}
+
+impl Verdict {
+    fn of(ok: bool) -> Verdict {
+        if ok {
+            Verdict::Met
+        } else {
+            Verdict::NotMet
+        }
+    }
+
+    /// `met`, `not met` or `not measured yet (why)`.
+    pub fn text(&self) -> String {
+        match self {
+            Verdict::Met => "**met**".into(),
+            Verdict::NotMet => "**not met**".into(),
+            Verdict::NotMeasured(why) => format!("**not measured yet** ({why})"),
+        }
+    }
+
+    /// Both verdicts together: met only if both are.
+    fn and(self, other: Verdict) -> Verdict {
+        match (self, other) {
+            (Verdict::NotMeasured(a), _) => Verdict::NotMeasured(a),
+            (_, Verdict::NotMeasured(b)) => Verdict::NotMeasured(b),
+            (Verdict::Met, Verdict::Met) => Verdict::Met,
+            _ => Verdict::NotMet,
+        }
+    }
+}
+
+/// A sustained cold-start figure of one function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sustained {
+    /// Cold starts per second (median of rounds).
+    pub rate: f64,
+    /// Failed requests.
+    pub failed: u64,
+    /// CPU per cold start, seconds, if measured.
+    pub cpu: Option<f64>,
+}
+
+/// The figures the goals are judged on; `Err` holds why one is missing.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// Sustained forced restores of `hello`.
+    pub hello: Result<Sustained, String>,
+    /// Sustained forced restores of `numpy-pandas`.
+    pub numpy: Result<Sustained, String>,
+    /// Burst of numpy-pandas: (last answer µs, single restore µs).
+    pub burst: Result<(f64, f64), String>,
+    /// numpy-pandas: (restore without spares µs, restore into a spare µs).
+    pub on_demand: Result<(f64, f64), String>,
+    /// numpy-pandas: (single restore µs, fork floor µs).
+    pub floor: Result<(f64, f64), String>,
+    /// numpy-pandas first invocation ÷ warm handler: (mmap, uffd).
+    pub first: (Result<f64, String>, Result<f64, String>),
+    /// numpy-pandas capture p50, µs.
+    pub capture: Result<f64, String>,
+    /// numpy-pandas idle restored copies held, and the memory they added
+    /// (bytes, as the density section counts it).
+    pub density: Result<(u64, f64), String>,
+}
+
+/// Goal 1: CPU per cold start of numpy-pandas, seconds.
+pub const CPU_GOAL: f64 = 0.005;
+/// Goal 2: sustained cold starts per second.
+pub const HELLO_RATE_GOAL: f64 = 300.0;
+/// Goal 2 for numpy-pandas.
+pub const NUMPY_RATE_GOAL: f64 = 150.0;
+/// Goal 3: last answer of a burst ÷ single restore.
+pub const BURST_GOAL: f64 = 6.0;
+/// Goal 3: on-demand sandbox ÷ spare.
+pub const ON_DEMAND_GOAL: f64 = 2.0;
+/// Goal 4: restore ÷ fork floor.
+pub const FLOOR_GOAL: f64 = 1.0;
+/// Goal 5: first invocation ÷ warm.
+pub const FIRST_GOAL: f64 = 1.5;
+/// Goal 6: capture, µs.
+pub const CAPTURE_GOAL_US: f64 = 60_000.0;
+/// Goal 7: copies.
+pub const DENSITY_COPIES: u64 = 1000;
+/// Goal 7: memory, bytes.
+pub const DENSITY_BYTES: f64 = 20.0 * (1u64 << 30) as f64;
+
+fn ms(seconds: f64) -> String {
+    format!("{:.2} ms", seconds * 1e3)
+}
+
+fn section(
+    out: &mut String,
+    title: &str,
+    goal: &str,
+    measured: &str,
+    verdict: &Verdict,
+    more: &str,
+) {
+    out.push_str(&format!(
+        "### {title}\n\n* Goal: {goal}\n* Measured: {measured}\n* Verdict: {}\n",
+        verdict.text()
+    ));
+    if !more.is_empty() {
+        out.push_str(&format!("* {more}\n"));
+    }
+    out.push('\n');
+}
+
+/// One line per goal: its number, title and verdict (for the summary).
+pub fn verdicts(f: &Figures) -> Vec<(&'static str, Verdict)> {
+    render_parts(f)
+        .into_iter()
+        .map(|(t, v, _)| (t, v))
+        .collect()
+}
+
+fn render_parts(f: &Figures) -> Vec<(&'static str, Verdict, String)> {
+    let mut parts = Vec::new();
+    let mut out = String::new();
+
+    // 1. CPU per cold start.
+    let (measured, verdict) = match &f.numpy {
+        Ok(Sustained { cpu: Some(c), .. }) => {
+            let hello = match &f.hello {
+                Ok(Sustained { cpu: Some(h), .. }) => format!("; hello {}", ms(*h)),
+                _ => String::new(),
+            };
+            (
+                format!("numpy-pandas {}{hello}", ms(*c)),
+                Verdict::of(*c <= CPU_GOAL),
+            )
+        }
+        Ok(_) => ("–".into(), Verdict::NotMeasured("no CPU reading".into())),
+        Err(e) => ("–".into(), Verdict::NotMeasured(e.clone())),
+    };
+    section(
+        &mut out,
+        "1. CPU per cold start",
+        &format!("(Δ CPU of the server + Σ CPU of the sandboxes' cgroups) ÷ cold starts, {} clients forcing restores: numpy-pandas ≤ {}", super::throughput::COLD_CLIENTS, ms(CPU_GOAL)),
+        &measured,
+        &verdict,
+        "From \"Sustained cold starts\" below (median of rounds; how it is counted is written there).",
+    );
+    parts.push(("1. CPU per cold start", verdict, std::mem::take(&mut out)));
+
+    // 2. Sustained cold starts.
+    let one = |r: &Result<Sustained, String>, goal: f64| match r {
+        Ok(s) => (
+            format!("{:.1}/s, {} failed", s.rate, s.failed),
+            Verdict::of(s.rate >= goal && s.failed == 0),
+        ),
+        Err(e) => ("–".into(), Verdict::NotMeasured(e.clone())),
+    };
+    let (h, hv) = one(&f.hello, HELLO_RATE_GOAL);
+    let (n, nv) = one(&f.numpy, NUMPY_RATE_GOAL);
+    let verdict = hv.and(nv);
+    section(
+        &mut out,
+        "2. Sustained cold starts",
+        &format!(
+            "≥ {HELLO_RATE_GOAL:.0}/s for hello, ≥ {NUMPY_RATE_GOAL:.0}/s for numpy-pandas, {} clients forcing restores, no failures",
+            super::throughput::COLD_CLIENTS
+        ),
+        &format!("hello {h}; numpy-pandas {n}"),
+        &verdict,
+        "From \"Sustained cold starts\" below.",
+    );
+    parts.push((
+        "2. Sustained cold starts",
+        verdict,
+        std::mem::take(&mut out),
+    ));
+
+    // 3. Bursts.
+    let (b, bv) = match &f.burst {
+        Ok((last, single)) => {
+            let r = last / single.max(1.0);
+            (
+                format!(
+                    "the last of {} answers after {} = {} the single-restore median ({})",
+                    super::burst::BURST,
+                    us(Some(*last)),
+                    ratio(Some(r)),
+                    us(Some(*single))
+                ),
+                Verdict::of(r <= BURST_GOAL),
+            )
+        }
+        Err(e) => ("–".into(), Verdict::NotMeasured(e.clone())),
+    };
+    let (o, ov) = match &f.on_demand {
+        Ok((none, spare)) => {
+            let r = none / spare.max(1.0);
+            (
+                format!(
+                    "a restore with no spare {} = {} one into a spare ({})",
+                    us(Some(*none)),
+                    ratio(Some(r)),
+                    us(Some(*spare))
+                ),
+                Verdict::of(r <= ON_DEMAND_GOAL),
+            )
+        }
+        Err(e) => ("–".into(), Verdict::NotMeasured(e.clone())),
+    };
+    let verdict = bv.and(ov);
+    section(
+        &mut out,
+        "3. Bursts",
+        &format!(
+            "{} concurrent cold starts of numpy-pandas all answered within ×{BURST_GOAL} the single-restore p50; a sandbox made on demand costs ≤ ×{ON_DEMAND_GOAL} a spare",
+            super::burst::BURST
+        ),
+        &format!("{b}; {o}"),
+        &verdict,
+        "From \"Bursts\" and \"Spare sandboxes\" below (on demand: the median of rounds of the no-spares server; spare: the p50 of the default server's restores that hit a spare). Each step of making a sandbox: `cargo bench -p pool --bench sandbox`.",
+    );
+    parts.push(("3. Bursts", verdict, std::mem::take(&mut out)));
+
+    // 4. The floor.
+    let (m, verdict) = match &f.floor {
+        Ok((restore, fork)) => {
+            let r = restore / fork.max(1.0);
+            (
+                format!(
+                    "restore (mmap) {} = {} the fork floor ({})",
+                    us(Some(*restore)),
+                    ratio(Some(r)),
+                    us(Some(*fork))
+                ),
+                Verdict::of(r <= FLOOR_GOAL),
+            )
+        }
+        Err(e) => ("–".into(), Verdict::NotMeasured(e.clone())),
+    };
+    section(
+        &mut out,
+        "4. At the floor",
+        "a single forced restore of numpy-pandas through HTTP no slower than the fork floor (×1)",
+        &m,
+        &verdict,
+        "From \"Cold starts\" below (medians of rounds).",
+    );
+    parts.push(("4. At the floor", verdict, std::mem::take(&mut out)));
+
+    // 5. First invocation.
+    let one = |r: &Result<f64, String>| match r {
+        Ok(x) => (ratio(Some(*x)), Verdict::of(*x <= FIRST_GOAL)),
+        Err(e) => ("–".into(), Verdict::NotMeasured(e.clone())),
+    };
+    let (a, av) = one(&f.first.0);
+    let (b, bv) = one(&f.first.1);
+    let verdict = av.and(bv);
+    section(
+        &mut out,
+        "5. First invocation",
+        &format!("the first invocation after a restore ≤ ×{FIRST_GOAL} a warm one, in both modes (numpy-pandas)"),
+        &format!("mmap {a}, uffd {b} (handler time p50 ÷ warm handler p50)"),
+        &verdict,
+        "From \"First invocation after a start\" below.",
+    );
+    parts.push(("5. First invocation", verdict, std::mem::take(&mut out)));
+
+    // 6. Capture.
+    let (m, verdict) = match &f.capture {
+        Ok(c) => (
+            format!("p50 {}", us(Some(*c))),
+            Verdict::of(*c <= CAPTURE_GOAL_US),
+        ),
+        Err(e) => ("–".into(), Verdict::NotMeasured(e.clone())),
+    };
+    section(
+        &mut out,
+        "6. Capture",
+        &format!(
+            "numpy-pandas captured into a usable snapshot in ≤ {}",
+            us(Some(CAPTURE_GOAL_US))
+        ),
+        &m,
+        &verdict,
+        "From \"Capture\" below (the server's `capture_us`).",
+    );
+    parts.push(("6. Capture", verdict, std::mem::take(&mut out)));
+
+    // 7. Density.
+    let (m, verdict) = match &f.density {
+        Ok((copies, bytes)) if *copies >= DENSITY_COPIES => (
+            format!(
+                "{copies} copies added {:.2} GiB",
+                bytes / (1u64 << 30) as f64
+            ),
+            Verdict::of(*bytes < DENSITY_BYTES),
+        ),
+        Ok((copies, bytes)) => (
+            format!(
+                "{copies} copies added {:.1} MiB (not extrapolated)",
+                bytes / (1u64 << 20) as f64
+            ),
+            Verdict::NotMeasured(format!(
+                "this run held {copies} copies; the goal needs {DENSITY_COPIES} actually started"
+            )),
+        ),
+        Err(e) => ("–".into(), Verdict::NotMeasured(e.clone())),
+    };
+    section(
+        &mut out,
+        "7. Density",
+        &format!(
+            "{DENSITY_COPIES} idle restored numpy-pandas copies actually started add under 20 GiB, the image's page cache and the server counted"
+        ),
+        &m,
+        &verdict,
+        "From \"Density\" below.",
+    );
+    parts.push(("7. Density", verdict, std::mem::take(&mut out)));
+
+    // 8. A cold host.
+    let verdict = Verdict::NotMeasured(
+        "the suite does not drop the page cache before cold starts yet".into(),
+    );
+    section(
+        &mut out,
+        "8. A cold host",
+        "with the page cache dropped before each cold start, restore ≥ ×10 faster than boot in the same run",
+        "–",
+        &verdict,
+        "",
+    );
+    parts.push(("8. A cold host", verdict, std::mem::take(&mut out)));
+    parts
+}
+
+/// The goals section: a summary table, then one subsection per goal.
+pub fn render(f: &Figures) -> String {
+    let parts = render_parts(f);
+    let mut out = String::from(
+        "The goals of issue 16 (on this 2-core machine), each with this run's figure and whether it is met. Goals 1, 2, 3 \
+         and 5 are the ones the issue is for.\n\n| goal | verdict |\n|--|--|\n",
+    );
+    for (title, verdict, _) in &parts {
+        out.push_str(&format!(
+            "| {title} | {} |\n",
+            verdict.text().replace('|', "\\|")
+        ));
+    }
+    out.push('\n');
+    for (_, _, text) in parts {
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures() -> Figures {
+        Figures {
+            hello: Ok(Sustained {
+                rate: 320.0,
+                failed: 0,
+                cpu: Some(0.003),
+            }),
+            numpy: Ok(Sustained {
+                rate: 90.0,
+                failed: 0,
+                cpu: Some(0.004),
+            }),
+            burst: Ok((150_000.0, 9_000.0)),
+            on_demand: Ok((15_000.0, 9_000.0)),
+            floor: Err("fork floor: error: boom".into()),
+            first: (Ok(1.2), Ok(1.4)),
+            capture: Ok(196_000.0),
+            density: Ok((100, 300.0 * (1u64 << 20) as f64)),
+        }
+    }
+
+    #[test]
+    fn every_goal_has_a_section_and_a_verdict() {
+        let text = render(&figures());
+        for n in 1..=8 {
+            assert!(text.contains(&format!("### {n}. ")), "goal {n} in:\n{text}");
+        }
+        let v = verdicts(&figures());
+        assert_eq!(v[0].1, Verdict::Met, "4 ms ≤ 5 ms");
+        assert_eq!(v[1].1, Verdict::NotMet, "numpy 90/s < 150/s");
+        assert_eq!(v[2].1, Verdict::NotMet, "burst ×16.7 > ×6");
+        assert!(matches!(v[3].1, Verdict::NotMeasured(_)));
+        assert_eq!(v[4].1, Verdict::Met);
+        assert_eq!(v[5].1, Verdict::NotMet);
+        assert!(matches!(&v[6].1, Verdict::NotMeasured(w) if w.contains("100 copies")));
+        assert!(matches!(v[7].1, Verdict::NotMeasured(_)));
+        assert!(
+            text.contains("| 1. CPU per cold start | **met** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("numpy-pandas 4.00 ms; hello 3.00 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("**not measured yet** (fork floor: error: boom)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn failures_fail_the_sustained_goal() {
+        let mut f = figures();
+        f.hello = Ok(Sustained {
+            rate: 400.0,
+            failed: 1,
+            cpu: None,
+        });
+        f.numpy = Ok(Sustained {
+            rate: 200.0,
+            failed: 0,
+            cpu: Some(0.006),
+        });
+        let v = verdicts(&f);
+        assert_eq!(v[0].1, Verdict::NotMet, "6 ms > 5 ms");
+        assert_eq!(v[1].1, Verdict::NotMet, "a failure");
+    }
+}
