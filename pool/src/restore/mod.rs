@@ -25,7 +25,7 @@
 //! Modules: [`spawn`] (init and stub), [`remote`] (driving the stub),
 //! [`batch`] (tables of system calls),
 //! [`memory`] (the address space), [`anon`] (anonymous-memory semantics
-//! in mmap mode), [`thread`] (kernel state and registers),
+//! in mmap mode), [`stacks`] (which areas mmap mode copies), [`thread`] (kernel state and registers),
 //! [`fds`] (descriptors and mapped files).
 
 pub mod anon;
@@ -37,6 +37,7 @@ pub mod remote;
 pub mod sandboxed;
 pub mod seccomp;
 pub mod spawn;
+pub mod stacks;
 pub mod thread;
 pub mod uffd;
 pub mod working_set;
@@ -107,9 +108,10 @@ pub struct RestoreOptions<'a> {
     /// and its init join before any of the copy's memory is mapped, so its
     /// pages are charged there.
     pub cgroups: Vec<std::path::PathBuf>,
-    /// `uffd` mode: saved page addresses to fill before the copy faults on
-    /// them (a previous copy's [`uffd::ServerReport::touched`]), in sorted
-    /// runs of up to 64 pages.
+    /// The recorded working set (see [`working_set`]): page addresses
+    /// (low bit: [`working_set::WRITTEN`]). `uffd` mode fills them before
+    /// the copy faults on them, in sorted runs of up to 64 pages; `mmap`
+    /// mode populates them with `madvise` before the copy resumes.
     pub prefetch: Vec<u64>,
     /// Whose credentials the copy (each of its threads) gets.
     pub credentials: Credentials,
@@ -647,6 +649,33 @@ pub fn restore_into(
     ))
 }
 
+/// mmap mode: copies in the pages of the recorded working set the first
+/// copy wrote, before the copy resumes (one `madvise(MADV_POPULATE_WRITE)`
+/// per run, see [`working_set::populate_ranges`]), so the first invocation
+/// does not take those copy-on-write faults one by one. Best effort: a
+/// range the kernel refuses ends the populating, never the restore.
+fn populate(
+    remote: &mut Remote,
+    scratch: u64,
+    areas: &[snapshotter::state::MemoryArea],
+    pages: &[u64],
+    timings: &mut RestoreTimings,
+) {
+    let ranges = working_set::populate_ranges(pages, areas, false);
+    let mut batch = Batch::new(scratch);
+    for r in &ranges {
+        batch.call(
+            format!("madvise(populate) at {:#x}", r.start),
+            libc::SYS_madvise,
+            [r.start, r.len, r.advice, 0, 0, 0],
+        );
+    }
+    timings.batched += batch.len() as u32;
+    if let Err(err) = remote.run(batch) {
+        tracing::debug!(%err, "populating the working set stopped early");
+    }
+}
+
 /// Everything after the stub is seized: address space, kernel state,
 /// registers, detach. Returns the uffd page server, if any. `keep_uffd`
 /// (a copy restored into a sandbox): the copy's userfaultfd goes to the
@@ -680,7 +709,7 @@ fn drive(
     // mmap mode: the guard that keeps anonymous-memory semantics (refuses
     // the restore when it cannot).
     let eager = match options.mode {
-        Mode::Mmap if anon::enabled() => thread::thread_stack_areas(state),
+        Mode::Mmap if anon::enabled() => stacks::eager_areas(state, &image.file, &image.layout),
         _ => Default::default(),
     };
     let guard = match options.mode {
@@ -717,6 +746,15 @@ fn drive(
     remote.run(batch)?;
     if let Some(g) = &guard {
         g.write(&remote)?;
+    }
+    if options.mode == Mode::Mmap && !options.prefetch.is_empty() {
+        populate(
+            &mut remote,
+            places.scratch,
+            &state.areas,
+            &options.prefetch,
+            timings,
+        );
     }
     remote.set_syscall_address(syscall_at);
     timings.batch = started.elapsed();
