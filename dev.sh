@@ -11,14 +11,21 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Debian packages thaw needs: libclang for the userfaultfd bindings, the
-# system Python with numpy and pandas for the python3 runtime and the
-# numpy-pandas example; for the tests also python3-venv (kubernetes-validate
-# from PyPI) and systemd (systemd-analyze) to check deploy/; OpenJDK 17 (JDK:
-# javac compiles Java functions at deploy) for the java17 runtime, gcc for the
-# node20 runtime's OpenSSL reseeding addon; g++ builds libFuzzer for the fuzz
-# stage; iproute2 and nftables for the veth pairs, NAT and filter of
-# `network = "outbound"` sandboxes (docs/network.md).
-PACKAGES=(libclang-dev clang g++ python3 python3-numpy python3-pandas python3-venv systemd chromium chromium-driver openjdk-17-jdk-headless gcc iproute2 nftables)
+# system Python with pip for the python3 runtime (pip installs a function's
+# requirements.txt, e.g. the numpy-pandas example's numpy and pandas, from the
+# package index at deploy: docs/dependencies.md); for the tests also
+# python3-venv (kubernetes-validate from PyPI) and systemd (systemd-analyze)
+# to check deploy/; OpenJDK 17 (JDK: javac compiles Java functions at deploy)
+# for the java17 runtime, gcc for the node20 runtime's OpenSSL reseeding
+# addon; g++ builds libFuzzer for the fuzz stage; iproute2 and nftables for
+# the veth pairs, NAT and filter of `network = "outbound"` sandboxes
+# (docs/network.md).
+PACKAGES=(libclang-dev clang g++ python3 python3-pip python3-venv systemd chromium chromium-driver openjdk-17-jdk-headless gcc iproute2 nftables)
+# Only for `./dev.sh test`: tests below the control plane (snapshotter
+# capture, pool restore, restore_threads, the loadtest suite's interpreter
+# check) run the host's python3 with numpy and pandas directly, without a
+# deploy and so without a layer.
+TEST_PACKAGES=(python3-numpy python3-pandas)
 # The node20 runtime runs the machine's /usr/bin/node, which must be Node.js 20
 # or later (Debian 12's nodejs package is 18: it is not installed from here).
 NODE_MAJOR_MIN=20
@@ -41,7 +48,7 @@ need_root() {
 setup() {
     stage "setup: checking Debian packages"
     local missing=()
-    for p in "${PACKAGES[@]}"; do
+    for p in "${PACKAGES[@]}" "$@"; do
         if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
             missing+=("$p")
         fi
@@ -51,7 +58,7 @@ setup() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     else
-        echo "all present: ${PACKAGES[*]}"
+        echo "all present: ${PACKAGES[*]} $*"
     fi
     check_node
 }
@@ -71,6 +78,9 @@ check_node() {
     else
         echo "note: /usr/bin/node is $v: the node20 runtime needs >= $NODE_MAJOR_MIN (Debian's nodejs package is too old)"
     fi
+    if [ ! -x /usr/bin/npm ]; then
+        echo "note: /usr/bin/npm is missing: node20 functions with a package.json cannot install their dependencies"
+    fi
 }
 
 case "${1:-}" in
@@ -85,7 +95,7 @@ run)
     ;;
 test)
     need_root
-    setup
+    setup "${TEST_PACKAGES[@]}"
     stage "build"
     cargo build --workspace --all-targets
     stage "test"

@@ -107,6 +107,22 @@ pub struct Settings {
     /// `ip:port`, comma-separated (default: the host's /etc/resolv.conf).
     #[arg(long, env = "THAW_DNS_UPSTREAM", value_delimiter = ',')]
     pub dns_upstream: Option<Vec<String>>,
+    /// Folder of the dependency layer cache; servers on one machine may
+    /// share one (default <data_dir>/layers).
+    #[arg(long, env = "THAW_LAYER_CACHE")]
+    pub layer_cache: Option<PathBuf>,
+    /// Index URL pip installs requirements.txt from (default: what pip is
+    /// configured for on the host, else https://pypi.org/simple).
+    #[arg(long, env = "THAW_PACKAGE_INDEX")]
+    pub package_index: Option<String>,
+    /// Registry URL npm installs package.json from (default: what npm is
+    /// configured for on the host, else https://registry.npmjs.org/).
+    #[arg(long, env = "THAW_NPM_REGISTRY")]
+    pub npm_registry: Option<String>,
+    /// More `host:port` the installers may reach besides the index and
+    /// registry, comma-separated (e.g. a mirror's file host).
+    #[arg(long, env = "THAW_INDEX_HOSTS", value_delimiter = ',')]
+    pub index_hosts: Option<Vec<String>>,
     /// Deploy the function in this folder at start (repeatable).
     #[arg(long = "deploy")]
     #[serde(default)]
@@ -141,6 +157,10 @@ impl Settings {
             sessions_per_role: self.sessions_per_role.or(below.sessions_per_role),
             network_range: self.network_range.or(below.network_range),
             dns_upstream: self.dns_upstream.or(below.dns_upstream),
+            layer_cache: self.layer_cache.or(below.layer_cache),
+            package_index: self.package_index.or(below.package_index),
+            npm_registry: self.npm_registry.or(below.npm_registry),
+            index_hosts: self.index_hosts.or(below.index_hosts),
             deploy: if self.deploy.is_empty() {
                 below.deploy
             } else {
@@ -180,7 +200,28 @@ impl Settings {
             ),
             None => None,
         };
+        for (key, url) in [
+            ("package_index", &self.package_index),
+            ("npm_registry", &self.npm_registry),
+        ] {
+            if let Some(url) = url {
+                anyhow::ensure!(
+                    crate::build::proxy::authority_of_url(url).is_some(),
+                    "{key}: {url:?} is not an http:// or https:// URL"
+                );
+            }
+        }
+        for h in self.index_hosts.iter().flatten() {
+            anyhow::ensure!(
+                crate::build::proxy::parse_authority(h, 443).is_some(),
+                "index_hosts: {h:?} is not host:port"
+            );
+        }
         Ok(ServeOptions {
+            layer_cache: self.layer_cache,
+            package_index: self.package_index,
+            npm_registry: self.npm_registry,
+            index_hosts: self.index_hosts.unwrap_or_default(),
             network_range,
             dns_upstream,
             listen: self
@@ -352,6 +393,38 @@ mod tests {
             ("network_range = \"100.96.0.0/31\"", "too small"),
             ("network_range = \"nope\"", "network_range"),
             ("dns_upstream = [\"resolver.lan\"]", "dns_upstream"),
+        ] {
+            let file: Settings = toml::from_str(toml).unwrap();
+            let err = Settings::default()
+                .over(file)
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn dependency_settings_layer_and_refuse_what_is_not_a_url() {
+        let file: Settings = toml::from_str(
+            "layer_cache = \"/var/cache/thaw-layers\"\npackage_index = \"http://127.0.0.1:3141/simple\"\nindex_hosts = [\"cdn.example:443\"]\n",
+        )
+        .unwrap();
+        let opts = Settings::default().over(file).resolve().unwrap();
+        assert_eq!(
+            opts.layer_cache,
+            Some(PathBuf::from("/var/cache/thaw-layers"))
+        );
+        assert_eq!(
+            opts.package_index.as_deref(),
+            Some("http://127.0.0.1:3141/simple")
+        );
+        assert_eq!(opts.npm_registry, None, "the host's npm configuration");
+        assert_eq!(opts.index_hosts, vec!["cdn.example:443".to_string()]);
+        for (toml, needle) in [
+            ("package_index = \"pypi.org/simple\"", "package_index"),
+            ("npm_registry = \"ftp://r/\"", "npm_registry"),
+            ("index_hosts = [\"a b\"]", "index_hosts"),
         ] {
             let file: Settings = toml::from_str(toml).unwrap();
             let err = Settings::default()

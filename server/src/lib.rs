@@ -3,6 +3,7 @@
 //!
 //! * [`spec`]: the deploy request and its validation.
 //! * [`runtime`]: the runtimes (runtimes/*): handler syntax, launch, build.
+//! * [`build`]: dependency files installed into cached layers.
 //! * [`registry`]: function records and code in the data directory.
 //! * [`snapshots`]: capturing a warmed version into the page store.
 //! * [`rebuild`]: rebuilding a snapshot after a restore of it failed.
@@ -25,6 +26,7 @@
 pub mod answer;
 pub mod api;
 pub mod auth;
+pub mod build;
 pub mod bundle;
 pub mod client;
 pub mod config;

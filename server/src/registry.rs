@@ -38,6 +38,9 @@ pub const MAX_UNPACKED: u64 = 1 << 30;
 pub enum VersionState {
     /// Its first instance boots.
     Deploying,
+    /// Its dependency file is being installed into a layer (only when the
+    /// code has one: docs/dependencies.md).
+    Building,
     /// Its first instance runs the warm-up events.
     Warming,
     /// Its warmed instance is being captured.
@@ -53,7 +56,10 @@ impl VersionState {
     pub fn in_progress(self) -> bool {
         matches!(
             self,
-            VersionState::Deploying | VersionState::Warming | VersionState::Snapshotting
+            VersionState::Deploying
+                | VersionState::Building
+                | VersionState::Warming
+                | VersionState::Snapshotting
         )
     }
 
@@ -61,6 +67,7 @@ impl VersionState {
     pub fn as_str(self) -> &'static str {
         match self {
             VersionState::Deploying => "deploying",
+            VersionState::Building => "building",
             VersionState::Warming => "warming",
             VersionState::Snapshotting => "snapshotting",
             VersionState::Ready => "ready",

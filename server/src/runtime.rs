@@ -90,6 +90,57 @@ pub struct Description {
     /// Steps run on each version's code before its first boot.
     #[serde(default)]
     pub build: Vec<Step>,
+    /// How a dependency file in the code folder becomes a layer
+    /// (docs/dependencies.md).
+    #[serde(default)]
+    pub dependencies: Option<Dependencies>,
+}
+
+/// The `[dependencies]` table of a `runtime.toml`: the installer that turns
+/// a dependency file into a layer, run in a build sandbox
+/// ([`crate::build`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dependencies {
+    /// The dependency file in the code folder, e.g. `requirements.txt`.
+    pub file: String,
+    /// Its lockfile, if the installer has one (e.g. `package-lock.json`).
+    #[serde(default)]
+    pub lockfile: Option<String>,
+    /// The installer's command line (templates), run in a folder holding
+    /// copies of the dependency file and its lockfile.
+    pub install: Vec<String>,
+    /// The command line when there is no lockfile (default: `install`).
+    #[serde(default)]
+    pub install_unlocked: Option<Vec<String>>,
+    /// The folder, relative to where the installer runs, that it fills:
+    /// the layer.
+    pub output: String,
+    /// Where the layer appears in the version's code folder (relative).
+    pub into: String,
+    /// When set, the dependency file is JSON and names something to
+    /// install only when this key is a non-empty object (a `package.json`
+    /// that only says `"type": "module"` installs nothing).
+    #[serde(default)]
+    pub json_key: Option<String>,
+}
+
+impl Dependencies {
+    /// Whether `content` (the dependency file) asks for anything. A file
+    /// that does not parse is left to the installer, whose message says
+    /// why.
+    pub fn wants_install(&self, content: &[u8]) -> bool {
+        let Some(key) = &self.json_key else {
+            return true;
+        };
+        match serde_json::from_slice::<serde_json::Value>(content) {
+            Ok(v) => v
+                .get(key)
+                .and_then(|d| d.as_object())
+                .is_some_and(|d| !d.is_empty()),
+            Err(_) => true,
+        }
+    }
 }
 
 /// One step of `prepare` or `build`: a command, or a small file to write.
@@ -185,6 +236,9 @@ const VARS: &[&str] = &[
     "cpus",
     "code_dir",
     "runtime_dir",
+    "package_index",
+    "npm_registry",
+    "proxy",
 ];
 
 /// Expands `{name}` in `template`; `{{` and `}}` are literal braces.
@@ -262,6 +316,22 @@ impl Runtime {
         }
         if desc.argv.is_empty() {
             return Err(invalid("argv is empty".into()));
+        }
+        if let Some(d) = &desc.dependencies {
+            let commands = std::iter::once(&d.install).chain(&d.install_unlocked);
+            for cmd in commands {
+                if cmd.is_empty() {
+                    return Err(invalid("dependencies: an empty install command".into()));
+                }
+                for t in cmd {
+                    expand(t, &all).map_err(invalid)?;
+                }
+            }
+            for rel in [&d.file, &d.output, &d.into].into_iter().chain(&d.lockfile) {
+                if !crate::spec::valid_code_path(rel) {
+                    return Err(invalid(format!("dependencies: {rel:?} is not relative")));
+                }
+            }
         }
         for b in &desc.binds {
             if !b.starts_with('/') {
@@ -691,6 +761,47 @@ impl Runtimes {
         }
     }
 
+    /// The runtime `name` and its `[dependencies]` table, if it has one.
+    pub fn dependencies(&self, name: &str) -> Option<(&'static Runtime, &'static Dependencies)> {
+        let rt = self.catalog.get(name)?;
+        rt.desc.dependencies.as_ref().map(|d| (rt, d))
+    }
+
+    /// The installer command line of `deps` (`locked`: a lockfile is there)
+    /// with the build's settings (`package_index`, `npm_registry`, `proxy`).
+    pub fn install_command(
+        &self,
+        deps: &Dependencies,
+        locked: bool,
+        settings: &[(&'static str, String)],
+    ) -> Result<Vec<String>, String> {
+        let mut vars = self.base_vars();
+        for (k, v) in settings {
+            vars.set(k, v.clone());
+        }
+        let cmd = match (&deps.install_unlocked, locked) {
+            (Some(unlocked), false) => unlocked,
+            _ => &deps.install,
+        };
+        cmd.iter().map(|t| expand(t, &vars)).collect()
+    }
+
+    /// Host paths a sandbox of runtime `rt` sees (the common base, the
+    /// runtime's binds, and the interpreter wherever it is).
+    pub fn binds(&self, rt: &Runtime) -> Vec<PathBuf> {
+        let mut binds: Vec<PathBuf> = pool::sandbox::binds::BASE
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        binds.extend(rt.desc.binds.iter().map(PathBuf::from));
+        if let Some(exe) = rt.desc.argv.first() {
+            if let Ok(exe) = expand(exe, &self.base_vars()) {
+                binds.push(PathBuf::from(exe));
+            }
+        }
+        binds
+    }
+
     /// Runs the runtime's `prepare` steps unless they ran on these files.
     async fn prepare(&self, rt: &Runtime, vars: &Vars) -> Result<(), BuildError> {
         if rt.desc.prepare.is_empty() {
@@ -931,6 +1042,21 @@ mod tests {
             .validate_handler("x.y")
             .unwrap_err();
         assert!(err.contains("pkg.Class::method"), "{err}");
+    }
+
+    #[test]
+    fn a_package_json_without_dependencies_installs_nothing() {
+        let (_, node) = catalog()
+            .get("node20")
+            .and_then(|r| r.desc.dependencies.as_ref().map(|d| (r, d)))
+            .expect("node20 has a [dependencies] table");
+        assert!(!node.wants_install(br#"{"type": "module"}"#));
+        assert!(!node.wants_install(br#"{"dependencies": {}}"#));
+        assert!(node.wants_install(br#"{"dependencies": {"a": "1"}}"#));
+        assert!(node.wants_install(b"{not json"), "npm says what is wrong");
+        let py = catalog().get("python3").unwrap();
+        let py = py.desc.dependencies.as_ref().unwrap();
+        assert!(py.wants_install(b""));
     }
 
     #[test]

@@ -55,6 +55,14 @@ pub struct ServeOptions {
     /// Resolvers the DNS forwarder relays to (None: the host's
     /// /etc/resolv.conf).
     pub dns_upstream: Option<Vec<SocketAddr>>,
+    /// Folder of the dependency layer cache (None: <data_dir>/layers).
+    pub layer_cache: Option<PathBuf>,
+    /// pip's index (None: the host's pip configuration, else PyPI).
+    pub package_index: Option<String>,
+    /// npm's registry (None: the host's npm configuration, else npmjs).
+    pub npm_registry: Option<String>,
+    /// More `host:port` the installers may reach.
+    pub index_hosts: Vec<String>,
 }
 
 fn total_memory() -> u64 {
@@ -209,10 +217,25 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         spares: opts.spares,
     });
     let registry = Registry::open(&data_dir)?;
+    // Dependency layers, built in sandboxes like the pool's.
+    let deps = crate::build::Builder::new(
+        crate::build::BuildSettings {
+            layer_cache: opts
+                .layer_cache
+                .clone()
+                .unwrap_or_else(|| data_dir.join("layers")),
+            package_index: opts.package_index.clone(),
+            npm_registry: opts.npm_registry.clone(),
+            index_hosts: opts.index_hosts.clone(),
+            python: opts.python.clone(),
+        },
+        pool.config().sandbox.clone(),
+    );
     let service = Service::new(
         ServiceConfig {
             data_dir: data_dir.clone(),
             runtimes: Arc::new(runtimes),
+            deps: Arc::new(deps),
             max_body: opts.max_body,
             allow_forced_cold: opts.allow_forced_cold,
             memory_mode: opts.memory_mode.as_str().into(),

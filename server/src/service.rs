@@ -25,6 +25,8 @@ pub struct ServiceConfig {
     pub data_dir: PathBuf,
     /// The runtimes, installed in the data directory.
     pub runtimes: Arc<crate::runtime::Runtimes>,
+    /// Installs dependency files into layers.
+    pub deps: Arc<crate::build::Builder>,
     /// Largest request body, bytes.
     pub max_body: usize,
     /// Whether `x-thaw-cold` is honoured.
@@ -489,6 +491,12 @@ impl Service {
     }
 
     async fn warm_up(&self, v: &Version) -> (VersionState, Option<String>, Option<SnapshotInfo>) {
+        // A dependency file: `building` while its layer is installed or
+        // found in the cache (docs/dependencies.md).
+        if let Err(e) = self.install_dependencies(v).await {
+            tracing::warn!(function = %v.key.name, version = v.key.version, error = %e, "installing dependencies failed");
+            return (VersionState::Failed, Some(e.to_string()), None);
+        }
         // Compile what the runtime compiles (Java sources) before the first
         // boot; its tool's message fails the version.
         if let Err(e) = self
@@ -551,6 +559,23 @@ impl Service {
                 )
             }
         }
+    }
+
+    /// Installs the version's dependency file, if its code has one, into a
+    /// layer linked into its code folder.
+    async fn install_dependencies(&self, v: &Version) -> Result<(), crate::build::DepsError> {
+        let runtimes = &self.config.runtimes;
+        let code = &v.start.launch.code_dir;
+        if !crate::build::Builder::has_dependencies(runtimes, &v.record.spec.runtime, code) {
+            return Ok(());
+        }
+        self.set_progress(&v.key, VersionState::Building);
+        let logs = self.log_sink(&v.key.name);
+        self.config
+            .deps
+            .install(runtimes, &v.record.spec.runtime, code, &logs)
+            .await
+            .map(|_| ())
     }
 
     /// Runs the version's warm-up events on a fresh instance. On error the
@@ -837,6 +862,7 @@ impl Service {
             // A new version still deploying, or one that failed: the newest
             // ready version keeps serving.
             VersionState::Deploying
+            | VersionState::Building
             | VersionState::Warming
             | VersionState::Snapshotting
             | VersionState::Failed => {

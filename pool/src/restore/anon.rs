@@ -64,7 +64,7 @@ use snapshotter::state::{AreaKind, MemoryArea, ProcessState, PAGE_SIZE};
 
 use super::batch::Batch;
 use super::remote::{bytes_of, Remote};
-use super::thread::KernelSigaction;
+use super::signals::KernelSigaction;
 use super::RestoreError;
 
 std::arch::global_asm!(

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use snapshotter::state::{FdKind, FdState, PairType, PipeEnd, ProcessState, TimerState};
+use snapshotter::state::{FdKind, FdState, PairType, PipeEnd, TimerState};
 
 use super::batch::Batch;
 use super::RestoreError;
@@ -330,8 +330,8 @@ fn timer_setting(t: &TimerState) -> Option<(i32, Itimerspec)> {
 
 /// Adds to the last state batch (every descriptor is at its number): the
 /// epoll registrations and the timers' settings and unread expirations.
-pub fn arm_and_register(batch: &mut Batch, state: &ProcessState) -> Result<(), RestoreError> {
-    for saved in &state.fds {
+pub fn arm_and_register(batch: &mut Batch, fds: &[FdState]) -> Result<(), RestoreError> {
+    for saved in fds {
         match &saved.kind {
             FdKind::Epoll { registrations } => {
                 for r in registrations {

@@ -22,20 +22,28 @@
 //! The copy's exit status is init's: its exit code, or 128 + the signal
 //! that killed it ([`RestoredChild::wait`]).
 //!
-//! Modules: [`spawn`] (init and stub), [`remote`] (driving the stub),
-//! [`batch`] (tables of system calls),
-//! [`memory`] (the address space), [`anon`] (anonymous-memory semantics
-//! in mmap mode), [`stacks`] (which areas mmap mode copies), [`thread`] (kernel state and registers),
-//! [`fds`] (descriptors and mapped files).
+//! Mechanism: [`spawn`] (init and stub), [`remote`] (driving the stub),
+//! [`batch`] (tables of system calls), [`sandboxed`], [`working_set`].
+//!
+//! One module per kind of state, each named as its state type's module
+//! (`snapshotter::state::X`) and its capture (`snapshotter::capture::X`),
+//! in the order `drive` restores them (docs/restore.md, "Order of the
+//! restore"): [`memory`] (with [`anon`] in mmap mode, [`uffd`] in uffd
+//! mode, [`stacks`]: which areas mmap mode copies), [`mm`], [`fds`] (with [`kobj`]), [`signals`], [`process`],
+//! [`thread`], [`credentials`], [`seccomp`].
 
 pub mod anon;
 pub mod batch;
+pub mod credentials;
 pub mod fds;
 pub mod kobj;
 pub mod memory;
+pub mod mm;
+pub mod process;
 pub mod remote;
 pub mod sandboxed;
 pub mod seccomp;
+pub mod signals;
 pub mod spawn;
 pub mod stacks;
 pub mod thread;
@@ -47,6 +55,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use snapshotter::snapshot::{open_snapshot_dir, LoadSnapshotError, Snapshot};
+use snapshotter::state::ProcessState;
 use snapshotter::store::{ImageError, PageStore};
 
 use batch::Batch;
@@ -111,7 +120,8 @@ pub struct RestoreOptions<'a> {
     /// The recorded working set (see [`working_set`]): page addresses
     /// (low bit: [`working_set::WRITTEN`]). `uffd` mode fills them before
     /// the copy faults on them, in sorted runs of up to 64 pages; `mmap`
-    /// mode populates them with `madvise` before the copy resumes.
+    /// mode populates the written ones with `madvise` before the copy
+    /// resumes (when the server enables it).
     pub prefetch: Vec<u64>,
     /// Whose credentials the copy (each of its threads) gets.
     pub credentials: Credentials,
@@ -544,16 +554,15 @@ pub fn restore(
     }
     let remote = Remote::seize(spawned.stub_pid)?;
     timings.stub = started.elapsed();
-    let server = drive(
-        remote,
-        Some(&spawned.stub_pidfd),
-        false,
+    let ctx = Driving {
         snapshot,
-        &image,
-        &plan,
+        image: &image,
+        plan: &plan,
         options,
-        &mut timings,
-    )?;
+        stub_pidfd: Some(&spawned.stub_pidfd),
+        keep_uffd: false,
+    };
+    let server = drive(remote, &ctx, &mut timings)?;
     let server = server.map(|(thread, _)| thread);
     drop(plan);
     guard.0 = None;
@@ -633,20 +642,183 @@ pub fn restore_into(
     };
     let remote = Remote::seize(stub_pid)?;
     timings.stub = started.elapsed();
-    let server = drive(
-        remote,
-        pidfd.as_ref(),
-        true,
+    let ctx = Driving {
         snapshot,
-        &prepared.image,
-        &prepared.plan,
+        image: &prepared.image,
+        plan: &prepared.plan,
         options,
-        &mut timings,
-    )?;
+        stub_pidfd: pidfd.as_ref(),
+        keep_uffd: true,
+    };
+    let server = drive(remote, &ctx, &mut timings)?;
     Ok((
         timings,
         server.map(|(thread, live)| CopyServer { thread, live }),
     ))
+}
+
+/// What the steps of [`drive`] work from: the snapshot, what [`prepare`]
+/// opened, the options, and how the stub was made.
+struct Driving<'a, 'o> {
+    snapshot: &'a Snapshot,
+    image: &'a snapshotter::store::CachedImage,
+    plan: &'a fds::FdPlan,
+    options: &'a RestoreOptions<'o>,
+    /// The stub's pidfd (required in `uffd` mode, to pull its userfaultfd).
+    stub_pidfd: Option<&'a OwnedFd>,
+    /// A copy restored into a sandbox: the copy's userfaultfd goes to the
+    /// sandbox's pid 1 (`options.uffd_keeper`), which holds it, so the
+    /// kernel never releases it, and never turns missing pages into zeros,
+    /// while the copy lives; no process of the function holds it. Such
+    /// copies also always get the seccomp policy.
+    keep_uffd: bool,
+}
+
+/// The uffd page server of a copy and what it has done so far.
+type Served = (PageServerThread, std::sync::Arc<uffd::LiveReport>);
+
+/// Everything after the stub is seized: one step per kind of state, in the
+/// order docs/restore.md ("Order of the restore") gives the reasons for.
+/// Returns the uffd page server, if any.
+///
+/// The state is destructured with every field named (no `..`) and unused
+/// bindings are denied here: a kind of state the capture records but no
+/// step restores does not compile.
+#[deny(unused_variables)]
+fn drive(
+    mut remote: Remote,
+    ctx: &Driving<'_, '_>,
+    timings: &mut RestoreTimings,
+) -> Result<Option<Served>, RestoreError> {
+    let state = &ctx.snapshot.state;
+    state
+        .validate()
+        .map_err(|e| RestoreError::Unsupported(format!("snapshot state: {e}")))?;
+    let ProcessState {
+        version: _, // checked by `validate`
+        pid,
+        personality,
+        signals,
+        mm,
+        process,
+        areas,
+        fds,
+        threads,
+    } = state;
+    let (main, saved_others) = threads.split_first().expect("validated: a main thread");
+    // Declared before the kill guard, so that on an error the copy is killed
+    // before any of its threads is detached (a half-made thread would run
+    // the batch loop's code it was cloned in).
+    let mut others: Vec<Remote> = Vec::new();
+    let mut kill_on_error = KillOnError(Some(remote.pid()));
+
+    // 1. memory: the stub's own areas out, the saved ones in (and in uffd
+    //    mode the page server), before anything refers to an address.
+    let started = Instant::now();
+    let memory = restore_memory(&mut remote, ctx, areas, timings)?;
+    timings.mappings = started.elapsed();
+
+    // One batch in the main thread, before any other thread exists.
+    let started = Instant::now();
+    let mut batch = Batch::new(memory.scratch);
+    // 2. mm: needs the stub's binary unmapped (EBUSY otherwise) and the
+    //    executable's fd still open.
+    mm::set_mm(&mut batch, mm, ctx.plan.exe_fd)?;
+    // 3. fds: the mapping fds closed (the executable's with them), the
+    //    kernel objects armed and registered.
+    restore_fds(&mut batch, fds, ctx.plan, memory.uffd_in_stub)?;
+    // 4. signals: dispositions are shared by the threads.
+    signals::set_signals(&remote, &mut batch, signals)?;
+    // 5. process attributes: the threads cloned next inherit them.
+    process::set_attributes(&remote, &mut batch, process, *personality)?;
+    // 6. the main thread's own registrations.
+    thread::set_thread(&mut batch, main)?;
+    timings.batched += batch.len() as u32;
+    remote.run(batch)?;
+
+    // 7. the other threads, each with its saved tid (while the stub is
+    //    still privileged), its registrations, scheduling and credentials.
+    thread::restore_others(
+        &mut remote,
+        &mut others,
+        saved_others,
+        memory.scratch,
+        state,
+        &ctx.options.credentials,
+        timings,
+    )?;
+    thread::set_sched(remote.pid(), *pid, &main.sched)?;
+
+    // 8. the main thread's credentials, then the seccomp policy (and the
+    //    mmap-mode guard) with TSYNC: they reach every thread, last of the
+    //    steps that need privileges.
+    let mut batch = Batch::new(memory.scratch);
+    if let Some(g) = &memory.guard {
+        g.install(&mut batch)?;
+    }
+    credentials::set_credentials(&mut batch, state, &ctx.options.credentials)?;
+    // Sandboxed copies (`restore_into`) always get the policy.
+    seccomp::install(&mut batch, state, ctx.keep_uffd)?;
+    timings.batched += batch.len() as u32;
+    remote.run(batch)?;
+    if let Some(g) = &memory.guard {
+        g.check_installed(&remote, &others)?;
+    }
+    thread::check_filters_everywhere(&remote, &others)?;
+    thread::set_mask(&remote, main)?;
+    if let Some((addr, len)) = remote.scratch.take() {
+        remote.sys(
+            "munmap (scratch)",
+            libc::SYS_munmap,
+            [addr, len, 0, 0, 0, 0],
+        )?;
+    }
+    timings.state = started.elapsed();
+
+    // 9. registers of every thread, then all resume together.
+    let started = Instant::now();
+    for (t, saved) in others.iter_mut().zip(saved_others) {
+        thread::set_registers_after_batch(t, saved)?;
+        thread::set_mask(t, saved)?;
+        timings.injected += t.calls;
+    }
+    thread::set_registers(&mut remote, main)?;
+    timings.injected += remote.calls;
+    let server = match memory.server {
+        Some(s) => {
+            let live = s.live();
+            let pidfd = ctx
+                .stub_pidfd
+                .expect("uffd mode has the stub's pidfd")
+                .try_clone()
+                .map_err(|source| RestoreError::Io {
+                    what: "dup pidfd".into(),
+                    source,
+                })?;
+            Some((s.spawn(pidfd), live))
+        }
+        None => None,
+    };
+    // Every thread is set before any runs.
+    for t in others.drain(..) {
+        t.detach()?;
+    }
+    remote.detach()?;
+    kill_on_error.0 = None;
+    timings.resume = started.elapsed();
+    Ok(server)
+}
+
+/// What [`restore_memory`] leaves for the later steps.
+struct RestoredMemory {
+    /// The scratch area the batches run in.
+    scratch: u64,
+    /// mmap mode: the anonymous-memory guard, mapped, to install.
+    guard: Option<anon::Guard>,
+    /// uffd mode: the page server, to start when the copy resumes.
+    server: Option<uffd::PageServer>,
+    /// uffd mode: the userfaultfd's number in the stub, to close.
+    uffd_in_stub: Option<u64>,
 }
 
 /// mmap mode: copies in the pages of the recorded working set the first
@@ -676,36 +848,22 @@ fn populate(
     }
 }
 
-/// Everything after the stub is seized: address space, kernel state,
-/// registers, detach. Returns the uffd page server, if any. `keep_uffd`
-/// (a copy restored into a sandbox): the copy's userfaultfd goes to the
-/// sandbox's pid 1 (`options.uffd_keeper`), which holds it, so the kernel
-/// never releases it, and never turns missing pages into zeros, while the
-/// copy lives; no process of the function holds it. Such copies also
-/// always get the seccomp policy.
-#[allow(clippy::too_many_arguments)]
-fn drive(
-    mut remote: Remote,
-    stub_pidfd: Option<&OwnedFd>,
-    keep_uffd: bool,
-    snapshot: &Snapshot,
-    image: &snapshotter::store::CachedImage,
-    plan: &fds::FdPlan,
-    options: &RestoreOptions<'_>,
+/// Step 1 of [`drive`]: the address space. The stub's rseq registration,
+/// its areas and binary go; the special areas move to the saved addresses;
+/// every saved area is mapped (see [`memory`]); in uffd mode the page
+/// server is made (each thread's rseq page filled before it is registered,
+/// the prefetch done unless it runs in the background); private pages that
+/// are written rather than mapped are written.
+fn restore_memory(
+    remote: &mut Remote,
+    ctx: &Driving<'_, '_>,
+    areas: &[snapshotter::state::MemoryArea],
     timings: &mut RestoreTimings,
-) -> Result<Option<(PageServerThread, std::sync::Arc<uffd::LiveReport>)>, RestoreError> {
-    let state = &snapshot.state;
-    state
-        .validate()
-        .map_err(|e| RestoreError::Unsupported(format!("snapshot state: {e}")))?;
-    // Declared before the kill guard, so that on an error the copy is killed
-    // before any of its threads is detached (a half-made thread would run
-    // the batch loop's code it was cloned in).
-    let mut others: Vec<Remote> = Vec::new();
-    let mut kill_on_error = KillOnError(Some(remote.pid()));
+) -> Result<RestoredMemory, RestoreError> {
+    let (state, options, image, plan) = (&ctx.snapshot.state, ctx.options, ctx.image, ctx.plan);
     let started = Instant::now();
     let stub_map = memory::stub_map(remote.pid())?;
-    let places = memory::prepare_scratch(&mut remote, &stub_map, &state.areas)?;
+    let places = memory::prepare_scratch(remote, &stub_map, areas)?;
     // mmap mode: the guard that keeps anonymous-memory semantics (refuses
     // the restore when it cannot).
     let eager = match options.mode {
@@ -722,11 +880,11 @@ fn drive(
         _ => None,
     };
     let mut batch = Batch::new(places.scratch);
-    thread::unregister_rseq(&remote, &mut batch)?;
+    thread::unregister_rseq(remote, &mut batch)?;
     let syscall_at = memory::clear_and_move_specials(
         &mut batch,
         &stub_map,
-        &state.areas,
+        areas,
         places,
         remote.syscall_address(),
     )?;
@@ -738,23 +896,17 @@ fn drive(
         lazy: options.mode == Mode::Uffd,
         eager: &eager,
     };
-    memory::map_areas(&mut batch, &state.areas, &snapshot.areas, &sources)?;
+    memory::map_areas(&mut batch, areas, &ctx.snapshot.areas, &sources)?;
     if let Some(g) = &guard {
         g.map(&mut batch);
     }
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
     if let Some(g) = &guard {
-        g.write(&remote)?;
+        g.write(remote)?;
     }
     if options.mode == Mode::Mmap && !options.prefetch.is_empty() {
-        populate(
-            &mut remote,
-            places.scratch,
-            &state.areas,
-            &options.prefetch,
-            timings,
-        );
+        populate(remote, places.scratch, areas, &options.prefetch, timings);
     }
     remote.set_syscall_address(syscall_at);
     timings.batch = started.elapsed();
@@ -767,10 +919,11 @@ fn drive(
             [(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0],
         )?;
         uffd_in_stub = Some(fd);
-        let pidfd = stub_pidfd
+        let pidfd = ctx
+            .stub_pidfd
             .ok_or_else(|| RestoreError::Unsupported("uffd mode needs the stub's pidfd".into()))?;
         let uffd = pidfd_getfd(pidfd, fd as i32)?;
-        if keep_uffd {
+        if ctx.keep_uffd {
             let keeper = options.uffd_keeper.ok_or_else(|| {
                 RestoreError::Unsupported(
                     "a uffd copy in a sandbox needs the sandbox's keeper socket".into(),
@@ -778,13 +931,8 @@ fn drive(
             })?;
             send_to_keeper(keeper, &uffd)?;
         }
-        let mut s = uffd::PageServer::new(
-            uffd,
-            &image.file,
-            &image.layout,
-            &state.areas,
-            &snapshot.areas,
-        )?;
+        let mut s =
+            uffd::PageServer::new(uffd, &image.file, &image.layout, areas, &ctx.snapshot.areas)?;
         // rseq: the kernel writes the area on every return to user space;
         // each thread's page must hold the saved content before it is
         // registered.
@@ -799,12 +947,25 @@ fn drive(
         }
         server = Some(s);
     }
-    memory::write_private_pages(&remote, &state.areas, &snapshot.areas, &sources)?;
-    timings.mappings = started.elapsed();
+    memory::write_private_pages(remote, areas, &ctx.snapshot.areas, &sources)?;
+    Ok(RestoredMemory {
+        scratch: places.scratch,
+        guard,
+        server,
+        uffd_in_stub,
+    })
+}
 
-    let started = Instant::now();
-    let mut batch = Batch::new(places.scratch);
-    thread::set_mm(&mut batch, state, plan.exe_fd)?;
+/// Step 3 of [`drive`]: the descriptors. They are at their numbers since
+/// the stub was made ([`Prepared::moves`]); here the fds that only served
+/// the mappings are closed (the stub's userfaultfd too), close-on-exec is
+/// set where it was, and the kernel objects get their state ([`kobj`]).
+fn restore_fds(
+    batch: &mut Batch,
+    saved: &[snapshotter::state::FdState],
+    plan: &fds::FdPlan,
+    uffd_in_stub: Option<u64>,
+) -> Result<(), RestoreError> {
     let close_to = u32::MAX as u64;
     if let Some(fd) = uffd_in_stub {
         batch.call("close (userfaultfd)", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
@@ -830,87 +991,5 @@ fn drive(
             ],
         );
     }
-    kobj::arm_and_register(&mut batch, state)?;
-    thread::set_signals(&remote, &mut batch, state)?;
-    thread::set_attributes(&remote, &mut batch, state)?;
-    thread::set_thread(&mut batch, state.main_thread())?;
-    timings.batched += batch.len() as u32;
-    remote.run(batch)?;
-
-    // The other threads, each with its saved tid, its registrations and
-    // the credentials (per thread), while the main thread is still
-    // privileged.
-    thread::create_threads(&mut remote, state, &mut others)?;
-    // Their batches run side by side, up to batch::SLOTS threads at once.
-    for (group, saved) in others
-        .chunks_mut(batch::SLOTS)
-        .zip(state.threads[1..].chunks(batch::SLOTS))
-    {
-        let mut batches = Vec::with_capacity(group.len());
-        for (slot, (t, saved)) in group.iter().zip(saved).enumerate() {
-            thread::set_sched(t.pid(), saved.tid, &saved.sched)?;
-            let mut batch = Batch::in_slot(places.scratch, slot);
-            thread::set_thread(&mut batch, saved)?;
-            thread::set_credentials(&mut batch, state, &options.credentials)?;
-            timings.batched += batch.len() as u32;
-            batches.push(batch);
-        }
-        Remote::run_in_threads(group, batches)?;
-    }
-    thread::set_sched(remote.pid(), state.pid, &state.main_thread().sched)?;
-
-    let mut batch = Batch::new(places.scratch);
-    if let Some(g) = &guard {
-        g.install(&mut batch)?;
-    }
-    thread::set_credentials(&mut batch, state, &options.credentials)?;
-    // Sandboxed copies (`restore_into`) always get the policy.
-    seccomp::install(&mut batch, state, keep_uffd)?;
-    timings.batched += batch.len() as u32;
-    remote.run(batch)?;
-    if let Some(g) = &guard {
-        g.check_installed(&remote, &others)?;
-    }
-    // The function policy (and the guard) reached every thread.
-    thread::check_filters_everywhere(&remote, &others)?;
-    thread::set_mask(&remote, state.main_thread())?;
-    if let Some((addr, len)) = remote.scratch.take() {
-        remote.sys(
-            "munmap (scratch)",
-            libc::SYS_munmap,
-            [addr, len, 0, 0, 0, 0],
-        )?;
-    }
-    timings.state = started.elapsed();
-
-    let started = Instant::now();
-    for (t, saved) in others.iter_mut().zip(&state.threads[1..]) {
-        thread::set_registers_after_batch(t, saved)?;
-        thread::set_mask(t, saved)?;
-        timings.injected += t.calls;
-    }
-    thread::set_registers(&mut remote, state.main_thread())?;
-    timings.injected += remote.calls;
-    let server = match server {
-        Some(s) => {
-            let live = s.live();
-            let pidfd = stub_pidfd
-                .expect("uffd mode has the stub's pidfd")
-                .try_clone()
-                .map_err(|source| RestoreError::Io {
-                    what: "dup pidfd".into(),
-                    source,
-                })?;
-            Some((s.spawn(pidfd), live))
-        }
-        None => None,
-    };
-    // All resume together: every thread is set before any runs.
-    for t in others.drain(..) {
-        t.detach()?;
-    }
-    remote.detach()?;
-    kill_on_error.0 = None;
-    timings.resume = started.elapsed();
-    Ok(server)
+    kobj::arm_and_register(batch, saved)
 }

@@ -1,7 +1,5 @@
-//! Restoring the kernel state of the copy beside its memory: mm fields,
-//! signal dispositions, process attributes, credentials, and per thread
-//! (the restore side of `snapshotter::capture::{mm, signals, thread}` and
-//! `ptrace`):
+//! Restoring each thread of the copy (the restore side of
+//! `snapshotter::capture::thread`, state `snapshotter::state::ThreadState`):
 //!
 //! ```text
 //! create_threads  one batch in the main thread: clone3 per saved thread,
@@ -14,18 +12,10 @@
 //!                 in the shared scratch area): set_tid_address,
 //!                 set_robust_list, sigaltstack, rseq, PR_SET_NAME
 //! set_sched       from the restorer: policy, nice, affinity of its tid
-//! set_credentials in every thread (a raw setresuid changes only the
-//!                 calling thread's credentials)
 //! set_registers   per thread: park, xsave, registers (restart rule), mask
 //! ```
 //!
-//! `struct prctl_mm_map` as `PR_SET_MM_MAP` takes it (104 bytes):
-//!
-//! ```text
-//! u64 start_code end_code start_data end_data start_brk brk start_stack
-//!     arg_start arg_end env_start env_end
-//! u64 auxv (pointer)   u32 auxv_size (bytes)   u32 exe_fd
-//! ```
+//! The credentials are set in every thread too ([`super::credentials`]).
 
 use snapshotter::state::{ProcessState, Restart, Rseq, Sched, ThreadState};
 
@@ -33,38 +23,7 @@ use super::batch::Batch;
 use super::remote::{bytes_of, Remote};
 use super::Credentials;
 use super::RestoreError;
-
-/// `struct prctl_mm_map`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct PrctlMmMap {
-    start_code: u64,
-    end_code: u64,
-    start_data: u64,
-    end_data: u64,
-    start_brk: u64,
-    brk: u64,
-    start_stack: u64,
-    arg_start: u64,
-    arg_end: u64,
-    env_start: u64,
-    env_end: u64,
-    auxv: u64,
-    auxv_size: u32,
-    exe_fd: u32,
-}
-const _: () = assert!(std::mem::size_of::<PrctlMmMap>() == 104);
-
-/// `struct kernel_sigaction` of x86_64 (also used by [`super::anon`]).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(super) struct KernelSigaction {
-    pub(super) handler: u64,
-    pub(super) flags: u64,
-    pub(super) restorer: u64,
-    pub(super) mask: u64,
-}
-const _: () = assert!(std::mem::size_of::<KernelSigaction>() == 32);
+use super::RestoreTimings;
 
 /// `stack_t`.
 #[repr(C)]
@@ -113,106 +72,6 @@ pub fn register_rseq(batch: &mut Batch, rseq: &Option<Rseq>) {
             [r.address, r.length as u64, 0, r.signature as u64, 0, 0],
         );
     }
-}
-
-/// `PR_SET_MM_MAP` with the saved fields, auxv and the executable (held by
-/// the stub as `exe_fd`). The stub's own binary must be unmapped already.
-pub fn set_mm(batch: &mut Batch, state: &ProcessState, exe_fd: i32) -> Result<(), RestoreError> {
-    let mm = &state.mm;
-    let auxv: Vec<u8> = mm
-        .auxv
-        .iter()
-        .flat_map(|&(k, v)| k.to_ne_bytes().into_iter().chain(v.to_ne_bytes()))
-        .collect();
-    let auxv_addr = batch.data(&auxv)?;
-    let map = PrctlMmMap {
-        start_code: mm.start_code,
-        end_code: mm.end_code,
-        start_data: mm.start_data,
-        end_data: mm.end_data,
-        start_brk: mm.start_brk,
-        brk: mm.brk,
-        start_stack: mm.start_stack,
-        arg_start: mm.arg_start,
-        arg_end: mm.arg_end,
-        env_start: mm.env_start,
-        env_end: mm.env_end,
-        auxv: auxv_addr,
-        auxv_size: auxv.len() as u32,
-        exe_fd: exe_fd as u32,
-    };
-    let addr = batch.data(bytes_of(&map))?;
-    batch.call(
-        "prctl(PR_SET_MM_MAP)",
-        libc::SYS_prctl,
-        [
-            libc::PR_SET_MM as u64,
-            libc::PR_SET_MM_MAP as u64,
-            addr,
-            std::mem::size_of::<PrctlMmMap>() as u64,
-            0,
-            0,
-        ],
-    );
-    Ok(())
-}
-
-/// Signals the stub has a non-default disposition for (from its status).
-fn stub_dispositions(pid: i32) -> Result<u64, RestoreError> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
-        RestoreError::Io {
-            what: format!("read /proc/{pid}/status"),
-            source,
-        }
-    })?;
-    let mut set = 0u64;
-    for line in text.lines() {
-        for key in ["SigIgn:", "SigCgt:"] {
-            if let Some(v) = line.strip_prefix(key) {
-                set |= u64::from_str_radix(v.trim(), 16).unwrap_or(u64::MAX);
-            }
-        }
-    }
-    Ok(set)
-}
-
-/// Sets the saved dispositions and resets the stub's other ones.
-pub fn set_signals(
-    remote: &Remote,
-    batch: &mut Batch,
-    state: &ProcessState,
-) -> Result<(), RestoreError> {
-    let stub_set = stub_dispositions(remote.pid())?;
-    let saved = &state.signals;
-    for signal in 1..=64u32 {
-        if signal == libc::SIGKILL as u32 || signal == libc::SIGSTOP as u32 {
-            continue;
-        }
-        let action = saved.handlers.iter().find(|h| h.signal == signal);
-        let stub_has = stub_set & (1 << (signal - 1)) != 0;
-        let act = match action {
-            Some(h) => KernelSigaction {
-                handler: h.handler,
-                flags: h.flags,
-                restorer: h.restorer,
-                mask: h.mask,
-            },
-            None if stub_has => KernelSigaction {
-                handler: 0,
-                flags: 0,
-                restorer: 0,
-                mask: 0,
-            },
-            None => continue,
-        };
-        let addr = batch.data(bytes_of(&act))?;
-        batch.call(
-            format!("rt_sigaction({signal})"),
-            libc::SYS_rt_sigaction,
-            [signal as u64, addr, 0, 8, 0, 0],
-        );
-    }
-    Ok(())
 }
 
 /// Sets the thread's blocked signal mask.
@@ -280,199 +139,6 @@ pub fn set_thread(batch: &mut Batch, t: &ThreadState) -> Result<(), RestoreError
         [libc::PR_SET_NAME as u64, addr, 0, 0, 0, 0],
     );
     Ok(())
-}
-
-/// cwd, umask and personality (in `batch`, run by the main thread before
-/// the other threads are cloned: they inherit the personality), and
-/// resource limits (set directly).
-pub fn set_attributes(
-    remote: &Remote,
-    batch: &mut Batch,
-    state: &ProcessState,
-) -> Result<(), RestoreError> {
-    let p = &state.process;
-    let mut cwd = p.cwd.clone().into_bytes();
-    cwd.push(0);
-    let addr = batch.data(&cwd)?;
-    batch.call(
-        format!("chdir({})", p.cwd),
-        libc::SYS_chdir,
-        [addr, 0, 0, 0, 0, 0],
-    );
-    batch.call("umask", libc::SYS_umask, [p.umask as u64, 0, 0, 0, 0, 0]);
-    batch.call(
-        "personality",
-        libc::SYS_personality,
-        [state.personality as u64, 0, 0, 0, 0, 0],
-    );
-    let pid = remote.pid();
-    for limit in &p.rlimits {
-        let new = libc::rlimit {
-            rlim_cur: limit.soft,
-            rlim_max: limit.hard,
-        };
-        // SAFETY: `new` is a valid rlimit read by the kernel; no old value
-        // is asked for.
-        let rc = unsafe { libc::prlimit(pid, limit.resource as _, &new, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(RestoreError::Io {
-                what: format!("prlimit({}) of the copy", limit.resource),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Highest capability number this code knows (`CAP_LAST_CAP` of Linux 6.x),
-/// used when `/proc/sys/kernel/cap_last_cap` cannot be read.
-const CAP_LAST: u32 = 40;
-
-/// The highest capability number of this kernel.
-fn cap_last() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(CAP_LAST)
-        .max(CAP_LAST)
-}
-
-/// `_LINUX_CAPABILITY_VERSION_3`.
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// `struct __user_cap_header_struct` + two `__user_cap_data_struct`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CapSet {
-    version: u32,
-    pid: i32,
-    /// effective, permitted, inheritable; for capabilities 0-31, then 32-63.
-    data: [u32; 6],
-}
-const _: () = assert!(std::mem::size_of::<CapSet>() == 32);
-
-/// The credentials of the thread running `batch`, last in its batch (they
-/// drop the privileges the calls before needed); every thread runs this in
-/// its own batch, since a raw `setresuid` changes only the calling thread.
-/// The seccomp policy comes after (`super::seccomp`).
-///
-/// [`Credentials::Function`] (every sandboxed copy): the sandbox's policy
-/// whatever the snapshot says: no ambient capabilities, an empty bounding
-/// set, no supplementary groups, the function's gid and uid (real,
-/// effective, saved), empty effective, permitted and inheritable sets
-/// (`capset`, also for uid 0), `PR_SET_DUMPABLE` and `NoNewPrivs`.
-///
-/// [`Credentials::Snapshot`] (`thaw restore` of a snapshot the operator
-/// made): the saved bounding set, groups, gids, uids (capabilities then
-/// follow the usual rules of a uid change), `NoNewPrivs` as saved.
-pub fn set_credentials(
-    batch: &mut Batch,
-    state: &ProcessState,
-    credentials: &Credentials,
-) -> Result<(), RestoreError> {
-    let p = &state.process;
-    // Mode 2 (thaw's policy, the only filter capture accepts) is
-    // reinstalled after this (`super::seccomp`); strict mode is refused.
-    super::seccomp::wanted(state, false)?;
-    match credentials {
-        Credentials::Function { uid, gid } => {
-            batch.call(
-                "prctl(PR_CAP_AMBIENT_CLEAR_ALL)",
-                libc::SYS_prctl,
-                [
-                    libc::PR_CAP_AMBIENT as u64,
-                    libc::PR_CAP_AMBIENT_CLEAR_ALL as u64,
-                    0,
-                    0,
-                    0,
-                    0,
-                ],
-            );
-            for cap in 0..=cap_last() {
-                batch.call(
-                    format!("prctl(PR_CAPBSET_DROP, {cap})"),
-                    libc::SYS_prctl,
-                    [libc::PR_CAPBSET_DROP as u64, cap as u64, 0, 0, 0, 0],
-                );
-            }
-            batch.call("setgroups", libc::SYS_setgroups, [0, 0, 0, 0, 0, 0]);
-            let (u, g) = (*uid as u64, *gid as u64);
-            batch.call("setresgid", libc::SYS_setresgid, [g, g, g, 0, 0, 0]);
-            batch.call("setresuid", libc::SYS_setresuid, [u, u, u, 0, 0, 0]);
-            let caps = CapSet {
-                version: CAPABILITY_VERSION_3,
-                pid: 0,
-                data: [0; 6],
-            };
-            let header = batch.data(bytes_of(&caps))?;
-            batch.call(
-                "capset (none)",
-                libc::SYS_capset,
-                [header, header + 8, 0, 0, 0, 0],
-            );
-            dumpable(batch);
-            batch.call(
-                "prctl(PR_SET_NO_NEW_PRIVS)",
-                libc::SYS_prctl,
-                [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
-            );
-        }
-        Credentials::Snapshot => {
-            let bounding = p.capabilities[3];
-            for cap in 0..=CAP_LAST {
-                if bounding & (1 << cap) == 0 {
-                    batch.call(
-                        format!("prctl(PR_CAPBSET_DROP, {cap})"),
-                        libc::SYS_prctl,
-                        [libc::PR_CAPBSET_DROP as u64, cap as u64, 0, 0, 0, 0],
-                    );
-                }
-            }
-            let groups: Vec<u8> = p.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
-            let addr = if groups.is_empty() {
-                0
-            } else {
-                batch.data(&groups)?
-            };
-            batch.call(
-                "setgroups",
-                libc::SYS_setgroups,
-                [p.groups.len() as u64, addr, 0, 0, 0, 0],
-            );
-            let [rg, eg, sg, _] = p.gids;
-            batch.call(
-                "setresgid",
-                libc::SYS_setresgid,
-                [rg as u64, eg as u64, sg as u64, 0, 0, 0],
-            );
-            let [ru, eu, su, _] = p.uids;
-            batch.call(
-                "setresuid",
-                libc::SYS_setresuid,
-                [ru as u64, eu as u64, su as u64, 0, 0, 0],
-            );
-            dumpable(batch);
-            if p.no_new_privs {
-                batch.call(
-                    "prctl(PR_SET_NO_NEW_PRIVS)",
-                    libc::SYS_prctl,
-                    [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `PR_SET_DUMPABLE`: changing ids clears it; the original was dumpable or
-/// it could not have been captured (and the copy's /proc files stay its
-/// own).
-fn dumpable(batch: &mut Batch) {
-    batch.call(
-        "prctl(PR_SET_DUMPABLE)",
-        libc::SYS_prctl,
-        [libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0, 0],
-    );
 }
 
 /// Extended state and registers, with the syscall-restart rule applied.
@@ -599,6 +265,40 @@ pub fn create_threads(
             threads.len(),
             others.len()
         )));
+    }
+    Ok(())
+}
+
+/// Step 7 of the restore: makes every thread but the main one
+/// ([`create_threads`]; they are added to `threads`, see there), then in
+/// each, its scheduling ([`set_sched`]), its registrations ([`set_thread`])
+/// and its credentials ([`super::credentials::set_credentials`]): their
+/// batches run side by side, up to [`super::batch::SLOTS`] threads at once,
+/// in `scratch`.
+pub fn restore_others(
+    remote: &mut Remote,
+    threads: &mut Vec<Remote>,
+    saved: &[ThreadState],
+    scratch: u64,
+    state: &ProcessState,
+    credentials: &Credentials,
+    timings: &mut RestoreTimings,
+) -> Result<(), RestoreError> {
+    create_threads(remote, state, threads)?;
+    for (group, saved) in threads
+        .chunks_mut(super::batch::SLOTS)
+        .zip(saved.chunks(super::batch::SLOTS))
+    {
+        let mut batches = Vec::with_capacity(group.len());
+        for (slot, (t, saved)) in group.iter().zip(saved).enumerate() {
+            set_sched(t.pid(), saved.tid, &saved.sched)?;
+            let mut batch = Batch::in_slot(scratch, slot);
+            set_thread(&mut batch, saved)?;
+            super::credentials::set_credentials(&mut batch, state, credentials)?;
+            timings.batched += batch.len() as u32;
+            batches.push(batch);
+        }
+        Remote::run_in_threads(group, batches)?;
     }
     Ok(())
 }

@@ -143,7 +143,7 @@ impl Stream {
         if let Some(f) = func {
             self.in_progress = matches!(
                 f["view"]["state"].as_str(),
-                Some("deploying" | "warming" | "snapshotting")
+                Some("deploying" | "building" | "warming" | "snapshotting")
             );
             let text = f.to_string();
             if overview_due || text != self.last_function {

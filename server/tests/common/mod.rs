@@ -47,6 +47,9 @@ macro_rules! require_root {
     };
 }
 
+/// The layer cache the tests' servers share (docs/dependencies.md).
+pub const SHARED_LAYER_CACHE: &str = "/var/tmp/thaw-test-layers";
+
 pub struct Server {
     pub child: Option<Child>,
     pub url: String,
@@ -103,6 +106,13 @@ impl Server {
         cmd.arg("serve");
         if !self.args.iter().any(|a| a == "--listen") {
             cmd.arg("--listen").arg("127.0.0.1:0");
+        }
+        // The servers of the tests share one layer cache (unless the
+        // environment names one), so that an example's dependencies
+        // (numpy-pandas: numpy and pandas from the real index) are
+        // installed once per machine, not once per test.
+        if std::env::var_os("THAW_LAYER_CACHE").is_none() {
+            cmd.env("THAW_LAYER_CACHE", SHARED_LAYER_CACHE);
         }
         let mut child = cmd
             .arg("--data-dir")
@@ -217,7 +227,7 @@ impl Server {
             let v = self.get(&format!("/functions/{name}")).await.json();
             if !matches!(
                 v["state"].as_str(),
-                Some("deploying" | "warming" | "snapshotting")
+                Some("deploying" | "building" | "warming" | "snapshotting")
             ) {
                 return v;
             }

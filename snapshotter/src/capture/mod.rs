@@ -26,8 +26,12 @@
 //! per thread through that thread.
 //!
 //! Modules: [`ptrace`] (holding the threads), [`inject`] (running syscalls
-//! in one, reusable by the restorer), [`maps`], [`areas`], [`pagemap`],
-//! [`memory`], [`signals`], [`thread`], [`mm`], [`fds`], [`refuse`], [`seccomp`].
+//! in one, reusable by the restorer), [`refuse`], [`procfs`], and one
+//! module per kind of state, named as its
+//! state type's module (`state::X`) and its restore (`pool::restore::X`):
+//! [`signals`], [`mm`], [`process`], [`memory`] (with [`maps`], [`areas`],
+//! [`pagemap`]), [`fds`] (with [`kobj`], [`unixpair`]), [`thread`],
+//! [`seccomp`].
 
 pub mod areas;
 pub mod fds;
@@ -37,6 +41,7 @@ pub mod maps;
 pub mod memory;
 pub mod mm;
 pub mod pagemap;
+pub mod process;
 pub mod procfs;
 pub mod ptrace;
 pub mod refuse;
@@ -53,7 +58,7 @@ pub use pagemap::PagemapError;
 pub use ptrace::{stop_all, PtraceError, Seized};
 pub use refuse::Refusal;
 
-use crate::state::{AreaKind, ProcessAttributes, ProcessState, Rlimit, PAGE_SIZE, STATE_VERSION};
+use crate::state::{AreaKind, ProcessState, PAGE_SIZE, STATE_VERSION};
 use memory::AreaPlan;
 use pagemap::{Pagemap, Range};
 use procfs::Status;
@@ -287,13 +292,8 @@ pub fn capture_timed(
     let signals = signals::capture(main, &injector, &status)?;
     let mm = mm::capture(main, &injector)?;
     thread::check_timers(main, &injector)?;
-    let process = attributes(pid, &status)?;
-    let personality_text = procfs::read_text(pid, "personality")?;
-    let personality =
-        u32::from_str_radix(personality_text.trim(), 16).map_err(|_| CaptureError::Parse {
-            path: format!("/proc/{pid}/personality"),
-            what: format!("{personality_text:?} is not hexadecimal"),
-        })?;
+    let process = process::capture(pid, &status)?;
+    let personality = process::personality(pid)?;
     timings.state = started.elapsed();
 
     let started = Instant::now();
@@ -397,118 +397,4 @@ fn copied_file_ranges(area: &crate::state::MemoryArea, private: Vec<Range>) -> V
         }
     }
     ranges
-}
-
-/// Number of `RLIMIT_*` resources Linux has (`RLIM_NLIMITS`).
-const RLIMITS: u32 = 16;
-
-/// cwd, umask, limits and credentials.
-fn attributes(pid: i32, status: &Status) -> Result<ProcessAttributes, CaptureError> {
-    let rlimits = match rlimits_prlimit(pid) {
-        Ok(r) => r,
-        // Reading another user's limits with prlimit needs CAP_SYS_RESOURCE,
-        // which some hosts withhold even from root; /proc/PID/limits has them
-        // too (ptrace access, which capture has anyway).
-        Err(CaptureError::Sys {
-            errno: nix::errno::Errno::EPERM,
-            ..
-        }) => rlimits_procfs(pid)?,
-        Err(e) => return Err(e),
-    };
-    Ok(ProcessAttributes {
-        rlimits,
-        ..attributes_rest(pid, status)?
-    })
-}
-
-/// Limits from `/proc/PID/limits`: one line per resource in `RLIMIT_*` order
-/// after a header, columns at fixed offsets (name 26, soft 21, hard 21).
-fn rlimits_procfs(pid: i32) -> Result<Vec<Rlimit>, CaptureError> {
-    let text =
-        std::fs::read_to_string(format!("/proc/{pid}/limits")).map_err(|e| CaptureError::Sys {
-            pid,
-            call: "read /proc/PID/limits",
-            errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })?;
-    let parse = |field: &str| -> Option<u64> {
-        match field.trim() {
-            "unlimited" => Some(u64::MAX),
-            n => n.parse().ok(),
-        }
-    };
-    let mut out = Vec::new();
-    for (resource, line) in text.lines().skip(1).take(RLIMITS as usize).enumerate() {
-        let soft = line.get(26..47).and_then(parse);
-        let hard = line.get(47..68).and_then(parse);
-        let (Some(soft), Some(hard)) = (soft, hard) else {
-            return Err(CaptureError::Sys {
-                pid,
-                call: "parse /proc/PID/limits",
-                errno: nix::errno::Errno::EINVAL,
-            });
-        };
-        out.push(Rlimit {
-            resource: resource as u32,
-            soft,
-            hard,
-        });
-    }
-    Ok(out)
-}
-
-fn rlimits_prlimit(pid: i32) -> Result<Vec<Rlimit>, CaptureError> {
-    let mut rlimits = Vec::new();
-    for resource in 0..RLIMITS {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: a null new-limit pointer only reads; `limit` is a valid
-        // out-parameter for the old limit.
-        let rc = unsafe { libc::prlimit(pid, resource as _, std::ptr::null(), &mut limit) };
-        if rc != 0 {
-            return Err(CaptureError::Sys {
-                pid,
-                call: "prlimit",
-                errno: nix::errno::Errno::last(),
-            });
-        }
-        rlimits.push(Rlimit {
-            resource,
-            soft: limit.rlim_cur,
-            hard: limit.rlim_max,
-        });
-    }
-    Ok(rlimits)
-}
-
-fn attributes_rest(pid: i32, status: &Status) -> Result<ProcessAttributes, CaptureError> {
-    Ok(ProcessAttributes {
-        cwd: procfs::read_link(pid, "cwd")?,
-        umask: status.octal("Umask")?,
-        rlimits: Vec::new(),
-        uids: status.ids("Uid")?,
-        gids: status.ids("Gid")?,
-        groups: status.numbers("Groups")?,
-        capabilities: [
-            status.hex("CapInh")?,
-            status.hex("CapPrm")?,
-            status.hex("CapEff")?,
-            status.hex("CapBnd")?,
-            status.hex("CapAmb")?,
-        ],
-        no_new_privs: status.number("NoNewPrivs")? != 0,
-        seccomp: status.number("Seccomp")? as u32,
-    })
-}
-
-#[cfg(test)]
-mod rlimit_tests {
-    use super::*;
-
-    #[test]
-    fn procfs_limits_match_prlimit() {
-        let me = std::process::id() as i32;
-        assert_eq!(rlimits_procfs(me).unwrap(), rlimits_prlimit(me).unwrap());
-    }
 }

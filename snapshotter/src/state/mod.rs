@@ -8,8 +8,13 @@
 //! `orig_rax = 0`; the restorer applies the syscall-restart rule, see
 //! [`Registers::restart_pending`]).
 //!
-//! What is process-wide is here; what each thread has is in [`thread`]
-//! ([`ThreadState`]).
+//! One module per kind of state, named as its capture module
+//! (`capture::X`) and its restore module (`pool::restore::X`) are:
+//! [`signals`](SignalState), [`mm`](MmState), [`process`](ProcessAttributes)
+//! (with credentials), `memory` ([`MemoryArea`]), `fds` ([`FdState`], the
+//! kernel objects behind them included), [`thread`] ([`ThreadState`]).
+//! What is process-wide hangs off [`ProcessState`] directly; what each
+//! thread has is in its [`ThreadState`].
 //!
 //! ```text
 //! ProcessState
@@ -26,10 +31,16 @@
 
 mod fds;
 pub(crate) mod memory;
+mod mm;
+mod process;
+mod signals;
 pub mod thread;
 
 pub use fds::{EpollRegistration, FdKind, FdState, PairType, PipeEnd, TimerState};
 pub use memory::{AreaKind, FileIdentity, MemoryArea, PageRun, PageRunKind, Protection};
+pub use mm::MmState;
+pub use process::{ProcessAttributes, Rlimit};
+pub use signals::{SigAction, SignalState};
 pub use thread::{restart, AltStack, Registers, Restart, Rseq, Sched, ThreadState};
 
 use serde::{Deserialize, Serialize};
@@ -63,94 +74,6 @@ pub struct ProcessState {
     pub fds: Vec<FdState>,
     /// Every thread, the main thread (`tid == pid`) first.
     pub threads: Vec<ThreadState>,
-}
-
-/// Signal dispositions of the process.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct SignalState {
-    /// Ignored signals as `/proc/pid/status` `SigIgn` shows them.
-    pub ignored: u64,
-    /// Caught signals as `/proc/pid/status` `SigCgt` shows them.
-    pub caught: u64,
-    /// Dispositions read with `rt_sigaction` inside the process, for every
-    /// signal that is caught or ignored, and for `SIGCHLD` (whose flags
-    /// matter even when it has the default action). Signals not listed have
-    /// the default action with no flags.
-    pub handlers: Vec<SigAction>,
-}
-
-/// One signal's `struct kernel_sigaction` (x86_64 layout).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SigAction {
-    /// Signal number, 1..=64.
-    pub signal: u32,
-    /// Handler address, or 0 (`SIG_DFL`) / 1 (`SIG_IGN`).
-    pub handler: u64,
-    /// `SA_*` flags (includes `SA_RESTORER` as glibc sets it).
-    pub flags: u64,
-    /// Address of the signal-return trampoline.
-    pub restorer: u64,
-    /// Signals blocked while the handler runs.
-    pub mask: u64,
-}
-
-/// The fields `PR_SET_MM_MAP` restores, plus auxv and the executable.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub struct MmState {
-    pub start_code: u64,
-    pub end_code: u64,
-    pub start_data: u64,
-    pub end_data: u64,
-    pub start_brk: u64,
-    /// The current program break (`brk(0)` run inside the process).
-    pub brk: u64,
-    pub start_stack: u64,
-    pub arg_start: u64,
-    pub arg_end: u64,
-    pub env_start: u64,
-    pub env_end: u64,
-    /// `/proc/pid/auxv` as (type, value) pairs, including the final
-    /// `AT_NULL` pair.
-    pub auxv: Vec<(u64, u64)>,
-    /// Target of `/proc/pid/exe`.
-    pub exe_path: String,
-    /// Identity of the executable file.
-    pub exe: FileIdentity,
-}
-
-/// Per-process attributes outside memory and registers.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ProcessAttributes {
-    /// Target of `/proc/pid/cwd`.
-    pub cwd: String,
-    /// File creation mask.
-    pub umask: u32,
-    /// Resource limits, indexed by `RLIMIT_*` number.
-    pub rlimits: Vec<Rlimit>,
-    /// Real, effective, saved and filesystem uid.
-    pub uids: [u32; 4],
-    /// Real, effective, saved and filesystem gid.
-    pub gids: [u32; 4],
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
-    /// Inheritable, permitted, effective, bounding and ambient capabilities.
-    pub capabilities: [u64; 5],
-    /// `NoNewPrivs` flag.
-    pub no_new_privs: bool,
-    /// Seccomp mode (0 none, 1 strict, 2 filter).
-    pub seccomp: u32,
-}
-
-/// One resource limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rlimit {
-    /// `RLIMIT_*` number.
-    pub resource: u32,
-    /// Soft limit (`u64::MAX` is infinity).
-    pub soft: u64,
-    /// Hard limit (`u64::MAX` is infinity).
-    pub hard: u64,
 }
 
 /// Most threads a snapshot may describe (a forged manifest must not make

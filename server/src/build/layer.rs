@@ -1,0 +1,334 @@
+//! The layer cache: installed dependencies, one folder per key.
+//!
+//! ```text
+//! <layer_cache>/<key>/            a finished layer (never changed again)
+//! <layer_cache>/.tmp-<key>-<rand>/ a layer being unpacked (swept when stale)
+//! <layer_cache>/.tmp-<key>-<rand>.in/ the files its installer reads
+//! ```
+//!
+//! The key is the blake3 of the runtime, the installer's full command line
+//! (interpreter, index URL), the dependency file and its lockfile
+//! ([`key`]). A layer is unpacked into a temporary folder, synced to disk,
+//! then renamed into place: a reader sees a whole layer or none. A version
+//! gets a layer as hard links in its code folder ([`link_into`]), so every
+//! function with the same dependencies maps the same files (one page cache,
+//! one set of pages in snapshots).
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Errors of unpacking, publishing or linking a layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// A file operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The installer's archive is not a tar stream thaw accepts.
+    #[error("the installer's output is not a valid archive: {0}")]
+    Archive(#[source] std::io::Error),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LayerError + 'a {
+    move |source| LayerError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One input of a layer's key: a file's name and its bytes (`None`: absent).
+pub type KeyInput<'a> = (&'a str, Option<&'a [u8]>);
+
+/// The key of a layer: blake3 over a format tag, the runtime, the installer
+/// command line and each input file (name, presence, length, bytes), in
+/// hex.
+pub fn key(runtime: &str, command: &[String], files: &[KeyInput<'_>]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"thaw-layer-v1\0");
+    h.update(runtime.as_bytes());
+    h.update(b"\0");
+    for a in command {
+        h.update(&(a.len() as u64).to_le_bytes());
+        h.update(a.as_bytes());
+    }
+    h.update(b"\0");
+    for (name, bytes) in files {
+        h.update(name.as_bytes());
+        h.update(b"\0");
+        match bytes {
+            Some(b) => {
+                h.update(&[1]);
+                h.update(&(b.len() as u64).to_le_bytes());
+                h.update(b);
+            }
+            None => {
+                h.update(&[0]);
+            }
+        }
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The cache's folder of layer `key`.
+pub fn path(cache: &Path, key: &str) -> PathBuf {
+    cache.join(key)
+}
+
+/// Removes temporary folders left by an interrupted build: those not
+/// touched for `older_than` (the cache may be shared with servers that are
+/// building right now).
+pub fn sweep(cache: &Path, older_than: std::time::Duration) {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+            continue;
+        }
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > older_than);
+        if stale {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// A temporary folder for layer `key` in `cache`.
+pub fn temp_dir(cache: &Path, key: &str) -> Result<PathBuf, LayerError> {
+    fs::create_dir_all(cache).map_err(io("create", cache))?;
+    let dir = cache.join(format!(".tmp-{key}-{:08x}", rand::random::<u32>()));
+    fs::create_dir(&dir).map_err(io("create", &dir))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &dir))?;
+    Ok(dir)
+}
+
+/// Unpacks the tar stream `input` into `dst`: regular files, folders,
+/// symbolic links and hard links only (nothing else of an archive made in
+/// the sandbox is trusted), paths kept inside `dst` (the tar crate's
+/// `unpack_in`), no owners or special bits; files end up `0644` or `0755`,
+/// folders `0755`.
+pub fn unpack(input: impl Read, dst: &Path) -> Result<u64, LayerError> {
+    use tar::EntryType;
+    let mut archive = tar::Archive::new(input);
+    archive.set_preserve_permissions(false);
+    archive.set_preserve_ownerships(false);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    let mut files = 0;
+    for entry in archive.entries().map_err(LayerError::Archive)? {
+        let mut entry = entry.map_err(LayerError::Archive)?;
+        let kind = entry.header().entry_type();
+        if !matches!(
+            kind,
+            EntryType::Regular
+                | EntryType::Continuous
+                | EntryType::Directory
+                | EntryType::Symlink
+                | EntryType::Link
+        ) {
+            continue;
+        }
+        let mode = entry.header().mode().unwrap_or(0o644);
+        let unpacked = entry.unpack_in(dst).map_err(LayerError::Archive)?;
+        if !unpacked {
+            continue;
+        }
+        if kind.is_file() || kind == EntryType::Continuous {
+            files += 1;
+            let path = dst.join(entry.path().map_err(LayerError::Archive)?);
+            let m = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+            fs::set_permissions(&path, fs::Permissions::from_mode(m))
+                .map_err(io("chmod", &path))?;
+        }
+    }
+    normalise_dirs(dst)?;
+    Ok(files)
+}
+
+fn normalise_dirs(dir: &Path) -> Result<(), LayerError> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io("chmod", dir))?;
+    for e in fs::read_dir(dir).map_err(io("read", dir))? {
+        let e = e.map_err(io("read", dir))?;
+        if e.file_type().map_err(io("stat", &e.path()))?.is_dir() {
+            normalise_dirs(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the unpacked `tmp` the layer `dst`: syncs its filesystem, renames
+/// it, syncs the cache folder. When another build published `dst` first,
+/// `tmp` is removed and that layer is used.
+pub fn publish(tmp: &Path, dst: &Path) -> Result<(), LayerError> {
+    let dir = fs::File::open(tmp).map_err(io("open", tmp))?;
+    nix::unistd::syncfs(&dir).map_err(|e| LayerError::Io {
+        what: "sync",
+        path: tmp.to_path_buf(),
+        source: e.into(),
+    })?;
+    drop(dir);
+    if let Err(e) = fs::rename(tmp, dst) {
+        if dst.is_dir() {
+            let _ = fs::remove_dir_all(tmp);
+            return Ok(());
+        }
+        return Err(LayerError::Io {
+            what: "rename",
+            path: dst.to_path_buf(),
+            source: e,
+        });
+    }
+    let parent = dst.parent().expect("a layer is in the cache");
+    fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync", parent))
+}
+
+/// Places `layer` at `dst` (inside a version's code folder) as hard links
+/// (a copy when the cache is on another filesystem). Folders are made;
+/// files already at `dst` (the function's own) are replaced by the
+/// layer's. Symbolic links are made again, never followed.
+pub fn link_into(layer: &Path, dst: &Path) -> Result<(), LayerError> {
+    if dst.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+        fs::remove_file(dst).map_err(io("remove", dst))?;
+    }
+    fs::create_dir_all(dst).map_err(io("create", dst))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).map_err(io("chmod", dst))?;
+    for e in fs::read_dir(layer).map_err(io("read", layer))? {
+        let e = e.map_err(io("read", layer))?;
+        let src = e.path();
+        let to = dst.join(e.file_name());
+        let ty = e.file_type().map_err(io("stat", &src))?;
+        if ty.is_dir() {
+            if to.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+                fs::remove_file(&to).map_err(io("remove", &to))?;
+            }
+            link_into(&src, &to)?;
+            continue;
+        }
+        if let Ok(m) = to.symlink_metadata() {
+            if m.is_dir() {
+                fs::remove_dir_all(&to).map_err(io("remove", &to))?;
+            } else {
+                fs::remove_file(&to).map_err(io("remove", &to))?;
+            }
+        }
+        if ty.is_symlink() {
+            let target = fs::read_link(&src).map_err(io("read link", &src))?;
+            std::os::unix::fs::symlink(&target, &to).map_err(io("link", &to))?;
+        } else if ty.is_file() {
+            if let Err(e) = fs::hard_link(&src, &to) {
+                if e.raw_os_error() != Some(libc::EXDEV) {
+                    return Err(LayerError::Io {
+                        what: "link",
+                        path: to,
+                        source: e,
+                    });
+                }
+                fs::copy(&src, &to).map_err(io("copy", &to))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_follows_every_input() {
+        let cmd = vec!["pip".to_string(), "--index-url".into(), "https://a/".into()];
+        let base = key("python3", &cmd, &[("requirements.txt", Some(b"six\n"))]);
+        assert_eq!(base.len(), 64);
+        assert_eq!(
+            base,
+            key("python3", &cmd, &[("requirements.txt", Some(b"six\n"))])
+        );
+        assert_ne!(
+            base,
+            key("python3", &cmd, &[("requirements.txt", Some(b"six==1\n"))])
+        );
+        assert_ne!(
+            base,
+            key("node20", &cmd, &[("requirements.txt", Some(b"six\n"))])
+        );
+        let other = vec!["pip".to_string(), "--index-url".into(), "https://b/".into()];
+        assert_ne!(
+            base,
+            key("python3", &other, &[("requirements.txt", Some(b"six\n"))])
+        );
+        assert_ne!(
+            key(
+                "node20",
+                &cmd,
+                &[("package.json", Some(b"{}")), ("package-lock.json", None)]
+            ),
+            key(
+                "node20",
+                &cmd,
+                &[
+                    ("package.json", Some(b"{}")),
+                    ("package-lock.json", Some(b""))
+                ]
+            )
+        );
+    }
+
+    #[test]
+    fn unpack_keeps_paths_inside_and_links_are_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, body: &[u8], mode: u32| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(mode);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            tar.append_data(&mut h, path, body).unwrap();
+        };
+        add("pkg/__init__.py", b"x = 1\n", 0o4666);
+        add("bin/tool", b"#!/bin/sh\n", 0o700);
+        // An entry escaping the folder: `append_data` refuses such a name,
+        // so it is written into the header by hand.
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        tar.append(&h, &b"!"[..]).unwrap();
+        let bytes = tar.into_inner().unwrap();
+        let layer = dir.path().join("layer");
+        fs::create_dir(&layer).unwrap();
+        let r = unpack(&bytes[..], &layer);
+        assert!(!dir.path().join("escape").exists());
+        assert!(r.is_err() || !layer.join("../escape").exists());
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&layer.join("pkg/__init__.py")), 0o644);
+        assert_eq!(mode(&layer.join("bin/tool")), 0o755);
+
+        let code = dir.path().join("code");
+        fs::create_dir_all(code.join("node_modules/pkg")).unwrap();
+        fs::write(code.join("node_modules/pkg/__init__.py"), "mine").unwrap();
+        link_into(&layer, &code.join("node_modules")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let a = fs::metadata(layer.join("pkg/__init__.py")).unwrap();
+        let b = fs::metadata(code.join("node_modules/pkg/__init__.py")).unwrap();
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
+    }
+}
