@@ -77,17 +77,35 @@ pub struct Bench {
     pub name: &'static str,
     /// The request body, JSON.
     pub body: &'static str,
+    /// Whether the fork floor (`thaw-fork-floor`, a warm `python3`) applies:
+    /// Python functions only.
+    pub fork_floor: bool,
 }
 
-/// The functions whose starts are measured.
-pub const BENCHES: [Bench; 2] = [
+/// The functions whose starts are measured: Python's two, then the heavy
+/// Node.js and Java examples (issue 15), whose bodies run their real
+/// request paths (2,000 routes matched then a category's top list; a
+/// warehouse's three most valuable items through a stream and JSON).
+pub const BENCHES: [Bench; 4] = [
     Bench {
         name: "hello",
         body: r#"{"name": "bench"}"#,
+        fork_floor: true,
     },
     Bench {
         name: "numpy-pandas",
         body: r#"{"store": 7, "column": "price", "min": 100.0}"#,
+        fork_floor: true,
+    },
+    Bench {
+        name: "node-catalog",
+        body: r#"{"path": "/categories/7/top", "limit": 5}"#,
+        fork_floor: false,
+    },
+    Bench {
+        name: "java-inventory",
+        body: r#"{"warehouse": 3}"#,
+        fork_floor: false,
     },
 ];
 
@@ -692,11 +710,13 @@ fn render_doc(
         None => d.push_str("Not judged: this run measured only one section.\n"),
     }
 
-    d.push_str("\n## Summary\n\nRatios of medians (median of per-round medians, interleaved rounds) with their 95% paired-bootstrap interval.\n\n");
+    d.push_str("\n## Summary\n\nRatios of medians (median of per-round medians, interleaved rounds) with their 95% paired-bootstrap interval, beside each restore's absolute p50 (all its latencies pooled); the fork floor applies to Python functions only (–).\n\n");
     let mut s = Table::new(&[
         "function",
+        ">restore (mmap) p50",
         "restore (mmap) ÷ boot",
         "restore (mmap) ÷ fork floor",
+        ">restore (uffd) p50",
         "restore (uffd) ÷ boot",
         "restore (uffd) ÷ fork floor",
         "boot ÷ warm",
@@ -705,8 +725,10 @@ fn render_doc(
     for r in &body.cold {
         s.row(vec![
             r.function.clone(),
+            p50_cell(r, RESTORE_MMAP),
             coldstart::ratio_cell(r, RESTORE_MMAP, BOOT),
             coldstart::ratio_cell(r, RESTORE_MMAP, FORK),
+            p50_cell(r, RESTORE_UFFD),
             coldstart::ratio_cell(r, RESTORE_UFFD, BOOT),
             coldstart::ratio_cell(r, RESTORE_UFFD, FORK),
             coldstart::ratio_cell(r, BOOT, WARM),
@@ -800,6 +822,15 @@ fn render_doc(
         burst::BURST,
     ));
     d
+}
+
+/// The absolute p50 (every latency of the arm pooled) shown beside the
+/// ratios, or `–`.
+fn p50_cell(r: &ColdResult, arm: &str) -> String {
+    r.arm(arm)
+        .filter(|a| a.measured())
+        .and_then(|a| a.pooled())
+        .map_or_else(|| "–".into(), |p| markdown::us(Some(p.p50 as f64)))
 }
 
 /// The sibling of the running executable named `name` (where cargo puts

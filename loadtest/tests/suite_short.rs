@@ -132,6 +132,8 @@ fn short_suite_runs_end_to_end() {
         "### hello",
         "### numpy-pandas",
         "### Spare sandboxes",
+        "### node-catalog",
+        "### java-inventory",
         "## First invocation after a start",
         "## Capture",
         "## Store: dedup across the examples",
@@ -184,7 +186,25 @@ fn short_suite_runs_end_to_end() {
             .all(|l| l.trim_end_matches(" |").ends_with(')')),
         "{sustained}"
     );
-    for f in ["hello", "numpy-pandas"] {
+    // The Node.js and Java rows (issue 15): every start kind but the fork
+    // floor, which is Python's.
+    for f in ["node-catalog", "java-inventory"] {
+        let section = doc
+            .split(&format!("### {f}\n"))
+            .nth(1)
+            .and_then(|s| s.split("\n### ").next())
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap_or_default();
+        for kind in ["| warm |", "| boot |", "| restore (mmap) |"] {
+            assert!(section.contains(kind), "no {kind:?} for {f}:\n{section}");
+        }
+        assert!(!section.contains("| fork floor |"), "{section}");
+        assert!(
+            doc.contains(&format!("| {f} | restore (mmap) |")),
+            "no first-invocation row for {f}:\n{doc}"
+        );
+    }
+    for f in ["hello", "numpy-pandas", "node-catalog", "java-inventory"] {
         let svg = std::fs::read_to_string(out_dir.path().join(format!("benchmarks/cold-{f}.svg")))
             .expect("a plot per function");
         assert!(

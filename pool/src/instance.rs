@@ -166,8 +166,8 @@ pub struct Instance {
     memory_limit: u64,
     /// `uffd` copies: the page server (joined on destroy).
     page_server: Option<crate::restore::CopyServer>,
-    /// `uffd` copies of a snapshot without a working set: where to record
-    /// the pages the first invocation touched.
+    /// Copies of a snapshot without a working set: where to record the
+    /// pages the first invocation touched.
     record_to: Option<(Restorer, String)>,
     /// pid the runtime reported (inside its namespace).
     pub runtime_pid: u32,
@@ -323,7 +323,9 @@ impl Instance {
             id: snapshot.id.clone(),
             reason: e.to_string(),
         })?;
-        if server.is_some() {
+        // Both modes record the working set once (uffd: the pages the page
+        // server filled; mmap: the pages resident after the invocation).
+        {
             let (r, id) = (restorer.clone(), snapshot.id.clone());
             let recorded = tokio::task::spawn_blocking(move || r.working_set(&id).is_some())
                 .await
@@ -481,15 +483,26 @@ impl Instance {
         outcome
     }
 
-    /// After the first invocation of a `uffd` copy whose snapshot has no
-    /// working set: records the pages touched so far (restore-ready
-    /// exchange and the invocation), in the background.
+    /// After the first invocation of a copy whose snapshot has no working
+    /// set: records the pages touched so far (restore-ready exchange and
+    /// the invocation): a `uffd` copy's page server lists them; an `mmap`
+    /// copy's are read from its pagemap now, while it waits. Written in the
+    /// background.
     fn record_working_set(&mut self) {
-        let (Some((restorer, id)), Some(server)) = (self.record_to.take(), &self.page_server)
-        else {
+        let Some((restorer, id)) = self.record_to.take() else {
             return;
         };
-        let pages = server.live().touched();
+        let pages = match (&self.page_server, self.sandbox.function_pid()) {
+            (Some(server), _) => server.live().touched(),
+            (None, Some(pid)) => match restorer.resident_working_set(&id, pid) {
+                Ok(pages) => pages,
+                Err(err) => {
+                    tracing::warn!(snapshot = %id, %err, "reading the working set failed");
+                    return;
+                }
+            },
+            (None, None) => return,
+        };
         tokio::task::spawn_blocking(move || {
             let count = pages.len();
             match restorer.record_working_set(&id, pages) {

@@ -236,8 +236,32 @@ function freshMathRandom() {
   };
 }
 
+/**
+ * Runs the reseeding's code once in the original, before `ready`, without
+ * replacing its Math.random: the functions it calls (the addon, Node's
+ * crypto helpers, the pool generator) are then compiled in the snapshot
+ * instead of in every copy. Reseeding the original is harmless; copies
+ * reseed again.
+ */
+function warmReseed() {
+  if (reseedAddon === null) return;
+  try {
+    reseedOpenSSL(Buffer.alloc(0));
+    freshMathRandom()();
+  } catch (e) {
+    log(`reseeding at start failed (restored copies will report it): ${e.message}`);
+  }
+}
+
 /** Gives this copy its own random state (copies share the original's). */
 function reseed(seed) {
+  reseedOpenSSL(seed);
+  // Math.random's state lives in V8 and has no reseed API: replace it.
+  Math.random = freshMathRandom();
+}
+
+/** Reseeds OpenSSL from the OS and `seed`, and drops Node's crypto caches. */
+function reseedOpenSSL(seed) {
   if (reseedAddon === null) throw new Error('the OpenSSL reseeding addon is not loaded');
   const urandom = Buffer.alloc(48);
   const fd = fs.openSync('/dev/urandom', 'r');
@@ -254,8 +278,6 @@ function reseed(seed) {
   // the snapshot: draw them through one full cycle so they refill.
   for (let i = 0; i < 128; i++) crypto.randomUUID();
   for (let i = 0; i < 1024; i++) crypto.randomInt(2);
-  // Math.random's state lives in V8 and has no reseed API: replace it.
-  Math.random = freshMathRandom();
 }
 
 // ---- the loop ---------------------------------------------------------------
@@ -434,6 +456,7 @@ async function main() {
     process.exit(EXIT_INIT_ERROR);
   }
   const runtime = new Runtime(handler);
+  warmReseed();
   send({ type: 'ready', pid: process.pid, runtime: 'node20', protocol: PROTOCOL, node: process.version });
   runtime.serve();
 }

@@ -138,9 +138,11 @@ pub async fn measure(
         );
         push(ctx, name, kind);
     }
-    let folder = ctx.cfg.repo.join("examples").join(f);
-    let fork_argv = fork_argv(ctx, &folder, bench.body, plan.fork_iterations);
-    push(ctx, FORK, Ok(ArmKind::Exec { argv: fork_argv }));
+    if bench.fork_floor {
+        let folder = ctx.cfg.repo.join("examples").join(f);
+        let fork_argv = fork_argv(ctx, &folder, bench.body, plan.fork_iterations);
+        push(ctx, FORK, Ok(ArmKind::Exec { argv: fork_argv }));
+    }
 
     // Probe the restores: a 409 means "not yet", not an error.
     for arm in arms.iter_mut().filter(|a| a.name == RESTORE_MMAP) {

@@ -14,7 +14,7 @@
 //!        anonymous, heap,  MAP_PRIVATE of the snapshot's image file at the
 //!        copied files      area's offset in the image (copy on write)
 //!        stack             anonymous MAP_GROWSDOWN, stored pages written in
-//!        thread stacks     (mmap mode, see `thread::thread_stack_areas`)
+//!        thread stacks     (mmap mode, see `stacks::eager_areas`)
 //!                          anonymous, stored pages written in: a thread
 //!                          frees its stack with MADV_DONTNEED as it exits,
 //!                          all signals blocked, where the anonymous-memory

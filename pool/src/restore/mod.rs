@@ -35,7 +35,7 @@
 //! (`snapshotter::state::X`) and its capture (`snapshotter::capture::X`),
 //! in the order `drive` restores them (docs/restore.md, "Order of the
 //! restore"): [`memory`] (with [`anon`] in mmap mode, [`uffd`] in uffd
-//! mode), [`mm`], [`fds`] (with [`kobj`]), [`signals`], [`process`],
+//! mode, [`stacks`]: which areas mmap mode copies), [`mm`], [`fds`] (with [`kobj`]), [`signals`], [`process`],
 //! [`thread`], [`credentials`], [`seccomp`].
 
 pub mod anon;
@@ -51,6 +51,7 @@ pub mod sandboxed;
 pub mod seccomp;
 pub mod signals;
 pub mod spawn;
+pub mod stacks;
 pub mod thread;
 pub mod tree;
 pub mod uffd;
@@ -123,9 +124,11 @@ pub struct RestoreOptions<'a> {
     /// and its init join before any of the copy's memory is mapped, so its
     /// pages are charged there.
     pub cgroups: Vec<std::path::PathBuf>,
-    /// `uffd` mode: saved page addresses to fill before the copy faults on
-    /// them (a previous copy's [`uffd::ServerReport::touched`]), in sorted
-    /// runs of up to 64 pages.
+    /// The recorded working set (see [`working_set`]): page addresses
+    /// (low bit: [`working_set::WRITTEN`]). `uffd` mode fills them before
+    /// the copy faults on them, in sorted runs of up to 64 pages; `mmap`
+    /// mode populates the written ones with `madvise` before the copy
+    /// resumes (when the server enables it).
     pub prefetch: Vec<u64>,
     /// Whose credentials the copy (each of its threads) gets.
     pub credentials: Credentials,
@@ -998,6 +1001,33 @@ struct RestoredMemory {
     uffd_in_stub: Option<u64>,
 }
 
+/// mmap mode: copies in the pages of the recorded working set the first
+/// copy wrote, before the copy resumes (one `madvise(MADV_POPULATE_WRITE)`
+/// per run, see [`working_set::populate_ranges`]), so the first invocation
+/// does not take those copy-on-write faults one by one. Best effort: a
+/// range the kernel refuses ends the populating, never the restore.
+fn populate(
+    remote: &mut Remote,
+    scratch: u64,
+    areas: &[snapshotter::state::MemoryArea],
+    pages: &[u64],
+    timings: &mut RestoreTimings,
+) {
+    let ranges = working_set::populate_ranges(pages, areas, false);
+    let mut batch = Batch::new(scratch);
+    for r in &ranges {
+        batch.call(
+            format!("madvise(populate) at {:#x}", r.start),
+            libc::SYS_madvise,
+            [r.start, r.len, r.advice, 0, 0, 0],
+        );
+    }
+    timings.batched += batch.len() as u32;
+    if let Err(err) = remote.run(batch) {
+        tracing::debug!(%err, "populating the working set stopped early");
+    }
+}
+
 /// Step 1 of [`drive`]: the address space. The stub's rseq registration,
 /// its areas and binary go; the special areas move to the saved addresses;
 /// every saved area is mapped (see [`memory`]); in uffd mode the page
@@ -1020,7 +1050,7 @@ fn restore_memory(
     // mmap mode: the guard that keeps anonymous-memory semantics (refuses
     // the restore when it cannot).
     let eager = match options.mode {
-        Mode::Mmap if anon::enabled() => thread::thread_stack_areas(state),
+        Mode::Mmap if anon::enabled() => stacks::eager_areas(state, &image.file, &image.layout),
         _ => Default::default(),
     };
     let guard = match options.mode {
@@ -1057,6 +1087,9 @@ fn restore_memory(
     remote.run(batch)?;
     if let Some(g) = &guard {
         g.write(remote)?;
+    }
+    if options.mode == Mode::Mmap && !options.prefetch.is_empty() {
+        populate(remote, places.scratch, areas, &options.prefetch, timings);
     }
     remote.set_syscall_address(syscall_at);
     timings.batch = started.elapsed();

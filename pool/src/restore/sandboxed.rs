@@ -216,10 +216,8 @@ impl SnapshotRestorer {
         options.mode = mode;
         options.uffd_keeper = keeper;
         options.credentials = credentials;
-        if mode == Mode::Uffd {
-            if let Some(pages) = self.working_set(&copy.snapshot.id) {
-                options.prefetch = pages.to_vec();
-            }
+        if let Some(pages) = self.working_set(&copy.snapshot.id) {
+            options.prefetch = working_set::for_mode(&pages, mode);
         }
         let prefetching = !options.prefetch.is_empty();
         let (timings, server) = restore_into(stub_pid, &copy.snapshot, &copy.prepared, &options)?;
@@ -230,6 +228,18 @@ impl SnapshotRestorer {
             stats.pages += server.live().prefetched();
         }
         Ok((timings, server))
+    }
+
+    /// Records the pages resident in the `mmap` copy `pid` (host pid) of
+    /// snapshot `id` as its working set (see
+    /// [`SnapshotRestorer::record_working_set`]). Reads the copy's pagemap
+    /// now; writing the file is left to `save` (blocking, fsync).
+    pub fn resident_working_set(&self, id: &str, pid: i32) -> Result<Vec<u64>, RestoreError> {
+        let snapshot = self.snapshot(id)?;
+        working_set::resident_pages(pid, &snapshot.state.areas).map_err(|e| RestoreError::Io {
+            what: format!("read the working set of copy {pid}"),
+            source: e.source,
+        })
     }
 
     /// How snapshot `id`'s working set was prefetched since the start.

@@ -1,7 +1,15 @@
 //! A snapshot's recorded working set: the pages its first invocation after
-//! a restore touched, in first-touch order, kept next to the snapshot so
-//! that later copies (and later server runs) prefetch them in `uffd` mode
-//! ([`super::RestoreOptions::prefetch`]).
+//! a restore touched, kept next to the snapshot so that later copies (and
+//! later server runs) have them in place before they resume
+//! ([`super::RestoreOptions::prefetch`]): `uffd` copies prefetch them,
+//! `mmap` copies populate them ([`populate_ranges`]).
+//!
+//! Recorded once per snapshot, by the first copy that served an
+//! invocation: a `uffd` copy's page server lists the pages it filled, in
+//! first-touch order; an `mmap` copy's resident pages are read from
+//! `/proc/PID/pagemap` ([`resident_pages`]), in address order, each
+//! tagged [`WRITTEN`] when the copy holds its own (copied-on-write) page
+//! there rather than the shared one of the image or the file.
 //!
 //! ```text
 //! <snapshots_dir>/<id>.workingset
@@ -9,7 +17,7 @@
 //!   8   4  format version (u32 LE, 1)
 //!  12   4  reserved (0)
 //!  16   8  page count n (u64 LE, at most MAX_PAGES)
-//!  24  8n  saved page addresses (u64 LE), first-touch order
+//!  24  8n  saved page addresses (u64 LE), bit 0 = WRITTEN
 //!  ..  32  blake3 of every byte before it
 //! ```
 //!
@@ -19,7 +27,10 @@
 //! is not what was recorded is not trusted either.
 
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use snapshotter::state::{AreaKind, MemoryArea, PAGE_SIZE};
 
 const MAGIC: &[u8; 8] = b"THAWWSET";
 const VERSION: u32 = 1;
@@ -47,6 +58,166 @@ pub enum WorkingSetError {
         /// What check failed.
         why: String,
     },
+}
+
+/// Tag of a page address (its low bit): the copy wrote the page (it held
+/// its own copy after the first invocation).
+pub const WRITTEN: u64 = 1;
+/// `madvise` advice: fault the range in for reading (Linux 5.14).
+pub const MADV_POPULATE_READ: u64 = 22;
+/// `madvise` advice: fault the range in for writing (copy on write now).
+pub const MADV_POPULATE_WRITE: u64 = 23;
+/// Most ranges one copy populates (a batch entry each).
+pub const MAX_RANGES: usize = 4096;
+
+/// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const PM_PRESENT: u64 = 1 << 63;
+const PM_FILE: u64 = 1 << 61;
+
+/// Whether an area's pages are worth recording and populating: memory the
+/// copy maps from a file or the image and can read (not the kernel's
+/// special areas, not the stack, which is written in at restore).
+fn populatable(a: &MemoryArea) -> bool {
+    a.prot.read
+        && !a.shared
+        && matches!(
+            a.kind,
+            AreaKind::FileUnchanged
+                | AreaKind::FilePrivate
+                | AreaKind::FileCopied
+                | AreaKind::Anonymous
+                | AreaKind::Heap
+        )
+}
+
+/// Why the resident pages of a copy could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("read /proc/{pid}/pagemap: {source}")]
+pub struct ResidentError {
+    /// The copy's (host) pid.
+    pub pid: i32,
+    /// What the OS said.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The pages of `areas` (the snapshot's) resident in process `pid` now,
+/// in address order, tagged [`WRITTEN`] where the process holds an
+/// anonymous page (its own copy) rather than a file or image page.
+pub fn resident_pages(pid: i32, areas: &[MemoryArea]) -> Result<Vec<u64>, ResidentError> {
+    let err = |source| ResidentError { pid, source };
+    let file = std::fs::File::open(format!("/proc/{pid}/pagemap")).map_err(err)?;
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    for a in areas.iter().filter(|a| populatable(a)) {
+        let pages = ((a.end - a.start) / PAGE_SIZE) as usize;
+        buf.resize(pages * 8, 0);
+        file.read_exact_at(&mut buf, a.start / PAGE_SIZE * 8)
+            .map_err(err)?;
+        out.extend(resident_in(a.start, &buf));
+        if out.len() as u64 > MAX_PAGES {
+            out.truncate(MAX_PAGES as usize);
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The tagged addresses of the present pages in `entries`, the pagemap
+/// entries of the pages from `start` on.
+fn resident_in(start: u64, entries: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    entries
+        .chunks_exact(8)
+        .enumerate()
+        .filter_map(move |(i, e)| {
+            let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+            (e & PM_PRESENT != 0).then(|| {
+                let addr = start + i as u64 * PAGE_SIZE;
+                if e & PM_FILE == 0 {
+                    addr | WRITTEN
+                } else {
+                    addr
+                }
+            })
+        })
+}
+
+/// One `madvise` of the populate batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Populate {
+    /// First address.
+    pub start: u64,
+    /// Bytes.
+    pub len: u64,
+    /// [`MADV_POPULATE_READ`] or [`MADV_POPULATE_WRITE`].
+    pub advice: u64,
+}
+
+/// The working set `pages` (tagged addresses, any order) as `madvise`
+/// ranges over `areas` (the snapshot's, sorted): runs of consecutive pages
+/// of one area, the [`WRITTEN`] ones of writable areas populated for
+/// writing (copied now rather than in a fault each), the others for
+/// reading when `reads` is set; pages outside populatable areas are left
+/// out; at most [`MAX_RANGES`] ranges (the lowest addresses).
+///
+/// Reads are not worth it in `mmap` mode ([`super::populate`] passes
+/// `false`): a read fault maps its neighbours already in the page cache
+/// too (fault-around, whole large folios), so one fault serves many pages,
+/// and the resident pages a copy leaves are many more than it read
+/// (measured on `examples/java-inventory`: 12,341 resident after the first
+/// invocation, 617 of them written; populating all of them cost more time
+/// before the resume than the faults it saved). A write fault copies one
+/// page: those are the faults worth taking ahead.
+pub fn populate_ranges(pages: &[u64], areas: &[MemoryArea], reads: bool) -> Vec<Populate> {
+    let mut sorted: Vec<u64> = pages.to_vec();
+    sorted.sort_unstable_by_key(|p| p & !(PAGE_SIZE - 1));
+    sorted.dedup_by_key(|p| *p & !(PAGE_SIZE - 1));
+    let mut out: Vec<Populate> = Vec::new();
+    let mut last_area: Option<usize> = None;
+    for tagged in sorted {
+        let page = tagged & !(PAGE_SIZE - 1);
+        let i = areas.partition_point(|a| a.end <= page);
+        let Some(a) = areas.get(i).filter(|a| a.start <= page && populatable(a)) else {
+            continue;
+        };
+        let advice = if tagged & WRITTEN != 0 && a.prot.write {
+            MADV_POPULATE_WRITE
+        } else if reads {
+            MADV_POPULATE_READ
+        } else {
+            continue;
+        };
+        match out.last_mut() {
+            Some(r) if last_area == Some(i) && r.start + r.len == page && r.advice == advice => {
+                r.len += PAGE_SIZE
+            }
+            _ => {
+                if out.len() == MAX_RANGES {
+                    break;
+                }
+                out.push(Populate {
+                    start: page,
+                    len: PAGE_SIZE,
+                    advice,
+                });
+            }
+        }
+        last_area = Some(i);
+    }
+    out
+}
+
+/// What a copy restored in `mode` gets of the recorded working set:
+/// `uffd` copies all of it (prefetched); `mmap` copies only when the
+/// server runs with `THAW_POPULATE=1` (populated, see
+/// [`populate_ranges`]): not yet measured on a quiet machine, so off by
+/// default.
+pub fn for_mode(pages: &[u64], mode: super::Mode) -> Vec<u64> {
+    let on = std::env::var_os("THAW_POPULATE").is_some_and(|v| v == "1");
+    if mode == super::Mode::Mmap && !on {
+        return Vec::new();
+    }
+    pages.to_vec()
 }
 
 /// The working-set file of snapshot `id`.
@@ -148,6 +319,112 @@ pub fn save(path: &Path, pages: &[u64]) -> Result<(), WorkingSetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use snapshotter::state::Protection;
+
+    fn area(start: u64, end: u64, kind: AreaKind, write: bool) -> MemoryArea {
+        MemoryArea {
+            start,
+            end,
+            prot: Protection {
+                read: true,
+                write,
+                exec: false,
+            },
+            shared: false,
+            offset: 0,
+            path: None,
+            deleted: false,
+            maps_dev: 0,
+            inode: 0,
+            file: None,
+            kind,
+            pages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn pagemap_entries_give_present_pages_tagged_when_anonymous() {
+        let mut entries = Vec::new();
+        for e in [0u64, PM_PRESENT | PM_FILE | 42, PM_PRESENT | 7, 1 << 62] {
+            entries.extend_from_slice(&e.to_le_bytes());
+        }
+        let got: Vec<u64> = resident_in(0x10000, &entries).collect();
+        assert_eq!(got, vec![0x11000, 0x12000 | WRITTEN]);
+    }
+
+    #[test]
+    fn ranges_merge_runs_of_one_area_and_tag() {
+        let areas = vec![
+            area(0x10000, 0x14000, AreaKind::Anonymous, true),
+            area(0x14000, 0x18000, AreaKind::FileUnchanged, false),
+            area(0x18000, 0x1a000, AreaKind::Stack, true),
+            area(0x1a000, 0x1c000, AreaKind::Vdso, false),
+        ];
+        let pages = [
+            0x11000 | WRITTEN,
+            0x10000,
+            0x12000 | WRITTEN,
+            0x13000,
+            // Next area, contiguous: a range of its own; written pages of
+            // a read-only area are populated for reading.
+            0x14000 | WRITTEN,
+            0x15000,
+            // Stack, vDSO, outside every area: left out.
+            0x18000,
+            0x1a000,
+            0x90000,
+            // A duplicate.
+            0x13000,
+        ];
+        let writes: Vec<(u64, u64, u64)> = populate_ranges(&pages, &areas, false)
+            .iter()
+            .map(|p| (p.start, p.len, p.advice))
+            .collect();
+        assert_eq!(writes, vec![(0x11000, 0x2000, MADV_POPULATE_WRITE)]);
+        let r = populate_ranges(&pages, &areas, true);
+        let want = [
+            (0x10000, 0x1000, MADV_POPULATE_READ),
+            (0x11000, 0x2000, MADV_POPULATE_WRITE),
+            (0x13000, 0x1000, MADV_POPULATE_READ),
+            (0x14000, 0x2000, MADV_POPULATE_READ),
+        ];
+        let got: Vec<(u64, u64, u64)> = r.iter().map(|p| (p.start, p.len, p.advice)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn resident_pages_of_this_process() {
+        // A private anonymous area: one page read (the shared zero page is
+        // not reported present by every kernel, so write both), one never
+        // touched, one written.
+        let len = 3 * PAGE_SIZE as usize;
+        // SAFETY: a fresh private anonymous mapping, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let start = p as u64;
+        // SAFETY: both writes are inside the mapping made above.
+        unsafe {
+            *(p as *mut u8) = 1;
+            *((p as *mut u8).add(2 * PAGE_SIZE as usize)) = 1;
+        }
+        let areas = [area(start, start + len as u64, AreaKind::Anonymous, true)];
+        let got = resident_pages(std::process::id() as i32, &areas).unwrap();
+        // SAFETY: unmapping the mapping made above, no longer used.
+        unsafe { libc::munmap(p, len) };
+        assert_eq!(
+            got,
+            vec![start | WRITTEN, (start + 2 * PAGE_SIZE) | WRITTEN]
+        );
+    }
 
     #[test]
     fn round_trip_and_every_corruption_is_refused() {

@@ -1,0 +1,97 @@
+//! `mmap` copies record their snapshot's working set from their pagemap
+//! (pages written tagged), and with `THAW_POPULATE=1` later copies get the
+//! written pages copied in before they resume and still answer from the
+//! snapshot's state (docs/restore.md, "mmap copies record it too").
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{function, Server};
+use pool::restore::working_set::{self, WRITTEN};
+use serde_json::{json, Value};
+
+/// 8 MiB made at init; each invocation writes one byte in each of the
+/// first 256 pages and puts it back, then checks the whole digest.
+const CODE: &str = r#"
+import hashlib
+
+DATA = bytearray(b"\x5a" * (8 << 20))
+DIGEST = hashlib.sha256(DATA).hexdigest()
+CALLS = 0
+
+def handler(event, context):
+    global CALLS
+    CALLS += 1
+    for i in range(0, 1 << 20, 4096):
+        DATA[i] = (DATA[i] + 1) % 256
+    for i in range(0, 1 << 20, 4096):
+        DATA[i] = (DATA[i] - 1) % 256
+    return {"calls": CALLS, "digest": hashlib.sha256(DATA).hexdigest() == DIGEST}
+"#;
+
+async fn restore(server: &Server) -> Value {
+    let a = server
+        .invoke_raw("wsm", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("x-thaw-start"), "restore");
+    a.json()
+}
+
+#[tokio::test]
+async fn mmap_copies_record_their_working_set_and_populate_the_written_pages() {
+    require_root!();
+    // The server inherits it: its later mmap copies populate.
+    std::env::set_var("THAW_POPULATE", "1");
+    let server = Server::start(&["--allow-forced-cold"]);
+    let rec = server
+        .deploy_ready(function(
+            "wsm",
+            CODE,
+            json!({"warmup": [{}, {}], "memory_mb": 256, "keep_alive_s": 600}),
+        ))
+        .await;
+    assert_eq!(rec["memory_mode"], "mmap", "{rec}");
+    assert!(rec["working_set"].is_null(), "none before a copy: {rec}");
+
+    let first = restore(&server).await;
+    assert_eq!(first["digest"], true, "{first}");
+    assert_eq!(first["calls"], 3, "the snapshot's state: {first}");
+
+    let t0 = Instant::now();
+    let ws = loop {
+        let v = server.get("/functions/wsm").await.json();
+        if !v["working_set"].is_null() {
+            break v["working_set"].clone();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "none recorded: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let file = std::fs::read_dir(server.data.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "workingset"))
+        .expect("a .workingset next to the snapshot");
+    let pages = working_set::load(&file).unwrap().unwrap();
+    assert_eq!(ws["pages"].as_u64().unwrap(), pages.len() as u64, "{ws}");
+    let written = pages.iter().filter(|p| *p & WRITTEN != 0).count();
+    assert!(
+        written >= 256,
+        "the 256 pages the invocation wrote are tagged: {written} of {}",
+        pages.len()
+    );
+    assert!(
+        pages.len() > written,
+        "pages only read are recorded too (untagged)"
+    );
+
+    // Copies restored with the written pages copied in answer from the
+    // snapshot's state, with the right bytes.
+    for _ in 0..3 {
+        let a = restore(&server).await;
+        assert_eq!(a["digest"], true, "{a}");
+        assert_eq!(a["calls"], 3, "{a}");
+    }
+}
