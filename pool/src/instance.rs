@@ -608,16 +608,41 @@ impl Stub {
         let mut launch = spec.clone();
         launch.stub = true;
         let (r, id) = (restorer.clone(), snapshot.id.clone());
-        let paths = crate::restore::fds::PathMap(spec.host_paths());
-        let copy = tokio::task::spawn_blocking(move || r.prepare_mapped(&id, &paths))
+        let copy = tokio::task::spawn_blocking(move || r.prepare(&id))
             .await
             .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
             .map_err(|e| RestoreFailure::Restorer {
                 id: snapshot.id.clone(),
                 reason: e.to_string(),
             })?;
-        let sandbox = Sandbox::launch_with_fds(config, &launch, &copy.fds()).await?;
+        let mut copy = copy;
+        let sandbox = Sandbox::launch_stub(config, &launch, &copy.fds(), &copy.open_files())
+            .await
+            .map_err(|e| match e {
+                // The snapshot names a file this sandbox does not give the
+                // function: the snapshot's fault, not the sandbox's.
+                LaunchError::OpenFile(reason) => RestoreFailure::Restorer {
+                    id: snapshot.id.clone(),
+                    reason,
+                },
+                other => RestoreFailure::Launch(other),
+            })?;
         let instance = Instance::from_sandbox(sandbox, sink, spec.limits.memory_bytes, 2);
+        // The files the stub opened inside its sandbox, as the function:
+        // checked against the snapshot before the stub can become a copy.
+        let adopted = match instance.sandbox.function_pid() {
+            Some(pid) => copy.adopt(pid),
+            None => Err(crate::restore::RestoreError::Unsupported(
+                "the stub sandbox has no stub".into(),
+            )),
+        };
+        if let Err(e) = adopted {
+            let _ = instance.destroy().await;
+            return Err(RestoreFailure::Restorer {
+                id: snapshot.id.clone(),
+                reason: e.to_string(),
+            });
+        }
         Ok(Stub {
             instance,
             copy,

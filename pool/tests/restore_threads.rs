@@ -96,3 +96,89 @@ fn thirty_two_threads_keep_their_ids_tls_and_masks() {
         assert_eq!(status, 0, "{mode:?}");
     }
 }
+
+/// A thread whose own setup fails (its table runs in the thread itself,
+/// untraced, since the threads are made in one run of the main thread)
+/// fails the restore with the call and the thread named, in both modes,
+/// and leaves no process of the copy behind.
+#[test]
+fn a_thread_whose_setup_fails_fails_the_restore_naming_it() {
+    if !can_restore(
+        "a_thread_whose_setup_fails_fails_the_restore_naming_it",
+        true,
+    ) {
+        return;
+    }
+    use std::os::fd::AsFd;
+    let tmp = tempfile::tempdir().unwrap();
+    // A name of its own: no process of that name may be left.
+    let program = compile(
+        tmp.path(),
+        "threads-fail",
+        include_str!("restore_support/threads.c"),
+    );
+    let mut original = start(&program, &[]);
+    assert!(original.line().starts_with("ready "));
+    let snap = tmp.path().join("snap");
+    snapshot_to_dir(original.child.id() as i32, &snap).unwrap();
+    drop(original);
+    let (mut snapshot, store) = open_snapshot_dir(&snap).unwrap();
+    // set_robust_list refuses any length but its struct's: EINVAL.
+    let bad = &mut snapshot.state.threads[7];
+    assert_ne!(
+        bad.robust_list, 0,
+        "glibc registers a robust list per thread"
+    );
+    bad.robust_list_len = 1;
+    let bad_tid = bad.tid;
+    let (in_read, _in_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let (_out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let stderr = std::io::stderr();
+    let mut fds = vec![(0, in_read.as_fd()), (1, out_write.as_fd())];
+    if snapshot.state.fds.iter().any(|f| f.fd == 2) {
+        fds.push((2, stderr.as_fd()));
+    }
+    for mode in [Mode::Mmap, Mode::Uffd] {
+        let err = pool::restore::restore(
+            &snapshot,
+            &store,
+            &pool::restore::RestoreOptions {
+                mode,
+                fds: fds.clone(),
+                cgroups: Vec::new(),
+                prefetch: Vec::new(),
+                prefetch_in_background: false,
+                uffd_keeper: None,
+                credentials: pool::restore::Credentials::Snapshot,
+            },
+        )
+        .expect_err("a thread's set_robust_list fails");
+        let message = err.to_string();
+        assert!(
+            message.contains("set_robust_list")
+                && message.contains(&format!("(thread {bad_tid})"))
+                && message.contains("Invalid argument"),
+            "{mode:?}: {message}"
+        );
+        assert_eq!(
+            processes_named("threads-fail"),
+            Vec::<i32>::new(),
+            "{mode:?}: no process of the copy is left"
+        );
+    }
+}
+
+/// Pids of the processes whose name (`comm`) is `name`.
+fn processes_named(name: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap() {
+        let Ok(pid) = e.unwrap().file_name().to_str().unwrap_or("").parse::<i32>() else {
+            continue;
+        };
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == name)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -1,4 +1,4 @@
-//! The containment attack suite (issue 12, findings 3, 5, 6, 7): each
+//! The containment attack suite (issue 12, findings 1, 3, 5, 6, 7): each
 //! attack is tried on a booted instance (`x-thaw-cold: boot`) and on
 //! restored copies in both memory modes (`x-thaw-cold: restore` on a server
 //! in mmap mode, and on a function whose `memory_mode` is `uffd`), after
@@ -36,9 +36,11 @@ const SPIN: &str = r#"
 import json, os, time
 
 def handler(event, context):
-    end = time.monotonic() + event.get("seconds", 0.5)
+    # CPU time, not wall time: on a busy machine a wall-clock spin may never
+    # get more than its quota, and so never be throttled.
+    end = time.process_time() + event.get("seconds", 0.5)
     n = 0
-    while time.monotonic() < end:
+    while time.process_time() < end:
         n += 1
     cgroups = {}
     for line in open("/proc/self/cgroup"):
@@ -550,4 +552,374 @@ async fn uffd_copies_hold_no_userfaultfd_and_forks_release_their_servers() {
         released,
         "page servers of exited children were not released while the copy ran (peak {peak:?}, before {threads0}/{fds0})"
     );
+}
+
+/// Finding 1: a function holding descriptors of its code directory, a code
+/// file, and an `O_PATH` descriptor of a root-only file it may only name;
+/// it reports what it can do through each.
+const HELD: &str = r#"
+import os
+
+DIR = os.open("/var/task", os.O_RDONLY | os.O_DIRECTORY)
+DATA = os.open("/var/task/data.txt", os.O_RDONLY)
+NAME = os.open("/var/task/secret.txt", os.O_PATH)
+READABLE = os.open("/var/task/data.txt", os.O_PATH)
+
+def attempt(f):
+    try:
+        return f()
+    except OSError as e:
+        return "error %d" % e.errno
+
+def reopen(fd):
+    with open("/proc/self/fd/%d" % fd, "rb") as f:
+        return f.read().decode()
+
+def handler(event, context):
+    os.lseek(DATA, 0, 0)
+    return {
+        "dir": sorted(os.listdir(DIR)),
+        "data": os.read(DATA, 200).decode(),
+        "read_o_path": attempt(lambda: os.read(NAME, 1).decode()),
+        "reopen_secret": attempt(lambda: reopen(NAME)),
+        "reopen_readable": attempt(lambda: reopen(READABLE)),
+    }
+"#;
+
+/// A function holding the sandbox's `/` when it is captured.
+const ROOT_FD: &str = r#"
+import os
+
+ROOT = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+
+def handler(event, context):
+    return {"root": sorted(os.listdir(ROOT))}
+"#;
+
+/// A function mapping a file of its sandbox's `/tmp` (the descriptor
+/// closed, so only the mapping names it).
+const TMP_MAP: &str = r#"
+import ctypes, os
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+with open("/tmp/data", "wb") as f:
+    f.write(b"x" * 4096)
+fd = os.open("/tmp/data", os.O_RDONLY)
+ADDR = libc.mmap(None, 4096, 1, 2, fd, 0)
+os.close(fd)
+
+def handler(event, context):
+    return {"byte": ctypes.string_at(ADDR, 1).decode()}
+"#;
+
+fn held_spec(name: &str, extra: Value) -> Value {
+    let mut spec = function(name, HELD, extra);
+    spec["files"]["data.txt"] = json!("data");
+    spec["files"]["other.txt"] = json!("other");
+    spec["files"]["secret.txt"] = json!("root only");
+    spec
+}
+
+/// The host's names in `/`.
+fn host_root_names() -> Vec<String> {
+    std::fs::read_dir("/")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Finding 1 (a): a descriptor of the sandbox's `/` cannot be given back
+/// exactly (every sandbox has its own root), so its capture is refused
+/// with a reason naming it, never widened to the host's; a booted instance
+/// lists only its sandbox's root through it. Control: the host lists
+/// `/work` and `/root` in its `/`.
+#[tokio::test]
+async fn a_root_directory_descriptor_never_lists_the_host_in_any_function() {
+    if !prerequisites(&["/usr/bin/python3"]) {
+        return;
+    }
+    let host = host_root_names();
+    let private: Vec<&str> = ["work", "root", "home", "opt", "srv"]
+        .into_iter()
+        .filter(|n| host.iter().any(|h| h == n))
+        .collect();
+    assert!(private.len() >= 2, "control: the host's / has {host:?}");
+
+    let server = Server::start(&["--allow-forced-cold"]);
+    for (name, extra) in [
+        ("rootfd", json!({})),
+        ("rootfd-uffd", json!({"memory_mode": "uffd"})),
+    ] {
+        let v = server.deploy_ready(function(name, ROOT_FD, extra)).await;
+        assert_eq!(v["state"], "ready", "{v}");
+        assert!(v["snapshot"].is_null(), "{name}: captured anyway: {v}");
+        let err = v["error"].as_str().unwrap_or("");
+        assert!(
+            err.contains("snapshot failed")
+                && err.contains(" is /;")
+                && err.contains("only inside"),
+            "{name}: the refusal names the descriptor and why: {err}"
+        );
+        let a = server
+            .invoke_raw(name, b"{}".to_vec(), &[("x-thaw-cold", "boot")])
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        let root: Vec<String> = serde_json::from_value(a.json()["root"].clone()).unwrap();
+        assert!(root.iter().any(|n| n == "var"), "the probe lists: {root:?}");
+        for p in &private {
+            assert!(
+                !root.iter().any(|n| n == p),
+                "{name}: /{p} through the fd: {root:?}"
+            );
+        }
+        // No copy can be made of it.
+        let a = server
+            .invoke_raw(name, b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+            .await;
+        assert_ne!(a.status, 200, "{name}: restored: {}", a.text());
+        assert!(!a.text().contains("\"work\""), "{}", a.text());
+    }
+    // The same holds for a file mapped from the sandbox's /tmp.
+    let v = server
+        .deploy_ready(function("tmpmap", TMP_MAP, json!({})))
+        .await;
+    assert!(v["snapshot"].is_null(), "captured anyway: {v}");
+    let err = v["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("maps /tmp/data") && err.contains("only inside"),
+        "the refusal names the mapping: {err}"
+    );
+    let a = server.invoke("tmpmap", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["byte"], "x");
+}
+
+/// Finding 1 (b): an `O_PATH` descriptor of a root-only (0600) file bound
+/// into the sandbox stays `O_PATH` in every function and cannot be
+/// reopened for reading through `/proc/self/fd`. Controls: the host reads
+/// the file; the same reopen of a readable file works in every function.
+#[tokio::test]
+async fn an_o_path_descriptor_of_a_root_only_file_is_unreadable_in_every_function() {
+    use std::os::unix::fs::PermissionsExt;
+    if !prerequisites(&["/usr/bin/python3"]) {
+        return;
+    }
+    let server = Server::start(&["--allow-forced-cold"]);
+    let starts = deploy_both_specs(&server, "opath", |n, e| held_spec(n, e), json!({})).await;
+    // The functions captured their O_PATH descriptors; now the file becomes
+    // root's alone (a code file thaw binds read-only into the sandbox).
+    for name in ["opath", "opath-uffd"] {
+        let secret = server
+            .data
+            .join(format!("functions/{name}/v1/code/secret.txt"));
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&secret).unwrap(),
+            "root only",
+            "control"
+        );
+    }
+    for start in &starts {
+        let v = start.invoke(&server, json!({})).await;
+        assert_eq!(
+            v["reopen_readable"], "data",
+            "{}: the probe: {v}",
+            start.label
+        );
+        assert_eq!(v["read_o_path"], "error 9", "{}: {v}", start.label);
+        assert_eq!(v["reopen_secret"], "error 13", "{}: {v}", start.label);
+        assert_eq!(v["data"], "data", "{}: {v}", start.label);
+    }
+}
+
+/// [`deploy_both`] with a spec maker.
+async fn deploy_both_specs(
+    server: &Server,
+    name: &str,
+    spec: impl Fn(&str, Value) -> Value,
+    extra: Value,
+) -> Vec<Start> {
+    let mut uffd_extra = extra.clone();
+    uffd_extra["memory_mode"] = json!("uffd");
+    let uffd = format!("{name}-uffd");
+    for (n, e) in [(name, extra), (uffd.as_str(), uffd_extra)] {
+        let v = server.deploy_ready(spec(n, e)).await;
+        assert_eq!(v["state"], "ready", "{n}: {v}");
+        assert!(!v["snapshot"].is_null(), "{n} has no snapshot: {v}");
+    }
+    vec![
+        Start {
+            label: "booted",
+            name: name.to_string(),
+            cold: "boot",
+        },
+        Start {
+            label: "restored (mmap)",
+            name: name.to_string(),
+            cold: "restore",
+        },
+        Start {
+            label: "restored (uffd)",
+            name: uffd,
+            cold: "restore",
+        },
+    ]
+}
+
+/// The identity `stat` gives `path` on the host.
+fn identity_of(path: &Path) -> snapshotter::state::FileIdentity {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    snapshotter::state::FileIdentity {
+        dev: m.dev(),
+        inode: m.ino(),
+        size: m.size(),
+        mtime_sec: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+    }
+}
+
+/// Rewrites the manifest of `name`'s snapshot (the server is stopped).
+fn forge(server: &Server, id: &str, change: &dyn Fn(&mut snapshotter::snapshot::Snapshot)) {
+    let dir = server.data.join("snapshots");
+    let mut snapshot = snapshotter::snapshot::load_snapshot(&dir, id).unwrap();
+    change(&mut snapshot);
+    snapshotter::store::write_manifest(&snapshotter::snapshot::manifest_path(&dir, id), &snapshot)
+        .unwrap();
+}
+
+/// Points saved descriptor `fd` at `path` with the identity `id`.
+fn repoint_fd(
+    snapshot: &mut snapshotter::snapshot::Snapshot,
+    path: &str,
+    new_path: &str,
+    id: snapshotter::state::FileIdentity,
+) {
+    use snapshotter::state::FdKind;
+    let mut found = false;
+    for f in &mut snapshot.state.fds {
+        match &mut f.kind {
+            FdKind::File {
+                path: p, identity, ..
+            }
+            | FdKind::Directory {
+                path: p, identity, ..
+            } if p == path => {
+                *p = new_path.to_string();
+                *identity = id;
+                found = true;
+            }
+            _ => {}
+        }
+    }
+    assert!(found, "no saved descriptor of {path}");
+}
+
+/// Finding 1 (c): a forged manifest that opens or maps a host file the
+/// sandbox cannot see (a file in the data directory, masked in every
+/// sandbox; the host's `/` for a directory) fails to restore with a clear
+/// error in both modes, where the restorer opening by path as root on the
+/// host would have handed it over (the forged identities are the host
+/// files' own). Control: the same forgery naming a file the function can
+/// see restores, and the copy reads that file through the descriptor.
+#[tokio::test]
+async fn forged_manifests_naming_host_files_fail_to_restore() {
+    if !prerequisites(&["/usr/bin/python3"]) {
+        return;
+    }
+    let mut server = Server::start(&["--allow-forced-cold"]);
+    let kinds = ["control", "file", "dir", "map"];
+    let mut ids = Vec::new();
+    for kind in kinds {
+        for (suffix, extra) in [("", json!({})), ("-uffd", json!({"memory_mode": "uffd"}))] {
+            let name = format!("forged-{kind}{suffix}");
+            let v = server.deploy_ready(held_spec(&name, extra)).await;
+            assert_eq!(v["state"], "ready", "{v}");
+            let id = v["snapshot"]["id"]
+                .as_str()
+                .expect("a snapshot")
+                .to_string();
+            ids.push((kind, name, id));
+        }
+    }
+    let host_secret = server.data.join("host-secret.txt");
+    std::fs::write(&host_secret, "host secret").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&host_secret).unwrap(),
+        "host secret"
+    );
+    let secret_path = host_secret.to_str().unwrap().to_string();
+    assert!(server.stop().success());
+    for (kind, name, id) in &ids {
+        let code = server.data.join(format!("functions/{name}/v1/code"));
+        match *kind {
+            "control" => forge(&server, id, &|s| {
+                repoint_fd(
+                    s,
+                    "/var/task/data.txt",
+                    "/var/task/other.txt",
+                    identity_of(&code.join("other.txt")),
+                )
+            }),
+            "file" => forge(&server, id, &|s| {
+                repoint_fd(
+                    s,
+                    "/var/task/data.txt",
+                    &secret_path,
+                    identity_of(&host_secret),
+                )
+            }),
+            "dir" => forge(&server, id, &|s| {
+                repoint_fd(s, "/var/task", "/", identity_of(Path::new("/")))
+            }),
+            "map" => forge(&server, id, &|s| {
+                let area = s
+                    .state
+                    .areas
+                    .iter_mut()
+                    .find(|a| {
+                        a.kind == snapshotter::state::AreaKind::FileUnchanged
+                            && a.path.as_deref().is_some_and(|p| p.starts_with("/usr/"))
+                    })
+                    .expect("a library mapped unchanged");
+                area.path = Some(secret_path.clone());
+                area.file = Some(identity_of(&host_secret));
+            }),
+            _ => unreachable!(),
+        }
+    }
+    server.spawn();
+    for (kind, name, _) in &ids {
+        let a = server
+            .invoke_raw(name, b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+            .await;
+        if *kind == "control" {
+            assert_eq!(a.status, 200, "{name}: {}", a.text());
+            assert_eq!(a.header("x-thaw-start"), "restore");
+            assert_eq!(
+                a.json()["data"],
+                "other",
+                "{name}: the forgery took: {}",
+                a.text()
+            );
+            continue;
+        }
+        let text = a.text();
+        assert_ne!(a.status, 200, "{name}: restored: {text}");
+        assert!(
+            !text.contains("host secret") && !text.contains("\"work\""),
+            "{name}: {text}"
+        );
+        let (path, why) = match *kind {
+            "dir" => ("/ changed since the snapshot", "inode"),
+            _ => (
+                secret_path.as_str(),
+                "inside the sandbox as the function: No such file or directory",
+            ),
+        };
+        assert!(text.contains(path) && text.contains(why), "{name}: {text}");
+    }
 }

@@ -40,7 +40,7 @@ use crate::store::{
 };
 
 /// Version of the [`Snapshot`] payload; bump on any incompatible change.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 2;
 /// Id of the snapshot in a self-contained snapshot directory.
 pub const DIR_SNAPSHOT_ID: &str = "snapshot";
 /// Extension of manifest files.

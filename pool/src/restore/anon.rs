@@ -512,31 +512,6 @@ impl Guard {
     }
 }
 
-impl Guard {
-    /// Checks that the filter reached every thread (`Seccomp: 2` in each
-    /// thread's status): `SECCOMP_FILTER_FLAG_TSYNC` reports a thread it
-    /// could not reach with a positive return the batch lets through.
-    pub fn check_installed(&self, main: &Remote, others: &[Remote]) -> Result<(), RestoreError> {
-        for tid in std::iter::once(main.pid()).chain(others.iter().map(Remote::pid)) {
-            let path = format!("/proc/{tid}/status");
-            let text = std::fs::read_to_string(&path).map_err(|source| RestoreError::Io {
-                what: format!("read {path}"),
-                source,
-            })?;
-            let mode = text
-                .lines()
-                .find_map(|l| l.strip_prefix("Seccomp:"))
-                .map(str::trim);
-            if mode != Some("2") {
-                return Err(refuse(format!(
-                    "the anonymous-memory filter did not reach thread {tid} (Seccomp: {mode:?})"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// `struct sock_filter`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -567,7 +542,8 @@ const SECCOMP_FILTER_FLAG_SPEC_ALLOW: u64 = 4;
 /// Installs the filter in every thread of the process at once (the copy's
 /// threads exist already when the guard is installed). On failure the
 /// call returns the id of a thread that could not take it, a positive
-/// value the batch does not see as an error: [`Guard::check_installed`].
+/// value the batch checks for (`super::batch`: a TSYNC install must
+/// return 0).
 const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const SECCOMP_RET_TRAP: u32 = 0x0003_0000;

@@ -6,11 +6,13 @@
 //!
 //! ```text
 //! scratch area (SCRATCH_LEN bytes, mapped rwx in the stub, unmapped last)
-//! 0          the loop (CODE, below)
-//! DATA_OFF   argument data of the current batch (structs, strings)
-//! TABLE_OFF  the table: 64-byte entries
-//!            u64 nr | u64 arg0..arg5 | u64 result (written by the loop)
-//!            an entry with nr = -1 ends the table
+//! 0               the loop (CODE, below)
+//! CLONE_CODE_OFF  the thread-making code (CLONE_CODE, see "Threads" below)
+//! DATA_OFF        argument data of the current batch (structs, strings)
+//! TABLE_OFF       the table: 64-byte entries
+//!                 u64 nr | u64 arg0..arg5 | u64 result (written by the loop)
+//!                 an entry with nr = -1 ends the table
+//! RECORDS_OFF     thread records (Remote::run_clones), 128 bytes each
 //! ```
 //!
 //! The loop, with `rbx` pointing at the table:
@@ -24,6 +26,57 @@
 //!       add rbx,64 ; jmp top
 //! done: int3                             (rbx names the entry it stopped at)
 //! ```
+//!
+//! A `seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, ..)`
+//! entry must return exactly 0: when the filter cannot reach every thread
+//! the kernel installs it nowhere and returns the id of a thread it could
+//! not reach, a positive value the loop lets through. [`Remote::run`]
+//! reads those results back and fails the batch on anything but 0.
+//!
+//! ## Threads
+//!
+//! [`Remote::run_clones`] makes up to [`SLOTS`] threads in one round trip
+//! of the main thread, with no ptrace stop per thread: the threads are not
+//! traced when they are born (no `PTRACE_O_TRACECLONE`), each runs its own
+//! table (its slot) itself, reports, and parks in `pause`; the restorer
+//! seizes them afterwards. One record per thread, the list ended by a
+//! record whose first word is -1:
+//!
+//! ```text
+//! record (RECORD = 128 bytes)
+//! 0    struct clone_args (88 bytes; set_tid points at +88)
+//! 88   i32 set_tid[1]
+//! 96   u64 the thread's table (its slot)
+//! 104  u64 clone3's result (written by the main thread)
+//! 112  u32 done (futex word: the thread sets 1 when its table ended)
+//! 120  u64 rbx of the thread at the end (its terminator, or the entry
+//!      that failed)
+//! ```
+//!
+//! CLONE_CODE, main thread with `rbx = r14 =` the first record:
+//!
+//! ```text
+//! ctop:  mov rax,[rbx] ; cmp rax,-1 ; je join
+//!        mov rdi,rbx ; mov esi,88 ; mov r12,[rbx+96] ; mov r13,rbx
+//!        mov eax,SYS_clone3 ; syscall
+//!        test rax,rax ; je child                 (the new thread)
+//!        mov [rbx+104],rax ; cmp rax,-4095 ; jae cdone
+//!        sub rbx,-128 ; jmp ctop
+//! join:  mov rbx,r14                             (wait for every thread)
+//! jtop:  mov rax,[rbx] ; cmp rax,-1 ; je cdone
+//! jwait: mov eax,[rbx+112] ; test eax,eax ; jne jnext
+//!        futex(rbx+112, FUTEX_WAIT_PRIVATE, 0, NULL) ; jmp jwait
+//! jnext: sub rbx,-128 ; jmp jtop
+//! cdone: int3
+//! child: mov rbx,r12                             (r12, r13 survive clone3)
+//! ltop:  the loop of CODE over the thread's table, ending at cfin
+//! cfin:  mov [r13+120],rbx ; mov dword [r13+112],1
+//!        futex(r13+112, FUTEX_WAKE_PRIVATE, 1)
+//! park:  pause ; jmp park
+//! ```
+//!
+//! A new thread shares the main thread's stack pointer but never touches
+//! the stack (nor runs a handler: its table blocks every signal first).
 
 use nix::errno::Errno;
 use nix::sys::ptrace;
@@ -35,15 +88,30 @@ use super::remote::Remote;
 use super::RestoreError;
 
 /// Size of the scratch area.
-pub const SCRATCH_LEN: u64 = 64 * 4096;
+pub const SCRATCH_LEN: u64 = RECORDS_OFF + RECORDS_LEN;
+/// Offset of the thread-making code.
+const CLONE_CODE_OFF: u64 = 128;
 /// Offset of the argument data.
 const DATA_OFF: u64 = 4096;
 /// Offset of the table.
 const TABLE_OFF: u64 = 128 * 1024;
+/// End of the tables.
+const TABLE_END: u64 = 256 * 1024;
+/// Offset of the thread records.
+const RECORDS_OFF: u64 = TABLE_END;
+/// Room for the records: [`SLOTS`] threads and the terminator.
+const RECORDS_LEN: u64 = 8 * 1024;
+/// Bytes per thread record.
+pub const RECORD: u64 = 128;
+const _: () = assert!((SLOTS as u64 + 1) * RECORD <= RECORDS_LEN);
 /// Bytes per table entry.
 const ENTRY: u64 = 64;
+/// `SECCOMP_SET_MODE_FILTER`.
+const SECCOMP_SET_MODE_FILTER: u64 = 1;
+/// `SECCOMP_FILTER_FLAG_TSYNC`.
+const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
 /// Most entries in one batch (one is the terminator).
-const MAX_ENTRIES: usize = ((SCRATCH_LEN - TABLE_OFF) / ENTRY) as usize - 1;
+const MAX_ENTRIES: usize = ((TABLE_END - TABLE_OFF) / ENTRY) as usize - 1;
 
 /// The loop's machine code (see the module doc).
 pub const CODE: [u8; 54] = [
@@ -74,7 +142,82 @@ pub const SLOTS: usize = 31;
 /// Argument data of one slot.
 const SLOT_DATA: u64 = (TABLE_OFF - DATA_OFF) / SLOTS as u64 / 16 * 16;
 /// Entries of one slot (one is the terminator).
-const SLOT_ENTRIES: usize = ((SCRATCH_LEN - TABLE_OFF) / ENTRY) as usize / SLOTS - 1;
+const SLOT_ENTRIES: usize = ((TABLE_END - TABLE_OFF) / ENTRY) as usize / SLOTS - 1;
+
+/// The thread-making code (see "Threads" in the module doc).
+pub const CLONE_CODE: [u8; 201] = [
+    0x48, 0x8b, 0x03, // ctop: mov rax,[rbx]
+    0x48, 0x83, 0xf8, 0xff, // cmp rax,-1
+    0x74, 0x2d, // je join
+    0x48, 0x89, 0xdf, // mov rdi,rbx
+    0xbe, 0x58, 0x00, 0x00, 0x00, // mov esi,88
+    0x4c, 0x8b, 0x63, 0x60, // mov r12,[rbx+96]
+    0x49, 0x89, 0xdd, // mov r13,rbx
+    0xb8, 0xb3, 0x01, 0x00, 0x00, // mov eax,435 (clone3)
+    0x0f, 0x05, // syscall
+    0x48, 0x85, 0xc0, // test rax,rax
+    0x74, 0x43, // je child
+    0x48, 0x89, 0x43, 0x68, // mov [rbx+104],rax
+    0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // cmp rax,-4095
+    0x73, 0x36, // jae cdone
+    0x48, 0x83, 0xeb, 0x80, // sub rbx,-128
+    0xeb, 0xca, // jmp ctop
+    0x4c, 0x89, 0xf3, // join: mov rbx,r14
+    0x48, 0x8b, 0x03, // jtop: mov rax,[rbx]
+    0x48, 0x83, 0xf8, 0xff, // cmp rax,-1
+    0x74, 0x24, // je cdone
+    0x8b, 0x43, 0x70, // jwait: mov eax,[rbx+112]
+    0x85, 0xc0, // test eax,eax
+    0x75, 0x17, // jne jnext
+    0x48, 0x8d, 0x7b, 0x70, // lea rdi,[rbx+112]
+    0xbe, 0x80, 0x00, 0x00, 0x00, // mov esi,128 (FUTEX_WAIT_PRIVATE)
+    0x31, 0xd2, // xor edx,edx
+    0x45, 0x31, 0xd2, // xor r10d,r10d
+    0xb8, 0xca, 0x00, 0x00, 0x00, // mov eax,202 (futex)
+    0x0f, 0x05, // syscall
+    0xeb, 0xe2, // jmp jwait
+    0x48, 0x83, 0xeb, 0x80, // jnext: sub rbx,-128
+    0xeb, 0xd3, // jmp jtop
+    0xcc, // cdone: int3
+    0x4c, 0x89, 0xe3, // child: mov rbx,r12
+    0x48, 0x8b, 0x03, // ltop: mov rax,[rbx]
+    0x48, 0x83, 0xf8, 0xff, // cmp rax,-1
+    0x74, 0x2c, // je cfin
+    0x48, 0x8b, 0x7b, 0x08, // mov rdi,[rbx+8]
+    0x48, 0x8b, 0x73, 0x10, // mov rsi,[rbx+16]
+    0x48, 0x8b, 0x53, 0x18, // mov rdx,[rbx+24]
+    0x4c, 0x8b, 0x53, 0x20, // mov r10,[rbx+32]
+    0x4c, 0x8b, 0x43, 0x28, // mov r8,[rbx+40]
+    0x4c, 0x8b, 0x4b, 0x30, // mov r9,[rbx+48]
+    0x0f, 0x05, // syscall
+    0x48, 0x89, 0x43, 0x38, // mov [rbx+56],rax
+    0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // cmp rax,-4095
+    0x73, 0x06, // jae cfin
+    0x48, 0x83, 0xc3, 0x40, // add rbx,64
+    0xeb, 0xcb, // jmp ltop
+    0x49, 0x89, 0x5d, 0x78, // cfin: mov [r13+120],rbx
+    0x41, 0xc7, 0x45, 0x70, 0x01, 0x00, 0x00, 0x00, // mov dword [r13+112],1
+    0x49, 0x8d, 0x7d, 0x70, // lea rdi,[r13+112]
+    0xbe, 0x81, 0x00, 0x00, 0x00, // mov esi,129 (FUTEX_WAKE_PRIVATE)
+    0xba, 0x01, 0x00, 0x00, 0x00, // mov edx,1
+    0xb8, 0xca, 0x00, 0x00, 0x00, // mov eax,202 (futex)
+    0x0f, 0x05, // syscall
+    0xb8, 0x22, 0x00, 0x00, 0x00, // park: mov eax,34 (pause)
+    0x0f, 0x05, // syscall
+    0xeb, 0xf7, // jmp park
+];
+const _: () = assert!(CLONE_CODE_OFF >= CODE.len() as u64);
+const _: () = assert!(CLONE_CODE_OFF + CLONE_CODE.len() as u64 <= DATA_OFF);
+
+/// One thread for [`Remote::run_clones`]: its tid (in the copy's pid
+/// namespace) and the batch it runs itself, in its own slot.
+#[derive(Debug)]
+pub struct NewThread {
+    /// The saved thread id it gets (`set_tid`).
+    pub tid: i32,
+    /// Its batch ([`Batch::in_slot`], slot `n` for the `n`th thread).
+    pub batch: Batch,
+}
 
 /// A table of system calls being built.
 #[derive(Debug, Default)]
@@ -160,9 +303,114 @@ impl Batch {
 }
 
 impl Remote {
-    /// Writes the loop into the scratch area (mapped rwx at `scratch`).
+    /// Writes the loop and the thread-making code into the scratch area
+    /// (mapped rwx at `scratch`).
     pub fn install_loop(&mut self, scratch: u64) -> Result<(), RestoreError> {
-        self.write(scratch, &CODE)
+        self.write(scratch, &CODE)?;
+        self.write(scratch + CLONE_CODE_OFF, &CLONE_CODE)
+    }
+
+    /// Makes `threads` (at most [`SLOTS`]; `threads[n]`'s batch in slot
+    /// `n`) in the stub with one run of the main thread (see "Threads" in
+    /// the module doc): `clone3` with `flags` and `set_tid = [tid]` each,
+    /// every new thread running its own batch; returns once every one has
+    /// run it, each parked in `pause`, untraced. On success returns the
+    /// address of the first record: a parked thread's `r13` is its record,
+    /// `first + n * 128` for `threads[n]` (how the restorer tells the
+    /// threads apart after seizing them). An error names the call that
+    /// failed, in the main thread or in a new one.
+    pub fn run_clones(&mut self, flags: u64, threads: &[NewThread]) -> Result<u64, RestoreError> {
+        assert!(threads.len() <= SLOTS);
+        let (scratch, _) = self.scratch.expect("scratch mapped before a batch");
+        let records = scratch + RECORDS_OFF;
+        let mut bytes = vec![0u8; (threads.len() + 1) * RECORD as usize];
+        // The slots' data and tables are each one range: two writes.
+        let mut data = Vec::with_capacity(threads.len() * SLOT_DATA as usize);
+        let mut tables = Vec::with_capacity(threads.len() * (SLOT_ENTRIES + 1) * ENTRY as usize);
+        for (n, t) in threads.iter().enumerate() {
+            let batch = &t.batch;
+            assert_eq!(batch.slot, Some(n), "thread {n}'s batch in slot {n}");
+            let (data_off, _) = batch.data_region();
+            let (table_off, max) = batch.table_region();
+            if batch.entries.len() > max {
+                return Err(RestoreError::NoRoom("table of a thread's batch"));
+            }
+            data.resize((data_off - DATA_OFF) as usize, 0);
+            data.extend_from_slice(&batch.data);
+            tables.resize((table_off - TABLE_OFF) as usize, 0);
+            tables.extend_from_slice(&table(&batch.entries));
+            let record = records + n as u64 * RECORD;
+            // SAFETY: clone_args is plain integers; all-zero is valid.
+            let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+            args.flags = flags;
+            args.set_tid = record + 88;
+            args.set_tid_size = 1;
+            let r = &mut bytes[n * RECORD as usize..][..RECORD as usize];
+            r[..88].copy_from_slice(super::remote::bytes_of(&args));
+            r[88..92].copy_from_slice(&t.tid.to_ne_bytes());
+            r[96..104].copy_from_slice(&(scratch + table_off).to_ne_bytes());
+        }
+        let end = threads.len() * RECORD as usize;
+        bytes[end..end + 8].copy_from_slice(&u64::MAX.to_ne_bytes());
+        self.write(scratch + DATA_OFF, &data)?;
+        self.write(scratch + TABLE_OFF, &tables)?;
+        self.write(records, &bytes)?;
+        let saved = self
+            .seized
+            .registers()
+            .map_err(|e| RestoreError::Stub(e.to_string()))?;
+        let mut regs = saved;
+        regs.rip = scratch + CLONE_CODE_OFF;
+        regs.rbx = records;
+        regs.r14 = records;
+        regs.orig_rax = u64::MAX;
+        self.seized
+            .set_registers(&regs)
+            .map_err(|e| RestoreError::Stub(e.to_string()))?;
+        ptrace::cont(Pid::from_raw(self.pid()), None)
+            .map_err(|e| RestoreError::Stub(format!("PTRACE_CONT: {e}")))?;
+        let (rbx, rax) = self.wait_loop()?;
+        self.calls += 1;
+        let index = ((rbx - records) / RECORD) as usize;
+        if index < threads.len() {
+            return Err(RestoreError::Remote {
+                what: format!("clone3 (thread {})", threads[index].tid),
+                source: std::io::Error::from_raw_os_error(-(rax as i64) as i32),
+            });
+        }
+        self.read(records, &mut bytes)?;
+        for (n, t) in threads.iter().enumerate() {
+            let r = &bytes[n * RECORD as usize..][..RECORD as usize];
+            let word = |at: usize| u64::from_ne_bytes(r[at..at + 8].try_into().unwrap());
+            if word(104) as i64 != t.tid as i64 {
+                return Err(RestoreError::Stub(format!(
+                    "clone3 made thread {} instead of {}",
+                    word(104) as i64,
+                    t.tid
+                )));
+            }
+            let table_addr = scratch + t.batch.table_region().0;
+            let stopped = word(120);
+            let failed = ((stopped - table_addr) / ENTRY) as usize;
+            if failed < t.batch.entries.len() {
+                let mut result = [0u8; 8];
+                self.read(stopped + 56, &mut result)?;
+                check(
+                    (stopped, u64::from_ne_bytes(result)),
+                    table_addr,
+                    t.batch.entries.len(),
+                    &t.batch.names,
+                )
+                .map_err(|e| match e {
+                    RestoreError::Remote { what, source } => RestoreError::Remote {
+                        what: format!("{what} (thread {})", t.tid),
+                        source,
+                    },
+                    other => other,
+                })?;
+            }
+        }
+        Ok(records)
     }
 
     /// Runs every call of `batch` in order, stopping at the first error.
@@ -181,6 +429,36 @@ impl Remote {
             let stopped_at = self.run_loop(scratch, table_addr)?;
             self.calls += 1;
             check(stopped_at, table_addr, entries.len(), names)?;
+            self.check_tsync(table_addr, entries, names)?;
+        }
+        Ok(())
+    }
+
+    /// Fails unless every `seccomp` entry with `SECCOMP_FILTER_FLAG_TSYNC`
+    /// of the table at `table_addr` (run to its end) returned 0 (see the
+    /// module doc).
+    fn check_tsync(
+        &self,
+        table_addr: u64,
+        entries: &[[u64; 8]],
+        names: &[String],
+    ) -> Result<(), RestoreError> {
+        for (i, e) in entries.iter().enumerate() {
+            let tsync = e[0] == libc::SYS_seccomp as u64
+                && e[1] == SECCOMP_SET_MODE_FILTER
+                && e[2] & SECCOMP_FILTER_FLAG_TSYNC != 0;
+            if !tsync {
+                continue;
+            }
+            let mut result = [0u8; 8];
+            self.read(table_addr + i as u64 * ENTRY + 56, &mut result)?;
+            let tid = u64::from_ne_bytes(result);
+            if tid != 0 {
+                return Err(RestoreError::Unsupported(format!(
+                    "{}: the filter could not reach thread {tid} and was installed nowhere",
+                    names[i]
+                )));
+            }
         }
         Ok(())
     }
@@ -254,14 +532,6 @@ impl Remote {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(err("waitpid", e)),
                 Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => break,
-                // A thread made by a clone3 of the batch (the stub is
-                // traced with PTRACE_O_TRACECLONE): note its tid; it waits
-                // in its first stop for the restorer.
-                Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_CLONE)) => {
-                    let tid = ptrace::getevent(pid).map_err(|e| err("PTRACE_GETEVENTMSG", e))?;
-                    self.cloned.push(tid as i32);
-                    ptrace::cont(pid, None).map_err(|e| err("PTRACE_CONT", e))?;
-                }
                 // Any other signal or event stop: suppress it and go on.
                 Ok(WaitStatus::Stopped(..)) | Ok(WaitStatus::PtraceEvent(..)) => {
                     ptrace::cont(pid, None).map_err(|e| err("PTRACE_CONT", e))?;
@@ -328,6 +598,51 @@ mod tests {
             // bounding capability dropped) fit one slot.
             assert!(m >= 60, "{m} entries");
         }
+    }
+
+    #[test]
+    fn clone_code_layout() {
+        let c = &CLONE_CODE;
+        let target = |at: usize| (at as isize + 2 + c[at + 1] as i8 as isize) as usize;
+        // je join, je child, jae cdone, jmp ctop.
+        assert_eq!(c[target(0x07)..][..3], [0x4c, 0x89, 0xf3]);
+        assert_eq!(c[target(0x22)..][..3], [0x4c, 0x89, 0xe3]);
+        assert_eq!(c[target(0x2e)], 0xcc);
+        assert_eq!(target(0x34), 0);
+        // The join loop: je cdone, jne jnext, jmp jwait, jmp jtop.
+        assert_eq!(c[target(0x40)], 0xcc);
+        assert_eq!(target(0x47), 0x60);
+        assert_eq!(target(0x5e), 0x42);
+        assert_eq!(target(0x64), 0x39);
+        // The thread's loop is CODE's, ending at cfin instead of int3.
+        assert_eq!(c[0x6a..0x9f], CODE[..CODE.len() - 1]);
+        assert_eq!(target(0x6a + 7), 0x9f);
+        // park: pause ; jmp park.
+        assert_eq!(target(c.len() - 2), c.len() - 9);
+        // The system call numbers.
+        let nr = |at: usize| u32::from_ne_bytes(c[at..at + 4].try_into().unwrap()) as i64;
+        assert_eq!(nr(0x19), libc::SYS_clone3);
+        assert_eq!(nr(0x58), libc::SYS_futex);
+        assert_eq!(nr(0xba), libc::SYS_futex);
+        assert_eq!(nr(0xc1), libc::SYS_pause);
+        // FUTEX_WAIT_PRIVATE and FUTEX_WAKE_PRIVATE.
+        assert_eq!(
+            nr(0x4e),
+            (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as i64
+        );
+        assert_eq!(
+            nr(0xb0),
+            (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as i64
+        );
+        // Record offsets: the table at +96, the result at +104, done at
+        // +112, the thread's last rbx at +120; set_tid at +88 follows the
+        // 88-byte clone_args.
+        assert_eq!(std::mem::size_of::<libc::clone_args>(), 88);
+        assert_eq!(c[0x0d], 88);
+        assert_eq!(c[0x14], 96);
+        assert_eq!(c[0x27], 104);
+        assert_eq!(c[0x44], 112);
+        assert_eq!(c[0xa2], 120);
     }
 
     #[test]

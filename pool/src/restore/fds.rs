@@ -1,32 +1,59 @@
 //! The descriptors a copy starts with, and the files its mappings need.
 //!
-//! Everything is opened in the restorer and checked against the identity
-//! the capture recorded, then handed to the stub through its init (see
-//! `spawn`): the copy's descriptors at their saved numbers, and above them
-//! (from `first_private_fd` up) the files to map, the image and the
-//! executable, which the stub closes once its memory and mm fields are set.
+//! Two kinds of descriptors reach the stub, at the numbers this plan gives
+//! them (the copy's saved numbers, and from `first_private_fd` up the files
+//! to map, the image and the executable, which the stub closes once its
+//! memory and mm fields are set):
 //!
 //! ```text
-//! stub fds:  0 .. max saved fd        the copy's (supplied or reopened)
+//! moves   made by the restorer: the caller's (protocol pipes, stdio),
+//!         kernel objects (eventfd, pipes, memfd, ...), their dups, and
+//!         thaw's own image. Placed by the stub's init.
+//! wanted  files the copy names by path: saved files, directories and
+//!         devices, mapped files, the executable. Opened as the copy's
+//!         sandbox would open them, then checked here:
+//!           sandboxed copy   the stub opens them inside its sandbox (its
+//!                            mount namespace and root) with the function's
+//!                            fs credentials and no capabilities
+//!                            (`sandbox::open_files`); `adopt` takes each
+//!                            back with pidfd_getfd and checks it
+//!           `thaw restore`   no sandbox: `open_here` opens them in the
+//!                            restorer (the operator's own snapshot)
+//!         Each is checked against the capture: device and inode (every
+//!         kind), the kind (file, directory, character or block device),
+//!         rdev for devices, size and modification time for files whose
+//!         content is used (private mappings, the executable), and the
+//!         open flags the kernel reports.
+//! ```
+//!
+//! ```text
+//! stub fds:  0 .. max saved fd        the copy's
 //!            first_private_fd ..      mapped files, image, exe (closed later)
 //! ```
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use snapshotter::state::{AreaKind, FdKind, FileIdentity, ProcessState};
 
 use super::RestoreError;
+use crate::sandbox::open_files::OpenFile;
 
 /// What to hand to the stub.
 #[derive(Debug)]
 pub struct FdPlan {
-    /// Descriptors opened here; kept until init has its copies.
+    /// Descriptors made or opened here; kept until the copy is made.
     pub held: Vec<OwnedFd>,
     /// `(restorer fd, stub fd)` for init.
     pub moves: Vec<(RawFd, RawFd)>,
+    /// Files the copy names by path, opened as its sandbox would
+    /// ([`FdPlan::open_here`] or [`FdPlan::adopt`]).
+    pub wanted: Vec<Wanted>,
+    /// Stub fd -> index in `held` of our descriptor on the same open file,
+    /// for every wanted file once it is opened and checked.
+    pub opened: HashMap<i32, usize>,
     /// Stub fd of each file-backed area, by area index.
     pub area_fds: HashMap<usize, i32>,
     /// Stub fd of the image.
@@ -39,41 +66,59 @@ pub struct FdPlan {
     pub cloexec: Vec<i32>,
 }
 
-/// Which parts of a file's identity must match.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Check {
-    /// Same file (device and inode).
-    Same,
-    /// Same file, same size and modification time (its content is used).
-    Unchanged,
+/// A file the copy gets by path, and what it must be.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    /// Its number in the stub.
+    pub fd: i32,
+    /// The copy's path.
+    pub path: String,
+    /// Flags to open it with (no `O_CLOEXEC`).
+    pub flags: i32,
+    /// What the capture saw.
+    pub expect: Expect,
+    /// File position to set (regular files not opened `O_PATH`).
+    pub position: Option<u64>,
 }
 
-/// Opens `host` (the copy's `path`) with exactly the access mode of
-/// `flags` (`O_RDONLY`, `O_WRONLY`, `O_RDWR`; `O_PATH` kept, so such a
-/// descriptor never comes back readable) and its other flags, close-on-exec
-/// here, and checks it is the file the snapshot saw.
-fn open_checked(
-    path: &str,
-    host: &str,
-    flags: i32,
-    identity: Option<&FileIdentity>,
-    check: Check,
-) -> Result<File, RestoreError> {
-    let access = flags & libc::O_ACCMODE;
-    let file = OpenOptions::new()
-        .read(access != libc::O_WRONLY)
-        .write(access != libc::O_RDONLY)
-        .custom_flags((flags & !libc::O_ACCMODE) | libc::O_CLOEXEC)
-        .open(host)
-        .map_err(|source| RestoreError::Io {
-            what: if host == path {
-                format!("open {path}")
-            } else {
-                format!("open {path} (here {host})")
-            },
-            source,
-        })?;
-    if let Some(id) = identity {
+/// What a wanted file must be.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// A regular file with this identity; `unchanged`: its content is used
+    /// (size and modification time must match too).
+    File {
+        /// The capture's identity (`None`: a mapping recorded without one).
+        identity: Option<FileIdentity>,
+        /// Size and modification time are checked too.
+        unchanged: bool,
+    },
+    /// A directory with this device and inode.
+    Directory(FileIdentity),
+    /// A device node with this device and inode, `rdev` and kind.
+    Device {
+        /// The node's identity.
+        identity: FileIdentity,
+        /// `st_rdev`.
+        rdev: u64,
+        /// Block (true) or character device.
+        block: bool,
+    },
+}
+
+impl Wanted {
+    /// The stub's instruction for this file.
+    fn open_file(&self) -> OpenFile {
+        OpenFile {
+            fd: self.fd,
+            path: self.path.clone(),
+            flags: self.flags,
+        }
+    }
+
+    /// Checks that `file` (opened from [`Wanted::path`]) is what the
+    /// capture saw, with the flags asked for; then sets its position.
+    fn check(&self, file: &File) -> Result<(), RestoreError> {
+        let path = &self.path;
         let meta = file.metadata().map_err(|source| RestoreError::Io {
             what: format!("stat {path}"),
             source,
@@ -82,66 +127,206 @@ fn open_checked(
             path: path.to_string(),
             what,
         };
-        if meta.dev() != id.dev || meta.ino() != id.inode {
-            return Err(changed(format!(
-                "now device {} inode {}, was device {} inode {}",
-                meta.dev(),
-                meta.ino(),
-                id.dev,
-                id.inode
-            )));
-        }
-        if check == Check::Unchanged
-            && (meta.size() != id.size
-                || meta.mtime() != id.mtime_sec
-                || meta.mtime_nsec() != id.mtime_nsec)
-        {
-            return Err(changed(format!(
-                "size {} mtime {}.{:09}, was size {} mtime {}.{:09}",
-                meta.size(),
-                meta.mtime(),
-                meta.mtime_nsec(),
-                id.size,
-                id.mtime_sec,
-                id.mtime_nsec
-            )));
-        }
-    }
-    Ok(file)
-}
-
-/// Where the copy's paths are on the restorer's side: `(prefix, host
-/// directory)` pairs, the copy's `prefix/x` being the host's `dir/x` (a
-/// sandbox's `/var/task` is its function's code folder). Paths under no
-/// prefix are the same on both sides.
-#[derive(Debug, Clone, Default)]
-pub struct PathMap(pub Vec<(String, std::path::PathBuf)>);
-
-impl PathMap {
-    /// The restorer's path for the copy's `path`.
-    pub fn host(&self, path: &str) -> std::borrow::Cow<'_, str> {
-        for (prefix, dir) in &self.0 {
-            if let Some(rest) = path.strip_prefix(prefix.as_str()) {
-                if rest.is_empty() || rest.starts_with('/') {
-                    return format!("{}{rest}", dir.display()).into();
+        let kind = meta.file_type();
+        let (identity, unchanged) = match &self.expect {
+            Expect::File {
+                identity,
+                unchanged,
+            } => {
+                if !kind.is_file() {
+                    return Err(changed(format!(
+                        "now {}, was a regular file",
+                        kind_name(&meta)
+                    )));
                 }
+                (identity.as_ref(), *unchanged)
+            }
+            Expect::Directory(identity) => {
+                if !kind.is_dir() {
+                    return Err(changed(format!(
+                        "now {}, was a directory",
+                        kind_name(&meta)
+                    )));
+                }
+                (Some(identity), false)
+            }
+            Expect::Device {
+                identity,
+                rdev,
+                block,
+            } => {
+                let same_kind = if *block {
+                    kind.is_block_device()
+                } else {
+                    kind.is_char_device()
+                };
+                if !same_kind || meta.rdev() != *rdev {
+                    return Err(changed(format!(
+                        "now {} rdev {:#x}, was a {} device rdev {rdev:#x}",
+                        kind_name(&meta),
+                        meta.rdev(),
+                        if *block { "block" } else { "character" }
+                    )));
+                }
+                (Some(identity), false)
+            }
+        };
+        if let Some(id) = identity {
+            if meta.dev() != id.dev || meta.ino() != id.inode {
+                return Err(changed(format!(
+                    "now device {} inode {}, was device {} inode {}",
+                    meta.dev(),
+                    meta.ino(),
+                    id.dev,
+                    id.inode
+                )));
+            }
+            if unchanged
+                && (meta.size() != id.size
+                    || meta.mtime() != id.mtime_sec
+                    || meta.mtime_nsec() != id.mtime_nsec)
+            {
+                return Err(changed(format!(
+                    "size {} mtime {}.{:09}, was size {} mtime {}.{:09}",
+                    meta.size(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                    id.size,
+                    id.mtime_sec,
+                    id.mtime_nsec
+                )));
             }
         }
-        path.to_string().into()
+        // The open flags the kernel reports: access mode, O_PATH, O_APPEND
+        // exactly as asked.
+        // SAFETY: F_GETFL on a descriptor borrowed for the call.
+        let got = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        let mask = libc::O_ACCMODE | libc::O_PATH | libc::O_APPEND;
+        if got < 0 || got & mask != self.flags & mask {
+            return Err(RestoreError::Unsupported(format!(
+                "{path} was opened with flags {:#o}, wanted {:#o}",
+                got & mask,
+                self.flags & mask
+            )));
+        }
+        if let Some(position) = self.position {
+            // SAFETY: lseek on a descriptor borrowed for the call; it moves
+            // the position of the open file the stub shares.
+            let r =
+                unsafe { libc::lseek(file.as_raw_fd(), position as libc::off_t, libc::SEEK_SET) };
+            if r < 0 {
+                return Err(RestoreError::Io {
+                    what: format!("seek {path} to {position}"),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
-/// Opens what the copy needs; `supplied` are the caller's descriptors by
-/// copy fd number, `image` the snapshot's image, `paths` where the copy's
-/// paths are here.
+fn kind_name(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "a special file"
+    }
+}
+
+impl FdPlan {
+    /// Whether every wanted file is opened and checked.
+    pub fn ready(&self) -> bool {
+        self.wanted.iter().all(|w| self.opened.contains_key(&w.fd))
+    }
+
+    /// What a stub sandbox must open (inside the sandbox, as the function).
+    pub fn open_files(&self) -> Vec<OpenFile> {
+        self.wanted.iter().map(Wanted::open_file).collect()
+    }
+
+    /// Our descriptor on the open file the stub holds at `fd`.
+    pub fn opened(&self, fd: i32) -> Option<BorrowedFd<'_>> {
+        self.opened.get(&fd).map(|&i| self.held[i].as_fd())
+    }
+
+    /// Opens every wanted file here, by path, in the restorer's mount
+    /// namespace with its credentials, and checks it: restores without a
+    /// sandbox (`thaw restore` of an operator's snapshot). The stub's init
+    /// places them.
+    pub fn open_here(&mut self) -> Result<(), RestoreError> {
+        for wanted in &self.wanted {
+            if self.opened.contains_key(&wanted.fd) {
+                continue;
+            }
+            let access = wanted.flags & libc::O_ACCMODE;
+            let file = OpenOptions::new()
+                .read(access != libc::O_WRONLY)
+                .write(access != libc::O_RDONLY)
+                .custom_flags((wanted.flags & !libc::O_ACCMODE) | libc::O_CLOEXEC | libc::O_NOCTTY)
+                .open(&wanted.path)
+                .map_err(|source| RestoreError::Io {
+                    what: format!("open {} (fd {})", wanted.path, wanted.fd),
+                    source,
+                })?;
+            wanted.check(&file)?;
+            let fd = OwnedFd::from(file);
+            self.moves.push((fd.as_raw_fd(), wanted.fd));
+            self.opened.insert(wanted.fd, self.held.len());
+            self.held.push(fd);
+        }
+        Ok(())
+    }
+
+    /// Takes back, with `pidfd_getfd`, every wanted file a stub sandbox
+    /// opened (see [`FdPlan::open_files`]) and checks each is what the
+    /// capture saw. `stub` is a pidfd of the stub, which must not run yet.
+    pub fn adopt(&mut self, stub: BorrowedFd<'_>) -> Result<(), RestoreError> {
+        for wanted in &self.wanted {
+            if self.opened.contains_key(&wanted.fd) {
+                continue;
+            }
+            // SAFETY: pidfd_getfd with a pidfd borrowed for the call; the
+            // result is a new descriptor of ours (close-on-exec).
+            let raw =
+                unsafe { libc::syscall(libc::SYS_pidfd_getfd, stub.as_raw_fd(), wanted.fd, 0) };
+            if raw < 0 {
+                return Err(RestoreError::Io {
+                    what: format!("take fd {} ({}) from the stub", wanted.fd, wanted.path),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            // SAFETY: a fresh descriptor nobody else owns.
+            let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) };
+            wanted.check(&file)?;
+            let fd = OwnedFd::from(file);
+            self.opened.insert(wanted.fd, self.held.len());
+            self.held.push(fd);
+        }
+        Ok(())
+    }
+}
+
+/// Plans what the copy needs: makes its kernel objects and takes the
+/// caller's descriptors (`supplied`, by copy fd number) and the snapshot's
+/// `image`; lists the files it names by path ([`FdPlan::wanted`]), opened
+/// afterwards as its sandbox would ([`FdPlan::adopt`], [`FdPlan::open_here`]).
 pub fn plan(
     state: &ProcessState,
     supplied: &[(i32, BorrowedFd<'_>)],
     image: RawFd,
-    paths: &PathMap,
 ) -> Result<FdPlan, RestoreError> {
     let mut held: Vec<OwnedFd> = Vec::new();
     let mut moves = Vec::new();
+    let mut wanted = Vec::new();
     let mut cloexec = Vec::new();
     let mut pipes = super::kobj::Pipes::default();
     for saved in &state.fds {
@@ -161,7 +346,7 @@ pub fn plan(
         if let FdKind::Dup { of } = saved.kind {
             let Some(&(raw, _)) = moves.iter().find(|(_, n)| *n == of) else {
                 return Err(RestoreError::Unsupported(format!(
-                    "fd {} duplicates fd {of}, which the snapshot does not have before it",
+                    "fd {} duplicates fd {of}, which the snapshot does not have before it among its kernel objects",
                     saved.fd
                 )));
             };
@@ -190,34 +375,41 @@ pub fn plan(
         } else {
             access | (flags & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC))
         };
-        let file = match &saved.kind {
+        let (path, flags, expect, position) = match &saved.kind {
             FdKind::File {
                 path,
                 position,
                 identity,
-            } => {
-                let file = open_checked(
-                    path,
-                    &paths.host(path),
-                    open_flags,
-                    Some(identity),
-                    Check::Same,
-                )?;
-                if o_path == 0 {
-                    seek(&file, path, *position)?;
-                }
-                file
-            }
-            FdKind::Directory { path, .. } => open_checked(
+            } => (
                 path,
-                &paths.host(path),
+                open_flags,
+                Expect::File {
+                    identity: Some(*identity),
+                    unchanged: false,
+                },
+                (o_path == 0).then_some(*position),
+            ),
+            FdKind::Directory { path, identity, .. } => (
+                path,
                 open_flags | libc::O_DIRECTORY,
+                Expect::Directory(*identity),
                 None,
-                Check::Same,
-            )?,
-            FdKind::Device { path, .. } => {
-                open_checked(path, &paths.host(path), open_flags, None, Check::Same)?
-            }
+            ),
+            FdKind::Device {
+                path,
+                rdev,
+                block,
+                identity,
+            } => (
+                path,
+                open_flags,
+                Expect::Device {
+                    identity: *identity,
+                    rdev: *rdev,
+                    block: *block,
+                },
+                None,
+            ),
             FdKind::ProtocolPipe { .. } => {
                 return Err(RestoreError::FdNotSupplied {
                     fd: saved.fd,
@@ -239,9 +431,13 @@ pub fn plan(
             | FdKind::Memfd { .. }
             | FdKind::Dup { .. } => unreachable!("kernel objects and dups are made above"),
         };
-        let fd = OwnedFd::from(file);
-        moves.push((fd.as_raw_fd(), saved.fd));
-        held.push(fd);
+        wanted.push(Wanted {
+            fd: saved.fd,
+            path: path.clone(),
+            flags,
+            expect,
+            position,
+        });
     }
 
     let first_private_fd = state.fds.iter().map(|f| f.fd + 1).max().unwrap_or(0).max(3);
@@ -281,17 +477,16 @@ pub fn plan(
                 // A shared mapping's content is live: only its identity
                 // counts. A private one reads pages from the file: it must
                 // be unchanged.
-                let check = if area.shared {
-                    Check::Same
-                } else {
-                    Check::Unchanged
-                };
-                let access = if write { libc::O_RDWR } else { libc::O_RDONLY };
-                let file =
-                    open_checked(path, &paths.host(path), access, area.file.as_ref(), check)?;
-                let fd = OwnedFd::from(file);
-                moves.push((fd.as_raw_fd(), next));
-                held.push(fd);
+                wanted.push(Wanted {
+                    fd: next,
+                    path: path.clone(),
+                    flags: if write { libc::O_RDWR } else { libc::O_RDONLY },
+                    expect: Expect::File {
+                        identity: area.file,
+                        unchanged: !area.shared,
+                    },
+                    position: None,
+                });
                 by_file.insert(key, next);
                 next += 1;
                 next - 1
@@ -301,35 +496,26 @@ pub fn plan(
     }
     let image_fd = next;
     moves.push((image, image_fd));
-    let exe = open_checked(
-        &state.mm.exe_path,
-        &paths.host(&state.mm.exe_path),
-        libc::O_RDONLY,
-        Some(&state.mm.exe),
-        Check::Unchanged,
-    )?;
-    let exe = OwnedFd::from(exe);
     let exe_fd = next + 1;
-    moves.push((exe.as_raw_fd(), exe_fd));
-    held.push(exe);
+    wanted.push(Wanted {
+        fd: exe_fd,
+        path: state.mm.exe_path.clone(),
+        flags: libc::O_RDONLY,
+        expect: Expect::File {
+            identity: Some(state.mm.exe),
+            unchanged: true,
+        },
+        position: None,
+    });
     Ok(FdPlan {
         held,
         moves,
+        wanted,
+        opened: HashMap::new(),
         area_fds,
         image_fd,
         exe_fd,
         first_private_fd,
         cloexec,
     })
-}
-
-fn seek(file: &File, path: &str, position: u64) -> Result<(), RestoreError> {
-    use std::io::Seek;
-    let mut f = file;
-    f.seek(std::io::SeekFrom::Start(position))
-        .map_err(|source| RestoreError::Io {
-            what: format!("seek {path} to {position}"),
-            source,
-        })?;
-    Ok(())
 }

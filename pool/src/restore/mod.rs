@@ -1,8 +1,14 @@
 //! Restore: turning a snapshot back into a running process, without CRIU.
 //!
 //! ```text
-//! plan      open every mapped file, the executable, the image, and the
-//!           files behind saved fds (identities checked against the snapshot)
+//! plan      open the image, make the kernel objects; every file the copy
+//!           names by path (saved fds, mapped files, the executable) is
+//!           opened as its sandbox would open it: by a stub sandbox inside
+//!           the sandbox with the function's credentials, then taken back
+//!           and checked (`fds::FdPlan::adopt`); without a sandbox (`thaw
+//!           restore`) here (`fds::FdPlan::open_here`). Identities (device,
+//!           inode, kind, rdev, size and mtime where content is used)
+//!           checked against the snapshot
 //! stub      spawn: init (pid 1 of a new pid namespace) → stub with the saved
 //!           pid (clone3 set_tid), fds already at their numbers; PTRACE_SEIZE
 //! mappings  unregister the stub's rseq; scratch; unmap the stub; move
@@ -146,8 +152,12 @@ pub struct RestoreTimings {
     /// maps every area (the rest is writing the stack, and in uffd mode
     /// setting up the page server).
     pub batch: Duration,
-    /// mm fields, signals, rseq, thread, attributes, credentials.
+    /// mm fields, fds, signals, attributes, every thread, credentials,
+    /// seccomp.
     pub state: Duration,
+    /// Of which making the threads other than the main one, each with its
+    /// registrations and credentials, and seizing them (step 7).
+    pub threads: Duration,
     /// Registers and detach.
     pub resume: Duration,
     /// ptrace round trips that ran system calls (single calls and batches).
@@ -372,13 +382,42 @@ fn send_to_keeper(keeper: BorrowedFd<'_>, fd: &OwnedFd) -> Result<(), RestoreErr
 
 /// Kills the copy being made (`SIGKILL` to its thread group) unless
 /// disarmed: a restore that fails half-way never lets it run.
+///
+/// The restorer traces the copy's threads, so their deaths are reported to
+/// it: until it has waited for them they stay zombies, the main thread
+/// with them, and the copy's init, which waits for its child, would never
+/// end (nor would the restorer reaping init). So after the kill every
+/// traced thread is waited for, the main thread last (its death is
+/// reported once the others are gone); threads this restorer does not
+/// trace answer `ECHILD` and are reaped by the kernel.
 struct KillOnError(Option<i32>);
 
 impl Drop for KillOnError {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            // SAFETY: kill takes numbers only.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        let Some(pid) = self.0 else {
+            return;
+        };
+        // SAFETY: kill takes numbers only.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let tids = snapshotter::capture::ptrace::task_ids(pid).unwrap_or_default();
+        for tid in tids.into_iter().filter(|&t| t != pid).chain([pid]) {
+            reap_traced(tid);
+        }
+    }
+}
+
+/// Waits until the traced thread `tid`, killed, has ended (or is not ours
+/// to wait for).
+fn reap_traced(tid: i32) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let pid = nix::unistd::Pid::from_raw(tid);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => return,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+            // A stop reported before the kill took effect: the kill ends it.
+            Ok(_) => continue,
         }
     }
 }
@@ -442,11 +481,23 @@ impl Prepared {
         &self.plan.moves
     }
 
+    /// What a stub sandbox must open for this copy, inside the sandbox as
+    /// the function ([`crate::sandbox::open_files`]), before [`Prepared::adopt`].
+    pub fn open_files(&self) -> Vec<crate::sandbox::open_files::OpenFile> {
+        self.plan.open_files()
+    }
+
+    /// Takes back and checks the files a stub sandbox opened (host pid
+    /// `stub_pid`, not running yet): see [`fds::FdPlan::adopt`].
+    pub fn adopt(&mut self, stub_pid: i32) -> Result<(), RestoreError> {
+        let pidfd = pidfd_open(stub_pid)?;
+        self.plan.adopt(std::os::fd::AsFd::as_fd(&pidfd))
+    }
+
     /// Checks again that every file a private area reads its pages from is
     /// unchanged (size, modification time) since it was opened: a prepared
     /// restore may wait a long time (a spare sandbox) before it runs.
     pub fn recheck(&self, snapshot: &Snapshot) -> Result<(), RestoreError> {
-        use std::os::fd::AsRawFd;
         let mut seen = std::collections::HashSet::new();
         for (index, number) in &self.plan.area_fds {
             let Some(area) = snapshot.state.areas.get(*index) else {
@@ -455,17 +506,7 @@ impl Prepared {
             if area.shared || !seen.insert(*number) {
                 continue;
             }
-            let (Some(id), Some(raw)) = (
-                area.file.as_ref(),
-                self.plan
-                    .moves
-                    .iter()
-                    .find(|(_, n)| n == number)
-                    .map(|(raw, _)| *raw),
-            ) else {
-                continue;
-            };
-            let Some(fd) = self.plan.held.iter().find(|fd| fd.as_raw_fd() == raw) else {
+            let (Some(id), Some(fd)) = (area.file.as_ref(), self.plan.opened(*number)) else {
                 continue;
             };
             let path = area.path.clone().unwrap_or_default();
@@ -490,24 +531,32 @@ impl Prepared {
     }
 }
 
-/// Opens and checks everything `snapshot` needs: its image (built from the
-/// store when missing), the files its areas map, its executable, and the
-/// files behind its fds (`options.fds` are supplied by the caller).
+/// Opens and checks everything `snapshot` needs, here: its image (built
+/// from the store when missing), the files its areas map, its executable,
+/// and the files behind its fds (`options.fds` are supplied by the
+/// caller), all by path in the restorer's mount namespace. For restores
+/// without a sandbox (`thaw restore`); a sandboxed copy uses
+/// [`prepare_for_sandbox`].
 pub fn prepare(
     snapshot: &Snapshot,
     store: &PageStore,
     options: &RestoreOptions<'_>,
 ) -> Result<Prepared, RestoreError> {
-    prepare_mapped(snapshot, store, options, &fds::PathMap::default())
+    let mut prepared = prepare_for_sandbox(snapshot, store, options)?;
+    let started = Instant::now();
+    prepared.plan.open_here()?;
+    prepared.took += started.elapsed();
+    Ok(prepared)
 }
 
-/// [`prepare`] for a copy whose paths are elsewhere here (`paths`): a
-/// snapshot taken in a sandbox names its code as `/var/task/...`.
-pub fn prepare_mapped(
+/// [`prepare`] for a copy restored into a stub sandbox: opens only thaw's
+/// own files (the image) and makes the copy's kernel objects; the files the
+/// copy names by path are opened by the stub inside its sandbox
+/// ([`Prepared::open_files`]) and checked by [`Prepared::adopt`].
+pub fn prepare_for_sandbox(
     snapshot: &Snapshot,
     store: &PageStore,
     options: &RestoreOptions<'_>,
-    paths: &fds::PathMap,
 ) -> Result<Prepared, RestoreError> {
     let started = Instant::now();
     let image = {
@@ -518,7 +567,7 @@ pub fn prepare_mapped(
         let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
         store.image(&snapshot.id)?
     };
-    let plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd(), paths)?;
+    let plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
     Ok(Prepared {
         image,
         plan,
@@ -628,6 +677,11 @@ pub fn restore_into(
     prepared: &Prepared,
     options: &RestoreOptions<'_>,
 ) -> Result<(RestoreTimings, Option<CopyServer>), RestoreError> {
+    if !prepared.plan.ready() {
+        return Err(RestoreError::Unsupported(
+            "the stub's files were not taken back and checked (Prepared::adopt)".into(),
+        ));
+    }
     let mut timings = RestoreTimings {
         plan: prepared.took,
         ..RestoreTimings::default()
@@ -705,7 +759,7 @@ fn drive(
     let (main, saved_others) = threads.split_first().expect("validated: a main thread");
     // Declared before the kill guard, so that on an error the copy is killed
     // before any of its threads is detached (a half-made thread would run
-    // the batch loop's code it was cloned in).
+    // the scratch area's code it is parked in).
     let mut others: Vec<Remote> = Vec::new();
     let mut kill_on_error = KillOnError(Some(remote.pid()));
 
@@ -735,6 +789,7 @@ fn drive(
 
     // 7. the other threads, each with its saved tid (while the stub is
     //    still privileged), its registrations, scheduling and credentials.
+    let threads_started = Instant::now();
     thread::restore_others(
         &mut remote,
         &mut others,
@@ -745,10 +800,11 @@ fn drive(
         timings,
     )?;
     thread::set_sched(remote.pid(), *pid, &main.sched)?;
+    timings.threads = threads_started.elapsed();
 
     // 8. the main thread's credentials, then the seccomp policy (and the
-    //    mmap-mode guard) with TSYNC: they reach every thread, last of the
-    //    steps that need privileges.
+    //    mmap-mode guard) with TSYNC: they reach every thread (or the call
+    //    fails), last of the steps that need privileges.
     let mut batch = Batch::new(memory.scratch);
     if let Some(g) = &memory.guard {
         g.install(&mut batch)?;
@@ -757,11 +813,9 @@ fn drive(
     // Sandboxed copies (`restore_into`) always get the policy.
     seccomp::install(&mut batch, state, ctx.keep_uffd)?;
     timings.batched += batch.len() as u32;
+    // The filters reached every thread: the batch fails when a TSYNC
+    // install returns anything but 0 (see `batch`).
     remote.run(batch)?;
-    if let Some(g) = &memory.guard {
-        g.check_installed(&remote, &others)?;
-    }
-    thread::check_filters_everywhere(&remote, &others)?;
     thread::set_mask(&remote, main)?;
     if let Some((addr, len)) = remote.scratch.take() {
         remote.sys(

@@ -20,9 +20,6 @@ pub struct Remote {
     pub scratch: Option<(u64, u64)>,
     /// System calls run so far.
     pub calls: u32,
-    /// Thread ids (in the restorer's namespace) of the threads cloned by
-    /// batches, in the order they were made.
-    pub cloned: Vec<i32>,
 }
 
 impl Remote {
@@ -52,14 +49,13 @@ impl Remote {
             mem,
             scratch: None,
             calls: 0,
-            cloned: Vec::new(),
         })
     }
 
-    /// Takes over thread `tid`, which a batch of this stub cloned (it is
-    /// traced already, with this stub's options, and waits in its first
-    /// stop): the returned `Remote` runs batches and sets registers in that
-    /// thread, sharing the stub's scratch area.
+    /// Takes over thread `tid` of this stub, which the restorer has seized
+    /// and interrupted already, once it is in that stop: the returned
+    /// `Remote` runs batches and sets registers in that thread, sharing the
+    /// stub's scratch area.
     pub fn adopt_thread(&self, tid: i32) -> Result<Remote, RestoreError> {
         let seized = Seized::adopt(tid).map_err(|e| RestoreError::Stub(e.to_string()))?;
         let mem = self.mem.try_clone().map_err(|source| RestoreError::Io {
@@ -72,7 +68,6 @@ impl Remote {
             mem,
             scratch: self.scratch,
             calls: 0,
-            cloned: Vec::new(),
         })
     }
 
@@ -153,6 +148,16 @@ impl Remote {
         self.seized
             .detach()
             .map_err(|e| RestoreError::Stub(e.to_string()))
+    }
+
+    /// Reads `buf.len()` bytes at `addr` of the stub.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), RestoreError> {
+        self.mem
+            .read_exact_at(buf, addr)
+            .map_err(|source| RestoreError::Io {
+                what: format!("read {} bytes at {addr:#x} of the stub", buf.len()),
+                source,
+            })
     }
 
     /// Writes `data` at `addr` in the stub (ignores page protections, like

@@ -3,9 +3,14 @@
 //! and the restorer.
 //!
 //! ```text
-//! prepare   load the snapshot (cached), open its image and every file it maps
+//! prepare   load the snapshot (cached), open its image, make its kernel
+//!           objects; list the files the copy names by path
 //! launch    the pool starts a stub sandbox holding those descriptors at the
-//!           plan's numbers (fds 0-4 are the sandbox's own: logs, protocol)
+//!           plan's numbers (fds 0-4 are the sandbox's own: logs, protocol);
+//!           the stub opens the listed files itself, inside the sandbox with
+//!           the function's credentials (`sandbox::open_files`)
+//! adopt     take them back (pidfd_getfd) and check each is the file the
+//!           snapshot saw: a host file can never reach a copy
 //! finish    restore_into(stub): the stub becomes the copy, pid 2 as captured;
 //!           in uffd mode with the snapshot's recorded working set prefetched
 //! ```
@@ -22,10 +27,9 @@ use std::sync::{Arc, Mutex};
 use snapshotter::snapshot::{load_snapshot, Snapshot};
 use snapshotter::store::PageStore;
 
-use super::fds::PathMap;
 use super::working_set;
 use super::{
-    prepare_mapped, restore_into, CopyServer, Credentials, Mode, Prepared, RestoreError,
+    prepare_for_sandbox, restore_into, CopyServer, Credentials, Mode, Prepared, RestoreError,
     RestoreOptions, RestoreTimings,
 };
 
@@ -63,6 +67,20 @@ pub struct PreparedCopy {
 }
 
 impl PreparedCopy {
+    /// The files the stub sandbox opens itself, inside the sandbox as the
+    /// function (`Sandbox::launch_stub`).
+    pub fn open_files(&self) -> Vec<crate::sandbox::open_files::OpenFile> {
+        self.prepared.open_files()
+    }
+
+    /// Takes back the files the stub (host pid `stub_pid`, not running
+    /// yet) opened and checks each is the one the snapshot saw (device,
+    /// inode, kind, rdev, size and mtime where its content is used, open
+    /// flags). Blocking (a few system calls per file).
+    pub fn adopt(&mut self, stub_pid: i32) -> Result<(), RestoreError> {
+        self.prepared.adopt(stub_pid)
+    }
+
     /// The descriptors the stub sandbox must hold, at these numbers (all 5
     /// and up: 0-4 are the sandbox's own).
     pub fn fds(&self) -> Vec<(BorrowedFd<'_>, i32)> {
@@ -156,14 +174,10 @@ impl SnapshotRestorer {
         Ok(true)
     }
 
-    /// Loads the snapshot and opens everything its copy needs. Blocking.
+    /// Loads the snapshot, opens its image and makes the copy's kernel
+    /// objects. Blocking. The stub sandbox then opens
+    /// [`PreparedCopy::open_files`], and [`PreparedCopy::adopt`] checks them.
     pub fn prepare(&self, id: &str) -> Result<PreparedCopy, RestoreError> {
-        self.prepare_mapped(id, &PathMap::default())
-    }
-
-    /// [`SnapshotRestorer::prepare`] for a copy whose sandbox mounts some
-    /// host directories elsewhere (see `LaunchSpec::host_paths`).
-    pub fn prepare_mapped(&self, id: &str, paths: &PathMap) -> Result<PreparedCopy, RestoreError> {
         let snapshot = self.snapshot(id)?;
         // fds 0-4 of the copy are the sandbox's (stdin, log pipes, protocol
         // pipes): stand-ins here, never moved.
@@ -175,7 +189,7 @@ impl SnapshotRestorer {
             .map(|f| (f.fd, self.devnull.as_fd()))
             .collect();
         let options = options(fds);
-        let prepared = prepare_mapped(&snapshot, &self.store, &options, paths)?;
+        let prepared = prepare_for_sandbox(&snapshot, &self.store, &options)?;
         Ok(PreparedCopy { snapshot, prepared })
     }
 

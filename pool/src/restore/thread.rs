@@ -2,24 +2,27 @@
 //! `snapshotter::capture::thread`, state `snapshotter::state::ThreadState`):
 //!
 //! ```text
-//! create_threads  one batch in the main thread: clone3 per saved thread,
+//! restore_others  per group of up to SLOTS threads, one run of the main
+//!                 thread (Remote::run_clones): clone3 per saved thread,
 //!                 flags THREAD_FLAGS, set_tid = [saved tid] (in the copy's
-//!                 pid namespace, while the stub is privileged), no stack:
-//!                 the stub is traced with PTRACE_O_TRACECLONE, so each new
-//!                 thread is attached and stopped before it runs a single
-//!                 instruction; the restorer adopts it (Remote::adopt_thread)
-//! set_thread      in that thread (a batch of its own, run by the same loop
-//!                 in the shared scratch area): set_tid_address,
-//!                 set_robust_list, sigaltstack, rseq, PR_SET_NAME
-//! set_sched       from the restorer: policy, nice, affinity of its tid
-//! set_registers   per thread: park, xsave, registers (restart rule), mask
+//!                 pid namespace, while the stub is privileged), no stack;
+//!                 each new thread runs its own table at once, untraced:
+//!                 every signal blocked, its scheduling (sched_in_batch),
+//!                 set_thread (set_tid_address, set_robust_list,
+//!                 sigaltstack, rseq, PR_SET_NAME), its credentials; then it
+//!                 parks in pause and the main thread, which waited for all
+//!                 of them, stops. No ptrace stop per thread until then.
+//! adopt           the new threads seized and interrupted all at once, then
+//!                 each waited for; a thread's r13 names its record, so its
+//!                 saved state
+//! set_registers   per thread: xsave, registers (restart rule), mask
 //! ```
 //!
 //! The credentials are set in every thread too ([`super::credentials`]).
 
 use snapshotter::state::{ProcessState, Restart, Rseq, Sched, ThreadState};
 
-use super::batch::Batch;
+use super::batch::{Batch, NewThread, RECORD, SLOTS};
 use super::remote::{bytes_of, Remote};
 use super::Credentials;
 use super::RestoreError;
@@ -161,11 +164,10 @@ pub fn set_registers(remote: &mut Remote, thread: &ThreadState) -> Result<(), Re
 }
 
 /// [`set_registers`] for a thread already in a stop inside the kernel's
-/// signal handling: a thread whose last batch ended at the loop's `int3`
-/// is in the `SIGTRAP` signal-delivery stop, which the kernel leaves
-/// through the same restart rule as an interrupt stop (the trap is
-/// discarded: the thread is resumed with no signal). Saves the park's
-/// round trip per thread.
+/// signal handling: a thread made by [`restore_others`] is in the
+/// interrupt stop it was seized into, parked in `pause` (like the main
+/// thread after [`Remote::park`]); the kernel leaves it through the restart
+/// rule of the registers set here. Saves the park's round trip per thread.
 pub fn set_registers_after_batch(
     remote: &mut Remote,
     thread: &ThreadState,
@@ -200,81 +202,17 @@ pub const THREAD_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_THREAD
     | libc::CLONE_SYSVSEM) as u64;
 
-/// Threads cloned per batch (bounded by the batch's argument data).
-const CLONES_PER_BATCH: usize = 512;
-
-/// Makes every thread of `state` but the main one in the stub (whose
-/// scratch area is mapped), each with its saved tid, and adds them, held,
-/// to `threads` in `state.threads[1..]` order, stopped before their first
-/// instruction. On failure the threads made so far are in `threads` too
-/// (the caller kills the copy before it lets them go).
-pub fn create_threads(
-    remote: &mut Remote,
-    state: &ProcessState,
-    threads: &mut Vec<Remote>,
-) -> Result<(), RestoreError> {
-    let others = &state.threads[1..];
-    if others.is_empty() {
-        return Ok(());
-    }
-    nix::sys::ptrace::setoptions(
-        nix::unistd::Pid::from_raw(remote.pid()),
-        nix::sys::ptrace::Options::PTRACE_O_TRACESYSGOOD
-            | nix::sys::ptrace::Options::PTRACE_O_EXITKILL
-            | nix::sys::ptrace::Options::PTRACE_O_TRACECLONE,
-    )
-    .map_err(|e| RestoreError::Stub(format!("PTRACE_SETOPTIONS (TRACECLONE): {e}")))?;
-    let (scratch, _) = remote
-        .scratch
-        .ok_or(RestoreError::NoRoom("scratch area for the thread clones"))?;
-    remote.cloned.clear();
-    for chunk in others.chunks(CLONES_PER_BATCH) {
-        let mut batch = Batch::new(scratch);
-        for t in chunk {
-            let set_tid = batch.data(&t.tid.to_ne_bytes())?;
-            // SAFETY: clone_args is plain integers; all-zero is valid.
-            let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
-            args.flags = THREAD_FLAGS;
-            args.set_tid = set_tid;
-            args.set_tid_size = 1;
-            let addr = batch.data(bytes_of(&args))?;
-            batch.call(
-                format!("clone3 (thread {})", t.tid),
-                libc::SYS_clone3,
-                [
-                    addr,
-                    std::mem::size_of::<libc::clone_args>() as u64,
-                    0,
-                    0,
-                    0,
-                    0,
-                ],
-            );
-        }
-        let ran = remote.run(batch);
-        // Threads made before a failure are adopted (and then die with the
-        // stub) so none is left unwaited.
-        for tid in std::mem::take(&mut remote.cloned) {
-            threads.push(remote.adopt_thread(tid)?);
-        }
-        ran?;
-    }
-    if threads.len() != others.len() {
-        return Err(RestoreError::Stub(format!(
-            "{} threads cloned, {} expected",
-            threads.len(),
-            others.len()
-        )));
-    }
-    Ok(())
-}
-
-/// Step 7 of the restore: makes every thread but the main one
-/// ([`create_threads`]; they are added to `threads`, see there), then in
-/// each, its scheduling ([`set_sched`]), its registrations ([`set_thread`])
-/// and its credentials ([`super::credentials::set_credentials`]): their
-/// batches run side by side, up to [`super::batch::SLOTS`] threads at once,
-/// in `scratch`.
+/// Step 7 of the restore: makes every thread but the main one, each with
+/// its saved tid, in groups of up to [`SLOTS`], and adds them, held and
+/// stopped, to `threads` in `saved` order. Each group is one run of the
+/// main thread ([`Remote::run_clones`]) in which every new thread sets
+/// itself up from its own table: every signal blocked (its mask is set at
+/// the resume), its scheduling ([`sched_in_batch`]), its registrations
+/// ([`set_thread`]) and its credentials
+/// ([`super::credentials::set_credentials`]). The threads are then seized
+/// together ([`adopt`]). On failure the threads held so far are in
+/// `threads` (the caller kills the copy before it lets them go; the
+/// others die with it).
 pub fn restore_others(
     remote: &mut Remote,
     threads: &mut Vec<Remote>,
@@ -284,35 +222,184 @@ pub fn restore_others(
     credentials: &Credentials,
     timings: &mut RestoreTimings,
 ) -> Result<(), RestoreError> {
-    create_threads(remote, state, threads)?;
-    for (group, saved) in threads
-        .chunks_mut(super::batch::SLOTS)
-        .zip(saved.chunks(super::batch::SLOTS))
-    {
-        let mut batches = Vec::with_capacity(group.len());
-        for (slot, (t, saved)) in group.iter().zip(saved).enumerate() {
-            set_sched(t.pid(), saved.tid, &saved.sched)?;
+    if saved.is_empty() {
+        return Ok(());
+    }
+    let inherited = Inherited::of(remote.pid())?;
+    for group in saved.chunks(SLOTS) {
+        let mut new = Vec::with_capacity(group.len());
+        for (slot, t) in group.iter().enumerate() {
             let mut batch = Batch::in_slot(scratch, slot);
-            set_thread(&mut batch, saved)?;
+            let all = batch.data(&u64::MAX.to_ne_bytes())?;
+            batch.call(
+                "rt_sigprocmask (block every signal)",
+                libc::SYS_rt_sigprocmask,
+                [libc::SIG_SETMASK as u64, all, 0, 8, 0, 0],
+            );
+            sched_in_batch(&mut batch, t, &inherited)?;
+            set_thread(&mut batch, t)?;
             super::credentials::set_credentials(&mut batch, state, credentials)?;
             timings.batched += batch.len() as u32;
-            batches.push(batch);
+            new.push(NewThread { tid: t.tid, batch });
         }
-        Remote::run_in_threads(group, batches)?;
+        let records = remote.run_clones(THREAD_FLAGS, &new)?;
+        adopt(remote, threads, group.len(), records)?;
     }
     Ok(())
 }
 
-/// Scheduling of the thread `tid` (restorer's namespace): policy, nice
-/// value and affinity as saved. A real-time policy or a negative nice value
-/// is refused (a copy never gets more than an unprivileged function could
-/// take); the affinity is limited to the CPUs the copy may use now (none
-/// left: unchanged).
-pub fn set_sched(tid: i32, saved_tid: i32, s: &Sched) -> Result<(), RestoreError> {
-    let io = |what: String| RestoreError::Io {
-        what,
-        source: std::io::Error::last_os_error(),
-    };
+/// Seizes the `count` threads the last [`Remote::run_clones`] made (every
+/// thread of the stub not held yet; they are parked, untraced): all seized
+/// and interrupted first, then each waited for, so their stops overlap.
+/// Each is told apart by its `r13`, the address of its record (`records`
+/// for the group's first thread, then every [`RECORD`] bytes), and added
+/// to `threads` in record order.
+fn adopt(
+    remote: &Remote,
+    threads: &mut Vec<Remote>,
+    count: usize,
+    records: u64,
+) -> Result<(), RestoreError> {
+    use nix::sys::ptrace;
+    use nix::unistd::Pid;
+    let main = remote.pid();
+    let tids = snapshotter::capture::ptrace::task_ids(main)
+        .map_err(|e| RestoreError::Stub(e.to_string()))?;
+    let new: Vec<i32> = tids
+        .into_iter()
+        .filter(|&t| t != main && !threads.iter().any(|h| h.pid() == t))
+        .collect();
+    if new.len() != count {
+        return Err(RestoreError::Stub(format!(
+            "{} new threads in the copy, {count} made",
+            new.len()
+        )));
+    }
+    for &tid in &new {
+        let err = |what: &str, e: nix::errno::Errno| {
+            RestoreError::Stub(format!("{what} of thread {tid}: {e}"))
+        };
+        ptrace::seize(
+            Pid::from_raw(tid),
+            ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::Options::PTRACE_O_EXITKILL,
+        )
+        .map_err(|e| err("PTRACE_SEIZE", e))?;
+        ptrace::interrupt(Pid::from_raw(tid)).map_err(|e| err("PTRACE_INTERRUPT", e))?;
+    }
+    let mut held: Vec<(usize, Remote)> = Vec::with_capacity(count);
+    for &tid in &new {
+        let t = remote.adopt_thread(tid)?;
+        let r13 = t
+            .seized
+            .registers()
+            .map_err(|e| RestoreError::Stub(e.to_string()))?
+            .r13;
+        let n = r13.wrapping_sub(records) / RECORD;
+        held.push((n as usize, t));
+    }
+    held.sort_by_key(|(n, _)| *n);
+    for (i, (n, t)) in held.iter().enumerate() {
+        if *n != i {
+            return Err(RestoreError::Stub(format!(
+                "thread {} stopped outside the records (record {n}, expected {i})",
+                t.pid()
+            )));
+        }
+    }
+    threads.extend(held.into_iter().map(|(_, t)| t));
+    Ok(())
+}
+
+/// The scheduling a new thread starts with: the main thread's, which it
+/// inherits at `clone3`.
+#[derive(Debug)]
+pub struct Inherited {
+    policy: i32,
+    allowed: [u64; 16],
+}
+
+impl Inherited {
+    /// Reads the policy and affinity of thread `tid` (restorer's
+    /// namespace).
+    pub fn of(tid: i32) -> Result<Inherited, RestoreError> {
+        // SAFETY: sched_getscheduler takes a tid and no pointers.
+        let policy = unsafe { libc::sched_getscheduler(tid) };
+        if policy < 0 {
+            return Err(RestoreError::Io {
+                what: "sched_getscheduler of the stub".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let mut allowed = [0u64; 16];
+        // SAFETY: the kernel writes at most size_of_val(&allowed) bytes.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_sched_getaffinity,
+                tid,
+                std::mem::size_of_val(&allowed),
+                allowed.as_mut_ptr(),
+            )
+        };
+        if n < 0 {
+            return Err(RestoreError::Io {
+                what: "sched_getaffinity of the stub".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Inherited { policy, allowed })
+    }
+}
+
+/// A thread's scheduling, set by the thread itself in its batch (what
+/// [`set_sched`] does from outside, with the same refusals): the policy if
+/// it differs from the inherited one, the nice value if not 0, the
+/// affinity limited to the CPUs the copy may use now (none left or all of
+/// them: unchanged).
+pub fn sched_in_batch(
+    batch: &mut Batch,
+    t: &ThreadState,
+    inherited: &Inherited,
+) -> Result<(), RestoreError> {
+    let s = &t.sched;
+    check_sched(t.tid, s)?;
+    if s.policy != inherited.policy {
+        let param = batch.data(&0i32.to_ne_bytes())?;
+        batch.call(
+            "sched_setscheduler",
+            libc::SYS_sched_setscheduler,
+            [0, s.policy as u64, param, 0, 0, 0],
+        );
+    }
+    if s.nice != 0 {
+        batch.call(
+            "setpriority",
+            libc::SYS_setpriority,
+            [libc::PRIO_PROCESS as u64, 0, s.nice as u64, 0, 0, 0],
+        );
+    }
+    if s.affinity.is_empty() {
+        return Ok(());
+    }
+    let mut wanted = inherited.allowed;
+    for (i, w) in wanted.iter_mut().enumerate() {
+        *w &= s.affinity.get(i).copied().unwrap_or(0);
+    }
+    if wanted == inherited.allowed || wanted.iter().all(|&w| w == 0) {
+        return Ok(());
+    }
+    let bytes: Vec<u8> = wanted.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mask = batch.data(&bytes)?;
+    batch.call(
+        "sched_setaffinity",
+        libc::SYS_sched_setaffinity,
+        [0, bytes.len() as u64, mask, 0, 0, 0],
+    );
+    Ok(())
+}
+
+/// Refuses what a copy may not have: a real-time policy, a negative nice
+/// value.
+fn check_sched(saved_tid: i32, s: &Sched) -> Result<(), RestoreError> {
     match s.policy {
         libc::SCHED_OTHER | libc::SCHED_BATCH | libc::SCHED_IDLE => {}
         other => {
@@ -327,6 +414,20 @@ pub fn set_sched(tid: i32, saved_tid: i32, s: &Sched) -> Result<(), RestoreError
             s.nice
         )));
     }
+    Ok(())
+}
+
+/// Scheduling of the thread `tid` (restorer's namespace): policy, nice
+/// value and affinity as saved. A real-time policy or a negative nice value
+/// is refused (a copy never gets more than an unprivileged function could
+/// take); the affinity is limited to the CPUs the copy may use now (none
+/// left: unchanged).
+pub fn set_sched(tid: i32, saved_tid: i32, s: &Sched) -> Result<(), RestoreError> {
+    let io = |what: String| RestoreError::Io {
+        what,
+        source: std::io::Error::last_os_error(),
+    };
+    check_sched(saved_tid, s)?;
     // SAFETY: sched_getscheduler takes a tid and no pointers.
     let current = unsafe { libc::sched_getscheduler(tid) };
     if current != s.policy {
@@ -425,33 +526,4 @@ pub fn thread_stack_areas(state: &ProcessState) -> std::collections::HashSet<usi
         }
     }
     out
-}
-
-/// Checks that every thread runs under as many seccomp filters as the main
-/// thread (`Seccomp_filters` of each thread's status): a filter installed
-/// with `SECCOMP_FILTER_FLAG_TSYNC` that could not reach a thread reports it
-/// with a positive return, which a batch does not see as an error.
-pub fn check_filters_everywhere(main: &Remote, others: &[Remote]) -> Result<(), RestoreError> {
-    let filters = |tid: i32| -> Result<Option<String>, RestoreError> {
-        let path = format!("/proc/{tid}/status");
-        let text = std::fs::read_to_string(&path).map_err(|source| RestoreError::Io {
-            what: format!("read {path}"),
-            source,
-        })?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix("Seccomp_filters:"))
-            .map(|v| v.trim().to_string()))
-    };
-    let want = filters(main.pid())?;
-    for t in others {
-        let got = filters(t.pid())?;
-        if got != want {
-            return Err(RestoreError::Unsupported(format!(
-                "thread {} runs under {got:?} seccomp filters, the main thread under {want:?}",
-                t.pid()
-            )));
-        }
-    }
-    Ok(())
 }

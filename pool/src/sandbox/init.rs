@@ -253,12 +253,19 @@ fn run_stub(spec: &SandboxSpec) -> ! {
         chdir(&spec.cwd).map_err(|e| format!("chdir {}: {e}", spec.cwd.display()))?;
         Ok(())
     })();
+    let result = result.and_then(|()| open_files_for_copy(spec));
     if let Err(e) = result {
         report(&e);
         process::exit(127);
     }
-    // Close everything but 0-4 and the descriptors placed for the restorer.
-    let mut keep: Vec<u32> = spec.keep_fds.iter().map(|&fd| fd as u32).collect();
+    // Close everything but 0-4 and the descriptors placed for the restorer
+    // or opened for the copy.
+    let mut keep: Vec<u32> = spec
+        .keep_fds
+        .iter()
+        .chain(spec.open_files.iter().map(|f| &f.fd))
+        .map(|&fd| fd as u32)
+        .collect();
     keep.sort_unstable();
     let mut from = 5u32;
     for fd in keep.into_iter().filter(|&fd| fd >= 5) {
@@ -276,6 +283,13 @@ fn run_stub(spec: &SandboxSpec) -> ! {
         // SAFETY: pause takes no arguments and only waits for a signal.
         unsafe { libc::pause() };
     }
+}
+
+/// The stub opens the files its copy gets (saved descriptors, mapped
+/// files, the executable) here, inside the sandbox, with the function's
+/// filesystem credentials and no capabilities ([`super::open_files`]).
+fn open_files_for_copy(spec: &SandboxSpec) -> Result<(), String> {
+    super::open_files::open_as_function(&spec.open_files, spec.uid, spec.gid)
 }
 
 /// Drops privileges and executes the function. Returns only on failure.

@@ -84,6 +84,11 @@ pub enum LaunchError {
     /// The init reported that setting the sandbox up failed.
     #[error("sandbox setup failed: {0}")]
     Setup(String),
+    /// A restore stub could not open a file its copy names, inside the
+    /// sandbox as the function ([`super::open_files`]): the snapshot names
+    /// something this sandbox does not give the function.
+    #[error("{0}")]
+    OpenFile(String),
     /// The network of an outbound sandbox could not be made.
     #[error("sandbox network: {0}")]
     Network(#[from] NetError),
@@ -107,20 +112,6 @@ pub enum SandboxExit {
     Exited(i32),
     /// The function was killed by this signal.
     Signaled(i32),
-}
-
-impl LaunchSpec {
-    /// Where paths the function sees under its own mounts are on the host
-    /// (`/var/task` and `/var/runtime`), for a restorer that opens, on the
-    /// host, the files a snapshot taken in such a sandbox maps. Every other
-    /// path of the read-only root is the host's own.
-    pub fn host_paths(&self) -> Vec<(String, PathBuf)> {
-        let mut out = vec![("/var/task".to_string(), self.code_dir.clone())];
-        if let Some(dir) = &self.runtime_dir {
-            out.push(("/var/runtime".to_string(), dir.clone()));
-        }
-        out
-    }
 }
 
 impl SandboxExit {
@@ -213,6 +204,20 @@ impl Sandbox {
         spec: &LaunchSpec,
         extra: &[(std::os::fd::BorrowedFd<'_>, i32)],
     ) -> Result<Sandbox, LaunchError> {
+        Self::launch_stub(config, spec, extra, &[]).await
+    }
+
+    /// Like [`Sandbox::launch_with_fds`] for a restore stub that also opens
+    /// `open_files` itself, inside the sandbox as the function (see
+    /// [`super::open_files`]), before it waits for the restorer. Their
+    /// numbers must differ from `extra`'s (5 up to the status fd).
+    pub async fn launch_stub(
+        config: &SandboxConfig,
+        spec: &LaunchSpec,
+        extra: &[(std::os::fd::BorrowedFd<'_>, i32)],
+        open_files: &[super::open_files::OpenFile],
+    ) -> Result<Sandbox, LaunchError> {
+        check_open_files(spec, extra, open_files)?;
         if let Some((_, n)) = extra.iter().find(|(_, n)| *n < 5 || *n >= NETNS_FD) {
             return Err(LaunchError::Setup(format!(
                 "descriptor number {n} is reserved (extra fds must be 5..{NETNS_FD})"
@@ -241,7 +246,11 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        match Self::spawn(config, spec, &id, &root_dir, &cgroup, extra, net).await {
+        match Self::spawn(
+            config, spec, &id, &root_dir, &cgroup, extra, open_files, net,
+        )
+        .await
+        {
             Ok(sandbox) => Ok(sandbox),
             Err(e) => {
                 let cg = cgroup.clone();
@@ -289,6 +298,7 @@ impl Sandbox {
         root_dir: &Path,
         cgroup: &Cgroup,
         extra: &[(std::os::fd::BorrowedFd<'_>, i32)],
+        open_files: &[super::open_files::OpenFile],
         mut net: Option<NetLease>,
     ) -> Result<Sandbox, LaunchError> {
         let sandbox_spec = SandboxSpec {
@@ -313,6 +323,7 @@ impl Sandbox {
             no_aslr: spec.no_aslr,
             stub: spec.stub,
             keep_fds: extra.iter().map(|(_, n)| *n).collect(),
+            open_files: open_files.to_vec(),
         };
         let json = serde_json::to_string(&sandbox_spec).expect("spec serialises");
 
@@ -405,6 +416,9 @@ impl Sandbox {
         if !message.is_empty() {
             sandbox.kill();
             let _ = sandbox.child.wait().await;
+            if message.starts_with(super::open_files::FAILED) {
+                return Err(LaunchError::OpenFile(message));
+            }
             return Err(LaunchError::Setup(message));
         }
         Ok(sandbox)
@@ -493,6 +507,30 @@ impl Sandbox {
     pub fn address(&self) -> Option<std::net::Ipv4Addr> {
         self.net.as_ref().map(|n| n.address())
     }
+}
+
+/// Files a stub opens need a stub, and numbers of their own in the range
+/// extra descriptors may use.
+fn check_open_files(
+    spec: &LaunchSpec,
+    extra: &[(std::os::fd::BorrowedFd<'_>, i32)],
+    open_files: &[super::open_files::OpenFile],
+) -> Result<(), LaunchError> {
+    if !open_files.is_empty() && !spec.stub {
+        return Err(LaunchError::Setup(
+            "only a restore stub opens files for a copy".into(),
+        ));
+    }
+    let mut seen: std::collections::HashSet<i32> = extra.iter().map(|(_, n)| *n).collect();
+    for f in open_files {
+        if f.fd < 5 || f.fd >= NETNS_FD || !seen.insert(f.fd) {
+            return Err(LaunchError::Setup(format!(
+                "descriptor number {} of {} is reserved or taken (files a stub opens must be 5..{NETNS_FD}, each its own)",
+                f.fd, f.path
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Finds, among `pids`, the host pid of the process that is `ns_pid` in its

@@ -37,6 +37,7 @@ pub mod init;
 mod launch;
 mod mounts;
 pub mod net;
+pub mod open_files;
 pub mod seccomp;
 
 pub use launch::{host_pid_of, LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExit};
@@ -133,4 +134,8 @@ pub struct SandboxSpec {
     /// restorer maps, the image, the executable): the stub keeps them.
     #[serde(default)]
     pub keep_fds: Vec<i32>,
+    /// Files the stub opens at these numbers inside the sandbox, as the
+    /// function ([`open_files`]); the restorer checks them afterwards.
+    #[serde(default)]
+    pub open_files: Vec<open_files::OpenFile>,
 }

@@ -2,7 +2,12 @@
  *
  *   layout DIR SEED...   builds the layout of every SEED (areas of random
  *                        sizes, dense/sparse/zero/untouched pages, private
- *                        file maps, mprotect, mremap, MADV_DONTNEED)
+ *                        file maps, mprotect, mremap, MADV_DONTNEED), and
+ *                        for about a third of the seeds 1-8 threads
+ *                        (glibc's stacks or their own mmap'd ones, TLS
+ *                        values, a filled buffer on their stack; blocked
+ *                        in an untimed or timed futex wait, a condition
+ *                        variable or nanosleep, or spinning in bursts)
  *   layout DIR sparse    the capture bug's layout: a 64 MiB brk heap and a
  *                        16 MiB anonymous area with every fourth page
  *                        untouched
@@ -13,13 +18,21 @@
  * the original's), 'p' runs the post-restore checks (anonymous pages read
  * zero after MADV_DONTNEED, private file pages read the file again) and
  * prints "post ok" or what failed, 'a' the same on anonymous areas only,
- * 'q' exits 0.
+ * 't' asks every thread to check itself (its thread id, TLS and stack
+ * buffer are those it had) and prints "threads ok N" or what failed and
+ * "threads failed", 'q' exits 0. The thread decisions come from a
+ * generator of their own, so a seed's areas are those it had before
+ * threads were added.
  *
  * Files for file maps are written in DIR, named by seed and area, and
  * must not change while a snapshot of the process is restored. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -303,6 +316,193 @@ static void build_sparse(void) {
         if (p % 4 != 3) fill_page(s->addr + p * PAGE, 0);
 }
 
+/* Threads. Each waits for its ping word to change, checks itself, and
+ * answers in its pong word. */
+enum thread_kind { T_FUTEX, T_TIMED, T_COND, T_SLEEP, T_SPIN };
+static const char *thread_kind_name[] = {"futex", "timed-futex", "cond", "nanosleep", "spin"};
+#define MAX_THREADS 1024
+
+struct thr {
+    unsigned long seed;
+    int index;
+    enum thread_kind kind;
+    uint64_t secret;           /* TLS value and stack buffer seed */
+    size_t buf_len;            /* bytes of the buffer on its stack */
+    void *stack;               /* its own stack, or NULL for glibc's */
+    size_t stack_len;
+    pid_t tid;                 /* gettid() when it started */
+    uint32_t ping, pong, ready;
+    int ok;
+    pthread_t handle;
+};
+static struct thr thrs[MAX_THREADS];
+static int nthrs;
+static pthread_mutex_t cond_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static __thread uint64_t tls_value;
+static __thread unsigned char tls_buf[256];
+
+static long futex(uint32_t *word, int op, uint32_t val, const struct timespec *t) {
+    return syscall(SYS_futex, word, op, val, t, NULL, 0);
+}
+
+static uint64_t mix(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t sum_bytes(const unsigned char *b, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) { h ^= b[i]; h *= 0x100000001b3ULL; }
+    return h;
+}
+
+static int thread_checks(struct thr *t, const unsigned char *buf, uint64_t buf_sum) {
+    if ((pid_t)syscall(SYS_gettid) != t->tid) return 0;
+    if (tls_value != t->secret) return 0;
+    for (int i = 0; i < 256; i++)
+        if (tls_buf[i] != (unsigned char)((t->secret >> (i % 8 * 8)) ^ i)) return 0;
+    return sum_bytes(buf, t->buf_len) == buf_sum;
+}
+
+static void *thread_main(void *arg) {
+    struct thr *t = arg;
+    tls_value = t->secret;
+    for (int i = 0; i < 256; i++) tls_buf[i] = (unsigned char)((t->secret >> (i % 8 * 8)) ^ i);
+    t->tid = (pid_t)syscall(SYS_gettid);
+    unsigned char buf[t->buf_len];
+    uint64_t state = t->secret;
+    for (size_t i = 0; i < t->buf_len; i += 8) {
+        uint64_t v = mix(&state);
+        memcpy(buf + i, &v, 8);
+    }
+    uint64_t buf_sum = sum_bytes(buf, t->buf_len);
+    uint32_t seen = 0;
+    __atomic_store_n(&t->ready, 1, __ATOMIC_RELEASE);
+    futex(&t->ready, FUTEX_WAKE_PRIVATE, 1, NULL);
+    for (;;) {
+        switch (t->kind) {
+        case T_FUTEX:
+            while (__atomic_load_n(&t->ping, __ATOMIC_ACQUIRE) == seen)
+                futex(&t->ping, FUTEX_WAIT_PRIVATE, seen, NULL);
+            break;
+        case T_TIMED:
+            while (__atomic_load_n(&t->ping, __ATOMIC_ACQUIRE) == seen) {
+                struct timespec ts = {0, 50 * 1000 * 1000};
+                futex(&t->ping, FUTEX_WAIT_PRIVATE, seen, &ts);
+            }
+            break;
+        case T_COND:
+            pthread_mutex_lock(&cond_lock);
+            while (__atomic_load_n(&t->ping, __ATOMIC_ACQUIRE) == seen)
+                pthread_cond_wait(&cond, &cond_lock);
+            pthread_mutex_unlock(&cond_lock);
+            break;
+        case T_SLEEP:
+            while (__atomic_load_n(&t->ping, __ATOMIC_ACQUIRE) == seen) {
+                struct timespec ts = {0, 10 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+            }
+            break;
+        case T_SPIN: {
+            /* Bursts of user code (where a capture may find it) between
+             * short sleeps, so that spinners do not eat the machine. */
+            volatile uint64_t spins = 0;
+            while (__atomic_load_n(&t->ping, __ATOMIC_ACQUIRE) == seen) {
+                for (int i = 0; i < 20000; i++) spins++;
+                struct timespec ts = {0, 1000 * 1000};
+                nanosleep(&ts, NULL);
+            }
+            break;
+        }
+        }
+        seen = __atomic_load_n(&t->ping, __ATOMIC_ACQUIRE);
+        t->ok = thread_checks(t, buf, buf_sum);
+        __atomic_store_n(&t->pong, seen, __ATOMIC_RELEASE);
+        futex(&t->pong, FUTEX_WAKE_PRIVATE, 1, NULL);
+    }
+    return NULL;
+}
+
+/* About a third of the seeds start 1-8 threads, decided by a generator of
+ * their own (the areas of a seed stay what they were). */
+static void start_threads(unsigned long seed) {
+    uint64_t first = seed ^ 0x7468726561647321ULL;
+    uint64_t state = mix(&first);
+    if (mix(&state) % 3 != 0) return;
+    int n = 1 + mix(&state) % 8;
+    for (int i = 0; i < n && nthrs < MAX_THREADS; i++) {
+        struct thr *t = &thrs[nthrs++];
+        memset(t, 0, sizeof *t);
+        t->seed = seed;
+        t->index = i;
+        t->kind = mix(&state) % 5;
+        t->secret = mix(&state) | 1;
+        t->buf_len = 8 * (1 + mix(&state) % 2048);
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        if (mix(&state) % 3 == 0) {
+            t->stack_len = (64 + mix(&state) % 192) * 1024;
+            t->stack = mmap(NULL, t->stack_len, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+            if (t->stack == MAP_FAILED) die("mmap thread stack");
+            pthread_attr_setstack(&attr, t->stack, t->stack_len);
+        }
+        errno = pthread_create(&t->handle, &attr, thread_main, t);
+        if (errno) die("pthread_create");
+        pthread_attr_destroy(&attr);
+        while (!__atomic_load_n(&t->ready, __ATOMIC_ACQUIRE))
+            futex(&t->ready, FUTEX_WAIT_PRIVATE, 0, NULL);
+    }
+}
+
+/* Report lines of the threads (they must be the same in a copy). */
+static void report_threads(void) {
+    for (int i = 0; i < nthrs; i++)
+        printf("%lu thread %d %s %s-stack buf %zu\n", thrs[i].seed, thrs[i].index,
+               thread_kind_name[thrs[i].kind], thrs[i].stack ? "own" : "glibc",
+               thrs[i].buf_len);
+}
+
+/* Pings every thread and waits (10 s at most each) for its answer. */
+static void check_threads(void) {
+    int failed = 0;
+    for (int i = 0; i < nthrs; i++) {
+        struct thr *t = &thrs[i];
+        __atomic_add_fetch(&t->ping, 1, __ATOMIC_ACQ_REL);
+        futex(&t->ping, FUTEX_WAKE_PRIVATE, 1, NULL);
+    }
+    pthread_mutex_lock(&cond_lock);
+    pthread_cond_broadcast(&cond);
+    pthread_mutex_unlock(&cond_lock);
+    for (int i = 0; i < nthrs; i++) {
+        struct thr *t = &thrs[i];
+        uint32_t want = __atomic_load_n(&t->ping, __ATOMIC_ACQUIRE);
+        struct timespec start, now;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        uint32_t got;
+        while ((got = __atomic_load_n(&t->pong, __ATOMIC_ACQUIRE)) != want) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (now.tv_sec - start.tv_sec > 10) break;
+            struct timespec ts = {0, 100 * 1000 * 1000};
+            futex(&t->pong, FUTEX_WAIT_PRIVATE, got, &ts);
+        }
+        if (got != want) {
+            printf("thread: seed %lu thread %d (%s) did not answer\n", t->seed, t->index,
+                   thread_kind_name[t->kind]);
+            failed = 1;
+        } else if (!t->ok) {
+            printf("thread: seed %lu thread %d (%s): its tid, TLS or stack buffer changed\n",
+                   t->seed, t->index, thread_kind_name[t->kind]);
+            failed = 1;
+        }
+    }
+    if (failed) printf("threads failed\n");
+    else printf("threads ok %d\n", nthrs);
+}
+
 /* After a restore: memory must still behave as the kernel's would. */
 static void post_checks(int files) {
     int failed = 0;
@@ -347,6 +547,9 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOFBF, 1 << 16);
     if (strcmp(argv[2], "sparse") == 0) build_sparse();
     else for (int i = 2; i < argc; i++) build_seed(strtoul(argv[i], NULL, 10), argv[1]);
+    if (strcmp(argv[2], "sparse") != 0)
+        for (int i = 2; i < argc; i++) start_threads(strtoul(argv[i], NULL, 10));
+    report_threads();
     report();
     printf("ready\n");
     fflush(stdout);
@@ -355,7 +558,8 @@ int main(int argc, char **argv) {
         ssize_t n = read(0, &c, 1);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) return 1;
-        if (c == 'r') { report(); printf("end\n"); }
+        if (c == 'r') { report_threads(); report(); printf("end\n"); }
+        else if (c == 't') check_threads();
         else if (c == 'p') post_checks(1);
         else if (c == 'a') post_checks(0);
         else if (c == 'q') return 0;

@@ -13,6 +13,7 @@
 //! | shared mapping of a memfd the process holds open | `FileUnchanged` (the copy maps its new memfd) |
 //! | shared anonymous, shmem, other memfd, SysV, `/dev/shm` | refused         |
 //! | other devices, unknown pseudo-names          | refused                   |
+//! | a file on a filesystem only the process's sandbox has (its root tmpfs, `/tmp`) | refused: a copy's sandbox has its own |
 
 use std::collections::HashMap;
 
@@ -56,6 +57,7 @@ fn display_name(entry: &MapsEntry) -> String {
 pub fn classify(pid: i32, entries: &[MapsEntry]) -> Result<Vec<MemoryArea>, CaptureError> {
     let mut files: HashMap<(u64, u64), MappedFile> = HashMap::new();
     let mut areas = Vec::with_capacity(entries.len());
+    let private = super::refuse::PrivateFilesystems::read(pid)?;
     for entry in entries {
         let refuse = |reason| Err(CaptureError::refused(pid, reason));
         let shared_memory = || {
@@ -93,6 +95,14 @@ pub fn classify(pid: i32, entries: &[MapsEntry]) -> Result<Vec<MemoryArea>, Capt
                     }
                 };
                 let gone = entry.deleted || mapped.links == 0;
+                if !gone && private.contains(mapped.identity.dev) {
+                    // A copy's sandbox has its own such filesystem.
+                    return refuse(Refusal::SandboxOnlyFile {
+                        start: entry.start,
+                        end: entry.end,
+                        path: entry.path.clone(),
+                    });
+                }
                 let is_zero_device = mapped.mode == libc::S_IFCHR && entry.path == "/dev/zero";
                 if entry.shared && entry.path.starts_with("/memfd:") && entry.deleted {
                     // Kept only if the process holds the memfd open

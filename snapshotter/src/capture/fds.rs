@@ -7,7 +7,11 @@
 //!                        mnt_id: 24
 //! ```
 //!
-//! Regular files, directories and device nodes are recorded for reopening.
+//! Regular files, directories and device nodes are recorded for reopening,
+//! with their identity (device, inode; size and modification time). Those on
+//! a filesystem that exists only inside the process's sandbox (its root
+//! tmpfs, `/tmp`, `/proc`: [`refuse::PrivateFilesystems`]) are refused: a
+//! copy gets a sandbox of its own and could not be given the same file.
 //! Pipes and Unix sockets on the descriptors the runtime protocol uses
 //! ([`super::CaptureOptions::protocol_fds`]) are connected afresh by the
 //! restorer. Kernel objects inside the process (see [`super::kobj`]) are
@@ -98,6 +102,7 @@ pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureEr
     let mut out = Vec::new();
     let mut grabber = kobj::Grabber::new(pid);
     let mut peers = None;
+    let private = refuse::PrivateFilesystems::read(pid)?;
     // Kernel objects and inner pipe ends seen so far (for dups).
     let mut objects: Vec<i32> = Vec::new();
     for fd in open_fds(pid)? {
@@ -247,6 +252,14 @@ pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureEr
                 path: link.clone(),
                 source: errno.into(),
             })?;
+            if private.contains(st.st_dev) {
+                return Err(refuse(
+                    pid,
+                    fd,
+                    target,
+                    "on a filesystem that exists only inside the process's sandbox (its root, /tmp, /proc); a copy gets its own sandbox, so thaw could not give it this one",
+                ));
+            }
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG => FdKind::File {
                     path: target,
@@ -256,11 +269,13 @@ pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureEr
                 libc::S_IFDIR => FdKind::Directory {
                     path: target,
                     position,
+                    identity: identity(&link)?,
                 },
                 libc::S_IFCHR | libc::S_IFBLK => FdKind::Device {
                     path: target,
                     rdev: st.st_rdev,
                     block: st.st_mode & libc::S_IFMT == libc::S_IFBLK,
+                    identity: identity(&link)?,
                 },
                 _ => {
                     return Err(refuse(

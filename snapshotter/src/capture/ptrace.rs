@@ -133,9 +133,9 @@ impl Seized {
         }
     }
 
-    /// Takes over thread `tid`, which is traced already (auto-attached by
-    /// `PTRACE_O_TRACECLONE` when a seized thread cloned it) and waits for
-    /// its first stop.
+    /// Takes over thread `tid`, which is traced already (seized and
+    /// interrupted by the caller, or auto-attached by `PTRACE_O_TRACECLONE`
+    /// when a seized thread cloned it) and waits for its next stop.
     pub fn adopt(tid: i32) -> Result<Seized, PtraceError> {
         let mut seized = Seized {
             pid: Pid::from_raw(tid),

@@ -73,6 +73,17 @@ pub enum Refusal {
         /// The file.
         path: String,
     },
+    /// A mapping of a file on a filesystem that exists only inside the
+    /// process's sandbox ([`PrivateFilesystems`]).
+    #[error("memory {start:#x}-{end:#x} maps {path}, on a filesystem that exists only inside the process's sandbox (its root, /tmp); a copy gets its own sandbox, so thaw could not map it this file")]
+    SandboxOnlyFile {
+        /// First address.
+        start: u64,
+        /// End address.
+        end: u64,
+        /// The file.
+        path: String,
+    },
     /// A kind of mapping thaw does not know how to recreate.
     #[error("memory {start:#x}-{end:#x} ({name}) is a mapping thaw cannot recreate")]
     UnknownMapping {
@@ -306,5 +317,89 @@ mod tests {
         );
         let children = Refusal::Children { pids: vec![12] }.to_string();
         assert!(children.contains("child processes [12]"));
+    }
+}
+
+/// Filesystems that exist only in the captured process's own mount
+/// namespace: a sandbox's root tmpfs, its `/tmp`, its `/proc`, its `/dev`
+/// tmpfs. A copy is restored into a sandbox of its own, which has its own
+/// instances of them, so a descriptor of a file there (the sandbox's `/`,
+/// a file in `/tmp`) could never be given back exactly: such descriptors
+/// are refused. Host filesystems bound into the sandbox (`/usr`, the
+/// function's code, device nodes bound from the host's `/dev`) are
+/// mounted in the capturer's namespace too and are kept.
+#[derive(Debug, Default)]
+pub struct PrivateFilesystems {
+    /// Devices (`st_dev`) of mounts the process has and the capturer has
+    /// not; empty when both share one mount namespace.
+    private: std::collections::HashSet<u64>,
+}
+
+impl PrivateFilesystems {
+    /// Compares the mounts of `pid` with the capturer's own.
+    pub fn read(pid: i32) -> Result<PrivateFilesystems, CaptureError> {
+        let ns = |path: &str| {
+            nix::sys::stat::stat(path)
+                .map(|st| (st.st_dev, st.st_ino))
+                .map_err(|errno| CaptureError::Proc {
+                    path: path.to_string(),
+                    source: errno.into(),
+                })
+        };
+        if ns(&format!("/proc/{pid}/ns/mnt"))? == ns("/proc/self/ns/mnt")? {
+            return Ok(PrivateFilesystems::default());
+        }
+        let theirs = mount_devices(&procfs::read_text(pid, "mountinfo")?);
+        let self_path = "/proc/self/mountinfo";
+        let ours = mount_devices(&std::fs::read_to_string(self_path).map_err(|source| {
+            CaptureError::Proc {
+                path: self_path.to_string(),
+                source,
+            }
+        })?);
+        Ok(PrivateFilesystems {
+            private: theirs.difference(&ours).copied().collect(),
+        })
+    }
+
+    /// Whether a file on device `dev` is on a filesystem of the process's
+    /// own (see the type's documentation).
+    pub fn contains(&self, dev: u64) -> bool {
+        self.private.contains(&dev)
+    }
+}
+
+/// The devices (`major:minor` as `st_dev`) of every mount in a
+/// `mountinfo` text.
+fn mount_devices(mountinfo: &str) -> std::collections::HashSet<u64> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (major, minor) = line.split_whitespace().nth(2)?.split_once(':')?;
+            Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod private_filesystem_tests {
+    use super::*;
+
+    #[test]
+    fn mount_devices_reads_the_third_field() {
+        let text = "22 1 0:21 / / rw,relatime - tmpfs tmpfs rw\n\
+                    23 22 8:1 /usr /usr ro - ext4 /dev/sda1 rw\n\
+                    bad line\n";
+        let devs = mount_devices(text);
+        assert_eq!(devs.len(), 2);
+        assert!(devs.contains(&libc::makedev(0, 21)));
+        assert!(devs.contains(&libc::makedev(8, 1)));
+    }
+
+    #[test]
+    fn a_process_of_our_own_namespace_has_no_private_filesystems() {
+        let own = PrivateFilesystems::read(std::process::id() as i32).unwrap();
+        let root = nix::sys::stat::stat("/").unwrap();
+        assert!(!own.contains(root.st_dev));
     }
 }

@@ -66,6 +66,8 @@ pub enum FdKind {
         path: String,
         /// Position (directory stream offset).
         position: u64,
+        /// Identity at capture time (device and inode are checked).
+        identity: FileIdentity,
     },
     /// A character or block device node such as `/dev/null`.
     Device {
@@ -75,6 +77,9 @@ pub enum FdKind {
         rdev: u64,
         /// Block device (true) or character device (false).
         block: bool,
+        /// Identity of the node at capture time (device and inode are
+        /// checked, besides `rdev` and the kind).
+        identity: FileIdentity,
     },
     /// One end of a pipe that belongs to the runtime protocol (or the
     /// function's logs); the restorer connects a fresh pipe here.
