@@ -559,12 +559,17 @@ async fn dashboard_end_to_end() {
     assert_only_local(&c, "deploy (failed)").await;
 
     // With a requirements.txt the version is `building` while pip installs
-    // it (from the test's own index), and the page shows that step.
+    // it (from the test's own index), and the page shows that step. (Away
+    // and back, so the page starts afresh instead of showing the failure.)
+    goto(&c, &server, "#/overview").await;
     goto(&c, &server, "#/deploy").await;
-    c.wait()
-        .for_element(Locator::Css("#deploy-form"))
-        .await
-        .unwrap();
+    wait_for(
+        &c,
+        "a fresh deploy page",
+        "const e = document.getElementById('deploy-status'); return e ? (e.dataset.state || 'fresh') : ''",
+        |v| v == "fresh",
+    )
+    .await;
     set_value(&c, "#deploy-name", "deps-web").await;
     let files = json!({"files": {
         "main.py": "import thawpure\ndef handler(event, context):\n    return {'greet': thawpure.greet('web')}\n",

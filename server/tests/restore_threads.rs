@@ -148,10 +148,7 @@ async fn a_thousand_restores_of_a_sixteen_thread_function_leak_nothing() {
             .deploy_ready(function(
                 "sixteen",
                 SIXTEEN,
-                json!({"warmup": [{}], "keep_alive_s": 600, "files": {
-                    "main.py": NUMPY,
-                    "requirements.txt": common::numpy_pandas::REQUIREMENTS,
-                }}),
+                json!({"warmup": [{}], "keep_alive_s": 600}),
             ))
             .await;
         assert!(!rec["snapshot"].is_null(), "{mode}: {rec}");
@@ -236,7 +233,10 @@ async fn numpy_with_its_thread_pool_restores() {
             .deploy_ready(function(
                 "blas",
                 NUMPY,
-                json!({"warmup": [{}], "keep_alive_s": 600}),
+                json!({"warmup": [{}], "keep_alive_s": 600, "files": {
+                    "main.py": NUMPY,
+                    "requirements.txt": common::numpy_pandas::REQUIREMENTS,
+                }}),
             ))
             .await;
         assert!(!rec["snapshot"].is_null(), "{mode}: no snapshot: {rec}");
