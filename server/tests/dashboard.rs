@@ -668,10 +668,10 @@ async fn dashboard_end_to_end() {
         .iter()
         .map(|f| f["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states.len(), MANY + 2);
+    assert_eq!(states.len(), MANY + 3);
     assert_eq!(states.iter().filter(|s| **s == "failed").count(), 1);
     assert!(
-        states.iter().filter(|s| **s == "ready").count() == MANY + 1,
+        states.iter().filter(|s| **s == "ready").count() == MANY + 2,
         "not all ready: {:?}",
         api["functions"]
             .as_array()
@@ -786,7 +786,7 @@ async fn dashboard_end_to_end() {
         &c,
         "every snapshot in the store table",
         "return document.querySelectorAll('#store-table tbody tr td a').length",
-        |v| v.as_u64() == Some(MANY as u64 + 1),
+        |v| v.as_u64() == Some(MANY as u64 + 2),
     )
     .await;
     c.find(Locator::Css("#store-verify"))
@@ -804,7 +804,7 @@ async fn dashboard_end_to_end() {
     .await;
     let report: Value = serde_json::from_str(report.as_str().unwrap()).unwrap();
     assert_eq!(report["ok"], json!(true), "{report}");
-    assert_eq!(report["snapshots_checked"], json!(MANY + 1), "{report}");
+    assert_eq!(report["snapshots_checked"], json!(MANY + 2), "{report}");
     screenshot(&c, "store").await;
 
     // Signing out: the prompt returns and the API refuses the browser.
