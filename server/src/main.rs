@@ -98,7 +98,8 @@ enum Command {
     },
     /// Capture a running process into a self-contained snapshot directory.
     Snapshot {
-        /// The process (single-threaded; it keeps running).
+        /// The process (with its threads and its child processes, captured
+        /// as a tree; they keep running).
         #[arg(long)]
         pid: i32,
         /// The directory to create (its own page store and manifest).

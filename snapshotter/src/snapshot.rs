@@ -10,9 +10,18 @@
 //!   id, created_ms                  name and Unix time of the capture (ms)
 //!   timings                         where the capture's time went (µs)
 //!   state                           ProcessState (registers, signals, areas, fds ...)
+//!                                   of the captured process (the tree's root)
 //!   areas[]                         per memory area its AreaPages (zero / file / hashes)
-//! <store>/roots/<id>                the store root (written first)
+//!   children[]                      the other processes of its tree, parents before
+//!                                   their children: per process its state and areas[]
+//! <store>/roots/<id>                the store root (written first): the page lists
+//!                                   of every area of every process, the root's first
+//!                                   and then each child's in `children` order (the
+//!                                   image lays them out in that order)
 //! ```
+//!
+//! A manifest of another [`SNAPSHOT_FORMAT`] is refused by its number
+//! before the rest is decoded (format 2 had no `children`).
 //!
 //! The root is committed before the manifest is written (atomically): a
 //! crash in between leaves a root without a manifest (gc keeps its pages
@@ -31,8 +40,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::capture::tree::capture_tree_timed;
 use crate::capture::{capture_timed, CaptureError, CaptureOptions};
-use crate::state::ProcessState;
+use crate::state::{ProcessState, MAX_PROCESSES};
 use crate::store::{
     area_pages, decode_manifest, read_manifest, write_manifest, AreaPages, AreaPagesError,
     CommitError, InvalidSnapshotId, OpenError, PageStore, ReadManifestError, StoreSink,
@@ -40,7 +50,9 @@ use crate::store::{
 };
 
 /// Version of the [`Snapshot`] payload; bump on any incompatible change.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// Format 2: directory and device descriptors carry an identity.
+/// Format 3: process trees (`children`, and `ProcessState::ids`).
+pub const SNAPSHOT_FORMAT: u32 = 3;
 /// Id of the snapshot in a self-contained snapshot directory.
 pub const DIR_SNAPSHOT_ID: &str = "snapshot";
 /// Extension of manifest files.
@@ -80,6 +92,42 @@ pub struct Snapshot {
     pub state: ProcessState,
     /// For each of `state.areas`, where each page comes from.
     pub areas: Vec<AreaPages>,
+    /// The captured process's descendants, parents before their children
+    /// (empty for a single process).
+    pub children: Vec<ChildProcess>,
+}
+
+/// One process of a tree other than its root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildProcess {
+    /// Everything about the process except page contents.
+    pub state: ProcessState,
+    /// For each of `state.areas`, where each page comes from.
+    pub areas: Vec<AreaPages>,
+}
+
+impl Snapshot {
+    /// Every process of the snapshot, the root first, then the children in
+    /// order: its state and its areas' page lists.
+    pub fn processes(&self) -> impl Iterator<Item = (&ProcessState, &[AreaPages])> + '_ {
+        std::iter::once((&self.state, self.areas.as_slice()))
+            .chain(self.children.iter().map(|c| (&c.state, c.areas.as_slice())))
+    }
+
+    /// Index of the first area of process `index` (0 the root) in the
+    /// store root's and the image's list of areas.
+    pub fn area_base(&self, index: usize) -> usize {
+        self.processes()
+            .take(index)
+            .map(|(s, _)| s.areas.len())
+            .sum()
+    }
+}
+
+/// The first field of every format's payload.
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: u32,
 }
 
 /// A summary of a snapshot just taken.
@@ -89,7 +137,9 @@ pub struct SnapshotInfo {
     pub id: String,
     /// Where the manifest was written.
     pub manifest: PathBuf,
-    /// Memory areas.
+    /// Processes (1 unless the process had children).
+    pub processes: usize,
+    /// Memory areas (of every process).
     pub areas: usize,
     /// Non-zero private pages captured.
     pub stored_pages: u64,
@@ -183,16 +233,36 @@ pub fn take_snapshot(
     })?;
     let mut writer = store.writer()?;
     let mut sink = StoreSink::new(&mut writer);
-    let (state, capture) = capture_timed(pid, options, &mut sink)?;
+    let (mut states, capture) = if options.tree {
+        capture_tree_timed(pid, options, &mut sink)?
+    } else {
+        let (state, timings) = capture_timed(pid, options, &mut sink)?;
+        (vec![state], timings)
+    };
     let stored = sink.into_stored();
-    let areas = state
-        .areas
-        .iter()
-        .enumerate()
-        .map(|(i, area)| area_pages(area, stored.get(i).map_or(&[], |v| v.as_slice())))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut base = 0;
+    let mut page_lists = Vec::with_capacity(states.len());
+    for state in &states {
+        let areas = state
+            .areas
+            .iter()
+            .enumerate()
+            .map(|(i, area)| area_pages(area, stored.get(base + i).map_or(&[], |v| v.as_slice())))
+            .collect::<Result<Vec<_>, _>>()?;
+        base += state.areas.len();
+        page_lists.push(areas);
+    }
+    let all_areas: Vec<AreaPages> = page_lists.iter().flatten().cloned().collect();
     let committing = Instant::now();
-    let summary = writer.commit_snapshot(id, &areas)?;
+    let summary = writer.commit_snapshot(id, &all_areas)?;
+    let mut page_lists = page_lists.into_iter();
+    let areas = page_lists.next().expect("the root's areas");
+    let children: Vec<ChildProcess> = states
+        .drain(1..)
+        .zip(page_lists)
+        .map(|(state, areas)| ChildProcess { state, areas })
+        .collect();
+    let state = states.pop().expect("the root's state");
     let mut snapshot = Snapshot {
         format: SNAPSHOT_FORMAT,
         id: id.to_string(),
@@ -211,6 +281,7 @@ pub fn take_snapshot(
         },
         state,
         areas,
+        children,
     };
     snapshot.timings.commit_us = micros(committing.elapsed());
     snapshot.timings.total_us = micros(started.elapsed());
@@ -219,10 +290,11 @@ pub fn take_snapshot(
     Ok(SnapshotInfo {
         id: id.to_string(),
         manifest,
-        areas: snapshot.areas.len(),
-        stored_pages: snapshot.state.stored_pages(),
+        processes: 1 + snapshot.children.len(),
+        areas: all_areas.len(),
+        stored_pages: snapshot.processes().map(|(s, _)| s.stored_pages()).sum(),
         new_pages: summary.new_objects,
-        zero_pages: snapshot.state.zero_pages(),
+        zero_pages: snapshot.processes().map(|(s, _)| s.zero_pages()).sum(),
         timings: snapshot.timings,
     })
 }
@@ -232,6 +304,8 @@ pub fn take_snapshot(
 pub fn load_snapshot(snapshots_dir: &Path, id: &str) -> Result<Snapshot, LoadSnapshotError> {
     crate::store::validate_snapshot_id(id)?;
     let path = manifest_path(snapshots_dir, id);
+    let format: FormatOnly = read_manifest(&path)?;
+    check_format(format.format, &path)?;
     let snapshot: Snapshot = read_manifest(&path)?;
     check_snapshot(snapshot, id, &path)
 }
@@ -240,8 +314,21 @@ pub fn load_snapshot(snapshots_dir: &Path, id: &str) -> Result<Snapshot, LoadSna
 /// names it in errors) and checks them as [`load_snapshot`] does. The pure
 /// entry point the fuzz targets drive.
 pub fn parse_snapshot(bytes: &[u8], id: &str, path: &Path) -> Result<Snapshot, LoadSnapshotError> {
+    let format: FormatOnly = decode_manifest(bytes, path, DEFAULT_MANIFEST_LIMIT)?;
+    check_format(format.format, path)?;
     let snapshot: Snapshot = decode_manifest(bytes, path, DEFAULT_MANIFEST_LIMIT)?;
     check_snapshot(snapshot, id, path)
+}
+
+/// Refuses a manifest of another format than this build's.
+fn check_format(format: u32, path: &Path) -> Result<(), LoadSnapshotError> {
+    if format != SNAPSHOT_FORMAT {
+        return Err(LoadSnapshotError::Invalid {
+            path: path.to_path_buf(),
+            what: format!("format {format} (this build reads {SNAPSHOT_FORMAT})"),
+        });
+    }
+    Ok(())
 }
 
 /// Checks that a decoded snapshot is snapshot `id` of this build's format
@@ -266,29 +353,59 @@ pub fn check_snapshot(
     if snapshot.id != id {
         return Err(invalid(format!("names snapshot {:?}", snapshot.id)));
     }
-    if snapshot.areas.len() != snapshot.state.areas.len() {
+    if snapshot.children.len() + 1 > MAX_PROCESSES {
         return Err(invalid(format!(
-            "{} page lists for {} areas",
-            snapshot.areas.len(),
-            snapshot.state.areas.len()
+            "{} processes (at most {MAX_PROCESSES})",
+            snapshot.children.len() + 1
         )));
+    }
+    let mut pids: Vec<i32> = Vec::new();
+    for (state, areas) in snapshot.processes() {
+        if pids.contains(&state.pid) {
+            return Err(invalid(format!("process {} twice", state.pid)));
+        }
+        if !pids.is_empty() && !pids.contains(&state.ids.ppid) {
+            return Err(invalid(format!(
+                "process {}: its parent {} is not a process before it",
+                state.pid, state.ids.ppid
+            )));
+        }
+        pids.push(state.pid);
+        check_areas(state, areas).map_err(|what| {
+            invalid(if pids.len() == 1 {
+                what
+            } else {
+                format!("process {}: {what}", state.pid)
+            })
+        })?;
+    }
+    Ok(snapshot)
+}
+
+/// Checks that `areas` are the page lists of `state.areas` (see
+/// [`check_snapshot`]).
+fn check_areas(state: &ProcessState, areas: &[AreaPages]) -> Result<(), String> {
+    if areas.len() != state.areas.len() {
+        return Err(format!(
+            "{} page lists for {} areas",
+            areas.len(),
+            state.areas.len()
+        ));
     }
     let page = crate::store::PAGE_SIZE as u64;
     let mut previous_end = 0;
-    for (area, pages) in snapshot.state.areas.iter().zip(&snapshot.areas) {
+    for (area, pages) in state.areas.iter().zip(areas) {
         let range = format!("area {:#x}-{:#x}", area.start, area.end);
         if area.end < area.start {
-            return Err(invalid(format!("{range} ends before it starts")));
+            return Err(format!("{range} ends before it starts"));
         }
         if area.start % page != 0 || area.end % page != 0 {
-            return Err(invalid(format!("{range} is not page-aligned")));
+            return Err(format!("{range} is not page-aligned"));
         }
         // As /proc/PID/maps lists them: in address order, never overlapping
         // (which also bounds every sum of pages below by 2^52).
         if area.start < previous_end {
-            return Err(invalid(format!(
-                "{range} overlaps or precedes the area before it"
-            )));
+            return Err(format!("{range} overlaps or precedes the area before it"));
         }
         previous_end = area.end;
         let runs_inside = area.pages.iter().all(|run| {
@@ -297,24 +414,29 @@ pub fn check_snapshot(
                 .is_some_and(|end| end <= area.page_count())
         });
         if !runs_inside {
-            return Err(invalid(format!("{range} has a page run outside it")));
+            return Err(format!("{range} has a page run outside it"));
         }
         let listed = pages.checked_page_count();
         if listed != Some(area.page_count()) {
-            return Err(invalid(format!(
+            return Err(format!(
                 "{range} has {} pages but its list {}",
                 area.page_count(),
                 listed.map_or("more than 2^64".to_string(), |n| n.to_string())
-            )));
+            ));
         }
     }
-    Ok(snapshot)
+    Ok(())
 }
 
 /// Captures `pid` into a new self-contained snapshot directory `out_dir`
 /// (its own store in `out_dir/store`, manifest id [`DIR_SNAPSHOT_ID`]).
+/// A process with children is captured with its whole tree.
 pub fn snapshot_to_dir(pid: i32, out_dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
-    snapshot_to_dir_with(pid, out_dir, &CaptureOptions::default())
+    let options = CaptureOptions {
+        tree: true,
+        ..CaptureOptions::default()
+    };
+    snapshot_to_dir_with(pid, out_dir, &options)
 }
 
 /// [`snapshot_to_dir`] with capture options.
@@ -397,6 +519,48 @@ mod tests {
             count,
             kind: crate::state::PageRunKind::Zero,
         }
+    }
+
+    /// A manifest of an earlier format (before trees) ends where format 3
+    /// goes on: it is refused by its number, before the rest is decoded.
+    #[test]
+    fn another_format_is_refused_by_its_number() {
+        let old = encode_manifest(&(2u32, "snapshot".to_string())).unwrap();
+        let err = parse_snapshot(&old, DIR_SNAPSHOT_ID, Path::new("old"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "snapshot old: format 2 (this build reads 3)");
+        let mut s = seed();
+        s.format = 4;
+        let err = reload(&s).unwrap_err().to_string();
+        assert!(err.contains("format 4 (this build reads 3)"), "{err}");
+    }
+
+    /// A child must come after its parent, and no pid twice.
+    #[test]
+    fn a_tree_out_of_order_is_refused() {
+        let root = seed();
+        let mut child = ChildProcess {
+            state: root.state.clone(),
+            areas: root.areas.clone(),
+        };
+        child.state.pid = root.state.pid + 1;
+        child.state.threads[0].tid = child.state.pid;
+        child.state.ids.ppid = root.state.pid + 7;
+        let mut s = root.clone();
+        s.children.push(child.clone());
+        let err = reload(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("its parent") && err.contains("is not a process before it"),
+            "{err}"
+        );
+        child.state.ids.ppid = root.state.pid;
+        let mut s = root.clone();
+        s.children.push(child.clone());
+        assert_eq!(reload(&s).unwrap().children.len(), 1);
+        s.children.push(child);
+        let err = reload(&s).unwrap_err().to_string();
+        assert!(err.contains("twice"), "{err}");
     }
 
     /// Page runs whose lengths add up past u64::MAX overflowed the sum.

@@ -532,6 +532,15 @@ impl Remote {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(err("waitpid", e)),
                 Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => break,
+                // A process forked by a clone3 of the batch (the stub is
+                // traced with PTRACE_O_TRACEFORK: a child of a process tree,
+                // see `tree`): note its pid; it waits in its first stop for
+                // the restorer.
+                Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_FORK)) => {
+                    let child = ptrace::getevent(pid).map_err(|e| err("PTRACE_GETEVENTMSG", e))?;
+                    self.cloned.push(child as i32);
+                    ptrace::cont(pid, None).map_err(|e| err("PTRACE_CONT", e))?;
+                }
                 // Any other signal or event stop: suppress it and go on.
                 Ok(WaitStatus::Stopped(..)) | Ok(WaitStatus::PtraceEvent(..)) => {
                     ptrace::cont(pid, None).map_err(|e| err("PTRACE_CONT", e))?;

@@ -324,11 +324,22 @@ pub fn plan(
     supplied: &[(i32, BorrowedFd<'_>)],
     image: RawFd,
 ) -> Result<FdPlan, RestoreError> {
+    plan_with(state, supplied, image, &mut super::kobj::Pipes::default())
+}
+
+/// [`plan`] for one process of a tree: `pipes` holds the pipes and socket
+/// pairs made for the processes planned before, so an object whose ends
+/// are in several processes is made once and shared.
+pub fn plan_with(
+    state: &ProcessState,
+    supplied: &[(i32, BorrowedFd<'_>)],
+    image: RawFd,
+    pipes: &mut super::kobj::Pipes,
+) -> Result<FdPlan, RestoreError> {
     let mut held: Vec<OwnedFd> = Vec::new();
     let mut moves = Vec::new();
     let mut wanted = Vec::new();
     let mut cloexec = Vec::new();
-    let mut pipes = super::kobj::Pipes::default();
     for saved in &state.fds {
         if saved.flags & libc::O_CLOEXEC as u32 != 0 {
             cloexec.push(saved.fd);
@@ -338,7 +349,7 @@ pub fn plan(
             continue;
         }
         if super::kobj::is_object(&saved.kind) {
-            let fd = super::kobj::create(saved, &mut pipes)?;
+            let fd = super::kobj::create(saved, pipes)?;
             moves.push((fd.as_raw_fd(), saved.fd));
             held.push(fd);
             continue;

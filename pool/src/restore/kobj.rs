@@ -67,11 +67,13 @@ fn owned(raw: i32, what: &str) -> Result<OwnedFd, RestoreError> {
 
 /// Pipes and socket pairs made so far: pipes by the saved pipe's inode
 /// (read end, write end), pair ends by the saved end's inode (this end,
-/// the other end).
+/// the other end), and the pair ends whose queued data was sent (once,
+/// however many processes of a tree hold the end).
 #[derive(Debug, Default)]
 pub struct Pipes(
     HashMap<u64, (OwnedFd, OwnedFd)>,
     HashMap<u64, (OwnedFd, OwnedFd)>,
+    std::collections::HashSet<u64>,
 );
 
 /// Whether [`create`] makes this kind.
@@ -208,7 +210,11 @@ pub fn create(saved: &FdState, pipes: &mut Pipes) -> Result<OwnedFd, RestoreErro
             }
             let (this, other) = &pipes.1[inode];
             // What was queued to this end is sent from the other one.
-            let mut at = 0;
+            let mut at = if pipes.2.insert(*inode) {
+                0
+            } else {
+                data.len()
+            };
             while at < data.len() {
                 at += nix::unistd::write(other, &data[at..]).map_err(|e| RestoreError::Io {
                     what: "send (socket pair data)".into(),

@@ -52,6 +52,7 @@ pub mod seccomp;
 pub mod signals;
 pub mod spawn;
 pub mod thread;
+pub mod tree;
 pub mod uffd;
 pub mod working_set;
 
@@ -250,6 +251,8 @@ pub struct RestoredChild {
     pidfd: OwnedFd,
     status: Option<i32>,
     server: Option<PageServerThread>,
+    /// `uffd` mode: the page servers of the other processes of a tree.
+    child_servers: Vec<PageServerThread>,
     /// `uffd` mode, once the copy ended: what its page server did
     /// (including the working set it touched, to prefetch next time).
     pub server_stats: Option<uffd::ServerReport>,
@@ -320,6 +323,13 @@ impl RestoredChild {
             128 + libc::WTERMSIG(status)
         };
         self.status = Some(code);
+        for server in self.child_servers.drain(..) {
+            match server.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(RestoreError::Unsupported("a page server panicked".into())),
+            }
+        }
         if let Some(server) = self.server.take() {
             match server.join() {
                 Ok(Ok(stats)) => self.server_stats = Some(stats),
@@ -339,11 +349,15 @@ impl Drop for RestoredChild {
         if let Some(server) = self.server.take() {
             let _ = server.join();
         }
+        for server in self.child_servers.drain(..) {
+            let _ = server.join();
+        }
     }
 }
 
 /// The page server thread of a `uffd` copy.
-type PageServerThread = std::thread::JoinHandle<Result<uffd::ServerReport, RestoreError>>;
+pub(crate) type PageServerThread =
+    std::thread::JoinHandle<Result<uffd::ServerReport, RestoreError>>;
 
 /// Pulls descriptor `fd` out of the process `pidfd` refers to.
 fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> Result<OwnedFd, RestoreError> {
@@ -390,7 +404,7 @@ fn send_to_keeper(keeper: BorrowedFd<'_>, fd: &OwnedFd) -> Result<(), RestoreErr
 /// traced thread is waited for, the main thread last (its death is
 /// reported once the others are gone); threads this restorer does not
 /// trace answer `ECHILD` and are reaped by the kernel.
-struct KillOnError(Option<i32>);
+pub(crate) struct KillOnError(pub(crate) Option<i32>);
 
 impl Drop for KillOnError {
     fn drop(&mut self) {
@@ -423,7 +437,7 @@ fn reap_traced(tid: i32) {
 }
 
 /// Kills and reaps init unless disarmed.
-struct InitGuard(Option<i32>);
+pub(crate) struct InitGuard(pub(crate) Option<i32>);
 
 impl Drop for InitGuard {
     fn drop(&mut self) {
@@ -447,7 +461,11 @@ pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreE
         ]
     };
     let fds = (0..3)
-        .filter(|fd| snapshot.state.fds.iter().any(|f| f.fd == *fd))
+        .filter(|fd| {
+            snapshot
+                .processes()
+                .any(|(state, _)| state.fds.iter().any(|f| f.fd == *fd))
+        })
         .map(|fd| (fd, stdio[fd as usize]))
         .collect();
     restore(
@@ -581,6 +599,9 @@ pub fn restore(
     store: &PageStore,
     options: &RestoreOptions<'_>,
 ) -> Result<RestoredChild, RestoreError> {
+    if !snapshot.children.is_empty() {
+        return tree::restore_tree(snapshot, store, options);
+    }
     let state = &snapshot.state;
     let mut timings = RestoreTimings::default();
     let Prepared { image, plan, took } = prepare(snapshot, store, options)?;
@@ -602,6 +623,8 @@ pub fn restore(
     timings.stub = started.elapsed();
     let ctx = Driving {
         snapshot,
+        view: ProcessView::root(snapshot, &image),
+        places: None,
         image: &image,
         plan: &plan,
         options,
@@ -619,6 +642,7 @@ pub fn restore(
         pidfd: spawned.stub_pidfd,
         status: None,
         server,
+        child_servers: Vec::new(),
         server_stats: None,
         timings,
     })
@@ -651,7 +675,7 @@ impl CopyServer {
 }
 
 /// Opens a pidfd of `pid` (any process; not necessarily our child).
-fn pidfd_open(pid: i32) -> Result<OwnedFd, RestoreError> {
+pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, RestoreError> {
     // SAFETY: pidfd_open with no flags returns a new descriptor or -1.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if r < 0 {
@@ -695,6 +719,8 @@ pub fn restore_into(
     timings.stub = started.elapsed();
     let ctx = Driving {
         snapshot,
+        view: ProcessView::root(snapshot, &prepared.image),
+        places: None,
         image: &prepared.image,
         plan: &prepared.plan,
         options,
@@ -708,40 +734,141 @@ pub fn restore_into(
     ))
 }
 
+/// One process of a snapshot as the driver restores it: its state, its
+/// areas' page lists and where those lie in the image.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProcessView<'a> {
+    /// The process.
+    pub state: &'a ProcessState,
+    /// Its areas' page lists.
+    pub areas: &'a [snapshotter::store::AreaPages],
+    /// Its areas in the image (entry `i` for area `i`).
+    pub layout: &'a snapshotter::store::ImageLayout,
+}
+
+impl<'a> ProcessView<'a> {
+    /// The snapshot's root process (its only one unless it is a tree).
+    pub(crate) fn root(
+        snapshot: &'a Snapshot,
+        image: &'a snapshotter::store::CachedImage,
+    ) -> ProcessView<'a> {
+        ProcessView {
+            state: &snapshot.state,
+            areas: &snapshot.areas,
+            layout: &image.layout,
+        }
+    }
+}
+
 /// What the steps of [`drive`] work from: the snapshot, what [`prepare`]
 /// opened, the options, and how the stub was made.
-struct Driving<'a, 'o> {
-    snapshot: &'a Snapshot,
-    image: &'a snapshotter::store::CachedImage,
-    plan: &'a fds::FdPlan,
-    options: &'a RestoreOptions<'o>,
+pub(crate) struct Driving<'a, 'o> {
+    pub(crate) snapshot: &'a Snapshot,
+    /// The process restored (the root, or one process of a tree).
+    pub(crate) view: ProcessView<'a>,
+    /// The scratch area when the stub has it already (a process of a tree:
+    /// mapped in the root stub before the forks, inherited at the same
+    /// place); `None`: [`restore_memory`] maps it.
+    pub(crate) places: Option<memory::Places>,
+    pub(crate) image: &'a snapshotter::store::CachedImage,
+    pub(crate) plan: &'a fds::FdPlan,
+    pub(crate) options: &'a RestoreOptions<'o>,
     /// The stub's pidfd (required in `uffd` mode, to pull its userfaultfd).
-    stub_pidfd: Option<&'a OwnedFd>,
+    pub(crate) stub_pidfd: Option<&'a OwnedFd>,
     /// A copy restored into a sandbox: the copy's userfaultfd goes to the
     /// sandbox's pid 1 (`options.uffd_keeper`), which holds it, so the
     /// kernel never releases it, and never turns missing pages into zeros,
     /// while the copy lives; no process of the function holds it. Such
     /// copies also always get the seccomp policy.
-    keep_uffd: bool,
+    pub(crate) keep_uffd: bool,
 }
 
 /// The uffd page server of a copy and what it has done so far.
 type Served = (PageServerThread, std::sync::Arc<uffd::LiveReport>);
 
-/// Everything after the stub is seized: one step per kind of state, in the
-/// order docs/restore.md ("Order of the restore") gives the reasons for.
-/// Returns the uffd page server, if any.
+/// Everything after the stub is seized, for a single process: see
+/// [`prepare_process`], then [`Ready::resume`]. Returns the uffd page
+/// server, if any.
+fn drive(
+    remote: Remote,
+    ctx: &Driving<'_, '_>,
+    timings: &mut RestoreTimings,
+) -> Result<Option<Served>, RestoreError> {
+    if !ctx.snapshot.children.is_empty() {
+        return Err(RestoreError::Unsupported(format!(
+            "snapshot {} is a tree of {} processes; only `thaw restore` (restore) restores trees so far",
+            ctx.snapshot.id,
+            ctx.snapshot.children.len() + 1
+        )));
+    }
+    prepare_process(remote, ctx, timings)?.resume(timings)
+}
+
+/// A process of the copy with everything set but not yet running (every
+/// thread held; see [`prepare_process`]). Dropping it kills the process.
+pub(crate) struct Ready {
+    // Fields drop in order: the process is killed before any of its
+    // threads is detached (a half-made thread would run the batch loop's
+    // code it was cloned in).
+    kill_on_error: KillOnError,
+    others: Vec<Remote>,
+    remote: Remote,
+    server: Option<uffd::PageServer>,
+    server_pidfd: Option<OwnedFd>,
+    /// A process of a tree other than the root: the root's pidfd, which
+    /// its page server kills if serving fails (the whole copy dies).
+    pub(crate) kill_with: Option<std::sync::Arc<OwnedFd>>,
+}
+
+impl Ready {
+    /// Starts the page server, if any, and lets every thread run, the main
+    /// thread last.
+    pub(crate) fn resume(
+        mut self,
+        timings: &mut RestoreTimings,
+    ) -> Result<Option<Served>, RestoreError> {
+        let started = Instant::now();
+        let server = match (self.server.take(), self.server_pidfd.take()) {
+            (Some(s), Some(pidfd)) => {
+                let live = s.live();
+                let thread = match self.kill_with.take() {
+                    Some(root) => s.spawn_in_tree(pidfd, root),
+                    None => s.spawn(pidfd),
+                };
+                Some((thread, live))
+            }
+            _ => None,
+        };
+        // Every thread is set before any runs.
+        for t in self.others.drain(..) {
+            t.detach()?;
+        }
+        let Ready {
+            mut kill_on_error,
+            remote,
+            ..
+        } = self;
+        remote.detach()?;
+        kill_on_error.0 = None;
+        timings.resume += started.elapsed();
+        Ok(server)
+    }
+}
+
+/// Turns the seized stub `remote` into the process `ctx.view`, up to the
+/// resume: one step per kind of state, in the order docs/restore.md
+/// ("Order of the restore") gives the reasons for.
 ///
 /// The state is destructured with every field named (no `..`) and unused
 /// bindings are denied here: a kind of state the capture records but no
 /// step restores does not compile.
 #[deny(unused_variables)]
-fn drive(
+pub(crate) fn prepare_process(
     mut remote: Remote,
     ctx: &Driving<'_, '_>,
     timings: &mut RestoreTimings,
-) -> Result<Option<Served>, RestoreError> {
-    let state = &ctx.snapshot.state;
+) -> Result<Ready, RestoreError> {
+    let state = ctx.view.state;
     state
         .validate()
         .map_err(|e| RestoreError::Unsupported(format!("snapshot state: {e}")))?;
@@ -755,19 +882,20 @@ fn drive(
         areas,
         fds,
         threads,
+        ids: _, // a tree's sessions and groups: `tree`, before this drive
     } = state;
     let (main, saved_others) = threads.split_first().expect("validated: a main thread");
     // Declared before the kill guard, so that on an error the copy is killed
     // before any of its threads is detached (a half-made thread would run
     // the scratch area's code it is parked in).
     let mut others: Vec<Remote> = Vec::new();
-    let mut kill_on_error = KillOnError(Some(remote.pid()));
+    let kill_on_error = KillOnError(Some(remote.pid()));
 
     // 1. memory: the stub's own areas out, the saved ones in (and in uffd
     //    mode the page server), before anything refers to an address.
     let started = Instant::now();
     let memory = restore_memory(&mut remote, ctx, areas, timings)?;
-    timings.mappings = started.elapsed();
+    timings.mappings += started.elapsed();
 
     // One batch in the main thread, before any other thread exists.
     let started = Instant::now();
@@ -824,7 +952,7 @@ fn drive(
             [addr, len, 0, 0, 0, 0],
         )?;
     }
-    timings.state = started.elapsed();
+    timings.state += started.elapsed();
 
     // 9. registers of every thread, then all resume together.
     let started = Instant::now();
@@ -835,29 +963,27 @@ fn drive(
     }
     thread::set_registers(&mut remote, main)?;
     timings.injected += remote.calls;
-    let server = match memory.server {
-        Some(s) => {
-            let live = s.live();
-            let pidfd = ctx
-                .stub_pidfd
+    let server_pidfd = match &memory.server {
+        Some(_) => Some(
+            ctx.stub_pidfd
                 .expect("uffd mode has the stub's pidfd")
                 .try_clone()
                 .map_err(|source| RestoreError::Io {
                     what: "dup pidfd".into(),
                     source,
-                })?;
-            Some((s.spawn(pidfd), live))
-        }
+                })?,
+        ),
         None => None,
     };
-    // Every thread is set before any runs.
-    for t in others.drain(..) {
-        t.detach()?;
-    }
-    remote.detach()?;
-    kill_on_error.0 = None;
-    timings.resume = started.elapsed();
-    Ok(server)
+    timings.resume += started.elapsed();
+    Ok(Ready {
+        kill_on_error,
+        others,
+        remote,
+        server: memory.server,
+        server_pidfd,
+        kill_with: None,
+    })
 }
 
 /// What [`restore_memory`] leaves for the later steps.
@@ -884,10 +1010,13 @@ fn restore_memory(
     areas: &[snapshotter::state::MemoryArea],
     timings: &mut RestoreTimings,
 ) -> Result<RestoredMemory, RestoreError> {
-    let (state, options, image, plan) = (&ctx.snapshot.state, ctx.options, ctx.image, ctx.plan);
+    let (state, options, image, plan) = (ctx.view.state, ctx.options, ctx.image, ctx.plan);
     let started = Instant::now();
     let stub_map = memory::stub_map(remote.pid())?;
-    let places = memory::prepare_scratch(remote, &stub_map, areas)?;
+    let places = match ctx.places {
+        Some(places) => places,
+        None => memory::prepare_scratch(remote, &stub_map, areas)?,
+    };
     // mmap mode: the guard that keeps anonymous-memory semantics (refuses
     // the restore when it cannot).
     let eager = match options.mode {
@@ -916,11 +1045,11 @@ fn restore_memory(
         area_fds: &plan.area_fds,
         image_fd: plan.image_fd,
         image: &image.file,
-        layout: &image.layout,
+        layout: ctx.view.layout,
         lazy: options.mode == Mode::Uffd,
         eager: &eager,
     };
-    memory::map_areas(&mut batch, areas, &ctx.snapshot.areas, &sources)?;
+    memory::map_areas(&mut batch, areas, ctx.view.areas, &sources)?;
     if let Some(g) = &guard {
         g.map(&mut batch);
     }
@@ -953,7 +1082,7 @@ fn restore_memory(
             send_to_keeper(keeper, &uffd)?;
         }
         let mut s =
-            uffd::PageServer::new(uffd, &image.file, &image.layout, areas, &ctx.snapshot.areas)?;
+            uffd::PageServer::new(uffd, &image.file, ctx.view.layout, areas, ctx.view.areas)?;
         // rseq: the kernel writes the area on every return to user space;
         // each thread's page must hold the saved content before it is
         // registered.
@@ -968,7 +1097,7 @@ fn restore_memory(
         }
         server = Some(s);
     }
-    memory::write_private_pages(remote, areas, &ctx.snapshot.areas, &sources)?;
+    memory::write_private_pages(remote, areas, ctx.view.areas, &sources)?;
     Ok(RestoredMemory {
         scratch: places.scratch,
         guard,

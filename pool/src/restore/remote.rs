@@ -20,6 +20,9 @@ pub struct Remote {
     pub scratch: Option<(u64, u64)>,
     /// System calls run so far.
     pub calls: u32,
+    /// Pids (in the restorer's namespace) of the processes forked by
+    /// batches, in the order they were made (process trees, see `tree`).
+    pub cloned: Vec<i32>,
 }
 
 impl Remote {
@@ -49,6 +52,7 @@ impl Remote {
             mem,
             scratch: None,
             calls: 0,
+            cloned: Vec::new(),
         })
     }
 
@@ -68,6 +72,31 @@ impl Remote {
             mem,
             scratch: self.scratch,
             calls: 0,
+            cloned: Vec::new(),
+        })
+    }
+
+    /// Takes over process `pid`, which a batch of this stub forked (traced
+    /// already, with this stub's options, waiting in its first stop): a copy
+    /// of this stub (the same scratch area with its loop, the same vDSO)
+    /// with its own memory.
+    pub fn adopt_process(&self, pid: i32) -> Result<Remote, RestoreError> {
+        let seized = Seized::adopt(pid).map_err(|e| RestoreError::Stub(e.to_string()))?;
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(|source| RestoreError::Io {
+                what: format!("open /proc/{pid}/mem"),
+                source,
+            })?;
+        Ok(Remote {
+            seized,
+            injector: self.injector,
+            mem,
+            scratch: self.scratch,
+            calls: 0,
+            cloned: Vec::new(),
         })
     }
 

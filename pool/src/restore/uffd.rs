@@ -488,6 +488,10 @@ impl PageServer {
         match result {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            // The process's memory is gone (it is exiting, a fault of its
+            // exit path): nobody can read the page any more; the server
+            // ends when the process's pidfd says it ended.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 self.deferred.push(page);
                 return Ok(());
@@ -529,6 +533,8 @@ impl PageServer {
                 return Ok(());
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            // As for UFFDIO_COPY: the memory is gone with the process.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
             Err(e) => return Err(uffd_err(&format!("UFFDIO_ZEROPAGE at {page:#x}"), e)),
             Ok(()) => {}
         }
@@ -720,6 +726,18 @@ impl PageServer {
     pub fn spawn(self, pidfd: OwnedFd) -> JoinHandle<Result<ServerReport, RestoreError>> {
         let copy = Arc::new(pidfd);
         self.spawn_with(copy.clone(), copy)
+    }
+
+    /// Runs the server on its own thread until the process `pidfd` ends; if
+    /// serving fails, kills `copy` (the root of the process tree `pidfd`
+    /// belongs to: the whole copy dies with its namespace, never reading
+    /// zeros).
+    pub fn spawn_in_tree(
+        self,
+        pidfd: OwnedFd,
+        copy: Arc<OwnedFd>,
+    ) -> JoinHandle<Result<ServerReport, RestoreError>> {
+        self.spawn_with(Arc::new(pidfd), copy)
     }
 
     /// Runs the server until `end` is readable; on failure kills `copy`

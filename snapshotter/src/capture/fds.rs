@@ -96,6 +96,18 @@ fn bracket_inode(target: &str, prefix: &str) -> Option<u64> {
 
 /// Describes every descriptor of `pid`, refusing what cannot be restored.
 pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureError> {
+    capture_with(pid, protocol_fds, false)
+}
+
+/// [`capture`]; `in_tree`: `pid` is one process of a tree, and a pipe or
+/// socket pair with an end missing here may have it in another process of
+/// the tree (`super::tree::link_fds` checks that and fills in the data of a
+/// pipe whose read end is elsewhere).
+pub fn capture_with(
+    pid: i32,
+    protocol_fds: &[i32],
+    in_tree: bool,
+) -> Result<Vec<FdState>, CaptureError> {
     let protocol: HashSet<i32> = protocol_fds.iter().copied().collect();
     let mut tcp = None;
     let mut unix = None;
@@ -289,8 +301,10 @@ pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureEr
         };
         out.push(FdState { fd, flags, kind });
     }
-    fill_pipes(pid, &mut out, &mut grabber)?;
-    check_pairs(pid, &out)?;
+    fill_pipes(pid, &mut out, &mut grabber, in_tree)?;
+    if !in_tree {
+        check_pairs(pid, &out)?;
+    }
     Ok(out)
 }
 
@@ -318,13 +332,15 @@ fn check_pairs(pid: i32, fds: &[FdState]) -> Result<(), CaptureError> {
     Ok(())
 }
 
-/// Every inner pipe needs both ends in the process; records the data
+/// Every inner pipe needs both ends in the process (`in_tree`: a read end
+/// in the process is enough, the tree checks the rest); records the data
 /// queued in it (read through a duplicate of its read end) and its
 /// capacity on each of its ends.
 fn fill_pipes(
     pid: i32,
     fds: &mut [FdState],
     grabber: &mut kobj::Grabber,
+    in_tree: bool,
 ) -> Result<(), CaptureError> {
     let mut pipes: Vec<(u64, Option<i32>, Option<i32>)> = Vec::new();
     for f in fds.iter() {
@@ -343,14 +359,19 @@ fn fill_pipes(
         }
     }
     for (inode, read, write) in pipes {
-        let (Some(read), Some(_)) = (read, write) else {
-            let fd = read.or(write).expect("one end seen");
-            return Err(refuse(
+        let read = match (read, write) {
+            (Some(read), _) if in_tree => read,
+            (None, Some(_)) if in_tree => continue,
+            (Some(read), Some(_)) => read,
+            _ => {
+                let fd = read.or(write).expect("one end seen");
+                return Err(refuse(
                 pid,
                 fd,
                 format!("pipe:[{inode}]"),
                 "a pipe outside the runtime protocol descriptors whose other end is not in the process; the copy would not have it",
             ));
+            }
         };
         let dup = grabber.grab(read)?;
         let (queued, size) = kobj::pipe_data(pid, &dup)?;

@@ -25,13 +25,16 @@
 //! stopped: what is process-wide goes through the main thread, what is
 //! per thread through that thread.
 //!
+//! A process with children is captured with them by [`tree`] (each process
+//! as above, all of them stopped together).
+//!
 //! Modules: [`ptrace`] (holding the threads), [`inject`] (running syscalls
 //! in one, reusable by the restorer), [`refuse`], [`procfs`], and one
 //! module per kind of state, named as its
 //! state type's module (`state::X`) and its restore (`pool::restore::X`):
 //! [`signals`], [`mm`], [`process`], [`memory`] (with [`maps`], [`areas`],
 //! [`pagemap`]), [`fds`] (with [`kobj`], [`unixpair`]), [`thread`],
-//! [`seccomp`].
+//! [`seccomp`], [`tree`].
 
 pub mod areas;
 pub mod fds;
@@ -48,6 +51,7 @@ pub mod refuse;
 pub mod seccomp;
 pub mod signals;
 pub mod thread;
+pub mod tree;
 pub mod unixpair;
 
 use std::time::{Duration, Instant};
@@ -125,6 +129,11 @@ pub struct CaptureOptions {
     /// one of these, or the capture is refused ([`seccomp::check`]). Default
     /// none: a process under any filter is refused.
     pub seccomp_filters: Vec<Vec<u8>>,
+    /// Capture the process's descendants too, as one tree
+    /// ([`tree::capture_tree_timed`]); when false a process with children
+    /// is refused. Default false (a function's sandbox restores single
+    /// processes); `thaw snapshot` sets it.
+    pub tree: bool,
 }
 
 impl Default for CaptureOptions {
@@ -134,6 +143,7 @@ impl Default for CaptureOptions {
             batch_bytes: 2 << 20,
             pagemap_scan: true,
             seccomp_filters: Vec::new(),
+            tree: false,
         }
     }
 }
@@ -250,7 +260,8 @@ pub fn capture(
     capture_timed(pid, options, sink).map(|(state, _)| state)
 }
 
-/// [`capture`], also reporting where the time went.
+/// [`capture`], also reporting where the time went. A process with
+/// children is refused ([`tree::capture_tree_timed`] captures them too).
 pub fn capture_timed(
     pid: i32,
     options: &CaptureOptions,
@@ -261,9 +272,40 @@ pub fn capture_timed(
     refuse::check_main_thread(pid)?;
     let mut held = ptrace::stop_all(pid)?;
     timings.stop = started.elapsed();
-
     let started = Instant::now();
     refuse::check_children(pid)?;
+    timings.state += started.elapsed();
+    let state = capture_held(pid, &mut held, options, false, sink, &mut timings)?;
+    detach(held, &mut timings)?;
+    Ok((state, timings))
+}
+
+/// Lets every thread of a captured process go: every thread but the main
+/// one first, so the main thread (which programs wait on the least) is the
+/// last to run again.
+fn detach(mut held: Vec<Seized>, timings: &mut CaptureTimings) -> Result<(), CaptureError> {
+    let started = Instant::now();
+    while let Some(seized) = held.pop() {
+        seized.detach()?;
+    }
+    timings.detach += started.elapsed();
+    Ok(())
+}
+
+/// Captures the process `pid` whose threads are all `held` (stopped, the
+/// main thread first), adding to `timings`; it stays stopped. `in_tree`:
+/// it is one process of a tree being captured, whose pipes and socket
+/// pairs may have their other ends in other processes of the tree (checked
+/// by [`tree`] once all are captured).
+fn capture_held(
+    pid: i32,
+    held: &mut [Seized],
+    options: &CaptureOptions,
+    in_tree: bool,
+    sink: &mut dyn PageSink,
+    timings: &mut CaptureTimings,
+) -> Result<ProcessState, CaptureError> {
+    let started = Instant::now();
     let status = Status::read(pid)?;
     refuse::check_pending_signals(pid, &status)?;
     seccomp::check(
@@ -271,10 +313,10 @@ pub fn capture_timed(
         status.number("Seccomp")? as u32,
         &options.seccomp_filters,
     )?;
-    for seized in &held {
+    for seized in held.iter() {
         refuse::check_thread_signals(pid, seized.pid())?;
     }
-    let fds = fds::capture(pid, &options.protocol_fds)?;
+    let fds = fds::capture_with(pid, &options.protocol_fds, in_tree)?;
     let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
     let mut areas = areas::classify(pid, &entries)?;
     areas::link_memfd_areas(pid, &fds, &areas)?;
@@ -294,29 +336,22 @@ pub fn capture_timed(
     thread::check_timers(main, &injector)?;
     let process = process::capture(pid, &status)?;
     let personality = process::personality(pid)?;
-    timings.state = started.elapsed();
+    let ids = tree::read_ids(pid)?;
+    timings.state += started.elapsed();
 
     let started = Instant::now();
     let plans = plan_pages(pid, &mut areas, options)?;
-    timings.scan = started.elapsed();
+    timings.scan += started.elapsed();
 
     let stats = memory::read_pages(pid, &plans.plans, &mut areas, options.batch_bytes, sink)?;
-    timings.read = stats.read;
-    timings.sink = stats.sink;
-    timings.pages = stats.wall;
-    timings.bytes_read = stats.bytes_read;
-    timings.bytes_stored = stats.bytes_stored;
+    timings.read += stats.read;
+    timings.sink += stats.sink;
+    timings.pages += stats.wall;
+    timings.bytes_read += stats.bytes_read;
+    timings.bytes_stored += stats.bytes_stored;
     timings.used_pagemap_scan = plans.used_scan;
 
-    let started = Instant::now();
-    // Every thread but the main one first, so the main thread (which
-    // programs wait on the least) is the last to run again.
-    while let Some(seized) = held.pop() {
-        seized.detach()?;
-    }
-    timings.detach = started.elapsed();
-
-    let state = ProcessState {
+    Ok(ProcessState {
         version: STATE_VERSION,
         pid: threads[0].tid,
         personality,
@@ -326,8 +361,8 @@ pub fn capture_timed(
         areas,
         fds,
         threads,
-    };
-    Ok((state, timings))
+        ids,
+    })
 }
 
 struct Plans {

@@ -26,10 +26,18 @@ pub enum Refusal {
         mask: u64,
     },
     /// Child processes (running or not yet reaped).
-    #[error("it has child processes {pids:?}; a copy would not have them")]
+    #[error("it has child processes {pids:?}; a copy would not have them (this capture takes one process; `thaw snapshot` captures a process tree)")]
     Children {
         /// Their pids.
         pids: Vec<i32>,
+    },
+    /// Something of a process tree a copy could not recreate (a zombie
+    /// child, a child sharing its parent's memory, other credentials, a
+    /// session or group outside the tree, a pipe end outside it).
+    #[error("in its process tree: {why}")]
+    Tree {
+        /// What and why.
+        why: String,
     },
     /// A TCP socket, connected or listening.
     #[error("fd {fd} is a TCP socket {local} -> {remote} ({state}); a copy can neither share nor recreate the connection")]

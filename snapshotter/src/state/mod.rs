@@ -24,10 +24,14 @@
 //! ├── process          cwd, umask, rlimits, credentials
 //! ├── areas[]          memory map; per area the stored / zero page runs
 //! ├── fds[]            what every file descriptor is
-//! └── threads[]        the main thread first (tid = pid), then the others
-//!                      in tid order: registers, xsave, mask, rseq, tid
-//!                      address, robust list, sigaltstack, name, scheduling
+//! ├── threads[]        the main thread first (tid = pid), then the others
+//! │                    in tid order: registers, xsave, mask, rseq, tid
+//! │                    address, robust list, sigaltstack, name, scheduling
+//! └── ids              parent, process group, session ([`tree`])
 //! ```
+//!
+//! A snapshot of a process tree holds one `ProcessState` per process
+//! (`crate::snapshot::Snapshot::children`).
 
 mod fds;
 pub(crate) mod memory;
@@ -35,6 +39,7 @@ mod mm;
 mod process;
 mod signals;
 pub mod thread;
+pub mod tree;
 
 pub use fds::{EpollRegistration, FdKind, FdState, PairType, PipeEnd, TimerState};
 pub use memory::{AreaKind, FileIdentity, MemoryArea, PageRun, PageRunKind, Protection};
@@ -42,12 +47,14 @@ pub use mm::MmState;
 pub use process::{ProcessAttributes, Rlimit};
 pub use signals::{SigAction, SignalState};
 pub use thread::{restart, AltStack, Registers, Restart, Rseq, Sched, ThreadState};
+pub use tree::{ProcessIds, MAX_PROCESSES};
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the [`ProcessState`] layout; bump on any incompatible change.
 /// Version 2: threads (`threads[]`, the per-thread fields moved there).
-pub const STATE_VERSION: u32 = 2;
+/// Version 3: process trees (`ids`: parent, process group, session).
+pub const STATE_VERSION: u32 = 3;
 
 /// Size of a page on the architectures thaw supports.
 pub const PAGE_SIZE: u64 = 4096;
@@ -74,6 +81,8 @@ pub struct ProcessState {
     pub fds: Vec<FdState>,
     /// Every thread, the main thread (`tid == pid`) first.
     pub threads: Vec<ThreadState>,
+    /// Parent, process group and session.
+    pub ids: ProcessIds,
 }
 
 /// Most threads a snapshot may describe (a forged manifest must not make
