@@ -21,11 +21,10 @@ cd "$(dirname "$0")"
 # the veth pairs, NAT and filter of `network = "outbound"` sandboxes
 # (docs/network.md).
 PACKAGES=(libclang-dev clang g++ python3 python3-pip python3-venv systemd chromium chromium-driver openjdk-17-jdk-headless gcc iproute2 nftables)
-# Only for `./dev.sh test`: tests below the control plane (snapshotter
-# capture, pool restore, restore_threads, the loadtest suite's interpreter
-# check) run the host's python3 with numpy and pandas directly, without a
-# deploy and so without a layer.
-TEST_PACKAGES=(python3-numpy python3-pandas)
+# No python3-numpy/python3-pandas: functions get them from their
+# requirements.txt, and the tests that run the host's python3 directly
+# install the same pins once per machine with pip into
+# /var/tmp/thaw-test-pydeps (test-support/numpy_pandas.rs).
 # The node20 runtime runs the machine's /usr/bin/node, which must be Node.js 20
 # or later (Debian 12's nodejs package is 18: it is not installed from here).
 NODE_MAJOR_MIN=20
@@ -95,7 +94,7 @@ run)
     ;;
 test)
     need_root
-    setup "${TEST_PACKAGES[@]}"
+    setup
     stage "build"
     cargo build --workspace --all-targets
     stage "test"

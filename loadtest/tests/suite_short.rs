@@ -3,8 +3,9 @@
 //!
 //! Needs root (thaw's sandboxes), the `thaw` binary of the same profile
 //! (built by `cargo build`/`cargo test --workspace`; `cargo test -p loadtest`
-//! alone does not build it) and `/usr/bin/python3` with numpy and pandas;
-//! without them the tests say why and pass, or fail when `THAW_TEST_STRICT`
+//! alone does not build it), `/usr/bin/python3`, and the package index pip
+//! is configured for (numpy and pandas, `test-support/numpy_pandas.rs`;
+//! the suite's server installs them into numpy-pandas's layer); without them the tests say why and pass, or fail when `THAW_TEST_STRICT`
 //! is set (see `common::missing`).
 
 mod common;
@@ -31,12 +32,9 @@ fn thaw_binary() -> Option<PathBuf> {
     fallback.is_file().then_some(fallback)
 }
 
-fn python_with_numpy() -> bool {
-    Command::new(PYTHON)
-        .args(["-c", "import numpy, pandas"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+/// The layer cache of the tests' servers (server/tests/common), so that the
+/// suite's server installs numpy-pandas's requirements once per machine.
+const SHARED_LAYER_CACHE: &str = "/var/tmp/thaw-test-layers";
 
 #[test]
 fn fork_floor_prints_one_latency_per_fork() {
@@ -64,6 +62,37 @@ fn fork_floor_prints_one_latency_per_fork() {
     let values: Vec<f64> = text.lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(values.len(), 4, "{text}");
     assert!(values.iter().all(|v| *v > 0.0), "{text}");
+}
+
+/// The numpy-pandas example needs its layer: `--pythonpath` gives it numpy
+/// and pandas from the package index (as the suite gives it the server's).
+#[test]
+fn fork_floor_runs_numpy_pandas_with_a_pythonpath() {
+    if !Path::new(PYTHON).is_file() {
+        skip!("no {PYTHON}");
+    }
+    let numpy = match common::numpy_pandas::path() {
+        Ok(p) => p,
+        Err(why) => skip!("no numpy and pandas from the package index: {why}"),
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_thaw-fork-floor"))
+        .current_dir(repo())
+        .args(["--dir", "examples/numpy-pandas", "--iterations", "2"])
+        .args([
+            "--event",
+            r#"{"store": 7, "column": "price", "min": 100.0}"#,
+        ])
+        .arg("--pythonpath")
+        .arg(&numpy)
+        .output()
+        .expect("run thaw-fork-floor");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
 }
 
 #[test]
@@ -97,11 +126,16 @@ fn short_suite_runs_end_to_end() {
     let Some(thaw) = thaw_binary() else {
         skip!("no thaw binary (build the workspace first: cargo build)");
     };
-    if !python_with_numpy() {
-        skip!("{PYTHON} cannot import numpy and pandas");
+    // numpy-pandas installs numpy and pandas from the package index.
+    if let Err(why) = common::numpy_pandas::path() {
+        skip!("numpy and pandas cannot be installed from the package index: {why}");
     }
     let out_dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_thaw-loadtest"))
+    let mut suite = Command::new(env!("CARGO_BIN_EXE_thaw-loadtest"));
+    if std::env::var_os("THAW_LAYER_CACHE").is_none() {
+        suite.env("THAW_LAYER_CACHE", SHARED_LAYER_CACHE);
+    }
+    let out = suite
         .arg("suite")
         .arg("--short")
         .arg("--out")

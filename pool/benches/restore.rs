@@ -36,6 +36,7 @@ import os
 for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[v] = "1"
 import sys, json
+sys.path.insert(0, sys.argv[1])  # numpy and pandas (numpy_path)
 import numpy as np, pandas as pd
 rng = np.random.default_rng(7)
 df = pd.DataFrame({"k": rng.integers(0, 50, 100000), "v": rng.random(100000)})
@@ -58,7 +59,12 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn workload(name: &str, script: &str, cold_rounds: usize) {
+/// `args` follow the script (its `sys.argv[1:]`).
+fn workload(name: &str, script: &str, args: &[&str], cold_rounds: usize) {
+    let argv: Vec<&str> = ["-c", script]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
     let python = Path::new("/usr/bin/python3");
     println!("== {name}");
     // Cold start: spawn to first answer.
@@ -66,7 +72,7 @@ fn workload(name: &str, script: &str, cold_rounds: usize) {
     let mut expected = String::new();
     for _ in 0..cold_rounds {
         let started = Instant::now();
-        let mut p = start(python, &["-c", script]);
+        let mut p = start(python, &argv);
         assert_eq!(p.line(), "ready");
         p.stdin.write_all(b"7\n").unwrap();
         expected = p.line();
@@ -75,7 +81,7 @@ fn workload(name: &str, script: &str, cold_rounds: usize) {
 
     let tmp = tempfile::tempdir().unwrap();
     let snap = tmp.path().join("snap");
-    let mut original = start(python, &["-c", script]);
+    let mut original = start(python, &argv);
     assert_eq!(original.line(), "ready");
     // Warm: the same request to the running original.
     let mut warm = Vec::new();
@@ -262,15 +268,8 @@ fn main() {
     if !nix::unistd::geteuid().is_root() || !Path::new("/usr/bin/python3").exists() {
         skip!("restore bench: needs root and /usr/bin/python3");
     }
-    workload("python3 json + hashlib", PLAIN, 20);
-    let numpy = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import numpy, pandas"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if numpy {
-        workload("python3 numpy + pandas", NUMPY, 8);
-    } else {
-        restore_support::missing("restore bench's numpy workload: numpy or pandas missing");
+    workload("python3 json + hashlib", PLAIN, &[], 20);
+    if let Some(numpy) = restore_support::numpy_path("restore bench's numpy workload") {
+        workload("python3 numpy + pandas", NUMPY, &[&numpy], 8);
     }
 }

@@ -3,7 +3,8 @@
 //! no sandbox.
 //!
 //! Skips (with a message) when `/usr/bin/python3` is missing; the numpy test
-//! and the numpy-pandas example skip when numpy/pandas are not installed.
+//! and the numpy-pandas example get numpy and pandas from the package index
+//! (`restore_support::numpy_pandas`) and skip when pip cannot install them.
 
 mod restore_support;
 
@@ -143,15 +144,13 @@ fn task_dir(main_py: &str) -> tempfile::TempDir {
     dir
 }
 
-/// Whether `/usr/bin/python3` can import every module named.
-fn python_has(modules: &str) -> bool {
-    Command::new(PYTHON)
-        .args(["-c", &format!("import {modules}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+/// The runtime's `PYTHONPATH` with numpy and pandas first (installed once
+/// per machine from the package index: `restore_support::numpy_pandas`);
+/// says why not (see `restore_support::missing`).
+fn numpy_pythonpath(test: &str) -> Option<String> {
+    let numpy = restore_support::numpy_path(test)?;
+    let runtime_dir = repo_root().join("runtimes/python");
+    Some(format!("{numpy}:{}", runtime_dir.display()))
 }
 
 /// One runtime process and thaw's ends of its pipes.
@@ -799,9 +798,9 @@ async fn a_failing_restore_hook_answers_not_ok() {
 #[tokio::test]
 async fn restored_reseeds_numpy() {
     require_python!();
-    if !python_has("numpy") {
-        skip!("numpy is not installed for {PYTHON}");
-    }
+    let Some(pythonpath) = numpy_pythonpath("restored_reseeds_numpy") else {
+        return;
+    };
     let source = r#"
 import numpy as np
 np.random.seed(7)
@@ -809,8 +808,9 @@ def handler(event, context):
     return {"r": float(np.random.random())}
 "#;
     let task = task_dir(source);
-    let mut a = Runtime::spawn(task.path(), &[]);
-    let mut b = Runtime::spawn(task.path(), &[]);
+    let env = [("PYTHONPATH", pythonpath.as_str())];
+    let mut a = Runtime::spawn(task.path(), &env);
+    let mut b = Runtime::spawn(task.path(), &env);
     a.expect_ready().await;
     b.expect_ready().await;
     assert_eq!(a.call_json(json!({})).await, b.call_json(json!({})).await);
@@ -940,11 +940,11 @@ async fn hello_example_answers() {
 #[tokio::test]
 async fn numpy_pandas_example_answers_single_threaded() {
     require_python!();
-    if !python_has("numpy, pandas") {
-        skip!("numpy and pandas are not installed for {PYTHON}");
-    }
+    let Some(pythonpath) = numpy_pythonpath("numpy_pandas_example_answers_single_threaded") else {
+        return;
+    };
     let dir = repo_root().join("examples/numpy-pandas");
-    let mut rt = Runtime::spawn(&dir, &[]);
+    let mut rt = Runtime::spawn(&dir, &[("PYTHONPATH", &pythonpath)]);
     rt.expect_ready().await;
     let query = json!({"store": 7, "column": "price", "min": 100.0});
     let answer = rt.call_json(query.clone()).await;
@@ -1023,29 +1023,32 @@ async fn runtime_figures() {
 
     let hello_dir = repo_root().join("examples/hello");
     let np_dir = repo_root().join("examples/numpy-pandas");
-    let have_np = python_has("numpy, pandas");
+    let np_env = numpy_pythonpath("numpy-pandas boot figures");
 
-    let boot = |dir: PathBuf, runs: usize| async move {
+    let boot = |dir: PathBuf, pythonpath: Option<String>, runs: usize| async move {
+        let env: Vec<(&str, &str)> = pythonpath
+            .iter()
+            .map(|p| ("PYTHONPATH", p.as_str()))
+            .collect();
         let mut samples = Vec::new();
         for _ in 0..runs {
             let start = Instant::now();
-            let mut rt = Runtime::spawn(&dir, &[]);
+            let mut rt = Runtime::spawn(&dir, &env);
             rt.expect_ready().await;
             samples.push(start.elapsed());
         }
         median_ms(&mut samples)
     };
-    let hello_boot = boot(hello_dir.clone(), 9).await;
+    let hello_boot = boot(hello_dir.clone(), None, 9).await;
     println!("boot to ready, hello:        median {hello_boot:8.2} ms (9 runs)");
-    let np_boot = if have_np {
-        let ms = boot(np_dir.clone(), 5).await;
+    let np_boot = if let Some(pythonpath) = np_env.clone() {
+        let ms = boot(np_dir.clone(), Some(pythonpath), 5).await;
         println!(
             "boot to ready, numpy-pandas: median {ms:8.2} ms (5 runs), {:.1}x hello",
             ms / hello_boot
         );
         Some(ms)
     } else {
-        restore_support::missing("numpy-pandas boot figures: numpy/pandas missing");
         None
     };
 
@@ -1095,8 +1098,8 @@ async fn runtime_figures() {
         5.0 * 2.0 / (big_ms / 1e3)
     );
 
-    if let Some(np_boot) = np_boot {
-        let mut np = Runtime::spawn(&np_dir, &[]);
+    if let (Some(np_boot), Some(pythonpath)) = (np_boot, np_env) {
+        let mut np = Runtime::spawn(&np_dir, &[("PYTHONPATH", &pythonpath)]);
         np.expect_ready().await;
         let query = br#"{"store": 42, "column": "discount", "min": 0.1}"#;
         let mut samples = Vec::new();

@@ -104,6 +104,7 @@ import os
 for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[v] = "1"
 import sys, json
+sys.path.insert(0, sys.argv[1])  # numpy and pandas (numpy_path)
 import numpy as np, pandas as pd
 rng = np.random.default_rng(7)
 df = pd.DataFrame({"k": rng.integers(0, 50, 100000), "v": rng.random(100000)})
@@ -123,14 +124,12 @@ fn numpy_pandas_copy_computes_like_the_original() {
     if !can_restore("numpy_pandas_copy_computes_like_the_original", false) {
         return;
     }
-    let probe = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import numpy, pandas"])
-        .output();
-    if !probe.map(|o| o.status.success()).unwrap_or(false) {
-        skip!("numpy_pandas_copy_computes_like_the_original: no numpy/pandas");
-    }
+    let Some(numpy) = restore_support::numpy_path("numpy_pandas_copy_computes_like_the_original")
+    else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
-    let mut original = start(Path::new("/usr/bin/python3"), &["-c", NUMPY]);
+    let mut original = start(Path::new("/usr/bin/python3"), &["-c", NUMPY, &numpy]);
     assert_eq!(original.line(), "ready");
     let expected = {
         use std::io::Write;

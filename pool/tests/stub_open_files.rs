@@ -188,9 +188,15 @@ async fn a_stub_opens_its_copys_files_inside_the_sandbox_as_the_function() {
 
 /// Paths of the files a warm python3 maps (its interpreter and libraries):
 /// what a python copy's stub opens.
-fn python_mapped_files(imports: &str) -> Vec<String> {
+/// `pythonpath`: a folder with more packages (numpy and pandas from
+/// `restore_support::numpy_path`); its files are listed too.
+fn python_mapped_files(imports: &str, pythonpath: Option<&str>) -> Vec<String> {
     let script = format!("import {imports}, sys; print('ready', flush=True); sys.stdin.read()");
-    let mut child = std::process::Command::new("/usr/bin/python3")
+    let mut command = std::process::Command::new("/usr/bin/python3");
+    if let Some(p) = pythonpath {
+        command.env("PYTHONPATH", p);
+    }
+    let mut child = command
         .args(["-c", &script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -208,7 +214,10 @@ fn python_mapped_files(imports: &str) -> Vec<String> {
     let mut paths: Vec<String> = maps
         .lines()
         .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|p| p.starts_with("/usr/") && !p.ends_with("(deleted)"))
+        .filter(|p| {
+            (p.starts_with("/usr/") || pythonpath.is_some_and(|d| p.starts_with(d)))
+                && !p.ends_with("(deleted)")
+        })
         .map(str::to_string)
         .collect();
     paths.dedup();
@@ -228,16 +237,13 @@ async fn measure_stub_open_cost() {
         skip!("stub sandboxes need root");
     }
     let env = env("open-cost");
-    let numpy = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import numpy, pandas"])
-        .status()
-        .is_ok_and(|s| s.success());
-    let mut workloads = vec![("python3 json+hashlib+ssl", "json, hashlib, ssl")];
-    if numpy {
-        workloads.push(("python3 numpy+pandas", "numpy, pandas"));
+    let numpy = restore_support::numpy_path("measure_stub_open_cost's numpy workload");
+    let mut workloads = vec![("python3 json+hashlib+ssl", "json, hashlib, ssl", None)];
+    if let Some(path) = numpy.as_deref() {
+        workloads.push(("python3 numpy+pandas", "numpy, pandas", Some(path)));
     }
-    for (label, imports) in workloads {
-        measure_files(&env, label, &python_mapped_files(imports)).await;
+    for (label, imports, pythonpath) in workloads {
+        measure_files(&env, label, &python_mapped_files(imports, pythonpath)).await;
     }
 }
 

@@ -825,6 +825,9 @@ impl Service {
         self.registry.remove(name)?;
         self.logs.remove(name);
         tracing::info!(function = %name, "deleted");
+        // Its code folders held links to its layers: drop the unused ones.
+        let deps = self.config.deps.clone();
+        let _ = tokio::task::spawn_blocking(move || deps.remove_unused_layers()).await;
         Ok(())
     }
 

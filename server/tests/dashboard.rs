@@ -3,7 +3,8 @@
 //! requires a token.
 //!
 //! It signs in, deploys a function through the Deploy page and waits for
-//! `ready`, invokes it from the Function page and reads the answer and the
+//! `ready` (and one with a `requirements.txt`, from the test's own package
+//! index, whose steps include `building`), invokes it from the Function page and reads the answer and the
 //! handler's log line, sees the invocation counted on the Overview, verifies
 //! the store from the Store page, watches a broken deploy fail with its
 //! reason, then deploys 200 more functions through the API and checks that
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::index::Index;
 use common::{function, Server};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
@@ -215,6 +217,58 @@ async fn set_value(c: &Client, css: &str, value: &str) {
     e.send_keys(value).await.unwrap();
 }
 
+/// Follows the Deploy page's status until `ready` or `failed`, checks that
+/// it ended `ready` and that the states it showed came in the order of
+/// `order` (some may be skipped between two polls); returns them.
+async fn watch_deploy(c: &Client, order: &[&str]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let t0 = Instant::now();
+    loop {
+        let s = c
+            .execute(
+                "return document.getElementById('deploy-status').dataset.state || ''",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let s = s.as_str().unwrap_or("").to_string();
+        if !s.is_empty() && seen.last() != Some(&s) {
+            seen.push(s.clone());
+        }
+        if s == "ready" || s == "failed" {
+            break;
+        }
+        assert!(t0.elapsed() < PATIENCE, "deploy never finished: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("deploy page showed: {}", seen.join(" → "));
+    assert_eq!(seen.last().map(String::as_str), Some("ready"), "{seen:?}");
+    let ranks: Vec<usize> = seen
+        .iter()
+        .map(|s| {
+            order
+                .iter()
+                .position(|o| o == s)
+                .unwrap_or_else(|| panic!("unexpected state {s:?} in {seen:?}"))
+        })
+        .collect();
+    assert!(
+        ranks.windows(2).all(|w| w[0] < w[1]),
+        "states out of order: {seen:?}"
+    );
+    seen
+}
+
+/// The Deploy page's steps as `step:class`.
+async fn deploy_steps(c: &Client) -> Value {
+    c.execute(
+        "return [...document.querySelectorAll('#deploy-steps li')].map(l => l.dataset.step + ':' + l.className)",
+        vec![],
+    )
+    .await
+    .unwrap()
+}
+
 async fn api_get(server: &Server, path: &str) -> Value {
     let bearer = format!("Bearer {ADMIN}");
     let a = server
@@ -269,7 +323,19 @@ async fn dashboard_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("admin:{ADMIN}\n")).unwrap();
-    let server = Server::start(&["--token-file", tokens.to_str().unwrap()]);
+    // The test's own package index for the function with a dependency file,
+    // and a layer cache of this server's own (the index's port is in the
+    // layer's key, so a shared cache would only collect them).
+    let index = Index::start();
+    let layers = dir.path().join("layers");
+    let server = Server::start(&[
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--package-index",
+        &index.simple(),
+        "--layer-cache",
+        layers.to_str().unwrap(),
+    ]);
     let (_driver, c) = start_browser().await;
     let started = Instant::now();
 
@@ -337,45 +403,17 @@ async fn dashboard_end_to_end() {
         .click()
         .await
         .unwrap();
-    let mut seen: Vec<String> = Vec::new();
-    let t0 = Instant::now();
-    loop {
-        let s = c
-            .execute(
-                "return document.getElementById('deploy-status').dataset.state || ''",
-                vec![],
-            )
-            .await
-            .unwrap();
-        let s = s.as_str().unwrap_or("").to_string();
-        if !s.is_empty() && seen.last() != Some(&s) {
-            seen.push(s.clone());
-        }
-        if s == "ready" || s == "failed" {
-            break;
-        }
-        assert!(t0.elapsed() < PATIENCE, "deploy never finished: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    eprintln!("deploy page showed: {}", seen.join(" → "));
-    assert_eq!(seen.last().map(String::as_str), Some("ready"), "{seen:?}");
-    let order = ["deploying", "warming", "snapshotting", "ready"];
-    let ranks: Vec<usize> = seen
-        .iter()
-        .map(|s| order.iter().position(|o| o == s).unwrap())
-        .collect();
-    assert!(
-        ranks.windows(2).all(|w| w[0] < w[1]),
-        "states out of order: {seen:?}"
+    watch_deploy(&c, &["deploying", "warming", "snapshotting", "ready"]).await;
+    // No dependency file: no `building` step.
+    assert_eq!(
+        deploy_steps(&c).await,
+        json!([
+            "deploying:done",
+            "warming:done",
+            "snapshotting:done",
+            "ready:done"
+        ])
     );
-    let steps = c
-        .execute(
-            "return [...document.querySelectorAll('#deploy-steps li')].map(l => l.className)",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(steps, json!(["done", "done", "done", "done"]));
     screenshot(&c, "deploy").await;
     assert_only_local(&c, "deploy").await;
 
@@ -520,9 +558,55 @@ async fn dashboard_end_to_end() {
     assert_eq!(failed, json!(1));
     assert_only_local(&c, "deploy (failed)").await;
 
+    // With a requirements.txt the version is `building` while pip installs
+    // it (from the test's own index), and the page shows that step. (Away
+    // and back, so the page starts afresh instead of showing the failure.)
+    goto(&c, &server, "#/overview").await;
+    goto(&c, &server, "#/deploy").await;
+    wait_for(
+        &c,
+        "a fresh deploy page",
+        "const e = document.getElementById('deploy-status'); return e ? (e.dataset.state || 'fresh') : ''",
+        |v| v == "fresh",
+    )
+    .await;
+    set_value(&c, "#deploy-name", "deps-web").await;
+    let files = json!({"files": {
+        "main.py": "import thawpure\ndef handler(event, context):\n    return {'greet': thawpure.greet('web')}\n",
+        "requirements.txt": "thawpure==1.0\n",
+    }});
+    set_value(&c, "#deploy-extra", &files.to_string()).await;
+    c.find(Locator::Css("#deploy-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let seen = watch_deploy(
+        &c,
+        &["deploying", "building", "warming", "snapshotting", "ready"],
+    )
+    .await;
+    assert_eq!(
+        deploy_steps(&c).await,
+        json!([
+            "deploying:done",
+            "building:done",
+            "warming:done",
+            "snapshotting:done",
+            "ready:done"
+        ]),
+        "{seen:?}"
+    );
+    let bearer = format!("Bearer {ADMIN}");
+    let greet = server
+        .invoke_raw("deps-web", b"{}".to_vec(), &[("authorization", &bearer)])
+        .await;
+    assert_eq!(greet.status, 200, "{}", greet.text());
+    assert_eq!(greet.json()["greet"], "hello web from thawpure");
+
     // 200 more functions through the API, a few at a time.
     let t_many = Instant::now();
-    let bearer = format!("Bearer {ADMIN}");
     let names: Vec<String> = (0..MANY).map(|i| format!("fn-{i:03}")).collect();
     for chunk in names.chunks(8) {
         let deploys = chunk.iter().map(|name| {
@@ -584,10 +668,10 @@ async fn dashboard_end_to_end() {
         .iter()
         .map(|f| f["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states.len(), MANY + 2);
+    assert_eq!(states.len(), MANY + 3);
     assert_eq!(states.iter().filter(|s| **s == "failed").count(), 1);
     assert!(
-        states.iter().filter(|s| **s == "ready").count() == MANY + 1,
+        states.iter().filter(|s| **s == "ready").count() == MANY + 2,
         "not all ready: {:?}",
         api["functions"]
             .as_array()
@@ -670,7 +754,7 @@ async fn dashboard_end_to_end() {
             .await
             .unwrap();
         if shown == expected
-            && cards == json!([(MANY + 2).to_string(), (MANY + 1).to_string(), "1", "0"])
+            && cards == json!([(MANY + 3).to_string(), (MANY + 2).to_string(), "1", "0"])
         {
             eprintln!(
                 "overview matched the API on {} functions after {rounds} comparisons",
@@ -702,7 +786,7 @@ async fn dashboard_end_to_end() {
         &c,
         "every snapshot in the store table",
         "return document.querySelectorAll('#store-table tbody tr td a').length",
-        |v| v.as_u64() == Some(MANY as u64 + 1),
+        |v| v.as_u64() == Some(MANY as u64 + 2),
     )
     .await;
     c.find(Locator::Css("#store-verify"))
@@ -720,7 +804,7 @@ async fn dashboard_end_to_end() {
     .await;
     let report: Value = serde_json::from_str(report.as_str().unwrap()).unwrap();
     assert_eq!(report["ok"], json!(true), "{report}");
-    assert_eq!(report["snapshots_checked"], json!(MANY + 1), "{report}");
+    assert_eq!(report["snapshots_checked"], json!(MANY + 2), "{report}");
     screenshot(&c, "store").await;
 
     // Signing out: the prompt returns and the API refuses the browser.

@@ -12,11 +12,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::index::Index;
 use common::Server;
 use serde_json::{json, Value};
 
@@ -36,80 +36,6 @@ macro_rules! require_tools {
             skip!("pip for /usr/bin/python3 is missing (python3-pip)");
         }
     };
-}
-
-/// The test's own package index (server/tests/deps/index.py), killed on
-/// drop.
-struct Index {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Index {
-    fn start() -> Index {
-        let dir = tempfile::Builder::new()
-            .prefix("thaw-index")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/deps/index.py");
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(script)
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the test index");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("index said {line:?}"))
-            .parse()
-            .unwrap();
-        Index { child, dir, port }
-    }
-
-    fn simple(&self) -> String {
-        format!("http://127.0.0.1:{}/simple", self.port)
-    }
-
-    fn npm(&self) -> String {
-        format!("http://127.0.0.1:{}/npm/", self.port)
-    }
-
-    /// Every request line it served.
-    fn requests(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("requests.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Requests wait until [`Index::release`].
-    fn hold(&self) {
-        std::fs::write(self.dir.path().join("hold"), "").unwrap();
-    }
-
-    fn release(&self) {
-        std::fs::remove_file(self.dir.path().join("hold")).unwrap();
-    }
-
-    /// A lockfile pinning `thaw-left-pad` 1.0.0 from this index.
-    fn lockfile(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("package-lock.json")).unwrap()
-    }
-}
-
-impl Drop for Index {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A server installing from `index`, with a layer cache of its own (kept
@@ -484,4 +410,88 @@ async fn missing_packages_fail_with_the_installers_message_and_other_hosts_are_r
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(layers.is_empty(), "{layers:?}");
+}
+
+/// Sets the modification time of `dir` two days back (past the server's
+/// grace period for unused layers, `LAYER_GRACE`).
+fn age_two_days(dir: &Path) {
+    let f = std::fs::File::open(dir).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600))
+        .unwrap();
+}
+
+/// The layers of a cache (finished ones, not temporary folders).
+fn layers(cache: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A layer no version links to and older than the grace period is removed
+/// when the server starts and after a function is deleted; a layer a
+/// version links to, or a recent one, is kept.
+#[tokio::test]
+async fn unused_layers_are_removed_at_startup_and_after_a_delete() {
+    require_tools!();
+    let index = Index::start();
+    let cache = tempfile::Builder::new()
+        .prefix("thaw-layers")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    for (name, old) in [("0old", true), ("1recent", false)] {
+        let dir = cache.path().join(name);
+        std::fs::create_dir_all(dir.join("pkg")).unwrap();
+        std::fs::write(dir.join("pkg/__init__.py"), "x = 1\n").unwrap();
+        if old {
+            age_two_days(&dir);
+        }
+    }
+    let cache_arg = cache.path().display().to_string();
+    let simple = index.simple();
+    let server = Server::start(&["--layer-cache", &cache_arg, "--package-index", &simple]);
+    assert_eq!(layers(cache.path()), vec!["1recent"], "removed at startup");
+
+    // Two functions share one layer; deleting one keeps it (the other
+    // links it), deleting both removes it (once past the grace period).
+    const MAIN: &str = "import thawpure\ndef handler(e, c=None):\n    return thawpure.greet('x')\n";
+    let spec = |name: &str| {
+        common::function(
+            name,
+            MAIN,
+            json!({"files": {"main.py": MAIN, "requirements.txt": "thawpure==1.0\n"}}),
+        )
+    };
+    for name in ["gc-a", "gc-b"] {
+        let rec = server.deploy_ready(spec(name)).await;
+        assert_eq!(rec["state"], "ready", "{rec}");
+    }
+    let all = layers(cache.path());
+    assert_eq!(all.len(), 2, "{all:?}");
+    let key = all.iter().find(|n| *n != "1recent").unwrap().clone();
+    let layer = cache.path().join(&key);
+    age_two_days(&layer);
+    let delete = |name: &'static str| {
+        let server = &server;
+        async move {
+            let a = server
+                .request(
+                    reqwest::Method::DELETE,
+                    &format!("/functions/{name}"),
+                    None,
+                    &[],
+                )
+                .await;
+            assert!(a.status == 200 || a.status == 204, "{}", a.text());
+        }
+    };
+    delete("gc-a").await;
+    assert!(layer.is_dir(), "gc-b still links {key}");
+    delete("gc-b").await;
+    assert!(!layer.exists(), "{key} outlived its last version");
+    assert_eq!(layers(cache.path()), vec!["1recent"]);
 }

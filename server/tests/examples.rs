@@ -16,21 +16,11 @@ const EXAMPLES: [&str; 5] = [
     "numpy-pandas",
 ];
 
-fn have_numpy() -> bool {
-    std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import numpy, pandas"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[tokio::test]
 async fn five_examples_snapshot_share_pages_and_answer() {
     require_root!();
-    if !have_numpy() {
-        skip!(
-            "/usr/bin/python3 lacks numpy or pandas (apt-get install python3-numpy python3-pandas)"
-        );
-    }
+    // numpy-pandas brings numpy and pandas in its requirements.txt.
+    require_numpy_index!();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut args = vec!["--allow-forced-cold".to_string()];
     for name in EXAMPLES {

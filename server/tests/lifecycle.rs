@@ -248,13 +248,8 @@ fn assert_store_sound(server: &Server) {
 #[tokio::test]
 async fn kill_9_during_a_capture_leaves_a_sound_store() {
     require_root!();
-    let numpy = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import numpy, pandas"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !numpy {
-        skip!("/usr/bin/python3 lacks numpy or pandas");
-    }
+    // numpy-pandas brings numpy and pandas in its requirements.txt.
+    require_numpy_index!();
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/numpy-pandas");
     let mut server = Server::start(&[]);
     server

@@ -219,37 +219,24 @@ def handler(event, context):
     }
 "#;
 
-fn have_numpy() -> bool {
-    let ok = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            std::env::var_os("THAW_TEST_STRICT").is_none(),
-            "THAW_TEST_STRICT: /usr/bin/python3 lacks numpy"
-        );
-        eprintln!("skipped: /usr/bin/python3 lacks numpy (apt-get install python3-numpy)");
-    }
-    ok
-}
-
 /// Issue 14, acceptance 5 (end): numpy with its default thread pool is
 /// snapshotted and restores, in both modes.
 #[tokio::test]
 async fn numpy_with_its_thread_pool_restores() {
     require_root!();
-    if !have_numpy() {
-        return;
-    }
+    // numpy comes from the package index into the function's layer: the
+    // example's requirements.txt, byte for byte, so the layer is shared.
+    require_numpy_index!();
     for mode in ["mmap", "uffd"] {
         let mut server = Server::start(&["--allow-forced-cold", "--memory-mode", mode]);
         let rec = server
             .deploy_ready(function(
                 "blas",
                 NUMPY,
-                json!({"warmup": [{}], "keep_alive_s": 600}),
+                json!({"warmup": [{}], "keep_alive_s": 600, "files": {
+                    "main.py": NUMPY,
+                    "requirements.txt": common::numpy_pandas::REQUIREMENTS,
+                }}),
             ))
             .await;
         assert!(!rec["snapshot"].is_null(), "{mode}: no snapshot: {rec}");

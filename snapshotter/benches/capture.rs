@@ -197,13 +197,10 @@ fn main() {
     drop(worker);
 
     // A warmed data-science function: numpy and pandas imported.
-    let probe = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import numpy, pandas"])
-        .status();
-    if !probe.is_ok_and(|s| s.success()) {
-        skip!("capture bench's numpy run: numpy/pandas not installed");
-    }
-    let (mut worker, _digest) = capture_support::python("numpy", &[]);
+    let Some(numpy) = capture_support::numpy_path("capture bench's numpy run") else {
+        return;
+    };
+    let (mut worker, _digest) = capture_support::python("numpy", &[&numpy]);
     let pid = worker.pid();
     run(
         "python3 + numpy + pandas, hashed and written",

@@ -227,14 +227,10 @@ fn python_with_numpy_and_pandas() {
     if !can_capture("python_with_numpy_and_pandas") || !have_python("numpy capture") {
         return;
     }
-    let probe = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import numpy, pandas"])
-        .status()
-        .unwrap();
-    if !probe.success() {
-        skip!("python_with_numpy_and_pandas: numpy or pandas is not installed");
-    }
-    let (mut worker, digest) = python("numpy", &[]);
+    let Some(numpy) = capture_support::numpy_path("python_with_numpy_and_pandas") else {
+        return;
+    };
+    let (mut worker, digest) = python("numpy", &[&numpy]);
     let mut sink = VecSink::default();
     let (state, timings) =
         capture_timed(worker.pid(), &CaptureOptions::default(), &mut sink).unwrap();

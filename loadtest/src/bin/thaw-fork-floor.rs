@@ -17,6 +17,12 @@
 //!     --event '{"store": 7, "column": "price", "min": 100.0}'
 //! ```
 //!
+//! A function with dependencies needs its layer: `--pythonpath` puts folders
+//! on `PYTHONPATH` (before the function's own `env`, which replaces it as in
+//! thaw's runtime); the suite passes the layer the server installed for the
+//! deployed version (`<data>/functions/<name>/v<N>/code/.thaw/python`), so
+//! both import the same numpy and pandas.
+//!
 //! The answer travels as a 4-byte little-endian length and the JSON bytes, so
 //! the parent stops its clock when the answer is complete, not when the child
 //! has finished exiting.
@@ -122,6 +128,9 @@ struct Args {
     /// The interpreter.
     #[arg(long, default_value = "/usr/bin/python3")]
     python: PathBuf,
+    /// A folder to put on `PYTHONPATH` (a dependency layer); repeatable.
+    #[arg(long)]
+    pythonpath: Vec<PathBuf>,
 }
 
 /// What the driver needs from `thaw.toml`.
@@ -157,7 +166,12 @@ fn run(args: Args) -> Result<()> {
     serde_json::from_str::<serde_json::Value>(&args.event).context("--event is not JSON")?;
     let warmups = serde_json::to_string(&manifest.warmup).context("warm-up events")?;
     let handler = manifest.handler.as_deref().unwrap_or("main.handler");
-    let status = Command::new(&args.python)
+    let mut command = Command::new(&args.python);
+    if !args.pythonpath.is_empty() {
+        let joined = std::env::join_paths(&args.pythonpath).context("bad --pythonpath")?;
+        command.env("PYTHONPATH", joined);
+    }
+    let status = command
         .arg("-c")
         .arg(DRIVER)
         .arg(&dir)

@@ -224,7 +224,7 @@ fn short_409(why: &str) -> String {
 }
 
 fn fork_argv(ctx: &Ctx, folder: &Path, body: &str, iterations: u32) -> Vec<String> {
-    vec![
+    let mut argv = vec![
         ctx.cfg.fork_floor.display().to_string(),
         "--dir".into(),
         folder.display().to_string(),
@@ -236,7 +236,30 @@ fn fork_argv(ctx: &Ctx, folder: &Path, body: &str, iterations: u32) -> Vec<Strin
         ctx.cfg.repo.join("runtimes/python").display().to_string(),
         "--python".into(),
         ctx.cfg.python.display().to_string(),
-    ]
+    ];
+    // The layer the server installed for the deployed version (numpy and
+    // pandas of numpy-pandas): the fork floor imports the same packages.
+    let name = folder.file_name().unwrap_or_default();
+    let versions = ctx.data_dir.join("functions").join(name);
+    let newest = std::fs::read_dir(&versions)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix('v')?
+                .parse::<u64>()
+                .ok()
+        })
+        .max();
+    if let Some(v) = newest {
+        let layer = versions.join(format!("v{v}/code/.thaw/python"));
+        if layer.is_dir() {
+            argv.extend(["--pythonpath".into(), layer.display().to_string()]);
+        }
+    }
+    argv
 }
 
 /// A cell saying why an arm has no figures.

@@ -52,7 +52,7 @@ pub struct Server {
     authority: String,
     log: PathBuf,
     // Removed (with the store) when the server is dropped.
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl Server {
@@ -119,7 +119,7 @@ impl Server {
             pid,
             authority,
             log,
-            _data: data,
+            data,
         })
     }
 
@@ -136,6 +136,11 @@ impl Server {
     /// `host:port`.
     pub fn authority(&self) -> &str {
         &self.authority
+    }
+
+    /// Its data directory (`--data-dir`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.path().join("data")
     }
 
     /// Its management API.

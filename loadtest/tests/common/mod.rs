@@ -41,6 +41,9 @@ macro_rules! skip {
 }
 
 use std::collections::HashMap;
+
+#[path = "../../../test-support/numpy_pandas.rs"]
+pub mod numpy_pandas;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -11,6 +11,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+#[path = "../../../test-support/numpy_pandas.rs"]
+pub mod numpy_pandas;
+
 use pool::restore::{restore, Mode, RestoreOptions, RestoredChild};
 use snapshotter::snapshot::open_snapshot_dir;
 
@@ -53,6 +56,18 @@ pub fn can_restore(test: &str, needs_cc: bool) -> bool {
         return missing(&format!("{test} needs a C compiler (cc)"));
     }
     true
+}
+
+/// The folder holding numpy and pandas for `/usr/bin/python3` (installed
+/// once per machine, see [`numpy_pandas`]); says why not (see [`missing`]).
+pub fn numpy_path(test: &str) -> Option<String> {
+    match numpy_pandas::path() {
+        Ok(path) => Some(path.display().to_string()),
+        Err(why) => {
+            missing(&format!("{test}: no numpy and pandas: {why}"));
+            None
+        }
+    }
 }
 
 /// Compiles `source` (C) into `dir` and returns the binary.

@@ -12,7 +12,9 @@
 //! then renamed into place: a reader sees a whole layer or none. A version
 //! gets a layer as hard links in its code folder ([`link_into`]), so every
 //! function with the same dependencies maps the same files (one page cache,
-//! one set of pages in snapshots).
+//! one set of pages in snapshots). A layer no version links to (every file
+//! has one link) and untouched for a grace period is removed
+//! ([`remove_unused`]).
 
 use std::fs;
 use std::io::Read;
@@ -105,6 +107,76 @@ pub fn sweep(cache: &Path, older_than: std::time::Duration) {
             let _ = fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// Marks `layer` as used now (its folder's modification time), before a
+/// version links it: [`remove_unused`] leaves layers touched within its
+/// grace period alone.
+pub fn touch(layer: &Path) -> Result<(), LayerError> {
+    let dir = fs::File::open(layer).map_err(io("open", layer))?;
+    dir.set_modified(std::time::SystemTime::now())
+        .map_err(io("touch", layer))
+}
+
+/// Whether some regular file under `dir` has more than one link: a
+/// version's code folder holds it (layers are hard-linked into them).
+fn linked(dir: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let ty = e.file_type()?;
+        if ty.is_dir() {
+            if linked(&e.path())? {
+                return Ok(true);
+            }
+        } else if ty.is_file() && e.metadata()?.nlink() > 1 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `path` was last modified more than `grace` ago.
+fn older_than(path: &Path, grace: std::time::Duration) -> bool {
+    path.metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > grace)
+}
+
+/// Removes the layers of `cache` that no version links to (no file of
+/// theirs has a second link; `st_nlink` counts the code folders of every
+/// server sharing the cache) and that were not touched ([`touch`]) within
+/// `grace`. A layer is renamed to a `.tmp-` name first, so a reader sees it
+/// whole or not at all (and [`sweep`] finishes a removal cut short).
+/// Returns the keys removed; a layer that cannot be read is kept.
+pub fn remove_unused(cache: &Path, grace: std::time::Duration) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(cache) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let layer = e.path();
+        if !older_than(&layer, grace) || !matches!(linked(&layer), Ok(false)) {
+            continue;
+        }
+        // A deploy touches a layer before it links it: look again just
+        // before the rename.
+        if !older_than(&layer, grace) {
+            continue;
+        }
+        let gone = cache.join(format!(".tmp-gc-{name}-{:08x}", rand::random::<u32>()));
+        if fs::rename(&layer, &gone).is_ok() {
+            let _ = fs::remove_dir_all(&gone);
+            removed.push(name);
+        }
+    }
+    removed
 }
 
 /// A temporary folder for layer `key` in `cache`.
@@ -249,6 +321,44 @@ pub fn link_into(layer: &Path, dst: &Path) -> Result<(), LayerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sets `path`'s modification time `ago` in the past.
+    fn age(path: &Path, ago: std::time::Duration) {
+        let f = fs::File::open(path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - ago).unwrap();
+    }
+
+    #[test]
+    fn unused_layers_past_the_grace_period_are_removed() {
+        let hour = std::time::Duration::from_secs(3600);
+        let cache = tempfile::tempdir().unwrap();
+        let code = tempfile::tempdir().unwrap();
+        let layer = |key: &str| {
+            let dir = cache.path().join(key);
+            fs::create_dir_all(dir.join("pkg")).unwrap();
+            fs::write(dir.join("pkg/__init__.py"), key).unwrap();
+            age(&dir, 2 * hour);
+            dir
+        };
+        let (used, unused, fresh) = (layer("used"), layer("unused"), layer("fresh"));
+        link_into(&used, &code.path().join("v1")).unwrap();
+        age(&used, 2 * hour);
+        touch(&fresh).unwrap();
+        fs::create_dir(cache.path().join(".tmp-other")).unwrap();
+
+        assert_eq!(
+            remove_unused(cache.path(), hour),
+            vec!["unused".to_string()]
+        );
+        assert!(!unused.exists());
+        assert!(used.join("pkg/__init__.py").is_file());
+        assert!(fresh.is_dir());
+        assert!(cache.path().join(".tmp-other").is_dir());
+        // Once the last version linking it is gone, so is the layer.
+        fs::remove_dir_all(code.path().join("v1")).unwrap();
+        assert_eq!(remove_unused(cache.path(), hour), vec!["used".to_string()]);
+        assert_eq!(remove_unused(cache.path(), hour), Vec::<String>::new());
+    }
 
     #[test]
     fn the_key_follows_every_input() {

@@ -34,6 +34,11 @@ use proxy::Allowed;
 
 pub use run::{BUILD_MEMORY_MB, BUILD_PIDS, BUILD_TIMEOUT, BUILD_TMP_MB, PROXY_PORT};
 
+/// How long a layer no version links to is kept after it was last made or
+/// linked (a redeploy within it reuses the layer), before
+/// [`Builder::remove_unused_layers`] removes it.
+pub const LAYER_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The index pip uses when neither the settings nor pip's configuration
 /// name one.
 pub const DEFAULT_PACKAGE_INDEX: &str = "https://pypi.org/simple";
@@ -155,16 +160,37 @@ async fn ask(program: &Path, args: &[&str]) -> Option<String> {
 
 impl Builder {
     /// A builder launching its sandboxes with `sandbox`; removes what an
-    /// interrupted build left in the cache.
+    /// interrupted build left in the cache, and the layers no version uses.
     pub fn new(settings: BuildSettings, sandbox: SandboxConfig) -> Builder {
         layer::sweep(&settings.layer_cache, 2 * BUILD_TIMEOUT);
-        Builder {
+        let builder = Builder {
             settings,
             sandbox,
             indexes: tokio::sync::OnceCell::new(),
             locks: std::sync::Mutex::new(HashMap::new()),
             installs: AtomicU64::new(0),
+        };
+        builder.remove_unused_layers();
+        builder
+    }
+
+    /// Removes the cached layers that no version links to and that were not
+    /// made or linked within [`LAYER_GRACE`] (at startup and after a
+    /// function is deleted); logs what it removed. Blocking: it reads every
+    /// file's link count.
+    pub fn remove_unused_layers(&self) -> Vec<String> {
+        let cache = &self.settings.layer_cache;
+        let removed = layer::remove_unused(cache, LAYER_GRACE);
+        if !removed.is_empty() {
+            let short: Vec<&str> = removed.iter().map(|k| &k[..k.len().min(16)]).collect();
+            tracing::info!(
+                cache = %cache.display(),
+                count = removed.len(),
+                layers = ?short,
+                "removed unused layers"
+            );
         }
+        removed
     }
 
     /// Installer runs since the server started.
@@ -298,6 +324,7 @@ impl Builder {
                 "thaw: {}: reusing layer {short} (no install)",
                 deps.file
             ));
+            layer::touch(&dst)?;
             link(&dst, &into).await?;
             return Ok(Installed::Reused(key));
         }

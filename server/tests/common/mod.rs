@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod index;
+
+#[path = "../../../test-support/numpy_pandas.rs"]
+pub mod numpy_pandas;
+
 /// Whether `THAW_TEST_STRICT` is set (CI sets it): a missing prerequisite
 /// then fails the test instead of skipping it.
 pub fn strict() -> bool {
@@ -43,6 +48,19 @@ macro_rules! require_root {
         }
         if !std::path::Path::new("/usr/bin/python3").exists() {
             $crate::skip!("/usr/bin/python3 is missing");
+        }
+    };
+}
+
+/// Skips the test (see [`skip!`]) when pip cannot install numpy and pandas
+/// from the package index (the shared test folder of [`numpy_pandas`], which
+/// tells whether the index answers): a function deployed with
+/// `examples/numpy-pandas/requirements.txt` would fail to build.
+#[macro_export]
+macro_rules! require_numpy_index {
+    () => {
+        if let Err(why) = $crate::common::numpy_pandas::path() {
+            $crate::skip!("numpy and pandas cannot be installed from the package index: {why}");
         }
     };
 }

@@ -11,6 +11,9 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+#[path = "../../../test-support/numpy_pandas.rs"]
+pub mod numpy_pandas;
+
 /// Whether `THAW_TEST_STRICT` is set (CI sets it): a missing prerequisite
 /// then fails the test instead of skipping it.
 pub fn strict() -> bool {
@@ -55,6 +58,18 @@ pub fn have_python(test: &str) -> bool {
         return missing(&format!("{test}: /usr/bin/python3 is missing"));
     }
     true
+}
+
+/// The folder holding numpy and pandas for `/usr/bin/python3` (installed
+/// once per machine, see [`numpy_pandas`]); says why not (see [`missing`]).
+pub fn numpy_path(test: &str) -> Option<String> {
+    match numpy_pandas::path() {
+        Ok(path) => Some(path.display().to_string()),
+        Err(why) => {
+            missing(&format!("{test}: no numpy and pandas: {why}"));
+            None
+        }
+    }
 }
 
 /// Duplicates `fd` to a number >= 100 (close-on-exec).
@@ -178,6 +193,8 @@ elif mode == "child":
     import subprocess
     keep.append(subprocess.Popen(["/bin/sh", "-c", "read x"], stdin=subprocess.PIPE))
 elif mode == "numpy":
+    # argv[2]: the folder with numpy and pandas (numpy_path).
+    sys.path.insert(0, sys.argv[2])
     # OpenBLAS would start worker threads, which a capture refuses.
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     os.environ["OMP_NUM_THREADS"] = "1"

@@ -1,8 +1,36 @@
 // #/deploy: paste or upload code and settings, deploy, and watch the states
-// deploying → warming → snapshotting → ready (or the failure) as they happen.
+// deploying → (building →) warming → snapshotting → ready (or the failure) as
+// they happen.
 import { api, badge, esc } from "../api.js";
 
 const STEPS = ["deploying", "warming", "snapshotting", "ready"];
+// With a dependency file the version is `building` before it warms
+// (docs/dependencies.md).
+const STEPS_BUILDING = ["deploying", "building", "warming", "snapshotting", "ready"];
+// Each runtime's dependency file, as in the `[dependencies]` table of
+// runtimes/<folder>/runtime.toml: a package.json installs only when its
+// `dependencies` object is not empty (`json_key`); one that does not parse
+// is left to the installer, so it builds.
+const DEPENDENCY_FILES = {
+  python3: { file: "requirements.txt" },
+  node20: { file: "package.json", jsonKey: "dependencies" },
+};
+
+// Whether the server will take the version through `building`.
+function builds(spec) {
+  const deps = DEPENDENCY_FILES[spec.runtime];
+  const content = deps && spec.files && spec.files[deps.file];
+  if (typeof content !== "string") return false;
+  if (!deps.jsonKey) return true;
+  try {
+    const d = JSON.parse(content)[deps.jsonKey];
+    return !!d && typeof d === "object" && !Array.isArray(d) && Object.keys(d).length > 0;
+  } catch (_) {
+    return true;
+  }
+}
+
+const stepItems = (steps) => steps.map((s) => `<li data-step="${s}">${s}</li>`).join("");
 const EXAMPLE = `def handler(event, context):
     name = event.get("name", "world")
     print("greeting", name)
@@ -61,7 +89,7 @@ export function mount(main, ctx) {
       </form>
       <div class="panel">
         <h2>Progress</h2>
-        <ol class="steps" id="deploy-steps">${STEPS.map((s) => `<li data-step="${s}">${s}</li>`).join("")}</ol>
+        <ol class="steps" id="deploy-steps">${stepItems(STEPS)}</ol>
         <p id="deploy-status" class="muted">Not deployed yet.</p>
         <p id="deploy-failure" class="error-text"></p>
         <p id="deploy-link"></p>
@@ -89,10 +117,19 @@ export function mount(main, ctx) {
     if (names.length === 1) { $("deploy-filename").value = names[0]; $("deploy-code").value = uploaded[names[0]]; uploaded = {}; }
   });
 
+  // The steps of the version being watched: `building` only when it goes
+  // through it (its files have the dependency file, or the server says so).
+  let steps = STEPS;
+  function setSteps(next) {
+    steps = next;
+    $("deploy-steps").innerHTML = stepItems(steps);
+  }
+
   function show(state, error) {
-    const at = STEPS.indexOf(state);
+    if (state === "building" && !steps.includes("building")) setSteps(STEPS_BUILDING);
+    const at = steps.indexOf(state);
     for (const li of $("deploy-steps").children) {
-      const i = STEPS.indexOf(li.dataset.step);
+      const i = steps.indexOf(li.dataset.step);
       li.className = state === "failed" ? (li.classList.contains("done") ? "done" : "")
         : i < at || state === "ready" ? "done" : i === at ? "current" : "";
     }
@@ -130,6 +167,7 @@ export function mount(main, ctx) {
       try { Object.assign(spec, JSON.parse($("deploy-extra").value)); } catch (err) { ctx.showError(`More settings is not JSON: ${err.message}`); return; }
     }
     for (const k of Object.keys(spec)) if (spec[k] === undefined) delete spec[k];
+    setSteps(builds(spec) ? STEPS_BUILDING : STEPS);
     $("deploy-submit").disabled = true;
     $("deploy-link").innerHTML = "";
     try {

@@ -3,7 +3,7 @@
 import { badge, bytes, esc, seconds } from "../api.js";
 import { TimeChart } from "../charts.js";
 
-const STATES = ["deploying", "warming", "snapshotting", "ready", "failed"];
+const STATES = ["deploying", "building", "warming", "snapshotting", "ready", "failed"];
 const KINDS = ["warm", "restore", "boot"];
 
 export function mount(main, ctx) {
