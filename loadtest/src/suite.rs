@@ -277,7 +277,8 @@ pub struct Ctx {
     pub client: Client,
     /// The server's pid.
     pub server_pid: u32,
-    /// The server's data directory.
+    /// The server's data directory (the fork floor takes a function's
+    /// dependency layer from it).
     pub server_data: PathBuf,
     /// How much.
     pub plan: Plan,
@@ -285,9 +286,6 @@ pub struct Ctx {
     pub cfg: SuiteConfig,
     /// CPUs of the machine.
     pub machine_cores: usize,
-    /// The server's data directory (the fork floor takes a function's
-    /// dependency layer from it).
-    pub data_dir: PathBuf,
     /// Scenario errors so far.
     pub errors: Vec<String>,
     /// Start kinds not available, with the server's full reason.
@@ -374,7 +372,6 @@ pub async fn run_suite(cfg: SuiteConfig) -> Result<SuiteReport, SuiteError> {
         plan,
         cfg: cfg.clone(),
         machine_cores: machine.cores,
-        data_dir: server.data_dir(),
         errors: Vec::new(),
         not_available: Vec::new(),
     };

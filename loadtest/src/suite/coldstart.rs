@@ -240,7 +240,7 @@ fn fork_argv(ctx: &Ctx, folder: &Path, body: &str, iterations: u32) -> Vec<Strin
     // The layer the server installed for the deployed version (numpy and
     // pandas of numpy-pandas): the fork floor imports the same packages.
     let name = folder.file_name().unwrap_or_default();
-    let versions = ctx.data_dir.join("functions").join(name);
+    let versions = ctx.server_data.join("functions").join(name);
     let newest = std::fs::read_dir(&versions)
         .into_iter()
         .flatten()

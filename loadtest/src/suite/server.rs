@@ -128,17 +128,13 @@ impl Server {
         self.pid
     }
 
-    /// Its data directory (the page store and snapshot images are below).
-    pub fn data_dir(&self) -> PathBuf {
-        self._data.path().join("data")
-    }
-
     /// `host:port`.
     pub fn authority(&self) -> &str {
         &self.authority
     }
 
-    /// Its data directory (`--data-dir`).
+    /// Its data directory (`--data-dir`; the page store and snapshot
+    /// images are below).
     pub fn data_dir(&self) -> PathBuf {
         self.data.path().join("data")
     }
