@@ -613,15 +613,7 @@ pub fn restore(
     let started = Instant::now();
     let spawned = spawn::spawn(state.pid, &plan.moves)?;
     let mut guard = InitGuard(Some(spawned.init_pid));
-    for dir in &options.cgroups {
-        let procs = dir.join("cgroup.procs");
-        for pid in [spawned.init_pid, spawned.stub_pid] {
-            std::fs::write(&procs, pid.to_string()).map_err(|source| RestoreError::Io {
-                what: format!("join {}", procs.display()),
-                source,
-            })?;
-        }
-    }
+    join_cgroups(&options.cgroups, &[spawned.init_pid, spawned.stub_pid])?;
     let remote = Remote::seize(spawned.stub_pid)?;
     timings.stub = started.elapsed();
     let ctx = Driving {
@@ -675,6 +667,21 @@ impl CopyServer {
             Err(_) => Err(RestoreError::Unsupported("the page server panicked".into())),
         }
     }
+}
+
+/// Moves `pids` (the copy's init and stub) into each cgroup directory of
+/// `cgroups`.
+fn join_cgroups(cgroups: &[std::path::PathBuf], pids: &[i32]) -> Result<(), RestoreError> {
+    for dir in cgroups {
+        let procs = dir.join("cgroup.procs");
+        for pid in pids {
+            std::fs::write(&procs, pid.to_string()).map_err(|source| RestoreError::Io {
+                what: format!("join {}", procs.display()),
+                source,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens a pidfd of `pid` (any process; not necessarily our child).

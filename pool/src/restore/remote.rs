@@ -38,14 +38,7 @@ impl Remote {
         )
         .map_err(|e| RestoreError::Stub(format!("PTRACE_SETOPTIONS: {e}")))?;
         let injector = Injector::find(&seized).map_err(|e| RestoreError::Stub(e.to_string()))?;
-        let mem = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(format!("/proc/{pid}/mem"))
-            .map_err(|source| RestoreError::Io {
-                what: format!("open /proc/{pid}/mem"),
-                source,
-            })?;
+        let mem = open_mem(pid)?;
         Ok(Remote {
             seized,
             injector,
@@ -82,14 +75,7 @@ impl Remote {
     /// with its own memory.
     pub fn adopt_process(&self, pid: i32) -> Result<Remote, RestoreError> {
         let seized = Seized::adopt(pid).map_err(|e| RestoreError::Stub(e.to_string()))?;
-        let mem = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(format!("/proc/{pid}/mem"))
-            .map_err(|source| RestoreError::Io {
-                what: format!("open /proc/{pid}/mem"),
-                source,
-            })?;
+        let mem = open_mem(pid)?;
         Ok(Remote {
             seized,
             injector: self.injector,
@@ -206,4 +192,16 @@ pub fn bytes_of<T: Copy>(value: &T) -> &[u8] {
     // SAFETY: `T: Copy` plain data with no padding is read as bytes for the
     // lifetime of the borrow; callers use `repr(C)` structs of u64/u32.
     unsafe { std::slice::from_raw_parts((value as *const T).cast(), std::mem::size_of::<T>()) }
+}
+
+/// `/proc/PID/mem` of a traced process, for reading and writing its memory.
+fn open_mem(pid: i32) -> Result<std::fs::File, RestoreError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .map_err(|source| RestoreError::Io {
+            what: format!("open /proc/{pid}/mem"),
+            source,
+        })
 }

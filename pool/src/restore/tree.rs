@@ -313,15 +313,7 @@ pub(crate) fn restore_tree(
     let root_state = &snapshot.state;
     let spawned = spawn::spawn(root_state.pid, &tree.moves)?;
     let mut guard = InitGuard(Some(spawned.init_pid));
-    for dir in &options.cgroups {
-        let procs = dir.join("cgroup.procs");
-        for pid in [spawned.init_pid, spawned.stub_pid] {
-            std::fs::write(&procs, pid.to_string()).map_err(|source| RestoreError::Io {
-                what: format!("join {}", procs.display()),
-                source,
-            })?;
-        }
-    }
+    super::join_cgroups(&options.cgroups, &[spawned.init_pid, spawned.stub_pid])?;
     let mut root = Remote::seize(spawned.stub_pid)?;
     timings.stub = started.elapsed();
 
