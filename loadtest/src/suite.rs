@@ -798,7 +798,7 @@ fn render_doc(
     }
     d.push_str(&format!(
         "\n## How to reproduce\n\n```\ncargo build --release -p server -p loadtest\ntarget/release/thaw-loadtest suite{}\n```\n\n\
-         Needs root (sandboxes) and `{}` with numpy and pandas. Plan of this run: {} rounds; per round {} warm, {} boot, {} restore \
+         Needs root (sandboxes), `{}` with pip, and the package index for the examples' `requirements.txt` (numpy and pandas are installed into their layer; the fork floor imports them from it). Plan of this run: {} rounds; per round {} warm, {} boot, {} restore \
          requests and {} forks; {} extra captures per function; {:?} idle booted and {:?} restored copies for density; throughput {} rounds of {:?} with {} clients (warm) and {} clients (cold starts); {} bursts of {}.\n",
         match (cfg.short, cfg.only_density) {
             (true, true) => " --short --only-density --out DIR",
