@@ -310,6 +310,25 @@ fn adopt(
     Ok(())
 }
 
+/// The CPU mask thread `tid` may run on (restorer's namespace), as the
+/// kernel's bitmap of up to 1,024 CPUs.
+fn allowed_cpus(tid: i32) -> std::io::Result<[u64; 16]> {
+    let mut allowed = [0u64; 16];
+    // SAFETY: the kernel writes at most size_of_val(&allowed) bytes.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            tid,
+            std::mem::size_of_val(&allowed),
+            allowed.as_mut_ptr(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(allowed)
+}
+
 /// The scheduling a new thread starts with: the main thread's, which it
 /// inherits at `clone3`.
 #[derive(Debug)]
@@ -330,22 +349,10 @@ impl Inherited {
                 source: std::io::Error::last_os_error(),
             });
         }
-        let mut allowed = [0u64; 16];
-        // SAFETY: the kernel writes at most size_of_val(&allowed) bytes.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_sched_getaffinity,
-                tid,
-                std::mem::size_of_val(&allowed),
-                allowed.as_mut_ptr(),
-            )
-        };
-        if n < 0 {
-            return Err(RestoreError::Io {
-                what: "sched_getaffinity of the stub".into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        let allowed = allowed_cpus(tid).map_err(|source| RestoreError::Io {
+            what: "sched_getaffinity of the stub".into(),
+            source,
+        })?;
         Ok(Inherited { policy, allowed })
     }
 }
@@ -446,19 +453,9 @@ pub fn set_sched(tid: i32, saved_tid: i32, s: &Sched) -> Result<(), RestoreError
     if s.affinity.is_empty() {
         return Ok(());
     }
-    let mut allowed = [0u64; 16];
-    // SAFETY: the kernel writes at most size_of_val(&allowed) bytes.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getaffinity,
-            tid,
-            std::mem::size_of_val(&allowed),
-            allowed.as_mut_ptr(),
-        )
-    };
-    if n < 0 {
+    let Ok(allowed) = allowed_cpus(tid) else {
         return Err(io(format!("sched_getaffinity of thread {saved_tid}")));
-    }
+    };
     let mut wanted = allowed;
     for (i, w) in wanted.iter_mut().enumerate() {
         *w &= s.affinity.get(i).copied().unwrap_or(0);
