@@ -33,6 +33,8 @@ pub struct ServiceConfig {
     pub allow_forced_cold: bool,
     /// How restored copies get their memory: `mmap` or `uffd`.
     pub memory_mode: String,
+    /// Uploads captured versions to the shared store (docs/cluster.md).
+    pub uploader: Option<crate::remote::Uploader>,
 }
 
 /// The error kinds of the API, with their HTTP status.
@@ -486,7 +488,16 @@ impl Service {
         let svc = self.clone();
         tokio::spawn(async move {
             let (state, error, snapshot) = svc.warm_up(&version).await;
+            let upload = snapshot.as_ref().map(|s| crate::remote::VersionUpload {
+                name: version.key.name.clone(),
+                version: version.key.version,
+                uid: version.key.uid,
+                snapshot: s.id.clone(),
+            });
             svc.set_state(&version.key, state, error, snapshot);
+            if let (Some(uploader), Some(upload)) = (&svc.config.uploader, upload) {
+                uploader.spawn(svc.metrics.clone(), upload);
+            }
         });
     }
 
