@@ -227,13 +227,19 @@ impl RemoteStore {
                 url: url.to_string(),
                 source,
             })?;
-        Ok(RemoteStore {
-            client: Arc::new(client),
+        Ok(RemoteStore::with_client(url, key, Arc::new(client)))
+    }
+
+    /// A store over any object store client (`url` names it in messages and
+    /// gives the prefix; its bucket must be the client's).
+    pub fn with_client(url: StoreUrl, key: &StoreKey, client: Arc<dyn ObjectStore>) -> RemoteStore {
+        RemoteStore {
+            client,
             url,
             keys: Keys::derive(key),
             index: Default::default(),
             counters: Counters::default(),
-        })
+        }
     }
 
     /// Where the store lives.
@@ -434,5 +440,30 @@ impl RemoteStore {
                 })
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_parse_and_bad_ones_say_why() {
+        let u: StoreUrl = "s3://thaw/dev/a".parse().unwrap();
+        assert_eq!((u.bucket.as_str(), u.prefix.as_str()), ("thaw", "dev/a"));
+        assert_eq!(u.to_string(), "s3://thaw/dev/a");
+        let u: StoreUrl = "s3://thaw".parse().unwrap();
+        assert_eq!(u.prefix, "");
+        assert_eq!(u.to_string(), "s3://thaw");
+        assert_eq!("s3://thaw/p/".parse::<StoreUrl>().unwrap().prefix, "p");
+        for (bad, why) in [
+            ("http://thaw/p", "not s3://"),
+            ("s3://Th/p", "bucket"),
+            ("s3://thaw/a/../b", "prefix"),
+            ("s3://thaw/a//b", "prefix"),
+        ] {
+            let err = bad.parse::<StoreUrl>().unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 }

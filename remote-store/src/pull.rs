@@ -326,3 +326,30 @@ async fn fetch_range(
     .await
     .map_err(|e| PullError::Task(e.to_string()))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(n: u8) -> PageHash {
+        PageHash([n; 32])
+    }
+
+    #[test]
+    fn near_slots_share_a_read_and_far_ones_do_not() {
+        let mut by_pack = BTreeMap::new();
+        by_pack.insert(0, vec![(5, h(1)), (0, h(2)), (9, h(3)), (40, h(4))]);
+        by_pack.insert(1, vec![(0, h(5))]);
+        let r = ranges(by_pack);
+        let spans: Vec<(u32, u32, u32, usize)> = r
+            .iter()
+            .map(|r| (r.pack, r.first, r.end, r.wanted.len()))
+            .collect();
+        assert_eq!(spans, vec![(0, 0, 10, 3), (0, 40, 41, 1), (1, 0, 1, 1)]);
+        let mut by_pack = BTreeMap::new();
+        by_pack.insert(0, (0..600).map(|s| (s, h(0))).collect());
+        let r = ranges(by_pack);
+        assert!(r.iter().all(|r| r.end - r.first <= RANGE_SLOTS));
+        assert_eq!(r.iter().map(|r| r.wanted.len()).sum::<usize>(), 600);
+    }
+}
