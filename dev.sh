@@ -212,6 +212,8 @@ run)
 test)
     need_root
     setup
+    stage "garage (the S3 store of the shared-store tests; built once, kept in ~/.cargo/bin)"
+    install_garage
     stage "build"
     cargo build --workspace --all-targets
     stage "test"

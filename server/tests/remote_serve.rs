@@ -43,7 +43,10 @@ async fn a_captured_version_is_uploaded_with_its_code_and_record() {
         ))
         .await;
     assert_eq!(v["state"], "ready", "{v}");
-    let snapshot = v["snapshot"]["id"].as_str().expect("a snapshot").to_string();
+    let snapshot = v["snapshot"]["id"]
+        .as_str()
+        .expect("a snapshot")
+        .to_string();
 
     // The upload runs in the background: the metric says when it is done.
     let t0 = Instant::now();
@@ -56,7 +59,10 @@ async fn a_captured_version_is_uploaded_with_its_code_and_record() {
             !metrics.contains("thaw_remote_uploads_total{result=\"error\"}"),
             "the upload failed: {metrics}"
         );
-        assert!(t0.elapsed() < Duration::from_secs(120), "no upload: {metrics}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no upload: {metrics}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -64,7 +70,11 @@ async fn a_captured_version_is_uploaded_with_its_code_and_record() {
     let status = remote.snapshot_status(&snapshot).await.unwrap();
     assert!(status.present && status.pages > 0, "{status:?}");
     assert_eq!(status.pages_missing, 0, "{status:?}");
-    let record = remote.get_blob(Kind::Function, b"up").await.unwrap().expect("the record");
+    let record = remote
+        .get_blob(Kind::Function, b"up")
+        .await
+        .unwrap()
+        .expect("the record");
     let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
     assert_eq!(record["name"], "up");
     assert_eq!(record["versions"][0]["snapshot"]["id"], snapshot.as_str());
@@ -94,7 +104,9 @@ async fn a_captured_version_is_uploaded_with_its_code_and_record() {
         &other.path().join("snapshots"),
         &snapshot,
     );
-    let pulled = remote_store::pull_snapshot(&remote, &snapshot, &local).await.unwrap();
+    let pulled = remote_store::pull_snapshot(&remote, &snapshot, &local)
+        .await
+        .unwrap();
     assert_eq!(pulled.pages_fetched, status.pages);
     assert!(local.store.verify().unwrap().is_ok());
 }
