@@ -452,6 +452,46 @@ mod tests {
     }
 
     #[test]
+    fn a_store_url_needs_a_key_and_a_usable_url() {
+        if std::env::var_os("THAW_STORE_KEY").is_some() {
+            // The variable would stand in for the file below.
+            return;
+        }
+        assert!(Settings::default().resolve().unwrap().remote.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "ab".repeat(32)).unwrap();
+        let file: Settings = toml::from_str(&format!(
+            "store_url = \"s3://thaw/dev\"\nstore_key_file = {:?}\n",
+            key.display().to_string()
+        ))
+        .unwrap();
+        let opts = Settings::default().over(file).resolve().unwrap();
+        assert_eq!(opts.remote.unwrap().url.to_string(), "s3://thaw/dev");
+        let file: Settings = toml::from_str("store_url = \"s3://thaw/dev\"\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Settings::default().over(file).resolve().unwrap_err()
+        );
+        assert!(err.contains("THAW_STORE_KEY"), "{err}");
+        let flags = Settings {
+            store_url: Some("https://thaw/dev".into()),
+            store_key_file: Some(key.clone()),
+            ..Settings::default()
+        };
+        let err = format!("{:#}", flags.resolve().unwrap_err());
+        assert!(err.starts_with("store_url: "), "{err}");
+        std::fs::write(&key, "short").unwrap();
+        let flags = Settings {
+            store_url: Some("s3://thaw/dev".into()),
+            store_key_file: Some(key),
+            ..Settings::default()
+        };
+        let err = format!("{:#}", flags.resolve().unwrap_err());
+        assert!(err.contains("64 hex digits or exactly 32 bytes"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err = toml::from_str::<Settings>("lissen = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("lissen"), "{err}");
