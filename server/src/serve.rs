@@ -207,7 +207,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             mask: vec![data_dir.clone()],
             uid: DEFAULT_UID,
             gid: DEFAULT_UID,
-            cgroups,
+            cgroups: cgroups.clone(),
             network: Some(network),
         },
         memory_budget: budget,
@@ -324,6 +324,12 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     }
     tracing::info!("stopping instances");
     pool.shutdown().await;
+    let removed = tokio::task::spawn_blocking(move || cgroups.remove()).await;
+    match removed {
+        Ok(Ok(())) => tracing::info!("removed this installation's cgroups"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "removing this installation's cgroups"),
+        Err(e) => tracing::warn!(error = %e, "removing this installation's cgroups"),
+    }
     Ok(())
 }
 
