@@ -111,15 +111,14 @@ install_garage() {
 # Starts a single-node Garage on 127.0.0.1 with its config and data in
 # $THAW_DATA_DIR/garage (default .thaw/garage), a bucket and a key, unless
 # it runs already; prints the export lines. Ports: THAW_GARAGE_PORT (S3,
-# default 3900), the next one for RPC, the one after it for the admin API.
+# default 3900) and the next one (RPC).
 start_s3() {
     install_garage
-    local bin dir s3_port rpc_port admin_port cfg
+    local bin dir s3_port rpc_port cfg
     bin=$(garage_bin)
     dir="$(realpath -m "${THAW_DATA_DIR:-.thaw}")/garage"
     s3_port=${THAW_GARAGE_PORT:-3900}
     rpc_port=$((s3_port + 1))
-    admin_port=$((s3_port + 2))
     cfg="$dir/garage.toml"
     mkdir -p "$dir/meta" "$dir/data"
     chmod 700 "$dir"
@@ -140,9 +139,6 @@ rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 s3_region = "garage"
 api_bind_addr = "127.0.0.1:$s3_port"
 root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:$admin_port"
 EOF
             # The S3 key thaw uses: Garage imports a chosen key id (GK and
             # 24 hex digits) and secret (64 hex digits).

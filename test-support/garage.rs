@@ -82,7 +82,7 @@ impl Garage {
     pub fn start() -> Result<Garage, String> {
         let bin = binary()?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let (s3, rpc, admin) = (free_port(), free_port(), free_port());
+        let (s3, rpc) = (free_port(), free_port());
         let config = dir.path().join("garage.toml");
         let root = dir.path().display();
         std::fs::write(
@@ -92,7 +92,7 @@ impl Garage {
                  replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
                  rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{}\"\n\n\
                  [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
-                 root_domain = \".s3.garage.localhost\"\n\n[admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+                 root_domain = \".s3.garage.localhost\"\n",
                 hex(64)
             ),
         )
