@@ -225,7 +225,7 @@ async fn upload_pack(
                 })?;
                 pages.extend_from_slice(&page);
             }
-            Ok::<_, PushError>(seal::seal_pack(&keys, &rel, pages.chunks_exact(PAGE_SIZE)))
+            Ok::<_, PushError>(seal::seal_pack(&keys, &rel, &pages))
         })
         .await
         .map_err(|e| PushError::Task(e.to_string()))??

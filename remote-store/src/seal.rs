@@ -135,18 +135,15 @@ pub fn slot_range(first: u32, end: u32) -> std::ops::Range<u64> {
     PACK_HEADER_LEN + u64::from(first) * SLOT_LEN..PACK_HEADER_LEN + u64::from(end) * SLOT_LEN
 }
 
-/// Encrypts `pages` (each PAGE_SIZE bytes) as the pack `path`.
-pub(crate) fn seal_pack<'a>(
-    keys: &Keys,
-    path: &str,
-    pages: impl ExactSizeIterator<Item = &'a [u8]>,
-) -> Vec<u8> {
-    let count = pages.len() as u32;
+/// Encrypts `pages` (back to back, a multiple of PAGE_SIZE bytes) as the
+/// pack `path`.
+pub(crate) fn seal_pack(keys: &Keys, path: &str, pages: &[u8]) -> Vec<u8> {
+    assert_eq!(pages.len() % PAGE_SIZE, 0, "pack slots hold whole pages");
+    let count = (pages.len() / PAGE_SIZE) as u32;
     assert!(count <= MAX_PACK_PAGES, "{count} pages in one pack");
     let mut out = Vec::with_capacity(slot_range(0, count).end as usize);
     out.extend_from_slice(&header(PACK_MAGIC, count));
-    for (i, page) in pages.enumerate() {
-        assert_eq!(page.len(), PAGE_SIZE, "pack slots hold whole pages");
+    for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
         let nonce: [u8; NONCE_LEN] = rand::random();
         out.extend_from_slice(&nonce);
         let at = out.len();
@@ -267,7 +264,7 @@ mod tests {
     fn pack_slots_decrypt_alone_and_only_in_place() {
         let keys = Keys::derive(&StoreKey::generate());
         let pages: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i + 1; PAGE_SIZE]).collect();
-        let pack = seal_pack(&keys, "packs/p", pages.iter().map(|p| p.as_slice()));
+        let pack = seal_pack(&keys, "packs/p", &pages.concat());
         assert_eq!(pack.len() as u64, slot_range(0, 5).end);
         assert_eq!(pack_count(&pack).unwrap(), 5);
         let r = slot_range(2, 4);
