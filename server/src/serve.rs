@@ -265,6 +265,25 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     service.run_rebuilds(failures_rx);
     let n = service.recover().context("loading functions")?;
     tracing::info!(functions = n, data_dir = %data_dir.display(), "loaded");
+    if let Some(uploader) = &service.config.uploader {
+        // Finishes uploads a stop or a crash interrupted: each sends only
+        // what the bucket lacks, so versions already there cost a listing.
+        for record in Registry::open(&data_dir)?.load_all()? {
+            for v in &record.versions {
+                if let Some(snapshot) = &v.snapshot {
+                    uploader.spawn(
+                        service.metrics.clone(),
+                        crate::remote::VersionUpload {
+                            name: record.name.clone(),
+                            version: v.version,
+                            uid: v.uid,
+                            snapshot: snapshot.id.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
 
     let mut deployed = Vec::new();
     for dir in &opts.deploy {

@@ -95,6 +95,35 @@ async fn a_captured_version_is_uploaded_with_its_code_and_record() {
         .collect();
     assert!(names.iter().any(|n| n.ends_with("main.py")), "{names:?}");
 
+    // An upload cut short (here: the manifest deleted from the bucket) is
+    // finished when the server starts again.
+    let mut server = server;
+    server.stop();
+    let s3 = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(BUCKET)
+        .build()
+        .unwrap();
+    let manifest = remote.object_path(
+        Kind::Snapshot,
+        &remote.name(Kind::Snapshot, snapshot.as_bytes()),
+    );
+    object_store::ObjectStore::delete(&s3, &manifest.as_str().into())
+        .await
+        .unwrap();
+    let remote = RemoteStore::from_env(url.parse().unwrap(), &key).unwrap();
+    assert!(!remote.snapshot_status(&snapshot).await.unwrap().present);
+    server.spawn();
+    let t0 = Instant::now();
+    while !remote.snapshot_status(&snapshot).await.unwrap().present {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "not uploaded after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = server.get("/metrics").await.text();
+    assert!(metrics.contains("thaw_remote_sent_bytes"), "{metrics}");
+
     // Another node's data directory gets the snapshot whole.
     let other = tempfile::tempdir().unwrap();
     let local = server::remote::local_snapshot(
