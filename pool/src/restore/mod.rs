@@ -16,7 +16,8 @@
 //!           saved area (see `memory`)
 //! state     PR_SET_MM_MAP; close the mapping fds; signals and mask; rseq;
 //!           tid address, robust list, sigaltstack; cwd, umask, personality,
-//!           comm, rlimits; credentials (last); unmap the scratch
+//!           comm, rlimits; every signal blocked, timers; credentials
+//!           (last); unmap the scratch
 //! resume    xsave, registers (syscall-restart rule applied), detach
 //! ```
 //!
@@ -36,7 +37,7 @@
 //! in the order `drive` restores them (docs/restore.md, "Order of the
 //! restore"): [`memory`] (with [`anon`] in mmap mode, [`uffd`] in uffd
 //! mode, [`stacks`]: which areas mmap mode copies), [`mm`], [`fds`] (with [`kobj`]), [`signals`], [`process`],
-//! [`thread`], [`credentials`], [`seccomp`].
+//! [`thread`], [`timers`], [`credentials`], [`seccomp`].
 
 pub mod anon;
 pub mod batch;
@@ -53,6 +54,7 @@ pub mod signals;
 pub mod spawn;
 pub mod stacks;
 pub mod thread;
+pub mod timers;
 pub mod tree;
 pub mod uffd;
 pub mod working_set;
@@ -893,6 +895,7 @@ pub(crate) fn prepare_process(
         fds,
         threads,
         ids: _, // a tree's sessions and groups: `tree`, before this drive
+        timers,
     } = state;
     let (main, saved_others) = threads.split_first().expect("validated: a main thread");
     // Declared before the kill guard, so that on an error the copy is killed
@@ -940,10 +943,15 @@ pub(crate) fn prepare_process(
     thread::set_sched(remote.pid(), *pid, &main.sched)?;
     timings.threads = threads_started.elapsed();
 
-    // 8. the main thread's credentials, then the seccomp policy (and the
-    //    mmap-mode guard) with TSYNC: they reach every thread (or the call
-    //    fails), last of the steps that need privileges.
+    // 8. every signal blocked in the main thread too (the others block
+    //    them since they were made) until the resume; the timers, which
+    //    may signal any thread and count from now; the main thread's
+    //    credentials, then the seccomp policy (and the mmap-mode guard)
+    //    with TSYNC: they reach every thread (or the call fails), last of
+    //    the steps that need privileges.
     let mut batch = Batch::new(memory.scratch);
+    thread::block_all_signals(&mut batch)?;
+    timers::set_timers(&mut batch, timers)?;
     if let Some(g) = &memory.guard {
         g.install(&mut batch)?;
     }
@@ -954,7 +962,6 @@ pub(crate) fn prepare_process(
     // The filters reached every thread: the batch fails when a TSYNC
     // install returns anything but 0 (see `batch`).
     remote.run(batch)?;
-    thread::set_mask(&remote, main)?;
     if let Some((addr, len)) = remote.scratch.take() {
         remote.sys(
             "munmap (scratch)",
@@ -972,6 +979,9 @@ pub(crate) fn prepare_process(
         timings.injected += t.calls;
     }
     thread::set_registers(&mut remote, main)?;
+    // The main thread's mask last: a signal that came since step 8 (a
+    // timer's) stays pending through every stop until the resume.
+    thread::set_mask(&remote, main)?;
     timings.injected += remote.calls;
     let server_pidfd = match &memory.server {
         Some(_) => Some(

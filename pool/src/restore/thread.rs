@@ -99,6 +99,20 @@ pub fn set_mask(remote: &Remote, thread: &ThreadState) -> Result<(), RestoreErro
     Ok(())
 }
 
+/// Blocks every signal in the thread running `batch` (its saved mask is
+/// set with [`set_mask`] just before the resume): signals that come while
+/// the copy is being made (a restored timer's, a re-queued pending one)
+/// wait, pending, instead of meeting a ptrace stop that would drop them.
+pub fn block_all_signals(batch: &mut Batch) -> Result<(), RestoreError> {
+    let all = batch.data(&u64::MAX.to_ne_bytes())?;
+    batch.call(
+        "rt_sigprocmask (block every signal)",
+        libc::SYS_rt_sigprocmask,
+        [libc::SIG_SETMASK as u64, all, 0, 8, 0, 0],
+    );
+    Ok(())
+}
+
 /// `set_tid_address`, `set_robust_list`, `sigaltstack`, rseq and the
 /// thread's name, in the batch of thread `t` (the memory of its rseq area
 /// must be in place).
@@ -230,12 +244,7 @@ pub fn restore_others(
         let mut new = Vec::with_capacity(group.len());
         for (slot, t) in group.iter().enumerate() {
             let mut batch = Batch::in_slot(scratch, slot);
-            let all = batch.data(&u64::MAX.to_ne_bytes())?;
-            batch.call(
-                "rt_sigprocmask (block every signal)",
-                libc::SYS_rt_sigprocmask,
-                [libc::SIG_SETMASK as u64, all, 0, 8, 0, 0],
-            );
+            block_all_signals(&mut batch)?;
             sched_in_batch(&mut batch, t, &inherited)?;
             set_thread(&mut batch, t)?;
             super::credentials::set_credentials(&mut batch, state, credentials)?;

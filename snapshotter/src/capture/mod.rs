@@ -13,7 +13,8 @@
 //!   of the process or of any thread, seccomp filters other than the
 //!   accepted ones)
 //!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory)
-//!   ─ main thread, injected: rt_sigaction ×n, brk(0), getitimer ×3
+//!   ─ main thread, injected: rt_sigaction ×n, brk(0), timer_gettime ×n,
+//!     getitimer ×3 (refuse timers on clocks a copy cannot have)
 //!   ─ per thread: regs, xsave, sigmask, rseq, robust list, name, sched;
 //!     injected in that thread: PR_GET_TID_ADDRESS, sigaltstack
 //!   ─ pagemap scan
@@ -34,7 +35,7 @@
 //! state type's module (`state::X`) and its restore (`pool::restore::X`):
 //! [`signals`], [`mm`], [`process`], [`memory`] (with [`maps`], [`areas`],
 //! [`pagemap`]), [`fds`] (with [`kobj`], [`unixpair`]), [`thread`],
-//! [`seccomp`], [`tree`].
+//! [`seccomp`], [`timers`], [`tree`].
 
 pub mod areas;
 pub mod fds;
@@ -51,6 +52,7 @@ pub mod refuse;
 pub mod seccomp;
 pub mod signals;
 pub mod thread;
+pub mod timers;
 pub mod tree;
 pub mod unixpair;
 
@@ -330,10 +332,15 @@ fn capture_held(
     for seized in held.iter_mut() {
         threads.push(thread::capture(pid, seized, &injector)?);
     }
+    let tids: Vec<(i32, i32)> = held
+        .iter()
+        .zip(&threads)
+        .map(|(seized, thread)| (seized.pid(), thread.tid))
+        .collect();
     let main = &mut held[0];
     let signals = signals::capture(main, &injector, &status)?;
     let mm = mm::capture(main, &injector)?;
-    thread::check_timers(main, &injector)?;
+    let timers = timers::capture(main, &injector, &tids)?;
     let process = process::capture(pid, &status)?;
     let personality = process::personality(pid)?;
     let ids = tree::read_ids(pid)?;
@@ -362,6 +369,7 @@ fn capture_held(
         fds,
         threads,
         ids,
+        timers,
     })
 }
 

@@ -102,8 +102,9 @@ pub enum Refusal {
         /// Path or pseudo-name.
         name: String,
     },
-    /// Timers whose signals a copy would never get.
-    #[error("{what}; a copy would never receive its signal")]
+    /// A timer a copy could not have the same way (see
+    /// [`super::timers`]).
+    #[error("{what}; a copy could not have this timer")]
     Timers {
         /// Which timers.
         what: String,

@@ -1,5 +1,5 @@
 //! One thread's state ([`ThreadState`]), read while every thread of the
-//! process is stopped, and the process's timers (refused).
+//! process is stopped.
 //!
 //! From outside: registers, xsave, signal mask, rseq (ptrace of that
 //! thread), `get_robust_list(tid)`, `/proc/PID/task/TID/comm`,
@@ -14,22 +14,15 @@
 //!
 //! The registers are read before anything is injected: they are the ones
 //! the thread stopped with (a pending syscall restart included).
-//!
-//! Timers, process-wide, read through the main thread: an armed interval
-//! timer (`getitimer(REAL | VIRTUAL | PROF, &itimerval)` ->
-//! `{ interval {sec, usec}, value {sec, usec} }`) or a POSIX timer
-//! (`/proc/pid/timers`) refuses the capture: the copy would never get its
-//! signal.
 
 use super::inject::Injector;
 use super::memory;
 use super::procfs;
 use super::ptrace::Seized;
-use super::refuse::Refusal;
 use super::CaptureError;
 use crate::state::{AltStack, Sched, ThreadState};
 
-/// Scratch bytes: enough for the largest out-parameter (`itimerval`).
+/// Scratch bytes: enough for the largest out-parameter (`stack_t`).
 const SCRATCH: usize = 32;
 /// Words of the affinity mask read (1,024 CPUs).
 const AFFINITY_WORDS: usize = 16;
@@ -195,49 +188,4 @@ fn sched(tid: i32) -> Result<Sched, CaptureError> {
         nice,
         affinity: mask[..words].to_vec(),
     })
-}
-
-/// Refuses armed interval timers and POSIX timers (process-wide; run
-/// through the main thread).
-pub fn check_timers(seized: &mut Seized, injector: &Injector) -> Result<(), CaptureError> {
-    let pid = seized.pid();
-    let timers = procfs::read_text(pid, "timers")?;
-    if !timers.trim().is_empty() {
-        let count = timers.lines().filter(|l| l.starts_with("ID:")).count();
-        return Err(CaptureError::refused(
-            pid,
-            Refusal::Timers {
-                what: format!("{count} POSIX timer(s)"),
-            },
-        ));
-    }
-    injector.with_scratch(seized, SCRATCH, |injector, seized, scratch| {
-        let mut inner = || -> Result<(), CaptureError> {
-            let mut raw = [0u8; SCRATCH];
-            for (which, name) in [
-                (libc::ITIMER_REAL, "ITIMER_REAL"),
-                (libc::ITIMER_VIRTUAL, "ITIMER_VIRTUAL"),
-                (libc::ITIMER_PROF, "ITIMER_PROF"),
-            ] {
-                call(
-                    injector,
-                    seized,
-                    "getitimer",
-                    libc::SYS_getitimer,
-                    [which as u64, scratch, 0, 0, 0, 0],
-                )?;
-                memory::read_remote(pid, scratch, &mut raw)?;
-                if word(&raw, 2) != 0 || word(&raw, 3) != 0 {
-                    return Err(CaptureError::refused(
-                        pid,
-                        Refusal::Timers {
-                            what: format!("{name} is armed"),
-                        },
-                    ));
-                }
-            }
-            Ok(())
-        };
-        Ok(inner())
-    })?
 }
