@@ -125,3 +125,17 @@ fn timers_survive_thaw_snapshot_and_thaw_restore_in_both_modes() {
         snapshot_and_restore("timers", include_str!("c/timers.c")),
     );
 }
+
+/// Signals pending for the process and for each of two threads, with
+/// their siginfo: each arrives once in the copy, in order, with its
+/// `si_code`, `si_value` and sender.
+#[test]
+fn pending_signals_arrive_once_after_thaw_restore_in_both_modes() {
+    if !prerequisites() {
+        return;
+    }
+    assert_all_ok(
+        "pending",
+        snapshot_and_restore("pending", include_str!("c/pending.c")),
+    );
+}

@@ -16,8 +16,8 @@
 //!           saved area (see `memory`)
 //! state     PR_SET_MM_MAP; close the mapping fds; signals and mask; rseq;
 //!           tid address, robust list, sigaltstack; cwd, umask, personality,
-//!           comm, rlimits; every signal blocked, timers; credentials
-//!           (last); unmap the scratch
+//!           comm, rlimits; every signal blocked, timers, pending signals;
+//!           credentials (last); unmap the scratch
 //! resume    xsave, registers (syscall-restart rule applied), detach
 //! ```
 //!
@@ -37,7 +37,7 @@
 //! in the order `drive` restores them (docs/restore.md, "Order of the
 //! restore"): [`memory`] (with [`anon`] in mmap mode, [`uffd`] in uffd
 //! mode, [`stacks`]: which areas mmap mode copies), [`mm`], [`fds`] (with [`kobj`]), [`signals`], [`process`],
-//! [`thread`], [`timers`], [`credentials`], [`seccomp`].
+//! [`thread`], [`timers`], [`pending`], [`credentials`], [`seccomp`].
 
 pub mod anon;
 pub mod batch;
@@ -46,6 +46,7 @@ pub mod fds;
 pub mod kobj;
 pub mod memory;
 pub mod mm;
+pub mod pending;
 pub mod process;
 pub mod remote;
 pub mod sandboxed;
@@ -896,6 +897,7 @@ pub(crate) fn prepare_process(
         threads,
         ids: _, // a tree's sessions and groups: `tree`, before this drive
         timers,
+        pending,
     } = state;
     let (main, saved_others) = threads.split_first().expect("validated: a main thread");
     // Declared before the kill guard, so that on an error the copy is killed
@@ -945,13 +947,16 @@ pub(crate) fn prepare_process(
 
     // 8. every signal blocked in the main thread too (the others block
     //    them since they were made) until the resume; the timers, which
-    //    may signal any thread and count from now; the main thread's
+    //    may signal any thread and count from now; the pending signals of
+    //    the main thread and of the process, queued again; the main thread's
     //    credentials, then the seccomp policy (and the mmap-mode guard)
     //    with TSYNC: they reach every thread (or the call fails), last of
     //    the steps that need privileges.
     let mut batch = Batch::new(memory.scratch);
     thread::block_all_signals(&mut batch)?;
     timers::set_timers(&mut batch, timers)?;
+    pending::queue_for_thread(&mut batch, *pid, main.tid, &main.pending)?;
+    pending::queue_for_process(&mut batch, *pid, pending)?;
     if let Some(g) = &memory.guard {
         g.install(&mut batch)?;
     }

@@ -245,6 +245,7 @@ pub fn restore_others(
         for (slot, t) in group.iter().enumerate() {
             let mut batch = Batch::in_slot(scratch, slot);
             block_all_signals(&mut batch)?;
+            super::pending::queue_for_thread(&mut batch, state.pid, t.tid, &t.pending)?;
             sched_in_batch(&mut batch, t, &inherited)?;
             set_thread(&mut batch, t)?;
             super::credentials::set_credentials(&mut batch, state, credentials)?;

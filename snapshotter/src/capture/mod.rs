@@ -9,13 +9,14 @@
 //! and detaches every thread: the original keeps running.
 //!
 //! ```text
-//!   seize + interrupt every thread ─ refuse? (children, pending signals
-//!   of the process or of any thread, seccomp filters other than the
-//!   accepted ones)
+//!   seize + interrupt every thread ─ refuse? (children, seccomp filters
+//!   other than the accepted ones) ─ the process's pending signals
+//!   (PTRACE_PEEKSIGINFO_SHARED)
 //!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory)
 //!   ─ main thread, injected: rt_sigaction ×n, brk(0), timer_gettime ×n,
 //!     getitimer ×3 (refuse timers on clocks a copy cannot have)
-//!   ─ per thread: regs, xsave, sigmask, rseq, robust list, name, sched;
+//!   ─ per thread: regs, xsave, sigmask, pending signals, rseq, robust
+//!     list, name, sched;
 //!     injected in that thread: PR_GET_TID_ADDRESS, sigaltstack
 //!   ─ pagemap scan
 //!   ─ process_vm_readv batches + zero check (reader thread) ─ sink
@@ -35,7 +36,7 @@
 //! state type's module (`state::X`) and its restore (`pool::restore::X`):
 //! [`signals`], [`mm`], [`process`], [`memory`] (with [`maps`], [`areas`],
 //! [`pagemap`]), [`fds`] (with [`kobj`], [`unixpair`]), [`thread`],
-//! [`seccomp`], [`timers`], [`tree`].
+//! [`seccomp`], [`timers`], [`pending`], [`tree`].
 
 pub mod areas;
 pub mod fds;
@@ -45,6 +46,7 @@ pub mod maps;
 pub mod memory;
 pub mod mm;
 pub mod pagemap;
+pub mod pending;
 pub mod process;
 pub mod procfs;
 pub mod ptrace;
@@ -309,15 +311,12 @@ fn capture_held(
 ) -> Result<ProcessState, CaptureError> {
     let started = Instant::now();
     let status = Status::read(pid)?;
-    refuse::check_pending_signals(pid, &status)?;
+    let pending = pending::process(pid, &status)?;
     seccomp::check(
         pid,
         status.number("Seccomp")? as u32,
         &options.seccomp_filters,
     )?;
-    for seized in held.iter() {
-        refuse::check_thread_signals(pid, seized.pid())?;
-    }
     let fds = fds::capture_with(pid, &options.protocol_fds, in_tree)?;
     let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
     let mut areas = areas::classify(pid, &entries)?;
@@ -370,6 +369,7 @@ fn capture_held(
         threads,
         ids,
         timers,
+        pending,
     })
 }
 

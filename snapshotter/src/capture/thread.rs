@@ -1,8 +1,8 @@
 //! One thread's state ([`ThreadState`]), read while every thread of the
 //! process is stopped.
 //!
-//! From outside: registers, xsave, signal mask, rseq (ptrace of that
-//! thread), `get_robust_list(tid)`, `/proc/PID/task/TID/comm`,
+//! From outside: registers, xsave, signal mask, pending signals
+//! ([`super::pending`]), rseq (ptrace of that thread), `get_robust_list(tid)`, `/proc/PID/task/TID/comm`,
 //! `sched_getscheduler`, `sched_getparam`, `getpriority`,
 //! `sched_getaffinity`. Inside the thread (its own registers and stack,
 //! [`super::inject`]), into scratch memory below its stack:
@@ -69,6 +69,7 @@ pub fn capture(
     let registers = seized.registers()?;
     let xsave = seized.xsave()?;
     let blocked = seized.signal_mask()?;
+    let pending = super::pending::thread(pid, tid)?;
     let rseq = seized.rseq()?;
 
     let mut head: u64 = 0;
@@ -134,6 +135,7 @@ pub fn capture(
         robust_list_len: len,
         alt_stack,
         sched: sched(tid)?,
+        pending,
     })
 }
 

@@ -28,7 +28,8 @@
 //! │                    in tid order: registers, xsave, mask, rseq, tid
 //! │                    address, robust list, sigaltstack, name, scheduling
 //! ├── ids              parent, process group, session ([`tree`])
-//! └── timers           interval timers, POSIX timers ([`TimerSet`])
+//! ├── timers           interval timers, POSIX timers ([`TimerSet`])
+//! └── pending[]        signals queued for the process, with their siginfo
 //! ```
 //!
 //! A snapshot of a process tree holds one `ProcessState` per process
@@ -37,6 +38,7 @@
 mod fds;
 pub(crate) mod memory;
 mod mm;
+mod pending;
 mod process;
 mod signals;
 pub mod thread;
@@ -46,6 +48,7 @@ pub mod tree;
 pub use fds::{EpollRegistration, FdKind, FdState, PairType, PipeEnd, TimerState};
 pub use memory::{AreaKind, FileIdentity, MemoryArea, PageRun, PageRunKind, Protection};
 pub use mm::MmState;
+pub use pending::{PendingSignal, SIGINFO_SIZE};
 pub use process::{ProcessAttributes, Rlimit};
 pub use signals::{SigAction, SignalState};
 pub use thread::{restart, AltStack, Registers, Restart, Rseq, Sched, ThreadState};
@@ -57,7 +60,8 @@ use serde::{Deserialize, Serialize};
 /// Version of the [`ProcessState`] layout; bump on any incompatible change.
 /// Version 2: threads (`threads[]`, the per-thread fields moved there).
 /// Version 3: process trees (`ids`: parent, process group, session).
-/// Version 4: timers (`timers`: interval and POSIX timers).
+/// Version 4: timers (`timers`: interval and POSIX timers), pending
+/// signals (`pending`, and each thread's).
 pub const STATE_VERSION: u32 = 4;
 
 /// Size of a page on the architectures thaw supports.
@@ -89,6 +93,9 @@ pub struct ProcessState {
     pub ids: ProcessIds,
     /// Interval and POSIX timers.
     pub timers: TimerSet,
+    /// Signals pending for the process (its shared queue), in queue order;
+    /// each thread's own are in its [`ThreadState::pending`].
+    pub pending: Vec<PendingSignal>,
 }
 
 /// Most threads a snapshot may describe (a forged manifest must not make

@@ -12,7 +12,8 @@
 //! ├── tid_address               clear_child_tid (injected PR_GET_TID_ADDRESS)
 //! ├── robust_list, _len         get_robust_list(tid)
 //! ├── alt_stack                 injected sigaltstack(NULL, &old)
-//! └── sched                     policy, priority, nice, CPU affinity
+//! ├── sched                     policy, priority, nice, CPU affinity
+//! └── pending[]                 signals queued for this thread (siginfo)
 //! ```
 //!
 //! Each thread stopped where it was: in a futex wait, `nanosleep`, `read`,
@@ -50,6 +51,9 @@ pub struct ThreadState {
     pub alt_stack: Option<AltStack>,
     /// Scheduling policy, priority, nice value and affinity.
     pub sched: Sched,
+    /// Signals pending for this thread alone (its own queue), in queue
+    /// order, with their `siginfo`.
+    pub pending: Vec<super::PendingSignal>,
 }
 
 /// A thread's scheduling attributes.
