@@ -139,3 +139,17 @@ fn pending_signals_arrive_once_after_thaw_restore_in_both_modes() {
         snapshot_and_restore("pending", include_str!("c/pending.c")),
     );
 }
+
+/// oom_score_adj, the child subreaper flag, a membarrier registration,
+/// each thread's parent-death signal, the personality and no_new_privs
+/// read back equal in the copy.
+#[test]
+fn process_attributes_survive_thaw_snapshot_and_thaw_restore_in_both_modes() {
+    if !prerequisites() {
+        return;
+    }
+    assert_all_ok(
+        "attributes",
+        snapshot_and_restore("attributes", include_str!("c/attributes.c")),
+    );
+}

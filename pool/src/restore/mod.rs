@@ -924,7 +924,13 @@ pub(crate) fn prepare_process(
     // 4. signals: dispositions are shared by the threads.
     signals::set_signals(&remote, &mut batch, signals)?;
     // 5. process attributes: the threads cloned next inherit them.
-    process::set_attributes(&remote, &mut batch, process, *personality)?;
+    process::set_attributes(
+        &remote,
+        &mut batch,
+        process,
+        *personality,
+        &ctx.options.credentials,
+    )?;
     // 6. the main thread's own registrations.
     thread::set_thread(&mut batch, main)?;
     timings.batched += batch.len() as u32;
@@ -961,6 +967,8 @@ pub(crate) fn prepare_process(
         g.install(&mut batch)?;
     }
     credentials::set_credentials(&mut batch, state, &ctx.options.credentials)?;
+    // Changing credentials clears the parent-death signal: after them.
+    thread::set_parent_death_signal(&mut batch, main);
     // Sandboxed copies (`restore_into`) always get the policy.
     seccomp::install(&mut batch, state, ctx.keep_uffd)?;
     timings.batched += batch.len() as u32;

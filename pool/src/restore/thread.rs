@@ -113,6 +113,25 @@ pub fn block_all_signals(batch: &mut Batch) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// `PR_SET_PDEATHSIG` of thread `t`, in its batch, after its credentials
+/// (a change of credentials clears it).
+pub fn set_parent_death_signal(batch: &mut Batch, t: &ThreadState) {
+    if t.parent_death_signal != 0 {
+        batch.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [
+                libc::PR_SET_PDEATHSIG as u64,
+                t.parent_death_signal as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
+}
+
 /// `set_tid_address`, `set_robust_list`, `sigaltstack`, rseq and the
 /// thread's name, in the batch of thread `t` (the memory of its rseq area
 /// must be in place).
@@ -249,6 +268,7 @@ pub fn restore_others(
             sched_in_batch(&mut batch, t, &inherited)?;
             set_thread(&mut batch, t)?;
             super::credentials::set_credentials(&mut batch, state, credentials)?;
+            set_parent_death_signal(&mut batch, t);
             timings.batched += batch.len() as u32;
             new.push(NewThread { tid: t.tid, batch });
         }

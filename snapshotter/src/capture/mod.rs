@@ -14,10 +14,12 @@
 //!   (PTRACE_PEEKSIGINFO_SHARED)
 //!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory)
 //!   ─ main thread, injected: rt_sigaction ×n, brk(0), timer_gettime ×n,
-//!     getitimer ×3 (refuse timers on clocks a copy cannot have)
+//!     getitimer ×3 (refuse timers on clocks a copy cannot have),
+//!     PR_GET_CHILD_SUBREAPER, membarrier registrations
 //!   ─ per thread: regs, xsave, sigmask, pending signals, rseq, robust
 //!     list, name, sched;
-//!     injected in that thread: PR_GET_TID_ADDRESS, sigaltstack
+//!     injected in that thread: PR_GET_TID_ADDRESS, sigaltstack,
+//!     PR_GET_PDEATHSIG
 //!   ─ pagemap scan
 //!   ─ process_vm_readv batches + zero check (reader thread) ─ sink
 //!   ─ detach every thread
@@ -340,7 +342,8 @@ fn capture_held(
     let signals = signals::capture(main, &injector, &status)?;
     let mm = mm::capture(main, &injector)?;
     let timers = timers::capture(main, &injector, &tids)?;
-    let process = process::capture(pid, &status)?;
+    let mut process = process::capture(pid, &status)?;
+    process::injected(&mut held[0], &injector, &mut process)?;
     let personality = process::personality(pid)?;
     let ids = tree::read_ids(pid)?;
     timings.state += started.elapsed();

@@ -10,6 +10,7 @@
 //! ```text
 //! prctl(PR_GET_TID_ADDRESS, &u64)        -> clear_child_tid pointer
 //! sigaltstack(NULL, &stack_t)            -> { ss_sp u64, ss_flags i32, pad, ss_size u64 }
+//! prctl(PR_GET_PDEATHSIG, &i32)          -> parent-death signal
 //! ```
 //!
 //! The registers are read before anything is injected: they are the ones
@@ -88,9 +89,9 @@ pub fn capture(
         return Err(sys_error(tid, "get_robust_list"));
     }
 
-    let (tid_address, alt_stack) =
+    let (tid_address, alt_stack, parent_death_signal) =
         injector.with_scratch(seized, SCRATCH, |injector, seized, scratch| {
-            let mut inner = || -> Result<(u64, Option<AltStack>), CaptureError> {
+            let mut inner = || -> Result<(u64, Option<AltStack>, i32), CaptureError> {
                 let mut raw = [0u8; SCRATCH];
                 call(
                     injector,
@@ -115,7 +116,16 @@ pub fn capture(
                     flags: flags & !libc::SS_ONSTACK,
                     size: word(&raw, 2),
                 });
-                Ok((tid_address, alt_stack))
+                call(
+                    injector,
+                    seized,
+                    "prctl(PR_GET_PDEATHSIG)",
+                    libc::SYS_prctl,
+                    [libc::PR_GET_PDEATHSIG as u64, scratch, 0, 0, 0, 0],
+                )?;
+                memory::read_remote(tid, scratch, &mut raw[..4])?;
+                let parent_death_signal = i32::from_ne_bytes(raw[..4].try_into().expect("4 bytes"));
+                Ok((tid_address, alt_stack, parent_death_signal))
             };
             Ok(inner())
         })??;
@@ -136,6 +146,7 @@ pub fn capture(
         alt_stack,
         sched: sched(tid)?,
         pending,
+        parent_death_signal,
     })
 }
 

@@ -13,7 +13,8 @@
 //! ├── robust_list, _len         get_robust_list(tid)
 //! ├── alt_stack                 injected sigaltstack(NULL, &old)
 //! ├── sched                     policy, priority, nice, CPU affinity
-//! └── pending[]                 signals queued for this thread (siginfo)
+//! ├── pending[]                 signals queued for this thread (siginfo)
+//! └── parent_death_signal       injected PR_GET_PDEATHSIG
 //! ```
 //!
 //! Each thread stopped where it was: in a futex wait, `nanosleep`, `read`,
@@ -54,6 +55,9 @@ pub struct ThreadState {
     /// Signals pending for this thread alone (its own queue), in queue
     /// order, with their `siginfo`.
     pub pending: Vec<super::PendingSignal>,
+    /// `PR_GET_PDEATHSIG` run in the thread: the signal it gets when its
+    /// parent dies; 0 for none.
+    pub parent_death_signal: i32,
 }
 
 /// A thread's scheduling attributes.
