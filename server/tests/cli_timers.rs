@@ -153,3 +153,16 @@ fn process_attributes_survive_thaw_snapshot_and_thaw_restore_in_both_modes() {
         snapshot_and_restore("attributes", include_str!("c/attributes.c")),
     );
 }
+
+/// Anonymous shared memory: restored with its content, shared between the
+/// copy and a child it forks, never between copies.
+#[test]
+fn shared_memory_is_shared_in_a_copy_and_not_between_copies_in_both_modes() {
+    if !prerequisites() {
+        return;
+    }
+    assert_all_ok(
+        "shared",
+        snapshot_and_restore("shared", include_str!("c/shared.c")),
+    );
+}

@@ -36,7 +36,8 @@
 //! (`snapshotter::state::X`) and its capture (`snapshotter::capture::X`),
 //! in the order `drive` restores them (docs/restore.md, "Order of the
 //! restore"): [`memory`] (with [`anon`] in mmap mode, [`uffd`] in uffd
-//! mode, [`stacks`]: which areas mmap mode copies), [`mm`], [`fds`] (with [`kobj`]), [`signals`], [`process`],
+//! mode, [`stacks`]: which areas mmap mode copies, [`shared`]: anonymous
+//! shared memory), [`mm`], [`fds`] (with [`kobj`]), [`signals`], [`process`],
 //! [`thread`], [`timers`], [`pending`], [`credentials`], [`seccomp`].
 
 pub mod anon;
@@ -51,6 +52,7 @@ pub mod process;
 pub mod remote;
 pub mod sandboxed;
 pub mod seccomp;
+pub mod shared;
 pub mod signals;
 pub mod spawn;
 pub mod stacks;
@@ -1092,6 +1094,8 @@ fn restore_memory(
         )?),
         _ => None,
     };
+    // Shared memory: the copy's own memfds, before the batch maps them.
+    let shared_memfds = shared::make(remote, places.scratch, areas)?;
     let mut batch = Batch::new(places.scratch);
     thread::unregister_rseq(remote, &mut batch)?;
     let syscall_at = memory::clear_and_move_specials(
@@ -1108,6 +1112,7 @@ fn restore_memory(
         layout: ctx.view.layout,
         lazy: options.mode == Mode::Uffd,
         eager: &eager,
+        shared_fds: &shared_memfds.by_area,
     };
     memory::map_areas(&mut batch, areas, ctx.view.areas, &sources)?;
     if let Some(g) = &guard {
@@ -1122,6 +1127,14 @@ fn restore_memory(
         populate(remote, places.scratch, areas, &options.prefetch, timings);
     }
     remote.set_syscall_address(syscall_at);
+    shared::fill_and_close(
+        remote,
+        &shared_memfds,
+        areas,
+        ctx.view.areas,
+        &image.file,
+        ctx.view.layout,
+    )?;
     timings.batch = started.elapsed();
     let mut server = None;
     let mut uffd_in_stub = None;

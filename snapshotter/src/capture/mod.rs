@@ -12,7 +12,8 @@
 //!   seize + interrupt every thread ─ refuse? (children, seccomp filters
 //!   other than the accepted ones) ─ the process's pending signals
 //!   (PTRACE_PEEKSIGINFO_SHARED)
-//!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory)
+//!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory
+//!     other processes map)
 //!   ─ main thread, injected: rt_sigaction ×n, brk(0), timer_gettime ×n,
 //!     getitimer ×3 (refuse timers on clocks a copy cannot have),
 //!     PR_GET_CHILD_SUBREAPER, membarrier registrations
@@ -38,7 +39,7 @@
 //! state type's module (`state::X`) and its restore (`pool::restore::X`):
 //! [`signals`], [`mm`], [`process`], [`memory`] (with [`maps`], [`areas`],
 //! [`pagemap`]), [`fds`] (with [`kobj`], [`unixpair`]), [`thread`],
-//! [`seccomp`], [`timers`], [`pending`], [`tree`].
+//! [`seccomp`], [`timers`], [`pending`], [`shared`], [`tree`].
 
 pub mod areas;
 pub mod fds;
@@ -54,6 +55,7 @@ pub mod procfs;
 pub mod ptrace;
 pub mod refuse;
 pub mod seccomp;
+pub mod shared;
 pub mod signals;
 pub mod thread;
 pub mod timers;
@@ -323,6 +325,7 @@ fn capture_held(
     let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
     let mut areas = areas::classify(pid, &entries)?;
     areas::link_memfd_areas(pid, &fds, &areas)?;
+    shared::check_unshared(pid, &areas)?;
     let (main, _) = held
         .split_first_mut()
         .expect("stop_all holds the main thread");
@@ -399,7 +402,11 @@ fn plan_pages(
             continue;
         }
         let mut ranges = Vec::new();
-        pagemap.private_ranges(area.start, area.end, &mut ranges)?;
+        if shared::is_shared_anonymous_area(area) {
+            ranges = shared::ranges(pid, area)?;
+        } else {
+            pagemap.private_ranges(area.start, area.end, &mut ranges)?;
+        }
         if area.kind == AreaKind::FileCopied {
             ranges = copied_file_ranges(area, ranges);
         }
