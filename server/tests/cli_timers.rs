@@ -49,9 +49,19 @@ fn prerequisites() -> bool {
 /// the snapshot once per memory mode; returns what each copy printed after
 /// it was let go, with its exit code.
 fn snapshot_and_restore(name: &str, source: &str) -> Vec<(String, String, i32)> {
+    snapshot_and_restore_with(name, source, &[])
+}
+
+/// [`snapshot_and_restore`] with arguments for the program.
+fn snapshot_and_restore_with(
+    name: &str,
+    source: &str,
+    args: &[&str],
+) -> Vec<(String, String, i32)> {
     let tmp = tempfile::tempdir().unwrap();
     let program = compile(tmp.path(), name, source);
     let mut command = Command::new(&program);
+    command.args(args);
     command.stdin(Stdio::piped()).stdout(Stdio::piped());
     // SAFETY: only close_range (async-signal-safe) runs between fork and
     // exec. The harness's own descriptors would make the capture refuse.
@@ -164,5 +174,20 @@ fn shared_memory_is_shared_in_a_copy_and_not_between_copies_in_both_modes() {
     assert_all_ok(
         "shared",
         snapshot_and_restore("shared", include_str!("c/shared.c")),
+    );
+}
+
+/// inotify: the watches come back at their wds with their masks (paths
+/// resolved by the copy), and report events in the copy.
+#[test]
+fn inotify_watches_report_events_after_thaw_restore_in_both_modes() {
+    if !prerequisites() {
+        return;
+    }
+    let watched = tempfile::tempdir().unwrap();
+    let dir = watched.path().to_str().unwrap();
+    assert_all_ok(
+        "inotify",
+        snapshot_and_restore_with("inotify", include_str!("c/inotify.c"), &[dir]),
     );
 }

@@ -37,13 +37,14 @@
 //! in the order `drive` restores them (docs/restore.md, "Order of the
 //! restore"): [`memory`] (with [`anon`] in mmap mode, [`uffd`] in uffd
 //! mode, [`stacks`]: which areas mmap mode copies, [`shared`]: anonymous
-//! shared memory), [`mm`], [`fds`] (with [`kobj`]), [`signals`], [`process`],
+//! shared memory), [`mm`], [`fds`] (with [`kobj`], [`inotify`]), [`signals`], [`process`],
 //! [`thread`], [`timers`], [`pending`], [`credentials`], [`seccomp`].
 
 pub mod anon;
 pub mod batch;
 pub mod credentials;
 pub mod fds;
+pub mod inotify;
 pub mod kobj;
 pub mod memory;
 pub mod mm;

@@ -38,12 +38,13 @@
 //! module per kind of state, named as its
 //! state type's module (`state::X`) and its restore (`pool::restore::X`):
 //! [`signals`], [`mm`], [`process`], [`memory`] (with [`maps`], [`areas`],
-//! [`pagemap`]), [`fds`] (with [`kobj`], [`unixpair`]), [`thread`],
+//! [`pagemap`]), [`fds`] (with [`kobj`], [`inotify`], [`unixpair`]), [`thread`],
 //! [`seccomp`], [`timers`], [`pending`], [`shared`], [`tree`].
 
 pub mod areas;
 pub mod fds;
 pub mod inject;
+pub mod inotify;
 pub mod kobj;
 pub mod maps;
 pub mod memory;

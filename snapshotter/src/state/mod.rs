@@ -45,7 +45,7 @@ pub mod thread;
 mod timers;
 pub mod tree;
 
-pub use fds::{EpollRegistration, FdKind, FdState, PairType, PipeEnd, TimerState};
+pub use fds::{EpollRegistration, FdKind, FdState, InotifyWatch, PairType, PipeEnd, TimerState};
 pub use memory::{AreaKind, FileIdentity, MemoryArea, PageRun, PageRunKind, Protection};
 pub use mm::MmState;
 pub use pending::{PendingSignal, SIGINFO_SIZE};
