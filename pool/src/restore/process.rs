@@ -19,7 +19,9 @@
 //! ([`Credentials::Function`]) gets the saved value or what its sandbox gave
 //! the stub, whichever is higher (a function never makes itself less
 //! likely to be killed than its sandbox says); `thaw restore` gives the
-//! saved value.
+//! saved value, or keeps the higher one it has when lowering is refused
+//! (it needs `CAP_SYS_RESOURCE`, which some hosts withhold even from
+//! root).
 
 use snapshotter::state::ProcessAttributes;
 
@@ -59,10 +61,25 @@ fn sets_oom_score_adj(
         )
     })?;
     let value = oom_score_adj(p.oom_score_adj, stub, credentials);
-    if value != stub {
-        std::fs::write(&path, value.to_string()).map_err(|e| io("write", e))?;
+    if value == stub {
+        return Ok(());
     }
-    Ok(())
+    match std::fs::write(&path, value.to_string()) {
+        Ok(()) => Ok(()),
+        // Lowering it needs CAP_SYS_RESOURCE, which some hosts withhold
+        // even from root: the copy keeps the higher value (more likely to
+        // be killed, never less).
+        Err(e) if value < stub && e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::warn!(
+                pid,
+                saved = value,
+                kept = stub,
+                "cannot lower the copy's oom_score_adj without CAP_SYS_RESOURCE"
+            );
+            Ok(())
+        }
+        Err(e) => Err(io("write", e)),
+    }
 }
 
 /// cwd, umask, personality, subreaper flag and membarrier registrations
