@@ -1,7 +1,8 @@
 /* Timers (issue 19): an interval timer on each clock (ITIMER_REAL,
  * ITIMER_PROF), and POSIX timers with every notification: a signal to a
  * thread (SIGEV_THREAD_ID, on CLOCK_MONOTONIC), a signal to the process
- * (SIGEV_SIGNAL, on the process CPU clock), none (SIGEV_NONE). The
+ * (SIGEV_SIGNAL, on the process CPU clock), none (SIGEV_NONE), and glibc's
+ * SIGEV_THREAD (a callback in glibc's helper thread). The
  * realtime ones first expire 1 s after they are armed (after the capture);
  * the CPU ones once the copy has used CPU. The copy checks that every
  * timer has its id, clock and interval, that each fires (N >= 1 ticks;
@@ -15,6 +16,15 @@ static volatile sig_atomic_t alarms, profs, thread_ticks, cpu_ticks;
 static volatile int thread_value = -1, thread_code = 1, thread_tid = -1;
 static volatile int cpu_value = -1;
 static volatile int worker_tid;
+static volatile sig_atomic_t callbacks;
+static volatile int callback_value = -1;
+
+/* glibc's SIGEV_THREAD: run in its helper thread (a SIGEV_THREAD_ID timer
+ * aimed at that thread, which the copy has too). */
+static void on_callback(union sigval v) {
+    callback_value = v.sival_int;
+    callbacks++;
+}
 
 static void on_alarm(int sig) { (void)sig; alarms++; }
 static void on_prof(int sig) { (void)sig; profs++; }
@@ -102,6 +112,13 @@ int main(void) {
     CHECK(timer_create(CLOCK_PROCESS_CPUTIME_ID, &evp, &to_process) == 0);
     struct itimerspec cpu20 = {.it_interval = {0, 20000000}, .it_value = {0, 20000000}};
     CHECK(timer_settime(to_process, 0, &cpu20, NULL) == 0);
+    timer_t in_thread;
+    struct sigevent evt = {0};
+    evt.sigev_notify = SIGEV_THREAD;
+    evt.sigev_notify_function = on_callback;
+    evt.sigev_value.sival_int = 5;
+    CHECK(timer_create(CLOCK_MONOTONIC, &evt, &in_thread) == 0);
+    CHECK(timer_settime(in_thread, 0, &every100, NULL) == 0);
     CHECK(timer_create(CLOCK_REALTIME, &none, &silent) == 0);
     struct itimerspec far = {.it_interval = {5, 0}, .it_value = {1000, 0}};
     CHECK(timer_settime(silent, 0, &far, NULL) == 0);
@@ -134,21 +151,23 @@ int main(void) {
     for (;;) {
         for (int i = 0; i < 1000000; i++)
             spin++;
-        if (alarms >= 2 && profs >= 2 && thread_ticks >= 2 && cpu_ticks >= 2)
+        if (alarms >= 2 && profs >= 2 && thread_ticks >= 2 && cpu_ticks >= 2 && callbacks >= 2)
             break;
         clock_gettime(CLOCK_MONOTONIC, &at);
         if (ms(&at) - ms(&start) > 20000) {
-            printf("FAIL: ticks alarm %d prof %d thread %d cpu %d\n", (int)alarms, (int)profs,
-                   (int)thread_ticks, (int)cpu_ticks);
+            printf("FAIL: ticks alarm %d prof %d thread %d cpu %d callbacks %d\n", (int)alarms,
+                   (int)profs, (int)thread_ticks, (int)cpu_ticks, (int)callbacks);
             return 1;
         }
     }
     CHECK(thread_value == 42 && thread_code == SI_TIMER && thread_tid == worker_tid);
     CHECK(cpu_value == 7);
+    CHECK(callback_value == 5);
 
     /* The program's own timer_create gets ids as usual again. */
     timer_t fresh;
     CHECK(timer_create(CLOCK_MONOTONIC, &none, &fresh) == 0);
-    CHECK(fresh != to_thread && fresh != to_process && fresh != silent && fresh != scratch[1]);
+    CHECK(fresh != to_thread && fresh != to_process && fresh != silent && fresh != scratch[1] &&
+          fresh != in_thread);
     return ok();
 }
