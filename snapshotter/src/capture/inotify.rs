@@ -104,12 +104,12 @@ fn resolve(pid: i32, fd: i32, mountinfo: &str, line: &Line) -> Result<String, Ca
     raw.extend_from_slice(&(line.handle.len() as u32).to_ne_bytes());
     raw.extend_from_slice(&line.handle_type.to_ne_bytes());
     raw.extend_from_slice(&line.handle);
-    // Keep the buffer 4-byte aligned for the kernel's struct.
-    let mut words = vec![0u32; raw.len().div_ceil(4)];
-    // SAFETY: `words` has at least `raw.len()` bytes; plain bytes copied.
-    unsafe {
-        std::ptr::copy_nonoverlapping(raw.as_ptr(), words.as_mut_ptr().cast::<u8>(), raw.len());
-    }
+    // Kept in u32 words: the kernel's struct is 4-byte aligned.
+    raw.resize(raw.len().next_multiple_of(4), 0);
+    let mut words: Vec<u32> = raw
+        .chunks_exact(4)
+        .map(|c| u32::from_ne_bytes(c.try_into().expect("4 bytes")))
+        .collect();
     // SAFETY: open_by_handle_at reads a file_handle of the declared size
     // from `words` and returns a new descriptor or -1.
     let opened = unsafe {
