@@ -74,3 +74,48 @@ async fn a_restored_function_keeps_its_timer_pending_signal_and_oom_score_adj() 
     assert_eq!(body["again"], false, "delivered once: {body}");
     assert_eq!(body["oom"], 345, "{body}");
 }
+
+/// An inotify watch on the sandbox's own `/tmp`, made at init: the copy's
+/// watch is re-added by path inside the copy's sandbox (its own `/tmp`)
+/// and reports a file created there, with the saved wd.
+#[tokio::test]
+async fn a_restored_function_keeps_its_inotify_watch_in_its_own_sandbox() {
+    require_root!();
+    let server = Server::start(&["--allow-forced-cold"]);
+    let code = r#"
+import ctypes, os, struct
+libc = ctypes.CDLL(None, use_errno=True)
+WATCH = libc.inotify_init1(os.O_NONBLOCK)
+assert WATCH >= 0, ctypes.get_errno()
+WD = libc.inotify_add_watch(WATCH, b"/tmp", 0x100)
+
+def handler(event, context):
+    with open("/tmp/" + event["name"], "w"):
+        pass
+    data = os.read(WATCH, 4096)
+    wd, mask, cookie, length = struct.unpack_from("iIII", data)
+    name = data[16:16 + length].rstrip(b"\0").decode()
+    return {"wd": wd, "saved_wd": WD, "mask": mask, "name": name}
+"#;
+    let rec = server
+        .deploy_ready(function("watcher", code, json!({"keep_alive_s": 600})))
+        .await;
+    assert!(!rec["snapshot"].is_null(), "not snapshotted: {rec}");
+    let answer = server
+        .invoke_raw(
+            "watcher",
+            br#"{"name": "made-in-the-copy"}"#.to_vec(),
+            &[("x-thaw-cold", "restore")],
+        )
+        .await;
+    assert_eq!(
+        answer.header("x-thaw-start"),
+        "restore",
+        "{}",
+        answer.text()
+    );
+    let body = answer.json();
+    assert_eq!(body["wd"], body["saved_wd"], "{body}");
+    assert_eq!(body["mask"], 0x100, "IN_CREATE: {body}");
+    assert_eq!(body["name"], "made-in-the-copy", "{body}");
+}
