@@ -59,22 +59,34 @@ fn multi_threaded_process_is_captured_whole() {
 }
 
 /// A signal pending for one thread only (blocked there, sent with
-/// `pthread_kill`) would be lost: refused, naming the thread.
+/// `pthread_kill`) used to be refused (it would have been lost); it is now
+/// captured in that thread's state with its siginfo (issue 19), and stays
+/// pending in the original.
 #[test]
-fn signal_pending_for_one_thread_is_refused() {
-    if !can_capture("signal_pending_for_one_thread_is_refused") || !have_python("threads") {
+fn signal_pending_for_one_thread_is_captured_in_that_thread() {
+    if !can_capture("signal_pending_for_one_thread_is_captured_in_that_thread")
+        || !have_python("threads")
+    {
         return;
     }
     let (mut worker, digest) = python("thread_signal", &[]);
-    let (reason, message) = refused(worker.pid());
-    let Refusal::ThreadSignals { tid, mask } = reason else {
-        panic!("wrong reason: {message}")
-    };
-    assert_ne!(tid, worker.pid());
-    assert_eq!(mask, 1 << (libc::SIGUSR1 - 1));
+    let pid = worker.pid();
+    let mut sink = VecSink::default();
+    let state = capture(pid, &CaptureOptions::default(), &mut sink).unwrap();
+    assert!(state.pending.is_empty(), "{:?}", state.pending);
+    assert!(state.threads[0].pending.is_empty());
+    let other = &state.threads[1];
+    assert_eq!(other.pending.len(), 1, "{:?}", other.pending);
+    let signal = &other.pending[0];
+    assert_eq!(signal.signal, libc::SIGUSR1);
+    // pthread_kill is tgkill: SI_TKILL, which Linux 6.18 reports as SI_USER.
+    assert!([0, libc::SI_TKILL].contains(&signal.code), "{signal:?}");
+    let sender = i32::from_ne_bytes(signal.info[16..20].try_into().unwrap());
+    assert_eq!(sender, pid, "si_pid: the process signalled its own thread");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{}/status", other.tid)).unwrap();
     assert!(
-        message.contains(&format!("pending for thread {tid}")),
-        "{message}"
+        status.contains(&format!("SigPnd:\t{:016x}", 1u64 << (libc::SIGUSR1 - 1))),
+        "still pending in the original: {status}"
     );
     assert_eq!(worker.ask("s"), format!("echo:s {digest}"));
 }

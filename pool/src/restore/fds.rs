@@ -440,6 +440,7 @@ pub fn plan_with(
             | FdKind::Pipe { .. }
             | FdKind::SocketPair { .. }
             | FdKind::Memfd { .. }
+            | FdKind::Inotify { .. }
             | FdKind::Dup { .. } => unreachable!("kernel objects and dups are made above"),
         };
         wanted.push(Wanted {

@@ -16,7 +16,8 @@
 //!           saved area (see `memory`)
 //! state     PR_SET_MM_MAP; close the mapping fds; signals and mask; rseq;
 //!           tid address, robust list, sigaltstack; cwd, umask, personality,
-//!           comm, rlimits; credentials (last); unmap the scratch
+//!           comm, rlimits; every signal blocked, timers, pending signals;
+//!           credentials (last); unmap the scratch
 //! resume    xsave, registers (syscall-restart rule applied), detach
 //! ```
 //!
@@ -35,24 +36,29 @@
 //! (`snapshotter::state::X`) and its capture (`snapshotter::capture::X`),
 //! in the order `drive` restores them (docs/restore.md, "Order of the
 //! restore"): [`memory`] (with [`anon`] in mmap mode, [`uffd`] in uffd
-//! mode, [`stacks`]: which areas mmap mode copies), [`mm`], [`fds`] (with [`kobj`]), [`signals`], [`process`],
-//! [`thread`], [`credentials`], [`seccomp`].
+//! mode, [`stacks`]: which areas mmap mode copies, [`shared`]: anonymous
+//! shared memory), [`mm`], [`fds`] (with [`kobj`], [`inotify`]), [`signals`], [`process`],
+//! [`thread`], [`timers`], [`pending`], [`credentials`], [`seccomp`].
 
 pub mod anon;
 pub mod batch;
 pub mod credentials;
 pub mod fds;
+pub mod inotify;
 pub mod kobj;
 pub mod memory;
 pub mod mm;
+pub mod pending;
 pub mod process;
 pub mod remote;
 pub mod sandboxed;
 pub mod seccomp;
+pub mod shared;
 pub mod signals;
 pub mod spawn;
 pub mod stacks;
 pub mod thread;
+pub mod timers;
 pub mod tree;
 pub mod uffd;
 pub mod working_set;
@@ -893,6 +899,8 @@ pub(crate) fn prepare_process(
         fds,
         threads,
         ids: _, // a tree's sessions and groups: `tree`, before this drive
+        timers,
+        pending,
     } = state;
     let (main, saved_others) = threads.split_first().expect("validated: a main thread");
     // Declared before the kill guard, so that on an error the copy is killed
@@ -919,7 +927,13 @@ pub(crate) fn prepare_process(
     // 4. signals: dispositions are shared by the threads.
     signals::set_signals(&remote, &mut batch, signals)?;
     // 5. process attributes: the threads cloned next inherit them.
-    process::set_attributes(&remote, &mut batch, process, *personality)?;
+    process::set_attributes(
+        &remote,
+        &mut batch,
+        process,
+        *personality,
+        &ctx.options.credentials,
+    )?;
     // 6. the main thread's own registrations.
     thread::set_thread(&mut batch, main)?;
     timings.batched += batch.len() as u32;
@@ -942,21 +956,30 @@ pub(crate) fn prepare_process(
     timings.threads = threads_started.elapsed();
     let policy_started = Instant::now();
 
-    // 8. the main thread's credentials, then the seccomp policy (and the
-    //    mmap-mode guard) with TSYNC: they reach every thread (or the call
-    //    fails), last of the steps that need privileges.
+    // 8. every signal blocked in the main thread too (the others block
+    //    them since they were made) until the resume; the timers, which
+    //    may signal any thread and count from now; the pending signals of
+    //    the main thread and of the process, queued again; the main thread's
+    //    credentials, then the seccomp policy (and the mmap-mode guard)
+    //    with TSYNC: they reach every thread (or the call fails), last of
+    //    the steps that need privileges.
     let mut batch = Batch::new(memory.scratch);
+    thread::block_all_signals(&mut batch)?;
+    timers::set_timers(&mut batch, timers)?;
+    pending::queue_for_thread(&mut batch, *pid, main.tid, &main.pending)?;
+    pending::queue_for_process(&mut batch, *pid, pending)?;
     if let Some(g) = &memory.guard {
         g.install(&mut batch)?;
     }
     credentials::set_credentials(&mut batch, state, &ctx.options.credentials)?;
+    // Changing credentials clears the parent-death signal: after them.
+    thread::set_parent_death_signal(&mut batch, main);
     // Sandboxed copies (`restore_into`) always get the policy.
     seccomp::install(&mut batch, state, ctx.keep_uffd)?;
     timings.batched += batch.len() as u32;
     // The filters reached every thread: the batch fails when a TSYNC
     // install returns anything but 0 (see `batch`).
     remote.run(batch)?;
-    thread::set_mask(&remote, main)?;
     if let Some((addr, len)) = remote.scratch.take() {
         remote.sys(
             "munmap (scratch)",
@@ -985,6 +1008,9 @@ pub(crate) fn prepare_process(
         timings.injected += t.calls;
     }
     thread::set_registers(&mut remote, main)?;
+    // The main thread's mask last: a signal that came since step 8 (a
+    // timer's) stays pending through every stop until the resume.
+    thread::set_mask(&remote, main)?;
     timings.injected += remote.calls;
     let server_pidfd = match &memory.server {
         Some(_) => Some(
@@ -1082,6 +1108,8 @@ fn restore_memory(
         )?),
         _ => None,
     };
+    // Shared memory: the copy's own memfds, before the batch maps them.
+    let shared_memfds = shared::make(remote, places.scratch, areas)?;
     let mut batch = Batch::new(places.scratch);
     thread::unregister_rseq(remote, &mut batch)?;
     let syscall_at = memory::clear_and_move_specials(
@@ -1098,6 +1126,7 @@ fn restore_memory(
         layout: ctx.view.layout,
         lazy: options.mode == Mode::Uffd,
         eager: &eager,
+        shared_fds: &shared_memfds.by_area,
     };
     memory::map_areas(&mut batch, areas, ctx.view.areas, &sources)?;
     if let Some(g) = &guard {
@@ -1112,6 +1141,14 @@ fn restore_memory(
         populate(remote, places.scratch, areas, &options.prefetch, timings);
     }
     remote.set_syscall_address(syscall_at);
+    shared::fill_and_close(
+        remote,
+        &shared_memfds,
+        areas,
+        ctx.view.areas,
+        &image.file,
+        ctx.view.layout,
+    )?;
     timings.batch = started.elapsed();
     let mut server = None;
     let mut uffd_in_stub = None;

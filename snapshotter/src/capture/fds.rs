@@ -22,6 +22,7 @@
 
 use std::collections::HashSet;
 
+use super::inotify;
 use super::kobj;
 use super::mm::identity;
 use super::procfs;
@@ -228,12 +229,17 @@ pub fn capture_with(
             FdKind::Epoll {
                 registrations: kobj::epoll(pid, fd, &info)?,
             }
+        } else if target == "anon_inode:inotify" {
+            match inotify::capture(pid, fd, &info, &mut grabber)? {
+                Ok(kind) => kind,
+                Err(why) => return Err(refuse(pid, fd, target, why)),
+            }
         } else if target.starts_with("anon_inode:") {
             return Err(refuse(
                 pid,
                 fd,
                 target,
-                "a kernel object thaw cannot recreate (eventfd, signalfd, timerfd and epoll can be)",
+                "a kernel object thaw cannot recreate (eventfd, signalfd, timerfd, epoll and inotify can be)",
             ));
         } else if let Some(name) = target
             .strip_prefix("/memfd:")

@@ -9,13 +9,18 @@
 //! and detaches every thread: the original keeps running.
 //!
 //! ```text
-//!   seize + interrupt every thread ─ refuse? (children, pending signals
-//!   of the process or of any thread, seccomp filters other than the
-//!   accepted ones)
-//!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory)
-//!   ─ main thread, injected: rt_sigaction ×n, brk(0), getitimer ×3
-//!   ─ per thread: regs, xsave, sigmask, rseq, robust list, name, sched;
-//!     injected in that thread: PR_GET_TID_ADDRESS, sigaltstack
+//!   seize + interrupt every thread ─ refuse? (children, seccomp filters
+//!   other than the accepted ones) ─ the process's pending signals
+//!   (PTRACE_PEEKSIGINFO_SHARED)
+//!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory
+//!     other processes map)
+//!   ─ main thread, injected: rt_sigaction ×n, brk(0), timer_gettime ×n,
+//!     getitimer ×3 (refuse timers on clocks a copy cannot have),
+//!     PR_GET_CHILD_SUBREAPER, membarrier registrations
+//!   ─ per thread: regs, xsave, sigmask, pending signals, rseq, robust
+//!     list, name, sched;
+//!     injected in that thread: PR_GET_TID_ADDRESS, sigaltstack,
+//!     PR_GET_PDEATHSIG
 //!   ─ pagemap scan
 //!   ─ process_vm_readv batches + zero check (reader thread) ─ sink
 //!   ─ detach every thread
@@ -33,24 +38,28 @@
 //! module per kind of state, named as its
 //! state type's module (`state::X`) and its restore (`pool::restore::X`):
 //! [`signals`], [`mm`], [`process`], [`memory`] (with [`maps`], [`areas`],
-//! [`pagemap`]), [`fds`] (with [`kobj`], [`unixpair`]), [`thread`],
-//! [`seccomp`], [`tree`].
+//! [`pagemap`]), [`fds`] (with [`kobj`], [`inotify`], [`unixpair`]), [`thread`],
+//! [`seccomp`], [`timers`], [`pending`], [`shared`], [`tree`].
 
 pub mod areas;
 pub mod fds;
 pub mod inject;
+pub mod inotify;
 pub mod kobj;
 pub mod maps;
 pub mod memory;
 pub mod mm;
 pub mod pagemap;
+pub mod pending;
 pub mod process;
 pub mod procfs;
 pub mod ptrace;
 pub mod refuse;
 pub mod seccomp;
+pub mod shared;
 pub mod signals;
 pub mod thread;
+pub mod timers;
 pub mod tree;
 pub mod unixpair;
 
@@ -307,19 +316,17 @@ fn capture_held(
 ) -> Result<ProcessState, CaptureError> {
     let started = Instant::now();
     let status = Status::read(pid)?;
-    refuse::check_pending_signals(pid, &status)?;
+    let pending = pending::process(pid, &status)?;
     seccomp::check(
         pid,
         status.number("Seccomp")? as u32,
         &options.seccomp_filters,
     )?;
-    for seized in held.iter() {
-        refuse::check_thread_signals(pid, seized.pid())?;
-    }
     let fds = fds::capture_with(pid, &options.protocol_fds, in_tree)?;
     let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
     let mut areas = areas::classify(pid, &entries)?;
     areas::link_memfd_areas(pid, &fds, &areas)?;
+    shared::check_unshared(pid, &areas)?;
     let (main, _) = held
         .split_first_mut()
         .expect("stop_all holds the main thread");
@@ -330,11 +337,17 @@ fn capture_held(
     for seized in held.iter_mut() {
         threads.push(thread::capture(pid, seized, &injector)?);
     }
+    let tids: Vec<(i32, i32)> = held
+        .iter()
+        .zip(&threads)
+        .map(|(seized, thread)| (seized.pid(), thread.tid))
+        .collect();
     let main = &mut held[0];
     let signals = signals::capture(main, &injector, &status)?;
     let mm = mm::capture(main, &injector)?;
-    thread::check_timers(main, &injector)?;
-    let process = process::capture(pid, &status)?;
+    let timers = timers::capture(main, &injector, &tids)?;
+    let mut process = process::capture(pid, &status)?;
+    process::injected(&mut held[0], &injector, &mut process)?;
     let personality = process::personality(pid)?;
     let ids = tree::read_ids(pid)?;
     timings.state += started.elapsed();
@@ -362,6 +375,8 @@ fn capture_held(
         fds,
         threads,
         ids,
+        timers,
+        pending,
     })
 }
 
@@ -388,7 +403,11 @@ fn plan_pages(
             continue;
         }
         let mut ranges = Vec::new();
-        pagemap.private_ranges(area.start, area.end, &mut ranges)?;
+        if shared::is_shared_anonymous_area(area) {
+            ranges = shared::ranges(pid, area)?;
+        } else {
+            pagemap.private_ranges(area.start, area.end, &mut ranges)?;
+        }
         if area.kind == AreaKind::FileCopied {
             ranges = copied_file_ranges(area, ranges);
         }
