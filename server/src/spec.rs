@@ -85,6 +85,39 @@ pub struct FunctionSpec {
     /// the server's `--memory-mode`).
     #[serde(default)]
     pub memory_mode: Option<String>,
+    /// What the snapshot does with connections the warmed function holds
+    /// to outside its process (a database connection, a Unix stream
+    /// socket): `cut` (default), every copy gets them as connections that
+    /// are gone and reconnects; `refuse`, the capture fails and the
+    /// function boots on every cold start. Listening, UDP and netlink
+    /// sockets are re-created either way (docs/restore.md, "Sockets").
+    #[serde(default, skip_serializing_if = "OnSnapshotConnections::is_default")]
+    pub on_snapshot_connections: OnSnapshotConnections,
+}
+
+/// The spec field `on_snapshot_connections`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSnapshotConnections {
+    /// Cut them in every copy.
+    #[default]
+    Cut,
+    /// Refuse the capture.
+    Refuse,
+}
+
+impl OnSnapshotConnections {
+    fn is_default(&self) -> bool {
+        *self == OnSnapshotConnections::Cut
+    }
+
+    /// The capture's policy.
+    pub fn policy(self) -> snapshotter::capture::ConnectionPolicy {
+        match self {
+            OnSnapshotConnections::Cut => snapshotter::capture::ConnectionPolicy::Cut,
+            OnSnapshotConnections::Refuse => snapshotter::capture::ConnectionPolicy::Refuse,
+        }
+    }
 }
 
 /// The body of `POST /functions`: the spec plus the code.

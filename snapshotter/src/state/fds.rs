@@ -21,6 +21,8 @@
 //! memfd       name, content, size, seals (F_GET_SEALS)       memfd_create, write,
 //!                                                             F_ADD_SEALS
 //! dup         kcmp KCMP_FILE: same description as an earlier  dup of that one
+//! socket      TCP, UDP, Unix, netlink route (`super::socket`)  re-created in the
+//!                                                             copy, or cut
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -156,6 +158,9 @@ pub enum FdKind {
         /// File position.
         position: u64,
     },
+    /// A TCP, UDP, Unix or netlink route socket the copy re-creates (or
+    /// gets as a cut connection): see [`super::SocketState`].
+    Socket(super::SocketState),
 }
 
 /// One registration of an epoll instance.

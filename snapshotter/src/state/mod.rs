@@ -38,6 +38,7 @@ pub(crate) mod memory;
 mod mm;
 mod process;
 mod signals;
+mod socket;
 pub mod thread;
 pub mod tree;
 
@@ -46,6 +47,7 @@ pub use memory::{AreaKind, FileIdentity, MemoryArea, PageRun, PageRunKind, Prote
 pub use mm::MmState;
 pub use process::{ProcessAttributes, Rlimit};
 pub use signals::{SigAction, SignalState};
+pub use socket::{type_name, SocketAddress, SocketOption, SocketRole, SocketState};
 pub use thread::{restart, AltStack, Registers, Restart, Rseq, Sched, ThreadState};
 pub use tree::{ProcessIds, MAX_PROCESSES};
 
