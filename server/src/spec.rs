@@ -353,6 +353,33 @@ mod tests {
     }
 
     #[test]
+    fn on_snapshot_connections_is_cut_or_refuse() {
+        let s = FunctionSpec::from_fields(fields(serde_json::json!({"name": "db"}))).unwrap();
+        assert_eq!(s.on_snapshot_connections, OnSnapshotConnections::Cut);
+        assert_eq!(
+            s.on_snapshot_connections.policy(),
+            snapshotter::capture::ConnectionPolicy::Cut
+        );
+        let s = FunctionSpec::from_fields(fields(
+            serde_json::json!({"name": "db", "on_snapshot_connections": "refuse"}),
+        ))
+        .unwrap();
+        assert_eq!(
+            s.on_snapshot_connections.policy(),
+            snapshotter::capture::ConnectionPolicy::Refuse
+        );
+        let err = FunctionSpec::from_fields(fields(
+            serde_json::json!({"name": "db", "on_snapshot_connections": "keep"}),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("field `on_snapshot_connections`: unknown variant `keep`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn defaults_are_documented_values() {
         let s = FunctionSpec::from_fields(fields(serde_json::json!({"name": "hello"}))).unwrap();
         assert_eq!(s.memory_mb, 256);

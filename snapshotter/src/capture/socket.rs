@@ -235,6 +235,21 @@ fn basics(pid: i32, fd: i32, sock: &OwnedFd, what: &str) -> Result<Basics, Captu
     let family = get(libc::SO_DOMAIN, "getsockopt (SO_DOMAIN)")?;
     let sock_type = get(libc::SO_TYPE, "getsockopt (SO_TYPE)")?;
     let protocol = get(libc::SO_PROTOCOL, "getsockopt (SO_PROTOCOL)")?;
+    if !matches!(
+        family,
+        libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX | libc::AF_NETLINK
+    ) {
+        return Err(refuse(
+            pid,
+            fd,
+            format!(
+                "a {} socket ({}, {what})",
+                family_name(family),
+                crate::state::type_name(sock_type)
+            ),
+            "thaw re-creates TCP, UDP, Unix and netlink route sockets only",
+        ));
+    }
     let address = |peer: bool| -> Result<Option<SocketAddress>, CaptureError> {
         let call = if peer { "getpeername" } else { "getsockname" };
         match name(sock, peer).map_err(|e| sys(pid, call, e))? {
@@ -429,18 +444,7 @@ pub fn capture(
             }
             SocketRole::Open
         }
-        other => {
-            return Err(refuse(
-                pid,
-                fd,
-                format!(
-                    "a {} socket ({}, {target})",
-                    family_name(other),
-                    crate::state::type_name(kind)
-                ),
-                "thaw re-creates TCP, UDP, Unix and netlink route sockets only",
-            ))
-        }
+        _ => unreachable!("other families are refused by `basics`"),
     };
     let (options, (rcvbuf, sndbuf)) = if matches!(role, SocketRole::Cut { .. }) {
         // A cut connection's buffers grew with its traffic: not set back.
