@@ -122,6 +122,7 @@ async fn a_restored_copy_gets_its_sockets_in_its_own_sandbox() {
             assert_eq!(copy["udp"], "udp", "{mode}: {copy}");
             assert!(copy["links"].as_u64().unwrap() >= 1, "{mode}: {copy}");
             // The socket's file was made as the function (not as root).
+            assert_ne!(copy["uid"], 0, "{mode}: {copy}");
             assert_eq!(copy["path_uid"], copy["uid"], "{mode}: {copy}");
         }
     }
