@@ -142,6 +142,9 @@ fn sockets_are_recreated_or_cut_by_thaw_restore_in_both_modes() {
     let listen6: u16 = fields[3].parse().unwrap();
     let udp_port: u16 = fields[4].parse().unwrap();
     let abstract_name = fields[5].clone();
+    // A connection waiting in the listener's queue at the capture: the
+    // copies' listeners are new and do not have it (the log says so).
+    let waiting = TcpStream::connect(("127.0.0.1", listen4)).unwrap();
 
     let snap = tmp.path().join("sockets.snap");
     let snapshot = thaw()
@@ -157,6 +160,7 @@ fn sockets_are_recreated_or_cut_by_thaw_restore_in_both_modes() {
     // The copies take the same ports and names in this network namespace.
     original.kill().unwrap();
     original.wait().unwrap();
+    drop(waiting);
 
     for mode in ["mmap", "uffd"] {
         // thaw leaves a Unix socket's file behind, like the kernel.
@@ -215,6 +219,12 @@ fn sockets_are_recreated_or_cut_by_thaw_restore_in_both_modes() {
         assert_eq!(rest, "ok\n", "{mode}: stderr {err}");
         assert_eq!(status.code(), Some(0), "{mode}");
         // The restore log names each cut connection.
+        assert!(
+            err.contains(
+                "1 connections waiting to be accepted at the snapshot are not in the copy"
+            ),
+            "{mode}: {err}"
+        );
         for cut in [
             format!("(tcp 127.0.0.1:{tcp4_port} ESTABLISHED) was cut"),
             format!("(tcp6 [::1]:{tcp6_port} ESTABLISHED) was cut"),

@@ -154,6 +154,17 @@ pub fn restore(
             SocketRole::Cut { .. } => cut_tcp(remote, scratch, saved.fd, socket, nonblock)?,
             _ => remake(remote, scratch, saved.fd, socket, nonblock, ids)?,
         }
+        if let SocketRole::Listening { waiting, .. } = socket.role {
+            if waiting > 0 {
+                tracing::info!(
+                    fd = saved.fd,
+                    waiting,
+                    "fd {} ({}): {waiting} connections waiting to be accepted at the snapshot are not in the copy",
+                    saved.fd,
+                    socket.describe()
+                );
+            }
+        }
         if matches!(socket.role, SocketRole::Cut { .. }) {
             let line = format!("fd {} ({})", saved.fd, socket.describe());
             tracing::info!(fd = saved.fd, connection = %socket.describe(), "{line} was cut");
