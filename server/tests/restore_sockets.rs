@@ -21,6 +21,11 @@ L.listen(8)
 C = socket.create_connection(("127.0.0.1", 7070))
 C.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 A, _ = L.accept()
+L6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+L6.bind(("::1", 7072))
+L6.listen(1)
+C6 = socket.create_connection(("::1", 7072))
+A6, _ = L6.accept()
 U = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 U.bind(("127.0.0.1", 7071))
 P = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -74,6 +79,8 @@ def handler(event, context):
     if thaw.is_copy():
         out["cut_client"] = cut(C)
         out["cut_accepted"] = cut(A)
+        out["cut_v6"] = cut(C6) and cut(A6)
+        out["tcp6"] = accepts(L6, socket.AF_INET6, ("::1", 7072))
         out["nodelay"] = C.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         out["reuseaddr"] = L.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
         out["tcp"] = accepts(L, socket.AF_INET, ("127.0.0.1", 7070))
@@ -114,6 +121,8 @@ async fn a_restored_copy_gets_its_sockets_in_its_own_sandbox() {
             assert_eq!(copy["copy"], true, "{mode}: {copy}");
             assert_eq!(copy["cut_client"], true, "{mode}: {copy}");
             assert_eq!(copy["cut_accepted"], true, "{mode}: {copy}");
+            assert_eq!(copy["cut_v6"], true, "{mode}: {copy}");
+            assert_eq!(copy["tcp6"], true, "{mode}: {copy}");
             assert_eq!(copy["nodelay"], 1, "{mode}: {copy}");
             assert_eq!(copy["reuseaddr"], 1, "{mode}: {copy}");
             assert_eq!(copy["tcp"], true, "{mode}: {copy}");
@@ -126,4 +135,26 @@ async fn a_restored_copy_gets_its_sockets_in_its_own_sandbox() {
             assert_eq!(copy["path_uid"], copy["uid"], "{mode}: {copy}");
         }
     }
+}
+
+/// `on_snapshot_connections = "refuse"`: the function's connections make
+/// the capture refuse; the version is ready without a snapshot, saying why.
+#[tokio::test]
+async fn refuse_keeps_a_function_with_connections_unsnapshotted() {
+    require_root!();
+    let server = Server::start(&[]);
+    let rec = server
+        .deploy_ready(function(
+            "sockets-refuse",
+            SOCKETS,
+            json!({"on_snapshot_connections": "refuse"}),
+        ))
+        .await;
+    assert_eq!(rec["state"], "ready", "{rec}");
+    assert!(rec["snapshot"].is_null(), "{rec}");
+    let error = rec["error"].as_str().unwrap_or_default();
+    assert!(error.contains("is a TCP socket"), "{rec}");
+    assert!(error.contains("(ESTABLISHED)"), "{rec}");
+    let answer = server.invoke("sockets-refuse", json!({})).await.json();
+    assert_eq!(answer["copy"], false, "{answer}");
 }
