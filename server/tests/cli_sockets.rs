@@ -20,16 +20,21 @@ use std::process::{Command, Stdio};
 
 const COMMON: &str = include_str!("c/common.h");
 const SOCKETS: &str = include_str!("c/sockets.c");
+const TREE: &str = include_str!("c/sockets_tree.c");
 
 fn thaw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_thaw"))
 }
 
 fn compile(dir: &Path) -> std::path::PathBuf {
+    compile_one(dir, "sockets", SOCKETS)
+}
+
+fn compile_one(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
     std::fs::write(dir.join("common.h"), COMMON).unwrap();
-    let c = dir.join("sockets.c");
-    std::fs::write(&c, SOCKETS).unwrap();
-    let out = dir.join("sockets");
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, source).unwrap();
+    let out = dir.join(name);
     let status = Command::new("cc")
         .args(["-O1", "-Wall", "-o"])
         .arg(&out)
@@ -232,5 +237,91 @@ fn sockets_are_recreated_or_cut_by_thaw_restore_in_both_modes() {
         ] {
             assert!(err.contains(&cut), "{mode}: no {cut:?} in {err}");
         }
+    }
+}
+
+/// A process tree (`thaw snapshot --pid` of a parent with a child): its TCP
+/// connection and the Unix connection parent and child share are cut in
+/// both processes of the copy, in both modes.
+#[test]
+fn a_process_trees_connections_are_cut_in_every_process() {
+    if !nix::unistd::geteuid().is_root() {
+        skip!("thaw snapshot and thaw restore need root (ptrace, pid namespaces)");
+    }
+    if Command::new("cc").arg("--version").output().is_err() {
+        skip!("no C compiler (cc)");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let program = compile_one(tmp.path(), "sockets_tree", TREE);
+    let tcp4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp4_port = tcp4.local_addr().unwrap().port();
+    echo(move || tcp4.accept().map(|(s, _)| s));
+    let unix_server = tmp.path().join("echo.sock");
+    let unix = UnixListener::bind(&unix_server).unwrap();
+    echo(move || unix.accept().map(|(s, _)| s));
+
+    let mut command = Command::new(&program);
+    command
+        .arg(tcp4_port.to_string())
+        .arg(&unix_server)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    // SAFETY: only close_range runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let mut original = command.spawn().unwrap();
+    let mut out = BufReader::new(original.stdout.take().unwrap());
+    let mut ready = String::new();
+    out.read_line(&mut ready).unwrap();
+    assert!(ready.starts_with("ready "), "{ready:?}");
+    let snap = tmp.path().join("tree.snap");
+    let snapshot = thaw()
+        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(
+        snapshot.status.success(),
+        "thaw snapshot: {}",
+        String::from_utf8_lossy(&snapshot.stderr)
+    );
+    original.kill().unwrap();
+    original.wait().unwrap();
+    for mode in ["mmap", "uffd"] {
+        let mut copy = thaw()
+            .args(["restore", "--mode", mode])
+            .arg(&snap)
+            .env("THAW_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        copy.stdin.as_mut().unwrap().write_all(b"g").unwrap();
+        let mut rest = String::new();
+        copy.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut rest)
+            .unwrap();
+        let mut err = String::new();
+        copy.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = copy.wait().unwrap();
+        assert_eq!(rest, "ok\n", "{mode}: stderr {err}");
+        assert_eq!(status.code(), Some(0), "{mode}");
+        let cut = format!("(unix stream {} CONNECTED) was cut", unix_server.display());
+        assert_eq!(
+            err.matches(&cut).count(),
+            2,
+            "{mode}: parent and child: {err}"
+        );
     }
 }

@@ -228,6 +228,9 @@ struct Basics {
     protocol: i32,
     local: Option<SocketAddress>,
     peer: Option<SocketAddress>,
+    /// `getpeername` answered (a Unix peer may be unnamed: `peer` is then
+    /// `None` though the socket is connected).
+    connected: bool,
 }
 
 fn basics(pid: i32, fd: i32, sock: &OwnedFd, what: &str) -> Result<Basics, CaptureError> {
@@ -257,12 +260,16 @@ fn basics(pid: i32, fd: i32, sock: &OwnedFd, what: &str) -> Result<Basics, Captu
             Some(bytes) => parse_address(&bytes).map_err(|why| refuse(pid, fd, what, why)),
         }
     };
+    let connected = name(sock, true)
+        .map_err(|e| sys(pid, "getpeername", e))?
+        .is_some();
     Ok(Basics {
         family,
         sock_type,
         protocol,
         local: address(false)?,
         peer: address(true)?,
+        connected,
     })
 }
 
@@ -408,7 +415,12 @@ pub fn capture(
                     .copied()
                     .unwrap_or((0, libc::SOMAXCONN as u32));
                 SocketRole::Listening { backlog, waiting }
-            } else if let Some(peer) = &b.peer {
+            } else if b.connected {
+                let peer_name = match &b.peer {
+                    Some(peer) => peer.to_string(),
+                    None => "an unnamed socket of another process".to_string(),
+                };
+                let peer = &peer_name;
                 if kind == libc::SOCK_DGRAM {
                     return Err(refuse(
                         pid,
@@ -426,7 +438,7 @@ pub fn capture(
                     ));
                 }
                 SocketRole::Cut {
-                    peer: Some(peer.clone()),
+                    peer: b.peer.clone(),
                     state: "CONNECTED".into(),
                 }
             } else {
