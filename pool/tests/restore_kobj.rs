@@ -102,7 +102,7 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[1], "unix") == 0) {
         struct sockaddr_un a = {.sun_family = AF_UNIX};
         strncpy(a.sun_path, argv[2], sizeof a.sun_path - 1);
-        fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        fd = socket(AF_UNIX, SOCK_DGRAM, 0);
         if (connect(fd, (struct sockaddr *)&a, sizeof a)) return 2;
         fd = dup2(fd, 9);
         close(3);
@@ -137,7 +137,9 @@ int main(int argc, char **argv) {
 "#,
     );
     let socket_path = tmp.path().join("listener");
-    let _listener = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
+    // A datagram socket connected to it is refused (a stream connection
+    // outside the process is cut instead: server/tests/cli_sockets.rs).
+    let _listener = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     let watched = tmp.path().join("watched");
     std::fs::create_dir(&watched).unwrap();
     let cases = [
@@ -151,7 +153,7 @@ int main(int argc, char **argv) {
         ),
         (
             vec!["unix", socket_path.to_str().unwrap()],
-            "not one end of a socket pair",
+            "a Unix datagram socket connected to",
         ),
         (vec!["pipe"], "whose other end is not in the process"),
         (vec!["memfd"], "a memfd the process no longer holds open"),

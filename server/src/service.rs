@@ -653,9 +653,12 @@ impl Service {
             .ok_or(SnapshotError::NoProcess)?;
         let store = self.store.clone();
         let dir = snapshots::snapshots_dir(&self.config.data_dir);
-        let info = tokio::task::spawn_blocking(move || snapshots::take(&store, &dir, &id, pid))
-            .await
-            .map_err(|e| SnapshotError::Task(e.to_string()))??;
+        let connections = v.record.spec.on_snapshot_connections.policy();
+        let info = tokio::task::spawn_blocking(move || {
+            snapshots::take(&store, &dir, &id, pid, connections)
+        })
+        .await
+        .map_err(|e| SnapshotError::Task(e.to_string()))??;
         tracing::info!(
             function = %v.key.name,
             version = v.key.version,

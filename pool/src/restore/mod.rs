@@ -37,8 +37,9 @@
 //! in the order `drive` restores them (docs/restore.md, "Order of the
 //! restore"): [`memory`] (with [`anon`] in mmap mode, [`uffd`] in uffd
 //! mode, [`stacks`]: which areas mmap mode copies, [`shared`]: anonymous
-//! shared memory), [`mm`], [`fds`] (with [`kobj`], [`inotify`]), [`signals`], [`process`],
-//! [`thread`], [`timers`], [`pending`], [`credentials`], [`seccomp`].
+//! shared memory), [`mm`], [`fds`] (with [`kobj`], [`inotify`] and
+//! [`socket`]), [`signals`], [`process`], [`thread`], [`timers`],
+//! [`pending`], [`credentials`], [`seccomp`].
 
 pub mod anon;
 pub mod batch;
@@ -55,6 +56,7 @@ pub mod sandboxed;
 pub mod seccomp;
 pub mod shared;
 pub mod signals;
+pub mod socket;
 pub mod spawn;
 pub mod stacks;
 pub mod thread;
@@ -915,15 +917,31 @@ pub(crate) fn prepare_process(
     let memory = restore_memory(&mut remote, ctx, areas, timings)?;
     timings.mappings += started.elapsed();
 
-    // One batch in the main thread, before any other thread exists.
     let started = Instant::now();
+    // 3a. sockets, made by the copy in its own namespaces, before the batch
+    //     below sets close-on-exec and registers descriptors with epoll.
+    //     The stub's userfaultfd sits in the lowest free number, which may
+    //     be a socket's: it is closed first.
+    let mut uffd_in_stub = memory.uffd_in_stub;
+    if socket::any(fds) {
+        if let Some(fd) = uffd_in_stub.take() {
+            remote.sys("close (userfaultfd)", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
+    }
+    socket::restore(
+        &mut remote,
+        memory.scratch,
+        fds,
+        socket::FsIds::of(state, &ctx.options.credentials),
+    )?;
+    // One batch in the main thread, before any other thread exists.
     let mut batch = Batch::new(memory.scratch);
     // 2. mm: needs the stub's binary unmapped (EBUSY otherwise) and the
     //    executable's fd still open.
     mm::set_mm(&mut batch, mm, ctx.plan.exe_fd)?;
     // 3. fds: the mapping fds closed (the executable's with them), the
     //    kernel objects armed and registered.
-    restore_fds(&mut batch, fds, ctx.plan, memory.uffd_in_stub)?;
+    restore_fds(&mut batch, fds, ctx.plan, uffd_in_stub)?;
     // 4. signals: dispositions are shared by the threads.
     signals::set_signals(&remote, &mut batch, signals)?;
     // 5. process attributes: the threads cloned next inherit them.

@@ -58,6 +58,7 @@ pub mod refuse;
 pub mod seccomp;
 pub mod shared;
 pub mod signals;
+pub mod socket;
 pub mod thread;
 pub mod timers;
 pub mod tree;
@@ -70,6 +71,7 @@ pub use memory::MemoryError;
 pub use pagemap::PagemapError;
 pub use ptrace::{stop_all, PtraceError, Seized};
 pub use refuse::Refusal;
+pub use socket::ConnectionPolicy;
 
 use crate::state::{AreaKind, ProcessState, PAGE_SIZE, STATE_VERSION};
 use memory::AreaPlan;
@@ -143,6 +145,11 @@ pub struct CaptureOptions {
     /// is refused. Default false (a function's sandbox restores single
     /// processes); `thaw snapshot` sets it.
     pub tree: bool,
+    /// What to do with connections to outside the process (the spec field
+    /// `on_snapshot_connections`): cut them in every copy (default) or
+    /// refuse the capture. Listening, UDP and netlink sockets are re-created
+    /// either way.
+    pub connections: ConnectionPolicy,
 }
 
 impl Default for CaptureOptions {
@@ -153,6 +160,7 @@ impl Default for CaptureOptions {
             pagemap_scan: true,
             seccomp_filters: Vec::new(),
             tree: false,
+            connections: ConnectionPolicy::Cut,
         }
     }
 }
@@ -322,7 +330,7 @@ fn capture_held(
         status.number("Seccomp")? as u32,
         &options.seccomp_filters,
     )?;
-    let fds = fds::capture_with(pid, &options.protocol_fds, in_tree)?;
+    let fds = fds::capture_with(pid, &options.protocol_fds, in_tree, options.connections)?;
     let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
     let mut areas = areas::classify(pid, &entries)?;
     areas::link_memfd_areas(pid, &fds, &areas)?;

@@ -24,6 +24,8 @@
 //! inotify     "inotify wd:" lines: wd, mask, file handle      inotify_init1; in the
 //!             (path: open_by_handle_at through the process's  copy: inotify_add_watch
 //!             root, readlink); no queued events (FIONREAD)    per watch, wd order
+//! socket      TCP, UDP, Unix, netlink route (`super::socket`)  re-created in the
+//!                                                             copy, or cut
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -165,6 +167,9 @@ pub enum FdKind {
         /// Every watch, in watch-descriptor order.
         watches: Vec<InotifyWatch>,
     },
+    /// A TCP, UDP, Unix or netlink route socket the copy re-creates (or
+    /// gets as a cut connection): see [`super::SocketState`].
+    Socket(super::SocketState),
 }
 
 /// One watch of an inotify instance.
