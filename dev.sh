@@ -22,8 +22,10 @@ cd "$(dirname "$0")"
 # for the java17 runtime, gcc for the node20 runtime's OpenSSL reseeding
 # addon; g++ builds libFuzzer for the fuzz stage; iproute2 and nftables for
 # the veth pairs, NAT and filter of `network = "outbound"` sandboxes
-# (docs/network.md).
-PACKAGES=(libclang-dev clang g++ python3 python3-pip python3-venv systemd chromium chromium-driver openjdk-17-jdk-headless gcc iproute2 nftables)
+# (docs/network.md); postgresql (and util-linux's runuser) for
+# server/tests/postgres.rs, which starts its own server on a test host in a
+# network namespace (issue 19's database client).
+PACKAGES=(libclang-dev clang g++ python3 python3-pip python3-venv systemd chromium chromium-driver openjdk-17-jdk-headless gcc iproute2 nftables postgresql util-linux)
 # No python3-numpy/python3-pandas: functions get them from their
 # requirements.txt, and the tests that run the host's python3 directly
 # install the same pins once per machine with pip into
