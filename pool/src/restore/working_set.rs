@@ -207,14 +207,13 @@ pub fn populate_ranges(pages: &[u64], areas: &[MemoryArea], reads: bool) -> Vec<
     out
 }
 
-/// What a copy restored in `mode` gets of the recorded working set:
-/// `uffd` copies all of it (prefetched); `mmap` copies only when the
-/// server runs with `THAW_POPULATE=1` (populated, see
-/// [`populate_ranges`]): not yet measured on a quiet machine, so off by
-/// default.
+/// What a copy restored in `mode` gets of the recorded working set: all of
+/// it. `uffd` copies prefetch it; `mmap` copies populate the pages written
+/// (see [`populate_ranges`]), unless the server runs with
+/// `THAW_POPULATE=0` (for measuring with and without).
 pub fn for_mode(pages: &[u64], mode: super::Mode) -> Vec<u64> {
-    let on = std::env::var_os("THAW_POPULATE").is_some_and(|v| v == "1");
-    if mode == super::Mode::Mmap && !on {
+    let off = std::env::var_os("THAW_POPULATE").is_some_and(|v| v == "0");
+    if mode == super::Mode::Mmap && off {
         return Vec::new();
     }
     pages.to_vec()
