@@ -1020,7 +1020,7 @@ struct RestoredMemory {
 /// on a busy machine. Best effort: a range the kernel refuses ends the
 /// populating, never the restore.
 fn populate(batch: &mut Batch, areas: &[snapshotter::state::MemoryArea], pages: &[u64]) -> usize {
-    let ranges = working_set::populate_ranges(pages, areas, false);
+    let ranges = working_set::populate_ranges(pages, areas, working_set::reads_wanted());
     for r in &ranges {
         batch.call_best_effort(
             format!("madvise(populate) at {:#x}", r.start),
