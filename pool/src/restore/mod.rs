@@ -176,6 +176,9 @@ pub struct RestoreTimings {
     pub injected: u32,
     /// System calls run by the batch loop.
     pub batched: u32,
+    /// mmap mode: ranges of the recorded working set populated before the
+    /// resume (`madvise` calls of the mapping batch; see [`working_set`]).
+    pub populated: u32,
 }
 
 impl RestoreTimings {
@@ -1065,31 +1068,24 @@ struct RestoredMemory {
     uffd_in_stub: Option<u64>,
 }
 
-/// mmap mode: copies in the pages of the recorded working set the first
-/// copy wrote, before the copy resumes (one `madvise(MADV_POPULATE_WRITE)`
-/// per run, see [`working_set::populate_ranges`]), so the first invocation
-/// does not take those copy-on-write faults one by one. Best effort: a
-/// range the kernel refuses ends the populating, never the restore.
-fn populate(
-    remote: &mut Remote,
-    scratch: u64,
-    areas: &[snapshotter::state::MemoryArea],
-    pages: &[u64],
-    timings: &mut RestoreTimings,
-) {
-    let ranges = working_set::populate_ranges(pages, areas, false);
-    let mut batch = Batch::new(scratch);
+/// mmap mode: adds to `batch` (the mapping batch, at its best-effort
+/// tail) the copying in of the pages of the recorded working set the first
+/// copy wrote, so that the copy does not take those copy-on-write faults
+/// one by one in its first invocation (one `madvise(MADV_POPULATE_WRITE)`
+/// per run, see [`working_set::populate_ranges`]). In the same round trip
+/// as the mappings: a round trip of its own cost more than the populating
+/// on a busy machine. Best effort: a range the kernel refuses ends the
+/// populating, never the restore.
+fn populate(batch: &mut Batch, areas: &[snapshotter::state::MemoryArea], pages: &[u64]) -> usize {
+    let ranges = working_set::populate_ranges(pages, areas, working_set::reads_wanted());
     for r in &ranges {
-        batch.call(
+        batch.call_best_effort(
             format!("madvise(populate) at {:#x}", r.start),
             libc::SYS_madvise,
             [r.start, r.len, r.advice, 0, 0, 0],
         );
     }
-    timings.batched += batch.len() as u32;
-    if let Err(err) = remote.run(batch) {
-        tracing::debug!(%err, "populating the working set stopped early");
-    }
+    ranges.len()
 }
 
 /// Step 1 of [`drive`]: the address space. The stub's rseq registration,
@@ -1150,13 +1146,13 @@ fn restore_memory(
     if let Some(g) = &guard {
         g.map(&mut batch);
     }
+    if options.mode == Mode::Mmap && !options.prefetch.is_empty() {
+        timings.populated = populate(&mut batch, areas, &options.prefetch) as u32;
+    }
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
     if let Some(g) = &guard {
         g.write(remote)?;
-    }
-    if options.mode == Mode::Mmap && !options.prefetch.is_empty() {
-        populate(remote, places.scratch, areas, &options.prefetch, timings);
     }
     remote.set_syscall_address(syscall_at);
     shared::fill_and_close(
