@@ -10,7 +10,9 @@ use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use super::process::OuterProcess;
 
 use super::net::{AllowRule, HostNetwork, NetError, NetLease};
 use super::{Network, SandboxSpec, KEEPER_FD, NETNS_FD, SPEC_ENV, STATUS_FD};
@@ -164,7 +166,7 @@ pub struct LaunchPhases {
 pub struct Sandbox {
     /// Sandbox id (also the cgroup's name).
     pub id: String,
-    child: Child,
+    child: OuterProcess,
     cgroup: Cgroup,
     root_dir: PathBuf,
     /// The veth pair and firewall entries of an outbound sandbox, torn down
@@ -183,6 +185,16 @@ pub struct Sandbox {
     keeper: Option<OwnedFd>,
     /// Where the launch's time went.
     phases: LaunchPhases,
+}
+
+/// How the zygote fared with one launch.
+enum Zygote {
+    /// It forked the outer process.
+    Forked(super::process::Forked),
+    /// Off, or not working: spawn the init instead.
+    Unavailable,
+    /// The launch fails.
+    Failed(LaunchError),
 }
 
 /// The blocking task making an outbound sandbox's network.
@@ -383,6 +395,24 @@ impl Sandbox {
         if let Some(ns) = net.as_ref().and_then(|n| n.netns()) {
             targets.push((ns.as_raw_fd(), NETNS_FD));
         }
+        let status_r = match Self::fork_by_zygote(config, &sandbox_spec, &targets, &out_w, &err_w)
+            .await
+        {
+            Zygote::Forked(forked) => {
+                drop((out_w, err_w, req_r, resp_w, status_w));
+                let keeper = keeper.map(|(server_end, _init_end)| server_end);
+                if let Some(n) = net.as_mut() {
+                    n.forget_netns();
+                }
+                let child = OuterProcess::Forked(forked);
+                return Self::finish_spawn(
+                    id, root_dir, cgroup, net, child, keeper, status_r, req_w, resp_r, out_r, err_r,
+                )
+                .await;
+            }
+            Zygote::Failed(e) => return Err(e),
+            Zygote::Unavailable => status_r,
+        };
         // Sources are first moved above every target, so no dup2 can clobber
         // a source that is still to be placed.
         let above = targets.iter().map(|(_, n)| *n).max().unwrap_or(0) + 1;
@@ -452,7 +482,82 @@ impl Sandbox {
         if let Some(n) = net.as_mut() {
             n.forget_netns();
         }
+        Self::finish_spawn(
+            id,
+            root_dir,
+            cgroup,
+            net,
+            OuterProcess::Spawned(child),
+            keeper,
+            status_r,
+            req_w,
+            resp_r,
+            out_r,
+            err_r,
+        )
+        .await
+    }
 
+    /// Forks the outer process through the zygote ([`super::zygote`]) when
+    /// it is enabled, with `targets` and the log pipes at 0-2.
+    async fn fork_by_zygote(
+        config: &SandboxConfig,
+        spec: &SandboxSpec,
+        targets: &[(RawFd, RawFd)],
+        out_w: &OwnedFd,
+        err_w: &OwnedFd,
+    ) -> Zygote {
+        use std::os::fd::{AsFd, BorrowedFd};
+        if !super::zygote::zygote_enabled() {
+            return Zygote::Unavailable;
+        }
+        let devnull = match fs::File::open("/dev/null") {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) => return Zygote::Failed(io("open /dev/null")(e)),
+        };
+        let mut fds: Vec<BorrowedFd<'_>> = vec![devnull.as_fd(), out_w.as_fd(), err_w.as_fd()];
+        let mut numbers: Vec<RawFd> = vec![0, 1, 2];
+        for (src, dst) in targets {
+            // SAFETY: every source is an fd the caller keeps open until the
+            // zygote has answered (this function's lifetime).
+            fds.push(unsafe { BorrowedFd::borrow_raw(*src) });
+            numbers.push(*dst);
+        }
+        match super::zygote::fork_outer(&config.init_exe, &config.init_args, spec, &fds, &numbers)
+            .await
+        {
+            Ok(f) => Zygote::Forked(super::process::Forked::new(f.pid, f.pidfd)),
+            // The outer process may exist (it then fails on its own, its
+            // cgroup is removed): never start a second one with the same
+            // pipes.
+            Err(e @ super::zygote::ZygoteError::Gone) => {
+                Zygote::Failed(LaunchError::Setup(e.to_string()))
+            }
+            Err(e) => {
+                if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow("zygote") {
+                    tracing::warn!(error = %e, suppressed, "sandbox zygote unavailable; spawning the init");
+                }
+                Zygote::Unavailable
+            }
+        }
+    }
+
+    /// The launch's common end: waits for the init's report and builds the
+    /// sandbox.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_spawn(
+        id: &str,
+        root_dir: &Path,
+        cgroup: &Cgroup,
+        net: Option<NetLease>,
+        child: OuterProcess,
+        keeper: Option<OwnedFd>,
+        status_r: OwnedFd,
+        req_w: OwnedFd,
+        resp_r: OwnedFd,
+        out_r: OwnedFd,
+        err_r: OwnedFd,
+    ) -> Result<Sandbox, LaunchError> {
         // The status pipe closes when the function's exec succeeded; any
         // bytes on it are a setup error.
         let mut status = pipe::Receiver::from_owned_fd(status_r).map_err(io("status pipe"))?;

@@ -38,7 +38,9 @@ mod launch;
 mod mounts;
 pub mod net;
 pub mod open_files;
+mod process;
 pub mod seccomp;
+pub mod zygote;
 
 pub use launch::{
     host_pid_of, LaunchError, LaunchPhases, LaunchSpec, Sandbox, SandboxConfig, SandboxExit,
