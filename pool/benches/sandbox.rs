@@ -321,7 +321,7 @@ fn main() {
 
         // A whole sandbox, then its teardown: forked by the zygote, then
         // spawned (fork of this process and exec of the init), alternately.
-        for (mode, base) in [(Mode::Zygote, 7), (Mode::Spawned, 19)] {
+        for (mode, base) in [(Mode::Zygote, 7), (Mode::Spawned, 20)] {
             set_mode(mode);
             let cpu0 = cpu_now(&cgroups);
             let t = Instant::now();

@@ -185,6 +185,10 @@ pub struct Sandbox {
     keeper: Option<OwnedFd>,
     /// Where the launch's time went.
     phases: LaunchPhases,
+    /// A loopback-only sandbox's network namespace, offered for reuse by
+    /// a later sandbox of the same function (`key`, its code folder) once
+    /// this one is destroyed ([`super::netns_pool`]).
+    reusable_netns: Option<(PathBuf, OwnedFd)>,
 }
 
 /// How the zygote fared with one launch.
@@ -344,6 +348,14 @@ impl Sandbox {
         open_files: &[super::open_files::OpenFile],
         mut net: Option<NetLease>,
     ) -> Result<Sandbox, LaunchError> {
+        // A loopback-only sandbox joins a namespace kept from an earlier
+        // sandbox of its function, if there is one.
+        let reuse = spec.network == Network::None && super::netns_pool::reuse_enabled();
+        let kept_netns = if reuse {
+            super::netns_pool::take(&spec.code_dir)
+        } else {
+            None
+        };
         let sandbox_spec = SandboxSpec {
             id: id.to_string(),
             root_dir: root_dir.to_path_buf(),
@@ -353,7 +365,7 @@ impl Sandbox {
             mask: config.mask.clone(),
             tmp_mb: spec.tmp_mb,
             network: spec.network,
-            netns_fd: net.as_ref().map(|_| NETNS_FD),
+            netns_fd: (net.is_some() || kept_netns.is_some()).then_some(NETNS_FD),
             resolv_conf: net.as_ref().map(|n| n.resolv_conf()),
             uid: config.uid,
             gid: config.gid,
@@ -395,6 +407,9 @@ impl Sandbox {
         if let Some(ns) = net.as_ref().and_then(|n| n.netns()) {
             targets.push((ns.as_raw_fd(), NETNS_FD));
         }
+        if let Some(ns) = &kept_netns {
+            targets.push((ns.as_raw_fd(), NETNS_FD));
+        }
         let status_r = match Self::fork_by_zygote(config, &sandbox_spec, &targets, &out_w, &err_w)
             .await
         {
@@ -408,7 +423,8 @@ impl Sandbox {
                 return Self::finish_spawn(
                     id, root_dir, cgroup, net, child, keeper, status_r, req_w, resp_r, out_r, err_r,
                 )
-                .await;
+                .await
+                .map(|sb| sb.keep_netns(reuse, &spec.code_dir, kept_netns));
             }
             Zygote::Failed(e) => return Err(e),
             Zygote::Unavailable => status_r,
@@ -496,6 +512,23 @@ impl Sandbox {
             err_r,
         )
         .await
+        .map(|sb| sb.keep_netns(reuse, &spec.code_dir, kept_netns))
+    }
+
+    /// Keeps a handle on a loopback-only sandbox's network namespace (the
+    /// one it was given, or the one its init made) to offer it back for
+    /// reuse when it is destroyed.
+    fn keep_netns(mut self, reuse: bool, key: &Path, given: Option<OwnedFd>) -> Sandbox {
+        if !reuse {
+            return self;
+        }
+        let ns = given.or_else(|| {
+            self.child
+                .id()
+                .and_then(|pid| super::netns_pool::of_process(pid).ok())
+        });
+        self.reusable_netns = ns.map(|ns| (key.to_path_buf(), ns));
+        self
     }
 
     /// Forks the outer process through the zygote ([`super::zygote`]) when
@@ -575,6 +608,7 @@ impl Sandbox {
             stderr: Some(pipe::Receiver::from_owned_fd(err_r).map_err(io("stderr pipe"))?),
             keeper,
             phases: LaunchPhases::default(),
+            reusable_netns: None,
         };
         if !message.is_empty() {
             sandbox.kill();
@@ -654,9 +688,18 @@ impl Sandbox {
         self.kill();
         let _ = self.child.wait().await;
         let cgroup = self.cgroup.clone();
-        tokio::task::spawn_blocking(move || cgroup.destroy())
-            .await
-            .map_err(|e| LaunchError::Setup(format!("cgroup clean-up task: {e}")))??;
+        let netns = self.reusable_netns.take();
+        tokio::task::spawn_blocking(move || {
+            cgroup.destroy()?;
+            // Every process of the sandbox is gone: its namespace may serve
+            // the next sandbox of the function.
+            if let Some((key, ns)) = netns {
+                super::netns_pool::give_back(&key, ns);
+            }
+            Ok::<(), CgroupError>(())
+        })
+        .await
+        .map_err(|e| LaunchError::Setup(format!("cgroup clean-up task: {e}")))??;
         let _ = fs::remove_dir(&self.root_dir);
         if let Some(net) = self.net.take() {
             // Deleting a link takes tens of milliseconds (RCU grace

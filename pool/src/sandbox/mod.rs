@@ -37,6 +37,7 @@ pub mod init;
 mod launch;
 mod mounts;
 pub mod net;
+pub mod netns_pool;
 pub mod open_files;
 mod process;
 pub mod seccomp;
