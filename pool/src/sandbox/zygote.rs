@@ -317,14 +317,18 @@ async fn read_reply(sock: OwnedFd) -> Result<Forked, ZygoteError> {
             what: "wait for the reply",
             source: e,
         })?;
-        match guard.try_io(|s| receive(s.get_ref().as_raw_fd()).map_err(std::io::Error::from)) {
-            Ok(Ok(Some((data, mut received)))) => {
+        let mut buf = [0u8; 512];
+        let got = guard
+            .try_io(|s| receive(s.get_ref().as_raw_fd(), &mut buf).map_err(std::io::Error::from));
+        match got {
+            Ok(Ok(Some((len, mut received)))) => {
+                let data = &buf[..len];
                 if let Some(message) = data.strip_prefix(b"E") {
                     return Err(ZygoteError::Refused(
                         String::from_utf8_lossy(message).into_owned(),
                     ));
                 }
-                let pid = std::str::from_utf8(&data)
+                let pid = std::str::from_utf8(data)
                     .ok()
                     .and_then(|s| s.parse::<i32>().ok());
                 return match (pid, received.pop()) {
@@ -344,13 +348,13 @@ async fn read_reply(sock: OwnedFd) -> Result<Forked, ZygoteError> {
     }
 }
 
-/// One message and the descriptors it carries (close-on-exec); `None` at
-/// end of file.
-fn receive(fd: RawFd) -> nix::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-    let mut buf = vec![0u8; MAX_REQUEST];
+/// One message into `buf` (its length is the most read) and the
+/// descriptors it carries (close-on-exec); `None` at end of file. Returns
+/// the message's length.
+fn receive(fd: RawFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<OwnedFd>)>> {
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (len, fds) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut iov = [IoSliceMut::new(buf)];
         let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
         let mut fds = Vec::new();
         for cmsg in msg.cmsgs()? {
@@ -371,8 +375,7 @@ fn receive(fd: RawFd) -> nix::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     if len == 0 && fds.is_empty() {
         return Ok(None);
     }
-    buf.truncate(len);
-    Ok(Some((buf, fds)))
+    Ok(Some((len, fds)))
 }
 
 /// Sends `data` and at most one descriptor on `fd` (best effort).
@@ -403,8 +406,11 @@ pub(super) fn zygote_main() -> ! {
     if parent != Some(nix::unistd::getppid().as_raw()) {
         std::process::exit(super::init::SETUP_FAILED);
     }
+    // One buffer for every request (a fresh megabyte per request would cost
+    // its page faults each time).
+    let mut buf = vec![0u8; MAX_REQUEST];
     loop {
-        let (data, mut fds) = match receive(ZYGOTE_FD) {
+        let (len, mut fds) = match receive(ZYGOTE_FD, &mut buf) {
             Ok(Some(m)) => m,
             Ok(None) => std::process::exit(0),
             Err(nix::errno::Errno::EINTR) => continue,
@@ -412,7 +418,7 @@ pub(super) fn zygote_main() -> ! {
             Err(_) => std::process::exit(super::init::SETUP_FAILED),
         };
         let Some(reply) = fds.pop() else { continue };
-        let request: Request = match serde_json::from_slice(&data) {
+        let request: Request = match serde_json::from_slice(&buf[..len]) {
             Ok(r) => r,
             Err(e) => {
                 answer(
