@@ -604,6 +604,7 @@ async fn measure_only(
         warm_throughput: String::new(),
         cold_throughput,
         bursts,
+        cold_host: String::new(),
         density: String::new(),
         goals: None,
     })

@@ -67,6 +67,27 @@ pub struct ColdRow {
     pub row: Result<Row, String>,
 }
 
+/// The number of processes under the server once it has not changed for
+/// a second (at most 30 s): the spares of the other functions too are made
+/// by then, so the count is the server's at rest, not a moment of it.
+async fn stable_count(server_pid: u32) -> Result<usize, String> {
+    let t0 = std::time::Instant::now();
+    let mut last = super::procfs::descendants(server_pid).len();
+    let mut same = 0;
+    while same < 5 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = super::procfs::descendants(server_pid).len();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+        if t0.elapsed() > std::time::Duration::from_secs(30) {
+            return Err(format!(
+                "waiting for the server to settle: its process count still changes after 30 s ({now})"
+            ));
+        }
+    }
+    Ok(last)
+}
+
 /// Waits until the function is at rest with at least `spares` ready, and
 /// then until the server has `processes` processes under it again (a forced
 /// copy leaves the server's lists before its sandbox is gone; its teardown
@@ -81,6 +102,9 @@ pub async fn settle(
         .await
         .map_err(|e| format!("waiting for the server to settle: {e}"))?;
     let t0 = std::time::Instant::now();
+    if processes.is_none() {
+        return stable_count(ctx.server_pid).await;
+    }
     loop {
         let now = super::procfs::descendants(ctx.server_pid).len();
         match processes {
