@@ -120,14 +120,14 @@ fn outer(spec: &SandboxSpec) -> Result<i32, String> {
     for procs in &spec.cgroup_procs {
         fs::write(procs, &me).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
-    mark(&spec, "joined");
+    mark(spec, "joined");
     let flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS
-        | net::inside::namespace_flags(&spec)?;
+        | net::inside::namespace_flags(spec)?;
     unshare(flags).map_err(ctx("unshare namespaces"))?;
-    mark(&spec, "unshared");
+    mark(spec, "unshared");
     // pid 1's parent-death signal only covers deaths after it is set: this
     // pipe, whose write end only this process keeps, tells pid 1 whether we
     // died before (then every writer is gone and the read end hangs up).
@@ -136,7 +136,7 @@ fn outer(spec: &SandboxSpec) -> Result<i32, String> {
     match unsafe { fork() }.map_err(ctx("fork pid 1"))? {
         ForkResult::Child => {
             drop(alive_w);
-            let code = match set_pdeathsig_checked(alive_r).and_then(|()| run_pid1(&spec)) {
+            let code = match set_pdeathsig_checked(alive_r).and_then(|()| run_pid1(spec)) {
                 Ok(code) => code,
                 Err(message) => {
                     report(&message);

@@ -37,7 +37,7 @@
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use nix::sys::socket::{
@@ -215,8 +215,8 @@ fn start_zygote(exe: &PathBuf, args: &[String]) -> std::io::Result<(std::process
 
 /// The zygote of `exe args`, started if there is none (or if the one seen
 /// as `dead` died).
-fn zygote(exe: &PathBuf, args: &[String], dead: Option<u64>) -> Result<Arc<Handle>, ZygoteError> {
-    let key = (exe.clone(), args.to_vec());
+fn zygote(exe: &Path, args: &[String], dead: Option<u64>) -> Result<Arc<Handle>, ZygoteError> {
+    let key = (exe.to_path_buf(), args.to_vec());
     let mut zygotes = registry().lock().unwrap();
     let generation = match zygotes.get(&key) {
         Some(h) if Some(h.generation) != dead => return Ok(h.clone()),
@@ -227,7 +227,7 @@ fn zygote(exe: &PathBuf, args: &[String], dead: Option<u64>) -> Result<Arc<Handl
     starter()
         .lock()
         .unwrap()
-        .send((exe.clone(), args.to_vec(), tx))
+        .send((exe.to_path_buf(), args.to_vec(), tx))
         .map_err(|_| ZygoteError::Start(std::io::Error::other("the zygote thread is gone")))?;
     let sock = rx
         .recv()
@@ -242,7 +242,7 @@ fn zygote(exe: &PathBuf, args: &[String], dead: Option<u64>) -> Result<Arc<Handl
 /// runs the init with `spec`, holding `fds[i]` at `targets[i]`. Starts the
 /// zygote on first use and once more if it died.
 pub async fn fork_outer(
-    exe: &PathBuf,
+    exe: &Path,
     args: &[String],
     spec: &SandboxSpec,
     fds: &[BorrowedFd<'_>],
