@@ -54,6 +54,14 @@ struct SuiteArgs {
     /// that section).
     #[arg(long)]
     only_density: bool,
+    /// Run only these sections, comma-separated: sustained, burst (needs
+    /// --out; no goals are judged).
+    #[arg(long, value_delimiter = ',', conflicts_with = "only_density")]
+    only: Vec<loadtest::suite::Section>,
+    /// Only these bench functions, comma-separated (hello, numpy-pandas,
+    /// node-catalog, java-inventory) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    functions: Vec<String>,
     /// Folder receiving benchmarks.md and benchmarks/*.svg [default: docs;
     /// required with --short].
     #[arg(long)]
@@ -245,11 +253,19 @@ async fn suite_command(args: SuiteArgs) -> Result<()> {
             repo.display()
         );
     }
-    let out = match (args.out, args.short || args.only_density) {
+    for f in &args.functions {
+        if !suite::BENCHES.iter().any(|b| b.name == f) {
+            bail!("--functions: {f} is not a bench function");
+        }
+    }
+    let out = match (
+        args.out,
+        args.short || args.only_density || !args.only.is_empty(),
+    ) {
         (Some(out), _) => out,
         (None, false) => repo.join("docs"),
         (None, true) => {
-            bail!("--short and --only-density need --out DIR (they must not replace docs/benchmarks.md)")
+            bail!("--short, --only-density and --only need --out DIR (they must not replace docs/benchmarks.md)")
         }
     };
     let find = |given: Option<PathBuf>, name: &str| -> Result<PathBuf> {
@@ -260,6 +276,8 @@ async fn suite_command(args: SuiteArgs) -> Result<()> {
     let cfg = SuiteConfig {
         short: args.short,
         only_density: args.only_density,
+        only: args.only,
+        functions: args.functions,
         out,
         thaw: find(args.thaw, "thaw")?,
         fork_floor: find(args.fork_floor, "thaw-fork-floor")?,

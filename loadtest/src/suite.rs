@@ -110,6 +110,39 @@ pub const BENCHES: [Bench; 4] = [
     },
 ];
 
+/// A section `--only` can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Sustained cold starts ([`throughput::cold_section`]).
+    Sustained,
+    /// Bursts ([`burst`]), against single restores measured for them.
+    Burst,
+}
+
+impl std::str::FromStr for Section {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Section, String> {
+        match s {
+            "sustained" => Ok(Section::Sustained),
+            "burst" | "bursts" => Ok(Section::Burst),
+            other => Err(format!(
+                "unknown section {other:?} (--only takes sustained and burst)"
+            )),
+        }
+    }
+}
+
+impl SuiteConfig {
+    /// The bench functions of this run.
+    pub fn benches(&self) -> Vec<Bench> {
+        BENCHES
+            .iter()
+            .copied()
+            .filter(|b| self.functions.is_empty() || self.functions.iter().any(|f| f == b.name))
+            .collect()
+    }
+}
+
 /// Where things are and where the results go.
 #[derive(Debug, Clone)]
 pub struct SuiteConfig {
@@ -117,6 +150,12 @@ pub struct SuiteConfig {
     pub short: bool,
     /// Only the density section (the others are left empty).
     pub only_density: bool,
+    /// Only these sections ([`Section`]), empty: all (the others are left
+    /// empty; no goals are judged).
+    pub only: Vec<Section>,
+    /// Only these bench functions (empty: all of [`BENCHES`]); with `only`,
+    /// only these examples are deployed.
+    pub functions: Vec<String>,
     /// The folder receiving `benchmarks.md` and `benchmarks/`.
     pub out: PathBuf,
     /// The `thaw` binary.
@@ -336,6 +375,11 @@ pub async fn run_suite(cfg: SuiteConfig) -> Result<SuiteReport, SuiteError> {
         .filter(|e| e.path().join("thaw.toml").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
+    if !cfg.only.is_empty() {
+        // Only what the picked sections measure.
+        let benches = cfg.benches();
+        examples.retain(|e| benches.iter().any(|b| b.name == e));
+    }
     examples.sort();
     // The bench functions first, so the store's "new pages" column shows what
     // the others add on top of them.
@@ -345,7 +389,7 @@ pub async fn run_suite(cfg: SuiteConfig) -> Result<SuiteReport, SuiteError> {
             .position(|b| b.name == n)
             .unwrap_or(BENCHES.len())
     });
-    for b in BENCHES {
+    for b in cfg.benches() {
         if !examples.iter().any(|e| e == b.name) {
             return Err(SuiteError::Missing {
                 what: "a benchmark example",
@@ -439,6 +483,9 @@ async fn measure_all(
         });
     }
     let empty = serde_json::Map::new();
+    if !ctx.cfg.only.is_empty() {
+        return measure_only(ctx, examples, server).await;
+    }
     for name in examples {
         eprintln!("suite: deploying {name}");
         let folder = ctx.cfg.repo.join("examples").join(name);
@@ -499,6 +546,67 @@ async fn measure_all(
         cold_host,
         density,
         goals: Some(figures),
+    })
+}
+
+/// `--only`: deploys the run's bench functions and measures the picked
+/// sections.
+async fn measure_only(
+    ctx: &mut Ctx,
+    examples: &[String],
+    server: &Server,
+) -> Result<Body, SuiteError> {
+    let empty = serde_json::Map::new();
+    for name in examples {
+        eprintln!("suite: deploying {name}");
+        let folder = ctx.cfg.repo.join("examples").join(name);
+        deploy::deploy(&ctx.api, &folder, name, &empty)
+            .await
+            .map_err(|e| SuiteError::Examples(e.to_string()))?;
+        deploy::wait_ready(&ctx.api, name).await.map_err(|e| {
+            SuiteError::Examples(format!("{e}\nserver log:\n{}", server.log_tail(15)))
+        })?;
+    }
+    let benches = ctx.cfg.benches();
+    let mut cold_throughput = String::new();
+    if ctx.cfg.only.contains(&Section::Sustained) {
+        cold_throughput = throughput::cold_section(ctx, &benches, &[]).await.0;
+    }
+    let mut bursts = String::new();
+    if ctx.cfg.only.contains(&Section::Burst) {
+        let mut out = Vec::new();
+        for bench in benches.iter().filter(|b| b.name == GOAL_FUNCTION) {
+            eprintln!(
+                "suite: {} single restores, then {} bursts of {} cold starts of {}",
+                burst::SINGLES,
+                ctx.plan.bursts,
+                burst::BURST,
+                bench.name
+            );
+            let single = match burst::single_median(ctx, bench, burst::SINGLES).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    ctx.error(format!("single restores of {}: {e}", bench.name));
+                    None
+                }
+            };
+            match burst::measure(ctx, bench, ctx.plan.bursts).await {
+                Ok(r) => out.push((r, single)),
+                Err(e) => ctx.error(format!("bursts of {}: {e}", bench.name)),
+            }
+        }
+        bursts = burst::render(&out, ctx.plan.bursts);
+    }
+    Ok(Body {
+        store: String::new(),
+        capture: String::new(),
+        cold: Vec::new(),
+        warm_throughput: String::new(),
+        cold_throughput,
+        bursts,
+        cold_host: String::new(),
+        density: String::new(),
+        goals: None,
     })
 }
 
@@ -706,12 +814,16 @@ fn render_doc(
     body: &Body,
     took: Duration,
 ) -> String {
-    let mode = match (cfg.short, cfg.only_density) {
+    let mut mode = match (cfg.short, cfg.only_density) {
         (true, true) => "short, density only",
         (true, false) => "short",
         (false, true) => "full, density only",
         (false, false) => "full",
-    };
+    }
+    .to_string();
+    if !cfg.only.is_empty() {
+        mode.push_str(&format!(", only {}", only_flags(cfg)));
+    }
     let mut d = String::new();
     d.push_str("# thaw benchmarks\n\n");
     d.push_str(
@@ -849,11 +961,16 @@ fn render_doc(
         "\n## How to reproduce\n\n```\ncargo build --release -p server -p loadtest\ntarget/release/thaw-loadtest suite{}\n```\n\n\
          Needs root (sandboxes), `{}` with pip, and the package index for the examples' `requirements.txt` (numpy and pandas are installed into their layer; the fork floor imports them from it). Plan of this run: {} rounds; per round {} warm, {} boot, {} restore \
          requests and {} forks; {} extra captures per function; {:?} idle booted and {:?} restored copies for density; throughput {} rounds of {:?} with {} clients (warm) and {} clients (cold starts); {} bursts of {}.\n",
-        match (cfg.short, cfg.only_density) {
-            (true, true) => " --short --only-density --out DIR",
-            (true, false) => " --short --out DIR",
-            (false, true) => " --only-density --out DIR",
-            (false, false) => "",
+        match (cfg.short, cfg.only_density, cfg.only.is_empty()) {
+            (true, true, _) => " --short --only-density --out DIR".to_string(),
+            (false, true, _) => " --only-density --out DIR".to_string(),
+            (short, false, false) => format!(
+                "{} --only {} --out DIR",
+                if short { " --short" } else { "" },
+                only_flags(cfg)
+            ),
+            (true, false, true) => " --short --out DIR".to_string(),
+            (false, false, true) => String::new(),
         },
         cfg.python.display(),
         ctx.plan.rounds,
@@ -872,6 +989,23 @@ fn render_doc(
         burst::BURST,
     ));
     d
+}
+
+/// The `--only` (and `--functions`) arguments of this run.
+fn only_flags(cfg: &SuiteConfig) -> String {
+    let sections: Vec<&str> = cfg
+        .only
+        .iter()
+        .map(|s| match s {
+            Section::Sustained => "sustained",
+            Section::Burst => "burst",
+        })
+        .collect();
+    let mut out = sections.join(",");
+    if !cfg.functions.is_empty() {
+        out.push_str(&format!(" --functions {}", cfg.functions.join(",")));
+    }
+    out
 }
 
 /// The absolute p50 (every latency of the arm pooled) shown beside the

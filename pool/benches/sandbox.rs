@@ -23,7 +23,15 @@
 //!   mounts (the mount namespace's root assembled), host name + loopback,
 //!   and the function's fork + exec until the launcher hears of it;
 //! * **teardown**: `Sandbox::destroy` (kill, wait, remove the cgroups and
-//!   the mount point).
+//!   the mount point);
+//! * each launch and teardown twice per round: with the sandbox's outer
+//!   process **forked by the zygote** (the default, see
+//!   `pool::sandbox::zygote`) and **spawned** (fork of this process, exec
+//!   of the init binary: `THAW_SANDBOX_ZYGOTE=0`), and the **CPU per
+//!   sandbox** of each (this process's threads + the zygote + every
+//!   sandbox's cgroup, from launch to the end of the teardown; the kernel's
+//!   background work, such as a network namespace's cleanup, is not in it).
+//!   CPU rows print their mean too: the zygote's counter moves in ticks.
 //!
 //! `cargo bench -p pool --bench sandbox` (needs root).
 
@@ -35,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{setns, unshare, CloneFlags};
 use pool::cgroup::{CgroupLimits, CgroupRoot};
+use pool::sandbox::zygote::ZYGOTE_ENV;
 use pool::sandbox::{LaunchSpec, Network, Sandbox, SandboxConfig, PHASES_DIR_ENV};
 
 const ROUNDS: usize = 40;
@@ -64,11 +73,13 @@ fn print(steps: &[Step]) {
         }
         let samples = s.samples.clone();
         let min = *samples.iter().min().unwrap();
+        let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
         println!(
-            "  {:<34} median {:>8.3} ms   min {:>8.3} ms   (n = {})",
+            "  {:<48} median {:>8.3} ms   min {:>8.3} ms   mean {:>8.3} ms   (n = {})",
             s.name,
             median(samples).as_secs_f64() * 1e3,
             min.as_secs_f64() * 1e3,
+            mean.as_secs_f64() * 1e3,
             s.samples.len()
         );
     }
@@ -114,6 +125,76 @@ fn points(file: &std::path::Path) -> std::collections::HashMap<String, i128> {
             Some((label.to_string(), ns.parse().ok()?))
         })
         .collect()
+}
+
+/// How the sandboxes of a round are started.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Forked by the zygote (the default).
+    Zygote,
+    /// Spawned: fork of this process, exec of the init binary.
+    Spawned,
+}
+
+fn set_mode(mode: Mode) {
+    // Read by Sandbox::launch at every launch; this bench is the only
+    // thread that launches.
+    match mode {
+        Mode::Zygote => std::env::remove_var(ZYGOTE_ENV),
+        Mode::Spawned => std::env::set_var(ZYGOTE_ENV, "0"),
+    }
+}
+
+/// `utime + stime` of a process or thread (`/proc/.../stat`).
+fn stat_cpu(path: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return Duration::ZERO;
+    };
+    let Some(end) = stat.rfind(')') else {
+        return Duration::ZERO;
+    };
+    let f: Vec<u64> = stat[end + 1..]
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Duration::from_secs_f64(f.iter().sum::<u64>() as f64 / hz)
+}
+
+/// CPU used so far by this process (every thread), its zygote and every
+/// sandbox (their cgroups' counter). Ticks: only a sum over many rounds
+/// means much; the median of a step is the typical one.
+fn cpu_now(cgroups: &CgroupRoot) -> Duration {
+    // SAFETY: getrusage writes into `usage`, which lives for the call.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let me = tv(usage.ru_utime) + tv(usage.ru_stime);
+    let me_pid = std::process::id().to_string();
+    let zygote: Duration = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            comm.trim() == "thaw-zygote"
+                && stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    == Some(me_pid.as_str())
+        })
+        .map(|pid| stat_cpu(&format!("/proc/{pid}/stat")))
+        .sum();
+    me + zygote + cgroups.sandbox_cpu_time().unwrap_or_default()
 }
 
 fn main() {
@@ -163,7 +244,7 @@ fn main() {
         .build()
         .unwrap();
 
-    let names = [
+    let mut names = vec![
         "cgroup create",
         "cgroup placement (join)",
         "cgroup remove (empty)",
@@ -171,19 +252,30 @@ fn main() {
         "network namespace (unshare)",
         "network namespace release (setns)",
         "pid + ipc + uts namespaces",
-        "launch: total (to function exec)",
-        "launch: cgroup phase",
-        "launch: network phase",
-        "launch: init phase",
-        "  init exec'd (spawn -> spec read)",
-        "  cgroup placement (join)",
-        "  namespaces (unshare)",
-        "  pid 1 forked",
-        "  root mounts (build_root)",
-        "  host name + loopback",
-        "  function fork + exec, heard",
-        "teardown (Sandbox::destroy)",
     ];
+    for mode in ["zygote", "spawned init"] {
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        names.push(leak(format!("launch ({mode}): total (to function exec)")));
+        names.push(leak(format!("launch ({mode}): cgroup phase")));
+        names.push(leak(format!("launch ({mode}): network phase")));
+        names.push(leak(format!("launch ({mode}): init phase")));
+        names.push(leak(format!(
+            "  {}",
+            if mode == "zygote" {
+                "outer forked (request -> spec read)"
+            } else {
+                "init exec'd (spawn -> spec read)"
+            }
+        )));
+        names.push("  cgroup placement (join)");
+        names.push("  namespaces (unshare)");
+        names.push("  pid 1 forked");
+        names.push("  root mounts (build_root)");
+        names.push("  host name + loopback");
+        names.push("  function fork + exec, heard");
+        names.push(leak(format!("teardown ({mode}, Sandbox::destroy)")));
+        names.push(leak(format!("CPU per sandbox ({mode}: launch + teardown)")));
+    }
     let mut steps: Vec<Step> = names
         .iter()
         .map(|&name| Step {
@@ -227,33 +319,46 @@ fn main() {
         );
         add(6, other);
 
-        // A whole sandbox, then its teardown.
-        let t = Instant::now();
-        let sandbox = rt
-            .block_on(Sandbox::launch(&config, &spec))
-            .expect("launch");
-        let exec_heard = monotonic_ns();
-        add(7, t.elapsed());
-        let p = sandbox.launch_phases();
-        add(8, p.cgroup);
-        add(9, p.network);
-        add(10, p.init);
-        // The init phase began p.init before the launcher heard of the exec.
-        let spawned = exec_heard - p.init.as_nanos() as i128;
-        let at = points(&phases_dir.join(&sandbox.id));
-        let order = ["init", "joined", "unshared", "pid1", "root", "ready"];
-        if order.iter().all(|k| at.contains_key(*k)) {
-            let mut prev = spawned;
-            for (i, k) in order.iter().enumerate() {
-                add(11 + i, Duration::from_nanos((at[*k] - prev).max(0) as u64));
-                prev = at[*k];
+        // A whole sandbox, then its teardown: forked by the zygote, then
+        // spawned (fork of this process and exec of the init), alternately.
+        for (mode, base) in [(Mode::Zygote, 7), (Mode::Spawned, 20)] {
+            set_mode(mode);
+            let cpu0 = cpu_now(&cgroups);
+            let t = Instant::now();
+            let sandbox = rt
+                .block_on(Sandbox::launch(&config, &spec))
+                .expect("launch");
+            let exec_heard = monotonic_ns();
+            add(base, t.elapsed());
+            let p = sandbox.launch_phases();
+            add(base + 1, p.cgroup);
+            add(base + 2, p.network);
+            add(base + 3, p.init);
+            // The init phase began p.init before the launcher heard of the exec.
+            let spawned = exec_heard - p.init.as_nanos() as i128;
+            let at = points(&phases_dir.join(&sandbox.id));
+            let order = ["init", "joined", "unshared", "pid1", "root", "ready"];
+            if order.iter().all(|k| at.contains_key(*k)) {
+                let mut prev = spawned;
+                for (i, k) in order.iter().enumerate() {
+                    add(
+                        base + 4 + i,
+                        Duration::from_nanos((at[*k] - prev).max(0) as u64),
+                    );
+                    prev = at[*k];
+                }
+                add(
+                    base + 10,
+                    Duration::from_nanos((exec_heard - prev).max(0) as u64),
+                );
             }
-            add(17, Duration::from_nanos((exec_heard - prev).max(0) as u64));
+            let t = Instant::now();
+            rt.block_on(sandbox.destroy()).expect("destroy");
+            add(base + 11, t.elapsed());
+            add(base + 12, cpu_now(&cgroups).saturating_sub(cpu0));
         }
-        let t = Instant::now();
-        rt.block_on(sandbox.destroy()).expect("destroy");
-        add(18, t.elapsed());
     }
+    set_mode(Mode::Zygote);
     println!("== sandbox creation and teardown steps (median of {ROUNDS} rounds)");
     print(&steps);
 }

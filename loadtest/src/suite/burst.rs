@@ -20,6 +20,10 @@ use super::{Bench, Ctx};
 /// Cold starts sent at once.
 pub const BURST: usize = 16;
 
+/// Single restores measured for the bursts' reference when the cold-start
+/// section does not run ([`single_median`]).
+pub const SINGLES: usize = 15;
+
 /// What the bursts of one function left.
 #[derive(Debug, Clone, Default)]
 pub struct BurstResult {
@@ -103,6 +107,34 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench, bursts: usize) -> Result<Burs
     Ok(result)
 }
 
+/// Single forced restores of `bench`, one at a time, each into a server at
+/// rest (its spares ready), `n` of them: the median latency, µs. For runs
+/// without the cold-start section (`--only burst`), whose restore (mmap)
+/// median is otherwise the bursts' reference.
+pub async fn single_median(ctx: &mut Ctx, bench: &Bench, n: usize) -> Result<f64, String> {
+    let target = Target::new(&ctx.api.base_url(), bench.name)
+        .and_then(|t| t.with_bodies(vec![Bytes::from(bench.body.to_owned())]))
+        .map_err(|e| e.to_string())?
+        .with_cold(Some(ColdStart::Restore));
+    settle(ctx, bench.name, 0, None).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let spares = spares_ready(&ctx.api, bench.name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let at_rest = settle(ctx, bench.name, spares, None).await?;
+    let mut latencies = Vec::with_capacity(n);
+    for seq in 0..n as u64 {
+        settle(ctx, bench.name, spares, Some(at_rest)).await?;
+        let t0 = Instant::now();
+        let outcome = ctx.client.send(&target, seq).await;
+        if !outcome.is_ok() {
+            return Err(format!("single restore {seq} failed"));
+        }
+        latencies.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(median(&latencies))
+}
+
 /// The section: each burst's figures and the ratio to the single restore.
 /// `single` is the single-restore median (µs) of the same function.
 pub fn render(results: &[(BurstResult, Option<f64>)], bursts: usize) -> String {
@@ -136,7 +168,8 @@ pub fn render(results: &[(BurstResult, Option<f64>)], bursts: usize) -> String {
     out.push_str(&format!(
         "\n{bursts} bursts of {BURST} requests with `x-thaw-cold: restore` sent at the same instant (one connection each) \
          to the default server at rest (nothing busy, its spares ready); latency from the burst's start to each whole \
-         answer. \"single restore\" is the restore (mmap) row of the cold-start section (one request at a time).\n"
+         answer. \"single restore\" is the restore (mmap) row of the cold-start section (one request at a time; with \
+         `--only`, without that section: the median of {SINGLES} single forced restores, each into the server at rest).\n"
     ));
     out
 }

@@ -36,6 +36,12 @@ pub struct Row {
     pub cpu_per_start: Vec<f64>,
     /// Of which the server's, seconds, per round.
     pub server_cpu_per_start: Vec<f64>,
+    /// Beside it, kernel threads' CPU per cold start, seconds, per round
+    /// ([`super::cpu`]: not charged to the server or a sandbox).
+    pub kernel_cpu_per_start: Vec<f64>,
+    /// Beside it, the whole machine's busy CPU less the load generator's,
+    /// per cold start, seconds, per round.
+    pub machine_cpu_per_start: Vec<f64>,
 }
 
 impl Row {
@@ -61,6 +67,27 @@ pub struct ColdRow {
     pub row: Result<Row, String>,
 }
 
+/// The number of processes under the server once it has not changed for
+/// a second (at most 30 s): the spares of the other functions too are made
+/// by then, so the count is the server's at rest, not a moment of it.
+async fn stable_count(server_pid: u32) -> Result<usize, String> {
+    let t0 = std::time::Instant::now();
+    let mut last = super::procfs::descendants(server_pid).len();
+    let mut same = 0;
+    while same < 5 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = super::procfs::descendants(server_pid).len();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+        if t0.elapsed() > std::time::Duration::from_secs(30) {
+            return Err(format!(
+                "waiting for the server to settle: its process count still changes after 30 s ({now})"
+            ));
+        }
+    }
+    Ok(last)
+}
+
 /// Waits until the function is at rest with at least `spares` ready, and
 /// then until the server has `processes` processes under it again (a forced
 /// copy leaves the server's lists before its sandbox is gone; its teardown
@@ -75,6 +102,9 @@ pub async fn settle(
         .await
         .map_err(|e| format!("waiting for the server to settle: {e}"))?;
     let t0 = std::time::Instant::now();
+    if processes.is_none() {
+        return stable_count(ctx.server_pid).await;
+    }
     loop {
         let now = super::procfs::descendants(ctx.server_pid).len();
         match processes {
@@ -120,6 +150,8 @@ async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<R
         spares: (0, 0),
         cpu_per_start: Vec::new(),
         server_cpu_per_start: Vec::new(),
+        kernel_cpu_per_start: Vec::new(),
+        machine_cpu_per_start: Vec::new(),
     };
     // The spares a resting server keeps for this function: each round
     // starts and ends with them, so the CPU of the spares made during a
@@ -168,6 +200,10 @@ async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<R
                     .push(used.total().as_secs_f64() / starts as f64);
                 row.server_cpu_per_start
                     .push(used.server.as_secs_f64() / starts as f64);
+                row.kernel_cpu_per_start
+                    .push(used.kernel.as_secs_f64() / starts as f64);
+                row.machine_cpu_per_start
+                    .push(used.machine.as_secs_f64() / starts as f64);
             }
         }
         let hits = stats.by_spare().get("hit").map_or(0, |h| h.len());
@@ -248,6 +284,19 @@ pub fn cpu_cell(row: &Row) -> String {
     }
 }
 
+/// Kernel threads' and the whole machine's CPU per start, as
+/// `kernel ms; machine ms` (medians of the rounds).
+pub fn kernel_machine_cell(row: &Row) -> String {
+    if row.kernel_cpu_per_start.is_empty() {
+        return "–".into();
+    }
+    format!(
+        "{:.2} ms; {:.2} ms",
+        median(&row.kernel_cpu_per_start) * 1e3,
+        median(&row.machine_cpu_per_start) * 1e3
+    )
+}
+
 const HEADER: [&str; 8] = [
     "function",
     "start",
@@ -305,6 +354,7 @@ pub async fn cold_section(
         ">failed",
         ">spare hits",
         ">CPU per cold start (server + sandboxes)",
+        ">kernel threads; whole machine",
     ]);
     let mut rows = Vec::new();
     for (i, bench) in benches.iter().enumerate() {
@@ -339,6 +389,7 @@ pub async fn cold_section(
                         "–".into()
                     });
                     c.push(cpu_cell(row));
+                    c.push(kernel_machine_cell(row));
                     t.row(c);
                 }
                 Err(e) => {
@@ -370,7 +421,11 @@ pub async fn cold_section(
          `thaw_sandbox_cpu_seconds_total`, the CPU of every sandbox's cgroup, those torn down included) ÷ cold starts \
          answered, over each round from a server at rest (nothing busy, no copy left, its spares made again) to a server \
          at rest again, so the teardown of the round's copies and the spares made for them are in it; median of the \
-         rounds. The load generator's own CPU is not in it.\n",
+         rounds; the server's figure includes its sandbox zygote (the process that forks every sandbox). The load \
+         generator's own CPU is not in it. Work the kernel does for no cgroup (a network namespace's cleanup runs in \
+         kworkers) is not in it either: **kernel threads** is the Δ CPU of every kernel thread per cold start, \
+         **whole machine** the Δ busy time of every CPU (`/proc/stat`) less the load generator's, per cold start; both \
+         count whatever else the machine ran meanwhile, so they mean something on a quiet machine only.\n",
         ctx.machine_cores, ctx.plan.throughput_rounds, ctx.plan.throughput
     ));
     (out, rows)

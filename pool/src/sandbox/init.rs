@@ -26,6 +26,9 @@ pub const SETUP_FAILED: i32 = 125;
 
 /// Entry point of the hidden `sandbox-init` subcommand. Never returns.
 pub fn init_main() -> ! {
+    if std::env::var_os(super::zygote::ZYGOTE_ENV).is_some_and(|v| v == "1") {
+        super::zygote::zygote_main();
+    }
     let code = match run_outer() {
         Ok(code) => code,
         Err(message) => {
@@ -82,18 +85,49 @@ fn run_outer() -> Result<i32, String> {
     let spec_json = std::env::var(SPEC_ENV).map_err(ctx("read sandbox spec"))?;
     let spec: SandboxSpec = serde_json::from_str(&spec_json).map_err(ctx("parse sandbox spec"))?;
     mark(&spec, "init");
+    outer(&spec)
+}
+
+/// The outer process forked by the zygote ([`super::zygote`]), its
+/// descriptors in place: the same as an exec'd init from its spec on, with
+/// the server (`server`, its parent through `CLONE_PARENT`) checked once
+/// the parent-death signal is set. Never returns.
+pub(super) fn outer_from_zygote(spec: &SandboxSpec, server: i32) -> ! {
+    let result = prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(ctx("set parent-death signal"))
+        .and_then(|()| {
+            if getppid().as_raw() != server {
+                return Err("the server went away during start".to_string());
+            }
+            set_cloexec(STATUS_FD);
+            mark(spec, "init");
+            outer(spec)
+        });
+    let code = match result {
+        Ok(code) => code,
+        Err(message) => {
+            report(&message);
+            SETUP_FAILED
+        }
+    };
+    process::exit(code)
+}
+
+/// The outer process from its spec on: joins the cgroups, makes the
+/// namespaces, forks pid 1 and waits for it.
+fn outer(spec: &SandboxSpec) -> Result<i32, String> {
     let me = getpid().to_string();
     for procs in &spec.cgroup_procs {
         fs::write(procs, &me).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
-    mark(&spec, "joined");
+    mark(spec, "joined");
     let flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS
-        | net::inside::namespace_flags(&spec)?;
+        | net::inside::namespace_flags(spec)?;
     unshare(flags).map_err(ctx("unshare namespaces"))?;
-    mark(&spec, "unshared");
+    mark(spec, "unshared");
     // pid 1's parent-death signal only covers deaths after it is set: this
     // pipe, whose write end only this process keeps, tells pid 1 whether we
     // died before (then every writer is gone and the read end hangs up).
@@ -102,7 +136,7 @@ fn run_outer() -> Result<i32, String> {
     match unsafe { fork() }.map_err(ctx("fork pid 1"))? {
         ForkResult::Child => {
             drop(alive_w);
-            let code = match set_pdeathsig_checked(alive_r).and_then(|()| run_pid1(&spec)) {
+            let code = match set_pdeathsig_checked(alive_r).and_then(|()| run_pid1(spec)) {
                 Ok(code) => code,
                 Err(message) => {
                     report(&message);

@@ -10,7 +10,9 @@ use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use super::process::OuterProcess;
 
 use super::net::{AllowRule, HostNetwork, NetError, NetLease};
 use super::{Network, SandboxSpec, KEEPER_FD, NETNS_FD, SPEC_ENV, STATUS_FD};
@@ -164,7 +166,7 @@ pub struct LaunchPhases {
 pub struct Sandbox {
     /// Sandbox id (also the cgroup's name).
     pub id: String,
-    child: Child,
+    child: OuterProcess,
     cgroup: Cgroup,
     root_dir: PathBuf,
     /// The veth pair and firewall entries of an outbound sandbox, torn down
@@ -183,6 +185,20 @@ pub struct Sandbox {
     keeper: Option<OwnedFd>,
     /// Where the launch's time went.
     phases: LaunchPhases,
+    /// A loopback-only sandbox's network namespace, offered for reuse by
+    /// a later sandbox of the same function (`key`, its code folder) once
+    /// this one is destroyed ([`super::netns_pool`]).
+    reusable_netns: Option<(PathBuf, OwnedFd)>,
+}
+
+/// How the zygote fared with one launch.
+enum Zygote {
+    /// It forked the outer process.
+    Forked(super::process::Forked),
+    /// Off, or not working: spawn the init instead.
+    Unavailable,
+    /// The launch fails.
+    Failed(LaunchError),
 }
 
 /// The blocking task making an outbound sandbox's network.
@@ -332,6 +348,14 @@ impl Sandbox {
         open_files: &[super::open_files::OpenFile],
         mut net: Option<NetLease>,
     ) -> Result<Sandbox, LaunchError> {
+        // A loopback-only sandbox joins a namespace kept from an earlier
+        // sandbox of its function, if there is one.
+        let reuse = spec.network == Network::None && super::netns_pool::reuse_enabled();
+        let kept_netns = if reuse {
+            super::netns_pool::take(&spec.code_dir)
+        } else {
+            None
+        };
         let sandbox_spec = SandboxSpec {
             id: id.to_string(),
             root_dir: root_dir.to_path_buf(),
@@ -341,7 +365,7 @@ impl Sandbox {
             mask: config.mask.clone(),
             tmp_mb: spec.tmp_mb,
             network: spec.network,
-            netns_fd: net.as_ref().map(|_| NETNS_FD),
+            netns_fd: (net.is_some() || kept_netns.is_some()).then_some(NETNS_FD),
             resolv_conf: net.as_ref().map(|n| n.resolv_conf()),
             uid: config.uid,
             gid: config.gid,
@@ -383,6 +407,28 @@ impl Sandbox {
         if let Some(ns) = net.as_ref().and_then(|n| n.netns()) {
             targets.push((ns.as_raw_fd(), NETNS_FD));
         }
+        if let Some(ns) = &kept_netns {
+            targets.push((ns.as_raw_fd(), NETNS_FD));
+        }
+        let status_r = match Self::fork_by_zygote(config, &sandbox_spec, &targets, &out_w, &err_w)
+            .await
+        {
+            Zygote::Forked(forked) => {
+                drop((out_w, err_w, req_r, resp_w, status_w));
+                let keeper = keeper.map(|(server_end, _init_end)| server_end);
+                if let Some(n) = net.as_mut() {
+                    n.forget_netns();
+                }
+                let child = OuterProcess::Forked(forked);
+                return Self::finish_spawn(
+                    id, root_dir, cgroup, net, child, keeper, status_r, req_w, resp_r, out_r, err_r,
+                )
+                .await
+                .map(|sb| sb.keep_netns(reuse, &spec.code_dir, kept_netns));
+            }
+            Zygote::Failed(e) => return Err(e),
+            Zygote::Unavailable => status_r,
+        };
         // Sources are first moved above every target, so no dup2 can clobber
         // a source that is still to be placed.
         let above = targets.iter().map(|(_, n)| *n).max().unwrap_or(0) + 1;
@@ -452,7 +498,99 @@ impl Sandbox {
         if let Some(n) = net.as_mut() {
             n.forget_netns();
         }
+        Self::finish_spawn(
+            id,
+            root_dir,
+            cgroup,
+            net,
+            OuterProcess::Spawned(child),
+            keeper,
+            status_r,
+            req_w,
+            resp_r,
+            out_r,
+            err_r,
+        )
+        .await
+        .map(|sb| sb.keep_netns(reuse, &spec.code_dir, kept_netns))
+    }
 
+    /// Keeps a handle on a loopback-only sandbox's network namespace (the
+    /// one it was given, or the one its init made) to offer it back for
+    /// reuse when it is destroyed.
+    fn keep_netns(mut self, reuse: bool, key: &Path, given: Option<OwnedFd>) -> Sandbox {
+        if !reuse {
+            return self;
+        }
+        let ns = given.or_else(|| {
+            self.child
+                .id()
+                .and_then(|pid| super::netns_pool::of_process(pid).ok())
+        });
+        self.reusable_netns = ns.map(|ns| (key.to_path_buf(), ns));
+        self
+    }
+
+    /// Forks the outer process through the zygote ([`super::zygote`]) when
+    /// it is enabled, with `targets` and the log pipes at 0-2.
+    async fn fork_by_zygote(
+        config: &SandboxConfig,
+        spec: &SandboxSpec,
+        targets: &[(RawFd, RawFd)],
+        out_w: &OwnedFd,
+        err_w: &OwnedFd,
+    ) -> Zygote {
+        use std::os::fd::{AsFd, BorrowedFd};
+        if !super::zygote::zygote_enabled() {
+            return Zygote::Unavailable;
+        }
+        let devnull = match fs::File::open("/dev/null") {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) => return Zygote::Failed(io("open /dev/null")(e)),
+        };
+        let mut fds: Vec<BorrowedFd<'_>> = vec![devnull.as_fd(), out_w.as_fd(), err_w.as_fd()];
+        let mut numbers: Vec<RawFd> = vec![0, 1, 2];
+        for (src, dst) in targets {
+            // SAFETY: every source is an fd the caller keeps open until the
+            // zygote has answered (this function's lifetime).
+            fds.push(unsafe { BorrowedFd::borrow_raw(*src) });
+            numbers.push(*dst);
+        }
+        match super::zygote::fork_outer(&config.init_exe, &config.init_args, spec, &fds, &numbers)
+            .await
+        {
+            Ok(f) => Zygote::Forked(super::process::Forked::new(f.pid, f.pidfd)),
+            // The outer process may exist (it then fails on its own, its
+            // cgroup is removed): never start a second one with the same
+            // pipes.
+            Err(e @ super::zygote::ZygoteError::Gone) => {
+                Zygote::Failed(LaunchError::Setup(e.to_string()))
+            }
+            Err(e) => {
+                if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow("zygote") {
+                    tracing::warn!(error = %e, suppressed, "sandbox zygote unavailable; spawning the init");
+                }
+                Zygote::Unavailable
+            }
+        }
+    }
+
+    /// The launch's common end: waits for the init's report and builds the
+    /// sandbox.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_spawn(
+        id: &str,
+        root_dir: &Path,
+        cgroup: &Cgroup,
+        net: Option<NetLease>,
+        child: OuterProcess,
+        keeper: Option<OwnedFd>,
+        status_r: OwnedFd,
+        req_w: OwnedFd,
+        resp_r: OwnedFd,
+        out_r: OwnedFd,
+        err_r: OwnedFd,
+    ) -> Result<Sandbox, LaunchError> {
         // The status pipe closes when the function's exec succeeded; any
         // bytes on it are a setup error.
         let mut status = pipe::Receiver::from_owned_fd(status_r).map_err(io("status pipe"))?;
@@ -470,6 +608,7 @@ impl Sandbox {
             stderr: Some(pipe::Receiver::from_owned_fd(err_r).map_err(io("stderr pipe"))?),
             keeper,
             phases: LaunchPhases::default(),
+            reusable_netns: None,
         };
         if !message.is_empty() {
             sandbox.kill();
@@ -549,9 +688,18 @@ impl Sandbox {
         self.kill();
         let _ = self.child.wait().await;
         let cgroup = self.cgroup.clone();
-        tokio::task::spawn_blocking(move || cgroup.destroy())
-            .await
-            .map_err(|e| LaunchError::Setup(format!("cgroup clean-up task: {e}")))??;
+        let netns = self.reusable_netns.take();
+        tokio::task::spawn_blocking(move || {
+            cgroup.destroy()?;
+            // Every process of the sandbox is gone: its namespace may serve
+            // the next sandbox of the function.
+            if let Some((key, ns)) = netns {
+                super::netns_pool::give_back(&key, ns);
+            }
+            Ok::<(), CgroupError>(())
+        })
+        .await
+        .map_err(|e| LaunchError::Setup(format!("cgroup clean-up task: {e}")))??;
         let _ = fs::remove_dir(&self.root_dir);
         if let Some(net) = self.net.take() {
             // Deleting a link takes tens of milliseconds (RCU grace

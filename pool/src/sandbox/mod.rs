@@ -37,8 +37,11 @@ pub mod init;
 mod launch;
 mod mounts;
 pub mod net;
+pub mod netns_pool;
 pub mod open_files;
+mod process;
 pub mod seccomp;
+pub mod zygote;
 
 pub use launch::{
     host_pid_of, LaunchError, LaunchPhases, LaunchSpec, Sandbox, SandboxConfig, SandboxExit,
