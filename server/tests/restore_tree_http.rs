@@ -1,0 +1,244 @@
+//! Issue 14, process trees through HTTP: a Python function whose init starts
+//! a helper process (`subprocess.Popen`, in a session of its own, talking
+//! to the parent over its stdin and stdout pipes) is snapshotted at deploy
+//! as a tree, and every forced cold start (`x-thaw-cold: restore`) restores
+//! the whole tree in the copy's sandbox, in both memory modes: the helper
+//! answers through the pipe with the pid, parent, group and session it had
+//! when booted; copies are independent; the helper's crash is a clean
+//! error; killing a copy (retire, the root's crash, the server's kill -9)
+//! leaves no process behind.
+
+mod common;
+
+use common::{footprint, function, pid_alive, Server};
+use serde_json::{json, Value};
+
+const TREE: &str = r#"
+import json, os, subprocess, sys
+import thaw
+
+HELPER_CODE = r'''
+import json, os, sys
+count = 0
+for line in sys.stdin:
+    line = line.strip()
+    count += 1
+    if line == "ids":
+        answer = [os.getpid(), os.getppid(), os.getpgrp(), os.getsid(0)]
+    elif line == "fds":
+        answer = {}
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                answer[fd] = os.readlink("/proc/self/fd/" + fd)
+            except OSError:
+                pass  # the directory being listed, closed since
+    elif line == "count":
+        answer = count
+    else:
+        answer = 2 * int(line)
+    print(json.dumps(answer), flush=True)
+'''
+
+HELPER = subprocess.Popen(
+    [sys.executable, "-c", HELPER_CODE],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+    start_new_session=True,
+)
+
+def ask(line):
+    HELPER.stdin.write(line + "\n")
+    HELPER.stdin.flush()
+    answer = HELPER.stdout.readline()
+    if not answer:
+        raise RuntimeError("the helper is gone (status %r)" % HELPER.poll())
+    return json.loads(answer)
+
+ask("1")  # the helper runs before the snapshot
+
+def handler(event, context):
+    if event.get("kill_helper"):
+        os.kill(HELPER.pid, 9)
+        HELPER.wait()
+    if event.get("exit"):
+        os._exit(3)
+    ids = ask("ids")
+    return {
+        "double": ask(str(event.get("n", 21))),
+        "helper": {"pid": ids[0], "ppid": ids[1], "pgid": ids[2], "sid": ids[3]},
+        "helper_fds": sorted(ask("fds")),
+        "count": ask("count"),
+        "me": [os.getpid(), os.getpgrp(), os.getsid(0)],
+        "popen_pid": HELPER.pid,
+        "copy": thaw.is_copy(),
+    }
+"#;
+
+async fn forced(server: &Server, event: Value) -> common::Answer {
+    server
+        .invoke_raw(
+            "tree",
+            serde_json::to_vec(&event).unwrap(),
+            &[("x-thaw-cold", "restore")],
+        )
+        .await
+}
+
+/// Waits until the spares are complete and every sandbox cgroup is one the
+/// pool lists (none is being torn down).
+async fn settle(server: &Server) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let v = server.wait_spares("tree", 2).await;
+        let listed = v["instance_list"].as_array().map_or(0, Vec::len);
+        if server.sandbox_cgroups().len() == listed {
+            return;
+        }
+        assert!(t0.elapsed().as_secs() < 30, "never settled: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn run(mode: &str) {
+    let mut server = Server::start(&["--allow-forced-cold"]);
+    let spec = function(
+        "tree",
+        TREE,
+        json!({"warmup": [{}], "keep_alive_s": 600, "memory_mode": mode}),
+    );
+    let rec = server.deploy_ready(spec).await;
+    assert!(!rec["snapshot"].is_null(), "{mode}: no snapshot: {rec}");
+
+    // The booted instance (the one the snapshot was taken of).
+    let booted = server.invoke("tree", json!({})).await;
+    assert_eq!(booted.status, 200, "{mode}: {}", booted.text());
+    let booted = booted.json();
+    assert_eq!(booted["copy"], false, "{mode}");
+    assert_eq!(booted["double"], 42);
+    let helper = booted["helper"].clone();
+    let me = booted["me"].clone();
+    assert_eq!(
+        helper["ppid"], me[0],
+        "{mode}: the helper is the root's child"
+    );
+    assert_eq!(helper["pid"], booted["popen_pid"]);
+    assert_eq!(
+        helper["sid"], helper["pid"],
+        "{mode}: start_new_session: {booted}"
+    );
+    assert_eq!(helper["pgid"], helper["pid"]);
+    // Only stdin, stdout (the pipes) and stderr (the sandbox's log pipe):
+    // no protocol descriptor leaked into the helper.
+    assert_eq!(
+        booted["helper_fds"],
+        json!(["0", "1", "2"]),
+        "{mode}: {booted}"
+    );
+    // The helper's count of questions in a copy: "1" at init and the
+    // warm-up's 4 (the snapshot's state), then this invocation's 4.
+    let copy_count = 9;
+
+    for round in 0..2 {
+        let a = forced(&server, json!({"n": 50 + round})).await;
+        assert_eq!(a.status, 200, "{mode}: {}", a.text());
+        assert_eq!(a.header("x-thaw-start"), "restore", "{mode}");
+        let copy = a.json();
+        assert_eq!(copy["copy"], true, "{mode}");
+        assert_eq!(copy["double"], 2 * (50 + round), "{mode}: through the pipe");
+        assert_eq!(copy["helper"], helper, "{mode}: the helper's ids");
+        assert_eq!(copy["me"], me, "{mode}: the root's ids");
+        assert_eq!(copy["helper_fds"], booted["helper_fds"], "{mode}");
+        // Each copy's helper counts from where the snapshot left it.
+        assert_eq!(
+            copy["count"], copy_count,
+            "{mode}: a helper of its own, as the snapshot left it: {copy}"
+        );
+    }
+
+    // Several copies at once: each its own helper.
+    let answers =
+        futures_util::future::join_all((0..4).map(|i| forced(&server, json!({"n": 100 + i}))))
+            .await;
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a.status, 200, "{mode}: {}", a.text());
+        assert_eq!(a.header("x-thaw-start"), "restore", "{mode}");
+        let copy = a.json();
+        assert_eq!(copy["double"], 2 * (100 + i as u64), "{mode}");
+        assert_eq!(copy["helper"], helper, "{mode}");
+        assert_eq!(copy["count"], copy_count, "{mode}: independent helpers");
+    }
+
+    // The helper's crash: a clean handler error, not a hang.
+    let a = forced(&server, json!({"kill_helper": true})).await;
+    assert_eq!(a.header("x-thaw-start"), "restore", "{mode}");
+    assert!(
+        a.text().contains("Broken pipe") || a.text().contains("BrokenPipeError"),
+        "{mode}: {} {}",
+        a.status,
+        a.text()
+    );
+
+    // No process, cgroup or mount left behind after many restores, the
+    // root's crash included (its helper dies with the sandbox).
+    settle(&server).await;
+    let before = footprint(&server);
+    for i in 0..20 {
+        let a = forced(&server, json!({"n": i})).await;
+        assert_eq!(a.status, 200, "{mode}: {}", a.text());
+        assert_eq!(a.json()["double"], 2 * i, "{mode}");
+    }
+    let a = forced(&server, json!({"exit": true})).await;
+    assert_ne!(a.status, 200, "{mode}: the root exited: {}", a.text());
+    settle(&server).await;
+    let t0 = std::time::Instant::now();
+    let after = loop {
+        let now = footprint(&server);
+        let settled = now.cgroups == before.cgroups
+            && now.sandbox_pids == before.sandbox_pids
+            && now.mounts == before.mounts
+            && now.run_entries == before.run_entries;
+        if settled || t0.elapsed().as_secs() > 30 {
+            break now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(after.cgroups, before.cgroups, "{mode}: cgroups");
+    assert_eq!(after.sandbox_pids, before.sandbox_pids, "{mode}: processes");
+    assert_eq!(after.mounts, before.mounts, "{mode}: mounts");
+    assert_eq!(after.run_entries, before.run_entries, "{mode}: run dir");
+    assert!(
+        after.fds <= before.fds + 16,
+        "{mode}: fds {before:?} → {after:?}"
+    );
+
+    // The server killed with SIGKILL: every process of every sandbox
+    // (restored roots and their helpers, spares) goes.
+    let a = forced(&server, json!({})).await;
+    assert_eq!(a.status, 200, "{mode}: {}", a.text());
+    let pids = server.sandbox_pids();
+    assert!(!pids.is_empty());
+    server.kill9();
+    let t0 = std::time::Instant::now();
+    loop {
+        let alive: Vec<i32> = pids.iter().copied().filter(|&p| pid_alive(p)).collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "{mode}: left running after kill -9: {alive:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_helper_process_is_restored_with_its_parent_through_http_mmap() {
+    require_root!();
+    run("mmap").await;
+}
+
+#[tokio::test]
+async fn a_helper_process_is_restored_with_its_parent_through_http_uffd() {
+    require_root!();
+    run("uffd").await;
+}
