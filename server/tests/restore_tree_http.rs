@@ -242,3 +242,37 @@ async fn a_helper_process_is_restored_with_its_parent_through_http_uffd() {
     require_root!();
     run("uffd").await;
 }
+
+/// A child that exited and was never reaped cannot be recreated.
+const ZOMBIE: &str = r#"
+import subprocess, time
+DONE = subprocess.Popen(["/bin/true"])
+time.sleep(0.3)  # it exits; nobody reaps it
+
+def handler(event, context):
+    return {"ok": True}
+"#;
+
+/// What a tree cannot have refuses the capture with its reason, and the
+/// function keeps booting.
+#[tokio::test]
+async fn a_function_whose_child_is_a_zombie_boots_with_the_reason() {
+    require_root!();
+    let server = Server::start(&["--allow-forced-cold"]);
+    let rec = server
+        .deploy_ready(function("zombie", ZOMBIE, json!({"warmup": [{}]})))
+        .await;
+    assert_eq!(rec["state"], "ready", "{rec}");
+    assert!(rec["snapshot"].is_null(), "{rec}");
+    let error = rec["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("snapshot failed: ") && error.contains("zombie"),
+        "{rec}"
+    );
+    let a = server
+        .invoke_raw("zombie", b"{}".to_vec(), &[("x-thaw-cold", "boot")])
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("x-thaw-start"), "boot");
+    assert_eq!(a.json()["ok"], true);
+}
