@@ -210,25 +210,64 @@ async fn run(mode: &str) {
         "{mode}: fds {before:?} → {after:?}"
     );
 
-    // The server killed with SIGKILL: every process of every sandbox
-    // (restored roots and their helpers, spares) goes.
-    let a = forced(&server, json!({})).await;
-    assert_eq!(a.status, 200, "{mode}: {}", a.text());
-    let pids = server.sandbox_pids();
-    assert!(!pids.is_empty());
-    server.kill9();
-    let t0 = std::time::Instant::now();
-    loop {
-        let alive: Vec<i32> = pids.iter().copied().filter(|&p| pid_alive(p)).collect();
-        if alive.is_empty() {
-            break;
+    // Killing the copy leaves no process behind, its helper included: the
+    // server's kill -9, then (restarted) the function's deletion, which
+    // retires its instances.
+    let helper_pid = helper["pid"].as_i64().unwrap() as i32;
+    for how in ["kill -9", "delete"] {
+        let a = forced(&server, json!({})).await;
+        assert_eq!(a.status, 200, "{mode} {how}: {}", a.text());
+        assert_eq!(a.header("x-thaw-start"), "restore", "{mode} {how}");
+        let helpers = with_ns_pid(&server, helper_pid);
+        assert!(!helpers.is_empty(), "{mode} {how}: no helper found");
+        let pids = server.sandbox_pids();
+        if how == "kill -9" {
+            server.kill9();
+        } else {
+            let d = server
+                .request(reqwest::Method::DELETE, "/functions/tree", None, &[])
+                .await;
+            assert!(d.status < 300, "{mode}: delete: {}", d.text());
         }
-        assert!(
-            t0.elapsed().as_secs() < 20,
-            "{mode}: left running after kill -9: {alive:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let t0 = std::time::Instant::now();
+        loop {
+            let alive: Vec<i32> = pids
+                .iter()
+                .chain(&helpers)
+                .copied()
+                .filter(|&p| pid_alive(p))
+                .collect();
+            if alive.is_empty() {
+                break;
+            }
+            assert!(
+                t0.elapsed().as_secs() < 20,
+                "{mode}: left running after {how}: {alive:?} (helpers {helpers:?})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if how == "kill -9" {
+            server.spawn();
+        }
     }
+}
+
+/// Host pids of this server's sandbox processes that are `ns_pid` in their
+/// sandbox's pid namespace.
+fn with_ns_pid(server: &Server, ns_pid: i32) -> Vec<i32> {
+    server
+        .sandbox_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    let line = s.lines().find(|l| l.starts_with("NSpid:"))?.to_string();
+                    line.split_whitespace().last()?.parse::<i32>().ok()
+                })
+                == Some(ns_pid)
+        })
+        .collect()
 }
 
 #[tokio::test]
