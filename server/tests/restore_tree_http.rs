@@ -315,3 +315,81 @@ async fn a_function_whose_child_is_a_zombie_boots_with_the_reason() {
     assert_eq!(a.header("x-thaw-start"), "boot");
     assert_eq!(a.json()["ok"], true);
 }
+
+/// The same function without its helper, for the figure below.
+const SINGLE: &str = r#"
+import os
+def handler(event, context):
+    return {"double": 2 * event.get("n", 21), "me": os.getpid()}
+"#;
+
+/// Prints the median forced cold start (client side, through HTTP) of the
+/// tree function against a single-process one, interleaved, in both modes.
+/// A figure for docs/restore.md, not a check: `cargo test -p server --test
+/// restore_tree_http -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn measure_tree_against_single_cold_starts() {
+    require_root!();
+    for mode in ["mmap", "uffd"] {
+        let server = Server::start(&["--allow-forced-cold"]);
+        for (name, code) in [("tree", TREE), ("single", SINGLE)] {
+            let rec = server
+                .deploy_ready(function(
+                    name,
+                    code,
+                    json!({"warmup": [{}], "keep_alive_s": 600, "memory_mode": mode}),
+                ))
+                .await;
+            assert!(!rec["snapshot"].is_null(), "{rec}");
+        }
+        // Per function: client-side total, the server's start (the
+        // restore), the handler's duration, then each restore phase (ms).
+        let mut times: [std::collections::BTreeMap<String, Vec<f64>>; 2] = Default::default();
+        for round in 0..40 {
+            for (k, name) in ["tree", "single"].iter().enumerate() {
+                server.wait_spares(name, 2).await;
+                let t0 = std::time::Instant::now();
+                let a = server
+                    .invoke_raw(name, b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+                    .await;
+                let took = t0.elapsed().as_secs_f64() * 1000.0;
+                assert_eq!(a.status, 200, "{}", a.text());
+                assert_eq!(a.json()["double"], 42);
+                assert_eq!(a.header("x-thaw-spare"), "hit", "{name}");
+                let header = |h: &str| a.header(h).parse::<f64>().unwrap_or(f64::NAN) / 1000.0;
+                if round >= 5 {
+                    let mut add = |what: &str, ms: f64| {
+                        times[k].entry(what.to_string()).or_default().push(ms)
+                    };
+                    add("0 total (client)", took);
+                    add("1 start", header("x-thaw-start-us"));
+                    add("2 handler", header("x-thaw-duration-us"));
+                    for phase in a.header("x-thaw-restore-us").split(',') {
+                        if let Some((name, us)) = phase.split_once('=') {
+                            add(
+                                &format!("3 phase {name}"),
+                                us.parse::<f64>().unwrap_or(f64::NAN) / 1000.0,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        let [mut tree, mut single] = times;
+        for (what, t) in tree.iter_mut() {
+            let Some(s) = single.get_mut(what) else {
+                continue;
+            };
+            let (t, s) = (median(t), median(s));
+            eprintln!(
+                "{mode}: {what:<24} median of 35: tree (root + helper) {t:7.2} ms, single {s:7.2} ms, x{:.2}",
+                t / s
+            );
+        }
+    }
+}
