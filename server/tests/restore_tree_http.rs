@@ -14,7 +14,7 @@ use common::{footprint, function, pid_alive, Server};
 use serde_json::{json, Value};
 
 const TREE: &str = r#"
-import json, os, subprocess, sys
+import json, os, socket, subprocess, sys
 import thaw
 
 HELPER_CODE = r'''
@@ -45,6 +45,29 @@ HELPER = subprocess.Popen(
     start_new_session=True,
 )
 
+# A second helper on a socket pair passed at a descriptor number of its
+# own (fd 3 or above), in a process group of its own in the root's session.
+SOCK_CODE = r'''
+import json, os, socket, sys
+s = socket.socket(fileno=int(sys.argv[1]))
+while True:
+    data = s.recv(64)
+    if not data:
+        break
+    ids = [os.getpid(), os.getppid(), os.getpgrp(), os.getsid(0)]
+    s.sendall(json.dumps([3 * int(data), ids]).encode())
+'''
+PARENT_SOCK, CHILD_SOCK = socket.socketpair()
+SOCK_HELPER = subprocess.Popen(
+    [sys.executable, "-c", SOCK_CODE, str(CHILD_SOCK.fileno())],
+    pass_fds=[CHILD_SOCK.fileno()], process_group=0,
+)
+CHILD_SOCK.close()
+
+def ask_sock(n):
+    PARENT_SOCK.sendall(str(n).encode())
+    return json.loads(PARENT_SOCK.recv(256))
+
 def ask(line):
     HELPER.stdin.write(line + "\n")
     HELPER.stdin.flush()
@@ -62,7 +85,10 @@ def handler(event, context):
     if event.get("exit"):
         os._exit(3)
     ids = ask("ids")
+    triple, sock_ids = ask_sock(event.get("n", 21))
     return {
+        "triple": triple,
+        "sock_helper": sock_ids,
         "double": ask(str(event.get("n", 21))),
         "helper": {"pid": ids[0], "ppid": ids[1], "pgid": ids[2], "sid": ids[3]},
         "helper_fds": sorted(ask("fds")),
@@ -126,6 +152,11 @@ async fn run(mode: &str) {
         "{mode}: start_new_session: {booted}"
     );
     assert_eq!(helper["pgid"], helper["pid"]);
+    assert_eq!(booted["triple"], 63);
+    let sock_helper = booted["sock_helper"].clone();
+    assert_eq!(sock_helper[1], me[0], "{mode}: {booted}");
+    assert_eq!(sock_helper[2], sock_helper[0], "{mode}: process_group=0");
+    assert_eq!(sock_helper[3], me[2], "{mode}: the root's session");
     // Only stdin, stdout (the pipes) and stderr (the sandbox's log pipe):
     // no protocol descriptor leaked into the helper.
     assert_eq!(
@@ -145,6 +176,12 @@ async fn run(mode: &str) {
         assert_eq!(copy["copy"], true, "{mode}");
         assert_eq!(copy["double"], 2 * (50 + round), "{mode}: through the pipe");
         assert_eq!(copy["helper"], helper, "{mode}: the helper's ids");
+        assert_eq!(
+            copy["triple"],
+            3 * (50 + round),
+            "{mode}: through the socket"
+        );
+        assert_eq!(copy["sock_helper"], sock_helper, "{mode}: its ids");
         assert_eq!(copy["me"], me, "{mode}: the root's ids");
         assert_eq!(copy["helper_fds"], booted["helper_fds"], "{mode}");
         // Each copy's helper counts from where the snapshot left it.
@@ -164,6 +201,7 @@ async fn run(mode: &str) {
         let copy = a.json();
         assert_eq!(copy["double"], 2 * (100 + i as u64), "{mode}");
         assert_eq!(copy["helper"], helper, "{mode}");
+        assert_eq!(copy["triple"], 3 * (100 + i as u64), "{mode}");
         assert_eq!(copy["count"], copy_count, "{mode}: independent helpers");
     }
 
@@ -210,16 +248,21 @@ async fn run(mode: &str) {
         "{mode}: fds {before:?} → {after:?}"
     );
 
-    // Killing the copy leaves no process behind, its helper included: the
-    // server's kill -9, then (restarted) the function's deletion, which
-    // retires its instances.
+    // (Forced copies are torn down after their answer: the footprint above
+    // shows each went with its helper.) A copy that stays (an ordinary cold
+    // start, no booted instance left after a restart) leaves no process
+    // behind either, its helper included, when the server is killed with
+    // SIGKILL and when the function is deleted (its instances retired).
     let helper_pid = helper["pid"].as_i64().unwrap() as i32;
+    server.kill9();
+    server.spawn();
     for how in ["kill -9", "delete"] {
-        let a = forced(&server, json!({})).await;
+        let a = server.invoke("tree", json!({})).await;
         assert_eq!(a.status, 200, "{mode} {how}: {}", a.text());
         assert_eq!(a.header("x-thaw-start"), "restore", "{mode} {how}");
+        assert_eq!(a.json()["helper"], helper, "{mode} {how}");
         let helpers = with_ns_pid(&server, helper_pid);
-        assert!(!helpers.is_empty(), "{mode} {how}: no helper found");
+        assert_eq!(helpers.len(), 1, "{mode} {how}: the idle copy's helper");
         let pids = server.sandbox_pids();
         if how == "kill -9" {
             server.kill9();
@@ -242,7 +285,7 @@ async fn run(mode: &str) {
             }
             assert!(
                 t0.elapsed().as_secs() < 20,
-                "{mode}: left running after {how}: {alive:?} (helpers {helpers:?})"
+                "{mode}: left running after {how}: {alive:?} (helper {helpers:?})"
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
