@@ -844,7 +844,7 @@ fn drive(
 ) -> Result<Option<Served>, RestoreError> {
     if !ctx.snapshot.children.is_empty() {
         return Err(RestoreError::Unsupported(format!(
-            "snapshot {} is a tree of {} processes; only `thaw restore` (restore) restores trees so far",
+            "snapshot {} is a tree of {} processes: restore it with `restore` (thaw restore) or `tree::restore_tree_into` (a sandbox's stub, as `SnapshotRestorer` does)",
             ctx.snapshot.id,
             ctx.snapshot.children.len() + 1
         )));

@@ -100,11 +100,6 @@ impl PreparedCopy {
         }
     }
 
-    /// The processes the copy has (1, or a tree's count).
-    pub fn processes(&self) -> usize {
-        self.snapshot.children.len() + 1
-    }
-
     /// The descriptors the stub sandbox must hold, at these numbers (all 5
     /// and up: 0-4 are the sandbox's own).
     pub fn fds(&self) -> Vec<(BorrowedFd<'_>, i32)> {
