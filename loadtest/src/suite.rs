@@ -52,6 +52,7 @@ use crate::client::Client;
 pub mod api;
 pub mod burst;
 pub mod cold;
+pub mod coldhost;
 pub mod coldstart;
 pub mod cpu;
 pub mod density;
@@ -169,6 +170,8 @@ pub struct Plan {
     pub clients: usize,
     /// Bursts of [`burst::BURST`] cold starts.
     pub bursts: usize,
+    /// Rounds of the cold host (page cache dropped before each start).
+    pub cold_host_rounds: usize,
 }
 
 impl Plan {
@@ -182,12 +185,14 @@ impl Plan {
             fork_iterations: 30,
             capture_copies: 4,
             density: vec![40, 12],
-            density_restored: vec![100, 100],
+            // numpy-pandas holds the goal's 1,000 copies (issue 16 goal 7).
+            density_restored: vec![100, goals::DENSITY_COPIES as usize, 100],
             throughput: Duration::from_secs(5),
             throughput_warmup: Duration::from_secs(1),
             throughput_rounds: 5,
             clients: 2 * cores,
             bursts: 7,
+            cold_host_rounds: 5,
         }
     }
 
@@ -207,6 +212,7 @@ impl Plan {
             throughput_rounds: 1,
             clients: 2 * cores,
             bursts: 1,
+            cold_host_rounds: 1,
         }
     }
 }
@@ -408,6 +414,7 @@ struct Body {
     warm_throughput: String,
     cold_throughput: String,
     bursts: String,
+    cold_host: String,
     density: String,
     goals: Option<goals::Figures>,
 }
@@ -426,6 +433,7 @@ async fn measure_all(
             warm_throughput: String::new(),
             cold_throughput: String::new(),
             bursts: String::new(),
+            cold_host: String::new(),
             density,
             goals: None,
         });
@@ -470,6 +478,8 @@ async fn measure_all(
         throughput::cold_section(ctx, &BENCHES, &restore_unavailable).await;
     let burst_results = measure_bursts(ctx, &cold, &restore_unavailable).await;
     let bursts = burst::render(&burst_results, ctx.plan.bursts);
+    let cold_host_results = measure_cold_host(ctx, &restore_unavailable).await;
+    let cold_host = coldhost::render(&cold_host_results, ctx.plan.cold_host_rounds);
     let (density, density_figures) = density::section(ctx, &BENCHES, &restore_unavailable).await;
     let figures = collect_figures(
         &cold,
@@ -477,6 +487,7 @@ async fn measure_all(
         &burst_results,
         &capture_p50,
         &density_figures,
+        &cold_host_results,
     );
     Ok(Body {
         store,
@@ -485,6 +496,7 @@ async fn measure_all(
         warm_throughput,
         cold_throughput,
         bursts,
+        cold_host,
         density,
         goals: Some(figures),
     })
@@ -492,6 +504,35 @@ async fn measure_all(
 
 /// The function the issue's goals are about.
 const GOAL_FUNCTION: &str = "numpy-pandas";
+
+/// Cold starts of the goal's function on a cold host (page cache dropped).
+async fn measure_cold_host(
+    ctx: &mut Ctx,
+    restore_unavailable: &[Option<String>],
+) -> Vec<coldhost::ColdHostResult> {
+    let mut out = Vec::new();
+    for (i, bench) in BENCHES.iter().enumerate() {
+        if bench.name != GOAL_FUNCTION {
+            continue;
+        }
+        if let Some(Some(why)) = restore_unavailable.get(i) {
+            ctx.error(format!(
+                "cold host of {}: restores not available: {why}",
+                bench.name
+            ));
+            continue;
+        }
+        eprintln!(
+            "suite: {} rounds of cold starts of {} on a cold host",
+            ctx.plan.cold_host_rounds, bench.name
+        );
+        match coldhost::measure(ctx, bench, ctx.plan.cold_host_rounds).await {
+            Ok(r) => out.push(r),
+            Err(e) => ctx.error(format!("cold host of {}: {e}", bench.name)),
+        }
+    }
+    out
+}
 
 /// Bursts of cold starts of the goal's function, with its single-restore
 /// median beside them.
@@ -538,6 +579,7 @@ fn collect_figures(
     bursts: &[(burst::BurstResult, Option<f64>)],
     capture_p50: &[(String, Option<f64>)],
     density: &[density::RestoredFigure],
+    cold_host: &[coldhost::ColdHostResult],
 ) -> goals::Figures {
     let sustained_of = |f: &str| -> Result<goals::Sustained, String> {
         let row = sustained
@@ -605,6 +647,11 @@ fn collect_figures(
             .find(|(f, _, _)| f == GOAL_FUNCTION)
             .map(|(_, n, b)| (*n, *b))
             .ok_or_else(|| "no restored density row".to_string()),
+        cold_host: cold_host
+            .iter()
+            .find(|r| r.function == GOAL_FUNCTION)
+            .and_then(coldhost::ColdHostResult::speedup)
+            .ok_or_else(|| "the cold-host rounds did not run".to_string()),
     }
 }
 
@@ -778,6 +825,8 @@ fn render_doc(
     d.push_str(&body.cold_throughput);
     d.push_str("\n## Bursts\n\n");
     d.push_str(&body.bursts);
+    d.push_str("\n## A cold host\n\n");
+    d.push_str(&body.cold_host);
 
     d.push_str("\n## Not available yet\n\n");
     if ctx.not_available.is_empty() {

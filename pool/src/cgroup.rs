@@ -331,6 +331,25 @@ impl CgroupRoot {
         Ok(names.len())
     }
 
+    /// Removes the installation's groups on a clean stop: any sandbox group
+    /// still there (as [`CgroupRoot::remove_stale`] does), then the
+    /// `thaw-<tag>` parents themselves, so a stopped server leaves nothing in
+    /// the hierarchies. The sandboxes' CPU counter goes with them: the next
+    /// server starts it from zero.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        self.remove_stale()?;
+        let mut dirs = self.parents.clone();
+        if let Some(CpuAccount::Usage { dir, join: true }) = &self.cpu_account {
+            dirs.push(dir.clone());
+        }
+        Cgroup {
+            version: self.version,
+            dirs,
+            also_join: Vec::new(),
+        }
+        .destroy()
+    }
+
     /// Names of the sandbox cgroups that exist now (for tests and metrics).
     pub fn children(&self) -> Vec<String> {
         let Some(parent) = self.parents.first() else {

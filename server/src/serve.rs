@@ -123,6 +123,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("thaw serve must run as root: sandboxes need namespaces, mounts and cgroups");
     }
+    raise_open_files_limit();
     crate::registry::create_private_dir(&opts.data_dir)
         .with_context(|| format!("creating data directory {}", opts.data_dir.display()))?;
     let data_dir = opts
@@ -207,7 +208,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             mask: vec![data_dir.clone()],
             uid: DEFAULT_UID,
             gid: DEFAULT_UID,
-            cgroups,
+            cgroups: cgroups.clone(),
             network: Some(network),
         },
         memory_budget: budget,
@@ -324,7 +325,30 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     }
     tracing::info!("stopping instances");
     pool.shutdown().await;
+    let removed = tokio::task::spawn_blocking(move || cgroups.remove()).await;
+    match removed {
+        Ok(Ok(())) => tracing::info!("removed this installation's cgroups"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "removing this installation's cgroups"),
+        Err(e) => tracing::warn!(error = %e, "removing this installation's cgroups"),
+    }
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard one: each instance holds
+/// a few descriptors in the server (its pidfd, protocol socket, log pipes,
+/// userfaultfd), so a thousand idle copies need more than the usual 1,024.
+/// Sandboxes set their own limit (`nofile` of the function).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "raising the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reading the open files limit"),
+    }
 }
 
 /// Outbound sandboxes' networking: removes links a dead server left, and

@@ -13,7 +13,7 @@ pub const MAX_WARMUP: usize = 100;
 pub const MAX_WARMUP_REPEAT: u32 = 10_000;
 /// Largest `min_instances` (idle copies restored from a snapshot cost a few
 /// MiB each, see README "Memory").
-pub const MAX_MIN_INSTANCES: usize = 1_000;
+pub const MAX_MIN_INSTANCES: usize = 4_000;
 
 /// A function as deployed: everything but its code.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
