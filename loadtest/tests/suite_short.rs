@@ -195,11 +195,7 @@ fn short_suite_runs_end_to_end() {
     // short run measures all but the density of 1,000 copies.
     let goals = &doc[doc.find("## Goals").unwrap()..doc.find("## Summary").unwrap()];
     assert_eq!(goals.matches("* Verdict: ").count(), 8, "{goals}");
-    assert_eq!(
-        goals.matches("**not measured yet**").count(),
-        2,
-        "{goals}"
-    );
+    assert_eq!(goals.matches("**not measured yet**").count(), 2, "{goals}");
     assert!(
         goals.contains("numpy-pandas") && goals.contains(" ms"),
         "{goals}"

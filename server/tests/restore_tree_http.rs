@@ -436,3 +436,44 @@ async fn measure_tree_against_single_cold_starts() {
         }
     }
 }
+
+/// A pipe whose both ends the function holds, data queued in it.
+const INNER_PIPE: &str = r#"
+import os
+R, W = os.pipe()
+os.write(W, b"queued")
+
+def handler(event, context):
+    os.close(W)
+    first = os.read(R, 100)
+    # End of file only if no other process holds the write end.
+    rest = os.read(R, 100)
+    return {"first": first.decode(), "eof": rest == b""}
+"#;
+
+/// The descriptors placed for a restore stub are the copy's alone: neither
+/// the sandbox's pid 1 nor its outer process keeps them (a write end held
+/// there kept a reader from ever seeing end of file: the handler hung).
+#[tokio::test]
+async fn a_copy_that_closes_its_pipe_sees_end_of_file() {
+    require_root!();
+    for mode in ["mmap", "uffd"] {
+        let server = Server::start(&["--allow-forced-cold"]);
+        let rec = server
+            .deploy_ready(function(
+                "pipe",
+                INNER_PIPE,
+                json!({"memory_mode": mode, "keep_alive_s": 600, "timeout_ms": 5000}),
+            ))
+            .await;
+        assert!(!rec["snapshot"].is_null(), "{mode}: {rec}");
+        for _ in 0..2 {
+            let a = server
+                .invoke_raw("pipe", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+                .await;
+            assert_eq!(a.status, 200, "{mode}: {}", a.text());
+            assert_eq!(a.header("x-thaw-start"), "restore", "{mode}");
+            assert_eq!(a.json(), json!({"first": "queued", "eof": true}), "{mode}");
+        }
+    }
+}
