@@ -5,8 +5,8 @@
 //! the whole tree in the copy's sandbox, in both memory modes: the helper
 //! answers through the pipe with the pid, parent, group and session it had
 //! when booted; copies are independent; the helper's crash is a clean
-//! error; killing a copy (retire, the root's crash, the server's kill -9)
-//! leaves no process behind.
+//! error; 50 restores leave nothing behind; killing a copy (retire, the
+//! root's crash, the server's kill -9) leaves no process behind.
 
 mod common;
 
@@ -219,7 +219,7 @@ async fn run(mode: &str) {
     // root's crash included (its helper dies with the sandbox).
     settle(&server).await;
     let before = footprint(&server);
-    for i in 0..20 {
+    for i in 0..50 {
         let a = forced(&server, json!({"n": i})).await;
         assert_eq!(a.status, 200, "{mode}: {}", a.text());
         assert_eq!(a.json()["double"], 2 * i, "{mode}");
