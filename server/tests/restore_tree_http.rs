@@ -48,14 +48,18 @@ HELPER = subprocess.Popen(
 # A second helper on a socket pair passed at a descriptor number of its
 # own (fd 3 or above), in a process group of its own in the root's session.
 SOCK_CODE = r'''
-import json, os, socket, sys
+import json, os, socket, subprocess, sys
 s = socket.socket(fileno=int(sys.argv[1]))
+# A grandchild of the root: a tree two levels deep.
+g = subprocess.Popen(["/bin/sleep", "100000"], stdin=subprocess.DEVNULL)
 while True:
     data = s.recv(64)
     if not data:
         break
     ids = [os.getpid(), os.getppid(), os.getpgrp(), os.getsid(0)]
-    s.sendall(json.dumps([3 * int(data), ids]).encode())
+    with open("/proc/%d/stat" % g.pid) as f:
+        gppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    s.sendall(json.dumps([3 * int(data), ids, [g.pid, gppid, g.poll()]]).encode())
 '''
 PARENT_SOCK, CHILD_SOCK = socket.socketpair()
 SOCK_HELPER = subprocess.Popen(
@@ -85,10 +89,11 @@ def handler(event, context):
     if event.get("exit"):
         os._exit(3)
     ids = ask("ids")
-    triple, sock_ids = ask_sock(event.get("n", 21))
+    triple, sock_ids, grandchild = ask_sock(event.get("n", 21))
     return {
         "triple": triple,
         "sock_helper": sock_ids,
+        "grandchild": grandchild,
         "double": ask(str(event.get("n", 21))),
         "helper": {"pid": ids[0], "ppid": ids[1], "pgid": ids[2], "sid": ids[3]},
         "helper_fds": sorted(ask("fds")),
@@ -157,6 +162,9 @@ async fn run(mode: &str) {
     assert_eq!(sock_helper[1], me[0], "{mode}: {booted}");
     assert_eq!(sock_helper[2], sock_helper[0], "{mode}: process_group=0");
     assert_eq!(sock_helper[3], me[2], "{mode}: the root's session");
+    let grandchild = booted["grandchild"].clone();
+    assert_eq!(grandchild[1], sock_helper[0], "{mode}: {booted}");
+    assert_eq!(grandchild[2], Value::Null, "{mode}: running: {booted}");
     // Only stdin, stdout (the pipes) and stderr (the sandbox's log pipe):
     // no protocol descriptor leaked into the helper.
     assert_eq!(
@@ -182,6 +190,7 @@ async fn run(mode: &str) {
             "{mode}: through the socket"
         );
         assert_eq!(copy["sock_helper"], sock_helper, "{mode}: its ids");
+        assert_eq!(copy["grandchild"], grandchild, "{mode}: the grandchild");
         assert_eq!(copy["me"], me, "{mode}: the root's ids");
         assert_eq!(copy["helper_fds"], booted["helper_fds"], "{mode}");
         // Each copy's helper counts from where the snapshot left it.
