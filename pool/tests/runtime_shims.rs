@@ -152,8 +152,13 @@ impl Proc {
     }
 
     async fn call(&mut self, event: Value) -> Value {
+        self.call_as("call", event).await
+    }
+
+    /// An invocation with the given id (`warmup-N` for a warm-up one).
+    async fn call_as(&mut self, id: &str, event: Value) -> Value {
         let msg = ToRuntime::Invoke {
-            id: "call".into(),
+            id: id.into(),
             deadline_ms: now_ms() + 60_000,
             function: "test-fn".into(),
             version: "1".into(),
@@ -274,6 +279,65 @@ async fn node_restored_replaces_math_random_and_runs_hooks() {
     assert_eq!(a2["copy"], true);
     let r = a2["r"].as_f64().unwrap();
     assert!((0.0..1.0).contains(&r), "{r}");
+}
+
+const NODE_HEAP_HANDLER: &str = r#"
+const v8 = require('v8');
+const vm = require('vm');
+let kept = 0;
+exports.handler = async (event) => {
+  if (event.garbage) {
+    const a = [];
+    for (let i = 0; i < 4000; i++) a.push({ i, s: `item ${i}` });
+    kept += a.length;
+    return { ok: true };
+  }
+  const young = v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
+  return { young: young.space_used_size, gc: typeof gc, gcInContext: vm.runInNewContext('typeof gc') };
+};
+"#;
+
+/// thaw snapshots right after the last warm-up answer: the runtime answers
+/// a warm-up invocation only after a young-generation collection, so copies
+/// do not start with a new space full of the warm-up's garbage (which the
+/// first allocations of every copy would scavenge). It gets the collector
+/// without exposing `gc` to the function.
+#[tokio::test]
+async fn node_warmup_answers_leave_an_empty_young_generation_and_no_gc_global() {
+    if !have(&["/usr/bin/node", "/usr/bin/cc"]) {
+        return;
+    }
+    let (rt, task) = node_setup();
+    std::fs::write(task.path().join("index.js"), NODE_HEAP_HANDLER).unwrap();
+    let mut p = node(rt.path(), task.path(), &[]);
+    p.ready("node20").await;
+    // An empty young generation first, then the control: garbage made by
+    // an ordinary invocation is still there at the next one.
+    p.call_as("warmup-1", json!({"garbage": true})).await;
+    p.call(json!({"garbage": true})).await;
+    let control = p.call(json!({})).await;
+    let control_young = control["young"].as_u64().unwrap();
+    assert!(
+        control_young >= 150_000,
+        "the control's garbage is gone ({control_young} bytes young): the test cannot tell"
+    );
+    p.call_as("warmup-2", json!({"garbage": true})).await;
+    let settled = p.call(json!({})).await;
+    let settled_young = settled["young"].as_u64().unwrap();
+    assert!(
+        settled_young < control_young / 3,
+        "after a warm-up answer {settled_young} bytes young, against {control_young} after an ordinary one"
+    );
+    assert_eq!(settled["gc"], "undefined", "gc is exposed to the function");
+    assert_eq!(
+        settled["gcInContext"], "undefined",
+        "gc is exposed in new contexts"
+    );
+    assert!(
+        !p.stderr().contains("garbage collector"),
+        "stderr:\n{}",
+        p.stderr()
+    );
 }
 
 #[tokio::test]

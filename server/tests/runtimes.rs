@@ -913,3 +913,81 @@ async fn java_restored_copies_answer_from_the_snapshot_and_differ() {
     )
     .await;
 }
+
+/// Wraps examples/node-catalog (a ~100 MB heap built at init, as the
+/// memory reducer finds worth reducing) and counts the major GCs the
+/// process runs (`perf_hooks` gc entries), from zero again in a copy;
+/// `{"collect": true}` runs one.
+const NODE_GC_WATCH: &str = r#"
+import v8 from 'v8';
+import vm from 'vm';
+import { PerformanceObserver, constants } from 'perf_hooks';
+import thaw from 'thaw';
+import { handler as catalog } from './index.mjs';
+let major = 0;
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) {
+    if (e.detail && e.detail.kind === constants.NODE_PERFORMANCE_GC_MAJOR) major++;
+  }
+}).observe({ entryTypes: ['gc'] });
+thaw.onRestore(() => { major = 0; });
+v8.setFlagsFromString('--expose-gc');
+const collect = vm.runInNewContext('gc');
+v8.setFlagsFromString('--no-expose-gc');
+export async function handler(event, context) {
+  if (event && event.collect) collect();
+  if (event && event.wait) await new Promise((r) => setTimeout(r, event.wait));
+  const answer = await catalog(event, context);
+  return { major, copy: thaw.isCopy(), answer };
+}
+"#;
+
+/// A copy restored long after its snapshot finds V8's memory-reducer timer
+/// overdue on its first event-loop turn; with the reducer on, that starts a
+/// full GC of the whole heap in every copy (marking, and in `mmap` mode
+/// copying, every page before the first answer). The runtime starts Node
+/// with `--no-memory-reducer`: a copy runs no major GC in its first
+/// seconds. The control: a GC the handler forces in a copy is counted.
+#[tokio::test]
+async fn node_copies_run_no_memory_reducer_gc_after_a_restore() {
+    require!("/usr/bin/node", "/usr/bin/cc");
+    let server = Server::start(&["--allow-forced-cold"]);
+    let catalog = std::fs::read_to_string(examples().join("node-catalog/index.mjs")).unwrap();
+    let rec = server
+        .deploy_ready(json!({
+            "name": "node-gc",
+            "runtime": "node20",
+            "handler": "watch.handler",
+            "files": { "index.mjs": catalog, "watch.mjs": NODE_GC_WATCH },
+            "memory_mb": 256,
+            "timeout_ms": 30000,
+            "warmup": [ { "path": "/products/sku-000042" }, { "path": "/search", "q": "blue" } ],
+        }))
+        .await;
+    assert_eq!(rec["state"], "ready", "{rec}");
+    assert!(!rec["snapshot"].is_null(), "node-gc was snapshotted: {rec}");
+    // The reducer's watchdog (a reducing GC at the latest 100 s after the
+    // last full GC, V8's kWatchdogDelayMs) is overdue in copies made from
+    // now on: the one slow step of this test.
+    tokio::time::sleep(std::time::Duration::from_secs(105)).await;
+    let mut majors = Vec::new();
+    for event in [
+        br#"{"path": "/products/sku-000007", "wait": 3000}"#.to_vec(),
+        br#"{"path": "/products/sku-000007", "collect": true, "wait": 200}"#.to_vec(),
+    ] {
+        let a = server
+            .invoke_raw("node-gc", event, &[("x-thaw-cold", "restore")])
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.header("x-thaw-start"), "restore", "{}", a.text());
+        let v = a.json();
+        assert_eq!(v["copy"], true, "{v}");
+        assert_eq!(v["answer"]["sku"], "sku-000007", "{v}");
+        majors.push(v["major"].as_u64().unwrap());
+    }
+    assert!(
+        majors[1] >= 1,
+        "a GC forced in a copy was not counted ({majors:?}): the test cannot tell"
+    );
+    assert_eq!(majors[0], 0, "a copy ran a major GC after its restore");
+}

@@ -962,6 +962,7 @@ pub(crate) fn prepare_process(
     thread::set_thread(&mut batch, main)?;
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
+    let first_batch = started.elapsed();
 
     // 7. the other threads, each with its saved tid (while the stub is
     //    still privileged), its registrations, scheduling and credentials.
@@ -977,6 +978,7 @@ pub(crate) fn prepare_process(
     )?;
     thread::set_sched(remote.pid(), *pid, &main.sched)?;
     timings.threads = threads_started.elapsed();
+    let policy_started = Instant::now();
 
     // 8. the main thread's credentials, then the seccomp policy (and the
     //    mmap-mode guard) with TSYNC: they reach every thread (or the call
@@ -1001,6 +1003,17 @@ pub(crate) fn prepare_process(
         )?;
     }
     timings.state += started.elapsed();
+    tracing::debug!(
+        pid = remote.pid(),
+        threads = saved_others.len() + 1,
+        fds = fds.len(),
+        areas = areas.len(),
+        map_batch_us = timings.batch.as_micros() as u64,
+        first_batch_us = first_batch.as_micros() as u64,
+        threads_us = timings.threads.as_micros() as u64,
+        policy_us = policy_started.elapsed().as_micros() as u64,
+        "restore: state phase"
+    );
 
     // 9. registers of every thread, then all resume together.
     let started = Instant::now();
