@@ -123,6 +123,16 @@ pub struct Settings {
     /// registry, comma-separated (e.g. a mirror's file host).
     #[arg(long, env = "THAW_INDEX_HOSTS", value_delimiter = ',')]
     pub index_hosts: Option<Vec<String>>,
+    /// The shared store, `s3://BUCKET/PREFIX` (docs/cluster.md): versions are
+    /// uploaded after their capture. Endpoint and credentials come from
+    /// AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION, AWS_ALLOW_HTTP. Default: none (local data only).
+    #[arg(long, env = "THAW_STORE_URL")]
+    pub store_url: Option<String>,
+    /// File holding the store key (64 hex digits or 32 bytes) that encrypts
+    /// and names every object; THAW_STORE_KEY (hex) takes precedence.
+    #[arg(long, env = "THAW_STORE_KEY_FILE")]
+    pub store_key_file: Option<PathBuf>,
     /// Deploy the function in this folder at start (repeatable).
     #[arg(long = "deploy")]
     #[serde(default)]
@@ -161,6 +171,8 @@ impl Settings {
             package_index: self.package_index.or(below.package_index),
             npm_registry: self.npm_registry.or(below.npm_registry),
             index_hosts: self.index_hosts.or(below.index_hosts),
+            store_url: self.store_url.or(below.store_url),
+            store_key_file: self.store_key_file.or(below.store_key_file),
             deploy: if self.deploy.is_empty() {
                 below.deploy
             } else {
@@ -217,7 +229,10 @@ impl Settings {
                 "index_hosts: {h:?} is not host:port"
             );
         }
+        let remote =
+            crate::remote::settings(self.store_url.as_deref(), self.store_key_file.as_deref())?;
         Ok(ServeOptions {
+            remote,
             layer_cache: self.layer_cache,
             package_index: self.package_index,
             npm_registry: self.npm_registry,
@@ -434,6 +449,46 @@ mod tests {
                 .to_string();
             assert!(err.contains(needle), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn a_store_url_needs_a_key_and_a_usable_url() {
+        if std::env::var_os("THAW_STORE_KEY").is_some() {
+            // The variable would stand in for the file below.
+            return;
+        }
+        assert!(Settings::default().resolve().unwrap().remote.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "ab".repeat(32)).unwrap();
+        let file: Settings = toml::from_str(&format!(
+            "store_url = \"s3://thaw/dev\"\nstore_key_file = {:?}\n",
+            key.display().to_string()
+        ))
+        .unwrap();
+        let opts = Settings::default().over(file).resolve().unwrap();
+        assert_eq!(opts.remote.unwrap().url.to_string(), "s3://thaw/dev");
+        let file: Settings = toml::from_str("store_url = \"s3://thaw/dev\"\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Settings::default().over(file).resolve().unwrap_err()
+        );
+        assert!(err.contains("THAW_STORE_KEY"), "{err}");
+        let flags = Settings {
+            store_url: Some("https://thaw/dev".into()),
+            store_key_file: Some(key.clone()),
+            ..Settings::default()
+        };
+        let err = format!("{:#}", flags.resolve().unwrap_err());
+        assert!(err.starts_with("store_url: "), "{err}");
+        std::fs::write(&key, "short").unwrap();
+        let flags = Settings {
+            store_url: Some("s3://thaw/dev".into()),
+            store_key_file: Some(key),
+            ..Settings::default()
+        };
+        let err = format!("{:#}", flags.resolve().unwrap_err());
+        assert!(err.contains("64 hex digits or exactly 32 bytes"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! * [`client`]: the commands that talk to a server.
 //! * [`bundle`]: function folders (`thaw.toml` + code).
 //! * [`store_view`]: the page store as the API and CLI show it.
+//! * [`remote`]: the shared S3 store: uploads, `thaw store push|pull`.
 //! * [`ui`]: the dashboard's routes, sessions and live stream.
 //! * [`dns`]: the DNS forwarder of outbound sandboxes.
 #![forbid(unsafe_code)]
@@ -38,6 +39,7 @@ pub mod private;
 pub mod rebuild;
 pub mod redact;
 pub mod registry;
+pub mod remote;
 pub mod runtime;
 pub mod serve;
 pub mod service;

@@ -128,6 +128,55 @@ enum StoreAction {
     Verify,
     /// Free the pages no snapshot references.
     Gc,
+    /// Upload a snapshot to the shared store: the pages the bucket lacks,
+    /// then its manifest (docs/cluster.md).
+    Push {
+        /// The snapshot id (with --snapshot-dir: its name in the bucket).
+        id: String,
+        /// A folder written by `thaw snapshot` instead of the data directory.
+        #[arg(long)]
+        snapshot_dir: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Download a snapshot from the shared store into the local store, every
+    /// page verified.
+    Pull {
+        /// The snapshot's name in the bucket.
+        id: String,
+        /// Write a `thaw snapshot` folder (for `thaw restore`) instead of
+        /// into the data directory.
+        #[arg(long)]
+        snapshot_dir: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// What the shared store holds; with an id, whether that snapshot is
+    /// complete there (exits 1 if not).
+    RemoteStatus {
+        /// A snapshot's name in the bucket.
+        id: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+/// The shared store (endpoint and credentials from the AWS_* variables).
+#[derive(Debug, clap::Args)]
+struct RemoteArgs {
+    /// `s3://BUCKET/PREFIX`.
+    #[arg(long, env = "THAW_STORE_URL")]
+    store_url: Option<String>,
+    /// File with the store key (THAW_STORE_KEY, 64 hex digits, takes
+    /// precedence).
+    #[arg(long, env = "THAW_STORE_KEY_FILE")]
+    store_key_file: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    fn settings(&self) -> Result<Option<server::remote::RemoteSettings>> {
+        server::remote::settings(self.store_url.as_deref(), self.store_key_file.as_deref())
+    }
 }
 
 fn main() {
@@ -239,11 +288,33 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Store { action, data_dir } => {
-            let store = server::store_view::open(&data_dir)?;
+            use server::remote;
+            let local = || server::store_view::open(&data_dir);
             let (value, ok) = match action {
-                StoreAction::Stats => (server::store_view::stats(&store)?, true),
-                StoreAction::Verify => server::store_view::verify(&store)?,
-                StoreAction::Gc => (server::store_view::gc(&store)?, true),
+                StoreAction::Stats => (server::store_view::stats(&local()?)?, true),
+                StoreAction::Verify => server::store_view::verify(&local()?)?,
+                StoreAction::Gc => (server::store_view::gc(&local()?)?, true),
+                StoreAction::Push {
+                    id,
+                    snapshot_dir,
+                    remote: r,
+                } => (
+                    remote::cli_push(r.settings()?, &data_dir, snapshot_dir.as_deref(), &id)
+                        .await?,
+                    true,
+                ),
+                StoreAction::Pull {
+                    id,
+                    snapshot_dir,
+                    remote: r,
+                } => (
+                    remote::cli_pull(r.settings()?, &data_dir, snapshot_dir.as_deref(), &id)
+                        .await?,
+                    true,
+                ),
+                StoreAction::RemoteStatus { id, remote: r } => {
+                    remote::cli_status(r.settings()?, id.as_deref()).await?
+                }
             };
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(if ok { 0 } else { 1 })

@@ -83,6 +83,13 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
+/// Labels of a shared-store upload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: String,
+}
+
 /// A counter that follows a running total kept elsewhere.
 #[derive(Debug, Default)]
 struct Follow(std::sync::atomic::AtomicU64);
@@ -144,6 +151,12 @@ pub struct Metrics {
     /// (`thaw_sandbox_cpu_seconds_total`).
     pub sandbox_cpu: Counter<f64, std::sync::atomic::AtomicU64>,
     sandbox_cpu_seen_ns: std::sync::atomic::AtomicU64,
+    /// Versions uploaded to the shared store, by result (docs/cluster.md).
+    pub remote_uploads: Family<ResultLabels, Counter>,
+    /// Uploads to the shared store not finished yet.
+    pub remote_pending: Gauge,
+    /// Bytes written to the shared store since the start.
+    pub remote_bytes_sent: Gauge,
 }
 
 impl Metrics {
@@ -247,8 +260,29 @@ impl Metrics {
             "CPU time used by every sandbox (functions, restored copies, spares, their inits), those that ended included",
             sandbox_cpu.clone(),
         );
+        let remote_uploads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "remote_uploads",
+            "Versions uploaded to the shared store after their capture, by result",
+            remote_uploads.clone(),
+        );
+        let remote_pending = Gauge::default();
+        registry.register(
+            "remote_uploads_pending",
+            "Uploads to the shared store not finished yet",
+            remote_pending.clone(),
+        );
+        let remote_bytes_sent = Gauge::default();
+        registry.register(
+            "remote_sent_bytes",
+            "Bytes written to the shared store since the server started (encrypted)",
+            remote_bytes_sent.clone(),
+        );
         Metrics {
             registry,
+            remote_uploads,
+            remote_pending,
+            remote_bytes_sent,
             sandbox_cpu,
             sandbox_cpu_seen_ns: std::sync::atomic::AtomicU64::new(0),
             spares,

@@ -198,6 +198,17 @@ impl Service {
                     }
                     snapshots::remove(&self.store, &dir, &old);
                     tracing::info!(function = %key.name, version = key.version, old = %old, new = %new_id, "snapshot rebuilt");
+                    if let Some(uploader) = &self.config.uploader {
+                        uploader.spawn(
+                            self.metrics.clone(),
+                            crate::remote::VersionUpload {
+                                name: key.name.clone(),
+                                version: key.version,
+                                uid: key.uid,
+                                snapshot: new_id.clone(),
+                            },
+                        );
+                    }
                 } else {
                     // The version went away while it was rebuilt.
                     snapshots::remove(&self.store, &dir, &new_id);

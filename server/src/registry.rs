@@ -224,6 +224,11 @@ impl Registry {
         self.root.join(name)
     }
 
+    /// The record file of a function.
+    pub fn record_path(&self, name: &str) -> PathBuf {
+        self.dir(name).join("function.json")
+    }
+
     /// The code directory of a version.
     pub fn code_dir(&self, name: &str, version: u64) -> PathBuf {
         self.dir(name).join(format!("v{version}")).join("code")

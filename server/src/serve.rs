@@ -63,6 +63,8 @@ pub struct ServeOptions {
     pub npm_registry: Option<String>,
     /// More `host:port` the installers may reach.
     pub index_hosts: Vec<String>,
+    /// The shared store versions are uploaded to (None: local only).
+    pub remote: Option<crate::remote::RemoteSettings>,
 }
 
 fn total_memory() -> u64 {
@@ -218,6 +220,19 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         spares: opts.spares,
     });
     let registry = Registry::open(&data_dir)?;
+    let uploader = match &opts.remote {
+        Some(settings) => {
+            let remote = crate::remote::connect(settings)?;
+            tracing::info!(store = %settings.url, "versions are uploaded to the shared store");
+            Some(crate::remote::Uploader::new(
+                remote,
+                store.clone(),
+                &data_dir,
+                registry.clone(),
+            ))
+        }
+        None => None,
+    };
     // Dependency layers, built in sandboxes like the pool's.
     let deps = crate::build::Builder::new(
         crate::build::BuildSettings {
@@ -240,6 +255,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             max_body: opts.max_body,
             allow_forced_cold: opts.allow_forced_cold,
             memory_mode: opts.memory_mode.as_str().into(),
+            uploader,
         },
         pool.clone(),
         registry,
@@ -249,6 +265,25 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     service.run_rebuilds(failures_rx);
     let n = service.recover().context("loading functions")?;
     tracing::info!(functions = n, data_dir = %data_dir.display(), "loaded");
+    if let Some(uploader) = &service.config.uploader {
+        // Finishes uploads a stop or a crash interrupted: each sends only
+        // what the bucket lacks, so versions already there cost a listing.
+        for record in Registry::open(&data_dir)?.load_all()? {
+            for v in &record.versions {
+                if let Some(snapshot) = &v.snapshot {
+                    uploader.spawn(
+                        service.metrics.clone(),
+                        crate::remote::VersionUpload {
+                            name: record.name.clone(),
+                            version: v.version,
+                            uid: v.uid,
+                            snapshot: snapshot.id.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
 
     let mut deployed = Vec::new();
     for dir in &opts.deploy {

@@ -33,6 +33,8 @@ pub struct ServiceConfig {
     pub allow_forced_cold: bool,
     /// How restored copies get their memory: `mmap` or `uffd`.
     pub memory_mode: String,
+    /// Uploads captured versions to the shared store (docs/cluster.md).
+    pub uploader: Option<crate::remote::Uploader>,
 }
 
 /// The error kinds of the API, with their HTTP status.
@@ -486,7 +488,16 @@ impl Service {
         let svc = self.clone();
         tokio::spawn(async move {
             let (state, error, snapshot) = svc.warm_up(&version).await;
+            let upload = snapshot.as_ref().map(|s| crate::remote::VersionUpload {
+                name: version.key.name.clone(),
+                version: version.key.version,
+                uid: version.key.uid,
+                snapshot: s.id.clone(),
+            });
             svc.set_state(&version.key, state, error, snapshot);
+            if let (Some(uploader), Some(upload)) = (&svc.config.uploader, upload) {
+                uploader.spawn(svc.metrics.clone(), upload);
+            }
         });
     }
 
@@ -642,9 +653,12 @@ impl Service {
             .ok_or(SnapshotError::NoProcess)?;
         let store = self.store.clone();
         let dir = snapshots::snapshots_dir(&self.config.data_dir);
-        let info = tokio::task::spawn_blocking(move || snapshots::take(&store, &dir, &id, pid))
-            .await
-            .map_err(|e| SnapshotError::Task(e.to_string()))??;
+        let connections = v.record.spec.on_snapshot_connections.policy();
+        let info = tokio::task::spawn_blocking(move || {
+            snapshots::take(&store, &dir, &id, pid, connections)
+        })
+        .await
+        .map_err(|e| SnapshotError::Task(e.to_string()))??;
         tracing::info!(
             function = %v.key.name,
             version = v.key.version,

@@ -63,11 +63,13 @@ pub fn snapshots_dir(data_dir: &Path) -> PathBuf {
 
 /// Captures `pid` into the store as snapshot `id` and writes its manifest.
 /// Blocking: run it on a blocking thread. The process keeps running.
+/// `connections`: the spec's `on_snapshot_connections`.
 pub fn take(
     store: &PageStore,
     dir: &Path,
     id: &str,
     pid: i32,
+    connections: snapshotter::capture::ConnectionPolicy,
 ) -> Result<SnapshotInfo, SnapshotError> {
     // Functions run under thaw's seccomp policy: the one filter accepted.
     // A function whose init started helper processes is captured with them
@@ -77,6 +79,7 @@ pub fn take(
     let options = CaptureOptions {
         seccomp_filters: vec![pool::sandbox::seccomp::program_bytes()],
         tree: true,
+        connections,
         ..CaptureOptions::default()
     };
     let info = take_snapshot(pid, store, dir, id, &options)?;

@@ -85,6 +85,39 @@ pub struct FunctionSpec {
     /// the server's `--memory-mode`).
     #[serde(default)]
     pub memory_mode: Option<String>,
+    /// What the snapshot does with connections the warmed function holds
+    /// to outside its process (a database connection, a Unix stream
+    /// socket): `cut` (default), every copy gets them as connections that
+    /// are gone and reconnects; `refuse`, the capture fails and the
+    /// function boots on every cold start. Listening, UDP and netlink
+    /// sockets are re-created either way (docs/restore.md, "Sockets").
+    #[serde(default, skip_serializing_if = "OnSnapshotConnections::is_default")]
+    pub on_snapshot_connections: OnSnapshotConnections,
+}
+
+/// The spec field `on_snapshot_connections`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSnapshotConnections {
+    /// Cut them in every copy.
+    #[default]
+    Cut,
+    /// Refuse the capture.
+    Refuse,
+}
+
+impl OnSnapshotConnections {
+    fn is_default(&self) -> bool {
+        *self == OnSnapshotConnections::Cut
+    }
+
+    /// The capture's policy.
+    pub fn policy(self) -> snapshotter::capture::ConnectionPolicy {
+        match self {
+            OnSnapshotConnections::Cut => snapshotter::capture::ConnectionPolicy::Cut,
+            OnSnapshotConnections::Refuse => snapshotter::capture::ConnectionPolicy::Refuse,
+        }
+    }
 }
 
 /// The body of `POST /functions`: the spec plus the code.
@@ -317,6 +350,33 @@ mod tests {
 
     fn fields(json: serde_json::Value) -> FunctionSpecFields {
         json.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn on_snapshot_connections_is_cut_or_refuse() {
+        let s = FunctionSpec::from_fields(fields(serde_json::json!({"name": "db"}))).unwrap();
+        assert_eq!(s.on_snapshot_connections, OnSnapshotConnections::Cut);
+        assert_eq!(
+            s.on_snapshot_connections.policy(),
+            snapshotter::capture::ConnectionPolicy::Cut
+        );
+        let s = FunctionSpec::from_fields(fields(
+            serde_json::json!({"name": "db", "on_snapshot_connections": "refuse"}),
+        ))
+        .unwrap();
+        assert_eq!(
+            s.on_snapshot_connections.policy(),
+            snapshotter::capture::ConnectionPolicy::Refuse
+        );
+        let err = FunctionSpec::from_fields(fields(
+            serde_json::json!({"name": "db", "on_snapshot_connections": "keep"}),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("field `on_snapshot_connections`: unknown variant `keep`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `mmap` copies record their snapshot's working set from their pagemap
-//! (pages written tagged), and with `THAW_POPULATE=1` later copies get the
-//! written pages copied in before they resume and still answer from the
+//! (pages written tagged), and later copies get the written pages copied
+//! in before they resume: their first invocation writes those pages
+//! without a copy-on-write fault each, and still answers from the
 //! snapshot's state (docs/restore.md, "mmap copies record it too").
 
 mod common;
@@ -12,9 +13,14 @@ use pool::restore::working_set::{self, WRITTEN};
 use serde_json::{json, Value};
 
 /// 8 MiB made at init; each invocation writes one byte in each of the
-/// first 256 pages and puts it back, then checks the whole digest.
+/// first 256 pages and puts it back (counting its own minor faults
+/// meanwhile), then checks the whole digest.
 const CODE: &str = r#"
 import hashlib
+
+def minflt():
+    with open("/proc/self/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
 
 DATA = bytearray(b"\x5a" * (8 << 20))
 DIGEST = hashlib.sha256(DATA).hexdigest()
@@ -23,11 +29,13 @@ CALLS = 0
 def handler(event, context):
     global CALLS
     CALLS += 1
+    before = minflt()
     for i in range(0, 1 << 20, 4096):
         DATA[i] = (DATA[i] + 1) % 256
     for i in range(0, 1 << 20, 4096):
         DATA[i] = (DATA[i] - 1) % 256
-    return {"calls": CALLS, "digest": hashlib.sha256(DATA).hexdigest() == DIGEST}
+    faults = minflt() - before
+    return {"calls": CALLS, "digest": hashlib.sha256(DATA).hexdigest() == DIGEST, "faults": faults}
 "#;
 
 async fn restore(server: &Server) -> Value {
@@ -42,8 +50,6 @@ async fn restore(server: &Server) -> Value {
 #[tokio::test]
 async fn mmap_copies_record_their_working_set_and_populate_the_written_pages() {
     require_root!();
-    // The server inherits it: its later mmap copies populate.
-    std::env::set_var("THAW_POPULATE", "1");
     let server = Server::start(&["--allow-forced-cold"]);
     let rec = server
         .deploy_ready(function(
@@ -58,6 +64,11 @@ async fn mmap_copies_record_their_working_set_and_populate_the_written_pages() {
     let first = restore(&server).await;
     assert_eq!(first["digest"], true, "{first}");
     assert_eq!(first["calls"], 3, "the snapshot's state: {first}");
+    // Nothing populated yet: a copy-on-write fault per page written.
+    assert!(
+        first["faults"].as_u64().unwrap() >= 256,
+        "the first copy faults on each page it writes: {first}"
+    );
 
     let t0 = Instant::now();
     let ws = loop {
@@ -88,10 +99,15 @@ async fn mmap_copies_record_their_working_set_and_populate_the_written_pages() {
     );
 
     // Copies restored with the written pages copied in answer from the
-    // snapshot's state, with the right bytes.
+    // snapshot's state, with the right bytes, and write those pages
+    // without faulting on each.
     for _ in 0..3 {
         let a = restore(&server).await;
         assert_eq!(a["digest"], true, "{a}");
         assert_eq!(a["calls"], 3, "{a}");
+        assert!(
+            a["faults"].as_u64().unwrap() < 64,
+            "the written pages were populated before the resume: {a}"
+        );
     }
 }

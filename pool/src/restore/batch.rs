@@ -228,6 +228,9 @@ pub struct Batch {
     scratch: u64,
     /// `None`: the whole scratch area; `Some(n)`: slot `n` of [`SLOTS`].
     slot: Option<usize>,
+    /// Index of the first best-effort entry ([`Batch::call_best_effort`]):
+    /// it and every later one may fail without failing the batch.
+    best_effort_from: Option<usize>,
 }
 
 impl Batch {
@@ -284,11 +287,27 @@ impl Batch {
 
     /// Adds system call `nr`; `what` names it in errors.
     pub fn call(&mut self, what: impl Into<String>, nr: i64, args: [u64; 6]) {
+        assert!(
+            self.best_effort_from.is_none(),
+            "a required call after best-effort ones"
+        );
+        self.push(what.into(), nr, args);
+    }
+
+    /// Adds system call `nr` at the batch's best-effort tail: when it (or a
+    /// later best-effort call) fails, the batch stops there and still
+    /// succeeds. Only best-effort calls may follow it.
+    pub fn call_best_effort(&mut self, what: impl Into<String>, nr: i64, args: [u64; 6]) {
+        self.best_effort_from.get_or_insert(self.entries.len());
+        self.push(what.into(), nr, args);
+    }
+
+    fn push(&mut self, what: String, nr: i64, args: [u64; 6]) {
         let mut e = [0u64; 8];
         e[0] = nr as u64;
         e[1..7].copy_from_slice(&args);
         self.entries.push(e);
-        self.names.push(what.into());
+        self.names.push(what);
     }
 
     /// Number of calls.
@@ -423,12 +442,27 @@ impl Remote {
         let (data_off, _) = batch.data_region();
         let (table_off, max) = batch.table_region();
         self.write(scratch + data_off, &batch.data)?;
-        for (entries, names) in batch.entries.chunks(max).zip(batch.names.chunks(max)) {
+        let best_effort_from = batch.best_effort_from.unwrap_or(usize::MAX);
+        for (chunk, (entries, names)) in batch
+            .entries
+            .chunks(max)
+            .zip(batch.names.chunks(max))
+            .enumerate()
+        {
             let table_addr = scratch + table_off;
             self.write(table_addr, &table(entries))?;
             let stopped_at = self.run_loop(scratch, table_addr)?;
             self.calls += 1;
-            check(stopped_at, table_addr, entries.len(), names)?;
+            if let Err(err) = check(stopped_at, table_addr, entries.len(), names) {
+                let local = ((stopped_at.0 - table_addr) / ENTRY) as usize;
+                if chunk * max + local < best_effort_from {
+                    return Err(err);
+                }
+                // The required calls before it all ran.
+                self.check_tsync(table_addr, &entries[..local], names)?;
+                tracing::debug!(%err, "a best-effort call failed: the batch ends there");
+                return Ok(());
+            }
             self.check_tsync(table_addr, entries, names)?;
         }
         Ok(())
@@ -593,6 +627,25 @@ fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn best_effort_calls_form_the_tail() {
+        let mut b = Batch::new(0);
+        b.call("required", 1, [0; 6]);
+        assert_eq!(b.best_effort_from, None);
+        b.call_best_effort("optional", 2, [0; 6]);
+        b.call_best_effort("optional too", 3, [0; 6]);
+        assert_eq!(b.best_effort_from, Some(1));
+        assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "a required call after best-effort ones")]
+    fn a_required_call_after_best_effort_ones_is_a_bug() {
+        let mut b = Batch::new(0);
+        b.call_best_effort("optional", 2, [0; 6]);
+        b.call("required", 1, [0; 6]);
+    }
 
     #[test]
     fn slots_do_not_overlap_and_fit() {

@@ -6,6 +6,8 @@
 //! memory and mm fields are set):
 //!
 //! ```text
+//! sockets made by the copy itself later (`super::socket`): their
+//!         numbers stay free
 //! moves   made by the restorer: the caller's (protocol pipes, stdio),
 //!         kernel objects (eventfd, pipes, memfd, ...), their dups, and
 //!         thaw's own image. Placed by the stub's init.
@@ -363,6 +365,10 @@ pub fn plan_with(
             moves.push((fd.as_raw_fd(), saved.fd));
             continue;
         }
+        if super::socket::made_in_copy(saved, &state.fds) {
+            // Made by the copy itself, at this number (`socket`).
+            continue;
+        }
         if super::kobj::is_object(&saved.kind) {
             let fd = super::kobj::create(saved, pipes)?;
             moves.push((fd.as_raw_fd(), saved.fd));
@@ -455,7 +461,11 @@ pub fn plan_with(
             | FdKind::Pipe { .. }
             | FdKind::SocketPair { .. }
             | FdKind::Memfd { .. }
-            | FdKind::Dup { .. } => unreachable!("kernel objects and dups are made above"),
+            | FdKind::Inotify { .. }
+            | FdKind::Socket(_)
+            | FdKind::Dup { .. } => {
+                unreachable!("kernel objects, sockets and dups are made above")
+            }
         };
         wanted.push(Wanted {
             fd: saved.fd,

@@ -8,13 +8,15 @@
 //!                   signalfd4(mask), timerfd_create (disarmed),
 //!                   epoll_create1 (empty), pipe2 + F_SETPIPE_SZ + the
 //!                   queued data, socketpair + each end's queued data sent
-//!                   from the other, memfd_create + content + F_ADD_SEALS;
+//!                   from the other, memfd_create + content + F_ADD_SEALS,
+//!                   inotify_init1 (no watches);
 //!                   a dup shares the earlier descriptor's object
 //! state batch       with every descriptor at its number: epoll_ctl ADD of
 //! (in the stub,     every registration (so each names the copy's fd
 //!  just before the  number), timerfd_settime (a relative timer's remaining
 //!  resume)          time counts from here, an absolute deadline is kept)
-//!                   and TFD_IOC_SET_TICKS for unread expirations
+//!                   and TFD_IOC_SET_TICKS for unread expirations,
+//!                   inotify_add_watch per watch (`inotify`)
 //! ```
 
 use std::collections::HashMap;
@@ -87,6 +89,7 @@ pub fn is_object(kind: &FdKind) -> bool {
             | FdKind::Pipe { .. }
             | FdKind::SocketPair { .. }
             | FdKind::Memfd { .. }
+            | FdKind::Inotify { .. }
     )
 }
 
@@ -126,6 +129,11 @@ pub fn create(saved: &FdState, pipes: &mut Pipes) -> Result<OwnedFd, RestoreErro
                 unsafe { libc::timerfd_create(t.clock, flags) },
                 &format!("timerfd_create (clock {})", t.clock),
             )
+        }
+        FdKind::Inotify { .. } => {
+            // SAFETY: inotify_init1 returns a new descriptor or -1.
+            let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | nb(libc::IN_NONBLOCK)) };
+            owned(raw, "inotify_init1")
         }
         FdKind::Epoll { .. } => {
             // SAFETY: epoll_create1 returns a new descriptor or -1.
@@ -335,7 +343,8 @@ fn timer_setting(t: &TimerState) -> Option<(i32, Itimerspec)> {
 }
 
 /// Adds to the last state batch (every descriptor is at its number): the
-/// epoll registrations and the timers' settings and unread expirations.
+/// epoll registrations, the timers' settings and unread expirations, and
+/// the inotify watches ([`super::inotify`]).
 pub fn arm_and_register(batch: &mut Batch, fds: &[FdState]) -> Result<(), RestoreError> {
     for saved in fds {
         match &saved.kind {
@@ -384,6 +393,9 @@ pub fn arm_and_register(batch: &mut Batch, fds: &[FdState]) -> Result<(), Restor
                         [saved.fd as u64, TFD_IOC_SET_TICKS, at, 0, 0, 0],
                     );
                 }
+            }
+            FdKind::Inotify { watches } => {
+                super::inotify::add_watches(batch, saved.fd, watches)?;
             }
             _ => {}
         }

@@ -259,6 +259,9 @@ pub struct MapSources<'a> {
     /// mmap mode: indices of anonymous areas mapped anonymous and written
     /// (thread stacks) instead of mapped from the image.
     pub eager: &'a std::collections::HashSet<usize>,
+    /// The copy's memfd of each anonymous shared area, by area index
+    /// ([`super::shared`]).
+    pub shared_fds: &'a HashMap<usize, i32>,
 }
 
 /// Adds to `batch` the mapping of every saved area (see the module doc).
@@ -299,10 +302,25 @@ pub fn map_areas(
             }
             AreaKind::Anonymous | AreaKind::Heap | AreaKind::FileCopied => {
                 if area.shared {
-                    return Err(RestoreError::Unsupported(format!(
-                        "shared memory at {:#x}-{:#x}",
-                        area.start, area.end
-                    )));
+                    let Some(&fd) = sources.shared_fds.get(&index) else {
+                        return Err(RestoreError::Unsupported(format!(
+                            "shared memory at {:#x}-{:#x}",
+                            area.start, area.end
+                        )));
+                    };
+                    batch.call(
+                        what("(shared memory)"),
+                        libc::SYS_mmap,
+                        [
+                            area.start,
+                            len,
+                            prot,
+                            libc::MAP_SHARED as u64 | MAP_FIXED,
+                            fd as u64,
+                            area.offset,
+                        ],
+                    );
+                    continue;
                 }
                 if sources.lazy || sources.eager.contains(&index) {
                     batch.call(

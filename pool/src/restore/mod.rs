@@ -16,7 +16,8 @@
 //!           saved area (see `memory`)
 //! state     PR_SET_MM_MAP; close the mapping fds; signals and mask; rseq;
 //!           tid address, robust list, sigaltstack; cwd, umask, personality,
-//!           comm, rlimits; credentials (last); unmap the scratch
+//!           comm, rlimits; every signal blocked, timers, pending signals;
+//!           credentials (last); unmap the scratch
 //! resume    xsave, registers (syscall-restart rule applied), detach
 //! ```
 //!
@@ -35,24 +36,31 @@
 //! (`snapshotter::state::X`) and its capture (`snapshotter::capture::X`),
 //! in the order `drive` restores them (docs/restore.md, "Order of the
 //! restore"): [`memory`] (with [`anon`] in mmap mode, [`uffd`] in uffd
-//! mode, [`stacks`]: which areas mmap mode copies), [`mm`], [`fds`] (with [`kobj`]), [`signals`], [`process`],
-//! [`thread`], [`credentials`], [`seccomp`].
+//! mode, [`stacks`]: which areas mmap mode copies, [`shared`]: anonymous
+//! shared memory), [`mm`], [`fds`] (with [`kobj`], [`inotify`] and
+//! [`socket`]), [`signals`], [`process`], [`thread`], [`timers`],
+//! [`pending`], [`credentials`], [`seccomp`].
 
 pub mod anon;
 pub mod batch;
 pub mod credentials;
 pub mod fds;
+pub mod inotify;
 pub mod kobj;
 pub mod memory;
 pub mod mm;
+pub mod pending;
 pub mod process;
 pub mod remote;
 pub mod sandboxed;
 pub mod seccomp;
+pub mod shared;
 pub mod signals;
+pub mod socket;
 pub mod spawn;
 pub mod stacks;
 pub mod thread;
+pub mod timers;
 pub mod tree;
 pub mod uffd;
 pub mod working_set;
@@ -168,6 +176,9 @@ pub struct RestoreTimings {
     pub injected: u32,
     /// System calls run by the batch loop.
     pub batched: u32,
+    /// mmap mode: ranges of the recorded working set populated before the
+    /// resume (`madvise` calls of the mapping batch; see [`working_set`]).
+    pub populated: u32,
 }
 
 impl RestoreTimings {
@@ -931,6 +942,8 @@ pub(crate) fn prepare_process(
         fds,
         threads,
         ids: _, // a tree's sessions and groups: `tree`, before this drive
+        timers,
+        pending,
     } = state;
     let (main, saved_others) = threads.split_first().expect("validated: a main thread");
     // Declared before the kill guard, so that on an error the copy is killed
@@ -945,19 +958,41 @@ pub(crate) fn prepare_process(
     let memory = restore_memory(&mut remote, ctx, areas, timings)?;
     timings.mappings += started.elapsed();
 
-    // One batch in the main thread, before any other thread exists.
     let started = Instant::now();
+    // 3a. sockets, made by the copy in its own namespaces, before the batch
+    //     below sets close-on-exec and registers descriptors with epoll.
+    //     The stub's userfaultfd sits in the lowest free number, which may
+    //     be a socket's: it is closed first.
+    let mut uffd_in_stub = memory.uffd_in_stub;
+    if socket::any(fds) {
+        if let Some(fd) = uffd_in_stub.take() {
+            remote.sys("close (userfaultfd)", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
+    }
+    socket::restore(
+        &mut remote,
+        memory.scratch,
+        fds,
+        socket::FsIds::of(state, &ctx.options.credentials),
+    )?;
+    // One batch in the main thread, before any other thread exists.
     let mut batch = Batch::new(memory.scratch);
     // 2. mm: needs the stub's binary unmapped (EBUSY otherwise) and the
     //    executable's fd still open.
     mm::set_mm(&mut batch, mm, ctx.plan.exe_fd)?;
     // 3. fds: the mapping fds closed (the executable's with them), the
     //    kernel objects armed and registered.
-    restore_fds(&mut batch, fds, ctx.plan, memory.uffd_in_stub)?;
+    restore_fds(&mut batch, fds, ctx.plan, uffd_in_stub)?;
     // 4. signals: dispositions are shared by the threads.
     signals::set_signals(&remote, &mut batch, signals)?;
     // 5. process attributes: the threads cloned next inherit them.
-    process::set_attributes(&remote, &mut batch, process, *personality)?;
+    process::set_attributes(
+        &remote,
+        &mut batch,
+        process,
+        *personality,
+        &ctx.options.credentials,
+    )?;
     // 6. the main thread's own registrations.
     thread::set_thread(&mut batch, main)?;
     timings.batched += batch.len() as u32;
@@ -980,21 +1015,30 @@ pub(crate) fn prepare_process(
     timings.threads = threads_started.elapsed();
     let policy_started = Instant::now();
 
-    // 8. the main thread's credentials, then the seccomp policy (and the
-    //    mmap-mode guard) with TSYNC: they reach every thread (or the call
-    //    fails), last of the steps that need privileges.
+    // 8. every signal blocked in the main thread too (the others block
+    //    them since they were made) until the resume; the timers, which
+    //    may signal any thread and count from now; the pending signals of
+    //    the main thread and of the process, queued again; the main thread's
+    //    credentials, then the seccomp policy (and the mmap-mode guard)
+    //    with TSYNC: they reach every thread (or the call fails), last of
+    //    the steps that need privileges.
     let mut batch = Batch::new(memory.scratch);
+    thread::block_all_signals(&mut batch)?;
+    timers::set_timers(&mut batch, timers)?;
+    pending::queue_for_thread(&mut batch, *pid, main.tid, &main.pending)?;
+    pending::queue_for_process(&mut batch, *pid, pending)?;
     if let Some(g) = &memory.guard {
         g.install(&mut batch)?;
     }
     credentials::set_credentials(&mut batch, state, &ctx.options.credentials)?;
+    // Changing credentials clears the parent-death signal: after them.
+    thread::set_parent_death_signal(&mut batch, main);
     // Sandboxed copies (`restore_into`) always get the policy.
     seccomp::install(&mut batch, state, ctx.keep_uffd)?;
     timings.batched += batch.len() as u32;
     // The filters reached every thread: the batch fails when a TSYNC
     // install returns anything but 0 (see `batch`).
     remote.run(batch)?;
-    thread::set_mask(&remote, main)?;
     if let Some((addr, len)) = remote.scratch.take() {
         remote.sys(
             "munmap (scratch)",
@@ -1023,6 +1067,9 @@ pub(crate) fn prepare_process(
         timings.injected += t.calls;
     }
     thread::set_registers(&mut remote, main)?;
+    // The main thread's mask last: a signal that came since step 8 (a
+    // timer's) stays pending through every stop until the resume.
+    thread::set_mask(&remote, main)?;
     timings.injected += remote.calls;
     let server_pidfd = match &memory.server {
         Some(_) => Some(
@@ -1059,31 +1106,24 @@ struct RestoredMemory {
     uffd_in_stub: Option<u64>,
 }
 
-/// mmap mode: copies in the pages of the recorded working set the first
-/// copy wrote, before the copy resumes (one `madvise(MADV_POPULATE_WRITE)`
-/// per run, see [`working_set::populate_ranges`]), so the first invocation
-/// does not take those copy-on-write faults one by one. Best effort: a
-/// range the kernel refuses ends the populating, never the restore.
-fn populate(
-    remote: &mut Remote,
-    scratch: u64,
-    areas: &[snapshotter::state::MemoryArea],
-    pages: &[u64],
-    timings: &mut RestoreTimings,
-) {
-    let ranges = working_set::populate_ranges(pages, areas, false);
-    let mut batch = Batch::new(scratch);
+/// mmap mode: adds to `batch` (the mapping batch, at its best-effort
+/// tail) the copying in of the pages of the recorded working set the first
+/// copy wrote, so that the copy does not take those copy-on-write faults
+/// one by one in its first invocation (one `madvise(MADV_POPULATE_WRITE)`
+/// per run, see [`working_set::populate_ranges`]). In the same round trip
+/// as the mappings: a round trip of its own cost more than the populating
+/// on a busy machine. Best effort: a range the kernel refuses ends the
+/// populating, never the restore.
+fn populate(batch: &mut Batch, areas: &[snapshotter::state::MemoryArea], pages: &[u64]) -> usize {
+    let ranges = working_set::populate_ranges(pages, areas, working_set::reads_wanted());
     for r in &ranges {
-        batch.call(
+        batch.call_best_effort(
             format!("madvise(populate) at {:#x}", r.start),
             libc::SYS_madvise,
             [r.start, r.len, r.advice, 0, 0, 0],
         );
     }
-    timings.batched += batch.len() as u32;
-    if let Err(err) = remote.run(batch) {
-        tracing::debug!(%err, "populating the working set stopped early");
-    }
+    ranges.len()
 }
 
 /// Step 1 of [`drive`]: the address space. The stub's rseq registration,
@@ -1120,6 +1160,8 @@ fn restore_memory(
         )?),
         _ => None,
     };
+    // Shared memory: the copy's own memfds, before the batch maps them.
+    let shared_memfds = shared::make(remote, places.scratch, areas)?;
     let mut batch = Batch::new(places.scratch);
     thread::unregister_rseq(remote, &mut batch)?;
     let syscall_at = memory::clear_and_move_specials(
@@ -1136,20 +1178,29 @@ fn restore_memory(
         layout: ctx.view.layout,
         lazy: options.mode == Mode::Uffd,
         eager: &eager,
+        shared_fds: &shared_memfds.by_area,
     };
     memory::map_areas(&mut batch, areas, ctx.view.areas, &sources)?;
     if let Some(g) = &guard {
         g.map(&mut batch);
+    }
+    if options.mode == Mode::Mmap && !options.prefetch.is_empty() {
+        timings.populated = populate(&mut batch, areas, &options.prefetch) as u32;
     }
     timings.batched += batch.len() as u32;
     remote.run(batch)?;
     if let Some(g) = &guard {
         g.write(remote)?;
     }
-    if options.mode == Mode::Mmap && !options.prefetch.is_empty() {
-        populate(remote, places.scratch, areas, &options.prefetch, timings);
-    }
     remote.set_syscall_address(syscall_at);
+    shared::fill_and_close(
+        remote,
+        &shared_memfds,
+        areas,
+        ctx.view.areas,
+        &image.file,
+        ctx.view.layout,
+    )?;
     timings.batch = started.elapsed();
     let mut server = None;
     let mut uffd_in_stub = None;

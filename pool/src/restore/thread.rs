@@ -99,6 +99,39 @@ pub fn set_mask(remote: &Remote, thread: &ThreadState) -> Result<(), RestoreErro
     Ok(())
 }
 
+/// Blocks every signal in the thread running `batch` (its saved mask is
+/// set with [`set_mask`] just before the resume): signals that come while
+/// the copy is being made (a restored timer's, a re-queued pending one)
+/// wait, pending, instead of meeting a ptrace stop that would drop them.
+pub fn block_all_signals(batch: &mut Batch) -> Result<(), RestoreError> {
+    let all = batch.data(&u64::MAX.to_ne_bytes())?;
+    batch.call(
+        "rt_sigprocmask (block every signal)",
+        libc::SYS_rt_sigprocmask,
+        [libc::SIG_SETMASK as u64, all, 0, 8, 0, 0],
+    );
+    Ok(())
+}
+
+/// `PR_SET_PDEATHSIG` of thread `t`, in its batch, after its credentials
+/// (a change of credentials clears it).
+pub fn set_parent_death_signal(batch: &mut Batch, t: &ThreadState) {
+    if t.parent_death_signal != 0 {
+        batch.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [
+                libc::PR_SET_PDEATHSIG as u64,
+                t.parent_death_signal as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
+}
+
 /// `set_tid_address`, `set_robust_list`, `sigaltstack`, rseq and the
 /// thread's name, in the batch of thread `t` (the memory of its rseq area
 /// must be in place).
@@ -230,15 +263,12 @@ pub fn restore_others(
         let mut new = Vec::with_capacity(group.len());
         for (slot, t) in group.iter().enumerate() {
             let mut batch = Batch::in_slot(scratch, slot);
-            let all = batch.data(&u64::MAX.to_ne_bytes())?;
-            batch.call(
-                "rt_sigprocmask (block every signal)",
-                libc::SYS_rt_sigprocmask,
-                [libc::SIG_SETMASK as u64, all, 0, 8, 0, 0],
-            );
+            block_all_signals(&mut batch)?;
+            super::pending::queue_for_thread(&mut batch, state.pid, t.tid, &t.pending)?;
             sched_in_batch(&mut batch, t, &inherited)?;
             set_thread(&mut batch, t)?;
             super::credentials::set_credentials(&mut batch, state, credentials)?;
+            set_parent_death_signal(&mut batch, t);
             timings.batched += batch.len() as u32;
             new.push(NewThread { tid: t.tid, batch });
         }

@@ -385,10 +385,14 @@ impl PageServer {
         };
         let area = &self.areas[a];
         let index = ((page - area.start) / PAGE_SIZE) as usize;
+        // A run of pages alike: all stored (copied from the image) or all
+        // zero in the snapshot (the zero page mapped, so that touching
+        // them costs no round trip to this server).
+        let stored = area.stored.get(index).copied().unwrap_or(false);
         let mut count = 0;
         while count < PREFETCH_RUN
             && index + count < area.stored.len()
-            && area.stored[index + count]
+            && area.stored[index + count] == stored
             && !area.done[index + count]
             && !busy(self, page + (count as u64) * PAGE_SIZE)
         {
@@ -397,13 +401,22 @@ impl PageServer {
         if count == 0 {
             return;
         }
-        let src_off = (area.image_offset + index as u64 * PAGE_SIZE) as usize;
-        let src = &self.image[src_off..src_off + count * PAGE_SIZE as usize];
-        if self.copy(page, src).is_ok() {
+        let filled = if stored {
+            let src_off = (area.image_offset + index as u64 * PAGE_SIZE) as usize;
+            let src = &self.image[src_off..src_off + count * PAGE_SIZE as usize];
+            self.copy(page, src).is_ok()
+        } else {
+            self.zero_run(page, count as u64).is_ok()
+        };
+        if filled {
             for d in &mut self.areas[a].done[index..index + count] {
                 *d = true;
             }
-            self.report.copied += count as u64;
+            if stored {
+                self.report.copied += count as u64;
+            } else {
+                self.report.zero += count as u64;
+            }
             self.report.prefetched += count as u64;
             self.live
                 .prefetched
@@ -518,6 +531,18 @@ impl PageServer {
         // to the caller; retrying here would spin while the thread that
         // changes the map waits for this server.
         ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY, &mut c)
+    }
+
+    /// Maps the zero page over `count` pages from `start` (prefetch: any
+    /// error leaves them to be served at their fault).
+    fn zero_run(&self, start: u64, count: u64) -> std::io::Result<()> {
+        let mut z = UffdioZeropage {
+            start,
+            len: count * PAGE_SIZE,
+            mode: 0,
+            zeropage: 0,
+        };
+        ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z)
     }
 
     fn zero(&mut self, page: u64) -> Result<(), RestoreError> {

@@ -156,65 +156,77 @@ pub struct Populate {
 /// The working set `pages` (tagged addresses, any order) as `madvise`
 /// ranges over `areas` (the snapshot's, sorted): runs of consecutive pages
 /// of one area, the [`WRITTEN`] ones of writable areas populated for
-/// writing (copied now rather than in a fault each), the others for
-/// reading when `reads` is set; pages outside populatable areas are left
-/// out; at most [`MAX_RANGES`] ranges (the lowest addresses).
+/// writing (copied now rather than in a fault each); pages outside
+/// populatable areas are left out; at most [`MAX_RANGES`] ranges (the
+/// lowest addresses). With `reads`, every run of recorded pages (written
+/// or not) is first populated for reading, one range per run, then the
+/// written ones for writing.
 ///
-/// Reads are not worth it in `mmap` mode ([`super::populate`] passes
-/// `false`): a read fault maps its neighbours already in the page cache
-/// too (fault-around, whole large folios), so one fault serves many pages,
-/// and the resident pages a copy leaves are many more than it read
-/// (measured on `examples/java-inventory`: 12,341 resident after the first
-/// invocation, 617 of them written; populating all of them cost more time
-/// before the resume than the faults it saved). A write fault copies one
-/// page: those are the faults worth taking ahead.
+/// Reads are off by default ([`super::populate`] passes
+/// [`reads_wanted`]): a read fault maps its neighbours already in the page
+/// cache too (fault-around, whole large folios), so one fault serves many
+/// pages, and the resident pages a copy leaves are many more than it read
+/// (numpy-pandas: 10,842 resident after the first invocation, 693 of them
+/// written, ~360 read faults). A write fault copies one page: those are
+/// the faults worth taking ahead.
 pub fn populate_ranges(pages: &[u64], areas: &[MemoryArea], reads: bool) -> Vec<Populate> {
     let mut sorted: Vec<u64> = pages.to_vec();
     sorted.sort_unstable_by_key(|p| p & !(PAGE_SIZE - 1));
     sorted.dedup_by_key(|p| *p & !(PAGE_SIZE - 1));
     let mut out: Vec<Populate> = Vec::new();
-    let mut last_area: Option<usize> = None;
-    for tagged in sorted {
-        let page = tagged & !(PAGE_SIZE - 1);
-        let i = areas.partition_point(|a| a.end <= page);
-        let Some(a) = areas.get(i).filter(|a| a.start <= page && populatable(a)) else {
-            continue;
-        };
-        let advice = if tagged & WRITTEN != 0 && a.prot.write {
-            MADV_POPULATE_WRITE
-        } else if reads {
-            MADV_POPULATE_READ
-        } else {
-            continue;
-        };
-        match out.last_mut() {
-            Some(r) if last_area == Some(i) && r.start + r.len == page && r.advice == advice => {
-                r.len += PAGE_SIZE
-            }
-            _ => {
-                if out.len() == MAX_RANGES {
-                    break;
+    let passes: &[bool] = if reads { &[false, true] } else { &[true] };
+    for &writes in passes {
+        let mut last_area: Option<usize> = None;
+        for &tagged in &sorted {
+            let page = tagged & !(PAGE_SIZE - 1);
+            let i = areas.partition_point(|a| a.end <= page);
+            let Some(a) = areas.get(i).filter(|a| a.start <= page && populatable(a)) else {
+                continue;
+            };
+            let advice = if !writes {
+                MADV_POPULATE_READ
+            } else if tagged & WRITTEN != 0 && a.prot.write {
+                MADV_POPULATE_WRITE
+            } else {
+                continue;
+            };
+            match out.last_mut() {
+                Some(r)
+                    if last_area == Some(i) && r.start + r.len == page && r.advice == advice =>
+                {
+                    r.len += PAGE_SIZE
                 }
-                out.push(Populate {
-                    start: page,
-                    len: PAGE_SIZE,
-                    advice,
-                });
+                _ => {
+                    if out.len() == MAX_RANGES {
+                        return out;
+                    }
+                    out.push(Populate {
+                        start: page,
+                        len: PAGE_SIZE,
+                        advice,
+                    });
+                }
             }
+            last_area = Some(i);
         }
-        last_area = Some(i);
     }
     out
 }
 
-/// What a copy restored in `mode` gets of the recorded working set:
-/// `uffd` copies all of it (prefetched); `mmap` copies only when the
-/// server runs with `THAW_POPULATE=1` (populated, see
-/// [`populate_ranges`]): not yet measured on a quiet machine, so off by
-/// default.
+/// Whether `mmap` copies populate the recorded pages they only read too
+/// (`THAW_POPULATE=reads` in the server's environment; an experiment, off
+/// by default: see [`populate_ranges`]).
+pub fn reads_wanted() -> bool {
+    std::env::var_os("THAW_POPULATE").is_some_and(|v| v == "reads")
+}
+
+/// What a copy restored in `mode` gets of the recorded working set: all of
+/// it. `uffd` copies prefetch it; `mmap` copies populate the pages written
+/// (see [`populate_ranges`]), unless the server runs with
+/// `THAW_POPULATE=0` (for measuring with and without).
 pub fn for_mode(pages: &[u64], mode: super::Mode) -> Vec<u64> {
-    let on = std::env::var_os("THAW_POPULATE").is_some_and(|v| v == "1");
-    if mode == super::Mode::Mmap && !on {
+    let off = std::env::var_os("THAW_POPULATE").is_some_and(|v| v == "0");
+    if mode == super::Mode::Mmap && off {
         return Vec::new();
     }
     pages.to_vec()
@@ -382,11 +394,12 @@ mod tests {
             .collect();
         assert_eq!(writes, vec![(0x11000, 0x2000, MADV_POPULATE_WRITE)]);
         let r = populate_ranges(&pages, &areas, true);
+        // Reads first, one range per run of recorded pages of an area,
+        // then the written pages of writable areas.
         let want = [
-            (0x10000, 0x1000, MADV_POPULATE_READ),
-            (0x11000, 0x2000, MADV_POPULATE_WRITE),
-            (0x13000, 0x1000, MADV_POPULATE_READ),
+            (0x10000, 0x4000, MADV_POPULATE_READ),
             (0x14000, 0x2000, MADV_POPULATE_READ),
+            (0x11000, 0x2000, MADV_POPULATE_WRITE),
         ];
         let got: Vec<(u64, u64, u64)> = r.iter().map(|p| (p.start, p.len, p.advice)).collect();
         assert_eq!(got, want);

@@ -11,7 +11,8 @@
 //! | read-only shared mapping of a regular file   | `FileUnchanged`           |
 //! | writable shared file mapping                 | refused                   |
 //! | shared mapping of a memfd the process holds open | `FileUnchanged` (the copy maps its new memfd) |
-//! | shared anonymous, shmem, other memfd, SysV, `/dev/shm` | refused         |
+//! | shared anonymous (`/dev/zero (deleted)`) no other process maps | `Anonymous`, `shared` ([`super::shared`]) |
+//! | shared anonymous mapped by others, named shmem, other memfd, SysV, `/dev/shm` | refused |
 //! | other devices, unknown pseudo-names          | refused                   |
 //! | a file on a filesystem only the process's sandbox has (its root tmpfs, `/tmp`) | refused: a copy's sandbox has its own |
 
@@ -104,7 +105,11 @@ pub fn classify(pid: i32, entries: &[MapsEntry]) -> Result<Vec<MemoryArea>, Capt
                     });
                 }
                 let is_zero_device = mapped.mode == libc::S_IFCHR && entry.path == "/dev/zero";
-                if entry.shared && entry.path.starts_with("/memfd:") && entry.deleted {
+                if super::shared::is_shared_anonymous(entry) {
+                    // Kept only if no other process maps it
+                    // (`shared::check_unshared`).
+                    AreaKind::Anonymous
+                } else if entry.shared && entry.path.starts_with("/memfd:") && entry.deleted {
                     // Kept only if the process holds the memfd open
                     // (`link_memfd_areas`): the copy maps its new memfd.
                     file = Some(mapped.identity);

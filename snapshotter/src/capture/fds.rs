@@ -17,15 +17,19 @@
 //! restorer. Kernel objects inside the process (see [`super::kobj`]) are
 //! recorded with their state: eventfd, signalfd, timerfd, epoll, memfd, and
 //! pipes whose both ends the process holds (a descriptor on the same open
-//! file as an earlier one is a [`FdKind::Dup`]). Everything else is
-//! refused, naming it.
+//! file as an earlier one is a [`FdKind::Dup`]). TCP, UDP, Unix and
+//! netlink route sockets are recorded for the copy to re-create, or as
+//! connections it gets cut ([`socket`]). Everything else is refused,
+//! naming it.
 
 use std::collections::HashSet;
 
+use super::inotify;
 use super::kobj;
 use super::mm::identity;
 use super::procfs;
 use super::refuse::{self, Refusal};
+use super::socket::{self, ConnectionPolicy};
 use super::unixpair;
 use super::CaptureError;
 use crate::state::{FdKind, FdState, PipeEnd};
@@ -89,6 +93,21 @@ fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32, String), CaptureError> {
     ))
 }
 
+/// Inodes of every socket `pid` holds.
+fn socket_inodes(pid: i32) -> Result<HashSet<u64>, CaptureError> {
+    let mut out = HashSet::new();
+    for fd in open_fds(pid)? {
+        match procfs::read_link(pid, &format!("fd/{fd}")) {
+            Ok(target) => out.extend(bracket_inode(&target, "socket:[")),
+            // Closed meanwhile (another thread of a process being held
+            // cannot close it; be lenient anyway).
+            Err(CaptureError::Proc { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 /// The inode inside `pipe:[N]` / `socket:[N]`.
 fn bracket_inode(target: &str, prefix: &str) -> Option<u64> {
     target.strip_prefix(prefix)?.strip_suffix(']')?.parse().ok()
@@ -96,21 +115,23 @@ fn bracket_inode(target: &str, prefix: &str) -> Option<u64> {
 
 /// Describes every descriptor of `pid`, refusing what cannot be restored.
 pub fn capture(pid: i32, protocol_fds: &[i32]) -> Result<Vec<FdState>, CaptureError> {
-    capture_with(pid, protocol_fds, false)
+    capture_with(pid, protocol_fds, false, ConnectionPolicy::Cut)
 }
 
 /// [`capture`]; `in_tree`: `pid` is one process of a tree, and a pipe or
 /// socket pair with an end missing here may have it in another process of
 /// the tree (`super::tree::link_fds` checks that and fills in the data of a
-/// pipe whose read end is elsewhere).
+/// pipe whose read end is elsewhere). `connections`: what to do with
+/// connections to outside the process ([`socket`]).
 pub fn capture_with(
     pid: i32,
     protocol_fds: &[i32],
     in_tree: bool,
+    connections: ConnectionPolicy,
 ) -> Result<Vec<FdState>, CaptureError> {
     let protocol: HashSet<i32> = protocol_fds.iter().copied().collect();
-    let mut tcp = None;
     let mut unix = None;
+    let mut own_sockets = None;
     let mut out = Vec::new();
     let mut grabber = kobj::Grabber::new(pid);
     let mut peers = None;
@@ -160,34 +181,15 @@ pub fn capture_with(
                 }
             }
         } else if let Some(inode) = bracket_inode(&target, "socket:[") {
-            let tcp = match &tcp {
-                Some(tcp) => tcp,
-                None => tcp.insert(refuse::tcp_sockets(pid)?),
-            };
-            if let Some(entry) = tcp.get(&inode) {
-                return Err(CaptureError::refused(
-                    pid,
-                    Refusal::TcpSocket {
-                        fd,
-                        local: entry.local,
-                        remote: entry.remote,
-                        state: entry.state,
-                    },
-                ));
-            }
             let unix = match &unix {
                 Some(unix) => unix,
                 None => unix.insert(refuse::unix_sockets(pid)?),
             };
             if !unix.contains(&inode) {
-                return Err(refuse(
-                    pid,
-                    fd,
-                    target,
-                    "a socket that is neither TCP nor Unix; thaw cannot recreate it",
-                ));
-            }
-            if protocol.contains(&fd) {
+                // TCP, UDP, netlink: re-created or cut (`socket`).
+                let sock = grabber.grab(fd)?;
+                socket::capture(pid, fd, &sock, &target, inode, connections)?
+            } else if protocol.contains(&fd) {
                 FdKind::ProtocolSocket { inode }
             } else {
                 let peers = match &peers {
@@ -195,27 +197,37 @@ pub fn capture_with(
                     None => peers.insert(unixpair::peers(pid)?),
                 };
                 let (kind, peer) = peers.get(&inode).copied().unwrap_or((0, 0));
-                let Some(kind) = unixpair::pair_type(kind) else {
-                    return Err(refuse(
-                        pid,
-                        fd,
-                        target,
-                        "a Unix socket of a type thaw cannot recreate",
-                    ));
+                let own = match &own_sockets {
+                    Some(own) => own,
+                    None => own_sockets.insert(socket_inodes(pid)?),
                 };
-                if peer == 0 {
-                    return Err(refuse(pid, fd, target, "a Unix socket outside the runtime protocol descriptors that is not one end of a socket pair; a copy could not recreate it"));
-                }
-                let sock = grabber.grab(fd)?;
-                let data = match unixpair::queued(pid, &sock, kind)? {
-                    Ok(data) => data,
-                    Err(why) => return Err(refuse(pid, fd, target, why)),
-                };
-                FdKind::SocketPair {
-                    inode,
-                    peer,
-                    kind,
-                    data,
+                // A peer in this process (or, in a tree, maybe in another
+                // process of it) makes a socket pair; otherwise the socket
+                // is listening, unconnected, or connected outside (`socket`).
+                let paired = peer != 0 && (in_tree || own.contains(&peer));
+                if !paired {
+                    let sock = grabber.grab(fd)?;
+                    socket::capture(pid, fd, &sock, &target, inode, connections)?
+                } else {
+                    let Some(kind) = unixpair::pair_type(kind) else {
+                        return Err(refuse(
+                            pid,
+                            fd,
+                            target,
+                            "a Unix socket of a type thaw cannot recreate",
+                        ));
+                    };
+                    let sock = grabber.grab(fd)?;
+                    let data = match unixpair::queued(pid, &sock, kind)? {
+                        Ok(data) => data,
+                        Err(why) => return Err(refuse(pid, fd, target, why)),
+                    };
+                    FdKind::SocketPair {
+                        inode,
+                        peer,
+                        kind,
+                        data,
+                    }
                 }
             }
         } else if target == "anon_inode:[eventfd]" {
@@ -228,12 +240,17 @@ pub fn capture_with(
             FdKind::Epoll {
                 registrations: kobj::epoll(pid, fd, &info)?,
             }
+        } else if target == "anon_inode:inotify" {
+            match inotify::capture(pid, fd, &info, &mut grabber)? {
+                Ok(kind) => kind,
+                Err(why) => return Err(refuse(pid, fd, target, why)),
+            }
         } else if target.starts_with("anon_inode:") {
             return Err(refuse(
                 pid,
                 fd,
                 target,
-                "a kernel object thaw cannot recreate (eventfd, signalfd, timerfd and epoll can be)",
+                "a kernel object thaw cannot recreate (eventfd, signalfd, timerfd, epoll and inotify can be)",
             ));
         } else if let Some(name) = target
             .strip_prefix("/memfd:")

@@ -9,13 +9,18 @@
 //! and detaches every thread: the original keeps running.
 //!
 //! ```text
-//!   seize + interrupt every thread ─ refuse? (children, pending signals
-//!   of the process or of any thread, seccomp filters other than the
-//!   accepted ones)
-//!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory)
-//!   ─ main thread, injected: rt_sigaction ×n, brk(0), getitimer ×3
-//!   ─ per thread: regs, xsave, sigmask, rseq, robust list, name, sched;
-//!     injected in that thread: PR_GET_TID_ADDRESS, sigaltstack
+//!   seize + interrupt every thread ─ refuse? (children, seccomp filters
+//!   other than the accepted ones) ─ the process's pending signals
+//!   (PTRACE_PEEKSIGINFO_SHARED)
+//!   ─ fds (refuse TCP, foreign pipes, locks) ─ maps (refuse shared memory
+//!     other processes map)
+//!   ─ main thread, injected: rt_sigaction ×n, brk(0), timer_gettime ×n,
+//!     getitimer ×3 (refuse timers on clocks a copy cannot have),
+//!     PR_GET_CHILD_SUBREAPER, membarrier registrations
+//!   ─ per thread: regs, xsave, sigmask, pending signals, rseq, robust
+//!     list, name, sched;
+//!     injected in that thread: PR_GET_TID_ADDRESS, sigaltstack,
+//!     PR_GET_PDEATHSIG
 //!   ─ pagemap scan
 //!   ─ process_vm_readv batches + zero check (reader thread) ─ sink
 //!   ─ detach every thread
@@ -33,24 +38,29 @@
 //! module per kind of state, named as its
 //! state type's module (`state::X`) and its restore (`pool::restore::X`):
 //! [`signals`], [`mm`], [`process`], [`memory`] (with [`maps`], [`areas`],
-//! [`pagemap`]), [`fds`] (with [`kobj`], [`unixpair`]), [`thread`],
-//! [`seccomp`], [`tree`].
+//! [`pagemap`]), [`fds`] (with [`kobj`], [`inotify`], [`unixpair`]), [`thread`],
+//! [`seccomp`], [`timers`], [`pending`], [`shared`], [`tree`].
 
 pub mod areas;
 pub mod fds;
 pub mod inject;
+pub mod inotify;
 pub mod kobj;
 pub mod maps;
 pub mod memory;
 pub mod mm;
 pub mod pagemap;
+pub mod pending;
 pub mod process;
 pub mod procfs;
 pub mod ptrace;
 pub mod refuse;
 pub mod seccomp;
+pub mod shared;
 pub mod signals;
+pub mod socket;
 pub mod thread;
+pub mod timers;
 pub mod tree;
 pub mod unixpair;
 
@@ -61,6 +71,7 @@ pub use memory::MemoryError;
 pub use pagemap::PagemapError;
 pub use ptrace::{stop_all, PtraceError, Seized};
 pub use refuse::Refusal;
+pub use socket::ConnectionPolicy;
 
 use crate::state::{AreaKind, ProcessState, PAGE_SIZE, STATE_VERSION};
 use memory::AreaPlan;
@@ -134,6 +145,11 @@ pub struct CaptureOptions {
     /// is refused. Default false; `thaw snapshot` and the server's capture
     /// at deploy set it (both restore trees).
     pub tree: bool,
+    /// What to do with connections to outside the process (the spec field
+    /// `on_snapshot_connections`): cut them in every copy (default) or
+    /// refuse the capture. Listening, UDP and netlink sockets are re-created
+    /// either way.
+    pub connections: ConnectionPolicy,
 }
 
 impl Default for CaptureOptions {
@@ -144,6 +160,7 @@ impl Default for CaptureOptions {
             pagemap_scan: true,
             seccomp_filters: Vec::new(),
             tree: false,
+            connections: ConnectionPolicy::Cut,
         }
     }
 }
@@ -307,19 +324,17 @@ fn capture_held(
 ) -> Result<ProcessState, CaptureError> {
     let started = Instant::now();
     let status = Status::read(pid)?;
-    refuse::check_pending_signals(pid, &status)?;
+    let pending = pending::process(pid, &status)?;
     seccomp::check(
         pid,
         status.number("Seccomp")? as u32,
         &options.seccomp_filters,
     )?;
-    for seized in held.iter() {
-        refuse::check_thread_signals(pid, seized.pid())?;
-    }
-    let fds = fds::capture_with(pid, &options.protocol_fds, in_tree)?;
+    let fds = fds::capture_with(pid, &options.protocol_fds, in_tree, options.connections)?;
     let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
     let mut areas = areas::classify(pid, &entries)?;
     areas::link_memfd_areas(pid, &fds, &areas)?;
+    shared::check_unshared(pid, &areas)?;
     let (main, _) = held
         .split_first_mut()
         .expect("stop_all holds the main thread");
@@ -330,11 +345,17 @@ fn capture_held(
     for seized in held.iter_mut() {
         threads.push(thread::capture(pid, seized, &injector)?);
     }
+    let tids: Vec<(i32, i32)> = held
+        .iter()
+        .zip(&threads)
+        .map(|(seized, thread)| (seized.pid(), thread.tid))
+        .collect();
     let main = &mut held[0];
     let signals = signals::capture(main, &injector, &status)?;
     let mm = mm::capture(main, &injector)?;
-    thread::check_timers(main, &injector)?;
-    let process = process::capture(pid, &status)?;
+    let timers = timers::capture(main, &injector, &tids)?;
+    let mut process = process::capture(pid, &status)?;
+    process::injected(&mut held[0], &injector, &mut process)?;
     let personality = process::personality(pid)?;
     let ids = tree::read_ids(pid)?;
     timings.state += started.elapsed();
@@ -362,6 +383,8 @@ fn capture_held(
         fds,
         threads,
         ids,
+        timers,
+        pending,
     })
 }
 
@@ -388,7 +411,11 @@ fn plan_pages(
             continue;
         }
         let mut ranges = Vec::new();
-        pagemap.private_ranges(area.start, area.end, &mut ranges)?;
+        if shared::is_shared_anonymous_area(area) {
+            ranges = shared::ranges(pid, area)?;
+        } else {
+            pagemap.private_ranges(area.start, area.end, &mut ranges)?;
+        }
         if area.kind == AreaKind::FileCopied {
             ranges = copied_file_ranges(area, ranges);
         }

@@ -1,13 +1,84 @@
 //! Process attributes ([`ProcessAttributes`]) and the personality: the
 //! working directory (`/proc/PID/cwd`), umask, credentials, capabilities,
 //! `NoNewPrivs` and seccomp mode (`/proc/PID/status`), resource limits
-//! (`prlimit`, or `/proc/PID/limits` when that is refused), and
-//! `/proc/PID/personality`. Nothing is injected: all of it is readable from
-//! outside. Restore: `pool::restore::process`.
+//! (`prlimit`, or `/proc/PID/limits` when that is refused),
+//! `/proc/PID/personality` and `/proc/PID/oom_score_adj`, all read from
+//! outside; and two only the process can tell, injected through its held
+//! main thread ([`injected`]):
+//!
+//! ```text
+//! prctl(PR_GET_CHILD_SUBREAPER, &i32)            -> the subreaper flag
+//! membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)   -> registered commands
+//! ```
+//!
+//! Restore: `pool::restore::process`.
 
+use super::inject::Injector;
+use super::memory;
 use super::procfs::{self, Status};
+use super::ptrace::Seized;
 use super::CaptureError;
 use crate::state::{ProcessAttributes, Rlimit};
+
+/// `MEMBARRIER_CMD_GET_REGISTRATIONS` (Linux 6.3).
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+
+/// The child subreaper flag and the membarrier registrations of the
+/// process held by `seized` (its main thread), into `attributes`. A kernel
+/// without `MEMBARRIER_CMD_GET_REGISTRATIONS` (`EINVAL`), or one built
+/// without membarrier (`ENOSYS`), has none to report.
+pub fn injected(
+    seized: &mut Seized,
+    injector: &Injector,
+    attributes: &mut ProcessAttributes,
+) -> Result<(), CaptureError> {
+    let pid = seized.pid();
+    let (rc, subreaper, membarrier) =
+        injector.with_scratch(seized, 8, |injector, seized, scratch| {
+            let rc = injector.syscall(
+                seized,
+                libc::SYS_prctl,
+                [libc::PR_GET_CHILD_SUBREAPER as u64, scratch, 0, 0, 0, 0],
+            )?;
+            let mut raw = [0u8; 4];
+            memory::read_remote(pid, scratch, &mut raw)?;
+            let membarrier = injector.syscall(
+                seized,
+                libc::SYS_membarrier,
+                [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0],
+            )?;
+            Ok((rc, i32::from_ne_bytes(raw), membarrier))
+        })?;
+    if rc < 0 {
+        return Err(CaptureError::Injected {
+            pid,
+            call: "prctl(PR_GET_CHILD_SUBREAPER)".into(),
+            errno: -rc as i32,
+        });
+    }
+    attributes.child_subreaper = subreaper != 0;
+    attributes.membarrier = match membarrier {
+        n if n >= 0 => n as u32,
+        n if -n == libc::EINVAL as i64 || -n == libc::ENOSYS as i64 => 0,
+        n => {
+            return Err(CaptureError::Injected {
+                pid,
+                call: "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)".into(),
+                errno: -n as i32,
+            })
+        }
+    };
+    Ok(())
+}
+
+/// `/proc/PID/oom_score_adj`.
+fn oom_score_adj(pid: i32) -> Result<i32, CaptureError> {
+    let text = procfs::read_text(pid, "oom_score_adj")?;
+    text.trim().parse().map_err(|_| CaptureError::Parse {
+        path: format!("/proc/{pid}/oom_score_adj"),
+        what: format!("{text:?} is not a number"),
+    })
+}
 
 /// The personality of `pid` (`/proc/PID/personality`, hexadecimal).
 pub fn personality(pid: i32) -> Result<u32, CaptureError> {
@@ -118,6 +189,10 @@ fn attributes_rest(pid: i32, status: &Status) -> Result<ProcessAttributes, Captu
         ],
         no_new_privs: status.number("NoNewPrivs")? != 0,
         seccomp: status.number("Seccomp")? as u32,
+        oom_score_adj: oom_score_adj(pid)?,
+        // Read inside the process by `injected`.
+        child_subreaper: false,
+        membarrier: 0,
     })
 }
 

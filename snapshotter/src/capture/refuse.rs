@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::procfs::{self, Status};
+use super::procfs;
 use super::CaptureError;
 
 /// Why a process cannot be captured.
@@ -17,7 +17,8 @@ pub enum Refusal {
     /// The main thread has exited, other threads still run.
     #[error("its main thread has exited while other threads run; a copy cannot be made of a zombie leader")]
     MainThreadExited,
-    /// Signals pending for one thread.
+    /// Signals pending for one thread that have no queued `siginfo` to
+    /// copy (see [`super::pending`]).
     #[error("signals {mask:#x} are pending for thread {tid}; they would be lost")]
     ThreadSignals {
         /// The thread (host tid).
@@ -102,8 +103,9 @@ pub enum Refusal {
         /// Path or pseudo-name.
         name: String,
     },
-    /// Timers whose signals a copy would never get.
-    #[error("{what}; a copy would never receive its signal")]
+    /// A timer a copy could not have the same way (see
+    /// [`super::timers`]).
+    #[error("{what}; a copy could not have this timer")]
     Timers {
         /// Which timers.
         what: String,
@@ -122,7 +124,8 @@ pub enum Refusal {
         /// Which filter or mode.
         what: String,
     },
-    /// Signals waiting for delivery (they would be lost).
+    /// Signals pending for the process that have no queued `siginfo` to
+    /// copy (see [`super::pending`]).
     #[error("signals {mask:#x} are pending; they would be lost")]
     PendingSignals {
         /// Pending signal mask (thread and process).
@@ -154,20 +157,6 @@ fn task_ids(pid: i32) -> Result<Vec<i32>, CaptureError> {
     })
 }
 
-/// Refuses a thread with signals pending for it alone (thread-directed,
-/// `SigPnd` of `/proc/PID/task/TID/status`): they would be lost.
-pub fn check_thread_signals(pid: i32, tid: i32) -> Result<(), CaptureError> {
-    let status = Status::parse(tid, &procfs::read_text(pid, &format!("task/{tid}/status"))?);
-    let mask = status.hex("SigPnd")?;
-    if mask != 0 {
-        return Err(CaptureError::refused(
-            pid,
-            Refusal::ThreadSignals { tid, mask },
-        ));
-    }
-    Ok(())
-}
-
 /// Refuses processes with children (`/proc/pid/task/*/children`).
 pub fn check_children(pid: i32) -> Result<(), CaptureError> {
     let mut pids = Vec::new();
@@ -180,16 +169,6 @@ pub fn check_children(pid: i32) -> Result<(), CaptureError> {
     }
     if !pids.is_empty() {
         return Err(CaptureError::refused(pid, Refusal::Children { pids }));
-    }
-    Ok(())
-}
-
-/// Refuses processes with pending process-directed signals (and the main
-/// thread's own, which `/proc/PID/status` shows as `SigPnd`).
-pub fn check_pending_signals(pid: i32, status: &Status) -> Result<(), CaptureError> {
-    let mask = status.hex("SigPnd")? | status.hex("ShdPnd")?;
-    if mask != 0 {
-        return Err(CaptureError::refused(pid, Refusal::PendingSignals { mask }));
     }
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! One thread's state ([`ThreadState`]), read while every thread of the
-//! process is stopped, and the process's timers (refused).
+//! process is stopped.
 //!
-//! From outside: registers, xsave, signal mask, rseq (ptrace of that
-//! thread), `get_robust_list(tid)`, `/proc/PID/task/TID/comm`,
+//! From outside: registers, xsave, signal mask, pending signals
+//! ([`super::pending`]), rseq (ptrace of that thread), `get_robust_list(tid)`, `/proc/PID/task/TID/comm`,
 //! `sched_getscheduler`, `sched_getparam`, `getpriority`,
 //! `sched_getaffinity`. Inside the thread (its own registers and stack,
 //! [`super::inject`]), into scratch memory below its stack:
@@ -10,26 +10,20 @@
 //! ```text
 //! prctl(PR_GET_TID_ADDRESS, &u64)        -> clear_child_tid pointer
 //! sigaltstack(NULL, &stack_t)            -> { ss_sp u64, ss_flags i32, pad, ss_size u64 }
+//! prctl(PR_GET_PDEATHSIG, &i32)          -> parent-death signal
 //! ```
 //!
 //! The registers are read before anything is injected: they are the ones
 //! the thread stopped with (a pending syscall restart included).
-//!
-//! Timers, process-wide, read through the main thread: an armed interval
-//! timer (`getitimer(REAL | VIRTUAL | PROF, &itimerval)` ->
-//! `{ interval {sec, usec}, value {sec, usec} }`) or a POSIX timer
-//! (`/proc/pid/timers`) refuses the capture: the copy would never get its
-//! signal.
 
 use super::inject::Injector;
 use super::memory;
 use super::procfs;
 use super::ptrace::Seized;
-use super::refuse::Refusal;
 use super::CaptureError;
 use crate::state::{AltStack, Sched, ThreadState};
 
-/// Scratch bytes: enough for the largest out-parameter (`itimerval`).
+/// Scratch bytes: enough for the largest out-parameter (`stack_t`).
 const SCRATCH: usize = 32;
 /// Words of the affinity mask read (1,024 CPUs).
 const AFFINITY_WORDS: usize = 16;
@@ -76,6 +70,7 @@ pub fn capture(
     let registers = seized.registers()?;
     let xsave = seized.xsave()?;
     let blocked = seized.signal_mask()?;
+    let pending = super::pending::thread(pid, tid)?;
     let rseq = seized.rseq()?;
 
     let mut head: u64 = 0;
@@ -94,9 +89,9 @@ pub fn capture(
         return Err(sys_error(tid, "get_robust_list"));
     }
 
-    let (tid_address, alt_stack) =
+    let (tid_address, alt_stack, parent_death_signal) =
         injector.with_scratch(seized, SCRATCH, |injector, seized, scratch| {
-            let mut inner = || -> Result<(u64, Option<AltStack>), CaptureError> {
+            let mut inner = || -> Result<(u64, Option<AltStack>, i32), CaptureError> {
                 let mut raw = [0u8; SCRATCH];
                 call(
                     injector,
@@ -121,7 +116,16 @@ pub fn capture(
                     flags: flags & !libc::SS_ONSTACK,
                     size: word(&raw, 2),
                 });
-                Ok((tid_address, alt_stack))
+                call(
+                    injector,
+                    seized,
+                    "prctl(PR_GET_PDEATHSIG)",
+                    libc::SYS_prctl,
+                    [libc::PR_GET_PDEATHSIG as u64, scratch, 0, 0, 0, 0],
+                )?;
+                memory::read_remote(tid, scratch, &mut raw[..4])?;
+                let parent_death_signal = i32::from_ne_bytes(raw[..4].try_into().expect("4 bytes"));
+                Ok((tid_address, alt_stack, parent_death_signal))
             };
             Ok(inner())
         })??;
@@ -141,6 +145,8 @@ pub fn capture(
         robust_list_len: len,
         alt_stack,
         sched: sched(tid)?,
+        pending,
+        parent_death_signal,
     })
 }
 
@@ -195,49 +201,4 @@ fn sched(tid: i32) -> Result<Sched, CaptureError> {
         nice,
         affinity: mask[..words].to_vec(),
     })
-}
-
-/// Refuses armed interval timers and POSIX timers (process-wide; run
-/// through the main thread).
-pub fn check_timers(seized: &mut Seized, injector: &Injector) -> Result<(), CaptureError> {
-    let pid = seized.pid();
-    let timers = procfs::read_text(pid, "timers")?;
-    if !timers.trim().is_empty() {
-        let count = timers.lines().filter(|l| l.starts_with("ID:")).count();
-        return Err(CaptureError::refused(
-            pid,
-            Refusal::Timers {
-                what: format!("{count} POSIX timer(s)"),
-            },
-        ));
-    }
-    injector.with_scratch(seized, SCRATCH, |injector, seized, scratch| {
-        let mut inner = || -> Result<(), CaptureError> {
-            let mut raw = [0u8; SCRATCH];
-            for (which, name) in [
-                (libc::ITIMER_REAL, "ITIMER_REAL"),
-                (libc::ITIMER_VIRTUAL, "ITIMER_VIRTUAL"),
-                (libc::ITIMER_PROF, "ITIMER_PROF"),
-            ] {
-                call(
-                    injector,
-                    seized,
-                    "getitimer",
-                    libc::SYS_getitimer,
-                    [which as u64, scratch, 0, 0, 0, 0],
-                )?;
-                memory::read_remote(pid, scratch, &mut raw)?;
-                if word(&raw, 2) != 0 || word(&raw, 3) != 0 {
-                    return Err(CaptureError::refused(
-                        pid,
-                        Refusal::Timers {
-                            what: format!("{name} is armed"),
-                        },
-                    ));
-                }
-            }
-            Ok(())
-        };
-        Ok(inner())
-    })?
 }

@@ -262,6 +262,7 @@ pub fn capture_tree_timed(
         let started = Instant::now();
         let pids: Vec<i32> = held.0.iter().map(|(pid, _)| *pid).collect();
         promote_protocol_ends(&pids, &mut states)?;
+        cut_outside_pairs(&pids, &mut states, options.connections)?;
         link_fds(&mut states)?;
         timings.state += started.elapsed();
     }
@@ -355,6 +356,44 @@ fn promote_protocol_ends(pids: &[i32], states: &mut [ProcessState]) -> Result<()
                 }
                 _ => {}
             }
+        }
+    }
+    Ok(())
+}
+
+/// Unix stream and seqpacket sockets recorded as socket pair ends whose
+/// peer is in no process of the tree are connections to outside it:
+/// recorded to be cut in the copy (or refused, by `policy`), as for a
+/// single process (`super::socket`). Runs while the tree is held.
+fn cut_outside_pairs(
+    pids: &[i32],
+    states: &mut [ProcessState],
+    policy: super::socket::ConnectionPolicy,
+) -> Result<(), CaptureError> {
+    let ends: HashSet<u64> = states
+        .iter()
+        .flat_map(|s| s.fds.iter())
+        .filter_map(|f| match f.kind {
+            FdKind::SocketPair { inode, .. } => Some(inode),
+            _ => None,
+        })
+        .collect();
+    for (index, state) in states.iter_mut().enumerate() {
+        let pid = pids[index];
+        let mut grabber = super::kobj::Grabber::new(pid);
+        for f in state.fds.iter_mut() {
+            let FdKind::SocketPair {
+                inode, peer, kind, ..
+            } = f.kind
+            else {
+                continue;
+            };
+            if ends.contains(&peer) || kind == crate::state::PairType::Datagram {
+                continue;
+            }
+            let sock = grabber.grab(f.fd)?;
+            let target = format!("socket:[{inode}]");
+            f.kind = super::socket::capture(pid, f.fd, &sock, &target, inode, policy)?;
         }
     }
     Ok(())

@@ -20,6 +20,8 @@ use crate::state::PairType;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_PEER: u32 = 0x4;
 const UNIX_DIAG_PEER: u16 = 2;
+const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const UNIX_DIAG_RQLEN: u16 = 4;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_ERROR: u16 = 2;
 
@@ -52,37 +54,45 @@ fn sys(pid: i32, call: &'static str) -> CaptureError {
 /// Every Unix socket of `pid`'s network namespace: inode → (type, peer
 /// inode or 0).
 pub fn peers(pid: i32) -> Result<HashMap<u64, (u8, u64)>, CaptureError> {
-    // The diag socket must be made in the process's network namespace:
-    // setns in a thread of our own (it changes only that thread).
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|source| {
-        CaptureError::Proc {
-            path: format!("/proc/{pid}/ns/net"),
-            source,
-        }
-    })?;
-    let sock = std::thread::scope(|s| {
-        s.spawn(|| -> Result<OwnedFd, CaptureError> {
-            // SAFETY: setns on this thread with a namespace fd we hold.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(sys(pid, "setns (net)"));
-            }
-            // SAFETY: socket returns a new descriptor or -1.
-            let raw = unsafe {
-                libc::socket(
-                    libc::AF_NETLINK,
-                    libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                    libc::NETLINK_SOCK_DIAG,
-                )
-            };
-            if raw < 0 {
-                return Err(sys(pid, "socket (NETLINK_SOCK_DIAG)"));
-            }
-            // SAFETY: a fresh descriptor nobody else owns.
-            Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-        })
-        .join()
-        .expect("setns thread panicked")
-    })?;
+    Ok(dump(pid, UDIAG_SHOW_PEER)?
+        .into_iter()
+        .map(|d| (d.inode, (d.kind, d.peer)))
+        .collect())
+}
+
+/// Every listening Unix socket of `pid`'s network namespace: inode →
+/// (connections waiting to be accepted, backlog), from `UNIX_DIAG_RQLEN`.
+pub fn listen_queues(pid: i32) -> Result<HashMap<u64, (u32, u32)>, CaptureError> {
+    Ok(dump(pid, UDIAG_SHOW_RQLEN)?
+        .into_iter()
+        .filter(|d| d.state == TCP_LISTEN)
+        .filter_map(|d| Some((d.inode, d.queues?)))
+        .collect())
+}
+
+/// `TCP_LISTEN`, the state the kernel reports for a listening Unix socket.
+const TCP_LISTEN: u8 = 10;
+
+/// One socket of a `unix_diag` dump.
+struct Diag {
+    inode: u64,
+    kind: u8,
+    state: u8,
+    peer: u64,
+    /// `UNIX_DIAG_RQLEN`: (queued, limit); for a listening socket the
+    /// connections waiting and the backlog.
+    queues: Option<(u32, u32)>,
+}
+
+/// Dumps every Unix socket of `pid`'s network namespace with the
+/// attributes `show` asks for.
+fn dump(pid: i32, show: u32) -> Result<Vec<Diag>, CaptureError> {
+    let sock = socket_in_netns(
+        pid,
+        libc::AF_NETLINK,
+        libc::SOCK_DGRAM,
+        libc::NETLINK_SOCK_DIAG,
+    )?;
     let request = Request {
         len: std::mem::size_of::<Request>() as u32,
         kind: SOCK_DIAG_BY_FAMILY,
@@ -94,7 +104,7 @@ pub fn peers(pid: i32) -> Result<HashMap<u64, (u8, u64)>, CaptureError> {
         pad: 0,
         states: u32::MAX,
         ino: 0,
-        show: UDIAG_SHOW_PEER,
+        show,
         cookie: [u32::MAX; 2],
     };
     // SAFETY: send reads `size_of::<Request>()` bytes of a live repr(C) value.
@@ -109,7 +119,7 @@ pub fn peers(pid: i32) -> Result<HashMap<u64, (u8, u64)>, CaptureError> {
     if sent < 0 {
         return Err(sys(pid, "send (sock_diag)"));
     }
-    let mut out = HashMap::new();
+    let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let u16_at = |b: &[u8], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
     let u32_at = |b: &[u8], i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().expect("4 bytes"));
@@ -141,8 +151,10 @@ pub fn peers(pid: i32) -> Result<HashMap<u64, (u8, u64)>, CaptureError> {
             let msg = &data[at + 16..at + len];
             if msg.len() >= 16 {
                 let kind = msg[1];
+                let state = msg[2];
                 let ino = u32_at(msg, 4) as u64;
                 let mut peer = 0u64;
+                let mut queues = None;
                 let mut a = 16;
                 while a + 4 <= msg.len() {
                     let alen = u16_at(msg, a) as usize;
@@ -153,13 +165,55 @@ pub fn peers(pid: i32) -> Result<HashMap<u64, (u8, u64)>, CaptureError> {
                     if atype == UNIX_DIAG_PEER && alen >= 8 {
                         peer = u32_at(msg, a + 4) as u64;
                     }
+                    if atype == UNIX_DIAG_RQLEN && alen >= 12 {
+                        queues = Some((u32_at(msg, a + 4), u32_at(msg, a + 8)));
+                    }
                     a += alen.next_multiple_of(4);
                 }
-                out.insert(ino, (kind, peer));
+                out.push(Diag {
+                    inode: ino,
+                    kind,
+                    state,
+                    peer,
+                    queues,
+                });
             }
             at += len.next_multiple_of(4);
         }
     }
+}
+
+/// A new socket (close-on-exec) made in `pid`'s network namespace: by a
+/// thread of ours that enters it (`setns` changes only that thread).
+pub fn socket_in_netns(
+    pid: i32,
+    domain: i32,
+    ty: i32,
+    protocol: i32,
+) -> Result<OwnedFd, CaptureError> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|source| {
+        CaptureError::Proc {
+            path: format!("/proc/{pid}/ns/net"),
+            source,
+        }
+    })?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<OwnedFd, CaptureError> {
+            // SAFETY: setns on this thread with a namespace fd we hold.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(sys(pid, "setns (net)"));
+            }
+            // SAFETY: socket returns a new descriptor or -1.
+            let raw = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) };
+            if raw < 0 {
+                return Err(sys(pid, "socket (in the process's network namespace)"));
+            }
+            // SAFETY: a fresh descriptor nobody else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+        })
+        .join()
+        .expect("setns thread panicked")
+    })
 }
 
 /// The socket type named by a `unix_diag_msg` type.

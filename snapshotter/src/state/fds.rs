@@ -21,6 +21,11 @@
 //! memfd       name, content, size, seals (F_GET_SEALS)       memfd_create, write,
 //!                                                             F_ADD_SEALS
 //! dup         kcmp KCMP_FILE: same description as an earlier  dup of that one
+//! inotify     "inotify wd:" lines: wd, mask, file handle      inotify_init1; in the
+//!             (path: open_by_handle_at through the process's  copy: inotify_add_watch
+//!             root, readlink); no queued events (FIONREAD)    per watch, wd order
+//! socket      TCP, UDP, Unix, netlink route (`super::socket`)  re-created in the
+//!                                                             copy, or cut
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -156,6 +161,26 @@ pub enum FdKind {
         /// File position.
         position: u64,
     },
+    /// An inotify instance and its watches (queued events are refused at
+    /// capture).
+    Inotify {
+        /// Every watch, in watch-descriptor order.
+        watches: Vec<InotifyWatch>,
+    },
+    /// A TCP, UDP, Unix or netlink route socket the copy re-creates (or
+    /// gets as a cut connection): see [`super::SocketState`].
+    Socket(super::SocketState),
+}
+
+/// One watch of an inotify instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InotifyWatch {
+    /// The watch descriptor the program holds (the copy's gets the same).
+    pub wd: i32,
+    /// The watched file or directory, as the process names it.
+    pub path: String,
+    /// The event mask with the `IN_ONESHOT` / `IN_EXCL_UNLINK` flags.
+    pub mask: u32,
 }
 
 /// One registration of an epoll instance.

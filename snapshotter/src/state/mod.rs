@@ -11,7 +11,7 @@
 //! One module per kind of state, named as its capture module
 //! (`capture::X`) and its restore module (`pool::restore::X`) are:
 //! [`signals`](SignalState), [`mm`](MmState), [`process`](ProcessAttributes)
-//! (with credentials), `memory` ([`MemoryArea`]), `fds` ([`FdState`], the
+//! (with credentials), `memory` ([`MemoryArea`]), `timers` ([`TimerSet`]), `fds` ([`FdState`], the
 //! kernel objects behind them included), [`thread`] ([`ThreadState`]).
 //! What is process-wide hangs off [`ProcessState`] directly; what each
 //! thread has is in its [`ThreadState`].
@@ -27,7 +27,9 @@
 //! ├── threads[]        the main thread first (tid = pid), then the others
 //! │                    in tid order: registers, xsave, mask, rseq, tid
 //! │                    address, robust list, sigaltstack, name, scheduling
-//! └── ids              parent, process group, session ([`tree`])
+//! ├── ids              parent, process group, session ([`tree`])
+//! ├── timers           interval timers, POSIX timers ([`TimerSet`])
+//! └── pending[]        signals queued for the process, with their siginfo
 //! ```
 //!
 //! A snapshot of a process tree holds one `ProcessState` per process
@@ -36,17 +38,23 @@
 mod fds;
 pub(crate) mod memory;
 mod mm;
+mod pending;
 mod process;
 mod signals;
+mod socket;
 pub mod thread;
+mod timers;
 pub mod tree;
 
-pub use fds::{EpollRegistration, FdKind, FdState, PairType, PipeEnd, TimerState};
+pub use fds::{EpollRegistration, FdKind, FdState, InotifyWatch, PairType, PipeEnd, TimerState};
 pub use memory::{AreaKind, FileIdentity, MemoryArea, PageRun, PageRunKind, Protection};
 pub use mm::MmState;
+pub use pending::{PendingSignal, SIGINFO_SIZE};
 pub use process::{ProcessAttributes, Rlimit};
 pub use signals::{SigAction, SignalState};
+pub use socket::{type_name, SocketAddress, SocketOption, SocketRole, SocketState};
 pub use thread::{restart, AltStack, Registers, Restart, Rseq, Sched, ThreadState};
+pub use timers::{IntervalTimer, PosixTimer, TimerNotify, TimerSet};
 pub use tree::{ProcessIds, MAX_PROCESSES};
 
 use serde::{Deserialize, Serialize};
@@ -54,7 +62,9 @@ use serde::{Deserialize, Serialize};
 /// Version of the [`ProcessState`] layout; bump on any incompatible change.
 /// Version 2: threads (`threads[]`, the per-thread fields moved there).
 /// Version 3: process trees (`ids`: parent, process group, session).
-pub const STATE_VERSION: u32 = 3;
+/// Version 4: timers (`timers`: interval and POSIX timers), pending
+/// signals (`pending`, and each thread's).
+pub const STATE_VERSION: u32 = 4;
 
 /// Size of a page on the architectures thaw supports.
 pub const PAGE_SIZE: u64 = 4096;
@@ -83,6 +93,11 @@ pub struct ProcessState {
     pub threads: Vec<ThreadState>,
     /// Parent, process group and session.
     pub ids: ProcessIds,
+    /// Interval and POSIX timers.
+    pub timers: TimerSet,
+    /// Signals pending for the process (its shared queue), in queue order;
+    /// each thread's own are in its [`ThreadState::pending`].
+    pub pending: Vec<PendingSignal>,
 }
 
 /// Most threads a snapshot may describe (a forged manifest must not make

@@ -1,6 +1,8 @@
 //! Process attributes outside memory, signals and threads: working
 //! directory, umask, resource limits, credentials, `NoNewPrivs`, seccomp
-//! mode. Capture: `capture::process`; restore: `pool::restore::process`
+//! mode, `oom_score_adj`, the child subreaper flag, membarrier
+//! registrations (the parent-death signal is per thread:
+//! [`super::ThreadState::parent_death_signal`]). Capture: `capture::process`; restore: `pool::restore::process`
 //! (credentials there too) and `pool::restore::seccomp`.
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,15 @@ pub struct ProcessAttributes {
     pub no_new_privs: bool,
     /// Seccomp mode (0 none, 1 strict, 2 filter).
     pub seccomp: u32,
+    /// `/proc/PID/oom_score_adj`, -1000..=1000 (a sandboxed copy never
+    /// gets less than its sandbox gives it).
+    pub oom_score_adj: i32,
+    /// `PR_GET_CHILD_SUBREAPER`: orphaned descendants are reparented to
+    /// this process.
+    pub child_subreaper: bool,
+    /// `membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)`: the `REGISTER_*`
+    /// commands the process ran (a bit per command), run again in a copy.
+    pub membarrier: u32,
 }
 
 /// One resource limit.

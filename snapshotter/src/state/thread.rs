@@ -12,7 +12,9 @@
 //! ├── tid_address               clear_child_tid (injected PR_GET_TID_ADDRESS)
 //! ├── robust_list, _len         get_robust_list(tid)
 //! ├── alt_stack                 injected sigaltstack(NULL, &old)
-//! └── sched                     policy, priority, nice, CPU affinity
+//! ├── sched                     policy, priority, nice, CPU affinity
+//! ├── pending[]                 signals queued for this thread (siginfo)
+//! └── parent_death_signal       injected PR_GET_PDEATHSIG
 //! ```
 //!
 //! Each thread stopped where it was: in a futex wait, `nanosleep`, `read`,
@@ -50,6 +52,12 @@ pub struct ThreadState {
     pub alt_stack: Option<AltStack>,
     /// Scheduling policy, priority, nice value and affinity.
     pub sched: Sched,
+    /// Signals pending for this thread alone (its own queue), in queue
+    /// order, with their `siginfo`.
+    pub pending: Vec<super::PendingSignal>,
+    /// `PR_GET_PDEATHSIG` run in the thread: the signal it gets when its
+    /// parent dies; 0 for none.
+    pub parent_death_signal: i32,
 }
 
 /// A thread's scheduling attributes.

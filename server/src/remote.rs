@@ -1,0 +1,316 @@
+//! The shared store (docs/cluster.md) as the server and the CLI use it:
+//! settings (`store_url`, the store key), the upload of a version after its
+//! capture, and `thaw store push|pull|remote-status`.
+//!
+//! What one version puts in the bucket, named by the keyed hash of:
+//!
+//! ```text
+//! snapshots/, workingsets/, packs/, packidx/   its snapshot id (remote_store::push_snapshot)
+//! functions/<name>                            the function name: function.json
+//! code/<name>                                 "<function>/v<N>/<uid hex>": tar of v<N>/code
+//! ```
+//!
+//! Without a store URL nothing here runs and nothing leaves the machine.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use remote_store::{Kind, LocalSnapshot, PushReport, RemoteStore, StoreKey, StoreUrl};
+use snapshotter::store::PageStore;
+
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Where the shared store is and the key of its objects.
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    /// `s3://BUCKET/PREFIX`.
+    pub url: StoreUrl,
+    /// The store key.
+    pub key: StoreKey,
+}
+
+/// The shared store's settings from `store_url` and the key: `THAW_STORE_KEY`
+/// (64 hex digits) or `store_key_file`. `None` without a URL.
+pub fn settings(url: Option<&str>, key_file: Option<&Path>) -> Result<Option<RemoteSettings>> {
+    let Some(url) = url.filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let url: StoreUrl = url.trim().parse().context("store_url")?;
+    let key = match (
+        std::env::var("THAW_STORE_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty()),
+        key_file,
+    ) {
+        (Some(hex), _) => StoreKey::from_hex(&hex).context("THAW_STORE_KEY")?,
+        (None, Some(path)) => StoreKey::from_file(path).context("store_key_file")?,
+        (None, None) => anyhow::bail!(
+            "store_url {url} needs a store key to encrypt objects with: set THAW_STORE_KEY \
+             (64 hex digits) or store_key_file (./dev.sh s3 prints one)"
+        ),
+    };
+    Ok(Some(RemoteSettings { url, key }))
+}
+
+/// Connects to the store (endpoint and credentials from `AWS_*`).
+pub fn connect(settings: &RemoteSettings) -> Result<Arc<RemoteStore>> {
+    Ok(Arc::new(RemoteStore::from_env(
+        settings.url.clone(),
+        &settings.key,
+    )?))
+}
+
+/// The name of a version's code in the bucket (before keyed hashing).
+pub fn code_address(name: &str, version: u64, uid: u64) -> String {
+    format!("{name}/v{version}/{uid:016x}")
+}
+
+/// A version's code as a tar archive (symbolic links, such as those to
+/// dependency layers, stay links).
+pub fn code_tar(code_dir: &Path) -> Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", code_dir)
+        .with_context(|| format!("archiving {}", code_dir.display()))?;
+    Ok(tar.into_inner()?)
+}
+
+/// The snapshot of `id` in a data directory (or a `thaw snapshot` folder).
+pub fn local_snapshot(store: Arc<PageStore>, snapshots_dir: &Path, id: &str) -> LocalSnapshot {
+    LocalSnapshot {
+        store,
+        working_set: pool::restore::working_set::path(snapshots_dir, id),
+        snapshots_dir: snapshots_dir.to_path_buf(),
+        id: id.to_string(),
+    }
+}
+
+/// Uploads versions in the background after their capture.
+#[derive(Debug, Clone)]
+pub struct Uploader {
+    remote: Arc<RemoteStore>,
+    store: Arc<PageStore>,
+    snapshots_dir: PathBuf,
+    registry: Registry,
+    pending: Arc<AtomicI64>,
+}
+
+/// One version to upload.
+#[derive(Debug, Clone)]
+pub struct VersionUpload {
+    /// Function name.
+    pub name: String,
+    /// Version number.
+    pub version: u64,
+    /// Deployment uid.
+    pub uid: u64,
+    /// Its snapshot id.
+    pub snapshot: String,
+}
+
+impl Uploader {
+    /// An uploader of the versions of a data directory.
+    pub fn new(
+        remote: Arc<RemoteStore>,
+        store: Arc<PageStore>,
+        data_dir: &Path,
+        registry: Registry,
+    ) -> Uploader {
+        Uploader {
+            remote,
+            store,
+            snapshots_dir: crate::snapshots::snapshots_dir(data_dir),
+            registry,
+            pending: Default::default(),
+        }
+    }
+
+    /// The store.
+    pub fn remote(&self) -> &Arc<RemoteStore> {
+        &self.remote
+    }
+
+    /// Starts uploading `v` (snapshot, record, code) in the background;
+    /// progress and failures go to the log and the `thaw_remote_*` metrics.
+    pub fn spawn(&self, metrics: Arc<Metrics>, v: VersionUpload) {
+        let this = self.clone();
+        this.pending.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .remote_pending
+            .set(this.pending.load(Ordering::Relaxed));
+        tokio::spawn(async move {
+            let result = this.upload(&v).await;
+            let left = this.pending.fetch_sub(1, Ordering::Relaxed) - 1;
+            metrics.remote_pending.set(left);
+            let t = this.remote.transfers();
+            metrics.remote_bytes_sent.set(t.bytes_sent as i64);
+            match result {
+                Ok(report) => {
+                    metrics.remote_uploads.get_or_create(&ok_label(true)).inc();
+                    tracing::info!(
+                        function = %v.name,
+                        version = v.version,
+                        snapshot = %v.snapshot,
+                        pages = report.pages,
+                        pages_sent = report.pages_sent,
+                        bytes_sent = report.bytes_sent,
+                        store = %this.remote.url(),
+                        "version uploaded to the shared store"
+                    );
+                }
+                Err(e) => {
+                    metrics.remote_uploads.get_or_create(&ok_label(false)).inc();
+                    tracing::warn!(
+                        function = %v.name,
+                        version = v.version,
+                        error = %format!("{e:#}"),
+                        "uploading the version to the shared store failed"
+                    );
+                }
+            }
+        });
+    }
+
+    /// Uploads the snapshot, then the code, then the record (last: a node
+    /// that reads a record finds what it names).
+    pub async fn upload(&self, v: &VersionUpload) -> Result<PushReport> {
+        let local = local_snapshot(self.store.clone(), &self.snapshots_dir, &v.snapshot);
+        let report = remote_store::push_snapshot(&self.remote, &local, &v.snapshot).await?;
+        let code_dir = self.registry.code_dir(&v.name, v.version);
+        let tar = tokio::task::spawn_blocking(move || code_tar(&code_dir)).await??;
+        self.remote
+            .put_blob(
+                Kind::Code,
+                code_address(&v.name, v.version, v.uid).as_bytes(),
+                &tar,
+            )
+            .await?;
+        let record_path = self.registry.record_path(&v.name);
+        let record = std::fs::read(&record_path)
+            .with_context(|| format!("reading {}", record_path.display()))?;
+        self.remote
+            .put_blob(Kind::Function, v.name.as_bytes(), &record)
+            .await?;
+        Ok(report)
+    }
+}
+
+fn ok_label(ok: bool) -> crate::metrics::ResultLabels {
+    crate::metrics::ResultLabels {
+        result: if ok { "ok" } else { "error" }.to_string(),
+    }
+}
+
+/// Where `thaw store push|pull` finds a snapshot: the data directory's
+/// (`<data>/store`, `<data>/snapshots/<id>.snapshot`), or a `thaw snapshot`
+/// folder (`DIR/store`, `DIR/snapshot.snapshot`, local id `snapshot`).
+fn cli_local(data_dir: &Path, snapshot_dir: Option<&Path>, id: &str) -> Result<LocalSnapshot> {
+    let (store_dir, snapshots_dir, local_id) = match snapshot_dir {
+        Some(dir) => (
+            dir.join("store"),
+            dir.to_path_buf(),
+            snapshotter::snapshot::DIR_SNAPSHOT_ID.to_string(),
+        ),
+        None => (
+            crate::store_view::store_dir(data_dir),
+            crate::snapshots::snapshots_dir(data_dir),
+            id.to_string(),
+        ),
+    };
+    snapshotter::store::validate_snapshot_id(id)?;
+    crate::registry::create_private_dir(&store_dir)
+        .with_context(|| format!("creating {}", store_dir.display()))?;
+    let store = PageStore::open(&store_dir)
+        .with_context(|| format!("opening the page store {}", store_dir.display()))?;
+    Ok(local_snapshot(Arc::new(store), &snapshots_dir, &local_id))
+}
+
+fn cli_connect(settings: Option<RemoteSettings>) -> Result<Arc<RemoteStore>> {
+    let settings = settings.context(
+        "no shared store: set --store-url or THAW_STORE_URL (./dev.sh s3 prints the exports)",
+    )?;
+    connect(&settings)
+}
+
+/// `thaw store push ID`: uploads what the bucket lacks of a snapshot.
+pub async fn cli_push(
+    settings: Option<RemoteSettings>,
+    data_dir: &Path,
+    snapshot_dir: Option<&Path>,
+    id: &str,
+) -> Result<serde_json::Value> {
+    let remote = cli_connect(settings)?;
+    let local = cli_local(data_dir, snapshot_dir, id)?;
+    let r = remote_store::push_snapshot(&remote, &local, id)
+        .await
+        .with_context(|| format!("uploading snapshot {id} to {}", remote.url()))?;
+    Ok(serde_json::json!({
+        "snapshot": r.remote_id,
+        "store": remote.url().to_string(),
+        "pages": r.pages,
+        "pages_in_bucket": r.pages_in_bucket,
+        "pages_sent": r.pages_sent,
+        "packs_sent": r.packs_sent,
+        "objects_sent": r.objects_sent,
+        "bytes_sent": r.bytes_sent,
+        "manifest_sent": r.manifest_sent,
+        "working_set_sent": r.working_set_sent,
+    }))
+}
+
+/// `thaw store pull ID`: downloads a snapshot into the local store.
+pub async fn cli_pull(
+    settings: Option<RemoteSettings>,
+    data_dir: &Path,
+    snapshot_dir: Option<&Path>,
+    id: &str,
+) -> Result<serde_json::Value> {
+    let remote = cli_connect(settings)?;
+    let local = cli_local(data_dir, snapshot_dir, id)?;
+    let r = remote_store::pull_snapshot(&remote, id, &local)
+        .await
+        .with_context(|| format!("downloading snapshot {id} from {}", remote.url()))?;
+    Ok(serde_json::json!({
+        "snapshot": r.remote_id,
+        "store": remote.url().to_string(),
+        "pages": r.pages,
+        "pages_local": r.pages_local,
+        "pages_fetched": r.pages_fetched,
+        "ranges": r.ranges,
+        "bytes_fetched": r.bytes_fetched,
+        "working_set": r.working_set,
+    }))
+}
+
+/// `thaw store remote-status [ID]`: what the bucket holds, and whether
+/// snapshot ID is complete there (the second value).
+pub async fn cli_status(
+    settings: Option<RemoteSettings>,
+    id: Option<&str>,
+) -> Result<(serde_json::Value, bool)> {
+    let remote = cli_connect(settings)?;
+    let s = remote.status().await?;
+    let mut value = serde_json::json!({
+        "store": remote.url().to_string(),
+        "pages": s.pages,
+        "uncommitted_packs": s.uncommitted_packs,
+        "objects": s.kinds.iter().map(|k| (k.kind.folder().to_string(), serde_json::json!({"objects": k.objects, "bytes": k.bytes}))).collect::<serde_json::Map<_, _>>(),
+    });
+    let mut ok = true;
+    if let Some(id) = id {
+        let snap = remote.snapshot_status(id).await?;
+        ok = snap.present && snap.pages_missing == 0;
+        value["snapshot"] = serde_json::json!({
+            "id": snap.remote_id,
+            "present": snap.present,
+            "pages": snap.pages,
+            "pages_missing": snap.pages_missing,
+            "working_set": snap.working_set,
+            "complete": ok,
+        });
+    }
+    Ok((value, ok))
+}

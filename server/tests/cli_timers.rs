@@ -1,0 +1,193 @@
+//! Issue 19 (timers, pending signals, process attributes), acceptance 1:
+//! C programs of tests/c/ set up their state, say "ready", are captured
+//! with `thaw snapshot --pid` and restored with `thaw restore` in both
+//! memory modes; each copy checks its state and prints "ok".
+//! Needs root (ptrace, pid namespaces) and a C compiler.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const COMMON: &str = include_str!("c/common.h");
+
+fn thaw() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_thaw"))
+}
+
+fn compile(dir: &Path, name: &str, source: &str) -> PathBuf {
+    std::fs::write(dir.join("common.h"), COMMON).unwrap();
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, source).unwrap();
+    let out = dir.join(name);
+    let status = Command::new("cc")
+        .args(["-O1", "-Wall", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&c)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cc failed for {name}");
+    out
+}
+
+/// Whether the test can run (skips, or fails under `THAW_TEST_STRICT`).
+fn prerequisites() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        common::missing("thaw snapshot and thaw restore need root (ptrace, pid namespaces)");
+        return false;
+    }
+    if Command::new("cc").arg("--version").output().is_err() {
+        common::missing("no C compiler (cc)");
+        return false;
+    }
+    true
+}
+
+/// Runs program `name` to its "ready", captures it, kills it, and restores
+/// the snapshot once per memory mode; returns what each copy printed after
+/// it was let go, with its exit code.
+fn snapshot_and_restore(name: &str, source: &str) -> Vec<(String, String, i32)> {
+    snapshot_and_restore_with(name, source, &[])
+}
+
+/// [`snapshot_and_restore`] with arguments for the program.
+fn snapshot_and_restore_with(
+    name: &str,
+    source: &str,
+    args: &[&str],
+) -> Vec<(String, String, i32)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let program = compile(tmp.path(), name, source);
+    let mut command = Command::new(&program);
+    command.args(args);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped());
+    // SAFETY: only close_range (async-signal-safe) runs between fork and
+    // exec. The harness's own descriptors would make the capture refuse.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let mut original = command.spawn().unwrap();
+    let mut out = BufReader::new(original.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n", "{name}: {line}");
+    let snap = tmp.path().join(format!("{name}.snap"));
+    let snapshot = thaw()
+        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    original.kill().unwrap();
+    original.wait().unwrap();
+    assert!(
+        snapshot.status.success(),
+        "{name}: thaw snapshot: {}",
+        String::from_utf8_lossy(&snapshot.stderr)
+    );
+    let mut results = Vec::new();
+    for mode in ["mmap", "uffd"] {
+        let mut copy = thaw()
+            .args(["restore", "--mode", mode])
+            .arg(&snap)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        copy.stdin.as_mut().unwrap().write_all(b"g").unwrap();
+        let mut rest = String::new();
+        copy.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut rest)
+            .unwrap();
+        let status = copy.wait().unwrap();
+        results.push((mode.to_string(), rest, status.code().unwrap_or(-1)));
+    }
+    results
+}
+
+fn assert_all_ok(name: &str, results: Vec<(String, String, i32)>) {
+    for (mode, printed, code) in &results {
+        println!("{name} ({mode}): exit {code}: {}", printed.trim());
+    }
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(_, printed, code)| printed != "ok\n" || *code != 0)
+        .collect();
+    assert!(failed.is_empty(), "{name}: {failed:#?}");
+}
+
+/// Interval timers (real, profiling) and POSIX timers notifying a thread,
+/// the process, or nobody: same ids, clocks and intervals in the copy,
+/// and each fires there.
+#[test]
+fn timers_survive_thaw_snapshot_and_thaw_restore_in_both_modes() {
+    if !prerequisites() {
+        return;
+    }
+    assert_all_ok(
+        "timers",
+        snapshot_and_restore("timers", include_str!("c/timers.c")),
+    );
+}
+
+/// Signals pending for the process and for each of two threads, with
+/// their siginfo: each arrives once in the copy, in order, with its
+/// `si_code`, `si_value` and sender.
+#[test]
+fn pending_signals_arrive_once_after_thaw_restore_in_both_modes() {
+    if !prerequisites() {
+        return;
+    }
+    assert_all_ok(
+        "pending",
+        snapshot_and_restore("pending", include_str!("c/pending.c")),
+    );
+}
+
+/// oom_score_adj, the child subreaper flag, a membarrier registration,
+/// each thread's parent-death signal, the personality and no_new_privs
+/// read back equal in the copy.
+#[test]
+fn process_attributes_survive_thaw_snapshot_and_thaw_restore_in_both_modes() {
+    if !prerequisites() {
+        return;
+    }
+    assert_all_ok(
+        "attributes",
+        snapshot_and_restore("attributes", include_str!("c/attributes.c")),
+    );
+}
+
+/// Anonymous shared memory: restored with its content, shared between the
+/// copy and a child it forks, never between copies.
+#[test]
+fn shared_memory_is_shared_in_a_copy_and_not_between_copies_in_both_modes() {
+    if !prerequisites() {
+        return;
+    }
+    assert_all_ok(
+        "shared",
+        snapshot_and_restore("shared", include_str!("c/shared.c")),
+    );
+}
+
+/// inotify: the watches come back at their wds with their masks (paths
+/// resolved by the copy), and report events in the copy.
+#[test]
+fn inotify_watches_report_events_after_thaw_restore_in_both_modes() {
+    if !prerequisites() {
+        return;
+    }
+    let watched = tempfile::tempdir().unwrap();
+    let dir = watched.path().to_str().unwrap();
+    assert_all_ok(
+        "inotify",
+        snapshot_and_restore_with("inotify", include_str!("c/inotify.c"), &[dir]),
+    );
+}

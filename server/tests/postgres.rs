@@ -1,0 +1,276 @@
+//! Issue 19, acceptance 2: a Python function whose init opens a PostgreSQL
+//! connection (examples/postgres-client, pg8000 from its requirements.txt)
+//! is snapshotted at deploy; forced restores answer a query after the
+//! copy's cut connection is noticed and replaced by its `on_restore` hook.
+//!
+//! The database is the distribution's PostgreSQL, started by the test on a
+//! test host in a network namespace of its own, reached by the function
+//! through `network = "outbound"` and `network_allow`:
+//!
+//! ```text
+//!   host  tt-pg 10.213.9.1/24  <-veth->  thawt-pg eth0 10.213.9.10/24
+//!                                        postgres -p 5432 (trust, test only)
+//! ```
+//!
+//! Needs root, `ip`, `nft`, PostgreSQL (`apt-get install postgresql`) and
+//! the package index (pg8000).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use serde_json::json;
+
+const NS: &str = "thawt-pg";
+const LINK: &str = "tt-pg";
+const HOST_CIDR: &str = "10.213.9.1/24";
+const DB_CIDR: &str = "10.213.9.10/24";
+const DB: &str = "10.213.9.10";
+const BLACKHOLE: &str = "10.213.9.0/24";
+const RANGE: &str = "100.127.200.0/24";
+
+/// The newest PostgreSQL server binaries of the distribution.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|bin| bin.join("postgres").exists() && bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn prerequisites() -> Result<PathBuf, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("needs root (network namespaces, veth pairs, sandboxes)".into());
+    }
+    for tool in ["ip", "nft", "runuser"] {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            return Err(format!("`{tool}` is missing"));
+        }
+    }
+    if nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        return Err("no user `postgres` (apt-get install postgresql)".into());
+    }
+    postgres_bin().ok_or_else(|| "no PostgreSQL server (apt-get install postgresql)".into())
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn remove_topology() {
+    sh_quiet(&["ip", "netns", "del", NS]);
+    sh_quiet(&["ip", "link", "del", LINK]);
+    sh_quiet(&[
+        "ip",
+        "route",
+        "del",
+        "blackhole",
+        BLACKHOLE,
+        "metric",
+        "3000",
+    ]);
+}
+
+/// The database host: its namespace, link and server; removed on drop.
+struct Database {
+    server: Child,
+    _data: tempfile::TempDir,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Database {
+    fn start(bin: &Path) -> Database {
+        // The network tests' lock: one topology at a time on this machine.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/lock/thaw-network-test.lock")
+            .unwrap();
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        remove_topology();
+        sh(&[
+            "ip",
+            "route",
+            "add",
+            "blackhole",
+            BLACKHOLE,
+            "metric",
+            "3000",
+        ]);
+        sh(&["ip", "netns", "add", NS]);
+        sh(&[
+            "ip", "link", "add", LINK, "type", "veth", "peer", "name", "eth0", "netns", NS,
+        ]);
+        sh(&["ip", "link", "set", LINK, "addrgenmode", "none"]);
+        sh(&["ip", "addr", "add", HOST_CIDR, "dev", LINK]);
+        sh(&["ip", "link", "set", LINK, "up"]);
+        sh(&["ip", "-n", NS, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", NS, "link", "set", "eth0", "addrgenmode", "none"]);
+        sh(&["ip", "-n", NS, "addr", "add", DB_CIDR, "dev", "eth0"]);
+        sh(&["ip", "-n", NS, "link", "set", "eth0", "up"]);
+
+        let data = tempfile::Builder::new()
+            .prefix("thaw-test-pg")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let dir = data.path().join("db");
+        std::fs::create_dir(&dir).unwrap();
+        let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        nix::unistd::chown(&dir, Some(pg.uid), Some(pg.gid)).unwrap();
+        let dir_s = dir.display().to_string();
+        let initdb = bin.join("initdb").display().to_string();
+        sh(&[
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            &initdb,
+            "-D",
+            &dir_s,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ]);
+        // Test only: anyone on the test link may connect.
+        let hba = dir.join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba).unwrap();
+        text.push_str("host all all 0.0.0.0/0 trust\n");
+        std::fs::write(&hba, text).unwrap();
+        let postgres = bin.join("postgres").display().to_string();
+        let server = Command::new("ip")
+            .args(["netns", "exec", NS, "runuser", "-u", "postgres", "--"])
+            .arg(&postgres)
+            .args(["-D", &dir_s, "-k", &dir_s, "-p", "5432"])
+            .args(["-c", &format!("listen_addresses={DB}")])
+            .args(["-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let db = Database {
+            server,
+            _data: data,
+            _lock: lock,
+        };
+        let started = Instant::now();
+        let addr = format!("{DB}:5432").parse().unwrap();
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "PostgreSQL did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        db
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        // SIGTERM: a smart shutdown (the `ip netns exec` child execs into
+        // runuser, which passes it on).
+        // SAFETY: kill takes numbers only.
+        unsafe { libc::kill(self.server.id() as i32, libc::SIGTERM) };
+        let _ = self.server.wait();
+        remove_topology();
+    }
+}
+
+fn example_file(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/postgres-client")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_postgres_client_function_reconnects_in_every_restored_copy() {
+    require_root!();
+    let bin = match prerequisites() {
+        Ok(bin) => bin,
+        Err(why) => skip!("{why}"),
+    };
+    let _db = Database::start(&bin);
+    let server = Server::start(&["--network-range", RANGE, "--allow-forced-cold"]);
+    for mode in ["mmap", "uffd"] {
+        let name = format!("pg-{mode}");
+        let spec = json!({
+            "name": name,
+            "handler": "main.handler",
+            "network": "outbound",
+            "network_allow": [format!("{DB}/32:5432")],
+            "env": {"PGHOST": DB, "PGUSER": "postgres", "PGDATABASE": "postgres"},
+            "warmup": [{"n": 2}],
+            "memory_mode": mode,
+            "timeout_ms": 20000,
+            "files": {
+                "main.py": example_file("main.py"),
+                "requirements.txt": example_file("requirements.txt"),
+            },
+        });
+        let rec = server.deploy_ready(spec).await;
+        assert_eq!(rec["state"], "ready", "{rec}");
+        assert!(!rec["snapshot"].is_null(), "{mode}: no snapshot: {rec}");
+        let warm = server.invoke(&name, json!({"n": 4})).await.json();
+        assert_eq!(warm["squares"], json!([1, 4, 9, 16]), "{warm}");
+        assert_eq!(warm["copy"], false, "{warm}");
+        assert_eq!(warm["backend"], warm["first_backend"], "{warm}");
+        for _ in 0..2 {
+            let answer = server
+                .invoke_raw(
+                    &name,
+                    br#"{"n": 3}"#.to_vec(),
+                    &[("x-thaw-cold", "restore")],
+                )
+                .await;
+            let copy = answer.json();
+            assert_eq!(copy["copy"], true, "{mode}: {copy}");
+            assert_eq!(copy["squares"], json!([1, 4, 9]), "{mode}: {copy}");
+            // The snapshot's connection was cut: the hook saw it fail and
+            // opened its own, served by another backend.
+            assert_eq!(
+                copy["restores"],
+                json!(["InterfaceError"]),
+                "{mode}: {copy}"
+            );
+            assert_ne!(copy["backend"], copy["first_backend"], "{mode}: {copy}");
+            assert_ne!(copy["backend"], warm["backend"], "{mode}: {copy}");
+        }
+    }
+}

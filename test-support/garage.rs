@@ -1,0 +1,206 @@
+//! A private Garage (the S3-compatible store of docs/cluster.md) for one
+//! test, set up the way `./dev.sh s3` sets up the development one: a
+//! single-node layout, one bucket, one imported key; on ports of its own
+//! and in a temporary folder, killed when dropped.
+//!
+//! The binary is `$THAW_GARAGE`, else `garage` on `PATH`, else
+//! `~/.cargo/bin/garage` (where `./dev.sh s3` installs it). Without it
+//! [`Garage::start`] returns `Err` with the reason; the caller skips (or
+//! fails under `THAW_TEST_STRICT`).
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Garage's `s3_region`, which clients must use.
+pub const REGION: &str = "garage";
+/// The bucket made for the test.
+pub const BUCKET: &str = "thaw-test";
+
+/// A running private Garage.
+pub struct Garage {
+    child: Child,
+    bin: PathBuf,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The imported key's id.
+    pub key_id: String,
+    /// Its secret.
+    pub secret: String,
+}
+
+/// Where the garage binary is, if anywhere.
+pub fn binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("THAW_GARAGE") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", "command -v garage"])
+        .output()
+    {
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !path.is_empty() {
+            return Ok(PathBuf::from(path));
+        }
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    let p = home.join("bin/garage");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "the garage binary is missing (looked at $THAW_GARAGE, PATH, {}): `./dev.sh s3` installs it",
+            p.display()
+        ))
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn hex(n: usize) -> String {
+    (0..n)
+        .map(|_| format!("{:x}", rand::random::<u8>() & 15))
+        .collect()
+}
+
+impl Garage {
+    /// Starts Garage and makes the bucket and the key.
+    pub fn start() -> Result<Garage, String> {
+        let bin = binary()?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let (s3, rpc) = (free_port(), free_port());
+        let config = dir.path().join("garage.toml");
+        let root = dir.path().display();
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{root}/meta\"\ndata_dir = \"{root}/data\"\ndb_engine = \"sqlite\"\n\
+                 replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{}\"\n\n\
+                 [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
+                 root_domain = \".s3.garage.localhost\"\n",
+                hex(64)
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let log =
+            std::fs::File::create(dir.path().join("garage.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let mut garage = Garage {
+            child,
+            bin,
+            config,
+            dir,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            key_id: format!("GK{}", hex(24)),
+            secret: hex(64),
+        };
+        garage.set_up()?;
+        Ok(garage)
+    }
+
+    fn set_up(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.cli(&["status"]).status.success() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("garage exited ({status}): {}", self.log()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("garage did not answer in 60 s: {}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let id = self.ok(&["node", "id", "-q"])?;
+        let node = id.trim().split('@').next().unwrap_or_default().to_string();
+        self.ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
+        self.ok(&["layout", "apply", "--version", "1"])?;
+        self.ok(&["bucket", "create", BUCKET])?;
+        let (key_id, secret) = (self.key_id.clone(), self.secret.clone());
+        self.ok(&[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "thaw-test",
+            &key_id,
+            &secret,
+        ])?;
+        self.ok(&[
+            "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", &key_id,
+        ])?;
+        Ok(())
+    }
+
+    /// Runs `garage -c CONFIG ARGS...`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("running garage")
+    }
+
+    fn ok(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.cli(args);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "garage {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
+    }
+
+    /// The folder of its config and data.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The variables that point an S3 client (and `thaw`) at it.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", self.key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret.clone()),
+            ("AWS_REGION", REGION.to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
