@@ -72,8 +72,13 @@ pub fn take(
     connections: snapshotter::capture::ConnectionPolicy,
 ) -> Result<SnapshotInfo, SnapshotError> {
     // Functions run under thaw's seccomp policy: the one filter accepted.
+    // A function whose init started helper processes is captured with them
+    // (issue 14: restored as a tree in the copy's sandbox); what a tree
+    // cannot have (a zombie, a CLONE_VM child, other credentials, ...) is
+    // refused with its reason, and the function keeps booting.
     let options = CaptureOptions {
         seccomp_filters: vec![pool::sandbox::seccomp::program_bytes()],
+        tree: true,
         connections,
         ..CaptureOptions::default()
     };

@@ -292,17 +292,32 @@ impl FdPlan {
     /// opened (see [`FdPlan::open_files`]) and checks each is what the
     /// capture saw. `stub` is a pidfd of the stub, which must not run yet.
     pub fn adopt(&mut self, stub: BorrowedFd<'_>) -> Result<(), RestoreError> {
+        self.adopt_numbered(stub, |fd| fd)
+    }
+
+    /// [`FdPlan::adopt`] for files the stub opened at other numbers than
+    /// the copy's: `at(fd)` is the stub's number of the copy's fd `fd` (a
+    /// process of a tree, whose files wait in a staging block of the root
+    /// stub's table until the process is forked).
+    pub fn adopt_numbered(
+        &mut self,
+        stub: BorrowedFd<'_>,
+        at: impl Fn(i32) -> i32,
+    ) -> Result<(), RestoreError> {
         for wanted in &self.wanted {
             if self.opened.contains_key(&wanted.fd) {
                 continue;
             }
+            let number = at(wanted.fd);
             // SAFETY: pidfd_getfd with a pidfd borrowed for the call; the
             // result is a new descriptor of ours (close-on-exec).
-            let raw =
-                unsafe { libc::syscall(libc::SYS_pidfd_getfd, stub.as_raw_fd(), wanted.fd, 0) };
+            let raw = unsafe { libc::syscall(libc::SYS_pidfd_getfd, stub.as_raw_fd(), number, 0) };
             if raw < 0 {
                 return Err(RestoreError::Io {
-                    what: format!("take fd {} ({}) from the stub", wanted.fd, wanted.path),
+                    what: format!(
+                        "take fd {number} ({}, the copy's fd {}) from the stub",
+                        wanted.path, wanted.fd
+                    ),
                     source: std::io::Error::last_os_error(),
                 });
             }

@@ -387,11 +387,13 @@ fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> Result<OwnedFd, RestoreError> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
 }
 
-/// Sends `fd` to the sandbox's pid 1, which holds it while the sandbox
-/// lives (see `Sandbox::uffd_keeper`).
-fn send_to_keeper(keeper: BorrowedFd<'_>, fd: &OwnedFd) -> Result<(), RestoreError> {
+/// Sends `fds` (a copy's userfaultfds: one per process) in one message to
+/// the sandbox's pid 1, which holds them while the sandbox lives (see
+/// `Sandbox::uffd_keeper`; it takes one message of at most
+/// [`snapshotter::state::tree::MAX_PROCESSES`] descriptors).
+fn send_to_keeper(keeper: BorrowedFd<'_>, fds: &[OwnedFd]) -> Result<(), RestoreError> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let fds = [fd.as_raw_fd()];
+    let fds: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     let byte = [0u8; 1];
     let iov = [std::io::IoSlice::new(&byte)];
     sendmsg::<()>(
@@ -530,37 +532,42 @@ impl Prepared {
     /// unchanged (size, modification time) since it was opened: a prepared
     /// restore may wait a long time (a spare sandbox) before it runs.
     pub fn recheck(&self, snapshot: &Snapshot) -> Result<(), RestoreError> {
-        let mut seen = std::collections::HashSet::new();
-        for (index, number) in &self.plan.area_fds {
-            let Some(area) = snapshot.state.areas.get(*index) else {
-                continue;
-            };
-            if area.shared || !seen.insert(*number) {
-                continue;
-            }
-            let (Some(id), Some(fd)) = (area.file.as_ref(), self.plan.opened(*number)) else {
-                continue;
-            };
-            let path = area.path.clone().unwrap_or_default();
-            let st = nix::sys::stat::fstat(fd).map_err(|e| RestoreError::Io {
-                what: format!("stat {path}"),
-                source: e.into(),
-            })?;
-            if st.st_size as u64 != id.size
-                || st.st_mtime != id.mtime_sec
-                || st.st_mtime_nsec != id.mtime_nsec
-            {
-                return Err(RestoreError::FileChanged {
+        recheck_plan(&self.plan, &snapshot.state)
+    }
+}
+
+/// [`Prepared::recheck`] of one process's plan (`state`: the process).
+pub(crate) fn recheck_plan(plan: &fds::FdPlan, state: &ProcessState) -> Result<(), RestoreError> {
+    let mut seen = std::collections::HashSet::new();
+    for (index, number) in &plan.area_fds {
+        let Some(area) = state.areas.get(*index) else {
+            continue;
+        };
+        if area.shared || !seen.insert(*number) {
+            continue;
+        }
+        let (Some(id), Some(fd)) = (area.file.as_ref(), plan.opened(*number)) else {
+            continue;
+        };
+        let path = area.path.clone().unwrap_or_default();
+        let st = nix::sys::stat::fstat(fd).map_err(|e| RestoreError::Io {
+            what: format!("stat {path}"),
+            source: e.into(),
+        })?;
+        if st.st_size as u64 != id.size
+            || st.st_mtime != id.mtime_sec
+            || st.st_mtime_nsec != id.mtime_nsec
+        {
+            return Err(RestoreError::FileChanged {
                     path,
                     what: format!(
                         "changed in place since the restore was prepared: size {} mtime {}.{:09}, was size {} mtime {}.{:09}",
                         st.st_size, st.st_mtime, st.st_mtime_nsec, id.size, id.mtime_sec, id.mtime_nsec
                     ),
                 });
-            }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Opens and checks everything `snapshot` needs, here: its image (built
@@ -636,6 +643,7 @@ pub fn restore(
         options,
         stub_pidfd: Some(&spawned.stub_pidfd),
         keep_uffd: false,
+        collect_uffds: None,
     };
     let server = drive(remote, &ctx, &mut timings)?;
     let server = server.map(|(thread, _)| thread);
@@ -662,6 +670,8 @@ pub fn restore(
 pub struct CopyServer {
     thread: PageServerThread,
     live: std::sync::Arc<uffd::LiveReport>,
+    /// A tree: the page servers of the processes other than the root.
+    others: Vec<PageServerThread>,
 }
 
 impl CopyServer {
@@ -672,10 +682,29 @@ impl CopyServer {
 
     /// Waits for the server to end (it ends when the copy has exited) and
     /// returns its report, or why it failed. Blocking.
+    /// A tree's other servers are joined too (they end with their
+    /// processes, which die with the root's namespace); the first failure
+    /// is returned.
     pub fn join(self) -> Result<uffd::ServerReport, RestoreError> {
-        match self.thread.join() {
+        let mut failed = None;
+        for other in self.others {
+            match other.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => failed = failed.or(Some(e)),
+                Err(_) => {
+                    failed = failed.or(Some(RestoreError::Unsupported(
+                        "a page server panicked".into(),
+                    )))
+                }
+            }
+        }
+        let root = match self.thread.join() {
             Ok(r) => r,
             Err(_) => Err(RestoreError::Unsupported("the page server panicked".into())),
+        };
+        match failed {
+            Some(e) => Err(e),
+            None => root,
         }
     }
 }
@@ -747,11 +776,16 @@ pub fn restore_into(
         options,
         stub_pidfd: pidfd.as_ref(),
         keep_uffd: true,
+        collect_uffds: None,
     };
     let server = drive(remote, &ctx, &mut timings)?;
     Ok((
         timings,
-        server.map(|(thread, live)| CopyServer { thread, live }),
+        server.map(|(thread, live)| CopyServer {
+            thread,
+            live,
+            others: Vec::new(),
+        }),
     ))
 }
 
@@ -802,6 +836,10 @@ pub(crate) struct Driving<'a, 'o> {
     /// while the copy lives; no process of the function holds it. Such
     /// copies also always get the seccomp policy.
     pub(crate) keep_uffd: bool,
+    /// With `keep_uffd`, a process of a sandboxed tree: its userfaultfd is
+    /// added here, and the tree's are sent to pid 1 together once every
+    /// process is prepared (pid 1 takes one message).
+    pub(crate) collect_uffds: Option<&'a std::cell::RefCell<Vec<OwnedFd>>>,
 }
 
 /// The uffd page server of a copy and what it has done so far.
@@ -817,7 +855,7 @@ fn drive(
 ) -> Result<Option<Served>, RestoreError> {
     if !ctx.snapshot.children.is_empty() {
         return Err(RestoreError::Unsupported(format!(
-            "snapshot {} is a tree of {} processes; only `thaw restore` (restore) restores trees so far",
+            "snapshot {} is a tree of {} processes: restore it with `restore` (thaw restore) or `tree::restore_tree_into` (a sandbox's stub, as `SnapshotRestorer` does)",
             ctx.snapshot.id,
             ctx.snapshot.children.len() + 1
         )));
@@ -1183,7 +1221,17 @@ fn restore_memory(
                     "a uffd copy in a sandbox needs the sandbox's keeper socket".into(),
                 )
             })?;
-            send_to_keeper(keeper, &uffd)?;
+            match ctx.collect_uffds {
+                // A process of a tree: every process's is sent at once.
+                Some(all) => {
+                    all.borrow_mut()
+                        .push(uffd.try_clone().map_err(|source| RestoreError::Io {
+                            what: "dup userfaultfd".into(),
+                            source,
+                        })?)
+                }
+                None => send_to_keeper(keeper, std::slice::from_ref(&uffd))?,
+            }
         }
         let mut s =
             uffd::PageServer::new(uffd, &image.file, ctx.view.layout, areas, ctx.view.areas)?;

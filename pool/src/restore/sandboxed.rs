@@ -15,6 +15,12 @@
 //!           in uffd mode with the snapshot's recorded working set prefetched
 //! ```
 //!
+//! A snapshot of a process tree (a function whose init started a helper
+//! process) goes the same way through [`super::tree`]: the stub also holds
+//! and opens every child's descriptors (in staging blocks), and `finish`
+//! makes the children with their saved pids in the sandbox's pid namespace
+//! before it restores each process.
+//!
 //! The restorer also keeps each snapshot's working set (see
 //! [`super::working_set`]): recorded once, from the first invocation of a
 //! `uffd` copy, then prefetched by every later `uffd` copy.
@@ -63,14 +69,24 @@ pub struct PrefetchStats {
 #[derive(Debug)]
 pub struct PreparedCopy {
     snapshot: Arc<Snapshot>,
-    prepared: Prepared,
+    prepared: Preparation,
+}
+
+/// A single process, or a tree.
+#[derive(Debug)]
+enum Preparation {
+    Process(Prepared),
+    Tree(super::tree::PreparedTree),
 }
 
 impl PreparedCopy {
     /// The files the stub sandbox opens itself, inside the sandbox as the
     /// function (`Sandbox::launch_stub`).
     pub fn open_files(&self) -> Vec<crate::sandbox::open_files::OpenFile> {
-        self.prepared.open_files()
+        match &self.prepared {
+            Preparation::Process(p) => p.open_files(),
+            Preparation::Tree(t) => t.open_files(),
+        }
     }
 
     /// Takes back the files the stub (host pid `stub_pid`, not running
@@ -78,14 +94,20 @@ impl PreparedCopy {
     /// inode, kind, rdev, size and mtime where its content is used, open
     /// flags). Blocking (a few system calls per file).
     pub fn adopt(&mut self, stub_pid: i32) -> Result<(), RestoreError> {
-        self.prepared.adopt(stub_pid)
+        match &mut self.prepared {
+            Preparation::Process(p) => p.adopt(stub_pid),
+            Preparation::Tree(t) => t.adopt(stub_pid),
+        }
     }
 
     /// The descriptors the stub sandbox must hold, at these numbers (all 5
     /// and up: 0-4 are the sandbox's own).
     pub fn fds(&self) -> Vec<(BorrowedFd<'_>, i32)> {
-        self.prepared
-            .moves()
+        let moves = match &self.prepared {
+            Preparation::Process(p) => p.moves(),
+            Preparation::Tree(t) => t.moves(),
+        };
+        moves
             .iter()
             .filter(|(_, n)| *n >= 5)
             .map(|(raw, n)| {
@@ -180,16 +202,29 @@ impl SnapshotRestorer {
     pub fn prepare(&self, id: &str) -> Result<PreparedCopy, RestoreError> {
         let snapshot = self.snapshot(id)?;
         // fds 0-4 of the copy are the sandbox's (stdin, log pipes, protocol
-        // pipes): stand-ins here, never moved.
-        let fds = snapshot
-            .state
-            .fds
-            .iter()
-            .filter(|f| f.fd < 5)
-            .map(|f| (f.fd, self.devnull.as_fd()))
+        // pipes): stand-ins here, never moved (a tree's other processes
+        // inherit the stub's: see `tree`).
+        let mut numbers: Vec<i32> = snapshot
+            .processes()
+            .flat_map(|(state, _)| state.fds.iter().map(|f| f.fd))
+            .filter(|&fd| fd < 5)
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        let fds = numbers
+            .into_iter()
+            .map(|fd| (fd, self.devnull.as_fd()))
             .collect();
         let options = options(fds);
-        let prepared = prepare_for_sandbox(&snapshot, &self.store, &options)?;
+        let prepared = if snapshot.children.is_empty() {
+            Preparation::Process(prepare_for_sandbox(&snapshot, &self.store, &options)?)
+        } else {
+            Preparation::Tree(super::tree::prepare_tree_for_sandbox(
+                &snapshot,
+                &self.store,
+                &options,
+            )?)
+        };
         Ok(PreparedCopy { snapshot, prepared })
     }
 
@@ -211,7 +246,10 @@ impl SnapshotRestorer {
     ) -> Result<(RestoreTimings, Option<CopyServer>), RestoreError> {
         // The copy may have waited (a spare): its files must still be as
         // the snapshot saw them.
-        copy.prepared.recheck(&copy.snapshot)?;
+        match &copy.prepared {
+            Preparation::Process(p) => p.recheck(&copy.snapshot)?,
+            Preparation::Tree(t) => t.recheck(&copy.snapshot)?,
+        }
         let mut options = options(Vec::new());
         options.mode = mode;
         options.uffd_keeper = keeper;
@@ -220,7 +258,12 @@ impl SnapshotRestorer {
             options.prefetch = working_set::for_mode(&pages, mode);
         }
         let prefetching = !options.prefetch.is_empty();
-        let (timings, server) = restore_into(stub_pid, &copy.snapshot, &copy.prepared, &options)?;
+        let (timings, server) = match &copy.prepared {
+            Preparation::Process(p) => restore_into(stub_pid, &copy.snapshot, p, &options)?,
+            Preparation::Tree(t) => {
+                super::tree::restore_tree_into(stub_pid, &copy.snapshot, t, &options)?
+            }
+        };
         if let (true, Some(server)) = (prefetching, &server) {
             let mut map = self.prefetches.lock().unwrap();
             let stats = map.entry(copy.snapshot.id.clone()).or_default();

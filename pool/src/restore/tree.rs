@@ -35,31 +35,60 @@
 //!
 //! The copy's exit status stays the root's (through init): its children
 //! are reparented to init when it ends and die with the namespace.
+//!
+//! In a sandbox ([`prepare_tree_for_sandbox`], [`restore_tree_into`]) the
+//! root stub is the sandbox's pid 2, already made (and, for a spare, long
+//! ago); what differs:
+//!
+//! ```text
+//! plan      as above, but no file is opened here: the stub opens every
+//!           process's files inside the sandbox as the function, the
+//!           root's at their numbers, a child's at its staging numbers
+//!           (`open_files`), and `adopt` takes each back and checks it.
+//!           A child's protocol fds (0-4: log pipes, the protocol's) are
+//!           not staged: it keeps the sandbox's, inherited from the stub
+//! sessions  the stub led its session already (its setsid): the root's
+//!           saved one must be its own
+//! uffd      each process's userfaultfd goes to the sandbox's pid 1, all in
+//!           one message once every process is prepared; one page server
+//!           thread per process, all handed back in one `CopyServer`
+//! errors    the root killed (the sandbox's pid 1 then ends and its
+//!           namespace with every process); traced ones reaped
+//! ```
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::time::Instant;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use snapshotter::snapshot::Snapshot;
 use snapshotter::state::tree::{plan_ids, IdStep};
 use snapshotter::state::{FdKind, MemoryArea, ProcessState};
-use snapshotter::store::{ImageLayout, PageStore};
+use snapshotter::store::{CachedImage, ImageLayout, PageStore};
 
 use super::batch::Batch;
 use super::remote::{bytes_of, Remote};
 use super::{
-    fds, memory, pidfd_open, prepare_process, spawn, Driving, InitGuard, PageServerThread,
-    ProcessView, RestoreError, RestoreOptions, RestoreTimings, RestoredChild,
+    fds, memory, pidfd_open, prepare_process, recheck_plan, send_to_keeper, spawn, CopyServer,
+    Driving, InitGuard, Mode, PageServerThread, ProcessView, RestoreError, RestoreOptions,
+    RestoreTimings, RestoredChild, Served,
 };
+use crate::sandbox::open_files::OpenFile;
 
 /// The descriptors of every process of a tree.
 #[derive(Debug)]
-struct TreePlan {
+pub(crate) struct TreePlan {
     /// Per process (the root first): its plan, as if it were alone.
     plans: Vec<fds::FdPlan>,
-    /// Per process: the first number of its staging block in the root
-    /// stub's table (the root's own: 0, unused).
-    stages: Vec<RawFd>,
-    /// `(restorer fd, root stub fd)` for init.
+    /// Per process: its staging block, `(root stub fd, its fd)` (the
+    /// root's: empty).
+    staged: Vec<Vec<(RawFd, RawFd)>>,
+    /// Per process: numbers it keeps as the root stub has them (in a
+    /// sandbox: the sandbox's fds 0-4 it had as protocol fds).
+    inherited: Vec<Vec<RawFd>>,
+    /// Per process, in a sandbox: the root stub's number of each of its
+    /// wanted files, by its own number (the root's: empty, at its own).
+    wanted_at: Vec<HashMap<RawFd, RawFd>>,
+    /// `(restorer fd, root stub fd)` for init (or the sandbox launcher).
     moves: Vec<(RawFd, RawFd)>,
 }
 
@@ -86,39 +115,83 @@ fn supplied_for<'a>(
         .collect()
 }
 
+/// Plans every process's descriptors. `sandboxed`: the files are opened
+/// by the stub inside its sandbox (see the module docs), and a child's
+/// supplied fds (the sandbox's 0-4) are inherited from the stub rather than
+/// staged; otherwise (`thaw restore`) they are opened here.
 fn plan(
     snapshot: &Snapshot,
     options: &RestoreOptions<'_>,
     image: RawFd,
+    sandboxed: bool,
 ) -> Result<TreePlan, RestoreError> {
     let mut pipes = super::kobj::Pipes::default();
     let mut plans = Vec::new();
+    let mut inherited = Vec::new();
     for (index, (state, _)) in snapshot.processes().enumerate() {
         let supplied = supplied_for(state, index == 0, &options.fds);
         let mut plan = fds::plan_with(state, &supplied, image, &mut pipes)?;
-        // No sandbox: the files are opened here (`thaw restore`).
-        plan.open_here()?;
+        if sandboxed {
+            inherited.push(match index {
+                0 => Vec::new(),
+                _ => supplied.iter().map(|&(n, _)| n).collect(),
+            });
+        } else {
+            // No sandbox: the files are opened here (`thaw restore`).
+            plan.open_here()?;
+            inherited.push(Vec::new());
+        }
         plans.push(plan);
     }
     let top = plans
         .iter()
-        .flat_map(|p| p.moves.iter().map(|&(_, target)| target))
+        .flat_map(|p| {
+            p.moves
+                .iter()
+                .map(|&(_, target)| target)
+                .chain(p.wanted.iter().map(|w| w.fd))
+        })
         .max()
         .unwrap_or(0)
         + 1;
     let mut moves = plans[0].moves.clone();
-    let mut stages = vec![0];
+    let mut staged = vec![Vec::new()];
+    let mut wanted_at = vec![HashMap::new()];
     let mut next = top;
-    for p in &plans[1..] {
-        stages.push(next);
-        for (i, &(source, _)) in p.moves.iter().enumerate() {
-            moves.push((source, next + i as RawFd));
+    for (p, inherit) in plans[1..].iter().zip(&inherited[1..]) {
+        let mut block = Vec::new();
+        for &(source, target) in &p.moves {
+            if inherit.contains(&target) {
+                continue;
+            }
+            moves.push((source, next));
+            block.push((next, target));
+            next += 1;
         }
-        next += p.moves.len() as RawFd;
+        let mut at = HashMap::new();
+        if sandboxed {
+            for w in &p.wanted {
+                at.insert(w.fd, next);
+                block.push((next, w.fd));
+                next += 1;
+            }
+        }
+        staged.push(block);
+        wanted_at.push(at);
+    }
+    if sandboxed && next > crate::sandbox::NETNS_FD {
+        return Err(RestoreError::Unsupported(format!(
+            "the tree's {} processes need descriptor numbers up to {}; a sandbox's stub holds them below {}",
+            plans.len(),
+            next - 1,
+            crate::sandbox::NETNS_FD
+        )));
     }
     Ok(TreePlan {
         plans,
-        stages,
+        staged,
+        inherited,
+        wanted_at,
         moves,
     })
 }
@@ -151,14 +224,19 @@ fn fork_call(batch: &mut Batch, pid: i32) -> Result<(), RestoreError> {
 /// stub, with its session, then gives every process its group (see the
 /// module docs). Returns the children's stubs in `snapshot.children`
 /// order.
+/// `root_session`: whether the root leads its session already (a
+/// sandbox's stub). `made`: the host pid of every process made, recorded
+/// as soon as it exists (for the caller's cleanup on failure).
 fn create(
     root: &mut Remote,
     snapshot: &Snapshot,
     steps: &[IdStep],
     scratch: u64,
+    root_session: bool,
+    made: &mut Vec<i32>,
 ) -> Result<Vec<Remote>, RestoreError> {
     let pids: Vec<i32> = snapshot.processes().map(|(s, _)| s.pid).collect();
-    if steps[0] == IdStep::NewSession {
+    if steps[0] == IdStep::NewSession && !root_session {
         root.sys("setsid (root)", libc::SYS_setsid, [0; 6])?;
     }
     let mut children: Vec<Remote> = Vec::with_capacity(snapshot.children.len());
@@ -196,10 +274,11 @@ fn create(
                 | nix::sys::ptrace::Options::PTRACE_O_EXITKILL,
         )
         .map_err(|e| RestoreError::Stub(format!("PTRACE_SETOPTIONS: {e}")))?;
-        let made = std::mem::take(&mut parent.cloned);
+        let cloned = std::mem::take(&mut parent.cloned);
+        made.extend(&cloned);
         // A process made before a failure is adopted (it dies with the
         // namespace) so none is left unwaited.
-        let adopted = made
+        let adopted = cloned
             .iter()
             .map(|&pid| parent.adopt_process(pid))
             .collect::<Result<Vec<_>, _>>()?;
@@ -209,7 +288,7 @@ fn create(
             return Err(RestoreError::Stub(format!(
                 "the clone3 of process {} made {} processes",
                 state.pid,
-                made.len()
+                cloned.len()
             )));
         };
         if steps[index + 1] == IdStep::NewSession {
@@ -243,21 +322,21 @@ fn create(
     Ok(children)
 }
 
-/// Moves child process's staging block (`stage`, one per entry of
-/// `plan.moves`) to its numbers and closes every other descriptor.
+/// Moves a child process's staging block (`(stub fd, its fd)`) to its
+/// numbers and closes every other descriptor but `inherited`.
 fn arrange_fds(
     remote: &mut Remote,
-    plan: &fds::FdPlan,
-    stage: RawFd,
+    staged: &[(RawFd, RawFd)],
+    inherited: &[RawFd],
     scratch: u64,
 ) -> Result<(), RestoreError> {
     let mut batch = Batch::new(scratch);
-    let mut keep: Vec<u32> = Vec::with_capacity(plan.moves.len());
-    for (i, &(_, target)) in plan.moves.iter().enumerate() {
+    let mut keep: Vec<u32> = inherited.iter().map(|&n| n as u32).collect();
+    for &(stage, target) in staged {
         batch.call(
             "dup3 (staged descriptor)",
             libc::SYS_dup3,
-            [(stage + i as RawFd) as u64, target as u64, 0, 0, 0, 0],
+            [stage as u64, target as u64, 0, 0, 0, 0],
         );
         keep.push(target as u32);
     }
@@ -291,22 +370,9 @@ pub(crate) fn restore_tree(
 ) -> Result<RestoredChild, RestoreError> {
     let mut timings = RestoreTimings::default();
     let started = Instant::now();
-    let ids: Vec<_> = snapshot.processes().map(|(s, _)| (s.pid, s.ids)).collect();
-    let steps = plan_ids(&ids).map_err(|e| RestoreError::Unsupported(e.to_string()))?;
-    let image = {
-        static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
-        store.image(&snapshot.id)?
-    };
-    let expected: usize = snapshot.processes().map(|(s, _)| s.areas.len()).sum();
-    if image.layout.areas.len() != expected {
-        return Err(RestoreError::Unsupported(format!(
-            "the image of {} lays out {} areas, its processes have {expected}",
-            snapshot.id,
-            image.layout.areas.len()
-        )));
-    }
-    let tree = plan(snapshot, options, image.file.as_raw_fd())?;
+    let steps = check_ids(snapshot, false)?;
+    let image = image_of(snapshot, store)?;
+    let tree = plan(snapshot, options, image.file.as_raw_fd(), false)?;
     timings.plan = started.elapsed();
 
     let started = Instant::now();
@@ -314,9 +380,69 @@ pub(crate) fn restore_tree(
     let spawned = spawn::spawn(root_state.pid, &tree.moves)?;
     let mut guard = InitGuard(Some(spawned.init_pid));
     super::join_cgroups(&options.cgroups, &[spawned.init_pid, spawned.stub_pid])?;
-    let mut root = Remote::seize(spawned.stub_pid)?;
+    let root = Remote::seize(spawned.stub_pid)?;
     timings.stub = started.elapsed();
 
+    let mut made = Vec::new();
+    let built = build(
+        root,
+        &spawned.stub_pidfd,
+        &Building {
+            snapshot,
+            image: &image,
+            tree: &tree,
+            steps: &steps,
+            options,
+            sandboxed: false,
+        },
+        &mut made,
+        &mut timings,
+    )?;
+    drop(tree);
+    guard.0 = None;
+    Ok(RestoredChild {
+        init_pid: spawned.init_pid,
+        pid: spawned.stub_pid,
+        ns_pid: root_state.pid,
+        pidfd: spawned.stub_pidfd,
+        status: None,
+        server: built.root.map(|(thread, _)| thread),
+        child_servers: built.children,
+        server_stats: None,
+        timings,
+    })
+}
+
+/// What [`build`] works from.
+struct Building<'a, 'o> {
+    snapshot: &'a Snapshot,
+    image: &'a CachedImage,
+    tree: &'a TreePlan,
+    steps: &'a [IdStep],
+    options: &'a RestoreOptions<'o>,
+    /// In a sandbox: the root stub leads its session already, the
+    /// userfaultfds go to the sandbox's pid 1, the policy always applies.
+    sandboxed: bool,
+}
+
+/// The page servers of a tree's processes (`uffd` mode).
+struct Built {
+    root: Option<Served>,
+    children: Vec<PageServerThread>,
+}
+
+/// Everything after the root stub is seized, for both the restorer's own
+/// stubs and a sandbox's: the children made and given their descriptors,
+/// every process prepared, then all resumed, children first. `made`
+/// collects the children's host pids as they are made.
+fn build(
+    mut root: Remote,
+    root_pidfd: &OwnedFd,
+    b: &Building<'_, '_>,
+    made: &mut Vec<i32>,
+    timings: &mut RestoreTimings,
+) -> Result<Built, RestoreError> {
+    let (snapshot, image, tree, options) = (b.snapshot, b.image, b.tree, b.options);
     let started = Instant::now();
     let stub_map = memory::stub_map(root.pid())?;
     let every_area: Vec<MemoryArea> = snapshot
@@ -324,12 +450,19 @@ pub(crate) fn restore_tree(
         .flat_map(|(s, _)| s.areas.iter().cloned())
         .collect();
     let places = memory::prepare_scratch(&mut root, &stub_map, &every_area)?;
-    let mut children = create(&mut root, snapshot, &steps, places.scratch)?;
+    let mut children = create(
+        &mut root,
+        snapshot,
+        b.steps,
+        places.scratch,
+        b.sandboxed,
+        made,
+    )?;
     for (index, child) in children.iter_mut().enumerate() {
         arrange_fds(
             child,
-            &tree.plans[index + 1],
-            tree.stages[index + 1],
+            &tree.staged[index + 1],
+            &tree.inherited[index + 1],
             places.scratch,
         )?;
     }
@@ -346,12 +479,25 @@ pub(crate) fn restore_tree(
             }
         })
         .collect();
+    let uffds = std::cell::RefCell::new(Vec::new());
+    let collect = b.sandboxed.then_some(&uffds);
+    // The recorded working set is the root's (its first invocations'
+    // pages): the other processes prefetch nothing.
+    let child_options = RestoreOptions {
+        mode: options.mode,
+        fds: options.fds.clone(),
+        cgroups: options.cgroups.clone(),
+        prefetch: Vec::new(),
+        credentials: options.credentials.clone(),
+        prefetch_in_background: options.prefetch_in_background,
+        uffd_keeper: options.uffd_keeper,
+    };
     let mut readies = Vec::with_capacity(children.len() + 1);
     for (index, remote) in children.into_iter().enumerate() {
         let child = &snapshot.children[index];
         let pidfd = match options.mode {
-            super::Mode::Uffd => Some(pidfd_open(remote.pid())?),
-            super::Mode::Mmap => None,
+            Mode::Uffd => Some(pidfd_open(remote.pid())?),
+            Mode::Mmap => None,
         };
         let ctx = Driving {
             snapshot,
@@ -361,57 +507,241 @@ pub(crate) fn restore_tree(
                 layout: &layouts[index],
             },
             places: Some(places),
-            image: &image,
+            image,
             plan: &tree.plans[index + 1],
-            options,
+            options: &child_options,
             stub_pidfd: pidfd.as_ref(),
-            keep_uffd: false,
+            keep_uffd: b.sandboxed,
+            collect_uffds: collect,
         };
-        readies.push(prepare_process(remote, &ctx, &mut timings)?);
+        readies.push(prepare_process(remote, &ctx, timings)?);
     }
     let ctx = Driving {
         snapshot,
-        view: ProcessView::root(snapshot, &image),
+        view: ProcessView::root(snapshot, image),
         places: Some(places),
-        image: &image,
+        image,
         plan: &tree.plans[0],
         options,
-        stub_pidfd: Some(&spawned.stub_pidfd),
-        keep_uffd: false,
+        stub_pidfd: Some(root_pidfd),
+        keep_uffd: b.sandboxed,
+        collect_uffds: collect,
     };
-    let root_ready = prepare_process(root, &ctx, &mut timings)?;
+    let root_ready = prepare_process(root, &ctx, timings)?;
+    let uffds = uffds.into_inner();
+    if !uffds.is_empty() {
+        let keeper = options.uffd_keeper.ok_or_else(|| {
+            RestoreError::Unsupported(
+                "a uffd copy in a sandbox needs the sandbox's keeper socket".into(),
+            )
+        })?;
+        send_to_keeper(keeper, &uffds)?;
+    }
     let mut child_servers: Vec<PageServerThread> = Vec::new();
-    let root_pidfd = match options.mode {
-        super::Mode::Uffd => Some(std::sync::Arc::new(
-            spawned
-                .stub_pidfd
-                .try_clone()
-                .map_err(|source| RestoreError::Io {
-                    what: "dup pidfd".into(),
-                    source,
-                })?,
-        )),
-        super::Mode::Mmap => None,
+    let kill_root = match options.mode {
+        Mode::Uffd => Some(std::sync::Arc::new(root_pidfd.try_clone().map_err(
+            |source| RestoreError::Io {
+                what: "dup pidfd".into(),
+                source,
+            },
+        )?)),
+        Mode::Mmap => None,
     };
     for mut ready in readies {
         // A child's page server that fails kills the root: the whole copy.
-        ready.kill_with = root_pidfd.clone();
-        if let Some((thread, _)) = ready.resume(&mut timings)? {
+        ready.kill_with = kill_root.clone();
+        if let Some((thread, _)) = ready.resume(timings)? {
             child_servers.push(thread);
         }
     }
-    let server = root_ready.resume(&mut timings)?.map(|(thread, _)| thread);
-    drop(tree);
-    guard.0 = None;
-    Ok(RestoredChild {
-        init_pid: spawned.init_pid,
-        pid: spawned.stub_pid,
-        ns_pid: root_state.pid,
-        pidfd: spawned.stub_pidfd,
-        status: None,
-        server,
-        child_servers,
-        server_stats: None,
-        timings,
+    let root = root_ready.resume(timings)?;
+    Ok(Built {
+        root,
+        children: child_servers,
     })
+}
+
+/// A tree's restore made ready before its stub sandbox exists (see the
+/// module docs): its image, every process's plan. The stub opens
+/// [`PreparedTree::open_files`] and holds [`PreparedTree::moves`].
+#[derive(Debug)]
+pub struct PreparedTree {
+    image: CachedImage,
+    tree: TreePlan,
+    took: Duration,
+}
+
+impl PreparedTree {
+    /// `(restorer fd, stub fd)`: what the root stub must hold: the root's
+    /// descriptors at their numbers, every child's in its staging block.
+    pub fn moves(&self) -> &[(RawFd, RawFd)] {
+        &self.tree.moves
+    }
+
+    /// What the stub opens inside its sandbox as the function: the root's
+    /// files at their numbers, each child's at its staging numbers.
+    pub fn open_files(&self) -> Vec<OpenFile> {
+        let mut files = self.tree.plans[0].open_files();
+        for (plan, at) in self.tree.plans[1..].iter().zip(&self.tree.wanted_at[1..]) {
+            files.extend(plan.open_files().into_iter().map(|mut f| {
+                f.fd = at[&f.fd];
+                f
+            }));
+        }
+        files
+    }
+
+    /// Takes back and checks the files the stub (host pid `stub_pid`, not
+    /// running yet) opened, every process's (see [`fds::FdPlan::adopt`]).
+    pub fn adopt(&mut self, stub_pid: i32) -> Result<(), RestoreError> {
+        let pidfd = pidfd_open(stub_pid)?;
+        let (root, others) = self
+            .tree
+            .plans
+            .split_first_mut()
+            .expect("a tree has a root");
+        root.adopt(pidfd.as_fd())?;
+        for (plan, at) in others.iter_mut().zip(&self.tree.wanted_at[1..]) {
+            plan.adopt_numbered(pidfd.as_fd(), |fd| at.get(&fd).copied().unwrap_or(-1))?;
+        }
+        Ok(())
+    }
+
+    /// [`super::Prepared::recheck`] for every process.
+    pub fn recheck(&self, snapshot: &Snapshot) -> Result<(), RestoreError> {
+        for ((state, _), plan) in snapshot.processes().zip(&self.tree.plans) {
+            recheck_plan(plan, state)?;
+        }
+        Ok(())
+    }
+}
+
+/// [`super::prepare_for_sandbox`] for a tree: the image, the kernel
+/// objects (one of each shared by several processes), every process's plan
+/// and the root stub's table. `options.fds`: stand-ins for the sandbox's
+/// fds 0-4 (never moved).
+pub fn prepare_tree_for_sandbox(
+    snapshot: &Snapshot,
+    store: &PageStore,
+    options: &RestoreOptions<'_>,
+) -> Result<PreparedTree, RestoreError> {
+    let started = Instant::now();
+    check_ids(snapshot, true)?;
+    let image = image_of(snapshot, store)?;
+    let tree = plan(snapshot, options, image.file.as_raw_fd(), true)?;
+    Ok(PreparedTree {
+        image,
+        tree,
+        took: started.elapsed(),
+    })
+}
+
+/// The sessions and groups of the tree's processes (see
+/// [`plan_ids`]); in a sandbox the root must lead its session (the stub
+/// did `setsid`, as the function's process did when it was booted).
+fn check_ids(snapshot: &Snapshot, sandboxed: bool) -> Result<Vec<IdStep>, RestoreError> {
+    let ids: Vec<_> = snapshot.processes().map(|(s, _)| (s.pid, s.ids)).collect();
+    let steps = plan_ids(&ids).map_err(|e| RestoreError::Unsupported(e.to_string()))?;
+    if sandboxed && steps[0] != IdStep::NewSession {
+        return Err(RestoreError::Unsupported(format!(
+            "process {} (the root) does not lead its session; in a sandbox the root's stub does",
+            snapshot.state.pid
+        )));
+    }
+    Ok(steps)
+}
+
+/// The snapshot's image, checked to lay out every process's areas.
+fn image_of(snapshot: &Snapshot, store: &PageStore) -> Result<CachedImage, RestoreError> {
+    let image = {
+        static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+        store.image(&snapshot.id)?
+    };
+    let expected: usize = snapshot.processes().map(|(s, _)| s.areas.len()).sum();
+    if image.layout.areas.len() != expected {
+        return Err(RestoreError::Unsupported(format!(
+            "the image of {} lays out {} areas, its processes have {expected}",
+            snapshot.id,
+            image.layout.areas.len()
+        )));
+    }
+    Ok(image)
+}
+
+/// Kills a sandboxed tree being made unless disarmed: the root (the
+/// sandbox's pid 2; pid 1 then ends, and the namespace with every process)
+/// and each child made, each reaped if this thread still traces it.
+struct KillTree {
+    root: i32,
+    children: Vec<i32>,
+    armed: bool,
+}
+
+impl Drop for KillTree {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for &pid in self.children.iter().chain([&self.root]) {
+            // SAFETY: kill takes numbers only.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for &pid in self.children.iter().chain([&self.root]) {
+            super::reap_traced(pid);
+        }
+    }
+}
+
+/// [`super::restore_into`] for a tree: turns the sandbox's stub (host pid
+/// `stub_pid`, holding [`PreparedTree::moves`] and the files it opened,
+/// adopted) into the root, makes every other process with its saved pid in
+/// the sandbox's pid namespace, and resumes them all. In `uffd` mode the
+/// returned server serves every process.
+pub fn restore_tree_into(
+    stub_pid: i32,
+    snapshot: &Snapshot,
+    prepared: &PreparedTree,
+    options: &RestoreOptions<'_>,
+) -> Result<(RestoreTimings, Option<CopyServer>), RestoreError> {
+    if !prepared.tree.plans.iter().all(fds::FdPlan::ready) {
+        return Err(RestoreError::Unsupported(
+            "the stub's files were not taken back and checked (PreparedTree::adopt)".into(),
+        ));
+    }
+    let steps = check_ids(snapshot, true)?;
+    let mut timings = RestoreTimings {
+        plan: prepared.took,
+        ..RestoreTimings::default()
+    };
+    let started = Instant::now();
+    let root_pidfd = pidfd_open(stub_pid)?;
+    let root = Remote::seize(stub_pid)?;
+    timings.stub = started.elapsed();
+    let mut kill = KillTree {
+        root: stub_pid,
+        children: Vec::new(),
+        armed: true,
+    };
+    let built = build(
+        root,
+        &root_pidfd,
+        &Building {
+            snapshot,
+            image: &prepared.image,
+            tree: &prepared.tree,
+            steps: &steps,
+            options,
+            sandboxed: true,
+        },
+        &mut kill.children,
+        &mut timings,
+    )?;
+    kill.armed = false;
+    let server = built.root.map(|(thread, live)| CopyServer {
+        thread,
+        live,
+        others: built.children,
+    });
+    Ok((timings, server))
 }

@@ -19,7 +19,7 @@ use nix::unistd::{
     ForkResult, Gid, Pid, Uid,
 };
 
-use super::{mounts, net, SandboxSpec, KEEPER_FD, SPEC_ENV, STATUS_FD};
+use super::{mounts, net, SandboxSpec, KEEPER_FD, NETNS_FD, SPEC_ENV, STATUS_FD};
 
 /// Exit status of the outer process when the sandbox could not be set up.
 pub const SETUP_FAILED: i32 = 125;
@@ -153,6 +153,7 @@ fn outer(spec: &SandboxSpec) -> Result<i32, String> {
             close_quietly(KEEPER_FD);
             close_quietly(3);
             close_quietly(4);
+            close_stub_fds(&spec);
             Ok(wait_for(child))
         }
     }
@@ -203,12 +204,25 @@ fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
             close_quietly(STATUS_FD);
             close_quietly(3);
             close_quietly(4);
+            close_stub_fds(spec);
             if spec.stub {
                 kill_copy_before_exit_on_parent_death();
                 hold_sent_descriptor(child);
             }
             close_quietly(KEEPER_FD);
             Ok(wait_for(child))
+        }
+    }
+}
+
+/// The descriptors placed for a restore stub are the stub's alone: the
+/// outer process and pid 1 close their copies. A pipe's or socket pair's
+/// end left open there would keep the copy from ever seeing end-of-file
+/// (a helper process that dies would leave its parent blocked on the pipe).
+fn close_stub_fds(spec: &SandboxSpec) {
+    for &fd in &spec.keep_fds {
+        if fd >= 5 && fd != STATUS_FD && fd != KEEPER_FD && fd != NETNS_FD {
+            close_quietly(fd);
         }
     }
 }
@@ -248,8 +262,9 @@ fn kill_copy_before_exit_on_parent_death() {
     }
 }
 
-/// Stub sandboxes: pid 1 waits until the restorer sends it a descriptor
-/// on [`KEEPER_FD`] (a `uffd` copy's userfaultfd), closes its end, or the
+/// Stub sandboxes: pid 1 waits until the restorer sends it descriptors
+/// on [`KEEPER_FD`] (a `uffd` copy's userfaultfd, one per process of a
+/// tree, in one message), closes its end, or the
 /// stub ends, whichever comes first, and holds a received descriptor until
 /// the sandbox ends (pid 1 never closes it). So no process of the function
 /// holds a userfaultfd, yet the kernel cannot release it, and turn the
@@ -284,7 +299,9 @@ fn hold_sent_descriptor(child: Pid) {
         if ready(&fds[0]) {
             let mut byte = [0u8; 1];
             let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-            let mut space = nix::cmsg_space!([RawFd; 4]);
+            // One message: a copy's userfaultfds, one per process of a
+            // tree (restore::tree sends them together).
+            let mut space = nix::cmsg_space!([RawFd; snapshotter::state::tree::MAX_PROCESSES]);
             if let Ok(msg) = recvmsg::<()>(KEEPER_FD, &mut iov, Some(&mut space), MsgFlags::empty())
             {
                 if let Ok(cmsgs) = msg.cmsgs() {

@@ -142,8 +142,8 @@ pub struct CaptureOptions {
     pub seccomp_filters: Vec<Vec<u8>>,
     /// Capture the process's descendants too, as one tree
     /// ([`tree::capture_tree_timed`]); when false a process with children
-    /// is refused. Default false (a function's sandbox restores single
-    /// processes); `thaw snapshot` sets it.
+    /// is refused. Default false; `thaw snapshot` and the server's capture
+    /// at deploy set it (both restore trees).
     pub tree: bool,
     /// What to do with connections to outside the process (the spec field
     /// `on_snapshot_connections`): cut them in every copy (default) or
