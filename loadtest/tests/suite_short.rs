@@ -255,6 +255,6 @@ fn short_mode_needs_an_out_folder() {
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        "thaw-loadtest: --short and --only-density need --out DIR (they must not replace docs/benchmarks.md)"
+        "thaw-loadtest: --short, --only-density and --only need --out DIR (they must not replace docs/benchmarks.md)"
     );
 }
