@@ -343,7 +343,20 @@ async fn kill_9_of_the_server_kills_uffd_copies_mid_fault_within_a_second() {
     server
         .deploy_ready(spec("touchy", json!({"concurrency": 4})))
         .await;
-    let original: Vec<i32> = server.sandbox_pids();
+    // A process with many mappings is a runtime (the booted original now,
+    // restored copies later); stubs and inits map few. A copy restored into
+    // a spare keeps the spare stub's pid, so the pids present now are not
+    // all excluded: only the runtimes among them.
+    let maps_many = |p: &i32| {
+        std::fs::read_to_string(format!("/proc/{p}/maps"))
+            .map(|m| m.lines().count() > 50)
+            .unwrap_or(false)
+    };
+    let original: Vec<i32> = server
+        .sandbox_pids()
+        .into_iter()
+        .filter(maps_many)
+        .collect();
     // Three copies touching their 32 MiB page by page (no working set yet:
     // nothing is prefetched). The requests fail when the server dies.
     let tasks: Vec<_> = (0..3)
@@ -364,11 +377,7 @@ async fn kill_9_of_the_server_kills_uffd_copies_mid_fault_within_a_second() {
             .sandbox_pids()
             .into_iter()
             .filter(|p| !original.contains(p))
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/maps"))
-                    .map(|m| m.lines().count() > 50)
-                    .unwrap_or(false)
-            })
+            .filter(maps_many)
             .count();
         if restored >= 3 {
             break;
