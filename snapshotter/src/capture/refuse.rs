@@ -5,8 +5,7 @@
 //! capture that meets one stops and detaches instead of writing a snapshot
 //! that would restore wrong.
 
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use super::procfs;
 use super::CaptureError;
@@ -173,99 +172,6 @@ pub fn check_children(pid: i32) -> Result<(), CaptureError> {
     Ok(())
 }
 
-/// One row of `/proc/pid/net/tcp{,6}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpEntry {
-    /// Local address.
-    pub local: SocketAddr,
-    /// Remote address.
-    pub remote: SocketAddr,
-    /// State name.
-    pub state: &'static str,
-}
-
-/// TCP sockets of the process's network namespace by socket inode.
-pub fn tcp_sockets(pid: i32) -> Result<HashMap<u64, TcpEntry>, CaptureError> {
-    let mut sockets = HashMap::new();
-    for table in ["net/tcp", "net/tcp6"] {
-        let text = match procfs::read_text(pid, table) {
-            Ok(text) => text,
-            // No IPv6 in this kernel or namespace.
-            Err(CaptureError::Proc { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                continue
-            }
-            Err(err) => return Err(err),
-        };
-        for line in text.lines().skip(1) {
-            if let Some((inode, entry)) = parse_tcp_line(line) {
-                sockets.insert(inode, entry);
-            }
-        }
-    }
-    Ok(sockets)
-}
-
-/// Parses `sl local remote st tx:rx tr:when retrnsmt uid timeout inode ...`.
-fn parse_tcp_line(line: &str) -> Option<(u64, TcpEntry)> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    if fields.len() < 10 {
-        return None;
-    }
-    let local = parse_tcp_address(fields[1])?;
-    let remote = parse_tcp_address(fields[2])?;
-    let state = tcp_state(u8::from_str_radix(fields[3], 16).ok()?);
-    let inode = fields[9].parse().ok()?;
-    Some((
-        inode,
-        TcpEntry {
-            local,
-            remote,
-            state,
-        },
-    ))
-}
-
-/// `0100007F:1F90` (IPv4) or 32 hex digits `:port` (IPv6); the address is
-/// printed as native-endian 32-bit words.
-fn parse_tcp_address(text: &str) -> Option<SocketAddr> {
-    let (addr, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok();
-    match addr.len() {
-        8 => Some(SocketAddr::new(
-            Ipv4Addr::from(word(0)?.to_ne_bytes()).into(),
-            port,
-        )),
-        32 => {
-            let mut bytes = [0u8; 16];
-            for i in 0..4 {
-                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?.to_ne_bytes());
-            }
-            Some(SocketAddr::new(Ipv6Addr::from(bytes).into(), port))
-        }
-        _ => None,
-    }
-}
-
-fn tcp_state(code: u8) -> &'static str {
-    match code {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        _ => "UNKNOWN",
-    }
-}
-
 /// Inodes of the Unix sockets of the process's network namespace.
 pub fn unix_sockets(pid: i32) -> Result<std::collections::HashSet<u64>, CaptureError> {
     let text = procfs::read_text(pid, "net/unix")?;
@@ -279,21 +185,6 @@ pub fn unix_sockets(pid: i32) -> Result<std::collections::HashSet<u64>, CaptureE
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_tcp_rows() {
-        let v4 = "   0: 0100007F:1F90 0100007F:A2C4 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 30 10 -1";
-        let (inode, entry) = parse_tcp_line(v4).unwrap();
-        assert_eq!(inode, 4242);
-        assert_eq!(entry.local, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(entry.remote, "127.0.0.1:41668".parse().unwrap());
-        assert_eq!(entry.state, "ESTABLISHED");
-        let v6 = "   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0000000000000000 100 0 0 10 0";
-        let (inode, entry) = parse_tcp_line(v6).unwrap();
-        assert_eq!(inode, 77);
-        assert_eq!(entry.local, "[::1]:80".parse().unwrap());
-        assert_eq!(entry.state, "LISTEN");
-    }
 
     #[test]
     fn refusal_messages_name_the_reason() {
