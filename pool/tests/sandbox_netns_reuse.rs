@@ -5,10 +5,8 @@
 
 mod restore_support;
 
-use std::path::PathBuf;
-
-use pool::cgroup::{CgroupLimits, CgroupRoot};
-use pool::sandbox::{LaunchSpec, Network, Sandbox, SandboxConfig, SandboxExit};
+use pool::sandbox::{Sandbox, SandboxExit};
+use restore_support::sandbox_env::{sandbox_env, shell_spec, SandboxEnv};
 use tokio::io::AsyncReadExt;
 
 macro_rules! require_root {
@@ -19,66 +17,10 @@ macro_rules! require_root {
     };
 }
 
-struct Env {
-    _dir: tempfile::TempDir,
-    config: SandboxConfig,
-    code: PathBuf,
-}
-
-fn env(tag: &str) -> Env {
-    let dir = tempfile::Builder::new()
-        .prefix("thaw-nsr")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let code = dir.path().join("code");
-    std::fs::create_dir_all(&code).unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let cgroups = CgroupRoot::detect(&format!("test-nsr-{tag}")).unwrap();
-    cgroups.remove_stale().unwrap();
-    let config = SandboxConfig {
-        init_exe: PathBuf::from(env!("CARGO_BIN_EXE_thaw-sandbox-init")),
-        init_args: vec![],
-        run_dir: data.join("run"),
-        mask: vec![data.clone()],
-        uid: 65534,
-        gid: 65534,
-        cgroups,
-        network: None,
-    };
-    Env {
-        _dir: dir,
-        config,
-        code,
-    }
-}
-
-fn spec(code: &std::path::Path, script: &str) -> LaunchSpec {
-    LaunchSpec {
-        code_dir: code.to_path_buf(),
-        runtime_dir: None,
-        binds: pool::sandbox::binds::PYTHON3.paths(),
-        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        cwd: "/var/task".into(),
-        limits: CgroupLimits {
-            memory_bytes: 64 << 20,
-            pids: 32,
-            cpu_weight: 100,
-            cpu_millicores: None,
-        },
-        tmp_mb: 8,
-        network: Network::None,
-        network_allow: Vec::new(),
-        no_aslr: false,
-        stub: false,
-    }
-}
-
 /// Runs `script` in a sandbox of the function whose code is `code`, to
 /// its end and destroyed; returns its exit and stdout.
-async fn run(env: &Env, code: &std::path::Path, script: &str) -> (SandboxExit, String) {
-    let mut sb = Sandbox::launch(&env.config, &spec(code, script))
+async fn run(env: &SandboxEnv, code: &std::path::Path, script: &str) -> (SandboxExit, String) {
+    let mut sb = Sandbox::launch(&env.config, &shell_spec(code, script))
         .await
         .expect("launch");
     let mut out = sb.stdout.take().unwrap();
@@ -114,8 +56,8 @@ async fn a_clean_namespace_is_reused_by_its_own_function_only() {
     if !pool::sandbox::netns_pool::reuse_enabled() {
         skip!("THAW_NETNS_REUSE=0: reuse is turned off");
     }
-    let env = env("clean");
-    let other = env._dir.path().join("other-code");
+    let env = sandbox_env("nsr-clean");
+    let other = env.dir().join("other-code");
     std::fs::create_dir_all(&other).unwrap();
 
     let (exit, first) = run(&env, &env.code, LOOK).await;
@@ -148,7 +90,7 @@ async fn a_namespace_with_a_socket_left_is_never_reused() {
     if !pool::sandbox::netns_pool::reuse_enabled() {
         skip!("THAW_NETNS_REUSE=0: reuse is turned off");
     }
-    let env = env("dirty");
+    let env = sandbox_env("nsr-dirty");
     let (exit, dirty) = run(&env, &env.code, TIME_WAIT).await;
     assert_eq!(exit, SandboxExit::Exited(0), "{dirty}");
     let (exit, next) = run(&env, &env.code, LOOK).await;

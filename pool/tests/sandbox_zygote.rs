@@ -5,10 +5,8 @@
 
 mod restore_support;
 
-use std::path::PathBuf;
-
-use pool::cgroup::{CgroupLimits, CgroupRoot};
-use pool::sandbox::{LaunchSpec, Network, Sandbox, SandboxConfig, SandboxExit};
+use pool::sandbox::{Sandbox, SandboxExit};
+use restore_support::sandbox_env::{sandbox_env, shell_spec, SandboxEnv};
 use tokio::io::AsyncReadExt;
 
 macro_rules! require_root {
@@ -17,62 +15,6 @@ macro_rules! require_root {
             skip!("sandboxes need root (namespaces, mounts, cgroups)");
         }
     };
-}
-
-struct Env {
-    _dir: tempfile::TempDir,
-    config: SandboxConfig,
-    code: PathBuf,
-}
-
-fn env(tag: &str) -> Env {
-    let dir = tempfile::Builder::new()
-        .prefix("thaw-zyg")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let code = dir.path().join("code");
-    std::fs::create_dir_all(&code).unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let cgroups = CgroupRoot::detect(&format!("test-zyg-{tag}")).unwrap();
-    cgroups.remove_stale().unwrap();
-    let config = SandboxConfig {
-        init_exe: PathBuf::from(env!("CARGO_BIN_EXE_thaw-sandbox-init")),
-        init_args: vec![],
-        run_dir: data.join("run"),
-        mask: vec![data.clone()],
-        uid: 65534,
-        gid: 65534,
-        cgroups,
-        network: None,
-    };
-    Env {
-        _dir: dir,
-        config,
-        code,
-    }
-}
-
-fn spec(env: &Env, script: &str) -> LaunchSpec {
-    LaunchSpec {
-        code_dir: env.code.clone(),
-        runtime_dir: None,
-        binds: pool::sandbox::binds::PYTHON3.paths(),
-        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        cwd: "/var/task".into(),
-        limits: CgroupLimits {
-            memory_bytes: 64 << 20,
-            pids: 32,
-            cpu_weight: 100,
-            cpu_millicores: None,
-        },
-        tmp_mb: 8,
-        network: Network::None,
-        network_allow: Vec::new(),
-        no_aslr: false,
-        stub: false,
-    }
 }
 
 /// Field 4 (ppid) of `/proc/PID/stat`.
@@ -119,8 +61,8 @@ fn fd_targets(pid: u32) -> Vec<(i32, String)> {
 }
 
 /// Launches `script` and waits for its setup; the caller waits for the end.
-async fn launch(env: &Env, script: &str) -> Sandbox {
-    Sandbox::launch(&env.config, &spec(env, script))
+async fn launch(env: &SandboxEnv, script: &str) -> Sandbox {
+    Sandbox::launch(&env.config, &shell_spec(&env.code, script))
         .await
         .expect("launch")
 }
@@ -141,7 +83,7 @@ async fn outer_processes_are_forked_by_the_zygote_as_our_children() {
     if !pool::sandbox::zygote::zygote_enabled() {
         skip!("THAW_SANDBOX_ZYGOTE=0: the zygote is turned off");
     }
-    let env = env("basic");
+    let env = sandbox_env("zyg-basic");
 
     // A function that runs until told: its outer process is inspected.
     let sb = launch(&env, "read x <&3; echo done $x").await;

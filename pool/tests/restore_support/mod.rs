@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 
 #[path = "../../../test-support/numpy_pandas.rs"]
 pub mod numpy_pandas;
+pub mod sandbox_env;
 
 use pool::restore::{restore, Mode, RestoreOptions, RestoredChild};
 use snapshotter::snapshot::open_snapshot_dir;
