@@ -87,7 +87,7 @@ pub struct Bench {
 /// Node.js and Java examples (issue 15), whose bodies run their real
 /// request paths (2,000 routes matched then a category's top list; a
 /// warehouse's three most valuable items through a stream and JSON).
-pub const BENCHES: [Bench; 4] = [
+pub static BENCHES: [Bench; 4] = [
     Bench {
         name: "hello",
         body: r#"{"name": "bench"}"#,
@@ -618,33 +618,43 @@ async fn measure_only(
 /// The function the issue's goals are about.
 const GOAL_FUNCTION: &str = "numpy-pandas";
 
+/// The goal's function, for a section named `what` that needs its
+/// restores: `None` (and the reason in the errors) when they are not
+/// available.
+fn goal_bench(
+    ctx: &mut Ctx,
+    restore_unavailable: &[Option<String>],
+    what: &str,
+) -> Option<&'static Bench> {
+    let i = BENCHES.iter().position(|b| b.name == GOAL_FUNCTION)?;
+    if let Some(Some(why)) = restore_unavailable.get(i) {
+        ctx.error(format!(
+            "{what} of {GOAL_FUNCTION}: restores not available: {why}"
+        ));
+        return None;
+    }
+    Some(&BENCHES[i])
+}
+
 /// Cold starts of the goal's function on a cold host (page cache dropped).
 async fn measure_cold_host(
     ctx: &mut Ctx,
     restore_unavailable: &[Option<String>],
 ) -> Vec<coldhost::ColdHostResult> {
-    let mut out = Vec::new();
-    for (i, bench) in BENCHES.iter().enumerate() {
-        if bench.name != GOAL_FUNCTION {
-            continue;
-        }
-        if let Some(Some(why)) = restore_unavailable.get(i) {
-            ctx.error(format!(
-                "cold host of {}: restores not available: {why}",
-                bench.name
-            ));
-            continue;
-        }
-        eprintln!(
-            "suite: {} rounds of cold starts of {} on a cold host",
-            ctx.plan.cold_host_rounds, bench.name
-        );
-        match coldhost::measure(ctx, bench, ctx.plan.cold_host_rounds).await {
-            Ok(r) => out.push(r),
-            Err(e) => ctx.error(format!("cold host of {}: {e}", bench.name)),
+    let Some(bench) = goal_bench(ctx, restore_unavailable, "cold host") else {
+        return Vec::new();
+    };
+    eprintln!(
+        "suite: {} rounds of cold starts of {} on a cold host",
+        ctx.plan.cold_host_rounds, bench.name
+    );
+    match coldhost::measure(ctx, bench, ctx.plan.cold_host_rounds).await {
+        Ok(r) => vec![r],
+        Err(e) => {
+            ctx.error(format!("cold host of {}: {e}", bench.name));
+            Vec::new()
         }
     }
-    out
 }
 
 /// Bursts of cold starts of the goal's function, with its single-restore
@@ -654,35 +664,27 @@ async fn measure_bursts(
     cold: &[ColdResult],
     restore_unavailable: &[Option<String>],
 ) -> Vec<(burst::BurstResult, Option<f64>)> {
-    let mut out = Vec::new();
-    for (i, bench) in BENCHES.iter().enumerate() {
-        if bench.name != GOAL_FUNCTION {
-            continue;
-        }
-        if let Some(Some(why)) = restore_unavailable.get(i) {
-            ctx.error(format!(
-                "bursts of {}: restores not available: {why}",
-                bench.name
-            ));
-            continue;
-        }
-        eprintln!(
-            "suite: {} bursts of {} cold starts of {}",
-            ctx.plan.bursts,
-            burst::BURST,
-            bench.name
-        );
-        let single = cold
-            .iter()
-            .find(|r| r.function == bench.name)
-            .and_then(|r| r.arm(RESTORE_MMAP))
-            .and_then(|a| a.median());
-        match burst::measure(ctx, bench, ctx.plan.bursts).await {
-            Ok(r) => out.push((r, single)),
-            Err(e) => ctx.error(format!("bursts of {}: {e}", bench.name)),
+    let Some(bench) = goal_bench(ctx, restore_unavailable, "bursts") else {
+        return Vec::new();
+    };
+    eprintln!(
+        "suite: {} bursts of {} cold starts of {}",
+        ctx.plan.bursts,
+        burst::BURST,
+        bench.name
+    );
+    let single = cold
+        .iter()
+        .find(|r| r.function == bench.name)
+        .and_then(|r| r.arm(RESTORE_MMAP))
+        .and_then(|a| a.median());
+    match burst::measure(ctx, bench, ctx.plan.bursts).await {
+        Ok(r) => vec![(r, single)],
+        Err(e) => {
+            ctx.error(format!("bursts of {}: {e}", bench.name));
+            Vec::new()
         }
     }
-    out
 }
 
 /// The goals' figures, from the sections' results.
