@@ -49,6 +49,7 @@ pub mod inotify;
 pub mod kobj;
 pub mod memory;
 pub mod mm;
+pub mod page_source;
 pub mod pending;
 pub mod process;
 pub mod remote;
@@ -253,6 +254,11 @@ pub enum RestoreError {
     /// Something the restorer cannot do yet.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A lazy restore's page source failed ([`page_source`]). Returned
+    /// by the restore: the copy never ran (the caller may boot instead).
+    /// After the resume the page server fails with it and kills the copy.
+    #[error("fetching pages from the page source failed: {0}")]
+    Fetch(#[source] page_source::PageSourceError),
 }
 
 /// A running copy. Dropping it kills the copy (if still running) and reaps
@@ -468,22 +474,7 @@ impl Drop for InitGuard {
 /// caller's. This is `thaw restore DIR`.
 pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreError> {
     let (snapshot, store) = open_snapshot_dir(dir)?;
-    // SAFETY: fds 0, 1 and 2 of this process stay open for the call.
-    let stdio = unsafe {
-        [
-            BorrowedFd::borrow_raw(0),
-            BorrowedFd::borrow_raw(1),
-            BorrowedFd::borrow_raw(2),
-        ]
-    };
-    let fds = (0..3)
-        .filter(|fd| {
-            snapshot
-                .processes()
-                .any(|(state, _)| state.fds.iter().any(|f| f.fd == *fd))
-        })
-        .map(|fd| (fd, stdio[fd as usize]))
-        .collect();
+    let fds = stdio_fds(&snapshot);
     restore(
         &snapshot,
         &store,
@@ -499,6 +490,28 @@ pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreE
     )
 }
 
+/// This process's stdin, stdout and stderr for the copy's fds 0, 1 and 2
+/// that the snapshot has (`thaw restore`: the copy's stdio are the
+/// command's).
+pub fn stdio_fds(snapshot: &Snapshot) -> Vec<(i32, BorrowedFd<'static>)> {
+    // SAFETY: fds 0, 1 and 2 stay open for the life of this process.
+    let stdio = unsafe {
+        [
+            BorrowedFd::borrow_raw(0),
+            BorrowedFd::borrow_raw(1),
+            BorrowedFd::borrow_raw(2),
+        ]
+    };
+    (0..3)
+        .filter(|fd| {
+            snapshot
+                .processes()
+                .any(|(state, _)| state.fds.iter().any(|f| f.fd == *fd))
+        })
+        .map(|fd| (fd, stdio[fd as usize]))
+        .collect()
+}
+
 /// Files and descriptors a restore needs, opened and checked in the
 /// restorer before the stub exists (see [`prepare`]).
 #[derive(Debug)]
@@ -506,6 +519,8 @@ pub struct Prepared {
     image: snapshotter::store::CachedImage,
     plan: fds::FdPlan,
     took: Duration,
+    /// A lazy restore ([`prepare_lazily`]): where missing pages come from.
+    lazy: Option<std::sync::Arc<page_source::LazyPages>>,
 }
 
 impl Prepared {
@@ -611,7 +626,64 @@ pub fn prepare_for_sandbox(
         image,
         plan,
         took: started.elapsed(),
+        lazy: None,
     })
+}
+
+/// [`prepare_for_sandbox`] of a lazy restore (`uffd` mode only, a single
+/// process): the image is made by [`page_source::LazyPages::new`] in
+/// `dir` from what `local` has, the pages the page server does not fill
+/// fetched from `source` now (a failure is [`RestoreError::Fetch`]).
+pub fn prepare_lazily_for_sandbox(
+    snapshot: &Snapshot,
+    local: Option<&PageStore>,
+    source: std::sync::Arc<dyn page_source::PageSource>,
+    dir: &Path,
+    options: &RestoreOptions<'_>,
+) -> Result<Prepared, RestoreError> {
+    if options.mode != Mode::Uffd {
+        return Err(RestoreError::Unsupported(
+            "a lazy restore from a page source needs uffd mode".into(),
+        ));
+    }
+    if !snapshot.children.is_empty() {
+        return Err(RestoreError::Unsupported(
+            "a lazy restore of a process tree".into(),
+        ));
+    }
+    let started = Instant::now();
+    let (lazy, image) = page_source::LazyPages::new(snapshot, local, source, dir)?;
+    let plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
+    Ok(Prepared {
+        image,
+        plan,
+        took: started.elapsed(),
+        lazy: Some(std::sync::Arc::new(lazy)),
+    })
+}
+
+/// [`prepare_lazily_for_sandbox`] for a restore without a sandbox (`thaw
+/// restore`): the files the copy names are opened here.
+pub fn prepare_lazily(
+    snapshot: &Snapshot,
+    local: Option<&PageStore>,
+    source: std::sync::Arc<dyn page_source::PageSource>,
+    dir: &Path,
+    options: &RestoreOptions<'_>,
+) -> Result<Prepared, RestoreError> {
+    let mut prepared = prepare_lazily_for_sandbox(snapshot, local, source, dir, options)?;
+    let started = Instant::now();
+    prepared.plan.open_here()?;
+    prepared.took += started.elapsed();
+    Ok(prepared)
+}
+
+impl Prepared {
+    /// A lazy restore: what its page source fetched so far, and what the
+    /// image still lacks.
+    pub fn lazy(&self) -> Option<&std::sync::Arc<page_source::LazyPages>> {
+        self.lazy.as_ref()
+    }
 }
 
 /// Restores `snapshot`, whose pages are in `store`.
@@ -623,9 +695,25 @@ pub fn restore(
     if !snapshot.children.is_empty() {
         return tree::restore_tree(snapshot, store, options);
     }
+    let prepared = prepare(snapshot, store, options)?;
+    restore_prepared(snapshot, prepared, options)
+}
+
+/// Restores `snapshot` (a single process) from what [`prepare`] or
+/// [`prepare_lazily`] made, without a sandbox.
+pub fn restore_prepared(
+    snapshot: &Snapshot,
+    prepared: Prepared,
+    options: &RestoreOptions<'_>,
+) -> Result<RestoredChild, RestoreError> {
     let state = &snapshot.state;
     let mut timings = RestoreTimings::default();
-    let Prepared { image, plan, took } = prepare(snapshot, store, options)?;
+    let Prepared {
+        image,
+        plan,
+        took,
+        lazy,
+    } = prepared;
     timings.plan = took;
 
     let started = Instant::now();
@@ -644,8 +732,12 @@ pub fn restore(
         stub_pidfd: Some(&spawned.stub_pidfd),
         keep_uffd: false,
         collect_uffds: None,
+        lazy: lazy.as_ref(),
     };
     let server = drive(remote, &ctx, &mut timings)?;
+    if let Some(lazy) = &lazy {
+        lazy.set_resumed();
+    }
     let server = server.map(|(thread, _)| thread);
     drop(plan);
     guard.0 = None;
@@ -777,8 +869,12 @@ pub fn restore_into(
         stub_pidfd: pidfd.as_ref(),
         keep_uffd: true,
         collect_uffds: None,
+        lazy: prepared.lazy.as_ref(),
     };
     let server = drive(remote, &ctx, &mut timings)?;
+    if let Some(lazy) = &prepared.lazy {
+        lazy.set_resumed();
+    }
     Ok((
         timings,
         server.map(|(thread, live)| CopyServer {
@@ -840,6 +936,8 @@ pub(crate) struct Driving<'a, 'o> {
     /// added here, and the tree's are sent to pid 1 together once every
     /// process is prepared (pid 1 takes one message).
     pub(crate) collect_uffds: Option<&'a std::cell::RefCell<Vec<OwnedFd>>>,
+    /// A lazy restore: pages not in the image yet come from its source.
+    pub(crate) lazy: Option<&'a std::sync::Arc<page_source::LazyPages>>,
 }
 
 /// The uffd page server of a copy and what it has done so far.
@@ -1235,6 +1333,9 @@ fn restore_memory(
         }
         let mut s =
             uffd::PageServer::new(uffd, &image.file, ctx.view.layout, areas, ctx.view.areas)?;
+        if let Some(lazy) = ctx.lazy {
+            s = s.with_lazy(lazy.clone());
+        }
         // rseq: the kernel writes the area on every return to user space;
         // each thread's page must hold the saved content before it is
         // registered.
@@ -1244,8 +1345,11 @@ fn restore_memory(
             }
         }
         s.prefetch(&options.prefetch);
+        // A lazy restore fetches the working set before the resume, in one
+        // call (large ranged reads), whether it is copied in now or later.
+        s.fetch_prefetch()?;
         if !options.prefetch_in_background {
-            s.prefetch_all();
+            s.prefetch_all()?;
         }
         server = Some(s);
     }

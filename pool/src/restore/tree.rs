@@ -512,6 +512,7 @@ fn build(
             options: &child_options,
             stub_pidfd: pidfd.as_ref(),
             keep_uffd: b.sandboxed,
+            lazy: None,
             collect_uffds: collect,
         };
         readies.push(prepare_process(remote, &ctx, timings)?);
@@ -525,6 +526,7 @@ fn build(
         options,
         stub_pidfd: Some(root_pidfd),
         keep_uffd: b.sandboxed,
+        lazy: None,
         collect_uffds: collect,
     };
     let root_ready = prepare_process(root, &ctx, timings)?;

@@ -38,6 +38,7 @@ use std::thread::JoinHandle;
 use snapshotter::state::{AreaKind, MemoryArea, PAGE_SIZE};
 use snapshotter::store::{AreaPages, ImageLayout, PageSlot};
 
+use super::page_source::LazyPages;
 use super::RestoreError;
 
 /// Pages copied at most per fault.
@@ -145,6 +146,8 @@ fn uffd_err(what: &str, source: std::io::Error) -> RestoreError {
 /// One area served lazily.
 #[derive(Debug, Clone)]
 struct Served {
+    /// Its index in the snapshot's areas.
+    area: usize,
     start: u64,
     end: u64,
     /// Offset of the area in the image.
@@ -213,6 +216,9 @@ pub struct PageServer {
     /// changing its map (`madvise`, `mremap`, `munmap`) and waits for the
     /// server to read that event; filled again after the next read.
     deferred: Vec<u64>,
+    /// A lazy restore: pages not in the image yet are fetched from its
+    /// source first ([`super::page_source`]).
+    lazy: Option<Arc<LazyPages>>,
 }
 
 /// What a running page server has done so far, shared with its owner: the
@@ -315,6 +321,7 @@ impl PageServer {
                 .map(|s| matches!(s, PageSlot::Hash(_)))
                 .collect();
             served.push(Served {
+                area: index,
                 start: area.start,
                 end: area.end,
                 image_offset: layout.areas[index].offset,
@@ -334,7 +341,44 @@ impl PageServer {
             live: Arc::new(LiveReport::default()),
             forked: false,
             deferred: Vec::new(),
+            lazy: None,
         })
+    }
+
+    /// Serves a lazy restore: pages not in the image yet are fetched from
+    /// `lazy`'s source before they are copied.
+    pub fn with_lazy(mut self, lazy: Arc<LazyPages>) -> PageServer {
+        self.lazy = Some(lazy);
+        self
+    }
+
+    /// Lazy restore: fetches every page of the prefetch list that is not
+    /// in the image yet, in one call of the source (which merges them into
+    /// large ranged reads), before the copy resumes.
+    pub fn fetch_prefetch(&mut self) -> Result<(), RestoreError> {
+        let Some(lazy) = &self.lazy else {
+            return Ok(());
+        };
+        let pages: Vec<(usize, usize)> = self
+            .prefetch
+            .iter()
+            .filter_map(|&p| {
+                let a = self.areas.iter().find(|a| (a.start..a.end).contains(&p))?;
+                Some((a.area, ((p - a.start) / PAGE_SIZE) as usize))
+            })
+            .collect();
+        lazy.ensure(&pages).map_err(RestoreError::Fetch)
+    }
+
+    /// Lazy restore: makes pages `index..index + count` of served area `a`
+    /// present in the image (fetching those that are not).
+    fn ensure(&self, a: usize, index: usize, count: usize) -> Result<(), RestoreError> {
+        let Some(lazy) = &self.lazy else {
+            return Ok(());
+        };
+        let area = self.areas[a].area;
+        let pages: Vec<(usize, usize)> = (index..index + count).map(|i| (area, i)).collect();
+        lazy.ensure(&pages).map_err(RestoreError::Fetch)
     }
 
     /// The server's live report (shared; see [`LiveReport`]).
@@ -354,18 +398,20 @@ impl PageServer {
     }
 
     /// Fills every page of the prefetch list now (before the copy runs).
-    pub fn prefetch_all(&mut self) {
+    pub fn prefetch_all(&mut self) -> Result<(), RestoreError> {
         while !self.prefetch.is_empty() {
-            self.prefetch_step();
+            self.prefetch_step()?;
         }
+        Ok(())
     }
 
     /// Fills up to [`PREFETCH_RUN`] pages from the prefetch list. Best
     /// effort: the copy runs meanwhile, so a page may be there already or
-    /// its range gone; such pages are skipped, never an error.
-    fn prefetch_step(&mut self) {
+    /// its range gone; such pages are skipped, never an error. A lazy
+    /// restore's fetch that fails is one.
+    fn prefetch_step(&mut self) -> Result<(), RestoreError> {
         let Some(page) = self.prefetch.pop() else {
-            return;
+            return Ok(());
         };
         let busy = |s: &PageServer, p: u64| {
             s.zeroed.iter().any(|&(a, b)| (a..b).contains(&p))
@@ -374,14 +420,14 @@ impl PageServer {
                     .any(|&(to, len, _)| (to..to + len).contains(&p))
         };
         if busy(self, page) {
-            return;
+            return Ok(());
         }
         let Some(a) = self
             .areas
             .iter()
             .position(|a| (a.start..a.end).contains(&page))
         else {
-            return;
+            return Ok(());
         };
         let area = &self.areas[a];
         let index = ((page - area.start) / PAGE_SIZE) as usize;
@@ -399,7 +445,10 @@ impl PageServer {
             count += 1;
         }
         if count == 0 {
-            return;
+            return Ok(());
+        }
+        if stored {
+            self.ensure(a, index, count)?;
         }
         let filled = if stored {
             let src_off = (area.image_offset + index as u64 * PAGE_SIZE) as usize;
@@ -427,6 +476,7 @@ impl PageServer {
         while self.prefetch.last().is_some_and(|&p| p < end) {
             self.prefetch.pop();
         }
+        Ok(())
     }
 
     /// Fills again the faults that met `EAGAIN` (those that meet it again
@@ -485,6 +535,8 @@ impl PageServer {
                 count += 1;
             }
         }
+        self.ensure(a, index, count)?;
+        let area = &self.areas[a];
         let src_off = (area.image_offset + index as u64 * PAGE_SIZE) as usize;
         let len = count as u64 * PAGE_SIZE;
         let src = &self.image[src_off..src_off + len as usize];
@@ -588,6 +640,7 @@ impl PageServer {
                     live: Arc::new(LiveReport::default()),
                     forked: true,
                     deferred: Vec::new(),
+                    lazy: self.lazy.clone(),
                 };
                 let end = self.stop.clone();
                 child.spawn_with(end, copy.clone());
@@ -704,7 +757,7 @@ impl PageServer {
             if n == 0 {
                 self.retry_deferred()?;
                 if !self.prefetch.is_empty() {
-                    self.prefetch_step();
+                    self.prefetch_step()?;
                 } else if self.forked && self.deferred.is_empty() && !self.process_alive()? {
                     return Ok(self.report);
                 }
