@@ -399,9 +399,22 @@ async fn lazy_restore(
     );
     let local_id = snapshotter::snapshot::DIR_SNAPSHOT_ID;
     let started = std::time::Instant::now();
-    let lazy = remote_store::open_lazy(remote.clone(), name, local_id, Some(store.clone()))
-        .await
-        .with_context(|| format!("reading snapshot {name} from {}", remote.url()))?;
+    let lazy =
+        match remote_store::open_lazy(remote.clone(), name, local_id, Some(store.clone())).await {
+            Ok(lazy) => lazy,
+            Err(e @ remote_store::LazyError::Pull(remote_store::PullError::NotInBucket { .. })) => {
+                return Err(e.into())
+            }
+            Err(e) => {
+                eprintln!(
+                    "thaw: lazy restore of {name}: reading the snapshot from {} failed before \
+                 the copy resumed (it never ran): {:#}",
+                    remote.url(),
+                    anyhow::Error::from(e)
+                );
+                return Ok(FETCH_FAILED_BEFORE_RESUME);
+            }
+        };
     let snapshot = lazy.snapshot;
     let options = RestoreOptions {
         mode: restore::Mode::Uffd,
@@ -413,8 +426,12 @@ async fn lazy_restore(
         credentials: restore::Credentials::Snapshot,
     };
     let source: Arc<dyn restore::page_source::PageSource> = lazy.source.clone();
+    let mut pages = None;
     let restored = restore::prepare_lazily(&snapshot, Some(&store), source, dir, &options)
-        .and_then(|prepared| restore::restore_prepared(&snapshot, prepared, &options));
+        .and_then(|prepared| {
+            pages = prepared.lazy().cloned();
+            restore::restore_prepared(&snapshot, prepared, &options)
+        });
     let mut child = match restored {
         Ok(child) => child,
         Err(e @ RestoreError::Fetch(_)) => {
@@ -429,19 +446,29 @@ async fn lazy_restore(
     };
     let resumed_ms = started.elapsed().as_secs_f64() * 1e3;
     let at_resume = lazy.source.report();
-    // The rest of the snapshot, while the copy runs.
-    let local = server::remote::local_snapshot(store.clone(), dir, local_id);
-    let completing = {
-        let source = lazy.source.clone();
-        tokio::spawn(async move { source.complete(&local).await })
-    };
+    eprintln!("thaw: lazy restore of {name} resumed after {resumed_ms:.1} ms");
     let (child, code) = tokio::task::spawn_blocking(move || {
         let code = child.wait();
         (child, code)
     })
     .await?;
-    let completed = completing.await?;
+    // The rest of the snapshot, once the copy is done with the pages it
+    // needs (fetched ones are in the local store already).
+    let local = server::remote::local_snapshot(store.clone(), dir, local_id);
+    let completed = lazy.source.complete(&local).await;
     let report = lazy.source.report();
+    // No working set in the bucket: what this copy needed becomes DIR's,
+    // for a later push (as the server records one from a first copy).
+    let mut working_set_recorded = 0;
+    if let (Ok(pull), Some(pages)) = (&completed, &pages) {
+        if !pull.working_set && code.is_ok() {
+            let filled = pages.filled_pages(&snapshot.state.areas);
+            let path = restore::working_set::path(dir, local_id);
+            restore::working_set::save(&path, &filled)
+                .with_context(|| format!("saving the working set {}", path.display()))?;
+            working_set_recorded = filled.len();
+        }
+    }
     let stats = child.server_stats.clone().unwrap_or_default();
     let value = serde_json::json!({
         "snapshot": name,
@@ -461,6 +488,7 @@ async fn lazy_restore(
         "completed": completed.as_ref().is_ok(),
         "completion_error": completed.as_ref().err().map(|e| format!("{e:#}")),
         "completion_pages_fetched": completed.as_ref().ok().map(|r| r.pages_fetched),
+        "working_set_recorded": working_set_recorded,
     });
     eprintln!("thaw: lazy restore {value}");
     match code {

@@ -228,6 +228,25 @@ impl LazyPages {
         self.resumed.store(true, Ordering::Relaxed);
     }
 
+    /// Saved addresses of the pages of the areas the page server fills
+    /// that are in the image now (what the copy needed so far, fault-around
+    /// runs included, and what the local store had), in address order: a
+    /// working set to record when the snapshot has none.
+    pub fn filled_pages(&self, areas: &[snapshotter::state::MemoryArea]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (a, area) in areas.iter().enumerate() {
+            if !super::uffd::is_lazy(area) || a >= self.present.len() {
+                continue;
+            }
+            for (i, present) in self.present[a].iter().enumerate() {
+                if present.load(Ordering::Acquire) {
+                    out.push(area.start + i as u64 * PAGE_SIZE);
+                }
+            }
+        }
+        out
+    }
+
     /// Pages of the snapshot not in the image yet.
     pub fn pages_missing(&self) -> u64 {
         (0..self.hashes.len())
