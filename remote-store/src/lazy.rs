@@ -422,3 +422,31 @@ impl Cache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_reads_never_hold_more_than_twice_the_slots_wanted() {
+        // Every other slot, every third, runs, lone slots: never more than
+        // one unneeded slot per wanted one.
+        for step in 1..6u32 {
+            let mut by_pack = BTreeMap::new();
+            by_pack.insert(
+                0,
+                (0..200)
+                    .map(|i| (i * step, PageHash([i as u8; 32])))
+                    .collect::<Vec<_>>(),
+            );
+            let r = ranges(by_pack, LAZY_GAP);
+            let read: u32 = r.iter().map(|r| r.end - r.first).sum();
+            let wanted: usize = r.iter().map(|r| r.wanted.len()).sum();
+            assert_eq!(wanted, 200);
+            assert!(read <= 2 * 200, "step {step}: {read} slots read");
+            if step <= 2 {
+                assert_eq!(r.len(), 1, "step {step}: one read");
+            }
+        }
+    }
+}

@@ -443,3 +443,157 @@ fn the_store_gone_fails_the_restore_before_the_resume_and_kills_the_copy_after()
         run.stderr
     );
 }
+
+/// A numpy and pandas process: a frame built at start, grouped and summed
+/// on the request.
+const NUMPY_PANDAS: &str = r#"
+import hashlib, sys
+import numpy as np, pandas as pd
+df = pd.DataFrame({"a": np.arange(200000), "b": np.random.default_rng(1).random(200000)})
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+sys.stdin.read(1)
+r = df.groupby(df.a % 10).b.sum().round(6).tolist()
+sys.stdout.write(hashlib.sha256(repr(r).encode()).hexdigest() + "\n")
+sys.stdout.flush()
+"#;
+
+/// Time from starting `command` (a `thaw restore`) to the copy's answer,
+/// and the answer; waits for the command to end and returns its stderr.
+fn time_to_answer(mut command: Command) -> (f64, String, String) {
+    let started = std::time::Instant::now();
+    let mut copy = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    copy.stdin.as_mut().unwrap().write_all(b"g").unwrap();
+    let mut line = String::new();
+    BufReader::new(copy.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let out = copy.wait_with_output().unwrap();
+    (
+        ms,
+        line.trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The benchmark of issue 18: a numpy-pandas process's first restore on a
+/// node with nothing local against a local restore of the same snapshot,
+/// and the bytes that first restore fetched against its working set.
+/// Prints medians of 5; asserts nothing about time.
+/// `cargo test -p server --test remote_lazy -- --ignored --nocapture`
+#[test]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+fn bench_first_remote_restore_against_a_local_one() {
+    let g = match prerequisites() {
+        Ok(g) => g,
+        Err(why) => skip!("{why}"),
+    };
+    let pythonpath = match common::numpy_pandas::pythonpath(&[]) {
+        Ok(p) => p,
+        Err(why) => skip!("numpy and pandas: {why}"),
+    };
+    let env = g.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, d1) = (tmp.path().join("a"), tmp.path().join("d1"));
+    let mut command = Command::new("/usr/bin/python3");
+    command
+        .args(["-c", NUMPY_PANDAS])
+        .env("PYTHONPATH", &pythonpath)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    // SAFETY: only close_range (async-signal-safe) runs between fork and
+    // exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let mut original = command.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(original.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let out = thaw()
+        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    original.kill().unwrap();
+    original.wait().unwrap();
+
+    let key = new_key();
+    push(&env, &key, "np", &a);
+    // The working set: what a first lazy copy needed (see the test above).
+    let first = lazy_restore(&env, &key, &d1, "np", "g");
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let answer = first.printed.clone();
+    let other = new_key();
+    let pushed = push(&env, &other, "np", &d1);
+    println!("snapshot: {pushed}");
+
+    let mut remote = Vec::new();
+    let mut reports = Vec::new();
+    for run in 0..5 {
+        let dir = tmp.path().join(format!("r{run}"));
+        let mut c = thaw_s3(
+            &env,
+            &other,
+            &["restore", dir.to_str().unwrap(), "--remote-snapshot", "np"],
+        );
+        c.env("THAW_LOG", "warn");
+        let (ms, printed, stderr) = time_to_answer(c);
+        assert_eq!(printed, answer, "{stderr}");
+        remote.push(ms);
+        reports.push(report_of(&stderr).unwrap());
+    }
+    let mut local = std::collections::BTreeMap::new();
+    for mode in ["mmap", "uffd"] {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let mut c = thaw();
+            c.args(["restore", "--mode", mode]).arg(&d1);
+            let (ms, printed, stderr) = time_to_answer(c);
+            assert_eq!(printed, answer, "{stderr}");
+            times.push(ms);
+        }
+        local.insert(mode, median(times));
+    }
+    let r = &reports[reports.len() / 2];
+    let ws_bytes = r["working_set_pages"].as_u64().unwrap() * 4096;
+    let fetched = r["bytes_fetched"].as_u64().unwrap();
+    let remote_ms = median(remote.clone());
+    println!(
+        "first remote restore to the answer: median {remote_ms:.1} ms of {remote:?}\n\
+         local restore to the answer: mmap {:.1} ms, uffd {:.1} ms\n\
+         ratio remote / local mmap: {:.2}, / local uffd: {:.2}\n\
+         working set {} pages ({ws_bytes} bytes); fetched {fetched} bytes of packs \
+         ({:.2}x) in {} ranged reads, {} bytes of snapshot object and working set\n\
+         a report: {r}",
+        local["mmap"],
+        local["uffd"],
+        remote_ms / local["mmap"],
+        remote_ms / local["uffd"],
+        r["working_set_pages"],
+        fetched as f64 / ws_bytes as f64,
+        r["ranges"],
+        r["bytes_metadata"],
+    );
+}
