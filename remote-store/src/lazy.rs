@@ -11,7 +11,8 @@
 //!             bytes wanted are read), RANGES_IN_FLIGHT ranged GETs at once,
 //!             every slot decrypted and its page rehashed; the pages go
 //!             back to the page server and, on another thread, into the
-//!             local store (a writer commit per batch: durable, atomic)
+//!             local store (a writer commit per batch of CACHE_BATCH pages
+//!             or after CACHE_IDLE without pages: durable, atomic)
 //! complete    after the copy resumed: the rest of the snapshot pulled
 //!             into the local store (pull_snapshot: only what it lacks),
 //!             root, manifest and working set written, so later copies
@@ -47,8 +48,12 @@ pub const RANGES_IN_FLIGHT: usize = 16;
 /// Longest a fetch may take (the client's retries included) before it
 /// fails: the copy waiting on a fault is killed rather than hung.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
-/// Pages gathered before the cache writes them into the local store.
-const CACHE_BATCH: usize = 1024;
+/// Pages gathered before the cache writes them into the local store (it
+/// writes sooner when no page came for [`CACHE_IDLE`]): a burst of fetches
+/// before a resume is not slowed by hashing and syncing on the side.
+const CACHE_BATCH: usize = 8192;
+/// Quiet time after which the cache writes what it gathered.
+const CACHE_IDLE: Duration = Duration::from_millis(200);
 
 /// Why a lazy restore could not start.
 #[derive(Debug, thiserror::Error)]
@@ -377,7 +382,7 @@ impl Cache {
                     pending.clear();
                 };
                 loop {
-                    match rx.recv_timeout(Duration::from_millis(200)) {
+                    match rx.recv_timeout(CACHE_IDLE) {
                         Ok(CacheMessage::Pages(p)) => {
                             pending.extend_from_slice(&p);
                             if pending.len() >= CACHE_BATCH * PAGE_SIZE {
@@ -444,7 +449,7 @@ mod tests {
             let wanted: usize = r.iter().map(|r| r.wanted.len()).sum();
             assert_eq!(wanted, 200);
             assert!(read <= 2 * 200, "step {step}: {read} slots read");
-            if step <= 2 {
+            if step == 1 {
                 assert_eq!(r.len(), 1, "step {step}: one read");
             }
         }

@@ -415,6 +415,7 @@ async fn lazy_restore(
                 return Ok(FETCH_FAILED_BEFORE_RESUME);
             }
         };
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
     let snapshot = lazy.snapshot;
     let options = RestoreOptions {
         mode: restore::Mode::Uffd,
@@ -472,6 +473,7 @@ async fn lazy_restore(
     let stats = child.server_stats.clone().unwrap_or_default();
     let value = serde_json::json!({
         "snapshot": name,
+        "open_ms": open_ms,
         "resumed_ms": resumed_ms,
         "working_set_pages": report.working_set_pages,
         "at_resume": {
