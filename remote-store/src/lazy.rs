@@ -93,6 +93,9 @@ pub struct LazyReport {
     pub working_set_pages: u64,
 }
 
+/// One ranged read's wanted (slot, hash) and their pages back to back.
+type FetchedRange = (Vec<(u32, PageHash)>, Vec<u8>);
+
 #[derive(Debug, Default)]
 struct Counts {
     pages: AtomicU64,
@@ -256,7 +259,7 @@ impl LazySource {
                 s.end - s.start
             })
             .sum();
-        let fetched: Vec<(Vec<(u32, PageHash)>, Vec<u8>)> = stream::iter(ranges)
+        let fetched: Vec<FetchedRange> = stream::iter(ranges)
             .map(|range| {
                 let remote = remote.clone();
                 let packs = packs.clone();
