@@ -310,6 +310,7 @@ impl PageSource for LazySource {
             .runtime
             .as_ref()
             .expect("the runtime lives until the source is dropped");
+        let started = std::time::Instant::now();
         let (tx, rx) = std::sync::mpsc::channel();
         let job = Self::fetch_async(self.remote.clone(), self.packs.clone(), by_pack);
         let remote_id = self.remote_id.clone();
@@ -327,6 +328,7 @@ impl PageSource for LazySource {
             .recv()
             .map_err(|_| err(PullError::Task("the fetch runtime stopped".into())))?
             .map_err(err)?;
+        let fetch_us = started.elapsed().as_micros() as u64;
         self.counts.ranges.fetch_add(ranges, Ordering::Relaxed);
         self.counts.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.counts.fetches.fetch_add(1, Ordering::Relaxed);
@@ -346,6 +348,14 @@ impl PageSource for LazySource {
             }
             cache.put(all);
         }
+        tracing::debug!(
+            pages = hashes.len(),
+            ranges,
+            bytes,
+            fetch_us,
+            total_us = started.elapsed().as_micros() as u64,
+            "pages fetched"
+        );
         Ok(out)
     }
 }

@@ -558,8 +558,18 @@ fn bench_first_remote_restore_against_a_local_one() {
             &other,
             &["restore", dir.to_str().unwrap(), "--remote-snapshot", "np"],
         );
-        c.env("THAW_LOG", "warn");
+        c.env(
+            "THAW_LOG",
+            if run == 0 {
+                "warn,remote_store=debug"
+            } else {
+                "warn"
+            },
+        );
         let (ms, printed, stderr) = time_to_answer(c);
+        if run == 0 {
+            println!("first run's log:\n{stderr}");
+        }
         assert_eq!(printed, answer, "{stderr}");
         remote.push(ms);
         reports.push(report_of(&stderr).unwrap());

@@ -436,11 +436,21 @@ impl PageServer {
         // them costs no round trip to this server).
         let stored = area.stored.get(index).copied().unwrap_or(false);
         let mut count = 0;
+        // A lazy restore's run stops at a page not fetched yet: the list
+        // was fetched whole, the pages after it are left to their faults.
+        let fetched = |count: usize| {
+            count == 0
+                || self
+                    .lazy
+                    .as_ref()
+                    .is_none_or(|l| !l.missing(area.area, index + count))
+        };
         while count < PREFETCH_RUN
             && index + count < area.stored.len()
             && area.stored[index + count] == stored
             && !area.done[index + count]
             && !busy(self, page + (count as u64) * PAGE_SIZE)
+            && fetched(count)
         {
             count += 1;
         }
