@@ -233,7 +233,7 @@ impl LazySource {
     /// set) and restores it without the bucket.
     pub async fn complete(&self, local: &LocalSnapshot) -> Result<PullReport, PullError> {
         if let Some(cache) = &self.cache {
-            let cache = cache.clone_sender();
+            let cache = cache.sender();
             tokio::task::spawn_blocking(move || Cache::flush_with(&cache))
                 .await
                 .map_err(|e| PullError::Task(e.to_string()))?;
@@ -422,10 +422,6 @@ impl Cache {
 
     fn sender(&self) -> std::sync::mpsc::Sender<CacheMessage> {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn clone_sender(&self) -> std::sync::mpsc::Sender<CacheMessage> {
-        self.sender()
     }
 
     fn put(&self, pages: Vec<u8>) {
