@@ -18,7 +18,9 @@
 //!                          anonymous, stored pages written in: a thread
 //!                          frees its stack with MADV_DONTNEED as it exits,
 //!                          all signals blocked, where the anonymous-memory
-//!                          guard could not trap it
+//!                          guard could not trap it; (uffd mode, see
+//!                          `thread::live_stacks`) the live threads' stacks
+//!                          are written in too, not registered
 //! ```
 
 use std::collections::HashMap;
@@ -255,8 +257,9 @@ pub struct MapSources<'a> {
     pub layout: &'a ImageLayout,
     /// `uffd` mode: private memory is mapped anonymous, filled on demand.
     pub lazy: bool,
-    /// mmap mode: indices of anonymous areas mapped anonymous and written
-    /// (thread stacks) instead of mapped from the image.
+    /// Indices of anonymous areas mapped anonymous and written (thread
+    /// stacks) instead of mapped from the image (mmap mode) or served by
+    /// the page server (uffd mode).
     pub eager: &'a std::collections::HashSet<usize>,
     /// The copy's memfd of each anonymous shared area, by area index
     /// ([`super::shared`]).
@@ -439,7 +442,7 @@ pub fn write_private_pages(
     // and a `/proc/PID/mem` write per run cost several times more.
     let mut runs: Vec<(u64, u64, usize)> = Vec::new();
     for (index, area) in areas.iter().enumerate() {
-        if area.kind == AreaKind::Stack || (!sources.lazy && sources.eager.contains(&index)) {
+        if area.kind == AreaKind::Stack || sources.eager.contains(&index) {
             stored_runs(index, area, &pages[index], sources, &mut runs);
         }
     }

@@ -1147,9 +1147,12 @@ fn restore_memory(
     };
     // mmap mode: the guard that keeps anonymous-memory semantics (refuses
     // the restore when it cannot).
+    // uffd mode: the live threads' stacks (a few pages each, touched as
+    // soon as a thread runs) are written too rather than served.
     let eager = match options.mode {
         Mode::Mmap if anon::enabled() => stacks::eager_areas(state, &image.file, &image.layout),
-        _ => Default::default(),
+        Mode::Mmap => Default::default(),
+        Mode::Uffd => thread::live_stacks(state, ctx.view.areas),
     };
     let guard = match options.mode {
         Mode::Mmap if anon::enabled() => Some(anon::Guard::plan(
@@ -1233,8 +1236,14 @@ fn restore_memory(
                 None => send_to_keeper(keeper, std::slice::from_ref(&uffd))?,
             }
         }
-        let mut s =
-            uffd::PageServer::new(uffd, &image.file, ctx.view.layout, areas, ctx.view.areas)?;
+        let mut s = uffd::PageServer::new(
+            uffd,
+            &image.file,
+            ctx.view.layout,
+            areas,
+            ctx.view.areas,
+            &eager,
+        )?;
         // rseq: the kernel writes the area on every return to user space;
         // each thread's page must hold the saved content before it is
         // registered.

@@ -284,13 +284,17 @@ pub struct ServerReport {
 }
 
 impl PageServer {
-    /// Sets up `uffd` (pulled from the copy) for the copy's lazy areas.
+    /// Sets up `uffd` (pulled from the copy) for the copy's lazy areas,
+    /// but those of `written` (mapped anonymous and written before the copy
+    /// runs: the live threads' stacks, see
+    /// [`super::thread::live_stacks`]).
     pub fn new(
         uffd: OwnedFd,
         image: &std::fs::File,
         layout: &ImageLayout,
         areas: &[MemoryArea],
         pages: &[AreaPages],
+        written: &std::collections::HashSet<usize>,
     ) -> Result<PageServer, RestoreError> {
         let mut api = UffdioApi {
             api: UFFD_API,
@@ -313,7 +317,7 @@ impl PageServer {
         let stop = Arc::new(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(stop) });
         let mut served = Vec::new();
         for (index, area) in areas.iter().enumerate() {
-            if !is_lazy(area) {
+            if !is_lazy(area) || written.contains(&index) {
                 continue;
             }
             let mut reg = UffdioRegister {
