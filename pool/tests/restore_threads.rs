@@ -89,6 +89,12 @@ fn thirty_two_threads_keep_their_ids_tls_and_masks() {
         live.iter().all(|i| stacks.contains(i)),
         "live stacks are thread stack areas"
     );
+    // ... and fills the futex words of the threads captured waiting
+    // (untimed and timed futex waits, condition variables) before the
+    // resume.
+    let words = pool::restore::thread::restart_pages(&snapshot.state);
+    assert!(!words.is_empty(), "futex words of the waiting threads");
+    assert!(words.windows(2).all(|w| w[0] < w[1]), "sorted, once each");
     for mode in [Mode::Mmap, Mode::Uffd] {
         let mut copy = restore_with_pipes(&snap, mode);
         let host = copy.child.pid();

@@ -1252,6 +1252,12 @@ fn restore_memory(
                 s.fill(r.address)?;
             }
         }
+        // The futex words the threads read as soon as they run again.
+        for page in thread::restart_pages(state) {
+            if s.covers(page) {
+                s.fill(page)?;
+            }
+        }
         s.prefetch(&options.prefetch);
         if !options.prefetch_in_background {
             s.prefetch_all();

@@ -594,6 +594,30 @@ pub fn live_stacks(
     out
 }
 
+/// uffd mode: the pages a thread reads the moment it runs again, beyond
+/// its stack ([`live_stacks`]): the futex word of a thread captured in a
+/// `futex` call (`rdi`). An untimed wait re-enters the call, which reads the
+/// word at once; a timed one returns `EINTR` and glibc reads the word
+/// again. Filled before the resume, they spare a 16-thread copy's threads,
+/// all waking into the same lazy page, a round of faults through the page
+/// server while the restorer is finishing (measured with the threads
+/// bench: one such page, faulted by every thread right after the detach).
+/// Sorted, each page once.
+pub fn restart_pages(state: &ProcessState) -> Vec<u64> {
+    let mut pages: Vec<u64> = state
+        .threads
+        .iter()
+        .filter(|t| {
+            t.registers.orig_rax == libc::SYS_futex as u64
+                && t.registers.restart_pending() != Restart::None
+        })
+        .map(|t| t.registers.rdi & !(snapshotter::state::PAGE_SIZE - 1))
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    pages
+}
+
 /// Areas that hold (or held) thread stacks, for mmap mode: a glibc thread
 /// frees its stack with `madvise(MADV_DONTNEED)` on the way out, after
 /// blocking every signal, so the anonymous-memory guard's trap would kill
