@@ -8,8 +8,9 @@
 //!                 pid namespace, while the stub is privileged), no stack;
 //!                 each new thread runs its own table at once, untraced:
 //!                 every signal blocked, its scheduling (sched_in_batch),
-//!                 set_thread (set_tid_address, set_robust_list,
-//!                 sigaltstack, rseq, PR_SET_NAME), its credentials; then it
+//!                 set_new_thread (set_tid_address, set_robust_list,
+//!                 rseq; sigaltstack and PR_SET_NAME unless clone3 gave
+//!                 it those already), its credentials; then it
 //!                 parks in pause and the main thread, which waited for all
 //!                 of them, stops. No ptrace stop per thread until then.
 //! adopt           the new threads seized and interrupted all at once, then
@@ -19,6 +20,9 @@
 //! ```
 //!
 //! The credentials are set in every thread too ([`super::credentials`]).
+//! In uffd mode the live threads' stacks are written, not served
+//! ([`live_stacks`]), and the futex words of waiting threads filled before
+//! the resume ([`restart_pages`]).
 
 use snapshotter::state::{ProcessState, Restart, Rseq, Sched, ThreadState};
 
