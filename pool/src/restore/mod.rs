@@ -1245,10 +1245,19 @@ fn restore_memory(
     };
     // mmap mode: the guard that keeps anonymous-memory semantics (refuses
     // the restore when it cannot).
+    // uffd mode: the live threads' stacks (a few pages each, touched as
+    // soon as a thread runs) are written too rather than served.
     let eager = match options.mode {
         Mode::Mmap if anon::enabled() => stacks::eager_areas(state, &image.file, &image.layout),
-        _ => Default::default(),
+        Mode::Mmap => Default::default(),
+        Mode::Uffd => thread::live_stacks(state, ctx.view.areas),
     };
+    // A lazy image holds only what was fetched: the areas written from it
+    // rather than served must be fetched whole first.
+    if let Some(lazy) = ctx.lazy {
+        lazy.ensure_areas(eager.iter().copied())
+            .map_err(RestoreError::Fetch)?;
+    }
     let guard = match options.mode {
         Mode::Mmap if anon::enabled() => Some(anon::Guard::plan(
             state,
@@ -1331,8 +1340,14 @@ fn restore_memory(
                 None => send_to_keeper(keeper, std::slice::from_ref(&uffd))?,
             }
         }
-        let mut s =
-            uffd::PageServer::new(uffd, &image.file, ctx.view.layout, areas, ctx.view.areas)?;
+        let mut s = uffd::PageServer::new(
+            uffd,
+            &image.file,
+            ctx.view.layout,
+            areas,
+            ctx.view.areas,
+            &eager,
+        )?;
         if let Some(lazy) = ctx.lazy {
             s = s.with_lazy(lazy.clone());
         }
@@ -1342,6 +1357,12 @@ fn restore_memory(
         for r in state.threads.iter().filter_map(|t| t.rseq.as_ref()) {
             if s.covers(r.address) {
                 s.fill(r.address)?;
+            }
+        }
+        // The futex words the threads read as soon as they run again.
+        for page in thread::restart_pages(state) {
+            if s.covers(page) {
+                s.fill(page)?;
             }
         }
         s.prefetch(&options.prefetch);

@@ -223,6 +223,21 @@ impl LazyPages {
         Ok(())
     }
 
+    /// [`Self::ensure`] for every stored page of the areas `areas` (indices
+    /// into the snapshot's areas): areas the restore writes from the image
+    /// instead of serving, such as the live threads' stacks in uffd mode.
+    pub(crate) fn ensure_areas(
+        &self,
+        areas: impl IntoIterator<Item = usize>,
+    ) -> Result<(), PageSourceError> {
+        let pages: Vec<(usize, usize)> = areas
+            .into_iter()
+            .filter(|&a| a < self.hashes.len())
+            .flat_map(|a| (0..self.hashes[a].len()).map(move |i| (a, i)))
+            .collect();
+        self.ensure(&pages)
+    }
+
     /// Marks the copy as resumed (later fetches count as after it).
     pub(crate) fn set_resumed(&self) {
         self.resumed.store(true, Ordering::Relaxed);
