@@ -402,6 +402,10 @@ impl Instance {
     /// Runs one invocation. `Ok` leaves the instance usable; `Err` means it is
     /// dead (it has been killed; call [`Instance::destroy`]).
     pub async fn invoke(&mut self, inv: &Invocation) -> Result<Outcome, InvokeError> {
+        let probe = crate::first_call::wanted(self.served)
+            .then(|| self.sandbox.function_pid())
+            .flatten()
+            .and_then(|pid| crate::first_call::Probe::start(pid, self.page_server().map(|s| &**s)));
         let started = Instant::now();
         let deadline_ms = unix_ms() + inv.timeout.as_millis() as u64;
         let msg = ToRuntime::Invoke {
@@ -424,6 +428,10 @@ impl Instance {
         };
         let result = timeout(inv.timeout, exchange).await;
         let duration = started.elapsed();
+        if let Some(probe) = probe {
+            let server = self.page_server().map(|s| &**s);
+            probe.finish(&inv.function, self.served, duration, server);
+        }
         let outcome = match result {
             Err(_) => {
                 self.sandbox.kill();

@@ -12,6 +12,7 @@
 //!   concurrency, memory budget.
 
 pub mod cgroup;
+pub mod first_call;
 pub mod instance;
 pub mod logs;
 pub mod manager;

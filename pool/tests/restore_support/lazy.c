@@ -63,6 +63,19 @@ int main(void) {
     if (g != f) fail(60, "mremap fixed");
     for (size_t i = 0; i < MIB; i++) if (g[i] != pattern(i + 9)) fail(61, "moved over an unmapped range");
 
+    /* 7. a freed range reused page by page (uffd: a fault there maps
+     * zeros over the following pages of the range too, stopping at pages
+     * already back and at the range's end) */
+    unsigned char *r = a + 2 * MIB;
+    madvise(r, 16 * 4096, MADV_DONTNEED);
+    r[8 * 4096] = 0xa8;
+    r[0] = 0xa0;
+    for (size_t p = 0; p < 16; p++) {
+        unsigned char want = p == 0 ? 0xa0 : p == 8 ? 0xa8 : 0;
+        if (r[p * 4096] != want || r[p * 4096 + 4095] != 0 || r[p * 4096 + 1] != 0) fail(70, "reused freed range");
+    }
+    for (size_t i = 16 * 4096; i < 32 * 4096; i++) if (r[i] != pattern(2 * MIB + i)) fail(71, "past the freed range");
+
     /* 5. a forked child reads memory its parent never touched since the
      * restore: the snapshot's content, not zeros */
     d[0] = pattern(5); /* one page present in the parent */

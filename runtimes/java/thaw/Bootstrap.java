@@ -319,24 +319,15 @@ public final class Bootstrap {
      * (the launch opens java.lang, java.util and java.util.concurrent).
      */
     static void reseed(String seedHex) throws ReflectiveOperationException {
-        reseed(seedHex, true);
-    }
-
-    /**
-     * The reseeding; with {@code apply} false it reaches everything (loads and
-     * initialises the classes, draws from a fresh SecureRandom) and changes
-     * nothing: see {@link #warmReseed()}.
-     */
-    static void reseed(String seedHex, boolean apply) throws ReflectiveOperationException {
         SecureRandom fresh = new SecureRandom(); // NativePRNG: reads /dev/urandom
         byte[] mix = seedHex.getBytes(StandardCharsets.UTF_8);
-        if (apply) fresh.setSeed(mix); // mixes into the shared NativePRNG state (UUID's too)
+        fresh.setSeed(mix); // mixes into the shared NativePRNG state (UUID's too)
         // Math.random() and StrictMath.random(): one shared Random each.
         for (String holder : new String[] {"java.lang.Math$RandomNumberGeneratorHolder",
                 "java.lang.StrictMath$RandomNumberGeneratorHolder"}) {
             Random shared = (Random) field(holder, "randomNumberGenerator").get(null);
             long next = fresh.nextLong();
-            if (apply) shared.setSeed(next);
+            shared.setSeed(next);
         }
         // new Random(), new SplittableRandom() and ThreadLocalRandom seed from
         // these counters (mixed with the clock, or not at all).
@@ -345,19 +336,19 @@ public final class Bootstrap {
                 {"java.util.concurrent.ThreadLocalRandom", "seeder"}}) {
             AtomicLong c = (AtomicLong) field(counter[0], counter[1]).get(null);
             long next = fresh.nextLong();
-            if (apply) c.set(next);
+            c.set(next);
         }
         // Each thread's ThreadLocalRandom state: a zero probe makes the next
         // ThreadLocalRandom.current() draw a new seed from the seeder.
         Field probe = field("java.lang.Thread", "threadLocalRandomProbe");
         for (Thread t : liveThreads()) {
-            if (apply) probe.setInt(t, 0);
+            probe.setInt(t, 0);
         }
         // UUID.randomUUID() uses a shared SecureRandom: mix fresh bytes in.
         Object uuidRandom = field("java.util.UUID$Holder", "numberGenerator").get(null);
         byte[] more = new byte[32];
         fresh.nextBytes(more);
-        if (apply) ((SecureRandom) uuidRandom).setSeed(more);
+        ((SecureRandom) uuidRandom).setSeed(more);
     }
 
     /**
@@ -376,15 +367,42 @@ public final class Bootstrap {
     }
 
     /**
-     * Runs the reseeding once in the original, before "ready", changing
-     * nothing: the classes it needs (SecureRandom's provider, UUID's holder,
-     * the reflected fields) are then loaded, linked and initialised in the
-     * snapshot instead of in every copy (measured: about 100 ms per restore of
-     * java-inventory without it).
+     * Rounds of the reseeding run in the original, so that the code it runs
+     * is compiled there rather than in every copy, beside its first
+     * invocation.
+     */
+    static final int WARM_RESEED_ROUNDS = 16;
+
+    /** Lower-case hex of {@code bytes} (a seed as thaw sends it). */
+    static String hex(byte[] bytes) {
+        StringBuilder sb = new StringBuilder(bytes.length * 2);
+        for (byte b : bytes) sb.append(Character.forDigit((b >> 4) & 15, 16)).append(Character.forDigit(b & 15, 16));
+        return sb.toString();
+    }
+
+    /**
+     * Runs the copy's reseeding in the original, before "ready", with seeds
+     * of the size thaw sends: the classes it needs (SecureRandom's provider,
+     * NativePRNG's seed writer, UUID's holder, the reflected fields and their
+     * accessors, thaw.Runtime) are then loaded, linked and initialised in
+     * the snapshot instead of in every copy (measured: about 100 ms per
+     * restore of java-inventory without any of it), and its code compiled
+     * ({@link #WARM_RESEED_ROUNDS}). Reseeding the original is harmless:
+     * copies reseed again. Without the applied rounds, each copy loaded
+     * NativePRNG$RandomIO$1, UnsafeIntegerFieldAccessorImpl and thaw.Runtime
+     * (reading its class file deoptimised FileInputStream::<init>, compiled
+     * during the warm-up) and queued compilations its first invocation then
+     * ran beside (docs/runtimes.md, "Java": the first invocation).
      */
     static void warmReseed() {
         try {
-            reseed("", false);
+            Runtime.isCopy();
+            SecureRandom r = new SecureRandom();
+            byte[] seed = new byte[32];
+            for (int i = 0; i < WARM_RESEED_ROUNDS; i++) {
+                r.nextBytes(seed);
+                reseed(hex(seed));
+            }
         } catch (Throwable t) {
             log("reseeding at start failed (restored copies will report it): " + t);
         }
