@@ -198,6 +198,34 @@ impl Uploader {
     }
 }
 
+/// Uploads every version that has a snapshot, in the background (at start,
+/// and on the writer when the store answers again after an outage): each
+/// sends only what the bucket lacks. Nothing without an uploader.
+pub fn upload_all(service: &crate::service::Service) {
+    let Some(uploader) = &service.config.uploader else {
+        return;
+    };
+    let versions: Vec<VersionUpload> = service
+        .functions
+        .read()
+        .unwrap()
+        .iter()
+        .flat_map(|(name, list)| {
+            list.iter().filter_map(|v| {
+                Some(VersionUpload {
+                    name: name.clone(),
+                    version: v.record.version,
+                    uid: v.record.uid,
+                    snapshot: v.record.snapshot.as_ref()?.id.clone(),
+                })
+            })
+        })
+        .collect();
+    for v in versions {
+        uploader.spawn(service.metrics.clone(), v);
+    }
+}
+
 fn ok_label(ok: bool) -> crate::metrics::ResultLabels {
     crate::metrics::ResultLabels {
         result: if ok { "ok" } else { "error" }.to_string(),

@@ -1,0 +1,371 @@
+//! Two thaw nodes on one shared store (docs/cluster.md): a writer A
+//! (`--store-writer`) and a reader B with its own, empty data directory,
+//! both real `thaw serve` processes on loopback ports, against a private
+//! Garage (test-support/garage.rs).
+//!
+//! - acceptance 1: B answers a forced restore of A's function from the
+//!   snapshot's state, having fetched it from the store, and never booted it;
+//! - acceptance 2: a delete on A is seen on B within 2 s, a new version on A
+//!   serves on B, deploys and deletes sent to B land through A, and B
+//!   without its writer answers `503 writer_unavailable`;
+//! - acceptance 3 (store outage): with Garage stopped B restores what it
+//!   has, boots the rest and says so in /healthz and /metrics; with Garage
+//!   back the writer's uploads and B's fetches resume; `thaw store verify`
+//!   passes on both nodes.
+//!
+//! Needs root (sandboxes) and the garage binary (`./dev.sh s3`).
+
+mod common;
+#[path = "../../test-support/garage.rs"]
+mod garage;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{function, Answer, Server};
+use garage::{Garage, BUCKET};
+use remote_store::{Kind, RemoteStore, StoreKey};
+
+/// The tests set the process's AWS_* variables (the servers inherit them)
+/// for their own Garage: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+struct Store {
+    garage: Garage,
+    key: StoreKey,
+    key_file: String,
+    url: String,
+}
+
+fn store(prefix: &str) -> Result<Store, String> {
+    let garage = Garage::start()?;
+    let key = StoreKey::generate();
+    let key_file = garage.dir().join("store.key");
+    std::fs::write(&key_file, key.to_hex()).unwrap();
+    for (k, v) in garage.env() {
+        std::env::set_var(k, v);
+    }
+    std::env::remove_var("THAW_STORE_KEY");
+    Ok(Store {
+        key,
+        key_file: key_file.display().to_string(),
+        url: format!("s3://{BUCKET}/{prefix}"),
+        garage,
+    })
+}
+
+impl Store {
+    fn writer(&self) -> Server {
+        Server::start(&[
+            "--store-writer",
+            "--store-url",
+            &self.url,
+            "--store-key-file",
+            &self.key_file,
+            "--allow-forced-cold",
+        ])
+    }
+
+    fn reader(&self) -> Server {
+        Server::start(&[
+            "--store-url",
+            &self.url,
+            "--store-key-file",
+            &self.key_file,
+            "--allow-forced-cold",
+        ])
+    }
+
+    fn remote(&self) -> RemoteStore {
+        RemoteStore::from_env(self.url.parse().unwrap(), &self.key).unwrap()
+    }
+}
+
+/// A function whose answer tells its version and when its process started:
+/// a restore answers the snapshot's `born`, a boot a new one.
+fn born(name: &str, version: u32) -> serde_json::Value {
+    function(
+        name,
+        &format!(
+            "import time\nBORN = time.time_ns()\ndef handler(event, context):\n    return {{'born': BORN, 'v': {version}}}\n"
+        ),
+        serde_json::json!({}),
+    )
+}
+
+/// The sum of the values of the metric lines that start with `prefix`.
+async fn metric(server: &Server, prefix: &str) -> f64 {
+    server
+        .get("/metrics")
+        .await
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let t0 = Instant::now();
+    while !check().await {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn restore(server: &Server, name: &str) -> Answer {
+    server
+        .invoke_raw(name, b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+        .await
+}
+
+/// Lines of /metrics that count invocations of `name` that booted.
+async fn boots(server: &Server, name: &str) -> Vec<String> {
+    server
+        .get("/metrics")
+        .await
+        .text()
+        .lines()
+        .filter(|l| {
+            l.starts_with("thaw_invocations_total{")
+                && l.contains(&format!("function=\"{name}\""))
+                && l.contains("start=\"boot\"")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn verify(data: &Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args(["store", "verify", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "thaw store verify {}: {}{}",
+        data.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_follows_the_writer_and_forwards_to_it() {
+    require_root!();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = match store("follow") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let mut a = s.writer();
+    let b = s.reader();
+
+    // Acceptance 1: deployed on A, restored on B from the snapshot's state.
+    let v = a.deploy_ready(born("f", 1)).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    assert!(v["snapshot"]["id"].is_string(), "{v}");
+    let on_a = restore(&a, "f").await;
+    assert_eq!(on_a.status, 200, "{}", on_a.text());
+    assert_eq!(on_a.header("x-thaw-start"), "restore");
+    let snapshot_born = on_a.json()["born"].clone();
+    wait_for(
+        "B fetched f's snapshot",
+        Duration::from_secs(120),
+        async || metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await >= 1.0,
+    )
+    .await;
+    let view = b.get("/functions/f").await;
+    assert_eq!(view.status, 200, "{}", view.text());
+    assert_eq!(view.json()["state"], "ready", "{}", view.text());
+    let on_b = restore(&b, "f").await;
+    assert_eq!(on_b.status, 200, "{}", on_b.text());
+    assert_eq!(on_b.header("x-thaw-start"), "restore");
+    assert_eq!(
+        on_b.json()["born"],
+        snapshot_born,
+        "B's copy is not the snapshot's"
+    );
+    assert!(
+        metric(&b, "thaw_remote_fetched_bytes").await > 0.0,
+        "B fetched nothing from the store"
+    );
+    assert_eq!(boots(&b, "f").await, Vec::<String>::new(), "B booted f");
+    let health = b.get("/healthz").await.text();
+    assert!(health.contains("role: reader"), "{health}");
+    assert!(health.contains("store: up"), "{health}");
+    assert!(health.contains(&format!("writer: {}", a.url)), "{health}");
+
+    // A new version on A serves on B.
+    let v = a.deploy_ready(born("f", 2)).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    wait_for("B serves f v2", Duration::from_secs(60), async || {
+        let r = b.invoke("f", serde_json::json!({})).await;
+        r.status == 200 && r.json()["v"] == 2
+    })
+    .await;
+
+    // A deploy sent to B lands through A, and comes back to B.
+    let r = b.deploy(born("g", 1)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("x-thaw-forwarded-to"), a.url);
+    assert_eq!(a.get("/functions/g").await.status, 200);
+    wait_for("B has g", Duration::from_secs(60), async || {
+        b.get("/functions/g").await.status == 200
+    })
+    .await;
+
+    // A delete on A is seen on B within 2 s.
+    let r = a
+        .request(reqwest::Method::DELETE, "/functions/f", None, &[])
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let t0 = Instant::now();
+    loop {
+        let status = b.get("/functions/f").await.status;
+        if status == 404 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "B still has f {:?} after the delete on A",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("delete seen on B after {:?}", t0.elapsed());
+    assert_eq!(b.invoke("f", serde_json::json!({})).await.status, 404);
+
+    // A delete sent to B lands through A.
+    let r = b
+        .request(reqwest::Method::DELETE, "/functions/g", None, &[])
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(a.get("/functions/g").await.status, 404);
+    wait_for("g gone from B", Duration::from_secs(10), async || {
+        b.get("/functions/g").await.status == 404
+    })
+    .await;
+
+    // Without its writer, B says so.
+    a.stop();
+    let r = b.deploy(born("h", 1)).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "writer_unavailable", "{}", r.text());
+
+    verify(&a.data);
+    verify(&b.data);
+    drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_rides_out_a_store_outage() {
+    require_root!();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = match store("outage") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let a = s.writer();
+    for name in ["f1", "f2"] {
+        let v = a.deploy_ready(born(name, 1)).await;
+        assert_eq!(v["state"], "ready", "{v}");
+    }
+    wait_for(
+        "A uploaded f1 and f2",
+        Duration::from_secs(120),
+        async || metric(&a, "thaw_remote_uploads_total{result=\"ok\"}").await >= 2.0,
+    )
+    .await;
+    // f2's snapshot object goes (an upload cut short): B gets f2's record
+    // and code but cannot fetch its snapshot.
+    let f2 = a.get("/functions/f2").await.json()["snapshot"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let remote = s.remote();
+    let s3 = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(BUCKET)
+        .build()
+        .unwrap();
+    let manifest = remote.object_path(Kind::Snapshot, &remote.name(Kind::Snapshot, f2.as_bytes()));
+    object_store::ObjectStore::delete(&s3, &manifest.as_str().into())
+        .await
+        .unwrap();
+
+    let b = s.reader();
+    wait_for(
+        "B fetched f1, not f2",
+        Duration::from_secs(120),
+        async || {
+            metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await >= 1.0
+                && metric(&b, "thaw_remote_snapshot_fetches_total{result=\"error\"}").await >= 1.0
+        },
+    )
+    .await;
+    assert_eq!(b.get("/functions/f2").await.status, 200);
+
+    // The store goes away.
+    s.garage.stop();
+    wait_for(
+        "B reports the store down",
+        Duration::from_secs(60),
+        async || b.get("/healthz").await.text().contains("store: down"),
+    )
+    .await;
+    assert_eq!(metric(&b, "thaw_remote_store_up").await, 0.0);
+    let r = restore(&b, "f1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-thaw-start"),
+        "restore",
+        "B restores what it has"
+    );
+    let r = b.invoke("f2", serde_json::json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-thaw-start"), "boot", "B boots what it lacks");
+    // The writer deploys meanwhile (captured here, uploaded later).
+    let v = a.deploy_ready(born("f3", 1)).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    wait_for(
+        "A reports the store down",
+        Duration::from_secs(60),
+        async || a.get("/healthz").await.text().contains("store: down"),
+    )
+    .await;
+
+    // The store returns: A uploads again, B fetches and follows.
+    s.garage.restart().expect("garage restarts");
+    wait_for(
+        "B reports the store up",
+        Duration::from_secs(60),
+        async || b.get("/healthz").await.text().contains("store: up"),
+    )
+    .await;
+    assert_eq!(metric(&b, "thaw_remote_store_up").await, 1.0);
+    for name in ["f2", "f3"] {
+        wait_for(
+            &format!("B restores {name}"),
+            Duration::from_secs(120),
+            async || {
+                let r = restore(&b, name).await;
+                assert!(
+                    matches!(r.status, 200 | 404 | 409),
+                    "{name}: {} {}",
+                    r.status,
+                    r.text()
+                );
+                r.status == 200 && r.header("x-thaw-start") == "restore"
+            },
+        )
+        .await;
+    }
+    assert!(boots(&b, "f3").await.is_empty(), "B booted f3");
+    assert!(remote.snapshot_status(&f2).await.unwrap().present);
+
+    let (mut a, mut b) = (a, b);
+    a.stop();
+    b.stop();
+    verify(&a.data);
+    verify(&b.data);
+}
