@@ -39,6 +39,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Starts following the writer.
 pub fn spawn(cluster: Arc<Cluster>, service: Service) {
     tracing::info!(store = %cluster.remote.url(), "this node follows the store's writer");
+    forget_missing_snapshots(&cluster, &service);
     tokio::spawn(async move {
         let mut applied: Option<u64> = None;
         let mut tick = tokio::time::interval(POLL_EVERY);
@@ -181,6 +182,8 @@ async fn apply_function(
         return Ok(complete);
     }
     let mut changed = Vec::new();
+    let mut replaced_snapshots = Vec::new();
+    let mut retire = Vec::new();
     {
         let mut map = service.functions.write().unwrap();
         let old = map.remove(name).unwrap_or_default();
@@ -193,6 +196,17 @@ async fn apply_function(
             match same {
                 Some(o) => list.push(o.clone()),
                 None => {
+                    let old_snapshot = old
+                        .iter()
+                        .find(|o| o.record.version == v.version)
+                        .and_then(|o| o.record.snapshot.as_ref())
+                        .map(|s| s.id.clone());
+                    if old_snapshot.is_some()
+                        && old_snapshot.as_deref() != v.snapshot.as_ref().map(|s| s.id.as_str())
+                    {
+                        // Rebuilt on the writer: the old one is of no use.
+                        replaced_snapshots.extend(old_snapshot);
+                    }
                     let mut new = service.version_of(name, v.clone());
                     if let Some(s) = &v.snapshot {
                         if !cluster.is_local(&s.id) {
@@ -208,8 +222,30 @@ async fn apply_function(
         for v in list.iter().filter(|v| changed.contains(&v.key)) {
             service.keep(v);
         }
+        // As on the writer: once a version is ready, idle copies of older
+        // ones are not needed.
+        if let Some(ready) = list
+            .iter()
+            .rev()
+            .find(|v| v.record.state == crate::registry::VersionState::Ready)
+        {
+            if changed.contains(&ready.key) {
+                retire.extend(
+                    list.iter()
+                        .filter(|o| o.key.version < ready.key.version)
+                        .map(|o| o.key.clone()),
+                );
+            }
+        }
         service.save_or_log(name, &list);
         map.insert(name.clone(), list);
+    }
+    for key in retire {
+        service.pool.retire(&key).await;
+    }
+    let dir = crate::snapshots::snapshots_dir(&service.config.data_dir);
+    for id in replaced_snapshots {
+        crate::snapshots::remove(&service.store, &dir, &id);
     }
     if !changed.is_empty() {
         tracing::info!(function = %name, versions = ?changed.iter().map(|k| k.version).collect::<Vec<_>>(), "records taken from the writer");
@@ -248,6 +284,20 @@ fn install_code(
         let _ = std::fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// At start: versions whose snapshot a stop cut short boot until it is
+/// fetched again (never a restore of a snapshot that is not all here).
+fn forget_missing_snapshots(cluster: &Arc<Cluster>, service: &Service) {
+    let mut map = service.functions.write().unwrap();
+    for v in map.values_mut().flatten() {
+        if let Some(s) = &v.start.snapshot {
+            if !cluster.is_local(&s.id) {
+                v.start.snapshot = None;
+                service.keep(v);
+            }
+        }
+    }
 }
 
 /// Asks for the snapshot of every version that has one that is not local

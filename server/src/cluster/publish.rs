@@ -129,7 +129,9 @@ impl Publisher {
             for record in functions.values() {
                 for v in &record.versions {
                     let key = (record.name.clone(), v.version, v.uid);
-                    if self.code_sent.contains(&key) {
+                    if self.code_sent.contains(&key) || v.state.in_progress() {
+                        // The code is final once the version is: a build
+                        // (Java) writes into it during the deploy.
                         continue;
                     }
                     let dir = self.service.registry.code_dir(&record.name, v.version);
