@@ -369,3 +369,74 @@ async fn a_reader_rides_out_a_store_outage() {
     verify(&a.data);
     verify(&b.data);
 }
+
+/// Acceptance 3, last part: the writer dies in the middle of an upload
+/// (`THAW_FAILPOINT=remote-pack-committed` aborts it right after its first
+/// committed pack, as a `kill -9` there would); started again, it finishes
+/// the upload without writing the committed packs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_killed_during_an_upload_resumes_it() {
+    require_root!();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = match store("crash") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    std::env::set_var("THAW_FAILPOINT", "remote-pack-committed");
+    let mut a = s.writer();
+    std::env::remove_var("THAW_FAILPOINT");
+    let r = a.deploy(born("f", 1)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = a.child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the writer did not reach the failure point"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    a.child = None;
+    assert!(!status.success(), "{status:?}");
+    let remote = s.remote();
+    let committed = remote.list(Kind::PackIndex).await.unwrap();
+    assert!(!committed.is_empty(), "no pack was committed");
+    let packs_before = remote.list(Kind::Pack).await.unwrap();
+    assert!(
+        remote.list(Kind::Snapshot).await.unwrap().is_empty(),
+        "the manifest went up before the pages"
+    );
+
+    a.spawn();
+    let id = a.get("/functions/f").await.json()["snapshot"]["id"]
+        .as_str()
+        .expect("the record kept its snapshot")
+        .to_string();
+    wait_for(
+        "the upload finished after the restart",
+        Duration::from_secs(120),
+        async || {
+            let st = remote.snapshot_status(&id).await.unwrap();
+            st.present && st.pages_missing == 0
+        },
+    )
+    .await;
+    let packs_after = remote.list(Kind::Pack).await.unwrap();
+    for idx in &committed {
+        let before = packs_before.iter().find(|p| p.name == idx.name).unwrap();
+        let after = packs_after.iter().find(|p| p.name == idx.name).unwrap();
+        assert_eq!(
+            (&before.e_tag, before.last_modified),
+            (&after.e_tag, after.last_modified),
+            "committed pack {} was written again",
+            idx.name
+        );
+    }
+    eprintln!(
+        "{} of {} packs committed before the crash; none written again",
+        committed.len(),
+        packs_after.len()
+    );
+}
