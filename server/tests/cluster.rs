@@ -28,7 +28,7 @@ use remote_store::{Kind, RemoteStore, StoreKey};
 
 /// The tests set the process's AWS_* variables (the servers inherit them)
 /// for their own Garage: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Store {
     garage: Garage,
@@ -153,7 +153,7 @@ fn verify(data: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_follows_the_writer_and_forwards_to_it() {
     require_root!();
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let s = match store("follow") {
         Ok(s) => s,
         Err(why) => skip!("{why}"),
@@ -169,12 +169,17 @@ async fn a_reader_follows_the_writer_and_forwards_to_it() {
     assert_eq!(on_a.status, 200, "{}", on_a.text());
     assert_eq!(on_a.header("x-thaw-start"), "restore");
     let snapshot_born = on_a.json()["born"].clone();
+    let ready_on_a = Instant::now();
     wait_for(
         "B fetched f's snapshot",
         Duration::from_secs(120),
         async || metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await >= 1.0,
     )
     .await;
+    eprintln!(
+        "f restorable on B {:?} after A answered its first restore",
+        ready_on_a.elapsed()
+    );
     let view = b.get("/functions/f").await;
     assert_eq!(view.status, 200, "{}", view.text());
     assert_eq!(view.json()["state"], "ready", "{}", view.text());
@@ -261,7 +266,7 @@ async fn a_reader_follows_the_writer_and_forwards_to_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_rides_out_a_store_outage() {
     require_root!();
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut s = match store("outage") {
         Ok(s) => s,
         Err(why) => skip!("{why}"),
@@ -377,7 +382,7 @@ async fn a_reader_rides_out_a_store_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_killed_during_an_upload_resumes_it() {
     require_root!();
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let s = match store("crash") {
         Ok(s) => s,
         Err(why) => skip!("{why}"),
