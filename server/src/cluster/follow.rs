@@ -81,6 +81,21 @@ async fn poll(cluster: &Arc<Cluster>, service: &Service, applied: &mut Option<u6
     else {
         return Ok(());
     };
+    if catalog.format != catalog::FORMAT {
+        if *applied != Some(generation) {
+            tracing::error!(
+                format = catalog.format,
+                "the writer's catalog has a format this thaw does not read; not following it"
+            );
+            *applied = Some(generation);
+        }
+        return Ok(());
+    }
+    if catalog.generation < generation {
+        // An older catalog than the writer object announced (a store that
+        // is not read-after-write consistent): read again next time.
+        return Ok(());
+    }
     if apply(cluster, service, &catalog).await? {
         *applied = Some(generation);
         tracing::debug!(generation, "catalog applied");

@@ -1,7 +1,8 @@
 //! A reader's deploys and deletes go to the writer: the request is sent on
 //! to the URL the writer published (`#writer`), with the caller's
-//! `authorization` (the nodes share their tokens), and the writer's answer
-//! is relayed as it is. Without a writer, or when it cannot be reached, the
+//! `authorization` (the nodes share their tokens; a request that came
+//! without one, on a reader that needs none, carries this node's
+//! `THAW_TOKEN` if it has one), and the writer's answer is relayed as it is. Without a writer, or when it cannot be reached, the
 //! answer is `503 writer_unavailable`.
 
 use axum::body::{Body, Bytes};
@@ -44,6 +45,11 @@ impl Cluster {
         for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
             if let Some(v) = headers.get(&name) {
                 req = req.header(name, v);
+            }
+        }
+        if !headers.contains_key(header::AUTHORIZATION) {
+            if let Some(token) = &self.token {
+                req = req.bearer_auth(&token.0);
             }
         }
         let resp = req.send().await.map_err(|e| {

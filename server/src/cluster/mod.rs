@@ -114,6 +114,18 @@ pub struct Cluster {
     fetching: Mutex<std::collections::HashSet<String>>,
     metrics: OnceLock<Arc<Metrics>>,
     http: reqwest::Client,
+    /// `THAW_TOKEN`: sent with a forwarded request that came without one.
+    token: Option<Token>,
+}
+
+/// A token that never shows in `Debug` output.
+#[derive(Clone)]
+struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
 }
 
 impl Cluster {
@@ -138,6 +150,11 @@ impl Cluster {
                 .timeout(std::time::Duration::from_secs(60))
                 .build()
                 .expect("an HTTP client"),
+            token: std::env::var("THAW_TOKEN")
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .map(Token),
         })
     }
 
