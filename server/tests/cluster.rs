@@ -445,3 +445,72 @@ async fn a_writer_killed_during_an_upload_resumes_it() {
         packs_after.len()
     );
 }
+
+/// With API tokens: a reader checks the caller's token itself, and the
+/// writer checks it again on the forwarded request (the nodes share their
+/// tokens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_deploy_carries_the_callers_token() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("tokens") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let token = "cluster-test-admin-token";
+    std::env::set_var("THAW_TOKEN", token);
+    let a = s.writer();
+    let b = s.reader();
+    std::env::remove_var("THAW_TOKEN");
+    wait_for(
+        "B has seen the writer",
+        Duration::from_secs(30),
+        async || {
+            b.request(reqwest::Method::GET, "/healthz", None, &[])
+                .await
+                .text()
+                .contains("writer: http://")
+        },
+    )
+    .await;
+    let spec = serde_json::to_vec(&born("t", 1)).unwrap();
+    let bearer = format!("Bearer {token}");
+    let json = ("content-type", "application/json");
+    let r = b
+        .request(
+            reqwest::Method::POST,
+            "/functions",
+            Some(spec.clone()),
+            &[json],
+        )
+        .await;
+    assert_eq!(r.status, 401, "B checks the token: {}", r.text());
+    let r = b
+        .request(
+            reqwest::Method::POST,
+            "/functions",
+            Some(spec.clone()),
+            &[json, ("authorization", "Bearer not-the-token")],
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = b
+        .request(
+            reqwest::Method::POST,
+            "/functions",
+            Some(spec),
+            &[json, ("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("x-thaw-forwarded-to"), a.url);
+    let r = a
+        .request(
+            reqwest::Method::GET,
+            "/functions/t",
+            None,
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
