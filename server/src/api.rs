@@ -104,12 +104,20 @@ async fn not_found() -> ApiError {
 
 /// `ok`, and with a shared store this node's role and the store's state
 /// (docs/cluster.md): a node whose store is down still serves, so the
-/// status stays 200.
-async fn healthz(State(state): State<AppState>) -> String {
-    match &state.service.config.cluster {
-        Some(c) => format!("ok\n{}", c.health_text()),
-        None => "ok\n".to_string(),
-    }
+/// status stays 200. The store's URL, its last error and the writer's URL
+/// only to a caller with a token (or on a server without tokens): the
+/// route itself is open.
+async fn healthz(State(state): State<AppState>, headers: HeaderMap) -> String {
+    let Some(c) = &state.service.config.cluster else {
+        return "ok\n".to_string();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let details = state.tokens.is_empty() || state.tokens.role_of(given.as_bytes()).is_some();
+    format!("ok\n{}", c.health_text(details))
 }
 
 /// The cluster that forwards deploys and deletes to its writer, on a reader.

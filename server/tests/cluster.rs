@@ -462,19 +462,34 @@ async fn a_forwarded_deploy_carries_the_callers_token() {
     let a = s.writer();
     let b = s.reader();
     std::env::remove_var("THAW_TOKEN");
+    let bearer = format!("Bearer {token}");
     wait_for(
         "B has seen the writer",
         Duration::from_secs(30),
         async || {
-            b.request(reqwest::Method::GET, "/healthz", None, &[])
-                .await
-                .text()
-                .contains("writer: http://")
+            b.request(
+                reqwest::Method::GET,
+                "/healthz",
+                None,
+                &[("authorization", &bearer)],
+            )
+            .await
+            .text()
+            .contains("writer: http://")
         },
     )
     .await;
+    // Without a token /healthz says how the store is, not where it is.
+    let open = b.get("/healthz").await.text();
+    assert!(
+        open.contains("role: reader") && open.contains("store: up"),
+        "{open}"
+    );
+    assert!(
+        !open.contains("s3://") && !open.contains("http://"),
+        "{open}"
+    );
     let spec = serde_json::to_vec(&born("t", 1)).unwrap();
-    let bearer = format!("Bearer {token}");
     let json = ("content-type", "application/json");
     let r = b
         .request(

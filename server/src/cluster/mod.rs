@@ -201,8 +201,9 @@ impl Cluster {
         }
     }
 
-    /// What `/healthz` adds: role, store state, the writer seen.
-    pub fn health_text(&self) -> String {
+    /// What `/healthz` adds: role, store state, the writer seen; with
+    /// `details`, the store's URL, its last error and the writer's URL.
+    pub fn health_text(&self, details: bool) -> String {
         let mut out = format!(
             "role: {}\n",
             if self.is_writer() { "writer" } else { "reader" }
@@ -214,16 +215,25 @@ impl Cluster {
         } else {
             format!("{:.1} s ago", now.saturating_sub(last) as f64 / 1000.0)
         };
+        let url = if details {
+            format!("{}, ", self.remote.url())
+        } else {
+            String::new()
+        };
         match self.health.last_error() {
-            None => out += &format!("store: up ({}, last answer {ago})\n", self.remote.url()),
+            None => out += &format!("store: up ({url}last answer {ago})\n"),
             Some(e) => {
+                let e = if details {
+                    format!(": {e}")
+                } else {
+                    String::new()
+                };
                 out += &format!(
-                    "store: down ({}, last answer {ago}): {e}; local snapshots restore, the rest boots\n",
-                    self.remote.url()
+                    "store: down ({url}last answer {ago}){e}; local snapshots restore, the rest boots\n"
                 )
             }
         }
-        if !self.is_writer() {
+        if !self.is_writer() && details {
             match self.writer() {
                 Some(w) => {
                     out += &format!(
