@@ -357,3 +357,67 @@ fn restorable(service: &Service, key: &pool::FunctionKey, snapshot: &str) {
     service.keep(v);
     tracing::info!(function = %key.name, version = key.version, snapshot, "cold starts restore");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn code_from_the_writer_lands_in_place_with_its_links() {
+        let writer = tempfile::tempdir().unwrap();
+        let code = writer.path().join("code");
+        std::fs::create_dir_all(code.join("pkg")).unwrap();
+        std::fs::write(code.join("main.py"), "def handler(e, c):\n    return 1\n").unwrap();
+        std::fs::write(code.join("pkg/data.txt"), "x").unwrap();
+        std::os::unix::fs::symlink("/opt/layer/site-packages", code.join("deps")).unwrap();
+        let tar = crate::remote::code_tar(&code).unwrap();
+
+        let reader = tempfile::tempdir().unwrap();
+        let registry = crate::registry::Registry::open(reader.path()).unwrap();
+        // A leftover of an earlier try is replaced.
+        let dst = registry.code_dir("f", 3);
+        std::fs::create_dir_all(&dst).unwrap();
+        std::fs::write(dst.join("stale.py"), "").unwrap();
+        install_code(&registry, "f", 3, &tar).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dst.join("main.py")).unwrap(),
+            "def handler(e, c):\n    return 1\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dst.join("pkg/data.txt")).unwrap(),
+            "x"
+        );
+        assert_eq!(
+            std::fs::read_link(dst.join("deps")).unwrap(),
+            Path::new("/opt/layer/site-packages")
+        );
+        assert!(!dst.join("stale.py").exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dst.parent().unwrap().parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(leftovers, vec!["v3".to_string()], "no staging folder left");
+    }
+
+    #[test]
+    fn a_tar_that_is_not_one_fails_and_leaves_nothing() {
+        let reader = tempfile::tempdir().unwrap();
+        let registry = crate::registry::Registry::open(reader.path()).unwrap();
+        let err = install_code(
+            &registry,
+            "f",
+            1,
+            b"not a tar at all, but long enough to read a header from? no",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unpacking the code of f v1"),
+            "{err:#}"
+        );
+        let fdir = registry.code_dir("f", 1);
+        let fdir = fdir.parent().unwrap().parent().unwrap();
+        assert_eq!(std::fs::read_dir(fdir).unwrap().count(), 0);
+    }
+}

@@ -267,3 +267,23 @@ pub fn drain_restore_failures(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_health_tells_down_from_up_and_when_it_came_back() {
+        let h = StoreHealth::default();
+        assert!(h.is_up() && h.last_error().is_none() && h.last_ok_ms() == 0);
+        assert!(!h.ok(), "up from the start: not a return");
+        h.failed("connection refused");
+        assert!(!h.is_up());
+        assert_eq!(h.last_error().as_deref(), Some("connection refused"));
+        h.failed("timed out");
+        assert_eq!(h.last_error().as_deref(), Some("timed out"));
+        assert!(h.ok(), "back after being down");
+        assert!(h.is_up() && h.last_error().is_none() && h.last_ok_ms() > 0);
+        assert!(!h.ok());
+    }
+}
