@@ -201,6 +201,25 @@ async fn a_reader_follows_the_writer_and_forwards_to_it() {
     assert!(health.contains("store: up"), "{health}");
     assert!(health.contains(&format!("writer: {}", a.url)), "{health}");
 
+    // `thaw store remote-status` shows the writer and its catalog.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args(["store", "remote-status", "--store-url", &s.url])
+        .args(["--store-key-file", &s.key_file])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["writer"]["url"], a.url.as_str(), "{status}");
+    assert_eq!(
+        status["writer"]["functions"],
+        serde_json::json!(["f"]),
+        "{status}"
+    );
+
     // A new version on A serves on B.
     let v = a.deploy_ready(born("f", 2)).await;
     assert_eq!(v["state"], "ready", "{v}");
