@@ -78,6 +78,14 @@ impl Publisher {
         if let Ok(Ok(Some(w))) =
             tokio::time::timeout(PUBLISH_TIMEOUT, catalog::read_writer(&self.cluster.remote)).await
         {
+            let age = now_ms().saturating_sub(w.heartbeat_ms);
+            if w.url != self.url && age < 3 * HEARTBEAT_EVERY.as_millis() as u64 {
+                tracing::warn!(
+                    other = %w.url,
+                    heartbeat_ms_ago = age,
+                    "another writer published to this store moments ago: run one writer per store"
+                );
+            }
             self.generation = w.generation;
         }
         let mut last_beat: Option<Instant> = None;
