@@ -248,6 +248,11 @@ impl Settings {
             !store_writer || remote.is_some(),
             "store_writer needs store_url: a writer publishes to the shared store"
         );
+        anyhow::ensure!(
+            self.deploy.is_empty() || remote.is_none() || store_writer,
+            "deploy at start is for the store's writer: with store_url and without store_writer \
+             this node follows the writer (deploy to it instead)"
+        );
         if let Some(url) = &self.advertise_url {
             anyhow::ensure!(
                 crate::build::proxy::authority_of_url(url).is_some(),
@@ -557,8 +562,20 @@ mod tests {
             advertise_url: Some("10.0.0.1:7070".into()),
             ..Settings::default()
         };
-        let err = flags.over(file).resolve().unwrap_err();
+        let err = flags.over(file.clone()).resolve().unwrap_err();
         assert!(err.to_string().starts_with("advertise_url: "), "{err}");
+        let reader = Settings {
+            store_writer: Some(false),
+            advertise_url: None,
+            deploy: vec![PathBuf::from("examples/hello")],
+            ..Settings::default()
+        };
+        let err = reader.over(file).resolve().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("deploy at start is for the store's writer"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -292,12 +292,6 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     // the bucket lacks, so versions already there cost a listing.
     crate::remote::upload_all(&service);
 
-    if !opts.deploy.is_empty() && cluster.as_ref().is_some_and(|c| !c.is_writer()) {
-        bail!(
-            "deploy at start is for the store's writer: this node follows it (set store_writer, \
-             or deploy to the writer)"
-        );
-    }
     let mut deployed = Vec::new();
     for dir in &opts.deploy {
         let bundle = crate::bundle::read_bundle(dir)?;
