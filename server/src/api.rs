@@ -435,6 +435,9 @@ fn to_event(line: &pool::logs::LogLine) -> Event {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     state.service.refresh_gauges();
+    if let Some(cluster) = &state.service.config.cluster {
+        cluster.export();
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -177,8 +177,9 @@ impl Cluster {
         self.metrics.get()
     }
 
-    /// Copies the store's state into the metrics.
-    fn export(&self) {
+    /// Copies the store's state into the metrics (each loop pass, and
+    /// before a scrape so that `/metrics` agrees with `/healthz`).
+    pub fn export(&self) {
         if let Some(m) = self.metrics() {
             m.remote_store_up.set(i64::from(self.health.is_up()));
             m.remote_store_last_success
