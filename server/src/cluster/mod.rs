@@ -195,7 +195,18 @@ impl Cluster {
         let _ = self.metrics.set(service.metrics.clone());
         self.export();
         if self.is_writer() {
-            let url = self.options.advertise_url.clone().unwrap_or(listen_url);
+            let url = match self.options.advertise_url.clone() {
+                Some(url) => url,
+                None => {
+                    if listen_url.contains("://0.0.0.0:") || listen_url.contains("://[::]:") {
+                        tracing::warn!(
+                            url = %listen_url,
+                            "the writer listens on every address and advertises one no other node can use: set advertise_url"
+                        );
+                    }
+                    listen_url
+                }
+            };
             publish::spawn(self.clone(), service, url);
         } else {
             follow::spawn(self.clone(), service);
