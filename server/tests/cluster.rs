@@ -68,6 +68,8 @@ impl Store {
 
     fn reader(&self) -> Server {
         Server::start(&[
+            // Whatever THAW_STORE_WRITER the environment holds.
+            "--store-writer=false",
             "--store-url",
             &self.url,
             "--store-key-file",
