@@ -191,6 +191,7 @@ export AWS_REGION=garage
 export AWS_ALLOW_HTTP=true
 export THAW_STORE_URL=s3://thaw/dev
 export THAW_STORE_KEY_FILE=$dir/store.key
+export THAW_STORE_WRITER=true
 EOF
 }
 

@@ -97,17 +97,7 @@ impl Garage {
             ),
         )
         .map_err(|e| e.to_string())?;
-        let log =
-            std::fs::File::create(dir.path().join("garage.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let child = spawn_server(&bin, &config, dir.path())?;
         let mut garage = Garage {
             child,
             bin,
@@ -121,7 +111,22 @@ impl Garage {
         Ok(garage)
     }
 
-    fn set_up(&mut self) -> Result<(), String> {
+    /// Kills the server (as an outage would); its data stays for
+    /// [`Garage::restart`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same data and ports, and waits until
+    /// it answers.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.child = spawn_server(&self.bin, &self.config, self.dir.path())?;
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.cli(&["status"]).status.success() {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -132,6 +137,11 @@ impl Garage {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        Ok(())
+    }
+
+    fn set_up(&mut self) -> Result<(), String> {
+        self.wait_ready()?;
         let id = self.ok(&["node", "id", "-q"])?;
         let node = id.trim().split('@').next().unwrap_or_default().to_string();
         self.ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
@@ -196,6 +206,23 @@ impl Garage {
             ("AWS_ALLOW_HTTP", "true".to_string()),
         ]
     }
+}
+
+fn spawn_server(bin: &Path, config: &Path, dir: &Path) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("garage.log"))
+        .map_err(|e| e.to_string())?;
+    Command::new(bin)
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))
 }
 
 impl Drop for Garage {

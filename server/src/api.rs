@@ -102,8 +102,32 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorKind::NotFound, "no such route")
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok`, and with a shared store this node's role and the store's state
+/// (docs/cluster.md): a node whose store is down still serves, so the
+/// status stays 200. The store's URL, its last error and the writer's URL
+/// only to a caller with a token (or on a server without tokens): the
+/// route itself is open.
+async fn healthz(State(state): State<AppState>, headers: HeaderMap) -> String {
+    let Some(c) = &state.service.config.cluster else {
+        return "ok\n".to_string();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let details = state.tokens.is_empty() || state.tokens.role_of(given.as_bytes()).is_some();
+    format!("ok\n{}", c.health_text(details))
+}
+
+/// The cluster that forwards deploys and deletes to its writer, on a reader.
+fn forwarder(state: &AppState) -> Option<std::sync::Arc<crate::cluster::Cluster>> {
+    state
+        .service
+        .config
+        .cluster
+        .clone()
+        .filter(|c| c.forwards())
 }
 
 /// Checks the caller's token (or session) against what the matched route
@@ -194,10 +218,19 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
-async fn deploy(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+async fn deploy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     // Code archives are larger than events: allow 16x the event limit.
     let limit = state.service.config.max_body.saturating_mul(16);
     let bytes = read_body(body, limit).await?;
+    if let Some(cluster) = forwarder(&state) {
+        return cluster
+            .forward(axum::http::Method::POST, "/functions", &headers, bytes)
+            .await;
+    }
     let req: DeployRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(ErrorKind::InvalidSpec, format!("invalid JSON: {e}")))?;
     let spec = FunctionSpec::from_fields(req.spec)
@@ -254,9 +287,26 @@ async fn show(
 async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(cluster) = forwarder(&state) {
+        if !crate::spec::valid_name(&id) {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!("no function named {id:?}"),
+            ));
+        }
+        return cluster
+            .forward(
+                axum::http::Method::DELETE,
+                &format!("/functions/{id}"),
+                &headers,
+                Bytes::new(),
+            )
+            .await;
+    }
     state.service.delete(&id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -385,6 +435,9 @@ fn to_event(line: &pool::logs::LogLine) -> Event {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     state.service.refresh_gauges();
+    if let Some(cluster) = &state.service.config.cluster {
+        cluster.export();
+    }
     (
         [(
             header::CONTENT_TYPE,

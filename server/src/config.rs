@@ -133,6 +133,16 @@ pub struct Settings {
     /// and names every object; THAW_STORE_KEY (hex) takes precedence.
     #[arg(long, env = "THAW_STORE_KEY_FILE")]
     pub store_key_file: Option<PathBuf>,
+    /// This node is the store's writer (docs/cluster.md): it takes deploys
+    /// and deletes, captures and uploads, and publishes every change for
+    /// the other nodes. Needs store_url. Default: false (a node with a store
+    /// URL follows the writer and forwards deploys and deletes to it).
+    #[arg(long, env = "THAW_STORE_WRITER", num_args = 0..=1, default_missing_value = "true")]
+    pub store_writer: Option<bool>,
+    /// Where the other nodes reach this writer's API, `http://HOST:PORT`
+    /// (default: http:// and the address it listens on).
+    #[arg(long, env = "THAW_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Deploy the function in this folder at start (repeatable).
     #[arg(long = "deploy")]
     #[serde(default)]
@@ -173,6 +183,8 @@ impl Settings {
             index_hosts: self.index_hosts.or(below.index_hosts),
             store_url: self.store_url.or(below.store_url),
             store_key_file: self.store_key_file.or(below.store_key_file),
+            store_writer: self.store_writer.or(below.store_writer),
+            advertise_url: self.advertise_url.or(below.advertise_url),
             deploy: if self.deploy.is_empty() {
                 below.deploy
             } else {
@@ -231,7 +243,33 @@ impl Settings {
         }
         let remote =
             crate::remote::settings(self.store_url.as_deref(), self.store_key_file.as_deref())?;
+        let store_writer = self.store_writer.unwrap_or(false);
+        anyhow::ensure!(
+            !store_writer || remote.is_some(),
+            "store_writer needs store_url: a writer publishes to the shared store"
+        );
+        anyhow::ensure!(
+            self.deploy.is_empty() || remote.is_none() || store_writer,
+            "deploy at start is for the store's writer: with store_url and without store_writer \
+             this node follows the writer (deploy to it instead)"
+        );
+        if let Some(url) = &self.advertise_url {
+            anyhow::ensure!(
+                crate::build::proxy::authority_of_url(url).is_some(),
+                "advertise_url: {url:?} is not an http:// or https:// URL"
+            );
+            anyhow::ensure!(
+                store_writer,
+                "advertise_url is where the writer is reached: set it with store_writer"
+            );
+        }
         Ok(ServeOptions {
+            cluster: crate::cluster::ClusterOptions {
+                writer: store_writer,
+                advertise_url: self
+                    .advertise_url
+                    .map(|u| u.trim_end_matches('/').to_string()),
+            },
             remote,
             layer_cache: self.layer_cache,
             package_index: self.package_index,
@@ -489,6 +527,55 @@ mod tests {
         };
         let err = format!("{:#}", flags.resolve().unwrap_err());
         assert!(err.contains("64 hex digits or exactly 32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn store_writer_needs_a_store_and_takes_an_advertised_url() {
+        if std::env::var_os("THAW_STORE_KEY").is_some() {
+            return;
+        }
+        let opts = Settings::default().resolve().unwrap();
+        assert!(!opts.cluster.writer);
+        let err = toml::from_str::<Settings>("store_writer = true\n")
+            .map(|f| Settings::default().over(f).resolve())
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("store_writer needs store_url"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "ab".repeat(32)).unwrap();
+        let file: Settings = toml::from_str(&format!(
+            "store_url = \"s3://thaw/dev\"\nstore_key_file = {:?}\nstore_writer = true\nadvertise_url = \"http://10.0.0.1:7070/\"\n",
+            key.display().to_string()
+        ))
+        .unwrap();
+        let opts = Settings::default().over(file.clone()).resolve().unwrap();
+        assert!(opts.cluster.writer);
+        assert_eq!(
+            opts.cluster.advertise_url.as_deref(),
+            Some("http://10.0.0.1:7070")
+        );
+        let flags = Settings {
+            advertise_url: Some("10.0.0.1:7070".into()),
+            ..Settings::default()
+        };
+        let err = flags.over(file.clone()).resolve().unwrap_err();
+        assert!(err.to_string().starts_with("advertise_url: "), "{err}");
+        let reader = Settings {
+            store_writer: Some(false),
+            advertise_url: None,
+            deploy: vec![PathBuf::from("examples/hello")],
+            ..Settings::default()
+        };
+        let err = reader.over(file).resolve().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("deploy at start is for the store's writer"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod auth;
 pub mod build;
 pub mod bundle;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod guard;

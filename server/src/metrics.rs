@@ -157,6 +157,14 @@ pub struct Metrics {
     pub remote_pending: Gauge,
     /// Bytes written to the shared store since the start.
     pub remote_bytes_sent: Gauge,
+    /// 1 while the shared store answers, 0 while it does not.
+    pub remote_store_up: Gauge,
+    /// Unix time of the last request the shared store answered, seconds.
+    pub remote_store_last_success: Gauge,
+    /// Bytes read from the shared store since the start (encrypted).
+    pub remote_bytes_fetched: Gauge,
+    /// Snapshots downloaded by a reader node, by result.
+    pub remote_fetches: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -278,8 +286,36 @@ impl Metrics {
             "Bytes written to the shared store since the server started (encrypted)",
             remote_bytes_sent.clone(),
         );
+        let remote_store_up = Gauge::default();
+        registry.register(
+            "remote_store_up",
+            "1 while the shared store answers, 0 while it does not (docs/cluster.md)",
+            remote_store_up.clone(),
+        );
+        let remote_store_last_success = Gauge::default();
+        registry.register(
+            "remote_store_last_success_seconds",
+            "Unix time of the last request the shared store answered",
+            remote_store_last_success.clone(),
+        );
+        let remote_bytes_fetched = Gauge::default();
+        registry.register(
+            "remote_fetched_bytes",
+            "Bytes read from the shared store since the server started (encrypted)",
+            remote_bytes_fetched.clone(),
+        );
+        let remote_fetches = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "remote_snapshot_fetches",
+            "Snapshots a reader node downloaded from the shared store, by result",
+            remote_fetches.clone(),
+        );
         Metrics {
             registry,
+            remote_store_up,
+            remote_store_last_success,
+            remote_bytes_fetched,
+            remote_fetches,
             remote_uploads,
             remote_pending,
             remote_bytes_sent,

@@ -198,6 +198,34 @@ impl Uploader {
     }
 }
 
+/// Uploads every version that has a snapshot, in the background (at start,
+/// and on the writer when the store answers again after an outage): each
+/// sends only what the bucket lacks. Nothing without an uploader.
+pub fn upload_all(service: &crate::service::Service) {
+    let Some(uploader) = &service.config.uploader else {
+        return;
+    };
+    let versions: Vec<VersionUpload> = service
+        .functions
+        .read()
+        .unwrap()
+        .iter()
+        .flat_map(|(name, list)| {
+            list.iter().filter_map(|v| {
+                Some(VersionUpload {
+                    name: name.clone(),
+                    version: v.record.version,
+                    uid: v.record.uid,
+                    snapshot: v.record.snapshot.as_ref()?.id.clone(),
+                })
+            })
+        })
+        .collect();
+    for v in versions {
+        uploader.spawn(service.metrics.clone(), v);
+    }
+}
+
 fn ok_label(ok: bool) -> crate::metrics::ResultLabels {
     crate::metrics::ResultLabels {
         result: if ok { "ok" } else { "error" }.to_string(),
@@ -299,6 +327,18 @@ pub async fn cli_status(
         "uncommitted_packs": s.uncommitted_packs,
         "objects": s.kinds.iter().map(|k| (k.kind.folder().to_string(), serde_json::json!({"objects": k.objects, "bytes": k.bytes}))).collect::<serde_json::Map<_, _>>(),
     });
+    // The writer and its catalog (docs/cluster.md), when one publishes.
+    if let Some(w) = crate::cluster::catalog::read_writer(&remote).await? {
+        value["writer"] = serde_json::json!({
+            "url": w.url,
+            "generation": w.generation,
+            "heartbeat_age_s": crate::service::now_ms().saturating_sub(w.heartbeat_ms) as f64 / 1000.0,
+        });
+        if let Some(c) = crate::cluster::catalog::read_catalog(&remote).await? {
+            value["writer"]["catalog_generation"] = c.generation.into();
+            value["writer"]["functions"] = c.functions.keys().cloned().collect::<Vec<_>>().into();
+        }
+    }
     let mut ok = true;
     if let Some(id) = id {
         let snap = remote.snapshot_status(id).await?;

@@ -65,6 +65,8 @@ pub struct ServeOptions {
     pub index_hosts: Vec<String>,
     /// The shared store versions are uploaded to (None: local only).
     pub remote: Option<crate::remote::RemoteSettings>,
+    /// This node's part among the nodes sharing the store.
+    pub cluster: crate::cluster::ClusterOptions,
 }
 
 fn total_memory() -> u64 {
@@ -220,19 +222,33 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         spares: opts.spares,
     });
     let registry = Registry::open(&data_dir)?;
-    let uploader = match &opts.remote {
-        Some(settings) => {
-            let remote = crate::remote::connect(settings)?;
-            tracing::info!(store = %settings.url, "versions are uploaded to the shared store");
+    let remote = opts
+        .remote
+        .as_ref()
+        .map(crate::remote::connect)
+        .transpose()?;
+    // Only the writer captures and uploads; readers follow it
+    // (docs/cluster.md).
+    let uploader = match &remote {
+        Some(remote) if opts.cluster.writer => {
+            tracing::info!(store = %remote.url(), "versions are uploaded to the shared store");
             Some(crate::remote::Uploader::new(
-                remote,
+                remote.clone(),
                 store.clone(),
                 &data_dir,
                 registry.clone(),
             ))
         }
-        None => None,
+        _ => None,
     };
+    let cluster = remote.as_ref().map(|remote| {
+        crate::cluster::Cluster::new(
+            opts.cluster.clone(),
+            remote.clone(),
+            store.clone(),
+            &data_dir,
+        )
+    });
     // Dependency layers, built in sandboxes like the pool's.
     let deps = crate::build::Builder::new(
         crate::build::BuildSettings {
@@ -256,34 +272,25 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             allow_forced_cold: opts.allow_forced_cold,
             memory_mode: opts.memory_mode.as_str().into(),
             uploader,
+            cluster: cluster.clone(),
         },
         pool.clone(),
         registry,
         LogStore::new(opts.logs),
         store.clone(),
     );
-    service.run_rebuilds(failures_rx);
+    if cluster.as_ref().is_some_and(|c| !c.is_writer()) {
+        // A reader does not capture: a restore that failed here boots, and
+        // the writer's snapshot stays the version's (docs/cluster.md).
+        crate::cluster::drain_restore_failures(failures_rx);
+    } else {
+        service.run_rebuilds(failures_rx);
+    }
     let n = service.recover().context("loading functions")?;
     tracing::info!(functions = n, data_dir = %data_dir.display(), "loaded");
-    if let Some(uploader) = &service.config.uploader {
-        // Finishes uploads a stop or a crash interrupted: each sends only
-        // what the bucket lacks, so versions already there cost a listing.
-        for record in Registry::open(&data_dir)?.load_all()? {
-            for v in &record.versions {
-                if let Some(snapshot) = &v.snapshot {
-                    uploader.spawn(
-                        service.metrics.clone(),
-                        crate::remote::VersionUpload {
-                            name: record.name.clone(),
-                            version: v.version,
-                            uid: v.uid,
-                            snapshot: snapshot.id.clone(),
-                        },
-                    );
-                }
-            }
-        }
-    }
+    // Finishes uploads a stop or a crash interrupted: each sends only what
+    // the bucket lacks, so versions already there cost a listing.
+    crate::remote::upload_all(&service);
 
     let mut deployed = Vec::new();
     for dir in &opts.deploy {
@@ -305,6 +312,9 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     let addr = listener.local_addr()?;
     // Tools (and tests) read this line to find the port.
     println!("thaw listening on http://{addr}");
+    if let Some(cluster) = &cluster {
+        cluster.start(service.clone(), format!("http://{addr}"));
+    }
     for name in &deployed {
         println!("  try: curl -X POST http://{addr}/functions/{name}/invoke -d '{{}}'");
     }

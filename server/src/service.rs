@@ -35,6 +35,8 @@ pub struct ServiceConfig {
     pub memory_mode: String,
     /// Uploads captured versions to the shared store (docs/cluster.md).
     pub uploader: Option<crate::remote::Uploader>,
+    /// This node's part among the nodes sharing the store (None: no store).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The error kinds of the API, with their HTTP status.
@@ -70,6 +72,8 @@ pub enum ErrorKind {
     FunctionCrashed,
     /// 503
     ShuttingDown,
+    /// 503: a reader node cannot reach the store's writer.
+    WriterUnavailable,
     /// 504
     Timeout,
 }
@@ -93,6 +97,7 @@ impl ErrorKind {
             ErrorKind::InitError => "init_error",
             ErrorKind::FunctionCrashed => "function_crashed",
             ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::WriterUnavailable => "writer_unavailable",
             ErrorKind::Timeout => "timeout",
         }
     }
@@ -109,7 +114,7 @@ impl ErrorKind {
             ErrorKind::ConcurrencyLimit | ErrorKind::MemoryBudget | ErrorKind::RateLimited => 429,
             ErrorKind::HandlerError | ErrorKind::Internal => 500,
             ErrorKind::InitError | ErrorKind::FunctionCrashed => 502,
-            ErrorKind::ShuttingDown => 503,
+            ErrorKind::ShuttingDown | ErrorKind::WriterUnavailable => 503,
             ErrorKind::Timeout => 504,
         }
     }
@@ -358,9 +363,11 @@ impl Service {
             for v in &versions {
                 self.keep(v);
             }
+            // A reader node never warms up: the writer does (docs/cluster.md).
+            let reader = self.config.cluster.as_ref().is_some_and(|c| !c.is_writer());
             let redo: Vec<Version> = versions
                 .iter()
-                .filter(|v| v.record.state.in_progress())
+                .filter(|v| !reader && v.record.state.in_progress())
                 .cloned()
                 .collect();
             self.functions
@@ -393,7 +400,7 @@ impl Service {
         Arc::new(move |line| logs.push(&name, line))
     }
 
-    fn version_of(&self, name: &str, record: VersionRecord) -> Version {
+    pub(crate) fn version_of(&self, name: &str, record: VersionRecord) -> Version {
         let spec = &record.spec;
         let launch = self.config.runtimes.launch(
             spec,

@@ -29,7 +29,10 @@ async fn a_captured_version_is_uploaded_with_its_code_and_record() {
     }
     std::env::remove_var("THAW_STORE_KEY");
     let url = format!("s3://{BUCKET}/srv");
+    // The writer uploads; a node without --store-writer follows it
+    // (tests/cluster.rs).
     let server = Server::start(&[
+        "--store-writer",
         "--store-url",
         &url,
         "--store-key-file",

@@ -1,0 +1,423 @@
+//! The reader's side: follows the writer's catalog and applies it.
+//!
+//! Every second `#writer` is read (one small GET). When its generation is
+//! not the one applied, `#catalog` is read and applied:
+//!
+//! - a function absent from the catalog is deleted here (instances stopped,
+//!   record, code and snapshots dropped);
+//! - a function whose versions here are not the catalog's (a number with
+//!   another deployment uid: deleted and deployed again on the writer) is
+//!   dropped and taken again;
+//! - a new version gets its code from the bucket (`code/`, the tar the
+//!   writer published before the catalog) and its record;
+//! - a changed record (state, error, snapshot, rebuild) replaces the local
+//!   one; a version's snapshot that is not local is fetched
+//!   ([`Cluster::snapshot_for_restore`]) while cold starts boot.
+//!
+//! A version whose code is not in the bucket yet stops the pass for its
+//! function; the generation counts as applied only once everything was, so
+//! the next second tries again. While the store does not answer nothing
+//! changes here: local snapshots restore, the rest boots.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use remote_store::Kind;
+
+use super::catalog::{self, Catalog};
+use super::{Cluster, ForRestore};
+use crate::registry::{FunctionRecord, VersionRecord};
+use crate::service::Service;
+
+/// How often `#writer` is read.
+pub const POLL_EVERY: Duration = Duration::from_secs(1);
+/// Longest one read may take before the store counts as down.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts following the writer.
+pub fn spawn(cluster: Arc<Cluster>, service: Service) {
+    tracing::info!(store = %cluster.remote.url(), "this node follows the store's writer");
+    forget_missing_snapshots(&cluster, &service);
+    tokio::spawn(async move {
+        let mut applied: Option<u64> = None;
+        let mut tick = tokio::time::interval(POLL_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match tokio::time::timeout(READ_TIMEOUT, poll(&cluster, &service, &mut applied)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => cluster.health.failed(&format!("{e:#}")),
+                Err(_) => cluster
+                    .health
+                    .failed(&format!("no answer within {} s", READ_TIMEOUT.as_secs())),
+            }
+            if cluster.health.is_up() {
+                fetch_missing(&cluster, &service);
+            }
+            cluster.export();
+        }
+    });
+}
+
+async fn poll(cluster: &Arc<Cluster>, service: &Service, applied: &mut Option<u64>) -> Result<()> {
+    let writer = catalog::read_writer(&cluster.remote)
+        .await
+        .context("reading the writer object")?;
+    cluster.health.ok();
+    let Some(writer) = writer else {
+        // No writer ever published: nothing to follow yet.
+        return Ok(());
+    };
+    let generation = writer.generation;
+    *cluster.writer.lock().unwrap() = Some(writer);
+    if *applied == Some(generation) {
+        return Ok(());
+    }
+    let Some(catalog) = catalog::read_catalog(&cluster.remote)
+        .await
+        .context("reading the catalog")?
+    else {
+        return Ok(());
+    };
+    if catalog.format != catalog::FORMAT {
+        if *applied != Some(generation) {
+            tracing::error!(
+                format = catalog.format,
+                "the writer's catalog has a format this thaw does not read; not following it"
+            );
+            *applied = Some(generation);
+        }
+        return Ok(());
+    }
+    if catalog.generation < generation {
+        // An older catalog than the writer object announced (a store that
+        // is not read-after-write consistent): read again next time.
+        return Ok(());
+    }
+    if apply(cluster, service, &catalog).await? {
+        *applied = Some(generation);
+        tracing::debug!(generation, "catalog applied");
+    }
+    Ok(())
+}
+
+/// Applies `catalog`; `Ok(true)` once everything in it is here.
+pub(crate) async fn apply(
+    cluster: &Arc<Cluster>,
+    service: &Service,
+    catalog: &Catalog,
+) -> Result<bool> {
+    for name in service.names() {
+        if !catalog.functions.contains_key(&name) {
+            drop_function(service, &name, "deleted on the writer").await;
+        }
+    }
+    let mut complete = true;
+    for (name, record) in &catalog.functions {
+        if !crate::spec::valid_name(name) || record.name != *name || record.versions.is_empty() {
+            tracing::warn!(function = %name, "the catalog holds an unusable record; ignored");
+            continue;
+        }
+        let local: Vec<(u64, u64)> = service
+            .functions
+            .read()
+            .unwrap()
+            .get(name)
+            .map(|list| {
+                list.iter()
+                    .map(|v| (v.record.version, v.record.uid))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if local
+            .iter()
+            .any(|(n, uid)| record.version(*n).map(|v| v.uid) != Some(*uid))
+        {
+            drop_function(service, name, "deployed again on the writer").await;
+        }
+        complete &= apply_function(cluster, service, record).await?;
+    }
+    Ok(complete)
+}
+
+async fn drop_function(service: &Service, name: &str, why: &str) {
+    match service.delete(name).await {
+        Ok(()) => tracing::info!(function = %name, why, "function dropped"),
+        Err(e) => tracing::warn!(function = %name, error = %e.message, "dropping the function"),
+    }
+}
+
+/// Takes the versions of `record` this node lacks (code first) and the
+/// records of all; `Ok(false)` when a version's code is not in the bucket
+/// yet.
+async fn apply_function(
+    cluster: &Arc<Cluster>,
+    service: &Service,
+    record: &FunctionRecord,
+) -> Result<bool> {
+    let name = &record.name;
+    let _serial = service.registry.name_lock(name).lock_owned().await;
+    let have: BTreeSet<u64> = service
+        .functions
+        .read()
+        .unwrap()
+        .get(name)
+        .map(|list| list.iter().map(|v| v.record.version).collect())
+        .unwrap_or_default();
+    let mut installed = have.clone();
+    let mut complete = true;
+    for v in record
+        .versions
+        .iter()
+        .filter(|v| !have.contains(&v.version))
+    {
+        let address = crate::remote::code_address(name, v.version, v.uid);
+        let Some(tar) = cluster
+            .remote
+            .get_blob(Kind::Code, address.as_bytes())
+            .await
+            .with_context(|| format!("reading the code of {name} v{}", v.version))?
+        else {
+            complete = false;
+            break;
+        };
+        let registry = service.registry.clone();
+        let (n, version) = (name.clone(), v.version);
+        tokio::task::spawn_blocking(move || install_code(&registry, &n, version, &tar)).await??;
+        installed.insert(v.version);
+    }
+    let wanted: Vec<&VersionRecord> = record
+        .versions
+        .iter()
+        .filter(|v| installed.contains(&v.version))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(complete);
+    }
+    let mut changed = Vec::new();
+    let mut replaced_snapshots = Vec::new();
+    let mut retire = Vec::new();
+    {
+        let mut map = service.functions.write().unwrap();
+        let old = map.remove(name).unwrap_or_default();
+        let mut list = Vec::with_capacity(wanted.len());
+        for v in wanted {
+            let same = old.iter().find(|o| {
+                o.record.version == v.version
+                    && serde_json::to_value(&o.record).ok() == serde_json::to_value(v).ok()
+            });
+            match same {
+                Some(o) => list.push(o.clone()),
+                None => {
+                    let old_snapshot = old
+                        .iter()
+                        .find(|o| o.record.version == v.version)
+                        .and_then(|o| o.record.snapshot.as_ref())
+                        .map(|s| s.id.clone());
+                    if old_snapshot.is_some()
+                        && old_snapshot.as_deref() != v.snapshot.as_ref().map(|s| s.id.as_str())
+                    {
+                        // Rebuilt on the writer: the old one is of no use.
+                        replaced_snapshots.extend(old_snapshot);
+                    }
+                    let mut new = service.version_of(name, v.clone());
+                    if let Some(s) = &v.snapshot {
+                        if !cluster.is_local(&s.id) {
+                            // Boots until fetch_missing has it local.
+                            new.start.snapshot = None;
+                        }
+                    }
+                    changed.push(new.key.clone());
+                    list.push(new);
+                }
+            }
+        }
+        for v in list.iter().filter(|v| changed.contains(&v.key)) {
+            service.keep(v);
+        }
+        // As on the writer: once a version is ready, idle copies of older
+        // ones are not needed.
+        if let Some(ready) = list
+            .iter()
+            .rev()
+            .find(|v| v.record.state == crate::registry::VersionState::Ready)
+        {
+            if changed.contains(&ready.key) {
+                retire.extend(
+                    list.iter()
+                        .filter(|o| o.key.version < ready.key.version)
+                        .map(|o| o.key.clone()),
+                );
+            }
+        }
+        service.save_or_log(name, &list);
+        map.insert(name.clone(), list);
+    }
+    for key in retire {
+        service.pool.retire(&key).await;
+    }
+    let dir = crate::snapshots::snapshots_dir(&service.config.data_dir);
+    for id in replaced_snapshots {
+        crate::snapshots::remove(&service.store, &dir, &id);
+    }
+    if !changed.is_empty() {
+        tracing::info!(function = %name, versions = ?changed.iter().map(|k| k.version).collect::<Vec<_>>(), "records taken from the writer");
+    }
+    Ok(complete)
+}
+
+/// Writes a version's code from the writer's tar: unpacked beside the
+/// function's folders, then renamed into place (`v<N>/code`).
+fn install_code(
+    registry: &crate::registry::Registry,
+    name: &str,
+    version: u64,
+    tar: &[u8],
+) -> Result<()> {
+    let code = registry.code_dir(name, version);
+    let vdir = code.parent().expect("v<N>");
+    let fdir = vdir.parent().expect("function folder");
+    crate::registry::create_private_dir(fdir)?;
+    let staging = fdir.join(format!(".fetch-v{version}-{:x}", rand::random::<u32>()));
+    let result = (|| -> Result<()> {
+        let dst = staging.join("code");
+        crate::registry::create_private_dir(&dst)?;
+        // `unpack` keeps every entry inside `dst` (no `..`, no absolute
+        // paths); links stay links, as the writer has them.
+        tar::Archive::new(tar)
+            .unpack(&dst)
+            .with_context(|| format!("unpacking the code of {name} v{version}"))?;
+        std::fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let _ = std::fs::remove_dir_all(vdir);
+        std::fs::rename(&staging, vdir)
+            .with_context(|| format!("renaming into {}", vdir.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// At start: versions whose snapshot a stop cut short boot until it is
+/// fetched again (never a restore of a snapshot that is not all here).
+fn forget_missing_snapshots(cluster: &Arc<Cluster>, service: &Service) {
+    let mut map = service.functions.write().unwrap();
+    for v in map.values_mut().flatten() {
+        if let Some(s) = &v.start.snapshot {
+            if !cluster.is_local(&s.id) {
+                v.start.snapshot = None;
+                service.keep(v);
+            }
+        }
+    }
+}
+
+/// Asks for the snapshot of every version that has one that is not local
+/// yet; when one is, cold starts of its version restore it.
+fn fetch_missing(cluster: &Arc<Cluster>, service: &Service) {
+    let missing: Vec<(pool::FunctionKey, String)> = service
+        .functions
+        .read()
+        .unwrap()
+        .values()
+        .flatten()
+        .filter(|v| v.start.snapshot.is_none())
+        .filter_map(|v| Some((v.key.clone(), v.record.snapshot.as_ref()?.id.clone())))
+        .collect();
+    for (key, id) in missing {
+        let svc = service.clone();
+        let snapshot = id.clone();
+        let ready = move || restorable(&svc, &key, &snapshot);
+        if cluster.snapshot_for_restore(&id, ready.clone()) == ForRestore::Local {
+            ready();
+        }
+    }
+}
+
+/// Lets cold starts of `key` restore `snapshot`, if it is still the
+/// version's.
+fn restorable(service: &Service, key: &pool::FunctionKey, snapshot: &str) {
+    let mut map = service.functions.write().unwrap();
+    let Some(v) = map
+        .get_mut(&key.name)
+        .and_then(|list| list.iter_mut().find(|v| v.key == *key))
+    else {
+        return;
+    };
+    if v.record.snapshot.as_ref().map(|s| s.id.as_str()) != Some(snapshot) {
+        return;
+    }
+    v.start.snapshot = service
+        .version_of(&key.name, v.record.clone())
+        .start
+        .snapshot;
+    service.keep(v);
+    tracing::info!(function = %key.name, version = key.version, snapshot, "cold starts restore");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn code_from_the_writer_lands_in_place_with_its_links() {
+        let writer = tempfile::tempdir().unwrap();
+        let code = writer.path().join("code");
+        std::fs::create_dir_all(code.join("pkg")).unwrap();
+        std::fs::write(code.join("main.py"), "def handler(e, c):\n    return 1\n").unwrap();
+        std::fs::write(code.join("pkg/data.txt"), "x").unwrap();
+        std::os::unix::fs::symlink("/opt/layer/site-packages", code.join("deps")).unwrap();
+        let tar = crate::remote::code_tar(&code).unwrap();
+
+        let reader = tempfile::tempdir().unwrap();
+        let registry = crate::registry::Registry::open(reader.path()).unwrap();
+        // A leftover of an earlier try is replaced.
+        let dst = registry.code_dir("f", 3);
+        std::fs::create_dir_all(&dst).unwrap();
+        std::fs::write(dst.join("stale.py"), "").unwrap();
+        install_code(&registry, "f", 3, &tar).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dst.join("main.py")).unwrap(),
+            "def handler(e, c):\n    return 1\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dst.join("pkg/data.txt")).unwrap(),
+            "x"
+        );
+        assert_eq!(
+            std::fs::read_link(dst.join("deps")).unwrap(),
+            Path::new("/opt/layer/site-packages")
+        );
+        assert!(!dst.join("stale.py").exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dst.parent().unwrap().parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(leftovers, vec!["v3".to_string()], "no staging folder left");
+    }
+
+    #[test]
+    fn a_tar_that_is_not_one_fails_and_leaves_nothing() {
+        let reader = tempfile::tempdir().unwrap();
+        let registry = crate::registry::Registry::open(reader.path()).unwrap();
+        let err = install_code(
+            &registry,
+            "f",
+            1,
+            b"not a tar at all, but long enough to read a header from? no",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unpacking the code of f v1"),
+            "{err:#}"
+        );
+        let fdir = registry.code_dir("f", 1);
+        let fdir = fdir.parent().unwrap().parent().unwrap();
+        assert_eq!(std::fs::read_dir(fdir).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,552 @@
+//! Two thaw nodes on one shared store (docs/cluster.md): a writer A
+//! (`--store-writer`) and a reader B with its own, empty data directory,
+//! both real `thaw serve` processes on loopback ports, against a private
+//! Garage (test-support/garage.rs).
+//!
+//! - acceptance 1: B answers a forced restore of A's function from the
+//!   snapshot's state, having fetched it from the store, and never booted it;
+//! - acceptance 2: a delete on A is seen on B within 2 s, a new version on A
+//!   serves on B, deploys and deletes sent to B land through A, and B
+//!   without its writer answers `503 writer_unavailable`;
+//! - acceptance 3 (store outage): with Garage stopped B restores what it
+//!   has, boots the rest and says so in /healthz and /metrics; with Garage
+//!   back the writer's uploads and B's fetches resume; `thaw store verify`
+//!   passes on both nodes.
+//!
+//! Needs root (sandboxes) and the garage binary (`./dev.sh s3`).
+
+mod common;
+#[path = "../../test-support/garage.rs"]
+mod garage;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{function, Answer, Server};
+use garage::{Garage, BUCKET};
+use remote_store::{Kind, RemoteStore, StoreKey};
+
+/// The tests set the process's AWS_* variables (the servers inherit them)
+/// for their own Garage: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Store {
+    garage: Garage,
+    key: StoreKey,
+    key_file: String,
+    url: String,
+}
+
+fn store(prefix: &str) -> Result<Store, String> {
+    let garage = Garage::start()?;
+    let key = StoreKey::generate();
+    let key_file = garage.dir().join("store.key");
+    std::fs::write(&key_file, key.to_hex()).unwrap();
+    for (k, v) in garage.env() {
+        std::env::set_var(k, v);
+    }
+    std::env::remove_var("THAW_STORE_KEY");
+    Ok(Store {
+        key,
+        key_file: key_file.display().to_string(),
+        url: format!("s3://{BUCKET}/{prefix}"),
+        garage,
+    })
+}
+
+impl Store {
+    fn writer(&self) -> Server {
+        Server::start(&[
+            "--store-writer",
+            "--store-url",
+            &self.url,
+            "--store-key-file",
+            &self.key_file,
+            "--allow-forced-cold",
+        ])
+    }
+
+    fn reader(&self) -> Server {
+        Server::start(&[
+            // Whatever THAW_STORE_WRITER the environment holds.
+            "--store-writer=false",
+            "--store-url",
+            &self.url,
+            "--store-key-file",
+            &self.key_file,
+            "--allow-forced-cold",
+        ])
+    }
+
+    fn remote(&self) -> RemoteStore {
+        RemoteStore::from_env(self.url.parse().unwrap(), &self.key).unwrap()
+    }
+}
+
+/// A function whose answer tells its version and when its process started:
+/// a restore answers the snapshot's `born`, a boot a new one.
+fn born(name: &str, version: u32) -> serde_json::Value {
+    function(
+        name,
+        &format!(
+            "import time\nBORN = time.time_ns()\ndef handler(event, context):\n    return {{'born': BORN, 'v': {version}}}\n"
+        ),
+        serde_json::json!({}),
+    )
+}
+
+/// The sum of the values of the metric lines that start with `prefix`.
+async fn metric(server: &Server, prefix: &str) -> f64 {
+    server
+        .get("/metrics")
+        .await
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let t0 = Instant::now();
+    while !check().await {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn restore(server: &Server, name: &str) -> Answer {
+    server
+        .invoke_raw(name, b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+        .await
+}
+
+/// Lines of /metrics that count invocations of `name` that booted.
+async fn boots(server: &Server, name: &str) -> Vec<String> {
+    server
+        .get("/metrics")
+        .await
+        .text()
+        .lines()
+        .filter(|l| {
+            l.starts_with("thaw_invocations_total{")
+                && l.contains(&format!("function=\"{name}\""))
+                && l.contains("start=\"boot\"")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn verify(data: &Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args(["store", "verify", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "thaw store verify {}: {}{}",
+        data.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_follows_the_writer_and_forwards_to_it() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("follow") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let mut a = s.writer();
+    let b = s.reader();
+
+    // Acceptance 1: deployed on A, restored on B from the snapshot's state.
+    let v = a.deploy_ready(born("f", 1)).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    assert!(v["snapshot"]["id"].is_string(), "{v}");
+    let on_a = restore(&a, "f").await;
+    assert_eq!(on_a.status, 200, "{}", on_a.text());
+    assert_eq!(on_a.header("x-thaw-start"), "restore");
+    let snapshot_born = on_a.json()["born"].clone();
+    let ready_on_a = Instant::now();
+    wait_for(
+        "B fetched f's snapshot",
+        Duration::from_secs(120),
+        async || metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await >= 1.0,
+    )
+    .await;
+    eprintln!(
+        "f restorable on B {:?} after A answered its first restore",
+        ready_on_a.elapsed()
+    );
+    let view = b.get("/functions/f").await;
+    assert_eq!(view.status, 200, "{}", view.text());
+    assert_eq!(view.json()["state"], "ready", "{}", view.text());
+    let on_b = restore(&b, "f").await;
+    assert_eq!(on_b.status, 200, "{}", on_b.text());
+    assert_eq!(on_b.header("x-thaw-start"), "restore");
+    assert_eq!(
+        on_b.json()["born"],
+        snapshot_born,
+        "B's copy is not the snapshot's"
+    );
+    assert!(
+        metric(&b, "thaw_remote_fetched_bytes").await > 0.0,
+        "B fetched nothing from the store"
+    );
+    assert_eq!(boots(&b, "f").await, Vec::<String>::new(), "B booted f");
+    let health = b.get("/healthz").await.text();
+    assert!(health.contains("role: reader"), "{health}");
+    assert!(health.contains("store: up"), "{health}");
+    assert!(health.contains(&format!("writer: {}", a.url)), "{health}");
+
+    // `thaw store remote-status` shows the writer and its catalog.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args(["store", "remote-status", "--store-url", &s.url])
+        .args(["--store-key-file", &s.key_file])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["writer"]["url"], a.url.as_str(), "{status}");
+    assert_eq!(
+        status["writer"]["functions"],
+        serde_json::json!(["f"]),
+        "{status}"
+    );
+
+    // A new version on A serves on B.
+    let v = a.deploy_ready(born("f", 2)).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    wait_for("B serves f v2", Duration::from_secs(60), async || {
+        let r = b.invoke("f", serde_json::json!({})).await;
+        r.status == 200 && r.json()["v"] == 2
+    })
+    .await;
+
+    // A deploy sent to B lands through A, and comes back to B.
+    let r = b.deploy(born("g", 1)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("x-thaw-forwarded-to"), a.url);
+    assert_eq!(a.get("/functions/g").await.status, 200);
+    wait_for("B has g", Duration::from_secs(60), async || {
+        b.get("/functions/g").await.status == 200
+    })
+    .await;
+
+    // A delete on A is seen on B within 2 s.
+    let r = a
+        .request(reqwest::Method::DELETE, "/functions/f", None, &[])
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let t0 = Instant::now();
+    loop {
+        let status = b.get("/functions/f").await.status;
+        if status == 404 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "B still has f {:?} after the delete on A",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("delete seen on B after {:?}", t0.elapsed());
+    assert_eq!(b.invoke("f", serde_json::json!({})).await.status, 404);
+
+    // A delete sent to B lands through A.
+    let r = b
+        .request(reqwest::Method::DELETE, "/functions/g", None, &[])
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(a.get("/functions/g").await.status, 404);
+    wait_for("g gone from B", Duration::from_secs(10), async || {
+        b.get("/functions/g").await.status == 404
+    })
+    .await;
+
+    // Without its writer, B says so.
+    a.stop();
+    let r = b.deploy(born("h", 1)).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "writer_unavailable", "{}", r.text());
+
+    verify(&a.data);
+    verify(&b.data);
+    drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_rides_out_a_store_outage() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let mut s = match store("outage") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let a = s.writer();
+    for name in ["f1", "f2"] {
+        let v = a.deploy_ready(born(name, 1)).await;
+        assert_eq!(v["state"], "ready", "{v}");
+    }
+    wait_for(
+        "A uploaded f1 and f2",
+        Duration::from_secs(120),
+        async || metric(&a, "thaw_remote_uploads_total{result=\"ok\"}").await >= 2.0,
+    )
+    .await;
+    // f2's snapshot object goes (an upload cut short): B gets f2's record
+    // and code but cannot fetch its snapshot.
+    let f2 = a.get("/functions/f2").await.json()["snapshot"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let remote = s.remote();
+    let s3 = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(BUCKET)
+        .build()
+        .unwrap();
+    let manifest = remote.object_path(Kind::Snapshot, &remote.name(Kind::Snapshot, f2.as_bytes()));
+    object_store::ObjectStore::delete(&s3, &manifest.as_str().into())
+        .await
+        .unwrap();
+
+    let b = s.reader();
+    wait_for(
+        "B fetched f1, not f2",
+        Duration::from_secs(120),
+        async || {
+            metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await >= 1.0
+                && metric(&b, "thaw_remote_snapshot_fetches_total{result=\"error\"}").await >= 1.0
+        },
+    )
+    .await;
+    assert_eq!(b.get("/functions/f2").await.status, 200);
+
+    // The store goes away.
+    s.garage.stop();
+    wait_for(
+        "B reports the store down",
+        Duration::from_secs(60),
+        async || b.get("/healthz").await.text().contains("store: down"),
+    )
+    .await;
+    assert_eq!(metric(&b, "thaw_remote_store_up").await, 0.0);
+    let r = restore(&b, "f1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-thaw-start"),
+        "restore",
+        "B restores what it has"
+    );
+    let r = b.invoke("f2", serde_json::json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-thaw-start"), "boot", "B boots what it lacks");
+    // The writer deploys meanwhile (captured here, uploaded later).
+    let v = a.deploy_ready(born("f3", 1)).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    wait_for(
+        "A reports the store down",
+        Duration::from_secs(60),
+        async || a.get("/healthz").await.text().contains("store: down"),
+    )
+    .await;
+
+    // The store returns: A uploads again, B fetches and follows.
+    s.garage.restart().expect("garage restarts");
+    wait_for(
+        "B reports the store up",
+        Duration::from_secs(60),
+        async || b.get("/healthz").await.text().contains("store: up"),
+    )
+    .await;
+    assert_eq!(metric(&b, "thaw_remote_store_up").await, 1.0);
+    for name in ["f2", "f3"] {
+        wait_for(
+            &format!("B restores {name}"),
+            Duration::from_secs(120),
+            async || {
+                let r = restore(&b, name).await;
+                assert!(
+                    matches!(r.status, 200 | 404 | 409),
+                    "{name}: {} {}",
+                    r.status,
+                    r.text()
+                );
+                r.status == 200 && r.header("x-thaw-start") == "restore"
+            },
+        )
+        .await;
+    }
+    assert!(boots(&b, "f3").await.is_empty(), "B booted f3");
+    assert!(remote.snapshot_status(&f2).await.unwrap().present);
+
+    let (mut a, mut b) = (a, b);
+    a.stop();
+    b.stop();
+    verify(&a.data);
+    verify(&b.data);
+}
+
+/// Acceptance 3, last part: the writer dies in the middle of an upload
+/// (`THAW_FAILPOINT=remote-pack-committed` aborts it right after its first
+/// committed pack, as a `kill -9` there would); started again, it finishes
+/// the upload without writing the committed packs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_killed_during_an_upload_resumes_it() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("crash") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    std::env::set_var("THAW_FAILPOINT", "remote-pack-committed");
+    let mut a = s.writer();
+    std::env::remove_var("THAW_FAILPOINT");
+    let r = a.deploy(born("f", 1)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = a.child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the writer did not reach the failure point"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    a.child = None;
+    assert!(!status.success(), "{status:?}");
+    let remote = s.remote();
+    let committed = remote.list(Kind::PackIndex).await.unwrap();
+    assert!(!committed.is_empty(), "no pack was committed");
+    let packs_before = remote.list(Kind::Pack).await.unwrap();
+    assert!(
+        remote.list(Kind::Snapshot).await.unwrap().is_empty(),
+        "the manifest went up before the pages"
+    );
+
+    a.spawn();
+    let id = a.get("/functions/f").await.json()["snapshot"]["id"]
+        .as_str()
+        .expect("the record kept its snapshot")
+        .to_string();
+    wait_for(
+        "the upload finished after the restart",
+        Duration::from_secs(120),
+        async || {
+            let st = remote.snapshot_status(&id).await.unwrap();
+            st.present && st.pages_missing == 0
+        },
+    )
+    .await;
+    let packs_after = remote.list(Kind::Pack).await.unwrap();
+    for idx in &committed {
+        let before = packs_before.iter().find(|p| p.name == idx.name).unwrap();
+        let after = packs_after.iter().find(|p| p.name == idx.name).unwrap();
+        assert_eq!(
+            (&before.e_tag, before.last_modified),
+            (&after.e_tag, after.last_modified),
+            "committed pack {} was written again",
+            idx.name
+        );
+    }
+    eprintln!(
+        "{} of {} packs committed before the crash; none written again",
+        committed.len(),
+        packs_after.len()
+    );
+}
+
+/// With API tokens: a reader checks the caller's token itself, and the
+/// writer checks it again on the forwarded request (the nodes share their
+/// tokens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_deploy_carries_the_callers_token() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("tokens") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let token = "cluster-test-admin-token";
+    std::env::set_var("THAW_TOKEN", token);
+    let a = s.writer();
+    let b = s.reader();
+    std::env::remove_var("THAW_TOKEN");
+    let bearer = format!("Bearer {token}");
+    wait_for(
+        "B has seen the writer",
+        Duration::from_secs(30),
+        async || {
+            b.request(
+                reqwest::Method::GET,
+                "/healthz",
+                None,
+                &[("authorization", &bearer)],
+            )
+            .await
+            .text()
+            .contains("writer: http://")
+        },
+    )
+    .await;
+    // Without a token /healthz says how the store is, not where it is.
+    let open = b.get("/healthz").await.text();
+    assert!(
+        open.contains("role: reader") && open.contains("store: up"),
+        "{open}"
+    );
+    assert!(
+        !open.contains("s3://") && !open.contains("http://"),
+        "{open}"
+    );
+    let spec = serde_json::to_vec(&born("t", 1)).unwrap();
+    let json = ("content-type", "application/json");
+    let r = b
+        .request(
+            reqwest::Method::POST,
+            "/functions",
+            Some(spec.clone()),
+            &[json],
+        )
+        .await;
+    assert_eq!(r.status, 401, "B checks the token: {}", r.text());
+    let r = b
+        .request(
+            reqwest::Method::POST,
+            "/functions",
+            Some(spec.clone()),
+            &[json, ("authorization", "Bearer not-the-token")],
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = b
+        .request(
+            reqwest::Method::POST,
+            "/functions",
+            Some(spec),
+            &[json, ("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("x-thaw-forwarded-to"), a.url);
+    let r = a
+        .request(
+            reqwest::Method::GET,
+            "/functions/t",
+            None,
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
