@@ -644,6 +644,7 @@ pub fn restore(
         stub_pidfd: Some(&spawned.stub_pidfd),
         keep_uffd: false,
         collect_uffds: None,
+        shared_memfds: None,
     };
     let server = drive(remote, &ctx, &mut timings)?;
     let server = server.map(|(thread, _)| thread);
@@ -777,6 +778,7 @@ pub fn restore_into(
         stub_pidfd: pidfd.as_ref(),
         keep_uffd: true,
         collect_uffds: None,
+        shared_memfds: None,
     };
     let server = drive(remote, &ctx, &mut timings)?;
     Ok((
@@ -840,6 +842,10 @@ pub(crate) struct Driving<'a, 'o> {
     /// added here, and the tree's are sent to pid 1 together once every
     /// process is prepared (pid 1 takes one message).
     pub(crate) collect_uffds: Option<&'a std::cell::RefCell<Vec<OwnedFd>>>,
+    /// A process of a tree: its anonymous shared memory's memfds, made for
+    /// the whole tree ([`shared::make_for_tree`]); `None`:
+    /// [`restore_memory`] makes the process's own.
+    pub(crate) shared_memfds: Option<&'a shared::SharedMemfds>,
 }
 
 /// The uffd page server of a copy and what it has done so far.
@@ -1160,8 +1166,16 @@ fn restore_memory(
         )?),
         _ => None,
     };
-    // Shared memory: the copy's own memfds, before the batch maps them.
-    let shared_memfds = shared::make(remote, places.scratch, areas)?;
+    // Shared memory: the copy's own memfds (a tree's: made for every
+    // process already), before the batch maps them.
+    let made;
+    let shared_memfds = match ctx.shared_memfds {
+        Some(memfds) => memfds,
+        None => {
+            made = shared::make(remote, places.scratch, areas)?;
+            &made
+        }
+    };
     let mut batch = Batch::new(places.scratch);
     thread::unregister_rseq(remote, &mut batch)?;
     let syscall_at = memory::clear_and_move_specials(
@@ -1195,7 +1209,7 @@ fn restore_memory(
     remote.set_syscall_address(syscall_at);
     shared::fill_and_close(
         remote,
-        &shared_memfds,
+        shared_memfds,
         areas,
         ctx.view.areas,
         &image.file,

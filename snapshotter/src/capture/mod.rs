@@ -292,7 +292,7 @@ pub fn capture_timed(
     let started = Instant::now();
     refuse::check_children(pid)?;
     timings.state += started.elapsed();
-    let state = capture_held(pid, &mut held, options, false, sink, &mut timings)?;
+    let state = capture_held(pid, &mut held, options, false, &[], sink, &mut timings)?;
     detach(held, &mut timings)?;
     Ok((state, timings))
 }
@@ -313,12 +313,15 @@ fn detach(mut held: Vec<Seized>, timings: &mut CaptureTimings) -> Result<(), Cap
 /// main thread first), adding to `timings`; it stays stopped. `in_tree`:
 /// it is one process of a tree being captured, whose pipes and socket
 /// pairs may have their other ends in other processes of the tree (checked
-/// by [`tree`] once all are captured).
+/// by [`tree`] once all are captured); `tree`: the host pids of every
+/// process of that tree (empty for a single process), which may share its
+/// anonymous shared memory.
 fn capture_held(
     pid: i32,
     held: &mut [Seized],
     options: &CaptureOptions,
     in_tree: bool,
+    tree: &[i32],
     sink: &mut dyn PageSink,
     timings: &mut CaptureTimings,
 ) -> Result<ProcessState, CaptureError> {
@@ -334,7 +337,7 @@ fn capture_held(
     let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
     let mut areas = areas::classify(pid, &entries)?;
     areas::link_memfd_areas(pid, &fds, &areas)?;
-    shared::check_unshared(pid, &areas)?;
+    shared::check_unshared(pid, tree, &areas)?;
     let (main, _) = held
         .split_first_mut()
         .expect("stop_all holds the main thread");

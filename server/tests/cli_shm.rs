@@ -1,0 +1,136 @@
+//! Issue 19, acceptance 1 for shared memory inside a snapshot: C programs
+//! of tests/c/ set up their shared memory, say "ready", are captured with
+//! `thaw snapshot --pid` (a process tree when they forked) while the
+//! original keeps running, and restored with `thaw restore` in both memory
+//! modes; each copy checks its memory and prints "ok". Then the original
+//! is let go and checks that no copy's write reached it.
+//! Needs root (ptrace, pid and IPC namespaces) and a C compiler.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const COMMON: &str = include_str!("c/common.h");
+
+fn thaw() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_thaw"))
+}
+
+fn compile(dir: &Path, name: &str, source: &str) -> PathBuf {
+    std::fs::write(dir.join("common.h"), COMMON).unwrap();
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, source).unwrap();
+    let out = dir.join(name);
+    let status = Command::new("cc")
+        .args(["-O1", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&c)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cc failed for {name}");
+    out
+}
+
+/// Whether the test can run (skips, or fails under `THAW_TEST_STRICT`).
+fn prerequisites() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        common::missing("thaw snapshot and thaw restore need root (ptrace, pid namespaces)");
+        return false;
+    }
+    if Command::new("cc").arg("--version").output().is_err() {
+        common::missing("no C compiler (cc)");
+        return false;
+    }
+    true
+}
+
+/// Runs program `name` to its "ready", captures it and restores the
+/// snapshot once per memory mode (each copy is sent `g`), then sends the
+/// original `o`. Returns what each printed after it was let go, with its
+/// exit code: the copies' (by mode), then the original's.
+fn run(name: &str, source: &str) -> Vec<(String, String, i32)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let program = compile(tmp.path(), name, source);
+    let mut command = Command::new(&program);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped());
+    // SAFETY: only close_range (async-signal-safe) runs between fork and
+    // exec. The harness's own descriptors would make the capture refuse.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let mut original = command.spawn().unwrap();
+    let mut out = BufReader::new(original.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n", "{name}: {line}");
+    let snap = tmp.path().join(format!("{name}.snap"));
+    let snapshot = thaw()
+        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    if !snapshot.status.success() {
+        original.kill().unwrap();
+        original.wait().unwrap();
+        panic!(
+            "{name}: thaw snapshot: {}",
+            String::from_utf8_lossy(&snapshot.stderr)
+        );
+    }
+    let mut results = Vec::new();
+    for mode in ["mmap", "uffd"] {
+        let mut copy = thaw()
+            .args(["restore", "--mode", mode])
+            .arg(&snap)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        copy.stdin.as_mut().unwrap().write_all(b"g").unwrap();
+        let mut rest = String::new();
+        copy.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut rest)
+            .unwrap();
+        let status = copy.wait().unwrap();
+        results.push((mode.to_string(), rest, status.code().unwrap_or(-1)));
+    }
+    original.stdin.as_mut().unwrap().write_all(b"o").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = original.wait().unwrap();
+    results.push(("original".into(), rest, status.code().unwrap_or(-1)));
+    results
+}
+
+fn assert_all_ok(name: &str, results: Vec<(String, String, i32)>) {
+    for (who, printed, code) in &results {
+        println!("{name} ({who}): exit {code}: {}", printed.trim());
+    }
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(_, printed, code)| printed != "ok\n" || *code != 0)
+        .collect();
+    assert!(failed.is_empty(), "{name}: {failed:#?}");
+}
+
+/// Anonymous shared memory a parent and its child map, captured as a tree:
+/// in each copy the two see each other's writes; no copy sees another's,
+/// and the original sees none of theirs.
+#[test]
+fn a_trees_anonymous_shared_memory_is_shared_in_each_copy_in_both_modes() {
+    if !prerequisites() {
+        return;
+    }
+    assert_all_ok(
+        "shared_tree",
+        run("shared_tree", include_str!("c/shared_tree.c")),
+    );
+}
