@@ -47,13 +47,14 @@ fn prerequisites() -> bool {
     true
 }
 
-/// Runs program `name` to its "ready", captures it and restores the
-/// snapshot once per memory mode (each copy is sent `g`), then sends the
-/// original `o`. Returns what each printed after it was let go, with its
-/// exit code: the copies' (by mode), then the original's.
-fn run(name: &str, source: &str) -> Vec<(String, String, i32)> {
-    let tmp = tempfile::tempdir().unwrap();
-    let program = compile(tmp.path(), name, source);
+/// Starts program `name` (compiled in `dir`) with its stdin and stdout
+/// piped and reads its "ready".
+fn start(
+    dir: &Path,
+    name: &str,
+    source: &str,
+) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let program = compile(dir, name, source);
     let mut command = Command::new(&program);
     command.stdin(Stdio::piped()).stdout(Stdio::piped());
     // SAFETY: only close_range (async-signal-safe) runs between fork and
@@ -69,6 +70,16 @@ fn run(name: &str, source: &str) -> Vec<(String, String, i32)> {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "ready\n", "{name}: {line}");
+    (original, out)
+}
+
+/// Runs program `name` to its "ready", captures it and restores the
+/// snapshot once per memory mode (each copy is sent `g`), then sends the
+/// original `o`. Returns what each printed after it was let go, with its
+/// exit code: the copies' (by mode), then the original's.
+fn run(name: &str, source: &str) -> Vec<(String, String, i32)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut original, mut out) = start(tmp.path(), name, source);
     let snap = tmp.path().join(format!("{name}.snap"));
     let snapshot = thaw()
         .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
@@ -133,4 +144,65 @@ fn a_trees_anonymous_shared_memory_is_shared_in_each_copy_in_both_modes() {
         "shared_tree",
         run("shared_tree", include_str!("c/shared_tree.c")),
     );
+}
+
+/// System V shared memory of one process: a private segment attached in
+/// three areas (an mprotect in the middle), a keyed one attached twice
+/// (once read-only), a removed one: each copy (its own IPC namespace) finds
+/// them with their ids, key, size, mode, owner and content, writable where
+/// they were and shared with a child; the original sees no copy's write.
+#[test]
+fn system_v_shared_memory_comes_back_in_each_copy_in_both_modes() {
+    if !prerequisites() {
+        return;
+    }
+    assert_all_ok("sysv", run("sysv", include_str!("c/sysv.c")));
+}
+
+/// A System V segment another process (here the test) attaches too is
+/// refused, naming the segment: a copy could not share it with that
+/// process.
+#[test]
+fn a_system_v_segment_attached_outside_the_process_is_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut original, mut out) = start(tmp.path(), "sysv", include_str!("c/sysv.c"));
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", original.id())).unwrap();
+    let id: i32 = maps
+        .lines()
+        .find(|l| l.contains(" /SYSV"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|n| n.parse().ok())
+        .expect("a System V attachment in the maps");
+    // SAFETY: a read-only attachment of the program's segment, detached
+    // below; nothing reads through it.
+    let at = unsafe { libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY) };
+    assert_ne!(
+        at as isize,
+        -1,
+        "shmat: {}",
+        std::io::Error::last_os_error()
+    );
+    let snap = tmp.path().join("sysv.snap");
+    let snapshot = thaw()
+        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    // SAFETY: detaches the attachment made above.
+    unsafe { libc::shmdt(at) };
+    let stderr = String::from_utf8_lossy(&snapshot.stderr).to_string();
+    original.stdin.as_mut().unwrap().write_all(b"o").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    original.wait().unwrap();
+    assert!(!snapshot.status.success(), "the capture was not refused");
+    assert!(
+        stderr.contains(&format!("System V shared memory segment {id} (key "))
+            && stderr.contains(") attached 1 more time(s) outside the captured process)"),
+        "{stderr}"
+    );
+    assert_eq!(rest, "ok\n", "the original after the refused capture");
 }

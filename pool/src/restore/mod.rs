@@ -37,8 +37,8 @@
 //! in the order `drive` restores them (docs/restore.md, "Order of the
 //! restore"): [`memory`] (with [`anon`] in mmap mode, [`uffd`] in uffd
 //! mode, [`stacks`]: which areas mmap mode copies, [`shared`]: anonymous
-//! shared memory), [`mm`], [`fds`] (with [`kobj`], [`inotify`] and
-//! [`socket`]), [`signals`], [`process`], [`thread`], [`timers`],
+//! shared memory, [`sysv`]: System V shared memory), [`mm`], [`fds`] (with
+//! [`kobj`], [`inotify`] and [`socket`]), [`signals`], [`process`], [`thread`], [`timers`],
 //! [`pending`], [`credentials`], [`seccomp`].
 
 pub mod anon;
@@ -59,6 +59,7 @@ pub mod signals;
 pub mod socket;
 pub mod spawn;
 pub mod stacks;
+pub mod sysv;
 pub mod thread;
 pub mod timers;
 pub mod tree;
@@ -1215,6 +1216,7 @@ fn restore_memory(
         &image.file,
         ctx.view.layout,
     )?;
+    sysv::restore(remote, areas, ctx.view.areas, &image.file, ctx.view.layout)?;
     timings.batch = started.elapsed();
     let mut server = None;
     let mut uffd_in_stub = None;

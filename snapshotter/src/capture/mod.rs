@@ -39,7 +39,7 @@
 //! state type's module (`state::X`) and its restore (`pool::restore::X`):
 //! [`signals`], [`mm`], [`process`], [`memory`] (with [`maps`], [`areas`],
 //! [`pagemap`]), [`fds`] (with [`kobj`], [`inotify`], [`unixpair`]), [`thread`],
-//! [`seccomp`], [`timers`], [`pending`], [`shared`], [`tree`].
+//! [`seccomp`], [`timers`], [`pending`], [`shared`], [`sysv`], [`tree`].
 
 pub mod areas;
 pub mod fds;
@@ -59,6 +59,7 @@ pub mod seccomp;
 pub mod shared;
 pub mod signals;
 pub mod socket;
+pub mod sysv;
 pub mod thread;
 pub mod timers;
 pub mod tree;
@@ -338,6 +339,7 @@ fn capture_held(
     let mut areas = areas::classify(pid, &entries)?;
     areas::link_memfd_areas(pid, &fds, &areas)?;
     shared::check_unshared(pid, tree, &areas)?;
+    sysv::describe(pid, tree, &mut areas)?;
     let (main, _) = held
         .split_first_mut()
         .expect("stop_all holds the main thread");
@@ -416,6 +418,8 @@ fn plan_pages(
         let mut ranges = Vec::new();
         if shared::is_shared_anonymous_area(area) {
             ranges = shared::ranges(pid, area)?;
+        } else if sysv::is_sysv(area) {
+            ranges = sysv::ranges(pid, area)?;
         } else {
             pagemap.private_ranges(area.start, area.end, &mut ranges)?;
         }

@@ -100,7 +100,7 @@ pub fn check_unshared(pid: i32, tree: &[i32], areas: &[MemoryArea]) -> Result<()
                         end: area.end,
                         name: format!(
                             "anonymous shared memory also mapped by pid {other}, outside the captured process{}",
-                            if tree.is_empty() { "" } else { " tree" }
+                            if tree.len() > 1 { " tree" } else { "" }
                         ),
                     },
                 ));
