@@ -141,7 +141,9 @@ pub enum Pseudo {
 impl MapsEntry {
     /// Classifies the path column.
     pub fn pseudo(&self) -> Pseudo {
-        if self.inode != 0 {
+        // A System V segment's inode is its id, 0 for the first one of an
+        // IPC namespace.
+        if self.inode != 0 || self.path.starts_with("/SYSV") {
             return Pseudo::File;
         }
         match self.path.as_str() {
