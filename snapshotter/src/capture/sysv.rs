@@ -174,21 +174,21 @@ pub fn describe(pid: i32, tree: &[i32], areas: &mut [MemoryArea]) -> Result<(), 
             },
         ))
     };
-    for i in 0..areas.len() {
-        let AreaKind::SysvShm(placeholder) = areas[i].kind else {
+    for area in areas.iter_mut() {
+        let AreaKind::SysvShm(placeholder) = area.kind else {
             continue;
         };
         let id = placeholder.id;
         let Some(line) = lines.get(&id) else {
             return refuse(
-                &areas[i],
+                area,
                 format!("System V shared memory segment {id}, not in /proc/sysvipc/shm"),
             );
         };
         let ours = mappings_in(&own, id);
         if line.nattch > ours {
             return refuse(
-                &areas[i],
+                area,
                 format!(
                     "System V shared memory segment {id} (key {:#x}) attached {} more time(s) outside the captured process{}",
                     line.segment.key as u32,
@@ -197,7 +197,7 @@ pub fn describe(pid: i32, tree: &[i32], areas: &mut [MemoryArea]) -> Result<(), 
                 ),
             );
         }
-        areas[i].kind = AreaKind::SysvShm(line.segment);
+        area.kind = AreaKind::SysvShm(line.segment);
     }
     check_whole(pid, areas)
 }
