@@ -272,6 +272,58 @@ pub(crate) fn push_run(runs: &mut Vec<PageRun>, first: u64, count: u64, kind: Pa
 mod tests {
     use super::*;
 
+    fn sysv_area(start: u64, pages: u64, offset: u64, id: i32) -> MemoryArea {
+        MemoryArea {
+            start,
+            end: start + pages * PAGE_SIZE,
+            prot: Protection {
+                read: true,
+                write: true,
+                exec: false,
+            },
+            shared: true,
+            offset,
+            path: Some("/SYSV00000000".into()),
+            deleted: true,
+            maps_dev: 1,
+            inode: id as u64,
+            file: None,
+            kind: AreaKind::SysvShm(SysvSegment {
+                id,
+                key: 0,
+                size: 3 * PAGE_SIZE,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+            }),
+            pages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn sysv_attachments_join_the_areas_of_one_shmat() {
+        let p = PAGE_SIZE;
+        let areas = [
+            // One attachment split by an mprotect.
+            sysv_area(0x10000, 1, 0, 7),
+            sysv_area(0x10000 + p, 1, p, 7),
+            sysv_area(0x10000 + 2 * p, 1, 2 * p, 7),
+            // The same segment attached again right after: offsets restart.
+            sysv_area(0x10000 + 3 * p, 3, 0, 7),
+            // Another segment.
+            sysv_area(0x20000, 3, 0, 8),
+        ];
+        assert_eq!(
+            sysv_attachments(&areas),
+            vec![vec![0, 1, 2], vec![3], vec![4]]
+        );
+        let AreaKind::SysvShm(s) = areas[0].kind else {
+            unreachable!()
+        };
+        assert_eq!(s.mapped_len(), 3 * p);
+        assert!(!s.removed());
+    }
+
     #[test]
     fn runs_merge_when_contiguous_and_same_kind() {
         let mut runs = Vec::new();
