@@ -206,3 +206,69 @@ fn a_system_v_segment_attached_outside_the_process_is_refused() {
     );
     assert_eq!(rest, "ok\n", "the original after the refused capture");
 }
+
+/// A process that unmapped part of an attachment: thaw attaches whole
+/// segments, so the capture is refused, naming the segment and the part.
+const PARTIAL: &str = r#"
+#include "common.h"
+#include <sys/ipc.h>
+#include <sys/shm.h>
+int main(void) {
+    int id = shmget(IPC_PRIVATE, 3 * 4096, 0600);
+    CHECK(id >= 0);
+    char *p = shmat(id, NULL, 0);
+    CHECK(p != (void *)-1);
+    CHECK(shmctl(id, IPC_RMID, NULL) == 0);
+    p[0] = 1;
+    CHECK(munmap(p + 2 * 4096, 4096) == 0);
+    printf("%d\n", id);
+    ready();
+    CHECK(p[0] == 1);
+    return ok();
+}
+"#;
+
+#[test]
+fn a_partly_unmapped_system_v_attachment_is_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let program = compile(tmp.path(), "partial", PARTIAL);
+    let mut command = Command::new(&program);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped());
+    // SAFETY: only close_range (async-signal-safe) runs between fork and
+    // exec. The harness's own descriptors would make the capture refuse.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let mut original = command.spawn().unwrap();
+    let mut out = BufReader::new(original.stdout.take().unwrap());
+    let mut id = String::new();
+    out.read_line(&mut id).unwrap();
+    let mut ready = String::new();
+    out.read_line(&mut ready).unwrap();
+    assert_eq!(ready, "ready\n");
+    let snapshot = thaw()
+        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
+        .arg(tmp.path().join("partial.snap"))
+        .output()
+        .unwrap();
+    original.stdin.as_mut().unwrap().write_all(b"o").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    original.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&snapshot.stderr);
+    assert!(!snapshot.status.success(), "the capture was not refused");
+    assert!(
+        stderr.contains(&format!(
+            "System V shared memory segment {} attached in part (bytes 0x0-0x2000 of 0x3000); thaw re-attaches whole segments",
+            id.trim()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(rest, "ok\n", "the original after the refused capture");
+}
