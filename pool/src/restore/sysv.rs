@@ -8,8 +8,10 @@
 //! ```text
 //! per segment, from a thread of the restorer that joined the copy's IPC
 //! namespace (setns on /proc/STUB/ns/ipc):
-//!   shmctl(id, IPC_STAT)        there already: made by another process of
-//!                               the tree, which filled it; skip to attach
+//!   shmctl(id, IPC_STAT)        there already: made by this restorer for
+//!                               another process of the tree (its creator
+//!                               pid is ours), which filled it: skip to
+//!                               attach; made by anyone else: an error
 //!   /proc/sys/kernel/shm_next_id = id   (the namespace's next id, once)
 //!   shmget(key, size, IPC_CREAT | IPC_EXCL | mode)  -> must be id
 //!   shmat here, every stored page copied in from the image, shmdt
@@ -87,7 +89,16 @@ fn make_here(
     let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
     // SAFETY: shmctl with a pointer to `ds`, valid for the call.
     if unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } == 0 {
-        return Ok(());
+        // Made by this restorer for another process of the tree: attach
+        // it. Anything else in a namespace that should be the copy's
+        // alone is an error, never a segment to share.
+        if ds.shm_cpid as u32 == std::process::id() {
+            return Ok(());
+        }
+        return Err(RestoreError::Unsupported(format!(
+            "System V segment {id} exists already in the copy's IPC namespace (made by pid {}); the copy's namespace must be its own",
+            ds.shm_cpid
+        )));
     }
     std::fs::write("/proc/sys/kernel/shm_next_id", id.to_string())
         .map_err(io("write /proc/sys/kernel/shm_next_id".into()))?;
