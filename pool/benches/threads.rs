@@ -5,7 +5,15 @@
 //! medians and the ratio 16 threads / 1 thread (goal: within 1.5x each),
 //! for capture (`snapshot_to_dir`), and for restore and restore to the
 //! first answer in mmap and uffd mode, with the median of every restore
-//! phase for 1 and 16 threads (issue 16: the restore phases with threads).
+//! phase for 1 and 16 threads (issue 16: the restore phases with threads)
+//! and of the time outside the phases (loading the snapshot, and the
+//! restorer's wait for a CPU once the copy's threads run again).
+//!
+//! Both programs have the same memory; the 16-thread one differs only by
+//! its threads (each with its stack, TLS and rseq area, waiting on the
+//! same condition variable). The machine this runs on is usually shared:
+//! compare two builds by running them alternately in one window (docs/
+//! restore.md, "Threads"), never against figures taken at another time.
 //!
 //! `cargo bench -p pool --bench threads` (needs root and a C compiler).
 
@@ -148,11 +156,44 @@ fn main() {
                 assert_eq!(copy.child.wait().unwrap(), 0);
             }
         }
-        let r: Vec<Duration> = restore.into_iter().map(median).collect();
+        if std::env::var_os("THREADS_BENCH_ROUNDS").is_some() {
+            for (k, (name, _)) in kinds.iter().enumerate() {
+                for t in &phases[k] {
+                    println!(
+                        "  round {name}: stub {:.3} mappings {:.3} state {:.3} (threads {:.3}) resume {:.3}",
+                        ms(t.stub),
+                        ms(t.mappings),
+                        ms(t.state),
+                        ms(t.threads),
+                        ms(t.resume)
+                    );
+                }
+            }
+        }
+        let r: Vec<Duration> = restore.iter().cloned().map(median).collect();
         let a: Vec<Duration> = answer.into_iter().map(median).collect();
-        println!("== {mode:?} restore (median of {ROUNDS}, ms): restore, first answer");
+        // Outside the phases: loading the snapshot, and what the restorer
+        // waits for once the copy's threads run again (on 2 CPUs they
+        // compete with it; in uffd mode with the page server too).
+        let outside: Vec<Duration> = (0..2)
+            .map(|k| {
+                median(
+                    restore[k]
+                        .iter()
+                        .zip(&phases[k])
+                        .map(|(r, t)| r.saturating_sub(t.total()))
+                        .collect(),
+                )
+            })
+            .collect();
+        println!("== {mode:?} restore (median of {ROUNDS}, ms): restore, first answer, outside the phases");
         for (k, (name, _)) in kinds.iter().enumerate() {
-            println!("  {name:10} {:8.3} {:8.3}", ms(r[k]), ms(a[k]));
+            println!(
+                "  {name:10} {:8.3} {:8.3} {:8.3}",
+                ms(r[k]),
+                ms(a[k]),
+                ms(outside[k])
+            );
         }
         for (k, (name, _)) in kinds.iter().enumerate() {
             let pick = |f: fn(&pool::restore::RestoreTimings) -> Duration| {

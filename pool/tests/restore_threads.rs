@@ -79,6 +79,22 @@ fn thirty_two_threads_keep_their_ids_tls_and_masks() {
         .unwrap();
     assert_eq!(area.kind, snapshotter::state::AreaKind::Anonymous);
     assert!(!stacks.contains(&index), "the freed area is not a stack");
+    // uffd mode writes the live threads' stacks (with their guards) before
+    // the resume instead of serving them: every one of the 32 is found, and
+    // nothing that is not a thread stack.
+    let live = pool::restore::thread::live_stacks(&snapshot.state, &snapshot.areas);
+    assert!(live.len() >= 32, "{} live stack areas", live.len());
+    assert!(!live.contains(&index), "the freed area is not a live stack");
+    assert!(
+        live.iter().all(|i| stacks.contains(i)),
+        "live stacks are thread stack areas"
+    );
+    // ... and fills the futex words of the threads captured waiting
+    // (untimed and timed futex waits, condition variables) before the
+    // resume.
+    let words = pool::restore::thread::restart_pages(&snapshot.state);
+    assert!(!words.is_empty(), "futex words of the waiting threads");
+    assert!(words.windows(2).all(|w| w[0] < w[1]), "sorted, once each");
     for mode in [Mode::Mmap, Mode::Uffd] {
         let mut copy = restore_with_pipes(&snap, mode);
         let host = copy.child.pid();

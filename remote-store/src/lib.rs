@@ -26,6 +26,8 @@
 //!   index, the snapshot object last; resumable (`push.rs`).
 //! - [`pull_snapshot`]: download what the local store lacks, in ranged reads,
 //!   every page verified by blake3 of its plaintext (`pull.rs`).
+//! - [`open_lazy`]: a page source for a lazy `uffd` restore that fetches
+//!   the pages the copy needs as it needs them (`lazy.rs`).
 //! - [`RemoteStore::status`], [`RemoteStore::snapshot_status`]: what is there.
 //! - [`RemoteStore::put_blob`], [`RemoteStore::get_blob`]: records and code.
 //!
@@ -36,6 +38,7 @@
 mod bucket;
 mod index;
 pub mod key;
+mod lazy;
 mod local;
 mod manifest;
 mod pull;
@@ -48,6 +51,7 @@ pub use bucket::{
 };
 pub use index::{BucketIndex, PageLoc};
 pub use key::{KeyError, Kind, StoreKey};
+pub use lazy::{open_lazy, LazyError, LazyReport, LazySnapshot, LazySource};
 pub use local::LocalSnapshot;
 pub use manifest::{RemotePage, RemoteSnapshot, REMOTE_SNAPSHOT_FORMAT};
 pub use object_store::aws::AmazonS3Builder;

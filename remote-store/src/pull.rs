@@ -104,21 +104,24 @@ pub enum PullError {
 
 /// A ranged read: slots `first..end` of pack `pack`, of which `wanted`
 /// (slot, hash) are needed.
-struct Range {
-    pack: u32,
-    first: u32,
-    end: u32,
-    wanted: Vec<(u32, PageHash)>,
+pub(crate) struct Range {
+    pub(crate) pack: u32,
+    pub(crate) first: u32,
+    pub(crate) end: u32,
+    pub(crate) wanted: Vec<(u32, PageHash)>,
 }
 
-fn ranges(mut by_pack: BTreeMap<u32, Vec<(u32, PageHash)>>) -> Vec<Range> {
+/// The ranged reads of the slots `by_pack` lists: runs of slots merged
+/// when at most `gap` unneeded slots lie between them, at most
+/// [`RANGE_SLOTS`] slots a read.
+pub(crate) fn ranges(mut by_pack: BTreeMap<u32, Vec<(u32, PageHash)>>, gap: u32) -> Vec<Range> {
     let mut out = Vec::new();
     for (pack, slots) in by_pack.iter_mut() {
         slots.sort_unstable_by_key(|(s, _)| *s);
         let mut current: Option<Range> = None;
         for &(slot, hash) in slots.iter() {
             match &mut current {
-                Some(r) if slot <= r.end + MERGE_GAP && slot + 1 - r.first <= RANGE_SLOTS => {
+                Some(r) if slot <= r.end + gap && slot + 1 - r.first <= RANGE_SLOTS => {
                     r.end = slot + 1;
                     r.wanted.push((slot, hash));
                 }
@@ -200,7 +203,7 @@ pub async fn pull_snapshot(
             .ok_or_else(|| invalid(format!("page {hash} has no location")))?;
         by_pack.entry(pack).or_default().push((slot, *hash));
     }
-    let ranges = ranges(by_pack);
+    let ranges = ranges(by_pack, MERGE_GAP);
     report.ranges = ranges.len() as u64;
 
     // One writer, fed as ranges arrive.
@@ -284,7 +287,7 @@ pub async fn pull_snapshot(
 
 /// Reads one range, decrypts it and checks every wanted page; returns the
 /// count and the wanted pages back to back.
-async fn fetch_range(
+pub(crate) async fn fetch_range(
     remote: &RemoteStore,
     pack: &str,
     range: &Range,
@@ -340,7 +343,7 @@ mod tests {
         let mut by_pack = BTreeMap::new();
         by_pack.insert(0, vec![(5, h(1)), (0, h(2)), (9, h(3)), (40, h(4))]);
         by_pack.insert(1, vec![(0, h(5))]);
-        let r = ranges(by_pack);
+        let r = ranges(by_pack, MERGE_GAP);
         let spans: Vec<(u32, u32, u32, usize)> = r
             .iter()
             .map(|r| (r.pack, r.first, r.end, r.wanted.len()))
@@ -348,7 +351,7 @@ mod tests {
         assert_eq!(spans, vec![(0, 0, 10, 3), (0, 40, 41, 1), (1, 0, 1, 1)]);
         let mut by_pack = BTreeMap::new();
         by_pack.insert(0, (0..600).map(|s| (s, h(0))).collect());
-        let r = ranges(by_pack);
+        let r = ranges(by_pack, MERGE_GAP);
         assert!(r.iter().all(|r| r.end - r.first <= RANGE_SLOTS));
         assert_eq!(r.iter().map(|r| r.wanted.len()).sum::<usize>(), 600);
     }

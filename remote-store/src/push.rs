@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! 1. refresh the bucket index (list packidx/, read new pack indexes)
-//! 2. the snapshot's distinct stored pages the index lacks, sorted, cut
-//!    into packs of PACK_PAGES; for each pack (PACKS_IN_FLIGHT at once):
+//! 2. the snapshot's distinct stored pages the index lacks, in upload
+//!    order (the working set's first, then address order: a lazy restore
+//!    reads them in few ranged reads), cut into packs of PACK_PAGES; for each pack (PACKS_IN_FLIGHT at once):
 //!      read and verify its pages from the local store, encrypt,
 //!      PUT packs/<name>, then PUT packidx/<name> (the pack's commit)
 //! 3. PUT workingsets/<name> if the snapshot has one and the bucket's differs
@@ -141,6 +142,11 @@ pub async fn push_snapshot(
             .copied()
             .collect()
     };
+    let working_set = std::fs::read(&local.working_set)
+        .ok()
+        .and_then(|b| pool::restore::working_set::decode(&b, &local.working_set).ok())
+        .unwrap_or_default();
+    let missing = upload_order(&snapshot, &working_set, missing);
     let mut report = PushReport {
         remote_id: remote_id.to_string(),
         pages: hashes.len() as u64,
@@ -200,6 +206,52 @@ pub async fn push_snapshot(
         "snapshot uploaded"
     );
     Ok(report)
+}
+
+/// The order `missing` pages go into packs: those of the working set
+/// (saved addresses, first-touch order) first, then the rest in address
+/// order, so that a lazy restore reads the working set, and the pages
+/// around a fault, in few ranged reads (`lazy.rs`).
+fn upload_order(
+    snapshot: &snapshotter::snapshot::Snapshot,
+    working_set: &[u64],
+    missing: Vec<PageHash>,
+) -> Vec<PageHash> {
+    use snapshotter::store::PageSlot;
+    use std::collections::HashSet;
+    let wanted: HashSet<PageHash> = missing.iter().copied().collect();
+    // Every stored page with its saved address, in address order.
+    let mut by_address: Vec<(u64, PageHash)> = snapshot
+        .processes()
+        .flat_map(|(state, areas)| {
+            state.areas.iter().zip(areas).flat_map(|(area, pages)| {
+                pages
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(i, slot)| match slot {
+                        PageSlot::Hash(h) => Some((area.start + i as u64 * PAGE_SIZE as u64, h)),
+                        _ => None,
+                    })
+            })
+        })
+        .collect();
+    by_address.sort_unstable_by_key(|(a, _)| *a);
+    let at: std::collections::HashMap<u64, PageHash> = if working_set.is_empty() {
+        Default::default()
+    } else {
+        by_address.iter().copied().collect()
+    };
+    let mut seen = HashSet::with_capacity(wanted.len());
+    let mut out = Vec::with_capacity(missing.len());
+    let first = working_set
+        .iter()
+        .filter_map(|p| at.get(&(p & !(PAGE_SIZE as u64 - 1))).copied());
+    for hash in first.chain(by_address.iter().map(|(_, h)| *h)) {
+        if wanted.contains(&hash) && seen.insert(hash) {
+            out.push(hash);
+        }
+    }
+    out
 }
 
 /// Sends one pack and its index; returns its page count.

@@ -109,11 +109,23 @@ enum Command {
     /// Restore a snapshot directory as a running copy (stdio are this
     /// command's); exits with the copy's status (128 + signal if killed).
     Restore {
-        /// A directory written by `thaw snapshot`.
+        /// A directory written by `thaw snapshot`; with --remote-snapshot,
+        /// the folder (made if missing) whose page store caches what is
+        /// fetched and which holds the whole snapshot once the copy has
+        /// run (`thaw restore DIR` restores it locally then).
         dir: PathBuf,
-        /// How private memory is provided: mmap (image file) or uffd.
-        #[arg(long, default_value = "mmap")]
-        mode: pool::restore::Mode,
+        /// How private memory is provided: mmap (image file) or uffd
+        /// (default mmap; a remote snapshot is always restored with uffd).
+        #[arg(long)]
+        mode: Option<pool::restore::Mode>,
+        /// Restore the snapshot of this name in the shared store lazily:
+        /// the working set first, then what the copy touches, fetched by
+        /// ranged reads (docs/cluster.md, "Lazy restore"). A fetch that
+        /// fails before the copy resumes exits with 75.
+        #[arg(long)]
+        remote_snapshot: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Internal: the init of a sandbox (started by the server).
     #[command(hide = true)]
@@ -333,11 +345,164 @@ async fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Restore { dir, mode } => {
+        Command::Restore {
+            dir,
+            mode,
+            remote_snapshot: None,
+            ..
+        } => {
+            let mode = mode.unwrap_or(pool::restore::Mode::Mmap);
             let mut child = pool::restore::restore_process(&dir, mode)
                 .with_context(|| format!("restore of {}", dir.display()))?;
             Ok(child.wait()?)
         }
+        Command::Restore {
+            dir,
+            mode,
+            remote_snapshot: Some(name),
+            remote,
+        } => {
+            if mode.is_some_and(|m| m != pool::restore::Mode::Uffd) {
+                anyhow::bail!("a remote snapshot is restored in uffd mode only");
+            }
+            lazy_restore(&dir, &name, remote.settings()?).await
+        }
         Command::SandboxInit => unreachable!("handled before parsing"),
+    }
+}
+
+/// Exit code of `thaw restore --remote-snapshot` when fetching pages failed
+/// before the copy resumed (the copy never ran): EX_TEMPFAIL.
+const FETCH_FAILED_BEFORE_RESUME: i32 = 75;
+
+/// `thaw restore DIR --remote-snapshot NAME`: a lazy restore of snapshot
+/// NAME from the shared store, DIR's page store as the cache; then the rest
+/// of the snapshot into DIR. Prints a JSON report on stderr (`thaw: lazy
+/// restore {...}`) once the copy ended; exits with the copy's status.
+async fn lazy_restore(
+    dir: &std::path::Path,
+    name: &str,
+    settings: Option<server::remote::RemoteSettings>,
+) -> Result<i32> {
+    use pool::restore::{self, RestoreError, RestoreOptions};
+    use std::sync::Arc;
+    let settings = settings.context(
+        "no shared store: set --store-url or THAW_STORE_URL (./dev.sh s3 prints the exports)",
+    )?;
+    let remote = server::remote::connect(&settings)?;
+    let store_dir = dir.join("store");
+    std::fs::create_dir_all(&store_dir)
+        .with_context(|| format!("creating {}", store_dir.display()))?;
+    let store = Arc::new(
+        snapshotter::store::PageStore::open(&store_dir)
+            .with_context(|| format!("opening the page store {}", store_dir.display()))?,
+    );
+    let local_id = snapshotter::snapshot::DIR_SNAPSHOT_ID;
+    let started = std::time::Instant::now();
+    let lazy =
+        match remote_store::open_lazy(remote.clone(), name, local_id, Some(store.clone())).await {
+            Ok(lazy) => lazy,
+            Err(e @ remote_store::LazyError::Pull(remote_store::PullError::NotInBucket { .. })) => {
+                return Err(e.into())
+            }
+            Err(e) => {
+                eprintln!(
+                    "thaw: lazy restore of {name}: reading the snapshot from {} failed before \
+                 the copy resumed (it never ran): {:#}",
+                    remote.url(),
+                    anyhow::Error::from(e)
+                );
+                return Ok(FETCH_FAILED_BEFORE_RESUME);
+            }
+        };
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    let snapshot = lazy.snapshot;
+    let options = RestoreOptions {
+        mode: restore::Mode::Uffd,
+        fds: restore::stdio_fds(&snapshot),
+        cgroups: Vec::new(),
+        prefetch: lazy.working_set.clone(),
+        prefetch_in_background: false,
+        uffd_keeper: None,
+        credentials: restore::Credentials::Snapshot,
+    };
+    let source: Arc<dyn restore::page_source::PageSource> = lazy.source.clone();
+    let mut pages = None;
+    let restored = restore::prepare_lazily(&snapshot, Some(&store), source, dir, &options)
+        .and_then(|prepared| {
+            pages = prepared.lazy().cloned();
+            restore::restore_prepared(&snapshot, prepared, &options)
+        });
+    let mut child = match restored {
+        Ok(child) => child,
+        Err(e @ RestoreError::Fetch(_)) => {
+            eprintln!(
+                "thaw: lazy restore of {name}: fetching pages failed before the copy resumed \
+                 (it never ran): {:#}",
+                anyhow::Error::from(e)
+            );
+            return Ok(FETCH_FAILED_BEFORE_RESUME);
+        }
+        Err(e) => return Err(e).with_context(|| format!("lazy restore of {name}")),
+    };
+    let resumed_ms = started.elapsed().as_secs_f64() * 1e3;
+    let at_resume = lazy.source.report();
+    eprintln!("thaw: lazy restore of {name} resumed after {resumed_ms:.1} ms");
+    let (child, code) = tokio::task::spawn_blocking(move || {
+        let code = child.wait();
+        (child, code)
+    })
+    .await?;
+    // The rest of the snapshot, once the copy is done with the pages it
+    // needs (fetched ones are in the local store already).
+    let local = server::remote::local_snapshot(store.clone(), dir, local_id);
+    let completed = lazy.source.complete(&local).await;
+    let report = lazy.source.report();
+    // No working set in the bucket: what this copy needed becomes DIR's,
+    // for a later push (as the server records one from a first copy).
+    let mut working_set_recorded = 0;
+    if let (Ok(pull), Some(pages)) = (&completed, &pages) {
+        if !pull.working_set && code.is_ok() {
+            let filled = pages.filled_pages(&snapshot.state.areas);
+            let path = restore::working_set::path(dir, local_id);
+            restore::working_set::save(&path, &filled)
+                .with_context(|| format!("saving the working set {}", path.display()))?;
+            working_set_recorded = filled.len();
+        }
+    }
+    let stats = child.server_stats.clone().unwrap_or_default();
+    let value = serde_json::json!({
+        "snapshot": name,
+        "open_ms": open_ms,
+        "resumed_ms": resumed_ms,
+        "working_set_pages": report.working_set_pages,
+        "at_resume": {
+            "pages_fetched": at_resume.pages_fetched,
+            "ranges": at_resume.ranges,
+            "bytes_fetched": at_resume.bytes_fetched,
+        },
+        "pages_fetched": report.pages_fetched,
+        "ranges": report.ranges,
+        "bytes_fetched": report.bytes_fetched,
+        "bytes_metadata": report.bytes_metadata,
+        "fetches": report.fetches,
+        "faults": stats.faults,
+        "completed": completed.as_ref().is_ok(),
+        "completion_error": completed.as_ref().err().map(|e| format!("{e:#}")),
+        "completion_pages_fetched": completed.as_ref().ok().map(|r| r.pages_fetched),
+        "working_set_recorded": working_set_recorded,
+    });
+    eprintln!("thaw: lazy restore {value}");
+    match code {
+        Ok(code) => Ok(code),
+        // The page server failed (a fetch after the resume): it killed the
+        // copy, which never read a page it did not have.
+        Err(e) => {
+            eprintln!(
+                "thaw: lazy restore of {name}: the copy was killed: {:#}",
+                anyhow::Error::from(e)
+            );
+            Ok(128 + 9)
+        }
     }
 }

@@ -49,6 +49,7 @@ pub mod inotify;
 pub mod kobj;
 pub mod memory;
 pub mod mm;
+pub mod page_source;
 pub mod pending;
 pub mod process;
 pub mod remote;
@@ -254,6 +255,11 @@ pub enum RestoreError {
     /// Something the restorer cannot do yet.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A lazy restore's page source failed ([`page_source`]). Returned
+    /// by the restore: the copy never ran (the caller may boot instead).
+    /// After the resume the page server fails with it and kills the copy.
+    #[error("fetching pages from the page source failed: {0}")]
+    Fetch(#[source] page_source::PageSourceError),
 }
 
 /// A running copy. Dropping it kills the copy (if still running) and reaps
@@ -469,22 +475,7 @@ impl Drop for InitGuard {
 /// caller's. This is `thaw restore DIR`.
 pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreError> {
     let (snapshot, store) = open_snapshot_dir(dir)?;
-    // SAFETY: fds 0, 1 and 2 of this process stay open for the call.
-    let stdio = unsafe {
-        [
-            BorrowedFd::borrow_raw(0),
-            BorrowedFd::borrow_raw(1),
-            BorrowedFd::borrow_raw(2),
-        ]
-    };
-    let fds = (0..3)
-        .filter(|fd| {
-            snapshot
-                .processes()
-                .any(|(state, _)| state.fds.iter().any(|f| f.fd == *fd))
-        })
-        .map(|fd| (fd, stdio[fd as usize]))
-        .collect();
+    let fds = stdio_fds(&snapshot);
     restore(
         &snapshot,
         &store,
@@ -500,6 +491,28 @@ pub fn restore_process(dir: &Path, mode: Mode) -> Result<RestoredChild, RestoreE
     )
 }
 
+/// This process's stdin, stdout and stderr for the copy's fds 0, 1 and 2
+/// that the snapshot has (`thaw restore`: the copy's stdio are the
+/// command's).
+pub fn stdio_fds(snapshot: &Snapshot) -> Vec<(i32, BorrowedFd<'static>)> {
+    // SAFETY: fds 0, 1 and 2 stay open for the life of this process.
+    let stdio = unsafe {
+        [
+            BorrowedFd::borrow_raw(0),
+            BorrowedFd::borrow_raw(1),
+            BorrowedFd::borrow_raw(2),
+        ]
+    };
+    (0..3)
+        .filter(|fd| {
+            snapshot
+                .processes()
+                .any(|(state, _)| state.fds.iter().any(|f| f.fd == *fd))
+        })
+        .map(|fd| (fd, stdio[fd as usize]))
+        .collect()
+}
+
 /// Files and descriptors a restore needs, opened and checked in the
 /// restorer before the stub exists (see [`prepare`]).
 #[derive(Debug)]
@@ -507,6 +520,8 @@ pub struct Prepared {
     image: snapshotter::store::CachedImage,
     plan: fds::FdPlan,
     took: Duration,
+    /// A lazy restore ([`prepare_lazily`]): where missing pages come from.
+    lazy: Option<std::sync::Arc<page_source::LazyPages>>,
 }
 
 impl Prepared {
@@ -612,7 +627,64 @@ pub fn prepare_for_sandbox(
         image,
         plan,
         took: started.elapsed(),
+        lazy: None,
     })
+}
+
+/// [`prepare_for_sandbox`] of a lazy restore (`uffd` mode only, a single
+/// process): the image is made by [`page_source::LazyPages::new`] in
+/// `dir` from what `local` has, the pages the page server does not fill
+/// fetched from `source` now (a failure is [`RestoreError::Fetch`]).
+pub fn prepare_lazily_for_sandbox(
+    snapshot: &Snapshot,
+    local: Option<&PageStore>,
+    source: std::sync::Arc<dyn page_source::PageSource>,
+    dir: &Path,
+    options: &RestoreOptions<'_>,
+) -> Result<Prepared, RestoreError> {
+    if options.mode != Mode::Uffd {
+        return Err(RestoreError::Unsupported(
+            "a lazy restore from a page source needs uffd mode".into(),
+        ));
+    }
+    if !snapshot.children.is_empty() {
+        return Err(RestoreError::Unsupported(
+            "a lazy restore of a process tree".into(),
+        ));
+    }
+    let started = Instant::now();
+    let (lazy, image) = page_source::LazyPages::new(snapshot, local, source, dir)?;
+    let plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
+    Ok(Prepared {
+        image,
+        plan,
+        took: started.elapsed(),
+        lazy: Some(std::sync::Arc::new(lazy)),
+    })
+}
+
+/// [`prepare_lazily_for_sandbox`] for a restore without a sandbox (`thaw
+/// restore`): the files the copy names are opened here.
+pub fn prepare_lazily(
+    snapshot: &Snapshot,
+    local: Option<&PageStore>,
+    source: std::sync::Arc<dyn page_source::PageSource>,
+    dir: &Path,
+    options: &RestoreOptions<'_>,
+) -> Result<Prepared, RestoreError> {
+    let mut prepared = prepare_lazily_for_sandbox(snapshot, local, source, dir, options)?;
+    let started = Instant::now();
+    prepared.plan.open_here()?;
+    prepared.took += started.elapsed();
+    Ok(prepared)
+}
+
+impl Prepared {
+    /// A lazy restore: what its page source fetched so far, and what the
+    /// image still lacks.
+    pub fn lazy(&self) -> Option<&std::sync::Arc<page_source::LazyPages>> {
+        self.lazy.as_ref()
+    }
 }
 
 /// Restores `snapshot`, whose pages are in `store`.
@@ -624,9 +696,25 @@ pub fn restore(
     if !snapshot.children.is_empty() {
         return tree::restore_tree(snapshot, store, options);
     }
+    let prepared = prepare(snapshot, store, options)?;
+    restore_prepared(snapshot, prepared, options)
+}
+
+/// Restores `snapshot` (a single process) from what [`prepare`] or
+/// [`prepare_lazily`] made, without a sandbox.
+pub fn restore_prepared(
+    snapshot: &Snapshot,
+    prepared: Prepared,
+    options: &RestoreOptions<'_>,
+) -> Result<RestoredChild, RestoreError> {
     let state = &snapshot.state;
     let mut timings = RestoreTimings::default();
-    let Prepared { image, plan, took } = prepare(snapshot, store, options)?;
+    let Prepared {
+        image,
+        plan,
+        took,
+        lazy,
+    } = prepared;
     timings.plan = took;
 
     let started = Instant::now();
@@ -646,8 +734,12 @@ pub fn restore(
         keep_uffd: false,
         collect_uffds: None,
         shared_memfds: None,
+        lazy: lazy.as_ref(),
     };
     let server = drive(remote, &ctx, &mut timings)?;
+    if let Some(lazy) = &lazy {
+        lazy.set_resumed();
+    }
     let server = server.map(|(thread, _)| thread);
     drop(plan);
     guard.0 = None;
@@ -780,8 +872,12 @@ pub fn restore_into(
         keep_uffd: true,
         collect_uffds: None,
         shared_memfds: None,
+        lazy: prepared.lazy.as_ref(),
     };
     let server = drive(remote, &ctx, &mut timings)?;
+    if let Some(lazy) = &prepared.lazy {
+        lazy.set_resumed();
+    }
     Ok((
         timings,
         server.map(|(thread, live)| CopyServer {
@@ -847,6 +943,8 @@ pub(crate) struct Driving<'a, 'o> {
     /// the whole tree ([`shared::make_for_tree`]); `None`:
     /// [`restore_memory`] makes the process's own.
     pub(crate) shared_memfds: Option<&'a shared::SharedMemfds>,
+    /// A lazy restore: pages not in the image yet come from its source.
+    pub(crate) lazy: Option<&'a std::sync::Arc<page_source::LazyPages>>,
 }
 
 /// The uffd page server of a copy and what it has done so far.
@@ -1154,10 +1252,24 @@ fn restore_memory(
     };
     // mmap mode: the guard that keeps anonymous-memory semantics (refuses
     // the restore when it cannot).
+    // uffd mode: the live threads' stacks (a few pages each, touched as
+    // soon as a thread runs) are written too rather than served.
     let eager = match options.mode {
         Mode::Mmap if anon::enabled() => stacks::eager_areas(state, &image.file, &image.layout),
-        _ => Default::default(),
+        Mode::Mmap => Default::default(),
+        Mode::Uffd => thread::live_stacks(state, ctx.view.areas),
     };
+    // A lazy image holds only what was fetched: the areas written from it
+    // rather than served (shared memory's too: `shared`, `sysv`) must be
+    // fetched whole first.
+    if let Some(lazy) = ctx.lazy {
+        let written = areas.iter().enumerate().filter(|(_, a)| {
+            shared::is_shared_anonymous(a)
+                || matches!(a.kind, snapshotter::state::AreaKind::SysvShm(_))
+        });
+        lazy.ensure_areas(eager.iter().copied().chain(written.map(|(i, _)| i)))
+            .map_err(RestoreError::Fetch)?;
+    }
     let guard = match options.mode {
         Mode::Mmap if anon::enabled() => Some(anon::Guard::plan(
             state,
@@ -1249,8 +1361,17 @@ fn restore_memory(
                 None => send_to_keeper(keeper, std::slice::from_ref(&uffd))?,
             }
         }
-        let mut s =
-            uffd::PageServer::new(uffd, &image.file, ctx.view.layout, areas, ctx.view.areas)?;
+        let mut s = uffd::PageServer::new(
+            uffd,
+            &image.file,
+            ctx.view.layout,
+            areas,
+            ctx.view.areas,
+            &eager,
+        )?;
+        if let Some(lazy) = ctx.lazy {
+            s = s.with_lazy(lazy.clone());
+        }
         // rseq: the kernel writes the area on every return to user space;
         // each thread's page must hold the saved content before it is
         // registered.
@@ -1259,9 +1380,18 @@ fn restore_memory(
                 s.fill(r.address)?;
             }
         }
+        // The futex words the threads read as soon as they run again.
+        for page in thread::restart_pages(state) {
+            if s.covers(page) {
+                s.fill(page)?;
+            }
+        }
         s.prefetch(&options.prefetch);
+        // A lazy restore fetches the working set before the resume, in one
+        // call (large ranged reads), whether it is copied in now or later.
+        s.fetch_prefetch()?;
         if !options.prefetch_in_background {
-            s.prefetch_all();
+            s.prefetch_all()?;
         }
         server = Some(s);
     }

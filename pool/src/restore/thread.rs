@@ -8,8 +8,9 @@
 //!                 pid namespace, while the stub is privileged), no stack;
 //!                 each new thread runs its own table at once, untraced:
 //!                 every signal blocked, its scheduling (sched_in_batch),
-//!                 set_thread (set_tid_address, set_robust_list,
-//!                 sigaltstack, rseq, PR_SET_NAME), its credentials; then it
+//!                 set_new_thread (set_tid_address, set_robust_list,
+//!                 rseq; sigaltstack and PR_SET_NAME unless clone3 gave
+//!                 it those already), its credentials; then it
 //!                 parks in pause and the main thread, which waited for all
 //!                 of them, stops. No ptrace stop per thread until then.
 //! adopt           the new threads seized and interrupted all at once, then
@@ -19,6 +20,9 @@
 //! ```
 //!
 //! The credentials are set in every thread too ([`super::credentials`]).
+//! In uffd mode the live threads' stacks are written, not served
+//! ([`live_stacks`]), and the futex words of waiting threads filled before
+//! the resume ([`restart_pages`]).
 
 use snapshotter::state::{ProcessState, Restart, Rseq, Sched, ThreadState};
 
@@ -134,8 +138,37 @@ pub fn set_parent_death_signal(batch: &mut Batch, t: &ThreadState) {
 
 /// `set_tid_address`, `set_robust_list`, `sigaltstack`, rseq and the
 /// thread's name, in the batch of thread `t` (the memory of its rseq area
-/// must be in place).
+/// must be in place). For the main thread, which has the stub's.
 pub fn set_thread(batch: &mut Batch, t: &ThreadState) -> Result<(), RestoreError> {
+    set_thread_from(batch, t, None)
+}
+
+/// [`set_thread`] for a thread just made by `clone3` in the main thread
+/// (`main`, already set): what the clone gave it already is not set again.
+/// `clone3` with `CLONE_VM` (no `CLONE_VFORK`) starts it without an
+/// alternate signal stack, and with the main thread's name; a thread with
+/// neither of its own skips two calls (30 in a 16-thread copy).
+pub fn set_new_thread(
+    batch: &mut Batch,
+    t: &ThreadState,
+    main: &ThreadState,
+) -> Result<(), RestoreError> {
+    set_thread_from(batch, t, Some(main))
+}
+
+/// The thread's name as `PR_SET_NAME` takes it: at most 15 bytes and a NUL.
+fn comm(name: &str) -> Vec<u8> {
+    let mut comm = name.as_bytes().to_vec();
+    comm.truncate(15);
+    comm.push(0);
+    comm
+}
+
+fn set_thread_from(
+    batch: &mut Batch,
+    t: &ThreadState,
+    cloned_from: Option<&ThreadState>,
+) -> Result<(), RestoreError> {
     batch.call(
         "set_tid_address",
         libc::SYS_set_tid_address,
@@ -149,31 +182,36 @@ pub fn set_thread(batch: &mut Batch, t: &ThreadState) -> Result<(), RestoreError
         );
     }
     let stack = match t.alt_stack {
-        Some(s) => StackT {
+        Some(s) => Some(StackT {
             sp: s.sp,
             flags: s.flags,
             pad: 0,
             size: s.size,
-        },
-        None => StackT {
+        }),
+        // A new thread has none already.
+        None if cloned_from.is_some() => None,
+        None => Some(StackT {
             sp: 0,
             flags: libc::SS_DISABLE,
             pad: 0,
             size: 0,
-        },
+        }),
     };
-    let addr = batch.data(bytes_of(&stack))?;
-    batch.call("sigaltstack", libc::SYS_sigaltstack, [addr, 0, 0, 0, 0, 0]);
+    if let Some(stack) = stack {
+        let addr = batch.data(bytes_of(&stack))?;
+        batch.call("sigaltstack", libc::SYS_sigaltstack, [addr, 0, 0, 0, 0, 0]);
+    }
     register_rseq(batch, &t.rseq);
-    let mut comm = t.name.clone().into_bytes();
-    comm.truncate(15);
-    comm.push(0);
-    let addr = batch.data(&comm)?;
-    batch.call(
-        "prctl(PR_SET_NAME)",
-        libc::SYS_prctl,
-        [libc::PR_SET_NAME as u64, addr, 0, 0, 0, 0],
-    );
+    let comm = comm(&t.name);
+    // A new thread has the name of the thread that cloned it.
+    if cloned_from.is_none_or(|main| self::comm(&main.name) != comm) {
+        let addr = batch.data(&comm)?;
+        batch.call(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, addr, 0, 0, 0, 0],
+        );
+    }
     Ok(())
 }
 
@@ -266,7 +304,7 @@ pub fn restore_others(
             block_all_signals(&mut batch)?;
             super::pending::queue_for_thread(&mut batch, state.pid, t.tid, &t.pending)?;
             sched_in_batch(&mut batch, t, &inherited)?;
-            set_thread(&mut batch, t)?;
+            set_new_thread(&mut batch, t, &state.threads[0])?;
             super::credentials::set_credentials(&mut batch, state, credentials)?;
             set_parent_death_signal(&mut batch, t);
             timings.batched += batch.len() as u32;
@@ -506,6 +544,82 @@ pub fn set_sched(tid: i32, saved_tid: i32, s: &Sched) -> Result<(), RestoreError
         return Err(io(format!("sched_setaffinity of thread {saved_tid}")));
     }
     Ok(())
+}
+
+/// Most stored pages of a live thread's stack area [`live_stacks`] writes
+/// (1 MiB): an area holding a thread's stack pointer that holds more is
+/// not a plain thread stack (a runtime's heap its green threads' stacks
+/// live in) and stays lazy.
+pub const LIVE_STACK_PAGES: u64 = 256;
+
+/// uffd mode: the areas holding the stack pointer of a thread other than
+/// the main one (private anonymous read-write memory with at most
+/// [`LIVE_STACK_PAGES`] stored pages), and the `PROT_NONE` guard right
+/// below each. They are mapped anonymous and their stored pages written
+/// with the main stack's before any thread exists, instead of registered
+/// with the userfaultfd: a 16-thread copy then skips 30 `UFFDIO_REGISTER`
+/// calls and the filling of each thread's rseq page (its descriptor, TLS
+/// and rseq area sit at the top of its stack), and its threads take no
+/// fault on their stacks once they run. Plain anonymous memory keeps its
+/// own semantics (zeros after `MADV_DONTNEED`, as a thread's exit does).
+pub fn live_stacks(
+    state: &ProcessState,
+    pages: &[snapshotter::store::AreaPages],
+) -> std::collections::HashSet<usize> {
+    use snapshotter::state::AreaKind;
+    let areas = &state.areas;
+    let plain = |i: usize| areas[i].kind == AreaKind::Anonymous && !areas[i].shared;
+    let mut out = std::collections::HashSet::new();
+    for t in &state.threads[1..] {
+        let sp = t.registers.rsp;
+        let Some(i) = areas.iter().position(|a| (a.start..a.end).contains(&sp)) else {
+            continue;
+        };
+        let a = &areas[i];
+        let small = pages
+            .get(i)
+            .is_some_and(|p| p.counts().hashed <= LIVE_STACK_PAGES);
+        if !(plain(i) && a.prot.read && a.prot.write && small) {
+            continue;
+        }
+        out.insert(i);
+        if i > 0 {
+            let below = &areas[i - 1];
+            if plain(i - 1)
+                && below.end == a.start
+                && !below.prot.read
+                && !below.prot.write
+                && !below.prot.exec
+            {
+                out.insert(i - 1);
+            }
+        }
+    }
+    out
+}
+
+/// uffd mode: the pages a thread reads the moment it runs again, beyond
+/// its stack ([`live_stacks`]): the futex word of a thread captured in a
+/// `futex` call (`rdi`). An untimed wait re-enters the call, which reads the
+/// word at once; a timed one returns `EINTR` and glibc reads the word
+/// again. Filled before the resume, they spare a 16-thread copy's threads,
+/// all waking into the same lazy page, a round of faults through the page
+/// server while the restorer is finishing (measured with the threads
+/// bench: one such page, faulted by every thread right after the detach).
+/// Sorted, each page once.
+pub fn restart_pages(state: &ProcessState) -> Vec<u64> {
+    let mut pages: Vec<u64> = state
+        .threads
+        .iter()
+        .filter(|t| {
+            t.registers.orig_rax == libc::SYS_futex as u64
+                && t.registers.restart_pending() != Restart::None
+        })
+        .map(|t| t.registers.rdi & !(snapshotter::state::PAGE_SIZE - 1))
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    pages
 }
 
 /// Areas that hold (or held) thread stacks, for mmap mode: a glibc thread

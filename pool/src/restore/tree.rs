@@ -522,6 +522,7 @@ fn build(
             options: &child_options,
             stub_pidfd: pidfd.as_ref(),
             keep_uffd: b.sandboxed,
+            lazy: None,
             collect_uffds: collect,
             shared_memfds: Some(&memfds[index + 1]),
         };
@@ -536,6 +537,7 @@ fn build(
         options,
         stub_pidfd: Some(root_pidfd),
         keep_uffd: b.sandboxed,
+        lazy: None,
         collect_uffds: collect,
         shared_memfds: Some(&memfds[0]),
     };

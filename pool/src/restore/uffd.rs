@@ -36,8 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use snapshotter::state::{AreaKind, MemoryArea, PAGE_SIZE};
-use snapshotter::store::{AreaPages, ImageLayout, PageSlot};
+use snapshotter::store::{AreaPages, ImageLayout, PageRun};
 
+use super::page_source::LazyPages;
 use super::RestoreError;
 
 /// Pages copied at most per fault.
@@ -145,6 +146,8 @@ fn uffd_err(what: &str, source: std::io::Error) -> RestoreError {
 /// One area served lazily.
 #[derive(Debug, Clone)]
 struct Served {
+    /// Its index in the snapshot's areas.
+    area: usize,
     start: u64,
     end: u64,
     /// Offset of the area in the image.
@@ -188,6 +191,20 @@ pub fn is_lazy(area: &MemoryArea) -> bool {
     ) && !area.shared
 }
 
+/// Which pages of an area the image holds, walked by the list's runs (a
+/// thread's stack is 2,048 pages, most of them one zero run: page by page,
+/// a 16-thread copy's stacks cost ~30,000 steps).
+fn stored_pages(pages: &AreaPages) -> Vec<bool> {
+    let mut stored = Vec::with_capacity(pages.page_count() as usize);
+    for run in pages.runs() {
+        match run {
+            PageRun::Zero(n) | PageRun::File(n) => stored.resize(stored.len() + *n as usize, false),
+            PageRun::Hashes(h) => stored.resize(stored.len() + h.len(), true),
+        }
+    }
+    stored
+}
+
 /// The page server of one copy.
 #[derive(Debug)]
 pub struct PageServer {
@@ -213,6 +230,9 @@ pub struct PageServer {
     /// changing its map (`madvise`, `mremap`, `munmap`) and waits for the
     /// server to read that event; filled again after the next read.
     deferred: Vec<u64>,
+    /// A lazy restore: pages not in the image yet are fetched from its
+    /// source first ([`super::page_source`]).
+    lazy: Option<Arc<LazyPages>>,
 }
 
 /// What a running page server has done so far, shared with its owner: the
@@ -270,13 +290,17 @@ pub struct ServerReport {
 }
 
 impl PageServer {
-    /// Sets up `uffd` (pulled from the copy) for the copy's lazy areas.
+    /// Sets up `uffd` (pulled from the copy) for the copy's lazy areas,
+    /// but those of `written` (mapped anonymous and written before the copy
+    /// runs: the live threads' stacks, see
+    /// [`super::thread::live_stacks`]).
     pub fn new(
         uffd: OwnedFd,
         image: &std::fs::File,
         layout: &ImageLayout,
         areas: &[MemoryArea],
         pages: &[AreaPages],
+        written: &std::collections::HashSet<usize>,
     ) -> Result<PageServer, RestoreError> {
         let mut api = UffdioApi {
             api: UFFD_API,
@@ -299,7 +323,7 @@ impl PageServer {
         let stop = Arc::new(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(stop) });
         let mut served = Vec::new();
         for (index, area) in areas.iter().enumerate() {
-            if !is_lazy(area) {
+            if !is_lazy(area) || written.contains(&index) {
                 continue;
             }
             let mut reg = UffdioRegister {
@@ -310,11 +334,9 @@ impl PageServer {
             };
             ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &mut reg)
                 .map_err(|e| uffd_err(&format!("UFFDIO_REGISTER {:#x}", area.start), e))?;
-            let stored: Vec<bool> = pages[index]
-                .iter()
-                .map(|s| matches!(s, PageSlot::Hash(_)))
-                .collect();
+            let stored = stored_pages(&pages[index]);
             served.push(Served {
+                area: index,
                 start: area.start,
                 end: area.end,
                 image_offset: layout.areas[index].offset,
@@ -334,7 +356,44 @@ impl PageServer {
             live: Arc::new(LiveReport::default()),
             forked: false,
             deferred: Vec::new(),
+            lazy: None,
         })
+    }
+
+    /// Serves a lazy restore: pages not in the image yet are fetched from
+    /// `lazy`'s source before they are copied.
+    pub fn with_lazy(mut self, lazy: Arc<LazyPages>) -> PageServer {
+        self.lazy = Some(lazy);
+        self
+    }
+
+    /// Lazy restore: fetches every page of the prefetch list that is not
+    /// in the image yet, in one call of the source (which merges them into
+    /// large ranged reads), before the copy resumes.
+    pub fn fetch_prefetch(&mut self) -> Result<(), RestoreError> {
+        let Some(lazy) = &self.lazy else {
+            return Ok(());
+        };
+        let pages: Vec<(usize, usize)> = self
+            .prefetch
+            .iter()
+            .filter_map(|&p| {
+                let a = self.areas.iter().find(|a| (a.start..a.end).contains(&p))?;
+                Some((a.area, ((p - a.start) / PAGE_SIZE) as usize))
+            })
+            .collect();
+        lazy.ensure(&pages).map_err(RestoreError::Fetch)
+    }
+
+    /// Lazy restore: makes pages `index..index + count` of served area `a`
+    /// present in the image (fetching those that are not).
+    fn ensure(&self, a: usize, index: usize, count: usize) -> Result<(), RestoreError> {
+        let Some(lazy) = &self.lazy else {
+            return Ok(());
+        };
+        let area = self.areas[a].area;
+        let pages: Vec<(usize, usize)> = (index..index + count).map(|i| (area, i)).collect();
+        lazy.ensure(&pages).map_err(RestoreError::Fetch)
     }
 
     /// The server's live report (shared; see [`LiveReport`]).
@@ -354,18 +413,20 @@ impl PageServer {
     }
 
     /// Fills every page of the prefetch list now (before the copy runs).
-    pub fn prefetch_all(&mut self) {
+    pub fn prefetch_all(&mut self) -> Result<(), RestoreError> {
         while !self.prefetch.is_empty() {
-            self.prefetch_step();
+            self.prefetch_step()?;
         }
+        Ok(())
     }
 
     /// Fills up to [`PREFETCH_RUN`] pages from the prefetch list. Best
     /// effort: the copy runs meanwhile, so a page may be there already or
-    /// its range gone; such pages are skipped, never an error.
-    fn prefetch_step(&mut self) {
+    /// its range gone; such pages are skipped, never an error. A lazy
+    /// restore's fetch that fails is one.
+    fn prefetch_step(&mut self) -> Result<(), RestoreError> {
         let Some(page) = self.prefetch.pop() else {
-            return;
+            return Ok(());
         };
         let busy = |s: &PageServer, p: u64| {
             s.zeroed.iter().any(|&(a, b)| (a..b).contains(&p))
@@ -374,14 +435,14 @@ impl PageServer {
                     .any(|&(to, len, _)| (to..to + len).contains(&p))
         };
         if busy(self, page) {
-            return;
+            return Ok(());
         }
         let Some(a) = self
             .areas
             .iter()
             .position(|a| (a.start..a.end).contains(&page))
         else {
-            return;
+            return Ok(());
         };
         let area = &self.areas[a];
         let index = ((page - area.start) / PAGE_SIZE) as usize;
@@ -390,16 +451,29 @@ impl PageServer {
         // them costs no round trip to this server).
         let stored = area.stored.get(index).copied().unwrap_or(false);
         let mut count = 0;
+        // A lazy restore's run stops at a page not fetched yet: the list
+        // was fetched whole, the pages after it are left to their faults.
+        let fetched = |count: usize| {
+            count == 0
+                || self
+                    .lazy
+                    .as_ref()
+                    .is_none_or(|l| !l.missing(area.area, index + count))
+        };
         while count < PREFETCH_RUN
             && index + count < area.stored.len()
             && area.stored[index + count] == stored
             && !area.done[index + count]
             && !busy(self, page + (count as u64) * PAGE_SIZE)
+            && fetched(count)
         {
             count += 1;
         }
         if count == 0 {
-            return;
+            return Ok(());
+        }
+        if stored {
+            self.ensure(a, index, count)?;
         }
         let filled = if stored {
             let src_off = (area.image_offset + index as u64 * PAGE_SIZE) as usize;
@@ -427,6 +501,7 @@ impl PageServer {
         while self.prefetch.last().is_some_and(|&p| p < end) {
             self.prefetch.pop();
         }
+        Ok(())
     }
 
     /// Fills again the faults that met `EAGAIN` (those that meet it again
@@ -485,6 +560,8 @@ impl PageServer {
                 count += 1;
             }
         }
+        self.ensure(a, index, count)?;
+        let area = &self.areas[a];
         let src_off = (area.image_offset + index as u64 * PAGE_SIZE) as usize;
         let len = count as u64 * PAGE_SIZE;
         let src = &self.image[src_off..src_off + len as usize];
@@ -588,6 +665,7 @@ impl PageServer {
                     live: Arc::new(LiveReport::default()),
                     forked: true,
                     deferred: Vec::new(),
+                    lazy: self.lazy.clone(),
                 };
                 let end = self.stop.clone();
                 child.spawn_with(end, copy.clone());
@@ -704,7 +782,7 @@ impl PageServer {
             if n == 0 {
                 self.retry_deferred()?;
                 if !self.prefetch.is_empty() {
-                    self.prefetch_step();
+                    self.prefetch_step()?;
                 } else if self.forked && self.deferred.is_empty() && !self.process_alive()? {
                     return Ok(self.report);
                 }
@@ -815,5 +893,24 @@ mod tests {
         // Zeroed source part moves along.
         let z = remap_zeroed(&[(0x9000, 0xa000)], 0x8000, 0x20000, 0x4000);
         assert_eq!(z, vec![(0x9000, 0xa000), (0x21000, 0x22000)]);
+    }
+
+    #[test]
+    fn stored_pages_by_runs_match_the_page_list() {
+        use snapshotter::store::PageSlot;
+        let mut pages = AreaPages::new();
+        pages.push_zero(3);
+        pages.push_hash(snapshotter::store::PageHash([1; 32]));
+        pages.push_hash(snapshotter::store::PageHash([2; 32]));
+        pages.push_file(2);
+        pages.push_hash(snapshotter::store::PageHash([3; 32]));
+        pages.push_zero(2040);
+        let by_page: Vec<bool> = pages
+            .iter()
+            .map(|s| matches!(s, PageSlot::Hash(_)))
+            .collect();
+        assert_eq!(stored_pages(&pages), by_page);
+        assert_eq!(by_page.len(), 2048);
+        assert_eq!(by_page.iter().filter(|&&s| s).count(), 3);
     }
 }

@@ -1,0 +1,275 @@
+//! Lazy restore from somewhere else than the local store (issue 18): the
+//! pages a node lacks come from a [`PageSource`] (the shared store's
+//! implementation is `remote_store::LazySource`), fetched as the restore
+//! and then the copy need them.
+//!
+//! ```text
+//! prepare_lazily
+//!   image: an unlinked sparse file laid out as a store image
+//!          (ImageLayout), holding the pages the local store has
+//!   pages of areas the page server does not fill (stack, private pages
+//!   over files, shared memory): fetched now, in one call, written in
+//! restore (uffd mode only)
+//!   working set (RestoreOptions::prefetch): fetched in one call before
+//!   the copy resumes, written into the image, then copied in
+//!   a fault on a page not in the image: the page and the fault-around
+//!   run fetched (one call), written into the image, UFFDIO_COPY
+//! a fetch that fails before the resume: RestoreError::Fetch, the copy
+//! never ran; after it: the page server fails and kills the copy
+//! ```
+//!
+//! The source checks every page against its hash before handing it out:
+//! the server copies into the copy only what the snapshot names.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use snapshotter::snapshot::Snapshot;
+use snapshotter::state::PAGE_SIZE;
+use snapshotter::store::{AreaPages, CachedImage, ImageLayout, PageHash, PageSlot, PageStore};
+
+use super::RestoreError;
+
+/// Why a [`PageSource`] could not hand out pages (its own error, kept as
+/// the source).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct PageSourceError(pub Box<dyn std::error::Error + Send + Sync + 'static>);
+
+/// Where a lazy restore gets the pages the local store lacks. Called from
+/// the restorer's thread before the copy resumes and from the page
+/// server's thread after: blocking, and safe to call from any thread
+/// (inside an async runtime or not).
+pub trait PageSource: Send + Sync + std::fmt::Debug {
+    /// The pages `hashes`, back to back in that order (4096 bytes each),
+    /// every one checked against its hash.
+    fn fetch(&self, hashes: &[PageHash]) -> Result<Vec<u8>, PageSourceError>;
+}
+
+/// What the fetching of one lazy restore did (the source counts bytes and
+/// requests; see its own report).
+#[derive(Debug, Default)]
+pub struct FetchCounts {
+    /// Calls of [`PageSource::fetch`].
+    pub fetches: AtomicU64,
+    /// Pages fetched.
+    pub pages: AtomicU64,
+    /// Of which before the copy resumed.
+    pub before_resume: AtomicU64,
+}
+
+/// The image of a lazy restore and which of its pages are there.
+#[derive(Debug)]
+pub struct LazyPages {
+    source: Arc<dyn PageSource>,
+    /// The image, writable (the restore maps it read-only).
+    file: File,
+    layout: ImageLayout,
+    /// Per area, per page: its hash if the snapshot stores it.
+    hashes: Vec<Vec<Option<PageHash>>>,
+    /// Per area, per page: in the image.
+    present: Vec<Vec<AtomicBool>>,
+    /// Set once the copy resumed (counts fetches after it apart).
+    resumed: AtomicBool,
+    /// What was fetched.
+    pub counts: FetchCounts,
+}
+
+impl LazyPages {
+    /// Makes the image of `snapshot` (a single process) in `dir` (an
+    /// unlinked file), writes in the pages `local` has, and fetches the
+    /// pages of the areas the page server does not fill.
+    pub fn new(
+        snapshot: &Snapshot,
+        local: Option<&PageStore>,
+        source: Arc<dyn PageSource>,
+        dir: &Path,
+    ) -> Result<(LazyPages, CachedImage), RestoreError> {
+        let io = |what: String| move |source| RestoreError::Io { what, source };
+        let layout = ImageLayout::of(&snapshot.areas);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(dir)
+            .map_err(io(format!("create a lazy image in {}", dir.display())))?;
+        file.set_len(layout.size)
+            .map_err(io("size the lazy image".into()))?;
+        let hashes: Vec<Vec<Option<PageHash>>> = snapshot
+            .areas
+            .iter()
+            .map(|a: &AreaPages| {
+                a.iter()
+                    .map(|s| match s {
+                        PageSlot::Hash(h) => Some(h),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let present = hashes
+            .iter()
+            .map(|a| a.iter().map(|_| AtomicBool::new(false)).collect())
+            .collect();
+        let lazy = LazyPages {
+            source,
+            file,
+            layout,
+            hashes,
+            present,
+            resumed: AtomicBool::new(false),
+            counts: FetchCounts::default(),
+        };
+        if let Some(store) = local {
+            for (a, pages) in lazy.hashes.iter().enumerate() {
+                for (i, hash) in pages.iter().enumerate() {
+                    let Some(hash) = hash else { continue };
+                    if let Ok(page) = store.get(hash) {
+                        lazy.write(a, i, &page)?;
+                    }
+                }
+            }
+        }
+        // Areas the page server does not serve read the image directly.
+        let eager: Vec<(usize, usize)> = snapshot
+            .state
+            .areas
+            .iter()
+            .enumerate()
+            .filter(|(_, area)| !super::uffd::is_lazy(area))
+            .flat_map(|(a, _)| (0..lazy.hashes[a].len()).map(move |i| (a, i)))
+            .collect();
+        lazy.ensure(&eager).map_err(RestoreError::Fetch)?;
+        let image = CachedImage {
+            path: dir.to_path_buf(),
+            file: lazy
+                .file
+                .try_clone()
+                .map_err(io("dup the lazy image".into()))?,
+            layout: lazy.layout.clone(),
+            built: true,
+        };
+        Ok((lazy, image))
+    }
+
+    /// Offset in the image of page `index` of area `area`.
+    fn offset(&self, area: usize, index: usize) -> u64 {
+        self.layout.areas[area].offset + index as u64 * PAGE_SIZE
+    }
+
+    fn write(&self, area: usize, index: usize, page: &[u8]) -> Result<(), RestoreError> {
+        self.file
+            .write_all_at(page, self.offset(area, index))
+            .map_err(|source| RestoreError::Io {
+                what: "write a fetched page into the lazy image".into(),
+                source,
+            })?;
+        self.present[area][index].store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether page `index` of area `area` must be fetched before use.
+    pub(crate) fn missing(&self, area: usize, index: usize) -> bool {
+        self.hashes[area].get(index).is_some_and(|h| h.is_some())
+            && !self.present[area][index].load(Ordering::Acquire)
+    }
+
+    /// Fetches (one call of the source) the stored pages of `pages`
+    /// (area, page index) not in the image yet and writes them in.
+    pub(crate) fn ensure(&self, pages: &[(usize, usize)]) -> Result<(), PageSourceError> {
+        let mut wanted: Vec<(usize, usize)> = pages
+            .iter()
+            .copied()
+            .filter(|&(a, i)| self.missing(a, i))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let hashes: Vec<PageHash> = wanted
+            .iter()
+            .map(|&(a, i)| self.hashes[a][i].expect("missing pages are stored ones"))
+            .collect();
+        let bytes = self.source.fetch(&hashes)?;
+        if bytes.len() != hashes.len() * PAGE_SIZE as usize {
+            return Err(PageSourceError(
+                format!(
+                    "the page source returned {} bytes for {} pages",
+                    bytes.len(),
+                    hashes.len()
+                )
+                .into(),
+            ));
+        }
+        for (n, &(a, i)) in wanted.iter().enumerate() {
+            let page = &bytes[n * PAGE_SIZE as usize..(n + 1) * PAGE_SIZE as usize];
+            self.write(a, i, page)
+                .map_err(|e| PageSourceError(Box::new(e)))?;
+        }
+        self.counts.fetches.fetch_add(1, Ordering::Relaxed);
+        self.counts
+            .pages
+            .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+        if !self.resumed.load(Ordering::Relaxed) {
+            self.counts
+                .before_resume
+                .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// [`Self::ensure`] for every stored page of the areas `areas` (indices
+    /// into the snapshot's areas): areas the restore writes from the image
+    /// instead of serving, such as the live threads' stacks in uffd mode.
+    pub(crate) fn ensure_areas(
+        &self,
+        areas: impl IntoIterator<Item = usize>,
+    ) -> Result<(), PageSourceError> {
+        let pages: Vec<(usize, usize)> = areas
+            .into_iter()
+            .filter(|&a| a < self.hashes.len())
+            .flat_map(|a| (0..self.hashes[a].len()).map(move |i| (a, i)))
+            .collect();
+        self.ensure(&pages)
+    }
+
+    /// Marks the copy as resumed (later fetches count as after it).
+    pub(crate) fn set_resumed(&self) {
+        self.resumed.store(true, Ordering::Relaxed);
+    }
+
+    /// Saved addresses of the pages of the areas the page server fills
+    /// that are in the image now (what the copy needed so far, fault-around
+    /// runs included, and what the local store had), in address order: a
+    /// working set to record when the snapshot has none.
+    pub fn filled_pages(&self, areas: &[snapshotter::state::MemoryArea]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (a, area) in areas.iter().enumerate() {
+            if !super::uffd::is_lazy(area) || a >= self.present.len() {
+                continue;
+            }
+            for (i, present) in self.present[a].iter().enumerate() {
+                if present.load(Ordering::Acquire) {
+                    out.push(area.start + i as u64 * PAGE_SIZE);
+                }
+            }
+        }
+        out
+    }
+
+    /// Pages of the snapshot not in the image yet.
+    pub fn pages_missing(&self) -> u64 {
+        (0..self.hashes.len())
+            .map(|a| {
+                (0..self.hashes[a].len())
+                    .filter(|&i| self.missing(a, i))
+                    .count() as u64
+            })
+            .sum()
+    }
+}

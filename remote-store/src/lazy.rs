@@ -1,0 +1,466 @@
+//! Lazy restore from the bucket (issue 18): a page source for the `uffd`
+//! page server ([`pool::restore::page_source`]) that fetches the pages a
+//! node lacks by ranged reads of packs, as the restore and the copy need
+//! them, and keeps what it fetched in the local store as a cache.
+//!
+//! ```text
+//! open_lazy   GET snapshots/<name> (manifest + page locations),
+//!             GET workingsets/<name> (the pages to fetch first, if any)
+//! fetch(pages)  grouped by pack, runs of slots merged when at most
+//!             LAZY_GAP unneeded slots lie between (so at most twice the
+//!             bytes wanted are read), RANGES_IN_FLIGHT ranged GETs at once,
+//!             every slot decrypted and its page rehashed; the pages go
+//!             back to the page server and, on another thread, into the
+//!             local store (a writer commit per batch of CACHE_BATCH pages
+//!             or after CACHE_IDLE without pages: durable, atomic)
+//! complete    after the copy resumed: the rest of the snapshot pulled
+//!             into the local store (pull_snapshot: only what it lacks),
+//!             root, manifest and working set written, so later copies
+//!             restore locally in the configured mode
+//! ```
+//!
+//! The source runs its own small tokio runtime: the page server's thread
+//! and the restorer call [`LazySource::fetch`] synchronously, from inside
+//! an async runtime or not.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+use pool::restore::page_source::{PageSource, PageSourceError};
+use snapshotter::snapshot::{parse_snapshot, Snapshot};
+use snapshotter::store::{PageHash, PageStore, PAGE_SIZE};
+
+use crate::bucket::RemoteStore;
+use crate::key::Kind;
+use crate::local::LocalSnapshot;
+use crate::manifest::RemoteSnapshot;
+use crate::pull::{fetch_range, pull_snapshot, ranges, PullError, PullReport};
+use crate::seal;
+
+/// Unneeded slots read rather than starting another request: 1 keeps the
+/// bytes read at most twice the bytes wanted.
+pub const LAZY_GAP: u32 = 1;
+/// Ranged reads at once per fetch.
+pub const RANGES_IN_FLIGHT: usize = 16;
+/// Longest a fetch may take (the client's retries included) before it
+/// fails: the copy waiting on a fault is killed rather than hung.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pages gathered before the cache writes them into the local store (it
+/// writes sooner when no page came for [`CACHE_IDLE`]): a burst of fetches
+/// before a resume is not slowed by hashing and syncing on the side.
+const CACHE_BATCH: usize = 8192;
+/// Quiet time after which the cache writes what it gathered.
+const CACHE_IDLE: Duration = Duration::from_millis(200);
+
+/// Why a lazy restore could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LazyError {
+    /// The snapshot or its working set could not be read.
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    /// The working set in the bucket is not usable.
+    #[error("the working set of snapshot {id} in the bucket: {source}")]
+    WorkingSet {
+        /// The remote id.
+        id: String,
+        /// Why.
+        #[source]
+        source: pool::restore::working_set::WorkingSetError,
+    },
+    /// The source's runtime could not start.
+    #[error("starting the fetch runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// What a lazy restore fetched (the server turns it into metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LazyReport {
+    /// Pages fetched from packs (and verified).
+    pub pages_fetched: u64,
+    /// Ranged reads of packs.
+    pub ranges: u64,
+    /// Bytes of those reads (sealed slots).
+    pub bytes_fetched: u64,
+    /// Bytes of the snapshot object and the working set.
+    pub bytes_metadata: u64,
+    /// Calls of `fetch` (one per fault-around run, one for the working
+    /// set, one for the pages of areas the page server does not fill).
+    pub fetches: u64,
+    /// Pages the working set lists (0: none recorded).
+    pub working_set_pages: u64,
+}
+
+/// One ranged read's wanted (slot, hash) and their pages back to back.
+type FetchedRange = (Vec<(u32, PageHash)>, Vec<u8>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    pages: AtomicU64,
+    ranges: AtomicU64,
+    bytes: AtomicU64,
+    fetches: AtomicU64,
+}
+
+/// A snapshot in the bucket, ready to restore lazily.
+#[derive(Debug)]
+pub struct LazySnapshot {
+    /// The snapshot (its id is the local one given to [`open_lazy`]).
+    pub snapshot: Snapshot,
+    /// Its working set (saved page addresses), empty when none is
+    /// recorded: pass it as the restore's `prefetch`.
+    pub working_set: Vec<u64>,
+    /// The page source to restore it with.
+    pub source: Arc<LazySource>,
+}
+
+/// Reads snapshot `remote_id` from the bucket (manifest, page locations,
+/// working set) and makes its page source; fetched pages are also written
+/// into `cache` (the local store), if given.
+pub async fn open_lazy(
+    remote: Arc<RemoteStore>,
+    remote_id: &str,
+    local_id: &str,
+    cache: Option<Arc<PageStore>>,
+) -> Result<LazySnapshot, LazyError> {
+    let before = remote.transfers();
+    let invalid = |what: String| PullError::Invalid {
+        id: remote_id.to_string(),
+        what,
+    };
+    let bytes = remote
+        .get_blob(Kind::Snapshot, remote_id.as_bytes())
+        .await
+        .map_err(PullError::from)?
+        .ok_or_else(|| PullError::NotInBucket {
+            id: remote_id.to_string(),
+            url: remote.url().to_string(),
+        })?;
+    let object = RemoteSnapshot::decode(&bytes).map_err(&invalid)?;
+    let name = remote.describe(
+        Kind::Snapshot,
+        &remote.name(Kind::Snapshot, remote_id.as_bytes()),
+    );
+    let mut snapshot = parse_snapshot(
+        &object.manifest,
+        &object.manifest_id,
+        std::path::Path::new(&name),
+    )
+    .map_err(|e| invalid(e.to_string()))?;
+    snapshot.id = local_id.to_string();
+    let working_set = match remote
+        .get_blob(Kind::WorkingSet, remote_id.as_bytes())
+        .await
+        .map_err(PullError::from)?
+    {
+        Some(ws) => pool::restore::working_set::decode(
+            &ws,
+            std::path::Path::new(&remote.describe(
+                Kind::WorkingSet,
+                &remote.name(Kind::WorkingSet, remote_id.as_bytes()),
+            )),
+        )
+        .map_err(|source| LazyError::WorkingSet {
+            id: remote_id.to_string(),
+            source,
+        })?,
+        None => Vec::new(),
+    };
+    let metadata = remote.transfers().bytes_fetched - before.bytes_fetched;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("thaw-lazy-fetch")
+        .enable_all()
+        .build()
+        .map_err(LazyError::Runtime)?;
+    let locations = object
+        .pages
+        .iter()
+        .map(|p| (PageHash(p.hash), (p.pack, p.slot)))
+        .collect();
+    let source = LazySource {
+        remote,
+        runtime: Some(runtime),
+        remote_id: remote_id.to_string(),
+        packs: Arc::new(object.packs),
+        locations,
+        cache: cache.map(Cache::start),
+        counts: Counts::default(),
+        bytes_metadata: metadata,
+        working_set_pages: working_set.len() as u64,
+    };
+    Ok(LazySnapshot {
+        snapshot,
+        working_set,
+        source: Arc::new(source),
+    })
+}
+
+/// The page source of a lazy restore from the bucket (see the module doc).
+#[derive(Debug)]
+pub struct LazySource {
+    remote: Arc<RemoteStore>,
+    /// Taken on drop (shut down without waiting: dropping a runtime inside
+    /// another one's context would panic).
+    runtime: Option<tokio::runtime::Runtime>,
+    remote_id: String,
+    packs: Arc<Vec<String>>,
+    locations: HashMap<PageHash, (u32, u32)>,
+    cache: Option<Cache>,
+    counts: Counts,
+    bytes_metadata: u64,
+    working_set_pages: u64,
+}
+
+impl LazySource {
+    /// What was fetched so far.
+    pub fn report(&self) -> LazyReport {
+        LazyReport {
+            pages_fetched: self.counts.pages.load(Ordering::Relaxed),
+            ranges: self.counts.ranges.load(Ordering::Relaxed),
+            bytes_fetched: self.counts.bytes.load(Ordering::Relaxed),
+            bytes_metadata: self.bytes_metadata,
+            fetches: self.counts.fetches.load(Ordering::Relaxed),
+            working_set_pages: self.working_set_pages,
+        }
+    }
+
+    /// The rest of the snapshot into `local` (waiting for the cache to
+    /// write what was fetched first, so it is not fetched again): after
+    /// this, `local` holds the snapshot whole (root, manifest, working
+    /// set) and restores it without the bucket.
+    pub async fn complete(&self, local: &LocalSnapshot) -> Result<PullReport, PullError> {
+        if let Some(cache) = &self.cache {
+            let cache = cache.sender();
+            tokio::task::spawn_blocking(move || Cache::flush_with(&cache))
+                .await
+                .map_err(|e| PullError::Task(e.to_string()))?;
+        }
+        local
+            .store
+            .refresh()
+            .map_err(|e| PullError::Task(format!("reloading the local store: {e}")))?;
+        pull_snapshot(&self.remote, &self.remote_id, local).await
+    }
+
+    async fn fetch_async(
+        remote: Arc<RemoteStore>,
+        packs: Arc<Vec<String>>,
+        by_pack: BTreeMap<u32, Vec<(u32, PageHash)>>,
+    ) -> Result<(Vec<(PageHash, Vec<u8>)>, u64, u64), PullError> {
+        let ranges = ranges(by_pack, LAZY_GAP);
+        let count = ranges.len() as u64;
+        let bytes: u64 = ranges
+            .iter()
+            .map(|r| {
+                let s = seal::slot_range(r.first, r.end);
+                s.end - s.start
+            })
+            .sum();
+        let fetched: Vec<FetchedRange> = stream::iter(ranges)
+            .map(|range| {
+                let remote = remote.clone();
+                let packs = packs.clone();
+                async move {
+                    let (_, pages) =
+                        fetch_range(&remote, &packs[range.pack as usize], &range).await?;
+                    Ok::<_, PullError>((range.wanted, pages))
+                }
+            })
+            .buffer_unordered(RANGES_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut out = Vec::new();
+        for (wanted, pages) in fetched {
+            for (n, (_, hash)) in wanted.iter().enumerate() {
+                out.push((*hash, pages[n * PAGE_SIZE..(n + 1) * PAGE_SIZE].to_vec()));
+            }
+        }
+        Ok((out, count, bytes))
+    }
+}
+
+impl Drop for LazySource {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl PageSource for LazySource {
+    fn fetch(&self, hashes: &[PageHash]) -> Result<Vec<u8>, PageSourceError> {
+        let err = |e: PullError| PageSourceError(Box::new(e));
+        let mut by_pack: BTreeMap<u32, Vec<(u32, PageHash)>> = BTreeMap::new();
+        let mut distinct = hashes.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for hash in &distinct {
+            let (pack, slot) = *self.locations.get(hash).ok_or_else(|| {
+                err(PullError::Invalid {
+                    id: self.remote_id.clone(),
+                    what: format!("page {hash} has no location"),
+                })
+            })?;
+            by_pack.entry(pack).or_default().push((slot, *hash));
+        }
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives until the source is dropped");
+        let started = std::time::Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job = Self::fetch_async(self.remote.clone(), self.packs.clone(), by_pack);
+        let remote_id = self.remote_id.clone();
+        runtime.spawn(async move {
+            let result = match tokio::time::timeout(FETCH_TIMEOUT, job).await {
+                Ok(r) => r,
+                Err(_) => Err(PullError::Task(format!(
+                    "fetching pages of snapshot {remote_id} took more than {} s",
+                    FETCH_TIMEOUT.as_secs()
+                ))),
+            };
+            let _ = tx.send(result);
+        });
+        let (pages, ranges, bytes) = rx
+            .recv()
+            .map_err(|_| err(PullError::Task("the fetch runtime stopped".into())))?
+            .map_err(err)?;
+        let fetch_us = started.elapsed().as_micros() as u64;
+        self.counts.ranges.fetch_add(ranges, Ordering::Relaxed);
+        self.counts.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.counts.fetches.fetch_add(1, Ordering::Relaxed);
+        self.counts
+            .pages
+            .fetch_add(pages.len() as u64, Ordering::Relaxed);
+        let by_hash: HashMap<PageHash, &[u8]> =
+            pages.iter().map(|(h, p)| (*h, p.as_slice())).collect();
+        let mut out = Vec::with_capacity(hashes.len() * PAGE_SIZE);
+        for hash in hashes {
+            out.extend_from_slice(by_hash[hash]);
+        }
+        if let Some(cache) = &self.cache {
+            let mut all = Vec::with_capacity(pages.len() * PAGE_SIZE);
+            for (_, p) in &pages {
+                all.extend_from_slice(p);
+            }
+            cache.put(all);
+        }
+        tracing::debug!(
+            pages = hashes.len(),
+            ranges,
+            bytes,
+            fetch_us,
+            total_us = started.elapsed().as_micros() as u64,
+            "pages fetched"
+        );
+        Ok(out)
+    }
+}
+
+enum CacheMessage {
+    Pages(Vec<u8>),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// A thread writing fetched pages into the local store, in batches (a
+/// store writer each: new pages in a pack, made durable and indexed
+/// atomically by its commit). A cache: a write that fails is logged, never
+/// an error of the restore.
+#[derive(Debug)]
+struct Cache {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<CacheMessage>>,
+}
+
+impl Cache {
+    fn start(store: Arc<PageStore>) -> Cache {
+        let (tx, rx) = std::sync::mpsc::channel::<CacheMessage>();
+        std::thread::Builder::new()
+            .name("thaw-lazy-cache".into())
+            .spawn(move || {
+                let mut pending: Vec<u8> = Vec::new();
+                let write = |pending: &mut Vec<u8>| {
+                    if pending.is_empty() {
+                        return;
+                    }
+                    let result = store.writer().map_err(|e| e.to_string()).and_then(|mut w| {
+                        w.put_batch(pending).map_err(|e| e.to_string())?;
+                        w.commit().map_err(|e| e.to_string())
+                    });
+                    if let Err(err) = result {
+                        tracing::warn!(%err, "could not keep fetched pages in the local store");
+                    }
+                    pending.clear();
+                };
+                loop {
+                    match rx.recv_timeout(CACHE_IDLE) {
+                        Ok(CacheMessage::Pages(p)) => {
+                            pending.extend_from_slice(&p);
+                            if pending.len() >= CACHE_BATCH * PAGE_SIZE {
+                                write(&mut pending);
+                            }
+                        }
+                        Ok(CacheMessage::Flush(done)) => {
+                            write(&mut pending);
+                            let _ = done.send(());
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => write(&mut pending),
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            write(&mut pending);
+                            return;
+                        }
+                    }
+                }
+            })
+            .expect("spawning the cache thread");
+        Cache {
+            tx: std::sync::Mutex::new(tx),
+        }
+    }
+
+    fn sender(&self) -> std::sync::mpsc::Sender<CacheMessage> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn put(&self, pages: Vec<u8>) {
+        let _ = self.sender().send(CacheMessage::Pages(pages));
+    }
+
+    /// Waits until everything sent so far is written.
+    fn flush_with(tx: &std::sync::mpsc::Sender<CacheMessage>) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if tx.send(CacheMessage::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_reads_never_hold_more_than_twice_the_slots_wanted() {
+        // Every other slot, every third, runs, lone slots: never more than
+        // one unneeded slot per wanted one.
+        for step in 1..6u32 {
+            let mut by_pack = BTreeMap::new();
+            by_pack.insert(
+                0,
+                (0..200)
+                    .map(|i| (i * step, PageHash([i as u8; 32])))
+                    .collect::<Vec<_>>(),
+            );
+            let r = ranges(by_pack, LAZY_GAP);
+            let read: u32 = r.iter().map(|r| r.end - r.first).sum();
+            let wanted: usize = r.iter().map(|r| r.wanted.len()).sum();
+            assert_eq!(wanted, 200);
+            assert!(read <= 2 * 200, "step {step}: {read} slots read");
+            if step == 1 {
+                assert_eq!(r.len(), 1, "step {step}: one read");
+            }
+        }
+    }
+}
