@@ -145,7 +145,7 @@ impl SuiteConfig {
 
 /// Examples that need a service outside thaw to become ready (their init
 /// connects to it): the suite cannot deploy them on its own.
-const NEEDS_A_SERVICE: &[&str] = &["postgres-client"];
+const NEEDS_A_SERVICE: &[&str] = &["postgres-client", "node-postgres"];
 
 /// Where things are and where the results go.
 #[derive(Debug, Clone)]

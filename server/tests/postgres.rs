@@ -1,7 +1,10 @@
-//! Issue 19, acceptance 2: a Python function whose init opens a PostgreSQL
-//! connection (examples/postgres-client, pg8000 from its requirements.txt)
-//! is snapshotted at deploy; forced restores answer a query after the
-//! copy's cut connection is noticed and replaced by its `on_restore` hook.
+//! Issue 19, acceptances 2 and 3: a Python function whose init opens a
+//! PostgreSQL connection (examples/postgres-client, pg8000 from its
+//! requirements.txt) and a Node.js one (examples/node-postgres, `pg` from
+//! its package.json and package-lock.json, `npm ci` at deploy with the
+//! build sandbox's empty npm cache) are snapshotted at deploy; forced
+//! restores answer a query after the copy's cut connection is noticed and
+//! replaced by its `on_restore` / `thaw.onRestore` hook.
 //!
 //! The database is the distribution's PostgreSQL, started by the test on a
 //! test host in a network namespace of its own, reached by the function
@@ -13,7 +16,7 @@
 //! ```
 //!
 //! Needs root, `ip`, `nft`, PostgreSQL (`apt-get install postgresql`) and
-//! the package index (pg8000).
+//! the package registries (pg8000 from PyPI, pg from npm).
 
 mod common;
 
@@ -210,10 +213,11 @@ impl Drop for Database {
     }
 }
 
-fn example_file(name: &str) -> String {
+fn example_file(example: &str, name: &str) -> String {
     std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/postgres-client")
+            .join("../examples")
+            .join(example)
             .join(name),
     )
     .unwrap()
@@ -240,8 +244,8 @@ async fn a_postgres_client_function_reconnects_in_every_restored_copy() {
             "memory_mode": mode,
             "timeout_ms": 20000,
             "files": {
-                "main.py": example_file("main.py"),
-                "requirements.txt": example_file("requirements.txt"),
+                "main.py": example_file("postgres-client", "main.py"),
+                "requirements.txt": example_file("postgres-client", "requirements.txt"),
             },
         });
         let rec = server.deploy_ready(spec).await;
@@ -271,6 +275,78 @@ async fn a_postgres_client_function_reconnects_in_every_restored_copy() {
             );
             assert_ne!(copy["backend"], copy["first_backend"], "{mode}: {copy}");
             assert_ne!(copy["backend"], warm["backend"], "{mode}: {copy}");
+        }
+    }
+}
+
+/// Acceptance 3: the Node.js twin. The copy's hook finds the old client's
+/// query rejected (the connection was cut), opens a new client and the
+/// handler writes and reads back a fresh row; the original instance's
+/// backend is still connected, as the database itself reports.
+#[tokio::test]
+async fn a_node_postgres_function_reconnects_in_every_restored_copy() {
+    require_root!();
+    let bin = match prerequisites() {
+        Ok(bin) => bin,
+        Err(why) => skip!("{why}"),
+    };
+    let _db = Database::start(&bin);
+    let server = Server::start(&["--network-range", RANGE, "--allow-forced-cold"]);
+    for mode in ["mmap", "uffd"] {
+        let name = format!("node-pg-{mode}");
+        let spec = json!({
+            "name": name,
+            "runtime": "node20",
+            "handler": "index.handler",
+            "network": "outbound",
+            "network_allow": [format!("{DB}/32:5432")],
+            "env": {"PGHOST": DB, "PGUSER": "postgres", "PGDATABASE": "postgres"},
+            "warmup": [{"n": 2}],
+            "memory_mode": mode,
+            "timeout_ms": 20000,
+            "files": {
+                "index.js": example_file("node-postgres", "index.js"),
+                "package.json": example_file("node-postgres", "package.json"),
+                "package-lock.json": example_file("node-postgres", "package-lock.json"),
+            },
+        });
+        let rec = server.deploy_ready(spec).await;
+        assert_eq!(rec["state"], "ready", "{rec}");
+        assert!(!rec["snapshot"].is_null(), "{mode}: no snapshot: {rec}");
+        let warm = server.invoke(&name, json!({"n": 4})).await.json();
+        assert_eq!(warm["squares"], json!([1, 4, 9, 16]), "{warm}");
+        assert_eq!(warm["copy"], false, "{warm}");
+        assert_eq!(warm["backend"], warm["first_backend"], "{warm}");
+        let mut last_row = warm["row"].as_i64().expect("a row id");
+        for _ in 0..2 {
+            let answer = server
+                .invoke_raw(
+                    &name,
+                    br#"{"n": 3}"#.to_vec(),
+                    &[("x-thaw-cold", "restore")],
+                )
+                .await;
+            let copy = answer.json();
+            eprintln!("{mode} copy: {copy}");
+            assert_eq!(copy["copy"], true, "{mode}: {copy}");
+            assert_eq!(copy["squares"], json!([1, 4, 9]), "{mode}: {copy}");
+            // The hook's query on the snapshot's client was rejected: the
+            // connection was cut, not shared with the original.
+            let restores = copy["restores"].as_array().expect("restores");
+            assert_eq!(restores.len(), 1, "{mode}: {copy}");
+            assert!(
+                restores[0].as_str().unwrap_or("").starts_with("cut: "),
+                "{mode}: {copy}"
+            );
+            // A new backend served a fresh row.
+            assert_ne!(copy["backend"], copy["first_backend"], "{mode}: {copy}");
+            assert_ne!(copy["backend"], warm["backend"], "{mode}: {copy}");
+            let row = copy["row"].as_i64().expect("a row id");
+            assert!(row > last_row, "{mode}: row {row} after {last_row}: {copy}");
+            last_row = row;
+            // The original's connection is untouched: its backend is still
+            // connected.
+            assert_eq!(copy["original_connected"], true, "{mode}: {copy}");
         }
     }
 }

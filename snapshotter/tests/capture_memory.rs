@@ -290,13 +290,15 @@ fn own_shared_anonymous_memory_is_captured() {
     assert!(setup.worker.ask("x").ends_with(" D"));
 }
 
-/// Anonymous shared memory another process maps too (here its child,
-/// captured as one tree) is refused: a copy could not share it with that
-/// process, and sharing across a restored tree is not done yet.
+/// Anonymous shared memory a parent and its child map: captured as one
+/// tree, both keep the area, the same shmem object (device and inode), its
+/// pages stored from each (the restore makes one memfd for the tree).
+/// The child captured alone is refused: its parent, which a copy could
+/// not share the memory with, maps it too.
 #[test]
-fn shared_anonymous_memory_mapped_by_another_process_is_refused() {
+fn shared_anonymous_memory_mapped_by_another_process_is_refused_unless_in_the_tree() {
     let Some(mut setup) = start(
-        "shared_anonymous_memory_mapped_by_another_process_is_refused",
+        "shared_anonymous_memory_mapped_by_another_process_is_refused_unless_in_the_tree",
         "Shared",
     ) else {
         return;
@@ -306,9 +308,36 @@ fn shared_anonymous_memory_mapped_by_another_process_is_refused() {
         tree: true,
         ..CaptureOptions::default()
     };
-    let err =
+    let (states, _) =
         snapshotter::capture::tree::capture_tree_timed(setup.worker.pid(), &options, &mut sink)
-            .unwrap_err();
+            .unwrap();
+    assert_eq!(states.len(), 2);
+    let shared: Vec<&MemoryArea> = states
+        .iter()
+        .map(|s| {
+            s.areas
+                .iter()
+                .find(|a| a.shared && a.kind == AreaKind::Anonymous)
+                .expect("the shared area in each process")
+        })
+        .collect();
+    assert_eq!(
+        (shared[0].maps_dev, shared[0].inode, shared[0].start),
+        (shared[1].maps_dev, shared[1].inode, shared[1].start)
+    );
+    assert!(setup.worker.ask("x").ends_with(" D"));
+
+    // The child alone: its parent, outside what is captured, maps the area.
+    let parent = setup.worker.pid();
+    let child: i32 = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("the worker's child")
+        .parse()
+        .unwrap();
+    let mut sink = VecSink::default();
+    let err = capture(child, &CaptureOptions::default(), &mut sink).unwrap_err();
     let message = err.to_string();
     assert!(
         matches!(
@@ -320,7 +349,12 @@ fn shared_anonymous_memory_mapped_by_another_process_is_refused() {
         ),
         "{message}"
     );
-    assert!(message.contains("also mapped by pid"), "{message}");
+    assert!(
+        message.contains(&format!(
+            "also mapped by pid {parent}, outside the captured process"
+        )),
+        "{message}"
+    );
     assert!(setup.worker.ask("x").ends_with(" D"));
 }
 

@@ -279,6 +279,8 @@ pub fn map_areas(
         let what = |how: &str| format!("mmap {how} at {:#x}-{:#x}", area.start, area.end);
         match area.kind {
             AreaKind::Vdso | AreaKind::Vvar | AreaKind::VvarVclock | AreaKind::Vsyscall => {}
+            // Attached after the batch ([`super::sysv`]): left free here.
+            AreaKind::SysvShm(_) => {}
             AreaKind::FileUnchanged | AreaKind::FilePrivate => {
                 let fd = sources.area_fds[&index];
                 let share = if area.shared {

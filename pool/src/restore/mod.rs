@@ -37,8 +37,8 @@
 //! in the order `drive` restores them (docs/restore.md, "Order of the
 //! restore"): [`memory`] (with [`anon`] in mmap mode, [`uffd`] in uffd
 //! mode, [`stacks`]: which areas mmap mode copies, [`shared`]: anonymous
-//! shared memory), [`mm`], [`fds`] (with [`kobj`], [`inotify`] and
-//! [`socket`]), [`signals`], [`process`], [`thread`], [`timers`],
+//! shared memory, [`sysv`]: System V shared memory), [`mm`], [`fds`] (with
+//! [`kobj`], [`inotify`] and [`socket`]), [`signals`], [`process`], [`thread`], [`timers`],
 //! [`pending`], [`credentials`], [`seccomp`].
 
 pub mod anon;
@@ -60,6 +60,7 @@ pub mod signals;
 pub mod socket;
 pub mod spawn;
 pub mod stacks;
+pub mod sysv;
 pub mod thread;
 pub mod timers;
 pub mod tree;
@@ -732,6 +733,7 @@ pub fn restore_prepared(
         stub_pidfd: Some(&spawned.stub_pidfd),
         keep_uffd: false,
         collect_uffds: None,
+        shared_memfds: None,
         lazy: lazy.as_ref(),
     };
     let server = drive(remote, &ctx, &mut timings)?;
@@ -869,6 +871,7 @@ pub fn restore_into(
         stub_pidfd: pidfd.as_ref(),
         keep_uffd: true,
         collect_uffds: None,
+        shared_memfds: None,
         lazy: prepared.lazy.as_ref(),
     };
     let server = drive(remote, &ctx, &mut timings)?;
@@ -936,6 +939,10 @@ pub(crate) struct Driving<'a, 'o> {
     /// added here, and the tree's are sent to pid 1 together once every
     /// process is prepared (pid 1 takes one message).
     pub(crate) collect_uffds: Option<&'a std::cell::RefCell<Vec<OwnedFd>>>,
+    /// A process of a tree: its anonymous shared memory's memfds, made for
+    /// the whole tree ([`shared::make_for_tree`]); `None`:
+    /// [`restore_memory`] makes the process's own.
+    pub(crate) shared_memfds: Option<&'a shared::SharedMemfds>,
     /// A lazy restore: pages not in the image yet come from its source.
     pub(crate) lazy: Option<&'a std::sync::Arc<page_source::LazyPages>>,
 }
@@ -1253,9 +1260,14 @@ fn restore_memory(
         Mode::Uffd => thread::live_stacks(state, ctx.view.areas),
     };
     // A lazy image holds only what was fetched: the areas written from it
-    // rather than served must be fetched whole first.
+    // rather than served (shared memory's too: `shared`, `sysv`) must be
+    // fetched whole first.
     if let Some(lazy) = ctx.lazy {
-        lazy.ensure_areas(eager.iter().copied())
+        let written = areas.iter().enumerate().filter(|(_, a)| {
+            shared::is_shared_anonymous(a)
+                || matches!(a.kind, snapshotter::state::AreaKind::SysvShm(_))
+        });
+        lazy.ensure_areas(eager.iter().copied().chain(written.map(|(i, _)| i)))
             .map_err(RestoreError::Fetch)?;
     }
     let guard = match options.mode {
@@ -1267,8 +1279,16 @@ fn restore_memory(
         )?),
         _ => None,
     };
-    // Shared memory: the copy's own memfds, before the batch maps them.
-    let shared_memfds = shared::make(remote, places.scratch, areas)?;
+    // Shared memory: the copy's own memfds (a tree's: made for every
+    // process already), before the batch maps them.
+    let made;
+    let shared_memfds = match ctx.shared_memfds {
+        Some(memfds) => memfds,
+        None => {
+            made = shared::make(remote, places.scratch, areas)?;
+            &made
+        }
+    };
     let mut batch = Batch::new(places.scratch);
     thread::unregister_rseq(remote, &mut batch)?;
     let syscall_at = memory::clear_and_move_specials(
@@ -1302,12 +1322,13 @@ fn restore_memory(
     remote.set_syscall_address(syscall_at);
     shared::fill_and_close(
         remote,
-        &shared_memfds,
+        shared_memfds,
         areas,
         ctx.view.areas,
         &image.file,
         ctx.view.layout,
     )?;
+    sysv::restore(remote, areas, ctx.view.areas, &image.file, ctx.view.layout)?;
     timings.batch = started.elapsed();
     let mut server = None;
     let mut uffd_in_stub = None;

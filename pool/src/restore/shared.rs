@@ -19,6 +19,22 @@
 //! The same in both memory modes: shared areas are never registered with
 //! userfaultfd nor mapped from the image. The pages are written, not
 //! mapped from the page cache: each copy holds its own.
+//!
+//! In a process tree ([`make_for_tree`]) an object several processes map
+//! is one memfd for all of them: made in the root's stub once every
+//! process exists (so no fork copies its number), and taken by each other
+//! process that maps it with `pidfd_getfd` injected into that process's
+//! stub (the stubs are still privileged then):
+//!
+//! ```text
+//! root stub:   memfd_create + ftruncate               per object of the tree
+//! each child:  pidfd_open(root's pid in the copy's namespace)
+//!              pidfd_getfd(pidfd, root's memfd)       per object it maps
+//!              close(pidfd)
+//! then each process's restore maps its areas from its own number, writes
+//! its areas' stored pages (the same content wherever several map it) and
+//! closes its numbers; the root, prepared last, closes its own.
+//! ```
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -48,15 +64,11 @@ pub struct SharedMemfds {
     fds: Vec<i32>,
 }
 
-/// Makes one memfd per shmem object of `areas` in the copy (see the module
-/// doc); `scratch` is the mapped scratch area.
-pub fn make(
-    remote: &mut Remote,
-    scratch: u64,
-    areas: &[MemoryArea],
-) -> Result<SharedMemfds, RestoreError> {
+/// The shmem objects of `areas`: `((device, inode), size)`, the size the
+/// largest offset + length of the object's areas.
+fn objects<'a>(areas: impl Iterator<Item = &'a MemoryArea>) -> Vec<((u64, u64), u64)> {
     let mut sizes: Vec<((u64, u64), u64)> = Vec::new();
-    for area in areas.iter().filter(|a| is_shared_anonymous(a)) {
+    for area in areas.filter(|a| is_shared_anonymous(a)) {
         let key = (area.maps_dev, area.inode);
         let end = area.offset + area.len();
         match sizes.iter_mut().find(|(k, _)| *k == key) {
@@ -64,14 +76,23 @@ pub fn make(
             None => sizes.push((key, end)),
         }
     }
-    let mut memfds = SharedMemfds::default();
+    sizes
+}
+
+/// Makes one memfd per shmem object of `sizes` in `remote`'s stub; returns
+/// each object's number there.
+fn create_memfds(
+    remote: &mut Remote,
+    scratch: u64,
+    sizes: &[((u64, u64), u64)],
+) -> Result<HashMap<(u64, u64), i32>, RestoreError> {
+    let mut by_object = HashMap::new();
     if sizes.is_empty() {
-        return Ok(memfds);
+        return Ok(by_object);
     }
     let name = scratch + SCRATCH_LEN - 64;
     remote.write(name, NAME)?;
-    let mut by_object = HashMap::new();
-    for (key, size) in sizes {
+    for &(key, size) in sizes {
         let fd = remote.sys(
             "memfd_create (shared memory)",
             libc::SYS_memfd_create,
@@ -82,17 +103,95 @@ pub fn make(
             libc::SYS_ftruncate,
             [fd, size, 0, 0, 0, 0],
         )?;
-        memfds.fds.push(fd as i32);
         by_object.insert(key, fd as i32);
     }
+    Ok(by_object)
+}
+
+/// The memfds of one process: its number of each object, by area index.
+fn for_areas(areas: &[MemoryArea], by_object: &HashMap<(u64, u64), i32>) -> SharedMemfds {
+    let mut memfds = SharedMemfds {
+        by_area: HashMap::new(),
+        fds: by_object.values().copied().collect(),
+    };
     for (index, area) in areas.iter().enumerate() {
         if is_shared_anonymous(area) {
-            memfds
-                .by_area
-                .insert(index, by_object[&(area.maps_dev, area.inode)]);
+            if let Some(&fd) = by_object.get(&(area.maps_dev, area.inode)) {
+                memfds.by_area.insert(index, fd);
+            }
         }
     }
-    Ok(memfds)
+    memfds
+}
+
+/// Makes one memfd per shmem object of `areas` in the copy (see the module
+/// doc); `scratch` is the mapped scratch area.
+pub fn make(
+    remote: &mut Remote,
+    scratch: u64,
+    areas: &[MemoryArea],
+) -> Result<SharedMemfds, RestoreError> {
+    let by_object = create_memfds(remote, scratch, &objects(areas.iter()))?;
+    Ok(for_areas(areas, &by_object))
+}
+
+/// The pid `host_pid` has in its innermost pid namespace (the last of
+/// `NSpid` in its status).
+fn namespace_pid(host_pid: i32) -> Result<i32, RestoreError> {
+    let path = format!("/proc/{host_pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|source| RestoreError::Io {
+        what: format!("read {path}"),
+        source,
+    })?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|ids| ids.split_whitespace().last())
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| RestoreError::Unsupported(format!("{path} has no NSpid")))
+}
+
+/// A process tree's shared memory (see the module doc): one memfd per
+/// shmem object any process of the tree maps, made in `root`'s stub and
+/// taken by every child in `children` (in `areas` order after the root's)
+/// that maps it. Returns each process's memfds, the root's first, for
+/// [`super::Driving::shared_memfds`]. Every stub must exist, with its
+/// descriptors arranged (nothing is made in a stub that forks after this).
+pub fn make_for_tree(
+    root: &mut Remote,
+    children: &mut [Remote],
+    scratch: u64,
+    areas: &[&[MemoryArea]],
+) -> Result<Vec<SharedMemfds>, RestoreError> {
+    let sizes = objects(areas.iter().flat_map(|a| a.iter()));
+    let root_fds = create_memfds(root, scratch, &sizes)?;
+    let mut out = vec![for_areas(areas[0], &root_fds)];
+    if sizes.is_empty() {
+        out.extend(children.iter().map(|_| SharedMemfds::default()));
+        return Ok(out);
+    }
+    let root_pid = namespace_pid(root.pid())?;
+    for (child, areas) in children.iter_mut().zip(&areas[1..]) {
+        let wanted: Vec<(u64, u64)> = objects(areas.iter()).into_iter().map(|(k, _)| k).collect();
+        let mut by_object = HashMap::new();
+        if !wanted.is_empty() {
+            let pidfd = child.sys(
+                "pidfd_open (the root, for its shared memory)",
+                libc::SYS_pidfd_open,
+                [root_pid as u64, 0, 0, 0, 0, 0],
+            )?;
+            for key in wanted {
+                let fd = child.sys(
+                    "pidfd_getfd (shared memory)",
+                    libc::SYS_pidfd_getfd,
+                    [pidfd, root_fds[&key] as u64, 0, 0, 0, 0],
+                )?;
+                by_object.insert(key, fd as i32);
+            }
+            child.sys("close (pidfd)", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])?;
+        }
+        out.push(for_areas(areas, &by_object));
+    }
+    Ok(out)
 }
 
 /// Writes the stored pages of every shared area into its memfd (opened

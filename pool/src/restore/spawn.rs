@@ -2,7 +2,9 @@
 //! under it the stub that becomes the copy, with the saved pid.
 //!
 //! ```text
-//! restorer ──clone3(CLONE_NEWPID)──> init (pid 1 of a new namespace)
+//! restorer ──clone3(CLONE_NEWPID | CLONE_NEWIPC)──> init (pid 1 of a new
+//!   pid namespace, in an IPC namespace of its own: System V objects the
+//!   copy makes, `restore::sysv`, are its own)
 //!   init: arrange fds (targets at their numbers, the rest closed)
 //!   init ──clone3(set_tid = [saved pid], CLONE_PIDFD)──> stub
 //!   stub: close the report socket, then pause() forever
@@ -168,7 +170,7 @@ pub fn spawn(ns_pid: i32, moves: &[(RawFd, RawFd)]) -> Result<Spawned, SpawnErro
     stub_args.set_tid_size = 1;
     let mut cmsg_buf = [0u64; 8];
     let mut init_args: libc::clone_args = zeroed_args();
-    init_args.flags = libc::CLONE_NEWPID as u64;
+    init_args.flags = (libc::CLONE_NEWPID | libc::CLONE_NEWIPC) as u64;
     init_args.exit_signal = libc::SIGCHLD as u64;
 
     // SAFETY: clone3 without CLONE_VM: the child gets a copy of this

@@ -23,6 +23,8 @@
 //! fds       each child: dup3 of its staging block to its numbers, every
 //!           other descriptor closed (after every fork: a grandchild is
 //!           forked with its staging block still there)
+//! shared    anonymous shared memory: one memfd per object in the root
+//!           stub, taken by each child that maps it (`shared::make_for_tree`)
 //! restore   each process as a single one (`prepare_process`): memory in
 //!           the mode asked (each its own areas of the one image, MAP_PRIVATE,
 //!           or its own userfaultfd and page server), kernel objects,
@@ -492,6 +494,14 @@ fn build(
         prefetch_in_background: options.prefetch_in_background,
         uffd_keeper: options.uffd_keeper,
     };
+    // Anonymous shared memory: one memfd per object for the whole tree,
+    // once every process exists.
+    let tree_areas: Vec<&[MemoryArea]> = snapshot
+        .processes()
+        .map(|(s, _)| s.areas.as_slice())
+        .collect();
+    let memfds =
+        super::shared::make_for_tree(&mut root, &mut children, places.scratch, &tree_areas)?;
     let mut readies = Vec::with_capacity(children.len() + 1);
     for (index, remote) in children.into_iter().enumerate() {
         let child = &snapshot.children[index];
@@ -514,6 +524,7 @@ fn build(
             keep_uffd: b.sandboxed,
             lazy: None,
             collect_uffds: collect,
+            shared_memfds: Some(&memfds[index + 1]),
         };
         readies.push(prepare_process(remote, &ctx, timings)?);
     }
@@ -528,6 +539,7 @@ fn build(
         keep_uffd: b.sandboxed,
         lazy: None,
         collect_uffds: collect,
+        shared_memfds: Some(&memfds[0]),
     };
     let root_ready = prepare_process(root, &ctx, timings)?;
     let uffds = uffds.into_inner();

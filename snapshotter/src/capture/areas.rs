@@ -12,7 +12,8 @@
 //! | writable shared file mapping                 | refused                   |
 //! | shared mapping of a memfd the process holds open | `FileUnchanged` (the copy maps its new memfd) |
 //! | shared anonymous (`/dev/zero (deleted)`) no other process maps | `Anonymous`, `shared` ([`super::shared`]) |
-//! | shared anonymous mapped by others, named shmem, other memfd, SysV, `/dev/shm` | refused |
+//! | System V shared memory nothing outside the process (or tree) attaches | `SysvShm` ([`super::sysv`]) |
+//! | shared anonymous mapped by others, named shmem, other memfd, SysV attached by others, `/dev/shm` | refused |
 //! | other devices, unknown pseudo-names          | refused                   |
 //! | a file on a filesystem only the process's sandbox has (its root tmpfs, `/tmp`) | refused: a copy's sandbox has its own |
 
@@ -109,17 +110,17 @@ pub fn classify(pid: i32, entries: &[MapsEntry]) -> Result<Vec<MemoryArea>, Capt
                     // Kept only if no other process maps it
                     // (`shared::check_unshared`).
                     AreaKind::Anonymous
+                } else if entry.shared && entry.path.starts_with("/SYSV") {
+                    // Kept only if nothing outside the process (or tree)
+                    // attaches it (`sysv::describe`).
+                    AreaKind::SysvShm(super::sysv::placeholder(&entry.path, entry.inode))
                 } else if entry.shared && entry.path.starts_with("/memfd:") && entry.deleted {
                     // Kept only if the process holds the memfd open
                     // (`link_memfd_areas`): the copy maps its new memfd.
                     file = Some(mapped.identity);
                     AreaKind::FileUnchanged
                 } else if entry.shared {
-                    if gone
-                        || mapped.mode != libc::S_IFREG
-                        || entry.path.starts_with("/dev/shm/")
-                        || entry.path.starts_with("/SYSV")
-                    {
+                    if gone || mapped.mode != libc::S_IFREG || entry.path.starts_with("/dev/shm/") {
                         return shared_memory();
                     }
                     if entry.write {

@@ -141,7 +141,9 @@ pub enum Pseudo {
 impl MapsEntry {
     /// Classifies the path column.
     pub fn pseudo(&self) -> Pseudo {
-        if self.inode != 0 {
+        // A System V segment's inode is its id, 0 for the first one of an
+        // IPC namespace.
+        if self.inode != 0 || self.path.starts_with("/SYSV") {
             return Pseudo::File;
         }
         match self.path.as_str() {
@@ -226,5 +228,15 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         let maps = parse_maps(&text).unwrap();
         assert!(maps.iter().any(|m| m.pseudo() == Pseudo::Stack));
         assert!(maps.windows(2).all(|w| w[0].end <= w[1].start));
+    }
+
+    #[test]
+    fn a_system_v_segment_with_id_0_is_a_mapped_file() {
+        let maps = parse_maps(
+            "7ffff7fb7000-7ffff7fb9000 rw-s 00000000 00:01 0                          /SYSV00000000 (deleted)\n",
+        )
+        .unwrap();
+        assert_eq!(maps[0].pseudo(), Pseudo::File);
+        assert!(maps[0].shared && maps[0].deleted);
     }
 }

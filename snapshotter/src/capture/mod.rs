@@ -39,7 +39,7 @@
 //! state type's module (`state::X`) and its restore (`pool::restore::X`):
 //! [`signals`], [`mm`], [`process`], [`memory`] (with [`maps`], [`areas`],
 //! [`pagemap`]), [`fds`] (with [`kobj`], [`inotify`], [`unixpair`]), [`thread`],
-//! [`seccomp`], [`timers`], [`pending`], [`shared`], [`tree`].
+//! [`seccomp`], [`timers`], [`pending`], [`shared`], [`sysv`], [`tree`].
 
 pub mod areas;
 pub mod fds;
@@ -59,6 +59,7 @@ pub mod seccomp;
 pub mod shared;
 pub mod signals;
 pub mod socket;
+pub mod sysv;
 pub mod thread;
 pub mod timers;
 pub mod tree;
@@ -292,7 +293,7 @@ pub fn capture_timed(
     let started = Instant::now();
     refuse::check_children(pid)?;
     timings.state += started.elapsed();
-    let state = capture_held(pid, &mut held, options, false, sink, &mut timings)?;
+    let state = capture_held(pid, &mut held, options, false, &[], sink, &mut timings)?;
     detach(held, &mut timings)?;
     Ok((state, timings))
 }
@@ -313,12 +314,15 @@ fn detach(mut held: Vec<Seized>, timings: &mut CaptureTimings) -> Result<(), Cap
 /// main thread first), adding to `timings`; it stays stopped. `in_tree`:
 /// it is one process of a tree being captured, whose pipes and socket
 /// pairs may have their other ends in other processes of the tree (checked
-/// by [`tree`] once all are captured).
+/// by [`tree`] once all are captured); `tree`: the host pids of every
+/// process of that tree (empty for a single process), which may share its
+/// anonymous shared memory.
 fn capture_held(
     pid: i32,
     held: &mut [Seized],
     options: &CaptureOptions,
     in_tree: bool,
+    tree: &[i32],
     sink: &mut dyn PageSink,
     timings: &mut CaptureTimings,
 ) -> Result<ProcessState, CaptureError> {
@@ -334,7 +338,8 @@ fn capture_held(
     let entries = maps::parse_maps(&procfs::read_text(pid, "maps")?)?;
     let mut areas = areas::classify(pid, &entries)?;
     areas::link_memfd_areas(pid, &fds, &areas)?;
-    shared::check_unshared(pid, &areas)?;
+    shared::check_unshared(pid, tree, &areas)?;
+    sysv::describe(pid, tree, &mut areas)?;
     let (main, _) = held
         .split_first_mut()
         .expect("stop_all holds the main thread");
@@ -413,6 +418,8 @@ fn plan_pages(
         let mut ranges = Vec::new();
         if shared::is_shared_anonymous_area(area) {
             ranges = shared::ranges(pid, area)?;
+        } else if sysv::is_sysv(area) {
+            ranges = sysv::ranges(pid, area)?;
         } else {
             pagemap.private_ranges(area.start, area.end, &mut ranges)?;
         }

@@ -7,10 +7,11 @@
 //!
 //! ```text
 //! classify      shared + "/dev/zero (deleted)"  -> Anonymous, shared
-//! check_unshared every /proc/N/maps of the host: any other process that
-//!               maps the same shmem inode refuses the capture (a copy
-//!               could not share it with that process; a process tree
-//!               whose processes share one: not restored yet, refused)
+//! check_unshared every /proc/N/maps of the host: any process outside the
+//!               captured tree that maps the same shmem inode refuses the
+//!               capture (a copy could not share it with that process);
+//!               processes of the tree may share one (each records its
+//!               areas; the restore makes one memfd per object for all)
 //! ranges        the shmem object opened through /proc/PID/map_files,
 //!               SEEK_DATA / SEEK_HOLE: only the pages that exist are read
 //!               (reading a hole would allocate it in the original)
@@ -38,9 +39,10 @@ pub fn is_shared_anonymous_area(area: &MemoryArea) -> bool {
     area.shared && area.kind == AreaKind::Anonymous
 }
 
-/// Refuses the capture of `pid` when another process maps one of its
-/// anonymous shared areas (same device and inode in its maps).
-pub fn check_unshared(pid: i32, areas: &[MemoryArea]) -> Result<(), CaptureError> {
+/// Refuses the capture of `pid` when a process other than `pid` and the
+/// processes of its tree (`tree`, host pids) maps one of its anonymous
+/// shared areas (same device and inode in its maps).
+pub fn check_unshared(pid: i32, tree: &[i32], areas: &[MemoryArea]) -> Result<(), CaptureError> {
     let ours: Vec<&MemoryArea> = areas
         .iter()
         .filter(|a| is_shared_anonymous_area(a))
@@ -60,7 +62,7 @@ pub fn check_unshared(pid: i32, areas: &[MemoryArea]) -> Result<(), CaptureError
         else {
             continue;
         };
-        if other == pid {
+        if other == pid || tree.contains(&other) {
             continue;
         }
         // Processes come and go: one that cannot be read maps nothing now.
@@ -96,7 +98,10 @@ pub fn check_unshared(pid: i32, areas: &[MemoryArea]) -> Result<(), CaptureError
                     Refusal::SharedMemory {
                         start: area.start,
                         end: area.end,
-                        name: format!("anonymous shared memory also mapped by pid {other}"),
+                        name: format!(
+                            "anonymous shared memory also mapped by pid {other}, outside the captured process{}",
+                            if tree.len() > 1 { " tree" } else { "" }
+                        ),
                     },
                 ));
             }

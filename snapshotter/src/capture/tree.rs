@@ -250,11 +250,20 @@ pub fn capture_tree_timed(
     timings.state += started.elapsed();
 
     let in_tree = held.0.len() > 1;
+    let tree_pids: Vec<i32> = held.0.iter().map(|(pid, _)| *pid).collect();
     let mut states = Vec::with_capacity(held.0.len());
     let mut base = 0;
     for (pid, threads) in held.0.iter_mut() {
         let mut offset = Offset { sink, base };
-        let state = capture_held(*pid, threads, options, in_tree, &mut offset, &mut timings)?;
+        let state = capture_held(
+            *pid,
+            threads,
+            options,
+            in_tree,
+            &tree_pids,
+            &mut offset,
+            &mut timings,
+        )?;
         base += state.areas.len();
         states.push(state);
     }

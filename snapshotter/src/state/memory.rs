@@ -89,6 +89,76 @@ pub enum AreaKind {
     VvarVclock,
     /// `[vsyscall]`: fixed by the kernel, nothing to do.
     Vsyscall,
+    /// An attachment of a System V shared memory segment (`/SYSV<key>` in
+    /// the maps; the area's `inode` is the segment's id, its `offset` the
+    /// offset in the segment). The segment's pages that exist are stored
+    /// like anonymous memory's; the restorer makes the segment in the
+    /// copy's own IPC namespace with the same id, key, size and mode, fills
+    /// it and attaches it at the saved address (`pool::restore::sysv`).
+    /// Added after state version 4 as the last variant: older snapshots
+    /// read unchanged.
+    SysvShm(SysvSegment),
+}
+
+/// The attachments of System V segments in `areas`: each a run of
+/// consecutive area indices of one segment, every area starting where the
+/// previous one ended in memory and in the segment (an attachment split
+/// by `mprotect`). The capture refuses one that does not cover its whole
+/// segment; the restorer attaches each run with one `shmat`.
+pub fn sysv_attachments(areas: &[MemoryArea]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (index, area) in areas.iter().enumerate() {
+        let AreaKind::SysvShm(segment) = area.kind else {
+            continue;
+        };
+        let joins = groups.last().is_some_and(|g| {
+            let last = *g.last().expect("a group has an area");
+            let prev = &areas[last];
+            matches!(prev.kind, AreaKind::SysvShm(s) if s.id == segment.id)
+                && index == last + 1
+                && prev.end == area.start
+                && prev.offset + prev.len() == area.offset
+        });
+        match joins {
+            true => groups.last_mut().expect("joins a group").push(index),
+            false => groups.push(vec![index]),
+        }
+    }
+    groups
+}
+
+/// A System V shared memory segment, as `/proc/sysvipc/shm` of the
+/// process's IPC namespace describes it at the capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvSegment {
+    /// Its id (`shmid`) in the process's IPC namespace.
+    pub id: i32,
+    /// Its key (`IPC_PRIVATE`, 0, for a private or removed segment).
+    pub key: i32,
+    /// Its size in bytes, as `shmget` was given it.
+    pub size: u64,
+    /// Permission bits, with `SHM_DEST` (0o1000) when it was removed
+    /// (`IPC_RMID`) and lives on until its last detach.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+}
+
+impl SysvSegment {
+    /// `SHM_DEST`: removed, destroyed once nothing attaches it.
+    pub const DEST: u32 = 0o1000;
+
+    /// Whether the segment was removed (`IPC_RMID`) before the capture.
+    pub fn removed(&self) -> bool {
+        self.mode & Self::DEST != 0
+    }
+
+    /// Its length in memory: the size rounded up to whole pages.
+    pub fn mapped_len(&self) -> u64 {
+        self.size.div_ceil(PAGE_SIZE) * PAGE_SIZE
+    }
 }
 
 impl AreaKind {
@@ -101,6 +171,7 @@ impl AreaKind {
                 | AreaKind::Anonymous
                 | AreaKind::Heap
                 | AreaKind::Stack
+                | AreaKind::SysvShm(_)
         )
     }
 }
@@ -200,6 +271,58 @@ pub(crate) fn push_run(runs: &mut Vec<PageRun>, first: u64, count: u64, kind: Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sysv_area(start: u64, pages: u64, offset: u64, id: i32) -> MemoryArea {
+        MemoryArea {
+            start,
+            end: start + pages * PAGE_SIZE,
+            prot: Protection {
+                read: true,
+                write: true,
+                exec: false,
+            },
+            shared: true,
+            offset,
+            path: Some("/SYSV00000000".into()),
+            deleted: true,
+            maps_dev: 1,
+            inode: id as u64,
+            file: None,
+            kind: AreaKind::SysvShm(SysvSegment {
+                id,
+                key: 0,
+                size: 3 * PAGE_SIZE,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+            }),
+            pages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn sysv_attachments_join_the_areas_of_one_shmat() {
+        let p = PAGE_SIZE;
+        let areas = [
+            // One attachment split by an mprotect.
+            sysv_area(0x10000, 1, 0, 7),
+            sysv_area(0x10000 + p, 1, p, 7),
+            sysv_area(0x10000 + 2 * p, 1, 2 * p, 7),
+            // The same segment attached again right after: offsets restart.
+            sysv_area(0x10000 + 3 * p, 3, 0, 7),
+            // Another segment.
+            sysv_area(0x20000, 3, 0, 8),
+        ];
+        assert_eq!(
+            sysv_attachments(&areas),
+            vec![vec![0, 1, 2], vec![3], vec![4]]
+        );
+        let AreaKind::SysvShm(s) = areas[0].kind else {
+            unreachable!()
+        };
+        assert_eq!(s.mapped_len(), 3 * p);
+        assert!(!s.removed());
+    }
 
     #[test]
     fn runs_merge_when_contiguous_and_same_kind() {

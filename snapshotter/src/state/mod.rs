@@ -47,7 +47,10 @@ mod timers;
 pub mod tree;
 
 pub use fds::{EpollRegistration, FdKind, FdState, InotifyWatch, PairType, PipeEnd, TimerState};
-pub use memory::{AreaKind, FileIdentity, MemoryArea, PageRun, PageRunKind, Protection};
+pub use memory::{
+    sysv_attachments, AreaKind, FileIdentity, MemoryArea, PageRun, PageRunKind, Protection,
+    SysvSegment,
+};
 pub use mm::MmState;
 pub use pending::{PendingSignal, SIGINFO_SIZE};
 pub use process::{ProcessAttributes, Rlimit};
