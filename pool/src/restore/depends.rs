@@ -25,11 +25,10 @@
 //! copy's time namespace (`crate::sandbox::timens`).
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 
 use snapshotter::capture::depends::{clocks_now, content_hash, cpu_features, vdso_image};
 use snapshotter::snapshot::Snapshot;
-use snapshotter::state::{Clocks, FileContent, FileIdentity};
+use snapshotter::state::{Clocks, FileContent};
 
 use super::fds::{Expect, FdPlan};
 use super::RestoreError;
@@ -74,52 +73,36 @@ fn hex(hash: &[u8; 32]) -> String {
     blake3::Hash::from(*hash).to_hex()[..16].to_string()
 }
 
-/// Checks that `file` has the recorded content (size, then blake3).
-/// `captured`: the file's identity at the capture. Other content in the
-/// same file (same device and inode: changed in place since the capture)
-/// is [`RestoreError::FileChanged`], as before content was recorded (a new
-/// capture fixes it); other content in another file (another node's, or
-/// one put in its place) is [`RestoreError::Incompatible`].
-pub fn check_content(
-    file: &File,
-    content: &FileContent,
-    captured: Option<&FileIdentity>,
-) -> Result<(), RestoreError> {
+/// Checks that `file` has the recorded content (size, then blake3):
+/// anything else is [`RestoreError::Incompatible`] naming the file, whether
+/// it changed in place or another file is at its path (device and inode
+/// cannot tell them apart: a new file often gets a freed inode's number).
+pub fn check_content(file: &File, content: &FileContent) -> Result<(), RestoreError> {
     let path = &content.path;
-    let meta = file.metadata().map_err(|source| RestoreError::Io {
-        what: format!("stat {path}"),
-        source,
-    })?;
-    let same_file = captured.is_some_and(|id| id.dev == meta.dev() && id.inode == meta.ino());
-    let differs = |what: String| {
-        if same_file {
-            RestoreError::FileChanged {
-                path: path.clone(),
-                what,
-            }
-        } else {
-            RestoreError::Incompatible {
-                what: format!("{path}: {what}"),
-            }
-        }
-    };
-    if meta.size() != content.size {
-        return Err(differs(format!(
-            "{} bytes here, {} at the capture",
-            meta.size(),
-            content.size
-        )));
+    let size = file
+        .metadata()
+        .map_err(|source| RestoreError::Io {
+            what: format!("stat {path}"),
+            source,
+        })?
+        .len();
+    if size != content.size {
+        return Err(RestoreError::Incompatible {
+            what: format!("{path}: {size} bytes here, {} at the capture", content.size),
+        });
     }
     let (_, hash) = content_hash(file, path, None).map_err(|e| RestoreError::Io {
         what: format!("hash {path}"),
         source: std::io::Error::other(e.to_string()),
     })?;
     if hash != content.blake3 {
-        return Err(differs(format!(
-            "other content than at the capture (blake3 {}… here, {}… then)",
-            hex(&hash),
-            hex(&content.blake3)
-        )));
+        return Err(RestoreError::Incompatible {
+            what: format!(
+                "{path}: other content than at the capture (blake3 {}… here, {}… then)",
+                hex(&hash),
+                hex(&content.blake3)
+            ),
+        });
     }
     Ok(())
 }

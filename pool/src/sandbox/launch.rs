@@ -257,7 +257,8 @@ impl Sandbox {
 
     /// [`Sandbox::launch_stub`] whose processes live in a time namespace
     /// with `time_offsets` (see [`super::timens`]; `None`: the host's
-    /// clocks).
+    /// clocks). Made for restore stubs; a sandbox that runs `spec.argv`
+    /// gets the namespace too.
     pub async fn launch_copy(
         config: &SandboxConfig,
         spec: &LaunchSpec,
@@ -404,7 +405,7 @@ impl Sandbox {
             open_files: open_files.to_vec(),
             phases_file: std::env::var_os(super::PHASES_DIR_ENV)
                 .map(|dir| PathBuf::from(dir).join(id)),
-            time_offsets: time_offsets.filter(|_| spec.stub),
+            time_offsets,
         };
         let json = serde_json::to_string(&sandbox_spec).expect("spec serialises");
 

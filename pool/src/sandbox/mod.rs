@@ -158,9 +158,9 @@ pub struct SandboxSpec {
     /// lines), when the launcher was asked to ([`PHASES_DIR_ENV`]).
     #[serde(default)]
     pub phases_file: Option<PathBuf>,
-    /// A restore stub's time namespace: the offsets of `CLOCK_MONOTONIC`
-    /// and `CLOCK_BOOTTIME` its processes see ([`timens`]); `None`: the
-    /// host's clocks.
+    /// A time namespace for the sandbox's processes (a restore stub's):
+    /// the offsets of `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME` they see
+    /// ([`timens`]); `None`: the host's clocks.
     #[serde(default)]
     pub time_offsets: Option<snapshotter::state::Clocks>,
 }
