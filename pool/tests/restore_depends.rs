@@ -274,3 +274,57 @@ fn a_copy_of_a_process_whose_clock_was_ahead_never_sees_it_go_back() {
         println!("{mode:?}: captured at {m0}, copy reads {m1} ({line})");
     }
 }
+
+/// What recording and checking the dependencies of a numpy + pandas
+/// process costs: hashing its mapped files the first time (cold: nothing
+/// cached), again (cached by file version), and the restore-side host
+/// check. A measurement, not a test.
+#[test]
+#[ignore = "a measurement: cargo test -p pool --test restore_depends -- --ignored --nocapture"]
+fn measure_depends_cost() {
+    if !can_restore("measure_depends_cost", false) {
+        return;
+    }
+    let Some(numpy) = restore_support::numpy_path("measure_depends_cost") else {
+        return;
+    };
+    let script = "import sys\nsys.path.insert(0, sys.argv[1])\nimport numpy, pandas\nprint('ready', flush=True)\nsys.stdin.read()\n";
+    let mut python = start(Path::new("/usr/bin/python3"), &["-c", script, &numpy]);
+    assert_eq!(python.line(), "ready");
+    let pid = python.child.id() as i32;
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = tmp.path().join("snap");
+    let info = snapshot_to_dir(pid, &snap).unwrap();
+    let (snapshot, _) = open_snapshot_dir(&snap).unwrap();
+    let depends = snapshot.depends.as_ref().unwrap();
+    let bytes: u64 = depends.files.iter().map(|f| f.size).sum();
+    let states = [&snapshot.state];
+    let mut warm = Vec::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        snapshotter::capture::depends::record(&states, pid, None).unwrap();
+        warm.push(t.elapsed());
+    }
+    warm.sort();
+    let t = std::time::Instant::now();
+    let fresh = tempfile::tempdir().unwrap();
+    for f in &depends.files {
+        let file = File::open(&f.path).unwrap();
+        // A copy of the bytes: no cache entry matches a new file.
+        let copy = fresh.path().join("f");
+        std::fs::copy(&f.path, &copy).unwrap();
+        drop(file);
+        let file = File::open(&copy).unwrap();
+        snapshotter::capture::depends::content_hash(&file, &f.path, None).unwrap();
+    }
+    let cold = t.elapsed();
+    println!(
+        "numpy+pandas: {} files, {:.1} MiB; capture total {} ms; record cached median {:?}; \
+         hashing every file cold (incl. copying it) {:?}",
+        depends.files.len(),
+        bytes as f64 / (1 << 20) as f64,
+        info.timings.total_us / 1000,
+        warm[2],
+        cold
+    );
+}
