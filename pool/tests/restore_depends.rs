@@ -217,6 +217,21 @@ fn a_cpu_feature_this_cpu_lacks_is_refused_by_name() {
             format!("snapshot incompatible with this node: this CPU lacks {lacking}")
         );
     }
+
+    // A newer thaw's format: this node cannot restore it either.
+    let (_, store) = open_snapshot_dir(&snap).unwrap();
+    snapshot.format = 5;
+    snapshotter::store::write_manifest(&manifest_path(&snap, DIR_SNAPSHOT_ID), &snapshot).unwrap();
+    let restorer =
+        pool::restore::sandboxed::SnapshotRestorer::new(snap.clone(), std::sync::Arc::new(store))
+            .unwrap();
+    let err = restorer.prepare(DIR_SNAPSHOT_ID).err().expect("refused");
+    assert!(matches!(err, RestoreError::Incompatible { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("format 5, a newer thaw's (this build reads 3 and 4)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -236,6 +236,15 @@ pub enum LoadSnapshotError {
     /// The manifest is missing, corrupt or from another version.
     #[error(transparent)]
     Manifest(#[from] ReadManifestError),
+    /// The manifest is of a format this build does not read (a newer
+    /// thaw's when `format` > [`SNAPSHOT_FORMAT`]).
+    #[error("snapshot {}: {}", path.display(), format_refusal(*format))]
+    Format {
+        /// The manifest.
+        path: PathBuf,
+        /// Its format.
+        format: u32,
+    },
     /// The manifest decodes but is not a usable snapshot.
     #[error("snapshot {}: {what}", path.display())]
     Invalid {
@@ -381,9 +390,9 @@ pub fn parse_snapshot(bytes: &[u8], id: &str, path: &Path) -> Result<Snapshot, L
 /// Refuses a manifest of another format than this build's (or format 3).
 fn check_format(format: u32, path: &Path) -> Result<(), LoadSnapshotError> {
     if format != SNAPSHOT_FORMAT && format != FORMAT_3 {
-        return Err(LoadSnapshotError::Invalid {
+        return Err(LoadSnapshotError::Format {
             path: path.to_path_buf(),
-            what: format_refusal(format),
+            format,
         });
     }
     Ok(())
@@ -425,7 +434,10 @@ pub fn check_snapshot(
         )));
     }
     if snapshot.format != expected {
-        return Err(invalid(format_refusal(snapshot.format)));
+        return Err(LoadSnapshotError::Format {
+            path: path.to_path_buf(),
+            format: snapshot.format,
+        });
     }
     if snapshot.id != id {
         return Err(invalid(format!("names snapshot {:?}", snapshot.id)));

@@ -148,7 +148,19 @@ impl SnapshotRestorer {
         if let Some(s) = self.cache.lock().unwrap().get(id) {
             return Ok(s.clone());
         }
-        let s = Arc::new(load_snapshot(&self.snapshots_dir, id)?);
+        let s = match load_snapshot(&self.snapshots_dir, id) {
+            Ok(s) => Arc::new(s),
+            // A newer thaw's snapshot: this node cannot restore it (it is
+            // not broken, another node may).
+            Err(e @ snapshotter::snapshot::LoadSnapshotError::Format { format, .. })
+                if format > snapshotter::snapshot::SNAPSHOT_FORMAT =>
+            {
+                return Err(RestoreError::Incompatible {
+                    what: e.to_string(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.cache.lock().unwrap().insert(id.to_string(), s.clone());
         Ok(s)
     }
