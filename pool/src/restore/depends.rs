@@ -26,7 +26,7 @@
 
 use std::fs::File;
 
-use snapshotter::capture::depends::{clocks_now, content_hash, cpu_features, vdso_image};
+use snapshotter::capture::depends::{content_hash, cpu_features, host_clocks, vdso_image};
 use snapshotter::snapshot::Snapshot;
 use snapshotter::state::{Clocks, FileContent};
 
@@ -110,14 +110,16 @@ pub fn check_content(file: &File, content: &FileContent) -> Result<(), RestoreEr
 /// The offsets the copy's time namespace needs so that its
 /// `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME` never read less than at the
 /// capture: how far this host's clocks are behind the snapshot's (0 when
-/// they are not, and for a snapshot without recorded clocks). This host's
-/// clocks only move forward, so offsets computed ahead (a spare sandbox)
-/// stay enough.
+/// they are not, and for a snapshot without recorded clocks). A time
+/// namespace's offsets count from the host's clocks, not from its
+/// parent's: a restorer that runs in a time namespace itself compares
+/// against the host's (`host_clocks`). They only move forward, so offsets
+/// computed ahead (a spare sandbox) stay enough.
 pub fn time_offsets(snapshot: &Snapshot) -> Result<Clocks, RestoreError> {
     let Some(depends) = &snapshot.depends else {
         return Ok(Clocks::default());
     };
-    let now = clocks_now().map_err(|e| RestoreError::Io {
+    let now = host_clocks().map_err(|e| RestoreError::Io {
         what: "read this host's clocks".into(),
         source: std::io::Error::other(e.to_string()),
     })?;

@@ -447,6 +447,18 @@ pub fn clocks_now() -> Result<Clocks, DependsError> {
     })
 }
 
+/// The host's clocks (those of the initial time namespace, against which
+/// every time namespace's offsets count): this process's, less its time
+/// namespace's offsets.
+pub fn host_clocks() -> Result<Clocks, DependsError> {
+    let now = clocks_now()?;
+    let mine = timens_offsets(0)?;
+    Ok(Clocks {
+        monotonic_ns: now.monotonic_ns - mine.monotonic_ns,
+        boottime_ns: now.boottime_ns - mine.boottime_ns,
+    })
+}
+
 /// The clocks as process `pid` sees them now: this process's, less this
 /// process's time namespace offsets, plus `pid`'s.
 pub fn clocks_of(pid: i32) -> Result<Clocks, DependsError> {
