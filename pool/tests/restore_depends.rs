@@ -225,7 +225,7 @@ fn a_cpu_feature_this_cpu_lacks_is_refused_by_name() {
     let restorer =
         pool::restore::sandboxed::SnapshotRestorer::new(snap.clone(), std::sync::Arc::new(store))
             .unwrap();
-    let err = restorer.prepare(DIR_SNAPSHOT_ID).err().expect("refused");
+    let err = restorer.prepare(DIR_SNAPSHOT_ID).expect_err("refused");
     assert!(matches!(err, RestoreError::Incompatible { .. }), "{err}");
     assert!(
         err.to_string()
