@@ -176,8 +176,25 @@ fn cpu_now(cgroups: &CgroupRoot) -> Duration {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     let me = tv(usage.ru_utime) + tv(usage.ru_stime);
+    let zygote: Duration = zygotes()
+        .iter()
+        .map(|pid| stat_cpu(&format!("/proc/{pid}/stat")))
+        .sum();
+    me + zygote + cgroups.sandbox_cpu_time().unwrap_or_default()
+}
+
+/// The pids of this process's zygotes, found once (a scan of `/proc` on
+/// every reading would be counted in this process's CPU, hence in the CPU
+/// per sandbox).
+fn zygotes() -> Vec<u32> {
+    static FOUND: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+    let mut found = FOUND.lock().unwrap();
+    let alive = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    if !found.is_empty() && found.iter().all(alive) {
+        return found.clone();
+    }
     let me_pid = std::process::id().to_string();
-    let zygote: Duration = std::fs::read_dir("/proc")
+    *found = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
@@ -192,9 +209,8 @@ fn cpu_now(cgroups: &CgroupRoot) -> Duration {
                     .and_then(|r| r.split_whitespace().nth(1))
                     == Some(me_pid.as_str())
         })
-        .map(|pid| stat_cpu(&format!("/proc/{pid}/stat")))
-        .sum();
-    me + zygote + cgroups.sandbox_cpu_time().unwrap_or_default()
+        .collect();
+    found.clone()
 }
 
 fn main() {

@@ -520,9 +520,16 @@ impl Cgroup {
     }
 
     /// Pids of the processes in the cgroup.
+    ///
+    /// Read from the first hierarchy only (v2: the only one; v1: memory):
+    /// a sandbox's init joins that one first ([`Cgroup::join_files`] keeps
+    /// the order of the hierarchies) and every process of the sandbox is
+    /// forked after its init joined them all, so the first hierarchy holds
+    /// every process any other one does. One read instead of one per
+    /// hierarchy: this runs on every teardown and every measurement.
     pub fn pids(&self) -> Vec<i32> {
         let mut out = Vec::new();
-        for file in self.procs_files() {
+        if let Some(file) = self.procs_files().first() {
             if let Ok(text) = fs::read_to_string(file) {
                 out.extend(
                     text.split_whitespace()

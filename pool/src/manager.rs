@@ -164,6 +164,22 @@ enum Room {
     Spare,
 }
 
+/// Environment variable that has forced cold starts measured right after
+/// they start, as every other start is (`1`); see [`measure_after_start`].
+pub const SAMPLE_FORCED_COLD_ENV: &str = "THAW_SAMPLE_FORCED_COLD";
+
+/// Whether a start is measured (its processes' `smaps_rollup` read) right
+/// after it is up. Not a forced cold start (`x-thaw-cold`): that instance
+/// serves one invocation and is torn down, so the measurement, which walks
+/// the page tables of a copy of a large process (about 0.6 ms of CPU for
+/// numpy-pandas), would be thrown away; until it is measured an instance
+/// counts its whole memory limit against the budget, which over-counts and
+/// never lets the pool exceed it. `THAW_SAMPLE_FORCED_COLD=1` measures them
+/// too (for A/B measurements).
+fn measure_after_start(cold: Option<Cold>) -> bool {
+    cold.is_none() || std::env::var_os(SAMPLE_FORCED_COLD_ENV).is_some_and(|v| v == "1")
+}
+
 /// How a forced cold start must start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cold {
@@ -490,7 +506,11 @@ impl Pool {
         if let (Some(snapshot), Some(restorer), false) =
             (&spec.snapshot, restorer, cold == Some(Cold::Boot))
         {
-            match self.restore(key, spec, snapshot, restorer, room).await {
+            let measure = measure_after_start(cold);
+            match self
+                .restore(key, spec, snapshot, restorer, room, measure)
+                .await
+            {
                 Ok((instance, phases)) => return Ok((instance, StartKind::Restore, Some(phases))),
                 Err(PoolError::Restore(e)) => {
                     self.shared.restore_failures.fetch_add(1, Ordering::Relaxed);
@@ -517,7 +537,7 @@ impl Pool {
                 Err(e) => return Err((e, StartKind::Restore)),
             }
         }
-        self.boot_in(key, spec, room)
+        self.boot_in(key, spec, room, measure_after_start(cold))
             .await
             .map(|i| (i, StartKind::Boot, None))
             .map_err(|e| (e, StartKind::Boot))
@@ -532,6 +552,7 @@ impl Pool {
         snapshot: &crate::instance::SnapshotSource,
         restorer: &crate::instance::Restorer,
         room: Room,
+        measure: bool,
     ) -> Result<(Instance, RestorePhases), PoolError> {
         let started = Instant::now();
         let spare = self.take_spare(key, &snapshot.id).await;
@@ -566,7 +587,7 @@ impl Pool {
             }
         };
         let result = self
-            .start_within_budget(key, spec, StartKind::Restore, room, start)
+            .start_within_budget(key, spec, StartKind::Restore, room, measure, start)
             .await;
         if let Ok((_, phases)) = &result {
             tracing::debug!(
@@ -614,7 +635,7 @@ impl Pool {
     /// Boots a new instance of `key`, within the memory budget (evicting
     /// idle instances of any function first when needed).
     pub async fn boot(&self, key: &FunctionKey, spec: &StartSpec) -> Result<Instance, PoolError> {
-        self.boot_in(key, spec, Room::AnyIdle).await
+        self.boot_in(key, spec, Room::AnyIdle, true).await
     }
 
     /// [`Pool::boot`], making room as `room` allows.
@@ -623,6 +644,7 @@ impl Pool {
         key: &FunctionKey,
         spec: &StartSpec,
         room: Room,
+        measure: bool,
     ) -> Result<Instance, PoolError> {
         let start = Instance::boot(
             &self.config.sandbox,
@@ -630,7 +652,7 @@ impl Pool {
             self.config.init_timeout,
             spec.logs.clone(),
         );
-        self.start_within_budget(key, spec, StartKind::Boot, room, async {
+        self.start_within_budget(key, spec, StartKind::Boot, room, measure, async {
             start.await.map(|i| (i, ())).map_err(PoolError::from)
         })
         .await
@@ -639,14 +661,16 @@ impl Pool {
 
     /// Runs `start` (a boot or a restore of `key`) with the version's memory
     /// limit reserved from the budget (making room as `room` allows) and the
-    /// start counted as booting; records the new instance as live and has
-    /// its memory measured in the background.
+    /// start counted as booting; records the new instance as live and, with
+    /// `measure`, has its memory measured in the background (see
+    /// [`measure_after_start`]).
     async fn start_within_budget<T>(
         &self,
         key: &FunctionKey,
         spec: &StartSpec,
         kind: StartKind,
         room: Room,
+        measure: bool,
         start: impl std::future::Future<Output = Result<(Instance, T), PoolError>>,
     ) -> Result<(Instance, T), PoolError> {
         let needed = spec.launch.limits.memory_bytes;
@@ -673,7 +697,9 @@ impl Pool {
             accounting::Live::new(key.clone(), instance.cgroup().clone(), kind, needed),
         );
         drop(st);
-        self.spawn_sample(instance.id());
+        if measure {
+            self.spawn_sample(instance.id());
+        }
         Ok((instance, extra))
     }
 

@@ -157,7 +157,7 @@ fn outer(spec: &SandboxSpec) -> Result<i32, String> {
             close_quietly(KEEPER_FD);
             close_quietly(3);
             close_quietly(4);
-            close_stub_fds(&spec);
+            close_stub_fds(spec);
             Ok(wait_for(child))
         }
     }
