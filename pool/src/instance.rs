@@ -134,9 +134,34 @@ pub enum RestoreFailure {
     /// failed, or it died).
     #[error("the restored copy did not come up: {0}")]
     Copy(String),
+    /// This node cannot run the snapshot's copies (a mapped file with other
+    /// content, a CPU feature missing, another vDSO:
+    /// [`crate::restore::depends`]).
+    #[error("snapshot {id} cannot be restored on this node (incompatible): {what}")]
+    Incompatible {
+        /// Snapshot id.
+        id: String,
+        /// What differs.
+        what: String,
+    },
 }
 
 impl RestoreFailure {
+    /// A failure of the restorer on snapshot `id`: [`RestoreFailure::Incompatible`]
+    /// for what this node lacks, else [`RestoreFailure::Restorer`].
+    pub fn restorer(id: &str, e: crate::restore::RestoreError) -> RestoreFailure {
+        match e {
+            crate::restore::RestoreError::Incompatible { what } => RestoreFailure::Incompatible {
+                id: id.to_string(),
+                what,
+            },
+            e => RestoreFailure::Restorer {
+                id: id.to_string(),
+                reason: e.to_string(),
+            },
+        }
+    }
+
     /// Whether the snapshot (or what it depends on: its pages, image, the
     /// files it maps) is the likely cause, so that it should be rebuilt; a
     /// sandbox that could not be made says nothing about the snapshot.
@@ -319,10 +344,7 @@ impl Instance {
         })
         .await
         .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
-        .map_err(|e| RestoreFailure::Restorer {
-            id: snapshot.id.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| RestoreFailure::restorer(&snapshot.id, e))?;
         // Both modes record the working set once (uffd: the pages the page
         // server filled; mmap: the pages resident after the invocation).
         {
@@ -632,22 +654,32 @@ impl Stub {
         let copy = tokio::task::spawn_blocking(move || r.prepare(&id))
             .await
             .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
-            .map_err(|e| RestoreFailure::Restorer {
-                id: snapshot.id.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| RestoreFailure::restorer(&snapshot.id, e))?;
         let mut copy = copy;
-        let sandbox = Sandbox::launch_stub(config, &launch, &copy.fds(), &copy.open_files())
-            .await
-            .map_err(|e| match e {
-                // The snapshot names a file this sandbox does not give the
-                // function: the snapshot's fault, not the sandbox's.
-                LaunchError::OpenFile(reason) => RestoreFailure::Restorer {
-                    id: snapshot.id.clone(),
-                    reason,
-                },
-                other => RestoreFailure::Launch(other),
-            })?;
+        let time_offsets = match crate::sandbox::timens::enabled() {
+            true => Some(
+                copy.time_offsets()
+                    .map_err(|e| RestoreFailure::restorer(&snapshot.id, e))?,
+            ),
+            false => None,
+        };
+        let sandbox = Sandbox::launch_copy(
+            config,
+            &launch,
+            &copy.fds(),
+            &copy.open_files(),
+            time_offsets,
+        )
+        .await
+        .map_err(|e| match e {
+            // The snapshot names a file this sandbox does not give the
+            // function: the snapshot's fault, not the sandbox's.
+            LaunchError::OpenFile(reason) => RestoreFailure::Restorer {
+                id: snapshot.id.clone(),
+                reason,
+            },
+            other => RestoreFailure::Launch(other),
+        })?;
         let instance = Instance::from_sandbox(sandbox, sink, spec.limits.memory_bytes, 2);
         // The files the stub opened inside its sandbox, as the function:
         // checked against the snapshot before the stub can become a copy.
@@ -659,10 +691,7 @@ impl Stub {
         };
         if let Err(e) = adopted {
             let _ = instance.destroy().await;
-            return Err(RestoreFailure::Restorer {
-                id: snapshot.id.clone(),
-                reason: e.to_string(),
-            });
+            return Err(RestoreFailure::restorer(&snapshot.id, e));
         }
         Ok(Stub {
             instance,

@@ -1,7 +1,9 @@
 //! A snapshot that can no longer be restored (a mapped library changed, its
 //! manifest is missing, a page in the store is corrupt): the next cold start
 //! falls back to booting, answers correctly, says why, and the snapshot is
-//! rebuilt so that later cold starts restore again.
+//! rebuilt so that later cold starts restore again. A library replaced by
+//! the same bytes (another inode, as on another node) still restores: files
+//! are matched by content (issue 18).
 
 mod common;
 
@@ -148,7 +150,8 @@ async fn a_changed_library_file_falls_back_to_boot_and_is_rebuilt() {
     assert_eq!(a.header("x-thaw-start"), "restore");
     let zlib_version = a.json()["zlib"].clone();
 
-    // Replace the library (same bytes, a new file): what an upgrade does.
+    // Replace the library by the same bytes in a new file (another inode,
+    // as another node has it): matched by content, it still restores.
     assert!(server.stop().success());
     let path = server.data.join("functions/lib/v1/code/libzcopy.so");
     assert!(path.exists(), "code lives at {}", path.display());
@@ -156,12 +159,27 @@ async fn a_changed_library_file_falls_back_to_boot_and_is_rebuilt() {
     std::fs::write(&tmp, &lib).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     server.spawn();
+    let a = server
+        .invoke_raw("lib", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("x-thaw-start"), "restore", "same content restores");
+
+    // Replace it by other bytes (what an upgrade does; here the same
+    // library with a few bytes more, which loads the same at boot): this
+    // node's file is not the snapshot's.
+    assert!(server.stop().success());
+    let mut upgraded = lib.clone();
+    upgraded.extend_from_slice(&[0u8; 64]);
+    std::fs::write(&tmp, &upgraded).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    server.spawn();
 
     check_fallback_and_rebuild(
         &server,
         "lib",
         &old,
-        "changed since the snapshot",
+        "cannot be restored on this node (incompatible): /var/task/libzcopy.so",
         json!({}),
         2,
     )

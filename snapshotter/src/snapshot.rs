@@ -14,14 +14,20 @@
 //!   areas[]                         per memory area its AreaPages (zero / file / hashes)
 //!   children[]                      the other processes of its tree, parents before
 //!                                   their children: per process its state and areas[]
+//!   depends                         what its copies depend on (format 4; `None` when
+//!                                   read from a format 3 manifest): mapped files by
+//!                                   content, CPU features, vDSO, clocks
+//!                                   (crate::state::depends)
 //! <store>/roots/<id>                the store root (written first): the page lists
 //!                                   of every area of every process, the root's first
 //!                                   and then each child's in `children` order (the
 //!                                   image lays them out in that order)
 //! ```
 //!
-//! A manifest of another [`SNAPSHOT_FORMAT`] is refused by its number
-//! before the rest is decoded (format 2 had no `children`).
+//! A manifest of another format is refused by its number before the rest
+//! is decoded (format 2 had no `children`), except format 3, which is
+//! format 4 without `depends`: it is read, and its copies are restored
+//! without the dependency checks (only what format 3 checked).
 //!
 //! The root is committed before the manifest is written (atomically): a
 //! crash in between leaves a root without a manifest (gc keeps its pages
@@ -40,9 +46,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::capture::depends::DependsError;
 use crate::capture::tree::capture_tree_timed;
 use crate::capture::{capture_timed, CaptureError, CaptureOptions};
-use crate::state::{ProcessState, MAX_PROCESSES};
+use crate::state::{Dependencies, ProcessState, MAX_PROCESSES};
 use crate::store::{
     area_pages, decode_manifest, read_manifest, write_manifest, AreaPages, AreaPagesError,
     CommitError, InvalidSnapshotId, OpenError, PageStore, ReadManifestError, StoreSink,
@@ -52,7 +59,10 @@ use crate::store::{
 /// Version of the [`Snapshot`] payload; bump on any incompatible change.
 /// Format 2: directory and device descriptors carry an identity.
 /// Format 3: process trees (`children`, and `ProcessState::ids`).
-pub const SNAPSHOT_FORMAT: u32 = 3;
+/// Format 4: `depends` (what the copies depend on, issue 18).
+pub const SNAPSHOT_FORMAT: u32 = 4;
+/// The older format this build still reads ([`SnapshotV3`]).
+const FORMAT_3: u32 = 3;
 /// Id of the snapshot in a self-contained snapshot directory.
 pub const DIR_SNAPSHOT_ID: &str = "snapshot";
 /// Extension of manifest files.
@@ -95,6 +105,35 @@ pub struct Snapshot {
     /// The captured process's descendants, parents before their children
     /// (empty for a single process).
     pub children: Vec<ChildProcess>,
+    /// What its copies depend on; `None` for a format 3 manifest.
+    pub depends: Option<Dependencies>,
+}
+
+/// A format 3 payload: [`Snapshot`] without `depends`.
+#[derive(Deserialize)]
+struct SnapshotV3 {
+    format: u32,
+    id: String,
+    created_ms: u64,
+    timings: SnapshotTimings,
+    state: ProcessState,
+    areas: Vec<AreaPages>,
+    children: Vec<ChildProcess>,
+}
+
+impl From<SnapshotV3> for Snapshot {
+    fn from(v: SnapshotV3) -> Snapshot {
+        Snapshot {
+            format: v.format,
+            id: v.id,
+            created_ms: v.created_ms,
+            timings: v.timings,
+            state: v.state,
+            areas: v.areas,
+            children: v.children,
+            depends: None,
+        }
+    }
 }
 
 /// One process of a tree other than its root.
@@ -175,6 +214,9 @@ pub enum SnapshotError {
     /// Writing the manifest failed.
     #[error(transparent)]
     Manifest(#[from] WriteManifestError),
+    /// What the copies depend on could not be read.
+    #[error(transparent)]
+    Depends(#[from] DependsError),
     /// A directory could not be created.
     #[error("cannot create {}: {source}", path.display())]
     Dir {
@@ -194,6 +236,15 @@ pub enum LoadSnapshotError {
     /// The manifest is missing, corrupt or from another version.
     #[error(transparent)]
     Manifest(#[from] ReadManifestError),
+    /// The manifest is of a format this build does not read (a newer
+    /// thaw's when `format` > [`SNAPSHOT_FORMAT`]).
+    #[error("snapshot {}: {}", path.display(), format_refusal(*format))]
+    Format {
+        /// The manifest.
+        path: PathBuf,
+        /// Its format.
+        format: u32,
+    },
     /// The manifest decodes but is not a usable snapshot.
     #[error("snapshot {}: {what}", path.display())]
     Invalid {
@@ -263,6 +314,13 @@ pub fn take_snapshot(
         .map(|(state, areas)| ChildProcess { state, areas })
         .collect();
     let state = states.pop().expect("the root's state");
+    // The processes still run (the capture detached): their files are read
+    // through /proc, hashed once per version of the file (cache in the
+    // store's directory).
+    let processes: Vec<&ProcessState> = std::iter::once(&state)
+        .chain(children.iter().map(|c| &c.state))
+        .collect();
+    let depends = crate::capture::depends::record(&processes, pid, Some(store.dir()))?;
     let mut snapshot = Snapshot {
         format: SNAPSHOT_FORMAT,
         id: id.to_string(),
@@ -282,6 +340,7 @@ pub fn take_snapshot(
         state,
         areas,
         children,
+        depends: Some(depends),
     };
     snapshot.timings.commit_us = micros(committing.elapsed());
     snapshot.timings.total_us = micros(started.elapsed());
@@ -306,7 +365,11 @@ pub fn load_snapshot(snapshots_dir: &Path, id: &str) -> Result<Snapshot, LoadSna
     let path = manifest_path(snapshots_dir, id);
     let format: FormatOnly = read_manifest(&path)?;
     check_format(format.format, &path)?;
-    let snapshot: Snapshot = read_manifest(&path)?;
+    let snapshot: Snapshot = if format.format == FORMAT_3 {
+        read_manifest::<SnapshotV3>(&path)?.into()
+    } else {
+        read_manifest(&path)?
+    };
     check_snapshot(snapshot, id, &path)
 }
 
@@ -316,19 +379,34 @@ pub fn load_snapshot(snapshots_dir: &Path, id: &str) -> Result<Snapshot, LoadSna
 pub fn parse_snapshot(bytes: &[u8], id: &str, path: &Path) -> Result<Snapshot, LoadSnapshotError> {
     let format: FormatOnly = decode_manifest(bytes, path, DEFAULT_MANIFEST_LIMIT)?;
     check_format(format.format, path)?;
-    let snapshot: Snapshot = decode_manifest(bytes, path, DEFAULT_MANIFEST_LIMIT)?;
+    let snapshot: Snapshot = if format.format == FORMAT_3 {
+        decode_manifest::<SnapshotV3>(bytes, path, DEFAULT_MANIFEST_LIMIT)?.into()
+    } else {
+        decode_manifest(bytes, path, DEFAULT_MANIFEST_LIMIT)?
+    };
     check_snapshot(snapshot, id, path)
 }
 
-/// Refuses a manifest of another format than this build's.
+/// Refuses a manifest of another format than this build's (or format 3).
 fn check_format(format: u32, path: &Path) -> Result<(), LoadSnapshotError> {
-    if format != SNAPSHOT_FORMAT {
-        return Err(LoadSnapshotError::Invalid {
+    if format != SNAPSHOT_FORMAT && format != FORMAT_3 {
+        return Err(LoadSnapshotError::Format {
             path: path.to_path_buf(),
-            what: format!("format {format} (this build reads {SNAPSHOT_FORMAT})"),
+            format,
         });
     }
     Ok(())
+}
+
+/// Why a manifest of `format` is not read: "format N (this build reads 3
+/// and 4)". A newer format than this build's is a snapshot of a newer thaw.
+pub fn format_refusal(format: u32) -> String {
+    let newer = if format > SNAPSHOT_FORMAT {
+        ", a newer thaw's"
+    } else {
+        ""
+    };
+    format!("format {format}{newer} (this build reads {FORMAT_3} and {SNAPSHOT_FORMAT})")
 }
 
 /// Checks that a decoded snapshot is snapshot `id` of this build's format
@@ -344,11 +422,22 @@ pub fn check_snapshot(
         path: path.to_path_buf(),
         what,
     };
-    if snapshot.format != SNAPSHOT_FORMAT {
+    // Format 3 comes without `depends`, format 4 with it.
+    let expected = if snapshot.depends.is_some() {
+        SNAPSHOT_FORMAT
+    } else {
+        FORMAT_3
+    };
+    if snapshot.format == SNAPSHOT_FORMAT && expected == FORMAT_3 {
         return Err(invalid(format!(
-            "format {} (this build reads {SNAPSHOT_FORMAT})",
-            snapshot.format
+            "format {SNAPSHOT_FORMAT} without what its copies depend on"
         )));
+    }
+    if snapshot.format != expected {
+        return Err(LoadSnapshotError::Format {
+            path: path.to_path_buf(),
+            format: snapshot.format,
+        });
     }
     if snapshot.id != id {
         return Err(invalid(format!("names snapshot {:?}", snapshot.id)));
@@ -469,9 +558,53 @@ mod tests {
 
     /// A real manifest: the fuzz corpus's seed, a captured `sleep` (its
     /// first byte is the fuzz target's mode byte).
+    /// The seed is a format 3 manifest: read as format 4 without
+    /// `depends`; here given some, as this build writes them.
     fn seed() -> Snapshot {
+        let mut s = seed_v3();
+        s.format = SNAPSHOT_FORMAT;
+        s.depends = Some(Dependencies {
+            files: vec![crate::state::FileContent {
+                path: "/usr/bin/sleep".into(),
+                size: 1,
+                blake3: [7; 32],
+            }],
+            cpu: crate::state::CpuFeatures {
+                xcr0: 7,
+                xsave_size: 832,
+                features: vec!["avx2".into()],
+            },
+            vdso: crate::state::VdsoImage {
+                size: 8192,
+                blake3: [1; 32],
+            },
+            clocks: crate::state::Clocks {
+                monotonic_ns: 5,
+                boottime_ns: 6,
+            },
+        });
+        s
+    }
+
+    fn seed_v3() -> Snapshot {
         let bytes = include_bytes!("../../fuzz/corpus/snapshot_manifest/seed-sleep");
         parse_snapshot(&bytes[1..], DIR_SNAPSHOT_ID, Path::new("seed")).unwrap()
+    }
+
+    /// A format 3 manifest is still read, without dependencies; a format 4
+    /// one must have them.
+    #[test]
+    fn format_3_is_read_without_depends() {
+        let s = seed_v3();
+        assert_eq!(s.format, 3);
+        assert!(s.depends.is_none());
+        let mut s = seed();
+        s.depends = None;
+        let err = reload(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("format 4 without what its copies depend on"),
+            "{err}"
+        );
     }
 
     fn reload(snapshot: &Snapshot) -> Result<Snapshot, LoadSnapshotError> {
@@ -529,11 +662,14 @@ mod tests {
         let err = parse_snapshot(&old, DIR_SNAPSHOT_ID, Path::new("old"))
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "snapshot old: format 2 (this build reads 3)");
+        assert_eq!(err, "snapshot old: format 2 (this build reads 3 and 4)");
         let mut s = seed();
-        s.format = 4;
+        s.format = 5;
         let err = reload(&s).unwrap_err().to_string();
-        assert!(err.contains("format 4 (this build reads 3)"), "{err}");
+        assert!(
+            err.contains("format 5, a newer thaw's (this build reads 3 and 4)"),
+            "{err}"
+        );
     }
 
     /// A child must come after its parent, and no pid twice.

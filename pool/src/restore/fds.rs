@@ -25,7 +25,12 @@
 //!         kind), the kind (file, directory, character or block device),
 //!         rdev for devices, size and modification time for files whose
 //!         content is used (private mappings, the executable), and the
-//!         open flags the kernel reports.
+//!         open flags the kernel reports. A file whose content the
+//!         snapshot recorded (format 4: private mappings and the
+//!         executable, `super::depends`) is matched by content instead of
+//!         device, inode, size and time: the same library on another node
+//!         (or copied into place) restores, other bytes at the same path
+//!         are refused (`RestoreError::Incompatible`).
 //! ```
 //!
 //! ```text
@@ -38,7 +43,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
-use snapshotter::state::{AreaKind, FdKind, FileIdentity, ProcessState};
+use snapshotter::state::{AreaKind, FdKind, FileContent, FileIdentity, ProcessState};
 
 use super::RestoreError;
 use crate::sandbox::open_files::OpenFile;
@@ -56,6 +61,9 @@ pub struct FdPlan {
     /// Stub fd -> index in `held` of our descriptor on the same open file,
     /// for every wanted file once it is opened and checked.
     pub opened: HashMap<i32, usize>,
+    /// Stub fd -> what the wanted file opened there was when it was
+    /// checked (`Prepared::recheck` compares against it).
+    pub checked: HashMap<i32, FileIdentity>,
     /// Stub fd of each file-backed area, by area index.
     pub area_fds: HashMap<usize, i32>,
     /// Stub fd of the image.
@@ -81,6 +89,9 @@ pub struct Wanted {
     pub expect: Expect,
     /// File position to set (regular files not opened `O_PATH`).
     pub position: Option<u64>,
+    /// The content the capture recorded (`super::depends::attach`): when
+    /// set, the file is matched by it instead of by identity.
+    pub content: Option<FileContent>,
 }
 
 /// What a wanted file must be.
@@ -119,7 +130,8 @@ impl Wanted {
 
     /// Checks that `file` (opened from [`Wanted::path`]) is what the
     /// capture saw, with the flags asked for; then sets its position.
-    fn check(&self, file: &File) -> Result<(), RestoreError> {
+    /// Returns what it is now (for a later recheck).
+    fn check(&self, file: &File) -> Result<FileIdentity, RestoreError> {
         let path = &self.path;
         let meta = file.metadata().map_err(|source| RestoreError::Io {
             what: format!("stat {path}"),
@@ -173,7 +185,18 @@ impl Wanted {
                 (Some(identity), false)
             }
         };
-        if let Some(id) = identity {
+        let content = match (&self.expect, &self.content) {
+            (
+                Expect::File {
+                    unchanged: true, ..
+                },
+                Some(content),
+            ) => Some(content),
+            _ => None,
+        };
+        if let Some(content) = content {
+            super::depends::check_content(file, content)?;
+        } else if let Some(id) = identity {
             if meta.dev() != id.dev || meta.ino() != id.inode {
                 return Err(changed(format!(
                     "now device {} inode {}, was device {} inode {}",
@@ -223,7 +246,13 @@ impl Wanted {
                 });
             }
         }
-        Ok(())
+        Ok(FileIdentity {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            mtime_sec: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        })
     }
 }
 
@@ -279,7 +308,8 @@ impl FdPlan {
                     what: format!("open {} (fd {})", wanted.path, wanted.fd),
                     source,
                 })?;
-            wanted.check(&file)?;
+            let now = wanted.check(&file)?;
+            self.checked.insert(wanted.fd, now);
             let fd = OwnedFd::from(file);
             self.moves.push((fd.as_raw_fd(), wanted.fd));
             self.opened.insert(wanted.fd, self.held.len());
@@ -323,7 +353,8 @@ impl FdPlan {
             }
             // SAFETY: a fresh descriptor nobody else owns.
             let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) };
-            wanted.check(&file)?;
+            let now = wanted.check(&file)?;
+            self.checked.insert(wanted.fd, now);
             let fd = OwnedFd::from(file);
             self.opened.insert(wanted.fd, self.held.len());
             self.held.push(fd);
@@ -473,6 +504,7 @@ pub fn plan_with(
             flags,
             expect,
             position,
+            content: None,
         });
     }
 
@@ -522,6 +554,7 @@ pub fn plan_with(
                         unchanged: !area.shared,
                     },
                     position: None,
+                    content: None,
                 });
                 by_file.insert(key, next);
                 next += 1;
@@ -542,12 +575,14 @@ pub fn plan_with(
             unchanged: true,
         },
         position: None,
+        content: None,
     });
     Ok(FdPlan {
         held,
         moves,
         wanted,
         opened: HashMap::new(),
+        checked: HashMap::new(),
         area_fds,
         image_fd,
         exe_fd,

@@ -209,16 +209,17 @@ pub fn clear_and_move_specials(
     let mut t = places.temp;
     for d in &saved {
         let Some(s) = stub.specials.iter().find(|s| s.kind == d.kind) else {
-            return Err(RestoreError::Incompatible(format!(
-                "the snapshot has {:?} but this kernel gives none",
-                d.kind
-            )));
+            return Err(RestoreError::Incompatible {
+                what: format!("the snapshot has {:?} but this kernel gives none", d.kind),
+            });
         };
         if s.len != d.len {
-            return Err(RestoreError::Incompatible(format!(
-                "{:?} is {} bytes here, {} in the snapshot",
-                d.kind, s.len, d.len
-            )));
+            return Err(RestoreError::Incompatible {
+                what: format!(
+                    "{:?} is {} bytes here, {} in the snapshot",
+                    d.kind, s.len, d.len
+                ),
+            });
         }
         if s.kind == AreaKind::Vdso && (s.start..s.start + s.len).contains(&syscall_at) {
             new_syscall_at = d.start + (syscall_at - s.start);

@@ -44,6 +44,7 @@
 pub mod anon;
 pub mod batch;
 pub mod credentials;
+pub mod depends;
 pub mod fds;
 pub mod inotify;
 pub mod kobj;
@@ -249,9 +250,15 @@ pub enum RestoreError {
     /// No free address range for the restorer's own areas.
     #[error("no free address range for the {0}")]
     NoRoom(&'static str),
-    /// This kernel's special areas differ from the snapshot's.
-    #[error("snapshot incompatible with this kernel: {0}")]
-    Incompatible(String),
+    /// This node cannot run the snapshot's copies: a file it maps has other
+    /// content, the CPU lacks a feature it may use, the kernel's vDSO or
+    /// special areas differ ([`depends`]). Booting is the answer, not a
+    /// rebuild elsewhere.
+    #[error("snapshot incompatible with this node: {what}")]
+    Incompatible {
+        /// What differs, naming the file, feature or area.
+        what: String,
+    },
     /// Something the restorer cannot do yet.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -562,7 +569,12 @@ pub(crate) fn recheck_plan(plan: &fds::FdPlan, state: &ProcessState) -> Result<(
         if area.shared || !seen.insert(*number) {
             continue;
         }
-        let (Some(id), Some(fd)) = (area.file.as_ref(), plan.opened(*number)) else {
+        // What the file was when it was checked (its identity at the
+        // capture, or another file of the same content).
+        let (Some(id), Some(fd)) = (
+            plan.checked.get(number).or(area.file.as_ref()),
+            plan.opened(*number),
+        ) else {
             continue;
         };
         let path = area.path.clone().unwrap_or_default();
@@ -622,7 +634,9 @@ pub fn prepare_for_sandbox(
         let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
         store.image(&snapshot.id)?
     };
-    let plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
+    depends::check_host(snapshot)?;
+    let mut plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
+    depends::attach(&mut plan, snapshot);
     Ok(Prepared {
         image,
         plan,
@@ -653,8 +667,10 @@ pub fn prepare_lazily_for_sandbox(
         ));
     }
     let started = Instant::now();
+    depends::check_host(snapshot)?;
     let (lazy, image) = page_source::LazyPages::new(snapshot, local, source, dir)?;
-    let plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
+    let mut plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
+    depends::attach(&mut plan, snapshot);
     Ok(Prepared {
         image,
         plan,
@@ -685,6 +701,18 @@ impl Prepared {
     pub fn lazy(&self) -> Option<&std::sync::Arc<page_source::LazyPages>> {
         self.lazy.as_ref()
     }
+}
+
+/// The offsets of the time namespace of a copy of `snapshot` restored
+/// without a sandbox, or `None` when time namespaces are off
+/// (`THAW_TIME_NAMESPACE=0`).
+pub(crate) fn copy_time_offsets(
+    snapshot: &Snapshot,
+) -> Result<Option<snapshotter::state::Clocks>, RestoreError> {
+    if !crate::sandbox::timens::enabled() {
+        return Ok(None);
+    }
+    depends::time_offsets(snapshot).map(Some)
 }
 
 /// Restores `snapshot`, whose pages are in `store`.
@@ -718,7 +746,8 @@ pub fn restore_prepared(
     timings.plan = took;
 
     let started = Instant::now();
-    let spawned = spawn::spawn(state.pid, &plan.moves)?;
+    let time = copy_time_offsets(snapshot)?;
+    let spawned = spawn::spawn_with_time(state.pid, &plan.moves, time.as_ref())?;
     let mut guard = InitGuard(Some(spawned.init_pid));
     join_cgroups(&options.cgroups, &[spawned.init_pid, spawned.stub_pid])?;
     let remote = Remote::seize(spawned.stub_pid)?;

@@ -89,10 +89,17 @@ impl PreparedCopy {
         }
     }
 
+    /// The offsets of the copy's time namespace (see
+    /// [`super::depends::time_offsets`]).
+    pub fn time_offsets(&self) -> Result<snapshotter::state::Clocks, RestoreError> {
+        super::depends::time_offsets(&self.snapshot)
+    }
+
     /// Takes back the files the stub (host pid `stub_pid`, not running
     /// yet) opened and checks each is the one the snapshot saw (device,
-    /// inode, kind, rdev, size and mtime where its content is used, open
-    /// flags). Blocking (a few system calls per file).
+    /// inode, kind, rdev, size and mtime where its content is used, or its
+    /// recorded content, open flags). Blocking (a few system calls per
+    /// file; hashing a file the first time it is seen).
     pub fn adopt(&mut self, stub_pid: i32) -> Result<(), RestoreError> {
         match &mut self.prepared {
             Preparation::Process(p) => p.adopt(stub_pid),
@@ -124,6 +131,8 @@ impl SnapshotRestorer {
     /// pages are in `store`.
     pub fn new(snapshots_dir: PathBuf, store: Arc<PageStore>) -> std::io::Result<SnapshotRestorer> {
         let devnull = std::fs::File::open("/dev/null")?.into();
+        // Hashes of the files copies map, kept beside the store's pages.
+        snapshotter::capture::depends::set_default_cache_dir(store.dir());
         Ok(SnapshotRestorer {
             snapshots_dir,
             store,
@@ -139,7 +148,19 @@ impl SnapshotRestorer {
         if let Some(s) = self.cache.lock().unwrap().get(id) {
             return Ok(s.clone());
         }
-        let s = Arc::new(load_snapshot(&self.snapshots_dir, id)?);
+        let s = match load_snapshot(&self.snapshots_dir, id) {
+            Ok(s) => Arc::new(s),
+            // A newer thaw's snapshot: this node cannot restore it (it is
+            // not broken, another node may).
+            Err(e @ snapshotter::snapshot::LoadSnapshotError::Format { format, .. })
+                if format > snapshotter::snapshot::SNAPSHOT_FORMAT =>
+            {
+                return Err(RestoreError::Incompatible {
+                    what: e.to_string(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.cache.lock().unwrap().insert(id.to_string(), s.clone());
         Ok(s)
     }

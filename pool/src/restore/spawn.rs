@@ -6,6 +6,9 @@
 //!   pid namespace, in an IPC namespace of its own: System V objects the
 //!   copy makes, `restore::sysv`, are its own)
 //!   init: arrange fds (targets at their numbers, the rest closed)
+//!   init: with time offsets, unshare(CLONE_NEWTIME) and write them to
+//!         /proc/self/timens_offsets: the stub is the first to enter
+//!         (`crate::sandbox::timens`)
 //!   init ──clone3(set_tid = [saved pid], CLONE_PIDFD)──> stub
 //!   stub: close the report socket, then pause() forever
 //!   init: send (result, pidfd of the stub) to the restorer over a
@@ -65,13 +68,24 @@ pub struct Spawned {
 }
 
 /// Init's failure steps, reported as a negative code `-(step << 16 | errno)`.
-const STEPS: [&str; 5] = [
+const STEPS: [&str; 7] = [
     "dup (temporary)",
     "dup3 (target)",
     "close_range",
     "clone3",
+    "unshare (time namespace)",
+    "write /proc/self/timens_offsets",
     "?",
 ];
+
+/// What init needs to give the stub a time namespace, made before the
+/// clone.
+struct TimeSetup {
+    /// `/proc/self/timens_offsets`, NUL-terminated.
+    path: std::ffi::CString,
+    /// The offsets' text.
+    text: Vec<u8>,
+}
 
 /// Raw `syscall`, returning the kernel's value or `-errno`.
 ///
@@ -143,6 +157,16 @@ struct Report {
 /// Starts init and the stub with pid `ns_pid`; the stub's fd table is
 /// exactly `moves` (each source fd of the restorer at its target number).
 pub fn spawn(ns_pid: i32, moves: &[(RawFd, RawFd)]) -> Result<Spawned, SpawnError> {
+    spawn_with_time(ns_pid, moves, None)
+}
+
+/// [`spawn`] with the stub (and so the copy) in a new time namespace whose
+/// clocks are the host's plus `time_offsets` (`None`: the host's own).
+pub fn spawn_with_time(
+    ns_pid: i32,
+    moves: &[(RawFd, RawFd)],
+    time_offsets: Option<&snapshotter::state::Clocks>,
+) -> Result<Spawned, SpawnError> {
     if ns_pid <= 1 {
         return Err(SpawnError::BadPid(ns_pid));
     }
@@ -169,6 +193,10 @@ pub fn spawn(ns_pid: i32, moves: &[(RawFd, RawFd)]) -> Result<Spawned, SpawnErro
     stub_args.set_tid = set_tid.as_ptr() as u64;
     stub_args.set_tid_size = 1;
     let mut cmsg_buf = [0u64; 8];
+    let time = time_offsets.map(|o| TimeSetup {
+        path: std::ffi::CString::new(crate::sandbox::timens::OFFSETS_PATH).expect("no NUL"),
+        text: crate::sandbox::timens::offsets_text(o).into_bytes(),
+    });
     let mut init_args: libc::clone_args = zeroed_args();
     init_args.flags = (libc::CLONE_NEWPID | libc::CLONE_NEWIPC) as u64;
     init_args.exit_signal = libc::SIGCHLD as u64;
@@ -192,6 +220,7 @@ pub fn spawn(ns_pid: i32, moves: &[(RawFd, RawFd)]) -> Result<Spawned, SpawnErro
             init_main(
                 &layout,
                 child_sock.as_raw_fd(),
+                time.as_ref(),
                 &mut stub_args,
                 pidfd_ptr,
                 &mut cmsg_buf,
@@ -333,6 +362,7 @@ fn pid_of(pidfd: &OwnedFd) -> Result<i32, SpawnError> {
 unsafe fn init_main(
     layout: &Layout,
     sock: RawFd,
+    time: Option<&TimeSetup>,
     stub_args: &mut libc::clone_args,
     stub_pidfd: *const libc::c_int,
     cmsg_buf: &mut [u64; 8],
@@ -383,6 +413,36 @@ unsafe fn init_main(
             }
         }
         let report = if r < 0 { sock } else { layout.report };
+        if let (0, Some(time)) = (result, time) {
+            let r = raw(libc::SYS_unshare, libc::CLONE_NEWTIME as u64, 0, 0, 0);
+            if r < 0 {
+                result = fail(4, r);
+            } else {
+                let fd = raw(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD as u64,
+                    time.path.as_ptr() as u64,
+                    (libc::O_WRONLY | libc::O_CLOEXEC) as u64,
+                    0,
+                );
+                let w = if fd < 0 {
+                    fd
+                } else {
+                    let w = raw(
+                        libc::SYS_write,
+                        fd as u64,
+                        time.text.as_ptr() as u64,
+                        time.text.len() as u64,
+                        0,
+                    );
+                    raw(libc::SYS_close, fd as u64, 0, 0, 0);
+                    w
+                };
+                if w < 0 {
+                    result = fail(5, w);
+                }
+            }
+        }
         if result == 0 {
             let pid = raw(
                 libc::SYS_clone3,

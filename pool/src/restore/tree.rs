@@ -127,12 +127,14 @@ fn plan(
     image: RawFd,
     sandboxed: bool,
 ) -> Result<TreePlan, RestoreError> {
+    super::depends::check_host(snapshot)?;
     let mut pipes = super::kobj::Pipes::default();
     let mut plans = Vec::new();
     let mut inherited = Vec::new();
     for (index, (state, _)) in snapshot.processes().enumerate() {
         let supplied = supplied_for(state, index == 0, &options.fds);
         let mut plan = fds::plan_with(state, &supplied, image, &mut pipes)?;
+        super::depends::attach(&mut plan, snapshot);
         if sandboxed {
             inherited.push(match index {
                 0 => Vec::new(),
@@ -379,7 +381,8 @@ pub(crate) fn restore_tree(
 
     let started = Instant::now();
     let root_state = &snapshot.state;
-    let spawned = spawn::spawn(root_state.pid, &tree.moves)?;
+    let time = super::copy_time_offsets(snapshot)?;
+    let spawned = spawn::spawn_with_time(root_state.pid, &tree.moves, time.as_ref())?;
     let mut guard = InitGuard(Some(spawned.init_pid));
     super::join_cgroups(&options.cgroups, &[spawned.init_pid, spawned.stub_pid])?;
     let root = Remote::seize(spawned.stub_pid)?;

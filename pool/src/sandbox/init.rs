@@ -127,6 +127,10 @@ fn outer(spec: &SandboxSpec) -> Result<i32, String> {
         | CloneFlags::CLONE_NEWUTS
         | net::inside::namespace_flags(spec)?;
     unshare(flags).map_err(ctx("unshare namespaces"))?;
+    if let Some(offsets) = &spec.time_offsets {
+        // Before pid 1 is forked: it is the first to enter.
+        super::timens::unshare_with(offsets)?;
+    }
     mark(spec, "unshared");
     // pid 1's parent-death signal only covers deaths after it is set: this
     // pipe, whose write end only this process keeps, tells pid 1 whether we

@@ -252,6 +252,20 @@ impl Sandbox {
         extra: &[(std::os::fd::BorrowedFd<'_>, i32)],
         open_files: &[super::open_files::OpenFile],
     ) -> Result<Sandbox, LaunchError> {
+        Self::launch_copy(config, spec, extra, open_files, None).await
+    }
+
+    /// [`Sandbox::launch_stub`] whose processes live in a time namespace
+    /// with `time_offsets` (see [`super::timens`]; `None`: the host's
+    /// clocks). Made for restore stubs; a sandbox that runs `spec.argv`
+    /// gets the namespace too.
+    pub async fn launch_copy(
+        config: &SandboxConfig,
+        spec: &LaunchSpec,
+        extra: &[(std::os::fd::BorrowedFd<'_>, i32)],
+        open_files: &[super::open_files::OpenFile],
+        time_offsets: Option<snapshotter::state::Clocks>,
+    ) -> Result<Sandbox, LaunchError> {
         check_open_files(spec, extra, open_files)?;
         if let Some((_, n)) = extra.iter().find(|(_, n)| *n < 5 || *n >= NETNS_FD) {
             return Err(LaunchError::Setup(format!(
@@ -290,7 +304,14 @@ impl Sandbox {
         phases.network = t1.elapsed();
         let t2 = Instant::now();
         match Self::spawn(
-            config, spec, &id, &root_dir, &cgroup, extra, open_files, net,
+            config,
+            spec,
+            &id,
+            &root_dir,
+            &cgroup,
+            extra,
+            (open_files, time_offsets),
+            net,
         )
         .await
         {
@@ -345,7 +366,10 @@ impl Sandbox {
         root_dir: &Path,
         cgroup: &Cgroup,
         extra: &[(std::os::fd::BorrowedFd<'_>, i32)],
-        open_files: &[super::open_files::OpenFile],
+        (open_files, time_offsets): (
+            &[super::open_files::OpenFile],
+            Option<snapshotter::state::Clocks>,
+        ),
         mut net: Option<NetLease>,
     ) -> Result<Sandbox, LaunchError> {
         // A loopback-only sandbox joins a namespace kept from an earlier
@@ -381,6 +405,7 @@ impl Sandbox {
             open_files: open_files.to_vec(),
             phases_file: std::env::var_os(super::PHASES_DIR_ENV)
                 .map(|dir| PathBuf::from(dir).join(id)),
+            time_offsets,
         };
         let json = serde_json::to_string(&sandbox_spec).expect("spec serialises");
 

@@ -41,6 +41,7 @@ pub mod netns_pool;
 pub mod open_files;
 mod process;
 pub mod seccomp;
+pub mod timens;
 pub mod zygote;
 
 pub use launch::{
@@ -157,4 +158,9 @@ pub struct SandboxSpec {
     /// lines), when the launcher was asked to ([`PHASES_DIR_ENV`]).
     #[serde(default)]
     pub phases_file: Option<PathBuf>,
+    /// A time namespace for the sandbox's processes (a restore stub's):
+    /// the offsets of `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME` they see
+    /// ([`timens`]); `None`: the host's clocks.
+    #[serde(default)]
+    pub time_offsets: Option<snapshotter::state::Clocks>,
 }

@@ -73,6 +73,8 @@ pub struct Server {
     pub url: String,
     pub data: PathBuf,
     pub args: Vec<String>,
+    /// A command that runs the server (`unshare -T ...`), empty for none.
+    pub wrap: Vec<String>,
     _dir: Option<tempfile::TempDir>,
     pub http: reqwest::Client,
 }
@@ -101,6 +103,12 @@ impl Answer {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
+        Server::start_wrapped(&[], args)
+    }
+
+    /// [`Server::start`] run by `wrap` (a command that execs its
+    /// arguments, such as `unshare -T --monotonic N`).
+    pub fn start_wrapped(wrap: &[&str], args: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("thaw-test")
             .tempdir_in("/var/tmp")
@@ -111,6 +119,7 @@ impl Server {
             url: String::new(),
             data,
             args: args.iter().map(|s| s.to_string()).collect(),
+            wrap: wrap.iter().map(|s| s.to_string()).collect(),
             _dir: Some(dir),
             http: reqwest::Client::new(),
         };
@@ -120,7 +129,14 @@ impl Server {
 
     /// Starts the server process (again) on the same data directory.
     pub fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_thaw"));
+        let mut cmd = match self.wrap.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(env!("CARGO_BIN_EXE_thaw"));
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_thaw")),
+        };
         cmd.arg("serve");
         if !self.args.iter().any(|a| a == "--listen") {
             cmd.arg("--listen").arg("127.0.0.1:0");

@@ -42,6 +42,7 @@
 //! [`seccomp`], [`timers`], [`pending`], [`shared`], [`sysv`], [`tree`].
 
 pub mod areas;
+pub mod depends;
 pub mod fds;
 pub mod inject;
 pub mod inotify;

@@ -35,6 +35,7 @@
 //! A snapshot of a process tree holds one `ProcessState` per process
 //! (`crate::snapshot::Snapshot::children`).
 
+pub mod depends;
 mod fds;
 pub(crate) mod memory;
 mod mm;
@@ -46,6 +47,7 @@ pub mod thread;
 mod timers;
 pub mod tree;
 
+pub use depends::{Clocks, CpuFeatures, Dependencies, FileContent, VdsoImage};
 pub use fds::{EpollRegistration, FdKind, FdState, InotifyWatch, PairType, PipeEnd, TimerState};
 pub use memory::{
     sysv_attachments, AreaKind, FileIdentity, MemoryArea, PageRun, PageRunKind, Protection,
