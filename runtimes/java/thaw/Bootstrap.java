@@ -439,6 +439,9 @@ public final class Bootstrap {
             return;
         }
         String spec = env("THAW_HANDLER", "");
+        // Before the handler's class initialises: a function that seeds a
+        // JDK generator at init keeps its own seed until it is a copy.
+        warmReseed();
         Method handler;
         try {
             handler = load(spec);
@@ -456,7 +459,6 @@ public final class Bootstrap {
             return;
         }
         Bootstrap rt = new Bootstrap(out, handler);
-        warmReseed();
         try {
             rt.send(map("type", "ready", "pid", ProcessHandle.current().pid(), "runtime", "java17", "protocol", (long) PROTOCOL,
                     "java", System.getProperty("java.version")), new byte[0]);
