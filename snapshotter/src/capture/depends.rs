@@ -176,9 +176,12 @@ pub fn content_hash(
                 blake3::Hash::from(hash).to_hex()
             );
             // Best effort: a cache that cannot be written is only slower.
+            // Private like the rest of the data directory.
+            use std::os::unix::fs::OpenOptionsExt;
             let _ = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(dir.join(HASH_CACHE_FILE))
                 .and_then(|mut f| f.write_all(line.as_bytes()));
         }
