@@ -184,10 +184,6 @@ impl Service {
                                 .unwrap_or_else(|| self.config.memory_mode.clone()),
                         });
                         v.record.snapshot = Some(info.clone());
-                        if let Some(n) = &mut v.record.restore_failure {
-                            n.rebuild = RebuildState::Rebuilt;
-                            n.rebuilt_as = Some(info.id.clone());
-                        }
                         Some(())
                     })
                     .is_some();
@@ -197,6 +193,9 @@ impl Service {
                         r.forget(&old);
                     }
                     snapshots::remove(&self.store, &dir, &old);
+                    // Reported rebuilt once the old snapshot is gone, so a
+                    // caller that sees "rebuilt" never finds it.
+                    self.set_rebuild_state(&key, RebuildState::Rebuilt, None, Some(new_id.clone()));
                     tracing::info!(function = %key.name, version = key.version, old = %old, new = %new_id, "snapshot rebuilt");
                     if let Some(uploader) = &self.config.uploader {
                         uploader.spawn(
