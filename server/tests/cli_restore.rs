@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-const COMMON: &str = include_str!("c/common.h");
+use common::c_programs::{compile, thaw};
 
 const PROGRAMS: [(&str, &str); 10] = [
     ("memory", include_str!("c/memory.c")),
@@ -25,25 +25,6 @@ const PROGRAMS: [(&str, &str); 10] = [
     ("getcpu", include_str!("c/getcpu.c")),
     ("identity", include_str!("c/identity.c")),
 ];
-
-fn thaw() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_thaw"))
-}
-
-fn compile(dir: &Path, name: &str, source: &str) -> PathBuf {
-    std::fs::write(dir.join("common.h"), COMMON).unwrap();
-    let c = dir.join(format!("{name}.c"));
-    std::fs::write(&c, source).unwrap();
-    let out = dir.join(name);
-    let status = Command::new("cc")
-        .args(["-O1", "-Wall", "-o"])
-        .arg(&out)
-        .arg(&c)
-        .status()
-        .unwrap();
-    assert!(status.success(), "cc failed for {name}");
-    out
-}
 
 /// The files a program works on, made afresh before each run.
 struct Files {

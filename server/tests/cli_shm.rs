@@ -10,42 +10,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-const COMMON: &str = include_str!("c/common.h");
-
-fn thaw() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_thaw"))
-}
-
-fn compile(dir: &Path, name: &str, source: &str) -> PathBuf {
-    std::fs::write(dir.join("common.h"), COMMON).unwrap();
-    let c = dir.join(format!("{name}.c"));
-    std::fs::write(&c, source).unwrap();
-    let out = dir.join(name);
-    let status = Command::new("cc")
-        .args(["-O1", "-Wall", "-o"])
-        .arg(&out)
-        .arg(&c)
-        .status()
-        .unwrap();
-    assert!(status.success(), "cc failed for {name}");
-    out
-}
-
-/// Whether the test can run (skips, or fails under `THAW_TEST_STRICT`).
-fn prerequisites() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        common::missing("thaw snapshot and thaw restore need root (ptrace, pid namespaces)");
-        return false;
-    }
-    if Command::new("cc").arg("--version").output().is_err() {
-        common::missing("no C compiler (cc)");
-        return false;
-    }
-    true
-}
+use common::c_programs::{assert_all_ok, compile, prerequisites, thaw};
 
 /// Starts program `name` (compiled in `dir`) with its stdin and stdout
 /// piped and reads its "ready".
@@ -119,17 +87,6 @@ fn run(name: &str, source: &str) -> Vec<(String, String, i32)> {
     let status = original.wait().unwrap();
     results.push(("original".into(), rest, status.code().unwrap_or(-1)));
     results
-}
-
-fn assert_all_ok(name: &str, results: Vec<(String, String, i32)>) {
-    for (who, printed, code) in &results {
-        println!("{name} ({who}): exit {code}: {}", printed.trim());
-    }
-    let failed: Vec<_> = results
-        .iter()
-        .filter(|(_, printed, code)| printed != "ok\n" || *code != 0)
-        .collect();
-    assert!(failed.is_empty(), "{name}: {failed:#?}");
 }
 
 /// Anonymous shared memory a parent and its child map, captured as a tree:

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod c_programs;
 pub mod index;
 
 #[path = "../../../test-support/numpy_pandas.rs"]
