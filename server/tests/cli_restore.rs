@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -111,15 +110,7 @@ fn ten_c_programs_survive_thaw_snapshot_and_thaw_restore_in_both_modes() {
             .args(files.args(name))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
-        // SAFETY: only close_range (async-signal-safe) runs between fork and
-        // exec. The harness's own descriptors (cargo's jobserver pipe) would
-        // make the capture refuse.
-        unsafe {
-            command.pre_exec(|| {
-                libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-                Ok(())
-            });
-        }
+        common::only_stdio(&mut command);
         let mut original = command.spawn().unwrap();
         let mut out = BufReader::new(original.stdout.take().unwrap());
         let mut line = String::new();

@@ -9,7 +9,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -25,14 +24,7 @@ fn start(
     let program = compile(dir, name, source);
     let mut command = Command::new(&program);
     command.stdin(Stdio::piped()).stdout(Stdio::piped());
-    // SAFETY: only close_range (async-signal-safe) runs between fork and
-    // exec. The harness's own descriptors would make the capture refuse.
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
+    common::only_stdio(&mut command);
     let mut original = command.spawn().unwrap();
     let mut out = BufReader::new(original.stdout.take().unwrap());
     let mut line = String::new();
@@ -194,14 +186,7 @@ fn a_partly_unmapped_system_v_attachment_is_refused() {
     let program = compile(tmp.path(), "partial", PARTIAL);
     let mut command = Command::new(&program);
     command.stdin(Stdio::piped()).stdout(Stdio::piped());
-    // SAFETY: only close_range (async-signal-safe) runs between fork and
-    // exec. The harness's own descriptors would make the capture refuse.
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
+    common::only_stdio(&mut command);
     let mut original = command.spawn().unwrap();
     let mut out = BufReader::new(original.stdout.take().unwrap());
     let mut id = String::new();

@@ -14,7 +14,6 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -125,14 +124,7 @@ fn sockets_are_recreated_or_cut_by_thaw_restore_in_both_modes() {
         .arg(&unix_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    // SAFETY: only close_range runs between fork and exec (the harness's
-    // descriptors would make the capture refuse).
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
+    common::only_stdio(&mut command);
     let mut original = command.spawn().unwrap();
     let mut out = BufReader::new(original.stdout.take().unwrap());
     let mut ready = String::new();
@@ -266,13 +258,7 @@ fn a_process_trees_connections_are_cut_in_every_process() {
         .arg(&unix_server)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    // SAFETY: only close_range runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
+    common::only_stdio(&mut command);
     let mut original = command.spawn().unwrap();
     let mut out = BufReader::new(original.stdout.take().unwrap());
     let mut ready = String::new();

@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use common::c_programs::{assert_all_ok, compile, prerequisites, thaw};
@@ -30,14 +29,7 @@ fn snapshot_and_restore_with(
     let mut command = Command::new(&program);
     command.args(args);
     command.stdin(Stdio::piped()).stdout(Stdio::piped());
-    // SAFETY: only close_range (async-signal-safe) runs between fork and
-    // exec. The harness's own descriptors would make the capture refuse.
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
+    common::only_stdio(&mut command);
     let mut original = command.spawn().unwrap();
     let mut out = BufReader::new(original.stdout.take().unwrap());
     let mut line = String::new();

@@ -15,7 +15,6 @@ mod common;
 mod garage;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -88,15 +87,7 @@ fn capture(dir: &Path) -> (String, String) {
         .args(["-c", PROGRAM])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    // SAFETY: only close_range (async-signal-safe) runs between fork and
-    // exec. The harness's own descriptors (cargo's jobserver pipe) would
-    // make the capture refuse.
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
+    common::only_stdio(&mut command);
     let mut original = command.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(original.stdout.take().unwrap())
@@ -512,14 +503,7 @@ fn bench_first_remote_restore_against_a_local_one() {
         .env("PYTHONPATH", &pythonpath)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    // SAFETY: only close_range (async-signal-safe) runs between fork and
-    // exec.
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
+    common::only_stdio(&mut command);
     let mut original = command.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(original.stdout.take().unwrap())

@@ -11,7 +11,7 @@ mod common;
 mod garage;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
@@ -80,15 +80,7 @@ fn capture(dir: &Path) -> String {
         .args(["-c", PROGRAM])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    // SAFETY: only close_range (async-signal-safe) runs between fork and
-    // exec. The harness's own descriptors (cargo's jobserver pipe) would
-    // make the capture refuse.
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
+    common::only_stdio(&mut command);
     let mut original = command.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(original.stdout.take().unwrap())

@@ -440,3 +440,19 @@ pub fn footprint(server: &Server) -> Footprint {
             .unwrap_or(0),
     }
 }
+
+/// Makes `command`'s child start with only its stdio: every other
+/// descriptor this harness holds (cargo's jobserver pipe, sockets of other
+/// tests) closed between fork and exec, so a capture of it does not meet
+/// (and refuse) them.
+pub fn only_stdio(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only close_range (async-signal-safe) runs between fork and
+    // exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+}
