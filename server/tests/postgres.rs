@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Server;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const NS: &str = "thawt-pg";
 const LINK: &str = "tt-pg";
@@ -223,6 +223,25 @@ fn example_file(example: &str, name: &str) -> String {
     .unwrap()
 }
 
+/// The spec of a database client function in memory mode `mode`: the
+/// database host allowed, its `PG*` variables, one warm-up; `code` adds
+/// the runtime, handler and files.
+fn client_spec(name: &str, mode: &str, code: Value) -> Value {
+    let mut spec = json!({
+        "name": name,
+        "network": "outbound",
+        "network_allow": [format!("{DB}/32:5432")],
+        "env": {"PGHOST": DB, "PGUSER": "postgres", "PGDATABASE": "postgres"},
+        "warmup": [{"n": 2}],
+        "memory_mode": mode,
+        "timeout_ms": 20000,
+    });
+    for (k, v) in code.as_object().expect("an object") {
+        spec[k] = v.clone();
+    }
+    spec
+}
+
 #[tokio::test]
 async fn a_postgres_client_function_reconnects_in_every_restored_copy() {
     require_root!();
@@ -234,20 +253,17 @@ async fn a_postgres_client_function_reconnects_in_every_restored_copy() {
     let server = Server::start(&["--network-range", RANGE, "--allow-forced-cold"]);
     for mode in ["mmap", "uffd"] {
         let name = format!("pg-{mode}");
-        let spec = json!({
-            "name": name,
-            "handler": "main.handler",
-            "network": "outbound",
-            "network_allow": [format!("{DB}/32:5432")],
-            "env": {"PGHOST": DB, "PGUSER": "postgres", "PGDATABASE": "postgres"},
-            "warmup": [{"n": 2}],
-            "memory_mode": mode,
-            "timeout_ms": 20000,
-            "files": {
-                "main.py": example_file("postgres-client", "main.py"),
-                "requirements.txt": example_file("postgres-client", "requirements.txt"),
-            },
-        });
+        let spec = client_spec(
+            &name,
+            mode,
+            json!({
+                "handler": "main.handler",
+                "files": {
+                    "main.py": example_file("postgres-client", "main.py"),
+                    "requirements.txt": example_file("postgres-client", "requirements.txt"),
+                },
+            }),
+        );
         let rec = server.deploy_ready(spec).await;
         assert_eq!(rec["state"], "ready", "{rec}");
         assert!(!rec["snapshot"].is_null(), "{mode}: no snapshot: {rec}");
@@ -294,22 +310,19 @@ async fn a_node_postgres_function_reconnects_in_every_restored_copy() {
     let server = Server::start(&["--network-range", RANGE, "--allow-forced-cold"]);
     for mode in ["mmap", "uffd"] {
         let name = format!("node-pg-{mode}");
-        let spec = json!({
-            "name": name,
-            "runtime": "node20",
-            "handler": "index.handler",
-            "network": "outbound",
-            "network_allow": [format!("{DB}/32:5432")],
-            "env": {"PGHOST": DB, "PGUSER": "postgres", "PGDATABASE": "postgres"},
-            "warmup": [{"n": 2}],
-            "memory_mode": mode,
-            "timeout_ms": 20000,
-            "files": {
-                "index.js": example_file("node-postgres", "index.js"),
-                "package.json": example_file("node-postgres", "package.json"),
-                "package-lock.json": example_file("node-postgres", "package-lock.json"),
-            },
-        });
+        let spec = client_spec(
+            &name,
+            mode,
+            json!({
+                "runtime": "node20",
+                "handler": "index.handler",
+                "files": {
+                    "index.js": example_file("node-postgres", "index.js"),
+                    "package.json": example_file("node-postgres", "package.json"),
+                    "package-lock.json": example_file("node-postgres", "package-lock.json"),
+                },
+            }),
+        );
         let rec = server.deploy_ready(spec).await;
         assert_eq!(rec["state"], "ready", "{rec}");
         assert!(!rec["snapshot"].is_null(), "{mode}: no snapshot: {rec}");
