@@ -550,3 +550,207 @@ async fn a_forwarded_deploy_carries_the_callers_token() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A handler that imports a package of its layer (pure Python) and one
+/// that maps a shared library of the layer (so the snapshot depends on that
+/// file by content), and tells when its process started.
+const LAYER_HANDLER: &str = r#"
+import time
+import thawpure
+import thawbin
+BORN = time.time_ns()
+
+def handler(event, context=None):
+    return {
+        "born": BORN,
+        "greet": thawpure.greet("b"),
+        "add": thawbin.add(2, 3),
+        "from": thawpure.__file__,
+    }
+"#;
+
+/// Piece 1 of the reader's dependency layers (docs/cluster.md, "Functions
+/// with a dependency file"): a function with a `requirements.txt`, installed
+/// on A from the test's own package index (loopback, never the internet);
+/// B, with its own empty layer cache, installs the layer from the bucket
+/// (never the index), restores the snapshot (no boot) and boots it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_with_a_dependency_file_restores_on_a_reader() {
+    require_root!();
+    if !Path::new("/usr/bin/cc").exists() {
+        skip!("/usr/bin/cc is missing (the test's package index compiles a library)");
+    }
+    let pip = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "pip", "--version"])
+        .output();
+    if !pip.is_ok_and(|o| o.status.success()) {
+        skip!("pip for /usr/bin/python3 is missing (python3-pip)");
+    }
+    let _serial = SERIAL.lock().await;
+    let s = match store("layers") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let index = common::index::Index::start();
+    let cache = |what: &str| {
+        tempfile::Builder::new()
+            .prefix(what)
+            .tempdir_in("/var/tmp")
+            .unwrap()
+    };
+    let (cache_a, cache_b) = (cache("thaw-layers-a"), cache("thaw-layers-b"));
+    let simple = index.simple();
+    let with = |role: &str, cache: &Path| -> Vec<String> {
+        vec![
+            role.to_string(),
+            "--store-url".into(),
+            s.url.clone(),
+            "--store-key-file".into(),
+            s.key_file.clone(),
+            "--allow-forced-cold".into(),
+            "--layer-cache".into(),
+            cache.display().to_string(),
+            "--package-index".into(),
+            simple.clone(),
+        ]
+    };
+    let a_args = with("--store-writer", cache_a.path());
+    let b_args = with("--store-writer=false", cache_b.path());
+    let a = Server::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = Server::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let spec = serde_json::json!({
+        "name": "deps",
+        "runtime": "python3",
+        "handler": "main.handler",
+        "memory_mb": 128,
+        "timeout_ms": 10000,
+        "files": {"main.py": LAYER_HANDLER, "requirements.txt": "thawpure==1.0\nthawbin\n"},
+    });
+    let v = a.deploy_ready(spec).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    assert!(v["snapshot"]["id"].is_string(), "{v}");
+    let on_a = restore(&a, "deps").await;
+    assert_eq!(on_a.status, 200, "{}", on_a.text());
+    let snapshot_born = on_a.json()["born"].clone();
+    let index_requests = index.requests().len();
+    assert!(index_requests > 0, "A installed from the test's index");
+
+    wait_for(
+        "B fetched the snapshot of deps",
+        Duration::from_secs(120),
+        async || metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await >= 1.0,
+    )
+    .await;
+
+    // The layer: one folder in A's cache (its key); the bucket holds its
+    // archive under its key and hash, and the code object without it.
+    let keys: Vec<String> = std::fs::read_dir(cache_a.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(keys.len(), 1, "A's layers: {keys:?}");
+    let key = &keys[0];
+    let in_b: Vec<String> = std::fs::read_dir(cache_b.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(in_b.len(), 1, "B's layers: {in_b:?}");
+    let hash16 = in_b[0]
+        .strip_prefix(&format!("{key}-"))
+        .unwrap_or_else(|| panic!("B's layer {} is not A's {key}", in_b[0]));
+    let remote = s.remote();
+    let catalog = server::cluster::catalog::read_catalog(&remote)
+        .await
+        .unwrap()
+        .expect("a catalog");
+    let obj = &catalog.layers[key];
+    assert!(obj.blake3.starts_with(hash16), "{obj:?} vs {hash16}");
+    let archive = remote
+        .get_blob(
+            Kind::Code,
+            server::cluster::layers::address(key, &obj.blake3).as_bytes(),
+        )
+        .await
+        .unwrap()
+        .expect("the layer's archive in the bucket");
+    assert_eq!(blake3::hash(&archive).to_hex().to_string(), obj.blake3);
+    let record = &catalog.functions["deps"].versions[0];
+    let code = remote
+        .get_blob(
+            Kind::Code,
+            server::remote::code_address("deps", 1, record.uid).as_bytes(),
+        )
+        .await
+        .unwrap()
+        .expect("the code in the bucket");
+    let files: Vec<String> = tar::Archive::new(&code[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.header().entry_type().is_file())
+        .map(|e| e.path().unwrap().display().to_string())
+        .collect();
+    assert!(files.iter().any(|n| n.ends_with("main.py")), "{files:?}");
+    assert!(
+        !files.iter().any(|n| n.contains(".thaw/")),
+        "the layer travels apart from the code: {files:?}"
+    );
+
+    // B's code folder links B's layer (one inode), installed, not built.
+    let file = "functions/deps/v1/code/.thaw/python/thawbin/libthawbin.so";
+    let in_code = std::fs::metadata(b.data.join(file)).unwrap();
+    let in_cache =
+        std::fs::metadata(cache_b.path().join(&in_b[0]).join("thawbin/libthawbin.so")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (in_code.dev(), in_code.ino()),
+        (in_cache.dev(), in_cache.ino())
+    );
+    assert_eq!(
+        std::fs::read(b.data.join(file)).unwrap(),
+        std::fs::read(a.data.join(file)).unwrap()
+    );
+
+    // A forced restore on B: the snapshot's state, the layer's packages.
+    let on_b = restore(&b, "deps").await;
+    assert_eq!(on_b.status, 200, "{}", on_b.text());
+    assert_eq!(on_b.header("x-thaw-start"), "restore");
+    let answer = on_b.json();
+    assert_eq!(
+        answer["born"], snapshot_born,
+        "B's copy is not the snapshot's"
+    );
+    assert_eq!(answer["greet"], "hello b from thawpure");
+    assert_eq!(answer["add"], 1005);
+    assert_eq!(
+        boots(&b, "deps").await,
+        Vec::<String>::new(),
+        "B booted deps"
+    );
+
+    // A forced boot on B: a new process importing from B's layer.
+    let booted = b
+        .invoke_raw("deps", b"{}".to_vec(), &[("x-thaw-cold", "boot")])
+        .await;
+    assert_eq!(booted.status, 200, "{}", booted.text());
+    assert_eq!(booted.header("x-thaw-start"), "boot");
+    let booted = booted.json();
+    assert_ne!(booted["born"], snapshot_born);
+    assert_eq!(booted["greet"], "hello b from thawpure");
+    assert_eq!(booted["add"], 1005);
+    assert_eq!(
+        booted["from"],
+        "/var/task/.thaw/python/thawpure/__init__.py"
+    );
+
+    assert_eq!(
+        index.requests().len(),
+        index_requests,
+        "B never asked the package index"
+    );
+    verify(&a.data);
+    verify(&b.data);
+}
