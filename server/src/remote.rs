@@ -8,6 +8,9 @@
 //! snapshots/, workingsets/, packs/, packidx/   its snapshot id (remote_store::push_snapshot)
 //! functions/<name>                            the function name: function.json
 //! code/<name>                                 "<function>/v<N>/<uid hex>": tar of v<N>/code
+//!                                             (without its dependency layer's links)
+//! code/<name>                                 "#layer/<key>/<blake3>": a dependency layer
+//!                                             (cluster::layers)
 //! ```
 //!
 //! Without a store URL nothing here runs and nothing leaves the machine.
