@@ -38,7 +38,12 @@ struct Store {
 }
 
 fn store(prefix: &str) -> Result<Store, String> {
-    let garage = Garage::start()?;
+    store_on(prefix, "127.0.0.1")
+}
+
+/// [`store`] with Garage's S3 API on address `host`.
+fn store_on(prefix: &str, host: &str) -> Result<Store, String> {
+    let garage = Garage::start_on(host)?;
     let key = StoreKey::generate();
     let key_file = garage.dir().join("store.key");
     std::fs::write(&key_file, key.to_hex()).unwrap();
@@ -751,6 +756,231 @@ async fn a_function_with_a_dependency_file_restores_on_a_reader() {
         index_requests,
         "B never asked the package index"
     );
+    verify(&a.data);
+    verify(&b.data);
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// A test host: a network namespace joined to this one by a veth pair,
+/// `10.218.N.1/30` here and `10.218.N.2/30` there (a private range on the
+/// veth only, nothing routed off the machine). Removed when dropped.
+struct TestHost {
+    name: String,
+    link: String,
+    here: String,
+    there: String,
+}
+
+impl TestHost {
+    fn create() -> Result<TestHost, String> {
+        let n = std::process::id() % 200 + 20;
+        let host = TestHost {
+            name: format!("thaw-node-{n}"),
+            // Not `thw*`: thaw's firewall treats those as sandboxes' links.
+            link: format!("tnode{n}"),
+            here: format!("10.218.{n}.1"),
+            there: format!("10.218.{n}.2"),
+        };
+        host.remove();
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        let (ns, link) = (host.name.as_str(), host.link.as_str());
+        run(&["netns", "add", ns])?;
+        run(&[
+            "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ])?;
+        run(&["addr", "add", &format!("{}/30", host.here), "dev", link])?;
+        run(&["link", "set", link, "up"])?;
+        run(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/30", host.there),
+            "dev",
+            "eth0",
+        ])?;
+        run(&["-n", ns, "link", "set", "eth0", "up"])?;
+        run(&["-n", ns, "link", "set", "lo", "up"])?;
+        Ok(host)
+    }
+
+    /// The command that runs a program in the namespace: `nsenter` joins
+    /// its network namespace only (`ip netns exec` would also remount
+    /// `/sys`, hiding the cgroup filesystems thaw needs).
+    fn wrap(&self) -> Vec<String> {
+        vec!["nsenter".into(), format!("--net=/run/netns/{}", self.name)]
+    }
+
+    /// Whether a TCP connection to `addr` opens from inside the namespace.
+    fn connects(&self, addr: &str) -> bool {
+        let (ip, port) = addr.rsplit_once(':').unwrap();
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .args([
+                "/usr/bin/python3",
+                "-c",
+                "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)",
+                ip,
+                port,
+            ])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn remove(&self) {
+        for args in [
+            vec!["netns", "del", self.name.as_str()],
+            vec!["link", "del", self.link.as_str()],
+        ] {
+            let _ = std::process::Command::new("ip")
+                .args(&args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Issue 18's "each node may run in its own network namespace as a test
+/// host": B runs in a network namespace of its own and reaches A and
+/// Garage only over a veth (10.218.N.0/30), never over loopback; A and
+/// Garage listen on the veth's address. B restores A's function from the
+/// snapshot's state, a deploy sent to B lands through A, a delete on A is
+/// seen on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_in_its_own_network_namespace_follows_the_writer_over_a_veth() {
+    require_root!();
+    for tool in ["ip", "nsenter"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            skip!("`{tool}` is missing (iproute2, util-linux): needed to run a node in a network namespace");
+        }
+    }
+    let _serial = SERIAL.lock().await;
+    let host = match TestHost::create() {
+        Ok(h) => h,
+        Err(why) => skip!("cannot make a network namespace with a veth pair: {why}"),
+    };
+    let s = match store_on("netns", &host.here) {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let garage = s.garage.endpoint.trim_start_matches("http://").to_string();
+    let port = garage.rsplit_once(':').unwrap().1;
+    assert!(
+        host.connects(&garage),
+        "the test host reaches Garage at {garage} over the veth"
+    );
+    assert!(
+        !host.connects(&format!("127.0.0.1:{port}")),
+        "the test host's loopback is its own"
+    );
+
+    // A node that listens on anything but loopback needs a token.
+    let token = "netns-test-admin-token";
+    std::env::set_var("THAW_TOKEN", token);
+    let role = |writer: bool, listen: &str| {
+        vec![
+            if writer {
+                "--store-writer"
+            } else {
+                "--store-writer=false"
+            }
+            .to_string(),
+            "--listen".into(),
+            format!("{listen}:0"),
+            "--store-url".into(),
+            s.url.clone(),
+            "--store-key-file".into(),
+            s.key_file.clone(),
+            "--allow-forced-cold".into(),
+        ]
+    };
+    let mut a = Server::start(&strs(&role(true, &host.here)));
+    let wrap = host.wrap();
+    let mut b = Server::start_wrapped(&strs(&wrap), &strs(&role(false, &host.there)));
+    std::env::remove_var("THAW_TOKEN");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    for node in [&mut a, &mut b] {
+        node.http = reqwest::Client::builder()
+            .default_headers(headers.clone())
+            .build()
+            .unwrap();
+    }
+    assert!(a.url.contains(&host.here), "{}", a.url);
+    assert!(b.url.contains(&host.there), "{}", b.url);
+
+    let v = a.deploy_ready(born("f", 1)).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let on_a = restore(&a, "f").await;
+    assert_eq!(on_a.status, 200, "{}", on_a.text());
+    let snapshot_born = on_a.json()["born"].clone();
+    wait_for(
+        "B fetched f's snapshot over the veth",
+        Duration::from_secs(120),
+        async || metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await >= 1.0,
+    )
+    .await;
+    let health = b.get("/healthz").await.text();
+    assert!(
+        health.contains(&format!("writer: {}", a.url)),
+        "B sees the writer at its veth address: {health}"
+    );
+    let on_b = restore(&b, "f").await;
+    assert_eq!(on_b.status, 200, "{}", on_b.text());
+    assert_eq!(on_b.header("x-thaw-start"), "restore");
+    assert_eq!(on_b.json()["born"], snapshot_born);
+    assert!(metric(&b, "thaw_remote_fetched_bytes").await > 0.0);
+    assert_eq!(boots(&b, "f").await, Vec::<String>::new(), "B booted f");
+
+    // A deploy sent to B lands on A (over the veth), then serves on B.
+    let r = b.deploy(born("g", 1)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("x-thaw-forwarded-to"), a.url);
+    assert_eq!(a.get("/functions/g").await.status, 200);
+    wait_for("B serves g", Duration::from_secs(120), async || {
+        b.get("/functions/g").await.json()["state"] == "ready"
+    })
+    .await;
+    let g = b.invoke("g", serde_json::json!({})).await;
+    assert_eq!(g.status, 200, "{}", g.text());
+
+    // A delete on A is seen on B.
+    let d = a
+        .request(reqwest::Method::DELETE, "/functions/f", None, &[])
+        .await;
+    assert!(d.status < 300, "{}", d.text());
+    wait_for("B dropped f", Duration::from_secs(10), async || {
+        b.get("/functions/f").await.status == 404
+    })
+    .await;
     verify(&a.data);
     verify(&b.data);
 }
