@@ -751,6 +751,59 @@ async fn a_function_with_a_dependency_file_restores_on_a_reader() {
         "/var/task/.thaw/python/thawpure/__init__.py"
     );
 
+    // The same for Node.js: a package.json with its lockfile (npm ci on A),
+    // node_modules installed on B from the bucket.
+    let package = serde_json::json!({
+        "name": "nodedeps", "version": "1.0.0", "dependencies": {"thaw-left-pad": "1.0.0"}
+    })
+    .to_string();
+    let node = serde_json::json!({
+        "name": "nodedeps",
+        "runtime": "node20",
+        "handler": "index.handler",
+        "memory_mb": 256,
+        "timeout_ms": 10000,
+        "files": {
+            "index.js": "const pad = require('thaw-left-pad');\nconst BORN = process.hrtime.bigint().toString();\nexports.handler = async () => ({ padded: pad('ab', 6), from: require.resolve('thaw-left-pad'), born: BORN });\n",
+            "package.json": package,
+            "package-lock.json": index.lockfile(),
+        },
+    });
+    let v = a.deploy_ready(node).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let on_a = restore(&a, "nodedeps").await;
+    assert_eq!(on_a.status, 200, "{}", on_a.text());
+    let node_born = on_a.json()["born"].clone();
+    let index_requests = index.requests().len();
+    wait_for(
+        "B fetched the snapshot of nodedeps",
+        Duration::from_secs(120),
+        async || metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await >= 2.0,
+    )
+    .await;
+    let on_b = restore(&b, "nodedeps").await;
+    assert_eq!(on_b.status, 200, "{}", on_b.text());
+    assert_eq!(on_b.header("x-thaw-start"), "restore");
+    let answer = on_b.json();
+    assert_eq!(answer["born"], node_born, "B's copy is not the snapshot's");
+    assert_eq!(answer["padded"], "****ab");
+    assert_eq!(
+        answer["from"],
+        "/var/task/node_modules/thaw-left-pad/index.js"
+    );
+    assert_eq!(boots(&b, "nodedeps").await, Vec::<String>::new());
+    let layers_b = std::fs::read_dir(cache_b.path())
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
+    assert_eq!(layers_b, 2, "B installed both layers");
+
     assert_eq!(
         index.requests().len(),
         index_requests,
@@ -983,4 +1036,92 @@ async fn a_reader_in_its_own_network_namespace_follows_the_writer_over_a_veth() 
     .await;
     verify(&a.data);
     verify(&b.data);
+}
+
+/// Figures for docs/cluster.md ("Functions with a dependency file"): the
+/// numpy-pandas example (numpy and pandas in its requirements.txt, from the
+/// package index the host's pip uses, or the tests' shared layer cache)
+/// deployed on A; B with an empty layer cache of its own installs the
+/// layer from the bucket and restores. Prints the layer's size and the
+/// times; asserts what the small test asserts. A bench:
+/// `cargo test -p server --test cluster -- --ignored --nocapture numpy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a bench: numpy and pandas on two nodes (minutes on a busy machine)"]
+async fn numpy_pandas_layer_travels_to_a_reader() {
+    require_root!();
+    require_numpy_index!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("numpy") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/numpy-pandas");
+    let cache_b = tempfile::Builder::new()
+        .prefix("thaw-layers-b")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let a = Server::start(&[
+        "--store-writer",
+        "--store-url",
+        &s.url,
+        "--store-key-file",
+        &s.key_file,
+        "--allow-forced-cold",
+        "--deploy",
+        &example.display().to_string(),
+    ]);
+    let b = Server::start(&[
+        "--store-writer=false",
+        "--store-url",
+        &s.url,
+        "--store-key-file",
+        &s.key_file,
+        "--allow-forced-cold",
+        "--layer-cache",
+        &cache_b.path().display().to_string(),
+    ]);
+    let v = a.wait_state("numpy-pandas").await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let ready = Instant::now();
+    wait_for(
+        "B has numpy-pandas (code and layer)",
+        Duration::from_secs(600),
+        async || b.get("/functions/numpy-pandas").await.status == 200,
+    )
+    .await;
+    let applied = ready.elapsed();
+    wait_for(
+        "B fetched the snapshot",
+        Duration::from_secs(600),
+        async || metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await >= 1.0,
+    )
+    .await;
+    let restorable = ready.elapsed();
+    let catalog = server::cluster::catalog::read_catalog(&s.remote())
+        .await
+        .unwrap()
+        .unwrap();
+    let layer = catalog.layers.values().next().expect("a layer").clone();
+    let event = serde_json::to_vec(&serde_json::json!({"store": 3})).unwrap();
+    let t = Instant::now();
+    let on_b = b
+        .invoke_raw("numpy-pandas", event.clone(), &[("x-thaw-cold", "restore")])
+        .await;
+    let restore_ms = t.elapsed().as_millis();
+    assert_eq!(on_b.status, 200, "{}", on_b.text());
+    assert_eq!(on_b.header("x-thaw-start"), "restore");
+    assert_eq!(boots(&b, "numpy-pandas").await, Vec::<String>::new());
+    let t = Instant::now();
+    let booted = b
+        .invoke_raw("numpy-pandas", event, &[("x-thaw-cold", "boot")])
+        .await;
+    let boot_ms = t.elapsed().as_millis();
+    assert_eq!(booted.status, 200, "{}", booted.text());
+    assert_eq!(booted.header("x-thaw-start"), "boot");
+    eprintln!(
+        "numpy-pandas on B: layer archive {:.1} MB; A ready -> B has the version (code + layer installed) {:.2} s, -> snapshot fetched {:.2} s; forced restore on B {restore_ms} ms, forced boot {boot_ms} ms",
+        layer.bytes as f64 / 1e6,
+        applied.as_secs_f64(),
+        restorable.as_secs_f64()
+    );
 }

@@ -186,7 +186,20 @@ async fn apply_function(
             complete = false;
             break;
         };
-        // Its dependency layer first, into this node's layer cache
+        // The runtime's own files (a shim compiled once per data directory,
+        // such as Node.js's reseed addon) as a deploy would make them: a
+        // restored copy opens them.
+        if let Err(e) = service
+            .config
+            .runtimes
+            .prepare_runtime(&v.spec.runtime)
+            .await
+        {
+            tracing::warn!(function = %name, version = v.version, runtime = %v.spec.runtime, error = %e, "preparing the version's runtime failed; trying again");
+            complete = false;
+            break;
+        }
+        // Its dependency layer, into this node's layer cache
         // (cluster::layers): the code is linked to it.
         let layer = match &v.layer {
             None => None,
