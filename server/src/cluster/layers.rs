@@ -264,4 +264,49 @@ mod tests {
         let b = std::fs::metadata(dst.join(".thaw/python/pkg/__init__.py")).unwrap();
         assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "a hard link");
     }
+
+    #[test]
+    fn a_versions_code_objects_name_its_layer_once_the_catalog_has_it() {
+        let spec: crate::spec::FunctionSpec = serde_json::from_value(serde_json::json!({
+            "name": "f", "runtime": "python3", "handler": "main.handler"
+        }))
+        .unwrap();
+        let mut v = VersionRecord {
+            version: 2,
+            uid: 0xab,
+            spec,
+            state: crate::registry::VersionState::Ready,
+            error: None,
+            snapshot: None,
+            created_ms: 0,
+            restore_failure: None,
+            rebuilds: 0,
+            layer: None,
+        };
+        let mut layers = std::collections::BTreeMap::new();
+        assert_eq!(
+            code_objects("f", &v, &layers),
+            vec!["f/v2/00000000000000ab".to_string()]
+        );
+        let key = "ef".repeat(32);
+        v.layer = Some(LayerRef {
+            key: key.clone(),
+            into: ".thaw/python".into(),
+        });
+        assert_eq!(code_objects("f", &v, &layers).len(), 1, "not uploaded yet");
+        layers.insert(
+            key.clone(),
+            LayerObject {
+                blake3: "12".repeat(32),
+                bytes: 9,
+            },
+        );
+        assert_eq!(
+            code_objects("f", &v, &layers),
+            vec![
+                "f/v2/00000000000000ab".to_string(),
+                format!("#layer/{key}/{}", "12".repeat(32)),
+            ]
+        );
+    }
 }
