@@ -188,16 +188,15 @@ async fn apply_function(
         };
         // The runtime's own files (a shim compiled once per data directory,
         // such as Node.js's reseed addon) as a deploy would make them: a
-        // restored copy opens them.
+        // restored copy opens them. Without them the version is still
+        // taken: its restores fail and boot, as they would have.
         if let Err(e) = service
             .config
             .runtimes
             .prepare_runtime(&v.spec.runtime)
             .await
         {
-            tracing::warn!(function = %name, version = v.version, runtime = %v.spec.runtime, error = %e, "preparing the version's runtime failed; trying again");
-            complete = false;
-            break;
+            tracing::warn!(function = %name, version = v.version, runtime = %v.spec.runtime, error = %e, "preparing the version's runtime failed; its restores will boot");
         }
         // Its dependency layer, into this node's layer cache
         // (cluster::layers): the code is linked to it.
