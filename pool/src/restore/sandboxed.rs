@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use snapshotter::snapshot::{load_snapshot, Snapshot};
 use snapshotter::store::PageStore;
 
+use super::plans::SnapshotPlans;
 use super::working_set;
 use super::{
     prepare_for_sandbox, restore_into, CopyServer, Credentials, Mode, Prepared, RestoreError,
@@ -44,7 +45,8 @@ use super::{
 pub struct SnapshotRestorer {
     snapshots_dir: PathBuf,
     store: Arc<PageStore>,
-    cache: Mutex<HashMap<String, Arc<Snapshot>>>,
+    /// Each loaded snapshot, with what its restores compute alike.
+    cache: Mutex<HashMap<String, (Arc<Snapshot>, Arc<SnapshotPlans>)>>,
     /// Working sets read or recorded (`None`: none, or a corrupt file).
     working_sets: Mutex<HashMap<String, Option<Arc<Vec<u64>>>>>,
     /// Per snapshot: copies that prefetched its working set, and the pages
@@ -145,6 +147,12 @@ impl SnapshotRestorer {
     }
 
     fn snapshot(&self, id: &str) -> Result<Arc<Snapshot>, RestoreError> {
+        self.loaded(id).map(|(s, _)| s)
+    }
+
+    /// Snapshot `id`, loaded once, with the plans its restores share
+    /// (dropped with it by [`SnapshotRestorer::forget`]).
+    fn loaded(&self, id: &str) -> Result<(Arc<Snapshot>, Arc<SnapshotPlans>), RestoreError> {
         if let Some(s) = self.cache.lock().unwrap().get(id) {
             return Ok(s.clone());
         }
@@ -161,8 +169,12 @@ impl SnapshotRestorer {
             }
             Err(e) => return Err(e.into()),
         };
-        self.cache.lock().unwrap().insert(id.to_string(), s.clone());
-        Ok(s)
+        let loaded = (s, Arc::new(SnapshotPlans::default()));
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), loaded.clone());
+        Ok(loaded)
     }
 
     /// Forgets a snapshot (it was deleted or is being rebuilt).
@@ -221,7 +233,7 @@ impl SnapshotRestorer {
     /// objects. Blocking. The stub sandbox then opens
     /// [`PreparedCopy::open_files`], and [`PreparedCopy::adopt`] checks them.
     pub fn prepare(&self, id: &str) -> Result<PreparedCopy, RestoreError> {
-        let snapshot = self.snapshot(id)?;
+        let (snapshot, plans) = self.loaded(id)?;
         // fds 0-4 of the copy are the sandbox's (stdin, log pipes, protocol
         // pipes): stand-ins here, never moved (a tree's other processes
         // inherit the stub's: see `tree`).
@@ -238,7 +250,9 @@ impl SnapshotRestorer {
             .collect();
         let options = options(fds);
         let prepared = if snapshot.children.is_empty() {
-            Preparation::Process(prepare_for_sandbox(&snapshot, &self.store, &options)?)
+            let mut p = prepare_for_sandbox(&snapshot, &self.store, &options)?;
+            p.share_plans(plans);
+            Preparation::Process(p)
         } else {
             Preparation::Tree(super::tree::prepare_tree_for_sandbox(
                 &snapshot,
