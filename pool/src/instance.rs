@@ -345,10 +345,15 @@ impl Instance {
         // Both modes record the working set once (uffd: the pages the page
         // server filled; mmap: the pages resident after the invocation).
         {
-            let (r, id) = (restorer.clone(), snapshot.id.clone());
-            let recorded = tokio::task::spawn_blocking(move || r.working_set(&id).is_some())
-                .await
-                .unwrap_or(true);
+            let recorded = match restorer.has_working_set_cached(&snapshot.id) {
+                Some(known) => known,
+                None => {
+                    let (r, id) = (restorer.clone(), snapshot.id.clone());
+                    tokio::task::spawn_blocking(move || r.working_set(&id).is_some())
+                        .await
+                        .unwrap_or(true)
+                }
+            };
             if !recorded {
                 self.record_to = Some((restorer.clone(), snapshot.id.clone()));
             }

@@ -1325,11 +1325,12 @@ fn restore_memory(
             .map_err(RestoreError::Fetch)?;
     }
     let guard = match options.mode {
-        Mode::Mmap if anon::enabled() => Some(anon::Guard::plan(
+        Mode::Mmap if anon::enabled() => Some(anon::Guard::plan_with(
             state,
             &image.file,
             &[(places.scratch, places.scratch + batch::SCRATCH_LEN)],
             &eager,
+            ctx.plans.map(|p| &p.guard_filter),
         )?),
         _ => None,
     };

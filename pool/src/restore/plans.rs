@@ -7,6 +7,8 @@
 //!           (`working_set::populate_ranges`: a copy, a sort and a walk of
 //!           every page of the set), kept with the input it was made from
 //!           and made again when that input differs
+//! guard     mmap mode: the anonymous-memory guard's seccomp filter
+//!           (`anon::FilterMemo`), built from the snapshot's areas
 //! ```
 //!
 //! A [`SnapshotPlans`] belongs to one loaded snapshot (its areas never
@@ -23,6 +25,8 @@ use super::working_set::{self, Populate};
 #[derive(Debug, Default)]
 pub struct SnapshotPlans {
     populate: Mutex<Option<PopulatePlan>>,
+    /// The guard's filter (`anon::Guard::plan_with`).
+    pub guard_filter: super::anon::FilterMemo,
 }
 
 /// The populate ranges and what they were made from.

@@ -184,6 +184,17 @@ impl SnapshotRestorer {
         self.unrecordable.lock().unwrap().remove(id);
     }
 
+    /// Whether snapshot `id` has a recorded working set, when that is known
+    /// without reading a file (`None`: ask [`SnapshotRestorer::working_set`],
+    /// which may block). Never blocks: for async code on the restore's path.
+    pub fn has_working_set_cached(&self, id: &str) -> Option<bool> {
+        self.working_sets
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(Option::is_some)
+    }
+
     /// The recorded working set of snapshot `id`, if any. A file that fails
     /// its checks is logged and ignored (the next recording replaces it).
     pub fn working_set(&self, id: &str) -> Option<Arc<Vec<u64>>> {
