@@ -46,7 +46,7 @@ pub struct SnapshotRestorer {
     snapshots_dir: PathBuf,
     store: Arc<PageStore>,
     /// Each loaded snapshot, with what its restores compute alike.
-    cache: Mutex<HashMap<String, (Arc<Snapshot>, Arc<SnapshotPlans>)>>,
+    cache: Mutex<HashMap<String, Loaded>>,
     /// Working sets read or recorded (`None`: none, or a corrupt file).
     working_sets: Mutex<HashMap<String, Option<Arc<Vec<u64>>>>>,
     /// Per snapshot: copies that prefetched its working set, and the pages
@@ -57,6 +57,9 @@ pub struct SnapshotRestorer {
     unrecordable: Mutex<std::collections::HashSet<String>>,
     devnull: OwnedFd,
 }
+
+/// A loaded snapshot and the plans its restores share.
+type Loaded = (Arc<Snapshot>, Arc<SnapshotPlans>);
 
 /// How a snapshot's working set was used since the restorer started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -152,7 +155,7 @@ impl SnapshotRestorer {
 
     /// Snapshot `id`, loaded once, with the plans its restores share
     /// (dropped with it by [`SnapshotRestorer::forget`]).
-    fn loaded(&self, id: &str) -> Result<(Arc<Snapshot>, Arc<SnapshotPlans>), RestoreError> {
+    fn loaded(&self, id: &str) -> Result<Loaded, RestoreError> {
         if let Some(s) = self.cache.lock().unwrap().get(id) {
             return Ok(s.clone());
         }
