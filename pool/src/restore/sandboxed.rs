@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use snapshotter::snapshot::{load_snapshot, Snapshot};
 use snapshotter::store::PageStore;
 
+use super::plans::SnapshotPlans;
 use super::working_set;
 use super::{
     prepare_for_sandbox, restore_into, CopyServer, Credentials, Mode, Prepared, RestoreError,
@@ -44,7 +45,8 @@ use super::{
 pub struct SnapshotRestorer {
     snapshots_dir: PathBuf,
     store: Arc<PageStore>,
-    cache: Mutex<HashMap<String, Arc<Snapshot>>>,
+    /// Each loaded snapshot, with what its restores compute alike.
+    cache: Mutex<HashMap<String, Loaded>>,
     /// Working sets read or recorded (`None`: none, or a corrupt file).
     working_sets: Mutex<HashMap<String, Option<Arc<Vec<u64>>>>>,
     /// Per snapshot: copies that prefetched its working set, and the pages
@@ -55,6 +57,9 @@ pub struct SnapshotRestorer {
     unrecordable: Mutex<std::collections::HashSet<String>>,
     devnull: OwnedFd,
 }
+
+/// A loaded snapshot and the plans its restores share.
+type Loaded = (Arc<Snapshot>, Arc<SnapshotPlans>);
 
 /// How a snapshot's working set was used since the restorer started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -145,6 +150,12 @@ impl SnapshotRestorer {
     }
 
     fn snapshot(&self, id: &str) -> Result<Arc<Snapshot>, RestoreError> {
+        self.loaded(id).map(|(s, _)| s)
+    }
+
+    /// Snapshot `id`, loaded once, with the plans its restores share
+    /// (dropped with it by [`SnapshotRestorer::forget`]).
+    fn loaded(&self, id: &str) -> Result<Loaded, RestoreError> {
         if let Some(s) = self.cache.lock().unwrap().get(id) {
             return Ok(s.clone());
         }
@@ -161,8 +172,12 @@ impl SnapshotRestorer {
             }
             Err(e) => return Err(e.into()),
         };
-        self.cache.lock().unwrap().insert(id.to_string(), s.clone());
-        Ok(s)
+        let loaded = (s, Arc::new(SnapshotPlans::default()));
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), loaded.clone());
+        Ok(loaded)
     }
 
     /// Forgets a snapshot (it was deleted or is being rebuilt).
@@ -170,6 +185,17 @@ impl SnapshotRestorer {
         self.cache.lock().unwrap().remove(id);
         self.working_sets.lock().unwrap().remove(id);
         self.unrecordable.lock().unwrap().remove(id);
+    }
+
+    /// Whether snapshot `id` has a recorded working set, when that is known
+    /// without reading a file (`None`: ask [`SnapshotRestorer::working_set`],
+    /// which may block). Never blocks: for async code on the restore's path.
+    pub fn has_working_set_cached(&self, id: &str) -> Option<bool> {
+        self.working_sets
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(Option::is_some)
     }
 
     /// The recorded working set of snapshot `id`, if any. A file that fails
@@ -221,7 +247,7 @@ impl SnapshotRestorer {
     /// objects. Blocking. The stub sandbox then opens
     /// [`PreparedCopy::open_files`], and [`PreparedCopy::adopt`] checks them.
     pub fn prepare(&self, id: &str) -> Result<PreparedCopy, RestoreError> {
-        let snapshot = self.snapshot(id)?;
+        let (snapshot, plans) = self.loaded(id)?;
         // fds 0-4 of the copy are the sandbox's (stdin, log pipes, protocol
         // pipes): stand-ins here, never moved (a tree's other processes
         // inherit the stub's: see `tree`).
@@ -238,7 +264,9 @@ impl SnapshotRestorer {
             .collect();
         let options = options(fds);
         let prepared = if snapshot.children.is_empty() {
-            Preparation::Process(prepare_for_sandbox(&snapshot, &self.store, &options)?)
+            let mut p = prepare_for_sandbox(&snapshot, &self.store, &options)?;
+            p.share_plans(plans);
+            Preparation::Process(p)
         } else {
             Preparation::Tree(super::tree::prepare_tree_for_sandbox(
                 &snapshot,
