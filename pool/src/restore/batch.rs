@@ -343,10 +343,13 @@ impl Remote {
         let (scratch, _) = self.scratch.expect("scratch mapped before a batch");
         let records = scratch + RECORDS_OFF;
         let mut bytes = vec![0u8; (threads.len() + 1) * RECORD as usize];
-        // The slots' data and tables are each one range: two writes.
-        let mut data = Vec::with_capacity(threads.len() * SLOT_DATA as usize);
-        let mut tables = Vec::with_capacity(threads.len() * (SLOT_ENTRIES + 1) * ENTRY as usize);
-        for (n, t) in threads.iter().enumerate() {
+        // Each slot's data and table as far as they are used (a slot is
+        // ~8 KiB, a thread's table and data ~1 KiB), and the records: one
+        // process_vm_writev. Writing the slots whole, padding included,
+        // through /proc/PID/mem cost ~0.15 ms with 15 threads.
+        let tables: Vec<Vec<u8>> = threads.iter().map(|t| table(&t.batch.entries)).collect();
+        let mut runs: Vec<(u64, &[u8])> = Vec::with_capacity(2 * threads.len() + 1);
+        for (n, (t, table)) in threads.iter().zip(&tables).enumerate() {
             let batch = &t.batch;
             assert_eq!(batch.slot, Some(n), "thread {n}'s batch in slot {n}");
             let (data_off, _) = batch.data_region();
@@ -354,10 +357,10 @@ impl Remote {
             if batch.entries.len() > max {
                 return Err(RestoreError::NoRoom("table of a thread's batch"));
             }
-            data.resize((data_off - DATA_OFF) as usize, 0);
-            data.extend_from_slice(&batch.data);
-            tables.resize((table_off - TABLE_OFF) as usize, 0);
-            tables.extend_from_slice(&table(&batch.entries));
+            if !batch.data.is_empty() {
+                runs.push((scratch + data_off, &batch.data));
+            }
+            runs.push((scratch + table_off, table));
             let record = records + n as u64 * RECORD;
             // SAFETY: clone_args is plain integers; all-zero is valid.
             let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
@@ -371,9 +374,8 @@ impl Remote {
         }
         let end = threads.len() * RECORD as usize;
         bytes[end..end + 8].copy_from_slice(&u64::MAX.to_ne_bytes());
-        self.write(scratch + DATA_OFF, &data)?;
-        self.write(scratch + TABLE_OFF, &tables)?;
-        self.write(records, &bytes)?;
+        runs.push((records, &bytes));
+        self.write_runs(&runs)?;
         let saved = self
             .seized
             .registers()
