@@ -299,8 +299,9 @@ pub fn restore_others(
     let inherited = Inherited::of(remote.pid())?;
     for group in saved.chunks(SLOTS) {
         let mut new = Vec::with_capacity(group.len());
+        let mut data_from = 0;
         for (slot, t) in group.iter().enumerate() {
-            let mut batch = Batch::in_slot(scratch, slot);
+            let mut batch = Batch::for_thread(scratch, slot, data_from);
             block_all_signals(&mut batch)?;
             super::pending::queue_for_thread(&mut batch, state.pid, t.tid, &t.pending)?;
             sched_in_batch(&mut batch, t, &inherited)?;
@@ -308,6 +309,7 @@ pub fn restore_others(
             super::credentials::set_credentials(&mut batch, state, credentials)?;
             set_parent_death_signal(&mut batch, t);
             timings.batched += batch.len() as u32;
+            data_from = batch.data_end();
             new.push(NewThread { tid: t.tid, batch });
         }
         let records = remote.run_clones(THREAD_FLAGS, &new)?;
