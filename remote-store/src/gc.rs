@@ -177,7 +177,7 @@ impl RemoteStore {
             .collect();
         report.roots = roots.len() as u64;
         let objects: Vec<RemoteSnapshot> = stream::iter(roots)
-            .map(|name| async move { self.read_root(&name).await })
+            .map(|name| self.read_root(name))
             .buffer_unordered(IN_FLIGHT)
             .try_collect()
             .await?;
@@ -202,30 +202,19 @@ impl RemoteStore {
         pack_names.sort_unstable();
         pack_names.dedup();
         // Only packs not named by a root need their index read.
-        let candidates: Vec<&str> = pack_names
+        let candidates: Vec<(String, bool)> = pack_names
             .into_iter()
             .filter(|n| !named_packs.contains(*n))
+            .map(|n| (n.to_string(), indexes.contains_key(n)))
             .collect();
-        let read: Vec<(&str, Option<Vec<PageHash>>)> = stream::iter(candidates)
-            .map(|name| {
-                let committed = indexes.contains_key(name);
-                async move {
-                    if !committed {
-                        return Ok((name, None));
-                    }
-                    match self.read_pack_index(name).await {
-                        Ok(hashes) => Ok((name, Some(hashes))),
-                        // Deleted meanwhile: an uncommitted pack now.
-                        Err(ObjectError::Missing { .. }) => Ok((name, None)),
-                        Err(e) => Err(GcError::Read(e)),
-                    }
-                }
-            })
+        let read: Vec<(String, Option<Vec<PageHash>>)> = stream::iter(candidates)
+            .map(|(name, committed)| self.read_candidate(name, committed))
             .buffer_unordered(IN_FLIGHT)
             .try_collect()
             .await?;
         let mut garbage: Vec<Collected> = Vec::new();
         for (name, hashes) in read {
+            let name = name.as_str();
             if hashes
                 .as_ref()
                 .is_some_and(|h| h.iter().any(|p| pages.contains(p)))
@@ -293,7 +282,8 @@ impl RemoteStore {
         Ok(report)
     }
 
-    async fn read_root(&self, name: &str) -> Result<RemoteSnapshot, GcError> {
+    async fn read_root(&self, name: String) -> Result<RemoteSnapshot, GcError> {
+        let name = name.as_str();
         let root_error = |what: String| GcError::Root {
             object: self.describe(Kind::Snapshot, name),
             what,
@@ -316,6 +306,29 @@ impl RemoteStore {
         RemoteSnapshot::decode(&bytes).map_err(root_error)
     }
 
+    /// The page list of a pack that is a gc candidate (`None`: uncommitted).
+    async fn read_candidate(
+        &self,
+        name: String,
+        committed: bool,
+    ) -> Result<(String, Option<Vec<PageHash>>), GcError> {
+        if !committed {
+            return Ok((name, None));
+        }
+        match self.read_pack_index(&name).await {
+            Ok(hashes) => Ok((name, Some(hashes))),
+            // Deleted meanwhile: an uncommitted pack now.
+            Err(ObjectError::Missing { .. }) => Ok((name, None)),
+            Err(e) => Err(GcError::Read(e)),
+        }
+    }
+
+    async fn delete_logged(&self, kind: Kind, name: String, bytes: u64) -> Result<(), ObjectError> {
+        self.delete(kind, &name).await?;
+        tracing::debug!(kind = kind.folder(), name = %name, bytes, "deleted from the bucket");
+        Ok(())
+    }
+
     /// Deletes `garbage` in its order per pack (index before pack), the
     /// rest concurrently.
     async fn delete_all(&self, garbage: &[Collected]) -> Result<(), GcError> {
@@ -323,14 +336,12 @@ impl RemoteStore {
             garbage.iter().partition(|c| c.kind != Kind::Pack);
         let mut done = 0;
         for batch in [first, then] {
-            let results: Vec<Result<(), ObjectError>> = stream::iter(batch)
-                .map(|c| async move {
-                    let r = self.delete(c.kind, &c.name).await;
-                    if r.is_ok() {
-                        tracing::debug!(kind = c.kind.folder(), name = %c.name, bytes = c.bytes, "deleted from the bucket");
-                    }
-                    r
-                })
+            let jobs: Vec<(Kind, String, u64)> = batch
+                .into_iter()
+                .map(|c| (c.kind, c.name.clone(), c.bytes))
+                .collect();
+            let results: Vec<Result<(), ObjectError>> = stream::iter(jobs)
+                .map(|(kind, name, bytes)| self.delete_logged(kind, name, bytes))
                 .buffer_unordered(IN_FLIGHT)
                 .collect()
                 .await;

@@ -143,6 +143,11 @@ pub struct Settings {
     /// (default: http:// and the address it listens on).
     #[arg(long, env = "THAW_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// The writer deletes objects nothing live references from the shared
+    /// store once they are this old, seconds (default 3600); it checks every
+    /// grace period (at most every 10 minutes). Only with store_writer.
+    #[arg(long, env = "THAW_STORE_GC_GRACE_SECS")]
+    pub store_gc_grace_secs: Option<u64>,
     /// Deploy the function in this folder at start (repeatable).
     #[arg(long = "deploy")]
     #[serde(default)]
@@ -185,6 +190,7 @@ impl Settings {
             store_key_file: self.store_key_file.or(below.store_key_file),
             store_writer: self.store_writer.or(below.store_writer),
             advertise_url: self.advertise_url.or(below.advertise_url),
+            store_gc_grace_secs: self.store_gc_grace_secs.or(below.store_gc_grace_secs),
             deploy: if self.deploy.is_empty() {
                 below.deploy
             } else {
@@ -263,9 +269,18 @@ impl Settings {
                 "advertise_url is where the writer is reached: set it with store_writer"
             );
         }
+        anyhow::ensure!(
+            self.store_gc_grace_secs.is_none() || store_writer,
+            "store_gc_grace_secs is for the store's writer (readers never delete from the bucket): \
+             set it with store_writer"
+        );
         Ok(ServeOptions {
             cluster: crate::cluster::ClusterOptions {
                 writer: store_writer,
+                gc_grace: self
+                    .store_gc_grace_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(crate::cluster::gc::DEFAULT_GRACE),
                 advertise_url: self
                     .advertise_url
                     .map(|u| u.trim_end_matches('/').to_string()),

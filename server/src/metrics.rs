@@ -165,6 +165,12 @@ pub struct Metrics {
     pub remote_bytes_fetched: Gauge,
     /// Snapshots downloaded by a reader node, by result.
     pub remote_fetches: Family<ResultLabels, Counter>,
+    /// Runs of the bucket's gc on the writer, by result.
+    pub remote_gc_runs: Family<ResultLabels, Counter>,
+    /// Objects the writer's gc deleted from the bucket.
+    pub remote_gc_deleted: Counter,
+    /// Bytes the writer's gc deleted from the bucket.
+    pub remote_gc_freed_bytes: Counter,
 }
 
 impl Metrics {
@@ -310,8 +316,29 @@ impl Metrics {
             "Snapshots a reader node downloaded from the shared store, by result",
             remote_fetches.clone(),
         );
+        let remote_gc_runs = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "remote_gc_runs",
+            "Runs of the shared store's gc on the writer, by result",
+            remote_gc_runs.clone(),
+        );
+        let remote_gc_deleted = Counter::default();
+        registry.register(
+            "remote_gc_deleted_objects",
+            "Objects the writer's gc deleted from the shared store (nothing live referenced them)",
+            remote_gc_deleted.clone(),
+        );
+        let remote_gc_freed_bytes = Counter::default();
+        registry.register(
+            "remote_gc_freed_bytes",
+            "Bytes the writer's gc deleted from the shared store",
+            remote_gc_freed_bytes.clone(),
+        );
         Metrics {
             registry,
+            remote_gc_runs,
+            remote_gc_deleted,
+            remote_gc_freed_bytes,
             remote_store_up,
             remote_store_last_success,
             remote_bytes_fetched,

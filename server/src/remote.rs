@@ -256,7 +256,8 @@ fn cli_local(data_dir: &Path, snapshot_dir: Option<&Path>, id: &str) -> Result<L
     Ok(local_snapshot(Arc::new(store), &snapshots_dir, &local_id))
 }
 
-fn cli_connect(settings: Option<RemoteSettings>) -> Result<Arc<RemoteStore>> {
+/// Connects for a `thaw store` command that needs the shared store.
+pub fn cli_connect(settings: Option<RemoteSettings>) -> Result<Arc<RemoteStore>> {
     let settings = settings.context(
         "no shared store: set --store-url or THAW_STORE_URL (./dev.sh s3 prints the exports)",
     )?;

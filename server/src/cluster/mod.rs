@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod fetch;
 pub mod follow;
 pub mod forward;
+pub mod gc;
 pub mod publish;
 
 use std::path::{Path, PathBuf};
@@ -38,12 +39,24 @@ pub use catalog::{Catalog, WriterObject};
 pub use fetch::ForRestore;
 
 /// This node's part, from the settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClusterOptions {
     /// `store_writer`.
     pub writer: bool,
     /// `advertise_url` (no trailing slash).
     pub advertise_url: Option<String>,
+    /// `store_gc_grace_secs`: the bucket's gc keeps younger garbage.
+    pub gc_grace: std::time::Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> ClusterOptions {
+        ClusterOptions {
+            writer: false,
+            advertise_url: None,
+            gc_grace: gc::DEFAULT_GRACE,
+        }
+    }
 }
 
 /// Whether the shared store answers, as this node last saw it.
@@ -207,7 +220,8 @@ impl Cluster {
                     listen_url
                 }
             };
-            publish::spawn(self.clone(), service, url);
+            publish::spawn(self.clone(), service.clone(), url);
+            gc::spawn(self.clone(), service);
         } else {
             follow::spawn(self.clone(), service);
         }

@@ -1,0 +1,270 @@
+//! The shared store's gc and the local store as a cache (docs/cluster.md,
+//! "Gc of the bucket"), with real `thaw serve` processes on a private
+//! Garage (test-support/garage.rs):
+//!
+//! - gc: a writer with a short grace; a stray pack (an aborted upload's);
+//!   `thaw store gc --remote --dry-run` names it and deletes nothing; a gc
+//!   by hand without `--force` is refused while the writer runs; the writer
+//!   collects the stray pack, and after a function is deleted its snapshot,
+//!   working set, record and code; the other function's objects all remain
+//!   and a fresh reader restores it.
+//!
+//! Needs root (sandboxes) and the garage binary (`./dev.sh s3`).
+
+mod common;
+#[path = "../../test-support/garage.rs"]
+mod garage;
+
+use std::time::{Duration, Instant};
+
+use common::{function, Server};
+use garage::{Garage, BUCKET};
+use remote_store::{Kind, RemoteStore, StoreKey};
+
+/// The tests set the process's AWS_* variables (the servers inherit them)
+/// for their own Garage: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Store {
+    _garage: Garage,
+    key: StoreKey,
+    key_file: String,
+    url: String,
+}
+
+fn store(prefix: &str) -> Result<Store, String> {
+    let garage = Garage::start()?;
+    let key = StoreKey::generate();
+    let key_file = garage.dir().join("store.key");
+    std::fs::write(&key_file, key.to_hex()).unwrap();
+    for (k, v) in garage.env() {
+        std::env::set_var(k, v);
+    }
+    std::env::remove_var("THAW_STORE_KEY");
+    Ok(Store {
+        key,
+        key_file: key_file.display().to_string(),
+        url: format!("s3://{BUCKET}/{prefix}"),
+        _garage: garage,
+    })
+}
+
+impl Store {
+    fn server(&self, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "--store-url",
+            &self.url,
+            "--store-key-file",
+            &self.key_file,
+            "--allow-forced-cold",
+        ];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
+    fn remote(&self) -> RemoteStore {
+        RemoteStore::from_env(self.url.parse().unwrap(), &self.key).unwrap()
+    }
+
+    /// `thaw store ARGS` against this store: exit status and JSON (or text).
+    fn thaw_store(&self, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+            .arg("store")
+            .args(args)
+            .args(["--store-url", &self.url, "--store-key-file", &self.key_file])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+/// A function whose answer tells when its process started: a restore
+/// answers the snapshot's `born`.
+fn born(name: &str) -> serde_json::Value {
+    function(
+        name,
+        "import time\nBORN = time.time_ns()\ndef handler(event, context):\n    return {'born': BORN}\n",
+        serde_json::json!({}),
+    )
+}
+
+async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let t0 = Instant::now();
+    while !check().await {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether the object of `kind` for `address` is in the bucket.
+async fn has(remote: &RemoteStore, kind: Kind, address: &str) -> bool {
+    let name = remote.name(kind, address.as_bytes());
+    remote
+        .list(kind)
+        .await
+        .unwrap()
+        .iter()
+        .any(|l| l.name == name)
+}
+
+/// The snapshot id and code address of a function's only version.
+async fn version_of(server: &Server, name: &str) -> (String, String) {
+    let v = server.get(&format!("/functions/{name}")).await.json();
+    let snapshot = v["snapshot"]["id"].as_str().unwrap().to_string();
+    // `<name>-v<N>-<uid hex>` (server/src/snapshots.rs).
+    let uid = u64::from_str_radix(snapshot.rsplit('-').next().unwrap(), 16).unwrap();
+    (snapshot, server::remote::code_address(name, 1, uid))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_collects_what_no_function_references() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("gc") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let a = s.server(&["--store-writer", "--store-gc-grace-secs", "8"]);
+    for name in ["keep", "drop"] {
+        let v = a.deploy_ready(born(name)).await;
+        assert_eq!(v["state"], "ready", "{v}");
+    }
+    let remote = s.remote();
+    let (keep_snap, keep_code) = version_of(&a, "keep").await;
+    let (drop_snap, drop_code) = version_of(&a, "drop").await;
+    wait_for(
+        "both snapshots complete in the bucket",
+        Duration::from_secs(120),
+        async || {
+            let k = remote.snapshot_status(&keep_snap).await.unwrap();
+            let d = remote.snapshot_status(&drop_snap).await.unwrap();
+            k.present && k.pages_missing == 0 && d.present && d.pages_missing == 0
+        },
+    )
+    .await;
+    wait_for(
+        "both records and codes",
+        Duration::from_secs(60),
+        async || {
+            has(&remote, Kind::Function, "keep").await
+                && has(&remote, Kind::Function, "drop").await
+                && has(&remote, Kind::Code, &keep_code).await
+                && has(&remote, Kind::Code, &drop_code).await
+        },
+    )
+    .await;
+
+    // An aborted upload's pack: no index, referenced by nothing.
+    let s3 = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(BUCKET)
+        .build()
+        .unwrap();
+    let stray = remote.object_path(Kind::Pack, &"5a".repeat(32));
+    object_store::ObjectStore::put(&s3, &stray.as_str().into(), vec![1u8; 8192].into())
+        .await
+        .unwrap();
+    let stray_there = async || {
+        remote
+            .list(Kind::Pack)
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.name == "5a".repeat(32))
+    };
+
+    // A dry run names it and deletes nothing.
+    let before = remote.status().await.unwrap();
+    let (ok, out) = s.thaw_store(&["gc", "--remote", "--dry-run", "--grace-secs", "0"]);
+    assert!(ok, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["dry_run"], true, "{report}");
+    assert!(
+        report["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o == &format!("packs/{}", "5a".repeat(32))),
+        "{report}"
+    );
+    assert_eq!(
+        report["deleted"]["snapshots"],
+        serde_json::Value::Null,
+        "{report}"
+    );
+    assert!(stray_there().await, "the dry run deleted the stray pack");
+    assert_eq!(remote.status().await.unwrap().kinds, before.kinds);
+    // Deleting by hand while the writer runs is refused.
+    let (ok, out) = s.thaw_store(&["gc", "--remote", "--grace-secs", "0"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("use --dry-run"), "{out}");
+    assert!(stray_there().await);
+
+    // The writer collects it once it is older than the grace.
+    wait_for(
+        "the stray pack collected",
+        Duration::from_secs(60),
+        async || !stray_there().await,
+    )
+    .await;
+    assert_eq!(remote.status().await.unwrap().uncommitted_packs, 0);
+
+    // A deleted function's objects go; the other's stay.
+    let r = a
+        .request(reqwest::Method::DELETE, "/functions/drop", None, &[])
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let t0 = Instant::now();
+    wait_for(
+        "drop's objects collected",
+        Duration::from_secs(90),
+        async || {
+            !remote.snapshot_status(&drop_snap).await.unwrap().present
+                && !has(&remote, Kind::Function, "drop").await
+                && !has(&remote, Kind::Code, &drop_code).await
+        },
+    )
+    .await;
+    eprintln!(
+        "drop's objects collected {:?} after its delete",
+        t0.elapsed()
+    );
+    let k = remote.snapshot_status(&keep_snap).await.unwrap();
+    assert!(k.present && k.pages_missing == 0, "{k:?}");
+    assert!(has(&remote, Kind::Function, "keep").await);
+    assert!(has(&remote, Kind::Code, &keep_code).await);
+    let m = a.get("/metrics").await.text();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("thaw_remote_gc_deleted_objects_total ") && !l.ends_with(" 0")),
+        "{m}"
+    );
+
+    // A fresh reader restores what is left.
+    let b = s.server(&["--store-writer=false"]);
+    wait_for(
+        "keep restorable on B",
+        Duration::from_secs(120),
+        async || {
+            let r = b
+                .invoke_raw("keep", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+                .await;
+            r.status == 200 && r.header("x-thaw-start") == "restore"
+        },
+    )
+    .await;
+    let on_b = b
+        .invoke_raw("keep", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+        .await;
+    let on_a = a
+        .invoke_raw("keep", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+        .await;
+    assert_eq!(on_b.json()["born"], on_a.json()["born"]);
+    assert_eq!(b.get("/functions/drop").await.status, 404);
+}
