@@ -148,6 +148,13 @@ pub struct Settings {
     /// grace period (at most every 10 minutes). Only with store_writer.
     #[arg(long, env = "THAW_STORE_GC_GRACE_SECS")]
     pub store_gc_grace_secs: Option<u64>,
+    /// Cap of the local page store with a shared store, MiB (default: no
+    /// cap): over it, pages no local snapshot needs are freed, then whole
+    /// local snapshots that are complete in the shared store are evicted,
+    /// least recently restored first (fetched again on their next cold
+    /// start). Needs store_url.
+    #[arg(long, env = "THAW_STORE_CACHE_MB")]
+    pub store_cache_mb: Option<u64>,
     /// Deploy the function in this folder at start (repeatable).
     #[arg(long = "deploy")]
     #[serde(default)]
@@ -191,6 +198,7 @@ impl Settings {
             store_writer: self.store_writer.or(below.store_writer),
             advertise_url: self.advertise_url.or(below.advertise_url),
             store_gc_grace_secs: self.store_gc_grace_secs.or(below.store_gc_grace_secs),
+            store_cache_mb: self.store_cache_mb.or(below.store_cache_mb),
             deploy: if self.deploy.is_empty() {
                 below.deploy
             } else {
@@ -274,9 +282,17 @@ impl Settings {
             "store_gc_grace_secs is for the store's writer (readers never delete from the bucket): \
              set it with store_writer"
         );
+        anyhow::ensure!(
+            self.store_cache_mb.is_none() || remote.is_some(),
+            "store_cache_mb caps the local store as a cache of the shared store: it needs store_url"
+        );
         Ok(ServeOptions {
             cluster: crate::cluster::ClusterOptions {
                 writer: store_writer,
+                cache_cap: self
+                    .store_cache_mb
+                    .map(|mb| scaled(mb, 20, "store_cache_mb"))
+                    .transpose()?,
                 gc_grace: self
                     .store_gc_grace_secs
                     .map(Duration::from_secs)

@@ -165,6 +165,12 @@ pub struct Metrics {
     pub remote_bytes_fetched: Gauge,
     /// Snapshots downloaded by a reader node, by result.
     pub remote_fetches: Family<ResultLabels, Counter>,
+    /// Bytes the local page store takes (with `store_cache_mb`).
+    pub store_cache_bytes: Gauge,
+    /// `store_cache_mb` in bytes.
+    pub store_cache_cap: Gauge,
+    /// Local snapshots evicted to keep the store under its cap.
+    pub store_cache_evictions: Counter,
     /// Runs of the bucket's gc on the writer, by result.
     pub remote_gc_runs: Family<ResultLabels, Counter>,
     /// Objects the writer's gc deleted from the bucket.
@@ -316,6 +322,24 @@ impl Metrics {
             "Snapshots a reader node downloaded from the shared store, by result",
             remote_fetches.clone(),
         );
+        let store_cache_bytes = Gauge::default();
+        registry.register(
+            "store_cache_bytes",
+            "Bytes the local page store takes on disk, checked against store_cache_mb (docs/cluster.md)",
+            store_cache_bytes.clone(),
+        );
+        let store_cache_cap = Gauge::default();
+        registry.register(
+            "store_cache_cap_bytes",
+            "store_cache_mb in bytes (absent: no cap)",
+            store_cache_cap.clone(),
+        );
+        let store_cache_evictions = Counter::default();
+        registry.register(
+            "store_cache_evictions",
+            "Local snapshots evicted to keep the local store under store_cache_mb (fetched again when asked for)",
+            store_cache_evictions.clone(),
+        );
         let remote_gc_runs = Family::<ResultLabels, Counter>::default();
         registry.register(
             "remote_gc_runs",
@@ -336,6 +360,9 @@ impl Metrics {
         );
         Metrics {
             registry,
+            store_cache_bytes,
+            store_cache_cap,
+            store_cache_evictions,
             remote_gc_runs,
             remote_gc_deleted,
             remote_gc_freed_bytes,

@@ -975,10 +975,21 @@ impl Service {
             headers: req.headers,
             body: req.body,
         };
+        if let Some(cluster) = &self.config.cluster {
+            // An evicted snapshot is fetched again (cluster/cache.rs).
+            cluster.ask_for_evicted(self, &version.key);
+        }
         let result = self
             .pool
             .invoke(&version.key, &version.start, &inv, cold)
             .await;
+        if let (Some(cluster), Some(s), Ok(served)) =
+            (&self.config.cluster, &version.start.snapshot, &result)
+        {
+            if served.start == StartKind::Restore {
+                cluster.cache.touch(&s.id);
+            }
+        }
         self.account(&req.name, &result);
         match result {
             Ok(Served {

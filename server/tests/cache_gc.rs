@@ -268,3 +268,154 @@ async fn the_writer_collects_what_no_function_references() {
     assert_eq!(on_b.json()["born"], on_a.json()["born"]);
     assert_eq!(b.get("/functions/drop").await.status, 404);
 }
+
+/// A function holding 12 MiB of its own random bytes (pages no other
+/// function shares), answering when its process started.
+fn big(name: &str) -> serde_json::Value {
+    function(
+        name,
+        "import os, time\nBORN = time.time_ns()\nDATA = os.urandom(12 << 20)\ndef handler(event, context):\n    return {'born': BORN, 'n': len(DATA)}\n",
+        serde_json::json!({}),
+    )
+}
+
+async fn metric(server: &Server, name: &str) -> f64 {
+    server
+        .get("/metrics")
+        .await
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn forced_restore(server: &Server, name: &str) -> common::Answer {
+    server
+        .invoke_raw(name, b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+        .await
+}
+
+fn store_bytes(server: &Server) -> u64 {
+    server::cluster::cache::disk_bytes(&server.data.join("store"))
+}
+
+fn verify(data: &std::path::Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args(["store", "verify", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "thaw store verify {}: {}{}",
+        data.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_store_evicts_the_older_snapshot_and_fetches_it_again() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("cache") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let a = s.server(&["--store-writer"]);
+    let mut b = s.server(&["--store-writer=false"]);
+    let remote = s.remote();
+    let manifest = |server: &Server, id: &str| {
+        snapshotter::snapshot::manifest_path(&server.data.join("snapshots"), id)
+    };
+
+    // B holds f1, then f1 and f2 (each restored once: images built).
+    let mut sizes = Vec::new();
+    let mut ids = Vec::new();
+    for (i, name) in ["f1", "f2"].into_iter().enumerate() {
+        let v = a.deploy_ready(big(name)).await;
+        assert_eq!(v["state"], "ready", "{v}");
+        let (id, _) = version_of(&a, name).await;
+        wait_for(
+            &format!("{name} on B"),
+            Duration::from_secs(180),
+            async || {
+                metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await
+                    >= (i + 1) as f64
+            },
+        )
+        .await;
+        let r = forced_restore(&b, name).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-thaw-start"), "restore");
+        sizes.push(store_bytes(&b));
+        ids.push(id);
+    }
+    let (one, both) = (sizes[0], sizes[1]);
+    assert!(both > one + (8 << 20), "{sizes:?}");
+    let born_f1 = forced_restore(&a, "f1").await.json()["born"].clone();
+    assert!(remote.snapshot_status(&ids[0]).await.unwrap().present);
+
+    // Restarted with a cap between one snapshot and two: f1, the older,
+    // goes; f2 stays.
+    let cap_mb = (one + (both - one) / 2) >> 20;
+    b.stop();
+    b.args
+        .extend(["--store-cache-mb".to_string(), cap_mb.to_string()]);
+    b.spawn();
+    wait_for("an eviction on B", Duration::from_secs(60), async || {
+        metric(&b, "thaw_store_cache_evictions_total").await >= 1.0
+    })
+    .await;
+    assert!(!manifest(&b, &ids[0]).exists(), "f1 is still local");
+    assert!(manifest(&b, &ids[1]).exists(), "f2 was evicted");
+    assert!(
+        store_bytes(&b) <= cap_mb << 20,
+        "{} > {cap_mb} MiB",
+        store_bytes(&b)
+    );
+    assert_eq!(
+        metric(&b, "thaw_store_cache_cap_bytes").await,
+        (cap_mb << 20) as f64
+    );
+    verify(&b.data);
+
+    // A copy of f2 runs (idle, kept alive) ...
+    let r = b.invoke("f2", serde_json::json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-thaw-start"), "restore");
+
+    // ... while f1's cold starts fetch it again and then restore it, with
+    // its snapshot's state.
+    let t0 = Instant::now();
+    let on_b = loop {
+        let r = forced_restore(&b, "f1").await;
+        if r.status == 200 && r.header("x-thaw-start") == "restore" {
+            break r;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "f1 never restored on B again: {} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(on_b.json()["born"], born_f1);
+    assert!(manifest(&b, &ids[0]).exists());
+    // Over the cap again, but f2 has a running copy and f1 is the newest:
+    // neither is evicted.
+    wait_for(
+        "B over its cap again",
+        Duration::from_secs(60),
+        async || metric(&b, "thaw_store_cache_bytes").await > (cap_mb << 20) as f64,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(manifest(&b, &ids[1]).exists(), "f2 evicted under its copy");
+    assert_eq!(metric(&b, "thaw_store_cache_evictions_total").await, 1.0);
+    let r = b.invoke("f2", serde_json::json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    verify(&b.data);
+}

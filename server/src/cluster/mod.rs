@@ -19,6 +19,7 @@
 //! `#catalog` and `#writer` are addressed like function records, with names
 //! no function can have (`valid_name` refuses `#`).
 
+pub mod cache;
 pub mod catalog;
 pub mod fetch;
 pub mod follow;
@@ -47,6 +48,8 @@ pub struct ClusterOptions {
     pub advertise_url: Option<String>,
     /// `store_gc_grace_secs`: the bucket's gc keeps younger garbage.
     pub gc_grace: std::time::Duration,
+    /// `store_cache_mb` in bytes: the local store's cap (`None`: no cap).
+    pub cache_cap: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +58,7 @@ impl Default for ClusterOptions {
             writer: false,
             advertise_url: None,
             gc_grace: gc::DEFAULT_GRACE,
+            cache_cap: None,
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct Cluster {
     http: reqwest::Client,
     /// `THAW_TOKEN`: sent with a forwarded request that came without one.
     token: Option<Token>,
+    /// The local store as a cache (`store_cache_mb`).
+    pub cache: cache::Cache,
 }
 
 /// A token that never shows in `Debug` output.
@@ -168,6 +174,7 @@ impl Cluster {
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
                 .map(Token),
+            cache: cache::Cache::default(),
         })
     }
 
@@ -221,10 +228,11 @@ impl Cluster {
                 }
             };
             publish::spawn(self.clone(), service.clone(), url);
-            gc::spawn(self.clone(), service);
+            gc::spawn(self.clone(), service.clone());
         } else {
-            follow::spawn(self.clone(), service);
+            follow::spawn(self.clone(), service.clone());
         }
+        cache::spawn(self.clone(), service);
     }
 
     /// What `/healthz` adds: role, store state, the writer seen; with
