@@ -521,6 +521,50 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_cap_and_the_gc_grace_need_a_store_and_a_writer() {
+        if std::env::var_os("THAW_STORE_KEY").is_some() {
+            return;
+        }
+        let opts = Settings::default().resolve().unwrap();
+        assert_eq!(opts.cluster.cache_cap, None);
+        assert_eq!(opts.cluster.gc_grace, crate::cluster::gc::DEFAULT_GRACE);
+        let err = toml::from_str::<Settings>(
+            "store_cache_mb = 100
+",
+        )
+        .unwrap()
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("store_cache_mb caps the local store"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "ab".repeat(32)).unwrap();
+        let text = format!(
+            "store_url = \"s3://thaw/dev\"\nstore_key_file = {:?}\nstore_cache_mb = 100\nstore_gc_grace_secs = 5\n",
+            key.display().to_string()
+        );
+        let err = toml::from_str::<Settings>(&text)
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("store_gc_grace_secs is for the store's writer"),
+            "{err}"
+        );
+        let opts = toml::from_str::<Settings>(&format!("{text}store_writer = true\n"))
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(opts.cluster.cache_cap, Some(100 << 20));
+        assert_eq!(opts.cluster.gc_grace, Duration::from_secs(5));
+    }
+
+    #[test]
     fn a_store_url_needs_a_key_and_a_usable_url() {
         if std::env::var_os("THAW_STORE_KEY").is_some() {
             // The variable would stand in for the file below.

@@ -205,6 +205,7 @@ pub fn upload_all(service: &crate::service::Service) {
     let Some(uploader) = &service.config.uploader else {
         return;
     };
+    let snapshots_dir = crate::snapshots::snapshots_dir(&service.config.data_dir);
     let versions: Vec<VersionUpload> = service
         .functions
         .read()
@@ -220,6 +221,9 @@ pub fn upload_all(service: &crate::service::Service) {
                 })
             })
         })
+        // A snapshot evicted from the local store (cluster/cache.rs) was
+        // complete in the bucket when it went.
+        .filter(|v| snapshotter::snapshot::manifest_path(&snapshots_dir, &v.snapshot).exists())
         .collect();
     for v in versions {
         uploader.spawn(service.metrics.clone(), v);
