@@ -8,6 +8,10 @@
 //!   collects the stray pack, and after a function is deleted its snapshot,
 //!   working set, record and code; the other function's objects all remain
 //!   and a fresh reader restores it.
+//! - cache: a reader restarted with `--store-cache-mb` between one and two
+//!   snapshots evicts the older; a cold start fetches it again and restores
+//!   it; a snapshot with a running copy is not evicted; `thaw store verify`
+//!   passes. The same eviction on the writer fetches back without a rebuild.
 //!
 //! Needs root (sandboxes) and the garage binary (`./dev.sh s3`).
 
@@ -418,4 +422,82 @@ async fn a_capped_store_evicts_the_older_snapshot_and_fetches_it_again() {
     let r = b.invoke("f2", serde_json::json!({})).await;
     assert_eq!(r.status, 200, "{}", r.text());
     verify(&b.data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_writer_evicts_an_uploaded_snapshot_and_fetches_it_back_without_a_rebuild() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("wcache") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let mut a = s.server(&["--store-writer"]);
+    let remote = s.remote();
+    let mut sizes = Vec::new();
+    let mut ids = Vec::new();
+    let mut borns = Vec::new();
+    for name in ["f1", "f2"] {
+        let v = a.deploy_ready(big(name)).await;
+        assert_eq!(v["state"], "ready", "{v}");
+        let (id, _) = version_of(&a, name).await;
+        wait_for(
+            &format!("{name} uploaded"),
+            Duration::from_secs(120),
+            async || {
+                let st = remote.snapshot_status(&id).await.unwrap();
+                st.present && st.pages_missing == 0
+            },
+        )
+        .await;
+        let r = forced_restore(&a, name).await;
+        assert_eq!(r.header("x-thaw-start"), "restore", "{}", r.text());
+        borns.push(r.json()["born"].clone());
+        sizes.push(store_bytes(&a));
+        ids.push(id);
+    }
+    let (one, both) = (sizes[0], sizes[1]);
+    assert!(both > one + (8 << 20), "{sizes:?}");
+    let cap_mb = (one + (both - one) / 2) >> 20;
+    a.stop();
+    a.args
+        .extend(["--store-cache-mb".to_string(), cap_mb.to_string()]);
+    a.spawn();
+    wait_for("an eviction on A", Duration::from_secs(60), async || {
+        metric(&a, "thaw_store_cache_evictions_total").await >= 1.0
+    })
+    .await;
+    let manifest = |id: &str| snapshotter::snapshot::manifest_path(&a.data.join("snapshots"), id);
+    assert!(!manifest(&ids[0]).exists(), "f1 is still local");
+    assert!(manifest(&ids[1]).exists());
+    verify(&a.data);
+
+    // f1 comes back from the bucket: its snapshot's state, no rebuild, the
+    // same snapshot in its record.
+    let t0 = Instant::now();
+    let r = loop {
+        let r = forced_restore(&a, "f1").await;
+        if r.status == 200 && r.header("x-thaw-start") == "restore" {
+            break r;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "f1 never restored on A again: {} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(r.json()["born"], borns[0]);
+    let v = a.get("/functions/f1").await.json();
+    assert_eq!(v["snapshot"]["id"], ids[0].as_str(), "{v}");
+    assert_eq!(v["state"], "ready", "{v}");
+    let m = a.get("/metrics").await.text();
+    assert!(
+        !m.lines().any(
+            |l| l.starts_with("thaw_remote_uploads_total{result=\"error\"}") && !l.ends_with(" 0")
+        ),
+        "an upload failed: {m}"
+    );
+    verify(&a.data);
 }
