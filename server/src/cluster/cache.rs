@@ -23,7 +23,8 @@
 //! version (that cold start boots, later ones restore): a reader does not
 //! fetch it back in the background as it does new snapshots. A restore that
 //! already started keeps what it opened or mapped: an unlinked file stays
-//! readable. Without a cap nothing here runs but the bookkeeping.
+//! readable. Without a cap nothing here runs but the bookkeeping of
+//! restores.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -41,8 +42,9 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(30);
 pub struct Cache {
     /// Snapshots evicted and not asked for since.
     evicted: Mutex<HashSet<String>>,
-    /// Unix ms of each snapshot's last restore or fetch.
+    /// Unix ms of each snapshot's last restore or fetch (kept with a cap).
     used: Mutex<HashMap<String, u64>>,
+    capped: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
 }
 
@@ -55,7 +57,9 @@ impl Cache {
     /// Snapshot `id` was restored now (the periodic check counts the image
     /// a first restore may have built).
     pub fn touch(&self, id: &str) {
-        self.used.lock().unwrap().insert(id.to_string(), now_ms());
+        if self.capped.load(std::sync::atomic::Ordering::Relaxed) {
+            self.used.lock().unwrap().insert(id.to_string(), now_ms());
+        }
     }
 
     /// Snapshot `id` was fetched now: the check runs.
@@ -128,8 +132,16 @@ impl Cluster {
     }
 }
 
-/// Starts the cache's checks (every node with a shared store).
+/// Starts the cache's checks (a node with `store_cache_mb`; without it
+/// nothing is evicted and nothing here runs).
 pub fn spawn(cluster: Arc<Cluster>, service: Service) {
+    let Some(cap) = cluster.options.cache_cap else {
+        return;
+    };
+    cluster
+        .cache
+        .capped
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     // Versions whose snapshot is not local (evicted before a restart):
     // fetched when asked for, never restored from a missing manifest.
     {
@@ -147,9 +159,6 @@ pub fn spawn(cluster: Arc<Cluster>, service: Service) {
             }
         }
     }
-    let Some(cap) = cluster.options.cache_cap else {
-        return;
-    };
     if let Some(m) = cluster.metrics() {
         m.store_cache_cap.set(cap as i64);
     }
@@ -237,6 +246,13 @@ async fn check(cluster: &Arc<Cluster>, service: &Service, cap: u64) -> anyhow::R
         }
         by_id.into_values().collect()
     };
+    // Snapshots no version has any more are forgotten.
+    cluster
+        .cache
+        .used
+        .lock()
+        .unwrap()
+        .retain(|id, _| candidates.iter().any(|c| &c.id == id) || cluster.is_local(id));
     candidates.sort_by_key(|c| (c.last_used, c.created_ms));
     // The most recently used stays: a cold start may be waiting for it.
     candidates.pop();
