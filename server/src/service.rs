@@ -712,6 +712,10 @@ impl Service {
                 id: s.id.clone(),
                 mode: self.memory_mode(&v.record.spec),
             });
+            if let (Some(cluster), Some(_)) = (&self.config.cluster, &snapshot) {
+                // A capture grew the local store: the cache checks its cap.
+                cluster.cache.poke();
+            }
             v.record.snapshot = snapshot;
             self.keep(v);
             self.save_or_log(&key.name, list);

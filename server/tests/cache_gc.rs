@@ -165,6 +165,27 @@ async fn the_writer_collects_what_no_function_references() {
     )
     .await;
 
+    // The published catalog names both snapshots (else a gc with no grace
+    // would rightly count one as garbage).
+    wait_for(
+        "the catalog names both snapshots",
+        Duration::from_secs(60),
+        async || {
+            let Some(c) = server::cluster::catalog::read_catalog(&remote)
+                .await
+                .unwrap()
+            else {
+                return false;
+            };
+            ["keep", "drop"].iter().all(|f| {
+                c.functions
+                    .get(*f)
+                    .is_some_and(|r| r.versions.iter().all(|v| v.snapshot.is_some()))
+            })
+        },
+    )
+    .await;
+
     // An aborted upload's pack: no index, referenced by nothing.
     let s3 = object_store::aws::AmazonS3Builder::from_env()
         .with_bucket_name(BUCKET)

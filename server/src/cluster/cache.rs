@@ -1,8 +1,9 @@
 //! The local page store as a cache in front of the shared store, capped by
 //! `store_cache_mb` (docs/cluster.md, "The local store as a cache").
 //!
-//! A check runs at start, after each snapshot fetched, and every
-//! [`CHECK_EVERY`] (which counts captures and the images restores build). When the store's files
+//! A check runs at start, after each snapshot fetched or captured, and
+//! every [`CHECK_EVERY`] (which counts the images restores build, and
+//! snapshots uploaded since their capture). When the store's files
 //! (packs, index, roots, images: blocks allocated) exceed the cap:
 //!
 //! ```text
