@@ -4,7 +4,8 @@
 //!
 //! Live is what the catalog names: every function's record
 //! (`functions/<name>`), `#catalog` and `#writer`, every version's code
-//! (`code/<name/vN/uid>`) and snapshot (its object, working set, and the
+//! (`code/<name/vN/uid>`) and dependency layer (`code/` objects named by
+//! `cluster::layers::code_objects` from the catalog's `layers`) and snapshot (its object, working set, and the
 //! packs holding its pages). On the writer the records in memory count too
 //! (a version captured and uploaded but not published yet), so a gc there
 //! never deletes what the writer is about to publish.
@@ -25,6 +26,7 @@ use anyhow::{Context, Result};
 use remote_store::{GcOptions, GcReport, Kind, Live, RemoteStore};
 
 use super::catalog::{self, CATALOG_ADDRESS, WRITER_ADDRESS};
+use super::layers::LayerObject;
 use super::Cluster;
 use crate::registry::FunctionRecord;
 use crate::service::Service;
@@ -36,8 +38,12 @@ const MOST_EVERY: Duration = Duration::from_secs(600);
 /// A writer whose heartbeat is younger than this counts as running.
 const WRITER_FRESH: Duration = Duration::from_secs(10);
 
-/// What the records name, as content addresses.
-pub fn live<'a>(records: impl IntoIterator<Item = &'a FunctionRecord>) -> Live {
+/// What the records name, as content addresses; `layers` is the catalog's
+/// (a version's dependency layer is a `code/` object, `cluster::layers`).
+pub fn live<'a>(
+    records: impl IntoIterator<Item = &'a FunctionRecord>,
+    layers: &BTreeMap<String, LayerObject>,
+) -> Live {
     let mut live = Live {
         functions: vec![
             String::from_utf8_lossy(CATALOG_ADDRESS).into_owned(),
@@ -49,7 +55,7 @@ pub fn live<'a>(records: impl IntoIterator<Item = &'a FunctionRecord>) -> Live {
         live.functions.push(record.name.clone());
         for v in &record.versions {
             live.code
-                .push(crate::remote::code_address(&record.name, v.version, v.uid));
+                .extend(super::layers::code_objects(&record.name, v, layers));
             if let Some(s) = &v.snapshot {
                 live.snapshots.push(s.id.clone());
             }
@@ -138,7 +144,10 @@ async fn run_on_writer(
         return Ok(None);
     };
     let mine = super::publish::records(service);
-    let live = live(mine.values().chain(published.functions.values()));
+    let live = live(
+        mine.values().chain(published.functions.values()),
+        &published.layers,
+    );
     let report = cluster
         .remote
         .gc(
@@ -181,7 +190,7 @@ pub async fn cli_gc(
             );
         }
     }
-    let live = live(published.functions.values());
+    let live = live(published.functions.values(), &published.layers);
     let r = remote.gc(&live, GcOptions { grace, dry_run }).await?;
     let mut per_kind: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for c in &r.deleted {

@@ -25,6 +25,7 @@ pub mod fetch;
 pub mod follow;
 pub mod forward;
 pub mod gc;
+pub mod layers;
 pub mod publish;
 
 use std::path::{Path, PathBuf};
