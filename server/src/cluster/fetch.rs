@@ -69,6 +69,8 @@ impl Cluster {
             match result {
                 Ok(r) => {
                     this.health.ok();
+                    // The cache's check runs (cache.rs); this one is newest.
+                    this.cache.fetched(&id);
                     tracing::info!(
                         snapshot = %id,
                         pages = r.pages,

@@ -376,6 +376,8 @@ fn fetch_missing(cluster: &Arc<Cluster>, service: &Service) {
         .flatten()
         .filter(|v| v.start.snapshot.is_none())
         .filter_map(|v| Some((v.key.clone(), v.record.snapshot.as_ref()?.id.clone())))
+        // Evicted (cluster/cache.rs): fetched when a cold start asks.
+        .filter(|(_, id)| !cluster.cache.is_evicted(id))
         .collect();
     for (key, id) in missing {
         let svc = service.clone();
@@ -389,7 +391,7 @@ fn fetch_missing(cluster: &Arc<Cluster>, service: &Service) {
 
 /// Lets cold starts of `key` restore `snapshot`, if it is still the
 /// version's.
-fn restorable(service: &Service, key: &pool::FunctionKey, snapshot: &str) {
+pub(crate) fn restorable(service: &Service, key: &pool::FunctionKey, snapshot: &str) {
     let mut map = service.functions.write().unwrap();
     let Some(v) = map
         .get_mut(&key.name)
