@@ -545,9 +545,8 @@ impl Instance {
             None => return,
         };
         let pages = match &self.page_server {
-            // uffd: the faults in first-touch order, then the other
-            // resident pages (fault-around, and the mapped files' pages
-            // the invocation read).
+            // uffd: the faults in first-touch order, then the mapped
+            // files' pages the invocation read.
             Some(server) => {
                 match restorer.uffd_working_set(&id, server.live().touched(), resident) {
                     Ok(pages) => pages,
