@@ -54,8 +54,8 @@ struct SuiteArgs {
     /// that section).
     #[arg(long)]
     only_density: bool,
-    /// Run only these sections, comma-separated: sustained, burst (needs
-    /// --out; no goals are judged).
+    /// Run only these sections, comma-separated: sustained, burst,
+    /// first_invocation (needs --out; no goals are judged).
     #[arg(long, value_delimiter = ',', conflicts_with = "only_density")]
     only: Vec<loadtest::suite::Section>,
     /// Only these bench functions, comma-separated (hello, numpy-pandas,

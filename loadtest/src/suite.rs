@@ -117,6 +117,10 @@ pub enum Section {
     Sustained,
     /// Bursts ([`burst`]), against single restores measured for them.
     Burst,
+    /// The first invocation after a restore in both memory modes against a
+    /// warm one ([`coldstart::FIRST_INVOCATION_ARMS`], interleaved; a second
+    /// server for uffd mode).
+    FirstInvocation,
 }
 
 impl std::str::FromStr for Section {
@@ -125,8 +129,9 @@ impl std::str::FromStr for Section {
         match s {
             "sustained" => Ok(Section::Sustained),
             "burst" | "bursts" => Ok(Section::Burst),
+            "first_invocation" | "first-invocation" | "first" => Ok(Section::FirstInvocation),
             other => Err(format!(
-                "unknown section {other:?} (--only takes sustained and burst)"
+                "unknown section {other:?} (--only takes sustained, burst and first_invocation)"
             )),
         }
     }
@@ -602,10 +607,31 @@ async fn measure_only(
         }
         bursts = burst::render(&out, ctx.plan.bursts);
     }
+    let mut cold = Vec::new();
+    if ctx.cfg.only.contains(&Section::FirstInvocation) {
+        let uffd_server = start_other_server(ctx, &coldstart::UFFD_ARGS, RESTORE_UFFD).await;
+        let uffd_api = uffd_server.as_ref().map(Server::api).map_err(Clone::clone);
+        let none = Err("not measured in this section".to_string());
+        for bench in &benches {
+            cold.push(
+                coldstart::measure_arms(
+                    ctx,
+                    bench,
+                    &uffd_api,
+                    &none,
+                    Some(&coldstart::FIRST_INVOCATION_ARMS),
+                )
+                .await,
+            );
+        }
+        if let Ok(s) = uffd_server {
+            s.stop().await;
+        }
+    }
     Ok(Body {
         store: String::new(),
         capture: String::new(),
-        cold: Vec::new(),
+        cold,
         warm_throughput: String::new(),
         cold_throughput,
         bursts,
@@ -798,7 +824,7 @@ async fn start_other_server(ctx: &mut Ctx, args: &[&str], arm: &str) -> Result<S
     };
     let api = server.api();
     let empty = serde_json::Map::new();
-    for b in &BENCHES {
+    for b in &ctx.cfg.benches() {
         let folder = ctx.cfg.repo.join("examples").join(b.name);
         let ready = match deploy::deploy(&api, &folder, b.name, &empty).await {
             Ok(()) => deploy::wait_ready(&api, b.name).await.map(|_| ()),
@@ -1006,6 +1032,7 @@ fn only_flags(cfg: &SuiteConfig) -> String {
         .map(|s| match s {
             Section::Sustained => "sustained",
             Section::Burst => "burst",
+            Section::FirstInvocation => "first_invocation",
         })
         .collect();
     let mut out = sections.join(",");

@@ -426,6 +426,13 @@ impl Instance {
     /// Runs one invocation. `Ok` leaves the instance usable; `Err` means it is
     /// dead (it has been killed; call [`Instance::destroy`]).
     pub async fn invoke(&mut self, inv: &Invocation) -> Result<Outcome, InvokeError> {
+        // The copy recording its snapshot's working set: what is resident
+        // before its first invocation, to tell that invocation's own pages
+        // apart (`working_set::INVOKED`). Once per snapshot.
+        let resident_before = match (&self.record_to, self.runtime_host_pid()) {
+            (Some((restorer, id)), Some(pid)) => restorer.resident_working_set(id, pid).ok(),
+            _ => None,
+        };
         let probe = crate::first_call::wanted(self.served)
             .then(|| self.sandbox.function_pid())
             .flatten()
@@ -510,30 +517,48 @@ impl Instance {
         self.logs.set_invocation(None);
         if outcome.is_ok() {
             self.served += 1;
-            self.record_working_set();
+            self.record_working_set(resident_before);
         }
         outcome
     }
 
     /// After the first invocation of a copy whose snapshot has no working
     /// set: records the pages touched so far (restore-ready exchange and
-    /// the invocation): a `uffd` copy's page server lists them; an `mmap`
-    /// copy's are read from its pagemap now, while it waits. Written in the
-    /// background.
-    fn record_working_set(&mut self) {
+    /// the invocation): a `uffd` copy's page server lists its faults; the
+    /// resident pages (both modes) are read from the copy's pagemap now,
+    /// while it waits, those not in
+    /// `resident_before` (read when the invocation began) tagged
+    /// [`crate::restore::working_set::INVOKED`]. Written in the background.
+    fn record_working_set(&mut self, resident_before: Option<Vec<u64>>) {
         let Some((restorer, id)) = self.record_to.take() else {
             return;
         };
-        let pages = match (&self.page_server, self.sandbox.function_pid()) {
-            (Some(server), _) => server.live().touched(),
-            (None, Some(pid)) => match restorer.resident_working_set(&id, pid) {
-                Ok(pages) => pages,
+        let resident = match self.sandbox.function_pid() {
+            Some(pid) => match restorer.resident_working_set(&id, pid) {
+                Ok(pages) => match &resident_before {
+                    Some(before) => crate::restore::working_set::tag_invoked(pages, before),
+                    None => pages,
+                },
                 Err(err) => {
                     tracing::warn!(snapshot = %id, %err, "reading the working set failed");
                     return;
                 }
             },
-            (None, None) => return,
+            None => return,
+        };
+        let pages = match &self.page_server {
+            // uffd: the faults in first-touch order, then the mapped
+            // files' pages the invocation read.
+            Some(server) => {
+                match restorer.uffd_working_set(&id, server.live().touched(), resident) {
+                    Ok(pages) => pages,
+                    Err(err) => {
+                        tracing::warn!(snapshot = %id, %err, "reading the working set failed");
+                        return;
+                    }
+                }
+            }
+            None => resident,
         };
         tokio::task::spawn_blocking(move || {
             let count = pages.len();

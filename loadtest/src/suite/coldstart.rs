@@ -93,6 +93,21 @@ pub async fn measure(
     uffd: &Result<Api, String>,
     no_spares: &Result<Api, String>,
 ) -> ColdResult {
+    measure_arms(ctx, bench, uffd, no_spares, None).await
+}
+
+/// The arms `--only first_invocation` runs: a warm instance and the two
+/// memory modes' restores, whose answers are first invocations.
+pub const FIRST_INVOCATION_ARMS: [&str; 3] = [WARM, RESTORE_MMAP, RESTORE_UFFD];
+
+/// [`measure`], only the arms named in `only` (all with `None`).
+pub async fn measure_arms(
+    ctx: &mut Ctx,
+    bench: &Bench,
+    uffd: &Result<Api, String>,
+    no_spares: &Result<Api, String>,
+    only: Option<&[&str]>,
+) -> ColdResult {
     let plan = ctx.plan.clone();
     let f = bench.name;
     let mut arms = Vec::new();
@@ -142,6 +157,10 @@ pub async fn measure(
         let folder = ctx.cfg.repo.join("examples").join(f);
         let fork_argv = fork_argv(ctx, &folder, bench.body, plan.fork_iterations);
         push(ctx, FORK, Ok(ArmKind::Exec { argv: fork_argv }));
+    }
+
+    if let Some(only) = only {
+        arms.retain(|a| only.contains(&a.name.as_str()));
     }
 
     // Probe the restores: a 409 means "not yet", not an error.

@@ -1256,11 +1256,13 @@ struct RestoredMemory {
     uffd_in_stub: Option<u64>,
 }
 
-/// mmap mode: adds to `batch` (the mapping batch, at its best-effort
-/// tail) the copying in of the pages of the recorded working set the first
-/// copy wrote, so that the copy does not take those copy-on-write faults
-/// one by one in its first invocation (one `madvise(MADV_POPULATE_WRITE)`
-/// per run, see [`working_set::populate_ranges`]). In the same round trip
+/// Adds to `batch` (the mapping batch, at its best-effort tail) the
+/// copying in of the pages of the recorded working set the first copy
+/// wrote, and the mapping of those its first invocation read, so that the
+/// copy does not take those faults one by one in its first invocation
+/// (one `madvise(MADV_POPULATE_WRITE)` or `(MADV_POPULATE_READ)` per run,
+/// see [`working_set::populate_ranges`]; in uffd mode only the areas the
+/// page server does not fill). In the same round trip
 /// as the mappings: a round trip of its own cost more than the populating
 /// on a busy machine. Best effort: a range the kernel refuses ends the
 /// populating, never the restore.
@@ -1366,8 +1368,19 @@ fn restore_memory(
     if let Some(g) = &guard {
         g.map(&mut batch);
     }
-    if options.mode == Mode::Mmap && !options.prefetch.is_empty() {
-        timings.populated = populate(&mut batch, areas, &options.prefetch, ctx.plans) as u32;
+    if !options.prefetch.is_empty() {
+        timings.populated = match options.mode {
+            Mode::Mmap => populate(&mut batch, areas, &options.prefetch, ctx.plans),
+            // Only the areas the page server does not fill (the mapped
+            // files): populating a registered area now would wait for a
+            // server that is not running yet.
+            Mode::Uffd => populate(
+                &mut batch,
+                areas,
+                &working_set::outside_lazy_areas(&options.prefetch, areas),
+                ctx.plans,
+            ),
+        } as u32;
     }
     timings.batched += batch.len() as u32;
     remote.run(batch)?;

@@ -3,7 +3,8 @@
 //! a second; each restore's own work stays per restore).
 //!
 //! ```text
-//! populate  mmap mode: the recorded working set as madvise ranges
+//! populate  the recorded working set as madvise ranges (uffd mode: only
+//!           its pages outside the areas the page server fills)
 //!           (`working_set::populate_ranges`: a copy, a sort and a walk of
 //!           every page of the set), kept with the input it was made from
 //!           and made again when that input differs

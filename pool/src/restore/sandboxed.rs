@@ -334,6 +334,22 @@ impl SnapshotRestorer {
         })
     }
 
+    /// A `uffd` copy's working set from its page server's `faults` and its
+    /// `resident` pages (see [`working_set::faults_then_resident`]).
+    pub fn uffd_working_set(
+        &self,
+        id: &str,
+        faults: Vec<u64>,
+        resident: Vec<u64>,
+    ) -> Result<Vec<u64>, RestoreError> {
+        let snapshot = self.snapshot(id)?;
+        Ok(working_set::faults_then_resident(
+            faults,
+            resident,
+            &snapshot.state.areas,
+        ))
+    }
+
     /// How snapshot `id`'s working set was prefetched since the start.
     pub fn prefetch_stats(&self, id: &str) -> PrefetchStats {
         self.prefetches

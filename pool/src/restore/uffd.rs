@@ -496,10 +496,20 @@ impl PageServer {
                 .prefetched
                 .fetch_add(count as u64, Ordering::Relaxed);
         }
-        // Pages the run covered leave the list.
+        // Pages the run covered leave the list. Each stands for the pages
+        // after it too (the recording copy's server filled up to
+        // FAULT_AROUND pages from each fault, and a recorded list names the
+        // faults only): when one lies so close to the run's end that its
+        // pages reach past it, the next run starts where this one ended
+        // (else those pages fault, one round trip each).
         let end = page + count as u64 * PAGE_SIZE;
-        while self.prefetch.last().is_some_and(|&p| p < end) {
+        let mut reach = end;
+        while let Some(&p) = self.prefetch.last().filter(|&&p| p < end) {
             self.prefetch.pop();
+            reach = reach.max(p + FAULT_AROUND * PAGE_SIZE);
+        }
+        if reach > end && self.prefetch.last() != Some(&end) {
+            self.prefetch.push(end);
         }
         Ok(())
     }

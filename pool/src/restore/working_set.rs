@@ -9,7 +9,11 @@
 //! first-touch order; an `mmap` copy's resident pages are read from
 //! `/proc/PID/pagemap` ([`resident_pages`]), in address order, each
 //! tagged [`WRITTEN`] when the copy holds its own (copied-on-write) page
-//! there rather than the shared one of the image or the file.
+//! there rather than the shared one of the image or the file, and
+//! [`INVOKED`] when it was not resident yet when the invocation began
+//! (read in twice, before and after: [`tag_invoked`]): the pages the
+//! first invocation itself faulted in (with their fault-around), apart
+//! from those of the `restored` exchange.
 //!
 //! ```text
 //! <snapshots_dir>/<id>.workingset
@@ -17,7 +21,8 @@
 //!   8   4  format version (u32 LE, 1)
 //!  12   4  reserved (0)
 //!  16   8  page count n (u64 LE, at most MAX_PAGES)
-//!  24  8n  saved page addresses (u64 LE), bit 0 = WRITTEN
+//!  24  8n  saved page addresses (u64 LE), bit 0 = WRITTEN,
+//!          bit 1 = INVOKED (absent from lists written before it existed)
 //!  ..  32  blake3 of every byte before it
 //! ```
 //!
@@ -63,6 +68,12 @@ pub enum WorkingSetError {
 /// Tag of a page address (its low bit): the copy wrote the page (it held
 /// its own copy after the first invocation).
 pub const WRITTEN: u64 = 1;
+/// Tag of a page address (bit 1): an `mmap` copy's page that became
+/// resident during the first invocation (not in the `restored` exchange
+/// before it). Populated for reading before the resume
+/// ([`populate_ranges`]): these are the read faults the first invocation
+/// would otherwise take.
+pub const INVOKED: u64 = 2;
 /// `madvise` advice: fault the range in for reading (Linux 5.14).
 pub const MADV_POPULATE_READ: u64 = 22;
 /// `madvise` advice: fault the range in for writing (copy on write now).
@@ -142,6 +153,74 @@ fn resident_in(start: u64, entries: &[u8]) -> impl Iterator<Item = u64> + '_ {
         })
 }
 
+/// `after` (resident pages after the first invocation, tagged as
+/// [`resident_pages`] gives them) with [`INVOKED`] added to each page
+/// that `before` (the same, read when the invocation began) does not list.
+pub fn tag_invoked(after: Vec<u64>, before: &[u64]) -> Vec<u64> {
+    let mut was: Vec<u64> = before.iter().map(|p| p & !(PAGE_SIZE - 1)).collect();
+    was.sort_unstable();
+    after
+        .into_iter()
+        .map(|p| {
+            if was.binary_search(&(p & !(PAGE_SIZE - 1))).is_ok() {
+                p
+            } else {
+                p | INVOKED
+            }
+        })
+        .collect()
+}
+
+/// A `uffd` copy's working set: `faults` (its page server's faults, saved
+/// addresses in first-touch order) first, then the pages of `resident`
+/// (tagged, see [`resident_pages`]) outside the areas the page server fills
+/// ([`super::uffd::is_lazy`]; `areas` sorted) that the first invocation
+/// brought in ([`INVOKED`]): the mapped files' pages, which the copy reads
+/// without the page server, worth populating (those written before are
+/// written in at restore: populating them would copy each twice). Prefetch
+/// fills the served pages ahead of any fault (each listed fault with the
+/// pages after it, see `PageServer::prefetch_step`); the others are
+/// populated like an `mmap` copy's. (Listing every resident served page
+/// too, the server's fault-around, made the prefetch copy far more pages:
+/// +4-8 ms of restore for numpy-pandas.)
+pub fn faults_then_resident(
+    faults: Vec<u64>,
+    resident: Vec<u64>,
+    areas: &[MemoryArea],
+) -> Vec<u64> {
+    let mut seen: Vec<u64> = faults.iter().map(|p| p & !(PAGE_SIZE - 1)).collect();
+    seen.sort_unstable();
+    let lazy = |page: u64| {
+        let i = areas.partition_point(|a| a.end <= page);
+        areas
+            .get(i)
+            .is_some_and(|a| a.start <= page && super::uffd::is_lazy(a))
+    };
+    let mut out = faults;
+    out.extend(resident.into_iter().filter(|&p| {
+        let page = p & !(PAGE_SIZE - 1);
+        seen.binary_search(&page).is_err() && !lazy(page) && p & INVOKED != 0
+    }));
+    out
+}
+
+/// The pages of `pages` outside every area a `uffd` copy's page server
+/// fills ([`super::uffd::is_lazy`]): the only ones such a copy may
+/// populate before its resume (`areas` sorted, as the snapshot's are).
+pub fn outside_lazy_areas(pages: &[u64], areas: &[MemoryArea]) -> Vec<u64> {
+    pages
+        .iter()
+        .copied()
+        .filter(|&p| {
+            let page = p & !(PAGE_SIZE - 1);
+            let i = areas.partition_point(|a| a.end <= page);
+            areas
+                .get(i)
+                .is_some_and(|a| a.start <= page && !super::uffd::is_lazy(a))
+        })
+        .collect()
+}
+
 /// One `madvise` of the populate batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Populate {
@@ -156,7 +235,9 @@ pub struct Populate {
 /// The working set `pages` (tagged addresses, any order) as `madvise`
 /// ranges over `areas` (the snapshot's, sorted): runs of consecutive pages
 /// of one area, the [`WRITTEN`] ones of writable areas populated for
-/// writing (copied now rather than in a fault each); pages outside
+/// writing (copied now rather than in a fault each), the [`INVOKED`] ones
+/// that were only read for reading (one fault each in the first
+/// invocation otherwise, their fault-around included); pages outside
 /// populatable areas are left out; at most [`MAX_RANGES`] ranges (the
 /// lowest addresses). With `reads`, every run of recorded pages (written
 /// or not) is first populated for reading, one range per run, then the
@@ -187,6 +268,8 @@ pub fn populate_ranges(pages: &[u64], areas: &[MemoryArea], reads: bool) -> Vec<
                 MADV_POPULATE_READ
             } else if tagged & WRITTEN != 0 && a.prot.write {
                 MADV_POPULATE_WRITE
+            } else if tagged & INVOKED != 0 {
+                MADV_POPULATE_READ
             } else {
                 continue;
             };
@@ -224,10 +307,16 @@ pub fn reads_wanted() -> bool {
 /// it. `uffd` copies prefetch it; `mmap` copies populate the pages written
 /// (see [`populate_ranges`]), unless the server runs with
 /// `THAW_POPULATE=0` (for measuring with and without).
+///
+/// `THAW_POPULATE=written` leaves out the [`INVOKED`] reads (only the
+/// written pages are populated, as before that tag existed).
 pub fn for_mode(pages: &[u64], mode: super::Mode) -> Vec<u64> {
-    let off = std::env::var_os("THAW_POPULATE").is_some_and(|v| v == "0");
-    if mode == super::Mode::Mmap && off {
+    let populate = std::env::var("THAW_POPULATE").ok();
+    if mode == super::Mode::Mmap && populate.as_deref() == Some("0") {
         return Vec::new();
+    }
+    if populate.as_deref() == Some("written") {
+        return pages.iter().map(|p| p & !INVOKED).collect();
     }
     pages.to_vec()
 }
@@ -403,6 +492,103 @@ mod tests {
         ];
         let got: Vec<(u64, u64, u64)> = r.iter().map(|p| (p.start, p.len, p.advice)).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn pages_new_since_the_invocation_began_are_tagged_invoked() {
+        let before = [0x10000, 0x11000 | WRITTEN];
+        let after = vec![
+            0x10000 | WRITTEN,
+            0x11000 | WRITTEN,
+            0x12000,
+            0x13000 | WRITTEN,
+        ];
+        assert_eq!(
+            tag_invoked(after, &before),
+            vec![
+                0x10000 | WRITTEN,
+                0x11000 | WRITTEN,
+                0x12000 | INVOKED,
+                0x13000 | WRITTEN | INVOKED
+            ]
+        );
+    }
+
+    #[test]
+    fn a_uffd_working_set_lists_its_faults_first_then_the_files_invoked_pages() {
+        let areas = vec![
+            area(0x10000, 0x14000, AreaKind::Anonymous, true),
+            area(0x14000, 0x18000, AreaKind::FileUnchanged, false),
+        ];
+        let faults = vec![0x13000, 0x11000];
+        let resident = vec![
+            // The served area's pages: the faults stand for them.
+            0x10000 | WRITTEN,
+            0x11000 | WRITTEN,
+            0x12000 | INVOKED,
+            0x13000,
+            // A file's pages: those the invocation brought in, not the
+            // others (written before it: written in at restore).
+            0x14000,
+            0x15000 | INVOKED,
+            0x16000 | WRITTEN,
+        ];
+        assert_eq!(
+            faults_then_resident(faults, resident, &areas),
+            vec![0x13000, 0x11000, 0x15000 | INVOKED]
+        );
+    }
+
+    #[test]
+    fn a_uffd_copy_populates_only_outside_its_served_areas() {
+        let areas = vec![
+            area(0x10000, 0x12000, AreaKind::Anonymous, true),
+            area(0x12000, 0x14000, AreaKind::FileUnchanged, false),
+            area(0x14000, 0x16000, AreaKind::Heap, true),
+        ];
+        let pages = [
+            0x10000 | INVOKED,
+            0x12000 | INVOKED,
+            0x13000,
+            0x15000,
+            0x90000,
+        ];
+        assert_eq!(
+            outside_lazy_areas(&pages, &areas),
+            vec![0x12000 | INVOKED, 0x13000]
+        );
+    }
+
+    #[test]
+    fn invoked_pages_are_populated_for_reading_written_ones_for_writing() {
+        let areas = vec![
+            area(0x10000, 0x18000, AreaKind::Anonymous, true),
+            area(0x18000, 0x1c000, AreaKind::FileUnchanged, false),
+        ];
+        let pages = [
+            // Read in the `restored` exchange only: left to its fault.
+            0x10000,
+            // Read in the invocation: a run for reading.
+            0x11000 | INVOKED,
+            0x12000 | INVOKED,
+            // Written in it: for writing.
+            0x13000 | INVOKED | WRITTEN,
+            // Code read in it, in a read-only file area.
+            0x18000 | INVOKED,
+            0x19000 | INVOKED,
+        ];
+        let got: Vec<(u64, u64, u64)> = populate_ranges(&pages, &areas, false)
+            .iter()
+            .map(|p| (p.start, p.len, p.advice))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0x11000, 0x2000, MADV_POPULATE_READ),
+                (0x13000, 0x1000, MADV_POPULATE_WRITE),
+                (0x18000, 0x2000, MADV_POPULATE_READ),
+            ]
+        );
     }
 
     #[test]
