@@ -3,15 +3,21 @@
 //! both real `thaw serve` processes on loopback ports, against a private
 //! Garage (test-support/garage.rs).
 //!
-//! - acceptance 1: B answers a forced restore of A's function from the
-//!   snapshot's state, having fetched it from the store, and never booted it;
+//! - acceptance 1: B answers its first forced restore of A's function from
+//!   the snapshot's state, restored lazily from the store (uffd, pages
+//!   fetched as needed), never booting it; once B completed the snapshot
+//!   locally, later restores are local;
 //! - acceptance 2: a delete on A is seen on B within 2 s, a new version on A
 //!   serves on B, deploys and deletes sent to B land through A, and B
 //!   without its writer answers `503 writer_unavailable`;
 //! - acceptance 3 (store outage): with Garage stopped B restores what it
 //!   has, boots the rest and says so in /healthz and /metrics; with Garage
 //!   back the writer's uploads and B's fetches resume; `thaw store verify`
-//!   passes on both nodes.
+//!   passes on both nodes;
+//! - lazy restore failures: the store gone before B's first cold start
+//!   makes it boot (no rebuild); gone after the lazy copy resumed while it
+//!   still faults, the copy is killed and the invocation answers
+//!   `502 function_crashed`, and B serves on.
 //!
 //! Needs root (sandboxes) and the garage binary (`./dev.sh s3`).
 
@@ -121,6 +127,39 @@ async fn restore(server: &Server, name: &str) -> Answer {
         .await
 }
 
+/// Forced restores of `name` until one answers 200 (before the node has
+/// the version with a snapshot it may restore: 404, or 409 `no_snapshot`).
+async fn first_restore(server: &Server, name: &str) -> Answer {
+    let t0 = Instant::now();
+    loop {
+        let r = restore(server, name).await;
+        if r.status == 200 {
+            return r;
+        }
+        assert!(
+            matches!(r.status, 404 | 409),
+            "{name}: {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{name} not restorable within 120 s: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `thaw_remote_lazy_restores_total{result="..."}`.
+async fn lazy_restores(server: &Server, result: &str) -> f64 {
+    metric(
+        server,
+        &format!("thaw_remote_lazy_restores_total{{result=\"{result}\"}}"),
+    )
+    .await
+}
+
 /// Lines of /metrics that count invocations of `name` that booted.
 async fn boots(server: &Server, name: &str) -> Vec<String> {
     server
@@ -172,30 +211,52 @@ async fn a_reader_follows_the_writer_and_forwards_to_it() {
     assert_eq!(on_a.header("x-thaw-start"), "restore");
     let snapshot_born = on_a.json()["born"].clone();
     let ready_on_a = Instant::now();
-    wait_for(
-        "B fetched f's snapshot",
-        Duration::from_secs(120),
-        async || metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await >= 1.0,
-    )
-    .await;
+    // B's first restore: lazy (nothing of f is local, and B completes the
+    // snapshot locally only after a lazy copy resumed).
+    let on_b = first_restore(&b, "f").await;
     eprintln!(
-        "f restorable on B {:?} after A answered its first restore",
+        "f restored on B {:?} after A answered its first restore",
         ready_on_a.elapsed()
     );
-    let view = b.get("/functions/f").await;
-    assert_eq!(view.status, 200, "{}", view.text());
-    assert_eq!(view.json()["state"], "ready", "{}", view.text());
-    let on_b = restore(&b, "f").await;
-    assert_eq!(on_b.status, 200, "{}", on_b.text());
     assert_eq!(on_b.header("x-thaw-start"), "restore");
     assert_eq!(
         on_b.json()["born"],
         snapshot_born,
         "B's copy is not the snapshot's"
     );
+    assert_eq!(
+        lazy_restores(&b, "ok").await,
+        1.0,
+        "B's restore was not lazy"
+    );
     assert!(
         metric(&b, "thaw_remote_fetched_bytes").await > 0.0,
         "B fetched nothing from the store"
+    );
+    let view = b.get("/functions/f").await;
+    assert_eq!(view.status, 200, "{}", view.text());
+    assert_eq!(view.json()["state"], "ready", "{}", view.text());
+    // Then B completes the snapshot locally, and restores it from there.
+    wait_for(
+        "B completed f's snapshot",
+        Duration::from_secs(120),
+        async || metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await >= 1.0,
+    )
+    .await;
+    wait_for(
+        "B restores f locally",
+        Duration::from_secs(10),
+        async || metric(&b, "thaw_remote_lazy_snapshots").await == 0.0,
+    )
+    .await;
+    let local = restore(&b, "f").await;
+    assert_eq!(local.status, 200, "{}", local.text());
+    assert_eq!(local.header("x-thaw-start"), "restore");
+    assert_eq!(local.json()["born"], snapshot_born);
+    assert_eq!(
+        lazy_restores(&b, "ok").await,
+        1.0,
+        "B restored lazily again with the snapshot local"
     );
     assert_eq!(boots(&b, "f").await, Vec::<String>::new(), "B booted f");
     let health = b.get("/healthz").await.text();
@@ -320,6 +381,9 @@ async fn a_reader_rides_out_a_store_outage() {
         .unwrap();
 
     let b = s.reader();
+    // f1 restores lazily on B, which then completes it locally.
+    let r = first_restore(&b, "f1").await;
+    assert_eq!(r.header("x-thaw-start"), "restore");
     wait_for(
         "B fetched f1, not f2",
         Duration::from_secs(120),
@@ -549,4 +613,137 @@ async fn a_forwarded_deploy_carries_the_callers_token() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A function whose init fills 24 MiB with random bytes that only the
+/// event `{"big": SECONDS}` reads (after sleeping that long): a lazy copy
+/// answers plain events without those pages, and faults on them only then.
+fn big(name: &str) -> serde_json::Value {
+    function(
+        name,
+        "import hashlib, os, time\nBORN = time.time_ns()\nBIG = os.urandom(24 << 20)\n\
+         def handler(event, context):\n    if event.get('big'):\n        time.sleep(event['big'])\n        \
+         return {'born': BORN, 'digest': hashlib.sha256(BIG).hexdigest()}\n    return {'born': BORN}\n",
+        serde_json::json!({}),
+    )
+}
+
+/// A writer with `f` (the `big` function) deployed and uploaded, and a
+/// reader started after the upload that restores `f` lazily.
+async fn lazy_reader(s: &Store) -> (Server, Server, String) {
+    let a = s.writer();
+    let v = a.deploy_ready(big("f")).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let snapshot = v["snapshot"]["id"].as_str().unwrap().to_string();
+    wait_for("A uploaded f", Duration::from_secs(120), async || {
+        metric(&a, "thaw_remote_uploads_total{result=\"ok\"}").await >= 1.0
+    })
+    .await;
+    let b = s.reader();
+    wait_for(
+        "B restores f lazily",
+        Duration::from_secs(120),
+        async || metric(&b, "thaw_remote_lazy_snapshots").await >= 1.0,
+    )
+    .await;
+    (a, b, snapshot)
+}
+
+/// The version's record on `server` keeps its snapshot and is not failed
+/// (no rebuild).
+async fn still_ready(server: &Server, snapshot: &str) {
+    let view = server.get("/functions/f").await;
+    assert_eq!(view.status, 200, "{}", view.text());
+    let v = view.json();
+    assert_eq!(v["state"], "ready", "{v}");
+    assert_eq!(v["snapshot"]["id"], snapshot, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_restore_whose_store_is_gone_before_it_boots() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let mut s = match store("lazyboot") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let (a, b, snapshot) = lazy_reader(&s).await;
+    let on_a = restore(&a, "f").await;
+    assert_eq!(on_a.status, 200, "{}", on_a.text());
+    let snapshot_born = on_a.json()["born"].clone();
+
+    s.garage.stop();
+    // B's first cold start of f: its pages cannot be fetched before the
+    // copy would resume, so it boots.
+    let r = b.invoke("f", serde_json::json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-thaw-start"), "boot");
+    assert_ne!(r.json()["born"], snapshot_born, "a boot answers its own");
+    assert_eq!(lazy_restores(&b, "boot").await, 1.0);
+    assert_eq!(lazy_restores(&b, "ok").await, 0.0);
+    assert_eq!(metric(&b, "thaw_remote_store_up").await, 0.0);
+    assert!(b.get("/healthz").await.text().contains("store: down"));
+    // No rebuild, nothing failed: on B nor on A.
+    still_ready(&b, &snapshot).await;
+    still_ready(&a, &snapshot).await;
+
+    // The store back: B restores f lazily again.
+    s.garage.restart().expect("garage restarts");
+    let r = first_restore(&b, "f").await;
+    assert_eq!(r.header("x-thaw-start"), "restore");
+    assert_eq!(r.json()["born"], snapshot_born);
+    assert!(lazy_restores(&b, "ok").await >= 1.0);
+    let (mut a, mut b) = (a, b);
+    a.stop();
+    b.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_copy_whose_store_is_gone_after_the_resume_is_killed() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let mut s = match store("lazykill") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    // (No restore on A: its working set, with the 24 MiB in it, must not
+    // reach the bucket.)
+    let (a, b, snapshot) = lazy_reader(&s).await;
+
+    // A forced restore on B whose handler reads the 24 MiB (none of it in
+    // the copy before it resumed) only after a pause; the store goes away
+    // once the copy resumed (B counts it), within that pause.
+    let b = std::sync::Arc::new(b);
+    let call = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.invoke_raw(
+                "f",
+                br#"{"big": 5}"#.to_vec(),
+                &[("x-thaw-cold", "restore")],
+            )
+            .await
+        })
+    };
+    wait_for(
+        "B's lazy copy resumed",
+        Duration::from_secs(60),
+        async || lazy_restores(&b, "ok").await >= 1.0,
+    )
+    .await;
+    s.garage.stop();
+    let r = call.await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"], "function_crashed", "{}", r.text());
+    assert!(r.json().get("digest").is_none(), "the copy answered");
+    assert_eq!(lazy_restores(&b, "killed").await, 1.0);
+    // B stays up for other work, and nothing is rebuilt.
+    assert_eq!(b.get("/healthz").await.status, 200);
+    let again = b.invoke("f", serde_json::json!({})).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    still_ready(&b, &snapshot).await;
+    still_ready(&a, &snapshot).await;
+    let mut a = a;
+    a.stop();
+    drop(b);
 }

@@ -273,3 +273,119 @@ impl LazyPages {
             .sum()
     }
 }
+
+/// What happened to a lazy copy, told to its [`LazyOrigin`]'s owner (the
+/// server counts and logs it, and completes the snapshot locally once a
+/// copy ran).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LazyEvent {
+    /// A copy resumed: every page it needed before running was fetched.
+    Resumed,
+    /// A fetch failed before the copy resumed: it never ran (the caller
+    /// boots instead). The error, as text.
+    FailedBeforeResume(String),
+    /// A fetch failed after the copy resumed: its page server kills it
+    /// (told once per copy). The error, as text.
+    Killed(String),
+}
+
+/// A snapshot that is not in the local store, restored lazily from a
+/// [`PageSource`] (see [`crate::restore::sandboxed::SnapshotRestorer::set_lazy`]).
+/// Every copy gets its own image and page server over the shared source.
+pub struct LazyOrigin {
+    /// The snapshot (a single process).
+    pub snapshot: Arc<Snapshot>,
+    /// Its working set (saved page addresses, first-touch order), fetched
+    /// before each copy resumes; empty when none is recorded.
+    pub working_set: Vec<u64>,
+    /// Where the pages come from.
+    pub source: Arc<dyn PageSource>,
+    /// Told what happens to each copy. Called from the restorer's and the
+    /// page servers' threads: quick, and never blocking on them.
+    pub events: Arc<dyn Fn(LazyEvent) + Send + Sync>,
+}
+
+impl std::fmt::Debug for LazyOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyOrigin")
+            .field("snapshot", &self.snapshot.id)
+            .field("working_set", &self.working_set.len())
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The source of one lazy copy: its origin's, telling the origin when a
+/// fetch fails after the copy resumed (the page server then kills it).
+pub(crate) struct CopySource {
+    origin: Arc<LazyOrigin>,
+    resumed: AtomicBool,
+    told: AtomicBool,
+}
+
+impl CopySource {
+    pub(crate) fn new(origin: Arc<LazyOrigin>) -> CopySource {
+        CopySource {
+            origin,
+            resumed: AtomicBool::new(false),
+            told: AtomicBool::new(false),
+        }
+    }
+
+    /// The copy resumed.
+    pub(crate) fn resumed(&self) {
+        self.resumed.store(true, Ordering::Release);
+        (self.origin.events)(LazyEvent::Resumed);
+    }
+
+    /// The restore failed before the resume; `err` is told if it was a
+    /// fetch (other failures are not the source's).
+    pub(crate) fn failed_before_resume(&self, err: &RestoreError) {
+        if let RestoreError::Fetch(e) = err {
+            if !self.told.swap(true, Ordering::AcqRel) {
+                (self.origin.events)(LazyEvent::FailedBeforeResume(error_chain(e)));
+            }
+        }
+    }
+
+    /// The working set to fetch before the resume.
+    pub(crate) fn working_set(&self) -> &[u64] {
+        &self.origin.working_set
+    }
+}
+
+impl std::fmt::Debug for CopySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopySource")
+            .field("origin", &self.origin)
+            .field("resumed", &self.resumed)
+            .finish()
+    }
+}
+
+impl PageSource for CopySource {
+    fn fetch(&self, hashes: &[PageHash]) -> Result<Vec<u8>, PageSourceError> {
+        let result = self.origin.source.fetch(hashes);
+        if let Err(e) = &result {
+            if self.resumed.load(Ordering::Acquire) && !self.told.swap(true, Ordering::AcqRel) {
+                (self.origin.events)(LazyEvent::Killed(error_chain(e)));
+            }
+        }
+        result
+    }
+}
+
+/// `err` and its sources, `: `-separated.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        next = e.source();
+    }
+    out
+}
