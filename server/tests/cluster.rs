@@ -747,3 +747,80 @@ async fn a_lazy_copy_whose_store_is_gone_after_the_resume_is_killed() {
     a.stop();
     drop(b);
 }
+
+/// Time of one request, ms.
+async fn timed(server: &Server, name: &str, cold: &str) -> (f64, Answer) {
+    let t0 = Instant::now();
+    let r = server
+        .invoke_raw(name, b"{}".to_vec(), &[("x-thaw-cold", cold)])
+        .await;
+    (t0.elapsed().as_secs_f64() * 1e3, r)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The figure in docs/cluster.md: through HTTP, a reader's first restore
+/// of a function it holds nothing of (lazy) against a later local restore
+/// (mmap) and a boot, each round with a new reader on an empty data
+/// directory. `cargo test -p server --test cluster bench -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn bench_first_lazy_restore_through_http() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("bench") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let a = s.writer();
+    let v = a.deploy_ready(born("f", 1)).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    wait_for("A uploaded f", Duration::from_secs(120), async || {
+        metric(&a, "thaw_remote_uploads_total{result=\"ok\"}").await >= 1.0
+    })
+    .await;
+    let (mut lazy, mut local, mut boot) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..5 {
+        let mut b = s.reader();
+        wait_for(
+            "B restores f lazily",
+            Duration::from_secs(120),
+            async || metric(&b, "thaw_remote_lazy_snapshots").await >= 1.0,
+        )
+        .await;
+        let (ms, r) = timed(&b, "f", "restore").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(lazy_restores(&b, "ok").await, 1.0);
+        let fetched = metric(&b, "thaw_remote_fetched_bytes").await;
+        lazy.push(ms);
+        wait_for("B completed f", Duration::from_secs(120), async || {
+            metric(&b, "thaw_remote_lazy_snapshots").await == 0.0
+        })
+        .await;
+        let mut l = Vec::new();
+        for _ in 0..3 {
+            let (ms, r) = timed(&b, "f", "restore").await;
+            assert_eq!(r.header("x-thaw-start"), "restore", "{}", r.text());
+            l.push(ms);
+        }
+        assert_eq!(lazy_restores(&b, "ok").await, 1.0);
+        local.push(median(l));
+        let (ms, r) = timed(&b, "f", "boot").await;
+        assert_eq!(r.header("x-thaw-start"), "boot", "{}", r.text());
+        boot.push(ms);
+        eprintln!(
+            "round {round}: first (lazy) {:.1} ms, local {:.1} ms, boot {:.1} ms; B had fetched {:.0} bytes by the lazy answer (completion may have begun)",
+            lazy[round], local[round], boot[round], fetched
+        );
+        b.stop();
+    }
+    let (lz, lc, bt) = (median(lazy), median(local), median(boot));
+    eprintln!(
+        "medians of 5: first remote restore {lz:.1} ms, local restore {lc:.1} ms, boot {bt:.1} ms: first/local x{:.2}, first/boot x{:.2}",
+        lz / lc,
+        lz / bt
+    );
+}

@@ -49,6 +49,11 @@ pub trait PageSource: Send + Sync + std::fmt::Debug {
     fn fetch(&self, hashes: &[PageHash]) -> Result<Vec<u8>, PageSourceError>;
 }
 
+/// Pages one fault fetches at least: its run and the pages of its area
+/// after it (see [`LazyPages::ensure_run`]). 256 pages is a pack of the
+/// shared store: mostly one ranged read.
+pub const FETCH_AROUND: usize = 256;
+
 /// What the fetching of one lazy restore did (the source counts bytes and
 /// requests; see its own report).
 #[derive(Debug, Default)]
@@ -221,6 +226,24 @@ impl LazyPages {
                 .fetch_add(wanted.len() as u64, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// [`Self::ensure`] for the run of `count` pages at page `index` of
+    /// area `area` that a fault needs, and the area's pages after it up to
+    /// [`FETCH_AROUND`] in all: one fetch costs a round trip to the store
+    /// (tens of ms), a page more in it 4 KiB of the same read, and a copy
+    /// without a working set touches its memory in runs (the rest of the
+    /// snapshot follows in the background anyway).
+    pub(crate) fn ensure_run(
+        &self,
+        area: usize,
+        index: usize,
+        count: usize,
+    ) -> Result<(), PageSourceError> {
+        let len = self.hashes.get(area).map_or(0, Vec::len);
+        let end = (index + count.max(FETCH_AROUND)).min(len);
+        let pages: Vec<(usize, usize)> = (index..end).map(|i| (area, i)).collect();
+        self.ensure(&pages)
     }
 
     /// [`Self::ensure`] for every stored page of the areas `areas` (indices
