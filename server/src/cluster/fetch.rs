@@ -49,6 +49,15 @@ pub enum ForRestore {
     Fetching,
 }
 
+/// How cold starts restore snapshot `id` lazily: in uffd mode, whatever
+/// the function's memory mode.
+pub fn lazy_source(id: &str) -> pool::instance::SnapshotSource {
+    pool::instance::SnapshotSource {
+        id: id.to_string(),
+        mode: "uffd".to_string(),
+    }
+}
+
 /// Told when what cold starts of a snapshot can do changes.
 type OnChange = Arc<dyn Fn(ForRestore) + Send + Sync>;
 
@@ -92,6 +101,16 @@ impl Cluster {
     /// Snapshots restored lazily now.
     pub fn lazy_snapshots(&self) -> usize {
         self.lazy.lock().unwrap().len()
+    }
+
+    /// How cold starts restore snapshot `id` while it is restored lazily
+    /// (`None`: it is not).
+    pub fn lazy_source(&self, id: &str) -> Option<pool::instance::SnapshotSource> {
+        self.lazy
+            .lock()
+            .unwrap()
+            .contains(id)
+            .then(|| lazy_source(id))
     }
 
     /// Stops restoring lazily the snapshots not in `wanted` (their

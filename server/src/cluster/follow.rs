@@ -225,8 +225,9 @@ async fn apply_function(
                     let mut new = service.version_of(name, v.clone());
                     if let Some(s) = &v.snapshot {
                         if !cluster.is_local(&s.id) {
-                            // Boots until fetch_missing has it local.
-                            new.start.snapshot = None;
+                            // Restored lazily if it is already, else boots
+                            // until fetch_missing has it.
+                            new.start.snapshot = cluster.lazy_source(&s.id);
                         }
                     }
                     changed.push(new.key.clone());
@@ -366,10 +367,7 @@ fn restorable(service: &Service, key: &pool::FunctionKey, snapshot: &str, how: F
                 .start
                 .snapshot
         }
-        ForRestore::Lazy => Some(pool::instance::SnapshotSource {
-            id: snapshot.to_string(),
-            mode: "uffd".to_string(),
-        }),
+        ForRestore::Lazy => Some(super::fetch::lazy_source(snapshot)),
         ForRestore::Fetching => None,
     };
     service.keep(v);
