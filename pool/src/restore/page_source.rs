@@ -344,6 +344,10 @@ pub(crate) struct CopySource {
     origin: Arc<LazyOrigin>,
     resumed: AtomicBool,
     told: AtomicBool,
+    /// A fetch that failed while `resumed` was not set yet: the copy may
+    /// run already (the restore returned, `resumed` comes next) and its
+    /// page server then kills it.
+    early_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl CopySource {
@@ -352,6 +356,7 @@ impl CopySource {
             origin,
             resumed: AtomicBool::new(false),
             told: AtomicBool::new(false),
+            early_failure: std::sync::Mutex::new(None),
         }
     }
 
@@ -359,6 +364,16 @@ impl CopySource {
     pub(crate) fn resumed(&self) {
         self.resumed.store(true, Ordering::Release);
         (self.origin.events)(LazyEvent::Resumed);
+        let early = self
+            .early_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(error) = early {
+            if !self.told.swap(true, Ordering::AcqRel) {
+                (self.origin.events)(LazyEvent::Killed(error));
+            }
+        }
     }
 
     /// The restore failed before the resume; `err` is told if it was a
@@ -390,7 +405,12 @@ impl PageSource for CopySource {
     fn fetch(&self, hashes: &[PageHash]) -> Result<Vec<u8>, PageSourceError> {
         let result = self.origin.source.fetch(hashes);
         if let Err(e) = &result {
-            if self.resumed.load(Ordering::Acquire) && !self.told.swap(true, Ordering::AcqRel) {
+            if !self.resumed.load(Ordering::Acquire) {
+                // Told by `failed_before_resume` if the restore fails with
+                // it, by `resumed` if the copy ran all the same.
+                *self.early_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(error_chain(e));
+            } else if !self.told.swap(true, Ordering::AcqRel) {
                 (self.origin.events)(LazyEvent::Killed(error_chain(e)));
             }
         }
