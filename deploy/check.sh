@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Validates the files in deploy/: the systemd unit with systemd-analyze
 # (against a copy pointing at the built binary) and the Kubernetes manifests
-# with kubernetes-validate (from PyPI, in a virtualenv under target/).
+# with kubernetes-validate (from PyPI, in a virtualenv under target/), and
+# that every environment variable the manifests name is one `thaw serve`
+# reads (server/tests/deploy_manifests.rs checks more: the ConfigMap's
+# thaw.toml, the keys taken from the ConfigMap and Secret).
 # Usage: deploy/check.sh [path/to/thaw]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,3 +34,18 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
     "$venv/bin/pip" install -q kubernetes-validate
 fi
 "$venv/bin/kubernetes-validate" --strict deploy/kubernetes/*.yaml
+
+echo "environment variables of deploy/kubernetes/ against thaw serve --help"
+help=$("$bin" serve --help)
+names=$(sed -nE 's/^[[:space:]]*(#[[:space:]]*)?(- name:[[:space:]]*|key:[[:space:]]*)?([A-Z][A-Z0-9]*_[A-Z0-9_]+)[[:space:]]*(:.*)?$/\3/p' \
+    deploy/kubernetes/*.yaml | sort -u)
+[ -n "$names" ] || { echo "no environment variables found in deploy/kubernetes/" >&2; exit 1; }
+bad=0
+for name in $names; do
+    if ! grep -qw -- "$name" <<<"$help"; then
+        echo "deploy/kubernetes/ names $name, which thaw serve --help does not mention" >&2
+        bad=1
+    fi
+done
+[ "$bad" = 0 ] || exit 1
+echo "ok: $(echo $names)"

@@ -26,7 +26,7 @@ pub struct Garage {
     bin: PathBuf,
     config: PathBuf,
     dir: tempfile::TempDir,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (or the address of [`Garage::start_on`]).
     pub endpoint: String,
     /// The imported key's id.
     pub key_id: String,
@@ -80,6 +80,13 @@ fn hex(n: usize) -> String {
 impl Garage {
     /// Starts Garage and makes the bucket and the key.
     pub fn start() -> Result<Garage, String> {
+        Garage::start_on("127.0.0.1")
+    }
+
+    /// [`Garage::start`] with its S3 API on address `host` (a test host's
+    /// address on a veth, say) instead of loopback; its RPC stays on
+    /// loopback.
+    pub fn start_on(host: &str) -> Result<Garage, String> {
         let bin = binary()?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let (s3, rpc) = (free_port(), free_port());
@@ -91,7 +98,7 @@ impl Garage {
                 "metadata_dir = \"{root}/meta\"\ndata_dir = \"{root}/data\"\ndb_engine = \"sqlite\"\n\
                  replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
                  rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{}\"\n\n\
-                 [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
+                 [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"{host}:{s3}\"\n\
                  root_domain = \".s3.garage.localhost\"\n",
                 hex(64)
             ),
@@ -103,7 +110,7 @@ impl Garage {
             bin,
             config,
             dir,
-            endpoint: format!("http://127.0.0.1:{s3}"),
+            endpoint: format!("http://{host}:{s3}"),
             key_id: format!("GK{}", hex(24)),
             secret: hex(64),
         };

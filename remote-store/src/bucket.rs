@@ -417,6 +417,18 @@ impl RemoteStore {
         self.get_sealed(kind, &self.name(kind, address)).await
     }
 
+    /// Whether the bucket holds an object of `kind` addressed by `address`
+    /// (one HEAD request; the content is not read). For objects named by
+    /// their content, such as dependency layers, presence is enough.
+    pub async fn has_blob(&self, kind: Kind, address: &[u8]) -> Result<bool, ObjectError> {
+        let name = self.name(kind, address);
+        match self.client.head(&self.path(kind, &name)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.request(kind, &name)(e)),
+        }
+    }
+
     /// Every object of `kind`.
     pub async fn list(&self, kind: Kind) -> Result<Vec<Listed>, ObjectError> {
         let folder = ObjectPath::from(self.object_path(kind, ""));

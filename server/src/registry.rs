@@ -101,6 +101,11 @@ pub struct VersionRecord {
     /// Snapshots rebuilt after failed restores.
     #[serde(default)]
     pub rebuilds: u32,
+    /// The dependency layer linked into its code folder, if its code has a
+    /// dependency file (docs/dependencies.md); readers of a shared store
+    /// install it from the bucket (docs/cluster.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<crate::build::layer::LayerRef>,
 }
 
 /// A function with all its versions, as stored in `function.json`.

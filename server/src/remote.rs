@@ -8,6 +8,9 @@
 //! snapshots/, workingsets/, packs/, packidx/   its snapshot id (remote_store::push_snapshot)
 //! functions/<name>                            the function name: function.json
 //! code/<name>                                 "<function>/v<N>/<uid hex>": tar of v<N>/code
+//!                                             (without its dependency layer's links)
+//! code/<name>                                 "#layer/<key>/<blake3>": a dependency layer
+//!                                             (cluster::layers)
 //! ```
 //!
 //! Without a store URL nothing here runs and nothing leaves the machine.
@@ -68,14 +71,11 @@ pub fn code_address(name: &str, version: u64, uid: u64) -> String {
     format!("{name}/v{version}/{uid:016x}")
 }
 
-/// A version's code as a tar archive (symbolic links, such as those to
-/// dependency layers, stay links).
-pub fn code_tar(code_dir: &Path) -> Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.follow_symlinks(false);
-    tar.append_dir_all(".", code_dir)
-        .with_context(|| format!("archiving {}", code_dir.display()))?;
-    Ok(tar.into_inner()?)
+/// A version's code as a tar archive (symbolic links stay links; the
+/// hard links of its dependency layer `layer` are left out: the layer
+/// travels as an object of its own, see `cluster::layers`).
+pub fn code_tar(code_dir: &Path, layer: Option<&crate::build::layer::LayerRef>) -> Result<Vec<u8>> {
+    crate::cluster::layers::code_tar(code_dir, layer)
 }
 
 /// The snapshot of `id` in a data directory (or a `thaw snapshot` folder).
@@ -180,7 +180,15 @@ impl Uploader {
         let local = local_snapshot(self.store.clone(), &self.snapshots_dir, &v.snapshot);
         let report = remote_store::push_snapshot(&self.remote, &local, &v.snapshot).await?;
         let code_dir = self.registry.code_dir(&v.name, v.version);
-        let tar = tokio::task::spawn_blocking(move || code_tar(&code_dir)).await??;
+        let record_path = self.registry.record_path(&v.name);
+        let record = std::fs::read(&record_path)
+            .with_context(|| format!("reading {}", record_path.display()))?;
+        // The same archive the writer's catalog publishes (cluster::publish).
+        let layer = serde_json::from_slice::<crate::registry::FunctionRecord>(&record)
+            .ok()
+            .and_then(|r| r.version(v.version).and_then(|v| v.layer.clone()));
+        let tar =
+            tokio::task::spawn_blocking(move || code_tar(&code_dir, layer.as_ref())).await??;
         self.remote
             .put_blob(
                 Kind::Code,
@@ -188,9 +196,6 @@ impl Uploader {
                 &tar,
             )
             .await?;
-        let record_path = self.registry.record_path(&v.name);
-        let record = std::fs::read(&record_path)
-            .with_context(|| format!("reading {}", record_path.display()))?;
         self.remote
             .put_blob(Kind::Function, v.name.as_bytes(), &record)
             .await?;

@@ -847,6 +847,19 @@ impl Runtimes {
     }
 
     /// Runs the runtime's `prepare` steps if they have not run on these
+    /// files (its shim compiled in this data directory), without building
+    /// any code: for a node that takes versions built elsewhere (a reader
+    /// of a shared store, docs/cluster.md).
+    pub async fn prepare_runtime(&self, runtime: &str) -> Result<(), BuildError> {
+        let rt = self
+            .catalog
+            .get(runtime)
+            .ok_or_else(|| BuildError::Unknown(runtime.into()))?;
+        let vars = self.step_vars(rt, &self.dir(rt));
+        self.prepare(rt, &vars).await
+    }
+
+    /// Runs the runtime's `prepare` steps if they have not run on these
     /// files, then its `build` steps on `code_dir`. Blocks the task, not the
     /// thread.
     pub async fn build(&self, runtime: &str, code_dir: &Path) -> Result<(), BuildError> {

@@ -468,6 +468,7 @@ impl Service {
             created_ms: now_ms(),
             restore_failure: None,
             rebuilds: 0,
+            layer: None,
         };
         let version = self.version_of(&name, record);
         {
@@ -589,11 +590,31 @@ impl Service {
         }
         self.set_progress(&v.key, VersionState::Building);
         let logs = self.log_sink(&v.key.name);
-        self.config
+        let installed = self
+            .config
             .deps
             .install(runtimes, &v.record.spec.runtime, code, &logs)
-            .await
-            .map(|_| ())
+            .await?;
+        let key = match installed {
+            crate::build::Installed::Reused(key) | crate::build::Installed::Built(key) => key,
+            crate::build::Installed::Nothing => return Ok(()),
+        };
+        if let Some((_, deps)) = runtimes.dependencies(&v.record.spec.runtime) {
+            // Named in the record: the writer of a shared store uploads the
+            // layer, readers install it (docs/cluster.md).
+            let layer = crate::build::layer::LayerRef {
+                key,
+                into: deps.into.clone(),
+            };
+            let mut map = self.functions.write().unwrap();
+            if let Some(v) = map
+                .get_mut(&v.key.name)
+                .and_then(|list| list.iter_mut().find(|o| o.key == v.key))
+            {
+                v.record.layer = Some(layer);
+            }
+        }
+        Ok(())
     }
 
     /// Runs the version's warm-up events on a fresh instance. On error the

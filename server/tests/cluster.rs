@@ -44,7 +44,12 @@ struct Store {
 }
 
 fn store(prefix: &str) -> Result<Store, String> {
-    let garage = Garage::start()?;
+    store_on(prefix, "127.0.0.1")
+}
+
+/// [`store`] with Garage's S3 API on address `host`.
+fn store_on(prefix: &str, host: &str) -> Result<Store, String> {
+    let garage = Garage::start_on(host)?;
     let key = StoreKey::generate();
     let key_file = garage.dir().join("store.key");
     std::fs::write(&key_file, key.to_hex()).unwrap();
@@ -857,4 +862,561 @@ async fn bench_first_lazy_restore_through_http() {
     )
     .await;
     lazy_rounds(&s, "working set").await;
+}
+
+/// A handler that imports a package of its layer (pure Python) and one
+/// that maps a shared library of the layer (so the snapshot depends on that
+/// file by content), and tells when its process started.
+const LAYER_HANDLER: &str = r#"
+import time
+import thawpure
+import thawbin
+BORN = time.time_ns()
+
+def handler(event, context=None):
+    return {
+        "born": BORN,
+        "greet": thawpure.greet("b"),
+        "add": thawbin.add(2, 3),
+        "from": thawpure.__file__,
+    }
+"#;
+
+/// Piece 1 of the reader's dependency layers (docs/cluster.md, "Functions
+/// with a dependency file"): a function with a `requirements.txt`, installed
+/// on A from the test's own package index (loopback, never the internet);
+/// B, with its own empty layer cache, installs the layer from the bucket
+/// (never the index), restores the snapshot (no boot) and boots it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_with_a_dependency_file_restores_on_a_reader() {
+    require_root!();
+    if !Path::new("/usr/bin/cc").exists() {
+        skip!("/usr/bin/cc is missing (the test's package index compiles a library)");
+    }
+    let pip = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "pip", "--version"])
+        .output();
+    if !pip.is_ok_and(|o| o.status.success()) {
+        skip!("pip for /usr/bin/python3 is missing (python3-pip)");
+    }
+    let _serial = SERIAL.lock().await;
+    let s = match store("layers") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let index = common::index::Index::start();
+    let cache = |what: &str| {
+        tempfile::Builder::new()
+            .prefix(what)
+            .tempdir_in("/var/tmp")
+            .unwrap()
+    };
+    let (cache_a, cache_b) = (cache("thaw-layers-a"), cache("thaw-layers-b"));
+    let simple = index.simple();
+    let with = |role: &str, cache: &Path| -> Vec<String> {
+        vec![
+            role.to_string(),
+            "--store-url".into(),
+            s.url.clone(),
+            "--store-key-file".into(),
+            s.key_file.clone(),
+            "--allow-forced-cold".into(),
+            "--layer-cache".into(),
+            cache.display().to_string(),
+            "--package-index".into(),
+            simple.clone(),
+        ]
+    };
+    let a_args = with("--store-writer", cache_a.path());
+    let b_args = with("--store-writer=false", cache_b.path());
+    let a = Server::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = Server::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let spec = serde_json::json!({
+        "name": "deps",
+        "runtime": "python3",
+        "handler": "main.handler",
+        "memory_mb": 128,
+        "timeout_ms": 10000,
+        "files": {"main.py": LAYER_HANDLER, "requirements.txt": "thawpure==1.0\nthawbin\n"},
+    });
+    let v = a.deploy_ready(spec).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    assert!(v["snapshot"]["id"].is_string(), "{v}");
+    let on_a = restore(&a, "deps").await;
+    assert_eq!(on_a.status, 200, "{}", on_a.text());
+    let snapshot_born = on_a.json()["born"].clone();
+    let index_requests = index.requests().len();
+    assert!(index_requests > 0, "A installed from the test's index");
+
+    // B restores deps (lazily, the first time).
+    first_restore(&b, "deps").await;
+
+    // The layer: one folder in A's cache (its key); the bucket holds its
+    // archive under its key and hash, and the code object without it.
+    let keys: Vec<String> = std::fs::read_dir(cache_a.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(keys.len(), 1, "A's layers: {keys:?}");
+    let key = &keys[0];
+    let in_b: Vec<String> = std::fs::read_dir(cache_b.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(in_b.len(), 1, "B's layers: {in_b:?}");
+    let hash16 = in_b[0]
+        .strip_prefix(&format!("{key}-"))
+        .unwrap_or_else(|| panic!("B's layer {} is not A's {key}", in_b[0]));
+    let remote = s.remote();
+    let catalog = server::cluster::catalog::read_catalog(&remote)
+        .await
+        .unwrap()
+        .expect("a catalog");
+    let obj = &catalog.layers[key];
+    assert!(obj.blake3.starts_with(hash16), "{obj:?} vs {hash16}");
+    let archive = remote
+        .get_blob(
+            Kind::Code,
+            server::cluster::layers::address(key, &obj.blake3).as_bytes(),
+        )
+        .await
+        .unwrap()
+        .expect("the layer's archive in the bucket");
+    assert_eq!(blake3::hash(&archive).to_hex().to_string(), obj.blake3);
+    let record = &catalog.functions["deps"].versions[0];
+    let code = remote
+        .get_blob(
+            Kind::Code,
+            server::remote::code_address("deps", 1, record.uid).as_bytes(),
+        )
+        .await
+        .unwrap()
+        .expect("the code in the bucket");
+    let files: Vec<String> = tar::Archive::new(&code[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.header().entry_type().is_file())
+        .map(|e| e.path().unwrap().display().to_string())
+        .collect();
+    assert!(files.iter().any(|n| n.ends_with("main.py")), "{files:?}");
+    assert!(
+        !files.iter().any(|n| n.contains(".thaw/")),
+        "the layer travels apart from the code: {files:?}"
+    );
+
+    // B's code folder links B's layer (one inode), installed, not built.
+    let file = "functions/deps/v1/code/.thaw/python/thawbin/libthawbin.so";
+    let in_code = std::fs::metadata(b.data.join(file)).unwrap();
+    let in_cache =
+        std::fs::metadata(cache_b.path().join(&in_b[0]).join("thawbin/libthawbin.so")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (in_code.dev(), in_code.ino()),
+        (in_cache.dev(), in_cache.ino())
+    );
+    assert_eq!(
+        std::fs::read(b.data.join(file)).unwrap(),
+        std::fs::read(a.data.join(file)).unwrap()
+    );
+
+    // A forced restore on B: the snapshot's state, the layer's packages.
+    let on_b = restore(&b, "deps").await;
+    assert_eq!(on_b.status, 200, "{}", on_b.text());
+    assert_eq!(on_b.header("x-thaw-start"), "restore");
+    let answer = on_b.json();
+    assert_eq!(
+        answer["born"], snapshot_born,
+        "B's copy is not the snapshot's"
+    );
+    assert_eq!(answer["greet"], "hello b from thawpure");
+    assert_eq!(answer["add"], 1005);
+    assert_eq!(
+        boots(&b, "deps").await,
+        Vec::<String>::new(),
+        "B booted deps"
+    );
+
+    // A forced boot on B: a new process importing from B's layer.
+    let booted = b
+        .invoke_raw("deps", b"{}".to_vec(), &[("x-thaw-cold", "boot")])
+        .await;
+    assert_eq!(booted.status, 200, "{}", booted.text());
+    assert_eq!(booted.header("x-thaw-start"), "boot");
+    let booted = booted.json();
+    assert_ne!(booted["born"], snapshot_born);
+    assert_eq!(booted["greet"], "hello b from thawpure");
+    assert_eq!(booted["add"], 1005);
+    assert_eq!(
+        booted["from"],
+        "/var/task/.thaw/python/thawpure/__init__.py"
+    );
+
+    // The same for Node.js: a package.json with its lockfile (npm ci on A),
+    // node_modules installed on B from the bucket.
+    let package = serde_json::json!({
+        "name": "nodedeps", "version": "1.0.0", "dependencies": {"thaw-left-pad": "1.0.0"}
+    })
+    .to_string();
+    let node = serde_json::json!({
+        "name": "nodedeps",
+        "runtime": "node20",
+        "handler": "index.handler",
+        "memory_mb": 256,
+        "timeout_ms": 10000,
+        "files": {
+            "index.js": "const pad = require('thaw-left-pad');\nconst BORN = process.hrtime.bigint().toString();\nexports.handler = async () => ({ padded: pad('ab', 6), from: require.resolve('thaw-left-pad'), born: BORN });\n",
+            "package.json": package,
+            "package-lock.json": index.lockfile(),
+        },
+    });
+    let v = a.deploy_ready(node).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let on_a = restore(&a, "nodedeps").await;
+    assert_eq!(on_a.status, 200, "{}", on_a.text());
+    let node_born = on_a.json()["born"].clone();
+    let index_requests = index.requests().len();
+    first_restore(&b, "nodedeps").await;
+    let on_b = restore(&b, "nodedeps").await;
+    assert_eq!(on_b.status, 200, "{}", on_b.text());
+    assert_eq!(on_b.header("x-thaw-start"), "restore");
+    let answer = on_b.json();
+    assert_eq!(answer["born"], node_born, "B's copy is not the snapshot's");
+    assert_eq!(answer["padded"], "****ab");
+    assert_eq!(
+        answer["from"],
+        "/var/task/node_modules/thaw-left-pad/index.js"
+    );
+    assert_eq!(boots(&b, "nodedeps").await, Vec::<String>::new());
+    let layers_b = std::fs::read_dir(cache_b.path())
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
+    assert_eq!(layers_b, 2, "B installed both layers");
+
+    assert_eq!(
+        index.requests().len(),
+        index_requests,
+        "B never asked the package index"
+    );
+    verify(&a.data);
+    verify(&b.data);
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// A test host: a network namespace joined to this one by a veth pair,
+/// `10.218.N.1/30` here and `10.218.N.2/30` there (a private range on the
+/// veth only, nothing routed off the machine). Removed when dropped.
+struct TestHost {
+    name: String,
+    link: String,
+    here: String,
+    there: String,
+}
+
+impl TestHost {
+    fn create() -> Result<TestHost, String> {
+        let n = std::process::id() % 200 + 20;
+        let host = TestHost {
+            name: format!("thaw-node-{n}"),
+            // Not `thw*`: thaw's firewall treats those as sandboxes' links.
+            link: format!("tnode{n}"),
+            here: format!("10.218.{n}.1"),
+            there: format!("10.218.{n}.2"),
+        };
+        host.remove();
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        let (ns, link) = (host.name.as_str(), host.link.as_str());
+        run(&["netns", "add", ns])?;
+        run(&[
+            "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ])?;
+        run(&["addr", "add", &format!("{}/30", host.here), "dev", link])?;
+        run(&["link", "set", link, "up"])?;
+        run(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/30", host.there),
+            "dev",
+            "eth0",
+        ])?;
+        run(&["-n", ns, "link", "set", "eth0", "up"])?;
+        run(&["-n", ns, "link", "set", "lo", "up"])?;
+        Ok(host)
+    }
+
+    /// The command that runs a program in the namespace: `nsenter` joins
+    /// its network namespace only (`ip netns exec` would also remount
+    /// `/sys`, hiding the cgroup filesystems thaw needs).
+    fn wrap(&self) -> Vec<String> {
+        vec!["nsenter".into(), format!("--net=/run/netns/{}", self.name)]
+    }
+
+    /// Whether a TCP connection to `addr` opens from inside the namespace.
+    fn connects(&self, addr: &str) -> bool {
+        let (ip, port) = addr.rsplit_once(':').unwrap();
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .args([
+                "/usr/bin/python3",
+                "-c",
+                "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)",
+                ip,
+                port,
+            ])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn remove(&self) {
+        for args in [
+            vec!["netns", "del", self.name.as_str()],
+            vec!["link", "del", self.link.as_str()],
+        ] {
+            let _ = std::process::Command::new("ip")
+                .args(&args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Issue 18's "each node may run in its own network namespace as a test
+/// host": B runs in a network namespace of its own and reaches A and
+/// Garage only over a veth (10.218.N.0/30), never over loopback; A and
+/// Garage listen on the veth's address. B restores A's function from the
+/// snapshot's state, a deploy sent to B lands through A, a delete on A is
+/// seen on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_in_its_own_network_namespace_follows_the_writer_over_a_veth() {
+    require_root!();
+    for tool in ["ip", "nsenter"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            skip!("`{tool}` is missing (iproute2, util-linux): needed to run a node in a network namespace");
+        }
+    }
+    let _serial = SERIAL.lock().await;
+    let host = match TestHost::create() {
+        Ok(h) => h,
+        Err(why) => skip!("cannot make a network namespace with a veth pair: {why}"),
+    };
+    let s = match store_on("netns", &host.here) {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let garage = s.garage.endpoint.trim_start_matches("http://").to_string();
+    let port = garage.rsplit_once(':').unwrap().1;
+    assert!(
+        host.connects(&garage),
+        "the test host reaches Garage at {garage} over the veth"
+    );
+    assert!(
+        !host.connects(&format!("127.0.0.1:{port}")),
+        "the test host's loopback is its own"
+    );
+
+    // A node that listens on anything but loopback needs a token.
+    let token = "netns-test-admin-token";
+    std::env::set_var("THAW_TOKEN", token);
+    let role = |writer: bool, listen: &str| {
+        vec![
+            if writer {
+                "--store-writer"
+            } else {
+                "--store-writer=false"
+            }
+            .to_string(),
+            "--listen".into(),
+            format!("{listen}:0"),
+            "--store-url".into(),
+            s.url.clone(),
+            "--store-key-file".into(),
+            s.key_file.clone(),
+            "--allow-forced-cold".into(),
+        ]
+    };
+    let mut a = Server::start(&strs(&role(true, &host.here)));
+    let wrap = host.wrap();
+    let mut b = Server::start_wrapped(&strs(&wrap), &strs(&role(false, &host.there)));
+    std::env::remove_var("THAW_TOKEN");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    for node in [&mut a, &mut b] {
+        node.http = reqwest::Client::builder()
+            .default_headers(headers.clone())
+            .build()
+            .unwrap();
+    }
+    assert!(a.url.contains(&host.here), "{}", a.url);
+    assert!(b.url.contains(&host.there), "{}", b.url);
+
+    let v = a.deploy_ready(born("f", 1)).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let on_a = restore(&a, "f").await;
+    assert_eq!(on_a.status, 200, "{}", on_a.text());
+    let snapshot_born = on_a.json()["born"].clone();
+    // B restores f (lazily: its pages over the veth).
+    first_restore(&b, "f").await;
+    let health = b.get("/healthz").await.text();
+    assert!(
+        health.contains(&format!("writer: {}", a.url)),
+        "B sees the writer at its veth address: {health}"
+    );
+    let on_b = restore(&b, "f").await;
+    assert_eq!(on_b.status, 200, "{}", on_b.text());
+    assert_eq!(on_b.header("x-thaw-start"), "restore");
+    assert_eq!(on_b.json()["born"], snapshot_born);
+    assert!(metric(&b, "thaw_remote_fetched_bytes").await > 0.0);
+    assert_eq!(boots(&b, "f").await, Vec::<String>::new(), "B booted f");
+
+    // A deploy sent to B lands on A (over the veth), then serves on B.
+    let r = b.deploy(born("g", 1)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("x-thaw-forwarded-to"), a.url);
+    assert_eq!(a.get("/functions/g").await.status, 200);
+    wait_for("B serves g", Duration::from_secs(120), async || {
+        b.get("/functions/g").await.json()["state"] == "ready"
+    })
+    .await;
+    let g = b.invoke("g", serde_json::json!({})).await;
+    assert_eq!(g.status, 200, "{}", g.text());
+
+    // A delete on A is seen on B.
+    let d = a
+        .request(reqwest::Method::DELETE, "/functions/f", None, &[])
+        .await;
+    assert!(d.status < 300, "{}", d.text());
+    wait_for("B dropped f", Duration::from_secs(10), async || {
+        b.get("/functions/f").await.status == 404
+    })
+    .await;
+    verify(&a.data);
+    verify(&b.data);
+}
+
+/// Figures for docs/cluster.md ("Functions with a dependency file"): the
+/// numpy-pandas example (numpy and pandas in its requirements.txt, from the
+/// package index the host's pip uses, or the tests' shared layer cache)
+/// deployed on A; B with an empty layer cache of its own installs the
+/// layer from the bucket and restores. Prints the layer's size and the
+/// times; asserts what the small test asserts. A bench:
+/// `cargo test -p server --test cluster -- --ignored --nocapture numpy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a bench: numpy and pandas on two nodes (minutes on a busy machine)"]
+async fn numpy_pandas_layer_travels_to_a_reader() {
+    require_root!();
+    require_numpy_index!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("numpy") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/numpy-pandas");
+    let cache_b = tempfile::Builder::new()
+        .prefix("thaw-layers-b")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let a = Server::start(&[
+        "--store-writer",
+        "--store-url",
+        &s.url,
+        "--store-key-file",
+        &s.key_file,
+        "--allow-forced-cold",
+        "--deploy",
+        &example.display().to_string(),
+    ]);
+    let b = Server::start(&[
+        "--store-writer=false",
+        "--store-url",
+        &s.url,
+        "--store-key-file",
+        &s.key_file,
+        "--allow-forced-cold",
+        "--layer-cache",
+        &cache_b.path().display().to_string(),
+    ]);
+    let v = a.wait_state("numpy-pandas").await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let ready = Instant::now();
+    wait_for(
+        "B has numpy-pandas (code and layer)",
+        Duration::from_secs(600),
+        async || b.get("/functions/numpy-pandas").await.status == 200,
+    )
+    .await;
+    let applied = ready.elapsed();
+    wait_for(
+        "B restores the snapshot lazily",
+        Duration::from_secs(600),
+        async || metric(&b, "thaw_remote_lazy_snapshots").await >= 1.0,
+    )
+    .await;
+    let restorable = ready.elapsed();
+    let catalog = server::cluster::catalog::read_catalog(&s.remote())
+        .await
+        .unwrap()
+        .unwrap();
+    let layer = catalog.layers.values().next().expect("a layer").clone();
+    let event = serde_json::to_vec(&serde_json::json!({"store": 3})).unwrap();
+    let t = Instant::now();
+    let on_b = b
+        .invoke_raw("numpy-pandas", event.clone(), &[("x-thaw-cold", "restore")])
+        .await;
+    let restore_ms = t.elapsed().as_millis();
+    assert_eq!(on_b.status, 200, "{}", on_b.text());
+    assert_eq!(on_b.header("x-thaw-start"), "restore");
+    assert_eq!(boots(&b, "numpy-pandas").await, Vec::<String>::new());
+    let t = Instant::now();
+    let booted = b
+        .invoke_raw("numpy-pandas", event, &[("x-thaw-cold", "boot")])
+        .await;
+    let boot_ms = t.elapsed().as_millis();
+    assert_eq!(booted.status, 200, "{}", booted.text());
+    assert_eq!(booted.header("x-thaw-start"), "boot");
+    eprintln!(
+        "numpy-pandas on B: layer archive {:.1} MB; A ready -> B has the version (code + layer installed) {:.2} s, -> restorable (lazily) {:.2} s; first forced restore on B (lazy) {restore_ms} ms, forced boot {boot_ms} ms",
+        layer.bytes as f64 / 1e6,
+        applied.as_secs_f64(),
+        restorable.as_secs_f64()
+    );
 }

@@ -15,6 +15,12 @@
 //! one set of pages in snapshots). A layer no version links to (every file
 //! has one link) and untouched for a grace period is removed
 //! ([`remove_unused`]).
+//!
+//! Nodes sharing a store (docs/cluster.md) carry layers as archives: the
+//! writer makes one with [`archive`] (the same bytes for the same folder,
+//! so its blake3 names it), a reader installs it with [`install_archive`]
+//! (hash checked first, then unpacked, synced and renamed like a build's
+//! output) into `<layer_cache>/<key>-<first 16 hex digits of the hash>/`.
 
 use std::fs;
 use std::io::Read;
@@ -38,6 +44,54 @@ pub enum LayerError {
     /// The installer's archive is not a tar stream thaw accepts.
     #[error("the installer's output is not a valid archive: {0}")]
     Archive(#[source] std::io::Error),
+    /// A layer's archive does not hash to what its reference says.
+    #[error("the archive of layer {key} hashes to {actual}, not {expected}: damaged or not this layer's")]
+    Hash {
+        /// The layer's key.
+        key: String,
+        /// The blake3 named by the reference.
+        expected: String,
+        /// The blake3 of the bytes received.
+        actual: String,
+    },
+    /// A layer reference that cannot be used.
+    #[error("layer reference {0}")]
+    Reference(String),
+}
+
+/// The layer a version's code folder links to, as its record names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerRef {
+    /// The layer's key ([`key`]): its folder in the writer's cache.
+    pub key: String,
+    /// Where in the code folder it is linked (the runtime's `into`, e.g.
+    /// `.thaw/python`).
+    pub into: String,
+}
+
+impl LayerRef {
+    /// Checks that the key is a layer key (64 hex digits) and `into` a
+    /// relative path that stays inside the code folder.
+    pub fn validate(&self) -> Result<(), LayerError> {
+        if self.key.len() != 64 || !self.key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(LayerError::Reference(format!(
+                "{:?}: the key is not 64 hex digits",
+                self.key
+            )));
+        }
+        let into = Path::new(&self.into);
+        let inside = !self.into.is_empty()
+            && into
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            return Err(LayerError::Reference(format!(
+                "{:?}: `into` is not a relative path inside the code folder",
+                self.into
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LayerError + 'a {
@@ -318,6 +372,109 @@ pub fn link_into(layer: &Path, dst: &Path) -> Result<(), LayerError> {
     Ok(())
 }
 
+/// The layer's folder as a tar archive that depends only on what the
+/// folder holds: entries in name order, owner 0, modification time 0, files
+/// `0644` or `0755`, folders `0755`, symbolic links as links. A file with
+/// several links inside the layer is stored once per name.
+pub fn archive(layer: &Path) -> Result<Vec<u8>, LayerError> {
+    let mut tar = tar::Builder::new(Vec::new());
+    append_tree(&mut tar, layer, Path::new(""))?;
+    tar.into_inner().map_err(LayerError::Archive)
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h
+}
+
+fn append_tree(tar: &mut tar::Builder<Vec<u8>>, dir: &Path, rel: &Path) -> Result<(), LayerError> {
+    let mut entries: Vec<fs::DirEntry> = fs::read_dir(dir)
+        .map_err(io("read", dir))?
+        .collect::<Result<_, _>>()
+        .map_err(io("read", dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let name = rel.join(e.file_name());
+        let meta = fs::symlink_metadata(&path).map_err(io("stat", &path))?;
+        let ty = meta.file_type();
+        if ty.is_dir() {
+            let mut h = header(tar::EntryType::Directory, 0o755, 0);
+            tar.append_data(&mut h, &name, std::io::empty())
+                .map_err(io("archive", &path))?;
+            append_tree(tar, &path, &name)?;
+        } else if ty.is_symlink() {
+            let target = fs::read_link(&path).map_err(io("read link", &path))?;
+            let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+            tar.append_link(&mut h, &name, &target)
+                .map_err(io("archive", &path))?;
+        } else if ty.is_file() {
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            let mut h = header(tar::EntryType::Regular, mode, meta.len());
+            let f = fs::File::open(&path).map_err(io("open", &path))?;
+            tar.append_data(&mut h, &name, f)
+                .map_err(io("archive", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// The folder name of a layer installed from its archive on a node that
+/// did not build it: the key and the start of the archive's hash.
+pub fn fetched_name(key: &str, blake3_hex: &str) -> String {
+    format!("{key}-{}", &blake3_hex[..blake3_hex.len().min(16)])
+}
+
+/// Installs layer `reference` from its archive `tar` into `cache`, unless
+/// it is there: the archive must hash (blake3) to `blake3_hex`; it is
+/// unpacked into a temporary folder, synced and renamed into place
+/// ([`unpack`], [`publish`]). Returns the layer's folder, touched ([`touch`])
+/// so that [`remove_unused`] leaves it until a version links it.
+pub fn install_archive(
+    cache: &Path,
+    reference: &LayerRef,
+    blake3_hex: &str,
+    tar: &[u8],
+) -> Result<PathBuf, LayerError> {
+    reference.validate()?;
+    let actual = blake3::hash(tar).to_hex().to_string();
+    if actual != blake3_hex {
+        return Err(LayerError::Hash {
+            key: reference.key.clone(),
+            expected: blake3_hex.to_string(),
+            actual,
+        });
+    }
+    let dst = cache.join(fetched_name(&reference.key, blake3_hex));
+    if !dst.is_dir() {
+        let tmp = temp_dir(cache, &reference.key)?;
+        let done = unpack(tar, &tmp).and_then(|_| publish(&tmp, &dst));
+        if let Err(e) = done {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    }
+    touch(&dst)?;
+    Ok(dst)
+}
+
+/// The installed layer of `reference` in `cache` whose archive hashes to
+/// `blake3_hex`, if it is there.
+pub fn installed(cache: &Path, reference: &LayerRef, blake3_hex: &str) -> Option<PathBuf> {
+    let dst = cache.join(fetched_name(&reference.key, blake3_hex));
+    dst.is_dir().then_some(dst)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,5 +597,86 @@ mod tests {
         let a = fs::metadata(layer.join("pkg/__init__.py")).unwrap();
         let b = fs::metadata(code.join("node_modules/pkg/__init__.py")).unwrap();
         assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
+    }
+
+    fn sample_layer(dir: &Path) {
+        fs::create_dir_all(dir.join("pkg/sub")).unwrap();
+        fs::write(dir.join("pkg/__init__.py"), "x = 1\n").unwrap();
+        fs::write(dir.join("pkg/sub/lib.so"), b"\x7fELF....").unwrap();
+        fs::set_permissions(
+            dir.join("pkg/sub/lib.so"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("sub/lib.so", dir.join("pkg/lib.so")).unwrap();
+    }
+
+    #[test]
+    fn a_layer_travels_as_an_archive_named_by_its_hash() {
+        let writer = tempfile::tempdir().unwrap();
+        let layer = writer.path().join("layer");
+        sample_layer(&layer);
+        let tar = archive(&layer).unwrap();
+        // Another folder with the same content, made later: the same bytes.
+        let again = writer.path().join("again");
+        sample_layer(&again);
+        age(
+            &again.join("pkg/__init__.py"),
+            std::time::Duration::from_secs(99),
+        );
+        assert_eq!(archive(&again).unwrap(), tar);
+        let hash = blake3::hash(&tar).to_hex().to_string();
+
+        let cache = tempfile::tempdir().unwrap();
+        let r = LayerRef {
+            key: "ab".repeat(32),
+            into: ".thaw/python".into(),
+        };
+        assert!(installed(cache.path(), &r, &hash).is_none());
+        let dst = install_archive(cache.path(), &r, &hash, &tar).unwrap();
+        assert_eq!(dst, cache.path().join(format!("{}-{}", r.key, &hash[..16])));
+        assert_eq!(installed(cache.path(), &r, &hash), Some(dst.clone()));
+        assert_eq!(
+            fs::read_to_string(dst.join("pkg/__init__.py")).unwrap(),
+            "x = 1\n"
+        );
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dst.join("pkg/sub/lib.so")), 0o755);
+        assert_eq!(
+            fs::read_link(dst.join("pkg/lib.so")).unwrap(),
+            Path::new("sub/lib.so")
+        );
+        // Installed from the archive, the layer archives to the same bytes.
+        assert_eq!(archive(&dst).unwrap(), tar);
+        let names: Vec<String> = fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary folder left: {names:?}");
+
+        // One byte changed: refused, nothing installed.
+        let mut bad = tar.clone();
+        let at = bad.len() / 3;
+        bad[at] ^= 1;
+        let other = tempfile::tempdir().unwrap();
+        let err = install_archive(other.path(), &r, &hash, &bad).unwrap_err();
+        assert!(matches!(err, LayerError::Hash { .. }), "{err}");
+        assert!(err.to_string().contains(&r.key), "{err}");
+        assert_eq!(fs::read_dir(other.path()).unwrap().count(), 0);
+
+        for (key, into) in [
+            ("ab".repeat(32), "../x"),
+            ("ab".repeat(32), "/abs"),
+            ("zz".into(), "x"),
+        ] {
+            let bad = LayerRef {
+                key,
+                into: into.into(),
+            };
+            assert!(matches!(
+                install_archive(other.path(), &bad, &hash, &tar),
+                Err(LayerError::Reference(_))
+            ));
+        }
     }
 }

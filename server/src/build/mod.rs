@@ -174,6 +174,11 @@ impl Builder {
         builder
     }
 
+    /// The folder of the layer cache.
+    pub fn layer_cache(&self) -> &Path {
+        &self.settings.layer_cache
+    }
+
     /// Removes the cached layers that no version links to and that were not
     /// made or linked within [`LAYER_GRACE`] (at startup and after a
     /// function is deleted); logs what it removed. Blocking: it reads every

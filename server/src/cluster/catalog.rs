@@ -39,6 +39,11 @@ pub struct Catalog {
     pub generation: u64,
     /// Every function, by name.
     pub functions: BTreeMap<String, FunctionRecord>,
+    /// The dependency layers the versions name (`VersionRecord::layer`),
+    /// by key, as uploaded (cluster::layers). Absent from catalogs of
+    /// writers before layers travelled.
+    #[serde(default)]
+    pub layers: BTreeMap<String, super::layers::LayerObject>,
 }
 
 /// Errors of reading a published object.

@@ -19,7 +19,8 @@
 //! the next second tries again. While the store does not answer nothing
 //! changes here: local snapshots restore, the rest boots.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use anyhow::{Context, Result};
 use remote_store::Kind;
 
 use super::catalog::{self, Catalog};
+use super::layers::LayerObject;
 use super::{Cluster, ForRestore};
 use crate::registry::{FunctionRecord, VersionRecord};
 use crate::service::Service;
@@ -137,7 +139,7 @@ pub(crate) async fn apply(
         {
             drop_function(service, name, "deployed again on the writer").await;
         }
-        complete &= apply_function(cluster, service, record).await?;
+        complete &= apply_function(cluster, service, record, &catalog.layers).await?;
     }
     Ok(complete)
 }
@@ -156,6 +158,7 @@ async fn apply_function(
     cluster: &Arc<Cluster>,
     service: &Service,
     record: &FunctionRecord,
+    layers: &BTreeMap<String, LayerObject>,
 ) -> Result<bool> {
     let name = &record.name;
     let _serial = service.registry.name_lock(name).lock_owned().await;
@@ -183,9 +186,49 @@ async fn apply_function(
             complete = false;
             break;
         };
+        // The runtime's own files (a shim compiled once per data directory,
+        // such as Node.js's reseed addon) as a deploy would make them: a
+        // restored copy opens them. Without them the version is still
+        // taken: its restores fail and boot, as they would have.
+        if let Err(e) = service
+            .config
+            .runtimes
+            .prepare_runtime(&v.spec.runtime)
+            .await
+        {
+            tracing::warn!(function = %name, version = v.version, runtime = %v.spec.runtime, error = %e, "preparing the version's runtime failed; its restores will boot");
+        }
+        // Its dependency layer, into this node's layer cache
+        // (cluster::layers): the code is linked to it.
+        let layer = match &v.layer {
+            None => None,
+            Some(l) => {
+                let Some(obj) = layers.get(&l.key) else {
+                    // Not uploaded yet: the next pass looks again.
+                    complete = false;
+                    break;
+                };
+                let cache = service.config.deps.layer_cache();
+                match super::layers::install(&cluster.remote, cache, l, obj).await {
+                    Ok(dir) => Some((dir, l.into.clone())),
+                    Err(e @ super::layers::InstallError::Store { .. }) => {
+                        return Err(e).with_context(|| format!("{name} v{}", v.version))
+                    }
+                    Err(e) => {
+                        tracing::warn!(function = %name, version = v.version, error = %e, "the version's dependency layer cannot be installed; trying again");
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+        };
         let registry = service.registry.clone();
         let (n, version) = (name.clone(), v.version);
-        tokio::task::spawn_blocking(move || install_code(&registry, &n, version, &tar)).await??;
+        tokio::task::spawn_blocking(move || {
+            let layer = layer.as_ref().map(|(d, i)| (d.as_path(), i.as_str()));
+            install_code(&registry, &n, version, &tar, layer)
+        })
+        .await??;
         installed.insert(v.version);
     }
     let wanted: Vec<&VersionRecord> = record
@@ -270,12 +313,15 @@ async fn apply_function(
 }
 
 /// Writes a version's code from the writer's tar: unpacked beside the
-/// function's folders, then renamed into place (`v<N>/code`).
-fn install_code(
+/// function's folders, its dependency layer (`layer`: the installed
+/// layer's folder and where in the code it goes) linked in as on the
+/// writer, then renamed into place (`v<N>/code`).
+pub(crate) fn install_code(
     registry: &crate::registry::Registry,
     name: &str,
     version: u64,
     tar: &[u8],
+    layer: Option<(&Path, &str)>,
 ) -> Result<()> {
     let code = registry.code_dir(name, version);
     let vdir = code.parent().expect("v<N>");
@@ -291,6 +337,10 @@ fn install_code(
             .unpack(&dst)
             .with_context(|| format!("unpacking the code of {name} v{version}"))?;
         std::fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        if let Some((dir, into)) = layer {
+            crate::build::layer::link_into(dir, &dst.join(into))
+                .with_context(|| format!("linking the dependency layer into {name} v{version}"))?;
+        }
         let _ = std::fs::remove_dir_all(vdir);
         std::fs::rename(&staging, vdir)
             .with_context(|| format!("renaming into {}", vdir.display()))?;
@@ -376,8 +426,6 @@ fn restorable(service: &Service, key: &pool::FunctionKey, snapshot: &str, how: F
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     #[test]
@@ -388,7 +436,7 @@ mod tests {
         std::fs::write(code.join("main.py"), "def handler(e, c):\n    return 1\n").unwrap();
         std::fs::write(code.join("pkg/data.txt"), "x").unwrap();
         std::os::unix::fs::symlink("/opt/layer/site-packages", code.join("deps")).unwrap();
-        let tar = crate::remote::code_tar(&code).unwrap();
+        let tar = crate::remote::code_tar(&code, None).unwrap();
 
         let reader = tempfile::tempdir().unwrap();
         let registry = crate::registry::Registry::open(reader.path()).unwrap();
@@ -396,7 +444,7 @@ mod tests {
         let dst = registry.code_dir("f", 3);
         std::fs::create_dir_all(&dst).unwrap();
         std::fs::write(dst.join("stale.py"), "").unwrap();
-        install_code(&registry, "f", 3, &tar).unwrap();
+        install_code(&registry, "f", 3, &tar, None).unwrap();
         assert_eq!(
             std::fs::read_to_string(dst.join("main.py")).unwrap(),
             "def handler(e, c):\n    return 1\n"
@@ -426,6 +474,7 @@ mod tests {
             "f",
             1,
             b"not a tar at all, but long enough to read a header from? no",
+            None,
         )
         .unwrap_err();
         assert!(

@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod fetch;
 pub mod follow;
 pub mod forward;
+pub mod layers;
 pub mod publish;
 
 use std::path::{Path, PathBuf};

@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use remote_store::Kind;
 
 use super::catalog::{self, Catalog, WriterObject, FORMAT};
+use super::layers::{self, LayerObject};
 use super::Cluster;
 use crate::registry::FunctionRecord;
 use crate::service::{now_ms, Service};
@@ -54,6 +55,8 @@ struct Publisher {
     generation: u64,
     published: Option<Vec<u8>>,
     code_sent: HashSet<(String, u64, u64)>,
+    /// Layers in the bucket, by key (cluster::layers).
+    layers: BTreeMap<String, LayerObject>,
 }
 
 /// Starts publishing as the writer reached at `url`.
@@ -67,6 +70,7 @@ pub fn spawn(cluster: Arc<Cluster>, service: Service, url: String) {
             generation: 0,
             published: None,
             code_sent: HashSet::new(),
+            layers: BTreeMap::new(),
         };
         p.run().await;
     });
@@ -142,9 +146,32 @@ impl Publisher {
                         // (Java) writes into it during the deploy.
                         continue;
                     }
+                    if let Some(l) = &v.layer {
+                        if !self.layers.contains_key(&l.key) {
+                            let cache = self.service.config.deps.layer_cache();
+                            match layers::upload(&remote, cache, l).await {
+                                Ok(obj) => {
+                                    self.layers.insert(l.key.clone(), obj);
+                                }
+                                Err(layers::UploadError::Local(e)) => {
+                                    // Readers wait for it (their pass for
+                                    // this function stays incomplete).
+                                    tracing::warn!(function = %record.name, version = v.version, error = %e, "the version's dependency layer cannot be published");
+                                    continue;
+                                }
+                                Err(e @ layers::UploadError::Store(_)) => {
+                                    return Err(anyhow::Error::new(e).context(format!(
+                                        "uploading the layer of {} v{}",
+                                        record.name, v.version
+                                    )))
+                                }
+                            }
+                        }
+                    }
                     let dir = self.service.registry.code_dir(&record.name, v.version);
+                    let layer = v.layer.clone();
                     let tar = match tokio::task::spawn_blocking(move || {
-                        crate::remote::code_tar(&dir)
+                        crate::remote::code_tar(&dir, layer.as_ref())
                     })
                     .await?
                     {
@@ -174,6 +201,12 @@ impl Publisher {
                 &Catalog {
                     format: FORMAT,
                     generation,
+                    layers: functions
+                        .values()
+                        .flat_map(|r| &r.versions)
+                        .filter_map(|v| v.layer.as_ref())
+                        .filter_map(|l| Some((l.key.clone(), self.layers.get(&l.key)?.clone())))
+                        .collect(),
                     functions,
                 },
             )
