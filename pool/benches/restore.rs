@@ -169,6 +169,7 @@ fn workload(name: &str, script: &str, args: &[&str], cold_rounds: usize) {
     }
     if wanted.iter().any(|v| v == "mmap") {
         guard_ab(&snap, &expected);
+        file_private_ab(&snap, &expected);
     }
     let cold = median(cold);
     let warm = median(warm);
@@ -250,6 +251,50 @@ fn guard_ab(snap: &Path, expected: &str) {
         ms(a_on),
         ms(a_off),
         a_on.as_secs_f64() / a_off.as_secs_f64()
+    );
+}
+
+/// mmap mode with private file areas mapped run by run (the default) and
+/// as the whole file with the image laid over it
+/// (`THAW_FILE_PRIVATE_MAP=overlay`), rounds interleaved: the mapping
+/// batch, the restore and the first answer.
+fn file_private_ab(snap: &Path, expected: &str) {
+    let mut runs = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut overlay = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for round in 0..2 * ROUNDS {
+        let by_runs = round % 2 == 0;
+        if by_runs {
+            std::env::remove_var("THAW_FILE_PRIVATE_MAP");
+        } else {
+            std::env::set_var("THAW_FILE_PRIVATE_MAP", "overlay");
+        }
+        let started = Instant::now();
+        let mut copy = restore_with_pipes(snap, Mode::Mmap);
+        copy.send(b"7\n");
+        assert_eq!(copy.line(), expected);
+        let answered = started.elapsed();
+        let side = if by_runs { &mut runs } else { &mut overlay };
+        side.0.push(copy.child.timings.batch);
+        side.1.push(copy.child.timings.total());
+        side.2.push(answered);
+        side.3 = copy.child.timings.batched;
+        drop(copy.stdin);
+        assert_eq!(copy.child.wait().unwrap(), 0);
+    }
+    std::env::remove_var("THAW_FILE_PRIVATE_MAP");
+    let m = |v: &Vec<Duration>| ms(median(v.clone()));
+    println!(
+        "mmap private file areas A/B (interleaved, median of {ROUNDS} each): \
+         mapping batch {:.3} ms run by run / {:.3} ms overlaid ({} / {} batched calls); \
+         restore {:.3} / {:.3} ms; first answer {:.3} / {:.3} ms",
+        m(&runs.0),
+        m(&overlay.0),
+        runs.3,
+        overlay.3,
+        m(&runs.1),
+        m(&overlay.1),
+        m(&runs.2),
+        m(&overlay.2)
     );
 }
 

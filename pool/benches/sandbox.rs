@@ -32,6 +32,13 @@
 //!   sandbox's cgroup, from launch to the end of the teardown; the kernel's
 //!   background work, such as a network namespace's cleanup, is not in it).
 //!   CPU rows print their mean too: the zygote's counter moves in ticks.
+//! * **seccomp policy install**: the CPU time (`CLOCK_THREAD_CPUTIME_ID`)
+//!   of the `seccomp` call that installs the function policy
+//!   (`pool::sandbox::seccomp::install`, made in every function and every
+//!   restored copy) in a forked child, against the same calls denied by a
+//!   linear list of comparisons (the policy's layout before it searched),
+//!   alternately: the kernel emulates the program for every system call
+//!   number when it installs it, so its cost follows the path length.
 //!
 //! `cargo bench -p pool --bench sandbox` (needs root).
 
@@ -377,4 +384,102 @@ fn main() {
     set_mode(Mode::Zygote);
     println!("== sandbox creation and teardown steps (median of {ROUNDS} rounds)");
     print(&steps);
+
+    let policy = pool::sandbox::seccomp::program();
+    let linear = linear_policy();
+    let mut installs = [
+        Step {
+            name: "seccomp policy install (binary search, the policy)",
+            samples: Vec::new(),
+        },
+        Step {
+            name: "seccomp policy install (linear list, as before)",
+            samples: Vec::new(),
+        },
+    ];
+    for _ in 0..SECCOMP_ROUNDS {
+        installs[0].samples.push(install_cpu(policy));
+        installs[1].samples.push(install_cpu(&linear));
+    }
+    println!(
+        "== seccomp policy install, CPU of the call (median of {SECCOMP_ROUNDS}; policy {} instructions, linear {})",
+        policy.len(),
+        linear.len()
+    );
+    print(&installs);
+}
+
+const SECCOMP_ROUNDS: usize = 200;
+
+/// The policy's calls as a linear list of comparisons (its layout before
+/// the binary search), for comparison: same header, one `JEQ` per call.
+fn linear_policy() -> Vec<libc::sock_filter> {
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let numbers: Vec<u32> = pool::sandbox::seccomp::denied_numbers()
+        .map(|(nr, _)| nr as u32)
+        .chain([libc::SYS_clone as u32, libc::SYS_clone3 as u32])
+        .collect();
+    let n = numbers.len();
+    let mut p = vec![
+        op(0x20, 0, 0, 4),
+        // Not x86_64: to the last return (kill).
+        op(0x15, 0, (n + 4) as u8, 0xc000_003e),
+        op(0x20, 0, 0, 0),
+        op(0x35, (n + 1) as u8, 0, 0x4000_0000),
+    ];
+    for (i, nr) in numbers.iter().enumerate() {
+        // Found: to the EPERM return, past the rest and the allow.
+        p.push(op(0x15, (n - i) as u8, 0, *nr));
+    }
+    p.push(op(0x06, 0, 0, 0x7fff_0000));
+    p.push(op(0x06, 0, 0, 0x0005_0000 | libc::EPERM as u32));
+    p.push(op(0x06, 0, 0, 0x8000_0000));
+    p
+}
+
+/// CPU time of installing `program` with `seccomp` in a forked child
+/// (under `no_new_privs`).
+fn install_cpu(program: &[libc::sock_filter]) -> Duration {
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe fills the two-element array.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the child makes only prctl, clock_gettime, seccomp, write
+    // and _exit calls (async-signal-safe).
+    match unsafe { libc::fork() } {
+        // SAFETY: as above; `fprog` and `program` are in the child's copy of
+        // this process's memory.
+        0 => unsafe {
+            let cpu = || {
+                let mut t: libc::timespec = std::mem::zeroed();
+                libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t);
+                t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+            };
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            let t0 = cpu();
+            let rc = libc::syscall(
+                libc::SYS_seccomp,
+                1 as libc::c_uint,
+                0 as libc::c_uint,
+                &fprog as *const libc::sock_fprog,
+            );
+            let ns: u64 = if rc == 0 { cpu() - t0 } else { u64::MAX };
+            libc::write(pipe[1], (&ns as *const u64).cast(), 8);
+            libc::_exit(0);
+        },
+        // SAFETY: reads 8 bytes into `ns`, reaps the child, closes the pipe
+        // this process made.
+        pid => unsafe {
+            let mut ns = 0u64;
+            libc::read(pipe[0], (&mut ns as *mut u64).cast(), 8);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+            libc::close(pipe[0]);
+            libc::close(pipe[1]);
+            assert_ne!(ns, u64::MAX, "seccomp refused the program");
+            Duration::from_nanos(ns)
+        },
+    }
 }

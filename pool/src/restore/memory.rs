@@ -9,8 +9,9 @@
 //!      saved addresses (two steps, so no move ever overlaps another area)
 //!   4. map every saved area at its address with its protection:
 //!        file areas        the same file (identity checked), same offset;
-//!                          FilePrivate: runs of stored/zero pages mapped
-//!                          MAP_PRIVATE from the image over it
+//!                          FilePrivate: run by run, the file's own pages
+//!                          from the file, stored/zero pages MAP_PRIVATE
+//!                          from the image (each page mapped once)
 //!        anonymous, heap,  MAP_PRIVATE of the snapshot's image file at the
 //!        copied files      area's offset in the image (copy on write)
 //!        stack             anonymous MAP_GROWSDOWN, stored pages written in
@@ -282,6 +283,9 @@ pub fn map_areas(
             AreaKind::Vdso | AreaKind::Vvar | AreaKind::VvarVclock | AreaKind::Vsyscall => {}
             // Attached after the batch ([`super::sysv`]): left free here.
             AreaKind::SysvShm(_) => {}
+            AreaKind::FilePrivate if !area.shared && !overlay_wanted() => {
+                map_file_private(batch, index, area, &pages[index], sources);
+            }
             AreaKind::FileUnchanged | AreaKind::FilePrivate => {
                 let fd = sources.area_fds[&index];
                 let share = if area.shared {
@@ -374,6 +378,87 @@ pub fn map_areas(
         }
     }
     Ok(())
+}
+
+/// Whether a private file area is mapped whole from its file with the
+/// image's runs laid over it ([`overlay_private_pages`], the layout before
+/// [`map_file_private`]): `THAW_FILE_PRIVATE_MAP=overlay` in the server's
+/// environment, for measuring one against the other.
+fn overlay_wanted() -> bool {
+    std::env::var_os("THAW_FILE_PRIVATE_MAP").is_some_and(|v| v == "overlay")
+}
+
+/// Adds to `batch` the mapping of a private file area (`FilePrivate`) run
+/// by run, each page once: runs of the file's own pages `MAP_PRIVATE` from
+/// the file at their offset, runs of stored or zero pages `MAP_PRIVATE`
+/// from the image. Most such areas (a library's data and relocated
+/// pages) hold no page of the file at all (numpy-pandas: 162 of 168), so
+/// they take one `mmap` of the image instead of an `mmap` of the file
+/// that the image's then replaced (a second `mmap` that first unmaps the
+/// first), and a partly written area is never split after it is mapped.
+fn map_file_private(
+    batch: &mut Batch,
+    index: usize,
+    area: &MemoryArea,
+    pages: &AreaPages,
+    sources: &MapSources<'_>,
+) {
+    let file_fd = sources.area_fds[&index];
+    let image_offset = sources.layout.areas[index].offset;
+    for (from_file, first, count) in file_private_runs(pages, area.len() / PAGE_SIZE) {
+        let at = area.start + first * PAGE_SIZE;
+        let (what, fd, offset) = if from_file {
+            ("(file)", file_fd as u64, area.offset + first * PAGE_SIZE)
+        } else {
+            (
+                "(image over file)",
+                sources.image_fd as u64,
+                image_offset + first * PAGE_SIZE,
+            )
+        };
+        batch.call(
+            format!("mmap {what} at {at:#x}"),
+            libc::SYS_mmap,
+            [
+                at,
+                count * PAGE_SIZE,
+                area.prot.to_prot() as u64,
+                libc::MAP_PRIVATE as u64 | MAP_FIXED,
+                fd,
+                offset,
+            ],
+        );
+    }
+}
+
+/// The mappings of a private file area of `total` pages listed by
+/// `pages`: (from the file, first page, pages), in order, alternating,
+/// covering the area. Stored and zero pages come from the image; a list
+/// shorter than the area (never written so) leaves the rest to the file,
+/// as a whole-file mapping would.
+fn file_private_runs(pages: &AreaPages, total: u64) -> Vec<(bool, u64, u64)> {
+    let mut out: Vec<(bool, u64, u64)> = Vec::new();
+    let mut add = |from_file: bool, n: u64, at: u64| match out.last_mut() {
+        Some((f, _, count)) if *f == from_file => *count += n,
+        _ => out.push((from_file, at, n)),
+    };
+    let mut at = 0u64;
+    for r in pages.runs() {
+        let (from_file, n) = match r {
+            PageRun::File(n) => (true, *n),
+            PageRun::Zero(n) => (false, *n),
+            PageRun::Hashes(h) => (false, h.len() as u64),
+        };
+        let n = n.min(total.saturating_sub(at));
+        if n > 0 {
+            add(from_file, n, at);
+        }
+        at += n;
+    }
+    if at < total {
+        add(true, total - at, at);
+    }
+    out
 }
 
 /// Adds to `batch`: over a private file mapping, every run of pages that
@@ -519,5 +604,37 @@ mod tests {
         assert_eq!(find_hole(&[], 0x1000), Some(LOW));
         let busy = [(LOW, LOW + 0x1000), (LOW + 0x10000, LOW + 0x11000)];
         assert_eq!(find_hole(&busy, 0x2000), Some(LOW + 0x2000));
+    }
+
+    #[test]
+    fn private_file_areas_map_each_page_once() {
+        let hash = snapshotter::store::PageHash([7; 32]);
+        // Wholly stored or zero (a library's data): one mapping, the image.
+        let mut data = AreaPages::new();
+        data.push_hash(hash);
+        data.push_zero(2);
+        data.push_hash(hash);
+        assert_eq!(file_private_runs(&data, 4), vec![(false, 0, 4)]);
+        // File, stored, zero, file: three mappings, alternating.
+        let mut mixed = AreaPages::new();
+        mixed.push_file(2);
+        mixed.push_hash(hash);
+        mixed.push_zero(1);
+        mixed.push_file(3);
+        assert_eq!(
+            file_private_runs(&mixed, 7),
+            vec![(true, 0, 2), (false, 2, 2), (true, 4, 3)]
+        );
+        // A list shorter than the area: the rest from the file; longer: cut.
+        let mut short = AreaPages::new();
+        short.push_zero(1);
+        assert_eq!(
+            file_private_runs(&short, 3),
+            vec![(false, 0, 1), (true, 1, 2)]
+        );
+        assert_eq!(
+            file_private_runs(&mixed, 3),
+            vec![(true, 0, 2), (false, 2, 1)]
+        );
     }
 }

@@ -25,6 +25,13 @@
 //!   anything else                          → ALLOW
 //! ```
 //!
+//! The system call number is looked up by binary search (`JGE` halves down
+//! to leaves of at most three `JEQ`s, see `search`), not a linear list: at
+//! most about 8 comparisons per call instead of ~60, which makes the
+//! filter's installation, in every function and every restored copy,
+//! several times cheaper (the kernel emulates the program for every system
+//! call number when it installs it).
+//!
 //! Allowed calls never look at their arguments, so the kernel's per-syscall
 //! action cache lets them through without running the program at all; only
 //! `clone` (and the denied calls) run it.
@@ -244,23 +251,79 @@ enum To {
     Enosys,
     Kill,
     Clone,
+    /// An instruction of the search (its index).
+    At(usize),
+}
+
+impl To {
+    /// The label's slot in the table of shared targets.
+    fn label(self) -> Option<usize> {
+        match self {
+            To::Allow => Some(0),
+            To::Eperm => Some(1),
+            To::Enosys => Some(2),
+            To::Kill => Some(3),
+            To::Clone => Some(4),
+            To::Next | To::At(_) => None,
+        }
+    }
+}
+
+/// Most calls a leaf of the search compares one by one.
+const LEAF: usize = 3;
+
+/// One instruction before its jumps are resolved.
+type Op = (u16, To, To, u32);
+
+/// Adds the search for the accumulator among `calls` (sorted by number):
+/// halves split on `JGE`, a leaf compares each of its calls with `JEQ` and
+/// falls back to allowing. Every call then runs at most
+/// log2(len / LEAF) + LEAF comparisons (about 8 of them for the policy's 60
+/// numbers, against one per denied call in a linear list), which matters
+/// when the filter is installed: the kernel prepares its per-syscall
+/// action cache by emulating the program for every system call number
+/// (`seccomp_cache_prepare`), so the install costs in proportion to the
+/// path length (measured: a 71-instruction linear program 142 µs, a
+/// 15-instruction one 35 µs, medians).
+fn search(ops: &mut Vec<Op>, calls: &[(u32, To)]) {
+    if calls.len() <= LEAF {
+        for (i, &(nr, to)) in calls.iter().enumerate() {
+            let otherwise = if i + 1 == calls.len() {
+                To::Allow
+            } else {
+                To::Next
+            };
+            ops.push((JEQ_K, to, otherwise, nr));
+        }
+        return;
+    }
+    let (low, high) = calls.split_at(calls.len() / 2);
+    let split = ops.len();
+    ops.push((JGE_K, To::Next, To::Next, high[0].0));
+    search(ops, low);
+    ops[split].1 = To::At(ops.len());
+    search(ops, high);
 }
 
 fn build() -> Vec<libc::sock_filter> {
-    let mut ops: Vec<(u16, To, To, u32)> = vec![
+    let mut ops: Vec<Op> = vec![
         (LD_W_ABS, To::Next, To::Next, ARCH),
         (JEQ_K, To::Next, To::Kill, AUDIT_ARCH_X86_64),
         (LD_W_ABS, To::Next, To::Next, NR),
         (JGE_K, To::Eperm, To::Next, X32_SYSCALL_BIT),
-        (JEQ_K, To::Clone, To::Next, libc::SYS_clone as u32),
-        (JEQ_K, To::Enosys, To::Next, libc::SYS_clone3 as u32),
     ];
-    for (nr, _) in denied_numbers() {
-        ops.push((JEQ_K, To::Eperm, To::Next, nr as u32));
-    }
-    let mut labels = [0usize; 6];
-    let mut at = |label: To, ops: &mut Vec<(u16, To, To, u32)>, op: (u16, To, To, u32)| {
-        labels[label as usize] = ops.len();
+    let mut calls: Vec<(u32, To)> = denied_numbers()
+        .map(|(nr, _)| (nr as u32, To::Eperm))
+        .chain([
+            (libc::SYS_clone as u32, To::Clone),
+            (libc::SYS_clone3 as u32, To::Enosys),
+        ])
+        .collect();
+    calls.sort_unstable_by_key(|&(nr, _)| nr);
+    search(&mut ops, &calls);
+    let mut labels = [0usize; 5];
+    let mut at = |label: To, ops: &mut Vec<Op>, op: Op| {
+        labels[label.label().expect("a shared target")] = ops.len();
         ops.push(op);
     };
     at(
@@ -299,7 +362,8 @@ fn build() -> Vec<libc::sock_filter> {
     let offset = |from: usize, to: To| -> u8 {
         let target = match to {
             To::Next => return 0,
-            other => labels[other as usize],
+            To::At(i) => i,
+            other => labels[other.label().expect("a shared target")],
         };
         let jump = target
             .checked_sub(from + 1)
@@ -358,5 +422,65 @@ mod tests {
         let count = numbers.len();
         numbers.dedup();
         assert_eq!(numbers.len(), count, "a call is listed twice");
+    }
+
+    /// Runs `p` on a `struct seccomp_data` (the instructions the policy
+    /// uses only), returning its action and how many instructions ran.
+    fn run(p: &[libc::sock_filter], nr: u32, arch: u32, arg0: u32) -> (u32, usize) {
+        let (mut acc, mut pc, mut steps) = (0u32, 0usize, 0usize);
+        loop {
+            let f = p[pc];
+            steps += 1;
+            let jump = |taken: bool| pc + 1 + if taken { f.jt } else { f.jf } as usize;
+            pc = match f.code {
+                LD_W_ABS => {
+                    acc = match f.k {
+                        NR => nr,
+                        ARCH => arch,
+                        ARG0_LO => arg0,
+                        other => panic!("load of offset {other}"),
+                    };
+                    pc + 1
+                }
+                JEQ_K => jump(acc == f.k),
+                JGE_K => jump(acc >= f.k),
+                JSET_K => jump(acc & f.k != 0),
+                RET_K => return (f.k, steps),
+                other => panic!("opcode {other:#x}"),
+            };
+        }
+    }
+
+    #[test]
+    fn every_call_number_gets_the_policy_s_answer_in_few_steps() {
+        let p = program();
+        let eperm = SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let denied: Vec<u32> = denied_numbers().map(|(n, _)| n as u32).collect();
+        let mut longest = 0;
+        for nr in 0..1024u32 {
+            let want = if nr == libc::SYS_clone3 as u32 {
+                SECCOMP_RET_ERRNO | libc::ENOSYS as u32
+            } else if denied.contains(&nr) {
+                eperm
+            } else {
+                SECCOMP_RET_ALLOW
+            };
+            let (got, steps) = run(p, nr, AUDIT_ARCH_X86_64, 0);
+            assert_eq!(got, want, "system call {nr}");
+            longest = longest.max(steps);
+        }
+        // Header (4), search (at most ~log2(62 / 3) + 1 splits and 3
+        // comparisons), the return.
+        assert!(longest <= 14, "a call runs {longest} instructions");
+        let clone = libc::SYS_clone as u32;
+        assert_eq!(run(p, clone, AUDIT_ARCH_X86_64, 0).0, SECCOMP_RET_ALLOW);
+        for flag in [libc::CLONE_NEWUSER, libc::CLONE_NEWNS, libc::CLONE_NEWNET] {
+            let flags = (libc::CLONE_VM | flag) as u32;
+            assert_eq!(run(p, clone, AUDIT_ARCH_X86_64, flags).0, eperm);
+        }
+        assert_eq!(run(p, X32_SYSCALL_BIT, AUDIT_ARCH_X86_64, 0).0, eperm);
+        assert_eq!(run(p, X32_SYSCALL_BIT + 1, AUDIT_ARCH_X86_64, 0).0, eperm);
+        // i386.
+        assert_eq!(run(p, 1, 0x4000_0003, 0).0, SECCOMP_RET_KILL_PROCESS);
     }
 }
