@@ -134,6 +134,23 @@ fn main() {
         c[1].as_secs_f64() / c[0].as_secs_f64()
     );
 
+    // Loading a snapshot (part of every restore here, outside the phases):
+    // the 16-thread one has 15 more threads' states and 30 more areas.
+    let mut load = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (k, snap) in snaps.iter().enumerate() {
+            let started = Instant::now();
+            drop(snapshotter::snapshot::open_snapshot_dir(snap).unwrap());
+            load[k].push(started.elapsed());
+        }
+    }
+    let l: Vec<Duration> = load.into_iter().map(median).collect();
+    println!(
+        "== loading the snapshot (median of {ROUNDS}, ms): 1 thread {:.3}, 16 threads {:.3}",
+        ms(l[0]),
+        ms(l[1])
+    );
+
     for mode in [Mode::Mmap, Mode::Uffd] {
         // The first restore of each builds its image; not counted.
         for snap in &snaps {

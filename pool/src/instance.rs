@@ -337,6 +337,7 @@ impl Instance {
 
     async fn become_copy(
         &mut self,
+        pid: i32,
         snapshot: &SnapshotSource,
         restorer: &Restorer,
         copy: crate::restore::sandboxed::PreparedCopy,
@@ -351,10 +352,6 @@ impl Instance {
                     id: snapshot.id.clone(),
                     reason,
                 })?;
-        let pid = self
-            .sandbox
-            .function_pid()
-            .ok_or_else(|| RestoreFailure::Copy("the stub is missing".into()))?;
         let r = restorer.clone();
         // pid 1 of the sandbox holds a uffd copy's userfaultfd.
         let keeper = match self.sandbox.uffd_keeper().map(|k| k.try_clone_to_owned()) {
@@ -378,12 +375,20 @@ impl Instance {
         // Both modes record the working set once (uffd: the pages the page
         // server filled; mmap: the pages resident after the invocation).
         {
-            let (r, id) = (restorer.clone(), snapshot.id.clone());
             // A lazy copy's working set is the store's.
-            let recorded =
-                tokio::task::spawn_blocking(move || r.is_lazy(&id) || r.working_set(&id).is_some())
-                    .await
-                    .unwrap_or(true);
+            let recorded = if restorer.is_lazy(&snapshot.id) {
+                true
+            } else {
+                match restorer.has_working_set_cached(&snapshot.id) {
+                    Some(known) => known,
+                    None => {
+                        let (r, id) = (restorer.clone(), snapshot.id.clone());
+                        tokio::task::spawn_blocking(move || r.working_set(&id).is_some())
+                            .await
+                            .unwrap_or(true)
+                    }
+                }
+            };
             if !recorded {
                 self.record_to = Some((restorer.clone(), snapshot.id.clone()));
             }
@@ -662,6 +667,14 @@ impl RestorePhases {
 #[derive(Debug)]
 pub struct Stub {
     instance: Instance,
+    /// Host pid of the stub (pid 2 of the sandbox), found once when the
+    /// sandbox was made: the copy keeps it (`/proc` is not searched again
+    /// on the restore's path).
+    pid: i32,
+    /// A pidfd of the stub: before the restore drives `pid`, it tells that
+    /// the stub still exists (a spare waits; a pid freed meanwhile could be
+    /// another process's by then).
+    pidfd: std::os::fd::OwnedFd,
     copy: crate::restore::sandboxed::PreparedCopy,
     snapshot: SnapshotSource,
     /// What the copy runs as: the sandbox's uid and gid, never the
@@ -715,18 +728,28 @@ impl Stub {
         let instance = Instance::from_sandbox(sandbox, sink, spec.limits.memory_bytes, 2);
         // The files the stub opened inside its sandbox, as the function:
         // checked against the snapshot before the stub can become a copy.
-        let adopted = match instance.sandbox.function_pid() {
+        let pid = instance.sandbox.function_pid();
+        let adopted = match pid {
             Some(pid) => copy.adopt(pid),
             None => Err(crate::restore::RestoreError::Unsupported(
                 "the stub sandbox has no stub".into(),
             )),
         };
-        if let Err(e) = adopted {
-            let _ = instance.destroy().await;
-            return Err(RestoreFailure::restorer(&snapshot.id, e));
-        }
+        let held = adopted.and_then(|()| {
+            let pid = pid.expect("adopting needed the stub's pid");
+            crate::restore::pidfd_open(pid).map(|pidfd| (pid, pidfd))
+        });
+        let (pid, pidfd) = match held {
+            Ok(held) => held,
+            Err(e) => {
+                let _ = instance.destroy().await;
+                return Err(RestoreFailure::restorer(&snapshot.id, e));
+            }
+        };
         Ok(Stub {
             instance,
+            pid,
+            pidfd,
             copy,
             snapshot: snapshot.clone(),
             credentials: crate::restore::Credentials::Function {
@@ -766,14 +789,22 @@ impl Stub {
     ) -> Result<(Instance, RestorePhases), RestoreFailure> {
         let Stub {
             mut instance,
+            pid,
+            pidfd,
             copy,
             snapshot,
             credentials,
         } = self;
-        match instance
-            .become_copy(&snapshot, restorer, copy, credentials, ready_timeout)
-            .await
-        {
+        let became = match exists(&pidfd) {
+            true => {
+                instance
+                    .become_copy(pid, &snapshot, restorer, copy, credentials, ready_timeout)
+                    .await
+            }
+            false => Err(RestoreFailure::Copy("the stub is missing".into())),
+        };
+        drop(pidfd);
+        match became {
             Ok(phases) => {
                 instance.ready_at = Instant::now();
                 Ok((instance, phases))
@@ -790,4 +821,22 @@ impl Stub {
     pub async fn destroy(self) -> Result<(), LaunchError> {
         self.instance.destroy().await
     }
+}
+
+/// Whether the process of `pidfd` still exists (running, stopped, or
+/// exited but not reaped: in each case its pid is still its own).
+fn exists(pidfd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal of signal 0 (a check, nothing is sent) with
+    // a pidfd we own and no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    r == 0
 }

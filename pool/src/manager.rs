@@ -174,8 +174,10 @@ pub const SAMPLE_FORCED_COLD_ENV: &str = "THAW_SAMPLE_FORCED_COLD";
 /// the page tables of a copy of a large process (about 0.6 ms of CPU for
 /// numpy-pandas), would be thrown away; until it is measured an instance
 /// counts its whole memory limit against the budget, which over-counts and
-/// never lets the pool exceed it. `THAW_SAMPLE_FORCED_COLD=1` measures them
-/// too (for A/B measurements).
+/// never lets the pool exceed it; nor does the maintenance tick measure
+/// it (a numpy-pandas copy's page tables walked for nothing, by every tick
+/// that finds it live). `THAW_SAMPLE_FORCED_COLD=1` measures them too, at
+/// the start and by the tick (for A/B measurements).
 fn measure_after_start(cold: Option<Cold>) -> bool {
     cold.is_none() || std::env::var_os(SAMPLE_FORCED_COLD_ENV).is_some_and(|v| v == "1")
 }
@@ -692,10 +694,9 @@ impl Pool {
             }
         }
         let (instance, extra) = result?;
-        st.live.insert(
-            instance.id().to_string(),
-            accounting::Live::new(key.clone(), instance.cgroup().clone(), kind, needed),
-        );
+        let mut live = accounting::Live::new(key.clone(), instance.cgroup().clone(), kind, needed);
+        live.sampled = measure;
+        st.live.insert(instance.id().to_string(), live);
         drop(st);
         if measure {
             self.spawn_sample(instance.id());

@@ -196,6 +196,10 @@ pub struct RemoteStore {
     url: StoreUrl,
     pub(crate) keys: Keys,
     pub(crate) index: tokio::sync::Mutex<BucketIndex>,
+    /// Uploads hold it shared for their whole run, the bucket's gc
+    /// exclusively (`gc.rs`): a gc never runs while an upload of this
+    /// process may still name a pack it would delete.
+    pub(crate) uploads: tokio::sync::RwLock<()>,
     counters: Counters,
 }
 
@@ -238,6 +242,7 @@ impl RemoteStore {
             url,
             keys: Keys::derive(key),
             index: Default::default(),
+            uploads: Default::default(),
             counters: Counters::default(),
         }
     }
@@ -309,6 +314,14 @@ impl RemoteStore {
         self.counters.objects_sent.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Deletes an object (absent already counts as deleted).
+    pub(crate) async fn delete(&self, kind: Kind, name: &str) -> Result<(), ObjectError> {
+        match self.client.delete(&self.path(kind, name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.request(kind, name)(e)),
+        }
     }
 
     /// Reads a whole object; `None` if it is not there.

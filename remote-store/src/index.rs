@@ -101,7 +101,7 @@ impl RemoteStore {
         Ok(())
     }
 
-    async fn read_pack_index(&self, name: &str) -> Result<Vec<PageHash>, ObjectError> {
+    pub(crate) async fn read_pack_index(&self, name: &str) -> Result<Vec<PageHash>, ObjectError> {
         let invalid = |what: String| ObjectError::Invalid {
             object: self.describe(Kind::PackIndex, name),
             what,

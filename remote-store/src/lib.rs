@@ -30,12 +30,15 @@
 //!   the pages the copy needs as it needs them (`lazy.rs`).
 //! - [`RemoteStore::status`], [`RemoteStore::snapshot_status`]: what is there.
 //! - [`RemoteStore::put_blob`], [`RemoteStore::get_blob`]: records and code.
+//! - [`RemoteStore::gc`]: delete what nothing live references, after a
+//!   grace period (`gc.rs`).
 //!
 //! Packs are laid out in fixed-size slots so a page server can fetch any
 //! run of pages of a snapshot with one ranged read ([`seal::slot_range`]).
 #![forbid(unsafe_code)]
 
 mod bucket;
+mod gc;
 mod index;
 pub mod key;
 mod lazy;
@@ -49,6 +52,7 @@ mod status;
 pub use bucket::{
     BadStoreUrl, ConnectError, Listed, ObjectError, RemoteStore, StoreUrl, Transfers,
 };
+pub use gc::{Collected, GcError, GcOptions, GcReport, Live};
 pub use index::{BucketIndex, PageLoc};
 pub use key::{KeyError, Kind, StoreKey};
 pub use lazy::{open_lazy, LazyError, LazyReport, LazySnapshot, LazySource};

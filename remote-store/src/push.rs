@@ -114,6 +114,8 @@ pub async fn push_snapshot(
     local: &LocalSnapshot,
     remote_id: &str,
 ) -> Result<PushReport, PushError> {
+    // Shared with other uploads; a gc of the bucket waits for it (gc.rs).
+    let _upload = remote.uploads.read().await;
     let before = remote.transfers();
     let manifest_path = local.manifest();
     let manifest = std::fs::read(&manifest_path).map_err(|source| PushError::Io {

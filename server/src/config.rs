@@ -143,6 +143,18 @@ pub struct Settings {
     /// (default: http:// and the address it listens on).
     #[arg(long, env = "THAW_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// The writer deletes objects nothing live references from the shared
+    /// store once they are this old, seconds (default 3600); it checks every
+    /// grace period (at most every 10 minutes). Only with store_writer.
+    #[arg(long, env = "THAW_STORE_GC_GRACE_SECS")]
+    pub store_gc_grace_secs: Option<u64>,
+    /// Cap of the local page store with a shared store, MiB (default: no
+    /// cap): over it, pages no local snapshot needs are freed, then whole
+    /// local snapshots that are complete in the shared store are evicted,
+    /// least recently restored first (fetched again on their next cold
+    /// start). Needs store_url.
+    #[arg(long, env = "THAW_STORE_CACHE_MB")]
+    pub store_cache_mb: Option<u64>,
     /// Deploy the function in this folder at start (repeatable).
     #[arg(long = "deploy")]
     #[serde(default)]
@@ -185,6 +197,8 @@ impl Settings {
             store_key_file: self.store_key_file.or(below.store_key_file),
             store_writer: self.store_writer.or(below.store_writer),
             advertise_url: self.advertise_url.or(below.advertise_url),
+            store_gc_grace_secs: self.store_gc_grace_secs.or(below.store_gc_grace_secs),
+            store_cache_mb: self.store_cache_mb.or(below.store_cache_mb),
             deploy: if self.deploy.is_empty() {
                 below.deploy
             } else {
@@ -263,9 +277,26 @@ impl Settings {
                 "advertise_url is where the writer is reached: set it with store_writer"
             );
         }
+        anyhow::ensure!(
+            self.store_gc_grace_secs.is_none() || store_writer,
+            "store_gc_grace_secs is for the store's writer (readers never delete from the bucket): \
+             set it with store_writer"
+        );
+        anyhow::ensure!(
+            self.store_cache_mb.is_none() || remote.is_some(),
+            "store_cache_mb caps the local store as a cache of the shared store: it needs store_url"
+        );
         Ok(ServeOptions {
             cluster: crate::cluster::ClusterOptions {
                 writer: store_writer,
+                cache_cap: self
+                    .store_cache_mb
+                    .map(|mb| scaled(mb, 20, "store_cache_mb"))
+                    .transpose()?,
+                gc_grace: self
+                    .store_gc_grace_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(crate::cluster::gc::DEFAULT_GRACE),
                 advertise_url: self
                     .advertise_url
                     .map(|u| u.trim_end_matches('/').to_string()),
@@ -487,6 +518,50 @@ mod tests {
                 .to_string();
             assert!(err.contains(needle), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn the_cache_cap_and_the_gc_grace_need_a_store_and_a_writer() {
+        if std::env::var_os("THAW_STORE_KEY").is_some() {
+            return;
+        }
+        let opts = Settings::default().resolve().unwrap();
+        assert_eq!(opts.cluster.cache_cap, None);
+        assert_eq!(opts.cluster.gc_grace, crate::cluster::gc::DEFAULT_GRACE);
+        let err = toml::from_str::<Settings>(
+            "store_cache_mb = 100
+",
+        )
+        .unwrap()
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("store_cache_mb caps the local store"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "ab".repeat(32)).unwrap();
+        let text = format!(
+            "store_url = \"s3://thaw/dev\"\nstore_key_file = {:?}\nstore_cache_mb = 100\nstore_gc_grace_secs = 5\n",
+            key.display().to_string()
+        );
+        let err = toml::from_str::<Settings>(&text)
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("store_gc_grace_secs is for the store's writer"),
+            "{err}"
+        );
+        let opts = toml::from_str::<Settings>(&format!("{text}store_writer = true\n"))
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(opts.cluster.cache_cap, Some(100 << 20));
+        assert_eq!(opts.cluster.gc_grace, Duration::from_secs(5));
     }
 
     #[test]

@@ -138,8 +138,27 @@ enum StoreAction {
     Stats,
     /// Rehash every object; exits 1 if any is bad.
     Verify,
-    /// Free the pages no snapshot references.
-    Gc,
+    /// Free the pages no snapshot references; with --remote, delete from
+    /// the shared store the objects its catalog does not reference that are
+    /// older than the grace (docs/cluster.md, "Gc of the bucket").
+    Gc {
+        /// Collect the shared store's garbage instead of the local store's.
+        #[arg(long)]
+        remote: bool,
+        /// With --remote: print what would be deleted, delete nothing.
+        #[arg(long, requires = "remote")]
+        dry_run: bool,
+        /// With --remote: keep garbage younger than this, seconds
+        /// (default 3600).
+        #[arg(long, env = "THAW_STORE_GC_GRACE_SECS", requires = "remote")]
+        grace_secs: Option<u64>,
+        /// With --remote: delete even while a writer's heartbeat is fresh
+        /// (its uploads in flight may need what is deleted).
+        #[arg(long, requires = "remote")]
+        force: bool,
+        #[command(flatten)]
+        shared: RemoteArgs,
+    },
     /// Upload a snapshot to the shared store: the pages the bucket lacks,
     /// then its manifest (docs/cluster.md).
     Push {
@@ -305,7 +324,23 @@ async fn run(cli: Cli) -> Result<i32> {
             let (value, ok) = match action {
                 StoreAction::Stats => (server::store_view::stats(&local()?)?, true),
                 StoreAction::Verify => server::store_view::verify(&local()?)?,
-                StoreAction::Gc => (server::store_view::gc(&local()?)?, true),
+                StoreAction::Gc { remote: false, .. } => (server::store_view::gc(&local()?)?, true),
+                StoreAction::Gc {
+                    remote: true,
+                    dry_run,
+                    grace_secs,
+                    force,
+                    shared,
+                } => {
+                    let grace = grace_secs
+                        .map(std::time::Duration::from_secs)
+                        .unwrap_or(server::cluster::gc::DEFAULT_GRACE);
+                    let store = remote::cli_connect(shared.settings()?)?;
+                    (
+                        server::cluster::gc::cli_gc(&store, grace, dry_run, force).await?,
+                        true,
+                    )
+                }
                 StoreAction::Push {
                     id,
                     snapshot_dir,

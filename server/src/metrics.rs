@@ -172,6 +172,18 @@ pub struct Metrics {
     pub remote_lazy_restores: Family<ResultLabels, Counter>,
     /// Snapshots this node restores lazily now (not complete locally yet).
     pub remote_lazy_snapshots: Gauge,
+    /// Bytes the local page store takes (with `store_cache_mb`).
+    pub store_cache_bytes: Gauge,
+    /// `store_cache_mb` in bytes.
+    pub store_cache_cap: Gauge,
+    /// Local snapshots evicted to keep the store under its cap.
+    pub store_cache_evictions: Counter,
+    /// Runs of the bucket's gc on the writer, by result.
+    pub remote_gc_runs: Family<ResultLabels, Counter>,
+    /// Objects the writer's gc deleted from the bucket.
+    pub remote_gc_deleted: Counter,
+    /// Bytes the writer's gc deleted from the bucket.
+    pub remote_gc_freed_bytes: Counter,
 }
 
 impl Metrics {
@@ -329,8 +341,50 @@ impl Metrics {
             "Snapshots this node restores lazily from the shared store now (not complete locally yet)",
             remote_lazy_snapshots.clone(),
         );
+        let store_cache_bytes = Gauge::default();
+        registry.register(
+            "store_cache_bytes",
+            "Bytes the local page store takes on disk, checked against store_cache_mb (docs/cluster.md)",
+            store_cache_bytes.clone(),
+        );
+        let store_cache_cap = Gauge::default();
+        registry.register(
+            "store_cache_cap_bytes",
+            "store_cache_mb in bytes (absent: no cap)",
+            store_cache_cap.clone(),
+        );
+        let store_cache_evictions = Counter::default();
+        registry.register(
+            "store_cache_evictions",
+            "Local snapshots evicted to keep the local store under store_cache_mb (fetched again when asked for)",
+            store_cache_evictions.clone(),
+        );
+        let remote_gc_runs = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "remote_gc_runs",
+            "Runs of the shared store's gc on the writer, by result",
+            remote_gc_runs.clone(),
+        );
+        let remote_gc_deleted = Counter::default();
+        registry.register(
+            "remote_gc_deleted_objects",
+            "Objects the writer's gc deleted from the shared store (nothing live referenced them)",
+            remote_gc_deleted.clone(),
+        );
+        let remote_gc_freed_bytes = Counter::default();
+        registry.register(
+            "remote_gc_freed_bytes",
+            "Bytes the writer's gc deleted from the shared store",
+            remote_gc_freed_bytes.clone(),
+        );
         Metrics {
             registry,
+            store_cache_bytes,
+            store_cache_cap,
+            store_cache_evictions,
+            remote_gc_runs,
+            remote_gc_deleted,
+            remote_gc_freed_bytes,
             remote_lazy_restores,
             remote_lazy_snapshots,
             remote_store_up,

@@ -210,6 +210,7 @@ pub fn upload_all(service: &crate::service::Service) {
     let Some(uploader) = &service.config.uploader else {
         return;
     };
+    let snapshots_dir = crate::snapshots::snapshots_dir(&service.config.data_dir);
     let versions: Vec<VersionUpload> = service
         .functions
         .read()
@@ -225,6 +226,9 @@ pub fn upload_all(service: &crate::service::Service) {
                 })
             })
         })
+        // A snapshot evicted from the local store (cluster/cache.rs) was
+        // complete in the bucket when it went.
+        .filter(|v| snapshotter::snapshot::manifest_path(&snapshots_dir, &v.snapshot).exists())
         .collect();
     for v in versions {
         uploader.spawn(service.metrics.clone(), v);
@@ -261,7 +265,8 @@ fn cli_local(data_dir: &Path, snapshot_dir: Option<&Path>, id: &str) -> Result<L
     Ok(local_snapshot(Arc::new(store), &snapshots_dir, &local_id))
 }
 
-fn cli_connect(settings: Option<RemoteSettings>) -> Result<Arc<RemoteStore>> {
+/// Connects for a `thaw store` command that needs the shared store.
+pub fn cli_connect(settings: Option<RemoteSettings>) -> Result<Arc<RemoteStore>> {
     let settings = settings.context(
         "no shared store: set --store-url or THAW_STORE_URL (./dev.sh s3 prints the exports)",
     )?;

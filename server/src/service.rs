@@ -733,6 +733,10 @@ impl Service {
                 id: s.id.clone(),
                 mode: self.memory_mode(&v.record.spec),
             });
+            if let (Some(cluster), Some(_)) = (&self.config.cluster, &snapshot) {
+                // A capture grew the local store: the cache checks its cap.
+                cluster.cache.poke();
+            }
             v.record.snapshot = snapshot;
             self.keep(v);
             self.save_or_log(&key.name, list);
@@ -996,10 +1000,21 @@ impl Service {
             headers: req.headers,
             body: req.body,
         };
+        if let Some(cluster) = &self.config.cluster {
+            // An evicted snapshot is fetched again (cluster/cache.rs).
+            cluster.ask_for_evicted(self, &version.key);
+        }
         let result = self
             .pool
             .invoke(&version.key, &version.start, &inv, cold)
             .await;
+        if let (Some(cluster), Some(s), Ok(served)) =
+            (&self.config.cluster, &version.start.snapshot, &result)
+        {
+            if served.start == StartKind::Restore {
+                cluster.cache.touch(&s.id);
+            }
+        }
         self.account(&req.name, &result);
         match result {
             Ok(Served {

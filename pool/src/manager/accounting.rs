@@ -56,6 +56,10 @@ pub(super) struct Live {
     pub grown: u64,
     /// A spare: a stub sandbox waiting for a restore, not an instance yet.
     pub spare: bool,
+    /// Measured by the maintenance tick. Not a forced cold start's
+    /// instance (see `measure_after_start`): it serves one invocation and
+    /// counts its limit until torn down.
+    pub sampled: bool,
 }
 
 /// What a spare counts until first measured: a stub sandbox's init and
@@ -73,6 +77,7 @@ impl Live {
             charge_at_sample: None,
             grown: 0,
             spare: false,
+            sampled: true,
         }
     }
 
@@ -87,6 +92,7 @@ impl Live {
             charge_at_sample: None,
             grown: 0,
             spare: true,
+            sampled: true,
         }
     }
 
@@ -268,6 +274,7 @@ impl Pool {
                 None => st
                     .live
                     .iter()
+                    .filter(|(_, l)| l.sampled)
                     .map(|(id, l)| (id.clone(), l.cgroup.clone()))
                     .collect(),
                 Some(ids) => ids

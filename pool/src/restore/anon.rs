@@ -378,6 +378,38 @@ pub struct Guard {
     filter: Vec<SockFilter>,
 }
 
+/// The last filter [`Guard::plan_with`] built, with the ranges it was
+/// built from (see `restore::plans`).
+#[derive(Debug, Default)]
+pub struct FilterMemo {
+    /// (image, code, exempt ranges), filter.
+    last: std::sync::Mutex<Option<(FilterRanges, Vec<SockFilter>)>>,
+}
+
+/// What a filter is built from: image, code and exempt ranges.
+type FilterRanges = [Vec<(u64, u64)>; 3];
+
+impl FilterMemo {
+    /// [`filter`] of these ranges, built once per distinct ranges.
+    fn filter(
+        &self,
+        image: Vec<(u64, u64)>,
+        code: Vec<(u64, u64)>,
+        exempt: Vec<(u64, u64)>,
+    ) -> Vec<SockFilter> {
+        let key = [image, code, exempt];
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, f)) = last.as_ref() {
+            if *k == key {
+                return f.clone();
+            }
+        }
+        let f = filter(&key[0], &key[1], &key[2]);
+        *last = Some((key, f.clone()));
+        f
+    }
+}
+
 impl Guard {
     /// Plans the guard of a copy of `state` whose private memory maps
     /// `image`; `busy` are ranges the restorer itself uses (scratch).
@@ -388,6 +420,19 @@ impl Guard {
         image: &std::fs::File,
         busy: &[(u64, u64)],
         eager: &std::collections::HashSet<usize>,
+    ) -> Result<Guard, RestoreError> {
+        Guard::plan_with(state, image, busy, eager, None)
+    }
+
+    /// [`Guard::plan`], the filter taken from `memo` when it was built
+    /// from the same ranges (every copy of a snapshot has the same), else
+    /// built and kept there.
+    pub fn plan_with(
+        state: &ProcessState,
+        image: &std::fs::File,
+        busy: &[(u64, u64)],
+        eager: &std::collections::HashSet<usize>,
+        memo: Option<&FilterMemo>,
     ) -> Result<Guard, RestoreError> {
         if let Some(h) = state
             .signals
@@ -440,7 +485,10 @@ impl Guard {
             len,
             code,
             restorer_offset: restorer_offset as u64,
-            filter: filter(&image_ranges, &code_ranges, &exempt),
+            filter: match memo {
+                Some(memo) => memo.filter(image_ranges, code_ranges, exempt),
+                None => filter(&image_ranges, &code_ranges, &exempt),
+            },
         })
     }
 
@@ -1014,6 +1062,20 @@ mod tests {
             .iter()
             .any(|i| i.code == LD_IMM && i.k == SECCOMP_RET_TRAP));
         assert!(f.iter().any(|i| i.code == RET_A));
+    }
+
+    #[test]
+    fn the_memo_gives_the_filter_of_its_ranges() {
+        let image = vec![(0x10000, 0x20000), (0x40000, 0x50000)];
+        let code = vec![(0x400000, 0x410000)];
+        let memo = FilterMemo::default();
+        let first = memo.filter(image.clone(), code.clone(), Vec::new());
+        assert_eq!(first, filter(&image, &code, &[]));
+        assert_eq!(memo.filter(image.clone(), code.clone(), Vec::new()), first);
+        let exempt = vec![(0x60000, 0x61000)];
+        let other = memo.filter(image.clone(), code.clone(), exempt.clone());
+        assert_eq!(other, filter(&image, &code, &exempt));
+        assert_ne!(other, first, "other ranges, another filter");
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub mod memory;
 pub mod mm;
 pub mod page_source;
 pub mod pending;
+pub mod plans;
 pub mod process;
 pub mod remote;
 pub mod sandboxed;
@@ -529,6 +530,8 @@ pub struct Prepared {
     took: Duration,
     /// A lazy restore ([`prepare_lazily`]): where missing pages come from.
     lazy: Option<std::sync::Arc<page_source::LazyPages>>,
+    /// What the restores of this snapshot share ([`Prepared::share_plans`]).
+    plans: Option<std::sync::Arc<plans::SnapshotPlans>>,
 }
 
 impl Prepared {
@@ -556,6 +559,12 @@ impl Prepared {
     /// restore may wait a long time (a spare sandbox) before it runs.
     pub fn recheck(&self, snapshot: &Snapshot) -> Result<(), RestoreError> {
         recheck_plan(&self.plan, &snapshot.state)
+    }
+
+    /// Lets this restore use (and fill) `plans`, which belong to the same
+    /// snapshot: what every restore of it computes alike is computed once.
+    pub fn share_plans(&mut self, plans: std::sync::Arc<plans::SnapshotPlans>) {
+        self.plans = Some(plans);
     }
 }
 
@@ -642,6 +651,7 @@ pub fn prepare_for_sandbox(
         plan,
         took: started.elapsed(),
         lazy: None,
+        plans: None,
     })
 }
 
@@ -676,6 +686,7 @@ pub fn prepare_lazily_for_sandbox(
         plan,
         took: started.elapsed(),
         lazy: Some(std::sync::Arc::new(lazy)),
+        plans: None,
     })
 }
 
@@ -742,6 +753,7 @@ pub fn restore_prepared(
         plan,
         took,
         lazy,
+        plans,
     } = prepared;
     timings.plan = took;
 
@@ -764,6 +776,7 @@ pub fn restore_prepared(
         collect_uffds: None,
         shared_memfds: None,
         lazy: lazy.as_ref(),
+        plans: plans.as_deref(),
     };
     let server = drive(remote, &ctx, &mut timings)?;
     if let Some(lazy) = &lazy {
@@ -902,6 +915,7 @@ pub fn restore_into(
         collect_uffds: None,
         shared_memfds: None,
         lazy: prepared.lazy.as_ref(),
+        plans: prepared.plans.as_deref(),
     };
     let server = drive(remote, &ctx, &mut timings)?;
     if let Some(lazy) = &prepared.lazy {
@@ -974,6 +988,8 @@ pub(crate) struct Driving<'a, 'o> {
     pub(crate) shared_memfds: Option<&'a shared::SharedMemfds>,
     /// A lazy restore: pages not in the image yet come from its source.
     pub(crate) lazy: Option<&'a std::sync::Arc<page_source::LazyPages>>,
+    /// Plans shared with the other restores of the snapshot, if any.
+    pub(crate) plans: Option<&'a plans::SnapshotPlans>,
 }
 
 /// The uffd page server of a copy and what it has done so far.
@@ -1248,9 +1264,18 @@ struct RestoredMemory {
 /// as the mappings: a round trip of its own cost more than the populating
 /// on a busy machine. Best effort: a range the kernel refuses ends the
 /// populating, never the restore.
-fn populate(batch: &mut Batch, areas: &[snapshotter::state::MemoryArea], pages: &[u64]) -> usize {
-    let ranges = working_set::populate_ranges(pages, areas, working_set::reads_wanted());
-    for r in &ranges {
+fn populate(
+    batch: &mut Batch,
+    areas: &[snapshotter::state::MemoryArea],
+    pages: &[u64],
+    plans: Option<&plans::SnapshotPlans>,
+) -> usize {
+    let reads = working_set::reads_wanted();
+    let ranges = match plans {
+        Some(plans) => plans.populate_ranges(pages, areas, reads),
+        None => std::sync::Arc::new(working_set::populate_ranges(pages, areas, reads)),
+    };
+    for r in ranges.iter() {
         batch.call_best_effort(
             format!("madvise(populate) at {:#x}", r.start),
             libc::SYS_madvise,
@@ -1300,11 +1325,12 @@ fn restore_memory(
             .map_err(RestoreError::Fetch)?;
     }
     let guard = match options.mode {
-        Mode::Mmap if anon::enabled() => Some(anon::Guard::plan(
+        Mode::Mmap if anon::enabled() => Some(anon::Guard::plan_with(
             state,
             &image.file,
             &[(places.scratch, places.scratch + batch::SCRATCH_LEN)],
             &eager,
+            ctx.plans.map(|p| &p.guard_filter),
         )?),
         _ => None,
     };
@@ -1341,7 +1367,7 @@ fn restore_memory(
         g.map(&mut batch);
     }
     if options.mode == Mode::Mmap && !options.prefetch.is_empty() {
-        timings.populated = populate(&mut batch, areas, &options.prefetch) as u32;
+        timings.populated = populate(&mut batch, areas, &options.prefetch, ctx.plans) as u32;
     }
     timings.batched += batch.len() as u32;
     remote.run(batch)?;

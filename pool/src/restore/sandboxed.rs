@@ -41,6 +41,7 @@ use snapshotter::snapshot::{load_snapshot, Snapshot};
 use snapshotter::store::PageStore;
 
 use super::page_source::{CopySource, LazyOrigin};
+use super::plans::SnapshotPlans;
 use super::working_set;
 use super::{
     prepare_for_sandbox, restore_into, CopyServer, Credentials, Mode, Prepared, RestoreError,
@@ -52,7 +53,8 @@ use super::{
 pub struct SnapshotRestorer {
     snapshots_dir: PathBuf,
     store: Arc<PageStore>,
-    cache: Mutex<HashMap<String, Arc<Snapshot>>>,
+    /// Each loaded snapshot, with what its restores compute alike.
+    cache: Mutex<HashMap<String, Loaded>>,
     /// Working sets read or recorded (`None`: none, or a corrupt file).
     working_sets: Mutex<HashMap<String, Option<Arc<Vec<u64>>>>>,
     /// Per snapshot: copies that prefetched its working set, and the pages
@@ -65,6 +67,9 @@ pub struct SnapshotRestorer {
     lazy: Mutex<HashMap<String, Arc<LazyOrigin>>>,
     devnull: OwnedFd,
 }
+
+/// A loaded snapshot and the plans its restores share.
+type Loaded = (Arc<Snapshot>, Arc<SnapshotPlans>);
 
 /// How a snapshot's working set was used since the restorer started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -158,6 +163,12 @@ impl SnapshotRestorer {
     }
 
     fn snapshot(&self, id: &str) -> Result<Arc<Snapshot>, RestoreError> {
+        self.loaded(id).map(|(s, _)| s)
+    }
+
+    /// Snapshot `id`, loaded once, with the plans its restores share
+    /// (dropped with it by [`SnapshotRestorer::forget`]).
+    fn loaded(&self, id: &str) -> Result<Loaded, RestoreError> {
         if let Some(s) = self.cache.lock().unwrap().get(id) {
             return Ok(s.clone());
         }
@@ -174,8 +185,12 @@ impl SnapshotRestorer {
             }
             Err(e) => return Err(e.into()),
         };
-        self.cache.lock().unwrap().insert(id.to_string(), s.clone());
-        Ok(s)
+        let loaded = (s, Arc::new(SnapshotPlans::default()));
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), loaded.clone());
+        Ok(loaded)
     }
 
     /// Forgets a snapshot (it was deleted or is being rebuilt).
@@ -212,6 +227,17 @@ impl SnapshotRestorer {
     /// Whether copies of snapshot `id` are restored lazily now.
     pub fn is_lazy(&self, id: &str) -> bool {
         self.lazy.lock().unwrap().contains_key(id)
+    }
+
+    /// Whether snapshot `id` has a recorded working set, when that is known
+    /// without reading a file (`None`: ask [`SnapshotRestorer::working_set`],
+    /// which may block). Never blocks: for async code on the restore's path.
+    pub fn has_working_set_cached(&self, id: &str) -> Option<bool> {
+        self.working_sets
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(Option::is_some)
     }
 
     /// The recorded working set of snapshot `id`, if any. A file that fails
@@ -267,11 +293,13 @@ impl SnapshotRestorer {
         if let Some(origin) = origin {
             return self.prepare_lazily(origin);
         }
-        let snapshot = self.snapshot(id)?;
+        let (snapshot, plans) = self.loaded(id)?;
         let fds = self.stand_ins(&snapshot);
         let options = options(fds);
         let prepared = if snapshot.children.is_empty() {
-            Preparation::Process(prepare_for_sandbox(&snapshot, &self.store, &options)?)
+            let mut p = prepare_for_sandbox(&snapshot, &self.store, &options)?;
+            p.share_plans(plans);
+            Preparation::Process(p)
         } else {
             Preparation::Tree(super::tree::prepare_tree_for_sandbox(
                 &snapshot,

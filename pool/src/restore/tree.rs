@@ -528,6 +528,7 @@ fn build(
             lazy: None,
             collect_uffds: collect,
             shared_memfds: Some(&memfds[index + 1]),
+            plans: None,
         };
         readies.push(prepare_process(remote, &ctx, timings)?);
     }
@@ -543,6 +544,7 @@ fn build(
         lazy: None,
         collect_uffds: collect,
         shared_memfds: Some(&memfds[0]),
+        plans: None,
     };
     let root_ready = prepare_process(root, &ctx, timings)?;
     let uffds = uffds.into_inner();

@@ -292,6 +292,8 @@ impl Cluster {
         match result {
             Ok(r) => {
                 self.health.ok();
+                // The cache's check runs (cache.rs); this one is newest.
+                self.cache.fetched(id);
                 tracing::info!(
                     snapshot = %id,
                     pages = r.pages,
@@ -333,6 +335,8 @@ impl Cluster {
         match result {
             Ok(r) => {
                 self.health.ok();
+                // The cache's check runs (cache.rs); this one is newest.
+                self.cache.fetched(id);
                 tracing::info!(
                     snapshot = %id,
                     pages = r.pages,

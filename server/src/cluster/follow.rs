@@ -382,6 +382,8 @@ fn fetch_missing(cluster: &Arc<Cluster>, service: &Service) {
         let missing = versions
             .filter(|v| v.start.snapshot.is_none())
             .filter_map(|v| Some((v.key.clone(), v.record.snapshot.as_ref()?.id.clone())))
+            // Evicted (cluster/cache.rs): fetched when a cold start asks.
+            .filter(|(_, id)| !cluster.cache.is_evicted(id))
             .collect();
         (missing, wanted)
     };
@@ -399,7 +401,12 @@ fn fetch_missing(cluster: &Arc<Cluster>, service: &Service) {
 /// Lets cold starts of `key` restore `snapshot` as `how` says (lazily in
 /// uffd mode, locally in the configured mode, or not: boot), if it is
 /// still the version's.
-fn restorable(service: &Service, key: &pool::FunctionKey, snapshot: &str, how: ForRestore) {
+pub(crate) fn restorable(
+    service: &Service,
+    key: &pool::FunctionKey,
+    snapshot: &str,
+    how: ForRestore,
+) {
     let mut map = service.functions.write().unwrap();
     let Some(v) = map
         .get_mut(&key.name)

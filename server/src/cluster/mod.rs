@@ -19,10 +19,12 @@
 //! `#catalog` and `#writer` are addressed like function records, with names
 //! no function can have (`valid_name` refuses `#`).
 
+pub mod cache;
 pub mod catalog;
 pub mod fetch;
 pub mod follow;
 pub mod forward;
+pub mod gc;
 pub mod layers;
 pub mod publish;
 
@@ -39,12 +41,27 @@ pub use catalog::{Catalog, WriterObject};
 pub use fetch::ForRestore;
 
 /// This node's part, from the settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClusterOptions {
     /// `store_writer`.
     pub writer: bool,
     /// `advertise_url` (no trailing slash).
     pub advertise_url: Option<String>,
+    /// `store_gc_grace_secs`: the bucket's gc keeps younger garbage.
+    pub gc_grace: std::time::Duration,
+    /// `store_cache_mb` in bytes: the local store's cap (`None`: no cap).
+    pub cache_cap: Option<u64>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> ClusterOptions {
+        ClusterOptions {
+            writer: false,
+            advertise_url: None,
+            gc_grace: gc::DEFAULT_GRACE,
+            cache_cap: None,
+        }
+    }
 }
 
 /// Whether the shared store answers, as this node last saw it.
@@ -123,6 +140,8 @@ pub struct Cluster {
     http: reqwest::Client,
     /// `THAW_TOKEN`: sent with a forwarded request that came without one.
     token: Option<Token>,
+    /// The local store as a cache (`store_cache_mb`).
+    pub cache: cache::Cache,
 }
 
 /// A token that never shows in `Debug` output.
@@ -165,6 +184,7 @@ impl Cluster {
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
                 .map(Token),
+            cache: cache::Cache::default(),
         })
     }
 
@@ -220,10 +240,12 @@ impl Cluster {
                     listen_url
                 }
             };
-            publish::spawn(self.clone(), service, url);
+            publish::spawn(self.clone(), service.clone(), url);
+            gc::spawn(self.clone(), service.clone());
         } else {
-            follow::spawn(self.clone(), service);
+            follow::spawn(self.clone(), service.clone());
         }
+        cache::spawn(self.clone(), service);
     }
 
     /// What `/healthz` adds: role, store state, the writer seen; with
