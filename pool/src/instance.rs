@@ -144,6 +144,16 @@ pub enum RestoreFailure {
         /// What differs.
         what: String,
     },
+    /// A lazy restore (a snapshot not in the local store) could not fetch
+    /// pages before the copy resumed: the copy never ran. The store's
+    /// fault, not the snapshot's.
+    #[error("restore of snapshot {id} failed before the copy resumed: {reason}")]
+    Fetch {
+        /// Snapshot id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl RestoreFailure {
@@ -155,6 +165,22 @@ impl RestoreFailure {
                 id: id.to_string(),
                 what,
             },
+            e @ crate::restore::RestoreError::Fetch(_) => {
+                // The whole chain: the store's error is deep inside.
+                let mut reason = e.to_string();
+                let mut next = std::error::Error::source(&e);
+                while let Some(source) = next {
+                    let text = source.to_string();
+                    if !reason.contains(&text) {
+                        reason = format!("{reason}: {text}");
+                    }
+                    next = source.source();
+                }
+                RestoreFailure::Fetch {
+                    id: id.to_string(),
+                    reason,
+                }
+            }
             e => RestoreFailure::Restorer {
                 id: id.to_string(),
                 reason: e.to_string(),
@@ -164,9 +190,13 @@ impl RestoreFailure {
 
     /// Whether the snapshot (or what it depends on: its pages, image, the
     /// files it maps) is the likely cause, so that it should be rebuilt; a
-    /// sandbox that could not be made says nothing about the snapshot.
+    /// sandbox that could not be made says nothing about the snapshot, nor
+    /// does a store that did not answer.
     pub fn blames_snapshot(&self) -> bool {
-        !matches!(self, RestoreFailure::Launch(_))
+        !matches!(
+            self,
+            RestoreFailure::Launch(_) | RestoreFailure::Fetch { .. }
+        )
     }
 }
 
@@ -345,13 +375,18 @@ impl Instance {
         // Both modes record the working set once (uffd: the pages the page
         // server filled; mmap: the pages resident after the invocation).
         {
-            let recorded = match restorer.has_working_set_cached(&snapshot.id) {
-                Some(known) => known,
-                None => {
-                    let (r, id) = (restorer.clone(), snapshot.id.clone());
-                    tokio::task::spawn_blocking(move || r.working_set(&id).is_some())
-                        .await
-                        .unwrap_or(true)
+            // A lazy copy's working set is the store's.
+            let recorded = if restorer.is_lazy(&snapshot.id) {
+                true
+            } else {
+                match restorer.has_working_set_cached(&snapshot.id) {
+                    Some(known) => known,
+                    None => {
+                        let (r, id) = (restorer.clone(), snapshot.id.clone());
+                        tokio::task::spawn_blocking(move || r.working_set(&id).is_some())
+                            .await
+                            .unwrap_or(true)
+                    }
                 }
             };
             if !recorded {

@@ -165,6 +165,13 @@ pub struct Metrics {
     pub remote_bytes_fetched: Gauge,
     /// Snapshots downloaded by a reader node, by result.
     pub remote_fetches: Family<ResultLabels, Counter>,
+    /// Lazy restores (a snapshot not local, pages from the shared store)
+    /// by result: `ok` (the copy resumed), `boot` (a fetch failed before
+    /// the resume: the cold start booted), `killed` (a fetch failed after
+    /// the resume: the copy was killed).
+    pub remote_lazy_restores: Family<ResultLabels, Counter>,
+    /// Snapshots this node restores lazily now (not complete locally yet).
+    pub remote_lazy_snapshots: Gauge,
     /// Bytes the local page store takes (with `store_cache_mb`).
     pub store_cache_bytes: Gauge,
     /// `store_cache_mb` in bytes.
@@ -322,6 +329,18 @@ impl Metrics {
             "Snapshots a reader node downloaded from the shared store, by result",
             remote_fetches.clone(),
         );
+        let remote_lazy_restores = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "remote_lazy_restores",
+            "Lazy restores from the shared store, by result: ok (resumed), boot (a fetch failed before the resume), killed (a fetch failed after it)",
+            remote_lazy_restores.clone(),
+        );
+        let remote_lazy_snapshots = Gauge::default();
+        registry.register(
+            "remote_lazy_snapshots",
+            "Snapshots this node restores lazily from the shared store now (not complete locally yet)",
+            remote_lazy_snapshots.clone(),
+        );
         let store_cache_bytes = Gauge::default();
         registry.register(
             "store_cache_bytes",
@@ -366,6 +385,8 @@ impl Metrics {
             remote_gc_runs,
             remote_gc_deleted,
             remote_gc_freed_bytes,
+            remote_lazy_restores,
+            remote_lazy_snapshots,
             remote_store_up,
             remote_store_last_success,
             remote_bytes_fetched,

@@ -362,8 +362,15 @@ async fn a_capped_store_evicts_the_older_snapshot_and_fetches_it_again() {
         let v = a.deploy_ready(big(name)).await;
         assert_eq!(v["state"], "ready", "{v}");
         let (id, _) = version_of(&a, name).await;
+        // B restores it lazily first (cluster/fetch.rs), then completes it.
         wait_for(
             &format!("{name} on B"),
+            Duration::from_secs(180),
+            async || forced_restore(&b, name).await.status == 200,
+        )
+        .await;
+        wait_for(
+            &format!("{name} complete on B"),
             Duration::from_secs(180),
             async || {
                 metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await

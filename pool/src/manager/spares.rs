@@ -97,6 +97,15 @@ impl Pool {
             && self.config.restorer.is_some()
     }
 
+    /// Whether cold starts of `spec` restore lazily now (its snapshot is
+    /// not local: [`crate::restore::sandboxed::SnapshotRestorer::set_lazy`]).
+    fn restores_lazily(&self, spec: &StartSpec) -> bool {
+        match (&spec.snapshot, &self.config.restorer) {
+            (Some(s), Some(r)) => r.is_lazy(&s.id),
+            _ => false,
+        }
+    }
+
     /// Starts the task that launches spares whenever it is woken.
     pub(super) fn start_refiller(&self) {
         if !self.spares_enabled() {
@@ -183,6 +192,9 @@ impl Pool {
             .specs
             .iter()
             .filter(|(k, s)| s.snapshot.is_some() && !st.retired.contains(*k))
+            // A lazy copy fetches pages: a spare made before a store outage
+            // would fail after its resume, where a cold start boots.
+            .filter(|(_, s)| !self.restores_lazily(s))
             .map(|(k, _)| k)
             .collect();
         // Most recently used first; then newest versions, for a stable order.

@@ -49,6 +49,11 @@ pub trait PageSource: Send + Sync + std::fmt::Debug {
     fn fetch(&self, hashes: &[PageHash]) -> Result<Vec<u8>, PageSourceError>;
 }
 
+/// Pages one fault fetches at least: its run and the pages of its area
+/// after it (see [`LazyPages::ensure_run`]). 256 pages is a pack of the
+/// shared store: mostly one ranged read.
+pub const FETCH_AROUND: usize = 256;
+
 /// What the fetching of one lazy restore did (the source counts bytes and
 /// requests; see its own report).
 #[derive(Debug, Default)]
@@ -223,6 +228,24 @@ impl LazyPages {
         Ok(())
     }
 
+    /// [`Self::ensure`] for the run of `count` pages at page `index` of
+    /// area `area` that a fault needs, and the area's pages after it up to
+    /// [`FETCH_AROUND`] in all: one fetch costs a round trip to the store
+    /// (tens of ms), a page more in it 4 KiB of the same read, and a copy
+    /// without a working set touches its memory in runs (the rest of the
+    /// snapshot follows in the background anyway).
+    pub(crate) fn ensure_run(
+        &self,
+        area: usize,
+        index: usize,
+        count: usize,
+    ) -> Result<(), PageSourceError> {
+        let len = self.hashes.get(area).map_or(0, Vec::len);
+        let end = (index + count.max(FETCH_AROUND)).min(len);
+        let pages: Vec<(usize, usize)> = (index..end).map(|i| (area, i)).collect();
+        self.ensure(&pages)
+    }
+
     /// [`Self::ensure`] for every stored page of the areas `areas` (indices
     /// into the snapshot's areas): areas the restore writes from the image
     /// instead of serving, such as the live threads' stacks in uffd mode.
@@ -272,4 +295,140 @@ impl LazyPages {
             })
             .sum()
     }
+}
+
+/// What happened to a lazy copy, told to its [`LazyOrigin`]'s owner (the
+/// server counts and logs it, and completes the snapshot locally once a
+/// copy ran).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LazyEvent {
+    /// A copy resumed: every page it needed before running was fetched.
+    Resumed,
+    /// A fetch failed before the copy resumed: it never ran (the caller
+    /// boots instead). The error, as text.
+    FailedBeforeResume(String),
+    /// A fetch failed after the copy resumed: its page server kills it
+    /// (told once per copy). The error, as text.
+    Killed(String),
+}
+
+/// A snapshot that is not in the local store, restored lazily from a
+/// [`PageSource`] (see [`crate::restore::sandboxed::SnapshotRestorer::set_lazy`]).
+/// Every copy gets its own image and page server over the shared source.
+pub struct LazyOrigin {
+    /// The snapshot (a single process).
+    pub snapshot: Arc<Snapshot>,
+    /// Its working set (saved page addresses, first-touch order), fetched
+    /// before each copy resumes; empty when none is recorded.
+    pub working_set: Vec<u64>,
+    /// Where the pages come from.
+    pub source: Arc<dyn PageSource>,
+    /// Told what happens to each copy. Called from the restorer's and the
+    /// page servers' threads: quick, and never blocking on them.
+    pub events: Arc<dyn Fn(LazyEvent) + Send + Sync>,
+}
+
+impl std::fmt::Debug for LazyOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyOrigin")
+            .field("snapshot", &self.snapshot.id)
+            .field("working_set", &self.working_set.len())
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The source of one lazy copy: its origin's, telling the origin when a
+/// fetch fails after the copy resumed (the page server then kills it).
+pub(crate) struct CopySource {
+    origin: Arc<LazyOrigin>,
+    resumed: AtomicBool,
+    told: AtomicBool,
+    /// A fetch that failed while `resumed` was not set yet: the copy may
+    /// run already (the restore returned, `resumed` comes next) and its
+    /// page server then kills it.
+    early_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl CopySource {
+    pub(crate) fn new(origin: Arc<LazyOrigin>) -> CopySource {
+        CopySource {
+            origin,
+            resumed: AtomicBool::new(false),
+            told: AtomicBool::new(false),
+            early_failure: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The copy resumed.
+    pub(crate) fn resumed(&self) {
+        self.resumed.store(true, Ordering::Release);
+        (self.origin.events)(LazyEvent::Resumed);
+        let early = self
+            .early_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(error) = early {
+            if !self.told.swap(true, Ordering::AcqRel) {
+                (self.origin.events)(LazyEvent::Killed(error));
+            }
+        }
+    }
+
+    /// The restore failed before the resume; `err` is told if it was a
+    /// fetch (other failures are not the source's).
+    pub(crate) fn failed_before_resume(&self, err: &RestoreError) {
+        if let RestoreError::Fetch(e) = err {
+            if !self.told.swap(true, Ordering::AcqRel) {
+                (self.origin.events)(LazyEvent::FailedBeforeResume(error_chain(e)));
+            }
+        }
+    }
+
+    /// The working set to fetch before the resume.
+    pub(crate) fn working_set(&self) -> &[u64] {
+        &self.origin.working_set
+    }
+}
+
+impl std::fmt::Debug for CopySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopySource")
+            .field("origin", &self.origin)
+            .field("resumed", &self.resumed)
+            .finish()
+    }
+}
+
+impl PageSource for CopySource {
+    fn fetch(&self, hashes: &[PageHash]) -> Result<Vec<u8>, PageSourceError> {
+        let result = self.origin.source.fetch(hashes);
+        if let Err(e) = &result {
+            if !self.resumed.load(Ordering::Acquire) {
+                // Told by `failed_before_resume` if the restore fails with
+                // it, by `resumed` if the copy ran all the same.
+                *self.early_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(error_chain(e));
+            } else if !self.told.swap(true, Ordering::AcqRel) {
+                (self.origin.events)(LazyEvent::Killed(error_chain(e)));
+            }
+        }
+        result
+    }
+}
+
+/// `err` and its sources, `: `-separated.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        next = e.source();
+    }
+    out
 }

@@ -21,6 +21,13 @@
 //! makes the children with their saved pids in the sandbox's pid namespace
 //! before it restores each process.
 //!
+//! A snapshot not in the local store can be restored lazily (issue 18):
+//! [`SnapshotRestorer::set_lazy`] names its [`LazyOrigin`], and until
+//! [`SnapshotRestorer::clear_lazy`] every copy of it is prepared with its own
+//! image and page server over the origin's shared source
+//! ([`super::prepare_lazily_for_sandbox`]), in `uffd` mode, the origin's
+//! working set fetched before the resume.
+//!
 //! The restorer also keeps each snapshot's working set (see
 //! [`super::working_set`]): recorded once, from the first invocation of a
 //! `uffd` copy, then prefetched by every later `uffd` copy.
@@ -33,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use snapshotter::snapshot::{load_snapshot, Snapshot};
 use snapshotter::store::PageStore;
 
+use super::page_source::{CopySource, LazyOrigin};
 use super::plans::SnapshotPlans;
 use super::working_set;
 use super::{
@@ -55,6 +63,8 @@ pub struct SnapshotRestorer {
     /// Snapshots whose working set could not be written: not retried (one
     /// log line, not one per copy).
     unrecordable: Mutex<std::collections::HashSet<String>>,
+    /// Snapshots restored lazily, from elsewhere than the local store.
+    lazy: Mutex<HashMap<String, Arc<LazyOrigin>>>,
     devnull: OwnedFd,
 }
 
@@ -75,6 +85,8 @@ pub struct PrefetchStats {
 pub struct PreparedCopy {
     snapshot: Arc<Snapshot>,
     prepared: Preparation,
+    /// A lazy copy: its page source.
+    lazy: Option<Arc<CopySource>>,
 }
 
 /// A single process, or a tree.
@@ -145,6 +157,7 @@ impl SnapshotRestorer {
             working_sets: Mutex::new(HashMap::new()),
             prefetches: Mutex::new(HashMap::new()),
             unrecordable: Mutex::new(std::collections::HashSet::new()),
+            lazy: Mutex::new(HashMap::new()),
             devnull,
         })
     }
@@ -182,9 +195,38 @@ impl SnapshotRestorer {
 
     /// Forgets a snapshot (it was deleted or is being rebuilt).
     pub fn forget(&self, id: &str) {
+        self.lazy.lock().unwrap().remove(id);
         self.cache.lock().unwrap().remove(id);
         self.working_sets.lock().unwrap().remove(id);
         self.unrecordable.lock().unwrap().remove(id);
+    }
+
+    /// Restores copies of snapshot `origin.snapshot.id` lazily from now on
+    /// (see the module doc), until [`SnapshotRestorer::clear_lazy`]. A
+    /// process tree is refused.
+    pub fn set_lazy(&self, origin: LazyOrigin) -> Result<(), RestoreError> {
+        if !origin.snapshot.children.is_empty() {
+            return Err(RestoreError::Unsupported(
+                "a lazy restore of a process tree".into(),
+            ));
+        }
+        let id = origin.snapshot.id.clone();
+        self.lazy.lock().unwrap().insert(id, Arc::new(origin));
+        Ok(())
+    }
+
+    /// Copies of snapshot `id` are restored from the local store from now
+    /// on (it is complete there). Copies made lazily keep their sources.
+    pub fn clear_lazy(&self, id: &str) {
+        if self.lazy.lock().unwrap().remove(id).is_some() {
+            self.cache.lock().unwrap().remove(id);
+            self.working_sets.lock().unwrap().remove(id);
+        }
+    }
+
+    /// Whether copies of snapshot `id` are restored lazily now.
+    pub fn is_lazy(&self, id: &str) -> bool {
+        self.lazy.lock().unwrap().contains_key(id)
     }
 
     /// Whether snapshot `id` has a recorded working set, when that is known
@@ -247,21 +289,12 @@ impl SnapshotRestorer {
     /// objects. Blocking. The stub sandbox then opens
     /// [`PreparedCopy::open_files`], and [`PreparedCopy::adopt`] checks them.
     pub fn prepare(&self, id: &str) -> Result<PreparedCopy, RestoreError> {
+        let origin = self.lazy.lock().unwrap().get(id).cloned();
+        if let Some(origin) = origin {
+            return self.prepare_lazily(origin);
+        }
         let (snapshot, plans) = self.loaded(id)?;
-        // fds 0-4 of the copy are the sandbox's (stdin, log pipes, protocol
-        // pipes): stand-ins here, never moved (a tree's other processes
-        // inherit the stub's: see `tree`).
-        let mut numbers: Vec<i32> = snapshot
-            .processes()
-            .flat_map(|(state, _)| state.fds.iter().map(|f| f.fd))
-            .filter(|&fd| fd < 5)
-            .collect();
-        numbers.sort_unstable();
-        numbers.dedup();
-        let fds = numbers
-            .into_iter()
-            .map(|fd| (fd, self.devnull.as_fd()))
-            .collect();
+        let fds = self.stand_ins(&snapshot);
         let options = options(fds);
         let prepared = if snapshot.children.is_empty() {
             let mut p = prepare_for_sandbox(&snapshot, &self.store, &options)?;
@@ -274,7 +307,57 @@ impl SnapshotRestorer {
                 &options,
             )?)
         };
-        Ok(PreparedCopy { snapshot, prepared })
+        Ok(PreparedCopy {
+            snapshot,
+            prepared,
+            lazy: None,
+        })
+    }
+
+    /// [`SnapshotRestorer::prepare`] of a lazy copy: its image (an unlinked
+    /// file in the snapshots folder) holds what the local store has, and
+    /// the pages the page server does not fill are fetched now.
+    fn prepare_lazily(&self, origin: Arc<LazyOrigin>) -> Result<PreparedCopy, RestoreError> {
+        let snapshot = origin.snapshot.clone();
+        let source = Arc::new(CopySource::new(origin));
+        let fds = self.stand_ins(&snapshot);
+        let mut options = options(fds);
+        options.mode = Mode::Uffd;
+        std::fs::create_dir_all(&self.snapshots_dir).map_err(|source| RestoreError::Io {
+            what: format!("create {}", self.snapshots_dir.display()),
+            source,
+        })?;
+        let prepared = super::prepare_lazily_for_sandbox(
+            &snapshot,
+            Some(&self.store),
+            source.clone(),
+            &self.snapshots_dir,
+            &options,
+        )
+        .inspect_err(|e| source.failed_before_resume(e))?;
+        Ok(PreparedCopy {
+            snapshot,
+            prepared: Preparation::Process(prepared),
+            lazy: Some(source),
+        })
+    }
+
+    /// Stand-ins for the copy's fds 0-4 (the sandbox's own).
+    fn stand_ins(&self, snapshot: &Snapshot) -> Vec<(i32, BorrowedFd<'_>)> {
+        // fds 0-4 of the copy are the sandbox's (stdin, log pipes, protocol
+        // pipes): stand-ins here, never moved (a tree's other processes
+        // inherit the stub's: see `tree`).
+        let mut numbers: Vec<i32> = snapshot
+            .processes()
+            .flat_map(|(state, _)| state.fds.iter().map(|f| f.fd))
+            .filter(|&fd| fd < 5)
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        numbers
+            .into_iter()
+            .map(|fd| (fd, self.devnull.as_fd()))
+            .collect()
     }
 
     /// Turns the stub (host pid `stub_pid`, holding [`PreparedCopy::fds`])
@@ -303,16 +386,30 @@ impl SnapshotRestorer {
         options.mode = mode;
         options.uffd_keeper = keeper;
         options.credentials = credentials;
-        if let Some(pages) = self.working_set(&copy.snapshot.id) {
+        if let Some(lazy) = &copy.lazy {
+            if mode != Mode::Uffd {
+                return Err(RestoreError::Unsupported(
+                    "a lazy copy restores in uffd mode only".into(),
+                ));
+            }
+            options.prefetch = working_set::for_mode(lazy.working_set(), mode);
+        } else if let Some(pages) = self.working_set(&copy.snapshot.id) {
             options.prefetch = working_set::for_mode(&pages, mode);
         }
         let prefetching = !options.prefetch.is_empty();
-        let (timings, server) = match &copy.prepared {
-            Preparation::Process(p) => restore_into(stub_pid, &copy.snapshot, p, &options)?,
+        let restored = match &copy.prepared {
+            Preparation::Process(p) => restore_into(stub_pid, &copy.snapshot, p, &options),
             Preparation::Tree(t) => {
-                super::tree::restore_tree_into(stub_pid, &copy.snapshot, t, &options)?
+                super::tree::restore_tree_into(stub_pid, &copy.snapshot, t, &options)
             }
         };
+        if let Some(lazy) = &copy.lazy {
+            match &restored {
+                Ok(_) => lazy.resumed(),
+                Err(e) => lazy.failed_before_resume(e),
+            }
+        }
+        let (timings, server) = restored?;
         if let (true, Some(server)) = (prefetching, &server) {
             let mut map = self.prefetches.lock().unwrap();
             let stats = map.entry(copy.snapshot.id.clone()).or_default();

@@ -396,6 +396,16 @@ impl PageServer {
         lazy.ensure(&pages).map_err(RestoreError::Fetch)
     }
 
+    /// [`PageServer::ensure`] for a fault's run: a lazy restore fetches
+    /// the area's next pages with it ([`LazyPages::ensure_run`]).
+    fn ensure_fault(&self, a: usize, index: usize, count: usize) -> Result<(), RestoreError> {
+        let Some(lazy) = &self.lazy else {
+            return Ok(());
+        };
+        lazy.ensure_run(self.areas[a].area, index, count)
+            .map_err(RestoreError::Fetch)
+    }
+
     /// The server's live report (shared; see [`LiveReport`]).
     pub fn live(&self) -> Arc<LiveReport> {
         self.live.clone()
@@ -573,7 +583,7 @@ impl PageServer {
                 count += 1;
             }
         }
-        self.ensure(a, index, count)?;
+        self.ensure_fault(a, index, count)?;
         let area = &self.areas[a];
         let src_off = (area.image_offset + index as u64 * PAGE_SIZE) as usize;
         let len = count as u64 * PAGE_SIZE;

@@ -123,12 +123,12 @@ impl Cluster {
         let k = key.clone();
         let snapshot = id.clone();
         let this = self.clone();
-        let ready = move || {
+        let ready = move |how| {
             this.cache.fetched(&snapshot);
-            super::follow::restorable(&svc, &k, &snapshot);
+            super::follow::restorable(&svc, &k, &snapshot, how);
         };
         if self.snapshot_for_restore(&id, ready.clone()) == super::ForRestore::Local {
-            ready();
+            ready(super::ForRestore::Local);
         }
     }
 }
@@ -322,7 +322,7 @@ fn evict(cluster: &Cluster, service: &Service, c: &Candidate) -> bool {
     // ... unless one restored meanwhile: then it stays.
     if in_use(service, &c.keys) {
         for k in &c.keys {
-            super::follow::restorable(service, k, &c.id);
+            super::follow::restorable(service, k, &c.id, super::ForRestore::Local);
         }
         return false;
     }

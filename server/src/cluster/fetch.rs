@@ -1,30 +1,67 @@
 //! Getting a snapshot this node does not hold, for its cold starts.
 //!
 //! [`Cluster::snapshot_for_restore`] is the one place a reader asks for a
-//! snapshot: today it downloads the whole snapshot in the background
-//! (`remote_store::pull_snapshot`, every page verified by its blake3) while
-//! cold starts boot, and says when the copy is complete so cold starts
-//! restore from then on. A lazy page server that fetches pages from the
-//! bucket on demand replaces the body of this function, not its callers.
+//! snapshot. It restores it lazily (docs/cluster.md, "Lazy restore"):
 //!
-//! A failed download is logged and counted, and the version keeps booting;
-//! the follower asks again on its next pass. Store errors never mark a
-//! snapshot for rebuild: only a failed restore of a local snapshot does.
+//! ```text
+//! open       GET snapshots/<name>, GET workingsets/<name> (remote_store::open_lazy)
+//!            -> the restorer restores copies of it lazily (SnapshotRestorer::set_lazy):
+//!               uffd mode, each copy its own image and page server over the
+//!               one shared LazySource (its fetched pages go into the local store)
+//!            -> cold starts restore (ForRestore::Lazy), no spares meanwhile
+//! a copy resumed         thaw_remote_lazy_restores_total{result="ok"}; the first
+//!                        starts the completion (one per snapshot)
+//! complete   LazySource::complete: what the local store lacks, root, manifest,
+//!            working set -> clear_lazy; cold starts restore locally in the
+//!            configured mode (ForRestore::Local)
+//! a fetch fails before a copy resumed   {result="boot"}: that cold start boots;
+//!            the snapshot is dropped from lazy restores and the version boots
+//!            (ForRestore::Fetching) until the follower asks again with the
+//!            store up
+//! a fetch fails after    {result="killed"}: the page server kills the copy (the
+//!            invocation answers 502 function_crashed), never zeros
+//! ```
+//!
+//! A process tree (which the lazy path does not restore), or a node
+//! without a restorer, downloads the whole snapshot instead
+//! (`remote_store::pull_snapshot`) while cold starts boot.
+//!
+//! Failures are logged and counted, and mark the store down in `/healthz`.
+//! Store errors never mark a snapshot for rebuild: only a failed restore of
+//! a local snapshot does.
 
 use std::sync::Arc;
 
-use super::Cluster;
+use pool::restore::page_source::{LazyEvent, LazyOrigin, PageSource};
+use remote_store::LazySource;
 
-/// What a cold start of a snapshot can do now.
+use super::Cluster;
+use crate::metrics::ResultLabels;
+
+/// What cold starts of a snapshot can do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForRestore {
-    /// Complete in the local store: restore it.
+    /// Complete in the local store: restore it in the configured mode.
     Local,
-    /// Being fetched: boot meanwhile; `on_ready` runs once it is local.
+    /// Not local, restored lazily from the shared store (uffd mode).
+    Lazy,
+    /// Being fetched, or the store failed: boot meanwhile.
     Fetching,
 }
 
-/// One download at a time into the local store.
+/// How cold starts restore snapshot `id` lazily: in uffd mode, whatever
+/// the function's memory mode.
+pub fn lazy_source(id: &str) -> pool::instance::SnapshotSource {
+    pool::instance::SnapshotSource {
+        id: id.to_string(),
+        mode: "uffd".to_string(),
+    }
+}
+
+/// Told when what cold starts of a snapshot can do changes.
+type OnChange = Arc<dyn Fn(ForRestore) + Send + Sync>;
+
+/// One download or completion at a time into the local store.
 static PULLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Cluster {
@@ -36,11 +73,14 @@ impl Cluster {
 
     /// Whether snapshot `id` (a version's, as its record names it) can be
     /// restored here now; if not, starts getting it (once, however often it
-    /// is asked) and calls `on_ready` when it can.
+    /// is asked) and calls `on_change` each time that changes: with
+    /// [`ForRestore::Lazy`] once copies can restore lazily, with
+    /// [`ForRestore::Local`] once it is complete locally, with
+    /// [`ForRestore::Fetching`] when the store failed (ask again later).
     pub fn snapshot_for_restore(
         self: &Arc<Self>,
         id: &str,
-        on_ready: impl FnOnce() + Send + 'static,
+        on_change: impl Fn(ForRestore) + Send + Sync + 'static,
     ) -> ForRestore {
         if self.is_local(id) {
             return ForRestore::Local;
@@ -50,53 +90,286 @@ impl Cluster {
         }
         let this = self.clone();
         let id = id.to_string();
+        let on_change: OnChange = Arc::new(on_change);
         tokio::spawn(async move {
-            let result = {
-                let _one = PULLS.lock().await;
-                let local =
-                    crate::remote::local_snapshot(this.store.clone(), &this.snapshots_dir, &id);
-                remote_store::pull_snapshot(&this.remote, &id, &local).await
-            };
-            this.fetching.lock().unwrap().remove(&id);
-            let ok = result.is_ok();
-            if let Some(m) = this.metrics() {
-                m.remote_fetches
-                    .get_or_create(&crate::metrics::ResultLabels {
-                        result: if ok { "ok" } else { "error" }.into(),
-                    })
-                    .inc();
-            }
-            match result {
-                Ok(r) => {
-                    this.health.ok();
-                    // The cache's check runs (cache.rs); this one is newest.
-                    this.cache.fetched(&id);
-                    tracing::info!(
-                        snapshot = %id,
-                        pages = r.pages,
-                        pages_fetched = r.pages_fetched,
-                        bytes_fetched = r.bytes_fetched,
-                        ranges = r.ranges,
-                        "snapshot fetched from the shared store; cold starts restore it"
-                    );
-                    on_ready();
-                }
-                Err(e) => {
-                    if matches!(
-                        e,
-                        remote_store::PullError::Object(remote_store::ObjectError::Request { .. })
-                    ) {
-                        this.health.failed(&format!("{e:#}"));
-                    }
-                    tracing::warn!(
-                        snapshot = %id,
-                        error = %format!("{e:#}"),
-                        "fetching the snapshot failed; cold starts boot until it is local"
-                    );
-                }
-            }
+            this.open_lazily(&id, on_change).await;
             this.export();
         });
         ForRestore::Fetching
+    }
+
+    /// Snapshots restored lazily now.
+    pub fn lazy_snapshots(&self) -> usize {
+        self.lazy.lock().unwrap().len()
+    }
+
+    /// How cold starts restore snapshot `id` while it is restored lazily
+    /// (`None`: it is not).
+    pub fn lazy_source(&self, id: &str) -> Option<pool::instance::SnapshotSource> {
+        self.lazy
+            .lock()
+            .unwrap()
+            .contains(id)
+            .then(|| lazy_source(id))
+    }
+
+    /// Stops restoring lazily the snapshots not in `wanted` (their
+    /// versions are gone): their sources are dropped with the last copy.
+    pub fn keep_lazy(&self, wanted: &std::collections::HashSet<String>) {
+        let gone: Vec<String> = self
+            .lazy
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|id| !wanted.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.unlazy(&id);
+            self.fetching.lock().unwrap().remove(&id);
+        }
+    }
+
+    fn unlazy(&self, id: &str) {
+        if let Some(r) = self.restorer.get() {
+            r.clear_lazy(id);
+        }
+        let n = {
+            let mut lazy = self.lazy.lock().unwrap();
+            lazy.remove(id);
+            lazy.len()
+        };
+        if let Some(m) = self.metrics() {
+            m.remote_lazy_snapshots.set(n as i64);
+        }
+    }
+
+    async fn open_lazily(self: &Arc<Self>, id: &str, on_change: OnChange) {
+        let Some(restorer) = self.restorer.get().cloned() else {
+            return self.pull(id, on_change).await;
+        };
+        let opened =
+            remote_store::open_lazy(self.remote.clone(), id, id, Some(self.store.clone())).await;
+        let lazy = match opened {
+            Ok(lazy) => lazy,
+            Err(e) => {
+                if matches!(
+                    e,
+                    remote_store::LazyError::Pull(remote_store::PullError::Object(
+                        remote_store::ObjectError::Request { .. }
+                    ))
+                ) {
+                    self.health.failed(&format!("{e:#}"));
+                }
+                self.count_fetch(false);
+                tracing::warn!(
+                    snapshot = %id,
+                    error = %format!("{:#}", anyhow::Error::from(e)),
+                    "reading the snapshot from the shared store failed; cold starts boot until it is read"
+                );
+                self.fetching.lock().unwrap().remove(id);
+                return;
+            }
+        };
+        self.health.ok();
+        if !lazy.snapshot.children.is_empty() {
+            // The lazy path restores single processes.
+            return self.pull(id, on_change).await;
+        }
+        let report = lazy.source.report();
+        let source = lazy.source.clone();
+        let events = {
+            let cluster = Arc::downgrade(self);
+            let handle = tokio::runtime::Handle::current();
+            let id = id.to_string();
+            let on_change = on_change.clone();
+            Arc::new(move |event: LazyEvent| {
+                if let Some(cluster) = cluster.upgrade() {
+                    cluster.lazy_event(&handle, &id, &source, &on_change, event);
+                }
+            })
+        };
+        let origin = LazyOrigin {
+            snapshot: Arc::new(lazy.snapshot),
+            working_set: lazy.working_set,
+            source: lazy.source.clone() as Arc<dyn PageSource>,
+            events,
+        };
+        if let Err(e) = restorer.set_lazy(origin) {
+            tracing::warn!(snapshot = %id, error = %e, "cannot restore lazily; fetching it whole");
+            return self.pull(id, on_change).await;
+        }
+        let n = {
+            let mut lazy = self.lazy.lock().unwrap();
+            lazy.insert(id.to_string());
+            lazy.len()
+        };
+        if let Some(m) = self.metrics() {
+            m.remote_lazy_snapshots.set(n as i64);
+        }
+        tracing::info!(
+            snapshot = %id,
+            working_set_pages = report.working_set_pages,
+            bytes_metadata = report.bytes_metadata,
+            "cold starts restore the snapshot lazily from the shared store"
+        );
+        on_change(ForRestore::Lazy);
+    }
+
+    /// What a lazy copy of `id` did (called from the restorer's and the
+    /// page servers' threads).
+    fn lazy_event(
+        self: &Arc<Self>,
+        handle: &tokio::runtime::Handle,
+        id: &str,
+        source: &Arc<LazySource>,
+        on_change: &OnChange,
+        event: LazyEvent,
+    ) {
+        let result = match &event {
+            LazyEvent::Resumed => "ok",
+            LazyEvent::FailedBeforeResume(_) => "boot",
+            LazyEvent::Killed(_) => "killed",
+        };
+        if let Some(m) = self.metrics() {
+            m.remote_lazy_restores
+                .get_or_create(&ResultLabels {
+                    result: result.into(),
+                })
+                .inc();
+        }
+        let r = source.report();
+        match event {
+            LazyEvent::Resumed => {
+                tracing::info!(
+                    snapshot = %id,
+                    pages_fetched = r.pages_fetched,
+                    bytes_fetched = r.bytes_fetched,
+                    ranges = r.ranges,
+                    working_set_pages = r.working_set_pages,
+                    "lazy restore: the copy resumed (pages from the shared store)"
+                );
+                if self.completing.lock().unwrap().insert(id.to_string()) {
+                    let (this, id) = (self.clone(), id.to_string());
+                    let (source, on_change) = (source.clone(), on_change.clone());
+                    handle.spawn(async move { this.complete(&id, source, on_change).await });
+                }
+            }
+            LazyEvent::FailedBeforeResume(error) => {
+                self.health.failed(&error);
+                tracing::warn!(
+                    snapshot = %id,
+                    error,
+                    "lazy restore: fetching failed before the copy resumed; the cold start boots, and so do later ones until the store answers"
+                );
+                self.unlazy(id);
+                self.fetching.lock().unwrap().remove(id);
+                on_change(ForRestore::Fetching);
+            }
+            LazyEvent::Killed(error) => {
+                self.health.failed(&error);
+                tracing::error!(
+                    snapshot = %id,
+                    error,
+                    "lazy restore: fetching failed after the copy resumed; the copy is killed"
+                );
+            }
+        }
+        self.export();
+    }
+
+    /// The rest of snapshot `id` into the local store, after a lazy copy
+    /// resumed; then cold starts restore it locally.
+    async fn complete(self: &Arc<Self>, id: &str, source: Arc<LazySource>, on_change: OnChange) {
+        let result = {
+            let _one = PULLS.lock().await;
+            let local = crate::remote::local_snapshot(self.store.clone(), &self.snapshots_dir, id);
+            source.complete(&local).await
+        };
+        self.completing.lock().unwrap().remove(id);
+        // Counted once cold starts restore it locally (tests wait on it).
+        let ok = result.is_ok();
+        match result {
+            Ok(r) => {
+                self.health.ok();
+                // The cache's check runs (cache.rs); this one is newest.
+                self.cache.fetched(id);
+                tracing::info!(
+                    snapshot = %id,
+                    pages = r.pages,
+                    pages_fetched = r.pages_fetched,
+                    bytes_fetched = r.bytes_fetched,
+                    "snapshot complete locally; cold starts restore it in the configured mode"
+                );
+                self.unlazy(id);
+                self.fetching.lock().unwrap().remove(id);
+                on_change(ForRestore::Local);
+            }
+            Err(e) => {
+                if matches!(
+                    e,
+                    remote_store::PullError::Object(remote_store::ObjectError::Request { .. })
+                ) {
+                    self.health.failed(&format!("{e:#}"));
+                }
+                tracing::warn!(
+                    snapshot = %id,
+                    error = %format!("{:#}", anyhow::Error::from(e)),
+                    "completing the snapshot locally failed; cold starts keep restoring it lazily (the next one tries again)"
+                );
+            }
+        }
+        self.count_fetch(ok);
+        self.export();
+    }
+
+    /// Downloads snapshot `id` whole while cold starts boot.
+    async fn pull(self: &Arc<Self>, id: &str, on_change: OnChange) {
+        let result = {
+            let _one = PULLS.lock().await;
+            let local = crate::remote::local_snapshot(self.store.clone(), &self.snapshots_dir, id);
+            remote_store::pull_snapshot(&self.remote, id, &local).await
+        };
+        self.fetching.lock().unwrap().remove(id);
+        self.count_fetch(result.is_ok());
+        match result {
+            Ok(r) => {
+                self.health.ok();
+                // The cache's check runs (cache.rs); this one is newest.
+                self.cache.fetched(id);
+                tracing::info!(
+                    snapshot = %id,
+                    pages = r.pages,
+                    pages_fetched = r.pages_fetched,
+                    bytes_fetched = r.bytes_fetched,
+                    ranges = r.ranges,
+                    "snapshot fetched from the shared store; cold starts restore it"
+                );
+                on_change(ForRestore::Local);
+            }
+            Err(e) => {
+                if matches!(
+                    e,
+                    remote_store::PullError::Object(remote_store::ObjectError::Request { .. })
+                ) {
+                    self.health.failed(&format!("{e:#}"));
+                }
+                tracing::warn!(
+                    snapshot = %id,
+                    error = %format!("{e:#}"),
+                    "fetching the snapshot failed; cold starts boot until it is local"
+                );
+            }
+        }
+    }
+
+    fn count_fetch(&self, ok: bool) {
+        if let Some(m) = self.metrics() {
+            m.remote_fetches
+                .get_or_create(&ResultLabels {
+                    result: if ok { "ok" } else { "error" }.into(),
+                })
+                .inc();
+        }
     }
 }

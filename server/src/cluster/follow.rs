@@ -11,8 +11,8 @@
 //! - a new version gets its code from the bucket (`code/`, the tar the
 //!   writer published before the catalog) and its record;
 //! - a changed record (state, error, snapshot, rebuild) replaces the local
-//!   one; a version's snapshot that is not local is fetched
-//!   ([`Cluster::snapshot_for_restore`]) while cold starts boot.
+//!   one; a version's snapshot that is not local is restored lazily from
+//!   the store, then completed locally ([`Cluster::snapshot_for_restore`]).
 //!
 //! A version whose code is not in the bucket yet stops the pass for its
 //! function; the generation counts as applied only once everything was, so
@@ -268,8 +268,9 @@ async fn apply_function(
                     let mut new = service.version_of(name, v.clone());
                     if let Some(s) = &v.snapshot {
                         if !cluster.is_local(&s.id) {
-                            // Boots until fetch_missing has it local.
-                            new.start.snapshot = None;
+                            // Restored lazily if it is already, else boots
+                            // until fetch_missing has it.
+                            new.start.snapshot = cluster.lazy_source(&s.id);
                         }
                     }
                     changed.push(new.key.clone());
@@ -368,30 +369,44 @@ fn forget_missing_snapshots(cluster: &Arc<Cluster>, service: &Service) {
 /// Asks for the snapshot of every version that has one that is not local
 /// yet; when one is, cold starts of its version restore it.
 fn fetch_missing(cluster: &Arc<Cluster>, service: &Service) {
-    let missing: Vec<(pool::FunctionKey, String)> = service
-        .functions
-        .read()
-        .unwrap()
-        .values()
-        .flatten()
-        .filter(|v| v.start.snapshot.is_none())
-        .filter_map(|v| Some((v.key.clone(), v.record.snapshot.as_ref()?.id.clone())))
-        // Evicted (cluster/cache.rs): fetched when a cold start asks.
-        .filter(|(_, id)| !cluster.cache.is_evicted(id))
-        .collect();
+    let (missing, wanted): (
+        Vec<(pool::FunctionKey, String)>,
+        std::collections::HashSet<String>,
+    ) = {
+        let map = service.functions.read().unwrap();
+        let versions = map.values().flatten();
+        let wanted = versions
+            .clone()
+            .filter_map(|v| Some(v.record.snapshot.as_ref()?.id.clone()))
+            .collect();
+        let missing = versions
+            .filter(|v| v.start.snapshot.is_none())
+            .filter_map(|v| Some((v.key.clone(), v.record.snapshot.as_ref()?.id.clone())))
+            // Evicted (cluster/cache.rs): fetched when a cold start asks.
+            .filter(|(_, id)| !cluster.cache.is_evicted(id))
+            .collect();
+        (missing, wanted)
+    };
+    cluster.keep_lazy(&wanted);
     for (key, id) in missing {
         let svc = service.clone();
         let snapshot = id.clone();
-        let ready = move || restorable(&svc, &key, &snapshot);
+        let ready = move |how| restorable(&svc, &key, &snapshot, how);
         if cluster.snapshot_for_restore(&id, ready.clone()) == ForRestore::Local {
-            ready();
+            ready(ForRestore::Local);
         }
     }
 }
 
-/// Lets cold starts of `key` restore `snapshot`, if it is still the
-/// version's.
-pub(crate) fn restorable(service: &Service, key: &pool::FunctionKey, snapshot: &str) {
+/// Lets cold starts of `key` restore `snapshot` as `how` says (lazily in
+/// uffd mode, locally in the configured mode, or not: boot), if it is
+/// still the version's.
+pub(crate) fn restorable(
+    service: &Service,
+    key: &pool::FunctionKey,
+    snapshot: &str,
+    how: ForRestore,
+) {
     let mut map = service.functions.write().unwrap();
     let Some(v) = map
         .get_mut(&key.name)
@@ -402,12 +417,18 @@ pub(crate) fn restorable(service: &Service, key: &pool::FunctionKey, snapshot: &
     if v.record.snapshot.as_ref().map(|s| s.id.as_str()) != Some(snapshot) {
         return;
     }
-    v.start.snapshot = service
-        .version_of(&key.name, v.record.clone())
-        .start
-        .snapshot;
+    v.start.snapshot = match how {
+        ForRestore::Local => {
+            service
+                .version_of(&key.name, v.record.clone())
+                .start
+                .snapshot
+        }
+        ForRestore::Lazy => Some(super::fetch::lazy_source(snapshot)),
+        ForRestore::Fetching => None,
+    };
     service.keep(v);
-    tracing::info!(function = %key.name, version = key.version, snapshot, "cold starts restore");
+    tracing::info!(function = %key.name, version = key.version, snapshot, how = ?how, "cold starts restore");
 }
 
 #[cfg(test)]

@@ -130,6 +130,12 @@ pub struct Cluster {
     /// The writer as last published (a reader's view; a writer's own).
     writer: Mutex<Option<WriterObject>>,
     fetching: Mutex<std::collections::HashSet<String>>,
+    /// Snapshots restored lazily now (fetch.rs).
+    lazy: Mutex<std::collections::HashSet<String>>,
+    /// Snapshots being completed locally after a lazy restore.
+    completing: Mutex<std::collections::HashSet<String>>,
+    /// The pool's restorer (lazy restores go through it).
+    restorer: OnceLock<pool::instance::Restorer>,
     metrics: OnceLock<Arc<Metrics>>,
     http: reqwest::Client,
     /// `THAW_TOKEN`: sent with a forwarded request that came without one.
@@ -164,6 +170,9 @@ impl Cluster {
             health: StoreHealth::default(),
             writer: Mutex::new(None),
             fetching: Default::default(),
+            lazy: Default::default(),
+            completing: Default::default(),
+            restorer: OnceLock::new(),
             metrics: OnceLock::new(),
             http: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(3))
@@ -214,6 +223,9 @@ impl Cluster {
     /// Starts the writer's publisher or the reader's follower.
     pub fn start(self: &Arc<Self>, service: crate::service::Service, listen_url: String) {
         let _ = self.metrics.set(service.metrics.clone());
+        if let Some(r) = service.pool.restorer() {
+            let _ = self.restorer.set(r.clone());
+        }
         self.export();
         if self.is_writer() {
             let url = match self.options.advertise_url.clone() {
