@@ -15,79 +15,17 @@
 //!
 //! Needs root (sandboxes) and the garage binary (`./dev.sh s3`).
 
+mod cluster_support;
 mod common;
 #[path = "../../test-support/garage.rs"]
 mod garage;
 
 use std::time::{Duration, Instant};
 
+use cluster_support::{metric, store, verify, wait_for, SERIAL};
 use common::{function, Server};
-use garage::{Garage, BUCKET};
-use remote_store::{Kind, RemoteStore, StoreKey};
-
-/// The tests set the process's AWS_* variables (the servers inherit them)
-/// for their own Garage: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Store {
-    _garage: Garage,
-    key: StoreKey,
-    key_file: String,
-    url: String,
-}
-
-fn store(prefix: &str) -> Result<Store, String> {
-    let garage = Garage::start()?;
-    let key = StoreKey::generate();
-    let key_file = garage.dir().join("store.key");
-    std::fs::write(&key_file, key.to_hex()).unwrap();
-    for (k, v) in garage.env() {
-        std::env::set_var(k, v);
-    }
-    std::env::remove_var("THAW_STORE_KEY");
-    Ok(Store {
-        key,
-        key_file: key_file.display().to_string(),
-        url: format!("s3://{BUCKET}/{prefix}"),
-        _garage: garage,
-    })
-}
-
-impl Store {
-    fn server(&self, extra: &[&str]) -> Server {
-        let mut args = vec![
-            "--store-url",
-            &self.url,
-            "--store-key-file",
-            &self.key_file,
-            "--allow-forced-cold",
-        ];
-        args.extend_from_slice(extra);
-        Server::start(&args)
-    }
-
-    fn remote(&self) -> RemoteStore {
-        RemoteStore::from_env(self.url.parse().unwrap(), &self.key).unwrap()
-    }
-
-    /// `thaw store ARGS` against this store: exit status and JSON (or text).
-    fn thaw_store(&self, args: &[&str]) -> (bool, String) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
-            .arg("store")
-            .args(args)
-            .args(["--store-url", &self.url, "--store-key-file", &self.key_file])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    }
-}
+use garage::BUCKET;
+use remote_store::{Kind, RemoteStore};
 
 /// A function whose answer tells when its process started: a restore
 /// answers the snapshot's `born`.
@@ -97,14 +35,6 @@ fn born(name: &str) -> serde_json::Value {
         "import time\nBORN = time.time_ns()\ndef handler(event, context):\n    return {'born': BORN}\n",
         serde_json::json!({}),
     )
-}
-
-async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let t0 = Instant::now();
-    while !check().await {
-        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Whether the object of `kind` for `address` is in the bucket.
@@ -304,17 +234,6 @@ fn big(name: &str) -> serde_json::Value {
     )
 }
 
-async fn metric(server: &Server, name: &str) -> f64 {
-    server
-        .get("/metrics")
-        .await
-        .text()
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn forced_restore(server: &Server, name: &str) -> common::Answer {
     server
         .invoke_raw(name, b"{}".to_vec(), &[("x-thaw-cold", "restore")])
@@ -323,21 +242,6 @@ async fn forced_restore(server: &Server, name: &str) -> common::Answer {
 
 fn store_bytes(server: &Server) -> u64 {
     server::cluster::cache::disk_bytes(&server.data.join("store"))
-}
-
-fn verify(data: &std::path::Path) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
-        .args(["store", "verify", "--data-dir"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "thaw store verify {}: {}{}",
-        data.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@
 //!
 //! Needs root (sandboxes) and the garage binary (`./dev.sh s3`).
 
+mod cluster_support;
 mod common;
 #[path = "../../test-support/garage.rs"]
 mod garage;
@@ -28,71 +29,10 @@ mod garage;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cluster_support::{metric, store, store_on, verify, wait_for, Store, SERIAL};
 use common::{function, Answer, Server};
-use garage::{Garage, BUCKET};
-use remote_store::{Kind, RemoteStore, StoreKey};
-
-/// The tests set the process's AWS_* variables (the servers inherit them)
-/// for their own Garage: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Store {
-    garage: Garage,
-    key: StoreKey,
-    key_file: String,
-    url: String,
-}
-
-fn store(prefix: &str) -> Result<Store, String> {
-    store_on(prefix, "127.0.0.1")
-}
-
-/// [`store`] with Garage's S3 API on address `host`.
-fn store_on(prefix: &str, host: &str) -> Result<Store, String> {
-    let garage = Garage::start_on(host)?;
-    let key = StoreKey::generate();
-    let key_file = garage.dir().join("store.key");
-    std::fs::write(&key_file, key.to_hex()).unwrap();
-    for (k, v) in garage.env() {
-        std::env::set_var(k, v);
-    }
-    std::env::remove_var("THAW_STORE_KEY");
-    Ok(Store {
-        key,
-        key_file: key_file.display().to_string(),
-        url: format!("s3://{BUCKET}/{prefix}"),
-        garage,
-    })
-}
-
-impl Store {
-    fn writer(&self) -> Server {
-        Server::start(&[
-            "--store-writer",
-            "--store-url",
-            &self.url,
-            "--store-key-file",
-            &self.key_file,
-            "--allow-forced-cold",
-        ])
-    }
-
-    fn reader(&self) -> Server {
-        Server::start(&[
-            // Whatever THAW_STORE_WRITER the environment holds.
-            "--store-writer=false",
-            "--store-url",
-            &self.url,
-            "--store-key-file",
-            &self.key_file,
-            "--allow-forced-cold",
-        ])
-    }
-
-    fn remote(&self) -> RemoteStore {
-        RemoteStore::from_env(self.url.parse().unwrap(), &self.key).unwrap()
-    }
-}
+use garage::BUCKET;
+use remote_store::Kind;
 
 /// A function whose answer tells its version and when its process started:
 /// a restore answers the snapshot's `born`, a boot a new one.
@@ -104,26 +44,6 @@ fn born(name: &str, version: u32) -> serde_json::Value {
         ),
         serde_json::json!({}),
     )
-}
-
-/// The sum of the values of the metric lines that start with `prefix`.
-async fn metric(server: &Server, prefix: &str) -> f64 {
-    server
-        .get("/metrics")
-        .await
-        .text()
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let t0 = Instant::now();
-    while !check().await {
-        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn restore(server: &Server, name: &str) -> Answer {
@@ -179,21 +99,6 @@ async fn boots(server: &Server, name: &str) -> Vec<String> {
         })
         .map(str::to_string)
         .collect()
-}
-
-fn verify(data: &Path) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
-        .args(["store", "verify", "--data-dir"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "thaw store verify {}: {}{}",
-        data.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

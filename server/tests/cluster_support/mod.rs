@@ -1,0 +1,136 @@
+//! What the tests of nodes sharing a store have in common: a private Garage
+//! with a bucket and a store key, `thaw serve` processes on it, the bucket
+//! as a `RemoteStore`, `thaw store` commands, metrics and waits.
+//!
+//! A test crate that uses it declares `mod common;`, `mod garage;` (test-
+//! support/garage.rs) and `mod cluster_support;` at its root.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use remote_store::{RemoteStore, StoreKey};
+
+use crate::common::Server;
+use crate::garage::{Garage, BUCKET};
+
+/// The tests set the process's AWS_* variables (the servers inherit them)
+/// for their own Garage: one at a time.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A private Garage, its bucket under a prefix, and the store key in a file.
+pub struct Store {
+    pub garage: Garage,
+    pub key: StoreKey,
+    pub key_file: String,
+    pub url: String,
+}
+
+/// A store on a Garage listening on loopback.
+pub fn store(prefix: &str) -> Result<Store, String> {
+    store_on(prefix, "127.0.0.1")
+}
+
+/// [`store`] with Garage's S3 API on address `host`.
+pub fn store_on(prefix: &str, host: &str) -> Result<Store, String> {
+    let garage = Garage::start_on(host)?;
+    let key = StoreKey::generate();
+    let key_file = garage.dir().join("store.key");
+    std::fs::write(&key_file, key.to_hex()).unwrap();
+    for (k, v) in garage.env() {
+        std::env::set_var(k, v);
+    }
+    std::env::remove_var("THAW_STORE_KEY");
+    Ok(Store {
+        key,
+        key_file: key_file.display().to_string(),
+        url: format!("s3://{BUCKET}/{prefix}"),
+        garage,
+    })
+}
+
+impl Store {
+    /// `thaw serve` on this store with forced cold starts allowed and
+    /// `extra` arguments.
+    pub fn server(&self, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "--store-url",
+            &self.url,
+            "--store-key-file",
+            &self.key_file,
+            "--allow-forced-cold",
+        ];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
+    /// The writer node.
+    pub fn writer(&self) -> Server {
+        self.server(&["--store-writer"])
+    }
+
+    /// A reader node (whatever THAW_STORE_WRITER the environment holds).
+    pub fn reader(&self) -> Server {
+        self.server(&["--store-writer=false"])
+    }
+
+    /// The bucket, read with this store's key.
+    pub fn remote(&self) -> RemoteStore {
+        RemoteStore::from_env(self.url.parse().unwrap(), &self.key).unwrap()
+    }
+
+    /// `thaw store ARGS` against this store: exit status and output.
+    pub fn thaw_store(&self, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+            .arg("store")
+            .args(args)
+            .args(["--store-url", &self.url, "--store-key-file", &self.key_file])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+/// The sum of the values of the metric lines that start with `prefix`.
+pub async fn metric(server: &Server, prefix: &str) -> f64 {
+    server
+        .get("/metrics")
+        .await
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `check` until it holds; fails the test after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let t0 = Instant::now();
+    while !check().await {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `thaw store verify` of a node's data directory passes.
+pub fn verify(data: &Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args(["store", "verify", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "thaw store verify {}: {}{}",
+        data.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
