@@ -6,64 +6,16 @@
 //! long grace deletes nothing. The same against a real Garage and servers is
 //! in server/tests/cache_gc.rs. Needs root (ptrace) and python3.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+mod support;
+
+use support::{capture, local, skip};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStore;
-use remote_store::{
-    pull_snapshot, push_snapshot, GcOptions, Kind, Live, LocalSnapshot, RemoteStore, StoreKey,
-};
-use snapshotter::snapshot::{snapshot_to_dir, DIR_SNAPSHOT_ID};
+use remote_store::{pull_snapshot, push_snapshot, GcOptions, Kind, Live, RemoteStore, StoreKey};
 use snapshotter::store::PageStore;
-
-fn skip(reason: &str) {
-    if std::env::var_os("THAW_TEST_STRICT").is_some() {
-        panic!("THAW_TEST_STRICT is set and a prerequisite is missing: {reason}");
-    }
-    eprintln!("skipped: {reason}");
-}
-
-fn local(dir: &std::path::Path) -> LocalSnapshot {
-    std::fs::create_dir_all(dir.join("store")).unwrap();
-    LocalSnapshot {
-        store: Arc::new(PageStore::open(dir.join("store")).unwrap()),
-        snapshots_dir: dir.to_path_buf(),
-        id: DIR_SNAPSHOT_ID.to_string(),
-        working_set: dir.join("snapshot.workingset"),
-    }
-}
-
-/// Captures a python3 holding 2 MiB of its own random bytes into `dir`.
-fn capture(dir: &std::path::Path) {
-    let mut command = Command::new("/usr/bin/python3");
-    command
-        .args([
-            "-c",
-            "import os,sys; d=os.urandom(2<<20); print('ready', flush=True); sys.stdin.read(1)",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    // SAFETY: only close_range (async-signal-safe) runs between fork and
-    // exec; the harness's descriptors would make the capture refuse.
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
-    snapshot_to_dir(child.id() as i32, dir).unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
 
 async fn count(remote: &RemoteStore, kind: Kind) -> usize {
     remote.list(kind).await.unwrap().len()
@@ -79,8 +31,8 @@ async fn gc_deletes_what_no_live_snapshot_needs_and_keeps_the_rest() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    capture(&a);
-    capture(&b);
+    capture(&a, 2);
+    capture(&b, 2);
     std::fs::write(a.join("snapshot.workingset"), b"a's working set").unwrap();
 
     let bucket = Arc::new(object_store::memory::InMemory::new());

@@ -4,31 +4,15 @@
 //! against a real Garage, with restores, are in server/tests/remote_store.rs.
 //! Needs root (ptrace) and python3.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+mod support;
+
+use support::{capture, local, skip};
+
 use std::sync::Arc;
 
-use remote_store::{pull_snapshot, push_snapshot, LocalSnapshot, RemoteStore, StoreKey};
-use snapshotter::snapshot::{load_snapshot, snapshot_to_dir, DIR_SNAPSHOT_ID};
+use remote_store::{pull_snapshot, push_snapshot, RemoteStore, StoreKey};
+use snapshotter::snapshot::{load_snapshot, DIR_SNAPSHOT_ID};
 use snapshotter::store::PageStore;
-
-fn skip(reason: &str) {
-    if std::env::var_os("THAW_TEST_STRICT").is_some() {
-        panic!("THAW_TEST_STRICT is set and a prerequisite is missing: {reason}");
-    }
-    eprintln!("skipped: {reason}");
-}
-
-fn local(dir: &std::path::Path) -> LocalSnapshot {
-    std::fs::create_dir_all(dir.join("store")).unwrap();
-    LocalSnapshot {
-        store: Arc::new(PageStore::open(dir.join("store")).unwrap()),
-        snapshots_dir: dir.to_path_buf(),
-        id: DIR_SNAPSHOT_ID.to_string(),
-        working_set: dir.join("snapshot.workingset"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_sends_only_what_is_missing_and_pull_rebuilds_the_same_snapshot() {
@@ -38,33 +22,9 @@ async fn push_sends_only_what_is_missing_and_pull_rebuilds_the_same_snapshot() {
     if !std::path::Path::new("/usr/bin/python3").exists() {
         return skip("/usr/bin/python3 is missing");
     }
-    let mut command = Command::new("/usr/bin/python3");
-    command
-        .args([
-            "-c",
-            "import os,sys; d=os.urandom(3<<20); print('ready', flush=True); sys.stdin.read(1)",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    // SAFETY: only close_range (async-signal-safe) runs between fork and
-    // exec; the harness's descriptors would make the capture refuse.
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    snapshot_to_dir(child.id() as i32, &a).unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    capture(&a, 3);
     std::fs::write(a.join("snapshot.workingset"), b"not really a working set").unwrap();
 
     let bucket = Arc::new(object_store::memory::InMemory::new());
