@@ -153,13 +153,8 @@ impl Cluster {
         let lazy = match opened {
             Ok(lazy) => lazy,
             Err(e) => {
-                if matches!(
-                    e,
-                    remote_store::LazyError::Pull(remote_store::PullError::Object(
-                        remote_store::ObjectError::Request { .. }
-                    ))
-                ) {
-                    self.health.failed(&format!("{e:#}"));
+                if let remote_store::LazyError::Pull(p) = &e {
+                    self.store_down_if_unreachable(p);
                 }
                 self.count_fetch(false);
                 tracing::warn!(
@@ -306,12 +301,7 @@ impl Cluster {
                 on_change(ForRestore::Local);
             }
             Err(e) => {
-                if matches!(
-                    e,
-                    remote_store::PullError::Object(remote_store::ObjectError::Request { .. })
-                ) {
-                    self.health.failed(&format!("{e:#}"));
-                }
+                self.store_down_if_unreachable(&e);
                 tracing::warn!(
                     snapshot = %id,
                     error = %format!("{:#}", anyhow::Error::from(e)),
@@ -321,6 +311,17 @@ impl Cluster {
         }
         self.count_fetch(ok);
         self.export();
+    }
+
+    /// A pull that failed because the store did not answer (not because an
+    /// object was damaged or missing) marks the store down in `/healthz`.
+    fn store_down_if_unreachable(&self, e: &remote_store::PullError) {
+        if matches!(
+            e,
+            remote_store::PullError::Object(remote_store::ObjectError::Request { .. })
+        ) {
+            self.health.failed(&format!("{e:#}"));
+        }
     }
 
     /// Downloads snapshot `id` whole while cold starts boot.
@@ -348,12 +349,7 @@ impl Cluster {
                 on_change(ForRestore::Local);
             }
             Err(e) => {
-                if matches!(
-                    e,
-                    remote_store::PullError::Object(remote_store::ObjectError::Request { .. })
-                ) {
-                    self.health.failed(&format!("{e:#}"));
-                }
+                self.store_down_if_unreachable(&e);
                 tracing::warn!(
                     snapshot = %id,
                     error = %format!("{e:#}"),
