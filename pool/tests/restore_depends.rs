@@ -9,11 +9,9 @@
 mod restore_support;
 
 use std::fs::File;
-use std::io::BufReader;
-use std::os::fd::AsFd;
 use std::path::Path;
 
-use pool::restore::{restore, Credentials, Mode, RestoreError, RestoreOptions};
+use pool::restore::{Credentials, Mode, RestoreError};
 use restore_support::{can_restore, compile, start, Copy};
 use snapshotter::capture::depends::cpu_features;
 use snapshotter::snapshot::{manifest_path, open_snapshot_dir, snapshot_to_dir, DIR_SNAPSHOT_ID};
@@ -51,32 +49,7 @@ int main(int argc, char **argv) {
 /// Restores the snapshot directory `dir` with pipes on fds 0 and 1, or
 /// says why not.
 fn try_restore(dir: &Path, mode: Mode) -> Result<Copy, RestoreError> {
-    let (snapshot, store) = open_snapshot_dir(dir).unwrap();
-    let (in_read, in_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-    let (out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-    let stderr = std::io::stderr();
-    let mut fds = vec![(0, in_read.as_fd()), (1, out_write.as_fd())];
-    if snapshot.state.fds.iter().any(|f| f.fd == 2) {
-        fds.push((2, stderr.as_fd()));
-    }
-    let child = restore(
-        &snapshot,
-        &store,
-        &RestoreOptions {
-            mode,
-            fds,
-            cgroups: vec![],
-            prefetch: vec![],
-            prefetch_in_background: false,
-            uffd_keeper: None,
-            credentials: Credentials::Snapshot,
-        },
-    )?;
-    Ok(Copy {
-        child,
-        stdin: File::from(in_write),
-        stdout: BufReader::new(File::from(out_read)),
-    })
+    restore_support::try_restore_as(dir, mode, vec![], vec![], false, Credentials::Snapshot)
 }
 
 /// Captures the program (under `wrap`, a command that execs it, if any)

@@ -208,6 +208,18 @@ pub fn restore_as(
     background: bool,
     credentials: pool::restore::Credentials,
 ) -> Copy {
+    try_restore_as(dir, mode, cgroups, prefetch, background, credentials).unwrap()
+}
+
+/// [`restore_as`], or why the restore was refused.
+pub fn try_restore_as(
+    dir: &Path,
+    mode: Mode,
+    cgroups: Vec<PathBuf>,
+    prefetch: Vec<u64>,
+    background: bool,
+    credentials: pool::restore::Credentials,
+) -> Result<Copy, pool::restore::RestoreError> {
     let (snapshot, store) = open_snapshot_dir(dir).unwrap();
     let (in_read, in_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let (out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
@@ -228,13 +240,12 @@ pub fn restore_as(
             uffd_keeper: None,
             credentials,
         },
-    )
-    .unwrap();
+    )?;
     drop(in_read);
     drop(out_write);
-    Copy {
+    Ok(Copy {
         child,
         stdin: File::from(in_write),
         stdout: BufReader::new(File::from(out_read)),
-    }
+    })
 }
