@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::c_programs::{assert_all_ok, compile, prerequisites, thaw};
+use common::c_programs::{assert_all_ok, compile, prerequisites, run_copies, thaw};
 
 /// Starts program `name` (compiled in `dir`) with its stdin and stdout
 /// piped and reads its "ready".
@@ -54,25 +54,7 @@ fn run(name: &str, source: &str) -> Vec<(String, String, i32)> {
             String::from_utf8_lossy(&snapshot.stderr)
         );
     }
-    let mut results = Vec::new();
-    for mode in ["mmap", "uffd"] {
-        let mut copy = thaw()
-            .args(["restore", "--mode", mode])
-            .arg(&snap)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        copy.stdin.as_mut().unwrap().write_all(b"g").unwrap();
-        let mut rest = String::new();
-        copy.stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut rest)
-            .unwrap();
-        let status = copy.wait().unwrap();
-        results.push((mode.to_string(), rest, status.code().unwrap_or(-1)));
-    }
+    let mut results = run_copies(&snap);
     original.stdin.as_mut().unwrap().write_all(b"o").unwrap();
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();

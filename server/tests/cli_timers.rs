@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::c_programs::{assert_all_ok, compile, prerequisites, thaw};
+use common::c_programs::{assert_all_ok, compile, prerequisites, run_copies, thaw};
 
 /// Runs program `name` to its "ready", captures it, kills it, and restores
 /// the snapshot once per memory mode; returns what each copy printed after
@@ -48,26 +48,7 @@ fn snapshot_and_restore_with(
         "{name}: thaw snapshot: {}",
         String::from_utf8_lossy(&snapshot.stderr)
     );
-    let mut results = Vec::new();
-    for mode in ["mmap", "uffd"] {
-        let mut copy = thaw()
-            .args(["restore", "--mode", mode])
-            .arg(&snap)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        copy.stdin.as_mut().unwrap().write_all(b"g").unwrap();
-        let mut rest = String::new();
-        copy.stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut rest)
-            .unwrap();
-        let status = copy.wait().unwrap();
-        results.push((mode.to_string(), rest, status.code().unwrap_or(-1)));
-    }
-    results
+    run_copies(&snap)
 }
 
 /// Interval timers (real, profiling) and POSIX timers notifying a thread,

@@ -2,8 +2,9 @@
 //! the `thaw` binary, compiling a program beside `common.h`, the
 //! prerequisites, and the check that every run printed "ok".
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// `tests/c/common.h`, written beside each program.
 pub const COMMON_H: &str = include_str!("../c/common.h");
@@ -54,4 +55,30 @@ pub fn assert_all_ok(name: &str, results: Vec<(String, String, i32)>) {
         .filter(|(_, printed, code)| printed != "ok\n" || *code != 0)
         .collect();
     assert!(failed.is_empty(), "{name}: {failed:#?}");
+}
+
+/// Restores snapshot folder `snap` once in each memory mode, tells each
+/// copy to go on ("g" on its stdin) and collects what it printed until it
+/// exited and its exit code, as [`assert_all_ok`] takes them.
+pub fn run_copies(snap: &Path) -> Vec<(String, String, i32)> {
+    let mut results = Vec::new();
+    for mode in ["mmap", "uffd"] {
+        let mut copy = thaw()
+            .args(["restore", "--mode", mode])
+            .arg(snap)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        copy.stdin.as_mut().unwrap().write_all(b"g").unwrap();
+        let mut rest = String::new();
+        copy.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut rest)
+            .unwrap();
+        let status = copy.wait().unwrap();
+        results.push((mode.to_string(), rest, status.code().unwrap_or(-1)));
+    }
+    results
 }
