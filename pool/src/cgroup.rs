@@ -278,6 +278,7 @@ impl CgroupRoot {
             version: self.version,
             dirs,
             also_join: self.also_join(),
+            baseline: Default::default(),
         };
         cgroup.apply(limits)?;
         Ok(cgroup)
@@ -325,6 +326,7 @@ impl CgroupRoot {
                 version: self.version,
                 dirs: self.parents.iter().map(|p| p.join(name)).collect(),
                 also_join: Vec::new(),
+                baseline: Default::default(),
             };
             cgroup.destroy()?;
         }
@@ -346,6 +348,7 @@ impl CgroupRoot {
             version: self.version,
             dirs,
             also_join: Vec::new(),
+            baseline: Default::default(),
         }
         .destroy()
     }
@@ -402,6 +405,16 @@ pub struct Cgroup {
     /// Shared cgroups the sandbox joins too (CPU accounting on v1), never
     /// read for its processes nor removed with it.
     also_join: Vec<PathBuf>,
+    /// Counters as they stood when the cgroup last changed hands (a
+    /// recycled sandbox's: see [`Cgroup::rebase`]), shared by every clone.
+    baseline: std::sync::Arc<Baseline>,
+}
+
+/// What a cgroup's counters read when its sandbox was recycled: what the
+/// pool reports of the next copy is counted from there.
+#[derive(Debug, Default)]
+struct Baseline {
+    oom_kills: std::sync::atomic::AtomicU64,
 }
 
 impl Cgroup {
@@ -477,8 +490,35 @@ impl Cgroup {
         fs::read_to_string(file).ok()?.trim().parse().ok()
     }
 
-    /// How many times the kernel's OOM killer killed a process of this cgroup.
+    /// How many times the kernel's OOM killer killed a process of this
+    /// cgroup since it was made or last recycled ([`Cgroup::rebase`]).
     pub fn oom_kills(&self) -> u64 {
+        let base = self
+            .baseline
+            .oom_kills
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.oom_kills_total().saturating_sub(base)
+    }
+
+    /// The sandbox of this cgroup is recycled (its processes are gone, the
+    /// next copy's are to come): its counters count from here. The OOM
+    /// kill count is remembered; the peak memory (v1
+    /// `memory.max_usage_in_bytes`, v2 `memory.peak`) is reset where the
+    /// kernel allows it. CPU is not read per sandbox (the installation's
+    /// counter sums every sandbox: see the module docs).
+    pub fn rebase(&self) {
+        self.baseline
+            .oom_kills
+            .store(self.oom_kills_total(), std::sync::atomic::Ordering::Relaxed);
+        let peak = match self.version {
+            CgroupVersion::V2 => self.dirs[0].join("memory.peak"),
+            CgroupVersion::V1 => self.dirs[0].join("memory.max_usage_in_bytes"),
+        };
+        let _ = fs::write(peak, "0");
+    }
+
+    /// The OOM kill count since the cgroup was made.
+    fn oom_kills_total(&self) -> u64 {
         let (file, key) = match self.version {
             CgroupVersion::V2 => (self.dirs[0].join("memory.events"), "oom_kill"),
             CgroupVersion::V1 => (self.dirs[0].join("memory.oom_control"), "oom_kill"),

@@ -12,6 +12,9 @@ use crate::logs::{LogSink, LogTap};
 use crate::protocol::{read_frame_limited, write_frame, FromRuntime, ProtocolError, ToRuntime};
 use crate::sandbox::{LaunchError, LaunchSpec, Sandbox, SandboxConfig, SandboxExit};
 
+mod recycle;
+pub use recycle::RecycleFailure;
+
 /// Largest answer body accepted from a runtime.
 pub const MAX_ANSWER: usize = 64 << 20;
 
@@ -725,7 +728,6 @@ impl Stub {
             .await
             .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
             .map_err(|e| RestoreFailure::restorer(&snapshot.id, e))?;
-        let mut copy = copy;
         let time_offsets = match crate::sandbox::timens::enabled() {
             true => Some(
                 copy.time_offsets()
@@ -751,6 +753,19 @@ impl Stub {
             other => RestoreFailure::Launch(other),
         })?;
         let instance = Instance::from_sandbox(sandbox, sink, spec.limits.memory_bytes, 2);
+        Self::hold(instance, copy, snapshot, config).await
+    }
+
+    /// A stub sandbox's instance (launched or recycled) becomes a [`Stub`]
+    /// of `copy`: the files the stub opened are checked against the
+    /// snapshot and the stub is held by a pidfd. On failure the sandbox is
+    /// destroyed.
+    async fn hold(
+        instance: Instance,
+        mut copy: crate::restore::sandboxed::PreparedCopy,
+        snapshot: &SnapshotSource,
+        config: &SandboxConfig,
+    ) -> Result<Stub, RestoreFailure> {
         // The files the stub opened inside its sandbox, as the function:
         // checked against the snapshot before the stub can become a copy.
         let pid = instance.sandbox.function_pid();

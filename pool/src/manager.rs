@@ -20,8 +20,10 @@ use crate::instance::{BootError, Instance, Invocation, InvokeError, Outcome, Res
 use crate::logs::LogSink;
 use crate::sandbox::{LaunchSpec, SandboxConfig};
 
+mod recycle;
 mod spares;
 
+pub use recycle::NotRecycled;
 pub use spares::SpareConfig;
 
 /// Keep-alive of versions that were never registered.
@@ -225,6 +227,8 @@ struct State {
     spares: HashMap<FunctionKey, Vec<Stub>>,
     /// Spares being launched, by version.
     spares_launching: HashMap<FunctionKey, usize>,
+    /// Of those, torn-down copies' sandboxes being recycled ([`recycle`]).
+    spares_recycling: HashMap<FunctionKey, usize>,
     /// Versions whose last spare launch failed: failures in a row, and when
     /// to try again.
     spare_backoff: HashMap<FunctionKey, (u32, Instant)>,
@@ -270,6 +274,9 @@ struct Shared {
     restore_failures: std::sync::atomic::AtomicU64,
     spare_hits: std::sync::atomic::AtomicU64,
     spare_misses: std::sync::atomic::AtomicU64,
+    /// Torn-down copies' sandboxes recycled into spares, and those that
+    /// were not, by reason ([`recycle`]).
+    recycle: recycle::Counters,
     /// Wakes the task that launches spares.
     refill: tokio::sync::Notify,
     /// Sandboxes being torn down in the background.
@@ -462,22 +469,40 @@ impl Pool {
                 Err((e, kind)) => return Err(fail(e, Some(kind), t0.elapsed())),
             },
         };
+        // A forced restore's sandbox is expected back as a spare: the
+        // refill does not launch one for it meanwhile ([`recycle`]).
+        let recycle_claimed = cold.is_some()
+            && start == StartKind::Restore
+            && self.claim_recycle_ahead(key, spec, &instance);
         self.mark_busy(key, 1);
         let start_time = t0.elapsed();
         let result = instance.invoke(inv).await;
         self.mark_busy(key, -1);
-        if start == StartKind::Restore {
-            // Replace the spare this restore used (or lacked) now that its
-            // first answer is in: launching one meanwhile would compete with
-            // the restore and the first answer for the CPUs.
-            self.shared.refill.notify_one();
+        let refill = || {
+            if start == StartKind::Restore {
+                // Replace the spare this restore used (or lacked) now that
+                // its first answer is in: launching one meanwhile would
+                // compete with the restore and the first answer for the
+                // CPUs.
+                self.shared.refill.notify_one();
+            }
+        };
+        if result.is_err() {
+            refill();
         }
         match result {
             Ok(outcome) => {
-                if cold.is_some() {
-                    // Torn down after the answer is sent, not before.
+                if cold.is_some() && start == StartKind::Restore {
+                    // Torn down after the answer is sent, not before; its
+                    // sandbox may become the spare the refill would make
+                    // (claimed before the refill is woken).
+                    self.recycle_or_discard_later(key, spec, instance, recycle_claimed);
+                    refill();
+                } else if cold.is_some() {
+                    refill();
                     self.discard_later(instance);
                 } else {
+                    refill();
                     self.release(key, instance).await;
                 }
                 Ok(Served {
@@ -488,6 +513,9 @@ impl Pool {
                 })
             }
             Err(e) => {
+                if recycle_claimed {
+                    self.release_recycle_claim(key);
+                }
                 self.discard(instance).await;
                 Err(fail(e.into(), Some(start), start_time))
             }

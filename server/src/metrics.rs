@@ -90,6 +90,13 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// Labels of a torn-down copy's sandbox that was not recycled.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `off`, `not_wanted` or `failed` (`pool::manager::NotRecycled`).
+    pub reason: String,
+}
+
 /// A counter that follows a running total kept elsewhere.
 #[derive(Debug, Default)]
 struct Follow(std::sync::atomic::AtomicU64);
@@ -145,6 +152,13 @@ pub struct Metrics {
     pub spare_claims: Family<ClaimLabels, Counter>,
     spare_hits_seen: Follow,
     spare_misses_seen: Follow,
+    /// Forced cold starts' sandboxes recycled into spares
+    /// (`thaw_sandbox_recycled_total`).
+    pub sandbox_recycled: Counter,
+    sandbox_recycled_seen: Follow,
+    /// Forced cold starts' restored sandboxes not recycled, by reason.
+    pub sandbox_not_recycled: Family<ReasonLabels, Counter>,
+    sandbox_not_recycled_seen: [Follow; 3],
     /// Restore phases, seconds.
     pub restore_phases: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     /// CPU time of every sandbox, ended ones included, seconds
@@ -274,6 +288,18 @@ impl Metrics {
             "Restores by whether a pre-made stub sandbox was ready (hit) or not (miss)",
             spare_claims.clone(),
         );
+        let sandbox_recycled = Counter::default();
+        registry.register(
+            "sandbox_recycled",
+            "Sandboxes of forced cold starts' copies reset and kept as the next spare of their version instead of being destroyed",
+            sandbox_recycled.clone(),
+        );
+        let sandbox_not_recycled = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "sandbox_not_recycled",
+            "Sandboxes of forced cold starts' copies destroyed instead of recycled, by reason: off (recycling off or an outbound sandbox), not_wanted (the version has its spares), failed (the reset failed)",
+            sandbox_not_recycled.clone(),
+        );
         let restore_phases: Family<PhaseLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
         registry.register(
@@ -402,6 +428,10 @@ impl Metrics {
             spare_claims,
             spare_hits_seen: Follow::default(),
             spare_misses_seen: Follow::default(),
+            sandbox_recycled,
+            sandbox_recycled_seen: Follow::default(),
+            sandbox_not_recycled,
+            sandbox_not_recycled_seen: Default::default(),
             restore_phases,
             restore_failures,
             restore_failures_seen: std::sync::atomic::AtomicU64::new(0),
@@ -452,6 +482,18 @@ impl Metrics {
                 result: result.into(),
             });
             seen.to(&counter, total);
+        }
+    }
+
+    /// Brings the recycling counters up to the pool's totals.
+    pub fn set_recycled(&self, recycled: u64, not: &[(&str, u64)]) {
+        self.sandbox_recycled_seen
+            .to(&self.sandbox_recycled, recycled);
+        for ((reason, total), seen) in not.iter().zip(&self.sandbox_not_recycled_seen) {
+            let counter = self.sandbox_not_recycled.get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            });
+            seen.to(&counter, *total);
         }
     }
 

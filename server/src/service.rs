@@ -1166,6 +1166,13 @@ impl Service {
         self.metrics.spares.set(c.spare as i64);
         self.metrics
             .set_spare_claims(self.pool.spare_hits(), self.pool.spare_misses());
+        self.metrics.set_recycled(
+            self.pool.sandboxes_recycled(),
+            &self
+                .pool
+                .sandboxes_not_recycled()
+                .map(|(why, n)| (why.as_str(), n)),
+        );
         for (state, n) in [
             ("idle", c.idle),
             ("busy", c.busy),

@@ -91,7 +91,7 @@ impl Pool {
         self.shared.spare_misses.load(Ordering::Relaxed)
     }
 
-    fn spares_enabled(&self) -> bool {
+    pub(super) fn spares_enabled(&self) -> bool {
         self.config.spares.per_version > 0
             && self.config.spares.max_total > 0
             && self.config.restorer.is_some()
@@ -99,7 +99,7 @@ impl Pool {
 
     /// Whether cold starts of `spec` restore lazily now (its snapshot is
     /// not local: [`crate::restore::sandboxed::SnapshotRestorer::set_lazy`]).
-    fn restores_lazily(&self, spec: &StartSpec) -> bool {
+    pub(super) fn restores_lazily(&self, spec: &StartSpec) -> bool {
         match (&spec.snapshot, &self.config.restorer) {
             (Some(s), Some(r)) => r.is_lazy(&s.id),
             _ => false,
@@ -273,57 +273,37 @@ impl Pool {
             spec.logs.clone(),
         )
         .await;
-        let unwanted = {
-            let mut st = self.state.lock().unwrap();
-            let st = &mut *st;
-            match result {
-                Ok(stub) => {
-                    st.spare_backoff.remove(&key);
-                    let wanted = !st.closed
-                        && !st.retired.contains(&key)
-                        && st
-                            .specs
-                            .get(&key)
-                            .and_then(|s| s.snapshot.as_ref())
-                            .is_some_and(|s| s.id == stub.snapshot_id());
-                    if wanted {
-                        tracing::debug!(
-                            function = %key.name,
-                            version = key.version,
-                            sandbox = %stub.id(),
-                            launch_us = started.elapsed().as_micros() as u64,
-                            "spare ready"
-                        );
-                        st.live.insert(
-                            stub.id().to_string(),
-                            super::accounting::Live::spare(key.clone(), stub.cgroup().clone()),
-                        );
-                        sample = Some(stub.id().to_string());
-                        st.spares.entry(key.clone()).or_default().push(stub);
+        let unwanted = match result {
+            Ok(stub) => {
+                self.state.lock().unwrap().spare_backoff.remove(&key);
+                match self.keep_spare(&key, stub, started) {
+                    Ok(id) => {
+                        sample = Some(id);
                         None
-                    } else {
-                        Some(stub)
                     }
+                    Err(stub) => Some(stub),
                 }
-                Err(e) => {
-                    let failures = st.spare_backoff.get(&key).map_or(0, |(n, _)| *n) + 1;
-                    let wait = backoff(failures);
-                    st.spare_backoff
-                        .insert(key.clone(), (failures, Instant::now() + wait));
-                    let limit_key = format!("spare:{}", key.name);
-                    if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow(&limit_key) {
-                        tracing::warn!(
-                            function = %key.name,
-                            version = key.version,
-                            error = %e,
-                            failures,
-                            retry_in_ms = wait.as_millis() as u64,
-                            suppressed,
-                            "spare sandbox launch failed"
-                        );
-                    }
-                    None
+            }
+            Err(e) => {
+                let mut st = self.state.lock().unwrap();
+                let st = &mut *st;
+                let failures = st.spare_backoff.get(&key).map_or(0, |(n, _)| *n) + 1;
+                let wait = backoff(failures);
+                st.spare_backoff
+                    .insert(key.clone(), (failures, Instant::now() + wait));
+                let limit_key = format!("spare:{}", key.name);
+                if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow(&limit_key) {
+                    tracing::warn!(
+                        function = %key.name,
+                        version = key.version,
+                        error = %e,
+                        failures,
+                        retry_in_ms = wait.as_millis() as u64,
+                        suppressed,
+                        "spare sandbox launch failed"
+                    );
                 }
+                None
             }
         };
         // Destroyed before the launch counts as done, so that waiting for
@@ -337,7 +317,45 @@ impl Pool {
         }
     }
 
-    fn launch_done(&self, key: &FunctionKey) {
+    /// Keeps `stub` (launched or recycled since `started`) as a spare of
+    /// `key` if it is still wanted (the pool open, the version registered
+    /// with the same snapshot); returns its id, or the stub when unwanted.
+    /// The caller counted it as launching.
+    pub(super) fn keep_spare(
+        &self,
+        key: &FunctionKey,
+        stub: Stub,
+        started: Instant,
+    ) -> Result<String, Stub> {
+        let mut st = self.state.lock().unwrap();
+        let st = &mut *st;
+        let wanted = !st.closed
+            && !st.retired.contains(key)
+            && st
+                .specs
+                .get(key)
+                .and_then(|s| s.snapshot.as_ref())
+                .is_some_and(|s| s.id == stub.snapshot_id());
+        if !wanted {
+            return Err(stub);
+        }
+        tracing::debug!(
+            function = %key.name,
+            version = key.version,
+            sandbox = %stub.id(),
+            launch_us = started.elapsed().as_micros() as u64,
+            "spare ready"
+        );
+        st.live.insert(
+            stub.id().to_string(),
+            super::accounting::Live::spare(key.clone(), stub.cgroup().clone()),
+        );
+        let id = stub.id().to_string();
+        st.spares.entry(key.clone()).or_default().push(stub);
+        Ok(id)
+    }
+
+    pub(super) fn launch_done(&self, key: &FunctionKey) {
         let mut st = self.state.lock().unwrap();
         if let Some(n) = st.spares_launching.get_mut(key) {
             *n -= 1;

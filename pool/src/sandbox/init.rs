@@ -158,6 +158,18 @@ fn outer(spec: &SandboxSpec) -> Result<i32, String> {
             close_quietly(3);
             close_quietly(4);
             close_stub_fds(spec);
+            if spec.recyclable {
+                // The log pipes are the copy's; a recycled sandbox's next
+                // copy gets new ones, and the old ones must reach their end.
+                if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: dup2 onto numbers this process owns.
+                    unsafe {
+                        libc::dup2(null.as_raw_fd(), 1);
+                        libc::dup2(null.as_raw_fd(), 2);
+                    }
+                }
+            }
             Ok(wait_for(child))
         }
     }
@@ -211,6 +223,10 @@ fn run_pid1(spec: &SandboxSpec) -> Result<i32, String> {
             close_stub_fds(spec);
             if spec.stub {
                 kill_copy_before_exit_on_parent_death();
+                if spec.recyclable {
+                    // pid 1 survives the copy ([`super::recycle`]).
+                    return Ok(super::recycle::inside::serve(spec, child));
+                }
                 hold_sent_descriptor(child);
             }
             close_quietly(KEEPER_FD);
@@ -329,7 +345,7 @@ fn hold_sent_descriptor(child: Pid) {
 /// fds 3 and 4 in place, waiting in `pause()` until a restorer takes it over
 /// (ptrace) and turns it into a copy of a snapshot. The restorer drops its
 /// privileges.
-fn run_stub(spec: &SandboxSpec) -> ! {
+pub(super) fn run_stub(spec: &SandboxSpec) -> ! {
     let result = (|| -> Result<(), String> {
         setsid().map_err(ctx("setsid"))?;
         let _ = fs::write("/proc/self/oom_score_adj", "0");
@@ -452,6 +468,11 @@ fn drop_capability_bounding_set() {
         // SAFETY: PR_CAPBSET_DROP takes a capability number and no pointers.
         unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
     }
+}
+
+/// [`wait_for`], for pid 1's other loops.
+pub(super) fn wait_for_child(child: Pid) -> i32 {
+    wait_for(child)
 }
 
 /// Reaps children until `child` exits; returns its exit code, or 128 + the

@@ -189,7 +189,14 @@ pub struct Sandbox {
     /// a later sandbox of the same function (`key`, its code folder) once
     /// this one is destroyed ([`super::netns_pool`]).
     reusable_netns: Option<(PathBuf, OwnedFd)>,
+    /// Whether pid 1 survives the copy and can reset the sandbox for the
+    /// next one ([`super::recycle`]).
+    recyclable: bool,
 }
+
+/// Longest wait for pid 1 to reset a recycled sandbox (killing a copy
+/// stuck in a fault, a fork bomb): the sandbox is destroyed after it.
+const RECYCLE_WAIT: Duration = Duration::from_secs(2);
 
 /// How the zygote fared with one launch.
 enum Zygote {
@@ -406,6 +413,7 @@ impl Sandbox {
             phases_file: std::env::var_os(super::PHASES_DIR_ENV)
                 .map(|dir| PathBuf::from(dir).join(id)),
             time_offsets,
+            recyclable: spec.stub && spec.network == Network::None && super::recycle::enabled(),
         };
         let json = serde_json::to_string(&sandbox_spec).expect("spec serialises");
 
@@ -449,7 +457,8 @@ impl Sandbox {
                     id, root_dir, cgroup, net, child, keeper, status_r, req_w, resp_r, out_r, err_r,
                 )
                 .await
-                .map(|sb| sb.keep_netns(reuse, &spec.code_dir, kept_netns));
+                .map(|sb| sb.keep_netns(reuse, &spec.code_dir, kept_netns))
+                .map(|sb| sb.recyclable(sandbox_spec.recyclable));
             }
             Zygote::Failed(e) => return Err(e),
             Zygote::Unavailable => status_r,
@@ -538,6 +547,12 @@ impl Sandbox {
         )
         .await
         .map(|sb| sb.keep_netns(reuse, &spec.code_dir, kept_netns))
+        .map(|sb| sb.recyclable(sandbox_spec.recyclable))
+    }
+
+    fn recyclable(mut self, recyclable: bool) -> Sandbox {
+        self.recyclable = recyclable;
+        self
     }
 
     /// Keeps a handle on a loopback-only sandbox's network namespace (the
@@ -634,6 +649,7 @@ impl Sandbox {
             keeper,
             phases: LaunchPhases::default(),
             reusable_netns: None,
+            recyclable: false,
         };
         if !message.is_empty() {
             sandbox.kill();
@@ -736,6 +752,97 @@ impl Sandbox {
                 }
             });
         }
+        Ok(())
+    }
+
+    /// Whether the sandbox can be recycled ([`Sandbox::recycle`]).
+    pub fn is_recyclable(&self) -> bool {
+        self.recyclable && self.keeper.is_some()
+    }
+
+    /// Recycles a stub sandbox whose copy is no longer wanted
+    /// ([`super::recycle`]): pid 1 kills every process but itself, resets
+    /// what a copy could have left, and starts a new stub with `extra`
+    /// placed and `open_files` opened, as [`Sandbox::launch_stub`] would;
+    /// then the network namespace is checked and the cgroup rebased. The
+    /// protocol and log pipes are new (the old ones reach their end). On
+    /// error the sandbox must be destroyed.
+    pub async fn recycle(
+        &mut self,
+        extra: &[(std::os::fd::BorrowedFd<'_>, i32)],
+        open_files: &[super::open_files::OpenFile],
+    ) -> Result<(), super::recycle::RecycleError> {
+        use super::recycle::RecycleError;
+        use std::os::fd::AsFd;
+        if !self.is_recyclable() {
+            return Err(RecycleError::NotRecyclable);
+        }
+        let io =
+            |what: &'static str| move |source: std::io::Error| RecycleError::Io { what, source };
+        let keeper = self
+            .keeper
+            .as_ref()
+            .expect("checked above")
+            .try_clone()
+            .map_err(io("keeper socket"))?;
+        let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| io("create pipe")(e.into()));
+        let (req_r, req_w) = pipe()?;
+        let (resp_r, resp_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (status_r, status_w) = pipe()?;
+        let extra: Vec<(OwnedFd, i32)> = extra
+            .iter()
+            .map(|(fd, n)| fd.try_clone_to_owned().map(|fd| (fd, *n)))
+            .collect::<Result<_, _>>()
+            .map_err(io("duplicate a descriptor"))?;
+        let open_files = open_files.to_vec();
+        let netns = match &self.reusable_netns {
+            Some((_, ns)) => ns.try_clone().ok(),
+            None => self
+                .child
+                .id()
+                .and_then(|pid| super::netns_pool::of_process(pid).ok()),
+        };
+        let cgroup = self.cgroup.clone();
+        tokio::task::spawn_blocking(move || {
+            let borrowed: Vec<_> = extra.iter().map(|(fd, n)| (fd.as_fd(), *n)).collect();
+            super::recycle::order(
+                keeper.as_fd(),
+                [
+                    out_w.as_fd(),
+                    err_w.as_fd(),
+                    req_r.as_fd(),
+                    resp_w.as_fd(),
+                    status_w.as_fd(),
+                ],
+                &borrowed,
+                &open_files,
+                RECYCLE_WAIT,
+            )?;
+            // The stub's ends are the stub's alone now.
+            drop((out_w, err_w, req_r, resp_w, status_w, extra));
+            // As at a launch: the stub closes its status fd once it is
+            // set up; bytes on it are a failure.
+            let mut message = String::new();
+            let _ = std::io::Read::read_to_string(&mut fs::File::from(status_r), &mut message);
+            if !message.is_empty() {
+                return Err(RecycleError::Stub(message));
+            }
+            if let Some(ns) = &netns {
+                super::netns_pool::check_clean(ns).map_err(RecycleError::Network)?;
+            }
+            cgroup.rebase();
+            Ok(())
+        })
+        .await
+        .map_err(|e| RecycleError::Refused(format!("recycle task: {e}")))??;
+        let wrap = |what: &'static str| io(what);
+        self.requests = Some(pipe::Sender::from_owned_fd(req_w).map_err(wrap("request pipe"))?);
+        self.responses =
+            Some(pipe::Receiver::from_owned_fd(resp_r).map_err(wrap("response pipe"))?);
+        self.stdout = Some(pipe::Receiver::from_owned_fd(out_r).map_err(wrap("stdout pipe"))?);
+        self.stderr = Some(pipe::Receiver::from_owned_fd(err_r).map_err(wrap("stderr pipe"))?);
         Ok(())
     }
 

@@ -40,6 +40,7 @@ pub mod net;
 pub mod netns_pool;
 pub mod open_files;
 mod process;
+pub mod recycle;
 pub mod seccomp;
 pub mod timens;
 pub mod zygote;
@@ -163,4 +164,8 @@ pub struct SandboxSpec {
     /// ([`timens`]); `None`: the host's clocks.
     #[serde(default)]
     pub time_offsets: Option<snapshotter::state::Clocks>,
+    /// A stub sandbox whose pid 1 survives its copy and, on the server's
+    /// order, resets the sandbox and starts a new stub ([`recycle`]).
+    #[serde(default)]
+    pub recyclable: bool,
 }

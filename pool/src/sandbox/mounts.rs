@@ -134,6 +134,19 @@ pub(super) fn build_root(spec: &SandboxSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// pid 1 of a recycled sandbox ([`super::recycle`]): replaces `/tmp` with
+/// a fresh tmpfs, as [`build_root`] made it (what a copy wrote there goes
+/// with the old one).
+pub(super) fn fresh_tmp(spec: &SandboxSpec) -> Result<(), String> {
+    let tmp = Path::new("/tmp");
+    umount2(tmp, MntFlags::MNT_DETACH).map_err(|e| err("unmount", tmp, e))?;
+    tmpfs(
+        tmp,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        &format!("size={}m,mode=1777", spec.tmp_mb.max(1)),
+    )
+}
+
 /// Binds the allow-list `paths` (see [`super::binds`]) read-only at the
 /// same places under `root`.
 fn bind_host_paths(root: &Path, paths: &[PathBuf]) -> Result<(), String> {
