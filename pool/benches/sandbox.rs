@@ -32,6 +32,14 @@
 //!   sandbox's cgroup, from launch to the end of the teardown; the kernel's
 //!   background work, such as a network namespace's cleanup, is not in it).
 //!   CPU rows print their mean too: the zygote's counter moves in ticks.
+//! * **stub sandbox: launch + teardown** against **recycle** (issue 16:
+//!   a torn-down copy's sandbox made the next spare, see
+//!   `pool::sandbox::recycle`): a restore stub's sandbox launched by the
+//!   zygote and destroyed, against one kept stub sandbox recycled
+//!   (`Sandbox::recycle`: pid 1 kills the stub, resets `/tmp`, the IPC
+//!   namespace and the host name, checks the mount table, forks a new
+//!   stub; the server checks the network namespace and rebases the
+//!   cgroup), each with its wall time and CPU (as above).
 //! * **seccomp policy install**: the CPU time (`CLOCK_THREAD_CPUTIME_ID`)
 //!   of the `seccomp` call that installs the function policy
 //!   (`pool::sandbox::seccomp::install`, made in every function and every
@@ -299,6 +307,17 @@ fn main() {
         names.push(leak(format!("teardown ({mode}, Sandbox::destroy)")));
         names.push(leak(format!("CPU per sandbox ({mode}: launch + teardown)")));
     }
+    names.push("stub sandbox: launch + teardown (wall)");
+    names.push("stub sandbox: CPU per launch + teardown");
+    names.push("stub sandbox: recycle (wall)");
+    names.push("stub sandbox: CPU per recycle");
+    let stub_base = names.len() - 4;
+    let mut stub_spec = spec.clone();
+    stub_spec.stub = true;
+    let mut kept = rt
+        .block_on(Sandbox::launch_stub(&config, &stub_spec, &[], &[]))
+        .expect("launch the stub sandbox to recycle");
+    assert!(kept.is_recyclable(), "THAW_SANDBOX_RECYCLE=0?");
     let mut steps: Vec<Step> = names
         .iter()
         .map(|&name| Step {
@@ -380,7 +399,25 @@ fn main() {
             add(base + 11, t.elapsed());
             add(base + 12, cpu_now(&cgroups).saturating_sub(cpu0));
         }
+        set_mode(Mode::Zygote);
+
+        // A stub sandbox launched and destroyed, against one recycled.
+        let cpu0 = cpu_now(&cgroups);
+        let t = Instant::now();
+        let sandbox = rt
+            .block_on(Sandbox::launch_stub(&config, &stub_spec, &[], &[]))
+            .expect("launch stub");
+        rt.block_on(sandbox.destroy()).expect("destroy stub");
+        add(stub_base, t.elapsed());
+        add(stub_base + 1, cpu_now(&cgroups).saturating_sub(cpu0));
+        let cpu0 = cpu_now(&cgroups);
+        let t = Instant::now();
+        rt.block_on(kept.recycle(&[], &[])).expect("recycle");
+        add(stub_base + 2, t.elapsed());
+        add(stub_base + 3, cpu_now(&cgroups).saturating_sub(cpu0));
     }
+    rt.block_on(kept.destroy())
+        .expect("destroy the recycled sandbox");
     set_mode(Mode::Zygote);
     println!("== sandbox creation and teardown steps (median of {ROUNDS} rounds)");
     print(&steps);

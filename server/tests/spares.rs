@@ -121,15 +121,29 @@ async fn a_cold_start_restores_into_a_spare_and_the_pool_refills() {
         "{m}"
     );
 
-    // The claimed spare is gone (its sandbox became the copy, discarded
-    // after a forced restore), and the pool makes a new one.
+    // The claimed spare's sandbox became the copy. After the forced
+    // restore it is recycled into a spare again (docs/restore.md,
+    // "Recycled sandboxes"), or, with recycling off, destroyed and the pool
+    // makes a new one.
     let v = server.wait_spares("counter", 2).await;
     let now = spare_ids(&v);
-    assert_eq!(
-        now.iter().filter(|id| spares.contains(id)).count(),
-        1,
-        "one old spare kept, one new: {spares:?} -> {now:?}"
-    );
+    if std::env::var_os("THAW_SANDBOX_RECYCLE").is_some_and(|v| v == "0") {
+        assert_eq!(
+            now.iter().filter(|id| spares.contains(id)).count(),
+            1,
+            "one old spare kept, one new: {spares:?} -> {now:?}"
+        );
+    } else {
+        let (mut old, mut new) = (spares.clone(), now.clone());
+        old.sort();
+        new.sort();
+        assert_eq!(
+            old, new,
+            "the claimed spare recycled: {spares:?} -> {now:?}"
+        );
+        let m = metrics(&server).await;
+        assert_eq!(metric(&m, "thaw_sandbox_recycled_total "), Some(1.0), "{m}");
+    }
     assert_eq!(
         metric(&metrics(&server).await, "thaw_spare_sandboxes "),
         Some(2.0)
