@@ -18,6 +18,13 @@
 //!   function is never pid 1. When the function exits, pid 1 exits with the
 //!   same status, and the kernel kills whatever else was left in the
 //!   namespace (a fork bomb dies with it).
+//! * A stub sandbox made recyclable ([`recycle`], loopback-only network)
+//!   keeps its pid 1 after the copy: on the server's order pid 1 kills
+//!   every other process of the namespace, resets what a copy could leave
+//!   (`/tmp`, the IPC namespace, the host name; the mount table and the
+//!   network namespace are checked) and forks the next stub, so a torn-down
+//!   copy's sandbox becomes its version's next spare. A copy that exits on
+//!   its own still ends its sandbox as above.
 //! * Every process of the sandbox dies with the server: the outer process and
 //!   pid 1 both have `PR_SET_PDEATHSIG(SIGKILL)`, and pid 1's death kills the
 //!   whole pid namespace.
