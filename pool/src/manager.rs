@@ -229,6 +229,9 @@ struct State {
     spares_launching: HashMap<FunctionKey, usize>,
     /// Of those, torn-down copies' sandboxes being recycled ([`recycle`]).
     spares_recycling: HashMap<FunctionKey, usize>,
+    /// Of those, forced restores' copies still running whose sandbox is
+    /// expected back ([`recycle`]).
+    spares_recycle_ahead: HashMap<FunctionKey, usize>,
     /// Versions whose last spare launch failed: failures in a row, and when
     /// to try again.
     spare_backoff: HashMap<FunctionKey, (u32, Instant)>,

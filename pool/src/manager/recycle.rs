@@ -9,10 +9,12 @@
 //!   the sandbox is recyclable (a stub sandbox, loopback-only network);
 //! * its version is still registered with the snapshot the copy was
 //!   restored from (so the next copy is of the same code, limits and
-//!   network mode), is not restored lazily, and lacks a spare (ready and
-//!   being recycled below its allotment; fresh launches in flight do not
-//!   count): the slot is claimed at once (counted as a spare launching),
-//!   before the refill is woken, so the refill does not launch one for it;
+//!   network mode), is not restored lazily, and lacks a spare: its spares
+//!   ready and being reset are fewer than its allotment plus its other
+//!   forced copies still running (under closed-loop load each of those is
+//!   a client about to ask again; the refill trims spares only beyond that
+//!   headroom). A forced copy's sandbox is counted as a spare being made
+//!   from the copy's start, so the refill does not launch one meanwhile;
 //! * the reset succeeds (pid 1 found nothing unexpected; the network
 //!   namespace is clean; the new stub's files check out). A sandbox whose
 //!   reset fails is destroyed and the failure logged.
@@ -65,6 +67,22 @@ impl Counters {
     fn not(&self, why: NotRecycled) {
         self.not[why as usize].fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Counts one less of `key` in `map`.
+fn decrement(map: &mut std::collections::HashMap<FunctionKey, usize>, key: &FunctionKey) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// Spares `key` may keep beyond its allotment: one per forced copy of it
+/// still running whose sandbox is expected back (see the module docs).
+pub(super) fn headroom(st: &super::State, key: &FunctionKey) -> usize {
+    st.spares_recycle_ahead.get(key).copied().unwrap_or(0)
 }
 
 impl Pool {
@@ -146,15 +164,7 @@ impl Pool {
                     }
                 }
             }
-            {
-                let mut st = pool.state.lock().unwrap();
-                if let Some(n) = st.spares_recycling.get_mut(&key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        st.spares_recycling.remove(&key);
-                    }
-                }
-            }
+            decrement(&mut pool.state.lock().unwrap().spares_recycling, &key);
             pool.launch_done(&key);
             pool.shared
                 .discarding
@@ -169,8 +179,8 @@ impl Pool {
 
     /// When a forced restore's copy starts: if its sandbox may come back
     /// as a spare of `key` (recycling on, a recyclable sandbox, spares on),
-    /// counts it as a spare being recycled until it ends, so the refill
-    /// does not launch one meanwhile. Returns whether it did; the claim is
+    /// counts it as a spare being made until it ends, so the refill does
+    /// not launch one meanwhile. Returns whether it did; the claim is
     /// settled by [`Pool::recycle_or_discard_later`] or released by
     /// [`Pool::release_recycle_claim`].
     pub(super) fn claim_recycle_ahead(
@@ -183,7 +193,7 @@ impl Pool {
             return false;
         }
         let mut st = self.state.lock().unwrap();
-        *st.spares_recycling.entry(key.clone()).or_default() += 1;
+        *st.spares_recycle_ahead.entry(key.clone()).or_default() += 1;
         *st.spares_launching.entry(key.clone()).or_default() += 1;
         true
     }
@@ -191,15 +201,7 @@ impl Pool {
     /// Gives back a claim of [`Pool::claim_recycle_ahead`] (the copy
     /// failed, or its sandbox is not wanted) and wakes the refill.
     pub(super) fn release_recycle_claim(&self, key: &FunctionKey) {
-        {
-            let mut st = self.state.lock().unwrap();
-            if let Some(n) = st.spares_recycling.get_mut(key) {
-                *n -= 1;
-                if *n == 0 {
-                    st.spares_recycling.remove(key);
-                }
-            }
-        }
+        decrement(&mut self.state.lock().unwrap().spares_recycle_ahead, key);
         self.launch_done(key);
         self.shared.refill.notify_one();
     }
@@ -259,22 +261,29 @@ impl Pool {
         if st.closed || st.retired.contains(key) || !current {
             return Err(NotRecycled::NotWanted);
         }
-        // Fresh launches in flight do not count: a recycle costs less than
-        // the launch it makes redundant, and a spare in excess is trimmed
-        // (destroyed) by the refiller, as this sandbox would have been.
+        // Wanted while the version's spares, ready and being reset, are
+        // fewer than its allotment plus its other forced copies still
+        // running (each is a client about to ask again: closed-loop load
+        // keeps its sandboxes circulating instead of destroying them and
+        // making new ones on demand). Fresh launches in flight do not
+        // count: a spare in excess is trimmed by the refill, as this
+        // sandbox would have been destroyed.
         let cfg = self.config.spares;
         let ready = st.spares.get(key).map_or(0, Vec::len);
         let recycling = st.spares_recycling.get(key).copied().unwrap_or(0);
+        let ahead = st.spares_recycle_ahead.get(key).copied().unwrap_or(0);
+        let others = ahead.saturating_sub(usize::from(claimed_ahead));
         let total: usize = st.spares.values().map(Vec::len).sum::<usize>()
             + st.spares_recycling.values().sum::<usize>();
-        let own = usize::from(claimed_ahead);
-        if ready + recycling - own >= cfg.per_version || total - own >= cfg.max_total {
+        if ready + recycling >= cfg.per_version + others || total >= cfg.max_total {
             return Err(NotRecycled::NotWanted);
         }
-        if !claimed_ahead {
-            *st.spares_recycling.entry(key.clone()).or_default() += 1;
+        if claimed_ahead {
+            decrement(&mut st.spares_recycle_ahead, key);
+        } else {
             *st.spares_launching.entry(key.clone()).or_default() += 1;
         }
+        *st.spares_recycling.entry(key.clone()).or_default() += 1;
         Ok(())
     }
 }

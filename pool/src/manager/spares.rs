@@ -215,8 +215,11 @@ impl Pool {
             allotted += allot;
             let ready = st.spares.get(key).map_or(0, Vec::len);
             let launching = st.spares_launching.get(key).copied().unwrap_or(0);
-            if ready > allot {
-                trim.push((key.clone(), ready - allot));
+            // Forced copies still running keep room for their recycled
+            // sandboxes (super::recycle).
+            let keep = allot + super::recycle::headroom(st, key);
+            if ready > keep {
+                trim.push((key.clone(), ready - keep));
             }
             let waiting = st
                 .spare_backoff
