@@ -18,7 +18,8 @@
 //!               lazy (uffd, pages from the bucket); B counts it in
 //!               thaw_remote_lazy_restores_total{result="ok"}
 //!     complete  B's log says the snapshot is complete locally
-//!     local     forced restore again: from B's local store (mmap)
+//!     local     forced restore again, once B has a pre-made sandbox ready:
+//!               from B's local store (mmap)
 //!     boot      forced boot
 //!   B stopped (its data directory removed)
 //! ```
@@ -152,6 +153,10 @@ impl RemoteResult {
             .filter(|b| *b > 0.0)
     }
 }
+
+/// Pre-made sandboxes B has ready before its local restore (of the
+/// server's default 2 per version).
+const LOCAL_SPARES: u64 = 1;
 
 /// Bytes of a page.
 const PAGE: u64 = 4096;
@@ -486,6 +491,19 @@ async fn one_round(
                 .map_err(|e| e.to_string())
         };
         let (restore, boot) = (target(ColdStart::Restore)?, target(ColdStart::Boot)?);
+        // Each start from B at rest: nothing busy; before the local restore
+        // a pre-made sandbox ready, as for any local restore (none are made
+        // of a snapshot restored lazily).
+        let settle = |spares: u64| {
+            let api = api.clone();
+            async move {
+                deploy::wait_settled(&api, bench.name, spares)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("{}: waiting for B to settle: {e}", bench.name))
+            }
+        };
+        settle(0).await?;
         let lazy_before = metric(&api, "thaw_remote_lazy_restores_total{result=\"ok\"}").await?;
         let bytes_before = metric(&api, "thaw_remote_fetched_bytes").await?;
         let first = timed(ctx, &restore, "restore", "first restore").await?;
@@ -501,6 +519,7 @@ async fn one_round(
         let bytes_after = metric(&api, "thaw_remote_fetched_bytes").await?;
         let completion = field(&complete, "bytes_fetched");
         let bytes = (bytes_after - bytes_before).max(0.0) as u64;
+        settle(LOCAL_SPARES).await?;
         let local = timed(ctx, &restore, "restore", "local restore").await?;
         if metric(&api, "thaw_remote_lazy_restores_total{result=\"ok\"}").await? != lazy_after {
             return Err(format!(
@@ -508,6 +527,7 @@ async fn one_round(
                 bench.name
             ));
         }
+        settle(0).await?;
         let booted = timed(ctx, &boot, "boot", "boot").await?;
         let r = RemoteRound {
             first,
@@ -620,7 +640,8 @@ pub fn render(results: &[RemoteResult], rounds: usize) -> String {
          that deployed the function and uploaded its snapshot, and in each of {rounds} rounds a new reader B with an empty \
          data directory on the same store. B's **first** forced restore (`x-thaw-cold: restore`) is lazy (uffd, pages \
          fetched from the bucket: the working set before the resume, then what faults); once B completed the snapshot \
-         locally, a **local** forced restore (mmap) and a forced **boot** on B. Times from send to the whole answer; \
+         locally, a **local** forced restore (mmap, once a pre-made sandbox is ready) and a forced **boot** on B, each \
+         from B at rest. Times from send to the whole answer; \
          ratios are medians of the per-round ratios. Bytes: what B's page server fetched for the first restore (sealed \
          slots, `thaw_remote_fetched_bytes` less the completion's own fetch), against the working set the bucket holds: \
          the pages it lists; its stored part (pages over mapped files are not fetched) is at most the pages fetched before \
