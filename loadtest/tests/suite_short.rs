@@ -135,7 +135,16 @@ fn short_suite_runs_end_to_end() {
     // The remote section (issue 18) needs Garage: without it the suite
     // still runs and the remote start kind alone is "not available" (the
     // short run fails on it); under THAW_TEST_STRICT (CI) the test fails.
-    let garage = garage::binary();
+    let garage = garage::binary().and_then(|p| {
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "the garage binary is missing: {} is not a file",
+                p.display()
+            ))
+        }
+    });
     if let Err(why) = &garage {
         common::missing(&format!("the remote section cannot run: {why}"));
     }

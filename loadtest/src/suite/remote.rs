@@ -295,12 +295,26 @@ impl Shared {
     }
 }
 
+/// The garage binary (`$THAW_GARAGE`, `garage` on `PATH`,
+/// `~/.cargo/bin/garage`), if it is a file.
+pub fn binary() -> Result<PathBuf, String> {
+    let bin = garage::binary()?;
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "the garage binary is missing: {} (from $THAW_GARAGE) is not a file",
+            bin.display()
+        ))
+    }
+}
+
 async fn measure(
     ctx: &mut Ctx,
     benches: &[Bench],
     rounds: usize,
 ) -> Result<Vec<RemoteResult>, Failure> {
-    let bin = garage::binary().map_err(Failure::Unavailable)?;
+    let bin = binary().map_err(Failure::Unavailable)?;
     eprintln!(
         "suite: remote: starting a private Garage ({})",
         bin.display()
