@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! restore_others  per group of up to SLOTS threads, one run of the main
-//!                 thread (Remote::run_clones): clone3 per saved thread,
-//!                 flags THREAD_FLAGS, set_tid = [saved tid] (in the copy's
+//!                 thread (Remote::run_clones), the first thread it makes
+//!                 making the second half at the same time: clone3 per
+//!                 saved thread, flags THREAD_FLAGS, set_tid = [saved tid] (in the copy's
 //!                 pid namespace, while the stub is privileged), no stack;
 //!                 each new thread runs its own table at once, untraced:
 //!                 every signal blocked, its scheduling (sched_in_batch),
@@ -27,7 +28,7 @@
 
 use snapshotter::state::{ProcessState, Restart, Rseq, Sched, ThreadState};
 
-use super::batch::{Batch, NewThread, RECORD, SLOTS};
+use super::batch::{Batch, NewThread, SLOTS};
 use super::remote::{bytes_of, Remote};
 use super::Credentials;
 use super::RestoreError;
@@ -314,7 +315,7 @@ pub fn restore_others(
             new.push(NewThread { tid: t.tid, batch });
         }
         let records = remote.run_clones(THREAD_FLAGS, &new)?;
-        adopt(remote, threads, group, records)?;
+        adopt(remote, threads, group, &records)?;
     }
     Ok(())
 }
@@ -325,13 +326,13 @@ pub fn restore_others(
 /// order. Their ids in the restorer's namespace come from the copy's pid
 /// namespace ([`translated_ids`]: one `ioctl` per thread), or, on a kernel
 /// without that (before 6.11), from listing `/proc/PID/task`, each told
-/// apart by its `r13`, the address of its record (`records` for the
-/// group's first thread, then every [`RECORD`] bytes).
+/// apart by its `r13`, the address of its record (`records[n]` for
+/// `group[n]`).
 fn adopt(
     remote: &Remote,
     threads: &mut Vec<Remote>,
     group: &[ThreadState],
-    records: u64,
+    records: &[u64],
 ) -> Result<(), RestoreError> {
     use nix::sys::ptrace;
     use nix::unistd::Pid;
@@ -380,14 +381,19 @@ fn adopt(
             .registers()
             .map_err(|e| RestoreError::Stub(e.to_string()))?
             .r13;
-        let n = r13.wrapping_sub(records) / RECORD;
-        held.push((n as usize, t));
+        let Some(n) = records.iter().position(|&r| r == r13) else {
+            return Err(RestoreError::Stub(format!(
+                "thread {} stopped outside the records (r13 {r13:#x})",
+                t.pid()
+            )));
+        };
+        held.push((n, t));
     }
     held.sort_by_key(|(n, _)| *n);
     for (i, (n, t)) in held.iter().enumerate() {
         if *n != i {
             return Err(RestoreError::Stub(format!(
-                "thread {} stopped outside the records (record {n}, expected {i})",
+                "thread {} stopped at record {n}, expected {i}",
                 t.pid()
             )));
         }
