@@ -97,7 +97,8 @@
 //! restorer finds the failure in the records.
 //!
 //! A new thread shares the main thread's stack pointer but never touches
-//! the stack (nor runs a handler: its table blocks every signal first).
+//! the stack (nor runs a handler: it is born with every signal blocked,
+//! the main thread's mask).
 
 use nix::errno::Errno;
 use nix::sys::ptrace;

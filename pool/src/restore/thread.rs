@@ -7,8 +7,9 @@
 //!                 making the second half at the same time: clone3 per
 //!                 saved thread, flags THREAD_FLAGS, set_tid = [saved tid] (in the copy's
 //!                 pid namespace, while the stub is privileged), no stack;
-//!                 each new thread runs its own table at once, untraced:
-//!                 every signal blocked, its scheduling (sched_in_batch),
+//!                 each new thread (every signal blocked: it has the main
+//!                 thread's mask) runs its own table at once, untraced:
+//!                 its scheduling (sched_in_batch),
 //!                 set_new_thread (set_tid_address, set_robust_list,
 //!                 rseq; sigaltstack and PR_SET_NAME unless clone3 gave
 //!                 it those already), its credentials; then it
@@ -278,9 +279,10 @@ pub const THREAD_FLAGS: u64 = (libc::CLONE_VM
 /// Step 7 of the restore: makes every thread but the main one, each with
 /// its saved tid, in groups of up to [`SLOTS`], and adds them, held and
 /// stopped, to `threads` in `saved` order. Each group is one run of the
-/// main thread ([`Remote::run_clones`]) in which every new thread sets
-/// itself up from its own table: every signal blocked (its mask is set at
-/// the resume), its scheduling ([`sched_in_batch`]), its registrations
+/// main thread ([`Remote::run_clones`]) in which every new thread, born
+/// with every signal blocked (the main thread's mask since batch 2; its own
+/// is set at the resume), sets itself up from its own table: its
+/// scheduling ([`sched_in_batch`]), its registrations
 /// ([`set_thread`]) and its credentials
 /// ([`super::credentials::set_credentials`]). The threads are then seized
 /// together ([`adopt`]). On failure the threads held so far are in
@@ -303,8 +305,9 @@ pub fn restore_others(
         let mut new = Vec::with_capacity(group.len());
         let mut data_from = 0;
         for (slot, t) in group.iter().enumerate() {
+            // Every signal is blocked already: the main thread's mask
+            // (blocked since batch 2) is copied by clone3.
             let mut batch = Batch::for_thread(scratch, slot, data_from);
-            block_all_signals(&mut batch)?;
             super::pending::queue_for_thread(&mut batch, state.pid, t.tid, &t.pending)?;
             sched_in_batch(&mut batch, t, &inherited)?;
             set_new_thread(&mut batch, t, &state.threads[0])?;
