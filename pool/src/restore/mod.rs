@@ -1172,8 +1172,9 @@ pub(crate) fn prepare_process(
     let policy_started = Instant::now();
 
     // 8. (every signal is blocked in every thread since batch 2) the
-    //    timers, which may signal any thread and count from now; the pending signals of
-    //    the main thread and of the process, queued again; the main thread's
+    //    timers, which may signal any thread and count from now; the
+    //    pending signals of the main thread and of the process, queued
+    //    again; the main thread's
     //    credentials, then the seccomp policy (and the mmap-mode guard)
     //    with TSYNC: they reach every thread (or the call fails), last of
     //    the steps that need privileges.

@@ -5,8 +5,9 @@
 //! restore_others  per group of up to SLOTS threads, one run of the main
 //!                 thread (Remote::run_clones), the first thread it makes
 //!                 making the second half at the same time: clone3 per
-//!                 saved thread, flags THREAD_FLAGS, set_tid = [saved tid] (in the copy's
-//!                 pid namespace, while the stub is privileged), no stack;
+//!                 saved thread, flags THREAD_FLAGS, set_tid = [saved
+//!                 tid] (in the copy's pid namespace, while the stub is
+//!                 privileged), no stack;
 //!                 each new thread (every signal blocked: it has the main
 //!                 thread's mask) runs its own table at once, untraced:
 //!                 its scheduling (sched_in_batch),
