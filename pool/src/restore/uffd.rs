@@ -663,7 +663,7 @@ impl PageServer {
         let page = addr & !(PAGE_SIZE - 1);
         if let Some(&(_, end)) = self.zeroed.iter().find(|&&(s, e)| (s..e).contains(&page)) {
             tracing::trace!(page, end, "fault in a freed range");
-            return self.zero_around(page, end);
+            return self.zero_around(page, end, write);
         }
         let mut saved = page;
         for &(to, len, from) in self.remaps.iter().rev() {
@@ -679,6 +679,9 @@ impl PageServer {
         else {
             // Not a page of the snapshot (can only be new memory): zeros.
             tracing::trace!(page, "fault outside the snapshot's areas");
+            if write && self.zero_fill != ZeroFill::Map {
+                return self.zero_private(page);
+            }
             return self.zero(page);
         };
         let area = &self.areas[a];
@@ -782,33 +785,58 @@ impl PageServer {
     /// after page: one round trip to this server instead of one each.
     /// Every page of the range reads as zeros whichever way it is served
     /// (see [`PageServer::fill`]); a run the kernel refuses whole (it
-    /// crosses into another mapping) falls back to the one page.
-    fn zero_around(&mut self, page: u64, end: u64) -> Result<(), RestoreError> {
+    /// crosses into another mapping) falls back to the one page. A write
+    /// fault gets private zeroed pages (`UFFDIO_COPY` of zeros, unless
+    /// [`ZeroFill::Map`]): reused memory is written, and each page of a
+    /// shared zero page run would take a copy-on-write fault.
+    fn zero_around(&mut self, page: u64, end: u64, write: bool) -> Result<(), RestoreError> {
         let count = ((end.saturating_sub(page)) / PAGE_SIZE).clamp(1, FAULT_AROUND);
+        let private = write && self.zero_fill != ZeroFill::Map;
         if count > 1 {
-            let mut z = UffdioZeropage {
-                start: page,
-                len: count * PAGE_SIZE,
-                mode: 0,
-                zeropage: 0,
+            let (result, placed) = if private {
+                let mut c = UffdioCopy {
+                    dst: page,
+                    src: ZEROS.as_ptr() as u64,
+                    len: count * PAGE_SIZE,
+                    mode: 0,
+                    copy: 0,
+                };
+                let r = ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY, &mut c);
+                (r, c.copy)
+            } else {
+                let mut z = UffdioZeropage {
+                    start: page,
+                    len: count * PAGE_SIZE,
+                    mode: 0,
+                    zeropage: 0,
+                };
+                let r = ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z);
+                (r, z.zeropage)
             };
-            let done = match ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z) {
+            let done = match result {
                 Ok(()) => count * PAGE_SIZE,
                 // Part of the run was mapped (and woken) before a page
                 // already there stopped it: the faulting page, first, is.
-                Err(_) if z.zeropage > 0 => z.zeropage as u64,
+                Err(_) if placed > 0 => placed as u64,
                 Err(_) => 0,
             };
             if done > 0 {
                 self.report.zero += done / PAGE_SIZE;
+                if private {
+                    self.report.zero_private += done / PAGE_SIZE;
+                }
                 return Ok(());
             }
         }
-        self.zero(page)
+        if private {
+            self.zero_private(page)
+        } else {
+            self.zero(page)
+        }
     }
 
     /// A private zeroed page at `page` (`UFFDIO_COPY` of zeros), for a
-    /// write fault on a zero page of the snapshot; errors as
+    /// write fault on a page that reads zeros; errors as
     /// [`PageServer::zero`]'s.
     fn zero_private(&mut self, page: u64) -> Result<(), RestoreError> {
         match self.copy(page, &ZEROS[..PAGE_SIZE as usize]) {
@@ -1098,6 +1126,15 @@ mod tests {
         // Zeroed source part moves along.
         let z = remap_zeroed(&[(0x9000, 0xa000)], 0x8000, 0x20000, 0x4000);
         assert_eq!(z, vec![(0x9000, 0xa000), (0x21000, 0x22000)]);
+    }
+
+    #[test]
+    fn zero_fill_modes_by_name_and_a_clear_error_otherwise() {
+        assert_eq!(ZeroFill::parse("map"), Ok(ZeroFill::Map));
+        assert_eq!(ZeroFill::parse("written"), Ok(ZeroFill::Written));
+        assert_eq!(ZeroFill::parse("copy"), Ok(ZeroFill::Copy));
+        let err = ZeroFill::parse("zero").unwrap_err();
+        assert!(err.contains("map, written or copy"), "{err}");
     }
 
     #[test]
