@@ -5,7 +5,8 @@
 //! Garage, and neither holds it in memory: the growth of this process's
 //! peak resident memory (`VmHWM` of /proc/self/status, reset before each
 //! side through /proc/self/clear_refs) stays a small fraction of the
-//! layer's size.
+//! layer's size, where holding it whole (as both sides did before) grows
+//! it by more than the layer (measured in the same run).
 //!
 //! One test in its own binary, so nothing else runs in the process while
 //! it measures. Needs the garage binary (`./dev.sh s3`).
@@ -154,6 +155,36 @@ async fn a_layer_of_100_mb_travels_without_being_held_in_memory() {
         .unwrap();
     assert_eq!(same, obj);
     assert_eq!(remote.transfers().bytes_sent, before);
+
+    // The measure sees what it should: the same layer held in memory, as
+    // both sides did before streaming (archive, seal and PUT it whole; GET,
+    // open and unpack it whole), grows the peak by more than its size.
+    let rss = reset_peak();
+    let tar = layer::archive(&src).unwrap();
+    remote
+        .put_blob(remote_store::Kind::Code, b"#whole", &tar)
+        .await
+        .unwrap();
+    drop(tar);
+    let whole_writer = status_kib("VmHWM:").saturating_sub(rss);
+    let rss = reset_peak();
+    let tar = remote
+        .get_blob(remote_store::Kind::Code, b"#whole")
+        .await
+        .unwrap()
+        .unwrap();
+    let cache_d = dir("thaw-stream-d");
+    layer::install_archive(cache_d.path(), &reference, &obj.blake3, &tar).unwrap();
+    drop(tar);
+    let whole_reader = status_kib("VmHWM:").saturating_sub(rss);
+    eprintln!(
+        "held whole instead: {:.1} MiB on the writer ({:.3} of the layer), {:.1} MiB on the reader ({:.3})",
+        whole_writer as f64 / 1024.0,
+        whole_writer as f64 / size_kib as f64,
+        whole_reader as f64 / 1024.0,
+        whole_reader as f64 / size_kib as f64,
+    );
+    assert!(whole_writer > size_kib && whole_reader > size_kib);
 
     // A catalog entry with another hash: refused, nothing installed.
     let wrong = layers::LayerObject {
