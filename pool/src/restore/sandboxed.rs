@@ -25,8 +25,9 @@
 //! [`SnapshotRestorer::set_lazy`] names its [`LazyOrigin`], and until
 //! [`SnapshotRestorer::clear_lazy`] every copy of it is prepared with its own
 //! image and page server over the origin's shared source
-//! ([`super::prepare_lazily_for_sandbox`]), in `uffd` mode, the origin's
-//! working set fetched before the resume.
+//! ([`super::prepare_lazily_for_sandbox`]; a tree: one image, a page server
+//! per process, [`super::tree::prepare_tree_lazily_for_sandbox`]), in
+//! `uffd` mode, the origin's working set fetched before the resume.
 //!
 //! The restorer also keeps each snapshot's working set (see
 //! [`super::working_set`]): recorded once, from the first invocation of a
@@ -202,14 +203,9 @@ impl SnapshotRestorer {
     }
 
     /// Restores copies of snapshot `origin.snapshot.id` lazily from now on
-    /// (see the module doc), until [`SnapshotRestorer::clear_lazy`]. A
-    /// process tree is refused.
+    /// (see the module doc), until [`SnapshotRestorer::clear_lazy`]: a
+    /// single process or a tree.
     pub fn set_lazy(&self, origin: LazyOrigin) -> Result<(), RestoreError> {
-        if !origin.snapshot.children.is_empty() {
-            return Err(RestoreError::Unsupported(
-                "a lazy restore of a process tree".into(),
-            ));
-        }
         let id = origin.snapshot.id.clone();
         self.lazy.lock().unwrap().insert(id, Arc::new(origin));
         Ok(())
@@ -327,17 +323,29 @@ impl SnapshotRestorer {
             what: format!("create {}", self.snapshots_dir.display()),
             source,
         })?;
-        let prepared = super::prepare_lazily_for_sandbox(
-            &snapshot,
-            Some(&self.store),
-            source.clone(),
-            &self.snapshots_dir,
-            &options,
-        )
+        let prepared = if snapshot.children.is_empty() {
+            super::prepare_lazily_for_sandbox(
+                &snapshot,
+                Some(&self.store),
+                source.clone(),
+                &self.snapshots_dir,
+                &options,
+            )
+            .map(Preparation::Process)
+        } else {
+            super::tree::prepare_tree_lazily_for_sandbox(
+                &snapshot,
+                Some(&self.store),
+                source.clone(),
+                &self.snapshots_dir,
+                &options,
+            )
+            .map(Preparation::Tree)
+        }
         .inspect_err(|e| source.failed_before_resume(e))?;
         Ok(PreparedCopy {
             snapshot,
-            prepared: Preparation::Process(prepared),
+            prepared,
             lazy: Some(source),
         })
     }
@@ -431,15 +439,27 @@ impl SnapshotRestorer {
         })
     }
 
-    /// A `uffd` copy's working set from its page server's `faults` and its
-    /// `resident` pages (see [`working_set::faults_then_resident`]).
+    /// A `uffd` copy's working set from its page server's `faults` (those
+    /// of `zero_faults` that copy `pid`, host pid, wrote tagged
+    /// [`working_set::WRITTEN`]: see
+    /// [`working_set::tag_written_zero_faults`]) and its `resident` pages
+    /// (see [`working_set::faults_then_resident`]).
     pub fn uffd_working_set(
         &self,
         id: &str,
+        pid: i32,
         faults: Vec<u64>,
+        zero_faults: &[u64],
         resident: Vec<u64>,
     ) -> Result<Vec<u64>, RestoreError> {
         let snapshot = self.snapshot(id)?;
+        let faults =
+            working_set::tag_written_zero_faults(pid, faults, zero_faults).map_err(|e| {
+                RestoreError::Io {
+                    what: format!("read the written zero pages of copy {pid}"),
+                    source: e.source,
+                }
+            })?;
         Ok(working_set::faults_then_resident(
             faults,
             resident,

@@ -22,8 +22,10 @@
 //!            invocation answers 502 function_crashed), never zeros
 //! ```
 //!
-//! A process tree (which the lazy path does not restore), or a node
-//! without a restorer, downloads the whole snapshot instead
+//! A process tree restores lazily the same way: one lazy image for every
+//! process, a page server per process over the one source (the root's
+//! working set before the resume, see `pool::restore::tree`). A node
+//! without a restorer downloads the whole snapshot instead
 //! (`remote_store::pull_snapshot`) while cold starts boot.
 //!
 //! Failures are logged and counted, and mark the store down in `/healthz`.
@@ -167,10 +169,6 @@ impl Cluster {
             }
         };
         self.health.ok();
-        if !lazy.snapshot.children.is_empty() {
-            // The lazy path restores single processes.
-            return self.pull(id, on_change).await;
-        }
         let report = lazy.source.report();
         let source = lazy.source.clone();
         let events = {
