@@ -147,7 +147,7 @@ impl Pool {
                     pool.shared.recycle.recycled.fetch_add(1, Ordering::Relaxed);
                     match pool.keep_spare(&key, stub, started) {
                         Ok(id) => sample = Some(id),
-                        Err(stub) => super::spares::destroy_all(vec![stub]).await,
+                        Err(stub) => super::spares::destroy_all(vec![*stub]).await,
                     }
                 }
                 Err(e) => {

@@ -284,7 +284,7 @@ impl Pool {
                         sample = Some(id);
                         None
                     }
-                    Err(stub) => Some(stub),
+                    Err(stub) => Some(*stub),
                 }
             }
             Err(e) => {
@@ -329,7 +329,7 @@ impl Pool {
         key: &FunctionKey,
         stub: Stub,
         started: Instant,
-    ) -> Result<String, Stub> {
+    ) -> Result<String, Box<Stub>> {
         let mut st = self.state.lock().unwrap();
         let st = &mut *st;
         let wanted = !st.closed
@@ -340,7 +340,7 @@ impl Pool {
                 .and_then(|s| s.snapshot.as_ref())
                 .is_some_and(|s| s.id == stub.snapshot_id());
         if !wanted {
-            return Err(stub);
+            return Err(Box::new(stub));
         }
         tracing::debug!(
             function = %key.name,

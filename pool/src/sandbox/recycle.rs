@@ -234,7 +234,7 @@ pub(super) mod inside {
             if fds[1].revents().is_some_and(|r| !r.is_empty()) {
                 while let Ok(Some(_)) = sigfd.read_signal() {}
             }
-            if !fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            if fds[0].revents().is_none_or(|r| r.is_empty()) {
                 continue;
             }
             let (tag, payload, fds) = match receive(keeper) {
@@ -354,12 +354,7 @@ pub(super) mod inside {
             // SAFETY: kill(-1) from pid 1 signals every process of its pid
             // namespace but itself.
             unsafe { libc::kill(-1, libc::SIGKILL) };
-            loop {
-                match waitpid(None::<Pid>, None) {
-                    Ok(_) | Err(Errno::EINTR) => continue,
-                    Err(_) => break,
-                }
-            }
+            while let Ok(_) | Err(Errno::EINTR) = waitpid(None::<Pid>, None) {}
         }
     }
 
