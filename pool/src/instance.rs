@@ -343,6 +343,7 @@ impl Instance {
         copy: crate::restore::sandboxed::PreparedCopy,
         credentials: crate::restore::Credentials,
         ready_timeout: Duration,
+        exact: bool,
     ) -> Result<RestorePhases, RestoreFailure> {
         let mode: crate::restore::Mode =
             snapshot
@@ -392,6 +393,9 @@ impl Instance {
             if !recorded {
                 self.record_to = Some((restorer.clone(), snapshot.id.clone()));
             }
+        }
+        if let (true, Some(server)) = (exact, &server) {
+            server.live().record_exactly();
         }
         self.page_server = server;
         let mut phases = RestorePhases {
@@ -552,7 +556,8 @@ impl Instance {
         self.logs.set_invocation(None);
         if outcome.is_ok() {
             self.served += 1;
-            self.record_working_set(resident_before);
+            // Written in the background.
+            drop(self.record_working_set(resident_before));
         }
         outcome
     }
@@ -564,9 +569,12 @@ impl Instance {
     /// while it waits, those not in
     /// `resident_before` (read when the invocation began) tagged
     /// [`crate::restore::working_set::INVOKED`]. Written in the background.
-    fn record_working_set(&mut self, resident_before: Option<Vec<u64>>) {
+    fn record_working_set(
+        &mut self,
+        resident_before: Option<Vec<u64>>,
+    ) -> Option<tokio::task::JoinHandle<Option<usize>>> {
         let Some((restorer, id)) = self.record_to.take() else {
-            return;
+            return None;
         };
         let resident = match self.sandbox.function_pid() {
             Some(pid) => match restorer.resident_working_set(&id, pid) {
@@ -576,10 +584,10 @@ impl Instance {
                 },
                 Err(err) => {
                     tracing::warn!(snapshot = %id, %err, "reading the working set failed");
-                    return;
+                    return None;
                 }
             },
-            None => return,
+            None => return None,
         };
         let pages = match &self.page_server {
             // uffd: the faults in first-touch order, then the mapped
@@ -589,22 +597,54 @@ impl Instance {
                     Ok(pages) => pages,
                     Err(err) => {
                         tracing::warn!(snapshot = %id, %err, "reading the working set failed");
-                        return;
+                        return None;
                     }
                 }
             }
             None => resident,
         };
-        tokio::task::spawn_blocking(move || {
+        Some(tokio::task::spawn_blocking(move || {
             let count = pages.len();
             match restorer.record_working_set(&id, pages) {
-                Ok(true) => tracing::info!(snapshot = %id, pages = count, "working set recorded"),
-                Ok(false) => {}
+                Ok(true) => {
+                    tracing::info!(snapshot = %id, pages = count, "working set recorded");
+                    Some(count)
+                }
+                Ok(false) => None,
                 Err(err) => {
-                    tracing::warn!(snapshot = %id, %err, "recording the working set failed")
+                    tracing::warn!(snapshot = %id, %err, "recording the working set failed");
+                    None
                 }
             }
-        });
+        }))
+    }
+
+    /// Runs `invocations` in order (the function's warm-up events, replayed
+    /// on a fresh copy), then records the copy's working set from all of
+    /// them (not just the first, as [`Instance::invoke`] does) and waits
+    /// until it is written. `Ok(Some(pages))` when a working set was
+    /// written, `Ok(None)` when the snapshot had one already (or recording
+    /// failed, logged). A handler error is an answer like any other; an
+    /// [`InvokeError`] ends the copy (destroy it).
+    pub async fn invoke_and_record(
+        &mut self,
+        invocations: &[Invocation],
+    ) -> Result<Option<usize>, InvokeError> {
+        let record_to = self.record_to.take();
+        let resident_before = match (&record_to, self.runtime_host_pid()) {
+            (Some((restorer, id)), Some(pid)) if !invocations.is_empty() => {
+                restorer.resident_working_set(id, pid).ok()
+            }
+            _ => None,
+        };
+        for inv in invocations {
+            self.invoke(inv).await?;
+        }
+        self.record_to = record_to;
+        match self.record_working_set(resident_before) {
+            Some(written) => Ok(written.await.unwrap_or(None)),
+            None => Ok(None),
+        }
     }
 
     /// Waits (briefly) for the sandbox to end and describes how it ended.
@@ -705,6 +745,9 @@ pub struct Stub {
     /// What the copy runs as: the sandbox's uid and gid, never the
     /// snapshot's.
     credentials: crate::restore::Credentials,
+    /// A `uffd` copy whose page server records the exact working set
+    /// ([`Stub::record_exactly`]).
+    exact: bool,
 }
 
 impl Stub {
@@ -781,7 +824,16 @@ impl Stub {
                 uid: config.uid,
                 gid: config.gid,
             },
+            exact: false,
         })
+    }
+
+    /// The copy (`uffd` mode) will record its working set exactly: its page
+    /// server fills each fault's page only, from the moment the copy is
+    /// restored, before the `restored` exchange (see
+    /// [`crate::restore::uffd::LiveReport::record_exactly`]).
+    pub fn record_exactly(&mut self) {
+        self.exact = true;
     }
 
     /// The sandbox's id.
@@ -819,11 +871,20 @@ impl Stub {
             copy,
             snapshot,
             credentials,
+            exact,
         } = self;
         let became = match exists(&pidfd) {
             true => {
                 instance
-                    .become_copy(pid, &snapshot, restorer, copy, credentials, ready_timeout)
+                    .become_copy(
+                        pid,
+                        &snapshot,
+                        restorer,
+                        copy,
+                        credentials,
+                        ready_timeout,
+                        exact,
+                    )
                     .await
             }
             false => Err(RestoreFailure::Copy("the stub is missing".into())),

@@ -244,6 +244,7 @@ pub struct LiveReport {
     faults: AtomicU64,
     prefetched: AtomicU64,
     fail: AtomicBool,
+    exact: AtomicBool,
 }
 
 impl LiveReport {
@@ -270,6 +271,16 @@ impl LiveReport {
     /// kills the copy, as on any real failure).
     pub fn fail_next_fault(&self) {
         self.fail.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on each fault fills its own page only (no fault-around),
+    /// so that [`LiveReport::touched`] lists every page the copy touched
+    /// and nothing else: the exact working set a copy recording it at
+    /// deploy hands to nodes that fetch it from a shared store (which
+    /// fetch the pages listed, not the runs around them). Costs a fault
+    /// per page touched: for one recording copy, not for serving.
+    pub fn record_exactly(&self) {
+        self.exact.store(true, Ordering::Relaxed);
     }
 }
 
@@ -568,9 +579,10 @@ impl PageServer {
             self.areas[a].done[index] = true;
             return self.zero(page);
         }
-        // Fault-around only where addresses are still the saved ones.
+        // Fault-around only where addresses are still the saved ones, and
+        // not while the working set is recorded exactly.
         let mut count = 1;
-        if !moved {
+        if !moved && !self.live.exact.load(Ordering::Relaxed) {
             while count < FAULT_AROUND as usize
                 && index + count < area.stored.len()
                 && area.stored[index + count]

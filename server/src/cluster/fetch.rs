@@ -172,6 +172,8 @@ impl Cluster {
             return self.pull(id, on_change).await;
         }
         let report = lazy.source.report();
+        self.lazy_bytes
+            .opened(id, lazy.source.counter(), report.working_set_stored_pages);
         let source = lazy.source.clone();
         let events = {
             let cluster = Arc::downgrade(self);
@@ -233,6 +235,9 @@ impl Cluster {
                 })
                 .inc();
         }
+        if matches!(event, LazyEvent::Resumed) {
+            self.lazy_bytes.resumed(id);
+        }
         let r = source.report();
         match event {
             LazyEvent::Resumed => {
@@ -242,6 +247,7 @@ impl Cluster {
                     bytes_fetched = r.bytes_fetched,
                     ranges = r.ranges,
                     working_set_pages = r.working_set_pages,
+                    working_set_stored_pages = r.working_set_stored_pages,
                     "lazy restore: the copy resumed (pages from the shared store)"
                 );
                 if self.completing.lock().unwrap().insert(id.to_string()) {
