@@ -770,6 +770,55 @@ async fn a_working_set_recorded_at_deploy_is_fetched_first_by_a_reader() {
     a.stop();
 }
 
+/// A working set recorded after the snapshot went up (here: the deploy's
+/// recording turned off, `THAW_DEPLOY_WORKING_SET=0`, then a copy's first
+/// invocation records one) is uploaded by the writer without a restart or
+/// a `thaw store push`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_set_recorded_after_the_upload_goes_up_too() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("wslater") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    std::env::set_var("THAW_DEPLOY_WORKING_SET", "0");
+    let mut a = s.writer();
+    std::env::remove_var("THAW_DEPLOY_WORKING_SET");
+    let v = a.deploy_ready(born("f", 1)).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let id = v["snapshot"]["id"].as_str().unwrap().to_string();
+    wait_for("A uploaded f", Duration::from_secs(120), async || {
+        metric(&a, "thaw_remote_uploads_total{result=\"ok\"}").await >= 1.0
+    })
+    .await;
+    let remote = s.remote();
+    assert!(
+        remote
+            .get_blob(Kind::WorkingSet, id.as_bytes())
+            .await
+            .unwrap()
+            .is_none(),
+        "no working set recorded at this deploy"
+    );
+    let r = restore(&a, "f").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let local = a.data.join("snapshots").join(format!("{id}.workingset"));
+    wait_for(
+        "A uploaded the working set its copy recorded",
+        Duration::from_secs(60),
+        async || {
+            remote
+                .get_blob(Kind::WorkingSet, id.as_bytes())
+                .await
+                .unwrap()
+                .is_some_and(|b| std::fs::read(&local).is_ok_and(|l| l == b))
+        },
+    )
+    .await;
+    a.stop();
+}
+
 /// Time of one request, ms.
 async fn timed(server: &Server, name: &str, cold: &str) -> (f64, Answer) {
     let t0 = Instant::now();
