@@ -725,6 +725,15 @@ async fn a_working_set_recorded_at_deploy_is_fetched_first_by_a_reader() {
         "the 8,192 pages no event reads are not: {} pages",
         pages.len()
     );
+    let written = pages
+        .iter()
+        .filter(|p| *p & pool::restore::working_set::WRITTEN != 0)
+        .count();
+    assert!(
+        written > 0 && written < pages.len() - 1024,
+        "pages first touched by a write are tagged (for mmap copies), the hot ones it reads are not: {written} of {}",
+        pages.len()
+    );
 
     // B, started after the upload, restores f lazily: the set first.
     let b = s.reader();

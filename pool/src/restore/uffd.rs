@@ -58,6 +58,8 @@ const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 const REGISTER_MODE_MISSING: u64 = 1;
 const EVENT_PAGEFAULT: u8 = 0x12;
+/// `UFFD_PAGEFAULT_FLAG_WRITE`: the fault was a write.
+const PAGEFAULT_FLAG_WRITE: u64 = 1;
 const EVENT_FORK: u8 = 0x13;
 const EVENT_REMAP: u8 = 0x14;
 const EVENT_REMOVE: u8 = 0x15;
@@ -249,7 +251,9 @@ pub struct LiveReport {
 
 impl LiveReport {
     /// Saved addresses of the pages that faulted so far, in first-touch
-    /// order (see [`ServerReport::touched`]).
+    /// order (see [`ServerReport::touched`]); while recording exactly
+    /// ([`LiveReport::record_exactly`]) those first touched by a write are
+    /// tagged [`super::working_set::WRITTEN`].
     pub fn touched(&self) -> Vec<u64> {
         self.touched
             .lock()
@@ -278,7 +282,9 @@ impl LiveReport {
     /// and nothing else: the exact working set a copy recording it at
     /// deploy hands to nodes that fetch it from a shared store (which
     /// fetch the pages listed, not the runs around them). Costs a fault
-    /// per page touched: for one recording copy, not for serving.
+    /// per page touched: for one recording copy, not for serving. Pages
+    /// whose first touch was a write are listed tagged
+    /// [`super::working_set::WRITTEN`].
     pub fn record_exactly(&self) {
         self.exact.store(true, Ordering::Relaxed);
     }
@@ -752,12 +758,22 @@ impl PageServer {
                     .iter()
                     .any(|&(to, len, _)| (to..to + len).contains(&page))
                 {
+                    // Recording exactly: a first touch that writes is
+                    // tagged, so that mmap copies populate the page for
+                    // writing (a copy-on-write fault less each).
+                    let tagged = if msg.arg[0] & PAGEFAULT_FLAG_WRITE != 0
+                        && self.live.exact.load(Ordering::Relaxed)
+                    {
+                        page | super::working_set::WRITTEN
+                    } else {
+                        page
+                    };
                     self.report.touched.push(page);
                     self.live
                         .touched
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push(page);
+                        .push(tagged);
                 }
                 self.fill(page)
             }
