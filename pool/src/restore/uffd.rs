@@ -480,12 +480,15 @@ impl PageServer {
         let mut count = 0;
         // A lazy restore's run stops at a page not fetched yet: the list
         // was fetched whole, the pages after it are left to their faults.
+        // That holds for the run's first page too: a page the list does not
+        // name (the page after a run, pushed below as the start of the
+        // next) is not fetched here, one round trip to the store each (it
+        // made a numpy-pandas restore with a working set recorded exactly
+        // fetch ~200 single pages before its resume: +8 s).
         let fetched = |count: usize| {
-            count == 0
-                || self
-                    .lazy
-                    .as_ref()
-                    .is_none_or(|l| !l.missing(area.area, index + count))
+            self.lazy
+                .as_ref()
+                .is_none_or(|l| !l.missing(area.area, index + count))
         };
         while count < PREFETCH_RUN
             && index + count < area.stored.len()
