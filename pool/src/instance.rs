@@ -224,6 +224,9 @@ pub struct Instance {
     /// Copies of a snapshot without a working set: where to record the
     /// pages the first invocation touched.
     record_to: Option<(Restorer, String)>,
+    /// A copy whose page server records its working set exactly
+    /// ([`Stub::record_exactly`]).
+    record_exactly: bool,
     /// pid the runtime reported (inside its namespace).
     pub runtime_pid: u32,
     /// When the instance became ready.
@@ -263,6 +266,7 @@ impl Instance {
             memory_limit,
             page_server: None,
             record_to: None,
+            record_exactly: false,
             runtime_pid,
             ready_at: Instant::now(),
             served: 0,
@@ -343,7 +347,6 @@ impl Instance {
         copy: crate::restore::sandboxed::PreparedCopy,
         credentials: crate::restore::Credentials,
         ready_timeout: Duration,
-        exact: bool,
     ) -> Result<RestorePhases, RestoreFailure> {
         let mode: crate::restore::Mode =
             snapshot
@@ -394,7 +397,7 @@ impl Instance {
                 self.record_to = Some((restorer.clone(), snapshot.id.clone()));
             }
         }
-        if let (true, Some(server)) = (exact, &server) {
+        if let (true, Some(server)) = (self.record_exactly, &server) {
             server.live().record_exactly();
         }
         self.page_server = server;
@@ -573,9 +576,7 @@ impl Instance {
         &mut self,
         resident_before: Option<Vec<u64>>,
     ) -> Option<tokio::task::JoinHandle<Option<usize>>> {
-        let Some((restorer, id)) = self.record_to.take() else {
-            return None;
-        };
+        let (restorer, id) = self.record_to.take()?;
         let resident = match self.sandbox.function_pid() {
             Some(pid) => match restorer.resident_working_set(&id, pid) {
                 Ok(pages) => match &resident_before {
@@ -875,16 +876,9 @@ impl Stub {
         } = self;
         let became = match exists(&pidfd) {
             true => {
+                instance.record_exactly = exact;
                 instance
-                    .become_copy(
-                        pid,
-                        &snapshot,
-                        restorer,
-                        copy,
-                        credentials,
-                        ready_timeout,
-                        exact,
-                    )
+                    .become_copy(pid, &snapshot, restorer, copy, credentials, ready_timeout)
                     .await
             }
             false => Err(RestoreFailure::Copy("the stub is missing".into())),
