@@ -282,6 +282,9 @@ pub struct RestoredChild {
     server: Option<PageServerThread>,
     /// `uffd` mode: the page servers of the other processes of a tree.
     child_servers: Vec<PageServerThread>,
+    /// `uffd` mode: what the page server has done so far (readable while
+    /// the copy runs).
+    live: Option<std::sync::Arc<uffd::LiveReport>>,
     /// `uffd` mode, once the copy ended: what its page server did
     /// (including the working set it touched, to prefetch next time).
     pub server_stats: Option<uffd::ServerReport>,
@@ -293,6 +296,12 @@ impl RestoredChild {
     /// The copy's pid in the restorer's pid namespace.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// `uffd` mode: what the copy's page server has done so far (its
+    /// faults, the zero ones, prefetch), while the copy runs.
+    pub fn page_server(&self) -> Option<&std::sync::Arc<uffd::LiveReport>> {
+        self.live.as_ref()
     }
 
     /// The copy's pid in its own namespace (the saved pid).
@@ -782,7 +791,10 @@ pub fn restore_prepared(
     if let Some(lazy) = &lazy {
         lazy.set_resumed();
     }
-    let server = server.map(|(thread, _)| thread);
+    let (server, live) = match server {
+        Some((thread, live)) => (Some(thread), Some(live)),
+        None => (None, None),
+    };
     drop(plan);
     guard.0 = None;
     Ok(RestoredChild {
@@ -792,6 +804,7 @@ pub fn restore_prepared(
         pidfd: spawned.stub_pidfd,
         status: None,
         server,
+        live,
         child_servers: Vec::new(),
         server_stats: None,
         timings,
