@@ -19,7 +19,8 @@
 //!            (ForRestore::Fetching) until the follower asks again with the
 //!            store up
 //! a fetch fails after    {result="killed"}: the page server kills the copy (the
-//!            invocation answers 502 function_crashed), never zeros
+//!            invocation answers 502 function_crashed), never zeros; later
+//!            cold starts boot as above until the store answers
 //! ```
 //!
 //! A process tree (which the lazy path does not restore), or a node
@@ -274,6 +275,16 @@ impl Cluster {
                     error,
                     "lazy restore: fetching failed after the copy resumed; the copy is killed"
                 );
+                // Later cold starts boot until the store answers, as after
+                // a failure before a resume: with its working set local
+                // (fetched by the copy before), the next lazy copy would
+                // resume without the store and be killed at its first
+                // fault.
+                if self.lazy.lock().unwrap().contains(id) {
+                    self.unlazy(id);
+                    self.fetching.lock().unwrap().remove(id);
+                    on_change(ForRestore::Fetching);
+                }
             }
         }
         self.export();
