@@ -144,6 +144,17 @@ pub enum ObjectError {
         /// The object.
         object: String,
     },
+    /// The local file an object is streamed from or to failed.
+    #[error("{object}: local file {}: {source}", file.display())]
+    File {
+        /// The object.
+        object: String,
+        /// The file.
+        file: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Its content is not what its name or kind promise.
     #[error("{object}: {what}")]
     Invalid {
@@ -287,11 +298,36 @@ impl RemoteStore {
         format!("s3://{}/{}", self.url.bucket, self.object_path(kind, name))
     }
 
-    fn path(&self, kind: Kind, name: &str) -> ObjectPath {
+    /// The client (for streamed transfers, `stream.rs`).
+    pub(crate) fn client(&self) -> &Arc<dyn ObjectStore> {
+        &self.client
+    }
+
+    /// Counts one object of `bytes` written.
+    pub(crate) fn count_sent(&self, bytes: u64) {
+        self.counters.objects_sent.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts one read of `bytes`.
+    pub(crate) fn count_fetched(&self, bytes: u64) {
+        self.counters
+            .requests_fetched
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_fetched
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn path(&self, kind: Kind, name: &str) -> ObjectPath {
         ObjectPath::from(self.object_path(kind, name))
     }
 
-    fn request(&self, kind: Kind, name: &str) -> impl FnOnce(object_store::Error) -> ObjectError {
+    pub(crate) fn request(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> impl FnOnce(object_store::Error) -> ObjectError {
         let object = self.describe(kind, name);
         move |source| match source {
             object_store::Error::NotFound { .. } => ObjectError::Missing { object },

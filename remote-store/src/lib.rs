@@ -10,7 +10,8 @@
 //!   snapshots/<name>    manifest + page locations             (manifest.rs)
 //!   workingsets/<name>  a snapshot's recorded working set
 //!   functions/<name>    a function's record (function.json)
-//!   code/<name>         a version's code (tar)
+//!   code/<name>         a version's code (tar), a dependency layer's
+//!                       archive (streamed: stream.rs)
 //! ```
 //!
 //! Every object is encrypted (XChaCha20-Poly1305, random nonce, its path
@@ -30,6 +31,9 @@
 //!   the pages the copy needs as it needs them (`lazy.rs`).
 //! - [`RemoteStore::status`], [`RemoteStore::snapshot_status`]: what is there.
 //! - [`RemoteStore::put_blob`], [`RemoteStore::get_blob`]: records and code.
+//! - [`RemoteStore::put_blob_file`], [`RemoteStore::get_blob_to`]: large
+//!   objects (dependency layers) streamed from and to files, sealed in
+//!   chunks, sent in parts, never whole in memory (`stream.rs`).
 //! - [`RemoteStore::gc`]: delete what nothing live references, after a
 //!   grace period (`gc.rs`).
 //!
@@ -48,6 +52,7 @@ mod pull;
 mod push;
 pub mod seal;
 mod status;
+pub mod stream;
 
 pub use bucket::{
     BadStoreUrl, ConnectError, Listed, ObjectError, RemoteStore, StoreUrl, Transfers,

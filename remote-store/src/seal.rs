@@ -36,7 +36,7 @@ use snapshotter::store::PAGE_SIZE;
 
 use crate::key::{Keys, Kind};
 
-const SEAL_MAGIC: &[u8; 8] = b"THAWSEAL";
+pub(crate) const SEAL_MAGIC: &[u8; 8] = b"THAWSEAL";
 const PACK_MAGIC: &[u8; 8] = b"THAWRPAK";
 const FORMAT: u32 = 1;
 const NONCE_LEN: usize = 24;

@@ -29,7 +29,10 @@ mod garage;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cluster_support::{metric, store, store_on, verify, wait_for, Store, SERIAL};
+use cluster_support::{
+    boots, first_restore, lazy_restores, metric, restore, store, store_on, verify, wait_for, Store,
+    SERIAL,
+};
 use common::{function, Answer, Server};
 use garage::BUCKET;
 use remote_store::Kind;
@@ -44,61 +47,6 @@ fn born(name: &str, version: u32) -> serde_json::Value {
         ),
         serde_json::json!({}),
     )
-}
-
-async fn restore(server: &Server, name: &str) -> Answer {
-    server
-        .invoke_raw(name, b"{}".to_vec(), &[("x-thaw-cold", "restore")])
-        .await
-}
-
-/// Forced restores of `name` until one answers 200 (before the node has
-/// the version with a snapshot it may restore: 404, or 409 `no_snapshot`).
-async fn first_restore(server: &Server, name: &str) -> Answer {
-    let t0 = Instant::now();
-    loop {
-        let r = restore(server, name).await;
-        if r.status == 200 {
-            return r;
-        }
-        assert!(
-            matches!(r.status, 404 | 409),
-            "{name}: {} {}",
-            r.status,
-            r.text()
-        );
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "{name} not restorable within 120 s: {}",
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `thaw_remote_lazy_restores_total{result="..."}`.
-async fn lazy_restores(server: &Server, result: &str) -> f64 {
-    metric(
-        server,
-        &format!("thaw_remote_lazy_restores_total{{result=\"{result}\"}}"),
-    )
-    .await
-}
-
-/// Lines of /metrics that count invocations of `name` that booted.
-async fn boots(server: &Server, name: &str) -> Vec<String> {
-    server
-        .get("/metrics")
-        .await
-        .text()
-        .lines()
-        .filter(|l| {
-            l.starts_with("thaw_invocations_total{")
-                && l.contains(&format!("function=\"{name}\""))
-                && l.contains("start=\"boot\"")
-        })
-        .map(str::to_string)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1059,15 +1007,19 @@ async fn a_function_with_a_dependency_file_restores_on_a_reader() {
         .expect("a catalog");
     let obj = &catalog.layers[key];
     assert!(obj.blake3.starts_with(hash16), "{obj:?} vs {hash16}");
-    let archive = remote
-        .get_blob(
+    let mut archive = Vec::new();
+    let streamed = remote
+        .get_blob_to(
             Kind::Code,
             server::cluster::layers::address(key, &obj.blake3).as_bytes(),
+            &mut archive,
         )
         .await
         .unwrap()
         .expect("the layer's archive in the bucket");
     assert_eq!(blake3::hash(&archive).to_hex().to_string(), obj.blake3);
+    assert_eq!(streamed.blake3.to_hex().to_string(), obj.blake3);
+    assert_eq!(streamed.bytes, obj.bytes);
     let record = &catalog.functions["deps"].versions[0];
     let code = remote
         .get_blob(

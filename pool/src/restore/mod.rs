@@ -1140,6 +1140,12 @@ pub(crate) fn prepare_process(
     )?;
     // One batch in the main thread, before any other thread exists.
     let mut batch = Batch::new(memory.scratch);
+    // Every signal blocked in the main thread first, until the resume: a
+    // signal that comes meanwhile (a restored timer's, a re-queued pending
+    // one) waits, pending, and the threads made in step 7 start with
+    // every signal blocked (clone3 copies the mask), so no handler of the
+    // copy can run on the thread-making code.
+    thread::block_all_signals(&mut batch)?;
     // 2. mm: needs the stub's binary unmapped (EBUSY otherwise) and the
     //    executable's fd still open.
     mm::set_mm(&mut batch, mm, ctx.plan.exe_fd)?;
@@ -1178,15 +1184,14 @@ pub(crate) fn prepare_process(
     timings.threads = threads_started.elapsed();
     let policy_started = Instant::now();
 
-    // 8. every signal blocked in the main thread too (the others block
-    //    them since they were made) until the resume; the timers, which
-    //    may signal any thread and count from now; the pending signals of
-    //    the main thread and of the process, queued again; the main thread's
+    // 8. (every signal is blocked in every thread since batch 2) the
+    //    timers, which may signal any thread and count from now; the
+    //    pending signals of the main thread and of the process, queued
+    //    again; the main thread's
     //    credentials, then the seccomp policy (and the mmap-mode guard)
     //    with TSYNC: they reach every thread (or the call fails), last of
     //    the steps that need privileges.
     let mut batch = Batch::new(memory.scratch);
-    thread::block_all_signals(&mut batch)?;
     timers::set_timers(&mut batch, timers)?;
     pending::queue_for_thread(&mut batch, *pid, main.tid, &main.pending)?;
     pending::queue_for_process(&mut batch, *pid, pending)?;

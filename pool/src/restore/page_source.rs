@@ -66,27 +66,43 @@ pub struct FetchCounts {
     pub before_resume: AtomicU64,
 }
 
-/// The image of a lazy restore and which of its pages are there.
+/// The image of a lazy restore and which of its pages are there, as one
+/// process of it sees it: a process tree's image lays out every process's
+/// areas one after another (the root's first, `Snapshot::area_base`), and
+/// each process's page server and restore steps name areas by their index
+/// in that process ([`LazyPages::process`] gives each its view; all views
+/// share the image, its source and what is present).
 #[derive(Debug)]
 pub struct LazyPages {
+    image: Arc<LazyImage>,
+    /// Index in the image of this view's area 0.
+    base: usize,
+}
+
+/// What the views of one lazy image share.
+#[derive(Debug)]
+struct LazyImage {
     source: Arc<dyn PageSource>,
     /// The image, writable (the restore maps it read-only).
     file: File,
     layout: ImageLayout,
-    /// Per area, per page: its hash if the snapshot stores it.
+    /// Per area of the image, per page: its hash if the snapshot stores it.
     hashes: Vec<Vec<Option<PageHash>>>,
     /// Per area, per page: in the image.
     present: Vec<Vec<AtomicBool>>,
+    /// Per process: the index of its first area.
+    bases: Vec<usize>,
     /// Set once the copy resumed (counts fetches after it apart).
     resumed: AtomicBool,
     /// What was fetched.
-    pub counts: FetchCounts,
+    counts: FetchCounts,
 }
 
 impl LazyPages {
-    /// Makes the image of `snapshot` (a single process) in `dir` (an
-    /// unlinked file), writes in the pages `local` has, and fetches the
-    /// pages of the areas the page server does not fill.
+    /// Makes the image of `snapshot` (a single process or a tree: every
+    /// process's areas) in `dir` (an unlinked file), writes in the pages
+    /// `local` has, and fetches the pages of the areas the page server does
+    /// not fill. The view returned is the root's.
     pub fn new(
         snapshot: &Snapshot,
         local: Option<&PageStore>,
@@ -94,7 +110,11 @@ impl LazyPages {
         dir: &Path,
     ) -> Result<(LazyPages, CachedImage), RestoreError> {
         let io = |what: String| move |source| RestoreError::Io { what, source };
-        let layout = ImageLayout::of(&snapshot.areas);
+        let every: Vec<AreaPages> = snapshot
+            .processes()
+            .flat_map(|(_, areas)| areas.iter().cloned())
+            .collect();
+        let layout = ImageLayout::of(&every);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -104,8 +124,7 @@ impl LazyPages {
             .map_err(io(format!("create a lazy image in {}", dir.display())))?;
         file.set_len(layout.size)
             .map_err(io("size the lazy image".into()))?;
-        let hashes: Vec<Vec<Option<PageHash>>> = snapshot
-            .areas
+        let hashes: Vec<Vec<Option<PageHash>>> = every
             .iter()
             .map(|a: &AreaPages| {
                 a.iter()
@@ -120,48 +139,167 @@ impl LazyPages {
             .iter()
             .map(|a| a.iter().map(|_| AtomicBool::new(false)).collect())
             .collect();
+        let bases = (0..=snapshot.children.len())
+            .map(|i| snapshot.area_base(i))
+            .collect();
         let lazy = LazyPages {
-            source,
-            file,
-            layout,
-            hashes,
-            present,
-            resumed: AtomicBool::new(false),
-            counts: FetchCounts::default(),
+            image: Arc::new(LazyImage {
+                source,
+                file,
+                layout,
+                hashes,
+                present,
+                bases,
+                resumed: AtomicBool::new(false),
+                counts: FetchCounts::default(),
+            }),
+            base: 0,
         };
         if let Some(store) = local {
-            for (a, pages) in lazy.hashes.iter().enumerate() {
+            for (a, pages) in lazy.image.hashes.iter().enumerate() {
                 for (i, hash) in pages.iter().enumerate() {
                     let Some(hash) = hash else { continue };
                     if let Ok(page) = store.get(hash) {
-                        lazy.write(a, i, &page)?;
+                        lazy.image.write(a, i, &page)?;
                     }
                 }
             }
         }
         // Areas the page server does not serve read the image directly.
         let eager: Vec<(usize, usize)> = snapshot
-            .state
-            .areas
-            .iter()
+            .processes()
+            .flat_map(|(state, _)| state.areas.iter())
             .enumerate()
             .filter(|(_, area)| !super::uffd::is_lazy(area))
-            .flat_map(|(a, _)| (0..lazy.hashes[a].len()).map(move |i| (a, i)))
+            .flat_map(|(a, _)| (0..lazy.image.hashes[a].len()).map(move |i| (a, i)))
             .collect();
-        lazy.ensure(&eager).map_err(RestoreError::Fetch)?;
+        lazy.image.ensure_at(&eager).map_err(RestoreError::Fetch)?;
         let image = CachedImage {
             path: dir.to_path_buf(),
             file: lazy
+                .image
                 .file
                 .try_clone()
                 .map_err(io("dup the lazy image".into()))?,
-            layout: lazy.layout.clone(),
+            layout: lazy.image.layout.clone(),
             built: true,
         };
         Ok((lazy, image))
     }
 
-    /// Offset in the image of page `index` of area `area`.
+    /// The view of process `index` of the snapshot (0 the root, then its
+    /// children in order): its area `a` is the image's `base + a`.
+    pub fn process(&self, index: usize) -> Option<Arc<LazyPages>> {
+        Some(Arc::new(LazyPages {
+            image: self.image.clone(),
+            base: *self.image.bases.get(index)?,
+        }))
+    }
+
+    /// What was fetched (by every view of the image).
+    pub fn counts(&self) -> &FetchCounts {
+        &self.image.counts
+    }
+
+    /// Areas of this view's process.
+    fn areas_in_view(&self) -> usize {
+        let end = self
+            .image
+            .bases
+            .iter()
+            .copied()
+            .find(|&b| b > self.base)
+            .unwrap_or(self.image.hashes.len());
+        end - self.base
+    }
+
+    /// Whether page `index` of area `area` must be fetched before use.
+    pub(crate) fn missing(&self, area: usize, index: usize) -> bool {
+        self.image.missing_at(self.base + area, index)
+    }
+
+    /// Fetches (one call of the source) the stored pages of `pages`
+    /// (area, page index) not in the image yet and writes them in.
+    pub(crate) fn ensure(&self, pages: &[(usize, usize)]) -> Result<(), PageSourceError> {
+        let pages: Vec<(usize, usize)> = pages.iter().map(|&(a, i)| (self.base + a, i)).collect();
+        self.image.ensure_at(&pages)
+    }
+
+    /// [`Self::ensure`] for the run of `count` pages at page `index` of
+    /// area `area` that a fault needs, and the area's pages after it up to
+    /// [`FETCH_AROUND`] in all: one fetch costs a round trip to the store
+    /// (tens of ms), a page more in it 4 KiB of the same read, and a copy
+    /// without a working set touches its memory in runs (the rest of the
+    /// snapshot follows in the background anyway).
+    pub(crate) fn ensure_run(
+        &self,
+        area: usize,
+        index: usize,
+        count: usize,
+    ) -> Result<(), PageSourceError> {
+        let len = self.image.hashes.get(self.base + area).map_or(0, Vec::len);
+        let end = (index + count.max(FETCH_AROUND)).min(len);
+        let pages: Vec<(usize, usize)> = (index..end).map(|i| (area, i)).collect();
+        self.ensure(&pages)
+    }
+
+    /// [`Self::ensure`] for every stored page of the areas `areas` (indices
+    /// into the process's areas): areas the restore writes from the image
+    /// instead of serving, such as the live threads' stacks in uffd mode.
+    pub(crate) fn ensure_areas(
+        &self,
+        areas: impl IntoIterator<Item = usize>,
+    ) -> Result<(), PageSourceError> {
+        let count = self.areas_in_view();
+        let pages: Vec<(usize, usize)> = areas
+            .into_iter()
+            .filter(|&a| a < count)
+            .flat_map(|a| (0..self.image.hashes[self.base + a].len()).map(move |i| (a, i)))
+            .collect();
+        self.ensure(&pages)
+    }
+
+    /// Marks the copy as resumed (later fetches count as after it; every
+    /// view of the image).
+    pub(crate) fn set_resumed(&self) {
+        self.image.resumed.store(true, Ordering::Relaxed);
+    }
+
+    /// Saved addresses of the pages of the areas the page server fills
+    /// that are in the image now (what the copy needed so far, fault-around
+    /// runs included, and what the local store had), in address order: a
+    /// working set to record when the snapshot has none. `areas`: this
+    /// view's process's.
+    pub fn filled_pages(&self, areas: &[snapshotter::state::MemoryArea]) -> Vec<u64> {
+        let mut out = Vec::new();
+        let count = self.areas_in_view();
+        for (a, area) in areas.iter().enumerate() {
+            if !super::uffd::is_lazy(area) || a >= count {
+                continue;
+            }
+            for (i, present) in self.image.present[self.base + a].iter().enumerate() {
+                if present.load(Ordering::Acquire) {
+                    out.push(area.start + i as u64 * PAGE_SIZE);
+                }
+            }
+        }
+        out
+    }
+
+    /// Pages of the snapshot (every process) not in the image yet.
+    pub fn pages_missing(&self) -> u64 {
+        (0..self.image.hashes.len())
+            .map(|a| {
+                (0..self.image.hashes[a].len())
+                    .filter(|&i| self.image.missing_at(a, i))
+                    .count() as u64
+            })
+            .sum()
+    }
+}
+
+impl LazyImage {
+    /// Offset in the image of page `index` of the image's area `area`.
     fn offset(&self, area: usize, index: usize) -> u64 {
         self.layout.areas[area].offset + index as u64 * PAGE_SIZE
     }
@@ -177,19 +315,18 @@ impl LazyPages {
         Ok(())
     }
 
-    /// Whether page `index` of area `area` must be fetched before use.
-    pub(crate) fn missing(&self, area: usize, index: usize) -> bool {
+    /// [`LazyPages::missing`] by the image's area index.
+    fn missing_at(&self, area: usize, index: usize) -> bool {
         self.hashes[area].get(index).is_some_and(|h| h.is_some())
             && !self.present[area][index].load(Ordering::Acquire)
     }
 
-    /// Fetches (one call of the source) the stored pages of `pages`
-    /// (area, page index) not in the image yet and writes them in.
-    pub(crate) fn ensure(&self, pages: &[(usize, usize)]) -> Result<(), PageSourceError> {
+    /// [`LazyPages::ensure`] by the image's area indices.
+    fn ensure_at(&self, pages: &[(usize, usize)]) -> Result<(), PageSourceError> {
         let mut wanted: Vec<(usize, usize)> = pages
             .iter()
             .copied()
-            .filter(|&(a, i)| self.missing(a, i))
+            .filter(|&(a, i)| self.missing_at(a, i))
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
@@ -227,74 +364,6 @@ impl LazyPages {
         }
         Ok(())
     }
-
-    /// [`Self::ensure`] for the run of `count` pages at page `index` of
-    /// area `area` that a fault needs, and the area's pages after it up to
-    /// [`FETCH_AROUND`] in all: one fetch costs a round trip to the store
-    /// (tens of ms), a page more in it 4 KiB of the same read, and a copy
-    /// without a working set touches its memory in runs (the rest of the
-    /// snapshot follows in the background anyway).
-    pub(crate) fn ensure_run(
-        &self,
-        area: usize,
-        index: usize,
-        count: usize,
-    ) -> Result<(), PageSourceError> {
-        let len = self.hashes.get(area).map_or(0, Vec::len);
-        let end = (index + count.max(FETCH_AROUND)).min(len);
-        let pages: Vec<(usize, usize)> = (index..end).map(|i| (area, i)).collect();
-        self.ensure(&pages)
-    }
-
-    /// [`Self::ensure`] for every stored page of the areas `areas` (indices
-    /// into the snapshot's areas): areas the restore writes from the image
-    /// instead of serving, such as the live threads' stacks in uffd mode.
-    pub(crate) fn ensure_areas(
-        &self,
-        areas: impl IntoIterator<Item = usize>,
-    ) -> Result<(), PageSourceError> {
-        let pages: Vec<(usize, usize)> = areas
-            .into_iter()
-            .filter(|&a| a < self.hashes.len())
-            .flat_map(|a| (0..self.hashes[a].len()).map(move |i| (a, i)))
-            .collect();
-        self.ensure(&pages)
-    }
-
-    /// Marks the copy as resumed (later fetches count as after it).
-    pub(crate) fn set_resumed(&self) {
-        self.resumed.store(true, Ordering::Relaxed);
-    }
-
-    /// Saved addresses of the pages of the areas the page server fills
-    /// that are in the image now (what the copy needed so far, fault-around
-    /// runs included, and what the local store had), in address order: a
-    /// working set to record when the snapshot has none.
-    pub fn filled_pages(&self, areas: &[snapshotter::state::MemoryArea]) -> Vec<u64> {
-        let mut out = Vec::new();
-        for (a, area) in areas.iter().enumerate() {
-            if !super::uffd::is_lazy(area) || a >= self.present.len() {
-                continue;
-            }
-            for (i, present) in self.present[a].iter().enumerate() {
-                if present.load(Ordering::Acquire) {
-                    out.push(area.start + i as u64 * PAGE_SIZE);
-                }
-            }
-        }
-        out
-    }
-
-    /// Pages of the snapshot not in the image yet.
-    pub fn pages_missing(&self) -> u64 {
-        (0..self.hashes.len())
-            .map(|a| {
-                (0..self.hashes[a].len())
-                    .filter(|&i| self.missing(a, i))
-                    .count() as u64
-            })
-            .sum()
-    }
 }
 
 /// What happened to a lazy copy, told to its [`LazyOrigin`]'s owner (the
@@ -316,7 +385,7 @@ pub enum LazyEvent {
 /// [`PageSource`] (see [`crate::restore::sandboxed::SnapshotRestorer::set_lazy`]).
 /// Every copy gets its own image and page server over the shared source.
 pub struct LazyOrigin {
-    /// The snapshot (a single process).
+    /// The snapshot (a single process or a tree).
     pub snapshot: Arc<Snapshot>,
     /// Its working set (saved page addresses, first-touch order), fetched
     /// before each copy resumes; empty when none is recorded.

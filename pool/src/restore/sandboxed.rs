@@ -25,8 +25,9 @@
 //! [`SnapshotRestorer::set_lazy`] names its [`LazyOrigin`], and until
 //! [`SnapshotRestorer::clear_lazy`] every copy of it is prepared with its own
 //! image and page server over the origin's shared source
-//! ([`super::prepare_lazily_for_sandbox`]), in `uffd` mode, the origin's
-//! working set fetched before the resume.
+//! ([`super::prepare_lazily_for_sandbox`]; a tree: one image, a page server
+//! per process, [`super::tree::prepare_tree_lazily_for_sandbox`]), in
+//! `uffd` mode, the origin's working set fetched before the resume.
 //!
 //! The restorer also keeps each snapshot's working set (see
 //! [`super::working_set`]): recorded once, from the first invocation of a
@@ -202,14 +203,9 @@ impl SnapshotRestorer {
     }
 
     /// Restores copies of snapshot `origin.snapshot.id` lazily from now on
-    /// (see the module doc), until [`SnapshotRestorer::clear_lazy`]. A
-    /// process tree is refused.
+    /// (see the module doc), until [`SnapshotRestorer::clear_lazy`]: a
+    /// single process or a tree.
     pub fn set_lazy(&self, origin: LazyOrigin) -> Result<(), RestoreError> {
-        if !origin.snapshot.children.is_empty() {
-            return Err(RestoreError::Unsupported(
-                "a lazy restore of a process tree".into(),
-            ));
-        }
         let id = origin.snapshot.id.clone();
         self.lazy.lock().unwrap().insert(id, Arc::new(origin));
         Ok(())
@@ -327,17 +323,29 @@ impl SnapshotRestorer {
             what: format!("create {}", self.snapshots_dir.display()),
             source,
         })?;
-        let prepared = super::prepare_lazily_for_sandbox(
-            &snapshot,
-            Some(&self.store),
-            source.clone(),
-            &self.snapshots_dir,
-            &options,
-        )
+        let prepared = if snapshot.children.is_empty() {
+            super::prepare_lazily_for_sandbox(
+                &snapshot,
+                Some(&self.store),
+                source.clone(),
+                &self.snapshots_dir,
+                &options,
+            )
+            .map(Preparation::Process)
+        } else {
+            super::tree::prepare_tree_lazily_for_sandbox(
+                &snapshot,
+                Some(&self.store),
+                source.clone(),
+                &self.snapshots_dir,
+                &options,
+            )
+            .map(Preparation::Tree)
+        }
         .inspect_err(|e| source.failed_before_resume(e))?;
         Ok(PreparedCopy {
             snapshot,
-            prepared: Preparation::Process(prepared),
+            prepared,
             lazy: Some(source),
         })
     }

@@ -57,6 +57,13 @@
 //! errors    the root killed (the sandbox's pid 1 then ends and its
 //!           namespace with every process); traced ones reaped
 //! ```
+//!
+//! Lazily, from a page source (a node that lacks the snapshot's pages,
+//! [`prepare_tree_lazily_for_sandbox`]): one lazy image lays out every
+//! process's areas as the store's image does; each process's restore steps
+//! and page server see their own stretch of it (`LazyPages::process`), all
+//! over the one source. The root's working set is fetched before the
+//! resume; the children prefetch nothing and fault their pages in.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -68,6 +75,7 @@ use snapshotter::state::{FdKind, MemoryArea, ProcessState};
 use snapshotter::store::{CachedImage, ImageLayout, PageStore};
 
 use super::batch::Batch;
+use super::page_source::LazyPages;
 use super::remote::{bytes_of, Remote};
 use super::{
     fds, memory, pidfd_open, prepare_process, recheck_plan, send_to_keeper, spawn, CopyServer,
@@ -399,6 +407,7 @@ pub(crate) fn restore_tree(
             steps: &steps,
             options,
             sandboxed: false,
+            lazy: None,
         },
         &mut made,
         &mut timings,
@@ -429,6 +438,9 @@ struct Building<'a, 'o> {
     /// In a sandbox: the root stub leads its session already, the
     /// userfaultfds go to the sandbox's pid 1, the policy always applies.
     sandboxed: bool,
+    /// A lazy restore (uffd mode): the image's pages come from its source
+    /// as each process needs them (each its own view of the one image).
+    lazy: Option<&'a std::sync::Arc<LazyPages>>,
 }
 
 /// The page servers of a tree's processes (`uffd` mode).
@@ -485,6 +497,10 @@ fn build(
             }
         })
         .collect();
+    // A lazy restore: each process's view of the one lazy image.
+    let views: Vec<Option<std::sync::Arc<LazyPages>>> = (0..=snapshot.children.len())
+        .map(|index| b.lazy.and_then(|l| l.process(index)))
+        .collect();
     let uffds = std::cell::RefCell::new(Vec::new());
     let collect = b.sandboxed.then_some(&uffds);
     // The recorded working set is the root's (its first invocations'
@@ -526,7 +542,7 @@ fn build(
             options: &child_options,
             stub_pidfd: pidfd.as_ref(),
             keep_uffd: b.sandboxed,
-            lazy: None,
+            lazy: views[index + 1].as_ref(),
             collect_uffds: collect,
             shared_memfds: Some(&memfds[index + 1]),
             plans: None,
@@ -542,7 +558,7 @@ fn build(
         options,
         stub_pidfd: Some(root_pidfd),
         keep_uffd: b.sandboxed,
-        lazy: None,
+        lazy: views[0].as_ref(),
         collect_uffds: collect,
         shared_memfds: Some(&memfds[0]),
         plans: None,
@@ -575,6 +591,9 @@ fn build(
         }
     }
     let root = root_ready.resume(timings)?;
+    if let Some(lazy) = b.lazy {
+        lazy.set_resumed();
+    }
     Ok(Built {
         root,
         children: child_servers,
@@ -589,6 +608,9 @@ pub struct PreparedTree {
     image: CachedImage,
     tree: TreePlan,
     took: Duration,
+    /// A lazy restore ([`prepare_tree_lazily_for_sandbox`]): where missing
+    /// pages come from.
+    lazy: Option<std::sync::Arc<LazyPages>>,
 }
 
 impl PreparedTree {
@@ -653,6 +675,39 @@ pub fn prepare_tree_for_sandbox(
         image,
         tree,
         took: started.elapsed(),
+        lazy: None,
+    })
+}
+
+/// [`prepare_tree_for_sandbox`] of a lazy restore (`uffd` mode only): the
+/// image of every process is made by [`LazyPages::new`] in `dir` from what
+/// `local` has, the pages the page servers do not fill fetched from
+/// `source` now (a failure is [`RestoreError::Fetch`]). Each process then
+/// gets its pages through its own page server over that one image and
+/// source: the root's working set (`options.prefetch` at the restore)
+/// before the resume, every process's faults after.
+pub fn prepare_tree_lazily_for_sandbox(
+    snapshot: &Snapshot,
+    local: Option<&PageStore>,
+    source: std::sync::Arc<dyn super::page_source::PageSource>,
+    dir: &std::path::Path,
+    options: &RestoreOptions<'_>,
+) -> Result<PreparedTree, RestoreError> {
+    if options.mode != Mode::Uffd {
+        return Err(RestoreError::Unsupported(
+            "a lazy restore from a page source needs uffd mode".into(),
+        ));
+    }
+    let started = Instant::now();
+    check_ids(snapshot, true)?;
+    super::depends::check_host(snapshot)?;
+    let (lazy, image) = LazyPages::new(snapshot, local, source, dir)?;
+    let tree = plan(snapshot, options, image.file.as_raw_fd(), true)?;
+    Ok(PreparedTree {
+        image,
+        tree,
+        took: started.elapsed(),
+        lazy: Some(std::sync::Arc::new(lazy)),
     })
 }
 
@@ -753,6 +808,7 @@ pub fn restore_tree_into(
             steps: &steps,
             options,
             sandboxed: true,
+            lazy: prepared.lazy.as_ref(),
         },
         &mut kill.children,
         &mut timings,

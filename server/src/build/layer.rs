@@ -4,6 +4,8 @@
 //! <layer_cache>/<key>/            a finished layer (never changed again)
 //! <layer_cache>/.tmp-<key>-<rand>/ a layer being unpacked (swept when stale)
 //! <layer_cache>/.tmp-<key>-<rand>.in/ the files its installer reads
+//! <layer_cache>/.tmp-archive-<rand>.tar a layer's archive on its way to
+//!                                  or from the shared store
 //! ```
 //!
 //! The key is the blake3 of the runtime, the installer's full command line
@@ -17,13 +19,14 @@
 //! ([`remove_unused`]).
 //!
 //! Nodes sharing a store (docs/cluster.md) carry layers as archives: the
-//! writer makes one with [`archive`] (the same bytes for the same folder,
-//! so its blake3 names it), a reader installs it with [`install_archive`]
-//! (hash checked first, then unpacked, synced and renamed like a build's
-//! output) into `<layer_cache>/<key>-<first 16 hex digits of the hash>/`.
+//! writer makes one with [`archive_to_file`] (the same bytes for the same
+//! folder, so its blake3 names it; written to a temporary file, hashed on
+//! the way), a reader installs it with [`install_checked`] from the file
+//! it downloaded (hash checked first, then unpacked, synced and renamed
+//! like a build's output) into `<layer_cache>/<key>-<first 16 hex digits of the hash>/`.
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -140,7 +143,8 @@ pub fn path(cache: &Path, key: &str) -> PathBuf {
     cache.join(key)
 }
 
-/// Removes temporary folders left by an interrupted build: those not
+/// Removes temporary folders (and archive files) left by an interrupted
+/// build or transfer: those not
 /// touched for `older_than` (the cache may be shared with servers that are
 /// building right now).
 pub fn sweep(cache: &Path, older_than: std::time::Duration) {
@@ -158,7 +162,11 @@ pub fn sweep(cache: &Path, older_than: std::time::Duration) {
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > older_than);
         if stale {
-            let _ = fs::remove_dir_all(e.path());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = fs::remove_dir_all(e.path());
+            } else {
+                let _ = fs::remove_file(e.path());
+            }
         }
     }
 }
@@ -377,9 +385,77 @@ pub fn link_into(layer: &Path, dst: &Path) -> Result<(), LayerError> {
 /// `0644` or `0755`, folders `0755`, symbolic links as links. A file with
 /// several links inside the layer is stored once per name.
 pub fn archive(layer: &Path) -> Result<Vec<u8>, LayerError> {
-    let mut tar = tar::Builder::new(Vec::new());
+    write_archive(layer, Vec::new())
+}
+
+/// [`archive`] written to `out` as it is made (nothing held in memory).
+pub fn write_archive<W: Write>(layer: &Path, out: W) -> Result<W, LayerError> {
+    let mut tar = tar::Builder::new(out);
     append_tree(&mut tar, layer, Path::new(""))?;
     tar.into_inner().map_err(LayerError::Archive)
+}
+
+/// A layer's archive in a temporary file of the layer cache (removed when
+/// dropped), with its blake3 and size.
+#[derive(Debug)]
+pub struct ArchiveFile {
+    /// The file.
+    pub file: tempfile::NamedTempFile,
+    /// blake3 of its bytes, in hex.
+    pub blake3: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Writes the archive of `layer` ([`archive`]) to a temporary file in
+/// `cache` (a `.tmp-` name, so [`sweep`] removes one a crash left),
+/// hashing it as it goes.
+pub fn archive_to_file(layer: &Path, cache: &Path) -> Result<ArchiveFile, LayerError> {
+    let file = temp_file(cache)?;
+    let hashing = Hashing {
+        inner: file.as_file(),
+        hasher: blake3::Hasher::new(),
+        bytes: 0,
+    };
+    let out = write_archive(layer, std::io::BufWriter::with_capacity(1 << 20, hashing))?;
+    let hashing = out
+        .into_inner()
+        .map_err(|e| LayerError::Archive(e.into_error()))?;
+    Ok(ArchiveFile {
+        blake3: hashing.hasher.finalize().to_hex().to_string(),
+        bytes: hashing.bytes,
+        file,
+    })
+}
+
+/// A temporary file in `cache` for a layer's archive, removed when dropped.
+pub fn temp_file(cache: &Path) -> Result<tempfile::NamedTempFile, LayerError> {
+    fs::create_dir_all(cache).map_err(io("create", cache))?;
+    tempfile::Builder::new()
+        .prefix(".tmp-archive-")
+        .suffix(".tar")
+        .tempfile_in(cache)
+        .map_err(io("create a temporary file in", cache))
+}
+
+/// A writer that hashes (blake3) and counts what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -393,7 +469,11 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-fn append_tree(tar: &mut tar::Builder<Vec<u8>>, dir: &Path, rel: &Path) -> Result<(), LayerError> {
+fn append_tree<W: Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &Path,
+    rel: &Path,
+) -> Result<(), LayerError> {
     let mut entries: Vec<fs::DirEntry> = fs::read_dir(dir)
         .map_err(io("read", dir))?
         .collect::<Result<_, _>>()
@@ -447,14 +527,32 @@ pub fn install_archive(
     tar: &[u8],
 ) -> Result<PathBuf, LayerError> {
     reference.validate()?;
-    let actual = blake3::hash(tar).to_hex().to_string();
-    if actual != blake3_hex {
+    check_hash(reference, blake3_hex, &blake3::hash(tar).to_hex())?;
+    install_checked(cache, reference, blake3_hex, tar)
+}
+
+/// Fails unless `actual` (the blake3 of the bytes received, in hex) is
+/// `expected`.
+pub fn check_hash(reference: &LayerRef, expected: &str, actual: &str) -> Result<(), LayerError> {
+    if actual != expected {
         return Err(LayerError::Hash {
             key: reference.key.clone(),
-            expected: blake3_hex.to_string(),
-            actual,
+            expected: expected.to_string(),
+            actual: actual.to_string(),
         });
     }
+    Ok(())
+}
+
+/// [`install_archive`] from `tar`, a stream whose hash the caller checked
+/// already ([`check_hash`]: a download hashes what it writes).
+pub fn install_checked(
+    cache: &Path,
+    reference: &LayerRef,
+    blake3_hex: &str,
+    tar: impl Read,
+) -> Result<PathBuf, LayerError> {
+    reference.validate()?;
     let dst = cache.join(fetched_name(&reference.key, blake3_hex));
     if !dst.is_dir() {
         let tmp = temp_dir(cache, &reference.key)?;
@@ -626,8 +724,24 @@ mod tests {
         );
         assert_eq!(archive(&again).unwrap(), tar);
         let hash = blake3::hash(&tar).to_hex().to_string();
-
+        // Written to a file of the cache, hashed on the way: the same.
         let cache = tempfile::tempdir().unwrap();
+        let file = archive_to_file(&layer, cache.path()).unwrap();
+        assert_eq!(
+            (file.blake3.as_str(), file.bytes),
+            (hash.as_str(), tar.len() as u64)
+        );
+        assert_eq!(fs::read(file.file.path()).unwrap(), tar);
+        assert!(file
+            .file
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".tmp-"));
+        drop(file);
+        assert_eq!(fs::read_dir(cache.path()).unwrap().count(), 0);
+
         let r = LayerRef {
             key: "ab".repeat(32),
             into: ".thaw/python".into(),

@@ -23,8 +23,10 @@
 //!            cold starts boot as above until the store answers
 //! ```
 //!
-//! A process tree (which the lazy path does not restore), or a node
-//! without a restorer, downloads the whole snapshot instead
+//! A process tree restores lazily the same way: one lazy image for every
+//! process, a page server per process over the one source (the root's
+//! working set before the resume, see `pool::restore::tree`). A node
+//! without a restorer downloads the whole snapshot instead
 //! (`remote_store::pull_snapshot`) while cold starts boot.
 //!
 //! Failures are logged and counted, and mark the store down in `/healthz`.
@@ -168,10 +170,6 @@ impl Cluster {
             }
         };
         self.health.ok();
-        if !lazy.snapshot.children.is_empty() {
-            // The lazy path restores single processes.
-            return self.pull(id, on_change).await;
-        }
         let report = lazy.source.report();
         self.lazy_bytes
             .opened(id, lazy.source.counter(), report.working_set_stored_pages);

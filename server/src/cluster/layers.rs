@@ -7,12 +7,17 @@
 //!
 //! ```text
 //! writer                                     bucket                         reader
-//!   layer::archive(<cache>/<key>)   --->  code/<keyed hash of           <--- catalog.layers[key] = {blake3, bytes}
-//!   blake3 of the archive                  "#layer/<key>/<blake3>">         GET it unless installed, check the
-//!   HEAD, PUT only when absent                                              blake3, unpack to a temporary folder,
-//!   catalog.layers[key] = {blake3, bytes}                                   sync, rename: <cache>/<key>-<blake3:16>
-//!   code tar without the layer's links                                      then link it into v<N>/code/<into>
+//!   archive <cache>/<key> to a    --->  code/<keyed hash of           <--- catalog.layers[key] = {blake3, bytes}
+//!   temporary file, blake3 on the         "#layer/<key>/<blake3>">         GET it unless installed, frame by frame
+//!   way; HEAD, PUT only when absent       (streamed: sealed in 1 MiB        to a temporary file, blake3 on the way;
+//!   (in 6 MiB parts)                       frames, remote-store stream.rs)  check it, unpack from the file to a
+//!   catalog.layers[key] = {blake3, bytes}                                   temporary folder, sync, rename:
+//!   code tar without the layer's links                                      <cache>/<key>-<blake3:16>, then link
+//!                                                                           it into v<N>/code/<into>
 //! ```
+//!
+//! Neither side holds the archive in memory: a transfer holds a few parts
+//! of it at most (remote-store's `stream::PART`, `PARTS_IN_FLIGHT`).
 //!
 //! The object's address holds the archive's hash, so it is named by its
 //! content: a layer built again (other bytes) is another object, and one
@@ -73,30 +78,26 @@ pub async fn upload(
     reference: &LayerRef,
 ) -> Result<LayerObject, UploadError> {
     reference.validate().map_err(UploadError::Local)?;
-    let dir = layer::path(cache, &reference.key);
-    let (tar, hash) = tokio::task::spawn_blocking(move || {
-        let tar = layer::archive(&dir)?;
-        let hash = blake3::hash(&tar).to_hex().to_string();
-        Ok::<_, layer::LayerError>((tar, hash))
-    })
-    .await
-    .expect("archiving does not panic")
-    .map_err(UploadError::Local)?;
-    let addr = address(&reference.key, &hash);
+    let (dir, c) = (layer::path(cache, &reference.key), cache.to_path_buf());
+    let archive = tokio::task::spawn_blocking(move || layer::archive_to_file(&dir, &c))
+        .await
+        .expect("archiving does not panic")
+        .map_err(UploadError::Local)?;
+    let addr = address(&reference.key, &archive.blake3);
     let present = remote
         .has_blob(Kind::Code, addr.as_bytes())
         .await
         .map_err(UploadError::Store)?;
     if !present {
-        remote
-            .put_blob(Kind::Code, addr.as_bytes(), &tar)
+        let sent = remote
+            .put_blob_file(Kind::Code, addr.as_bytes(), archive.file.path())
             .await
             .map_err(UploadError::Store)?;
-        tracing::info!(layer = %&reference.key[..16], bytes = tar.len(), "dependency layer uploaded to the shared store");
+        tracing::info!(layer = %&reference.key[..16], bytes = archive.bytes, sent, "dependency layer uploaded to the shared store");
     }
     Ok(LayerObject {
-        blake3: hash,
-        bytes: tar.len() as u64,
+        blake3: archive.blake3,
+        bytes: archive.bytes,
     })
 }
 
@@ -133,7 +134,10 @@ pub enum InstallError {
 
 /// Makes the layer `reference` (its archive `obj`) present in this node's
 /// layer cache `cache`: reused when installed already, else fetched,
-/// checked and installed ([`layer::install_archive`]). Returns its folder.
+/// checked and installed. The archive is downloaded to a temporary file of
+/// the cache (hashed on the way, never whole in memory), checked against
+/// `obj`, then unpacked from it ([`layer::install_checked`]). Returns its
+/// folder.
 pub async fn install(
     remote: &RemoteStore,
     cache: &Path,
@@ -146,21 +150,44 @@ pub async fn install(
         return Ok(dir);
     }
     let addr = address(&reference.key, &obj.blake3);
-    let tar = remote
-        .get_blob(Kind::Code, addr.as_bytes())
+    let tmp = layer::temp_file(cache).map_err(InstallError::Local)?;
+    let local = |what, source| {
+        InstallError::Local(layer::LayerError::Io {
+            what,
+            path: tmp.path().to_path_buf(),
+            source,
+        })
+    };
+    let mut out =
+        tokio::fs::File::from_std(tmp.as_file().try_clone().map_err(|e| local("open", e))?);
+    let got = remote
+        .get_blob_to(Kind::Code, addr.as_bytes(), &mut out)
         .await
         .map_err(|source| InstallError::Store {
             key: reference.key.clone(),
             source,
         })?
         .ok_or_else(|| InstallError::Missing(reference.key.clone()))?;
+    drop(out);
+    layer::check_hash(reference, &obj.blake3, &got.blake3.to_hex()).map_err(InstallError::Local)?;
     let (c, r, h) = (cache.to_path_buf(), reference.clone(), obj.blake3.clone());
-    let bytes = tar.len();
-    let dir = tokio::task::spawn_blocking(move || layer::install_archive(&c, &r, &h, &tar))
-        .await
-        .expect("installing does not panic")
-        .map_err(InstallError::Local)?;
-    tracing::info!(layer = %&reference.key[..16], bytes, dir = %dir.display(), "dependency layer installed from the shared store");
+    let dir = tokio::task::spawn_blocking(move || {
+        let input = std::fs::File::open(tmp.path()).map_err(|e| layer::LayerError::Io {
+            what: "open",
+            path: tmp.path().to_path_buf(),
+            source: e,
+        })?;
+        layer::install_checked(
+            &c,
+            &r,
+            &h,
+            std::io::BufReader::with_capacity(1 << 20, input),
+        )
+    })
+    .await
+    .expect("installing does not panic")
+    .map_err(InstallError::Local)?;
+    tracing::info!(layer = %&reference.key[..16], bytes = got.bytes, dir = %dir.display(), "dependency layer installed from the shared store");
     Ok(dir)
 }
 

@@ -1,6 +1,7 @@
 //! What the tests of nodes sharing a store have in common: a private Garage
 //! with a bucket and a store key, `thaw serve` processes on it, the bucket
-//! as a `RemoteStore`, `thaw store` commands, metrics and waits.
+//! as a `RemoteStore`, `thaw store` commands, metrics and waits, forced
+//! restores and what they count.
 //!
 //! A test crate that uses it declares `mod common;`, `mod garage;` (test-
 //! support/garage.rs) and `mod cluster_support;` at its root.
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use remote_store::{RemoteStore, StoreKey};
 
-use crate::common::Server;
+use crate::common::{Answer, Server};
 use crate::garage::{Garage, BUCKET};
 
 /// The tests set the process's AWS_* variables (the servers inherit them)
@@ -133,4 +134,60 @@ pub fn verify(data: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A forced restore (`x-thaw-cold: restore`) of `name`.
+pub async fn restore(server: &Server, name: &str) -> Answer {
+    server
+        .invoke_raw(name, b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+        .await
+}
+
+/// Forced restores of `name` until one answers 200 (before the node has
+/// the version with a snapshot it may restore: 404, or 409 `no_snapshot`).
+pub async fn first_restore(server: &Server, name: &str) -> Answer {
+    let t0 = Instant::now();
+    loop {
+        let r = restore(server, name).await;
+        if r.status == 200 {
+            return r;
+        }
+        assert!(
+            matches!(r.status, 404 | 409),
+            "{name}: {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{name} not restorable within 120 s: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `thaw_remote_lazy_restores_total{result="..."}`.
+pub async fn lazy_restores(server: &Server, result: &str) -> f64 {
+    metric(
+        server,
+        &format!("thaw_remote_lazy_restores_total{{result=\"{result}\"}}"),
+    )
+    .await
+}
+
+/// Lines of /metrics that count invocations of `name` that booted.
+pub async fn boots(server: &Server, name: &str) -> Vec<String> {
+    server
+        .get("/metrics")
+        .await
+        .text()
+        .lines()
+        .filter(|l| {
+            l.starts_with("thaw_invocations_total{")
+                && l.contains(&format!("function=\"{name}\""))
+                && l.contains("start=\"boot\"")
+        })
+        .map(str::to_string)
+        .collect()
 }
