@@ -22,8 +22,13 @@
 //! 6. **bursts** of 16 concurrent restores ([`burst`]);
 //! 7. **density**: idle copies, booted and restored, and what they add
 //!    ([`density::section`]);
-//! 8. the **goals** of issue 16, each with its figure and verdict
-//!    ([`goals`]), written first.
+//! 8. **remote restore** (issue 18): on a private Garage, a writer and in
+//!    each round a fresh reader with an empty data directory: the reader's
+//!    first (lazy) restore against its local restore and a boot, and the
+//!    bytes it fetched against the working set ([`remote`]); a machine
+//!    without Garage reports that start kind as not available;
+//! 9. the **goals** of issue 16, each with its figure and verdict, and of
+//!    issue 18 ([`goals`]), written first.
 //!
 //! A start kind the server cannot do yet (a forced restore answered `409`,
 //! a restore mode it does not know) is reported as "not available: reason";
@@ -63,6 +68,7 @@ pub mod markdown;
 pub mod memory;
 pub mod plot;
 pub mod procfs;
+pub mod remote;
 pub mod server;
 pub mod throughput;
 
@@ -121,6 +127,9 @@ pub enum Section {
     /// warm one ([`coldstart::FIRST_INVOCATION_ARMS`], interleaved; a second
     /// server for uffd mode).
     FirstInvocation,
+    /// The first restore on a node with nothing local, against a local
+    /// restore and a boot, on a private Garage ([`remote`], issue 18).
+    Remote,
 }
 
 impl std::str::FromStr for Section {
@@ -130,8 +139,9 @@ impl std::str::FromStr for Section {
             "sustained" => Ok(Section::Sustained),
             "burst" | "bursts" => Ok(Section::Burst),
             "first_invocation" | "first-invocation" | "first" => Ok(Section::FirstInvocation),
+            "remote" => Ok(Section::Remote),
             other => Err(format!(
-                "unknown section {other:?} (--only takes sustained, burst and first_invocation)"
+                "unknown section {other:?} (--only takes sustained, burst, first_invocation and remote)"
             )),
         }
     }
@@ -220,6 +230,8 @@ pub struct Plan {
     pub bursts: usize,
     /// Rounds of the cold host (page cache dropped before each start).
     pub cold_host_rounds: usize,
+    /// Rounds of the remote section (a fresh reader each).
+    pub remote_rounds: usize,
 }
 
 impl Plan {
@@ -241,6 +253,7 @@ impl Plan {
             clients: 2 * cores,
             bursts: 7,
             cold_host_rounds: 5,
+            remote_rounds: 5,
         }
     }
 
@@ -261,6 +274,7 @@ impl Plan {
             clients: 2 * cores,
             bursts: 1,
             cold_host_rounds: 1,
+            remote_rounds: 1,
         }
     }
 }
@@ -470,7 +484,9 @@ struct Body {
     bursts: String,
     cold_host: String,
     density: String,
+    remote: String,
     goals: Option<goals::Figures>,
+    remote_goals: Option<goals::RemoteFigures>,
 }
 
 async fn measure_all(
@@ -489,7 +505,9 @@ async fn measure_all(
             bursts: String::new(),
             cold_host: String::new(),
             density,
+            remote: String::new(),
             goals: None,
+            remote_goals: None,
         });
     }
     let empty = serde_json::Map::new();
@@ -538,6 +556,8 @@ async fn measure_all(
     let cold_host_results = measure_cold_host(ctx, &restore_unavailable).await;
     let cold_host = coldhost::render(&cold_host_results, ctx.plan.cold_host_rounds);
     let (density, density_figures) = density::section(ctx, &BENCHES, &restore_unavailable).await;
+    let benches = ctx.cfg.benches();
+    let (remote, remote_figures) = remote::section(ctx, &benches).await;
     let figures = collect_figures(
         &cold,
         &sustained,
@@ -555,7 +575,9 @@ async fn measure_all(
         bursts,
         cold_host,
         density,
+        remote,
         goals: Some(figures),
+        remote_goals: Some(remote_figures),
     })
 }
 
@@ -628,6 +650,12 @@ async fn measure_only(
             s.stop().await;
         }
     }
+    let (mut remote, mut remote_goals) = (String::new(), None);
+    if ctx.cfg.only.contains(&Section::Remote) {
+        let (text, figures) = remote::section(ctx, &benches).await;
+        remote = text;
+        remote_goals = Some(figures);
+    }
     Ok(Body {
         store: String::new(),
         capture: String::new(),
@@ -637,7 +665,9 @@ async fn measure_only(
         bursts,
         cold_host: String::new(),
         density: String::new(),
+        remote,
         goals: None,
+        remote_goals,
     })
 }
 
@@ -902,6 +932,10 @@ fn render_doc(
         Some(f) => d.push_str(&goals::render(f)),
         None => d.push_str("Not judged: this run measured only one section.\n"),
     }
+    if let Some(f) = &body.remote_goals {
+        d.push('\n');
+        d.push_str(&goals::render_remote(f));
+    }
 
     d.push_str("\n## Summary\n\nRatios of medians (median of per-round medians, interleaved rounds) with their 95% paired-bootstrap interval, beside each restore's absolute p50 (all its latencies pooled); the fork floor applies to Python functions only (–).\n\n");
     let mut s = Table::new(&[
@@ -972,6 +1006,8 @@ fn render_doc(
     d.push_str(&body.bursts);
     d.push_str("\n## A cold host\n\n");
     d.push_str(&body.cold_host);
+    d.push_str("\n## Remote restore\n\n");
+    d.push_str(&body.remote);
 
     d.push_str("\n## Not available yet\n\n");
     if ctx.not_available.is_empty() {
@@ -993,7 +1029,7 @@ fn render_doc(
     d.push_str(&format!(
         "\n## How to reproduce\n\n```\ncargo build --release -p server -p loadtest\ntarget/release/thaw-loadtest suite{}\n```\n\n\
          Needs root (sandboxes), `{}` with pip, and the package index for the examples' `requirements.txt` (numpy and pandas are installed into their layer; the fork floor imports them from it). Plan of this run: {} rounds; per round {} warm, {} boot, {} restore \
-         requests and {} forks; {} extra captures per function; {:?} idle booted and {:?} restored copies for density; throughput {} rounds of {:?} with {} clients (warm) and {} clients (cold starts); {} bursts of {}.\n",
+         requests and {} forks; {} extra captures per function; {:?} idle booted and {:?} restored copies for density; throughput {} rounds of {:?} with {} clients (warm) and {} clients (cold starts); {} bursts of {}; {} rounds of the remote section (Garage: `$THAW_GARAGE`, `garage` on `PATH` or `~/.cargo/bin/garage`, or `--garage`).\n",
         match (cfg.short, cfg.only_density, cfg.only.is_empty()) {
             (true, true, _) => " --short --only-density --out DIR".to_string(),
             (false, true, _) => " --only-density --out DIR".to_string(),
@@ -1020,6 +1056,7 @@ fn render_doc(
         throughput::COLD_CLIENTS,
         ctx.plan.bursts,
         burst::BURST,
+        ctx.plan.remote_rounds,
     ));
     d
 }
@@ -1033,6 +1070,7 @@ fn only_flags(cfg: &SuiteConfig) -> String {
             Section::Sustained => "sustained",
             Section::Burst => "burst",
             Section::FirstInvocation => "first_invocation",
+            Section::Remote => "remote",
         })
         .collect();
     let mut out = sections.join(",");

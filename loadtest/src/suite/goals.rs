@@ -1,10 +1,13 @@
 //! The goals of issue 16, each with the figure this run measured beside it
-//! and a plain verdict: **met**, **not met**, or **not measured yet**.
+//! and a plain verdict: **met**, **not met**, or **not measured yet**; then
+//! those of issue 18 (a shared store) in a table of their own.
 //!
 //! Every figure comes from a section of the same document; [`Figures`]
-//! collects them and [`render`] writes one subsection per goal.
+//! collects them and [`render`] writes one subsection per goal;
+//! [`render_remote`] the table of issue 18 from [`RemoteFigures`].
 
-use super::markdown::{ratio, us};
+use super::markdown::{mib, ratio, us};
+pub use super::remote::RemoteFigures;
 
 /// A goal's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,6 +379,71 @@ pub fn render(f: &Figures) -> String {
     out
 }
 
+/// Issue 18: first remote restore ÷ local restore, at most.
+pub const REMOTE_LOCAL_GOAL: f64 = 3.0;
+/// Issue 18: first remote restore ÷ boot, at most.
+pub const REMOTE_BOOT_GOAL: f64 = 0.1;
+/// Issue 18: bytes fetched by the first remote restore ÷ working set, at
+/// most.
+pub const REMOTE_BYTES_GOAL: f64 = 2.0;
+
+/// Issue 18's goals (numpy-pandas): title, measured, verdict.
+pub fn remote_verdicts(f: &RemoteFigures) -> Vec<(&'static str, String, Verdict)> {
+    let ratio_goal = |r: &Result<f64, String>, goal: f64| match r {
+        Ok(x) => (ratio(Some(*x)), Verdict::of(*x <= goal)),
+        Err(e) => ("–".into(), Verdict::NotMeasured(e.clone())),
+    };
+    let (local, lv) = ratio_goal(&f.first_over_local, REMOTE_LOCAL_GOAL);
+    let (boot, bv) = ratio_goal(&f.first_over_boot, REMOTE_BOOT_GOAL);
+    let (bytes, yv) = match &f.bytes {
+        Ok((b, set, exact)) => {
+            let r = b / set.max(1.0);
+            let text = format!(
+                "{} fetched ÷ {} {} = {}{}",
+                mib(*b),
+                if *exact {
+                    "stored working set"
+                } else {
+                    "at most"
+                },
+                mib(*set),
+                if *exact { "" } else { "≥ " },
+                ratio(Some(r))
+            );
+            let verdict = if *exact || r > REMOTE_BYTES_GOAL {
+                Verdict::of(r <= REMOTE_BYTES_GOAL)
+            } else {
+                Verdict::NotMeasured(
+                    "the server does not report the working set's stored part; the ratio is only known to be at least this"
+                        .into(),
+                )
+            };
+            (text, verdict)
+        }
+        Err(e) => ("–".into(), Verdict::NotMeasured(e.clone())),
+    };
+    vec![
+        ("first remote restore ≤ ×3 a local restore", local, lv),
+        ("first remote restore ≤ 1/10 of a boot", boot, bv),
+        ("bytes fetched ≤ ×2 the working set", bytes, yv),
+    ]
+}
+
+/// Issue 18's goals as a table (numpy-pandas, from "Remote restore").
+pub fn render_remote(f: &RemoteFigures) -> String {
+    let mut out = String::from(
+        "### Issue 18: a shared store\n\nThe first restore of numpy-pandas on a node that holds none of its pages, from \"Remote restore\" below (medians of rounds, each a fresh node).\n\n| goal (issue 18) | measured | verdict |\n|--|--|--|\n",
+    );
+    for (title, measured, verdict) in remote_verdicts(f) {
+        out.push_str(&format!(
+            "| {title} | {} | {} |\n",
+            measured.replace('|', "\\|"),
+            verdict.text().replace('|', "\\|")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,5 +525,34 @@ mod tests {
         let v = verdicts(&f);
         assert_eq!(v[0].1, Verdict::NotMet, "6 ms > 5 ms");
         assert_eq!(v[1].1, Verdict::NotMet, "a failure");
+    }
+
+    #[test]
+    fn issue_18_verdicts_are_computed() {
+        let f = RemoteFigures {
+            first_over_local: Ok(2.5),
+            first_over_boot: Ok(0.2),
+            bytes: Ok((3.0 * 1048576.0, 1048576.0, false)),
+        };
+        let v = remote_verdicts(&f);
+        assert_eq!(v[0].2, Verdict::Met, "×2.5 ≤ ×3");
+        assert_eq!(v[1].2, Verdict::NotMet, "1/5 > 1/10");
+        assert_eq!(v[2].2, Verdict::NotMet, "at least ×3 > ×2");
+        assert_eq!(v[2].1, "3.0 MiB fetched ÷ at most 1.0 MiB = ≥ ×3.00");
+        let f = RemoteFigures {
+            bytes: Ok((1.5 * 1048576.0, 1048576.0, false)),
+            ..f
+        };
+        assert!(matches!(remote_verdicts(&f)[2].2, Verdict::NotMeasured(_)));
+        let f = RemoteFigures {
+            bytes: Ok((1.5 * 1048576.0, 1048576.0, true)),
+            first_over_local: Err("no Garage".into()),
+            ..f
+        };
+        let v = remote_verdicts(&f);
+        assert_eq!(v[2].2, Verdict::Met);
+        assert_eq!(v[0].2, Verdict::NotMeasured("no Garage".into()));
+        let text = render_remote(&f);
+        assert!(text.contains("| first remote restore ≤ ×3 a local restore | – | **not measured yet** (no Garage) |"), "{text}");
     }
 }

@@ -44,6 +44,15 @@ pub enum ServerError {
     },
 }
 
+/// Environment changes for a server ([`Server::start_with_env`]).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// Variables set (name, value).
+    pub set: Vec<(String, String)>,
+    /// Variables removed (inherited ones that would change its settings).
+    pub remove: Vec<String>,
+}
+
 /// A running `thaw serve`.
 #[derive(Debug)]
 pub struct Server {
@@ -65,6 +74,19 @@ impl Server {
         extra: &[&str],
         deploy: &[PathBuf],
     ) -> Result<Server, ServerError> {
+        Server::start_with_env(thaw, repo, extra, deploy, &Env::default()).await
+    }
+
+    /// [`Server::start`] with environment variables set (`env.set`) and
+    /// removed (`env.remove`) for the server: a shared store's `AWS_*`
+    /// settings, say.
+    pub async fn start_with_env(
+        thaw: &Path,
+        repo: &Path,
+        extra: &[&str],
+        deploy: &[PathBuf],
+        env: &Env,
+    ) -> Result<Server, ServerError> {
         let data = tempfile::Builder::new()
             .prefix("thaw-suite-")
             .tempdir()
@@ -77,7 +99,11 @@ impl Server {
             .args(["--listen", "127.0.0.1:0", "--allow-forced-cold"])
             .arg("--data-dir")
             .arg(data.path().join("data"))
-            .args(extra);
+            .args(extra)
+            .envs(env.set.iter().map(|(k, v)| (k, v)));
+        for k in &env.remove {
+            cmd.env_remove(k);
+        }
         for dir in deploy {
             cmd.arg("--deploy").arg(dir);
         }
@@ -142,6 +168,11 @@ impl Server {
     /// Its management API.
     pub fn api(&self) -> Api {
         Api::new(&self.authority)
+    }
+
+    /// Its log (stderr) so far, whole.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last `lines` lines of its log.

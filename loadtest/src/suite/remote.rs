@@ -1,0 +1,818 @@
+//! The remote section (issue 18): the first restore of a function on a
+//! node that holds none of its pages, against a local restore and a boot on
+//! that node, and the bytes that first restore fetched against the working
+//! set.
+//!
+//! ```text
+//! Garage        a private one (test-support/garage.rs: single-node layout,
+//!               one bucket, one imported key, region "garage", free ports,
+//!               its data in a temporary folder), a generated store key
+//! writer A      thaw serve --store-writer --store-url s3://BUCKET/suite
+//!               (AWS_* of that Garage); the remote bench functions
+//!               deployed, each version's snapshot complete in the bucket
+//!               (`thaw store remote-status ID` exits 0: manifest last)
+//! per round     a reader B with an empty data directory on the same store:
+//!   wait        B's log says it restores each function's snapshot lazily
+//!   for each function, in turn:
+//!     first     forced restore (`x-thaw-cold: restore`), send → whole answer:
+//!               lazy (uffd, pages from the bucket); B counts it in
+//!               thaw_remote_lazy_restores_total{result="ok"}
+//!     complete  B's log says the snapshot is complete locally
+//!     local     forced restore again, once B has a pre-made sandbox ready:
+//!               from B's local store (mmap)
+//!     boot      forced boot
+//!   B stopped (its data directory removed)
+//! ```
+//!
+//! Bytes of the first restore: `thaw_remote_fetched_bytes` of B after the
+//! completion minus before the first request, less what the completion
+//! itself fetched (its log line's `bytes_fetched`): the page server's
+//! fetches for that copy (working set, prepare-time pages, faults), sealed
+//! slots as read. The working set is what the bucket holds for the version
+//! (`working_set_pages` of B's "restore lazily" line: the pages it lists).
+//! A listed page over a mapped file is not in the bucket and never
+//! fetched, and the server does not say how many listed pages are stored;
+//! every stored page of the set is fetched before the copy resumes, so the
+//! stored part is at most `min(listed, fetched at the resume)` pages: the
+//! ratio is a lower bound, and the goal's verdict says "met" only when the
+//! server reports the stored part ([`RemoteFigures::bytes`]).
+//!
+//! A machine without Garage reports the start kind as not available
+//! (`suite --short` fails on it, like on any start kind it cannot run).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::compare::median;
+use crate::target::{ColdStart, Target};
+
+use super::api::Api;
+use super::markdown::{mib, ratio, us, Table};
+use super::server::{Env, Server};
+use super::{deploy, Bench, Ctx};
+
+#[allow(missing_debug_implementations)]
+#[path = "../../../test-support/garage.rs"]
+mod garage;
+
+/// The start kind's name (in "Not available yet" and the tables).
+pub const REMOTE: &str = "restore (remote, first on an empty node)";
+/// The functions the section measures (the issue names numpy-pandas; hello
+/// beside it).
+pub const FUNCTIONS: [&str; 2] = ["hello", "numpy-pandas"];
+/// The bucket's prefix.
+const PREFIX: &str = "suite";
+/// Longest wait for an upload, for B to see a version, for a completion.
+const WAIT: Duration = Duration::from_secs(600);
+/// B's log line when it will restore a snapshot lazily.
+const LINE_LAZY: &str = "cold starts restore the snapshot lazily from the shared store";
+/// B's log line when a lazy copy resumed.
+const LINE_RESUMED: &str = "lazy restore: the copy resumed (pages from the shared store)";
+/// B's log line when the snapshot is complete locally.
+const LINE_COMPLETE: &str =
+    "snapshot complete locally; cold starts restore it in the configured mode";
+
+/// One round of one function on a fresh reader.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RemoteRound {
+    /// First (lazy) forced restore, µs.
+    pub first: f64,
+    /// Forced restore once the snapshot is local, µs.
+    pub local: f64,
+    /// Forced boot, µs.
+    pub boot: f64,
+    /// Bytes the page server fetched for the first restore.
+    pub bytes: u64,
+    /// Pages the bucket's working set lists (0: none in the bucket).
+    pub working_set_pages: u64,
+    /// Pages fetched before the copy resumed.
+    pub pages_at_resume: u64,
+    /// Bytes of the snapshot object and working set (read before).
+    pub bytes_metadata: u64,
+}
+
+/// The rounds of one function.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteResult {
+    /// The function.
+    pub function: String,
+    /// Whether the bucket held a working set for its version.
+    pub working_set_in_bucket: bool,
+    /// Each round.
+    pub rounds: Vec<RemoteRound>,
+    /// Why rounds are missing, if any failed.
+    pub error: Option<String>,
+}
+
+/// A quantile of `values` (nearest rank), `None` when empty.
+pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+impl RemoteResult {
+    fn column(&self, f: impl Fn(&RemoteRound) -> f64) -> Vec<f64> {
+        self.rounds.iter().map(f).collect()
+    }
+
+    fn med(&self, f: impl Fn(&RemoteRound) -> f64) -> Option<f64> {
+        (!self.rounds.is_empty()).then(|| median(&self.column(f)))
+    }
+
+    /// Median of the per-round ratios first ÷ local (paired rounds).
+    pub fn first_over_local(&self) -> Option<f64> {
+        self.med(|r| r.first / r.local.max(1.0))
+    }
+
+    /// Median of the per-round ratios first ÷ boot.
+    pub fn first_over_boot(&self) -> Option<f64> {
+        self.med(|r| r.first / r.boot.max(1.0))
+    }
+
+    /// Median bytes fetched by the first restore.
+    pub fn bytes(&self) -> Option<f64> {
+        self.med(|r| r.bytes as f64)
+    }
+
+    /// The working set's stored part, at most: `min(listed, fetched at
+    /// the resume)` pages, bytes (median of rounds); `None` without a
+    /// working set in the bucket.
+    pub fn working_set_bound(&self) -> Option<f64> {
+        if !self.working_set_in_bucket || self.rounds.is_empty() {
+            return None;
+        }
+        self.med(|r| (r.working_set_pages.min(r.pages_at_resume) * PAGE) as f64)
+            .filter(|b| *b > 0.0)
+    }
+}
+
+/// Pre-made sandboxes B has ready before its local restore (of the
+/// server's default 2 per version).
+const LOCAL_SPARES: u64 = 1;
+
+/// Bytes of a page.
+const PAGE: u64 = 4096;
+
+/// The figures of issue 18's goals (numpy-pandas); `Err` says why one is
+/// missing.
+#[derive(Debug, Clone)]
+pub struct RemoteFigures {
+    /// First remote restore ÷ local restore (median of rounds).
+    pub first_over_local: Result<f64, String>,
+    /// First remote restore ÷ boot.
+    pub first_over_boot: Result<f64, String>,
+    /// Bytes fetched by the first restore and the working set's stored
+    /// part: `(bytes, set, exact)`, `exact` false when `set` is only an
+    /// upper bound of the stored part (the ratio then a lower bound).
+    pub bytes: Result<(f64, f64, bool), String>,
+}
+
+impl RemoteFigures {
+    /// The figures of `function` in `results` (or why there are none).
+    pub fn of(results: &[RemoteResult], function: &str, why_none: Option<&str>) -> RemoteFigures {
+        let r = results.iter().find(|r| r.function == function);
+        let missing = || match (why_none, r.and_then(|r| r.error.clone())) {
+            (Some(w), _) => w.to_owned(),
+            (None, Some(e)) => e,
+            (None, None) => format!("the remote section did not measure {function}"),
+        };
+        let some = r.filter(|r| !r.rounds.is_empty());
+        RemoteFigures {
+            first_over_local: some
+                .and_then(RemoteResult::first_over_local)
+                .ok_or_else(missing),
+            first_over_boot: some
+                .and_then(RemoteResult::first_over_boot)
+                .ok_or_else(missing),
+            bytes: match some {
+                None => Err(missing()),
+                Some(r) if !r.working_set_in_bucket => {
+                    Err("no working set in the bucket for this version".into())
+                }
+                Some(r) => match (r.bytes(), r.working_set_bound()) {
+                    (Some(b), Some(ws)) => Ok((b, ws, false)),
+                    _ => Err("no working set pages fetched".into()),
+                },
+            },
+        }
+    }
+}
+
+/// The function issue 18's goals are about.
+const GOAL_FUNCTION: &str = "numpy-pandas";
+
+/// What the section measured, as Markdown, and the figures of issue 18's
+/// goals.
+pub async fn section(ctx: &mut Ctx, benches: &[Bench]) -> (String, RemoteFigures) {
+    let benches: Vec<Bench> = benches
+        .iter()
+        .filter(|b| FUNCTIONS.contains(&b.name))
+        .copied()
+        .collect();
+    if benches.is_empty() {
+        let why = "none of this run's functions is one of the remote section's";
+        return (
+            format!("Not measured: {why}.\n"),
+            RemoteFigures::of(&[], GOAL_FUNCTION, Some(why)),
+        );
+    }
+    let rounds = ctx.plan.remote_rounds;
+    eprintln!(
+        "suite: remote: {rounds} rounds of a fresh reader's first restore of {}",
+        benches
+            .iter()
+            .map(|b| b.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let results = match measure(ctx, &benches, rounds).await {
+        Ok(r) => r,
+        Err(Failure::Unavailable(why)) => {
+            ctx.unavailable(format!("{REMOTE}: {why}"));
+            return (
+                format!("Not available: {why}.\n"),
+                RemoteFigures::of(&[], GOAL_FUNCTION, Some(&why)),
+            );
+        }
+        Err(Failure::Error(e)) => {
+            ctx.error(format!("remote: {e}"));
+            return (
+                format!("Error: {}\n", e.replace('\n', " ")),
+                RemoteFigures::of(&[], GOAL_FUNCTION, Some(&e)),
+            );
+        }
+    };
+    for r in &results {
+        if let Some(e) = &r.error {
+            ctx.error(format!("remote, {}: {e}", r.function));
+        }
+    }
+    (
+        render(&results, rounds),
+        RemoteFigures::of(&results, GOAL_FUNCTION, None),
+    )
+}
+
+/// Why the section did not run.
+#[derive(Debug)]
+enum Failure {
+    /// A prerequisite of the machine is missing (no Garage).
+    Unavailable(String),
+    /// Something failed.
+    Error(String),
+}
+
+/// The store both nodes share, and the writer.
+struct Shared {
+    garage: garage::Garage,
+    env: Env,
+    url: String,
+    key_file: PathBuf,
+    layers: PathBuf,
+}
+
+impl Shared {
+    fn args<'a>(&'a self, role: &'a str) -> Vec<&'a str> {
+        vec![
+            role,
+            "--store-url",
+            &self.url,
+            "--store-key-file",
+            self.key_file.to_str().unwrap_or_default(),
+            "--layer-cache",
+            self.layers.to_str().unwrap_or_default(),
+            "--log-format",
+            "json",
+        ]
+    }
+}
+
+/// The garage binary (`$THAW_GARAGE`, `garage` on `PATH`,
+/// `~/.cargo/bin/garage`), if it is a file.
+pub fn binary() -> Result<PathBuf, String> {
+    let bin = garage::binary()?;
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "the garage binary is missing: {} (from $THAW_GARAGE) is not a file",
+            bin.display()
+        ))
+    }
+}
+
+async fn measure(
+    ctx: &mut Ctx,
+    benches: &[Bench],
+    rounds: usize,
+) -> Result<Vec<RemoteResult>, Failure> {
+    let bin = binary().map_err(Failure::Unavailable)?;
+    eprintln!(
+        "suite: remote: starting a private Garage ({})",
+        bin.display()
+    );
+    let garage = tokio::task::spawn_blocking(garage::Garage::start)
+        .await
+        .map_err(|e| Failure::Error(e.to_string()))?
+        .map_err(|e| Failure::Error(format!("starting Garage: {e}")))?;
+    let key: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let key_file = garage.dir().join("store.key");
+    std::fs::write(&key_file, key).map_err(|e| Failure::Error(e.to_string()))?;
+    let env = Env {
+        set: garage
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        // Settings of a developer's shell (`eval "$(./dev.sh s3)"`) that
+        // would win over the flags.
+        remove: [
+            "THAW_STORE_KEY",
+            "THAW_STORE_URL",
+            "THAW_STORE_WRITER",
+            "THAW_STORE_KEY_FILE",
+            "THAW_STORE_CACHE_MB",
+            "THAW_ADVERTISE_URL",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    // One layer cache for A and every B (thaw allows sharing one on a
+    // machine): the suite's own, so numpy and pandas are installed once.
+    let layers = std::env::var_os("THAW_LAYER_CACHE")
+        .map_or_else(|| ctx.server_data.join("layers"), PathBuf::from);
+    let shared = Shared {
+        url: format!("s3://{}/{PREFIX}", garage::BUCKET),
+        garage,
+        env,
+        key_file,
+        layers,
+    };
+    let writer = Server::start_with_env(
+        &ctx.cfg.thaw,
+        &ctx.cfg.repo,
+        &shared.args("--store-writer"),
+        &[],
+        &shared.env,
+    )
+    .await
+    .map_err(|e| Failure::Error(format!("the writer: {e}")))?;
+    let out = measure_on(ctx, &shared, &writer, benches, rounds).await;
+    if out.is_err() {
+        eprintln!("suite: remote: the writer's log:\n{}", writer.log_tail(15));
+    }
+    writer.stop().await;
+    drop(shared.garage);
+    out
+}
+
+/// Deploys `benches` on `writer`, waits for their uploads, then the rounds.
+async fn measure_on(
+    ctx: &mut Ctx,
+    shared: &Shared,
+    writer: &Server,
+    benches: &[Bench],
+    rounds: usize,
+) -> Result<Vec<RemoteResult>, Failure> {
+    let api = writer.api();
+    let mut results = Vec::new();
+    let mut ids = Vec::new();
+    let empty = serde_json::Map::new();
+    for b in benches {
+        eprintln!("suite: remote: deploying {} on the writer", b.name);
+        let folder = ctx.cfg.repo.join("examples").join(b.name);
+        deploy::deploy(&api, &folder, b.name, &empty)
+            .await
+            .map_err(|e| Failure::Error(e.to_string()))?;
+        let record = deploy::wait_ready(&api, b.name)
+            .await
+            .map_err(|e| Failure::Error(e.to_string()))?;
+        let id = record
+            .pointer("/snapshot/id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Failure::Error(format!("{}: no snapshot in {record}", b.name)))?
+            .to_owned();
+        let status = uploaded(ctx, shared, &id).await.map_err(Failure::Error)?;
+        let ws = status
+            .pointer("/snapshot/working_set")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        eprintln!(
+            "suite: remote: {} uploaded (snapshot {id}, {} pages, {} working set in the bucket)",
+            b.name,
+            status
+                .pointer("/snapshot/pages")
+                .map_or_else(|| "?".into(), Value::to_string),
+            if ws { "a" } else { "no" }
+        );
+        ids.push(id);
+        results.push(RemoteResult {
+            function: b.name.to_owned(),
+            working_set_in_bucket: ws,
+            ..RemoteResult::default()
+        });
+    }
+    for round in 1..=rounds {
+        let reader = Server::start_with_env(
+            &ctx.cfg.thaw,
+            &ctx.cfg.repo,
+            &shared.args("--store-writer=false"),
+            &[],
+            &shared.env,
+        )
+        .await
+        .map_err(|e| Failure::Error(format!("round {round}: a reader: {e}")))?;
+        let r = one_round(ctx, &reader, benches, &ids, &mut results, round).await;
+        if let Err(e) = &r {
+            eprintln!("suite: remote: the reader's log:\n{}", reader.log_tail(15));
+            let e = format!("round {round}: {e}");
+            for res in &mut results {
+                res.error.get_or_insert_with(|| e.clone());
+            }
+        }
+        reader.stop().await;
+        if r.is_err() {
+            break;
+        }
+    }
+    Ok(results)
+}
+
+/// Polls `thaw store remote-status ID` until the snapshot is complete in
+/// the bucket (the writer uploads the manifest last); its JSON.
+async fn uploaded(ctx: &Ctx, shared: &Shared, id: &str) -> Result<Value, String> {
+    let t0 = Instant::now();
+    loop {
+        let out = tokio::process::Command::new(&ctx.cfg.thaw)
+            .args(["store", "remote-status", id, "--store-url", &shared.url])
+            .arg("--store-key-file")
+            .arg(&shared.key_file)
+            .envs(shared.env.set.iter().map(|(k, v)| (k, v)))
+            .env_remove("THAW_STORE_KEY")
+            .output()
+            .await
+            .map_err(|e| format!("running thaw store remote-status: {e}"))?;
+        if out.status.success() {
+            return serde_json::from_slice(&out.stdout).map_err(|e| {
+                format!(
+                    "thaw store remote-status printed no JSON ({e}): {}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            });
+        }
+        if t0.elapsed() > WAIT {
+            return Err(format!(
+                "snapshot {id} not complete in the bucket after {WAIT:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One reader's round: every function's first, local and boot starts.
+async fn one_round(
+    ctx: &Ctx,
+    reader: &Server,
+    benches: &[Bench],
+    ids: &[String],
+    results: &mut [RemoteResult],
+    round: usize,
+) -> Result<(), String> {
+    // B sees every version (code, record, snapshot object) first.
+    let mut opened = Vec::new();
+    for id in ids {
+        opened.push(wait_line(reader, LINE_LAZY, id).await?);
+    }
+    let api = reader.api();
+    for (i, bench) in benches.iter().enumerate() {
+        let id = &ids[i];
+        let target = |kind| {
+            Target::new(&api.base_url(), bench.name)
+                .and_then(|t| t.with_bodies(vec![Bytes::from(bench.body.to_owned())]))
+                .map(|t| t.with_cold(Some(kind)))
+                .map_err(|e| e.to_string())
+        };
+        let (restore, boot) = (target(ColdStart::Restore)?, target(ColdStart::Boot)?);
+        // Each start from B at rest: nothing busy; before the local restore
+        // a pre-made sandbox ready, as for any local restore (none are made
+        // of a snapshot restored lazily).
+        let settle = |spares: u64| {
+            let api = api.clone();
+            async move {
+                deploy::wait_settled(&api, bench.name, spares)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("{}: waiting for B to settle: {e}", bench.name))
+            }
+        };
+        settle(0).await?;
+        let lazy_before = metric(&api, "thaw_remote_lazy_restores_total{result=\"ok\"}").await?;
+        let bytes_before = metric(&api, "thaw_remote_fetched_bytes").await?;
+        let first = timed(ctx, &restore, "restore", "first restore").await?;
+        let lazy_after = metric(&api, "thaw_remote_lazy_restores_total{result=\"ok\"}").await?;
+        if lazy_after != lazy_before + 1.0 {
+            return Err(format!(
+                "{}: the first restore was not lazy (lazy restores {lazy_before} → {lazy_after})",
+                bench.name
+            ));
+        }
+        let resumed = wait_line(reader, LINE_RESUMED, id).await?;
+        let complete = wait_line(reader, LINE_COMPLETE, id).await?;
+        let bytes_after = metric(&api, "thaw_remote_fetched_bytes").await?;
+        let completion = field(&complete, "bytes_fetched");
+        let bytes = (bytes_after - bytes_before).max(0.0) as u64;
+        settle(LOCAL_SPARES).await?;
+        let local = timed(ctx, &restore, "restore", "local restore").await?;
+        if metric(&api, "thaw_remote_lazy_restores_total{result=\"ok\"}").await? != lazy_after {
+            return Err(format!(
+                "{}: the restore after the completion was lazy again",
+                bench.name
+            ));
+        }
+        settle(0).await?;
+        let booted = timed(ctx, &boot, "boot", "boot").await?;
+        let r = RemoteRound {
+            first,
+            local,
+            boot: booted,
+            bytes: bytes.saturating_sub(completion),
+            working_set_pages: field(&opened[i], "working_set_pages"),
+            pages_at_resume: field(&resumed, "pages_fetched"),
+            bytes_metadata: field(&opened[i], "bytes_metadata"),
+        };
+        eprintln!(
+            "  round {round}: {:<13} first {} local {} boot {}, fetched {} (working set {} pages listed, {} pages before the resume, completion {})",
+            bench.name,
+            us(Some(r.first)),
+            us(Some(r.local)),
+            us(Some(r.boot)),
+            mib(r.bytes as f64),
+            r.working_set_pages,
+            r.pages_at_resume,
+            mib(completion as f64)
+        );
+        results[i].rounds.push(r);
+    }
+    Ok(())
+}
+
+/// Sends one forced start and times it from send to whole answer, µs; the
+/// answer must be a 200 of start kind `kind`.
+async fn timed(ctx: &Ctx, target: &Target, kind: &str, what: &str) -> Result<f64, String> {
+    let t0 = Instant::now();
+    let outcome = ctx.client.send(target, 0).await;
+    let took = t0.elapsed().as_secs_f64() * 1e6;
+    if !outcome.is_ok() {
+        return Err(format!(
+            "{what} of {}: {}",
+            target.function(),
+            outcome
+                .error
+                .or(outcome.detail)
+                .unwrap_or_else(|| format!("status {:?}", outcome.status))
+        ));
+    }
+    if outcome.start.as_deref() != Some(kind) {
+        return Err(format!(
+            "{what} of {}: started by {:?}, not {kind}",
+            target.function(),
+            outcome.start
+        ));
+    }
+    Ok(took)
+}
+
+/// The sum of the metric lines of `/metrics` that start with `prefix`.
+async fn metric(api: &Api, prefix: &str) -> Result<f64, String> {
+    let (status, text) = api.get_text("/metrics").await.map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("/metrics answered {status}"));
+    }
+    Ok(sum_metric(&text, prefix))
+}
+
+/// The sum of the values of the lines of `text` that start with `prefix`.
+pub fn sum_metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter(|l| l[prefix.len()..].starts_with([' ', '{']) || prefix.ends_with('}'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the server's JSON log has a line `message` about snapshot
+/// `id`, and returns its fields.
+async fn wait_line(server: &Server, message: &str, id: &str) -> Result<Value, String> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(fields) = find_line(&server.log_text(), message, id) {
+            return Ok(fields);
+        }
+        if t0.elapsed() > WAIT {
+            return Err(format!(
+                "no log line {message:?} for snapshot {id} within {WAIT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The fields of the first line of a JSON log (`tracing`'s format:
+/// `{"fields": {"message": ..., ...}}`) with `message` and `snapshot` `id`.
+pub fn find_line(log: &str, message: &str, id: &str) -> Option<Value> {
+    log.lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v.get("fields").cloned())
+        .find(|f| {
+            f.get("message").and_then(Value::as_str) == Some(message)
+                && f.get("snapshot").and_then(Value::as_str) == Some(id)
+        })
+}
+
+/// A number field of a log line (0 when absent).
+fn field(fields: &Value, name: &str) -> u64 {
+    fields.get(name).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// The section's tables.
+pub fn render(results: &[RemoteResult], rounds: usize) -> String {
+    let mut out = format!(
+        "The first cold start of a function on a node that holds none of its pages (issue 18): a private Garage, a writer A \
+         that deployed the function and uploaded its snapshot, and in each of {rounds} rounds a new reader B with an empty \
+         data directory on the same store. B's **first** forced restore (`x-thaw-cold: restore`) is lazy (uffd, pages \
+         fetched from the bucket: the working set before the resume, then what faults); once B completed the snapshot \
+         locally, a **local** forced restore (mmap, once a pre-made sandbox is ready) and a forced **boot** on B, each \
+         from B at rest. Times from send to the whole answer; \
+         ratios are medians of the per-round ratios. Bytes: what B's page server fetched for the first restore (sealed \
+         slots, `thaw_remote_fetched_bytes` less the completion's own fetch), against the working set the bucket holds: \
+         the pages it lists; its stored part (pages over mapped files are not fetched) is at most the pages fetched before \
+         the resume, so that bound is used and the ratio is a lower bound. A and B share the machine, its cores and one \
+         layer cache.\n\n"
+    );
+    let mut t = Table::new(&[
+        "function",
+        "working set in the bucket",
+        ">first remote p50",
+        ">first remote p90",
+        ">local p50",
+        ">boot p50",
+        ">first ÷ local",
+        ">first ÷ boot",
+        ">fetched by the first",
+        ">working set (listed)",
+        ">stored part ≤",
+        ">fetched ÷ set ≥",
+    ]);
+    for r in results {
+        let first = r.column(|x| x.first);
+        let ws_listed = r.med(|x| (x.working_set_pages * PAGE) as f64);
+        let bound = r.working_set_bound();
+        t.row(vec![
+            r.function.clone(),
+            if r.working_set_in_bucket { "yes" } else { "no" }.into(),
+            us(quantile(&first, 0.5)),
+            us(quantile(&first, 0.9)),
+            us(r.med(|x| x.local)),
+            us(r.med(|x| x.boot)),
+            ratio(r.first_over_local()),
+            ratio(r.first_over_boot()),
+            r.bytes().map_or_else(|| "–".into(), mib),
+            ws_listed
+                .filter(|_| r.working_set_in_bucket)
+                .map_or_else(|| "–".into(), mib),
+            bound.map_or_else(|| "–".into(), mib),
+            match (r.bytes(), bound) {
+                (Some(b), Some(w)) => ratio(Some(b / w)),
+                _ => "–".into(),
+            },
+        ]);
+    }
+    out.push_str(&t.render());
+    out.push_str("\nEach round:\n\n");
+    let mut t = Table::new(&[
+        "function",
+        ">round",
+        ">first",
+        ">local",
+        ">boot",
+        ">fetched",
+        ">pages before the resume",
+        ">metadata",
+    ]);
+    for r in results {
+        for (i, x) in r.rounds.iter().enumerate() {
+            t.row(vec![
+                r.function.clone(),
+                (i + 1).to_string(),
+                us(Some(x.first)),
+                us(Some(x.local)),
+                us(Some(x.boot)),
+                mib(x.bytes as f64),
+                x.pages_at_resume.to_string(),
+                mib(x.bytes_metadata as f64),
+            ]);
+        }
+    }
+    out.push_str(&t.render());
+    for r in results {
+        if let Some(e) = &r.error {
+            out.push_str(&format!(
+                "\n{}: stopped early: {}\n",
+                r.function,
+                e.replace('\n', " ")
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_json_log_line_by_message_and_snapshot() {
+        let log = format!(
+            "{{\"level\":\"INFO\",\"fields\":{{\"message\":\"{LINE_COMPLETE}\",\"snapshot\":\"a\",\"bytes_fetched\":5}}}}\n\
+             not json {LINE_COMPLETE}\n\
+             {{\"level\":\"INFO\",\"fields\":{{\"message\":\"{LINE_COMPLETE}\",\"snapshot\":\"b\",\"bytes_fetched\":7}}}}\n"
+        );
+        let f = find_line(&log, LINE_COMPLETE, "b").unwrap();
+        assert_eq!(field(&f, "bytes_fetched"), 7);
+        assert!(find_line(&log, LINE_RESUMED, "b").is_none());
+        assert!(find_line(&log, LINE_COMPLETE, "c").is_none());
+    }
+
+    #[test]
+    fn sums_a_metric_without_its_longer_namesakes() {
+        let text = "thaw_remote_fetched_bytes 100\nthaw_remote_fetched_bytes_x 5\n\
+                    thaw_remote_lazy_restores_total{result=\"ok\"} 2\n\
+                    thaw_remote_lazy_restores_total{result=\"boot\"} 1\n";
+        assert_eq!(sum_metric(text, "thaw_remote_fetched_bytes"), 100.0);
+        assert_eq!(
+            sum_metric(text, "thaw_remote_lazy_restores_total{result=\"ok\"}"),
+            2.0
+        );
+        assert_eq!(sum_metric(text, "thaw_remote_lazy_restores_total"), 3.0);
+    }
+
+    fn result(ws: bool) -> RemoteResult {
+        let round = |first: f64, bytes: u64| RemoteRound {
+            first,
+            local: 10_000.0,
+            boot: 300_000.0,
+            bytes,
+            working_set_pages: 1000,
+            pages_at_resume: 800,
+            bytes_metadata: 1,
+        };
+        RemoteResult {
+            function: "numpy-pandas".into(),
+            working_set_in_bucket: ws,
+            rounds: vec![
+                round(20_000.0, 4_000_000),
+                round(40_000.0, 6_000_000),
+                round(90_000.0, 9_000_000),
+            ],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn figures_are_medians_of_paired_ratios_and_the_set_is_a_bound() {
+        let r = result(true);
+        assert_eq!(r.first_over_local(), Some(4.0));
+        assert!((r.first_over_boot().unwrap() - 40.0 / 300.0).abs() < 1e-9);
+        assert_eq!(r.working_set_bound(), Some(800.0 * 4096.0));
+        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.9), Some(3.0));
+        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), Some(2.0));
+        let f = RemoteFigures::of(&[r], "numpy-pandas", None);
+        assert_eq!(f.first_over_local, Ok(4.0));
+        assert_eq!(f.bytes, Ok((6_000_000.0, 800.0 * 4096.0, false)));
+        let f = RemoteFigures::of(&[result(false)], "numpy-pandas", None);
+        assert_eq!(
+            f.bytes,
+            Err("no working set in the bucket for this version".into())
+        );
+        let f = RemoteFigures::of(&[], "numpy-pandas", Some("no Garage"));
+        assert_eq!(f.first_over_boot, Err("no Garage".into()));
+        let text = render(&[result(true)], 3);
+        assert!(
+            text.contains("| numpy-pandas | yes | 40 ms | 90 ms |"),
+            "{text}"
+        );
+    }
+}
