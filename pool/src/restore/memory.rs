@@ -275,6 +275,9 @@ pub fn map_areas(
     pages: &[AreaPages],
     sources: &MapSources<'_>,
 ) -> Result<(), RestoreError> {
+    // Read once per restore, not once per area (an environment lookup
+    // takes the environment's lock).
+    let overlay = overlay_wanted();
     for (index, area) in areas.iter().enumerate() {
         let prot = area.prot.to_prot() as u64;
         let len = area.len();
@@ -283,7 +286,7 @@ pub fn map_areas(
             AreaKind::Vdso | AreaKind::Vvar | AreaKind::VvarVclock | AreaKind::Vsyscall => {}
             // Attached after the batch ([`super::sysv`]): left free here.
             AreaKind::SysvShm(_) => {}
-            AreaKind::FilePrivate if !area.shared && !overlay_wanted() => {
+            AreaKind::FilePrivate if !area.shared && !overlay => {
                 map_file_private(batch, index, area, &pages[index], sources);
             }
             AreaKind::FileUnchanged | AreaKind::FilePrivate => {
