@@ -7,7 +7,9 @@
 //! first answer in mmap and uffd mode, with the median of every restore
 //! phase for 1 and 16 threads (issue 16: the restore phases with threads)
 //! and of the time outside the phases (loading the snapshot, and the
-//! restorer's wait for a CPU once the copy's threads run again).
+//! restorer's wait for a CPU once the copy's threads run again), and in
+//! uffd mode what the page server did for each copy (faults, pages copied:
+//! the first answers of both programs touch the same pages).
 //!
 //! Both programs have the same memory; the 16-thread one differs only by
 //! its threads (each with its stack, TLS and rseq area, waiting on the
@@ -15,7 +17,9 @@
 //! compare two builds by running them alternately in one window (docs/
 //! restore.md, "Threads"), never against figures taken at another time.
 //!
-//! `cargo bench -p pool --bench threads` (needs root and a C compiler).
+//! `cargo bench -p pool --bench threads` (needs root and a C compiler);
+//! `THREADS_BENCH_N` rounds instead of 25, `THREADS_BENCH_ROUNDS=1` prints
+//! every round's phases.
 
 #[path = "../tests/restore_support/mod.rs"]
 mod restore_support;
@@ -63,7 +67,17 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// Rounds per arm; `THREADS_BENCH_N` sets another number (more rounds
+/// steady the medians on a busy machine).
 const ROUNDS: usize = 25;
+
+fn rounds() -> usize {
+    std::env::var("THREADS_BENCH_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(ROUNDS)
+}
 const MIB: &str = "32";
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -89,6 +103,7 @@ fn main() {
     {
         skip!("threads bench: needs root and a C compiler");
     }
+    let rounds = rounds();
     let tmp = tempfile::tempdir().unwrap();
     let program = compile(tmp.path(), "threads", PROGRAM);
     let kinds = [("1 thread", "1"), ("16 threads", "16")];
@@ -105,7 +120,7 @@ fn main() {
 
     // Capture, interleaved.
     let mut capture = [Vec::new(), Vec::new()];
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for (k, p) in originals.iter().enumerate() {
             let dir = tmp.path().join(format!("cap-{k}-{round}"));
             let started = Instant::now();
@@ -124,7 +139,7 @@ fn main() {
         })
         .collect();
     drop(originals);
-    println!("== capture of {MIB} MiB (median of {ROUNDS}, ms)");
+    println!("== capture of {MIB} MiB (median of {rounds}, ms)");
     let c: Vec<Duration> = capture.into_iter().map(median).collect();
     for (k, (name, _)) in kinds.iter().enumerate() {
         println!("  {name:10} {:8.3}", ms(c[k]));
@@ -137,7 +152,7 @@ fn main() {
     // Loading a snapshot (part of every restore here, outside the phases):
     // the 16-thread one has 15 more threads' states and 30 more areas.
     let mut load = [Vec::new(), Vec::new()];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (k, snap) in snaps.iter().enumerate() {
             let started = Instant::now();
             drop(snapshotter::snapshot::open_snapshot_dir(snap).unwrap());
@@ -146,7 +161,7 @@ fn main() {
     }
     let l: Vec<Duration> = load.into_iter().map(median).collect();
     println!(
-        "== loading the snapshot (median of {ROUNDS}, ms): 1 thread {:.3}, 16 threads {:.3}",
+        "== loading the snapshot (median of {rounds}, ms): 1 thread {:.3}, 16 threads {:.3}",
         ms(l[0]),
         ms(l[1])
     );
@@ -159,7 +174,10 @@ fn main() {
         let mut restore = [Vec::new(), Vec::new()];
         let mut answer = [Vec::new(), Vec::new()];
         let mut phases: [Vec<pool::restore::RestoreTimings>; 2] = [Vec::new(), Vec::new()];
-        for _ in 0..ROUNDS {
+        // uffd mode: what each copy's page server did (faults, pages
+        // copied, zero pages), to tell the first answers apart.
+        let mut served: [Vec<(u64, u64, u64)>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
             for (k, snap) in snaps.iter().enumerate() {
                 let started = Instant::now();
                 let mut copy = restore_with_pipes(snap, mode);
@@ -171,6 +189,9 @@ fn main() {
                 phases[k].push(copy.child.timings);
                 drop(copy.stdin);
                 assert_eq!(copy.child.wait().unwrap(), 0);
+                if let Some(r) = &copy.child.server_stats {
+                    served[k].push((r.faults, r.copied, r.zero));
+                }
             }
         }
         if std::env::var_os("THREADS_BENCH_ROUNDS").is_some() {
@@ -203,7 +224,7 @@ fn main() {
                 )
             })
             .collect();
-        println!("== {mode:?} restore (median of {ROUNDS}, ms): restore, first answer, outside the phases");
+        println!("== {mode:?} restore (median of {rounds}, ms): restore, first answer, outside the phases");
         for (k, (name, _)) in kinds.iter().enumerate() {
             println!(
                 "  {name:10} {:8.3} {:8.3} {:8.3}",
@@ -227,6 +248,22 @@ fn main() {
                 ms(pick(|t| t.resume)),
                 phases[k][0].injected,
                 phases[k][0].batched,
+            );
+        }
+        for (k, (name, _)) in kinds.iter().enumerate() {
+            if served[k].is_empty() {
+                continue;
+            }
+            let mid = |f: fn(&(u64, u64, u64)) -> u64| {
+                let mut v: Vec<u64> = served[k].iter().map(f).collect();
+                v.sort_unstable();
+                v[v.len() / 2]
+            };
+            println!(
+                "  {name:10} page server: {} faults, {} pages copied, {} zero pages (medians)",
+                mid(|s| s.0),
+                mid(|s| s.1),
+                mid(|s| s.2)
             );
         }
         // The phases' total leaves out loading the snapshot and whatever

@@ -10,6 +10,8 @@
 //!                  waiting for one (/proc/PID/task/TID/schedstat)
 //! uffd_pages       uffd copies: the pages the page server filled on a
 //!                  fault, each with the line of /proc/PID/maps it is in
+//! uffd_zero        of those, how many were zero pages of the snapshot
+//!                  (the others: stored pages, freed ranges)
 //! ```
 //!
 //! Off by default: reading /proc costs the server time.
@@ -92,6 +94,7 @@ pub struct Probe {
     faults: Faults,
     threads: BTreeMap<i32, (String, u64, u64)>,
     touched: usize,
+    zero_faults: usize,
 }
 
 impl Probe {
@@ -103,6 +106,7 @@ impl Probe {
             faults: parse_stat(&stat)?,
             threads: thread_times(pid),
             touched: server.map(|s| s.touched().len()).unwrap_or(0),
+            zero_faults: server.map(|s| s.zero_faults().len()).unwrap_or(0),
         })
     }
 
@@ -139,6 +143,10 @@ impl Probe {
             .skip(self.touched)
             .map(|&a| format!("{a:#x} in {}", maps_line(&maps, a)))
             .collect();
+        let uffd_zero = server
+            .map(|s| s.zero_faults().len())
+            .unwrap_or(0)
+            .saturating_sub(self.zero_faults);
         tracing::info!(
             function,
             first = served == 0,
@@ -147,6 +155,7 @@ impl Probe {
             majflt = after.majflt.saturating_sub(self.faults.majflt),
             ?threads,
             ?uffd_pages,
+            uffd_zero,
             "invocation probed (THAW_TRACE_FIRST)"
         );
     }

@@ -573,24 +573,32 @@ impl Instance {
         let Some((restorer, id)) = self.record_to.take() else {
             return;
         };
-        let resident = match self.sandbox.function_pid() {
-            Some(pid) => match restorer.resident_working_set(&id, pid) {
-                Ok(pages) => match &resident_before {
-                    Some(before) => crate::restore::working_set::tag_invoked(pages, before),
-                    None => pages,
-                },
-                Err(err) => {
-                    tracing::warn!(snapshot = %id, %err, "reading the working set failed");
-                    return;
-                }
+        let Some(pid) = self.sandbox.function_pid() else {
+            return;
+        };
+        let resident = match restorer.resident_working_set(&id, pid) {
+            Ok(pages) => match &resident_before {
+                Some(before) => crate::restore::working_set::tag_invoked(pages, before),
+                None => pages,
             },
-            None => return,
+            Err(err) => {
+                tracing::warn!(snapshot = %id, %err, "reading the working set failed");
+                return;
+            }
         };
         let pages = match &self.page_server {
-            // uffd: the faults in first-touch order, then the mapped
-            // files' pages the invocation read.
+            // uffd: the faults in first-touch order (the zero pages
+            // written tagged), then the mapped files' pages the
+            // invocation read.
             Some(server) => {
-                match restorer.uffd_working_set(&id, server.live().touched(), resident) {
+                let live = server.live();
+                match restorer.uffd_working_set(
+                    &id,
+                    pid,
+                    live.touched(),
+                    &live.zero_faults(),
+                    resident,
+                ) {
                     Ok(pages) => pages,
                     Err(err) => {
                         tracing::warn!(snapshot = %id, %err, "reading the working set failed");

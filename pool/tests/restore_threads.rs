@@ -116,7 +116,11 @@ fn thirty_two_threads_keep_their_ids_tls_and_masks() {
 /// A thread whose own setup fails (its table runs in the thread itself,
 /// untraced, since the threads are made in one run of the main thread)
 /// fails the restore with the call and the thread named, in both modes,
-/// and leaves no process of the copy behind.
+/// and leaves no process of the copy behind. The threads are made from two
+/// threads at once (the main thread the first half, the first thread it
+/// makes the second): a failing thread in either half, the second maker
+/// itself, and a `clone3` of the second half that fails (a tid the kernel
+/// refuses) are each named.
 #[test]
 fn a_thread_whose_setup_fails_fails_the_restore_naming_it() {
     if !can_restore(
@@ -125,7 +129,6 @@ fn a_thread_whose_setup_fails_fails_the_restore_naming_it() {
     ) {
         return;
     }
-    use std::os::fd::AsFd;
     let tmp = tempfile::tempdir().unwrap();
     // A name of its own: no process of that name may be left.
     let program = compile(
@@ -138,15 +141,47 @@ fn a_thread_whose_setup_fails_fails_the_restore_naming_it() {
     let snap = tmp.path().join("snap");
     snapshot_to_dir(original.child.id() as i32, &snap).unwrap();
     drop(original);
-    let (mut snapshot, store) = open_snapshot_dir(&snap).unwrap();
-    // set_robust_list refuses any length but its struct's: EINVAL.
-    let bad = &mut snapshot.state.threads[7];
-    assert_ne!(
-        bad.robust_list, 0,
-        "glibc registers a robust list per thread"
+    let (snapshot, store) = open_snapshot_dir(&snap).unwrap();
+    let count = snapshot.state.threads.len();
+    assert_eq!(count, 33, "the program's threads and its main thread");
+    // Two groups (of 31 and 1): in the first, threads 1..=16 are made by
+    // the main thread, 17..=31 by thread 1; thread 32 alone in the second.
+    for bad in [7, 1, 31, 32] {
+        let mut snapshot = snapshot.clone();
+        // set_robust_list refuses any length but its struct's: EINVAL.
+        let t = &mut snapshot.state.threads[bad];
+        assert_ne!(t.robust_list, 0, "glibc registers a robust list per thread");
+        t.robust_list_len = 1;
+        let tid = t.tid;
+        expect_failure(
+            &snapshot,
+            &store,
+            &[
+                "set_robust_list",
+                &format!("(thread {tid})"),
+                "Invalid argument",
+            ],
+        );
+    }
+    // A tid above any pid_max: the second maker's clone3 of that thread
+    // fails with EINVAL.
+    let mut refused = snapshot.clone();
+    refused.state.threads[30].tid = i32::MAX;
+    expect_failure(
+        &refused,
+        &store,
+        &[&format!("clone3 (thread {})", i32::MAX), "Invalid argument"],
     );
-    bad.robust_list_len = 1;
-    let bad_tid = bad.tid;
+}
+
+/// Restores `snapshot` in both modes, expecting an error whose message
+/// holds every one of `parts`, and no process of the copy left.
+fn expect_failure(
+    snapshot: &snapshotter::snapshot::Snapshot,
+    store: &snapshotter::store::PageStore,
+    parts: &[&str],
+) {
+    use std::os::fd::AsFd;
     let (in_read, _in_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let (_out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let stderr = std::io::stderr();
@@ -156,8 +191,8 @@ fn a_thread_whose_setup_fails_fails_the_restore_naming_it() {
     }
     for mode in [Mode::Mmap, Mode::Uffd] {
         let err = pool::restore::restore(
-            &snapshot,
-            &store,
+            snapshot,
+            store,
             &pool::restore::RestoreOptions {
                 mode,
                 fds: fds.clone(),
@@ -168,13 +203,11 @@ fn a_thread_whose_setup_fails_fails_the_restore_naming_it() {
                 credentials: pool::restore::Credentials::Snapshot,
             },
         )
-        .expect_err("a thread's set_robust_list fails");
+        .expect_err("a thread's setup fails");
         let message = err.to_string();
         assert!(
-            message.contains("set_robust_list")
-                && message.contains(&format!("(thread {bad_tid})"))
-                && message.contains("Invalid argument"),
-            "{mode:?}: {message}"
+            parts.iter().all(|p| message.contains(p)),
+            "{mode:?}: {message} (expected {parts:?})"
         );
         assert_eq!(
             processes_named("threads-fail"),

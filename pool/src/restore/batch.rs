@@ -42,21 +42,28 @@
 //! of the main thread, with no ptrace stop per thread: the threads are not
 //! traced when they are born (no `PTRACE_O_TRACECLONE`), each runs its own
 //! table itself, reports, and parks in `pause`; the restorer
-//! seizes them afterwards. One record per thread, the list ended by a
-//! record whose first word is -1:
+//! seizes them afterwards. The threads are made from two threads at once
+//! (the machine's second CPU): the main thread makes the first half, and
+//! the first thread it makes, before its own table, makes the second half
+//! (its record's `sublist`), waits for them and only then reports. One
+//! record per thread, each list ended by a record whose first word is -1:
 //!
 //! ```text
-//! record (RECORD = 128 bytes)
+//! record (RECORD = 192 bytes)
 //! 0    struct clone_args (88 bytes; set_tid points at +88)
 //! 88   i32 set_tid[1]
 //! 96   u64 the thread's table
-//! 104  u64 clone3's result (written by the main thread)
+//! 104  u64 clone3's result (written by the thread that made it)
 //! 112  u32 done (futex word: the thread sets 1 when its table ended)
 //! 120  u64 rbx of the thread at the end (its terminator, or the entry
 //!      that failed)
+//! 128  u64 sublist: 0, or the first record of the threads this thread
+//!      makes before running its table
+//!
+//! records: main's list (first half) | -1 | the sublist (second half) | -1
 //! ```
 //!
-//! CLONE_CODE, main thread with `rbx = r14 =` the first record:
+//! CLONE_CODE, main thread with `rbx = r14 =` the first record, `r15 = 0`:
 //!
 //! ```text
 //! ctop:  mov rax,[rbx] ; cmp rax,-1 ; je join
@@ -64,22 +71,34 @@
 //!        mov eax,SYS_clone3 ; syscall
 //!        test rax,rax ; je child                 (the new thread)
 //!        mov [rbx+104],rax ; cmp rax,-4095 ; jae cdone
-//!        sub rbx,-128 ; jmp ctop
+//!        add rbx,192 ; jmp ctop
 //! join:  mov rbx,r14                             (wait for every thread)
 //! jtop:  mov rax,[rbx] ; cmp rax,-1 ; je cdone
 //! jwait: mov eax,[rbx+112] ; test eax,eax ; jne jnext
 //!        futex(rbx+112, FUTEX_WAIT_PRIVATE, 0, NULL) ; jmp jwait
-//! jnext: sub rbx,-128 ; jmp jtop
-//! cdone: int3
-//! child: mov rbx,r12                             (r12, r13 survive clone3)
+//! jnext: add rbx,192 ; jmp jtop
+//! cdone: test r15,r15 ; jne own                 (a thread that made a sublist)
+//!        int3                                    (the main thread)
+//! child: mov rax,[r13+128] ; test rax,rax ; je table
+//!        mov r15,r13 ; mov rbx,rax ; mov r14,rax ; jmp ctop
+//! own:   mov r13,r15 ; mov r12,[r13+96]          (its own record and table)
+//! table: mov rbx,r12                             (r12, r13 survive clone3)
 //! ltop:  the loop of CODE over the thread's table, ending at cfin
 //! cfin:  mov [r13+120],rbx ; mov dword [r13+112],1
 //!        futex(r13+112, FUTEX_WAKE_PRIVATE, 1)
 //! park:  pause ; jmp park
 //! ```
 //!
+//! The thread making the sublist does so before its table, while it still
+//! has the stub's privileges (`clone3` with `set_tid` needs
+//! `CAP_SYS_ADMIN` over the copy's pid namespace; the table ends with the
+//! thread's credentials). If one of its `clone3` calls fails it stops
+//! there (the result is in that record), runs its table and reports; the
+//! restorer finds the failure in the records.
+//!
 //! A new thread shares the main thread's stack pointer but never touches
-//! the stack (nor runs a handler: its table blocks every signal first).
+//! the stack (nor runs a handler: it is born with every signal blocked,
+//! the main thread's mask).
 
 use nix::errno::Errno;
 use nix::sys::ptrace;
@@ -102,11 +121,13 @@ const TABLE_OFF: u64 = 128 * 1024;
 const TABLE_END: u64 = 256 * 1024;
 /// Offset of the thread records.
 const RECORDS_OFF: u64 = TABLE_END;
-/// Room for the records: [`SLOTS`] threads and the terminator.
+/// Room for the records: [`SLOTS`] threads and two terminators.
 const RECORDS_LEN: u64 = 8 * 1024;
 /// Bytes per thread record.
-pub const RECORD: u64 = 128;
-const _: () = assert!((SLOTS as u64 + 1) * RECORD <= RECORDS_LEN);
+pub const RECORD: u64 = 192;
+const _: () = assert!((SLOTS as u64 + 2) * RECORD <= RECORDS_LEN);
+/// Offset in a record of its sublist (see "Threads" in the module doc).
+const SUBLIST: usize = 128;
 /// Bytes per table entry.
 const ENTRY: u64 = 64;
 /// `SECCOMP_SET_MODE_FILTER`.
@@ -145,10 +166,10 @@ pub const SYSCALL_OFFSET: u64 = 0x21;
 pub const SLOTS: usize = 31;
 
 /// The thread-making code (see "Threads" in the module doc).
-pub const CLONE_CODE: [u8; 201] = [
+pub const CLONE_CODE: [u8; 245] = [
     0x48, 0x8b, 0x03, // ctop: mov rax,[rbx]
     0x48, 0x83, 0xf8, 0xff, // cmp rax,-1
-    0x74, 0x2d, // je join
+    0x74, 0x30, // je join
     0x48, 0x89, 0xdf, // mov rdi,rbx
     0xbe, 0x58, 0x00, 0x00, 0x00, // mov esi,88
     0x4c, 0x8b, 0x63, 0x60, // mov r12,[rbx+96]
@@ -156,17 +177,17 @@ pub const CLONE_CODE: [u8; 201] = [
     0xb8, 0xb3, 0x01, 0x00, 0x00, // mov eax,435 (clone3)
     0x0f, 0x05, // syscall
     0x48, 0x85, 0xc0, // test rax,rax
-    0x74, 0x43, // je child
+    0x74, 0x4e, // je child
     0x48, 0x89, 0x43, 0x68, // mov [rbx+104],rax
     0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // cmp rax,-4095
-    0x73, 0x36, // jae cdone
-    0x48, 0x83, 0xeb, 0x80, // sub rbx,-128
-    0xeb, 0xca, // jmp ctop
+    0x73, 0x3c, // jae cdone
+    0x48, 0x81, 0xc3, 0xc0, 0x00, 0x00, 0x00, // add rbx,192
+    0xeb, 0xc7, // jmp ctop
     0x4c, 0x89, 0xf3, // join: mov rbx,r14
     0x48, 0x8b, 0x03, // jtop: mov rax,[rbx]
     0x48, 0x83, 0xf8, 0xff, // cmp rax,-1
-    0x74, 0x24, // je cdone
-    0x8b, 0x43, 0x70, // jwait: mov eax,[rbx+112]
+    0x74, 0x27, // je cdone
+    0x8b, 0x43, 0x70, // jwait: mov eax,dword [rbx+112]
     0x85, 0xc0, // test eax,eax
     0x75, 0x17, // jne jnext
     0x48, 0x8d, 0x7b, 0x70, // lea rdi,[rbx+112]
@@ -176,10 +197,21 @@ pub const CLONE_CODE: [u8; 201] = [
     0xb8, 0xca, 0x00, 0x00, 0x00, // mov eax,202 (futex)
     0x0f, 0x05, // syscall
     0xeb, 0xe2, // jmp jwait
-    0x48, 0x83, 0xeb, 0x80, // jnext: sub rbx,-128
-    0xeb, 0xd3, // jmp jtop
-    0xcc, // cdone: int3
-    0x4c, 0x89, 0xe3, // child: mov rbx,r12
+    0x48, 0x81, 0xc3, 0xc0, 0x00, 0x00, 0x00, // jnext: add rbx,192
+    0xeb, 0xd0, // jmp jtop
+    0x4d, 0x85, 0xff, // cdone: test r15,r15
+    0x75, 0x1b, // jne own
+    0xcc, // int3
+    0x49, 0x8b, 0x85, 0x80, 0x00, 0x00, 0x00, // child: mov rax,[r13+128]
+    0x48, 0x85, 0xc0, // test rax,rax
+    0x74, 0x15, // je table
+    0x4d, 0x89, 0xef, // mov r15,r13
+    0x48, 0x89, 0xc3, // mov rbx,rax
+    0x49, 0x89, 0xc6, // mov r14,rax
+    0xe9, 0x74, 0xff, 0xff, 0xff, // jmp ctop
+    0x4d, 0x89, 0xfd, // own: mov r13,r15
+    0x4d, 0x8b, 0x65, 0x60, // mov r12,[r13+96]
+    0x4c, 0x89, 0xe3, // table: mov rbx,r12
     0x48, 0x8b, 0x03, // ltop: mov rax,[rbx]
     0x48, 0x83, 0xf8, 0xff, // cmp rax,-1
     0x74, 0x2c, // je cfin
@@ -373,17 +405,24 @@ impl Remote {
     /// Makes `threads` (at most [`SLOTS`]; `threads[n]`'s batch in slot
     /// `n`) in the stub with one run of the main thread (see "Threads" in
     /// the module doc): `clone3` with `flags` and `set_tid = [tid]` each,
+    /// the main thread making the first half and `threads[0]` the second,
     /// every new thread running its own batch; returns once every one has
     /// run it, each parked in `pause`, untraced. On success returns the
-    /// address of the first record: a parked thread's `r13` is its record,
-    /// `first + n * 128` for `threads[n]` (how the restorer tells the
-    /// threads apart after seizing them). An error names the call that
-    /// failed, in the main thread or in a new one.
-    pub fn run_clones(&mut self, flags: u64, threads: &[NewThread]) -> Result<u64, RestoreError> {
+    /// address of each thread's record, in `threads` order: a parked
+    /// thread's `r13` is its record (how the restorer tells the threads
+    /// apart after seizing them on a kernel that cannot translate their
+    /// ids). An error names the call that failed, in the main thread or in
+    /// a new one.
+    pub fn run_clones(
+        &mut self,
+        flags: u64,
+        threads: &[NewThread],
+    ) -> Result<Vec<u64>, RestoreError> {
         assert!(threads.len() <= SLOTS);
         let (scratch, _) = self.scratch.expect("scratch mapped before a batch");
         let records = scratch + RECORDS_OFF;
-        let mut bytes = vec![0u8; (threads.len() + 1) * RECORD as usize];
+        let layout = RecordLayout::of(threads.len());
+        let mut bytes = vec![0u8; layout.slots() * RECORD as usize];
         // The threads' data (packed by `for_thread`) and tables (packed
         // here, each ~1 KiB), and the records: one process_vm_writev.
         // Slots of fixed size, written whole through /proc/PID/mem, cost
@@ -401,19 +440,24 @@ impl Remote {
                 runs.push((scratch + data_off, &batch.data));
             }
             runs.push((scratch + table_off, table));
-            let record = records + n as u64 * RECORD;
+            let record = records + layout.slot(n) as u64 * RECORD;
             // SAFETY: clone_args is plain integers; all-zero is valid.
             let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
             args.flags = flags;
             args.set_tid = record + 88;
             args.set_tid_size = 1;
-            let r = &mut bytes[n * RECORD as usize..][..RECORD as usize];
+            let r = &mut bytes[layout.slot(n) * RECORD as usize..][..RECORD as usize];
             r[..88].copy_from_slice(super::remote::bytes_of(&args));
             r[88..92].copy_from_slice(&t.tid.to_ne_bytes());
             r[96..104].copy_from_slice(&(scratch + table_off).to_ne_bytes());
         }
-        let end = threads.len() * RECORD as usize;
-        bytes[end..end + 8].copy_from_slice(&u64::MAX.to_ne_bytes());
+        for end in layout.terminators() {
+            bytes[end * RECORD as usize..][..8].copy_from_slice(&u64::MAX.to_ne_bytes());
+        }
+        if let Some(first) = layout.sublist() {
+            let sublist = records + layout.slot(first) as u64 * RECORD;
+            bytes[SUBLIST..SUBLIST + 8].copy_from_slice(&sublist.to_ne_bytes());
+        }
         runs.push((records, &bytes));
         self.write_runs(&runs)?;
         let saved = self
@@ -424,6 +468,9 @@ impl Remote {
         regs.rip = scratch + CLONE_CODE_OFF;
         regs.rbx = records;
         regs.r14 = records;
+        // The main thread: at the end of its list it stops (a thread that
+        // made a sublist runs its table instead).
+        regs.r15 = 0;
         regs.orig_rax = u64::MAX;
         self.seized
             .set_registers(&regs)
@@ -433,27 +480,45 @@ impl Remote {
         let (rbx, rax) = self.wait_loop()?;
         self.calls += 1;
         let index = ((rbx - records) / RECORD) as usize;
-        if index < threads.len() {
+        if index < layout.main {
             return Err(RestoreError::Remote {
                 what: format!("clone3 (thread {})", threads[index].tid),
                 source: std::io::Error::from_raw_os_error(-(rax as i64) as i32),
             });
         }
         self.read(records, &mut bytes)?;
-        for (n, (t, &table_off)) in threads.iter().zip(&table_offs).enumerate() {
-            let r = &bytes[n * RECORD as usize..][..RECORD as usize];
-            let word = |at: usize| u64::from_ne_bytes(r[at..at + 8].try_into().unwrap());
-            if word(104) as i64 != t.tid as i64 {
+        let record = |n: usize| &bytes[layout.slot(n) * RECORD as usize..][..RECORD as usize];
+        let word =
+            |n: usize, at: usize| u64::from_ne_bytes(record(n)[at..at + 8].try_into().unwrap());
+        // Every clone3 first: after a failed one in the sublist, the
+        // threads made before it were not waited for (their tables may
+        // still be running).
+        for (n, t) in threads.iter().enumerate() {
+            let made = word(n, 104) as i64;
+            if (-4095..0).contains(&made) {
+                return Err(RestoreError::Remote {
+                    what: format!("clone3 (thread {})", t.tid),
+                    source: std::io::Error::from_raw_os_error(-made as i32),
+                });
+            }
+            if made != t.tid as i64 {
                 return Err(RestoreError::Stub(format!(
-                    "clone3 made thread {} instead of {}",
-                    word(104) as i64,
+                    "clone3 made thread {made} instead of {}",
                     t.tid
                 )));
             }
+        }
+        let mut addresses = Vec::with_capacity(threads.len());
+        for (n, (t, &table_off)) in threads.iter().zip(&table_offs).enumerate() {
             let table_addr = scratch + table_off;
-            let stopped = word(120);
-            let failed = ((stopped - table_addr) / ENTRY) as usize;
-            if failed < t.batch.entries.len() {
+            let stopped = word(n, 120);
+            let Some(at) = stopped.checked_sub(table_addr) else {
+                return Err(RestoreError::Stub(format!(
+                    "thread {} did not report the end of its table",
+                    t.tid
+                )));
+            };
+            if ((at / ENTRY) as usize) < t.batch.entries.len() {
                 let mut result = [0u8; 8];
                 self.read(stopped + 56, &mut result)?;
                 check(
@@ -470,8 +535,9 @@ impl Remote {
                     other => other,
                 })?;
             }
+            addresses.push(records + layout.slot(n) as u64 * RECORD);
         }
-        Ok(records)
+        Ok(addresses)
     }
 
     /// Runs every call of `batch` in order, stopping at the first error.
@@ -598,6 +664,54 @@ impl Remote {
             .registers()
             .map_err(|e| RestoreError::Stub(e.to_string()))?;
         Ok((after.rbx, after.rax))
+    }
+}
+
+/// Where the records of a group of `count` threads go (see "Threads" in
+/// the module doc): the main thread's list (the first half, rounded up),
+/// its terminator, then the sublist `threads[0]` makes (the second half)
+/// and its terminator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecordLayout {
+    /// Threads the main thread makes.
+    main: usize,
+    /// Threads in all.
+    count: usize,
+}
+
+impl RecordLayout {
+    fn of(count: usize) -> RecordLayout {
+        RecordLayout {
+            main: count.div_ceil(2),
+            count,
+        }
+    }
+
+    /// The record slot of the `n`th thread.
+    fn slot(&self, n: usize) -> usize {
+        if n < self.main {
+            n
+        } else {
+            n + 1
+        }
+    }
+
+    /// The first thread of the sublist, if there is one.
+    fn sublist(&self) -> Option<usize> {
+        (self.count > self.main).then_some(self.main)
+    }
+
+    /// The slots of the terminators.
+    fn terminators(&self) -> Vec<usize> {
+        match self.sublist() {
+            Some(_) => vec![self.main, self.count + 1],
+            None => vec![self.main],
+        }
+    }
+
+    /// Slots in all.
+    fn slots(&self) -> usize {
+        self.terminators().last().copied().unwrap_or(0) + 1
     }
 }
 
@@ -729,45 +843,84 @@ mod tests {
     fn clone_code_layout() {
         let c = &CLONE_CODE;
         let target = |at: usize| (at as isize + 2 + c[at + 1] as i8 as isize) as usize;
+        let imm32 = |at: usize| i32::from_ne_bytes(c[at..at + 4].try_into().unwrap());
         // je join, je child, jae cdone, jmp ctop.
         assert_eq!(c[target(0x07)..][..3], [0x4c, 0x89, 0xf3]);
-        assert_eq!(c[target(0x22)..][..3], [0x4c, 0x89, 0xe3]);
-        assert_eq!(c[target(0x2e)], 0xcc);
-        assert_eq!(target(0x34), 0);
+        assert_eq!(c[target(0x22)..][..3], [0x49, 0x8b, 0x85]);
+        assert_eq!(c[target(0x2e)..][..3], [0x4d, 0x85, 0xff]);
+        assert_eq!(target(0x37), 0);
         // The join loop: je cdone, jne jnext, jmp jwait, jmp jtop.
-        assert_eq!(c[target(0x40)], 0xcc);
-        assert_eq!(target(0x47), 0x60);
-        assert_eq!(target(0x5e), 0x42);
-        assert_eq!(target(0x64), 0x39);
+        assert_eq!(target(0x43), 0x6c);
+        assert_eq!(target(0x4a), 0x63);
+        assert_eq!(target(0x61), 0x45);
+        assert_eq!(target(0x6a), 0x3c);
+        // cdone: a thread that made a sublist goes on to its own table
+        // (own), the main thread stops.
+        assert_eq!(target(0x6f), 0x8c);
+        assert_eq!(c[0x71], 0xcc);
+        // child: no sublist, its table; else the sublist (jmp ctop, rel32).
+        assert_eq!(target(0x7c), 0x93);
+        assert_eq!(c[0x87], 0xe9);
+        assert_eq!(0x8c + imm32(0x88) as isize, 0);
         // The thread's loop is CODE's, ending at cfin instead of int3.
-        assert_eq!(c[0x6a..0x9f], CODE[..CODE.len() - 1]);
-        assert_eq!(target(0x6a + 7), 0x9f);
+        assert_eq!(c[0x96..0xcb], CODE[..CODE.len() - 1]);
+        assert_eq!(target(0x96 + 7), 0xcb);
         // park: pause ; jmp park.
         assert_eq!(target(c.len() - 2), c.len() - 9);
         // The system call numbers.
-        let nr = |at: usize| u32::from_ne_bytes(c[at..at + 4].try_into().unwrap()) as i64;
+        let nr = |at: usize| imm32(at) as i64;
         assert_eq!(nr(0x19), libc::SYS_clone3);
-        assert_eq!(nr(0x58), libc::SYS_futex);
-        assert_eq!(nr(0xba), libc::SYS_futex);
-        assert_eq!(nr(0xc1), libc::SYS_pause);
+        assert_eq!(nr(0x5b), libc::SYS_futex);
+        assert_eq!(nr(0xe6), libc::SYS_futex);
+        assert_eq!(nr(0xed), libc::SYS_pause);
         // FUTEX_WAIT_PRIVATE and FUTEX_WAKE_PRIVATE.
         assert_eq!(
-            nr(0x4e),
+            nr(0x51),
             (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as i64
         );
         assert_eq!(
-            nr(0xb0),
+            nr(0xdc),
             (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as i64
         );
-        // Record offsets: the table at +96, the result at +104, done at
-        // +112, the thread's last rbx at +120; set_tid at +88 follows the
-        // 88-byte clone_args.
+        // Record offsets: the table at +96 (read twice), the result at
+        // +104, done at +112, the thread's last rbx at +120, the sublist
+        // at +128; set_tid at +88 follows the 88-byte clone_args; the
+        // records RECORD bytes apart.
         assert_eq!(std::mem::size_of::<libc::clone_args>(), 88);
         assert_eq!(c[0x0d], 88);
         assert_eq!(c[0x14], 96);
+        assert_eq!(c[0x92], 96);
         assert_eq!(c[0x27], 104);
-        assert_eq!(c[0x44], 112);
-        assert_eq!(c[0xa2], 120);
+        assert_eq!(c[0x47], 112);
+        assert_eq!(c[0xce], 120);
+        assert_eq!(imm32(0x75) as usize, SUBLIST);
+        assert_eq!(imm32(0x33) as u64, RECORD);
+        assert_eq!(imm32(0x66) as u64, RECORD);
+    }
+
+    #[test]
+    fn records_split_between_two_threads() {
+        // One thread: the main thread makes it; no sublist.
+        let one = RecordLayout::of(1);
+        assert_eq!((one.slot(0), one.sublist(), one.slots()), (0, None, 2));
+        assert_eq!(one.terminators(), vec![1]);
+        // 15 threads: main makes 8 (slots 0..8, terminator at 8), the
+        // first of them the other 7 (slots 9..16, terminator at 16).
+        let l = RecordLayout::of(15);
+        assert_eq!(l.main, 8);
+        assert_eq!(l.sublist(), Some(8));
+        assert_eq!(l.slot(7), 7);
+        assert_eq!(l.slot(8), 9);
+        assert_eq!(l.slot(14), 15);
+        assert_eq!(l.terminators(), vec![8, 16]);
+        assert_eq!(l.slots(), 17);
+        // Every slot once, none on a terminator; a full group fits.
+        let full = RecordLayout::of(SLOTS);
+        let mut used: Vec<usize> = (0..SLOTS).map(|n| full.slot(n)).collect();
+        used.extend(full.terminators());
+        used.sort_unstable();
+        assert_eq!(used, (0..full.slots()).collect::<Vec<_>>());
+        assert!(full.slots() as u64 * RECORD <= RECORDS_LEN);
     }
 
     #[test]

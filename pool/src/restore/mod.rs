@@ -282,6 +282,9 @@ pub struct RestoredChild {
     server: Option<PageServerThread>,
     /// `uffd` mode: the page servers of the other processes of a tree.
     child_servers: Vec<PageServerThread>,
+    /// `uffd` mode: what the page server has done so far (readable while
+    /// the copy runs).
+    live: Option<std::sync::Arc<uffd::LiveReport>>,
     /// `uffd` mode, once the copy ended: what its page server did
     /// (including the working set it touched, to prefetch next time).
     pub server_stats: Option<uffd::ServerReport>,
@@ -293,6 +296,12 @@ impl RestoredChild {
     /// The copy's pid in the restorer's pid namespace.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// `uffd` mode: what the copy's page server has done so far (its
+    /// faults, the zero ones, prefetch), while the copy runs.
+    pub fn page_server(&self) -> Option<&std::sync::Arc<uffd::LiveReport>> {
+        self.live.as_ref()
     }
 
     /// The copy's pid in its own namespace (the saved pid).
@@ -784,7 +793,10 @@ pub fn restore_prepared(
     if let Some(lazy) = &lazy {
         lazy.set_resumed();
     }
-    let server = server.map(|(thread, _)| thread);
+    let (server, live) = match server {
+        Some((thread, live)) => (Some(thread), Some(live)),
+        None => (None, None),
+    };
     drop(plan);
     guard.0 = None;
     Ok(RestoredChild {
@@ -794,6 +806,7 @@ pub fn restore_prepared(
         pidfd: spawned.stub_pidfd,
         status: None,
         server,
+        live,
         child_servers: Vec::new(),
         server_stats: None,
         timings,
@@ -1129,6 +1142,12 @@ pub(crate) fn prepare_process(
     )?;
     // One batch in the main thread, before any other thread exists.
     let mut batch = Batch::new(memory.scratch);
+    // Every signal blocked in the main thread first, until the resume: a
+    // signal that comes meanwhile (a restored timer's, a re-queued pending
+    // one) waits, pending, and the threads made in step 7 start with
+    // every signal blocked (clone3 copies the mask), so no handler of the
+    // copy can run on the thread-making code.
+    thread::block_all_signals(&mut batch)?;
     // 2. mm: needs the stub's binary unmapped (EBUSY otherwise) and the
     //    executable's fd still open.
     mm::set_mm(&mut batch, mm, ctx.plan.exe_fd)?;
@@ -1167,15 +1186,14 @@ pub(crate) fn prepare_process(
     timings.threads = threads_started.elapsed();
     let policy_started = Instant::now();
 
-    // 8. every signal blocked in the main thread too (the others block
-    //    them since they were made) until the resume; the timers, which
-    //    may signal any thread and count from now; the pending signals of
-    //    the main thread and of the process, queued again; the main thread's
+    // 8. (every signal is blocked in every thread since batch 2) the
+    //    timers, which may signal any thread and count from now; the
+    //    pending signals of the main thread and of the process, queued
+    //    again; the main thread's
     //    credentials, then the seccomp policy (and the mmap-mode guard)
     //    with TSYNC: they reach every thread (or the call fails), last of
     //    the steps that need privileges.
     let mut batch = Batch::new(memory.scratch);
-    thread::block_all_signals(&mut batch)?;
     timers::set_timers(&mut batch, timers)?;
     pending::queue_for_thread(&mut batch, *pid, main.tid, &main.pending)?;
     pending::queue_for_process(&mut batch, *pid, pending)?;

@@ -431,15 +431,27 @@ impl SnapshotRestorer {
         })
     }
 
-    /// A `uffd` copy's working set from its page server's `faults` and its
-    /// `resident` pages (see [`working_set::faults_then_resident`]).
+    /// A `uffd` copy's working set from its page server's `faults` (those
+    /// of `zero_faults` that copy `pid`, host pid, wrote tagged
+    /// [`working_set::WRITTEN`]: see
+    /// [`working_set::tag_written_zero_faults`]) and its `resident` pages
+    /// (see [`working_set::faults_then_resident`]).
     pub fn uffd_working_set(
         &self,
         id: &str,
+        pid: i32,
         faults: Vec<u64>,
+        zero_faults: &[u64],
         resident: Vec<u64>,
     ) -> Result<Vec<u64>, RestoreError> {
         let snapshot = self.snapshot(id)?;
+        let faults =
+            working_set::tag_written_zero_faults(pid, faults, zero_faults).map_err(|e| {
+                RestoreError::Io {
+                    what: format!("read the written zero pages of copy {pid}"),
+                    source: e.source,
+                }
+            })?;
         Ok(working_set::faults_then_resident(
             faults,
             resident,

@@ -3,11 +3,14 @@
 //!
 //! ```text
 //! restore_others  per group of up to SLOTS threads, one run of the main
-//!                 thread (Remote::run_clones): clone3 per saved thread,
-//!                 flags THREAD_FLAGS, set_tid = [saved tid] (in the copy's
-//!                 pid namespace, while the stub is privileged), no stack;
-//!                 each new thread runs its own table at once, untraced:
-//!                 every signal blocked, its scheduling (sched_in_batch),
+//!                 thread (Remote::run_clones), the first thread it makes
+//!                 making the second half at the same time: clone3 per
+//!                 saved thread, flags THREAD_FLAGS, set_tid = [saved
+//!                 tid] (in the copy's pid namespace, while the stub is
+//!                 privileged), no stack;
+//!                 each new thread (every signal blocked: it has the main
+//!                 thread's mask) runs its own table at once, untraced:
+//!                 its scheduling (sched_in_batch),
 //!                 set_new_thread (set_tid_address, set_robust_list,
 //!                 rseq; sigaltstack and PR_SET_NAME unless clone3 gave
 //!                 it those already), its credentials; then it
@@ -27,7 +30,7 @@
 
 use snapshotter::state::{ProcessState, Restart, Rseq, Sched, ThreadState};
 
-use super::batch::{Batch, NewThread, RECORD, SLOTS};
+use super::batch::{Batch, NewThread, SLOTS};
 use super::remote::{bytes_of, Remote};
 use super::Credentials;
 use super::RestoreError;
@@ -277,9 +280,10 @@ pub const THREAD_FLAGS: u64 = (libc::CLONE_VM
 /// Step 7 of the restore: makes every thread but the main one, each with
 /// its saved tid, in groups of up to [`SLOTS`], and adds them, held and
 /// stopped, to `threads` in `saved` order. Each group is one run of the
-/// main thread ([`Remote::run_clones`]) in which every new thread sets
-/// itself up from its own table: every signal blocked (its mask is set at
-/// the resume), its scheduling ([`sched_in_batch`]), its registrations
+/// main thread ([`Remote::run_clones`]) in which every new thread, born
+/// with every signal blocked (the main thread's mask since batch 2; its own
+/// is set at the resume), sets itself up from its own table: its
+/// scheduling ([`sched_in_batch`]), its registrations
 /// ([`set_thread`]) and its credentials
 /// ([`super::credentials::set_credentials`]). The threads are then seized
 /// together ([`adopt`]). On failure the threads held so far are in
@@ -302,8 +306,9 @@ pub fn restore_others(
         let mut new = Vec::with_capacity(group.len());
         let mut data_from = 0;
         for (slot, t) in group.iter().enumerate() {
+            // Every signal is blocked already: the main thread's mask
+            // (blocked since batch 2) is copied by clone3.
             let mut batch = Batch::for_thread(scratch, slot, data_from);
-            block_all_signals(&mut batch)?;
             super::pending::queue_for_thread(&mut batch, state.pid, t.tid, &t.pending)?;
             sched_in_batch(&mut batch, t, &inherited)?;
             set_new_thread(&mut batch, t, &state.threads[0])?;
@@ -314,7 +319,7 @@ pub fn restore_others(
             new.push(NewThread { tid: t.tid, batch });
         }
         let records = remote.run_clones(THREAD_FLAGS, &new)?;
-        adopt(remote, threads, group, records)?;
+        adopt(remote, threads, group, &records)?;
     }
     Ok(())
 }
@@ -325,13 +330,13 @@ pub fn restore_others(
 /// order. Their ids in the restorer's namespace come from the copy's pid
 /// namespace ([`translated_ids`]: one `ioctl` per thread), or, on a kernel
 /// without that (before 6.11), from listing `/proc/PID/task`, each told
-/// apart by its `r13`, the address of its record (`records` for the
-/// group's first thread, then every [`RECORD`] bytes).
+/// apart by its `r13`, the address of its record (`records[n]` for
+/// `group[n]`).
 fn adopt(
     remote: &Remote,
     threads: &mut Vec<Remote>,
     group: &[ThreadState],
-    records: u64,
+    records: &[u64],
 ) -> Result<(), RestoreError> {
     use nix::sys::ptrace;
     use nix::unistd::Pid;
@@ -380,14 +385,19 @@ fn adopt(
             .registers()
             .map_err(|e| RestoreError::Stub(e.to_string()))?
             .r13;
-        let n = r13.wrapping_sub(records) / RECORD;
-        held.push((n as usize, t));
+        let Some(n) = records.iter().position(|&r| r == r13) else {
+            return Err(RestoreError::Stub(format!(
+                "thread {} stopped outside the records (r13 {r13:#x})",
+                t.pid()
+            )));
+        };
+        held.push((n, t));
     }
     held.sort_by_key(|(n, _)| *n);
     for (i, (n, t)) in held.iter().enumerate() {
         if *n != i {
             return Err(RestoreError::Stub(format!(
-                "thread {} stopped outside the records (record {n}, expected {i})",
+                "thread {} stopped at record {n}, expected {i}",
                 t.pid()
             )));
         }

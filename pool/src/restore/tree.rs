@@ -411,6 +411,7 @@ pub(crate) fn restore_tree(
         ns_pid: root_state.pid,
         pidfd: spawned.stub_pidfd,
         status: None,
+        live: built.root.as_ref().map(|(_, live)| live.clone()),
         server: built.root.map(|(thread, _)| thread),
         child_servers: built.children,
         server_stats: None,

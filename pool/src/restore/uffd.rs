@@ -6,7 +6,9 @@
 //! copy touches a missing page ─> kernel queues UFFD_EVENT_PAGEFAULT
 //! server: address ─(undo mremaps)─> saved address ─> area, page index
 //!   removed/unmapped range      UFFDIO_ZEROPAGE (the program expects zeros)
-//!   zero page of the snapshot   UFFDIO_ZEROPAGE
+//!   zero page of the snapshot   UFFDIO_ZEROPAGE on a read; on a write a
+//!                               private zeroed page (UFFDIO_COPY of
+//!                               zeros: no copy-on-write fault after it)
 //!   stored page                 UFFDIO_COPY from the image, with the next
 //!                               stored pages of the area not yet served
 //!                               (fault-around, up to FAULT_AROUND pages)
@@ -29,6 +31,14 @@
 //! memory is gone, `ENOENT` before) and ends then, releasing its thread,
 //! descriptor and page state: a fork-and-exit loop does not grow the
 //! server (live children are bounded by the sandbox's `pids` limit).
+//!
+//! Zero pages the working set says were written ([`ZeroFill`]): the shared
+//! zero page that `UFFDIO_ZEROPAGE` maps is read-only, so the copy's first
+//! write to it takes a copy-on-write fault of its own. Prefetch gives the
+//! pages the recording copy wrote (tagged `working_set::WRITTEN`,
+//! [`super::working_set::tag_written_zero_faults`]) a private zeroed page
+//! instead (`UFFDIO_COPY` from [`ZEROS`]), so that first write costs
+//! nothing; the pages only read keep the shared zero page (no memory).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,6 +60,59 @@ pub const CHILD_PROBE_MS: i32 = 100;
 const ZEROPAGE_MODE_DONTWAKE: u64 = 1;
 /// Pages copied at most per prefetch step.
 const PREFETCH_RUN: usize = 64;
+/// The source of private zeroed pages (`UFFDIO_COPY` of zeros): in the
+/// zero-initialised data of the program, so reading it maps the zero page
+/// and costs no memory.
+static ZEROS: [u8; PREFETCH_RUN * PAGE_SIZE as usize] = [0; PREFETCH_RUN * PAGE_SIZE as usize];
+/// `UFFD_PAGEFAULT_FLAG_WRITE`: the fault is a write.
+const PAGEFAULT_FLAG_WRITE: u64 = 1;
+
+/// How the page server places the zero pages of the snapshot that the copy
+/// writes: `THAW_UFFD_ZERO` in the server's environment (`map`, `written`,
+/// `copy`; default `written`), read once. For measuring the ways against
+/// each other (docs/restore.md, "First invocation after a restore").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroFill {
+    /// `map`: the shared zero page always (`UFFDIO_ZEROPAGE`), as before
+    /// this switch: a write after it takes a copy-on-write fault.
+    Map,
+    /// `written` (default): a private zeroed page for a write fault and for
+    /// the prefetched pages the working set tags written; the zero page
+    /// for the others.
+    Written,
+    /// `copy`: a private zeroed page for every prefetched zero page too
+    /// (and write faults), written or not: no copy-on-write fault at all,
+    /// 4 KiB of memory per page.
+    Copy,
+}
+
+impl ZeroFill {
+    /// The mode `THAW_UFFD_ZERO` names; `Err` with the value if it names
+    /// none.
+    pub fn parse(value: &str) -> Result<ZeroFill, String> {
+        match value {
+            "map" => Ok(ZeroFill::Map),
+            "written" => Ok(ZeroFill::Written),
+            "copy" => Ok(ZeroFill::Copy),
+            other => Err(format!(
+                "THAW_UFFD_ZERO={other:?}: expected map, written or copy"
+            )),
+        }
+    }
+
+    /// The server's mode: `THAW_UFFD_ZERO`, or [`ZeroFill::Written`] (a
+    /// value it does not know is logged and the default used).
+    pub fn from_env() -> ZeroFill {
+        static MODE: std::sync::OnceLock<ZeroFill> = std::sync::OnceLock::new();
+        *MODE.get_or_init(|| match std::env::var("THAW_UFFD_ZERO") {
+            Ok(v) => ZeroFill::parse(&v).unwrap_or_else(|err| {
+                tracing::warn!(%err, "using THAW_UFFD_ZERO=written");
+                ZeroFill::Written
+            }),
+            Err(_) => ZeroFill::Written,
+        })
+    }
+}
 
 const UFFD_API: u64 = 0xaa;
 const FEATURE_EVENT_FORK: u64 = 1 << 1;
@@ -222,6 +285,11 @@ pub struct PageServer {
     pub report: ServerReport,
     /// Saved page addresses to fill ahead of faults, popped from the end.
     prefetch: Vec<u64>,
+    /// Of the prefetch list, the pages tagged written (sorted): zero pages
+    /// of the snapshot among them get a private zeroed page ([`ZeroFill`]).
+    written: Vec<u64>,
+    /// How zero pages the copy writes are placed.
+    zero_fill: ZeroFill,
     /// What the server did so far, readable while it runs.
     live: Arc<LiveReport>,
     /// Serves a child the copy forked (ends when the child is gone).
@@ -241,6 +309,7 @@ pub struct PageServer {
 #[derive(Debug, Default)]
 pub struct LiveReport {
     touched: Mutex<Vec<u64>>,
+    zero_faults: Mutex<Vec<u64>>,
     faults: AtomicU64,
     prefetched: AtomicU64,
     fail: AtomicBool,
@@ -251,6 +320,17 @@ impl LiveReport {
     /// order (see [`ServerReport::touched`]).
     pub fn touched(&self) -> Vec<u64> {
         self.touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Of [`LiveReport::touched`], the faults on zero pages of the
+    /// snapshot (saved addresses, first-touch order): those a working set
+    /// tags written if the copy holds its own page there afterwards
+    /// ([`super::working_set::tag_written_zero_faults`]).
+    pub fn zero_faults(&self) -> Vec<u64> {
+        self.zero_faults
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -280,8 +360,10 @@ pub struct ServerReport {
     pub faults: u64,
     /// Pages copied from the image (faults, fault-around and prefetch).
     pub copied: u64,
-    /// Zero pages placed.
+    /// Zero pages placed (the shared zero page or a private zeroed one).
     pub zero: u64,
+    /// Of `zero`, private zeroed pages (copied, [`ZeroFill`]).
+    pub zero_private: u64,
     /// Of `copied`, pages copied ahead of any fault.
     pub prefetched: u64,
     /// Saved addresses of the pages that faulted, in first-touch order: the
@@ -353,6 +435,8 @@ impl PageServer {
             zeroed: Vec::new(),
             report: ServerReport::default(),
             prefetch: Vec::new(),
+            written: Vec::new(),
+            zero_fill: ZeroFill::from_env(),
             live: Arc::new(LiveReport::default()),
             forked: false,
             deferred: Vec::new(),
@@ -411,15 +495,34 @@ impl PageServer {
         self.live.clone()
     }
 
-    /// Pages (saved addresses, as [`ServerReport::touched`] lists them) to
-    /// fill while the copy runs, in large sorted runs, whenever no fault is
-    /// waiting.
+    /// Pages (saved addresses, as [`ServerReport::touched`] lists them,
+    /// tagged as a working set lists them) to fill while the copy runs, in
+    /// large sorted runs, whenever no fault is waiting. Zero pages tagged
+    /// `working_set::WRITTEN` get a private zeroed page ([`ZeroFill`]).
     pub fn prefetch(&mut self, pages: &[u64]) {
         let mut list: Vec<u64> = pages.iter().map(|p| p & !(PAGE_SIZE - 1)).collect();
         list.sort_unstable();
         list.dedup();
         list.reverse();
         self.prefetch = list;
+        let mut written: Vec<u64> = pages
+            .iter()
+            .filter(|&&p| p & super::working_set::WRITTEN != 0)
+            .map(|p| p & !(PAGE_SIZE - 1))
+            .collect();
+        written.sort_unstable();
+        written.dedup();
+        self.written = written;
+    }
+
+    /// Whether a prefetched zero page at `page` gets a private zeroed page
+    /// rather than the shared zero page.
+    fn private_zero(&self, page: u64) -> bool {
+        match self.zero_fill {
+            ZeroFill::Map => false,
+            ZeroFill::Written => self.written.binary_search(&page).is_ok(),
+            ZeroFill::Copy => true,
+        }
     }
 
     /// Fills every page of the prefetch list now (before the copy runs).
@@ -458,8 +561,11 @@ impl PageServer {
         let index = ((page - area.start) / PAGE_SIZE) as usize;
         // A run of pages alike: all stored (copied from the image) or all
         // zero in the snapshot (the zero page mapped, so that touching
-        // them costs no round trip to this server).
+        // them costs no round trip to this server; a private zeroed page
+        // for those recorded written, so that writing them costs no
+        // copy-on-write fault).
         let stored = area.stored.get(index).copied().unwrap_or(false);
+        let private = !stored && self.private_zero(page);
         let mut count = 0;
         // A lazy restore's run stops at a page not fetched yet: the list
         // was fetched whole, the pages after it are left to their faults.
@@ -476,6 +582,7 @@ impl PageServer {
             && !area.done[index + count]
             && !busy(self, page + (count as u64) * PAGE_SIZE)
             && fetched(count)
+            && (stored || self.private_zero(page + (count as u64) * PAGE_SIZE) == private)
         {
             count += 1;
         }
@@ -489,6 +596,9 @@ impl PageServer {
             let src_off = (area.image_offset + index as u64 * PAGE_SIZE) as usize;
             let src = &self.image[src_off..src_off + count * PAGE_SIZE as usize];
             self.copy(page, src).is_ok()
+        } else if private {
+            self.copy(page, &ZEROS[..count * PAGE_SIZE as usize])
+                .is_ok()
         } else {
             self.zero_run(page, count as u64).is_ok()
         };
@@ -500,6 +610,9 @@ impl PageServer {
                 self.report.copied += count as u64;
             } else {
                 self.report.zero += count as u64;
+                if private {
+                    self.report.zero_private += count as u64;
+                }
             }
             self.report.prefetched += count as u64;
             self.live
@@ -540,10 +653,17 @@ impl PageServer {
 
     /// Fills the page at `addr` (and its fault-around) now.
     pub fn fill(&mut self, addr: u64) -> Result<(), RestoreError> {
+        self.fill_fault(addr, false)
+    }
+
+    /// [`PageServer::fill`] for a fault, `write` if the copy writes: a
+    /// zero page of the snapshot written gets a private zeroed page (unless
+    /// [`ZeroFill::Map`]).
+    fn fill_fault(&mut self, addr: u64, write: bool) -> Result<(), RestoreError> {
         let page = addr & !(PAGE_SIZE - 1);
         if let Some(&(_, end)) = self.zeroed.iter().find(|&&(s, e)| (s..e).contains(&page)) {
             tracing::trace!(page, end, "fault in a freed range");
-            return self.zero_around(page, end);
+            return self.zero_around(page, end, write);
         }
         let mut saved = page;
         for &(to, len, from) in self.remaps.iter().rev() {
@@ -559,13 +679,26 @@ impl PageServer {
         else {
             // Not a page of the snapshot (can only be new memory): zeros.
             tracing::trace!(page, "fault outside the snapshot's areas");
+            if write && self.zero_fill != ZeroFill::Map {
+                return self.zero_private(page);
+            }
             return self.zero(page);
         };
         let area = &self.areas[a];
         let index = ((saved - area.start) / PAGE_SIZE) as usize;
         if !area.stored[index] {
-            tracing::trace!(page, "fault on a zero page of the snapshot");
+            tracing::trace!(page, write, "fault on a zero page of the snapshot");
             self.areas[a].done[index] = true;
+            if !moved && !self.forked {
+                self.live
+                    .zero_faults
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(page);
+            }
+            if write && self.zero_fill != ZeroFill::Map {
+                return self.zero_private(page);
+            }
             return self.zero(page);
         }
         // Fault-around only where addresses are still the saved ones.
@@ -652,29 +785,72 @@ impl PageServer {
     /// after page: one round trip to this server instead of one each.
     /// Every page of the range reads as zeros whichever way it is served
     /// (see [`PageServer::fill`]); a run the kernel refuses whole (it
-    /// crosses into another mapping) falls back to the one page.
-    fn zero_around(&mut self, page: u64, end: u64) -> Result<(), RestoreError> {
+    /// crosses into another mapping) falls back to the one page. A write
+    /// fault gets private zeroed pages (`UFFDIO_COPY` of zeros, unless
+    /// [`ZeroFill::Map`]): reused memory is written, and each page of a
+    /// shared zero page run would take a copy-on-write fault.
+    fn zero_around(&mut self, page: u64, end: u64, write: bool) -> Result<(), RestoreError> {
         let count = ((end.saturating_sub(page)) / PAGE_SIZE).clamp(1, FAULT_AROUND);
+        let private = write && self.zero_fill != ZeroFill::Map;
         if count > 1 {
-            let mut z = UffdioZeropage {
-                start: page,
-                len: count * PAGE_SIZE,
-                mode: 0,
-                zeropage: 0,
+            let (result, placed) = if private {
+                let mut c = UffdioCopy {
+                    dst: page,
+                    src: ZEROS.as_ptr() as u64,
+                    len: count * PAGE_SIZE,
+                    mode: 0,
+                    copy: 0,
+                };
+                let r = ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY, &mut c);
+                (r, c.copy)
+            } else {
+                let mut z = UffdioZeropage {
+                    start: page,
+                    len: count * PAGE_SIZE,
+                    mode: 0,
+                    zeropage: 0,
+                };
+                let r = ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z);
+                (r, z.zeropage)
             };
-            let done = match ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z) {
+            let done = match result {
                 Ok(()) => count * PAGE_SIZE,
                 // Part of the run was mapped (and woken) before a page
                 // already there stopped it: the faulting page, first, is.
-                Err(_) if z.zeropage > 0 => z.zeropage as u64,
+                Err(_) if placed > 0 => placed as u64,
                 Err(_) => 0,
             };
             if done > 0 {
                 self.report.zero += done / PAGE_SIZE;
+                if private {
+                    self.report.zero_private += done / PAGE_SIZE;
+                }
                 return Ok(());
             }
         }
-        self.zero(page)
+        if private {
+            self.zero_private(page)
+        } else {
+            self.zero(page)
+        }
+    }
+
+    /// A private zeroed page at `page` (`UFFDIO_COPY` of zeros), for a
+    /// write fault on a page that reads zeros; errors as
+    /// [`PageServer::zero`]'s.
+    fn zero_private(&mut self, page: u64) -> Result<(), RestoreError> {
+        match self.copy(page, &ZEROS[..PAGE_SIZE as usize]) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                self.deferred.push(page);
+                return Ok(());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+            Err(e) => return Err(uffd_err(&format!("UFFDIO_COPY (zeros) at {page:#x}"), e)),
+            Ok(()) => self.report.zero_private += 1,
+        }
+        self.report.zero += 1;
+        Ok(())
     }
 
     fn zero(&mut self, page: u64) -> Result<(), RestoreError> {
@@ -717,6 +893,8 @@ impl PageServer {
                     zeroed: self.zeroed.clone(),
                     report: ServerReport::default(),
                     prefetch: Vec::new(),
+                    written: Vec::new(),
+                    zero_fill: self.zero_fill,
                     live: Arc::new(LiveReport::default()),
                     forked: true,
                     deferred: Vec::new(),
@@ -747,7 +925,7 @@ impl PageServer {
                         .unwrap_or_else(|e| e.into_inner())
                         .push(page);
                 }
-                self.fill(page)
+                self.fill_fault(page, msg.arg[0] & PAGEFAULT_FLAG_WRITE != 0)
             }
             EVENT_REMAP => {
                 let (from, to, len) = (msg.arg[0], msg.arg[1], msg.arg[2]);
@@ -948,6 +1126,15 @@ mod tests {
         // Zeroed source part moves along.
         let z = remap_zeroed(&[(0x9000, 0xa000)], 0x8000, 0x20000, 0x4000);
         assert_eq!(z, vec![(0x9000, 0xa000), (0x21000, 0x22000)]);
+    }
+
+    #[test]
+    fn zero_fill_modes_by_name_and_a_clear_error_otherwise() {
+        assert_eq!(ZeroFill::parse("map"), Ok(ZeroFill::Map));
+        assert_eq!(ZeroFill::parse("written"), Ok(ZeroFill::Written));
+        assert_eq!(ZeroFill::parse("copy"), Ok(ZeroFill::Copy));
+        let err = ZeroFill::parse("zero").unwrap_err();
+        assert!(err.contains("map, written or copy"), "{err}");
     }
 
     #[test]

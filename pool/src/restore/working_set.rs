@@ -84,6 +84,9 @@ pub const MAX_RANGES: usize = 4096;
 /// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
 const PM_PRESENT: u64 = 1 << 63;
 const PM_FILE: u64 = 1 << 61;
+/// The page is mapped once (never set for the shared zero page, which is
+/// no page of the process's own).
+const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
 
 /// Whether an area's pages are worth recording and populating: memory the
 /// copy maps from a file or the image and can read (not the kernel's
@@ -219,6 +222,56 @@ pub fn outside_lazy_areas(pages: &[u64], areas: &[MemoryArea]) -> Vec<u64> {
                 .is_some_and(|a| a.start <= page && !super::uffd::is_lazy(a))
         })
         .collect()
+}
+
+/// `faults` (a `uffd` copy's page server's faults, as
+/// [`super::uffd::LiveReport::touched`] lists them) with [`WRITTEN`] added
+/// to each of `zero_faults` (those on zero pages of the snapshot,
+/// [`super::uffd::LiveReport::zero_faults`]) where process `pid` now holds
+/// a page of its own (present, anonymous, mapped once): the copy wrote it,
+/// either at its fault or after the shared zero page was placed (a
+/// copy-on-write fault the page server never sees). Later copies get a
+/// private zeroed page there before they resume
+/// ([`super::uffd::ZeroFill`]); those only read keep the zero page.
+pub fn tag_written_zero_faults(
+    pid: i32,
+    faults: Vec<u64>,
+    zero_faults: &[u64],
+) -> Result<Vec<u64>, ResidentError> {
+    let err = |source| ResidentError { pid, source };
+    let mut zero: Vec<u64> = zero_faults.iter().map(|p| p & !(PAGE_SIZE - 1)).collect();
+    zero.sort_unstable();
+    zero.dedup();
+    if zero.is_empty() {
+        return Ok(faults);
+    }
+    let file = std::fs::File::open(format!("/proc/{pid}/pagemap")).map_err(err)?;
+    let mut written = Vec::new();
+    let mut entry = [0u8; 8];
+    for &page in &zero {
+        file.read_exact_at(&mut entry, page / PAGE_SIZE * 8)
+            .map_err(err)?;
+        if own_page(u64::from_le_bytes(entry)) {
+            written.push(page);
+        }
+    }
+    Ok(faults
+        .into_iter()
+        .map(|p| {
+            if written.binary_search(&(p & !(PAGE_SIZE - 1))).is_ok() {
+                p | WRITTEN
+            } else {
+                p
+            }
+        })
+        .collect())
+}
+
+/// Whether a pagemap entry is a page of the process's own: present,
+/// anonymous and mapped once (not the shared zero page, which a read of a
+/// zero page maps).
+fn own_page(entry: u64) -> bool {
+    entry & PM_PRESENT != 0 && entry & PM_FILE == 0 && entry & PM_MMAP_EXCLUSIVE != 0
 }
 
 /// One `madvise` of the populate batch.
@@ -623,6 +676,46 @@ mod tests {
             got,
             vec![start | WRITTEN, (start + 2 * PAGE_SIZE) | WRITTEN]
         );
+    }
+
+    #[test]
+    fn zero_faults_written_since_are_tagged_and_those_only_read_are_not() {
+        // Four private anonymous pages: 0 read (the shared zero page), 1
+        // read then written (copy on write), 2 written, 3 never touched.
+        let len = 4 * PAGE_SIZE as usize;
+        // SAFETY: a fresh private anonymous mapping, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let start = p as u64;
+        let page = |i: u64| start + i * PAGE_SIZE;
+        // SAFETY: every access is inside the mapping made above; volatile
+        // so that the reads are not optimised away.
+        unsafe {
+            let base = p as *mut u8;
+            // No huge page over the four: each is its own.
+            libc::madvise(p, len, libc::MADV_NOHUGEPAGE);
+            assert_eq!(std::ptr::read_volatile(base), 0);
+            assert_eq!(std::ptr::read_volatile(base.add(PAGE_SIZE as usize)), 0);
+            std::ptr::write_volatile(base.add(PAGE_SIZE as usize), 1);
+            std::ptr::write_volatile(base.add(2 * PAGE_SIZE as usize), 1);
+        }
+        // Faults in this order; page 2 is no zero fault (stored: untagged
+        // whatever it holds).
+        let faults = vec![page(2), page(0), page(1), page(3)];
+        let zero = [page(0), page(1), page(3)];
+        let got = tag_written_zero_faults(std::process::id() as i32, faults, &zero).unwrap();
+        // SAFETY: unmapping the mapping made above, no longer used.
+        unsafe { libc::munmap(p, len) };
+        assert_eq!(got, vec![page(2), page(0), page(1) | WRITTEN, page(3)]);
     }
 
     #[test]
