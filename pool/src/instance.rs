@@ -471,9 +471,14 @@ impl Instance {
         // The copy recording its snapshot's working set: what is resident
         // before its first invocation, to tell that invocation's own pages
         // apart (`working_set::INVOKED`). Once per snapshot.
-        let resident_before = match (&self.record_to, self.runtime_host_pid()) {
-            (Some((restorer, id)), Some(pid)) => restorer.resident_working_set(id, pid).ok(),
-            _ => None,
+        // The pid is looked up (a read of `cgroup.procs` and of each
+        // process's `/proc/PID/status`) only for that copy, not for every
+        // invocation.
+        let resident_before = match &self.record_to {
+            Some((restorer, id)) => self
+                .runtime_host_pid()
+                .and_then(|pid| restorer.resident_working_set(id, pid).ok()),
+            None => None,
         };
         let probe = crate::first_call::wanted(self.served)
             .then(|| self.sandbox.function_pid())
