@@ -227,6 +227,9 @@ pub struct Instance {
     /// Copies of a snapshot without a working set: where to record the
     /// pages the first invocation touched.
     record_to: Option<(Restorer, String)>,
+    /// A copy whose page server records its working set exactly
+    /// ([`Stub::record_exactly`]).
+    record_exactly: bool,
     /// pid the runtime reported (inside its namespace).
     pub runtime_pid: u32,
     /// When the instance became ready.
@@ -266,6 +269,7 @@ impl Instance {
             memory_limit,
             page_server: None,
             record_to: None,
+            record_exactly: false,
             runtime_pid,
             ready_at: Instant::now(),
             served: 0,
@@ -396,6 +400,9 @@ impl Instance {
                 self.record_to = Some((restorer.clone(), snapshot.id.clone()));
             }
         }
+        if let (true, Some(server)) = (self.record_exactly, &server) {
+            server.live().record_exactly();
+        }
         self.page_server = server;
         let mut phases = RestorePhases {
             seize: timings.stub,
@@ -467,9 +474,14 @@ impl Instance {
         // The copy recording its snapshot's working set: what is resident
         // before its first invocation, to tell that invocation's own pages
         // apart (`working_set::INVOKED`). Once per snapshot.
-        let resident_before = match (&self.record_to, self.runtime_host_pid()) {
-            (Some((restorer, id)), Some(pid)) => restorer.resident_working_set(id, pid).ok(),
-            _ => None,
+        // The pid is looked up (a read of `cgroup.procs` and of each
+        // process's `/proc/PID/status`) only for that copy, not for every
+        // invocation.
+        let resident_before = match &self.record_to {
+            Some((restorer, id)) => self
+                .runtime_host_pid()
+                .and_then(|pid| restorer.resident_working_set(id, pid).ok()),
+            None => None,
         };
         let probe = crate::first_call::wanted(self.served)
             .then(|| self.sandbox.function_pid())
@@ -555,7 +567,8 @@ impl Instance {
         self.logs.set_invocation(None);
         if outcome.is_ok() {
             self.served += 1;
-            self.record_working_set(resident_before);
+            // Written in the background.
+            drop(self.record_working_set(resident_before));
         }
         outcome
     }
@@ -567,13 +580,12 @@ impl Instance {
     /// while it waits, those not in
     /// `resident_before` (read when the invocation began) tagged
     /// [`crate::restore::working_set::INVOKED`]. Written in the background.
-    fn record_working_set(&mut self, resident_before: Option<Vec<u64>>) {
-        let Some((restorer, id)) = self.record_to.take() else {
-            return;
-        };
-        let Some(pid) = self.sandbox.function_pid() else {
-            return;
-        };
+    fn record_working_set(
+        &mut self,
+        resident_before: Option<Vec<u64>>,
+    ) -> Option<tokio::task::JoinHandle<Option<usize>>> {
+        let (restorer, id) = self.record_to.take()?;
+        let pid = self.sandbox.function_pid()?;
         let resident = match restorer.resident_working_set(&id, pid) {
             Ok(pages) => match &resident_before {
                 Some(before) => crate::restore::working_set::tag_invoked(pages, before),
@@ -581,7 +593,7 @@ impl Instance {
             },
             Err(err) => {
                 tracing::warn!(snapshot = %id, %err, "reading the working set failed");
-                return;
+                return None;
             }
         };
         let pages = match &self.page_server {
@@ -600,22 +612,54 @@ impl Instance {
                     Ok(pages) => pages,
                     Err(err) => {
                         tracing::warn!(snapshot = %id, %err, "reading the working set failed");
-                        return;
+                        return None;
                     }
                 }
             }
             None => resident,
         };
-        tokio::task::spawn_blocking(move || {
+        Some(tokio::task::spawn_blocking(move || {
             let count = pages.len();
             match restorer.record_working_set(&id, pages) {
-                Ok(true) => tracing::info!(snapshot = %id, pages = count, "working set recorded"),
-                Ok(false) => {}
+                Ok(true) => {
+                    tracing::info!(snapshot = %id, pages = count, "working set recorded");
+                    Some(count)
+                }
+                Ok(false) => None,
                 Err(err) => {
-                    tracing::warn!(snapshot = %id, %err, "recording the working set failed")
+                    tracing::warn!(snapshot = %id, %err, "recording the working set failed");
+                    None
                 }
             }
-        });
+        }))
+    }
+
+    /// Runs `invocations` in order (the function's warm-up events, replayed
+    /// on a fresh copy), then records the copy's working set from all of
+    /// them (not just the first, as [`Instance::invoke`] does) and waits
+    /// until it is written. `Ok(Some(pages))` when a working set was
+    /// written, `Ok(None)` when the snapshot had one already (or recording
+    /// failed, logged). A handler error is an answer like any other; an
+    /// [`InvokeError`] ends the copy (destroy it).
+    pub async fn invoke_and_record(
+        &mut self,
+        invocations: &[Invocation],
+    ) -> Result<Option<usize>, InvokeError> {
+        let record_to = self.record_to.take();
+        let resident_before = match (&record_to, self.runtime_host_pid()) {
+            (Some((restorer, id)), Some(pid)) if !invocations.is_empty() => {
+                restorer.resident_working_set(id, pid).ok()
+            }
+            _ => None,
+        };
+        for inv in invocations {
+            self.invoke(inv).await?;
+        }
+        self.record_to = record_to;
+        match self.record_working_set(resident_before) {
+            Some(written) => Ok(written.await.unwrap_or(None)),
+            None => Ok(None),
+        }
     }
 
     /// Waits (briefly) for the sandbox to end and describes how it ended.
@@ -716,6 +760,9 @@ pub struct Stub {
     /// What the copy runs as: the sandbox's uid and gid, never the
     /// snapshot's.
     credentials: crate::restore::Credentials,
+    /// A `uffd` copy whose page server records the exact working set
+    /// ([`Stub::record_exactly`]).
+    exact: bool,
 }
 
 impl Stub {
@@ -804,7 +851,16 @@ impl Stub {
                 uid: config.uid,
                 gid: config.gid,
             },
+            exact: false,
         })
+    }
+
+    /// The copy (`uffd` mode) will record its working set exactly: its page
+    /// server fills each fault's page only, from the moment the copy is
+    /// restored, before the `restored` exchange (see
+    /// [`crate::restore::uffd::LiveReport::record_exactly`]).
+    pub fn record_exactly(&mut self) {
+        self.exact = true;
     }
 
     /// The sandbox's id.
@@ -842,9 +898,11 @@ impl Stub {
             copy,
             snapshot,
             credentials,
+            exact,
         } = self;
         let became = match exists(&pidfd) {
             true => {
+                instance.record_exactly = exact;
                 instance
                     .become_copy(pid, &snapshot, restorer, copy, credentials, ready_timeout)
                     .await

@@ -639,6 +639,49 @@ impl Pool {
         result
     }
 
+    /// Records the working set of snapshot `snapshot_id` of `key` the way
+    /// a deploy does (docs/cluster.md, "A working set recorded at
+    /// deploy"): one copy restored in `uffd` mode whatever the version's
+    /// memory mode, its page server filling each fault's page only
+    /// ([`Stub::record_exactly`]), runs `invocations` (the warm-up events),
+    /// has its working set written, and is torn down. Within the memory
+    /// budget like any start; never counted as a restore failure nor
+    /// handed to the rebuild hook (the caller logs what failed).
+    /// `Ok(Some(pages))`: the pages written; `Ok(None)`: the snapshot had a
+    /// working set already.
+    pub async fn record_working_set(
+        &self,
+        key: &FunctionKey,
+        spec: &StartSpec,
+        snapshot_id: &str,
+        invocations: &[Invocation],
+    ) -> Result<Option<usize>, PoolError> {
+        let restorer = self.config.restorer.as_ref().ok_or(PoolError::NoSnapshot)?;
+        let snapshot = crate::instance::SnapshotSource {
+            id: snapshot_id.to_string(),
+            mode: "uffd".to_string(),
+        };
+        let start = async {
+            let mut stub = Stub::launch(
+                &self.config.sandbox,
+                &spec.launch,
+                &snapshot,
+                restorer,
+                spec.logs.clone(),
+            )
+            .await?;
+            stub.record_exactly();
+            let (instance, phases) = stub.restore(restorer, self.config.init_timeout).await?;
+            Ok::<_, PoolError>((instance, phases))
+        };
+        let (mut instance, _) = self
+            .start_within_budget(key, spec, StartKind::Restore, Room::AnyIdle, false, start)
+            .await?;
+        let recorded = instance.invoke_and_record(invocations).await;
+        self.discard(instance).await;
+        Ok(recorded?)
+    }
+
     /// The restorer, if cold starts may restore.
     pub fn restorer(&self) -> Option<&crate::instance::Restorer> {
         self.config.restorer.as_ref()

@@ -91,6 +91,54 @@ pub struct LazyReport {
     pub fetches: u64,
     /// Pages the working set lists (0: none recorded).
     pub working_set_pages: u64,
+    /// Of those, the pages the bucket holds (stored pages of the snapshot,
+    /// not zero pages nor pages of mapped files the node has): what
+    /// fetching the working set costs ([`stored_pages`]).
+    pub working_set_stored_pages: u64,
+}
+
+/// How many of `working_set`'s pages (saved addresses, tags in the low
+/// bits) are stored pages of `snapshot` (in the bucket), counted once each.
+pub fn stored_pages(snapshot: &Snapshot, working_set: &[u64]) -> u64 {
+    use snapshotter::store::PageSlot;
+    let mut wanted: Vec<u64> = working_set
+        .iter()
+        .map(|p| p & !(PAGE_SIZE as u64 - 1))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut stored = 0;
+    for (state, areas) in snapshot.processes() {
+        for (area, pages) in state.areas.iter().zip(areas) {
+            let from = wanted.partition_point(|&p| p < area.start);
+            let to = wanted.partition_point(|&p| p < area.end);
+            if from == to {
+                continue;
+            }
+            let slots: Vec<PageSlot> = pages.iter().collect();
+            stored += wanted[from..to]
+                .iter()
+                .filter(|&&p| {
+                    let i = ((p - area.start) / PAGE_SIZE as u64) as usize;
+                    matches!(slots.get(i), Some(PageSlot::Hash(_)))
+                })
+                .count() as u64;
+        }
+    }
+    stored
+}
+
+/// A handle on a [`LazySource`]'s counters that does not keep the source
+/// (its runtime and cache thread) alive: for metrics read after the copies
+/// that used it ended.
+#[derive(Clone, Debug)]
+pub struct LazyCounter(Arc<Counts>);
+
+impl LazyCounter {
+    /// Bytes of ranged reads of packs made so far (sealed slots).
+    pub fn bytes_fetched(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// One ranged read's wanted (slot, hash) and their pages back to back.
@@ -150,7 +198,7 @@ pub async fn open_lazy(
     )
     .map_err(|e| invalid(e.to_string()))?;
     snapshot.id = local_id.to_string();
-    let working_set = match remote
+    let working_set: Vec<u64> = match remote
         .get_blob(Kind::WorkingSet, remote_id.as_bytes())
         .await
         .map_err(PullError::from)?
@@ -187,9 +235,10 @@ pub async fn open_lazy(
         packs: Arc::new(object.packs),
         locations,
         cache: cache.map(Cache::start),
-        counts: Counts::default(),
+        counts: Arc::default(),
         bytes_metadata: metadata,
         working_set_pages: working_set.len() as u64,
+        working_set_stored_pages: stored_pages(&snapshot, &working_set),
     };
     Ok(LazySnapshot {
         snapshot,
@@ -209,9 +258,10 @@ pub struct LazySource {
     packs: Arc<Vec<String>>,
     locations: HashMap<PageHash, (u32, u32)>,
     cache: Option<Cache>,
-    counts: Counts,
+    counts: Arc<Counts>,
     bytes_metadata: u64,
     working_set_pages: u64,
+    working_set_stored_pages: u64,
 }
 
 impl LazySource {
@@ -224,7 +274,13 @@ impl LazySource {
             bytes_metadata: self.bytes_metadata,
             fetches: self.counts.fetches.load(Ordering::Relaxed),
             working_set_pages: self.working_set_pages,
+            working_set_stored_pages: self.working_set_stored_pages,
         }
+    }
+
+    /// Its counters, apart from it (see [`LazyCounter`]).
+    pub fn counter(&self) -> LazyCounter {
+        LazyCounter(self.counts.clone())
     }
 
     /// The rest of the snapshot into `local` (waiting for the cache to

@@ -60,7 +60,9 @@ pub use bucket::{
 pub use gc::{Collected, GcError, GcOptions, GcReport, Live};
 pub use index::{BucketIndex, PageLoc};
 pub use key::{KeyError, Kind, StoreKey};
-pub use lazy::{open_lazy, LazyError, LazyReport, LazySnapshot, LazySource};
+pub use lazy::{
+    open_lazy, stored_pages, LazyCounter, LazyError, LazyReport, LazySnapshot, LazySource,
+};
 pub use local::LocalSnapshot;
 pub use manifest::{RemotePage, RemoteSnapshot, REMOTE_SNAPSHOT_FORMAT};
 pub use object_store::aws::AmazonS3Builder;

@@ -32,6 +32,7 @@ pub mod bundle;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod deploy_working_set;
 pub mod dns;
 pub mod guard;
 pub mod logstore;

@@ -511,6 +511,7 @@ async fn lazy_restore(
         "open_ms": open_ms,
         "resumed_ms": resumed_ms,
         "working_set_pages": report.working_set_pages,
+        "working_set_stored_pages": report.working_set_stored_pages,
         "at_resume": {
             "pages_fetched": at_resume.pages_fetched,
             "ranges": at_resume.ranges,

@@ -186,6 +186,13 @@ pub struct Metrics {
     pub remote_lazy_restores: Family<ResultLabels, Counter>,
     /// Snapshots this node restores lazily now (not complete locally yet).
     pub remote_lazy_snapshots: Gauge,
+    /// Bytes lazy restores' page sources read from packs before the first
+    /// copy of their snapshot resumed (cluster::lazy_bytes).
+    pub remote_lazy_fetched_before_resume: Gauge,
+    /// The same after it (the copies' faults).
+    pub remote_lazy_fetched_after_resume: Gauge,
+    /// Stored bytes of the working sets of the snapshots restored lazily.
+    pub remote_lazy_working_set_bytes: Gauge,
     /// Bytes the local page store takes (with `store_cache_mb`).
     pub store_cache_bytes: Gauge,
     /// `store_cache_mb` in bytes.
@@ -367,6 +374,24 @@ impl Metrics {
             "Snapshots this node restores lazily from the shared store now (not complete locally yet)",
             remote_lazy_snapshots.clone(),
         );
+        let remote_lazy_fetched_before_resume = Gauge::default();
+        registry.register(
+            "remote_lazy_fetched_before_resume_bytes",
+            "Bytes lazy restores read from the shared store's packs before the first copy of their snapshot resumed (its working set, pages the restore writes), since the start",
+            remote_lazy_fetched_before_resume.clone(),
+        );
+        let remote_lazy_fetched_after_resume = Gauge::default();
+        registry.register(
+            "remote_lazy_fetched_after_resume_bytes",
+            "Bytes lazy restores read from the shared store's packs for faults after their copy resumed (not the completion's pull), since the start",
+            remote_lazy_fetched_after_resume.clone(),
+        );
+        let remote_lazy_working_set_bytes = Gauge::default();
+        registry.register(
+            "remote_lazy_working_set_bytes",
+            "Stored bytes (sealed slots) of the working sets of the snapshots restored lazily since the start",
+            remote_lazy_working_set_bytes.clone(),
+        );
         let store_cache_bytes = Gauge::default();
         registry.register(
             "store_cache_bytes",
@@ -413,6 +438,9 @@ impl Metrics {
             remote_gc_freed_bytes,
             remote_lazy_restores,
             remote_lazy_snapshots,
+            remote_lazy_fetched_before_resume,
+            remote_lazy_fetched_after_resume,
+            remote_lazy_working_set_bytes,
             remote_store_up,
             remote_store_last_success,
             remote_bytes_fetched,

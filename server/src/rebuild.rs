@@ -165,6 +165,9 @@ impl Service {
             );
             let info = self.snapshot(&v, &instance, id).await;
             self.pool.release(&key, instance).await;
+            if let Ok(info) = &info {
+                self.record_deploy_working_set(&v, info).await;
+            }
             info.map_err(|e| format!("capture: {e}"))
         }
         .await;

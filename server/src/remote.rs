@@ -96,6 +96,17 @@ pub struct Uploader {
     snapshots_dir: PathBuf,
     registry: Registry,
     pending: Arc<AtomicI64>,
+    working_sets: Arc<std::sync::Mutex<WorkingSetUploads>>,
+}
+
+/// Which snapshots' working sets went up with their upload, and which
+/// uploads run now ([`upload_recorded_working_sets`]).
+#[derive(Debug, Default)]
+struct WorkingSetUploads {
+    /// Snapshots uploaded with a local working set.
+    sent: std::collections::HashSet<String>,
+    /// Snapshots being uploaded now.
+    in_flight: std::collections::HashSet<String>,
 }
 
 /// One version to upload.
@@ -125,7 +136,15 @@ impl Uploader {
             snapshots_dir: crate::snapshots::snapshots_dir(data_dir),
             registry,
             pending: Default::default(),
+            working_sets: Default::default(),
         }
+    }
+
+    /// Whether snapshot `id` is neither being uploaded now nor was uploaded
+    /// with a working set since the start.
+    fn lacks_working_set_upload(&self, id: &str) -> bool {
+        let w = self.working_sets.lock().unwrap();
+        !w.sent.contains(id) && !w.in_flight.contains(id)
     }
 
     /// The store.
@@ -141,8 +160,22 @@ impl Uploader {
         metrics
             .remote_pending
             .set(this.pending.load(Ordering::Relaxed));
+        this.working_sets
+            .lock()
+            .unwrap()
+            .in_flight
+            .insert(v.snapshot.clone());
         tokio::spawn(async move {
+            let with_working_set =
+                pool::restore::working_set::path(&this.snapshots_dir, &v.snapshot).exists();
             let result = this.upload(&v).await;
+            {
+                let mut w = this.working_sets.lock().unwrap();
+                w.in_flight.remove(&v.snapshot);
+                if with_working_set && result.is_ok() {
+                    w.sent.insert(v.snapshot.clone());
+                }
+            }
             let left = this.pending.fetch_sub(1, Ordering::Relaxed) - 1;
             metrics.remote_pending.set(left);
             let t = this.remote.transfers();
@@ -231,6 +264,46 @@ pub fn upload_all(service: &crate::service::Service) {
         .filter(|v| snapshotter::snapshot::manifest_path(&snapshots_dir, &v.snapshot).exists())
         .collect();
     for v in versions {
+        uploader.spawn(service.metrics.clone(), v);
+    }
+}
+
+/// Uploads again each version whose snapshot has a working set recorded
+/// locally that did not go up with its upload (a copy's first invocation
+/// recorded it afterwards: a deploy's recording failed, or the snapshot
+/// predates recording at deploy): the upload sends the working set and
+/// finds everything else in the bucket. Called by the writer's publisher
+/// while the store answers; only the restorer's cached working sets are
+/// looked at (no file is read).
+pub fn upload_recorded_working_sets(service: &crate::service::Service) {
+    let (Some(uploader), Some(restorer)) = (&service.config.uploader, service.pool.restorer())
+    else {
+        return;
+    };
+    let snapshots_dir = crate::snapshots::snapshots_dir(&service.config.data_dir);
+    let versions: Vec<VersionUpload> = service
+        .functions
+        .read()
+        .unwrap()
+        .iter()
+        .flat_map(|(name, list)| {
+            list.iter().filter_map(|v| {
+                let id = &v.record.snapshot.as_ref()?.id;
+                (restorer.has_working_set_cached(id) == Some(true)
+                    && uploader.lacks_working_set_upload(id))
+                .then(|| VersionUpload {
+                    name: name.clone(),
+                    version: v.record.version,
+                    uid: v.record.uid,
+                    snapshot: id.clone(),
+                })
+            })
+        })
+        // Not one evicted from the local store (it went up whole).
+        .filter(|v| snapshotter::snapshot::manifest_path(&snapshots_dir, &v.snapshot).exists())
+        .collect();
+    for v in versions {
+        tracing::info!(function = %v.name, version = v.version, snapshot = %v.snapshot, "uploading the working set recorded since the upload");
         uploader.spawn(service.metrics.clone(), v);
     }
 }

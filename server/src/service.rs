@@ -277,6 +277,37 @@ fn sum_memory(list: &[pool::manager::InstanceInfo]) -> pool::memory::MemoryUse {
         })
 }
 
+/// The warm-up events of `v` as invocations, `rounds` times over, each with
+/// the index of its event (ids `warmup-N`, or `warmup-N-ROUND` with more
+/// than one round).
+pub(crate) fn warmup_invocations(v: &Version, rounds: usize) -> Vec<(usize, Invocation)> {
+    let timeout = Duration::from_millis(v.record.spec.timeout_ms);
+    let events = &v.record.spec.warmup;
+    let all = events
+        .iter()
+        .enumerate()
+        .cycle()
+        .take(events.len() * rounds);
+    all.enumerate()
+        .map(|(n, (i, event))| {
+            let round = n / events.len().max(1) + 1;
+            let inv = Invocation {
+                id: if rounds == 1 {
+                    format!("warmup-{}", i + 1)
+                } else {
+                    format!("warmup-{}-{round}", i + 1)
+                },
+                function: v.key.name.clone(),
+                version: v.key.version,
+                timeout,
+                headers: BTreeMap::from([("content-type".into(), "application/json".into())]),
+                body: Bytes::from(serde_json::to_vec(event).expect("json value serialises")),
+            };
+            (i, inv)
+        })
+        .collect()
+}
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -568,7 +599,12 @@ impl Service {
         // The captured original stays on as a warm instance.
         self.pool.release(&v.key, instance).await;
         match result {
-            Ok(info) => (VersionState::Ready, None, Some(info)),
+            Ok(info) => {
+                // Before the version is ready and its upload starts: the
+                // upload sends it (docs/cluster.md).
+                self.record_deploy_working_set(v, &info).await;
+                (VersionState::Ready, None, Some(info))
+            }
             Err(e) => {
                 tracing::warn!(function = %v.key.name, version = v.key.version, error = %e, "snapshot failed; the version boots instead");
                 (
@@ -625,28 +661,8 @@ impl Service {
         v: &Version,
         mut instance: pool::instance::Instance,
     ) -> Result<pool::instance::Instance, String> {
-        let timeout = Duration::from_millis(v.record.spec.timeout_ms);
-        let events = &v.record.spec.warmup;
         let rounds = v.record.spec.warmup_repeat.max(1) as usize;
-        let all = events
-            .iter()
-            .enumerate()
-            .cycle()
-            .take(events.len() * rounds);
-        for (n, (i, event)) in all.enumerate() {
-            let round = n / events.len().max(1) + 1;
-            let inv = Invocation {
-                id: if rounds == 1 {
-                    format!("warmup-{}", i + 1)
-                } else {
-                    format!("warmup-{}-{round}", i + 1)
-                },
-                function: v.key.name.clone(),
-                version: v.key.version,
-                timeout,
-                headers: BTreeMap::from([("content-type".into(), "application/json".into())]),
-                body: Bytes::from(serde_json::to_vec(event).expect("json value serialises")),
-            };
+        for (i, inv) in warmup_invocations(v, rounds) {
             match instance.invoke(&inv).await {
                 Ok(Outcome::Answer { .. }) => {}
                 Ok(Outcome::HandlerError {

@@ -339,7 +339,15 @@ async fn a_capped_store_evicts_the_older_snapshot_and_fetches_it_again() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(on_b.json()["born"], born_f1);
-    assert!(manifest(&b, &ids[0]).exists());
+    // That restore may have been lazy: B completes f1 locally after its
+    // copy resumed (with the working set recorded at deploy, the copy can
+    // answer before the completion ends).
+    wait_for(
+        "B completed f1 again",
+        Duration::from_secs(60),
+        async || manifest(&b, &ids[0]).exists(),
+    )
+    .await;
     // Over the cap again, but f2 has a running copy and f1 is the newest:
     // neither is evicted.
     wait_for(

@@ -606,6 +606,176 @@ async fn a_lazy_copy_whose_store_is_gone_after_the_resume_is_killed() {
     drop(b);
 }
 
+/// A function with 4 MiB of random bytes every event hashes (`HOT`) and
+/// 32 MiB that no event reads (`COLD`), and one warm-up event.
+fn hot_and_cold(name: &str) -> serde_json::Value {
+    function(
+        name,
+        "import hashlib, os, time\nBORN = time.time_ns()\nHOT = os.urandom(4 << 20)\n\
+         DIGEST = hashlib.sha256(HOT).hexdigest()\nCOLD = os.urandom(32 << 20)\n\
+         def handler(event, context):\n    \
+         return {'born': BORN, 'hot': hashlib.sha256(HOT).hexdigest() == DIGEST}\n",
+        serde_json::json!({"warmup": [{}]}),
+    )
+}
+
+/// Issue 18, a working set recorded at deploy: A (mmap mode) deploys a
+/// function and never invokes it; the bucket holds the working set A's
+/// deploy recorded (a uffd copy replaying the warm-up event: the hot 4 MiB
+/// in it, not the cold 32 MiB), the same as A's local one; B's first lazy
+/// restore fetches it before its copy resumes and answers from the
+/// snapshot's state, and everything B's copy fetched is at most twice the
+/// set's stored bytes (the 32 MiB stay in the bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_set_recorded_at_deploy_is_fetched_first_by_a_reader() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("wsdeploy") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let mut a = s.writer();
+    let v = a.deploy_ready(hot_and_cold("f")).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    assert_eq!(v["memory_mode"], "mmap", "{v}");
+    let id = v["snapshot"]["id"].as_str().unwrap().to_string();
+    wait_for("A uploaded f", Duration::from_secs(120), async || {
+        metric(&a, "thaw_remote_uploads_total{result=\"ok\"}").await >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metric(&a, "thaw_invocations_total").await,
+        0.0,
+        "nothing invoked f on A"
+    );
+
+    // The bucket's working set is A's deploy recording.
+    let remote = s.remote();
+    let bytes = remote
+        .get_blob(Kind::WorkingSet, id.as_bytes())
+        .await
+        .unwrap()
+        .expect("the bucket holds the working set recorded at deploy");
+    let local = a.data.join("snapshots").join(format!("{id}.workingset"));
+    assert_eq!(
+        std::fs::read(&local).unwrap(),
+        bytes,
+        "the bucket's working set is A's"
+    );
+    let pages = pool::restore::working_set::decode(&bytes, &local).unwrap();
+    assert!(
+        pages.len() >= 1024,
+        "the 1,024 pages the warm-up event hashes are in it: {} pages",
+        pages.len()
+    );
+    assert!(
+        pages.len() < 8192,
+        "the 8,192 pages no event reads are not: {} pages",
+        pages.len()
+    );
+    let written = pages
+        .iter()
+        .filter(|p| *p & pool::restore::working_set::WRITTEN != 0)
+        .count();
+    assert!(
+        written > 0 && written < pages.len() - 1024,
+        "pages first touched by a write are tagged (for mmap copies), the hot ones it reads are not: {written} of {}",
+        pages.len()
+    );
+
+    // B, started after the upload, restores f lazily: the set first.
+    let b = s.reader();
+    wait_for(
+        "B restores f lazily",
+        Duration::from_secs(120),
+        async || metric(&b, "thaw_remote_lazy_snapshots").await >= 1.0,
+    )
+    .await;
+    let r = restore(&b, "f").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-thaw-start"), "restore");
+    assert_eq!(r.json()["hot"], true, "{}", r.text());
+    assert_eq!(lazy_restores(&b, "ok").await, 1.0);
+    let set = metric(&b, "thaw_remote_lazy_working_set_bytes").await;
+    let before = metric(&b, "thaw_remote_lazy_fetched_before_resume_bytes").await;
+    let after = metric(&b, "thaw_remote_lazy_fetched_after_resume_bytes").await;
+    eprintln!(
+        "working set: {} pages, {set} stored bytes; B fetched {before} bytes before the resume, {after} after",
+        pages.len()
+    );
+    assert!(
+        set >= 1024.0 * 4096.0,
+        "the set's stored part holds the hot pages: {set}"
+    );
+    assert!(
+        before >= set,
+        "B fetched the working set before the copy resumed: {before} < {set}"
+    );
+    assert!(
+        before + after <= 2.0 * set,
+        "B's copy fetched {} bytes, more than twice the set's {set}",
+        before + after
+    );
+    assert_eq!(boots(&b, "f").await, Vec::<String>::new(), "B booted f");
+
+    // The snapshot's state: A's own forced restore answers the same.
+    let on_a = restore(&a, "f").await;
+    assert_eq!(on_a.status, 200, "{}", on_a.text());
+    assert_eq!(on_a.json()["born"], r.json()["born"]);
+    let mut b = b;
+    b.stop();
+    a.stop();
+}
+
+/// A working set recorded after the snapshot went up (here: the deploy's
+/// recording turned off, `THAW_DEPLOY_WORKING_SET=0`, then a copy's first
+/// invocation records one) is uploaded by the writer without a restart or
+/// a `thaw store push`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_set_recorded_after_the_upload_goes_up_too() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("wslater") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    std::env::set_var("THAW_DEPLOY_WORKING_SET", "0");
+    let mut a = s.writer();
+    std::env::remove_var("THAW_DEPLOY_WORKING_SET");
+    let v = a.deploy_ready(born("f", 1)).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let id = v["snapshot"]["id"].as_str().unwrap().to_string();
+    wait_for("A uploaded f", Duration::from_secs(120), async || {
+        metric(&a, "thaw_remote_uploads_total{result=\"ok\"}").await >= 1.0
+    })
+    .await;
+    let remote = s.remote();
+    assert!(
+        remote
+            .get_blob(Kind::WorkingSet, id.as_bytes())
+            .await
+            .unwrap()
+            .is_none(),
+        "no working set recorded at this deploy"
+    );
+    let r = restore(&a, "f").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let local = a.data.join("snapshots").join(format!("{id}.workingset"));
+    wait_for(
+        "A uploaded the working set its copy recorded",
+        Duration::from_secs(60),
+        async || {
+            remote
+                .get_blob(Kind::WorkingSet, id.as_bytes())
+                .await
+                .unwrap()
+                .is_some_and(|b| std::fs::read(&local).is_ok_and(|l| l == b))
+        },
+    )
+    .await;
+    a.stop();
+}
+
 /// Time of one request, ms.
 async fn timed(server: &Server, name: &str, cold: &str) -> (f64, Answer) {
     let t0 = Instant::now();
@@ -670,8 +840,9 @@ async fn lazy_rounds(s: &Store, arm: &str) -> (f64, f64, f64) {
 
 /// The figure in docs/cluster.md: through HTTP, a reader's first restore
 /// of a function it holds nothing of (lazy) against a later local restore
-/// (mmap) and a boot; without a working set in the bucket, then with one
-/// (A restored its snapshot once, and uploads it again at its restart).
+/// (mmap) and a boot; without a working set in the bucket (A started with
+/// `THAW_DEPLOY_WORKING_SET=0`), then with the one A's deploy of version 2
+/// recorded.
 /// `cargo test -p server --test cluster bench -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run with --ignored --nocapture"]
@@ -682,7 +853,10 @@ async fn bench_first_lazy_restore_through_http() {
         Ok(s) => s,
         Err(why) => skip!("{why}"),
     };
+    // First without the working set a deploy records.
+    std::env::set_var("THAW_DEPLOY_WORKING_SET", "0");
     let mut a = s.writer();
+    std::env::remove_var("THAW_DEPLOY_WORKING_SET");
     let v = a.deploy_ready(born("f", 1)).await;
     assert_eq!(v["state"], "ready", "{v}");
     let id = v["snapshot"]["id"].as_str().unwrap().to_string();
@@ -698,10 +872,13 @@ async fn bench_first_lazy_restore_through_http() {
         .is_none());
     lazy_rounds(&s, "no working set").await;
 
-    let r = restore(&a, "f").await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    // Then with the working set a deploy records (A started again with
+    // it, deploying version 2).
     a.stop();
     a.spawn();
+    let v = a.deploy_ready(born("f", 2)).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let id = v["snapshot"]["id"].as_str().unwrap().to_string();
     wait_for(
         "A uploaded f's working set",
         Duration::from_secs(120),

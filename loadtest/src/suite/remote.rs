@@ -31,11 +31,13 @@
 //! slots as read. The working set is what the bucket holds for the version
 //! (`working_set_pages` of B's "restore lazily" line: the pages it lists).
 //! A listed page over a mapped file is not in the bucket and never
-//! fetched, and the server does not say how many listed pages are stored;
-//! every stored page of the set is fetched before the copy resumes, so the
-//! stored part is at most `min(listed, fetched at the resume)` pages: the
-//! ratio is a lower bound, and the goal's verdict says "met" only when the
-//! server reports the stored part ([`RemoteFigures::bytes`]).
+//! fetched: the goal compares with the set's stored part, which B's
+//! "copy resumed" line reports (`working_set_stored_pages`). A server that
+//! does not report it gives a bound instead: every stored page of the set
+//! is fetched before the copy resumes, so the stored part is at most
+//! `min(listed, fetched at the resume)` pages, the ratio is then a lower
+//! bound, and the goal's verdict says "met" only with the exact figure
+//! ([`RemoteFigures::bytes`]).
 //!
 //! A machine without Garage reports the start kind as not available
 //! (`suite --short` fails on it, like on any start kind it cannot run).
@@ -90,6 +92,8 @@ pub struct RemoteRound {
     pub working_set_pages: u64,
     /// Pages fetched before the copy resumed.
     pub pages_at_resume: u64,
+    /// Pages of the working set the bucket stores (0: not reported).
+    pub working_set_stored_pages: u64,
     /// Bytes of the snapshot object and working set (read before).
     pub bytes_metadata: u64,
 }
@@ -142,15 +146,22 @@ impl RemoteResult {
         self.med(|r| r.bytes as f64)
     }
 
-    /// The working set's stored part, at most: `min(listed, fetched at
-    /// the resume)` pages, bytes (median of rounds); `None` without a
+    /// The working set's stored part in bytes (median of rounds) and
+    /// whether it is exact: as the server reported it, or else at most
+    /// `min(listed, fetched at the resume)` pages; `None` without a
     /// working set in the bucket.
-    pub fn working_set_bound(&self) -> Option<f64> {
+    pub fn working_set_bound(&self) -> Option<(f64, bool)> {
         if !self.working_set_in_bucket || self.rounds.is_empty() {
             return None;
         }
+        if self.rounds.iter().all(|r| r.working_set_stored_pages > 0) {
+            return self
+                .med(|r| (r.working_set_stored_pages * PAGE) as f64)
+                .map(|b| (b, true));
+        }
         self.med(|r| (r.working_set_pages.min(r.pages_at_resume) * PAGE) as f64)
             .filter(|b| *b > 0.0)
+            .map(|b| (b, false))
     }
 }
 
@@ -198,7 +209,7 @@ impl RemoteFigures {
                     Err("no working set in the bucket for this version".into())
                 }
                 Some(r) => match (r.bytes(), r.working_set_bound()) {
-                    (Some(b), Some(ws)) => Ok((b, ws, false)),
+                    (Some(b), Some((ws, exact))) => Ok((b, ws, exact)),
                     _ => Err("no working set pages fetched".into()),
                 },
             },
@@ -550,6 +561,7 @@ async fn one_round(
             bytes: bytes.saturating_sub(completion),
             working_set_pages: field(&opened[i], "working_set_pages"),
             pages_at_resume: field(&resumed, "pages_fetched"),
+            working_set_stored_pages: field(&resumed, "working_set_stored_pages"),
             bytes_metadata: field(&opened[i], "bytes_metadata"),
         };
         eprintln!(
@@ -658,8 +670,9 @@ pub fn render(results: &[RemoteResult], rounds: usize) -> String {
          from B at rest. Times from send to the whole answer; \
          ratios are medians of the per-round ratios. Bytes: what B's page server fetched for the first restore (sealed \
          slots, `thaw_remote_fetched_bytes` less the completion's own fetch), against the working set the bucket holds: \
-         the pages it lists; its stored part (pages over mapped files are not fetched) is at most the pages fetched before \
-         the resume, so that bound is used and the ratio is a lower bound. A and B share the machine, its cores and one \
+         the pages it lists, and its stored part (pages over mapped files are not fetched), as B reports it \
+         (`working_set_stored_pages` of its \"copy resumed\" line); a server that does not report it gives a bound (at \
+         most the pages fetched before the resume), shown with ≤ and the ratio with ≥. A and B share the machine, its cores and one \
          layer cache.\n\n"
     );
     let mut t = Table::new(&[
@@ -673,8 +686,8 @@ pub fn render(results: &[RemoteResult], rounds: usize) -> String {
         ">first ÷ boot",
         ">fetched by the first",
         ">working set (listed)",
-        ">stored part ≤",
-        ">fetched ÷ set ≥",
+        ">stored part",
+        ">fetched ÷ stored part",
     ]);
     for r in results {
         let first = r.column(|x| x.first);
@@ -693,9 +706,19 @@ pub fn render(results: &[RemoteResult], rounds: usize) -> String {
             ws_listed
                 .filter(|_| r.working_set_in_bucket)
                 .map_or_else(|| "–".into(), mib),
-            bound.map_or_else(|| "–".into(), mib),
+            bound.map_or_else(
+                || "–".into(),
+                |(w, exact)| {
+                    if exact {
+                        mib(w)
+                    } else {
+                        format!("≤ {}", mib(w))
+                    }
+                },
+            ),
             match (r.bytes(), bound) {
-                (Some(b), Some(w)) => ratio(Some(b / w)),
+                (Some(b), Some((w, true))) => ratio(Some(b / w)),
+                (Some(b), Some((w, false))) => format!("≥ {}", ratio(Some(b / w))),
                 _ => "–".into(),
             },
         ]);
@@ -777,6 +800,7 @@ mod tests {
             bytes,
             working_set_pages: 1000,
             pages_at_resume: 800,
+            working_set_stored_pages: 0,
             bytes_metadata: 1,
         };
         RemoteResult {
@@ -796,7 +820,12 @@ mod tests {
         let r = result(true);
         assert_eq!(r.first_over_local(), Some(4.0));
         assert!((r.first_over_boot().unwrap() - 40.0 / 300.0).abs() < 1e-9);
-        assert_eq!(r.working_set_bound(), Some(800.0 * 4096.0));
+        assert_eq!(r.working_set_bound(), Some((800.0 * 4096.0, false)));
+        let mut exact = r.clone();
+        for x in &mut exact.rounds {
+            x.working_set_stored_pages = 600;
+        }
+        assert_eq!(exact.working_set_bound(), Some((600.0 * 4096.0, true)));
         assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.9), Some(3.0));
         assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), Some(2.0));
         let f = RemoteFigures::of(&[r], "numpy-pandas", None);

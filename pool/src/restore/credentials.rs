@@ -78,7 +78,7 @@ pub fn set_credentials(
             );
             for cap in 0..=cap_last() {
                 batch.call(
-                    format!("prctl(PR_CAPBSET_DROP, {cap})"),
+                    super::batch::CallName::Numbered("prctl(PR_CAPBSET_DROP, ", cap as u64, ")"),
                     libc::SYS_prctl,
                     [libc::PR_CAPBSET_DROP as u64, cap as u64, 0, 0, 0, 0],
                 );
@@ -110,7 +110,11 @@ pub fn set_credentials(
             for cap in 0..=CAP_LAST {
                 if bounding & (1 << cap) == 0 {
                     batch.call(
-                        format!("prctl(PR_CAPBSET_DROP, {cap})"),
+                        super::batch::CallName::Numbered(
+                            "prctl(PR_CAPBSET_DROP, ",
+                            cap as u64,
+                            ")",
+                        ),
                         libc::SYS_prctl,
                         [libc::PR_CAPBSET_DROP as u64, cap as u64, 0, 0, 0, 0],
                     );

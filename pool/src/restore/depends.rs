@@ -77,15 +77,9 @@ fn hex(hash: &[u8; 32]) -> String {
 /// anything else is [`RestoreError::Incompatible`] naming the file, whether
 /// it changed in place or another file is at its path (device and inode
 /// cannot tell them apart: a new file often gets a freed inode's number).
-pub fn check_content(file: &File, content: &FileContent) -> Result<(), RestoreError> {
+/// `size`: the file's size, from the `fstat` its caller just made.
+pub fn check_content(file: &File, size: u64, content: &FileContent) -> Result<(), RestoreError> {
     let path = &content.path;
-    let size = file
-        .metadata()
-        .map_err(|source| RestoreError::Io {
-            what: format!("stat {path}"),
-            source,
-        })?
-        .len();
     if size != content.size {
         return Err(RestoreError::Incompatible {
             what: format!("{path}: {size} bytes here, {} at the capture", content.size),

@@ -195,7 +195,7 @@ impl Wanted {
             _ => None,
         };
         if let Some(content) = content {
-            super::depends::check_content(file, content)?;
+            super::depends::check_content(file, meta.size(), content)?;
         } else if let Some(id) = identity {
             if meta.dev() != id.dev || meta.ino() != id.inode {
                 return Err(changed(format!(

@@ -31,7 +31,7 @@ use snapshotter::capture::maps::{parse_maps, Pseudo};
 use snapshotter::state::{AreaKind, MemoryArea, PAGE_SIZE};
 use snapshotter::store::{AreaPages, ImageLayout, PageRun, PageSlot};
 
-use super::batch::{Batch, SCRATCH_LEN};
+use super::batch::{Batch, CallName, SCRATCH_LEN};
 use super::remote::Remote;
 use super::RestoreError;
 
@@ -275,15 +275,18 @@ pub fn map_areas(
     pages: &[AreaPages],
     sources: &MapSources<'_>,
 ) -> Result<(), RestoreError> {
+    // Read once per restore, not once per area (an environment lookup
+    // takes the environment's lock).
+    let overlay = overlay_wanted();
     for (index, area) in areas.iter().enumerate() {
         let prot = area.prot.to_prot() as u64;
         let len = area.len();
-        let what = |how: &str| format!("mmap {how} at {:#x}-{:#x}", area.start, area.end);
+        let what = |how: &'static str| CallName::Range(how, area.start, area.end);
         match area.kind {
             AreaKind::Vdso | AreaKind::Vvar | AreaKind::VvarVclock | AreaKind::Vsyscall => {}
             // Attached after the batch ([`super::sysv`]): left free here.
             AreaKind::SysvShm(_) => {}
-            AreaKind::FilePrivate if !area.shared && !overlay_wanted() => {
+            AreaKind::FilePrivate if !area.shared && !overlay => {
                 map_file_private(batch, index, area, &pages[index], sources);
             }
             AreaKind::FileUnchanged | AreaKind::FilePrivate => {
@@ -294,7 +297,7 @@ pub fn map_areas(
                     libc::MAP_PRIVATE
                 };
                 batch.call(
-                    what("(file)"),
+                    what("mmap (file)"),
                     libc::SYS_mmap,
                     [
                         area.start,
@@ -318,7 +321,7 @@ pub fn map_areas(
                         )));
                     };
                     batch.call(
-                        what("(shared memory)"),
+                        what("mmap (shared memory)"),
                         libc::SYS_mmap,
                         [
                             area.start,
@@ -333,7 +336,7 @@ pub fn map_areas(
                 }
                 if sources.lazy || sources.eager.contains(&index) {
                     batch.call(
-                        what("(anonymous)"),
+                        what("mmap (anonymous)"),
                         libc::SYS_mmap,
                         [
                             area.start,
@@ -348,7 +351,7 @@ pub fn map_areas(
                 }
                 let offset = sources.layout.areas[index].offset;
                 batch.call(
-                    what("(image)"),
+                    what("mmap (image)"),
                     libc::SYS_mmap,
                     [
                         area.start,
@@ -362,7 +365,7 @@ pub fn map_areas(
             }
             AreaKind::Stack => {
                 batch.call(
-                    what("(stack)"),
+                    what("mmap (stack)"),
                     libc::SYS_mmap,
                     [
                         area.start,
@@ -408,16 +411,20 @@ fn map_file_private(
     for (from_file, first, count) in file_private_runs(pages, area.len() / PAGE_SIZE) {
         let at = area.start + first * PAGE_SIZE;
         let (what, fd, offset) = if from_file {
-            ("(file)", file_fd as u64, area.offset + first * PAGE_SIZE)
+            (
+                "mmap (file)",
+                file_fd as u64,
+                area.offset + first * PAGE_SIZE,
+            )
         } else {
             (
-                "(image over file)",
+                "mmap (image over file)",
                 sources.image_fd as u64,
                 image_offset + first * PAGE_SIZE,
             )
         };
         batch.call(
-            format!("mmap {what} at {at:#x}"),
+            CallName::At(what, at),
             libc::SYS_mmap,
             [
                 at,
@@ -477,10 +484,7 @@ fn overlay_private_pages(
     let image_offset = sources.layout.areas[index].offset;
     let mut emit = |first: u64, count: u64| {
         batch.call(
-            format!(
-                "mmap (image over file) at {:#x}",
-                area.start + first * PAGE_SIZE
-            ),
+            CallName::At("mmap (image over file)", area.start + first * PAGE_SIZE),
             libc::SYS_mmap,
             [
                 area.start + first * PAGE_SIZE,
@@ -517,12 +521,14 @@ fn overlay_private_pages(
 }
 
 /// Writes the saved content the mappings do not provide: the stored pages
-/// of the stack and (mmap mode) of the areas mapped eagerly.
+/// of the stack and (mmap mode) of the areas mapped eagerly. `plans`: the
+/// snapshot's shared plans, which keep the image mapped between restores.
 pub fn write_private_pages(
     remote: &Remote,
     areas: &[MemoryArea],
     pages: &[AreaPages],
     sources: &MapSources<'_>,
+    plans: Option<&super::plans::SnapshotPlans>,
 ) -> Result<(), RestoreError> {
     // Every run of every written area, written straight from the image
     // (mapped read-only here, no copy through a buffer) with as few calls
@@ -537,13 +543,16 @@ pub fn write_private_pages(
     if runs.is_empty() {
         return Ok(());
     }
-    // SAFETY: the image is never changed once published (see the store's
-    // image module); the mapping is read-only and dropped before return.
-    let image =
-        unsafe { memmap2::Mmap::map(sources.image) }.map_err(|source| RestoreError::Io {
-            what: "map the image".into(),
-            source,
-        })?;
+    let mapped = match plans {
+        Some(plans) => plans.image_map(sources.image),
+        // SAFETY: the image is never changed once published (see the
+        // store's image module); the mapping is read-only.
+        None => unsafe { memmap2::Mmap::map(sources.image) }.map(std::sync::Arc::new),
+    };
+    let image = mapped.map_err(|source| RestoreError::Io {
+        what: "map the image".into(),
+        source,
+    })?;
     let mut slices = Vec::with_capacity(runs.len());
     for &(addr, offset, len) in &runs {
         let bytes = usize::try_from(offset)

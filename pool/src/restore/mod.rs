@@ -595,9 +595,11 @@ pub(crate) fn recheck_plan(plan: &fds::FdPlan, state: &ProcessState) -> Result<(
         ) else {
             continue;
         };
-        let path = area.path.clone().unwrap_or_default();
+        // The path is copied only for an error (this runs for every
+        // mapped file of every copy).
+        let path = || area.path.clone().unwrap_or_default();
         let st = nix::sys::stat::fstat(fd).map_err(|e| RestoreError::Io {
-            what: format!("stat {path}"),
+            what: format!("stat {}", path()),
             source: e.into(),
         })?;
         if st.st_size as u64 != id.size
@@ -605,7 +607,7 @@ pub(crate) fn recheck_plan(plan: &fds::FdPlan, state: &ProcessState) -> Result<(
             || st.st_mtime_nsec != id.mtime_nsec
         {
             return Err(RestoreError::FileChanged {
-                    path,
+                    path: path(),
                     what: format!(
                         "changed in place since the restore was prepared: size {} mtime {}.{:09}, was size {} mtime {}.{:09}",
                         st.st_size, st.st_mtime, st.st_mtime_nsec, id.size, id.mtime_sec, id.mtime_nsec
@@ -1297,7 +1299,7 @@ fn populate(
     };
     for r in ranges.iter() {
         batch.call_best_effort(
-            format!("madvise(populate) at {:#x}", r.start),
+            batch::CallName::At("madvise(populate)", r.start),
             libc::SYS_madvise,
             [r.start, r.len, r.advice, 0, 0, 0],
         );
@@ -1481,7 +1483,7 @@ fn restore_memory(
         }
         server = Some(s);
     }
-    memory::write_private_pages(remote, areas, ctx.view.areas, &sources)?;
+    memory::write_private_pages(remote, areas, ctx.view.areas, &sources, ctx.plans)?;
     Ok(RestoredMemory {
         scratch: places.scratch,
         guard,

@@ -71,7 +71,7 @@ pub fn set_signals(
         };
         let addr = batch.data(bytes_of(&act))?;
         batch.call(
-            format!("rt_sigaction({signal})"),
+            super::batch::CallName::Numbered("rt_sigaction(", signal as u64, ")"),
             libc::SYS_rt_sigaction,
             [signal as u64, addr, 0, 8, 0, 0],
         );

@@ -313,11 +313,14 @@ pub struct LiveReport {
     faults: AtomicU64,
     prefetched: AtomicU64,
     fail: AtomicBool,
+    exact: AtomicBool,
 }
 
 impl LiveReport {
     /// Saved addresses of the pages that faulted so far, in first-touch
-    /// order (see [`ServerReport::touched`]).
+    /// order (see [`ServerReport::touched`]); while recording exactly
+    /// ([`LiveReport::record_exactly`]) those first touched by a write are
+    /// tagged [`super::working_set::WRITTEN`].
     pub fn touched(&self) -> Vec<u64> {
         self.touched
             .lock()
@@ -350,6 +353,18 @@ impl LiveReport {
     /// kills the copy, as on any real failure).
     pub fn fail_next_fault(&self) {
         self.fail.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on each fault fills its own page only (no fault-around),
+    /// so that [`LiveReport::touched`] lists every page the copy touched
+    /// and nothing else: the exact working set a copy recording it at
+    /// deploy hands to nodes that fetch it from a shared store (which
+    /// fetch the pages listed, not the runs around them). Costs a fault
+    /// per page touched: for one recording copy, not for serving. Pages
+    /// whose first touch was a write are listed tagged
+    /// [`super::working_set::WRITTEN`].
+    pub fn record_exactly(&self) {
+        self.exact.store(true, Ordering::Relaxed);
     }
 }
 
@@ -569,12 +584,15 @@ impl PageServer {
         let mut count = 0;
         // A lazy restore's run stops at a page not fetched yet: the list
         // was fetched whole, the pages after it are left to their faults.
+        // That holds for the run's first page too: a page the list does not
+        // name (the page after a run, pushed below as the start of the
+        // next) is not fetched here, one round trip to the store each (it
+        // made a numpy-pandas restore with a working set recorded exactly
+        // fetch ~200 single pages before its resume: +8 s).
         let fetched = |count: usize| {
-            count == 0
-                || self
-                    .lazy
-                    .as_ref()
-                    .is_none_or(|l| !l.missing(area.area, index + count))
+            self.lazy
+                .as_ref()
+                .is_none_or(|l| !l.missing(area.area, index + count))
         };
         while count < PREFETCH_RUN
             && index + count < area.stored.len()
@@ -701,9 +719,10 @@ impl PageServer {
             }
             return self.zero(page);
         }
-        // Fault-around only where addresses are still the saved ones.
+        // Fault-around only where addresses are still the saved ones, and
+        // not while the working set is recorded exactly.
         let mut count = 1;
-        if !moved {
+        if !moved && !self.live.exact.load(Ordering::Relaxed) {
             while count < FAULT_AROUND as usize
                 && index + count < area.stored.len()
                 && area.stored[index + count]
@@ -918,12 +937,22 @@ impl PageServer {
                     .iter()
                     .any(|&(to, len, _)| (to..to + len).contains(&page))
                 {
+                    // Recording exactly: a first touch that writes is
+                    // tagged, so that mmap copies populate the page for
+                    // writing (a copy-on-write fault less each).
+                    let tagged = if msg.arg[0] & PAGEFAULT_FLAG_WRITE != 0
+                        && self.live.exact.load(Ordering::Relaxed)
+                    {
+                        page | super::working_set::WRITTEN
+                    } else {
+                        page
+                    };
                     self.report.touched.push(page);
                     self.live
                         .touched
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push(page);
+                        .push(tagged);
                 }
                 self.fill_fault(page, msg.arg[0] & PAGEFAULT_FLAG_WRITE != 0)
             }

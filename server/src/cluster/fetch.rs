@@ -19,7 +19,8 @@
 //!            (ForRestore::Fetching) until the follower asks again with the
 //!            store up
 //! a fetch fails after    {result="killed"}: the page server kills the copy (the
-//!            invocation answers 502 function_crashed), never zeros
+//!            invocation answers 502 function_crashed), never zeros; later
+//!            cold starts boot as above until the store answers
 //! ```
 //!
 //! A process tree restores lazily the same way: one lazy image for every
@@ -170,6 +171,8 @@ impl Cluster {
         };
         self.health.ok();
         let report = lazy.source.report();
+        self.lazy_bytes
+            .opened(id, lazy.source.counter(), report.working_set_stored_pages);
         let source = lazy.source.clone();
         let events = {
             let cluster = Arc::downgrade(self);
@@ -231,6 +234,9 @@ impl Cluster {
                 })
                 .inc();
         }
+        if matches!(event, LazyEvent::Resumed) {
+            self.lazy_bytes.resumed(id);
+        }
         let r = source.report();
         match event {
             LazyEvent::Resumed => {
@@ -240,6 +246,7 @@ impl Cluster {
                     bytes_fetched = r.bytes_fetched,
                     ranges = r.ranges,
                     working_set_pages = r.working_set_pages,
+                    working_set_stored_pages = r.working_set_stored_pages,
                     "lazy restore: the copy resumed (pages from the shared store)"
                 );
                 if self.completing.lock().unwrap().insert(id.to_string()) {
@@ -266,6 +273,16 @@ impl Cluster {
                     error,
                     "lazy restore: fetching failed after the copy resumed; the copy is killed"
                 );
+                // Later cold starts boot until the store answers, as after
+                // a failure before a resume: with its working set local
+                // (fetched by the copy before), the next lazy copy would
+                // resume without the store and be killed at its first
+                // fault.
+                if self.lazy.lock().unwrap().contains(id) {
+                    self.unlazy(id);
+                    self.fetching.lock().unwrap().remove(id);
+                    on_change(ForRestore::Fetching);
+                }
             }
         }
         self.export();

@@ -26,6 +26,7 @@ pub mod follow;
 pub mod forward;
 pub mod gc;
 pub mod layers;
+pub mod lazy_bytes;
 pub mod publish;
 
 use std::path::{Path, PathBuf};
@@ -134,6 +135,8 @@ pub struct Cluster {
     lazy: Mutex<std::collections::HashSet<String>>,
     /// Snapshots being completed locally after a lazy restore.
     completing: Mutex<std::collections::HashSet<String>>,
+    /// What lazy restores fetched, for the metrics.
+    lazy_bytes: lazy_bytes::LazyTally,
     /// The pool's restorer (lazy restores go through it).
     restorer: OnceLock<pool::instance::Restorer>,
     metrics: OnceLock<Arc<Metrics>>,
@@ -172,6 +175,7 @@ impl Cluster {
             fetching: Default::default(),
             lazy: Default::default(),
             completing: Default::default(),
+            lazy_bytes: Default::default(),
             restorer: OnceLock::new(),
             metrics: OnceLock::new(),
             http: reqwest::Client::builder()
@@ -217,6 +221,12 @@ impl Cluster {
             let t = self.remote.transfers();
             m.remote_bytes_fetched.set(t.bytes_fetched as i64);
             m.remote_bytes_sent.set(t.bytes_sent as i64);
+            let lazy = self.lazy_bytes.totals();
+            m.remote_lazy_fetched_before_resume
+                .set(lazy.before_resume as i64);
+            m.remote_lazy_fetched_after_resume
+                .set(lazy.after_resume as i64);
+            m.remote_lazy_working_set_bytes.set(lazy.working_set as i64);
         }
     }
 

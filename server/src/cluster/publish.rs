@@ -124,6 +124,8 @@ impl Publisher {
                         // Uploads that failed while the store was down.
                         crate::remote::upload_all(&self.service);
                     }
+                    // Working sets recorded after their snapshot's upload.
+                    crate::remote::upload_recorded_working_sets(&self.service);
                 }
                 Err(e) => self.cluster.health.failed(&format!("{e:#}")),
             }
