@@ -51,9 +51,9 @@ use crate::capture::tree::capture_tree_timed;
 use crate::capture::{capture_timed, CaptureError, CaptureOptions};
 use crate::state::{Dependencies, ProcessState, MAX_PROCESSES};
 use crate::store::{
-    area_pages, decode_manifest, read_manifest, write_manifest, AreaPages, AreaPagesError,
-    CommitError, InvalidSnapshotId, OpenError, PageStore, ReadManifestError, StoreSink,
-    WriteManifestError, WriterError, DEFAULT_MANIFEST_LIMIT,
+    area_pages, check_manifest, read_checked_manifest, write_manifest, AreaPages, AreaPagesError,
+    CheckedManifest, CommitError, InvalidSnapshotId, OpenError, PageStore, ReadManifestError,
+    StoreSink, WriteManifestError, WriterError, DEFAULT_MANIFEST_LIMIT,
 };
 
 /// Version of the [`Snapshot`] payload; bump on any incompatible change.
@@ -363,26 +363,31 @@ pub fn take_snapshot(
 pub fn load_snapshot(snapshots_dir: &Path, id: &str) -> Result<Snapshot, LoadSnapshotError> {
     crate::store::validate_snapshot_id(id)?;
     let path = manifest_path(snapshots_dir, id);
-    let format: FormatOnly = read_manifest(&path)?;
-    check_format(format.format, &path)?;
-    let snapshot: Snapshot = if format.format == FORMAT_3 {
-        read_manifest::<SnapshotV3>(&path)?.into()
-    } else {
-        read_manifest(&path)?
-    };
-    check_snapshot(snapshot, id, &path)
+    let manifest = read_checked_manifest(&path, DEFAULT_MANIFEST_LIMIT)?;
+    decode_snapshot(&manifest, id, &path)
 }
 
 /// Decodes the manifest bytes of snapshot `id` held in memory (`path` only
 /// names it in errors) and checks them as [`load_snapshot`] does. The pure
 /// entry point the fuzz targets drive.
 pub fn parse_snapshot(bytes: &[u8], id: &str, path: &Path) -> Result<Snapshot, LoadSnapshotError> {
-    let format: FormatOnly = decode_manifest(bytes, path, DEFAULT_MANIFEST_LIMIT)?;
+    let manifest = check_manifest(bytes, path, DEFAULT_MANIFEST_LIMIT)?;
+    decode_snapshot(&manifest, id, path)
+}
+
+/// Decodes a checked manifest as a snapshot of a format this build reads
+/// (its format field first, then the whole payload once), and checks it.
+fn decode_snapshot(
+    manifest: &CheckedManifest<'_>,
+    id: &str,
+    path: &Path,
+) -> Result<Snapshot, LoadSnapshotError> {
+    let format: FormatOnly = manifest.decode()?;
     check_format(format.format, path)?;
     let snapshot: Snapshot = if format.format == FORMAT_3 {
-        decode_manifest::<SnapshotV3>(bytes, path, DEFAULT_MANIFEST_LIMIT)?.into()
+        manifest.decode::<SnapshotV3>()?.into()
     } else {
-        decode_manifest(bytes, path, DEFAULT_MANIFEST_LIMIT)?
+        manifest.decode()?
     };
     check_snapshot(snapshot, id, path)
 }
@@ -610,6 +615,31 @@ mod tests {
     fn reload(snapshot: &Snapshot) -> Result<Snapshot, LoadSnapshotError> {
         let bytes = encode_manifest(snapshot).unwrap();
         parse_snapshot(&bytes, DIR_SNAPSHOT_ID, Path::new("forged"))
+    }
+
+    /// A manifest file loads as its bytes parse, in both formats read, and
+    /// a damaged one is refused by its checksum.
+    #[test]
+    fn a_manifest_file_loads_as_its_bytes_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = manifest_path(dir.path(), DIR_SNAPSHOT_ID);
+        let v3 = include_bytes!("../../fuzz/corpus/snapshot_manifest/seed-sleep");
+        let v4 = encode_manifest(&seed()).unwrap();
+        for bytes in [&v3[1..], &v4[..]] {
+            std::fs::write(&path, bytes).unwrap();
+            let loaded = load_snapshot(dir.path(), DIR_SNAPSHOT_ID).unwrap();
+            assert_eq!(
+                loaded,
+                parse_snapshot(bytes, DIR_SNAPSHOT_ID, &path).unwrap()
+            );
+            let mut damaged = bytes.to_vec();
+            *damaged.last_mut().unwrap() ^= 1;
+            std::fs::write(&path, &damaged).unwrap();
+            let err = load_snapshot(dir.path(), DIR_SNAPSHOT_ID)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("checksum mismatch"), "{err}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! decodes. bincode is not self-describing: any change to a stored type must
 //! bump [`MANIFEST_VERSION`].
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -166,6 +167,38 @@ pub fn read_manifest_with_limit<T: DeserializeOwned>(
     path: &Path,
     limit: u64,
 ) -> Result<T, ReadManifestError> {
+    read_checked_manifest(path, limit)?.decode()
+}
+
+/// A manifest whose container passed every check (magic, version, length,
+/// checksum): its payload can be decoded as one type, or as several in turn
+/// (a format field first, then the whole value), without reading or hashing
+/// it again.
+#[derive(Debug)]
+pub struct CheckedManifest<'a> {
+    payload: Cow<'a, [u8]>,
+    path: PathBuf,
+}
+
+impl CheckedManifest<'_> {
+    /// Decodes the payload as a `T` (bincode limited to the payload's own
+    /// length: a length prefix inside it can never make the decoder
+    /// reserve more than the file holds).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, ReadManifestError> {
+        decode_bincode(&self.payload).map_err(|source| ReadManifestError::Decode {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Reads the manifest at `path` (a payload of at most `limit` bytes) and
+/// checks its container, in the order the module doc gives, reading the
+/// file once.
+pub fn read_checked_manifest(
+    path: &Path,
+    limit: u64,
+) -> Result<CheckedManifest<'static>, ReadManifestError> {
     let p = || path.to_path_buf();
     let io = |source| ReadManifestError::Io { path: p(), source };
     let mut file = std::fs::File::open(path).map_err(io)?;
@@ -182,7 +215,11 @@ pub fn read_manifest_with_limit<T: DeserializeOwned>(
             found: MANIFEST_HEADER_LEN as u64 + got as u64,
         });
     }
-    decode_payload(&header, &payload, path)
+    check_checksum(&header, &payload, path)?;
+    Ok(CheckedManifest {
+        payload: Cow::Owned(payload),
+        path: p(),
+    })
 }
 
 /// Decodes a whole manifest held in memory (`path` only names it in
@@ -193,9 +230,24 @@ pub fn decode_manifest<T: DeserializeOwned>(
     path: &Path,
     limit: u64,
 ) -> Result<T, ReadManifestError> {
+    check_manifest(bytes, path, limit)?.decode()
+}
+
+/// Checks the container of a whole manifest held in memory (`path` only
+/// names it in errors), as [`read_checked_manifest`] does.
+pub fn check_manifest<'a>(
+    bytes: &'a [u8],
+    path: &Path,
+    limit: u64,
+) -> Result<CheckedManifest<'a>, ReadManifestError> {
     let head = &bytes[..bytes.len().min(MANIFEST_HEADER_LEN)];
     check_header(head, bytes.len() as u64, path, limit)?;
-    decode_payload(head, &bytes[MANIFEST_HEADER_LEN..], path)
+    let payload = &bytes[MANIFEST_HEADER_LEN..];
+    check_checksum(head, payload, path)?;
+    Ok(CheckedManifest {
+        payload: Cow::Borrowed(payload),
+        path: path.to_path_buf(),
+    })
 }
 
 /// Checks the first (up to [`MANIFEST_HEADER_LEN`]) bytes of a manifest of
@@ -254,23 +306,14 @@ fn check_header(
     Ok(len)
 }
 
-/// Checks the payload against the header's checksum, then decodes it with
-/// bincode limited to the payload's own length (a length prefix inside it
-/// can never make the decoder reserve more than the file holds).
-fn decode_payload<T: DeserializeOwned>(
-    header: &[u8],
-    payload: &[u8],
-    path: &Path,
-) -> Result<T, ReadManifestError> {
+/// Checks the payload against the header's checksum.
+fn check_checksum(header: &[u8], payload: &[u8], path: &Path) -> Result<(), ReadManifestError> {
     if blake3::hash(payload).as_bytes() != &header[24..56] {
         return Err(ReadManifestError::ChecksumMismatch {
             path: path.to_path_buf(),
         });
     }
-    decode_bincode(payload).map_err(|source| ReadManifestError::Decode {
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(())
 }
 
 /// bincode with the options `bincode::serialize` wrote with (fixed-size

@@ -75,9 +75,10 @@ pub use index::{
     parse_records, IndexHeaderError, IndexRecord, ParsedLog, Tail, INDEX_HEADER_LEN,
 };
 pub use manifest::{
-    decode_manifest, encode_manifest, read_manifest, read_manifest_with_limit, write_manifest,
-    ReadManifestError, WriteManifestError, DEFAULT_MANIFEST_LIMIT, MANIFEST_HEADER_LEN,
-    MANIFEST_MAGIC, MANIFEST_VERSION,
+    check_manifest, decode_manifest, encode_manifest, read_checked_manifest, read_manifest,
+    read_manifest_with_limit, write_manifest, CheckedManifest, ReadManifestError,
+    WriteManifestError, DEFAULT_MANIFEST_LIMIT, MANIFEST_HEADER_LEN, MANIFEST_MAGIC,
+    MANIFEST_VERSION,
 };
 pub use pack::{check_pack_header, OpenPackError, WritePackError, PACK_HEADER_LEN};
 pub use pagelist::{AreaPages, PageCounts, PageRef, PageRun, PageSlot};
