@@ -1290,12 +1290,13 @@ fn populate(
     batch: &mut Batch,
     areas: &[snapshotter::state::MemoryArea],
     pages: &[u64],
+    scope: plans::PopulateScope,
     plans: Option<&plans::SnapshotPlans>,
 ) -> usize {
     let reads = working_set::reads_wanted();
     let ranges = match plans {
-        Some(plans) => plans.populate_ranges(pages, areas, reads),
-        None => std::sync::Arc::new(working_set::populate_ranges(pages, areas, reads)),
+        Some(plans) => plans.populate_ranges(pages, areas, reads, scope),
+        None => std::sync::Arc::new(scope.ranges(pages, areas, reads)),
     };
     for r in ranges.iter() {
         batch.call_best_effort(
@@ -1389,18 +1390,14 @@ fn restore_memory(
         g.map(&mut batch);
     }
     if !options.prefetch.is_empty() {
-        timings.populated = match options.mode {
-            Mode::Mmap => populate(&mut batch, areas, &options.prefetch, ctx.plans),
+        let scope = match options.mode {
+            Mode::Mmap => plans::PopulateScope::All,
             // Only the areas the page server does not fill (the mapped
             // files): populating a registered area now would wait for a
             // server that is not running yet.
-            Mode::Uffd => populate(
-                &mut batch,
-                areas,
-                &working_set::outside_lazy_areas(&options.prefetch, areas),
-                ctx.plans,
-            ),
-        } as u32;
+            Mode::Uffd => plans::PopulateScope::OutsideLazyAreas,
+        };
+        timings.populated = populate(&mut batch, areas, &options.prefetch, scope, ctx.plans) as u32;
     }
     timings.batched += batch.len() as u32;
     remote.run(batch)?;

@@ -4,10 +4,12 @@
 //!
 //! ```text
 //! populate  the recorded working set as madvise ranges (uffd mode: only
-//!           its pages outside the areas the page server fills)
+//!           its pages outside the areas the page server fills,
+//!           `working_set::outside_lazy_areas`, a search per page)
 //!           (`working_set::populate_ranges`: a copy, a sort and a walk of
 //!           every page of the set), kept with the input it was made from
-//!           and made again when that input differs
+//!           (the set as given, before that filter) and made again when
+//!           that input differs
 //! guard     mmap mode: the anonymous-memory guard's seccomp filter
 //!           (`anon::FilterMemo`), built from the snapshot's areas
 //! image     the image mapped read-only in the server, from which every
@@ -51,29 +53,58 @@ struct KeptImage {
 struct PopulatePlan {
     pages: Vec<u64>,
     reads: bool,
+    scope: PopulateScope,
     ranges: Arc<Vec<Populate>>,
 }
 
+/// Which pages of a working set a copy populates before its resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PopulateScope {
+    /// Every page (mmap mode).
+    All,
+    /// Only those outside the areas the page server fills (uffd mode:
+    /// [`working_set::outside_lazy_areas`]).
+    OutsideLazyAreas,
+}
+
+impl PopulateScope {
+    /// [`working_set::populate_ranges`] of the pages of `pages` in this
+    /// scope, over `areas`.
+    pub fn ranges(self, pages: &[u64], areas: &[MemoryArea], reads: bool) -> Vec<Populate> {
+        match self {
+            PopulateScope::All => working_set::populate_ranges(pages, areas, reads),
+            PopulateScope::OutsideLazyAreas => working_set::populate_ranges(
+                &working_set::outside_lazy_areas(pages, areas),
+                areas,
+                reads,
+            ),
+        }
+    }
+}
+
 impl SnapshotPlans {
-    /// [`working_set::populate_ranges`] of `pages` over `areas` (the
-    /// snapshot's own: the same in every call), made once per distinct
-    /// `(pages, reads)`.
+    /// [`PopulateScope::ranges`] of `pages` over `areas` (the snapshot's
+    /// own: the same in every call), made once per distinct `(pages,
+    /// reads, scope)`: a later restore compares its `pages` with the kept
+    /// input and neither filters nor sorts them again.
     pub fn populate_ranges(
         &self,
         pages: &[u64],
         areas: &[MemoryArea],
         reads: bool,
+        scope: PopulateScope,
     ) -> Arc<Vec<Populate>> {
         let mut slot = self.populate.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = slot.as_ref() {
-            if p.reads == reads && p.pages == pages {
+            if p.reads == reads && p.scope == scope && p.pages == pages {
                 return p.ranges.clone();
             }
         }
-        let ranges = Arc::new(working_set::populate_ranges(pages, areas, reads));
+        let ranges = Arc::new(scope.ranges(pages, areas, reads));
         *slot = Some(PopulatePlan {
             pages: pages.to_vec(),
             reads,
+            scope,
             ranges: ranges.clone(),
         });
         ranges
@@ -154,22 +185,54 @@ mod tests {
         let w = working_set::WRITTEN;
         let pages = vec![0x12000 | w, 0x11000 | w, 0x15000 | w];
         let plans = SnapshotPlans::default();
-        let first = plans.populate_ranges(&pages, &areas, false);
+        let all = PopulateScope::All;
+        let first = plans.populate_ranges(&pages, &areas, false, all);
         assert_eq!(*first, working_set::populate_ranges(&pages, &areas, false));
-        let again = plans.populate_ranges(&pages, &areas, false);
+        let again = plans.populate_ranges(&pages, &areas, false, all);
         assert!(
             Arc::ptr_eq(&first, &again),
             "the same input reuses the plan"
         );
-        let reads = plans.populate_ranges(&pages, &areas, true);
+        let reads = plans.populate_ranges(&pages, &areas, true, all);
         assert_eq!(*reads, working_set::populate_ranges(&pages, &areas, true));
         assert_ne!(*reads, *first, "reads add MADV_POPULATE_READ ranges");
         let other = vec![0x18000 | w];
-        let changed = plans.populate_ranges(&other, &areas, false);
+        let changed = plans.populate_ranges(&other, &areas, false, all);
         assert_eq!(
             *changed,
             working_set::populate_ranges(&other, &areas, false)
         );
         assert_ne!(*changed, *first, "another working set is planned anew");
+    }
+
+    /// In uffd mode the plan filters out the pages of the areas the page
+    /// server fills once, and keeps the unfiltered set to compare with.
+    #[test]
+    fn the_uffd_scope_is_filtered_once_and_kept_apart() {
+        let mut file = anonymous(0x30000, 0x40000);
+        file.kind = AreaKind::FilePrivate;
+        let areas = vec![anonymous(0x10000, 0x20000), file];
+        assert!(super::super::uffd::is_lazy(&areas[0]));
+        assert!(!super::super::uffd::is_lazy(&areas[1]));
+        let w = working_set::WRITTEN;
+        let pages = vec![0x12000 | w, 0x31000 | w, 0x11000 | w, 0x32000 | w];
+        let outside = PopulateScope::OutsideLazyAreas;
+        let plans = SnapshotPlans::default();
+        let first = plans.populate_ranges(&pages, &areas, false, outside);
+        let fresh = working_set::populate_ranges(
+            &working_set::outside_lazy_areas(&pages, &areas),
+            &areas,
+            false,
+        );
+        assert_eq!(*first, fresh);
+        assert!(
+            !first.is_empty() && first.iter().all(|r| r.start >= 0x30000),
+            "the file's pages, nothing of the lazy area: {first:?}"
+        );
+        let again = plans.populate_ranges(&pages, &areas, false, outside);
+        assert!(Arc::ptr_eq(&first, &again), "the same input reuses it");
+        let all = plans.populate_ranges(&pages, &areas, false, PopulateScope::All);
+        assert_eq!(*all, working_set::populate_ranges(&pages, &areas, false));
+        assert_ne!(*all, *first, "the other scope is planned apart");
     }
 }
