@@ -186,6 +186,13 @@ pub struct Metrics {
     pub remote_lazy_restores: Family<ResultLabels, Counter>,
     /// Snapshots this node restores lazily now (not complete locally yet).
     pub remote_lazy_snapshots: Gauge,
+    /// Sandboxes being torn down (or recycled) in the background now.
+    pub teardowns_in_flight: Gauge,
+    /// Spares being launched now.
+    pub spare_launches_in_flight: Gauge,
+    /// Retries of completions (the rest of a lazily restored snapshot into
+    /// the local store) after one failed, by result.
+    pub remote_completion_retries: Family<ResultLabels, Counter>,
     /// Bytes lazy restores' page sources read from packs before the first
     /// copy of their snapshot resumed (cluster::lazy_bytes).
     pub remote_lazy_fetched_before_resume: Gauge,
@@ -374,6 +381,24 @@ impl Metrics {
             "Snapshots this node restores lazily from the shared store now (not complete locally yet)",
             remote_lazy_snapshots.clone(),
         );
+        let teardowns_in_flight = Gauge::default();
+        registry.register(
+            "sandbox_teardowns_in_flight",
+            "Sandboxes being torn down (or recycled into spares) in the background now; each counts until its processes, cgroup and run directory are gone",
+            teardowns_in_flight.clone(),
+        );
+        let spare_launches_in_flight = Gauge::default();
+        registry.register(
+            "spare_launches_in_flight",
+            "Spares (stub sandboxes made ahead of restores) being launched now",
+            spare_launches_in_flight.clone(),
+        );
+        let remote_completion_retries = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "remote_completion_retries",
+            "Retries, in the background, of completing a lazily restored snapshot in the local store after an attempt failed, by result",
+            remote_completion_retries.clone(),
+        );
         let remote_lazy_fetched_before_resume = Gauge::default();
         registry.register(
             "remote_lazy_fetched_before_resume_bytes",
@@ -438,6 +463,9 @@ impl Metrics {
             remote_gc_freed_bytes,
             remote_lazy_restores,
             remote_lazy_snapshots,
+            remote_completion_retries,
+            teardowns_in_flight,
+            spare_launches_in_flight,
             remote_lazy_fetched_before_resume,
             remote_lazy_fetched_after_resume,
             remote_lazy_working_set_bytes,

@@ -17,7 +17,8 @@
 //! - lazy restore failures: the store gone before B's first cold start
 //!   makes it boot (no rebuild); gone after the lazy copy resumed while it
 //!   still faults, the copy is killed and the invocation answers
-//!   `502 function_crashed`, and B serves on.
+//!   `502 function_crashed`, and B serves on; a completion that failed
+//!   while the store answers is retried in the background.
 //!
 //! Needs root (sandboxes) and the garage binary (`./dev.sh s3`).
 
@@ -604,6 +605,87 @@ async fn a_lazy_copy_whose_store_is_gone_after_the_resume_is_killed() {
     let mut a = a;
     a.stop();
     drop(b);
+}
+
+/// A completion that fails while the store answers is tried again in the
+/// background, not only by the next lazy copy: B opens f lazily, f's
+/// snapshot object then leaves the bucket (B holds what it read of it), so
+/// the completion started by B's first lazy copy fails; once the object is
+/// back, B completes f without another lazy copy, and its next forced
+/// restore is local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_completion_is_retried_in_the_background() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let s = match store("retry") {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let (mut a, b, snapshot) = lazy_reader(&s).await;
+    // The writer is not needed any more (nor can it put anything back).
+    a.stop();
+    let remote = s.remote();
+    let s3 = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(BUCKET)
+        .build()
+        .unwrap();
+    let path: object_store::path::Path = remote
+        .object_path(
+            Kind::Snapshot,
+            &remote.name(Kind::Snapshot, snapshot.as_bytes()),
+        )
+        .as_str()
+        .into();
+    let object = object_store::ObjectStore::get(&s3, &path)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    object_store::ObjectStore::delete(&s3, &path).await.unwrap();
+
+    let r = first_restore(&b, "f").await;
+    assert_eq!(r.header("x-thaw-start"), "restore");
+    assert_eq!(lazy_restores(&b, "ok").await, 1.0);
+    wait_for(
+        "B's completion failed",
+        Duration::from_secs(60),
+        async || metric(&b, "thaw_remote_snapshot_fetches_total{result=\"error\"}").await >= 1.0,
+    )
+    .await;
+    assert_eq!(metric(&b, "thaw_remote_lazy_snapshots").await, 1.0);
+    assert_eq!(
+        metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await,
+        0.0
+    );
+
+    // The object back: a retry completes f, with no lazy copy since.
+    object_store::ObjectStore::put(&s3, &path, object.into())
+        .await
+        .unwrap();
+    wait_for(
+        "B completed f by a retry",
+        Duration::from_secs(120),
+        async || metric(&b, "thaw_remote_lazy_snapshots").await == 0.0,
+    )
+    .await;
+    assert_eq!(
+        metric(&b, "thaw_remote_snapshot_fetches_total{result=\"ok\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&b, "thaw_remote_completion_retries_total{result=\"ok\"}").await,
+        1.0
+    );
+    assert_eq!(lazy_restores(&b, "ok").await, 1.0);
+    // Local now: a forced restore answers without a lazy copy.
+    let r = restore(&b, "f").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-thaw-start"), "restore");
+    assert_eq!(lazy_restores(&b, "ok").await, 1.0);
+    still_ready(&b, &snapshot).await;
+    let mut b = b;
+    b.stop();
 }
 
 /// A function with 4 MiB of random bytes every event hashes (`HOT`) and

@@ -10,10 +10,13 @@
 //!               one shared LazySource (its fetched pages go into the local store)
 //!            -> cold starts restore (ForRestore::Lazy), no spares meanwhile
 //! a copy resumed         thaw_remote_lazy_restores_total{result="ok"}; the first
-//!                        starts the completion (one per snapshot)
+//!                        starts the completion (one per registration)
 //! complete   LazySource::complete: what the local store lacks, root, manifest,
 //!            working set -> clear_lazy; cold starts restore locally in the
 //!            configured mode (ForRestore::Local)
+//! complete fails         retried in the background (1 s, doubling, at most
+//!            30 s; not while the store is down) until it succeeds or the
+//!            registration is gone: thaw_remote_completion_retries_total
 //! a fetch fails before a copy resumed   {result="boot"}: that cold start boots;
 //!            the snapshot is dropped from lazy restores and the version boots
 //!            (ForRestore::Fetching) until the follower asks again with the
@@ -29,6 +32,10 @@
 //! without a restorer downloads the whole snapshot instead
 //! (`remote_store::pull_snapshot`) while cold starts boot.
 //!
+//! Each registration has its own generation (lazy_registrations.rs): a
+//! failure of a copy made from an older registration of the same snapshot
+//! (dropped, then registered again by the follower) leaves the newer one.
+//!
 //! Failures are logged and counted, and mark the store down in `/healthz`.
 //! Store errors never mark a snapshot for rebuild: only a failed restore of
 //! a local snapshot does.
@@ -38,6 +45,7 @@ use std::sync::Arc;
 use pool::restore::page_source::{LazyEvent, LazyOrigin, PageSource};
 use remote_store::LazySource;
 
+use super::lazy_registrations::{completion_backoff, Which};
 use super::Cluster;
 use crate::metrics::ResultLabels;
 
@@ -63,6 +71,15 @@ pub fn lazy_source(id: &str) -> pool::instance::SnapshotSource {
 
 /// Told when what cold starts of a snapshot can do changes.
 type OnChange = Arc<dyn Fn(ForRestore) + Send + Sync>;
+
+/// A lazy registration, as its copies' events see it.
+#[derive(Clone, Copy)]
+struct Registered<'a> {
+    id: &'a str,
+    generation: u64,
+    source: &'a Arc<LazySource>,
+    on_change: &'a OnChange,
+}
 
 /// One download or completion at a time into the local store.
 static PULLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -103,48 +120,39 @@ impl Cluster {
 
     /// Snapshots restored lazily now.
     pub fn lazy_snapshots(&self) -> usize {
-        self.lazy.lock().unwrap().len()
+        self.lazy.len()
     }
 
     /// How cold starts restore snapshot `id` while it is restored lazily
     /// (`None`: it is not).
     pub fn lazy_source(&self, id: &str) -> Option<pool::instance::SnapshotSource> {
-        self.lazy
-            .lock()
-            .unwrap()
-            .contains(id)
-            .then(|| lazy_source(id))
+        self.lazy.contains(id).then(|| lazy_source(id))
     }
 
     /// Stops restoring lazily the snapshots not in `wanted` (their
     /// versions are gone): their sources are dropped with the last copy.
     pub fn keep_lazy(&self, wanted: &std::collections::HashSet<String>) {
-        let gone: Vec<String> = self
-            .lazy
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|id| !wanted.contains(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            self.unlazy(&id);
-            self.fetching.lock().unwrap().remove(&id);
+        for id in self.lazy.ids() {
+            if !wanted.contains(&id) && self.unlazy(&id, Which::Any) {
+                self.fetching.lock().unwrap().remove(&id);
+            }
         }
     }
 
-    fn unlazy(&self, id: &str) {
-        if let Some(r) = self.restorer.get() {
-            r.clear_lazy(id);
-        }
-        let n = {
-            let mut lazy = self.lazy.lock().unwrap();
-            lazy.remove(id);
-            lazy.len()
-        };
+    /// Stops restoring snapshot `id` lazily if its registration is `which`;
+    /// returns whether it did (not if a newer registration is current).
+    fn unlazy(&self, id: &str, which: Which) -> bool {
+        let restorer = self.restorer.get();
+        let left = self.lazy.unregister(id, which, || {
+            if let Some(r) = restorer {
+                r.clear_lazy(id);
+            }
+        });
+        let Some(n) = left else { return false };
         if let Some(m) = self.metrics() {
             m.remote_lazy_snapshots.set(n as i64);
         }
+        true
     }
 
     async fn open_lazily(self: &Arc<Self>, id: &str, on_change: OnChange) {
@@ -174,31 +182,40 @@ impl Cluster {
         self.lazy_bytes
             .opened(id, lazy.source.counter(), report.working_set_stored_pages);
         let source = lazy.source.clone();
-        let events = {
-            let cluster = Arc::downgrade(self);
-            let handle = tokio::runtime::Handle::current();
-            let id = id.to_string();
-            let on_change = on_change.clone();
-            Arc::new(move |event: LazyEvent| {
-                if let Some(cluster) = cluster.upgrade() {
-                    cluster.lazy_event(&handle, &id, &source, &on_change, event);
-                }
+        let snapshot = Arc::new(lazy.snapshot);
+        let working_set = lazy.working_set;
+        let registered = self.lazy.register(id, |generation| {
+            let events = {
+                let cluster = Arc::downgrade(self);
+                let handle = tokio::runtime::Handle::current();
+                let id = id.to_string();
+                let on_change = on_change.clone();
+                let source = source.clone();
+                Arc::new(move |event: LazyEvent| {
+                    if let Some(cluster) = cluster.upgrade() {
+                        let lazy = Registered {
+                            id: &id,
+                            generation,
+                            source: &source,
+                            on_change: &on_change,
+                        };
+                        cluster.lazy_event(&handle, lazy, event);
+                    }
+                })
+            };
+            restorer.set_lazy(LazyOrigin {
+                snapshot,
+                working_set,
+                source: source.clone() as Arc<dyn PageSource>,
+                events,
             })
-        };
-        let origin = LazyOrigin {
-            snapshot: Arc::new(lazy.snapshot),
-            working_set: lazy.working_set,
-            source: lazy.source.clone() as Arc<dyn PageSource>,
-            events,
-        };
-        if let Err(e) = restorer.set_lazy(origin) {
-            tracing::warn!(snapshot = %id, error = %e, "cannot restore lazily; fetching it whole");
-            return self.pull(id, on_change).await;
-        }
-        let n = {
-            let mut lazy = self.lazy.lock().unwrap();
-            lazy.insert(id.to_string());
-            lazy.len()
+        });
+        let n = match registered {
+            Ok((_, n)) => n,
+            Err(e) => {
+                tracing::warn!(snapshot = %id, error = %e, "cannot restore lazily; fetching it whole");
+                return self.pull(id, on_change).await;
+            }
         };
         if let Some(m) = self.metrics() {
             m.remote_lazy_snapshots.set(n as i64);
@@ -212,16 +229,20 @@ impl Cluster {
         on_change(ForRestore::Lazy);
     }
 
-    /// What a lazy copy of `id` did (called from the restorer's and the
-    /// page servers' threads).
+    /// What a lazy copy made from registration `lazy` did (called from the
+    /// restorer's and the page servers' threads).
     fn lazy_event(
         self: &Arc<Self>,
         handle: &tokio::runtime::Handle,
-        id: &str,
-        source: &Arc<LazySource>,
-        on_change: &OnChange,
+        lazy: Registered<'_>,
         event: LazyEvent,
     ) {
+        let Registered {
+            id,
+            generation,
+            source,
+            on_change,
+        } = lazy;
         let result = match &event {
             LazyEvent::Resumed => "ok",
             LazyEvent::FailedBeforeResume(_) => "boot",
@@ -249,10 +270,12 @@ impl Cluster {
                     working_set_stored_pages = r.working_set_stored_pages,
                     "lazy restore: the copy resumed (pages from the shared store)"
                 );
-                if self.completing.lock().unwrap().insert(id.to_string()) {
+                if self.lazy.start_completion(id, generation) {
                     let (this, id) = (self.clone(), id.to_string());
                     let (source, on_change) = (source.clone(), on_change.clone());
-                    handle.spawn(async move { this.complete(&id, source, on_change).await });
+                    handle.spawn(
+                        async move { this.complete(&id, generation, source, on_change).await },
+                    );
                 }
             }
             LazyEvent::FailedBeforeResume(error) => {
@@ -262,9 +285,12 @@ impl Cluster {
                     error,
                     "lazy restore: fetching failed before the copy resumed; the cold start boots, and so do later ones until the store answers"
                 );
-                self.unlazy(id);
-                self.fetching.lock().unwrap().remove(id);
-                on_change(ForRestore::Fetching);
+                // Only this registration's: a copy of an older one that
+                // failed late leaves a newer one be.
+                if self.unlazy(id, Which::Generation(generation)) {
+                    self.fetching.lock().unwrap().remove(id);
+                    on_change(ForRestore::Fetching);
+                }
             }
             LazyEvent::Killed(error) => {
                 self.health.failed(&error);
@@ -278,8 +304,7 @@ impl Cluster {
                 // (fetched by the copy before), the next lazy copy would
                 // resume without the store and be killed at its first
                 // fault.
-                if self.lazy.lock().unwrap().contains(id) {
-                    self.unlazy(id);
+                if self.unlazy(id, Which::Generation(generation)) {
                     self.fetching.lock().unwrap().remove(id);
                     on_change(ForRestore::Fetching);
                 }
@@ -288,44 +313,92 @@ impl Cluster {
         self.export();
     }
 
-    /// The rest of snapshot `id` into the local store, after a lazy copy
-    /// resumed; then cold starts restore it locally.
-    async fn complete(self: &Arc<Self>, id: &str, source: Arc<LazySource>, on_change: OnChange) {
-        let result = {
-            let _one = PULLS.lock().await;
-            let local = crate::remote::local_snapshot(self.store.clone(), &self.snapshots_dir, id);
-            source.complete(&local).await
-        };
-        self.completing.lock().unwrap().remove(id);
-        // Counted once cold starts restore it locally (tests wait on it).
-        let ok = result.is_ok();
-        match result {
-            Ok(r) => {
-                self.health.ok();
-                // The cache's check runs (cache.rs); this one is newest.
-                self.cache.fetched(id);
-                tracing::info!(
-                    snapshot = %id,
-                    pages = r.pages,
-                    pages_fetched = r.pages_fetched,
-                    bytes_fetched = r.bytes_fetched,
-                    "snapshot complete locally; cold starts restore it in the configured mode"
-                );
-                self.unlazy(id);
-                self.fetching.lock().unwrap().remove(id);
-                on_change(ForRestore::Local);
+    /// The rest of snapshot `id` into the local store, after a copy made
+    /// from its registration `generation` resumed; then cold starts
+    /// restore it locally. A failed attempt is tried again after a backoff
+    /// (not while the store is down), until one succeeds or the
+    /// registration is gone (dropped after a failed fetch, or replaced).
+    async fn complete(
+        self: &Arc<Self>,
+        id: &str,
+        generation: u64,
+        source: Arc<LazySource>,
+        on_change: OnChange,
+    ) {
+        let mut attempt = 0u32;
+        loop {
+            if attempt > 0 {
+                tokio::time::sleep(completion_backoff(attempt)).await;
+                if !self.lazy.is_current(id, generation) {
+                    tracing::info!(
+                        snapshot = %id,
+                        attempts = attempt,
+                        "no more retries of the completion: the snapshot is not restored lazily from that registration any more"
+                    );
+                    return;
+                }
+                if !self.health.is_up() {
+                    // Not an attempt: the store must answer first (the
+                    // follower asks it every second).
+                    continue;
+                }
             }
-            Err(e) => {
-                self.store_down_if_unreachable(&e);
-                tracing::warn!(
-                    snapshot = %id,
-                    error = %format!("{:#}", anyhow::Error::from(e)),
-                    "completing the snapshot locally failed; cold starts keep restoring it lazily (the next one tries again)"
-                );
+            let result = {
+                let _one = PULLS.lock().await;
+                let local =
+                    crate::remote::local_snapshot(self.store.clone(), &self.snapshots_dir, id);
+                source.complete(&local).await
+            };
+            let ok = result.is_ok();
+            if attempt > 0 {
+                self.count_completion_retry(ok);
+            }
+            // Counted once cold starts restore it locally (tests wait on it).
+            match result {
+                Ok(r) => {
+                    self.health.ok();
+                    // The cache's check runs (cache.rs); this one is newest.
+                    self.cache.fetched(id);
+                    tracing::info!(
+                        snapshot = %id,
+                        pages = r.pages,
+                        pages_fetched = r.pages_fetched,
+                        bytes_fetched = r.bytes_fetched,
+                        retries = attempt,
+                        "snapshot complete locally; cold starts restore it in the configured mode"
+                    );
+                    // Whichever registration is current: it is local now.
+                    self.unlazy(id, Which::Any);
+                    self.fetching.lock().unwrap().remove(id);
+                    on_change(ForRestore::Local);
+                }
+                Err(e) => {
+                    self.store_down_if_unreachable(&e);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(
+                        snapshot = %id,
+                        error = %format!("{:#}", anyhow::Error::from(e)),
+                        retry_in_secs = completion_backoff(attempt).as_secs(),
+                        "completing the snapshot locally failed; cold starts keep restoring it lazily, and the completion is tried again"
+                    );
+                }
+            }
+            self.count_fetch(ok);
+            self.export();
+            if ok {
+                return;
             }
         }
-        self.count_fetch(ok);
-        self.export();
+    }
+
+    fn count_completion_retry(&self, ok: bool) {
+        if let Some(m) = self.metrics() {
+            m.remote_completion_retries
+                .get_or_create(&ResultLabels {
+                    result: if ok { "ok" } else { "error" }.into(),
+                })
+                .inc();
+        }
     }
 
     /// A pull that failed because the store did not answer (not because an

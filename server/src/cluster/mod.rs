@@ -27,6 +27,7 @@ pub mod forward;
 pub mod gc;
 pub mod layers;
 pub mod lazy_bytes;
+pub mod lazy_registrations;
 pub mod publish;
 
 use std::path::{Path, PathBuf};
@@ -131,10 +132,8 @@ pub struct Cluster {
     /// The writer as last published (a reader's view; a writer's own).
     writer: Mutex<Option<WriterObject>>,
     fetching: Mutex<std::collections::HashSet<String>>,
-    /// Snapshots restored lazily now (fetch.rs).
-    lazy: Mutex<std::collections::HashSet<String>>,
-    /// Snapshots being completed locally after a lazy restore.
-    completing: Mutex<std::collections::HashSet<String>>,
+    /// Snapshots restored lazily now, and their completions (fetch.rs).
+    lazy: lazy_registrations::LazyRegistrations,
     /// What lazy restores fetched, for the metrics.
     lazy_bytes: lazy_bytes::LazyTally,
     /// The pool's restorer (lazy restores go through it).
@@ -174,7 +173,6 @@ impl Cluster {
             writer: Mutex::new(None),
             fetching: Default::default(),
             lazy: Default::default(),
-            completing: Default::default(),
             lazy_bytes: Default::default(),
             restorer: OnceLock::new(),
             metrics: OnceLock::new(),

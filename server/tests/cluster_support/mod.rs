@@ -101,14 +101,7 @@ impl Store {
 
 /// The sum of the values of the metric lines that start with `prefix`.
 pub async fn metric(server: &Server, prefix: &str) -> f64 {
-    server
-        .get("/metrics")
-        .await
-        .text()
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    server.metric(prefix).await
 }
 
 /// Polls `check` until it holds; fails the test after `limit`.
