@@ -14,35 +14,14 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 use std::process::{Command, Stdio};
 
-const COMMON: &str = include_str!("c/common.h");
+use common::c_programs::{
+    compile, prerequisites, run_copy, snapshot_of, start_to_first_line, thaw,
+};
+
 const SOCKETS: &str = include_str!("c/sockets.c");
 const TREE: &str = include_str!("c/sockets_tree.c");
-
-fn thaw() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_thaw"))
-}
-
-fn compile(dir: &Path) -> std::path::PathBuf {
-    compile_one(dir, "sockets", SOCKETS)
-}
-
-fn compile_one(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
-    std::fs::write(dir.join("common.h"), COMMON).unwrap();
-    let c = dir.join(format!("{name}.c"));
-    std::fs::write(&c, source).unwrap();
-    let out = dir.join(name);
-    let status = Command::new("cc")
-        .args(["-O1", "-Wall", "-o"])
-        .arg(&out)
-        .arg(&c)
-        .status()
-        .unwrap();
-    assert!(status.success(), "cc failed");
-    out
-}
 
 /// Echoes every connection of `accept` back to it, each in a thread.
 fn echo<S: Read + Write + Send + 'static>(
@@ -96,14 +75,11 @@ fn seqpacket_to_abstract(name: &str) {
 
 #[test]
 fn sockets_are_recreated_or_cut_by_thaw_restore_in_both_modes() {
-    if !nix::unistd::geteuid().is_root() {
-        skip!("thaw snapshot and thaw restore need root (ptrace, pid namespaces)");
-    }
-    if Command::new("cc").arg("--version").output().is_err() {
-        skip!("no C compiler (cc)");
+    if !prerequisites() {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let program = compile(tmp.path());
+    let program = compile(tmp.path(), "sockets", SOCKETS);
 
     let tcp4 = TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp4_port = tcp4.local_addr().unwrap().port();
@@ -116,19 +92,14 @@ fn sockets_are_recreated_or_cut_by_thaw_restore_in_both_modes() {
     echo(move || unix.accept().map(|(s, _)| s));
     let unix_path = tmp.path().join("listen.sock");
 
-    let mut command = Command::new(&program);
-    command
-        .arg(tcp4_port.to_string())
-        .arg(tcp6_port.to_string())
-        .arg(&unix_server)
-        .arg(&unix_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    common::only_stdio(&mut command);
-    let mut original = command.spawn().unwrap();
-    let mut out = BufReader::new(original.stdout.take().unwrap());
-    let mut ready = String::new();
-    out.read_line(&mut ready).unwrap();
+    let started = start_to_first_line(
+        Command::new(&program)
+            .arg(tcp4_port.to_string())
+            .arg(tcp6_port.to_string())
+            .arg(&unix_server)
+            .arg(&unix_path),
+    );
+    let (mut original, ready) = (started.child, started.line);
     let fields: Vec<String> = ready.split_whitespace().map(str::to_string).collect();
     assert_eq!(
         fields.first().map(String::as_str),
@@ -144,16 +115,7 @@ fn sockets_are_recreated_or_cut_by_thaw_restore_in_both_modes() {
     let waiting = TcpStream::connect(("127.0.0.1", listen4)).unwrap();
 
     let snap = tmp.path().join("sockets.snap");
-    let snapshot = thaw()
-        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
-        .arg(&snap)
-        .output()
-        .unwrap();
-    assert!(
-        snapshot.status.success(),
-        "thaw snapshot: {}",
-        String::from_utf8_lossy(&snapshot.stderr)
-    );
+    snapshot_of(&mut original, &snap);
     // The copies take the same ports and names in this network namespace.
     original.kill().unwrap();
     original.wait().unwrap();
@@ -237,14 +199,11 @@ fn sockets_are_recreated_or_cut_by_thaw_restore_in_both_modes() {
 /// both processes of the copy, in both modes.
 #[test]
 fn a_process_trees_connections_are_cut_in_every_process() {
-    if !nix::unistd::geteuid().is_root() {
-        skip!("thaw snapshot and thaw restore need root (ptrace, pid namespaces)");
-    }
-    if Command::new("cc").arg("--version").output().is_err() {
-        skip!("no C compiler (cc)");
+    if !prerequisites() {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let program = compile_one(tmp.path(), "sockets_tree", TREE);
+    let program = compile(tmp.path(), "sockets_tree", TREE);
     let tcp4 = TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp4_port = tcp4.local_addr().unwrap().port();
     echo(move || tcp4.accept().map(|(s, _)| s));
@@ -252,57 +211,19 @@ fn a_process_trees_connections_are_cut_in_every_process() {
     let unix = UnixListener::bind(&unix_server).unwrap();
     echo(move || unix.accept().map(|(s, _)| s));
 
-    let mut command = Command::new(&program);
-    command
-        .arg(tcp4_port.to_string())
-        .arg(&unix_server)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    common::only_stdio(&mut command);
-    let mut original = command.spawn().unwrap();
-    let mut out = BufReader::new(original.stdout.take().unwrap());
-    let mut ready = String::new();
-    out.read_line(&mut ready).unwrap();
-    assert!(ready.starts_with("ready "), "{ready:?}");
     let snap = tmp.path().join("tree.snap");
-    let snapshot = thaw()
-        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
-        .arg(&snap)
-        .output()
-        .unwrap();
-    assert!(
-        snapshot.status.success(),
-        "thaw snapshot: {}",
-        String::from_utf8_lossy(&snapshot.stderr)
+    let ready = common::c_programs::capture_at_first_line(
+        Command::new(&program)
+            .arg(tcp4_port.to_string())
+            .arg(&unix_server),
+        &snap,
     );
-    original.kill().unwrap();
-    original.wait().unwrap();
+    assert!(ready.starts_with("ready "), "{ready:?}");
     for mode in ["mmap", "uffd"] {
-        let mut copy = thaw()
-            .args(["restore", "--mode", mode])
-            .arg(&snap)
-            .env("THAW_LOG", "info")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        copy.stdin.as_mut().unwrap().write_all(b"g").unwrap();
-        let mut rest = String::new();
-        copy.stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut rest)
-            .unwrap();
-        let mut err = String::new();
-        copy.stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        let status = copy.wait().unwrap();
-        assert_eq!(rest, "ok\n", "{mode}: stderr {err}");
-        assert_eq!(status.code(), Some(0), "{mode}");
+        let copy = run_copy(&snap, mode);
+        let err = copy.log;
+        assert_eq!(copy.printed, "ok\n", "{mode}: stderr {err}");
+        assert_eq!(copy.code, 0, "{mode}");
         let cut = format!("(unix stream {} CONNECTED) was cut", unix_server.display());
         assert_eq!(
             err.matches(&cut).count(),

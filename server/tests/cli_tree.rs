@@ -6,36 +6,43 @@
 //! pair, and every process reports the pid, parent, process group and
 //! session it had (the program is tests/c/tree.c).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
+
+use common::c_programs::{
+    compile, prerequisites, snapshot_of, snapshot_pid, start_to_first_line, thaw,
+};
 
 const TREE: &str = include_str!("c/tree.c");
 
-/// Whether the test can run; with `THAW_TEST_STRICT` set a missing
-/// prerequisite fails it.
-fn prerequisites() -> bool {
-    let missing = if !nix::unistd::geteuid().is_root() {
-        Some("thaw snapshot and thaw restore need root (ptrace, pid namespaces)")
-    } else if Command::new("cc").arg("--version").output().is_err() {
-        Some("no C compiler (cc)")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if std::env::var_os("THAW_TEST_STRICT").is_some() => {
-            panic!("THAW_TEST_STRICT: {why}")
-        }
-        Some(why) => {
-            eprintln!("skipped: {why}");
-            false
-        }
-    }
+/// Restores snapshot folder `snap` in `mode`, and has the copy's stdin
+/// and stdout talk with `talk`; then the copy, its stdin closed, must
+/// exit 0.
+fn talk_to_copy(snap: &Path, mode: &str, talk: impl FnOnce(&mut dyn Write, &mut dyn BufRead)) {
+    let mut copy = thaw()
+        .args(["restore", "--mode", mode])
+        .arg(snap)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = copy.stdin.take().unwrap();
+    let mut out = BufReader::new(copy.stdout.take().unwrap());
+    talk(&mut stdin, &mut out);
+    drop(stdin);
+    assert_eq!(copy.wait().unwrap().code(), Some(0), "{mode}");
 }
 
 /// Sends `line` to `stdin` and reads `n` lines from `out`.
-fn ask(stdin: &mut impl Write, out: &mut impl BufRead, line: &str, n: usize) -> Vec<String> {
+fn ask(
+    stdin: &mut (impl Write + ?Sized),
+    out: &mut (impl BufRead + ?Sized),
+    line: &str,
+    n: usize,
+) -> Vec<String> {
     stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
     stdin.flush().unwrap();
     (0..n)
@@ -53,32 +60,10 @@ fn a_process_tree_survives_thaw_snapshot_and_thaw_restore() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let c = tmp.path().join("tree.c");
-    std::fs::write(&c, TREE).unwrap();
-    let program = tmp.path().join("tree");
-    let status = Command::new("cc")
-        .args(["-O1", "-Wall", "-o"])
-        .arg(&program)
-        .arg(&c)
-        .status()
-        .unwrap();
-    assert!(status.success());
-
-    let mut command = Command::new(&program);
-    command.stdin(Stdio::piped()).stdout(Stdio::piped());
-    // SAFETY: only close_range runs between fork and exec (the harness's
-    // descriptors would make the capture refuse).
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
-    let mut original = command.spawn().unwrap();
+    let program = compile(tmp.path(), "tree", TREE);
+    let started = start_to_first_line(&mut Command::new(&program));
+    let (mut original, mut out, ready) = (started.child, started.out, started.line);
     let mut stdin = original.stdin.take().unwrap();
-    let mut out = BufReader::new(original.stdout.take().unwrap());
-    let mut ready = String::new();
-    out.read_line(&mut ready).unwrap();
     let pids: Vec<i32> = ready
         .trim_end()
         .strip_prefix("ready ")
@@ -108,16 +93,7 @@ fn a_process_tree_survives_thaw_snapshot_and_thaw_restore() {
     assert_eq!(ask(&mut stdin, &mut out, "w 7", 1), ["sent"]);
     std::thread::sleep(std::time::Duration::from_millis(100));
     let snap = tmp.path().join("tree.snap");
-    let snapshot = thaw()
-        .args(["snapshot", "--pid", &pids[0].to_string(), "--out"])
-        .arg(&snap)
-        .output()
-        .unwrap();
-    assert!(
-        snapshot.status.success(),
-        "thaw snapshot: {}",
-        String::from_utf8_lossy(&snapshot.stderr)
-    );
+    snapshot_of(&mut original, &snap);
     // The original goes on, then ends with its input.
     assert_eq!(ask(&mut stdin, &mut out, "r", 1), ["answer 16"]);
     assert_eq!(ask(&mut stdin, &mut out, "n 2", 1), ["answer 6"]);
@@ -125,21 +101,11 @@ fn a_process_tree_survives_thaw_snapshot_and_thaw_restore() {
     assert!(original.wait().unwrap().success());
 
     for mode in ["mmap", "uffd"] {
-        let mut copy = thaw()
-            .args(["restore", "--mode", mode])
-            .arg(&snap)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = copy.stdin.take().unwrap();
-        let mut out = BufReader::new(copy.stdout.take().unwrap());
-        assert_eq!(ask(&mut stdin, &mut out, "r", 1), ["answer 16"], "{mode}");
-        assert_eq!(ask(&mut stdin, &mut out, "n 5", 1), ["answer 12"], "{mode}");
-        assert_eq!(ask(&mut stdin, &mut out, "ids", 3), ids, "{mode}");
-        drop(stdin);
-        let status = copy.wait().unwrap();
-        assert_eq!(status.code(), Some(0), "{mode}");
+        talk_to_copy(&snap, mode, |stdin, out| {
+            assert_eq!(ask(stdin, out, "r", 1), ["answer 16"], "{mode}");
+            assert_eq!(ask(stdin, out, "n 5", 1), ["answer 12"], "{mode}");
+            assert_eq!(ask(stdin, out, "ids", 3), ids, "{mode}");
+        });
     }
 }
 
@@ -172,32 +138,14 @@ fn a_python_parent_with_a_subprocess_helper_survives_as_a_tree() {
         return;
     }
     if Command::new("python3").arg("--version").output().is_err() {
-        if std::env::var_os("THAW_TEST_STRICT").is_some() {
-            panic!("THAW_TEST_STRICT: no python3");
-        }
-        eprintln!("skipped: no python3");
-        return;
+        skip!("no python3");
     }
     let tmp = tempfile::tempdir().unwrap();
     let script = tmp.path().join("tree.py");
     std::fs::write(&script, PYTHON_TREE).unwrap();
-    let mut command = Command::new("python3");
-    command
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    // SAFETY: only close_range runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
-    let mut original = command.spawn().unwrap();
+    let started = start_to_first_line(Command::new("python3").arg(&script));
+    let (mut original, ready) = (started.child, started.line);
     let stdin = original.stdin.take().unwrap();
-    let mut out = BufReader::new(original.stdout.take().unwrap());
-    let mut ready = String::new();
-    out.read_line(&mut ready).unwrap();
     // "ready PARENT HELPER 2 HELPER PARENT HELPER SID"
     let fields: Vec<String> = ready.split_whitespace().map(str::to_string).collect();
     assert_eq!(fields[0], "ready", "{ready:?}");
@@ -208,39 +156,20 @@ fn a_python_parent_with_a_subprocess_helper_survives_as_a_tree() {
     );
     let helper_ids = fields[4..].join(" ");
     let snap = tmp.path().join("py.snap");
-    let snapshot = thaw()
-        .args(["snapshot", "--pid", parent, "--out"])
-        .arg(&snap)
-        .output()
-        .unwrap();
-    assert!(
-        snapshot.status.success(),
-        "thaw snapshot: {}",
-        String::from_utf8_lossy(&snapshot.stderr)
-    );
+    if let Err(stderr) = snapshot_pid(parent.parse().unwrap(), &snap) {
+        panic!("thaw snapshot: {stderr}");
+    }
     drop(stdin);
     assert!(original.wait().unwrap().success());
     for mode in ["mmap", "uffd"] {
-        let mut copy = thaw()
-            .args(["restore", "--mode", mode])
-            .arg(&snap)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = copy.stdin.take().unwrap();
-        let mut out = BufReader::new(copy.stdout.take().unwrap());
-        // The helper answers with the pid, parent, group and session it had.
-        assert_eq!(
-            ask(&mut stdin, &mut out, "21", 1),
-            [format!("answer 42 {helper_ids}")],
-            "{mode}"
-        );
-        drop(stdin);
-        assert_eq!(copy.wait().unwrap().code(), Some(0), "{mode}");
+        talk_to_copy(&snap, mode, |stdin, out| {
+            // The helper answers with the pid, parent, group and session
+            // it had.
+            assert_eq!(
+                ask(stdin, out, "21", 1),
+                [format!("answer 42 {helper_ids}")],
+                "{mode}"
+            );
+        });
     }
-}
-
-fn thaw() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_thaw"))
 }

@@ -242,46 +242,66 @@ fn client_spec(name: &str, mode: &str, code: Value) -> Value {
     spec
 }
 
+/// The database host, started once the prerequisites are there.
+fn database() -> Result<Database, String> {
+    prerequisites().map(|bin| Database::start(&bin))
+}
+
+/// A server whose functions may reach the database host.
+fn client_server() -> Server {
+    Server::start(&["--network-range", RANGE, "--allow-forced-cold"])
+}
+
+/// Deploys client function `name` in memory mode `mode` ([`client_spec`]
+/// with `code`) and invokes it warm with `{"n": 4}`: the original's
+/// answer, from its first connection.
+async fn deploy_and_warm(server: &Server, name: &str, mode: &str, code: Value) -> Value {
+    let rec = server.deploy_ready(client_spec(name, mode, code)).await;
+    assert_eq!(rec["state"], "ready", "{rec}");
+    assert!(!rec["snapshot"].is_null(), "{mode}: no snapshot: {rec}");
+    let warm = server.invoke(name, json!({"n": 4})).await.json();
+    assert_eq!(warm["squares"], json!([1, 4, 9, 16]), "{warm}");
+    assert_eq!(warm["copy"], false, "{warm}");
+    assert_eq!(warm["backend"], warm["first_backend"], "{warm}");
+    warm
+}
+
+/// A forced restore of `name` invoked with `{"n": 3}`: the copy's answer,
+/// served by a backend of its own (neither the snapshot's connection nor
+/// the original's, `warm`).
+async fn restored_copy(server: &Server, name: &str, mode: &str, warm: &Value) -> Value {
+    let answer = server
+        .invoke_raw(name, br#"{"n": 3}"#.to_vec(), &[("x-thaw-cold", "restore")])
+        .await;
+    let copy = answer.json();
+    eprintln!("{mode} copy: {copy}");
+    assert_eq!(copy["copy"], true, "{mode}: {copy}");
+    assert_eq!(copy["squares"], json!([1, 4, 9]), "{mode}: {copy}");
+    assert_ne!(copy["backend"], copy["first_backend"], "{mode}: {copy}");
+    assert_ne!(copy["backend"], warm["backend"], "{mode}: {copy}");
+    copy
+}
+
 #[tokio::test]
 async fn a_postgres_client_function_reconnects_in_every_restored_copy() {
     require_root!();
-    let bin = match prerequisites() {
-        Ok(bin) => bin,
+    let _db = match database() {
+        Ok(db) => db,
         Err(why) => skip!("{why}"),
     };
-    let _db = Database::start(&bin);
-    let server = Server::start(&["--network-range", RANGE, "--allow-forced-cold"]);
+    let server = client_server();
     for mode in ["mmap", "uffd"] {
         let name = format!("pg-{mode}");
-        let spec = client_spec(
-            &name,
-            mode,
-            json!({
-                "handler": "main.handler",
-                "files": {
-                    "main.py": example_file("postgres-client", "main.py"),
-                    "requirements.txt": example_file("postgres-client", "requirements.txt"),
-                },
-            }),
-        );
-        let rec = server.deploy_ready(spec).await;
-        assert_eq!(rec["state"], "ready", "{rec}");
-        assert!(!rec["snapshot"].is_null(), "{mode}: no snapshot: {rec}");
-        let warm = server.invoke(&name, json!({"n": 4})).await.json();
-        assert_eq!(warm["squares"], json!([1, 4, 9, 16]), "{warm}");
-        assert_eq!(warm["copy"], false, "{warm}");
-        assert_eq!(warm["backend"], warm["first_backend"], "{warm}");
+        let code = json!({
+            "handler": "main.handler",
+            "files": {
+                "main.py": example_file("postgres-client", "main.py"),
+                "requirements.txt": example_file("postgres-client", "requirements.txt"),
+            },
+        });
+        let warm = deploy_and_warm(&server, &name, mode, code).await;
         for _ in 0..2 {
-            let answer = server
-                .invoke_raw(
-                    &name,
-                    br#"{"n": 3}"#.to_vec(),
-                    &[("x-thaw-cold", "restore")],
-                )
-                .await;
-            let copy = answer.json();
-            assert_eq!(copy["copy"], true, "{mode}: {copy}");
-            assert_eq!(copy["squares"], json!([1, 4, 9]), "{mode}: {copy}");
+            let copy = restored_copy(&server, &name, mode, &warm).await;
             // The snapshot's connection was cut: the hook saw it fail and
             // opened its own, served by another backend.
             assert_eq!(
@@ -289,8 +309,6 @@ async fn a_postgres_client_function_reconnects_in_every_restored_copy() {
                 json!(["InterfaceError"]),
                 "{mode}: {copy}"
             );
-            assert_ne!(copy["backend"], copy["first_backend"], "{mode}: {copy}");
-            assert_ne!(copy["backend"], warm["backend"], "{mode}: {copy}");
         }
     }
 }
@@ -302,47 +320,26 @@ async fn a_postgres_client_function_reconnects_in_every_restored_copy() {
 #[tokio::test]
 async fn a_node_postgres_function_reconnects_in_every_restored_copy() {
     require_root!();
-    let bin = match prerequisites() {
-        Ok(bin) => bin,
+    let _db = match database() {
+        Ok(db) => db,
         Err(why) => skip!("{why}"),
     };
-    let _db = Database::start(&bin);
-    let server = Server::start(&["--network-range", RANGE, "--allow-forced-cold"]);
+    let server = client_server();
     for mode in ["mmap", "uffd"] {
         let name = format!("node-pg-{mode}");
-        let spec = client_spec(
-            &name,
-            mode,
-            json!({
-                "runtime": "node20",
-                "handler": "index.handler",
-                "files": {
-                    "index.js": example_file("node-postgres", "index.js"),
-                    "package.json": example_file("node-postgres", "package.json"),
-                    "package-lock.json": example_file("node-postgres", "package-lock.json"),
-                },
-            }),
-        );
-        let rec = server.deploy_ready(spec).await;
-        assert_eq!(rec["state"], "ready", "{rec}");
-        assert!(!rec["snapshot"].is_null(), "{mode}: no snapshot: {rec}");
-        let warm = server.invoke(&name, json!({"n": 4})).await.json();
-        assert_eq!(warm["squares"], json!([1, 4, 9, 16]), "{warm}");
-        assert_eq!(warm["copy"], false, "{warm}");
-        assert_eq!(warm["backend"], warm["first_backend"], "{warm}");
+        let code = json!({
+            "runtime": "node20",
+            "handler": "index.handler",
+            "files": {
+                "index.js": example_file("node-postgres", "index.js"),
+                "package.json": example_file("node-postgres", "package.json"),
+                "package-lock.json": example_file("node-postgres", "package-lock.json"),
+            },
+        });
+        let warm = deploy_and_warm(&server, &name, mode, code).await;
         let mut last_row = warm["row"].as_i64().expect("a row id");
         for _ in 0..2 {
-            let answer = server
-                .invoke_raw(
-                    &name,
-                    br#"{"n": 3}"#.to_vec(),
-                    &[("x-thaw-cold", "restore")],
-                )
-                .await;
-            let copy = answer.json();
-            eprintln!("{mode} copy: {copy}");
-            assert_eq!(copy["copy"], true, "{mode}: {copy}");
-            assert_eq!(copy["squares"], json!([1, 4, 9]), "{mode}: {copy}");
+            let copy = restored_copy(&server, &name, mode, &warm).await;
             // The hook's query on the snapshot's client was rejected: the
             // connection was cut, not shared with the original.
             let restores = copy["restores"].as_array().expect("restores");
@@ -351,9 +348,7 @@ async fn a_node_postgres_function_reconnects_in_every_restored_copy() {
                 restores[0].as_str().unwrap_or("").starts_with("cut: "),
                 "{mode}: {copy}"
             );
-            // A new backend served a fresh row.
-            assert_ne!(copy["backend"], copy["first_backend"], "{mode}: {copy}");
-            assert_ne!(copy["backend"], warm["backend"], "{mode}: {copy}");
+            // A new backend (checked above) served a fresh row.
             let row = copy["row"].as_i64().expect("a row id");
             assert!(row > last_row, "{mode}: row {row} after {last_row}: {copy}");
             last_row = row;

@@ -82,31 +82,12 @@ fn json_ok(what: &str, out: &Output) -> Value {
 /// Starts the program and captures it into `dir`; returns its digests
 /// (hot, cold).
 fn capture(dir: &Path) -> (String, String) {
-    let mut command = Command::new("/usr/bin/python3");
-    command
-        .args(["-c", PROGRAM])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    common::only_stdio(&mut command);
-    let mut original = command.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(original.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = common::c_programs::capture_at_first_line(
+        Command::new("/usr/bin/python3").args(["-c", PROGRAM]),
+        dir,
+    );
     let words: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(words.len(), 3, "the program said {line:?}");
-    let out = thaw()
-        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "thaw snapshot: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    original.kill().unwrap();
-    original.wait().unwrap();
     (words[1].to_string(), words[2].to_string())
 }
 
@@ -232,22 +213,9 @@ fn a_copy_restores_from_the_bucket_into_an_empty_store_and_the_rest_follows() {
     assert_eq!(verified["objects_checked"], pages, "{verified}");
     drop(g);
     for mode in ["mmap", "uffd"] {
-        let mut copy = thaw()
-            .args(["restore", "--mode", mode])
-            .arg(&d)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        copy.stdin.as_mut().unwrap().write_all(b"a").unwrap();
-        let mut printed = String::new();
-        copy.stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut printed)
-            .unwrap();
-        assert!(copy.wait().unwrap().success());
-        assert_eq!(printed.trim(), format!("{hot} {cold}"), "local {mode}");
+        let copy = common::c_programs::run_copy_with(&d, mode, b"a");
+        assert!(copy.code == 0, "{}", copy.log);
+        assert_eq!(copy.printed.trim(), format!("{hot} {cold}"), "local {mode}");
     }
 }
 
@@ -497,31 +465,13 @@ fn bench_first_remote_restore_against_a_local_one() {
     let env = g.env();
     let tmp = tempfile::tempdir().unwrap();
     let (a, d1) = (tmp.path().join("a"), tmp.path().join("d1"));
-    let mut command = Command::new("/usr/bin/python3");
-    command
-        .args(["-c", NUMPY_PANDAS])
-        .env("PYTHONPATH", &pythonpath)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    common::only_stdio(&mut command);
-    let mut original = command.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(original.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    let out = thaw()
-        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
-        .arg(&a)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let line = common::c_programs::capture_at_first_line(
+        Command::new("/usr/bin/python3")
+            .args(["-c", NUMPY_PANDAS])
+            .env("PYTHONPATH", &pythonpath),
+        &a,
     );
-    original.kill().unwrap();
-    original.wait().unwrap();
+    assert_eq!(line.trim(), "ready");
 
     let key = new_key();
     push(&env, &key, "np", &a);

@@ -10,10 +10,9 @@ mod common;
 #[path = "../../test-support/garage.rs"]
 mod garage;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use garage::{Garage, BUCKET};
 use object_store::ObjectStore;
@@ -75,59 +74,27 @@ fn json_ok(what: &str, out: &Output) -> Value {
 /// Starts the program and captures it into `dir` with `thaw snapshot`;
 /// returns its digest.
 fn capture(dir: &Path) -> String {
-    let mut command = Command::new("/usr/bin/python3");
-    command
-        .args(["-c", PROGRAM])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    common::only_stdio(&mut command);
-    let mut original = command.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(original.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let digest = line
-        .strip_prefix("ready ")
+    let line = common::c_programs::capture_at_first_line(
+        Command::new("/usr/bin/python3").args(["-c", PROGRAM]),
+        dir,
+    );
+    line.strip_prefix("ready ")
         .unwrap_or_else(|| panic!("the program said {line:?}"))
         .trim()
-        .to_string();
-    let out = thaw()
-        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "thaw snapshot: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    original.kill().unwrap();
-    original.wait().unwrap();
-    digest
+        .to_string()
 }
 
 /// Restores `dir` and returns what the copy prints after resuming.
 fn restore(dir: &Path, mode: &str) -> String {
-    let mut copy: Child = thaw()
-        .args(["restore", "--mode", mode])
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    copy.stdin.as_mut().unwrap().write_all(b"g").unwrap();
-    let mut printed = String::new();
-    copy.stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut printed)
-        .unwrap();
-    let status = copy.wait().unwrap();
+    let copy = common::c_programs::run_copy(dir, mode);
     assert!(
-        status.success(),
-        "the copy ({mode}) exited with {status}: {printed}"
+        copy.code == 0,
+        "the copy ({mode}) exited with {}: {}{}",
+        copy.code,
+        copy.printed,
+        copy.log
     );
-    printed.trim().to_string()
+    copy.printed.trim().to_string()
 }
 
 fn prerequisites() -> Result<Garage, String> {
