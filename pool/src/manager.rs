@@ -389,6 +389,19 @@ impl Pool {
         }
     }
 
+    /// Sandboxes being torn down (or recycled into spares) in the
+    /// background now: each counts until its processes, cgroup and run
+    /// directory are gone (or it is a spare).
+    pub fn teardowns_in_flight(&self) -> usize {
+        self.shared.discarding.load(Ordering::SeqCst)
+    }
+
+    /// Spares being launched now (a launch makes the sandbox's run
+    /// directory before its cgroup).
+    pub fn spare_launches_in_flight(&self) -> usize {
+        self.state.lock().unwrap().spares_launching.values().sum()
+    }
+
     /// Instance counts over all versions.
     pub fn total_counts(&self) -> Counts {
         let st = self.state.lock().unwrap();
@@ -844,7 +857,7 @@ impl Pool {
             stale
         };
         if !stale.is_empty() {
-            tokio::spawn(spares::destroy_all(stale));
+            self.destroy_spares_later(stale);
         }
         self.shared.refill.notify_one();
     }

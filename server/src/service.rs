@@ -1181,6 +1181,12 @@ impl Service {
         let c = self.pool.total_counts();
         self.metrics.spares.set(c.spare as i64);
         self.metrics
+            .teardowns_in_flight
+            .set(self.pool.teardowns_in_flight() as i64);
+        self.metrics
+            .spare_launches_in_flight
+            .set(self.pool.spare_launches_in_flight() as i64);
+        self.metrics
             .set_spare_claims(self.pool.spare_hits(), self.pool.spare_misses());
         self.metrics.set_recycled(
             self.pool.sandboxes_recycled(),

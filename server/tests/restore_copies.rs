@@ -93,21 +93,6 @@ async fn restore(server: &Server, event: Value) -> common::Answer {
         .await
 }
 
-/// Waits until the spares are complete and every sandbox cgroup is one the
-/// pool lists (none is being torn down).
-async fn settle(server: &Server) {
-    let t0 = Instant::now();
-    loop {
-        let v = server.wait_spares("probe", 2).await;
-        let listed = v["instance_list"].as_array().map_or(0, Vec::len);
-        if server.sandbox_cgroups().len() == listed {
-            return;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "never settled: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_thousand_restores_in_a_row_leak_nothing() {
     require_root!();
@@ -119,8 +104,9 @@ async fn a_thousand_restores_in_a_row_leak_nothing() {
             assert_eq!(restore(&server, json!({})).await.status, 200);
         }
         // Spares (pre-made stub sandboxes) refill and discarded copies are
-        // torn down in the background: compare footprints once both are done.
-        settle(&server).await;
+        // torn down in the background: compare footprints once the pool
+        // says both are done.
+        server.settle("probe", 2).await;
         let before = footprint(&server);
         for i in 0..1000 {
             let a = restore(&server, json!({})).await;
@@ -133,20 +119,9 @@ async fn a_thousand_restores_in_a_row_leak_nothing() {
             );
         }
         // Discarded copies are torn down in the background: wait for the
-        // sandboxes to go, then compare.
-        settle(&server).await;
-        let t0 = Instant::now();
-        let after = loop {
-            let now = footprint(&server);
-            let settled = now.cgroups == before.cgroups
-                && now.sandbox_pids == before.sandbox_pids
-                && now.mounts == before.mounts
-                && now.run_entries == before.run_entries;
-            if settled || t0.elapsed() > Duration::from_secs(30) {
-                break now;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        // pool to say they are gone, then compare.
+        server.settle("probe", 2).await;
+        let after = footprint(&server);
         eprintln!("{mode}: before {before:?}, after 1000 restores {after:?}");
         assert_eq!(after.cgroups, before.cgroups, "{mode}: cgroups");
         assert_eq!(after.sandbox_pids, before.sandbox_pids, "{mode}: processes");

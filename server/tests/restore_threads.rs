@@ -122,21 +122,6 @@ def handler(event, context):
     return {"threads": len(threading.enumerate()), "sum": sum(POOL.map(abs, range(-20, 0)))}
 "#;
 
-/// Waits until the spares are complete and every sandbox cgroup is one the
-/// pool lists (none is being torn down).
-async fn settle(server: &Server, name: &str) {
-    let t0 = std::time::Instant::now();
-    loop {
-        let v = server.wait_spares(name, 2).await;
-        let listed = v["instance_list"].as_array().map_or(0, Vec::len);
-        if server.sandbox_cgroups().len() == listed {
-            return;
-        }
-        assert!(t0.elapsed().as_secs() < 30, "never settled: {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// Issue 14, acceptance 4: 1,000 restores in a row of a 16-thread function
 /// leave no descriptors, mappings, cgroups, processes or mounts behind.
 #[tokio::test]
@@ -164,26 +149,15 @@ async fn a_thousand_restores_of_a_sixteen_thread_function_leak_nothing() {
         for _ in 0..20 {
             restore().await;
         }
-        settle(&server, "sixteen").await;
+        server.settle("sixteen", 2).await;
         let before = footprint(&server);
         let started = std::time::Instant::now();
         for _ in 0..1000 {
             restore().await;
         }
         let took = started.elapsed();
-        settle(&server, "sixteen").await;
-        let t0 = std::time::Instant::now();
-        let after = loop {
-            let now = footprint(&server);
-            let settled = now.cgroups == before.cgroups
-                && now.sandbox_pids == before.sandbox_pids
-                && now.mounts == before.mounts
-                && now.run_entries == before.run_entries;
-            if settled || t0.elapsed().as_secs() > 30 {
-                break now;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        };
+        server.settle("sixteen", 2).await;
+        let after = footprint(&server);
         eprintln!("{mode}: 1000 restores in {took:?}; before {before:?}, after {after:?}");
         assert_eq!(after.cgroups, before.cgroups, "{mode}: cgroups");
         assert_eq!(after.sandbox_pids, before.sandbox_pids, "{mode}: processes");

@@ -171,9 +171,20 @@ impl Pool {
         // The refill is woken once the restore's first answer is in (see
         // `Pool::invoke`), or by the next tick.
         if !dead.is_empty() {
-            tokio::spawn(destroy_all(dead));
+            self.destroy_spares_later(dead);
         }
         found
+    }
+
+    /// Destroys `stubs` in the background, counted as teardowns in flight
+    /// ([`Pool::teardowns_in_flight`]) until they are gone.
+    pub(super) fn destroy_spares_later(&self, stubs: Vec<Stub>) {
+        self.shared.discarding.fetch_add(1, Ordering::SeqCst);
+        let pool = self.clone();
+        tokio::spawn(async move {
+            destroy_all(stubs).await;
+            pool.shared.discarding.fetch_sub(1, Ordering::SeqCst);
+        });
     }
 
     /// Decides the next spare to launch and which spares are in excess.

@@ -291,6 +291,44 @@ impl Server {
         }
     }
 
+    /// The sum of the values of this server's metric lines that start
+    /// with `prefix`.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        self.get("/metrics")
+            .await
+            .text()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until function `name` has its `spares`, no sandbox is being
+    /// launched or torn down in the background (the pool's own counts,
+    /// `thaw_spare_launches_in_flight` and
+    /// `thaw_sandbox_teardowns_in_flight`: a teardown counts until its
+    /// sandbox's processes, cgroup and run directory are gone) and every
+    /// sandbox cgroup is one the pool lists. A [`footprint`] taken then
+    /// counts no sandbox on its way in or out.
+    pub async fn settle(&self, name: &str, spares: u64) {
+        let t0 = Instant::now();
+        loop {
+            let v = self.wait_spares(name, spares).await;
+            let listed = v["instance_list"].as_array().map_or(0, Vec::len);
+            let launches = self.metric("thaw_spare_launches_in_flight ").await;
+            let teardowns = self.metric("thaw_sandbox_teardowns_in_flight ").await;
+            let cgroups = self.sandbox_cgroups().len();
+            if launches == 0.0 && teardowns == 0.0 && cgroups == listed {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "never settled: {launches} launches and {teardowns} teardowns in flight, {cgroups} cgroups: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// pids in this server's sandbox cgroups.
     pub fn sandbox_pids(&self) -> Vec<i32> {
         let mut out = Vec::new();
