@@ -114,21 +114,6 @@ async fn forced(server: &Server, event: Value) -> common::Answer {
         .await
 }
 
-/// Waits until the spares are complete and every sandbox cgroup is one the
-/// pool lists (none is being torn down).
-async fn settle(server: &Server) {
-    let t0 = std::time::Instant::now();
-    loop {
-        let v = server.wait_spares("tree", 2).await;
-        let listed = v["instance_list"].as_array().map_or(0, Vec::len);
-        if server.sandbox_cgroups().len() == listed {
-            return;
-        }
-        assert!(t0.elapsed().as_secs() < 30, "never settled: {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 async fn run(mode: &str) {
     let mut server = Server::start(&["--allow-forced-cold"]);
     let spec = function(
@@ -226,7 +211,7 @@ async fn run(mode: &str) {
 
     // No process, cgroup or mount left behind after many restores, the
     // root's crash included (its helper dies with the sandbox).
-    settle(&server).await;
+    server.settle("tree", 2).await;
     let before = footprint(&server);
     for i in 0..50 {
         let a = forced(&server, json!({"n": i})).await;
@@ -235,21 +220,10 @@ async fn run(mode: &str) {
     }
     let a = forced(&server, json!({"exit": true})).await;
     assert_ne!(a.status, 200, "{mode}: the root exited: {}", a.text());
-    settle(&server).await;
-    let t0 = std::time::Instant::now();
-    let after = loop {
-        let now = footprint(&server);
-        // A leak grows these; `before` may still count a sandbox being torn
-        // down (the helper-crash copy's), so fewer is fine.
-        let settled = now.cgroups <= before.cgroups
-            && now.sandbox_pids <= before.sandbox_pids
-            && now.mounts <= before.mounts
-            && now.run_entries <= before.run_entries;
-        if settled || t0.elapsed().as_secs() > 30 {
-            break now;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    // Both footprints are taken with nothing launched or torn down in the
+    // background (the pool's counts): a leak grows these.
+    server.settle("tree", 2).await;
+    let after = footprint(&server);
     for (what, b, a) in [
         ("cgroups", before.cgroups, after.cgroups),
         ("processes", before.sandbox_pids, after.sandbox_pids),
