@@ -12,7 +12,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::c_programs::{assert_all_ok, compile, prerequisites, run_copies, thaw};
+use common::c_programs::{
+    assert_all_ok, compile, prerequisites, run_copies, snapshot_of, start_to_first_line, thaw,
+};
 
 /// Starts program `name` (compiled in `dir`) with its stdin and stdout
 /// piped and reads its "ready".
@@ -22,15 +24,9 @@ fn start(
     source: &str,
 ) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
     let program = compile(dir, name, source);
-    let mut command = Command::new(&program);
-    command.stdin(Stdio::piped()).stdout(Stdio::piped());
-    common::only_stdio(&mut command);
-    let mut original = command.spawn().unwrap();
-    let mut out = BufReader::new(original.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n", "{name}: {line}");
-    (original, out)
+    let started = start_to_first_line(&mut Command::new(&program));
+    assert_eq!(started.line, "ready\n", "{name}: {}", started.line);
+    (started.child, started.out)
 }
 
 /// Runs program `name` to its "ready", captures it and restores the
@@ -41,19 +37,7 @@ fn run(name: &str, source: &str) -> Vec<(String, String, i32)> {
     let tmp = tempfile::tempdir().unwrap();
     let (mut original, mut out) = start(tmp.path(), name, source);
     let snap = tmp.path().join(format!("{name}.snap"));
-    let snapshot = thaw()
-        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
-        .arg(&snap)
-        .output()
-        .unwrap();
-    if !snapshot.status.success() {
-        original.kill().unwrap();
-        original.wait().unwrap();
-        panic!(
-            "{name}: thaw snapshot: {}",
-            String::from_utf8_lossy(&snapshot.stderr)
-        );
-    }
+    snapshot_of(&mut original, &snap);
     let mut results = run_copies(&snap);
     original.stdin.as_mut().unwrap().write_all(b"o").unwrap();
     let mut rest = String::new();

@@ -6,10 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::c_programs::{assert_all_ok, compile, prerequisites, run_copies, thaw};
+use common::c_programs::{
+    assert_all_ok, capture_at_first_line, compile, prerequisites, run_copies,
+};
 
 /// Runs program `name` to its "ready", captures it, kills it, and restores
 /// the snapshot once per memory mode; returns what each copy printed after
@@ -26,28 +27,9 @@ fn snapshot_and_restore_with(
 ) -> Vec<(String, String, i32)> {
     let tmp = tempfile::tempdir().unwrap();
     let program = compile(tmp.path(), name, source);
-    let mut command = Command::new(&program);
-    command.args(args);
-    command.stdin(Stdio::piped()).stdout(Stdio::piped());
-    common::only_stdio(&mut command);
-    let mut original = command.spawn().unwrap();
-    let mut out = BufReader::new(original.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n", "{name}: {line}");
     let snap = tmp.path().join(format!("{name}.snap"));
-    let snapshot = thaw()
-        .args(["snapshot", "--pid", &original.id().to_string(), "--out"])
-        .arg(&snap)
-        .output()
-        .unwrap();
-    original.kill().unwrap();
-    original.wait().unwrap();
-    assert!(
-        snapshot.status.success(),
-        "{name}: thaw snapshot: {}",
-        String::from_utf8_lossy(&snapshot.stderr)
-    );
+    let line = capture_at_first_line(Command::new(&program).args(args), &snap);
+    assert_eq!(line, "ready\n", "{name}: {line}");
     run_copies(&snap)
 }
 
