@@ -74,7 +74,12 @@ fn injected_syscalls_leave_read_blocked() {
 fn vdso_of(pid: i32) -> (u64, u64) {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let line = maps.lines().find(|l| l.ends_with("[vdso]")).unwrap();
-    let (start, end) = line.split_whitespace().next().unwrap().split_once('-').unwrap();
+    let (start, end) = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
     (
         u64::from_str_radix(start, 16).unwrap(),
         u64::from_str_radix(end, 16).unwrap(),
@@ -100,7 +105,10 @@ fn injector_found_again_at_the_known_vdso_offset() {
         let (start, end) = vdso_of(worker.pid());
         let injector = Injector::find_in_vdso(&seized, start, end).unwrap();
         let at = injector.syscall_address();
-        assert!(at >= start && at + 2 <= end, "round {round}: {at:#x} outside the vDSO");
+        assert!(
+            at >= start && at + 2 <= end,
+            "round {round}: {at:#x} outside the vDSO"
+        );
         offsets.push(at - start);
         let pid = injector
             .syscall(&mut seized, libc::SYS_getpid, [0; 6])
