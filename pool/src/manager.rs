@@ -809,7 +809,10 @@ impl Pool {
     pub async fn discard(&self, instance: Instance) {
         self.state.lock().unwrap().live.remove(instance.id());
         let id = instance.id().to_string();
-        if let Err(e) = instance.destroy().await {
+        let started = Instant::now();
+        let destroyed = instance.destroy().await;
+        tracing::debug!(sandbox = %id, teardown_us = started.elapsed().as_micros() as u64, "sandbox destroyed");
+        if let Err(e) = destroyed {
             if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow("cleanup") {
                 tracing::warn!(sandbox = %id, error = %e, suppressed, "sandbox clean-up failed");
             }

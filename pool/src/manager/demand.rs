@@ -72,6 +72,7 @@ pub(super) fn target(st: &State, cfg: &SpareConfig, key: &FunctionKey, now: Inst
 fn begin(st: &mut State, cfg: &SpareConfig, key: &FunctionKey, now: Instant) {
     let n = st.cold_in_flight.entry(key.clone()).or_default();
     *n += 1;
+    tracing::debug!(function = %key.name, version = key.version, in_flight = *n, "cold start admitted");
     let in_flight = *n as f64;
     if !learning(cfg) {
         return;
@@ -95,6 +96,7 @@ fn begin(st: &mut State, cfg: &SpareConfig, key: &FunctionKey, now: Instant) {
 fn end(st: &mut State, key: &FunctionKey) {
     if let Some(n) = st.cold_in_flight.get_mut(key) {
         *n = n.saturating_sub(1);
+        tracing::debug!(function = %key.name, version = key.version, in_flight = *n, "cold start answered");
         if *n == 0 {
             st.cold_in_flight.remove(key);
         }

@@ -142,6 +142,14 @@ impl Pool {
             let id = instance.id().to_string();
             let result =
                 Stub::recycle(instance, &pool.config.sandbox, &snapshot, &restorer, sink).await;
+            tracing::debug!(
+                function = %key.name,
+                version = key.version,
+                sandbox = %id,
+                recycle_us = started.elapsed().as_micros() as u64,
+                ok = result.is_ok(),
+                "sandbox recycled"
+            );
             let mut sample = None;
             match result {
                 Ok(stub) => {
