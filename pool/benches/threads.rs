@@ -210,14 +210,8 @@ fn main() {
     }
     let capture_ratio = c[1].as_secs_f64() / c[0].as_secs_f64();
     let capture_paired = paired_ratio(&capture[0], &capture[1]);
-    println!(
-        "  ratio 16/1 {capture_ratio:.2}, per round {capture_paired:.2} (goal <= {GOAL})"
-    );
-    let mut summary = vec![(
-        "capture".to_string(),
-        capture_ratio,
-        capture_paired,
-    )];
+    println!("  ratio 16/1 {capture_ratio:.2}, per round {capture_paired:.2} (goal <= {GOAL})");
+    let mut summary = vec![("capture".to_string(), capture_ratio, capture_paired)];
 
     // Loading a snapshot (part of every restore here, outside the phases):
     // the 16-thread one has 15 more threads' states and 30 more areas.
@@ -386,7 +380,10 @@ fn main() {
         "== summary: 16 threads / 1 thread, {rounds} rounds, goal <= {GOAL} (load average before {load_before}, after {})",
         loadavg()
     );
-    println!("  {:24} {:>16} {:>16}", "", "ratio of medians", "per-round median");
+    println!(
+        "  {:24} {:>16} {:>16}",
+        "", "ratio of medians", "per-round median"
+    );
     for (what, of_medians, per_round) in &summary {
         println!(
             "  {what:24} {of_medians:>9.2} {:>6} {per_round:>9.2} {:>6}",
