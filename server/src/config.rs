@@ -409,7 +409,7 @@ mod tests {
         assert_eq!(opts.stop_timeout, Duration::from_secs(30));
         assert_eq!(opts.data_dir, PathBuf::from(".thaw"));
         assert_eq!(opts.spares.per_version, 2);
-        assert_eq!(opts.spares.max_total, 16);
+        assert_eq!(opts.spares.max_total, 64);
         assert_eq!(opts.spares.burst_max, 16);
         assert_eq!(
             opts.spares.demand_half_life,

@@ -46,7 +46,7 @@ impl Default for SpareConfig {
     fn default() -> Self {
         SpareConfig {
             per_version: 2,
-            max_total: 16,
+            max_total: 64,
             burst_max: 16,
             demand_half_life: DEFAULT_DEMAND_HALF_LIFE,
         }
