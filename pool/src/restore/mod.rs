@@ -689,7 +689,7 @@ pub fn prepare_lazily_for_sandbox(
     }
     let started = Instant::now();
     depends::check_host(snapshot)?;
-    let (lazy, image) = page_source::LazyPages::new(snapshot, local, source, dir)?;
+    let (lazy, image) = page_source::LazyPages::new(snapshot, local, source, dir, &options.prefetch)?;
     let mut plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
     depends::attach(&mut plan, snapshot);
     Ok(Prepared {
@@ -1339,6 +1339,8 @@ fn restore_memory(
     // rather than served (shared memory's too: `shared`, `sysv`) must be
     // fetched whole first.
     if let Some(lazy) = ctx.lazy {
+        // What `LazyPages::new` started fetching (these areas among them).
+        lazy.ready()?;
         let written = areas.iter().enumerate().filter(|(_, a)| {
             shared::is_shared_anonymous(a)
                 || matches!(a.kind, snapshotter::state::AreaKind::SysvShm(_))
