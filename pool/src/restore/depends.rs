@@ -162,7 +162,10 @@ mod tests {
             [lib.clone(), dir.path().join("absent.so"), cache.clone()],
             Some(&cache),
         );
-        assert_eq!(bytes, 100_000, "the file only, not the folder nor the absent one");
+        assert_eq!(
+            bytes, 100_000,
+            "the file only, not the folder nor the absent one"
+        );
         let text =
             std::fs::read_to_string(cache.join(snapshotter::capture::depends::HASH_CACHE_FILE))
                 .unwrap();

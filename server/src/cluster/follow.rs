@@ -586,7 +586,10 @@ mod tests {
             .unwrap();
         assert_eq!(got, 7);
         assert_eq!(slow, 1, "reported slow once");
-        assert!(done.load(std::sync::atomic::Ordering::SeqCst), "not cut short");
+        assert!(
+            done.load(std::sync::atomic::Ordering::SeqCst),
+            "not cut short"
+        );
 
         let quick = tokio::spawn(async { 1 });
         let mut slow = 0;
