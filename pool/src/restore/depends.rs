@@ -125,10 +125,13 @@ pub fn warm_hashes(
         let Ok(file) = File::open(&path) else {
             continue;
         };
-        if !file.metadata().is_ok_and(|m| m.is_file()) {
+        let Ok(meta) = file.metadata() else {
+            continue;
+        };
+        if !meta.is_file() {
             continue;
         }
-        if let Ok((size, _)) = content_hash(&file, &path.to_string_lossy(), cache_dir) {
+        if let Ok((size, _)) = content_hash_with(&file, &meta, &path.to_string_lossy(), cache_dir) {
             bytes += size;
         }
     }
