@@ -170,10 +170,13 @@ impl LazyPages {
             base: 0,
         };
         if let Some(store) = local {
+            // One reload of the index, not one per page it lacks (most of
+            // them on a node that never held the snapshot).
+            let _ = store.refresh();
             for (a, pages) in lazy.image.hashes.iter().enumerate() {
                 for (i, hash) in pages.iter().enumerate() {
                     let Some(hash) = hash else { continue };
-                    if let Ok(page) = store.get(hash) {
+                    if let Some(Ok(page)) = store.get_loaded(hash) {
                         lazy.image.write(a, i, &page)?;
                     }
                 }
