@@ -457,5 +457,8 @@ fn get_loaded_answers_from_the_loaded_index_without_reloading() {
     assert!(reader.get_loaded(&absent).is_none());
     let other = PageStore::open(dir.path()).unwrap();
     snapshot(&writer, "t", &[9]);
-    assert_eq!(&other.get(&PageHash::of(&page(9))).unwrap()[..], &page(9)[..]);
+    assert_eq!(
+        &other.get(&PageHash::of(&page(9))).unwrap()[..],
+        &page(9)[..]
+    );
 }
