@@ -213,6 +213,85 @@ async fn a_uffd_copy_answers_from_the_snapshot_and_the_function_mode_wins() {
     assert!(a.text().contains("memory_mode"), "{}", a.text());
 }
 
+/// How many times the server process maps each file under
+/// `store/images` (its `/proc/PID/maps` lines, by path).
+fn server_image_maps(server: &Server) -> std::collections::BTreeMap<String, usize> {
+    let images = server.data.canonicalize().unwrap().join("store/images");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for l in maps.lines() {
+        if let Some(at) = l.find(images.to_str().unwrap()) {
+            *out.entry(l[at..].to_string()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn uffd_copies_running_at_once_share_the_servers_one_mapping_of_the_image() {
+    require_root!();
+    let server = std::sync::Arc::new(Server::start(&[
+        "--allow-forced-cold",
+        "--memory-mode",
+        "uffd",
+    ]));
+    server.deploy_ready(spec("shared", json!({}))).await;
+    // The first copy records the working set; the next ones prefetch it.
+    let a = restore(&server, "shared", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    // Three copies alive at once, each still faulting its heap in.
+    let copies: Vec<_> = (0..3)
+        .map(|_| {
+            let s = server.clone();
+            tokio::spawn(async move {
+                restore(&s, "shared", json!({"op": "slow-touch", "pages": 1500})).await
+            })
+        })
+        .collect();
+    let mut most_copies = 0;
+    let mut most_maps = std::collections::BTreeMap::new();
+    let t0 = Instant::now();
+    while copies.iter().any(|c| !c.is_finished()) && t0.elapsed() < Duration::from_secs(30) {
+        // A copy: a sandbox process mapping far more than a stub does.
+        let running = server
+            .sandbox_pids()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                    .unwrap_or_default()
+                    .lines()
+                    .count()
+                    > 50
+            })
+            .count();
+        let maps = server_image_maps(&server);
+        if running >= most_copies {
+            most_copies = running;
+            for (path, n) in maps {
+                let e = most_maps.entry(path).or_insert(0);
+                *e = n.max(*e);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for c in copies {
+        let a = c.await.unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.header("x-thaw-start"), "restore");
+    }
+    assert!(
+        most_copies >= 2,
+        "copies ran side by side (at most {most_copies} seen)"
+    );
+    assert!(!most_maps.is_empty(), "the server maps the image");
+    for (path, n) in &most_maps {
+        assert_eq!(
+            *n, 1,
+            "{path}: mapped {n} times by the server with {most_copies} copies running: one mapping per image, not one per copy's page server"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_uffd_function_on_an_mmap_server_records_then_prefetches_its_working_set() {
     require_root!();

@@ -1454,9 +1454,20 @@ fn restore_memory(
                 None => send_to_keeper(keeper, std::slice::from_ref(&uffd))?,
             }
         }
+        let mapped = match ctx.plans {
+            // The server's restores of this snapshot share one mapping.
+            Some(plans) => plans.image_map(&image.file),
+            // SAFETY: the image is never changed once published (see the
+            // store's image module); the mapping is read-only.
+            None => unsafe { memmap2::Mmap::map(&image.file) }.map(std::sync::Arc::new),
+        };
+        let image_map = mapped.map_err(|source| RestoreError::Io {
+            what: "map the image".into(),
+            source,
+        })?;
         let mut s = uffd::PageServer::new(
             uffd,
-            &image.file,
+            image_map,
             ctx.view.layout,
             areas,
             ctx.view.areas,

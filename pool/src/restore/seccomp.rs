@@ -55,7 +55,6 @@ const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
 /// Adds `no_new_privs` and the policy's installation to `batch` when
 /// [`wanted`]. Call after the credentials, once every thread exists: the
 /// filter reaches all of them (`SECCOMP_FILTER_FLAG_TSYNC`).
-
 pub fn install(
     batch: &mut Batch,
     state: &ProcessState,

@@ -390,10 +390,15 @@ impl PageServer {
     /// Sets up `uffd` (pulled from the copy) for the copy's lazy areas,
     /// but those of `written` (mapped anonymous and written before the copy
     /// runs: the live threads' stacks, see
-    /// [`super::thread::live_stacks`]).
+    /// [`super::thread::live_stacks`]). `image` is the snapshot's image
+    /// mapped read-only in the restorer (the server keeps one mapping per
+    /// image for all its copies, [`super::plans::SnapshotPlans::image_map`]:
+    /// a mapping per copy cost each copy the faults that map the image's
+    /// pages into the restorer and a `munmap` with its TLB shootdown when
+    /// the copy ended).
     pub fn new(
         uffd: OwnedFd,
-        image: &std::fs::File,
+        image: Arc<memmap2::Mmap>,
         layout: &ImageLayout,
         areas: &[MemoryArea],
         pages: &[AreaPages],
@@ -408,9 +413,6 @@ impl PageServer {
             ioctls: 0,
         };
         ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api).map_err(|e| uffd_err("UFFDIO_API", e))?;
-        // SAFETY: the image is never changed once published (see the store's
-        // image module); the mapping is read-only.
-        let image = unsafe { memmap2::Mmap::map(image) }.map_err(|e| uffd_err("map image", e))?;
         // SAFETY: eventfd with valid flags returns a new descriptor or -1.
         let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if stop < 0 {
@@ -443,7 +445,7 @@ impl PageServer {
         }
         Ok(PageServer {
             uffd,
-            image: Arc::new(image),
+            image,
             stop,
             areas: served,
             remaps: Vec::new(),
