@@ -708,7 +708,7 @@ async fn an_o_path_descriptor_of_a_root_only_file_is_unreadable_in_every_functio
         return;
     }
     let server = Server::start(&["--allow-forced-cold"]);
-    let starts = deploy_both_specs(&server, "opath", |n, e| held_spec(n, e), json!({})).await;
+    let starts = deploy_both_specs(&server, "opath", held_spec, json!({})).await;
     // The functions captured their O_PATH descriptors; now the file becomes
     // root's alone (a code file thaw binds read-only into the sandbox).
     for name in ["opath", "opath-uffd"] {

@@ -279,15 +279,34 @@ pub fn capture_tree_timed(
     Ok((states, timings))
 }
 
+/// What the tree holds of one pipe: whether a process has its read end,
+/// whether one has its write end, and `T` found through a read end.
+#[derive(Debug)]
+struct PipeEnds<T> {
+    read: bool,
+    write: bool,
+    through_read: Option<T>,
+}
+
+impl<T> Default for PipeEnds<T> {
+    fn default() -> Self {
+        PipeEnds {
+            read: false,
+            write: false,
+            through_read: None,
+        }
+    }
+}
+
 /// Pipes and Unix sockets on the runtime protocol's descriptors whose both
 /// ends are in the tree (a parent's `subprocess` pipes, which the child has
 /// as its stdin and stdout) are inner objects of the tree, not ends the
 /// restorer's caller supplies: recorded as [`FdKind::Pipe`] (the data
 /// queued read through a read end) or [`FdKind::SocketPair`].
 fn promote_protocol_ends(pids: &[i32], states: &mut [ProcessState]) -> Result<(), CaptureError> {
-    // Pipe inode -> whether the tree has a read end, a write end, and where
-    // one read end is (process index, fd).
-    let mut pipes: HashMap<u64, (bool, bool, Option<(usize, i32)>)> = HashMap::new();
+    // Pipe inode -> its ends in the tree, and where one read end is
+    // (process index, fd).
+    let mut pipes: HashMap<u64, PipeEnds<(usize, i32)>> = HashMap::new();
     let mut sockets = HashSet::new();
     for (index, state) in states.iter().enumerate() {
         for f in &state.fds {
@@ -296,10 +315,10 @@ fn promote_protocol_ends(pids: &[i32], states: &mut [ProcessState]) -> Result<()
                     let entry = pipes.entry(inode).or_default();
                     match end {
                         PipeEnd::Read => {
-                            entry.0 = true;
-                            entry.2.get_or_insert((index, f.fd));
+                            entry.read = true;
+                            entry.through_read.get_or_insert((index, f.fd));
                         }
-                        PipeEnd::Write => entry.1 = true,
+                        PipeEnd::Write => entry.write = true,
                     }
                 }
                 FdKind::ProtocolSocket { inode } | FdKind::SocketPair { inode, .. } => {
@@ -317,12 +336,17 @@ fn promote_protocol_ends(pids: &[i32], states: &mut [ProcessState]) -> Result<()
         for f in state.fds.iter_mut() {
             match f.kind {
                 FdKind::ProtocolPipe { end, inode } => {
-                    let Some(&(true, true, Some((reader, read_fd)))) = pipes.get(&inode) else {
+                    let Some(&PipeEnds {
+                        read: true,
+                        write: true,
+                        through_read: Some((reader, read_fd)),
+                    }) = pipes.get(&inode)
+                    else {
                         continue;
                     };
-                    if !data.contains_key(&inode) {
+                    if let std::collections::hash_map::Entry::Vacant(e) = data.entry(inode) {
                         let read_end = super::kobj::Grabber::new(pids[reader]).grab(read_fd)?;
-                        data.insert(inode, super::kobj::pipe_data(pids[reader], &read_end)?);
+                        e.insert(super::kobj::pipe_data(pids[reader], &read_end)?);
                     }
                     let (queued, capacity) = data[&inode].clone();
                     f.kind = FdKind::Pipe {
@@ -412,9 +436,9 @@ fn cut_outside_pairs(
 /// in the tree, and gives every end of a pipe the data read through its
 /// read end (see the module docs).
 pub fn link_fds(states: &mut [ProcessState]) -> Result<(), CaptureError> {
-    // Per pipe inode: whether a read end and a write end were seen, and the
-    // data and capacity read through a read end.
-    let mut pipes: HashMap<u64, (bool, bool, Option<(Vec<u8>, u32)>)> = HashMap::new();
+    // Per pipe inode: its ends seen, and the data and capacity read through
+    // a read end.
+    let mut pipes: HashMap<u64, PipeEnds<(Vec<u8>, u32)>> = HashMap::new();
     let mut pair_ends = HashSet::new();
     for state in states.iter() {
         let mut read_here = HashSet::new();
@@ -429,13 +453,13 @@ pub fn link_fds(states: &mut [ProcessState]) -> Result<(), CaptureError> {
                     let entry = pipes.entry(*inode).or_default();
                     match end {
                         PipeEnd::Read => {
-                            entry.0 = true;
+                            entry.read = true;
                             read_here.insert(*inode);
                         }
-                        PipeEnd::Write => entry.1 = true,
+                        PipeEnd::Write => entry.write = true,
                     }
-                    if entry.2.is_none() && *capacity > 0 {
-                        entry.2 = Some((data.clone(), *capacity));
+                    if entry.through_read.is_none() && *capacity > 0 {
+                        entry.through_read = Some((data.clone(), *capacity));
                     }
                 }
                 FdKind::SocketPair { inode, .. } => {
@@ -454,7 +478,11 @@ pub fn link_fds(states: &mut [ProcessState]) -> Result<(), CaptureError> {
                     capacity,
                     ..
                 } => {
-                    let (read, write, filled) = &pipes[inode];
+                    let PipeEnds {
+                        read,
+                        write,
+                        through_read: filled,
+                    } = &pipes[inode];
                     if !(*read && *write) {
                         return Err(refused(
                             state.pid,
@@ -466,13 +494,11 @@ pub fn link_fds(states: &mut [ProcessState]) -> Result<(), CaptureError> {
                         *capacity = *size;
                     }
                 }
-                FdKind::SocketPair { inode, peer, .. } => {
-                    if !pair_ends.contains(peer) {
-                        return Err(refused(
-                            state.pid,
-                            format!("fd {} is socket:[{inode}], one end of a Unix socket pair whose peer is in no process of the tree; the copy would not have it", f.fd),
-                        ));
-                    }
+                FdKind::SocketPair { inode, peer, .. } if !pair_ends.contains(peer) => {
+                    return Err(refused(
+                        state.pid,
+                        format!("fd {} is socket:[{inode}], one end of a Unix socket pair whose peer is in no process of the tree; the copy would not have it", f.fd),
+                    ));
                 }
                 _ => {}
             }
