@@ -172,18 +172,27 @@ fn workload(name: &str, script: &str, args: &[&str], cold_rounds: usize) {
         env_ab(
             &snap,
             &expected,
+            &[],
             "mmap private file areas",
-            "THAW_FILE_PRIVATE_MAP",
-            "overlay",
+            ["THAW_FILE_PRIVATE_MAP", "overlay"],
             ["run by run", "overlaid"],
         );
         env_ab(
             &snap,
             &expected,
+            &[],
             "mmap adjacent mappings",
-            "THAW_MMAP_MERGE",
-            "0",
+            ["THAW_MMAP_MERGE", "0"],
             ["merged", "one call each"],
+        );
+        let recorded = mmap_working_set(&snap, &expected);
+        env_ab(
+            &snap,
+            &expected,
+            &recorded,
+            "mmap populating the working set",
+            ["THAW_POPULATE_VECTOR", "0"],
+            ["by vectors", "one madvise per range"],
         );
     }
     let cold = median(cold);
@@ -293,7 +302,15 @@ fn guard_ab(snap: &Path, expected: &str) {
 /// the sandbox's cgroup is charged for the restore: from the stub's start
 /// through the mapping batch), the restore and the first answer. `what`
 /// names the comparison, `default` and `other` the two arms.
-fn env_ab(snap: &Path, expected: &str, what: &str, var: &str, value: &str, arms: [&str; 2]) {
+/// `prefetch`: the working set populated before the resume (empty: none).
+fn env_ab(
+    snap: &Path,
+    expected: &str,
+    prefetch: &[u64],
+    what: &str,
+    [var, value]: [&str; 2],
+    arms: [&str; 2],
+) {
     #[derive(Default)]
     struct Arm {
         batch: Vec<Duration>,
@@ -311,7 +328,7 @@ fn env_ab(snap: &Path, expected: &str, what: &str, var: &str, value: &str, arms:
             std::env::set_var(var, value);
         }
         let started = Instant::now();
-        let mut copy = restore_with_pipes(snap, Mode::Mmap);
+        let mut copy = restore_full(snap, Mode::Mmap, Vec::new(), prefetch.to_vec(), false);
         let stub_cpu = thread_cpu(copy.child.pid());
         copy.send(b"7\n");
         assert_eq!(copy.line(), expected);
@@ -346,6 +363,30 @@ fn env_ab(snap: &Path, expected: &str, what: &str, var: &str, value: &str, arms:
         m(&a.answer),
         m(&b.answer)
     );
+}
+
+/// The working set an mmap copy records as the server's does: its resident
+/// pages after its first request, those that were not resident before it
+/// tagged `INVOKED`, those it holds its own copy of `WRITTEN`.
+fn mmap_working_set(snap: &Path, expected: &str) -> Vec<u64> {
+    let (snapshot, _) = snapshotter::snapshot::open_snapshot_dir(snap).unwrap();
+    let areas = &snapshot.state.areas;
+    let mut copy = restore_with_pipes(snap, Mode::Mmap);
+    let pid = copy.child.pid();
+    let before = pool::restore::working_set::resident_pages(pid, areas).unwrap();
+    copy.send(b"7\n");
+    assert_eq!(copy.line(), expected);
+    let after = pool::restore::working_set::resident_pages(pid, areas).unwrap();
+    drop(copy.stdin);
+    assert_eq!(copy.child.wait().unwrap(), 0);
+    let pages = pool::restore::working_set::tag_invoked(after, &before);
+    let ranges = pool::restore::working_set::populate_ranges(&pages, areas, false);
+    println!(
+        "  recorded working set: {} pages, {} populate ranges",
+        pages.len(),
+        ranges.len()
+    );
+    pages
 }
 
 /// CPU time of process `pid`'s main thread so far (the first field of
