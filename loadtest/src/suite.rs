@@ -780,6 +780,10 @@ fn collect_figures(
         Some((_, None)) => Err("no single-restore median".into()),
         None => Err("the bursts did not run".into()),
     };
+    let burst_first = bursts
+        .iter()
+        .find(|(r, _)| r.function == GOAL_FUNCTION)
+        .and_then(|(r, _)| r.first_last());
     let on_demand = arm_median(RESTORE_NO_SPARES).and_then(|none| {
         let arm = numpy_cold
             .and_then(|r| r.arm(RESTORE_MMAP))
@@ -805,6 +809,7 @@ fn collect_figures(
         hello: sustained_of("hello"),
         numpy: sustained_of(GOAL_FUNCTION),
         burst,
+        burst_first,
         on_demand,
         floor,
         first: (first(RESTORE_MMAP), first(RESTORE_UFFD)),

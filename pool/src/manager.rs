@@ -6,6 +6,7 @@
 //! `min_instances` copies in [`fill`].
 
 mod accounting;
+mod demand;
 mod fill;
 
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ mod recycle;
 mod spares;
 
 pub use recycle::NotRecycled;
-pub use spares::SpareConfig;
+pub use spares::{SpareConfig, DEFAULT_DEMAND_HALF_LIFE};
 
 /// Keep-alive of versions that were never registered.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(600);
@@ -238,6 +239,11 @@ struct State {
     /// When each version was last invoked (or registered): spares go to the
     /// most recently used versions first.
     last_used: HashMap<FunctionKey, Instant>,
+    /// Cold starts in flight, by version ([`demand`]).
+    cold_in_flight: HashMap<FunctionKey, usize>,
+    /// Learned demand (decaying peak of cold starts in flight), by version
+    /// ([`demand`]).
+    demand: HashMap<FunctionKey, demand::Demand>,
     closed: bool,
 }
 
@@ -465,6 +471,10 @@ impl Pool {
         } else {
             self.take_idle(key)
         };
+        // A cold start that may restore counts toward its version's demand
+        // for spares until it has answered ([`demand`]).
+        let _in_flight = (warm.is_none() && cold != Some(Cold::Boot) && spec.snapshot.is_some())
+            .then(|| self.cold_in_flight(key));
         let (mut instance, start, restore) = match warm {
             Some(instance) => (instance, StartKind::Warm, None),
             None => match self.cold_start(key, spec, cold, Room::AnyIdle).await {
@@ -799,7 +809,10 @@ impl Pool {
     pub async fn discard(&self, instance: Instance) {
         self.state.lock().unwrap().live.remove(instance.id());
         let id = instance.id().to_string();
-        if let Err(e) = instance.destroy().await {
+        let started = Instant::now();
+        let destroyed = instance.destroy().await;
+        tracing::debug!(sandbox = %id, teardown_us = started.elapsed().as_micros() as u64, "sandbox destroyed");
+        if let Err(e) = destroyed {
             if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow("cleanup") {
                 tracing::warn!(sandbox = %id, error = %e, suppressed, "sandbox clean-up failed");
             }
@@ -938,6 +951,7 @@ impl Pool {
                 }
             }
             st.idle.retain(|_, list| !list.is_empty());
+            demand::forget_decayed(st, &self.config.spares, now);
             let missing = fill::claim_missing(st);
             (expired, missing)
         };

@@ -95,6 +95,16 @@ pub struct Settings {
     /// Most pre-made stub sandboxes in all, over every version (default 16).
     #[arg(long, env = "THAW_SPARE_SANDBOXES_MAX")]
     pub spare_sandboxes_max: Option<usize>,
+    /// Most spares one version keeps when its cold starts come in bursts:
+    /// its target follows the peak of its concurrent cold starts, decaying
+    /// (default 16; at most spare_sandboxes turns that off).
+    #[arg(long, env = "THAW_SPARE_SANDBOXES_BURST")]
+    pub spare_sandboxes_burst: Option<usize>,
+    /// Half-life of a version's learned burst size, seconds: its extra
+    /// spares halve every so long without a new burst (default 120; 0
+    /// turns learning off).
+    #[arg(long, env = "THAW_SPARE_DEMAND_HALF_LIFE_S")]
+    pub spare_demand_half_life_s: Option<f64>,
     /// Most dashboard sessions kept at once per role; beyond it the oldest
     /// of that role is signed out (default 10000).
     #[arg(long, env = "THAW_SESSIONS_PER_ROLE")]
@@ -186,6 +196,10 @@ impl Settings {
             log_max_age_s: self.log_max_age_s.or(below.log_max_age_s),
             spare_sandboxes: self.spare_sandboxes.or(below.spare_sandboxes),
             spare_sandboxes_max: self.spare_sandboxes_max.or(below.spare_sandboxes_max),
+            spare_sandboxes_burst: self.spare_sandboxes_burst.or(below.spare_sandboxes_burst),
+            spare_demand_half_life_s: self
+                .spare_demand_half_life_s
+                .or(below.spare_demand_half_life_s),
             sessions_per_role: self.sessions_per_role.or(below.sessions_per_role),
             network_range: self.network_range.or(below.network_range),
             dns_upstream: self.dns_upstream.or(below.dns_upstream),
@@ -339,6 +353,14 @@ impl Settings {
                 pool::manager::SpareConfig {
                     per_version: self.spare_sandboxes.unwrap_or(d.per_version),
                     max_total: self.spare_sandboxes_max.unwrap_or(d.max_total),
+                    burst_max: self.spare_sandboxes_burst.unwrap_or(d.burst_max),
+                    demand_half_life: match self.spare_demand_half_life_s {
+                        Some(s) if !(s.is_finite() && s >= 0.0) => {
+                            anyhow::bail!("spare_demand_half_life_s must be 0 or more, not {s}")
+                        }
+                        Some(s) => Duration::from_secs_f64(s),
+                        None => d.demand_half_life,
+                    },
                 }
             },
             sessions_per_role: self
@@ -387,7 +409,12 @@ mod tests {
         assert_eq!(opts.stop_timeout, Duration::from_secs(30));
         assert_eq!(opts.data_dir, PathBuf::from(".thaw"));
         assert_eq!(opts.spares.per_version, 2);
-        assert_eq!(opts.spares.max_total, 16);
+        assert_eq!(opts.spares.max_total, 64);
+        assert_eq!(opts.spares.burst_max, 16);
+        assert_eq!(
+            opts.spares.demand_half_life,
+            pool::manager::DEFAULT_DEMAND_HALF_LIFE
+        );
     }
 
     #[test]
@@ -404,6 +431,17 @@ mod tests {
         let opts = flags.over(file).resolve().unwrap();
         assert_eq!(opts.spares.per_version, 3);
         assert_eq!(opts.spares.max_total, 4);
+    }
+
+    #[test]
+    fn spare_learning_is_set_by_its_two_keys() {
+        let file: Settings =
+            toml::from_str("spare_sandboxes_burst = 8\nspare_demand_half_life_s = 1.5\n").unwrap();
+        let opts = Settings::default().over(file).resolve().unwrap();
+        assert_eq!(opts.spares.burst_max, 8);
+        assert_eq!(opts.spares.demand_half_life, Duration::from_millis(1500));
+        let bad: Settings = toml::from_str("spare_demand_half_life_s = -1\n").unwrap();
+        assert!(Settings::default().over(bad).resolve().is_err());
     }
 
     #[test]

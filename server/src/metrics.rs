@@ -76,6 +76,15 @@ pub struct ClaimLabels {
     pub result: String,
 }
 
+/// Labels of one version.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// Function name.
+    pub function: String,
+    /// Version number.
+    pub version: String,
+}
+
 /// Labels of a restore phase.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -148,6 +157,9 @@ pub struct Metrics {
     pub spares_per_version: Gauge,
     /// Most spares in all (the setting).
     pub spares_max: Gauge,
+    /// Spares each version with a snapshot should keep ready now: the
+    /// setting, more after bursts (`pool::manager::demand`).
+    pub spare_target: Family<VersionLabels, Gauge>,
     /// Restores by whether a spare was ready.
     pub spare_claims: Family<ClaimLabels, Counter>,
     spare_hits_seen: Follow,
@@ -288,6 +300,12 @@ impl Metrics {
             "spare_sandboxes_max",
             "Most pre-made stub sandboxes in all (setting)",
             spares_max.clone(),
+        );
+        let spare_target = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "spare_sandboxes_target",
+            "Pre-made stub sandboxes a version with a snapshot should keep ready now: spare_sandboxes, more after bursts of cold starts (up to spare_sandboxes_burst, decaying), before the node cap and the memory budget",
+            spare_target.clone(),
         );
         let spare_claims = Family::<ClaimLabels, Counter>::default();
         registry.register(
@@ -453,6 +471,7 @@ impl Metrics {
             spares,
             spares_per_version,
             spares_max,
+            spare_target,
             spare_claims,
             spare_hits_seen: Follow::default(),
             spare_misses_seen: Follow::default(),

@@ -1180,6 +1180,16 @@ impl Service {
     pub fn refresh_gauges(&self) {
         let c = self.pool.total_counts();
         self.metrics.spares.set(c.spare as i64);
+        self.metrics.spare_target.clear();
+        for (key, target) in self.pool.spare_targets() {
+            self.metrics
+                .spare_target
+                .get_or_create(&crate::metrics::VersionLabels {
+                    function: key.name,
+                    version: key.version.to_string(),
+                })
+                .set(target as i64);
+        }
         self.metrics
             .set_spare_claims(self.pool.spare_hits(), self.pool.spare_misses());
         self.metrics.set_recycled(

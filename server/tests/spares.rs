@@ -87,7 +87,7 @@ async fn a_cold_start_restores_into_a_spare_and_the_pool_refills() {
         Some(2.0),
         "{m}"
     );
-    assert_eq!(metric(&m, "thaw_spare_sandboxes_max "), Some(16.0), "{m}");
+    assert_eq!(metric(&m, "thaw_spare_sandboxes_max "), Some(64.0), "{m}");
     assert_eq!(
         metric(&m, "thaw_instances{state=\"spare\"} "),
         Some(2.0),

@@ -70,6 +70,58 @@ fn injected_syscalls_leave_read_blocked() {
     assert_eq!(worker.ask("b"), "ok");
 }
 
+/// The `[vdso]` of `pid`: (start, end).
+fn vdso_of(pid: i32) -> (u64, u64) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let line = maps.lines().find(|l| l.ends_with("[vdso]")).unwrap();
+    let (start, end) = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    (
+        u64::from_str_radix(start, 16).unwrap(),
+        u64::from_str_radix(end, 16).unwrap(),
+    )
+}
+
+#[test]
+fn injector_found_again_at_the_known_vdso_offset() {
+    if !can_capture("injector_found_again_at_the_known_vdso_offset") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = compile_c(dir.path(), "reader", READER) else {
+        return;
+    };
+    // Two processes (their vDSOs at different addresses under ASLR): the
+    // second is found from the offset the first search found, checked.
+    let mut offsets = Vec::new();
+    for round in 0..2 {
+        let (mut worker, _) = Worker::spawn(&bin, &[]);
+        wait_blocked_in_read(worker.pid());
+        let mut seized = Seized::stop(worker.pid()).unwrap();
+        let (start, end) = vdso_of(worker.pid());
+        let injector = Injector::find_in_vdso(&seized, start, end).unwrap();
+        let at = injector.syscall_address();
+        assert!(
+            at >= start && at + 2 <= end,
+            "round {round}: {at:#x} outside the vDSO"
+        );
+        offsets.push(at - start);
+        let pid = injector
+            .syscall(&mut seized, libc::SYS_getpid, [0; 6])
+            .unwrap();
+        assert_eq!(pid, worker.pid() as i64, "round {round}");
+        // The full search finds the same instruction.
+        assert_eq!(Injector::find(&seized).unwrap().syscall_address(), at);
+        seized.detach().unwrap();
+        assert_eq!(worker.ask("d"), "ok", "round {round}");
+    }
+    assert_eq!(offsets[0], offsets[1]);
+}
+
 #[test]
 fn capture_leaves_read_blocked() {
     if !can_capture("capture_leaves_read_blocked") {

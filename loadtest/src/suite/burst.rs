@@ -35,6 +35,8 @@ pub struct BurstResult {
     pub median: Vec<f64>,
     /// Restores that found a spare, and that did not, over every burst.
     pub spares: (u64, u64),
+    /// The same per burst, in order.
+    pub spares_each: Vec<(u64, u64)>,
     /// Failed requests over every burst.
     pub failed: u64,
 }
@@ -43,6 +45,29 @@ impl BurstResult {
     /// Median over the bursts of the last answer's latency, µs.
     pub fn last_median(&self) -> Option<f64> {
         (!self.last.is_empty()).then(|| median(&self.last))
+    }
+
+    /// The first burst's last answer, µs: the server had seen no burst of
+    /// this function before (a pool that learns from bursts has learned
+    /// nothing yet).
+    pub fn first_last(&self) -> Option<f64> {
+        self.last.first().copied()
+    }
+
+    /// Median over the bursts after the first of the last answer, µs.
+    pub fn later_last_median(&self) -> Option<f64> {
+        (self.last.len() > 1).then(|| median(&self.last[1..]))
+    }
+
+    /// Spare hits and misses of the first burst, and of the later ones.
+    pub fn spares_first_later(&self) -> ((u64, u64), (u64, u64)) {
+        let first = self.spares_each.first().copied().unwrap_or_default();
+        let later = self
+            .spares_each
+            .iter()
+            .skip(1)
+            .fold((0, 0), |(h, m), (a, b)| (h + a, m + b));
+        (first, later)
     }
 }
 
@@ -76,6 +101,7 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench, bursts: usize) -> Result<Burs
             });
         }
         let mut latencies = Vec::with_capacity(BURST);
+        let mut spares = (0, 0);
         while let Some(joined) = set.join_next().await {
             let (outcome, took) = joined.map_err(|e| format!("burst task: {e}"))?;
             if !outcome.is_ok() {
@@ -83,8 +109,8 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench, bursts: usize) -> Result<Burs
                 continue;
             }
             match outcome.spare.as_deref() {
-                Some("hit") => result.spares.0 += 1,
-                Some("miss") => result.spares.1 += 1,
+                Some("hit") => spares.0 += 1,
+                Some("miss") => spares.1 += 1,
                 _ => {}
             }
             latencies.push(took.as_secs_f64() * 1e6);
@@ -95,11 +121,15 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench, bursts: usize) -> Result<Burs
                 BURST - latencies.len()
             ));
         }
+        result.spares.0 += spares.0;
+        result.spares.1 += spares.1;
+        result.spares_each.push(spares);
         let last = latencies.iter().copied().fold(0.0, f64::max);
         eprintln!(
-            "  burst {burst}: {} of {BURST} answered, last after {}",
+            "  burst {burst}: {} of {BURST} answered, last after {}, spare hits {}",
             latencies.len(),
-            us(Some(last))
+            us(Some(last)),
+            hit_rate(spares.0, spares.1)
         );
         result.last.push(last);
         result.median.push(median(&latencies));
@@ -148,6 +178,10 @@ pub fn render(results: &[(BurstResult, Option<f64>)], bursts: usize) -> String {
         ">spare hits",
         ">failed",
     ]);
+    let over = |l: Option<f64>, s: &Option<f64>| match (l, s) {
+        (Some(l), Some(s)) => ratio(Some(l / s.max(1.0))),
+        _ => "–".into(),
+    };
     for (r, single) in results {
         let last = r.last_median();
         t.row(vec![
@@ -156,15 +190,39 @@ pub fn render(results: &[(BurstResult, Option<f64>)], bursts: usize) -> String {
             us(last),
             us((!r.median.is_empty()).then(|| median(&r.median))),
             us(*single),
-            match (last, single) {
-                (Some(l), Some(s)) => ratio(Some(l / s.max(1.0))),
-                _ => "–".into(),
-            },
+            over(last, single),
             hit_rate(r.spares.0, r.spares.1),
             r.failed.to_string(),
         ]);
     }
     let mut out = t.render();
+    let mut split = Table::new(&[
+        "function",
+        ">first burst: last answer",
+        ">÷ single",
+        ">spare hits",
+        ">later bursts: last answer (median)",
+        ">÷ single",
+        ">spare hits",
+    ]);
+    for (r, single) in results {
+        let ((fh, fm), (lh, lm)) = r.spares_first_later();
+        split.row(vec![
+            r.function.clone(),
+            us(r.first_last()),
+            over(r.first_last(), single),
+            hit_rate(fh, fm),
+            us(r.later_last_median()),
+            over(r.later_last_median(), single),
+            hit_rate(lh, lm),
+        ]);
+    }
+    out.push_str(
+        "\nThe first burst apart from the later ones: before the first, the server had seen no burst of this \
+         function (its spares are `spare_sandboxes`); after it, the pool keeps as many spares ready as the peak of \
+         its recent concurrent cold starts (`spare_sandboxes_burst`, decaying; docs/restore.md).\n\n",
+    );
+    out.push_str(&split.render());
     out.push_str(&format!(
         "\n{bursts} bursts of {BURST} requests with `x-thaw-cold: restore` sent at the same instant (one connection each) \
          to the default server at rest (nothing busy, its spares ready); latency from the burst's start to each whole \

@@ -69,6 +69,9 @@ pub struct Figures {
     pub numpy: Result<Sustained, String>,
     /// Burst of numpy-pandas: (last answer µs, single restore µs).
     pub burst: Result<(f64, f64), String>,
+    /// The first burst's last answer, µs (nothing learned yet), when
+    /// there was one.
+    pub burst_first: Option<f64>,
     /// numpy-pandas: (restore without spares µs, restore into a spare µs).
     pub on_demand: Result<(f64, f64), String>,
     /// numpy-pandas: (single restore µs, fork floor µs).
@@ -210,6 +213,14 @@ fn render_parts(f: &Figures) -> Vec<(&'static str, Verdict, String)> {
             )
         }
         Err(e) => ("–".into(), Verdict::NotMeasured(e.clone())),
+    };
+    let b = match (&f.burst, f.burst_first) {
+        (Ok((_, single)), Some(first)) => format!(
+            "{b} (median of the bursts; the first, before the server had seen a burst, {} = {})",
+            us(Some(first)),
+            ratio(Some(first / single.max(1.0)))
+        ),
+        _ => b,
     };
     let (o, ov) = match &f.on_demand {
         Ok((none, spare)) => {
@@ -461,6 +472,7 @@ mod tests {
                 cpu: Some(0.004),
             }),
             burst: Ok((150_000.0, 9_000.0)),
+            burst_first: Some(160_000.0),
             on_demand: Ok((15_000.0, 9_000.0)),
             floor: Err("fork floor: error: boom".into()),
             first: (Ok(1.2), Ok(1.4)),

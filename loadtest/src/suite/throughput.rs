@@ -91,7 +91,11 @@ async fn stable_count(server_pid: u32) -> Result<usize, String> {
 /// Waits until the function is at rest with at least `spares` ready, and
 /// then until the server has `processes` processes under it again (a forced
 /// copy leaves the server's lists before its sandbox is gone; its teardown
-/// belongs to the round). `None`: returns the count at rest.
+/// belongs to the round). `None`: returns the count at rest. A server that
+/// keeps more spares than `spares` now (its spares follow demand: a burst
+/// or many clients raised the function's target, docs/restore.md) has more
+/// processes at rest than `processes`: then it is at rest once its process
+/// count stops changing.
 pub async fn settle(
     ctx: &Ctx,
     name: &str,
@@ -110,6 +114,9 @@ pub async fn settle(
         match processes {
             None => return Ok(now),
             Some(n) if now <= n => return Ok(now),
+            Some(_) if more_spares_than(ctx, name, spares).await => {
+                return stable_count(ctx.server_pid).await
+            }
             Some(n) if t0.elapsed() > std::time::Duration::from_secs(30) => {
                 return Err(format!(
                     "waiting for the server to settle: {now} processes under it after 30 s, {n} at rest"
@@ -118,6 +125,13 @@ pub async fn settle(
             Some(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
         }
     }
+}
+
+/// Whether `name` has more than `spares` spares ready now.
+async fn more_spares_than(ctx: &Ctx, name: &str, spares: u64) -> bool {
+    super::deploy::spares_ready(&ctx.api, name)
+        .await
+        .is_ok_and(|n| n > spares)
 }
 
 async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<Row, String> {

@@ -11,7 +11,8 @@
 //!   restored from (so the next copy is of the same code, limits and
 //!   network mode), is not restored lazily, and lacks a spare: its spares
 //!   ready and being reset are fewer than its allotment plus its other
-//!   forced copies still running (under closed-loop load each of those is
+//!   forced copies still running (its allotment is its spare target, which
+//!   rises after bursts: [`super::demand`]; under closed-loop load each of those is
 //!   a client about to ask again; the refill trims spares only beyond that
 //!   headroom). A forced copy's sandbox is counted as a spare being made
 //!   from the copy's start, so the refill does not launch one meanwhile;
@@ -141,6 +142,14 @@ impl Pool {
             let id = instance.id().to_string();
             let result =
                 Stub::recycle(instance, &pool.config.sandbox, &snapshot, &restorer, sink).await;
+            tracing::debug!(
+                function = %key.name,
+                version = key.version,
+                sandbox = %id,
+                recycle_us = started.elapsed().as_micros() as u64,
+                ok = result.is_ok(),
+                "sandbox recycled"
+            );
             let mut sample = None;
             match result {
                 Ok(stub) => {
@@ -275,7 +284,8 @@ impl Pool {
         let others = ahead.saturating_sub(usize::from(claimed_ahead));
         let total: usize = st.spares.values().map(Vec::len).sum::<usize>()
             + st.spares_recycling.values().sum::<usize>();
-        if ready + recycling >= cfg.per_version + others || total >= cfg.max_total {
+        let target = super::demand::target(st, &cfg, key, Instant::now());
+        if ready + recycling >= target + others || total >= cfg.max_total {
             return Err(NotRecycled::NotWanted);
         }
         if claimed_ahead {

@@ -12,7 +12,9 @@
 //!
 //! Which versions get spares: every registered version with a snapshot,
 //! most recently used first, `per_version` each until `max_total` spares in
-//! all; spares beyond that are destroyed. A version's spares go when it is
+//! all, then, within the same cap, the extra spares of versions whose cold
+//! starts came in bursts ([`super::demand`]); spares beyond that are
+//! destroyed. A version's spares go when it is
 //! retired or deleted, when its snapshot is replaced, and at shutdown.
 //! Spares are live sandboxes: their memory and processes count in the
 //! pool's reports, and they die with the server like every sandbox.
@@ -32,16 +34,27 @@ pub struct SpareConfig {
     pub per_version: usize,
     /// Most spares in all, over every version.
     pub max_total: usize,
+    /// Most spares one version keeps when its cold starts come in bursts
+    /// ([`super::demand`]); at most `per_version` turns that off.
+    pub burst_max: usize,
+    /// How fast a version's learned demand decays: it halves every
+    /// `demand_half_life` ([`super::demand`]); zero turns learning off.
+    pub demand_half_life: Duration,
 }
 
 impl Default for SpareConfig {
     fn default() -> Self {
         SpareConfig {
             per_version: 2,
-            max_total: 16,
+            max_total: 64,
+            burst_max: 16,
+            demand_half_life: DEFAULT_DEMAND_HALF_LIFE,
         }
     }
 }
+
+/// Default [`SpareConfig::demand_half_life`].
+pub const DEFAULT_DEMAND_HALF_LIFE: Duration = Duration::from_secs(120);
 
 /// First wait after a failed spare launch; doubles per failure in a row.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
@@ -207,12 +220,27 @@ impl Pool {
         // Spares never make room: none is launched while the budget is full.
         let full = super::accounting::counted(st) + (4 << 20) > self.config.memory_budget;
         let now = Instant::now();
+        // Every version its `per_version` first, then what bursts taught
+        // (super::demand), both most recently used first, within the cap.
         let mut allotted = 0;
+        let mut allots: Vec<usize> = keys
+            .iter()
+            .map(|_| {
+                let allot = cfg.per_version.min(cfg.max_total.saturating_sub(allotted));
+                allotted += allot;
+                allot
+            })
+            .collect();
+        for (key, allot) in keys.iter().zip(allots.iter_mut()) {
+            let extra = super::demand::target(st, &cfg, key, now)
+                .saturating_sub(cfg.per_version)
+                .min(cfg.max_total.saturating_sub(allotted));
+            allotted += extra;
+            *allot += extra;
+        }
         let mut launch = None;
         let mut trim: Vec<(FunctionKey, usize)> = Vec::new();
-        for key in keys {
-            let allot = cfg.per_version.min(cfg.max_total.saturating_sub(allotted));
-            allotted += allot;
+        for (key, allot) in keys.into_iter().zip(allots) {
             let ready = st.spares.get(key).map_or(0, Vec::len);
             let launching = st.spares_launching.get(key).copied().unwrap_or(0);
             // Forced copies still running keep room for their recycled

@@ -26,7 +26,7 @@
 
 use std::fs::File;
 
-use snapshotter::capture::depends::{content_hash, cpu_features, host_clocks, vdso_image};
+use snapshotter::capture::depends::{content_hash_with, cpu_features, host_clocks, vdso_image};
 use snapshotter::snapshot::Snapshot;
 use snapshotter::state::{Clocks, FileContent};
 
@@ -77,15 +77,22 @@ fn hex(hash: &[u8; 32]) -> String {
 /// anything else is [`RestoreError::Incompatible`] naming the file, whether
 /// it changed in place or another file is at its path (device and inode
 /// cannot tell them apart: a new file often gets a freed inode's number).
-/// `size`: the file's size, from the `fstat` its caller just made.
-pub fn check_content(file: &File, size: u64, content: &FileContent) -> Result<(), RestoreError> {
+/// `meta`: the file's `fstat`, which its caller just made (its size is
+/// compared, and it keys the hash cache: one `fstat` per file, not two).
+pub fn check_content(
+    file: &File,
+    meta: &std::fs::Metadata,
+    content: &FileContent,
+) -> Result<(), RestoreError> {
+    use std::os::unix::fs::MetadataExt;
     let path = &content.path;
+    let size = meta.size();
     if size != content.size {
         return Err(RestoreError::Incompatible {
             what: format!("{path}: {size} bytes here, {} at the capture", content.size),
         });
     }
-    let (_, hash) = content_hash(file, path, None).map_err(|e| RestoreError::Io {
+    let (_, hash) = content_hash_with(file, meta, path, None).map_err(|e| RestoreError::Io {
         what: format!("hash {path}"),
         source: std::io::Error::other(e.to_string()),
     })?;

@@ -195,7 +195,7 @@ impl Wanted {
             _ => None,
         };
         if let Some(content) = content {
-            super::depends::check_content(file, meta.size(), content)?;
+            super::depends::check_content(file, &meta, content)?;
         } else if let Some(id) = identity {
             if meta.dev() != id.dev || meta.ino() != id.inode {
                 return Err(changed(format!(
@@ -510,8 +510,15 @@ pub fn plan_with(
 
     let first_private_fd = state.fds.iter().map(|f| f.fd + 1).max().unwrap_or(0).max(3);
     let mut next = first_private_fd;
-    let mut by_file: HashMap<(String, bool), i32> = HashMap::new();
-    let mut area_fds = HashMap::new();
+    // Keyed by the areas' own paths (borrowed: a numpy/pandas copy has
+    // hundreds of file areas over ~90 files, planned for every copy).
+    let file_areas = state
+        .areas
+        .iter()
+        .filter(|a| matches!(a.kind, AreaKind::FileUnchanged | AreaKind::FilePrivate))
+        .count();
+    let mut by_file: HashMap<(&str, bool), i32> = HashMap::with_capacity(file_areas);
+    let mut area_fds = HashMap::with_capacity(file_areas);
     for (index, area) in state.areas.iter().enumerate() {
         if !matches!(area.kind, AreaKind::FileUnchanged | AreaKind::FilePrivate) {
             continue;
@@ -538,7 +545,7 @@ pub fn plan_with(
             continue;
         }
         let write = area.shared && area.prot.write;
-        let key = (path.clone(), write);
+        let key = (path.as_str(), write);
         let fd = match by_file.get(&key) {
             Some(&fd) => fd,
             None => {

@@ -72,24 +72,39 @@ pub fn stub_map(pid: i32) -> Result<StubMap, RestoreError> {
             source,
         }
     })?;
-    let entries = parse_maps(&text).map_err(|e| RestoreError::Stub(e.to_string()))?;
-    let specials = entries
-        .iter()
-        .filter_map(|e| {
-            let kind = match e.pseudo() {
-                Pseudo::Vdso => AreaKind::Vdso,
-                Pseudo::Vvar => AreaKind::Vvar,
-                Pseudo::VvarVclock => AreaKind::VvarVclock,
-                _ => return None,
-            };
-            Some(Special {
-                kind,
-                start: e.start,
-                len: e.end - e.start,
+    StubMap::parse(&text)
+}
+
+impl StubMap {
+    /// The stub's `[vdso]`: (start, end).
+    pub fn vdso(&self) -> Option<(u64, u64)> {
+        self.specials
+            .iter()
+            .find(|s| s.kind == AreaKind::Vdso)
+            .map(|s| (s.start, s.start + s.len))
+    }
+
+    /// The special areas of a `/proc/PID/maps` text.
+    pub fn parse(text: &str) -> Result<StubMap, RestoreError> {
+        let entries = parse_maps(text).map_err(|e| RestoreError::Stub(e.to_string()))?;
+        let specials = entries
+            .iter()
+            .filter_map(|e| {
+                let kind = match e.pseudo() {
+                    Pseudo::Vdso => AreaKind::Vdso,
+                    Pseudo::Vvar => AreaKind::Vvar,
+                    Pseudo::VvarVclock => AreaKind::VvarVclock,
+                    _ => return None,
+                };
+                Some(Special {
+                    kind,
+                    start: e.start,
+                    len: e.end - e.start,
+                })
             })
-        })
-        .collect();
-    Ok(StubMap { specials })
+            .collect();
+        Ok(StubMap { specials })
+    }
 }
 
 /// The special areas of the snapshot.

@@ -1317,7 +1317,10 @@ fn restore_memory(
 ) -> Result<RestoredMemory, RestoreError> {
     let (state, options, image, plan) = (ctx.view.state, ctx.options, ctx.image, ctx.plan);
     let started = Instant::now();
-    let stub_map = memory::stub_map(remote.pid())?;
+    let stub_map = match remote.take_stub_map() {
+        Some(map) => map,
+        None => memory::stub_map(remote.pid())?,
+    };
     let places = match ctx.places {
         Some(places) => places,
         None => memory::prepare_scratch(remote, &stub_map, areas)?,

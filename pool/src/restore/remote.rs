@@ -23,11 +23,15 @@ pub struct Remote {
     /// Pids (in the restorer's namespace) of the processes forked by
     /// batches, in the order they were made (process trees, see `tree`).
     pub cloned: Vec<i32>,
+    /// The stub's map as read when it was seized (that read found the
+    /// vDSO), until the restore takes it ([`Remote::take_stub_map`]).
+    stub_map: Option<super::memory::StubMap>,
 }
 
 impl Remote {
-    /// Seizes `pid` (killed if the restorer dies while holding it) and finds
-    /// a `syscall` instruction in its vDSO.
+    /// Seizes `pid` (killed if the restorer dies while holding it), reads
+    /// its memory map once (kept for [`Remote::take_stub_map`]) and finds a
+    /// `syscall` instruction in its vDSO.
     pub fn seize(pid: i32) -> Result<Remote, RestoreError> {
         let seized = Seized::stop(pid).map_err(|e| RestoreError::Stub(e.to_string()))?;
         // A half-made copy must not run if the restorer dies.
@@ -37,7 +41,14 @@ impl Remote {
                 | nix::sys::ptrace::Options::PTRACE_O_EXITKILL,
         )
         .map_err(|e| RestoreError::Stub(format!("PTRACE_SETOPTIONS: {e}")))?;
-        let injector = Injector::find(&seized).map_err(|e| RestoreError::Stub(e.to_string()))?;
+        let stub_map = super::memory::stub_map(pid)?;
+        let (start, end) = stub_map.vdso().ok_or_else(|| {
+            RestoreError::Stub(
+                snapshotter::capture::inject::InjectError::NoSyscallInstruction { pid }.to_string(),
+            )
+        })?;
+        let injector = Injector::find_in_vdso(&seized, start, end)
+            .map_err(|e| RestoreError::Stub(e.to_string()))?;
         let mem = open_mem(pid)?;
         Ok(Remote {
             seized,
@@ -46,7 +57,15 @@ impl Remote {
             scratch: None,
             calls: 0,
             cloned: Vec::new(),
+            stub_map: Some(stub_map),
         })
+    }
+
+    /// The stub's map read by [`Remote::seize`], once (`None` after, and
+    /// for a thread or process taken over: read it then). Nothing the
+    /// restore does before taking it moves the special areas it holds.
+    pub fn take_stub_map(&mut self) -> Option<super::memory::StubMap> {
+        self.stub_map.take()
     }
 
     /// Takes over thread `tid` of this stub, which the restorer has seized
@@ -66,6 +85,7 @@ impl Remote {
             scratch: self.scratch,
             calls: 0,
             cloned: Vec::new(),
+            stub_map: None,
         })
     }
 
@@ -83,6 +103,7 @@ impl Remote {
             scratch: self.scratch,
             calls: 0,
             cloned: Vec::new(),
+            stub_map: None,
         })
     }
 

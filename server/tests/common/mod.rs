@@ -149,6 +149,15 @@ impl Server {
         if std::env::var_os("THAW_LAYER_CACHE").is_none() {
             cmd.env("THAW_LAYER_CACHE", SHARED_LAYER_CACHE);
         }
+        // Spares that follow demand (docs/restore.md) are off in the test
+        // servers unless the environment or a test's flags turn them on
+        // (`--spare-sandboxes-burst`, as server/tests/spares_demand.rs
+        // does): the other tests count a version's spares, processes and
+        // cgroups after bursts of forced restores, with `spare_sandboxes`
+        // each.
+        if std::env::var_os("THAW_SPARE_SANDBOXES_BURST").is_none() {
+            cmd.env("THAW_SPARE_SANDBOXES_BURST", "0");
+        }
         let mut child = cmd
             .arg("--data-dir")
             .arg(&self.data)

@@ -128,6 +128,23 @@ pub fn content_hash(
     path: &str,
     cache_dir: Option<&Path>,
 ) -> Result<(u64, [u8; 32]), DependsError> {
+    let meta = file.metadata().map_err(|source| DependsError::File {
+        what: "stat",
+        path: path.to_string(),
+        source,
+    })?;
+    content_hash_with(file, &meta, path, cache_dir)
+}
+
+/// [`content_hash`] of a file whose `fstat` the caller has just made
+/// (`meta`): the restorer checks each file a copy maps with one `fstat`,
+/// not two (the cache's key is read from `meta`).
+pub fn content_hash_with(
+    file: &File,
+    meta: &std::fs::Metadata,
+    path: &str,
+    cache_dir: Option<&Path>,
+) -> Result<(u64, [u8; 32]), DependsError> {
     let cache_dir = cache_dir.or(DEFAULT_CACHE_DIR.get().map(|p| p.as_path()));
     let err = |what| {
         move |source| DependsError::File {
@@ -136,8 +153,7 @@ pub fn content_hash(
             source,
         }
     };
-    let meta = file.metadata().map_err(err("stat"))?;
-    let key = key_of(&meta);
+    let key = key_of(meta);
     {
         let mut c = cache().lock().unwrap();
         if let Some(dir) = cache_dir {

@@ -101,15 +101,49 @@ impl Injector {
             else {
                 continue;
             };
-            let mut text = vec![0u8; (end - start) as usize];
-            memory::read_remote(pid, start, &mut text)?;
-            if let Some(i) = text.windows(2).position(|w| w == SYSCALL_INSN) {
-                return Ok(Injector {
-                    syscall_at: start + i as u64,
-                });
+            match Injector::find_in_vdso(seized, start, end) {
+                Err(InjectError::NoSyscallInstruction { .. }) => continue,
+                found => return found,
             }
         }
         Err(InjectError::NoSyscallInstruction { pid })
+    }
+
+    /// Finds a `syscall` instruction in the process's `[vdso]`, which the
+    /// caller found at `start..end` (from a `/proc/PID/maps` it read
+    /// anyway). Every process of this kernel has the same vDSO image, so
+    /// the offset found in one process is tried first in the next: two
+    /// bytes read and compared instead of the whole vDSO read and searched
+    /// (the bytes are always checked, so a vDSO that differs is searched).
+    pub fn find_in_vdso(seized: &Seized, start: u64, end: u64) -> Result<Injector, InjectError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        /// The offset in the vDSO of the last `syscall` found, plus one
+        /// (0: none found yet).
+        static KNOWN_OFFSET: AtomicU64 = AtomicU64::new(0);
+        let pid = seized.pid();
+        let known = KNOWN_OFFSET.load(Ordering::Relaxed);
+        if let Some(offset) = known.checked_sub(1) {
+            if start + offset + 2 <= end {
+                let mut insn = [0u8; 2];
+                memory::read_remote(pid, start + offset, &mut insn)?;
+                if insn == SYSCALL_INSN {
+                    return Ok(Injector {
+                        syscall_at: start + offset,
+                    });
+                }
+            }
+        }
+        let mut text = vec![0u8; end.saturating_sub(start) as usize];
+        memory::read_remote(pid, start, &mut text)?;
+        match text.windows(2).position(|w| w == SYSCALL_INSN) {
+            Some(i) => {
+                KNOWN_OFFSET.store(i as u64 + 1, Ordering::Relaxed);
+                Ok(Injector {
+                    syscall_at: start + i as u64,
+                })
+            }
+            None => Err(InjectError::NoSyscallInstruction { pid }),
+        }
     }
 
     /// Address of the borrowed `syscall` instruction.
