@@ -53,6 +53,7 @@ pub mod mm;
 pub mod page_source;
 pub mod pending;
 pub mod plans;
+pub mod populate;
 pub mod process;
 pub mod remote;
 pub mod sandboxed;
@@ -1280,9 +1281,10 @@ struct RestoredMemory {
 /// copying in of the pages of the recorded working set the first copy
 /// wrote, and the mapping of those its first invocation read, so that the
 /// copy does not take those faults one by one in its first invocation
-/// (one `madvise(MADV_POPULATE_WRITE)` or `(MADV_POPULATE_READ)` per run,
-/// see [`working_set::populate_ranges`]; in uffd mode only the areas the
-/// page server does not fill). In the same round trip
+/// (`MADV_POPULATE_WRITE` or `MADV_POPULATE_READ` of each run, see
+/// [`working_set::populate_ranges`], by vectors of runs where the kernel
+/// allows, see the `populate` module; in uffd mode only the areas the page server
+/// does not fill). In the same round trip
 /// as the mappings: a round trip of its own cost more than the populating
 /// on a busy machine. Best effort: a range the kernel refuses ends the
 /// populating, never the restore.
@@ -1297,13 +1299,7 @@ fn populate(
         Some(plans) => plans.populate_ranges(pages, areas, reads),
         None => std::sync::Arc::new(working_set::populate_ranges(pages, areas, reads)),
     };
-    for r in ranges.iter() {
-        batch.call_best_effort(
-            batch::CallName::At("madvise(populate)", r.start),
-            libc::SYS_madvise,
-            [r.start, r.len, r.advice, 0, 0, 0],
-        );
-    }
+    populate::add(batch, &ranges);
     ranges.len()
 }
 
