@@ -1453,8 +1453,11 @@ fn restore_memory(
         let mapped = match ctx.plans {
             // The server's restores of this snapshot share one mapping.
             Some(plans) => plans.image_map(&image.file),
-            // SAFETY: the image is never changed once published (see the
-            // store's image module); the mapping is read-only.
+            // SAFETY: the mapping is read-only. A store image is never
+            // changed once published (see the store's image module). A
+            // lazy restore's image (never shared through `plans`) is filled
+            // while mapped, but only at pages its page source writes before
+            // the page server reads them, and never rewritten after.
             None => unsafe { memmap2::Mmap::map(&image.file) }.map(std::sync::Arc::new),
         };
         let image_map = mapped.map_err(|source| RestoreError::Io {
