@@ -172,7 +172,31 @@ fn workload(name: &str, script: &str, args: &[&str], cold_rounds: usize) {
     }
     if wanted.iter().any(|v| v == "mmap") {
         guard_ab(&snap, &expected);
-        file_private_ab(&snap, &expected);
+        env_ab(
+            &snap,
+            &expected,
+            &[],
+            "mmap private file areas",
+            ["THAW_FILE_PRIVATE_MAP", "overlay"],
+            ["run by run", "overlaid"],
+        );
+        env_ab(
+            &snap,
+            &expected,
+            &[],
+            "mmap adjacent mappings",
+            ["THAW_MMAP_MERGE", "0"],
+            ["merged", "one call each"],
+        );
+        let recorded = mmap_working_set(&snap, &expected);
+        env_ab(
+            &snap,
+            &expected,
+            &recorded,
+            "mmap populating the working set",
+            ["THAW_POPULATE_VECTOR", "0"],
+            ["by vectors", "one madvise per range"],
+        );
     }
     let cold = median(cold);
     let warm = median(warm);
@@ -320,48 +344,105 @@ fn guard_ab(snap: &Path, expected: &str) {
     );
 }
 
-/// mmap mode with private file areas mapped run by run (the default) and
-/// as the whole file with the image laid over it
-/// (`THAW_FILE_PRIVATE_MAP=overlay`), rounds interleaved: the mapping
-/// batch, the restore and the first answer.
-fn file_private_ab(snap: &Path, expected: &str) {
-    let mut runs = (Vec::new(), Vec::new(), Vec::new(), 0);
-    let mut overlay = (Vec::new(), Vec::new(), Vec::new(), 0);
+/// mmap mode with the server's default against `var=value` (in the
+/// environment, as the server reads it), rounds interleaved: the mapping
+/// batch, the batched calls, the stub's CPU time up to the resume (what
+/// the sandbox's cgroup is charged for the restore: from the stub's start
+/// through the mapping batch), the restore and the first answer. `what`
+/// names the comparison, `default` and `other` the two arms.
+/// `prefetch`: the working set populated before the resume (empty: none).
+fn env_ab(
+    snap: &Path,
+    expected: &str,
+    prefetch: &[u64],
+    what: &str,
+    [var, value]: [&str; 2],
+    arms: [&str; 2],
+) {
+    #[derive(Default)]
+    struct Arm {
+        batch: Vec<Duration>,
+        restore: Vec<Duration>,
+        answer: Vec<Duration>,
+        stub_cpu: Vec<Duration>,
+        calls: u32,
+    }
+    let mut sides = [Arm::default(), Arm::default()];
     for round in 0..2 * ROUNDS {
-        let by_runs = round % 2 == 0;
-        if by_runs {
-            std::env::remove_var("THAW_FILE_PRIVATE_MAP");
+        let default = round % 2 == 0;
+        if default {
+            std::env::remove_var(var);
         } else {
-            std::env::set_var("THAW_FILE_PRIVATE_MAP", "overlay");
+            std::env::set_var(var, value);
         }
         let started = Instant::now();
-        let mut copy = restore_with_pipes(snap, Mode::Mmap);
+        let mut copy = restore_full(snap, Mode::Mmap, Vec::new(), prefetch.to_vec(), false);
+        let stub_cpu = thread_cpu(copy.child.pid());
         copy.send(b"7\n");
         assert_eq!(copy.line(), expected);
         let answered = started.elapsed();
-        let side = if by_runs { &mut runs } else { &mut overlay };
-        side.0.push(copy.child.timings.batch);
-        side.1.push(copy.child.timings.total());
-        side.2.push(answered);
-        side.3 = copy.child.timings.batched;
+        let side = &mut sides[usize::from(!default)];
+        side.batch.push(copy.child.timings.batch);
+        side.restore.push(copy.child.timings.total());
+        side.answer.push(answered);
+        side.stub_cpu.push(stub_cpu);
+        side.calls = copy.child.timings.batched;
         drop(copy.stdin);
         assert_eq!(copy.child.wait().unwrap(), 0);
     }
-    std::env::remove_var("THAW_FILE_PRIVATE_MAP");
+    std::env::remove_var(var);
     let m = |v: &Vec<Duration>| ms(median(v.clone()));
+    let [a, b] = &sides;
     println!(
-        "mmap private file areas A/B (interleaved, median of {ROUNDS} each): \
-         mapping batch {:.3} ms run by run / {:.3} ms overlaid ({} / {} batched calls); \
+        "{what} A/B (interleaved, median of {ROUNDS} each, {} / {}): \
+         mapping batch {:.3} / {:.3} ms ({} / {} batched calls); \
+         stub CPU to the resume {:.3} / {:.3} ms; \
          restore {:.3} / {:.3} ms; first answer {:.3} / {:.3} ms",
-        m(&runs.0),
-        m(&overlay.0),
-        runs.3,
-        overlay.3,
-        m(&runs.1),
-        m(&overlay.1),
-        m(&runs.2),
-        m(&overlay.2)
+        arms[0],
+        arms[1],
+        m(&a.batch),
+        m(&b.batch),
+        a.calls,
+        b.calls,
+        m(&a.stub_cpu),
+        m(&b.stub_cpu),
+        m(&a.restore),
+        m(&b.restore),
+        m(&a.answer),
+        m(&b.answer)
     );
+}
+
+/// The working set an mmap copy records as the server's does: its resident
+/// pages after its first request, those that were not resident before it
+/// tagged `INVOKED`, those it holds its own copy of `WRITTEN`.
+fn mmap_working_set(snap: &Path, expected: &str) -> Vec<u64> {
+    let (snapshot, _) = snapshotter::snapshot::open_snapshot_dir(snap).unwrap();
+    let areas = &snapshot.state.areas;
+    let mut copy = restore_with_pipes(snap, Mode::Mmap);
+    let pid = copy.child.pid();
+    let before = pool::restore::working_set::resident_pages(pid, areas).unwrap();
+    copy.send(b"7\n");
+    assert_eq!(copy.line(), expected);
+    let after = pool::restore::working_set::resident_pages(pid, areas).unwrap();
+    drop(copy.stdin);
+    assert_eq!(copy.child.wait().unwrap(), 0);
+    let pages = pool::restore::working_set::tag_invoked(after, &before);
+    let ranges = pool::restore::working_set::populate_ranges(&pages, areas, false);
+    println!(
+        "  recorded working set: {} pages, {} populate ranges",
+        pages.len(),
+        ranges.len()
+    );
+    pages
+}
+
+/// CPU time of process `pid`'s main thread so far (the first field of
+/// `/proc/PID/schedstat`, nanoseconds on a CPU).
+fn thread_cpu(pid: i32) -> Duration {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
+    let ns: u64 = text.split_whitespace().next().unwrap().parse().unwrap();
+    Duration::from_nanos(ns)
 }
 
 /// The variants to run: `THAW_BENCH_VARIANTS` (comma-separated names:

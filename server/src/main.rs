@@ -516,6 +516,7 @@ async fn lazy_restore(
             "pages_fetched": at_resume.pages_fetched,
             "ranges": at_resume.ranges,
             "bytes_fetched": at_resume.bytes_fetched,
+            "fetches": at_resume.fetches,
         },
         "pages_fetched": report.pages_fetched,
         "ranges": report.ranges,

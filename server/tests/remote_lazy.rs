@@ -267,6 +267,10 @@ fn with_a_working_set_a_lazy_restore_fetches_at_most_twice_its_bytes() {
     let before = &report["at_resume"];
     assert!(before["pages_fetched"].as_u64().unwrap() >= ws, "{report}");
     assert!(before["ranges"].as_u64().unwrap() * 16 <= ws, "{report}");
+    // All of it in one call of the source (the working set, the pages of
+    // areas the page server does not fill, the live stacks), started at
+    // prepare: one round trip to the store before the resume, not three.
+    assert_eq!(before["fetches"].as_u64(), Some(1), "{report}");
 }
 
 #[test]

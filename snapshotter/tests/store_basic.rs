@@ -438,3 +438,27 @@ fn a_corrupt_index_record_is_reported_and_never_truncated() {
         2
     );
 }
+
+/// `get_loaded` answers from the index as loaded: a page another handle
+/// committed since is not seen until one refresh (a lazy restore looks up
+/// every page of a snapshot, most of them absent: one reload, not one per
+/// miss), while `get` reloads on a miss and finds it.
+#[test]
+fn get_loaded_answers_from_the_loaded_index_without_reloading() {
+    let dir = tempfile::tempdir().unwrap();
+    let reader = PageStore::open(dir.path()).unwrap();
+    let writer = PageStore::open(dir.path()).unwrap();
+    snapshot(&writer, "s", &[7, 8]);
+    let (seven, absent) = (PageHash::of(&page(7)), PageHash::of(&page(99)));
+    assert!(reader.get_loaded(&seven).is_none(), "not reloaded");
+    reader.refresh().unwrap();
+    let got = reader.get_loaded(&seven).expect("in the index").unwrap();
+    assert_eq!(&got[..], &page(7)[..]);
+    assert!(reader.get_loaded(&absent).is_none());
+    let other = PageStore::open(dir.path()).unwrap();
+    snapshot(&writer, "t", &[9]);
+    assert_eq!(
+        &other.get(&PageHash::of(&page(9))).unwrap()[..],
+        &page(9)[..]
+    );
+}

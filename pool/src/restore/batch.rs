@@ -375,6 +375,32 @@ impl Batch {
         self.push(what.into(), nr, args);
     }
 
+    /// Adds an `mmap` with `MAP_FIXED` (`args` as for [`Batch::call`]),
+    /// or, when `merge` is set and it continues the batch's last call
+    /// (also such an `mmap`: same protection, flags and descriptor, the
+    /// address right after its end and, for a file, the offset right after
+    /// its range), grows that call to cover both. Two adjacent mappings of
+    /// the same file at consecutive offsets, or two anonymous private ones,
+    /// with the same protection and flags are one area once mapped (the
+    /// kernel merges the second into the first), so the copy's map is the
+    /// same either way; one call instead of two saves the second's entry,
+    /// its file lookup and the merge. A `MAP_GROWSDOWN` mapping (a stack)
+    /// is never merged.
+    pub fn call_mmap(&mut self, what: CallName, args: [u64; 6], merge: bool) {
+        if merge && self.best_effort_from.is_none() {
+            if let Some(last) = self.entries.last_mut() {
+                if mmap_continues(last, &args) {
+                    last[2] += args[1];
+                    if let Some(CallName::Range(_, _, end)) = self.names.last_mut() {
+                        *end = args[0] + args[1];
+                    }
+                    return;
+                }
+            }
+        }
+        self.call(what, libc::SYS_mmap, args);
+    }
+
     fn push(&mut self, what: CallName, nr: i64, args: [u64; 6]) {
         let mut e = [0u64; 8];
         e[0] = nr as u64;
@@ -392,6 +418,23 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// Whether `mmap` arguments `next` continue the `mmap` entry `last` (see
+/// [`Batch::call_mmap`]).
+fn mmap_continues(last: &[u64; 8], next: &[u64; 6]) -> bool {
+    let fixed = libc::MAP_FIXED as u64;
+    let growsdown = libc::MAP_GROWSDOWN as u64;
+    let anonymous = libc::MAP_ANONYMOUS as u64;
+    let [nr, addr, len, prot, flags, fd, offset, _] = *last;
+    nr == libc::SYS_mmap as u64
+        && flags == next[3]
+        && flags & fixed != 0
+        && flags & growsdown == 0
+        && prot == next[2]
+        && fd == next[4]
+        && addr.checked_add(len) == Some(next[0])
+        && (flags & anonymous != 0 || offset.checked_add(len) == Some(next[5]))
 }
 
 impl Remote {
@@ -763,6 +806,50 @@ fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adjacent_mmaps_merge_into_one_call() {
+        let fixed = libc::MAP_FIXED as u64;
+        let private = libc::MAP_PRIVATE as u64 | fixed;
+        let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64 | fixed;
+        let stack = anon | libc::MAP_GROWSDOWN as u64;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let r = libc::PROT_READ as u64;
+        let name = |at| CallName::Range("mmap", at, at);
+        let mut b = Batch::new(0);
+        // A file (fd 5) at consecutive offsets: one call.
+        b.call_mmap(name(0x1000), [0x1000, 0x2000, rw, private, 5, 0x8000], true);
+        b.call_mmap(name(0x3000), [0x3000, 0x1000, rw, private, 5, 0xa000], true);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.entries[0][2], 0x3000);
+        assert_eq!(b.names[0], CallName::Range("mmap", 0x1000, 0x4000));
+        // The offset does not follow on: a new call.
+        b.call_mmap(
+            name(0x4000),
+            [0x4000, 0x1000, rw, private, 5, 0x10000],
+            true,
+        );
+        assert_eq!(b.len(), 2);
+        // Another protection, another descriptor, a gap: new calls.
+        b.call_mmap(name(0x5000), [0x5000, 0x1000, r, private, 5, 0x11000], true);
+        b.call_mmap(name(0x6000), [0x6000, 0x1000, r, private, 6, 0x12000], true);
+        b.call_mmap(name(0x8000), [0x8000, 0x1000, r, private, 6, 0x13000], true);
+        assert_eq!(b.len(), 5);
+        // Anonymous: any offset.
+        b.call_mmap(name(0x9000), [0x9000, 0x1000, rw, anon, u64::MAX, 0], true);
+        b.call_mmap(name(0xa000), [0xa000, 0x1000, rw, anon, u64::MAX, 0], true);
+        assert_eq!(b.len(), 6);
+        // A stack never merges, nor anything when merging is off.
+        b.call_mmap(name(0xb000), [0xb000, 0x1000, rw, stack, u64::MAX, 0], true);
+        b.call_mmap(name(0xc000), [0xc000, 0x1000, rw, stack, u64::MAX, 0], true);
+        b.call_mmap(name(0xd000), [0xd000, 0x1000, rw, anon, u64::MAX, 0], false);
+        b.call_mmap(name(0xe000), [0xe000, 0x1000, rw, anon, u64::MAX, 0], false);
+        assert_eq!(b.len(), 10);
+        // Not after another call.
+        b.call("munmap", libc::SYS_munmap, [0xf000, 0x1000, 0, 0, 0, 0]);
+        b.call_mmap(name(0xe000), [0xf000, 0x1000, rw, anon, u64::MAX, 0], true);
+        assert_eq!(b.len(), 12);
+    }
 
     #[test]
     fn call_names_read_as_the_formatted_ones_did() {

@@ -108,6 +108,36 @@ pub fn check_content(
     Ok(())
 }
 
+/// Hashes each of `paths` that is a regular file here into the content
+/// hash cache [`check_content`] reads (by device, inode, size and times), so
+/// that the first copy of a snapshot mapping them does not read them on its
+/// restore's path: for a node that fetched a function's code or snapshot
+/// and has not restored it yet (docs/cluster.md). Best effort: a file that
+/// cannot be read is skipped. `cache_dir`: the store directory whose cache
+/// file is appended to (`None`: the restorer's). Blocking; returns the
+/// bytes hashed or found hashed.
+pub fn warm_hashes(
+    paths: impl IntoIterator<Item = std::path::PathBuf>,
+    cache_dir: Option<&std::path::Path>,
+) -> u64 {
+    let mut bytes = 0;
+    for path in paths {
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        let Ok(meta) = file.metadata() else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        if let Ok((size, _)) = content_hash_with(&file, &meta, &path.to_string_lossy(), cache_dir) {
+            bytes += size;
+        }
+    }
+    bytes
+}
+
 /// The offsets the copy's time namespace needs so that its
 /// `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME` never read less than at the
 /// capture: how far this host's clocks are behind the snapshot's (0 when
@@ -125,4 +155,31 @@ pub fn time_offsets(snapshot: &Snapshot) -> Result<Clocks, RestoreError> {
         source: std::io::Error::other(e.to_string()),
     })?;
     Ok(depends.clocks.offsets_from(&now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmed_files_are_in_the_hash_cache_and_the_rest_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libx.so");
+        std::fs::write(&lib, vec![7u8; 100_000]).unwrap();
+        let cache = dir.path().join("store");
+        std::fs::create_dir(&cache).unwrap();
+        let bytes = warm_hashes(
+            [lib.clone(), dir.path().join("absent.so"), cache.clone()],
+            Some(&cache),
+        );
+        assert_eq!(
+            bytes, 100_000,
+            "the file only, not the folder nor the absent one"
+        );
+        let text =
+            std::fs::read_to_string(cache.join(snapshotter::capture::depends::HASH_CACHE_FILE))
+                .unwrap();
+        let want = blake3::hash(&vec![7u8; 100_000]).to_hex().to_string();
+        assert!(text.lines().any(|l| l.ends_with(&want)), "{text}");
+    }
 }

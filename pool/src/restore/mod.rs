@@ -53,6 +53,7 @@ pub mod mm;
 pub mod page_source;
 pub mod pending;
 pub mod plans;
+pub mod populate;
 pub mod process;
 pub mod remote;
 pub mod sandboxed;
@@ -689,7 +690,7 @@ pub fn prepare_lazily_for_sandbox(
     }
     let started = Instant::now();
     depends::check_host(snapshot)?;
-    let (lazy, image) = page_source::LazyPages::new(snapshot, local, source, dir)?;
+    let (lazy, image) = page_source::LazyPages::new(snapshot, local, source, dir, &options.prefetch)?;
     let mut plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
     depends::attach(&mut plan, snapshot);
     Ok(Prepared {
@@ -1280,9 +1281,10 @@ struct RestoredMemory {
 /// copying in of the pages of the recorded working set the first copy
 /// wrote, and the mapping of those its first invocation read, so that the
 /// copy does not take those faults one by one in its first invocation
-/// (one `madvise(MADV_POPULATE_WRITE)` or `(MADV_POPULATE_READ)` per run,
-/// see [`working_set::populate_ranges`]; in uffd mode only the areas the
-/// page server does not fill). In the same round trip
+/// (`MADV_POPULATE_WRITE` or `MADV_POPULATE_READ` of each run, see
+/// [`working_set::populate_ranges`], by vectors of runs where the kernel
+/// allows, see the `populate` module; in uffd mode only the areas the page server
+/// does not fill). In the same round trip
 /// as the mappings: a round trip of its own cost more than the populating
 /// on a busy machine. Best effort: a range the kernel refuses ends the
 /// populating, never the restore.
@@ -1298,13 +1300,7 @@ fn populate(
         Some(plans) => plans.populate_ranges(pages, areas, reads, scope),
         None => std::sync::Arc::new(scope.ranges(pages, areas, reads)),
     };
-    for r in ranges.iter() {
-        batch.call_best_effort(
-            batch::CallName::At("madvise(populate)", r.start),
-            libc::SYS_madvise,
-            [r.start, r.len, r.advice, 0, 0, 0],
-        );
-    }
+    populate::add(batch, &ranges);
     ranges.len()
 }
 
@@ -1343,6 +1339,8 @@ fn restore_memory(
     // rather than served (shared memory's too: `shared`, `sysv`) must be
     // fetched whole first.
     if let Some(lazy) = ctx.lazy {
+        // What `LazyPages::new` started fetching (these areas among them).
+        lazy.ready()?;
         let written = areas.iter().enumerate().filter(|(_, a)| {
             shared::is_shared_anonymous(a)
                 || matches!(a.kind, snapshotter::state::AreaKind::SysvShm(_))
@@ -1452,8 +1450,11 @@ fn restore_memory(
         let mapped = match ctx.plans {
             // The server's restores of this snapshot share one mapping.
             Some(plans) => plans.image_map(&image.file),
-            // SAFETY: the image is never changed once published (see the
-            // store's image module); the mapping is read-only.
+            // SAFETY: the mapping is read-only. A store image is never
+            // changed once published (see the store's image module). A
+            // lazy restore's image (never shared through `plans`) is filled
+            // while mapped, but only at pages its page source writes before
+            // the page server reads them, and never rewritten after.
             None => unsafe { memmap2::Mmap::map(&image.file) }.map(std::sync::Arc::new),
         };
         let image_map = mapped.map_err(|source| RestoreError::Io {

@@ -96,18 +96,30 @@ struct LazyImage {
     resumed: AtomicBool,
     /// What was fetched.
     counts: FetchCounts,
+    /// The fetch [`LazyPages::new`] started (every page needed before the
+    /// copy resumes), joined by [`LazyPages::ready`].
+    early: std::sync::Mutex<Option<std::thread::JoinHandle<Result<(), String>>>>,
+    /// Why that fetch failed, once it did.
+    early_failed: std::sync::OnceLock<String>,
 }
 
 impl LazyPages {
     /// Makes the image of `snapshot` (a single process or a tree: every
     /// process's areas) in `dir` (an unlinked file), writes in the pages
-    /// `local` has, and fetches the pages of the areas the page server does
-    /// not fill. The view returned is the root's.
+    /// `local` has, and starts fetching, in one call of the source on a
+    /// thread of its own, every page the copy needs before it resumes: the
+    /// pages of the areas the page server does not fill, the live threads'
+    /// stacks, and the root's working set `prefetch` (saved addresses, tags
+    /// in the low bits). That fetch runs while the copy's sandbox is made
+    /// and its files are checked; [`LazyPages::ready`] waits for it (the
+    /// restore calls it before it uses the image). The view returned is
+    /// the root's.
     pub fn new(
         snapshot: &Snapshot,
         local: Option<&PageStore>,
         source: Arc<dyn PageSource>,
         dir: &Path,
+        prefetch: &[u64],
     ) -> Result<(LazyPages, CachedImage), RestoreError> {
         let io = |what: String| move |source| RestoreError::Io { what, source };
         let every: Vec<AreaPages> = snapshot
@@ -152,28 +164,48 @@ impl LazyPages {
                 bases,
                 resumed: AtomicBool::new(false),
                 counts: FetchCounts::default(),
+                early: std::sync::Mutex::new(None),
+                early_failed: std::sync::OnceLock::new(),
             }),
             base: 0,
         };
         if let Some(store) = local {
+            // One reload of the index, not one per page it lacks (most of
+            // them on a node that never held the snapshot).
+            let _ = store.refresh();
             for (a, pages) in lazy.image.hashes.iter().enumerate() {
                 for (i, hash) in pages.iter().enumerate() {
                     let Some(hash) = hash else { continue };
-                    if let Ok(page) = store.get(hash) {
+                    if let Some(Ok(page)) = store.get_loaded(hash) {
                         lazy.image.write(a, i, &page)?;
                     }
                 }
             }
         }
         // Areas the page server does not serve read the image directly.
-        let eager: Vec<(usize, usize)> = snapshot
+        let mut early: Vec<(usize, usize)> = snapshot
             .processes()
             .flat_map(|(state, _)| state.areas.iter())
             .enumerate()
             .filter(|(_, area)| !super::uffd::is_lazy(area))
             .flat_map(|(a, _)| (0..lazy.image.hashes[a].len()).map(move |i| (a, i)))
             .collect();
-        lazy.image.ensure_at(&eager).map_err(RestoreError::Fetch)?;
+        // The live threads' stacks, written rather than served in uffd
+        // mode (see `restore_memory`), of every process.
+        for (p, (state, areas)) in snapshot.processes().enumerate() {
+            let base = lazy.image.bases[p];
+            for a in super::thread::live_stacks(state, areas) {
+                early.extend((0..lazy.image.hashes[base + a].len()).map(|i| (base + a, i)));
+            }
+        }
+        // The root's working set (its areas come first in the image).
+        early.extend(pages_at(&snapshot.state.areas, prefetch));
+        let image = lazy.image.clone();
+        let fetch = std::thread::Builder::new()
+            .name("thaw-lazy-early".into())
+            .spawn(move || image.ensure_at(&early).map_err(|e| error_chain(&e)))
+            .map_err(io("start the lazy image's first fetch".into()))?;
+        *lazy.image.early.lock().unwrap_or_else(|e| e.into_inner()) = Some(fetch);
         let image = CachedImage {
             path: dir.to_path_buf(),
             file: lazy
@@ -185,6 +217,37 @@ impl LazyPages {
             built: true,
         };
         Ok((lazy, image))
+    }
+
+    /// Waits for the fetch [`LazyPages::new`] started: every page the copy
+    /// needs before it resumes is in the image once this returns `Ok`. Its
+    /// failure is [`RestoreError::Fetch`] (the copy never ran), for every
+    /// caller and view.
+    pub fn ready(&self) -> Result<(), RestoreError> {
+        let started = self
+            .image
+            .early
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(fetch) = started {
+            let waiting = std::time::Instant::now();
+            let result = fetch
+                .join()
+                .unwrap_or_else(|_| Err("the lazy image's first fetch panicked".into()));
+            tracing::debug!(
+                waited_us = waiting.elapsed().as_micros() as u64,
+                pages = self.image.counts.before_resume.load(Ordering::Relaxed),
+                "lazy restore: the first fetch is in"
+            );
+            if let Err(why) = result {
+                let _ = self.image.early_failed.set(why);
+            }
+        }
+        match self.image.early_failed.get() {
+            Some(why) => Err(RestoreError::Fetch(PageSourceError(why.clone().into()))),
+            None => Ok(()),
+        }
     }
 
     /// The view of process `index` of the snapshot (0 the root, then its
@@ -296,6 +359,28 @@ impl LazyPages {
             })
             .sum()
     }
+}
+
+/// The (area, page) of each saved address of `pages` (tags in the low
+/// bits) inside `areas`, the rest left out.
+fn pages_at(
+    areas: &[snapshotter::state::MemoryArea],
+    pages: &[u64],
+) -> impl Iterator<Item = (usize, usize)> {
+    let mut sorted: Vec<u64> = pages.iter().map(|p| p & !(PAGE_SIZE - 1)).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = Vec::new();
+    for (a, area) in areas.iter().enumerate() {
+        let from = sorted.partition_point(|&p| p < area.start);
+        let to = sorted.partition_point(|&p| p < area.end);
+        out.extend(
+            sorted[from..to]
+                .iter()
+                .map(move |&p| (a, ((p - area.start) / PAGE_SIZE) as usize)),
+        );
+    }
+    out.into_iter()
 }
 
 impl LazyImage {

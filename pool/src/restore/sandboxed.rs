@@ -119,10 +119,20 @@ impl PreparedCopy {
     /// recorded content, open flags). Blocking (a few system calls per
     /// file; hashing a file the first time it is seen).
     pub fn adopt(&mut self, stub_pid: i32) -> Result<(), RestoreError> {
-        match &mut self.prepared {
+        let started = std::time::Instant::now();
+        let adopted = match &mut self.prepared {
             Preparation::Process(p) => p.adopt(stub_pid),
             Preparation::Tree(t) => t.adopt(stub_pid),
+        };
+        if self.lazy.is_some() {
+            // The timeline of a lazy restore (docs/cluster.md).
+            tracing::debug!(
+                snapshot = %self.snapshot.id,
+                check_us = started.elapsed().as_micros() as u64,
+                "lazy restore: the stub's files checked"
+            );
         }
+        adopted
     }
 
     /// The descriptors the stub sandbox must hold, at these numbers (all 5
@@ -319,10 +329,14 @@ impl SnapshotRestorer {
         let fds = self.stand_ins(&snapshot);
         let mut options = options(fds);
         options.mode = Mode::Uffd;
+        // Fetched with the other pages needed before the resume, in one
+        // call started now (`LazyPages::new`); `finish` finds them there.
+        options.prefetch = working_set::for_mode(source.working_set(), Mode::Uffd);
         std::fs::create_dir_all(&self.snapshots_dir).map_err(|source| RestoreError::Io {
             what: format!("create {}", self.snapshots_dir.display()),
             source,
         })?;
+        let started = std::time::Instant::now();
         let prepared = if snapshot.children.is_empty() {
             super::prepare_lazily_for_sandbox(
                 &snapshot,
@@ -343,6 +357,11 @@ impl SnapshotRestorer {
             .map(Preparation::Tree)
         }
         .inspect_err(|e| source.failed_before_resume(e))?;
+        tracing::debug!(
+            snapshot = %snapshot.id,
+            prepare_us = started.elapsed().as_micros() as u64,
+            "lazy restore: the copy prepared (its first fetch under way)"
+        );
         Ok(PreparedCopy {
             snapshot,
             prepared,
@@ -412,6 +431,16 @@ impl SnapshotRestorer {
             }
         };
         if let Some(lazy) = &copy.lazy {
+            if let Ok((t, _)) = &restored {
+                tracing::debug!(
+                    snapshot = %copy.snapshot.id,
+                    seize_us = t.stub.as_micros() as u64,
+                    mappings_us = t.mappings.as_micros() as u64,
+                    state_us = (t.state + t.threads).as_micros() as u64,
+                    resume_us = t.resume.as_micros() as u64,
+                    "lazy restore: the copy restored (resuming)"
+                );
+            }
             match &restored {
                 Ok(_) => lazy.resumed(),
                 Err(e) => lazy.failed_before_resume(e),

@@ -701,7 +701,7 @@ pub fn prepare_tree_lazily_for_sandbox(
     let started = Instant::now();
     check_ids(snapshot, true)?;
     super::depends::check_host(snapshot)?;
-    let (lazy, image) = LazyPages::new(snapshot, local, source, dir)?;
+    let (lazy, image) = LazyPages::new(snapshot, local, source, dir, &options.prefetch)?;
     let tree = plan(snapshot, options, image.file.as_raw_fd(), true)?;
     Ok(PreparedTree {
         image,

@@ -178,6 +178,25 @@ impl Cluster {
             }
         };
         self.health.ok();
+        // The host's files the copies map (the interpreter, system
+        // libraries: the sandbox binds them from the host at the same
+        // paths), hashed now rather than by the first copy's checks; the
+        // code's are hashed when it is installed (follow.rs).
+        if let Some(depends) = &lazy.snapshot.depends {
+            let host: Vec<std::path::PathBuf> = depends
+                .files
+                .iter()
+                .filter(|f| !f.path.starts_with("/var/"))
+                .map(|f| std::path::PathBuf::from(&f.path))
+                .collect();
+            let id = id.to_string();
+            let _ = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let bytes = pool::restore::depends::warm_hashes(host, None);
+                tracing::debug!(snapshot = %id, bytes, took_ms = started.elapsed().as_millis() as u64, "the snapshot's host files hashed ahead");
+            })
+            .await;
+        }
         let report = lazy.source.report();
         self.lazy_bytes
             .opened(id, lazy.source.counter(), report.working_set_stored_pages);

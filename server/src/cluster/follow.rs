@@ -48,12 +48,32 @@ pub fn spawn(cluster: Arc<Cluster>, service: Service) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match tokio::time::timeout(READ_TIMEOUT, poll(&cluster, &service, &mut applied)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => cluster.health.failed(&format!("{e:#}")),
-                Err(_) => cluster
+            // The pass runs as a task of its own, to its end: one cut short
+            // (its future dropped) would leave a blocking install of a
+            // version's code running while the next pass installs the same
+            // version again over it (see `install_code`).
+            let pass = {
+                let (cluster, service) = (cluster.clone(), service.clone());
+                tokio::spawn(async move {
+                    let result = poll(&cluster, &service, &mut applied).await;
+                    (result, applied)
+                })
+            };
+            let slow = || {
+                cluster
                     .health
-                    .failed(&format!("no answer within {} s", READ_TIMEOUT.as_secs())),
+                    .failed(&format!("no answer within {} s", READ_TIMEOUT.as_secs()))
+            };
+            match run_to_end(pass, READ_TIMEOUT, slow).await {
+                Ok((result, now_applied)) => {
+                    applied = now_applied;
+                    if let Err(e) = result {
+                        cluster.health.failed(&format!("{e:#}"));
+                    }
+                }
+                Err(e) => cluster
+                    .health
+                    .failed(&format!("the follower's pass ended badly: {e}")),
             }
             if cluster.health.is_up() {
                 fetch_missing(&cluster, &service);
@@ -61,6 +81,24 @@ pub fn spawn(cluster: Arc<Cluster>, service: Service) {
             cluster.export();
         }
     });
+}
+
+/// Waits for `job` until it ends, however long it takes; calls `slow` once
+/// when that is longer than `patience` (the store counts as down meanwhile).
+/// Never drops the job half way.
+pub(crate) async fn run_to_end<T>(
+    job: tokio::task::JoinHandle<T>,
+    patience: Duration,
+    slow: impl FnOnce(),
+) -> Result<T, tokio::task::JoinError> {
+    let mut job = job;
+    match tokio::time::timeout(patience, &mut job).await {
+        Ok(done) => done,
+        Err(_) => {
+            slow();
+            job.await
+        }
+    }
 }
 
 async fn poll(cluster: &Arc<Cluster>, service: &Service, applied: &mut Option<u64>) -> Result<()> {
@@ -161,7 +199,9 @@ async fn apply_function(
     layers: &BTreeMap<String, LayerObject>,
 ) -> Result<bool> {
     let name = &record.name;
-    let _serial = service.registry.name_lock(name).lock_owned().await;
+    // Held by this pass and by each blocking install it starts, until both
+    // end (see `install_code_serially`).
+    let serial = Arc::new(service.registry.name_lock(name).lock_owned().await);
     let have: BTreeSet<u64> = service
         .functions
         .read()
@@ -222,13 +262,28 @@ async fn apply_function(
                 }
             }
         };
-        let registry = service.registry.clone();
-        let (n, version) = (name.clone(), v.version);
-        tokio::task::spawn_blocking(move || {
-            let layer = layer.as_ref().map(|(d, i)| (d.as_path(), i.as_str()));
-            install_code(&registry, &n, version, &tar, layer)
-        })
-        .await??;
+        let with_layer = layer.is_some();
+        install_code_serially(
+            serial.clone(),
+            service.registry.clone(),
+            name.clone(),
+            v.version,
+            tar,
+            layer,
+        )
+        .await?;
+        if with_layer {
+            // The shared objects of its dependencies, hashed now rather
+            // than by the first restore's checks (the cache is by inode and
+            // times: after the linking, which changes them).
+            let code = service.registry.code_dir(name, v.version);
+            let _ = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let bytes = pool::restore::depends::warm_hashes(shared_objects(&code), None);
+                tracing::debug!(code = %code.display(), bytes, took_ms = started.elapsed().as_millis() as u64, "the code's shared objects hashed ahead");
+            })
+            .await;
+        }
         installed.insert(v.version);
     }
     let wanted: Vec<&VersionRecord> = record
@@ -310,6 +365,50 @@ async fn apply_function(
         tracing::info!(function = %name, versions = ?changed.iter().map(|k| k.version).collect::<Vec<_>>(), "records taken from the writer");
     }
     Ok(complete)
+}
+
+/// The shared objects (`*.so`, `*.so.N`) under `dir`, symbolic links not
+/// followed.
+fn shared_objects(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(ty) = e.file_type() else { continue };
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if ty.is_dir() {
+                todo.push(e.path());
+            } else if ty.is_file() && (name.ends_with(".so") || name.contains(".so.")) {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// [`install_code`] on a blocking thread that holds `serial` (the
+/// function's name lock) until the install ends, even when the caller
+/// stops waiting for it: no other pass can install the same version over
+/// a half-made one, nor over one it made and a sandbox uses already (a
+/// version's folder is replaced whole, `remove_dir_all` first).
+async fn install_code_serially(
+    serial: Arc<tokio::sync::OwnedMutexGuard<()>>,
+    registry: crate::registry::Registry,
+    name: String,
+    version: u64,
+    tar: Vec<u8>,
+    layer: Option<(std::path::PathBuf, String)>,
+) -> Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let _serial = serial;
+        let layer = layer.as_ref().map(|(d, i)| (d.as_path(), i.as_str()));
+        install_code(&registry, &name, version, &tar, layer)
+    })
+    .await?
 }
 
 /// Writes a version's code from the writer's tar: unpacked beside the
@@ -470,6 +569,102 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(leftovers, vec!["v3".to_string()], "no staging folder left");
+    }
+
+    #[tokio::test]
+    async fn a_slow_pass_runs_to_its_end_and_is_reported_once() {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d = done.clone();
+        let job = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            d.store(true, std::sync::atomic::Ordering::SeqCst);
+            7
+        });
+        let mut slow = 0;
+        let got = run_to_end(job, Duration::from_millis(20), || slow += 1)
+            .await
+            .unwrap();
+        assert_eq!(got, 7);
+        assert_eq!(slow, 1, "reported slow once");
+        assert!(
+            done.load(std::sync::atomic::Ordering::SeqCst),
+            "not cut short"
+        );
+
+        let quick = tokio::spawn(async { 1 });
+        let mut slow = 0;
+        assert_eq!(
+            run_to_end(quick, Duration::from_secs(5), || slow += 1)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(slow, 0);
+    }
+
+    /// The race seen on a fresh reader (a pandas `.so` missing in a
+    /// sandbox): a pass cut short while its blocking install of a version's
+    /// code ran released the function's lock, and the next pass installed
+    /// the same version again, removing the folder the first made. The lock
+    /// now stays held until the install ends, whoever stopped waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_name_lock_outlives_a_code_install_whose_caller_gave_up() {
+        let writer = tempfile::tempdir().unwrap();
+        let code = writer.path().join("code");
+        for d in 0..40 {
+            let dir = code.join(format!("pkg{d}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in 0..100 {
+                std::fs::write(dir.join(format!("m{f}.so")), vec![d as u8; 2048]).unwrap();
+            }
+        }
+        let tar = crate::remote::code_tar(&code, None).unwrap();
+        let reader = tempfile::tempdir().unwrap();
+        let registry = crate::registry::Registry::open(reader.path()).unwrap();
+        let lock = registry.name_lock("f");
+        let guard = Arc::new(lock.clone().lock_owned().await);
+        let install = tokio::spawn(install_code_serially(
+            guard,
+            registry.clone(),
+            "f".into(),
+            1,
+            tar,
+            None,
+        ));
+        // Give up on it once it is under way (its staging folder exists).
+        let fdir = reader.path().join("functions").join("f");
+        let staging = || {
+            std::fs::read_dir(&fdir).ok().is_some_and(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(".fetch-"))
+            })
+        };
+        while !staging() && !install.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        install.abort();
+        let _ = install.await;
+        // Whoever takes the lock next finds the version whole, and nothing
+        // half made beside it.
+        let _next = lock.lock().await;
+        assert!(!staging(), "the install still ran when the lock was taken");
+        let dst = registry.code_dir("f", 1);
+        let files = walk(&dst);
+        assert_eq!(files, 4000, "every file of the version is in place");
+    }
+
+    fn walk(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                if e.file_type().unwrap().is_dir() {
+                    walk(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
     }
 
     #[test]
