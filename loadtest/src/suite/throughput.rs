@@ -174,9 +174,16 @@ async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<R
         settle(ctx, bench.name, 0, None).await?;
         // Give the pool time to make its spares before counting them.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let spares = spares_ready(&ctx.api, bench.name)
-            .await
-            .map_err(|e| e.to_string())?;
+        let spares = match cold {
+            // Forced boots use no spare, and the spares a restore arm just
+            // taught the pool to keep (its target follows demand) decay
+            // during a slow boot arm: waiting for as many as were ready at
+            // its start could wait forever.
+            Some(ColdStart::Boot) => 0,
+            _ => spares_ready(&ctx.api, bench.name)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
         (spares, Some(settle(ctx, bench.name, spares, None).await?))
     } else {
         (0, None)
