@@ -690,7 +690,8 @@ pub fn prepare_lazily_for_sandbox(
     }
     let started = Instant::now();
     depends::check_host(snapshot)?;
-    let (lazy, image) = page_source::LazyPages::new(snapshot, local, source, dir, &options.prefetch)?;
+    let (lazy, image) =
+        page_source::LazyPages::new(snapshot, local, source, dir, &options.prefetch)?;
     let mut plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;
     depends::attach(&mut plan, snapshot);
     Ok(Prepared {
