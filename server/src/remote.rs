@@ -243,26 +243,9 @@ pub fn upload_all(service: &crate::service::Service) {
     let Some(uploader) = &service.config.uploader else {
         return;
     };
-    let snapshots_dir = crate::snapshots::snapshots_dir(&service.config.data_dir);
-    let versions: Vec<VersionUpload> = service
-        .functions
-        .read()
-        .unwrap()
-        .iter()
-        .flat_map(|(name, list)| {
-            list.iter().filter_map(|v| {
-                Some(VersionUpload {
-                    name: name.clone(),
-                    version: v.record.version,
-                    uid: v.record.uid,
-                    snapshot: v.record.snapshot.as_ref()?.id.clone(),
-                })
-            })
-        })
-        // A snapshot evicted from the local store (cluster/cache.rs) was
-        // complete in the bucket when it went.
-        .filter(|v| snapshotter::snapshot::manifest_path(&snapshots_dir, &v.snapshot).exists())
-        .collect();
+    // A snapshot evicted from the local store (cluster/cache.rs) was
+    // complete in the bucket when it went.
+    let versions = local_snapshot_versions(service, |_| true);
     for v in versions {
         uploader.spawn(service.metrics.clone(), v);
     }
@@ -280,8 +263,24 @@ pub fn upload_recorded_working_sets(service: &crate::service::Service) {
     else {
         return;
     };
+    // Not one evicted from the local store (it went up whole).
+    let versions = local_snapshot_versions(service, |id| {
+        restorer.has_working_set_cached(id) == Some(true) && uploader.lacks_working_set_upload(id)
+    });
+    for v in versions {
+        tracing::info!(function = %v.name, version = v.version, snapshot = %v.snapshot, "uploading the working set recorded since the upload");
+        uploader.spawn(service.metrics.clone(), v);
+    }
+}
+
+/// The versions whose snapshot is in the local store (its manifest there)
+/// and passes `keep` (given the snapshot's id), as uploads.
+fn local_snapshot_versions(
+    service: &crate::service::Service,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<VersionUpload> {
     let snapshots_dir = crate::snapshots::snapshots_dir(&service.config.data_dir);
-    let versions: Vec<VersionUpload> = service
+    service
         .functions
         .read()
         .unwrap()
@@ -289,9 +288,7 @@ pub fn upload_recorded_working_sets(service: &crate::service::Service) {
         .flat_map(|(name, list)| {
             list.iter().filter_map(|v| {
                 let id = &v.record.snapshot.as_ref()?.id;
-                (restorer.has_working_set_cached(id) == Some(true)
-                    && uploader.lacks_working_set_upload(id))
-                .then(|| VersionUpload {
+                keep(id).then(|| VersionUpload {
                     name: name.clone(),
                     version: v.record.version,
                     uid: v.record.uid,
@@ -299,13 +296,8 @@ pub fn upload_recorded_working_sets(service: &crate::service::Service) {
                 })
             })
         })
-        // Not one evicted from the local store (it went up whole).
         .filter(|v| snapshotter::snapshot::manifest_path(&snapshots_dir, &v.snapshot).exists())
-        .collect();
-    for v in versions {
-        tracing::info!(function = %v.name, version = v.version, snapshot = %v.snapshot, "uploading the working set recorded since the upload");
-        uploader.spawn(service.metrics.clone(), v);
-    }
+        .collect()
 }
 
 fn ok_label(ok: bool) -> crate::metrics::ResultLabels {
