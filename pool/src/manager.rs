@@ -6,6 +6,7 @@
 //! `min_instances` copies in [`fill`].
 
 mod accounting;
+mod defer;
 mod demand;
 mod fill;
 
@@ -24,6 +25,8 @@ use crate::sandbox::{LaunchSpec, SandboxConfig};
 mod recycle;
 mod spares;
 
+pub use defer::DEFER_ENV;
+pub use demand::DEMAND_WINDOW_ENV;
 pub use recycle::NotRecycled;
 pub use spares::{SpareConfig, DEFAULT_DEMAND_HALF_LIFE};
 
@@ -244,6 +247,11 @@ struct State {
     /// Learned demand (decaying peak of cold starts in flight), by version
     /// ([`demand`]).
     demand: HashMap<FunctionKey, demand::Demand>,
+    /// Recent cold starts admitted, by version ([`demand`]).
+    arrivals: HashMap<FunctionKey, demand::Arrivals>,
+    /// Since when cold starts have been in flight without a pause (none
+    /// now: `None`); background work waits for them ([`defer`]).
+    cold_busy_since: Option<Instant>,
     closed: bool,
 }
 
@@ -290,6 +298,8 @@ struct Shared {
     refill: tokio::sync::Notify,
     /// Sandboxes being torn down in the background.
     discarding: AtomicUsize,
+    /// Signalled when a cold start has answered ([`defer`]).
+    cold_done: tokio::sync::Notify,
 }
 
 /// The pool of instances. Cheap to clone.
@@ -486,7 +496,7 @@ impl Pool {
         };
         // A cold start that may restore counts toward its version's demand
         // for spares until it has answered ([`demand`]).
-        let _in_flight = (warm.is_none() && cold != Some(Cold::Boot) && spec.snapshot.is_some())
+        let in_flight = (warm.is_none() && cold != Some(Cold::Boot) && spec.snapshot.is_some())
             .then(|| self.cold_in_flight(key));
         let (mut instance, start, restore) = match warm {
             Some(instance) => (instance, StartKind::Warm, None),
@@ -504,6 +514,10 @@ impl Pool {
         let start_time = t0.elapsed();
         let result = instance.invoke(inv).await;
         self.mark_busy(key, -1);
+        // Answered: no longer in flight (before the copy's recycle or
+        // teardown is queued, which waits for the cold starts in flight:
+        // [`defer`]).
+        drop(in_flight);
         let refill = || {
             if start == StartKind::Restore {
                 // Replace the spare this restore used (or lacked) now that
@@ -839,6 +853,7 @@ impl Pool {
         self.shared.discarding.fetch_add(1, Ordering::SeqCst);
         let pool = self.clone();
         tokio::spawn(async move {
+            pool.after_cold_starts().await;
             pool.discard(instance).await;
             pool.shared.discarding.fetch_sub(1, Ordering::SeqCst);
         });
@@ -976,7 +991,10 @@ impl Pool {
         for key in missing {
             tokio::spawn(self.clone().fill(key));
         }
-        self.sample_if_due(now).await;
+        // Not while a burst is served (the next tick measures): [`defer`].
+        if !self.holding_for_cold_starts() {
+            self.sample_if_due(now).await;
+        }
     }
 
     /// Stops every instance and spare; the pool keeps none from now on.

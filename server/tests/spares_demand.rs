@@ -232,3 +232,122 @@ async fn with_learning_off_a_burst_leaves_spare_sandboxes() {
     let most = most_spares(&server, 3, Duration::from_secs(4)).await;
     assert_eq!(most, 2, "spares beyond spare_sandboxes with learning off");
 }
+
+/// A server that learns from bursts, counting the cold starts admitted
+/// within `window_ms` of each other (`THAW_SPARE_DEMAND_WINDOW_MS`).
+fn learning_server(window_ms: &str) -> Server {
+    Server::start_wrapped(
+        &["env", &format!("THAW_SPARE_DEMAND_WINDOW_MS={window_ms}")],
+        &[
+            "--allow-forced-cold",
+            "--spare-sandboxes-burst",
+            "16",
+            "--spare-demand-half-life-s",
+            "600",
+        ],
+    )
+}
+
+#[tokio::test]
+async fn arrivals_within_the_window_raise_the_target_though_none_overlap() {
+    require_root!();
+    // A window of ten minutes: however slow the machine, the burst's
+    // requests are within it. Window 0 counts only those in flight at
+    // once (as before): the same requests leave the target at 2.
+    for (window, want) in [("600000", BURST as f64), ("0", 2.0)] {
+        let server = learning_server(window);
+        server.deploy_ready(spec()).await;
+        server.wait_spares("bursty", 2).await;
+        assert_eq!(target(&server).await, 2.0, "nothing learned yet");
+        let body = serde_json::to_vec(&json!({ "sleep": 0 })).unwrap();
+        // One after the other: each answered before the next is sent.
+        for _ in 0..BURST {
+            let a = server
+                .invoke_raw("bursty", body.clone(), &[("x-thaw-cold", "restore")])
+                .await;
+            assert_eq!(a.status, 200, "{}", a.text());
+            assert_eq!(a.header("x-thaw-start"), "restore");
+        }
+        assert_eq!(
+            target(&server).await,
+            want,
+            "target after {BURST} cold starts one at a time, window {window} ms"
+        );
+    }
+}
+
+/// Forced restores of "bursty" sleeping `sleep` seconds, `n` at once.
+async fn restores(server: &Server, n: usize, sleep: f64) -> Vec<common::Answer> {
+    let body = serde_json::to_vec(&json!({ "sleep": sleep })).unwrap();
+    futures_util::future::join_all(
+        (0..n).map(|_| server.invoke_raw("bursty", body.clone(), &[("x-thaw-cold", "restore")])),
+    )
+    .await
+}
+
+async fn busy(server: &Server) -> u64 {
+    let v = server.get("/functions/bursty").await.json();
+    v["instances"]["busy"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn work_held_while_cold_starts_are_in_flight_all_happens_after_them() {
+    require_root!();
+    // Held up to a minute (THAW_BURST_DEFER_MS): while three copies sleep,
+    // the sandbox of a fourth that answered is neither recycled nor torn
+    // down (it counts as a teardown in flight); once they answer, it is,
+    // and the server is back where it started. With holding off (0) the
+    // same sandbox is recycled while the three still sleep.
+    for hold in ["60000", "0"] {
+        let server = Server::start_wrapped(
+            &["env", &format!("THAW_BURST_DEFER_MS={hold}")],
+            &["--allow-forced-cold"],
+        );
+        server.deploy_ready(spec()).await;
+        server.settle("bursty", 2).await;
+        let before = common::footprint(&server);
+        let slow = restores(&server, 3, 8.0);
+        let quick = async {
+            let t0 = Instant::now();
+            while busy(&server).await < 3 {
+                assert!(t0.elapsed() < Duration::from_secs(60), "never 3 busy");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let a = restores(&server, 1, 0.0).await;
+            assert_eq!(a[0].status, 200, "{}", a[0].text());
+            // What the answered copy left, while the three still sleep.
+            let mut teardowns = 1.0;
+            let t1 = Instant::now();
+            while t1.elapsed() < Duration::from_secs(2) {
+                teardowns = server.metric("thaw_sandbox_teardowns_in_flight ").await;
+                if teardowns == 0.0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (teardowns, busy(&server).await)
+        };
+        let (answers, (teardowns, still_busy)) = tokio::join!(slow, quick);
+        for a in &answers {
+            assert_eq!(a.status, 200, "{}", a.text());
+        }
+        assert_eq!(still_busy, 3, "hold {hold}: the three copies ended early");
+        if hold == "0" {
+            assert_eq!(teardowns, 0.0, "not held: the copy's sandbox is done");
+        } else {
+            assert!(teardowns >= 1.0, "held: the copy's sandbox waits");
+        }
+        // Everything held happens once they answered: nothing leaks.
+        server.settle("bursty", 2).await;
+        let after = common::footprint(&server);
+        assert_eq!(after.cgroups, before.cgroups, "hold {hold}: cgroups");
+        assert_eq!(
+            after.sandbox_pids, before.sandbox_pids,
+            "hold {hold}: processes"
+        );
+        assert_eq!(
+            after.run_entries, before.run_entries,
+            "hold {hold}: run dir"
+        );
+    }
+}

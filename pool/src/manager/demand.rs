@@ -3,7 +3,11 @@
 //!
 //! The pool counts, per version, the cold starts in flight (from the
 //! request's admission to its answer, for versions with a snapshot, forced
-//! boots excepted). Its *demand* is the peak of that count, decaying
+//! boots excepted) and the cold starts admitted within the last
+//! [`window`] (one second by default): a burst whose requests arrive spread
+//! over a few hundred milliseconds, fewer of them in flight at once than
+//! the burst has, is counted whole. Its *demand* is the peak of the larger
+//! of the two counts, decaying
 //! exponentially with a half-life ([`SpareConfig::demand_half_life`],
 //! minutes by default): a burst of 16 raises it to 16, and with a
 //! half-life of 2 minutes it is back to 2 after about 6 minutes without
@@ -20,6 +24,7 @@
 //! `burst_max <= per_version` turns the learning off (the target is always
 //! `per_version`).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -29,6 +34,57 @@ use super::{FunctionKey, Pool, State};
 
 /// Demand below this is forgotten (its target is `per_version` anyway).
 const FORGET_BELOW: f64 = 0.25;
+
+/// Environment variable: the window, in milliseconds, within which a
+/// version's cold starts count as one burst ([`window`]); `0` counts only
+/// those in flight at once (the behaviour before, for A/B measurements).
+pub const DEMAND_WINDOW_ENV: &str = "THAW_SPARE_DEMAND_WINDOW_MS";
+
+/// Default [`window`].
+const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
+
+/// Cold starts of one version admitted within this window count together
+/// toward its demand (`THAW_SPARE_DEMAND_WINDOW_MS`, default 1 s). A burst
+/// of 16 requests sent at once reaches the server spread over 100-350 ms
+/// on a busy 2-core machine, and the first answers come before the last
+/// arrive: the count in flight peaked at 10-13, so the pool kept too few
+/// spares for the next burst (docs/restore.md, "A burst's timeline").
+pub(super) fn window() -> Duration {
+    static WINDOW: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *WINDOW.get_or_init(|| {
+        std::env::var(DEMAND_WINDOW_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(DEFAULT_WINDOW, Duration::from_millis)
+    })
+}
+
+/// The cold starts of one version admitted within the window, oldest
+/// first (at most `burst_max` kept: more never raise the target).
+#[derive(Debug, Default)]
+pub(super) struct Arrivals(VecDeque<Instant>);
+
+impl Arrivals {
+    /// Records an arrival at `now` and returns how many arrived within
+    /// `window` of it (this one included), at most `cap`.
+    fn record(&mut self, now: Instant, window: Duration, cap: usize) -> usize {
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+        {
+            self.0.pop_front();
+        }
+        if window.is_zero() {
+            return 1;
+        }
+        self.0.push_back(now);
+        while self.0.len() > cap.max(1) {
+            self.0.pop_front();
+        }
+        self.0.len()
+    }
+}
 
 /// The learned demand of one version.
 #[derive(Debug, Clone, Copy)]
@@ -68,15 +124,28 @@ pub(super) fn target(st: &State, cfg: &SpareConfig, key: &FunctionKey, now: Inst
 }
 
 /// Counts one more cold start of `key` in flight and raises its demand to
-/// the count when it is higher.
-fn begin(st: &mut State, cfg: &SpareConfig, key: &FunctionKey, now: Instant) {
+/// the count in flight, or to the count admitted within `window`, when
+/// that is higher.
+fn begin(st: &mut State, cfg: &SpareConfig, key: &FunctionKey, now: Instant, window: Duration) {
     let n = st.cold_in_flight.entry(key.clone()).or_default();
     *n += 1;
-    tracing::debug!(function = %key.name, version = key.version, in_flight = *n, "cold start admitted");
-    let in_flight = *n as f64;
+    let in_flight = *n;
+    if st.cold_busy_since.is_none() {
+        st.cold_busy_since = Some(now);
+    }
+    let arrived = if learning(cfg) {
+        st.arrivals
+            .entry(key.clone())
+            .or_default()
+            .record(now, window, cfg.burst_max)
+    } else {
+        0
+    };
+    tracing::debug!(function = %key.name, version = key.version, in_flight, arrived, "cold start admitted");
     if !learning(cfg) {
         return;
     }
+    let in_flight = in_flight.max(arrived) as f64;
     let level = st
         .demand
         .get(key)
@@ -101,14 +170,29 @@ fn end(st: &mut State, key: &FunctionKey) {
             st.cold_in_flight.remove(key);
         }
     }
+    if st.cold_in_flight.is_empty() {
+        st.cold_busy_since = None;
+    }
 }
 
 /// Forgets the demand of versions whose level decayed away (or that are
 /// gone).
 pub(super) fn forget_decayed(st: &mut State, cfg: &SpareConfig, now: Instant) {
-    let State { demand, specs, .. } = st;
+    let State {
+        demand,
+        specs,
+        arrivals,
+        ..
+    } = st;
     demand.retain(|k, d| {
         specs.contains_key(k) && d.decayed(now, cfg.demand_half_life) >= FORGET_BELOW
+    });
+    let window = window();
+    arrivals.retain(|k, a| {
+        specs.contains_key(k)
+            && a.0
+                .back()
+                .is_some_and(|t| now.saturating_duration_since(*t) < window)
     });
 }
 
@@ -121,6 +205,9 @@ pub(super) struct ColdInFlight {
 impl Drop for ColdInFlight {
     fn drop(&mut self) {
         end(&mut self.pool.state.lock().unwrap(), &self.key);
+        // Background work deferred while cold starts were in flight may
+        // run now (super::defer).
+        self.pool.shared.cold_done.notify_waiters();
     }
 }
 
@@ -133,6 +220,7 @@ impl Pool {
             &self.config.spares,
             key,
             Instant::now(),
+            window(),
         );
         ColdInFlight {
             pool: self.clone(),
@@ -185,7 +273,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(target(&st, &cfg, &key(), t0), 2);
         for _ in 0..8 {
-            begin(&mut st, &cfg, &key(), t0);
+            begin(&mut st, &cfg, &key(), t0, Duration::ZERO);
         }
         for _ in 0..8 {
             end(&mut st, &key());
@@ -202,7 +290,7 @@ mod tests {
         let mut st = State::default();
         let t0 = Instant::now();
         for _ in 0..30 {
-            begin(&mut st, &cfg, &key(), t0);
+            begin(&mut st, &cfg, &key(), t0, Duration::ZERO);
         }
         assert_eq!(target(&st, &cfg, &key(), t0), 12);
     }
@@ -214,10 +302,80 @@ mod tests {
         let mut st = State::default();
         let t0 = Instant::now();
         for _ in 0..8 {
-            begin(&mut st, &cfg, &key(), t0);
+            begin(&mut st, &cfg, &key(), t0, Duration::ZERO);
         }
         assert_eq!(target(&st, &cfg, &key(), t0), 2);
         // The count in flight is kept either way.
         assert_eq!(st.cold_in_flight[&key()], 8);
+    }
+
+    #[test]
+    fn arrivals_within_the_window_count_even_when_they_do_not_overlap() {
+        let cfg = cfg(Duration::from_secs(60));
+        let window = Duration::from_secs(1);
+        let mut st = State::default();
+        let t0 = Instant::now();
+        // Ten cold starts 30 ms apart, each answered before the next.
+        for i in 0..10 {
+            begin(
+                &mut st,
+                &cfg,
+                &key(),
+                t0 + Duration::from_millis(30 * i),
+                window,
+            );
+            end(&mut st, &key());
+        }
+        assert!(st.cold_in_flight.is_empty());
+        assert_eq!(
+            target(&st, &cfg, &key(), t0 + Duration::from_millis(270)),
+            10
+        );
+        // Counted only in flight (window 0), the same arrivals teach nothing.
+        let mut st = State::default();
+        for i in 0..10 {
+            begin(
+                &mut st,
+                &cfg,
+                &key(),
+                t0 + Duration::from_millis(30 * i),
+                Duration::ZERO,
+            );
+            end(&mut st, &key());
+        }
+        assert_eq!(
+            target(&st, &cfg, &key(), t0 + Duration::from_millis(270)),
+            2
+        );
+    }
+
+    #[test]
+    fn arrivals_older_than_the_window_do_not_count() {
+        let cfg = cfg(Duration::from_secs(60));
+        let window = Duration::from_millis(100);
+        let mut st = State::default();
+        let t0 = Instant::now();
+        // One cold start every 60 ms: never more than 2 within 100 ms.
+        for i in 0..20 {
+            begin(
+                &mut st,
+                &cfg,
+                &key(),
+                t0 + Duration::from_millis(60 * i),
+                window,
+            );
+            end(&mut st, &key());
+        }
+        assert_eq!(st.arrivals[&key()].0.len(), 2);
+        assert_eq!(
+            target(&st, &cfg, &key(), t0 + Duration::from_millis(1140)),
+            2
+        );
+        // The count is capped at burst_max.
+        for _ in 0..40 {
+            begin(&mut st, &cfg, &key(), t0 + Duration::from_secs(2), window);
+        }
+        assert_eq!(st.arrivals[&key()].0.len(), cfg.burst_max);
+        assert_eq!(target(&st, &cfg, &key(), t0 + Duration::from_secs(2)), 12);
     }
 }

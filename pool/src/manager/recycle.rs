@@ -138,6 +138,9 @@ impl Pool {
         let key = key.clone();
         let sink = spec.logs.clone();
         tokio::spawn(async move {
+            // Not while a burst is served (super::defer): the copy waits,
+            // idle, counted as a teardown and a spare being made.
+            pool.after_cold_starts().await;
             let started = Instant::now();
             let id = instance.id().to_string();
             let result =

@@ -137,6 +137,8 @@ impl Pool {
                         state,
                         shared: shared.clone(),
                     };
+                    // Not while a burst is served (super::defer).
+                    pool.after_cold_starts().await;
                     let plan = pool.plan_spares();
                     destroy_all(plan.excess).await;
                     match plan.launch {
@@ -195,6 +197,7 @@ impl Pool {
         self.shared.discarding.fetch_add(1, Ordering::SeqCst);
         let pool = self.clone();
         tokio::spawn(async move {
+            pool.after_cold_starts().await;
             destroy_all(stubs).await;
             pool.shared.discarding.fetch_sub(1, Ordering::SeqCst);
         });

@@ -1,0 +1,115 @@
+//! Background work waits while a burst of cold starts is served.
+//!
+//! On 2 cores a burst of cold starts is CPU-bound: whatever else runs
+//! meanwhile delays the last answer. Nothing the pool does in the
+//! background helps a cold start already in flight (a cold start that
+//! finds no spare makes its own sandbox on its path), so while cold starts
+//! are in flight the pool holds back, at each one's start:
+//! * recycling an answered copy's sandbox into a spare ([`super::recycle`]),
+//! * tearing down an answered copy or a dropped spare,
+//! * launching spares (the refill, [`super::spares`]),
+//! * the periodic memory measurement of live sandboxes (skipped by a tick
+//!   that finds cold starts in flight; the next one does it).
+//!
+//! They run once no cold start is in flight, or once cold starts have been
+//! in flight without a pause for the hold limit ([`hold_max`], 500 ms by
+//! default): under sustained load (many clients forcing cold starts back
+//! to back) the count never drops to zero, that is not a burst, and the
+//! recycled sandboxes and new spares are what the next requests need, so
+//! nothing waits longer than that. Held work is counted as in flight
+//! already (teardowns in `thaw_sandbox_teardowns_in_flight`, recycles also
+//! as spares being made), so nothing settles, and nothing leaks, while it
+//! waits.
+//!
+//! `THAW_BURST_DEFER_MS` sets the hold limit in milliseconds; `0` turns
+//! holding off (the behaviour before, for A/B measurements).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Pool, State};
+
+/// Environment variable: the hold limit in milliseconds ([`hold_max`]);
+/// `0` runs background work at once, as before.
+pub const DEFER_ENV: &str = "THAW_BURST_DEFER_MS";
+
+/// Default [`hold_max`]. A burst of 16 numpy cold starts is over in ~0.1 s
+/// on a quiet 2-core machine, ~0.5 s on a loaded one.
+const DEFAULT_HOLD_MAX: Duration = Duration::from_millis(500);
+
+/// Longest time background work waits for cold starts in flight, counted
+/// from the moment their count last rose from zero
+/// (`THAW_BURST_DEFER_MS`); zero: it never waits.
+pub fn hold_max() -> Duration {
+    static HOLD: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *HOLD.get_or_init(|| {
+        std::env::var(DEFER_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(DEFAULT_HOLD_MAX, Duration::from_millis)
+    })
+}
+
+/// Until when background work should wait now, if it should.
+fn held_until(st: &State, now: Instant, hold_max: Duration) -> Option<Instant> {
+    if st.closed {
+        return None;
+    }
+    let until = st.cold_busy_since? + hold_max;
+    (until > now).then_some(until)
+}
+
+impl Pool {
+    /// Waits until no cold start is in flight, or they have been in flight
+    /// for [`hold_max`] (see the module docs). Returns at once when holding
+    /// is off.
+    pub(super) async fn after_cold_starts(&self) {
+        let hold = hold_max();
+        if hold.is_zero() {
+            return;
+        }
+        let mut waited = false;
+        let started = Instant::now();
+        loop {
+            // Registered before the check: a cold start that ends between
+            // the check and the wait still wakes it.
+            let done = self.shared.cold_done.notified();
+            let Some(until) = held_until(&self.state.lock().unwrap(), Instant::now(), hold) else {
+                break;
+            };
+            waited = true;
+            let _ = tokio::time::timeout_at(until, done).await;
+        }
+        if waited {
+            tracing::debug!(
+                waited_us = started.elapsed().as_micros() as u64,
+                "background work held for cold starts"
+            );
+        }
+    }
+
+    /// Whether background work is being held now (see the module docs).
+    pub(super) fn holding_for_cold_starts(&self) -> bool {
+        let hold = hold_max();
+        !hold.is_zero() && held_until(&self.state.lock().unwrap(), Instant::now(), hold).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_while_cold_starts_are_in_flight_up_to_the_limit() {
+        let mut st = State::default();
+        let t0 = Instant::now();
+        let hold = Duration::from_millis(500);
+        assert_eq!(held_until(&st, t0, hold), None);
+        st.cold_busy_since = Some(t0);
+        assert_eq!(held_until(&st, t0, hold), Some(t0 + hold));
+        assert_eq!(held_until(&st, t0 + hold, hold), None);
+        st.closed = true;
+        assert_eq!(held_until(&st, t0, hold), None);
+    }
+}
