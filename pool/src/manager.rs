@@ -252,6 +252,8 @@ struct State {
     /// Since when cold starts have been in flight without a pause (none
     /// now: `None`); background work waits for them ([`defer`]).
     cold_busy_since: Option<Instant>,
+    /// Cold starts admitted since `cold_busy_since` ([`defer`]).
+    cold_busy_arrivals: usize,
     closed: bool,
 }
 

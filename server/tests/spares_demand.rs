@@ -297,14 +297,16 @@ async fn work_held_while_cold_starts_are_in_flight_all_happens_after_them() {
     // the sandbox of a fourth that answered is neither recycled nor torn
     // down (it counts as a teardown in flight); once they answer, it is,
     // and the server is back where it started. With holding off (0) the
-    // same sandbox is recycled while the three still sleep.
+    // same sandbox is recycled while the three still sleep. Four spares:
+    // four cold starts are a burst the pool keeps spares for (more would
+    // be sustained load, which holds nothing).
     for hold in ["60000", "0"] {
         let server = Server::start_wrapped(
             &["env", &format!("THAW_BURST_DEFER_MS={hold}")],
-            &["--allow-forced-cold"],
+            &["--allow-forced-cold", "--spare-sandboxes", "4"],
         );
         server.deploy_ready(spec()).await;
-        server.settle("bursty", 2).await;
+        server.settle("bursty", 4).await;
         let before = common::footprint(&server);
         let slow = restores(&server, 3, 8.0);
         let quick = async {
@@ -338,7 +340,7 @@ async fn work_held_while_cold_starts_are_in_flight_all_happens_after_them() {
             assert!(teardowns >= 1.0, "held: the copy's sandbox waits");
         }
         // Everything held happens once they answered: nothing leaks.
-        server.settle("bursty", 2).await;
+        server.settle("bursty", 4).await;
         let after = common::footprint(&server);
         assert_eq!(after.cgroups, before.cgroups, "hold {hold}: cgroups");
         assert_eq!(

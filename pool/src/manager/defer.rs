@@ -11,14 +11,16 @@
 //! * the periodic memory measurement of live sandboxes (skipped by a tick
 //!   that finds cold starts in flight; the next one does it).
 //!
-//! They run once no cold start is in flight, or once cold starts have been
-//! in flight without a pause for the hold limit ([`hold_max`], 500 ms by
-//! default): under sustained load (many clients forcing cold starts back
-//! to back) the count never drops to zero, that is not a burst, and the
-//! recycled sandboxes and new spares are what the next requests need, so
-//! nothing waits longer than that. Held work is counted as in flight
-//! already (teardowns in `thaw_sandbox_teardowns_in_flight`, recycles also
-//! as spares being made), so nothing settles, and nothing leaks, while it
+//! They run once no cold start is in flight, or once the cold starts of
+//! the busy period (since the count last rose from zero) are more than a
+//! burst the pool keeps spares for (`spare_sandboxes_burst`, at least
+//! `spare_sandboxes`): under sustained load (many clients forcing cold
+//! starts back to back) the count never drops to zero, that is not a
+//! burst, and the recycled sandboxes and new spares are what the next
+//! requests need. Nothing waits longer than the hold limit ([`hold_max`],
+//! 2 s by default) either. Held work is counted as in flight already
+//! (teardowns in `thaw_sandbox_teardowns_in_flight`, recycles also as
+//! spares being made), so nothing settles, and nothing leaks, while it
 //! waits.
 //!
 //! `THAW_BURST_DEFER_MS` sets the hold limit in milliseconds; `0` turns
@@ -35,8 +37,9 @@ use super::{Pool, State};
 pub const DEFER_ENV: &str = "THAW_BURST_DEFER_MS";
 
 /// Default [`hold_max`]. A burst of 16 numpy cold starts is over in ~0.1 s
-/// on a quiet 2-core machine, ~0.5 s on a loaded one.
-const DEFAULT_HOLD_MAX: Duration = Duration::from_millis(500);
+/// on a quiet 2-core machine, 0.3-0.9 s on a loaded one (2026-12-06: with
+/// a limit of 0.5 s the slowest bursts ran their recycles in their tail).
+const DEFAULT_HOLD_MAX: Duration = Duration::from_secs(2);
 
 /// Longest time background work waits for cold starts in flight, counted
 /// from the moment their count last rose from zero
@@ -51,9 +54,11 @@ pub fn hold_max() -> Duration {
     })
 }
 
-/// Until when background work should wait now, if it should.
-fn held_until(st: &State, now: Instant, hold_max: Duration) -> Option<Instant> {
-    if st.closed {
+/// Until when background work should wait now, if it should: cold starts
+/// are in flight, no more of them came since the count rose from zero than
+/// `burst` (a burst the pool keeps spares for), and not for `hold_max`.
+fn held_until(st: &State, now: Instant, hold_max: Duration, burst: usize) -> Option<Instant> {
+    if st.closed || st.cold_busy_arrivals > burst {
         return None;
     }
     let until = st.cold_busy_since? + hold_max;
@@ -75,7 +80,12 @@ impl Pool {
             // Registered before the check: a cold start that ends between
             // the check and the wait still wakes it.
             let done = self.shared.cold_done.notified();
-            let Some(until) = held_until(&self.state.lock().unwrap(), Instant::now(), hold) else {
+            let Some(until) = held_until(
+                &self.state.lock().unwrap(),
+                Instant::now(),
+                hold,
+                self.burst_size(),
+            ) else {
                 break;
             };
             waited = true;
@@ -92,7 +102,20 @@ impl Pool {
     /// Whether background work is being held now (see the module docs).
     pub(super) fn holding_for_cold_starts(&self) -> bool {
         let hold = hold_max();
-        !hold.is_zero() && held_until(&self.state.lock().unwrap(), Instant::now(), hold).is_some()
+        !hold.is_zero()
+            && held_until(
+                &self.state.lock().unwrap(),
+                Instant::now(),
+                hold,
+                self.burst_size(),
+            )
+            .is_some()
+    }
+
+    /// The most cold starts of a busy period that count as a burst.
+    fn burst_size(&self) -> usize {
+        let cfg = self.config.spares;
+        cfg.burst_max.max(cfg.per_version)
     }
 }
 
@@ -105,11 +128,16 @@ mod tests {
         let mut st = State::default();
         let t0 = Instant::now();
         let hold = Duration::from_millis(500);
-        assert_eq!(held_until(&st, t0, hold), None);
+        assert_eq!(held_until(&st, t0, hold, 16), None);
         st.cold_busy_since = Some(t0);
-        assert_eq!(held_until(&st, t0, hold), Some(t0 + hold));
-        assert_eq!(held_until(&st, t0 + hold, hold), None);
+        st.cold_busy_arrivals = 16;
+        assert_eq!(held_until(&st, t0, hold, 16), Some(t0 + hold));
+        assert_eq!(held_until(&st, t0 + hold, hold, 16), None);
+        // More cold starts than a burst: sustained load, nothing held.
+        st.cold_busy_arrivals = 17;
+        assert_eq!(held_until(&st, t0, hold, 16), None);
+        st.cold_busy_arrivals = 1;
         st.closed = true;
-        assert_eq!(held_until(&st, t0, hold), None);
+        assert_eq!(held_until(&st, t0, hold, 16), None);
     }
 }

@@ -132,7 +132,9 @@ fn begin(st: &mut State, cfg: &SpareConfig, key: &FunctionKey, now: Instant, win
     let in_flight = *n;
     if st.cold_busy_since.is_none() {
         st.cold_busy_since = Some(now);
+        st.cold_busy_arrivals = 0;
     }
+    st.cold_busy_arrivals += 1;
     let arrived = if learning(cfg) {
         st.arrivals
             .entry(key.clone())
