@@ -254,6 +254,9 @@ struct State {
     cold_busy_since: Option<Instant>,
     /// Cold starts admitted since `cold_busy_since` ([`defer`]).
     cold_busy_arrivals: usize,
+    /// Whether a cold start found no spare since `cold_busy_since`
+    /// ([`defer`]).
+    cold_busy_missed: bool,
     closed: bool,
 }
 

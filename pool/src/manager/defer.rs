@@ -11,14 +11,16 @@
 //! * the periodic memory measurement of live sandboxes (skipped by a tick
 //!   that finds cold starts in flight; the next one does it).
 //!
-//! They run once no cold start is in flight, or once the cold starts of
-//! the busy period (since the count last rose from zero) are more than a
-//! burst the pool keeps spares for (`spare_sandboxes_burst`, at least
-//! `spare_sandboxes`): under sustained load (many clients forcing cold
-//! starts back to back) the count never drops to zero, that is not a
-//! burst, and the recycled sandboxes and new spares are what the next
-//! requests need. Nothing waits longer than the hold limit ([`hold_max`],
-//! 2 s by default) either. Held work is counted as in flight already
+//! They run once no cold start is in flight, or as soon as a cold start of
+//! the busy period (since the count last rose from zero) found no spare
+//! ready, or once its cold starts are more than a burst the pool keeps
+//! spares for (`spare_sandboxes_burst`, at least `spare_sandboxes`): then
+//! the spares do not cover the demand (a first burst, before the pool
+//! learned it; sustained load, many clients forcing cold starts back to
+//! back, whose count in flight never drops to zero), and a recycled
+//! sandbox or a new spare may serve a request of the same busy period
+//! that would otherwise make its own on its path. Nothing waits longer
+//! than the hold limit ([`hold_max`], 2 s by default) either. Held work is counted as in flight already
 //! (teardowns in `thaw_sandbox_teardowns_in_flight`, recycles also as
 //! spares being made), so nothing settles, and nothing leaks, while it
 //! waits.
@@ -55,10 +57,11 @@ pub fn hold_max() -> Duration {
 }
 
 /// Until when background work should wait now, if it should: cold starts
-/// are in flight, no more of them came since the count rose from zero than
-/// `burst` (a burst the pool keeps spares for), and not for `hold_max`.
+/// are in flight, each found a spare, no more of them came since the count
+/// rose from zero than `burst` (a burst the pool keeps spares for), and
+/// not for `hold_max`.
 fn held_until(st: &State, now: Instant, hold_max: Duration, burst: usize) -> Option<Instant> {
-    if st.closed || st.cold_busy_arrivals > burst {
+    if st.closed || st.cold_busy_missed || st.cold_busy_arrivals > burst {
         return None;
     }
     let until = st.cold_busy_since? + hold_max;
@@ -112,6 +115,17 @@ impl Pool {
             .is_some()
     }
 
+    /// Notes that a cold start found no spare: work held for the busy
+    /// period runs now (see the module docs).
+    pub(super) fn note_spare_missed(&self) {
+        let mut st = self.state.lock().unwrap();
+        if st.cold_busy_since.is_some() && !st.cold_busy_missed {
+            st.cold_busy_missed = true;
+            drop(st);
+            self.shared.cold_done.notify_waiters();
+        }
+    }
+
     /// The most cold starts of a busy period that count as a burst.
     fn burst_size(&self) -> usize {
         let cfg = self.config.spares;
@@ -137,6 +151,10 @@ mod tests {
         st.cold_busy_arrivals = 17;
         assert_eq!(held_until(&st, t0, hold, 16), None);
         st.cold_busy_arrivals = 1;
+        // A cold start that found no spare: the spares do not cover it.
+        st.cold_busy_missed = true;
+        assert_eq!(held_until(&st, t0, hold, 16), None);
+        st.cold_busy_missed = false;
         st.closed = true;
         assert_eq!(held_until(&st, t0, hold, 16), None);
     }

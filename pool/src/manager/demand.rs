@@ -133,6 +133,7 @@ fn begin(st: &mut State, cfg: &SpareConfig, key: &FunctionKey, now: Instant, win
     if st.cold_busy_since.is_none() {
         st.cold_busy_since = Some(now);
         st.cold_busy_arrivals = 0;
+        st.cold_busy_missed = false;
     }
     st.cold_busy_arrivals += 1;
     let arrived = if learning(cfg) {

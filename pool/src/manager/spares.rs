@@ -180,6 +180,9 @@ impl Pool {
         let counter = if found.is_some() {
             &self.shared.spare_hits
         } else {
+            // Held background work may make a spare for a later request
+            // (super::defer).
+            self.note_spare_missed();
             &self.shared.spare_misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
