@@ -305,7 +305,7 @@ impl LazySource {
         remote: Arc<RemoteStore>,
         packs: Arc<Vec<String>>,
         by_pack: BTreeMap<u32, Vec<(u32, PageHash)>>,
-    ) -> Result<(Vec<(PageHash, Vec<u8>)>, u64, u64), PullError> {
+    ) -> Result<(Vec<FetchedRange>, u64, u64), PullError> {
         let ranges = ranges(by_pack, LAZY_GAP);
         let count = ranges.len() as u64;
         let bytes: u64 = ranges
@@ -328,13 +328,7 @@ impl LazySource {
             .buffer_unordered(RANGES_IN_FLIGHT)
             .try_collect()
             .await?;
-        let mut out = Vec::new();
-        for (wanted, pages) in fetched {
-            for (n, (_, hash)) in wanted.iter().enumerate() {
-                out.push((*hash, pages[n * PAGE_SIZE..(n + 1) * PAGE_SIZE].to_vec()));
-            }
-        }
-        Ok((out, count, bytes))
+        Ok((fetched, count, bytes))
     }
 }
 
@@ -380,29 +374,33 @@ impl PageSource for LazySource {
             };
             let _ = tx.send(result);
         });
-        let (pages, ranges, bytes) = rx
+        let (fetched, ranges, bytes) = rx
             .recv()
             .map_err(|_| err(PullError::Task("the fetch runtime stopped".into())))?
             .map_err(err)?;
         let fetch_us = started.elapsed().as_micros() as u64;
+        let pages: usize = fetched.iter().map(|(wanted, _)| wanted.len()).sum();
         self.counts.ranges.fetch_add(ranges, Ordering::Relaxed);
         self.counts.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.counts.fetches.fetch_add(1, Ordering::Relaxed);
-        self.counts
-            .pages
-            .fetch_add(pages.len() as u64, Ordering::Relaxed);
-        let by_hash: HashMap<PageHash, &[u8]> =
-            pages.iter().map(|(h, p)| (*h, p.as_slice())).collect();
+        self.counts.pages.fetch_add(pages as u64, Ordering::Relaxed);
+        // Each page where its read holds it (read, page), copied once into
+        // the answer; the reads themselves go to the cache as they are.
+        let mut at: HashMap<PageHash, (usize, usize)> = HashMap::with_capacity(pages);
+        for (r, (wanted, _)) in fetched.iter().enumerate() {
+            for (n, (_, hash)) in wanted.iter().enumerate() {
+                at.insert(*hash, (r, n * PAGE_SIZE));
+            }
+        }
         let mut out = Vec::with_capacity(hashes.len() * PAGE_SIZE);
         for hash in hashes {
-            out.extend_from_slice(by_hash[hash]);
+            let (r, offset) = at[hash];
+            out.extend_from_slice(&fetched[r].1[offset..offset + PAGE_SIZE]);
         }
         if let Some(cache) = &self.cache {
-            let mut all = Vec::with_capacity(pages.len() * PAGE_SIZE);
-            for (_, p) in &pages {
-                all.extend_from_slice(p);
+            for (_, pages) in fetched {
+                cache.put(pages);
             }
-            cache.put(all);
         }
         tracing::debug!(
             pages = hashes.len(),
