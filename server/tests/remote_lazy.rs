@@ -198,10 +198,10 @@ fn a_copy_restores_from_the_bucket_into_an_empty_store_and_the_rest_follows() {
     );
     assert!(report["faults"].as_u64().unwrap() > 0, "{report}");
     // A fault on a page that an earlier fault's fetch brought (each
-    // fetches up to FETCH_AROUND = 256 pages ahead) fetches nothing: the
-    // memory read in order costs about one fetch per 256 pages, not one per
-    // fault (a fault copies FAULT_AROUND = 16 pages), each a store round
-    // trip.
+    // fetches FETCH_AROUND = 128 pages ahead) fetches nothing: the memory
+    // read in order costs about one fetch per 128 pages, not one per fault
+    // (a fault copies FAULT_AROUND = 16 pages; each fetch is a store round
+    // trip).
     let n = |v: &Value| v.as_u64().unwrap();
     let fetches_after = n(&report["fetches"]) - n(&report["at_resume"]["fetches"]);
     let pages_after = n(&report["pages_fetched"]) - n(&report["at_resume"]["pages_fetched"]);

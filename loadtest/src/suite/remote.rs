@@ -481,7 +481,10 @@ async fn measure_on(
             };
             let r = one_round(ctx, &reader, benches, &ids, res, round).await;
             if let Some(dir) = &logs {
-                let name = format!("reader-{round}{}.log", if arm.is_some() { "-old" } else { "" });
+                let name = format!(
+                    "reader-{round}{}.log",
+                    if arm.is_some() { "-old" } else { "" }
+                );
                 let _ = std::fs::create_dir_all(dir);
                 let _ = std::fs::write(dir.join(name), reader.log_text());
             }

@@ -50,9 +50,25 @@ pub trait PageSource: Send + Sync + std::fmt::Debug {
 }
 
 /// Pages one fault fetches at least: its run and the pages of its area
-/// after it (see [`LazyPages::ensure_run`]). 256 pages is a pack of the
-/// shared store: mostly one ranged read.
-pub const FETCH_AROUND: usize = 256;
+/// after it (see [`LazyPages::ensure_run`]): mostly one ranged read. 128
+/// since 2026-12-06 (256, a whole pack, before: numpy-pandas's first
+/// remote restore fetched ×2.05 its working set's stored part with 256;
+/// see docs/cluster.md); `THAW_LAZY_FETCH_AROUND=N` sets it (read once,
+/// 1-4096: the A/B's other arm).
+pub const FETCH_AROUND: usize = 128;
+
+/// [`FETCH_AROUND`], or `THAW_LAZY_FETCH_AROUND` when it is a count of
+/// pages from 1 to 4096.
+pub fn fetch_around() -> usize {
+    static VALUE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *VALUE.get_or_init(|| {
+        std::env::var("THAW_LAZY_FETCH_AROUND")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| (1..=4096).contains(n))
+            .unwrap_or(FETCH_AROUND)
+    })
+}
 
 /// What the fetching of one lazy restore did (the source counts bytes and
 /// requests; see its own report).
@@ -205,7 +221,13 @@ impl LazyPages {
         for (p, (state, _)) in snapshot.processes().enumerate() {
             let base = lazy.image.bases[p];
             let mut pages = thread::restart_pages(state);
-            pages.extend(state.threads.iter().filter_map(|t| t.rseq.as_ref()).map(|r| r.address));
+            pages.extend(
+                state
+                    .threads
+                    .iter()
+                    .filter_map(|t| t.rseq.as_ref())
+                    .map(|r| r.address),
+            );
             early.extend(pages_at(&state.areas, &pages).map(|(a, i)| (base + a, i)));
         }
         // The root's working set (its areas come first in the image).
@@ -300,7 +322,7 @@ impl LazyPages {
 
     /// [`Self::ensure`] for the run of `count` pages at page `index` of
     /// area `area` that a fault needs, and the area's pages after it up to
-    /// [`FETCH_AROUND`] in all: one fetch costs a round trip to the store
+    /// [`fetch_around`] in all: one fetch costs a round trip to the store
     /// (tens of ms), a page more in it 4 KiB of the same read, and a copy
     /// without a working set touches its memory in runs (the rest of the
     /// snapshot follows in the background anyway).
@@ -317,7 +339,7 @@ impl LazyPages {
     ) -> Result<usize, PageSourceError> {
         if self.missing(area, index) {
             let len = self.image.hashes.get(self.base + area).map_or(0, Vec::len);
-            let end = (index + count.max(FETCH_AROUND)).min(len);
+            let end = (index + count.max(fetch_around())).min(len);
             let pages: Vec<(usize, usize)> = (index..end).map(|i| (area, i)).collect();
             self.ensure(&pages)?;
         }
