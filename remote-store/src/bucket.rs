@@ -216,8 +216,9 @@ pub const ENV_REUSE_CONNECTIONS: &str = "THAW_STORE_REUSE_CONNECTIONS";
 /// headers by up to 40 ms, and Nagle holds the body (shorter than the
 /// MSS, 64 KiB on loopback) until that ACK. A new connection ACKs at once
 /// (quick-ack mode); over loopback it costs ~0.1 ms. Over HTTPS a new
-/// connection costs a TLS handshake, and the stall needs a body under the
-/// MSS (1,448 bytes on Ethernet: never a page): pooled there.
+/// connection costs a TLS handshake, and on Ethernet (MSS 1,448 bytes) a
+/// page's body spans several segments, which the client ACKs at once:
+/// pooled there.
 fn fresh_connections(builder: &AmazonS3Builder) -> bool {
     let http = builder
         .get_config_value(&AmazonS3ConfigKey::Endpoint)
