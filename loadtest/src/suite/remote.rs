@@ -28,7 +28,13 @@
 //! completion minus before the first request, less what the completion
 //! itself fetched (its log line's `bytes_fetched`): the page server's
 //! fetches for that copy (working set, prepare-time pages, faults), sealed
-//! slots as read. The working set is what the bucket holds for the version
+//! slots as read. That holds while the completion starts after the first
+//! restore's faults: B starts it once its page source fetched nothing for
+//! 150 ms (`remote_store::lazy::COMPLETE_QUIET`); when it started at the
+//! resume (before 2026-12-06, or with `THAW_LAZY_COMPLETE_AT_ONCE=1`), the
+//! faults it overlapped counted as its own and this figure was short of
+//! them (numpy-pandas: 6.5 MiB reported of 8.8 MiB fetched).
+//! The working set is what the bucket holds for the version
 //! (`working_set_pages` of B's "restore lazily" line: the pages it lists).
 //! A listed page over a mapped file is not in the bucket and never
 //! fetched: the goal compares with the set's stored part, which B's
