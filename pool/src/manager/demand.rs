@@ -312,6 +312,28 @@ mod tests {
         assert_eq!(st.cold_in_flight[&key()], 8);
     }
 
+    /// `n` cold starts `gap_ms` apart from `t0`, each answered before the
+    /// next.
+    fn one_at_a_time(
+        st: &mut State,
+        cfg: &SpareConfig,
+        t0: Instant,
+        n: u64,
+        gap_ms: u64,
+        window: Duration,
+    ) {
+        for i in 0..n {
+            begin(
+                st,
+                cfg,
+                &key(),
+                t0 + Duration::from_millis(gap_ms * i),
+                window,
+            );
+            end(st, &key());
+        }
+    }
+
     #[test]
     fn arrivals_within_the_window_count_even_when_they_do_not_overlap() {
         let cfg = cfg(Duration::from_secs(60));
@@ -319,16 +341,7 @@ mod tests {
         let mut st = State::default();
         let t0 = Instant::now();
         // Ten cold starts 30 ms apart, each answered before the next.
-        for i in 0..10 {
-            begin(
-                &mut st,
-                &cfg,
-                &key(),
-                t0 + Duration::from_millis(30 * i),
-                window,
-            );
-            end(&mut st, &key());
-        }
+        one_at_a_time(&mut st, &cfg, t0, 10, 30, window);
         assert!(st.cold_in_flight.is_empty());
         assert_eq!(
             target(&st, &cfg, &key(), t0 + Duration::from_millis(270)),
@@ -336,16 +349,7 @@ mod tests {
         );
         // Counted only in flight (window 0), the same arrivals teach nothing.
         let mut st = State::default();
-        for i in 0..10 {
-            begin(
-                &mut st,
-                &cfg,
-                &key(),
-                t0 + Duration::from_millis(30 * i),
-                Duration::ZERO,
-            );
-            end(&mut st, &key());
-        }
+        one_at_a_time(&mut st, &cfg, t0, 10, 30, Duration::ZERO);
         assert_eq!(
             target(&st, &cfg, &key(), t0 + Duration::from_millis(270)),
             2
@@ -359,16 +363,7 @@ mod tests {
         let mut st = State::default();
         let t0 = Instant::now();
         // One cold start every 60 ms: never more than 2 within 100 ms.
-        for i in 0..20 {
-            begin(
-                &mut st,
-                &cfg,
-                &key(),
-                t0 + Duration::from_millis(60 * i),
-                window,
-            );
-            end(&mut st, &key());
-        }
+        one_at_a_time(&mut st, &cfg, t0, 20, 60, window);
         assert_eq!(st.arrivals[&key()].0.len(), 2);
         assert_eq!(
             target(&st, &cfg, &key(), t0 + Duration::from_millis(1140)),
