@@ -15,23 +15,72 @@
 //! ```
 //!
 //! Off by default: reading /proc costs the server time.
+//!
+//! `THAW_TRACE_FIRST=span` reads nothing: every invocation logs the host pid
+//! of the runtime process, whether it was the instance's first, and the
+//! span its handler time measures as `CLOCK_MONOTONIC` nanoseconds (the
+//! clock `perf record -k CLOCK_MONOTONIC` stamps its events with), to
+//! place a scheduler trace's events inside or outside the span.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::restore::uffd::LiveReport;
 
+/// `THAW_TRACE_FIRST`, read once: 0 off, 1 the first invocation, 2 every
+/// one, 3 spans only.
+fn mode() -> u8 {
+    static MODE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("THAW_TRACE_FIRST").as_deref() {
+        Ok("1") => 1,
+        Ok("all") => 2,
+        Ok("span") => 3,
+        _ => 0,
+    })
+}
+
 /// Whether the invocation numbered `served` (0: the instance's first) is
 /// probed: with `THAW_TRACE_FIRST=1` the first, with `THAW_TRACE_FIRST=all`
 /// every one (the warm ones to compare with).
 pub fn wanted(served: u64) -> bool {
-    static MODE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-    let mode = *MODE.get_or_init(|| match std::env::var("THAW_TRACE_FIRST").as_deref() {
-        Ok("1") => 1,
-        Ok("all") => 2,
-        _ => 0,
-    });
+    let mode = mode();
     mode == 2 || (mode == 1 && served == 0)
+}
+
+/// Diagnostic: `THAW_FIRST_DELAY_US` makes an instance wait that long
+/// before its first invocation (to tell background work right after a
+/// start from the copy's own cost).
+pub fn first_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("THAW_FIRST_DELAY_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_micros)
+    })
+}
+
+/// `CLOCK_MONOTONIC` now, in ns, when `THAW_TRACE_FIRST=span`.
+pub fn span_mark() -> Option<u64> {
+    if mode() != 3 {
+        return None;
+    }
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    Some(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+}
+
+/// Logs an invocation's span (`THAW_TRACE_FIRST=span`): from `start`, a
+/// [`span_mark`] taken when the request was about to be written, to now.
+pub fn log_span(start: u64, pid: Option<i32>, served: u64) {
+    if let Some(end) = span_mark() {
+        tracing::info!(
+            pid = pid.unwrap_or(0),
+            first = served == 0,
+            start_ns = start,
+            end_ns = end,
+            "invocation span (THAW_TRACE_FIRST=span)"
+        );
+    }
 }
 
 /// A process's fault counters (`/proc/PID/stat`, all its threads).
