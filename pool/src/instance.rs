@@ -515,8 +515,8 @@ impl Instance {
         };
         let result = timeout(inv.timeout, exchange).await;
         let duration = started.elapsed();
-        if let Some(start) = span {
-            crate::first_call::log_span(start, self.sandbox.function_pid(), self.served);
+        if let (Some(start), Some(end)) = (span, crate::first_call::span_mark()) {
+            crate::first_call::log_span(start, end, self.sandbox.function_pid(), self.served);
         }
         if let Some(probe) = probe {
             let server = self.page_server().map(|s| &**s);
