@@ -20,10 +20,13 @@
 //! back, whose count in flight never drops to zero), and a recycled
 //! sandbox or a new spare may serve a request of the same busy period
 //! that would otherwise make its own on its path. Nothing waits longer
-//! than the hold limit ([`hold_max`], 2 s by default) either. Held work is counted as in flight already
-//! (teardowns in `thaw_sandbox_teardowns_in_flight`, recycles also as
-//! spares being made), so nothing settles, and nothing leaks, while it
-//! waits.
+//! than the hold limit ([`hold_max`], 2 s by default) either. Held work is
+//! counted as in flight already (teardowns in
+//! `thaw_sandbox_teardowns_in_flight`, recycles also as spares being
+//! made), so nothing settles, and nothing leaks, while it waits. A held
+//! copy no longer counts against the memory budget (as before, from its
+//! answer on), so for up to the hold limit the pool's memory may exceed
+//! the budget by the copies of one burst.
 //!
 //! `THAW_BURST_DEFER_MS` sets the hold limit in milliseconds; `0` turns
 //! holding off (the behaviour before, for A/B measurements).
