@@ -236,6 +236,7 @@ fn populate_plan_ab(snap: &Path, pages: &[u64]) {
             areas,
             reads,
             PopulateScope::All,
+            false,
         ));
         before.push(started.elapsed());
         let started = Instant::now();
@@ -244,6 +245,7 @@ fn populate_plan_ab(snap: &Path, pages: &[u64]) {
             areas,
             reads,
             PopulateScope::OutsideLazyAreas,
+            false,
         ));
         now.push(started.elapsed());
     }

@@ -1297,9 +1297,10 @@ fn populate(
     plans: Option<&plans::SnapshotPlans>,
 ) -> usize {
     let reads = working_set::reads_wanted();
+    let around = populate::around_wanted();
     let ranges = match plans {
-        Some(plans) => plans.populate_ranges(pages, areas, reads, scope),
-        None => std::sync::Arc::new(scope.ranges(pages, areas, reads)),
+        Some(plans) => plans.populate_ranges(pages, areas, reads, scope, around),
+        None => std::sync::Arc::new(scope.ranges_around(pages, areas, reads, around)),
     };
     populate::add(batch, &ranges);
     ranges.len()
