@@ -197,6 +197,14 @@ fn workload(name: &str, script: &str, args: &[&str], cold_rounds: usize) {
             ["THAW_POPULATE_VECTOR", "0"],
             ["by vectors", "one madvise per range"],
         );
+        env_ab(
+            &snap,
+            &expected,
+            &recorded,
+            "mmap populating the pages read",
+            ["THAW_POPULATE_AROUND", "0"],
+            ["a page per fault-around block", "every page"],
+        );
     }
     let cold = median(cold);
     let warm = median(warm);
