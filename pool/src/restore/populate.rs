@@ -247,24 +247,7 @@ mod tests {
     }
 
     fn area(start: u64, end: u64, kind: AreaKind) -> MemoryArea {
-        MemoryArea {
-            start,
-            end,
-            prot: snapshotter::state::Protection {
-                read: true,
-                write: false,
-                exec: false,
-            },
-            shared: false,
-            offset: 0,
-            path: Some("/lib/x.so".into()),
-            deleted: false,
-            maps_dev: 0,
-            inode: 0,
-            file: None,
-            kind,
-            pages: Vec::new(),
-        }
+        working_set::tests::area(start, end, kind, false)
     }
 
     #[test]
