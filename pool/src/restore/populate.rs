@@ -34,8 +34,11 @@
 //! folio locked, not up to date, or a readahead mark), are left to the
 //! copy's own faults. Writes are unchanged (each written page is copied,
 //! one by one either way).
-//! `THAW_POPULATE_AROUND=0` (server environment) populates every page
-//! again, for A/B.
+//! Off by default, on with `THAW_POPULATE_AROUND=1` (server
+//! environment): measured on a busy machine it saved at most ~0.3 ms of
+//! the sandboxes' CPU per numpy-pandas cold start, and the first
+//! invocation after a restore was slower in each pair (docs/restore.md,
+//! "Where a numpy-pandas cold start's CPU goes, AMD").
 
 use std::sync::OnceLock;
 
@@ -143,11 +146,13 @@ pub fn by_fault_around(ranges: &[Populate], areas: &[MemoryArea]) -> Vec<Populat
 }
 
 /// Whether read ranges are populated one page per fault-around block
-/// ([`by_fault_around`]): yes unless `THAW_POPULATE_AROUND=0` in the
-/// server's environment (every page walked, for measuring one against the
-/// other).
+/// ([`by_fault_around`]): only with `THAW_POPULATE_AROUND=1` in the
+/// server's environment. Off by default: in the suite's A/B (docs/
+/// restore.md, 2026-12-06 23:55) it saved at most ~0.3 ms of the
+/// sandboxes' CPU per numpy-pandas cold start, within the noise, and the
+/// first invocation after a restore was slower in each pair.
 pub fn around_wanted() -> bool {
-    std::env::var_os("THAW_POPULATE_AROUND").is_none_or(|v| v != "0")
+    std::env::var_os("THAW_POPULATE_AROUND").is_some_and(|v| v == "1")
 }
 
 /// `struct iovec` of each range, as the kernel reads them.
