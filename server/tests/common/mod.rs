@@ -455,6 +455,12 @@ pub fn pid_alive(pid: i32) -> bool {
 /// What a leak of restored copies would grow on the server's side: its
 /// descriptors, mappings and mounts, the sandboxes' cgroups and processes,
 /// and the run directory's entries.
+///
+/// `mounts` counts the mounts of the server's mount namespace that lie
+/// under its data directory, where every host-side path of a sandbox is
+/// (its root, run directory and layers): the host's whole table also moves
+/// with other tests running beside this one (`ip netns add` mounts
+/// `/run/netns`), which is not thaw's leak.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Footprint {
     pub fds: usize,
@@ -471,6 +477,25 @@ fn count_lines(path: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// Mounts in `pid`'s mount namespace whose mount point is `dir` or under
+/// it (`/proc/PID/mountinfo`'s fifth field; octal escapes such as `\040`
+/// for a space are compared as written, and data directories have none).
+fn mounts_under(pid: i32, dir: &Path) -> usize {
+    let dir = dir.to_string_lossy();
+    let dir = dir.trim_end_matches('/');
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| {
+            *point == dir
+                || point
+                    .strip_prefix(dir)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+        .count()
+}
+
 /// The server's [`Footprint`] now.
 pub fn footprint(server: &Server) -> Footprint {
     let pid = server.pid();
@@ -481,7 +506,7 @@ pub fn footprint(server: &Server) -> Footprint {
         maps: count_lines(&format!("/proc/{pid}/maps")),
         cgroups: server.sandbox_cgroups().len(),
         sandbox_pids: server.sandbox_pids().len(),
-        mounts: count_lines(&format!("/proc/{pid}/mountinfo")),
+        mounts: mounts_under(pid, &server.data),
         run_entries: std::fs::read_dir(server.data.join("run"))
             .map(|d| d.count())
             .unwrap_or(0),

@@ -23,7 +23,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use crate::state::{AreaKind, MemoryArea};
+use crate::state::{AreaKind, FileIdentity, MemoryArea};
 use crate::state::{Clocks, CpuFeatures, Dependencies, FileContent, ProcessState, VdsoImage};
 
 /// The name of the content-hash cache file in a store directory.
@@ -282,29 +282,70 @@ pub fn file_contents(
             );
             continue;
         };
-        let mut wanted: Vec<(String, String)> =
-            vec![(state.mm.exe_path.clone(), format!("/proc/{pid}/exe"))];
+        let mut wanted: Vec<(String, String, Option<&FileIdentity>)> =
+            vec![(state.mm.exe_path.clone(), format!("/proc/{pid}/exe"), None)];
         for area in state.areas.iter().filter(|a| mapped_by_path(a)) {
             let path = area.path.clone().expect("mapped_by_path");
             wanted.push((
                 path,
                 format!("/proc/{pid}/map_files/{:x}-{:x}", area.start, area.end),
+                area.file.as_ref(),
             ));
         }
-        for (path, link) in wanted {
+        for (path, link, identity) in wanted {
             if !seen.insert(path.clone()) {
                 continue;
             }
-            let file = File::open(&link).map_err(|source| DependsError::File {
-                what: "open",
-                path: format!("{path} ({link})"),
-                source,
-            })?;
+            let file = match File::open(&link) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    unmapped_since_capture(pid, &path, identity).ok_or_else(|| {
+                        DependsError::File {
+                            what: "open",
+                            path: format!("{path} ({link})"),
+                            source: e,
+                        }
+                    })?
+                }
+                Err(source) => {
+                    return Err(DependsError::File {
+                        what: "open",
+                        path: format!("{path} ({link})"),
+                        source,
+                    })
+                }
+            };
             let (size, blake3) = content_hash(&file, &path, cache_dir)?;
             files.push(FileContent { path, size, blake3 });
         }
     }
     Ok(files)
+}
+
+/// The file an area mapped at the capture, when the running process has
+/// unmapped it since (the capture detached before the files are read: the
+/// dynamic loader, for one, maps `/etc/ld.so.cache` only while it loads a
+/// library). Opened by its path in the process's root and taken only if it
+/// is still the very file the capture saw (device, inode, size and
+/// modification time); `None` otherwise.
+fn unmapped_since_capture(pid: i32, path: &str, identity: Option<&FileIdentity>) -> Option<File> {
+    let identity = identity?;
+    let file = File::open(format!("/proc/{pid}/root{path}")).ok()?;
+    let meta = file.metadata().ok()?;
+    let same = meta.dev() == identity.dev
+        && meta.ino() == identity.inode
+        && meta.size() == identity.size
+        && meta.mtime() == identity.mtime_sec
+        && meta.mtime_nsec() == identity.mtime_nsec;
+    if !same {
+        return None;
+    }
+    tracing::debug!(
+        pid,
+        path,
+        "a file mapped at the capture was unmapped since: read by its path"
+    );
+    Some(file)
 }
 
 /// `cpuid` leaf `leaf`, subleaf `sub`: (eax, ebx, ecx, edx).
@@ -525,6 +566,35 @@ mod tests {
         std::fs::write(&path, b"jello").unwrap();
         let (_, h2) = content_hash(&f, "f", Some(dir.path())).unwrap();
         assert_eq!(h2, *blake3::hash(b"jello").as_bytes());
+    }
+
+    #[test]
+    fn a_file_unmapped_since_the_capture_is_read_by_path_only_if_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lib.so");
+        std::fs::write(&path, b"library").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let identity = FileIdentity {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            mtime_sec: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        };
+        let me = std::process::id() as i32;
+        let name = path.to_str().unwrap();
+        let file = unmapped_since_capture(me, name, Some(&identity)).expect("the same file");
+        let (_, hash) = content_hash(&file, name, None).unwrap();
+        assert_eq!(hash, *blake3::hash(b"library").as_bytes());
+        // No identity recorded: nothing to check it against.
+        assert!(unmapped_since_capture(me, name, None).is_none());
+        // Replaced by another file at the same path: refused.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"another library").unwrap();
+        assert!(unmapped_since_capture(me, name, Some(&identity)).is_none());
+        // Gone: refused.
+        std::fs::remove_file(&path).unwrap();
+        assert!(unmapped_since_capture(me, name, Some(&identity)).is_none());
     }
 
     #[test]
