@@ -15,23 +15,97 @@
 //! ```
 //!
 //! Off by default: reading /proc costs the server time.
+//!
+//! `THAW_TRACE_FIRST=span` reads nothing around the invocation: every
+//! invocation logs the span its handler time measures as `CLOCK_MONOTONIC`
+//! nanoseconds (the clock `perf record -k CLOCK_MONOTONIC` stamps its
+//! events with), whether it was the instance's first, and the host pid of
+//! the runtime process (looked up after the span's end), to place a
+//! scheduler trace's events inside or outside the span.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::restore::uffd::LiveReport;
 
+/// What `THAW_TRACE_FIRST` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Unset or unknown: nothing.
+    Off,
+    /// `1`: the probe, on each instance's first invocation.
+    First,
+    /// `all`: the probe, on every invocation.
+    All,
+    /// `span`: every invocation's span, nothing read from /proc within it.
+    Span,
+}
+
+impl Mode {
+    fn parse(value: Option<&str>) -> Mode {
+        match value {
+            Some("1") => Mode::First,
+            Some("all") => Mode::All,
+            Some("span") => Mode::Span,
+            _ => Mode::Off,
+        }
+    }
+}
+
+/// `THAW_TRACE_FIRST`, read once.
+fn mode() -> Mode {
+    static MODE: std::sync::OnceLock<Mode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| Mode::parse(std::env::var("THAW_TRACE_FIRST").ok().as_deref()))
+}
+
 /// Whether the invocation numbered `served` (0: the instance's first) is
 /// probed: with `THAW_TRACE_FIRST=1` the first, with `THAW_TRACE_FIRST=all`
 /// every one (the warm ones to compare with).
 pub fn wanted(served: u64) -> bool {
-    static MODE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-    let mode = *MODE.get_or_init(|| match std::env::var("THAW_TRACE_FIRST").as_deref() {
-        Ok("1") => 1,
-        Ok("all") => 2,
-        _ => 0,
-    });
-    mode == 2 || (mode == 1 && served == 0)
+    match mode() {
+        Mode::All => true,
+        Mode::First => served == 0,
+        Mode::Off | Mode::Span => false,
+    }
+}
+
+/// Diagnostic: `THAW_FIRST_DELAY_US` makes an instance wait that long
+/// before its first invocation (to tell background work right after a
+/// start from the copy's own cost).
+pub fn first_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| parse_delay(std::env::var("THAW_FIRST_DELAY_US").ok().as_deref()))
+}
+
+fn parse_delay(value: Option<&str>) -> Option<Duration> {
+    value?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&us| us > 0)
+        .map(Duration::from_micros)
+}
+
+/// `CLOCK_MONOTONIC` now, in ns, when `THAW_TRACE_FIRST=span`.
+pub fn span_mark() -> Option<u64> {
+    if mode() != Mode::Span {
+        return None;
+    }
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    Some(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+}
+
+/// Logs an invocation's span (`THAW_TRACE_FIRST=span`): from `start` to
+/// `end`, both [`span_mark`]s (the end taken before `pid` was looked up,
+/// which reads /proc).
+pub fn log_span(start: u64, end: u64, pid: Option<i32>, served: u64) {
+    tracing::info!(
+        pid = pid.unwrap_or(0),
+        first = served == 0,
+        start_ns = start,
+        end_ns = end,
+        "invocation span (THAW_TRACE_FIRST=span)"
+    );
 }
 
 /// A process's fault counters (`/proc/PID/stat`, all its threads).
@@ -176,6 +250,19 @@ mod tests {
             })
         );
         assert_eq!(parse_stat("42 (x"), None);
+    }
+
+    #[test]
+    fn trace_modes_and_delay_parse() {
+        assert_eq!(Mode::parse(None), Mode::Off);
+        assert_eq!(Mode::parse(Some("1")), Mode::First);
+        assert_eq!(Mode::parse(Some("all")), Mode::All);
+        assert_eq!(Mode::parse(Some("span")), Mode::Span);
+        assert_eq!(Mode::parse(Some("0")), Mode::Off);
+        assert_eq!(parse_delay(Some("50000")), Some(Duration::from_millis(50)));
+        assert_eq!(parse_delay(Some("0")), None);
+        assert_eq!(parse_delay(Some("soon")), None);
+        assert_eq!(parse_delay(None), None);
     }
 
     #[test]

@@ -487,6 +487,12 @@ impl Instance {
             .then(|| self.sandbox.function_pid())
             .flatten()
             .and_then(|pid| crate::first_call::Probe::start(pid, self.page_server().map(|s| &**s)));
+        if self.served == 0 {
+            if let Some(delay) = crate::first_call::first_delay() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        let span = crate::first_call::span_mark();
         let started = Instant::now();
         let deadline_ms = unix_ms() + inv.timeout.as_millis() as u64;
         let msg = ToRuntime::Invoke {
@@ -509,6 +515,9 @@ impl Instance {
         };
         let result = timeout(inv.timeout, exchange).await;
         let duration = started.elapsed();
+        if let (Some(start), Some(end)) = (span, crate::first_call::span_mark()) {
+            crate::first_call::log_span(start, end, self.sandbox.function_pid(), self.served);
+        }
         if let Some(probe) = probe {
             let server = self.page_server().map(|s| &**s);
             probe.finish(&inv.function, self.served, duration, server);

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutPayload, RetryConfig};
+use object_store::{ClientConfigKey, ObjectStore, PutPayload, RetryConfig};
 
 use crate::index::BucketIndex;
 use crate::key::{Keys, Kind, StoreKey};
@@ -199,11 +199,42 @@ struct Counters {
     bytes_fetched: AtomicU64,
 }
 
+/// `THAW_STORE_REUSE_CONNECTIONS=1`: ranged reads over a plain-HTTP
+/// endpoint reuse pooled connections, as before 2026-12-06 (the A/B's old
+/// arm; see [`fresh_connections`]).
+pub const ENV_REUSE_CONNECTIONS: &str = "THAW_STORE_REUSE_CONNECTIONS";
+
+/// Whether ranged reads (pages) open a connection each: over a plain-HTTP
+/// endpoint (a Garage on the node or its network), unless
+/// [`ENV_REUSE_CONNECTIONS`] is `1`.
+///
+/// Measured (docs/cluster.md, 2026-12-06 23:07 UTC): a ranged GET of 4 KiB
+/// from Garage over a reused loopback connection takes 42-48 ms, over a
+/// new one 2-8 ms. Garage writes a response's headers and its body apart
+/// without `TCP_NODELAY`; on a connection the kernel deems interactive
+/// (request, answer, request: "pingpong") the client delays its ACK of the
+/// headers by up to 40 ms, and Nagle holds the body (shorter than the
+/// MSS, 64 KiB on loopback) until that ACK. A new connection ACKs at once
+/// (quick-ack mode); over loopback it costs ~0.1 ms. Over HTTPS a new
+/// connection costs a TLS handshake, and on Ethernet (MSS 1,448 bytes) a
+/// page's body spans several segments, which the client ACKs at once:
+/// pooled there.
+fn fresh_connections(builder: &AmazonS3Builder) -> bool {
+    let http = builder
+        .get_config_value(&AmazonS3ConfigKey::Endpoint)
+        .is_some_and(|e| e.starts_with("http://"));
+    http && std::env::var(ENV_REUSE_CONNECTIONS).as_deref() != Ok("1")
+}
+
 /// A thaw store in a bucket: every object encrypted and named with the
 /// store key.
 #[derive(Debug)]
 pub struct RemoteStore {
     client: Arc<dyn ObjectStore>,
+    /// The client of ranged reads (pages): over a plain-HTTP endpoint, one
+    /// that opens a connection per read ([`fresh_connections`]); else
+    /// `client`.
+    reads: Arc<dyn ObjectStore>,
     url: StoreUrl,
     pub(crate) keys: Keys,
     pub(crate) index: tokio::sync::Mutex<BucketIndex>,
@@ -234,21 +265,35 @@ impl RemoteStore {
             retry_timeout: Duration::from_secs(30),
             ..RetryConfig::default()
         };
-        let client = builder
-            .with_bucket_name(&url.bucket)
-            .with_retry(retry)
-            .build()
-            .map_err(|source| ConnectError {
+        let builder = builder.with_bucket_name(&url.bucket).with_retry(retry);
+        let fresh = fresh_connections(&builder);
+        let build = |builder: AmazonS3Builder| {
+            builder.build().map_err(|source| ConnectError {
                 url: url.to_string(),
                 source,
-            })?;
-        Ok(RemoteStore::with_client(url, key, Arc::new(client)))
+            })
+        };
+        let reads = if fresh {
+            Some(build(builder.clone().with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::PoolMaxIdlePerHost),
+                "0",
+            ))?)
+        } else {
+            None
+        };
+        let client = Arc::new(build(builder)?);
+        let mut store = RemoteStore::with_client(url, key, client);
+        if let Some(reads) = reads {
+            store.reads = Arc::new(reads);
+        }
+        Ok(store)
     }
 
     /// A store over any object store client (`url` names it in messages and
     /// gives the prefix; its bucket must be the client's).
     pub fn with_client(url: StoreUrl, key: &StoreKey, client: Arc<dyn ObjectStore>) -> RemoteStore {
         RemoteStore {
+            reads: client.clone(),
             client,
             url,
             keys: Keys::derive(key),
@@ -390,7 +435,7 @@ impl RemoteStore {
     ) -> Result<Vec<u8>, ObjectError> {
         let want = range.end - range.start;
         let bytes = self
-            .client
+            .reads
             .get_range(&self.path(kind, name), range)
             .await
             .map_err(self.request(kind, name))?;

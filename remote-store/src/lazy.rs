@@ -54,6 +54,18 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 const CACHE_BATCH: usize = 8192;
 /// Quiet time after which the cache writes what it gathered.
 const CACHE_IDLE: Duration = Duration::from_millis(200);
+/// The completion starts once no page was fetched for this long (the
+/// copy is done with its first invocation's faults), or after
+/// [`COMPLETE_WAIT_MAX`]: pulling the rest of the snapshot (140 MB for
+/// numpy-pandas: reads, decryption, hashing, writes) took the machine's
+/// cores from that invocation's faults and its code when it started at the
+/// resume.
+pub const COMPLETE_QUIET: Duration = Duration::from_millis(150);
+/// The longest the completion waits for [`COMPLETE_QUIET`].
+pub const COMPLETE_WAIT_MAX: Duration = Duration::from_secs(3);
+/// `THAW_LAZY_COMPLETE_AT_ONCE=1`: the completion starts at once, as
+/// before 2026-12-06 (the A/B's old arm).
+pub const ENV_COMPLETE_AT_ONCE: &str = "THAW_LAZY_COMPLETE_AT_ONCE";
 
 /// Why a lazy restore could not start.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +164,62 @@ struct Counts {
     fetches: AtomicU64,
 }
 
+/// Whether the source is fetching, and when it last was.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicU64,
+    last_end: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: AtomicU64::new(0),
+            last_end: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Counts a fetch until the guard is dropped.
+    fn fetching(&self) -> FetchGuard<'_> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        FetchGuard(self)
+    }
+
+    /// How long no fetch ran (zero while one does).
+    fn quiet_for(&self) -> Duration {
+        let last = *self.last_end.lock().unwrap_or_else(|e| e.into_inner());
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        tokio::time::Instant::now().saturating_duration_since(last)
+    }
+}
+
+/// A fetch under way ([`Activity::fetching`]).
+struct FetchGuard<'a>(&'a Activity);
+
+impl Drop for FetchGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.last_end.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Waits until `activity` was quiet for `quiet` (or `longest` passed);
+/// returns how long it waited.
+async fn wait_quiet(activity: &Activity, quiet: Duration, longest: Duration) -> Duration {
+    let started = tokio::time::Instant::now();
+    loop {
+        let quiet_for = activity.quiet_for();
+        let waited = started.elapsed();
+        if quiet_for >= quiet || waited >= longest {
+            return waited;
+        }
+        let step = (quiet - quiet_for).clamp(Duration::from_millis(5), quiet);
+        tokio::time::sleep(step.min(longest - waited)).await;
+    }
+}
+
 /// A snapshot in the bucket, ready to restore lazily.
 #[derive(Debug)]
 pub struct LazySnapshot {
@@ -236,6 +304,7 @@ pub async fn open_lazy(
         locations,
         cache: cache.map(Cache::start),
         counts: Arc::default(),
+        activity: Activity::new(),
         bytes_metadata: metadata,
         working_set_pages: working_set.len() as u64,
         working_set_stored_pages: stored_pages(&snapshot, &working_set),
@@ -259,6 +328,7 @@ pub struct LazySource {
     locations: HashMap<PageHash, (u32, u32)>,
     cache: Option<Cache>,
     counts: Arc<Counts>,
+    activity: Activity,
     bytes_metadata: u64,
     working_set_pages: u64,
     working_set_stored_pages: u64,
@@ -287,7 +357,19 @@ impl LazySource {
     /// write what was fetched first, so it is not fetched again): after
     /// this, `local` holds the snapshot whole (root, manifest, working
     /// set) and restores it without the bucket.
+    ///
+    /// It starts once the source fetched nothing for [`COMPLETE_QUIET`]
+    /// (at most [`COMPLETE_WAIT_MAX`] later), unless
+    /// [`ENV_COMPLETE_AT_ONCE`] is `1`.
     pub async fn complete(&self, local: &LocalSnapshot) -> Result<PullReport, PullError> {
+        if std::env::var(ENV_COMPLETE_AT_ONCE).as_deref() != Ok("1") {
+            let waited = wait_quiet(&self.activity, COMPLETE_QUIET, COMPLETE_WAIT_MAX).await;
+            tracing::debug!(
+                remote = %self.remote_id,
+                waited_us = waited.as_micros() as u64,
+                "the completion starts: no page fetched for a while"
+            );
+        }
         if let Some(cache) = &self.cache {
             let cache = cache.sender();
             tokio::task::spawn_blocking(move || Cache::flush_with(&cache))
@@ -305,7 +387,7 @@ impl LazySource {
         remote: Arc<RemoteStore>,
         packs: Arc<Vec<String>>,
         by_pack: BTreeMap<u32, Vec<(u32, PageHash)>>,
-    ) -> Result<(Vec<(PageHash, Vec<u8>)>, u64, u64), PullError> {
+    ) -> Result<(Vec<FetchedRange>, u64, u64), PullError> {
         let ranges = ranges(by_pack, LAZY_GAP);
         let count = ranges.len() as u64;
         let bytes: u64 = ranges
@@ -328,13 +410,7 @@ impl LazySource {
             .buffer_unordered(RANGES_IN_FLIGHT)
             .try_collect()
             .await?;
-        let mut out = Vec::new();
-        for (wanted, pages) in fetched {
-            for (n, (_, hash)) in wanted.iter().enumerate() {
-                out.push((*hash, pages[n * PAGE_SIZE..(n + 1) * PAGE_SIZE].to_vec()));
-            }
-        }
-        Ok((out, count, bytes))
+        Ok((fetched, count, bytes))
     }
 }
 
@@ -349,6 +425,7 @@ impl Drop for LazySource {
 impl PageSource for LazySource {
     fn fetch(&self, hashes: &[PageHash]) -> Result<Vec<u8>, PageSourceError> {
         let err = |e: PullError| PageSourceError(Box::new(e));
+        let _fetching = self.activity.fetching();
         let mut by_pack: BTreeMap<u32, Vec<(u32, PageHash)>> = BTreeMap::new();
         let mut distinct = hashes.to_vec();
         distinct.sort_unstable();
@@ -380,29 +457,33 @@ impl PageSource for LazySource {
             };
             let _ = tx.send(result);
         });
-        let (pages, ranges, bytes) = rx
+        let (fetched, ranges, bytes) = rx
             .recv()
             .map_err(|_| err(PullError::Task("the fetch runtime stopped".into())))?
             .map_err(err)?;
         let fetch_us = started.elapsed().as_micros() as u64;
+        let pages: usize = fetched.iter().map(|(wanted, _)| wanted.len()).sum();
         self.counts.ranges.fetch_add(ranges, Ordering::Relaxed);
         self.counts.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.counts.fetches.fetch_add(1, Ordering::Relaxed);
-        self.counts
-            .pages
-            .fetch_add(pages.len() as u64, Ordering::Relaxed);
-        let by_hash: HashMap<PageHash, &[u8]> =
-            pages.iter().map(|(h, p)| (*h, p.as_slice())).collect();
+        self.counts.pages.fetch_add(pages as u64, Ordering::Relaxed);
+        // Each page where its read holds it (read, page), copied once into
+        // the answer; the reads themselves go to the cache as they are.
+        let mut at: HashMap<PageHash, (usize, usize)> = HashMap::with_capacity(pages);
+        for (r, (wanted, _)) in fetched.iter().enumerate() {
+            for (n, (_, hash)) in wanted.iter().enumerate() {
+                at.insert(*hash, (r, n * PAGE_SIZE));
+            }
+        }
         let mut out = Vec::with_capacity(hashes.len() * PAGE_SIZE);
         for hash in hashes {
-            out.extend_from_slice(by_hash[hash]);
+            let (r, offset) = at[hash];
+            out.extend_from_slice(&fetched[r].1[offset..offset + PAGE_SIZE]);
         }
         if let Some(cache) = &self.cache {
-            let mut all = Vec::with_capacity(pages.len() * PAGE_SIZE);
-            for (_, p) in &pages {
-                all.extend_from_slice(p);
+            for (_, pages) in fetched {
+                cache.put(pages);
             }
-            cache.put(all);
         }
         tracing::debug!(
             pages = hashes.len(),
@@ -496,6 +577,25 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_completion_waits_for_a_quiet_source_but_not_forever() {
+        let quiet = Duration::from_millis(150);
+        let longest = Duration::from_secs(3);
+        let activity = Activity::new();
+        // Quiet already (nothing fetched since it was made, 150 ms ago).
+        tokio::time::advance(quiet).await;
+        assert_eq!(wait_quiet(&activity, quiet, longest).await, Duration::ZERO);
+        // A fetch just ended: a whole quiet period from its end.
+        drop(activity.fetching());
+        let waited = wait_quiet(&activity, quiet, longest).await;
+        assert!(waited >= quiet && waited < quiet * 2, "{waited:?}");
+        // A fetch under way: never quiet; the wait ends at its longest.
+        let _running = activity.fetching();
+        assert_eq!(activity.quiet_for(), Duration::ZERO);
+        let waited = wait_quiet(&activity, quiet, longest).await;
+        assert!(waited >= longest && waited < longest + quiet, "{waited:?}");
+    }
 
     #[test]
     fn merged_reads_never_hold_more_than_twice_the_slots_wanted() {

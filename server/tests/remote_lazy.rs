@@ -197,6 +197,20 @@ fn a_copy_restores_from_the_bucket_into_an_empty_store_and_the_rest_follows() {
         "{report}"
     );
     assert!(report["faults"].as_u64().unwrap() > 0, "{report}");
+    // A fault on a page that an earlier fault's fetch brought (each
+    // fetches FETCH_AROUND = 128 pages ahead) fetches nothing: the memory
+    // read in order costs about one fetch per 128 pages, not one per fault
+    // (a fault copies FAULT_AROUND = 16 pages; each fetch is a store round
+    // trip).
+    let n = |v: &Value| v.as_u64().unwrap();
+    let fetches_after = n(&report["fetches"]) - n(&report["at_resume"]["fetches"]);
+    let pages_after = n(&report["pages_fetched"]) - n(&report["at_resume"]["pages_fetched"]);
+    println!("after the resume: {fetches_after} fetches, {pages_after} pages");
+    assert!(pages_after >= 4096, "the cold 16 MiB: {report}");
+    assert!(
+        fetches_after * 64 <= pages_after,
+        "{fetches_after} fetches for {pages_after} pages after the resume: {report}"
+    );
     assert_eq!(report["completed"], true, "{report}");
     assert_eq!(report["working_set_pages"], 0, "{report}");
     assert!(report["working_set_recorded"].as_u64().unwrap() > 5120);

@@ -28,7 +28,13 @@
 //! completion minus before the first request, less what the completion
 //! itself fetched (its log line's `bytes_fetched`): the page server's
 //! fetches for that copy (working set, prepare-time pages, faults), sealed
-//! slots as read. The working set is what the bucket holds for the version
+//! slots as read. That holds while the completion starts after the first
+//! restore's faults: B starts it once its page source fetched nothing for
+//! 150 ms (`remote_store::lazy::COMPLETE_QUIET`); when it started at the
+//! resume (before 2026-12-06, or with `THAW_LAZY_COMPLETE_AT_ONCE=1`), the
+//! faults it overlapped counted as its own and this figure was short of
+//! them (numpy-pandas: 6.5 MiB reported of 8.8 MiB fetched).
+//! The working set is what the bucket holds for the version
 //! (`working_set_pages` of B's "restore lazily" line: the pages it lists).
 //! A listed page over a mapped file is not in the bucket and never
 //! fetched: the goal compares with the set's stored part, which B's
@@ -38,6 +44,15 @@
 //! `min(listed, fetched at the resume)` pages, the ratio is then a lower
 //! bound, and the goal's verdict says "met" only with the exact figure
 //! ([`RemoteFigures::bytes`]).
+//!
+//! An A/B in the same run: `THAW_SUITE_REMOTE_OLD=NAME=VALUE[,...]` starts
+//! every other reader with those variables (the switch of an old
+//! behaviour), the two arms interleaved round by round and reported apart
+//! (the old arm's rows are named `function (NAME=VALUE)`); issue 18's goals
+//! are judged on the first arm. `THAW_SUITE_REMOTE_LOGS=DIR` keeps each
+//! reader's log there (`reader-ROUND[-old].log`; with
+//! `THAW_LOG=info,pool=debug,remote_store=debug,server=debug` they hold the
+//! timeline of the first restore).
 //!
 //! A machine without Garage reports the start kind as not available
 //! (`suite --short` fails on it, like on any start kind it cannot run).
@@ -433,30 +448,99 @@ async fn measure_on(
             ..RemoteResult::default()
         });
     }
-    for round in 1..=rounds {
-        let reader = Server::start_with_env(
-            &ctx.cfg.thaw,
-            &ctx.cfg.repo,
-            &shared.args("--store-writer=false"),
-            &[],
-            &shared.env,
-        )
-        .await
-        .map_err(|e| Failure::Error(format!("round {round}: a reader: {e}")))?;
-        let r = one_round(ctx, &reader, benches, &ids, &mut results, round).await;
-        if let Err(e) = &r {
-            eprintln!("suite: remote: the reader's log:\n{}", reader.log_tail(15));
-            let e = format!("round {round}: {e}");
-            for res in &mut results {
-                res.error.get_or_insert_with(|| e.clone());
+    // An A/B in the same run: with THAW_SUITE_REMOTE_OLD, every other
+    // reader runs with those variables (the old behaviour's switch), the
+    // arms interleaved round by round; the goals are judged on the build
+    // as it is (the first arm).
+    let old_arm = old_arm_env(&shared.env).map_err(Failure::Error)?;
+    let mut old_results: Vec<RemoteResult> = results
+        .iter()
+        .map(|r| RemoteResult {
+            function: format!("{} ({})", r.function, old_arm.as_ref().map_or("", |a| &a.0)),
+            ..r.clone()
+        })
+        .collect();
+    let arms: Vec<Option<&(String, Env)>> = match &old_arm {
+        Some(arm) => vec![None, Some(arm)],
+        None => vec![None],
+    };
+    let logs = std::env::var_os(ENV_LOGS).map(PathBuf::from);
+    'rounds: for round in 1..=rounds {
+        for arm in &arms {
+            let env = match arm {
+                Some((_, env)) => env,
+                None => &shared.env,
+            };
+            let reader = Server::start_with_env(
+                &ctx.cfg.thaw,
+                &ctx.cfg.repo,
+                &shared.args("--store-writer=false"),
+                &[],
+                env,
+            )
+            .await
+            .map_err(|e| Failure::Error(format!("round {round}: a reader: {e}")))?;
+            let res = if arm.is_some() {
+                &mut old_results
+            } else {
+                &mut results
+            };
+            let r = one_round(ctx, &reader, benches, &ids, res, round).await;
+            if let Some(dir) = &logs {
+                let name = format!(
+                    "reader-{round}{}.log",
+                    if arm.is_some() { "-old" } else { "" }
+                );
+                let _ = std::fs::create_dir_all(dir);
+                let _ = std::fs::write(dir.join(name), reader.log_text());
+            }
+            if let Err(e) = &r {
+                eprintln!("suite: remote: the reader's log:\n{}", reader.log_tail(15));
+                let e = format!("round {round}: {e}");
+                for res in res.iter_mut() {
+                    res.error.get_or_insert_with(|| e.clone());
+                }
+            }
+            reader.stop().await;
+            if r.is_err() {
+                break 'rounds;
             }
         }
-        reader.stop().await;
-        if r.is_err() {
-            break;
-        }
+    }
+    if old_arm.is_some() {
+        results.extend(old_results);
     }
     Ok(results)
+}
+
+/// The environment of the A/B's old arm: `NAME=VALUE` pairs, comma
+/// separated, set on every other reader.
+const ENV_OLD: &str = "THAW_SUITE_REMOTE_OLD";
+/// A folder to keep each reader's log in (`reader-ROUND[-old].log`).
+const ENV_LOGS: &str = "THAW_SUITE_REMOTE_LOGS";
+
+/// The old arm's label and environment (`shared`'s and the pairs
+/// [`ENV_OLD`] names), if it asks for one.
+fn old_arm_env(shared: &Env) -> Result<Option<(String, Env)>, String> {
+    let Ok(spec) = std::env::var(ENV_OLD) else {
+        return Ok(None);
+    };
+    let mut env = shared.clone();
+    env.set.extend(parse_old_arm(&spec)?.set);
+    Ok(Some((spec, env)))
+}
+
+/// `NAME=VALUE,NAME=VALUE` as variables to set.
+fn parse_old_arm(spec: &str) -> Result<Env, String> {
+    let mut env = Env::default();
+    for pair in spec.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| format!("{ENV_OLD}: {pair:?} is not NAME=VALUE"))?;
+        env.set.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(env)
 }
 
 /// Polls `thaw store remote-status ID` until the snapshot is complete in
@@ -765,6 +849,20 @@ pub fn render(results: &[RemoteResult], rounds: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_old_arm_is_name_value_pairs() {
+        let env = parse_old_arm("THAW_A=0,THAW_B=x=y").unwrap();
+        assert_eq!(
+            env.set,
+            vec![
+                ("THAW_A".to_string(), "0".to_string()),
+                ("THAW_B".to_string(), "x=y".to_string())
+            ]
+        );
+        assert!(parse_old_arm("THAW_A").unwrap_err().contains("NAME=VALUE"));
+        assert!(parse_old_arm("=1").is_err());
+    }
 
     #[test]
     fn finds_a_json_log_line_by_message_and_snapshot() {

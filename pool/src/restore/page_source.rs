@@ -31,7 +31,7 @@ use snapshotter::snapshot::Snapshot;
 use snapshotter::state::PAGE_SIZE;
 use snapshotter::store::{AreaPages, CachedImage, ImageLayout, PageHash, PageSlot, PageStore};
 
-use super::RestoreError;
+use super::{thread, RestoreError};
 
 /// Why a [`PageSource`] could not hand out pages (its own error, kept as
 /// the source).
@@ -50,9 +50,25 @@ pub trait PageSource: Send + Sync + std::fmt::Debug {
 }
 
 /// Pages one fault fetches at least: its run and the pages of its area
-/// after it (see [`LazyPages::ensure_run`]). 256 pages is a pack of the
-/// shared store: mostly one ranged read.
-pub const FETCH_AROUND: usize = 256;
+/// after it (see [`LazyPages::ensure_run`]): mostly one ranged read. 128
+/// since 2026-12-06 (256, a whole pack, before: numpy-pandas's first
+/// remote restore fetched ×2.05 its working set's stored part with 256;
+/// see docs/cluster.md); `THAW_LAZY_FETCH_AROUND=N` sets it (read once,
+/// 1-4096: the A/B's other arm).
+pub const FETCH_AROUND: usize = 128;
+
+/// [`FETCH_AROUND`], or `THAW_LAZY_FETCH_AROUND` when it is a count of
+/// pages from 1 to 4096.
+pub fn fetch_around() -> usize {
+    static VALUE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *VALUE.get_or_init(|| {
+        std::env::var("THAW_LAZY_FETCH_AROUND")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| (1..=4096).contains(n))
+            .unwrap_or(FETCH_AROUND)
+    })
+}
 
 /// What the fetching of one lazy restore did (the source counts bytes and
 /// requests; see its own report).
@@ -194,9 +210,25 @@ impl LazyPages {
         // mode (see `restore_memory`), of every process.
         for (p, (state, areas)) in snapshot.processes().enumerate() {
             let base = lazy.image.bases[p];
-            for a in super::thread::live_stacks(state, areas) {
+            for a in thread::live_stacks(state, areas) {
                 early.extend((0..lazy.image.hashes[base + a].len()).map(|i| (base + a, i)));
             }
+        }
+        // The pages the restore fills before the resume, every process's:
+        // each thread's rseq area and the futex words of interrupted
+        // waits (see `restore_memory`). Missing, each was a fetch of its
+        // own before the resume (one store round trip).
+        for (p, (state, _)) in snapshot.processes().enumerate() {
+            let base = lazy.image.bases[p];
+            let mut pages = thread::restart_pages(state);
+            pages.extend(
+                state
+                    .threads
+                    .iter()
+                    .filter_map(|t| t.rseq.as_ref())
+                    .map(|r| r.address),
+            );
+            early.extend(pages_at(&state.areas, &pages).map(|(a, i)| (base + a, i)));
         }
         // The root's working set (its areas come first in the image).
         early.extend(pages_at(&snapshot.state.areas, prefetch));
@@ -290,20 +322,30 @@ impl LazyPages {
 
     /// [`Self::ensure`] for the run of `count` pages at page `index` of
     /// area `area` that a fault needs, and the area's pages after it up to
-    /// [`FETCH_AROUND`] in all: one fetch costs a round trip to the store
+    /// [`fetch_around`] in all: one fetch costs a round trip to the store
     /// (tens of ms), a page more in it 4 KiB of the same read, and a copy
     /// without a working set touches its memory in runs (the rest of the
     /// snapshot follows in the background anyway).
+    ///
+    /// A faulting page already in the image (fetched with the first fetch,
+    /// or by an earlier fault's run) costs no fetch: the run shrinks to the
+    /// pages in the image from it. Returns how many pages of the run, from
+    /// `index`, are in the image now: the caller copies those, no more.
     pub(crate) fn ensure_run(
         &self,
         area: usize,
         index: usize,
         count: usize,
-    ) -> Result<(), PageSourceError> {
-        let len = self.image.hashes.get(self.base + area).map_or(0, Vec::len);
-        let end = (index + count.max(FETCH_AROUND)).min(len);
-        let pages: Vec<(usize, usize)> = (index..end).map(|i| (area, i)).collect();
-        self.ensure(&pages)
+    ) -> Result<usize, PageSourceError> {
+        if self.missing(area, index) {
+            let len = self.image.hashes.get(self.base + area).map_or(0, Vec::len);
+            let end = (index + count.max(fetch_around())).min(len);
+            let pages: Vec<(usize, usize)> = (index..end).map(|i| (area, i)).collect();
+            self.ensure(&pages)?;
+        }
+        Ok((0..count)
+            .take_while(|&i| !self.missing(area, index + i))
+            .count())
     }
 
     /// [`Self::ensure`] for every stored page of the areas `areas` (indices
@@ -390,13 +432,23 @@ impl LazyImage {
     }
 
     fn write(&self, area: usize, index: usize, page: &[u8]) -> Result<(), RestoreError> {
+        self.write_run(area, index, page)
+    }
+
+    /// Writes `pages` (whole pages, back to back) at page `index` of the
+    /// image's area `area` and marks them present (after the write: a
+    /// page server that sees one present reads what was written).
+    fn write_run(&self, area: usize, index: usize, pages: &[u8]) -> Result<(), RestoreError> {
         self.file
-            .write_all_at(page, self.offset(area, index))
+            .write_all_at(pages, self.offset(area, index))
             .map_err(|source| RestoreError::Io {
-                what: "write a fetched page into the lazy image".into(),
+                what: "write fetched pages into the lazy image".into(),
                 source,
             })?;
-        self.present[area][index].store(true, Ordering::Release);
+        let count = pages.len() / PAGE_SIZE as usize;
+        for present in &self.present[area][index..index + count] {
+            present.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -433,10 +485,21 @@ impl LazyImage {
                 .into(),
             ));
         }
-        for (n, &(a, i)) in wanted.iter().enumerate() {
-            let page = &bytes[n * PAGE_SIZE as usize..(n + 1) * PAGE_SIZE as usize];
-            self.write(a, i, page)
+        // One write per run of pages next to each other in the image (a
+        // write per page cost ~40 µs each on a loaded machine: 65 ms for
+        // the 1,611 pages of numpy-pandas's first fetch).
+        let page = PAGE_SIZE as usize;
+        let mut n = 0;
+        while n < wanted.len() {
+            let (a, i) = wanted[n];
+            let run = wanted[n..]
+                .iter()
+                .enumerate()
+                .take_while(|&(k, &(b, j))| b == a && j == i + k)
+                .count();
+            self.write_run(a, i, &bytes[n * page..(n + run) * page])
                 .map_err(|e| PageSourceError(Box::new(e)))?;
+            n += run;
         }
         self.counts.fetches.fetch_add(1, Ordering::Relaxed);
         self.counts

@@ -498,13 +498,20 @@ impl PageServer {
     }
 
     /// [`PageServer::ensure`] for a fault's run: a lazy restore fetches
-    /// the area's next pages with it ([`LazyPages::ensure_run`]).
-    fn ensure_fault(&self, a: usize, index: usize, count: usize) -> Result<(), RestoreError> {
+    /// the area's next pages with it unless the faulting page is in the
+    /// image already ([`LazyPages::ensure_run`]). Returns how many pages of
+    /// the run may be copied (all of them without a lazy source).
+    fn ensure_fault(&self, a: usize, index: usize, count: usize) -> Result<usize, RestoreError> {
         let Some(lazy) = &self.lazy else {
-            return Ok(());
+            return Ok(count);
         };
-        lazy.ensure_run(self.areas[a].area, index, count)
-            .map_err(RestoreError::Fetch)
+        match lazy.ensure_run(self.areas[a].area, index, count) {
+            Ok(0) => Err(RestoreError::Fetch(super::page_source::PageSourceError(
+                format!("page {index} of area {a} is not in the lazy image after its fetch").into(),
+            ))),
+            Ok(n) => Ok(n),
+            Err(e) => Err(RestoreError::Fetch(e)),
+        }
     }
 
     /// The server's live report (shared; see [`LiveReport`]).
@@ -737,7 +744,7 @@ impl PageServer {
                 count += 1;
             }
         }
-        self.ensure_fault(a, index, count)?;
+        let mut count = self.ensure_fault(a, index, count)?;
         let area = &self.areas[a];
         let src_off = (area.image_offset + index as u64 * PAGE_SIZE) as usize;
         let len = count as u64 * PAGE_SIZE;
