@@ -919,3 +919,56 @@ pub fn host_pid_of(pids: &[i32], ns_pid: u32) -> Option<i32> {
             == Some(ns_pid)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::only_child;
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+
+    /// A shell that starts `n` sleeps in the background, prints their pids
+    /// and waits: its pid and theirs.
+    fn shell_with_children(n: usize) -> (std::process::Child, Vec<i32>) {
+        let script =
+            format!("for i in $(seq {n}); do sleep 30 >/dev/null & echo $!; done; exec 1>&-; wait");
+        let mut shell = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let mut out = String::new();
+        shell
+            .stdout
+            .take()
+            .expect("piped")
+            .read_to_string(&mut out)
+            .expect("read the pids");
+        let pids = out.lines().map(|l| l.parse().expect("a pid")).collect();
+        (shell, pids)
+    }
+
+    fn end(mut shell: std::process::Child, children: &[i32]) {
+        for &pid in children {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = shell.wait();
+    }
+
+    #[test]
+    fn only_child_finds_the_single_child_and_refuses_two() {
+        let (shell, children) = shell_with_children(1);
+        assert_eq!(only_child(shell.id() as i32), Some(children[0]));
+        end(shell, &children);
+
+        let (shell, children) = shell_with_children(2);
+        assert_eq!(only_child(shell.id() as i32), None, "two children");
+        end(shell, &children);
+
+        let (shell, children) = shell_with_children(0);
+        assert_eq!(only_child(shell.id() as i32), None, "no child");
+        end(shell, &children);
+    }
+}
