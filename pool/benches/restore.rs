@@ -197,6 +197,14 @@ fn workload(name: &str, script: &str, args: &[&str], cold_rounds: usize) {
             ["THAW_POPULATE_VECTOR", "0"],
             ["by vectors", "one madvise per range"],
         );
+        env_ab(
+            &snap,
+            &expected,
+            &recorded,
+            "mmap populating the pages read",
+            ["THAW_POPULATE_AROUND", "1"],
+            ["every page", "a page per fault-around block"],
+        );
     }
     let cold = median(cold);
     let warm = median(warm);
@@ -236,6 +244,7 @@ fn populate_plan_ab(snap: &Path, pages: &[u64]) {
             areas,
             reads,
             PopulateScope::All,
+            false,
         ));
         before.push(started.elapsed());
         let started = Instant::now();
@@ -244,6 +253,7 @@ fn populate_plan_ab(snap: &Path, pages: &[u64]) {
             areas,
             reads,
             PopulateScope::OutsideLazyAreas,
+            false,
         ));
         now.push(started.elapsed());
     }

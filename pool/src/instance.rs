@@ -832,7 +832,7 @@ impl Stub {
     ) -> Result<Stub, RestoreFailure> {
         // The files the stub opened inside its sandbox, as the function:
         // checked against the snapshot before the stub can become a copy.
-        let pid = instance.sandbox.function_pid();
+        let pid = instance.sandbox.stub_pid();
         let adopted = match pid {
             Some(pid) => copy.adopt(pid),
             None => Err(crate::restore::RestoreError::Unsupported(

@@ -66,6 +66,26 @@ pub(super) struct Live {
 /// stub share the thaw binary's pages (a few MiB of PSS between them).
 const SPARE_ESTIMATE: u64 = 4 << 20;
 
+/// Environment variable that has every spare measured right after it is
+/// made or recycled (`1`), as it was before; see [`measure_new_spares`].
+pub const SAMPLE_SPARES_ENV: &str = "THAW_SAMPLE_SPARES";
+
+/// Whether a spare is measured (its processes' `smaps_rollup` read) as
+/// soon as it is made or recycled. Not by default: under sustained forced
+/// cold starts a spare is made (or recycled) for every cold start, and
+/// measuring its three processes (outer init, pid 1, stub) cost about
+/// 0.4 ms of the server's CPU per numpy-pandas cold start on the AMD VM
+/// (2026-12-06, docs/restore.md "The server's part, AMD") to learn a
+/// figure that hardly varies: about 1 MiB of PSS, the same for every
+/// function (the copy is not restored yet). Until measured, a spare counts
+/// [`SPARE_ESTIMATE`], more than that: the budget over-counts, never lets
+/// the pool exceed it. The maintenance tick measures every live spare
+/// every [`SAMPLE_EVERY`] as before. `THAW_SAMPLE_SPARES=1` measures each
+/// at once (for A/B measurements).
+fn measure_new_spares() -> bool {
+    std::env::var_os(SAMPLE_SPARES_ENV).is_some_and(|v| v == "1")
+}
+
 impl Live {
     pub fn new(key: FunctionKey, cgroup: Cgroup, start: StartKind, limit: u64) -> Live {
         Live {
@@ -320,6 +340,15 @@ impl Pool {
         let pool = self.clone();
         let id = id.to_string();
         tokio::spawn(async move { pool.sample(Some(vec![id])).await });
+    }
+
+    /// A spare just made or recycled: measured in the background only with
+    /// `THAW_SAMPLE_SPARES=1` (see [`measure_new_spares`]); else it counts
+    /// [`SPARE_ESTIMATE`] until the maintenance tick measures it.
+    pub(super) fn sample_new_spare(&self, id: &str) {
+        if measure_new_spares() {
+            self.spawn_sample(id);
+        }
     }
 
     /// Measures every live instance if the last round is [`SAMPLE_EVERY`]

@@ -182,7 +182,7 @@ impl Pool {
                 .discarding
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             if let Some(id) = sample {
-                pool.spawn_sample(&id);
+                pool.sample_new_spare(&id);
             }
             // Another spare may be wanted after all (a failed recycle).
             pool.shared.refill.notify_one();

@@ -361,7 +361,7 @@ impl Pool {
         }
         self.launch_done(&key);
         if let Some(id) = sample {
-            self.spawn_sample(&id);
+            self.sample_new_spare(&id);
         }
     }
 

@@ -16,13 +16,17 @@ use super::RestoreError;
 /// used when `/proc/sys/kernel/cap_last_cap` cannot be read.
 const CAP_LAST: u32 = 40;
 
-/// The highest capability number of this kernel.
+/// The highest capability number of this kernel (read once: it is fixed
+/// for the kernel's life, and every restore's credentials need it).
 fn cap_last() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(CAP_LAST)
-        .max(CAP_LAST)
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(CAP_LAST)
+            .max(CAP_LAST)
+    })
 }
 
 /// `_LINUX_CAPABILITY_VERSION_3`.

@@ -66,6 +66,10 @@ pub struct FdPlan {
     pub checked: HashMap<i32, FileIdentity>,
     /// Stub fd of each file-backed area, by area index.
     pub area_fds: HashMap<usize, i32>,
+    /// Each file a private area reads its pages from, once: `(index of its
+    /// first private area, stub fd)`, in the areas' order (what
+    /// `recheck_plan` checks again before the restore drives the stub).
+    pub private_files: Vec<(usize, i32)>,
     /// Stub fd of the image.
     pub image_fd: i32,
     /// Stub fd of the executable.
@@ -519,6 +523,8 @@ pub fn plan_with(
         .count();
     let mut by_file: HashMap<(&str, bool), i32> = HashMap::with_capacity(file_areas);
     let mut area_fds = HashMap::with_capacity(file_areas);
+    let mut private_files: Vec<(usize, i32)> = Vec::new();
+    let mut listed: Vec<bool> = Vec::new();
     for (index, area) in state.areas.iter().enumerate() {
         if !matches!(area.kind, AreaKind::FileUnchanged | AreaKind::FilePrivate) {
             continue;
@@ -569,6 +575,15 @@ pub fn plan_with(
             }
         };
         area_fds.insert(index, fd);
+        // Numbers from `first_private_fd` up, one per file: a flag each.
+        let slot = (fd - first_private_fd) as usize;
+        if slot >= listed.len() {
+            listed.resize(slot + 1, false);
+        }
+        if !area.shared && !listed[slot] {
+            listed[slot] = true;
+            private_files.push((index, fd));
+        }
     }
     let image_fd = next;
     moves.push((image, image_fd));
@@ -591,6 +606,7 @@ pub fn plan_with(
         opened: HashMap::new(),
         checked: HashMap::new(),
         area_fds,
+        private_files,
         image_fd,
         exe_fd,
         first_private_fd,

@@ -580,14 +580,12 @@ impl Prepared {
 
 /// [`Prepared::recheck`] of one process's plan (`state`: the process).
 pub(crate) fn recheck_plan(plan: &fds::FdPlan, state: &ProcessState) -> Result<(), RestoreError> {
-    let mut seen = std::collections::HashSet::new();
-    for (index, number) in &plan.area_fds {
+    // Each private file once, listed when the plan was made (not a walk of
+    // every area's fd and a set of those seen, for every copy).
+    for (index, number) in &plan.private_files {
         let Some(area) = state.areas.get(*index) else {
             continue;
         };
-        if area.shared || !seen.insert(*number) {
-            continue;
-        }
         // What the file was when it was checked (its identity at the
         // capture, or another file of the same content).
         let (Some(id), Some(fd)) = (
@@ -1297,9 +1295,10 @@ fn populate(
     plans: Option<&plans::SnapshotPlans>,
 ) -> usize {
     let reads = working_set::reads_wanted();
+    let around = populate::around_wanted();
     let ranges = match plans {
-        Some(plans) => plans.populate_ranges(pages, areas, reads, scope),
-        None => std::sync::Arc::new(scope.ranges(pages, areas, reads)),
+        Some(plans) => plans.populate_ranges(pages, areas, reads, scope, around),
+        None => std::sync::Arc::new(scope.ranges_around(pages, areas, reads, around)),
     };
     populate::add(batch, &ranges);
     ranges.len()

@@ -54,6 +54,7 @@ struct PopulatePlan {
     pages: Vec<u64>,
     reads: bool,
     scope: PopulateScope,
+    around: bool,
     ranges: Arc<Vec<Populate>>,
 }
 
@@ -80,31 +81,52 @@ impl PopulateScope {
             ),
         }
     }
+
+    /// [`PopulateScope::ranges`], with `around` its reads one page per
+    /// fault-around block ([`super::populate::by_fault_around`]).
+    pub fn ranges_around(
+        self,
+        pages: &[u64],
+        areas: &[MemoryArea],
+        reads: bool,
+        around: bool,
+    ) -> Vec<Populate> {
+        let ranges = self.ranges(pages, areas, reads);
+        if around {
+            super::populate::by_fault_around(&ranges, areas)
+        } else {
+            ranges
+        }
+    }
 }
 
 impl SnapshotPlans {
     /// [`PopulateScope::ranges`] of `pages` over `areas` (the snapshot's
-    /// own: the same in every call), made once per distinct `(pages,
-    /// reads, scope)`: a later restore compares its `pages` with the kept
-    /// input and neither filters nor sorts them again.
+    /// own: the same in every call), with `around` its reads one page per
+    /// fault-around block ([`super::populate::by_fault_around`]), made once
+    /// per distinct `(pages, reads, scope, around)`: a later restore
+    /// compares its `pages` with the kept input and neither filters nor
+    /// sorts them again.
     pub fn populate_ranges(
         &self,
         pages: &[u64],
         areas: &[MemoryArea],
         reads: bool,
         scope: PopulateScope,
+        around: bool,
     ) -> Arc<Vec<Populate>> {
         let mut slot = self.populate.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = slot.as_ref() {
-            if p.reads == reads && p.scope == scope && p.pages == pages {
+            if p.reads == reads && p.scope == scope && p.around == around && p.pages == pages {
                 return p.ranges.clone();
             }
         }
-        let ranges = Arc::new(scope.ranges(pages, areas, reads));
+        let ranges = Arc::new(scope.ranges_around(pages, areas, reads, around));
         *slot = Some(PopulatePlan {
             pages: pages.to_vec(),
             reads,
             scope,
+            around,
             ranges: ranges.clone(),
         });
         ranges
@@ -186,23 +208,33 @@ mod tests {
         let pages = vec![0x12000 | w, 0x11000 | w, 0x15000 | w];
         let plans = SnapshotPlans::default();
         let all = PopulateScope::All;
-        let first = plans.populate_ranges(&pages, &areas, false, all);
+        let first = plans.populate_ranges(&pages, &areas, false, all, false);
         assert_eq!(*first, working_set::populate_ranges(&pages, &areas, false));
-        let again = plans.populate_ranges(&pages, &areas, false, all);
+        let again = plans.populate_ranges(&pages, &areas, false, all, false);
         assert!(
             Arc::ptr_eq(&first, &again),
             "the same input reuses the plan"
         );
-        let reads = plans.populate_ranges(&pages, &areas, true, all);
+        let reads = plans.populate_ranges(&pages, &areas, true, all, false);
         assert_eq!(*reads, working_set::populate_ranges(&pages, &areas, true));
         assert_ne!(*reads, *first, "reads add MADV_POPULATE_READ ranges");
         let other = vec![0x18000 | w];
-        let changed = plans.populate_ranges(&other, &areas, false, all);
+        let changed = plans.populate_ranges(&other, &areas, false, all, false);
         assert_eq!(
             *changed,
             working_set::populate_ranges(&other, &areas, false)
         );
         assert_ne!(*changed, *first, "another working set is planned anew");
+        // Reads by fault-around are a plan of their own.
+        let invoked = working_set::INVOKED;
+        let read = vec![0x11000 | invoked, 0x12000 | invoked, 0x13000 | w];
+        let whole = plans.populate_ranges(&read, &areas, false, all, false);
+        let around = plans.populate_ranges(&read, &areas, false, all, true);
+        assert_eq!(
+            *around,
+            super::super::populate::by_fault_around(&whole, &areas)
+        );
+        assert_ne!(*around, *whole, "two read pages of one block: one kept");
     }
 
     /// In uffd mode the plan filters out the pages of the areas the page
@@ -218,7 +250,7 @@ mod tests {
         let pages = vec![0x12000 | w, 0x31000 | w, 0x11000 | w, 0x32000 | w];
         let outside = PopulateScope::OutsideLazyAreas;
         let plans = SnapshotPlans::default();
-        let first = plans.populate_ranges(&pages, &areas, false, outside);
+        let first = plans.populate_ranges(&pages, &areas, false, outside, false);
         let fresh = working_set::populate_ranges(
             &working_set::outside_lazy_areas(&pages, &areas),
             &areas,
@@ -229,9 +261,9 @@ mod tests {
             !first.is_empty() && first.iter().all(|r| r.start >= 0x30000),
             "the file's pages, nothing of the lazy area: {first:?}"
         );
-        let again = plans.populate_ranges(&pages, &areas, false, outside);
+        let again = plans.populate_ranges(&pages, &areas, false, outside, false);
         assert!(Arc::ptr_eq(&first, &again), "the same input reuses it");
-        let all = plans.populate_ranges(&pages, &areas, false, PopulateScope::All);
+        let all = plans.populate_ranges(&pages, &areas, false, PopulateScope::All, false);
         assert_eq!(*all, working_set::populate_ranges(&pages, &areas, false));
         assert_ne!(*all, *first, "the other scope is planned apart");
     }

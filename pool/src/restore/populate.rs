@@ -12,11 +12,39 @@
 //! the server's environment, it is one `madvise` per range as before.
 //! Either way the calls are best effort: a range the kernel refuses ends
 //! the populating, never the restore.
+//!
+//! **Reads by fault-around** ([`by_fault_around`]). A read fault at page
+//! `p` of a file mapping maps the pages in the page cache of the 16 pages
+//! (the kernel's default `fault_around_bytes`, 64 KiB) from `p`'s
+//! 16-page-aligned block start, or from the mapping's start when that is
+//! later (`do_fault_around`); the pages a first invocation brought in (the
+//! [`working_set::INVOKED`] ones populated for reading) are mostly such
+//! blocks. `MADV_POPULATE_READ` of a whole run walks it page by page
+//! (`follow_page_pte` for every page, a fault at each absent one):
+//! numpy-pandas populates 4,102 pages for reading, in 223 runs over 291
+//! blocks, and the walk of pages already mapped was about a quarter of the
+//! populating's CPU. So each read run is populated one page per block it
+//! touches, the run's *last* page in that block: its fault maps the run's
+//! pages of the block from the block's (or the mapping's) start up to it;
+//! and when it is mapped already, the fault that mapped it covered those
+//! pages too (a fault-around window never starts after the block of the
+//! page that faulted; the first page would not do: a window that starts at
+//! a mapping's start inside the block before reaches into this block).
+//! Pages not in the page cache, and those a fault-around passes over (a
+//! folio locked, not up to date, or a readahead mark), are left to the
+//! copy's own faults. Writes are unchanged (each written page is copied,
+//! one by one either way).
+//! Off by default, on with `THAW_POPULATE_AROUND=1` (server
+//! environment): measured on a busy machine it saved at most ~0.3 ms of
+//! the sandboxes' CPU per numpy-pandas cold start, and the first
+//! invocation after a restore was slower in each pair (docs/restore.md,
+//! "Where a numpy-pandas cold start's CPU goes, AMD").
 
 use std::sync::OnceLock;
 
 use super::batch::{Batch, CallName};
 use super::working_set::{self, Populate};
+use snapshotter::state::{AreaKind, MemoryArea, PAGE_SIZE};
 
 /// `PIDFD_SELF_THREAD_GROUP` (Linux 6.14): the calling process, for
 /// system calls taking a pidfd.
@@ -69,6 +97,62 @@ fn vectors(batch: &mut Batch, ranges: &[Populate]) -> Option<usize> {
         );
     }
     Some(calls.len())
+}
+
+/// Pages a read fault maps around it (the kernel's default
+/// `fault_around_bytes`, 64 KiB): from the 16-page-aligned block start of
+/// the page that faulted, or from its mapping's start when that is later.
+pub const FAULT_AROUND_PAGES: u64 = 16;
+
+/// `ranges` (over `areas`, the snapshot's, sorted) with each
+/// [`working_set::MADV_POPULATE_READ`] range replaced by one page per
+/// 16-page-aligned block it touches (its last page in that block), in the
+/// same order; other ranges as they are. A range lies in one area
+/// ([`working_set::populate_ranges`] never crosses one), which the
+/// restore maps as one mapping, so the fault of that page maps the
+/// range's pages of the block up to it that are in the page cache (see the
+/// module doc). Except a
+/// private file area's: it is mapped run by run (the file's pages from
+/// the file, the others from the image), and a fault-around stops at the
+/// end of its mapping, so its read ranges are kept whole. Two ranges
+/// sharing a block each keep their page (two areas: two mappings).
+pub fn by_fault_around(ranges: &[Populate], areas: &[MemoryArea]) -> Vec<Populate> {
+    let block = FAULT_AROUND_PAGES * PAGE_SIZE;
+    let one_mapping = |start: u64| {
+        let i = areas.partition_point(|a| a.end <= start);
+        areas
+            .get(i)
+            .is_some_and(|a| a.start <= start && a.kind != AreaKind::FilePrivate)
+    };
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        if r.advice != working_set::MADV_POPULATE_READ || !one_mapping(r.start) {
+            out.push(*r);
+            continue;
+        }
+        let end = r.start + r.len;
+        let mut from = r.start;
+        while from < end {
+            let block_end = (from / block + 1) * block;
+            out.push(Populate {
+                start: block_end.min(end) - PAGE_SIZE,
+                len: PAGE_SIZE,
+                advice: r.advice,
+            });
+            from = block_end;
+        }
+    }
+    out
+}
+
+/// Whether read ranges are populated one page per fault-around block
+/// ([`by_fault_around`]): only with `THAW_POPULATE_AROUND=1` in the
+/// server's environment. Off by default: in the suite's A/B (docs/
+/// restore.md, 2026-12-06 23:55) it saved at most ~0.3 ms of the
+/// sandboxes' CPU per numpy-pandas cold start, within the noise, and the
+/// first invocation after a restore was slower in each pair.
+pub fn around_wanted() -> bool {
+    std::env::var_os("THAW_POPULATE_AROUND").is_some_and(|v| v == "1")
 }
 
 /// `struct iovec` of each range, as the kernel reads them.
@@ -165,6 +249,58 @@ mod tests {
         ranges.extend((0..UIO_MAXIOV as u64).map(|i| range(0x10_0000 + i * 0x2000, 1, r)));
         let mut batch = Batch::new(0x10_0000);
         assert_eq!(add(&mut batch, &ranges), 3);
+    }
+
+    fn area(start: u64, end: u64, kind: AreaKind) -> MemoryArea {
+        working_set::tests::area(start, end, kind, false)
+    }
+
+    #[test]
+    fn reads_become_one_page_per_fault_around_block() {
+        let w = working_set::MADV_POPULATE_WRITE;
+        let r = working_set::MADV_POPULATE_READ;
+        let block = FAULT_AROUND_PAGES * 4096;
+        let areas = vec![
+            area(0, 7 * block, AreaKind::FileUnchanged),
+            area(7 * block, 9 * block, AreaKind::FilePrivate),
+        ];
+        let ranges = vec![
+            // A write run is kept whole.
+            range(0x1000, 3, w),
+            // A read run inside one block: its last page.
+            range(block + 0x2000, 5, r),
+            // A read run from the middle of a block across two more: the
+            // last page of each.
+            range(4 * block + 0x3000, 2 * FAULT_AROUND_PAGES, r),
+            // Another run in the last block of the one before: its own
+            // page (the two might be two areas).
+            range(6 * block + 0x5000, 1, r),
+            // A private file area's run is kept whole (mapped run by run).
+            range(7 * block + 0x1000, 20, r),
+        ];
+        let out = by_fault_around(&ranges, &areas);
+        let starts: Vec<(u64, u64, u64)> = out.iter().map(|p| (p.start, p.len, p.advice)).collect();
+        assert_eq!(
+            starts,
+            vec![
+                (0x1000, 3 * 4096, w),
+                (block + 0x6000, 4096, r),
+                (5 * block - 0x1000, 4096, r),
+                (6 * block - 0x1000, 4096, r),
+                (6 * block + 0x2000, 4096, r),
+                (6 * block + 0x5000, 4096, r),
+                (7 * block + 0x1000, 20 * 4096, r),
+            ]
+        );
+        // Every page of every read run is in a run kept whole or at or
+        // below a page kept in its block.
+        for run in ranges.iter().filter(|x| x.advice == r) {
+            for page in (run.start..run.start + run.len).step_by(4096) {
+                assert!(out.iter().any(|p| p.advice == r
+                    && ((p.start..p.start + p.len).contains(&page)
+                        || (p.start / block == page / block && page <= p.start))));
+            }
+        }
     }
 
     #[test]

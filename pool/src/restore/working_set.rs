@@ -471,11 +471,18 @@ pub fn save(path: &Path, pages: &[u64]) -> Result<(), WorkingSetError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use snapshotter::state::Protection;
 
-    fn area(start: u64, end: u64, kind: AreaKind, write: bool) -> MemoryArea {
+    /// A readable private area (writable with `write`), for the restore's
+    /// unit tests.
+    pub(in crate::restore) fn area(
+        start: u64,
+        end: u64,
+        kind: AreaKind,
+        write: bool,
+    ) -> MemoryArea {
         MemoryArea {
             start,
             end,

@@ -700,6 +700,24 @@ impl Sandbox {
         host_pid_of(&self.pids(), 2)
     }
 
+    /// Host pid of the restore stub of a stub sandbox not restored yet (or
+    /// just recycled): the only child of pid 1, itself the only child of
+    /// the outer process, read from their `children` files (two short
+    /// reads, where [`Sandbox::function_pid`] reads the cgroup's process
+    /// list and then the `status` of each process, a few hundred
+    /// microseconds of the server's CPU per cold start). Nothing else runs
+    /// in such a sandbox: the outer process forks only pid 1, and pid 1
+    /// forks only the stub (once the previous copy and all it started are
+    /// reaped, when recycled). Falls back to [`Sandbox::function_pid`] when
+    /// either has another number of children.
+    pub fn stub_pid(&self) -> Option<i32> {
+        let outer = self.child.id().and_then(|p| i32::try_from(p).ok());
+        outer
+            .and_then(only_child)
+            .and_then(only_child)
+            .or_else(|| self.function_pid())
+    }
+
     /// Kills every process of the sandbox now (does not wait).
     pub fn kill(&mut self) {
         self.cgroup.kill_all();
@@ -876,6 +894,15 @@ fn check_open_files(
     Ok(())
 }
 
+/// The only child of the single-threaded process `pid`, from
+/// `/proc/PID/task/PID/children` (`None`: none, several, or gone).
+fn only_child(pid: i32) -> Option<i32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    let mut children = text.split_whitespace();
+    let child = children.next()?.parse().ok()?;
+    children.next().is_none().then_some(child)
+}
+
 /// Finds, among `pids`, the host pid of the process that is `ns_pid` in its
 /// own (innermost) pid namespace.
 pub fn host_pid_of(pids: &[i32], ns_pid: u32) -> Option<i32> {
@@ -891,4 +918,57 @@ pub fn host_pid_of(pids: &[i32], ns_pid: u32) -> Option<i32> {
             })
             == Some(ns_pid)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::only_child;
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+
+    /// A shell that starts `n` sleeps in the background, prints their pids
+    /// and waits: its pid and theirs.
+    fn shell_with_children(n: usize) -> (std::process::Child, Vec<i32>) {
+        let script =
+            format!("for i in $(seq {n}); do sleep 30 >/dev/null & echo $!; done; exec 1>&-; wait");
+        let mut shell = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let mut out = String::new();
+        shell
+            .stdout
+            .take()
+            .expect("piped")
+            .read_to_string(&mut out)
+            .expect("read the pids");
+        let pids = out.lines().map(|l| l.parse().expect("a pid")).collect();
+        (shell, pids)
+    }
+
+    fn end(mut shell: std::process::Child, children: &[i32]) {
+        for &pid in children {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = shell.wait();
+    }
+
+    #[test]
+    fn only_child_finds_the_single_child_and_refuses_two() {
+        let (shell, children) = shell_with_children(1);
+        assert_eq!(only_child(shell.id() as i32), Some(children[0]));
+        end(shell, &children);
+
+        let (shell, children) = shell_with_children(2);
+        assert_eq!(only_child(shell.id() as i32), None, "two children");
+        end(shell, &children);
+
+        let (shell, children) = shell_with_children(0);
+        assert_eq!(only_child(shell.id() as i32), None, "no child");
+        end(shell, &children);
+    }
 }

@@ -101,7 +101,9 @@ fn parse_line(line: &str) -> Option<(CacheKey, [u8; 32])> {
 
 /// Loads `dir`'s cache file into the process's cache, once.
 fn load_cache_file(cache: &mut Cache, dir: &Path) {
-    if !cache.loaded.insert(dir.to_path_buf()) {
+    // Looked up before a path is made: this runs for every file of every
+    // copy the restorer checks.
+    if cache.loaded.contains(dir) || !cache.loaded.insert(dir.to_path_buf()) {
         return;
     }
     if let Ok(text) = std::fs::read_to_string(dir.join(HASH_CACHE_FILE)) {
