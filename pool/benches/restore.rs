@@ -18,18 +18,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pool::restore::{Mode, RestoreTimings};
-use restore_support::{restore_full, restore_with_pipes, start};
+use restore_support::{restore_full, restore_with_pipes, start, HASH_TABLE_PY};
 use snapshotter::snapshot::snapshot_to_dir;
-
-const PLAIN: &str = r#"
-import sys, os, json, hashlib
-table = {i: hashlib.sha256(str(i).encode()).hexdigest() for i in range(20000)}
-sys.stdout.write("ready\n")
-sys.stdout.flush()
-for line in sys.stdin:
-    sys.stdout.write(json.dumps({"n": int(line), "h": table[int(line)]}) + "\n")
-    sys.stdout.flush()
-"#;
 
 const NUMPY: &str = r#"
 import os
@@ -470,7 +460,7 @@ fn main() {
     if !nix::unistd::geteuid().is_root() || !Path::new("/usr/bin/python3").exists() {
         skip!("restore bench: needs root and /usr/bin/python3");
     }
-    workload("python3 json + hashlib", PLAIN, &[], 20);
+    workload("python3 json + hashlib", HASH_TABLE_PY, &[], 20);
     if let Some(numpy) = restore_support::numpy_path("restore bench's numpy workload") {
         workload("python3 numpy + pandas", NUMPY, &[&numpy], 8);
     }

@@ -11,18 +11,8 @@ use std::io::Write;
 use std::path::Path;
 
 use pool::restore::Mode;
-use restore_support::{can_restore, restore_with_pipes, start};
+use restore_support::{can_restore_python, restore_with_pipes, start, HASH_TABLE_PY};
 use snapshotter::snapshot::snapshot_to_dir;
-
-const SCRIPT: &str = r#"
-import sys, json, hashlib
-table = {i: hashlib.sha256(str(i).encode()).hexdigest() for i in range(20000)}
-sys.stdout.write("ready\n")
-sys.stdout.flush()
-for line in sys.stdin:
-    sys.stdout.write(json.dumps({"n": int(line), "h": table[int(line)]}) + "\n")
-    sys.stdout.flush()
-"#;
 
 /// The copy's memory map, read while it waits for its first request, and
 /// its mapping batch's call count; then its answer to `7`.
@@ -45,14 +35,11 @@ fn restore_and_read(snap: &Path, mode: Mode, merge: bool) -> (String, u32, Strin
 
 #[test]
 fn merged_mappings_give_the_same_memory_map() {
-    if !can_restore("merged_mappings_give_the_same_memory_map", false) {
+    if !can_restore_python("merged_mappings_give_the_same_memory_map") {
         return;
     }
-    if !Path::new("/usr/bin/python3").exists() {
-        skip!("merged_mappings_give_the_same_memory_map: no /usr/bin/python3");
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let mut original = start(Path::new("/usr/bin/python3"), &["-c", SCRIPT]);
+    let mut original = start(Path::new("/usr/bin/python3"), &["-c", HASH_TABLE_PY]);
     assert_eq!(original.line(), "ready");
     original.stdin.write_all(b"7\n").unwrap();
     let expected = original.line();

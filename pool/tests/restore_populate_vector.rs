@@ -12,7 +12,7 @@ use std::path::Path;
 
 use pool::restore::working_set::{self, INVOKED, WRITTEN};
 use pool::restore::Mode;
-use restore_support::{can_restore, restore_full, restore_with_pipes, start};
+use restore_support::{can_restore_python, restore_full, restore_with_pipes, start};
 use snapshotter::snapshot::{open_snapshot_dir, snapshot_to_dir};
 
 const SCRIPT: &str = r#"
@@ -29,11 +29,8 @@ for line in sys.stdin:
 
 #[test]
 fn populating_by_vectors_brings_in_the_working_set() {
-    if !can_restore("populating_by_vectors_brings_in_the_working_set", false) {
+    if !can_restore_python("populating_by_vectors_brings_in_the_working_set") {
         return;
-    }
-    if !Path::new("/usr/bin/python3").exists() {
-        skip!("populating_by_vectors_brings_in_the_working_set: no /usr/bin/python3");
     }
     if !pool::restore::populate::vector_supported() {
         skip!("populating_by_vectors_brings_in_the_working_set: this kernel does not populate through process_madvise (Linux 6.14 or later does)");

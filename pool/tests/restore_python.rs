@@ -6,7 +6,7 @@ mod restore_support;
 use std::path::Path;
 
 use pool::restore::Mode;
-use restore_support::{can_restore, restore_full, restore_with_pipes, start};
+use restore_support::{can_restore, can_restore_python, restore_full, restore_with_pipes, start};
 use snapshotter::snapshot::snapshot_to_dir;
 
 const SCRIPT: &str = r#"
@@ -34,11 +34,8 @@ for line in sys.stdin:
 
 #[test]
 fn python_copy_answers_from_its_warm_state() {
-    if !can_restore("python_copy_answers_from_its_warm_state", false) {
+    if !can_restore_python("python_copy_answers_from_its_warm_state") {
         return;
-    }
-    if !Path::new("/usr/bin/python3").exists() {
-        skip!("python_copy_answers_from_its_warm_state: no /usr/bin/python3");
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut original = start(Path::new("/usr/bin/python3"), &["-c", SCRIPT]);

@@ -76,8 +76,7 @@ impl Pool {
     /// for [`hold_max`] (see the module docs). Returns at once when holding
     /// is off.
     pub(super) async fn after_cold_starts(&self) {
-        let hold = hold_max();
-        if hold.is_zero() {
+        if hold_max().is_zero() {
             return;
         }
         let mut waited = false;
@@ -86,12 +85,7 @@ impl Pool {
             // Registered before the check: a cold start that ends between
             // the check and the wait still wakes it.
             let done = self.shared.cold_done.notified();
-            let Some(until) = held_until(
-                &self.state.lock().unwrap(),
-                Instant::now(),
-                hold,
-                self.burst_size(),
-            ) else {
+            let Some(until) = self.hold_deadline() else {
                 break;
             };
             waited = true;
@@ -107,15 +101,23 @@ impl Pool {
 
     /// Whether background work is being held now (see the module docs).
     pub(super) fn holding_for_cold_starts(&self) -> bool {
+        self.hold_deadline().is_some()
+    }
+
+    /// Until when background work is held now, if it is ([`held_until`]
+    /// with this pool's state, limit and burst size; never when holding is
+    /// off).
+    fn hold_deadline(&self) -> Option<Instant> {
         let hold = hold_max();
-        !hold.is_zero()
-            && held_until(
-                &self.state.lock().unwrap(),
-                Instant::now(),
-                hold,
-                self.burst_size(),
-            )
-            .is_some()
+        if hold.is_zero() {
+            return None;
+        }
+        held_until(
+            &self.state.lock().unwrap(),
+            Instant::now(),
+            hold,
+            self.burst_size(),
+        )
     }
 
     /// Notes that a cold start found no spare: work held for the busy

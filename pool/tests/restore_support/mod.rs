@@ -59,6 +59,31 @@ pub fn can_restore(test: &str, needs_cc: bool) -> bool {
     true
 }
 
+/// Whether a test of a python3 program can run: [`can_restore`] without a
+/// C compiler, and `/usr/bin/python3`; says why not (see [`missing`]).
+pub fn can_restore_python(test: &str) -> bool {
+    if !can_restore(test, false) {
+        return false;
+    }
+    if !Path::new("/usr/bin/python3").exists() {
+        return missing(&format!("{test}: no /usr/bin/python3"));
+    }
+    true
+}
+
+/// A python3 program that builds a table of 20,000 hashes, prints `ready`,
+/// then answers each number it reads with that number's hash as JSON (the
+/// restore tests' and bench's plain Python workload).
+pub const HASH_TABLE_PY: &str = r#"
+import sys, os, json, hashlib
+table = {i: hashlib.sha256(str(i).encode()).hexdigest() for i in range(20000)}
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+for line in sys.stdin:
+    sys.stdout.write(json.dumps({"n": int(line), "h": table[int(line)]}) + "\n")
+    sys.stdout.flush()
+"#;
+
 /// The folder holding numpy and pandas for `/usr/bin/python3` (installed
 /// once per machine, see [`numpy_pandas`]); says why not (see [`missing`]).
 pub fn numpy_path(test: &str) -> Option<String> {
