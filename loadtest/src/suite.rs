@@ -72,7 +72,9 @@ pub mod remote;
 pub mod server;
 pub mod throughput;
 
-use coldstart::{ColdResult, BOOT, FORK, RESTORE_MMAP, RESTORE_NO_SPARES, RESTORE_UFFD, WARM};
+use coldstart::{
+    ColdResult, BOOT, FORK, RESTORE_MMAP, RESTORE_NO_SPARES, RESTORE_UFFD, WARM, WARM_IDLE,
+};
 use machine::Machine;
 use markdown::Table;
 use server::{Server, ServerError};
@@ -794,10 +796,10 @@ fn collect_figures(
         Ok((none, arm.spare_hit.value_at_quantile(0.5) as f64))
     });
     let floor = arm_median(RESTORE_MMAP).and_then(|r| Ok((r, arm_median(FORK)?)));
-    let first = |name: &str| -> Result<f64, String> {
+    let first_over = |name: &str, warm_name: &str| -> Result<f64, String> {
         let r = numpy_cold.ok_or("no cold starts")?;
-        let (Some(warm), Some(arm)) = (r.arm(WARM), r.arm(name)) else {
-            return Err(format!("no {name} arm"));
+        let (Some(warm), Some(arm)) = (r.arm(warm_name), r.arm(name)) else {
+            return Err(format!("no {name} or {warm_name} arm"));
         };
         if !arm.measured() || arm.handler.is_empty() || warm.handler.is_empty() {
             return Err(format!("{name}: {}", coldstart::absent(arm)));
@@ -812,7 +814,14 @@ fn collect_figures(
         burst_first,
         on_demand,
         floor,
-        first: (first(RESTORE_MMAP), first(RESTORE_UFFD)),
+        first: (
+            first_over(RESTORE_MMAP, WARM),
+            first_over(RESTORE_UFFD, WARM),
+        ),
+        first_idle: (
+            first_over(RESTORE_MMAP, WARM_IDLE),
+            first_over(RESTORE_UFFD, WARM_IDLE),
+        ),
         capture: capture_p50
             .iter()
             .find(|(f, _)| f == GOAL_FUNCTION)
@@ -971,7 +980,8 @@ fn render_doc(
 
     d.push_str("\n## Cold starts\n\n");
     d.push_str(&format!(
-        "Each start kind of a function, one request at a time: **{WARM}** (an idle instance), **{BOOT}** (`x-thaw-cold: boot`: a fresh \
+        "Each start kind of a function, one request at a time: **{WARM}** (an idle instance), **{WARM_IDLE}** (the same, one \
+         request every 50 ms: its caches as cold as a fresh copy's), **{BOOT}** (`x-thaw-cold: boot`: a fresh \
          sandbox, the runtime started and the handler's module imported, then the request; a forced boot runs none of the \
          function's `warmup` events, so the measured request is the handler's first call in that process), **{RESTORE_MMAP}** \
          (`x-thaw-cold: restore`: a copy of the snapshot with its private memory mapped from the image, into a pre-made \

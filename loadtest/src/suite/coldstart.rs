@@ -24,6 +24,12 @@ pub const NO_SPARES_ARGS: [&str; 2] = ["--spare-sandboxes", "0"];
 
 /// Arm names, in the order they run within a round.
 pub const WARM: &str = "warm";
+/// An idle instance, one request every [`IDLE_GAP`]: the same warm code
+/// after the caches went cold, the reference that tells what a restore
+/// itself adds to a first invocation (goal 5 is judged against [`WARM`]).
+pub const WARM_IDLE: &str = "warm (after 50 ms idle)";
+/// The idle time between the requests of [`WARM_IDLE`].
+pub const IDLE_GAP: Duration = Duration::from_millis(50);
 /// A fresh booted instance per request.
 pub const BOOT: &str = "boot";
 /// A restored copy, private memory mapped from the snapshot's image.
@@ -84,6 +90,24 @@ fn http_at(
     })
 }
 
+/// [`WARM_IDLE`]'s requests: an open loop of one request per
+/// [`IDLE_GAP`], one in flight at most.
+fn warm_after_idle(
+    ctx: &Ctx,
+    function: &str,
+    body: &str,
+    requests: u64,
+) -> Result<ArmKind, String> {
+    let mut kind = http(ctx, function, body, None, requests)?;
+    if let ArmKind::Http { config, .. } = &mut kind {
+        config.mode = Mode::Open {
+            rate: 1.0 / IDLE_GAP.as_secs_f64(),
+            max_in_flight: 1,
+        };
+    }
+    Ok(kind)
+}
+
 /// Measures `bench`'s start kinds; problems go to `ctx.errors`. `uffd` is
 /// the server started with [`UFFD_ARGS`], `no_spares` the one started with
 /// [`NO_SPARES_ARGS`], or why there is none.
@@ -98,7 +122,7 @@ pub async fn measure(
 
 /// The arms `--only first_invocation` runs: a warm instance and the two
 /// memory modes' restores, whose answers are first invocations.
-pub const FIRST_INVOCATION_ARMS: [&str; 3] = [WARM, RESTORE_MMAP, RESTORE_UFFD];
+pub const FIRST_INVOCATION_ARMS: [&str; 4] = [WARM, WARM_IDLE, RESTORE_MMAP, RESTORE_UFFD];
 
 /// [`measure`], only the arms named in `only` (all with `None`).
 pub async fn measure_arms(
@@ -119,6 +143,11 @@ pub async fn measure_arms(
         ctx,
         WARM,
         http(ctx, f, bench.body, None, plan.warm_requests),
+    );
+    push(
+        ctx,
+        WARM_IDLE,
+        warm_after_idle(ctx, f, bench.body, plan.restore_requests),
     );
     push(
         ctx,
@@ -438,13 +467,24 @@ pub fn render_first_invocation(results: &[ColdResult]) -> String {
         ">handler p50",
         ">handler p90",
         ">÷ warm handler p50",
+        ">÷ warm after 50 ms idle p50",
     ]);
     for r in results {
-        let warm_p50 = r
-            .arm(WARM)
-            .filter(|w| !w.handler.is_empty())
-            .map(|w| w.handler.value_at_quantile(0.5) as f64);
-        for name in [WARM, BOOT, RESTORE_MMAP, RESTORE_UFFD, RESTORE_NO_SPARES] {
+        let p50_of = |name: &str| {
+            r.arm(name)
+                .filter(|w| !w.handler.is_empty())
+                .map(|w| w.handler.value_at_quantile(0.5) as f64)
+        };
+        let warm_p50 = p50_of(WARM);
+        let idle_p50 = p50_of(WARM_IDLE);
+        for name in [
+            WARM,
+            WARM_IDLE,
+            BOOT,
+            RESTORE_MMAP,
+            RESTORE_UFFD,
+            RESTORE_NO_SPARES,
+        ] {
             let Some(arm) = r.arm(name) else { continue };
             if !arm.measured() || arm.handler.is_empty() {
                 t.row(vec![r.function.clone(), name.into(), absent(arm)]);
@@ -457,6 +497,7 @@ pub fn render_first_invocation(results: &[ColdResult]) -> String {
                 us(Some(p50)),
                 us(Some(arm.handler.value_at_quantile(0.9) as f64)),
                 ratio(warm_p50.map(|w| p50 / w.max(1.0))),
+                ratio(idle_p50.map(|w| p50 / w.max(1.0))),
             ]);
         }
     }
