@@ -534,12 +534,22 @@ mod tests {
     fn the_first_invocation_is_judged_on_warm_and_the_idle_reference_only_shown() {
         let mut f = figures();
         let text = render(&f);
-        assert!(!text.contains("For reference"), "one mode missing: no line\n{text}");
+        assert!(
+            !text.contains("For reference"),
+            "one mode missing: no line\n{text}"
+        );
         f.first = (Ok(2.4), Ok(2.6));
         f.first_idle = (Ok(1.1), Ok(1.2));
-        assert_eq!(verdicts(&f)[4].1, Verdict::NotMet, "judged on warm, not on the reference");
+        assert_eq!(
+            verdicts(&f)[4].1,
+            Verdict::NotMet,
+            "judged on warm, not on the reference"
+        );
         let text = render(&f);
-        assert!(text.contains("mmap ×1.10, uffd ×1.20: what the restore itself adds"), "{text}");
+        assert!(
+            text.contains("mmap ×1.10, uffd ×1.20: what the restore itself adds"),
+            "{text}"
+        );
     }
 
     #[test]
