@@ -6,7 +6,10 @@
 //! The binary is `$THAW_GARAGE`, else `garage` on `PATH`, else
 //! `~/.cargo/bin/garage` (where `./dev.sh s3` installs it). Without it
 //! [`Garage::start`] returns `Err` with the reason; the caller skips (or
-//! fails under `THAW_TEST_STRICT`).
+//! fails under `THAW_TEST_STRICT`). `THAW_GARAGE_CONFIG` adds top-level
+//! lines to its configuration (for measuring settings such as
+//! `block_size = "256K"` or `compression_level = "none"`; `;` separates
+//! lines).
 
 #![allow(dead_code)]
 
@@ -92,12 +95,17 @@ impl Garage {
         let (s3, rpc) = (free_port(), free_port());
         let config = dir.path().join("garage.toml");
         let root = dir.path().display();
+        let extra: String = std::env::var("THAW_GARAGE_CONFIG")
+            .unwrap_or_default()
+            .split(';')
+            .map(|line| format!("{}\n", line.trim()))
+            .collect();
         std::fs::write(
             &config,
             format!(
                 "metadata_dir = \"{root}/meta\"\ndata_dir = \"{root}/data\"\ndb_engine = \"sqlite\"\n\
                  replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
-                 rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{}\"\n\n\
+                 rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{}\"\n{extra}\n\
                  [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"{host}:{s3}\"\n\
                  root_domain = \".s3.garage.localhost\"\n",
                 hex(64)

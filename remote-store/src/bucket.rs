@@ -515,11 +515,15 @@ impl RemoteStore {
     /// (one HEAD request; the content is not read). For objects named by
     /// their content, such as dependency layers, presence is enough.
     pub async fn has_blob(&self, kind: Kind, address: &[u8]) -> Result<bool, ObjectError> {
-        let name = self.name(kind, address);
-        match self.client.head(&self.path(kind, &name)).await {
+        self.has_object(kind, &self.name(kind, address)).await
+    }
+
+    /// Whether the bucket holds the object `name` of `kind` (one HEAD).
+    pub(crate) async fn has_object(&self, kind: Kind, name: &str) -> Result<bool, ObjectError> {
+        match self.client.head(&self.path(kind, name)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(self.request(kind, &name)(e)),
+            Err(e) => Err(self.request(kind, name)(e)),
         }
     }
 

@@ -13,7 +13,8 @@
 //! 3. a pack is garbage when none of its pages (its packidx) is referenced
 //!    (a pack without a packidx, left by a killed upload, references
 //!    nothing); snapshots/, workingsets/, functions/, code/ objects are
-//!    garbage when their name is not a live one
+//!    garbage when their name is not a live one, wspacks/ (working-set
+//!    packs) when no root names them
 //! 4. garbage older than the grace is deleted: a pack's packidx before the
 //!    pack (a crash between leaves an uncommitted pack, collected next
 //!    time); garbage younger than the grace is kept and counted
@@ -183,9 +184,11 @@ impl RemoteStore {
             .await?;
         let mut pages: HashSet<PageHash> = HashSet::new();
         let mut named_packs: HashSet<String> = HashSet::new();
+        let mut named_working_packs: HashSet<String> = HashSet::new();
         for object in &objects {
             pages.extend(object.pages.iter().map(|p| PageHash(p.hash)));
             named_packs.extend(object.packs.iter().cloned());
+            named_working_packs.extend(object.working_packs.iter().map(|w| w.name.clone()));
         }
         report.live_pages = pages.len() as u64;
 
@@ -251,6 +254,7 @@ impl RemoteStore {
             (Kind::WorkingSet, &live_sets),
             (Kind::Function, &live_functions),
             (Kind::Code, &live_code),
+            (Kind::WorkingPack, &named_working_packs),
         ] {
             for l in &listed[&kind] {
                 if live.contains(&l.name) {
@@ -298,6 +302,7 @@ impl RemoteStore {
                     manifest: Vec::new(),
                     packs: Vec::new(),
                     pages: Vec::new(),
+                    working_packs: Vec::new(),
                 })
             }
             Err(ObjectError::Open { source, .. }) => return Err(root_error(source.to_string())),

@@ -110,17 +110,21 @@ pub enum Kind {
     Function,
     /// A version's code, as a tar archive.
     Code,
+    /// A snapshot's working-set pack: the pages a lazy restore fetches
+    /// before the copy resumes, again, contiguous (laid out as a pack).
+    WorkingPack,
 }
 
 impl Kind {
     /// Every kind, in the order `remote-status` shows them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Pack,
         Kind::PackIndex,
         Kind::Snapshot,
         Kind::WorkingSet,
         Kind::Function,
         Kind::Code,
+        Kind::WorkingPack,
     ];
 
     /// The folder of the kind under the store's prefix.
@@ -132,6 +136,7 @@ impl Kind {
             Kind::WorkingSet => "workingsets",
             Kind::Function => "functions",
             Kind::Code => "code",
+            Kind::WorkingPack => "wspacks",
         }
     }
 
@@ -144,6 +149,7 @@ impl Kind {
             Kind::WorkingSet => 4,
             Kind::Function => 5,
             Kind::Code => 6,
+            Kind::WorkingPack => 7,
         }
     }
 }

@@ -4,9 +4,15 @@
 //! them, and keeps what it fetched in the local store as a cache.
 //!
 //! ```text
-//! open_lazy   GET snapshots/<name> (manifest + page locations),
-//!             GET workingsets/<name> (the pages to fetch first, if any)
-//! fetch(pages)  grouped by pack, runs of slots merged when at most
+//! open_lazy   GET snapshots/<name> (manifest + page locations, the
+//!             working-set packs), GET workingsets/<name> (the pages to
+//!             fetch first, if any)
+//! fetch(pages)  each page from the snapshot's working-set pack if it is
+//!             there (the pages needed before the resume, contiguous: a
+//!             few reads of up to RANGE_SLOTS slots; unless
+//!             THAW_LAZY_WORKING_PACK=0), else from the shared pack the
+//!             page locations name;
+//!             grouped by pack, runs of slots merged when at most
 //!             LAZY_GAP unneeded slots lie between (so at most twice the
 //!             bytes wanted are read), RANGES_IN_FLIGHT ranged GETs at once,
 //!             every slot decrypted and its page rehashed; the pages go
@@ -66,6 +72,10 @@ pub const COMPLETE_WAIT_MAX: Duration = Duration::from_secs(3);
 /// `THAW_LAZY_COMPLETE_AT_ONCE=1`: the completion starts at once, as
 /// before 2026-12-06 (the A/B's old arm).
 pub const ENV_COMPLETE_AT_ONCE: &str = "THAW_LAZY_COMPLETE_AT_ONCE";
+/// `THAW_LAZY_WORKING_PACK=0`: the snapshot's working-set packs are not
+/// read; every page comes from the shared packs, as before 2026-12-07 (the
+/// A/B's old arm).
+pub const ENV_WORKING_PACK: &str = "THAW_LAZY_WORKING_PACK";
 
 /// Why a lazy restore could not start.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +117,9 @@ pub struct LazyReport {
     /// not zero pages nor pages of mapped files the node has): what
     /// fetching the working set costs ([`stored_pages`]).
     pub working_set_stored_pages: u64,
+    /// Pages the snapshot's working-set packs hold, when they are read (0:
+    /// none in the bucket, or [`ENV_WORKING_PACK`] is `0`).
+    pub working_pack_pages: u64,
 }
 
 /// How many of `working_set`'s pages (saved addresses, tags in the low
@@ -291,16 +304,36 @@ pub async fn open_lazy(
         .enable_all()
         .build()
         .map_err(LazyError::Runtime)?;
-    let locations = object
+    let mut locations: HashMap<PageHash, (u32, u32)> = object
         .pages
         .iter()
         .map(|p| (PageHash(p.hash), (p.pack, p.slot)))
         .collect();
+    // The packs a fetch reads: the shared ones, then the working-set
+    // packs; a page found in a working-set pack is read there.
+    let mut packs: Vec<(Kind, String)> = object
+        .packs
+        .iter()
+        .map(|name| (Kind::Pack, name.clone()))
+        .collect();
+    let mut working_pack_pages = 0;
+    if std::env::var(ENV_WORKING_PACK).as_deref() != Ok("0") {
+        for w in &object.working_packs {
+            let pack = packs.len() as u32;
+            packs.push((Kind::WorkingPack, w.name.clone()));
+            for (slot, hash) in w.pages.iter().enumerate() {
+                if let Some(at) = locations.get_mut(&PageHash(*hash)) {
+                    *at = (pack, slot as u32);
+                    working_pack_pages += 1;
+                }
+            }
+        }
+    }
     let source = LazySource {
         remote,
         runtime: Some(runtime),
         remote_id: remote_id.to_string(),
-        packs: Arc::new(object.packs),
+        packs: Arc::new(packs),
         locations,
         cache: cache.map(Cache::start),
         counts: Arc::default(),
@@ -308,6 +341,7 @@ pub async fn open_lazy(
         bytes_metadata: metadata,
         working_set_pages: working_set.len() as u64,
         working_set_stored_pages: stored_pages(&snapshot, &working_set),
+        working_pack_pages,
     };
     Ok(LazySnapshot {
         snapshot,
@@ -324,7 +358,8 @@ pub struct LazySource {
     /// another one's context would panic).
     runtime: Option<tokio::runtime::Runtime>,
     remote_id: String,
-    packs: Arc<Vec<String>>,
+    /// The packs `locations` name, with their kind.
+    packs: Arc<Vec<(Kind, String)>>,
     locations: HashMap<PageHash, (u32, u32)>,
     cache: Option<Cache>,
     counts: Arc<Counts>,
@@ -332,6 +367,7 @@ pub struct LazySource {
     bytes_metadata: u64,
     working_set_pages: u64,
     working_set_stored_pages: u64,
+    working_pack_pages: u64,
 }
 
 impl LazySource {
@@ -345,6 +381,7 @@ impl LazySource {
             fetches: self.counts.fetches.load(Ordering::Relaxed),
             working_set_pages: self.working_set_pages,
             working_set_stored_pages: self.working_set_stored_pages,
+            working_pack_pages: self.working_pack_pages,
         }
     }
 
@@ -385,7 +422,7 @@ impl LazySource {
 
     async fn fetch_async(
         remote: Arc<RemoteStore>,
-        packs: Arc<Vec<String>>,
+        packs: Arc<Vec<(Kind, String)>>,
         by_pack: BTreeMap<u32, Vec<(u32, PageHash)>>,
     ) -> Result<(Vec<FetchedRange>, u64, u64), PullError> {
         let ranges = ranges(by_pack, LAZY_GAP);
@@ -402,8 +439,8 @@ impl LazySource {
                 let remote = remote.clone();
                 let packs = packs.clone();
                 async move {
-                    let (_, pages) =
-                        fetch_range(&remote, &packs[range.pack as usize], &range).await?;
+                    let (kind, name) = &packs[range.pack as usize];
+                    let (_, pages) = fetch_range(&remote, *kind, name, &range).await?;
                     Ok::<_, PullError>((range.wanted, pages))
                 }
             })

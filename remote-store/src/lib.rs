@@ -9,6 +9,9 @@
 //!   packidx/<name>      the pack's page hashes: its commit    (index.rs)
 //!   snapshots/<name>    manifest + page locations             (manifest.rs)
 //!   workingsets/<name>  a snapshot's recorded working set
+//!   wspacks/<name>      a snapshot's working-set pack: the pages a lazy
+//!                       restore fetches before the resume, again,
+//!                       contiguous (laid out as a pack; push.rs)
 //!   functions/<name>    a function's record (function.json)
 //!   code/<name>         a version's code (tar), a dependency layer's
 //!                       archive (streamed: stream.rs)
@@ -64,8 +67,8 @@ pub use lazy::{
     open_lazy, stored_pages, LazyCounter, LazyError, LazyReport, LazySnapshot, LazySource,
 };
 pub use local::LocalSnapshot;
-pub use manifest::{RemotePage, RemoteSnapshot, REMOTE_SNAPSHOT_FORMAT};
+pub use manifest::{RemotePage, RemoteSnapshot, WorkingPack, REMOTE_SNAPSHOT_FORMAT};
 pub use object_store::aws::AmazonS3Builder;
 pub use pull::{pull_snapshot, PullError, PullReport};
-pub use push::{push_snapshot, PushError, PushReport};
+pub use push::{push_snapshot, PushError, PushReport, ENV_WORKING_PACK};
 pub use status::{KindCount, RemoteStatus, SnapshotStatus};

@@ -8,10 +8,19 @@
 //!   packs[]          names of the packs holding its pages
 //!   pages[]          per distinct stored page: hash, pack (index in packs),
 //!                    slot; sorted by hash
+//! then, since 2026-12-07, an extension (bincode 1; absent in older
+//! objects; readers of format 1 ignore it, bincode 1 allows trailing bytes):
+//!   working_packs[]  per working-set pack (wspacks/<name>): its name, its
+//!                    page hashes in slot order (at most MAX_PACK_PAGES)
 //! ```
 //!
 //! A page server can turn any list of pages (the working set first) into
-//! ranged reads of packs from `pages[]` alone.
+//! ranged reads of packs from `pages[]` alone. A working-set pack holds
+//! again, contiguous, the pages a lazy restore fetches before the copy
+//! resumes (`push.rs`); `pages[]` still locates every page in the shared
+//! packs, so a pull, an older reader or a reader told not to
+//! (`THAW_LAZY_WORKING_PACK=0`) never reads it. The gc keeps it as long
+//! as a snapshot object names it (`gc.rs`).
 
 use std::collections::HashMap;
 
@@ -47,6 +56,26 @@ pub struct RemoteSnapshot {
     pub packs: Vec<String>,
     /// Every distinct stored page, sorted by hash.
     pub pages: Vec<RemotePage>,
+    /// The working-set packs (the extension after the format-1 payload;
+    /// empty in objects without it).
+    #[serde(skip)]
+    pub working_packs: Vec<WorkingPack>,
+}
+
+/// A pack holding again, contiguous, pages a lazy restore fetches before
+/// the copy resumes (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkingPack {
+    /// Its name (in `wspacks/`).
+    pub name: String,
+    /// Its pages' hashes, in slot order.
+    pub pages: Vec<[u8; 32]>,
+}
+
+/// What follows the format-1 payload.
+#[derive(Serialize, Deserialize)]
+struct Extension {
+    working_packs: Vec<WorkingPack>,
 }
 
 impl RemoteSnapshot {
@@ -79,12 +108,29 @@ impl RemoteSnapshot {
             manifest,
             packs,
             pages,
+            working_packs: Vec::new(),
         })
     }
 
-    /// The payload bytes.
+    /// Adds the working-set pack `name` holding `pages` (slot order).
+    pub(crate) fn add_working_pack(&mut self, name: &str, pages: &[PageHash]) {
+        self.working_packs.push(WorkingPack {
+            name: name.to_string(),
+            pages: pages.iter().map(|h| h.0).collect(),
+        });
+    }
+
+    /// The payload bytes: the format-1 fields, then the extension if there
+    /// is a working-set pack.
     pub fn encode(&self) -> Vec<u8> {
-        bincode::serialize(self).expect("a snapshot object always encodes")
+        let mut bytes = bincode::serialize(self).expect("a snapshot object always encodes");
+        if !self.working_packs.is_empty() {
+            let extension = Extension {
+                working_packs: self.working_packs.clone(),
+            };
+            bytes.extend(bincode::serialize(&extension).expect("an extension always encodes"));
+        }
+        bytes
     }
 
     /// Decodes a payload, checking its format and that every page names a
@@ -101,7 +147,25 @@ impl RemoteSnapshot {
                 format.format
             ));
         }
-        let object: RemoteSnapshot = bincode::deserialize(bytes).map_err(|e| e.to_string())?;
+        let mut object: RemoteSnapshot = bincode::deserialize(bytes).map_err(|e| e.to_string())?;
+        let fields = bincode::serialized_size(&object).map_err(|e| e.to_string())? as usize;
+        if let Some(rest) = bytes.get(fields..).filter(|r| !r.is_empty()) {
+            let extension: Extension = bincode::deserialize(rest)
+                .map_err(|e| format!("the extension after the pages: {e}"))?;
+            object.working_packs = extension.working_packs;
+        }
+        if let Some(w) = object
+            .working_packs
+            .iter()
+            .find(|w| w.pages.len() > crate::seal::MAX_PACK_PAGES as usize)
+        {
+            return Err(format!(
+                "working-set pack {} lists {} pages (at most {})",
+                w.name,
+                w.pages.len(),
+                crate::seal::MAX_PACK_PAGES
+            ));
+        }
         if let Some(p) = object.pages.iter().find(|p| {
             p.pack as usize >= object.packs.len() || p.slot >= crate::seal::MAX_PACK_PAGES
         }) {

@@ -234,7 +234,7 @@ pub async fn pull_snapshot(
             let packs = &object.packs;
             async move {
                 let name = &packs[range.pack as usize];
-                let n = fetch_range(remote, name, &range).await?;
+                let n = fetch_range(remote, Kind::Pack, name, &range).await?;
                 let _ = tx.send(ToWriter::Pages(n.1)).await;
                 Ok::<u64, PullError>(n.0)
             }
@@ -285,19 +285,21 @@ pub async fn pull_snapshot(
     Ok(report)
 }
 
-/// Reads one range, decrypts it and checks every wanted page; returns the
-/// count and the wanted pages back to back.
+/// Reads one range of the pack `pack` of `kind` (a pack or a working-set
+/// pack), decrypts it and checks every wanted page; returns the count and
+/// the wanted pages back to back.
 pub(crate) async fn fetch_range(
     remote: &RemoteStore,
+    kind: Kind,
     pack: &str,
     range: &Range,
 ) -> Result<(u64, Vec<u8>), PullError> {
     let bytes = remote
-        .get_range(Kind::Pack, pack, seal::slot_range(range.first, range.end))
+        .get_range(kind, pack, seal::slot_range(range.first, range.end))
         .await?;
     let keys = remote.keys.clone();
-    let rel = RemoteStore::rel(Kind::Pack, pack);
-    let object = remote.describe(Kind::Pack, pack);
+    let rel = RemoteStore::rel(kind, pack);
+    let object = remote.describe(kind, pack);
     let first = range.first;
     let wanted = range.wanted.clone();
     tokio::task::spawn_blocking(move || {

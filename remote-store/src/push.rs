@@ -10,7 +10,14 @@
 //!      read and verify its pages from the local store, encrypt,
 //!      PUT packs/<name>, then PUT packidx/<name> (the pack's commit)
 //! 3. PUT workingsets/<name> if the snapshot has one and the bucket's differs
-//! 4. PUT snapshots/<name> unless the bucket's is the same
+//! 4. the working-set packs, unless the bucket has them: the pages a lazy
+//!    restore fetches before the copy resumes (the working set's, the
+//!    areas the page server does not fill, the live stacks: pool's
+//!    pages_before_resume), again, contiguous, in image order, in packs of
+//!    at most MAX_PACK_PAGES: wspacks/<name>, named by that list (not in
+//!    the bucket index: uploads never find pages there), kept by the gc
+//!    while a snapshot object names them. THAW_STORE_WORKING_PACK=0: none
+//! 5. PUT snapshots/<name> unless the bucket's is the same
 //! ```
 //!
 //! Every name is derived from content (a pack's from its page list), so a
@@ -59,6 +66,10 @@ pub struct PushReport {
     pub manifest_sent: bool,
     /// Whether the working set was written.
     pub working_set_sent: bool,
+    /// Pages in the snapshot's working-set packs (0: none).
+    pub working_pack_pages: u64,
+    /// Working-set packs written (0 when the bucket had them).
+    pub working_packs_sent: u64,
 }
 
 /// Why an upload failed.
@@ -187,10 +198,21 @@ pub async fn push_snapshot(
         }
     }
 
+    let working_packs = if std::env::var(ENV_WORKING_PACK).as_deref() == Ok("0") {
+        Vec::new()
+    } else {
+        let early = pool::restore::page_source::pages_before_resume(&snapshot, &working_set);
+        upload_working_packs(remote, &local.store, &local.id, early, &mut report).await?
+    };
+
     let object = {
         let index = remote.index.lock().await;
-        RemoteSnapshot::new(&local.id, manifest, &hashes, &index)
-            .expect("every page was found in or added to the index")
+        let mut object = RemoteSnapshot::new(&local.id, manifest, &hashes, &index)
+            .expect("every page was found in or added to the index");
+        for (name, pages) in &working_packs {
+            object.add_working_pack(name, pages);
+        }
+        object
     };
     report.manifest_sent = remote
         .put_blob(Kind::Snapshot, remote_id.as_bytes(), &object.encode())
@@ -256,6 +278,71 @@ fn upload_order(
     out
 }
 
+/// `THAW_STORE_WORKING_PACK=0`: uploads make no working-set pack (the
+/// bucket as before 2026-12-07; readers then fetch from the shared packs).
+pub const ENV_WORKING_PACK: &str = "THAW_STORE_WORKING_PACK";
+
+/// Sends the working-set packs of the pages `early` (see the module doc)
+/// the bucket lacks; returns every one's name and pages.
+async fn upload_working_packs(
+    remote: &RemoteStore,
+    store: &Arc<PageStore>,
+    id: &str,
+    early: Vec<PageHash>,
+    report: &mut PushReport,
+) -> Result<Vec<(String, Vec<PageHash>)>, PushError> {
+    let mut packs = Vec::new();
+    for pages in early.chunks(seal::MAX_PACK_PAGES as usize) {
+        let name = remote.name(Kind::WorkingPack, &pack_address(pages));
+        if !remote.has_object(Kind::WorkingPack, &name).await? {
+            let sealed =
+                seal_pages(remote, store, id, Kind::WorkingPack, &name, pages.to_vec()).await?;
+            remote.put_raw(Kind::WorkingPack, &name, sealed).await?;
+            report.working_packs_sent += 1;
+        }
+        report.working_pack_pages += pages.len() as u64;
+        packs.push((name, pages.to_vec()));
+    }
+    if !packs.is_empty() {
+        tracing::debug!(
+            snapshot = %id,
+            pages = report.working_pack_pages,
+            sent = report.working_packs_sent,
+            "working-set packs"
+        );
+    }
+    Ok(packs)
+}
+
+/// Reads `hashes` from the local store (each verified) and seals them as
+/// the pack `name` of `kind` (a pack or a working-set pack).
+async fn seal_pages(
+    remote: &RemoteStore,
+    store: &Arc<PageStore>,
+    id: &str,
+    kind: Kind,
+    name: &str,
+    hashes: Vec<PageHash>,
+) -> Result<Vec<u8>, PushError> {
+    let store = store.clone();
+    let keys: Keys = remote.keys.clone();
+    let rel = RemoteStore::rel(kind, name);
+    let id = id.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut pages = Vec::with_capacity(hashes.len() * PAGE_SIZE);
+        for hash in &hashes {
+            let page = store.get(hash).map_err(|source| PushError::Page {
+                id: id.clone(),
+                source,
+            })?;
+            pages.extend_from_slice(&page);
+        }
+        Ok::<_, PushError>(seal::seal_pack(&keys, &rel, &pages))
+    })
+    .await
+    .map_err(|e| PushError::Task(e.to_string()))?
+}
+
 /// Sends one pack and its index; returns its page count.
 async fn upload_pack(
     remote: &RemoteStore,
@@ -264,26 +351,7 @@ async fn upload_pack(
     hashes: Vec<PageHash>,
 ) -> Result<usize, PushError> {
     let name = remote.name(Kind::Pack, &pack_address(&hashes));
-    let sealed = {
-        let store = store.clone();
-        let keys: Keys = remote.keys.clone();
-        let rel = RemoteStore::rel(Kind::Pack, &name);
-        let hashes = hashes.clone();
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut pages = Vec::with_capacity(hashes.len() * PAGE_SIZE);
-            for hash in &hashes {
-                let page = store.get(hash).map_err(|source| PushError::Page {
-                    id: id.clone(),
-                    source,
-                })?;
-                pages.extend_from_slice(&page);
-            }
-            Ok::<_, PushError>(seal::seal_pack(&keys, &rel, &pages))
-        })
-        .await
-        .map_err(|e| PushError::Task(e.to_string()))??
-    };
+    let sealed = seal_pages(remote, store, id, Kind::Pack, &name, hashes.clone()).await?;
     remote.put_raw(Kind::Pack, &name, sealed).await?;
     remote
         .put_sealed(Kind::PackIndex, &name, &pack_address(&hashes))

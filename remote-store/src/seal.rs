@@ -12,8 +12,9 @@
 //!        under the store prefix (e.g. "snapshots/<name>")
 //! ```
 //!
-//! A pack of pages, laid out so that any run of slots is one ranged read
-//! and decrypts on its own:
+//! A pack of pages (`packs/`, and a snapshot's working-set packs in
+//! `wspacks/`), laid out so that any run of slots is one ranged read and
+//! decrypts on its own:
 //!
 //! ```text
 //! 0   8  magic "THAWRPAK"

@@ -1,7 +1,8 @@
 //! The bucket's gc (`RemoteStore::gc`) through an in-memory object store:
 //! two captured python3 processes pushed as `a` and `b`, a stray pack
 //! without its index; with only `b` live the gc deletes `a`'s snapshot, its
-//! working set and the packs only it used, and the stray pack, keeps every
+//! working set, its working-set pack and the packs only it used, and the
+//! stray pack, keeps every
 //! pack `b` needs (`b` still pulls whole and verifies), and a dry run or a
 //! long grace deletes nothing. The same against a real Garage and servers is
 //! in server/tests/cache_gc.rs. Needs root (ptrace) and python3.
@@ -41,6 +42,16 @@ async fn gc_deletes_what_no_live_snapshot_needs_and_keeps_the_rest() {
     let pa = push_snapshot(&remote, &local(&a), "a").await.unwrap();
     let pb = push_snapshot(&remote, &local(&b), "b").await.unwrap();
     assert!(pa.working_set_sent);
+    // Each has a working-set pack (its stacks, the pages the page server
+    // does not fill: what a lazy restore fetches before the resume).
+    assert!(
+        pa.working_packs_sent >= 1 && pb.working_packs_sent >= 1,
+        "{pa:?} {pb:?}"
+    );
+    assert_eq!(
+        count(&remote, Kind::WorkingPack).await as u64,
+        pa.working_packs_sent + pb.working_packs_sent
+    );
     // A pack a killed upload left without its index.
     bucket
         .put(
@@ -105,6 +116,15 @@ async fn gc_deletes_what_no_live_snapshot_needs_and_keeps_the_rest() {
     assert_eq!(done.deleted, dry.deleted, "the dry run named the same");
     assert_eq!(done.deleted_of(Kind::Snapshot), 1);
     assert_eq!(done.deleted_of(Kind::WorkingSet), 1);
+    // a's working-set pack went with it, b's stays.
+    assert_eq!(
+        done.deleted_of(Kind::WorkingPack) as u64,
+        pa.working_packs_sent
+    );
+    assert_eq!(
+        count(&remote, Kind::WorkingPack).await as u64,
+        pb.working_packs_sent
+    );
     // a's own packs (its random bytes) and the stray one; every pack
     // deleted had its index deleted too, except the stray one.
     assert!(done.deleted_of(Kind::Pack) >= 2, "{done:?}");

@@ -512,6 +512,7 @@ async fn lazy_restore(
         "resumed_ms": resumed_ms,
         "working_set_pages": report.working_set_pages,
         "working_set_stored_pages": report.working_set_stored_pages,
+        "working_pack_pages": report.working_pack_pages,
         "at_resume": {
             "pages_fetched": at_resume.pages_fetched,
             "ranges": at_resume.ranges,

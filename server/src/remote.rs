@@ -190,6 +190,7 @@ impl Uploader {
                         pages = report.pages,
                         pages_sent = report.pages_sent,
                         bytes_sent = report.bytes_sent,
+                        working_pack_pages = report.working_pack_pages,
                         store = %this.remote.url(),
                         "version uploaded to the shared store"
                     );
@@ -361,6 +362,8 @@ pub async fn cli_push(
         "bytes_sent": r.bytes_sent,
         "manifest_sent": r.manifest_sent,
         "working_set_sent": r.working_set_sent,
+        "working_pack_pages": r.working_pack_pages,
+        "working_packs_sent": r.working_packs_sent,
     }))
 }
 

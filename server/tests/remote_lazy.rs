@@ -7,7 +7,10 @@
 //! a working set, bytes fetched stay within twice the working set; a
 //! damaged pack, or the store gone before the resume, fails the restore
 //! (exit 75, the copy never ran) naming what failed; the store gone after
-//! the resume kills the copy, which never prints a digest.
+//! the resume kills the copy, which never prints a digest. A snapshot's
+//! working-set pack serves every page needed before the resume in few
+//! reads; a damaged one fails the restore before the copy runs; snapshots
+//! without one, and readers told not to read it, restore lazily as before.
 //! Needs root (ptrace) and the garage binary (`./dev.sh s3` installs it).
 
 mod common;
@@ -298,8 +301,31 @@ fn a_damaged_pack_fails_the_restore_before_the_copy_runs_naming_it() {
     let a = tmp.path().join("a");
     capture(&a);
     let key = new_key();
-    push(&env, &key, "py", &a);
+    // Uploaded without a working-set pack (the first fetch reads those
+    // when there is one: a_working_set_pack_serves_the_first_fetch_...
+    // damages it).
+    let mut without = env.clone();
+    without.push(("THAW_STORE_WORKING_PACK", "0".into()));
+    push(&without, &key, "py", &a);
     // Every slot of every pack damaged: the first fetch meets one.
+    damage_every_slot(&g, &format!("{}/packs", prefix(&key)));
+    let run = lazy_restore(&env, &key, &tmp.path().join("d"), "py", "a");
+    assert_eq!(run.code, 75, "{}", run.stderr);
+    assert!(run.printed.is_empty(), "the copy ran: {}", run.printed);
+    assert!(
+        run.stderr.contains("failed before the copy resumed")
+            && run
+                .stderr
+                .contains(&format!("s3://{BUCKET}/{}/packs/", prefix(&key)))
+            && run.stderr.contains("does not decrypt with this store key"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Flips a byte in every page slot of every object under `folder`
+/// (`PREFIX/packs`, `PREFIX/wspacks`) of `g`'s bucket.
+fn damage_every_slot(g: &Garage, folder: &str) {
     let client = object_store::aws::AmazonS3Builder::new()
         .with_endpoint(&g.endpoint)
         .with_access_key_id(&g.key_id)
@@ -315,7 +341,7 @@ fn a_damaged_pack_fails_the_restore_before_the_copy_runs_naming_it() {
         .unwrap();
     let packs: Vec<object_store::path::Path> = rt.block_on(async {
         use futures_util::TryStreamExt;
-        let prefix = object_store::path::Path::from(format!("{}/packs", prefix(&key)));
+        let prefix = object_store::path::Path::from(folder);
         client
             .list(Some(&prefix))
             .map_ok(|m| m.location)
@@ -323,7 +349,7 @@ fn a_damaged_pack_fails_the_restore_before_the_copy_runs_naming_it() {
             .await
             .unwrap()
     });
-    assert!(!packs.is_empty());
+    assert!(!packs.is_empty(), "nothing under {folder}");
     for path in &packs {
         let mut bytes = rt
             .block_on(async { client.get(path).await?.bytes().await })
@@ -336,18 +362,102 @@ fn a_damaged_pack_fails_the_restore_before_the_copy_runs_naming_it() {
         }
         rt.block_on(client.put(path, bytes.into())).unwrap();
     }
-    let run = lazy_restore(&env, &key, &tmp.path().join("d"), "py", "a");
+}
+
+#[test]
+fn a_working_set_pack_serves_the_first_fetch_in_few_reads() {
+    let g = match prerequisites() {
+        Ok(g) => g,
+        Err(why) => skip!("{why}"),
+    };
+    let env = g.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| tmp.path().join(n);
+    let (hot, _) = capture(&dir("a"));
+    let key = new_key();
+    push(&env, &key, "py", &dir("a"));
+    // d1 records a working set (hot memory); pushed under another key, the
+    // writer lays out what a lazy restore fetches before the resume in a
+    // working-set pack.
+    let first = lazy_restore(&env, &key, &dir("d1"), "py", "h");
+    assert_eq!(first.printed, hot, "{}", first.stderr);
+    let other = new_key();
+    let pushed = push(&env, &other, "py", &dir("d1"));
+    println!("push with a working set: {pushed}");
+    let wp = pushed["working_pack_pages"].as_u64().unwrap();
+    assert!(wp >= 1024, "4 MiB of hot memory at least: {pushed}");
+    assert!(
+        pushed["working_packs_sent"].as_u64().unwrap() >= 1,
+        "{pushed}"
+    );
+    // Content-named: uploaded once.
+    let again = push(&env, &other, "py", &dir("d1"));
+    assert_eq!(again["working_packs_sent"], 0, "{again}");
+    assert_eq!(again["objects_sent"], 0, "{again}");
+
+    let n = |v: &Value| v.as_u64().unwrap();
+    let run = lazy_restore(&env, &other, &dir("d2"), "py", "h");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.printed, hot, "{}", run.stderr);
+    let report = run.report.expect("a report on stderr");
+    println!("lazy restore from the working-set pack: {report}");
+    assert_eq!(n(&report["working_pack_pages"]), wp, "{report}");
+    // Every page before the resume came from it, in reads of up to 256
+    // slots: no unneeded slot read.
+    let before = &report["at_resume"];
+    assert_eq!(before["fetches"].as_u64(), Some(1), "{report}");
+    assert!(n(&before["pages_fetched"]) <= wp, "{report}");
+    assert!(
+        n(&before["ranges"]) <= wp.div_ceil(256) + wp.div_ceil(1024),
+        "{report}"
+    );
+    let slot = remote_store::seal::SLOT_LEN;
+    assert_eq!(
+        n(&before["bytes_fetched"]),
+        n(&before["pages_fetched"]) * slot,
+        "{report}"
+    );
+
+    // A reader told not to read it (the A/B's old arm) fetches the same
+    // pages from the shared packs.
+    let mut old = env.clone();
+    old.push(("THAW_LAZY_WORKING_PACK", "0".into()));
+    let run = lazy_restore(&old, &other, &dir("d3"), "py", "h");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.printed, hot, "{}", run.stderr);
+    let report = run.report.expect("a report on stderr");
+    println!("lazy restore from the shared packs: {report}");
+    assert_eq!(report["working_pack_pages"], 0, "{report}");
+
+    // A snapshot uploaded without one (as before) restores lazily.
+    let mut without = env.clone();
+    without.push(("THAW_STORE_WORKING_PACK", "0".into()));
+    let third = new_key();
+    let pushed = push(&without, &third, "py", &dir("d1"));
+    assert_eq!(pushed["working_pack_pages"], 0, "{pushed}");
+    let run = lazy_restore(&env, &third, &dir("d4"), "py", "h");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.printed, hot, "{}", run.stderr);
+    assert_eq!(run.report.unwrap()["working_pack_pages"], 0);
+
+    // A damaged working-set pack fails the restore before the copy runs,
+    // naming it; the shared packs are whole, so the old path still works.
+    damage_every_slot(&g, &format!("{}/wspacks", prefix(&other)));
+    let run = lazy_restore(&env, &other, &dir("d5"), "py", "h");
     assert_eq!(run.code, 75, "{}", run.stderr);
     assert!(run.printed.is_empty(), "the copy ran: {}", run.printed);
     assert!(
         run.stderr.contains("failed before the copy resumed")
             && run
                 .stderr
-                .contains(&format!("s3://{BUCKET}/{}/packs/", prefix(&key)))
+                .contains(&format!("s3://{BUCKET}/{}/wspacks/", prefix(&other)))
             && run.stderr.contains("does not decrypt with this store key"),
         "{}",
         run.stderr
     );
+    let run = lazy_restore(&old, &other, &dir("d6"), "py", "h");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.printed, hot, "{}", run.stderr);
 }
 
 #[test]

@@ -198,40 +198,7 @@ impl LazyPages {
                 }
             }
         }
-        // Areas the page server does not serve read the image directly.
-        let mut early: Vec<(usize, usize)> = snapshot
-            .processes()
-            .flat_map(|(state, _)| state.areas.iter())
-            .enumerate()
-            .filter(|(_, area)| !super::uffd::is_lazy(area))
-            .flat_map(|(a, _)| (0..lazy.image.hashes[a].len()).map(move |i| (a, i)))
-            .collect();
-        // The live threads' stacks, written rather than served in uffd
-        // mode (see `restore_memory`), of every process.
-        for (p, (state, areas)) in snapshot.processes().enumerate() {
-            let base = lazy.image.bases[p];
-            for a in thread::live_stacks(state, areas) {
-                early.extend((0..lazy.image.hashes[base + a].len()).map(|i| (base + a, i)));
-            }
-        }
-        // The pages the restore fills before the resume, every process's:
-        // each thread's rseq area and the futex words of interrupted
-        // waits (see `restore_memory`). Missing, each was a fetch of its
-        // own before the resume (one store round trip).
-        for (p, (state, _)) in snapshot.processes().enumerate() {
-            let base = lazy.image.bases[p];
-            let mut pages = thread::restart_pages(state);
-            pages.extend(
-                state
-                    .threads
-                    .iter()
-                    .filter_map(|t| t.rseq.as_ref())
-                    .map(|r| r.address),
-            );
-            early.extend(pages_at(&state.areas, &pages).map(|(a, i)| (base + a, i)));
-        }
-        // The root's working set (its areas come first in the image).
-        early.extend(pages_at(&snapshot.state.areas, prefetch));
+        let early = early_pages(snapshot, &lazy.image.hashes, &lazy.image.bases, prefetch);
         let image = lazy.image.clone();
         let fetch = std::thread::Builder::new()
             .name("thaw-lazy-early".into())
@@ -401,6 +368,88 @@ impl LazyPages {
             })
             .sum()
     }
+}
+
+/// Every page (image area, index) a lazy copy of `snapshot` needs before
+/// it resumes, in the order [`LazyPages::new`] asks for them: the pages of
+/// the areas the page server does not fill, the live threads' stacks, the
+/// pages the restore fills (rseq areas, futex words of interrupted waits),
+/// then the root's working set `prefetch`. `hashes` holds the image's
+/// areas' pages, `bases` each process's first area.
+fn early_pages(
+    snapshot: &Snapshot,
+    hashes: &[Vec<Option<PageHash>>],
+    bases: &[usize],
+    prefetch: &[u64],
+) -> Vec<(usize, usize)> {
+    // Areas the page server does not serve read the image directly.
+    let mut early: Vec<(usize, usize)> = snapshot
+        .processes()
+        .flat_map(|(state, _)| state.areas.iter())
+        .enumerate()
+        .filter(|(_, area)| !super::uffd::is_lazy(area))
+        .flat_map(|(a, _)| (0..hashes[a].len()).map(move |i| (a, i)))
+        .collect();
+    // The live threads' stacks, written rather than served in uffd
+    // mode (see `restore_memory`), of every process.
+    for (p, (state, areas)) in snapshot.processes().enumerate() {
+        let base = bases[p];
+        for a in thread::live_stacks(state, areas) {
+            early.extend((0..hashes[base + a].len()).map(|i| (base + a, i)));
+        }
+    }
+    // The pages the restore fills before the resume, every process's:
+    // each thread's rseq area and the futex words of interrupted
+    // waits (see `restore_memory`). Missing, each was a fetch of its
+    // own before the resume (one store round trip).
+    for (p, (state, _)) in snapshot.processes().enumerate() {
+        let base = bases[p];
+        let mut pages = thread::restart_pages(state);
+        pages.extend(
+            state
+                .threads
+                .iter()
+                .filter_map(|t| t.rseq.as_ref())
+                .map(|r| r.address),
+        );
+        early.extend(pages_at(&state.areas, &pages).map(|(a, i)| (base + a, i)));
+    }
+    // The root's working set (its areas come first in the image).
+    early.extend(pages_at(&snapshot.state.areas, prefetch));
+    early
+}
+
+/// The stored pages a lazy restore of `snapshot` with the working set
+/// `prefetch` (saved addresses, tags in the low bits) fetches before the
+/// copy resumes (see [`LazyPages::new`]), each once, in the image's order
+/// (process by process, areas by address): what a writer lays out
+/// contiguously for readers (`remote_store`'s working-set pack). The
+/// restore asks for all of them in one call; in address order the runs a
+/// fault asks for later are contiguous too.
+pub fn pages_before_resume(snapshot: &Snapshot, prefetch: &[u64]) -> Vec<PageHash> {
+    let every: Vec<Vec<Option<PageHash>>> = snapshot
+        .processes()
+        .flat_map(|(_, areas)| areas.iter())
+        .map(|a| {
+            a.iter()
+                .map(|s| match s {
+                    PageSlot::Hash(h) => Some(h),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let bases: Vec<usize> = (0..=snapshot.children.len())
+        .map(|i| snapshot.area_base(i))
+        .collect();
+    let mut early = early_pages(snapshot, &every, &bases, prefetch);
+    early.sort_unstable();
+    let mut seen = std::collections::HashSet::new();
+    early
+        .into_iter()
+        .filter_map(|(a, i)| every.get(a)?.get(i).copied().flatten())
+        .filter(|h| seen.insert(*h))
+        .collect()
 }
 
 /// The (area, page) of each saved address of `pages` (tags in the low

@@ -287,6 +287,7 @@ impl Cluster {
                     ranges = r.ranges,
                     working_set_pages = r.working_set_pages,
                     working_set_stored_pages = r.working_set_stored_pages,
+                    working_pack_pages = r.working_pack_pages,
                     "lazy restore: the copy resumed (pages from the shared store)"
                 );
                 if self.lazy.start_completion(id, generation) {
