@@ -14,7 +14,9 @@
 //!   (JSON: fd numbers, files to open;      child is left (ECHILD: none in the
 //!    SCM_RIGHTS: stdout, stderr, fd 3,     namespace but pid 1)
 //!    fd 4, status, the copy's files)       close the userfaultfds it held
-//!                                          mount table == the one it recorded
+//!                                          mount table == the one it read at
+//!                                            the last reset (/tmp's mount ID
+//!                                            and device aside: `comparable`)
 //!                                          a fresh tmpfs on /tmp
 //!                                          unshare(CLONE_NEWIPC): System V
 //!                                            objects and POSIX queues gone
@@ -298,10 +300,11 @@ pub(super) mod inside {
             };
             match tag {
                 ORDER => {
-                    let result = collect(keeper, &mut buf, &payload, fds).and_then(|(order, fds)| {
-                        old_way = order.old_way;
-                        recycle(spec, &mut held, &mut template, order, fds)
-                    });
+                    let result =
+                        collect(keeper, &mut buf, &payload, fds).and_then(|(order, fds)| {
+                            old_way = order.old_way;
+                            recycle(spec, &mut held, &mut template, order, fds)
+                        });
                     match result {
                         Ok(stub) => {
                             child = stub;
@@ -549,7 +552,10 @@ mod tests {
         let base = comparable(TABLE).unwrap();
         // A mount added (under /tmp too), one gone, options changed.
         let added = format!("{TABLE}641 614 0:132 / /tmp/x rw - tmpfs tmpfs rw\n");
-        let gone = TABLE.replace("615 612 254:0 /srv/code /var/task ro,relatime - ext4 /dev/vda rw\n", "");
+        let gone = TABLE.replace(
+            "615 612 254:0 /srv/code /var/task ro,relatime - ext4 /dev/vda rw\n",
+            "",
+        );
         let tmp_rw = TABLE.replace("rw,nosuid,nodev,relatime - tmpfs", "rw,relatime - tmpfs");
         let tmp_size = TABLE.replace("size=64m", "size=65m");
         let tmp_parent = TABLE.replace("614 612 0:97", "614 613 0:97");
@@ -563,7 +569,10 @@ mod tests {
     fn tmp_must_be_mounted_once() {
         let twice = format!("{TABLE}650 612 0:140 / /tmp rw - tmpfs tmpfs rw\n");
         assert_eq!(comparable(&twice).unwrap_err(), "two mounts at /tmp");
-        let none = TABLE.replace("614 612 0:97 / /tmp rw,nosuid,nodev,relatime - tmpfs tmpfs rw,size=64m,mode=1777\n", "");
+        let none = TABLE.replace(
+            "614 612 0:97 / /tmp rw,nosuid,nodev,relatime - tmpfs tmpfs rw,size=64m,mode=1777\n",
+            "",
+        );
         assert_eq!(comparable(&none).unwrap_err(), "no mount at /tmp");
     }
 }
