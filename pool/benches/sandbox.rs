@@ -39,7 +39,10 @@
 //!   (`Sandbox::recycle`: pid 1 kills the stub, resets `/tmp`, the IPC
 //!   namespace and the host name, checks the mount table, forks a new
 //!   stub; the server checks the network namespace and rebases the
-//!   cgroup), each with its wall time and CPU (as above).
+//!   cgroup), each with its wall time and CPU (as above); and the recycle
+//!   with pid 1's old bookkeeping (`THAW_RECYCLE_LEAN=0`: the mount table
+//!   read twice, a zeroed receive buffer per message) in a second kept
+//!   sandbox, the two ways alternated round by round.
 //! * **seccomp policy install**: the CPU time (`CLOCK_THREAD_CPUTIME_ID`)
 //!   of the `seccomp` call that installs the function policy
 //!   (`pool::sandbox::seccomp::install`, made in every function and every
@@ -311,13 +314,20 @@ fn main() {
     names.push("stub sandbox: CPU per launch + teardown");
     names.push("stub sandbox: recycle (wall)");
     names.push("stub sandbox: CPU per recycle");
-    let stub_base = names.len() - 4;
+    names.push("stub sandbox: recycle, old way (wall)");
+    names.push("stub sandbox: CPU per recycle, old way");
+    let stub_base = names.len() - 6;
     let mut stub_spec = spec.clone();
     stub_spec.stub = true;
     let mut kept = rt
         .block_on(Sandbox::launch_stub(&config, &stub_spec, &[], &[]))
         .expect("launch the stub sandbox to recycle");
     assert!(kept.is_recyclable(), "THAW_SANDBOX_RECYCLE=0?");
+    // The same, recycled with pid 1's old bookkeeping (THAW_RECYCLE_LEAN=0):
+    // a sandbox of its own, as pid 1 keeps its template between recycles.
+    let mut kept_old = rt
+        .block_on(Sandbox::launch_stub(&config, &stub_spec, &[], &[]))
+        .expect("launch the stub sandbox to recycle the old way");
     let mut steps: Vec<Step> = names
         .iter()
         .map(|&name| Step {
@@ -410,14 +420,33 @@ fn main() {
         rt.block_on(sandbox.destroy()).expect("destroy stub");
         add(stub_base, t.elapsed());
         add(stub_base + 1, cpu_now(&cgroups).saturating_sub(cpu0));
-        let cpu0 = cpu_now(&cgroups);
-        let t = Instant::now();
-        rt.block_on(kept.recycle(&[], &[])).expect("recycle");
-        add(stub_base + 2, t.elapsed());
-        add(stub_base + 3, cpu_now(&cgroups).saturating_sub(cpu0));
+        // The two ways of recycling alternately, the order flipped every
+        // round (`Sandbox::recycle` reads THAW_RECYCLE_LEAN at each order).
+        let ways = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for old_way in ways {
+            let (sandbox, at) = if old_way {
+                std::env::set_var(pool::sandbox::recycle::LEAN_ENV, "0");
+                (&mut kept_old, stub_base + 4)
+            } else {
+                std::env::remove_var(pool::sandbox::recycle::LEAN_ENV);
+                (&mut kept, stub_base + 2)
+            };
+            let cpu0 = cpu_now(&cgroups);
+            let t = Instant::now();
+            rt.block_on(sandbox.recycle(&[], &[])).expect("recycle");
+            add(at, t.elapsed());
+            add(at + 1, cpu_now(&cgroups).saturating_sub(cpu0));
+        }
+        std::env::remove_var(pool::sandbox::recycle::LEAN_ENV);
     }
     rt.block_on(kept.destroy())
         .expect("destroy the recycled sandbox");
+    rt.block_on(kept_old.destroy())
+        .expect("destroy the sandbox recycled the old way");
     set_mode(Mode::Zygote);
     println!("== sandbox creation and teardown steps (median of {ROUNDS} rounds)");
     print(&steps);

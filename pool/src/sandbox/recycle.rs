@@ -14,7 +14,9 @@
 //!   (JSON: fd numbers, files to open;      child is left (ECHILD: none in the
 //!    SCM_RIGHTS: stdout, stderr, fd 3,     namespace but pid 1)
 //!    fd 4, status, the copy's files)       close the userfaultfds it held
-//!                                          mount table == the one it recorded
+//!                                          mount table == the one it read at
+//!                                            the last reset (/tmp's mount ID
+//!                                            and device aside: `comparable`)
 //!                                          a fresh tmpfs on /tmp
 //!                                          unshare(CLONE_NEWIPC): System V
 //!                                            objects and POSIX queues gone
@@ -78,6 +80,20 @@ struct Order {
     keep_fds: Vec<i32>,
     /// Files the stub opens itself, as at a launch.
     open_files: Vec<OpenFile>,
+    /// pid 1's bookkeeping the old way ([`LEAN_ENV`]`=0`): the mount table
+    /// read again after `/tmp` is replaced, a zeroed receive buffer per
+    /// message.
+    #[serde(default)]
+    old_way: bool,
+}
+
+/// Environment variable (server side) that turns pid 1's leaner
+/// bookkeeping off (`0`): one mount-table read per recycle instead of two,
+/// one receive buffer for pid 1's life instead of a zeroed one per message.
+pub const LEAN_ENV: &str = "THAW_RECYCLE_LEAN";
+
+fn lean() -> bool {
+    std::env::var_os(LEAN_ENV).is_none_or(|v| v != "0")
 }
 
 /// Errors of recycling a sandbox (it is destroyed then).
@@ -131,6 +147,7 @@ pub(super) fn order(
     let order = Order {
         keep_fds: extra.iter().map(|(_, n)| *n).collect(),
         open_files: open_files.to_vec(),
+        old_way: !lean(),
     };
     let mut first = vec![ORDER];
     first.extend(serde_json::to_vec(&order).expect("order serialises"));
@@ -181,6 +198,36 @@ pub(super) fn order(
     }
 }
 
+/// A sandbox's mount table (`/proc/self/mountinfo`) as a recycle compares
+/// it: every line as it is but the `/tmp` mount's, which is put last
+/// without its mount ID and device (each recycle mounts a fresh tmpfs
+/// there, with new ones). Exactly one mount at `/tmp`, or an error.
+fn comparable(table: &str) -> Result<String, String> {
+    let mut rest = String::with_capacity(table.len());
+    let mut tmp = None;
+    for line in table.lines() {
+        // ID, parent ID, major:minor, then root, mount point, ...
+        let mut fields = line.splitn(4, ' ');
+        let (_id, parent, _dev, after) = (
+            fields.next(),
+            fields.next().unwrap_or(""),
+            fields.next(),
+            fields.next().unwrap_or(""),
+        );
+        if after.split(' ').nth(1) == Some("/tmp") {
+            if tmp.is_some() {
+                return Err("two mounts at /tmp".into());
+            }
+            tmp = Some(format!("/tmp: {parent} {after}"));
+        } else {
+            rest.push_str(line);
+            rest.push('\n');
+        }
+    }
+    rest.push_str(&tmp.ok_or("no mount at /tmp")?);
+    Ok(rest)
+}
+
 /// pid 1's side (see the module docs).
 pub(super) mod inside {
     use super::*;
@@ -213,6 +260,11 @@ pub(super) mod inside {
         };
         let mut template = mount_table().unwrap_or_default();
         let mut held: Vec<OwnedFd> = Vec::new();
+        // One receive buffer for pid 1's life: allocated (untouched, so
+        // unmapped until written) once, not zeroed again per message.
+        let mut buf = vec![0u8; MAX_ORDER];
+        // The last order's [`Order::old_way`]: a zeroed buffer per message.
+        let mut old_way = false;
         // SAFETY: KEEPER_FD was placed by the launcher for stub sandboxes;
         // pid 1 keeps it open for its whole life.
         let keeper = unsafe { BorrowedFd::borrow_raw(KEEPER_FD) };
@@ -237,7 +289,10 @@ pub(super) mod inside {
             if fds[0].revents().is_none_or(|r| r.is_empty()) {
                 continue;
             }
-            let (tag, payload, fds) = match receive(keeper) {
+            if old_way {
+                buf = vec![0u8; MAX_ORDER];
+            }
+            let (tag, payload, fds) = match receive(keeper, &mut buf) {
                 Ok(Some(message)) => message,
                 // The server closed its end (the sandbox is being
                 // destroyed, or the server died): wait as any sandbox.
@@ -245,9 +300,11 @@ pub(super) mod inside {
             };
             match tag {
                 ORDER => {
-                    let result = collect(keeper, &payload, fds).and_then(|(order, fds)| {
-                        recycle(spec, &mut held, &mut template, order, fds)
-                    });
+                    let result =
+                        collect(keeper, &mut buf, &payload, fds).and_then(|(order, fds)| {
+                            old_way = order.old_way;
+                            recycle(spec, &mut held, &mut template, order, fds)
+                        });
                     match result {
                         Ok(stub) => {
                             child = stub;
@@ -292,11 +349,13 @@ pub(super) mod inside {
     /// One message from the server: its tag, the rest of its bytes, the
     /// descriptors it carried. `None`: the server closed its end.
     #[allow(clippy::type_complexity)]
-    fn receive(keeper: BorrowedFd<'_>) -> Result<Option<(u8, Vec<u8>, Vec<OwnedFd>)>, String> {
+    fn receive(
+        keeper: BorrowedFd<'_>,
+        buf: &mut [u8],
+    ) -> Result<Option<(u8, Vec<u8>, Vec<OwnedFd>)>, String> {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
         use std::os::fd::FromRawFd;
-        let mut buf = vec![0u8; MAX_ORDER];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut iov = [std::io::IoSliceMut::new(buf)];
         let mut space = nix::cmsg_space!([RawFd; 253]);
         let msg = recvmsg::<()>(
             keeper.as_raw_fd(),
@@ -320,8 +379,9 @@ pub(super) mod inside {
         if n == 0 && fds.is_empty() {
             return Ok(None);
         }
+        // The buffer is reused: only its first `n` bytes are this message.
         Ok(Some((
-            buf.first().copied().unwrap_or(0),
+            if n > 0 { buf[0] } else { 0 },
             buf[1..n.max(1)].to_vec(),
             fds,
         )))
@@ -330,6 +390,7 @@ pub(super) mod inside {
     /// Reads the order and the rest of its descriptors.
     fn collect(
         keeper: BorrowedFd<'_>,
+        buf: &mut [u8],
         payload: &[u8],
         mut fds: Vec<OwnedFd>,
     ) -> Result<(Order, Vec<OwnedFd>), String> {
@@ -337,7 +398,7 @@ pub(super) mod inside {
             serde_json::from_slice(payload).map_err(|e| format!("parse the order: {e}"))?;
         let want = FIXED.len() + order.keep_fds.len();
         while fds.len() < want {
-            match receive(keeper)? {
+            match receive(keeper, buf)? {
                 Some((MORE, _, more)) if !more.is_empty() => fds.extend(more),
                 _ => return Err("the order's descriptors are missing".into()),
             }
@@ -384,11 +445,22 @@ pub(super) mod inside {
         // The copy is gone: its userfaultfds may go.
         held.clear();
         let now = mount_table()?;
-        if &now != template {
-            return Err("the mount table changed".into());
+        if order.old_way {
+            if &now != template {
+                return Err("the mount table changed".into());
+            }
+            crate::sandbox::mounts::fresh_tmp(spec)?;
+            *template = mount_table()?;
+        } else {
+            // The fresh `/tmp` below gets a new mount ID and device, which
+            // `comparable` leaves out: the table read now is the next
+            // recycle's template, no second read.
+            if super::comparable(&now)? != super::comparable(template)? {
+                return Err("the mount table changed".into());
+            }
+            crate::sandbox::mounts::fresh_tmp(spec)?;
+            *template = now;
         }
-        crate::sandbox::mounts::fresh_tmp(spec)?;
-        *template = mount_table()?;
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWIPC)
             .map_err(|e| format!("unshare ipc: {e}"))?;
         nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("set host name: {e}"))?;
@@ -449,5 +521,58 @@ pub(super) mod inside {
         // The status fd is close-on-exec, as the launcher's.
         // SAFETY: fcntl on a descriptor just placed.
         unsafe { libc::fcntl(status, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::comparable;
+
+    const TABLE: &str = "\
+612 611 0:95 / / ro,relatime - overlay overlay ro
+613 612 0:96 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+614 612 0:97 / /tmp rw,nosuid,nodev,relatime - tmpfs tmpfs rw,size=64m,mode=1777
+615 612 254:0 /srv/code /var/task ro,relatime - ext4 /dev/vda rw
+";
+
+    #[test]
+    fn a_fresh_tmp_compares_equal_wherever_it_is_listed() {
+        // The fresh tmpfs: a new ID and device, listed last.
+        let after = "\
+612 611 0:95 / / ro,relatime - overlay overlay ro
+613 612 0:96 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+615 612 254:0 /srv/code /var/task ro,relatime - ext4 /dev/vda rw
+640 612 0:131 / /tmp rw,nosuid,nodev,relatime - tmpfs tmpfs rw,size=64m,mode=1777
+";
+        assert_eq!(comparable(TABLE).unwrap(), comparable(after).unwrap());
+    }
+
+    #[test]
+    fn any_other_change_differs() {
+        let base = comparable(TABLE).unwrap();
+        // A mount added (under /tmp too), one gone, options changed.
+        let added = format!("{TABLE}641 614 0:132 / /tmp/x rw - tmpfs tmpfs rw\n");
+        let gone = TABLE.replace(
+            "615 612 254:0 /srv/code /var/task ro,relatime - ext4 /dev/vda rw\n",
+            "",
+        );
+        let tmp_rw = TABLE.replace("rw,nosuid,nodev,relatime - tmpfs", "rw,relatime - tmpfs");
+        let tmp_size = TABLE.replace("size=64m", "size=65m");
+        let tmp_parent = TABLE.replace("614 612 0:97", "614 613 0:97");
+        let code_rw = TABLE.replace("/var/task ro,", "/var/task rw,");
+        for other in [added, gone, tmp_rw, tmp_size, tmp_parent, code_rw] {
+            assert_ne!(comparable(&other).unwrap(), base, "{other}");
+        }
+    }
+
+    #[test]
+    fn tmp_must_be_mounted_once() {
+        let twice = format!("{TABLE}650 612 0:140 / /tmp rw - tmpfs tmpfs rw\n");
+        assert_eq!(comparable(&twice).unwrap_err(), "two mounts at /tmp");
+        let none = TABLE.replace(
+            "614 612 0:97 / /tmp rw,nosuid,nodev,relatime - tmpfs tmpfs rw,size=64m,mode=1777\n",
+            "",
+        );
+        assert_eq!(comparable(&none).unwrap_err(), "no mount at /tmp");
     }
 }
