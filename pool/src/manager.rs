@@ -511,7 +511,7 @@ impl Pool {
         let in_flight = (warm.is_none() && cold != Some(Cold::Boot) && spec.snapshot.is_some())
             .then(|| self.cold_in_flight(key));
         // Held from before the spare is claimed to the first answer, or at
-        // most SLOT_HOLD_MAX, when THAW_RESTORE_SLOTS is set ([`slots`]).
+        // most SLOT_HOLD_MAX ([`slots`]).
         let mut slot = match in_flight {
             Some(_) => self.restore_slot(spec).await,
             None => slots::Slot::none(),

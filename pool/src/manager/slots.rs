@@ -20,12 +20,8 @@
 //! restore that fell back to a boot), so slots never stall cold starts
 //! behind slow or waiting ones, only order CPU-bound ones.
 //!
-//! `THAW_RESTORE_SLOTS=N` turns slots on with `N` of them (`0` or unset:
-//! every cold start runs at once, the behaviour before). Off by default:
-//! on a machine loaded by other work (2026-12-07, load 11-17) two slots per
-//! CPU did not shorten a burst's last answer (fewer runnable threads also
-//! get a smaller share of a shared machine); a quiet machine's A/B is
-//! still to be done (docs/restore.md, "Restore slots").
+//! `THAW_RESTORE_SLOTS` sets how many; `0` lets every cold start run at
+//! once (the behaviour before, for A/B measurements).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,8 +30,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// Environment variable: how many cold starts restore at once; unset or
-/// `0`: no limit.
+/// Environment variable: how many cold starts restore at once; `0`: no
+/// limit.
 pub const SLOTS_ENV: &str = "THAW_RESTORE_SLOTS";
 
 /// Longest time a cold start holds its slot (see the module docs). A
@@ -44,13 +40,16 @@ pub const SLOTS_ENV: &str = "THAW_RESTORE_SLOTS";
 /// than the CPU.
 pub const SLOT_HOLD_MAX: Duration = Duration::from_millis(250);
 
-/// How many slots a pool has: `THAW_RESTORE_SLOTS` (measured with two
-/// per CPU). `None`: no limit (unset, `0` or not a number).
+/// How many slots a pool has: `THAW_RESTORE_SLOTS`, else two per CPU the
+/// process may run on. `None`: no limit.
 pub fn configured() -> Option<usize> {
-    std::env::var(SLOTS_ENV)
+    let from_env = std::env::var(SLOTS_ENV)
         .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| *n > 0)
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let n = from_env.unwrap_or_else(|| {
+        2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    (n > 0).then_some(n)
 }
 
 /// The slots of one pool.
@@ -120,7 +119,6 @@ impl Slot {
     }
 
     /// Whether the slot is still held.
-    #[cfg(test)]
     pub fn held(&self) -> bool {
         self.permit.is_some()
     }
