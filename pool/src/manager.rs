@@ -259,9 +259,6 @@ struct State {
     /// Whether a cold start found no spare since `cold_busy_since`
     /// ([`defer`]).
     cold_busy_missed: bool,
-    /// Memory limits of the cold starts waiting for a restore slot, bytes:
-    /// the refill leaves them room ([`slots`]).
-    slot_waiting: u64,
     closed: bool,
 }
 
@@ -513,7 +510,7 @@ impl Pool {
         // Held from before the spare is claimed to the first answer, or at
         // most SLOT_HOLD_MAX ([`slots`]).
         let mut slot = match in_flight {
-            Some(_) => self.restore_slot(spec).await,
+            Some(_) => self.shared.slots.acquire().await,
             None => slots::Slot::none(),
         };
         let (mut instance, start, restore) = match warm {

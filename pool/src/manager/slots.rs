@@ -140,28 +140,6 @@ impl Slot {
     }
 }
 
-impl super::Pool {
-    /// Waits for a restore slot for a cold start of `spec`; meanwhile its
-    /// memory limit is left free by the refill (a spare launched into the
-    /// budget a waiting cold start needs would have it refused).
-    pub(super) async fn restore_slot(&self, spec: &super::StartSpec) -> Slot {
-        if self.shared.slots.available() != Some(0) {
-            return self.shared.slots.acquire().await;
-        }
-        let needed = spec.launch.limits.memory_bytes;
-        self.state.lock().unwrap().slot_waiting += needed;
-        // Given back however the wait ends (the request may be dropped).
-        struct Waiting<'a>(&'a super::Pool, u64);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.state.lock().unwrap().slot_waiting -= self.1;
-            }
-        }
-        let _waiting = Waiting(self, needed);
-        self.shared.slots.acquire().await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

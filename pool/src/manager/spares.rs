@@ -234,10 +234,8 @@ impl Pool {
                 .cmp(&st.last_used.get(*a))
                 .then_with(|| (&b.name, b.version).cmp(&(&a.name, a.version)))
         });
-        // Spares never make room: none is launched while the budget is full,
-        // counting the cold starts waiting for a restore slot (super::slots).
-        let full = super::accounting::counted(st) + st.slot_waiting + (4 << 20)
-            > self.config.memory_budget;
+        // Spares never make room: none is launched while the budget is full.
+        let full = super::accounting::counted(st) + (4 << 20) > self.config.memory_budget;
         let now = Instant::now();
         // Every version its `per_version` first, then what bursts taught
         // (super::demand), both most recently used first, within the cap.
