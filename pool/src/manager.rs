@@ -23,13 +23,11 @@ use crate::logs::LogSink;
 use crate::sandbox::{LaunchSpec, SandboxConfig};
 
 mod recycle;
-mod slots;
 mod spares;
 
 pub use defer::DEFER_ENV;
 pub use demand::DEMAND_WINDOW_ENV;
 pub use recycle::NotRecycled;
-pub use slots::{SLOTS_ENV, SLOT_HOLD_MAX};
 pub use spares::{SpareConfig, DEFAULT_DEMAND_HALF_LIFE};
 
 /// Keep-alive of versions that were never registered.
@@ -307,8 +305,6 @@ struct Shared {
     discarding: AtomicUsize,
     /// Signalled when a cold start has answered ([`defer`]).
     cold_done: tokio::sync::Notify,
-    /// Cold starts that restore run a few at a time ([`slots`]).
-    slots: slots::Slots,
 }
 
 /// The pool of instances. Cheap to clone.
@@ -507,18 +503,9 @@ impl Pool {
         // for spares until it has answered ([`demand`]).
         let in_flight = (warm.is_none() && cold != Some(Cold::Boot) && spec.snapshot.is_some())
             .then(|| self.cold_in_flight(key));
-        // Held from before the spare is claimed to the first answer, or at
-        // most SLOT_HOLD_MAX ([`slots`]).
-        let mut slot = match in_flight {
-            Some(_) => self.shared.slots.acquire().await,
-            None => slots::Slot::none(),
-        };
         let (mut instance, start, restore) = match warm {
             Some(instance) => (instance, StartKind::Warm, None),
-            None => match slot
-                .run(self.cold_start(key, spec, cold, Room::AnyIdle))
-                .await
-            {
+            None => match self.cold_start(key, spec, cold, Room::AnyIdle).await {
                 Ok(started) => started,
                 Err((e, kind)) => return Err(fail(e, Some(kind), t0.elapsed())),
             },
@@ -530,8 +517,7 @@ impl Pool {
             && self.claim_recycle_ahead(key, spec, &instance);
         self.mark_busy(key, 1);
         let start_time = t0.elapsed();
-        let result = slot.run(instance.invoke(inv)).await;
-        drop(slot);
+        let result = instance.invoke(inv).await;
         self.mark_busy(key, -1);
         // Answered: no longer in flight (before the copy's recycle or
         // teardown is queued, which waits for the cold starts in flight:
