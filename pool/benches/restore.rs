@@ -1,5 +1,6 @@
-//! Restore benchmark. Two warmed python3 processes (json + hashlib with a
-//! dict of 20,000 entries; numpy + pandas with a 100,000-row frame) are
+//! Restore benchmark. Warmed python3 processes (json + hashlib with a
+//! dict of 20,000 entries; numpy + pandas with a 100,000-row frame; numpy
+//! with a 32 MiB array) are
 //! restored again and again, in mmap mode, in uffd mode, and in uffd mode
 //! prefetching the working set one request touched, against starting
 //! the same program cold and against asking the warm original. Prints the
@@ -8,7 +9,10 @@
 //!
 //! `cargo bench -p pool --bench restore` (needs root and /usr/bin/python3;
 //! the numpy workload is skipped without numpy and pandas);
-//! `THAW_BENCH_VARIANTS=mmap` runs only the named variants.
+//! `THAW_BENCH_VARIANTS=mmap` runs only the named variants,
+//! `THAW_BENCH_WORKLOADS=json,numpy,array` only the named workloads (a
+//! third one, numpy holding a 32 MiB read-only array, shows what
+//! PMD-aligned images give where they apply).
 
 #[path = "../tests/restore_support/mod.rs"]
 mod restore_support;
@@ -35,6 +39,25 @@ sys.stdout.flush()
 for line in sys.stdin:
     n = int(line)
     sys.stdout.write(json.dumps({"n": n, "g": round(float(df[df.k == n].v.sum()), 6)}) + "\n")
+    sys.stdout.flush()
+"#;
+
+/// A function holding 32 MiB of read-only data (model weights, a lookup
+/// table): a numpy array of its own mapping that each request reads whole
+/// and never writes, the case PMD-aligned images are for.
+const NUMPY_ARRAY: &str = r#"
+import os
+for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[v] = "1"
+import sys, json
+sys.path.insert(0, sys.argv[1])  # numpy (numpy_path)
+import numpy as np
+w = np.random.default_rng(7).random(4 << 20)
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+for line in sys.stdin:
+    n = int(line)
+    sys.stdout.write(json.dumps({"n": n, "s": round(float(w.sum()) + n, 3)}) + "\n")
     sys.stdout.flush()
 "#;
 
@@ -194,6 +217,20 @@ fn workload(name: &str, script: &str, args: &[&str], cold_rounds: usize) {
             "mmap populating the pages read",
             ["THAW_POPULATE_AROUND", "1"],
             ["every page", "a page per fault-around block"],
+        );
+        // The aligned image built before the rounds (the first restore
+        // asking for it would build it).
+        std::env::set_var("THAW_IMAGE_PMD", "1");
+        drop(restore_with_pipes(&snap, Mode::Mmap));
+        std::env::remove_var("THAW_IMAGE_PMD");
+        pmd_report(&snap, &expected, &recorded);
+        env_ab(
+            &snap,
+            &expected,
+            &recorded,
+            "mmap image placement",
+            ["THAW_IMAGE_PMD", "1"],
+            ["packed", "2 MiB-aligned"],
         );
     }
     let cold = median(cold);
@@ -392,12 +429,18 @@ fn env_ab(
     }
     std::env::remove_var(var);
     let m = |v: &Vec<Duration>| ms(median(v.clone()));
+    let p90 = |v: &Vec<Duration>| {
+        let mut v = v.clone();
+        v.sort();
+        ms(v[v.len() * 9 / 10])
+    };
     let [a, b] = &sides;
     println!(
         "{what} A/B (interleaved, median of {ROUNDS} each, {} / {}): \
          mapping batch {:.3} / {:.3} ms ({} / {} batched calls); \
          stub CPU to the resume {:.3} / {:.3} ms; \
-         restore {:.3} / {:.3} ms; first answer {:.3} / {:.3} ms",
+         restore {:.3} / {:.3} ms; first answer {:.3} / {:.3} ms \
+         (p90: stub CPU {:.3} / {:.3}, restore {:.3} / {:.3}, first answer {:.3} / {:.3} ms)",
         arms[0],
         arms[1],
         m(&a.batch),
@@ -409,8 +452,50 @@ fn env_ab(
         m(&a.restore),
         m(&b.restore),
         m(&a.answer),
-        m(&b.answer)
+        m(&b.answer),
+        p90(&a.stub_cpu),
+        p90(&b.stub_cpu),
+        p90(&a.restore),
+        p90(&b.restore),
+        p90(&a.answer),
+        p90(&b.answer)
     );
+}
+
+/// How much of an mmap copy (the working set `prefetch` populated) its
+/// smaps shows mapped by PMDs, before and after its first request, with
+/// the packed and the 2 MiB-aligned image (`THAW_IMAGE_PMD=1`).
+fn pmd_report(snap: &Path, expected: &str, prefetch: &[u64]) {
+    let kb = |pid: i32, field: &str| -> u64 {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        smaps
+            .lines()
+            .filter_map(|l| l.strip_prefix(field))
+            .filter_map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .sum()
+    };
+    for aligned in [false, true] {
+        if aligned {
+            std::env::set_var("THAW_IMAGE_PMD", "1");
+        }
+        let mut copy = restore_full(snap, Mode::Mmap, Vec::new(), prefetch.to_vec(), false);
+        std::env::remove_var("THAW_IMAGE_PMD");
+        let pid = copy.child.pid();
+        let before = (kb(pid, "FilePmdMapped:"), kb(pid, "Rss:"));
+        copy.send(b"7\n");
+        assert_eq!(copy.line(), expected);
+        let after = (kb(pid, "FilePmdMapped:"), kb(pid, "Rss:"));
+        println!(
+            "  {}: FilePmdMapped {} kB of Rss {} kB at the resume, {} of {} kB after the first answer",
+            if aligned { "2 MiB-aligned image" } else { "packed image" },
+            before.0,
+            before.1,
+            after.0,
+            after.1
+        );
+        drop(copy.stdin);
+        assert_eq!(copy.child.wait().unwrap(), 0);
+    }
 }
 
 /// The working set an mmap copy records as the server's does: its resident
@@ -456,12 +541,34 @@ fn variants() -> Vec<String> {
     }
 }
 
+/// Whether to run the workload `name` names (json, numpy, array):
+/// `THAW_BENCH_WORKLOADS` (comma-separated), all by default.
+fn workload_wanted(name: &str) -> bool {
+    std::env::var("THAW_BENCH_WORKLOADS")
+        .map_or(true, |list| list.split(',').any(|w| w.trim() == name))
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() || !Path::new("/usr/bin/python3").exists() {
         skip!("restore bench: needs root and /usr/bin/python3");
     }
-    workload("python3 json + hashlib", HASH_TABLE_PY, &[], 20);
+    if workload_wanted("json") {
+        workload("python3 json + hashlib", HASH_TABLE_PY, &[], 20);
+    }
+    if !workload_wanted("numpy") && !workload_wanted("array") {
+        return;
+    }
     if let Some(numpy) = restore_support::numpy_path("restore bench's numpy workload") {
-        workload("python3 numpy + pandas", NUMPY, &[&numpy], 8);
+        if workload_wanted("numpy") {
+            workload("python3 numpy + pandas", NUMPY, &[&numpy], 8);
+        }
+        if workload_wanted("array") {
+            workload(
+                "python3 numpy, 32 MiB read-only array",
+                NUMPY_ARRAY,
+                &[&numpy],
+                8,
+            );
+        }
     }
 }

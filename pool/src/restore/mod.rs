@@ -52,6 +52,7 @@ pub mod memory;
 pub mod mm;
 pub mod page_source;
 pub mod pending;
+pub mod placement;
 pub mod plans;
 pub mod populate;
 pub mod process;
@@ -651,7 +652,7 @@ pub fn prepare_for_sandbox(
         // would collide. One build at a time per process.
         static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
-        store.image(&snapshot.id)?
+        placement::image(snapshot, store)?
     };
     depends::check_host(snapshot)?;
     let mut plan = fds::plan(&snapshot.state, &options.fds, image.file.as_raw_fd())?;

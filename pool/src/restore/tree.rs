@@ -731,7 +731,7 @@ fn image_of(snapshot: &Snapshot, store: &PageStore) -> Result<CachedImage, Resto
     let image = {
         static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
-        store.image(&snapshot.id)?
+        super::placement::image(snapshot, store)?
     };
     let expected: usize = snapshot.processes().map(|(s, _)| s.areas.len()).sum();
     if image.layout.areas.len() != expected {

@@ -105,6 +105,7 @@ impl PageStore {
             let root = self.load_root(id)?;
             live.extend(root.areas.iter().flat_map(|a| a.hashes().copied()));
             keep_images.insert(PageStore::image_name(id, &root.content_key()));
+            keep_images.insert(PageStore::pmd_image_name(id, &root.content_key()));
         }
         report.roots = ids.len();
 

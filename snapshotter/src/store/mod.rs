@@ -69,7 +69,10 @@ pub use hash::{
     hash_pages_parallel, hash_pages_serial, is_zero_page, BuildHashKeyHasher, HashKeyHasher,
     HashMapByPage, HashSetOfPages, PageHash, ParseHashError, PAGE_SIZE,
 };
-pub use image::{build_image, CachedImage, ImageArea, ImageError, ImageLayout};
+pub use image::{
+    build_image, build_image_placed, CachedImage, ImageArea, ImageError, ImageLayout, Placement,
+    PMD_SIZE,
+};
 pub use index::{
     check_header as check_index_header, encode_header as encode_index_header, encode_record,
     parse_records, IndexHeaderError, IndexRecord, ParsedLog, Tail, INDEX_HEADER_LEN,
