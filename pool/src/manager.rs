@@ -878,7 +878,7 @@ impl Pool {
                 Some(list) => {
                     let (keep, stale): (Vec<Stub>, Vec<Stub>) = std::mem::take(list)
                         .into_iter()
-                        .partition(|s| Some(s.snapshot_id()) == current);
+                        .partition(|s| Some(s.snapshot_id()) == current && self.spare_current(s));
                     *list = keep;
                     stale
                 }
