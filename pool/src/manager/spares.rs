@@ -251,12 +251,19 @@ impl Pool {
         if st.closed {
             return plan;
         }
-        // Spares made for another way of restoring their snapshot (lazily,
-        // or from the local store) than the current one.
-        for list in st.spares.values_mut() {
+        // Spares made for another snapshot than their version's, or for
+        // another way of restoring it (lazily, or from the local store)
+        // than the current one (`Pool::register` leaves them here when it
+        // runs outside the runtime).
+        for (key, list) in st.spares.iter_mut() {
+            let current = st
+                .specs
+                .get(key)
+                .and_then(|s| s.snapshot.as_ref())
+                .map(|s| s.id.as_str());
             let (keep, stale): (Vec<Stub>, Vec<Stub>) = std::mem::take(list)
                 .into_iter()
-                .partition(|s| self.spare_current(s));
+                .partition(|s| Some(s.snapshot_id()) == current && self.spare_current(s));
             *list = keep;
             plan.excess.extend(stale);
         }
