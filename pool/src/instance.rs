@@ -777,7 +777,7 @@ pub struct Stub {
 impl Stub {
     /// Loads the snapshot, opens everything its copy maps, and starts a stub
     /// sandbox holding those descriptors (limits, mounts, environment of
-    /// `spec`).
+    /// `spec`). A lazy copy starts fetching now, while the sandbox is made.
     pub async fn launch(
         config: &SandboxConfig,
         spec: &LaunchSpec,
@@ -785,13 +785,40 @@ impl Stub {
         restorer: &Restorer,
         sink: LogSink,
     ) -> Result<Stub, RestoreFailure> {
+        Self::launch_with(config, spec, snapshot, restorer, sink, false).await
+    }
+
+    /// [`Stub::launch`] of a spare, made ahead of its claim: a lazy copy
+    /// fetches nothing until it is restored
+    /// ([`crate::restore::sandboxed::SnapshotRestorer::prepare_ahead`]).
+    pub async fn launch_ahead(
+        config: &SandboxConfig,
+        spec: &LaunchSpec,
+        snapshot: &SnapshotSource,
+        restorer: &Restorer,
+        sink: LogSink,
+    ) -> Result<Stub, RestoreFailure> {
+        Self::launch_with(config, spec, snapshot, restorer, sink, true).await
+    }
+
+    async fn launch_with(
+        config: &SandboxConfig,
+        spec: &LaunchSpec,
+        snapshot: &SnapshotSource,
+        restorer: &Restorer,
+        sink: LogSink,
+        ahead: bool,
+    ) -> Result<Stub, RestoreFailure> {
         let mut launch = spec.clone();
         launch.stub = true;
         let (r, id) = (restorer.clone(), snapshot.id.clone());
-        let copy = tokio::task::spawn_blocking(move || r.prepare(&id))
-            .await
-            .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
-            .map_err(|e| RestoreFailure::restorer(&snapshot.id, e))?;
+        let copy = tokio::task::spawn_blocking(move || match ahead {
+            true => r.prepare_ahead(&id),
+            false => r.prepare(&id),
+        })
+        .await
+        .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
+        .map_err(|e| RestoreFailure::restorer(&snapshot.id, e))?;
         let time_offsets = match crate::sandbox::timens::enabled() {
             true => Some(
                 copy.time_offsets()
@@ -887,6 +914,12 @@ impl Stub {
         &self.snapshot.id
     }
 
+    /// Whether the copy restores lazily (made while its snapshot was not
+    /// local; see [`crate::restore::sandboxed::PreparedCopy::is_lazy`]).
+    pub fn is_lazy(&self) -> bool {
+        self.copy.is_lazy()
+    }
+
     /// Whether the sandbox is still running (its init has not exited).
     pub fn is_alive(&mut self) -> bool {
         self.instance.sandbox.try_wait().is_none()
@@ -911,6 +944,9 @@ impl Stub {
         } = self;
         let became = match exists(&pidfd) {
             true => {
+                // A spare's lazy copy fetches from its claim on (a launch
+                // on the spot started already: nothing to do).
+                copy.start_fetch();
                 instance.record_exactly = exact;
                 instance
                     .become_copy(pid, &snapshot, restorer, copy, credentials, ready_timeout)

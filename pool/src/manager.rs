@@ -874,15 +874,19 @@ impl Pool {
             st.last_used.insert(key.clone(), Instant::now());
             st.spare_backoff.remove(key);
             let current = spec.snapshot.as_ref().map(|s| s.id.as_str());
+            // Called from a page server's thread too (a lazy snapshot's
+            // failed fetch): without a runtime to destroy them on, stale
+            // spares are left for the refill's plan, which trims them.
+            let runtime = tokio::runtime::Handle::try_current().is_ok();
             let stale = match st.spares.get_mut(key) {
-                Some(list) => {
+                Some(list) if runtime => {
                     let (keep, stale): (Vec<Stub>, Vec<Stub>) = std::mem::take(list)
                         .into_iter()
-                        .partition(|s| Some(s.snapshot_id()) == current);
+                        .partition(|s| Some(s.snapshot_id()) == current && self.spare_current(s));
                     *list = keep;
                     stale
                 }
-                None => Vec::new(),
+                _ => Vec::new(),
             };
             for s in &stale {
                 st.live.remove(s.id());

@@ -31,8 +31,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cluster_support::{
-    boots, first_restore, lazy_restores, metric, restore, store, store_on, verify, wait_for, Store,
-    SERIAL,
+    boots, first_restore, lazy_reader, lazy_restores, metric, restore, still_ready, store,
+    store_on, verify, wait_for, Store, SERIAL,
 };
 use common::{function, Answer, Server};
 use garage::BUCKET;
@@ -475,49 +475,6 @@ async fn a_forwarded_deploy_carries_the_callers_token() {
 }
 
 /// A function whose init fills 24 MiB with random bytes that only the
-/// event `{"big": SECONDS}` reads (after sleeping that long): a lazy copy
-/// answers plain events without those pages, and faults on them only then.
-fn big(name: &str) -> serde_json::Value {
-    function(
-        name,
-        "import hashlib, os, time\nBORN = time.time_ns()\nBIG = os.urandom(24 << 20)\n\
-         def handler(event, context):\n    if event.get('big'):\n        time.sleep(event['big'])\n        \
-         return {'born': BORN, 'digest': hashlib.sha256(BIG).hexdigest()}\n    return {'born': BORN}\n",
-        serde_json::json!({}),
-    )
-}
-
-/// A writer with `f` (the `big` function) deployed and uploaded, and a
-/// reader started after the upload that restores `f` lazily.
-async fn lazy_reader(s: &Store) -> (Server, Server, String) {
-    let a = s.writer();
-    let v = a.deploy_ready(big("f")).await;
-    assert_eq!(v["state"], "ready", "{v}");
-    let snapshot = v["snapshot"]["id"].as_str().unwrap().to_string();
-    wait_for("A uploaded f", Duration::from_secs(120), async || {
-        metric(&a, "thaw_remote_uploads_total{result=\"ok\"}").await >= 1.0
-    })
-    .await;
-    let b = s.reader();
-    wait_for(
-        "B restores f lazily",
-        Duration::from_secs(120),
-        async || metric(&b, "thaw_remote_lazy_snapshots").await >= 1.0,
-    )
-    .await;
-    (a, b, snapshot)
-}
-
-/// The version's record on `server` keeps its snapshot and is not failed
-/// (no rebuild).
-async fn still_ready(server: &Server, snapshot: &str) {
-    let view = server.get("/functions/f").await;
-    assert_eq!(view.status, 200, "{}", view.text());
-    let v = view.json();
-    assert_eq!(v["state"], "ready", "{v}");
-    assert_eq!(v["snapshot"]["id"], snapshot, "{v}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lazy_restore_whose_store_is_gone_before_it_boots() {
     require_root!();

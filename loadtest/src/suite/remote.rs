@@ -14,6 +14,12 @@
 //! per round     a reader B with an empty data directory on the same store:
 //!   wait        B's log says it restores each function's snapshot lazily
 //!   for each function, in turn:
+//!     spare     B at rest, and a pre-made sandbox of the function ready, as
+//!               a deployment's reader makes once it sees the version (up to
+//!               5 s: none comes from a server that makes no spares of a
+//!               snapshot it restores lazily; `THAW_SUITE_REMOTE_SPARE_WAIT_MS`
+//!               sets the wait, 0 the first restore at once, as before
+//!               2026-12-07); whether it was a spare hit is reported
 //!     first     forced restore (`x-thaw-cold: restore`), send → whole answer:
 //!               lazy (uffd, pages from the bucket); B counts it in
 //!               thaw_remote_lazy_restores_total{result="ok"}
@@ -97,6 +103,8 @@ const LINE_COMPLETE: &str =
 pub struct RemoteRound {
     /// First (lazy) forced restore, µs.
     pub first: f64,
+    /// Whether the first restore claimed a spare (`x-thaw-spare: hit`).
+    pub first_spare: bool,
     /// Forced restore once the snapshot is local, µs.
     pub local: f64,
     /// Forced boot, µs.
@@ -183,6 +191,21 @@ impl RemoteResult {
 /// Pre-made sandboxes B has ready before its local restore (of the
 /// server's default 2 per version).
 const LOCAL_SPARES: u64 = 1;
+
+/// Longest wait for a spare before the first restore, ms (a reader that
+/// makes none of a lazily restored snapshot gives none).
+const FIRST_SPARE_WAIT_MS: u64 = 5000;
+/// Sets [`FIRST_SPARE_WAIT_MS`] (0: the first restore once B is at rest).
+const ENV_SPARE_WAIT: &str = "THAW_SUITE_REMOTE_SPARE_WAIT_MS";
+
+fn first_spare_wait() -> Duration {
+    Duration::from_millis(
+        std::env::var(ENV_SPARE_WAIT)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(FIRST_SPARE_WAIT_MS),
+    )
+}
 
 /// Bytes of a page.
 const PAGE: u64 = 4096;
@@ -613,9 +636,21 @@ async fn one_round(
             }
         };
         settle(0).await?;
+        // A deployment's reader sees a version some time before its first
+        // cold start, and may make a spare meanwhile.
+        let waited = Instant::now();
+        while waited.elapsed() < first_spare_wait()
+            && deploy::spares_ready(&api, bench.name)
+                .await
+                .map_err(|e| e.to_string())?
+                == 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        settle(0).await?;
         let lazy_before = metric(&api, "thaw_remote_lazy_restores_total{result=\"ok\"}").await?;
         let bytes_before = metric(&api, "thaw_remote_fetched_bytes").await?;
-        let first = timed(ctx, &restore, "restore", "first restore").await?;
+        let (first, first_spare) = timed_spare(ctx, &restore, "restore", "first restore").await?;
         let lazy_after = metric(&api, "thaw_remote_lazy_restores_total{result=\"ok\"}").await?;
         if lazy_after != lazy_before + 1.0 {
             return Err(format!(
@@ -640,6 +675,7 @@ async fn one_round(
         let booted = timed(ctx, &boot, "boot", "boot").await?;
         let r = RemoteRound {
             first,
+            first_spare: first_spare.as_deref() == Some("hit"),
             local,
             boot: booted,
             bytes: bytes.saturating_sub(completion),
@@ -649,9 +685,10 @@ async fn one_round(
             bytes_metadata: field(&opened[i], "bytes_metadata"),
         };
         eprintln!(
-            "  round {round}: {:<13} first {} local {} boot {}, fetched {} (working set {} pages listed, {} pages before the resume, completion {})",
+            "  round {round}: {:<13} first {} (spare {}) local {} boot {}, fetched {} (working set {} pages listed, {} pages before the resume, completion {})",
             bench.name,
             us(Some(r.first)),
+            first_spare.as_deref().unwrap_or("-"),
             us(Some(r.local)),
             us(Some(r.boot)),
             mib(r.bytes as f64),
@@ -667,6 +704,16 @@ async fn one_round(
 /// Sends one forced start and times it from send to whole answer, µs; the
 /// answer must be a 200 of start kind `kind`.
 async fn timed(ctx: &Ctx, target: &Target, kind: &str, what: &str) -> Result<f64, String> {
+    timed_spare(ctx, target, kind, what).await.map(|(t, _)| t)
+}
+
+/// [`timed`], and the answer's `x-thaw-spare` (`hit`, `miss`).
+async fn timed_spare(
+    ctx: &Ctx,
+    target: &Target,
+    kind: &str,
+    what: &str,
+) -> Result<(f64, Option<String>), String> {
     let t0 = Instant::now();
     let outcome = ctx.client.send(target, 0).await;
     let took = t0.elapsed().as_secs_f64() * 1e6;
@@ -687,7 +734,7 @@ async fn timed(ctx: &Ctx, target: &Target, kind: &str, what: &str) -> Result<f64
             outcome.start
         ));
     }
-    Ok(took)
+    Ok((took, outcome.spare))
 }
 
 /// The sum of the metric lines of `/metrics` that start with `prefix`.
@@ -749,7 +796,9 @@ pub fn render(results: &[RemoteResult], rounds: usize) -> String {
         "The first cold start of a function on a node that holds none of its pages (issue 18): a private Garage, a writer A \
          that deployed the function and uploaded its snapshot, and in each of {rounds} rounds a new reader B with an empty \
          data directory on the same store. B's **first** forced restore (`x-thaw-cold: restore`) is lazy (uffd, pages \
-         fetched from the bucket: the working set before the resume, then what faults); once B completed the snapshot \
+         fetched from the bucket: the working set before the resume, then what faults), sent once B is at rest and \
+         has a pre-made sandbox of the function ready (up to 5 s: a reader sees a version before its first cold \
+         start; \"from a spare\" counts the rounds where it was a spare hit); once B completed the snapshot \
          locally, a **local** forced restore (mmap, once a pre-made sandbox is ready) and a forced **boot** on B, each \
          from B at rest. Times from send to the whole answer; \
          ratios are medians of the per-round ratios. Bytes: what B's page server fetched for the first restore (sealed \
@@ -768,6 +817,7 @@ pub fn render(results: &[RemoteResult], rounds: usize) -> String {
         ">boot p50",
         ">first ÷ local",
         ">first ÷ boot",
+        ">first from a spare",
         ">fetched by the first",
         ">working set (listed)",
         ">stored part",
@@ -786,6 +836,11 @@ pub fn render(results: &[RemoteResult], rounds: usize) -> String {
             us(r.med(|x| x.boot)),
             ratio(r.first_over_local()),
             ratio(r.first_over_boot()),
+            format!(
+                "{}/{}",
+                r.rounds.iter().filter(|x| x.first_spare).count(),
+                r.rounds.len()
+            ),
             r.bytes().map_or_else(|| "–".into(), mib),
             ws_listed
                 .filter(|_| r.working_set_in_bucket)
@@ -813,6 +868,7 @@ pub fn render(results: &[RemoteResult], rounds: usize) -> String {
         "function",
         ">round",
         ">first",
+        "first spare",
         ">local",
         ">boot",
         ">fetched",
@@ -825,6 +881,7 @@ pub fn render(results: &[RemoteResult], rounds: usize) -> String {
                 r.function.clone(),
                 (i + 1).to_string(),
                 us(Some(x.first)),
+                if x.first_spare { "hit" } else { "miss" }.into(),
                 us(Some(x.local)),
                 us(Some(x.boot)),
                 mib(x.bytes as f64),
@@ -893,6 +950,7 @@ mod tests {
     fn result(ws: bool) -> RemoteResult {
         let round = |first: f64, bytes: u64| RemoteRound {
             first,
+            first_spare: true,
             local: 10_000.0,
             boot: 300_000.0,
             bytes,
@@ -939,6 +997,10 @@ mod tests {
         let text = render(&[result(true)], 3);
         assert!(
             text.contains("| numpy-pandas | yes | 40 ms | 90 ms |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 3/3 |") && text.contains("| hit |"),
             "{text}"
         );
     }

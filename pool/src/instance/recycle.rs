@@ -26,8 +26,8 @@ impl Stub {
     /// wanted, into a stub for the next copy of `snapshot` (the same
     /// version's: the caller checks), in the same sandbox: the copy and
     /// everything it started are killed, the sandbox reset, a new stub
-    /// started with the snapshot's files, as [`Stub::launch`] would. On
-    /// failure the sandbox is destroyed.
+    /// started with the snapshot's files, as [`Stub::launch_ahead`] would
+    /// (the stub is a spare). On failure the sandbox is destroyed.
     pub async fn recycle(
         instance: Instance,
         config: &SandboxConfig,
@@ -36,7 +36,7 @@ impl Stub {
         sink: LogSink,
     ) -> Result<Stub, RecycleFailure> {
         let (r, id) = (restorer.clone(), snapshot.id.clone());
-        let prepared = tokio::task::spawn_blocking(move || r.prepare(&id))
+        let prepared = tokio::task::spawn_blocking(move || r.prepare_ahead(&id))
             .await
             .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))
             .and_then(|p| p.map_err(|e| RestoreFailure::restorer(&snapshot.id, e)));

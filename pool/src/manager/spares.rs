@@ -18,6 +18,16 @@
 //! retired or deleted, when its snapshot is replaced, and at shutdown.
 //! Spares are live sandboxes: their memory and processes count in the
 //! pool's reports, and they die with the server like every sandbox.
+//!
+//! A version whose snapshot restores lazily (a reader node that does not
+//! hold it, issue 18) gets spares too: the sandbox made and its files
+//! checked ahead, but no page fetched until the claim
+//! ([`Stub::launch_ahead`]), so the first remote restore pays its fetch and
+//! not the sandbox's launch, and a store outage before the claim makes that
+//! cold start boot, as without a spare. A spare made lazily is stale once
+//! its snapshot restores locally (and a local one while it restores
+//! lazily): never claimed, trimmed and replaced. `THAW_LAZY_SPARES=0`
+//! makes none for lazily restored snapshots (before 2026-12-07).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -60,6 +70,16 @@ pub const DEFAULT_DEMAND_HALF_LIFE: Duration = Duration::from_secs(120);
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 /// Longest wait between launch attempts of one version.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Environment variable turning spares of lazily restored snapshots off
+/// (`0`).
+pub const LAZY_SPARES_ENV: &str = "THAW_LAZY_SPARES";
+
+/// Whether versions whose snapshot restores lazily get spares (read once).
+fn lazy_spares() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(LAZY_SPARES_ENV).is_none_or(|v| v != "0"))
+}
 
 fn backoff(failures: u32) -> Duration {
     BACKOFF_FIRST
@@ -119,6 +139,17 @@ impl Pool {
         }
     }
 
+    /// Whether `stub` still fits how its snapshot restores: made lazily
+    /// while it restores lazily, from the local store while it is local.
+    pub(super) fn spare_current(&self, stub: &Stub) -> bool {
+        let lazy = self
+            .config
+            .restorer
+            .as_ref()
+            .is_some_and(|r| r.is_lazy(stub.snapshot_id()));
+        stub.is_lazy() == lazy
+    }
+
     /// Starts the task that launches spares whenever it is woken.
     pub(super) fn start_refiller(&self) {
         if !self.spares_enabled() {
@@ -164,7 +195,10 @@ impl Pool {
             let mut found = None;
             if let Some(list) = st.spares.get_mut(key) {
                 while let Some(mut stub) = list.pop() {
-                    if stub.snapshot_id() == snapshot_id && stub.is_alive() {
+                    if stub.snapshot_id() == snapshot_id
+                        && self.spare_current(&stub)
+                        && stub.is_alive()
+                    {
                         found = Some(stub);
                         break;
                     }
@@ -217,14 +251,31 @@ impl Pool {
         if st.closed {
             return plan;
         }
+        // Spares made for another snapshot than their version's, or for
+        // another way of restoring it (lazily, or from the local store)
+        // than the current one (`Pool::register` leaves them here when it
+        // runs outside the runtime).
+        for (key, list) in st.spares.iter_mut() {
+            let current = st
+                .specs
+                .get(key)
+                .and_then(|s| s.snapshot.as_ref())
+                .map(|s| s.id.as_str());
+            let (keep, stale): (Vec<Stub>, Vec<Stub>) = std::mem::take(list)
+                .into_iter()
+                .partition(|s| Some(s.snapshot_id()) == current && self.spare_current(s));
+            *list = keep;
+            plan.excess.extend(stale);
+        }
+        st.spares.retain(|_, list| !list.is_empty());
         let cfg = self.config.spares;
         let mut keys: Vec<&FunctionKey> = st
             .specs
             .iter()
             .filter(|(k, s)| s.snapshot.is_some() && !st.retired.contains(*k))
-            // A lazy copy fetches pages: a spare made before a store outage
-            // would fail after its resume, where a cold start boots.
-            .filter(|(_, s)| !self.restores_lazily(s))
+            // Lazily restored ones too: their spares fetch nothing before
+            // the claim (the module doc), unless turned off.
+            .filter(|(_, s)| lazy_spares() || !self.restores_lazily(s))
             .map(|(k, _)| k)
             .collect();
         // Most recently used first; then newest versions, for a stable order.
@@ -313,7 +364,7 @@ impl Pool {
         };
         let started = Instant::now();
         let mut sample = None;
-        let result = Stub::launch(
+        let result = Stub::launch_ahead(
             &self.config.sandbox,
             &spec.launch,
             snapshot,
@@ -383,7 +434,8 @@ impl Pool {
                 .specs
                 .get(key)
                 .and_then(|s| s.snapshot.as_ref())
-                .is_some_and(|s| s.id == stub.snapshot_id());
+                .is_some_and(|s| s.id == stub.snapshot_id())
+            && self.spare_current(&stub);
         if !wanted {
             return Err(Box::new(stub));
         }

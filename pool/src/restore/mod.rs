@@ -668,8 +668,9 @@ pub fn prepare_for_sandbox(
 
 /// [`prepare_for_sandbox`] of a lazy restore (`uffd` mode only, a single
 /// process): the image is made by [`page_source::LazyPages::new`] in
-/// `dir` from what `local` has, the pages the page server does not fill
-/// fetched from `source` now (a failure is [`RestoreError::Fetch`]).
+/// `dir` from what `local` has; the pages needed before the resume are
+/// fetched from `source` once [`Prepared::start_fetch`] starts it (at the
+/// latest by the restore; a failure is [`RestoreError::Fetch`]).
 pub fn prepare_lazily_for_sandbox(
     snapshot: &Snapshot,
     local: Option<&PageStore>,
@@ -712,6 +713,7 @@ pub fn prepare_lazily(
     options: &RestoreOptions<'_>,
 ) -> Result<Prepared, RestoreError> {
     let mut prepared = prepare_lazily_for_sandbox(snapshot, local, source, dir, options)?;
+    prepared.start_fetch();
     let started = Instant::now();
     prepared.plan.open_here()?;
     prepared.took += started.elapsed();
@@ -723,6 +725,13 @@ impl Prepared {
     /// image still lacks.
     pub fn lazy(&self) -> Option<&std::sync::Arc<page_source::LazyPages>> {
         self.lazy.as_ref()
+    }
+
+    /// A lazy restore: starts fetching what the copy needs before it
+    /// resumes ([`page_source::LazyPages::start_fetch`]); once only.
+    /// Returns whether this call started it.
+    pub fn start_fetch(&self) -> bool {
+        self.lazy.as_ref().is_some_and(|lazy| lazy.start_fetch())
     }
 }
 

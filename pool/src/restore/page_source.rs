@@ -7,8 +7,10 @@
 //! prepare_lazily
 //!   image: an unlinked sparse file laid out as a store image
 //!          (ImageLayout), holding the pages the local store has
+//! start_fetch (at once, or when a spare made ahead is claimed)
 //!   pages of areas the page server does not fill (stack, private pages
-//!   over files, shared memory): fetched now, in one call, written in
+//!   over files, shared memory) and the working set: fetched in one call,
+//!   written in
 //! restore (uffd mode only)
 //!   working set (RestoreOptions::prefetch): fetched in one call before
 //!   the copy resumes, written into the image, then copied in
@@ -112,24 +114,40 @@ struct LazyImage {
     resumed: AtomicBool,
     /// What was fetched.
     counts: FetchCounts,
-    /// The fetch [`LazyPages::new`] started (every page needed before the
-    /// copy resumes), joined by [`LazyPages::ready`].
-    early: std::sync::Mutex<Option<std::thread::JoinHandle<Result<(), String>>>>,
+    /// The first fetch (every page needed before the copy resumes):
+    /// listed by [`LazyPages::new`], started by [`LazyPages::start_fetch`],
+    /// joined by [`LazyPages::ready`].
+    early: std::sync::Mutex<Early>,
     /// Why that fetch failed, once it did.
     early_failed: std::sync::OnceLock<String>,
+}
+
+/// Where the first fetch of a lazy image is.
+#[derive(Debug)]
+enum Early {
+    /// Not started: the pages (image area, page) it fetches.
+    Pending(Vec<(usize, usize)>),
+    /// Running on a thread of its own.
+    Started(std::thread::JoinHandle<Result<(), String>>),
+    /// Joined (its failure, if any, in `early_failed`).
+    Joined,
 }
 
 impl LazyPages {
     /// Makes the image of `snapshot` (a single process or a tree: every
     /// process's areas) in `dir` (an unlinked file), writes in the pages
-    /// `local` has, and starts fetching, in one call of the source on a
-    /// thread of its own, every page the copy needs before it resumes: the
-    /// pages of the areas the page server does not fill, the live threads'
-    /// stacks, and the root's working set `prefetch` (saved addresses, tags
-    /// in the low bits). That fetch runs while the copy's sandbox is made
-    /// and its files are checked; [`LazyPages::ready`] waits for it (the
-    /// restore calls it before it uses the image). The view returned is
-    /// the root's.
+    /// `local` has, and lists every page the copy needs before it resumes:
+    /// the pages of the areas the page server does not fill, the live
+    /// threads' stacks, and the root's working set `prefetch` (saved
+    /// addresses, tags in the low bits). Nothing is fetched yet:
+    /// [`LazyPages::start_fetch`] starts that first fetch (in one call of
+    /// the source, on a thread of its own), so that it runs while the
+    /// copy's sandbox is made and its files are checked, or, for a spare
+    /// made ahead, only once it is claimed (a spare holds no fetched page:
+    /// a store outage before its claim makes that cold start boot, as it
+    /// would without a spare). [`LazyPages::ready`] waits for it (starting
+    /// it if nobody did; the restore calls it before it uses the image).
+    /// The view returned is the root's.
     pub fn new(
         snapshot: &Snapshot,
         local: Option<&PageStore>,
@@ -180,7 +198,7 @@ impl LazyPages {
                 bases,
                 resumed: AtomicBool::new(false),
                 counts: FetchCounts::default(),
-                early: std::sync::Mutex::new(None),
+                early: std::sync::Mutex::new(Early::Pending(Vec::new())),
                 early_failed: std::sync::OnceLock::new(),
             }),
             base: 0,
@@ -199,12 +217,7 @@ impl LazyPages {
             }
         }
         let early = early_pages(snapshot, &lazy.image.hashes, &lazy.image.bases, prefetch);
-        let image = lazy.image.clone();
-        let fetch = std::thread::Builder::new()
-            .name("thaw-lazy-early".into())
-            .spawn(move || image.ensure_at(&early).map_err(|e| error_chain(&e)))
-            .map_err(io("start the lazy image's first fetch".into()))?;
-        *lazy.image.early.lock().unwrap_or_else(|e| e.into_inner()) = Some(fetch);
+        *lazy.image.early.lock().unwrap_or_else(|e| e.into_inner()) = Early::Pending(early);
         let image = CachedImage {
             path: dir.to_path_buf(),
             file: lazy
@@ -218,22 +231,54 @@ impl LazyPages {
         Ok((lazy, image))
     }
 
-    /// Waits for the fetch [`LazyPages::new`] started: every page the copy
-    /// needs before it resumes is in the image once this returns `Ok`. Its
-    /// failure is [`RestoreError::Fetch`] (the copy never ran), for every
-    /// caller and view.
+    /// Starts the first fetch [`LazyPages::new`] listed (every page the
+    /// copy needs before it resumes), on a thread of its own; once only
+    /// (later calls, and calls on other views, do nothing). Should the
+    /// thread not start, [`LazyPages::ready`] fetches them itself. Returns
+    /// whether this call started it.
+    pub fn start_fetch(&self) -> bool {
+        let mut early = self.image.early.lock().unwrap_or_else(|e| e.into_inner());
+        let Early::Pending(pages) = &mut *early else {
+            return false;
+        };
+        let pages = Arc::new(std::mem::take(pages));
+        let (image, listed) = (self.image.clone(), pages.clone());
+        let spawned = std::thread::Builder::new()
+            .name("thaw-lazy-early".into())
+            .spawn(move || image.ensure_at(&listed).map_err(|e| error_chain(&e)));
+        match spawned {
+            Ok(fetch) => {
+                *early = Early::Started(fetch);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the lazy image's first fetch on a thread; the restore fetches it");
+                *early = Early::Pending(Arc::unwrap_or_clone(pages));
+                false
+            }
+        }
+    }
+
+    /// Waits for the first fetch ([`LazyPages::start_fetch`], started now
+    /// if it was not): every page the copy needs before it resumes is in
+    /// the image once this returns `Ok`. Its failure is
+    /// [`RestoreError::Fetch`] (the copy never ran), for every caller and
+    /// view.
     pub fn ready(&self) -> Result<(), RestoreError> {
-        let started = self
-            .image
-            .early
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(fetch) = started {
+        let early = std::mem::replace(
+            &mut *self.image.early.lock().unwrap_or_else(|e| e.into_inner()),
+            Early::Joined,
+        );
+        if !matches!(early, Early::Joined) {
             let waiting = std::time::Instant::now();
-            let result = fetch
-                .join()
-                .unwrap_or_else(|_| Err("the lazy image's first fetch panicked".into()));
+            let result = match early {
+                // Never started (or its thread could not start): here.
+                Early::Pending(pages) => self.image.ensure_at(&pages).map_err(|e| error_chain(&e)),
+                Early::Started(fetch) => fetch
+                    .join()
+                    .unwrap_or_else(|_| Err("the lazy image's first fetch panicked".into())),
+                Early::Joined => Ok(()),
+            };
             tracing::debug!(
                 waited_us = waiting.elapsed().as_micros() as u64,
                 pages = self.image.counts.before_resume.load(Ordering::Relaxed),

@@ -27,7 +27,12 @@
 //! image and page server over the origin's shared source
 //! ([`super::prepare_lazily_for_sandbox`]; a tree: one image, a page server
 //! per process, [`super::tree::prepare_tree_lazily_for_sandbox`]), in
-//! `uffd` mode, the origin's working set fetched before the resume.
+//! `uffd` mode, the origin's working set fetched before the resume. A copy
+//! prepared now fetches at once ([`SnapshotRestorer::prepare`]); one
+//! prepared ahead for a spare ([`SnapshotRestorer::prepare_ahead`]) holds
+//! no fetched page until [`PreparedCopy::start_fetch`] (its claim): a store
+//! outage before the claim fails that restore before the resume (the cold
+//! start boots), never after it.
 //!
 //! The restorer also keeps each snapshot's working set (see
 //! [`super::working_set`]): recorded once, from the first invocation of a
@@ -98,6 +103,27 @@ enum Preparation {
 }
 
 impl PreparedCopy {
+    /// Whether this copy restores lazily (made while its snapshot was not
+    /// local): it is stale once the restorer restores that snapshot from
+    /// the local store ([`SnapshotRestorer::is_lazy`]).
+    pub fn is_lazy(&self) -> bool {
+        self.lazy.is_some()
+    }
+
+    /// A lazy copy: starts fetching the pages it needs before it resumes,
+    /// if that has not started ([`SnapshotRestorer::prepare_ahead`]). Quick
+    /// (starts a thread); the restore waits for that fetch.
+    pub fn start_fetch(&self) {
+        let started = match &self.prepared {
+            Preparation::Process(p) => p.start_fetch(),
+            Preparation::Tree(t) => t.start_fetch(),
+        };
+        if started {
+            // The timeline of a lazy restore (docs/cluster.md).
+            tracing::debug!(snapshot = %self.snapshot.id, "lazy restore: the first fetch started");
+        }
+    }
+
     /// The files the stub sandbox opens itself, inside the sandbox as the
     /// function (`Sandbox::launch_stub`).
     pub fn open_files(&self) -> Vec<crate::sandbox::open_files::OpenFile> {
@@ -294,7 +320,18 @@ impl SnapshotRestorer {
     /// Loads the snapshot, opens its image and makes the copy's kernel
     /// objects. Blocking. The stub sandbox then opens
     /// [`PreparedCopy::open_files`], and [`PreparedCopy::adopt`] checks them.
+    /// A lazy copy starts its first fetch now (it runs while the sandbox is
+    /// made).
     pub fn prepare(&self, id: &str) -> Result<PreparedCopy, RestoreError> {
+        let copy = self.prepare_ahead(id)?;
+        copy.start_fetch();
+        Ok(copy)
+    }
+
+    /// [`SnapshotRestorer::prepare`] for a spare, made ahead of its claim:
+    /// a lazy copy fetches nothing until [`PreparedCopy::start_fetch`] (at
+    /// the latest when it is restored).
+    pub fn prepare_ahead(&self, id: &str) -> Result<PreparedCopy, RestoreError> {
         let origin = self.lazy.lock().unwrap().get(id).cloned();
         if let Some(origin) = origin {
             return self.prepare_lazily(origin);
@@ -330,7 +367,7 @@ impl SnapshotRestorer {
         let mut options = options(fds);
         options.mode = Mode::Uffd;
         // Fetched with the other pages needed before the resume, in one
-        // call started now (`LazyPages::new`); `finish` finds them there.
+        // call (`PreparedCopy::start_fetch`); `finish` finds them there.
         options.prefetch = working_set::for_mode(source.working_set(), Mode::Uffd);
         std::fs::create_dir_all(&self.snapshots_dir).map_err(|source| RestoreError::Io {
             what: format!("create {}", self.snapshots_dir.display()),
@@ -360,7 +397,7 @@ impl SnapshotRestorer {
         tracing::debug!(
             snapshot = %snapshot.id,
             prepare_us = started.elapsed().as_micros() as u64,
-            "lazy restore: the copy prepared (its first fetch under way)"
+            "lazy restore: the copy prepared"
         );
         Ok(PreparedCopy {
             snapshot,

@@ -614,6 +614,13 @@ pub struct PreparedTree {
 }
 
 impl PreparedTree {
+    /// A lazy restore: starts fetching what the copies need before they
+    /// resume ([`LazyPages::start_fetch`]); once only.
+    /// Returns whether this call started it.
+    pub fn start_fetch(&self) -> bool {
+        self.lazy.as_ref().is_some_and(|lazy| lazy.start_fetch())
+    }
+
     /// `(restorer fd, stub fd)`: what the root stub must hold: the root's
     /// descriptors at their numbers, every child's in its staging block.
     pub fn moves(&self) -> &[(RawFd, RawFd)] {
@@ -681,8 +688,9 @@ pub fn prepare_tree_for_sandbox(
 
 /// [`prepare_tree_for_sandbox`] of a lazy restore (`uffd` mode only): the
 /// image of every process is made by [`LazyPages::new`] in `dir` from what
-/// `local` has, the pages the page servers do not fill fetched from
-/// `source` now (a failure is [`RestoreError::Fetch`]). Each process then
+/// `local` has; the pages the page servers do not fill are fetched from
+/// `source` once [`PreparedTree::start_fetch`] starts it (at the latest by
+/// the restore; a failure is [`RestoreError::Fetch`]). Each process then
 /// gets its pages through its own page server over that one image and
 /// source: the root's working set (`options.prefetch` at the restore)
 /// before the resume, every process's faults after.

@@ -8,7 +8,8 @@
 //!            -> the restorer restores copies of it lazily (SnapshotRestorer::set_lazy):
 //!               uffd mode, each copy its own image and page server over the
 //!               one shared LazySource (its fetched pages go into the local store)
-//!            -> cold starts restore (ForRestore::Lazy), no spares meanwhile
+//!            -> cold starts restore (ForRestore::Lazy), into spares made
+//!               ahead that fetch nothing before their claim (pool spares.rs)
 //! a copy resumed         thaw_remote_lazy_restores_total{result="ok"}; the first
 //!                        starts the completion (one per registration)
 //! complete   LazySource::complete: what the local store lacks, root, manifest,

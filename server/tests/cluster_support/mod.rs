@@ -184,3 +184,46 @@ pub async fn boots(server: &Server, name: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// event `{"big": SECONDS}` reads (after sleeping that long): a lazy copy
+/// answers plain events without those pages, and faults on them only then.
+pub fn big(name: &str) -> serde_json::Value {
+    crate::common::function(
+        name,
+        "import hashlib, os, time\nBORN = time.time_ns()\nBIG = os.urandom(24 << 20)\n\
+         def handler(event, context):\n    if event.get('big'):\n        time.sleep(event['big'])\n        \
+         return {'born': BORN, 'digest': hashlib.sha256(BIG).hexdigest()}\n    return {'born': BORN}\n",
+        serde_json::json!({}),
+    )
+}
+
+/// A writer with `f` (the `big` function) deployed and uploaded, and a
+/// reader started after the upload that restores `f` lazily.
+pub async fn lazy_reader(s: &Store) -> (Server, Server, String) {
+    let a = s.writer();
+    let v = a.deploy_ready(big("f")).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let snapshot = v["snapshot"]["id"].as_str().unwrap().to_string();
+    wait_for("A uploaded f", Duration::from_secs(120), async || {
+        metric(&a, "thaw_remote_uploads_total{result=\"ok\"}").await >= 1.0
+    })
+    .await;
+    let b = s.reader();
+    wait_for(
+        "B restores f lazily",
+        Duration::from_secs(120),
+        async || metric(&b, "thaw_remote_lazy_snapshots").await >= 1.0,
+    )
+    .await;
+    (a, b, snapshot)
+}
+
+/// The version's record on `server` keeps its snapshot and is not failed
+/// (no rebuild).
+pub async fn still_ready(server: &Server, snapshot: &str) {
+    let view = server.get("/functions/f").await;
+    assert_eq!(view.status, 200, "{}", view.text());
+    let v = view.json();
+    assert_eq!(v["state"], "ready", "{v}");
+    assert_eq!(v["snapshot"]["id"], snapshot, "{v}");
+}
