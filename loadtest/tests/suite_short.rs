@@ -291,11 +291,13 @@ fn short_suite_runs_end_to_end() {
             .find(|l| l.starts_with(&format!("| {f} | ")))
             .unwrap_or_else(|| panic!("no remote row of {f}:\n{remote}"));
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        // first p50, p90, local, boot, first ÷ local, first ÷ boot, bytes.
-        for (i, c) in cells[3..10].iter().enumerate() {
+        // first p50, p90, local, boot, first ÷ local, first ÷ boot, first
+        // from a spare, bytes.
+        for (i, c) in cells[3..11].iter().enumerate() {
             assert!(*c != "–" && !c.is_empty(), "cell {i} of {row}");
         }
-        assert!(cells[9].ends_with(" MiB"), "{row}");
+        assert!(cells[9].ends_with("/1"), "{row}");
+        assert!(cells[10].ends_with(" MiB"), "{row}");
         assert!(
             remote.contains(&format!("| {f} | 1 | ")),
             "no round of {f}:\n{remote}"
