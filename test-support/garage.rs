@@ -66,7 +66,23 @@ pub fn binary() -> Result<PathBuf, String> {
     }
 }
 
+/// A port Garage can listen on. Not one of the kernel's ephemeral range
+/// (what binding port 0 gives): between this check and Garage's own bind,
+/// any outbound connection may take such a port, and the store client
+/// opens one per ranged read whose TIME_WAIT entry keeps a listener off
+/// that port ("Address already in use", a Garage that aborts at start).
 fn free_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, ephemeral_low.max(10_100));
+    for _ in 0..500 {
+        let port = rand::random_range(from..to);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

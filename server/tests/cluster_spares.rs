@@ -11,7 +11,9 @@
 //!   fetch fails before the resume), never answering from a copy, nothing
 //!   rebuilt; with the store back B restores the snapshot lazily again.
 //!
-//! Needs root (sandboxes) and the garage binary (`./dev.sh s3`).
+//! Spares of lazily restored snapshots are opt-in (`THAW_LAZY_SPARES=1`,
+//! set here for the nodes). Needs root (sandboxes) and the garage binary
+//! (`./dev.sh s3`).
 
 mod cluster_support;
 mod common;
@@ -48,6 +50,9 @@ async fn a_spare_of_f(server: &Server, what: &str) {
 async fn a_readers_first_lazy_restore_claims_a_spare_made_ahead() {
     require_root!();
     let _serial = SERIAL.lock().await;
+    // Spares of lazily restored snapshots are opt-in (pool's spares.rs);
+    // the nodes inherit this.
+    std::env::set_var("THAW_LAZY_SPARES", "1");
     let s = match store("lazyspare") {
         Ok(s) => s,
         Err(why) => skip!("{why}"),
@@ -112,6 +117,7 @@ async fn a_readers_first_lazy_restore_claims_a_spare_made_ahead() {
 async fn a_lazy_spare_claimed_with_the_store_gone_boots() {
     require_root!();
     let _serial = SERIAL.lock().await;
+    std::env::set_var("THAW_LAZY_SPARES", "1");
     let mut s = match store("lazysparedown") {
         Ok(s) => s,
         Err(why) => skip!("{why}"),

@@ -78,18 +78,18 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench, bursts: usize) -> Result<Burs
         .and_then(|t| t.with_bodies(vec![Bytes::from(bench.body.to_owned())]))
         .map_err(|e| e.to_string())?
         .with_cold(Some(ColdStart::Restore));
-    settle(ctx, bench.name, 0, None).await?;
+    settle(ctx, bench.name, &mut 0, None).await?;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let spares = spares_ready(&ctx.api, bench.name)
+    let mut spares = spares_ready(&ctx.api, bench.name)
         .await
         .map_err(|e| e.to_string())?;
-    let at_rest = settle(ctx, bench.name, spares, None).await?;
+    let at_rest = settle(ctx, bench.name, &mut spares, None).await?;
     let mut result = BurstResult {
         function: bench.name.to_owned(),
         ..BurstResult::default()
     };
     for burst in 1..=bursts {
-        settle(ctx, bench.name, spares, Some(at_rest)).await?;
+        settle(ctx, bench.name, &mut spares, Some(at_rest)).await?;
         let mut set = JoinSet::new();
         let t0 = Instant::now();
         for seq in 0..BURST as u64 {
@@ -137,10 +137,6 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench, bursts: usize) -> Result<Burs
     Ok(result)
 }
 
-/// How long a single restore waits for the spares ready before it reads
-/// their count again.
-const SPARES_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
-
 /// Single forced restores of `bench`, one at a time, each into a server at
 /// rest (its spares ready), `n` of them: the median latency, µs. For runs
 /// without the cold-start section (`--only burst`), whose restore (mmap)
@@ -150,28 +146,15 @@ pub async fn single_median(ctx: &mut Ctx, bench: &Bench, n: usize) -> Result<f64
         .and_then(|t| t.with_bodies(vec![Bytes::from(bench.body.to_owned())]))
         .map_err(|e| e.to_string())?
         .with_cold(Some(ColdStart::Restore));
-    settle(ctx, bench.name, 0, None).await?;
+    settle(ctx, bench.name, &mut 0, None).await?;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let spares = spares_ready(&ctx.api, bench.name)
+    let mut spares = spares_ready(&ctx.api, bench.name)
         .await
         .map_err(|e| e.to_string())?;
-    let at_rest = settle(ctx, bench.name, spares, None).await?;
-    let mut spares = spares;
+    let at_rest = settle(ctx, bench.name, &mut spares, None).await?;
     let mut latencies = Vec::with_capacity(n);
     for seq in 0..n as u64 {
-        // The server's spare target decays after a burst or a sustained
-        // run: waiting for the count read above could wait forever.
-        let wait = settle(ctx, bench.name, spares, Some(at_rest));
-        if tokio::time::timeout(SPARES_WAIT, wait).await.is_err() {
-            spares = spares_ready(&ctx.api, bench.name)
-                .await
-                .map_err(|e| e.to_string())?;
-            eprintln!(
-                "suite: {}: the spares ready fell to {spares} (the target decayed); measuring with that many",
-                bench.name
-            );
-            settle(ctx, bench.name, spares, Some(at_rest)).await?;
-        }
+        settle(ctx, bench.name, &mut spares, Some(at_rest)).await?;
         let t0 = Instant::now();
         let outcome = ctx.client.send(&target, seq).await;
         if !outcome.is_ok() {

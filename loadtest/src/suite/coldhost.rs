@@ -68,7 +68,7 @@ pub async fn measure(
     };
     for round in 1..=rounds {
         for (name, t) in [("restore", &restore), ("boot", &boot)] {
-            settle(ctx, bench.name, 0, None).await?;
+            settle(ctx, bench.name, &mut 0, None).await?;
             drop_caches()?;
             let t0 = Instant::now();
             let outcome = ctx.client.send(t, round as u64).await;

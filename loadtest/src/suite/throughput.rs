@@ -88,6 +88,10 @@ async fn stable_count(server_pid: u32) -> Result<usize, String> {
     Ok(last)
 }
 
+/// How long [`settle`] waits for the spares it was asked for before it
+/// reads how many the server keeps now.
+pub const SPARES_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Waits until the function is at rest with at least `spares` ready, and
 /// then until the server has `processes` processes under it again (a forced
 /// copy leaves the server's lists before its sandbox is gone; its teardown
@@ -96,15 +100,43 @@ async fn stable_count(server_pid: u32) -> Result<usize, String> {
 /// or many clients raised the function's target, docs/restore.md) has more
 /// processes at rest than `processes`: then it is at rest once its process
 /// count stops changing.
+///
+/// The server's spare target decays some seconds after the demand that
+/// raised it: when `*spares` are not ready within [`SPARES_WAIT`], the
+/// count ready then becomes `*spares` (said on stderr) and the wait goes
+/// on for that many, rather than waiting for a count the server no longer
+/// keeps.
 pub async fn settle(
     ctx: &Ctx,
     name: &str,
-    spares: u64,
+    spares: &mut u64,
     processes: Option<usize>,
 ) -> Result<usize, String> {
-    wait_settled(&ctx.api, name, spares)
-        .await
-        .map_err(|e| format!("waiting for the server to settle: {e}"))?;
+    let settled = |n: u64| async move {
+        wait_settled(&ctx.api, name, n)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("waiting for the server to settle: {e}"))
+    };
+    if *spares == 0 {
+        settled(0).await?;
+    } else if let Ok(r) = tokio::time::timeout(SPARES_WAIT, settled(*spares)).await {
+        r?;
+    } else {
+        let ready = spares_ready(&ctx.api, name)
+            .await
+            .map_err(|e| e.to_string())?;
+        if ready < *spares {
+            eprintln!(
+                "suite: {name}: {ready} spares ready after {} s, not {} (the server's target decayed): counting on {ready} from now",
+                SPARES_WAIT.as_secs(),
+                *spares
+            );
+            *spares = ready;
+        }
+        settled(*spares).await?;
+    }
+    let spares = *spares;
     let t0 = std::time::Instant::now();
     if processes.is_none() {
         return stable_count(ctx.server_pid).await;
@@ -170,8 +202,8 @@ async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<R
     // The spares a resting server keeps for this function: each round
     // starts and ends with them, so the CPU of the spares made during a
     // round is the CPU of the cold starts that used them.
-    let (spares, at_rest) = if cold.is_some() {
-        settle(ctx, bench.name, 0, None).await?;
+    let (mut spares, at_rest) = if cold.is_some() {
+        settle(ctx, bench.name, &mut 0, None).await?;
         // Give the pool time to make its spares before counting them.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let spares = match cold {
@@ -184,7 +216,9 @@ async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<R
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        (spares, Some(settle(ctx, bench.name, spares, None).await?))
+        let mut spares = spares;
+        let at_rest = settle(ctx, bench.name, &mut spares, None).await?;
+        (spares, Some(at_rest))
     } else {
         (0, None)
     };
@@ -192,7 +226,7 @@ async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<R
     for round in 1..=ctx.plan.throughput_rounds {
         let before = match cold {
             Some(_) => {
-                settle(ctx, bench.name, spares, at_rest).await?;
+                settle(ctx, bench.name, &mut spares, at_rest).await?;
                 Some(CpuReading::take(&ctx.api, ctx.server_pid).await?)
             }
             None => None,
@@ -213,7 +247,7 @@ async fn load(ctx: &mut Ctx, bench: &Bench, cold: Option<ColdStart>) -> Result<R
             0.0
         };
         if let Some(before) = before {
-            settle(ctx, bench.name, spares, at_rest).await?;
+            settle(ctx, bench.name, &mut spares, at_rest).await?;
             let after = CpuReading::take(&ctx.api, ctx.server_pid).await?;
             let used = before.until(&after);
             if starts > 0 {
