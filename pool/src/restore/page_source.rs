@@ -170,17 +170,7 @@ impl LazyPages {
             .map_err(io(format!("create a lazy image in {}", dir.display())))?;
         file.set_len(layout.size)
             .map_err(io("size the lazy image".into()))?;
-        let hashes: Vec<Vec<Option<PageHash>>> = every
-            .iter()
-            .map(|a: &AreaPages| {
-                a.iter()
-                    .map(|s| match s {
-                        PageSlot::Hash(h) => Some(h),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .collect();
+        let hashes = stored_hashes(every.iter());
         let present = hashes
             .iter()
             .map(|a| a.iter().map(|_| AtomicBool::new(false)).collect())
@@ -421,6 +411,21 @@ impl LazyPages {
 /// pages the restore fills (rseq areas, futex words of interrupted waits),
 /// then the root's working set `prefetch`. `hashes` holds the image's
 /// areas' pages, `bases` each process's first area.
+/// Each area's pages by index: the hash of a stored page, `None` for the
+/// others (zero pages, pages of mapped files).
+fn stored_hashes<'a>(areas: impl Iterator<Item = &'a AreaPages>) -> Vec<Vec<Option<PageHash>>> {
+    areas
+        .map(|a| {
+            a.iter()
+                .map(|s| match s {
+                    PageSlot::Hash(h) => Some(h),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
 fn early_pages(
     snapshot: &Snapshot,
     hashes: &[Vec<Option<PageHash>>],
@@ -472,18 +477,7 @@ fn early_pages(
 /// restore asks for all of them in one call; in address order the runs a
 /// fault asks for later are contiguous too.
 pub fn pages_before_resume(snapshot: &Snapshot, prefetch: &[u64]) -> Vec<PageHash> {
-    let every: Vec<Vec<Option<PageHash>>> = snapshot
-        .processes()
-        .flat_map(|(_, areas)| areas.iter())
-        .map(|a| {
-            a.iter()
-                .map(|s| match s {
-                    PageSlot::Hash(h) => Some(h),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect();
+    let every = stored_hashes(snapshot.processes().flat_map(|(_, areas)| areas.iter()));
     let bases: Vec<usize> = (0..=snapshot.children.len())
         .map(|i| snapshot.area_base(i))
         .collect();
