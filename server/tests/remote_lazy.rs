@@ -310,21 +310,25 @@ fn a_damaged_pack_fails_the_restore_before_the_copy_runs_naming_it() {
     // Every slot of every pack damaged: the first fetch meets one.
     damage_every_slot(&g, &format!("{}/packs", prefix(&key)));
     let run = lazy_restore(&env, &key, &tmp.path().join("d"), "py", "a");
+    failed_before_resume_naming(&run, &format!("s3://{BUCKET}/{}/packs/", prefix(&key)));
+}
+
+/// Flips a byte in every page slot of every object under `folder`
+/// (`PREFIX/packs`, `PREFIX/wspacks`) of `g`'s bucket.
+/// The lazy restore `run` failed before its copy ran (exit 75), naming
+/// the damaged object under `url` that does not decrypt.
+fn failed_before_resume_naming(run: &Lazy, url: &str) {
     assert_eq!(run.code, 75, "{}", run.stderr);
     assert!(run.printed.is_empty(), "the copy ran: {}", run.printed);
     assert!(
         run.stderr.contains("failed before the copy resumed")
-            && run
-                .stderr
-                .contains(&format!("s3://{BUCKET}/{}/packs/", prefix(&key)))
+            && run.stderr.contains(url)
             && run.stderr.contains("does not decrypt with this store key"),
         "{}",
         run.stderr
     );
 }
 
-/// Flips a byte in every page slot of every object under `folder`
-/// (`PREFIX/packs`, `PREFIX/wspacks`) of `g`'s bucket.
 fn damage_every_slot(g: &Garage, folder: &str) {
     let client = object_store::aws::AmazonS3Builder::new()
         .with_endpoint(&g.endpoint)
@@ -444,17 +448,7 @@ fn a_working_set_pack_serves_the_first_fetch_in_few_reads() {
     // naming it; the shared packs are whole, so the old path still works.
     damage_every_slot(&g, &format!("{}/wspacks", prefix(&other)));
     let run = lazy_restore(&env, &other, &dir("d5"), "py", "h");
-    assert_eq!(run.code, 75, "{}", run.stderr);
-    assert!(run.printed.is_empty(), "the copy ran: {}", run.printed);
-    assert!(
-        run.stderr.contains("failed before the copy resumed")
-            && run
-                .stderr
-                .contains(&format!("s3://{BUCKET}/{}/wspacks/", prefix(&other)))
-            && run.stderr.contains("does not decrypt with this store key"),
-        "{}",
-        run.stderr
-    );
+    failed_before_resume_naming(&run, &format!("s3://{BUCKET}/{}/wspacks/", prefix(&other)));
     let run = lazy_restore(&old, &other, &dir("d6"), "py", "h");
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.printed, hot, "{}", run.stderr);
