@@ -14,12 +14,12 @@
 //! per round     a reader B with an empty data directory on the same store:
 //!   wait        B's log says it restores each function's snapshot lazily
 //!   for each function, in turn:
-//!     spare     B at rest, and a pre-made sandbox of the function ready, as
-//!               a deployment's reader makes once it sees the version (up to
-//!               5 s: none comes from a server that makes no spares of a
-//!               snapshot it restores lazily; `THAW_SUITE_REMOTE_SPARE_WAIT_MS`
-//!               sets the wait, 0 the first restore at once, as before
-//!               2026-12-07); whether it was a spare hit is reported
+//!     spare     B at rest; when B makes spares of snapshots it restores
+//!               lazily (`THAW_LAZY_SPARES=1`), a pre-made sandbox of the
+//!               function ready, as a deployment's reader makes once it
+//!               sees the version (up to 5 s); `THAW_SUITE_REMOTE_SPARE_WAIT_MS`
+//!               sets the wait whatever B does, 0 the first restore at
+//!               once; whether it was a spare hit is reported
 //!     first     forced restore (`x-thaw-cold: restore`), send → whole answer:
 //!               lazy (uffd, pages from the bucket); B counts it in
 //!               thaw_remote_lazy_restores_total{result="ok"}
@@ -192,19 +192,38 @@ impl RemoteResult {
 /// server's default 2 per version).
 const LOCAL_SPARES: u64 = 1;
 
-/// Longest wait for a spare before the first restore, ms (a reader that
-/// makes none of a lazily restored snapshot gives none).
+/// Longest wait for a spare before the first restore, ms, when the reader
+/// makes spares of snapshots it restores lazily (`THAW_LAZY_SPARES=1`); a
+/// reader that makes none is not waited for.
 const FIRST_SPARE_WAIT_MS: u64 = 5000;
-/// Sets [`FIRST_SPARE_WAIT_MS`] (0: the first restore once B is at rest).
+/// Sets the wait for a spare before the first restore, whatever the
+/// reader's setting (0: the first restore once B is at rest).
 const ENV_SPARE_WAIT: &str = "THAW_SUITE_REMOTE_SPARE_WAIT_MS";
+/// The reader's switch of spares for lazily restored snapshots (pool's
+/// `manager::spares::LAZY_SPARES_ENV`; off unless `1`).
+const ENV_LAZY_SPARES: &str = "THAW_LAZY_SPARES";
 
-fn first_spare_wait() -> Duration {
-    Duration::from_millis(
-        std::env::var(ENV_SPARE_WAIT)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(FIRST_SPARE_WAIT_MS),
-    )
+/// How long to wait for a spare before the first restore on a reader
+/// started with `env` (over the suite's own environment): [`ENV_SPARE_WAIT`]
+/// if set, else [`FIRST_SPARE_WAIT_MS`] when the reader makes spares of
+/// lazily restored snapshots and nothing when it does not (a wait for a
+/// spare that never comes cost 5 s per function per round).
+fn first_spare_wait(env: &Env) -> Duration {
+    if let Some(ms) = std::env::var(ENV_SPARE_WAIT)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    let set = env.set.iter().rev().find(|(k, _)| k == ENV_LAZY_SPARES);
+    let lazy_spares = match set {
+        Some((_, v)) => v == "1",
+        None => {
+            !env.remove.iter().any(|k| k == ENV_LAZY_SPARES)
+                && std::env::var(ENV_LAZY_SPARES).is_ok_and(|v| v == "1")
+        }
+    };
+    Duration::from_millis(if lazy_spares { FIRST_SPARE_WAIT_MS } else { 0 })
 }
 
 /// Bytes of a page.
@@ -508,7 +527,16 @@ async fn measure_on(
             } else {
                 &mut results
             };
-            let r = one_round(ctx, &reader, benches, &ids, res, round).await;
+            let r = one_round(
+                ctx,
+                &reader,
+                benches,
+                &ids,
+                res,
+                round,
+                first_spare_wait(env),
+            )
+            .await;
             if let Some(dir) = &logs {
                 let name = format!(
                     "reader-{round}{}.log",
@@ -607,6 +635,7 @@ async fn one_round(
     ids: &[String],
     results: &mut [RemoteResult],
     round: usize,
+    spare_wait: Duration,
 ) -> Result<(), String> {
     // B sees every version (code, record, snapshot object) first.
     let mut opened = Vec::new();
@@ -639,7 +668,7 @@ async fn one_round(
         // A deployment's reader sees a version some time before its first
         // cold start, and may make a spare meanwhile.
         let waited = Instant::now();
-        while waited.elapsed() < first_spare_wait()
+        while waited.elapsed() < spare_wait
             && deploy::spares_ready(&api, bench.name)
                 .await
                 .map_err(|e| e.to_string())?
@@ -906,6 +935,32 @@ pub fn render(results: &[RemoteResult], rounds: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spare_wait_follows_the_readers_lazy_spares_setting() {
+        // The suite's own THAW_SUITE_REMOTE_SPARE_WAIT_MS wins over both:
+        // nothing to check then.
+        if std::env::var_os(ENV_SPARE_WAIT).is_some() {
+            return;
+        }
+        let with = |v: &str| Env {
+            set: vec![
+                (ENV_LAZY_SPARES.to_string(), "0".to_string()),
+                (ENV_LAZY_SPARES.to_string(), v.to_string()),
+            ],
+            remove: Vec::new(),
+        };
+        assert_eq!(
+            first_spare_wait(&with("1")),
+            Duration::from_millis(FIRST_SPARE_WAIT_MS)
+        );
+        assert_eq!(first_spare_wait(&with("0")), Duration::ZERO);
+        let removed = Env {
+            set: Vec::new(),
+            remove: vec![ENV_LAZY_SPARES.to_string()],
+        };
+        assert_eq!(first_spare_wait(&removed), Duration::ZERO);
+    }
 
     #[test]
     fn the_old_arm_is_name_value_pairs() {
