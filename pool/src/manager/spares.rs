@@ -202,7 +202,7 @@ impl Pool {
                 while let Some(mut stub) = list.pop() {
                     if stub.snapshot_id() == snapshot_id
                         && self.spare_current(&stub)
-                        && stub.is_alive()
+                        && stub.usable()
                     {
                         found = Some(stub);
                         break;
@@ -380,6 +380,7 @@ impl Pool {
         let unwanted = match result {
             Ok(stub) => {
                 self.state.lock().unwrap().spare_backoff.remove(&key);
+                let stub = self.premap_spare(stub).await;
                 match self.keep_spare(&key, stub, started) {
                     Ok(id) => {
                         sample = Some(id);
@@ -419,6 +420,19 @@ impl Pool {
         if let Some(id) = sample {
             self.sample_new_spare(&id);
         }
+    }
+
+    /// Starts pre-mapping `stub`'s copy ([`crate::restore::premap`]), as
+    /// background work: not while a burst is served ([`super::defer`]).
+    pub(super) async fn premap_spare(&self, stub: Stub) -> Stub {
+        let Some(restorer) = &self.config.restorer else {
+            return stub;
+        };
+        if !crate::restore::premap::enabled() {
+            return stub;
+        }
+        self.after_cold_starts().await;
+        stub.premap(restorer)
     }
 
     /// Keeps `stub` (launched or recycled since `started`) as a spare of
