@@ -241,9 +241,17 @@ impl Job {
             plans: prepared.plans.as_deref(),
         };
         let mut at_premap = RestoreTimings::default();
-        let mapped = premap(&ctx, &prepared, stub_pid, &mut at_premap);
+        // A file changed since the spare was made: nothing is mapped, the
+        // stub is left as it is, and the claim refuses as it would have
+        // without the pre-map (the spare is not skipped as a failed one).
+        let rechecked = prepared.recheck(&snapshot);
+        let refused = rechecked.is_err();
+        let mapped = rechecked.and_then(|()| premap(&ctx, &prepared, stub_pid, &mut at_premap));
         let premap_took = started.elapsed();
         match &mapped {
+            Err(err) if refused => {
+                tracing::debug!(snapshot = %snapshot.id, pid = stub_pid, %err, "spare not pre-mapped: a file changed");
+            }
             Ok(_) => {
                 state.store(MAPPED, Ordering::Release);
                 tracing::debug!(
@@ -297,7 +305,9 @@ impl Job {
     }
 }
 
-/// Seizes the stub and maps the copy's memory (step 1).
+/// Seizes the stub and maps the copy's memory (step 1). The caller
+/// checked the files again first (the spare may have waited for its
+/// pre-map, held while a burst was served).
 fn premap(
     ctx: &Driving<'_, '_>,
     prepared: &Prepared,
@@ -309,9 +319,6 @@ fn premap(
             "the stub's files were not taken back and checked (Prepared::adopt)".into(),
         ));
     }
-    // The spare may have waited for the pre-map (held while a burst was
-    // served): the files are checked before anything is mapped from them.
-    prepared.recheck(ctx.snapshot)?;
     let started = Instant::now();
     let remote = Remote::seize(stub_pid)?;
     timings.stub = started.elapsed();
