@@ -827,6 +827,8 @@ pub struct Stub {
     /// A `uffd` copy whose page server records the exact working set
     /// ([`Stub::record_exactly`]).
     exact: bool,
+    /// See [`Stub::premap_estimate`].
+    premap_estimate: u64,
 }
 
 impl Stub {
@@ -943,6 +945,7 @@ impl Stub {
                 gid: config.gid,
             },
             exact: false,
+            premap_estimate: 0,
         })
     }
 
@@ -981,47 +984,47 @@ impl Stub {
     /// Starts pre-mapping the copy ([`crate::restore::premap`]) when it is
     /// one that can be (a single process restored from the local store in
     /// `mmap` mode) and pre-mapping is on. Quick (starts a thread); the
-    /// pre-map runs in the background.
-    pub fn premap(self, restorer: &Restorer) -> Stub {
-        let Stub {
-            instance,
-            pid,
-            pidfd,
-            copy,
-            snapshot,
-            credentials,
-            exact,
-        } = self;
-        let copy = match copy {
-            StubCopy::Prepared(copy)
-                if crate::restore::premap::enabled()
-                    && snapshot.mode == "mmap"
-                    && !exact
-                    && copy.premappable() =>
-            {
-                use crate::restore::premap::{PremapError, PremappedCopy};
-                match PremappedCopy::start(restorer.clone(), *copy, pid, credentials.clone()) {
-                    Ok(premapped) => StubCopy::Premapped(premapped),
-                    Err(PremapError::NotPremappable(copy)) => StubCopy::Prepared(copy),
-                    Err(e @ PremapError::Thread(_)) => {
-                        // The copy went with the thread: the spare is of
-                        // no use, and is skipped at the claim.
-                        tracing::warn!(sandbox = %instance.id(), err = %e, "pre-mapping a spare failed");
-                        StubCopy::Lost
-                    }
-                }
-            }
-            other => other,
-        };
-        Stub {
-            instance,
-            pid,
-            pidfd,
-            copy,
-            snapshot,
-            credentials,
-            exact,
+    /// pre-map runs in the background. Returns whether it started.
+    pub fn premap(&mut self, restorer: &Restorer) -> bool {
+        let eligible = crate::restore::premap::enabled()
+            && self.snapshot.mode == "mmap"
+            && !self.exact
+            && matches!(&self.copy, StubCopy::Prepared(copy) if copy.premappable());
+        if !eligible {
+            return false;
         }
+        let StubCopy::Prepared(copy) = std::mem::replace(&mut self.copy, StubCopy::Lost) else {
+            return false;
+        };
+        use crate::restore::premap::{PremapError, PremappedCopy};
+        let started =
+            PremappedCopy::start(restorer.clone(), *copy, self.pid, self.credentials.clone());
+        match started {
+            Ok(premapped) => {
+                self.premap_estimate = restorer
+                    .working_set_cached(&self.snapshot.id)
+                    .map_or(0, |pages| pages as u64 * 4096);
+                self.copy = StubCopy::Premapped(premapped);
+                true
+            }
+            Err(PremapError::NotPremappable(copy)) => {
+                self.copy = StubCopy::Prepared(copy);
+                false
+            }
+            Err(e @ PremapError::Thread(_)) => {
+                // The copy went with the thread: the spare is of no use,
+                // and is skipped at the claim (it stays `Lost`).
+                tracing::warn!(sandbox = %self.instance.id(), err = %e, "pre-mapping a spare failed");
+                false
+            }
+        }
+    }
+
+    /// Bytes a pre-mapped spare is expected to hold beyond a plain one:
+    /// the pages of the working set its pre-map populates (known when the
+    /// working set was read already; 0 otherwise, until measured).
+    pub fn premap_estimate(&self) -> u64 {
+        self.premap_estimate
     }
 
     /// Whether the spare can still become a copy: its sandbox runs, its stub
@@ -1056,6 +1059,7 @@ impl Stub {
             snapshot,
             credentials,
             exact,
+            premap_estimate: _,
         } = self;
         let became = match (exists(&pidfd), copy) {
             (_, StubCopy::Lost) => Err(RestoreFailure::Copy("the stub's copy was lost".into())),

@@ -122,7 +122,7 @@ async fn a_premapped_spare_answers_with_the_snapshot_state_and_a_fresh_seed() {
         assert_eq!(premap_threads(&server), 0);
     }
     let mut answers = Vec::new();
-    for _ in 0..2 {
+    for round in 0..3 {
         let a = forced_restore(&server).await;
         assert_eq!(a.status, 200, "{}", a.text());
         assert_eq!(a.header("x-thaw-start"), "restore");
@@ -135,15 +135,19 @@ async fn a_premapped_spare_answers_with_the_snapshot_state_and_a_fresh_seed() {
                 "pre-mapped: {:?}",
                 a.header("x-thaw-premap-us")
             );
-            assert_eq!(phase(&a, "mappings"), 0, "mapped at the pre-map");
             assert_eq!(phase(&a, "seize"), 0, "seized at the pre-map");
+            // The first spares may have been pre-mapped before the
+            // working set was recorded (at deploy): theirs is populated at
+            // the claim. The third claim takes a recycled spare, pre-mapped
+            // with it.
+            if round == 2 {
+                assert_eq!(phase(&a, "mappings"), 0, "mapped at the pre-map");
+            }
         } else {
             assert_eq!(a.header("x-thaw-premap-us"), "");
             assert!(phase(&a, "mappings") > 0);
         }
         answers.push(a.json());
-        // The next claim takes the other pre-mapped spare, not a recycled
-        // one still being pre-mapped (that would do, but queue).
     }
     // Each copy has the snapshot's state (two warm-up calls, the value
     // drawn at import) and a generator reseeded at its restore.
@@ -152,6 +156,7 @@ async fn a_premapped_spare_answers_with_the_snapshot_state_and_a_fresh_seed() {
         assert_eq!(a["state"], answers[0]["state"], "{answers:?}");
     }
     assert_ne!(answers[0]["fresh"], answers[1]["fresh"], "{answers:?}");
+    assert_ne!(answers[1]["fresh"], answers[2]["fresh"], "{answers:?}");
     // A warm call of a pre-mapped copy goes on from its state.
     let a = server.invoke("seeded", json!({})).await;
     assert_eq!(a.status, 200, "{}", a.text());

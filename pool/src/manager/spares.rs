@@ -380,9 +380,9 @@ impl Pool {
         let unwanted = match result {
             Ok(stub) => {
                 self.state.lock().unwrap().spare_backoff.remove(&key);
-                let stub = self.premap_spare(stub).await;
                 match self.keep_spare(&key, stub, started) {
                     Ok(id) => {
+                        self.premap_later(key.clone(), id.clone());
                         sample = Some(id);
                         None
                     }
@@ -422,17 +422,36 @@ impl Pool {
         }
     }
 
-    /// Starts pre-mapping `stub`'s copy ([`crate::restore::premap`]), as
-    /// background work: not while a burst is served ([`super::defer`]).
-    pub(super) async fn premap_spare(&self, stub: Stub) -> Stub {
-        let Some(restorer) = &self.config.restorer else {
-            return stub;
-        };
-        if !crate::restore::premap::enabled() {
-            return stub;
+    /// Pre-maps spare `id` of `key` ([`crate::restore::premap`]) once no
+    /// burst is being served ([`Pool::before_premap`]): background work.
+    /// The spare is claimable meanwhile (restored whole if claimed before).
+    pub(super) fn premap_later(&self, key: FunctionKey, id: String) {
+        if self.config.restorer.is_none() || !crate::restore::premap::enabled() {
+            return;
         }
-        self.after_cold_starts().await;
-        stub.premap(restorer)
+        let pool = self.clone();
+        tokio::spawn(async move {
+            pool.before_premap().await;
+            let Some(restorer) = &pool.config.restorer else {
+                return;
+            };
+            let mut st = pool.state.lock().unwrap();
+            let st = &mut *st;
+            let Some(stub) = st
+                .spares
+                .get_mut(&key)
+                .and_then(|list| list.iter_mut().find(|s| s.id() == id))
+            else {
+                // Claimed or dropped meanwhile.
+                return;
+            };
+            // Quick: starts the spare's thread.
+            if stub.premap(restorer) {
+                if let Some(live) = st.live.get_mut(&id) {
+                    live.add_estimate(stub.premap_estimate());
+                }
+            }
+        });
     }
 
     /// Keeps `stub` (launched or recycled since `started`) as a spare of

@@ -1116,6 +1116,30 @@ pub(crate) struct Mapped {
     memory: RestoredMemory,
 }
 
+impl Mapped {
+    /// mmap mode: populates the working set `pages` now, in a batch of its
+    /// own (a copy mapped before its snapshot's working set was recorded;
+    /// see [`populate`]). Returns the ranges populated.
+    pub(crate) fn populate(
+        &mut self,
+        ctx: &Driving<'_, '_>,
+        pages: &[u64],
+    ) -> Result<u32, RestoreError> {
+        let mut batch = Batch::new(self.memory.scratch);
+        let ranges = populate(
+            &mut batch,
+            &ctx.view.state.areas,
+            pages,
+            plans::PopulateScope::All,
+            ctx.plans,
+        );
+        if ranges > 0 {
+            self.remote.run(batch)?;
+        }
+        Ok(ranges as u32)
+    }
+}
+
 impl std::fmt::Debug for Mapped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mapped")

@@ -31,9 +31,10 @@
 //! store are pre-mapped ([`super::sandboxed::PreparedCopy::premappable`]);
 //! trees, `uffd` copies and lazy copies take the usual path at the claim.
 //! The working set populated is the one recorded when the pre-map runs; a
-//! spare pre-mapped before its snapshot's working set was recorded keeps
-//! its copy unpopulated (its first invocation faults its pages in, as a
-//! copy restored then would have).
+//! spare pre-mapped before its snapshot's working set was recorded (the
+//! first spares after a deploy) has it populated at its claim, in a batch
+//! of its own (`mappings` of that claim's timings), as a copy restored
+//! whole then would.
 //!
 //! Security is what it is without the pre-map: the stub is thaw's, has run
 //! no function code and runs none until the claim; the copy gets its
@@ -93,11 +94,12 @@ struct Claim {
 #[derive(Debug, Clone, Copy)]
 pub struct Claimed {
     /// The claim's part of the restore: steps 2-9 and the resume (`stub`
-    /// and `mappings` are zero: they ran at the pre-map).
+    /// and `mappings` are zero: they ran at the pre-map; `mappings` is the
+    /// populating of a working set recorded after the pre-map).
     pub timings: RestoreTimings,
     /// The pre-map: seizing the stub and step 1.
     pub premap: Duration,
-    /// Working-set ranges populated by the pre-map.
+    /// Working-set ranges populated (by the pre-map, or at the claim).
     pub populated: u32,
     /// From the claim being sent to its thread taking it up (including a
     /// pre-map still running then).
@@ -283,10 +285,21 @@ impl Job {
             populated: at_premap.populated,
             ..RestoreTimings::default()
         };
-        let finished = mapped.and_then(|mapped| {
+        let finished = mapped.and_then(|mut mapped| {
             // The copy may have waited: its files must still be as the
             // snapshot saw them (the stub dies with `mapped` otherwise).
             prepared.recheck(&snapshot)?;
+            // Mapped before its snapshot's working set was recorded (the
+            // first spares after a deploy): populated now, as a copy
+            // restored whole at the claim would be.
+            if options.prefetch.is_empty() {
+                if let Some(pages) = restorer.working_set(&snapshot.id) {
+                    let pages = working_set::for_mode(&pages, Mode::Mmap);
+                    let started = Instant::now();
+                    timings.populated = mapped.populate(&ctx, &pages)?;
+                    timings.mappings = started.elapsed();
+                }
+            }
             set_process(mapped, &ctx, &mut timings)?.resume(&mut timings)
         });
         let answer = finished.map(|server| {
@@ -294,7 +307,7 @@ impl Job {
             Claimed {
                 timings,
                 premap: premap_took,
-                populated: at_premap.populated,
+                populated: timings.populated,
                 handoff,
                 waited: false,
             }

@@ -292,6 +292,16 @@ impl SnapshotRestorer {
             .map(Option::is_some)
     }
 
+    /// How many pages the recorded working set of snapshot `id` has, when
+    /// it was read already (`None`: not read yet, or none). Never blocks.
+    pub fn working_set_cached(&self, id: &str) -> Option<usize> {
+        self.working_sets
+            .lock()
+            .unwrap()
+            .get(id)
+            .and_then(|w| w.as_ref().map(|w| w.len()))
+    }
+
     /// The recorded working set of snapshot `id`, if any. A file that fails
     /// its checks is logged and ignored (the next recording replaces it).
     pub fn working_set(&self, id: &str) -> Option<Arc<Vec<u64>>> {
