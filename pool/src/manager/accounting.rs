@@ -380,3 +380,30 @@ impl Pool {
         self.sample(None).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pre_mapped_spare_counts_its_working_set_until_measured() {
+        let key = FunctionKey {
+            name: "f".into(),
+            version: 1,
+            uid: 1,
+        };
+        let cgroup = crate::cgroup::CgroupRoot::none_for_tests();
+        let mut live = Live::spare(key, cgroup);
+        assert_eq!(live.counted(), SPARE_ESTIMATE);
+        live.add_estimate(20 << 20);
+        assert_eq!(live.counted(), SPARE_ESTIMATE + (20 << 20));
+        // Measured: its PSS, plus what it is expected to grow by since.
+        live.memory = Some(MemoryUse {
+            rss: 22 << 20,
+            pss: 21 << 20,
+            uss: 19 << 20,
+        });
+        live.add_estimate(1 << 20);
+        assert_eq!(live.counted(), 22 << 20);
+    }
+}
