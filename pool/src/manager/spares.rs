@@ -10,6 +10,12 @@
 //! registered, and on the pool's tick (which also retries failed launches
 //! after their back-off).
 //!
+//! A spare of a single-process snapshot restored in `mmap` mode is also
+//! pre-mapped once it is kept ([`Pool::premap_later`], background work held
+//! while a burst is served): its own thread restores the copy's memory
+//! ahead of the claim, which then runs only the rest of the restore
+//! ([`crate::restore::premap`]; `THAW_PREMAP_SPARES=0` turns it off).
+//!
 //! Which versions get spares: every registered version with a snapshot,
 //! most recently used first, `per_version` each until `max_total` spares in
 //! all, then, within the same cap, the extra spares of versions whose cold
