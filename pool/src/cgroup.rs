@@ -333,6 +333,17 @@ impl CgroupRoot {
         Ok(names.len())
     }
 
+    /// A group of no directory (unit tests of what holds one).
+    #[cfg(test)]
+    pub(crate) fn none_for_tests() -> Cgroup {
+        Cgroup {
+            version: CgroupVersion::V2,
+            dirs: Vec::new(),
+            also_join: Vec::new(),
+            baseline: Default::default(),
+        }
+    }
+
     /// Removes the installation's groups on a clean stop: any sandbox group
     /// still there (as [`CgroupRoot::remove_stale`] does), then the
     /// `thaw-<tag>` parents themselves, so a stopped server leaves nothing in

@@ -347,10 +347,30 @@ impl Instance {
         pid: i32,
         snapshot: &SnapshotSource,
         restorer: &Restorer,
-        copy: crate::restore::sandboxed::PreparedCopy,
+        copy: StubCopy,
         credentials: crate::restore::Credentials,
         ready_timeout: Duration,
     ) -> Result<RestorePhases, RestoreFailure> {
+        let copy = match copy {
+            StubCopy::Prepared(copy) => copy,
+            StubCopy::Premapped(premapped) => {
+                let claimed = premapped
+                    .claim()
+                    .await
+                    .map_err(|e| RestoreFailure::restorer(&snapshot.id, e))?;
+                return self
+                    .after_restore(
+                        snapshot,
+                        restorer,
+                        claimed.timings,
+                        None,
+                        Some(claimed),
+                        ready_timeout,
+                    )
+                    .await;
+            }
+            StubCopy::Lost => return Err(RestoreFailure::Copy("the stub's copy was lost".into())),
+        };
         let mode: crate::restore::Mode =
             snapshot
                 .mode
@@ -379,6 +399,23 @@ impl Instance {
         .await
         .map_err(|e| RestoreFailure::Copy(format!("restore task: {e}")))?
         .map_err(|e| RestoreFailure::restorer(&snapshot.id, e))?;
+        self.after_restore(snapshot, restorer, timings, server, None, ready_timeout)
+            .await
+    }
+
+    /// What follows the restore of a copy (whole, or the claim of a
+    /// pre-mapped one: `premapped`): the working set recorded if its
+    /// snapshot has none, the page server kept, and the `restored`
+    /// exchange (reseeding, restore hooks).
+    async fn after_restore(
+        &mut self,
+        snapshot: &SnapshotSource,
+        restorer: &Restorer,
+        timings: crate::restore::RestoreTimings,
+        server: Option<crate::restore::CopyServer>,
+        premapped: Option<crate::restore::premap::Claimed>,
+        ready_timeout: Duration,
+    ) -> Result<RestorePhases, RestoreFailure> {
         // Both modes record the working set once (uffd: the pages the page
         // server filled; mmap: the pages resident after the invocation).
         {
@@ -409,8 +446,21 @@ impl Instance {
             mappings: timings.mappings,
             state: timings.state,
             resume: timings.resume,
+            premap: premapped.map(|c| c.premap),
             ..RestorePhases::default()
         };
+        if let Some(c) = premapped {
+            tracing::debug!(
+                snapshot = %snapshot.id,
+                premap_us = c.premap.as_micros() as u64,
+                populated = c.populated,
+                handoff_us = c.handoff.as_micros() as u64,
+                waited = c.waited,
+                state_us = timings.state.as_micros() as u64,
+                resume_us = timings.resume.as_micros() as u64,
+                "pre-mapped copy claimed"
+            );
+        }
         let exchanged = Instant::now();
         let seed: [u8; 32] = rand::random();
         let msg = ToRuntime::restored_with_seed(&seed);
@@ -734,6 +784,11 @@ pub struct RestorePhases {
     pub resume: Duration,
     /// The `restored` exchange with the runtime (reseeding, restore hooks).
     pub restored: Duration,
+    /// A spare pre-mapped ahead of its claim ([`crate::restore::premap`]):
+    /// how long its pre-map (seize and mappings, off the request's path)
+    /// took; `seize` and `mappings` are then zero. `None`: restored whole
+    /// at the claim.
+    pub premap: Option<Duration>,
 }
 
 impl RestorePhases {
@@ -764,7 +819,7 @@ pub struct Stub {
     /// the stub still exists (a spare waits; a pid freed meanwhile could be
     /// another process's by then).
     pidfd: std::os::fd::OwnedFd,
-    copy: crate::restore::sandboxed::PreparedCopy,
+    copy: StubCopy,
     snapshot: SnapshotSource,
     /// What the copy runs as: the sandbox's uid and gid, never the
     /// snapshot's.
@@ -772,6 +827,8 @@ pub struct Stub {
     /// A `uffd` copy whose page server records the exact working set
     /// ([`Stub::record_exactly`]).
     exact: bool,
+    /// See [`Stub::premap_estimate`].
+    premap_estimate: u64,
 }
 
 impl Stub {
@@ -881,13 +938,14 @@ impl Stub {
             instance,
             pid,
             pidfd,
-            copy,
+            copy: StubCopy::Prepared(Box::new(copy)),
             snapshot: snapshot.clone(),
             credentials: crate::restore::Credentials::Function {
                 uid: config.uid,
                 gid: config.gid,
             },
             exact: false,
+            premap_estimate: 0,
         })
     }
 
@@ -917,7 +975,67 @@ impl Stub {
     /// Whether the copy restores lazily (made while its snapshot was not
     /// local; see [`crate::restore::sandboxed::PreparedCopy::is_lazy`]).
     pub fn is_lazy(&self) -> bool {
-        self.copy.is_lazy()
+        match &self.copy {
+            StubCopy::Prepared(copy) => copy.is_lazy(),
+            StubCopy::Premapped(_) | StubCopy::Lost => false,
+        }
+    }
+
+    /// Starts pre-mapping the copy ([`crate::restore::premap`]) when it is
+    /// one that can be (a single process restored from the local store in
+    /// `mmap` mode) and pre-mapping is on. Quick (starts a thread); the
+    /// pre-map runs in the background. Returns whether it started.
+    pub fn premap(&mut self, restorer: &Restorer) -> bool {
+        let eligible = crate::restore::premap::enabled()
+            && self.snapshot.mode == "mmap"
+            && !self.exact
+            && matches!(&self.copy, StubCopy::Prepared(copy) if copy.premappable());
+        if !eligible {
+            return false;
+        }
+        let StubCopy::Prepared(copy) = std::mem::replace(&mut self.copy, StubCopy::Lost) else {
+            return false;
+        };
+        use crate::restore::premap::{PremapError, PremappedCopy};
+        let started =
+            PremappedCopy::start(restorer.clone(), *copy, self.pid, self.credentials.clone());
+        match started {
+            Ok(premapped) => {
+                self.premap_estimate = restorer
+                    .working_set_cached(&self.snapshot.id)
+                    .map_or(0, |pages| pages as u64 * 4096);
+                self.copy = StubCopy::Premapped(premapped);
+                true
+            }
+            Err(PremapError::NotPremappable(copy)) => {
+                self.copy = StubCopy::Prepared(copy);
+                false
+            }
+            Err(e @ PremapError::Thread(_)) => {
+                // The copy went with the thread: the spare is of no use,
+                // and is skipped at the claim (it stays `Lost`).
+                tracing::warn!(sandbox = %self.instance.id(), err = %e, "pre-mapping a spare failed");
+                false
+            }
+        }
+    }
+
+    /// Bytes a pre-mapped spare is expected to hold beyond a plain one:
+    /// the pages of the working set its pre-map populates (known when the
+    /// working set was read already; 0 otherwise, until measured).
+    pub fn premap_estimate(&self) -> u64 {
+        self.premap_estimate
+    }
+
+    /// Whether the spare can still become a copy: its sandbox runs, its stub
+    /// has not exited, and a pre-map of it did not fail. Never blocks.
+    pub fn usable(&mut self) -> bool {
+        let copy_ok = match &self.copy {
+            StubCopy::Prepared(_) => true,
+            StubCopy::Premapped(p) => !p.failed(),
+            StubCopy::Lost => false,
+        };
+        copy_ok && !exited(&self.pidfd) && self.is_alive()
     }
 
     /// Whether the sandbox is still running (its init has not exited).
@@ -941,18 +1059,22 @@ impl Stub {
             snapshot,
             credentials,
             exact,
+            premap_estimate: _,
         } = self;
-        let became = match exists(&pidfd) {
-            true => {
+        let became = match (exists(&pidfd), copy) {
+            (_, StubCopy::Lost) => Err(RestoreFailure::Copy("the stub's copy was lost".into())),
+            (true, copy) => {
                 // A spare's lazy copy fetches from its claim on (a launch
                 // on the spot started already: nothing to do).
-                copy.start_fetch();
+                if let StubCopy::Prepared(copy) = &copy {
+                    copy.start_fetch();
+                }
                 instance.record_exactly = exact;
                 instance
                     .become_copy(pid, &snapshot, restorer, copy, credentials, ready_timeout)
                     .await
             }
-            false => Err(RestoreFailure::Copy("the stub is missing".into())),
+            (false, _) => Err(RestoreFailure::Copy("the stub is missing".into())),
         };
         drop(pidfd);
         match became {
@@ -968,10 +1090,37 @@ impl Stub {
         }
     }
 
-    /// Stops the stub and frees its sandbox.
+    /// Stops the stub and frees its sandbox. A pre-mapped stub's thread
+    /// kills it and is waited for first (the stub's death is reported to
+    /// that thread, its tracer, before its parent can reap it).
     pub async fn destroy(self) -> Result<(), LaunchError> {
+        if let StubCopy::Premapped(premapped) = self.copy {
+            let _ = tokio::task::spawn_blocking(move || premapped.stop()).await;
+        }
         self.instance.destroy().await
     }
+}
+
+/// What a stub becomes: a prepared copy restored whole at the claim, or one
+/// being pre-mapped by its own thread.
+#[derive(Debug)]
+enum StubCopy {
+    /// Restored whole at the claim.
+    Prepared(Box<crate::restore::sandboxed::PreparedCopy>),
+    /// Pre-mapped ([`crate::restore::premap`]).
+    Premapped(crate::restore::premap::PremappedCopy),
+    /// The pre-map thread could not start: the copy is gone.
+    Lost,
+}
+
+/// Whether the process of `pidfd` has exited (a pidfd polls readable then;
+/// a traced stub killed while it waits stays a zombie until its tracer
+/// waits for it). Never blocks.
+fn exited(pidfd: &std::os::fd::OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 /// Whether the process of `pidfd` still exists (running, stopped, or

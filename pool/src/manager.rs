@@ -675,6 +675,7 @@ impl Pool {
                 state_us = phases.state.as_micros() as u64,
                 resume_us = phases.resume.as_micros() as u64,
                 restored_us = phases.restored.as_micros() as u64,
+                premap_us = phases.premap.map(|d| d.as_micros() as u64),
                 "restored"
             );
         }

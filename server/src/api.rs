@@ -389,6 +389,14 @@ async fn invoke_unconfined(
         if let Ok(v) = HeaderValue::from_str(&restore_phases_header(phases)) {
             h.insert("x-thaw-restore-us", v);
         }
+        // A spare pre-mapped ahead of its claim: how long that took (off
+        // the request's path).
+        if let Some(premap) = phases.premap {
+            h.insert(
+                "x-thaw-premap-us",
+                HeaderValue::from(premap.as_micros() as u64),
+            );
+        }
     }
     Ok(resp)
 }

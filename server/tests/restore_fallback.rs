@@ -266,3 +266,62 @@ async fn a_file_changed_in_place_after_a_spare_was_made_is_refused_at_claim() {
         a.text()
     );
 }
+
+/// Sandbox processes of `server` traced by it (pre-mapped stubs, see
+/// server/tests/premap_spares.rs).
+fn traced_stubs(server: &Server) -> Vec<i32> {
+    server
+        .sandbox_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines().any(|l| {
+                    l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")
+                })
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_file_changed_in_place_after_a_spare_was_pre_mapped_is_refused_at_claim() {
+    require_root!();
+    let Some(lib) = zlib() else {
+        skip!("no libz.so.1 to copy");
+    };
+    if std::env::var_os("THAW_PREMAP_SPARES").is_some_and(|v| v == "0") {
+        // Not a missing prerequisite: the other arm of the A/B, covered by
+        // the test above.
+        eprintln!("pre-mapped spares are off (THAW_PREMAP_SPARES=0): nothing to check");
+        return;
+    }
+    let server = Server::start(&["--allow-forced-cold"]);
+    server.deploy_ready(library_spec(&lib)).await;
+    server.wait_spares("lib", 2).await;
+    // Both spares pre-mapped (their stubs mapped from the library already).
+    let t0 = std::time::Instant::now();
+    while traced_stubs(&server).len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "never pre-mapped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let path = server.data.join("functions/lib/v1/code/libzcopy.so");
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+        .unwrap();
+    drop(f);
+    let a = server
+        .invoke_raw("lib", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+        .await;
+    assert_eq!(
+        a.header("x-thaw-spare"),
+        "",
+        "no copy was made: {}",
+        a.text()
+    );
+    assert_ne!(a.status, 200, "{}", a.text());
+    assert!(
+        a.text().contains("changed in place"),
+        "the claim checked the file again: {}",
+        a.text()
+    );
+}

@@ -63,7 +63,10 @@ pub(super) struct Live {
 }
 
 /// What a spare counts until first measured: a stub sandbox's init and
-/// stub share the thaw binary's pages (a few MiB of PSS between them).
+/// stub share the thaw binary's pages (a few MiB of PSS between them). A
+/// pre-mapped spare counts its working set's pages on top
+/// ([`Live::add_estimate`]): a numpy-pandas one held 19.7 MiB of PSS, all
+/// but 1 MiB its populated pages (docs/restore.md, "Pre-mapped spares").
 const SPARE_ESTIMATE: u64 = 4 << 20;
 
 /// Environment variable that has every spare measured right after it is
@@ -113,6 +116,16 @@ impl Live {
             grown: 0,
             spare: true,
             sampled: true,
+        }
+    }
+
+    /// A spare being pre-mapped ([`crate::restore::premap`]) will hold
+    /// about `bytes` more (the working set its pre-map populates): counted
+    /// from now until its next measurement.
+    pub fn add_estimate(&mut self, bytes: u64) {
+        match self.memory {
+            None => self.limit += bytes,
+            Some(_) => self.grown += bytes,
         }
     }
 
@@ -365,5 +378,32 @@ impl Pool {
             st.sampled_at = Some(now);
         }
         self.sample(None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pre_mapped_spare_counts_its_working_set_until_measured() {
+        let key = FunctionKey {
+            name: "f".into(),
+            version: 1,
+            uid: 1,
+        };
+        let cgroup = crate::cgroup::CgroupRoot::none_for_tests();
+        let mut live = Live::spare(key, cgroup);
+        assert_eq!(live.counted(), SPARE_ESTIMATE);
+        live.add_estimate(20 << 20);
+        assert_eq!(live.counted(), SPARE_ESTIMATE + (20 << 20));
+        // Measured: its PSS, plus what it is expected to grow by since.
+        live.memory = Some(MemoryUse {
+            rss: 22 << 20,
+            pss: 21 << 20,
+            uss: 19 << 20,
+        });
+        live.add_estimate(1 << 20);
+        assert_eq!(live.counted(), 22 << 20);
     }
 }

@@ -9,7 +9,10 @@
 //! * tearing down an answered copy or a dropped spare,
 //! * launching spares (the refill, [`super::spares`]),
 //! * the periodic memory measurement of live sandboxes (skipped by a tick
-//!   that finds cold starts in flight; the next one does it).
+//!   that finds cold starts in flight; the next one does it),
+//! * pre-mapping a spare ([`crate::restore::premap`]), which also waits
+//!   when a cold start of the busy period missed a spare (see
+//!   [`premap_held_until`]); the spare is kept, claimable, meanwhile.
 //!
 //! They run once no cold start is in flight, or as soon as a cold start of
 //! the busy period (since the count last rose from zero) found no spare
@@ -71,11 +74,44 @@ fn held_until(st: &State, now: Instant, hold_max: Duration, burst: usize) -> Opt
     (until > now).then_some(until)
 }
 
+/// Until when a spare's pre-map ([`crate::restore::premap`]) should wait
+/// now, if it should: as [`held_until`], but also when a cold start of the
+/// busy period found no spare. A spare made during a burst serves none of
+/// it (each cold start claims a spare, or launches its own, as it
+/// arrives), so pre-mapping it then only takes CPU from the burst; the
+/// spare itself is kept at once (claimed before its pre-map, it restores
+/// whole, as without one).
+fn premap_held_until(
+    st: &State,
+    now: Instant,
+    hold_max: Duration,
+    burst: usize,
+) -> Option<Instant> {
+    if st.closed || st.cold_busy_arrivals > burst {
+        return None;
+    }
+    let until = st.cold_busy_since? + hold_max;
+    (until > now).then_some(until)
+}
+
+/// When background work waits ([`held_until`] or [`premap_held_until`]).
+type HoldRule = fn(&State, Instant, Duration, usize) -> Option<Instant>;
+
 impl Pool {
     /// Waits until no cold start is in flight, or they have been in flight
     /// for [`hold_max`] (see the module docs). Returns at once when holding
     /// is off.
     pub(super) async fn after_cold_starts(&self) {
+        self.hold_while(held_until).await
+    }
+
+    /// Waits, before pre-mapping a spare, until no cold start is in flight
+    /// ([`premap_held_until`]), at most [`hold_max`].
+    pub(super) async fn before_premap(&self) {
+        self.hold_while(premap_held_until).await
+    }
+
+    async fn hold_while(&self, rule: HoldRule) {
         if hold_max().is_zero() {
             return;
         }
@@ -85,7 +121,7 @@ impl Pool {
             // Registered before the check: a cold start that ends between
             // the check and the wait still wakes it.
             let done = self.shared.cold_done.notified();
-            let Some(until) = self.hold_deadline() else {
+            let Some(until) = self.hold_deadline_by(rule) else {
                 break;
             };
             waited = true;
@@ -108,11 +144,16 @@ impl Pool {
     /// with this pool's state, limit and burst size; never when holding is
     /// off).
     fn hold_deadline(&self) -> Option<Instant> {
+        self.hold_deadline_by(held_until)
+    }
+
+    /// Until when background work waiting by `rule` is held now.
+    fn hold_deadline_by(&self, rule: HoldRule) -> Option<Instant> {
         let hold = hold_max();
         if hold.is_zero() {
             return None;
         }
-        held_until(
+        rule(
             &self.state.lock().unwrap(),
             Instant::now(),
             hold,
@@ -162,5 +203,25 @@ mod tests {
         st.cold_busy_missed = false;
         st.closed = true;
         assert_eq!(held_until(&st, t0, hold, 16), None);
+    }
+
+    #[test]
+    fn a_premap_waits_for_a_burst_even_after_a_miss() {
+        let mut st = State::default();
+        let t0 = Instant::now();
+        let hold = Duration::from_millis(500);
+        assert_eq!(premap_held_until(&st, t0, hold, 16), None);
+        st.cold_busy_since = Some(t0);
+        st.cold_busy_arrivals = 16;
+        st.cold_busy_missed = true;
+        assert_eq!(held_until(&st, t0, hold, 16), None);
+        assert_eq!(premap_held_until(&st, t0, hold, 16), Some(t0 + hold));
+        assert_eq!(premap_held_until(&st, t0 + hold, hold, 16), None);
+        // Sustained load: not held (its spares serve later arrivals).
+        st.cold_busy_arrivals = 17;
+        assert_eq!(premap_held_until(&st, t0, hold, 16), None);
+        st.cold_busy_arrivals = 1;
+        st.closed = true;
+        assert_eq!(premap_held_until(&st, t0, hold, 16), None);
     }
 }

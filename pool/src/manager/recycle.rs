@@ -158,7 +158,10 @@ impl Pool {
                 Ok(stub) => {
                     pool.shared.recycle.recycled.fetch_add(1, Ordering::Relaxed);
                     match pool.keep_spare(&key, stub, started) {
-                        Ok(id) => sample = Some(id),
+                        Ok(id) => {
+                            pool.premap_later(key.clone(), id.clone());
+                            sample = Some(id)
+                        }
                         Err(stub) => super::spares::destroy_all(vec![*stub]).await,
                     }
                 }

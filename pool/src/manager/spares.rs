@@ -10,6 +10,12 @@
 //! registered, and on the pool's tick (which also retries failed launches
 //! after their back-off).
 //!
+//! A spare of a single-process snapshot restored in `mmap` mode is also
+//! pre-mapped once it is kept ([`Pool::premap_later`], background work held
+//! while a burst is served): its own thread restores the copy's memory
+//! ahead of the claim, which then runs only the rest of the restore
+//! ([`crate::restore::premap`]; `THAW_PREMAP_SPARES=0` turns it off).
+//!
 //! Which versions get spares: every registered version with a snapshot,
 //! most recently used first, `per_version` each until `max_total` spares in
 //! all, then, within the same cap, the extra spares of versions whose cold
@@ -202,7 +208,7 @@ impl Pool {
                 while let Some(mut stub) = list.pop() {
                     if stub.snapshot_id() == snapshot_id
                         && self.spare_current(&stub)
-                        && stub.is_alive()
+                        && stub.usable()
                     {
                         found = Some(stub);
                         break;
@@ -382,6 +388,7 @@ impl Pool {
                 self.state.lock().unwrap().spare_backoff.remove(&key);
                 match self.keep_spare(&key, stub, started) {
                     Ok(id) => {
+                        self.premap_later(key.clone(), id.clone());
                         sample = Some(id);
                         None
                     }
@@ -419,6 +426,38 @@ impl Pool {
         if let Some(id) = sample {
             self.sample_new_spare(&id);
         }
+    }
+
+    /// Pre-maps spare `id` of `key` ([`crate::restore::premap`]) once no
+    /// burst is being served ([`Pool::before_premap`]): background work.
+    /// The spare is claimable meanwhile (restored whole if claimed before).
+    pub(super) fn premap_later(&self, key: FunctionKey, id: String) {
+        if self.config.restorer.is_none() || !crate::restore::premap::enabled() {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            pool.before_premap().await;
+            let Some(restorer) = &pool.config.restorer else {
+                return;
+            };
+            let mut st = pool.state.lock().unwrap();
+            let st = &mut *st;
+            let Some(stub) = st
+                .spares
+                .get_mut(&key)
+                .and_then(|list| list.iter_mut().find(|s| s.id() == id))
+            else {
+                // Claimed or dropped meanwhile.
+                return;
+            };
+            // Quick: starts the spare's thread.
+            if stub.premap(restorer) {
+                if let Some(live) = st.live.get_mut(&id) {
+                    live.add_estimate(stub.premap_estimate());
+                }
+            }
+        });
     }
 
     /// Keeps `stub` (launched or recycled since `started`) as a spare of

@@ -30,7 +30,8 @@
 //! that killed it ([`RestoredChild::wait`]).
 //!
 //! Mechanism: [`spawn`] (init and stub), [`remote`] (driving the stub),
-//! [`batch`] (tables of system calls), [`sandboxed`], [`working_set`].
+//! [`batch`] (tables of system calls), [`sandboxed`], [`premap`] (spares
+//! whose memory is restored ahead of their claim), [`working_set`].
 //!
 //! One module per kind of state, each named as its state type's module
 //! (`snapshotter::state::X`) and its capture (`snapshotter::capture::X`),
@@ -55,6 +56,7 @@ pub mod pending;
 pub mod placement;
 pub mod plans;
 pub mod populate;
+pub mod premap;
 pub mod process;
 pub mod remote;
 pub mod sandboxed;
@@ -1091,29 +1093,108 @@ impl Ready {
 
 /// Turns the seized stub `remote` into the process `ctx.view`, up to the
 /// resume: one step per kind of state, in the order docs/restore.md
-/// ("Order of the restore") gives the reasons for.
+/// ("Order of the restore") gives the reasons for. Step 1
+/// ([`map_process`]) and steps 2-9 ([`set_process`]) may also run apart,
+/// from the same thread (a pre-mapped spare, see [`premap`]).
+pub(crate) fn prepare_process(
+    remote: Remote,
+    ctx: &Driving<'_, '_>,
+    timings: &mut RestoreTimings,
+) -> Result<Ready, RestoreError> {
+    let mapped = map_process(remote, ctx, timings)?;
+    set_process(mapped, ctx, timings)
+}
+
+/// A stub whose address space is the copy's (step 1 of
+/// [`prepare_process`] done), still held by this thread, nothing else set.
+/// Dropping it kills the stub and waits for its death to be reported
+/// (see [`KillOnError`]), then detaches.
+pub(crate) struct Mapped {
+    // Fields drop in order: the kill before the detach.
+    kill_on_error: KillOnError,
+    remote: Remote,
+    memory: RestoredMemory,
+}
+
+impl Mapped {
+    /// mmap mode: populates the working set `pages` now, in a batch of its
+    /// own (a copy mapped before its snapshot's working set was recorded;
+    /// see [`populate`]). Returns the ranges populated.
+    pub(crate) fn populate(
+        &mut self,
+        ctx: &Driving<'_, '_>,
+        pages: &[u64],
+    ) -> Result<u32, RestoreError> {
+        let mut batch = Batch::new(self.memory.scratch);
+        let ranges = populate(
+            &mut batch,
+            &ctx.view.state.areas,
+            pages,
+            plans::PopulateScope::All,
+            ctx.plans,
+        );
+        if ranges > 0 {
+            self.remote.run(batch)?;
+        }
+        Ok(ranges as u32)
+    }
+}
+
+impl std::fmt::Debug for Mapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapped")
+            .field("pid", &self.remote.pid())
+            .field("scratch", &self.memory.scratch)
+            .finish()
+    }
+}
+
+/// Step 1 of [`prepare_process`]: the state checked, then the memory (the
+/// stub's own areas out, the saved ones in, and in uffd mode the page
+/// server), before anything refers to an address. From here on an error,
+/// or dropping what is returned, kills the stub.
+pub(crate) fn map_process(
+    mut remote: Remote,
+    ctx: &Driving<'_, '_>,
+    timings: &mut RestoreTimings,
+) -> Result<Mapped, RestoreError> {
+    let state = ctx.view.state;
+    state
+        .validate()
+        .map_err(|e| RestoreError::Unsupported(format!("snapshot state: {e}")))?;
+    let kill_on_error = KillOnError(Some(remote.pid()));
+    // 1. memory.
+    let started = Instant::now();
+    let memory = restore_memory(&mut remote, ctx, &state.areas, timings)?;
+    timings.mappings += started.elapsed();
+    Ok(Mapped {
+        kill_on_error,
+        remote,
+        memory,
+    })
+}
+
+/// Steps 2-9 of [`prepare_process`] on a stub [`map_process`] mapped, from
+/// the thread that mapped it (its tracer), up to the resume.
 ///
 /// The state is destructured with every field named (no `..`) and unused
 /// bindings are denied here: a kind of state the capture records but no
 /// step restores does not compile.
 #[deny(unused_variables)]
-pub(crate) fn prepare_process(
-    mut remote: Remote,
+pub(crate) fn set_process(
+    mapped: Mapped,
     ctx: &Driving<'_, '_>,
     timings: &mut RestoreTimings,
 ) -> Result<Ready, RestoreError> {
     let state = ctx.view.state;
-    state
-        .validate()
-        .map_err(|e| RestoreError::Unsupported(format!("snapshot state: {e}")))?;
     let ProcessState {
-        version: _, // checked by `validate`
+        version: _, // checked by `validate` (`map_process`)
         pid,
         personality,
         signals,
         mm,
         process,
-        areas,
+        areas, // mapped by `map_process`
         fds,
         threads,
         ids: _, // a tree's sessions and groups: `tree`, before this drive
@@ -1121,17 +1202,14 @@ pub(crate) fn prepare_process(
         pending,
     } = state;
     let (main, saved_others) = threads.split_first().expect("validated: a main thread");
-    // Declared before the kill guard, so that on an error the copy is killed
-    // before any of its threads is detached (a half-made thread would run
-    // the scratch area's code it is parked in).
+    // Declared in this order so that on an error the copy is killed before
+    // any of its threads is detached (a half-made thread would run the
+    // scratch area's code it is parked in), and the main thread is
+    // detached last.
+    let mut remote = mapped.remote;
     let mut others: Vec<Remote> = Vec::new();
-    let kill_on_error = KillOnError(Some(remote.pid()));
-
-    // 1. memory: the stub's own areas out, the saved ones in (and in uffd
-    //    mode the page server), before anything refers to an address.
-    let started = Instant::now();
-    let memory = restore_memory(&mut remote, ctx, areas, timings)?;
-    timings.mappings += started.elapsed();
+    let kill_on_error = mapped.kill_on_error;
+    let memory = mapped.memory;
 
     let started = Instant::now();
     // 3a. sockets, made by the copy in its own namespaces, before the batch

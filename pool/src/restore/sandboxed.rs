@@ -124,6 +124,26 @@ impl PreparedCopy {
         }
     }
 
+    /// A single process restored from the local store (not lazily): its
+    /// snapshot and what was prepared, for a pre-mapped spare
+    /// ([`super::premap`]); anything else is given back.
+    pub(crate) fn into_local_process(self) -> Result<(Arc<Snapshot>, Prepared), Box<PreparedCopy>> {
+        match self {
+            PreparedCopy {
+                snapshot,
+                prepared: Preparation::Process(p),
+                lazy: None,
+            } => Ok((snapshot, p)),
+            other => Err(Box::new(other)),
+        }
+    }
+
+    /// Whether this copy could be pre-mapped ([`super::premap`]): a single
+    /// process, not lazy.
+    pub fn premappable(&self) -> bool {
+        self.lazy.is_none() && matches!(self.prepared, Preparation::Process(_))
+    }
+
     /// The files the stub sandbox opens itself, inside the sandbox as the
     /// function (`Sandbox::launch_stub`).
     pub fn open_files(&self) -> Vec<crate::sandbox::open_files::OpenFile> {
@@ -270,6 +290,16 @@ impl SnapshotRestorer {
             .unwrap()
             .get(id)
             .map(Option::is_some)
+    }
+
+    /// How many pages the recorded working set of snapshot `id` has, when
+    /// it was read already (`None`: not read yet, or none). Never blocks.
+    pub fn working_set_cached(&self, id: &str) -> Option<usize> {
+        self.working_sets
+            .lock()
+            .unwrap()
+            .get(id)
+            .and_then(|w| w.as_ref().map(|w| w.len()))
     }
 
     /// The recorded working set of snapshot `id`, if any. A file that fails
@@ -544,7 +574,9 @@ impl SnapshotRestorer {
     }
 }
 
-fn options(fds: Vec<(i32, BorrowedFd<'_>)>) -> RestoreOptions<'_> {
+/// The options of a sandboxed copy (memory mode, working set and
+/// credentials set by the caller).
+pub(crate) fn options(fds: Vec<(i32, BorrowedFd<'_>)>) -> RestoreOptions<'_> {
     RestoreOptions {
         mode: Mode::Mmap,
         fds,

@@ -1,0 +1,339 @@
+//! Pre-mapped spares: a spare's copy restored up to its memory ahead of
+//! its claim, so that a cold start runs only the rest of the restore.
+//!
+//! ```text
+//! spare     the stub sandbox made (or recycled), its files adopted and
+//!           checked (`Stub::hold`); the stub waits in pause()
+//! pre-map   background work (held while a burst is served): a thread of
+//!           its own, `thaw-premap`, seizes the stub, checks the files
+//!           again and runs step 1 of the restore (`map_process`: the
+//!           stub's areas out, every saved area mapped from the image, the
+//!           recorded working set populated, stacks and guard written).
+//!           The stub stays stopped under ptrace, running nothing
+//! claim     the request sends a claim to that thread (queued behind a
+//!           pre-map still running); the thread checks the files once more
+//!           (`recheck`, as every claim does), runs steps 2-9
+//!           (`set_process`: mm, fds, signals, threads, timers,
+//!           credentials, seccomp) and the resume, and answers
+//! drop      the claim channel closes: the thread kills the stub, waits for
+//!           its death to be reported to it (so the sandbox's pid 1, its
+//!           parent, can reap it), and ends
+//! ```
+//!
+//! Why a thread per spare: ptrace requests are taken only from the thread
+//! that seized the tracee, so the thread that maps a stub must be the one
+//! that later finishes it, and it must stay alive (a tracer that exits
+//! detaches, here kills: `PTRACE_O_EXITKILL`) for as long as the spare
+//! waits. A pool of tracer threads would have to pin each spare to one of
+//! them anyway; an idle thread costs a few pages of stack.
+//!
+//! Only single-process snapshots restored in `mmap` mode from the local
+//! store are pre-mapped ([`super::sandboxed::PreparedCopy::premappable`]);
+//! trees, `uffd` copies and lazy copies take the usual path at the claim.
+//! The working set populated is the one recorded when the pre-map runs; a
+//! spare pre-mapped before its snapshot's working set was recorded (the
+//! first spares after a deploy) has it populated at its claim, in a batch
+//! of its own (`mappings` of that claim's timings), as a copy restored
+//! whole then would.
+//!
+//! Security is what it is without the pre-map: the stub is thaw's, has run
+//! no function code and runs none until the claim; the copy gets its
+//! credentials, seccomp policy and (from the runtime) its fresh seed at the
+//! claim, as every copy does.
+//!
+//! `THAW_PREMAP_SPARES=0` turns pre-mapping off (every claim restores the
+//! whole copy, as before).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use snapshotter::snapshot::Snapshot;
+
+use super::remote::Remote;
+use super::sandboxed::{PreparedCopy, SnapshotRestorer};
+use super::{
+    map_process, set_process, working_set, Credentials, Driving, Mapped, Mode, Prepared,
+    ProcessView, RestoreError, RestoreTimings,
+};
+
+/// Environment variable: `0` turns pre-mapped spares off.
+pub const PREMAP_ENV: &str = "THAW_PREMAP_SPARES";
+
+/// Whether spares are pre-mapped (read once; on unless
+/// `THAW_PREMAP_SPARES=0`).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(PREMAP_ENV).is_none_or(|v| v != "0"))
+}
+
+/// The pre-map is running (or queued on its thread).
+const MAPPING: u8 = 0;
+/// The copy's memory is in place; the thread waits for the claim.
+const MAPPED: u8 = 1;
+/// The pre-map failed: the stub is dead, the spare useless.
+const FAILED: u8 = 2;
+
+/// A spare's copy being pre-mapped, or pre-mapped, by its own thread.
+/// Dropping it ends the thread, which kills the stub (not waiting for it:
+/// see [`PremappedCopy::stop`]).
+#[derive(Debug)]
+pub struct PremappedCopy {
+    claims: Option<mpsc::Sender<Claim>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    state: Arc<AtomicU8>,
+}
+
+/// A claim sent to the thread.
+struct Claim {
+    sent: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<Claimed, RestoreError>>,
+}
+
+/// What the claim of a pre-mapped copy took.
+#[derive(Debug, Clone, Copy)]
+pub struct Claimed {
+    /// The claim's part of the restore: steps 2-9 and the resume (`stub`
+    /// and `mappings` are zero: they ran at the pre-map; `mappings` is the
+    /// populating of a working set recorded after the pre-map).
+    pub timings: RestoreTimings,
+    /// The pre-map: seizing the stub and step 1.
+    pub premap: Duration,
+    /// Working-set ranges populated (by the pre-map, or at the claim).
+    pub populated: u32,
+    /// From the claim being sent to its thread taking it up (including a
+    /// pre-map still running then).
+    pub handoff: Duration,
+    /// Whether the pre-map was still running when the claim came.
+    pub waited: bool,
+}
+
+/// Why a copy could not be pre-mapped.
+#[derive(Debug, thiserror::Error)]
+pub enum PremapError {
+    /// Not a copy this pre-maps (a tree, or lazy): given back.
+    #[error("this copy is not pre-mapped (a tree or a lazy copy)")]
+    NotPremappable(Box<PreparedCopy>),
+    /// The thread could not be started; the copy is lost with it.
+    #[error("start the pre-map thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+impl PremappedCopy {
+    /// Starts pre-mapping `copy` into the stub `stub_pid` (host pid; it
+    /// holds the copy's files, adopted and checked) in `mmap` mode, the
+    /// copy to run as `credentials` once claimed.
+    pub fn start(
+        restorer: Arc<SnapshotRestorer>,
+        copy: PreparedCopy,
+        stub_pid: i32,
+        credentials: Credentials,
+    ) -> Result<PremappedCopy, PremapError> {
+        let (snapshot, prepared) = copy
+            .into_local_process()
+            .map_err(PremapError::NotPremappable)?;
+        let (claims, received) = mpsc::channel();
+        let state = Arc::new(AtomicU8::new(MAPPING));
+        let job = Job {
+            restorer,
+            snapshot,
+            prepared,
+            stub_pid,
+            credentials,
+            state: state.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("thaw-premap".into())
+            .spawn(move || job.run(received))
+            .map_err(PremapError::Thread)?;
+        Ok(PremappedCopy {
+            claims: Some(claims),
+            thread: Some(thread),
+            state,
+        })
+    }
+
+    /// Whether the pre-map failed (the stub is dead: the spare is of no
+    /// use). Never blocks.
+    pub fn failed(&self) -> bool {
+        self.state.load(Ordering::Acquire) == FAILED
+    }
+
+    /// Finishes the copy: steps 2-9 and the resume, on its thread, after
+    /// the pre-map if that is still running. On an error the stub is dead.
+    pub async fn claim(mut self) -> Result<Claimed, RestoreError> {
+        let waited = self.state.load(Ordering::Acquire) == MAPPING;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let claims = self.claims.take().expect("claimed once");
+        let sent = claims.send(Claim {
+            sent: Instant::now(),
+            reply,
+        });
+        drop(claims);
+        if sent.is_err() {
+            return Err(RestoreError::Stub("the pre-map thread is gone".into()));
+        }
+        let mut claimed = answer.await.map_err(|_| {
+            RestoreError::Stub("the pre-map thread ended without answering".into())
+        })??;
+        claimed.waited = waited;
+        // The thread ends once it has answered.
+        self.thread.take();
+        Ok(claimed)
+    }
+
+    /// Ends the thread and waits for it: the stub is killed and its death
+    /// reported to the thread, so that the sandbox's pid 1 can reap it.
+    /// Blocking (at most a pre-map still running, a few milliseconds).
+    pub fn stop(mut self) {
+        self.claims.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for PremappedCopy {
+    fn drop(&mut self) {
+        // The thread sees the channel closed, kills the stub and ends.
+        self.claims.take();
+    }
+}
+
+/// What a pre-map thread owns.
+struct Job {
+    restorer: Arc<SnapshotRestorer>,
+    snapshot: Arc<Snapshot>,
+    prepared: Prepared,
+    stub_pid: i32,
+    credentials: Credentials,
+    state: Arc<AtomicU8>,
+}
+
+impl Job {
+    /// The thread: pre-map, wait for the claim (or the end), finish.
+    fn run(self, claims: mpsc::Receiver<Claim>) {
+        let Job {
+            restorer,
+            snapshot,
+            prepared,
+            stub_pid,
+            credentials,
+            state,
+        } = self;
+        let started = Instant::now();
+        let mut options = super::sandboxed::options(Vec::new());
+        options.mode = Mode::Mmap;
+        options.credentials = credentials;
+        if let Some(pages) = restorer.working_set(&snapshot.id) {
+            options.prefetch = working_set::for_mode(&pages, Mode::Mmap);
+        }
+        let ctx = Driving {
+            snapshot: &snapshot,
+            view: ProcessView::root(&snapshot, &prepared.image),
+            places: None,
+            image: &prepared.image,
+            plan: &prepared.plan,
+            options: &options,
+            stub_pidfd: None,
+            keep_uffd: true,
+            collect_uffds: None,
+            shared_memfds: None,
+            lazy: None,
+            plans: prepared.plans.as_deref(),
+        };
+        let mut at_premap = RestoreTimings::default();
+        // A file changed since the spare was made: nothing is mapped, the
+        // stub is left as it is, and the claim refuses as it would have
+        // without the pre-map (the spare is not skipped as a failed one).
+        let rechecked = prepared.recheck(&snapshot);
+        let refused = rechecked.is_err();
+        let mapped = rechecked.and_then(|()| premap(&ctx, &prepared, stub_pid, &mut at_premap));
+        let premap_took = started.elapsed();
+        match &mapped {
+            Err(err) if refused => {
+                tracing::debug!(snapshot = %snapshot.id, pid = stub_pid, %err, "spare not pre-mapped: a file changed");
+            }
+            Ok(_) => {
+                state.store(MAPPED, Ordering::Release);
+                tracing::debug!(
+                    snapshot = %snapshot.id,
+                    pid = stub_pid,
+                    premap_us = premap_took.as_micros() as u64,
+                    seize_us = at_premap.stub.as_micros() as u64,
+                    mappings_us = at_premap.mappings.as_micros() as u64,
+                    populated = at_premap.populated,
+                    "spare pre-mapped"
+                );
+            }
+            Err(err) => {
+                state.store(FAILED, Ordering::Release);
+                if let Some(suppressed) = crate::ratelimit::POOL_LOG.allow("premap") {
+                    tracing::warn!(snapshot = %snapshot.id, pid = stub_pid, %err, suppressed, "pre-mapping a spare failed");
+                }
+            }
+        }
+        // Dropped, the spare's copy: `mapped` kills the stub on the way out.
+        let Ok(claim) = claims.recv() else {
+            return;
+        };
+        let handoff = claim.sent.elapsed();
+        let mut timings = RestoreTimings {
+            plan: prepared.took,
+            injected: at_premap.injected,
+            batched: at_premap.batched,
+            populated: at_premap.populated,
+            ..RestoreTimings::default()
+        };
+        let finished = mapped.and_then(|mut mapped| {
+            // The copy may have waited: its files must still be as the
+            // snapshot saw them (the stub dies with `mapped` otherwise).
+            prepared.recheck(&snapshot)?;
+            // Mapped before its snapshot's working set was recorded (the
+            // first spares after a deploy): populated now, as a copy
+            // restored whole at the claim would be.
+            if options.prefetch.is_empty() {
+                if let Some(pages) = restorer.working_set(&snapshot.id) {
+                    let pages = working_set::for_mode(&pages, Mode::Mmap);
+                    let started = Instant::now();
+                    timings.populated = mapped.populate(&ctx, &pages)?;
+                    timings.mappings = started.elapsed();
+                }
+            }
+            set_process(mapped, &ctx, &mut timings)?.resume(&mut timings)
+        });
+        let answer = finished.map(|server| {
+            debug_assert!(server.is_none(), "mmap mode has no page server");
+            Claimed {
+                timings,
+                premap: premap_took,
+                populated: timings.populated,
+                handoff,
+                waited: false,
+            }
+        });
+        // A claim given up (its request gone) leaves a running copy in its
+        // sandbox, which the sandbox's teardown ends.
+        let _ = claim.reply.send(answer);
+    }
+}
+
+/// Seizes the stub and maps the copy's memory (step 1). The caller
+/// checked the files again first (the spare may have waited for its
+/// pre-map, held while a burst was served).
+fn premap(
+    ctx: &Driving<'_, '_>,
+    prepared: &Prepared,
+    stub_pid: i32,
+    timings: &mut RestoreTimings,
+) -> Result<Mapped, RestoreError> {
+    if !prepared.plan.ready() {
+        return Err(RestoreError::Unsupported(
+            "the stub's files were not taken back and checked (Prepared::adopt)".into(),
+        ));
+    }
+    let started = Instant::now();
+    let remote = Remote::seize(stub_pid)?;
+    timings.stub = started.elapsed();
+    map_process(remote, ctx, timings)
+}
