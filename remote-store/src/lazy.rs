@@ -16,8 +16,8 @@
 //!             LAZY_GAP unneeded slots lie between (so at most twice the
 //!             bytes wanted are read; in a working-set pack
 //!             WORKING_PACK_GAP: its slots are all pages needed before the
-//!             resume, the unneeded ones those the node holds already), RANGES_IN_FLIGHT ranged GETs at once,
-//!             every slot decrypted and its page rehashed; the pages go
+//!             resume, the unneeded ones those the node holds already),
+//!             RANGES_IN_FLIGHT ranged GETs at once, every slot decrypted and its page rehashed; the pages go
 //!             back to the page server and, on another thread, into the
 //!             local store (a writer commit per batch of CACHE_BATCH pages
 //!             or after CACHE_IDLE without pages: durable, atomic)
@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt, TryStreamExt};
-use pool::restore::page_source::{PageSink, PageSource, PageSourceError};
+use pool::restore::page_source::{PageSource, PageSourceError};
 use snapshotter::snapshot::{parse_snapshot, Snapshot};
 use snapshotter::store::{PageHash, PageStore, PAGE_SIZE};
 
@@ -450,7 +450,6 @@ impl LazySource {
         remote: Arc<RemoteStore>,
         packs: Arc<Vec<(Kind, String)>>,
         by_pack: BTreeMap<u32, Vec<(u32, PageHash)>>,
-        sink: Option<PageSink>,
     ) -> Result<(Vec<FetchedRange>, u64, u64), PullError> {
         let (working, shared): (BTreeMap<_, _>, BTreeMap<_, _>) = by_pack
             .into_iter()
@@ -469,102 +468,16 @@ impl LazySource {
             .map(|range| {
                 let remote = remote.clone();
                 let packs = packs.clone();
-                let sink = sink.clone();
                 async move {
                     let (kind, name) = &packs[range.pack as usize];
                     let (_, pages) = fetch_range(&remote, *kind, name, &range).await?;
-                    let Some(sink) = sink else {
-                        return Ok::<_, PullError>((range.wanted, pages));
-                    };
-                    // Handed over at once, on a blocking thread (the
-                    // caller writes them into its image meanwhile the
-                    // other reads run).
-                    tokio::task::spawn_blocking(move || {
-                        let hashes: Vec<PageHash> = range.wanted.iter().map(|(_, h)| *h).collect();
-                        sink(&hashes, &pages)
-                            .map_err(|e| PullError::Task(format!("handing out fetched pages: {e}")))?;
-                        Ok((range.wanted, pages))
-                    })
-                    .await
-                    .map_err(|e| PullError::Task(e.to_string()))?
+                    Ok::<_, PullError>((range.wanted, pages))
                 }
             })
             .buffer_unordered(RANGES_IN_FLIGHT)
             .try_collect()
             .await?;
         Ok((fetched, count, bytes))
-    }
-
-    /// `hashes` (distinct) grouped by the pack holding them, as (slot,
-    /// hash) pairs.
-    fn by_pack(
-        &self,
-        hashes: &[PageHash],
-    ) -> Result<BTreeMap<u32, Vec<(u32, PageHash)>>, PullError> {
-        let mut by_pack: BTreeMap<u32, Vec<(u32, PageHash)>> = BTreeMap::new();
-        for hash in hashes {
-            let (pack, slot) = *self.locations.get(hash).ok_or_else(|| PullError::Invalid {
-                id: self.remote_id.clone(),
-                what: format!("page {hash} has no location"),
-            })?;
-            by_pack.entry(pack).or_default().push((slot, *hash));
-        }
-        Ok(by_pack)
-    }
-
-    /// Fetches the distinct pages `distinct` on the source's runtime
-    /// (waiting for it; at most [`FETCH_TIMEOUT`]), counts and logs the
-    /// fetch. With `sink`, each read's pages go there as they arrive.
-    fn fetch_blocking(
-        &self,
-        distinct: &[PageHash],
-        sink: Option<PageSink>,
-    ) -> Result<Vec<FetchedRange>, PullError> {
-        let by_pack = self.by_pack(distinct)?;
-        let runtime = self
-            .runtime
-            .as_ref()
-            .expect("the runtime lives until the source is dropped");
-        let started = std::time::Instant::now();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let job = Self::fetch_async(self.remote.clone(), self.packs.clone(), by_pack, sink);
-        let remote_id = self.remote_id.clone();
-        runtime.spawn(async move {
-            let result = match tokio::time::timeout(FETCH_TIMEOUT, job).await {
-                Ok(r) => r,
-                Err(_) => Err(PullError::Task(format!(
-                    "fetching pages of snapshot {remote_id} took more than {} s",
-                    FETCH_TIMEOUT.as_secs()
-                ))),
-            };
-            let _ = tx.send(result);
-        });
-        let (fetched, ranges, bytes) = rx
-            .recv()
-            .map_err(|_| PullError::Task("the fetch runtime stopped".into()))??;
-        let fetch_us = started.elapsed().as_micros() as u64;
-        let pages: usize = fetched.iter().map(|(wanted, _)| wanted.len()).sum();
-        self.counts.ranges.fetch_add(ranges, Ordering::Relaxed);
-        self.counts.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.counts.fetches.fetch_add(1, Ordering::Relaxed);
-        self.counts.pages.fetch_add(pages as u64, Ordering::Relaxed);
-        tracing::debug!(
-            pages,
-            ranges,
-            bytes,
-            fetch_us,
-            "pages fetched"
-        );
-        Ok(fetched)
-    }
-
-    /// The reads of a fetch into the local store (on the cache's thread).
-    fn to_cache(&self, fetched: Vec<FetchedRange>) {
-        if let Some(cache) = &self.cache {
-            for (_, pages) in fetched {
-                cache.put(pages);
-            }
-        }
     }
 }
 
@@ -580,13 +493,50 @@ impl PageSource for LazySource {
     fn fetch(&self, hashes: &[PageHash]) -> Result<Vec<u8>, PageSourceError> {
         let err = |e: PullError| PageSourceError(Box::new(e));
         let _fetching = self.activity.fetching();
+        let mut by_pack: BTreeMap<u32, Vec<(u32, PageHash)>> = BTreeMap::new();
         let mut distinct = hashes.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
-        let fetched = self.fetch_blocking(&distinct, None).map_err(err)?;
+        for hash in &distinct {
+            let (pack, slot) = *self.locations.get(hash).ok_or_else(|| {
+                err(PullError::Invalid {
+                    id: self.remote_id.clone(),
+                    what: format!("page {hash} has no location"),
+                })
+            })?;
+            by_pack.entry(pack).or_default().push((slot, *hash));
+        }
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives until the source is dropped");
+        let started = std::time::Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job = Self::fetch_async(self.remote.clone(), self.packs.clone(), by_pack);
+        let remote_id = self.remote_id.clone();
+        runtime.spawn(async move {
+            let result = match tokio::time::timeout(FETCH_TIMEOUT, job).await {
+                Ok(r) => r,
+                Err(_) => Err(PullError::Task(format!(
+                    "fetching pages of snapshot {remote_id} took more than {} s",
+                    FETCH_TIMEOUT.as_secs()
+                ))),
+            };
+            let _ = tx.send(result);
+        });
+        let (fetched, ranges, bytes) = rx
+            .recv()
+            .map_err(|_| err(PullError::Task("the fetch runtime stopped".into())))?
+            .map_err(err)?;
+        let fetch_us = started.elapsed().as_micros() as u64;
+        let pages: usize = fetched.iter().map(|(wanted, _)| wanted.len()).sum();
+        self.counts.ranges.fetch_add(ranges, Ordering::Relaxed);
+        self.counts.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.counts.fetches.fetch_add(1, Ordering::Relaxed);
+        self.counts.pages.fetch_add(pages as u64, Ordering::Relaxed);
         // Each page where its read holds it (read, page), copied once into
-        // the answer.
-        let mut at: HashMap<PageHash, (usize, usize)> = HashMap::with_capacity(distinct.len());
+        // the answer; the reads themselves go to the cache as they are.
+        let mut at: HashMap<PageHash, (usize, usize)> = HashMap::with_capacity(pages);
         for (r, (wanted, _)) in fetched.iter().enumerate() {
             for (n, (_, hash)) in wanted.iter().enumerate() {
                 at.insert(*hash, (r, n * PAGE_SIZE));
@@ -597,22 +547,20 @@ impl PageSource for LazySource {
             let (r, offset) = at[hash];
             out.extend_from_slice(&fetched[r].1[offset..offset + PAGE_SIZE]);
         }
-        self.to_cache(fetched);
+        if let Some(cache) = &self.cache {
+            for (_, pages) in fetched {
+                cache.put(pages);
+            }
+        }
+        tracing::debug!(
+            pages = hashes.len(),
+            ranges,
+            bytes,
+            fetch_us,
+            total_us = started.elapsed().as_micros() as u64,
+            "pages fetched"
+        );
         Ok(out)
-    }
-
-    /// Each ranged read's pages go to `sink` as soon as they are decrypted
-    /// and checked, on the blocking thread that did it.
-    fn fetch_each(&self, hashes: &[PageHash], sink: PageSink) -> Result<(), PageSourceError> {
-        let _fetching = self.activity.fetching();
-        let mut distinct = hashes.to_vec();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let fetched = self
-            .fetch_blocking(&distinct, Some(sink))
-            .map_err(|e| PageSourceError(Box::new(e)))?;
-        self.to_cache(fetched);
-        Ok(())
     }
 }
 

@@ -10,8 +10,8 @@
 //! start_fetch (at once, or when a spare made ahead is claimed)
 //!   pages of areas the page server does not fill (stack, private pages
 //!   over files, shared memory) and the working set: those the local
-//!   store holds written from it, the others fetched in one call, each
-//!   ranged read's pages written in as it arrives
+//!   store holds written from it, the others fetched in one call,
+//!   written in
 //! every later fetch (a fault's run): the same, local pages first
 //! restore (uffd mode only)
 //!   working set (RestoreOptions::prefetch): fetched in one call before
@@ -25,7 +25,6 @@
 //! The source checks every page against its hash before handing it out:
 //! the server copies into the copy only what the snapshot names.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
@@ -52,24 +51,7 @@ pub trait PageSource: Send + Sync + std::fmt::Debug {
     /// The pages `hashes`, back to back in that order (4096 bytes each),
     /// every one checked against its hash.
     fn fetch(&self, hashes: &[PageHash]) -> Result<Vec<u8>, PageSourceError>;
-
-    /// [`PageSource::fetch`] handing the pages to `sink` as they arrive
-    /// rather than all at once: each call gives some of `hashes` (each
-    /// once over all calls) and their pages back to back, checked against
-    /// their hashes; calls may come from several threads at once. Returns
-    /// once every page went to `sink` (or the first error, of the fetch or
-    /// of `sink`). A source that reads in pieces overrides it so that the
-    /// caller's writes overlap its reads; by default one call with all.
-    fn fetch_each(&self, hashes: &[PageHash], sink: PageSink) -> Result<(), PageSourceError> {
-        let pages = self.fetch(hashes)?;
-        sink(hashes, &pages)
-    }
 }
-
-/// Where [`PageSource::fetch_each`] hands pages: their hashes, and the
-/// pages back to back in that order.
-pub type PageSink =
-    Arc<dyn Fn(&[PageHash], &[u8]) -> Result<(), PageSourceError> + Send + Sync + 'static>;
 
 /// Pages one fault fetches at least: its run and the pages of its area
 /// after it (see [`LazyPages::ensure_run`]): mostly one ranged read. 128
@@ -78,11 +60,6 @@ pub type PageSink =
 /// see docs/cluster.md); `THAW_LAZY_FETCH_AROUND=N` sets it (read once,
 /// 1-4096: the A/B's other arm).
 pub const FETCH_AROUND: usize = 128;
-
-/// `THAW_LAZY_WRITE_AT_END=1`: a fetch's pages are written into the lazy
-/// image once the whole fetch is in (the old way, for A/B measurements),
-/// not as each of the source's reads arrives ([`PageSource::fetch_each`]).
-pub const ENV_WRITE_AT_END: &str = "THAW_LAZY_WRITE_AT_END";
 
 /// `THAW_LAZY_FILL_AT_PREPARE=1`: [`LazyPages::new`] writes every page the
 /// local store has into the image at once (the old way, for A/B
@@ -620,61 +597,6 @@ impl LazyImage {
         Ok(rest)
     }
 
-    /// Writes `pages` (back to back, one per hash of `hashes`) at every
-    /// place `places` gives their hashes: one write per run of pages next
-    /// to each other both in `pages` and in the image (a write per page
-    /// cost ~40 µs each on a loaded machine).
-    fn write_pages(
-        &self,
-        places: &HashMap<PageHash, Vec<(usize, usize)>>,
-        hashes: &[PageHash],
-        pages: &[u8],
-    ) -> Result<(), PageSourceError> {
-        let page = PAGE_SIZE as usize;
-        if pages.len() != hashes.len() * page {
-            return Err(PageSourceError(
-                format!(
-                    "the page source returned {} bytes for {} pages",
-                    pages.len(),
-                    hashes.len()
-                )
-                .into(),
-            ));
-        }
-        let mut targets: Vec<(usize, usize, usize)> = Vec::with_capacity(hashes.len());
-        for (n, hash) in hashes.iter().enumerate() {
-            let at = places.get(hash).ok_or_else(|| {
-                PageSourceError(format!("the page source handed out page {hash}, not asked for").into())
-            })?;
-            targets.extend(at.iter().map(|&(a, i)| (a, i, n)));
-        }
-        targets.sort_unstable();
-        let mut k = 0;
-        while k < targets.len() {
-            let (a, i, n) = targets[k];
-            let run = targets[k..]
-                .iter()
-                .enumerate()
-                .take_while(|&(d, &(b, j, m))| b == a && j == i + d && m == n + d)
-                .count();
-            self.write_run(a, i, &pages[n * page..(n + run) * page])
-                .map_err(|e| PageSourceError(Box::new(e)))?;
-            k += run;
-        }
-        Ok(())
-    }
-
-    /// The old way (`THAW_LAZY_WRITE_AT_END=1`): the whole fetch, then its
-    /// pages written.
-    fn fetch_then_write(
-        &self,
-        hashes: &[PageHash],
-        places: &HashMap<PageHash, Vec<(usize, usize)>>,
-    ) -> Result<(), PageSourceError> {
-        let pages = self.source.fetch(hashes)?;
-        self.write_pages(places, hashes, &pages)
-    }
-
     /// [`LazyPages::missing`] by the image's area index.
     fn missing_at(&self, area: usize, index: usize) -> bool {
         self.hashes[area].get(index).is_some_and(|h| h.is_some())
@@ -682,7 +604,7 @@ impl LazyImage {
     }
 
     /// [`LazyPages::ensure`] by the image's area indices.
-    fn ensure_at(self: &Arc<Self>, pages: &[(usize, usize)]) -> Result<(), PageSourceError> {
+    fn ensure_at(&self, pages: &[(usize, usize)]) -> Result<(), PageSourceError> {
         let mut wanted: Vec<(usize, usize)> = pages
             .iter()
             .copied()
@@ -696,35 +618,36 @@ impl LazyImage {
         if wanted.is_empty() {
             return Ok(());
         }
-        // Where each page goes (a page stored twice in the snapshot is
-        // fetched once and written at both places).
-        let mut places: HashMap<PageHash, Vec<(usize, usize)>> = HashMap::new();
-        let mut hashes: Vec<PageHash> = Vec::with_capacity(wanted.len());
-        for &(a, i) in &wanted {
-            let hash = self.hashes[a][i].expect("missing pages are stored ones");
-            let at = places.entry(hash).or_default();
-            if at.is_empty() {
-                hashes.push(hash);
-            }
-            at.push((a, i));
-        }
-        if std::env::var_os(ENV_WRITE_AT_END).is_some_and(|v| v == "1") {
-            self.fetch_then_write(&hashes, &places)?;
-        } else {
-            // Written as the source's reads arrive, on the threads that
-            // decrypted them: the writes overlap the reads still running
-            // (written after the whole fetch, 1,611 pages took 6-26 ms
-            // more on a loaded machine).
-            let image = Arc::clone(self);
-            let places = Arc::new(places);
-            let sink: PageSink =
-                Arc::new(move |hashes, pages| image.write_pages(&places, hashes, pages));
-            self.source.fetch_each(&hashes, sink)?;
-        }
-        if let Some(&(a, i)) = wanted.iter().find(|&&(a, i)| self.missing_at(a, i)) {
+        let hashes: Vec<PageHash> = wanted
+            .iter()
+            .map(|&(a, i)| self.hashes[a][i].expect("missing pages are stored ones"))
+            .collect();
+        let bytes = self.source.fetch(&hashes)?;
+        if bytes.len() != hashes.len() * PAGE_SIZE as usize {
             return Err(PageSourceError(
-                format!("the page source handed out no page for page {i} of area {a}").into(),
+                format!(
+                    "the page source returned {} bytes for {} pages",
+                    bytes.len(),
+                    hashes.len()
+                )
+                .into(),
             ));
+        }
+        // One write per run of pages next to each other in the image (a
+        // write per page cost ~40 µs each on a loaded machine: 65 ms for
+        // the 1,611 pages of numpy-pandas's first fetch).
+        let page = PAGE_SIZE as usize;
+        let mut n = 0;
+        while n < wanted.len() {
+            let (a, i) = wanted[n];
+            let run = wanted[n..]
+                .iter()
+                .enumerate()
+                .take_while(|&(k, &(b, j))| b == a && j == i + k)
+                .count();
+            self.write_run(a, i, &bytes[n * page..(n + run) * page])
+                .map_err(|e| PageSourceError(Box::new(e)))?;
+            n += run;
         }
         self.counts.fetches.fetch_add(1, Ordering::Relaxed);
         self.counts
@@ -843,13 +766,13 @@ impl std::fmt::Debug for CopySource {
     }
 }
 
-impl CopySource {
-    /// Notes a failed fetch: told by `failed_before_resume` if the restore
-    /// fails with it, by `resumed` if the copy ran all the same, at once
-    /// if the copy runs (its page server then kills it).
-    fn note<T>(&self, result: Result<T, PageSourceError>) -> Result<T, PageSourceError> {
+impl PageSource for CopySource {
+    fn fetch(&self, hashes: &[PageHash]) -> Result<Vec<u8>, PageSourceError> {
+        let result = self.origin.source.fetch(hashes);
         if let Err(e) = &result {
             if !self.resumed.load(Ordering::Acquire) {
+                // Told by `failed_before_resume` if the restore fails with
+                // it, by `resumed` if the copy ran all the same.
                 *self.early_failure.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(error_chain(e));
             } else if !self.told.swap(true, Ordering::AcqRel) {
@@ -857,16 +780,6 @@ impl CopySource {
             }
         }
         result
-    }
-}
-
-impl PageSource for CopySource {
-    fn fetch(&self, hashes: &[PageHash]) -> Result<Vec<u8>, PageSourceError> {
-        self.note(self.origin.source.fetch(hashes))
-    }
-
-    fn fetch_each(&self, hashes: &[PageHash], sink: PageSink) -> Result<(), PageSourceError> {
-        self.note(self.origin.source.fetch_each(hashes, sink))
     }
 }
 
