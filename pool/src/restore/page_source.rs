@@ -174,6 +174,7 @@ impl LazyPages {
             .processes()
             .flat_map(|(_, areas)| areas.iter().cloned())
             .collect();
+        let fill_now = std::env::var_os(ENV_FILL_AT_PREPARE).is_some_and(|v| v == "1");
         let layout = ImageLayout::of(&every);
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -195,7 +196,8 @@ impl LazyPages {
         let lazy = LazyPages {
             image: Arc::new(LazyImage {
                 source,
-                local: local.clone(),
+                // The old way looks the store up once, here, never later.
+                local: local.clone().filter(|_| !fill_now),
                 file,
                 layout,
                 hashes,
@@ -208,7 +210,6 @@ impl LazyPages {
             }),
             base: 0,
         };
-        let fill_now = std::env::var_os(ENV_FILL_AT_PREPARE).is_some_and(|v| v == "1");
         if let Some(store) = local.as_deref().filter(|_| fill_now) {
             // The old way: every page the local store has, written now.
             // One reload of the index, not one per page it lacks (most of
