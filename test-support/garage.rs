@@ -94,7 +94,13 @@ fn free_port() -> u16 {
 /// `;`-separated lines of `extra` (`THAW_GARAGE_CONFIG`); a key `extra`
 /// sets replaces its default line (TOML refuses a key set twice).
 fn with_extra_lines(defaults: &[String], extra: &str) -> String {
-    let key = |line: &str| line.split('=').next().unwrap_or_default().trim().to_string();
+    let key = |line: &str| {
+        line.split('=')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
     let extra: Vec<&str> = extra
         .split(';')
         .map(str::trim)
