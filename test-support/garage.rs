@@ -9,7 +9,7 @@
 //! fails under `THAW_TEST_STRICT`). `THAW_GARAGE_CONFIG` adds top-level
 //! lines to its configuration (for measuring settings such as
 //! `block_size = "256K"` or `compression_level = "none"`; `;` separates
-//! lines).
+//! lines; a key set there replaces its default, e.g. `db_engine = "lmdb"`).
 
 #![allow(dead_code)]
 
@@ -90,6 +90,32 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The top-level lines of a configuration: `defaults`, then the
+/// `;`-separated lines of `extra` (`THAW_GARAGE_CONFIG`); a key `extra`
+/// sets replaces its default line (TOML refuses a key set twice).
+fn with_extra_lines(defaults: &[String], extra: &str) -> String {
+    let key = |line: &str| {
+        line.split('=')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let extra: Vec<&str> = extra
+        .split(';')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let set: Vec<String> = extra.iter().map(|l| key(l)).collect();
+    defaults
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !set.contains(&key(l)))
+        .chain(extra.iter().copied())
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 fn hex(n: usize) -> String {
     (0..n)
         .map(|_| format!("{:x}", rand::random::<u8>() & 15))
@@ -111,20 +137,24 @@ impl Garage {
         let (s3, rpc) = (free_port(), free_port());
         let config = dir.path().join("garage.toml");
         let root = dir.path().display();
-        let extra: String = std::env::var("THAW_GARAGE_CONFIG")
-            .unwrap_or_default()
-            .split(';')
-            .map(|line| format!("{}\n", line.trim()))
-            .collect();
+        let defaults = [
+            format!("metadata_dir = \"{root}/meta\""),
+            format!("data_dir = \"{root}/data\""),
+            "db_engine = \"sqlite\"".to_string(),
+            "replication_factor = 1".to_string(),
+            format!("rpc_bind_addr = \"127.0.0.1:{rpc}\""),
+            format!("rpc_public_addr = \"127.0.0.1:{rpc}\""),
+            format!("rpc_secret = \"{}\"", hex(64)),
+        ];
+        let top = with_extra_lines(
+            &defaults,
+            &std::env::var("THAW_GARAGE_CONFIG").unwrap_or_default(),
+        );
         std::fs::write(
             &config,
             format!(
-                "metadata_dir = \"{root}/meta\"\ndata_dir = \"{root}/data\"\ndb_engine = \"sqlite\"\n\
-                 replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
-                 rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{}\"\n{extra}\n\
-                 [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"{host}:{s3}\"\n\
-                 root_domain = \".s3.garage.localhost\"\n",
-                hex(64)
+                "{top}\n[s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"{host}:{s3}\"\n\
+                 root_domain = \".s3.garage.localhost\"\n"
             ),
         )
         .map_err(|e| e.to_string())?;

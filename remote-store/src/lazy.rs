@@ -14,8 +14,10 @@
 //!             page locations name;
 //!             grouped by pack, runs of slots merged when at most
 //!             LAZY_GAP unneeded slots lie between (so at most twice the
-//!             bytes wanted are read), RANGES_IN_FLIGHT ranged GETs at once,
-//!             every slot decrypted and its page rehashed; the pages go
+//!             bytes wanted are read; in a working-set pack
+//!             WORKING_PACK_GAP: its slots are all pages needed before the
+//!             resume, the unneeded ones those the node holds already),
+//!             RANGES_IN_FLIGHT ranged GETs at once, every slot decrypted and its page rehashed; the pages go
 //!             back to the page server and, on another thread, into the
 //!             local store (a writer commit per batch of CACHE_BATCH pages
 //!             or after CACHE_IDLE without pages: durable, atomic)
@@ -49,6 +51,30 @@ use crate::seal;
 /// Unneeded slots read rather than starting another request: 1 keeps the
 /// bytes read at most twice the bytes wanted.
 pub const LAZY_GAP: u32 = 1;
+/// Unneeded slots of a working-set pack read rather than starting another
+/// request (`THAW_LAZY_WORKING_PACK_GAP=N` sets it; 1 is the old way).
+/// Every slot of that pack is a page the restore needs before the resume:
+/// the unneeded ones are pages the node's store holds already (another
+/// snapshot's, brought by its completion), so a read never holds a page
+/// that is not the snapshot's, and the bytes read stay at most the pack's.
+/// Against Garage a ranged read costs ~3 ms whatever its size up to a few
+/// hundred KiB (2026-12-07, docs/cluster.md): numpy-pandas's first fetch
+/// took 22 reads where the pack alone needs 7.
+pub const WORKING_PACK_GAP: u32 = 16;
+
+/// [`WORKING_PACK_GAP`], or `THAW_LAZY_WORKING_PACK_GAP` when it is a
+/// count of slots from 1 to 256.
+fn working_pack_gap() -> u32 {
+    static VALUE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *VALUE.get_or_init(|| {
+        std::env::var("THAW_LAZY_WORKING_PACK_GAP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| (1..=256).contains(n))
+            .unwrap_or(WORKING_PACK_GAP)
+    })
+}
+
 /// Ranged reads at once per fetch.
 pub const RANGES_IN_FLIGHT: usize = 16;
 /// Longest a fetch may take (the client's retries included) before it
@@ -425,16 +451,20 @@ impl LazySource {
         packs: Arc<Vec<(Kind, String)>>,
         by_pack: BTreeMap<u32, Vec<(u32, PageHash)>>,
     ) -> Result<(Vec<FetchedRange>, u64, u64), PullError> {
-        let ranges = ranges(by_pack, LAZY_GAP);
-        let count = ranges.len() as u64;
-        let bytes: u64 = ranges
+        let (working, shared): (BTreeMap<_, _>, BTreeMap<_, _>) = by_pack
+            .into_iter()
+            .partition(|(pack, _)| packs[*pack as usize].0 == Kind::WorkingPack);
+        let mut reads = ranges(shared, LAZY_GAP);
+        reads.extend(ranges(working, working_pack_gap()));
+        let count = reads.len() as u64;
+        let bytes: u64 = reads
             .iter()
             .map(|r| {
                 let s = seal::slot_range(r.first, r.end);
                 s.end - s.start
             })
             .sum();
-        let fetched: Vec<FetchedRange> = stream::iter(ranges)
+        let fetched: Vec<FetchedRange> = stream::iter(reads)
             .map(|range| {
                 let remote = remote.clone();
                 let packs = packs.clone();

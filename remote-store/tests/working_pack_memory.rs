@@ -147,3 +147,116 @@ async fn the_pages_before_the_resume_come_from_the_working_set_pack() {
         "{err}"
     );
 }
+
+/// A lazy image takes each page its node's store holds from there when a
+/// fetch needs it, pages the store got after the image was made included
+/// (a spare's image made before another snapshot's completion brought
+/// shared pages): the source fetches only the others, reading the
+/// working-set pack across the slots the node holds (as few reads as the
+/// whole pack), and every page needed before the resume is in the image,
+/// the snapshot's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_image_takes_the_pages_its_store_got_after_it_was_made() {
+    use pool::restore::page_source::LazyPages;
+    use snapshotter::store::{PageSlot, PageStore};
+    use std::os::unix::fs::FileExt;
+
+    if !nix::unistd::geteuid().is_root() {
+        return skip("capturing a process needs root (ptrace)");
+    }
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        return skip("/usr/bin/python3 is missing");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    capture(&a, 2);
+    let snapshot = load_snapshot(&a, DIR_SNAPSHOT_ID).unwrap();
+    let early = pages_before_resume(&snapshot, &[]);
+    assert!(early.len() >= 4, "stacks at least: {}", early.len());
+    let remote = Arc::new(RemoteStore::with_client(
+        "s3://mem/x".parse().unwrap(),
+        &StoreKey::generate(),
+        Arc::new(object_store::memory::InMemory::new()),
+    ));
+    push_snapshot(&remote, &local(&a), "py").await.unwrap();
+
+    // The node's store is empty when the image is made.
+    let node = tmp.path().join("node");
+    std::fs::create_dir_all(node.join("store")).unwrap();
+    let store = Arc::new(PageStore::open(node.join("store")).unwrap());
+    let lazy = open_lazy(remote.clone(), "py", "local", None)
+        .await
+        .unwrap();
+    let (pages, image) = LazyPages::new(
+        &snapshot,
+        Some(store.clone()),
+        lazy.source.clone(),
+        &node,
+        &[],
+    )
+    .unwrap();
+
+    // Then half the pages needed before the resume reach it: runs of 4
+    // of the working-set pack's slots (laid out in this order), every
+    // other run.
+    let captured = local(&a).store;
+    let given: Vec<PageHash> = early
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| (k / 4) % 2 == 0)
+        .map(|(_, h)| *h)
+        .collect();
+    let mut data = Vec::new();
+    for hash in &given {
+        data.extend_from_slice(&captured.get_loaded(hash).unwrap().unwrap());
+    }
+    let mut writer = store.writer().unwrap();
+    writer.put_batch(&data).unwrap();
+    writer.commit().unwrap();
+
+    let pages = Arc::new(pages);
+    let waiting = pages.clone();
+    tokio::task::spawn_blocking(move || {
+        assert!(waiting.start_fetch());
+        waiting.ready()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let report = lazy.source.report();
+    assert_eq!(
+        report.pages_fetched,
+        (early.len() - given.len()) as u64,
+        "{report:?}"
+    );
+    // The pack read across the slots the node holds (WORKING_PACK_GAP):
+    // as few reads as the whole pack, never a slot beyond it.
+    let n = early.len() as u64;
+    assert!(
+        report.ranges <= n.div_ceil(256) + n.div_ceil(1024),
+        "{report:?}"
+    );
+    assert!(report.bytes_fetched <= n * seal::SLOT_LEN, "{report:?}");
+
+    // Every page needed before the resume is in the image, where the
+    // layout puts it.
+    let wanted: std::collections::HashSet<PageHash> = early.iter().copied().collect();
+    let mut checked = std::collections::HashSet::new();
+    let areas = snapshot.processes().flat_map(|(_, areas)| areas.iter());
+    for (area, laid) in areas.zip(&image.layout.areas) {
+        for (i, slot) in area.iter().enumerate() {
+            let PageSlot::Hash(hash) = slot else { continue };
+            if !wanted.contains(&hash) {
+                continue;
+            }
+            let mut page = vec![0u8; PAGE_SIZE];
+            image
+                .file
+                .read_exact_at(&mut page, laid.offset + (i * PAGE_SIZE) as u64)
+                .unwrap();
+            assert_eq!(PageHash::of(&page), hash, "page {i} of an area");
+            checked.insert(hash);
+        }
+    }
+    assert_eq!(checked, wanted);
+}

@@ -463,7 +463,7 @@ async fn lazy_restore(
     };
     let source: Arc<dyn restore::page_source::PageSource> = lazy.source.clone();
     let mut pages = None;
-    let restored = restore::prepare_lazily(&snapshot, Some(&store), source, dir, &options)
+    let restored = restore::prepare_lazily(&snapshot, Some(store.clone()), source, dir, &options)
         .and_then(|prepared| {
             pages = prepared.lazy().cloned();
             restore::restore_prepared(&snapshot, prepared, &options)

@@ -675,7 +675,7 @@ pub fn prepare_for_sandbox(
 /// latest by the restore; a failure is [`RestoreError::Fetch`]).
 pub fn prepare_lazily_for_sandbox(
     snapshot: &Snapshot,
-    local: Option<&PageStore>,
+    local: Option<std::sync::Arc<PageStore>>,
     source: std::sync::Arc<dyn page_source::PageSource>,
     dir: &Path,
     options: &RestoreOptions<'_>,
@@ -709,7 +709,7 @@ pub fn prepare_lazily_for_sandbox(
 /// restore`): the files the copy names are opened here.
 pub fn prepare_lazily(
     snapshot: &Snapshot,
-    local: Option<&PageStore>,
+    local: Option<std::sync::Arc<PageStore>>,
     source: std::sync::Arc<dyn page_source::PageSource>,
     dir: &Path,
     options: &RestoreOptions<'_>,

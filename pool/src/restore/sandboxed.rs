@@ -407,7 +407,7 @@ impl SnapshotRestorer {
         let prepared = if snapshot.children.is_empty() {
             super::prepare_lazily_for_sandbox(
                 &snapshot,
-                Some(&self.store),
+                Some(self.store.clone()),
                 source.clone(),
                 &self.snapshots_dir,
                 &options,
@@ -416,7 +416,7 @@ impl SnapshotRestorer {
         } else {
             super::tree::prepare_tree_lazily_for_sandbox(
                 &snapshot,
-                Some(&self.store),
+                Some(self.store.clone()),
                 source.clone(),
                 &self.snapshots_dir,
                 &options,

@@ -696,7 +696,7 @@ pub fn prepare_tree_for_sandbox(
 /// before the resume, every process's faults after.
 pub fn prepare_tree_lazily_for_sandbox(
     snapshot: &Snapshot,
-    local: Option<&PageStore>,
+    local: Option<std::sync::Arc<PageStore>>,
     source: std::sync::Arc<dyn super::page_source::PageSource>,
     dir: &std::path::Path,
     options: &RestoreOptions<'_>,

@@ -744,6 +744,17 @@ impl PageServer {
                 count += 1;
             }
         }
+        if let Some(lazy) = &self.lazy {
+            if lazy.missing(area.area, index) {
+                tracing::debug!(
+                    page = format_args!("{saved:#x}"),
+                    area_start = format_args!("{:#x}", area.start),
+                    area_end = format_args!("{:#x}", area.end),
+                    write,
+                    "lazy restore: a fault fetches"
+                );
+            }
+        }
         let mut count = self.ensure_fault(a, index, count)?;
         let area = &self.areas[a];
         let src_off = (area.image_offset + index as u64 * PAGE_SIZE) as usize;
