@@ -1027,6 +1027,22 @@ impl Stub {
         self.premap_estimate
     }
 
+    /// Whether a pre-map of this spare is still to come or running: it is
+    /// one that is pre-mapped (see [`Stub::premap`]) and its memory is not
+    /// in place yet. A server at rest has none. Never blocks.
+    pub fn premap_pending(&self) -> bool {
+        match &self.copy {
+            StubCopy::Prepared(copy) => {
+                crate::restore::premap::enabled()
+                    && self.snapshot.mode == "mmap"
+                    && !self.exact
+                    && copy.premappable()
+            }
+            StubCopy::Premapped(p) => p.mapping(),
+            StubCopy::Lost => false,
+        }
+    }
+
     /// Whether the spare can still become a copy: its sandbox runs, its stub
     /// has not exited, and a pre-map of it did not fail. Never blocks.
     pub fn usable(&mut self) -> bool {

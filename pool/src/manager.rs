@@ -288,6 +288,10 @@ pub struct Counts {
     pub booting: usize,
     /// Pre-made stub sandboxes ready for a cold start (restore).
     pub spare: usize,
+    /// Of those spares, the ones whose pre-map ([`crate::restore::premap`])
+    /// is still to come or running: background work a server at rest has
+    /// finished (a claim of one waits for it).
+    pub premapping: usize,
 }
 
 /// Counters and signals shared by the pool's handles and tasks.
@@ -407,6 +411,10 @@ impl Pool {
             busy: st.busy.get(key).copied().unwrap_or(0),
             booting: st.booting.get(key).copied().unwrap_or(0),
             spare: st.spares.get(key).map_or(0, Vec::len),
+            premapping: st
+                .spares
+                .get(key)
+                .map_or(0, |l| l.iter().filter(|s| s.premap_pending()).count()),
         }
     }
 
@@ -431,6 +439,12 @@ impl Pool {
             busy: st.busy.values().sum(),
             booting: st.booting.values().sum(),
             spare: st.spares.values().map(Vec::len).sum(),
+            premapping: st
+                .spares
+                .values()
+                .flatten()
+                .filter(|s| s.premap_pending())
+                .count(),
         }
     }
 

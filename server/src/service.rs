@@ -820,6 +820,7 @@ impl Service {
                 total.busy += c.busy;
                 total.booting += c.booting;
                 total.spare += c.spare;
+                total.premapping += c.premapping;
                 memory += self.pool.memory_of(&v.key);
                 let list = self.pool.instances(&v.key);
                 let used = sum_memory(&list);

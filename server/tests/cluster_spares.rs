@@ -11,8 +11,9 @@
 //!   fetch fails before the resume), never answering from a copy, nothing
 //!   rebuilt; with the store back B restores the snapshot lazily again.
 //!
-//! Spares of lazily restored snapshots are opt-in (`THAW_LAZY_SPARES=1`,
-//! set here for the nodes). Needs root (sandboxes) and the garage binary
+//! Spares of lazily restored snapshots are on by default
+//! (`THAW_LAZY_SPARES=1` is set here for the nodes all the same, in case the
+//! environment running the tests turned them off). Needs root (sandboxes) and the garage binary
 //! (`./dev.sh s3`).
 
 mod cluster_support;
@@ -50,8 +51,8 @@ async fn a_spare_of_f(server: &Server, what: &str) {
 async fn a_readers_first_lazy_restore_claims_a_spare_made_ahead() {
     require_root!();
     let _serial = SERIAL.lock().await;
-    // Spares of lazily restored snapshots are opt-in (pool's spares.rs);
-    // the nodes inherit this.
+    // Spares of lazily restored snapshots (pool's spares.rs; on by
+    // default): the nodes inherit this.
     std::env::set_var("THAW_LAZY_SPARES", "1");
     let s = match store("lazyspare") {
         Ok(s) => s,

@@ -280,9 +280,13 @@ pub async fn wait_settled(api: &Api, name: &str, spares: u64) -> Result<Value, D
                         .filter(|i| i["state"] != "idle" && i["state"] != "spare")
                         .count()
                 });
+            // A spare's pre-map (docs/restore.md, "Pre-mapped spares") is
+            // background work too: at rest, none is left to run (a server
+            // without pre-maps reports none).
             Ok(count("busy") == 0
                 && count("booting") == 0
                 && working == 0
+                && count("premapping") == 0
                 && count("spare") >= spares)
         },
     )

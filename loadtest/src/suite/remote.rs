@@ -15,7 +15,7 @@
 //!   wait        B's log says it restores each function's snapshot lazily
 //!   for each function, in turn:
 //!     spare     B at rest; when B makes spares of snapshots it restores
-//!               lazily (`THAW_LAZY_SPARES=1`), a pre-made sandbox of the
+//!               lazily (unless `THAW_LAZY_SPARES=0`), a pre-made sandbox of the
 //!               function ready, as a deployment's reader makes once it
 //!               sees the version (up to 5 s); `THAW_SUITE_REMOTE_SPARE_WAIT_MS`
 //!               sets the wait whatever B does, 0 the first restore at
@@ -193,14 +193,14 @@ impl RemoteResult {
 const LOCAL_SPARES: u64 = 1;
 
 /// Longest wait for a spare before the first restore, ms, when the reader
-/// makes spares of snapshots it restores lazily (`THAW_LAZY_SPARES=1`); a
-/// reader that makes none is not waited for.
+/// makes spares of snapshots it restores lazily (unless
+/// `THAW_LAZY_SPARES=0`); a reader that makes none is not waited for.
 const FIRST_SPARE_WAIT_MS: u64 = 5000;
 /// Sets the wait for a spare before the first restore, whatever the
 /// reader's setting (0: the first restore once B is at rest).
 const ENV_SPARE_WAIT: &str = "THAW_SUITE_REMOTE_SPARE_WAIT_MS";
 /// The reader's switch of spares for lazily restored snapshots (pool's
-/// `manager::spares::LAZY_SPARES_ENV`; off unless `1`).
+/// `manager::spares::LAZY_SPARES_ENV`; on unless `0`).
 const ENV_LAZY_SPARES: &str = "THAW_LAZY_SPARES";
 
 /// How long to wait for a spare before the first restore on a reader
@@ -217,10 +217,10 @@ fn first_spare_wait(env: &Env) -> Duration {
     }
     let set = env.set.iter().rev().find(|(k, _)| k == ENV_LAZY_SPARES);
     let lazy_spares = match set {
-        Some((_, v)) => v == "1",
+        Some((_, v)) => v != "0",
         None => {
-            !env.remove.iter().any(|k| k == ENV_LAZY_SPARES)
-                && std::env::var(ENV_LAZY_SPARES).is_ok_and(|v| v == "1")
+            env.remove.iter().any(|k| k == ENV_LAZY_SPARES)
+                || std::env::var(ENV_LAZY_SPARES).map_or(true, |v| v != "0")
         }
     };
     Duration::from_millis(if lazy_spares { FIRST_SPARE_WAIT_MS } else { 0 })
@@ -959,7 +959,10 @@ mod tests {
             set: Vec::new(),
             remove: vec![ENV_LAZY_SPARES.to_string()],
         };
-        assert_eq!(first_spare_wait(&removed), Duration::ZERO);
+        assert_eq!(
+            first_spare_wait(&removed),
+            Duration::from_millis(FIRST_SPARE_WAIT_MS)
+        );
     }
 
     #[test]

@@ -32,13 +32,12 @@
 //! not the sandbox's launch, and a store outage before the claim makes that
 //! cold start boot, as without a spare. A spare made lazily is stale once
 //! its snapshot restores locally (and a local one while it restores
-//! lazily): never claimed, trimmed and replaced. **Off unless
-//! `THAW_LAZY_SPARES=1`**: measured on 2026-12-07 (docs/cluster.md, "Spares
-//! on a reader") they did not make the first remote restore faster yet, and
-//! a spare's lazy image, filled from the local store when the spare is made,
-//! misses pages that arrive later (another snapshot's completion), so its
-//! first fetch read more (×2.10 the working set's stored part against ×1.94,
-//! above issue 18's ×2).
+//! lazily): never claimed, trimmed and replaced. On by default since
+//! 2026-12-07, once a lazy image took the local store's pages at the fetch
+//! rather than when the spare was made (docs/cluster.md, "Spares on a
+//! reader": numpy-pandas's first remote restore 114 ms against 165 ms
+//! without, bytes ×1.89 the working set's stored part);
+//! `THAW_LAZY_SPARES=0` turns them off.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -82,14 +81,14 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 /// Longest wait between launch attempts of one version.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Environment variable turning spares of lazily restored snapshots on
-/// (`1`; off by default, see the module's documentation).
+/// Environment variable turning spares of lazily restored snapshots off
+/// (`0`; on by default, see the module's documentation).
 pub const LAZY_SPARES_ENV: &str = "THAW_LAZY_SPARES";
 
 /// Whether versions whose snapshot restores lazily get spares (read once).
 fn lazy_spares() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os(LAZY_SPARES_ENV).is_some_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var_os(LAZY_SPARES_ENV).is_none_or(|v| v != "0"))
 }
 
 fn backoff(failures: u32) -> Duration {

@@ -159,6 +159,12 @@ impl PremappedCopy {
         self.state.load(Ordering::Acquire) == FAILED
     }
 
+    /// Whether the pre-map is still running (or queued on its thread): a
+    /// claim now would wait for it. Never blocks.
+    pub fn mapping(&self) -> bool {
+        self.state.load(Ordering::Acquire) == MAPPING
+    }
+
     /// Finishes the copy: steps 2-9 and the resume, on its thread, after
     /// the pre-map if that is still running. On an error the stub is dead.
     pub async fn claim(mut self) -> Result<Claimed, RestoreError> {
