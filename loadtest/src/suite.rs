@@ -731,11 +731,21 @@ async fn measure_bursts(
         burst::BURST,
         bench.name
     );
-    let single = cold
-        .iter()
-        .find(|r| r.function == bench.name)
-        .and_then(|r| r.arm(RESTORE_MMAP))
-        .and_then(|a| a.median());
+    // The bursts' reference: single restores into the server at rest, as
+    // each burst comes to it (its spares made and pre-mapped). The
+    // cold-start section's restores come back to back, into spares made
+    // (and pre-mapped, or not yet) since the previous one: its median is
+    // the fallback.
+    let single = match burst::single_median(ctx, bench, burst::SINGLES).await {
+        Ok(m) => Some(m),
+        Err(e) => {
+            ctx.error(format!("single restores of {}: {e}", bench.name));
+            cold.iter()
+                .find(|r| r.function == bench.name)
+                .and_then(|r| r.arm(RESTORE_MMAP))
+                .and_then(|a| a.median())
+        }
+    };
     match burst::measure(ctx, bench, ctx.plan.bursts).await {
         Ok(r) => vec![(r, single)],
         Err(e) => {
@@ -796,6 +806,10 @@ fn collect_figures(
         Ok((none, arm.spare_hit.value_at_quantile(0.5) as f64))
     });
     let floor = arm_median(RESTORE_MMAP).and_then(|r| Ok((r, arm_median(FORK)?)));
+    let floor_at_rest = bursts
+        .iter()
+        .find(|(r, _)| r.function == GOAL_FUNCTION)
+        .and_then(|(_, single)| *single);
     let first_over = |name: &str, warm_name: &str| -> Result<f64, String> {
         let r = numpy_cold.ok_or("no cold starts")?;
         let (Some(warm), Some(arm)) = (r.arm(warm_name), r.arm(name)) else {
@@ -814,6 +828,7 @@ fn collect_figures(
         burst_first,
         on_demand,
         floor,
+        floor_at_rest,
         first: (
             first_over(RESTORE_MMAP, WARM),
             first_over(RESTORE_UFFD, WARM),

@@ -1,7 +1,7 @@
 //! Bursts of cold starts (issue 16, goal 3): [`BURST`] forced restores of
 //! one function sent at the same instant to a server at rest (its spares
 //! ready), and how long the last of them takes to answer, against the
-//! single-restore median of the cold-start section.
+//! median of single restores into the server at rest ([`single_median`]).
 
 use std::time::Instant;
 
@@ -20,8 +20,7 @@ use super::{Bench, Ctx};
 /// Cold starts sent at once.
 pub const BURST: usize = 16;
 
-/// Single restores measured for the bursts' reference when the cold-start
-/// section does not run ([`single_median`]).
+/// Single restores measured for the bursts' reference ([`single_median`]).
 pub const SINGLES: usize = 15;
 
 /// What the bursts of one function left.
@@ -138,9 +137,8 @@ pub async fn measure(ctx: &mut Ctx, bench: &Bench, bursts: usize) -> Result<Burs
 }
 
 /// Single forced restores of `bench`, one at a time, each into a server at
-/// rest (its spares ready), `n` of them: the median latency, µs. For runs
-/// without the cold-start section (`--only burst`), whose restore (mmap)
-/// median is otherwise the bursts' reference.
+/// rest (its spares ready and pre-mapped), `n` of them: the median
+/// latency, µs: the bursts' reference.
 pub async fn single_median(ctx: &mut Ctx, bench: &Bench, n: usize) -> Result<f64, String> {
     let target = Target::new(&ctx.api.base_url(), bench.name)
         .and_then(|t| t.with_bodies(vec![Bytes::from(bench.body.to_owned())]))
@@ -226,8 +224,9 @@ pub fn render(results: &[(BurstResult, Option<f64>)], bursts: usize) -> String {
     out.push_str(&format!(
         "\n{bursts} bursts of {BURST} requests with `x-thaw-cold: restore` sent at the same instant (one connection each) \
          to the default server at rest (nothing busy, its spares ready); latency from the burst's start to each whole \
-         answer. \"single restore\" is the restore (mmap) row of the cold-start section (one request at a time; with \
-         `--only`, without that section: the median of {SINGLES} single forced restores, each into the server at rest).\n"
+         answer. \"single restore\" is the median of {SINGLES} single forced restores, each into the server at rest (its \
+         spares made and pre-mapped), measured before the bursts (before 2026-12-07: the restore (mmap) row of the \
+         cold-start section, whose restores come back to back).\n"
     ));
     out
 }
