@@ -1199,13 +1199,8 @@ pub(crate) enum Settle {
     /// [`Settled::finish`] at the claim: the timerfds armed, the POSIX and
     /// interval timers, the main thread's and the process's pending
     /// signals queued again, the scratch area unmapped. With none of those
-    /// to do and `unmap_scratch`, the scratch area is unmapped now too
-    /// (false: the claim may still use it, to populate a working set
-    /// recorded after the pre-map).
-    Ahead {
-        /// Unmap the scratch area now when the claim has no batch to run.
-        unmap_scratch: bool,
-    },
+    /// to do, the scratch area is unmapped now too.
+    Ahead,
 }
 
 /// A process of the copy with steps 2-8 done (but what [`Settle::Ahead`]
@@ -1261,7 +1256,7 @@ pub(crate) fn settle_process(
     timings: &mut RestoreTimings,
     when: Settle,
 ) -> Result<Settled, RestoreError> {
-    let ahead = matches!(when, Settle::Ahead { .. });
+    let ahead = when == Settle::Ahead;
     let state = ctx.view.state;
     let ProcessState {
         version: _, // checked by `validate` (`map_process`)
@@ -1382,11 +1377,7 @@ pub(crate) fn settle_process(
     // install returns anything but 0 (see `batch`).
     remote.run(batch)?;
     let deferred = ahead && due_at_claim(state);
-    let unmap = match when {
-        Settle::Now => true,
-        Settle::Ahead { unmap_scratch } => unmap_scratch && !deferred,
-    };
-    if unmap {
+    if !deferred {
         unmap_scratch(&mut remote)?;
     }
     timings.state += started.elapsed();
@@ -1426,32 +1417,6 @@ fn unmap_scratch(remote: &mut Remote) -> Result<(), RestoreError> {
 }
 
 impl Settled {
-    /// mmap mode: populates the working set `pages` now, in a batch of its
-    /// own (a copy pre-mapped before its snapshot's working set was
-    /// recorded; see [`populate`]); nothing when the scratch area is gone.
-    /// Returns the ranges populated.
-    pub(crate) fn populate(
-        &mut self,
-        ctx: &Driving<'_, '_>,
-        pages: &[u64],
-    ) -> Result<u32, RestoreError> {
-        if self.remote.scratch.is_none() {
-            return Ok(0);
-        }
-        let mut batch = Batch::new(self.scratch);
-        let ranges = populate(
-            &mut batch,
-            &ctx.view.state.areas,
-            pages,
-            plans::PopulateScope::All,
-            ctx.plans,
-        );
-        if ranges > 0 {
-            self.remote.run(batch)?;
-        }
-        Ok(ranges as u32)
-    }
-
     /// What [`Settle::Ahead`] left (the timerfds armed, the timers, the
     /// main thread's and the process's pending signals: one batch, as the
     /// function under its policy; the scratch area unmapped), then step 9:

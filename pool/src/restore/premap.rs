@@ -288,15 +288,14 @@ impl Job {
         let refused = rechecked.is_err();
         let mapped = rechecked.and_then(|()| {
             let mapped = premap(&ctx, &prepared, stub_pid, &mut at_premap)?;
-            if !ahead() {
+            // No working set recorded yet (the first spares after a
+            // deploy): the claim populates it once it exists, which must
+            // come before the seccomp policy (it denies `process_madvise`,
+            // the populate's vectors): those stay at step 1.
+            if !ahead() || options.prefetch.is_empty() {
                 return Ok(Staged::Mapped(mapped));
             }
-            // The scratch area stays for the claim when it may populate
-            // a working set recorded after this pre-map.
-            let when = Settle::Ahead {
-                unmap_scratch: !options.prefetch.is_empty(),
-            };
-            settle_process(mapped, &ctx, &mut at_premap, when).map(Staged::Settled)
+            settle_process(mapped, &ctx, &mut at_premap, Settle::Ahead).map(Staged::Settled)
         });
         let premap_took = started.elapsed();
         match &mapped {
@@ -346,10 +345,9 @@ impl Job {
                 if let Some(pages) = restorer.working_set(&snapshot.id) {
                     let pages = working_set::for_mode(&pages, Mode::Mmap);
                     let started = Instant::now();
-                    timings.populated = match &mut staged {
-                        Staged::Mapped(mapped) => mapped.populate(&ctx, &pages)?,
-                        Staged::Settled(settled) => settled.populate(&ctx, &pages)?,
-                    };
+                    if let Staged::Mapped(mapped) = &mut staged {
+                        timings.populated = mapped.populate(&ctx, &pages)?;
+                    }
                     timings.mappings = started.elapsed();
                 }
             }
