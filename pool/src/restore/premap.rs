@@ -41,7 +41,9 @@
 //! spare pre-mapped before its snapshot's working set was recorded (the
 //! first spares after a deploy) has it populated at its claim, in a batch
 //! of its own (`mappings` of that claim's timings), as a copy restored
-//! whole then would.
+//! whole then would; such a spare's pre-map stops after step 1, since
+//! that populate must come before the seccomp policy (which denies
+//! `process_madvise`).
 //!
 //! Security is what it is without the pre-map: the stub is thaw's, has run
 //! no function code and runs none until the claim; the copy gets its
