@@ -377,3 +377,143 @@ async fn a_killed_premapped_stub_is_skipped_and_the_claim_still_answers() {
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.header("x-thaw-spare"), "hit");
 }
+
+/// Arms, in its warm-up (just before the snapshot), an interval timer
+/// (`ITIMER_REAL`, whose `SIGALRM` handler counts firings), a timerfd and
+/// a POSIX timer (`SIGEV_NONE`), each one-shot for `T` seconds, and a
+/// timerfd that expired once, unread; an invocation answers what each
+/// timer has left, how often `SIGALRM` came and the expired timerfd's
+/// count.
+const ALARM: &str = r#"
+import ctypes, os, signal, struct, time
+
+libc = ctypes.CDLL(None, use_errno=True)
+T = 2.0
+FIRED = 0
+TFD = -1
+EXPIRED = -1
+TIMER = ctypes.c_void_p()
+
+def _alarm(signum, frame):
+    global FIRED
+    FIRED += 1
+
+signal.signal(signal.SIGALRM, _alarm)
+
+class Timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+class Itimerspec(ctypes.Structure):
+    _fields_ = [("interval", Timespec), ("value", Timespec)]
+
+class Sigevent(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_uint64), ("signo", ctypes.c_int),
+                ("notify", ctypes.c_int), ("pad", ctypes.c_int * 12)]
+
+def _spec(seconds):
+    s = Itimerspec()
+    s.value.sec = int(seconds)
+    s.value.nsec = int((seconds % 1) * 1e9)
+    return s
+
+def _left(spec):
+    return spec.value.sec + spec.value.nsec / 1e9
+
+def handler(event, context):
+    global TFD, EXPIRED
+    if event.get("arm"):
+        EXPIRED = libc.timerfd_create(time.CLOCK_MONOTONIC, os.O_NONBLOCK)
+        assert EXPIRED >= 0, ctypes.get_errno()
+        assert libc.timerfd_settime(EXPIRED, 0, ctypes.byref(_spec(0.001)), None) == 0, ctypes.get_errno()
+        time.sleep(0.05)
+        signal.setitimer(signal.ITIMER_REAL, T)
+        TFD = libc.timerfd_create(time.CLOCK_MONOTONIC, os.O_NONBLOCK)
+        assert TFD >= 0, ctypes.get_errno()
+        assert libc.timerfd_settime(TFD, 0, ctypes.byref(_spec(T)), None) == 0, ctypes.get_errno()
+        none = Sigevent(notify=1)
+        assert libc.timer_create(time.CLOCK_MONOTONIC, ctypes.byref(none), ctypes.byref(TIMER)) == 0, ctypes.get_errno()
+        assert libc.timer_settime(TIMER, 0, ctypes.byref(_spec(T)), None) == 0, ctypes.get_errno()
+        return {"armed": True}
+    tfd = Itimerspec()
+    assert libc.timerfd_gettime(TFD, ctypes.byref(tfd)) == 0, ctypes.get_errno()
+    posix = Itimerspec()
+    assert libc.timer_gettime(TIMER, ctypes.byref(posix)) == 0, ctypes.get_errno()
+    try:
+        ticks = struct.unpack("Q", os.read(EXPIRED, 8))[0]
+    except BlockingIOError:
+        ticks = 0
+    return {
+        "ticks": ticks,
+        "fired": FIRED,
+        "itimer": signal.getitimer(signal.ITIMER_REAL)[0],
+        "timerfd": _left(tfd),
+        "posix": _left(posix),
+    }
+"#;
+
+/// A timer armed in the snapshot counts from the claim, not from the
+/// pre-map (docs/restore.md, "Pre-mapped spares": timers are set in the
+/// claim's batch): a spare pre-mapped, then left waiting longer than the
+/// timers had left, answers its first invocation with no `SIGALRM` yet and
+/// each timer with about what it had left in the snapshot (2 s less the
+/// time to the capture), not expired. Timers set at the pre-map would have
+/// fired while the spare waited.
+#[tokio::test]
+async fn timers_of_a_premapped_spare_count_from_its_claim() {
+    require_root!();
+    let server = Server::start(&["--allow-forced-cold"]);
+    let rec = server
+        .deploy_ready(function("alarm", ALARM, json!({"warmup": [{"arm": true}]})))
+        .await;
+    assert!(!rec["snapshot"].is_null(), "not snapshotted: {rec}");
+    server.settle("alarm", 2).await;
+    // A first copy records the working set; the spares pre-mapped before
+    // it existed (pre-mapped to their memory only: their claim populates
+    // it) are claimed, so that those made next are pre-mapped with it,
+    // as far ahead as they go.
+    let claim = || async {
+        let a = server
+            .invoke_raw("alarm", b"{}".to_vec(), &[("x-thaw-cold", "restore")])
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.header("x-thaw-start"), "restore", "{}", a.text());
+        a
+    };
+    claim().await;
+    let id = rec["snapshot"]["id"].as_str().unwrap();
+    let file = server.data.join(format!("snapshots/{id}.workingset"));
+    let t0 = Instant::now();
+    while !file.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no {}",
+            file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.settle("alarm", 2).await;
+    for _ in 0..2 {
+        claim().await;
+    }
+    server.settle("alarm", 2).await;
+    if premap_on() {
+        wait_premapped(&server, 2).await;
+    }
+    // Longer than the timers' 2 s.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let a = claim().await;
+    assert_eq!(a.header("x-thaw-spare"), "hit", "{}", a.text());
+    if premap_on() {
+        assert_eq!(phase(&a, "mappings"), 0, "mapped at the pre-map");
+    }
+    let body = a.json();
+    assert_eq!(body["fired"], 0, "SIGALRM came before the claim: {body}");
+    assert_eq!(body["ticks"], 1, "the unread expiration: {body}");
+    for timer in ["itimer", "timerfd", "posix"] {
+        let left = body[timer].as_f64().unwrap();
+        assert!(
+            left > 1.0 && left <= 2.0,
+            "{timer}: {left} s left, not counted from the claim: {body}"
+        );
+    }
+}

@@ -12,11 +12,14 @@
 //!                   inotify_init1 (no watches);
 //!                   a dup shares the earlier descriptor's object
 //! state batch       with every descriptor at its number: epoll_ctl ADD of
-//! (in the stub,     every registration (so each names the copy's fd
-//!  just before the  number), timerfd_settime (a relative timer's remaining
-//!  resume)          time counts from here, an absolute deadline is kept)
-//!                   and TFD_IOC_SET_TICKS for unread expirations,
-//!                   inotify_add_watch per watch (`inotify`)
+//! (in the stub)     every registration (so each names the copy's fd
+//!                   number), inotify_add_watch per watch (`inotify`):
+//!                   `register`; timerfd_settime (a relative timer's
+//!                   remaining time counts from here, an absolute deadline
+//!                   is kept) and TFD_IOC_SET_TICKS for unread
+//!                   expirations: `arm` (a pre-mapped spare registers at
+//!                   its pre-map and arms at its claim, in the claim's
+//!                   batch)
 //! ```
 
 use std::collections::HashMap;
@@ -344,8 +347,16 @@ fn timer_setting(t: &TimerState) -> Option<(i32, Itimerspec)> {
 
 /// Adds to the last state batch (every descriptor is at its number): the
 /// epoll registrations, the timers' settings and unread expirations, and
-/// the inotify watches ([`super::inotify`]).
+/// the inotify watches ([`super::inotify`]): [`register`] then [`arm`].
 pub fn arm_and_register(batch: &mut Batch, fds: &[FdState]) -> Result<(), RestoreError> {
+    register(batch, fds)?;
+    arm(batch, fds)
+}
+
+/// Adds to `batch` what does not count from "now" (a pre-mapped spare's
+/// pre-map runs it long before the claim): the epoll registrations and the
+/// inotify watches ([`super::inotify`]).
+pub fn register(batch: &mut Batch, fds: &[FdState]) -> Result<(), RestoreError> {
     for saved in fds {
         match &saved.kind {
             FdKind::Epoll { registrations } => {
@@ -376,28 +387,49 @@ pub fn arm_and_register(batch: &mut Batch, fds: &[FdState]) -> Result<(), Restor
                     );
                 }
             }
-            FdKind::Timerfd(t) => {
-                if let Some((flags, spec)) = timer_setting(t) {
-                    let at = batch.data(super::remote::bytes_of(&spec))?;
-                    batch.call(
-                        format!("timerfd_settime(fd {})", saved.fd),
-                        libc::SYS_timerfd_settime,
-                        [saved.fd as u64, flags as u64, at, 0, 0, 0],
-                    );
-                }
-                if t.ticks > 0 {
-                    let at = batch.data(&t.ticks.to_ne_bytes())?;
-                    batch.call(
-                        format!("ioctl(fd {}, TFD_IOC_SET_TICKS)", saved.fd),
-                        libc::SYS_ioctl,
-                        [saved.fd as u64, TFD_IOC_SET_TICKS, at, 0, 0, 0],
-                    );
-                }
-            }
             FdKind::Inotify { watches } => {
                 super::inotify::add_watches(batch, saved.fd, watches)?;
             }
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether [`arm`] adds anything for `fds`: a timerfd armed or with unread
+/// expirations.
+pub fn any_to_arm(fds: &[FdState]) -> bool {
+    fds.iter().any(|saved| match &saved.kind {
+        FdKind::Timerfd(t) => timer_setting(t).is_some() || t.ticks > 0,
+        _ => false,
+    })
+}
+
+/// Adds to `batch` the timerfds' settings (a relative timer's remaining
+/// time counts from this batch) and unread expirations: what must run at
+/// the claim of a pre-mapped spare, not at its pre-map. The calls need no
+/// privilege and pass the function's seccomp policy (`timerfd_settime`,
+/// `ioctl` on the copy's own timerfd).
+pub fn arm(batch: &mut Batch, fds: &[FdState]) -> Result<(), RestoreError> {
+    for saved in fds {
+        let FdKind::Timerfd(t) = &saved.kind else {
+            continue;
+        };
+        if let Some((flags, spec)) = timer_setting(t) {
+            let at = batch.data(super::remote::bytes_of(&spec))?;
+            batch.call(
+                format!("timerfd_settime(fd {})", saved.fd),
+                libc::SYS_timerfd_settime,
+                [saved.fd as u64, flags as u64, at, 0, 0, 0],
+            );
+        }
+        if t.ticks > 0 {
+            let at = batch.data(&t.ticks.to_ne_bytes())?;
+            batch.call(
+                format!("ioctl(fd {}, TFD_IOC_SET_TICKS)", saved.fd),
+                libc::SYS_ioctl,
+                [saved.fd as u64, TFD_IOC_SET_TICKS, at, 0, 0, 0],
+            );
         }
     }
     Ok(())

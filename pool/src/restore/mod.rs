@@ -1175,17 +1175,88 @@ pub(crate) fn map_process(
 }
 
 /// Steps 2-9 of [`prepare_process`] on a stub [`map_process`] mapped, from
-/// the thread that mapped it (its tracer), up to the resume.
-///
-/// The state is destructured with every field named (no `..`) and unused
-/// bindings are denied here: a kind of state the capture records but no
-/// step restores does not compile.
-#[deny(unused_variables)]
+/// the thread that mapped it (its tracer), up to the resume: steps 2-8
+/// whole ([`settle_process`] with [`Settle::Now`]), then the registers
+/// ([`Settled::finish`]).
 pub(crate) fn set_process(
     mapped: Mapped,
     ctx: &Driving<'_, '_>,
     timings: &mut RestoreTimings,
 ) -> Result<Ready, RestoreError> {
+    settle_process(mapped, ctx, timings, Settle::Now)?.finish(ctx, timings)
+}
+
+/// When the steps that count from "now" run (docs/restore.md, "Order of
+/// the restore" and "Pre-mapped spares").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// With the rest of steps 2-8, the scratch area unmapped after them:
+    /// [`Settled::finish`] sets only the registers. Every restore but a
+    /// pre-mapped spare's (and a spare's with `THAW_PREMAP_AHEAD=0`).
+    Now,
+    /// A pre-mapped spare's pre-map: steps 2-8 except what counts from
+    /// the copy's resume or must come after everything else, left to
+    /// [`Settled::finish`] at the claim: the timerfds armed, the POSIX and
+    /// interval timers, the main thread's and the process's pending
+    /// signals queued again, the scratch area unmapped. With none of those
+    /// to do, the scratch area is unmapped now too.
+    Ahead,
+}
+
+/// A process of the copy with steps 2-8 done (but what [`Settle::Ahead`]
+/// leaves to the claim), held by this thread, not running. Dropping it
+/// kills the process.
+pub(crate) struct Settled {
+    // Fields drop in order: the process is killed before any of its
+    // threads is detached.
+    kill_on_error: KillOnError,
+    others: Vec<Remote>,
+    remote: Remote,
+    server: Option<uffd::PageServer>,
+    /// The scratch area (unmapped when `remote.scratch` is `None`).
+    scratch: u64,
+    /// The claim's batch is due ([`Settle::Ahead`], a snapshot with
+    /// timers or pending signals).
+    deferred: bool,
+}
+
+impl std::fmt::Debug for Settled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settled")
+            .field("pid", &self.remote.pid())
+            .field("threads", &(self.others.len() + 1))
+            .field("scratch", &self.remote.scratch)
+            .field("deferred", &self.deferred)
+            .finish()
+    }
+}
+
+/// Whether the process `state` has anything [`Settle::Ahead`] leaves to
+/// the claim: an armed timerfd (or one with unread expirations), a POSIX
+/// or interval timer, a pending signal of the main thread or the process.
+pub(crate) fn due_at_claim(state: &ProcessState) -> bool {
+    kobj::any_to_arm(&state.fds)
+        || !state.timers.posix.is_empty()
+        || !state.timers.interval.is_empty()
+        || !state.pending.is_empty()
+        || state.threads.first().is_some_and(|t| !t.pending.is_empty())
+}
+
+/// Steps 2-8 of [`prepare_process`] on a stub [`map_process`] mapped, from
+/// the thread that mapped it (its tracer): all of them ([`Settle::Now`]),
+/// or all but what counts from the resume ([`Settle::Ahead`]).
+///
+/// The state is destructured with every field named (no `..`) and unused
+/// bindings are denied here: a kind of state the capture records but no
+/// step restores does not compile.
+#[deny(unused_variables)]
+pub(crate) fn settle_process(
+    mapped: Mapped,
+    ctx: &Driving<'_, '_>,
+    timings: &mut RestoreTimings,
+    when: Settle,
+) -> Result<Settled, RestoreError> {
+    let ahead = when == Settle::Ahead;
     let state = ctx.view.state;
     let ProcessState {
         version: _, // checked by `validate` (`map_process`)
@@ -1241,7 +1312,8 @@ pub(crate) fn set_process(
     mm::set_mm(&mut batch, mm, ctx.plan.exe_fd)?;
     // 3. fds: the mapping fds closed (the executable's with them), the
     //    kernel objects armed and registered.
-    restore_fds(&mut batch, fds, ctx.plan, uffd_in_stub)?;
+    //    (ahead of the claim: registered only, armed at the claim).
+    restore_fds(&mut batch, fds, ctx.plan, uffd_in_stub, !ahead)?;
     // 4. signals: dispositions are shared by the threads.
     signals::set_signals(&remote, &mut batch, signals)?;
     // 5. process attributes: the threads cloned next inherit them.
@@ -1281,10 +1353,17 @@ pub(crate) fn set_process(
     //    credentials, then the seccomp policy (and the mmap-mode guard)
     //    with TSYNC: they reach every thread (or the call fails), last of
     //    the steps that need privileges.
+    //    Ahead of the claim, the timers and pending signals wait for the
+    //    claim's batch (`Settled::finish`), which runs as the function,
+    //    under its policy and the guard: none of its calls needs a
+    //    privilege, the policy denies none of them, the guard traps none
+    //    (and none from the scratch area).
     let mut batch = Batch::new(memory.scratch);
-    timers::set_timers(&mut batch, timers)?;
-    pending::queue_for_thread(&mut batch, *pid, main.tid, &main.pending)?;
-    pending::queue_for_process(&mut batch, *pid, pending)?;
+    if !ahead {
+        timers::set_timers(&mut batch, timers)?;
+        pending::queue_for_thread(&mut batch, *pid, main.tid, &main.pending)?;
+        pending::queue_for_process(&mut batch, *pid, pending)?;
+    }
     if let Some(g) = &memory.guard {
         g.install(&mut batch)?;
     }
@@ -1297,12 +1376,9 @@ pub(crate) fn set_process(
     // The filters reached every thread: the batch fails when a TSYNC
     // install returns anything but 0 (see `batch`).
     remote.run(batch)?;
-    if let Some((addr, len)) = remote.scratch.take() {
-        remote.sys(
-            "munmap (scratch)",
-            libc::SYS_munmap,
-            [addr, len, 0, 0, 0, 0],
-        )?;
+    let deferred = ahead && due_at_claim(state);
+    if !deferred {
+        unmap_scratch(&mut remote)?;
     }
     timings.state += started.elapsed();
     tracing::debug!(
@@ -1310,46 +1386,110 @@ pub(crate) fn set_process(
         threads = saved_others.len() + 1,
         fds = fds.len(),
         areas = areas.len(),
+        ahead,
+        deferred,
         map_batch_us = timings.batch.as_micros() as u64,
         first_batch_us = first_batch.as_micros() as u64,
         threads_us = timings.threads.as_micros() as u64,
         policy_us = policy_started.elapsed().as_micros() as u64,
         "restore: state phase"
     );
-
-    // 9. registers of every thread, then all resume together.
-    let started = Instant::now();
-    for (t, saved) in others.iter_mut().zip(saved_others) {
-        thread::set_registers_after_batch(t, saved)?;
-        thread::set_mask(t, saved)?;
-        timings.injected += t.calls;
-    }
-    thread::set_registers(&mut remote, main)?;
-    // The main thread's mask last: a signal that came since step 8 (a
-    // timer's) stays pending through every stop until the resume.
-    thread::set_mask(&remote, main)?;
-    timings.injected += remote.calls;
-    let server_pidfd = match &memory.server {
-        Some(_) => Some(
-            ctx.stub_pidfd
-                .expect("uffd mode has the stub's pidfd")
-                .try_clone()
-                .map_err(|source| RestoreError::Io {
-                    what: "dup pidfd".into(),
-                    source,
-                })?,
-        ),
-        None => None,
-    };
-    timings.resume += started.elapsed();
-    Ok(Ready {
+    Ok(Settled {
         kill_on_error,
         others,
         remote,
         server: memory.server,
-        server_pidfd,
-        kill_with: None,
+        scratch: memory.scratch,
+        deferred,
     })
+}
+
+/// Unmaps the scratch area, if still mapped (one injected call).
+fn unmap_scratch(remote: &mut Remote) -> Result<(), RestoreError> {
+    if let Some((addr, len)) = remote.scratch.take() {
+        remote.sys(
+            "munmap (scratch)",
+            libc::SYS_munmap,
+            [addr, len, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+impl Settled {
+    /// What [`Settle::Ahead`] left (the timerfds armed, the timers, the
+    /// main thread's and the process's pending signals: one batch, as the
+    /// function under its policy; the scratch area unmapped), then step 9:
+    /// the registers and masks of every thread, up to the resume.
+    pub(crate) fn finish(
+        self,
+        ctx: &Driving<'_, '_>,
+        timings: &mut RestoreTimings,
+    ) -> Result<Ready, RestoreError> {
+        let state = ctx.view.state;
+        let (main, saved_others) = state
+            .threads
+            .split_first()
+            .expect("validated: a main thread");
+        // Moved out in this order so that on an error the copy is killed
+        // before any of its threads is detached, the main thread last.
+        let mut remote = self.remote;
+        let mut others = self.others;
+        let kill_on_error = self.kill_on_error;
+        let server = self.server;
+        if self.deferred {
+            // 8, at the claim: the timers count from here (every signal
+            // is still blocked in every thread; a timer's signal waits).
+            let started = Instant::now();
+            let mut batch = Batch::new(self.scratch);
+            kobj::arm(&mut batch, &state.fds)?;
+            timers::set_timers(&mut batch, &state.timers)?;
+            pending::queue_for_thread(&mut batch, state.pid, main.tid, &main.pending)?;
+            pending::queue_for_process(&mut batch, state.pid, &state.pending)?;
+            timings.batched += batch.len() as u32;
+            remote.run(batch)?;
+            unmap_scratch(&mut remote)?;
+            timings.state += started.elapsed();
+        } else if remote.scratch.is_some() {
+            let started = Instant::now();
+            unmap_scratch(&mut remote)?;
+            timings.state += started.elapsed();
+        }
+
+        // 9. registers of every thread, then all resume together.
+        let started = Instant::now();
+        for (t, saved) in others.iter_mut().zip(saved_others) {
+            thread::set_registers_after_batch(t, saved)?;
+            thread::set_mask(t, saved)?;
+            timings.injected += t.calls;
+        }
+        thread::set_registers(&mut remote, main)?;
+        // The main thread's mask last: a signal that came since step 8 (a
+        // timer's) stays pending through every stop until the resume.
+        thread::set_mask(&remote, main)?;
+        timings.injected += remote.calls;
+        let server_pidfd = match &server {
+            Some(_) => Some(
+                ctx.stub_pidfd
+                    .expect("uffd mode has the stub's pidfd")
+                    .try_clone()
+                    .map_err(|source| RestoreError::Io {
+                        what: "dup pidfd".into(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        timings.resume += started.elapsed();
+        Ok(Ready {
+            kill_on_error,
+            others,
+            remote,
+            server,
+            server_pidfd,
+            kill_with: None,
+        })
+    }
 }
 
 /// What [`restore_memory`] leaves for the later steps.
@@ -1595,12 +1735,14 @@ fn restore_memory(
 /// Step 3 of [`drive`]: the descriptors. They are at their numbers since
 /// the stub was made ([`Prepared::moves`]); here the fds that only served
 /// the mappings are closed (the stub's userfaultfd too), close-on-exec is
-/// set where it was, and the kernel objects get their state ([`kobj`]).
+/// set where it was, and the kernel objects get their state ([`kobj`]):
+/// registered, and armed when `arm` (else at the claim, [`Settled::finish`]).
 fn restore_fds(
     batch: &mut Batch,
     saved: &[snapshotter::state::FdState],
     plan: &fds::FdPlan,
     uffd_in_stub: Option<u64>,
+    arm: bool,
 ) -> Result<(), RestoreError> {
     let close_to = u32::MAX as u64;
     if let Some(fd) = uffd_in_stub {
@@ -1627,5 +1769,9 @@ fn restore_fds(
             ],
         );
     }
-    kobj::arm_and_register(batch, saved)
+    if arm {
+        kobj::arm_and_register(batch, saved)
+    } else {
+        kobj::register(batch, saved)
+    }
 }

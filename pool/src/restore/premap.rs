@@ -8,13 +8,20 @@
 //!           its own, `thaw-premap`, seizes the stub, checks the files
 //!           again and runs step 1 of the restore (`map_process`: the
 //!           stub's areas out, every saved area mapped from the image, the
-//!           recorded working set populated, stacks and guard written).
+//!           recorded working set populated, stacks and guard written),
+//!           then steps 2-8 but what counts from the resume
+//!           (`settle_process`, `Settle::Ahead`: sockets, mm, fds
+//!           registered, signals, attributes, every thread, the guard,
+//!           credentials, parent-death signal, seccomp).
 //!           The stub stays stopped under ptrace, running nothing
 //! claim     the request sends a claim to that thread (queued behind a
 //!           pre-map still running); the thread checks the files once more
-//!           (`recheck`, as every claim does), runs steps 2-9
-//!           (`set_process`: mm, fds, signals, threads, timers,
-//!           credentials, seccomp) and the resume, and answers
+//!           (`recheck`, as every claim does), runs what was left
+//!           (`Settled::finish`: timerfds armed, timers, pending signals
+//!           queued again, in one batch as the function under its policy,
+//!           the scratch area unmapped; none of it for a snapshot without
+//!           timers or pending signals), the registers and the resume, and
+//!           answers
 //! drop      the claim channel closes: the thread kills the stub, waits for
 //!           its death to be reported to it (so the sandbox's pid 1, its
 //!           parent, can reap it), and ends
@@ -34,15 +41,19 @@
 //! spare pre-mapped before its snapshot's working set was recorded (the
 //! first spares after a deploy) has it populated at its claim, in a batch
 //! of its own (`mappings` of that claim's timings), as a copy restored
-//! whole then would.
+//! whole then would; such a spare's pre-map stops after step 1, since
+//! that populate must come before the seccomp policy (which denies
+//! `process_madvise`).
 //!
 //! Security is what it is without the pre-map: the stub is thaw's, has run
 //! no function code and runs none until the claim; the copy gets its
-//! credentials, seccomp policy and (from the runtime) its fresh seed at the
-//! claim, as every copy does.
+//! credentials and seccomp policy at the pre-map (the stub, stopped, then
+//! waits as the function, under its policy) and (from the runtime) its
+//! fresh seed after the claim, as every copy does.
 //!
 //! `THAW_PREMAP_SPARES=0` turns pre-mapping off (every claim restores the
-//! whole copy, as before).
+//! whole copy, as before); `THAW_PREMAP_AHEAD=0` keeps the pre-map to
+//! step 1 (the claim runs steps 2-9, `set_process`).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
@@ -53,8 +64,8 @@ use snapshotter::snapshot::Snapshot;
 use super::remote::Remote;
 use super::sandboxed::{PreparedCopy, SnapshotRestorer};
 use super::{
-    map_process, set_process, working_set, Credentials, Driving, Mapped, Mode, Prepared,
-    ProcessView, RestoreError, RestoreTimings,
+    map_process, set_process, settle_process, working_set, Credentials, Driving, Mapped, Mode,
+    Prepared, ProcessView, RestoreError, RestoreTimings, Settle, Settled,
 };
 
 /// Environment variable: `0` turns pre-mapped spares off.
@@ -65,6 +76,25 @@ pub const PREMAP_ENV: &str = "THAW_PREMAP_SPARES";
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os(PREMAP_ENV).is_none_or(|v| v != "0"))
+}
+
+/// Environment variable: `0` keeps a pre-map to step 1 (the claim runs
+/// steps 2-9, as before the pre-map went ahead).
+pub const AHEAD_ENV: &str = "THAW_PREMAP_AHEAD";
+
+/// Whether a pre-map goes on past step 1, up to what must wait for the
+/// claim (read once; on unless `THAW_PREMAP_AHEAD=0`).
+pub fn ahead() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(AHEAD_ENV).is_none_or(|v| v != "0"))
+}
+
+/// What a pre-map leaves for the claim.
+enum Staged {
+    /// Step 1 done (`THAW_PREMAP_AHEAD=0`).
+    Mapped(Mapped),
+    /// Steps 1-8 done but what counts from the resume.
+    Settled(Settled),
 }
 
 /// The pre-map is running (or queued on its thread).
@@ -93,11 +123,14 @@ struct Claim {
 /// What the claim of a pre-mapped copy took.
 #[derive(Debug, Clone, Copy)]
 pub struct Claimed {
-    /// The claim's part of the restore: steps 2-9 and the resume (`stub`
-    /// and `mappings` are zero: they ran at the pre-map; `mappings` is the
-    /// populating of a working set recorded after the pre-map).
+    /// The claim's part of the restore: what the pre-map left of steps
+    /// 2-9 and the resume (`stub` and `mappings` are zero: they ran at the
+    /// pre-map; `mappings` is the populating of a working set recorded
+    /// after the pre-map; `state` is the claim's batch and the scratch
+    /// area's unmapping, or steps 2-8 with `THAW_PREMAP_AHEAD=0`).
     pub timings: RestoreTimings,
-    /// The pre-map: seizing the stub and step 1.
+    /// The pre-map: seizing the stub, step 1 and (unless
+    /// `THAW_PREMAP_AHEAD=0`) steps 2-8 but what waits for the claim.
     pub premap: Duration,
     /// Working-set ranges populated (by the pre-map, or at the claim).
     pub populated: u32,
@@ -165,8 +198,9 @@ impl PremappedCopy {
         self.state.load(Ordering::Acquire) == MAPPING
     }
 
-    /// Finishes the copy: steps 2-9 and the resume, on its thread, after
-    /// the pre-map if that is still running. On an error the stub is dead.
+    /// Finishes the copy: what the pre-map left of steps 2-9 and the
+    /// resume, on its thread, after the pre-map if that is still running.
+    /// On an error the stub is dead.
     pub async fn claim(mut self) -> Result<Claimed, RestoreError> {
         let waited = self.state.load(Ordering::Acquire) == MAPPING;
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -254,7 +288,17 @@ impl Job {
         // without the pre-map (the spare is not skipped as a failed one).
         let rechecked = prepared.recheck(&snapshot);
         let refused = rechecked.is_err();
-        let mapped = rechecked.and_then(|()| premap(&ctx, &prepared, stub_pid, &mut at_premap));
+        let mapped = rechecked.and_then(|()| {
+            let mapped = premap(&ctx, &prepared, stub_pid, &mut at_premap)?;
+            // No working set recorded yet (the first spares after a
+            // deploy): the claim populates it once it exists, which must
+            // come before the seccomp policy (it denies `process_madvise`,
+            // the populate's vectors): those stay at step 1.
+            if !ahead() || options.prefetch.is_empty() {
+                return Ok(Staged::Mapped(mapped));
+            }
+            settle_process(mapped, &ctx, &mut at_premap, Settle::Ahead).map(Staged::Settled)
+        });
         let premap_took = started.elapsed();
         match &mapped {
             Err(err) if refused => {
@@ -268,6 +312,7 @@ impl Job {
                     premap_us = premap_took.as_micros() as u64,
                     seize_us = at_premap.stub.as_micros() as u64,
                     mappings_us = at_premap.mappings.as_micros() as u64,
+                    state_us = at_premap.state.as_micros() as u64,
                     populated = at_premap.populated,
                     "spare pre-mapped"
                 );
@@ -291,9 +336,9 @@ impl Job {
             populated: at_premap.populated,
             ..RestoreTimings::default()
         };
-        let finished = mapped.and_then(|mut mapped| {
+        let finished = mapped.and_then(|mut staged| {
             // The copy may have waited: its files must still be as the
-            // snapshot saw them (the stub dies with `mapped` otherwise).
+            // snapshot saw them (the stub dies with `staged` otherwise).
             prepared.recheck(&snapshot)?;
             // Mapped before its snapshot's working set was recorded (the
             // first spares after a deploy): populated now, as a copy
@@ -302,11 +347,17 @@ impl Job {
                 if let Some(pages) = restorer.working_set(&snapshot.id) {
                     let pages = working_set::for_mode(&pages, Mode::Mmap);
                     let started = Instant::now();
-                    timings.populated = mapped.populate(&ctx, &pages)?;
+                    if let Staged::Mapped(mapped) = &mut staged {
+                        timings.populated = mapped.populate(&ctx, &pages)?;
+                    }
                     timings.mappings = started.elapsed();
                 }
             }
-            set_process(mapped, &ctx, &mut timings)?.resume(&mut timings)
+            let ready = match staged {
+                Staged::Mapped(mapped) => set_process(mapped, &ctx, &mut timings)?,
+                Staged::Settled(settled) => settled.finish(&ctx, &mut timings)?,
+            };
+            ready.resume(&mut timings)
         });
         let answer = finished.map(|server| {
             debug_assert!(server.is_none(), "mmap mode has no page server");
