@@ -101,6 +101,22 @@ async fn wait_no_premapping(server: &Server, spares: u64) -> Value {
     }
 }
 
+/// Waits until the working set of the snapshot in deploy record `rec` is
+/// recorded (its file written).
+async fn wait_working_set(server: &Server, rec: &Value) {
+    let id = rec["snapshot"]["id"].as_str().unwrap();
+    let file = server.data.join(format!("snapshots/{id}.workingset"));
+    let t0 = Instant::now();
+    while !file.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no {}",
+            file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sandbox processes that are zombies.
 fn zombies(server: &Server) -> Vec<i32> {
     server
@@ -148,17 +164,7 @@ async fn a_premapped_spare_answers_with_the_snapshot_state_and_a_fresh_seed() {
     for round in 0..3 {
         if round == 2 {
             // Spares made and pre-mapped once the working set is recorded.
-            let id = rec["snapshot"]["id"].as_str().unwrap();
-            let file = server.data.join(format!("snapshots/{id}.workingset"));
-            let t0 = Instant::now();
-            while !file.exists() {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(30),
-                    "no {}",
-                    file.display()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_working_set(&server, &rec).await;
             server.settle("seeded", 2).await;
             if premap_on() {
                 // Those left from before the recording: claimed first.
@@ -480,17 +486,7 @@ async fn timers_of_a_premapped_spare_count_from_its_claim() {
         a
     };
     claim().await;
-    let id = rec["snapshot"]["id"].as_str().unwrap();
-    let file = server.data.join(format!("snapshots/{id}.workingset"));
-    let t0 = Instant::now();
-    while !file.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no {}",
-            file.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_working_set(&server, &rec).await;
     server.settle("alarm", 2).await;
     for _ in 0..2 {
         claim().await;
