@@ -986,11 +986,7 @@ impl Stub {
     /// `mmap` mode) and pre-mapping is on. Quick (starts a thread); the
     /// pre-map runs in the background. Returns whether it started.
     pub fn premap(&mut self, restorer: &Restorer) -> bool {
-        let eligible = crate::restore::premap::enabled()
-            && self.snapshot.mode == "mmap"
-            && !self.exact
-            && matches!(&self.copy, StubCopy::Prepared(copy) if copy.premappable());
-        if !eligible {
+        if !self.premap_eligible() {
             return false;
         }
         let StubCopy::Prepared(copy) = std::mem::replace(&mut self.copy, StubCopy::Lost) else {
@@ -1027,17 +1023,22 @@ impl Stub {
         self.premap_estimate
     }
 
+    /// Whether this stub's copy is one [`Stub::premap`] pre-maps: pre-maps
+    /// on, a single process restored from the local store in `mmap` mode,
+    /// not recording its working set exactly, and not pre-mapped yet.
+    fn premap_eligible(&self) -> bool {
+        crate::restore::premap::enabled()
+            && self.snapshot.mode == "mmap"
+            && !self.exact
+            && matches!(&self.copy, StubCopy::Prepared(copy) if copy.premappable())
+    }
+
     /// Whether a pre-map of this spare is still to come or running: it is
     /// one that is pre-mapped (see [`Stub::premap`]) and its memory is not
     /// in place yet. A server at rest has none. Never blocks.
     pub fn premap_pending(&self) -> bool {
         match &self.copy {
-            StubCopy::Prepared(copy) => {
-                crate::restore::premap::enabled()
-                    && self.snapshot.mode == "mmap"
-                    && !self.exact
-                    && copy.premappable()
-            }
+            StubCopy::Prepared(_) => self.premap_eligible(),
             StubCopy::Premapped(p) => p.mapping(),
             StubCopy::Lost => false,
         }
