@@ -82,25 +82,6 @@ async fn wait_premapped(server: &Server, n: usize) -> Vec<i32> {
     }
 }
 
-/// Waits until the function's record counts no spare whose pre-map is to
-/// come or running (`instances.premapping`, what the load tester's "at
-/// rest" waits for) with `spares` spares; the record.
-async fn wait_no_premapping(server: &Server, spares: u64) -> Value {
-    let t0 = Instant::now();
-    loop {
-        let rec = server.get("/functions/seeded").await.json();
-        if rec["instances"]["premapping"] == 0 && rec["instances"]["spare"] == spares {
-            return rec;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "pre-maps never done: {}",
-            rec["instances"]
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits until the working set of the snapshot in deploy record `rec` is
 /// recorded (its file written).
 async fn wait_working_set(server: &Server, rec: &Value) {
@@ -152,10 +133,10 @@ async fn a_premapped_spare_answers_with_the_snapshot_state_and_a_fresh_seed() {
         wait_premapped(&server, 2).await;
         assert_eq!(premap_threads(&server), 2, "a thread per pre-mapped spare");
         // Once the record counts no pre-map left, both stubs are mapped.
-        wait_no_premapping(&server, 2).await;
+        server.wait_spares("seeded", 2).await;
         assert_eq!(premapped_stubs(&server).len(), 2);
     } else {
-        wait_no_premapping(&server, 2).await;
+        server.wait_spares("seeded", 2).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(premapped_stubs(&server).is_empty());
         assert_eq!(premap_threads(&server), 0);

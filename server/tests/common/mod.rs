@@ -283,13 +283,19 @@ impl Server {
         }
     }
 
-    /// Waits until `name` has exactly `n` spares ready and none of its
-    /// sandboxes is starting; returns the function's record.
+    /// Waits until `name` has exactly `n` spares ready, none of its
+    /// sandboxes is starting and no spare's pre-map is to come or running
+    /// (what the load tester's "at rest" waits for); returns the record.
     pub async fn wait_spares(&self, name: &str, n: u64) -> Value {
         let t0 = Instant::now();
         loop {
             let v = self.get(&format!("/functions/{name}")).await.json();
-            if v["instances"]["spare"] == n && v["instances"]["booting"] == 0 {
+            // Settled: no boot running and no spare's pre-map to come or
+            // running (`instances.premapping`), so two records compare.
+            if v["instances"]["spare"] == n
+                && v["instances"]["booting"] == 0
+                && v["instances"]["premapping"] == 0
+            {
                 return v;
             }
             assert!(
