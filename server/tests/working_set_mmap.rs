@@ -3,7 +3,8 @@
 //! and later copies get the written pages copied in and the invocation's
 //! pages mapped before they resume: their first invocation writes those
 //! pages without a copy-on-write fault each, reads the others without a
-//! read fault, and still answers from the snapshot's state
+//! read fault, and still answers from the snapshot's state; the pages
+//! its restore hook read in the `restored` exchange are mapped too
 //! (docs/restore.md, "mmap copies record it too").
 
 mod common;
@@ -17,9 +18,12 @@ use serde_json::{json, Value};
 /// 8 MiB made at init; each invocation writes one byte in each of the
 /// first 256 pages and puts it back (counting its own minor faults
 /// meanwhile), reads one byte of each of the next 512 pages (counting
-/// again), then checks the whole digest.
+/// again), then checks the whole digest. A restore hook (run in the
+/// `restored` exchange, before the first invocation) reads one byte of
+/// each of the 512 pages after those, counting its faults too.
 const CODE: &str = r#"
 import hashlib
+import thaw
 
 def minflt():
     # Minor and major faults (a page the page cache lost is a major one).
@@ -30,6 +34,16 @@ def minflt():
 DATA = bytearray(b"\x5a" * (8 << 20))
 DIGEST = hashlib.sha256(DATA).hexdigest()
 CALLS = 0
+HOOK = {"faults": None, "read": None}
+
+@thaw.on_restore
+def read_at_restore():
+    before = minflt()
+    total = 0
+    for i in range(3 << 20, 5 << 20, 4096):
+        total += DATA[i]
+    HOOK["faults"] = minflt() - before
+    HOOK["read"] = total == 0x5a * 512
 
 def handler(event, context):
     global CALLS
@@ -46,7 +60,8 @@ def handler(event, context):
         total += DATA[i]
     read_faults = minflt() - before
     return {"calls": CALLS, "digest": hashlib.sha256(DATA).hexdigest() == DIGEST,
-            "faults": faults, "read_faults": read_faults, "read": total == 0x5a * 512}
+            "faults": faults, "read_faults": read_faults, "read": total == 0x5a * 512,
+            "hook_faults": HOOK["faults"], "hook_read": HOOK["read"]}
 "#;
 
 async fn restore(server: &Server) -> Value {
@@ -86,6 +101,11 @@ async fn mmap_copies_record_their_working_set_and_populate_the_written_pages() {
     assert!(
         first["read_faults"].as_u64().unwrap() >= 8,
         "the first copy faults on the pages it reads: {first}"
+    );
+    assert_eq!(first["hook_read"], true, "{first}");
+    assert!(
+        first["hook_faults"].as_u64().unwrap() >= 8,
+        "the first copy faults on the pages its restore hook reads: {first}"
     );
 
     let t0 = Instant::now();
@@ -128,6 +148,9 @@ async fn mmap_copies_record_their_working_set_and_populate_the_written_pages() {
         pages.iter().any(|p| *p & (INVOKED | WRITTEN) == 0),
         "pages the `restored` exchange brought in are not tagged"
     );
+    // Unless THAW_POPULATE says otherwise (`invoked`: the first
+    // invocation's reads only, as before), those are populated too.
+    let exchange_populated = std::env::var("THAW_POPULATE").map_or(true, |v| v == "all");
 
     // Copies restored with the written pages copied in and the read ones
     // mapped answer from the snapshot's state, with the right bytes, and
@@ -145,5 +168,12 @@ async fn mmap_copies_record_their_working_set_and_populate_the_written_pages() {
             a["read_faults"].as_u64().unwrap() < 4,
             "the pages read were mapped before the resume: {a}"
         );
+        assert_eq!(a["hook_read"], true, "{a}");
+        if exchange_populated {
+            assert!(
+                a["hook_faults"].as_u64().unwrap() < 4,
+                "the pages the restore hook read were mapped before the resume: {a}"
+            );
+        }
     }
 }

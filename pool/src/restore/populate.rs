@@ -34,11 +34,16 @@
 //! folio locked, not up to date, or a readahead mark), are left to the
 //! copy's own faults. Writes are unchanged (each written page is copied,
 //! one by one either way).
-//! Off by default, on with `THAW_POPULATE_AROUND=1` (server
-//! environment): measured on a busy machine it saved at most ~0.3 ms of
-//! the sandboxes' CPU per numpy-pandas cold start, and the first
-//! invocation after a restore was slower in each pair (docs/restore.md,
-//! "Where a numpy-pandas cold start's CPU goes, AMD").
+//! On by default since every recorded page is populated for reading
+//! (the `restored` exchange's too, [`working_set::for_mode`]): ~10,700
+//! read pages for numpy-pandas, whose page-by-page walk made sustained
+//! forced restores cost ~1 ms more CPU each than before (12.8 against
+//! 11.9 ms of the machine per cold start, interleaved runs, 2026-12-07);
+//! by blocks they cost what they did (12.4 against 12.6 ms).
+//! `THAW_POPULATE_AROUND=0` (server environment) walks every page again.
+//! (Measured alone in the suite, 2026-12-06 23:55, before that change, it
+//! saved at most ~0.3 ms of the sandboxes' CPU, within the noise: docs/
+//! restore.md, "Where a numpy-pandas cold start's CPU goes, AMD".)
 
 use std::sync::OnceLock;
 
@@ -146,13 +151,10 @@ pub fn by_fault_around(ranges: &[Populate], areas: &[MemoryArea]) -> Vec<Populat
 }
 
 /// Whether read ranges are populated one page per fault-around block
-/// ([`by_fault_around`]): only with `THAW_POPULATE_AROUND=1` in the
-/// server's environment. Off by default: in the suite's A/B (docs/
-/// restore.md, 2026-12-06 23:55) it saved at most ~0.3 ms of the
-/// sandboxes' CPU per numpy-pandas cold start, within the noise, and the
-/// first invocation after a restore was slower in each pair.
+/// ([`by_fault_around`]): by default; `THAW_POPULATE_AROUND=0` in the
+/// server's environment walks every page (see the module docs).
 pub fn around_wanted() -> bool {
-    std::env::var_os("THAW_POPULATE_AROUND").is_some_and(|v| v == "1")
+    std::env::var_os("THAW_POPULATE_AROUND").is_none_or(|v| v != "0")
 }
 
 /// `struct iovec` of each range, as the kernel reads them.

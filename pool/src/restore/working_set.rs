@@ -177,10 +177,12 @@ pub fn tag_invoked(after: Vec<u64>, before: &[u64]) -> Vec<u64> {
 /// A `uffd` copy's working set: `faults` (its page server's faults, saved
 /// addresses in first-touch order) first, then the pages of `resident`
 /// (tagged, see [`resident_pages`]) outside the areas the page server fills
-/// ([`super::uffd::is_lazy`]; `areas` sorted) that the first invocation
-/// brought in ([`INVOKED`]): the mapped files' pages, which the copy reads
-/// without the page server, worth populating (those written before are
-/// written in at restore: populating them would copy each twice). Prefetch
+/// ([`super::uffd::is_lazy`]; `areas` sorted) that the `restored` exchange
+/// or the first invocation brought in: the mapped files' pages, which the
+/// copy reads without the page server, worth populating. Left out: those
+/// written before the invocation began and not brought in by it
+/// ([`WRITTEN`] without [`INVOKED`]: written in at restore, populating them
+/// would copy each twice). Prefetch
 /// fills the served pages ahead of any fault (each listed fault with the
 /// pages after it, see `PageServer::prefetch_step`); the others are
 /// populated like an `mmap` copy's. (Listing every resident served page
@@ -202,7 +204,8 @@ pub fn faults_then_resident(
     let mut out = faults;
     out.extend(resident.into_iter().filter(|&p| {
         let page = p & !(PAGE_SIZE - 1);
-        seen.binary_search(&page).is_err() && !lazy(page) && p & INVOKED != 0
+        let written_at_restore = p & (WRITTEN | INVOKED) == WRITTEN;
+        seen.binary_search(&page).is_err() && !lazy(page) && !written_at_restore
     }));
     out
 }
@@ -357,21 +360,32 @@ pub fn reads_wanted() -> bool {
 }
 
 /// What a copy restored in `mode` gets of the recorded working set: all of
-/// it. `uffd` copies prefetch it; `mmap` copies populate the pages written
-/// (see [`populate_ranges`]), unless the server runs with
+/// it. `uffd` copies prefetch it; `mmap` copies populate every recorded
+/// page: the written ones for writing, the others for reading (each tagged
+/// [`INVOKED`] here, see [`populate_ranges`]), unless the server runs with
 /// `THAW_POPULATE=0` (for measuring with and without).
 ///
-/// `THAW_POPULATE=written` leaves out the [`INVOKED`] reads (only the
-/// written pages are populated, as before that tag existed).
+/// The pages the `restored` exchange read (reseeding: Python's `random`,
+/// `hashlib`, numpy's generator; resident before the first invocation, so
+/// not tagged [`INVOKED`] when recorded) are populated too: left to the
+/// copy's own faults they made that exchange the largest part of a claimed
+/// pre-mapped spare's cold start (numpy-pandas, 2026-12-07: `restored`
+/// 1.0-1.5 ms against 0.43-0.53 ms with them populated, the claim's start
+/// 1.45 -> 0.86 ms, bursts of 16: last answer 18.2 -> 13.1 ms, medians of
+/// interleaved runs).
+///
+/// `THAW_POPULATE=invoked` populates for reading only the [`INVOKED`]
+/// pages (the first invocation's, as before); `THAW_POPULATE=written`
+/// leaves out every read (only the written pages are populated, as before
+/// that tag existed).
 pub fn for_mode(pages: &[u64], mode: super::Mode) -> Vec<u64> {
     let populate = std::env::var("THAW_POPULATE").ok();
-    if mode == super::Mode::Mmap && populate.as_deref() == Some("0") {
-        return Vec::new();
+    match (mode, populate.as_deref()) {
+        (super::Mode::Mmap, Some("0")) => Vec::new(),
+        (_, Some("written")) => pages.iter().map(|p| p & !INVOKED).collect(),
+        (_, None | Some("all")) => pages.iter().map(|p| p | INVOKED).collect(),
+        _ => pages.to_vec(),
     }
-    if populate.as_deref() == Some("written") {
-        return pages.iter().map(|p| p & !INVOKED).collect();
-    }
-    pages.to_vec()
 }
 
 /// The working-set file of snapshot `id`.
@@ -575,7 +589,7 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn a_uffd_working_set_lists_its_faults_first_then_the_files_invoked_pages() {
+    fn a_uffd_working_set_lists_its_faults_first_then_the_files_pages_read_since_the_restore() {
         let areas = vec![
             area(0x10000, 0x14000, AreaKind::Anonymous, true),
             area(0x14000, 0x18000, AreaKind::FileUnchanged, false),
@@ -587,15 +601,24 @@ pub(super) mod tests {
             0x11000 | WRITTEN,
             0x12000 | INVOKED,
             0x13000,
-            // A file's pages: those the invocation brought in, not the
-            // others (written before it: written in at restore).
+            // A file's pages: those the `restored` exchange read (resident
+            // before the invocation, not written) and those the invocation
+            // brought in, not the others (written before it: written in
+            // at restore).
             0x14000,
             0x15000 | INVOKED,
             0x16000 | WRITTEN,
+            0x17000 | WRITTEN | INVOKED,
         ];
         assert_eq!(
             faults_then_resident(faults, resident, &areas),
-            vec![0x13000, 0x11000, 0x15000 | INVOKED]
+            vec![
+                0x13000,
+                0x11000,
+                0x14000,
+                0x15000 | INVOKED,
+                0x17000 | WRITTEN | INVOKED
+            ]
         );
     }
 
