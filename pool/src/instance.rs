@@ -1023,6 +1023,22 @@ impl Stub {
         self.premap_estimate
     }
 
+    /// Whether the copy is pre-mapped: its claim may then take a
+    /// [`Stub::linger`] gate.
+    pub fn premapped(&self) -> bool {
+        matches!(self.copy, StubCopy::Premapped(_))
+    }
+
+    /// Holds the clean-up of a pre-mapped copy's thread after its claim
+    /// (the stub's files closed, the thread ended) until `gate` opens (see
+    /// [`crate::restore::premap::Linger`]). No effect on a copy that is not
+    /// pre-mapped.
+    pub fn linger(&mut self, gate: crate::restore::premap::Linger) {
+        if let StubCopy::Premapped(copy) = &mut self.copy {
+            copy.linger(gate);
+        }
+    }
+
     /// Whether this stub's copy is one [`Stub::premap`] pre-maps: pre-maps
     /// on, a single process restored from the local store in `mmap` mode,
     /// not recording its working set exactly, and not pre-mapped yet.

@@ -662,6 +662,18 @@ impl Pool {
             };
             let claim = started.elapsed();
             let id = stub.id().to_string();
+            let mut stub = stub;
+            if stub.premapped() && crate::restore::premap::linger_wanted() {
+                // The pre-map thread's clean-up after the claim waits with
+                // the pool's other background work (`defer`).
+                let (release, gate) = crate::restore::premap::linger();
+                stub.linger(gate);
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    pool.after_cold_starts().await;
+                    drop(release);
+                });
+            }
             match stub.restore(restorer, self.config.init_timeout).await {
                 Ok((instance, mut phases)) => {
                     phases.claim = claim;

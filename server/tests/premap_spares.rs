@@ -190,6 +190,20 @@ async fn a_premapped_spare_answers_with_the_snapshot_state_and_a_fresh_seed() {
     }
     assert_ne!(answers[0]["fresh"], answers[1]["fresh"], "{answers:?}");
     assert_ne!(answers[1]["fresh"], answers[2]["fresh"], "{answers:?}");
+    if premap_on() {
+        // A claimed copy's thread cleans up once no cold start is in
+        // flight (`premap::Linger`): then only the spares' threads are left.
+        server.wait_spares("seeded", 2).await;
+        let t0 = Instant::now();
+        while premap_threads(&server) != 2 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "claimed copies' threads never ended: {} threads for 2 spares",
+                premap_threads(&server)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     // A warm call of a pre-mapped copy goes on from its state.
     let a = server.invoke("seeded", json!({})).await;
     assert_eq!(a.status, 200, "{}", a.text());

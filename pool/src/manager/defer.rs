@@ -10,6 +10,8 @@
 //! * launching spares (the refill, [`super::spares`]),
 //! * the periodic memory measurement of live sandboxes (skipped by a tick
 //!   that finds cold starts in flight; the next one does it),
+//! * the clean-up of a claimed pre-mapped copy's thread (its files closed,
+//!   the thread ended: [`crate::restore::premap::Linger`]),
 //! * pre-mapping a spare ([`crate::restore::premap`]), which also waits
 //!   when a cold start of the busy period missed a spare (see
 //!   [`premap_held_until`]); the spare is kept, claimable, meanwhile.

@@ -112,12 +112,40 @@ pub struct PremappedCopy {
     claims: Option<mpsc::Sender<Claim>>,
     thread: Option<std::thread::JoinHandle<()>>,
     state: Arc<AtomicU8>,
+    linger: Option<Linger>,
 }
 
 /// A claim sent to the thread.
 struct Claim {
     sent: Instant,
     reply: tokio::sync::oneshot::Sender<Result<Claimed, RestoreError>>,
+    linger: Option<Linger>,
+}
+
+/// Given to a claim ([`PremappedCopy::linger`]): once the thread has
+/// answered, it keeps what it owns (the stub's files, the restore's plan
+/// and scratch) and itself until the gate opens (its [`LingerRelease`]
+/// dropped), so that closing ~90 descriptors, freeing and ending the
+/// thread do not take CPU from the cold starts in flight (a burst: the
+/// pool opens it with its other held work, [`crate::manager`]'s `defer`).
+#[derive(Debug)]
+pub struct Linger(mpsc::Receiver<()>);
+
+/// Opens a [`Linger`] gate when dropped.
+#[derive(Debug)]
+pub struct LingerRelease(#[allow(dead_code)] mpsc::Sender<()>);
+
+/// Whether claims hold their thread's clean-up ([`Linger`]): by default;
+/// `THAW_PREMAP_LINGER=0` in the server's environment cleans up at once
+/// (as before, for A/B measurements).
+pub fn linger_wanted() -> bool {
+    std::env::var_os("THAW_PREMAP_LINGER").is_none_or(|v| v != "0")
+}
+
+/// A closed gate and what opens it.
+pub fn linger() -> (LingerRelease, Linger) {
+    let (tx, rx) = mpsc::channel();
+    (LingerRelease(tx), Linger(rx))
 }
 
 /// What the claim of a pre-mapped copy took.
@@ -183,6 +211,7 @@ impl PremappedCopy {
             claims: Some(claims),
             thread: Some(thread),
             state,
+            linger: None,
         })
     }
 
@@ -200,7 +229,8 @@ impl PremappedCopy {
 
     /// Finishes the copy: what the pre-map left of steps 2-9 and the
     /// resume, on its thread, after the pre-map if that is still running.
-    /// On an error the stub is dead.
+    /// On an error the stub is dead. The thread's clean-up waits for the
+    /// gate given by [`PremappedCopy::linger`], if any.
     pub async fn claim(mut self) -> Result<Claimed, RestoreError> {
         let waited = self.state.load(Ordering::Acquire) == MAPPING;
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -208,6 +238,7 @@ impl PremappedCopy {
         let sent = claims.send(Claim {
             sent: Instant::now(),
             reply,
+            linger: self.linger.take(),
         });
         drop(claims);
         if sent.is_err() {
@@ -220,6 +251,12 @@ impl PremappedCopy {
         // The thread ends once it has answered.
         self.thread.take();
         Ok(claimed)
+    }
+
+    /// Makes the thread's clean-up after the claim wait for `gate` (see
+    /// [`Linger`]).
+    pub fn linger(&mut self, gate: Linger) {
+        self.linger = Some(gate);
     }
 
     /// Ends the thread and waits for it: the stub is killed and its death
@@ -372,6 +409,10 @@ impl Job {
         // A claim given up (its request gone) leaves a running copy in its
         // sandbox, which the sandbox's teardown ends.
         let _ = claim.reply.send(answer);
+        if let Some(Linger(gate)) = claim.linger {
+            // Returns once the sender is dropped (it never sends).
+            let _ = gate.recv();
+        }
     }
 }
 
