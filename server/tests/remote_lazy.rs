@@ -32,8 +32,9 @@ fn prefix(key: &str) -> String {
 }
 
 /// 4 MiB of random bytes it reads on every command ("hot"), 16 MiB it
-/// reads only on `a` ("cold"); prints digests, waits for one byte on
-/// stdin: `h` prints the hot digest, `a` both.
+/// reads only on `a` and `d` ("cold"); prints digests, waits for one byte
+/// on stdin: `h` prints the hot digest, `a` both, `d` both after reading
+/// the cold bytes one per page from the last page down.
 const PROGRAM: &str = r#"
 import hashlib, os, sys
 hot = bytearray(os.urandom(4 << 20))
@@ -43,7 +44,11 @@ def h(b):
 sys.stdout.write("ready " + h(hot) + " " + h(cold) + "\n")
 sys.stdout.flush()
 c = sys.stdin.read(1)
-sys.stdout.write(h(hot) + (" " + h(cold) if c == "a" else "") + "\n")
+if c == "d":
+    x = 0
+    for i in range(len(cold) - 4096, -1, -4096):
+        x ^= cold[i]
+sys.stdout.write(h(hot) + (" " + h(cold) if c in "ad" else "") + "\n")
 sys.stdout.flush()
 "#;
 
@@ -234,6 +239,38 @@ fn a_copy_restores_from_the_bucket_into_an_empty_store_and_the_rest_follows() {
         assert!(copy.code == 0, "{}", copy.log);
         assert_eq!(copy.printed.trim(), format!("{hot} {cold}"), "local {mode}");
     }
+}
+
+#[test]
+fn a_copy_reading_downwards_fetches_runs_below_its_faults() {
+    let g = match prerequisites() {
+        Ok(g) => g,
+        Err(why) => skip!("{why}"),
+    };
+    let env = g.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, d) = (tmp.path().join("a"), tmp.path().join("d"));
+    let (hot, cold) = capture(&a);
+    let key = new_key();
+    push(&env, &key, "py", &a);
+
+    let run = lazy_restore(&env, &key, &d, "py", "d");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.printed, format!("{hot} {cold}"), "{}", run.stderr);
+    let report = run.report.expect("a report on stderr");
+    // The cold 16 MiB read from its last page down: a fault whose next
+    // page is in the image fetches the 128 pages below it, so about one
+    // fetch per 128 pages as upwards (with THAW_LAZY_FETCH_UP=1 each
+    // fault fetched its own page alone: ~4,096 fetches).
+    let n = |v: &Value| v.as_u64().unwrap();
+    let fetches_after = n(&report["fetches"]) - n(&report["at_resume"]["fetches"]);
+    let pages_after = n(&report["pages_fetched"]) - n(&report["at_resume"]["pages_fetched"]);
+    println!("after the resume: {fetches_after} fetches, {pages_after} pages");
+    assert!(pages_after >= 4096, "the cold 16 MiB: {report}");
+    assert!(
+        fetches_after * 64 <= pages_after,
+        "{fetches_after} fetches for {pages_after} pages after the resume: {report}"
+    );
 }
 
 #[test]

@@ -81,6 +81,54 @@ pub fn fetch_around() -> usize {
     })
 }
 
+/// `THAW_LAZY_FETCH_UP=1`: a fault's fetch always takes the pages after
+/// its run, never before (the way before 2026-12-07, for A/B
+/// measurements).
+pub const ENV_FETCH_UP: &str = "THAW_LAZY_FETCH_UP";
+
+/// Whether [`ENV_FETCH_UP`] is set (read once).
+fn only_up() -> bool {
+    static VALUE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VALUE.get_or_init(|| std::env::var_os(ENV_FETCH_UP).is_some_and(|v| v == "1"))
+}
+
+/// Which way a fault's fetch extends its run ([`fetch_window`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// The pages after the run (the copy reads upwards).
+    Up,
+    /// The pages before it (downwards).
+    Down,
+    /// Half of the window each side.
+    Both,
+}
+
+/// The pages (indices into an area of `len` pages) a fault's fetch asks
+/// for: the run `index..index + count` and, to `around` pages in all
+/// (never fewer than the run), pages of the area on the side `direction`
+/// says, clipped to the area (what its first page cuts off the side
+/// before goes after the run instead).
+pub(crate) fn fetch_window(
+    index: usize,
+    count: usize,
+    len: usize,
+    around: usize,
+    direction: Direction,
+) -> std::ops::Range<usize> {
+    let end_of_run = (index + count).min(len);
+    let extra = around.saturating_sub(count);
+    let before = match direction {
+        Direction::Up => 0,
+        Direction::Down => extra,
+        Direction::Both => extra / 2,
+    };
+    let start = index.saturating_sub(before);
+    // What the start could not take (the area's first page) goes after.
+    let after = extra - (index - start);
+    let end = (end_of_run + after).min(len);
+    start..end
+}
+
 /// What the fetching of one lazy restore did (the source counts bytes and
 /// requests; see its own report).
 #[derive(Debug, Default)]
@@ -341,11 +389,16 @@ impl LazyPages {
     }
 
     /// [`Self::ensure`] for the run of `count` pages at page `index` of
-    /// area `area` that a fault needs, and the area's pages after it up to
-    /// [`fetch_around`] in all: one fetch costs a round trip to the store
-    /// (tens of ms), a page more in it 4 KiB of the same read, and a copy
-    /// without a working set touches its memory in runs (the rest of the
-    /// snapshot follows in the background anyway).
+    /// area `area` that a fault needs, and pages of the area around it up
+    /// to [`fetch_around`] in all: one fetch costs a round trip to the
+    /// store (milliseconds), a page more in it 4 KiB of the same read, and
+    /// a copy touches its memory in runs (the rest of the snapshot follows
+    /// in the background anyway). Which pages, as a readahead guesses a
+    /// direction ([`fetch_window`]): after the run when the page before it
+    /// was fetched already (a copy reading upwards), before it when the
+    /// page after it was (downwards), half each side when neither (a touch
+    /// of its own: numpy-pandas's faults after its first fetch land 1-60
+    /// pages either side of pages the working set holds).
     ///
     /// A faulting page already in the image (fetched with the first fetch,
     /// or by an earlier fault's run) costs no fetch: the run shrinks to the
@@ -359,8 +412,16 @@ impl LazyPages {
     ) -> Result<usize, PageSourceError> {
         if self.missing(area, index) {
             let len = self.image.hashes.get(self.base + area).map_or(0, Vec::len);
-            let end = (index + count.max(fetch_around())).min(len);
-            let pages: Vec<(usize, usize)> = (index..end).map(|i| (area, i)).collect();
+            let fetched = |i: usize| self.image.fetched_at(self.base + area, i);
+            let direction = if only_up() || (index > 0 && fetched(index - 1)) {
+                Direction::Up
+            } else if fetched(index + count) {
+                Direction::Down
+            } else {
+                Direction::Both
+            };
+            let window = fetch_window(index, count, len, fetch_around(), direction);
+            let pages: Vec<(usize, usize)> = window.map(|i| (area, i)).collect();
             self.ensure(&pages)?;
         }
         Ok((0..count)
@@ -599,6 +660,13 @@ impl LazyImage {
     }
 
     /// [`LazyPages::missing`] by the image's area index.
+    /// Whether page `index` of area `area` is a stored page the image
+    /// holds now (fetched, or taken from the local store).
+    fn fetched_at(&self, area: usize, index: usize) -> bool {
+        self.hashes[area].get(index).is_some_and(|h| h.is_some())
+            && self.present[area][index].load(Ordering::Acquire)
+    }
+
     fn missing_at(&self, area: usize, index: usize) -> bool {
         self.hashes[area].get(index).is_some_and(|h| h.is_some())
             && !self.present[area][index].load(Ordering::Acquire)
@@ -797,4 +865,36 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         next = e.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fetch_window, Direction};
+
+    #[test]
+    fn a_fault_reading_upwards_fetches_after_its_run() {
+        assert_eq!(fetch_window(100, 4, 1000, 128, Direction::Up), 100..228);
+        // Clipped at the area's end.
+        assert_eq!(fetch_window(950, 4, 1000, 128, Direction::Up), 950..1000);
+    }
+
+    #[test]
+    fn a_fault_reading_downwards_fetches_before_its_run() {
+        assert_eq!(fetch_window(500, 1, 1000, 128, Direction::Down), 373..501);
+        // What the area's first page cuts off goes after the run.
+        assert_eq!(fetch_window(10, 1, 1000, 128, Direction::Down), 0..128);
+    }
+
+    #[test]
+    fn a_fault_of_its_own_fetches_both_sides() {
+        assert_eq!(fetch_window(500, 1, 1000, 128, Direction::Both), 437..565);
+        assert_eq!(fetch_window(20, 1, 1000, 128, Direction::Both), 0..128);
+        assert_eq!(fetch_window(990, 1, 1000, 128, Direction::Both), 927..1000);
+    }
+
+    #[test]
+    fn a_run_longer_than_the_window_is_fetched_whole() {
+        assert_eq!(fetch_window(100, 300, 1000, 128, Direction::Both), 100..400);
+        assert_eq!(fetch_window(900, 300, 1000, 128, Direction::Down), 900..1000);
+    }
 }
