@@ -422,6 +422,13 @@ impl Instance {
             // A lazy copy's working set is the store's.
             let recorded = if restorer.is_lazy(&snapshot.id) {
                 true
+            } else if self.record_exactly {
+                // Recorded exactly (at deploy): the fetch set, apart from
+                // the local copies' working set.
+                let (r, id) = (restorer.clone(), snapshot.id.clone());
+                tokio::task::spawn_blocking(move || r.has_fetch_set(&id))
+                    .await
+                    .unwrap_or(true)
             } else {
                 match restorer.has_working_set_cached(&snapshot.id) {
                     Some(known) => known,
@@ -639,6 +646,9 @@ impl Instance {
     /// while it waits, those not in
     /// `resident_before` (read when the invocation began) tagged
     /// [`crate::restore::working_set::INVOKED`]. Written in the background.
+    /// A copy recording exactly (the deploy's, [`Stub::record_exactly`])
+    /// writes the snapshot's fetch set instead
+    /// ([`crate::restore::working_set::fetch_path`]).
     fn record_working_set(
         &mut self,
         resident_before: Option<Vec<u64>>,
@@ -677,8 +687,22 @@ impl Instance {
             }
             None => resident,
         };
+        let exact = self.record_exactly;
         Some(tokio::task::spawn_blocking(move || {
             let count = pages.len();
+            if exact {
+                return match restorer.record_fetch_set(&id, pages) {
+                    Ok(true) => {
+                        tracing::info!(snapshot = %id, pages = count, "fetch set recorded");
+                        Some(count)
+                    }
+                    Ok(false) => None,
+                    Err(err) => {
+                        tracing::warn!(snapshot = %id, %err, "recording the fetch set failed");
+                        None
+                    }
+                };
+            }
             match restorer.record_working_set(&id, pages) {
                 Ok(true) => {
                     tracing::info!(snapshot = %id, pages = count, "working set recorded");

@@ -713,11 +713,13 @@ impl Pool {
     /// deploy"): one copy restored in `uffd` mode whatever the version's
     /// memory mode, its page server filling each fault's page only
     /// ([`Stub::record_exactly`]), runs `invocations` (the warm-up events),
-    /// has its working set written, and is torn down. Within the memory
-    /// budget like any start; never counted as a restore failure nor
-    /// handed to the rebuild hook (the caller logs what failed).
-    /// `Ok(Some(pages))`: the pages written; `Ok(None)`: the snapshot had a
-    /// working set already.
+    /// has what it touched written as the snapshot's fetch set
+    /// ([`crate::restore::working_set::fetch_path`]: the bucket's, not
+    /// local copies' plan: they record their own), and is torn down.
+    /// Within the memory budget like any start; never counted as a restore
+    /// failure nor handed to the rebuild hook (the caller logs what
+    /// failed). `Ok(Some(pages))`: the pages written; `Ok(None)`: the
+    /// snapshot had a fetch set already.
     pub async fn record_working_set(
         &self,
         key: &FunctionKey,

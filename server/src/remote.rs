@@ -79,12 +79,27 @@ pub fn code_tar(code_dir: &Path, layer: Option<&crate::build::layer::LayerRef>) 
 }
 
 /// The snapshot of `id` in a data directory (or a `thaw snapshot` folder).
+/// Its working set as far as the bucket goes is its fetch set when it has
+/// one (recorded exactly at deploy), else the working set its copies
+/// recorded (`pool::restore::working_set`); a pull writes the bucket's
+/// there.
 pub fn local_snapshot(store: Arc<PageStore>, snapshots_dir: &Path, id: &str) -> LocalSnapshot {
     LocalSnapshot {
         store,
-        working_set: pool::restore::working_set::path(snapshots_dir, id),
+        working_set: bucket_working_set(snapshots_dir, id),
         snapshots_dir: snapshots_dir.to_path_buf(),
         id: id.to_string(),
+    }
+}
+
+/// The file of snapshot `id`'s working set that goes up to the bucket:
+/// its fetch set when it has one, else its working set.
+fn bucket_working_set(snapshots_dir: &Path, id: &str) -> std::path::PathBuf {
+    let fetch = pool::restore::working_set::fetch_path(snapshots_dir, id);
+    if fetch.exists() {
+        fetch
+    } else {
+        pool::restore::working_set::path(snapshots_dir, id)
     }
 }
 
@@ -166,8 +181,7 @@ impl Uploader {
             .in_flight
             .insert(v.snapshot.clone());
         tokio::spawn(async move {
-            let with_working_set =
-                pool::restore::working_set::path(&this.snapshots_dir, &v.snapshot).exists();
+            let with_working_set = bucket_working_set(&this.snapshots_dir, &v.snapshot).exists();
             let result = this.upload(&v).await;
             {
                 let mut w = this.working_sets.lock().unwrap();

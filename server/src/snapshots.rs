@@ -102,6 +102,7 @@ pub fn take(
 pub fn remove(store: &PageStore, dir: &Path, id: &str) {
     let _ = std::fs::remove_file(manifest_path(dir, id));
     let _ = std::fs::remove_file(pool::restore::working_set::path(dir, id));
+    let _ = std::fs::remove_file(pool::restore::working_set::fetch_path(dir, id));
     if let Err(e) = store.remove_snapshot(id) {
         tracing::warn!(snapshot = %id, error = %e, "removing the snapshot root failed");
     }

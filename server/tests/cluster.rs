@@ -661,7 +661,8 @@ fn hot_and_cold(name: &str) -> serde_json::Value {
 /// Issue 18, a working set recorded at deploy: A (mmap mode) deploys a
 /// function and never invokes it; the bucket holds the working set A's
 /// deploy recorded (a uffd copy replaying the warm-up event: the hot 4 MiB
-/// in it, not the cold 32 MiB), the same as A's local one; B's first lazy
+/// in it, not the cold 32 MiB), A's fetch set, not the set A's own copies
+/// use (they record theirs); B's first lazy
 /// restore fetches it before its copy resumes and answers from the
 /// snapshot's state, and everything B's copy fetched is at most twice the
 /// set's stored bytes (the 32 MiB stay in the bucket).
@@ -695,12 +696,16 @@ async fn a_working_set_recorded_at_deploy_is_fetched_first_by_a_reader() {
         .await
         .unwrap()
         .expect("the bucket holds the working set recorded at deploy");
-    let local = a.data.join("snapshots").join(format!("{id}.workingset"));
+    // Written as A's fetch set, not as the plan of A's own copies (they
+    // record theirs from their first invocation, below).
+    let local = a.data.join("snapshots").join(format!("{id}.fetchset"));
+    let own = a.data.join("snapshots").join(format!("{id}.workingset"));
     assert_eq!(
         std::fs::read(&local).unwrap(),
         bytes,
-        "the bucket's working set is A's"
+        "the bucket's working set is A's fetch set"
     );
+    assert!(!own.exists(), "no copy of f ran on A yet");
     let pages = pool::restore::working_set::decode(&bytes, &local).unwrap();
     assert!(
         pages.len() >= 1024,
@@ -757,10 +762,32 @@ async fn a_working_set_recorded_at_deploy_is_fetched_first_by_a_reader() {
     );
     assert_eq!(boots(&b, "f").await, Vec::<String>::new(), "B booted f");
 
-    // The snapshot's state: A's own forced restore answers the same.
+    // The snapshot's state: A's own forced restore answers the same, and
+    // its copy records A's working set (fault-around and all), apart from
+    // the fetch set, which stays the bucket's.
     let on_a = restore(&a, "f").await;
     assert_eq!(on_a.status, 200, "{}", on_a.text());
     assert_eq!(on_a.json()["born"], r.json()["born"]);
+    wait_for(
+        "A's copy recorded A's own working set",
+        Duration::from_secs(30),
+        async || own.exists(),
+    )
+    .await;
+    let own_pages =
+        pool::restore::working_set::decode(&std::fs::read(&own).unwrap(), &own).unwrap();
+    assert_ne!(
+        own_pages, pages,
+        "A's copies' set is their own, not the fetch set"
+    );
+    // The writer's publisher (every 2 s) does not send it up in its place.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let bytes_now = remote
+        .get_blob(Kind::WorkingSet, id.as_bytes())
+        .await
+        .unwrap()
+        .expect("the bucket still holds a working set");
+    assert_eq!(bytes_now, bytes, "the bucket's set is still the fetch set");
     let mut b = b;
     b.stop();
     a.stop();

@@ -895,6 +895,9 @@ mod tests {
     #[test]
     fn a_run_longer_than_the_window_is_fetched_whole() {
         assert_eq!(fetch_window(100, 300, 1000, 128, Direction::Both), 100..400);
-        assert_eq!(fetch_window(900, 300, 1000, 128, Direction::Down), 900..1000);
+        assert_eq!(
+            fetch_window(900, 300, 1000, 128, Direction::Down),
+            900..1000
+        );
     }
 }

@@ -347,6 +347,29 @@ impl SnapshotRestorer {
         Ok(true)
     }
 
+    /// Records `pages` as the fetch set of snapshot `id`
+    /// ([`working_set::fetch_path`]: what a shared store's lazy restores
+    /// fetch first), unless it has one. Blocking (writes and fsyncs).
+    /// Returns whether it was written. Local copies never use it.
+    pub fn record_fetch_set(
+        &self,
+        id: &str,
+        pages: Vec<u64>,
+    ) -> Result<bool, working_set::WorkingSetError> {
+        let path = working_set::fetch_path(&self.snapshots_dir, id);
+        if pages.is_empty() || path.exists() {
+            return Ok(false);
+        }
+        working_set::save(&path, &pages)?;
+        Ok(true)
+    }
+
+    /// Whether snapshot `id` has a fetch set ([`Self::record_fetch_set`]).
+    /// Blocking (a file's metadata).
+    pub fn has_fetch_set(&self, id: &str) -> bool {
+        working_set::fetch_path(&self.snapshots_dir, id).exists()
+    }
+
     /// Loads the snapshot, opens its image and makes the copy's kernel
     /// objects. Blocking. The stub sandbox then opens
     /// [`PreparedCopy::open_files`], and [`PreparedCopy::adopt`] checks them.

@@ -388,9 +388,23 @@ pub fn for_mode(pages: &[u64], mode: super::Mode) -> Vec<u64> {
     }
 }
 
-/// The working-set file of snapshot `id`.
+/// The working-set file of snapshot `id`: the plan local copies
+/// prefetch or populate (recorded by the first copy that served an
+/// invocation, fault-around and all).
 pub fn path(snapshots_dir: &Path, id: &str) -> PathBuf {
     snapshots_dir.join(format!("{id}.workingset"))
+}
+
+/// The fetch-set file of snapshot `id` (same format): a working set
+/// recorded exactly at deploy on the writer of a shared store (every
+/// page a replay of the warm-up events touched, no fault-around, the
+/// zero pages written tagged), the set that goes up to the bucket for
+/// lazy restores' first fetch. Not a plan for local copies: without the
+/// neighbours the kernel's fault-around maps and without the non-zero
+/// pages written tagged, an `mmap` copy's first invocation ran ×2.5
+/// slower with it (docs/cluster.md, "A working set recorded at deploy").
+pub fn fetch_path(snapshots_dir: &Path, id: &str) -> PathBuf {
+    snapshots_dir.join(format!("{id}.fetchset"))
 }
 
 /// Encodes `pages` (see the module doc).
