@@ -92,6 +92,17 @@ pub fn local_snapshot(store: Arc<PageStore>, snapshots_dir: &Path, id: &str) -> 
     }
 }
 
+/// The snapshot of `id` in the server's data directory as its pulls
+/// write it: the bucket's working set becomes its fetch set, never the
+/// plan of this node's copies (they record their own from their first
+/// invocation: see `crate::deploy_working_set`).
+pub fn pull_target(store: Arc<PageStore>, snapshots_dir: &Path, id: &str) -> LocalSnapshot {
+    LocalSnapshot {
+        working_set: pool::restore::working_set::fetch_path(snapshots_dir, id),
+        ..local_snapshot(store, snapshots_dir, id)
+    }
+}
+
 /// The file of snapshot `id`'s working set that goes up to the bucket:
 /// its fetch set when it has one, else its working set.
 fn bucket_working_set(snapshots_dir: &Path, id: &str) -> std::path::PathBuf {

@@ -788,6 +788,27 @@ async fn a_working_set_recorded_at_deploy_is_fetched_first_by_a_reader() {
         .unwrap()
         .expect("the bucket still holds a working set");
     assert_eq!(bytes_now, bytes, "the bucket's set is still the fetch set");
+
+    // B's completion writes the bucket's set as B's fetch set; B's local
+    // copies record their own.
+    let b_fetch = b.data.join("snapshots").join(format!("{id}.fetchset"));
+    let b_own = b.data.join("snapshots").join(format!("{id}.workingset"));
+    wait_for(
+        "B completed f locally",
+        Duration::from_secs(120),
+        async || std::fs::read(&b_fetch).is_ok_and(|f| f == bytes),
+    )
+    .await;
+    assert!(!b_own.exists(), "no local copy of f ran on B yet");
+    let local_b = restore(&b, "f").await;
+    assert_eq!(local_b.status, 200, "{}", local_b.text());
+    assert_eq!(local_b.json()["born"], r.json()["born"]);
+    wait_for(
+        "B's local copy recorded B's own working set",
+        Duration::from_secs(30),
+        async || b_own.exists(),
+    )
+    .await;
     let mut b = b;
     b.stop();
     a.stop();

@@ -366,8 +366,7 @@ impl Cluster {
             }
             let result = {
                 let _one = PULLS.lock().await;
-                let local =
-                    crate::remote::local_snapshot(self.store.clone(), &self.snapshots_dir, id);
+                let local = crate::remote::pull_target(self.store.clone(), &self.snapshots_dir, id);
                 source.complete(&local).await
             };
             let ok = result.is_ok();
@@ -437,7 +436,7 @@ impl Cluster {
     async fn pull(self: &Arc<Self>, id: &str, on_change: OnChange) {
         let result = {
             let _one = PULLS.lock().await;
-            let local = crate::remote::local_snapshot(self.store.clone(), &self.snapshots_dir, id);
+            let local = crate::remote::pull_target(self.store.clone(), &self.snapshots_dir, id);
             remote_store::pull_snapshot(&self.remote, id, &local).await
         };
         self.fetching.lock().unwrap().remove(id);
