@@ -96,6 +96,8 @@ const WAIT: Duration = Duration::from_secs(600);
 const LINE_LAZY: &str = "cold starts restore the snapshot lazily from the shared store";
 /// B's log line when a lazy copy resumed.
 const LINE_RESUMED: &str = "lazy restore: the copy resumed (pages from the shared store)";
+/// B's log line when a local copy recorded B's working set.
+const LINE_RECORDED: &str = "working set recorded";
 /// B's log line when the snapshot is complete locally.
 const LINE_COMPLETE: &str =
     "snapshot complete locally; cold starts restore it in the configured mode";
@@ -700,6 +702,10 @@ async fn one_round(
         // function before.
         settle(LOCAL_SPARES).await?;
         timed(ctx, &restore, "restore", "first local restore").await?;
+        // The spares pre-mapped before that set are replaced by ones that
+        // populate it ahead: the pool's refill plans every 0.5 s at most.
+        wait_line(reader, LINE_RECORDED, id).await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         settle(LOCAL_SPARES).await?;
         let local = timed(ctx, &restore, "restore", "local restore").await?;
         if metric(&api, "thaw_remote_lazy_restores_total{result=\"ok\"}").await? != lazy_after {
