@@ -179,12 +179,37 @@ fn push(env: &[(&'static str, String)], key: &str, name: &str, dir: &Path) -> Va
     )
 }
 
-#[test]
-fn a_copy_restores_from_the_bucket_into_an_empty_store_and_the_rest_follows() {
-    let g = match prerequisites() {
-        Ok(g) => g,
-        Err(why) => skip!("{why}"),
-    };
+/// That a lazy copy's report shows the cold 16 MiB fetched after its
+/// resume in runs: at least 64 pages a fetch on average.
+fn assert_cold_fetched_in_runs(report: &Value) {
+    let n = |v: &Value| v.as_u64().unwrap();
+    let fetches_after = n(&report["fetches"]) - n(&report["at_resume"]["fetches"]);
+    let pages_after = n(&report["pages_fetched"]) - n(&report["at_resume"]["pages_fetched"]);
+    println!("after the resume: {fetches_after} fetches, {pages_after} pages");
+    assert!(pages_after >= 4096, "the cold 16 MiB: {report}");
+    assert!(
+        fetches_after * 64 <= pages_after,
+        "{fetches_after} fetches for {pages_after} pages after the resume: {report}"
+    );
+}
+
+/// The program captured into a folder, pushed with a new key and
+/// restored lazily into an empty folder `d`, answering `command` with
+/// both digests.
+struct ColdRun {
+    g: Garage,
+    _tmp: tempfile::TempDir,
+    d: std::path::PathBuf,
+    hot: String,
+    cold: String,
+    /// Pages the push reported.
+    pages: u64,
+    report: Value,
+}
+
+/// [`ColdRun`] of `command` (`a` or `d`); `Err`: why the test cannot run.
+fn cold_run(command: &str) -> Result<ColdRun, String> {
+    let g = prerequisites()?;
     let env = g.env();
     let tmp = tempfile::tempdir().unwrap();
     let (a, d) = (tmp.path().join("a"), tmp.path().join("d"));
@@ -192,11 +217,35 @@ fn a_copy_restores_from_the_bucket_into_an_empty_store_and_the_rest_follows() {
     let key = new_key();
     let pushed = push(&env, &key, "py", &a);
     let pages = pushed["pages"].as_u64().unwrap();
-
-    let run = lazy_restore(&env, &key, &d, "py", "a");
+    let run = lazy_restore(&env, &key, &d, "py", command);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.printed, format!("{hot} {cold}"), "{}", run.stderr);
     let report = run.report.expect("a report on stderr");
+    Ok(ColdRun {
+        g,
+        _tmp: tmp,
+        d,
+        hot,
+        cold,
+        pages,
+        report,
+    })
+}
+
+#[test]
+fn a_copy_restores_from_the_bucket_into_an_empty_store_and_the_rest_follows() {
+    let ColdRun {
+        g,
+        _tmp,
+        d,
+        hot,
+        cold,
+        pages,
+        report,
+    } = match cold_run("a") {
+        Ok(run) => run,
+        Err(why) => skip!("{why}"),
+    };
     println!("lazy restore: {report}");
     assert!(report["pages_fetched"].as_u64().unwrap() > 5120, "{report}");
     // (A page held at two addresses may be fetched twice.)
@@ -210,15 +259,7 @@ fn a_copy_restores_from_the_bucket_into_an_empty_store_and_the_rest_follows() {
     // read in order costs about one fetch per 128 pages, not one per fault
     // (a fault copies FAULT_AROUND = 16 pages; each fetch is a store round
     // trip).
-    let n = |v: &Value| v.as_u64().unwrap();
-    let fetches_after = n(&report["fetches"]) - n(&report["at_resume"]["fetches"]);
-    let pages_after = n(&report["pages_fetched"]) - n(&report["at_resume"]["pages_fetched"]);
-    println!("after the resume: {fetches_after} fetches, {pages_after} pages");
-    assert!(pages_after >= 4096, "the cold 16 MiB: {report}");
-    assert!(
-        fetches_after * 64 <= pages_after,
-        "{fetches_after} fetches for {pages_after} pages after the resume: {report}"
-    );
+    assert_cold_fetched_in_runs(&report);
     assert_eq!(report["completed"], true, "{report}");
     assert_eq!(report["working_set_pages"], 0, "{report}");
     assert!(report["working_set_recorded"].as_u64().unwrap() > 5120);
@@ -243,34 +284,16 @@ fn a_copy_restores_from_the_bucket_into_an_empty_store_and_the_rest_follows() {
 
 #[test]
 fn a_copy_reading_downwards_fetches_runs_below_its_faults() {
-    let g = match prerequisites() {
-        Ok(g) => g,
+    let run = match cold_run("d") {
+        Ok(run) => run,
         Err(why) => skip!("{why}"),
     };
-    let env = g.env();
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, d) = (tmp.path().join("a"), tmp.path().join("d"));
-    let (hot, cold) = capture(&a);
-    let key = new_key();
-    push(&env, &key, "py", &a);
-
-    let run = lazy_restore(&env, &key, &d, "py", "d");
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.printed, format!("{hot} {cold}"), "{}", run.stderr);
-    let report = run.report.expect("a report on stderr");
+    let report = run.report;
     // The cold 16 MiB read from its last page down: a fault whose next
     // page is in the image fetches the 128 pages below it, so about one
     // fetch per 128 pages as upwards (with THAW_LAZY_FETCH_UP=1 each
     // fault fetched its own page alone: ~4,096 fetches).
-    let n = |v: &Value| v.as_u64().unwrap();
-    let fetches_after = n(&report["fetches"]) - n(&report["at_resume"]["fetches"]);
-    let pages_after = n(&report["pages_fetched"]) - n(&report["at_resume"]["pages_fetched"]);
-    println!("after the resume: {fetches_after} fetches, {pages_after} pages");
-    assert!(pages_after >= 4096, "the cold 16 MiB: {report}");
-    assert!(
-        fetches_after * 64 <= pages_after,
-        "{fetches_after} fetches for {pages_after} pages after the resume: {report}"
-    );
+    assert_cold_fetched_in_runs(&report);
 }
 
 #[test]
