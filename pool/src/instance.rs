@@ -690,27 +690,19 @@ impl Instance {
         let exact = self.record_exactly;
         Some(tokio::task::spawn_blocking(move || {
             let count = pages.len();
-            if exact {
-                return match restorer.record_fetch_set(&id, pages) {
-                    Ok(true) => {
-                        tracing::info!(snapshot = %id, pages = count, "fetch set recorded");
-                        Some(count)
-                    }
-                    Ok(false) => None,
-                    Err(err) => {
-                        tracing::warn!(snapshot = %id, %err, "recording the fetch set failed");
-                        None
-                    }
-                };
-            }
-            match restorer.record_working_set(&id, pages) {
+            let (written, what) = if exact {
+                (restorer.record_fetch_set(&id, pages), "fetch set")
+            } else {
+                (restorer.record_working_set(&id, pages), "working set")
+            };
+            match written {
                 Ok(true) => {
-                    tracing::info!(snapshot = %id, pages = count, "working set recorded");
+                    tracing::info!(snapshot = %id, pages = count, "{what} recorded");
                     Some(count)
                 }
                 Ok(false) => None,
                 Err(err) => {
-                    tracing::warn!(snapshot = %id, %err, "recording the working set failed");
+                    tracing::warn!(snapshot = %id, %err, "recording the {what} failed");
                     None
                 }
             }

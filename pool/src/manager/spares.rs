@@ -149,8 +149,6 @@ impl Pool {
         }
     }
 
-    /// Whether `stub` still fits how its snapshot restores: made lazily
-    /// while it restores lazily, from the local store while it is local.
     /// Whether `stub` is a spare to keep when the refill plans: current
     /// ([`Pool::spare_current`]), and not pre-mapped without a plan while
     /// its snapshot has a working set now (the first spares after a
@@ -168,6 +166,8 @@ impl Pool {
                     .is_some_and(|r| r.has_working_set_cached(stub.snapshot_id()) == Some(true)))
     }
 
+    /// Whether `stub` still fits how its snapshot restores: made lazily
+    /// while it restores lazily, from the local store while it is local.
     pub(super) fn spare_current(&self, stub: &Stub) -> bool {
         let lazy = self
             .config

@@ -659,17 +659,24 @@ impl LazyImage {
         Ok(rest)
     }
 
-    /// [`LazyPages::missing`] by the image's area index.
+    /// Whether page `index` of area `area` is a stored page (`Some`: one
+    /// the bucket holds) and, if so, whether the image holds it now.
+    fn stored_present(&self, area: usize, index: usize) -> Option<bool> {
+        self.hashes[area]
+            .get(index)
+            .is_some_and(|h| h.is_some())
+            .then(|| self.present[area][index].load(Ordering::Acquire))
+    }
+
     /// Whether page `index` of area `area` is a stored page the image
     /// holds now (fetched, or taken from the local store).
     fn fetched_at(&self, area: usize, index: usize) -> bool {
-        self.hashes[area].get(index).is_some_and(|h| h.is_some())
-            && self.present[area][index].load(Ordering::Acquire)
+        self.stored_present(area, index) == Some(true)
     }
 
+    /// [`LazyPages::missing`] by the image's area index.
     fn missing_at(&self, area: usize, index: usize) -> bool {
-        self.hashes[area].get(index).is_some_and(|h| h.is_some())
-            && !self.present[area][index].load(Ordering::Acquire)
+        self.stored_present(area, index) == Some(false)
     }
 
     /// [`LazyPages::ensure`] by the image's area indices.

@@ -227,9 +227,9 @@ impl PremappedCopy {
         self.state.load(Ordering::Acquire) == FAILED
     }
 
-    /// Whether the pre-map found no working set to populate ahead (the
-    /// first spares after a deploy, before a copy recorded one): its claim
-    /// populates on the request's path once one exists. Never blocks.
+    /// Whether the pre-map found no working set recorded (the first spares
+    /// after a deploy, before a copy recorded one): its claim populates on
+    /// the request's path once one exists. Never blocks.
     pub fn without_plan(&self) -> bool {
         self.planless.load(Ordering::Acquire)
     }
@@ -317,10 +317,13 @@ impl Job {
         let mut options = super::sandboxed::options(Vec::new());
         options.mode = Mode::Mmap;
         options.credentials = credentials;
-        if let Some(pages) = restorer.working_set(&snapshot.id) {
+        let recorded = restorer.working_set(&snapshot.id);
+        // No working set recorded yet (not: nothing to populate, which
+        // `THAW_POPULATE=0` makes of every set).
+        planless.store(recorded.is_none(), Ordering::Release);
+        if let Some(pages) = recorded {
             options.prefetch = working_set::for_mode(&pages, Mode::Mmap);
         }
-        planless.store(options.prefetch.is_empty(), Ordering::Release);
         let ctx = Driving {
             snapshot: &snapshot,
             view: ProcessView::root(&snapshot, &prepared.image),
