@@ -1039,12 +1039,6 @@ impl Stub {
         self.premap_estimate
     }
 
-    /// Whether the copy is pre-mapped without a working set to populate
-    /// ahead ([`crate::restore::premap::PremappedCopy::without_plan`]).
-    pub fn premapped_without_plan(&self) -> bool {
-        matches!(&self.copy, StubCopy::Premapped(copy) if copy.without_plan())
-    }
-
     /// Whether the copy is pre-mapped: its claim may then take a
     /// [`Stub::linger`] gate.
     pub fn premapped(&self) -> bool {

@@ -508,39 +508,3 @@ async fn timers_of_a_premapped_spare_count_from_its_claim() {
         );
     }
 }
-
-/// The first spares after a deploy are pre-mapped before any copy recorded
-/// a working set: nothing to populate ahead, so a claim would populate on
-/// the request's path. Once the first copy recorded the set, the refill
-/// trims them and pre-maps new spares with it.
-#[tokio::test]
-async fn spares_premapped_without_a_working_set_are_replaced_once_one_is_recorded() {
-    require_root!();
-    if !premap_on() {
-        eprintln!("pre-mapping is off (THAW_PREMAP_SPARES=0): nothing to replace");
-        return;
-    }
-    let server = Server::start(&["--allow-forced-cold"]);
-    let rec = server.deploy_ready(spec()).await;
-    server.wait_spares("seeded", 2).await;
-    let before = wait_premapped(&server, 2).await;
-    let a = forced_restore(&server).await;
-    assert_eq!(a.status, 200, "{}", a.text());
-    wait_working_set(&server, &rec).await;
-    // The refill plans at least every 500 ms.
-    let t0 = Instant::now();
-    loop {
-        let now = premapped_stubs(&server);
-        if now.len() == 2 && !now.iter().any(|p| before.contains(p)) {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the spares pre-mapped before the working set are still there: {before:?} then {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let b = forced_restore(&server).await;
-    assert_eq!(b.status, 200, "{}", b.text());
-    assert_eq!(b.header("x-thaw-spare"), "hit", "{}", b.text());
-}

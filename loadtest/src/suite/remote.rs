@@ -702,8 +702,8 @@ async fn one_round(
         // function before.
         settle(LOCAL_SPARES).await?;
         timed(ctx, &restore, "restore", "first local restore").await?;
-        // The spares pre-mapped before that set are replaced by ones that
-        // populate it ahead: the pool's refill plans every 0.5 s at most.
+        // The spare made for that copy's claim once the set is recorded
+        // populates it ahead, and claims take the newest spare first.
         wait_line(reader, LINE_RECORDED, id).await?;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         settle(LOCAL_SPARES).await?;

@@ -149,23 +149,6 @@ impl Pool {
         }
     }
 
-    /// Whether `stub` is a spare to keep when the refill plans: current
-    /// ([`Pool::spare_current`]), and not pre-mapped without a plan while
-    /// its snapshot has a working set now (the first spares after a
-    /// deploy, pre-mapped before a copy recorded the set: a claim would
-    /// populate on the request's path, ~2 ms for numpy-pandas, where a
-    /// spare pre-mapped now populates ahead). Such a spare is still
-    /// claimed when it is what there is; the plan trims and replaces it.
-    pub(super) fn spare_keep(&self, stub: &Stub) -> bool {
-        self.spare_current(stub)
-            && !(stub.premapped_without_plan()
-                && self
-                    .config
-                    .restorer
-                    .as_ref()
-                    .is_some_and(|r| r.has_working_set_cached(stub.snapshot_id()) == Some(true)))
-    }
-
     /// Whether `stub` still fits how its snapshot restores: made lazily
     /// while it restores lazily, from the local store while it is local.
     pub(super) fn spare_current(&self, stub: &Stub) -> bool {
@@ -290,7 +273,7 @@ impl Pool {
                 .map(|s| s.id.as_str());
             let (keep, stale): (Vec<Stub>, Vec<Stub>) = std::mem::take(list)
                 .into_iter()
-                .partition(|s| Some(s.snapshot_id()) == current && self.spare_keep(s));
+                .partition(|s| Some(s.snapshot_id()) == current && self.spare_current(s));
             *list = keep;
             plan.excess.extend(stale);
         }

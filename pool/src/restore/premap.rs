@@ -55,7 +55,7 @@
 //! whole copy, as before); `THAW_PREMAP_AHEAD=0` keeps the pre-map to
 //! step 1 (the claim runs steps 2-9, `set_process`).
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -112,9 +112,6 @@ pub struct PremappedCopy {
     claims: Option<mpsc::Sender<Claim>>,
     thread: Option<std::thread::JoinHandle<()>>,
     state: Arc<AtomicU8>,
-    /// Set by the thread when the snapshot had no working set to populate
-    /// ahead ([`PremappedCopy::without_plan`]).
-    planless: Arc<AtomicBool>,
     linger: Option<Linger>,
 }
 
@@ -198,7 +195,6 @@ impl PremappedCopy {
             .map_err(PremapError::NotPremappable)?;
         let (claims, received) = mpsc::channel();
         let state = Arc::new(AtomicU8::new(MAPPING));
-        let planless = Arc::new(AtomicBool::new(false));
         let job = Job {
             restorer,
             snapshot,
@@ -206,7 +202,6 @@ impl PremappedCopy {
             stub_pid,
             credentials,
             state: state.clone(),
-            planless: planless.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("thaw-premap".into())
@@ -216,7 +211,6 @@ impl PremappedCopy {
             claims: Some(claims),
             thread: Some(thread),
             state,
-            planless,
             linger: None,
         })
     }
@@ -225,13 +219,6 @@ impl PremappedCopy {
     /// use). Never blocks.
     pub fn failed(&self) -> bool {
         self.state.load(Ordering::Acquire) == FAILED
-    }
-
-    /// Whether the pre-map found no working set recorded (the first spares
-    /// after a deploy, before a copy recorded one): its claim populates on
-    /// the request's path once one exists. Never blocks.
-    pub fn without_plan(&self) -> bool {
-        self.planless.load(Ordering::Acquire)
     }
 
     /// Whether the pre-map is still running (or queued on its thread): a
@@ -298,7 +285,6 @@ struct Job {
     stub_pid: i32,
     credentials: Credentials,
     state: Arc<AtomicU8>,
-    planless: Arc<AtomicBool>,
 }
 
 impl Job {
@@ -311,7 +297,6 @@ impl Job {
             stub_pid,
             credentials,
             state,
-            planless,
         } = self;
         let started = Instant::now();
         let mut options = super::sandboxed::options(Vec::new());
@@ -319,8 +304,9 @@ impl Job {
         options.credentials = credentials;
         let recorded = restorer.working_set(&snapshot.id);
         // No working set recorded yet (not: nothing to populate, which
-        // `THAW_POPULATE=0` makes of every set).
-        planless.store(recorded.is_none(), Ordering::Release);
+        // `THAW_POPULATE=0` makes of every set): the claim populates it
+        // if one exists by then.
+        let planless = recorded.is_none();
         if let Some(pages) = recorded {
             options.prefetch = working_set::for_mode(&pages, Mode::Mmap);
         }
@@ -399,7 +385,7 @@ impl Job {
             // Mapped before its snapshot's working set was recorded (the
             // first spares after a deploy): populated now, as a copy
             // restored whole at the claim would be.
-            if options.prefetch.is_empty() {
+            if planless {
                 if let Some(pages) = restorer.working_set(&snapshot.id) {
                     let pages = working_set::for_mode(&pages, Mode::Mmap);
                     let started = Instant::now();
