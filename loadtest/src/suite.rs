@@ -62,6 +62,7 @@ pub mod coldstart;
 pub mod cpu;
 pub mod density;
 pub mod deploy;
+pub mod forkfloor;
 pub mod goals;
 pub mod machine;
 pub mod markdown;
@@ -214,6 +215,10 @@ pub struct Plan {
     pub restore_requests: u64,
     /// Forks per round of the fork floor.
     pub fork_iterations: u32,
+    /// Runs of the fork floor's cost (CPU per copy, [`forkfloor`]).
+    pub fork_cpu_runs: usize,
+    /// Forks per run of the fork floor's cost.
+    pub fork_cpu_forks: u32,
     /// Extra deploys of each function for the capture figures.
     pub capture_copies: usize,
     /// Idle booted instances held for density, per bench function.
@@ -245,6 +250,8 @@ impl Plan {
             boot_requests: 5,
             restore_requests: 10,
             fork_iterations: 30,
+            fork_cpu_runs: 3,
+            fork_cpu_forks: 200,
             capture_copies: 4,
             density: vec![40, 12],
             // numpy-pandas holds the goal's 1,000 copies (issue 16 goal 7).
@@ -267,6 +274,8 @@ impl Plan {
             boot_requests: 1,
             restore_requests: 2,
             fork_iterations: 3,
+            fork_cpu_runs: 1,
+            fork_cpu_forks: 3,
             capture_copies: 1,
             density: vec![2, 2],
             density_restored: vec![2, 2],
@@ -774,6 +783,11 @@ fn collect_figures(
             rate: r.rate(),
             failed: r.failed,
             cpu: r.cpu(),
+            fork: row
+                .fork
+                .as_ref()
+                .and_then(|f| f.as_ref().ok())
+                .map(|f| (f.cpu(), f.first_over_warm())),
         })
     };
     let numpy_cold = cold.iter().find(|r| r.function == GOAL_FUNCTION);

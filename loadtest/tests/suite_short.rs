@@ -66,6 +66,43 @@ fn fork_floor_prints_one_latency_per_fork() {
     assert!(values.iter().all(|v| *v > 0.0), "{text}");
 }
 
+/// `--summary-out` writes the CPU the forks cost and every child's handler
+/// time, as the suite reads them (`loadtest::suite::forkfloor::Summary`).
+#[test]
+fn fork_floor_writes_its_cpu_and_handler_times() {
+    if !Path::new(PYTHON).is_file() {
+        skip!("no {PYTHON}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("summary.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_thaw-fork-floor"))
+        .current_dir(repo())
+        .args(["--dir", "examples/hello", "--iterations", "5"])
+        .args(["--event", r#"{"name": "floor"}"#])
+        .arg("--summary-out")
+        .arg(&path)
+        .output()
+        .expect("run thaw-fork-floor");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+    let text = std::fs::read_to_string(&path).expect("the summary");
+    let summary: loadtest::suite::forkfloor::Summary =
+        serde_json::from_str(&text).expect("a summary");
+    assert_eq!(summary.forks, 5, "{text}");
+    assert_eq!(summary.child_handler_us.len(), 5, "{text}");
+    assert_eq!(summary.warm_handler_us.len(), 10, "{text}");
+    assert!(summary.child_handler_us.iter().all(|v| *v > 0.0), "{text}");
+    // Five forks of a python3 cost CPU in the parent (fork) and the
+    // children (their handler call and exit).
+    assert!(summary.parent_cpu_us > 0.0, "{text}");
+    assert!(summary.children_cpu_us > 0.0, "{text}");
+    assert!(summary.cpu_per_fork_us().unwrap() > 0.0, "{text}");
+}
+
 /// The numpy-pandas example needs its layer: `--pythonpath` gives it numpy
 /// and pandas from the package index (as the suite gives it the server's).
 #[test]

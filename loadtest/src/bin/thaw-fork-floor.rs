@@ -23,9 +23,18 @@
 //! deployed version (`<data>/functions/<name>/v<N>/code/.thaw/python`), so
 //! both import the same numpy and pandas.
 //!
-//! The answer travels as a 4-byte little-endian length and the JSON bytes, so
-//! the parent stops its clock when the answer is complete, not when the child
-//! has finished exiting.
+//! The answer travels as a 4-byte little-endian length, the child's handler
+//! time (8 bytes, ns) and the JSON bytes, so the parent stops its clock when
+//! the answer is complete, not when the child has finished exiting.
+//!
+//! `--summary-out FILE` writes what else the run saw, as JSON
+//! (`loadtest::suite::forkfloor::Summary`): the CPU the forks cost (the parent's, whose `fork` copies
+//! the page tables, and the children's, waited for: their handler call, their
+//! copy-on-write faults, their exit) and the handler's time in each child
+//! against the same handler called back to back in the warm parent. Beside a
+//! restore's CPU per cold start and its first invocation (issue 16, goals 1
+//! and 5), they say what making a copy costs with the kernel's own
+//! mechanism, outside any sandbox.
 
 #![forbid(unsafe_code)]
 
@@ -38,9 +47,9 @@ use clap::Parser;
 /// The Python side. Arguments: folder, runtime dir, handler, iterations,
 /// event (JSON), warm-up events (JSON array).
 const DRIVER: &str = r#"
-import importlib, json, os, struct, sys, time
+import importlib, json, os, resource, struct, sys, time
 
-folder, runtime_dir, handler_name, iterations, event_json, warmups_json = sys.argv[1:7]
+folder, runtime_dir, handler_name, iterations, event_json, warmups_json, summary_path = sys.argv[1:8]
 # Latencies go to the real stdout; whatever the function prints, to stderr.
 out = os.fdopen(os.dup(1), "w")
 os.dup2(2, 1)
@@ -75,7 +84,16 @@ for i, ev in enumerate(json.loads(warmups_json)):
 event = json.loads(event_json)
 for i in range(3):
     encode(handler(event, Context(i)))
+# The warm reference: the same request back to back in this process.
+warm_ns = []
+for i in range(10):
+    t = time.perf_counter_ns()
+    encode(handler(event, Context(i)))
+    warm_ns.append(time.perf_counter_ns() - t)
 
+child_ns = []
+self0 = resource.getrusage(resource.RUSAGE_SELF)
+children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
 for n in range(int(iterations)):
     r, w = os.pipe()
     t0 = time.perf_counter_ns()
@@ -84,8 +102,10 @@ for n in range(int(iterations)):
         code = 1
         try:
             os.close(r)
+            t = time.perf_counter_ns()
             data = encode(handler(event, Context(n)))
-            view = memoryview(struct.pack("<I", len(data)) + data)
+            took = time.perf_counter_ns() - t
+            view = memoryview(struct.pack("<IQ", len(data), took) + data)
             while view:
                 view = view[os.write(w, view):]
             code = 0
@@ -99,14 +119,32 @@ for n in range(int(iterations)):
         if not chunk:
             break
         buf += chunk
-        if need is None and len(buf) >= 4:
-            need = 4 + struct.unpack("<I", buf[:4])[0]
+        if need is None and len(buf) >= 12:
+            need = 12 + struct.unpack("<I", buf[:4])[0]
     t1 = time.perf_counter_ns()
     os.close(r)
     _, status = os.waitpid(pid, 0)
     if need is None or len(buf) < need or status != 0:
         sys.exit("fork %d: the child gave no whole answer (status %d)" % (n, status))
+    child_ns.append(struct.unpack("<Q", buf[4:12])[0])
     print("%.1f" % ((t1 - t0) / 1000.0), file=out, flush=True)
+self1 = resource.getrusage(resource.RUSAGE_SELF)
+children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+if summary_path:
+    def cpu_us(a, b):
+        return ((b.ru_utime - a.ru_utime) + (b.ru_stime - a.ru_stime)) * 1e6
+    summary = {
+        "forks": int(iterations),
+        "parent_cpu_us": cpu_us(self0, self1),
+        "children_cpu_us": cpu_us(children0, children1),
+        "warm_handler_us": [v / 1000.0 for v in warm_ns],
+        "child_handler_us": [v / 1000.0 for v in child_ns],
+    }
+    tmp = summary_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(summary, f)
+    os.replace(tmp, summary_path)
 "#;
 
 /// Times fork → first answer of a warm Python function, µs per line.
@@ -131,6 +169,10 @@ struct Args {
     /// A folder to put on `PYTHONPATH` (a dependency layer); repeatable.
     #[arg(long)]
     pythonpath: Vec<PathBuf>,
+    /// Write the run's CPU and handler times here, as JSON (see the
+    /// module's documentation).
+    #[arg(long)]
+    summary_out: Option<PathBuf>,
 }
 
 /// What the driver needs from `thaw.toml`.
@@ -166,6 +208,12 @@ fn run(args: Args) -> Result<()> {
     serde_json::from_str::<serde_json::Value>(&args.event).context("--event is not JSON")?;
     let warmups = serde_json::to_string(&manifest.warmup).context("warm-up events")?;
     let handler = manifest.handler.as_deref().unwrap_or("main.handler");
+    let summary_path = match &args.summary_out {
+        Some(p) => std::path::absolute(p)
+            .with_context(|| format!("bad --summary-out {}", p.display()))?
+            .into_os_string(),
+        None => std::ffi::OsString::new(),
+    };
     let mut command = Command::new(&args.python);
     if !args.pythonpath.is_empty() {
         let joined = std::env::join_paths(&args.pythonpath).context("bad --pythonpath")?;
@@ -180,6 +228,7 @@ fn run(args: Args) -> Result<()> {
         .arg(args.iterations.to_string())
         .arg(&args.event)
         .arg(&warmups)
+        .arg(summary_path)
         .envs(&manifest.env)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONHASHSEED", "0")

@@ -271,7 +271,9 @@ fn short_409(why: &str) -> String {
     format!("409 {kind}")
 }
 
-fn fork_argv(ctx: &Ctx, folder: &Path, body: &str, iterations: u32) -> Vec<String> {
+/// The fork floor's command line for `folder`: its layer on `PYTHONPATH`
+/// when the server installed one.
+pub fn fork_argv(ctx: &Ctx, folder: &Path, body: &str, iterations: u32) -> Vec<String> {
     let mut argv = vec![
         ctx.cfg.fork_floor.display().to_string(),
         "--dir".into(),

@@ -58,6 +58,10 @@ pub struct Sustained {
     pub failed: u64,
     /// CPU per cold start, seconds, if measured.
     pub cpu: Option<f64>,
+    /// The fork floor's CPU per copy, seconds, and its child's first
+    /// handler call ÷ a warm one, when measured (references for goals 1
+    /// and 5, [`super::forkfloor`]).
+    pub fork: Option<(f64, Option<f64>)>,
 }
 
 /// The figures the goals are judged on; `Err` holds why one is missing.
@@ -96,9 +100,23 @@ pub struct Figures {
 
 /// Goal 5's source line, with the first invocations against a warm
 /// instance after the same cold caches, when measured.
-fn first_reference(idle: &(Result<f64, String>, Result<f64, String>)) -> String {
+fn first_reference(
+    idle: &(Result<f64, String>, Result<f64, String>),
+    numpy: &Result<Sustained, String>,
+) -> String {
     let from = "From \"First invocation after a start\" below.";
-    match idle {
+    let fork = match numpy {
+        Ok(Sustained {
+            fork: Some((_, Some(first))),
+            ..
+        }) => format!(
+            " A copy made by `fork` of a warm `python3` outside thaw calls the handler first in {} a warm call's time \
+             (its memory shared copy-on-write: \"Sustained cold starts\").",
+            ratio(Some(*first))
+        ),
+        _ => String::new(),
+    };
+    let text = match idle {
         (Ok(m), Ok(u)) => format!(
             "{from} For reference (not the goal): against a warm instance's handler after 50 ms idle, \
              whose caches are as cold, mmap {}, uffd {}: what the restore itself adds.",
@@ -106,7 +124,8 @@ fn first_reference(idle: &(Result<f64, String>, Result<f64, String>)) -> String 
             ratio(Some(*u))
         ),
         _ => from.to_string(),
-    }
+    };
+    text + &fork
 }
 
 /// Goal 1: CPU per cold start of numpy-pandas, seconds.
@@ -181,13 +200,28 @@ fn render_parts(f: &Figures) -> Vec<(&'static str, Verdict, String)> {
         Ok(_) => ("–".into(), Verdict::NotMeasured("no CPU reading".into())),
         Err(e) => ("–".into(), Verdict::NotMeasured(e.clone())),
     };
+    let mut source = String::from(
+        "From \"Sustained cold starts\" below (median of rounds; how it is counted is written there).",
+    );
+    if let Ok(Sustained {
+        fork: Some((fork, _)),
+        ..
+    }) = &f.numpy
+    {
+        source.push_str(&format!(
+            " For reference (not the goal): a copy made by `fork` of a warm numpy-pandas `python3` outside thaw \
+             (no sandbox, no HTTP; the child answers once and exits) costs {} of CPU; the goal is {} of that.",
+            ms(*fork),
+            ratio(Some(CPU_GOAL / fork))
+        ));
+    }
     section(
         &mut out,
         "1. CPU per cold start",
         &format!("(Δ CPU of the server + Σ CPU of the sandboxes' cgroups) ÷ cold starts, {} clients forcing restores: numpy-pandas ≤ {}", super::throughput::COLD_CLIENTS, ms(CPU_GOAL)),
         &measured,
         &verdict,
-        "From \"Sustained cold starts\" below (median of rounds; how it is counted is written there).",
+        &source,
     );
     parts.push(("1. CPU per cold start", verdict, std::mem::take(&mut out)));
 
@@ -320,7 +354,7 @@ fn render_parts(f: &Figures) -> Vec<(&'static str, Verdict, String)> {
         &format!("the first invocation after a restore ≤ ×{FIRST_GOAL} a warm one, in both modes (numpy-pandas)"),
         &format!("mmap {a}, uffd {b} (handler time p50 ÷ warm handler p50)"),
         &verdict,
-        &first_reference(&f.first_idle),
+        &first_reference(&f.first_idle, &f.numpy),
     );
     parts.push(("5. First invocation", verdict, std::mem::take(&mut out)));
 
@@ -494,11 +528,13 @@ mod tests {
                 rate: 320.0,
                 failed: 0,
                 cpu: Some(0.003),
+                fork: None,
             }),
             numpy: Ok(Sustained {
                 rate: 90.0,
                 failed: 0,
                 cpu: Some(0.004),
+                fork: None,
             }),
             burst: Ok((150_000.0, 9_000.0)),
             burst_first: Some(160_000.0),
@@ -565,6 +601,35 @@ mod tests {
     }
 
     #[test]
+    fn the_fork_floor_is_a_reference_beside_goals_1_and_5() {
+        let mut f = figures();
+        let text = render(&f);
+        assert!(
+            !text.contains("made by `fork`"),
+            "not measured: no line\n{text}"
+        );
+        f.numpy = Ok(Sustained {
+            rate: 170.0,
+            failed: 0,
+            cpu: Some(0.011),
+            fork: Some((0.007, Some(9.5))),
+        });
+        f.first = (Ok(2.1), Ok(2.5));
+        let v = verdicts(&f);
+        assert_eq!(v[0].1, Verdict::NotMet, "judged on the restores' 11 ms");
+        assert_eq!(v[4].1, Verdict::NotMet, "judged on warm");
+        let text = render(&f);
+        assert!(
+            text.contains("costs 7.00 ms of CPU; the goal is ×0.71 of that."),
+            "{text}"
+        );
+        assert!(
+            text.contains("calls the handler first in ×9.50 a warm call's time"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn the_cold_host_goal_is_judged_on_boot_over_restore() {
         let mut f = figures();
         f.cold_host = Ok(12.5);
@@ -581,11 +646,13 @@ mod tests {
             rate: 400.0,
             failed: 1,
             cpu: None,
+            fork: None,
         });
         f.numpy = Ok(Sustained {
             rate: 200.0,
             failed: 0,
             cpu: Some(0.006),
+            fork: None,
         });
         let v = verdicts(&f);
         assert_eq!(v[0].1, Verdict::NotMet, "6 ms > 5 ms");

@@ -13,6 +13,7 @@ use crate::target::{ColdStart, Target};
 use super::coldstart::hit_rate;
 use super::cpu::CpuReading;
 use super::deploy::{spares_ready, wait_settled};
+use super::forkfloor::{self, ForkCost};
 use super::markdown::{us, Table};
 use super::{Bench, Ctx};
 
@@ -65,6 +66,9 @@ pub struct ColdRow {
     pub kind: &'static str,
     /// What was measured, or why not.
     pub row: Result<Row, String>,
+    /// Restores of a Python function: the fork floor's cost beside them
+    /// ([`super::forkfloor`]), or why it is missing.
+    pub fork: Option<Result<ForkCost, String>>,
 }
 
 /// The number of processes under the server once it has not changed for
@@ -425,6 +429,7 @@ pub async fn cold_section(
                         function: bench.name.into(),
                         kind: cold.as_str(),
                         row: Err(format!("not available: {why}")),
+                        fork: None,
                     });
                     continue;
                 }
@@ -460,10 +465,24 @@ pub async fn cold_section(
                     ]);
                 }
             }
+            let fork = if cold == ColdStart::Restore && bench.fork_floor {
+                eprintln!(
+                    "suite: the fork floor's cost for {} ({} runs of {} forks)",
+                    bench.name, ctx.plan.fork_cpu_runs, ctx.plan.fork_cpu_forks
+                );
+                let cost = forkfloor::measure(ctx, bench).await;
+                if let Err(e) = &cost {
+                    ctx.error(format!("the fork floor's cost for {}: {e}", bench.name));
+                }
+                Some(cost)
+            } else {
+                None
+            };
             rows.push(ColdRow {
                 function: bench.name.into(),
                 kind: cold.as_str(),
                 row: result,
+                fork,
             });
         }
     }
@@ -482,6 +501,18 @@ pub async fn cold_section(
          **whole machine** the Δ busy time of every CPU (`/proc/stat`) less the load generator's, per cold start; both \
          count whatever else the machine ran meanwhile, so they mean something on a quiet machine only.\n",
         ctx.machine_cores, ctx.plan.throughput_rounds, ctx.plan.throughput
+    ));
+    let forks: Vec<(Result<ForkCost, String>, Option<f64>)> = rows
+        .iter()
+        .filter_map(|r| {
+            let cpu = r.row.as_ref().ok().and_then(Row::cpu);
+            r.fork.clone().map(|f| (f, cpu))
+        })
+        .collect();
+    out.push_str(&forkfloor::render(
+        &forks,
+        ctx.plan.fork_cpu_runs,
+        ctx.plan.fork_cpu_forks,
     ));
     (out, rows)
 }
