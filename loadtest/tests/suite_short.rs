@@ -38,21 +38,12 @@ fn thaw_binary() -> Option<PathBuf> {
 /// suite's server installs numpy-pandas's requirements once per machine.
 const SHARED_LAYER_CACHE: &str = "/var/tmp/thaw-test-layers";
 
-#[test]
-fn fork_floor_prints_one_latency_per_fork() {
-    if !Path::new(PYTHON).is_file() {
-        skip!("no {PYTHON}");
-    }
+/// Runs `thaw-fork-floor` from the workspace with `args`, checks that it
+/// succeeded and returns what it printed (one latency per line).
+fn fork_floor(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_thaw-fork-floor"))
         .current_dir(repo())
-        .args([
-            "--dir",
-            "examples/hello",
-            "--iterations",
-            "4",
-            "--event",
-            r#"{"name": "floor"}"#,
-        ])
+        .args(args)
         .output()
         .expect("run thaw-fork-floor");
     assert!(
@@ -60,7 +51,22 @@ fn fork_floor_prints_one_latency_per_fork() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn fork_floor_prints_one_latency_per_fork() {
+    if !Path::new(PYTHON).is_file() {
+        skip!("no {PYTHON}");
+    }
+    let text = fork_floor(&[
+        "--dir",
+        "examples/hello",
+        "--iterations",
+        "4",
+        "--event",
+        r#"{"name": "floor"}"#,
+    ]);
     let values: Vec<f64> = text.lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(values.len(), 4, "{text}");
     assert!(values.iter().all(|v| *v > 0.0), "{text}");
@@ -75,20 +81,17 @@ fn fork_floor_writes_its_cpu_and_handler_times() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("summary.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_thaw-fork-floor"))
-        .current_dir(repo())
-        .args(["--dir", "examples/hello", "--iterations", "5"])
-        .args(["--event", r#"{"name": "floor"}"#])
-        .arg("--summary-out")
-        .arg(&path)
-        .output()
-        .expect("run thaw-fork-floor");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+    let printed = fork_floor(&[
+        "--dir",
+        "examples/hello",
+        "--iterations",
+        "5",
+        "--event",
+        r#"{"name": "floor"}"#,
+        "--summary-out",
+        path.to_str().expect("a UTF-8 temporary path"),
+    ]);
+    assert_eq!(printed.lines().count(), 5, "{printed}");
     let text = std::fs::read_to_string(&path).expect("the summary");
     let summary: loadtest::suite::forkfloor::Summary =
         serde_json::from_str(&text).expect("a summary");
@@ -114,23 +117,16 @@ fn fork_floor_runs_numpy_pandas_with_a_pythonpath() {
         Ok(p) => p,
         Err(why) => skip!("no numpy and pandas from the package index: {why}"),
     };
-    let out = Command::new(env!("CARGO_BIN_EXE_thaw-fork-floor"))
-        .current_dir(repo())
-        .args(["--dir", "examples/numpy-pandas", "--iterations", "2"])
-        .args([
-            "--event",
-            r#"{"store": 7, "column": "price", "min": 100.0}"#,
-        ])
-        .arg("--pythonpath")
-        .arg(&numpy)
-        .output()
-        .expect("run thaw-fork-floor");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = fork_floor(&[
+        "--dir",
+        "examples/numpy-pandas",
+        "--iterations",
+        "2",
+        "--event",
+        r#"{"store": 7, "column": "price", "min": 100.0}"#,
+        "--pythonpath",
+        numpy.to_str().expect("a UTF-8 layer path"),
+    ]);
     assert_eq!(text.lines().count(), 2, "{text}");
 }
 
