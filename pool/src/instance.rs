@@ -1039,6 +1039,22 @@ impl Stub {
         self.premap_estimate
     }
 
+    /// Whether the copy is pre-mapped without a working set populated and
+    /// not told to plan yet ([`crate::restore::premap::PremappedCopy::without_plan`]).
+    pub fn premapped_without_plan(&self) -> bool {
+        matches!(&self.copy, StubCopy::Premapped(copy) if copy.without_plan())
+    }
+
+    /// Has a copy pre-mapped without a working set populate the one recorded
+    /// since, in place ([`crate::restore::premap::PremappedCopy::plan`]).
+    /// Quick (a message to its thread). Returns whether it was sent.
+    pub fn plan_premap(&mut self) -> bool {
+        match &mut self.copy {
+            StubCopy::Premapped(copy) => copy.plan(),
+            _ => false,
+        }
+    }
+
     /// Whether the copy is pre-mapped: its claim may then take a
     /// [`Stub::linger`] gate.
     pub fn premapped(&self) -> bool {

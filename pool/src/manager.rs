@@ -414,7 +414,7 @@ impl Pool {
             premapping: st
                 .spares
                 .get(key)
-                .map_or(0, |l| l.iter().filter(|s| s.premap_pending()).count()),
+                .map_or(0, |l| l.iter().filter(|s| self.premap_pending(s)).count()),
         }
     }
 
@@ -443,7 +443,7 @@ impl Pool {
                 .spares
                 .values()
                 .flatten()
-                .filter(|s| s.premap_pending())
+                .filter(|s| self.premap_pending(s))
                 .count(),
         }
     }

@@ -508,3 +508,67 @@ async fn timers_of_a_premapped_spare_count_from_its_claim() {
         );
     }
 }
+
+/// Whether spares pre-mapped without a working set are planned in place
+/// once one is recorded (the tests' environment decides, as the server's).
+fn replan_on() -> bool {
+    std::env::var_os("THAW_PREMAP_REPLAN").is_none_or(|v| v != "0")
+}
+
+/// The spares made at deploy are pre-mapped before any copy recorded the
+/// snapshot's working set; once the first copy has, the one left populates
+/// it in place (docs/restore.md, "Pre-mapped spares"), so that claiming it
+/// populates nothing on the request's path. Two claims at once take both
+/// spares, that one among them. With `THAW_PREMAP_REPLAN=0` it is populated
+/// at its claim instead.
+#[tokio::test]
+async fn a_spare_premapped_before_the_working_set_is_planned_in_place() {
+    require_root!();
+    if !premap_on() {
+        eprintln!("pre-mapped spares are off (THAW_PREMAP_SPARES=0): nothing to plan");
+        return;
+    }
+    let server = Server::start(&["--allow-forced-cold"]);
+    let rec = server.deploy_ready(spec()).await;
+    assert!(!rec["snapshot"].is_null(), "{rec}");
+    server.settle("seeded", 2).await;
+    wait_premapped(&server, 2).await;
+    let id = rec["snapshot"]["id"].as_str().unwrap();
+    assert!(
+        !server
+            .data
+            .join(format!("snapshots/{id}.workingset"))
+            .exists(),
+        "the spares are to be pre-mapped before a working set exists"
+    );
+    // The first copy (a spare without a plan, and none to populate yet)
+    // records the working set in its first invocation.
+    let first = forced_restore(&server).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-thaw-spare"), "hit");
+    wait_working_set(&server, &rec).await;
+    server.settle("seeded", 2).await;
+    wait_premapped(&server, 2).await;
+    let (a, b) = tokio::join!(forced_restore(&server), forced_restore(&server));
+    let mut populated_at_claim = 0;
+    for answer in [&a, &b] {
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.header("x-thaw-spare"), "hit", "two spares ready");
+        assert_eq!(phase(answer, "seize"), 0, "seized at the pre-map");
+        if phase(answer, "mappings") > 0 {
+            populated_at_claim += 1;
+        }
+        assert_eq!(answer.json()["calls"], 3, "{}", answer.text());
+    }
+    if replan_on() {
+        assert_eq!(
+            populated_at_claim,
+            0,
+            "the spare from before the recording was planned in place: {} / {}",
+            a.header("x-thaw-restore-us"),
+            b.header("x-thaw-restore-us")
+        );
+    } else {
+        assert_eq!(populated_at_claim, 1, "the spare from before the recording");
+    }
+}

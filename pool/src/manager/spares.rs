@@ -278,6 +278,7 @@ impl Pool {
             plan.excess.extend(stale);
         }
         st.spares.retain(|_, list| !list.is_empty());
+        self.plan_premapped(st);
         let cfg = self.config.spares;
         let mut keys: Vec<&FunctionKey> = st
             .specs
@@ -427,6 +428,50 @@ impl Pool {
         }
     }
 
+    /// Whether `stub`'s pre-map is still to come or running, a plan in
+    /// place ([`Pool::plan_premapped`]) included: what a server at rest has
+    /// finished. Never blocks.
+    pub(super) fn premap_pending(&self, stub: &Stub) -> bool {
+        stub.premap_pending() || self.plan_pending(stub)
+    }
+
+    /// Whether `stub` was pre-mapped without a working set that its
+    /// snapshot has now, and is to be planned in place. Never blocks.
+    fn plan_pending(&self, stub: &Stub) -> bool {
+        replan_enabled()
+            && stub.premapped_without_plan()
+            && self
+                .config
+                .restorer
+                .as_ref()
+                .is_some_and(|r| r.has_working_set_cached(stub.snapshot_id()) == Some(true))
+    }
+
+    /// Spares pre-mapped before their snapshot's working set was recorded
+    /// (the first spares after a deploy) populate it in place once it is
+    /// ([`Stub::plan_premap`]), so that their claim does not on the
+    /// request's path. Run where the refill plans, after the cold starts
+    /// in flight (background work, [`super::defer`]). `THAW_PREMAP_REPLAN=0`
+    /// leaves them to populate at their claim (as before).
+    fn plan_premapped(&self, st: &mut super::State) {
+        let Some(restorer) = &self.config.restorer else {
+            return;
+        };
+        for stub in st.spares.values_mut().flatten() {
+            if self.plan_pending(stub) && stub.plan_premap() {
+                tracing::debug!(sandbox = %stub.id(), snapshot = %stub.snapshot_id(), "planning a spare pre-mapped without a working set");
+                // It will hold its working set's pages, as one pre-mapped
+                // with it (`Pool::premap_later`).
+                let bytes = restorer
+                    .working_set_cached(stub.snapshot_id())
+                    .map_or(0, |pages| pages as u64 * 4096);
+                if let Some(live) = st.live.get_mut(stub.id()) {
+                    live.add_estimate(bytes);
+                }
+            }
+        }
+    }
+
     /// Pre-maps spare `id` of `key` ([`crate::restore::premap`]) once no
     /// burst is being served ([`Pool::before_premap`]): background work.
     /// The spare is claimable meanwhile (restored whole if claimed before).
@@ -540,6 +585,14 @@ impl Pool {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// Whether spares pre-mapped without a working set are planned in place
+/// once one is recorded ([`Pool::plan_premapped`]; on unless
+/// `THAW_PREMAP_REPLAN=0`).
+fn replan_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("THAW_PREMAP_REPLAN").is_none_or(|v| v != "0"))
 }
 
 #[cfg(test)]

@@ -14,6 +14,9 @@
 //!           registered, signals, attributes, every thread, the guard,
 //!           credentials, parent-death signal, seccomp).
 //!           The stub stays stopped under ptrace, running nothing
+//! plan      a spare pre-mapped before its snapshot had a working set:
+//!           told by the refill once one is recorded, the thread populates
+//!           it and runs steps 2-8 as the pre-map would have
 //! claim     the request sends a claim to that thread (queued behind a
 //!           pre-map still running); the thread checks the files once more
 //!           (`recheck`, as every claim does), runs what was left
@@ -39,11 +42,15 @@
 //! trees, `uffd` copies and lazy copies take the usual path at the claim.
 //! The working set populated is the one recorded when the pre-map runs; a
 //! spare pre-mapped before its snapshot's working set was recorded (the
-//! first spares after a deploy) has it populated at its claim, in a batch
-//! of its own (`mappings` of that claim's timings), as a copy restored
-//! whole then would; such a spare's pre-map stops after step 1, since
-//! that populate must come before the seccomp policy (which denies
-//! `process_madvise`).
+//! first spares after a deploy) stops after step 1, since the populate
+//! must come before the seccomp policy (which denies `process_madvise`).
+//! Once a copy has recorded the set, the pool's refill tells such a
+//! spare's thread to plan ([`PremappedCopy::plan`], background work): it
+//! populates the set in place and goes on with steps 2-8 as a pre-map made
+//! then would (`THAW_PREMAP_REPLAN=0` turns that off). A spare claimed
+//! still without a plan has the set populated at its claim, in a batch of
+//! its own (`mappings` of that claim's timings), as a copy restored whole
+//! then would.
 //!
 //! Security is what it is without the pre-map: the stub is thaw's, has run
 //! no function code and runs none until the claim; the copy gets its
@@ -55,7 +62,7 @@
 //! whole copy, as before); `THAW_PREMAP_AHEAD=0` keeps the pre-map to
 //! step 1 (the claim runs steps 2-9, `set_process`).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -109,10 +116,24 @@ const FAILED: u8 = 2;
 /// see [`PremappedCopy::stop`]).
 #[derive(Debug)]
 pub struct PremappedCopy {
-    claims: Option<mpsc::Sender<Claim>>,
+    orders: Option<mpsc::Sender<Order>>,
     thread: Option<std::thread::JoinHandle<()>>,
     state: Arc<AtomicU8>,
+    /// Set by the thread while its copy is mapped without a working set
+    /// populated ([`PremappedCopy::without_plan`]).
+    planless: Arc<AtomicBool>,
+    /// A [`PremappedCopy::plan`] was sent.
+    plan_sent: bool,
     linger: Option<Linger>,
+}
+
+/// What the thread is told while it waits.
+enum Order {
+    /// Populate the working set recorded since the pre-map, and go on
+    /// with what the pre-map left for lack of it ([`PremappedCopy::plan`]).
+    Plan,
+    /// Finish the copy and answer.
+    Claim(Claim),
 }
 
 /// A claim sent to the thread.
@@ -193,8 +214,9 @@ impl PremappedCopy {
         let (snapshot, prepared) = copy
             .into_local_process()
             .map_err(PremapError::NotPremappable)?;
-        let (claims, received) = mpsc::channel();
+        let (orders, received) = mpsc::channel();
         let state = Arc::new(AtomicU8::new(MAPPING));
+        let planless = Arc::new(AtomicBool::new(false));
         let job = Job {
             restorer,
             snapshot,
@@ -202,17 +224,54 @@ impl PremappedCopy {
             stub_pid,
             credentials,
             state: state.clone(),
+            planless: planless.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("thaw-premap".into())
             .spawn(move || job.run(received))
             .map_err(PremapError::Thread)?;
         Ok(PremappedCopy {
-            claims: Some(claims),
+            orders: Some(orders),
             thread: Some(thread),
             state,
+            planless,
+            plan_sent: false,
             linger: None,
         })
+    }
+
+    /// Whether the copy is mapped without a working set populated (a spare
+    /// pre-mapped before its snapshot's working set was recorded: the
+    /// first spares after a deploy) and no [`PremappedCopy::plan`] was
+    /// sent: its claim would populate on the request's path. Never blocks.
+    pub fn without_plan(&self) -> bool {
+        !self.plan_sent
+            && self.state.load(Ordering::Acquire) == MAPPED
+            && self.planless.load(Ordering::Acquire)
+    }
+
+    /// Tells the thread to populate the working set recorded since its
+    /// pre-map and to go on with what the pre-map left for lack of it
+    /// (steps 2-8 but what counts from the resume), as a pre-map made now
+    /// would: background work, the caller's to schedule. The copy counts as
+    /// being pre-mapped ([`PremappedCopy::mapping`]) until that is done; a
+    /// claim sent meanwhile waits for it. Returns whether it was sent (only
+    /// to a copy [`PremappedCopy::without_plan`]). Never blocks.
+    pub fn plan(&mut self) -> bool {
+        if !self.without_plan() {
+            return false;
+        }
+        let Some(orders) = &self.orders else {
+            return false;
+        };
+        self.state.store(MAPPING, Ordering::Release);
+        if orders.send(Order::Plan).is_err() {
+            // The thread is gone: the stub with it.
+            self.state.store(FAILED, Ordering::Release);
+            return false;
+        }
+        self.plan_sent = true;
+        true
     }
 
     /// Whether the pre-map failed (the stub is dead: the spare is of no
@@ -234,13 +293,13 @@ impl PremappedCopy {
     pub async fn claim(mut self) -> Result<Claimed, RestoreError> {
         let waited = self.state.load(Ordering::Acquire) == MAPPING;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let claims = self.claims.take().expect("claimed once");
-        let sent = claims.send(Claim {
+        let orders = self.orders.take().expect("claimed once");
+        let sent = orders.send(Order::Claim(Claim {
             sent: Instant::now(),
             reply,
             linger: self.linger.take(),
-        });
-        drop(claims);
+        }));
+        drop(orders);
         if sent.is_err() {
             return Err(RestoreError::Stub("the pre-map thread is gone".into()));
         }
@@ -263,7 +322,7 @@ impl PremappedCopy {
     /// reported to the thread, so that the sandbox's pid 1 can reap it.
     /// Blocking (at most a pre-map still running, a few milliseconds).
     pub fn stop(mut self) {
-        self.claims.take();
+        self.orders.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -273,7 +332,7 @@ impl PremappedCopy {
 impl Drop for PremappedCopy {
     fn drop(&mut self) {
         // The thread sees the channel closed, kills the stub and ends.
-        self.claims.take();
+        self.orders.take();
     }
 }
 
@@ -285,11 +344,13 @@ struct Job {
     stub_pid: i32,
     credentials: Credentials,
     state: Arc<AtomicU8>,
+    planless: Arc<AtomicBool>,
 }
 
 impl Job {
-    /// The thread: pre-map, wait for the claim (or the end), finish.
-    fn run(self, claims: mpsc::Receiver<Claim>) {
+    /// The thread: pre-map, wait for the claim (or the end), finish; a
+    /// copy pre-mapped without a working set is planned when told to.
+    fn run(self, orders: mpsc::Receiver<Order>) {
         let Job {
             restorer,
             snapshot,
@@ -297,6 +358,7 @@ impl Job {
             stub_pid,
             credentials,
             state,
+            planless: planless_flag,
         } = self;
         let started = Instant::now();
         let mut options = super::sandboxed::options(Vec::new());
@@ -306,7 +368,7 @@ impl Job {
         // No working set recorded yet (not: nothing to populate, which
         // `THAW_POPULATE=0` makes of every set): the claim populates it
         // if one exists by then.
-        let planless = recorded.is_none();
+        let mut planless = recorded.is_none();
         if let Some(pages) = recorded {
             options.prefetch = working_set::for_mode(&pages, Mode::Mmap);
         }
@@ -341,12 +403,13 @@ impl Job {
             }
             settle_process(mapped, &ctx, &mut at_premap, Settle::Ahead).map(Staged::Settled)
         });
-        let premap_took = started.elapsed();
+        let mut premap_took = started.elapsed();
         match &mapped {
             Err(err) if refused => {
                 tracing::debug!(snapshot = %snapshot.id, pid = stub_pid, %err, "spare not pre-mapped: a file changed");
             }
             Ok(_) => {
+                planless_flag.store(planless, Ordering::Release);
                 state.store(MAPPED, Ordering::Release);
                 tracing::debug!(
                     snapshot = %snapshot.id,
@@ -367,8 +430,29 @@ impl Job {
             }
         }
         // Dropped, the spare's copy: `mapped` kills the stub on the way out.
-        let Ok(claim) = claims.recv() else {
-            return;
+        let mut mapped = mapped;
+        let claim = loop {
+            match orders.recv() {
+                Err(_) => return,
+                Ok(Order::Claim(claim)) => break claim,
+                Ok(Order::Plan) => {
+                    let began = Instant::now();
+                    mapped = plan_in_place(
+                        mapped,
+                        &ctx,
+                        &restorer,
+                        &snapshot,
+                        &mut planless,
+                        &mut at_premap,
+                    );
+                    premap_took += began.elapsed();
+                    planless_flag.store(planless, Ordering::Release);
+                    state.store(
+                        if mapped.is_ok() { MAPPED } else { FAILED },
+                        Ordering::Release,
+                    );
+                }
+            }
         };
         let handoff = claim.sent.elapsed();
         let mut timings = RestoreTimings {
@@ -419,6 +503,45 @@ impl Job {
             let _ = gate.recv();
         }
     }
+}
+
+/// Populates the working set recorded since a copy was pre-mapped without
+/// one and, unless `THAW_PREMAP_AHEAD=0`, runs steps 2-8 but what counts
+/// from the resume, as a pre-map made now would have ([`Order::Plan`]).
+/// A copy with a plan already, or still without a recorded set, is left as
+/// it is; on an error the stub dies with the copy.
+fn plan_in_place(
+    mapped: Result<Staged, RestoreError>,
+    ctx: &Driving<'_, '_>,
+    restorer: &SnapshotRestorer,
+    snapshot: &Snapshot,
+    planless: &mut bool,
+    timings: &mut RestoreTimings,
+) -> Result<Staged, RestoreError> {
+    let mut staged = mapped?;
+    if !*planless {
+        return Ok(staged);
+    }
+    let Some(pages) = restorer.working_set(&snapshot.id) else {
+        return Ok(staged);
+    };
+    let pages = working_set::for_mode(&pages, Mode::Mmap);
+    if let Staged::Mapped(copy) = &mut staged {
+        timings.populated = copy.populate(ctx, &pages)?;
+    }
+    *planless = false;
+    let staged = match staged {
+        Staged::Mapped(copy) if ahead() && !pages.is_empty() => {
+            settle_process(copy, ctx, timings, Settle::Ahead).map(Staged::Settled)?
+        }
+        other => other,
+    };
+    tracing::debug!(
+        snapshot = %snapshot.id,
+        populated = timings.populated,
+        "pre-mapped spare planned in place"
+    );
+    Ok(staged)
 }
 
 /// Seizes the stub and maps the copy's memory (step 1). The caller
