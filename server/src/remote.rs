@@ -392,7 +392,10 @@ pub async fn cli_push(
     }))
 }
 
-/// `thaw store pull ID`: downloads a snapshot into the local store.
+/// `thaw store pull ID`: downloads a snapshot into the local store. Into
+/// a data directory the bucket's working set becomes the snapshot's fetch
+/// set (as the server's pulls write it); into a `--snapshot-dir` folder,
+/// the folder's working set (the plan of `thaw restore DIR`).
 pub async fn cli_pull(
     settings: Option<RemoteSettings>,
     data_dir: &Path,
@@ -400,7 +403,13 @@ pub async fn cli_pull(
     id: &str,
 ) -> Result<serde_json::Value> {
     let remote = cli_connect(settings)?;
-    let local = cli_local(data_dir, snapshot_dir, id)?;
+    let mut local = cli_local(data_dir, snapshot_dir, id)?;
+    if snapshot_dir.is_none() {
+        // Into a server's data directory: as the server's own pulls
+        // ([`pull_target`]), the bucket's working set is the fetch set, and
+        // the node's copies record their own plan.
+        local.working_set = pool::restore::working_set::fetch_path(&local.snapshots_dir, &local.id);
+    }
     let r = remote_store::pull_snapshot(&remote, id, &local)
         .await
         .with_context(|| format!("downloading snapshot {id} from {}", remote.url()))?;

@@ -237,6 +237,98 @@ fn a_snapshot_uploaded_then_downloaded_into_an_empty_store_verifies_and_restores
     }
 }
 
+/// `thaw store pull` into a server's data directory keeps the bucket's
+/// working set as the snapshot's fetch set (`<id>.fetchset`), as the
+/// server's own pulls do: the node's copies record their own plan
+/// (`<id>.workingset`) from their first invocation, since the set recorded
+/// at deploy as a plan made an mmap copy's first invocation ×2.5 slower
+/// (docs/cluster.md). Into a `thaw snapshot` folder it stays the folder's
+/// `.workingset`, the plan of `thaw restore DIR`.
+#[test]
+fn a_pull_into_a_data_directory_keeps_the_buckets_working_set_as_its_fetch_set() {
+    let g = match prerequisites() {
+        Ok(g) => g,
+        Err(why) => skip!("{why}"),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, data) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("data"),
+    );
+    capture(&a);
+    // A working set for the folder: the first stored pages of its largest
+    // area with stored pages, as a copy would have recorded them.
+    let (snapshot, _store) = snapshotter::snapshot::open_snapshot_dir(&a).unwrap();
+    let (area, pages) = snapshot
+        .state
+        .areas
+        .iter()
+        .zip(&snapshot.areas)
+        .max_by_key(|(_, p)| {
+            p.iter()
+                .filter(|s| matches!(s, snapshotter::store::PageSlot::Hash(_)))
+                .count()
+        })
+        .unwrap();
+    let set: Vec<u64> = pages
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, snapshotter::store::PageSlot::Hash(_)))
+        .take(16)
+        .map(|(i, _)| area.start + i as u64 * 4096)
+        .collect();
+    assert_eq!(set.len(), 16, "an area with 16 stored pages");
+    pool::restore::working_set::save(&a.join("snapshot.workingset"), &set).unwrap();
+    let key = new_key();
+    let pushed = json_ok(
+        "push",
+        &thaw_s3(
+            &g,
+            &key,
+            &["store", "push", "py", "--snapshot-dir", a.to_str().unwrap()],
+        ),
+    );
+    assert_eq!(pushed["working_set_sent"], true, "{pushed}");
+
+    let pulled = json_ok(
+        "pull into a data directory",
+        &thaw_s3(
+            &g,
+            &key,
+            &["store", "--data-dir", data.to_str().unwrap(), "pull", "py"],
+        ),
+    );
+    assert_eq!(pulled["working_set"], true, "{pulled}");
+    let snapshots = data.join("snapshots");
+    let fetch = pool::restore::working_set::fetch_path(&snapshots, "py");
+    let bytes = std::fs::read(&fetch).expect("the bucket's set as the fetch set");
+    assert_eq!(
+        pool::restore::working_set::decode(&bytes, &fetch).unwrap(),
+        set
+    );
+    assert!(
+        !pool::restore::working_set::path(&snapshots, "py").exists(),
+        "the node's copies record their own plan"
+    );
+
+    let pulled = json_ok(
+        "pull into a folder",
+        &thaw_s3(
+            &g,
+            &key,
+            &["store", "pull", "py", "--snapshot-dir", b.to_str().unwrap()],
+        ),
+    );
+    assert_eq!(pulled["working_set"], true, "{pulled}");
+    let plan = b.join("snapshot.workingset");
+    let bytes = std::fs::read(&plan).expect("the folder's plan");
+    assert_eq!(
+        pool::restore::working_set::decode(&bytes, &plan).unwrap(),
+        set
+    );
+}
+
 #[test]
 fn objects_in_the_bucket_hold_no_plaintext_and_open_with_no_other_key() {
     let g = match prerequisites() {
