@@ -405,10 +405,9 @@ pub async fn cli_pull(
     let remote = cli_connect(settings)?;
     let mut local = cli_local(data_dir, snapshot_dir, id)?;
     if snapshot_dir.is_none() {
-        // Into a server's data directory: as the server's own pulls
-        // ([`pull_target`]), the bucket's working set is the fetch set, and
-        // the node's copies record their own plan.
-        local.working_set = pool::restore::working_set::fetch_path(&local.snapshots_dir, &local.id);
+        // Into a server's data directory: written as the server's own
+        // pulls write it (the node's copies record their own plan).
+        local = pull_target(local.store, &local.snapshots_dir, &local.id);
     }
     let r = remote_store::pull_snapshot(&remote, id, &local)
         .await

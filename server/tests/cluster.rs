@@ -774,8 +774,9 @@ async fn a_working_set_recorded_at_deploy_is_fetched_first_by_a_reader() {
         async || own.exists(),
     )
     .await;
-    let own_pages =
-        pool::restore::working_set::decode(&std::fs::read(&own).unwrap(), &own).unwrap();
+    let own_pages = pool::restore::working_set::load(&own)
+        .unwrap()
+        .expect("A's working set");
     assert_ne!(
         own_pages, pages,
         "A's copies' set is their own, not the fetch set"

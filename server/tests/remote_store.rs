@@ -302,10 +302,10 @@ fn a_pull_into_a_data_directory_keeps_the_buckets_working_set_as_its_fetch_set()
     assert_eq!(pulled["working_set"], true, "{pulled}");
     let snapshots = data.join("snapshots");
     let fetch = pool::restore::working_set::fetch_path(&snapshots, "py");
-    let bytes = std::fs::read(&fetch).expect("the bucket's set as the fetch set");
     assert_eq!(
-        pool::restore::working_set::decode(&bytes, &fetch).unwrap(),
-        set
+        pool::restore::working_set::load(&fetch).unwrap(),
+        Some(set.clone()),
+        "the bucket's set as the fetch set"
     );
     assert!(
         !pool::restore::working_set::path(&snapshots, "py").exists(),
@@ -321,11 +321,10 @@ fn a_pull_into_a_data_directory_keeps_the_buckets_working_set_as_its_fetch_set()
         ),
     );
     assert_eq!(pulled["working_set"], true, "{pulled}");
-    let plan = b.join("snapshot.workingset");
-    let bytes = std::fs::read(&plan).expect("the folder's plan");
     assert_eq!(
-        pool::restore::working_set::decode(&bytes, &plan).unwrap(),
-        set
+        pool::restore::working_set::load(&b.join("snapshot.workingset")).unwrap(),
+        Some(set),
+        "the folder's plan"
     );
 }
 

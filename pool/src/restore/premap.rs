@@ -470,12 +470,10 @@ impl Job {
             // first spares after a deploy): populated now, as a copy
             // restored whole at the claim would be.
             if planless {
-                if let Some(pages) = restorer.working_set(&snapshot.id) {
-                    let pages = working_set::for_mode(&pages, Mode::Mmap);
-                    let started = Instant::now();
-                    if let Staged::Mapped(mapped) = &mut staged {
-                        timings.populated = mapped.populate(&ctx, &pages)?;
-                    }
+                let started = Instant::now();
+                if populate_recorded(&mut staged, &ctx, &restorer, &snapshot, &mut timings)?
+                    .is_some()
+                {
                     timings.mappings = started.elapsed();
                 }
             }
@@ -522,16 +520,12 @@ fn plan_in_place(
     if !*planless {
         return Ok(staged);
     }
-    let Some(pages) = restorer.working_set(&snapshot.id) else {
+    let Some(has_pages) = populate_recorded(&mut staged, ctx, restorer, snapshot, timings)? else {
         return Ok(staged);
     };
-    let pages = working_set::for_mode(&pages, Mode::Mmap);
-    if let Staged::Mapped(copy) = &mut staged {
-        timings.populated = copy.populate(ctx, &pages)?;
-    }
     *planless = false;
     let staged = match staged {
-        Staged::Mapped(copy) if ahead() && !pages.is_empty() => {
+        Staged::Mapped(copy) if ahead() && has_pages => {
             settle_process(copy, ctx, timings, Settle::Ahead).map(Staged::Settled)?
         }
         other => other,
@@ -542,6 +536,27 @@ fn plan_in_place(
         "pre-mapped spare planned in place"
     );
     Ok(staged)
+}
+
+/// Populates the working set recorded since a copy was pre-mapped without
+/// one into it (a copy at step 1: `Staged::Mapped`), counting the ranges in
+/// `timings.populated`. `None` while no set is recorded; otherwise whether
+/// the set had pages to populate (none with `THAW_POPULATE=0`).
+fn populate_recorded(
+    staged: &mut Staged,
+    ctx: &Driving<'_, '_>,
+    restorer: &SnapshotRestorer,
+    snapshot: &Snapshot,
+    timings: &mut RestoreTimings,
+) -> Result<Option<bool>, RestoreError> {
+    let Some(pages) = restorer.working_set(&snapshot.id) else {
+        return Ok(None);
+    };
+    let pages = working_set::for_mode(&pages, Mode::Mmap);
+    if let Staged::Mapped(copy) = staged {
+        timings.populated = copy.populate(ctx, &pages)?;
+    }
+    Ok(Some(!pages.is_empty()))
 }
 
 /// Seizes the stub and maps the copy's memory (step 1). The caller
